@@ -1,0 +1,11 @@
+// Build step behind `npm run build` / `npm start`: compile contracts (when chain/compile.mjs exists)
+// then TypeScript. tsc is incremental, so an unchanged tree builds in a few seconds.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+
+function run(cmd, args) {
+  const r = spawnSync(cmd, args, { stdio: 'inherit' });
+  if (r.status !== 0) process.exit(r.status ?? 1);
+}
+if (existsSync('chain/compile.mjs')) run(process.execPath, ['chain/compile.mjs']);
+run(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json']);

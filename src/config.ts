@@ -1,0 +1,243 @@
+/**
+ * One typed configuration object: defaults, then an optional JSON file (GLUCOGUARD_CONFIG), then
+ * environment variables. Validated at start-up; every bad value gets its own message and start-up
+ * fails before anything listens. Insecure development settings are announced, and refused when
+ * NODE_ENV=production.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+
+export interface Config {
+  /** TCP port of the HTTP server (PORT). */
+  port: number;
+  /** Interface to bind (GLUCOGUARD_HOST). */
+  host: string;
+  /** Public base URL of the proxy, without trailing slash (GLUCOGUARD_BASE_URL). FHIR base is `${baseUrl}/fhir`. */
+  baseUrl: string;
+  /** Directory for everything kept on disk: store, keys, chain (GLUCOGUARD_DATA_DIR). */
+  dataDir: string;
+  /** Master key (base64, 32 bytes) wrapping per-patient data keys (GLUCOGUARD_MASTER_KEY); else a file in dataDir. */
+  masterKey?: string;
+  /** Largest accepted request body in bytes (GLUCOGUARD_MAX_BODY_BYTES). */
+  maxBodyBytes: number;
+  /** Default and maximum page sizes for searches. */
+  defaultPageSize: number;
+  maxPageSize: number;
+  /** Authentication on /fhir: 'on' (default) or 'off' for local experiments only (GLUCOGUARD_AUTH). */
+  auth: 'on' | 'off';
+  /** Log level for pino (LOG_LEVEL). */
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  /** 'production' refuses insecure settings (NODE_ENV). */
+  nodeEnv: string;
+  upstream?: UpstreamConfig;
+  chain: ChainConfig;
+  /** Redis URL for the KV port (REDIS_URL); in-memory when absent. */
+  redisUrl?: string;
+  /** Time zone for device-local timestamps without offset (GLUCOGUARD_DEFAULT_TZ). */
+  defaultTimeZone: string;
+}
+
+export interface UpstreamConfig {
+  /** FHIR R4 base of the upstream server (UPSTREAM_FHIR_URL). */
+  url: string;
+  /** none | bearer | backend-services (UPSTREAM_AUTH). */
+  auth: 'none' | 'bearer' | 'backend-services';
+  /** Static bearer token, or a file holding it (UPSTREAM_BEARER_TOKEN / UPSTREAM_BEARER_TOKEN_FILE). */
+  bearerToken?: string;
+  /** Backend Services: client id, token URL, private key (PEM or JWK JSON) file, alg, kid, scope. */
+  clientId?: string;
+  tokenUrl?: string;
+  privateKeyFile?: string;
+  alg?: 'RS384' | 'ES384';
+  kid?: string;
+  scope?: string;
+  /** Per-request timeout in ms (UPSTREAM_TIMEOUT_MS). */
+  timeoutMs: number;
+}
+
+export interface ChainConfig {
+  /** JSON-RPC URL of an external node (CHAIN_RPC_URL); the embedded Clique node runs when absent. */
+  rpcUrl?: string;
+  /** Port of the embedded node's JSON-RPC server (CHAIN_PORT); 0 picks a free port. */
+  embeddedPort: number;
+  /** Seconds between sealed blocks of the embedded node (CHAIN_BLOCK_PERIOD); 0 seals at once. */
+  blockPeriod: number;
+  /** Chain id of the embedded network (CHAIN_ID). */
+  chainId: number;
+}
+
+export class ConfigError extends Error {
+  readonly code = 'ERR_CONFIG';
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  - ${problems.join('\n  - ')}`);
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+/** Builds and validates the configuration; throws ConfigError listing every problem. */
+export function loadConfig(env: Env = process.env, overrides: Partial<Config> = {}): Config {
+  const problems: string[] = [];
+  const file = env.GLUCOGUARD_CONFIG ? readConfigFile(env.GLUCOGUARD_CONFIG, problems) : {};
+  const pick = (name: string, fileKey: string): string | undefined => env[name] ?? stringOrUndefined(file[fileKey]);
+
+  const port = int(pick('PORT', 'port') ?? '8080', 'PORT', 0, 65535, problems);
+  const host = pick('GLUCOGUARD_HOST', 'host') ?? '0.0.0.0';
+  const dataDir = path.resolve(pick('GLUCOGUARD_DATA_DIR', 'dataDir') ?? './data');
+  const baseUrlRaw = pick('GLUCOGUARD_BASE_URL', 'baseUrl') ?? `http://localhost:${port}`;
+  const baseUrl = url(baseUrlRaw, 'GLUCOGUARD_BASE_URL', problems).replace(/\/+$/, '');
+  const nodeEnv = env.NODE_ENV ?? 'development';
+  const auth = oneOf(pick('GLUCOGUARD_AUTH', 'auth') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_AUTH', problems);
+  if (auth === 'off' && nodeEnv === 'production') {
+    problems.push('GLUCOGUARD_AUTH=off is refused when NODE_ENV=production');
+  }
+  const masterKey = pick('GLUCOGUARD_MASTER_KEY', 'masterKey');
+  if (masterKey !== undefined && Buffer.from(masterKey, 'base64').length !== 32) {
+    problems.push('GLUCOGUARD_MASTER_KEY must be 32 bytes, base64-encoded');
+  }
+  const logLevel = oneOf(pick('LOG_LEVEL', 'logLevel') ?? 'info',
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'LOG_LEVEL', problems);
+
+  let upstream: UpstreamConfig | undefined;
+  const upstreamUrl = pick('UPSTREAM_FHIR_URL', 'upstreamUrl');
+  if (upstreamUrl) {
+    const upstreamAuth = oneOf(pick('UPSTREAM_AUTH', 'upstreamAuth') ?? 'none',
+      ['none', 'bearer', 'backend-services'] as const, 'UPSTREAM_AUTH', problems);
+    const tokenFile = env.UPSTREAM_BEARER_TOKEN_FILE;
+    upstream = {
+      url: url(upstreamUrl, 'UPSTREAM_FHIR_URL', problems).replace(/\/+$/, ''),
+      auth: upstreamAuth,
+      bearerToken: env.UPSTREAM_BEARER_TOKEN ?? (tokenFile ? readSecret(tokenFile, 'UPSTREAM_BEARER_TOKEN_FILE', problems) : undefined),
+      clientId: env.UPSTREAM_CLIENT_ID,
+      tokenUrl: env.UPSTREAM_TOKEN_URL,
+      privateKeyFile: env.UPSTREAM_PRIVATE_KEY_FILE,
+      alg: oneOf(env.UPSTREAM_ALG ?? 'RS384', ['RS384', 'ES384'] as const, 'UPSTREAM_ALG', problems),
+      kid: env.UPSTREAM_KID,
+      scope: env.UPSTREAM_SCOPE ?? 'system/*.rs',
+      timeoutMs: int(env.UPSTREAM_TIMEOUT_MS ?? '10000', 'UPSTREAM_TIMEOUT_MS', 1, 600_000, problems),
+    };
+    if (upstreamAuth === 'bearer' && !upstream.bearerToken) {
+      problems.push('UPSTREAM_AUTH=bearer needs UPSTREAM_BEARER_TOKEN or UPSTREAM_BEARER_TOKEN_FILE');
+    }
+    if (upstreamAuth === 'backend-services') {
+      for (const [k, v] of [['UPSTREAM_CLIENT_ID', upstream.clientId], ['UPSTREAM_TOKEN_URL', upstream.tokenUrl],
+        ['UPSTREAM_PRIVATE_KEY_FILE', upstream.privateKeyFile]] as const) {
+        if (!v) problems.push(`UPSTREAM_AUTH=backend-services needs ${k}`);
+      }
+    }
+  }
+
+  const chainRpc = pick('CHAIN_RPC_URL', 'chainRpcUrl');
+  const chain: ChainConfig = {
+    rpcUrl: chainRpc ? url(chainRpc, 'CHAIN_RPC_URL', problems) : undefined,
+    embeddedPort: int(pick('CHAIN_PORT', 'chainPort') ?? '8545', 'CHAIN_PORT', 0, 65535, problems),
+    blockPeriod: num(pick('CHAIN_BLOCK_PERIOD', 'chainBlockPeriod') ?? '1', 'CHAIN_BLOCK_PERIOD', 0, 3600, problems),
+    chainId: int(pick('CHAIN_ID', 'chainId') ?? '1337', 'CHAIN_ID', 1, 2 ** 31, problems),
+  };
+  const redisUrl = pick('REDIS_URL', 'redisUrl');
+  if (redisUrl && !/^rediss?:\/\//.test(redisUrl)) problems.push(`REDIS_URL must start with redis:// or rediss:// (got "${redisUrl}")`);
+
+  const config: Config = {
+    port,
+    host,
+    baseUrl,
+    dataDir,
+    masterKey,
+    maxBodyBytes: int(pick('GLUCOGUARD_MAX_BODY_BYTES', 'maxBodyBytes') ?? String(16 * 1024 * 1024), 'GLUCOGUARD_MAX_BODY_BYTES', 1024, 1024 ** 3, problems),
+    defaultPageSize: int(pick('GLUCOGUARD_PAGE_SIZE', 'defaultPageSize') ?? '50', 'GLUCOGUARD_PAGE_SIZE', 1, 10000, problems),
+    maxPageSize: int(pick('GLUCOGUARD_MAX_PAGE_SIZE', 'maxPageSize') ?? '1000', 'GLUCOGUARD_MAX_PAGE_SIZE', 1, 100000, problems),
+    auth,
+    logLevel,
+    nodeEnv,
+    upstream,
+    chain,
+    redisUrl,
+    defaultTimeZone: pick('GLUCOGUARD_DEFAULT_TZ', 'defaultTimeZone') ?? 'UTC',
+    ...overrides,
+  };
+  if (!isTimeZone(config.defaultTimeZone)) problems.push(`GLUCOGUARD_DEFAULT_TZ "${config.defaultTimeZone}" is not an IANA time zone`);
+  if (problems.length) throw new ConfigError(problems);
+  return config;
+}
+
+/** Settings a production deployment should not run with; logged as warnings at start-up. */
+export function insecureSettings(config: Config): string[] {
+  const warnings: string[] = [];
+  if (config.auth === 'off') warnings.push('GLUCOGUARD_AUTH=off: /fhir is open to anyone who can reach it (local experiments only)');
+  if (!config.masterKey) warnings.push(`master key kept as a file in ${config.dataDir}; set GLUCOGUARD_MASTER_KEY from a secret store in production`);
+  if (config.baseUrl.startsWith('http://') && !/localhost|127\.0\.0\.1/.test(config.baseUrl)) warnings.push('GLUCOGUARD_BASE_URL is not https');
+  return warnings;
+}
+
+/** FHIR base URL (`<baseUrl>/fhir`). */
+export function fhirBase(config: Pick<Config, 'baseUrl'>): string {
+  return `${config.baseUrl}/fhir`;
+}
+
+function readConfigFile(file: string, problems: string[]): Record<string, unknown> {
+  try {
+    const parsed = JSON.parse(readFileSync(file, 'utf8'));
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not a JSON object');
+    return parsed as Record<string, unknown>;
+  } catch (err) {
+    problems.push(`GLUCOGUARD_CONFIG: cannot read ${file}: ${(err as Error).message}`);
+    return {};
+  }
+}
+
+function readSecret(file: string, name: string, problems: string[]): string | undefined {
+  try {
+    return readFileSync(file, 'utf8').trim();
+  } catch {
+    problems.push(`${name}: cannot read ${file}`);
+    return undefined;
+  }
+}
+
+function stringOrUndefined(v: unknown): string | undefined {
+  return v === undefined || v === null ? undefined : String(v);
+}
+
+function int(raw: string, name: string, min: number, max: number, problems: string[]): number {
+  const n = Number(raw);
+  if (!/^-?\d+$/.test(raw.trim()) || n < min || n > max) {
+    problems.push(`${name} must be an integer from ${min} to ${max} (got "${raw}")`);
+    return min;
+  }
+  return n;
+}
+
+function num(raw: string, name: string, min: number, max: number, problems: string[]): number {
+  const n = Number(raw);
+  if (raw.trim() === '' || Number.isNaN(n) || n < min || n > max) {
+    problems.push(`${name} must be a number from ${min} to ${max} (got "${raw}")`);
+    return min;
+  }
+  return n;
+}
+
+function oneOf<T extends string>(raw: string, allowed: readonly T[], name: string, problems: string[]): T {
+  if ((allowed as readonly string[]).includes(raw)) return raw as T;
+  problems.push(`${name} must be one of ${allowed.join(', ')} (got "${raw}")`);
+  return allowed[0]!;
+}
+
+function url(raw: string, name: string, problems: string[]): string {
+  try {
+    const u = new URL(raw);
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error('not http(s)');
+    return raw;
+  } catch {
+    problems.push(`${name} must be an http(s) URL (got "${raw}")`);
+    return 'http://invalid';
+  }
+}
+
+function isTimeZone(tz: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en', { timeZone: tz });
+    return true;
+  } catch {
+    return false;
+  }
+}

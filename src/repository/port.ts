@@ -1,0 +1,101 @@
+/**
+ * The Repository port: everything the FHIR facade needs from a patient repository. Two adapters
+ * implement it: `embedded/` (default; on disk, encrypted at rest) and `upstream/` (any FHIR R4
+ * server). Only src/app.ts constructs them.
+ *
+ * Semantics follow the FHIR R4 RESTful API (https://hl7.org/fhir/R4/http.html); each method names
+ * the section it implements. Errors are GlucoGuardError kinds from src/errors.ts:
+ * ERR_NOT_FOUND, ERR_GONE (deleted), ERR_PRECONDITION_FAILED (If-Match / multiple conditional
+ * matches), ERR_CONFLICT, ERR_INVALID, ERR_UPSTREAM / ERR_UPSTREAM_TIMEOUT (upstream only).
+ * A method that throws has changed nothing.
+ */
+import type { SearchRequest } from '@medplum/core';
+import type { Bundle, Resource } from '@medplum/fhirtypes';
+
+export interface RepositoryDescription {
+  /** Adapter name for the start-up log: 'embedded' or 'upstream'. */
+  adapter: 'embedded' | 'upstream';
+  /** Where the data lives: a directory or an upstream base URL (never credentials). */
+  location: string;
+}
+
+/** Result of a write. `outcome` tells the facade which status to answer (201, 200, or 200 for an existing match). */
+export interface WriteResult<T extends Resource = Resource> {
+  resource: T;
+  outcome: 'created' | 'updated' | 'existing';
+}
+
+export interface SearchResult {
+  /** Matches for this page, in the requested order; at most `request.count`. */
+  resources: Resource[];
+  /** Resources added by `_include` / `_revinclude` (search mode `include`). */
+  included: Resource[];
+  /** True when more matches exist after `offset + count`. */
+  hasMore: boolean;
+}
+
+export interface HistoryRequest {
+  resourceType?: string;
+  id?: string;
+  /** Only versions updated at or after this instant (`_since`). */
+  since?: string;
+  /** Page size and start (newest first). */
+  count: number;
+  offset: number;
+}
+
+export interface HistoryEntry {
+  resourceType: string;
+  id: string;
+  versionId: string;
+  lastUpdated: string;
+  method: 'POST' | 'PUT' | 'DELETE';
+  /** Absent for deletions. */
+  resource?: Resource;
+}
+
+export interface HistoryResult {
+  entries: HistoryEntry[];
+  hasMore: boolean;
+}
+
+export interface Repository {
+  readonly description: RepositoryDescription;
+
+  /**
+   * Search parameters this adapter can answer, per resource type, or `undefined` when it passes
+   * any standard parameter through (upstream). The facade refuses others with 400 and the
+   * CapabilityStatement lists exactly these.
+   */
+  supportedSearchParams(): Record<string, string[]> | undefined;
+
+  /** create (http.html#create); with `ifNoneExist` a conditional create (http.html#ccreate). */
+  create<T extends Resource>(resource: T, options?: { ifNoneExist?: string }): Promise<WriteResult<T>>;
+
+  /** read (http.html#read): current version; ERR_GONE when the current version is a deletion. */
+  read<T extends Resource = Resource>(resourceType: string, id: string): Promise<T>;
+
+  /** vread (http.html#vread). ERR_GONE when that version is a deletion. */
+  vread<T extends Resource = Resource>(resourceType: string, id: string, versionId: string): Promise<T>;
+
+  /** update (http.html#update), update-as-create allowed; `ifMatch` is a bare versionId (http.html#concurrency). */
+  update<T extends Resource>(resource: T, options?: { ifMatch?: string }): Promise<WriteResult<T>>;
+
+  /** delete (http.html#delete); deleting an absent or deleted resource succeeds (idempotent). */
+  delete(resourceType: string, id: string): Promise<void>;
+
+  /** search (search.html), parsed by @medplum/core `parseSearchRequest`; offset/count page it. */
+  search(request: SearchRequest): Promise<SearchResult>;
+
+  /** instance, type and system history (http.html#history), newest first. */
+  history(request: HistoryRequest): Promise<HistoryResult>;
+
+  /**
+   * transaction (http.html#transaction): all entries succeed or nothing changes; `urn:uuid:`
+   * references resolved; conditional creates honoured. Returns a `transaction-response` Bundle.
+   */
+  transaction(bundle: Bundle): Promise<Bundle>;
+
+  /** Flushes and releases resources (files, sockets). */
+  close(): Promise<void>;
+}
