@@ -8,7 +8,7 @@ import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
 export type ErrorCode =
   | 'ERR_INVALID' | 'ERR_NOT_FOUND' | 'ERR_GONE' | 'ERR_CONFLICT' | 'ERR_PRECONDITION_FAILED'
   | 'ERR_UNPROCESSABLE' | 'ERR_UNSUPPORTED_MEDIA_TYPE' | 'ERR_TOO_LARGE' | 'ERR_METHOD_NOT_ALLOWED'
-  | 'ERR_UNAUTHORIZED' | 'ERR_FORBIDDEN' | 'ERR_TOO_MANY_REQUESTS' | 'ERR_NOT_SUPPORTED'
+  | 'ERR_NOT_ACCEPTABLE' | 'ERR_UNAUTHORIZED' | 'ERR_FORBIDDEN' | 'ERR_TOO_MANY_REQUESTS' | 'ERR_NOT_SUPPORTED'
   | 'ERR_UPSTREAM' | 'ERR_UPSTREAM_TIMEOUT' | 'ERR_UNAVAILABLE' | 'ERR_INTERNAL';
 
 const STATUS: Record<ErrorCode, number> = {
@@ -17,6 +17,7 @@ const STATUS: Record<ErrorCode, number> = {
   ERR_FORBIDDEN: 403,
   ERR_NOT_FOUND: 404,
   ERR_METHOD_NOT_ALLOWED: 405,
+  ERR_NOT_ACCEPTABLE: 406,
   ERR_CONFLICT: 409,
   ERR_GONE: 410,
   ERR_PRECONDITION_FAILED: 412,
@@ -37,6 +38,7 @@ const ISSUE_CODE: Record<ErrorCode, OperationOutcomeIssue['code']> = {
   ERR_FORBIDDEN: 'forbidden',
   ERR_NOT_FOUND: 'not-found',
   ERR_METHOD_NOT_ALLOWED: 'not-supported',
+  ERR_NOT_ACCEPTABLE: 'not-supported',
   ERR_CONFLICT: 'conflict',
   ERR_GONE: 'deleted',
   ERR_PRECONDITION_FAILED: 'conflict',
@@ -79,6 +81,7 @@ export const unprocessable = (issues: OperationOutcomeIssue[]): GlucoGuardError 
 export const unsupportedMediaType = (details: string): GlucoGuardError => new GlucoGuardError('ERR_UNSUPPORTED_MEDIA_TYPE', details);
 export const tooLarge = (details: string): GlucoGuardError => new GlucoGuardError('ERR_TOO_LARGE', details);
 export const methodNotAllowed = (details: string): GlucoGuardError => new GlucoGuardError('ERR_METHOD_NOT_ALLOWED', details);
+export const notAcceptable = (details: string): GlucoGuardError => new GlucoGuardError('ERR_NOT_ACCEPTABLE', details);
 export const notSupported = (details: string): GlucoGuardError => new GlucoGuardError('ERR_NOT_SUPPORTED', details);
 export const unauthorized = (details = 'Authentication required'): GlucoGuardError => new GlucoGuardError('ERR_UNAUTHORIZED', details);
 export const forbidden = (details = 'Forbidden'): GlucoGuardError => new GlucoGuardError('ERR_FORBIDDEN', details);
