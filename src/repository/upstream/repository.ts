@@ -1,0 +1,258 @@
+/**
+ * The upstream adapter of the Repository port (src/repository/port.ts): any FHIR R4 server at
+ * UPSTREAM_FHIR_URL holds GlucoGuard's patient data. Each port method is one upstream interaction
+ * (https://hl7.org/fhir/R4/http.html); responses come back with the proxy's FHIR base in place of the
+ * upstream's. Paging uses `_count`/`_offset`, so the upstream must support `_offset` (HAPI, Medplum do).
+ */
+import type { SearchRequest } from '@medplum/core';
+import type { Bundle, BundleEntry, Resource } from '@medplum/fhirtypes';
+import type { UpstreamConfig } from '../../config.js';
+import { badRequest, upstreamError } from '../../errors.js';
+import type {
+  HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchResult, WriteResult,
+} from '../port.js';
+import { credentialsFor } from './auth.js';
+import { FhirUpstreamClient, type FhirExchange, type FhirReply } from './client.js';
+import { forwardableHeaders, type HeaderInput } from './headers.js';
+import { historyQuery, searchQuery } from './query.js';
+import { UpstreamTransport, type UpstreamLogger } from './transport.js';
+
+export interface UpstreamRepositoryOptions {
+  config: UpstreamConfig;
+  /** The proxy's public FHIR base, e.g. `http://localhost:8080/fhir`; replaces the upstream base in responses. */
+  proxyFhirBase: string;
+  logger?: UpstreamLogger;
+  /** Replaces global fetch (tests, custom dispatchers). */
+  fetchImpl?: typeof fetch;
+  /** Clock for the access-token cache only (tests freeze it); defaults to Date.now. */
+  now?: () => number;
+}
+
+const RESOURCE_TYPE = /^[A-Z][A-Za-z]{1,63}$/;
+const ID = /^[A-Za-z0-9\-.]{1,64}$/;
+
+export class UpstreamRepository implements Repository {
+  readonly description: RepositoryDescription;
+  private readonly client: FhirUpstreamClient;
+  private readonly logger?: UpstreamLogger;
+  /** Caller headers forwarded upstream; empty unless this is a view made by forCaller(). */
+  private caller: Record<string, string> = {};
+
+  constructor(options: UpstreamRepositoryOptions) {
+    const { config } = options;
+    const base = config.url.replace(/\/+$/, '');
+    const transport = new UpstreamTransport(options.fetchImpl ?? globalThis.fetch, config.timeoutMs, options.logger);
+    const credentials = credentialsFor(config, transport, options.now ?? Date.now);
+    this.client = new FhirUpstreamClient(base, options.proxyFhirBase.replace(/\/+$/, ''), transport, credentials);
+    this.logger = options.logger;
+    this.description = { adapter: 'upstream', location: publicLocation(base) };
+  }
+
+  /**
+   * A view of this repository whose upstream requests also carry the caller's forwardable headers
+   * (see forwardableHeaders: never its credentials, cookies or hop-by-hop headers), e.g. a request id
+   * or Accept-Language. Shares the connection settings and the token cache.
+   */
+  forCaller(headers: HeaderInput): UpstreamRepository {
+    const view = Object.create(this) as UpstreamRepository;
+    view.caller = forwardableHeaders(headers);
+    return view;
+  }
+
+  supportedSearchParams(): undefined {
+    return undefined;
+  }
+
+  async create<T extends Resource>(resource: T, options: { ifNoneExist?: string } = {}): Promise<WriteResult<T>> {
+    const type = checkType(resource.resourceType);
+    if (options.ifNoneExist !== undefined && !/^[\x21-\x7e]+$/.test(options.ifNoneExist)) {
+      throw badRequest('Invalid If-None-Exist query');
+    }
+    // The server assigns id and version (http.html#create); sending ours would only be ignored or refused.
+    const { id: _id, ...body } = resource;
+    if (body.meta) {
+      const { versionId: _v, lastUpdated: _l, ...meta } = body.meta;
+      body.meta = meta;
+    }
+    const reply = await this.send({
+      method: 'POST', path: type, what: `create ${type}`, body,
+      headers: { prefer: 'return=representation', ...(options.ifNoneExist ? { 'if-none-exist': options.ifNoneExist } : {}) },
+    });
+    const stored = await this.writtenResource<T>(reply, type);
+    return { resource: stored, outcome: reply.status === 201 ? 'created' : 'existing' };
+  }
+
+  async read<T extends Resource = Resource>(resourceType: string, id: string): Promise<T> {
+    const type = checkType(resourceType);
+    const reply = await this.send({ method: 'GET', path: `${type}/${checkId(id)}`, what: `read ${type}` });
+    return expectResource<T>(reply.body, type);
+  }
+
+  async vread<T extends Resource = Resource>(resourceType: string, id: string, versionId: string): Promise<T> {
+    const type = checkType(resourceType);
+    const reply = await this.send({
+      method: 'GET', path: `${type}/${checkId(id)}/_history/${checkId(versionId, 'versionId')}`, what: `vread ${type}`,
+    });
+    return expectResource<T>(reply.body, type);
+  }
+
+  async update<T extends Resource>(resource: T, options: { ifMatch?: string } = {}): Promise<WriteResult<T>> {
+    const type = checkType(resource.resourceType);
+    if (!resource.id) throw badRequest('An update needs the resource id', `${type}.id`);
+    const id = checkId(resource.id);
+    const reply = await this.send({
+      method: 'PUT', path: `${type}/${id}`, what: `update ${type}`, body: resource,
+      headers: {
+        prefer: 'return=representation',
+        ...(options.ifMatch !== undefined ? { 'if-match': `W/"${checkId(options.ifMatch, 'If-Match')}"` } : {}),
+      },
+    });
+    const stored = await this.writtenResource<T>(reply, type);
+    return { resource: stored, outcome: reply.status === 201 ? 'created' : 'updated' };
+  }
+
+  async delete(resourceType: string, id: string): Promise<void> {
+    const type = checkType(resourceType);
+    // Deleting what is absent or already deleted succeeds (the port's delete is idempotent).
+    await this.send({ method: 'DELETE', path: `${type}/${checkId(id)}`, what: `delete ${type}`, alsoOk: [404, 410] });
+  }
+
+  async search(request: SearchRequest): Promise<SearchResult> {
+    const system = !RESOURCE_TYPE.test(request.resourceType ?? '') && (request.types?.length ?? 0) > 0;
+    const type = system ? '' : checkType(request.resourceType);
+    const reply = await this.send({ method: 'GET', path: `${type}${searchQuery(request)}`, what: `search ${type || 'system'}` });
+    const bundle = expectBundle(reply.body, 'searchset');
+    const resources: Resource[] = [];
+    const included: Resource[] = [];
+    for (const entry of bundle.entry ?? []) {
+      if (!entry.resource) continue;
+      const mode = entry.search?.mode;
+      if (mode === 'include') included.push(entry.resource);
+      else if (mode === undefined || mode === 'match') resources.push(entry.resource);
+      // mode 'outcome' carries upstream warnings about the search itself; not data.
+    }
+    const count = request.count;
+    const overfull = count !== undefined && resources.length > count;
+    return {
+      resources: overfull ? resources.slice(0, count) : resources,
+      included,
+      hasMore: overfull || hasNextLink(bundle),
+    };
+  }
+
+  async history(request: HistoryRequest): Promise<HistoryResult> {
+    let path = '_history';
+    if (request.resourceType) {
+      const type = checkType(request.resourceType);
+      path = request.id ? `${type}/${checkId(request.id)}/_history` : `${type}/_history`;
+    } else if (request.id) {
+      throw badRequest('Instance history needs a resource type');
+    }
+    const reply = await this.send({
+      method: 'GET',
+      path: path + historyQuery({ count: request.count, offset: request.offset, since: request.since }),
+      what: `history ${request.resourceType ?? 'system'}`,
+    });
+    const bundle = expectBundle(reply.body, 'history');
+    const entries = (bundle.entry ?? []).map(historyEntry).filter((e): e is HistoryEntry => e !== undefined);
+    const overfull = entries.length > request.count;
+    return { entries: overfull ? entries.slice(0, request.count) : entries, hasMore: overfull || hasNextLink(bundle) };
+  }
+
+  async transaction(bundle: Bundle): Promise<Bundle> {
+    if (bundle?.resourceType !== 'Bundle' || bundle.type !== 'transaction') {
+      throw badRequest('A transaction needs a Bundle of type "transaction"', 'Bundle.type');
+    }
+    const reply = await this.send({ method: 'POST', path: '', what: 'transaction', body: bundle });
+    return expectBundle(reply.body, 'transaction-response');
+  }
+
+  async close(): Promise<void> {
+    // fetch's connection pool is global and idles out by itself; nothing is held per adapter.
+  }
+
+  private send(x: FhirExchange): Promise<FhirReply> {
+    return this.client.exchange({ ...x, caller: this.caller });
+  }
+
+  /** The resource a create/update returned, or (when upstream ignored Prefer) the version its Location names. */
+  private async writtenResource<T extends Resource>(reply: FhirReply, type: string): Promise<T> {
+    const body = reply.body as Resource | undefined;
+    if (body?.resourceType === type) return body as T;
+    const match = reply.location && /([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/([A-Za-z0-9\-.]{1,64}))?\/?$/.exec(reply.location);
+    if (match && match[1] === type) {
+      return match[3] ? this.vread<T>(type, match[2]!, match[3]) : this.read<T>(type, match[2]!);
+    }
+    this.logger?.warn({ what: `write ${type}`, status: reply.status }, 'upstream write answered neither the resource nor a Location');
+    throw upstreamError('Upstream FHIR server sent an invalid response');
+  }
+}
+
+function checkType(resourceType: string | undefined): string {
+  if (!resourceType || !RESOURCE_TYPE.test(resourceType)) throw badRequest('Invalid resource type', 'resourceType');
+  return resourceType;
+}
+
+function checkId(id: string, what = 'id'): string {
+  // `.` and `..` match the FHIR id pattern but would walk up the upstream URL path.
+  if (!ID.test(id) || /^\.+$/.test(id)) throw badRequest(`Invalid ${what}`);
+  return id;
+}
+
+function expectResource<T extends Resource>(body: unknown, type: string): T {
+  if ((body as Resource | undefined)?.resourceType !== type) throw upstreamError('Upstream FHIR server sent an invalid response');
+  return body as T;
+}
+
+function expectBundle(body: unknown, type: Bundle['type']): Bundle {
+  const bundle = body as Bundle | undefined;
+  if (bundle?.resourceType !== 'Bundle' || (bundle.type !== undefined && bundle.type !== type)) {
+    throw upstreamError('Upstream FHIR server sent an invalid response');
+  }
+  return bundle;
+}
+
+function hasNextLink(bundle: Bundle): boolean {
+  return (bundle.link ?? []).some((l) => l.relation === 'next' && !!l.url);
+}
+
+/**
+ * One history entry (http.html#history): the method from `request.method` (PATCH counts as PUT);
+ * id, version and time from the resource, else from `request.url`, `response.etag` and
+ * `response.lastModified`. Servers that omit `request` get POST for version "1", PUT otherwise, and
+ * DELETE for entries without a resource.
+ */
+function historyEntry(entry: BundleEntry): HistoryEntry | undefined {
+  const resource = entry.resource;
+  const fromUrl = /([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/([A-Za-z0-9\-.]{1,64}))?\/?$/
+    .exec(entry.request?.url?.split('?')[0] ?? entry.fullUrl ?? entry.response?.location ?? '');
+  const resourceType = resource?.resourceType ?? fromUrl?.[1];
+  const id = resource?.id ?? fromUrl?.[2];
+  const versionId = resource?.meta?.versionId ?? etagVersion(entry.response?.etag) ?? fromUrl?.[3];
+  const lastUpdated = resource?.meta?.lastUpdated ?? httpDateToInstant(entry.response?.lastModified);
+  if (!resourceType || !id || !versionId || !lastUpdated) return undefined;
+  const requested = entry.request?.method;
+  const method: HistoryEntry['method'] = requested === 'DELETE' || (!requested && !resource) ? 'DELETE'
+    : requested === 'POST' || (!requested && versionId === '1') ? 'POST' : 'PUT';
+  return { resourceType, id, versionId, lastUpdated, method, ...(resource && method !== 'DELETE' ? { resource } : {}) };
+}
+
+function etagVersion(etag: string | undefined): string | undefined {
+  return etag ? /^(?:W\/)?"?([^"]+)"?$/.exec(etag)?.[1] : undefined;
+}
+
+function httpDateToInstant(value: string | undefined): string | undefined {
+  if (!value) return undefined;
+  const time = Date.parse(value);
+  return Number.isNaN(time) ? undefined : new Date(time).toISOString();
+}
+
+/** The upstream base for start-up logs, without any userinfo or query that could hold a secret. */
+function publicLocation(base: string): string {
+  try {
+    const u = new URL(base);
+    return `${u.protocol}//${u.host}${u.pathname}`.replace(/\/+$/, '');
+  } catch {
+    return '(invalid upstream URL)';
+  }
+}
