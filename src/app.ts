@@ -1,0 +1,124 @@
+/**
+ * The composition root: the only place that builds adapters (repository, KV, chain) from the
+ * configuration and wires them into the routers. Everything else receives what it needs.
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import express, { type Express } from 'express';
+import type { Config } from './config.js';
+import { fhirBase, insecureSettings } from './config.js';
+import { OPEN_ACCESS, type AccessContext } from './fhir/access.js';
+import { buildCapabilityStatement } from './fhir/capability.js';
+import { loadFhirDefinitions } from './fhir/definitions.js';
+import { fhirHttpRouter, type Authenticate } from './fhir/http.js';
+import { FhirRouter } from './fhir/router.js';
+import { ProfileValidator } from './fhir/validation.js';
+import { deriveKey, loadMasterKey, masterKeyPath } from './keys.js';
+import { MemoryKeyValueStore } from './kv/memory.js';
+import type { KeyValueStore } from './kv/port.js';
+import { createLogger, type Logger } from './log.js';
+import { PACKAGE_ROOT, PROFILES_DIR } from './paths.js';
+import { EmbeddedRepository } from './repository/embedded/index.js';
+import type { Repository } from './repository/port.js';
+import { UpstreamRepository } from './repository/upstream/index.js';
+
+export const VERSION: string = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+
+export interface App {
+  config: Config;
+  logger: Logger;
+  http: Express;
+  fhir: FhirRouter;
+  repository: Repository;
+  kv: KeyValueStore;
+  /** One line per port: which adapter serves it and where its data lives. */
+  adapters: { port: string; adapter: string; location: string }[];
+  close(): Promise<void>;
+}
+
+/** Builds the repository adapter the configuration asks for (CLI tools use this too). */
+export async function createRepository(config: Config, logger: Logger): Promise<Repository> {
+  if (config.upstream) {
+    return new UpstreamRepository({ config: config.upstream, proxyFhirBase: fhirBase(config), logger });
+  }
+  mkdirSync(config.dataDir, { recursive: true });
+  return EmbeddedRepository.open({ dataDir: config.dataDir, masterKey: loadMasterKey(config), logger });
+}
+
+/** Builds the whole proxy from a configuration. Nothing listens until the caller calls `http.listen`. */
+export async function createApp(config: Config, options: { logger?: Logger } = {}): Promise<App> {
+  const logger = options.logger ?? createLogger(config.logLevel);
+  for (const warning of insecureSettings(config)) logger.warn(warning);
+  mkdirSync(config.dataDir, { recursive: true });
+  loadFhirDefinitions();
+  const validator = new ProfileValidator(PROFILES_DIR);
+  const masterKey = loadMasterKey(config);
+  const repository = await createRepository(config, logger);
+  const kv: KeyValueStore = new MemoryKeyValueStore();
+
+  const base = fhirBase(config);
+  const profilesByType: Record<string, string[]> = {};
+  for (const url of validator.profileUrls()) {
+    const sd = validator.profile(url)!;
+    if (sd.kind === 'resource' && sd.type) (profilesByType[sd.type] ??= []).push(url);
+  }
+  const started = new Date().toISOString();
+  const fhir: FhirRouter = new FhirRouter({
+    repository,
+    validator,
+    fhirBase: base,
+    pageTokenKey: deriveKey(masterKey, 'page-token'),
+    defaultPageSize: config.defaultPageSize,
+    maxPageSize: config.maxPageSize,
+    logger,
+    capabilityStatement: () => buildCapabilityStatement({
+      fhirBase: base,
+      version: VERSION,
+      searchParams: repository.supportedSearchParams(),
+      operations: fhir.registeredOperations(),
+      instantiates: ['http://hl7.org/fhir/uv/cgm/CapabilityStatement/cgm-data-receiver'],
+      profilesByType,
+      date: started,
+    }),
+  });
+
+  const authenticate: Authenticate = async (): Promise<AccessContext> => OPEN_ACCESS;
+
+  const http = express();
+  http.disable('x-powered-by');
+  http.set('trust proxy', false);
+  http.use((req, res, next) => {
+    const incoming = req.headers['x-request-id'];
+    const id = typeof incoming === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(incoming) ? incoming : crypto.randomUUID();
+    res.setHeader('X-Request-Id', id);
+    next();
+  });
+  http.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate, maxBodyBytes: config.maxBodyBytes, logger }));
+  http.get('/', (_req, res) => {
+    res.json({ name: 'GlucoGuard', version: VERSION, fhir: base });
+  });
+
+  const adapters = [
+    { port: 'repository', adapter: repository.description.adapter, location: repository.description.location },
+    { port: 'kv', adapter: kv.description.adapter, location: kv.description.location },
+    { port: 'chain', adapter: 'none', location: 'not wired yet (anchoring arrives with the chain issue)' },
+    { port: 'master key', adapter: config.masterKey ? 'env' : 'file', location: config.masterKey ? 'GLUCOGUARD_MASTER_KEY' : masterKeyPath(config.dataDir) },
+  ];
+
+  return {
+    config,
+    logger,
+    http,
+    fhir,
+    repository,
+    kv,
+    adapters,
+    async close() {
+      await repository.close();
+      await kv.close();
+    },
+  };
+}

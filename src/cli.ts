@@ -1,0 +1,106 @@
+/**
+ * The `glucoguard` command. `serve` runs the proxy; the other commands are operator tools that
+ * work on the same data directory / upstream as the server.
+ */
+import type { Server } from 'node:http';
+import type { Patient } from '@medplum/fhirtypes';
+import { Command, InvalidArgumentError } from 'commander';
+import { createApp, createRepository, VERSION } from './app.js';
+import { ConfigError, fhirBase, loadConfig, type Config } from './config.js';
+import { loadFhirDefinitions } from './fhir/definitions.js';
+import { ProfileValidator } from './fhir/validation.js';
+import { createLogger } from './log.js';
+import { PROFILES_DIR } from './paths.js';
+
+function config(): Config {
+  try {
+    return loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(`glucoguard: ${err.message}`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}
+
+const program = new Command();
+program.name('glucoguard').description('GlucoGuard: SMART-on-FHIR proxy for CGM data with on-chain consent').version(VERSION);
+
+program
+  .command('serve')
+  .description('run the proxy (FHIR endpoint at <base>/fhir) on the configured adapters')
+  .action(async () => {
+    const cfg = config();
+    const app = await createApp(cfg);
+    const { logger } = app;
+    for (const a of app.adapters) logger.info({ port: a.port, adapter: a.adapter, location: a.location }, `${a.port}: ${a.adapter} (${a.location})`);
+    const server: Server = app.http.listen(cfg.port, cfg.host, () => {
+      logger.info({ fhirBase: fhirBase(cfg) }, `GlucoGuard ${VERSION} listening: FHIR base ${fhirBase(cfg)}`);
+    });
+    server.keepAliveTimeout = 5000;
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      logger.info({ signal }, 'shutting down: no new connections, finishing in-flight requests');
+      const force = setTimeout(() => {
+        logger.error('in-flight requests did not finish within 10 s; exiting');
+        process.exit(1);
+      }, 10_000);
+      force.unref();
+      server.close(async () => {
+        try {
+          await app.close();
+          logger.info('stopped cleanly');
+          logger.flush?.();
+          process.exit(0);
+        } catch (err) {
+          logger.error({ err }, 'error while closing');
+          process.exit(1);
+        }
+      });
+      server.closeIdleConnections();
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+
+const patients = program.command('patients').description('manage patients in the repository');
+patients
+  .command('create')
+  .description('create a Patient and print its id')
+  .requiredOption('--given <name>', 'given name')
+  .requiredOption('--family <name>', 'family name')
+  .option('--birth-date <YYYY-MM-DD>', 'birth date', (v) => {
+    if (!/^\d{4}(-\d{2}(-\d{2})?)?$/.test(v)) throw new InvalidArgumentError('expected YYYY, YYYY-MM or YYYY-MM-DD');
+    return v;
+  })
+  .option('--gender <gender>', 'male | female | other | unknown')
+  .action(async (opts: { given: string; family: string; birthDate?: string; gender?: string }) => {
+    const cfg = config();
+    const logger = createLogger('warn');
+    loadFhirDefinitions();
+    const validator = new ProfileValidator(PROFILES_DIR);
+    const repository = await createRepository(cfg, logger);
+    try {
+      const patient: Patient = {
+        resourceType: 'Patient',
+        active: true,
+        name: [{ given: [opts.given], family: opts.family }],
+        ...(opts.birthDate ? { birthDate: opts.birthDate } : {}),
+        ...(opts.gender ? { gender: opts.gender as Patient['gender'] } : {}),
+      };
+      validator.assertValid(patient);
+      const { resource } = await repository.create(patient);
+      console.log(resource.id);
+    } finally {
+      await repository.close();
+    }
+  });
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  const e = err as { code?: string; issues?: { diagnostics?: string }[]; message?: string };
+  console.error(`glucoguard: ${e.issues?.map((i) => i.diagnostics).join('; ') ?? e.message ?? String(err)}`);
+  process.exit(1);
+});

@@ -1,0 +1,132 @@
+/**
+ * batch and transaction Bundles (https://hl7.org/fhir/R4/http.html#transaction). A batch runs each
+ * entry through the router on its own; a transaction is validated and authorized whole before the
+ * repository commits its writes atomically, and its reads run afterwards through the router so
+ * that every read rule applies to them too.
+ */
+import type { Bundle, BundleEntry, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
+import { badRequest, GlucoGuardError, unprocessable } from '../errors.js';
+import { errorToResponse } from './outcomes.js';
+import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
+
+const STATUS_TEXT: Record<number, string> = {
+  200: 'OK', 201: 'Created', 204: 'No Content', 304: 'Not Modified', 400: 'Bad Request', 401: 'Unauthorized',
+  403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 409: 'Conflict', 410: 'Gone', 412: 'Precondition Failed',
+  415: 'Unsupported Media Type', 422: 'Unprocessable Entity', 429: 'Too Many Requests', 500: 'Internal Server Error',
+  502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
+};
+
+/** Processes a batch: independent entries, each answered in order. */
+export async function processBatch(bundle: Bundle, parent: FhirRequest, handle: (req: FhirRequest) => Promise<FhirResponse>): Promise<FhirResponse> {
+  const entries = bundle.entry ?? [];
+  const out: BundleEntry[] = [];
+  for (const [i, entry] of entries.entries()) {
+    let response: FhirResponse;
+    try {
+      response = await handle(entryRequest(entry, i, parent));
+    } catch (err) {
+      response = errorToResponse(err);
+    }
+    out.push(responseEntry(response));
+  }
+  return { status: 200, body: { resourceType: 'Bundle', type: 'batch-response', entry: out } };
+}
+
+export interface TransactionSteps {
+  validate(resource: Resource): void;
+  authorize(interaction: 'create' | 'update' | 'delete', resource: Resource): Promise<void>;
+  checkType(type: string): string;
+  commit(bundle: Bundle): Promise<Bundle>;
+  read(req: FhirRequest): Promise<FhirResponse>;
+  guard(resources: Resource[]): Promise<{ allowed: Resource[]; issues: OperationOutcomeIssue[] }>;
+}
+
+/** Processes a transaction: all writes or none; reads after writes. */
+export async function processTransaction(bundle: Bundle, parent: FhirRequest, steps: TransactionSteps): Promise<FhirResponse> {
+  const entries = bundle.entry ?? [];
+  const writes: { index: number; entry: BundleEntry }[] = [];
+  const reads: { index: number; entry: BundleEntry }[] = [];
+  const issues: OperationOutcomeIssue[] = [];
+  for (const [i, entry] of entries.entries()) {
+    const method = entry.request?.method;
+    const url = entry.request?.url;
+    if (!method || !url) throw badRequest(`Bundle.entry[${i}].request needs method and url`, `Bundle.entry[${i}].request`);
+    if (method === 'GET' || method === 'HEAD') {
+      reads.push({ index: i, entry });
+      continue;
+    }
+    if (method === 'PATCH') throw badRequest('PATCH is not supported', `Bundle.entry[${i}].request.method`);
+    const type = steps.checkType(url.split(/[/?]/)[0]!);
+    if (method === 'DELETE') {
+      await steps.authorize('delete', { resourceType: type, id: url.split('/')[1] } as Resource);
+      writes.push({ index: i, entry });
+      continue;
+    }
+    const resource = entry.resource;
+    if (!resource || resource.resourceType !== type) {
+      throw badRequest(`Bundle.entry[${i}].resource must be a ${type}`, `Bundle.entry[${i}].resource`);
+    }
+    try {
+      steps.validate(resource);
+    } catch (err) {
+      if (!(err instanceof GlucoGuardError) || err.code !== 'ERR_UNPROCESSABLE') throw err;
+      issues.push(...err.issues.map((is) => ({ ...is, expression: (is.expression ?? [resource.resourceType]).map((e) => `Bundle.entry[${i}].resource.${e.replace(/^[A-Z][A-Za-z]+\.?/, '')}`.replace(/\.$/, '')) })));
+      continue;
+    }
+    await steps.authorize(method === 'POST' ? 'create' : 'update', resource);
+    writes.push({ index: i, entry });
+  }
+  if (issues.length) throw unprocessable(issues);
+
+  const out: BundleEntry[] = new Array(entries.length);
+  if (writes.length) {
+    const committed = await steps.commit({ resourceType: 'Bundle', type: 'transaction', entry: writes.map((w) => w.entry) });
+    const echoed = (committed.entry ?? []).flatMap((e) => (e.resource ? [e.resource] : []));
+    const { allowed } = await steps.guard(echoed);
+    const visible = new Set(allowed);
+    for (const [k, w] of writes.entries()) {
+      const e = committed.entry?.[k] ?? {};
+      out[w.index] = { ...e, ...(e.resource && !visible.has(e.resource) ? { resource: undefined } : {}) };
+      if (out[w.index]!.resource === undefined) delete out[w.index]!.resource;
+    }
+  }
+  for (const r of reads) out[r.index] = responseEntry(await steps.read(entryRequest(r.entry, r.index, parent)));
+  return { status: 200, body: { resourceType: 'Bundle', type: 'transaction-response', entry: out } };
+}
+
+/** Builds the router request for one Bundle entry. */
+function entryRequest(entry: BundleEntry, index: number, parent: FhirRequest): FhirRequest {
+  const method = entry.request?.method as HttpMethod | undefined;
+  const url = entry.request?.url;
+  if (!method || !url) throw badRequest(`Bundle.entry[${index}].request needs method and url`, `Bundle.entry[${index}].request`);
+  const relative = url.replace(/^https?:\/\/[^/]+(\/[^?]*)?\/fhir\//, '');
+  const [path, qs] = relative.split('?', 2) as [string, string | undefined];
+  if (path === '' && method === 'POST') throw badRequest('Nested batch/transaction Bundles are not supported', `Bundle.entry[${index}]`);
+  const query: Record<string, string | string[]> = {};
+  for (const [k, v] of new URLSearchParams(qs ?? '')) query[k] = k in query ? [query[k]!].flat().concat(v) : v;
+  const headers: Record<string, string | undefined> = {
+    'content-type': 'application/fhir+json',
+    prefer: parent.headers.prefer,
+    'if-none-exist': entry.request?.ifNoneExist,
+    'if-match': entry.request?.ifMatch,
+    'if-none-match': entry.request?.ifNoneMatch,
+  };
+  return { method, path, query, headers, body: entry.resource, access: parent.access };
+}
+
+function responseEntry(response: FhirResponse): BundleEntry {
+  const status = `${response.status} ${STATUS_TEXT[response.status] ?? ''}`.trim();
+  const h = response.headers ?? {};
+  const body = response.body as Resource | undefined;
+  const isOutcome = body?.resourceType === 'OperationOutcome';
+  return {
+    ...(body && !isOutcome ? { resource: body } : {}),
+    response: {
+      status,
+      ...(h.Location ? { location: h.Location } : {}),
+      ...(h.ETag ? { etag: h.ETag } : {}),
+      ...(h['Last-Modified'] ? { lastModified: new Date(h['Last-Modified']).toISOString() } : {}),
+      ...(isOutcome ? { outcome: body } : {}),
+    },
+  };
+}

@@ -1,0 +1,99 @@
+/**
+ * The CapabilityStatement (`GET /fhir/metadata`): lists exactly what the facade supports — the
+ * resource types, interactions, search parameters the repository answers, operations registered,
+ * and the SMART security block when auth is on.
+ */
+import { getSearchParameter } from '@medplum/core';
+import type {
+  CapabilityStatement, CapabilityStatementRestResource, CapabilityStatementRestResourceSearchParam,
+  CapabilityStatementRestSecurity,
+} from '@medplum/fhirtypes';
+import type { OperationHandler } from './router.js';
+import { SUPPORTED_RESOURCE_TYPES } from './resource-types.js';
+
+export interface CapabilityInputs {
+  fhirBase: string;
+  version: string;
+  /** Search parameters per type (from the repository), or undefined for the standard ones (upstream). */
+  searchParams: Record<string, string[]> | undefined;
+  operations: OperationHandler[];
+  security?: CapabilityStatementRestSecurity;
+  /** Canonicals this server instantiates (e.g. the CGM IG's cgm-data-receiver). */
+  instantiates?: string[];
+  /** Profiles held in profiles/ (supportedProfile per type). */
+  profilesByType?: Record<string, string[]>;
+  date: string;
+}
+
+const STANDARD_PARAMS: Record<string, string[]> = {
+  Patient: ['identifier', 'name', 'family', 'given', 'birthdate', 'gender'],
+  Observation: ['patient', 'subject', 'code', 'date', 'category', 'device', 'status'],
+  Device: ['patient', 'identifier', 'type'],
+  Consent: ['patient', 'status', 'date'],
+  AuditEvent: ['patient', 'date', 'agent', 'entity'],
+  MedicationAdministration: ['patient', 'effective-time', 'status'],
+  DiagnosticReport: ['patient', 'subject', 'code', 'date', 'category'],
+  ServiceRequest: ['patient', 'subject', 'code', 'status'],
+  Practitioner: ['identifier', 'name'],
+  Organization: ['identifier', 'name'],
+};
+
+/** Builds the statement; cheap enough to call per request, but callers may cache it. */
+export function buildCapabilityStatement(inputs: CapabilityInputs): CapabilityStatement {
+  const typeOps = (type: string) => inputs.operations.filter((op) =>
+    (op.levels.includes('type') || op.levels.includes('instance')) && (!op.resourceTypes?.length || op.resourceTypes.includes(type)));
+  const resources: CapabilityStatementRestResource[] = SUPPORTED_RESOURCE_TYPES.map((type) => {
+    const codes = ['_id', '_lastUpdated', ...(inputs.searchParams ? inputs.searchParams[type] ?? [] : STANDARD_PARAMS[type] ?? [])];
+    const searchParam: CapabilityStatementRestResourceSearchParam[] = [...new Set(codes)].map((code) => {
+      const sp = getSearchParameter(type, code);
+      return { name: code, type: (sp?.type ?? 'token') as CapabilityStatementRestResourceSearchParam['type'], ...(sp?.url ? { definition: sp.url } : {}) };
+    });
+    return {
+      type,
+      ...(inputs.profilesByType?.[type]?.length ? { supportedProfile: inputs.profilesByType[type] } : {}),
+      interaction: ['read', 'vread', 'update', 'delete', 'history-instance', 'history-type', 'create', 'search-type'].map((code) => ({ code })) as CapabilityStatementRestResource['interaction'],
+      versioning: 'versioned-update',
+      readHistory: true,
+      updateCreate: true,
+      conditionalCreate: true,
+      conditionalRead: 'not-supported',
+      conditionalUpdate: false,
+      conditionalDelete: 'not-supported',
+      searchInclude: ['*'],
+      searchRevInclude: ['*'],
+      searchParam,
+      ...(typeOps(type).length ? { operation: typeOps(type).map((op) => ({ name: op.name, definition: operationCanonical(op.name) })) } : {}),
+    };
+  });
+  const systemOps = inputs.operations.filter((op) => op.levels.includes('system'));
+  return {
+    resourceType: 'CapabilityStatement',
+    status: 'active',
+    date: inputs.date,
+    kind: 'instance',
+    publisher: 'GlucoGuard',
+    software: { name: 'GlucoGuard', version: inputs.version },
+    implementation: { description: 'GlucoGuard FHIR R4 proxy', url: inputs.fhirBase },
+    fhirVersion: '4.0.1',
+    format: ['application/fhir+json', 'json'],
+    ...(inputs.instantiates?.length ? { instantiates: inputs.instantiates } : {}),
+    rest: [{
+      mode: 'server',
+      ...(inputs.security ? { security: inputs.security } : {}),
+      resource: resources,
+      interaction: [{ code: 'batch' }, { code: 'transaction' }, { code: 'history-system' }],
+      ...(systemOps.length ? { operation: systemOps.map((op) => ({ name: op.name, definition: operationCanonical(op.name) })) } : {}),
+    }],
+  };
+}
+
+function operationCanonical(name: string): string {
+  if (name === 'submit-cgm-bundle') return 'http://hl7.org/fhir/uv/cgm/OperationDefinition/submit-cgm-bundle';
+  const standard: Record<string, string> = {
+    everything: 'http://hl7.org/fhir/OperationDefinition/Patient-everything',
+    lastn: 'http://hl7.org/fhir/OperationDefinition/Observation-lastn',
+    export: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export',
+    meta: 'http://hl7.org/fhir/OperationDefinition/Resource-meta',
+  };
+  return standard[name] ?? `urn:glucoguard:operation:${name}`;
+}

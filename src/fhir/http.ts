@@ -1,0 +1,138 @@
+/**
+ * The thin express adapter for the FHIR facade: raw body → FhirRequest, FhirResponse → HTTP.
+ * Content negotiation (`_format`, `Accept`), body limits (413), malformed JSON (400) and
+ * `_pretty` live here; everything FHIR lives in the router.
+ */
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import { badRequest, notAcceptable, tooLarge } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { AccessContext } from './access.js';
+import { errorToResponse } from './outcomes.js';
+import type { FhirRouter } from './router.js';
+import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
+
+export type Authenticate = (headers: Record<string, string | undefined>, requestUrl: string) => Promise<AccessContext>;
+
+export interface FhirHttpOptions {
+  router: FhirRouter;
+  authenticate: Authenticate;
+  maxBodyBytes: number;
+  logger: Logger;
+  /** Paths below /fhir that need no token (metadata, discovery). */
+  publicPaths?: RegExp[];
+}
+
+const JSON_FORMATS = new Set(['json', 'application/json', 'application/fhir+json', 'application/json+fhir']);
+const DEFAULT_PUBLIC = [/^\/metadata$/];
+
+/** Express router to mount at `/fhir`. */
+export function fhirHttpRouter(options: FhirHttpOptions): Router {
+  const r = express.Router();
+  r.use(express.raw({ type: () => true, limit: options.maxBodyBytes }));
+  r.use((err: unknown, _req: Request, res: Response, next: NextFunction) => {
+    if (!err) return next();
+    const e = err as { type?: string; status?: number };
+    const gg = e.type === 'entity.too.large' ? tooLarge(`Request body larger than ${options.maxBodyBytes} bytes`) : badRequest('Unreadable request body');
+    send(res, errorToResponse(gg), false);
+  });
+  r.all(/.*/, async (req: Request, res: Response) => {
+    const started = process.hrtime.bigint();
+    let response: FhirResponse;
+    const pretty = req.query._pretty === 'true';
+    try {
+      negotiate(req);
+      const headers = lowerHeaders(req);
+      const isPublic = (options.publicPaths ?? DEFAULT_PUBLIC).some((p) => p.test(req.path));
+      const access = isPublic ? { kind: 'open' as const, scopes: [] } : await options.authenticate(headers, req.originalUrl);
+      const fhirReq: FhirRequest = {
+        method: req.method.toUpperCase() as HttpMethod,
+        path: decodePath(req.path),
+        query: req.query as Record<string, string | string[]>,
+        headers,
+        body: parseBody(req),
+        access,
+      };
+      response = await options.router.handle(fhirReq);
+    } catch (err) {
+      response = errorToResponse(err, options.logger);
+      const challenge = (err as { wwwAuthenticate?: string }).wwwAuthenticate;
+      if (challenge) response.headers = { ...response.headers, 'WWW-Authenticate': challenge };
+    }
+    send(res, response, pretty, req.method === 'HEAD');
+    options.logger.info({
+      reqId: res.getHeader('X-Request-Id'),
+      method: req.method,
+      route: routeTemplate(req.path),
+      status: response.status,
+      ms: Number(process.hrtime.bigint() - started) / 1e6,
+    }, 'fhir request');
+  });
+  return r;
+}
+
+function negotiate(req: Request): void {
+  const format = req.query._format;
+  if (typeof format === 'string' && !JSON_FORMATS.has(format.split(';')[0]!.trim().toLowerCase())) {
+    throw notAcceptable(`_format ${format.slice(0, 40)} is not supported; this server speaks application/fhir+json`);
+  }
+  const accept = req.headers.accept;
+  if (accept && !/(\*\/\*|application\/\*|json)/i.test(accept)) {
+    throw notAcceptable('This server speaks application/fhir+json only');
+  }
+}
+
+function parseBody(req: Request): unknown {
+  const raw = req.body as Buffer | undefined;
+  if (!Buffer.isBuffer(raw) || raw.length === 0) return undefined;
+  const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type === 'application/x-www-form-urlencoded') {
+    const out: Record<string, string | string[]> = {};
+    for (const [k, v] of new URLSearchParams(raw.toString('utf8'))) out[k] = k in out ? [out[k]!].flat().concat(v) : v;
+    return out;
+  }
+  if (type.endsWith('json')) {
+    try {
+      return JSON.parse(raw.toString('utf8'));
+    } catch {
+      throw badRequest('Malformed JSON body');
+    }
+  }
+  // Other media types reach the router as "not JSON"; it answers 415 where a body is expected.
+  return undefined;
+}
+
+function lowerHeaders(req: Request): Record<string, string | undefined> {
+  const out: Record<string, string | undefined> = {};
+  for (const [k, v] of Object.entries(req.headers)) out[k.toLowerCase()] = Array.isArray(v) ? v.join(', ') : v;
+  return out;
+}
+
+function decodePath(p: string): string {
+  try {
+    return decodeURIComponent(p).replace(/^\/+/, '');
+  } catch {
+    throw badRequest('Malformed URL path');
+  }
+}
+
+/** Logged route without ids, so logs carry no identifiers of patients. */
+function routeTemplate(p: string): string {
+  return p.split('/').map((seg, i) => (i >= 2 && !seg.startsWith('$') && !seg.startsWith('_') ? ':id' : seg)).join('/');
+}
+
+function send(res: Response, response: FhirResponse, pretty: boolean, head = false): void {
+  res.status(response.status);
+  for (const [k, v] of Object.entries(response.headers ?? {})) res.setHeader(k, v);
+  if (response.body === undefined || response.status === 204 || response.status === 304) {
+    res.end();
+    return;
+  }
+  res.setHeader('Content-Type', 'application/fhir+json; charset=utf-8');
+  const text = pretty ? JSON.stringify(response.body, null, 2) : JSON.stringify(response.body);
+  if (head) {
+    res.setHeader('Content-Length', Buffer.byteLength(text));
+    res.end();
+    return;
+  }
+  res.end(text);
+}

@@ -1,0 +1,62 @@
+/**
+ * Page tokens: the proxy pages every search and history itself. A `next`/`previous` link carries an
+ * opaque `_pageToken` holding the original query and the offset, MAC'd together with the requester,
+ * so a token issued to one requester is useless to another and cannot be edited.
+ */
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { badRequest } from '../errors.js';
+import type { AccessContext } from './access.js';
+
+export interface PageState {
+  /** The query of the first page (without `_pageToken`), as ordered pairs. */
+  query: [string, string][];
+  offset: number;
+}
+
+export class PageTokens {
+  constructor(private readonly key: Buffer) {}
+
+  issue(access: AccessContext, state: PageState): string {
+    const payload = Buffer.from(JSON.stringify({ q: state.query, o: state.offset })).toString('base64url');
+    return `${payload}.${this.mac(access, payload)}`;
+  }
+
+  /** Throws 400 for a token that was tampered with or issued to someone else. */
+  open(access: AccessContext, token: string): PageState {
+    const [payload, mac] = token.split('.');
+    if (!payload || !mac) throw badRequest('Invalid _pageToken', '_pageToken');
+    const expected = Buffer.from(this.mac(access, payload));
+    const given = Buffer.from(mac);
+    if (expected.length !== given.length || !timingSafeEqual(expected, given)) throw badRequest('Invalid _pageToken', '_pageToken');
+    const parsed = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as { q: [string, string][]; o: number };
+    return { query: parsed.q, offset: parsed.o };
+  }
+
+  private mac(access: AccessContext, payload: string): string {
+    const who = `${access.kind}|${access.subject ?? ''}|${access.clientId ?? ''}|${access.patient ?? ''}`;
+    return createHmac('sha256', this.key).update(who).update('\n').update(payload).digest('base64url');
+  }
+}
+
+/** Flattens a query object into ordered pairs (arrays become repeated parameters). */
+export function queryPairs(query: Record<string, string | string[]>): [string, string][] {
+  const pairs: [string, string][] = [];
+  for (const [k, v] of Object.entries(query)) {
+    for (const one of Array.isArray(v) ? v : [v]) pairs.push([k, one]);
+  }
+  return pairs;
+}
+
+/** Turns pairs back into the query object shape @medplum/core's parseSearchRequest takes. */
+export function pairsToQuery(pairs: [string, string][]): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of pairs) {
+    const prev = out[k];
+    out[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+  }
+  return out;
+}
+
+export function toQueryString(pairs: [string, string][]): string {
+  return new URLSearchParams(pairs).toString();
+}

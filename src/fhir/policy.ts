@@ -1,0 +1,39 @@
+/**
+ * The seam where authorization plugs into the facade. The router asks the policy before it touches
+ * the repository and passes every outbound resource through the guards. The default policy (auth
+ * off, in-process tools) allows everything; SMART scopes, consent and integrity supply their own.
+ */
+import type { SearchRequest } from '@medplum/core';
+import type { OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
+import type { AccessContext } from './access.js';
+
+export type Interaction = 'read' | 'vread' | 'search' | 'history' | 'create' | 'update' | 'delete' | 'operation';
+
+export interface AccessPolicy {
+  /**
+   * Type-level check before anything is read or written: throws `forbidden()` (403) when the
+   * requester may never perform this interaction on this type.
+   */
+  authorize(access: AccessContext, interaction: Interaction, resourceType: string): void | Promise<void>;
+  /** Narrows a search before it reaches the repository (e.g. to the launch patient or a granted data period). */
+  narrowSearch(access: AccessContext, request: SearchRequest): SearchRequest | Promise<SearchRequest>;
+  /** May this resource be created, updated or deleted by the requester? false → 403, nothing written. */
+  mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): boolean | Promise<boolean>;
+}
+
+/** Decides, per outbound resource, whether it may leave; may add issues for the client (integrity failures). */
+export interface OutboundGuard {
+  guard(access: AccessContext, resources: Resource[]): Promise<GuardResult>;
+}
+
+export interface GuardResult {
+  allowed: Resource[];
+  issues: OperationOutcomeIssue[];
+}
+
+/** Allows everything: used with GLUCOGUARD_AUTH=off and by in-process tools. */
+export const OPEN_POLICY: AccessPolicy = {
+  authorize: () => undefined,
+  narrowSearch: (_access, request) => request,
+  mayWrite: () => true,
+};

@@ -1,0 +1,19 @@
+/** Resource types the facade serves. Others get 404 (unknown type), as the CapabilityStatement says. */
+export const SUPPORTED_RESOURCE_TYPES = [
+  'Patient',
+  'Observation',
+  'Device',
+  'Consent',
+  'AuditEvent',
+  'MedicationAdministration',
+  'DiagnosticReport',
+  'ServiceRequest',
+  'Practitioner',
+  'Organization',
+] as const;
+
+export type SupportedResourceType = (typeof SUPPORTED_RESOURCE_TYPES)[number];
+
+export function isSupportedType(type: string): type is SupportedResourceType {
+  return (SUPPORTED_RESOURCE_TYPES as readonly string[]).includes(type);
+}

@@ -1,0 +1,482 @@
+/**
+ * The FHIR R4 REST facade (https://hl7.org/fhir/R4/http.html), free of express: a FhirRequest in,
+ * a FhirResponse out, never a thrown error. Authorization plugs in through AccessPolicy and
+ * OutboundGuards (src/fhir/policy.ts); storage through the Repository port.
+ */
+import type { SearchRequest } from '@medplum/core';
+import type { Bundle, BundleEntry, BundleLink, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
+import {
+  badRequest, forbidden, isGlucoGuardError, methodNotAllowed, notFound, unsupportedMediaType,
+} from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Repository } from '../repository/port.js';
+import type { AccessContext } from './access.js';
+import { processBatch, processTransaction } from './bundles.js';
+import { errorToResponse, informational, operationOutcome } from './outcomes.js';
+import { PageTokens, pairsToQuery, queryPairs, toQueryString } from './paging.js';
+import { OPEN_POLICY, type AccessPolicy, type OutboundGuard } from './policy.js';
+import { isSupportedType } from './resource-types.js';
+import { parseSearch } from './search.js';
+import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
+import type { ProfileValidator } from './validation.js';
+
+export interface FhirRouterOptions {
+  repository: Repository;
+  validator: ProfileValidator;
+  /** Absolute FHIR base of the proxy (`https://host/fhir`), used in fullUrl, Location and links. */
+  fhirBase: string;
+  /** Key for page-token MACs (derived from the master key). */
+  pageTokenKey: Buffer;
+  defaultPageSize: number;
+  maxPageSize: number;
+  /** Returns the CapabilityStatement for `GET metadata`. */
+  capabilityStatement: () => Resource;
+  policy?: AccessPolicy;
+  guards?: OutboundGuard[];
+  logger?: Logger;
+}
+
+/** A FHIR operation (`$name`) registered by another module (CGM ingest, summaries, export…). */
+export interface OperationHandler {
+  name: string;
+  /** Where it can be invoked: system (`/$x`), type (`/Patient/$x`) or instance (`/Patient/1/$x`). */
+  levels: ('system' | 'type' | 'instance')[];
+  /** Resource types it applies to at type/instance level; empty means any. */
+  resourceTypes?: string[];
+  methods: HttpMethod[];
+  handle(request: FhirRequest, target: { resourceType?: string; id?: string }): Promise<FhirResponse>;
+}
+
+type Route =
+  | { kind: 'metadata' }
+  | { kind: 'bundle' }
+  | { kind: 'system-history' }
+  | { kind: 'type'; type: string }
+  | { kind: 'type-search'; type: string }
+  | { kind: 'type-history'; type: string }
+  | { kind: 'instance'; type: string; id: string }
+  | { kind: 'instance-history'; type: string; id: string }
+  | { kind: 'vread'; type: string; id: string; vid: string }
+  | { kind: 'operation'; name: string; type?: string; id?: string };
+
+const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
+
+export class FhirRouter {
+  private readonly operations = new Map<string, OperationHandler>();
+  private readonly policy: AccessPolicy;
+  private readonly guards: OutboundGuard[];
+  private readonly pages: PageTokens;
+
+  constructor(private readonly options: FhirRouterOptions) {
+    this.policy = options.policy ?? OPEN_POLICY;
+    this.guards = options.guards ?? [];
+    this.pages = new PageTokens(options.pageTokenKey);
+  }
+
+  get repository(): Repository {
+    return this.options.repository;
+  }
+
+  /** Adds a `$operation`. */
+  registerOperation(op: OperationHandler): void {
+    this.operations.set(op.name, op);
+  }
+
+  registeredOperations(): OperationHandler[] {
+    return [...this.operations.values()];
+  }
+
+  /** Handles one request; errors become OperationOutcome responses. */
+  async handle(request: FhirRequest): Promise<FhirResponse> {
+    try {
+      return await this.dispatch(request);
+    } catch (err) {
+      return errorToResponse(err, this.options.logger);
+    }
+  }
+
+  private async dispatch(req: FhirRequest): Promise<FhirResponse> {
+    const route = this.route(req.path);
+    const method = req.method === 'HEAD' ? 'GET' : req.method;
+    switch (route.kind) {
+      case 'metadata':
+        if (method !== 'GET') throw methodNotAllowed('metadata supports GET only');
+        return { status: 200, body: this.options.capabilityStatement() };
+      case 'bundle':
+        if (method !== 'POST') throw methodNotAllowed('The FHIR base supports POST of batch/transaction Bundles');
+        return this.bundle(req);
+      case 'system-history':
+        if (method !== 'GET') throw methodNotAllowed('_history supports GET only');
+        return this.history(req, undefined, undefined);
+      case 'type':
+        if (method === 'GET') return this.search(req, route.type, req.query);
+        if (method === 'POST') return this.create(req, route.type);
+        throw methodNotAllowed(`${method} is not allowed on ${route.type}`);
+      case 'type-search':
+        if (method !== 'POST') throw methodNotAllowed('_search supports POST only');
+        return this.search(req, route.type, mergeQuery(req.query, formBody(req)));
+      case 'type-history':
+        if (method !== 'GET') throw methodNotAllowed('_history supports GET only');
+        return this.history(req, route.type, undefined);
+      case 'instance':
+        if (method === 'GET') return this.read(req, route.type, route.id);
+        if (method === 'PUT') return this.update(req, route.type, route.id);
+        if (method === 'DELETE') return this.delete(req, route.type, route.id);
+        throw methodNotAllowed(`${method} is not allowed on ${route.type}/${route.id}`);
+      case 'instance-history':
+        if (method !== 'GET') throw methodNotAllowed('_history supports GET only');
+        return this.history(req, route.type, route.id);
+      case 'vread':
+        if (method !== 'GET') throw methodNotAllowed('vread supports GET only');
+        return this.vread(req, route.type, route.id, route.vid);
+      case 'operation':
+        return this.operation(req, route);
+    }
+  }
+
+  private route(rawPath: string): Route {
+    const parts = rawPath.split('/').filter((p) => p.length > 0);
+    if (parts.length === 0) return { kind: 'bundle' };
+    const [a, b, c, d] = parts;
+    if (parts.length === 1 && a === 'metadata') return { kind: 'metadata' };
+    if (parts.length === 1 && a === '_history') return { kind: 'system-history' };
+    if (a!.startsWith('$')) return this.checkOperation({ kind: 'operation', name: a!.slice(1) }, parts.length === 1);
+    const type = this.checkType(a!);
+    if (parts.length === 1) return { kind: 'type', type };
+    if (b === '_search' && parts.length === 2) return { kind: 'type-search', type };
+    if (b === '_history' && parts.length === 2) return { kind: 'type-history', type };
+    if (b!.startsWith('$')) return this.checkOperation({ kind: 'operation', name: b!.slice(1), type }, parts.length === 2);
+    const id = checkId(b!);
+    if (parts.length === 2) return { kind: 'instance', type, id };
+    if (c === '_history' && parts.length === 3) return { kind: 'instance-history', type, id };
+    if (c === '_history' && parts.length === 4) return { kind: 'vread', type, id, vid: checkId(d!) };
+    if (c!.startsWith('$') && parts.length === 3) return this.checkOperation({ kind: 'operation', name: c!.slice(1), type, id }, true);
+    throw notFound(`Unknown path`);
+  }
+
+  private checkType(type: string): string {
+    if (!isSupportedType(type)) throw notFound(`Unknown resource type "${type.slice(0, 64)}"`);
+    return type;
+  }
+
+  private checkOperation(route: Route & { kind: 'operation' }, ok: boolean): Route {
+    if (!ok) throw notFound('Unknown path');
+    return route;
+  }
+
+  // ---- instance level ------------------------------------------------------------------------
+
+  private async read(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
+    await this.policy.authorize(req.access, 'read', type);
+    const resource = await this.options.repository.read(type, id);
+    const { allowed, issues } = await this.guard(req.access, [resource]);
+    if (allowed.length === 0) return this.withheld(issues);
+    const etag = etagOf(resource);
+    if (etag && req.headers['if-none-match'] === etag) return { status: 304, headers: versionHeaders(resource) };
+    return { status: 200, body: allowed[0]!, headers: versionHeaders(resource) };
+  }
+
+  private async vread(req: FhirRequest, type: string, id: string, vid: string): Promise<FhirResponse> {
+    await this.policy.authorize(req.access, 'vread', type);
+    const resource = await this.options.repository.vread(type, id, vid);
+    const { allowed, issues } = await this.guard(req.access, [resource]);
+    if (allowed.length === 0) return this.withheld(issues);
+    return { status: 200, body: allowed[0]!, headers: versionHeaders(resource) };
+  }
+
+  private async create(req: FhirRequest, type: string): Promise<FhirResponse> {
+    await this.policy.authorize(req.access, 'create', type);
+    const resource = resourceBody(req, type);
+    delete resource.id;
+    this.options.validator.assertValid(resource);
+    if (!(await this.policy.mayWrite(req.access, resource, 'create'))) throw forbiddenWrite();
+    const ifNoneExist = req.headers['if-none-exist'];
+    if (ifNoneExist !== undefined) this.checkConditionalQuery(type, ifNoneExist);
+    const result = await this.options.repository.create(resource, ifNoneExist !== undefined ? { ifNoneExist } : undefined);
+    const status = result.outcome === 'created' ? 201 : 200;
+    return this.writeResponse(req, result.resource, status, result.outcome === 'existing' ? 'Existing resource matched If-None-Exist' : 'Created');
+  }
+
+  private async update(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
+    await this.policy.authorize(req.access, 'update', type);
+    const resource = resourceBody(req, type);
+    if (resource.id === undefined) throw badRequest('The resource must carry the id of the URL', 'id');
+    if (resource.id !== id) throw badRequest(`Resource id "${resource.id}" does not match the URL id "${id}"`, 'id');
+    this.options.validator.assertValid(resource);
+    if (!(await this.policy.mayWrite(req.access, resource, 'update'))) throw forbiddenWrite();
+    const ifMatch = parseIfMatch(req.headers['if-match']);
+    const result = await this.options.repository.update(resource, ifMatch !== undefined ? { ifMatch } : undefined);
+    return this.writeResponse(req, result.resource, result.outcome === 'created' ? 201 : 200, 'Updated');
+  }
+
+  private async delete(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
+    await this.policy.authorize(req.access, 'delete', type);
+    try {
+      const current = await this.options.repository.read(type, id);
+      if (!(await this.policy.mayWrite(req.access, current, 'delete'))) throw forbiddenWrite();
+    } catch (err) {
+      if (!isGlucoGuardError(err, 'ERR_NOT_FOUND') && !isGlucoGuardError(err, 'ERR_GONE')) throw err;
+    }
+    await this.options.repository.delete(type, id);
+    if (preferReturn(req) === 'OperationOutcome') return { status: 200, body: informational(`Deleted ${type}/${id}`) };
+    return { status: 204 };
+  }
+
+  /** Answers a write per `Prefer: return=…` (http.html#ops), with Location/ETag/Last-Modified. */
+  private async writeResponse(req: FhirRequest, resource: Resource, status: number, message: string): Promise<FhirResponse> {
+    const headers = { ...versionHeaders(resource), Location: `${this.options.fhirBase}/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}` };
+    const prefer = preferReturn(req);
+    if (prefer === 'minimal') return { status, headers };
+    if (prefer === 'OperationOutcome') return { status, headers, body: informational(message) };
+    // The echo goes through the same guards as a read: a write response never shows more than a read would.
+    const { allowed } = await this.guard(req.access, [resource]);
+    return allowed.length ? { status, headers, body: allowed[0]! } : { status, headers };
+  }
+
+  // ---- type level ----------------------------------------------------------------------------
+
+  private async search(req: FhirRequest, type: string, rawQuery: Record<string, string | string[]>): Promise<FhirResponse> {
+    await this.policy.authorize(req.access, 'search', type);
+    let query = rawQuery;
+    let offset = 0;
+    const token = single(rawQuery._pageToken);
+    if (token !== undefined) {
+      const state = this.pages.open(req.access, token);
+      query = pairsToQuery(state.query);
+      offset = state.offset;
+    }
+    const parsed = parseSearch(type, query, {
+      lenient: preferLenient(req),
+      supported: this.options.repository.supportedSearchParams(),
+      defaultCount: this.options.defaultPageSize,
+      maxCount: this.options.maxPageSize,
+    });
+    const narrowed: SearchRequest = await this.policy.narrowSearch(req.access, { ...parsed, offset });
+    const result = await this.options.repository.search(narrowed);
+    const matches = await this.guard(req.access, result.resources);
+    const included = await this.guard(req.access, result.included);
+    const firstPageQuery = queryPairs(query).filter(([k]) => !['_pageToken', '_format', '_pretty'].includes(k));
+    const count = parsed.count ?? this.options.defaultPageSize;
+    const links: BundleLink[] = [{ relation: 'self', url: this.pageUrl(req, type, firstPageQuery, offset) }];
+    if (result.hasMore) links.push({ relation: 'next', url: this.pageUrl(req, type, firstPageQuery, offset + count) });
+    if (offset > 0) links.push({ relation: 'previous', url: this.pageUrl(req, type, firstPageQuery, Math.max(0, offset - count)) });
+    const entry: BundleEntry[] = [
+      ...matches.allowed.map((r) => this.entry(r, 'match')),
+      ...included.allowed.map((r) => this.entry(r, 'include')),
+    ];
+    const issues = [...matches.issues, ...included.issues];
+    if (issues.length) entry.push({ resource: operationOutcome(issues), search: { mode: 'outcome' } });
+    const bundle: Bundle = { resourceType: 'Bundle', type: 'searchset', link: links, entry };
+    return { status: 200, body: bundle };
+  }
+
+  private pageUrl(req: FhirRequest, type: string, firstPageQuery: [string, string][], offset: number): string {
+    const base = `${this.options.fhirBase}/${type}`;
+    if (offset === 0) {
+      const qs = toQueryString(firstPageQuery);
+      return qs ? `${base}?${qs}` : base;
+    }
+    return `${base}?_pageToken=${this.pages.issue(req.access, { query: firstPageQuery, offset })}`;
+  }
+
+  private async history(req: FhirRequest, type: string | undefined, id: string | undefined): Promise<FhirResponse> {
+    if (type) await this.policy.authorize(req.access, 'history', type);
+    else await this.policy.authorize(req.access, 'history', '*');
+    let query = req.query;
+    let offset = 0;
+    const token = single(req.query._pageToken);
+    if (token !== undefined) {
+      const state = this.pages.open(req.access, token);
+      query = pairsToQuery(state.query);
+      offset = state.offset;
+    }
+    for (const name of Object.keys(query)) {
+      if (!['_count', '_since', '_format', '_pretty', '_pageToken'].includes(name) && !preferLenient(req)) {
+        throw badRequest(`Unsupported history parameter "${name}"`, name);
+      }
+    }
+    const countRaw = single(query._count);
+    if (countRaw !== undefined && !/^\d+$/.test(countRaw)) throw badRequest('_count must be a non-negative integer', '_count');
+    const count = Math.min(countRaw !== undefined ? Number(countRaw) : this.options.defaultPageSize, this.options.maxPageSize);
+    const since = single(query._since);
+    if (since !== undefined && Number.isNaN(Date.parse(since))) throw badRequest('_since must be an instant', '_since');
+    if (type && id) await this.options.repository.read(type, id).catch((err: unknown) => {
+      if (!isGlucoGuardError(err, 'ERR_GONE')) throw err; // a deleted resource still has a history
+    });
+    const result = await this.options.repository.history({ resourceType: type, id, since, count, offset });
+    const visible = await this.guard(req.access, result.entries.flatMap((e) => (e.resource ? [e.resource] : [])));
+    const allowedVersions = new Set(visible.allowed.map((r) => `${r.resourceType}/${r.id}/${r.meta?.versionId}`));
+    const entry: BundleEntry[] = result.entries
+      .filter((e) => !e.resource || allowedVersions.has(`${e.resourceType}/${e.id}/${e.versionId}`))
+      .map((e) => ({
+        fullUrl: `${this.options.fhirBase}/${e.resourceType}/${e.id}`,
+        ...(e.resource ? { resource: e.resource } : {}),
+        request: { method: e.method, url: e.method === 'POST' ? e.resourceType : `${e.resourceType}/${e.id}` },
+        response: {
+          status: e.method === 'POST' ? '201 Created' : e.method === 'DELETE' ? '204 No Content' : '200 OK',
+          etag: `W/"${e.versionId}"`,
+          lastModified: e.lastUpdated,
+        },
+      }));
+    if (visible.issues.length) entry.push({ resource: operationOutcome(visible.issues), search: { mode: 'outcome' } });
+    const path = [type, id, '_history'].filter(Boolean).join('/');
+    const firstPageQuery = queryPairs(query).filter(([k]) => !['_pageToken', '_format', '_pretty'].includes(k));
+    const url = (o: number): string => o === 0
+      ? `${this.options.fhirBase}/${path}${firstPageQuery.length ? `?${toQueryString(firstPageQuery)}` : ''}`
+      : `${this.options.fhirBase}/${path}?_pageToken=${this.pages.issue(req.access, { query: firstPageQuery, offset: o })}`;
+    const link: BundleLink[] = [{ relation: 'self', url: url(offset) }];
+    if (result.hasMore) link.push({ relation: 'next', url: url(offset + count) });
+    if (offset > 0) link.push({ relation: 'previous', url: url(Math.max(0, offset - count)) });
+    return { status: 200, body: { resourceType: 'Bundle', type: 'history', link, entry } };
+  }
+
+  // ---- system level --------------------------------------------------------------------------
+
+  private async bundle(req: FhirRequest): Promise<FhirResponse> {
+    const body = req.body;
+    if (!isObject(body) || body.resourceType !== 'Bundle') throw badRequest('Expected a Bundle of type batch or transaction');
+    const bundle = body as unknown as Bundle;
+    if (bundle.type === 'batch') return processBatch(bundle, req, (sub) => this.handle(sub));
+    if (bundle.type === 'transaction') {
+      return processTransaction(bundle, req, {
+        validate: (resource) => this.options.validator.assertValid(resource),
+        authorize: async (interaction, resource) => {
+          await this.policy.authorize(req.access, interaction, resource.resourceType);
+          if (!(await this.policy.mayWrite(req.access, resource, interaction))) throw forbiddenWrite();
+        },
+        checkType: (type) => this.checkType(type),
+        commit: (tx) => this.options.repository.transaction(tx),
+        read: (sub) => this.handle(sub),
+        guard: (resources) => this.guard(req.access, resources),
+      });
+    }
+    throw badRequest('Bundle.type must be batch or transaction', 'Bundle.type');
+  }
+
+  private async operation(req: FhirRequest, route: Route & { kind: 'operation' }): Promise<FhirResponse> {
+    const op = this.operations.get(route.name);
+    const level = route.id ? 'instance' : route.type ? 'type' : 'system';
+    if (!op || !op.levels.includes(level) || (route.type && op.resourceTypes?.length && !op.resourceTypes.includes(route.type))) {
+      throw notFound(`Unknown operation $${route.name.slice(0, 64)}`);
+    }
+    const method = req.method === 'HEAD' ? 'GET' : req.method;
+    if (!op.methods.includes(method)) throw methodNotAllowed(`$${op.name} does not support ${method}`);
+    await this.policy.authorize(req.access, 'operation', route.type ?? '*');
+    return op.handle(req, { resourceType: route.type, id: route.id });
+  }
+
+  // ---- helpers -------------------------------------------------------------------------------
+
+  /** Runs every outbound guard in turn (consent, then integrity, …). */
+  async guard(access: AccessContext, resources: Resource[]): Promise<{ allowed: Resource[]; issues: OperationOutcomeIssue[] }> {
+    let allowed = resources;
+    const issues: OperationOutcomeIssue[] = [];
+    for (const g of this.guards) {
+      if (allowed.length === 0) break;
+      const r = await g.guard(access, allowed);
+      allowed = r.allowed;
+      issues.push(...r.issues);
+    }
+    return { allowed, issues };
+  }
+
+  /** A resource that may not leave looks exactly like one that is not there (404), plus any integrity issue. */
+  private withheld(issues: OperationOutcomeIssue[]): FhirResponse {
+    const notThere = notFound('Not found');
+    return { status: 404, body: operationOutcome([...notThere.issues, ...issues]) };
+  }
+
+  private entry(resource: Resource, mode: 'match' | 'include'): BundleEntry {
+    return { fullUrl: `${this.options.fhirBase}/${resource.resourceType}/${resource.id}`, resource, search: { mode } };
+  }
+
+  private checkConditionalQuery(type: string, query: string): void {
+    const params = new URLSearchParams(query.startsWith('?') ? query.slice(1) : query);
+    if ([...params.keys()].length === 0) throw badRequest('If-None-Exist must carry search parameters', 'If-None-Exist');
+    const asQuery: Record<string, string | string[]> = {};
+    for (const [k, v] of params) asQuery[k] = k in asQuery ? [asQuery[k]!].flat().concat(v) : v;
+    parseSearch(type, asQuery, {
+      lenient: false,
+      supported: this.options.repository.supportedSearchParams(),
+      defaultCount: 2,
+      maxCount: 2,
+    });
+  }
+}
+
+function checkId(id: string): string {
+  if (!FHIR_ID.test(id)) throw notFound('Not found');
+  return id;
+}
+
+function resourceBody(req: FhirRequest, type: string): Resource {
+  const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  if (contentType !== 'application/fhir+json' && contentType !== 'application/json') {
+    throw unsupportedMediaType(`Content-Type must be application/fhir+json (got "${contentType.slice(0, 64) || 'none'}")`);
+  }
+  const body = req.body;
+  if (!isObject(body)) throw badRequest('The body must be a JSON object holding a FHIR resource');
+  if (body.resourceType !== type) throw badRequest(`The body's resourceType must be ${type}`, 'resourceType');
+  return structuredClone(body) as unknown as Resource;
+}
+
+function formBody(req: FhirRequest): Record<string, string | string[]> {
+  if (req.body === undefined) return {};
+  const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  if (contentType !== 'application/x-www-form-urlencoded') {
+    throw unsupportedMediaType('POST _search takes application/x-www-form-urlencoded');
+  }
+  return req.body as Record<string, string | string[]>;
+}
+
+function mergeQuery(a: Record<string, string | string[]>, b: Record<string, string | string[]>): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = { ...a };
+  for (const [k, v] of Object.entries(b)) out[k] = k in out ? [out[k]!].flat().concat(v) : v;
+  return out;
+}
+
+function single(v: string | string[] | undefined): string | undefined {
+  if (Array.isArray(v)) {
+    if (v.length > 1) throw badRequest('Parameter given more than once');
+    return v[0];
+  }
+  return v;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function etagOf(resource: Resource): string | undefined {
+  return resource.meta?.versionId ? `W/"${resource.meta.versionId}"` : undefined;
+}
+
+/** ETag and Last-Modified of a stored resource version. */
+export function versionHeaders(resource: Resource): Record<string, string> {
+  const headers: Record<string, string> = {};
+  const etag = etagOf(resource);
+  if (etag) headers.ETag = etag;
+  if (resource.meta?.lastUpdated) headers['Last-Modified'] = new Date(resource.meta.lastUpdated).toUTCString();
+  return headers;
+}
+
+/** `W/"3"` or `"3"` → `3`. */
+export function parseIfMatch(header: string | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  const m = /^(?:W\/)?"([^"]+)"$/.exec(header.trim());
+  if (!m) throw badRequest('If-Match must be an ETag such as W/"1"', 'If-Match');
+  return m[1];
+}
+
+function preferReturn(req: FhirRequest): 'minimal' | 'representation' | 'OperationOutcome' {
+  const m = /return=(minimal|representation|OperationOutcome)/.exec(req.headers.prefer ?? '');
+  return (m?.[1] as 'minimal' | 'representation' | 'OperationOutcome' | undefined) ?? 'representation';
+}
+
+function preferLenient(req: FhirRequest): boolean {
+  return /handling=lenient/.test(req.headers.prefer ?? '');
+}
+
+function forbiddenWrite(): Error {
+  return forbidden('Not allowed to write this resource');
+}

@@ -1,0 +1,80 @@
+/**
+ * Turning a search query into a checked @medplum/core SearchRequest: unknown or unsupported
+ * parameters are refused with 400 (or dropped under `Prefer: handling=lenient`), parameters the
+ * facade does not offer (`_has`, chains, `_summary=count`, `_total`) are refused the same way.
+ */
+import { getSearchParameter, parseSearchRequest, type SearchRequest } from '@medplum/core';
+import { badRequest } from '../errors.js';
+
+/** Result-control parameters handled by the facade or the repository, not filters. */
+const CONTROL_PARAMS = new Set(['_count', '_sort', '_include', '_revinclude', '_format', '_pretty', '_pageToken', '_offset']);
+/** Parameters the facade never offers; `_summary=count` and `_total` could reveal counts of hidden data. */
+const REFUSED_PARAMS = new Set(['_summary', '_total', '_elements', '_contained', '_containedType', '_text', '_content', '_list', '_query', '_filter', '_type']);
+/** Common parameters every resource type supports here. */
+const COMMON_FILTERS = new Set(['_id', '_lastUpdated']);
+/** Sort keys the embedded index orders by; others are refused (they can act as oracles on hidden elements). */
+const SORTABLE = new Set(['date', '_lastUpdated', '_id', 'birthdate']);
+
+export interface SearchParseOptions {
+  lenient: boolean;
+  /** Parameters supported per type, or undefined to accept any standard parameter (upstream pass-through). */
+  supported: Record<string, string[]> | undefined;
+  defaultCount: number;
+  maxCount: number;
+}
+
+/** Builds a SearchRequest from a query, throwing 400 for anything the facade cannot answer faithfully. */
+export function parseSearch(resourceType: string, query: Record<string, string | string[]>, options: SearchParseOptions): SearchRequest {
+  const kept: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(query)) {
+    const problem = checkParam(resourceType, name, value, options);
+    if (!problem) kept[name] = value;
+    else if (!options.lenient) throw badRequest(problem, name);
+  }
+  delete kept._format;
+  delete kept._pretty;
+  delete kept._pageToken;
+  delete kept._offset;
+  let request: SearchRequest;
+  try {
+    request = parseSearchRequest(resourceType, kept);
+  } catch (err) {
+    throw badRequest(`Invalid search: ${(err as Error).message}`);
+  }
+  const count = request.count ?? options.defaultCount;
+  if (!Number.isInteger(count) || count < 0) throw badRequest('_count must be a non-negative integer', '_count');
+  for (const rule of request.sortRules ?? []) {
+    if (!SORTABLE.has(rule.code) || !isKnownParam(resourceType, rule.code, options.supported)) {
+      if (options.lenient) continue;
+      throw badRequest(`Sorting by "${rule.code}" is not supported`, '_sort');
+    }
+  }
+  if (options.lenient) request.sortRules = request.sortRules?.filter((r) => SORTABLE.has(r.code) && isKnownParam(resourceType, r.code, options.supported));
+  for (const target of [...(request.include ?? []), ...(request.revInclude ?? [])]) {
+    if (!getSearchParameter(target.resourceType, target.searchParam)) {
+      throw badRequest(`Unknown include target ${target.resourceType}:${target.searchParam}`, '_include');
+    }
+  }
+  return { ...request, count: Math.min(count, options.maxCount), offset: 0 };
+}
+
+function checkParam(resourceType: string, name: string, value: string | string[], options: SearchParseOptions): string | undefined {
+  if (CONTROL_PARAMS.has(name)) {
+    if (name === '_count' && ![value].flat().every((v) => /^\d+$/.test(v))) return '_count must be a non-negative integer';
+    return undefined;
+  }
+  if (name.startsWith('_has')) return '_has (reverse chaining) is not supported';
+  const base = name.split(':')[0]!;
+  if (REFUSED_PARAMS.has(base)) return `${base} is not supported`;
+  if (base.includes('.')) return `Chained parameter "${name}" is not supported`;
+  const modifier = name.includes(':') ? name.slice(base.length + 1) : undefined;
+  if (!isKnownParam(resourceType, base, options.supported)) return `Unknown or unsupported search parameter "${base}" for ${resourceType}`;
+  if (modifier && /^[A-Z]/.test(modifier)) return `Chained parameter "${name}" is not supported`;
+  if ([value].flat().some((v) => v === '')) return `Empty value for search parameter "${name}"`;
+  return undefined;
+}
+
+function isKnownParam(resourceType: string, code: string, supported: Record<string, string[]> | undefined): boolean {
+  if (supported) return COMMON_FILTERS.has(code) || (supported[resourceType] ?? []).includes(code);
+  return COMMON_FILTERS.has(code) || getSearchParameter(resourceType, code) !== undefined;
+}

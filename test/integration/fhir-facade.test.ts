@@ -1,0 +1,301 @@
+/**
+ * The FHIR R4 facade over HTTP (supertest), run once against the embedded repository and once
+ * against the upstream adapter in front of a real FHIR server (@medplum/fhir-router on port 0).
+ */
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Bundle, Observation, OperationOutcome, Patient } from '@medplum/fhirtypes';
+import request from 'supertest';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { startUpstreamFhirServer } from '../support/upstream-server.js';
+
+const FHIR_JSON = 'application/fhir+json';
+const CGM_READING = 'http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-sensor-reading-mass-per-volume';
+
+function reading(patientId: string, at: string, value: number, extra: Partial<Observation> = {}): Observation {
+  return {
+    resourceType: 'Observation',
+    meta: { profile: [CGM_READING] },
+    status: 'final',
+    category: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/observation-category', code: 'laboratory' }] }],
+    code: { coding: [{ system: 'http://loinc.org', code: '99504-3' }] },
+    subject: { reference: `Patient/${patientId}` },
+    effectiveDateTime: at,
+    valueQuantity: { value, unit: 'mg/dl', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+    ...extra,
+  };
+}
+
+const adapters: [string, () => Promise<{ env: Record<string, string>; close(): Promise<void> }>][] = [
+  ['embedded', async () => ({ env: {}, close: async () => undefined })],
+  ['upstream', async () => {
+    const upstream = await startUpstreamFhirServer();
+    return { env: { UPSTREAM_FHIR_URL: upstream.url }, close: () => upstream.close() };
+  }],
+];
+
+describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBackend) => {
+  let t: TestApp;
+  let backend: { env: Record<string, string>; close(): Promise<void> };
+  const http = () => request(t.app.http);
+  let patientId: string;
+
+  beforeAll(async () => {
+    backend = await startBackend();
+    t = await startTestApp({ ...backend.env, GLUCOGUARD_MAX_BODY_BYTES: String(256 * 1024) });
+    const res = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON)
+      .send({ resourceType: 'Patient', name: [{ family: 'Rivera', given: ['Ana'] }], birthDate: '1950-04-02', identifier: [{ system: 'urn:test:mrn', value: `MRN-${adapter}` }] });
+    expect(res.status).toBe(201);
+    patientId = res.body.id;
+    for (let i = 0; i < 12; i++) {
+      const at = new Date(Date.UTC(2026, 0, 1, 22, 0) + i * 30 * 60_000).toISOString(); // 22:00 → 03:30 next day
+      const r = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).send(reading(patientId, at, 100 + i));
+      expect(r.status).toBe(201);
+    }
+  });
+
+  afterAll(async () => {
+    await t?.close();
+    await backend?.close();
+  });
+
+  test('metadata is a CapabilityStatement listing the types, search parameters and the CGM receiver', async () => {
+    const res = await http().get('/fhir/metadata');
+    expect(res.status).toBe(200);
+    expect(res.headers['content-type']).toMatch(/application\/fhir\+json/);
+    expect(res.body.resourceType).toBe('CapabilityStatement');
+    expect(res.body.fhirVersion).toBe('4.0.1');
+    expect(res.body.instantiates).toContain('http://hl7.org/fhir/uv/cgm/CapabilityStatement/cgm-data-receiver');
+    const obs = res.body.rest[0].resource.find((r: { type: string }) => r.type === 'Observation');
+    expect(obs.searchParam.map((p: { name: string }) => p.name)).toEqual(expect.arrayContaining(['patient', 'date', 'code', '_id']));
+    expect(obs.supportedProfile).toContain(CGM_READING);
+  });
+
+  test('create answers 201 with Location, ETag and Last-Modified; read and vread return it', async () => {
+    const created = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [{ family: 'Okafor' }] });
+    expect(created.status).toBe(201);
+    expect(created.headers.location).toMatch(new RegExp(`/fhir/Patient/${created.body.id}/_history/1$`));
+    expect(created.headers.etag).toBe('W/"1"');
+    expect(created.headers['last-modified']).toBeDefined();
+    const read = await http().get(`/fhir/Patient/${created.body.id}`);
+    expect(read.status).toBe(200);
+    expect(read.body.name[0].family).toBe('Okafor');
+    const vread = await http().get(`/fhir/Patient/${created.body.id}/_history/1`);
+    expect(vread.status).toBe(200);
+    expect(vread.body.meta.versionId).toBe('1');
+  });
+
+  test('searches readings by patient and date range, sorted and paged with next/previous links', async () => {
+    const res = await http().get('/fhir/Observation').query(`patient=${patientId}&date=ge2026-01-02T00:00:00Z&date=lt2026-01-02T03:00:00Z&_sort=date&_count=2`);
+    expect(res.status).toBe(200);
+    const page1 = res.body as Bundle;
+    expect(page1.type).toBe('searchset');
+    expect(page1.total).toBeUndefined();
+    const times = (b: Bundle) => (b.entry ?? []).map((e) => (e.resource as Observation).effectiveDateTime);
+    expect(times(page1)).toEqual(['2026-01-02T00:00:00.000Z', '2026-01-02T00:30:00.000Z'].map(normalizeTime(times(page1))));
+    const next = page1.link?.find((l) => l.relation === 'next')?.url;
+    expect(next).toBeDefined();
+    const all: string[] = [...times(page1)];
+    let url: string | undefined = next;
+    while (url) {
+      const page = await http().get(new URL(url).pathname + new URL(url).search);
+      expect(page.status).toBe(200);
+      all.push(...times(page.body));
+      expect(page.body.link.find((l: { relation: string }) => l.relation === 'previous')).toBeDefined();
+      url = page.body.link.find((l: { relation: string }) => l.relation === 'next')?.url;
+    }
+    expect(all).toHaveLength(6);
+    expect([...all].sort()).toEqual(all);
+    const desc = await http().get('/fhir/Observation').query(`patient=${patientId}&date=ge2026-01-02&_sort=-date&_count=100`);
+    const descTimes = times(desc.body);
+    expect(descTimes).toHaveLength(8);
+    expect([...descTimes].sort().reverse()).toEqual(descTimes);
+  });
+
+  test('POST _search with a form body gives the same answer as GET', async () => {
+    const q = `patient=${patientId}&date=ge2026-01-02T00:00:00Z&date=lt2026-01-02T01:00:00Z`;
+    const get = await http().get(`/fhir/Observation?${q}`);
+    const post = await http().post('/fhir/Observation/_search').type('form').send(q);
+    expect(post.status).toBe(200);
+    const ids = (b: Bundle) => (b.entry ?? []).map((e) => e.resource?.id).sort();
+    expect(ids(post.body)).toEqual(ids(get.body));
+    expect(ids(get.body)).toHaveLength(2);
+  });
+
+  test('an invalid CGM reading gets 422 with the expression path and is not stored', async () => {
+    const bad = reading(patientId, '2026-01-05T10:00:00Z', 120);
+    delete bad.valueQuantity;
+    const res = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).send(bad);
+    expect(res.status).toBe(422);
+    const outcome = res.body as OperationOutcome;
+    expect(outcome.resourceType).toBe('OperationOutcome');
+    expect(outcome.issue.some((i) => i.severity === 'error')).toBe(true);
+    const after = await http().get('/fhir/Observation').query(`patient=${patientId}&date=ge2026-01-05&date=lt2026-01-06`);
+    expect(after.body.entry ?? []).toHaveLength(0);
+  });
+
+  test('update with If-Match: mismatch is 412, match makes version 2; history lists both', async () => {
+    const created = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [{ family: 'Lee' }] });
+    const id = created.body.id;
+    const stale = await http().put(`/fhir/Patient/${id}`).set('Content-Type', FHIR_JSON).set('If-Match', 'W/"7"')
+      .send({ resourceType: 'Patient', id, name: [{ family: 'Lee-Changed' }] });
+    expect(stale.status).toBe(412);
+    const ok = await http().put(`/fhir/Patient/${id}`).set('Content-Type', FHIR_JSON).set('If-Match', 'W/"1"')
+      .send({ resourceType: 'Patient', id, name: [{ family: 'Lee-Park' }] });
+    expect(ok.status).toBe(200);
+    expect(ok.headers.etag).toBe('W/"2"');
+    const hist = await http().get(`/fhir/Patient/${id}/_history`);
+    expect(hist.status).toBe(200);
+    expect(hist.body.type).toBe('history');
+    expect(hist.body.entry.map((e: { resource: Patient }) => e.resource.meta?.versionId)).toEqual(['2', '1']);
+    const v1 = await http().get(`/fhir/Patient/${id}/_history/1`);
+    expect(v1.body.name[0].family).toBe('Lee');
+    const typeHist = await http().get('/fhir/Patient/_history').query({ _count: 50 });
+    expect(typeHist.status).toBe(200);
+    expect(typeHist.body.entry.length).toBeGreaterThanOrEqual(3);
+  });
+
+  test('update with an id different from the URL is 400 and changes nothing', async () => {
+    const res = await http().put(`/fhir/Patient/${patientId}`).set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', id: 'other', name: [{ family: 'X' }] });
+    expect(res.status).toBe(400);
+    const read = await http().get(`/fhir/Patient/${patientId}`);
+    expect(read.body.name[0].family).toBe('Rivera');
+  });
+
+  test('delete answers 204, then read is 410 Gone and search no longer finds it', async () => {
+    const created = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).send(reading(patientId, '2026-02-01T08:00:00Z', 140));
+    const del = await http().delete(`/fhir/Observation/${created.body.id}`);
+    expect([200, 204]).toContain(del.status);
+    const read = await http().get(`/fhir/Observation/${created.body.id}`);
+    expect(read.status).toBe(410);
+    expect(read.body.resourceType).toBe('OperationOutcome');
+    const search = await http().get('/fhir/Observation').query({ _id: created.body.id });
+    expect(search.body.entry ?? []).toHaveLength(0);
+  });
+
+  test('conditional create with If-None-Exist creates once, then returns the existing resource', async () => {
+    const body = reading(patientId, '2026-03-01T09:00:00Z', 111, { identifier: [{ system: 'urn:glucoguard:cgm-reading', value: `cond-${adapter}` }] });
+    const first = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).set('If-None-Exist', `identifier=urn:glucoguard:cgm-reading|cond-${adapter}`).send(body);
+    expect(first.status).toBe(201);
+    const second = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).set('If-None-Exist', `identifier=urn:glucoguard:cgm-reading|cond-${adapter}`).send(body);
+    expect(second.status).toBe(200);
+    expect(second.body.id).toBe(first.body.id);
+  });
+
+  test('a transaction resolves urn:uuid references and commits everything', async () => {
+    const bundle: Bundle = {
+      resourceType: 'Bundle',
+      type: 'transaction',
+      entry: [
+        { fullUrl: 'urn:uuid:6c3c5f0e-1b1e-4b7a-9d55-3f1f1a3f0001', resource: { resourceType: 'Patient', name: [{ family: 'Tx' }] }, request: { method: 'POST', url: 'Patient' } },
+        { resource: reading('placeholder', '2026-04-01T10:00:00Z', 150, { subject: { reference: 'urn:uuid:6c3c5f0e-1b1e-4b7a-9d55-3f1f1a3f0001' } }), request: { method: 'POST', url: 'Observation' } },
+      ],
+    };
+    const res = await http().post('/fhir').set('Content-Type', FHIR_JSON).send(bundle);
+    expect(res.status).toBe(200);
+    expect(res.body.type).toBe('transaction-response');
+    expect(res.body.entry.map((e: { response: { status: string } }) => e.response.status.slice(0, 3))).toEqual(['201', '201']);
+    const newPatient = res.body.entry[0].response.location.match(/Patient\/([^/]+)/)[1];
+    const search = await http().get('/fhir/Observation').query({ patient: newPatient });
+    expect(search.body.entry).toHaveLength(1);
+  });
+
+  test('a transaction with one invalid entry is refused whole with 422 and stores nothing', async () => {
+    const bad = reading(patientId, '2026-04-02T10:00:00Z', 150);
+    delete bad.status;
+    const bundle: Bundle = {
+      resourceType: 'Bundle',
+      type: 'transaction',
+      entry: [
+        { resource: { resourceType: 'Patient', name: [{ family: 'NeverStored' }] }, request: { method: 'POST', url: 'Patient' } },
+        { resource: bad, request: { method: 'POST', url: 'Observation' } },
+      ],
+    };
+    const res = await http().post('/fhir').set('Content-Type', FHIR_JSON).send(bundle);
+    expect(res.status).toBe(422);
+    expect(JSON.stringify(res.body.issue)).toMatch(/Bundle\.entry\[1\]/);
+    const search = await http().get('/fhir/Patient').query({ name: 'NeverStored' });
+    expect(search.body.entry ?? []).toHaveLength(0);
+  });
+
+  test('a batch answers every entry on its own', async () => {
+    const bundle: Bundle = {
+      resourceType: 'Bundle',
+      type: 'batch',
+      entry: [
+        { resource: { resourceType: 'Patient', name: [{ family: 'Batch' }] }, request: { method: 'POST', url: 'Patient' } },
+        { request: { method: 'GET', url: `Patient/${patientId}` } },
+        { request: { method: 'GET', url: 'Patient/does-not-exist' } },
+      ],
+    };
+    const res = await http().post('/fhir').set('Content-Type', FHIR_JSON).send(bundle);
+    expect(res.status).toBe(200);
+    expect(res.body.type).toBe('batch-response');
+    expect(res.body.entry.map((e: { response: { status: string } }) => e.response.status.slice(0, 3))).toEqual(['201', '200', '404']);
+    expect(res.body.entry[1].resource.id).toBe(patientId);
+  });
+
+  test('Prefer: return=minimal answers without a body; return=OperationOutcome with an outcome', async () => {
+    const minimal = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).set('Prefer', 'return=minimal').send({ resourceType: 'Patient' });
+    expect(minimal.status).toBe(201);
+    expect(minimal.text ?? '').toBe('');
+    expect(minimal.headers.location).toBeDefined();
+    const outcome = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).set('Prefer', 'return=OperationOutcome').send({ resourceType: 'Patient' });
+    expect(outcome.body.resourceType).toBe('OperationOutcome');
+  });
+
+  test('errors are OperationOutcomes with the right status and write nothing', async () => {
+    const before = await http().get('/fhir/Patient').query({ _count: 1000 });
+    const malformed = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send('{"resourceType": "Patient",');
+    expect(malformed.status).toBe(400);
+    expect(malformed.body.resourceType).toBe('OperationOutcome');
+    const wrongType = await http().post('/fhir/Patient').set('Content-Type', 'text/plain').send('hello');
+    expect(wrongType.status).toBe(415);
+    const big = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', text: { status: 'generated', div: 'x'.repeat(300 * 1024) } });
+    expect(big.status).toBe(413);
+    expect(big.body.resourceType).toBe('OperationOutcome');
+    expect((await http().get('/fhir/Nonsense/1')).status).toBe(404);
+    expect((await http().get('/fhir/Patient/unknown-id')).status).toBe(404);
+    expect((await http().patch(`/fhir/Patient/${patientId}`).set('Content-Type', FHIR_JSON).send({})).status).toBe(405);
+    const unknownParam = await http().get('/fhir/Observation').query({ colour: 'blue' });
+    expect(unknownParam.status).toBe(400);
+    expect(unknownParam.body.issue[0].diagnostics).toMatch(/colour/);
+    const lenient = await http().get('/fhir/Observation').set('Prefer', 'handling=lenient').query({ colour: 'blue', patient: patientId, _count: 1 });
+    expect(lenient.status).toBe(200);
+    const badDate = await http().get('/fhir/Observation').query({ date: 'yesterday-ish' });
+    expect(badDate.status).toBe(400);
+    expect((await http().get('/fhir/Observation').query({ _has: 'x' })).status).toBe(400);
+    expect((await http().get('/fhir/Observation').query({ 'subject.name': 'x' })).status).toBe(400);
+    expect((await http().get('/fhir/Observation').query({ _summary: 'count' })).status).toBe(400);
+    expect((await http().get('/fhir/metadata').query({ _format: 'xml' })).status).toBe(406);
+    const after = await http().get('/fhir/Patient').query({ _count: 1000 });
+    expect(after.body.entry.length).toBe(before.body.entry.length);
+  });
+
+  test('_pretty indents the JSON', async () => {
+    const res = await http().get(`/fhir/Patient/${patientId}`).query({ _pretty: 'true' });
+    expect(res.text).toContain('\n  "resourceType"');
+  });
+
+  test('a page token does not work for another requester or once edited', async () => {
+    const res = await http().get('/fhir/Observation').query({ patient: patientId, _count: 2 });
+    const next = new URL(res.body.link.find((l: { relation: string }) => l.relation === 'next').url);
+    const token = next.searchParams.get('_pageToken')!;
+    const edited = token.slice(0, -2) + (token.endsWith('AA') ? 'BB' : 'AA');
+    expect((await http().get('/fhir/Observation').query({ _pageToken: edited })).status).toBe(400);
+  });
+
+  if (adapter === 'embedded') {
+    test('data survives a restart', async () => {
+      await t.restart();
+      const read = await http().get(`/fhir/Patient/${patientId}`);
+      expect(read.status).toBe(200);
+      const search = await http().get('/fhir/Observation').query(`patient=${patientId}&date=ge2026-01-01&date=lt2026-01-03&_count=100`);
+      expect(search.body.entry.length).toBeGreaterThanOrEqual(12);
+    });
+  }
+});
+
+/** Upstream servers may render instants without milliseconds; compare on the instant. */
+function normalizeTime(actual: (string | undefined)[]) {
+  return (expected: string, i: number) => (actual[i] && Date.parse(actual[i]!) === Date.parse(expected) ? actual[i] : expected);
+}
