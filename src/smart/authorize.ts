@@ -1,0 +1,279 @@
+/**
+ * The authorization endpoint (RFC 6749 §4.1.1 + SMART App Launch 2.2 §2.0.5 / §2.0.6), GET and
+ * form POST, and the pages it leads through: login → (patient picker) → approval → code.
+ *
+ * Until the redirect URI is known to be registered, errors show an error page; after that they
+ * redirect with `error`, `error_description` and `state`. The pending request lives in the KV
+ * port under a random id carried in the forms, so any replica can continue it.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Request, Response } from 'express';
+import type { SmartContext } from './context.js';
+import { takeLaunch, type LaunchContext } from './launch.js';
+import { OAuthError, invalidRequest, invalidScope, toOAuthError } from './oauth-error.js';
+import { approvalPage, errorPage, loginPage, patientPickerPage, sendPage } from './pages.js';
+import { dummyHash, verifyPassword } from './passwords.js';
+import { describeScope, isKnownScope, scopeCovers, splitScopes } from './scopes.js';
+import type { Client } from './store.js';
+import { TokenService, type Grant } from './tokens.js';
+
+const PENDING_TTL_MS = 10 * 60_000;
+const PKCE_CHALLENGE = /^[A-Za-z0-9\-._~]{43,128}$/;
+
+/** An authorization request between the first GET and the code. */
+interface PendingRequest {
+  clientId: string;
+  redirectUri: string;
+  state?: string;
+  scopes: string[];
+  codeChallenge: string;
+  nonce?: string;
+  launch?: LaunchContext;
+  stage: 'login' | 'patient' | 'approve';
+  user?: { sub: string; fhirUser: string };
+  patient?: string;
+  authTime?: number;
+}
+
+type Params = Record<string, string | undefined>;
+
+/** Shown as a page because no valid redirect URI is known (RFC 6749 §4.1.2.1). */
+class PageError extends Error {}
+
+export function authorizeHandlers(ctx: SmartContext) {
+  return {
+    authorize: (req: Request, res: Response) => handle(ctx, res, () => authorize(ctx, req, res)),
+    login: (req: Request, res: Response) => handle(ctx, res, () => login(ctx, req, res)),
+    selectPatient: (req: Request, res: Response) => handle(ctx, res, () => selectPatient(ctx, req, res)),
+    approve: (req: Request, res: Response) => handle(ctx, res, () => approve(ctx, req, res)),
+  };
+}
+
+async function handle(ctx: SmartContext, res: Response, step: () => Promise<void>): Promise<void> {
+  try {
+    await step();
+  } catch (err) {
+    if (err instanceof PageError) return sendPage(res, 400, errorPage('Cannot continue', err.message));
+    const e = toOAuthError(err, ctx.logger);
+    sendPage(res, e.status, errorPage(e.status === 429 ? 'Too many attempts' : 'Cannot continue', e.description));
+  }
+}
+
+// ---- GET/POST /oauth/authorize -------------------------------------------------------------
+
+async function authorize(ctx: SmartContext, req: Request, res: Response): Promise<void> {
+  const params = readParams(req.method === 'POST' ? req.body : req.query);
+  const client = loadClient(ctx, params);
+  const redirectUri = registeredRedirectUri(client, params);
+  try {
+    checkResponseType(params);
+    checkAudience(ctx, params);
+    const codeChallenge = checkPkce(params);
+    const launch = await resolveLaunch(ctx, client, params);
+    const scopes = grantableScopes(client, params.scope, launch !== undefined);
+    const pending: PendingRequest = {
+      clientId: client.clientId, redirectUri, state: params.state, scopes, codeChallenge, nonce: params.nonce,
+      stage: 'login', ...(launch ? { launch } : {}),
+    };
+    if (launch) return await continueEhrLaunch(ctx, res, pending);
+    const id = await savePending(ctx, pending);
+    sendPage(res, 200, loginPage({ requestId: id, clientName: client.name }));
+  } catch (err) {
+    redirectWithError(ctx, res, redirectUri, err, params.state);
+  }
+}
+
+function readParams(source: unknown): Params {
+  const params: Params = {};
+  for (const [name, value] of Object.entries((source ?? {}) as Record<string, unknown>)) {
+    if (Array.isArray(value)) throw new PageError(`The parameter "${name}" was given more than once.`);
+    if (typeof value === 'string') params[name] = value;
+  }
+  return params;
+}
+
+function loadClient(ctx: SmartContext, params: Params): Client {
+  if (!params.client_id) throw new PageError('The request names no client (client_id is missing).');
+  const client = ctx.store.getClient(params.client_id);
+  if (!client || client.type === 'confidential-asymmetric') throw new PageError('The application is not registered with this server.');
+  return client;
+}
+
+/** The redirect URI must be exactly one the client registered; never redirect anywhere else. */
+function registeredRedirectUri(client: Client, params: Params): string {
+  if (!params.redirect_uri) throw new PageError('The request has no redirect_uri.');
+  if (!client.redirectUris.includes(params.redirect_uri)) throw new PageError('The redirect_uri is not registered for this application.');
+  return params.redirect_uri;
+}
+
+function checkResponseType(params: Params): void {
+  if (params.response_type !== 'code') throw new OAuthError('unsupported_response_type', 'response_type must be code');
+}
+
+function checkAudience(ctx: SmartContext, params: Params): void {
+  const strip = (u: string) => u.replace(/\/+$/, '');
+  if (!params.aud || strip(params.aud) !== strip(ctx.urls.fhirBase)) {
+    throw invalidRequest(`aud must be this server's FHIR base URL (${ctx.urls.fhirBase})`);
+  }
+}
+
+function checkPkce(params: Params): string {
+  if (!params.code_challenge) throw invalidRequest('PKCE is required: code_challenge is missing');
+  if (params.code_challenge_method !== 'S256') throw invalidRequest('code_challenge_method must be S256');
+  if (!PKCE_CHALLENGE.test(params.code_challenge)) throw invalidRequest('code_challenge is malformed');
+  return params.code_challenge;
+}
+
+async function resolveLaunch(ctx: SmartContext, client: Client, params: Params): Promise<LaunchContext | undefined> {
+  if (params.launch === undefined) return undefined;
+  const launch = await takeLaunch(ctx.kv, params.launch);
+  if (!launch) throw invalidRequest('The launch value is unknown, used or expired');
+  if (launch.clientId && launch.clientId !== client.clientId) throw invalidRequest('The launch belongs to another application');
+  return launch;
+}
+
+/** Requested scopes the client may have; unknown scopes are an error, unregistered ones are dropped. */
+function grantableScopes(client: Client, scope: string | undefined, ehrLaunch: boolean): string[] {
+  const requested = splitScopes(scope);
+  const unknown = requested.filter((s) => !isKnownScope(s));
+  if (unknown.length) throw invalidScope(`Unknown scope: ${unknown.join(' ')}`);
+  const granted = requested.filter((s) => scopeCovers(client.scopes, s) && (s !== 'launch' || ehrLaunch) && !s.startsWith('system/'));
+  if (granted.length === 0) throw invalidScope('None of the requested scopes can be granted to this application');
+  return granted;
+}
+
+/**
+ * The EHR vouches for its practitioner, and the operator pre-approved the client's registered
+ * scopes (only those survive grantableScopes), so an EHR launch gets its code without pages.
+ */
+async function continueEhrLaunch(ctx: SmartContext, res: Response, pending: PendingRequest): Promise<void> {
+  const launch = pending.launch!;
+  pending.user = { sub: `Practitioner/${launch.practitioner}`, fhirUser: `Practitioner/${launch.practitioner}` };
+  pending.patient = launch.patient;
+  pending.authTime = Math.floor(ctx.now() / 1000);
+  await issueCode(ctx, res, pending);
+}
+
+// ---- POST /oauth/login -----------------------------------------------------------------------
+
+async function login(ctx: SmartContext, req: Request, res: Response): Promise<void> {
+  const { id, pending, client } = await loadPending(ctx, req, 'login');
+  await ctx.limiter.hit('loginPerIp', req.ip ?? 'unknown');
+  await ctx.limiter.hit('loginPerClient', client.clientId);
+  const username = typeof req.body?.username === 'string' ? req.body.username : '';
+  const password = typeof req.body?.password === 'string' ? req.body.password : '';
+  const user = await checkCredentials(ctx, username, password);
+  if (!user) {
+    return sendPage(res, 401, loginPage({ requestId: id, clientName: client.name, username, error: 'Wrong username or password.' }));
+  }
+  pending.user = { sub: user.username, fhirUser: user.fhirUser };
+  pending.authTime = Math.floor(ctx.now() / 1000);
+  if (user.fhirUser.startsWith('Patient/')) pending.patient = user.fhirUser.slice('Patient/'.length);
+  await nextStage(ctx, res, id, client, pending);
+}
+
+async function checkCredentials(ctx: SmartContext, username: string, password: string) {
+  const user = username ? ctx.store.getUser(username) : undefined;
+  const ok = await verifyPassword(password, user?.passwordHash ?? (await dummyHash()));
+  return user && ok ? user : undefined;
+}
+
+/** A practitioner asking for `launch/patient` picks a patient; everyone then sees the approval page. */
+async function nextStage(ctx: SmartContext, res: Response, id: string, client: Client, pending: PendingRequest): Promise<void> {
+  if (!pending.patient && pending.scopes.includes('launch/patient')) {
+    pending.stage = 'patient';
+    await ctx.kv.set(`smart:authz:${id}`, JSON.stringify(pending), PENDING_TTL_MS);
+    const patients = ctx.searchPatients ? await ctx.searchPatients('') : undefined;
+    return sendPage(res, 200, patientPickerPage({ requestId: id, clientName: client.name, patients, query: '' }));
+  }
+  pending.stage = 'approve';
+  await ctx.kv.set(`smart:authz:${id}`, JSON.stringify(pending), PENDING_TTL_MS);
+  sendApproval(res, id, client, pending);
+}
+
+function sendApproval(res: Response, id: string, client: Client, pending: PendingRequest): void {
+  sendPage(res, 200, approvalPage({
+    requestId: id, clientName: client.name, user: pending.user!.fhirUser, patient: pending.patient,
+    scopes: pending.scopes.map(describeScope),
+  }));
+}
+
+// ---- POST /oauth/select-patient --------------------------------------------------------------
+
+async function selectPatient(ctx: SmartContext, req: Request, res: Response): Promise<void> {
+  const { id, pending, client } = await loadPending(ctx, req, 'patient');
+  const query = typeof req.body?.query === 'string' ? req.body.query.slice(0, 100) : '';
+  if (req.body?.action === 'search') {
+    const patients = ctx.searchPatients ? await ctx.searchPatients(query) : undefined;
+    return sendPage(res, 200, patientPickerPage({ requestId: id, clientName: client.name, patients, query }));
+  }
+  const patient = typeof req.body?.patient === 'string' ? req.body.patient : '';
+  const allowed = /^[A-Za-z0-9\-.]{1,64}$/.test(patient)
+    && (!ctx.searchPatients || (await ctx.searchPatients(patient)).some((p) => p.id === patient));
+  if (!allowed) {
+    const patients = ctx.searchPatients ? await ctx.searchPatients('') : undefined;
+    return sendPage(res, 400, patientPickerPage({ requestId: id, clientName: client.name, patients, query, error: 'Choose a patient from the list.' }));
+  }
+  pending.patient = patient;
+  await nextStage(ctx, res, id, client, pending);
+}
+
+// ---- POST /oauth/approve ---------------------------------------------------------------------
+
+async function approve(ctx: SmartContext, req: Request, res: Response): Promise<void> {
+  const { id, pending } = await loadPending(ctx, req, 'approve');
+  await ctx.kv.delete(`smart:authz:${id}`);
+  if (req.body?.decision !== 'allow') {
+    return redirectWithError(ctx, res, pending.redirectUri, new OAuthError('access_denied', 'The user denied access'), pending.state);
+  }
+  await issueCode(ctx, res, pending);
+}
+
+async function issueCode(ctx: SmartContext, res: Response, pending: PendingRequest): Promise<void> {
+  const ehr = pending.launch !== undefined;
+  const grant: Grant = {
+    gid: TokenService.newGrantId(),
+    clientId: pending.clientId,
+    scopes: pending.scopes,
+    sub: pending.user!.sub,
+    fhirUser: pending.user!.fhirUser,
+    ...(pending.patient ? { patient: pending.patient } : {}),
+    ...(pending.launch?.encounter ? { encounter: pending.launch.encounter } : {}),
+    ...(pending.launch?.fhirContext ? { fhirContext: pending.launch.fhirContext } : {}),
+    needPatientBanner: !ehr,
+    ...(pending.nonce ? { nonce: pending.nonce } : {}),
+    authTime: pending.authTime,
+  };
+  const code = await ctx.tokens.issueCode(grant, pending.redirectUri, pending.codeChallenge);
+  const target = new URL(pending.redirectUri);
+  target.searchParams.set('code', code);
+  if (pending.state !== undefined) target.searchParams.set('state', pending.state);
+  res.set('Cache-Control', 'no-store').redirect(302, target.href);
+}
+
+// ---- shared steps ----------------------------------------------------------------------------
+
+async function savePending(ctx: SmartContext, pending: PendingRequest): Promise<string> {
+  const id = randomBytes(24).toString('base64url');
+  await ctx.kv.set(`smart:authz:${id}`, JSON.stringify(pending), PENDING_TTL_MS);
+  return id;
+}
+
+async function loadPending(ctx: SmartContext, req: Request, stage: PendingRequest['stage']) {
+  const id = typeof req.body?.request === 'string' ? req.body.request : '';
+  const raw = id ? await ctx.kv.get(`smart:authz:${id}`) : undefined;
+  const pending = raw ? (JSON.parse(raw) as PendingRequest) : undefined;
+  if (!pending || pending.stage !== stage) throw new PageError('This sign-in request has expired or was already used. Start again from the application.');
+  const client = ctx.store.getClient(pending.clientId);
+  if (!client) throw new PageError('The application is no longer registered.');
+  return { id, pending, client };
+}
+
+function redirectWithError(ctx: SmartContext, res: Response, redirectUri: string, err: unknown, state: string | undefined): void {
+  const e = toOAuthError(err, ctx.logger);
+  const target = new URL(redirectUri);
+  target.searchParams.set('error', e.error);
+  target.searchParams.set('error_description', e.description);
+  if (state !== undefined) target.searchParams.set('state', state);
+  res.set('Cache-Control', 'no-store').redirect(302, target.href);
+}

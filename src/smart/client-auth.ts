@@ -1,0 +1,158 @@
+/**
+ * Client authentication at the token, introspection and revocation endpoints:
+ * public (`client_id` only), `client_secret_basic`, `client_secret_post` and `private_key_jwt`
+ * (SMART Backend Services, https://hl7.org/fhir/smart-app-launch/STU2.2/client-confidential-asymmetric.html):
+ * RS384 or ES384, `kid` required, `jku` only when it equals the registered JWKS URL, `iss` = `sub`
+ * = client_id, `aud` = token URL, `exp` at most 5 minutes ahead, `jti` never seen before.
+ */
+import { createLocalJWKSet, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JWTVerifyGetKey } from 'jose';
+import type { KeyValueStore } from '../kv/port.js';
+import { invalidClient, invalidRequest } from './oauth-error.js';
+import { secretMatches, type Client, type SmartStore } from './store.js';
+
+export const JWT_BEARER = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+const ASSERTION_ALGS = ['RS384', 'ES384'];
+const MAX_ASSERTION_LIFETIME_S = 300;
+
+export type ClientAuthMethod = 'none' | 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt';
+
+export interface AuthenticatedClient {
+  client: Client;
+  method: ClientAuthMethod;
+}
+
+export interface ClientAuthDeps {
+  store: SmartStore;
+  kv: KeyValueStore;
+  tokenUrl: string;
+  now: () => number;
+}
+
+type Body = Record<string, unknown>;
+
+/**
+ * Authenticates the client of a request, or returns undefined when the request names no client
+ * at all (a public client refreshing without client_id). Throws invalid_client on any failure.
+ */
+export async function authenticateClient(deps: ClientAuthDeps, headers: Record<string, string | string[] | undefined>, body: Body,
+): Promise<AuthenticatedClient | undefined> {
+  const authorization = typeof headers.authorization === 'string' ? headers.authorization : undefined;
+  const methods = [authorization?.startsWith('Basic ') && 'basic', body.client_assertion !== undefined && 'jwt',
+    body.client_secret !== undefined && 'post'].filter(Boolean);
+  if (methods.length > 1) throw invalidRequest('Use exactly one client authentication method');
+  if (authorization?.startsWith('Basic ')) return secretBasic(deps, authorization);
+  if (body.client_assertion !== undefined) return privateKeyJwt(deps, body);
+  if (body.client_secret !== undefined) return secretPost(deps, body);
+  if (body.client_id !== undefined) return publicClient(deps, body);
+  return undefined;
+}
+
+function str(value: unknown): string | undefined {
+  return typeof value === 'string' && value !== '' ? value : undefined;
+}
+
+function secretBasic(deps: ClientAuthDeps, authorization: string): AuthenticatedClient {
+  const decoded = Buffer.from(authorization.slice(6).trim(), 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  if (colon < 0) throw invalidClient('Malformed Basic credentials');
+  let id: string;
+  let secret: string;
+  try {
+    id = decodeURIComponent(decoded.slice(0, colon).replace(/\+/g, ' '));
+    secret = decodeURIComponent(decoded.slice(colon + 1).replace(/\+/g, ' '));
+  } catch {
+    throw invalidClient('Malformed Basic credentials');
+  }
+  return checkSecret(deps, id, secret, 'client_secret_basic');
+}
+
+function secretPost(deps: ClientAuthDeps, body: Body): AuthenticatedClient {
+  const id = str(body.client_id);
+  const secret = str(body.client_secret);
+  if (!id || !secret) throw invalidClient('client_id and client_secret are required');
+  return checkSecret(deps, id, secret, 'client_secret_post');
+}
+
+function checkSecret(deps: ClientAuthDeps, id: string, secret: string, method: ClientAuthMethod): AuthenticatedClient {
+  const client = deps.store.getClient(id);
+  if (!client || client.type !== 'confidential-symmetric' || !secretMatches(client, secret)) throw invalidClient();
+  return { client, method };
+}
+
+function publicClient(deps: ClientAuthDeps, body: Body): AuthenticatedClient {
+  const client = deps.store.getClient(str(body.client_id) ?? '');
+  if (!client) throw invalidClient();
+  if (client.type !== 'public') throw invalidClient('This client must authenticate');
+  return { client, method: 'none' };
+}
+
+async function privateKeyJwt(deps: ClientAuthDeps, body: Body): Promise<AuthenticatedClient> {
+  if (body.client_assertion_type !== JWT_BEARER) throw invalidClient(`client_assertion_type must be ${JWT_BEARER}`);
+  const assertion = str(body.client_assertion);
+  if (!assertion) throw invalidClient('client_assertion is missing');
+  const { header, claimedId } = readAssertionUnverified(assertion);
+  if (body.client_id !== undefined && body.client_id !== claimedId) throw invalidClient('client_id does not match the assertion');
+  const client = deps.store.getClient(claimedId);
+  if (!client || client.type !== 'confidential-asymmetric') throw invalidClient();
+  const keySource = keySourceFor(client, header.jku);
+  const payload = await verifyAssertion(deps, assertion, claimedId, keySource);
+  await rejectReplayedJti(deps, claimedId, payload.jti, payload.exp);
+  return { client, method: 'private_key_jwt' };
+}
+
+function readAssertionUnverified(assertion: string): { header: { alg?: string; kid?: string; jku?: string }; claimedId: string } {
+  let header: { alg?: string; kid?: string; jku?: string };
+  let claimedId: unknown;
+  try {
+    header = decodeProtectedHeader(assertion) as typeof header;
+    claimedId = decodeJwt(assertion).iss;
+  } catch {
+    throw invalidClient('client_assertion is not a JWT');
+  }
+  if (!header.alg || !ASSERTION_ALGS.includes(header.alg)) throw invalidClient(`client_assertion alg must be one of ${ASSERTION_ALGS.join(', ')}`);
+  if (!header.kid) throw invalidClient('client_assertion header needs a kid');
+  if (typeof claimedId !== 'string' || !claimedId) throw invalidClient('client_assertion needs iss');
+  return { header, claimedId };
+}
+
+const remoteSets = new Map<string, JWTVerifyGetKey>();
+
+/** The registered keys; a `jku` header is followed only when it is exactly the registered JWKS URL. */
+function keySourceFor(client: Client, jku: string | undefined): JWTVerifyGetKey {
+  if (jku !== undefined && jku !== client.jwksUrl) throw invalidClient('jku does not match the registered JWKS URL');
+  if (client.jwks) return createLocalJWKSet(client.jwks);
+  if (!client.jwksUrl) throw invalidClient('Client has no keys registered');
+  let set = remoteSets.get(client.jwksUrl);
+  if (!set) {
+    set = createRemoteJWKSet(new URL(client.jwksUrl), { timeoutDuration: 5000, cooldownDuration: 30_000, cacheMaxAge: 300_000 });
+    remoteSets.set(client.jwksUrl, set);
+  }
+  return set;
+}
+
+async function verifyAssertion(deps: ClientAuthDeps, assertion: string, clientId: string, keys: JWTVerifyGetKey) {
+  let payload;
+  try {
+    ({ payload } = await jwtVerify(assertion, keys, {
+      algorithms: ASSERTION_ALGS,
+      issuer: clientId,
+      subject: clientId,
+      audience: deps.tokenUrl,
+      currentDate: new Date(deps.now()),
+      requiredClaims: ['exp', 'jti'],
+    }));
+  } catch {
+    throw invalidClient('client_assertion could not be verified');
+  }
+  if (typeof payload.exp !== 'number' || payload.exp > Math.floor(deps.now() / 1000) + MAX_ASSERTION_LIFETIME_S) {
+    throw invalidClient('client_assertion exp must be at most 5 minutes in the future');
+  }
+  if (typeof payload.jti !== 'string' || payload.jti === '') throw invalidClient('client_assertion needs a jti');
+  return payload as { exp: number; jti: string };
+}
+
+async function rejectReplayedJti(deps: ClientAuthDeps, clientId: string, jti: string, exp: number): Promise<void> {
+  const ttl = Math.max(1000, exp * 1000 - deps.now() + 60_000);
+  const fresh = await deps.kv.setIfAbsent(`smart:jti:${clientId}:${jti}`, '1', ttl);
+  if (!fresh) throw invalidClient('client_assertion jti was already used');
+}

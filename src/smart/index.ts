@@ -1,0 +1,125 @@
+/**
+ * GlucoGuard's SMART App Launch 2.2 authorization server and the resource-server checks the FHIR
+ * facade calls. src/app.ts builds it once with `createSmart` and mounts `router` at `/`.
+ *
+ * Paths: /fhir/.well-known/smart-configuration, /fhir/.well-known/openid-configuration,
+ * /.well-known/openid-configuration, /.well-known/jwks.json, /oauth/{authorize,login,
+ * select-patient,approve,token,introspect,revoke,jwks}, /smart/launch, /smart/style.json.
+ */
+import express, { type Router } from 'express';
+import type { CapabilityStatementRestSecurity } from '@medplum/fhirtypes';
+import type { Config } from '../config.js';
+import { OPEN_ACCESS, type AccessContext } from '../fhir/access.js';
+import type { KeyValueStore } from '../kv/port.js';
+import type { Logger } from '../log.js';
+import { authorizeHandlers } from './authorize.js';
+import { smartUrls, type SearchPatients, type SmartContext, type SmartUrls } from './context.js';
+import { discoveryHandlers } from './discovery.js';
+import { introspectHandler } from './introspect.js';
+import { SigningKeys } from './keys.js';
+import { launchHandler } from './launch-endpoint.js';
+import { DEFAULT_RATE_LIMITS, RateLimiter, type RateLimits } from './rate-limit.js';
+import { authenticateBearer, capabilitySecurity, type SmartAccessContext } from './resource.js';
+import { revokeHandler } from './revoke.js';
+import { scopeAllows, type Interaction } from './scopes.js';
+import { SmartStore } from './store.js';
+import { tokenHandler } from './token.js';
+import { DEFAULT_LIFETIMES, TokenService, type TokenLifetimes } from './tokens.js';
+
+export { BearerTokenError, type SmartAccessContext } from './resource.js';
+export { scopeAllows, scopeFilters, type Interaction } from './scopes.js';
+export type { PatientChoice, SearchPatients, SmartUrls } from './context.js';
+
+export interface SmartDeps {
+  config: Config;
+  kv: KeyValueStore;
+  logger: Logger;
+  /** Clock in ms (tests freeze it). */
+  now?: () => number;
+  /** FHIR base URL, e.g. `${config.baseUrl}/fhir`: the token `aud` and the issuer. */
+  fhirBase: string;
+  /** Patient search for the practitioner's patient picker; without it the picker asks for a patient ID. */
+  searchPatients?: SearchPatients;
+  rateLimits?: Partial<RateLimits>;
+  lifetimes?: Partial<TokenLifetimes>;
+}
+
+export interface Smart {
+  /** Mount at `/`. */
+  router: Router;
+  urls: SmartUrls;
+  /**
+   * Works out who is asking from the request headers (once per request). Throws BearerTokenError
+   * (ERR_UNAUTHORIZED, 401; send `err.headers` = WWW-Authenticate) for a missing, invalid, expired,
+   * revoked or wrong-audience token, ERR_UNAVAILABLE (503) when revocation cannot be checked.
+   * With GLUCOGUARD_AUTH=off it returns OPEN_ACCESS.
+   */
+  authenticate(headers: Record<string, string | undefined>, requestUrl?: string): Promise<AccessContext & Partial<SmartAccessContext>>;
+  /** `rest[0].security` for the CapabilityStatement, matching discovery. */
+  capabilitySecurity(): CapabilityStatementRestSecurity;
+  /** See scopes.ts: final when `resource` is given, a pre-check otherwise. */
+  scopeAllows(access: AccessContext, interaction: Interaction, resourceType: string, resource?: object): boolean;
+  /** The discovery document (also served at /fhir/.well-known/smart-configuration). */
+  store: SmartStore;
+  keys: SigningKeys;
+  tokens: TokenService;
+  close(): Promise<void>;
+}
+
+/** Builds the authorization server: opens the user/client store, loads or generates signing keys. */
+export async function createSmart(deps: SmartDeps): Promise<Smart> {
+  const now = deps.now ?? Date.now;
+  const fhirBase = deps.fhirBase.replace(/\/+$/, '');
+  const urls = smartUrls(deps.config.baseUrl, fhirBase);
+  const store = new SmartStore(deps.config.dataDir);
+  const keys = SigningKeys.open(deps.config.dataDir);
+  const tokens = new TokenService(deps.kv, keys, fhirBase, now, { ...DEFAULT_LIFETIMES, ...deps.lifetimes });
+  const limiter = new RateLimiter(deps.kv, { ...DEFAULT_RATE_LIMITS, ...deps.rateLimits }, now);
+  const ctx: SmartContext = { store, kv: deps.kv, keys, tokens, limiter, urls, logger: deps.logger, now, searchPatients: deps.searchPatients };
+  const authOff = deps.config.auth === 'off';
+  if (authOff) deps.logger.warn('GLUCOGUARD_AUTH=off: /fhir accepts requests WITHOUT authentication. For local experiments only.');
+  deps.logger.info({ issuer: urls.issuer, users: `${deps.config.dataDir}/smart/smart.sqlite`, keys: `${deps.config.dataDir}/keys/` },
+    'SMART authorization server ready');
+
+  return {
+    router: buildRouter(ctx),
+    urls,
+    authenticate: async (headers) => (authOff ? OPEN_ACCESS : authenticateBearer(tokens, headers)),
+    capabilitySecurity: () => capabilitySecurity(urls),
+    scopeAllows,
+    store,
+    keys,
+    tokens,
+    close: async () => store.close(),
+  };
+}
+
+function buildRouter(ctx: SmartContext): Router {
+  const router = express.Router();
+  const form = express.urlencoded({ extended: false, limit: '64kb', parameterLimit: 100 });
+  const json = express.json({ limit: '64kb' });
+  const discovery = discoveryHandlers(ctx);
+  const pages = authorizeHandlers(ctx);
+
+  router.get('/fhir/.well-known/smart-configuration', discovery.smartConfiguration);
+  router.get('/fhir/.well-known/openid-configuration', discovery.openidConfiguration);
+  router.get('/.well-known/openid-configuration', discovery.openidConfiguration);
+  router.get(['/oauth/jwks', '/.well-known/jwks.json'], discovery.jwks);
+  router.get('/smart/style.json', discovery.style);
+
+  router.get('/oauth/authorize', pages.authorize);
+  router.post('/oauth/authorize', form, pages.authorize);
+  router.post('/oauth/login', form, pages.login);
+  router.post('/oauth/select-patient', form, pages.selectPatient);
+  router.post('/oauth/approve', form, pages.approve);
+
+  router.options(['/oauth/token', '/oauth/revoke'], (_req, res) => {
+    res.set({ 'Access-Control-Allow-Origin': '*', 'Access-Control-Allow-Methods': 'POST', 'Access-Control-Allow-Headers': 'Authorization, Content-Type',
+      'Access-Control-Max-Age': '600' }).status(204).end();
+  });
+  router.post('/oauth/token', form, tokenHandler(ctx));
+  router.post('/oauth/introspect', form, introspectHandler(ctx));
+  router.post('/oauth/revoke', form, revokeHandler(ctx));
+  router.post('/smart/launch', json, form, launchHandler(ctx));
+  return router;
+}

@@ -1,0 +1,153 @@
+/**
+ * Signing keys of the authorization server, generated into `<dataDir>/keys/smart-signing-keys.json`
+ * (mode 0600) on first start: ES256 for access tokens, RS256 for id_tokens. Rotation makes a new
+ * current key and keeps the previous public key in the JWKS so tokens already issued still verify.
+ *
+ * Our own tokens are signed and verified with node:crypto directly (synchronous, KeyObjects cached
+ * by `kid`): it is the hot path of every FHIR request.
+ */
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type JsonWebKey, type KeyObject } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+
+type Alg = 'ES256' | 'RS256';
+
+interface StoredKeyPair {
+  kid: string;
+  alg: Alg;
+  /** Private JWK of the current key. */
+  privateJwk: JsonWebKey;
+}
+
+interface StoredKeys {
+  version: 1;
+  access: { current: StoredKeyPair; previous: Array<{ kid: string; alg: Alg; publicJwk: JsonWebKey }> };
+  id: { current: StoredKeyPair; previous: Array<{ kid: string; alg: Alg; publicJwk: JsonWebKey }> };
+}
+
+interface LoadedKey {
+  kid: string;
+  alg: Alg;
+  publicKey: KeyObject;
+  publicJwk: JsonWebKey;
+}
+
+const FILE = 'smart-signing-keys.json';
+
+export class SigningKeys {
+  private accessSigner!: { kid: string; key: KeyObject };
+  private idSigner!: { kid: string; key: KeyObject };
+  private readonly verifiers = new Map<string, LoadedKey>();
+
+  private constructor(private readonly file: string) {}
+
+  /** Loads the keys, generating them on first start. */
+  static open(dataDir: string): SigningKeys {
+    const dir = path.join(dataDir, 'keys');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const keys = new SigningKeys(path.join(dir, FILE));
+    if (!existsSync(keys.file)) keys.write({ version: 1, access: { current: generate('ES256'), previous: [] }, id: { current: generate('RS256'), previous: [] } });
+    keys.load();
+    return keys;
+  }
+
+  /** Makes new current keys; the previous public keys stay in the JWKS. */
+  rotate(): void {
+    const stored = this.read();
+    const demote = (pair: StoredKeyPair) => ({ kid: pair.kid, alg: pair.alg, publicJwk: publicJwkOf(pair.privateJwk) });
+    this.write({
+      version: 1,
+      access: { current: generate('ES256'), previous: [demote(stored.access.current)] },
+      id: { current: generate('RS256'), previous: [demote(stored.id.current)] },
+    });
+    this.load();
+  }
+
+  /** The public JWKS: current and previous keys of both kinds. */
+  jwks(): { keys: Array<JsonWebKey & { kid: string; alg: string; use: string }> } {
+    return { keys: [...this.verifiers.values()].map((k) => ({ ...k.publicJwk, kid: k.kid, alg: k.alg, use: 'sig' })) };
+  }
+
+  /** Compact JWS of `payload` with the current access-token key (ES256). */
+  signAccessToken(payload: object): string {
+    return signJws({ alg: 'ES256', typ: 'at+jwt', kid: this.accessSigner.kid }, payload, this.accessSigner.key);
+  }
+
+  /** Compact JWS of `payload` with the current id_token key (RS256). */
+  signIdToken(payload: object): string {
+    return signJws({ alg: 'RS256', typ: 'JWT', kid: this.idSigner.kid }, payload, this.idSigner.key);
+  }
+
+  /**
+   * Verifies the signature of one of our access tokens and returns its payload; undefined when the
+   * token is malformed, uses another alg or kid, or the signature does not verify.
+   */
+  verifyAccessToken(token: string): Record<string, unknown> | undefined {
+    const parts = token.split('.');
+    if (parts.length !== 3) return undefined;
+    const header = parseSegment(parts[0]!);
+    if (!header || header.alg !== 'ES256' || typeof header.kid !== 'string') return undefined;
+    const key = this.verifiers.get(header.kid);
+    if (!key || key.alg !== 'ES256') return undefined;
+    const ok = verify('sha256', Buffer.from(`${parts[0]}.${parts[1]}`), { key: key.publicKey, dsaEncoding: 'ieee-p1363' },
+      Buffer.from(parts[2]!, 'base64url'));
+    return ok ? parseSegment(parts[1]!) : undefined;
+  }
+
+  private load(): void {
+    const stored = this.read();
+    this.accessSigner = { kid: stored.access.current.kid, key: createPrivateKey({ key: stored.access.current.privateJwk, format: 'jwk' }) };
+    this.idSigner = { kid: stored.id.current.kid, key: createPrivateKey({ key: stored.id.current.privateJwk, format: 'jwk' }) };
+    this.verifiers.clear();
+    for (const group of [stored.access, stored.id]) {
+      for (const k of [{ kid: group.current.kid, alg: group.current.alg, publicJwk: publicJwkOf(group.current.privateJwk) }, ...group.previous]) {
+        this.verifiers.set(k.kid, { ...k, publicKey: createPublicKey({ key: k.publicJwk, format: 'jwk' }) });
+      }
+    }
+  }
+
+  private read(): StoredKeys {
+    return JSON.parse(readFileSync(this.file, 'utf8')) as StoredKeys;
+  }
+
+  private write(keys: StoredKeys): void {
+    const tmp = `${this.file}.tmp`;
+    writeFileSync(tmp, JSON.stringify(keys, null, 2), { mode: 0o600 });
+    renameSync(tmp, this.file);
+  }
+}
+
+function generate(alg: Alg): StoredKeyPair {
+  const { privateKey } = alg === 'ES256'
+    ? generateKeyPairSync('ec', { namedCurve: 'P-256' })
+    : generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const privateJwk = privateKey.export({ format: 'jwk' });
+  return { kid: thumbprint(publicJwkOf(privateJwk)), alg, privateJwk };
+}
+
+function publicJwkOf(jwk: JsonWebKey): JsonWebKey {
+  return jwk.kty === 'EC' ? { kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y } : { kty: 'RSA', n: jwk.n, e: jwk.e };
+}
+
+/** RFC 7638 JWK thumbprint (members in lexicographic order). */
+function thumbprint(jwk: JsonWebKey): string {
+  const members = jwk.kty === 'EC' ? { crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y } : { e: jwk.e, kty: jwk.kty, n: jwk.n };
+  return createHash('sha256').update(JSON.stringify(members)).digest('base64url');
+}
+
+function signJws(header: object, payload: object, key: KeyObject): string {
+  const input = `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
+  const signature = key.asymmetricKeyType === 'ec'
+    ? sign('sha256', Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' })
+    : sign('sha256', Buffer.from(input), key);
+  return `${input}.${signature.toString('base64url')}`;
+}
+
+function parseSegment(segment: string): Record<string, unknown> | undefined {
+  try {
+    const value: unknown = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
+    return value && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,40 @@
+/**
+ * POST /smart/launch: an EHR system client holding `system/launch` creates a launch context
+ * (JSON or form body: patient, practitioner, encounter?, client_id?, fhirContext?).
+ */
+import type { Request, Response } from 'express';
+import { isGlucoGuardError } from '../errors.js';
+import type { SmartContext } from './context.js';
+import { createLaunch } from './launch.js';
+import { BearerTokenError, authenticateBearer } from './resource.js';
+
+export function launchHandler(ctx: SmartContext) {
+  return async (req: Request, res: Response): Promise<void> => {
+    res.set({ 'Cache-Control': 'no-store' });
+    try {
+      const access = await authenticateBearer(ctx.tokens, req.headers as Record<string, string | undefined>);
+      if (!access.scopes.includes('system/launch')) {
+        res.status(403).set('WWW-Authenticate', 'Bearer error="insufficient_scope", scope="system/launch"')
+          .json({ error: 'insufficient_scope', error_description: 'system/launch is required' });
+        return;
+      }
+      const body = (req.body ?? {}) as Record<string, unknown>;
+      const created = await createLaunch({ kv: ctx.kv, store: ctx.store, fhirBase: ctx.urls.fhirBase }, {
+        patient: body.patient, encounter: body.encounter, practitioner: body.practitioner,
+        clientId: body.client_id, fhirContext: body.fhirContext,
+      });
+      res.status(201).json({ launch: created.launch, expires_in: created.expiresIn, ...(created.launchUrl ? { launch_url: created.launchUrl } : {}) });
+    } catch (err) {
+      if (err instanceof BearerTokenError) {
+        res.status(401).set(err.headers).json({ error: 'invalid_token', error_description: err.message });
+      } else if (isGlucoGuardError(err) && err.status < 500) {
+        res.status(err.status).json({ error: 'invalid_request', error_description: err.message });
+      } else if (isGlucoGuardError(err, 'ERR_UNAVAILABLE')) {
+        res.status(503).json({ error: 'temporarily_unavailable', error_description: 'Service temporarily unavailable' });
+      } else {
+        ctx.logger.error({ err }, 'launch creation failed');
+        res.status(500).json({ error: 'server_error', error_description: 'Internal error' });
+      }
+    }
+  };
+}

@@ -1,0 +1,86 @@
+/**
+ * EHR launch contexts (SMART App Launch 2.2 §2.0.1 "EHR Launch"). The EHR (a client holding
+ * `system/launch`, or the operator CLI) creates a context; the app receives an opaque, single-use,
+ * short-lived `launch` value and presents it at /authorize, where the launch's practitioner is the
+ * authenticated user.
+ */
+import { randomBytes } from 'node:crypto';
+import type { KeyValueStore } from '../kv/port.js';
+import { badRequest } from '../errors.js';
+import type { SmartStore } from './store.js';
+
+export interface LaunchContext {
+  patient: string;
+  encounter?: string;
+  /** Bare Practitioner id of the clinician whose EHR session vouches for the launch. */
+  practitioner: string;
+  /** When set, only this client may use the launch. */
+  clientId?: string;
+  fhirContext?: Array<{ reference: string }>;
+}
+
+export interface CreatedLaunch {
+  launch: string;
+  expiresIn: number;
+  /** The app URL `launch_uri?iss=…&launch=…` when the client has a registered launch URI. */
+  launchUrl?: string;
+}
+
+export const LAUNCH_TTL_SECONDS = 300;
+const ID = /^[A-Za-z0-9\-.]{1,64}$/;
+const REFERENCE = /^[A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64}$/;
+
+/** Validates and stores a launch context; returns the opaque launch value (and app URL). */
+export async function createLaunch(deps: { kv: KeyValueStore; store: SmartStore; fhirBase: string }, input: {
+  patient: unknown; encounter?: unknown; practitioner: unknown; clientId?: unknown; fhirContext?: unknown;
+}): Promise<CreatedLaunch> {
+  const context = validateLaunch(input);
+  let launchUri: string | undefined;
+  if (context.clientId) {
+    const client = deps.store.getClient(context.clientId);
+    if (!client) throw badRequest('unknown client_id', 'client_id');
+    launchUri = client.launchUri;
+  }
+  const launch = randomBytes(24).toString('base64url');
+  await deps.kv.set(`smart:launch:${launch}`, JSON.stringify(context), LAUNCH_TTL_SECONDS * 1000);
+  let launchUrl: string | undefined;
+  if (launchUri) {
+    const url = new URL(launchUri);
+    url.searchParams.set('iss', deps.fhirBase);
+    url.searchParams.set('launch', launch);
+    launchUrl = url.href;
+  }
+  return { launch, expiresIn: LAUNCH_TTL_SECONDS, ...(launchUrl ? { launchUrl } : {}) };
+}
+
+/** Consumes a launch value; undefined when unknown, used or expired. */
+export async function takeLaunch(kv: KeyValueStore, launch: string): Promise<LaunchContext | undefined> {
+  const raw = await kv.take(`smart:launch:${launch}`);
+  return raw ? (JSON.parse(raw) as LaunchContext) : undefined;
+}
+
+function validateLaunch(input: { patient: unknown; encounter?: unknown; practitioner: unknown; clientId?: unknown; fhirContext?: unknown }): LaunchContext {
+  const id = (value: unknown, name: string, required: boolean): string | undefined => {
+    if (value === undefined || value === null || value === '') {
+      if (required) throw badRequest(`${name} is required`, name);
+      return undefined;
+    }
+    if (typeof value !== 'string' || !ID.test(value)) throw badRequest(`${name} must be a FHIR id`, name);
+    return value;
+  };
+  let fhirContext: Array<{ reference: string }> | undefined;
+  if (input.fhirContext !== undefined) {
+    if (!Array.isArray(input.fhirContext) || !input.fhirContext.every((c) => c && typeof c.reference === 'string' && REFERENCE.test(c.reference))) {
+      throw badRequest('fhirContext must be a list of {"reference": "Type/id"}', 'fhirContext');
+    }
+    fhirContext = input.fhirContext.map((c: { reference: string }) => ({ reference: c.reference }));
+  }
+  const clientId = input.clientId === undefined || input.clientId === '' ? undefined : String(input.clientId);
+  return {
+    patient: id(input.patient, 'patient', true)!,
+    practitioner: id(input.practitioner, 'practitioner', true)!,
+    ...(id(input.encounter, 'encounter', false) ? { encounter: input.encounter as string } : {}),
+    ...(clientId ? { clientId } : {}),
+    ...(fhirContext ? { fhirContext } : {}),
+  };
+}

@@ -1,0 +1,172 @@
+/**
+ * Authorization codes, access tokens, refresh tokens, id_tokens and revocation. Codes and refresh
+ * tokens are random 256-bit values stored in the KV port under their SHA-256 digest, so a KV dump
+ * holds no usable token. Every token belongs to a grant (`gid`); revoking any token of a grant
+ * revokes the whole grant — its access tokens and its refresh token (RFC 7009 §2.1).
+ */
+import { randomBytes } from 'node:crypto';
+import type { KeyValueStore } from '../kv/port.js';
+import type { SigningKeys } from './keys.js';
+import { sha256 } from './store.js';
+
+/** What an authorization decided; carried by codes, refresh tokens and access tokens. */
+export interface Grant {
+  gid: string;
+  clientId: string;
+  scopes: string[];
+  /** Username, or the client id for client_credentials. */
+  sub: string;
+  /** `Patient/ID` or `Practitioner/ID`. */
+  fhirUser?: string;
+  patient?: string;
+  encounter?: string;
+  fhirContext?: Array<{ reference: string }>;
+  needPatientBanner?: boolean;
+  nonce?: string;
+  authTime?: number;
+}
+
+export interface CodeRecord extends Grant {
+  redirectUri: string;
+  codeChallenge: string;
+  expiresAt: number;
+}
+
+export interface RefreshRecord extends Grant {
+  expiresAt: number;
+}
+
+/** Verified claims of one of our access tokens. */
+export interface AccessClaims {
+  jti: string;
+  gid: string;
+  iss: string;
+  aud: string;
+  sub: string;
+  client_id: string;
+  scope: string;
+  iat: number;
+  exp: number;
+  fhirUser?: string;
+  patient?: string;
+  encounter?: string;
+}
+
+export interface TokenLifetimes {
+  codeSeconds: number;
+  accessSeconds: number;
+  offlineRefreshSeconds: number;
+  onlineRefreshSeconds: number;
+}
+
+export const DEFAULT_LIFETIMES: TokenLifetimes = {
+  codeSeconds: 60,
+  accessSeconds: 3600,
+  offlineRefreshSeconds: 90 * 24 * 3600,
+  onlineRefreshSeconds: 24 * 3600,
+};
+
+export class TokenService {
+  constructor(
+    private readonly kv: KeyValueStore,
+    private readonly keys: SigningKeys,
+    private readonly fhirBase: string,
+    private readonly now: () => number,
+    readonly lifetimes: TokenLifetimes = DEFAULT_LIFETIMES,
+  ) {}
+
+  static newGrantId(): string {
+    return randomBytes(16).toString('base64url');
+  }
+
+  /** A single-use code bound to the client, redirect URI and PKCE challenge. */
+  async issueCode(grant: Grant, redirectUri: string, codeChallenge: string): Promise<string> {
+    const code = randomBytes(32).toString('base64url');
+    const record: CodeRecord = { ...grant, redirectUri, codeChallenge, expiresAt: this.now() + this.lifetimes.codeSeconds * 1000 };
+    await this.kv.set(`smart:code:${sha256(code)}`, JSON.stringify(record), this.lifetimes.codeSeconds * 1000);
+    return code;
+  }
+
+  /** Consumes a code (a second use finds nothing); undefined when unknown, used or expired. */
+  async takeCode(code: string): Promise<CodeRecord | undefined> {
+    const raw = await this.kv.take(`smart:code:${sha256(code)}`);
+    const record = raw ? (JSON.parse(raw) as CodeRecord) : undefined;
+    return record && record.expiresAt > this.now() ? record : undefined;
+  }
+
+  /** Signs an access token for a grant; returns it with its lifetime in seconds. */
+  signAccessToken(grant: Grant): { token: string; expiresIn: number; claims: AccessClaims } {
+    const iat = Math.floor(this.now() / 1000);
+    const claims: AccessClaims = {
+      jti: randomBytes(12).toString('base64url'),
+      gid: grant.gid,
+      iss: this.fhirBase,
+      aud: this.fhirBase,
+      sub: grant.sub,
+      client_id: grant.clientId,
+      scope: grant.scopes.join(' '),
+      iat,
+      exp: iat + this.lifetimes.accessSeconds,
+      ...(grant.fhirUser ? { fhirUser: grant.fhirUser } : {}),
+      ...(grant.patient ? { patient: grant.patient } : {}),
+      ...(grant.encounter ? { encounter: grant.encounter } : {}),
+    };
+    return { token: this.keys.signAccessToken(claims), expiresIn: this.lifetimes.accessSeconds, claims };
+  }
+
+  /** OpenID Connect id_token (RS256) with the SMART `fhirUser` claim as an absolute URL. */
+  signIdToken(grant: Grant): string {
+    const iat = Math.floor(this.now() / 1000);
+    return this.keys.signIdToken({
+      iss: this.fhirBase,
+      sub: grant.sub,
+      aud: grant.clientId,
+      iat,
+      exp: iat + this.lifetimes.accessSeconds,
+      ...(grant.fhirUser ? { fhirUser: `${this.fhirBase}/${grant.fhirUser}` } : {}),
+      ...(grant.nonce ? { nonce: grant.nonce } : {}),
+      ...(grant.authTime ? { auth_time: grant.authTime } : {}),
+    });
+  }
+
+  /** Stores a new refresh token for the grant (lifetime by offline_access / online_access). */
+  async issueRefreshToken(grant: Grant): Promise<string> {
+    const seconds = grant.scopes.includes('offline_access') ? this.lifetimes.offlineRefreshSeconds : this.lifetimes.onlineRefreshSeconds;
+    const token = randomBytes(32).toString('base64url');
+    const record: RefreshRecord = { ...grant, expiresAt: this.now() + seconds * 1000 };
+    await this.kv.set(`smart:refresh:${sha256(token)}`, JSON.stringify(record), seconds * 1000);
+    return token;
+  }
+
+  async findRefreshToken(token: string): Promise<RefreshRecord | undefined> {
+    const raw = await this.kv.get(`smart:refresh:${sha256(token)}`);
+    const record = raw ? (JSON.parse(raw) as RefreshRecord) : undefined;
+    return record && record.expiresAt > this.now() ? record : undefined;
+  }
+
+  /** Consumes a refresh token (rotation: each one is used once). */
+  async takeRefreshToken(token: string): Promise<RefreshRecord | undefined> {
+    const raw = await this.kv.take(`smart:refresh:${sha256(token)}`);
+    const record = raw ? (JSON.parse(raw) as RefreshRecord) : undefined;
+    return record && record.expiresAt > this.now() ? record : undefined;
+  }
+
+  /** Signature, issuer, audience and expiry of an access token; undefined for anything not live. */
+  verifyAccessToken(token: string): AccessClaims | undefined {
+    const claims = this.keys.verifyAccessToken(token) as Partial<AccessClaims> | undefined;
+    if (!claims || typeof claims.exp !== 'number' || typeof claims.gid !== 'string' || typeof claims.scope !== 'string') return undefined;
+    if (claims.iss !== this.fhirBase || claims.aud !== this.fhirBase) return undefined;
+    if (claims.exp * 1000 <= this.now()) return undefined;
+    return claims as AccessClaims;
+  }
+
+  async isRevoked(gid: string): Promise<boolean> {
+    return (await this.kv.get(`smart:revoked:${gid}`)) !== undefined;
+  }
+
+  /** Revokes every token of a grant for as long as any of them could live. */
+  async revokeGrant(gid: string): Promise<void> {
+    const ttl = Math.max(this.lifetimes.offlineRefreshSeconds, this.lifetimes.accessSeconds) * 1000;
+    await this.kv.set(`smart:revoked:${gid}`, '1', ttl);
+  }
+}
