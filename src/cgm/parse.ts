@@ -1,0 +1,206 @@
+/**
+ * The ingest pipeline up to normalised records: input → text → format (detected or given) → parser
+ * → checks (impossible values, future timestamps) → de-duplication → unit policy, counting every
+ * record in an IngestSummary. Streaming: `openCgm` returns an async iterable; `readCgm` collects it
+ * and applies the `partial` rule.
+ */
+import { GlucoGuardError, badRequest, issue } from '../errors.js';
+import { csvDelimiter, detectFormat, libreViewHeaderLine } from './detect.js';
+import { peekText, textChunks, type CgmInput } from './input.js';
+import type { ParserContext, ParserItem } from './parsers/common.js';
+import { parseDexcom } from './parsers/dexcom.js';
+import { parseHealthKit } from './parsers/healthkit.js';
+import { parseLibreView } from './parsers/libreview.js';
+import { parseNightscout } from './parsers/nightscout.js';
+import { parseOpenMHealth } from './parsers/openmhealth.js';
+import { parseTidepool } from './parsers/tidepool.js';
+import { isTimeZone, ZoneOffsets } from './time.js';
+import type { CgmFormat, CgmRecord, GlucoseRecord, GlucoseUnit, IngestIssue, IngestSummary, ParseOptions, RejectReason, SkipReason, SourcePosition } from './types.js';
+import { CGM_FORMATS } from './types.js';
+import { fromMgdl, round } from './units.js';
+
+/** Largest plausible glucose; above this a value is rejected as impossible. */
+export const MAX_GLUCOSE_MGDL = 1000;
+/** Largest plausible insulin amount (units, or units/h for basal) in one record. */
+export const MAX_INSULIN_UNITS = 250;
+
+/** A parse in progress: iterate it for records; `summary` is complete once iteration ends. */
+export interface CgmStream extends AsyncIterable<CgmRecord> {
+  readonly format: CgmFormat;
+  readonly summary: IngestSummary;
+}
+
+/**
+ * Opens a CGM source: detects (or takes) the format and returns a stream of validated records.
+ * Throws `CgmInputError` (code ERR_INVALID) for an unknown format, and while iterating for malformed
+ * input, naming the line or record.
+ */
+export async function openCgm(input: CgmInput, options: ParseOptions = {}): Promise<CgmStream> {
+  if (options.format && !CGM_FORMATS.includes(options.format)) throw badRequest(`unknown format "${options.format}" (one of ${CGM_FORMATS.join(', ')})`, 'format');
+  if (options.timeZone && !isTimeZone(options.timeZone)) throw badRequest(`"${options.timeZone}" is not an IANA time zone`, 'tz');
+  const peeked = await peekText(textChunks(input));
+  const detection = options.format ? undefined : detectFormat(peeked.head);
+  if (!options.format && !detection) {
+    throw badRequest(peeked.head.trim() === '' ? 'empty input' : 'cannot detect the format of this file; give it explicitly (dexcom, nightscout, libreview, tidepool, openmhealth, healthkit)', 'format');
+  }
+  const format = options.format ?? detection!.format;
+  const zoneName = options.timeZone ?? options.defaultTimeZone ?? 'UTC';
+  const ctx: ParserContext = {
+    zone: new ZoneOffsets(zoneName),
+    dateOrder: options.dateOrder,
+    report: { usedZone: false, dst: { nonexistent: 0, ambiguous: 0 }, warnings: [] },
+  };
+  const delimiter = detection?.delimiter ?? csvDelimiter(libreViewHeaderLine(peeked.head) ?? ',');
+  const items = parserFor(format, peeked.chunks, ctx, delimiter);
+  const summary: IngestSummary = {
+    format, detected: !options.format, read: 0, converted: 0, skipped: 0, rejected: 0,
+    skippedByReason: {}, rejectedByReason: {}, issues: [], issuesTruncated: false, warnings: [],
+  };
+  return {
+    format,
+    summary,
+    [Symbol.asyncIterator]: () => validated(items, summary, ctx, { ...options, timeZone: zoneName }, options.timeZone ? 'option' : 'default'),
+  };
+}
+
+function parserFor(format: CgmFormat, chunks: AsyncIterable<string>, ctx: ParserContext, delimiter: string): AsyncIterable<ParserItem> {
+  switch (format) {
+    case 'dexcom': return parseDexcom(chunks);
+    case 'nightscout': return parseNightscout(chunks);
+    case 'libreview': return parseLibreView(chunks, ctx, delimiter);
+    case 'tidepool': return parseTidepool(chunks);
+    case 'openmhealth': return parseOpenMHealth(chunks);
+    case 'healthkit': return parseHealthKit(chunks, ctx);
+  }
+}
+
+async function* validated(items: AsyncIterable<ParserItem>, summary: IngestSummary, ctx: ParserContext,
+  options: ParseOptions & { timeZone: string }, zoneFrom: 'option' | 'default'): AsyncGenerator<CgmRecord> {
+  const now = options.now ?? Date.now;
+  const tolerance = options.futureToleranceMs ?? 5 * 60_000;
+  const maxIssues = options.maxIssues ?? 1000;
+  /** device → instant → first record's value (mg/dL, NaN when absent) and line: duplicates in one file. */
+  const seen = new Map<string, Map<number, { value: number; where: string }>>();
+  let first = Infinity;
+  let last = -Infinity;
+
+  const note = (kind: 'skipped' | 'rejected', pos: SourcePosition, reason: SkipReason | RejectReason, message: string, quiet = false): void => {
+    if (kind === 'skipped') {
+      summary.skipped++;
+      summary.skippedByReason[reason as SkipReason] = (summary.skippedByReason[reason as SkipReason] ?? 0) + 1;
+    } else {
+      summary.rejected++;
+      summary.rejectedByReason[reason as RejectReason] = (summary.rejectedByReason[reason as RejectReason] ?? 0) + 1;
+    }
+    if (quiet) return;
+    if (summary.issues.length < maxIssues) {
+      const entry: IngestIssue = { kind, reason, record: pos.record, message, ...(pos.line !== undefined ? { line: pos.line } : {}) };
+      summary.issues.push(entry);
+    } else summary.issuesTruncated = true;
+  };
+
+  try {
+    for await (const item of items) {
+      summary.read++;
+      if (item.type === 'skip') {
+        note('skipped', item.pos, item.reason, item.message, item.quiet);
+        continue;
+      }
+      if (item.type === 'reject') {
+        note('rejected', item.pos, item.reason, item.message);
+        continue;
+      }
+      const rec = item.record;
+      const at = rec.line !== undefined ? `record ${rec.record} (line ${rec.line})` : `record ${rec.record}`;
+      const problem = impossible(rec, now(), tolerance);
+      if (problem) {
+        note('rejected', rec, problem[0], `${at}: ${problem[1]}`);
+        continue;
+      }
+      const key = `${rec.kind}\u0000${rec.deviceId}`;
+      let times = seen.get(key);
+      if (!times) seen.set(key, (times = new Map()));
+      const value = rec.kind === 'glucose' ? (rec.mgdl ?? Number.NaN) : rec.kind === 'bolus' ? rec.units : rec.rate;
+      const prior = times.get(rec.epochMs);
+      if (prior) {
+        const same = Object.is(prior.value, value) || Math.abs(prior.value - value) < 1e-9;
+        note('skipped', rec, same ? 'duplicate' : 'conflicting-duplicate',
+          same ? `${at}: duplicate of ${prior.where} (same device and time)` : `${at}: same device and time as ${prior.where} but a different value; the first is kept`);
+        continue;
+      }
+      times.set(rec.epochMs, { value, where: at });
+      const out = rec.kind === 'glucose' ? applyUnit(rec, options.unit ?? 'source') : rec;
+      summary.converted++;
+      if (rec.epochMs < first) first = rec.epochMs;
+      if (rec.epochMs > last) last = rec.epochMs;
+      yield out;
+    }
+  } finally {
+    if (ctx.report.usedZone) summary.timeZone = { zone: options.timeZone, from: zoneFrom };
+    if (ctx.report.dateOrder) summary.dateOrder = ctx.report.dateOrder;
+    if (ctx.report.dst.ambiguous || ctx.report.dst.nonexistent) {
+      summary.dstAdjusted = { ...ctx.report.dst };
+      if (ctx.report.dst.ambiguous) summary.warnings.push(`${ctx.report.dst.ambiguous} local times fell in a DST overlap; the earlier instant was used`);
+      if (ctx.report.dst.nonexistent) summary.warnings.push(`${ctx.report.dst.nonexistent} local times fell in a DST gap; they were moved forward by the gap`);
+    }
+    summary.warnings.push(...ctx.report.warnings);
+    if (summary.converted) {
+      summary.first = new Date(first).toISOString();
+      summary.last = new Date(last).toISOString();
+    }
+  }
+}
+
+function impossible(rec: CgmRecord, now: number, tolerance: number): [RejectReason, string] | undefined {
+  if (rec.epochMs > now + tolerance) return ['future-timestamp', 'timestamp is in the future'];
+  if (rec.kind === 'glucose') {
+    if (rec.mgdl === undefined) return undefined;
+    if (rec.mgdl < 0) return ['negative-value', 'negative glucose value'];
+    if (rec.mgdl > MAX_GLUCOSE_MGDL) return ['value-too-high', `glucose value above ${MAX_GLUCOSE_MGDL} mg/dL`];
+    return undefined;
+  }
+  const amount = rec.kind === 'bolus' ? rec.units : rec.rate;
+  if (amount < 0) return ['negative-value', 'negative insulin amount'];
+  if (amount > MAX_INSULIN_UNITS) return ['value-too-high', `insulin amount above ${MAX_INSULIN_UNITS} units`];
+  if (rec.endEpochMs !== undefined && rec.endEpochMs < rec.epochMs) return ['invalid-record', 'end before start'];
+  return undefined;
+}
+
+/** Applies the unit policy: Tidepool's mmol/L storage goes back to mg/dL under `source`. */
+function applyUnit(rec: GlucoseRecord, policy: 'source' | GlucoseUnit): GlucoseRecord {
+  const target: GlucoseUnit = policy === 'source' ? (rec.source === 'tidepool' ? 'mg/dL' : rec.unit) : policy;
+  if (target === rec.unit) return rec;
+  if (rec.mgdl === undefined) return { ...rec, unit: target };
+  // Keep one decimal in mg/dL so Tidepool's 18.01559 round trip (e.g. 3.9965… → 72) stays exact.
+  const value = target === 'mg/dL' ? round(rec.mgdl, 1) : fromMgdl(rec.mgdl, target);
+  return { ...rec, unit: target, value };
+}
+
+export interface ReadResult {
+  /** False when records were rejected and `partial` was not set: `records` is then empty. */
+  accepted: boolean;
+  records: CgmRecord[];
+  summary: IngestSummary;
+}
+
+/**
+ * Reads a whole source into memory. With `partial: false` (default) any rejected record makes the
+ * whole file rejected (`accepted: false`, no records) — nothing of a bad file gets stored; with
+ * `partial: true` the good records are returned and the summary lists the rest.
+ */
+export async function readCgm(input: CgmInput, options: ParseOptions & { partial?: boolean } = {}): Promise<ReadResult> {
+  const stream = await openCgm(input, options);
+  const records: CgmRecord[] = [];
+  for await (const r of stream) records.push(r);
+  const accepted = options.partial === true || stream.summary.rejected === 0;
+  return { accepted, records: accepted ? records : [], summary: stream.summary };
+}
+
+/** The error to answer a rejected file with (422, one issue per rejected record, lines named). */
+export function rejectionError(summary: IngestSummary): GlucoGuardError {
+  const rejected = summary.issues.filter((i) => i.kind === 'rejected');
+  const issues = rejected.map((i) => issue('ERR_UNPROCESSABLE', i.message));
+  if (summary.rejected > rejected.length) issues.push(issue('ERR_UNPROCESSABLE', `${summary.rejected - rejected.length} more rejected records not listed`));
+  const message = `${summary.rejected} of ${summary.read} records rejected; nothing was imported (use partial import to keep the good records)`;
+  return new GlucoGuardError('ERR_UNPROCESSABLE', message, [issue('ERR_UNPROCESSABLE', message), ...issues]);
+}

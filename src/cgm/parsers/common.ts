@@ -1,0 +1,78 @@
+/** What each parser yields, and small helpers shared by the parsers. */
+import type { AbsentReason, CgmFormat, CgmRecord, GlucoseRecord, GlucoseUnit, RejectReason, SkipReason, SourcePosition } from '../types.js';
+import { formatWithOffset, ZoneOffsets } from '../time.js';
+import { toMgdl } from '../units.js';
+
+export type ParserItem =
+  | { type: 'record'; record: CgmRecord }
+  | { type: 'skip'; pos: SourcePosition; reason: SkipReason; message: string; quiet?: boolean }
+  | { type: 'reject'; pos: SourcePosition; reason: RejectReason; message: string };
+
+/** Settings the parsers need, resolved once from ParseOptions. */
+export interface ParserContext {
+  zone: ZoneOffsets;
+  dateOrder?: 'DMY' | 'MDY';
+  /** Filled in by parsers that decide things the summary reports. */
+  report: {
+    usedZone: boolean;
+    dateOrder?: { order: 'DMY' | 'MDY'; from: 'option' | 'data' | 'fallback'; ambiguous: boolean };
+    dst: { nonexistent: number; ambiguous: number };
+    warnings: string[];
+  };
+}
+
+export const skip = (pos: SourcePosition, reason: SkipReason, message: string): ParserItem => ({ type: 'skip', pos, reason, message });
+export const reject = (pos: SourcePosition, reason: RejectReason, message: string): ParserItem => ({ type: 'reject', pos, reason, message });
+
+export function where(pos: SourcePosition): string {
+  return pos.line !== undefined ? `record ${pos.record} (line ${pos.line})` : `record ${pos.record}`;
+}
+
+export interface GlucoseInit {
+  source: CgmFormat;
+  method: 'cgm' | 'smbg';
+  deviceId: string;
+  deviceName: string;
+  serialNumber?: string;
+  epochMs: number;
+  offsetMinutes: number;
+  unit: GlucoseUnit;
+  value?: number;
+  absent?: AbsentReason;
+  trend?: string;
+}
+
+export function glucoseRecord(pos: SourcePosition, init: GlucoseInit): ParserItem {
+  const record: GlucoseRecord = {
+    kind: 'glucose',
+    record: pos.record,
+    ...(pos.line !== undefined ? { line: pos.line } : {}),
+    source: init.source,
+    method: init.method,
+    deviceId: init.deviceId,
+    deviceName: init.deviceName,
+    ...(init.serialNumber ? { serialNumber: init.serialNumber } : {}),
+    epochMs: init.epochMs,
+    offsetMinutes: init.offsetMinutes,
+    time: formatWithOffset(init.epochMs, init.offsetMinutes),
+    unit: init.unit,
+    ...(init.absent ? { absent: init.absent } : { value: init.value, mgdl: toMgdl(init.value!, init.unit) }),
+    ...(init.trend ? { trend: init.trend } : {}),
+  };
+  return { type: 'record', record };
+}
+
+export function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** A number from a JSON number or numeric string; undefined for anything else. */
+export function numeric(v: unknown): number | undefined {
+  if (typeof v === 'number') return Number.isFinite(v) ? v : undefined;
+  if (typeof v === 'string' && v.trim() !== '' && /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(v.trim())) return Number(v);
+  return undefined;
+}
+
+export function text(v: unknown): string | undefined {
+  return typeof v === 'string' && v.trim() !== '' ? v.trim() : undefined;
+}

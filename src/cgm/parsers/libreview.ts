@@ -1,0 +1,204 @@
+/**
+ * Abbott LibreView "Glucose Data" CSV export: an optional metadata line (`Glucose Data,Generated on,
+ * …`), then a header (`Device,Serial Number,Device Timestamp,Record Type,Historic Glucose mg/dL,Scan
+ * Glucose mg/dL,…`). Record type 0 (historic, every 15 min) and 1 (scan) are sensor glucose; other
+ * types (strip, insulin, food, notes…) are skipped. Timestamps are the reader's local wall clock with
+ * no offset, so a time zone is needed; the day/month order (DD-MM-YYYY vs MM-DD-YYYY) is decided from
+ * the data (a day above 12), with the metadata's "Generated on" date as a second clue.
+ */
+import { Readable } from 'node:stream';
+import { parse } from 'csv-parse';
+import { CgmInputError } from '../json-stream.js';
+import { wallToUtcMs, type WallClock } from '../time.js';
+import type { AbsentReason, GlucoseUnit } from '../types.js';
+import { glucoseRecord, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
+
+/** Rows held back while the day/month order is still open; past this the fallback order is used. */
+const MAX_UNDECIDED_ROWS = 20_000;
+
+interface Columns {
+  device: number;
+  serial: number;
+  timestamp: number;
+  type: number;
+  historic: number;
+  scan: number;
+  unit: GlucoseUnit;
+}
+
+interface Row {
+  cells: string[];
+  line: number;
+  record: number;
+}
+
+export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: ParserContext, delimiter: string): AsyncGenerator<ParserItem> {
+  const csv = parse({ delimiter, relax_column_count: true, skip_empty_lines: true, info: true, bom: true, trim: true });
+  const source = Readable.from(chunks, { objectMode: false });
+  source.on('error', (err) => csv.destroy(err));
+  source.pipe(csv);
+
+  let columns: Columns | undefined;
+  let metadataDate: [number, number] | undefined;
+  let order = ctx.dateOrder;
+  ctx.report.usedZone = true;
+  if (order) ctx.report.dateOrder = { order, from: 'option', ambiguous: false };
+  let held: Row[] = [];
+  let record = 0;
+  const decimalComma = delimiter === ';';
+
+  const emit = (row: Row): ParserItem => toItem(row, columns!, order!, ctx, decimalComma);
+
+  try {
+    for await (const { record: cells, info } of csv as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
+      const line = info.lines;
+      if (!columns) {
+        const header = headerColumns(cells);
+        if (header) {
+          columns = header;
+          continue;
+        }
+        if (line <= 1) {
+          metadataDate = metadataDayMonth(cells);
+          continue;
+        }
+        throw new CgmInputError(`line ${line}: no LibreView header (expected "Device Timestamp" and "Record Type" columns)`, line);
+      }
+      record++;
+      const row: Row = { cells, line, record };
+      if (order) {
+        yield emit(row);
+        continue;
+      }
+      const stamp = cells[columns.timestamp] ?? '';
+      if (held.length === 0 && /^\d{4}-/.test(stamp.trim())) {
+        yield toItem(row, columns, 'DMY', ctx, decimalComma); // ISO date: the order does not matter
+        continue;
+      }
+      const clue = dayMonthClue(stamp);
+      if (clue) {
+        order = clue;
+        ctx.report.dateOrder = { order, from: 'data', ambiguous: false };
+        for (const h of held) yield emit(h);
+        held = [];
+        yield emit(row);
+        continue;
+      }
+      held.push(row);
+      if (held.length >= MAX_UNDECIDED_ROWS) {
+        order = fallbackOrder(ctx, metadataDate);
+        for (const h of held) yield emit(h);
+        held = [];
+      }
+    }
+  } catch (err) {
+    if (err instanceof CgmInputError) throw err;
+    const line = (err as { lines?: number }).lines;
+    throw new CgmInputError(`${line ? `line ${line}: ` : ''}malformed CSV (${(err as Error).message.split('\n')[0]})`, line);
+  }
+  if (!columns) throw new CgmInputError('no LibreView header found (expected "Device Timestamp" and "Record Type" columns)');
+  if (held.length) {
+    order ??= fallbackOrder(ctx, metadataDate);
+    for (const h of held) yield emit(h);
+  }
+}
+
+function fallbackOrder(ctx: ParserContext, metadataDate: [number, number] | undefined): 'DMY' | 'MDY' {
+  const fromMeta = metadataDate ? decide(metadataDate[0], metadataDate[1]) : undefined;
+  const order = fromMeta ?? 'DMY';
+  ctx.report.dateOrder = { order, from: fromMeta ? 'data' : 'fallback', ambiguous: true };
+  ctx.report.warnings.push(fromMeta
+    ? `day/month order ambiguous in the readings; ${order} taken from the export's "Generated on" date`
+    : 'day/month order ambiguous (no day above 12); DD-MM-YYYY assumed — pass dateOrder to be sure');
+  return order;
+}
+
+function headerColumns(cells: string[]): Columns | undefined {
+  const find = (re: RegExp): number => cells.findIndex((c) => re.test(c));
+  const timestamp = find(/^device timestamp$/i);
+  const type = find(/^record type$/i);
+  if (timestamp < 0 || type < 0) return undefined;
+  const historic = find(/^historic glucose/i);
+  const scan = find(/^scan glucose/i);
+  const unitText = cells[historic >= 0 ? historic : scan] ?? '';
+  const unit: GlucoseUnit = /mmol/i.test(unitText) ? 'mmol/L' : 'mg/dL';
+  return { device: find(/^device$/i), serial: find(/^serial number$/i), timestamp, type, historic, scan, unit };
+}
+
+const STAMP_RE = /^(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})[ T](\d{1,2}):(\d{2})(?::(\d{2}))?\s*([AaPp][Mm])?$/;
+
+/** `05-12-2019` says nothing; `13-12-2019` says DMY; `12-13-2019` says MDY; `2019-12-05` is ISO. */
+function dayMonthClue(stamp: string): 'DMY' | 'MDY' | undefined {
+  const m = STAMP_RE.exec(stamp);
+  if (!m || m[1]!.length === 4) return undefined;
+  return decide(+m[1]!, +m[2]!);
+}
+
+function decide(a: number, b: number): 'DMY' | 'MDY' | undefined {
+  if (a > 12 && b <= 12) return 'DMY';
+  if (b > 12 && a <= 12) return 'MDY';
+  return undefined;
+}
+
+function metadataDayMonth(cells: string[]): [number, number] | undefined {
+  for (const c of cells) {
+    const m = /^(\d{1,2})[-/.](\d{1,2})[-/.]\d{4}/.exec(c);
+    if (m) return [+m[1]!, +m[2]!];
+  }
+  return undefined;
+}
+
+function toItem(row: Row, cols: Columns, order: 'DMY' | 'MDY', ctx: ParserContext, decimalComma: boolean): ParserItem {
+  const pos = { record: row.record, line: row.line };
+  const type = (row.cells[cols.type] ?? '').trim();
+  if (type !== '0' && type !== '1') {
+    return skip(pos, 'unsupported-record-type', `${where(pos)}: record type ${JSON.stringify(type)} is not sensor glucose`);
+  }
+  const wall = parseStamp(row.cells[cols.timestamp] ?? '', order);
+  const wallMs = wall ? wallToUtcMs(wall) : undefined;
+  if (wallMs === undefined) return reject(pos, 'invalid-timestamp', `${where(pos)}: invalid Device Timestamp`);
+  const column = type === '0' ? cols.historic : cols.scan;
+  const raw = column >= 0 ? (row.cells[column] ?? '').trim() : '';
+  if (raw === '') return reject(pos, 'missing-value', `${where(pos)}: no ${type === '0' ? 'historic' : 'scan'} glucose value`);
+  let absent: AbsentReason | undefined;
+  let value: number | undefined;
+  if (/^(hi|high)$/i.test(raw)) absent = { code: 'positive-infinity', text: 'Above the sensor measurement range (HI)' };
+  else if (/^(lo|low)$/i.test(raw)) absent = { code: 'negative-infinity', text: 'Below the sensor measurement range (LO)' };
+  else {
+    const normalised = decimalComma ? raw.replace(',', '.') : raw;
+    value = /^[+-]?\d+(\.\d+)?$/.test(normalised) ? Number(normalised) : undefined;
+    if (value === undefined) return reject(pos, 'invalid-value', `${where(pos)}: glucose value is not a number`);
+  }
+  const resolved = ctx.zone.resolve(wallMs);
+  if (resolved.dst) ctx.report.dst[resolved.dst]++;
+  const serial = (row.cells[cols.serial] ?? '').trim();
+  const deviceName = (row.cells[cols.device] ?? '').trim() || 'FreeStyle Libre';
+  return glucoseRecord(pos, {
+    source: 'libreview',
+    method: 'cgm',
+    deviceId: serial || deviceName,
+    deviceName,
+    ...(serial ? { serialNumber: serial } : {}),
+    epochMs: resolved.epochMs,
+    offsetMinutes: resolved.offsetMinutes,
+    unit: cols.unit,
+    ...(absent ? { absent } : { value }),
+  });
+}
+
+function parseStamp(stamp: string, order: 'DMY' | 'MDY'): WallClock | undefined {
+  const m = STAMP_RE.exec(stamp.trim());
+  if (!m) return undefined;
+  let year: number, month: number, day: number;
+  if (m[1]!.length === 4) [year, month, day] = [+m[1]!, +m[2]!, +m[3]!];
+  else if (order === 'DMY') [day, month, year] = [+m[1]!, +m[2]!, +m[3]!];
+  else [month, day, year] = [+m[1]!, +m[2]!, +m[3]!];
+  if (year < 100) year += 2000;
+  let hour = +m[4]!;
+  const ampm = m[7]?.toLowerCase();
+  if (ampm) {
+    if (hour < 1 || hour > 12) return undefined;
+    hour = (hour % 12) + (ampm === 'pm' ? 12 : 0);
+  }
+  return { year, month, day, hour, minute: +m[5]!, second: m[6] ? +m[6] : 0, ms: 0 };
+}

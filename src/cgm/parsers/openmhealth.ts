@@ -1,0 +1,58 @@
+/**
+ * Open mHealth `omh:blood-glucose:4.0` data points: a JSON array of data points (`{header, body}`)
+ * or bare bodies, or a single one. `specimen_source` "capillary blood" marks meter readings;
+ * anything else (usually "interstitial fluid") is treated as a CGM reading.
+ */
+import { jsonArrayElements } from '../json-stream.js';
+import { parseIso } from '../time.js';
+import { parseGlucoseUnit } from '../units.js';
+import { glucoseRecord, isObject, numeric, reject, skip, text, where, type ParserItem } from './common.js';
+
+export async function* parseOpenMHealth(chunks: AsyncIterable<string>): AsyncGenerator<ParserItem> {
+  for await (const el of jsonArrayElements(chunks)) {
+    const pos = { record: el.record, line: el.line };
+    const point = el.value;
+    if (!isObject(point)) {
+      yield reject(pos, 'invalid-record', `${where(pos)}: not a JSON object`);
+      continue;
+    }
+    const header = isObject(point.header) ? point.header : undefined;
+    const body = isObject(point.body) ? point.body : point;
+    const schema = header && isObject(header.schema_id) ? text(header.schema_id.name) : undefined;
+    if ((schema && schema !== 'blood-glucose') || !isObject(body.blood_glucose)) {
+      yield skip(pos, 'not-glucose', `${where(pos)}: not a blood-glucose data point`);
+      continue;
+    }
+    const frame = isObject(body.effective_time_frame) ? body.effective_time_frame : {};
+    const interval = isObject(frame.time_interval) ? frame.time_interval : undefined;
+    const stamp = text(frame.date_time) ?? (interval ? text(interval.start_date_time) ?? text(interval.end_date_time) : undefined);
+    const t = stamp ? parseIso(stamp) : undefined;
+    if (!t || t.offsetMinutes === undefined) {
+      yield reject(pos, 'invalid-timestamp', `${where(pos)}: missing or invalid effective_time_frame (RFC 3339 with offset required)`);
+      continue;
+    }
+    const unit = parseGlucoseUnit(body.blood_glucose.unit);
+    if (!unit) {
+      yield reject(pos, 'unknown-unit', `${where(pos)}: unknown blood_glucose unit`);
+      continue;
+    }
+    const value = numeric(body.blood_glucose.value);
+    if (value === undefined) {
+      yield reject(pos, body.blood_glucose.value === undefined ? 'missing-value' : 'invalid-value', `${where(pos)}: missing or invalid blood_glucose value`);
+      continue;
+    }
+    const provenance = header && isObject(header.acquisition_provenance) ? header.acquisition_provenance : {};
+    const device = text(provenance.source_name) ?? 'openmhealth';
+    const specimen = text(body.specimen_source)?.toLowerCase();
+    yield glucoseRecord(pos, {
+      source: 'openmhealth',
+      method: specimen === 'capillary blood' ? 'smbg' : 'cgm',
+      deviceId: device,
+      deviceName: device,
+      epochMs: t.epochMs,
+      offsetMinutes: t.offsetMinutes,
+      unit,
+      value,
+    });
+  }
+}
