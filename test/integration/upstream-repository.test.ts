@@ -111,6 +111,30 @@ describe('upstream repository: REST interactions against a real FHIR server', ()
     expect(missingVersion.code).toBe('ERR_NOT_FOUND');
   });
 
+  it('update of an unknown id creates it (201 → created)', async () => {
+    const result = await repo.update<Patient>({ resourceType: 'Patient', id: 'upsert-1', name: [{ family: 'Upsert' }] });
+    expect(result.outcome).toBe('created');
+    expect((await repo.read<Patient>('Patient', 'upsert-1')).name?.[0]?.family).toBe('Upsert');
+    const again = await repo.update<Patient>({ resourceType: 'Patient', id: 'upsert-1', name: [{ family: 'Again' }] });
+    expect(again.outcome).toBe('updated');
+  });
+
+  it('create on a server that answers an OperationOutcome instead of the resource: reads the Location version', async () => {
+    upstream.transform((req, status, body) => (req.method === 'POST' && status === 201
+      ? { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', diagnostics: 'created' }] }
+      : body));
+    try {
+      const { resource, outcome } = await repo.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Minimal' }] });
+      expect(outcome).toBe('created');
+      expect(resource.name?.[0]?.family).toBe('Minimal');
+      const followUp = upstream.requests.at(-1)!;
+      expect(followUp.method).toBe('GET');
+      expect(followUp.url).toBe(`/fhir/Patient/${resource.id}/_history/${resource.meta!.versionId}`);
+    } finally {
+      upstream.transform(undefined);
+    }
+  });
+
   it('refuses ids that would walk the upstream URL path', async () => {
     for (const id of ['..', '.', 'a/b', '', 'x'.repeat(65)]) {
       expect((await failure(repo.read('Patient', id))).code).toBe('ERR_INVALID');

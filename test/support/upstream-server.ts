@@ -377,11 +377,15 @@ export async function startUpstreamFhirServer(options: UpstreamServerOptions = {
         if (recorded.method === 'POST' && /^[A-Z][A-Za-z]+$/.test(path) && requestBody && typeof requestBody === 'object') {
           delete requestBody.id;
         }
+        // Update as create (http.html#upsert) answers 201; Medplum's router answers 200 to every update.
+        const upsertTarget = recorded.method === 'PUT' ? /^([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})$/.exec(path) : null;
+        const existedBefore = upsertTarget ? await repo.readResource(upsertTarget[1]!, upsertTarget[2]!).then(() => true, () => false) : true;
         const [outcomeResult, resource] = await router.handleRequest({
           method: recorded.method as 'GET', url: relative, pathname: '', body: requestBody, params: {}, query: {},
           headers: recorded.headers, config: { transactions: true },
         }, repo);
         status = getStatus(outcomeResult);
+        if (status === 200 && !existedBefore) status = 201;
         body = resource ?? outcomeResult;
         if (body.resourceType === 'Bundle' && body.type === 'searchset') total = body.total;
       }

@@ -102,7 +102,9 @@ export class BackendServicesCredentials implements UpstreamCredentials {
       this.transport.logger?.warn({ tokenType: body.token_type.slice(0, 32) }, 'upstream token is not a bearer token');
       throw upstreamError('Upstream FHIR server authorization failed');
     }
-    const lifetimeMs = (typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : 300) * 1000;
+    // expires_in is RECOMMENDED (RFC 6749 §5.1); some servers send it as a string. Assume 5 minutes when absent.
+    const expiresIn = Number(body.expires_in);
+    const lifetimeMs = (Number.isFinite(expiresIn) && expiresIn > 0 ? expiresIn : 300) * 1000;
     const header = `Bearer ${body.access_token}`;
     this.cached = { header, renewAt: requestedAt + lifetimeMs - Math.min(RENEW_MARGIN_MS, lifetimeMs / 2) };
     this.transport.logger?.debug({ expiresInS: lifetimeMs / 1000 }, 'upstream access token obtained');

@@ -79,7 +79,8 @@ export class UpstreamRepository implements Repository {
       headers: { prefer: 'return=representation', ...(options.ifNoneExist ? { 'if-none-exist': options.ifNoneExist } : {}) },
     });
     const stored = await this.writtenResource<T>(reply, type);
-    return { resource: stored, outcome: reply.status === 201 ? 'created' : 'existing' };
+    // Only a conditional create can find an existing match (200); some servers answer 200 to plain creates.
+    return { resource: stored, outcome: reply.status === 200 && options.ifNoneExist !== undefined ? 'existing' : 'created' };
   }
 
   async read<T extends Resource = Resource>(resourceType: string, id: string): Promise<T> {
