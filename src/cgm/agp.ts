@@ -1,0 +1,83 @@
+/**
+ * Ambulatory Glucose Profile data: readings folded onto one day by local time of day, in bins
+ * (15 minutes by default), with the 5th/25th/50th/75th/95th percentiles per bin computed as R's
+ * quantile type 7 (linear interpolation between order statistics).
+ */
+import { computeMetrics, type MetricReading, type MetricsOptions } from './metrics.js';
+import { round } from './units.js';
+
+export interface AgpBin {
+  /** Start of the bin, local time `hh:mm`. */
+  time: string;
+  /** Minutes after local midnight. */
+  minute: number;
+  /** Readings in the bin over the whole period. */
+  n: number;
+  p5?: number;
+  p25?: number;
+  p50?: number;
+  p75?: number;
+  p95?: number;
+  mean?: number;
+}
+
+export interface Agp {
+  unit: 'mg/dL';
+  binMinutes: number;
+  start: number;
+  end: number;
+  startDate: string;
+  endDate: string;
+  readings: number;
+  bins: AgpBin[];
+}
+
+/** R's quantile type 7 of an ascending array: x[h] interpolated, h = (n − 1)·p. */
+export function quantileType7(sorted: ArrayLike<number>, p: number): number {
+  const n = sorted.length;
+  if (n === 0) return Number.NaN;
+  const h = (n - 1) * p;
+  const lo = Math.floor(h);
+  const hi = Math.min(lo + 1, n - 1);
+  return sorted[lo]! + (h - lo) * (sorted[hi]! - sorted[lo]!);
+}
+
+/**
+ * AGP data over the same period as the metrics (default: the last 14 days of data). Empty bins have
+ * `n: 0` and no percentiles. Values are mg/dL, rounded to two decimals.
+ */
+export function computeAgp(all: readonly MetricReading[], options: MetricsOptions & { binMinutes?: number } = {}): Agp | undefined {
+  const binMinutes = options.binMinutes ?? 15;
+  if (!(binMinutes > 0) || 1440 % binMinutes !== 0) throw new RangeError('binMinutes must divide 1440');
+  const metrics = computeMetrics(all, options);
+  if (!metrics) return undefined;
+  const count = 1440 / binMinutes;
+  const values: number[][] = Array.from({ length: count }, () => []);
+  for (const r of all) {
+    if (!Number.isFinite(r.mgdl) || r.epochMs < metrics.start || r.epochMs >= metrics.end) continue;
+    const local = r.epochMs + (r.offsetMinutes ?? 0) * 60_000;
+    const minuteOfDay = Math.floor((((local % 86_400_000) + 86_400_000) % 86_400_000) / 60_000);
+    values[Math.floor(minuteOfDay / binMinutes)]!.push(r.mgdl);
+  }
+  const bins = values.map((v, i): AgpBin => {
+    const minute = i * binMinutes;
+    const time = `${String(Math.floor(minute / 60)).padStart(2, '0')}:${String(minute % 60).padStart(2, '0')}`;
+    if (v.length === 0) return { time, minute, n: 0 };
+    const sorted = Float64Array.from(v).sort();
+    let sum = 0;
+    for (const x of sorted) sum += x;
+    return {
+      time, minute, n: sorted.length,
+      p5: round(quantileType7(sorted, 0.05), 2),
+      p25: round(quantileType7(sorted, 0.25), 2),
+      p50: round(quantileType7(sorted, 0.5), 2),
+      p75: round(quantileType7(sorted, 0.75), 2),
+      p95: round(quantileType7(sorted, 0.95), 2),
+      mean: round(sum / sorted.length, 2),
+    };
+  });
+  return {
+    unit: 'mg/dL', binMinutes, start: metrics.start, end: metrics.end,
+    startDate: metrics.startDate, endDate: metrics.endDate, readings: metrics.readings, bins,
+  };
+}

@@ -1,0 +1,145 @@
+/**
+ * International-consensus CGM metrics (Battelino et al., Diabetes Care 2019) over a period, as shares
+ * of readings (the convention of the consensus and of the R package iglu). Only CGM readings with a
+ * value count; readings flagged HIGH/LOW or in error carry no value and are left out.
+ */
+import { localDate } from './time.js';
+import { MGDL_PER_MMOLL, round } from './units.js';
+
+/** The minimum a metrics computation needs of a reading. */
+export interface MetricReading {
+  epochMs: number;
+  mgdl: number;
+  /** UTC offset of the reading's local clock, for days of wear and AGP time of day (default 0). */
+  offsetMinutes?: number;
+}
+
+export interface MetricsOptions {
+  /** Period start (inclusive), epoch ms. Default: 14 days before the end, but not before the first reading. */
+  start?: number;
+  /** Period end (exclusive), epoch ms. Default: just after the last reading (last reading + sampling interval). */
+  end?: number;
+  /** Length of the default period in days. Default 14. */
+  days?: number;
+}
+
+export interface TimesInRanges {
+  /** < 54 mg/dL */
+  veryLow: number;
+  /** 54–69 mg/dL */
+  low: number;
+  /** 70–180 mg/dL, both bounds inclusive */
+  target: number;
+  /** 181–250 mg/dL */
+  high: number;
+  /** > 250 mg/dL */
+  veryHigh: number;
+}
+
+export interface CgmMetrics {
+  /** The period, epoch ms, [start, end). */
+  start: number;
+  end: number;
+  /** Local calendar dates (of the readings' offset) of the first and last day of the period. */
+  startDate: string;
+  endDate: string;
+  /** Readings with a value in the period. */
+  readings: number;
+  /** Percent of readings in each range, two decimals. */
+  timeInRanges: TimesInRanges;
+  meanMgdl: number;
+  meanMmol: number;
+  /** Glucose management indicator, %: 3.31 + 0.02392 × mean mg/dL. */
+  gmi: number;
+  /** Coefficient of variation, %: sample SD (n − 1) / mean × 100. */
+  cv: number;
+  /** Sample standard deviation, mg/dL. */
+  sdMgdl: number;
+  /** Days with at least one reading (local calendar days). */
+  daysOfWear: number;
+  /** Length of the period in days (two decimals). */
+  periodDays: number;
+  /** Readings present / readings expected at the median sampling interval over the period, %. */
+  sensorActivePercent: number;
+  /** Median interval between consecutive readings, ms. */
+  samplingIntervalMs: number;
+  /** Data-sufficiency warnings (fewer than 14 days, less than 70 % active). */
+  warnings: string[];
+}
+
+const DAY = 86_400_000;
+
+/**
+ * Computes the metrics over the period (by default the last 14 days of data). Returns undefined when
+ * no reading with a value falls in the period.
+ */
+export function computeMetrics(all: readonly MetricReading[], options: MetricsOptions = {}): CgmMetrics | undefined {
+  const sortedAll = [...all].filter((r) => Number.isFinite(r.mgdl)).sort((a, b) => a.epochMs - b.epochMs);
+  if (sortedAll.length === 0) return undefined;
+  const intervalAll = medianInterval(sortedAll);
+  const days = options.days ?? 14;
+  const end = options.end ?? sortedAll[sortedAll.length - 1]!.epochMs + (intervalAll || 1);
+  const start = options.start ?? Math.max(end - days * DAY, sortedAll[0]!.epochMs);
+  const inPeriod = sortedAll.filter((r) => r.epochMs >= start && r.epochMs < end);
+  const n = inPeriod.length;
+  if (n === 0) return undefined;
+
+  let veryLow = 0, low = 0, target = 0, high = 0, veryHigh = 0, sum = 0;
+  for (const r of inPeriod) {
+    const g = r.mgdl;
+    sum += g;
+    if (g < 54) veryLow++;
+    else if (g < 70) low++;
+    else if (g <= 180) target++;
+    else if (g <= 250) high++;
+    else veryHigh++;
+  }
+  const mean = sum / n;
+  let squares = 0;
+  for (const r of inPeriod) squares += (r.mgdl - mean) ** 2;
+  const sd = n > 1 ? Math.sqrt(squares / (n - 1)) : 0;
+  const pct = (k: number): number => round((k / n) * 100, 2);
+
+  const interval = medianInterval(inPeriod) || intervalAll;
+  const expected = interval > 0 ? (end - start) / interval : n;
+  const active = Math.min(100, round((n / expected) * 100, 2));
+  const dayKeys = new Set(inPeriod.map((r) => localDate(r.epochMs, r.offsetMinutes ?? 0)));
+  const periodDays = round((end - start) / DAY, 2);
+  const offset = inPeriod[n - 1]!.offsetMinutes ?? 0;
+
+  const warnings: string[] = [];
+  if (periodDays < 14) warnings.push(`only ${periodDays} days of data; at least 14 days are recommended`);
+  if (active < 70) warnings.push(`sensor active ${active} % of the period; at least 70 % is recommended`);
+
+  return {
+    start,
+    end,
+    startDate: localDate(start, inPeriod[0]!.offsetMinutes ?? 0),
+    endDate: localDate(end - 1, offset),
+    readings: n,
+    timeInRanges: { veryLow: pct(veryLow), low: pct(low), target: pct(target), high: pct(high), veryHigh: pct(veryHigh) },
+    meanMgdl: round(mean, 2),
+    meanMmol: round(mean / MGDL_PER_MMOLL, 2),
+    gmi: round(3.31 + 0.02392 * mean, 2),
+    cv: round((sd / mean) * 100, 2),
+    sdMgdl: round(sd, 2),
+    daysOfWear: dayKeys.size,
+    periodDays,
+    sensorActivePercent: active,
+    samplingIntervalMs: interval,
+    warnings,
+  };
+}
+
+/** Median of the positive gaps between consecutive (sorted) readings; 0 with fewer than two readings. */
+export function medianInterval(sorted: readonly { epochMs: number }[]): number {
+  const gaps: number[] = [];
+  for (let i = 1; i < sorted.length; i++) {
+    const gap = sorted[i]!.epochMs - sorted[i - 1]!.epochMs;
+    if (gap > 0) gaps.push(gap);
+  }
+  if (gaps.length === 0) return 0;
+  gaps.sort((a, b) => a - b);
+  const mid = gaps.length >> 1;
+  return gaps.length % 2 ? gaps[mid]! : (gaps[mid - 1]! + gaps[mid]!) / 2;
+}
