@@ -1,0 +1,130 @@
+/**
+ * Operator commands of the authorization server, registered on the `glucoguard` program by
+ * src/cli.ts: `users add`, `clients add`, `launch create`. The plain functions below do the work
+ * and are what tests call.
+ */
+import { readFileSync } from 'node:fs';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import type { JSONWebKeySet } from 'jose';
+import type { Config } from '../config.js';
+import type { KeyValueStore } from '../kv/port.js';
+import { createLaunch as storeLaunch, type CreatedLaunch } from './launch.js';
+import { splitScopes } from './scopes.js';
+import { SmartStore, type Client, type NewClient, type User } from './store.js';
+
+/** Registers a user (password hashed with scrypt) in `<dataDir>/smart/smart.sqlite`. */
+export async function addUser(config: Config, input: { username: string; password: string; fhirUser: string }): Promise<User> {
+  const store = new SmartStore(config.dataDir);
+  try {
+    return await store.addUser(input);
+  } finally {
+    store.close();
+  }
+}
+
+/** Registers a client; `secret` is returned once for a confidential-symmetric client. */
+export function addClient(config: Config, input: NewClient): { client: Client; secret?: string } {
+  const store = new SmartStore(config.dataDir);
+  try {
+    return store.addClient(input);
+  } finally {
+    store.close();
+  }
+}
+
+/** Creates an EHR launch context in the shared KV store. */
+export async function createLaunch(config: Config, kv: KeyValueStore, fhirBase: string,
+  input: { patient: string; encounter?: string; practitioner: string; clientId?: string }): Promise<CreatedLaunch> {
+  const store = new SmartStore(config.dataDir);
+  try {
+    return await storeLaunch({ kv, store, fhirBase }, input);
+  } finally {
+    store.close();
+  }
+}
+
+export interface OpenedForCli {
+  config: Config;
+  /** The KV store the server uses; `launch create` needs a shared one (Redis). */
+  kv?: KeyValueStore;
+  close?(): Promise<void>;
+}
+
+/** Adds `users`, `clients` and `launch` commands to the program. */
+export function registerSmartCommands(program: Command, open: () => Promise<OpenedForCli>): void {
+  const users = program.command('users').description('users of the SMART authorization server');
+  users.command('add')
+    .description('register a user who can sign in to SMART apps')
+    .requiredOption('--username <username>', 'login name')
+    .requiredOption('--password-file <file>', 'file holding the password (first line)')
+    .requiredOption('--fhir-user <reference>', 'Patient/ID or Practitioner/ID this user is', fhirUserArg)
+    .action(async (opts: { username: string; passwordFile: string; fhirUser: string }) => {
+      const password = readFileSync(opts.passwordFile, 'utf8').split(/\r?\n/)[0] ?? '';
+      await withOpened(open, async ({ config }) => {
+        const user = await addUser(config, { username: opts.username, password, fhirUser: opts.fhirUser });
+        console.log(`user ${user.username} added (${user.fhirUser})`);
+      });
+    });
+
+  const clients = program.command('clients').description('applications registered with the SMART authorization server');
+  clients.command('add')
+    .description('register a SMART app or Backend Services client; prints its client_id (and secret, once)')
+    .requiredOption('--name <name>', 'name shown to users on the approval page')
+    .option('--redirect-uri <uri...>', 'registered redirect URI (repeatable)')
+    .addOption(new Option('--public', 'public client (no secret; PKCE)').conflicts(['secret', 'jwksFile', 'jwksUrl']))
+    .addOption(new Option('--secret', 'confidential client with a generated secret').conflicts(['jwksFile', 'jwksUrl']))
+    .addOption(new Option('--jwks-file <file>', 'confidential client authenticating with private_key_jwt; its public JWKS').conflicts('jwksUrl'))
+    .option('--jwks-url <url>', 'confidential client authenticating with private_key_jwt; URL of its JWKS')
+    .option('--scopes <scopes>', 'space-separated scopes the client may be granted')
+    .option('--launch-uri <uri>', 'the app URL an EHR launch opens')
+    .action(async (opts: { name: string; redirectUri?: string[]; public?: boolean; secret?: boolean; jwksFile?: string; jwksUrl?: string;
+      scopes?: string; launchUri?: string }) => {
+      const type = opts.jwksFile || opts.jwksUrl ? 'confidential-asymmetric' : opts.secret ? 'confidential-symmetric' : 'public';
+      const jwks = opts.jwksFile ? (JSON.parse(readFileSync(opts.jwksFile, 'utf8')) as JSONWebKeySet) : undefined;
+      await withOpened(open, async ({ config }) => {
+        const { client, secret } = addClient(config, {
+          name: opts.name, type, redirectUris: opts.redirectUri, jwks, jwksUrl: opts.jwksUrl,
+          scopes: opts.scopes ? splitScopes(opts.scopes) : undefined, launchUri: opts.launchUri,
+        });
+        console.log(`client_id: ${client.clientId}`);
+        if (secret) console.log(`client_secret: ${secret}\n(shown once; store it now)`);
+        console.log(`type: ${client.type}\nscopes: ${client.scopes.join(' ')}`);
+      });
+    });
+
+  const launch = program.command('launch').description('EHR launch contexts');
+  launch.command('create')
+    .description('create a single-use EHR launch context; prints the launch value (and app URL)')
+    .requiredOption('--patient <id>', 'patient in context')
+    .option('--encounter <id>', 'encounter in context')
+    .requiredOption('--practitioner <id>', 'the clinician the EHR vouches for')
+    .option('--client-id <id>', 'bind the launch to this client and print its launch URL')
+    .action(async (opts: { patient: string; encounter?: string; practitioner: string; clientId?: string }) => {
+      await withOpened(open, async ({ config, kv }) => {
+        if (!kv || kv.description.adapter !== 'redis') {
+          throw new Error('launch contexts made by the CLI reach the server only through a shared Redis (set REDIS_URL); '
+            + 'otherwise an EHR client with system/launch uses POST /smart/launch');
+        }
+        const created = await createLaunch(config, kv, `${config.baseUrl}/fhir`, opts);
+        console.log(`launch: ${created.launch}\nexpires_in: ${created.expiresIn}`);
+        if (created.launchUrl) console.log(`launch_url: ${created.launchUrl}`);
+      });
+    });
+}
+
+async function withOpened(open: () => Promise<OpenedForCli>, work: (opened: OpenedForCli) => Promise<void>): Promise<void> {
+  const opened = await open();
+  try {
+    await work(opened);
+  } catch (err) {
+    console.error(`glucoguard: ${err instanceof Error ? err.message : String(err)}`);
+    process.exitCode = 1;
+  } finally {
+    await opened.close?.();
+  }
+}
+
+function fhirUserArg(value: string): string {
+  if (!/^(Patient|Practitioner)\/[A-Za-z0-9\-.]{1,64}$/.test(value)) throw new InvalidArgumentError('must be Patient/ID or Practitioner/ID');
+  return value;
+}

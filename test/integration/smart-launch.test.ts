@@ -1,0 +1,160 @@
+/**
+ * Full SMART App Launch 2.2 flows driven by the real `fhirclient` package (authorize with
+ * noRedirect, ready) with the login, patient-picker and approval forms posted like a browser,
+ * then FHIR reads with the issued token through `fhir-kit-client`.
+ */
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { generateKeyPair, exportJWK, SignJWT } from 'jose';
+import { randomUUID } from 'node:crypto';
+import { Client as FhirKitClient } from 'fhir-kit-client';
+import { startHarness, type Harness } from '../support/smart-harness.js';
+import { APP_ORIGIN, REDIRECT_URI, SmartApp, browse, loginAndApprove } from '../support/smart-client.js';
+
+let h: Harness;
+let appClientId: string;
+
+beforeAll(async () => {
+  h = await startHarness();
+  await h.smart.store.addUser({ username: 'ana', password: 'correct horse battery', fhirUser: 'Patient/p1' });
+  await h.smart.store.addUser({ username: 'dr.ben', password: 'stethoscope-42', fhirUser: 'Practitioner/d1' });
+  appClientId = h.smart.store.addClient({
+    name: 'CGM Viewer', type: 'public', redirectUris: [REDIRECT_URI], launchUri: `${APP_ORIGIN}/launch`,
+    scopes: ['openid', 'fhirUser', 'launch', 'launch/patient', 'offline_access', 'online_access', 'patient/*.rs', 'user/*.rs'],
+  }).client.clientId;
+});
+afterAll(async () => h.close());
+
+function fhir(token: string) {
+  return new FhirKitClient({ baseUrl: h.fhirBase, bearerToken: token });
+}
+
+describe('standalone launch', () => {
+  test('patient user: login, approval, token with patient context, then reads of their own data only', async () => {
+    const app = new SmartApp();
+    const authorizeUrl = await app.authorizeUrl({
+      clientId: appClientId, iss: h.fhirBase, scope: 'openid fhirUser launch/patient patient/*.rs offline_access',
+    });
+    expect(authorizeUrl).toContain('code_challenge_method=S256');
+    const login = await browse(authorizeUrl);
+    expect(login.status).toBe(200);
+    expect(login.html).toContain('name="username"');
+    expect(login.html).toContain('name="password"');
+    const done = await loginAndApprove(h.baseUrl, login.html, { username: 'ana', password: 'correct horse battery' });
+    const approval = done.pages.at(-1)!;
+    expect(approval).toContain('Read all kinds of records of the selected patient');
+    expect(approval).toContain('Keep access after you close the app');
+    expect(done.status).toBe(302);
+    expect(done.location!.startsWith(`${REDIRECT_URI}?code=`)).toBe(true);
+
+    const client = await app.ready(done.location!);
+    expect(client.patient.id).toBe('p1');
+    expect(client.getFhirUser()).toBe('Patient/p1');
+    const tr = client.state.tokenResponse!;
+    expect(tr.token_type).toBe('Bearer');
+    expect(typeof tr.expires_in).toBe('number');
+    expect(tr.scope).toBe('openid fhirUser launch/patient patient/*.rs offline_access');
+    expect(tr.refresh_token).toEqual(expect.any(String));
+    expect(tr.id_token).toEqual(expect.any(String));
+    expect(tr.need_patient_banner).toBe(true);
+    const style = await fetch(String(tr.smart_style_url));
+    expect(style.status).toBe(200);
+    expect(await style.json()).toHaveProperty('color_background');
+
+    const token = tr.access_token!;
+    await expect(fhir(token).read({ resourceType: 'Patient', id: 'p1' })).resolves.toMatchObject({ id: 'p1' });
+    // patient/ scopes never reach another patient.
+    await expect(fhir(token).read({ resourceType: 'Patient', id: 'p2' })).rejects.toMatchObject({ response: { status: 404 } });
+    await expect(fhir(token).read({ resourceType: 'Observation', id: 'o3' })).rejects.toMatchObject({ response: { status: 404 } });
+    const bundle = await fhir(token).search({ resourceType: 'Observation', searchParams: {} }) as { entry: Array<{ resource: { id: string } }> };
+    expect(bundle.entry.map((e) => e.resource.id).sort()).toEqual(['o1', 'o2']);
+  });
+
+  test('practitioner user: picks a patient, gets that patient in context', async () => {
+    const app = new SmartApp();
+    const authorizeUrl = await app.authorizeUrl({
+      clientId: appClientId, iss: h.fhirBase, scope: 'openid fhirUser launch/patient patient/Observation.rs user/Patient.rs',
+    });
+    const login = await browse(authorizeUrl);
+    const done = await loginAndApprove(h.baseUrl, login.html, { username: 'dr.ben', password: 'stethoscope-42' }, { patient: 'p2' });
+    expect(done.pages[1]).toContain('Choose a patient');
+    expect(done.pages[1]).toContain('Ben Okafor');
+    expect(done.status).toBe(302);
+    const client = await app.ready(done.location!);
+    expect(client.patient.id).toBe('p2');
+    expect(client.getFhirUser()).toBe('Practitioner/d1');
+    const token = client.state.tokenResponse!.access_token!;
+    const bundle = await fhir(token).search({ resourceType: 'Observation', searchParams: {} }) as { entry: Array<{ resource: { id: string } }> };
+    expect(bundle.entry.map((e) => e.resource.id)).toEqual(['o3']);
+    await expect(fhir(token).read({ resourceType: 'Patient', id: 'p1' })).resolves.toMatchObject({ id: 'p1' });
+  });
+
+  test('the user denies: the app gets access_denied with its state and no code', async () => {
+    const app = new SmartApp();
+    const login = await browse(await app.authorizeUrl({ clientId: appClientId, iss: h.fhirBase, scope: 'launch/patient patient/*.rs' }));
+    const done = await loginAndApprove(h.baseUrl, login.html, { username: 'ana', password: 'correct horse battery' }, { decision: 'deny' });
+    const target = new URL(done.location!);
+    expect(target.searchParams.get('error')).toBe('access_denied');
+    expect(target.searchParams.get('state')).toEqual(expect.any(String));
+    expect(target.searchParams.has('code')).toBe(false);
+    await expect(app.ready(done.location!)).rejects.toThrow(/access_denied/);
+  });
+
+  test('a wrong password shows the login page again with an error and issues nothing', async () => {
+    const app = new SmartApp();
+    const login = await browse(await app.authorizeUrl({ clientId: appClientId, iss: h.fhirBase, scope: 'launch/patient patient/*.rs' }));
+    const done = await loginAndApprove(h.baseUrl, login.html, { username: 'ana', password: 'wrong password' });
+    expect(done.status).toBe(401);
+    expect(done.html).toContain('Wrong username or password.');
+    expect(done.location).toBeUndefined();
+  });
+});
+
+describe('EHR launch', () => {
+  test('EHR creates a launch with system/launch; the app gets a code without pages and the launch context', async () => {
+    const { publicKey, privateKey } = await generateKeyPair('ES384');
+    const jwk = { ...(await exportJWK(publicKey)), kid: 'ehr-1', alg: 'ES384' };
+    const ehr = h.smart.store.addClient({ name: 'EHR', type: 'confidential-asymmetric', jwks: { keys: [jwk] }, scopes: ['system/launch'] }).client;
+    const assertion = await new SignJWT({}).setProtectedHeader({ alg: 'ES384', kid: 'ehr-1', typ: 'JWT' })
+      .setIssuer(ehr.clientId).setSubject(ehr.clientId).setAudience(h.smart.urls.token).setJti(randomUUID())
+      .setIssuedAt(Math.floor(h.now() / 1000)).setExpirationTime(Math.floor(h.now() / 1000) + 60).sign(privateKey);
+    const tokenRes = await fetch(h.smart.urls.token, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'system/launch',
+        client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer', client_assertion: assertion }) });
+    expect(tokenRes.status).toBe(200);
+    const ehrToken = ((await tokenRes.json()) as { access_token: string }).access_token;
+
+    const launchRes = await fetch(`${h.baseUrl}/smart/launch`, { method: 'POST',
+      headers: { authorization: `Bearer ${ehrToken}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ patient: 'p1', encounter: 'e1', practitioner: 'd1', client_id: appClientId,
+        fhirContext: [{ reference: 'Observation/o1' }] }) });
+    expect(launchRes.status).toBe(201);
+    const { launch_url: launchUrl } = (await launchRes.json()) as { launch_url: string };
+    expect(launchUrl.startsWith(`${APP_ORIGIN}/launch?iss=`)).toBe(true);
+
+    const app = new SmartApp();
+    const authorizeUrl = await app.authorizeUrl({ clientId: appClientId, launchUrl, scope: 'openid fhirUser launch patient/*.rs' });
+    expect(authorizeUrl).toContain('launch=');
+    const redirect = await browse(authorizeUrl);
+    expect(redirect.status).toBe(302);
+    const client = await app.ready(redirect.location!);
+    const tr = client.state.tokenResponse!;
+    expect(tr.patient).toBe('p1');
+    expect(tr.encounter).toBe('e1');
+    expect(tr.need_patient_banner).toBe(false);
+    expect(tr.fhirContext).toEqual([{ reference: 'Observation/o1' }]);
+    expect(tr.smart_style_url).toBe(`${h.baseUrl}/smart/style.json`);
+    expect(client.getFhirUser()).toBe('Practitioner/d1');
+    await expect(fhir(tr.access_token!).read({ resourceType: 'Observation', id: 'o1' })).resolves.toMatchObject({ id: 'o1' });
+
+    // The launch value is single-use.
+    const again = await browse(await new SmartApp().authorizeUrl({ clientId: appClientId, launchUrl, scope: 'launch patient/*.rs' }));
+    expect(new URL(again.location!).searchParams.get('error')).toBe('invalid_request');
+  });
+
+  test('POST /smart/launch refuses a request without a token (401 with a Bearer challenge)', async () => {
+    const noToken = await fetch(`${h.baseUrl}/smart/launch`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ patient: 'p1', practitioner: 'd1' }) });
+    expect(noToken.status).toBe(401);
+    expect(noToken.headers.get('www-authenticate')).toMatch(/^Bearer/);
+  });
+});
