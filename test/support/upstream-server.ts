@@ -415,7 +415,7 @@ export async function startUpstreamFhirServer(options: UpstreamServerOptions = {
         : fromRequest ? `${fhirBase}/${fromRequest}` : e.fullUrl;
       const response = e.response?.location && r?.meta?.versionId
         ? { ...e.response, location: `${e.response.location}/_history/${r.meta.versionId}` } : e.response;
-      return { ...(fullUrl ? { fullUrl } : {}), ...e, ...(response ? { response } : {}) };
+      return { ...e, ...(fullUrl ? { fullUrl } : {}), ...(response ? { response } : {}) };
     });
     const link: BundleLink[] = [{ relation: 'self', url: `${fhirBase}/${path}${params.size ? `?${params}` : ''}` }];
     const count = params.has('_count') ? Number.parseInt(params.get('_count')!, 10) : undefined;
