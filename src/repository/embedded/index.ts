@@ -1,0 +1,371 @@
+/**
+ * The embedded Repository adapter (default): a SQLite file under `<dataDir>/store/`, every
+ * version kept, every body encrypted with its patient's data key (keys.ts), searchable through
+ * keyed-hash and date indexes (search.ts).
+ *
+ * Writes go through one async lock and each runs in one SQLite transaction, so a write that
+ * throws has changed nothing. Reads need no lock: better-sqlite3 is synchronous.
+ *
+ * Choices the FHIR spec leaves open:
+ * - an update whose content equals the current version still makes a new version (the
+ *   anchoring layer commits to every write; skipping it would hide a write from the ledger);
+ * - deleting an absent or already deleted resource does nothing and succeeds;
+ * - `eraseSubject` crypto-shreds: rows stay on disk, unreadable; reads answer ERR_GONE.
+ */
+import { randomUUID } from 'node:crypto';
+import { parseSearchRequest } from '@medplum/core';
+import type { SearchRequest } from '@medplum/core';
+import type { Bundle, Resource } from '@medplum/fhirtypes';
+import type { Database, Statement } from 'better-sqlite3';
+import type { Logger } from 'pino';
+import { badRequest, gone, notFound, preconditionFailed } from '../../errors.js';
+import { patientIdsOf } from '../../fhir/compartment.js';
+import { loadFhirDefinitions } from '../../fhir/definitions.js';
+import type {
+  HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchResult, WriteResult,
+} from '../port.js';
+import { KeyRing, loadMasterKey, open, seal } from './keys.js';
+import { extractIndexEntries, supportedParams } from './params.js';
+import { dateRowKey, runSearch } from './search.js';
+import type { SearchContext } from './search.js';
+import { METHOD, METHOD_NAME, openStore, packIx, prepareStatements, unpackIx } from './store.js';
+import type { Statements, VersionRow } from './store.js';
+import { runTransaction } from './transaction.js';
+
+export interface EmbeddedRepositoryOptions {
+  /** Directory holding `store/` (SQLite) and, without `masterKey`, `keys/master.key`. */
+  dataDir: string;
+  /** Base64 of 32 bytes; wraps every data key. Absent: a key file is made on first start. */
+  masterKey?: string;
+  logger?: Logger;
+}
+
+const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
+const BULK_CHUNK = 5000;
+
+/** Runs async jobs one after another. */
+class Mutex {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(job: () => T | Promise<T>): Promise<T> {
+    const result = this.tail.then(job);
+    this.tail = result.catch(() => undefined);
+    return result;
+  }
+}
+
+export class EmbeddedRepository implements Repository {
+  readonly description: RepositoryDescription;
+  private readonly lock = new Mutex();
+  private readonly statements = new Map<string, Statement<unknown[], VersionRow>>();
+  private readonly searchContext: SearchContext;
+  private closed = false;
+
+  private constructor(
+    private readonly db: Database,
+    private readonly keys: KeyRing,
+    private readonly sql: Statements,
+    dataDir: string,
+  ) {
+    this.description = { adapter: 'embedded', location: dataDir };
+    this.searchContext = {
+      db,
+      hash: (value) => keys.hash(value),
+      decode: (row) => this.decode(row),
+      readCurrent: (type, id) => {
+        const row = this.sql.currentOf.get(type, id);
+        return row && row.method !== METHOD.DELETE ? this.decode(row) : undefined;
+      },
+      prepare: (text) => this.prepare(text),
+    };
+  }
+
+  /** Opens (creating when needed) the store under `<dataDir>/store/`. */
+  static async open(options: EmbeddedRepositoryOptions): Promise<EmbeddedRepository> {
+    loadFhirDefinitions();
+    const master = loadMasterKey(options.dataDir, options.masterKey);
+    const { db, file } = openStore(options.dataDir);
+    try {
+      const keys = db.transaction(() => new KeyRing(db, master.key))();
+      const repo = new EmbeddedRepository(db, keys, prepareStatements(db), options.dataDir);
+      options.logger?.info({ adapter: 'embedded', file, masterKey: master.source }, 'repository opened');
+      return repo;
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+  }
+
+  supportedSearchParams(): Record<string, string[]> {
+    return supportedParams();
+  }
+
+  async create<T extends Resource>(resource: T, options?: { ifNoneExist?: string }): Promise<WriteResult<T>> {
+    return this.write(() => this.createSync(resource, options?.ifNoneExist));
+  }
+
+  /**
+   * Bulk load: creates every resource (server-assigned ids) in transactions of 5,000. Used by
+   * ingest of large exports and the benchmark. A chunk that fails leaves earlier chunks stored.
+   */
+  async createMany<T extends Resource>(resources: T[]): Promise<T[]> {
+    const out: T[] = [];
+    for (let i = 0; i < resources.length; i += BULK_CHUNK) {
+      const chunk = resources.slice(i, i + BULK_CHUNK);
+      out.push(...await this.write(() => chunk.map((r) => this.createSync(r).resource)));
+    }
+    return out;
+  }
+
+  async read<T extends Resource = Resource>(resourceType: string, id: string): Promise<T> {
+    this.checkOpen();
+    const row = this.sql.currentOf.get(resourceType, id);
+    if (!row) throw notFound(`${resourceType}/${id} not found`);
+    if (row.method === METHOD.DELETE) throw gone(`${resourceType}/${id} was deleted`);
+    return this.decodeOrGone(row) as T;
+  }
+
+  async vread<T extends Resource = Resource>(resourceType: string, id: string, versionId: string): Promise<T> {
+    this.checkOpen();
+    const version = Number(versionId);
+    const row = Number.isSafeInteger(version) ? this.sql.versionOf.get(resourceType, id, version) : undefined;
+    if (!row) throw notFound(`${resourceType}/${id}/_history/${versionId} not found`);
+    if (row.method === METHOD.DELETE) throw gone(`${resourceType}/${id}/_history/${versionId} is a deletion`);
+    return this.decodeOrGone(row) as T;
+  }
+
+  async update<T extends Resource>(resource: T, options?: { ifMatch?: string }): Promise<WriteResult<T>> {
+    return this.write(() => this.updateSync(resource, options?.ifMatch));
+  }
+
+  async delete(resourceType: string, id: string): Promise<void> {
+    return this.write(() => this.deleteSync(resourceType, id));
+  }
+
+  async search(request: SearchRequest): Promise<SearchResult> {
+    this.checkOpen();
+    return runSearch(this.searchContext, request);
+  }
+
+  async history(request: HistoryRequest): Promise<HistoryResult> {
+    this.checkOpen();
+    const where = ['(v.body IS NULL OR (k.wrapped IS NOT NULL AND k.version = v.key_version))'];
+    const args: unknown[] = [];
+    if (request.resourceType) { where.push('v.type = ?'); args.push(request.resourceType); }
+    if (request.id) {
+      if (!request.resourceType) throw badRequest('instance history needs a resource type');
+      where.push('v.id = ?');
+      args.push(request.id);
+      if (!this.db.prepare('SELECT 1 FROM versions WHERE type = ? AND id = ? LIMIT 1').get(request.resourceType, request.id)) {
+        throw notFound(`${request.resourceType}/${request.id} not found`);
+      }
+    }
+    if (request.since !== undefined) {
+      const since = Date.parse(request.since);
+      if (Number.isNaN(since)) throw badRequest(`_since is not an instant: ${request.since}`, '_since');
+      where.push('v.last_updated >= ?');
+      args.push(since);
+    }
+    const count = Math.max(0, request.count);
+    const rows = this.prepare(
+      'SELECT v.seq, v.type, v.id, v.version, v.last_updated, v.method, v.key_id, v.key_version, v.body, NULL AS ix ' +
+      `FROM versions v LEFT JOIN data_keys k ON k.key_id = v.key_id WHERE ${where.join(' AND ')} ORDER BY v.seq DESC LIMIT ? OFFSET ?`,
+    ).all(...args, count + 1, Math.max(0, request.offset));
+    const entries: HistoryEntry[] = [];
+    for (const row of rows.slice(0, count)) {
+      const resource = row.method === METHOD.DELETE ? undefined : this.decode(row);
+      if (row.method !== METHOD.DELETE && !resource) continue;
+      entries.push({
+        resourceType: row.type,
+        id: row.id,
+        versionId: String(row.version),
+        lastUpdated: new Date(row.last_updated).toISOString(),
+        method: METHOD_NAME[row.method] ?? 'PUT',
+        ...(resource ? { resource } : {}),
+      });
+    }
+    return { entries, hasMore: rows.length > count };
+  }
+
+  async transaction(bundle: Bundle): Promise<Bundle> {
+    return this.write(() => runTransaction(bundle, {
+      insert: (r) => { checkBody(r); return this.writeVersion(r, METHOD.POST, undefined); },
+      update: (r, ifMatch) => this.updateSync(r, ifMatch),
+      delete: (type, id) => this.deleteSync(type, id),
+      read: (type, id) => this.readSync(type, id),
+      vread: (type, id, version) => this.vreadSync(type, id, version),
+      search: (request) => runSearch(this.searchContext, request),
+      findOne: (type, query) => this.conditionalMatches(type, query),
+    }));
+  }
+
+  /**
+   * Right to erasure: destroys the patient's data key and drops their resources from the search
+   * indexes. Their ciphertext stays on disk (history, anchors) but can never be read again;
+   * reads answer ERR_GONE. Returns how many current resources became unreadable.
+   */
+  async eraseSubject(patientId: string): Promise<{ resources: number }> {
+    return this.write(() => {
+      const keyId = this.keys.erase(patientId);
+      if (!keyId) return { resources: 0 };
+      const rows = this.db.prepare<[string], { seq: number; ix: Buffer | null }>(
+        'SELECT seq, ix FROM versions WHERE key_id = ? AND current = 1 AND method <> 2').all(keyId);
+      for (const row of rows) this.removeIndex(row.seq, row.ix);
+      return { resources: rows.length };
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.lock.run(() => undefined);
+    this.closed = true;
+    this.statements.clear();
+    this.db.close();
+  }
+
+  // --- internals (synchronous; called inside one SQLite transaction) ---------------------------
+
+  private write<T>(job: () => T): Promise<T> {
+    this.checkOpen();
+    return this.lock.run(() => {
+      this.checkOpen();
+      try {
+        return this.db.transaction(job)();
+      } catch (err) {
+        this.keys.reset();
+        throw err;
+      }
+    });
+  }
+
+  private createSync<T extends Resource>(resource: T, ifNoneExist?: string): WriteResult<T> {
+    checkBody(resource);
+    if (ifNoneExist !== undefined) {
+      const matches = this.conditionalMatches(resource.resourceType, ifNoneExist);
+      if (matches.length > 1) throw preconditionFailed('ifNoneExist matched more than one resource');
+      if (matches.length === 1) return { resource: matches[0] as T, outcome: 'existing' };
+    }
+    const stored = this.writeVersion({ ...resource, id: randomUUID() }, METHOD.POST, undefined);
+    return { resource: stored, outcome: 'created' };
+  }
+
+  private updateSync<T extends Resource>(resource: T, ifMatch?: string): WriteResult<T> {
+    checkBody(resource);
+    if (!resource.id) throw badRequest('update needs a resource id', 'id');
+    const previous = this.sql.currentOf.get(resource.resourceType, resource.id);
+    if (ifMatch !== undefined) {
+      const current = previous && previous.method !== METHOD.DELETE ? String(previous.version) : undefined;
+      if (current !== ifMatch.replace(/^W\/"(.*)"$/, '$1')) {
+        throw preconditionFailed(`version conflict on ${resource.resourceType}/${resource.id}`);
+      }
+    }
+    const live = previous !== undefined && previous.method !== METHOD.DELETE;
+    const stored = this.writeVersion(resource, METHOD.PUT, previous);
+    return { resource: stored, outcome: live ? 'updated' : 'created' };
+  }
+
+  private deleteSync(resourceType: string, id: string): void {
+    const previous = this.sql.currentOf.get(resourceType, id);
+    if (!previous || previous.method === METHOD.DELETE) return;
+    this.removeIndex(previous.seq, previous.ix);
+    this.sql.retireCurrent.run(previous.seq);
+    this.sql.insertVersion.run(resourceType, id, previous.version + 1, Date.now(), METHOD.DELETE, null, null, null, null);
+  }
+
+  private readSync(resourceType: string, id: string): Resource {
+    const row = this.sql.currentOf.get(resourceType, id);
+    if (!row) throw notFound(`${resourceType}/${id} not found`);
+    if (row.method === METHOD.DELETE) throw gone(`${resourceType}/${id} was deleted`);
+    return this.decodeOrGone(row);
+  }
+
+  private vreadSync(resourceType: string, id: string, versionId: string): Resource {
+    const row = this.sql.versionOf.get(resourceType, id, Number(versionId));
+    if (!row) throw notFound(`${resourceType}/${id}/_history/${versionId} not found`);
+    if (row.method === METHOD.DELETE) throw gone(`${resourceType}/${id}/_history/${versionId} is a deletion`);
+    return this.decodeOrGone(row);
+  }
+
+  /** Current resources matching a conditional query (`identifier=…`), at most 2. */
+  private conditionalMatches(resourceType: string, query: string): Resource[] {
+    let request: SearchRequest;
+    try {
+      request = parseSearchRequest(`${resourceType}?${query.replace(/^\?/, '')}`);
+    } catch (err) {
+      throw badRequest(`invalid conditional query: ${(err as Error).message}`);
+    }
+    if (!request.filters?.length) throw badRequest('conditional query has no search parameters');
+    return runSearch(this.searchContext, { resourceType: request.resourceType, filters: request.filters, count: 2 }).resources;
+  }
+
+  /** Writes a new current version: meta set, body encrypted, index rows replaced. */
+  private writeVersion<T extends Resource>(resource: T, method: number, previous: VersionRow | undefined): T {
+    const id = resource.id!;
+    const version = previous ? previous.version + 1 : 1;
+    const now = Date.now();
+    const stored = { ...resource, meta: { ...resource.meta, versionId: String(version), lastUpdated: new Date(now).toISOString() } } as T;
+    const key = this.keys.keyFor(patientIdsOf(stored)[0]);
+    const body = seal(key.key, Buffer.from(JSON.stringify(stored)), aad(stored.resourceType, id, version));
+    const entries = extractIndexEntries(stored);
+    const refs = entries.keys.map((k) => this.keys.hash(k));
+    const dates = entries.dates.map((d) => ({ h: this.keys.hash(dateRowKey(d.key, d.start, d.end)), start: d.start, end: d.end }));
+    if (previous) {
+      if (previous.method !== METHOD.DELETE) this.removeIndex(previous.seq, previous.ix);
+      this.sql.retireCurrent.run(previous.seq);
+    }
+    const seq = Number(this.sql.insertVersion.run(stored.resourceType, id, version, now, method, key.id, key.version, body,
+      packIx(refs, dates)).lastInsertRowid);
+    for (const h of refs) this.sql.insertRef.run(h, seq);
+    for (const d of dates) this.sql.insertDate.run(d.h, d.start, d.end, seq);
+    return stored;
+  }
+
+  private removeIndex(seq: number, ix: Buffer | null): void {
+    if (!ix) return;
+    const { refs, dates } = unpackIx(ix);
+    for (const h of refs) this.sql.deleteRef.run(h, seq);
+    for (const d of dates) this.sql.deleteDate.run(d.h, d.start, seq);
+    this.sql.clearIx.run(seq);
+  }
+
+  private decode(row: VersionRow): Resource | undefined {
+    if (!row.body || !row.key_id || row.key_version === null) return undefined;
+    const key = this.keys.keyById(row.key_id, row.key_version);
+    if (!key) return undefined;
+    const plain = open(key, row.body, aad(row.type, row.id, row.version));
+    return plain ? JSON.parse(plain.toString('utf8')) as Resource : undefined;
+  }
+
+  private decodeOrGone(row: VersionRow): Resource {
+    const resource = this.decode(row);
+    if (!resource) throw gone(`${row.type}/${row.id} is no longer available`);
+    return resource;
+  }
+
+  private prepare(text: string): Statement<unknown[], VersionRow> {
+    let statement = this.statements.get(text);
+    if (!statement) {
+      statement = this.db.prepare<unknown[], VersionRow>(text);
+      if (this.statements.size > 500) this.statements.clear();
+      this.statements.set(text, statement);
+    }
+    return statement;
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new Error('repository is closed');
+  }
+}
+
+/** Additional authenticated data binding a ciphertext to its resource version. */
+function aad(type: string, id: string, version: number): string {
+  return `${type}/${id}/${version}`;
+}
+
+function checkBody(resource: Resource): void {
+  if (!resource || typeof resource !== 'object' || typeof resource.resourceType !== 'string' || !/^[A-Z][A-Za-z]{1,63}$/.test(resource.resourceType)) {
+    throw badRequest('resource has no valid resourceType', 'resourceType');
+  }
+  if (resource.id !== undefined && (typeof resource.id !== 'string' || !ID_PATTERN.test(resource.id))) {
+    throw badRequest('resource id is not a valid FHIR id', 'id');
+  }
+}

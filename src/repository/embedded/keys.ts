@@ -1,0 +1,171 @@
+/**
+ * Encryption at rest for the embedded repository.
+ *
+ * - A master key (32 bytes: from configuration, else `<dataDir>/keys/master.key`, created 0600)
+ *   wraps every data key with AES-256-GCM; the wrapped keys live in the `data_keys` table.
+ * - Each patient has a random data key; resources with no patient link use the shared
+ *   "unassigned" key. Erasing a patient tombstones their key row: their ciphertext stays on disk
+ *   but can never be decrypted again (crypto-shredding), even if a new key is made later for the
+ *   same patient (key versions differ).
+ * - Resource bodies are AES-256-GCM with `type/id/version` as additional authenticated data, so a
+ *   row copied onto another resource or version fails to decrypt.
+ * - Search indexes store keyed HMACs (index key, itself wrapped by the master key) of codes,
+ *   identifiers and references, never the plaintext.
+ */
+import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Database, Statement } from 'better-sqlite3';
+
+const NONCE = 12;
+const TAG = 16;
+export const UNASSIGNED_KEY_ID = 'unassigned';
+const INDEX_KEY_ID = '$index';
+const CHECK_KEY_ID = '$check';
+
+/** A data key and the identity stored with each row it encrypts. */
+export interface DataKey {
+  id: string;
+  version: number;
+  key: Buffer;
+}
+
+/** Reads the master key from options or from `<dataDir>/keys/master.key`, creating that file (0600) on first start. */
+export function loadMasterKey(dataDir: string, masterKey?: string): { key: Buffer; source: 'option' | 'file' } {
+  if (masterKey !== undefined) {
+    const key = Buffer.from(masterKey, 'base64');
+    if (key.length !== 32) throw new Error('master key must be 32 bytes, base64-encoded');
+    return { key, source: 'option' };
+  }
+  const dir = path.join(dataDir, 'keys');
+  const file = path.join(dir, 'master.key');
+  if (!existsSync(file)) {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    writeFileSync(file, randomBytes(32).toString('base64') + '\n', { mode: 0o600, flag: 'wx' });
+  }
+  chmodSync(file, 0o600);
+  const key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+  if (key.length !== 32) throw new Error(`${file} does not hold a 32-byte base64 key`);
+  return { key, source: 'file' };
+}
+
+export function seal(key: Buffer, plaintext: Buffer, aad: string): Buffer {
+  const nonce = randomBytes(NONCE);
+  const cipher = createCipheriv('aes-256-gcm', key, nonce);
+  cipher.setAAD(Buffer.from(aad));
+  const body = cipher.update(plaintext);
+  const final = cipher.final();
+  return Buffer.concat([nonce, body, final, cipher.getAuthTag()]);
+}
+
+/** Decrypts, or returns undefined when the key or the binding is wrong (tampered or swapped row). */
+export function open(key: Buffer, sealed: Buffer, aad: string): Buffer | undefined {
+  if (sealed.length < NONCE + TAG) return undefined;
+  try {
+    const decipher = createDecipheriv('aes-256-gcm', key, sealed.subarray(0, NONCE));
+    decipher.setAAD(Buffer.from(aad));
+    decipher.setAuthTag(sealed.subarray(sealed.length - TAG));
+    return Buffer.concat([decipher.update(sealed.subarray(NONCE, sealed.length - TAG)), decipher.final()]);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The data keys of one store. Not thread-safe; callers hold the repository's write lock for changes. */
+export class KeyRing {
+  private readonly cache = new Map<string, DataKey | null>();
+  private readonly hashCache = new Map<string, number>();
+  private readonly indexKey: Buffer;
+  private readonly selectKey: Statement<[string], { version: number; wrapped: Buffer | null }>;
+  private readonly upsertKey: Statement<[string, number, Buffer | null]>;
+
+  constructor(db: Database, private readonly master: Buffer) {
+    this.selectKey = db.prepare('SELECT version, wrapped FROM data_keys WHERE key_id = ?');
+    this.upsertKey = db.prepare('INSERT INTO data_keys (key_id, version, wrapped) VALUES (?, ?, ?) ' +
+      'ON CONFLICT (key_id) DO UPDATE SET version = excluded.version, wrapped = excluded.wrapped');
+    this.checkMaster();
+    this.indexKey = this.getOrCreate(INDEX_KEY_ID).key;
+  }
+
+  /** The key for a patient's resources (created on first use), or the shared unassigned key. */
+  keyFor(patientId: string | undefined): DataKey {
+    return this.getOrCreate(patientId === undefined ? UNASSIGNED_KEY_ID : this.patientKeyId(patientId));
+  }
+
+  /** The key a row names, or undefined once erased (or replaced by a newer version after erasure). */
+  keyById(id: string, version: number): Buffer | undefined {
+    const key = this.load(id);
+    return key && key.version === version ? key.key : undefined;
+  }
+
+  /** Key id used for a patient: a keyed hash, so the table does not list patient ids. */
+  patientKeyId(patientId: string): string {
+    return 'p' + createHmac('sha256', this.master).update('patient-key\0' + patientId).digest('hex').slice(0, 32);
+  }
+
+  /** Tombstones a patient's key; returns its id, or undefined when the patient had none. */
+  erase(patientId: string): string | undefined {
+    const id = this.patientKeyId(patientId);
+    const key = this.load(id);
+    if (!key) return undefined;
+    this.upsertKey.run(id, key.version, null);
+    this.cache.set(id, null);
+    return id;
+  }
+
+  /** Forgets cached keys (after a rolled-back transaction that may have created some). */
+  reset(): void {
+    this.cache.clear();
+  }
+
+  /** A keyed 48-bit hash of an index value, as a number SQLite stores as INTEGER. */
+  hash(value: string): number {
+    let h = this.hashCache.get(value);
+    if (h === undefined) {
+      h = createHmac('sha256', this.indexKey).update(value).digest().readIntBE(0, 6);
+      if (this.hashCache.size > 200_000) this.hashCache.clear();
+      this.hashCache.set(value, h);
+    }
+    return h;
+  }
+
+  private getOrCreate(id: string): DataKey {
+    const existing = this.load(id);
+    if (existing) return existing;
+    const tombstone = this.selectKey.get(id);
+    const version = tombstone ? tombstone.version + 1 : 1;
+    const key: DataKey = { id, version, key: randomBytes(32) };
+    this.upsertKey.run(id, version, seal(this.master, key.key, wrapAad(id, version)));
+    this.cache.set(id, key);
+    return key;
+  }
+
+  private load(id: string): DataKey | undefined {
+    const cached = this.cache.get(id);
+    if (cached !== undefined) return cached ?? undefined;
+    const row = this.selectKey.get(id);
+    if (!row || !row.wrapped) {
+      if (row) this.cache.set(id, null);
+      return undefined;
+    }
+    const key = open(this.master, row.wrapped, wrapAad(id, row.version));
+    if (!key) throw new Error(`data key ${id} cannot be unwrapped with this master key`);
+    const dataKey = { id, version: row.version, key };
+    this.cache.set(id, dataKey);
+    return dataKey;
+  }
+
+  /** Fails fast, before anything is written, when the store was made with another master key. */
+  private checkMaster(): void {
+    const row = this.selectKey.get(CHECK_KEY_ID);
+    if (!row) {
+      this.upsertKey.run(CHECK_KEY_ID, 1, seal(this.master, Buffer.from('glucoguard'), wrapAad(CHECK_KEY_ID, 1)));
+    } else if (!row.wrapped || !open(this.master, row.wrapped, wrapAad(CHECK_KEY_ID, row.version))) {
+      throw new Error('the master key does not match this data directory');
+    }
+  }
+}
+
+function wrapAad(id: string, version: number): string {
+  return `glucoguard-data-key\0${id}\0${version}`;
+}

@@ -1,0 +1,130 @@
+/**
+ * The final check of every search candidate: @medplum/core `matchesSearchRequest` semantics
+ * (packages/core/src/search/match.ts, same helpers and comparisons), with two differences:
+ * - FHIRPath expressions are compiled once per type (medplum re-parses the expression string on
+ *   every call, which costs ~1 ms for `Observation.date`'s long union and would dominate a
+ *   288-reading day query);
+ * - string parameters follow the FHIR rule (case- and accent-insensitive starts-with, `:exact`,
+ *   `:contains`) over each part of a HumanName/Address, where medplum matches "contains".
+ */
+import {
+  convertToSearchableReferences, convertToSearchableTokens, evalFhirPathTyped, Operator, splitSearchOnComma, toPeriod,
+  toTypedValue,
+} from '@medplum/core';
+import type { Filter, TypedValue } from '@medplum/core';
+import type { Period, Resource } from '@medplum/fhirtypes';
+import type { ParamInfo } from './params.js';
+
+/** A compiled check of all filters of a search (already validated against `params`). */
+export type Matcher = (resource: Resource) => boolean;
+
+/**
+ * Compiles the filters once per search: values split and date filter periods computed up front,
+ * each parameter's expression evaluated once per resource even when several filters use it.
+ */
+export function compileMatcher(params: Map<string, ParamInfo>, filters: Filter[]): Matcher {
+  const groups = new Map<string, { info: ParamInfo; checks: ((values: TypedValue[], periods: () => Period[]) => boolean)[] }>();
+  for (const filter of filters) {
+    const info = params.get(filter.code)!;
+    let group = groups.get(filter.code);
+    if (!group) groups.set(filter.code, group = { info, checks: [] });
+    group.checks.push(compileFilter(info, filter));
+  }
+  const compiled = [...groups.values()];
+  return (resource) => {
+    if (compiled.length === 0) return true;
+    const typed = [toTypedValue(resource)];
+    for (const { info, checks } of compiled) {
+      const values = evalFhirPathTyped(info.atom, typed);
+      let periods: Period[] | undefined;
+      const periodsOf = (): Period[] => periods ??= values.map((v) => toPeriod(v.value)).filter((p): p is Period => !!p);
+      for (const check of checks) if (!check(values, periodsOf)) return false;
+    }
+    return true;
+  };
+}
+
+function compileFilter(info: ParamInfo, filter: Filter): (values: TypedValue[], periods: () => Period[]) => boolean {
+  if (filter.operator === Operator.MISSING || filter.operator === Operator.PRESENT) {
+    const desired = (filter.operator === Operator.MISSING && filter.value === 'false') ||
+      (filter.operator === Operator.PRESENT && filter.value === 'true');
+    return (values) => desired === values.length > 0;
+  }
+  const negated = filter.operator === Operator.NOT_EQUALS || filter.operator === Operator.NOT;
+  const wanted = splitSearchOnComma(filter.value);
+  switch (info.kind) {
+    case 'reference':
+      return (values) => {
+        if (filter.value === '' && values.length === 0) return filter.operator === Operator.EQUALS;
+        const refs = convertToSearchableReferences(values);
+        return wanted.some((w) => refs.includes(w)) !== negated;
+      };
+    case 'token':
+      return (values) => convertToSearchableTokens(values).some((t) => wanted.some((w) => matchesToken(t, w))) !== negated;
+    case 'date': {
+      const filterPeriods = wanted.map((w) => toPeriod(w)).filter((p): p is Period => !!p);
+      return (_values, periods) =>
+        periods().some((p) => filterPeriods.some((f) => matchesDate(p, filter.operator, f))) !== negated;
+    }
+    case 'string':
+      return (values) => {
+        const strings = stringValues(values.map((t) => t.value));
+        return strings.some((s) => wanted.some((w) => matchesString(s, filter.operator, w)));
+      };
+  }
+}
+
+function matchesToken(token: { system?: string; value?: string }, filterValue: string): boolean {
+  if (filterValue.includes('|')) {
+    const [system, value] = filterValue.split('|').map((s) => s.toLowerCase());
+    if (!system && !value) return false;
+    if (!system) return !token.system && token.value?.toLowerCase() === value;
+    return token.system?.toLowerCase() === system && (!value || token.value?.toLowerCase() === value);
+  }
+  return token.value?.toLowerCase() === filterValue.toLowerCase();
+}
+
+function matchesDate(resourceValue: Period, operator: string, filterPeriod: Period): boolean {
+  const rs = resourceValue.start ?? '0000';
+  const re = resourceValue.end ?? '9999';
+  const fs = filterPeriod.start as string;
+  const fe = filterPeriod.end as string;
+  switch (operator) {
+    case Operator.APPROXIMATELY:
+    case Operator.EQUALS:
+    case Operator.NOT_EQUALS: return rs < fe && re > fs;
+    case Operator.LESS_THAN: return rs < fs;
+    case Operator.GREATER_THAN: return re > fe;
+    case Operator.LESS_THAN_OR_EQUALS: return rs <= fe;
+    case Operator.GREATER_THAN_OR_EQUALS: return re >= fs;
+    case Operator.STARTS_AFTER: return rs > fe;
+    case Operator.ENDS_BEFORE: return re < fs;
+    default: return false;
+  }
+}
+
+const fold = (s: string): string => s.normalize('NFD').replace(/\p{M}/gu, '').toLowerCase();
+
+function matchesString(value: string, operator: string, wanted: string): boolean {
+  if (operator === Operator.EXACT) return value === wanted;
+  if (operator === Operator.CONTAINS) return fold(value).includes(fold(wanted));
+  return fold(value).startsWith(fold(wanted));
+}
+
+/** The strings a string parameter matches on: each part of a HumanName or Address, or the value itself. */
+export function stringValues(values: unknown[]): string[] {
+  const out: string[] = [];
+  const push = (v: unknown): void => {
+    if (typeof v === 'string') out.push(v);
+    else if (Array.isArray(v)) v.forEach(push);
+  };
+  for (const v of values) {
+    if (v && typeof v === 'object') {
+      const o = v as Record<string, unknown>;
+      for (const k of ['text', 'family', 'given', 'prefix', 'suffix', 'line', 'city', 'district', 'state', 'postalCode', 'country']) push(o[k]);
+    } else {
+      push(v);
+    }
+  }
+  return out;
+}

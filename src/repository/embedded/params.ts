@@ -1,0 +1,192 @@
+/**
+ * Which search parameters the embedded repository answers, per resource type, and how each one is
+ * turned into index entries at write time. Semantics (what matches) always come from the
+ * SearchParameter definitions loaded into @medplum/core; the index only narrows candidates.
+ */
+import {
+  convertToSearchableDates, convertToSearchableReferences, convertToSearchableTokens, evalFhirPathTyped,
+  getParsedExpressionForResourceType, getSearchParameter, toTypedValue,
+} from '@medplum/core';
+import type { FhirPathAtom, TypedValue } from '@medplum/core';
+import type { Resource, SearchParameter } from '@medplum/fhirtypes';
+import { loadFhirDefinitions } from '../../fhir/definitions.js';
+
+interface TypeConfig {
+  /** Supported search parameters besides `_id` and `_lastUpdated`. */
+  params: string[];
+  /**
+   * The date parameter combined with `patient` in the patient+date index, so that
+   * `patient=X&date=…` is one index range scan.
+   */
+  patientDate?: string;
+}
+
+const TYPES: Record<string, TypeConfig> = {
+  Observation: {
+    params: ['patient', 'subject', 'code', 'date', 'category', 'device', 'status', 'identifier', 'encounter', 'performer', 'based-on'],
+    patientDate: 'date',
+  },
+  Patient: { params: ['identifier', 'name', 'family', 'given', 'birthdate', 'gender', 'active', 'general-practitioner', 'organization'] },
+  Device: { params: ['identifier', 'patient', 'type', 'status', 'manufacturer', 'model', 'device-name', 'udi-di', 'organization'] },
+  Consent: {
+    params: ['identifier', 'patient', 'status', 'category', 'date', 'period', 'actor', 'scope', 'purpose', 'action', 'organization', 'consentor', 'source-reference'],
+    patientDate: 'date',
+  },
+  AuditEvent: {
+    params: ['patient', 'date', 'agent', 'entity', 'type', 'subtype', 'action', 'outcome', 'entity-type', 'source'],
+    patientDate: 'date',
+  },
+  MedicationAdministration: {
+    params: ['identifier', 'patient', 'subject', 'code', 'status', 'effective-time', 'medication', 'device', 'request', 'performer', 'context'],
+    patientDate: 'effective-time',
+  },
+  DiagnosticReport: {
+    params: ['identifier', 'patient', 'subject', 'code', 'date', 'status', 'category', 'result', 'issued', 'performer', 'based-on', 'encounter'],
+    patientDate: 'date',
+  },
+  ServiceRequest: {
+    params: ['identifier', 'patient', 'subject', 'code', 'status', 'authored', 'category', 'intent', 'requester', 'performer', 'occurrence', 'encounter', 'based-on'],
+    patientDate: 'authored',
+  },
+  Practitioner: { params: ['identifier', 'name', 'family', 'given', 'active', 'gender'] },
+  Organization: { params: ['identifier', 'name', 'type', 'active', 'partof'] },
+  Provenance: { params: ['target', 'patient', 'agent', 'recorded', 'entity'], patientDate: 'recorded' },
+};
+
+/** Parameter kinds the index understands; `string` is matched after decryption, never indexed. */
+export type IndexKind = 'token' | 'reference' | 'date' | 'string';
+
+export interface ParamInfo {
+  code: string;
+  kind: IndexKind;
+  definition: SearchParameter;
+  atom: FhirPathAtom;
+  /** Target types of a reference parameter. */
+  targets: string[];
+}
+
+/** Index entries of one resource version. */
+export interface IndexEntries {
+  /** Hash inputs for the token/reference index (hashed by the key ring). */
+  keys: string[];
+  /** Date rows: hash input, start and end in epoch ms (inclusive). */
+  dates: { key: string; start: number; end: number }[];
+}
+
+export const MIN_TIME = -8.64e15;
+export const MAX_TIME = 8.64e15;
+
+const infoCache = new Map<string, Map<string, ParamInfo>>();
+
+/** `{ type: [param, …] }` for `supportedSearchParams()`. */
+export function supportedParams(): Record<string, string[]> {
+  return Object.fromEntries(Object.entries(TYPES).map(([type, c]) => [type, ['_id', '_lastUpdated', ...c.params]]));
+}
+
+/** The configured parameters of a type (plus `_id`, `_lastUpdated`), compiled once. */
+export function paramsOf(resourceType: string): Map<string, ParamInfo> {
+  let infos = infoCache.get(resourceType);
+  if (!infos) {
+    loadFhirDefinitions();
+    infos = new Map();
+    for (const code of ['_id', '_lastUpdated', ...(TYPES[resourceType]?.params ?? [])]) {
+      const definition = getSearchParameter(resourceType, code);
+      if (!definition?.expression) throw new Error(`no SearchParameter ${resourceType}.${code}`);
+      const kind = kindOf(definition);
+      if (!kind) throw new Error(`unsupported parameter type ${definition.type} for ${resourceType}.${code}`);
+      infos.set(code, {
+        code, kind, definition,
+        atom: getParsedExpressionForResourceType(resourceType, definition.expression),
+        targets: definition.target ?? [],
+      });
+    }
+    infoCache.set(resourceType, infos);
+  }
+  return infos;
+}
+
+export function patientDateParam(resourceType: string): string | undefined {
+  return TYPES[resourceType]?.patientDate;
+}
+
+function kindOf(p: SearchParameter): IndexKind | undefined {
+  switch (p.type) {
+    case 'token': return 'token';
+    case 'reference': return 'reference';
+    case 'date': return 'date';
+    case 'string': return 'string';
+    default: return undefined;
+  }
+}
+
+/** Hash input of a token `code` irrespective of system. */
+export const tokenKey = (type: string, param: string, code: string): string => `${type}\0${param}\0c\0${code.toLowerCase()}`;
+/** Hash input of a token `system|code`. */
+export const systemTokenKey = (type: string, param: string, system: string, code: string): string =>
+  `${type}\0${param}\0s\0${system.toLowerCase()}|${code.toLowerCase()}`;
+/** Hash input of a reference value (`Type/id` or an absolute URL, exactly). */
+export const referenceKey = (type: string, param: string, ref: string): string => `${type}\0${param}\0r\0${ref}`;
+/** Date index key of a parameter. */
+export const dateKey = (type: string, param: string): string => `${type}\0${param}\0d`;
+/** Patient+date index key of a patient reference. */
+export const patientDateKey = (type: string, patientRef: string): string => `${type}\0$patient-date\0${patientRef}`;
+
+/** Evaluates every indexed parameter of the resource's type. */
+export function extractIndexEntries(resource: Resource): IndexEntries {
+  const type = resource.resourceType;
+  const entries: IndexEntries = { keys: [], dates: [] };
+  const config = TYPES[type];
+  if (!config) return entries;
+  const typed = [toTypedValue(resource)];
+  let patientRefs: string[] = [];
+  let patientDates: { start: number; end: number }[] = [];
+  for (const info of paramsOf(type).values()) {
+    if (info.code === '_id' || info.code === '_lastUpdated' || info.kind === 'string') continue;
+    const values = evalFhirPathTyped(info.atom, typed);
+    if (values.length === 0) continue;
+    if (info.kind === 'token') {
+      for (const t of convertToSearchableTokens(values)) {
+        if (t.value === undefined || t.value === '') continue;
+        entries.keys.push(tokenKey(type, info.code, t.value));
+        if (t.system) entries.keys.push(systemTokenKey(type, info.code, t.system, t.value));
+      }
+    } else if (info.kind === 'reference') {
+      const refs = referencesOf(values);
+      for (const ref of refs) entries.keys.push(referenceKey(type, info.code, ref));
+      if (info.code === 'patient') patientRefs = refs.filter((r) => r.startsWith('Patient/'));
+    } else {
+      const ranges = datesOf(values);
+      const key = dateKey(type, info.code);
+      for (const r of ranges) entries.dates.push({ key, ...r });
+      if (info.code === config.patientDate) patientDates = ranges;
+    }
+  }
+  for (const ref of patientRefs) {
+    for (const r of patientDates) entries.dates.push({ key: patientDateKey(type, ref), ...r });
+  }
+  entries.keys = [...new Set(entries.keys)];
+  return entries;
+}
+
+/** Reference strings, relative ones without a `_history` suffix; contained and identifier-only ones dropped. */
+export function referencesOf(values: TypedValue[]): string[] {
+  const refs = new Set<string>();
+  for (const ref of convertToSearchableReferences(values)) {
+    if (!ref || ref.startsWith('#') || ref.startsWith('identifier:')) continue;
+    const history = ref.indexOf('/_history/');
+    refs.add(history > 0 && !ref.includes('://') ? ref.slice(0, history) : ref);
+  }
+  return [...refs];
+}
+
+/** Date values as inclusive epoch-ms ranges (open ends as MIN_TIME / MAX_TIME). */
+export function datesOf(values: TypedValue[]): { start: number; end: number }[] {
+  const out: { start: number; end: number }[] = [];
+  for (const period of convertToSearchableDates(values)) {
+    const start = period.start ? Date.parse(period.start) : MIN_TIME;
+    const end = period.end ? Date.parse(period.end) : MAX_TIME;
+    if (Number.isNaN(start) || Number.isNaN(end)) continue;
+    out.push({ start, end });
+  }
+  return out;
+}

@@ -1,0 +1,417 @@
+/**
+ * Search over the embedded store (https://hl7.org/fhir/R4/search.html). The SQLite indexes only
+ * narrow the candidates; every candidate is decrypted and checked with medplum's matching
+ * semantics (match.ts), so the index can never widen or change an answer.
+ *
+ * Plan: one "driver" index picks the candidates, in this order of preference — `_id`; the
+ * patient+date index (`patient=X` with the type's main date, e.g. Observation `date`); a
+ * reference or token (`ix_ref`); a date range (`ix_date`); `_lastUpdated`; else every current
+ * resource of the type. Other token/reference filters become EXISTS checks in the same query.
+ * When the driver already yields rows in the requested order, candidates are streamed and the
+ * scan stops as soon as the page (plus one, for `hasMore`) is full.
+ */
+import { evalFhirPathTyped, Operator, splitSearchOnComma, toTypedValue } from '@medplum/core';
+import type { Filter, IncludeTarget, SearchRequest } from '@medplum/core';
+import type { Resource } from '@medplum/fhirtypes';
+import type { Database, Statement } from 'better-sqlite3';
+import { badRequest } from '../../errors.js';
+import { patientIdOfReference } from '../../fhir/compartment.js';
+import type { SearchResult } from '../port.js';
+import {
+  dateKey, datesOf, MAX_TIME, MIN_TIME, paramsOf, patientDateKey, patientDateParam, referenceKey, referencesOf,
+  systemTokenKey, tokenKey,
+} from './params.js';
+import type { ParamInfo } from './params.js';
+import type { VersionRow } from './store.js';
+import { compileMatcher, stringValues } from './match.js';
+
+/** Date rows spanning more than this go to a separate "long" bucket that is scanned whole. */
+export const LONG_SPAN_MS = 24 * 3600 * 1000;
+export const DEFAULT_COUNT = 20;
+const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
+
+/** What the search needs from the repository. */
+export interface SearchContext {
+  db: Database;
+  hash(value: string): number;
+  /** Decrypts a row; undefined when its key was erased or the row does not decrypt. */
+  decode(row: VersionRow): Resource | undefined;
+  /** Current, non-deleted, readable resource or undefined. */
+  readCurrent(type: string, id: string): Resource | undefined;
+  /** A cached prepared statement. */
+  prepare(sql: string): Statement<unknown[], VersionRow>;
+}
+
+/** Hash input of a date row, putting long spans in their own bucket. */
+export function dateRowKey(key: string, start: number, end: number): string {
+  return end - start > LONG_SPAN_MS ? key + '\0long' : key;
+}
+
+interface Plan {
+  from: string;
+  where: string[];
+  args: unknown[];
+  orderBy: string;
+  /** Order the driver yields: the sort code it satisfies ('' = default order), and its direction. */
+  yields?: { code: string; descending: boolean };
+  /** Second query for long-span date rows (same shape), when the driver is a date range. */
+  long?: { where: string[]; args: unknown[] };
+}
+
+interface DateBounds { conditions: string[]; args: number[]; startMin: number; startMax: number }
+
+const SELECT = 'SELECT v.seq, v.type, v.id, v.version, v.last_updated, v.method, v.key_id, v.key_version, v.body, NULL AS ix';
+
+/** Runs a parsed search request. Throws ERR_INVALID for parameters this adapter does not support. */
+export function runSearch(ctx: SearchContext, request: SearchRequest): SearchResult {
+  const type = request.resourceType;
+  const params = paramsFor(type);
+  const filters = (request.filters ?? []).map((f) => normalizeFilter(type, params, f));
+  const sortRules = request.sortRules ?? [];
+  for (const rule of sortRules) {
+    const info = params.get(rule.code);
+    if (!info || (info.kind !== 'date' && info.kind !== 'string' && rule.code !== '_id')) {
+      throw badRequest(`Unsupported _sort parameter: ${rule.code}`, '_sort');
+    }
+  }
+  validateIncludes(type, request.include ?? [], request.revInclude ?? []);
+
+  const offset = Math.max(0, request.offset ?? 0);
+  const count = Math.max(0, request.count ?? DEFAULT_COUNT);
+  const wanted = offset + count + 1;
+  const plan = planSearch(ctx, type, params, filters, sortRules.length > 0 ? sortRules[0]! : undefined);
+
+  const matches: Resource[] = [];
+  const isMatch = compileMatcher(params, filters);
+  const seen = new Set<number>();
+  const accept = (row: VersionRow): boolean => {
+    if (seen.has(row.seq)) return false;
+    seen.add(row.seq);
+    const resource = ctx.decode(row);
+    if (!resource) return false;
+    if (!isMatch(resource)) return false;
+    matches.push(resource);
+    return true;
+  };
+
+  let longRows: VersionRow[] = [];
+  if (plan.long) {
+    longRows = ctx.prepare(`${SELECT} FROM ${plan.from} WHERE ${plan.long.where.join(' AND ')}`)
+      .all(...plan.long.args);
+  }
+  const sql = `${SELECT} FROM ${plan.from} WHERE ${plan.where.join(' AND ')} ORDER BY ${plan.orderBy}`;
+  const statement = ctx.prepare(sql);
+  const streamable = longRows.length === 0 && sortRules.length <= 1 &&
+    (sortRules.length === 0 || (plan.yields?.code === sortRules[0]!.code && plan.yields.descending === !!sortRules[0]!.descending));
+
+  if (streamable) {
+    for (const row of statement.iterate(...plan.args)) {
+      accept(row);
+      if (matches.length >= wanted) break;
+    }
+  } else {
+    for (const row of longRows) accept(row);
+    for (const row of statement.iterate(...plan.args)) accept(row);
+    sortResources(matches, params, sortRules);
+  }
+
+  const page = matches.slice(offset, offset + count);
+  return {
+    resources: page,
+    included: collectIncludes(ctx, page, request.include ?? [], request.revInclude ?? []),
+    hasMore: matches.length > offset + count,
+  };
+}
+
+function paramsFor(type: string): Map<string, ParamInfo> {
+  try {
+    return paramsOf(type);
+  } catch {
+    throw badRequest(`Unsupported resource type: ${type}`);
+  }
+}
+
+/** Rejects unknown parameters and unsupported modifiers; turns bare reference ids into `Type/id`. */
+function normalizeFilter(type: string, params: Map<string, ParamInfo>, filter: Filter): Filter {
+  const info = params.get(filter.code);
+  if (!info) throw badRequest(`Unsupported search parameter for ${type}: ${filter.code}`, filter.code);
+  const op = filter.operator;
+  const allowed: Record<string, string[]> = {
+    token: [Operator.EQUALS, Operator.NOT, Operator.NOT_EQUALS, Operator.MISSING, Operator.PRESENT],
+    reference: [Operator.EQUALS, Operator.NOT, Operator.MISSING, Operator.PRESENT],
+    date: [Operator.EQUALS, Operator.NOT_EQUALS, Operator.GREATER_THAN, Operator.GREATER_THAN_OR_EQUALS, Operator.LESS_THAN,
+      Operator.LESS_THAN_OR_EQUALS, Operator.STARTS_AFTER, Operator.ENDS_BEFORE, Operator.APPROXIMATELY, Operator.MISSING, Operator.PRESENT],
+    string: [Operator.EQUALS, Operator.EXACT, Operator.CONTAINS, Operator.MISSING, Operator.PRESENT],
+  };
+  if (!allowed[info.kind]!.includes(op)) throw badRequest(`Unsupported modifier or prefix "${op}" for ${filter.code}`, filter.code);
+  if (info.kind === 'date' && op !== Operator.MISSING && op !== Operator.PRESENT) {
+    for (const v of splitSearchOnComma(filter.value)) {
+      if (datesOf([toTypedValue(v)]).length === 0) throw badRequest(`Invalid date for ${filter.code}: ${v}`, filter.code);
+    }
+  }
+  if (info.kind !== 'reference' || op === Operator.MISSING || op === Operator.PRESENT) return filter;
+  const values = splitSearchOnComma(filter.value).flatMap((v) => {
+    if (!ID_PATTERN.test(v)) return [v];
+    if (info.targets.length === 0) throw badRequest(`Reference search on ${filter.code} needs Type/id`, filter.code);
+    return info.targets.map((t) => `${t}/${v}`);
+  });
+  return { ...filter, value: values.map((v) => v.replaceAll(',', '\\,')).join(',') };
+}
+
+function validateIncludes(type: string, include: IncludeTarget[], revInclude: IncludeTarget[]): void {
+  for (const target of include) {
+    if (target.resourceType !== type && target.modifier !== Operator.ITERATE) {
+      throw badRequest(`_include must start with ${type}: ${target.resourceType}:${target.searchParam}`, '_include');
+    }
+    checkReferenceParam(target, '_include');
+  }
+  for (const target of revInclude) checkReferenceParam(target, '_revinclude');
+}
+
+function checkReferenceParam(target: IncludeTarget, what: string): void {
+  let info: ParamInfo | undefined;
+  try {
+    info = paramsOf(target.resourceType).get(target.searchParam);
+  } catch {
+    info = undefined;
+  }
+  if (info?.kind !== 'reference') throw badRequest(`Unsupported ${what}: ${target.resourceType}:${target.searchParam}`, what);
+}
+
+/** Hash keys that a token/reference filter matches, or undefined when the index cannot narrow it. */
+function indexKeys(type: string, info: ParamInfo, filter: Filter): string[] | undefined {
+  if (filter.operator !== Operator.EQUALS) return undefined;
+  const keys: string[] = [];
+  for (const value of splitSearchOnComma(filter.value)) {
+    if (info.kind === 'reference') {
+      keys.push(referenceKey(type, info.code, value));
+      continue;
+    }
+    const bar = value.indexOf('|');
+    if (bar < 0) keys.push(tokenKey(type, info.code, value));
+    else if (value.slice(bar + 1) === '') return undefined;
+    else if (bar === 0) keys.push(tokenKey(type, info.code, value.slice(1)));
+    else keys.push(systemTokenKey(type, info.code, value.slice(0, bar), value.slice(bar + 1)));
+  }
+  return keys.length ? keys : undefined;
+}
+
+/**
+ * SQL conditions on a date row (`d.start`, `d.end`, inclusive epoch ms) equivalent to medplum's
+ * date matching, plus bounds on `start` for the index range scan of the normal (short) bucket.
+ */
+function dateBounds(filters: Filter[]): DateBounds | undefined {
+  const bounds: DateBounds = { conditions: [], args: [], startMin: MIN_TIME, startMax: MAX_TIME };
+  for (const f of filters) {
+    if (f.operator === Operator.NOT_EQUALS || f.operator === Operator.MISSING || f.operator === Operator.PRESENT) continue;
+    const values = splitSearchOnComma(f.value);
+    if (values.length !== 1) continue;
+    const period = datesOf([toTypedValue(values[0])])[0]!;
+    const fs = period.start;
+    const fe = period.end;
+    const add = (sql: string, ...args: number[]): void => { bounds.conditions.push(sql); bounds.args.push(...args); };
+    switch (f.operator) {
+      case Operator.EQUALS:
+      case Operator.APPROXIMATELY:
+        add('d.start < ? AND d.end > ?', fe, fs);
+        bounds.startMax = Math.min(bounds.startMax, fe);
+        bounds.startMin = Math.max(bounds.startMin, fs - LONG_SPAN_MS);
+        break;
+      case Operator.LESS_THAN: add('d.start < ?', fs); bounds.startMax = Math.min(bounds.startMax, fs); break;
+      case Operator.LESS_THAN_OR_EQUALS: add('d.start <= ?', fe); bounds.startMax = Math.min(bounds.startMax, fe); break;
+      case Operator.GREATER_THAN: add('d.end > ?', fe); bounds.startMin = Math.max(bounds.startMin, fe - LONG_SPAN_MS); break;
+      case Operator.GREATER_THAN_OR_EQUALS: add('d.end >= ?', fs); bounds.startMin = Math.max(bounds.startMin, fs - LONG_SPAN_MS); break;
+      case Operator.STARTS_AFTER: add('d.start > ?', fe); bounds.startMin = Math.max(bounds.startMin, fe); break;
+      case Operator.ENDS_BEFORE: add('d.end < ?', fs); bounds.startMax = Math.min(bounds.startMax, fs); break;
+      default: break;
+    }
+  }
+  return bounds.conditions.length ? bounds : undefined;
+}
+
+function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamInfo>, filters: Filter[],
+  sort: { code: string; descending?: boolean } | undefined): Plan {
+  const live = ['v.current = 1', 'v.method <> 2'];
+  const refFilters: { code: string; keys: string[] }[] = [];
+  for (const f of filters) {
+    const info = params.get(f.code)!;
+    if ((info.kind === 'token' || info.kind === 'reference') && f.code !== '_id') {
+      const keys = indexKeys(type, info, f);
+      if (keys) refFilters.push({ code: f.code, keys });
+    }
+  }
+  const exists = (skip?: { code: string }): { where: string[]; args: unknown[] } => {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    for (const r of refFilters) {
+      if (r.code === skip?.code) continue;
+      where.push(`EXISTS (SELECT 1 FROM ix_ref r WHERE r.seq = v.seq AND r.h IN (${r.keys.map(() => '?').join(',')}))`);
+      args.push(...r.keys.map((k) => ctx.hash(k)));
+    }
+    return { where, args };
+  };
+
+  // 1. _id
+  const idFilter = filters.find((f) => f.code === '_id' && f.operator === Operator.EQUALS);
+  if (idFilter) {
+    const ids = splitSearchOnComma(idFilter.value);
+    const extra = exists();
+    return {
+      from: 'versions v',
+      where: ['v.type = ?', `v.id IN (${ids.map(() => '?').join(',')})`, ...live, ...extra.where],
+      args: [type, ...ids, ...extra.args],
+      orderBy: 'v.seq',
+    };
+  }
+
+  // 2. patient + main date
+  const dateParam = patientDateParam(type);
+  const patientRef = dateParam ? singlePatientRef(type, params, filters) : undefined;
+  const dateFilters = (code: string): Filter[] => filters.filter((f) => f.code === code);
+  if (dateParam && patientRef && (dateBounds(dateFilters(dateParam)) || sort?.code === dateParam)) {
+    return datePlan(ctx, patientDateKey(type, patientRef.ref), dateBounds(dateFilters(dateParam)), exists(patientRef.filter),
+      dateParam, sort?.code === dateParam && !!sort.descending);
+  }
+
+  // 3. reference / token: references first (most selective), then identifiers, then other tokens
+  const rank = (code: string): number => (params.get(code)!.kind === 'reference' ? 0 : code === 'identifier' ? 1 : 2);
+  const driver = [...refFilters].sort((a, b) => rank(a.code) - rank(b.code))[0];
+  if (driver) {
+    const extra = exists(driver);
+    return {
+      from: 'ix_ref d JOIN versions v ON v.seq = d.seq',
+      where: [`d.h IN (${driver.keys.map(() => '?').join(',')})`, ...extra.where],
+      args: [...driver.keys.map((k) => ctx.hash(k)), ...extra.args],
+      orderBy: 'd.seq',
+    };
+  }
+
+  // 4. date range on an indexed date parameter
+  for (const [code, info] of params) {
+    if (info.kind !== 'date' || code === '_lastUpdated') continue;
+    const bounds = dateBounds(dateFilters(code));
+    if (bounds) return datePlan(ctx, dateKey(type, code), bounds, exists(), code, sort?.code === code && !!sort.descending);
+  }
+
+  // 5. _lastUpdated range, else 6. the whole type, in last-updated order
+  const where = ['v.type = ?', ...live];
+  const args: unknown[] = [type];
+  const lu = dateBounds(dateFilters('_lastUpdated'));
+  if (lu) {
+    where.push(...lu.conditions.map((c) => c.replaceAll('d.start', 'v.last_updated').replaceAll('d.end', 'v.last_updated')));
+    args.push(...lu.args);
+  }
+  const luDesc = sort?.code === '_lastUpdated' && sort.descending;
+  return {
+    from: 'versions v INDEXED BY versions_live',
+    where,
+    args,
+    orderBy: `v.last_updated ${luDesc ? 'DESC' : 'ASC'}, v.seq ${luDesc ? 'DESC' : 'ASC'}`,
+    yields: sort?.code === '_lastUpdated' ? { code: '_lastUpdated', descending: !!luDesc } : undefined,
+  };
+
+  function datePlan(_ctx: SearchContext, key: string, bounds: DateBounds | undefined, extra: { where: string[]; args: unknown[] },
+    code: string, descending: boolean): Plan {
+    const conditions = bounds?.conditions ?? [];
+    const condArgs = bounds?.args ?? [];
+    const dir = descending ? 'DESC' : 'ASC';
+    return {
+      from: 'ix_date d JOIN versions v ON v.seq = d.seq',
+      where: ['d.h = ?', 'd.start >= ?', 'd.start <= ?', ...conditions, ...extra.where],
+      args: [ctx.hash(key), bounds?.startMin ?? MIN_TIME, bounds?.startMax ?? MAX_TIME, ...condArgs, ...extra.args],
+      orderBy: `d.start ${dir}, d.seq ${dir}`,
+      yields: { code, descending },
+      long: {
+        where: ['d.h = ?', ...conditions, ...extra.where],
+        args: [ctx.hash(key + '\0long'), ...condArgs, ...extra.args],
+      },
+    };
+  }
+}
+
+/**
+ * `patient=X` (or `subject=Patient/X` where `patient` is defined as the subject when it is a
+ * Patient) with a single value: the patient+date index answers it.
+ */
+function singlePatientRef(type: string, params: Map<string, ParamInfo>, filters: Filter[]): { ref: string; filter: { code: string } } | undefined {
+  const subjectIsPatient = params.get('patient')?.definition.expression?.includes(`${type}.subject.where(resolve() is Patient)`);
+  for (const f of filters) {
+    if (f.operator !== Operator.EQUALS || (f.code !== 'patient' && !(f.code === 'subject' && subjectIsPatient))) continue;
+    const values = splitSearchOnComma(f.value).filter((v) => patientIdOfReference(v));
+    if (values.length === 1 && splitSearchOnComma(f.value).every((v) => v === values[0] || !v.startsWith('Patient/'))) {
+      return { ref: values[0]!, filter: { code: f.code } };
+    }
+  }
+  return undefined;
+}
+
+function sortResources(resources: Resource[], params: Map<string, ParamInfo>, rules: { code: string; descending?: boolean }[]): void {
+  if (rules.length === 0) return;
+  const keyOf = (r: Resource, code: string): string | number => {
+    if (code === '_id') return r.id ?? '';
+    const info = params.get(code)!;
+    const values = evalFhirPathTyped(info.atom, [toTypedValue(r)]);
+    if (info.kind === 'date') return datesOf(values)[0]?.start ?? MAX_TIME;
+    return stringValues(values.map((t) => t.value))[0]?.toLowerCase() ?? '\uffff';
+  };
+  const keyed = resources.map((r) => ({ r, keys: rules.map((rule) => keyOf(r, rule.code)) }));
+  keyed.sort((a, b) => {
+    for (let i = 0; i < rules.length; i++) {
+      const x = a.keys[i]!;
+      const y = b.keys[i]!;
+      if (x < y) return rules[i]!.descending ? 1 : -1;
+      if (x > y) return rules[i]!.descending ? -1 : 1;
+    }
+    return 0;
+  });
+  keyed.forEach((k, i) => { resources[i] = k.r; });
+}
+
+/** `_include` and `_revinclude` for the page, then `:iterate` ones once more over what they added. */
+function collectIncludes(ctx: SearchContext, page: Resource[], include: IncludeTarget[], revInclude: IncludeTarget[]): Resource[] {
+  if (page.length === 0 || (include.length === 0 && revInclude.length === 0)) return [];
+  const known = new Set(page.map((r) => `${r.resourceType}/${r.id}`));
+  const included: Resource[] = [];
+  const add = (r: Resource): boolean => {
+    const ref = `${r.resourceType}/${r.id}`;
+    if (known.has(ref)) return false;
+    known.add(ref);
+    included.push(r);
+    return true;
+  };
+  const pass = (sources: Resource[], iterateOnly: boolean): Resource[] => {
+    const added: Resource[] = [];
+    for (const target of include) {
+      if (iterateOnly && target.modifier !== Operator.ITERATE) continue;
+      const info = paramsOf(target.resourceType).get(target.searchParam)!;
+      for (const source of sources) {
+        if (source.resourceType !== target.resourceType) continue;
+        for (const ref of referencesOf(evalFhirPathTyped(info.atom, [toTypedValue(source)]))) {
+          const [refType, refId, ...rest] = ref.split('/');
+          if (!refType || !refId || rest.length > 0 || ref.includes(':')) continue;
+          if (target.targetType && refType !== target.targetType) continue;
+          const found = ctx.readCurrent(refType, refId);
+          if (found && add(found)) added.push(found);
+        }
+      }
+    }
+    for (const target of revInclude) {
+      if (iterateOnly && target.modifier !== Operator.ITERATE) continue;
+      const info = paramsOf(target.resourceType).get(target.searchParam)!;
+      const lookup = ctx.prepare(`${SELECT} FROM ix_ref d JOIN versions v ON v.seq = d.seq WHERE d.h = ?`);
+      for (const source of sources) {
+        const ref = `${source.resourceType}/${source.id}`;
+        for (const row of lookup.all(ctx.hash(referenceKey(target.resourceType, target.searchParam, ref)))) {
+          if (row.type !== target.resourceType) continue;
+          const found = ctx.decode(row);
+          if (!found || !referencesOf(evalFhirPathTyped(info.atom, [toTypedValue(found)])).includes(ref)) continue;
+          if (add(found)) added.push(found);
+        }
+      }
+    }
+    return added;
+  };
+  const first = pass(page, false);
+  if (first.length) pass(first, true);
+  return included;
+}

@@ -1,0 +1,125 @@
+/**
+ * The SQLite file of the embedded repository (`<dataDir>/store/glucoguard.db`) and its prepared
+ * statements. Every version of every resource is one row of `versions`; the newest version of a
+ * resource has `current = 1`. Index rows point at the `seq` of the current, non-deleted version
+ * only, so superseded and deleted versions are never search candidates.
+ *
+ * Nothing readable about a patient's health is stored in clear: bodies are AES-GCM ciphertext
+ * (keys.ts); `ix_ref` holds keyed hashes of tokens and references; `ix_date` holds a keyed hash of
+ * the parameter (or of the patient for the patient+date index) with plaintext epoch-ms bounds.
+ */
+import Database from 'better-sqlite3';
+import type { Database as DB, Statement } from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+
+const SCHEMA_VERSION = '1';
+
+export const METHOD = { POST: 0, PUT: 1, DELETE: 2 } as const;
+export const METHOD_NAME = ['POST', 'PUT', 'DELETE'] as const;
+
+/** A row of `versions` as read back. */
+export interface VersionRow {
+  seq: number;
+  type: string;
+  id: string;
+  version: number;
+  last_updated: number;
+  method: number;
+  key_id: string | null;
+  key_version: number | null;
+  body: Buffer | null;
+  ix: Buffer | null;
+}
+
+export interface Statements {
+  insertVersion: Statement<[string, string, number, number, number, string | null, number | null, Buffer | null, Buffer | null]>;
+  retireCurrent: Statement<[number]>;
+  currentOf: Statement<[string, string], VersionRow>;
+  versionOf: Statement<[string, string, number], VersionRow>;
+  bySeq: Statement<[number], VersionRow>;
+  insertRef: Statement<[number, number]>;
+  deleteRef: Statement<[number, number]>;
+  insertDate: Statement<[number, number, number, number]>;
+  deleteDate: Statement<[number, number, number]>;
+  clearIx: Statement<[number]>;
+}
+
+/** Opens (creating when needed) the store file with WAL and the schema. */
+export function openStore(dataDir: string): { db: DB; file: string } {
+  const dir = path.join(dataDir, 'store');
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const file = path.join(dir, 'glucoguard.db');
+  const db = new Database(file);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = NORMAL');
+  db.pragma('temp_store = MEMORY');
+  db.pragma('cache_size = -65536');
+  db.exec(`
+    CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS data_keys (key_id TEXT PRIMARY KEY, version INTEGER NOT NULL, wrapped BLOB);
+    CREATE TABLE IF NOT EXISTS versions (
+      seq INTEGER PRIMARY KEY,
+      type TEXT NOT NULL,
+      id TEXT NOT NULL,
+      version INTEGER NOT NULL,
+      last_updated INTEGER NOT NULL,
+      method INTEGER NOT NULL,
+      current INTEGER NOT NULL DEFAULT 1,
+      key_id TEXT,
+      key_version INTEGER,
+      body BLOB,
+      ix BLOB
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS versions_by_id ON versions (type, id, version);
+    CREATE INDEX IF NOT EXISTS versions_by_type ON versions (type, seq);
+    CREATE INDEX IF NOT EXISTS versions_live ON versions (type, last_updated) WHERE current = 1 AND method <> 2;
+    CREATE TABLE IF NOT EXISTS ix_ref (h INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (h, seq)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS ix_date (
+      h INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, seq INTEGER NOT NULL,
+      PRIMARY KEY (h, start, seq)
+    ) WITHOUT ROWID;
+  `);
+  const version = db.prepare<[], { v: string }>("SELECT v FROM meta WHERE k = 'schema'").get();
+  if (!version) db.prepare("INSERT INTO meta (k, v) VALUES ('schema', ?)").run(SCHEMA_VERSION);
+  else if (version.v !== SCHEMA_VERSION) throw new Error(`store schema ${version.v} is not supported (expected ${SCHEMA_VERSION})`);
+  return { db, file };
+}
+
+export function prepareStatements(db: DB): Statements {
+  const cols = 'seq, type, id, version, last_updated, method, key_id, key_version, body, ix';
+  return {
+    insertVersion: db.prepare('INSERT INTO versions (type, id, version, last_updated, method, key_id, key_version, body, ix) ' +
+      'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)'),
+    retireCurrent: db.prepare('UPDATE versions SET current = 0, ix = NULL WHERE seq = ?'),
+    currentOf: db.prepare(`SELECT ${cols} FROM versions WHERE type = ? AND id = ? AND current = 1`),
+    versionOf: db.prepare(`SELECT ${cols} FROM versions WHERE type = ? AND id = ? AND version = ?`),
+    bySeq: db.prepare(`SELECT ${cols} FROM versions WHERE seq = ?`),
+    insertRef: db.prepare('INSERT OR IGNORE INTO ix_ref (h, seq) VALUES (?, ?)'),
+    deleteRef: db.prepare('DELETE FROM ix_ref WHERE h = ? AND seq = ?'),
+    insertDate: db.prepare('INSERT OR IGNORE INTO ix_date (h, start, end, seq) VALUES (?, ?, ?, ?)'),
+    deleteDate: db.prepare('DELETE FROM ix_date WHERE h = ? AND start = ? AND seq = ?'),
+    clearIx: db.prepare('UPDATE versions SET ix = NULL WHERE seq = ?'),
+  };
+}
+
+/**
+ * The index rows written for a version, packed (float64: ref count, ref hashes, then date
+ * hash/start pairs) so they can be removed exactly when the version stops being current.
+ */
+export function packIx(refs: number[], dates: { h: number; start: number }[]): Buffer {
+  const a = new Float64Array(1 + refs.length + dates.length * 2);
+  a[0] = refs.length;
+  refs.forEach((h, i) => { a[1 + i] = h; });
+  dates.forEach((d, i) => { a[1 + refs.length + 2 * i] = d.h; a[2 + refs.length + 2 * i] = d.start; });
+  return Buffer.from(a.buffer);
+}
+
+export function unpackIx(buf: Buffer): { refs: number[]; dates: { h: number; start: number }[] } {
+  const a = new Float64Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
+  const n = a[0]!;
+  const refs = Array.from(a.subarray(1, 1 + n));
+  const dates: { h: number; start: number }[] = [];
+  for (let i = 1 + n; i + 1 < a.length; i += 2) dates.push({ h: a[i]!, start: a[i + 1]! });
+  return { refs, dates };
+}
