@@ -1,0 +1,221 @@
+/**
+ * Refresh tokens (rotation, narrowing, public clients), revocation (RFC 7009), introspection
+ * (RFC 7662), access-token expiry with a frozen clock, audience binding, discovery, and rate limits.
+ */
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { startHarness, type Harness } from '../support/smart-harness.js';
+import { browse, loginAndApprove, REDIRECT_URI } from '../support/smart-client.js';
+import { SigningKeys } from '../../src/smart/keys.js';
+import { TokenService } from '../../src/smart/tokens.js';
+import { MemoryKeyValueStore } from '../../src/kv/memory.js';
+
+let h: Harness;
+let publicId: string;
+let confidential: { clientId: string; secret: string };
+const USER = { username: 'ana', password: 'correct horse battery' };
+
+beforeAll(async () => {
+  h = await startHarness({ rateLimits: { tokenPerClient: 40, loginPerIp: 12 } });
+  await h.smart.store.addUser({ ...USER, fhirUser: 'Patient/p1' });
+  const scopes = ['openid', 'fhirUser', 'launch/patient', 'offline_access', 'online_access', 'patient/*.rs'];
+  publicId = h.smart.store.addClient({ name: 'Public app', type: 'public', redirectUris: [REDIRECT_URI], scopes }).client.clientId;
+  const added = h.smart.store.addClient({ name: 'Confidential app', type: 'confidential-symmetric', redirectUris: [REDIRECT_URI], scopes });
+  confidential = { clientId: added.client.clientId, secret: added.secret! };
+});
+afterAll(async () => h.close());
+
+const form = (body: Record<string, string>, headers: Record<string, string> = {}) => ({
+  method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers }, body: new URLSearchParams(body),
+});
+
+async function post(url: string, body: Record<string, string>, headers: Record<string, string> = {}) {
+  const res = await fetch(url, form(body, headers));
+  const text = await res.text();
+  return { status: res.status, headers: res.headers, body: (text ? JSON.parse(text) : undefined) as Record<string, any> };
+}
+
+/** Logs in, approves and redeems a code for `clientId`. */
+async function tokensFor(clientId: string, scope: string, auth: Record<string, string> = {}) {
+  const verifier = randomBytes(32).toString('base64url');
+  const url = new URL(h.smart.urls.authorize);
+  const params = { response_type: 'code', client_id: clientId, redirect_uri: REDIRECT_URI, scope, state: 's', aud: h.fhirBase,
+    code_challenge: createHash('sha256').update(verifier).digest('base64url'), code_challenge_method: 'S256' };
+  for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v);
+  const done = await loginAndApprove(h.baseUrl, (await browse(url.href)).html, USER);
+  const code = new URL(done.location!).searchParams.get('code')!;
+  const res = await post(h.smart.urls.token, { grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: REDIRECT_URI,
+    ...(auth.authorization ? {} : { client_id: clientId }) }, auth);
+  expect(res.status).toBe(200);
+  return res.body;
+}
+
+const basic = () => ({ authorization: `Basic ${Buffer.from(`${confidential.clientId}:${confidential.secret}`).toString('base64')}` });
+const readPatient = (token: string) => fetch(`${h.fhirBase}/Patient/p1`, { headers: { authorization: `Bearer ${token}` } });
+
+describe('refresh tokens', () => {
+  test('a public client refreshes without client_id; the old refresh token is rotated out', async () => {
+    const first = await tokensFor(publicId, 'launch/patient patient/*.rs offline_access');
+    const refreshed = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token });
+    expect(refreshed.status).toBe(200);
+    expect(refreshed.body).toMatchObject({ scope: 'launch/patient patient/*.rs offline_access', patient: 'p1' });
+    expect(refreshed.body.refresh_token).not.toBe(first.refresh_token);
+    expect((await readPatient(refreshed.body.access_token)).status).toBe(200);
+    const reuse = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token });
+    expect(reuse.body.error).toBe('invalid_grant');
+  });
+
+  test('no refresh token without offline_access or online_access', async () => {
+    const body = await tokensFor(publicId, 'launch/patient patient/*.rs');
+    expect(body.refresh_token).toBeUndefined();
+  });
+
+  test('scope may narrow on refresh but never widen', async () => {
+    const first = await tokensFor(publicId, 'launch/patient patient/Observation.rs online_access');
+    const wider = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token, scope: 'patient/*.rs online_access' });
+    expect(wider).toMatchObject({ status: 400, body: { error: 'invalid_scope' } });
+    const narrower = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token, scope: 'patient/Observation.r online_access' });
+    expect(narrower.status).toBe(200);
+    expect(narrower.body.scope).toBe('patient/Observation.r online_access');
+  });
+
+  test('a refresh token is bound to its client', async () => {
+    const first = await tokensFor(confidential.clientId, 'launch/patient patient/*.rs offline_access', basic());
+    const stolen = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token, client_id: publicId });
+    expect(stolen.body.error).toBe('invalid_grant');
+    const unauthenticated = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token });
+    expect(unauthenticated).toMatchObject({ status: 401, body: { error: 'invalid_client' } });
+    const owner = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token }, basic());
+    expect(owner.status).toBe(200);
+  });
+});
+
+describe('revocation', () => {
+  test('a revoked access token is refused on the next FHIR request, and so is its refresh token', async () => {
+    const body = await tokensFor(publicId, 'launch/patient patient/*.rs offline_access');
+    expect((await readPatient(body.access_token)).status).toBe(200);
+    const revoked = await post(h.smart.urls.revoke, { token: body.access_token, client_id: publicId });
+    expect(revoked.status).toBe(200);
+    const after = await readPatient(body.access_token);
+    expect(after.status).toBe(401);
+    expect(after.headers.get('www-authenticate')).toContain('error="invalid_token"');
+    const refresh = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: body.refresh_token });
+    expect(refresh.body.error).toBe('invalid_grant');
+  });
+
+  test('a revoked refresh token cannot be used, and its access tokens stop working', async () => {
+    const body = await tokensFor(confidential.clientId, 'launch/patient patient/*.rs offline_access', basic());
+    expect((await post(h.smart.urls.revoke, { token: body.refresh_token, token_type_hint: 'refresh_token' }, basic())).status).toBe(200);
+    expect((await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: body.refresh_token }, basic())).body.error).toBe('invalid_grant');
+    expect((await readPatient(body.access_token)).status).toBe(401);
+  });
+
+  test('another client cannot revoke a token it does not own; unknown tokens answer 200', async () => {
+    const body = await tokensFor(publicId, 'launch/patient patient/*.rs');
+    expect((await post(h.smart.urls.revoke, { token: body.access_token }, basic())).status).toBe(200);
+    expect((await readPatient(body.access_token)).status).toBe(200);
+    expect((await post(h.smart.urls.revoke, { token: 'not-a-token', client_id: publicId })).status).toBe(200);
+  });
+});
+
+describe('introspection', () => {
+  test('a live token is described; a revoked or garbage one is only {"active": false}', async () => {
+    const body = await tokensFor(publicId, 'openid fhirUser launch/patient patient/*.rs offline_access');
+    const live = await post(h.smart.urls.introspect, { token: body.access_token }, basic());
+    expect(live.body).toMatchObject({ active: true, scope: 'openid fhirUser launch/patient patient/*.rs offline_access', client_id: publicId,
+      sub: 'ana', iss: h.fhirBase, patient: 'p1', fhirUser: `${h.fhirBase}/Patient/p1` });
+    expect(typeof live.body.exp).toBe('number');
+    const refresh = await post(h.smart.urls.introspect, { token: body.refresh_token }, basic());
+    expect(refresh.body).toMatchObject({ active: true, client_id: publicId });
+    expect((await post(h.smart.urls.introspect, { token: 'garbage' }, basic())).body).toEqual({ active: false });
+    await post(h.smart.urls.revoke, { token: body.access_token, client_id: publicId });
+    expect((await post(h.smart.urls.introspect, { token: body.access_token }, basic())).body).toEqual({ active: false });
+  });
+
+  test('introspection needs an authenticated caller', async () => {
+    expect((await post(h.smart.urls.introspect, { token: 'x', client_id: publicId })).status).toBe(401);
+  });
+});
+
+describe('access tokens on /fhir', () => {
+  test('missing, malformed, expired and wrong-audience tokens get 401 with a Bearer challenge', async () => {
+    const body = await tokensFor(publicId, 'launch/patient patient/*.rs');
+    expect((await fetch(`${h.fhirBase}/Patient/p1`)).headers.get('www-authenticate')).toBe('Bearer realm="glucoguard"');
+    expect((await fetch(`${h.fhirBase}/Patient/p1`, { headers: { authorization: 'Basic abc' } })).status).toBe(401);
+    const parts = String(body.access_token).split('.');
+    const claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString());
+    const tampered = `${parts[0]}.${Buffer.from(JSON.stringify({ ...claims, patient: 'p2' })).toString('base64url')}.${parts[2]}`;
+    expect((await readPatient(tampered)).status).toBe(401);
+
+    // Same signing keys, another audience: refused.
+    const otherAud = new TokenService(new MemoryKeyValueStore(), SigningKeys.open(h.config.dataDir), 'https://other.example/fhir', h.now);
+    const foreign = otherAud.signAccessToken({ gid: 'g', clientId: publicId, scopes: ['patient/*.rs'], sub: 'ana', patient: 'p1' }).token;
+    expect((await readPatient(foreign)).status).toBe(401);
+
+    expect((await readPatient(body.access_token)).status).toBe(200);
+    h.advance(3600 * 1000 + 1);
+    expect((await readPatient(body.access_token)).status).toBe(401);
+  });
+
+  test('key rotation keeps tokens signed with the previous key valid and both keys in the JWKS', async () => {
+    const body = await tokensFor(publicId, 'launch/patient patient/*.rs');
+    const before = (await (await fetch(h.smart.urls.jwks)).json()) as { keys: Array<{ kid: string }> };
+    h.smart.keys.rotate();
+    const after = (await (await fetch(h.smart.urls.jwks)).json()) as { keys: Array<{ kid: string; alg: string }> };
+    expect(after.keys).toHaveLength(4);
+    for (const k of before.keys) expect(after.keys.map((x) => x.kid)).toContain(k.kid);
+    expect((await readPatient(body.access_token)).status).toBe(200);
+  });
+});
+
+describe('discovery', () => {
+  test('smart-configuration has absolute endpoints, S256 only and the SMART capabilities, with CORS', async () => {
+    const res = await fetch(`${h.fhirBase}/.well-known/smart-configuration`);
+    expect(res.headers.get('access-control-allow-origin')).toBe('*');
+    const config = (await res.json()) as Record<string, any>;
+    expect(config).toMatchObject({
+      issuer: h.fhirBase, authorization_endpoint: `${h.baseUrl}/oauth/authorize`, token_endpoint: `${h.baseUrl}/oauth/token`,
+      code_challenge_methods_supported: ['S256'], grant_types_supported: ['authorization_code', 'client_credentials', 'refresh_token'],
+      token_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
+    });
+    for (const c of ['launch-ehr', 'launch-standalone', 'client-public', 'client-confidential-symmetric', 'client-confidential-asymmetric',
+      'sso-openid-connect', 'context-banner', 'context-style', 'context-ehr-patient', 'context-ehr-encounter', 'context-standalone-patient',
+      'permission-offline', 'permission-patient', 'permission-user', 'permission-v1', 'permission-v2', 'authorize-post']) {
+      expect(config.capabilities).toContain(c);
+    }
+    const jwks = (await (await fetch(config.jwks_uri)).json()) as { keys: Array<Record<string, string>> };
+    expect(jwks.keys.every((k) => !('d' in k))).toBe(true);
+    const oidc = (await (await fetch(`${h.baseUrl}/.well-known/openid-configuration`)).json()) as Record<string, unknown>;
+    expect(oidc).toMatchObject({ issuer: h.fhirBase, jwks_uri: config.jwks_uri, id_token_signing_alg_values_supported: ['RS256'] });
+  });
+
+  test('the CapabilityStatement security matches discovery', async () => {
+    const cs = (await (await fetch(`${h.fhirBase}/metadata`)).json()) as any;
+    const security = cs.rest[0].security;
+    expect(security.service[0].coding[0]).toMatchObject({ code: 'SMART-on-FHIR' });
+    const uris = Object.fromEntries(security.extension[0].extension.map((e: any) => [e.url, e.valueUri]));
+    expect(uris).toMatchObject({ authorize: h.smart.urls.authorize, token: h.smart.urls.token });
+  });
+});
+
+describe('rate limits', () => {
+  test('the token endpoint answers 429 with Retry-After past the per-client limit', async () => {
+    let last;
+    for (let i = 0; i < 45; i++) last = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: 'x' }, basic());
+    expect(last!.status).toBe(429);
+    expect(Number(last!.headers.get('retry-after'))).toBeGreaterThan(0);
+  });
+
+  test('login answers 429 past the per-IP limit', async () => {
+    h.advance(120_000);
+    const url = new URL(h.smart.urls.authorize);
+    const params = { response_type: 'code', client_id: publicId, redirect_uri: REDIRECT_URI, scope: 'patient/*.rs', aud: h.fhirBase,
+      code_challenge: 'a'.repeat(43), code_challenge_method: 'S256' };
+    for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v);
+    const request = /name="request" value="([^"]+)"/.exec((await browse(url.href)).html)![1]!;
+    const statuses: number[] = [];
+    for (let i = 0; i < 14; i++) statuses.push((await browse(`${h.baseUrl}/oauth/login`, { request, username: 'ana', password: 'wrong-guess' })).status);
+    expect(statuses.slice(0, 12).every((s) => s === 401)).toBe(true);
+    expect(statuses.at(-1)).toBe(429);
+  });
+});
