@@ -169,7 +169,8 @@ function impossible(rec: CgmRecord, now: number, tolerance: number): [RejectReas
 /** Applies the unit policy: Tidepool's mmol/L storage goes back to mg/dL under `source`. */
 function applyUnit(rec: GlucoseRecord, policy: 'source' | GlucoseUnit): GlucoseRecord {
   const target: GlucoseUnit = policy === 'source' ? (rec.source === 'tidepool' ? 'mg/dL' : rec.unit) : policy;
-  if (target === rec.unit) return rec;
+  // Tidepool values are mg/dL readings stored converted to mmol/L: always re-derived from mg/dL.
+  if (target === rec.unit && rec.source !== 'tidepool') return rec;
   if (rec.mgdl === undefined) return { ...rec, unit: target };
   // Keep one decimal in mg/dL so Tidepool's 18.01559 round trip (e.g. 3.9965… → 72) stays exact.
   const value = target === 'mg/dL' ? round(rec.mgdl, 1) : fromMgdl(rec.mgdl, target);

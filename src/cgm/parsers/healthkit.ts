@@ -21,13 +21,20 @@ export async function* parseHealthKit(chunks: AsyncIterable<string>, ctx: Parser
   let ignored = 0;
   let sawRoot = false;
   let failure: Error | undefined;
+  let failureLine = 0;
   parser.onerror = (err) => {
-    failure ??= err;
+    if (!failure) {
+      failure = err;
+      failureLine = parser.line + 1;
+    }
   };
   parser.onopentag = (tag) => {
     if (!sawRoot) {
       sawRoot = true;
-      if (tag.name !== 'HealthData') failure ??= new Error(`root element <${tag.name}> is not <HealthData>`);
+      if (tag.name !== 'HealthData' && !failure) {
+        failure = new Error(`root element <${tag.name}> is not <HealthData>`);
+        failureLine = parser.line + 1;
+      }
     }
     if (tag.name !== 'Record') return;
     const a = tag.attributes;
@@ -40,7 +47,7 @@ export async function* parseHealthKit(chunks: AsyncIterable<string>, ctx: Parser
   };
   for await (const chunk of chunks) {
     parser.write(chunk);
-    if (failure) throw new CgmInputError(`line ${parser.line + 1}: malformed XML (${firstLine(failure.message)})`, parser.line + 1);
+    if (failure) throw new CgmInputError(`line ${failureLine}: malformed XML (${firstLine(failure.message)})`, failureLine);
     if (pending.length) {
       const batch = pending;
       pending = [];
@@ -48,7 +55,7 @@ export async function* parseHealthKit(chunks: AsyncIterable<string>, ctx: Parser
     }
   }
   parser.close();
-  if (failure) throw new CgmInputError(`line ${parser.line + 1}: malformed XML (${firstLine(failure.message)})`, parser.line + 1);
+  if (failure) throw new CgmInputError(`line ${failureLine}: malformed XML (${firstLine(failure.message)})`, failureLine);
   if (!sawRoot) throw new CgmInputError('empty input: no XML document');
   yield* pending;
   if (ignored) ctx.report.warnings.push(`${ignored} non-glucose HealthKit records ignored`);

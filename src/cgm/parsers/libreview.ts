@@ -33,7 +33,7 @@ interface Row {
 }
 
 export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: ParserContext, delimiter: string): AsyncGenerator<ParserItem> {
-  const csv = parse({ delimiter, relax_column_count: true, skip_empty_lines: true, info: true, bom: true, trim: true });
+  const csv = parse({ delimiter, record_delimiter: ['\r\n', '\n', '\r'], relax_column_count: true, skip_empty_lines: true, info: true, bom: true, trim: true });
   const source = Readable.from(chunks, { objectMode: false });
   source.on('error', (err) => csv.destroy(err));
   source.pipe(csv);

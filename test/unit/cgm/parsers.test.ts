@@ -1,0 +1,239 @@
+import { createReadStream, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, test } from '@jest/globals';
+import {
+  CgmInputError, detectFormat, openCgm, readCgm, rejectionError,
+  type BasalRecord, type BolusRecord, type CgmRecord, type GlucoseRecord,
+} from '../../../src/cgm/index.js';
+import { isGlucoGuardError } from '../../../src/errors.js';
+
+const FIXTURES = path.join(import.meta.dirname, '../../fixtures/cgm');
+const fixture = (name: string): string => path.join(FIXTURES, name);
+const NOW = () => Date.parse('2025-01-01T00:00:00Z');
+const glucose = (records: CgmRecord[]): GlucoseRecord[] => records.filter((r): r is GlucoseRecord => r.kind === 'glucose');
+
+describe('format detection', () => {
+  test.each([
+    ['dexcom-egvs.json', 'dexcom'],
+    ['nightscout-entries.json', 'nightscout'],
+    ['libreview-mmol-dst.csv', 'libreview'],
+    ['libreview-ambiguous.csv', 'libreview'],
+    ['tidepool-export.json', 'tidepool'],
+    ['omh-blood-glucose.json', 'openmhealth'],
+    ['healthkit-export.xml', 'healthkit'],
+  ])('recognises %s as %s from its first bytes', (file, format) => {
+    expect(detectFormat(readFileSync(fixture(file), 'utf8').slice(0, 4096))?.format).toBe(format);
+  });
+
+  test('an unrecognisable file is refused with a hint to give the format', async () => {
+    await expect(openCgm({ text: 'hello,world\n1,2\n' })).rejects.toMatchObject({ code: 'ERR_INVALID', message: expect.stringMatching(/give it explicitly/) });
+  });
+
+  test('an explicit format overrides detection', async () => {
+    const stream = await openCgm(fixture('nightscout-entries.json'), { format: 'tidepool', now: NOW });
+    const records: CgmRecord[] = [];
+    for await (const r of stream) records.push(r);
+    expect(stream.summary).toMatchObject({ format: 'tidepool', detected: false, converted: 0 });
+    expect(stream.summary.skippedByReason['not-glucose']).toBe(stream.summary.read);
+  });
+
+  test('an unknown explicit format is refused', async () => {
+    await expect(openCgm(fixture('nightscout-entries.json'), { format: 'medtronic' as never })).rejects.toMatchObject({ code: 'ERR_INVALID' });
+  });
+});
+
+describe('Nightscout entries', () => {
+  test('reads sgv as number or string, keeps the source offset across the DST change, codes < 40 as no value', async () => {
+    const { accepted, records, summary } = await readCgm(fixture('nightscout-entries.json'), { now: NOW });
+    expect(accepted).toBe(true);
+    const g = glucose(records);
+    expect(g.map((r) => r.time)).toEqual([
+      '2024-10-27T02:50:00+02:00', '2024-10-27T02:55:00+02:00', '2024-10-27T02:00:00+01:00', '2024-10-27T02:05:00+01:00',
+      '2024-10-27T02:10:00+01:00', '2024-10-27T02:11:40+01:00', '2024-10-27T02:15:00+01:00', '2024-10-27T02:20:00+01:00',
+    ]);
+    expect(g[1]).toMatchObject({ value: 138, mgdl: 138, unit: 'mg/dL', trend: 'FortyFiveDown', method: 'cgm' });
+    expect(g[3]).toMatchObject({ absent: { code: 'error', text: expect.stringContaining('?NC') } });
+    expect(g[3]!.value).toBeUndefined();
+    expect(g[4]).toMatchObject({ absent: { code: 'negative-infinity' } });
+    expect(g[5]).toMatchObject({ method: 'smbg', value: 118 });
+    expect(summary).toMatchObject({ read: 11, converted: 8, skipped: 3, rejected: 0 });
+    expect(summary.skippedByReason).toEqual({ duplicate: 1, 'not-glucose': 1, 'conflicting-duplicate': 1 });
+    const dup = summary.issues.find((i) => i.reason === 'duplicate')!;
+    expect(dup).toMatchObject({ record: 4, line: 5 });
+    expect(dup.message).toMatch(/duplicate of record 3 \(line 4\)/);
+    expect(summary.issues.find((i) => i.reason === 'conflicting-duplicate')).toMatchObject({ record: 10, line: 11 });
+  });
+
+  test('rejects negative, > 1000 mg/dL, non-numeric and future values with reasons and line numbers', async () => {
+    const result = await readCgm(fixture('nightscout-impossible.json'), { now: NOW });
+    expect(result.accepted).toBe(false);
+    expect(result.records).toEqual([]);
+    expect(result.summary.rejectedByReason).toEqual({ 'negative-value': 1, 'value-too-high': 1, 'future-timestamp': 1, 'invalid-value': 1 });
+    expect(result.summary.issues.map((i) => [i.reason, i.line])).toEqual([
+      ['negative-value', 3], ['value-too-high', 4], ['future-timestamp', 5], ['invalid-value', 6],
+    ]);
+    // Messages name the place but carry no glucose value.
+    for (const i of result.summary.issues) expect(i.message).not.toMatch(/-12|1250|abc/);
+    const err = rejectionError(result.summary);
+    expect(err.status).toBe(422);
+    expect(err.issues.map((i) => i.diagnostics).join('\n')).toMatch(/line 3\): negative glucose value/);
+  });
+
+  test('partial import keeps the good records and reports the rest', async () => {
+    const result = await readCgm(fixture('nightscout-impossible.json'), { now: NOW, partial: true });
+    expect(result.accepted).toBe(true);
+    expect(glucose(result.records).map((r) => r.value)).toEqual([120, 122]);
+    expect(result.summary).toMatchObject({ read: 6, converted: 2, rejected: 4 });
+  });
+
+  test('malformed JSON names the record and line', async () => {
+    await expect(readCgm(fixture('nightscout-malformed.json'), { now: NOW })).rejects.toThrow(/record 3 \(line 4\): malformed JSON/);
+    const err = await readCgm(fixture('nightscout-malformed.json'), { now: NOW }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CgmInputError);
+    expect(isGlucoGuardError(err, 'ERR_INVALID')).toBe(true);
+  });
+
+  test('a truncated file is an error naming where it ended', async () => {
+    await expect(readCgm(fixture('nightscout-truncated.json'), { now: NOW })).rejects.toThrow(/unexpected end of input .*after record 1/);
+  });
+
+  test('reads from a Node Readable in small chunks exactly as from a path', async () => {
+    const fromPath = await readCgm(fixture('nightscout-entries.json'), { now: NOW });
+    const fromStream = await readCgm(createReadStream(fixture('nightscout-entries.json'), { highWaterMark: 7 }), { now: NOW });
+    expect(fromStream.records).toEqual(fromPath.records);
+    expect(fromStream.summary).toEqual(fromPath.summary);
+  });
+});
+
+describe('Dexcom API v3 egvs', () => {
+  test('streams records[], derives the offset from displayTime, marks HIGH/LOW and missing values', async () => {
+    const { records, summary } = await readCgm(fixture('dexcom-egvs.json'), { now: NOW });
+    const g = glucose(records);
+    expect(summary).toMatchObject({ format: 'dexcom', read: 6, converted: 6, rejected: 0 });
+    expect(g[0]).toMatchObject({
+      time: '2024-03-09T10:00:12-08:00', value: 104, unit: 'mg/dL', trend: 'flat',
+      deviceId: '8f3a1c0e9b2d4e5f', serialNumber: '8f3a1c0e9b2d4e5f', deviceName: 'Dexcom G7', line: 6, record: 1,
+    });
+    expect(g[2]).toMatchObject({ absent: { code: 'unknown' } });
+    expect(g[3]).toMatchObject({ absent: { code: 'positive-infinity' } });
+    expect(g[4]).toMatchObject({ absent: { code: 'negative-infinity' } });
+    // The US spring-forward happened on 2024-03-10 at 02:00 local: the last record is at -07:00.
+    expect(g[5]!.time).toBe('2024-03-10T03:30:12-07:00');
+  });
+});
+
+describe('LibreView CSV', () => {
+  test('mmol/L, DD-MM-YYYY, device-local time resolved in the given zone across both DST changes', async () => {
+    const { accepted, records, summary } = await readCgm(fixture('libreview-mmol-dst.csv'), { timeZone: 'Europe/Berlin', now: NOW });
+    expect(accepted).toBe(true);
+    const g = glucose(records);
+    expect(g.map((r) => r.time)).toEqual([
+      '2024-03-31T01:30:00+01:00', '2024-03-31T01:45:00+01:00',
+      '2024-03-31T03:10:00+02:00', // 02:10 does not exist: moved forward by the gap
+      '2024-03-31T03:15:00+02:00', '2024-03-31T03:22:00+02:00', '2024-03-31T03:30:00+02:00', // line 10 repeats line 9: skipped
+      '2024-10-27T01:50:00+02:00', '2024-10-27T02:05:00+02:00', '2024-10-27T02:20:00+02:00', // overlap: earlier instant
+      '2024-10-27T03:05:00+01:00', '2024-10-27T08:12:00+01:00',
+    ]);
+    expect(g[0]).toMatchObject({ unit: 'mmol/L', value: 6.1, serialNumber: '3C8D2E1A-7F44-4B1A-9E55-0A1B2C3D4E5F', deviceName: 'FreeStyle LibreLink' });
+    expect(g[0]!.mgdl).toBeCloseTo(6.1 * 18.01559, 6);
+    expect(g[4]).toMatchObject({ value: 7.2, line: 7 });
+    expect(g[10]).toMatchObject({ absent: { code: 'positive-infinity' } });
+    expect(summary.timeZone).toEqual({ zone: 'Europe/Berlin', from: 'option' });
+    expect(summary.dateOrder).toEqual({ order: 'DMY', from: 'data', ambiguous: false });
+    expect(summary.dstAdjusted).toEqual({ nonexistent: 1, ambiguous: 2 });
+    expect(summary.skippedByReason).toEqual({ 'unsupported-record-type': 2, duplicate: 1 });
+    expect(summary.issues.find((i) => i.reason === 'duplicate')).toMatchObject({ line: 10, message: expect.stringContaining('duplicate of record 7 (line 9)') });
+    expect(summary.issues.filter((i) => i.reason === 'unsupported-record-type').map((i) => i.line)).toEqual([8, 11]);
+  });
+
+  test('without a zone option the default zone is used and the summary says so', async () => {
+    const { records, summary } = await readCgm(fixture('libreview-mmol-dst.csv'), { defaultTimeZone: 'America/New_York', now: NOW });
+    expect(summary.timeZone).toEqual({ zone: 'America/New_York', from: 'default' });
+    expect(glucose(records)[0]!.time).toBe('2024-03-31T01:30:00-04:00');
+  });
+
+  test('MM-DD-YYYY with AM/PM is detected once a day above 12 appears; missing values are rejected', async () => {
+    const result = await readCgm(fixture('libreview-mgdl-us.csv'), { timeZone: 'America/Chicago', now: NOW });
+    expect(result.summary.dateOrder).toEqual({ order: 'MDY', from: 'data', ambiguous: false });
+    expect(result.accepted).toBe(false);
+    expect(result.summary.issues).toEqual([expect.objectContaining({ kind: 'rejected', reason: 'missing-value', line: 7, record: 5 })]);
+    const partial = await readCgm(fixture('libreview-mgdl-us.csv'), { timeZone: 'America/Chicago', now: NOW, partial: true });
+    const g = glucose(partial.records);
+    expect(g.map((r) => r.time)).toEqual([
+      '2024-03-12T23:45:00-05:00', '2024-03-12T23:50:00-05:00', '2024-03-12T23:55:00-05:00', '2024-03-13T00:00:00-05:00',
+      '2024-03-13T00:10:00-05:00', '2024-03-13T00:15:00-05:00',
+    ]);
+    expect(g[4]).toMatchObject({ absent: { code: 'negative-infinity' } });
+    expect(g[0]).toMatchObject({ unit: 'mg/dL', value: 131 });
+  });
+
+  test('an ambiguous day/month order is reported, and an explicit order removes the ambiguity', async () => {
+    const { records, summary } = await readCgm(fixture('libreview-ambiguous.csv'), { now: NOW });
+    expect(summary.dateOrder).toEqual({ order: 'DMY', from: 'fallback', ambiguous: true });
+    expect(summary.warnings.join()).toMatch(/ambiguous/);
+    expect(glucose(records)[0]!.time).toBe('2024-06-05T08:00:00Z');
+    const us = await readCgm(fixture('libreview-ambiguous.csv'), { now: NOW, dateOrder: 'MDY' });
+    expect(us.summary.dateOrder).toEqual({ order: 'MDY', from: 'option', ambiguous: false });
+    expect(glucose(us.records)[0]!.time).toBe('2024-05-06T08:00:00Z');
+  });
+
+  test('a CSV without the LibreView header names the line', async () => {
+    await expect(readCgm({ text: 'Glucose Data,Generated on\nfoo,bar\nDevice,Serial Number,Device Timestamp,Record Type\n' }, { format: 'libreview' }))
+      .rejects.toThrow(/line 2: no LibreView header/);
+  });
+});
+
+describe('Tidepool export', () => {
+  test('cbg/smbg in mixed units become mg/dL via 18.01559; bolus and basal become insulin records', async () => {
+    const { records, summary } = await readCgm(fixture('tidepool-export.json'), { now: NOW });
+    expect(summary).toMatchObject({ read: 10, converted: 8, skipped: 2, rejected: 0 });
+    const g = glucose(records);
+    expect(g.map((r) => [r.method, r.unit, r.value, r.time])).toEqual([
+      ['cgm', 'mg/dL', 72, '2018-05-14T18:17:07.384+10:00'],
+      ['cgm', 'mg/dL', 144, '2018-05-14T18:22:07.384+10:00'],
+      ['cgm', 'mg/dL', 150, '2018-05-14T18:27:07.384+10:00'],
+      ['smbg', 'mg/dL', 126, '2018-05-14T18:25:00+10:00'],
+    ]);
+    const insulin = records.filter((r): r is BolusRecord | BasalRecord => r.kind !== 'glucose');
+    expect(insulin.map((r) => (r.kind === 'bolus' ? [r.kind, r.units, r.time, r.endTime] : [r.kind, r.rate, r.time, r.endTime]))).toEqual([
+      ['bolus', 4.5, '2018-05-14T18:30:00+10:00', undefined],
+      ['bolus', 3.5, '2018-05-14T19:00:00+10:00', '2018-05-14T20:00:00+10:00'],
+      ['basal', 0.85, '2018-05-14T18:00:00+10:00', '2018-05-14T20:00:00+10:00'],
+      ['basal', 0, '2018-05-14T20:00:00+10:00', '2018-05-14T20:30:00+10:00'],
+    ]);
+  });
+
+  test('the mmol/L unit policy converts everything to mmol/L', async () => {
+    const { records } = await readCgm(fixture('tidepool-export.json'), { now: NOW, unit: 'mmol/L' });
+    expect(glucose(records).map((r) => [r.unit, r.value])).toEqual([['mmol/L', 4], ['mmol/L', 7.99], ['mmol/L', 8.33], ['mmol/L', 6.99]]);
+  });
+});
+
+describe('Open mHealth blood-glucose 4.0', () => {
+  test('reads data points, tells CGM from capillary readings, rejects a time without offset', async () => {
+    const { records, summary } = await readCgm(fixture('omh-blood-glucose.json'), { now: NOW, partial: true });
+    expect(glucose(records).map((r) => [r.method, r.unit, r.value, r.time, r.deviceName])).toEqual([
+      ['cgm', 'mg/dL', 112, '2023-06-01T08:05:00-04:00', 'Dexcom G6'],
+      ['smbg', 'mmol/L', 5.8, '2023-06-01T07:30:00-04:00', 'Accu-Chek Guide'],
+    ]);
+    expect(summary.skippedByReason).toEqual({ 'not-glucose': 1 });
+    expect(summary.issues.find((i) => i.kind === 'rejected')).toMatchObject({ reason: 'invalid-timestamp', record: 4, line: 35 });
+  });
+});
+
+describe('Apple HealthKit export.xml', () => {
+  test('streams blood-glucose records only, with offsets, units and CGM/meter origin', async () => {
+    const { records, summary } = await readCgm(fixture('healthkit-export.xml'), { now: NOW });
+    expect(glucose(records).map((r) => [r.method, r.unit, r.value, r.time, r.deviceName])).toEqual([
+      ['cgm', 'mg/dL', 126, '2024-03-31T01:55:00+01:00', 'Dexcom G7'],
+      ['cgm', 'mg/dL', 121, '2024-03-31T03:00:00+02:00', 'Dexcom G7'],
+      ['smbg', 'mmol/L', 6.2, '2024-03-31T08:00:00+02:00', 'Contour'],
+    ]);
+    expect(summary).toMatchObject({ read: 3, converted: 3 });
+    expect(summary.warnings).toContain('2 non-glucose HealthKit records ignored');
+  });
+
+  test('malformed XML names the line', async () => {
+    await expect(readCgm(fixture('healthkit-malformed.xml'), { now: NOW })).rejects.toThrow(/line 5: malformed XML/);
+  });
+});
