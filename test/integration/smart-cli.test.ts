@@ -1,0 +1,103 @@
+/** `glucoguard users add`, `clients add`, `launch create` as an operator runs them. */
+import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globals';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Command } from 'commander';
+import { loadConfig, type Config } from '../../src/config.js';
+import { MemoryKeyValueStore } from '../../src/kv/memory.js';
+import type { KeyValueStore } from '../../src/kv/port.js';
+import { registerSmartCommands } from '../../src/smart/cli.js';
+import { SmartStore } from '../../src/smart/store.js';
+import { verifyPassword } from '../../src/smart/passwords.js';
+import { takeLaunch } from '../../src/smart/launch.js';
+
+let dir: string;
+let config: Config;
+let out: string[];
+let err: string[];
+
+beforeEach(() => {
+  dir = mkdtempSync(path.join(tmpdir(), 'gg-cli-'));
+  config = loadConfig({}, { dataDir: dir, baseUrl: 'https://gg.example' });
+  out = [];
+  err = [];
+  jest.spyOn(console, 'log').mockImplementation((...a: unknown[]) => { out.push(a.join(' ')); });
+  jest.spyOn(console, 'error').mockImplementation((...a: unknown[]) => { err.push(a.join(' ')); });
+  process.exitCode = undefined;
+});
+afterEach(() => {
+  jest.restoreAllMocks();
+  process.exitCode = undefined;
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function run(args: string[], kv?: KeyValueStore): Promise<void> {
+  const program = new Command().exitOverride();
+  registerSmartCommands(program, async () => ({ config, kv }));
+  await program.parseAsync(['node', 'glucoguard', ...args]);
+}
+
+describe('glucoguard users add', () => {
+  test('stores the user with a scrypt hash of the password file, never the password', async () => {
+    const file = path.join(dir, 'pw');
+    writeFileSync(file, 'a long passphrase\n');
+    await run(['users', 'add', '--username', 'ana', '--password-file', file, '--fhir-user', 'Patient/p1']);
+    expect(out.join('\n')).toContain('user ana added (Patient/p1)');
+    const store = new SmartStore(dir);
+    const user = store.getUser('ana')!;
+    store.close();
+    expect(user.passwordHash).not.toContain('a long passphrase');
+    expect(await verifyPassword('a long passphrase', user.passwordHash)).toBe(true);
+  });
+
+  test('refuses a fhir-user that is not Patient/ID or Practitioner/ID', async () => {
+    await expect(run(['users', 'add', '--username', 'x', '--password-file', '/dev/null', '--fhir-user', 'Device/1'])).rejects.toThrow();
+  });
+});
+
+describe('glucoguard clients add', () => {
+  test('--secret prints the client_id and the secret once; only its hash is stored', async () => {
+    await run(['clients', 'add', '--name', 'Viewer', '--redirect-uri', 'https://app.example/cb', '--secret', '--launch-uri', 'https://app.example/launch']);
+    const text = out.join('\n');
+    const clientId = /client_id: (\S+)/.exec(text)![1]!;
+    const secret = /client_secret: (\S+)/.exec(text)![1]!;
+    const store = new SmartStore(dir);
+    const client = store.getClient(clientId)!;
+    store.close();
+    expect(client).toMatchObject({ name: 'Viewer', type: 'confidential-symmetric', redirectUris: ['https://app.example/cb'] });
+    expect(client.secretHash).not.toContain(secret);
+  });
+
+  test('--jwks-file registers a Backend Services client with the requested scopes', async () => {
+    const file = path.join(dir, 'jwks.json');
+    writeFileSync(file, JSON.stringify({ keys: [{ kty: 'EC', crv: 'P-384', x: 'x', y: 'y', kid: 'k1' }] }));
+    await run(['clients', 'add', '--name', 'Engine', '--jwks-file', file, '--scopes', 'system/Observation.rs system/launch']);
+    expect(out.join('\n')).toMatch(/type: confidential-asymmetric\nscopes: system\/Observation.rs system\/launch/);
+    expect(out.join('\n')).not.toMatch(/client_secret/);
+  });
+
+  test('a public client without a redirect URI is refused with a clear message', async () => {
+    await run(['clients', 'add', '--name', 'Bad', '--public']);
+    expect(process.exitCode).toBe(1);
+    expect(err.join('\n')).toContain('redirect URI is required');
+  });
+});
+
+describe('glucoguard launch create', () => {
+  test('needs a shared (Redis) KV store and says so', async () => {
+    await run(['launch', 'create', '--patient', 'p1', '--practitioner', 'd1'], new MemoryKeyValueStore());
+    expect(process.exitCode).toBe(1);
+    expect(err.join('\n')).toContain('REDIS_URL');
+  });
+
+  test('with a shared store, prints a single-use launch value holding the context', async () => {
+    const kv = new MemoryKeyValueStore();
+    const shared = Object.assign(Object.create(kv) as KeyValueStore, { description: { adapter: 'redis', location: 'test' } });
+    await run(['launch', 'create', '--patient', 'p1', '--encounter', 'e1', '--practitioner', 'd1'], shared);
+    const launch = /launch: (\S+)/.exec(out.join('\n'))![1]!;
+    expect(await takeLaunch(kv, launch)).toEqual({ patient: 'p1', encounter: 'e1', practitioner: 'd1' });
+    expect(await takeLaunch(kv, launch)).toBeUndefined();
+    await kv.close();
+  });
+});
