@@ -1,0 +1,559 @@
+import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
+import { parseSearchRequest } from '@medplum/core';
+import type { Bundle, Observation, Patient, Resource } from '@medplum/fhirtypes';
+import Database from 'better-sqlite3';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { isGlucoGuardError } from '../../../src/errors.js';
+import type { ErrorCode } from '../../../src/errors.js';
+import { EmbeddedRepository } from '../../../src/repository/embedded/index.js';
+
+let dataDir: string;
+let repo: EmbeddedRepository;
+
+beforeEach(async () => {
+  dataDir = mkdtempSync(path.join(tmpdir(), 'gg-embedded-'));
+  repo = await EmbeddedRepository.open({ dataDir });
+});
+
+afterEach(async () => {
+  await repo.close();
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+async function rejectsWith(promise: Promise<unknown>, code: ErrorCode): Promise<void> {
+  const err = await promise.then(() => undefined, (e: unknown) => e);
+  if (!isGlucoGuardError(err, code)) throw new Error(`expected ${code}, got ${err instanceof Error ? err.message : String(err)}`);
+}
+
+const search = (query: string) => repo.search(parseSearchRequest(query));
+const ids = (resources: Resource[]): string[] => resources.map((r) => r.id!);
+
+function observation(patient: string, effective: string, extra: Partial<Observation> = {}): Observation {
+  return {
+    resourceType: 'Observation',
+    status: 'final',
+    category: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/observation-category', code: 'laboratory' }] }],
+    code: { coding: [{ system: 'http://loinc.org', code: '99504-3' }] },
+    subject: { reference: `Patient/${patient}` },
+    device: { reference: 'Device/cgm-1' },
+    effectiveDateTime: effective,
+    valueQuantity: { value: 120, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+    ...extra,
+  };
+}
+
+/** Every byte the store keeps on disk (database, WAL, shared memory). */
+function storeBytes(): Buffer {
+  const dir = path.join(dataDir, 'store');
+  return Buffer.concat(readdirSync(dir).map((f) => readFileSync(path.join(dir, f))));
+}
+
+describe('create, read, update, delete and versions', () => {
+  it('assigns a uuid id, versionId 1 and lastUpdated on create, ignoring a client id', async () => {
+    const { resource, outcome } = await repo.create<Patient>({ resourceType: 'Patient', id: 'client-chosen', gender: 'female' });
+    expect(outcome).toBe('created');
+    expect(resource.id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    expect(resource.meta?.versionId).toBe('1');
+    expect(Date.parse(resource.meta!.lastUpdated!)).toBeGreaterThan(Date.now() - 60_000);
+    await expect(repo.read('Patient', resource.id!)).resolves.toEqual(resource);
+  });
+
+  it('keeps every version; read answers the newest, vread any', async () => {
+    const { resource } = await repo.create<Patient>({ resourceType: 'Patient', gender: 'female' });
+    const v2 = await repo.update<Patient>({ ...resource, gender: 'other' });
+    expect(v2.outcome).toBe('updated');
+    expect(v2.resource.meta?.versionId).toBe('2');
+    expect((await repo.read<Patient>('Patient', resource.id!)).gender).toBe('other');
+    expect((await repo.vread<Patient>('Patient', resource.id!, '1')).gender).toBe('female');
+    expect((await repo.vread<Patient>('Patient', resource.id!, '2')).gender).toBe('other');
+    await rejectsWith(repo.vread('Patient', resource.id!, '3'), 'ERR_NOT_FOUND');
+    await rejectsWith(repo.read('Patient', 'no-such-id'), 'ERR_NOT_FOUND');
+  });
+
+  it('delete makes a deletion version: read and vread of it answer gone; deleting again is a no-op', async () => {
+    const { resource } = await repo.create<Patient>({ resourceType: 'Patient' });
+    await repo.delete('Patient', resource.id!);
+    await rejectsWith(repo.read('Patient', resource.id!), 'ERR_GONE');
+    await rejectsWith(repo.vread('Patient', resource.id!, '2'), 'ERR_GONE');
+    await expect(repo.vread('Patient', resource.id!, '1')).resolves.toMatchObject({ id: resource.id });
+    await repo.delete('Patient', resource.id!);
+    await repo.delete('Patient', 'never-existed');
+    const history = await repo.history({ resourceType: 'Patient', id: resource.id!, count: 10, offset: 0 });
+    expect(history.entries.map((e) => [e.versionId, e.method])).toEqual([['2', 'DELETE'], ['1', 'POST']]);
+    expect((await search('Patient')).resources).toEqual([]);
+  });
+
+  it('update-as-create keeps the client id; an update after a delete revives the resource', async () => {
+    const created = await repo.update<Patient>({ resourceType: 'Patient', id: 'mrn-42', gender: 'male' });
+    expect(created.outcome).toBe('created');
+    expect(created.resource.meta?.versionId).toBe('1');
+    await repo.delete('Patient', 'mrn-42');
+    const revived = await repo.update<Patient>({ resourceType: 'Patient', id: 'mrn-42', gender: 'male' });
+    expect(revived.outcome).toBe('created');
+    expect(revived.resource.meta?.versionId).toBe('3');
+  });
+
+  it('an identical update still makes a new version', async () => {
+    const { resource } = await repo.create<Patient>({ resourceType: 'Patient', gender: 'male' });
+    const again = await repo.update<Patient>(resource);
+    expect(again.resource.meta?.versionId).toBe('2');
+  });
+
+  it('If-Match: a stale versionId is refused and changes nothing', async () => {
+    const { resource } = await repo.create<Patient>({ resourceType: 'Patient', gender: 'male' });
+    await repo.update<Patient>({ ...resource, gender: 'female' }, { ifMatch: '1' });
+    await rejectsWith(repo.update<Patient>({ ...resource, gender: 'other' }, { ifMatch: '1' }), 'ERR_PRECONDITION_FAILED');
+    await rejectsWith(repo.update<Patient>({ resourceType: 'Patient', id: 'absent' }, { ifMatch: '1' }), 'ERR_PRECONDITION_FAILED');
+    expect((await repo.read<Patient>('Patient', resource.id!)).gender).toBe('female');
+    await repo.update<Patient>({ ...resource, gender: 'other' }, { ifMatch: 'W/"2"' });
+    expect((await repo.read<Patient>('Patient', resource.id!)).meta?.versionId).toBe('3');
+  });
+
+  it('rejects a body without resourceType or with an invalid id', async () => {
+    await rejectsWith(repo.create({ gender: 'male' } as unknown as Patient), 'ERR_INVALID');
+    await rejectsWith(repo.update({ resourceType: 'Patient', id: 'bad id!' } as Patient), 'ERR_INVALID');
+    await rejectsWith(repo.update({ resourceType: 'Patient' } as Patient), 'ERR_INVALID');
+  });
+
+  it('conditional create: 0 matches creates, 1 answers the existing resource, more than 1 is a precondition failure', async () => {
+    const body: Patient = { resourceType: 'Patient', identifier: [{ system: 'urn:mrn', value: '42' }] };
+    const first = await repo.create(body, { ifNoneExist: 'identifier=urn:mrn|42' });
+    expect(first.outcome).toBe('created');
+    const second = await repo.create(body, { ifNoneExist: 'identifier=urn:mrn|42' });
+    expect(second.outcome).toBe('existing');
+    expect(second.resource.id).toBe(first.resource.id);
+    await repo.create(body);
+    await rejectsWith(repo.create(body, { ifNoneExist: 'identifier=urn:mrn|42' }), 'ERR_PRECONDITION_FAILED');
+    await rejectsWith(repo.create(body, { ifNoneExist: 'nonsense=1' }), 'ERR_INVALID');
+    expect((await search('Patient?identifier=urn:mrn|42')).resources).toHaveLength(2);
+  });
+
+  it('createMany stores every resource with its own id', async () => {
+    const created = await repo.createMany([observation('p1', '2026-01-01T00:00:00Z'), observation('p1', '2026-01-01T00:05:00Z')]);
+    expect(new Set(ids(created)).size).toBe(2);
+    expect((await search('Observation?patient=p1')).resources).toHaveLength(2);
+  });
+});
+
+describe('on disk', () => {
+  it('survives close and reopen, with the master key file created 0600', async () => {
+    const { resource } = await repo.create<Patient>({ resourceType: 'Patient', gender: 'female' });
+    await repo.create(observation(resource.id!, '2026-01-01T10:00:00Z'));
+    await repo.close();
+    expect(statSync(path.join(dataDir, 'keys', 'master.key')).mode & 0o777).toBe(0o600);
+    repo = await EmbeddedRepository.open({ dataDir });
+    expect((await repo.read<Patient>('Patient', resource.id!)).gender).toBe('female');
+    expect((await search(`Observation?patient=${resource.id}&date=2026-01-01`)).resources).toHaveLength(1);
+  });
+
+  it('refuses to open with another master key', async () => {
+    await repo.close();
+    const otherKey = Buffer.alloc(32, 7).toString('base64');
+    await expect(EmbeddedRepository.open({ dataDir, masterKey: otherKey })).rejects.toThrow(/master key/);
+    repo = await EmbeddedRepository.open({ dataDir });
+  });
+
+  it('uses a configured master key and writes no key file', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'gg-embedded-key-'));
+    const masterKey = Buffer.alloc(32, 3).toString('base64');
+    const keyed = await EmbeddedRepository.open({ dataDir: dir, masterKey });
+    await keyed.create<Patient>({ resourceType: 'Patient' });
+    await keyed.close();
+    expect(readdirSync(dir)).toEqual(['store']);
+    rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe('encryption at rest', () => {
+  it('stores no resource text, code or identifier in clear', async () => {
+    const { resource } = await repo.create<Patient>({
+      resourceType: 'Patient', name: [{ family: 'Quixotically-Zebedee' }], identifier: [{ system: 'urn:mrn', value: 'MRN-77331' }],
+    });
+    await repo.create(observation(resource.id!, '2026-01-01T10:00:00Z', {
+      code: { coding: [{ system: 'http://loinc.org', code: 'ZZ-98765-4' }] }, note: [{ text: 'Hypoglycaemia-Unusual-Marker' }],
+    }));
+    const bytes = storeBytes();
+    for (const secret of ['Quixotically-Zebedee', 'MRN-77331', 'ZZ-98765-4', 'zz-98765-4', 'Hypoglycaemia-Unusual-Marker', resource.id!]
+      .filter((s) => s !== resource.id)) {
+      expect(bytes.includes(Buffer.from(secret))).toBe(false);
+    }
+    // The data is still there and searchable through the keyed indexes.
+    expect((await search('Observation?code=http://loinc.org|ZZ-98765-4')).resources).toHaveLength(1);
+    expect((await search('Patient?identifier=MRN-77331')).resources).toHaveLength(1);
+  });
+
+  it('a ciphertext moved onto another resource does not decrypt (bound to type/id/version)', async () => {
+    const a = await repo.create<Patient>({ resourceType: 'Patient', gender: 'female' });
+    const b = await repo.create<Patient>({ resourceType: 'Patient', gender: 'male' });
+    await repo.close();
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+    const bodyOfA = db.prepare('SELECT body, key_id, key_version FROM versions WHERE id = ?').get(a.resource.id) as Record<string, unknown>;
+    db.prepare('UPDATE versions SET body = ?, key_id = ?, key_version = ? WHERE id = ?')
+      .run(bodyOfA.body, bodyOfA.key_id, bodyOfA.key_version, b.resource.id);
+    db.close();
+    repo = await EmbeddedRepository.open({ dataDir });
+    await rejectsWith(repo.read('Patient', b.resource.id!), 'ERR_GONE');
+    expect((await repo.read<Patient>('Patient', a.resource.id!)).gender).toBe('female');
+  });
+});
+
+describe('erasure (crypto-shredding)', () => {
+  it('after eraseSubject the patient and their resources are gone, unsearchable, and stay so after restart', async () => {
+    const erased = (await repo.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Erase' }] })).resource.id!;
+    const kept = (await repo.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Keep' }] })).resource.id!;
+    const obs = (await repo.create(observation(erased, '2026-01-01T10:00:00Z'))).resource.id!;
+    await repo.create(observation(kept, '2026-01-01T10:00:00Z'));
+    const rowsBefore = countRows();
+
+    await expect(repo.eraseSubject(erased)).resolves.toEqual({ resources: 2 });
+
+    await rejectsWith(repo.read('Patient', erased), 'ERR_GONE');
+    await rejectsWith(repo.read('Observation', obs), 'ERR_GONE');
+    await rejectsWith(repo.vread('Observation', obs, '1'), 'ERR_GONE');
+    expect((await search(`Observation?patient=${erased}`)).resources).toEqual([]);
+    expect(ids((await search('Observation')).resources)).toHaveLength(1);
+    expect(ids((await search('Patient')).resources)).toEqual([kept]);
+    expect((await repo.history({ count: 50, offset: 0 })).entries.map((e) => e.id)).not.toContain(erased);
+    // The ciphertext rows stay (history, anchors) but their key is destroyed.
+    expect(countRows()).toBe(rowsBefore);
+    await repo.close();
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'), { readonly: true });
+    const keyRow = db.prepare('SELECT k.wrapped FROM versions v JOIN data_keys k ON k.key_id = v.key_id WHERE v.id = ?').get(obs) as { wrapped: Buffer | null };
+    db.close();
+    expect(keyRow.wrapped).toBeNull();
+    repo = await EmbeddedRepository.open({ dataDir });
+    await rejectsWith(repo.read('Observation', obs), 'ERR_GONE');
+    // New data for the same patient gets a new key; the old rows stay unreadable.
+    await repo.update<Patient>({ resourceType: 'Patient', id: erased });
+    await rejectsWith(repo.read('Observation', obs), 'ERR_GONE');
+    await expect(repo.eraseSubject('nobody')).resolves.toEqual({ resources: 0 });
+  });
+
+  function countRows(): number {
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'), { readonly: true });
+    const n = (db.prepare('SELECT count(*) AS n FROM versions').get() as { n: number }).n;
+    db.close();
+    return n;
+  }
+});
+
+describe('search', () => {
+  let p1: string;
+  let p2: string;
+  const obsIds: Record<string, string> = {};
+
+  beforeEach(async () => {
+    p1 = (await repo.update<Patient>({ resourceType: 'Patient', id: '12', name: [{ family: 'Smith', given: ['Jane'] }],
+      identifier: [{ system: 'urn:mrn', value: 'A1' }], birthDate: '1980-05-17', gender: 'female' })).resource.id!;
+    p2 = (await repo.update<Patient>({ resourceType: 'Patient', id: '123', name: [{ family: 'Müller', given: ['Jörg'] }],
+      identifier: [{ system: 'urn:mrn', value: 'B2' }], birthDate: '1975-01-02', gender: 'male' })).resource.id!;
+    const put = async (key: string, o: Observation): Promise<void> => { obsIds[key] = (await repo.create(o)).resource.id!; };
+    await put('d1-00', observation(p1, '2026-01-01T00:00:00Z'));
+    await put('d1-06', observation(p1, '2026-01-01T06:00:00Z'));
+    await put('d1-12', observation(p1, '2026-01-01T12:00:00Z', {
+      category: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/observation-category', code: 'vital-signs' }] }],
+      code: { coding: [{ system: 'http://loinc.org', code: '2339-0' }] }, device: { reference: 'Device/meter-2' },
+    }));
+    await put('d2-00', observation(p1, '2026-01-02T00:00:00Z'));
+    await put('long', observation(p1, '', { effectiveDateTime: undefined,
+      effectivePeriod: { start: '2025-12-30T00:00:00Z', end: '2025-12-31T12:00:00Z' } }));
+    await put('other', observation(p2, '2026-01-01T06:00:00Z'));
+  });
+
+  const obs = async (query: string): Promise<string[]> => {
+    const result = await search(`Observation?${query}`);
+    return result.resources.map((r) => Object.entries(obsIds).find(([, id]) => id === r.id)?.[0] ?? r.id!);
+  };
+
+  it('patient and subject match exactly: Patient/12 is not Patient/123', async () => {
+    expect((await obs('patient=12')).sort()).toEqual(['d1-00', 'd1-06', 'd1-12', 'd2-00', 'long']);
+    expect(await obs('patient=123')).toEqual(['other']);
+    expect(await obs('patient=Patient/123')).toEqual(['other']);
+    expect(await obs('subject=Patient/123')).toEqual(['other']);
+    expect((await obs('subject=12')).length).toBe(5);
+    expect(await obs('patient=1')).toEqual([]);
+  });
+
+  it('code, category, device and status tokens (code, system|code, |code, system|)', async () => {
+    expect((await obs('code=99504-3')).length).toBe(5);
+    expect((await obs('code=http://loinc.org|99504-3')).length).toBe(5);
+    expect(await obs('code=http://loinc.org|2339-0')).toEqual(['d1-12']);
+    expect(await obs('code=|2339-0')).toEqual([]);
+    expect((await obs('code=http://loinc.org|')).length).toBe(6);
+    expect(await obs('code=http://snomed.info/sct|2339-0')).toEqual([]);
+    expect((await obs('code=2339-0,99504-3&patient=12')).length).toBe(5);
+    expect(await obs('category=vital-signs')).toEqual(['d1-12']);
+    expect((await obs('category=laboratory&patient=12')).sort()).toEqual(['d1-00', 'd1-06', 'd2-00', 'long']);
+    expect(await obs('device=Device/meter-2')).toEqual(['d1-12']);
+    expect((await obs('status=final')).length).toBe(6);
+    expect((await obs('code:not=99504-3')).sort()).toEqual(['d1-12']);
+  });
+
+  it('date with every prefix (eq ne gt ge lt le sa eb ap), including a long period', async () => {
+    const q = async (date: string): Promise<string[]> => (await obs(`patient=12&date=${date}`)).sort();
+    expect(await q('2026-01-01')).toEqual(['d1-00', 'd1-06', 'd1-12']);
+    expect(await q('eq2026-01-01')).toEqual(['d1-00', 'd1-06', 'd1-12']);
+    expect(await q('ap2026-01-01')).toEqual(['d1-00', 'd1-06', 'd1-12']);
+    expect(await q('ne2026-01-01')).toEqual(['d2-00', 'long']);
+    expect(await q('gt2026-01-01')).toEqual(['d2-00']);
+    expect(await q('ge2026-01-01T06:00:00Z')).toEqual(['d1-06', 'd1-12', 'd2-00']);
+    expect(await q('lt2026-01-01T06:00:00Z')).toEqual(['d1-00', 'long']);
+    expect(await q('le2026-01-01T06:00:00Z')).toEqual(['d1-00', 'd1-06', 'long']);
+    expect(await q('sa2026-01-01')).toEqual(['d2-00']);
+    expect(await q('eb2026-01-01T12:00:00Z')).toEqual(['d1-00', 'd1-06', 'long']);
+    expect(await q('2025-12-31')).toEqual(['long']);
+    expect(await q('2025-12')).toEqual(['long']);
+    // the patient-day query: a half-open day
+    expect((await obs('patient=12&date=ge2026-01-01T00:00:00Z&date=lt2026-01-02T00:00:00Z')).sort()).toEqual(['d1-00', 'd1-06', 'd1-12']);
+    // without a patient the date index answers alone
+    expect((await obs('date=ge2026-01-01T06:00:00Z&date=le2026-01-01T06:00:00Z')).sort()).toEqual(['d1-06', 'other']);
+  });
+
+  it('_id and _lastUpdated', async () => {
+    expect(await obs(`_id=${obsIds['d1-06']}`)).toEqual(['d1-06']);
+    expect((await obs(`_id=${obsIds['d1-06']},${obsIds['other']}`)).sort()).toEqual(['d1-06', 'other']);
+    expect((await obs('_lastUpdated=gt2000-01-01')).length).toBe(6);
+    expect(await obs('_lastUpdated=lt2000-01-01')).toEqual([]);
+    const patients = await search(`Patient?_id=${p2}`);
+    expect(ids(patients.resources)).toEqual(['123']);
+  });
+
+  it('Patient: identifier, name (starts-with, accent-insensitive, :exact, :contains), family, given, birthdate, gender', async () => {
+    const patients = async (query: string): Promise<string[]> => ids((await search(`Patient?${query}`)).resources).sort();
+    expect(await patients('identifier=urn:mrn|A1')).toEqual(['12']);
+    expect(await patients('identifier=B2')).toEqual(['123']);
+    expect(await patients('identifier=urn:other|A1')).toEqual([]);
+    expect(await patients('name=smi')).toEqual(['12']);
+    expect(await patients('name=mith')).toEqual([]);
+    expect(await patients('name:contains=mith')).toEqual(['12']);
+    expect(await patients('name=muller')).toEqual(['123']);
+    expect(await patients('name:exact=Müller')).toEqual(['123']);
+    expect(await patients('name:exact=muller')).toEqual([]);
+    expect(await patients('name=jane')).toEqual(['12']);
+    expect(await patients('family=Smith')).toEqual(['12']);
+    expect(await patients('given=jörg')).toEqual(['123']);
+    expect(await patients('birthdate=1980-05-17')).toEqual(['12']);
+    expect(await patients('birthdate=lt1979')).toEqual(['123']);
+    expect(await patients('gender=male')).toEqual(['123']);
+  });
+
+  it('sorts by date, -date, _lastUpdated and _id', async () => {
+    expect(await obs('patient=12&_sort=date')).toEqual(['long', 'd1-00', 'd1-06', 'd1-12', 'd2-00']);
+    expect(await obs('patient=12&_sort=-date')).toEqual(['d2-00', 'd1-12', 'd1-06', 'd1-00', 'long']);
+    expect(await obs('patient=12&date=ge2026-01-01&_sort=-date')).toEqual(['d2-00', 'd1-12', 'd1-06', 'd1-00']);
+    expect(await obs('_sort=-_lastUpdated&_count=1')).toEqual(['other']);
+    const byId = ids((await search('Observation?_sort=_id')).resources);
+    expect(byId).toEqual([...byId].sort());
+    await rejectsWith(search('Observation?_sort=code'), 'ERR_INVALID');
+  });
+
+  it('pages with _count and offset; hasMore tells whether more follow', async () => {
+    const pages: string[][] = [];
+    for (let offset = 0; ; offset += 2) {
+      const page = await repo.search({ ...parseSearchRequest('Observation?patient=12&_sort=date&_count=2'), offset });
+      pages.push(ids(page.resources));
+      if (!page.hasMore) break;
+    }
+    expect(pages.map((p) => p.length)).toEqual([2, 2, 1]);
+    expect(new Set(pages.flat()).size).toBe(5);
+    const all = await search('Observation?patient=12&_count=5');
+    expect(all.hasMore).toBe(false);
+    const none = await search('Observation?patient=12&_count=0');
+    expect(none.resources).toEqual([]);
+    expect(none.hasMore).toBe(true);
+  });
+
+  it('_include, _revinclude and :iterate return included resources', async () => {
+    await repo.update({ resourceType: 'Device', id: 'cgm-1', patient: { reference: `Patient/${p1}` }, status: 'active' });
+    const report = (await repo.create({ resourceType: 'DiagnosticReport', status: 'final', code: { text: 'CGM' },
+      subject: { reference: `Patient/${p1}` }, result: [{ reference: `Observation/${obsIds['d1-00']}` }] })).resource;
+
+    const withDevice = await search(`Observation?_id=${obsIds['d1-00']}&_include=Observation:device&_include=Observation:patient`);
+    expect(withDevice.included.map((r) => `${r.resourceType}/${r.id}`).sort()).toEqual(['Device/cgm-1', `Patient/${p1}`]);
+
+    const withReports = await search(`Observation?_id=${obsIds['d1-00']}&_revinclude=DiagnosticReport:result`);
+    expect(withReports.included.map((r) => r.id)).toEqual([report.id]);
+
+    const iterated = await search(`Patient?_id=${p1}&_revinclude=Device:patient&_revinclude:iterate=Observation:device`);
+    const included = iterated.included.map((r) => r.resourceType);
+    expect(included.filter((t) => t === 'Device')).toHaveLength(1);
+    expect(included.filter((t) => t === 'Observation')).toHaveLength(5); // every reading of device cgm-1 (d1-12 uses meter-2)
+
+    await rejectsWith(search('Observation?_include=Observation:code'), 'ERR_INVALID');
+  });
+
+  it('refuses unknown parameters, chains, _has and unsupported modifiers', async () => {
+    await rejectsWith(search('Observation?foo=bar'), 'ERR_INVALID');
+    await rejectsWith(search('Observation?subject.name=Smith'), 'ERR_INVALID');
+    await rejectsWith(search('Patient?_has:Observation:patient:code=1'), 'ERR_INVALID');
+    await rejectsWith(search('Observation?code:above=1'), 'ERR_INVALID');
+    await rejectsWith(search('Observation?value-quantity=5'), 'ERR_INVALID');
+  });
+
+  it('only the current version is searchable', async () => {
+    const current = await repo.read<Observation>('Observation', obsIds['d1-00']!);
+    await repo.update({ ...current, code: { coding: [{ system: 'http://loinc.org', code: '2339-0' }] } });
+    expect(await obs('code=http://loinc.org|2339-0')).toEqual(expect.arrayContaining(['d1-00', 'd1-12']));
+    expect(await obs('patient=12&code=99504-3&date=2026-01-01')).toEqual(['d1-06']);
+    await repo.delete('Observation', obsIds['d1-06']!);
+    expect(await obs('patient=12&code=99504-3&date=2026-01-01')).toEqual([]);
+  });
+});
+
+describe('other resource types', () => {
+  it('Device, Consent, AuditEvent, MedicationAdministration, DiagnosticReport, ServiceRequest, Practitioner, Organization', async () => {
+    const one = async (query: string): Promise<number> => (await search(query)).resources.length;
+    await repo.create({ resourceType: 'Device', patient: { reference: 'Patient/p9' }, status: 'active',
+      identifier: [{ system: 'urn:serial', value: 'SN1' }], type: { coding: [{ system: 'http://snomed.info/sct', code: '462242008' }] } });
+    await repo.create({ resourceType: 'Consent', status: 'active', scope: { coding: [{ code: 'patient-privacy' }] },
+      category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }], patient: { reference: 'Patient/p9' },
+      dateTime: '2026-01-05T10:00:00Z', provision: { period: { start: '2026-01-01', end: '2026-12-31' },
+        actor: [{ role: {}, reference: { reference: 'Practitioner/dr1' } }] } });
+    await repo.create({ resourceType: 'AuditEvent', type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110112' },
+      recorded: '2026-01-05T10:00:00Z', source: { observer: { display: 'proxy' } }, outcome: '0',
+      agent: [{ who: { reference: 'Practitioner/dr1' }, requestor: true }], entity: [{ what: { reference: 'Patient/p9' } }] });
+    await repo.create({ resourceType: 'MedicationAdministration', status: 'completed', subject: { reference: 'Patient/p9' },
+      medicationCodeableConcept: { coding: [{ system: 'http://www.nlm.nih.gov/research/umls/rxnorm', code: '253182' }] },
+      effectiveDateTime: '2026-01-05T08:00:00Z' });
+    await repo.create({ resourceType: 'DiagnosticReport', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '97506-0' }] },
+      subject: { reference: 'Patient/p9' }, effectiveDateTime: '2026-01-05' });
+    await repo.create({ resourceType: 'ServiceRequest', status: 'active', intent: 'order', subject: { reference: 'Patient/p9' },
+      code: { coding: [{ system: 'http://loinc.org', code: '99504-3' }] }, authoredOn: '2026-01-04T09:00:00Z' });
+    await repo.create({ resourceType: 'Practitioner', identifier: [{ system: 'http://hl7.org/fhir/sid/us-npi', value: '1234567893' }],
+      name: [{ family: 'House' }] });
+    await repo.create({ resourceType: 'Organization', name: 'Diabetes Clinic', identifier: [{ system: 'urn:org', value: 'O1' }] });
+
+    expect(await one('Device?patient=p9&identifier=SN1&type=462242008&status=active')).toBe(1);
+    expect(await one('Consent?patient=p9&status=active&category=59284-0&date=2026-01-05&period=2026-06-01&actor=Practitioner/dr1')).toBe(1);
+    expect(await one('Consent?period=2027-06-01')).toBe(0);
+    expect(await one('AuditEvent?patient=p9&agent=Practitioner/dr1&date=ge2026-01-05&type=110112&outcome=0')).toBe(1);
+    expect(await one('MedicationAdministration?patient=p9&code=253182&effective-time=2026-01-05&status=completed')).toBe(1);
+    expect(await one('DiagnosticReport?patient=p9&code=97506-0&date=2026-01-05&status=final')).toBe(1);
+    expect(await one('ServiceRequest?patient=p9&code=99504-3&authored=2026-01-04&intent=order')).toBe(1);
+    expect(await one('Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|1234567893&name=hou')).toBe(1);
+    expect(await one('Organization?name=diab&identifier=O1')).toBe(1);
+    expect(await one('Device?patient=p99')).toBe(0);
+    expect(repo.supportedSearchParams().Observation).toEqual(expect.arrayContaining(['patient', 'subject', 'code', 'date', 'category', 'device', '_id', '_lastUpdated']));
+  });
+});
+
+describe('history', () => {
+  it('instance, type and system history, newest first, with _since and paging', async () => {
+    const a = (await repo.create<Patient>({ resourceType: 'Patient', gender: 'male' })).resource;
+    await new Promise((r) => setTimeout(r, 5));
+    const since = new Date().toISOString();
+    await new Promise((r) => setTimeout(r, 5));
+    await repo.update<Patient>({ ...a, gender: 'female' });
+    const o = (await repo.create(observation(a.id!, '2026-01-01T00:00:00Z'))).resource;
+    await repo.delete('Patient', a.id!);
+
+    const instance = await repo.history({ resourceType: 'Patient', id: a.id!, count: 10, offset: 0 });
+    expect(instance.entries.map((e) => [e.versionId, e.method, e.resource ? 'body' : 'none'])).toEqual([
+      ['3', 'DELETE', 'none'], ['2', 'PUT', 'body'], ['1', 'POST', 'body']]);
+    expect((instance.entries[1]!.resource as Patient).gender).toBe('female');
+
+    const type = await repo.history({ resourceType: 'Observation', count: 10, offset: 0 });
+    expect(type.entries.map((e) => e.id)).toEqual([o.id]);
+
+    const system = await repo.history({ count: 10, offset: 0 });
+    expect(system.entries.map((e) => `${e.resourceType}/${e.versionId}`)).toEqual(['Patient/3', 'Observation/1', 'Patient/2', 'Patient/1']);
+
+    const recent = await repo.history({ since, count: 10, offset: 0 });
+    expect(recent.entries).toHaveLength(3);
+
+    const page1 = await repo.history({ count: 2, offset: 0 });
+    const page2 = await repo.history({ count: 2, offset: 2 });
+    expect(page1.hasMore).toBe(true);
+    expect(page2.hasMore).toBe(false);
+    expect([...page1.entries, ...page2.entries].map((e) => `${e.id}/${e.versionId}`)).toEqual(system.entries.map((e) => `${e.id}/${e.versionId}`));
+
+    await rejectsWith(repo.history({ resourceType: 'Patient', id: 'absent', count: 10, offset: 0 }), 'ERR_NOT_FOUND');
+    await rejectsWith(repo.history({ since: 'yesterday', count: 10, offset: 0 }), 'ERR_INVALID');
+  });
+});
+
+describe('transaction', () => {
+  const bundle = (entry: Bundle['entry']): Bundle => ({ resourceType: 'Bundle', type: 'transaction', entry });
+
+  it('creates, updates, deletes and reads; urn:uuid references become the assigned ids', async () => {
+    await repo.update({ resourceType: 'Patient', id: 'old', gender: 'male' });
+    await repo.update({ resourceType: 'Device', id: 'dev', status: 'active' });
+    const response = await repo.transaction(bundle([
+      { fullUrl: 'urn:uuid:0c3e6f3a-0000-4000-8000-000000000001', resource: { resourceType: 'Patient', gender: 'female' },
+        request: { method: 'POST', url: 'Patient' } },
+      { fullUrl: 'urn:uuid:0c3e6f3a-0000-4000-8000-000000000002',
+        resource: observation('x', '2026-01-01T00:00:00Z', { subject: { reference: 'urn:uuid:0c3e6f3a-0000-4000-8000-000000000001' } }),
+        request: { method: 'POST', url: 'Observation' } },
+      { resource: { resourceType: 'Device', id: 'dev', status: 'inactive', patient: { reference: 'urn:uuid:0c3e6f3a-0000-4000-8000-000000000001' } },
+        request: { method: 'PUT', url: 'Device/dev' } },
+      { request: { method: 'DELETE', url: 'Patient/old' } },
+      { request: { method: 'GET', url: 'Device/dev' } },
+    ]));
+    expect(response.type).toBe('transaction-response');
+    const [patient, obs, device, deleted, read] = response.entry!;
+    expect(patient!.response).toMatchObject({ status: '201 Created', etag: 'W/"1"' });
+    expect(patient!.response!.location).toMatch(/^Patient\/[0-9a-f-]{36}\/_history\/1$/);
+    expect(patient!.response!.lastModified).toBeDefined();
+    const patientId = patient!.resource!.id!;
+    expect((obs!.resource as Observation).subject?.reference).toBe(`Patient/${patientId}`);
+    expect(device!.response).toMatchObject({ status: '200 OK', etag: 'W/"2"', location: 'Device/dev/_history/2' });
+    expect(deleted!.response!.status).toBe('204 No Content');
+    expect(read!.response!.status).toBe('200 OK');
+    await rejectsWith(repo.read('Patient', 'old'), 'ERR_GONE');
+    expect((await search(`Observation?patient=${patientId}`)).resources).toHaveLength(1);
+    expect((await search(`Device?patient=${patientId}`)).resources).toHaveLength(1);
+  });
+
+  it('is all-or-nothing: a failing entry leaves nothing behind', async () => {
+    await repo.update({ resourceType: 'Patient', id: 'p1', gender: 'male' });
+    const historyBefore = await repo.history({ count: 100, offset: 0 });
+    await rejectsWith(repo.transaction(bundle([
+      { resource: { resourceType: 'Patient', gender: 'female', identifier: [{ system: 'urn:new', value: 'n1' }] },
+        request: { method: 'POST', url: 'Patient' } },
+      { resource: { resourceType: 'Patient', id: 'p1', gender: 'female' }, request: { method: 'PUT', url: 'Patient/p1' } },
+      { resource: observation('brand-new-patient', '2026-01-01T00:00:00Z'), request: { method: 'POST', url: 'Observation' } },
+      { resource: { resourceType: 'Patient', id: 'p1', gender: 'other' }, request: { method: 'PUT', url: 'Patient/p1', ifMatch: 'W/"9"' } },
+    ])), 'ERR_INVALID'); // the same resource twice
+    await rejectsWith(repo.transaction(bundle([
+      { resource: { resourceType: 'Patient', gender: 'female', identifier: [{ system: 'urn:new', value: 'n1' }] },
+        request: { method: 'POST', url: 'Patient' } },
+      { resource: observation('brand-new-patient', '2026-01-01T00:00:00Z'), request: { method: 'POST', url: 'Observation' } },
+      { resource: { resourceType: 'Patient', id: 'p1', gender: 'other' }, request: { method: 'PUT', url: 'Patient/p1', ifMatch: '9' } },
+    ])), 'ERR_PRECONDITION_FAILED');
+    await rejectsWith(repo.transaction(bundle([
+      { resource: { resourceType: 'Patient', gender: 'female' }, request: { method: 'POST', url: 'Patient' } },
+      { request: { method: 'GET', url: 'Patient/does-not-exist' } },
+    ])), 'ERR_NOT_FOUND');
+    expect((await repo.read<Patient>('Patient', 'p1')).gender).toBe('male');
+    expect((await search('Patient?identifier=urn:new|n1')).resources).toEqual([]);
+    expect((await search('Observation')).resources).toEqual([]);
+    expect((await repo.history({ count: 100, offset: 0 })).entries).toEqual(historyBefore.entries);
+    // The repository still works after a rolled-back transaction that had created a patient key.
+    const created = await repo.create(observation('brand-new-patient', '2026-01-01T00:00:00Z'));
+    await expect(repo.read('Observation', created.resource.id!)).resolves.toMatchObject({ id: created.resource.id });
+  });
+
+  it('honours conditional creates (request.ifNoneExist) and rejects mismatched ids', async () => {
+    const existing = (await repo.create({ resourceType: 'Device', identifier: [{ system: 'urn:serial', value: 'SN9' }] })).resource;
+    const response = await repo.transaction(bundle([
+      { fullUrl: 'urn:uuid:0c3e6f3a-0000-4000-8000-00000000000d', resource: { resourceType: 'Device', identifier: [{ system: 'urn:serial', value: 'SN9' }] },
+        request: { method: 'POST', url: 'Device', ifNoneExist: 'identifier=urn:serial|SN9' } },
+      { resource: observation('p1', '2026-01-01T00:00:00Z', { device: { reference: 'urn:uuid:0c3e6f3a-0000-4000-8000-00000000000d' } }),
+        request: { method: 'POST', url: 'Observation' } },
+    ]));
+    expect(response.entry![0]!.response!.status).toBe('200 OK');
+    expect(response.entry![0]!.resource!.id).toBe(existing.id);
+    expect((response.entry![1]!.resource as Observation).device?.reference).toBe(`Device/${existing.id}`);
+    expect((await search('Device')).resources).toHaveLength(1);
+
+    await rejectsWith(repo.transaction(bundle([
+      { resource: { resourceType: 'Patient', id: 'a' }, request: { method: 'PUT', url: 'Patient/b' } },
+    ])), 'ERR_INVALID');
+    await rejectsWith(repo.transaction(bundle([
+      { resource: { gender: 'male' } as unknown as Patient, request: { method: 'POST', url: 'Patient' } },
+    ])), 'ERR_INVALID');
+    await rejectsWith(repo.transaction({ resourceType: 'Bundle', type: 'batch', entry: [] }), 'ERR_INVALID');
+  });
+});
