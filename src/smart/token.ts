@@ -63,7 +63,8 @@ function supportedGrantTypeCheck(body: Body): GrantType {
 async function authorizationCodeGrant(ctx: SmartContext, body: Body, caller: AuthenticatedClient | undefined) {
   if (!caller) throw invalidClient('client_id is required');
   if (typeof body.code !== 'string' || !body.code) throw invalidRequest('code is required');
-  const record = await ctx.tokens.takeCode(body.code);
+  const { record, reusedGrant } = await ctx.tokens.takeCode(body.code);
+  if (reusedGrant) await ctx.tokens.revokeGrant(reusedGrant);
   if (!record) throw invalidGrant('The code is invalid, expired or already used');
   if (record.clientId !== caller.client.clientId) throw invalidGrant('The code was issued to another client');
   if (body.redirect_uri !== record.redirectUri) throw invalidGrant('redirect_uri does not match the authorization request');

@@ -87,11 +87,21 @@ export class TokenService {
     return code;
   }
 
-  /** Consumes a code (a second use finds nothing); undefined when unknown, used or expired. */
-  async takeCode(code: string): Promise<CodeRecord | undefined> {
-    const raw = await this.kv.take(`smart:code:${sha256(code)}`);
-    const record = raw ? (JSON.parse(raw) as CodeRecord) : undefined;
-    return record && record.expiresAt > this.now() ? record : undefined;
+  /**
+   * Consumes a code. A second use finds only a tombstone naming the grant, so the caller can
+   * revoke the tokens the first use got (RFC 6749 §4.1.2).
+   */
+  async takeCode(code: string): Promise<{ record?: CodeRecord; reusedGrant?: string }> {
+    const key = sha256(code);
+    const raw = await this.kv.take(`smart:code:${key}`);
+    if (!raw) {
+      const reusedGrant = await this.kv.get(`smart:code-used:${key}`);
+      return reusedGrant ? { reusedGrant } : {};
+    }
+    const record = JSON.parse(raw) as CodeRecord;
+    if (record.expiresAt <= this.now()) return {};
+    await this.kv.set(`smart:code-used:${key}`, record.gid, this.lifetimes.offlineRefreshSeconds * 1000);
+    return { record };
   }
 
   /** Signs an access token for a grant; returns it with its lifetime in seconds. */

@@ -118,14 +118,17 @@ describe('authorize request checks', () => {
 });
 
 describe('code redemption', () => {
-  test('a valid code with the right verifier gets tokens; reusing the code fails', async () => {
+  test('a valid code with the right verifier gets tokens; reusing the code fails and revokes what the first use got', async () => {
     const { verifier, challenge } = pkce();
     const code = await getCode({ challenge });
     const first = await redeem({ code, code_verifier: verifier });
     expect(first.status).toBe(200);
     expect(first.body).toMatchObject({ token_type: 'Bearer', patient: 'p1', scope: 'launch/patient patient/*.rs offline_access' });
+    const read = () => fetch(`${h.fhirBase}/Patient/p1`, { headers: { authorization: `Bearer ${first.body.access_token}` } });
+    expect((await read()).status).toBe(200);
     const second = await redeem({ code, code_verifier: verifier });
     expect(second).toMatchObject({ status: 400, body: { error: 'invalid_grant' } });
+    expect((await read()).status).toBe(401);
   });
 
   test('wrong code_verifier: invalid_grant', async () => {

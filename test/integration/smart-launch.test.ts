@@ -65,7 +65,7 @@ describe('standalone launch', () => {
     // patient/ scopes never reach another patient.
     await expect(fhir(token).read({ resourceType: 'Patient', id: 'p2' })).rejects.toMatchObject({ response: { status: 404 } });
     await expect(fhir(token).read({ resourceType: 'Observation', id: 'o3' })).rejects.toMatchObject({ response: { status: 404 } });
-    const bundle = await fhir(token).search({ resourceType: 'Observation', searchParams: {} }) as { entry: Array<{ resource: { id: string } }> };
+    const bundle = await fhir(token).search({ resourceType: 'Observation', searchParams: {} }) as unknown as { entry: Array<{ resource: { id: string } }> };
     expect(bundle.entry.map((e) => e.resource.id).sort()).toEqual(['o1', 'o2']);
   });
 
@@ -83,7 +83,7 @@ describe('standalone launch', () => {
     expect(client.patient.id).toBe('p2');
     expect(client.getFhirUser()).toBe('Practitioner/d1');
     const token = client.state.tokenResponse!.access_token!;
-    const bundle = await fhir(token).search({ resourceType: 'Observation', searchParams: {} }) as { entry: Array<{ resource: { id: string } }> };
+    const bundle = await fhir(token).search({ resourceType: 'Observation', searchParams: {} }) as unknown as { entry: Array<{ resource: { id: string } }> };
     expect(bundle.entry.map((e) => e.resource.id)).toEqual(['o3']);
     await expect(fhir(token).read({ resourceType: 'Patient', id: 'p1' })).resolves.toMatchObject({ id: 'p1' });
   });
