@@ -1,0 +1,156 @@
+import path from 'node:path';
+import { describe, expect, test } from '@jest/globals';
+import type { Device, MedicationAdministration, Observation, Resource } from '@medplum/fhirtypes';
+import {
+  IDENTIFIER_SYSTEM, PROFILE, buildCgmSummary, computeMetrics, metricReadingsFromRecords, readCgm, toResources, toTransactionBundle,
+  type CgmRecord,
+} from '../../../src/cgm/index.js';
+import { ProfileValidator } from '../../../src/fhir/validation.js';
+import { PROFILES_DIR } from '../../../src/paths.js';
+
+const FIXTURES = path.join(import.meta.dirname, '../../fixtures/cgm');
+const NOW = () => Date.parse('2025-01-01T00:00:00Z');
+const validator = new ProfileValidator(PROFILES_DIR);
+const errorsOf = (r: Resource): string[] => validator.check(r).filter((i) => i.severity === 'error' || i.severity === 'fatal').map((i) => `${i.diagnostics} @ ${i.expression?.join(',')}`);
+const ctx = { patient: 'Patient/p1' };
+
+async function records(file: string, options = {}): Promise<CgmRecord[]> {
+  return (await readCgm(path.join(FIXTURES, file), { now: NOW, partial: true, timeZone: 'Europe/Berlin', ...options })).records;
+}
+
+describe('conversion to CGM IG resources', () => {
+  test('mg/dL readings are cgm-sensor-reading-mass-per-volume with LOINC 99504-3 and the profile unit text', async () => {
+    const entries = toResources(await records('nightscout-entries.json'), ctx);
+    const obs = entries.map((e) => e.resource).filter((r): r is Observation => r.resourceType === 'Observation');
+    const first = obs[0]!;
+    expect(first).toMatchObject({
+      meta: { profile: [PROFILE.readingMass] },
+      status: 'final',
+      code: { coding: [{ system: 'http://loinc.org', code: '99504-3' }] },
+      subject: { reference: 'Patient/p1' },
+      effectiveDateTime: '2024-10-27T02:50:00+02:00',
+      valueQuantity: { value: 142, unit: 'mg/dl', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+      identifier: [{ system: IDENTIFIER_SYSTEM.reading, value: expect.stringMatching(/^[0-9a-f]{32}$/) }],
+    });
+    for (const o of obs) expect(errorsOf(o)).toEqual([]);
+  });
+
+  test('sensor error codes become dataAbsentReason without a value, and still validate', async () => {
+    const obs = toResources(await records('nightscout-entries.json'), ctx).map((e) => e.resource as Observation);
+    const err = obs.find((o) => o.effectiveDateTime === '2024-10-27T02:05:00+01:00')!;
+    expect(err.valueQuantity).toBeUndefined();
+    expect(err.dataAbsentReason).toEqual({
+      coding: [{ system: 'http://terminology.hl7.org/CodeSystem/data-absent-reason', code: 'error' }],
+      text: expect.stringContaining('Sensor error code 5'),
+    });
+    expect(errorsOf(err)).toEqual([]);
+    const broken = { ...err, dataAbsentReason: undefined };
+    expect(errorsOf(broken).join('\n')).toMatch(/value.exists\(\) or dataAbsentReason.exists\(\)/);
+  });
+
+  test('meter readings use the capillary code and no CGM profile', async () => {
+    const obs = toResources(await records('nightscout-entries.json'), ctx).map((e) => e.resource as Observation);
+    const meter = obs.find((o) => o.effectiveDateTime === '2024-10-27T02:11:40+01:00')!;
+    expect(meter.meta).toBeUndefined();
+    expect(meter.code.coding![0]!.code).toBe('41653-7');
+    expect(meter.device).toBeUndefined();
+    expect(errorsOf(meter)).toEqual([]);
+  });
+
+  test('mmol/L readings are -moles-per-volume (105272-9) and reference one cgm-device Device', async () => {
+    const entries = toResources(await records('libreview-mmol-dst.csv'), ctx);
+    const devices = entries.filter((e) => e.resource.resourceType === 'Device');
+    expect(devices).toHaveLength(1);
+    const device = devices[0]!.resource as Device;
+    expect(device).toMatchObject({
+      meta: { profile: [PROFILE.device] },
+      deviceName: [{ name: 'FreeStyle LibreLink', type: 'user-friendly-name' }],
+      serialNumber: '3C8D2E1A-7F44-4B1A-9E55-0A1B2C3D4E5F',
+      identifier: [{ system: IDENTIFIER_SYSTEM.device }],
+    });
+    expect(errorsOf(device)).toEqual([]);
+    const obs = entries.filter((e) => e.resource.resourceType === 'Observation').map((e) => e.resource as Observation);
+    expect(obs[0]).toMatchObject({
+      meta: { profile: [PROFILE.readingMoles] },
+      code: { coding: [{ code: '105272-9' }] },
+      valueQuantity: { value: 6.1, unit: 'mmol/l', code: 'mmol/L' },
+      device: { reference: devices[0]!.fullUrl },
+    });
+    for (const o of obs) expect(errorsOf(o)).toEqual([]);
+  });
+
+  test('insulin becomes completed MedicationAdministration: bolus dose in [iU], basal period and [iU]/h rate', async () => {
+    const mas = toResources(await records('tidepool-export.json'), ctx)
+      .map((e) => e.resource).filter((r): r is MedicationAdministration => r.resourceType === 'MedicationAdministration');
+    expect(mas).toHaveLength(4);
+    expect(mas[0]).toMatchObject({
+      status: 'completed', effectiveDateTime: '2018-05-14T18:30:00+10:00',
+      dosage: { dose: { value: 4.5, system: 'http://unitsofmeasure.org', code: '[iU]' } },
+      subject: { reference: 'Patient/p1' },
+    });
+    expect(mas[1]).toMatchObject({ effectivePeriod: { start: '2018-05-14T19:00:00+10:00', end: '2018-05-14T20:00:00+10:00' }, dosage: { dose: { value: 3.5 } } });
+    expect(mas[2]).toMatchObject({
+      effectivePeriod: { start: '2018-05-14T18:00:00+10:00', end: '2018-05-14T20:00:00+10:00' },
+      dosage: { rateQuantity: { value: 0.85, code: '[iU]/h', system: 'http://unitsofmeasure.org' }, dose: { value: 1.7 } },
+    });
+    expect(mas[3]).toMatchObject({ dosage: { rateQuantity: { value: 0 }, dose: { value: 0 } } });
+    for (const m of mas) expect(errorsOf(m)).toEqual([]);
+  });
+});
+
+describe('transaction bundle', () => {
+  test('every entry is a conditional create on its identifier; Devices come first', async () => {
+    const bundle = toTransactionBundle(toResources(await records('libreview-mmol-dst.csv'), ctx), '2025-01-01T00:00:00Z');
+    expect(bundle).toMatchObject({ resourceType: 'Bundle', type: 'transaction', timestamp: '2025-01-01T00:00:00Z', meta: { profile: [PROFILE.bundle] } });
+    expect(bundle.entry![0]!.resource!.resourceType).toBe('Device');
+    for (const e of bundle.entry!) {
+      const id = (e.resource as Observation).identifier![0]!;
+      expect(e.request).toEqual({ method: 'POST', url: e.resource!.resourceType, ifNoneExist: `identifier=${id.system}|${id.value}` });
+      expect(e.fullUrl).toMatch(/^urn:uuid:[0-9a-f-]{36}$/);
+    }
+    expect(errorsOf(bundle)).toEqual([]);
+  });
+
+  test('re-importing the same file yields the same identifiers; another patient gets different ones', async () => {
+    const a = toResources(await records('nightscout-entries.json'), ctx);
+    const b = toResources(await records('nightscout-entries.json'), ctx);
+    const c = toResources(await records('nightscout-entries.json'), { patient: 'Patient/p2' });
+    const ids = (entries: typeof a): string[] => entries.map((e) => (e.resource as Observation).identifier![0]!.value!);
+    expect(ids(b)).toEqual(ids(a));
+    expect(new Set(ids(a)).size).toBe(a.length);
+    expect(ids(c).filter((v) => ids(a).includes(v))).toEqual([]);
+  });
+
+  test('a corrected value keeps the identifier (so the store makes it a new version)', async () => {
+    const original = await records('nightscout-entries.json');
+    const corrected = original.map((r) => (r.kind === 'glucose' && r.value === 142 ? { ...r, value: 145, mgdl: 145 } : r));
+    const [a, b] = [toResources(original, ctx), toResources(corrected, ctx)];
+    const i = a.findIndex((e) => (e.resource as Observation).valueQuantity?.value === 142);
+    expect((b[i]!.resource as Observation).valueQuantity?.value).toBe(145);
+    expect(b[i]!.ifNoneExist).toBe(a[i]!.ifNoneExist);
+  });
+});
+
+describe('cgm-summary observations', () => {
+  test('the summary and its members validate against their IG profiles', async () => {
+    const metrics = computeMetrics(metricReadingsFromRecords(await records('libreview-mmol-dst.csv')))!;
+    const { entries, summary, members } = buildCgmSummary(metrics, ctx);
+    expect(members).toHaveLength(7);
+    expect(summary.hasMember!.map((m) => m.reference)).toEqual(entries.slice(1).map((e) => e.fullUrl));
+    expect(summary.code.coding).toEqual([{ system: 'http://loinc.org', code: '107931-8' }]);
+    expect(summary.note?.[0]?.text).toMatch(/Data sufficiency/);
+    for (const e of entries) expect(errorsOf(e.resource)).toEqual([]);
+    const tir = members.find((m) => m.code.coding![0]!.code === '106793-3')!;
+    expect(tir.component!.map((c) => c.code.coding![0]!.code)).toEqual(['104642-4', '104641-6', '97510-2', '104640-8', '104639-0']);
+    expect(tir.component!.map((c) => c.valueQuantity!.unit)).toEqual(['%', '%', '%', '%', '%']);
+    const wear = members.find((m) => m.code.coding![0]!.code === '104636-6')!;
+    // the default period is the last 14 days of data: only 27 October
+    expect(wear.valueQuantity).toEqual({ value: 1, unit: 'days', system: 'http://unitsofmeasure.org', code: 'd' });
+  });
+
+  test('a member with a wrong unit fails its profile', async () => {
+    const metrics = computeMetrics(metricReadingsFromRecords(await records('libreview-mmol-dst.csv')))!;
+    const gmi = buildCgmSummary(metrics, ctx).members.find((m) => m.code.coding![0]!.code === '97506-0')!;
+    expect(errorsOf({ ...gmi, valueQuantity: { ...gmi.valueQuantity, code: 'mg/dL' } }).length).toBeGreaterThan(0);
+  });
+});

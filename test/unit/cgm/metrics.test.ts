@@ -1,0 +1,164 @@
+import { describe, expect, test } from '@jest/globals';
+import { computeAgp, computeMetrics, metricReadingsFromObservations, quantileType7, type MetricReading } from '../../../src/cgm/index.js';
+
+const MIN = 60_000;
+const DAY = 1440 * MIN;
+const START = Date.parse('2024-05-01T00:02:30Z');
+
+/** A deterministic multi-day 5-minute trace (LCG noise on a daily curve) with gaps and a local offset. */
+function trace(days: number, seed = 42, offsetMinutes = 120): MetricReading[] {
+  let s = seed;
+  const rand = (): number => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const out: MetricReading[] = [];
+  for (let i = 0; i < days * 288; i++) {
+    const t = START + i * 5 * MIN;
+    const hour = ((t / 3_600_000) % 24);
+    if (i % 997 > 960) continue; // sensor gaps
+    const base = 140 + 70 * Math.sin((hour / 24) * 2 * Math.PI) + (rand() - 0.5) * 120;
+    const mgdl = Math.max(40, Math.min(400, Math.round(base)));
+    out.push({ epochMs: t, mgdl, offsetMinutes });
+  }
+  return out;
+}
+
+/** Independent reference: straightforward loops over values sorted ascending. */
+function reference(readings: MetricReading[], start: number, end: number) {
+  const inside = readings.filter((r) => r.epochMs >= start && r.epochMs < end);
+  const values = inside.map((r) => r.mgdl).sort((a, b) => a - b);
+  const n = values.length;
+  let i = 0;
+  const countWhile = (pred: (v: number) => boolean): number => {
+    let k = 0;
+    while (i < n && pred(values[i]!)) { k++; i++; }
+    return k;
+  };
+  const veryLow = countWhile((v) => v < 54);
+  const low = countWhile((v) => v <= 69);
+  const target = countWhile((v) => v <= 180);
+  const high = countWhile((v) => v <= 250);
+  const veryHigh = n - i;
+  let sum = 0, sumSq = 0;
+  for (const v of values) { sum += v; sumSq += v * v; }
+  const mean = sum / n;
+  const sd = Math.sqrt((sumSq - n * mean * mean) / (n - 1));
+  const times = inside.map((r) => r.epochMs).sort((a, b) => a - b);
+  const diffs: number[] = [];
+  for (let k = 1; k < times.length; k++) diffs.push(times[k]! - times[k - 1]!);
+  diffs.sort((a, b) => a - b);
+  const median = diffs.length % 2 ? diffs[(diffs.length - 1) / 2]! : (diffs[diffs.length / 2 - 1]! + diffs[diffs.length / 2]!) / 2;
+  const days = new Set(inside.map((r) => new Date(r.epochMs + (r.offsetMinutes ?? 0) * MIN).toISOString().slice(0, 10)));
+  const pct = (k: number): number => (100 * k) / n;
+  return {
+    veryLow: pct(veryLow), low: pct(low), target: pct(target), high: pct(high), veryHigh: pct(veryHigh),
+    mean, mmol: mean / 18.01559, gmi: 3.31 + 0.02392 * mean, cv: (100 * sd) / mean, days: days.size,
+    active: Math.min(100, (100 * n) / ((end - start) / median)), n,
+  };
+}
+
+describe('CGM metrics', () => {
+  const readings = trace(20);
+
+  test('default period is the last 14 days of data and agrees with an independent computation to 0.01', () => {
+    const m = computeMetrics(readings)!;
+    const last = readings[readings.length - 1]!.epochMs;
+    expect(m.end).toBe(last + 5 * MIN);
+    expect(m.start).toBe(m.end - 14 * DAY);
+    const ref = reference(readings, m.start, m.end);
+    expect(m.readings).toBe(ref.n);
+    expect(m.timeInRanges.veryLow).toBeCloseTo(ref.veryLow, 2);
+    expect(m.timeInRanges.low).toBeCloseTo(ref.low, 2);
+    expect(m.timeInRanges.target).toBeCloseTo(ref.target, 2);
+    expect(m.timeInRanges.high).toBeCloseTo(ref.high, 2);
+    expect(m.timeInRanges.veryHigh).toBeCloseTo(ref.veryHigh, 2);
+    expect(m.meanMgdl).toBeCloseTo(ref.mean, 2);
+    expect(m.meanMmol).toBeCloseTo(ref.mmol, 2);
+    expect(m.gmi).toBeCloseTo(ref.gmi, 2);
+    expect(m.cv).toBeCloseTo(ref.cv, 2);
+    expect(m.daysOfWear).toBe(ref.days);
+    expect(m.sensorActivePercent).toBeCloseTo(ref.active, 2);
+    expect(m.periodDays).toBe(14);
+    // All five ranges are populated by this trace, so every boundary is exercised.
+    expect(Object.values(m.timeInRanges).every((v) => v > 0)).toBe(true);
+  });
+
+  test('an explicit period is honoured', () => {
+    const start = Date.parse('2024-05-03T00:00:00Z');
+    const end = Date.parse('2024-05-10T00:00:00Z');
+    const m = computeMetrics(readings, { start, end })!;
+    const ref = reference(readings, start, end);
+    expect([m.timeInRanges.target, m.meanMgdl, m.cv, m.sensorActivePercent, m.daysOfWear])
+      .toEqual([ref.target, ref.mean, ref.cv, ref.active, ref.days].map((v, k) => (k === 4 ? v : expect.closeTo(v, 2))));
+    expect(m.warnings).toEqual([expect.stringMatching(/only 7 days/)]);
+  });
+
+  test('range boundaries: 54 is low, 69/70 split low and target, 180 is target, 181 high, 250 high, 251 very high', () => {
+    const values = [53, 54, 69, 70, 180, 181, 250, 251];
+    const m = computeMetrics(values.map((mgdl, k) => ({ epochMs: START + k * 5 * MIN, mgdl })))!;
+    expect(m.timeInRanges).toEqual({ veryLow: 12.5, low: 25, target: 25, high: 25, veryHigh: 12.5 });
+  });
+
+  test('too little data gets both sufficiency warnings', () => {
+    const sparse = trace(3).filter((r) => r.epochMs < START + DAY); // one day of wear in a three-day period
+    const m = computeMetrics(sparse, { start: START, end: START + 3 * DAY })!;
+    expect(m.sensorActivePercent).toBeLessThan(70);
+    expect(m.warnings).toHaveLength(2);
+  });
+
+  test('no readings → undefined', () => {
+    expect(computeMetrics([])).toBeUndefined();
+  });
+
+  test('readings from stored Observations use the value, unit and the offset in effectiveDateTime', () => {
+    const r = metricReadingsFromObservations([
+      { resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '105272-9' }] }, effectiveDateTime: '2024-05-01T08:00:00+02:00', valueQuantity: { value: 5.5, code: 'mmol/L' } },
+      { resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '99504-3' }] }, effectiveDateTime: '2024-05-01T08:05:00+02:00', dataAbsentReason: { text: 'x' } },
+      { resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '41653-7' }] }, effectiveDateTime: '2024-05-01T08:05:00+02:00', valueQuantity: { value: 90, code: 'mg/dL' } },
+    ]);
+    expect(r).toEqual([{ epochMs: Date.parse('2024-05-01T06:00:00Z'), mgdl: 5.5 * 18.01559, offsetMinutes: 120 }]);
+  });
+});
+
+describe('AGP', () => {
+  test('quantile type 7 matches R on a small vector', () => {
+    const x = [1, 2, 3, 4, 10];
+    expect(quantileType7(x, 0.95)).toBeCloseTo(8.8, 10); // R: quantile(c(1,2,3,4,10), .95) = 8.8
+    expect(quantileType7(x, 0.25)).toBe(2);
+    expect(quantileType7([7], 0.05)).toBe(7);
+  });
+
+  test('per 15-minute local time-of-day bin, percentiles agree with a straightforward type-7 computation', () => {
+    const readings = trace(20);
+    const agp = computeAgp(readings)!;
+    expect(agp.bins).toHaveLength(96);
+    // R type 7, 1-based: h = (n − 1)p + 1; x[⌊h⌋] + (h − ⌊h⌋)(x[⌊h⌋+1] − x[⌊h⌋])
+    const r7 = (sorted: number[], p: number): number => {
+      const h = (sorted.length - 1) * p + 1;
+      const j = Math.floor(h);
+      const lower = sorted[j - 1]!;
+      const upper = j < sorted.length ? sorted[j]! : lower;
+      return lower + (h - j) * (upper - lower);
+    };
+    for (const bin of agp.bins) {
+      const values: number[] = [];
+      for (const r of readings) {
+        if (r.epochMs < agp.start || r.epochMs >= agp.end) continue;
+        const local = new Date(r.epochMs + 120 * MIN);
+        const minute = local.getUTCHours() * 60 + local.getUTCMinutes();
+        if (minute >= bin.minute && minute < bin.minute + 15) values.push(r.mgdl);
+      }
+      values.sort((a, b) => a - b);
+      expect(bin.n).toBe(values.length);
+      expect(bin.p5).toBeCloseTo(r7(values, 0.05), 2);
+      expect(bin.p25).toBeCloseTo(r7(values, 0.25), 2);
+      expect(bin.p50).toBeCloseTo(r7(values, 0.5), 2);
+      expect(bin.p75).toBeCloseTo(r7(values, 0.75), 2);
+      expect(bin.p95).toBeCloseTo(r7(values, 0.95), 2);
+    }
+    expect(agp.bins[8]!.time).toBe('02:00');
+  });
+
+  test('bin width is configurable and must divide the day', () => {
+    expect(computeAgp(trace(2), { binMinutes: 60 })!.bins).toHaveLength(24);
+    expect(() => computeAgp(trace(2), { binMinutes: 7 })).toThrow(RangeError);
+  });
+});
