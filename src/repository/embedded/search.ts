@@ -7,6 +7,7 @@
  * patient+date index (`patient=X` with the type's main date, e.g. Observation `date`); a
  * reference or token (`ix_ref`); a date range (`ix_date`); `_lastUpdated`; else every current
  * resource of the type. Other token/reference filters become EXISTS checks in the same query.
+ * Date filters answered by a date range scan are proven by its SQL (see Plan.proven).
  * When the driver already yields rows in the requested order, candidates are streamed and the
  * scan stops as soon as the page (plus one, for `hasMore`) is full.
  */
@@ -56,9 +57,15 @@ interface Plan {
   yields?: { code: string; descending: boolean };
   /** Second query for long-span date rows (same shape), when the driver is a date range. */
   long?: { where: string[]; args: unknown[] };
+  /**
+   * Filters the driver's SQL already proves for every row it yields: date filters of the range
+   * scan, whose row conditions are medplum's comparisons in epoch ms (one row satisfies them all,
+   * so each filter holds). They are not re-evaluated on the decrypted resource.
+   */
+  proven?: Filter[];
 }
 
-interface DateBounds { conditions: string[]; args: number[]; startMin: number; startMax: number }
+interface DateBounds { conditions: string[]; args: number[]; startMin: number; startMax: number; proven: Filter[] }
 
 const SELECT = 'SELECT v.seq, v.type, v.id, v.version, v.last_updated, v.method, v.key_id, v.key_version, v.body, NULL AS ix';
 
@@ -82,7 +89,7 @@ export function runSearch(ctx: SearchContext, request: SearchRequest): SearchRes
   const plan = planSearch(ctx, type, params, filters, sortRules.length > 0 ? sortRules[0]! : undefined);
 
   const matches: Resource[] = [];
-  const isMatch = compileMatcher(params, filters);
+  const isMatch = compileMatcher(params, filters.filter((f) => !plan.proven?.includes(f)));
   const seen = new Set<number>();
   const accept = (row: VersionRow): boolean => {
     if (seen.has(row.seq)) return false;
@@ -100,18 +107,25 @@ export function runSearch(ctx: SearchContext, request: SearchRequest): SearchRes
       .all(...plan.long.args);
   }
   const sql = `${SELECT} FROM ${plan.from} WHERE ${plan.where.join(' AND ')} ORDER BY ${plan.orderBy}`;
-  const statement = ctx.prepare(sql);
+  const statement = ctx.prepare(`${sql} LIMIT ? OFFSET ?`);
   const streamable = longRows.length === 0 && sortRules.length <= 1 &&
     (sortRules.length === 0 || (plan.yields?.code === sortRules[0]!.code && plan.yields.descending === !!sortRules[0]!.descending));
 
   if (streamable) {
-    for (const row of statement.iterate(...plan.args)) {
-      accept(row);
-      if (matches.length >= wanted) break;
+    // Batches rather than iterate(): far fewer native calls; most candidates match, so one
+    // batch of `wanted` rows is usually the whole answer.
+    const batch = Math.max(wanted, 64);
+    for (let skip = 0; ; skip += batch) {
+      const rows = statement.all(...plan.args, batch, skip);
+      for (const row of rows) {
+        accept(row);
+        if (matches.length >= wanted) break;
+      }
+      if (matches.length >= wanted || rows.length < batch) break;
     }
   } else {
     for (const row of longRows) accept(row);
-    for (const row of statement.iterate(...plan.args)) accept(row);
+    for (const row of statement.iterate(...plan.args, -1, 0)) accept(row);
     sortResources(matches, params, sortRules);
   }
 
@@ -201,7 +215,7 @@ function indexKeys(type: string, info: ParamInfo, filter: Filter): string[] | un
  * date matching, plus bounds on `start` for the index range scan of the normal (short) bucket.
  */
 function dateBounds(filters: Filter[]): DateBounds | undefined {
-  const bounds: DateBounds = { conditions: [], args: [], startMin: MIN_TIME, startMax: MAX_TIME };
+  const bounds: DateBounds = { conditions: [], args: [], startMin: MIN_TIME, startMax: MAX_TIME, proven: [] };
   for (const f of filters) {
     if (f.operator === Operator.NOT_EQUALS || f.operator === Operator.MISSING || f.operator === Operator.PRESENT) continue;
     const values = splitSearchOnComma(f.value);
@@ -209,7 +223,7 @@ function dateBounds(filters: Filter[]): DateBounds | undefined {
     const period = datesOf([toTypedValue(values[0])])[0]!;
     const fs = period.start;
     const fe = period.end;
-    const add = (sql: string, ...args: number[]): void => { bounds.conditions.push(sql); bounds.args.push(...args); };
+    const add = (sql: string, ...args: number[]): void => { bounds.conditions.push(sql); bounds.args.push(...args); bounds.proven.push(f); };
     switch (f.operator) {
       case Operator.EQUALS:
       case Operator.APPROXIMATELY:
@@ -269,7 +283,7 @@ function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamI
   const patientRef = dateParam ? singlePatientRef(type, params, filters) : undefined;
   const dateFilters = (code: string): Filter[] => filters.filter((f) => f.code === code);
   if (dateParam && patientRef && (dateBounds(dateFilters(dateParam)) || sort?.code === dateParam)) {
-    return datePlan(ctx, patientDateKey(type, patientRef.ref), dateBounds(dateFilters(dateParam)), exists(patientRef.filter),
+    return datePlan(patientDateKey(type, patientRef.ref), dateBounds(dateFilters(dateParam)), exists(patientRef.filter),
       dateParam, sort?.code === dateParam && !!sort.descending);
   }
 
@@ -290,7 +304,7 @@ function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamI
   for (const [code, info] of params) {
     if (info.kind !== 'date' || code === '_lastUpdated') continue;
     const bounds = dateBounds(dateFilters(code));
-    if (bounds) return datePlan(ctx, dateKey(type, code), bounds, exists(), code, sort?.code === code && !!sort.descending);
+    if (bounds) return datePlan(dateKey(type, code), bounds, exists(), code, sort?.code === code && !!sort.descending);
   }
 
   // 5. _lastUpdated range, else 6. the whole type, in last-updated order
@@ -310,7 +324,7 @@ function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamI
     yields: sort?.code === '_lastUpdated' ? { code: '_lastUpdated', descending: !!luDesc } : undefined,
   };
 
-  function datePlan(_ctx: SearchContext, key: string, bounds: DateBounds | undefined, extra: { where: string[]; args: unknown[] },
+  function datePlan(key: string, bounds: DateBounds | undefined, extra: { where: string[]; args: unknown[] },
     code: string, descending: boolean): Plan {
     const conditions = bounds?.conditions ?? [];
     const condArgs = bounds?.args ?? [];
@@ -321,6 +335,7 @@ function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamI
       args: [ctx.hash(key), bounds?.startMin ?? MIN_TIME, bounds?.startMax ?? MAX_TIME, ...condArgs, ...extra.args],
       orderBy: `d.start ${dir}, d.seq ${dir}`,
       yields: { code, descending },
+      proven: bounds?.proven,
       long: {
         where: ['d.h = ?', ...conditions, ...extra.where],
         args: [ctx.hash(key + '\0long'), ...condArgs, ...extra.args],

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { parseSearchRequest } from '@medplum/core';
-import type { Bundle, Observation, Patient, Resource } from '@medplum/fhirtypes';
+import type { Bundle, Device, DiagnosticReport, Observation, Patient, Resource } from '@medplum/fhirtypes';
 import Database from 'better-sqlite3';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -367,7 +367,7 @@ describe('search', () => {
 
   it('_include, _revinclude and :iterate return included resources', async () => {
     await repo.update({ resourceType: 'Device', id: 'cgm-1', patient: { reference: `Patient/${p1}` }, status: 'active' });
-    const report = (await repo.create({ resourceType: 'DiagnosticReport', status: 'final', code: { text: 'CGM' },
+    const report = (await repo.create<DiagnosticReport>({ resourceType: 'DiagnosticReport', status: 'final', code: { text: 'CGM' },
       subject: { reference: `Patient/${p1}` }, result: [{ reference: `Observation/${obsIds['d1-00']}` }] })).resource;
 
     const withDevice = await search(`Observation?_id=${obsIds['d1-00']}&_include=Observation:device&_include=Observation:patient`);
@@ -536,7 +536,7 @@ describe('transaction', () => {
   });
 
   it('honours conditional creates (request.ifNoneExist) and rejects mismatched ids', async () => {
-    const existing = (await repo.create({ resourceType: 'Device', identifier: [{ system: 'urn:serial', value: 'SN9' }] })).resource;
+    const existing = (await repo.create<Device>({ resourceType: 'Device', identifier: [{ system: 'urn:serial', value: 'SN9' }] })).resource;
     const response = await repo.transaction(bundle([
       { fullUrl: 'urn:uuid:0c3e6f3a-0000-4000-8000-00000000000d', resource: { resourceType: 'Device', identifier: [{ system: 'urn:serial', value: 'SN9' }] },
         request: { method: 'POST', url: 'Device', ifNoneExist: 'identifier=urn:serial|SN9' } },
