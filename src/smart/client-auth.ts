@@ -116,11 +116,22 @@ function readAssertionUnverified(assertion: string): { header: { alg?: string; k
 }
 
 const remoteSets = new Map<string, JWTVerifyGetKey>();
+/** Imported registered JWKS by client (importing keys costs more than verifying with them). */
+const localSets = new Map<string, { source: string; set: JWTVerifyGetKey }>();
 
 /** The registered keys; a `jku` header is followed only when it is exactly the registered JWKS URL. */
 function keySourceFor(client: Client, jku: string | undefined): JWTVerifyGetKey {
   if (jku !== undefined && jku !== client.jwksUrl) throw invalidClient('jku does not match the registered JWKS URL');
-  if (client.jwks) return createLocalJWKSet(client.jwks);
+  if (client.jwks) {
+    const source = JSON.stringify(client.jwks);
+    let cached = localSets.get(client.clientId);
+    if (!cached || cached.source !== source) {
+      cached = { source, set: createLocalJWKSet(client.jwks) };
+      if (localSets.size > 1000) localSets.clear();
+      localSets.set(client.clientId, cached);
+    }
+    return cached.set;
+  }
   if (!client.jwksUrl) throw invalidClient('Client has no keys registered');
   let set = remoteSets.get(client.jwksUrl);
   if (!set) {

@@ -38,6 +38,13 @@ export class SigningKeys {
   private accessSigner!: { kid: string; key: KeyObject };
   private idSigner!: { kid: string; key: KeyObject };
   private readonly verifiers = new Map<string, LoadedKey>();
+  /**
+   * Tokens whose signature already verified, by exact token string. ECDSA verification is the
+   * cost of the FHIR request path; a hit skips only the signature — expiry, audience and
+   * revocation are still checked by the caller on every request. Cleared on rotation.
+   */
+  private readonly verified = new Map<string, Record<string, unknown>>();
+  private static readonly VERIFIED_CACHE_SIZE = 10_000;
 
   private constructor(private readonly file: string) {}
 
@@ -83,6 +90,17 @@ export class SigningKeys {
    * token is malformed, uses another alg or kid, or the signature does not verify.
    */
   verifyAccessToken(token: string): Record<string, unknown> | undefined {
+    const hit = this.verified.get(token);
+    if (hit) return hit;
+    const payload = this.verifySignature(token);
+    if (payload) {
+      if (this.verified.size >= SigningKeys.VERIFIED_CACHE_SIZE) this.verified.delete(this.verified.keys().next().value!);
+      this.verified.set(token, payload);
+    }
+    return payload;
+  }
+
+  private verifySignature(token: string): Record<string, unknown> | undefined {
     const parts = token.split('.');
     if (parts.length !== 3) return undefined;
     const header = parseSegment(parts[0]!);
@@ -91,7 +109,8 @@ export class SigningKeys {
     if (!key || key.alg !== 'ES256') return undefined;
     const ok = verify('sha256', Buffer.from(`${parts[0]}.${parts[1]}`), { key: key.publicKey, dsaEncoding: 'ieee-p1363' },
       Buffer.from(parts[2]!, 'base64url'));
-    return ok ? parseSegment(parts[1]!) : undefined;
+    const payload = ok ? parseSegment(parts[1]!) : undefined;
+    return payload && Object.freeze(payload);
   }
 
   private load(): void {
@@ -99,6 +118,7 @@ export class SigningKeys {
     this.accessSigner = { kid: stored.access.current.kid, key: createPrivateKey({ key: stored.access.current.privateJwk, format: 'jwk' }) };
     this.idSigner = { kid: stored.id.current.kid, key: createPrivateKey({ key: stored.id.current.privateJwk, format: 'jwk' }) };
     this.verifiers.clear();
+    this.verified.clear();
     for (const group of [stored.access, stored.id]) {
       for (const k of [{ kid: group.current.kid, alg: group.current.alg, publicJwk: publicJwkOf(group.current.privateJwk) }, ...group.previous]) {
         this.verifiers.set(k.kid, { ...k, publicKey: createPublicKey({ key: k.publicJwk, format: 'jwk' }) });
