@@ -3,8 +3,9 @@
  * SMART App Launch 2.2 §3 "Scopes and Launch Context":
  * https://hl7.org/fhir/smart-app-launch/STU2.2/scopes-and-launch-context.html
  */
+import type { Resource } from '@medplum/fhirtypes';
 import type { AccessContext } from '../fhir/access.js';
-import { patientIdsOf } from './patient-link.js';
+import { patientIdsOf } from '../fhir/compartment.js';
 
 export type Interaction = 'read' | 'search' | 'create' | 'update' | 'delete';
 type Permission = 'c' | 'r' | 'u' | 'd' | 's';
@@ -124,7 +125,8 @@ export function scopeFilters(access: AccessContext, interaction: Interaction, re
 
 function belongsToPatient(resourceType: string, resource: object, patient: string): boolean {
   if (resourceType === 'Patient') return (resource as { id?: string }).id === patient;
-  return patientIdsOf(resource).includes(patient);
+  // The R4 Patient compartment, exact references only (`Patient/12` is not `Patient/123`).
+  return patientIdsOf(resource as Resource).includes(patient);
 }
 
 /** Every `name=value` pair must match; a value is a comma-separated OR of tokens (`system|code`, `code`, `system|`). */
