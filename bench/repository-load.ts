@@ -2,6 +2,8 @@
  * Helpers for repository benchmarks: synthetic CGM data shaped like the HL7 CGM IG
  * (https://build.fhir.org/ig/HL7/cgm/) sensor readings. No real health data.
  */
+import { parseSearchRequest } from '@medplum/core';
+import type { SearchRequest } from '@medplum/core';
 import type { Observation } from '@medplum/fhirtypes';
 
 export const CGM_SENSOR_READING_PROFILE = 'http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-sensor-reading-mass-per-volume';
@@ -54,8 +56,69 @@ export function* generateCgmObservations(options: CgmGenerationOptions): Generat
   }
 }
 
-/** Percentile (0–100) of a list of numbers, nearest-rank. */
-export function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+/** What the load helpers need from a repository (EmbeddedRepository has both). */
+export interface BulkRepository {
+  createMany(resources: Observation[]): Promise<unknown>;
+  search(request: SearchRequest): Promise<{ resources: unknown[] }>;
+}
+
+export interface LoadResult {
+  loaded: number;
+  seconds: number;
+  patientIds: string[];
+  /** Whole days of readings per patient (days from 2026-01-01). */
+  days: number;
+}
+
+/**
+ * Bulk-loads `total` CGM readings spread over `patients` patients (`pat-0`, `pat-1`, …), in
+ * `chunk`-sized createMany calls, and times it.
+ */
+export async function loadCgmObservations(repo: BulkRepository, options: { total: number; patients: number; chunk?: number;
+  onProgress?: (loaded: number, seconds: number) => void; }): Promise<LoadResult> {
+  const patientIds = Array.from({ length: options.patients }, (_, i) => `pat-${i}`);
+  const perPatient = Math.ceil(options.total / options.patients);
+  const chunk = options.chunk ?? 10_000;
+  const started = performance.now();
+  let batch: Observation[] = [];
+  let loaded = 0;
+  const flush = async (): Promise<void> => {
+    await repo.createMany(batch);
+    loaded += batch.length;
+    batch = [];
+    options.onProgress?.(loaded, (performance.now() - started) / 1000);
+  };
+  for (const o of generateCgmObservations({ patientIds, readingsPerPatient: perPatient })) {
+    if (loaded + batch.length >= options.total) break;
+    batch.push(o);
+    if (batch.length === chunk) await flush();
+  }
+  if (batch.length) await flush();
+  return { loaded, seconds: (performance.now() - started) / 1000, patientIds, days: Math.floor(perPatient / 288) };
+}
+
+/** The headline query: one patient's readings for one UTC day (`day` = YYYY-MM-DD). */
+export function patientDayQuery(patientId: string, day: string): string {
+  const next = new Date(Date.parse(`${day}T00:00:00Z`) + 86_400_000).toISOString().slice(0, 10);
+  return `Observation?patient=${patientId}&date=ge${day}T00:00:00Z&date=lt${next}T00:00:00Z&_count=1000`;
+}
+
+/**
+ * Times `iterations` patient-day queries over loaded data (patients and days varied
+ * deterministically); returns milliseconds per query in run order. Throws if a day does not
+ * answer exactly 288 readings.
+ */
+export async function timePatientDayQueries(repo: BulkRepository, load: Pick<LoadResult, 'patientIds' | 'days'>,
+  iterations: number): Promise<number[]> {
+  const times: number[] = [];
+  for (let i = 0; i < iterations; i++) {
+    const patient = load.patientIds[(i * 37) % load.patientIds.length]!;
+    const day = new Date(Date.parse('2026-01-01T00:00:00Z') + ((i * 13) % load.days) * 86_400_000).toISOString().slice(0, 10);
+    const request = parseSearchRequest(patientDayQuery(patient, day));
+    const t0 = performance.now();
+    const result = await repo.search(request);
+    times.push(performance.now() - t0);
+    if (result.resources.length !== 288) throw new Error(`patient-day query answered ${result.resources.length} readings, expected 288`);
+  }
+  return times;
 }

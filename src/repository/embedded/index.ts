@@ -24,7 +24,7 @@ import { loadFhirDefinitions } from '../../fhir/definitions.js';
 import type {
   HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchResult, WriteResult,
 } from '../port.js';
-import { KeyRing, loadMasterKey, open, seal } from './keys.js';
+import { KeyRing, loadMasterKey, openText, seal } from './keys.js';
 import { extractIndexEntries, supportedParams } from './params.js';
 import { dateRowKey, runSearch } from './search.js';
 import type { SearchContext } from './search.js';
@@ -331,8 +331,8 @@ export class EmbeddedRepository implements Repository {
     if (!row.body || !row.key_id || row.key_version === null) return undefined;
     const key = this.keys.keyById(row.key_id, row.key_version);
     if (!key) return undefined;
-    const plain = open(key, row.body, aad(row.type, row.id, row.version));
-    return plain ? JSON.parse(plain.toString('utf8')) as Resource : undefined;
+    const text = openText(key, row.body, aad(row.type, row.id, row.version));
+    return text === undefined ? undefined : JSON.parse(text) as Resource;
   }
 
   private decodeOrGone(row: VersionRow): Resource {

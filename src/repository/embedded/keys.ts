@@ -71,6 +71,19 @@ export function open(key: Buffer, sealed: Buffer, aad: string): Buffer | undefin
   }
 }
 
+/** Like `open`, decoding straight to a UTF-8 string (the hot path of search: no intermediate buffer). */
+export function openText(key: Buffer, sealed: Buffer, aad: string): string | undefined {
+  if (sealed.length < NONCE + TAG) return undefined;
+  try {
+    const decipher = createDecipheriv('aes-256-gcm', key, sealed.subarray(0, NONCE));
+    decipher.setAAD(Buffer.from(aad));
+    decipher.setAuthTag(sealed.subarray(sealed.length - TAG));
+    return decipher.update(sealed.subarray(NONCE, sealed.length - TAG), undefined, 'utf8') + decipher.final('utf8');
+  } catch {
+    return undefined;
+  }
+}
+
 /** The data keys of one store. Not thread-safe; callers hold the repository's write lock for changes. */
 export class KeyRing {
   private readonly cache = new Map<string, DataKey | null>();
