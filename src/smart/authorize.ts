@@ -95,7 +95,7 @@ function readParams(source: unknown): Params {
 function loadClient(ctx: SmartContext, params: Params): Client {
   if (!params.client_id) throw new PageError('The request names no client (client_id is missing).');
   const client = ctx.store.getClient(params.client_id);
-  if (!client || client.type === 'confidential-asymmetric') throw new PageError('The application is not registered with this server.');
+  if (!client) throw new PageError('The application is not registered with this server.');
   return client;
 }
 

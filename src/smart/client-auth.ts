@@ -40,11 +40,13 @@ export async function authenticateClient(deps: ClientAuthDeps, headers: Record<s
   const methods = [authorization?.startsWith('Basic ') && 'basic', body.client_assertion !== undefined && 'jwt',
     body.client_secret !== undefined && 'post'].filter(Boolean);
   if (methods.length > 1) throw invalidRequest('Use exactly one client authentication method');
-  if (authorization?.startsWith('Basic ')) return secretBasic(deps, authorization);
-  if (body.client_assertion !== undefined) return privateKeyJwt(deps, body);
-  if (body.client_secret !== undefined) return secretPost(deps, body);
-  if (body.client_id !== undefined) return publicClient(deps, body);
-  return undefined;
+  let caller: AuthenticatedClient | undefined;
+  if (authorization?.startsWith('Basic ')) caller = secretBasic(deps, authorization);
+  else if (body.client_assertion !== undefined) caller = await privateKeyJwt(deps, body);
+  else if (body.client_secret !== undefined) caller = secretPost(deps, body);
+  else if (body.client_id !== undefined) caller = publicClient(deps, body);
+  if (caller && body.client_id !== undefined && body.client_id !== caller.client.clientId) throw invalidClient('client_id does not match the client credentials');
+  return caller;
 }
 
 function str(value: unknown): string | undefined {

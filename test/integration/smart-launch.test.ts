@@ -4,7 +4,7 @@
  * then FHIR reads with the issued token through `fhir-kit-client`.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { generateKeyPair, exportJWK, SignJWT } from 'jose';
+import { createRemoteJWKSet, decodeProtectedHeader, generateKeyPair, exportJWK, jwtVerify, SignJWT } from 'jose';
 import { randomUUID } from 'node:crypto';
 import { Client as FhirKitClient } from 'fhir-kit-client';
 import { startHarness, type Harness } from '../support/smart-harness.js';
@@ -56,6 +56,11 @@ describe('standalone launch', () => {
     expect(tr.refresh_token).toEqual(expect.any(String));
     expect(tr.id_token).toEqual(expect.any(String));
     expect(tr.need_patient_banner).toBe(true);
+    // The id_token is RS256 with a kid from the published JWKS, for this client, naming the user.
+    expect(decodeProtectedHeader(tr.id_token!)).toMatchObject({ alg: 'RS256', kid: expect.any(String) });
+    const { payload } = await jwtVerify(tr.id_token!, createRemoteJWKSet(new URL(h.smart.urls.jwks)), {
+      issuer: h.fhirBase, audience: appClientId, algorithms: ['RS256'], currentDate: new Date(h.now()) });
+    expect(payload).toMatchObject({ sub: 'ana', fhirUser: `${h.fhirBase}/Patient/p1` });
     const style = await fetch(String(tr.smart_style_url));
     expect(style.status).toBe(200);
     expect(await style.json()).toHaveProperty('color_background');

@@ -198,6 +198,28 @@ describe('discovery', () => {
   });
 });
 
+describe('CORS and auth off', () => {
+  test('the token endpoint answers a CORS preflight for browser apps', async () => {
+    const res = await fetch(h.smart.urls.token, { method: 'OPTIONS', headers: { origin: 'https://app.example', 'access-control-request-method': 'POST' } });
+    expect(res.status).toBe(204);
+    expect(res.headers.get('access-control-allow-origin')).toBe('*');
+  });
+
+  test('GLUCOGUARD_AUTH=off warns at start and gives open access', async () => {
+    const warnings: string[] = [];
+    const logger = { warn: (m: string) => warnings.push(m), info: () => {}, error: () => {} } as never;
+    const { createSmart } = await import('../../src/smart/index.js');
+    const config = { ...h.config, auth: 'off' as const };
+    const open = await createSmart({ config, kv: new MemoryKeyValueStore(), logger, fhirBase: h.fhirBase });
+    try {
+      expect(warnings.join('\n')).toMatch(/GLUCOGUARD_AUTH=off/);
+      expect(await open.authenticate({})).toMatchObject({ kind: 'open' });
+    } finally {
+      await open.close();
+    }
+  });
+});
+
 describe('rate limits', () => {
   test('the token endpoint answers 429 with Retry-After past the per-client limit', async () => {
     let last;
