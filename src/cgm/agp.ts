@@ -3,7 +3,8 @@
  * (15 minutes by default), with the 5th/25th/50th/75th/95th percentiles per bin computed as R's
  * quantile type 7 (linear interpolation between order statistics).
  */
-import { computeMetrics, type MetricReading, type MetricsOptions } from './metrics.js';
+import { selectPeriod, type MetricReading, type MetricsOptions } from './metrics.js';
+import { localDate } from './time.js';
 import { round } from './units.js';
 
 export interface AgpBin {
@@ -49,12 +50,11 @@ export function quantileType7(sorted: ArrayLike<number>, p: number): number {
 export function computeAgp(all: readonly MetricReading[], options: MetricsOptions & { binMinutes?: number } = {}): Agp | undefined {
   const binMinutes = options.binMinutes ?? 15;
   if (!(binMinutes > 0) || 1440 % binMinutes !== 0) throw new RangeError('binMinutes must divide 1440');
-  const metrics = computeMetrics(all, options);
-  if (!metrics) return undefined;
+  const period = selectPeriod(all, options);
+  if (!period) return undefined;
   const count = 1440 / binMinutes;
   const values: number[][] = Array.from({ length: count }, () => []);
-  for (const r of all) {
-    if (!Number.isFinite(r.mgdl) || r.epochMs < metrics.start || r.epochMs >= metrics.end) continue;
+  for (const r of period.readings) {
     const local = r.epochMs + (r.offsetMinutes ?? 0) * 60_000;
     const minuteOfDay = Math.floor((((local % 86_400_000) + 86_400_000) % 86_400_000) / 60_000);
     values[Math.floor(minuteOfDay / binMinutes)]!.push(r.mgdl);
@@ -77,7 +77,9 @@ export function computeAgp(all: readonly MetricReading[], options: MetricsOption
     };
   });
   return {
-    unit: 'mg/dL', binMinutes, start: metrics.start, end: metrics.end,
-    startDate: metrics.startDate, endDate: metrics.endDate, readings: metrics.readings, bins,
+    unit: 'mg/dL', binMinutes, start: period.start, end: period.end,
+    startDate: localDate(period.start, period.readings[0]!.offsetMinutes ?? 0),
+    endDate: localDate(period.end - 1, period.readings[period.readings.length - 1]!.offsetMinutes ?? 0),
+    readings: period.readings.length, bins,
   };
 }

@@ -74,15 +74,10 @@ const DAY = 86_400_000;
  * no reading with a value falls in the period.
  */
 export function computeMetrics(all: readonly MetricReading[], options: MetricsOptions = {}): CgmMetrics | undefined {
-  const sortedAll = [...all].filter((r) => Number.isFinite(r.mgdl)).sort((a, b) => a.epochMs - b.epochMs);
-  if (sortedAll.length === 0) return undefined;
-  const intervalAll = medianInterval(sortedAll);
-  const days = options.days ?? 14;
-  const end = options.end ?? sortedAll[sortedAll.length - 1]!.epochMs + (intervalAll || 1);
-  const start = options.start ?? Math.max(end - days * DAY, sortedAll[0]!.epochMs);
-  const inPeriod = sortedAll.filter((r) => r.epochMs >= start && r.epochMs < end);
+  const period = selectPeriod(all, options);
+  if (!period) return undefined;
+  const { start, end, readings: inPeriod } = period;
   const n = inPeriod.length;
-  if (n === 0) return undefined;
 
   let veryLow = 0, low = 0, target = 0, high = 0, veryHigh = 0, sum = 0;
   for (const r of inPeriod) {
@@ -100,10 +95,11 @@ export function computeMetrics(all: readonly MetricReading[], options: MetricsOp
   const sd = n > 1 ? Math.sqrt(squares / (n - 1)) : 0;
   const pct = (k: number): number => round((k / n) * 100, 2);
 
-  const interval = medianInterval(inPeriod) || intervalAll;
+  const interval = medianInterval(inPeriod) || period.intervalAll;
   const expected = interval > 0 ? (end - start) / interval : n;
   const active = Math.min(100, round((n / expected) * 100, 2));
-  const dayKeys = new Set(inPeriod.map((r) => localDate(r.epochMs, r.offsetMinutes ?? 0)));
+  const dayKeys = new Set<number>();
+  for (const r of inPeriod) dayKeys.add(Math.floor((r.epochMs + (r.offsetMinutes ?? 0) * 60_000) / DAY));
   const periodDays = round((end - start) / DAY, 2);
   const offset = inPeriod[n - 1]!.offsetMinutes ?? 0;
 
@@ -129,6 +125,21 @@ export function computeMetrics(all: readonly MetricReading[], options: MetricsOp
     samplingIntervalMs: interval,
     warnings,
   };
+}
+
+/** Readings of the period, sorted by time, and the period itself; undefined when none has a value. */
+export function selectPeriod(all: readonly MetricReading[], options: MetricsOptions = {}):
+  { start: number; end: number; intervalAll: number; readings: MetricReading[] } | undefined {
+  let sorted = all.filter((r) => Number.isFinite(r.mgdl));
+  if (sorted.length === 0) return undefined;
+  let ordered = true;
+  for (let i = 1; i < sorted.length && ordered; i++) ordered = sorted[i - 1]!.epochMs <= sorted[i]!.epochMs;
+  if (!ordered) sorted = sorted.sort((a, b) => a.epochMs - b.epochMs);
+  const intervalAll = medianInterval(sorted);
+  const end = options.end ?? sorted[sorted.length - 1]!.epochMs + (intervalAll || 1);
+  const start = options.start ?? Math.max(end - (options.days ?? 14) * DAY, sorted[0]!.epochMs);
+  const readings = sorted.filter((r) => r.epochMs >= start && r.epochMs < end);
+  return readings.length ? { start, end, intervalAll, readings } : undefined;
 }
 
 /** Median of the positive gaps between consecutive (sorted) readings; 0 with fewer than two readings. */

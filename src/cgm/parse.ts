@@ -21,6 +21,8 @@ import { fromMgdl, round } from './units.js';
 
 /** Largest plausible glucose; above this a value is rejected as impossible. */
 export const MAX_GLUCOSE_MGDL = 1000;
+/** How many recent records the in-file duplicate check remembers. */
+export const DEDUPE_WINDOW = 50_000;
 /** Largest plausible insulin amount (units, or units/h for basal) in one record. */
 export const MAX_INSULIN_UNITS = 250;
 
@@ -79,8 +81,13 @@ async function* validated(items: AsyncIterable<ParserItem>, summary: IngestSumma
   const now = options.now ?? Date.now;
   const tolerance = options.futureToleranceMs ?? 5 * 60_000;
   const maxIssues = options.maxIssues ?? 1000;
-  /** device → instant → first record's value (mg/dL, NaN when absent) and line: duplicates in one file. */
-  const seen = new Map<string, Map<number, { value: number; where: string }>>();
+  /**
+   * (kind, device, instant) → first record's value (NaN when absent) and position, for duplicates in
+   * one file. Bounded to the last DEDUPE_WINDOW records so memory stays flat on huge files; repeats
+   * further apart are still caught by the store's conditional create on the reading identifier.
+   */
+  let seen = new Map<string, { value: number; record: number; line?: number }>();
+  let older = new Map<string, { value: number; record: number; line?: number }>();
   let first = Infinity;
   let last = -Infinity;
 
@@ -111,24 +118,27 @@ async function* validated(items: AsyncIterable<ParserItem>, summary: IngestSumma
         continue;
       }
       const rec = item.record;
-      const at = rec.line !== undefined ? `record ${rec.record} (line ${rec.line})` : `record ${rec.record}`;
+      const at = (): string => (rec.line !== undefined ? `record ${rec.record} (line ${rec.line})` : `record ${rec.record}`);
       const problem = impossible(rec, now(), tolerance);
       if (problem) {
-        note('rejected', rec, problem[0], `${at}: ${problem[1]}`);
+        note('rejected', rec, problem[0], `${at()}: ${problem[1]}`);
         continue;
       }
-      const key = `${rec.kind}\u0000${rec.deviceId}`;
-      let times = seen.get(key);
-      if (!times) seen.set(key, (times = new Map()));
+      const key = `${rec.kind}\u0000${rec.deviceId}\u0000${rec.epochMs}`;
       const value = rec.kind === 'glucose' ? (rec.mgdl ?? Number.NaN) : rec.kind === 'bolus' ? rec.units : rec.rate;
-      const prior = times.get(rec.epochMs);
+      const prior = seen.get(key) ?? older.get(key);
       if (prior) {
         const same = Object.is(prior.value, value) || Math.abs(prior.value - value) < 1e-9;
+        const first = prior.line !== undefined ? `record ${prior.record} (line ${prior.line})` : `record ${prior.record}`;
         note('skipped', rec, same ? 'duplicate' : 'conflicting-duplicate',
-          same ? `${at}: duplicate of ${prior.where} (same device and time)` : `${at}: same device and time as ${prior.where} but a different value; the first is kept`);
+          same ? `${at()}: duplicate of ${first} (same device and time)` : `${at()}: same device and time as ${first} but a different value; the first is kept`);
         continue;
       }
-      times.set(rec.epochMs, { value, where: at });
+      seen.set(key, { value, record: rec.record, ...(rec.line !== undefined ? { line: rec.line } : {}) });
+      if (seen.size >= DEDUPE_WINDOW / 2) {
+        older = seen; // two generations: O(1) forgetting, between DEDUPE_WINDOW/2 and DEDUPE_WINDOW remembered
+        seen = new Map();
+      }
       const out = rec.kind === 'glucose' ? applyUnit(rec, options.unit ?? 'source') : rec;
       summary.converted++;
       if (rec.epochMs < first) first = rec.epochMs;
