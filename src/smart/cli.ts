@@ -1,6 +1,6 @@
 /**
  * Operator commands of the authorization server, registered on the `glucoguard` program by
- * src/cli.ts: `users add`, `clients add`, `launch create`. The plain functions below do the work
+ * src/cli.ts: `users add`, `clients add`, `launch create`, `signing-keys rotate`. The plain functions below do the work
  * and are what tests call.
  */
 import { readFileSync } from 'node:fs';
@@ -8,6 +8,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import type { JSONWebKeySet } from 'jose';
 import type { Config } from '../config.js';
 import type { KeyValueStore } from '../kv/port.js';
+import { SigningKeys } from './keys.js';
 import { createLaunch as storeLaunch, type CreatedLaunch } from './launch.js';
 import { splitScopes } from './scopes.js';
 import { SmartStore, type Client, type NewClient, type User } from './store.js';
@@ -41,6 +42,13 @@ export async function createLaunch(config: Config, kv: KeyValueStore, fhirBase: 
   } finally {
     store.close();
   }
+}
+
+/** New current signing keys; the previous public keys stay in the JWKS. Returns the JWKS key ids. */
+export function rotateSigningKeys(config: Config): string[] {
+  const keys = SigningKeys.open(config.dataDir);
+  keys.rotate();
+  return keys.jwks().keys.map((k) => `${k.kid} (${k.alg})`);
 }
 
 export interface OpenedForCli {
@@ -89,6 +97,16 @@ export function registerSmartCommands(program: Command, open: () => Promise<Open
         console.log(`client_id: ${client.clientId}`);
         if (secret) console.log(`client_secret: ${secret}\n(shown once; store it now)`);
         console.log(`type: ${client.type}\nscopes: ${client.scopes.join(' ')}`);
+      });
+    });
+
+  const signingKeys = program.command('signing-keys').description('keys that sign access tokens (ES256) and id_tokens (RS256)');
+  signingKeys.command('rotate')
+    .description('make new signing keys; the previous public keys stay published so issued tokens keep verifying (restart the server afterwards)')
+    .action(async () => {
+      await withOpened(open, async ({ config }) => {
+        const kids = rotateSigningKeys(config);
+        console.log(`signing keys rotated; JWKS now holds:\n  ${kids.join('\n  ')}\nrestart every replica to sign with the new keys`);
       });
     });
 

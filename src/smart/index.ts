@@ -59,7 +59,7 @@ export interface Smart {
   capabilitySecurity(): CapabilityStatementRestSecurity;
   /** See scopes.ts: final when `resource` is given, a pre-check otherwise. */
   scopeAllows(access: AccessContext, interaction: Interaction, resourceType: string, resource?: object): boolean;
-  /** The discovery document (also served at /fhir/.well-known/smart-configuration). */
+  /** Users and clients (tests and operator tools). */
   store: SmartStore;
   keys: SigningKeys;
   tokens: TokenService;

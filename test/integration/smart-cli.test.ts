@@ -84,6 +84,18 @@ describe('glucoguard clients add', () => {
   });
 });
 
+describe('glucoguard signing-keys rotate', () => {
+  test('adds new keys and keeps the previous public keys in the JWKS', async () => {
+    const { SigningKeys } = await import('../../src/smart/keys.js');
+    const before = SigningKeys.open(dir).jwks().keys.map((k) => k.kid);
+    await run(['signing-keys', 'rotate']);
+    const after = SigningKeys.open(dir).jwks().keys.map((k) => k.kid);
+    expect(after).toHaveLength(4);
+    expect(after).toEqual(expect.arrayContaining(before));
+    expect(out.join('\n')).toContain('restart every replica');
+  });
+});
+
 describe('glucoguard launch create', () => {
   test('needs a shared (Redis) KV store and says so', async () => {
     await run(['launch', 'create', '--patient', 'p1', '--practitioner', 'd1'], new MemoryKeyValueStore());
