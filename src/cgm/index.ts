@@ -24,7 +24,7 @@ export {
   stableUuid, CGM_IG, PROFILE, IDENTIFIER_SYSTEM, READING_CODE, METER_CODE, GLUCOSE_QUANTITY,
   type ConvertContext, type ConvertedEntry,
 } from './fhir.js';
-export { computeMetrics, medianInterval, type CgmMetrics, type MetricReading, type MetricsOptions, type TimesInRanges } from './metrics.js';
+export { computeMetrics, medianInterval, periodFromParams, selectPeriod, type CgmMetrics, type MetricReading, type MetricsOptions, type TimesInRanges } from './metrics.js';
 export { computeAgp, quantileType7, type Agp, type AgpBin } from './agp.js';
 export { buildCgmSummary, SUMMARY_PROFILE, SUMMARY_CODE, SUMMARY_IDENTIFIER_SYSTEM, type CgmSummaryEntries } from './summary.js';
 export { metricReadingsFromRecords, metricReadingsFromObservations } from './readings.js';

@@ -3,7 +3,8 @@
  * of readings (the convention of the consensus and of the R package iglu). Only CGM readings with a
  * value count; readings flagged HIGH/LOW or in error carry no value and are left out.
  */
-import { localDate } from './time.js';
+import { badRequest } from '../errors.js';
+import { localDate, parseIso } from './time.js';
 import { MGDL_PER_MMOLL, round } from './units.js';
 
 /** The minimum a metrics computation needs of a reading. */
@@ -153,4 +154,25 @@ export function medianInterval(sorted: readonly { epochMs: number }[]): number {
   gaps.sort((a, b) => a - b);
   const mid = gaps.length >> 1;
   return gaps.length % 2 ? gaps[mid]! : (gaps[mid - 1]! + gaps[mid]!) / 2;
+}
+
+/**
+ * A reporting period from query parameters (`$cgm-summary?start=&end=`): FHIR dates or date-times.
+ * A date-only `start` means that day's first instant, a date-only `end` includes the whole day; both
+ * are read in `offsetMinutes` (default UTC). Either may be absent (then the default applies).
+ * Throws ERR_INVALID naming the parameter for unreadable values or an empty period.
+ */
+export function periodFromParams(params: { start?: string; end?: string }, offsetMinutes = 0): Pick<MetricsOptions, 'start' | 'end'> {
+  const read = (name: 'start' | 'end', text: string): number => {
+    const dateOnly = /^\d{4}-\d{2}-\d{2}$/.test(text);
+    const parsed = parseIso(dateOnly ? `${text}T00:00:00` : text);
+    if (!parsed) throw badRequest(`${name} must be a date (YYYY-MM-DD) or date-time`, name);
+    const instant = parsed.offsetMinutes === undefined ? parsed.epochMs - offsetMinutes * 60_000 : parsed.epochMs;
+    return dateOnly && name === 'end' ? instant + DAY : instant;
+  };
+  const out: Pick<MetricsOptions, 'start' | 'end'> = {};
+  if (params.start) out.start = read('start', params.start);
+  if (params.end) out.end = read('end', params.end);
+  if (out.start !== undefined && out.end !== undefined && out.end <= out.start) throw badRequest('end must be after start', 'end');
+  return out;
 }

@@ -90,6 +90,7 @@ async function* validated(items: AsyncIterable<ParserItem>, summary: IngestSumma
   let older = new Map<string, { value: number; record: number; line?: number }>();
   let first = Infinity;
   let last = -Infinity;
+  const listed = { skipped: 0, rejected: 0 };
 
   const note = (kind: 'skipped' | 'rejected', pos: SourcePosition, reason: SkipReason | RejectReason, message: string, quiet = false): void => {
     if (kind === 'skipped') {
@@ -100,7 +101,8 @@ async function* validated(items: AsyncIterable<ParserItem>, summary: IngestSumma
       summary.rejectedByReason[reason as RejectReason] = (summary.rejectedByReason[reason as RejectReason] ?? 0) + 1;
     }
     if (quiet) return;
-    if (summary.issues.length < maxIssues) {
+    // Separate caps, so a flood of skipped rows cannot hide the rejections that matter.
+    if (++listed[kind] <= maxIssues) {
       const entry: IngestIssue = { kind, reason, record: pos.record, message, ...(pos.line !== undefined ? { line: pos.line } : {}) };
       summary.issues.push(entry);
     } else summary.issuesTruncated = true;

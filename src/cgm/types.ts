@@ -114,7 +114,7 @@ export interface IngestSummary {
   rejected: number;
   skippedByReason: Partial<Record<SkipReason, number>>;
   rejectedByReason: Partial<Record<RejectReason, number>>;
-  /** Individual issues in source order (the first `maxIssues`; counts above are complete). */
+  /** Individual issues in source order (the first `maxIssues` skipped and the first `maxIssues` rejected; counts above are complete). */
   issues: IngestIssue[];
   /** True when `issues` was cut at `maxIssues`. */
   issuesTruncated: boolean;
@@ -143,7 +143,7 @@ export interface ParseOptions {
   now?: () => number;
   /** Readings up to this far in the future are accepted (device clock skew). Default 5 minutes. */
   futureToleranceMs?: number;
-  /** Largest number of individual issues kept in the summary. Default 1000. */
+  /** Largest number of individual skipped, and of rejected, issues listed in the summary. Default 1000 each. */
   maxIssues?: number;
   /**
    * Unit policy for glucose values: keep the source unit (default), or convert everything to one unit.
