@@ -392,6 +392,18 @@ describe('search', () => {
     await rejectsWith(search('Observation?value-quantity=5'), 'ERR_INVALID');
   });
 
+  it('finds a match that lies past the first batch of index candidates', async () => {
+    const many = Array.from({ length: 150 }, (_, i) => observation('busy', new Date(Date.UTC(2026, 1, 1, 0, i)).toISOString()));
+    many.push(observation('busy', '2026-02-01T03:00:00Z', { code: { coding: [{ system: 'http://snomed.info/sct', code: '434912009' }] } }));
+    await repo.createMany(many);
+    const found = await search('Observation?patient=busy&date=ge2026-02-01&code=http://snomed.info/sct|&_count=1');
+    expect(found.resources.map((r) => (r as Observation).effectiveDateTime)).toEqual(['2026-02-01T03:00:00Z']);
+    expect(found.hasMore).toBe(false);
+    const day = await search('Observation?patient=busy&date=ge2026-02-01&date=lt2026-02-02&_count=100');
+    expect(day.resources).toHaveLength(100);
+    expect(day.hasMore).toBe(true);
+  });
+
   it('only the current version is searchable', async () => {
     const current = await repo.read<Observation>('Observation', obsIds['d1-00']!);
     await repo.update({ ...current, code: { coding: [{ system: 'http://loinc.org', code: '2339-0' }] } });
