@@ -4,18 +4,22 @@
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { Operator } from '@medplum/core';
+import type { Patient } from '@medplum/fhirtypes';
 import express, { type Express } from 'express';
 import type { Config } from './config.js';
 import { fhirBase, insecureSettings } from './config.js';
-import { OPEN_ACCESS, type AccessContext } from './fhir/access.js';
 import { buildCapabilityStatement } from './fhir/capability.js';
 import { loadFhirDefinitions } from './fhir/definitions.js';
-import { fhirHttpRouter, type Authenticate } from './fhir/http.js';
+import { fhirHttpRouter } from './fhir/http.js';
 import { FhirRouter } from './fhir/router.js';
 import { ProfileValidator } from './fhir/validation.js';
 import { deriveKey, loadMasterKey, masterKeyPath } from './keys.js';
 import { MemoryKeyValueStore } from './kv/memory.js';
 import type { KeyValueStore } from './kv/port.js';
+import { RedisKeyValueStore } from './kv/redis.js';
+import { createSmart, type Smart } from './smart/index.js';
+import { SmartScopePolicy } from './smart/policy.js';
 import { createLogger, type Logger } from './log.js';
 import { PACKAGE_ROOT, PROFILES_DIR } from './paths.js';
 import { EmbeddedRepository } from './repository/embedded/index.js';
@@ -31,6 +35,7 @@ export interface App {
   fhir: FhirRouter;
   repository: Repository;
   kv: KeyValueStore;
+  smart: Smart;
   /** One line per port: which adapter serves it and where its data lives. */
   adapters: { port: string; adapter: string; location: string }[];
   close(): Promise<void>;
@@ -54,9 +59,24 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const validator = new ProfileValidator(PROFILES_DIR);
   const masterKey = loadMasterKey(config);
   const repository = await createRepository(config, logger);
-  const kv: KeyValueStore = new MemoryKeyValueStore();
+  const kv: KeyValueStore = config.redisUrl ? await RedisKeyValueStore.connect(config.redisUrl, { logger }) : new MemoryKeyValueStore();
 
   const base = fhirBase(config);
+  const smart = await createSmart({
+    config,
+    kv,
+    logger,
+    fhirBase: base,
+    searchPatients: async (q) => {
+      const result = await repository.search({ resourceType: 'Patient', filters: q ? [{ code: 'name', operator: Operator.EQUALS, value: q }] : [], count: 20, offset: 0 });
+      return result.resources.map((r) => {
+        const p = r as Patient;
+        const name = p.name?.[0];
+        return { id: p.id!, name: [name?.given?.join(' '), name?.family].filter(Boolean).join(' ') || p.id!, birthDate: p.birthDate };
+      });
+    },
+  });
+  const scopes = new SmartScopePolicy();
   const profilesByType: Record<string, string[]> = {};
   for (const url of validator.profileUrls()) {
     const sd = validator.profile(url)!;
@@ -71,6 +91,8 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     defaultPageSize: config.defaultPageSize,
     maxPageSize: config.maxPageSize,
     logger,
+    policy: scopes,
+    guards: [scopes],
     capabilityStatement: () => buildCapabilityStatement({
       fhirBase: base,
       version: VERSION,
@@ -78,11 +100,10 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
       operations: fhir.registeredOperations(),
       instantiates: ['http://hl7.org/fhir/uv/cgm/CapabilityStatement/cgm-data-receiver'],
       profilesByType,
+      security: config.auth === 'on' ? smart.capabilitySecurity() : undefined,
       date: started,
     }),
   });
-
-  const authenticate: Authenticate = async (): Promise<AccessContext> => OPEN_ACCESS;
 
   const http = express();
   http.disable('x-powered-by');
@@ -96,7 +117,8 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   http.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
-  http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate, maxBodyBytes: config.maxBodyBytes, logger }));
+  http.use(smart.router);
+  http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate: (headers, url) => smart.authenticate(headers, url), maxBodyBytes: config.maxBodyBytes, logger }));
   http.get('/', (_req, res) => {
     res.json({ name: 'GlucoGuard', version: VERSION, fhir: base });
   });
@@ -115,8 +137,10 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     fhir,
     repository,
     kv,
+    smart,
     adapters,
     async close() {
+      await smart.close();
       await repository.close();
       await kv.close();
     },

@@ -10,7 +10,9 @@ import { ConfigError, fhirBase, loadConfig, type Config } from './config.js';
 import { loadFhirDefinitions } from './fhir/definitions.js';
 import { ProfileValidator } from './fhir/validation.js';
 import { createLogger } from './log.js';
+import { RedisKeyValueStore } from './kv/redis.js';
 import { PROFILES_DIR } from './paths.js';
+import { registerSmartCommands } from './smart/cli.js';
 
 function config(): Config {
   try {
@@ -36,7 +38,9 @@ program
     const { logger } = app;
     for (const a of app.adapters) logger.info({ port: a.port, adapter: a.adapter, location: a.location }, `${a.port}: ${a.adapter} (${a.location})`);
     const server: Server = app.http.listen(cfg.port, cfg.host, () => {
-      logger.info({ fhirBase: fhirBase(cfg) }, `GlucoGuard ${VERSION} listening: FHIR base ${fhirBase(cfg)}`);
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : cfg.port;
+      logger.info({ fhirBase: fhirBase(cfg), port }, `GlucoGuard ${VERSION} listening on port ${port}: FHIR base ${fhirBase(cfg)}`);
     });
     server.keepAliveTimeout = 5000;
     let stopping = false;
@@ -98,6 +102,13 @@ patients
       await repository.close();
     }
   });
+
+registerSmartCommands(program, async () => {
+  const cfg = config();
+  if (!cfg.redisUrl) return { config: cfg };
+  const kv = await RedisKeyValueStore.connect(cfg.redisUrl, { logger: createLogger('warn') });
+  return { config: cfg, kv, close: () => kv.close() };
+});
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const e = err as { code?: string; issues?: { diagnostics?: string }[]; message?: string };

@@ -28,6 +28,7 @@ const DEFAULT_PUBLIC = [/^\/metadata$/];
 /** Express router to mount at `/fhir`. */
 export function fhirHttpRouter(options: FhirHttpOptions): Router {
   const r = express.Router();
+  r.use(cors);
   r.use(express.raw({ type: () => true, limit: options.maxBodyBytes }));
   r.use((err: unknown, _req: Request, res: Response, next: NextFunction) => {
     if (!err) return next();
@@ -68,6 +69,23 @@ export function fhirHttpRouter(options: FhirHttpOptions): Router {
     }, 'fhir request');
   });
   return r;
+}
+
+/**
+ * CORS for browser SMART apps: bearer tokens, never cookies, so any origin may call; preflights
+ * answer at once.
+ */
+function cors(req: Request, res: Response, next: NextFunction): void {
+  res.setHeader('Access-Control-Allow-Origin', '*');
+  res.setHeader('Access-Control-Expose-Headers', 'ETag, Location, Last-Modified, Content-Location, X-Request-Id, X-Progress, Retry-After, WWW-Authenticate');
+  if (req.method === 'OPTIONS') {
+    res.setHeader('Access-Control-Allow-Methods', 'GET, POST, PUT, DELETE, HEAD, OPTIONS');
+    res.setHeader('Access-Control-Allow-Headers', 'Authorization, Content-Type, Accept, Prefer, If-Match, If-None-Exist, If-None-Match, X-Request-Id');
+    res.setHeader('Access-Control-Max-Age', '600');
+    res.status(204).end();
+    return;
+  }
+  next();
 }
 
 function negotiate(req: Request): void {

@@ -1,0 +1,62 @@
+/**
+ * SMART scopes as the facade's AccessPolicy and OutboundGuard: the type-level pre-check before the
+ * repository is touched, `patient/` searches narrowed to the launch patient, and every resource that
+ * leaves or is written checked against the scopes with the resource in hand (granular filters and
+ * patient confinement are final only then).
+ */
+import { Operator, getSearchParameter, type SearchRequest } from '@medplum/core';
+import type { Resource } from '@medplum/fhirtypes';
+import { forbidden } from '../errors.js';
+import type { AccessContext } from '../fhir/access.js';
+import type { AccessPolicy, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
+import { scopeAllows, type Interaction as ScopeInteraction } from './scopes.js';
+
+const SCOPE_INTERACTION: Record<Interaction, ScopeInteraction> = {
+  read: 'read',
+  vread: 'read',
+  search: 'search',
+  history: 'read',
+  create: 'create',
+  update: 'update',
+  delete: 'delete',
+  operation: 'read',
+};
+
+export class SmartScopePolicy implements AccessPolicy, OutboundGuard {
+  authorize(access: AccessContext, interaction: Interaction, resourceType: string): void {
+    if (access.kind === 'open') return;
+    if (!scopeAllows(access, SCOPE_INTERACTION[interaction], resourceType)) {
+      throw forbidden(`The access token's scopes do not allow ${interaction} on ${resourceType}`);
+    }
+  }
+
+  /** A patient-context token only ever searches its own patient's compartment. */
+  narrowSearch(access: AccessContext, request: SearchRequest): SearchRequest {
+    if (access.kind === 'open' || !access.patient || !onlyPatientScopes(access)) return request;
+    if (request.resourceType === 'Patient') {
+      return { ...request, filters: [...(request.filters ?? []), { code: '_id', operator: Operator.EQUALS, value: access.patient }] };
+    }
+    if (getSearchParameter(request.resourceType, 'patient')) {
+      return { ...request, filters: [...(request.filters ?? []), { code: 'patient', operator: Operator.EQUALS, value: `Patient/${access.patient}` }] };
+    }
+    return request;
+  }
+
+  mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): boolean {
+    return scopeAllows(access, interaction, resource.resourceType, interaction === 'delete' && !hasContent(resource) ? undefined : resource);
+  }
+
+  async guard(access: AccessContext, resources: Resource[]): Promise<GuardResult> {
+    if (access.kind === 'open') return { allowed: resources, issues: [] };
+    return { allowed: resources.filter((r) => scopeAllows(access, 'read', r.resourceType, r)), issues: [] };
+  }
+}
+
+function onlyPatientScopes(access: AccessContext): boolean {
+  const resourceScopes = access.scopes.filter((s) => /^(patient|user|system)\//.test(s));
+  return resourceScopes.length > 0 && resourceScopes.every((s) => s.startsWith('patient/'));
+}
+
+function hasContent(resource: Resource): boolean {
+  return Object.keys(resource).some((k) => k !== 'resourceType' && k !== 'id');
+}

@@ -1,0 +1,74 @@
+/**
+ * The `glucoguard` command as an operator runs it: the built bin (npm test builds first via pretest).
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { PACKAGE_ROOT } from '../../src/paths.js';
+import { tempDir } from '../support/app.js';
+import { rmSync } from 'node:fs';
+
+const BIN = path.join(PACKAGE_ROOT, 'bin/glucoguard.js');
+const dataDir = tempDir('gg-cli-');
+const env = { ...process.env, GLUCOGUARD_DATA_DIR: dataDir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'info', PORT: '0', CHAIN_PORT: '0', CHAIN_BLOCK_PERIOD: '0', GLUCOGUARD_HOST: '127.0.0.1' };
+
+beforeAll(() => {
+  // The CLI runs the compiled dist/ exactly as `npm start` does; build it (incremental) first.
+  const build = spawnSync(process.execPath, [path.join(PACKAGE_ROOT, 'scripts/build.mjs')], { cwd: PACKAGE_ROOT, encoding: 'utf8' });
+  if (build.status !== 0) throw new Error(`npm run build failed:\n${build.stdout}\n${build.stderr}`);
+}, 180_000);
+afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
+
+describe('glucoguard CLI', () => {
+  let patientId = '';
+
+  test('patients create prints the new id', () => {
+    const r = spawnSync(process.execPath, [BIN, 'patients', 'create', '--given', 'Ana', '--family', 'Rivera', '--birth-date', '1950-04-02'], { env, encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    patientId = r.stdout.trim();
+    expect(patientId).toMatch(/^[A-Za-z0-9\-.]{1,64}$/);
+  });
+
+  test('patients create refuses a malformed birth date with a clear message and exit code', () => {
+    const r = spawnSync(process.execPath, [BIN, 'patients', 'create', '--given', 'A', '--family', 'B', '--birth-date', '02/04/1950'], { env, encoding: 'utf8' });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/YYYY-MM-DD/);
+  });
+
+  test('a bad configuration stops start-up with one message per problem', () => {
+    const r = spawnSync(process.execPath, [BIN, 'serve'], { env: { ...env, PORT: 'x', GLUCOGUARD_AUTH: 'maybe' }, encoding: 'utf8' });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/PORT must be an integer/);
+    expect(r.stderr).toMatch(/GLUCOGUARD_AUTH must be one of/);
+  });
+
+  test('serve logs its adapters, serves the patient, and exits 0 on SIGTERM', async () => {
+    const child = spawn(process.execPath, [BIN, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    const port = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`server did not start: ${out}`)), 20_000);
+      child.stdout.on('data', () => {
+        const m = /listening on port (\d+)/.exec(out);
+        if (m) {
+          clearTimeout(timer);
+          resolve(Number(m[1]));
+        }
+      });
+    });
+    expect(out).toMatch(/repository: embedded/);
+    expect(out).toMatch(/kv: memory/);
+    expect(out).toMatch(/chain: /);
+    const res = await fetch(`http://127.0.0.1:${port}/fhir/Patient/${patientId}`);
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { name: { family: string }[] }).name[0]!.family).toBe('Rivera');
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    expect(out).toMatch(/stopped cleanly/);
+    expect(out).not.toMatch(/Rivera/);
+  });
+});

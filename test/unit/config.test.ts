@@ -1,0 +1,53 @@
+import { describe, expect, test } from '@jest/globals';
+import { ConfigError, insecureSettings, loadConfig } from '../../src/config.js';
+
+describe('config', () => {
+  test('defaults: port 8080, ./data, localhost base URL, auth on, embedded everything', () => {
+    const c = loadConfig({});
+    expect(c.port).toBe(8080);
+    expect(c.dataDir).toMatch(/\/data$/);
+    expect(c.baseUrl).toBe('http://localhost:8080');
+    expect(c.auth).toBe('on');
+    expect(c.upstream).toBeUndefined();
+    expect(c.chain.rpcUrl).toBeUndefined();
+    expect(c.redisUrl).toBeUndefined();
+  });
+
+  test('env overrides defaults and the base URL loses its trailing slash', () => {
+    const c = loadConfig({ PORT: '9000', GLUCOGUARD_BASE_URL: 'https://gg.example.org/', GLUCOGUARD_DATA_DIR: '/tmp/x' });
+    expect(c.port).toBe(9000);
+    expect(c.baseUrl).toBe('https://gg.example.org');
+    expect(c.dataDir).toBe('/tmp/x');
+  });
+
+  test('reports every bad value at once, each with its own message', () => {
+    let error: ConfigError | undefined;
+    try {
+      loadConfig({ PORT: 'eighty', GLUCOGUARD_BASE_URL: 'ftp://x', GLUCOGUARD_AUTH: 'maybe', REDIS_URL: 'localhost:6379', GLUCOGUARD_MASTER_KEY: 'short' });
+    } catch (err) {
+      error = err as ConfigError;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    expect(error!.code).toBe('ERR_CONFIG');
+    expect(error!.problems).toHaveLength(5);
+    expect(error!.problems.join('\n')).toMatch(/PORT must be an integer/);
+    expect(error!.problems.join('\n')).toMatch(/GLUCOGUARD_BASE_URL must be an http\(s\) URL/);
+    expect(error!.problems.join('\n')).toMatch(/GLUCOGUARD_AUTH must be one of on, off/);
+  });
+
+  test('GLUCOGUARD_AUTH=off is warned about, and refused in production', () => {
+    expect(insecureSettings(loadConfig({ GLUCOGUARD_AUTH: 'off' })).join()).toMatch(/AUTH=off/);
+    expect(() => loadConfig({ GLUCOGUARD_AUTH: 'off', NODE_ENV: 'production' })).toThrow(/refused when NODE_ENV=production/);
+  });
+
+  test('upstream backend-services auth needs its client id, token URL and key file', () => {
+    expect(() => loadConfig({ UPSTREAM_FHIR_URL: 'https://ehr.example.org/fhir', UPSTREAM_AUTH: 'backend-services' }))
+      .toThrow(/UPSTREAM_CLIENT_ID[\s\S]*UPSTREAM_TOKEN_URL[\s\S]*UPSTREAM_PRIVATE_KEY_FILE/);
+    const c = loadConfig({ UPSTREAM_FHIR_URL: 'https://ehr.example.org/fhir/' });
+    expect(c.upstream).toMatchObject({ url: 'https://ehr.example.org/fhir', auth: 'none', timeoutMs: 10000 });
+  });
+
+  test('an unknown time zone is refused', () => {
+    expect(() => loadConfig({ GLUCOGUARD_DEFAULT_TZ: 'Mars/Olympus' })).toThrow(/IANA time zone/);
+  });
+});
