@@ -30,3 +30,4 @@ export { buildCgmSummary, SUMMARY_PROFILE, SUMMARY_CODE, SUMMARY_IDENTIFIER_SYST
 export { metricReadingsFromRecords, metricReadingsFromObservations } from './readings.js';
 export { MGDL_PER_MMOLL, toMgdl, fromMgdl } from './units.js';
 export { formatWithOffset, parseIso, ZoneOffsets } from './time.js';
+export { shapeCachedCheck, type ResourceCheck } from './validate.js';

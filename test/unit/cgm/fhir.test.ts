@@ -2,7 +2,7 @@ import path from 'node:path';
 import { describe, expect, test } from '@jest/globals';
 import type { Device, MedicationAdministration, Observation, Resource } from '@medplum/fhirtypes';
 import {
-  IDENTIFIER_SYSTEM, PROFILE, buildCgmSummary, computeMetrics, metricReadingsFromRecords, readCgm, toResources, toTransactionBundle,
+  IDENTIFIER_SYSTEM, PROFILE, buildCgmSummary, shapeCachedCheck, computeMetrics, metricReadingsFromRecords, readCgm, toResources, toTransactionBundle,
   type CgmRecord,
 } from '../../../src/cgm/index.js';
 import { ProfileValidator } from '../../../src/fhir/validation.js';
@@ -152,5 +152,19 @@ describe('cgm-summary observations', () => {
     const metrics = computeMetrics(metricReadingsFromRecords(await records('libreview-mmol-dst.csv')))!;
     const gmi = buildCgmSummary(metrics, ctx).members.find((m) => m.code.coding![0]!.code === '97506-0')!;
     expect(errorsOf({ ...gmi, valueQuantity: { ...gmi.valueQuantity, code: 'mg/dL' } }).length).toBeGreaterThan(0);
+  });
+});
+
+describe('shape-cached validation', () => {
+  test('runs the full check once per shape and still catches a bad date-time or a missing value', async () => {
+    const check = shapeCachedCheck((r) => validator.check(r));
+    const entries = toResources([...await records('nightscout-entries.json'), ...await records('libreview-mmol-dst.csv')], ctx);
+    for (const e of entries) expect(check(e.resource).filter((i) => i.severity === 'error')).toEqual([]);
+    expect(check.fullChecks()).toBeLessThan(entries.length / 2);
+    const obs = entries.find((e) => e.resource.resourceType === 'Observation')!.resource as Observation;
+    const badTime = check({ ...obs, effectiveDateTime: '2024-13-40T25:00:00Z' });
+    expect(badTime.some((i) => i.severity === 'error')).toBe(true);
+    const noValue = check({ ...obs, valueQuantity: undefined });
+    expect(noValue.map((i) => i.diagnostics).join()).toMatch(/value.exists\(\) or dataAbsentReason.exists\(\)/);
   });
 });
