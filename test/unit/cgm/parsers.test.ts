@@ -237,3 +237,18 @@ describe('Apple HealthKit export.xml', () => {
     await expect(readCgm(fixture('healthkit-malformed.xml'), { now: NOW })).rejects.toThrow(/line 5: malformed XML/);
   });
 });
+
+describe('chunk boundaries', () => {
+  test.each([
+    ['libreview-mmol-dst.csv', { timeZone: 'Europe/Berlin' }],
+    ['healthkit-export.xml', {}],
+    ['dexcom-egvs.json', {}],
+    ['tidepool-export.json', {}],
+  ])('%s read through a stream of 5-byte chunks gives the same result as from its path', async (file, options) => {
+    const fromPath = await readCgm(fixture(file), { now: NOW, partial: true, ...options });
+    const fromStream = await readCgm(createReadStream(fixture(file), { highWaterMark: 5 }), { now: NOW, partial: true, ...options });
+    expect(fromStream.records).toEqual(fromPath.records);
+    expect(fromStream.summary).toEqual(fromPath.summary);
+    expect(fromPath.records.length).toBeGreaterThan(0);
+  });
+});
