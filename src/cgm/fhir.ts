@@ -99,7 +99,7 @@ export function toDevice(rec: CgmRecord, ctx: ConvertContext): ConvertedEntry<De
  * profile. A reading without a value carries dataAbsentReason (invariant cgm-sensor-value-or-dar).
  */
 export function toObservation(rec: GlucoseRecord, ctx: ConvertContext, device?: Reference<Device>): ConvertedEntry<Observation> {
-  const value = readingIdentifier(ctx.patient, rec.source, rec.deviceId, rec.epochMs);
+  const value = readingIdentifier(ctx.patient, rec.source, rec.deviceId, rec.epochMs, rec.method === 'smbg' ? 'smbg' : 'glucose');
   const isCgm = rec.method === 'cgm';
   const code = (isCgm ? READING_CODE : METER_CODE)[rec.unit];
   const resource: Observation = {

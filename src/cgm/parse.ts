@@ -126,14 +126,15 @@ async function* validated(items: AsyncIterable<ParserItem>, summary: IngestSumma
         note('rejected', rec, problem[0], `${at()}: ${problem[1]}`);
         continue;
       }
-      const key = `${rec.kind}\u0000${rec.deviceId}\u0000${rec.epochMs}`;
+      const kind = rec.kind === 'glucose' ? rec.method : rec.kind; // a meter and a sensor value at one instant are two readings
+      const key = `${kind}\u0000${rec.deviceId}\u0000${rec.epochMs}`;
       const value = rec.kind === 'glucose' ? (rec.mgdl ?? Number.NaN) : rec.kind === 'bolus' ? rec.units : rec.rate;
       const prior = seen.get(key) ?? older.get(key);
       if (prior) {
         const same = Object.is(prior.value, value) || Math.abs(prior.value - value) < 1e-9;
-        const first = prior.line !== undefined ? `record ${prior.record} (line ${prior.line})` : `record ${prior.record}`;
+        const firstAt = prior.line !== undefined ? `record ${prior.record} (line ${prior.line})` : `record ${prior.record}`;
         note('skipped', rec, same ? 'duplicate' : 'conflicting-duplicate',
-          same ? `${at()}: duplicate of ${first} (same device and time)` : `${at()}: same device and time as ${first} but a different value; the first is kept`);
+          same ? `${at()}: duplicate of ${firstAt} (same device and time)` : `${at()}: same device and time as ${firstAt} but a different value; the first is kept`);
         continue;
       }
       seen.set(key, { value, record: rec.record, ...(rec.line !== undefined ? { line: rec.line } : {}) });
