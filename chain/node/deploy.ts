@@ -1,0 +1,97 @@
+/**
+ * First-start deployment of the three contracts by the signer (who becomes their admin and first
+ * authority). Addresses follow from the signer's nonces 0–2, so a deployment interrupted by a crash is
+ * finished on the next start; they are recorded in `<dataDir>/chain/deployment.json`.
+ */
+import { createFeeMarket1559Tx } from '@ethereumjs/tx';
+import { bytesToHex, createAddressFromString, hexToBytes, type PrefixedHexString } from '@ethereumjs/util';
+import { AbiCoder, getCreateAddress } from 'ethers';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { loadArtifact, type ContractName } from './artifacts.js';
+import { chainDir } from './keys.js';
+import type { ChainNode } from './node.js';
+
+export type Deployment = Record<ContractName, string>;
+
+export interface DeploymentRecord {
+  chainId: number;
+  signer: string;
+  genesisHash: string;
+  contracts: Deployment;
+}
+
+/** Path of deployment.json in a data directory. */
+export function deploymentPath(dataDir: string): string {
+  return path.join(chainDir(dataDir), 'deployment.json');
+}
+
+/** Reads deployment.json of a data directory (undefined before the first start). */
+export function readDeployment(dataDir: string): DeploymentRecord | undefined {
+  const file = deploymentPath(dataDir);
+  return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as DeploymentRecord) : undefined;
+}
+
+// IdentityRegistry first: ConsentRegistry's constructor takes its address.
+const ORDER: ContractName[] = ['IdentityRegistry', 'ConsentRegistry', 'ResourceAnchor'];
+
+/** Ensures the contracts exist on the chain and deployment.json records them. */
+export async function ensureDeployed(node: ChainNode, dataDir: string, signerKey: Uint8Array): Promise<Deployment> {
+  const signer = node.signer.toString();
+  const expected = Object.fromEntries(ORDER.map((name, nonce) => [name, getCreateAddress({ from: signer, nonce })])) as Deployment;
+  const hasCode = async (address: string): Promise<boolean> =>
+    (await node.withStateAt(node.head, (vm) => vm.stateManager.getCode(createAddressFromString(address)))).length > 0;
+
+  const nonce = await node.pendingNonce(signer);
+  const missing: ContractName[] = [];
+  for (const name of ORDER) if (!(await hasCode(expected[name]))) missing.push(name);
+  if (missing.length) {
+    const firstMissing = ORDER.indexOf(missing[0]!);
+    if (nonce !== BigInt(firstMissing)) {
+      throw new Error(`cannot deploy ${missing.join(', ')}: signer ${signer} has nonce ${nonce}, expected ${firstMissing}`);
+    }
+    const coder = AbiCoder.defaultAbiCoder();
+    const args: Record<ContractName, string> = {
+      IdentityRegistry: coder.encode(['address'], [signer]),
+      ConsentRegistry: coder.encode(['address', 'address'], [signer, expected.IdentityRegistry]),
+      ResourceAnchor: coder.encode(['address'], [signer]),
+    };
+    const hashes: string[] = [];
+    for (const name of missing) {
+      const data = `${loadArtifact(name).bytecode}${args[name].slice(2)}` as PrefixedHexString;
+      const gas = await node.estimateGas({ from: signer, data }, node.head);
+      const baseFee = node.head.header.calcNextBaseFee();
+      const tx = createFeeMarket1559Tx({
+        chainId: BigInt(node.chainId),
+        nonce: BigInt(ORDER.indexOf(name)),
+        gasLimit: gas + gas / 5n,
+        maxFeePerGas: baseFee * 2n + 1n,
+        maxPriorityFeePerGas: 0n,
+        data: hexToBytes(data),
+      }, { common: node.common }).sign(signerKey);
+      hashes.push(await node.sendRawTransaction(tx.serialize()));
+    }
+    for (const hash of hashes) await waitForReceipt(node, hash);
+    for (const name of missing) {
+      if (!(await hasCode(expected[name]))) throw new Error(`deployment of ${name} failed`);
+    }
+  }
+  const record: DeploymentRecord = {
+    chainId: node.chainId,
+    signer,
+    genesisHash: bytesToHex(node.blockchain.genesisBlock.hash()),
+    contracts: { ResourceAnchor: expected.ResourceAnchor, ConsentRegistry: expected.ConsentRegistry, IdentityRegistry: expected.IdentityRegistry },
+  };
+  const file = deploymentPath(dataDir);
+  const text = `${JSON.stringify(record, null, 2)}\n`;
+  if (!existsSync(file) || readFileSync(file, 'utf8') !== text) writeFileSync(file, text);
+  return record.contracts;
+}
+
+async function waitForReceipt(node: ChainNode, hash: string): Promise<void> {
+  const deadline = Date.now() + 120_000;
+  while (!(await node.receipts.txLocation(hash))) {
+    if (Date.now() > deadline || !node.pool.get(hash)) throw new Error(`deployment transaction ${hash} was not sealed`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

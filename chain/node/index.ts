@@ -1,0 +1,76 @@
+/**
+ * The embedded proof-of-authority chain: a single-signer Clique (EIP-225) node on the EthereumJS
+ * libraries, its data in `<dataDir>/chain` (LevelDB, signer key, genesis, deployment), serving standard
+ * Ethereum JSON-RPC over HTTP. The proxy talks to it through ethers like to any other node.
+ */
+import type { Server } from 'node:http';
+import { ensureDeployed, type Deployment } from './deploy.js';
+import { loadOrCreateSignerKey } from './keys.js';
+import { ChainNode, type ChainLogger } from './node.js';
+import { RpcHandlers, serveRpc } from './rpc.js';
+
+export { loadAuthorityKey, signerKeyPath } from './keys.js';
+export { readDeployment, deploymentPath, type Deployment, type DeploymentRecord } from './deploy.js';
+export { loadArtifact, artifactsDir, CONTRACT_NAMES, type Artifact, type ContractName } from './artifacts.js';
+export type { ChainLogger } from './node.js';
+
+export interface EmbeddedChainOptions {
+  /** Data directory; the chain lives in `<dataDir>/chain`. */
+  dataDir: string;
+  /** JSON-RPC port; 0 picks a free one. */
+  port: number;
+  /** Interface to bind (default 127.0.0.1). */
+  host?: string;
+  /** Seconds between blocks while transactions are pending; 0 seals each transaction at once (tests). */
+  blockPeriod: number;
+  chainId: number;
+  /** Largest number of transactions per block (default 200). */
+  maxTxsPerBlock?: number;
+  logger?: ChainLogger;
+}
+
+export interface EmbeddedChain {
+  rpcUrl: string;
+  chainId: number;
+  /** The Clique signer, also admin and authority of the contracts. */
+  signerAddress: string;
+  deployment: Deployment;
+  /** Stops the RPC server and sealer and closes the database. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the embedded chain: opens (or creates: signer key, genesis) the chain in `<dataDir>/chain`,
+ * deploys the contracts on first start, and serves JSON-RPC on host:port.
+ */
+export async function startEmbeddedChain(opts: EmbeddedChainOptions): Promise<EmbeddedChain> {
+  const log = opts.logger ?? { info() {}, warn() {}, error() {} };
+  const node = await ChainNode.open({
+    dataDir: opts.dataDir, blockPeriod: opts.blockPeriod, chainId: opts.chainId, maxTxsPerBlock: opts.maxTxsPerBlock, logger: log,
+  });
+  let server: Server | undefined;
+  try {
+    const deployment = await ensureDeployed(node, opts.dataDir, loadOrCreateSignerKey(opts.dataDir));
+    const served = await serveRpc(new RpcHandlers(node), opts.host ?? '127.0.0.1', opts.port, log);
+    server = served.server;
+    log.info(`chain: embedded Clique node (chain id ${node.chainId}, signer ${node.signer}) at block ${node.head.header.number}, JSON-RPC on ${served.url}`);
+    const httpServer = server;
+    return {
+      rpcUrl: served.url,
+      chainId: node.chainId,
+      signerAddress: node.signer.toString(),
+      deployment,
+      close: async () => {
+        await new Promise<void>((resolve) => {
+          httpServer.close(() => resolve());
+          httpServer.closeAllConnections();
+        });
+        await node.close();
+      },
+    };
+  } catch (err) {
+    server?.close();
+    await node.close();
+    throw err;
+  }
+}

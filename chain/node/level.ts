@@ -1,0 +1,88 @@
+/**
+ * The EthereumJS `DB` interface over a classic-level (LevelDB) sublevel. EthereumJS passes the key and
+ * value encoding per call (bytes, strings, JSON), so each call maps them onto level's encodings.
+ */
+import type { BatchDBOp, DB, DBObject, EncodingOpts } from '@ethereumjs/util';
+import type { AbstractSublevel } from 'abstract-level';
+import type { ClassicLevel } from 'classic-level';
+
+type Key = Uint8Array | string | number;
+type Value = Uint8Array | string | DBObject;
+export type Sublevel = AbstractSublevel<ClassicLevel<string, string>, string | Uint8Array | Buffer, string, string>;
+
+function encodings(opts: EncodingOpts = {}): { keyEncoding: string; valueEncoding: string } {
+  const valueEncoding = opts.valueEncoding === 'string' ? 'utf8' : opts.valueEncoding === 'json' ? 'json' : 'view';
+  const keyEncoding = opts.keyEncoding === 'view' ? 'view' : 'utf8';
+  return { keyEncoding, valueEncoding };
+}
+
+function key(k: Key): Uint8Array | string {
+  return typeof k === 'number' ? String(k) : k;
+}
+
+/**
+ * Adapts one sublevel to EthereumJS's DB interface. With `cacheEntries` > 0 it keeps an LRU of values
+ * read or written (for the state trie, whose nodes are immutable and keyed by hash, this saves the
+ * LevelDB round trip that otherwise dominates an eth_call); the cache is bounded so memory stays flat.
+ */
+export class LevelDB implements DB<Key, Value> {
+  private readonly cache: Map<string, Value> | undefined;
+
+  constructor(private readonly level: Sublevel, private readonly cacheEntries = 0, cache?: Map<string, Value>) {
+    this.cache = cacheEntries > 0 ? (cache ?? new Map()) : undefined;
+  }
+
+  private cacheKey(k: Key, opts?: EncodingOpts): string {
+    return `${opts?.valueEncoding ?? 'view'}:${typeof k === 'string' || typeof k === 'number' ? k : Buffer.from(k).toString('hex')}`;
+  }
+
+  private remember(ck: string, value: Value): void {
+    const cache = this.cache!;
+    cache.delete(ck);
+    cache.set(ck, value);
+    if (cache.size > this.cacheEntries) cache.delete(cache.keys().next().value!);
+  }
+
+  async get(k: Key, opts?: EncodingOpts): Promise<Value | undefined> {
+    const ck = this.cache ? this.cacheKey(k, opts) : '';
+    const hit = this.cache?.get(ck);
+    if (hit !== undefined) {
+      this.remember(ck, hit);
+      return hit;
+    }
+    const value = await this.level.get(key(k) as string, encodings(opts) as object);
+    if (value === undefined || value === null) return undefined;
+    if (this.cache) this.remember(ck, value as unknown as Value);
+    return value as unknown as Value;
+  }
+
+  async put(k: Key, value: Value, opts?: EncodingOpts): Promise<void> {
+    await this.level.put(key(k) as string, value as string, encodings(opts) as object);
+    if (this.cache) this.remember(this.cacheKey(k, opts), value);
+  }
+
+  async del(k: Key, opts?: EncodingOpts): Promise<void> {
+    if (this.cache) this.cache.delete(this.cacheKey(k, opts));
+    await this.level.del(key(k) as string, encodings(opts) as object);
+  }
+
+  async batch(ops: BatchDBOp<Key, Value>[]): Promise<void> {
+    const levelOps = ops.map((op) => ({ ...op, key: key(op.key), ...encodings(op.opts) }));
+    await this.level.batch(levelOps as never);
+    if (this.cache) {
+      for (const op of ops) {
+        const ck = this.cacheKey(op.key, op.opts);
+        if (op.type === 'put') this.remember(ck, op.value);
+        else this.cache.delete(ck);
+      }
+    }
+  }
+
+  shallowCopy(): DB<Key, Value> {
+    return new LevelDB(this.level, this.cacheEntries, this.cache);
+  }
+
+  async open(): Promise<void> {
+    // the parent ClassicLevel opens its sublevels
+  }
+}
