@@ -70,6 +70,7 @@ export class EmbeddedRepository implements Repository {
     this.searchContext = {
       db,
       hash: (value) => keys.hash(value),
+      hashPair: (value) => keys.hashPair(value),
       decode: (row) => this.decode(row),
       readCurrent: (type, id) => {
         const row = this.sql.currentOf.get(type, id);
@@ -307,7 +308,10 @@ export class EmbeddedRepository implements Repository {
     const body = seal(key.key, Buffer.from(JSON.stringify(stored)), aad(stored.resourceType, id, version));
     const entries = extractIndexEntries(stored);
     const refs = entries.keys.map((k) => this.keys.hash(k));
-    const dates = entries.dates.map((d) => ({ h: this.keys.hash(dateRowKey(d.key, d.start, d.end)), start: d.start, end: d.end }));
+    const dates = entries.dates.map((d) => {
+      const [h, h2] = this.keys.hashPair(dateRowKey(d.key, d.start, d.end));
+      return { h, h2, start: d.start, end: d.end };
+    });
     if (previous) {
       if (previous.method !== METHOD.DELETE) this.removeIndex(previous.seq, previous.ix);
       this.sql.retireCurrent.run(previous.seq);
@@ -315,7 +319,7 @@ export class EmbeddedRepository implements Repository {
     const seq = Number(this.sql.insertVersion.run(stored.resourceType, id, version, now, method, key.id, key.version, body,
       packIx(refs, dates)).lastInsertRowid);
     for (const h of refs) this.sql.insertRef.run(h, seq);
-    for (const d of dates) this.sql.insertDate.run(d.h, d.start, d.end, seq);
+    for (const d of dates) this.sql.insertDate.run(d.h, d.h2, d.start, d.end, seq);
     return stored;
   }
 

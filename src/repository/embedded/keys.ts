@@ -87,7 +87,7 @@ export function openText(key: Buffer, sealed: Buffer, aad: string): string | und
 /** The data keys of one store. Not thread-safe; callers hold the repository's write lock for changes. */
 export class KeyRing {
   private readonly cache = new Map<string, DataKey | null>();
-  private readonly hashCache = new Map<string, number>();
+  private readonly hashCache = new Map<string, [number, number]>();
   private readonly indexKey: Buffer;
   private readonly selectKey: Statement<[string], { version: number; wrapped: Buffer | null }>;
   private readonly upsertKey: Statement<[string, number, Buffer | null]>;
@@ -133,9 +133,18 @@ export class KeyRing {
 
   /** A keyed 48-bit hash of an index value, as a number SQLite stores as INTEGER. */
   hash(value: string): number {
+    return this.hashPair(value)[0];
+  }
+
+  /**
+   * Two independent 48-bit slices of the value's HMAC: the date index stores both, so a match
+   * on the pair is a 96-bit match and its key (e.g. the patient) needs no re-check.
+   */
+  hashPair(value: string): [number, number] {
     let h = this.hashCache.get(value);
     if (h === undefined) {
-      h = createHmac('sha256', this.indexKey).update(value).digest().readIntBE(0, 6);
+      const digest = createHmac('sha256', this.indexKey).update(value).digest();
+      h = [digest.readIntBE(0, 6), digest.readIntBE(6, 6)];
       if (this.hashCache.size > 200_000) this.hashCache.clear();
       this.hashCache.set(value, h);
     }

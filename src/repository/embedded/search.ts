@@ -7,7 +7,7 @@
  * patient+date index (`patient=X` with the type's main date, e.g. Observation `date`); a
  * reference or token (`ix_ref`); a date range (`ix_date`); `_lastUpdated`; else every current
  * resource of the type. Other token/reference filters become EXISTS checks in the same query.
- * Date filters answered by a date range scan are proven by its SQL (see Plan.proven).
+ * Filters that the driver's SQL proves exactly are not re-checked (see Plan.proven).
  * When the driver already yields rows in the requested order, candidates are streamed and the
  * scan stops as soon as the page (plus one, for `hasMore`) is full.
  */
@@ -35,6 +35,7 @@ const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
 export interface SearchContext {
   db: Database;
   hash(value: string): number;
+  hashPair(value: string): [number, number];
   /** Decrypts a row; undefined when its key was erased or the row does not decrypt. */
   decode(row: VersionRow): Resource | undefined;
   /** Current, non-deleted, readable resource or undefined. */
@@ -58,9 +59,11 @@ interface Plan {
   /** Second query for long-span date rows (same shape), when the driver is a date range. */
   long?: { where: string[]; args: unknown[] };
   /**
-   * Filters the driver's SQL already proves for every row it yields: date filters of the range
-   * scan, whose row conditions are medplum's comparisons in epoch ms (one row satisfies them all,
-   * so each filter holds). They are not re-evaluated on the decrypted resource.
+   * Filters the driver's SQL already proves for every row it yields, not re-evaluated on the
+   * decrypted resource: date filters of the range scan, whose row conditions are medplum's
+   * comparisons in epoch ms (one row satisfies them all, so each filter holds); and the
+   * single-valued `patient` filter of the patient+date index, whose rows are keyed by a 96-bit
+   * keyed hash of exactly that reference (the two halves `h`, `h2`).
    */
   proven?: Filter[];
 }
@@ -284,7 +287,7 @@ function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamI
   const dateFilters = (code: string): Filter[] => filters.filter((f) => f.code === code);
   if (dateParam && patientRef && (dateBounds(dateFilters(dateParam)) || sort?.code === dateParam)) {
     return datePlan(patientDateKey(type, patientRef.ref), dateBounds(dateFilters(dateParam)), exists(patientRef.filter),
-      dateParam, sort?.code === dateParam && !!sort.descending);
+      dateParam, sort?.code === dateParam && !!sort.descending, [patientRef.filter]);
   }
 
   // 3. reference / token: references first (most selective), then identifiers, then other tokens
@@ -325,20 +328,20 @@ function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamI
   };
 
   function datePlan(key: string, bounds: DateBounds | undefined, extra: { where: string[]; args: unknown[] },
-    code: string, descending: boolean): Plan {
+    code: string, descending: boolean, provenByKey: Filter[] = []): Plan {
     const conditions = bounds?.conditions ?? [];
     const condArgs = bounds?.args ?? [];
     const dir = descending ? 'DESC' : 'ASC';
     return {
       from: 'ix_date d JOIN versions v ON v.seq = d.seq',
-      where: ['d.h = ?', 'd.start >= ?', 'd.start <= ?', ...conditions, ...extra.where],
-      args: [ctx.hash(key), bounds?.startMin ?? MIN_TIME, bounds?.startMax ?? MAX_TIME, ...condArgs, ...extra.args],
+      where: ['d.h = ?', 'd.h2 = ?', 'd.start >= ?', 'd.start <= ?', ...conditions, ...extra.where],
+      args: [...ctx.hashPair(key), bounds?.startMin ?? MIN_TIME, bounds?.startMax ?? MAX_TIME, ...condArgs, ...extra.args],
       orderBy: `d.start ${dir}, d.seq ${dir}`,
       yields: { code, descending },
-      proven: bounds?.proven,
+      proven: [...(bounds?.proven ?? []), ...provenByKey],
       long: {
-        where: ['d.h = ?', ...conditions, ...extra.where],
-        args: [ctx.hash(key + '\0long'), ...condArgs, ...extra.args],
+        where: ['d.h = ?', 'd.h2 = ?', ...conditions, ...extra.where],
+        args: [...ctx.hashPair(key + '\0long'), ...condArgs, ...extra.args],
       },
     };
   }
@@ -346,16 +349,14 @@ function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamI
 
 /**
  * `patient=X` (or `subject=Patient/X` where `patient` is defined as the subject when it is a
- * Patient) with a single value: the patient+date index answers it.
+ * Patient) with exactly one value: the patient+date index answers it.
  */
-function singlePatientRef(type: string, params: Map<string, ParamInfo>, filters: Filter[]): { ref: string; filter: { code: string } } | undefined {
+function singlePatientRef(type: string, params: Map<string, ParamInfo>, filters: Filter[]): { ref: string; filter: Filter } | undefined {
   const subjectIsPatient = params.get('patient')?.definition.expression?.includes(`${type}.subject.where(resolve() is Patient)`);
   for (const f of filters) {
     if (f.operator !== Operator.EQUALS || (f.code !== 'patient' && !(f.code === 'subject' && subjectIsPatient))) continue;
-    const values = splitSearchOnComma(f.value).filter((v) => patientIdOfReference(v));
-    if (values.length === 1 && splitSearchOnComma(f.value).every((v) => v === values[0] || !v.startsWith('Patient/'))) {
-      return { ref: values[0]!, filter: { code: f.code } };
-    }
+    const values = splitSearchOnComma(f.value);
+    if (values.length === 1 && patientIdOfReference(values[0])) return { ref: values[0]!, filter: f };
   }
   return undefined;
 }

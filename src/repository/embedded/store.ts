@@ -5,15 +5,16 @@
  * only, so superseded and deleted versions are never search candidates.
  *
  * Nothing readable about a patient's health is stored in clear: bodies are AES-GCM ciphertext
- * (keys.ts); `ix_ref` holds keyed hashes of tokens and references; `ix_date` holds a keyed hash of
- * the parameter (or of the patient for the patient+date index) with plaintext epoch-ms bounds.
+ * (keys.ts); `ix_ref` holds keyed hashes of tokens and references; `ix_date` holds a keyed hash
+ * pair (h, h2) of the parameter (or of the patient for the patient+date index) with plaintext
+ * epoch-ms bounds.
  */
 import Database from 'better-sqlite3';
 import type { Database as DB, Statement } from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 
-const SCHEMA_VERSION = '1';
+const SCHEMA_VERSION = '2';
 
 export const METHOD = { POST: 0, PUT: 1, DELETE: 2 } as const;
 export const METHOD_NAME = ['POST', 'PUT', 'DELETE'] as const;
@@ -40,7 +41,7 @@ export interface Statements {
   bySeq: Statement<[number], VersionRow>;
   insertRef: Statement<[number, number]>;
   deleteRef: Statement<[number, number]>;
-  insertDate: Statement<[number, number, number, number]>;
+  insertDate: Statement<[number, number, number, number, number]>;
   deleteDate: Statement<[number, number, number]>;
   clearIx: Statement<[number]>;
 }
@@ -76,7 +77,7 @@ export function openStore(dataDir: string): { db: DB; file: string } {
     CREATE INDEX IF NOT EXISTS versions_live ON versions (type, last_updated) WHERE current = 1 AND method <> 2;
     CREATE TABLE IF NOT EXISTS ix_ref (h INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (h, seq)) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS ix_date (
-      h INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, seq INTEGER NOT NULL,
+      h INTEGER NOT NULL, h2 INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, seq INTEGER NOT NULL,
       PRIMARY KEY (h, start, seq)
     ) WITHOUT ROWID;
   `);
@@ -97,7 +98,7 @@ export function prepareStatements(db: DB): Statements {
     bySeq: db.prepare(`SELECT ${cols} FROM versions WHERE seq = ?`),
     insertRef: db.prepare('INSERT OR IGNORE INTO ix_ref (h, seq) VALUES (?, ?)'),
     deleteRef: db.prepare('DELETE FROM ix_ref WHERE h = ? AND seq = ?'),
-    insertDate: db.prepare('INSERT OR IGNORE INTO ix_date (h, start, end, seq) VALUES (?, ?, ?, ?)'),
+    insertDate: db.prepare('INSERT OR IGNORE INTO ix_date (h, h2, start, end, seq) VALUES (?, ?, ?, ?, ?)'),
     deleteDate: db.prepare('DELETE FROM ix_date WHERE h = ? AND start = ? AND seq = ?'),
     clearIx: db.prepare('UPDATE versions SET ix = NULL WHERE seq = ?'),
   };

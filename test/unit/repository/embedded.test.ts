@@ -274,6 +274,9 @@ describe('search', () => {
     expect(await obs('subject=Patient/123')).toEqual(['other']);
     expect((await obs('subject=12')).length).toBe(5);
     expect(await obs('patient=1')).toEqual([]);
+    expect((await obs('subject=Patient/12,Patient/123&date=2026-01-01')).sort()).toEqual(['d1-00', 'd1-06', 'd1-12', 'other']);
+    expect((await obs('subject=Group/1,Patient/123&date=2026-01-01')).sort()).toEqual(['other']);
+    expect((await obs('patient=123&date=2026-01-01&_sort=-date')).sort()).toEqual(['other']);
   });
 
   it('code, category, device and status tokens (code, system|code, |code, system|)', async () => {
