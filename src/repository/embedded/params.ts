@@ -131,6 +131,9 @@ export const dateKey = (type: string, param: string): string => `${type}\0${para
 /** Patient+date index key of a patient reference. */
 export const patientDateKey = (type: string, patientRef: string): string => `${type}\0$patient-date\0${patientRef}`;
 
+/** Patient+date index key for resources of that patient that have no date value. */
+export const undatedKey = (key: string): string => `${key}\0undated`;
+
 /** Evaluates every indexed parameter of the resource's type. */
 export function extractIndexEntries(resource: Resource): IndexEntries {
   const type = resource.resourceType;
@@ -163,6 +166,8 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
   }
   for (const ref of patientRefs) {
     for (const r of patientDates) entries.dates.push({ key: patientDateKey(type, ref), ...r });
+    // Without a date the resource still belongs in `patient=X&_sort=date` answers.
+    if (patientDates.length === 0 && config.patientDate) entries.dates.push({ key: undatedKey(patientDateKey(type, ref)), start: 0, end: 0 });
   }
   entries.keys = [...new Set(entries.keys)];
   return entries;

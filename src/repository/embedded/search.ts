@@ -20,7 +20,7 @@ import { patientIdOfReference } from '../../fhir/compartment.js';
 import type { SearchResult } from '../port.js';
 import {
   dateKey, datesOf, MAX_TIME, MIN_TIME, paramsOf, patientDateKey, patientDateParam, referenceKey, referencesOf,
-  systemTokenKey, tokenKey,
+  systemTokenKey, tokenKey, undatedKey,
 } from './params.js';
 import type { ParamInfo } from './params.js';
 import type { VersionRow } from './store.js';
@@ -56,7 +56,7 @@ interface Plan {
   orderBy: string;
   /** Order the driver yields: the sort code it satisfies ('' = default order), and its direction. */
   yields?: { code: string; descending: boolean };
-  /** Second query for long-span date rows (same shape), when the driver is a date range. */
+  /** Second query for long-span (and, when sorting without a date filter, undated) rows. */
   long?: { where: string[]; args: unknown[] };
   /**
    * Filters the driver's SQL already proves for every row it yields, not re-evaluated on the
@@ -286,6 +286,7 @@ function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamI
   const patientRef = dateParam ? singlePatientRef(type, params, filters) : undefined;
   const dateFilters = (code: string): Filter[] => filters.filter((f) => f.code === code);
   if (dateParam && patientRef && (dateBounds(dateFilters(dateParam)) || sort?.code === dateParam)) {
+    // (sort-only: undated resources of the patient come from a side bucket, like long spans)
     return datePlan(patientDateKey(type, patientRef.ref), dateBounds(dateFilters(dateParam)), exists(patientRef.filter),
       dateParam, sort?.code === dateParam && !!sort.descending, [patientRef.filter]);
   }
@@ -339,9 +340,12 @@ function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamI
       orderBy: `d.start ${dir}, d.seq ${dir}`,
       yields: { code, descending },
       proven: [...(bounds?.proven ?? []), ...provenByKey],
-      long: {
+      long: bounds ? {
         where: ['d.h = ?', 'd.h2 = ?', ...conditions, ...extra.where],
         args: [...ctx.hashPair(key + '\0long'), ...condArgs, ...extra.args],
+      } : {
+        where: ['((d.h = ? AND d.h2 = ?) OR (d.h = ? AND d.h2 = ?))', ...extra.where],
+        args: [...ctx.hashPair(key + '\0long'), ...ctx.hashPair(undatedKey(key)), ...extra.args],
       },
     };
   }

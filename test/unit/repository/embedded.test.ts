@@ -347,6 +347,10 @@ describe('search', () => {
     expect(await obs('patient=12&_sort=-date')).toEqual(['d2-00', 'd1-12', 'd1-06', 'd1-00', 'long']);
     expect(await obs('patient=12&date=ge2026-01-01&_sort=-date')).toEqual(['d2-00', 'd1-12', 'd1-06', 'd1-00']);
     expect(await obs('_sort=-_lastUpdated&_count=1')).toEqual(['other']);
+    const undated = (await repo.create(observation('123', '', { effectiveDateTime: undefined }))).resource.id!;
+    expect(ids((await search('Observation?patient=123&_sort=date')).resources)).toEqual([obsIds['other'], undated]);
+    expect(ids((await search('Observation?patient=123&_sort=-date')).resources)).toEqual([undated, obsIds['other']]);
+    expect(ids((await search('Observation?patient=123&date=le2030-01-01')).resources)).toEqual([obsIds['other']]);
     const byId = ids((await search('Observation?_sort=_id')).resources);
     expect(byId).toEqual([...byId].sort());
     await rejectsWith(search('Observation?_sort=code'), 'ERR_INVALID');
