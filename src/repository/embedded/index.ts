@@ -156,7 +156,7 @@ export class EmbeddedRepository implements Repository {
       if (!request.resourceType) throw badRequest('instance history needs a resource type');
       where.push('v.id = ?');
       args.push(request.id);
-      if (!this.db.prepare('SELECT 1 FROM versions WHERE type = ? AND id = ? LIMIT 1').get(request.resourceType, request.id)) {
+      if (!this.sql.currentOf.get(request.resourceType, request.id)) {
         throw notFound(`${request.resourceType}/${request.id} not found`);
       }
     }
