@@ -455,6 +455,9 @@ describe('other resource types', () => {
     expect(await one('Organization?name=diab&identifier=O1')).toBe(1);
     expect(await one('Device?patient=p99')).toBe(0);
     expect(repo.supportedSearchParams().Observation).toEqual(expect.arrayContaining(['patient', 'subject', 'code', 'date', 'category', 'device', '_id', '_lastUpdated']));
+    for (const [type, params] of Object.entries(repo.supportedSearchParams())) {
+      for (const param of params) await expect(search(`${type}?${param}:missing=true`)).resolves.toBeDefined();
+    }
   });
 });
 
