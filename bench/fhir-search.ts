@@ -1,0 +1,140 @@
+/**
+ * Foundation benchmark: a store of 1,000,000 CGM Observations (BENCH_OBSERVATIONS), loaded through
+ * the embedded repository's bulk path, then the headline query — one patient-day (288 readings) —
+ * timed (a) directly on the repository and (b) over HTTP through the whole facade, in the same run.
+ * The HTTP client runs in a worker thread so it does not share the server's event loop.
+ */
+import { rmSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { parseSearchRequest } from '@medplum/core';
+import { createApp } from '../src/app.js';
+import { loadConfig } from '../src/config.js';
+import { createLogger } from '../src/log.js';
+import { loadCgmObservations, patientDayQuery, type BulkRepository } from './repository-load.js';
+import { fmt, rssMb, summary, type Log } from './stats.js';
+
+const CLIENT = `
+const { parentPort, workerData } = require('node:worker_threads');
+const http = require('node:http');
+const agent = new http.Agent({ keepAlive: true, maxSockets: workerData.concurrency });
+function get(path) {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    http.get({ host: '127.0.0.1', port: workerData.port, path, agent }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, status: res.statusCode, body: Buffer.concat(chunks) }));
+    }).on('error', reject);
+  });
+}
+(async () => {
+  const { paths, warmup, concurrency, seconds } = workerData;
+  for (let i = 0; i < warmup; i++) await get(paths[i % paths.length]);
+  const times = [];
+  let checked = 0, bad = 0, next = 0;
+  const deadline = seconds ? Date.now() + seconds * 1000 : Infinity;
+  const started = process.hrtime.bigint();
+  async function loop() {
+    for (;;) {
+      const i = next++;
+      if (seconds ? Date.now() >= deadline : i >= paths.length) return;
+      const r = await get(paths[i % paths.length]);
+      times.push(r.ms);
+      if (r.status !== 200) bad++;
+      else if (i % 50 === 0) { checked++; const b = JSON.parse(r.body.toString()); if ((b.entry || []).length !== 288) bad++; }
+    }
+  }
+  await Promise.all(Array.from({ length: concurrency }, loop));
+  const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+  parentPort.postMessage({ times, bad, checked, elapsed });
+  agent.destroy();
+})().catch((e) => parentPort.postMessage({ error: String(e) }));
+`;
+
+interface ClientResult { times: number[]; bad: number; checked: number; elapsed: number; error?: string }
+
+function runClient(port: number, paths: string[], opts: { warmup: number; concurrency: number; seconds?: number }): Promise<ClientResult> {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(CLIENT, { eval: true, workerData: { port, paths, ...opts } });
+    w.once('message', (m: ClientResult) => (m.error ? reject(new Error(m.error)) : resolve(m)));
+    w.once('error', reject);
+  });
+}
+
+export async function run(log: Log): Promise<Record<string, number>> {
+  const total = Number(process.env.BENCH_OBSERVATIONS ?? 1_000_000);
+  const patients = Number(process.env.BENCH_PATIENTS ?? 100);
+  const iterations = Number(process.env.BENCH_QUERIES ?? 500);
+  const dataDir = path.resolve('bench/out/fhir-search-store');
+  rmSync(dataDir, { recursive: true, force: true });
+  const app = await createApp(loadConfig({ ...process.env, GLUCOGUARD_DATA_DIR: dataDir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'silent', GLUCOGUARD_MAX_PAGE_SIZE: '1000' }), { logger: createLogger('silent') });
+  try {
+    const repo = app.repository as unknown as BulkRepository;
+    if (typeof repo.createMany !== 'function') throw new Error('the fhir-search benchmark needs the embedded repository');
+    log(`loading ${total.toLocaleString('en')} CGM Observations for ${patients} patients (embedded repository, encrypted)…`);
+    let lastReport = 0;
+    const load = await loadCgmObservations(repo, {
+      total,
+      patients,
+      onProgress: (loaded, seconds) => {
+        if (loaded - lastReport >= 200_000 || loaded === total) {
+          lastReport = loaded;
+          log(`  ${loaded.toLocaleString('en')} loaded, ${fmt(seconds, 1)} s`);
+        }
+      },
+    });
+    log(`load: ${load.loaded.toLocaleString('en')} Observations in ${fmt(load.seconds, 1)} s = ${Math.round(load.loaded / load.seconds).toLocaleString('en')}/s (target < 300 s); RSS ${fmt(rssMb(), 0)} MB`);
+
+    const queries = Array.from({ length: iterations }, (_, i) => {
+      const patient = load.patientIds[(i * 37) % load.patientIds.length]!;
+      const day = new Date(Date.parse('2026-01-01T00:00:00Z') + ((i * 13) % load.days) * 86_400_000).toISOString().slice(0, 10);
+      return patientDayQuery(patient, day);
+    });
+
+    // (a) the repository called directly
+    for (let i = 0; i < 50; i++) await app.repository.search(parseSearchRequest(queries[i % queries.length]!));
+    const direct: number[] = [];
+    for (const q of queries) {
+      const t0 = process.hrtime.bigint();
+      const r = await app.repository.search(parseSearchRequest(q));
+      direct.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      if (r.resources.length !== 288) throw new Error(`direct query answered ${r.resources.length}, expected 288`);
+    }
+    const d = summary(direct.sort((a, b) => a - b));
+
+    // (b) the same queries over HTTP through the facade (sequential: latency; concurrent: throughput)
+    const server = app.http.listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    const port = (server.address() as AddressInfo).port;
+    const paths = queries.map((q) => `/fhir/${q}`);
+    const seq = await runClient(port, paths, { warmup: 50, concurrency: 1 });
+    if (seq.bad) throw new Error(`${seq.bad} HTTP answers were not 200 with 288 entries`);
+    const h = summary(seq.times.sort((a, b) => a - b));
+    const conc = await runClient(port, paths, { warmup: 20, concurrency: 4, seconds: Number(process.env.BENCH_SECONDS ?? 10) });
+    if (conc.bad) throw new Error(`${conc.bad} HTTP answers were not 200 with 288 entries`);
+    const rps = conc.times.length / conc.elapsed;
+    await new Promise((r) => server.close(r));
+
+    log(`patient-day query (288 of ${load.loaded.toLocaleString('en')}), ${iterations} queries over varied patients/days:`);
+    log(`  direct repository: p50 ${fmt(d.p50)} ms, p95 ${fmt(d.p95)} ms`);
+    log(`  HTTP facade:       p50 ${fmt(h.p50)} ms, p95 ${fmt(h.p95)} ms (target p50 < 20 ms); ${fmt(1000 / h.mean, 0)} req/s sequential`);
+    log(`  HTTP throughput, 4 concurrent keep-alive clients, ${fmt(conc.elapsed, 1)} s: ${fmt(rps, 0)} req/s`);
+    log(`  ratio HTTP/direct p50: ${fmt(h.p50 / d.p50)}x (target <= 1.5x)`);
+    return {
+      observations: load.loaded,
+      loadSeconds: load.seconds,
+      loadPerSecond: load.loaded / load.seconds,
+      directP50: d.p50,
+      directP95: d.p95,
+      httpP50: h.p50,
+      httpP95: h.p95,
+      httpRps: rps,
+      ratioP50: h.p50 / d.p50,
+      rssMb: rssMb(),
+    };
+  } finally {
+    await app.close();
+  }
+}
