@@ -21,6 +21,9 @@ import { RedisKeyValueStore } from './kv/redis.js';
 import { createSmart, type Smart } from './smart/index.js';
 import { SmartScopePolicy } from './smart/policy.js';
 import { createLogger, type Logger } from './log.js';
+import {
+  finalErrorHandler, kvCheck, notFoundHandler, observabilityRouter, Readiness, repositoryCheck, requestObservability, securityHeaders,
+} from './observability/index.js';
 import { PACKAGE_ROOT, PROFILES_DIR } from './paths.js';
 import { EmbeddedRepository } from './repository/embedded/index.js';
 import type { Repository } from './repository/port.js';
@@ -36,6 +39,8 @@ export interface App {
   repository: Repository;
   kv: KeyValueStore;
   smart: Smart;
+  /** Checks behind `GET /readyz`; add one per dependency with `readiness.add({ name, check })`. */
+  readiness: Readiness;
   /** One line per port: which adapter serves it and where its data lives. */
   adapters: { port: string; adapter: string; location: string }[];
   close(): Promise<void>;
@@ -108,20 +113,18 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const http = express();
   http.disable('x-powered-by');
   http.set('trust proxy', false);
-  http.use((req, res, next) => {
-    const incoming = req.headers['x-request-id'];
-    const id = typeof incoming === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(incoming) ? incoming : crypto.randomUUID();
-    res.setHeader('X-Request-Id', id);
-    next();
-  });
-  http.get('/healthz', (_req, res) => {
-    res.json({ status: 'ok' });
-  });
+  const readiness = new Readiness(logger, [repositoryCheck(repository), kvCheck(kv)]);
+  http.use(requestObservability({ logger, isFhirOperation: (name) => fhir.registeredOperations().some((op) => op.name === name) }));
+  http.use(securityHeaders());
+  http.use(observabilityRouter(readiness));
   http.use(smart.router);
   http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate: (headers, url) => smart.authenticate(headers, url), maxBodyBytes: config.maxBodyBytes, logger }));
   http.get('/', (_req, res) => {
     res.json({ name: 'GlucoGuard', version: VERSION, fhir: base });
   });
+  // Keep these two last: JSON 404 and the one error handler for errors that escape a router.
+  http.use(notFoundHandler());
+  http.use(finalErrorHandler(logger));
 
   const adapters = [
     { port: 'repository', adapter: repository.description.adapter, location: repository.description.location },
@@ -138,6 +141,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     repository,
     kv,
     smart,
+    readiness,
     adapters,
     async close() {
       await smart.close();

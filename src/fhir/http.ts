@@ -37,7 +37,6 @@ export function fhirHttpRouter(options: FhirHttpOptions): Router {
     send(res, errorToResponse(gg), false);
   });
   r.all(/.*/, async (req: Request, res: Response) => {
-    const started = process.hrtime.bigint();
     let response: FhirResponse;
     const pretty = req.query._pretty === 'true';
     try {
@@ -59,14 +58,8 @@ export function fhirHttpRouter(options: FhirHttpOptions): Router {
       const challenge = (err as { wwwAuthenticate?: string }).wwwAuthenticate;
       if (challenge) response.headers = { ...response.headers, 'WWW-Authenticate': challenge };
     }
+    // The request line (method, route template, status, ms, reqId) is logged by src/observability/request.ts.
     send(res, response, pretty, req.method === 'HEAD');
-    options.logger.info({
-      reqId: res.getHeader('X-Request-Id'),
-      method: req.method,
-      route: routeTemplate(req.path),
-      status: response.status,
-      ms: Number(process.hrtime.bigint() - started) / 1e6,
-    }, 'fhir request');
   });
   return r;
 }
@@ -131,11 +124,6 @@ function decodePath(p: string): string {
   } catch {
     throw badRequest('Malformed URL path');
   }
-}
-
-/** Logged route without ids, so logs carry no identifiers of patients. */
-function routeTemplate(p: string): string {
-  return p.split('/').map((seg, i) => (i >= 2 && !seg.startsWith('$') && !seg.startsWith('_') ? ':id' : seg)).join('/');
 }
 
 function send(res: Response, response: FhirResponse, pretty: boolean, head = false): void {
