@@ -9,8 +9,25 @@ import type { Block, BlockHeader } from '@ethereumjs/block';
 import { CliqueConsensus } from '@ethereumjs/blockchain';
 import { bytesToHex, type Address } from '@ethereumjs/util';
 
+type SignerSnapshot = (header?: BlockHeader) => Promise<void>;
+
 export class SealerCliqueConsensus extends CliqueConsensus {
   private readonly own = new Set<string>();
+
+  constructor(private readonly sealer?: Address) {
+    super();
+    // The base class recovers each new block's signer to keep its "recent signers" list; for blocks
+    // sealed here the signer is known. (Private in the typings, hence the cast; pinned to v10.)
+    const self = this as unknown as { cliqueUpdateLatestBlockSigners: SignerSnapshot; cliqueSignerLimit: (n: bigint) => number };
+    const original = self.cliqueUpdateLatestBlockSigners.bind(this);
+    self.cliqueUpdateLatestBlockSigners = async (header) => {
+      if (!header || !this.sealer || !this.own.has(bytesToHex(header.hash()))) return original(header);
+      this._cliqueLatestBlockSigners.push([header.number, this.sealer]);
+      const limit = self.cliqueSignerLimit(header.number);
+      if (this._cliqueLatestBlockSigners.length > limit) this._cliqueLatestBlockSigners = this._cliqueLatestBlockSigners.slice(-limit);
+      await original(undefined); // persists the list
+    };
+  }
 
   /** Marks a block sealed by this node's key; forgotten once the block is stored. */
   trust(block: Block): void {

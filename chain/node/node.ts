@@ -7,7 +7,8 @@
  */
 import { type Block, type BlockHeader, createBlock, cliqueSigner } from '@ethereumjs/block';
 import { createBlockchain, type Blockchain } from '@ethereumjs/blockchain';
-import { type Common, ConsensusAlgorithm, createCommonFromGethGenesis, parseGethGenesisState } from '@ethereumjs/common';
+import { type Common, ConsensusAlgorithm, parseGethGenesisState } from '@ethereumjs/common';
+import { chainCommon } from './common.js';
 import { MerklePatriciaTrie } from '@ethereumjs/mpt';
 import { Caches, MerkleStateManager } from '@ethereumjs/statemanager';
 import { createTx, createTxFromRLP, type TypedTransaction, type TypedTxData } from '@ethereumjs/tx';
@@ -116,12 +117,8 @@ export class ChainNode {
       genesis = cliqueGenesis({ chainId: opts.chainId, signer: signer.toString(), period: Math.floor(opts.blockPeriod), timestamp: Math.floor(Date.now() / 1000) });
       writeFileSync(genesisFile, `${JSON.stringify(genesis, null, 2)}\n`);
     }
-    const common = createCommonFromGethGenesis(genesis as never, { chain: 'glucoguard', hardfork: 'london' });
+    const common = chainCommon(genesis);
     if (common.consensusAlgorithm() !== ConsensusAlgorithm.Clique) throw new Error('genesis is not a Clique genesis');
-    // Every transaction, header and block EthereumJS decodes copies its Common (about 0.3 ms each, the
-    // largest single cost of a call or a block read). The copies exist so an object can switch hardfork;
-    // this chain is London from genesis to the end, so one shared instance is equivalent.
-    common.copy = () => common;
 
     const level = new ClassicLevel<string, string>(path.join(dir, 'db'), { keyEncoding: 'utf8', valueEncoding: 'utf8' });
     try {
@@ -139,7 +136,7 @@ export class ChainNode {
         genesisState,
         validateBlocks: true,
         validateConsensus: true,
-        consensusDict: { [ConsensusAlgorithm.Clique]: new SealerCliqueConsensus() },
+        consensusDict: { [ConsensusAlgorithm.Clique]: new SealerCliqueConsensus(signer) },
       });
       const trie = new MerklePatriciaTrie({
         db: new LevelDB(level.sublevel('s'), 50_000) as never,

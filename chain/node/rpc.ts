@@ -153,14 +153,30 @@ export class RpcHandlers {
     return isNotification ? undefined : response;
   }
 
+  private headJson: { block: Block; full: boolean; json: Record<string, unknown> } | undefined;
+
   private async formatBlockWithTd(block: Block, full: boolean): Promise<Record<string, unknown>> {
+    // ethers asks for the latest block before every send (fee data): answer repeats from memory
+    if (this.headJson && this.headJson.block === block && this.headJson.full === full) return this.headJson.json;
     const td = await this.node.blockchain.getTotalDifficulty(block.hash(), block.header.number).catch(() => undefined);
-    return formatBlock(block, full, td);
+    const json = formatBlock(block, full, td);
+    if (block === this.node.head) this.headJson = { block, full, json };
+    return json;
   }
 
+  /** Blocks are immutable; keeping recent ones saves decoding them (and their transactions) again. */
+  private readonly recentBlocks = new Map<string, Block>();
+
   private async blockByHash(hash: string): Promise<Block | undefined> {
+    const head = this.node.head;
+    if (bytesToHex(head.hash()) === hash) return head;
+    const hit = this.recentBlocks.get(hash);
+    if (hit) return hit;
     try {
-      return await this.node.blockchain.getBlock(hexToBytes(hash as PrefixedHexString));
+      const block = await this.node.blockchain.getBlock(hexToBytes(hash as PrefixedHexString));
+      this.recentBlocks.set(hash, block);
+      if (this.recentBlocks.size > 128) this.recentBlocks.delete(this.recentBlocks.keys().next().value!);
+      return block;
     } catch {
       return undefined;
     }
