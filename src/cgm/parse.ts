@@ -169,6 +169,8 @@ function impossible(rec: CgmRecord, now: number, tolerance: number): [RejectReas
   if (rec.kind === 'glucose') {
     if (rec.mgdl === undefined) return undefined;
     if (rec.mgdl < 0) return ['negative-value', 'negative glucose value'];
+    // No meter or sensor reports 0 (below-range readings are flagged LO, not 0); "-0" and 0 are garbage.
+    if (rec.mgdl === 0) return ['invalid-value', 'glucose value 0 is not a measurement'];
     if (rec.mgdl > MAX_GLUCOSE_MGDL) return ['value-too-high', `glucose value above ${MAX_GLUCOSE_MGDL} mg/dL`];
     return undefined;
   }
