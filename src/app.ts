@@ -9,6 +9,10 @@ import type { Patient } from '@medplum/fhirtypes';
 import express, { type Express } from 'express';
 import type { Config } from './config.js';
 import { fhirBase, insecureSettings } from './config.js';
+import { cgmHttpRouter } from './cgm/http.js';
+import { CgmOperations } from './cgm/operations.js';
+import { CgmIngestService } from './cgm/service.js';
+import { shapeCachedCheck } from './cgm/validate.js';
 import { buildCapabilityStatement } from './fhir/capability.js';
 import { loadFhirDefinitions } from './fhir/definitions.js';
 import { fhirHttpRouter } from './fhir/http.js';
@@ -39,6 +43,8 @@ export interface App {
   repository: Repository;
   kv: KeyValueStore;
   smart: Smart;
+  /** CGM ingest (service) and the summary/AGP computations behind the $cgm-* operations. */
+  cgm: { ingest: CgmIngestService; operations: CgmOperations };
   /** Checks behind `GET /readyz`; add one per dependency with `readiness.add({ name, check })`. */
   readiness: Readiness;
   /** One line per port: which adapter serves it and where its data lives. */
@@ -110,6 +116,12 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     }),
   });
 
+  const cgm = {
+    ingest: new CgmIngestService({ repository, check: shapeCachedCheck((r) => validator.check(r)), defaultTimeZone: config.defaultTimeZone }),
+    operations: new CgmOperations({ fhir, fhirBase: base }),
+  };
+  for (const op of cgm.operations.handlers()) fhir.registerOperation(op);
+
   const http = express();
   http.disable('x-powered-by');
   http.set('trust proxy', false);
@@ -119,6 +131,10 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   http.use(observabilityRouter(readiness));
   http.use(smart.router);
   http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate: (headers, url) => smart.authenticate(headers, url), maxBodyBytes: config.maxBodyBytes, logger }));
+  http.use('/cgm', cgmHttpRouter({
+    service: cgm.ingest, authenticate: (headers, url) => smart.authenticate(headers, url),
+    scopeAllows: (access, interaction, type, resource) => smart.scopeAllows(access, interaction, type, resource), logger,
+  }));
   http.get('/', (_req, res) => {
     res.json({ name: 'GlucoGuard', version: VERSION, fhir: base });
   });
@@ -141,6 +157,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     repository,
     kv,
     smart,
+    cgm,
     readiness,
     adapters,
     async close() {

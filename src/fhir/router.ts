@@ -367,6 +367,29 @@ export class FhirRouter {
 
   // ---- helpers -------------------------------------------------------------------------------
 
+  /**
+   * Every match of a search that the requester may see, for operations that compute over data
+   * (`$cgm-summary`, `$cgm-agp`): the same authorization, policy narrowing and outbound guards as
+   * a search, paging through all matches in-process. Throws like a search (403, 400).
+   */
+  async searchAll(access: AccessContext, resourceType: string, query: Record<string, string | string[]>): Promise<Resource[]> {
+    await this.policy.authorize(access, 'search', resourceType);
+    const pageSize = 10_000;
+    const parsed = parseSearch(this.checkType(resourceType), query, {
+      lenient: false,
+      supported: this.options.repository.supportedSearchParams(),
+      defaultCount: pageSize,
+      maxCount: pageSize,
+    });
+    const narrowed: SearchRequest = await this.policy.narrowSearch(access, { ...parsed, offset: 0 });
+    const out: Resource[] = [];
+    for (let offset = 0; ; offset += pageSize) {
+      const result = await this.options.repository.search({ ...narrowed, count: pageSize, offset });
+      out.push(...(await this.guard(access, result.resources)).allowed);
+      if (!result.hasMore) return out;
+    }
+  }
+
   /** Runs every outbound guard in turn (consent, then integrity, …). */
   async guard(access: AccessContext, resources: Resource[]): Promise<{ allowed: Resource[]; issues: OperationOutcomeIssue[] }> {
     let allowed = resources;

@@ -59,8 +59,20 @@ function compileFilter(info: ParamInfo, filter: Filter): (values: TypedValue[], 
         const refs = convertToSearchableReferences(values);
         return wanted.some((w) => refs.includes(w)) !== negated;
       };
-    case 'token':
-      return (values) => convertToSearchableTokens(values).some((t) => wanted.some((w) => matchesToken(t, w))) !== negated;
+    case 'token': {
+      // Plain `system|value` filters become one set lookup per token, so a bulk lookup of thousands
+      // of identifiers (CGM ingest) costs O(candidates), not O(candidates × values).
+      const exact = new Set<string>();
+      const others: string[] = [];
+      for (const w of wanted) {
+        const parts = w.split('|');
+        if (parts.length === 2 && parts[0] && parts[1]) exact.add(w.toLowerCase());
+        else others.push(w);
+      }
+      return (values) => convertToSearchableTokens(values).some((t) =>
+        (exact.size > 0 && !!t.system && !!t.value && exact.has(`${t.system}|${t.value}`.toLowerCase())) ||
+        others.some((w) => matchesToken(t, w))) !== negated;
+    }
     case 'date': {
       const filterPeriods = wanted.map((w) => toPeriod(w)).filter((p): p is Period => !!p);
       return (_values, periods) =>

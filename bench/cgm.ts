@@ -1,0 +1,80 @@
+/**
+ * The `cgm` suite of `npm run bench`: parse/convert/validate figures (bench/cgm-ingest.ts), then the
+ * stored-readings rate of the ingest service on the embedded repository for a 90-day, 5-minute
+ * Nightscout trace (25,920 readings), the re-import rate (all unchanged), and peak RSS.
+ *
+ *   npm run build && BENCH=cgm node --expose-gc bench/run.mjs
+ */
+import { createWriteStream, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { Patient } from '@medplum/fhirtypes';
+import { run as runParse } from './cgm-ingest.js';
+import { CgmIngestService } from '../src/cgm/service.js';
+import { shapeCachedCheck } from '../src/cgm/validate.js';
+import { ProfileValidator } from '../src/fhir/validation.js';
+import { PROFILES_DIR } from '../src/paths.js';
+import { EmbeddedRepository } from '../src/repository/embedded/index.js';
+
+type Log = (line: string) => void;
+
+const FIVE_MIN = 5 * 60_000;
+
+async function writeTrace(file: string, count: number, start: number): Promise<void> {
+  const out = createWriteStream(file);
+  let s = 11;
+  const rand = (): number => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const write = (text: string): Promise<void> | void => (out.write(text) ? undefined : new Promise((r) => out.once('drain', () => r())));
+  await write('[\n');
+  for (let i = 0; i < count; i++) {
+    const t = start + i * FIVE_MIN;
+    const hour = (t / 3_600_000) % 24;
+    const sgv = Math.max(40, Math.min(400, Math.round(150 + 60 * Math.sin((hour / 24) * 2 * Math.PI) + (rand() - 0.5) * 100)));
+    const local = new Date(t + 3_600_000).toISOString().slice(0, 23);
+    await write(`{"type":"sgv","sgv":${sgv},"date":${t},"dateString":"${local}+01:00","direction":"Flat","device":"xDrip-DexcomG6"}${i + 1 < count ? ',' : ''}\n`);
+  }
+  await write(']\n');
+  await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
+}
+
+export async function run(log: Log): Promise<Record<string, number>> {
+  // CGM_BENCH_STORE_ONLY=1 skips the parse/convert figures (quicker when working on storage).
+  const results: Record<string, number> = process.env.CGM_BENCH_STORE_ONLY ? {} : { ...await runParse(log) };
+  const dir = mkdtempSync(path.join(tmpdir(), 'cgm-store-bench-'));
+  try {
+    const readings = 90 * 288;
+    const file = path.join(dir, 'ns-90d.json');
+    await writeTrace(file, readings, Date.now() - (readings + 12) * FIVE_MIN);
+    const repository = await EmbeddedRepository.open({ dataDir: dir, masterKey: Buffer.alloc(32, 7).toString('base64') });
+    try {
+      const validator = new ProfileValidator(PROFILES_DIR);
+      const service = new CgmIngestService({ repository, check: shapeCachedCheck((r) => validator.check(r)), defaultTimeZone: 'UTC' });
+      const { resource: patient } = await repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Bench' }] });
+      const rssBefore = process.memoryUsage().rss / 1024 / 1024;
+      const t0 = process.hrtime.bigint();
+      const first = await service.ingest(file, { patient: patient.id! });
+      const firstMs = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (first.created !== readings) throw new Error(`expected ${readings} created, got ${first.created}`);
+      results.storedReadingsPerSec = Math.round(readings / (firstMs / 1000));
+      log(`ingest 90 days (${readings} readings) into the embedded repository (check pass + store, shape-cached validation, chunks of 2,000): ${firstMs.toFixed(0)} ms → ${results.storedReadingsPerSec} stored readings/s (target ≥ 5,000/s)`);
+      const t1 = process.hrtime.bigint();
+      const again = await service.ingest(file, { patient: patient.id! });
+      const againMs = Number(process.hrtime.bigint() - t1) / 1e6;
+      if (again.unchanged !== readings || again.created !== 0) throw new Error('re-import was not idempotent');
+      results.reimportReadingsPerSec = Math.round(readings / (againMs / 1000));
+      log(`re-import of the same file (all ${again.unchanged} unchanged, 0 created): ${againMs.toFixed(0)} ms → ${results.reimportReadingsPerSec} readings/s`);
+      results.peakRssMbIngest = Math.round(process.resourceUsage().maxRSS / 1024);
+      log(`peak RSS of the process after ingest: ${results.peakRssMbIngest} MB (RSS before ingest ${rssBefore.toFixed(0)} MB)`);
+    } finally {
+      await repository.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return results;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  await run((line) => console.log(line));
+}

@@ -1,0 +1,100 @@
+/**
+ * `POST /cgm/ingest?patient=ID[&format=F&tz=ZONE&partial=true]`: a raw device/platform export as the
+ * body (any media type), streamed into the ingest service; the import report as JSON. Errors are
+ * OperationOutcomes (400 bad input or options, 401/403, 404 unknown patient, 413 too large, 422 a
+ * file with rejected records — nothing stored). Authentication as on /fhir: a token with write
+ * access to the patient's Observations, or the patient themself.
+ */
+import express, { type Request, type Response, type Router } from 'express';
+import type { Resource } from '@medplum/fhirtypes';
+import { badRequest, forbidden, tooLarge } from '../errors.js';
+import type { AccessContext } from '../fhir/access.js';
+import { errorToResponse } from '../fhir/outcomes.js';
+import type { FhirResponse } from '../fhir/types.js';
+import type { Logger } from '../log.js';
+import { rejectionError } from './parse.js';
+import type { CgmIngestService } from './service.js';
+import { CGM_FORMATS, type CgmFormat } from './types.js';
+
+/** Default largest export accepted (bytes). */
+export const DEFAULT_MAX_INGEST_BYTES = 512 * 1024 * 1024;
+
+export interface CgmHttpOptions {
+  service: CgmIngestService;
+  authenticate: (headers: Record<string, string | undefined>, requestUrl: string) => Promise<AccessContext>;
+  /** SMART scope check (src/smart `scopeAllows`): final when a resource is given. */
+  scopeAllows: (access: AccessContext, interaction: 'create', resourceType: string, resource?: object) => boolean;
+  maxBytes?: number;
+  logger: Logger;
+}
+
+const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
+
+/** Express router to mount at `/cgm`. */
+export function cgmHttpRouter(options: CgmHttpOptions): Router {
+  const maxBytes = options.maxBytes ?? DEFAULT_MAX_INGEST_BYTES;
+  const r = express.Router();
+  r.post('/ingest', async (req: Request, res: Response) => {
+    const started = process.hrtime.bigint();
+    let response: FhirResponse;
+    try {
+      const headers: Record<string, string | undefined> = {};
+      for (const [k, v] of Object.entries(req.headers)) headers[k.toLowerCase()] = Array.isArray(v) ? v.join(', ') : v;
+      const access = await options.authenticate(headers, req.originalUrl);
+      const query = req.query as Record<string, string | string[] | undefined>;
+      const patient = one(query, 'patient');
+      if (!patient || !FHIR_ID.test(patient)) throw badRequest('patient must be the id of a Patient', 'patient');
+      mayIngest(access, patient, options.scopeAllows);
+      const format = one(query, 'format');
+      if (format !== undefined && !CGM_FORMATS.includes(format as CgmFormat)) throw badRequest(`format must be one of ${CGM_FORMATS.join(', ')}`, 'format');
+      const partial = one(query, 'partial');
+      if (partial !== undefined && partial !== 'true' && partial !== 'false') throw badRequest('partial must be true or false', 'partial');
+      const declared = Number(req.headers['content-length'] ?? NaN);
+      if (declared > maxBytes) throw tooLarge(`Export larger than ${maxBytes} bytes`);
+      const report = await options.service.ingest(limited(req, maxBytes), {
+        patient,
+        partial: partial === 'true',
+        ...(format ? { format: format as CgmFormat } : {}),
+        ...(one(query, 'tz') ? { timeZone: one(query, 'tz') } : {}),
+      });
+      response = report.accepted ? { status: 200, body: report as unknown as Record<string, unknown> } : errorToResponse(rejectionError(report));
+    } catch (err) {
+      response = errorToResponse(err, options.logger);
+      const challenge = (err as { wwwAuthenticate?: string }).wwwAuthenticate;
+      if (challenge) response.headers = { ...response.headers, 'WWW-Authenticate': challenge };
+    }
+    // Drain what the client is still sending so the response is not cut off by a reset.
+    if (!req.readableEnded) req.resume();
+    res.status(response.status);
+    for (const [k, v] of Object.entries(response.headers ?? {})) res.setHeader(k, v);
+    res.setHeader('Content-Type', `${(response.body as Resource | undefined)?.resourceType === 'OperationOutcome' ? 'application/fhir+json' : 'application/json'}; charset=utf-8`);
+    res.end(JSON.stringify(response.body));
+    options.logger.info({ reqId: res.getHeader('X-Request-Id'), method: 'POST', route: '/cgm/ingest', status: response.status,
+      ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'cgm ingest');
+  });
+  return r;
+}
+
+/** Write access to the patient's Observations through the token's scopes, or the patient themself. */
+function mayIngest(access: AccessContext, patient: string, scopeAllows: CgmHttpOptions['scopeAllows']): void {
+  if (access.kind === 'open') return;
+  if (access.fhirUser === `Patient/${patient}` && (!access.patient || access.patient === patient)) return;
+  const sample = { resourceType: 'Observation', subject: { reference: `Patient/${patient}` } };
+  if (!scopeAllows(access, 'create', 'Observation', sample)) throw forbidden('The access token does not allow writing this patient\'s Observations');
+}
+
+/** The request body as a byte stream that fails with 413 past `maxBytes`. */
+async function* limited(req: Request, maxBytes: number): AsyncGenerator<Uint8Array> {
+  let total = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    total += chunk.length;
+    if (total > maxBytes) throw tooLarge(`Export larger than ${maxBytes} bytes`);
+    yield chunk;
+  }
+}
+
+function one(query: Record<string, string | string[] | undefined>, name: string): string | undefined {
+  const v = query[name];
+  if (Array.isArray(v)) throw badRequest(`${name} given more than once`, name);
+  return v === '' ? undefined : v;
+}

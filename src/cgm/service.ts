@@ -1,0 +1,308 @@
+/**
+ * The CGM ingest service: source file → records (streaming parse) → CGM IG resources → shape-cached
+ * profile validation → idempotent storage through the Repository port.
+ *
+ * Idempotency without one conditional create per reading: each chunk's identifiers are looked up
+ * with one search (`identifier=sys|a,sys|b,…`); a reading whose identifier exists with the same
+ * content is *unchanged*, with different content it becomes a new version of that resource
+ * (*corrected*: an update, the old version stays readable by vread), otherwise it is *created*.
+ * Devices are conditional creates (`ifNoneExist`). Ingests of one patient run one at a time, so two
+ * concurrent imports of the same file cannot both create a reading.
+ *
+ * All-or-nothing by default: a file with any rejected record stores nothing. A file path is read
+ * twice (check, then store) when larger than HOLD_BYTES so memory stays bounded; any other input
+ * is held in memory until the whole file has been checked. `partial` stores the good records chunk by chunk as they arrive.
+ * A storage failure after some chunks leaves those chunks stored; re-running the import completes
+ * it without duplicates.
+ */
+import { statSync } from 'node:fs';
+import { Operator } from '@medplum/core';
+import type { Bundle, BundleEntry, Device, Resource } from '@medplum/fhirtypes';
+import type { Repository } from '../repository/port.js';
+import type { CgmInput } from './input.js';
+import { openCgm, type CgmStream } from './parse.js';
+import { toDevice, toMedicationAdministration, toObservation, type ConvertContext, type ConvertedEntry } from './fhir.js';
+import type { IngestIssue, IngestSummary, ParseOptions } from './types.js';
+import { stableJson } from './stable-json.js';
+import type { ResourceCheck } from './validate.js';
+
+/** Files up to this size are checked and held in memory; larger files are read twice. */
+export const HOLD_BYTES = 32 * 1024 * 1024;
+
+/** Readings per storage transaction. */
+export const INGEST_CHUNK = 2000;
+
+export interface IngestOptions extends Omit<ParseOptions, 'defaultTimeZone'> {
+  /** Bare id of the Patient the readings belong to (it must exist). */
+  patient: string;
+  /** Store the good records and report the rest (default: a file with a rejected record stores nothing). */
+  partial?: boolean;
+  /** Called after each stored chunk and every few thousand records checked. */
+  onProgress?: (progress: IngestProgress) => void;
+}
+
+export interface IngestProgress {
+  /** `checking`: first pass over a file (nothing stored yet); `storing`: records are being written. */
+  phase: 'checking' | 'storing';
+  /** Records read from the source so far in this phase. */
+  read: number;
+  /** Resources written or matched so far (created + unchanged + corrected). */
+  stored: number;
+  /** Records expected in the storing phase, when a checking pass counted them. */
+  total?: number;
+}
+
+/** What an import did: the parser's counts plus what happened in the store. */
+export interface IngestReport extends IngestSummary {
+  /** False when the file was rejected (nothing stored). */
+  accepted: boolean;
+  partial: boolean;
+  patient: string;
+  /** Readings and doses newly stored. */
+  created: number;
+  /** Readings already stored with the same content. */
+  unchanged: number;
+  /** Readings stored with a different value: now a new version. */
+  corrected: number;
+  /** Devices created in this import (existing ones are matched). */
+  devicesCreated: number;
+}
+
+export interface CgmIngestServiceDeps {
+  repository: Repository;
+  /** Full validation wrapped in `shapeCachedCheck`. */
+  check: ResourceCheck;
+  /** Zone for device-local timestamps when none is given (config.defaultTimeZone). */
+  defaultTimeZone: string;
+  /** Records per transaction (default INGEST_CHUNK). */
+  chunkSize?: number;
+}
+
+type Sink = (entries: ConvertedEntry[], devices: ConvertedEntry<Device>[]) => Promise<void>;
+
+export class CgmIngestService {
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly chunkSize: number;
+
+  constructor(private readonly deps: CgmIngestServiceDeps) {
+    this.chunkSize = deps.chunkSize ?? INGEST_CHUNK;
+  }
+
+  /**
+   * Imports one source file for a patient. Throws ERR_INVALID for an unknown format, bad options or
+   * malformed input (naming the line), ERR_NOT_FOUND when the patient does not exist. A file with
+   * rejected records answers `accepted: false` (use `rejectionError(report)` to turn it into a 422).
+   */
+  async ingest(input: CgmInput, options: IngestOptions): Promise<IngestReport> {
+    await this.deps.repository.read('Patient', options.patient);
+    return this.serialized(options.patient, () => this.run(input, options));
+  }
+
+  private async run(input: CgmInput, options: IngestOptions): Promise<IngestReport> {
+    const parse: ParseOptions = { ...options, defaultTimeZone: this.deps.defaultTimeZone };
+    const ctx: ConvertContext = { patient: `Patient/${options.patient}` };
+    const partial = options.partial === true;
+    const progress = options.onProgress ?? (() => undefined);
+    const counts = { created: 0, unchanged: 0, corrected: 0, devicesCreated: 0 };
+    const stored = () => counts.created + counts.unchanged + counts.corrected;
+    const devices = new Map<string, string>(); // device fullUrl → Device/id
+    const store: Sink = (entries, devs) => this.storeChunk(entries, devs, devices, counts);
+
+    if (partial) {
+      const summary = await this.pass(await openCgm(input, parse), ctx, store, (read) => progress({ phase: 'storing', read, stored: stored() }));
+      return report(summary, true, options.patient, counts, true);
+    }
+    if (typeof input === 'string' && statSync(input).size > HOLD_BYTES) {
+      // A large file is read twice: check everything first, then store, memory bounded.
+      const checked = await this.pass(await openCgm(input, parse), ctx, async () => undefined, (read) => progress({ phase: 'checking', read, stored: 0 }));
+      if (checked.rejected > 0) return report(checked, false, options.patient, counts, false);
+      const summary = await this.pass(await openCgm(input, parse), ctx, store,
+        (read) => progress({ phase: 'storing', read, stored: stored(), total: checked.read }));
+      return report(summary, true, options.patient, counts, false);
+    }
+    const held: ConvertedEntry[] = [];
+    const heldDevices: ConvertedEntry<Device>[] = [];
+    const summary = await this.pass(await openCgm(input, parse), ctx, async (entries, devs) => {
+      held.push(...entries);
+      heldDevices.push(...devs);
+    }, (read) => progress({ phase: 'checking', read, stored: 0 }));
+    if (summary.rejected > 0) return report(summary, false, options.patient, counts, false);
+    for (let i = 0; i < held.length || (i === 0 && heldDevices.length); i += this.chunkSize) {
+      await store(held.slice(i, i + this.chunkSize), i === 0 ? heldDevices : []);
+      progress({ phase: 'storing', read: summary.read, stored: stored(), total: held.length });
+    }
+    return report(summary, true, options.patient, counts, false);
+  }
+
+  /** One pass over the source: convert and validate each record, hand chunks to the sink. */
+  private async pass(stream: CgmStream, ctx: ConvertContext, sink: Sink, progress: (read: number) => void): Promise<IngestSummary> {
+    const summary = stream.summary;
+    const devices = new Map<string, ConvertedEntry<Device>>();
+    let newDevices: ConvertedEntry<Device>[] = [];
+    let chunk: ConvertedEntry[] = [];
+    const reject = (pos: { record: number; line?: number }, issues: ReturnType<ResourceCheck>): void => {
+      summary.converted--;
+      summary.rejected++;
+      summary.rejectedByReason['invalid-record'] = (summary.rejectedByReason['invalid-record'] ?? 0) + 1;
+      const where = pos.line !== undefined ? `record ${pos.record} (line ${pos.line})` : `record ${pos.record}`;
+      const first = issues.find((i) => i.severity === 'error' || i.severity === 'fatal');
+      // The validator's diagnostics name paths and rules, never values of the record.
+      const entry: IngestIssue = { kind: 'rejected', reason: 'invalid-record', record: pos.record, message: `${where}: does not conform to its profile: ${first?.diagnostics ?? 'invalid'}`, ...(pos.line !== undefined ? { line: pos.line } : {}) };
+      summary.issues.push(entry);
+    };
+    let lastProgress = 0;
+    for await (const rec of stream) {
+      let entry: ConvertedEntry;
+      if (rec.kind === 'glucose') {
+        let device: ConvertedEntry<Device> | undefined;
+        if (rec.method === 'cgm') {
+          const key = `${rec.source}\u0000${rec.deviceId}`;
+          device = devices.get(key);
+          if (!device) {
+            device = toDevice(rec, ctx);
+            const problems = errors(this.deps.check(device.resource));
+            if (problems.length) {
+              reject(rec, problems);
+              continue;
+            }
+            devices.set(key, device);
+            newDevices.push(device);
+          }
+        }
+        entry = toObservation(rec, ctx, device ? { reference: device.fullUrl } : undefined);
+      } else entry = toMedicationAdministration(rec, ctx);
+      const problems = errors(this.deps.check(entry.resource));
+      if (problems.length) {
+        reject(rec, problems);
+        continue;
+      }
+      chunk.push(entry);
+      if (chunk.length >= this.chunkSize) {
+        await sink(chunk, newDevices);
+        chunk = [];
+        newDevices = [];
+        progress(summary.read);
+        lastProgress = summary.read;
+      } else if (summary.read - lastProgress >= 5000) {
+        progress(summary.read);
+        lastProgress = summary.read;
+      }
+    }
+    if (chunk.length || newDevices.length) await sink(chunk, newDevices);
+    progress(summary.read);
+    return summary;
+  }
+
+  /** Stores one chunk: devices by conditional create, readings by bulk identifier lookup. */
+  private async storeChunk(entries: ConvertedEntry[], newDevices: ConvertedEntry<Device>[], devices: Map<string, string>,
+    counts: { created: number; unchanged: number; corrected: number; devicesCreated: number }): Promise<void> {
+    const repo = this.deps.repository;
+    const pendingDevices = newDevices.filter((d) => !devices.has(d.fullUrl));
+    if (pendingDevices.length) {
+      const response = await repo.transaction(transaction(pendingDevices.map((d) => ({
+        fullUrl: d.fullUrl, resource: d.resource, request: { method: 'POST', url: 'Device', ifNoneExist: d.ifNoneExist },
+      }))));
+      pendingDevices.forEach((d, i) => {
+        const e = response.entry?.[i];
+        const id = e?.resource?.id ?? /^Device\/([^/]+)/.exec(e?.response?.location ?? '')?.[1];
+        if (!id) throw new Error('device transaction returned no id');
+        devices.set(d.fullUrl, `Device/${id}`);
+        if (e?.response?.status?.startsWith('201')) counts.devicesCreated++;
+      });
+    }
+    if (entries.length === 0) return;
+
+    const existing = await this.findExisting(entries);
+    const writes: BundleEntry[] = [];
+    const seen = new Set<string>();
+    for (const e of entries) {
+      const identifier = e.resource.resourceType === 'Device' ? undefined : identifierOf(e.resource);
+      if (!identifier || seen.has(identifier)) continue; // repeats beyond the parser's window: the first wins
+      seen.add(identifier);
+      const resource = withDevice(e.resource, devices);
+      const found = existing.get(identifier);
+      if (!found) {
+        counts.created++;
+        writes.push({ fullUrl: e.fullUrl, resource, request: { method: 'POST', url: resource.resourceType } });
+      } else if (essence(found) === essence(resource)) {
+        counts.unchanged++;
+      } else {
+        counts.corrected++;
+        writes.push({ resource: { ...resource, id: found.id }, request: { method: 'PUT', url: `${resource.resourceType}/${found.id}` } });
+      }
+    }
+    if (writes.length) await repo.transaction(transaction(writes));
+  }
+
+  /** Current resources carrying the chunk's identifiers, by `system|value`; one search per type and batch. */
+  private async findExisting(entries: ConvertedEntry[]): Promise<Map<string, Resource>> {
+    const byType = new Map<Resource['resourceType'], string[]>();
+    for (const e of entries) {
+      const id = identifierOf(e.resource);
+      if (id) (byType.get(e.resource.resourceType) ?? byType.set(e.resource.resourceType, []).get(e.resource.resourceType)!).push(id);
+    }
+    // Upstream servers take the values in the URL: keep those queries short.
+    const batch = this.deps.repository.description.adapter === 'embedded' ? 2000 : 50;
+    const found = new Map<string, Resource>();
+    for (const [resourceType, ids] of byType) {
+      for (let i = 0; i < ids.length; i += batch) {
+        const values = ids.slice(i, i + batch);
+        const result = await this.deps.repository.search({
+          resourceType,
+          filters: [{ code: 'identifier', operator: Operator.EQUALS, value: values.map((v) => v.replaceAll(',', '\\,')).join(',') }],
+          count: values.length * 2 + 1,
+          offset: 0,
+        });
+        for (const r of result.resources) {
+          const id = identifierOf(r);
+          if (id) found.set(id, r);
+        }
+      }
+    }
+    return found;
+  }
+
+  private async serialized<T>(key: string, job: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(key) ?? Promise.resolve();
+    const result = previous.catch(() => undefined).then(job);
+    const tail = result.catch(() => undefined);
+    this.locks.set(key, tail);
+    try {
+      return await result;
+    } finally {
+      if (this.locks.get(key) === tail) this.locks.delete(key);
+    }
+  }
+}
+
+function report(summary: IngestSummary, accepted: boolean, patient: string,
+  counts: { created: number; unchanged: number; corrected: number; devicesCreated: number }, partial: boolean): IngestReport {
+  return { accepted, partial, patient, ...counts, ...summary };
+}
+
+function errors(issues: ReturnType<ResourceCheck>): ReturnType<ResourceCheck> {
+  return issues.filter((i) => i.severity === 'error' || i.severity === 'fatal');
+}
+
+function transaction(entry: BundleEntry[]): Bundle {
+  return { resourceType: 'Bundle', type: 'transaction', entry };
+}
+
+/** `system|value` of the first identifier. */
+function identifierOf(resource: Resource): string | undefined {
+  const first = (resource as { identifier?: { system?: string; value?: string }[] }).identifier?.[0];
+  return first?.system && first.value ? `${first.system}|${first.value}` : undefined;
+}
+
+/** The resource with its device reference resolved from the bundle fullUrl to `Device/id`. */
+function withDevice(resource: Resource, devices: Map<string, string>): Resource {
+  const device = (resource as { device?: { reference?: string } }).device;
+  const resolved = device?.reference ? devices.get(device.reference) : undefined;
+  return resolved ? { ...resource, device: { reference: resolved } } as Resource : resource;
+}
+
+/** What decides "same reading": the content without id, meta and the device reference. */
+function essence(resource: Resource): string {
+  const { id: _id, meta: _meta, device: _device, ...rest } = resource as unknown as Record<string, unknown>;
+  return stableJson(rest);
+}
