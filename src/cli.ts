@@ -13,6 +13,7 @@ import { createLogger } from './log.js';
 import { RedisKeyValueStore } from './kv/redis.js';
 import { PROFILES_DIR } from './paths.js';
 import { registerSmartCommands } from './smart/cli.js';
+import { registerCgmCommands } from './cgm/cli.js';
 
 function config(): Config {
   try {
@@ -102,6 +103,9 @@ patients
       await repository.close();
     }
   });
+
+// Logs go to stderr: stdout carries the command's result.
+registerCgmCommands(program, () => createApp(config(), { logger: createLogger('warn', process.stderr) }));
 
 registerSmartCommands(program, async () => {
   const cfg = config();

@@ -1,0 +1,132 @@
+/**
+ * `glucoguard ingest FILE --patient ID` and `glucoguard summary --patient ID`: the CGM entry points
+ * for operators, on the same data directory / upstream as the server. Progress goes to stderr (a
+ * bar on a terminal only), results to stdout.
+ */
+import { statSync } from 'node:fs';
+import { Command, InvalidArgumentError } from 'commander';
+import type { App } from '../app.js';
+import { OPEN_ACCESS } from '../fhir/access.js';
+import { rejectionError } from './parse.js';
+import type { IngestProgress, IngestReport } from './service.js';
+import { CGM_FORMATS, type CgmFormat } from './types.js';
+
+/** Adds the CGM commands; `open` builds the app (repository, facade) and is closed afterwards. */
+export function registerCgmCommands(program: Command, open: () => Promise<App>): void {
+  program
+    .command('ingest')
+    .description('import a CGM export (Dexcom, Nightscout, LibreView, Tidepool, Open mHealth, Apple Health) for a patient')
+    .argument('<file>', 'export file')
+    .requiredOption('--patient <id>', 'id of the Patient the readings belong to')
+    .option('--format <format>', `source format (${CGM_FORMATS.join(', ')}); detected when absent`, (v) => {
+      if (!CGM_FORMATS.includes(v as CgmFormat)) throw new InvalidArgumentError(`expected one of ${CGM_FORMATS.join(', ')}`);
+      return v;
+    })
+    .option('--tz <zone>', 'IANA time zone of device-local timestamps (LibreView); default GLUCOGUARD_DEFAULT_TZ')
+    .option('--partial', 'store the good records of a file with rejected ones (default: store nothing)')
+    .option('--json', 'print the report as JSON')
+    .action(async (file: string, opts: { patient: string; format?: CgmFormat; tz?: string; partial?: boolean; json?: boolean }) => {
+      statSync(file); // a clear "no such file" before anything opens
+      const app = await open();
+      const bar = progressBar();
+      try {
+        const report = await app.cgm.ingest.ingest(file, {
+          patient: opts.patient, partial: opts.partial === true,
+          ...(opts.format ? { format: opts.format } : {}), ...(opts.tz ? { timeZone: opts.tz } : {}),
+          onProgress: bar.update,
+        });
+        bar.done();
+        console.log(opts.json ? JSON.stringify(report, null, 2) : formatReport(report));
+        if (!report.accepted) {
+          console.error(`glucoguard: ${rejectionError(report).message}`);
+          process.exitCode = 1;
+        }
+      } finally {
+        bar.done();
+        await app.close();
+      }
+    });
+
+  program
+    .command('summary')
+    .description('CGM summary metrics (times in ranges, mean, GMI, CV, wear) for a patient over a period')
+    .requiredOption('--patient <id>', 'id of the Patient')
+    .option('--start <date>', 'period start (YYYY-MM-DD or date-time); default 14 days before the end')
+    .option('--end <date>', 'period end (a date includes that day); default just after the last reading')
+    .option('--store', 'store the cgm-summary Observations')
+    .option('--json', 'print the cgm-summary Bundle (FHIR JSON)')
+    .action(async (opts: { patient: string; start?: string; end?: string; store?: boolean; json?: boolean }) => {
+      const app = await open();
+      try {
+        const params = { ...(opts.start ? { start: opts.start } : {}), ...(opts.end ? { end: opts.end } : {}) };
+        if (opts.json || opts.store) {
+          const response = await app.cgm.operations.summary(OPEN_ACCESS, opts.patient, params, opts.store === true);
+          console.log(JSON.stringify(response.body, null, 2));
+          return;
+        }
+        const { metrics: m } = await app.cgm.operations.metrics(OPEN_ACCESS, opts.patient, params);
+        const t = m.timeInRanges;
+        console.log([
+          `Patient/${opts.patient}: ${m.startDate} to ${m.endDate} (${m.periodDays} days, ${m.readings} readings)`,
+          `  time in ranges   very low ${t.veryLow} %  low ${t.low} %  target ${t.target} %  high ${t.high} %  very high ${t.veryHigh} %`,
+          `  mean glucose     ${m.meanMgdl} mg/dL (${m.meanMmol} mmol/L)`,
+          `  GMI              ${m.gmi} %`,
+          `  CV               ${m.cv} %`,
+          `  days of wear     ${m.daysOfWear}`,
+          `  sensor active    ${m.sensorActivePercent} %`,
+          ...m.warnings.map((w) => `  warning: ${w}`),
+        ].join('\n'));
+      } finally {
+        await app.close();
+      }
+    });
+}
+
+/** The import report for a person: counts, then each issue with its line. */
+export function formatReport(r: IngestReport): string {
+  const lines = [
+    `${r.accepted ? 'imported' : 'REJECTED (nothing stored)'}: ${r.format}${r.detected ? ' (detected)' : ''} for Patient/${r.patient}${r.partial ? ', partial' : ''}`,
+    `  records read ${r.read}, created ${r.created}, unchanged ${r.unchanged}, corrected ${r.corrected}, skipped ${r.skipped}, rejected ${r.rejected}`,
+  ];
+  if (r.devicesCreated) lines.push(`  devices created ${r.devicesCreated}`);
+  if (r.first && r.last) lines.push(`  readings from ${r.first} to ${r.last}`);
+  if (r.timeZone) lines.push(`  time zone ${r.timeZone.zone} (${r.timeZone.from === 'option' ? 'given' : 'server default'})`);
+  if (r.dateOrder) lines.push(`  date order ${r.dateOrder.order} (${r.dateOrder.from}${r.dateOrder.ambiguous ? ', ambiguous' : ''})`);
+  for (const w of r.warnings) lines.push(`  warning: ${w}`);
+  const reasons = (by: Record<string, number | undefined>) => Object.entries(by).map(([k, n]) => `${k} ${n}`).join(', ');
+  if (r.skipped) lines.push(`  skipped: ${reasons(r.skippedByReason)}`);
+  if (r.rejected) lines.push(`  rejected: ${reasons(r.rejectedByReason)}`);
+  for (const i of r.issues) lines.push(`  ${i.kind} ${i.reason}: ${i.message}`);
+  if (r.issuesTruncated) lines.push('  (more issues not listed)');
+  return lines.join('\n');
+}
+
+/** A one-line progress bar on stderr when it is a terminal; silent otherwise. */
+function progressBar(): { update: (p: IngestProgress) => void; done: () => void } {
+  const tty = process.stderr.isTTY === true;
+  let shown = false;
+  let last = 0;
+  return {
+    update(p) {
+      if (!tty) return;
+      const now = Date.now();
+      if (now - last < 100) return;
+      last = now;
+      shown = true;
+      const width = 30;
+      let text: string;
+      if (p.total) {
+        const share = Math.min(1, p.stored / p.total);
+        const filled = Math.round(share * width);
+        text = `storing  [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${(share * 100).toFixed(0).padStart(3)} %  ${p.stored}/${p.total}`;
+      } else {
+        text = `${p.phase === 'checking' ? 'checking' : 'storing '} ${p.read} records read, ${p.stored} stored`;
+      }
+      process.stderr.write(`\r${text}\u001b[K`);
+    },
+    done() {
+      if (shown) process.stderr.write('\r\u001b[K');
+      shown = false;
+    },
+  };
+}

@@ -1,0 +1,236 @@
+/**
+ * CGM ingest end to end over HTTP: a 14-day Nightscout export through `POST /cgm/ingest`, the
+ * readings and `$cgm-summary` read back through `/fhir` and checked against an independent
+ * computation; idempotent re-import; corrections as new versions; all-or-nothing and partial
+ * imports of a file with a bad record; `$cgm-agp`.
+ */
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Bundle, Observation, OperationOutcome } from '@medplum/fhirtypes';
+import request from 'supertest';
+import { makeTrace, nightscoutJson, type TraceReading } from '../fixtures/cgm-ingest/trace.js';
+import { startTestApp, type TestApp } from '../support/app.js';
+
+const FHIR_JSON = 'application/fhir+json';
+const LOINC_CGM = 'http://loinc.org|99504-3';
+
+/** Metrics the slow, obvious way: loops over the valid mg/dL values of the trace. */
+function expected(trace: TraceReading[]) {
+  const values = trace.filter((r) => r.sgv >= 40).map((r) => r.sgv);
+  const n = values.length;
+  let sum = 0;
+  for (const v of values) sum += v;
+  const mean = sum / n;
+  let sq = 0;
+  for (const v of values) sq += (v - mean) * (v - mean);
+  const sd = Math.sqrt(sq / (n - 1));
+  const share = (test: (v: number) => boolean) => {
+    let k = 0;
+    for (const v of values) if (test(v)) k++;
+    return (k / n) * 100;
+  };
+  const days = new Set(trace.filter((r) => r.sgv >= 40).map((r) => new Date(r.epochMs + 3_600_000).toISOString().slice(0, 10)));
+  const first = trace[0]!.epochMs;
+  const end = trace[trace.length - 1]!.epochMs + 5 * 60_000;
+  return {
+    n,
+    veryLow: share((v) => v < 54), low: share((v) => v >= 54 && v < 70), target: share((v) => v >= 70 && v <= 180),
+    high: share((v) => v > 180 && v <= 250), veryHigh: share((v) => v > 250),
+    mean, mmol: mean / 18.01559, gmi: 3.31 + 0.02392 * mean, cv: (sd / mean) * 100,
+    daysOfWear: days.size, active: (n / ((end - first) / (5 * 60_000))) * 100,
+  };
+}
+
+function memberValue(bundle: Bundle, loinc: string): number {
+  const obs = bundle.entry!.map((e) => e.resource as Observation).find((o) => o.code?.coding?.some((c) => c.code === loinc));
+  return obs!.valueQuantity!.value!;
+}
+
+describe('CGM ingest over HTTP', () => {
+  let t: TestApp;
+  const http = () => request(t.app.http);
+  const trace = makeTrace(14);
+  const file = nightscoutJson(trace);
+  let patientId: string;
+
+  const newPatient = async (family: string): Promise<string> => {
+    const res = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [{ family }] });
+    expect(res.status).toBe(201);
+    return res.body.id as string;
+  };
+  const ingest = (patient: string, body: string, query = '') =>
+    http().post(`/cgm/ingest?patient=${patient}&format=nightscout${query}`).set('Content-Type', 'application/json').send(body);
+  const readingsOf = async (patient: string): Promise<Observation[]> => {
+    const out: Observation[] = [];
+    let url: string | undefined = `/fhir/Observation?patient=Patient/${patient}&code=${encodeURIComponent(LOINC_CGM)}&_count=1000`;
+    while (url) {
+      const res = await http().get(url);
+      expect(res.status).toBe(200);
+      out.push(...((res.body as Bundle).entry ?? []).map((e) => e.resource as Observation));
+      url = (res.body as Bundle).link?.find((l) => l.relation === 'next')?.url?.replace(/^https?:\/\/[^/]+/, '');
+    }
+    return out;
+  };
+
+  beforeAll(async () => {
+    t = await startTestApp();
+    patientId = await newPatient('Rivera');
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  test('imports a 14-day Nightscout export and reports what it stored', async () => {
+    const res = await ingest(patientId, file);
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({
+      accepted: true, format: 'nightscout', read: trace.length, created: trace.length, unchanged: 0, corrected: 0, rejected: 0, devicesCreated: 1,
+    });
+  });
+
+  test('the readings read back through /fhir as CGM IG sensor readings, error codes without a value', async () => {
+    const stored = await readingsOf(patientId);
+    expect(stored).toHaveLength(trace.length);
+    const byTime = new Map(stored.map((o) => [Date.parse(o.effectiveDateTime!), o]));
+    const sample = trace[123]!;
+    const obs = byTime.get(sample.epochMs)!;
+    expect(obs.meta?.profile).toContain('http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-sensor-reading-mass-per-volume');
+    expect(obs.valueQuantity).toEqual({ value: sample.sgv, unit: 'mg/dl', system: 'http://unitsofmeasure.org', code: 'mg/dL' });
+    expect(obs.effectiveDateTime).toMatch(/\+01:00$/);
+    expect(obs.device?.reference).toMatch(/^Device\/[A-Za-z0-9-]+$/);
+    const device = await http().get(`/fhir/${obs.device!.reference}`);
+    expect(device.status).toBe(200);
+    const error = byTime.get(trace.find((r) => r.sgv < 40)!.epochMs)!;
+    expect(error.valueQuantity).toBeUndefined();
+    expect(error.dataAbsentReason?.coding?.[0]?.code).toBe('error');
+  });
+
+  test('$cgm-summary agrees with an independent computation to 0.01', async () => {
+    const res = await http().get(`/fhir/Patient/${patientId}/$cgm-summary`);
+    expect(res.status).toBe(200);
+    const bundle = res.body as Bundle;
+    expect(bundle.type).toBe('collection');
+    const panel = bundle.entry![0]!.resource as Observation;
+    expect(panel.meta?.profile).toContain('http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-summary');
+    expect(panel.hasMember).toHaveLength(7);
+    const want = expected(trace);
+    const tir = bundle.entry!.map((e) => e.resource as Observation).find((o) => o.code?.coding?.[0]?.code === '106793-3')!;
+    const component = (code: string) => tir.component!.find((c) => c.code.coding?.[0]?.code === code)!.valueQuantity!.value!;
+    expect(Math.abs(component('104642-4') - want.veryLow)).toBeLessThanOrEqual(0.01);
+    expect(Math.abs(component('104641-6') - want.low)).toBeLessThanOrEqual(0.01);
+    expect(Math.abs(component('97510-2') - want.target)).toBeLessThanOrEqual(0.01);
+    expect(Math.abs(component('104640-8') - want.high)).toBeLessThanOrEqual(0.01);
+    expect(Math.abs(component('104639-0') - want.veryHigh)).toBeLessThanOrEqual(0.01);
+    expect(Math.abs(memberValue(bundle, '97507-8') - want.mean)).toBeLessThanOrEqual(0.01);
+    expect(Math.abs(memberValue(bundle, '105273-7') - want.mmol)).toBeLessThanOrEqual(0.01);
+    expect(Math.abs(memberValue(bundle, '97506-0') - want.gmi)).toBeLessThanOrEqual(0.01);
+    expect(Math.abs(memberValue(bundle, '104638-2') - want.cv)).toBeLessThanOrEqual(0.01);
+    expect(memberValue(bundle, '104636-6')).toBe(want.daysOfWear);
+    expect(Math.abs(memberValue(bundle, '104637-4') - want.active)).toBeLessThanOrEqual(0.01);
+  });
+
+  test('$cgm-summary?store=true stores the panel and members once', async () => {
+    const first = await http().get(`/fhir/Patient/${patientId}/$cgm-summary?store=true`);
+    expect(first.status).toBe(200);
+    const panel = first.body.entry[0].resource as Observation;
+    expect(panel.id).toBeDefined();
+    expect(panel.hasMember!.every((m) => /^Observation\/[A-Za-z0-9-]+$/.test(m.reference!))).toBe(true);
+    const again = await http().get(`/fhir/Patient/${patientId}/$cgm-summary?store=true`);
+    expect(again.body.entry[0].resource.id).toBe(panel.id);
+    const stored = await http().get(`/fhir/Observation?patient=Patient/${patientId}&code=http://loinc.org|107931-8`);
+    expect(stored.body.entry).toHaveLength(1);
+  });
+
+  test('$cgm-summary over an explicit period, and 404 when it holds no readings', async () => {
+    const day = new Date(trace[2000]!.epochMs).toISOString().slice(0, 10);
+    const res = await http().get(`/fhir/Patient/${patientId}/$cgm-summary?start=${day}&end=${day}`);
+    expect(res.status).toBe(200);
+    expect(res.body.entry[0].resource.effectivePeriod.start).toBe(day);
+    const empty = await http().get(`/fhir/Patient/${patientId}/$cgm-summary?start=2001-01-01&end=2001-01-02`);
+    expect(empty.status).toBe(404);
+    expect(empty.body.resourceType).toBe('OperationOutcome');
+    const bad = await http().get(`/fhir/Patient/${patientId}/$cgm-summary?start=yesterday`);
+    expect(bad.status).toBe(400);
+  });
+
+  test('$cgm-agp returns 96 bins of percentiles for the clinician app', async () => {
+    const res = await http().get(`/fhir/Patient/${patientId}/$cgm-agp`);
+    expect(res.status).toBe(200);
+    expect(res.body.bins).toHaveLength(96);
+    const bin = res.body.bins.find((b: { n: number }) => b.n > 0);
+    expect(bin.p5).toBeLessThanOrEqual(bin.p25);
+    expect(bin.p25).toBeLessThanOrEqual(bin.p50);
+    expect(bin.p50).toBeLessThanOrEqual(bin.p75);
+    expect(bin.p75).toBeLessThanOrEqual(bin.p95);
+    expect(res.body.readings).toBe(expected(trace).n);
+  });
+
+  test('re-importing the same file creates nothing new', async () => {
+    const res = await ingest(patientId, file);
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({ created: 0, unchanged: trace.length, corrected: 0, devicesCreated: 0 });
+    expect(await readingsOf(patientId)).toHaveLength(trace.length);
+  });
+
+  test('a changed value becomes version 2; version 1 stays readable by vread', async () => {
+    const changed = trace.map((r, i) => (i === 200 ? { ...r, sgv: r.sgv + 7 } : r));
+    const res = await ingest(patientId, nightscoutJson(changed));
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({ created: 0, corrected: 1, unchanged: trace.length - 1 });
+    const obs = (await readingsOf(patientId)).find((o) => Date.parse(o.effectiveDateTime!) === trace[200]!.epochMs)!;
+    expect(obs.meta?.versionId).toBe('2');
+    expect(obs.valueQuantity?.value).toBe(trace[200]!.sgv + 7);
+    const v1 = await http().get(`/fhir/Observation/${obs.id}/_history/1`);
+    expect(v1.status).toBe(200);
+    expect(v1.body.valueQuantity.value).toBe(trace[200]!.sgv);
+  });
+
+  test('a file with a bad record stores nothing and names the line; partial stores the good ones', async () => {
+    const other = await newPatient('Okafor');
+    const small = makeTrace(1, { seed: 7 }).slice(0, 50);
+    const lines = nightscoutJson(small).split('\n');
+    lines[11] = lines[11]!.replace(/"sgv":\d+/, '"sgv":-20'); // entry 11, on line 12
+    const bad = lines.join('\n');
+    const rejected = await ingest(other, bad);
+    expect(rejected.status).toBe(422);
+    const outcome = rejected.body as OperationOutcome;
+    expect(outcome.resourceType).toBe('OperationOutcome');
+    expect(outcome.issue.map((i) => i.diagnostics).join(' ')).toMatch(/line 12/);
+    expect(await readingsOf(other)).toHaveLength(0);
+
+    const partial = await ingest(other, bad, '&partial=true');
+    expect(partial.status).toBe(200);
+    expect(partial.body).toMatchObject({ accepted: true, partial: true, created: 49, rejected: 1 });
+    expect(partial.body.issues[0]).toMatchObject({ kind: 'rejected', reason: 'negative-value', line: 12 });
+    expect(await readingsOf(other)).toHaveLength(49);
+  });
+
+  test('bad requests answer OperationOutcomes and store nothing', async () => {
+    const unknown = await ingest('no-such-patient', file);
+    expect(unknown.status).toBe(404);
+    const format = await http().post(`/cgm/ingest?patient=${patientId}&format=csv-ish`).send('x');
+    expect(format.status).toBe(400);
+    expect(format.body.issue[0].diagnostics).toMatch(/format must be one of/);
+    const noPatient = await http().post('/cgm/ingest').send(file);
+    expect(noPatient.status).toBe(400);
+    const garbage = await http().post(`/cgm/ingest?patient=${patientId}`).set('Content-Type', 'text/plain').send('hello, world');
+    expect(garbage.status).toBe(400);
+    expect(garbage.body.resourceType).toBe('OperationOutcome');
+  });
+});
+
+describe('CGM ingest with authentication on', () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  test('POST /cgm/ingest without a token is 401 with a challenge', async () => {
+    const res = await request(t.app.http).post('/cgm/ingest?patient=p1&format=nightscout').send('[]');
+    expect(res.status).toBe(401);
+    expect(res.headers['www-authenticate']).toMatch(/^Bearer/);
+    expect(res.body.resourceType).toBe('OperationOutcome');
+  });
+});
