@@ -197,7 +197,11 @@ export class ChainNode {
       const vm = this.callVm;
       if (this.callRoot === undefined || !equal(this.callRoot, block.header.stateRoot)) {
         if (!(await vm.stateManager.hasStateRoot(block.header.stateRoot))) throw new RpcError(-32000, 'state not available');
+        // An outer checkpoint stays open while positioned, so reverting a call never flushes to the trie.
+        if (this.callRoot !== undefined) await vm.stateManager.revert();
+        this.callRoot = undefined;
         await vm.stateManager.setStateRoot(block.header.stateRoot);
+        await vm.stateManager.checkpoint();
         this.callRoot = block.header.stateRoot;
       }
       await vm.stateManager.checkpoint();
@@ -409,6 +413,25 @@ export class ChainNode {
     }
     // vanity, the signer list on epoch blocks, and room for the seal that buildBlock fills in
     const extraData = concatBytes(CLIQUE_VANITY, ...(isEpoch ? signers.map((s) => hexToBytes(s as PrefixedHexString)) : []), new Uint8Array(65));
+    // One outer checkpoint for the whole block: the trie nodes it creates reach LevelDB in one batch
+    // on commit instead of one write per updated account or slot.
+    await this.vm.stateManager.checkpoint();
+    let committed = false;
+    try {
+      return await this.buildInCheckpoint(parent, number, entries, { coinbase, nonce, extraData, signers, index }, () => {
+        committed = true;
+      });
+    } finally {
+      if (!committed) await this.vm.stateManager.revert();
+    }
+  }
+
+  private async buildInCheckpoint(
+    parent: Block, number: bigint, entries: PoolEntry[],
+    h: { coinbase: Address; nonce: Uint8Array; extraData: Uint8Array; signers: string[]; index: number },
+    onCommitted: () => void,
+  ): Promise<Block | undefined> {
+    const { coinbase, nonce, extraData, signers, index } = h;
     const builder = await buildBlock(this.vm, {
       parentBlock: parent,
       headerData: {
@@ -441,6 +464,8 @@ export class ChainNode {
       return undefined;
     }
     const { block } = await builder.build();
+    await this.vm.stateManager.commit();
+    onCommitted();
     const baseFee = block.header.baseFeePerGas ?? 0n;
     const stored: StoredReceipt[] = included.map((entry, i) => {
       const r = results[i]!;
