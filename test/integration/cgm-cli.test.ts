@@ -1,0 +1,85 @@
+/**
+ * `glucoguard ingest` and `glucoguard summary` as an operator runs them (the built bin): the report
+ * on stdout, a re-import that changes nothing, a rejected file with exit code 1.
+ */
+import { spawnSync } from 'node:child_process';
+import { rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { PACKAGE_ROOT } from '../../src/paths.js';
+import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
+import { tempDir } from '../support/app.js';
+
+const BIN = path.join(PACKAGE_ROOT, 'bin/glucoguard.js');
+const dataDir = tempDir('gg-cgm-cli-');
+const env = { ...process.env, GLUCOGUARD_DATA_DIR: dataDir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'warn', CHAIN_PORT: '0', CHAIN_BLOCK_PERIOD: '0' };
+const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { env, encoding: 'utf8' });
+
+beforeAll(() => {
+  const build = spawnSync(process.execPath, [path.join(PACKAGE_ROOT, 'scripts/build.mjs')], { cwd: PACKAGE_ROOT, encoding: 'utf8' });
+  // tsc still emits on type errors; only errors in src/ (what the bin runs) make this run meaningless.
+  if (build.status !== 0 && /^src\//m.test(`${build.stdout}${build.stderr}`)) throw new Error(`npm run build failed:\n${build.stdout}\n${build.stderr}`);
+}, 180_000);
+afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
+
+describe('glucoguard ingest / summary', () => {
+  const trace = makeTrace(14, { seed: 3 });
+  const file = path.join(dataDir, 'nightscout-14d.json');
+  let patientId = '';
+
+  beforeAll(() => {
+    writeFileSync(file, nightscoutJson(trace));
+    const created = run('patients', 'create', '--given', 'Ana', '--family', 'Rivera');
+    expect(created.status).toBe(0);
+    patientId = created.stdout.trim();
+  });
+
+  test('ingest imports the file and prints the report on stdout', () => {
+    const r = run('ingest', file, '--patient', patientId, '--json');
+    expect(r.status).toBe(0);
+    const report = JSON.parse(r.stdout);
+    expect(report).toMatchObject({ accepted: true, format: 'nightscout', detected: true, read: trace.length, created: trace.length, unchanged: 0 });
+  }, 60_000);
+
+  test('a second ingest of the same file counts every reading as unchanged (human-readable report)', () => {
+    const r = run('ingest', file, '--patient', patientId);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain(`records read ${trace.length}, created 0, unchanged ${trace.length}, corrected 0, skipped 0, rejected 0`);
+    expect(r.stderr).not.toMatch(/\r/); // no progress bar when stderr is not a terminal
+  }, 60_000);
+
+  test('summary prints the consensus metrics; --json prints the cgm-summary Bundle', () => {
+    const text = run('summary', '--patient', patientId);
+    expect(text.status).toBe(0);
+    expect(text.stdout).toMatch(/time in ranges\s+very low [\d.]+ %\s+low [\d.]+ %\s+target [\d.]+ %/);
+    expect(text.stdout).toMatch(/GMI\s+[\d.]+ %/);
+    const json = run('summary', '--patient', patientId, '--json');
+    expect(json.status).toBe(0);
+    const bundle = JSON.parse(json.stdout);
+    expect(bundle.resourceType).toBe('Bundle');
+    expect(bundle.entry[0].resource.code.coding[0].code).toBe('107931-8');
+  }, 60_000);
+
+  test('a file with a bad record is rejected with exit code 1, naming the line, and stores nothing', () => {
+    const bad = path.join(dataDir, 'bad.json');
+    const lines = nightscoutJson(makeTrace(1, { seed: 9 })).split('\n');
+    lines[4] = lines[4]!.replace(/"sgv":\d+/, '"sgv":5000');
+    writeFileSync(bad, lines.join('\n'));
+    const other = run('patients', 'create', '--given', 'B', '--family', 'Okafor').stdout.trim();
+    const r = run('ingest', bad, '--patient', other, '--format', 'nightscout');
+    expect(r.status).toBe(1);
+    expect(r.stdout).toMatch(/REJECTED \(nothing stored\)/);
+    expect(r.stdout).toMatch(/value-too-high: record 4 \(line 5\)/);
+    expect(r.stderr).toMatch(/nothing was imported/);
+    const summary = run('summary', '--patient', other);
+    expect(summary.status).not.toBe(0);
+    expect(summary.stderr).toMatch(/No CGM readings/);
+  }, 60_000);
+
+  test('ingest of a missing file or an unknown format fails with a clear message', () => {
+    expect(run('ingest', path.join(dataDir, 'nope.json'), '--patient', patientId).stderr).toMatch(/no such file/i);
+    const r = run('ingest', file, '--patient', patientId, '--format', 'excel');
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/expected one of dexcom/);
+  });
+});
