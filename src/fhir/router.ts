@@ -449,6 +449,8 @@ function formBody(req: FhirRequest): Record<string, string | string[]> {
   if (contentType !== 'application/x-www-form-urlencoded') {
     throw unsupportedMediaType('POST _search takes application/x-www-form-urlencoded');
   }
+  // In-process callers can hand over any value; only a map of fields is a form.
+  if (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body)) throw badRequest('POST _search takes form fields');
   return req.body as Record<string, string | string[]>;
 }
 

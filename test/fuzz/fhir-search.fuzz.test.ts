@@ -17,7 +17,7 @@ const statuses = new Map<number, number>();
 
 beforeAll(async () => {
   t = await startTestApp();
-  const patient = await t.app.repository.create({ resourceType: 'Patient', name: [{ family: 'Fuzz', given: ['Search'] }], birthDate: '1970-01-01',
+  const patient = await t.app.repository.create<Resource>({ resourceType: 'Patient', name: [{ family: 'Fuzz', given: ['Search'] }], birthDate: '1970-01-01',
     identifier: [{ system: 'urn:mrn', value: '1' }] });
   patientId = patient.resource.id!;
   for (let i = 0; i < 5; i++) {
