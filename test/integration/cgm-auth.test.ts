@@ -1,0 +1,76 @@
+/**
+ * The CGM entry points with authentication on: `/cgm/ingest` needs write access to the patient's
+ * Observations (or to be that patient); `$cgm-summary` and `$cgm-agp` compute only over what the
+ * token may read, and answer 404 for a patient it may not see.
+ */
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import request from 'supertest';
+import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
+import { startTestApp, type TestApp } from '../support/app.js';
+
+describe('CGM entry points with authentication on', () => {
+  let t: TestApp;
+  const http = () => request(t.app.http);
+  const file = nightscoutJson(makeTrace(1, { seed: 5 }));
+  let ana: string;
+  let ben: string;
+  const token = (scopes: string[], extra: { patient?: string; fhirUser?: string } = {}): string =>
+    t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'test-client', sub: 'tester', scopes, ...extra }).token;
+  let admin: string;
+
+  beforeAll(async () => {
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    admin = token(['system/*.cruds']);
+    const create = async (family: string): Promise<string> => {
+      const res = await http().post('/fhir/Patient').set('Authorization', `Bearer ${admin}`).set('Content-Type', 'application/fhir+json')
+        .send({ resourceType: 'Patient', name: [{ family }] });
+      expect(res.status).toBe(201);
+      return res.body.id as string;
+    };
+    ana = await create('Rivera');
+    ben = await create('Okafor');
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  const ingest = (patient: string, bearer: string) =>
+    http().post(`/cgm/ingest?patient=${patient}&format=nightscout`).set('Authorization', `Bearer ${bearer}`).send(file);
+
+  test('a read-only token may not ingest (403), and nothing is stored', async () => {
+    const res = await ingest(ana, token(['system/Observation.rs']));
+    expect(res.status).toBe(403);
+    expect(res.body.resourceType).toBe('OperationOutcome');
+    const search = await http().get(`/fhir/Observation?patient=Patient/${ana}`).set('Authorization', `Bearer ${admin}`);
+    expect(search.body.entry ?? []).toHaveLength(0);
+  });
+
+  test('a patient-context token writes its own patient only', async () => {
+    const anaToken = token(['patient/Observation.cruds', 'patient/Patient.r'], { patient: ana });
+    expect((await ingest(ben, anaToken)).status).toBe(403);
+    const own = await ingest(ana, anaToken);
+    expect(own.status).toBe(200);
+    expect(own.body.created).toBe(288);
+  });
+
+  test('the patient themself may ingest with a fhirUser token', async () => {
+    const res = await ingest(ben, token(['openid', 'fhirUser'], { fhirUser: `Patient/${ben}` }));
+    expect(res.status).toBe(200);
+    expect(res.body.created).toBe(288);
+  });
+
+  test('$cgm-summary and $cgm-agp follow the token: own patient yes, another patient 404', async () => {
+    const anaToken = token(['patient/Observation.rs', 'patient/Patient.r'], { patient: ana });
+    const own = await http().get(`/fhir/Patient/${ana}/$cgm-summary`).set('Authorization', `Bearer ${anaToken}`);
+    expect(own.status).toBe(200);
+    expect(own.body.entry[0].resource.subject.reference).toBe(`Patient/${ana}`);
+    const other = await http().get(`/fhir/Patient/${ben}/$cgm-summary`).set('Authorization', `Bearer ${anaToken}`);
+    expect(other.status).toBe(404);
+    const agp = await http().get(`/fhir/Patient/${ben}/$cgm-agp`).set('Authorization', `Bearer ${anaToken}`);
+    expect(agp.status).toBe(404);
+    const noObservations = token(['patient/Patient.r'], { patient: ana });
+    const denied = await http().get(`/fhir/Patient/${ana}/$cgm-summary`).set('Authorization', `Bearer ${noObservations}`);
+    expect(denied.status).toBe(403);
+  });
+});
