@@ -18,7 +18,7 @@ import { fmt, rssMb, summary, type Log } from './stats.js';
 const CLIENT = `
 const { parentPort, workerData } = require('node:worker_threads');
 const http = require('node:http');
-const agent = new http.Agent({ keepAlive: true, maxSockets: workerData.concurrency });
+const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
 function get(path) {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
@@ -29,38 +29,51 @@ function get(path) {
     }).on('error', reject);
   });
 }
-(async () => {
-  const { paths, warmup, concurrency, seconds } = workerData;
-  for (let i = 0; i < warmup; i++) await get(paths[i % paths.length]);
-  const times = [];
-  let checked = 0, bad = 0, next = 0;
-  const deadline = seconds ? Date.now() + seconds * 1000 : Infinity;
-  const started = process.hrtime.bigint();
-  async function loop() {
-    for (;;) {
-      const i = next++;
-      if (seconds ? Date.now() >= deadline : i >= paths.length) return;
-      const r = await get(paths[i % paths.length]);
-      times.push(r.ms);
-      if (r.status !== 200) bad++;
-      else if (i % 50 === 0) { checked++; const b = JSON.parse(r.body.toString()); if ((b.entry || []).length !== 288) bad++; }
+function check(r) {
+  if (r.status !== 200) return false;
+  const b = JSON.parse(r.body.toString());
+  return (b.entry || []).length === 288;
+}
+parentPort.on('message', async ({ paths, concurrency, seconds }) => {
+  try {
+    const times = [];
+    let bad = 0, next = 0;
+    const deadline = seconds ? Date.now() + seconds * 1000 : Infinity;
+    const started = process.hrtime.bigint();
+    async function loop() {
+      for (;;) {
+        const i = next++;
+        if (seconds ? Date.now() >= deadline : i >= paths.length) return;
+        const r = await get(paths[i % paths.length]);
+        times.push(r.ms);
+        if (i % 25 === 0 ? !check(r) : r.status !== 200) bad++;
+      }
     }
+    await Promise.all(Array.from({ length: concurrency }, loop));
+    parentPort.postMessage({ times, bad, elapsed: Number(process.hrtime.bigint() - started) / 1e9 });
+  } catch (e) {
+    parentPort.postMessage({ error: String(e) });
   }
-  await Promise.all(Array.from({ length: concurrency }, loop));
-  const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
-  parentPort.postMessage({ times, bad, checked, elapsed });
-  agent.destroy();
-})().catch((e) => parentPort.postMessage({ error: String(e) }));
+});
 `;
 
-interface ClientResult { times: number[]; bad: number; checked: number; elapsed: number; error?: string }
+interface ClientResult { times: number[]; bad: number; elapsed: number; error?: string }
 
-function runClient(port: number, paths: string[], opts: { warmup: number; concurrency: number; seconds?: number }): Promise<ClientResult> {
-  return new Promise((resolve, reject) => {
-    const w = new Worker(CLIENT, { eval: true, workerData: { port, paths, ...opts } });
-    w.once('message', (m: ClientResult) => (m.error ? reject(new Error(m.error)) : resolve(m)));
-    w.once('error', reject);
-  });
+/** An HTTP load generator in a worker thread; each call runs one batch and answers its timings. */
+class HttpClient {
+  private readonly worker: Worker;
+  constructor(port: number) {
+    this.worker = new Worker(CLIENT, { eval: true, workerData: { port } });
+  }
+  run(paths: string[], concurrency = 1, seconds?: number): Promise<ClientResult> {
+    return new Promise((resolve, reject) => {
+      this.worker.once('message', (m: ClientResult) => (m.error ? reject(new Error(m.error)) : m.bad ? reject(new Error(`${m.bad} HTTP answers were not 200 with 288 entries`)) : resolve(m)));
+      this.worker.postMessage({ paths, concurrency, seconds });
+    });
+  }
+  close(): Promise<number> {
+    return this.worker.terminate();
+  }
 }
 
 export async function run(log: Log): Promise<Record<string, number>> {
@@ -93,28 +106,34 @@ export async function run(log: Log): Promise<Record<string, number>> {
       return patientDayQuery(patient, day);
     });
 
-    // (a) the repository called directly
-    for (let i = 0; i < 50; i++) await app.repository.search(parseSearchRequest(queries[i % queries.length]!));
-    const direct: number[] = [];
-    for (const q of queries) {
-      const t0 = process.hrtime.bigint();
-      const r = await app.repository.search(parseSearchRequest(q));
-      direct.push(Number(process.hrtime.bigint() - t0) / 1e6);
-      if (r.resources.length !== 288) throw new Error(`direct query answered ${r.resources.length}, expected 288`);
-    }
-    const d = summary(direct.sort((a, b) => a - b));
-
-    // (b) the same queries over HTTP through the facade (sequential: latency; concurrent: throughput)
+    // The same queries (a) on the repository directly and (b) over HTTP through the whole facade,
+    // interleaved in rounds so both see the same machine load, GC state and page cache.
     const server = app.http.listen(0, '127.0.0.1');
     await new Promise((r) => server.once('listening', r));
-    const port = (server.address() as AddressInfo).port;
-    const paths = queries.map((q) => `/fhir/${q}`);
-    const seq = await runClient(port, paths, { warmup: 50, concurrency: 1 });
-    if (seq.bad) throw new Error(`${seq.bad} HTTP answers were not 200 with 288 entries`);
-    const h = summary(seq.times.sort((a, b) => a - b));
-    const conc = await runClient(port, paths, { warmup: 20, concurrency: 4, seconds: Number(process.env.BENCH_SECONDS ?? 10) });
-    if (conc.bad) throw new Error(`${conc.bad} HTTP answers were not 200 with 288 entries`);
+    const client = new HttpClient((server.address() as AddressInfo).port);
+    const direct: number[] = [];
+    const overHttp: number[] = [];
+    const directRound = async (batch: string[], record: boolean): Promise<void> => {
+      for (const q of batch) {
+        const t0 = process.hrtime.bigint();
+        const r = await app.repository.search(parseSearchRequest(q));
+        if (record) direct.push(Number(process.hrtime.bigint() - t0) / 1e6);
+        if (r.resources.length !== 288) throw new Error(`direct query answered ${r.resources.length}, expected 288`);
+      }
+    };
+    (globalThis as { gc?: () => void }).gc?.();
+    await directRound(queries.slice(0, 50), false);
+    await client.run(queries.slice(0, 50).map((q) => `/fhir/${q}`));
+    for (let i = 0; i < queries.length; i += 50) {
+      const batch = queries.slice(i, i + 50);
+      await directRound(batch, true);
+      overHttp.push(...(await client.run(batch.map((q) => `/fhir/${q}`))).times);
+    }
+    const d = summary(direct.sort((a, b) => a - b));
+    const h = summary(overHttp.sort((a, b) => a - b));
+    const conc = await client.run(queries.map((q) => `/fhir/${q}`), 4, Number(process.env.BENCH_SECONDS ?? 10));
     const rps = conc.times.length / conc.elapsed;
+    await client.close();
     await new Promise((r) => server.close(r));
 
     log(`patient-day query (288 of ${load.loaded.toLocaleString('en')}), ${iterations} queries over varied patients/days:`);
