@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Compiles chain/contracts/*.sol with the `solc` npm package (no download: solc-js ships the compiler) and
 // writes chain/artifacts/<Name>.json ({ contractName, abi, bytecode, deployedBytecode }) for every
-// non-interface contract. Skips the work when sources, imports and settings are unchanged (hash file).
+// non-interface contract, then the typed ethers bindings src/ledger/contracts.generated.ts (bindings.mjs). Skips the work when sources, imports and settings are unchanged (hash file).
 //
 // Target EVM is "london": EthereumJS runs Clique only up to London, and the same bytecode runs on Besu.
 // OpenZeppelin 5.x's utils/Bytes.sol uses `mcopy` (Cancun) in helpers our contracts never call, but solc
@@ -15,6 +15,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { OUT as BINDINGS, generateBindings } from './bindings.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
@@ -90,6 +91,7 @@ function main() {
   const digest = hash.digest('hex');
   const expected = files.filter((f) => !/^I[A-Z]/.test(f)).map((f) => path.join(artifactsDir, f.replace(/\.sol$/, '.json')));
   if (!force && existsSync(hashFile) && readFileSync(hashFile, 'utf8').trim() === digest && expected.every((f) => existsSync(f))) {
+    if (!existsSync(BINDINGS)) generateBindings(artifactsDir);
     return;
   }
 
@@ -128,6 +130,7 @@ function main() {
     }
   }
   writeFileSync(hashFile, `${digest}\n`);
+  generateBindings(artifactsDir);
   process.stdout.write(`chain: compiled ${files.length} Solidity sources into chain/artifacts (evm london)\n`);
 }
 

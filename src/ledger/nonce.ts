@@ -1,0 +1,105 @@
+/**
+ * One sender per authority account: nonces are handed out in order under a lock, so concurrent sends
+ * never collide, and a send that fails before reaching the node gives its nonce back, so no gap is left.
+ * Transactions are signed here and broadcast raw: a broadcast retried after a transient RPC error that
+ * the node had in fact accepted ("already known") is recognised by its hash instead of being sent twice.
+ */
+import {
+  type BaseWallet, type Provider, type TransactionRequest, type TransactionResponse, isError, keccak256,
+} from 'ethers';
+
+export interface NonceManagerOptions {
+  /** Attempts per transaction for transient RPC errors (default 5). */
+  attempts?: number;
+  /** First retry delay in ms, doubled each attempt (default 100). */
+  retryDelayMs?: number;
+}
+
+const TRANSIENT = new Set(['NETWORK_ERROR', 'SERVER_ERROR', 'TIMEOUT']);
+
+/** True for RPC failures worth retrying (connection refused, 5xx, timeouts). */
+export function isTransientRpcError(err: unknown): boolean {
+  if (typeof err === 'object' && err !== null && TRANSIENT.has((err as { code?: string }).code ?? '')) return true;
+  const code = (err as { cause?: { code?: string }; code?: string })?.cause?.code ?? (err as { code?: string })?.code;
+  return code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'ETIMEDOUT';
+}
+
+export class NonceManager {
+  private next: number | undefined;
+  private lock: Promise<unknown> = Promise.resolve();
+  private readonly attempts: number;
+  private readonly retryDelayMs: number;
+
+  private readonly provider: Provider;
+
+  constructor(readonly wallet: BaseWallet, opts: NonceManagerOptions = {}) {
+    if (!wallet.provider) throw new Error('NonceManager needs a wallet connected to a provider');
+    this.provider = wallet.provider;
+    this.attempts = opts.attempts ?? 5;
+    this.retryDelayMs = opts.retryDelayMs ?? 100;
+  }
+
+  get address(): string {
+    return this.wallet.address;
+  }
+
+  /** Forgets the cached nonce; the next send asks the node ("pending"). */
+  reset(): void {
+    this.next = undefined;
+  }
+
+  /**
+   * Fills in gas and fees (outside the lock, so estimates run in parallel), then assigns the next nonce,
+   * signs and broadcasts under the lock. Rejects with the node's error when the transaction is refused
+   * (e.g. a revert found by estimateGas); the nonce is then reused by the next send.
+   */
+  async send(request: TransactionRequest): Promise<TransactionResponse> {
+    const { nonce: _ignored, ...rest } = request;
+    const populated = await this.wallet.populateTransaction(rest);
+    delete populated.nonce;
+    return this.exclusive(() => this.broadcast(populated));
+  }
+
+  private async broadcast(tx: TransactionRequest): Promise<TransactionResponse> {
+    const provider = this.provider;
+    let delay = this.retryDelayMs;
+    for (let attempt = 1; ; attempt++) {
+      const nonce = this.next ?? (await provider.getTransactionCount(this.wallet.address, 'pending'));
+      const raw = await this.wallet.signTransaction({ ...tx, nonce });
+      const hash = keccak256(raw);
+      try {
+        const response = await provider.broadcastTransaction(raw);
+        this.next = nonce + 1;
+        return response;
+      } catch (err) {
+        if (/already known/i.test(String((err as Error).message))) {
+          this.next = nonce + 1;
+          const known = await provider.getTransaction(hash);
+          if (known) return known;
+        }
+        if (isError(err, 'NONCE_EXPIRED') || isError(err, 'REPLACEMENT_UNDERPRICED')) {
+          // someone else used this nonce (another process with the same key, or a restart): resync
+          this.next = undefined;
+        } else if (!isTransientRpcError(err)) {
+          throw err;
+        }
+        if (attempt >= this.attempts) throw err;
+        await new Promise((r) => setTimeout(r, delay));
+        delay *= 2;
+      }
+    }
+  }
+
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.lock.then(fn, fn);
+    this.lock = result.catch(() => undefined);
+    return result;
+  }
+}
+
+/** Waits for a transaction's receipt; rejects with ethers' TIMEOUT error after `timeoutMs`. */
+export async function waitForReceipt(provider: Provider, hash: string, timeoutMs: number) {
+  const receipt = await provider.waitForTransaction(hash, 1, timeoutMs);
+  if (!receipt) throw new Error(`no receipt for ${hash}`);
+  return receipt;
+}
