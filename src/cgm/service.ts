@@ -76,6 +76,8 @@ export interface CgmIngestServiceDeps {
   defaultTimeZone: string;
   /** Records per transaction (default INGEST_CHUNK). */
   chunkSize?: number;
+  /** Files larger than this are read twice instead of held in memory (default HOLD_BYTES). */
+  holdBytes?: number;
 }
 
 type Sink = (entries: ConvertedEntry[], devices: ConvertedEntry<Device>[]) => Promise<void>;
@@ -112,7 +114,7 @@ export class CgmIngestService {
       const summary = await this.pass(await openCgm(input, parse), ctx, store, (read) => progress({ phase: 'storing', read, stored: stored() }));
       return report(summary, true, options.patient, counts, true);
     }
-    if (typeof input === 'string' && statSync(input).size > HOLD_BYTES) {
+    if (typeof input === 'string' && statSync(input).size > (this.deps.holdBytes ?? HOLD_BYTES)) {
       // A large file is read twice: check everything first, then store, memory bounded.
       const checked = await this.pass(await openCgm(input, parse), ctx, async () => undefined, (read) => progress({ phase: 'checking', read, stored: 0 }));
       if (checked.rejected > 0) return report(checked, false, options.patient, counts, false);

@@ -1,0 +1,108 @@
+/**
+ * The ingest service on the embedded repository, below HTTP: chunked storage with devices across
+ * chunks, the read-twice path for large files, progress callbacks, concurrent imports of one file,
+ * insulin doses, and the bulk identifier lookup it relies on (exact `system|value` matching).
+ */
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { Operator } from '@medplum/core';
+import type { Observation, Patient } from '@medplum/fhirtypes';
+import { CgmIngestService, type IngestProgress } from '../../src/cgm/service.js';
+import { shapeCachedCheck } from '../../src/cgm/validate.js';
+import { ProfileValidator } from '../../src/fhir/validation.js';
+import { PACKAGE_ROOT, PROFILES_DIR } from '../../src/paths.js';
+import { EmbeddedRepository } from '../../src/repository/embedded/index.js';
+import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
+import { tempDir } from '../support/app.js';
+
+const dir = tempDir('gg-cgm-store-');
+let repository: EmbeddedRepository;
+let validator: ProfileValidator;
+const service = (options: { chunkSize?: number; holdBytes?: number } = {}) =>
+  new CgmIngestService({ repository, check: shapeCachedCheck((r) => validator.check(r)), defaultTimeZone: 'UTC', ...options });
+const newPatient = async (): Promise<string> => (await repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'T' }] })).resource.id!;
+const observationsOf = async (patient: string): Promise<Observation[]> =>
+  (await repository.search({ resourceType: 'Observation', filters: [{ code: 'patient', operator: Operator.EQUALS, value: `Patient/${patient}` }], count: 10_000, offset: 0 })).resources as Observation[];
+
+beforeAll(async () => {
+  repository = await EmbeddedRepository.open({ dataDir: dir, masterKey: Buffer.alloc(32, 3).toString('base64') });
+  validator = new ProfileValidator(PROFILES_DIR);
+});
+afterAll(async () => {
+  await repository.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('CgmIngestService', () => {
+  const trace = makeTrace(1, { seed: 11 }); // 288 readings
+  const text = nightscoutJson(trace);
+
+  test('stores in chunks, one Device for all of them, with progress after each chunk', async () => {
+    const patient = await newPatient();
+    const progress: IngestProgress[] = [];
+    const report = await service({ chunkSize: 50 }).ingest({ text }, { patient, onProgress: (p) => progress.push(p) });
+    expect(report).toMatchObject({ accepted: true, created: 288, devicesCreated: 1 });
+    const stored = await observationsOf(patient);
+    expect(stored).toHaveLength(288);
+    expect(new Set(stored.map((o) => o.device?.reference)).size).toBe(1);
+    const storing = progress.filter((p) => p.phase === 'storing');
+    expect(storing.length).toBeGreaterThanOrEqual(6);
+    expect(storing[storing.length - 1]).toMatchObject({ stored: 288, total: 288 });
+  });
+
+  test('a file larger than the hold limit is checked, then read again and stored', async () => {
+    const patient = await newPatient();
+    const file = path.join(dir, 'trace.json');
+    writeFileSync(file, text);
+    const phases = new Set<string>();
+    const report = await service({ chunkSize: 100, holdBytes: 1024 }).ingest(file, { patient, onProgress: (p) => phases.add(p.phase) });
+    expect(report).toMatchObject({ accepted: true, created: 288, read: 288 });
+    expect([...phases]).toEqual(['checking', 'storing']);
+    expect(await observationsOf(patient)).toHaveLength(288);
+
+    const bad = path.join(dir, 'bad.json');
+    writeFileSync(bad, text.replace(/"sgv":\d+/, '"sgv":-3'));
+    const other = await newPatient();
+    const rejected = await service({ holdBytes: 1024 }).ingest(bad, { patient: other });
+    expect(rejected).toMatchObject({ accepted: false, created: 0, rejected: 1 });
+    expect(await observationsOf(other)).toHaveLength(0);
+  });
+
+  test('two concurrent imports of one file store each reading once', async () => {
+    const patient = await newPatient();
+    const s = service();
+    const [a, b] = await Promise.all([s.ingest({ text }, { patient }), s.ingest({ text }, { patient })]);
+    expect(a.created + b.created).toBe(288);
+    expect(a.unchanged + b.unchanged).toBe(288);
+    expect(await observationsOf(patient)).toHaveLength(288);
+  });
+
+  test('insulin doses from a Tidepool export are stored once; meter readings kept apart from sensor readings', async () => {
+    const patient = await newPatient();
+    const tidepool = readFileSync(path.join(PACKAGE_ROOT, 'test/fixtures/cgm/tidepool-export.json'), 'utf8');
+    const first = await service().ingest({ text: tidepool }, { patient });
+    expect(first.accepted).toBe(true);
+    expect(first.created).toBe(8); // 3 cbg + 1 smbg + 2 bolus + 2 basal
+    const doses = await repository.search({ resourceType: 'MedicationAdministration', filters: [{ code: 'patient', operator: Operator.EQUALS, value: `Patient/${patient}` }], count: 100, offset: 0 });
+    expect(doses.resources).toHaveLength(4);
+    const again = await service().ingest({ text: tidepool }, { patient });
+    expect(again).toMatchObject({ created: 0, unchanged: 8, corrected: 0 });
+  });
+
+  test('the bulk identifier lookup matches system|value exactly, among thousands of values', async () => {
+    const patient = await newPatient();
+    await repository.create<Observation>({
+      resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: { reference: `Patient/${patient}` },
+      identifier: [{ system: 'urn:test:a', value: 'Value-1' }],
+    });
+    const values = Array.from({ length: 3000 }, (_, i) => `urn:test:b|v${i}`);
+    const search = (extra: string) => repository.search({
+      resourceType: 'Observation', filters: [{ code: 'identifier', operator: Operator.EQUALS, value: [...values, extra].join(',') }], count: 10, offset: 0,
+    });
+    expect((await search('urn:test:a|value-1')).resources).toHaveLength(1); // token matching is case-insensitive
+    expect((await search('urn:test:b|Value-1')).resources).toHaveLength(0); // another system
+    expect((await search('urn:test:a|Value-10')).resources).toHaveLength(0);
+    expect((await search('Value-1')).resources).toHaveLength(1); // code only, any system
+  });
+});
