@@ -37,6 +37,7 @@ export function finalErrorHandler(logger: Logger) {
       : status === 413 ? 'Request body too large'
       : status === 404 ? 'Not found'
       : status === 400 && e.type === 'entity.parse.failed' ? 'Malformed request body'
+      : status === 415 ? 'Unsupported charset or content encoding'
       : 'Bad request';
     send(req, res, status, message);
   };
@@ -50,6 +51,8 @@ function send(req: Request, res: Response, status: number, message: string): voi
     return;
   }
   if (req.path.startsWith('/oauth/')) {
+    // RFC 6749 §5.2: errors are 400 unless specified otherwise; a body too large keeps its 413.
+    if (status < 500 && status !== 413) res.status(400);
     res.json({ error: status >= 500 ? 'server_error' : 'invalid_request', error_description: message });
     return;
   }
