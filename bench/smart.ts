@@ -87,9 +87,9 @@ export async function run(log: Log): Promise<Record<string, number>> {
     const rsClient = smart.store.addClient({ name: 'bench-rs', type: 'confidential-asymmetric', jwks: { keys: [{ ...(await exportJWK(rs.publicKey)), kid: 'r', alg: 'RS384' }] }, scopes: ['system/*.rs'] }).client;
     const sym = smart.store.addClient({ name: 'bench-sym', type: 'confidential-symmetric', redirectUris: ['https://x.example/cb'], scopes: ['system/*.rs'] });
     const now = Math.floor(Date.now() / 1000);
-    const sign = async (alg: string, kid: string, clientId: string, key: CryptoKey | Uint8Array | import('jose').KeyObject) =>
+    const sign = async (alg: string, kid: string, clientId: string, key: Parameters<SignJWT['sign']>[0]) =>
       new SignJWT({}).setProtectedHeader({ alg, kid }).setIssuer(clientId).setSubject(clientId).setAudience(smart.urls.token)
-        .setJti(randomUUID()).setExpirationTime(now + 280).sign(key as CryptoKey);
+        .setJti(randomUUID()).setExpirationTime(now + 280).sign(key);
     const esAssertions: string[] = [];
     const rsAssertions: string[] = [];
     for (let i = 0; i < 8000; i++) esAssertions.push(await sign('ES384', 'k', esClient.clientId, es.privateKey));

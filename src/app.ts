@@ -32,6 +32,8 @@ import { PACKAGE_ROOT, PROFILES_DIR } from './paths.js';
 import { EmbeddedRepository } from './repository/embedded/index.js';
 import type { Repository } from './repository/port.js';
 import { UpstreamRepository } from './repository/upstream/index.js';
+import { ChainClient, type ChainAddresses } from './ledger/client.js';
+import { loadAuthorityKey, startEmbeddedChain, type EmbeddedChain } from '../chain/node/index.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -43,6 +45,8 @@ export interface App {
   repository: Repository;
   kv: KeyValueStore;
   smart: Smart;
+  /** The chain port: provider, the one nonce-managed authority signer, the contracts. */
+  chain: ChainClient;
   /** CGM ingest (service) and the summary/AGP computations behind the $cgm-* operations. */
   cgm: { ingest: CgmIngestService; operations: CgmOperations };
   /** Checks behind `GET /readyz`; add one per dependency with `readiness.add({ name, check })`. */
@@ -61,6 +65,35 @@ export async function createRepository(config: Config, logger: Logger): Promise<
   return EmbeddedRepository.open({ dataDir: config.dataDir, masterKey: loadMasterKey(config), logger });
 }
 
+/**
+ * Connects to the chain the configuration names: an external node (CHAIN_RPC_URL, e.g. Besu) with
+ * the authority key and contract addresses from files, or the embedded Clique node started here.
+ */
+export async function createChain(config: Config, logger: Logger): Promise<{ client: ChainClient; embedded?: EmbeddedChain }> {
+  if (config.chain.rpcUrl) {
+    const authorityKey = readFileSync(config.chain.authorityKeyFile!, 'utf8').trim();
+    const addresses = JSON.parse(readFileSync(config.chain.deploymentFile!, 'utf8')) as ChainAddresses & { contracts?: ChainAddresses };
+    return {
+      client: new ChainClient({ rpcUrl: config.chain.rpcUrl, chainId: config.chain.chainId, authorityKey, addresses: addresses.contracts ?? addresses, adapter: 'rpc' }),
+    };
+  }
+  const embedded = await startEmbeddedChain({
+    dataDir: config.dataDir,
+    port: config.chain.embeddedPort,
+    blockPeriod: config.chain.blockPeriod,
+    chainId: config.chain.chainId,
+    logger: { info: (m: string) => logger.info(m), warn: (m: string) => logger.warn(m), error: (m: string) => logger.error(m) },
+  });
+  const client = new ChainClient({
+    rpcUrl: embedded.rpcUrl,
+    chainId: embedded.chainId,
+    authorityKey: loadAuthorityKey(config.dataDir),
+    addresses: embedded.deployment,
+    adapter: 'embedded',
+  });
+  return { client, embedded };
+}
+
 /** Builds the whole proxy from a configuration. Nothing listens until the caller calls `http.listen`. */
 export async function createApp(config: Config, options: { logger?: Logger } = {}): Promise<App> {
   const logger = options.logger ?? createLogger(config.logLevel);
@@ -71,6 +104,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const masterKey = loadMasterKey(config);
   const repository = await createRepository(config, logger);
   const kv: KeyValueStore = config.redisUrl ? await RedisKeyValueStore.connect(config.redisUrl, { logger }) : new MemoryKeyValueStore();
+  const chain = await createChain(config, logger);
 
   const base = fhirBase(config);
   const smart = await createSmart({
@@ -145,7 +179,11 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const adapters = [
     { port: 'repository', adapter: repository.description.adapter, location: repository.description.location },
     { port: 'kv', adapter: kv.description.adapter, location: kv.description.location },
-    { port: 'chain', adapter: 'none', location: 'not wired yet (anchoring arrives with the chain issue)' },
+    {
+      port: 'chain',
+      adapter: chain.embedded ? 'embedded Clique node' : 'JSON-RPC',
+      location: chain.embedded ? `${path.join(config.dataDir, 'chain')} (RPC ${chain.client.description.location})` : chain.client.description.location,
+    },
     { port: 'master key', adapter: config.masterKey ? 'env' : 'file', location: config.masterKey ? 'GLUCOGUARD_MASTER_KEY' : masterKeyPath(config.dataDir) },
   ];
 
@@ -157,6 +195,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     repository,
     kv,
     smart,
+    chain: chain.client,
     cgm,
     readiness,
     adapters,
@@ -164,6 +203,8 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
       await smart.close();
       await repository.close();
       await kv.close();
+      await chain.client.close();
+      await chain.embedded?.close();
     },
   };
 }

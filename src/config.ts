@@ -62,8 +62,12 @@ export interface ChainConfig {
   embeddedPort: number;
   /** Seconds between sealed blocks of the embedded node (CHAIN_BLOCK_PERIOD); 0 seals at once. */
   blockPeriod: number;
-  /** Chain id of the embedded network (CHAIN_ID). */
+  /** Chain id of the embedded network, or of the external one (CHAIN_ID). */
   chainId: number;
+  /** External chain: file with the authority's private key (CHAIN_AUTHORITY_KEY_FILE). */
+  authorityKeyFile?: string;
+  /** External chain: JSON file with the contract addresses {ResourceAnchor, ConsentRegistry, IdentityRegistry} (CHAIN_DEPLOYMENT_FILE). */
+  deploymentFile?: string;
 }
 
 export class ConfigError extends Error {
@@ -133,7 +137,12 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     embeddedPort: int(pick('CHAIN_PORT', 'chainPort') ?? '8545', 'CHAIN_PORT', 0, 65535, problems),
     blockPeriod: num(pick('CHAIN_BLOCK_PERIOD', 'chainBlockPeriod') ?? '1', 'CHAIN_BLOCK_PERIOD', 0, 3600, problems),
     chainId: int(pick('CHAIN_ID', 'chainId') ?? '1337', 'CHAIN_ID', 1, 2 ** 31, problems),
+    authorityKeyFile: pick('CHAIN_AUTHORITY_KEY_FILE', 'chainAuthorityKeyFile'),
+    deploymentFile: pick('CHAIN_DEPLOYMENT_FILE', 'chainDeploymentFile'),
   };
+  if (chain.rpcUrl && (!chain.authorityKeyFile || !chain.deploymentFile)) {
+    problems.push('CHAIN_RPC_URL needs CHAIN_AUTHORITY_KEY_FILE (the authority account key) and CHAIN_DEPLOYMENT_FILE (contract addresses)');
+  }
   const redisUrl = pick('REDIS_URL', 'redisUrl');
   if (redisUrl && !/^rediss?:\/\//.test(redisUrl)) problems.push(`REDIS_URL must start with redis:// or rediss:// (got "${redisUrl}")`);
 
