@@ -73,6 +73,8 @@ export class ChainNode {
   private callVm!: VM;
   private callRoot: Uint8Array | undefined;
   private callLock: Promise<unknown> = Promise.resolve();
+  private watchCalls = false;
+  private sawSubcall = false;
   private readonly periodMs: number;
   private readonly maxTxs: number;
   private readonly log: ChainLogger;
@@ -159,6 +161,10 @@ export class ChainNode {
       const node = new ChainNode(common, genesis, level, blockchain, vm, new ReceiptStore(level.sublevel('x') as never), signerKey, opts);
       node.head = head;
       node.callVm = await vm.shallowCopy(false);
+      // eth_estimateGas needs to know whether a call made inner calls (see estimateGas)
+      node.callVm.evm.events?.on('beforeMessage', (message: { depth: number }) => {
+        if (node.watchCalls && message.depth > 0) node.sawSubcall = true;
+      });
       return node;
     } catch (err) {
       await level.close();
@@ -230,16 +236,20 @@ export class ChainNode {
   /** eth_estimateGas: the smallest gas limit (within a few %) that succeeds. */
   async estimateGas(req: CallRequest, block: Block): Promise<bigint> {
     const cap = req.gas ? BigInt(req.gas) : BLOCK_GAS_LIMIT;
-    const first = await this.simulate(req, block, cap);
+    const first = await this.simulate(req, block, cap, true);
     const ex = first.execResult.exceptionError;
     if (ex) {
       if (ex.error === 'revert') throw reverted(bytesToHex(first.execResult.returnValue), decodeReason(first.execResult.returnValue));
       throw new RpcError(-32000, `gas required exceeds allowance (${cap}) or always failing transaction: ${ex.error}`);
     }
-    // The 63/64 rule and refunds can make the needed limit larger than the gas used; check and search.
+    // Gas at the peak of execution: refunds (capped at 1/5 in London) are only credited at the end.
+    const refund = first.gasRefund ?? 0n;
+    const peak = refund * 4n <= first.totalGasSpent ? first.totalGasSpent + refund : (first.totalGasSpent * 5n + 3n) / 4n;
+    // Without inner calls the peak (+ the 2300 SSTORE stipend check) is enough; with them the 63/64 rule
+    // (EIP-150) can need more, so verify and search.
+    if (!this.sawSubcall) return peak + 2_300n < cap ? peak + 2_300n : cap;
     const ok = async (gas: bigint): Promise<boolean> => !(await this.simulate(req, block, gas)).execResult.exceptionError;
-    // A little above the gas used is enough nearly always: one check, a search only when it fails.
-    let hi = (first.totalGasSpent * 64n) / 63n + 2_300n;
+    let hi = (peak * 64n) / 63n + 2_300n;
     if (hi > cap) hi = cap;
     if (await ok(hi)) return hi;
     let lo = hi;
@@ -252,7 +262,7 @@ export class ChainNode {
     return hi;
   }
 
-  private async simulate(req: CallRequest, block: Block, gasLimit: bigint): Promise<RunTxResult> {
+  private async simulate(req: CallRequest, block: Block, gasLimit: bigint, watchCalls = false): Promise<RunTxResult> {
     const data = req.input ?? req.data;
     const txData: TypedTxData = {
       type: 2,
@@ -278,9 +288,17 @@ export class ChainNode {
         difficulty: 2n,
       },
     }, { common: this.common, skipConsensusFormatValidation: true });
-    return this.withStateAt(block, (vm) => runTx(vm, {
-      tx, block: next, skipNonce: true, skipBalance: true, skipBlockGasLimitValidation: true, skipHardForkValidation: true,
-    }));
+    return this.withStateAt(block, async (vm) => {
+      if (watchCalls) this.sawSubcall = false;
+      this.watchCalls = watchCalls;
+      try {
+        return await runTx(vm, {
+          tx, block: next, skipNonce: true, skipBalance: true, skipBlockGasLimitValidation: true, skipHardForkValidation: true,
+        });
+      } finally {
+        this.watchCalls = false;
+      }
+    });
   }
 
   // ---- transactions ----------------------------------------------------------------------------
