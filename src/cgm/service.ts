@@ -226,7 +226,7 @@ export class CgmIngestService {
       if (!found) {
         counts.created++;
         writes.push({ fullUrl: e.fullUrl, resource, request: { method: 'POST', url: resource.resourceType } });
-      } else if (essence(found) === essence(resource)) {
+      } else if (sameContent(found, resource)) {
         counts.unchanged++;
       } else {
         counts.corrected++;
@@ -304,7 +304,14 @@ function withDevice(resource: Resource, devices: Map<string, string>): Resource 
 }
 
 /** What decides "same reading": the content without id, meta and the device reference. */
-function essence(resource: Resource): string {
+function sameContent(stored: Resource, incoming: Resource): boolean {
+  const a = essence(stored);
+  const b = essence(incoming);
+  // Stored JSON keeps the converter's key order, so plain JSON usually decides; sorted keys settle the rest.
+  return JSON.stringify(a) === JSON.stringify(b) || stableJson(a) === stableJson(b);
+}
+
+function essence(resource: Resource): Record<string, unknown> {
   const { id: _id, meta: _meta, device: _device, ...rest } = resource as unknown as Record<string, unknown>;
-  return stableJson(rest);
+  return rest;
 }

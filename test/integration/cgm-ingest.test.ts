@@ -6,9 +6,14 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Bundle, Observation, OperationOutcome } from '@medplum/fhirtypes';
+import express from 'express';
 import request from 'supertest';
+import { cgmHttpRouter } from '../../src/cgm/http.js';
+import { OPEN_ACCESS } from '../../src/fhir/access.js';
+import { createLogger } from '../../src/log.js';
 import { makeTrace, nightscoutJson, type TraceReading } from '../fixtures/cgm-ingest/trace.js';
 import { startTestApp, type TestApp } from '../support/app.js';
+import { startUpstreamFhirServer } from '../support/upstream-server.js';
 
 const FHIR_JSON = 'application/fhir+json';
 const LOINC_CGM = 'http://loinc.org|99504-3';
@@ -232,5 +237,55 @@ describe('CGM ingest with authentication on', () => {
     expect(res.status).toBe(401);
     expect(res.headers['www-authenticate']).toMatch(/^Bearer/);
     expect(res.body.resourceType).toBe('OperationOutcome');
+  });
+});
+
+describe('CGM ingest limits', () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await startTestApp();
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  test('an export over the configured limit is refused with 413 and nothing is stored', async () => {
+    const app = express();
+    app.use('/cgm', cgmHttpRouter({
+      service: t.app.cgm.ingest, authenticate: async () => OPEN_ACCESS, scopeAllows: () => true, maxBytes: 4096, logger: createLogger('silent'),
+    }));
+    const patient = (await request(t.app.http).post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient' })).body.id as string;
+    const res = await request(app).post(`/cgm/ingest?patient=${patient}&format=nightscout`).send(nightscoutJson(makeTrace(1)));
+    expect(res.status).toBe(413);
+    expect(res.body.resourceType).toBe('OperationOutcome');
+    const stored = await request(t.app.http).get(`/fhir/Observation?patient=Patient/${patient}`);
+    expect(stored.body.entry ?? []).toHaveLength(0);
+  });
+});
+
+describe('CGM ingest on the upstream repository', () => {
+  let t: TestApp;
+  let upstream: { url: string; close(): Promise<void> };
+  beforeAll(async () => {
+    upstream = await startUpstreamFhirServer();
+    t = await startTestApp({ UPSTREAM_FHIR_URL: upstream.url });
+  });
+  afterAll(async () => {
+    await t?.close();
+    await upstream?.close();
+  });
+
+  test('import, idempotent re-import and a correction go through the upstream server', async () => {
+    const http = () => request(t.app.http);
+    const patient = (await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient' })).body.id as string;
+    const trace = makeTrace(1, { seed: 2 }).slice(0, 120);
+    const send = (body: string) => http().post(`/cgm/ingest?patient=${patient}&format=nightscout`).send(body);
+    expect((await send(nightscoutJson(trace))).body).toMatchObject({ accepted: true, created: 120, devicesCreated: 1 });
+    expect((await send(nightscoutJson(trace))).body).toMatchObject({ created: 0, unchanged: 120 });
+    const changed = trace.map((r, i) => (i === 5 ? { ...r, sgv: r.sgv + 1 } : r));
+    expect((await send(nightscoutJson(changed))).body).toMatchObject({ created: 0, unchanged: 119, corrected: 1 });
+    const summary = await http().get(`/fhir/Patient/${patient}/$cgm-summary`);
+    expect(summary.status).toBe(200);
+    expect(memberValue(summary.body as Bundle, '97507-8')).toBeGreaterThan(0);
   });
 });
