@@ -102,14 +102,33 @@ function parseBody(req: Request): unknown {
     return out;
   }
   if (type.endsWith('json')) {
+    let value: unknown;
     try {
-      return JSON.parse(raw.toString('utf8'));
+      value = JSON.parse(raw.toString('utf8'));
     } catch {
       throw badRequest('Malformed JSON body');
     }
+    // Recursive steps downstream (cloning, validation, canonical JSON) would overflow the stack.
+    if (exceedsDepth(value, MAX_JSON_DEPTH)) throw badRequest(`JSON body nested deeper than ${MAX_JSON_DEPTH} levels`);
+    return value;
   }
   // Other media types reach the router as "not JSON"; it answers 415 where a body is expected.
   return undefined;
+}
+
+/** Far deeper than any FHIR resource or Bundle (contained resources, nested extensions) needs. */
+const MAX_JSON_DEPTH = 100;
+
+/** Iterative, so a hostile body cannot overflow the stack while being checked. */
+function exceedsDepth(value: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[value, 1]];
+  while (stack.length) {
+    const [v, depth] = stack.pop()!;
+    if (typeof v !== 'object' || v === null) continue;
+    if (depth > max) return true;
+    for (const child of Array.isArray(v) ? v : Object.values(v)) stack.push([child, depth + 1]);
+  }
+  return false;
 }
 
 function lowerHeaders(req: Request): Record<string, string | undefined> {

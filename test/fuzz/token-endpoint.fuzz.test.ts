@@ -103,6 +103,25 @@ describe('regressions found by fuzzing', () => {
   });
 });
 
+describe('bearer tokens at the FHIR endpoint', () => {
+  let s: Served;
+  beforeAll(async () => { s = await serve(); });
+  afterAll(async () => s?.close());
+
+  test('arbitrary, unsigned (alg none), oversized and malformed bearer tokens answer 401 with a challenge, never 500', async () => {
+    const none = `${Buffer.from('{"alg":"none","typ":"JWT"}').toString('base64url')}.${Buffer.from('{"sub":"x","scope":"system/*.rs"}').toString('base64url')}.`;
+    const token = fc.oneof(fc.string({ minLength: 1, maxLength: 60 }).filter((x) => !/[\r\n\0]/.test(x) && /[^\s]/.test(x) && /^[\x20-\x7e]+$/.test(x)),
+      fc.constantFrom(none, 'a.b.c', '..', 'x'.repeat(12 * 1024), `${none}${'A'.repeat(8000)}`, 'eyJ', `eyJhbGciOiJIUzI1NiJ9.${'e30'}.AAAA`));
+    await fc.assert(fc.asyncProperty(token, fc.constantFrom('/fhir/Patient', '/fhir/Observation?patient=1', '/fhir/Patient/1'), async (tok, path) => {
+      const res = await request(s.server).get(path).set('Authorization', `Bearer ${tok}`);
+      if (res.status !== 401) throw new Error(`status ${res.status} for token ${JSON.stringify(tok.slice(0, 80))}: ${res.text.slice(0, 200)}`);
+      expect(res.headers['www-authenticate']).toMatch(/^Bearer /);
+      expect(res.body.resourceType).toBe('OperationOutcome');
+      expect(res.text).not.toContain(tok.length > 8 ? tok : '\u0000');
+    }), { numRuns: 300 });
+  });
+});
+
 describe('token endpoint: registered clients with hostile credentials', () => {
   let s: Served;
   let confidential: { id: string; secret: string };
