@@ -26,7 +26,7 @@ import { createSmart, type Smart } from './smart/index.js';
 import { SmartScopePolicy } from './smart/policy.js';
 import { createLogger, type Logger } from './log.js';
 import {
-  finalErrorHandler, kvCheck, notFoundHandler, observabilityRouter, Readiness, repositoryCheck, requestObservability, securityHeaders,
+  chainCheck, finalErrorHandler, kvCheck, notFoundHandler, observabilityRouter, Readiness, repositoryCheck, requestObservability, securityHeaders,
 } from './observability/index.js';
 import { PACKAGE_ROOT, PROFILES_DIR } from './paths.js';
 import { EmbeddedRepository } from './repository/embedded/index.js';
@@ -159,7 +159,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const http = express();
   http.disable('x-powered-by');
   http.set('trust proxy', false);
-  const readiness = new Readiness(logger, [repositoryCheck(repository), kvCheck(kv)]);
+  const readiness = new Readiness(logger, [repositoryCheck(repository), kvCheck(kv), chainCheck(chain.client)]);
   http.use(requestObservability({ logger, isFhirOperation: (name) => fhir.registeredOperations().some((op) => op.name === name) }));
   http.use(securityHeaders());
   http.use(observabilityRouter(readiness));

@@ -137,3 +137,25 @@ export function kvCheck(kv: KeyValueStore): ReadinessCheck {
     },
   };
 }
+
+/** What the chain check needs from the chain port (src/ledger/client.ts `ChainClient` fits). */
+export interface ChainHead {
+  readonly description: { adapter: string };
+  readonly authorityAddress: string;
+  head(): Promise<number>;
+}
+
+/**
+ * The chain node answers its latest block number; the check also refreshes the chain head and
+ * signer gauges, so every scrape of /metrics shows them.
+ */
+export function chainCheck(chain: ChainHead): ReadinessCheck {
+  return {
+    name: 'chain',
+    adapter: chain.description.adapter,
+    check: async () => {
+      metrics.chainHead.set(await chain.head());
+      metrics.chainSigner.set({ address: chain.authorityAddress }, 1);
+    },
+  };
+}

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import request from 'supertest';
 import { unavailable } from '../../../src/errors.js';
 import { metrics } from '../../../src/observability/index.js';
-import { kvCheck, Readiness } from '../../../src/observability/readiness.js';
+import { chainCheck, kvCheck, Readiness } from '../../../src/observability/readiness.js';
 import { createLogger } from '../../../src/log.js';
 import { MemoryKeyValueStore } from '../../../src/kv/memory.js';
 import { startLoggedApp, type LoggedApp } from './logged-app.js';
@@ -103,6 +103,9 @@ describe('metrics', () => {
     expect(text).toContain('# TYPE glucoguard_chain_head_block gauge');
     expect(series('glucoguard_dependency_up', { dependency: 'repository' })).toBe(1);
     expect(series('glucoguard_dependency_up', { dependency: 'kv' })).toBe(1);
+    expect(series('glucoguard_dependency_up', { dependency: 'chain' })).toBe(1);
+    expect(series('glucoguard_chain_head_block', {})).toBeGreaterThanOrEqual(0);
+    expect(series('glucoguard_chain_signer_info', { address: t.app.chain.authorityAddress })).toBe(1);
     expect(text).toContain('process_resident_memory_bytes');
     expect(text).not.toContain(created.body.id);
     expect(text).not.toContain('does-not-exist-42');
@@ -117,31 +120,32 @@ describe('health and readiness', () => {
     expect(res.body).toEqual({ status: 'ok' });
   });
 
-  test('GET /readyz answers 200 when the repository and KV answer', async () => {
+  test('GET /readyz answers 200 when the repository, KV and chain node answer', async () => {
     const res = await http().get('/readyz');
     expect(res.status).toBe(200);
     expect(res.body.status).toBe('ready');
     expect(res.body.checks).toEqual(expect.arrayContaining([
       expect.objectContaining({ name: 'repository', adapter: 'embedded', ok: true }),
       expect.objectContaining({ name: 'kv', adapter: 'memory', ok: true }),
+      expect.objectContaining({ name: 'chain', adapter: 'embedded', ok: true }),
     ]));
   });
 
   test('a failing or hanging check added later makes /readyz 503 and names it, and clears when it recovers', async () => {
-    let chainUp = false;
-    t.app.readiness.add({ name: 'chain', adapter: 'test', check: async () => { if (!chainUp) throw unavailable('node down'); } });
+    let queueUp = false;
+    t.app.readiness.add({ name: 'export-queue', adapter: 'test', check: async () => { if (!queueUp) throw unavailable('queue down'); } });
     t.app.readiness.add({ name: 'slow', timeoutMs: 50, check: () => new Promise<void>((resolve) => setTimeout(resolve, 2000).unref()) });
     const down = await http().get('/readyz');
     expect(down.status).toBe(503);
     expect(down.body.status).toBe('unavailable');
     const byName = Object.fromEntries((down.body.checks as { name: string }[]).map((c) => [c.name, c]));
-    expect(byName.chain).toMatchObject({ ok: false, error: 'ERR_UNAVAILABLE' });
+    expect(byName['export-queue']).toMatchObject({ ok: false, error: 'ERR_UNAVAILABLE' });
     expect(byName.slow).toMatchObject({ ok: false, error: 'timeout' });
     expect(byName.repository).toMatchObject({ ok: true });
-    expect(JSON.stringify(down.body)).not.toContain('node down');
+    expect(JSON.stringify(down.body)).not.toContain('queue down');
     const scrape = await http().get('/metrics');
-    expect(parseMetrics(scrape.text)('glucoguard_dependency_up', { dependency: 'chain' })).toBe(0);
-    chainUp = true;
+    expect(parseMetrics(scrape.text)('glucoguard_dependency_up', { dependency: 'export-queue' })).toBe(0);
+    queueUp = true;
     t.app.readiness.add({ name: 'slow', check: async () => undefined });
     const up = await http().get('/readyz');
     expect(up.status).toBe(200);
@@ -152,6 +156,13 @@ describe('health and readiness', () => {
     kv.set = async () => { throw unavailable('Redis at redis://10.0.0.1 is unreachable'); };
     const report = await new Readiness(createLogger('silent'), [kvCheck(kv)]).run();
     expect(report).toMatchObject({ status: 'unavailable', checks: [{ name: 'kv', ok: false, error: 'ERR_UNAVAILABLE' }] });
+  });
+
+  test('a chain node that cannot be reached fails the chain check', async () => {
+    const report = await new Readiness(createLogger('silent'), [chainCheck({ description: { adapter: 'rpc' }, authorityAddress: '0x0',
+      head: async () => { throw new Error('connect ECONNREFUSED 10.0.0.9:8545'); } })]).run();
+    expect(report).toMatchObject({ status: 'unavailable', checks: [{ name: 'chain', adapter: 'rpc', ok: false, error: 'failed' }] });
+    expect(JSON.stringify(report)).not.toContain('10.0.0.9');
   });
 
   test('an unreachable upstream FHIR server makes /readyz 503 on the repository check', async () => {
