@@ -1,6 +1,7 @@
 /**
  * `POST /cgm/ingest?patient=ID[&format=F&tz=ZONE&partial=true]`: a raw device/platform export as the
- * body (any media type), streamed into the ingest service; the import report as JSON. Errors are
+ * body (any media type), streamed into the ingest service (large uploads via an encrypted spool,
+ * spool.ts); the import report as JSON. Errors are
  * OperationOutcomes (400 bad input or options, 401/403, 404 unknown patient, 413 too large, 422 a
  * file with rejected records — nothing stored). Authentication as on /fhir: a token with write
  * access to the patient's Observations, or the patient themself.
@@ -13,7 +14,8 @@ import { errorToResponse } from '../fhir/outcomes.js';
 import type { FhirResponse } from '../fhir/types.js';
 import type { Logger } from '../log.js';
 import { rejectionError } from './parse.js';
-import type { CgmIngestService } from './service.js';
+import type { CgmIngestService, IngestReport } from './service.js';
+import { spool } from './spool.js';
 import { CGM_FORMATS, type CgmFormat } from './types.js';
 
 /** Default largest export accepted (bytes). */
@@ -51,12 +53,25 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       if (partial !== undefined && partial !== 'true' && partial !== 'false') throw badRequest('partial must be true or false', 'partial');
       const declared = Number(req.headers['content-length'] ?? NaN);
       if (declared > maxBytes) throw tooLarge(`Export larger than ${maxBytes} bytes`);
-      const report = await options.service.ingest(limited(req, maxBytes), {
+      const ingestOptions = {
         patient,
         partial: partial === 'true',
         ...(format ? { format: format as CgmFormat } : {}),
         ...(one(query, 'tz') ? { timeZone: one(query, 'tz') } : {}),
-      });
+      };
+      // All-or-nothing needs the whole file checked before storing: a large (or unsized) upload is
+      // parked encrypted on disk and read twice; a small one, or a partial import, streams through.
+      let report: IngestReport;
+      if (!ingestOptions.partial && !(declared <= options.service.holdBytes)) {
+        const parked = await spool(limited(req, maxBytes));
+        try {
+          report = await options.service.ingest(parked, ingestOptions);
+        } finally {
+          await parked.release();
+        }
+      } else {
+        report = await options.service.ingest(limited(req, maxBytes), ingestOptions);
+      }
       response = report.accepted ? { status: 200, body: report as unknown as Record<string, unknown> } : errorToResponse(rejectionError(report));
     } catch (err) {
       response = errorToResponse(err, options.logger);

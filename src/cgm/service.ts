@@ -9,9 +9,9 @@
  * Devices are conditional creates (`ifNoneExist`). Ingests of one patient run one at a time, so two
  * concurrent imports of the same file cannot both create a reading.
  *
- * All-or-nothing by default: a file with any rejected record stores nothing. A file path is read
- * twice (check, then store) when larger than HOLD_BYTES so memory stays bounded; any other input
- * is held in memory until the whole file has been checked. `partial` stores the good records chunk by chunk as they arrive.
+ * All-or-nothing by default: a file with any rejected record stores nothing. A file path (or a
+ * spooled upload, spool.ts) larger than HOLD_BYTES is read twice (check, then store) so memory
+ * stays bounded; smaller ones and plain streams are held in memory until the whole file is checked. `partial` stores the good records chunk by chunk as they arrive.
  * A storage failure after some chunks leaves those chunks stored; re-running the import completes
  * it without duplicates.
  */
@@ -24,6 +24,7 @@ import { openCgm, type CgmStream } from './parse.js';
 import { toDevice, toMedicationAdministration, toObservation, type ConvertContext, type ConvertedEntry } from './fhir.js';
 import type { IngestIssue, IngestSummary, ParseOptions } from './types.js';
 import { stableJson } from './stable-json.js';
+import { isReopenable, type ReopenableInput } from './spool.js';
 import type { ResourceCheck } from './validate.js';
 
 /** Files up to this size are checked and held in memory; larger files are read twice. */
@@ -95,12 +96,19 @@ export class CgmIngestService {
    * malformed input (naming the line), ERR_NOT_FOUND when the patient does not exist. A file with
    * rejected records answers `accepted: false` (use `rejectionError(report)` to turn it into a 422).
    */
-  async ingest(input: CgmInput, options: IngestOptions): Promise<IngestReport> {
+  async ingest(input: CgmInput | ReopenableInput, options: IngestOptions): Promise<IngestReport> {
     await this.deps.repository.read('Patient', options.patient);
     return this.serialized(options.patient, () => this.run(input, options));
   }
 
-  private async run(input: CgmInput, options: IngestOptions): Promise<IngestReport> {
+  /** Files larger than this are read twice rather than held in memory. */
+  get holdBytes(): number {
+    return this.deps.holdBytes ?? HOLD_BYTES;
+  }
+
+  private async run(source: CgmInput | ReopenableInput, options: IngestOptions): Promise<IngestReport> {
+    const input = (): CgmInput => (isReopenable(source) ? source.reopen() : source);
+    const size = isReopenable(source) ? source.size : typeof source === 'string' ? statSync(source).size : undefined;
     const parse: ParseOptions = { ...options, defaultTimeZone: this.deps.defaultTimeZone };
     const ctx: ConvertContext = { patient: `Patient/${options.patient}` };
     const partial = options.partial === true;
@@ -111,20 +119,20 @@ export class CgmIngestService {
     const store: Sink = (entries, devs) => this.storeChunk(entries, devs, devices, counts);
 
     if (partial) {
-      const summary = await this.pass(await openCgm(input, parse), ctx, store, (read) => progress({ phase: 'storing', read, stored: stored() }));
+      const summary = await this.pass(await openCgm(input(), parse), ctx, store, (read) => progress({ phase: 'storing', read, stored: stored() }));
       return report(summary, true, options.patient, counts, true);
     }
-    if (typeof input === 'string' && statSync(input).size > (this.deps.holdBytes ?? HOLD_BYTES)) {
+    if (size !== undefined && size > this.holdBytes) {
       // A large file is read twice: check everything first, then store, memory bounded.
-      const checked = await this.pass(await openCgm(input, parse), ctx, async () => undefined, (read) => progress({ phase: 'checking', read, stored: 0 }));
+      const checked = await this.pass(await openCgm(input(), parse), ctx, async () => undefined, (read) => progress({ phase: 'checking', read, stored: 0 }));
       if (checked.rejected > 0) return report(checked, false, options.patient, counts, false);
-      const summary = await this.pass(await openCgm(input, parse), ctx, store,
+      const summary = await this.pass(await openCgm(input(), parse), ctx, store,
         (read) => progress({ phase: 'storing', read, stored: stored(), total: checked.read }));
       return report(summary, true, options.patient, counts, false);
     }
     const held: ConvertedEntry[] = [];
     const heldDevices: ConvertedEntry<Device>[] = [];
-    const summary = await this.pass(await openCgm(input, parse), ctx, async (entries, devs) => {
+    const summary = await this.pass(await openCgm(input(), parse), ctx, async (entries, devs) => {
       held.push(...entries);
       heldDevices.push(...devs);
     }, (read) => progress({ phase: 'checking', read, stored: 0 }));

@@ -8,7 +8,11 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Bundle, Observation, OperationOutcome } from '@medplum/fhirtypes';
 import express from 'express';
 import request from 'supertest';
+import { existsSync, readFileSync } from 'node:fs';
 import { cgmHttpRouter } from '../../src/cgm/http.js';
+import { CgmIngestService } from '../../src/cgm/service.js';
+import { spool } from '../../src/cgm/spool.js';
+import { shapeCachedCheck } from '../../src/cgm/validate.js';
 import { OPEN_ACCESS } from '../../src/fhir/access.js';
 import { createLogger } from '../../src/log.js';
 import { makeTrace, nightscoutJson, type TraceReading } from '../fixtures/cgm-ingest/trace.js';
@@ -260,6 +264,44 @@ describe('CGM ingest limits', () => {
     expect(res.body.resourceType).toBe('OperationOutcome');
     const stored = await request(t.app.http).get(`/fhir/Observation?patient=Patient/${patient}`);
     expect(stored.body.entry ?? []).toHaveLength(0);
+  });
+});
+
+describe('large uploads are parked encrypted and read twice', () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await startTestApp();
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  test('spool: the bytes on disk are not the upload; reopen gives them back; release removes the file', async () => {
+    const text = nightscoutJson(makeTrace(1));
+    const parked = await spool((async function* () { yield Buffer.from(text); })());
+    expect(parked.size).toBe(Buffer.byteLength(text));
+    expect(readFileSync(parked.file).includes(Buffer.from('"sgv"'))).toBe(false);
+    const chunks: Buffer[] = [];
+    for await (const c of parked.reopen()) chunks.push(Buffer.from(c));
+    expect(Buffer.concat(chunks).toString('utf8')).toBe(text);
+    await parked.release();
+    expect(existsSync(parked.file)).toBe(false);
+  });
+
+  test('an upload above the hold limit is checked whole before anything is stored', async () => {
+    const service = new CgmIngestService({ repository: t.app.repository, check: shapeCachedCheck(() => []), defaultTimeZone: 'UTC', holdBytes: 1024 });
+    const app = express();
+    app.use('/cgm', cgmHttpRouter({ service, authenticate: async () => OPEN_ACCESS, scopeAllows: () => true, logger: createLogger('silent') }));
+    const patient = (await request(t.app.http).post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient' })).body.id as string;
+    const lines = nightscoutJson(makeTrace(1, { seed: 4 })).split('\n');
+    const bad = [...lines.slice(0, 280), lines[280]!.replace(/"sgv":\d+/, '"sgv":"high-ish"'), ...lines.slice(281)].join('\n');
+    const rejected = await request(app).post(`/cgm/ingest?patient=${patient}&format=nightscout`).send(bad);
+    expect(rejected.status).toBe(422);
+    const none = await request(t.app.http).get(`/fhir/Observation?patient=Patient/${patient}`);
+    expect(none.body.entry ?? []).toHaveLength(0);
+    const ok = await request(app).post(`/cgm/ingest?patient=${patient}&format=nightscout`).send(lines.join('\n'));
+    expect(ok.status).toBe(200);
+    expect(ok.body.created).toBe(288);
   });
 });
 
