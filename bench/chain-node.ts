@@ -49,6 +49,12 @@ async function stopNode(node: Node): Promise<void> {
   await exited;
 }
 
+/** User + system CPU time of a process in ms (Linux /proc). */
+function cpuMsOf(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // utime + stime in clock ticks (100 Hz)
+}
+
 function rssOf(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : NaN;
@@ -76,9 +82,14 @@ export async function run(log: Log): Promise<Record<string, number>> {
 
     // sequential contract transactions, each waited for with its receipt
     const t0 = performance.now();
+    const cpu0 = { node: cpuMsOf(node.child.pid!), client: process.cpuUsage() };
     for (let i = 0; i < txCount; i++) await (await anchor.anchor(id(`bench-${i}`), 1, i, i)).wait();
     results.seqTxPerSec = txCount / ((performance.now() - t0) / 1000);
+    results.nodeCpuMsPerTx = (cpuMsOf(node.child.pid!) - cpu0.node) / txCount;
+    const clientCpu = process.cpuUsage(cpu0.client);
+    results.clientCpuMsPerTx = (clientCpu.user + clientCpu.system) / 1000 / txCount;
     log(`sequential anchor() txs with receipts through ethers: ${results.seqTxPerSec.toFixed(1)} tx/s (${txCount} txs, target >= 40)`);
+    log(`  CPU per tx: node ${results.nodeCpuMsPerTx.toFixed(1)} ms, ethers client ${results.clientCpuMsPerTx.toFixed(1)} ms; load average ${os.loadavg()[0]!.toFixed(1)} on ${os.cpus().length} cores`);
 
     const calls = summary(await timeCalls(() => anchor.batchCount(), 1000));
     results.ethCallP50Ms = calls.p50;

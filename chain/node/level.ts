@@ -20,6 +20,11 @@ function key(k: Key): Uint8Array | string {
   return typeof k === 'number' ? String(k) : k;
 }
 
+interface WriteBuffer {
+  active: boolean;
+  ops: Map<string, BatchDBOp<Key, Value>>;
+}
+
 /**
  * Adapts one sublevel to EthereumJS's DB interface. With `cacheEntries` > 0 it keeps an LRU of values
  * read or written (for the state trie, whose nodes are immutable and keyed by hash, this saves the
@@ -27,9 +32,33 @@ function key(k: Key): Uint8Array | string {
  */
 export class LevelDB implements DB<Key, Value> {
   private readonly cache: Map<string, Value> | undefined;
+  private readonly buffer: WriteBuffer;
 
-  constructor(private readonly level: Sublevel, private readonly cacheEntries = 0, cache?: Map<string, Value>) {
+  constructor(private readonly level: Sublevel, private readonly cacheEntries = 0, cache?: Map<string, Value>, buffer?: WriteBuffer) {
     this.cache = cacheEntries > 0 ? (cache ?? new Map()) : undefined;
+    this.buffer = buffer ?? { active: false, ops: new Map() };
+  }
+
+  /**
+   * Holds writes (of this adapter and all its shallow copies) in memory until `flushWrites`: the state
+   * trie and every storage trie write their nodes one put at a time, and a block touches many.
+   */
+  bufferWrites(): void {
+    this.buffer.active = true;
+  }
+
+  /** Writes everything buffered in one LevelDB batch and stops buffering. */
+  async flushWrites(): Promise<void> {
+    const ops = [...this.buffer.ops.values()];
+    this.buffer.ops.clear();
+    this.buffer.active = false;
+    if (ops.length) await this.level.batch(ops.map((op) => ({ ...op, key: key(op.key), ...encodings(op.opts) })) as never);
+  }
+
+  /** Drops buffered writes (the block they belonged to was abandoned) and stops buffering. */
+  discardWrites(): void {
+    this.buffer.ops.clear();
+    this.buffer.active = false;
   }
 
   private cacheKey(k: Key, opts?: EncodingOpts): string {
@@ -44,6 +73,10 @@ export class LevelDB implements DB<Key, Value> {
   }
 
   async get(k: Key, opts?: EncodingOpts): Promise<Value | undefined> {
+    if (this.buffer.ops.size) {
+      const op = this.buffer.ops.get(this.cacheKey(k, opts));
+      if (op) return op.type === 'put' ? op.value : undefined;
+    }
     const ck = this.cache ? this.cacheKey(k, opts) : '';
     const hit = this.cache?.get(ck);
     if (hit !== undefined) {
@@ -57,18 +90,24 @@ export class LevelDB implements DB<Key, Value> {
   }
 
   async put(k: Key, value: Value, opts?: EncodingOpts): Promise<void> {
+    if (this.buffer.active) return this.batch([{ type: 'put', key: k, value, opts }]);
     await this.level.put(key(k) as string, value as string, encodings(opts) as object);
     if (this.cache) this.remember(this.cacheKey(k, opts), value);
   }
 
   async del(k: Key, opts?: EncodingOpts): Promise<void> {
+    if (this.buffer.active) return this.batch([{ type: 'del', key: k, opts }]);
     if (this.cache) this.cache.delete(this.cacheKey(k, opts));
     await this.level.del(key(k) as string, encodings(opts) as object);
   }
 
   async batch(ops: BatchDBOp<Key, Value>[]): Promise<void> {
-    const levelOps = ops.map((op) => ({ ...op, key: key(op.key), ...encodings(op.opts) }));
-    await this.level.batch(levelOps as never);
+    if (this.buffer.active) {
+      for (const op of ops) this.buffer.ops.set(this.cacheKey(op.key, op.opts), op);
+    } else {
+      const levelOps = ops.map((op) => ({ ...op, key: key(op.key), ...encodings(op.opts) }));
+      await this.level.batch(levelOps as never);
+    }
     if (this.cache) {
       for (const op of ops) {
         const ck = this.cacheKey(op.key, op.opts);
@@ -79,7 +118,7 @@ export class LevelDB implements DB<Key, Value> {
   }
 
   shallowCopy(): DB<Key, Value> {
-    return new LevelDB(this.level, this.cacheEntries, this.cache);
+    return new LevelDB(this.level, this.cacheEntries, this.cache, this.buffer);
   }
 
   async open(): Promise<void> {

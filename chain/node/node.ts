@@ -88,6 +88,7 @@ export class ChainNode {
     readonly receipts: ReceiptStore,
     private readonly signerKey: Uint8Array,
     opts: ChainNodeOptions,
+    private readonly stateDb: LevelDB,
   ) {
     this.signer = createAddressFromPrivateKey(signerKey);
     this.periodMs = Math.max(opts.blockPeriod, genesis.config.clique.period) * 1000;
@@ -140,8 +141,9 @@ export class ChainNode {
         validateConsensus: true,
         consensusDict: { [ConsensusAlgorithm.Clique]: new SealerCliqueConsensus(signer) },
       });
+      const stateDb = new LevelDB(level.sublevel('s'), 50_000);
       const trie = new MerklePatriciaTrie({
-        db: new LevelDB(level.sublevel('s'), 50_000) as never,
+        db: stateDb as never,
         useKeyHashing: true,
         valueEncoding: 'view',
         cacheSize: 20_000,
@@ -158,7 +160,7 @@ export class ChainNode {
         await stateManager.generateCanonicalGenesis(genesisState);
       }
       await stateManager.setStateRoot(head.header.stateRoot);
-      const node = new ChainNode(common, genesis, level, blockchain, vm, new ReceiptStore(level.sublevel('x') as never), signerKey, opts);
+      const node = new ChainNode(common, genesis, level, blockchain, vm, new ReceiptStore(level.sublevel('x') as never), signerKey, opts, stateDb);
       node.head = head;
       node.callVm = await vm.shallowCopy(false);
       // eth_estimateGas needs to know whether a call made inner calls (see estimateGas)
@@ -433,6 +435,8 @@ export class ChainNode {
     const extraData = concatBytes(CLIQUE_VANITY, ...(isEpoch ? signers.map((s) => hexToBytes(s as PrefixedHexString)) : []), new Uint8Array(65));
     // One outer checkpoint for the whole block: the trie nodes it creates reach LevelDB in one batch
     // on commit instead of one write per updated account or slot.
+    // Storage tries are separate trie instances outside that checkpoint, so the state DB also buffers.
+    this.stateDb.bufferWrites();
     await this.vm.stateManager.checkpoint();
     let committed = false;
     try {
@@ -440,7 +444,10 @@ export class ChainNode {
         committed = true;
       });
     } finally {
-      if (!committed) await this.vm.stateManager.revert();
+      if (!committed) {
+        await this.vm.stateManager.revert();
+        this.stateDb.discardWrites();
+      }
     }
   }
 
@@ -483,6 +490,7 @@ export class ChainNode {
     }
     const { block } = await builder.build();
     await this.vm.stateManager.commit();
+    await this.stateDb.flushWrites(); // state on disk before the receipts and the block
     onCommitted();
     const baseFee = block.header.baseFeePerGas ?? 0n;
     const stored: StoredReceipt[] = included.map((entry, i) => {
