@@ -50,16 +50,21 @@ export async function run(log: Log): Promise<Record<string, number>> {
     const repository = await EmbeddedRepository.open({ dataDir: dir, masterKey: Buffer.alloc(32, 7).toString('base64') });
     try {
       const validator = new ProfileValidator(PROFILES_DIR);
-      const service = new CgmIngestService({ repository, check: shapeCachedCheck((r) => validator.check(r)), defaultTimeZone: 'UTC' });
+      const service = new CgmIngestService({
+        repository, check: shapeCachedCheck((r) => validator.check(r)), defaultTimeZone: 'UTC', bulkCreate: (r) => repository.createMany(r),
+      });
       const { resource: patient } = await repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Bench' }] });
       const rssBefore = process.memoryUsage().rss / 1024 / 1024;
       const t0 = process.hrtime.bigint();
+      const cpu0 = process.cpuUsage();
       const first = await service.ingest(file, { patient: patient.id! });
       const firstMs = Number(process.hrtime.bigint() - t0) / 1e6;
+      const cpu = process.cpuUsage(cpu0);
       if (first.created !== readings) throw new Error(`expected ${readings} created, got ${first.created}`);
       results.peakRssMbIngest = Math.round(process.resourceUsage().maxRSS / 1024);
       results.storedReadingsPerSec = Math.round(readings / (firstMs / 1000));
-      log(`ingest 90 days (${readings} readings) into the embedded repository (parse, convert, shape-cached validation, bulk identifier lookup, transactions of 2,000): ${firstMs.toFixed(0)} ms → ${results.storedReadingsPerSec} stored readings/s (target ≥ 5,000/s)`);
+      results.storedReadingsPerCpuSec = Math.round(readings / ((cpu.user + cpu.system) / 1e6));
+      log(`ingest 90 days (${readings} readings) into the embedded repository (parse, convert, shape-cached validation, bulk identifier lookup, transactions of 2,000): ${firstMs.toFixed(0)} ms → ${results.storedReadingsPerSec} stored readings/s (target ≥ 5,000/s); ${results.storedReadingsPerCpuSec} readings per CPU-second (what an unloaded core would give)`);
       const t1 = process.hrtime.bigint();
       const again = await service.ingest(file, { patient: patient.id! });
       const againMs = Number(process.hrtime.bigint() - t1) / 1e6;

@@ -5,7 +5,7 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Operator } from '@medplum/core';
-import type { Patient } from '@medplum/fhirtypes';
+import type { Patient, Resource } from '@medplum/fhirtypes';
 import express, { type Express } from 'express';
 import type { Config } from './config.js';
 import { fhirBase, insecureSettings } from './config.js';
@@ -151,7 +151,10 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   });
 
   const cgm = {
-    ingest: new CgmIngestService({ repository, check: shapeCachedCheck((r) => validator.check(r)), defaultTimeZone: config.defaultTimeZone }),
+    ingest: new CgmIngestService({
+      repository, check: shapeCachedCheck((r) => validator.check(r)), defaultTimeZone: config.defaultTimeZone,
+      ...(repository instanceof EmbeddedRepository ? { bulkCreate: (r: Resource[]) => repository.createMany(r) } : {}),
+    }),
     operations: new CgmOperations({ fhir, fhirBase: base }),
   };
   for (const op of cgm.operations.handlers()) fhir.registerOperation(op);

@@ -37,12 +37,14 @@ describe('$submit-cgm-bundle', () => {
     await t?.close();
   });
 
-  test('the CapabilityStatement instantiates cgm-data-receiver and lists the operation', async () => {
+  test('the CapabilityStatement instantiates cgm-data-receiver and lists the CGM operations', async () => {
     const res = await http().get('/fhir/metadata');
     expect(res.body.instantiates).toContain('http://hl7.org/fhir/uv/cgm/CapabilityStatement/cgm-data-receiver');
     expect(res.body.rest[0].operation).toEqual(expect.arrayContaining([
       { name: 'submit-cgm-bundle', definition: 'http://hl7.org/fhir/uv/cgm/OperationDefinition/submit-cgm-bundle' },
     ]));
+    const patient = res.body.rest[0].resource.find((r: { type: string }) => r.type === 'Patient');
+    expect(patient.operation.map((o: { name: string }) => o.name)).toEqual(expect.arrayContaining(['cgm-summary', 'cgm-agp']));
   });
 
   test('the IG example bundle is stored; the response follows the submission order', async () => {
