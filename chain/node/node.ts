@@ -141,12 +141,13 @@ export class ChainNode {
         validateConsensus: true,
         consensusDict: { [ConsensusAlgorithm.Clique]: new SealerCliqueConsensus(signer) },
       });
-      const stateDb = new LevelDB(level.sublevel('s'), 50_000);
+      // One bounded node cache, in the adapter, shared by the state trie, storage tries and the call VM.
+      const stateDb = new LevelDB(level.sublevel('s'), 30_000);
       const trie = new MerklePatriciaTrie({
         db: stateDb as never,
         useKeyHashing: true,
         valueEncoding: 'view',
-        cacheSize: 20_000,
+        cacheSize: 0,
         common,
       });
       // Bounded LRU caches: memory stays flat however long the chain grows.
