@@ -88,10 +88,16 @@ export async function ensureDeployed(node: ChainNode, dataDir: string, signerKey
   return record.contracts;
 }
 
+/** Waits until the transaction's block is the head (the pool lets go of it only after that). */
 async function waitForReceipt(node: ChainNode, hash: string): Promise<void> {
   const deadline = Date.now() + 120_000;
-  while (!(await node.receipts.txLocation(hash))) {
-    if (Date.now() > deadline || !node.pool.get(hash)) throw new Error(`deployment transaction ${hash} was not sealed`);
+  for (;;) {
+    const pending = node.pool.get(hash) !== undefined;
+    if (!pending) {
+      if (await node.receipts.txLocation(hash)) return;
+      throw new Error(`deployment transaction ${hash} was dropped`);
+    }
+    if (Date.now() > deadline) throw new Error(`deployment transaction ${hash} was not sealed`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
