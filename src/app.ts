@@ -33,6 +33,7 @@ import { EmbeddedRepository } from './repository/embedded/index.js';
 import type { Repository } from './repository/port.js';
 import { UpstreamRepository } from './repository/upstream/index.js';
 import { ChainClient, type ChainAddresses } from './ledger/client.js';
+import { createLedger, integrityModeFrom, type Ledger } from './ledger/index.js';
 import { loadAuthorityKey, startEmbeddedChain, type EmbeddedChain } from '../chain/node/index.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
@@ -47,6 +48,8 @@ export interface App {
   smart: Smart;
   /** The chain port: provider, the one nonce-managed authority signer, the contracts. */
   chain: ChainClient;
+  /** Commitments of every stored version, their anchoring, and the integrity check on reads. */
+  ledger: Ledger;
   /** CGM ingest (service) and the summary/AGP computations behind the $cgm-* operations. */
   cgm: { ingest: CgmIngestService; operations: CgmOperations };
   /** Checks behind `GET /readyz`; add one per dependency with `readiness.add({ name, check })`. */
@@ -102,9 +105,12 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   loadFhirDefinitions();
   const validator = new ProfileValidator(PROFILES_DIR);
   const masterKey = loadMasterKey(config);
-  const repository = await createRepository(config, logger);
+  const adapter = await createRepository(config, logger);
   const kv: KeyValueStore = config.redisUrl ? await RedisKeyValueStore.connect(config.redisUrl, { logger }) : new MemoryKeyValueStore();
   const chain = await createChain(config, logger);
+  // Every write goes through the ledger's decorator (commitment recorded, then anchored in batches).
+  const ledger = await createLedger({ dataDir: config.dataDir, chain: chain.client, repository: adapter, logger, integrity: integrityModeFrom() });
+  const repository: Repository = ledger.repository;
 
   const base = fhirBase(config);
   const smart = await createSmart({
@@ -137,7 +143,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     maxPageSize: config.maxPageSize,
     logger,
     policy: scopes,
-    guards: [scopes],
+    guards: [scopes, ledger.guard],
     capabilityStatement: () => buildCapabilityStatement({
       fhirBase: base,
       version: VERSION,
@@ -153,7 +159,8 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const cgm = {
     ingest: new CgmIngestService({
       repository, check: shapeCachedCheck((r) => validator.check(r)), defaultTimeZone: config.defaultTimeZone,
-      ...(repository instanceof EmbeddedRepository ? { bulkCreate: (r: Resource[]) => repository.createMany(r) } : {}),
+      // Bulk path through the ledger decorator, so bulk-created readings are committed too.
+      ...(adapter instanceof EmbeddedRepository ? { bulkCreate: (r: Resource[]) => ledger.repository.createMany(r) } : {}),
     }),
     operations: new CgmOperations({ fhir, fhirBase: base }),
   };
@@ -199,11 +206,13 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     kv,
     smart,
     chain: chain.client,
+    ledger,
     cgm,
     readiness,
     adapters,
     async close() {
       await smart.close();
+      await ledger.close();
       await repository.close();
       await kv.close();
       await chain.client.close();

@@ -99,3 +99,22 @@ export interface Repository {
   /** Flushes and releases resources (files, sockets). */
   close(): Promise<void>;
 }
+
+/**
+ * Side channel from an adapter that keeps each version's RFC 8785 canonical text (the embedded
+ * adapter stores its bodies that way) to the integrity layer: reads and writes attach the exact
+ * text behind a returned resource, so checking it costs one SHA-256 instead of a canonicalisation.
+ * The text omits meta.versionId/meta.lastUpdated (src/ledger/canonical.ts). A resource object
+ * changed after it was returned must not be looked up here (callers copy before changing).
+ */
+const canonicalTexts = new WeakMap<object, string>();
+
+/** The canonical text the adapter read or wrote this exact object from, if it has one. */
+export function canonicalTextOf(resource: Resource): string | undefined {
+  return canonicalTexts.get(resource);
+}
+
+/** Adapters: attach the canonical text behind a resource object they return. */
+export function attachCanonicalText(resource: Resource, text: string): void {
+  canonicalTexts.set(resource, text);
+}

@@ -24,6 +24,8 @@ import { loadFhirDefinitions } from '../../fhir/definitions.js';
 import type {
   HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchResult, WriteResult,
 } from '../port.js';
+import { attachCanonicalText } from '../port.js';
+import { canonicalResourceText } from '../../ledger/canonical.js';
 import { KeyRing, loadMasterKey, openText, seal } from './keys.js';
 import { extractIndexEntries, supportedParams } from './params.js';
 import { dateRowKey, runSearch } from './search.js';
@@ -305,7 +307,11 @@ export class EmbeddedRepository implements Repository {
     const now = Date.now();
     const stored = { ...resource, meta: { ...resource.meta, versionId: String(version), lastUpdated: new Date(now).toISOString() } } as T;
     const key = this.keys.keyFor(patientIdsOf(stored)[0]);
-    const body = seal(key.key, Buffer.from(JSON.stringify(stored)), aad(stored.resourceType, id, version));
+    // The body is the RFC 8785 text the ledger commits to (meta.versionId/lastUpdated come from the
+    // row): reads hand it to the integrity check as ready bytes, so no read canonicalises.
+    const text = canonicalResourceText(stored);
+    attachCanonicalText(stored, text);
+    const body = seal(key.key, Buffer.from(text), aad(stored.resourceType, id, version));
     const entries = extractIndexEntries(stored);
     const refs = entries.keys.map((k) => this.keys.hash(k));
     const dates = entries.dates.map((d) => {
@@ -336,7 +342,7 @@ export class EmbeddedRepository implements Repository {
     const key = this.keys.keyById(row.key_id, row.key_version);
     if (!key) return undefined;
     const text = openText(key, row.body, aad(row.type, row.id, row.version));
-    return text === undefined ? undefined : JSON.parse(text) as Resource;
+    return text === undefined ? undefined : parseBody(text, row);
   }
 
   private decodeOrGone(row: VersionRow): Resource {
@@ -358,6 +364,20 @@ export class EmbeddedRepository implements Repository {
   private checkOpen(): void {
     if (this.closed) throw new Error('repository is closed');
   }
+}
+
+/**
+ * A stored body back to the resource: canonical text (keys sorted, no versionId/lastUpdated) gets
+ * its meta from the row and resourceType/id/meta first again; bodies written before canonical
+ * storage already carry meta.versionId and are returned as they are.
+ */
+function parseBody(text: string, row: VersionRow): Resource {
+  const parsed = JSON.parse(text) as Resource;
+  if (parsed.meta?.versionId !== undefined) return parsed;
+  const resource = Object.assign({ resourceType: parsed.resourceType, id: parsed.id, meta: undefined }, parsed) as Resource;
+  resource.meta = { ...parsed.meta, versionId: String(row.version), lastUpdated: new Date(row.last_updated).toISOString() };
+  attachCanonicalText(resource, text);
+  return resource;
 }
 
 /** Additional authenticated data binding a ciphertext to its resource version. */

@@ -1,0 +1,223 @@
+/**
+ * The anchorer: turns the commitment queue (store.ts) into ResourceAnchor batches. A batch closes
+ * at `maxLeaves` (1,000) commitments or when its oldest has waited `maxDelayMs` (1 s); one
+ * transaction per batch, one batch in flight at a time, proofs stored with each version.
+ *
+ * Crash safety: a batch is written locally (`prepared`, with root and proofs) before its
+ * transaction is sent. After a restart every prepared batch is resolved first: if the contract
+ * already knows its root it is marked anchored (batch id, block and transaction read back from the
+ * chain), otherwise the very same batch is sent again. The contract only accepts a batch starting
+ * at the authority's next sequence number, so no version is skipped or anchored twice.
+ *
+ * Chain down: commitments keep queuing on disk (writes never wait for the chain); the anchorer
+ * retries with back-off and catches up in batches of `maxLeaves` once the node answers again.
+ */
+import { toBeHex, type Contract, type Log } from 'ethers';
+import type { Logger } from 'pino';
+import type { ChainClient } from './client.js';
+import { buildMerkleTree } from './merkle.js';
+import { waitForReceipt, withRetry } from './rpc.js';
+import type { BatchRecord, CommitmentStore } from './store.js';
+
+export interface AnchorerOptions {
+  store: CommitmentStore;
+  chain: ChainClient;
+  /** Close a batch at this many commitments (default 1000). */
+  maxLeaves?: number;
+  /** …or when the oldest queued commitment has waited this long (default 1000 ms). */
+  maxDelayMs?: number;
+  /** Give up waiting for one receipt after this long and retry the batch (default 60 s). */
+  receiptTimeoutMs?: number;
+  /** Receipt poll interval (default 50 ms). */
+  pollMs?: number;
+  logger?: Logger;
+}
+
+/** The authority and the contract disagree about sequence numbers: someone else anchors with this key. */
+export class AnchorSequenceError extends Error {
+  readonly code = 'ERR_ANCHOR_SEQUENCE';
+}
+
+export class Anchorer {
+  private readonly store: CommitmentStore;
+  private readonly chain: ChainClient;
+  private readonly maxLeaves: number;
+  private readonly maxDelayMs: number;
+  private abort: AbortController | undefined;
+  private wake: (() => void) | undefined;
+  private loop: Promise<void> | undefined;
+  private stepping: Promise<unknown> = Promise.resolve();
+  private inflight: { batch: number; hash: string } | undefined;
+  private failing = false;
+
+  constructor(private readonly options: AnchorerOptions) {
+    this.store = options.store;
+    this.chain = options.chain;
+    this.maxLeaves = options.maxLeaves ?? 1000;
+    this.maxDelayMs = options.maxDelayMs ?? 1000;
+  }
+
+  private get anchor(): Contract {
+    return this.chain.contract('ResourceAnchor');
+  }
+
+  /** Runs in the background until `stop()`. */
+  start(): void {
+    if (this.loop) return;
+    const abort = (this.abort = new AbortController());
+    this.loop = (async () => {
+      let backoff = 200;
+      while (!abort.signal.aborted) {
+        let waitMs: number;
+        try {
+          await this.step(false);
+          if (this.failing) this.options.logger?.info('anchoring: chain reachable again, catching up');
+          this.failing = false;
+          backoff = 200;
+          const { count, oldest } = this.store.backlog();
+          waitMs = count >= this.maxLeaves ? 0 : count > 0 ? Math.max(0, oldest! + this.maxDelayMs - Date.now()) : 1000;
+        } catch (err) {
+          if (!this.failing) this.options.logger?.warn({ err: describe(err) }, 'anchoring failed; commitments stay queued, retrying');
+          this.failing = true;
+          waitMs = backoff;
+          backoff = Math.min(backoff * 2, 10_000);
+        }
+        if (waitMs > 0) await new Promise<void>((resolve) => {
+          const t = setTimeout(done, waitMs);
+          const onAbort = () => done();
+          abort.signal.addEventListener('abort', onAbort, { once: true });
+          this.wake = done;
+          function done() {
+            clearTimeout(t);
+            abort.signal.removeEventListener('abort', onAbort);
+            resolve();
+          }
+        });
+      }
+    })();
+  }
+
+  /** Tells the loop new commitments were queued (it closes a full batch at once). */
+  notify(): void {
+    const { count } = this.store.backlog();
+    if (count >= this.maxLeaves) this.wake?.();
+  }
+
+  /** Anchors everything queued now, without waiting for the batch window; resolves when done. */
+  async flush(): Promise<void> {
+    while (this.store.backlog().count > 0 || this.store.preparedBatches().length > 0) await this.step(true);
+  }
+
+  async stop(): Promise<void> {
+    this.abort?.abort();
+    this.wake?.();
+    await this.loop;
+    await this.stepping.catch(() => undefined);
+    this.loop = undefined;
+  }
+
+  /**
+   * One step: resolves prepared batches, then closes and sends at most one new batch when due
+   * (`force`: whatever is queued). Steps never overlap. Returns the batch anchored, if any.
+   */
+  step(force: boolean): Promise<BatchRecord | undefined> {
+    const run = this.stepping.catch(() => undefined).then(() => this.stepOnce(force));
+    this.stepping = run;
+    return run;
+  }
+
+  private async stepOnce(force: boolean): Promise<BatchRecord | undefined> {
+    let last: BatchRecord | undefined;
+    for (const prepared of this.store.preparedBatches()) last = await this.submit(prepared);
+    const { count, oldest } = this.store.backlog();
+    if (count === 0) return last;
+    if (!force && count < this.maxLeaves && oldest! + this.maxDelayMs > Date.now()) return last;
+    const rows = this.store.unbatched(this.maxLeaves);
+    const tree = buildMerkleTree(rows.map((r) => r.leaf));
+    const batch = this.store.prepareBatch(rows[0]!.seq, rows[rows.length - 1]!.seq, tree.root, rows.map((_, i) => tree.proof(i)));
+    return this.submit(batch);
+  }
+
+  /** The on-chain sequence number of local seq 1, fixed before the first batch is ever sent. */
+  private async seqBase(): Promise<number> {
+    const known = this.store.getMeta('seq_base');
+    if (known !== undefined) return Number(known);
+    const next = Number(await withRetry(() => this.anchor.nextSeq(this.chain.authorityAddress)));
+    this.store.setMeta('seq_base', String(next));
+    return next;
+  }
+
+  private async submit(batch: BatchRecord): Promise<BatchRecord> {
+    const anchor = this.anchor;
+    const root = '0x' + batch.root.toString('hex');
+    const base = await this.seqBase();
+    const firstSeq = base + batch.firstSeq - 1;
+    const lastSeq = base + batch.lastSeq - 1;
+    const count = batch.lastSeq - batch.firstSeq + 1;
+
+    if (this.inflight?.batch === batch.id) {
+      // A transaction for this batch was sent and its receipt not seen: give it one more wait first.
+      const receipt = await waitForReceipt(this.chain.provider, this.inflight.hash, { timeoutMs: this.options.receiptTimeoutMs, pollMs: this.options.pollMs })
+        .catch(() => undefined);
+      if (receipt?.status === 1) return this.recordReceipt(batch, receipt.logs, receipt.blockNumber, receipt.hash);
+    }
+    const existing = Number(await withRetry(() => anchor.batchIdOfRoot(root)));
+    if (existing !== 0) return this.resolveAnchored(batch, existing);
+    const next = Number(await withRetry(() => anchor.nextSeq(this.chain.authorityAddress)));
+    if (next !== firstSeq) {
+      throw new AnchorSequenceError(`local batch ${batch.id} starts at sequence ${firstSeq} but the contract expects ${next} for ${this.chain.authorityAddress}`);
+    }
+    // Simulate first: a send that reverts in estimation would still consume a nonce in ethers' NonceManager.
+    await withRetry(() => anchor.anchor.staticCall(root, count, firstSeq, lastSeq));
+    let hash: string;
+    try {
+      const tx = await anchor.anchor(root, count, firstSeq, lastSeq);
+      hash = tx.hash;
+    } catch (err) {
+      this.chain.authority.reset();
+      throw err;
+    }
+    this.inflight = { batch: batch.id, hash };
+    const receipt = await waitForReceipt(this.chain.provider, hash, { timeoutMs: this.options.receiptTimeoutMs, pollMs: this.options.pollMs });
+    if (receipt.status !== 1) {
+      this.inflight = undefined;
+      throw new Error(`anchor transaction ${hash} reverted`);
+    }
+    return this.recordReceipt(batch, receipt.logs, receipt.blockNumber, receipt.hash);
+  }
+
+  private recordReceipt(batch: BatchRecord, logs: readonly Log[], block: number, hash: string): BatchRecord {
+    const anchor = this.anchor;
+    let chainBatchId: number | undefined;
+    for (const log of logs) {
+      const parsed = anchor.interface.parseLog(log);
+      if (parsed?.name === 'BatchAnchored') chainBatchId = Number(parsed.args.batchId);
+    }
+    if (chainBatchId === undefined) throw new Error(`anchor transaction ${hash} has no BatchAnchored event`);
+    this.store.markAnchored(batch.id, chainBatchId, block, hash);
+    this.inflight = undefined;
+    this.options.logger?.debug({ batch: batch.id, chainBatchId, block, leaves: batch.lastSeq - batch.firstSeq + 1 }, 'batch anchored');
+    return this.store.batch(batch.id)!;
+  }
+
+  /** The root is on chain already (sent before a crash, or a lost receipt): read batch, block and transaction back. */
+  private async resolveAnchored(batch: BatchRecord, chainBatchId: number): Promise<BatchRecord> {
+    const anchor = this.anchor;
+    const onChain = await withRetry(() => anchor.getBatch(chainBatchId));
+    const block = Number(onChain.blockNumber);
+    const event = anchor.interface.getEvent('BatchAnchored')!;
+    const logs = await withRetry(() => this.chain.provider.getLogs({
+      address: this.chain.addresses.ResourceAnchor, topics: [event.topicHash, toBeHex(chainBatchId, 32)], fromBlock: block, toBlock: block,
+    }));
+    this.store.markAnchored(batch.id, chainBatchId, block, logs[0]?.transactionHash ?? null);
+    this.inflight = undefined;
+    this.options.logger?.info({ batch: batch.id, chainBatchId, block }, 'batch found on chain (sent before a restart)');
+    return this.store.batch(batch.id)!;
+  }
+}
+
+function describe(err: unknown): string {
+  const e = err as { code?: string; shortMessage?: string; message?: string };
+  return [e.code, e.shortMessage ?? e.message].filter(Boolean).join(': ') || String(err);
+}
+

@@ -1,0 +1,89 @@
+/**
+ * The ledger side of the proxy, built once by src/app.ts: the commitment store
+ * (`<dataDir>/ledger/commitments.db`), the Repository decorator that records a commitment for
+ * every version written, the anchorer that puts them on chain in Merkle batches, and the
+ * integrity guard that checks every resource leaving /fhir.
+ */
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { Repository } from '../repository/port.js';
+import { AnchoredRepository } from './anchored-repository.js';
+import { Anchorer } from './anchor.js';
+import type { ChainClient } from './client.js';
+import { IntegrityChecker, IntegrityGuard, type IntegrityMode } from './integrity.js';
+import { CommitmentStore } from './store.js';
+
+export { AnchoredRepository } from './anchored-repository.js';
+export { Anchorer } from './anchor.js';
+export { EventFollower, FileCursorStore, type CursorStore, type EventCursor, type FollowedEvent } from './events.js';
+export { IntegrityChecker, IntegrityGuard, INTEGRITY_TAG_SYSTEM, type IntegrityMode } from './integrity.js';
+export { CommitmentStore } from './store.js';
+export { withRetry, waitForReceipt } from './rpc.js';
+export { canonicalResourceText, commitmentOf } from './canonical.js';
+
+export interface LedgerOptions {
+  dataDir: string;
+  chain: ChainClient;
+  /** The repository adapter to decorate. */
+  repository: Repository;
+  logger: Logger;
+  /** lenient (default): unverifiable resources served with a tag; strict: withheld. */
+  integrity?: IntegrityMode;
+  /** Batch window (default 1000 ms) and size (default 1000). */
+  maxDelayMs?: number;
+  maxLeaves?: number;
+}
+
+export interface Ledger {
+  store: CommitmentStore;
+  repository: AnchoredRepository;
+  anchorer: Anchorer;
+  checker: IntegrityChecker;
+  guard: IntegrityGuard;
+  /** Stops the anchorer (queued commitments stay on disk) and closes the store. */
+  close(): Promise<void>;
+}
+
+/** Where the commitment store lives. */
+export function commitmentStorePath(dataDir: string): string {
+  return path.join(dataDir, 'ledger', 'commitments.db');
+}
+
+/** Reads GLUCOGUARD_INTEGRITY (lenient | strict). */
+export function integrityModeFrom(env: NodeJS.ProcessEnv = process.env): IntegrityMode {
+  const value = env.GLUCOGUARD_INTEGRITY ?? 'lenient';
+  if (value !== 'lenient' && value !== 'strict') throw new Error(`GLUCOGUARD_INTEGRITY must be lenient or strict, not "${value}"`);
+  return value;
+}
+
+/**
+ * Opens the store, reconciles versions written but not recorded before a crash, and starts the
+ * anchorer in the background (it first resolves any batch sent before the last stop).
+ */
+export async function createLedger(options: LedgerOptions): Promise<Ledger> {
+  const store = new CommitmentStore(commitmentStorePath(options.dataDir));
+  const anchorer = new Anchorer({
+    store, chain: options.chain, logger: options.logger, maxDelayMs: options.maxDelayMs, maxLeaves: options.maxLeaves,
+  });
+  const repository = new AnchoredRepository(options.repository, store, () => anchorer.notify());
+  try {
+    const reconciled = await repository.reconcile();
+    if (reconciled) options.logger.warn({ versions: reconciled }, 'ledger: recorded commitments of versions written before a crash');
+  } catch (err) {
+    options.logger.warn({ err: (err as Error).message }, 'ledger: could not reconcile with repository history');
+  }
+  const checker = new IntegrityChecker(store, options.chain.contract('ResourceAnchor', options.chain.provider));
+  const guard = new IntegrityGuard({
+    checker, mode: options.integrity, logger: options.logger, audit: (event) => repository.create(event),
+  });
+  anchorer.start();
+  const counts = store.counts();
+  options.logger.info({ ...counts, lastAnchoredAt: undefined }, `ledger: ${counts.commitments} commitments, ${counts.pending} waiting to be anchored`);
+  return {
+    store, repository, anchorer, checker, guard,
+    async close() {
+      await anchorer.stop();
+      store.close();
+    },
+  };
+}

@@ -1,0 +1,198 @@
+/**
+ * Integrity on every read. For each resource leaving /fhir the guard recomputes its commitment
+ * (SHA-256 of the stored salt ‖ the canonical text — ready bytes from the embedded adapter, a
+ * canonicalisation for upstream resources) and compares it with the recorded leaf; for anchored
+ * versions it checks the Merkle proof against the root the contract holds for that batch.
+ *
+ * - match, anchored: served as is (the leaf is then cached, so the next read is one SHA-256);
+ * - match, not anchored yet: served with meta.tag urn:glucoguard:integrity#pending;
+ * - no commitment (data that predates the ledger, e.g. on an upstream server): served with
+ *   #unverified, or withheld when the mode is `strict` (GLUCOGUARD_INTEGRITY=strict);
+ * - mismatch (content, proof or root): withheld, an OperationOutcome issue says the integrity
+ *   check failed, and an AuditEvent is written.
+ *
+ * Roots are read from the chain once per batch and cached: PoA blocks here (Clique with one
+ * signer, Besu QBFT) are final when sealed. A root that cannot be read (node down) makes the
+ * version "unverified" for that read, not a failure.
+ */
+import type { AuditEvent, Coding, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
+import type { Contract } from 'ethers';
+import type { Logger } from 'pino';
+import type { AccessContext } from '../fhir/access.js';
+import type { GuardResult, OutboundGuard } from '../fhir/policy.js';
+import { patientIdsOf } from '../fhir/compartment.js';
+import { canonicalTextOf } from '../repository/port.js';
+import { canonicalResourceText, commitmentOf } from './canonical.js';
+import { verifyMerkleProof } from './merkle.js';
+import type { CommitmentRecord, CommitmentStore } from './store.js';
+
+export const INTEGRITY_TAG_SYSTEM = 'urn:glucoguard:integrity';
+export type IntegrityMode = 'lenient' | 'strict';
+
+/** Outcome of checking one resource version. */
+export type CheckResult =
+  | { status: 'verified' }
+  | { status: 'pending' }
+  | { status: 'unverified'; reason: 'no-commitment' | 'root-unavailable' }
+  | { status: 'failed'; reason: 'content' | 'proof' | 'root' };
+
+const VERIFIED_CACHE_MAX = 200_000;
+
+/** Checks resource versions against their commitments and the anchored roots. */
+export class IntegrityChecker {
+  /** type/id/version → leaf proven against an on-chain root. */
+  private readonly verified = new Map<string, { salt: Buffer; leaf: Buffer }>();
+  /** local batch id → on-chain root (checked equal to the local one) or false (chain disagrees). */
+  private readonly roots = new Map<number, Buffer | false>();
+
+  constructor(private readonly store: CommitmentStore, private readonly anchor: Contract) {}
+
+  async check(resource: Resource): Promise<CheckResult> {
+    const version = resource.meta?.versionId;
+    if (!resource.id || !version) return { status: 'unverified', reason: 'no-commitment' };
+    const key = `${resource.resourceType}/${resource.id}/${version}`;
+    const cached = this.verified.get(key);
+    const record = cached ? undefined : this.store.get(resource.resourceType, resource.id, version);
+    const salt = cached?.salt ?? record?.salt;
+    const leaf = cached?.leaf ?? record?.leaf;
+    if (!salt || !leaf) return { status: 'unverified', reason: 'no-commitment' };
+    const text = canonicalTextOf(resource) ?? canonicalResourceText(resource);
+    if (!commitmentOf(salt, text).equals(leaf)) return { status: 'failed', reason: 'content' };
+    if (cached) return { status: 'verified' };
+    return this.checkAnchor(key, record!);
+  }
+
+  /** Checks a recorded commitment's proof against its batch's on-chain root (content already matched). */
+  async checkAnchor(key: string, record: CommitmentRecord): Promise<CheckResult> {
+    if (record.batch === null || !record.proof) return { status: 'pending' };
+    const root = await this.rootOf(record.batch);
+    if (root === undefined) return { status: 'pending' };
+    if (root === null) return { status: 'unverified', reason: 'root-unavailable' };
+    if (root === false) return { status: 'failed', reason: 'root' };
+    if (!verifyMerkleProof(record.leaf, record.proof, root)) return { status: 'failed', reason: 'proof' };
+    if (this.verified.size >= VERIFIED_CACHE_MAX) this.verified.clear();
+    this.verified.set(key, { salt: record.salt, leaf: record.leaf });
+    return { status: 'verified' };
+  }
+
+  /** undefined: batch not anchored yet; null: chain unreachable; false: chain holds another root. */
+  private async rootOf(batchId: number): Promise<Buffer | false | null | undefined> {
+    const known = this.roots.get(batchId);
+    if (known !== undefined) return known;
+    const batch = this.store.batch(batchId);
+    if (!batch || batch.status !== 'anchored' || batch.chainBatchId === null) return undefined;
+    let onChain: Buffer;
+    try {
+      const b = await this.anchor.getBatch(batch.chainBatchId);
+      onChain = Buffer.from(String(b.merkleRoot).slice(2), 'hex');
+    } catch (err) {
+      const revert = (err as { revert?: { name?: string } }).revert;
+      if (revert?.name === 'ResourceAnchorUnknownBatch') {
+        this.roots.set(batchId, false);
+        return false;
+      }
+      return null;
+    }
+    const value = onChain.equals(batch.root) ? onChain : false;
+    this.roots.set(batchId, value);
+    return value;
+  }
+}
+
+export interface IntegrityGuardOptions {
+  checker: IntegrityChecker;
+  mode?: IntegrityMode;
+  /** Writes the AuditEvent of a failed check (through the repository). */
+  audit: (event: AuditEvent) => Promise<unknown>;
+  logger?: Logger;
+}
+
+/** The OutboundGuard the FHIR router runs on everything it returns (see src/fhir/router.ts `guard`). */
+export class IntegrityGuard implements OutboundGuard {
+  mode: IntegrityMode;
+
+  constructor(private readonly options: IntegrityGuardOptions) {
+    this.mode = options.mode ?? 'lenient';
+  }
+
+  async guard(access: AccessContext, resources: Resource[]): Promise<GuardResult> {
+    const allowed: Resource[] = [];
+    const issues: OperationOutcomeIssue[] = [];
+    for (const resource of resources) {
+      const result = await this.options.checker.check(resource);
+      switch (result.status) {
+        case 'verified':
+          allowed.push(resource);
+          break;
+        case 'pending':
+          allowed.push(withTag(resource, { system: INTEGRITY_TAG_SYSTEM, code: 'pending', display: 'not yet anchored on the ledger' }));
+          break;
+        case 'unverified':
+          if (this.mode === 'strict') {
+            issues.push(issue('warning', resource, 'could not be verified (no anchored commitment); withheld in strict mode'));
+          } else {
+            allowed.push(withTag(resource, { system: INTEGRITY_TAG_SYSTEM, code: 'unverified', display: 'no anchored commitment to check against' }));
+          }
+          break;
+        case 'failed':
+          issues.push(issue('error', resource, 'failed the integrity check (content does not match its anchored commitment); withheld'));
+          await this.recordFailure(access, resource, result.reason);
+          break;
+      }
+    }
+    return { allowed, issues };
+  }
+
+  private async recordFailure(access: AccessContext, resource: Resource, reason: string): Promise<void> {
+    const ref = `${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`;
+    this.options.logger?.error({ resource: ref, reason }, 'integrity check failed; resource withheld');
+    try {
+      await this.options.audit(integrityAuditEvent(access, resource, reason));
+    } catch (err) {
+      this.options.logger?.error({ err: (err as Error).message }, 'could not write the integrity AuditEvent');
+    }
+  }
+}
+
+function withTag<T extends Resource>(resource: T, tag: Coding): T {
+  return { ...resource, meta: { ...resource.meta, tag: [...(resource.meta?.tag ?? []), tag] } };
+}
+
+function issue(severity: 'error' | 'warning', resource: Resource, text: string): OperationOutcomeIssue {
+  return {
+    severity,
+    code: severity === 'error' ? 'processing' : 'security',
+    details: { coding: [{ system: INTEGRITY_TAG_SYSTEM, code: severity === 'error' ? 'integrity-failed' : 'unverified' }] },
+    diagnostics: `Integrity check: ${resource.resourceType}/${resource.id} version ${resource.meta?.versionId ?? '?'} ${text}`,
+  };
+}
+
+/** A Security Alert AuditEvent (DICOM 110113) naming the version that failed; no resource content. */
+export function integrityAuditEvent(access: AccessContext, resource: Resource, reason: string): AuditEvent {
+  const patient = patientIdsOf(resource)[0];
+  const who = access.fhirUser ? { reference: access.fhirUser } : { display: access.subject ?? access.clientId ?? (access.kind === 'open' ? 'unauthenticated (auth off)' : 'unknown') };
+  return {
+    resourceType: 'AuditEvent',
+    type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110113', display: 'Security Alert' },
+    subtype: [{ system: INTEGRITY_TAG_SYSTEM, code: 'integrity-failed', display: 'Integrity check failed' }],
+    action: 'R',
+    recorded: new Date().toISOString(),
+    outcome: '8',
+    outcomeDesc: `integrity check failed (${reason}): stored content does not match its anchored commitment; withheld`,
+    agent: [{ who, requestor: true, ...(access.clientId ? { altId: access.clientId } : {}) }],
+    source: {
+      observer: { display: 'GlucoGuard' },
+      type: [{ system: 'http://terminology.hl7.org/CodeSystem/security-source-type', code: '4', display: 'Application Server' }],
+    },
+    entity: [
+      {
+        what: { reference: `${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}` },
+        type: { system: 'http://terminology.hl7.org/CodeSystem/audit-entity-type', code: '2', display: 'System Object' },
+      },
+      ...(patient ? [{
+        what: { reference: `Patient/${patient}` },
+        type: { system: 'http://terminology.hl7.org/CodeSystem/audit-entity-type', code: '1', display: 'Person' },
+      }] : []),
+    ],
+  };
+}

@@ -1,0 +1,212 @@
+/**
+ * The commitment store: `<dataDir>/ledger/commitments.db` (SQLite), kept apart from the repository
+ * so it works the same for the embedded and the upstream adapter.
+ *
+ * - `commitments`: one row per recorded resource version, keyed by (type, id, version). `seq`
+ *   (rowid, contiguous from 1 because rows are never deleted) is the version's place in the
+ *   anchoring queue; `salt` (32 random bytes) and `leaf` (SHA-256(salt ‖ canonical JSON)) never
+ *   leave this file; `batch` and `proof` are set when the batch holding it is prepared.
+ * - `batches`: one row per Merkle batch, `prepared` (root and proofs written, transaction maybe in
+ *   flight) then `anchored` (on-chain batch id, block, transaction).
+ * - `meta`: `seq_base`, the authority's on-chain sequence number of local seq 1 (read from the
+ *   contract before the first batch), and `watermark` (last write time seen, for reconciliation).
+ *
+ * The queue is "rows with seq above the last prepared batch": nothing can be skipped, because a
+ * batch always starts right after the previous one, and nothing is anchored twice, because the
+ * contract refuses a batch that does not start at the authority's next sequence number.
+ */
+import Database from 'better-sqlite3';
+import type { Database as DB, Statement } from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+
+export interface CommitmentRecord {
+  seq: number;
+  type: string;
+  id: string;
+  version: string;
+  patient: string | null;
+  salt: Buffer;
+  leaf: Buffer;
+  createdAt: number;
+  batch: number | null;
+  proof: Buffer | null;
+}
+
+export interface BatchRecord {
+  id: number;
+  firstSeq: number;
+  lastSeq: number;
+  root: Buffer;
+  status: 'prepared' | 'anchored';
+  chainBatchId: number | null;
+  block: number | null;
+  tx: string | null;
+  preparedAt: number;
+  anchoredAt: number | null;
+}
+
+export interface NewCommitment {
+  type: string;
+  id: string;
+  version: string;
+  patient: string | undefined;
+  salt: Buffer;
+  leaf: Buffer;
+}
+
+interface Row {
+  seq: number; type: string; id: string; version: string; patient: string | null; salt: Buffer; leaf: Buffer;
+  created_at: number; batch: number | null; proof: Buffer | null;
+}
+interface BatchRow {
+  id: number; first_seq: number; last_seq: number; root: Buffer; status: 'prepared' | 'anchored'; chain_batch: number | null;
+  block: number | null; tx: string | null; prepared_at: number; anchored_at: number | null;
+}
+
+export class CommitmentStore {
+  private readonly db: DB;
+  private readonly insert: Statement<[string, string, string, string | null, Buffer, Buffer, number]>;
+  private readonly byKey: Statement<[string, string, string], Row>;
+  private readonly batchById: Statement<[number], BatchRow>;
+  private closed = false;
+
+  constructor(readonly file: string) {
+    mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    // NORMAL, like the repository: a process crash loses nothing; a power cut can lose the last
+    // commits of both files alike, and reconciliation (AnchoredRepository.reconcile) fills the gap.
+    this.db.pragma('synchronous = NORMAL');
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS commitments (
+        seq INTEGER PRIMARY KEY,
+        type TEXT NOT NULL, id TEXT NOT NULL, version TEXT NOT NULL,
+        patient TEXT,
+        salt BLOB NOT NULL, leaf BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        batch INTEGER, proof BLOB
+      );
+      CREATE UNIQUE INDEX IF NOT EXISTS commitments_by_key ON commitments (type, id, version);
+      CREATE INDEX IF NOT EXISTS commitments_by_patient ON commitments (patient) WHERE patient IS NOT NULL;
+      CREATE TABLE IF NOT EXISTS batches (
+        id INTEGER PRIMARY KEY,
+        first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, root BLOB NOT NULL,
+        status TEXT NOT NULL, chain_batch INTEGER, block INTEGER, tx TEXT,
+        prepared_at INTEGER NOT NULL, anchored_at INTEGER
+      );
+    `);
+    this.insert = this.db.prepare('INSERT OR IGNORE INTO commitments (type, id, version, patient, salt, leaf, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)');
+    this.byKey = this.db.prepare('SELECT * FROM commitments WHERE type = ? AND id = ? AND version = ?');
+    this.batchById = this.db.prepare('SELECT * FROM batches WHERE id = ?');
+  }
+
+  /** Records commitments in one transaction; a version already recorded is left as it is. Returns how many were new. */
+  add(items: NewCommitment[], now = Date.now()): number {
+    this.checkOpen();
+    let added = 0;
+    this.db.transaction(() => {
+      for (const c of items) added += this.insert.run(c.type, c.id, c.version, c.patient ?? null, c.salt, c.leaf, now).changes;
+      if (items.length) this.setMeta('watermark', String(now));
+    })();
+    return added;
+  }
+
+  get(type: string, id: string, version: string): CommitmentRecord | undefined {
+    this.checkOpen();
+    const row = this.byKey.get(type, id, version);
+    return row && toRecord(row);
+  }
+
+  /** Commitments not yet in any batch, oldest first. */
+  unbatched(limit: number): CommitmentRecord[] {
+    const after = this.lastBatchedSeq();
+    return this.db.prepare<[number, number], Row>('SELECT * FROM commitments WHERE seq > ? ORDER BY seq LIMIT ?').all(after, limit).map(toRecord);
+  }
+
+  /** Number of commitments waiting for a batch, and the creation time of the oldest. */
+  backlog(): { count: number; oldest: number | null } {
+    const after = this.lastBatchedSeq();
+    const row = this.db.prepare<[number], { n: number; oldest: number | null }>(
+      'SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM commitments WHERE seq > ?').get(after)!;
+    return { count: row.n, oldest: row.oldest };
+  }
+
+  lastBatchedSeq(): number {
+    return this.db.prepare<[], { s: number | null }>('SELECT MAX(last_seq) AS s FROM batches').get()!.s ?? 0;
+  }
+
+  /** Writes a batch (status prepared) and each member's proof, atomically. */
+  prepareBatch(firstSeq: number, lastSeq: number, root: Buffer, proofs: Buffer[], now = Date.now()): BatchRecord {
+    return this.db.transaction(() => {
+      if (firstSeq !== this.lastBatchedSeq() + 1) throw new Error(`batch must start at ${this.lastBatchedSeq() + 1}, not ${firstSeq}`);
+      const id = Number(this.db.prepare('INSERT INTO batches (first_seq, last_seq, root, status, prepared_at) VALUES (?, ?, ?, ?, ?)')
+        .run(firstSeq, lastSeq, root, 'prepared', now).lastInsertRowid);
+      const setProof = this.db.prepare('UPDATE commitments SET batch = ?, proof = ? WHERE seq = ?');
+      proofs.forEach((p, i) => setProof.run(id, p, firstSeq + i));
+      return this.batch(id)!;
+    })();
+  }
+
+  markAnchored(id: number, chainBatchId: number, block: number, tx: string | null, now = Date.now()): void {
+    this.db.prepare("UPDATE batches SET status = 'anchored', chain_batch = ?, block = ?, tx = ?, anchored_at = ? WHERE id = ?")
+      .run(chainBatchId, block, tx, now, id);
+  }
+
+  batch(id: number): BatchRecord | undefined {
+    const row = this.batchById.get(id);
+    return row && toBatch(row);
+  }
+
+  preparedBatches(): BatchRecord[] {
+    return this.db.prepare<[], BatchRow>("SELECT * FROM batches WHERE status = 'prepared' ORDER BY id").all().map(toBatch);
+  }
+
+  /** Every commitment, optionally of one patient, in seq order (for `glucoguard verify`). */
+  *all(patient?: string): IterableIterator<CommitmentRecord> {
+    const rows = patient === undefined
+      ? this.db.prepare<[], Row>('SELECT * FROM commitments ORDER BY seq').iterate()
+      : this.db.prepare<[string], Row>('SELECT * FROM commitments WHERE patient = ? ORDER BY seq').iterate(patient);
+    for (const row of rows) yield toRecord(row);
+  }
+
+  counts(): { commitments: number; anchored: number; pending: number; batches: number; lastAnchoredAt: number | null } {
+    const c = this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM commitments').get()!.n;
+    const a = this.db.prepare<[], { n: number | null; b: number; at: number | null }>(
+      "SELECT SUM(last_seq - first_seq + 1) AS n, COUNT(*) AS b, MAX(anchored_at) AS at FROM batches WHERE status = 'anchored'").get()!;
+    return { commitments: c, anchored: a.n ?? 0, pending: c - (a.n ?? 0), batches: a.b, lastAnchoredAt: a.at };
+  }
+
+  getMeta(k: string): string | undefined {
+    return this.db.prepare<[string], { v: string }>('SELECT v FROM meta WHERE k = ?').get(k)?.v;
+  }
+
+  setMeta(k: string, v: string): void {
+    this.db.prepare('INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v').run(k, v);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.db.close();
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new Error('commitment store is closed');
+  }
+}
+
+function toRecord(r: Row): CommitmentRecord {
+  return {
+    seq: r.seq, type: r.type, id: r.id, version: r.version, patient: r.patient, salt: r.salt, leaf: r.leaf,
+    createdAt: r.created_at, batch: r.batch, proof: r.proof,
+  };
+}
+
+function toBatch(r: BatchRow): BatchRecord {
+  return {
+    id: r.id, firstSeq: r.first_seq, lastSeq: r.last_seq, root: r.root, status: r.status, chainBatchId: r.chain_batch,
+    block: r.block, tx: r.tx, preparedAt: r.prepared_at, anchoredAt: r.anchored_at,
+  };
+}

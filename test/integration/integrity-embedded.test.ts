@@ -1,0 +1,127 @@
+/**
+ * Integrity on every read, embedded repository: versions are committed at write time and anchored
+ * in Merkle batches; a resource changed behind the repository's back — re-encrypted with the
+ * store's own keys, so it decrypts fine — is withheld on read, vread, search and history with an
+ * OperationOutcome issue, and an AuditEvent is written.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import request from 'supertest';
+import type { AuditEvent, Bundle, OperationOutcome, Patient } from '@medplum/fhirtypes';
+import { canonicalResourceText } from '../../src/ledger/canonical.js';
+import { KeyRing, loadMasterKey, seal } from '../../src/repository/embedded/keys.js';
+import { startTestApp, type TestApp } from '../support/app.js';
+
+let t: TestApp;
+beforeAll(async () => {
+  t = await startTestApp();
+});
+afterAll(async () => {
+  await t?.close();
+});
+
+const FHIR_JSON = 'application/fhir+json';
+
+async function createPatient(family: string): Promise<Patient> {
+  const res = await request(t.app.http).post('/fhir/Patient').set('content-type', FHIR_JSON)
+    .send({ resourceType: 'Patient', name: [{ family, given: ['Ada'] }], birthDate: '1970-01-01' });
+  expect(res.status).toBe(201);
+  return res.body as Patient;
+}
+
+/** Rewrites a stored version in SQLite with the store's own encryption: it decrypts, but differs. */
+function tamperEmbedded(dataDir: string, resource: Patient, change: (p: Patient) => void): void {
+  const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+  try {
+    const keys = new KeyRing(db, loadMasterKey(dataDir).key);
+    const changed = structuredClone(resource);
+    change(changed);
+    const version = Number(resource.meta!.versionId);
+    const body = seal(keys.keyFor(resource.id).key, Buffer.from(canonicalResourceText(changed)), `Patient/${resource.id}/${version}`);
+    const result = db.prepare('UPDATE versions SET body = ? WHERE type = ? AND id = ? AND version = ?').run(body, 'Patient', resource.id, version);
+    expect(result.changes).toBe(1);
+  } finally {
+    db.close();
+  }
+}
+
+function integrityTags(resource: { meta?: { tag?: { system?: string; code?: string }[] } }): string[] {
+  return (resource.meta?.tag ?? []).filter((c) => c.system === 'urn:glucoguard:integrity').map((c) => c.code!);
+}
+
+describe('embedded store', () => {
+  it('serves a version that is not anchored yet with a visible pending tag', async () => {
+    const created = await createPatient('Pending');
+    expect(integrityTags(created)).toEqual(['pending']);
+    const read = await request(t.app.http).get(`/fhir/Patient/${created.id}`);
+    expect(read.status).toBe(200);
+    expect(integrityTags(read.body)).toEqual(['pending']);
+    expect(t.app.ledger.store.get('Patient', created.id!, '1')).toMatchObject({ batch: null });
+  });
+
+  it('anchors versions in a Merkle batch and serves them untagged once the proof checks against the chain', async () => {
+    const a = await createPatient('Anchored');
+    const b = await createPatient('Batched');
+    await t.app.ledger.anchorer.flush();
+    const ra = t.app.ledger.store.get('Patient', a.id!, '1')!;
+    const rb = t.app.ledger.store.get('Patient', b.id!, '1')!;
+    expect(ra.batch).not.toBeNull();
+    expect(ra.batch).toBe(rb.batch);
+    const batch = t.app.ledger.store.batch(ra.batch!)!;
+    expect(batch).toMatchObject({ status: 'anchored' });
+    expect(batch.tx).toMatch(/^0x[0-9a-f]{64}$/);
+    const onChain = await t.app.chain.contract('ResourceAnchor').getBatch(batch.chainBatchId);
+    expect(onChain.merkleRoot).toBe('0x' + batch.root.toString('hex'));
+
+    const read = await request(t.app.http).get(`/fhir/Patient/${a.id}`);
+    expect(read.status).toBe(200);
+    expect(integrityTags(read.body)).toEqual([]);
+    expect(read.body.name[0].family).toBe('Anchored');
+  });
+
+  it('withholds a version tampered with in the store: read, vread, search and history, with an issue and an AuditEvent', async () => {
+    const victim = await createPatient('Original');
+    const bystander = await createPatient('Bystander');
+    await t.app.ledger.anchorer.flush();
+    expect((await request(t.app.http).get(`/fhir/Patient/${victim.id}`)).status).toBe(200);
+
+    tamperEmbedded(t.dataDir, victim, (p) => { p.name![0]!.family = 'Mallory'; });
+
+    const read = await request(t.app.http).get(`/fhir/Patient/${victim.id}`);
+    expect(read.status).toBe(404);
+    expect(JSON.stringify(read.body)).not.toContain('Mallory');
+    const issues = (read.body as OperationOutcome).issue!;
+    expect(issues.some((i) => i.severity === 'error' && /integrity check/i.test(i.diagnostics!) && /failed/.test(i.diagnostics!))).toBe(true);
+
+    const vread = await request(t.app.http).get(`/fhir/Patient/${victim.id}/_history/1`);
+    expect(vread.status).toBe(404);
+
+    const search = await request(t.app.http).get(`/fhir/Patient?_id=${victim.id},${bystander.id}`);
+    expect(search.status).toBe(200);
+    const bundle = search.body as Bundle;
+    const matches = bundle.entry!.filter((e) => e.search?.mode === 'match').map((e) => e.resource!.id);
+    expect(matches).toEqual([bystander.id]);
+    const outcome = bundle.entry!.find((e) => e.search?.mode === 'outcome')?.resource as OperationOutcome;
+    expect(outcome.issue!.some((i) => /integrity check/i.test(i.diagnostics!))).toBe(true);
+
+    const history = await request(t.app.http).get(`/fhir/Patient/${victim.id}/_history`);
+    expect(history.status).toBe(200);
+    expect(JSON.stringify(history.body)).not.toContain('Mallory');
+
+    const audits = await t.app.repository.search({ resourceType: 'AuditEvent', count: 100, offset: 0 });
+    const about = audits.resources.filter((r) => (r as AuditEvent).entity?.some((e) => e.what?.reference === `Patient/${victim.id}/_history/1`)) as AuditEvent[];
+    expect(about.length).toBeGreaterThanOrEqual(4);
+    expect(about[0]).toMatchObject({ outcome: '8', type: { code: '110113' } });
+    expect(JSON.stringify(about[0])).not.toContain('Mallory');
+  });
+
+  it('keeps a version tampered with before it was anchored from being served as verified later', async () => {
+    const victim = await createPatient('Early');
+    tamperEmbedded(t.dataDir, victim, (p) => { p.birthDate = '1999-09-09'; });
+    const read = await request(t.app.http).get(`/fhir/Patient/${victim.id}`);
+    expect(read.status).toBe(404);
+    await t.app.ledger.anchorer.flush();
+    expect((await request(t.app.http).get(`/fhir/Patient/${victim.id}`)).status).toBe(404);
+  });
+});

@@ -1,0 +1,82 @@
+/**
+ * Integrity on every read, upstream repository: a resource changed directly in the upstream FHIR
+ * server (behind the proxy's back, no new version) is withheld with an OperationOutcome issue and
+ * an AuditEvent; resources that predate the ledger are served tagged "unverified", or withheld
+ * when GLUCOGUARD_INTEGRITY=strict.
+ */
+import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import request from 'supertest';
+import type { AuditEvent, Bundle, OperationOutcome, Patient } from '@medplum/fhirtypes';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { startUpstreamFhirServer, type UpstreamFhirServer } from '../support/upstream-server.js';
+
+let upstream: UpstreamFhirServer;
+let t: TestApp;
+beforeAll(async () => {
+  upstream = await startUpstreamFhirServer();
+  t = await startTestApp({ UPSTREAM_FHIR_URL: upstream.url });
+});
+afterAll(async () => {
+  await t?.close();
+  await upstream?.close();
+});
+
+const tags = (r: { meta?: { tag?: { system?: string; code?: string }[] } }) =>
+  (r.meta?.tag ?? []).filter((c) => c.system === 'urn:glucoguard:integrity').map((c) => c.code);
+
+async function createPatient(family: string): Promise<Patient> {
+  const res = await request(t.app.http).post('/fhir/Patient').set('content-type', 'application/fhir+json')
+    .send({ resourceType: 'Patient', name: [{ family }], gender: 'female' });
+  expect(res.status).toBe(201);
+  return res.body as Patient;
+}
+
+describe('upstream server', () => {
+  it('verifies a resource written through the proxy once anchored, although the upstream set its own meta', async () => {
+    const p = await createPatient('Through');
+    expect(tags(p)).toEqual(['pending']);
+    await t.app.ledger.anchorer.flush();
+    const read = await request(t.app.http).get(`/fhir/Patient/${p.id}`);
+    expect(read.status).toBe(200);
+    expect(tags(read.body)).toEqual([]);
+  });
+
+  it('withholds a resource tampered with in the upstream server, with an issue and an AuditEvent', async () => {
+    const victim = await createPatient('Honest');
+    const other = await createPatient('Other');
+    await t.app.ledger.anchorer.flush();
+    upstream.repo.tamper('Patient', victim.id!, (r) => { (r as Patient).gender = 'male'; });
+
+    const read = await request(t.app.http).get(`/fhir/Patient/${victim.id}`);
+    expect(read.status).toBe(404);
+    expect((read.body as OperationOutcome).issue!.some((i) => i.severity === 'error' && /integrity check/i.test(i.diagnostics!))).toBe(true);
+    expect(JSON.stringify(read.body)).not.toContain('male');
+
+    const search = await request(t.app.http).get(`/fhir/Patient?_id=${victim.id},${other.id}`);
+    expect(search.status).toBe(200);
+    const entries = (search.body as Bundle).entry!;
+    expect(entries.filter((e) => e.search?.mode === 'match').map((e) => e.resource!.id)).toEqual([other.id]);
+    expect(entries.some((e) => e.search?.mode === 'outcome')).toBe(true);
+
+    const audits = await t.app.repository.search({ resourceType: 'AuditEvent', count: 50, offset: 0 });
+    const about = audits.resources.filter((r) => (r as AuditEvent).entity?.some((e) => e.what?.reference?.startsWith(`Patient/${victim.id}/_history/`)));
+    expect(about.length).toBeGreaterThanOrEqual(2);
+    expect(about[0]).toMatchObject({ resourceType: 'AuditEvent', outcome: '8' });
+  });
+
+  it('serves data that was on the upstream before the proxy with an "unverified" tag, and withholds it in strict mode', async () => {
+    const resource = await upstream.repo.createResource({ resourceType: 'Patient', name: [{ family: 'Legacy' }] } as Patient);
+    const lenient = await request(t.app.http).get(`/fhir/Patient/${resource.id}`);
+    expect(lenient.status).toBe(200);
+    expect(tags(lenient.body)).toEqual(['unverified']);
+
+    t.app.ledger.guard.mode = 'strict';
+    try {
+      const strict = await request(t.app.http).get(`/fhir/Patient/${resource.id}`);
+      expect(strict.status).toBe(404);
+      expect((strict.body as OperationOutcome).issue!.some((i) => /could not be verified/.test(i.diagnostics!))).toBe(true);
+    } finally {
+      t.app.ledger.guard.mode = 'lenient';
+    }
+  });
+});
