@@ -5,7 +5,7 @@
  * that every read rule applies to them too.
  */
 import type { Bundle, BundleEntry, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
-import { badRequest, GlucoGuardError, unprocessable } from '../errors.js';
+import { badRequest, conflict, GlucoGuardError, unprocessable } from '../errors.js';
 import { errorToResponse } from './outcomes.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
 
@@ -77,6 +77,16 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
     writes.push({ index: i, entry });
   }
   if (issues.length) throw unprocessable(issues);
+  // Two writes to the same resource in one transaction cannot both win (http.html#trules).
+  const targets = new Map<string, number>();
+  for (const w of writes) {
+    const method = w.entry.request!.method;
+    if (method !== 'PUT' && method !== 'DELETE') continue;
+    const target = w.entry.request!.url.split('?')[0]!;
+    const first = targets.get(target);
+    if (first !== undefined) throw conflict(`Bundle.entry[${first}] and Bundle.entry[${w.index}] both write ${target}`);
+    targets.set(target, w.index);
+  }
 
   const out: BundleEntry[] = new Array(entries.length);
   if (writes.length) {
