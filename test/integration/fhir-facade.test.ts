@@ -223,6 +223,21 @@ describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBacke
     expect(search.body.entry ?? []).toHaveLength(0);
   });
 
+  test('a transaction writing the same resource twice is a 409 conflict and stores nothing', async () => {
+    const bundle: Bundle = {
+      resourceType: 'Bundle',
+      type: 'transaction',
+      entry: [
+        { resource: { resourceType: 'Patient', id: 'twice', name: [{ family: 'One' }] }, request: { method: 'PUT', url: 'Patient/twice' } },
+        { resource: { resourceType: 'Patient', id: 'twice', name: [{ family: 'Two' }] }, request: { method: 'PUT', url: 'Patient/twice' } },
+      ],
+    };
+    const res = await http().post('/fhir').set('Content-Type', FHIR_JSON).send(bundle);
+    expect(res.status).toBe(409);
+    expect(res.body.resourceType).toBe('OperationOutcome');
+    expect((await http().get('/fhir/Patient/twice')).status).toBe(404);
+  });
+
   test('a batch answers every entry on its own', async () => {
     const bundle: Bundle = {
       resourceType: 'Bundle',
