@@ -1,0 +1,138 @@
+/**
+ * Anchoring durability: commitments queued on disk are anchored after a restart; a batch sent just
+ * before the process died is recognised on chain, not sent twice; versions written but not
+ * recorded (crash between the two) are reconciled from history; with the chain unreachable the
+ * queue holds and catches up later. Each time: every version anchored exactly once.
+ */
+import { afterAll, describe, expect, it } from '@jest/globals';
+import request from 'supertest';
+import type { Patient } from '@medplum/fhirtypes';
+import { ChainClient } from '../../src/ledger/client.js';
+import { Anchorer } from '../../src/ledger/anchor.js';
+import { CommitmentStore } from '../../src/ledger/store.js';
+import { buildMerkleTree } from '../../src/ledger/merkle.js';
+import { startTestApp, tempDir, type TestApp } from '../support/app.js';
+import path from 'node:path';
+import { rmSync } from 'node:fs';
+
+const apps: TestApp[] = [];
+afterAll(async () => {
+  for (const t of apps) await t.close();
+});
+
+async function createPatients(t: TestApp, n: number): Promise<Patient[]> {
+  const out: Patient[] = [];
+  for (let i = 0; i < n; i++) {
+    const res = await request(t.app.http).post('/fhir/Patient').set('content-type', 'application/fhir+json')
+      .send({ resourceType: 'Patient', name: [{ family: `Queue${i}` }] });
+    expect(res.status).toBe(201);
+    out.push(res.body as Patient);
+  }
+  return out;
+}
+
+/** On-chain view: number of batches, and the authority's next sequence number. */
+async function chainState(t: TestApp): Promise<{ batches: number; nextSeq: number }> {
+  const anchor = t.app.chain.contract('ResourceAnchor');
+  return { batches: Number(await anchor.batchCount()), nextSeq: Number(await anchor.nextSeq(t.app.chain.authorityAddress)) };
+}
+
+async function waitUntil(cond: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('anchoring queue', () => {
+  it('anchors after a restart what was queued when the process stopped, each version once', async () => {
+    const t = await startTestApp();
+    apps.push(t);
+    await t.app.ledger.anchorer.flush();
+    const before = await chainState(t);
+    const anchoredBefore = t.app.ledger.store.counts().anchored;
+    await t.app.ledger.anchorer.stop(); // as if the process died before the batch window closed
+    const patients = await createPatients(t, 3);
+    for (const p of patients) expect(t.app.ledger.store.get('Patient', p.id!, '1')!.batch).toBeNull();
+    await t.restart();
+    await waitUntil(() => t.app.ledger.store.counts().pending === 0);
+    for (const p of patients) expect(t.app.ledger.store.get('Patient', p.id!, '1')!.batch).not.toBeNull();
+    const after = await chainState(t);
+    // every leaf anchored once: the contract's sequence moved by exactly the number of new commitments
+    expect(after.nextSeq - before.nextSeq).toBe(t.app.ledger.store.counts().anchored - anchoredBefore);
+    expect(after.nextSeq - before.nextSeq).toBeGreaterThanOrEqual(3);
+    const read = await request(t.app.http).get(`/fhir/Patient/${patients[0]!.id}`);
+    expect(read.status).toBe(200);
+    expect(read.body.meta.tag ?? []).toEqual([]);
+  });
+
+  it('recognises a batch whose transaction was sent just before the process died, and does not send it again', async () => {
+    const t = await startTestApp();
+    apps.push(t);
+    await createPatients(t, 2);
+    await t.app.ledger.anchorer.stop();
+    // What the anchorer does before dying: prepare the batch locally, then broadcast its transaction.
+    const store = t.app.ledger.store;
+    const rows = store.unbatched(1000);
+    const tree = buildMerkleTree(rows.map((r) => r.leaf));
+    const batch = store.prepareBatch(rows[0]!.seq, rows[rows.length - 1]!.seq, tree.root, rows.map((_, i) => tree.proof(i)));
+    const anchor = t.app.chain.contract('ResourceAnchor');
+    const next = Number(await anchor.nextSeq(t.app.chain.authorityAddress));
+    store.setMeta('seq_base', String(next));
+    const tx = await anchor.anchor('0x' + tree.root.toString('hex'), rows.length, next, next + rows.length - 1);
+    await tx.wait();
+    const sent = await chainState(t);
+
+    await t.restart();
+    await waitUntil(() => t.app.ledger.store.batch(batch.id)!.status === 'anchored');
+    const resolved = t.app.ledger.store.batch(batch.id)!;
+    expect(resolved.tx).toBe(tx.hash);
+    expect(await chainState(t)).toEqual(sent);
+  });
+
+  it('records versions written but not committed before a crash (reconciliation from history)', async () => {
+    const t = await startTestApp();
+    apps.push(t);
+    await createPatients(t, 1);
+    // The crash window: the repository stored the version, the process died before recording it.
+    const { resource: lost } = await t.app.ledger.repository.adapter.create({ resourceType: 'Patient', name: [{ family: 'Lost' }] } as Patient);
+    expect(t.app.ledger.store.get('Patient', lost.id!, '1')).toBeUndefined();
+    await t.restart();
+    expect(t.app.ledger.store.get('Patient', lost.id!, '1')).toBeDefined();
+    await t.app.ledger.anchorer.flush();
+    const read = await request(t.app.http).get(`/fhir/Patient/${lost.id}`);
+    expect(read.status).toBe(200);
+    expect(read.body.meta.tag ?? []).toEqual([]);
+  });
+});
+
+describe('chain unreachable', () => {
+  it('keeps commitments queued while the node is down and anchors them once it answers again', async () => {
+    const t = await startTestApp();
+    apps.push(t);
+    await t.app.ledger.anchorer.stop();
+    const patients = await createPatients(t, 2);
+    const dir = tempDir();
+    const store = new CommitmentStore(path.join(dir, 'c.db'));
+    try {
+      // Same commitments, through an anchorer whose node is down (nothing listens on the port).
+      for (const p of patients) {
+        const r = t.app.ledger.store.get('Patient', p.id!, '1')!;
+        store.add([{ type: 'Patient', id: p.id!, version: '1', patient: p.id, salt: r.salt, leaf: r.leaf }]);
+      }
+      const down = new ChainClient({
+        rpcUrl: 'http://127.0.0.1:9', chainId: t.app.chain.chainId, authorityKey: '0x' + '11'.repeat(32), addresses: t.app.chain.addresses, adapter: 'rpc',
+      });
+      await expect(new Anchorer({ store, chain: down, receiptTimeoutMs: 1000 }).flush()).rejects.toBeDefined();
+      await down.close();
+      expect(store.counts()).toMatchObject({ commitments: 2, pending: 2 });
+
+      await new Anchorer({ store, chain: t.app.chain }).flush();
+      expect(store.counts()).toMatchObject({ commitments: 2, pending: 0, batches: 1 });
+    } finally {
+      store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
