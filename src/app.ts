@@ -24,6 +24,9 @@ import type { KeyValueStore } from './kv/port.js';
 import { RedisKeyValueStore } from './kv/redis.js';
 import { createSmart, type Smart } from './smart/index.js';
 import { SmartScopePolicy } from './smart/policy.js';
+import { createConsent, type Consent } from './consent/index.js';
+import { ComposedPolicy } from './consent/policy.js';
+import { withPurpose } from './consent/requester.js';
 import { createLogger, type Logger } from './log.js';
 import {
   chainCheck, finalErrorHandler, kvCheck, notFoundHandler, observabilityRouter, Readiness, repositoryCheck, requestObservability, securityHeaders,
@@ -48,6 +51,8 @@ export interface App {
   smart: Smart;
   /** The chain port: provider, the one nonce-managed authority signer, the contracts. */
   chain: ChainClient;
+  /** Patient consent: grants on chain, the decision point enforced on every FHIR path, the access log. */
+  consent: Consent;
   /** Commitments of every stored version, their anchoring, and the integrity check on reads. */
   ledger: Ledger;
   /** CGM ingest (service) and the summary/AGP computations behind the $cgm-* operations. */
@@ -128,6 +133,9 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     },
   });
   const scopes = new SmartScopePolicy();
+  const consent = createConsent({ dataDir: config.dataDir, masterKey, repository, validator, kv, chain: chain.client, logger });
+  // A request needs both: the token's scopes AND the patient's consent.
+  const policy = new ComposedPolicy([scopes, consent.policy]);
   const profilesByType: Record<string, string[]> = {};
   for (const url of validator.profileUrls()) {
     const sd = validator.profile(url)!;
@@ -142,8 +150,9 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     defaultPageSize: config.defaultPageSize,
     maxPageSize: config.maxPageSize,
     logger,
-    policy: scopes,
-    guards: [scopes, ledger.guard],
+    policy,
+    onResponse: (request, response) => consent.audit.record(request, response),
+    guards: [scopes, consent.policy, ledger.guard],
     capabilityStatement: () => buildCapabilityStatement({
       fhirBase: base,
       version: VERSION,
@@ -165,6 +174,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     operations: new CgmOperations({ fhir, fhirBase: base }),
   };
   for (const op of cgm.operations.handlers()) fhir.registerOperation(op);
+  await consent.attach(fhir);
 
   const http = express();
   http.disable('x-powered-by');
@@ -174,7 +184,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   http.use(securityHeaders());
   http.use(observabilityRouter(readiness));
   http.use(smart.router);
-  http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate: (headers, url) => smart.authenticate(headers, url), maxBodyBytes: config.maxBodyBytes, logger }));
+  http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers), maxBodyBytes: config.maxBodyBytes, logger }));
   http.use('/cgm', cgmHttpRouter({
     service: cgm.ingest, authenticate: (headers, url) => smart.authenticate(headers, url),
     scopeAllows: (access, interaction, type, resource) => smart.scopeAllows(access, interaction, type, resource), logger,
@@ -206,12 +216,14 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     kv,
     smart,
     chain: chain.client,
+    consent,
     ledger,
     cgm,
     readiness,
     adapters,
     async close() {
       await smart.close();
+      await consent.close();
       await ledger.close();
       await repository.close();
       await kv.close();

@@ -34,6 +34,18 @@ export interface FhirRouterOptions {
   policy?: AccessPolicy;
   guards?: OutboundGuard[];
   logger?: Logger;
+  /** Called once per handled request with its response (the access log); must not throw. */
+  onResponse?: (request: FhirRequest, response: FhirResponse) => void;
+}
+
+/**
+ * Writes of one resource type handled by another module instead of the repository (e.g. Consent:
+ * a grant goes to the chain first). Such writes are refused inside transactions (policy.mayWrite).
+ */
+export interface TypeWriteHandler {
+  create(request: FhirRequest): Promise<FhirResponse>;
+  update(request: FhirRequest, id: string): Promise<FhirResponse>;
+  delete(request: FhirRequest, id: string): Promise<FhirResponse>;
 }
 
 /** A FHIR operation (`$name`) registered by another module (CGM ingest, summaries, export…). */
@@ -63,6 +75,7 @@ const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 
 export class FhirRouter {
   private readonly operations = new Map<string, OperationHandler>();
+  private readonly writeHandlers = new Map<string, TypeWriteHandler>();
   private readonly policy: AccessPolicy;
   private readonly guards: OutboundGuard[];
   private readonly pages: PageTokens;
@@ -82,17 +95,25 @@ export class FhirRouter {
     this.operations.set(op.name, op);
   }
 
+  /** Hands create/update/delete of `type` to another module (after the type-level authorize). */
+  registerWriteHandler(type: string, handler: TypeWriteHandler): void {
+    this.writeHandlers.set(type, handler);
+  }
+
   registeredOperations(): OperationHandler[] {
     return [...this.operations.values()];
   }
 
   /** Handles one request; errors become OperationOutcome responses. */
   async handle(request: FhirRequest): Promise<FhirResponse> {
+    let response: FhirResponse;
     try {
-      return await this.dispatch(request);
+      response = await this.dispatch(request);
     } catch (err) {
-      return errorToResponse(err, this.options.logger);
+      response = errorToResponse(err, this.options.logger);
     }
+    this.options.onResponse?.(request, response);
+    return response;
   }
 
   private async dispatch(req: FhirRequest): Promise<FhirResponse> {
@@ -110,7 +131,7 @@ export class FhirRouter {
         return this.history(req, undefined, undefined);
       case 'type':
         if (method === 'GET') return this.search(req, route.type, req.query);
-        if (method === 'POST') return this.create(req, route.type);
+        if (method === 'POST') return this.writeHandlers.has(route.type) ? this.handledWrite(req, route.type, 'create') : this.create(req, route.type);
         throw methodNotAllowed(`${method} is not allowed on ${route.type}`);
       case 'type-search':
         if (method !== 'POST') throw methodNotAllowed('_search supports POST only');
@@ -120,6 +141,9 @@ export class FhirRouter {
         return this.history(req, route.type, undefined);
       case 'instance':
         if (method === 'GET') return this.read(req, route.type, route.id);
+        if (this.writeHandlers.has(route.type) && (method === 'PUT' || method === 'DELETE')) {
+          return this.handledWrite(req, route.type, method === 'PUT' ? 'update' : 'delete', route.id);
+        }
         if (method === 'PUT') return this.update(req, route.type, route.id);
         if (method === 'DELETE') return this.delete(req, route.type, route.id);
         throw methodNotAllowed(`${method} is not allowed on ${route.type}/${route.id}`);
@@ -184,6 +208,13 @@ export class FhirRouter {
     return { status: 200, body: allowed[0]!, headers: versionHeaders(resource) };
   }
 
+  private async handledWrite(req: FhirRequest, type: string, interaction: 'create' | 'update' | 'delete', id?: string): Promise<FhirResponse> {
+    await this.policy.authorize(req.access, interaction, type);
+    const handler = this.writeHandlers.get(type)!;
+    if (interaction === 'create') return handler.create(req);
+    return interaction === 'update' ? handler.update(req, id!) : handler.delete(req, id!);
+  }
+
   private async create(req: FhirRequest, type: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'create', type);
     const resource = resourceBody(req, type);
@@ -228,7 +259,9 @@ export class FhirRouter {
     const prefer = preferReturn(req);
     if (prefer === 'minimal') return { status, headers };
     if (prefer === 'OperationOutcome') return { status, headers, body: informational(message) };
-    // The echo goes through the same guards as a read: a write response never shows more than a read would.
+    // The requester's own content (created/updated from its body) comes back as written; anything
+    // else (a conditional create that matched an existing resource) goes through the guards like a read.
+    if (message === 'Created' || message === 'Updated') return { status, headers, body: resource };
     const { allowed } = await this.guard(req.access, [resource]);
     return allowed.length ? { status, headers, body: allowed[0]! } : { status, headers };
   }
@@ -252,13 +285,11 @@ export class FhirRouter {
       maxCount: this.options.maxPageSize,
     });
     const narrowed: SearchRequest = await this.policy.narrowSearch(req.access, { ...parsed, offset });
-    const result = await this.options.repository.search(narrowed);
-    const matches = await this.guard(req.access, result.resources);
-    const included = await this.guard(req.access, result.included);
-    const firstPageQuery = queryPairs(query).filter(([k]) => !['_pageToken', '_format', '_pretty'].includes(k));
     const count = parsed.count ?? this.options.defaultPageSize;
+    const { matches, included, hasMore, nextOffset } = await this.filledPage(req.access, narrowed, offset, count);
+    const firstPageQuery = queryPairs(query).filter(([k]) => !['_pageToken', '_format', '_pretty'].includes(k));
     const links: BundleLink[] = [{ relation: 'self', url: this.pageUrl(req, type, firstPageQuery, offset) }];
-    if (result.hasMore) links.push({ relation: 'next', url: this.pageUrl(req, type, firstPageQuery, offset + count) });
+    if (hasMore) links.push({ relation: 'next', url: this.pageUrl(req, type, firstPageQuery, nextOffset) });
     if (offset > 0) links.push({ relation: 'previous', url: this.pageUrl(req, type, firstPageQuery, Math.max(0, offset - count)) });
     const entry: BundleEntry[] = [
       ...matches.allowed.map((r) => this.entry(r, 'match')),
@@ -268,6 +299,49 @@ export class FhirRouter {
     if (issues.length) entry.push({ resource: operationOutcome(issues), search: { mode: 'outcome' } });
     const bundle: Bundle = { resourceType: 'Bundle', type: 'searchset', link: links, entry };
     return { status: 200, body: bundle };
+  }
+
+  /**
+   * One page of `count` matches that pass the guards, re-paged after filtering: when guards drop
+   * entries the next repository rows fill the page, and `next` appears only when at least one more
+   * visible match exists (found by looking ahead), so no short or empty page hints at hidden data.
+   * Offsets in page tokens are repository offsets.
+   */
+  private async filledPage(access: AccessContext, narrowed: SearchRequest, offset: number, count: number): Promise<{
+    matches: { allowed: Resource[]; issues: OperationOutcomeIssue[] };
+    included: { allowed: Resource[]; issues: OperationOutcomeIssue[] };
+    hasMore: boolean;
+    nextOffset: number;
+  }> {
+    const matches = { allowed: [] as Resource[], issues: [] as OperationOutcomeIssue[] };
+    const included = { allowed: [] as Resource[], issues: [] as OperationOutcomeIssue[] };
+    if (count === 0) {
+      const result = await this.options.repository.search({ ...narrowed, offset, count });
+      return { matches, included, hasMore: result.hasMore, nextOffset: offset };
+    }
+    let repoOffset = offset;
+    for (;;) {
+      const result = await this.options.repository.search({ ...narrowed, offset: repoOffset, count });
+      const guarded = await this.guard(access, result.resources);
+      // Guards may hand back copies (e.g. with an integrity tag): match them by version.
+      const key = (r: Resource): string => `${r.resourceType}/${r.id}/${r.meta?.versionId}`;
+      const visible = new Map(guarded.allowed.map((r) => [key(r), r]));
+      const filling = matches.allowed.length < count;
+      for (let i = 0; i < result.resources.length; i++) {
+        const r = visible.get(key(result.resources[i]!));
+        if (!r) continue;
+        if (matches.allowed.length === count) return { matches, included, hasMore: true, nextOffset: repoOffset + i };
+        matches.allowed.push(r);
+      }
+      if (filling) {
+        matches.issues.push(...guarded.issues);
+        const inc = await this.guard(access, result.included);
+        included.allowed.push(...inc.allowed);
+        included.issues.push(...inc.issues);
+      }
+      repoOffset += result.resources.length;
+      if (!result.hasMore || result.resources.length === 0) return { matches, included, hasMore: false, nextOffset: repoOffset };
+    }
   }
 
   private pageUrl(req: FhirRequest, type: string, firstPageQuery: [string, string][], offset: number): string {

@@ -1,0 +1,131 @@
+/**
+ * The decision point, pure part: (requester, patient, resource type, codes, effective time,
+ * purpose) → permit or deny with reasons, against the requester's active grants worked out once
+ * (src/consent/decisions.ts). Nothing here does I/O, so a cached decision costs microseconds.
+ *
+ * Rules (fail closed):
+ * - patients always see resources linked to them, and only those;
+ * - a grantee needs a registered identity, a purpose of use, and a grant of the patient that is
+ *   inside its access window now (the clock decides, even mid-session), names the purpose, covers
+ *   the type (provision.class) and code (provision.code), and whose data period holds the
+ *   resource's effective time;
+ * - a resource with no code or no effective time passes a restricted grant only when the grant
+ *   names its type explicitly; a resource with no patient link is denied to everyone but `open`.
+ */
+import type { Resource } from '@medplum/fhirtypes';
+import { patientIdsOf } from '../fhir/compartment.js';
+import type { Requester } from './requester.js';
+
+export interface ActiveGrant {
+  grantId: string;
+  consentId: string;
+  patientId: string;
+  /** Epoch ms. */
+  notBefore: number;
+  notAfter: number;
+  dataFrom: number;
+  dataTo: number;
+  purposes: ReadonlySet<string>;
+  /** undefined = every type. */
+  classes?: ReadonlySet<string>;
+  /** `system|code`; undefined = every code. */
+  codes?: ReadonlySet<string>;
+}
+
+/** A requester's permissions, worked out once and cached. */
+export interface Permissions {
+  requester: Requester;
+  /** Registered grantee addresses (empty: no identity). */
+  addresses: string[];
+  byPatient: ReadonlyMap<string, ActiveGrant[]>;
+}
+
+export interface DecisionRequest {
+  patientId?: string;
+  resourceType: string;
+  /** `system|code` of the resource's codes; empty when it has none. */
+  codes: string[];
+  /** Clinically relevant time in epoch ms, when the resource has one. */
+  effective?: number;
+}
+
+export interface Decision {
+  permit: boolean;
+  reasons: string[];
+  grantId?: string;
+}
+
+const PERMIT_OWN: Decision = Object.freeze({ permit: true, reasons: ['own data'] }) as Decision;
+const PERMIT_OPEN: Decision = Object.freeze({ permit: true, reasons: ['consent not enforced (open access)'] }) as Decision;
+
+/** Decides one request against cached permissions at time `now` (epoch ms). */
+export function decide(perms: Permissions, req: DecisionRequest, now: number): Decision {
+  const r = perms.requester;
+  if (r.kind === 'open') return PERMIT_OPEN;
+  if (!req.patientId) return { permit: false, reasons: ['resource is not linked to a patient'] };
+  if (r.kind === 'patient') return req.patientId === r.patientId ? PERMIT_OWN : { permit: false, reasons: ['not the patient\'s own data'] };
+  if (perms.addresses.length === 0) return { permit: false, reasons: ['requester has no registered identity'] };
+  if (!r.purpose) return { permit: false, reasons: ['no purpose of use stated'] };
+  const grants = perms.byPatient.get(req.patientId);
+  if (!grants?.length) return { permit: false, reasons: ['no grant from this patient'] };
+  const reasons: string[] = [];
+  for (const g of grants) {
+    const why = mismatch(g, req, r.purpose, now);
+    if (!why) return { permit: true, reasons: [`grant ${g.grantId}`], grantId: g.grantId };
+    reasons.push(`grant ${g.grantId}: ${why}`);
+  }
+  return { permit: false, reasons };
+}
+
+function mismatch(g: ActiveGrant, req: DecisionRequest, purpose: string, now: number): string | undefined {
+  if (now < g.notBefore) return 'not yet valid';
+  if (now >= g.notAfter) return 'expired';
+  if (!g.purposes.has(purpose)) return `purpose ${purpose} not granted`;
+  const typeNamed = g.classes?.has(req.resourceType) ?? false;
+  if (g.classes && !typeNamed) return `type ${req.resourceType} not granted`;
+  if (g.codes) {
+    if (req.codes.length === 0) {
+      if (!typeNamed) return 'resource has no code and its type is not named';
+    } else if (!req.codes.some((c) => g.codes!.has(c))) return 'code not granted';
+  }
+  if (req.effective === undefined) {
+    if (!typeNamed) return 'resource has no effective time and its type is not named';
+  } else if (req.effective < g.dataFrom || req.effective > g.dataTo) return 'outside the granted data period';
+  return undefined;
+}
+
+/** Decides for a resource in hand: every patient it is linked to must be permitted. */
+export function decideResource(perms: Permissions, resource: Resource, now: number): Decision & { patientIds: string[] } {
+  if (perms.requester.kind === 'open') return { ...PERMIT_OPEN, patientIds: [] };
+  const facts = resourceFacts(resource);
+  if (facts.patientIds.length === 0) return { ...decide(perms, { ...facts, patientId: undefined }, now), patientIds: [] };
+  let last: Decision = PERMIT_OWN;
+  for (const patientId of facts.patientIds) {
+    last = decide(perms, { ...facts, patientId }, now);
+    if (!last.permit) return { ...last, patientIds: facts.patientIds };
+  }
+  return { ...last, patientIds: facts.patientIds };
+}
+
+export interface ResourceFacts {
+  patientIds: string[];
+  resourceType: string;
+  codes: string[];
+  effective?: number;
+}
+
+/** Patient links, codes and effective time of a resource. */
+export function resourceFacts(resource: Resource): ResourceFacts {
+  const r = resource as unknown as Record<string, unknown>;
+  const concept = (r.code ?? r.medicationCodeableConcept) as { coding?: { system?: string; code?: string }[] } | undefined;
+  const codes = (concept?.coding ?? []).map((c) => `${c.system ?? ''}|${c.code ?? ''}`);
+  const period = r.effectivePeriod as { start?: string } | undefined;
+  const when = (r.effectiveDateTime ?? r.effectiveInstant ?? period?.start ?? r.occurrenceDateTime ?? r.recorded) as string | undefined;
+  const effective = when ? Date.parse(when) : undefined;
+  return {
+    patientIds: patientIdsOf(resource),
+    resourceType: resource.resourceType,
+    codes,
+    ...(effective !== undefined && !Number.isNaN(effective) ? { effective } : {}),
+  };
+}

@@ -1,0 +1,214 @@
+/**
+ * The decision point, stateful part: a requester's permissions (registered identities → grants on
+ * chain → the Consent holding each grant's scope) worked out once and cached per requester.
+ *
+ * Freshness, so a revocation denies at once on every replica:
+ * - every request reads the consent epoch from the KV store (Redis when replicas share one); a grant
+ *   or revocation increments it, so a replica whose epoch is stale drops its cache before deciding;
+ * - a revocation is also published (`consent:changed`) so replicas drop caches without waiting;
+ * - chain events (ConsentGranted/ConsentRevoked, GranteeRegistered/Removed) followed from the node
+ *   drop caches too, covering grants relayed by anyone else;
+ * - expiry is by the clock at each decision (`notAfter`), never by the cache.
+ * Fail closed: if the KV store or the chain cannot be read when a decision needs them, ERR_UNAVAILABLE
+ * (503) — never a permit.
+ */
+import { Operator } from '@medplum/core';
+import type { Consent } from '@medplum/fhirtypes';
+import { unavailable } from '../errors.js';
+import type { AccessContext } from '../fhir/access.js';
+import type { KeyValueStore } from '../kv/port.js';
+import type { Logger } from '../log.js';
+import type { ChainClient } from '../ledger/client.js';
+import type { ConsentRegistryClient } from '../ledger/consent-registry.js';
+import { EventFollower, type CursorStore, type EventCursor } from '../ledger/events.js';
+import type { IdentityRegistryClient } from '../ledger/identity-registry.js';
+import type { Repository } from '../repository/port.js';
+import type { ActiveGrant, Permissions } from './decision.js';
+import type { PatientKeys } from './patient-keys.js';
+import { requesterOf, type ConsentAccessContext } from './requester.js';
+import { consentTerms, GRANT_ID_SYSTEM, purposeBytes, scopeHash } from './terms.js';
+
+export const EPOCH_KEY = 'consent:epoch';
+export const CHANGED_CHANNEL = 'consent:changed';
+const EPOCH_TTL_MS = 10 * 365 * 24 * 3600 * 1000;
+
+export interface ConsentDecisionsOptions {
+  repository: Repository;
+  kv: KeyValueStore;
+  chain: ChainClient;
+  registry: ConsentRegistryClient;
+  identity: IdentityRegistryClient;
+  keys: PatientKeys;
+  logger?: Logger;
+  /** Clock (epoch ms); tests freeze it. */
+  now?: () => number;
+  /** Longest time a cached permission set is used without any event (default 60 s). */
+  ttlMs?: number;
+  /** Chain event poll interval (default 500 ms). */
+  pollMs?: number;
+}
+
+interface CacheEntry {
+  perms: Permissions;
+  expires: number;
+}
+
+export class ConsentDecisions {
+  readonly now: () => number;
+  private readonly cache = new Map<string, CacheEntry>();
+  private readonly loading = new Map<string, Promise<Permissions>>();
+  private epoch: string | undefined;
+  private generation = 0;
+  private followers: EventFollower[] = [];
+  private unsubscribe: (() => Promise<void>) | undefined;
+
+  constructor(private readonly options: ConsentDecisionsOptions) {
+    this.now = options.now ?? Date.now;
+  }
+
+  /** Subscribes to invalidations (KV pub/sub) and follows chain events from the current head. */
+  async start(): Promise<void> {
+    this.unsubscribe = await this.options.kv.subscribe(CHANGED_CHANNEL, () => this.dropAll());
+    const head = await this.options.chain.head();
+    const memoryCursor = (): CursorStore => {
+      let c: EventCursor | undefined;
+      return { load: () => c, save: (v) => { c = v; } };
+    };
+    const follow = (name: 'ConsentRegistry' | 'IdentityRegistry', events: string[]): EventFollower => new EventFollower({
+      provider: this.options.chain.provider,
+      contract: this.options.chain.contract(name),
+      events,
+      cursor: memoryCursor(),
+      fromBlock: head + 1,
+      pollMs: this.options.pollMs ?? 500,
+      handler: () => this.dropAll(),
+      onError: (err) => this.options.logger?.warn({ err: (err as Error).message }, 'consent: chain event poll failed'),
+    });
+    this.followers = [
+      follow('ConsentRegistry', ['ConsentGranted', 'ConsentRevoked']),
+      follow('IdentityRegistry', ['GranteeRegistered', 'GranteeRemoved']),
+    ];
+    for (const f of this.followers) f.start();
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.followers.map((f) => f.stop()));
+    await this.unsubscribe?.().catch(() => undefined);
+  }
+
+  /**
+   * Reads the shared consent epoch; drops every cached permission set when it moved. Called once
+   * per request before any decision. Throws ERR_UNAVAILABLE when the KV store cannot be read.
+   */
+  async sync(): Promise<void> {
+    const epoch = (await this.options.kv.get(EPOCH_KEY)) ?? '0';
+    if (epoch !== this.epoch) {
+      this.dropAll();
+      this.epoch = epoch;
+    }
+  }
+
+  /** Tells every replica that grants changed: bumps the epoch, publishes, drops the local cache. */
+  async changed(): Promise<void> {
+    this.dropAll();
+    await this.options.kv.increment(EPOCH_KEY, EPOCH_TTL_MS);
+    await this.options.kv.publish(CHANGED_CHANNEL, String(this.now()));
+  }
+
+  dropAll(): void {
+    this.generation++;
+    this.cache.clear();
+    this.loading.clear();
+  }
+
+  /** The cached permissions of a requester, if any (benchmarks, tests). */
+  cached(access: AccessContext): Permissions | undefined {
+    const entry = this.cache.get(requesterOf(access).key);
+    return entry && entry.expires > this.now() ? entry.perms : undefined;
+  }
+
+  /** The requester's permissions: cached, or worked out from the chain (503 when it cannot be read). */
+  async permissions(access: ConsentAccessContext): Promise<Permissions> {
+    const requester = requesterOf(access);
+    if (requester.kind !== 'grantee') return { requester, addresses: [], byPatient: new Map() };
+    const entry = this.cache.get(requester.key);
+    if (entry && entry.expires > this.now()) {
+      // The purpose is per request; grants are per requester.
+      return entry.perms.requester.purpose === requester.purpose ? entry.perms : { ...entry.perms, requester };
+    }
+    let pending = this.loading.get(requester.key);
+    if (!pending) {
+      const generation = this.generation;
+      pending = this.load(requester.refs).then((loaded) => {
+        const perms: Permissions = { requester, ...loaded };
+        if (generation === this.generation) this.cache.set(requester.key, { perms, expires: this.now() + (this.options.ttlMs ?? 60_000) });
+        return perms;
+      }).finally(() => this.loading.delete(requester.key));
+      this.loading.set(requester.key, pending);
+    }
+    const perms = await pending;
+    return perms.requester.purpose === requester.purpose ? perms : { ...perms, requester };
+  }
+
+  private async load(refs: string[]): Promise<Omit<Permissions, 'requester'>> {
+    const addresses = [...new Set((await Promise.all(refs.map((r) => this.options.identity.granteesOf(r)))).flat())];
+    const byPatient = new Map<string, ActiveGrant[]>();
+    for (const address of addresses) {
+      for (const grant of await this.grantsTo(address)) {
+        const list = byPatient.get(grant.patientId) ?? [];
+        list.push(grant);
+        byPatient.set(grant.patientId, list);
+      }
+    }
+    return { addresses, byPatient };
+  }
+
+  /** Grants to `address` that are on chain, not revoked, not over, and match their Consent. */
+  private async grantsTo(address: string): Promise<ActiveGrant[]> {
+    const registry = this.options.chain.contract('ConsentRegistry');
+    let logs;
+    try {
+      logs = await registry.queryFilter(registry.filters.ConsentGranted!(undefined, undefined, address), 0, 'latest');
+    } catch (err) {
+      throw unavailable('The consent registry cannot be reached', err);
+    }
+    const out: ActiveGrant[] = [];
+    for (const log of logs) {
+      const grantId = log.topics[1]!;
+      const stored = await this.options.registry.getGrant(grantId);
+      if (!stored || stored.revoked || stored.notAfter * 1000 <= this.now()) continue;
+      const consent = await this.consentOf(grantId);
+      if (!consent) continue;
+      let terms;
+      try {
+        terms = consentTerms(consent);
+      } catch {
+        continue;
+      }
+      // The chain is the authority on who, when and for what; the Consent must agree with it.
+      if (stored.scopeHash !== scopeHash(terms) || stored.purpose !== purposeBytes(terms.purposes)
+        || stored.patientId !== this.options.keys.pseudonym(terms.patientId)) {
+        this.options.logger?.warn({ grantId }, 'consent: the Consent does not match its on-chain grant; ignored');
+        continue;
+      }
+      out.push({
+        grantId, consentId: consent.id!, patientId: terms.patientId,
+        notBefore: stored.notBefore * 1000, notAfter: stored.notAfter * 1000, dataFrom: stored.dataFrom * 1000, dataTo: stored.dataTo * 1000,
+        purposes: new Set(terms.purposes),
+        ...(terms.classes.length ? { classes: new Set(terms.classes) } : {}),
+        ...(terms.codes.length ? { codes: new Set(terms.codes) } : {}),
+      });
+    }
+    return out;
+  }
+
+  private async consentOf(grantId: string): Promise<Consent | undefined> {
+    const result = await this.options.repository.search({
+      resourceType: 'Consent',
+      filters: [{ code: 'identifier', operator: Operator.EQUALS, value: `${GRANT_ID_SYSTEM}|${grantId}` }],
+      count: 2,
+      offset: 0,
+    });
+    return result.resources[0] as Consent | undefined;
+  }
+}

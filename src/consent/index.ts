@@ -1,0 +1,65 @@
+/**
+ * Consent, wired: identity and consent registries on the chain, patients' keys, the decision point,
+ * the policy/guard for the FHIR facade, the grant service and the access log. src/app.ts builds one
+ * of these and plugs `policy` into the FhirRouter next to the SMART scopes.
+ */
+import path from 'node:path';
+import { AuditRecorder } from '../audit/recorder.js';
+import type { FhirRouter } from '../fhir/router.js';
+import type { ProfileValidator } from '../fhir/validation.js';
+import type { KeyValueStore } from '../kv/port.js';
+import type { ChainClient } from '../ledger/client.js';
+import { ConsentRegistryClient } from '../ledger/consent-registry.js';
+import { IdentityRegistryClient } from '../ledger/identity-registry.js';
+import type { Logger } from '../log.js';
+import type { Repository } from '../repository/port.js';
+import { ConsentDecisions } from './decisions.js';
+import { PatientKeys } from './patient-keys.js';
+import { ConsentPolicy } from './policy.js';
+import { ConsentService } from './service.js';
+
+export interface Consent {
+  registry: ConsentRegistryClient;
+  identity: IdentityRegistryClient;
+  keys: PatientKeys;
+  decisions: ConsentDecisions;
+  policy: ConsentPolicy;
+  service: ConsentService;
+  audit: AuditRecorder;
+  /** Registers the Consent write handler and `$sign` on the router, and starts following invalidations. */
+  attach(router: FhirRouter): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface ConsentOptions {
+  dataDir: string;
+  masterKey: string;
+  repository: Repository;
+  validator: ProfileValidator;
+  kv: KeyValueStore;
+  chain: ChainClient;
+  logger?: Logger;
+  now?: () => number;
+}
+
+export function createConsent(options: ConsentOptions): Consent {
+  const registry = new ConsentRegistryClient(options.chain);
+  const identity = new IdentityRegistryClient(options.chain);
+  const keys = new PatientKeys({ dir: path.join(options.dataDir, 'keys', 'patients'), masterKey: options.masterKey, identity });
+  const decisions = new ConsentDecisions({ ...options, registry, identity, keys });
+  const policy = new ConsentPolicy(decisions);
+  const service = new ConsentService({ ...options, registry, identity, keys, decisions });
+  const audit = new AuditRecorder({ repository: options.repository, logger: options.logger, now: options.now });
+  return {
+    registry, identity, keys, decisions, policy, service, audit,
+    async attach(router) {
+      router.registerWriteHandler('Consent', service.writeHandler());
+      router.registerOperation(service.signOperation(router));
+      await decisions.start();
+    },
+    async close() {
+      await decisions.stop();
+      await audit.flush();
+    },
+  };
+}

@@ -1,0 +1,146 @@
+/**
+ * Consent as the facade's AccessPolicy and OutboundGuard (src/fhir/policy.ts), composed with the
+ * SMART scope policy so a request needs both (ComposedPolicy).
+ *
+ * - authorize: syncs the consent epoch and works out the requester's permissions once per request
+ *   (503 when the KV store or chain cannot decide);
+ * - narrowSearch: confines a search to the patients that granted access (or the patient themself)
+ *   and to the granted data period and codes before the repository sees it; parameters that could
+ *   act as oracles for consent-limited requesters are refused;
+ * - guard: every resource that leaves (reads, searches, includes, history, batch entries, write
+ *   echoes, operation inputs) is decided again with the resource in hand; denied ones are dropped.
+ * Each decision is noted per request (patients touched, grants used, denials) for the audit record.
+ */
+import { getSearchParameter, Operator, type Filter, type SearchRequest } from '@medplum/core';
+import type { Resource } from '@medplum/fhirtypes';
+import { badRequest } from '../errors.js';
+import type { AccessContext } from '../fhir/access.js';
+import { patientCompartmentParams } from '../fhir/compartment.js';
+import type { AccessPolicy, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
+import { decideResource, type Permissions } from './decision.js';
+import type { ConsentDecisions } from './decisions.js';
+import { requesterOf } from './requester.js';
+
+/** What consent decided during one request, read by the audit recorder. */
+export interface RequestNotes {
+  patients: Set<string>;
+  grants: Set<string>;
+  permitted: number;
+  denied: number;
+  reasons: Set<string>;
+}
+
+const notes = new WeakMap<AccessContext, RequestNotes>();
+
+/** The consent notes of a request (by its access context), if consent looked at it. */
+export function consentNotes(access: AccessContext): RequestNotes | undefined {
+  return notes.get(access);
+}
+
+function noteFor(access: AccessContext): RequestNotes {
+  let n = notes.get(access);
+  if (!n) {
+    n = { patients: new Set(), grants: new Set(), permitted: 0, denied: 0, reasons: new Set() };
+    notes.set(access, n);
+  }
+  return n;
+}
+
+/** Date search parameter bounding a type's clinically relevant time, where the facade supports one. */
+const DATE_PARAM: Record<string, string> = {
+  Observation: 'date', DiagnosticReport: 'date', MedicationAdministration: 'effective-time',
+};
+const NO_MATCH: Filter = { code: '_id', operator: Operator.EQUALS, value: 'gg-consent-no-match' };
+
+export class ConsentPolicy implements AccessPolicy, OutboundGuard {
+  constructor(private readonly decisions: ConsentDecisions) {}
+
+  async authorize(access: AccessContext, _interaction: Interaction, _resourceType: string): Promise<void> {
+    if (access.kind === 'open') return;
+    await this.decisions.sync();
+    await this.decisions.permissions(access);
+  }
+
+  async narrowSearch(access: AccessContext, request: SearchRequest): Promise<SearchRequest> {
+    if (access.kind === 'open') return request;
+    const requester = requesterOf(access);
+    if (requester.kind === 'open') return request;
+    const type = request.resourceType;
+    const filters = [...(request.filters ?? [])];
+    for (const f of filters) {
+      if (f.code.includes('.') || f.code.startsWith('_has')) throw badRequest(`Parameter "${f.code}" is not allowed for consent-limited requesters`, f.code);
+    }
+    for (const s of request.sortRules ?? []) {
+      if (!['_id', '_lastUpdated', 'date', 'effective-time'].includes(s.code)) throw badRequest(`Sorting by "${s.code}" is not allowed for consent-limited requesters`, '_sort');
+    }
+    const linkParam = type === 'Patient' ? '_id' : getSearchParameter(type, 'patient') && patientCompartmentParams(type).length > 0 ? 'patient' : undefined;
+    if (!linkParam) return { ...request, filters: [...filters, NO_MATCH] };
+    const ref = (id: string): string => (linkParam === '_id' ? id : `Patient/${id}`);
+    if (requester.kind === 'patient') {
+      return { ...request, filters: [...filters, { code: linkParam, operator: Operator.EQUALS, value: ref(requester.patientId!) }] };
+    }
+    const perms = await this.decisions.permissions(access);
+    const now = this.decisions.now();
+    const grants = [...perms.byPatient.values()].flat().filter((g) =>
+      now >= g.notBefore && now < g.notAfter && !!requester.purpose && g.purposes.has(requester.purpose) && (!g.classes || g.classes.has(type)));
+    if (grants.length === 0 || perms.addresses.length === 0) return { ...request, filters: [...filters, NO_MATCH] };
+    const patients = [...new Set(grants.map((g) => g.patientId))];
+    filters.push({ code: linkParam, operator: Operator.EQUALS, value: patients.map(ref).join(',') });
+    const dateParam = DATE_PARAM[type];
+    if (dateParam) {
+      filters.push({ code: dateParam, operator: Operator.GREATER_THAN_OR_EQUALS, value: new Date(Math.min(...grants.map((g) => g.dataFrom))).toISOString() });
+      filters.push({ code: dateParam, operator: Operator.LESS_THAN_OR_EQUALS, value: new Date(Math.max(...grants.map((g) => g.dataTo))).toISOString() });
+    }
+    if (grants.every((g) => g.codes && !g.classes?.has(type)) && type !== 'Patient') {
+      const codes = [...new Set(grants.flatMap((g) => [...g.codes!]))];
+      filters.push({ code: 'code', operator: Operator.EQUALS, value: codes.join(',') });
+    }
+    return { ...request, filters };
+  }
+
+  /** Consent is written only through the grant path (src/consent/service.ts), never directly (transactions). */
+  mayWrite(access: AccessContext, resource: Resource): boolean {
+    return access.kind === 'open' || resource.resourceType !== 'Consent';
+  }
+
+  async guard(access: AccessContext, resources: Resource[]): Promise<GuardResult> {
+    if (access.kind === 'open' || resources.length === 0) return { allowed: resources, issues: [] };
+    const perms: Permissions = await this.decisions.permissions(access);
+    const now = this.decisions.now();
+    const note = noteFor(access);
+    const allowed: Resource[] = [];
+    for (const r of resources) {
+      const d = decideResource(perms, r, now);
+      for (const p of d.patientIds) note.patients.add(p);
+      if (d.permit) {
+        allowed.push(r);
+        note.permitted++;
+        if (d.grantId) note.grants.add(d.grantId);
+      } else {
+        note.denied++;
+        for (const reason of d.reasons) note.reasons.add(reason);
+      }
+    }
+    return { allowed, issues: [] };
+  }
+}
+
+/** Several policies as one: a request must pass every one; searches are narrowed by each in turn. */
+export class ComposedPolicy implements AccessPolicy {
+  constructor(private readonly parts: AccessPolicy[]) {}
+
+  async authorize(access: AccessContext, interaction: Interaction, resourceType: string): Promise<void> {
+    for (const p of this.parts) await p.authorize(access, interaction, resourceType);
+  }
+
+  async narrowSearch(access: AccessContext, request: SearchRequest): Promise<SearchRequest> {
+    let r = request;
+    for (const p of this.parts) r = await p.narrowSearch(access, r);
+    return r;
+  }
+
+  async mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): Promise<boolean> {
+    for (const p of this.parts) if (!(await p.mayWrite(access, resource, interaction))) return false;
+    return true;
+  }
+}

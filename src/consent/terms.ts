@@ -1,0 +1,163 @@
+/**
+ * The GlucoGuard Consent profile (profiles/glucoguard/StructureDefinition-glucoguard-consent.json)
+ * as code: a FHIR R4 Consent (https://hl7.org/fhir/R4/consent.html) is read into the terms of one
+ * on-chain grant, and every provision GlucoGuard cannot enforce is refused with 422 — never
+ * silently ignored, since an ignored restriction would widen the grant.
+ */
+import canonicalizeModule from 'canonicalize';
+import type { CodeableConcept, Coding, Consent, OperationOutcomeIssue } from '@medplum/fhirtypes';
+import { encodeBytes32String, keccak256, toUtf8Bytes } from 'ethers';
+import { issue, unprocessable } from '../errors.js';
+import { patientCompartmentParams, patientIdOfReference } from '../fhir/compartment.js';
+import { isSupportedType } from '../fhir/resource-types.js';
+
+export const CONSENT_PROFILE = 'https://glucoguard.example/fhir/StructureDefinition/glucoguard-consent';
+/** Consent.identifier system holding the on-chain grant id (0x… 32 bytes). */
+export const GRANT_ID_SYSTEM = 'urn:glucoguard:consent-grant';
+/** Consent.identifier system holding the revocation transaction hash. */
+export const REVOKE_TX_SYSTEM = 'urn:glucoguard:consent-revocation';
+export const PURPOSE_SYSTEM = 'http://terminology.hl7.org/CodeSystem/v3-ActReason';
+export const RESOURCE_TYPE_SYSTEM = 'http://hl7.org/fhir/resource-types';
+const canonicalize = canonicalizeModule as unknown as (input: unknown) => string | undefined;
+const SCOPE_SYSTEM = 'http://terminology.hl7.org/CodeSystem/consentscope';
+const ACTION_SYSTEM = 'http://terminology.hl7.org/CodeSystem/consentaction';
+
+/** v3 PurposeOfUse codes a grant may name. */
+export const PURPOSES = new Set(['TREAT', 'ETREAT', 'CAREMGT', 'HRESCH', 'PATRQT', 'FAMRQT', 'PWATRNY', 'SUPNWK', 'COC', 'HPAYMT', 'HOPERAT']);
+const ACTOR_TYPES = new Set(['Practitioner', 'Organization', 'RelatedPerson', 'CareTeam', 'Device', 'PractitionerRole']);
+
+/** What a Consent grants, in the form the chain and the decision point use. Times in epoch ms. */
+export interface ConsentTerms {
+  /** Bare Patient id. */
+  patientId: string;
+  /** `Patient/ID` or `RelatedPerson/ID` (guardian) who gave the consent. */
+  performer: string;
+  /** The grantee, e.g. `Practitioner/ID`. */
+  actor: string;
+  notBefore: number;
+  notAfter: number;
+  dataFrom: number;
+  dataTo: number;
+  /** v3 PurposeOfUse codes, sorted. */
+  purposes: string[];
+  /** Resource types, sorted; empty = every type in the patient compartment. */
+  classes: string[];
+  /** `system|code`, sorted; empty = every code. */
+  codes: string[];
+}
+
+/**
+ * Reads a Consent into grant terms; throws ERR_UNPROCESSABLE (422) with one issue per unsupported
+ * or missing provision.
+ */
+export function consentTerms(consent: Consent): ConsentTerms {
+  const problems: OperationOutcomeIssue[] = [];
+  const fail = (message: string, expression: string): void => {
+    problems.push(issue('ERR_UNPROCESSABLE', message, expression));
+  };
+  if (hasModifierExtension(consent)) fail('Modifier extensions are not supported', 'Consent.modifierExtension');
+  if (!hasCoding(consent.scope, SCOPE_SYSTEM, 'patient-privacy')) fail('Consent.scope must be patient-privacy', 'Consent.scope');
+  const patientId = patientIdOfReference(consent.patient?.reference);
+  if (!patientId) fail('Consent.patient must reference a Patient (Patient/ID)', 'Consent.patient');
+  const performers = consent.performer ?? [];
+  const performer = performers[0]?.reference ?? '';
+  if (performers.length !== 1 || !(performer === `Patient/${patientId}` || /^RelatedPerson\/[A-Za-z0-9\-.]{1,64}$/.test(performer))) {
+    fail('Consent.performer must be exactly the patient or a RelatedPerson (guardian)', 'Consent.performer');
+  }
+  if ((consent.organization?.length ?? 0) > 0) fail('Consent.organization is not supported', 'Consent.organization');
+  const p = consent.provision;
+  if (!p) {
+    fail('Consent.provision is required', 'Consent.provision');
+    throw unprocessable(problems);
+  }
+  if (p.type !== 'permit') fail('Only provision.type permit is supported', 'Consent.provision.type');
+  for (const field of ['provision', 'data', 'securityLabel'] as const) {
+    if ((p[field]?.length ?? 0) > 0) fail(`Consent.provision.${field} is not supported`, `Consent.provision.${field}`);
+  }
+  if (hasModifierExtension(p)) fail('Modifier extensions are not supported', 'Consent.provision.modifierExtension');
+  const notBefore = instant(p.period?.start);
+  const notAfter = instant(p.period?.end);
+  if (notBefore === undefined || notAfter === undefined || notBefore >= notAfter) {
+    fail('provision.period needs a start before its end (the access window)', 'Consent.provision.period');
+  }
+  const dataFrom = instant(p.dataPeriod?.start);
+  const dataTo = instant(p.dataPeriod?.end);
+  if (dataFrom === undefined || dataTo === undefined || dataFrom > dataTo) {
+    fail('provision.dataPeriod needs a start not after its end (the data the grantee may read)', 'Consent.provision.dataPeriod');
+  }
+  const actors = p.actor ?? [];
+  const actor = actors[0]?.reference?.reference ?? '';
+  const actorType = /^([A-Za-z]+)\/[A-Za-z0-9\-.]{1,64}$/.exec(actor)?.[1];
+  if (actors.length !== 1 || !actorType || !ACTOR_TYPES.has(actorType)) {
+    fail('provision.actor must be exactly one Practitioner, PractitionerRole, Organization, RelatedPerson, CareTeam or Device reference', 'Consent.provision.actor');
+  }
+  const actions = p.action ?? [];
+  if (actions.length !== 1 || !hasCoding(actions[0], ACTION_SYSTEM, 'access')) {
+    fail('provision.action must be exactly "access"', 'Consent.provision.action');
+  }
+  const purposes = [...new Set((p.purpose ?? []).map((c) => c.code ?? ''))].sort();
+  if (purposes.length === 0) fail('provision.purpose needs at least one v3 PurposeOfUse code', 'Consent.provision.purpose');
+  for (const c of p.purpose ?? []) {
+    if (c.system !== PURPOSE_SYSTEM || !PURPOSES.has(c.code ?? '')) fail(`Unsupported purpose ${c.system ?? ''}|${c.code ?? ''}`, 'Consent.provision.purpose');
+  }
+  if (purposes.join(',').length > 31) fail('Too many purposes for one grant', 'Consent.provision.purpose');
+  const classes = [...new Set((p.class ?? []).map((c) => c.code ?? ''))].sort();
+  for (const c of p.class ?? []) {
+    const type = c.code ?? '';
+    if (c.system !== RESOURCE_TYPE_SYSTEM || !isSupportedType(type) || (type !== 'Patient' && patientCompartmentParams(type).length === 0)) {
+      fail(`Unsupported provision.class ${c.system ?? ''}|${type}: a patient-compartment resource type is expected`, 'Consent.provision.class');
+    }
+  }
+  const codes = [...new Set((p.code ?? []).flatMap((cc) => (cc.coding ?? []).map(codeKey)))].sort();
+  for (const cc of p.code ?? []) {
+    if (!cc.coding?.length || cc.coding.some((c) => !c.system || !c.code)) fail('provision.code codings need a system and a code', 'Consent.provision.code');
+  }
+  if (problems.length) throw unprocessable(problems);
+  return {
+    patientId: patientId!, performer, actor, notBefore: notBefore!, notAfter: notAfter!, dataFrom: dataFrom!, dataTo: dataTo!,
+    purposes, classes, codes,
+  };
+}
+
+/** keccak256 of the canonical JSON of what is granted (types, codes) — the grant's `scopeHash`. */
+export function scopeHash(terms: Pick<ConsentTerms, 'classes' | 'codes'>): string {
+  return keccak256(toUtf8Bytes(canonicalize({ classes: terms.classes, codes: terms.codes })!));
+}
+
+/** The grant's `purpose` bytes32: the sorted purpose codes joined by commas. */
+export function purposeBytes(purposes: string[]): string {
+  return encodeBytes32String(purposes.join(','));
+}
+
+export function codeKey(c: Coding): string {
+  return `${c.system ?? ''}|${c.code ?? ''}`;
+}
+
+/** The grant id recorded on a Consent, if any. */
+export function grantIdOf(consent: Consent): string | undefined {
+  return consent.identifier?.find((i) => i.system === GRANT_ID_SYSTEM)?.value;
+}
+
+/** Fills what a client may leave out (category, policyRule, profile) before validation. */
+export function withDefaults(consent: Consent): Consent {
+  return {
+    ...consent,
+    meta: { ...consent.meta, profile: [...new Set([...(consent.meta?.profile ?? []), CONSENT_PROFILE])] },
+    category: consent.category?.length ? consent.category : [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }],
+    ...(consent.policy?.length || consent.policyRule ? {} : { policyRule: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'OPTIN' }] } }),
+  };
+}
+
+function hasCoding(cc: CodeableConcept | undefined, system: string, code: string): boolean {
+  return !!cc?.coding?.some((c) => c.system === system && c.code === code);
+}
+
+function hasModifierExtension(element: { modifierExtension?: unknown[] }): boolean {
+  return (element.modifierExtension?.length ?? 0) > 0;
+}
+
+function instant(value: string | undefined): number | undefined {
+  if (!value) return undefined;
+  const t = Date.parse(value);
+  return Number.isNaN(t) ? undefined : t;
+}

@@ -1,0 +1,101 @@
+/** Shared set-up for the consent tests: people, tokens, Consents, sparse CGM traces. */
+import { randomUUID } from 'node:crypto';
+import { connect } from 'node:net';
+import type { Consent } from '@medplum/fhirtypes';
+import { Wallet } from 'ethers';
+import request from 'supertest';
+import type { App } from '../../src/app.js';
+import { nightscoutJson, makeTrace } from '../fixtures/cgm-ingest/trace.js';
+
+export const LOINC_MGDL = 'http://loinc.org|99504-3';
+export const DAY = 86_400_000;
+
+export async function redisAnswers(host = '127.0.0.1', port = 6379): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host, port, timeout: 500 });
+    socket.once('connect', () => { socket.destroy(); resolve(true); });
+    socket.once('error', () => resolve(false));
+    socket.once('timeout', () => { socket.destroy(); resolve(false); });
+  });
+}
+
+/** A stored Patient / Practitioner (written in-process, as an administrator would). */
+export async function person(app: App, type: 'Patient' | 'Practitioner', family: string): Promise<string> {
+  const { resource } = await app.repository.create({ resourceType: type, name: [{ family }] });
+  return resource.id!;
+}
+
+/** Registers a fresh address for a FHIR reference in the IdentityRegistry. */
+export async function registerIdentity(app: App, reference: string): Promise<string> {
+  const address = Wallet.createRandom().address;
+  await app.consent.identity.registerGrantee(reference, address);
+  return address;
+}
+
+export function patientToken(app: App, patientId: string): string {
+  return app.smart.tokens.signAccessToken({
+    gid: randomUUID(), clientId: 'patient-app', sub: `Patient/${patientId}`, fhirUser: `Patient/${patientId}`, patient: patientId,
+    scopes: ['openid', 'fhirUser', 'launch/patient', 'patient/*.cruds'],
+  }).token;
+}
+
+/** An EHR-launch style practitioner token with the patient in context. */
+export function practitionerToken(app: App, practitionerId: string, patientId?: string, scopes = ['openid', 'fhirUser', 'launch', 'user/*.rs']): string {
+  return app.smart.tokens.signAccessToken({
+    gid: randomUUID(), clientId: 'ehr-app', sub: `Practitioner/${practitionerId}`, fhirUser: `Practitioner/${practitionerId}`,
+    ...(patientId ? { patient: patientId } : {}), scopes,
+  }).token;
+}
+
+export interface ConsentSpec {
+  patient: string;
+  actor: string;
+  accessFrom?: number;
+  accessTo: number;
+  dataFrom: number;
+  dataTo: number;
+  purposes?: string[];
+  classes?: string[];
+  codes?: string[];
+}
+
+export function consentOf(spec: ConsentSpec): Consent {
+  return {
+    resourceType: 'Consent',
+    status: 'active',
+    scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
+    category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }],
+    patient: { reference: `Patient/${spec.patient}` },
+    performer: [{ reference: `Patient/${spec.patient}` }],
+    policyRule: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'OPTIN' }] },
+    provision: {
+      type: 'permit',
+      period: { start: new Date(spec.accessFrom ?? Date.now() - 60_000).toISOString(), end: new Date(spec.accessTo).toISOString() },
+      actor: [{ role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] }, reference: { reference: spec.actor } }],
+      action: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentaction', code: 'access' }] }],
+      purpose: (spec.purposes ?? ['TREAT']).map((code) => ({ system: 'http://terminology.hl7.org/CodeSystem/v3-ActReason', code })),
+      ...(spec.classes ? { class: spec.classes.map((code) => ({ system: 'http://hl7.org/fhir/resource-types', code })) } : {}),
+      ...(spec.codes ? { code: spec.codes.map((c) => ({ coding: [{ system: c.split('|')[0], code: c.split('|')[1] }] })) } : {}),
+      dataPeriod: { start: new Date(spec.dataFrom).toISOString(), end: new Date(spec.dataTo).toISOString() },
+    },
+  };
+}
+
+/** A sparse trace: one reading every `everyMinutes` over `days` days, ending an hour ago. */
+export function sparseTrace(days: number, everyMinutes = 120, seed = 7): { epochMs: number; sgv: number }[] {
+  const step = everyMinutes / 5;
+  return makeTrace(days, { seed }).filter((_r, i) => i % step === 0);
+}
+
+/** The patient ingests a trace through POST /cgm/ingest with their own token. */
+export async function ingest(app: App, patientId: string, trace: { epochMs: number; sgv: number }[]): Promise<void> {
+  const res = await request(app.http).post(`/cgm/ingest?patient=${patientId}&format=nightscout`)
+    .set('Authorization', `Bearer ${patientToken(app, patientId)}`).send(nightscoutJson(trace as never));
+  if (res.status !== 200) throw new Error(`ingest failed: ${res.status} ${JSON.stringify(res.body)}`);
+}
+
+/** POST /fhir/Consent as the patient. */
+export function grant(app: App, spec: ConsentSpec) {
+  return request(app.http).post('/fhir/Consent').set('Authorization', `Bearer ${patientToken(app, spec.patient)}`)
+    .set('Content-Type', 'application/fhir+json').send(consentOf(spec));
+}
