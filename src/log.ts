@@ -2,7 +2,7 @@
  * Structured logging (pino). Never log resource bodies, tokens or query strings that may carry
  * health data: request logs carry method, route template, status, duration and request id only.
  */
-import { pino, type DestinationStream, type Logger } from 'pino';
+import { pino, stdSerializers, type DestinationStream, type Logger } from 'pino';
 
 export type { Logger };
 
@@ -21,5 +21,19 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
         ...secrets, ...secrets.map((k) => `*.${k}`)],
       censor: '[redacted]',
     },
+    serializers: { err: scrubbedError },
   }, destination);
+}
+
+/**
+ * V8 quotes the start of the input in JSON.parse errors (`Unexpected token 'A', "Ana Rivera"... is
+ * not valid JSON`); a stored body or upstream answer that fails to parse would put health data in
+ * the log. The excerpt is dropped from message and stack; everything else of the error is kept.
+ */
+function scrubbedError(err: Error): Record<string, unknown> {
+  const out = stdSerializers.err(err) as unknown as Record<string, unknown>;
+  const scrub = (v: unknown) => (typeof v === 'string' ? v.replace(/"(?:[^"\\]|\\.)*"(?:\.\.\.)? is not valid JSON/g, '<input> is not valid JSON') : v);
+  out.message = scrub(out.message);
+  out.stack = scrub(out.stack);
+  return out;
 }

@@ -36,10 +36,12 @@ const lines: string[] = [];
 const secrets = new Map<string, string>([['password', PASSWORD], ['wrong password', WRONG_PASSWORD], ['family name', FAMILY], ['given name', GIVEN],
   ['birth date', BIRTH_DATE], ['identifier', MRN]]);
 
+/** The JSON body; a write whose body is withheld (write-response filtering) yields its Location id. */
 async function json(res: Response): Promise<Record<string, unknown>> {
-  const body = await res.json() as Record<string, unknown>;
-  if (!res.ok) throw new Error(`${res.status} ${JSON.stringify(body).slice(0, 300)}`);
-  return body;
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${res.url} answered ${res.status} ${text.slice(0, 300)}`);
+  if (!text) return { id: /\/([^/]+)\/_history\//.exec(res.headers.get('location') ?? '')?.[1] };
+  return JSON.parse(text) as Record<string, unknown>;
 }
 
 async function fhir(method: string, url: string, token: string, body?: unknown): Promise<Record<string, unknown>> {

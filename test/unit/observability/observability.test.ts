@@ -82,6 +82,25 @@ describe('request ids and request logs', () => {
   });
 });
 
+describe('error serialization', () => {
+  test('a JSON.parse error keeps its type and stack but loses the quoted excerpt of the input', () => {
+    const lines: string[] = [];
+    const logger = createLogger('info', { write: (l: string) => void lines.push(l) });
+    let parseError: unknown;
+    try {
+      JSON.parse('Ana Rivera glucose 187');
+    } catch (err) {
+      parseError = err;
+    }
+    logger.error({ err: parseError }, 'internal error');
+    const line = JSON.parse(lines[0]!) as { err: { type: string; message: string; stack: string } };
+    expect(line.err.type).toBe('SyntaxError');
+    expect(line.err.message).toBe("Unexpected token 'A', <input> is not valid JSON");
+    expect(line.err.stack).toContain('SyntaxError');
+    expect(lines[0]).not.toContain('Rivera');
+  });
+});
+
 describe('metrics', () => {
   test('GET /metrics: latency histogram by route template and status, consent and chain series, no ids', async () => {
     const created = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).send({ resourceType: 'Observation', status: 'final', code: { text: 'x' } });
