@@ -30,10 +30,15 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
  * not valid JSON`); a stored body or upstream answer that fails to parse would put health data in
  * the log. The excerpt is dropped from message and stack; everything else of the error is kept.
  */
-function scrubbedError(err: Error): Record<string, unknown> {
-  const out = stdSerializers.err(err) as unknown as Record<string, unknown>;
+function scrubbedError(err: unknown): unknown {
   const scrub = (v: unknown) => (typeof v === 'string' ? v.replace(/"(?:[^"\\]|\\.)*"(?:\.\.\.)? is not valid JSON/g, '<input> is not valid JSON') : v);
-  out.message = scrub(out.message);
-  out.stack = scrub(out.stack);
+  // Callers also log `{ err: message }` strings; anything not error-like passes through (scrubbed if text).
+  if (typeof err !== 'object' || err === null) return scrub(err);
+  const serialized = stdSerializers.err(err as Error) as unknown;
+  if (typeof serialized !== 'object' || serialized === null) return serialized;
+  // A copy: a plain object passes through the serializer as itself, and must not be changed.
+  const out = { ...(serialized as Record<string, unknown>) };
+  if (typeof out.message === 'string') out.message = scrub(out.message);
+  if (typeof out.stack === 'string') out.stack = scrub(out.stack);
   return out;
 }

@@ -98,6 +98,12 @@ describe('error serialization', () => {
     expect(line.err.message).toBe("Unexpected token 'A', <input> is not valid JSON");
     expect(line.err.stack).toContain('SyntaxError');
     expect(lines[0]).not.toContain('Rivera');
+    // Some callers log the message string under `err`, or a plain object; both still log.
+    logger.warn({ err: 'Unexpected token \'A\', "Ana Rivera"... is not valid JSON' }, 'string err');
+    logger.warn({ err: { code: 'X' } }, 'object err');
+    expect(lines).toHaveLength(3);
+    expect(lines.join('')).not.toContain('Rivera');
+    expect(JSON.parse(lines[2]!).err).toEqual({ code: 'X' });
   });
 });
 
