@@ -1,0 +1,238 @@
+/**
+ * Every leak vector of issue 6 part 5, each its own test, against one practitioner with a grant
+ * from patient "12" (Observations and Patient, any code) and from Ana (CGM mg/dL readings only),
+ * 14 days of data, and nothing from Ben or patient "123".
+ */
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Bundle, Observation, Resource } from '@medplum/fhirtypes';
+import request from 'supertest';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { DAY, LOINC_MGDL, grant, person, practitionerToken, registerIdentity } from './consent-helpers.js';
+
+const now = Date.now();
+const iso = (t: number): string => new Date(t).toISOString();
+
+function reading(patient: string, at: number, code = '99504-3', identifier?: string): Observation {
+  return {
+    resourceType: 'Observation', status: 'final',
+    ...(identifier ? { identifier: [{ system: 'urn:test', value: identifier }] } : {}),
+    code: { coding: [{ system: 'http://loinc.org', code }] },
+    ...(patient ? { subject: { reference: `Patient/${patient}` } } : {}),
+    effectiveDateTime: iso(at),
+    valueQuantity: { value: 120, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+  };
+}
+
+describe('consent enforcement on every FHIR path', () => {
+  let t: TestApp;
+  let ana: string;
+  let ben: string;
+  let doc: string;
+  const ids: Record<string, string> = {};
+  let docToken: string;
+  const get = (url: string, purpose = 'TREAT') => request(t.app.http).get(url).set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', purpose);
+  const entries = (b: Bundle, mode = 'match'): Resource[] => (b.entry ?? []).filter((e) => e.search?.mode === mode).map((e) => e.resource!);
+
+  beforeAll(async () => {
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    const repo = t.app.repository;
+    ana = await person(t.app, 'Patient', 'Rivera');
+    ben = await person(t.app, 'Patient', 'Okafor');
+    await repo.update({ resourceType: 'Patient', id: '12', name: [{ family: 'Twelve' }] });
+    await repo.update({ resourceType: 'Patient', id: '123', name: [{ family: 'OneTwoThree' }] });
+    doc = await person(t.app, 'Practitioner', 'Osei');
+    await registerIdentity(t.app, `Practitioner/${doc}`);
+    const put = async (name: string, o: Observation): Promise<void> => {
+      ids[name] = (await repo.create(o)).resource.id!;
+    };
+    // Ana: CGM readings inside the data period interleaved with another code, one old reading.
+    for (let i = 0; i < 3; i++) {
+      await put(`ana${i}`, reading(ana, now - (2 + i) * DAY));
+      await put(`anaOther${i}a`, reading(ana, now - (2 + i) * DAY + 60_000, '2339-0'));
+      await put(`anaOther${i}b`, reading(ana, now - (2 + i) * DAY + 120_000, '2339-0'));
+    }
+    await put('anaOld', reading(ana, now - 20 * DAY));
+    await put('ben', reading(ben, now - 2 * DAY, '99504-3', 'ben-1'));
+    await put('p12', reading('12', now - 2 * DAY));
+    await put('p123', reading('123', now - 2 * DAY));
+    await put('orphan', reading('', now - 2 * DAY));
+    // A reading corrected into the period: version 1 is outside it.
+    const moved = await repo.create(reading(ana, now - 30 * DAY));
+    ids.moved = moved.resource.id!;
+    await repo.update({ ...moved.resource, effectiveDateTime: iso(now - 3 * DAY) });
+
+    const base = { actor: `Practitioner/${doc}`, accessTo: now + 3 * DAY, dataFrom: now - 14 * DAY, dataTo: now };
+    expect((await grant(t.app, { ...base, patient: ana, classes: ['Observation'], codes: [LOINC_MGDL] })).status).toBe(201);
+    expect((await grant(t.app, { ...base, patient: '12', classes: ['Observation', 'Patient'] })).status).toBe(201);
+    docToken = practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.cruds']);
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  test('read: a granted reading is 200; an ungranted patient, another code or a reading outside the data period is 404', async () => {
+    expect((await get(`/fhir/Observation/${ids.ana0}`)).status).toBe(200);
+    for (const name of ['ben', 'anaOther0a', 'anaOld']) {
+      const res = await get(`/fhir/Observation/${ids[name]}`);
+      expect(res.status).toBe(404);
+      expect(JSON.stringify(res.body)).not.toContain('valueQuantity');
+    }
+    // the same answer as an id that does not exist
+    const absent = await get('/fhir/Observation/does-not-exist');
+    expect(absent.status).toBe(404);
+  });
+
+  test('exact reference parsing: a grant from Patient/12 shows nothing of Patient/123', async () => {
+    expect((await get('/fhir/Patient/12')).status).toBe(200);
+    expect((await get('/fhir/Patient/123')).status).toBe(404);
+    expect((await get(`/fhir/Observation/${ids.p123}`)).status).toBe(404);
+    const search = await get('/fhir/Observation?patient=Patient/123');
+    expect(entries(search.body)).toHaveLength(0);
+  });
+
+  test('vread of an old version outside the data period is 404; instance history lists only the permitted version', async () => {
+    expect((await get(`/fhir/Observation/${ids.moved}/_history/1`)).status).toBe(404);
+    expect((await get(`/fhir/Observation/${ids.moved}/_history/2`)).status).toBe(200);
+    const history = await get(`/fhir/Observation/${ids.moved}/_history`);
+    expect(history.status).toBe(200);
+    const versions = (history.body as Bundle).entry!.filter((e) => e.resource).map((e) => e.resource!.meta!.versionId);
+    expect(versions).toEqual(['2']);
+  });
+
+  test('type history shows only permitted versions', async () => {
+    const history = await get('/fhir/Observation/_history?_count=100');
+    const seen = (history.body as Bundle).entry!.filter((e) => e.resource).map((e) => e.resource!.id);
+    expect(seen).toEqual(expect.arrayContaining([ids.ana0, ids.p12]));
+    for (const hidden of ['ben', 'p123', 'anaOld', 'anaOther0a', 'orphan']) expect(seen).not.toContain(ids[hidden]);
+  });
+
+  test('search GET and POST: narrowed to granted patients, period and codes; an ungranted patient gives an empty Bundle without total', async () => {
+    const all = await get('/fhir/Observation?_count=100');
+    const seen = entries(all.body).map((r) => r.id).sort();
+    expect(seen).toEqual([ids.ana0, ids.ana1, ids.ana2, ids.moved, ids.p12].sort());
+    const posted = await request(t.app.http).post('/fhir/Observation/_search').set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT')
+      .type('form').send({ patient: `Patient/${ben}` });
+    expect(posted.status).toBe(200);
+    expect(entries(posted.body)).toHaveLength(0);
+    expect(posted.body.total).toBeUndefined();
+  });
+
+  test('paging is re-paged after filtering: full pages, no empty last page, no next link after the last visible entry', async () => {
+    const pages: number[] = [];
+    let url: string | undefined = `/fhir/Observation?patient=Patient/${ana}&_sort=date&_count=2`;
+    while (url) {
+      const res = await get(url.replace('http://127.0.0.1:8080', ''));
+      expect(res.status).toBe(200);
+      pages.push(entries(res.body).length);
+      url = (res.body as Bundle).link?.find((l) => l.relation === 'next')?.url;
+    }
+    // ana0..2 and the moved reading = 4 visible among 10 stored
+    expect(pages).toEqual([2, 2]);
+  });
+
+  test('_summary=count and _total are refused; _has and chained parameters are refused', async () => {
+    expect((await get('/fhir/Observation?_summary=count')).status).toBe(400);
+    expect((await get('/fhir/Observation?_total=accurate')).status).toBe(400);
+    expect((await get('/fhir/Patient?_has:Observation:patient:code=2339-0')).status).toBe(400);
+    expect((await get('/fhir/Observation?patient.name=Okafor')).status).toBe(400);
+  });
+
+  test('_include and _revinclude never bring in an ungranted patient or type', async () => {
+    const inc = await get(`/fhir/Observation?patient=Patient/${ana}&_include=Observation:subject`);
+    expect(entries(inc.body, 'include')).toHaveLength(0); // Patient is not granted by Ana
+    const rev = await get('/fhir/Patient?_id=12,123&_revinclude=Observation:subject');
+    expect(entries(rev.body).map((r) => r.id)).toEqual(['12']);
+    expect(entries(rev.body, 'include').map((r) => r.id)).toEqual([ids.p12]);
+  });
+
+  test('a resource with no patient link is denied, even to its reader by search', async () => {
+    expect((await get(`/fhir/Observation/${ids.orphan}`)).status).toBe(404);
+    expect((await get(`/fhir/Practitioner/${doc}`)).status).toBe(404);
+  });
+
+  test('missing identity or purpose is a denial', async () => {
+    expect((await get(`/fhir/Observation/${ids.ana0}`, '')).status).toBe(404);
+    expect((await get(`/fhir/Observation/${ids.ana0}`, 'HRESCH')).status).toBe(404); // purpose not granted
+    const stranger = await person(t.app, 'Practitioner', 'Nobody');
+    const res = await request(t.app.http).get(`/fhir/Observation/${ids.ana0}`).set('X-Purpose-Of-Use', 'TREAT')
+      .set('Authorization', `Bearer ${practitionerToken(t.app, stranger, undefined, ['user/*.rs'])}`);
+    expect(res.status).toBe(404);
+  });
+
+  test('batch GET entries are decided one by one', async () => {
+    const res = await request(t.app.http).post('/fhir').set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT')
+      .set('Content-Type', 'application/fhir+json').send({
+        resourceType: 'Bundle', type: 'batch',
+        entry: [{ request: { method: 'GET', url: `Observation/${ids.ben}` } }, { request: { method: 'GET', url: `Observation/${ids.ana1}` } },
+          { request: { method: 'GET', url: `Observation?patient=Patient/${ben}` } }],
+      });
+    expect(res.status).toBe(200);
+    const [benRead, anaRead, benSearch] = (res.body as Bundle).entry!;
+    expect(benRead!.response!.status).toMatch(/^404/);
+    expect(anaRead!.response!.status).toMatch(/^200/);
+    expect(((benSearch!.resource as Bundle).entry ?? []).filter((e) => e.search?.mode === 'match')).toHaveLength(0);
+  });
+
+  test('a conditional create that matches an ungranted resource does not echo it', async () => {
+    const res = await request(t.app.http).post('/fhir/Observation').set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT')
+      .set('Content-Type', 'application/fhir+json').set('If-None-Exist', 'identifier=urn:test|ben-1').send(reading(ben, now - DAY, '99504-3', 'ben-1'));
+    expect(res.status).toBe(200);
+    expect(res.body.resourceType).toBeUndefined();
+  });
+
+  test('$cgm-agp and $cgm-summary compute only over permitted readings', async () => {
+    // Patient 12 has one reading in the period; a stored reading outside it must not count.
+    await t.app.repository.create(reading('12', now - 20 * DAY));
+    const agp = await get(`/fhir/Patient/12/$cgm-agp?start=${iso(now - 30 * DAY)}&end=${iso(now)}`);
+    expect(agp.status).toBe(200);
+    expect(agp.body.readings).toBe(1);
+    const res = await get(`/fhir/Patient/${ben}/$cgm-summary`);
+    expect([403, 404]).toContain(res.status);
+    expect(JSON.stringify(res.body)).not.toContain('Okafor');
+  });
+
+  test('a Consent cannot be written through a transaction', async () => {
+    const res = await request(t.app.http).post('/fhir').set('Authorization', `Bearer ${docToken}`).set('Content-Type', 'application/fhir+json').send({
+      resourceType: 'Bundle', type: 'transaction',
+      entry: [{ request: { method: 'POST', url: 'Consent' }, resource: { resourceType: 'Consent', status: 'active', scope: { text: 'x' }, category: [{ text: 'x' }], policyRule: { text: 'x' } } }],
+    });
+    expect(res.status).toBe(403);
+  });
+
+  test('expiry by the clock: the same cached permissions deny once the access window has ended', async () => {
+    expect((await get(`/fhir/Observation/${ids.ana0}`)).status).toBe(200);
+    const decisions = t.app.consent.decisions as unknown as { now: () => number };
+    const real = decisions.now;
+    decisions.now = () => now + 4 * DAY;
+    try {
+      expect((await get(`/fhir/Observation/${ids.ana0}`)).status).toBe(404);
+    } finally {
+      decisions.now = real;
+    }
+  });
+
+  test('fail closed: 503 when the KV store or the chain cannot decide, and service resumes by itself', async () => {
+    const kv = t.app.kv as unknown as { get: (k: string) => Promise<string | undefined> };
+    const realGet = kv.get;
+    kv.get = async () => { throw Object.assign(new (await import('../../src/errors.js')).GlucoGuardError('ERR_UNAVAILABLE', 'Redis down')); };
+    try {
+      const res = await get(`/fhir/Observation/${ids.ana0}`);
+      expect(res.status).toBe(503);
+      expect(res.body.resourceType).toBe('OperationOutcome');
+      expect(JSON.stringify(res.body)).not.toContain('valueQuantity');
+    } finally {
+      kv.get = realGet;
+    }
+    const provider = t.app.chain.provider as unknown as { send: (...a: unknown[]) => Promise<unknown> };
+    const realSend = provider.send;
+    provider.send = () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
+    t.app.consent.decisions.dropAll();
+    try {
+      const res = await get(`/fhir/Observation/${ids.ana0}`);
+      expect(res.status).toBe(503);
+    } finally {
+      provider.send = realSend;
+    }
+    expect((await get(`/fhir/Observation/${ids.ana0}`)).status).toBe(200);
+  });
+});
