@@ -14,6 +14,7 @@ import { RedisKeyValueStore } from './kv/redis.js';
 import { PROFILES_DIR } from './paths.js';
 import { registerSmartCommands } from './smart/cli.js';
 import { registerCgmCommands } from './cgm/cli.js';
+import { registerConsentCommands } from './consent/cli.js';
 import { registerLedgerCommands } from './ledger/cli.js';
 
 function config(): Config {
@@ -107,6 +108,7 @@ patients
 
 // Logs go to stderr: stdout carries the command's result.
 registerCgmCommands(program, () => createApp(config(), { logger: createLogger('warn', process.stderr) }));
+registerConsentCommands(program, () => createApp(config(), { logger: createLogger('warn', process.stderr) }));
 
 registerLedgerCommands(program, config);
 

@@ -1,7 +1,7 @@
 /** Shared set-up for the consent tests: people, tokens, Consents, sparse CGM traces. */
 import { randomUUID } from 'node:crypto';
 import { connect } from 'node:net';
-import type { Consent } from '@medplum/fhirtypes';
+import type { Consent, Patient, Practitioner } from '@medplum/fhirtypes';
 import { Wallet } from 'ethers';
 import request from 'supertest';
 import type { App } from '../../src/app.js';
@@ -21,7 +21,7 @@ export async function redisAnswers(host = '127.0.0.1', port = 6379): Promise<boo
 
 /** A stored Patient / Practitioner (written in-process, as an administrator would). */
 export async function person(app: App, type: 'Patient' | 'Practitioner', family: string): Promise<string> {
-  const { resource } = await app.repository.create({ resourceType: type, name: [{ family }] });
+  const { resource } = await app.repository.create({ resourceType: type, name: [{ family }] } as Patient | Practitioner);
   return resource.id!;
 }
 

@@ -1,0 +1,175 @@
+/**
+ * `glucoguard consent grant|revoke|list`, `glucoguard identity register|list|remove|patient-wallet`
+ * and `glucoguard audit --patient ID`. Operator tools on the same data directory and chain as the
+ * server; a grant made here is signed with the patient's custodial key, exactly as through the API.
+ */
+import type { AuditEvent, Consent } from '@medplum/fhirtypes';
+import { Operator } from '@medplum/core';
+import { Command, InvalidArgumentError } from 'commander';
+import { getAddress, isAddress, Wallet } from 'ethers';
+import type { App } from '../app.js';
+import { OPEN_ACCESS } from '../fhir/access.js';
+import { GRANT_ID_SYSTEM, PURPOSE_SYSTEM, RESOURCE_TYPE_SYSTEM } from './terms.js';
+
+const instant = (v: string): string => {
+  if (Number.isNaN(Date.parse(v))) throw new InvalidArgumentError('expected a date (YYYY-MM-DD) or date-time');
+  return new Date(v).toISOString();
+};
+const list = (v: string): string[] => v.split(',').map((s) => s.trim()).filter(Boolean);
+
+export interface GrantOptions {
+  patient: string;
+  to: string;
+  dataFrom: string;
+  dataTo: string;
+  until: string;
+  from?: string;
+  purpose: string[];
+  types?: string[];
+  codes?: string[];
+}
+
+/** The Consent a `consent grant` command stands for. */
+export function consentFromOptions(o: GrantOptions, now = Date.now()): Consent {
+  return {
+    resourceType: 'Consent',
+    status: 'active',
+    scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
+    category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }],
+    patient: { reference: `Patient/${o.patient}` },
+    performer: [{ reference: `Patient/${o.patient}` }],
+    dateTime: new Date(now).toISOString(),
+    provision: {
+      type: 'permit',
+      period: { start: o.from ?? new Date(now).toISOString(), end: o.until },
+      actor: [{ role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] }, reference: { reference: o.to } }],
+      action: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentaction', code: 'access' }] }],
+      purpose: o.purpose.map((code) => ({ system: PURPOSE_SYSTEM, code })),
+      ...(o.types?.length ? { class: o.types.map((code) => ({ system: RESOURCE_TYPE_SYSTEM, code })) } : {}),
+      ...(o.codes?.length ? { code: o.codes.map((c) => { const [system, code] = c.split('|'); return { coding: [{ system, code }] }; }) } : {}),
+      dataPeriod: { start: o.dataFrom, end: o.dataTo },
+    },
+  };
+}
+
+/** One readable line per Consent. */
+export function formatConsent(c: Consent): string {
+  const p = c.provision;
+  return [c.id, c.status, p?.actor?.[0]?.reference?.reference, `access ${p?.period?.start ?? '?'} → ${p?.period?.end ?? '?'}`,
+    `data ${p?.dataPeriod?.start ?? '?'} → ${p?.dataPeriod?.end ?? '?'}`, `purpose ${(p?.purpose ?? []).map((x) => x.code).join(',')}`,
+    `grant ${c.identifier?.find((i) => i.system === GRANT_ID_SYSTEM)?.value ?? '-'}`].join('  ');
+}
+
+/** One readable line per AuditEvent: when, who, what, outcome, purpose, grants. */
+export function formatAuditEvent(e: AuditEvent): string {
+  const who = e.agent.find((a) => a.requestor)?.who;
+  const client = e.agent.find((a) => !a.requestor)?.who?.identifier?.value;
+  const what = e.entity?.find((x) => x.role?.code === '4')?.what?.reference
+    ?? (e.entity?.find((x) => x.query) ? `query ${Buffer.from(e.entity.find((x) => x.query)!.query!, 'base64').toString('utf8')}` : '');
+  const grants = (e.entity ?? []).filter((x) => x.what?.identifier?.system === GRANT_ID_SYSTEM).map((x) => x.what!.identifier!.value);
+  const outcome = e.outcome === '0' ? 'permitted' : e.outcome === '4' ? 'DENIED/not found' : 'FAILED';
+  return [e.recorded, who?.reference ?? who?.display ?? '?', client ? `(client ${client})` : '', e.subtype?.[0]?.code ?? e.action ?? '', what,
+    outcome, e.outcomeDesc ? `[${e.outcomeDesc}]` : '', e.purposeOfEvent?.[0]?.coding?.[0]?.code ? `purpose ${e.purposeOfEvent[0].coding[0].code}` : '',
+    grants.length ? `grant ${grants.join(',')}` : ''].filter(Boolean).join('  ');
+}
+
+export function registerConsentCommands(program: Command, open: () => Promise<App>): void {
+  const run = async (fn: (app: App) => Promise<void>): Promise<void> => {
+    const app = await open();
+    try {
+      await fn(app);
+    } finally {
+      await app.close();
+    }
+  };
+
+  const consent = program.command('consent').description('patient consents recorded on chain');
+  consent
+    .command('grant')
+    .description("grant a practitioner, organisation or device access to a patient's data (signed with the patient's custodial key)")
+    .requiredOption('--patient <id>', 'Patient id')
+    .requiredOption('--to <reference>', 'grantee, e.g. Practitioner/7 (must have a registered identity)')
+    .requiredOption('--data-from <date>', 'first instant of data the grantee may read', instant)
+    .requiredOption('--data-to <date>', 'last instant of data the grantee may read', instant)
+    .requiredOption('--until <date>', 'end of the access window', instant)
+    .option('--from <date>', 'start of the access window (default now)', instant)
+    .option('--purpose <codes>', 'v3 PurposeOfUse codes, comma-separated', list, ['TREAT'])
+    .option('--types <types>', 'resource types, comma-separated (default all)', list)
+    .option('--codes <codes>', 'system|code list, comma-separated (e.g. http://loinc.org|99504-3)', list)
+    .action((o: GrantOptions) => run(async (app) => {
+      const outcome = await app.consent.service.grant(consentFromOptions(o), OPEN_ACCESS);
+      if (outcome.state === 'done') console.log(formatConsent(outcome.consent));
+      else console.log(`${outcome.consent.id} awaits the patient's wallet signature; typed data:\n${JSON.stringify(outcome.typedData, null, 2)}`);
+    }));
+  consent
+    .command('revoke')
+    .description('revoke an active Consent (on chain first, then the Consent becomes inactive)')
+    .requiredOption('--consent <id>', 'Consent id')
+    .action((o: { consent: string }) => run(async (app) => {
+      const outcome = await app.consent.service.revoke(o.consent, OPEN_ACCESS);
+      console.log(outcome.state === 'done' ? formatConsent(outcome.consent) : `awaits the wallet signature:\n${JSON.stringify(outcome.typedData, null, 2)}`);
+    }));
+  consent
+    .command('list')
+    .description("a patient's Consents")
+    .requiredOption('--patient <id>', 'Patient id')
+    .action((o: { patient: string }) => run(async (app) => {
+      for (const c of await app.consent.service.list(o.patient)) console.log(formatConsent(c));
+    }));
+
+  const identity = program.command('identity').description('grantee and patient identities in the IdentityRegistry');
+  identity
+    .command('register')
+    .description('register an address for a Practitioner/Organization/RelatedPerson/CareTeam/Device or a client (Client/<client_id>)')
+    .requiredOption('--ref <reference>', 'e.g. Practitioner/7 or Client/my-app')
+    .option('--address <0x…>', 'address to register (default: a new random one, printed)')
+    .action((o: { ref: string; address?: string }) => run(async (app) => {
+      if (!/^(Practitioner|PractitionerRole|Organization|RelatedPerson|CareTeam|Device|Client)\/[A-Za-z0-9\-._~]{1,64}$/.test(o.ref)) {
+        throw new InvalidArgumentError('--ref must look like Practitioner/ID or Client/CLIENT_ID');
+      }
+      if (o.address && !isAddress(o.address)) throw new InvalidArgumentError('--address must be an Ethereum address');
+      const address = o.address ? getAddress(o.address) : Wallet.createRandom().address;
+      const { txHash } = await app.consent.identity.registerGrantee(o.ref, address);
+      console.log(`${o.ref} ${address} (tx ${txHash})`);
+    }));
+  identity
+    .command('list')
+    .description('addresses registered for a reference')
+    .requiredOption('--ref <reference>', 'e.g. Practitioner/7')
+    .action((o: { ref: string }) => run(async (app) => {
+      for (const a of await app.consent.identity.granteesOf(o.ref)) console.log(a);
+    }));
+  identity
+    .command('remove')
+    .description('remove a grantee address (its grants stop working at once)')
+    .requiredOption('--address <0x…>', 'address')
+    .action((o: { address: string }) => run(async (app) => {
+      await app.consent.identity.removeGrantee(o.address);
+      await app.consent.decisions.changed();
+      console.log(`removed ${getAddress(o.address)}`);
+    }));
+  identity
+    .command('patient-wallet')
+    .description("register the address of a patient's own wallet (non-custodial signing)")
+    .requiredOption('--patient <id>', 'Patient id')
+    .requiredOption('--address <0x…>', 'wallet address')
+    .action((o: { patient: string; address: string }) => run(async (app) => {
+      const key = await app.consent.keys.registerWallet(o.patient, o.address);
+      console.log(`Patient/${o.patient} signs with ${key.address}`);
+    }));
+
+  program
+    .command('audit')
+    .description("a patient's access log: every access to their data, permitted or denied")
+    .requiredOption('--patient <id>', 'Patient id')
+    .option('--json', 'print the AuditEvents as JSON')
+    .action((o: { patient: string; json?: boolean }) => run(async (app) => {
+      const result = await app.repository.search({
+        resourceType: 'AuditEvent', filters: [{ code: 'patient', operator: Operator.EQUALS, value: `Patient/${o.patient}` }],
+        sortRules: [{ code: 'date', descending: false }], count: 10_000, offset: 0,
+      });
+      const events = result.resources as AuditEvent[];
+      if (o.json) console.log(JSON.stringify(events, null, 2));
+      else for (const e of events) console.log(formatAuditEvent(e));
+    }));
+}

@@ -1,0 +1,68 @@
+/**
+ * `glucoguard identity register`, `consent grant|list|revoke` and `audit --patient` run in-process
+ * against a test app (the commands' parsing and output, the chain and repository underneath).
+ */
+import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
+import { Command } from 'commander';
+import request from 'supertest';
+import { registerConsentCommands } from '../../src/consent/cli.js';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { DAY, person, practitionerToken } from './consent-helpers.js';
+
+describe('consent CLI', () => {
+  let t: TestApp;
+  let ana: string;
+  let doc: string;
+
+  beforeAll(async () => {
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    ana = await person(t.app, 'Patient', 'Rivera');
+    doc = await person(t.app, 'Practitioner', 'Osei');
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  async function cli(...args: string[]): Promise<string> {
+    const program = new Command().exitOverride();
+    registerConsentCommands(program, async () => ({ ...t.app, close: async () => undefined }));
+    const lines: string[] = [];
+    const spy = jest.spyOn(console, 'log').mockImplementation((...a: unknown[]) => { lines.push(a.join(' ')); });
+    try {
+      await program.parseAsync(['node', 'glucoguard', ...args]);
+    } finally {
+      spy.mockRestore();
+    }
+    return lines.join('\n');
+  }
+
+  test('register an identity, grant, list, read as the grantee, revoke, and print the access log', async () => {
+    expect(await cli('identity', 'register', '--ref', `Practitioner/${doc}`)).toMatch(new RegExp(`^Practitioner/${doc} 0x[0-9a-fA-F]{40}`));
+    const now = Date.now();
+    const granted = await cli('consent', 'grant', '--patient', ana, '--to', `Practitioner/${doc}`,
+      '--data-from', new Date(now - 14 * DAY).toISOString(), '--data-to', new Date(now).toISOString(),
+      '--until', new Date(now + 3 * DAY).toISOString(), '--purpose', 'TREAT', '--types', 'Patient');
+    expect(granted).toMatch(/ active .*grant 0x[0-9a-f]{64}/);
+    const consentId = granted.split(' ')[0]!;
+    expect(await cli('consent', 'list', '--patient', ana)).toContain(consentId);
+
+    const read = await request(t.app.http).get(`/fhir/Patient/${ana}`).set('X-Purpose-Of-Use', 'TREAT')
+      .set('Authorization', `Bearer ${practitionerToken(t.app, doc, ana, ['user/*.rs'])}`);
+    expect(read.status).toBe(200);
+    expect(await cli('consent', 'revoke', '--consent', consentId)).toMatch(/ inactive /);
+    const denied = await request(t.app.http).get(`/fhir/Patient/${ana}`).set('X-Purpose-Of-Use', 'TREAT')
+      .set('Authorization', `Bearer ${practitionerToken(t.app, doc, ana, ['user/*.rs'])}`);
+    expect(denied.status).toBe(404);
+
+    await t.app.consent.audit.flush();
+    let log = '';
+    for (let i = 0; i < 30 && log.split('\n').filter((l) => l.includes(`Practitioner/${doc}`)).length < 2; i++) {
+      if (i) await new Promise((r) => setTimeout(r, 100));
+      log = await cli('audit', '--patient', ana);
+    }
+    const docLines = log.split('\n').filter((l) => l.includes(`Practitioner/${doc}`));
+    expect(docLines).toHaveLength(2);
+    expect(docLines[0]).toMatch(/read .*permitted .*purpose TREAT .*grant 0x/);
+    expect(docLines[1]).toMatch(/read .*DENIED/);
+  });
+});
