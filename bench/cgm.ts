@@ -14,6 +14,7 @@ import { run as runParse } from './cgm-ingest.js';
 import { createApp, type App } from '../src/app.js';
 import { readCgm, toResources } from '../src/cgm/index.js';
 import { loadConfig } from '../src/config.js';
+import { OPEN_ACCESS } from '../src/fhir/access.js';
 import { createLogger } from '../src/log.js';
 import { CgmIngestService } from '../src/cgm/service.js';
 import { shapeCachedCheck } from '../src/cgm/validate.js';
@@ -63,6 +64,15 @@ async function throughApp(file: string, readings: number, dir: string, results: 
     results.storedCommittedReadingsPerSec = Math.round(readings / (ms / 1000));
     results.storedCommittedReadingsPerCpuSec = Math.round(readings / ((cpu.user + cpu.system) / 1e6));
     log(`same ingest through createApp (ledger commitments recorded on every version, embedded chain): ${ms.toFixed(0)} ms → ${results.storedCommittedReadingsPerSec} stored + committed readings/s; ${results.storedCommittedReadingsPerCpuSec} per CPU-second`);
+    // $cgm-summary end to end: readings searched through the facade (policy, guards), decrypted, computed.
+    for (const [label, params] of [['default 14 days', {}], ['90 days', { start: report.first!, end: new Date(Date.parse(report.last!) + 1).toISOString() }]] as const) {
+      const t1 = process.hrtime.bigint();
+      const response = await app.cgm.operations.summary(OPEN_ACCESS, patient.id!, params);
+      const summaryMs = Number(process.hrtime.bigint() - t1) / 1e6;
+      if (response.status !== 200) throw new Error(`$cgm-summary answered ${response.status}`);
+      results[label === '90 days' ? 'summaryThroughFacade90dMs' : 'summaryThroughFacade14dMs'] = Math.round(summaryMs);
+      log(`$cgm-summary through the facade (search, guards, decrypt, compute), ${label}: ${summaryMs.toFixed(0)} ms`);
+    }
   } catch (err) {
     log(`ingest through createApp not measured: ${(err as Error).message}`);
   } finally {
