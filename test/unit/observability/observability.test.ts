@@ -250,12 +250,12 @@ describe('edge errors', () => {
   });
 
   test('an oversized FHIR body answers 413 OperationOutcome and stores nothing', async () => {
-    const before = (await t.app.repository.history({ count: 1000, offset: 0 })).entries.length;
+    const before = (await t.app.repository.history({ resourceType: 'Patient', count: 1000, offset: 0 })).entries.length;
     const res = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON)
       .send(JSON.stringify({ resourceType: 'Patient', name: [{ family: 'x'.repeat(t.app.config.maxBodyBytes) }] }));
     expect(res.status).toBe(413);
     expect(res.body.resourceType).toBe('OperationOutcome');
-    expect((await t.app.repository.history({ count: 1000, offset: 0 })).entries.length).toBe(before);
+    expect((await t.app.repository.history({ resourceType: 'Patient', count: 1000, offset: 0 })).entries.length).toBe(before);
   });
 
   test('an unknown path answers a JSON 404', async () => {
