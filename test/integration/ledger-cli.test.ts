@@ -1,0 +1,104 @@
+/**
+ * Operator commands as run from the built bin: `glucoguard verify` prints counts and each failure
+ * (exit 1 when one fails), `glucoguard chain status` shows chain id, head, contracts and anchoring,
+ * `glucoguard chain deploy` deploys the three contracts to a node and writes the deployment JSON.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import Database from 'better-sqlite3';
+import request from 'supertest';
+import { PACKAGE_ROOT } from '../../src/paths.js';
+import { canonicalResourceText } from '../../src/ledger/canonical.js';
+import { KeyRing, loadMasterKey, seal } from '../../src/repository/embedded/keys.js';
+import { startTestApp, tempDir } from '../support/app.js';
+import { startTestChain } from '../chain/helpers.js';
+
+const BIN = path.join(PACKAGE_ROOT, 'bin/glucoguard.js');
+const dataDir = tempDir('gg-ledger-cli-');
+const env = { ...process.env, GLUCOGUARD_DATA_DIR: dataDir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'warn', CHAIN_PORT: '0', CHAIN_BLOCK_PERIOD: '0' };
+const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { env, encoding: 'utf8' });
+
+let victim = '';
+let bystander = '';
+beforeAll(async () => {
+  const build = spawnSync(process.execPath, [path.join(PACKAGE_ROOT, 'scripts/build.mjs')], { cwd: PACKAGE_ROOT, encoding: 'utf8' });
+  if (build.status !== 0 && /^src\//m.test(`${build.stdout}${build.stderr}`)) throw new Error(`npm run build failed:\n${build.stdout}\n${build.stderr}`);
+  const t = await startTestApp({}, dataDir);
+  for (const family of ['Victim', 'Bystander']) {
+    const res = await request(t.app.http).post('/fhir/Patient').set('content-type', 'application/fhir+json').send({ resourceType: 'Patient', name: [{ family }] });
+    if (family === 'Victim') victim = res.body.id; else bystander = res.body.id;
+  }
+  await t.app.ledger.anchorer.flush();
+  await t.app.close();
+  // change the victim's stored body with the store's own keys
+  const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+  const keys = new KeyRing(db, loadMasterKey(dataDir).key);
+  const body = seal(keys.keyFor(victim).key, Buffer.from(canonicalResourceText({ resourceType: 'Patient', id: victim, name: [{ family: 'Forged' }] })), `Patient/${victim}/1`);
+  db.prepare("UPDATE versions SET body = ? WHERE type = 'Patient' AND id = ? AND version = 1").run(body, victim);
+  db.close();
+}, 240_000);
+afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
+
+describe('glucoguard verify', () => {
+  test('reports the tampered version and exits 1', () => {
+    const r = run('verify');
+    expect(r.status).toBe(1);
+    expect(r.stdout).toMatch(/checked \d+: \d+ verified/);
+    expect(r.stdout).toContain(`FAILED Patient/${victim}/_history/1: content does not match its commitment`);
+    expect(r.stdout).not.toContain(`Patient/${bystander}`);
+  });
+
+  test('--patient checks only that patient', () => {
+    const r = run('verify', '--patient', bystander);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^checked 1: 1 verified, 0 pending/);
+  });
+});
+
+describe('glucoguard chain', () => {
+  test('status shows chain id, head, signers, contracts and anchoring', () => {
+    const r = run('chain', 'status', '--json');
+    expect(r.status).toBe(0);
+    const s = JSON.parse(r.stdout);
+    expect(s.chainId).toBe(1337);
+    expect(s.head.number).toBeGreaterThan(0);
+    expect(s.signers).toHaveLength(1);
+    expect(s.contracts.ResourceAnchor).toMatch(/^0x[0-9a-fA-F]{40}$/);
+    expect(s.anchoring).toMatchObject({ pending: 0 });
+    expect(s.anchoring.anchored).toBeGreaterThanOrEqual(2);
+    expect(s.onChain.batches).toBeGreaterThanOrEqual(1);
+  });
+
+  test('deploy puts the three contracts on a node and writes the deployment JSON; a re-run deploys nothing', async () => {
+    const chain = await startTestChain();
+    try {
+      const keyFile = path.join(chain.dir, 'authority.key');
+      writeFileSync(keyFile, chain.authority.privateKey);
+      const out = path.join(chain.dir, 'deployment.json');
+      // async spawn: the node answering the child runs in this process's event loop
+      const deploy = () => new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, [BIN, 'chain', 'deploy', '--rpc', chain.chain.rpcUrl, '--key-file', keyFile, '--out', out], { env });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (d) => { stdout += d; });
+        child.stderr.on('data', (d) => { stderr += d; });
+        child.on('close', (status) => resolve({ status, stdout, stderr }));
+      });
+      const first = await deploy();
+      expect(first.status).toBe(0);
+      const record = JSON.parse(readFileSync(out, 'utf8'));
+      expect(record).toMatchObject({ chainId: 31337, signer: chain.authority.address });
+      for (const address of Object.values(record.contracts) as string[]) expect(await chain.provider.getCode(address)).not.toBe('0x');
+      const anchor = chain.contract('ResourceAnchor');
+      expect(await anchor.attach(record.contracts.ResourceAnchor).getFunction('nextSeq')(chain.authority.address)).toBe(0n);
+      const second = await deploy();
+      expect(second.status).toBe(0);
+      expect(second.stderr).toMatch(/already at/);
+      expect(JSON.parse(readFileSync(out, 'utf8')).contracts).toEqual(record.contracts);
+    } finally {
+      await chain.stop();
+    }
+  }, 60_000);
+});
