@@ -93,7 +93,18 @@ export class CgmOperations {
       body: toTransactionBundle(built.entries), access,
     });
     if (response.status !== 200) return response;
-    const stored = ((response.body as Bundle).entry ?? []).flatMap((e) => (e.resource ? [e.resource] : []));
+    // The transaction response may leave the bodies out: read each stored panel back through the facade.
+    const stored: Resource[] = [];
+    for (const e of (response.body as Bundle).entry ?? []) {
+      if (e.resource) {
+        stored.push(e.resource);
+        continue;
+      }
+      const location = /^([A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64})/.exec(e.response?.location ?? '')?.[1];
+      if (!location) continue;
+      const read = await this.deps.fhir.handle({ method: 'GET', path: location, query: {}, headers: {}, access });
+      if (read.status === 200 && read.body) stored.push(read.body as Resource);
+    }
     const entry: BundleEntry[] = stored.map((r) => ({ fullUrl: `${this.deps.fhirBase}/${r.resourceType}/${r.id}`, resource: r }));
     return { status: 200, body: { resourceType: 'Bundle', type: 'collection', timestamp: new Date().toISOString(), entry } };
   }
