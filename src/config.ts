@@ -95,7 +95,9 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
   if (auth === 'off' && nodeEnv === 'production') {
     problems.push('GLUCOGUARD_AUTH=off is refused when NODE_ENV=production');
   }
-  const masterKey = pick('GLUCOGUARD_MASTER_KEY', 'masterKey');
+  const masterKeyFile = env.GLUCOGUARD_MASTER_KEY_FILE;
+  const masterKey = pick('GLUCOGUARD_MASTER_KEY', 'masterKey')
+    ?? (masterKeyFile ? readSecret(masterKeyFile, 'GLUCOGUARD_MASTER_KEY_FILE', problems) : undefined);
   if (masterKey !== undefined && Buffer.from(masterKey, 'base64').length !== 32) {
     problems.push('GLUCOGUARD_MASTER_KEY must be 32 bytes, base64-encoded');
   }
@@ -143,7 +145,16 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
   if (chain.rpcUrl && (!chain.authorityKeyFile || !chain.deploymentFile)) {
     problems.push('CHAIN_RPC_URL needs CHAIN_AUTHORITY_KEY_FILE (the authority account key) and CHAIN_DEPLOYMENT_FILE (contract addresses)');
   }
-  const redisUrl = pick('REDIS_URL', 'redisUrl');
+  let redisUrl = pick('REDIS_URL', 'redisUrl');
+  const redisPasswordFile = env.REDIS_PASSWORD_FILE;
+  if (redisUrl && redisPasswordFile && /^rediss?:\/\//.test(redisUrl)) {
+    const password = readSecret(redisPasswordFile, 'REDIS_PASSWORD_FILE', problems);
+    if (password) {
+      const u = new URL(redisUrl);
+      u.password = password;
+      redisUrl = u.toString();
+    }
+  }
   if (redisUrl && !/^rediss?:\/\//.test(redisUrl)) problems.push(`REDIS_URL must start with redis:// or rediss:// (got "${redisUrl}")`);
 
   const config: Config = {

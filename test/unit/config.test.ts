@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { describe, expect, test } from '@jest/globals';
 import { ConfigError, insecureSettings, loadConfig } from '../../src/config.js';
 
@@ -45,6 +48,18 @@ describe('config', () => {
       .toThrow(/UPSTREAM_CLIENT_ID[\s\S]*UPSTREAM_TOKEN_URL[\s\S]*UPSTREAM_PRIVATE_KEY_FILE/);
     const c = loadConfig({ UPSTREAM_FHIR_URL: 'https://ehr.example.org/fhir/' });
     expect(c.upstream).toMatchObject({ url: 'https://ehr.example.org/fhir', auth: 'none', timeoutMs: 10000 });
+  });
+
+  test('secrets come from files: master key and Redis password', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'gg-config-'));
+    const key = Buffer.alloc(32, 3).toString('base64');
+    writeFileSync(path.join(dir, 'master_key'), `${key}\n`);
+    writeFileSync(path.join(dir, 'redis_password'), 's3cret\n');
+    const c = loadConfig({ GLUCOGUARD_MASTER_KEY_FILE: path.join(dir, 'master_key'), REDIS_URL: 'redis://redis:6379', REDIS_PASSWORD_FILE: path.join(dir, 'redis_password') });
+    expect(c.masterKey).toBe(key);
+    expect(c.redisUrl).toBe('redis://:s3cret@redis:6379');
+    expect(() => loadConfig({ GLUCOGUARD_MASTER_KEY_FILE: path.join(dir, 'missing') })).toThrow(/GLUCOGUARD_MASTER_KEY_FILE: cannot read/);
+    rmSync(dir, { recursive: true, force: true });
   });
 
   test('an unknown time zone is refused', () => {
