@@ -55,6 +55,20 @@ export interface Decision {
   grantId?: string;
 }
 
+const interned = new Map<string, ReadonlySet<string>>();
+
+/** One shared Set per distinct content: grants made from the same template share their scope sets. */
+export function internSet(values: Iterable<string>): ReadonlySet<string> {
+  const sorted = [...new Set(values)].sort();
+  const key = sorted.join('\u0000');
+  let hit = interned.get(key);
+  if (!hit) {
+    hit = Object.freeze(new Set(sorted)) as ReadonlySet<string>;
+    interned.set(key, hit);
+  }
+  return hit;
+}
+
 const PERMIT_OWN: Decision = Object.freeze({ permit: true, reasons: ['own data'] }) as Decision;
 const PERMIT_OPEN: Decision = Object.freeze({ permit: true, reasons: ['consent not enforced (open access)'] }) as Decision;
 

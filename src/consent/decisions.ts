@@ -23,7 +23,7 @@ import type { ConsentRegistryClient } from '../ledger/consent-registry.js';
 import { EventFollower, type CursorStore, type EventCursor } from '../ledger/events.js';
 import type { IdentityRegistryClient } from '../ledger/identity-registry.js';
 import type { Repository } from '../repository/port.js';
-import type { ActiveGrant, Permissions } from './decision.js';
+import { internSet, type ActiveGrant, type Permissions } from './decision.js';
 import type { PatientKeys } from './patient-keys.js';
 import { requesterOf, type ConsentAccessContext } from './requester.js';
 import { consentTerms, GRANT_ID_SYSTEM, purposeBytes, scopeHash } from './terms.js';
@@ -194,9 +194,9 @@ export class ConsentDecisions {
       out.push({
         grantId, consentId: consent.id!, patientId: terms.patientId,
         notBefore: stored.notBefore * 1000, notAfter: stored.notAfter * 1000, dataFrom: stored.dataFrom * 1000, dataTo: stored.dataTo * 1000,
-        purposes: new Set(terms.purposes),
-        ...(terms.classes.length ? { classes: new Set(terms.classes) } : {}),
-        ...(terms.codes.length ? { codes: new Set(terms.codes) } : {}),
+        purposes: internSet(terms.purposes),
+        ...(terms.classes.length ? { classes: internSet(terms.classes) } : {}),
+        ...(terms.codes.length ? { codes: internSet(terms.codes) } : {}),
       });
     }
     return out;

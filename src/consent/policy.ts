@@ -15,7 +15,7 @@ import { getSearchParameter, Operator, type Filter, type SearchRequest } from '@
 import type { Resource } from '@medplum/fhirtypes';
 import { badRequest } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
-import { patientCompartmentParams } from '../fhir/compartment.js';
+import { patientCompartmentParams, patientIdOfReference } from '../fhir/compartment.js';
 import type { AccessPolicy, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
 import { decideResource, type Permissions } from './decision.js';
 import type { ConsentDecisions } from './decisions.js';
@@ -76,7 +76,11 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     const linkParam = type === 'Patient' ? '_id' : getSearchParameter(type, 'patient') && patientCompartmentParams(type).length > 0 ? 'patient' : undefined;
     if (!linkParam) return { ...request, filters: [...filters, NO_MATCH] };
     const ref = (id: string): string => (linkParam === '_id' ? id : `Patient/${id}`);
+    const asked = filters.filter((f) => f.code === linkParam && f.operator === Operator.EQUALS);
+    const askedIds = asked.flatMap((f) => f.value.split(',').map((v) =>
+      linkParam === '_id' ? v : patientIdOfReference(v.includes('/') ? v : `Patient/${v}`) ?? `\u0000${v}`));
     if (requester.kind === 'patient') {
+      if (asked.length === 1 && askedIds.every((id) => id === requester.patientId)) return { ...request, filters };
       return { ...request, filters: [...filters, { code: linkParam, operator: Operator.EQUALS, value: ref(requester.patientId!) }] };
     }
     const perms = await this.decisions.permissions(access);
@@ -84,12 +88,22 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     const grants = [...perms.byPatient.values()].flat().filter((g) =>
       now >= g.notBefore && now < g.notAfter && !!requester.purpose && g.purposes.has(requester.purpose) && (!g.classes || g.classes.has(type)));
     if (grants.length === 0 || perms.addresses.length === 0) return { ...request, filters: [...filters, NO_MATCH] };
-    const patients = [...new Set(grants.map((g) => g.patientId))];
-    filters.push({ code: linkParam, operator: Operator.EQUALS, value: patients.map(ref).join(',') });
+    const patients = new Set(grants.map((g) => g.patientId));
+    // A patient filter the client gave is kept when every patient in it is granted (so the
+    // repository can keep using its patient+date index); otherwise it is cut to the granted ones.
+    if (asked.length === 1 && askedIds.every((id) => patients.has(id))) {
+      // already confined to granted patients
+    } else {
+      const allowed = asked.length ? askedIds.filter((id) => patients.has(id)) : [...patients];
+      if (allowed.length === 0) return { ...request, filters: [...filters, NO_MATCH] };
+      filters.push({ code: linkParam, operator: Operator.EQUALS, value: allowed.map(ref).join(',') });
+    }
     const dateParam = DATE_PARAM[type];
-    if (dateParam) {
-      filters.push({ code: dateParam, operator: Operator.GREATER_THAN_OR_EQUALS, value: new Date(Math.min(...grants.map((g) => g.dataFrom))).toISOString() });
-      filters.push({ code: dateParam, operator: Operator.LESS_THAN_OR_EQUALS, value: new Date(Math.max(...grants.map((g) => g.dataTo))).toISOString() });
+    const from = Math.min(...grants.map((g) => g.dataFrom));
+    const to = Math.max(...grants.map((g) => g.dataTo));
+    if (dateParam && !queryWithin(filters, dateParam, from, to)) {
+      filters.push({ code: dateParam, operator: Operator.GREATER_THAN_OR_EQUALS, value: new Date(from).toISOString() });
+      filters.push({ code: dateParam, operator: Operator.LESS_THAN_OR_EQUALS, value: new Date(to).toISOString() });
     }
     if (grants.every((g) => g.codes && !g.classes?.has(type)) && type !== 'Patient') {
       const codes = [...new Set(grants.flatMap((g) => [...g.codes!]))];
@@ -123,6 +137,20 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     }
     return { allowed, issues: [] };
   }
+}
+
+/** True when the query's own date filters already keep it inside [from, to] (no extra filter needed). */
+function queryWithin(filters: Filter[], dateParam: string, from: number, to: number): boolean {
+  let lower = -Infinity;
+  let upper = Infinity;
+  for (const f of filters) {
+    if (f.code !== dateParam) continue;
+    const t = Date.parse(f.value);
+    if (Number.isNaN(t) || !/T\d\d:\d\d/.test(f.value)) continue;
+    if (f.operator === Operator.GREATER_THAN_OR_EQUALS || f.operator === Operator.GREATER_THAN || f.operator === Operator.STARTS_AFTER) lower = Math.max(lower, t);
+    if (f.operator === Operator.LESS_THAN || f.operator === Operator.ENDS_BEFORE) upper = Math.min(upper, t);
+  }
+  return lower >= from && upper <= to;
 }
 
 /** Several policies as one: a request must pass every one; searches are narrowed by each in turn. */

@@ -140,12 +140,40 @@ export class ConsentRegistryClient {
       throw contractError(err, this.contract);
     }
     try {
-      const tx = await fn.send(...args);
-      const receipt = await tx.wait();
-      if (!receipt || receipt.status !== 1) throw new Error('transaction failed');
+      const receipt = await sendWithNonceRetry(this.chain, () => fn.send(...args));
       return { txHash: receipt.hash, blockNumber: receipt.blockNumber };
     } catch (err) {
       throw contractError(err, this.contract);
+    }
+  }
+}
+
+/**
+ * Sends and waits for the receipt. Another replica sharing the authority key may have used the
+ * nonce this process expected ("nonce too low"): the nonce manager is reset from the node and the
+ * send retried, a few times.
+ */
+export async function sendWithNonceRetry(
+  chain: ChainClient, send: () => Promise<{ hash: string }>, timeoutMs = 60_000,
+): Promise<{ hash: string; blockNumber: number }> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const tx = await send();
+      // Poll the receipt every 100 ms: the provider's default polling (4 s) would dominate a grant.
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const receipt = await chain.provider.getTransactionReceipt(tx.hash);
+        if (receipt) {
+          if (receipt.status !== 1) throw new Error('transaction failed');
+          return { hash: receipt.hash, blockNumber: receipt.blockNumber };
+        }
+        if (Date.now() > deadline) throw new Error('transaction not mined in time');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } catch (err) {
+      const code = (err as { code?: string })?.code;
+      if (attempt >= 4 || (code !== 'NONCE_EXPIRED' && code !== 'REPLACEMENT_UNDERPRICED')) throw err;
+      (chain.authority as { reset?: () => void }).reset?.();
     }
   }
 }

@@ -7,7 +7,7 @@
 import { Contract, getAddress, keccak256, toUtf8Bytes, ZeroHash } from 'ethers';
 import { conflict } from '../errors.js';
 import type { ChainClient } from './client.js';
-import { chainCall, contractError } from './consent-registry.js';
+import { chainCall, contractError, sendWithNonceRetry } from './consent-registry.js';
 
 /** The on-chain ref of a FHIR reference or client (`Practitioner/7`, `Client/my-app`). */
 export function identityRef(reference: string): string {
@@ -61,9 +61,7 @@ export class IdentityRegistryClient {
     const fn = this.contract.getFunction(method);
     try {
       await fn.staticCall(...args);
-      const tx = await fn.send(...args);
-      const receipt = await tx.wait();
-      if (!receipt || receipt.status !== 1) throw new Error('transaction failed');
+      const receipt = await sendWithNonceRetry(this.chain, () => fn.send(...args));
       return { txHash: receipt.hash };
     } catch (err) {
       throw contractError(err, this.contract);
