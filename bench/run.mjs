@@ -4,7 +4,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import path from 'node:path';
 
-const SUITES = ['fhir-search', 'cgm', 'smart', 'chain-node', 'chain', 'consent'];
+const SUITES = ['fhir-search', 'cgm', 'smart', 'chain-node', 'chain', 'consent', 'exchange', 'soak'];
 const wanted = process.env.BENCH ? process.env.BENCH.split(',') : SUITES;
 const results = {};
 for (const suite of wanted) {
