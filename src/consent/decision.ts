@@ -128,8 +128,28 @@ export interface ResourceFacts {
   effective?: number;
 }
 
-/** Patient links, codes and effective time of a resource. */
+const FACTS_CACHE_SIZE = 100_000;
+const factsCache = new Map<string, ResourceFacts>();
+
+/**
+ * Patient links, codes and effective time of a resource. A stored version never changes, so the
+ * facts are cached by `type/id/versionId` (bounded; oldest dropped first): the FHIRPath work of
+ * finding the patient links is done once per version, not once per request.
+ */
 export function resourceFacts(resource: Resource): ResourceFacts {
+  const version = resource.meta?.versionId;
+  if (!version || !resource.id) return computeFacts(resource);
+  const key = `${resource.resourceType}/${resource.id}/${version}/${resource.meta?.lastUpdated ?? ''}`;
+  let facts = factsCache.get(key);
+  if (!facts) {
+    facts = computeFacts(resource);
+    if (factsCache.size >= FACTS_CACHE_SIZE) factsCache.delete(factsCache.keys().next().value!);
+    factsCache.set(key, facts);
+  }
+  return facts;
+}
+
+function computeFacts(resource: Resource): ResourceFacts {
   const r = resource as unknown as Record<string, unknown>;
   const concept = (r.code ?? r.medicationCodeableConcept) as { coding?: { system?: string; code?: string }[] } | undefined;
   const codes = (concept?.coding ?? []).map((c) => `${c.system ?? ''}|${c.code ?? ''}`);

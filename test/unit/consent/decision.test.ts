@@ -1,0 +1,55 @@
+/** The pure decision point: each rule names its reason; expiry is by the clock passed in. */
+import { describe, expect, test } from '@jest/globals';
+import { decide, internSet, type ActiveGrant, type Permissions } from '../../../src/consent/decision.js';
+import { consentTerms } from '../../../src/consent/terms.js';
+import { consentOf } from '../../integration/consent-helpers.js';
+
+const T0 = Date.parse('2026-03-01T00:00:00Z');
+const DAY = 86_400_000;
+const grant: ActiveGrant = {
+  grantId: '0xg', consentId: 'c1', patientId: 'ana', notBefore: T0, notAfter: T0 + 3 * DAY, dataFrom: T0 - 14 * DAY, dataTo: T0,
+  purposes: internSet(['TREAT']), classes: internSet(['Observation']), codes: internSet(['http://loinc.org|99504-3']),
+};
+const perms = (over: Partial<Permissions['requester']> = {}, addresses = ['0x1']): Permissions => ({
+  requester: { kind: 'grantee', refs: ['Practitioner/d'], purpose: 'TREAT', key: 'k', ...over }, addresses, byPatient: new Map([['ana', [grant]]]),
+});
+const reading = { patientId: 'ana', resourceType: 'Observation', codes: ['http://loinc.org|99504-3'], effective: T0 - DAY };
+
+describe('decide', () => {
+  test('permits a granted reading inside the window and data period, naming the grant', () => {
+    expect(decide(perms(), reading, T0 + DAY)).toEqual({ permit: true, reasons: ['grant 0xg'], grantId: '0xg' });
+  });
+  test.each([
+    ['expired', { now: T0 + 3 * DAY }],
+    ['not yet valid', { now: T0 - 1 }],
+    ['outside the granted data period', { req: { effective: T0 - 15 * DAY } }],
+    ['code not granted', { req: { codes: ['http://loinc.org|2339-0'] } }],
+    ['type Device not granted', { req: { resourceType: 'Device', codes: [] } }],
+    ['purpose HRESCH not granted', { purpose: 'HRESCH' }],
+  ])('denies: %s', (reason, c: { now?: number; req?: Partial<typeof reading>; purpose?: string }) => {
+    const d = decide(perms(c.purpose ? { purpose: c.purpose } : {}), { ...reading, ...c.req }, c.now ?? T0 + DAY);
+    expect(d.permit).toBe(false);
+    expect(d.reasons.join(' ')).toContain(reason);
+  });
+  test('denies without identity, purpose or patient link; patients see only their own data', () => {
+    expect(decide(perms({}, []), reading, T0).reasons).toEqual(['requester has no registered identity']);
+    expect(decide(perms({ purpose: undefined }), reading, T0).reasons).toEqual(['no purpose of use stated']);
+    expect(decide(perms(), { ...reading, patientId: undefined }, T0).reasons).toEqual(['resource is not linked to a patient']);
+    expect(decide(perms(), { ...reading, patientId: 'ana1' }, T0).permit).toBe(false);
+    const self: Permissions = { requester: { kind: 'patient', patientId: 'ana', refs: [], key: 'p' }, addresses: [], byPatient: new Map() };
+    expect(decide(self, reading, T0).permit).toBe(true);
+    expect(decide(self, { ...reading, patientId: 'ben' }, T0).permit).toBe(false);
+  });
+});
+
+describe('consentTerms', () => {
+  test('reads a profile-conformant Consent into grant terms', () => {
+    const terms = consentTerms(consentOf({ patient: 'ana', actor: 'Practitioner/d', accessFrom: T0, accessTo: T0 + DAY, dataFrom: T0 - DAY, dataTo: T0, codes: ['http://loinc.org|99504-3'] }));
+    expect(terms).toMatchObject({ patientId: 'ana', actor: 'Practitioner/d', notBefore: T0, notAfter: T0 + DAY, purposes: ['TREAT'], classes: [], codes: ['http://loinc.org|99504-3'] });
+  });
+  test('a performer other than the patient or a guardian is refused with 422', () => {
+    const c = consentOf({ patient: 'ana', actor: 'Practitioner/d', accessTo: T0 + DAY, dataFrom: T0 - DAY, dataTo: T0 });
+    c.performer = [{ reference: 'Practitioner/d' }];
+    expect(() => consentTerms(c)).toThrow(expect.objectContaining({ status: 422 }));
+  });
+});
