@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { buildBlock } from '@ethereumjs/vm';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Contract, Wallet, ZeroHash, id, type JsonRpcProvider } from 'ethers';
 import { loadAuthorityKey, readDeployment, startEmbeddedChain } from '../../chain/node/index.js';
@@ -221,6 +221,7 @@ describe('sealing', () => {
       expect((await node.blockchain.getCanonicalHeadBlock()).hash()).toEqual(head.hash());
     } finally {
       await node.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
