@@ -93,11 +93,13 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
     const committed = await steps.commit({ resourceType: 'Bundle', type: 'transaction', entry: writes.map((w) => w.entry) });
     const echoed = (committed.entry ?? []).flatMap((e) => (e.resource ? [e.resource] : []));
     const { allowed } = await steps.guard(echoed);
-    const visible = new Set(allowed);
+    // Guards may hand back transformed copies (integrity tags), so match by version, not identity.
+    const key = (r: Resource): string => `${r.resourceType}/${r.id}/${r.meta?.versionId ?? ''}`;
+    const visible = new Map(allowed.map((r) => [key(r), r]));
     for (const [k, w] of writes.entries()) {
-      const e = committed.entry?.[k] ?? {};
-      out[w.index] = { ...e, ...(e.resource && !visible.has(e.resource) ? { resource: undefined } : {}) };
-      if (out[w.index]!.resource === undefined) delete out[w.index]!.resource;
+      const { resource, ...rest } = committed.entry?.[k] ?? {};
+      const shown = resource ? visible.get(key(resource)) : undefined;
+      out[w.index] = shown ? { ...rest, resource: shown } : rest;
     }
   }
   for (const r of reads) out[r.index] = responseEntry(await steps.read(entryRequest(r.entry, r.index, parent)));

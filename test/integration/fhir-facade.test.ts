@@ -200,6 +200,8 @@ describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBacke
     expect(res.status).toBe(200);
     expect(res.body.type).toBe('transaction-response');
     expect(res.body.entry.map((e: { response: { status: string } }) => e.response.status.slice(0, 3))).toEqual(['201', '201']);
+    expect(res.body.entry[0].resource?.resourceType).toBe('Patient');
+    expect(res.body.entry[1].resource?.subject.reference).toMatch(/^Patient\//);
     const newPatient = res.body.entry[0].response.location.match(/Patient\/([^/]+)/)[1];
     const search = await http().get('/fhir/Observation').query({ patient: newPatient });
     expect(search.body.entry).toHaveLength(1);
