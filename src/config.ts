@@ -20,6 +20,8 @@ export interface Config {
   masterKey?: string;
   /** Largest accepted request body in bytes (GLUCOGUARD_MAX_BODY_BYTES). */
   maxBodyBytes: number;
+  /** Largest raw CGM export accepted by POST /cgm/ingest, in bytes (GLUCOGUARD_MAX_INGEST_BYTES). */
+  maxIngestBytes: number;
   /** Default and maximum page sizes for searches. */
   defaultPageSize: number;
   maxPageSize: number;
@@ -164,6 +166,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     dataDir,
     masterKey,
     maxBodyBytes: int(pick('GLUCOGUARD_MAX_BODY_BYTES', 'maxBodyBytes') ?? String(16 * 1024 * 1024), 'GLUCOGUARD_MAX_BODY_BYTES', 1024, 1024 ** 3, problems),
+    maxIngestBytes: int(pick('GLUCOGUARD_MAX_INGEST_BYTES', 'maxIngestBytes') ?? String(512 * 1024 * 1024), 'GLUCOGUARD_MAX_INGEST_BYTES', 1024, 16 * 1024 ** 3, problems),
     defaultPageSize: int(pick('GLUCOGUARD_PAGE_SIZE', 'defaultPageSize') ?? '50', 'GLUCOGUARD_PAGE_SIZE', 1, 10000, problems),
     maxPageSize: int(pick('GLUCOGUARD_MAX_PAGE_SIZE', 'maxPageSize') ?? '1000', 'GLUCOGUARD_MAX_PAGE_SIZE', 1, 100000, problems),
     auth,
