@@ -23,6 +23,7 @@ import { MemoryKeyValueStore } from './kv/memory.js';
 import type { KeyValueStore } from './kv/port.js';
 import { RedisKeyValueStore } from './kv/redis.js';
 import { createSmart, type Smart } from './smart/index.js';
+import { createWeb, type Web } from './web/index.js';
 import { SmartScopePolicy } from './smart/policy.js';
 import { createConsent, type Consent } from './consent/index.js';
 import { ComposedPolicy } from './consent/policy.js';
@@ -59,6 +60,8 @@ export interface App {
   cgm: { ingest: CgmIngestService; operations: CgmOperations };
   /** Checks behind `GET /readyz`; add one per dependency with `readiness.add({ name, check })`. */
   readiness: Readiness;
+  /** The clinician app and patient portal under /apps/ (registered SMART clients). */
+  web: Web;
   /** One line per port: which adapter serves it and where its data lives. */
   adapters: { port: string; adapter: string; location: string }[];
   close(): Promise<void>;
@@ -188,7 +191,10 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   http.use('/cgm', cgmHttpRouter({
     service: cgm.ingest, authenticate: (headers, url) => smart.authenticate(headers, url),
     scopeAllows: (access, interaction, type, resource) => smart.scopeAllows(access, interaction, type, resource), logger,
+    maxBytes: config.maxIngestBytes,
   }));
+  const web = createWeb({ config, fhirBase: base, smart, repository, consent, logger });
+  http.use(web.router);
   http.get('/', (_req, res) => {
     res.json({ name: 'GlucoGuard', version: VERSION, fhir: base });
   });
@@ -220,6 +226,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     ledger,
     cgm,
     readiness,
+    web,
     adapters,
     async close() {
       await smart.close();

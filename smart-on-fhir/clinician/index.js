@@ -1,0 +1,99 @@
+// The clinician's CGM viewer after an EHR launch: patient banner, who granted access until when,
+// the AGP report for 14/30/90 days, and plain words when access ended or was never granted.
+import { api, applySmartStyle, el, fmtDate, fmtDateTime, notice, PURPOSE_WORDS, show, statusOf, dataWords } from '../shared/dom.js';
+import { loadReport, periodSelector, renderReport } from '../shared/agp.js';
+
+// Every read says why (the consent engine needs a purpose of use).
+const PURPOSE = { 'X-Purpose-Of-Use': 'TREAT' };
+const banner = document.getElementById('banner');
+const accessBox = document.getElementById('access');
+const controls = document.getElementById('controls');
+const reportBox = document.getElementById('report');
+let period = 14;
+let client;
+
+function nameOf(p) {
+  const n = p?.name?.[0];
+  return n ? (n.text ?? [n.prefix, n.given, n.family].flat().filter(Boolean).join(' ')) : undefined;
+}
+
+async function showBanner() {
+  if (!client.state.tokenResponse?.need_patient_banner) return;
+  banner.hidden = false;
+  let patient;
+  try {
+    patient = await client.request({ url: `Patient/${client.patient.id}`, headers: PURPOSE });
+  } catch {
+    // Not shared by the patient (404): show the id the EHR gave us, nothing more.
+  }
+  show(banner,
+    el('span', {}, el('strong', { 'data-patient-name': '' }, nameOf(patient) ?? 'Patient')),
+    patient?.birthDate ? el('span', {}, `Born ${fmtDate(patient.birthDate)}`) : null,
+    patient?.gender ? el('span', {}, `Sex ${patient.gender}`) : null,
+    el('span', {}, `Record ID ${client.patient.id}`));
+}
+
+/** Who granted access until when; returns the active grant or undefined. */
+async function showAccess() {
+  let grants = [];
+  try {
+    grants = (await api(client, `/apps/api/access?patient=${encodeURIComponent(client.patient.id)}`)).grants;
+  } catch {
+    show(accessBox, notice('warn', 'The access status could not be checked.'));
+    return undefined;
+  }
+  const active = grants.find((g) => g.state === 'active');
+  if (active) {
+    show(accessBox, notice('ok', `Access granted by ${active.grantedByName ?? 'the patient'} until ${fmtDateTime(active.accessTo)}.`,
+      el('p', { 'data-access': 'active' },
+        `Covers ${dataWords(active.classes)} from ${fmtDate(active.dataFrom)} to ${fmtDate(active.dataTo)}, for ${active.purposes.map((p) => PURPOSE_WORDS[p] ?? p).join(', ')}. `
+        + 'Each time you open this report the patient can see it in their access log.')));
+    return active;
+  }
+  const ended = grants.find((g) => g.state === 'revoked' || g.state === 'expired');
+  if (ended) {
+    const how = ended.state === 'revoked' ? 'The patient stopped sharing their glucose data with you' : `The patient's permission expired on ${fmtDateTime(ended.accessTo)}`;
+    show(accessBox, notice('error', 'Access ended.', el('p', { 'data-access': 'ended' }, `${how}. Ask the patient to share it again if you still need it.`)));
+  } else if (grants.some((g) => g.state === 'pending' || g.state === 'not-started')) {
+    show(accessBox, notice('warn', 'Access not yet in effect.', el('p', { 'data-access': 'pending' }, 'The patient has shared their data, but the permission is not active yet.')));
+  } else {
+    show(accessBox, notice('error', 'No access granted.', el('p', { 'data-access': 'none' },
+      'This patient has not shared their glucose data with you. The patient can share it from the GlucoGuard patient portal.')));
+  }
+  return undefined;
+}
+
+async function load() {
+  show(reportBox, el('p', { role: 'status' }, 'Loading the report…'));
+  const active = await showAccess();
+  if (!active) {
+    show(reportBox, el('p', { 'data-report': 'none' }, 'No report is shown because you do not have access to this patient\'s glucose data.'));
+    return;
+  }
+  try {
+    const report = await loadReport(client, client.patient.id, period, PURPOSE);
+    show(reportBox, el('h2', { id: 'report-title' }, `AGP report – last ${period} days`), renderReport(report));
+  } catch (err) {
+    const status = statusOf(err);
+    if (status === 404 || status === 403) {
+      show(reportBox, notice('warn', 'No glucose readings to show.', `There are no CGM readings you may see in the last ${period} days. The patient's permission covers data from ${fmtDate(active.dataFrom)} to ${fmtDate(active.dataTo)}.`));
+    } else if (status === 401) {
+      show(reportBox, notice('error', 'Your session has ended.', 'Open the app again from the EHR.'));
+    } else {
+      show(reportBox, notice('error', 'The report could not be loaded.', 'Please try again in a moment.'));
+    }
+  }
+}
+
+try {
+  client = await window.FHIR.oauth2.ready();
+  await applySmartStyle(client.state.tokenResponse?.smart_style_url);
+  show(controls,
+    periodSelector(period, (d) => { period = d; void load(); }),
+    el('p', {}, el('button', { type: 'button', class: 'secondary', onclick: () => void load() }, 'Refresh'), ' ',
+      el('button', { type: 'button', class: 'secondary', onclick: () => window.print() }, 'Print')));
+  await showBanner();
+  await load();
+} catch (err) {
+  show(reportBox, notice('error', 'This app could not connect to the health record.', 'Open it again from the patient\'s record in your EHR.'));
+}

@@ -1,0 +1,55 @@
+/**
+ * The two SMART apps GlucoGuard serves (clinician viewer, patient portal) are registered as public
+ * clients of its own authorization server on start-up. Their client ids are kept in
+ * `<dataDir>/web/clients.json` so they stay stable across restarts; a changed base URL (the
+ * redirect URIs) registers them again.
+ */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { SmartStore } from '../smart/store.js';
+
+export const CLINICIAN_SCOPE = 'openid fhirUser launch user/*.rs';
+export const PORTAL_SCOPE = 'openid fhirUser launch/patient patient/*.cruds';
+
+export interface WebClients {
+  clinician: string;
+  portal: string;
+}
+
+interface ClientsFile extends WebClients {
+  baseUrl: string;
+}
+
+/** App URLs under a base URL. */
+export function appUrls(baseUrl: string) {
+  return {
+    clinicianLaunch: `${baseUrl}/apps/clinician/launch.html`,
+    clinicianIndex: `${baseUrl}/apps/clinician/index.html`,
+    portalLaunch: `${baseUrl}/apps/portal/launch.html`,
+    portalIndex: `${baseUrl}/apps/portal/index.html`,
+  };
+}
+
+/** Registers (once) the clinician and portal apps; returns their client ids. */
+export function ensureWebClients(store: SmartStore, dataDir: string, baseUrl: string): WebClients {
+  const dir = path.join(dataDir, 'web');
+  const file = path.join(dir, 'clients.json');
+  if (existsSync(file)) {
+    const saved = JSON.parse(readFileSync(file, 'utf8')) as ClientsFile;
+    if (saved.baseUrl === baseUrl && store.getClient(saved.clinician) && store.getClient(saved.portal)) {
+      return { clinician: saved.clinician, portal: saved.portal };
+    }
+  }
+  const urls = appUrls(baseUrl);
+  const clinician = store.addClient({
+    name: 'GlucoGuard CGM viewer (clinician)', type: 'public', redirectUris: [urls.clinicianIndex], launchUri: urls.clinicianLaunch,
+    scopes: CLINICIAN_SCOPE.split(' '),
+  }).client.clientId;
+  const portal = store.addClient({
+    name: 'GlucoGuard patient portal', type: 'public', redirectUris: [urls.portalIndex], launchUri: urls.portalLaunch,
+    scopes: PORTAL_SCOPE.split(' '),
+  }).client.clientId;
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(file, JSON.stringify({ baseUrl, clinician, portal } satisfies ClientsFile, null, 2));
+  return { clinician, portal };
+}

@@ -1,0 +1,61 @@
+/**
+ * Serves the two SMART apps in `smart-on-fhir/` (clinician CGM viewer, patient portal) under
+ * `/apps/`, the `fhirclient` browser build from node_modules (no CDN: hospital networks), the app
+ * configuration (client ids) and the small JSON API of src/web/api.ts. src/app.ts mounts `router`
+ * at `/`.
+ *
+ * Paths: /apps/ (static), /apps/vendor/fhir-client.min.js, /apps/config.json, /apps/api/*.
+ */
+import path from 'node:path';
+import express, { type Router } from 'express';
+import type { Config } from '../config.js';
+import type { Consent } from '../consent/index.js';
+import type { Logger } from '../log.js';
+import { PACKAGE_ROOT } from '../paths.js';
+import type { Repository } from '../repository/port.js';
+import type { Smart } from '../smart/index.js';
+import { webApiRouter } from './api.js';
+import { appUrls, CLINICIAN_SCOPE, ensureWebClients, PORTAL_SCOPE, type WebClients } from './clients.js';
+
+export { appUrls, CLINICIAN_SCOPE, PORTAL_SCOPE, type WebClients } from './clients.js';
+export { grantView, type GrantView } from './api.js';
+
+export const APPS_DIR = path.join(PACKAGE_ROOT, 'smart-on-fhir');
+const FHIRCLIENT_BUILD = path.join(PACKAGE_ROOT, 'node_modules', 'fhirclient', 'build');
+
+export interface WebDeps {
+  config: Config;
+  fhirBase: string;
+  smart: Smart;
+  repository: Repository;
+  consent: Consent;
+  logger: Logger;
+}
+
+export interface Web {
+  router: Router;
+  /** Client ids of the registered apps. */
+  clients: WebClients;
+  urls: ReturnType<typeof appUrls>;
+}
+
+/** Registers the apps as SMART clients (once per data directory) and builds the router. */
+export function createWeb(deps: WebDeps): Web {
+  const clients = ensureWebClients(deps.smart.store, deps.config.dataDir, deps.config.baseUrl);
+  const urls = appUrls(deps.config.baseUrl);
+  const router = express.Router();
+  router.get('/apps/config.json', (_req, res) => {
+    res.set('Cache-Control', 'no-store').json({
+      fhirBase: deps.fhirBase,
+      clinician: { clientId: clients.clinician, scope: CLINICIAN_SCOPE, redirectUri: urls.clinicianIndex },
+      portal: { clientId: clients.portal, scope: PORTAL_SCOPE, redirectUri: urls.portalIndex },
+    });
+  });
+  router.get(['/apps/vendor/fhir-client.min.js', '/apps/vendor/fhir-client.min.js.map'], (req, res) => {
+    res.sendFile(path.basename(req.path), { root: FHIRCLIENT_BUILD, maxAge: '1h' });
+  });
+  router.use('/apps/api', webApiRouter({ smart: deps.smart, repository: deps.repository, consent: deps.consent, logger: deps.logger }));
+  router.get(['/apps', '/apps/'], (_req, res) => res.redirect(302, '/apps/portal/index.html'));
+  router.use('/apps', express.static(APPS_DIR, { index: 'index.html', dotfiles: 'ignore', fallthrough: true, maxAge: 0 }));
+  return { router, clients, urls };
+}
