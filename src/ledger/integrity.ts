@@ -37,42 +37,76 @@ export type CheckResult =
   | { status: 'failed'; reason: 'content' | 'proof' | 'root' };
 
 const VERIFIED_CACHE_MAX = 200_000;
+/** Verified canonical texts kept for the equality fast path, in UTF-16 code units (~64 MB at most). */
+const VERIFIED_TEXT_BUDGET = 32 * 1024 * 1024;
+const VERIFIED: CheckResult = Object.freeze({ status: 'verified' });
+
+interface Verified {
+  salt: Buffer;
+  leaf: Buffer;
+  /** The exact canonical text that was hashed and proven, when the adapter supplied it. */
+  text?: string;
+}
 
 /** Checks resource versions against their commitments and the anchored roots. */
 export class IntegrityChecker {
-  /** type/id/version → leaf proven against an on-chain root. */
-  private readonly verified = new Map<string, { salt: Buffer; leaf: Buffer }>();
+  /** type/id/version → leaf proven against an on-chain root (insertion order = eviction order). */
+  private readonly verified = new Map<string, Verified>();
+  private verifiedTextSize = 0;
   /** local batch id → on-chain root (checked equal to the local one) or false (chain disagrees). */
   private readonly roots = new Map<number, Buffer | false>();
 
   constructor(private readonly store: CommitmentStore, private readonly anchor: Contract) {}
 
-  async check(resource: Resource): Promise<CheckResult> {
+  /**
+   * Checks one version. Synchronous (no promise) when the answer needs no chain read: a version
+   * whose canonical text is identical to the text already hashed and proven costs one string
+   * comparison; any other proven version costs one SHA-256.
+   */
+  check(resource: Resource): CheckResult | Promise<CheckResult> {
     const version = resource.meta?.versionId;
     if (!resource.id || !version) return { status: 'unverified', reason: 'no-commitment' };
     const key = `${resource.resourceType}/${resource.id}/${version}`;
     const cached = this.verified.get(key);
+    const ready = canonicalTextOf(resource);
+    if (cached?.text !== undefined && ready === cached.text) return VERIFIED;
     const record = cached ? undefined : this.store.get(resource.resourceType, resource.id, version);
     const salt = cached?.salt ?? record?.salt;
     const leaf = cached?.leaf ?? record?.leaf;
     if (!salt || !leaf) return { status: 'unverified', reason: 'no-commitment' };
-    const text = canonicalTextOf(resource) ?? canonicalResourceText(resource);
+    const text = ready ?? canonicalResourceText(resource);
     if (!commitmentOf(salt, text).equals(leaf)) return { status: 'failed', reason: 'content' };
-    if (cached) return { status: 'verified' };
-    return this.checkAnchor(key, record!);
+    if (cached) return VERIFIED;
+    return this.checkAnchor(key, record!, ready);
   }
 
   /** Checks a recorded commitment's proof against its batch's on-chain root (content already matched). */
-  async checkAnchor(key: string, record: CommitmentRecord): Promise<CheckResult> {
+  async checkAnchor(key: string, record: CommitmentRecord, text?: string): Promise<CheckResult> {
     if (record.batch === null || !record.proof) return { status: 'pending' };
-    const root = await this.rootOf(record.batch);
+    const root = this.roots.get(record.batch) ?? await this.rootOf(record.batch);
     if (root === undefined) return { status: 'pending' };
     if (root === null) return { status: 'unverified', reason: 'root-unavailable' };
     if (root === false) return { status: 'failed', reason: 'root' };
     if (!verifyMerkleProof(record.leaf, record.proof, root)) return { status: 'failed', reason: 'proof' };
-    if (this.verified.size >= VERIFIED_CACHE_MAX) this.verified.clear();
-    this.verified.set(key, { salt: record.salt, leaf: record.leaf });
-    return { status: 'verified' };
+    this.remember(key, { salt: record.salt, leaf: record.leaf, text });
+    return VERIFIED;
+  }
+
+  private remember(key: string, entry: Verified): void {
+    const size = entry.text?.length ?? 0;
+    while (this.verified.size > 0 && (this.verified.size >= VERIFIED_CACHE_MAX || this.verifiedTextSize + size > VERIFIED_TEXT_BUDGET)) {
+      const [oldest, value] = this.verified.entries().next().value as [string, Verified];
+      this.verified.delete(oldest);
+      this.verifiedTextSize -= value.text?.length ?? 0;
+    }
+    this.verified.set(key, entry);
+    this.verifiedTextSize += size;
+  }
+
+  /** Forgets verified versions (benchmarks measure the cold path with it). */
+  clearCache(): void {
+    this.verified.clear();
+    this.verifiedTextSize = 0;
   }
 
   /** undefined: batch not anchored yet; null: chain unreachable; false: chain holds another root. */
@@ -119,7 +153,8 @@ export class IntegrityGuard implements OutboundGuard {
     const allowed: Resource[] = [];
     const issues: OperationOutcomeIssue[] = [];
     for (const resource of resources) {
-      const result = await this.options.checker.check(resource);
+      const checked = this.options.checker.check(resource);
+      const result = checked instanceof Promise ? await checked : checked;
       switch (result.status) {
         case 'verified':
           allowed.push(resource);

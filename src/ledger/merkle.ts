@@ -10,13 +10,18 @@
  *
  * A proof is the siblings from the leaf up, concatenated (32 bytes each; ≤ 10 for 1,000 leaves).
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
-const INNER = Buffer.from([1]);
+// One scratch buffer for 0x01 ‖ lo ‖ hi: one-shot hashing of a ready buffer is about twice as fast
+// as a Hash object with three updates (the cost that matters when verifying proofs on reads).
+const pair = Buffer.alloc(65);
+pair[0] = 1;
 
 function hashPair(a: Buffer, b: Buffer): Buffer {
-  const [lo, hi] = Buffer.compare(a, b) <= 0 ? [a, b] : [b, a];
-  return createHash('sha256').update(INNER).update(lo).update(hi).digest();
+  const aFirst = Buffer.compare(a, b) <= 0;
+  (aFirst ? a : b).copy(pair, 1);
+  (aFirst ? b : a).copy(pair, 33);
+  return hash('sha256', pair, 'buffer');
 }
 
 export interface MerkleTree {

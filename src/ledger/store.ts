@@ -178,6 +178,18 @@ export class CommitmentStore {
     return { commitments: c, anchored: a.n ?? 0, pending: c - (a.n ?? 0), batches: a.b, lastAnchoredAt: a.at };
   }
 
+  /** Stored → anchored delay (ms) of every anchored commitment with seq ≥ `fromSeq` (benchmarks, status). */
+  anchoringLags(fromSeq = 1): number[] {
+    return this.db.prepare<[number], { lag: number }>(
+      "SELECT b.anchored_at - c.created_at AS lag FROM commitments c JOIN batches b ON b.id = c.batch WHERE c.seq >= ? AND b.status = 'anchored'")
+      .all(fromSeq).map((r) => r.lag);
+  }
+
+  /** Highest seq recorded so far (0 when empty). */
+  lastSeq(): number {
+    return this.db.prepare<[], { s: number | null }>('SELECT MAX(seq) AS s FROM commitments').get()!.s ?? 0;
+  }
+
   getMeta(k: string): string | undefined {
     return this.db.prepare<[string], { v: string }>('SELECT v FROM meta WHERE k = ?').get(k)?.v;
   }
