@@ -156,8 +156,13 @@ function computeFacts(resource: Resource): ResourceFacts {
   const period = r.effectivePeriod as { start?: string } | undefined;
   const when = (r.effectiveDateTime ?? r.effectiveInstant ?? period?.start ?? r.occurrenceDateTime ?? r.recorded) as string | undefined;
   const effective = when ? Date.parse(when) : undefined;
+  // Contained resources travel with their container: any patient they link must be permitted too.
+  const patientIds = patientIdsOf(resource);
+  for (const contained of (resource as { contained?: Resource[] }).contained ?? []) {
+    for (const id of patientIdsOf(contained)) if (!patientIds.includes(id)) patientIds.push(id);
+  }
   return {
-    patientIds: patientIdsOf(resource),
+    patientIds,
     resourceType: resource.resourceType,
     codes,
     ...(effective !== undefined && !Number.isNaN(effective) ? { effective } : {}),

@@ -24,7 +24,9 @@ const ACTION_SYSTEM = 'http://terminology.hl7.org/CodeSystem/consentaction';
 
 /** v3 PurposeOfUse codes a grant may name. */
 export const PURPOSES = new Set(['TREAT', 'ETREAT', 'CAREMGT', 'HRESCH', 'PATRQT', 'FAMRQT', 'PWATRNY', 'SUPNWK', 'COC', 'HPAYMT', 'HOPERAT']);
-const ACTOR_TYPES = new Set(['Practitioner', 'Organization', 'RelatedPerson', 'CareTeam', 'Device', 'PractitionerRole']);
+/** Consent.provision.actor.reference.identifier system naming a SMART client (backend service) by client_id. */
+export const CLIENT_SYSTEM = 'urn:glucoguard:client';
+const ACTOR_TYPES = new Set(['Client', 'Practitioner', 'Organization', 'RelatedPerson', 'CareTeam', 'Device', 'PractitionerRole']);
 
 /** What a Consent grants, in the form the chain and the decision point use. Times in epoch ms. */
 export interface ConsentTerms {
@@ -86,10 +88,13 @@ export function consentTerms(consent: Consent): ConsentTerms {
     fail('provision.dataPeriod needs a start not after its end (the data the grantee may read)', 'Consent.provision.dataPeriod');
   }
   const actors = p.actor ?? [];
-  const actor = actors[0]?.reference?.reference ?? '';
-  const actorType = /^([A-Za-z]+)\/[A-Za-z0-9\-.]{1,64}$/.exec(actor)?.[1];
+  // A backend client (SMART system token) is named by its client id: reference.identifier in CLIENT_SYSTEM.
+  const actorRef = actors[0]?.reference;
+  const actor = actorRef?.reference
+    ?? (actorRef?.identifier?.system === CLIENT_SYSTEM && actorRef.identifier.value ? `Client/${actorRef.identifier.value}` : '');
+  const actorType = /^([A-Za-z]+)\/[A-Za-z0-9\-._~]{1,64}$/.exec(actor)?.[1];
   if (actors.length !== 1 || !actorType || !ACTOR_TYPES.has(actorType)) {
-    fail('provision.actor must be exactly one Practitioner, PractitionerRole, Organization, RelatedPerson, CareTeam or Device reference', 'Consent.provision.actor');
+    fail('provision.actor must be exactly one Practitioner, PractitionerRole, Organization, RelatedPerson, CareTeam or Device reference, or a client (identifier urn:glucoguard:client)', 'Consent.provision.actor');
   }
   const actions = p.action ?? [];
   if (actions.length !== 1 || !hasCoding(actions[0], ACTION_SYSTEM, 'access')) {

@@ -4,10 +4,11 @@
  * 14 days of data, and nothing from Ben or patient "123".
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import type { Bundle, Observation, Resource } from '@medplum/fhirtypes';
+import { randomUUID } from 'node:crypto';
+import type { AuditEvent, Bundle, Observation, Resource } from '@medplum/fhirtypes';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { DAY, LOINC_MGDL, grant, person, practitionerToken, registerIdentity } from './consent-helpers.js';
+import { DAY, LOINC_MGDL, consentOf, grant, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
 
 const now = Date.now();
 const iso = (t: number): string => new Date(t).toISOString();
@@ -143,6 +144,38 @@ describe('consent enforcement on every FHIR path', () => {
     const rev = await get('/fhir/Patient?_id=12,123&_revinclude=Observation:subject');
     expect(entries(rev.body).map((r) => r.id)).toEqual(['12']);
     expect(entries(rev.body, 'include').map((r) => r.id)).toEqual([ids.p12]);
+  });
+
+  test('contained resources and nested Bundles: a contained resource of another patient denies its container; a stored Bundle is never shown', async () => {
+    const withBen = (await t.app.repository.create({
+      ...reading(ana, now - 2 * DAY), contained: [{ resourceType: 'Observation', id: 'c1', status: 'final', code: { text: 'x' }, subject: { reference: `Patient/${ben}` } }],
+    } as Observation)).resource;
+    expect((await get(`/fhir/Observation/${withBen.id}`)).status).toBe(404);
+    const bundle = (await t.app.repository.create({ resourceType: 'Bundle', type: 'collection', entry: [{ resource: reading(ana, now - 2 * DAY) }] } as Bundle)).resource;
+    expect((await get(`/fhir/Bundle/${bundle.id}`)).status).toBe(404);
+    expect(entries((await get('/fhir/Bundle')).body)).toHaveLength(0);
+  });
+
+  test('system tokens are confined to the grants of their own client, and audited', async () => {
+    await registerIdentity(t.app, 'Client/lab-app');
+    const c = consentOf({ patient: ana, actor: 'x', accessTo: now + DAY, dataFrom: now - 14 * DAY, dataTo: now, classes: ['Observation'] });
+    c.provision!.actor![0]!.reference = { identifier: { system: 'urn:glucoguard:client', value: 'lab-app' } };
+    const granted = await request(t.app.http).post('/fhir/Consent').set('Authorization', `Bearer ${patientToken(t.app, ana)}`)
+      .set('Content-Type', 'application/fhir+json').send(c);
+    expect(granted.status).toBe(201);
+    const system = (clientId: string): string => t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId, sub: clientId, scopes: ['system/Observation.rs'] }).token;
+    const as = (clientId: string, id: string) => request(t.app.http).get(`/fhir/Observation/${id}`).set('Authorization', `Bearer ${system(clientId)}`).set('X-Purpose-Of-Use', 'TREAT');
+    expect((await as('lab-app', ids.ana0!)).status).toBe(200);
+    expect((await as('lab-app', ids.ben!)).status).toBe(404);
+    expect((await as('other-app', ids.ana0!)).status).toBe(404);
+    await t.app.consent.audit.flush();
+    let clients: string[] = [];
+    for (let i = 0; i < 30 && clients.length < 3; i++) {
+      if (i) await new Promise((r) => setTimeout(r, 100));
+      const all = await t.app.repository.search({ resourceType: 'AuditEvent', count: 1000, offset: 0 });
+      clients = (all.resources as AuditEvent[]).flatMap((e) => e.agent.map((a) => a.who?.identifier?.value ?? '')).filter((v) => v.endsWith('-app') && v !== 'ehr-app' && v !== 'patient-app');
+    }
+    expect(clients.sort()).toEqual(['lab-app', 'lab-app', 'other-app']);
   });
 
   test('a resource with no patient link is denied, even to its reader by search', async () => {
