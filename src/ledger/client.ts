@@ -5,8 +5,56 @@
  * leave gaps, and the three contracts. Nothing here knows which engine (embedded Clique node, Besu)
  * is behind the URL; src/app.ts decides that.
  */
-import { Contract, JsonRpcProvider, NonceManager, Wallet, type ContractRunner, type InterfaceAbi } from 'ethers';
+import {
+  AbstractSigner, Contract, JsonRpcProvider, Wallet, type ContractRunner, type InterfaceAbi, type Provider, type TransactionRequest,
+  type TransactionResponse, type TypedDataDomain, type TypedDataField,
+} from 'ethers';
 import { loadArtifact, type ContractName } from '../../chain/node/artifacts.js';
+import { NonceManager } from './nonce.js';
+
+/**
+ * The authority as an ethers Signer whose sends go through ONE NonceManager (src/ledger/nonce.ts):
+ * gas is estimated before a nonce is taken, nonces are handed out in order under a lock, and a send
+ * the node refuses gives its nonce back — so a reverting consent relay never leaves a gap that
+ * would stall every later anchor. (ethers' own NonceManager takes the nonce before estimating.)
+ */
+export class AuthoritySigner extends AbstractSigner {
+  private readonly manager: NonceManager;
+
+  constructor(private readonly wallet: Wallet) {
+    super(wallet.provider);
+    this.manager = new NonceManager(wallet);
+  }
+
+  override async getAddress(): Promise<string> {
+    return this.wallet.address;
+  }
+
+  override connect(_provider: Provider | null): AuthoritySigner {
+    throw new Error('the authority signer is bound to its provider');
+  }
+
+  override async sendTransaction(tx: TransactionRequest): Promise<TransactionResponse> {
+    return this.manager.send(tx);
+  }
+
+  override signTransaction(tx: TransactionRequest): Promise<string> {
+    return this.wallet.signTransaction(tx);
+  }
+
+  override signMessage(message: string | Uint8Array): Promise<string> {
+    return this.wallet.signMessage(message);
+  }
+
+  override signTypedData(domain: TypedDataDomain, types: Record<string, TypedDataField[]>, value: Record<string, unknown>): Promise<string> {
+    return this.wallet.signTypedData(domain, types, value);
+  }
+
+  /** Forgets the cached nonce (another process used the key, or after a restart); the next send asks the node. */
+  reset(): void {
+    this.manager.reset();
+  }
+}
 
 export interface ChainAddresses {
   ResourceAnchor: string;
@@ -27,7 +75,7 @@ export interface ChainClientOptions {
 export class ChainClient {
   readonly provider: JsonRpcProvider;
   /** The authority signer, nonce-managed: use it for every transaction the proxy sends. */
-  readonly authority: NonceManager;
+  readonly authority: AuthoritySigner;
   readonly authorityAddress: string;
   readonly addresses: ChainAddresses;
   readonly chainId: number;
@@ -38,7 +86,7 @@ export class ChainClient {
     // staticNetwork: no eth_chainId per call; cacheTimeout -1: never serve a stale nonce or block.
     this.provider = new JsonRpcProvider(options.rpcUrl, options.chainId, { staticNetwork: true, cacheTimeout: -1, batchMaxCount: 1 });
     const wallet = new Wallet(options.authorityKey, this.provider);
-    this.authority = new NonceManager(wallet);
+    this.authority = new AuthoritySigner(wallet);
     this.authorityAddress = wallet.address;
     this.addresses = options.addresses;
     this.chainId = options.chainId;
