@@ -9,7 +9,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { getAddress, isAddress, Wallet } from 'ethers';
 import type { App } from '../app.js';
 import { OPEN_ACCESS } from '../fhir/access.js';
-import { GRANT_ID_SYSTEM, PURPOSE_SYSTEM, RESOURCE_TYPE_SYSTEM } from './terms.js';
+import { CLIENT_SYSTEM, GRANT_ID_SYSTEM, PURPOSE_SYSTEM, RESOURCE_TYPE_SYSTEM } from './terms.js';
 
 const instant = (v: string): string => {
   if (Number.isNaN(Date.parse(v))) throw new InvalidArgumentError('expected a date (YYYY-MM-DD) or date-time');
@@ -42,7 +42,10 @@ export function consentFromOptions(o: GrantOptions, now = Date.now()): Consent {
     provision: {
       type: 'permit',
       period: { start: o.from ?? new Date(now).toISOString(), end: o.until },
-      actor: [{ role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] }, reference: { reference: o.to } }],
+      actor: [{
+        role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] },
+        reference: o.to.startsWith('Client/') ? { identifier: { system: CLIENT_SYSTEM, value: o.to.slice('Client/'.length) } } : { reference: o.to },
+      }],
       action: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentaction', code: 'access' }] }],
       purpose: o.purpose.map((code) => ({ system: PURPOSE_SYSTEM, code })),
       ...(o.types?.length ? { class: o.types.map((code) => ({ system: RESOURCE_TYPE_SYSTEM, code })) } : {}),
@@ -88,7 +91,7 @@ export function registerConsentCommands(program: Command, open: () => Promise<Ap
     .command('grant')
     .description("grant a practitioner, organisation or device access to a patient's data (signed with the patient's custodial key)")
     .requiredOption('--patient <id>', 'Patient id')
-    .requiredOption('--to <reference>', 'grantee, e.g. Practitioner/7 (must have a registered identity)')
+    .requiredOption('--to <reference>', 'grantee, e.g. Practitioner/7 or Client/<client_id> (must have a registered identity)')
     .requiredOption('--data-from <date>', 'first instant of data the grantee may read', instant)
     .requiredOption('--data-to <date>', 'last instant of data the grantee may read', instant)
     .requiredOption('--until <date>', 'end of the access window', instant)

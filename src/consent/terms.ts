@@ -93,7 +93,7 @@ export function consentTerms(consent: Consent): ConsentTerms {
   const actor = actorRef?.reference
     ?? (actorRef?.identifier?.system === CLIENT_SYSTEM && actorRef.identifier.value ? `Client/${actorRef.identifier.value}` : '');
   const actorType = /^([A-Za-z]+)\/[A-Za-z0-9\-._~]{1,64}$/.exec(actor)?.[1];
-  if (actors.length !== 1 || !actorType || !ACTOR_TYPES.has(actorType)) {
+  if (actors.length !== 1 || !actorType || !ACTOR_TYPES.has(actorType) || (actorType === 'Client' && actorRef?.reference)) {
     fail('provision.actor must be exactly one Practitioner, PractitionerRole, Organization, RelatedPerson, CareTeam or Device reference, or a client (identifier urn:glucoguard:client)', 'Consent.provision.actor');
   }
   const actions = p.action ?? [];
