@@ -178,6 +178,12 @@ export class CommitmentStore {
     return { commitments: c, anchored: a.n ?? 0, pending: c - (a.n ?? 0), batches: a.b, lastAnchoredAt: a.at };
   }
 
+  /** Every commitment of one batch, in leaf order (the integrity check proves a whole batch at once). */
+  batchMembers(batchId: number): Pick<CommitmentRecord, 'type' | 'id' | 'version' | 'salt' | 'leaf'>[] {
+    return this.db.prepare<[number], Pick<Row, 'type' | 'id' | 'version' | 'salt' | 'leaf'>>(
+      'SELECT type, id, version, salt, leaf FROM commitments WHERE batch = ? ORDER BY seq').all(batchId);
+  }
+
   /** Stored → anchored delay (ms) of every anchored commitment with seq ≥ `fromSeq` (benchmarks, status). */
   anchoringLags(fromSeq = 1): number[] {
     return this.db.prepare<[number], { lag: number }>(

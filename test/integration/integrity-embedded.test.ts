@@ -125,4 +125,26 @@ describe('embedded store', () => {
     await t.app.ledger.anchorer.flush();
     expect((await request(t.app.http).get(`/fhir/Patient/${victim.id}`)).status).toBe(404);
   });
+
+  it('does not let a changed commitment store vouch for changed content', async () => {
+    const a = await createPatient('LeafA');
+    const b = await createPatient('LeafB');
+    await t.app.ledger.anchorer.flush();
+    t.app.ledger.checker.clearCache();
+    // rewrite A's content AND its recorded leaf so they agree locally; the chain root no longer does
+    tamperEmbedded(t.dataDir, a, (p) => { p.name![0]!.family = 'Rewritten'; });
+    const db = new Database(path.join(t.dataDir, 'ledger', 'commitments.db'));
+    try {
+      const rec = t.app.ledger.store.get('Patient', a.id!, '1')!;
+      const { commitmentOf } = await import('../../src/ledger/canonical.js');
+      const forged = commitmentOf(rec.salt, canonicalResourceText({ ...a, name: [{ family: 'Rewritten', given: ['Ada'] }] } as Patient));
+      db.prepare("UPDATE commitments SET leaf = ? WHERE type = 'Patient' AND id = ? AND version = '1'").run(forged, a.id);
+    } finally {
+      db.close();
+    }
+    expect((await request(t.app.http).get(`/fhir/Patient/${a.id}`)).status).toBe(404);
+    const ok = await request(t.app.http).get(`/fhir/Patient/${b.id}`);
+    expect(ok.status).toBe(200);
+    expect(integrityTags(ok.body)).toEqual([]);
+  });
 });
