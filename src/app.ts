@@ -26,6 +26,7 @@ import { createSmart, type Smart } from './smart/index.js';
 import { createWeb, type Web } from './web/index.js';
 import { SmartScopePolicy } from './smart/policy.js';
 import { createConsent, type Consent } from './consent/index.js';
+import { createExchange, NotifyingRepository, type Exchange } from './exchange/index.js';
 import { ComposedPolicy } from './consent/policy.js';
 import { withPurpose } from './consent/requester.js';
 import { createLogger, type Logger } from './log.js';
@@ -60,6 +61,8 @@ export interface App {
   cgm: { ingest: CgmIngestService; operations: CgmOperations };
   /** Checks behind `GET /readyz`; add one per dependency with `readiness.add({ name, check })`. */
   readiness: Readiness;
+  /** Bulk $export jobs, Subscriptions and research de-identification. */
+  exchange: Exchange;
   /** The clinician app and patient portal under /apps/ (registered SMART clients). */
   web: Web;
   /** One line per port: which adapter serves it and where its data lives. */
@@ -118,7 +121,8 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const chain = await createChain(config, logger);
   // Every write goes through the ledger's decorator (commitment recorded, then anchored in batches).
   const ledger = await createLedger({ dataDir: config.dataDir, chain: chain.client, repository: adapter, logger, integrity: integrityModeFrom() });
-  const repository: Repository = ledger.repository;
+  // Subscriptions hear of every stored version through this decorator (src/exchange/write-events.ts).
+  const repository = new NotifyingRepository(ledger.repository);
 
   const base = fhirBase(config);
   const smart = await createSmart({
@@ -172,12 +176,18 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     ingest: new CgmIngestService({
       repository, check: shapeCachedCheck((r) => validator.check(r)), defaultTimeZone: config.defaultTimeZone,
       // Bulk path through the ledger decorator, so bulk-created readings are committed too.
-      ...(adapter instanceof EmbeddedRepository ? { bulkCreate: (r: Resource[]) => ledger.repository.createMany(r) } : {}),
+      ...(adapter instanceof EmbeddedRepository ? { bulkCreate: (r: Resource[]) => repository.createMany(r) } : {}),
     }),
     operations: new CgmOperations({ fhir, fhirBase: base }),
   };
   for (const op of cgm.operations.handlers()) fhir.registerOperation(op);
   await consent.attach(fhir);
+  // Bulk $export, Subscriptions, de-identification for research requesters.
+  const exchange: Exchange = await createExchange({
+    dataDir: config.dataDir, masterKey, fhir, policy, repository, fhirBase: base, baseUrl: config.baseUrl, logger,
+    authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers),
+    audit: (request, response) => consent.audit.record(request, response),
+  });
 
   const http = express();
   http.disable('x-powered-by');
@@ -188,6 +198,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   http.use(observabilityRouter(readiness));
   http.use(smart.router);
   http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers), maxBodyBytes: config.maxBodyBytes, logger }));
+  http.use('/exports', exchange.filesRouter);
   http.use('/cgm', cgmHttpRouter({
     service: cgm.ingest, authenticate: (headers, url) => smart.authenticate(headers, url),
     scopeAllows: (access, interaction, type, resource) => smart.scopeAllows(access, interaction, type, resource), logger,
@@ -228,7 +239,9 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     readiness,
     web,
     adapters,
+    exchange,
     async close() {
+      await exchange.close();
       await smart.close();
       await consent.close();
       await ledger.close();

@@ -10,6 +10,9 @@ export const SUPPORTED_RESOURCE_TYPES = [
   'ServiceRequest',
   'Practitioner',
   'Organization',
+  // Bulk export by Group (src/exchange/export.ts) and R4 backport Subscriptions (src/exchange/subscriptions.ts).
+  'Group',
+  'Subscription',
 ] as const;
 
 export type SupportedResourceType = (typeof SUPPORTED_RESOURCE_TYPES)[number];

@@ -1,0 +1,386 @@
+/**
+ * FHIR Bulk Data Access 2.0 `$export` (https://hl7.org/fhir/uv/bulkdata/export.html):
+ * - kick-off at system (`/$export`), Patient (`/Patient/$export`) and Group (`/Group/ID/$export`)
+ *   level with `Prefer: respond-async` → 202 + Content-Location of the status endpoint;
+ * - status (`GET /$export-status?_job=ID`): 202 + X-Progress + Retry-After while running (429 when
+ *   polled sooner than Retry-After), then 200 with the manifest; `DELETE` cancels (202, then 404);
+ * - `_type`, `_since`, `_typeFilter` (one query per type), `_outputFormat` (NDJSON).
+ *
+ * Jobs run one at a time in the background and stream to `<dataDir>/exports/<job>/` with bounded
+ * memory: every resource is read through GuardedReader (scopes, consent, integrity decided at the
+ * moment it is written) and de-identified for research requesters (research.ts). Files are written
+ * as `.part` and renamed at the end, and the manifest exists only for a completed job; a job cut
+ * off by a restart runs again from the start. The job's files are served (http.ts) only to the
+ * requester who started it.
+ */
+import { randomUUID } from 'node:crypto';
+import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync, type WriteStream } from 'node:fs';
+import path from 'node:path';
+import type { Group, Parameters, Resource } from '@medplum/fhirtypes';
+import { badRequest, forbidden, isGlucoGuardError, notFound, tooManyRequests } from '../errors.js';
+import type { AccessContext } from '../fhir/access.js';
+import { informational, operationOutcome } from '../fhir/outcomes.js';
+import type { OperationHandler } from '../fhir/router.js';
+import { isSupportedType } from '../fhir/resource-types.js';
+import type { FhirRequest, FhirResponse } from '../fhir/types.js';
+import type { Logger } from '../log.js';
+import type { Repository } from '../repository/port.js';
+import { JobStore, ownerOf, storedAccess, type ExportJob, type ExportParams, type OutputFile, type StoredAccess } from './jobs.js';
+import { GuardedReader } from './reader.js';
+import type { StudyDeidentifiers } from './research.js';
+
+/** Types exported when `_type` is absent: the clinical data, not consents, audit trails or subscriptions. */
+export const DEFAULT_EXPORT_TYPES = ['Patient', 'Observation', 'Device', 'MedicationAdministration', 'DiagnosticReport', 'ServiceRequest'];
+const NDJSON_FORMATS = new Set(['application/fhir+ndjson', 'application/ndjson', 'ndjson']);
+const MAX_ATTEMPTS = 3;
+
+export interface ExportServiceOptions {
+  dir: string;
+  fhirBase: string;
+  /** Public base of the download route (`https://host/exports`). */
+  filesBase: string;
+  reader: GuardedReader;
+  /** The repository seen in-process (Group membership, patient ids); never served directly. */
+  repository: Repository;
+  deidentifiers: StudyDeidentifiers;
+  retryAfterSeconds: number;
+  logger?: Logger;
+  /** Records an access-log entry when a job finishes (the consent audit recorder). */
+  audit?: (request: FhirRequest, response: FhirResponse) => void;
+  now?: () => number;
+}
+
+export class ExportService {
+  readonly store: JobStore;
+  private readonly queue: string[] = [];
+  private running: Promise<void> | undefined;
+  private readonly cancelled = new Set<string>();
+  private readonly lastPoll = new Map<string, number>();
+  private readonly progress = new Map<string, string>();
+  private closed = false;
+
+  constructor(private readonly options: ExportServiceOptions) {
+    this.store = new JobStore(options.dir);
+  }
+
+  private now(): number {
+    return this.options.now?.() ?? Date.now();
+  }
+
+  /** Resumes jobs a restart cut off (from the start), or fails them cleanly after MAX_ATTEMPTS. */
+  start(): void {
+    for (const job of this.store.byStatus('queued', 'running')) {
+      rmSync(this.jobDir(job.id), { recursive: true, force: true });
+      if (job.attempts >= MAX_ATTEMPTS) {
+        this.store.put({ ...job, status: 'failed', failure: 'The export could not complete', outputs: [], errors: [] });
+        continue;
+      }
+      this.store.put({ ...job, status: 'queued', outputs: [], errors: [] });
+      this.options.logger?.info({ job: job.id }, 'export: resuming a job cut off by a restart');
+      this.enqueue(job.id);
+    }
+  }
+
+  /** Stops taking jobs and waits for the running one to stop at its next page (it resumes on the next start). */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.queue.length = 0;
+    await this.running;
+    this.store.close();
+  }
+
+  /** The `$export` and `$export-status` operations for the facade. */
+  handlers(): OperationHandler[] {
+    return [
+      {
+        name: 'export', levels: ['system', 'type', 'instance'], resourceTypes: ['Patient', 'Group'], methods: ['GET', 'POST'],
+        handle: (req, target) => this.kickOff(req, target),
+      },
+      {
+        name: 'export-status', levels: ['system'], methods: ['GET', 'DELETE'],
+        handle: (req) => (req.method === 'DELETE' ? this.cancel(req) : this.status(req)),
+      },
+    ];
+  }
+
+  // ---- kick-off ------------------------------------------------------------------------------
+
+  async kickOff(req: FhirRequest, target: { resourceType?: string; id?: string }): Promise<FhirResponse> {
+    const level = !target.resourceType ? 'system' : target.resourceType === 'Patient' && !target.id ? 'patient' : target.resourceType === 'Group' && target.id ? 'group' : undefined;
+    if (!level) throw notFound('Unknown operation $export');
+    if (!/respond-async/.test(req.headers.prefer ?? '')) throw badRequest('Bulk export needs the header Prefer: respond-async', 'Prefer');
+    const query = exportParameters(req);
+    const format = query._outputFormat?.[0];
+    if (format !== undefined && !NDJSON_FORMATS.has(format)) throw badRequest('_outputFormat must be application/fhir+ndjson', '_outputFormat');
+    const since = query._since?.[0];
+    if (since !== undefined && (!/^\d{4}-\d{2}-\d{2}T/.test(since) || Number.isNaN(Date.parse(since)))) throw badRequest('_since must be an instant', '_since');
+    const requested = (query._type ?? []).flatMap((t) => t.split(',')).map((t) => t.trim()).filter(Boolean);
+    for (const t of requested) if (!isSupportedType(t)) throw badRequest(`_type: unsupported resource type "${t.slice(0, 64)}"`, '_type');
+    let types = requested.length ? [...new Set(requested)] : DEFAULT_EXPORT_TYPES;
+    if (level !== 'system') types = types.filter((t) => GuardedReader.isPatientLinked(t));
+    const allowedTypes: string[] = [];
+    for (const t of types) {
+      try {
+        await this.options.reader.authorize(req.access, t);
+        allowedTypes.push(t);
+      } catch (err) {
+        if (!isGlucoGuardError(err, 'ERR_FORBIDDEN')) throw err;
+        if (requested.length) throw forbidden(`Not allowed to export ${t}`);
+      }
+    }
+    if (allowedTypes.length === 0) throw forbidden('Not allowed to export any of the requested types');
+    const typeFilters: ExportParams['typeFilters'] = {};
+    for (const raw of query._typeFilter ?? []) {
+      const q = raw.indexOf('?');
+      const type = q > 0 ? raw.slice(0, q) : '';
+      if (!allowedTypes.includes(type)) throw badRequest('_typeFilter must be Type?query for an exported type', '_typeFilter');
+      if (typeFilters[type]) throw badRequest(`Only one _typeFilter per type is supported (${type})`, '_typeFilter');
+      const record: Record<string, string | string[]> = {};
+      for (const [k, v] of new URLSearchParams(raw.slice(q + 1))) record[k] = k in record ? [record[k]!].flat().concat(v) : v;
+      if (Object.keys(record).some((k) => k.startsWith('_') && k !== '_id' && k !== '_lastUpdated')) throw badRequest('_typeFilter takes search filters only', '_typeFilter');
+      typeFilters[type] = record;
+    }
+    if (level === 'group') await this.groupMembers(target.id!); // 404 before a job exists
+    const job: ExportJob = {
+      id: randomUUID(),
+      owner: ownerOf(req.access),
+      access: storedAccess(req.access as StoredAccess),
+      request: requestUrl(this.options.fhirBase, req),
+      params: { level, ...(target.id ? { groupId: target.id } : {}), types: allowedTypes, explicitTypes: requested.length > 0, ...(since ? { since } : {}), typeFilters },
+      status: 'queued',
+      outputs: [],
+      errors: [],
+      createdAt: new Date(this.now()).toISOString(),
+      attempts: 0,
+    };
+    this.store.put(job);
+    this.enqueue(job.id);
+    return {
+      status: 202,
+      headers: { 'Content-Location': this.statusUrl(job.id) },
+      body: informational('Export started'),
+    };
+  }
+
+  statusUrl(jobId: string): string {
+    return `${this.options.fhirBase}/$export-status?_job=${jobId}`;
+  }
+
+  // ---- status and cancel ---------------------------------------------------------------------
+
+  private ownJob(req: FhirRequest): ExportJob {
+    const id = [req.query._job ?? []].flat()[0];
+    const job = id ? this.store.get(id) : undefined;
+    // Another requester's job looks exactly like no job.
+    if (!job || job.owner !== ownerOf(req.access)) throw notFound('No such export job');
+    return job;
+  }
+
+  async status(req: FhirRequest): Promise<FhirResponse> {
+    const job = this.ownJob(req);
+    const retryAfter = this.options.retryAfterSeconds;
+    if (job.status === 'queued' || job.status === 'running') {
+      const last = this.lastPoll.get(job.id);
+      const now = this.now();
+      if (last !== undefined && now - last < retryAfter * 1000) {
+        const err = tooManyRequests(`Poll no more than once every ${retryAfter} s`);
+        return { status: 429, headers: { 'Retry-After': String(retryAfter) }, body: operationOutcome(err.issues) };
+      }
+      this.lastPoll.set(job.id, now);
+      return { status: 202, headers: { 'X-Progress': this.progress.get(job.id) ?? job.status, 'Retry-After': String(retryAfter) } };
+    }
+    if (job.status === 'failed') {
+      return { status: 500, body: operationOutcome([{ severity: 'error', code: 'exception', diagnostics: job.failure ?? 'The export failed' }]) };
+    }
+    const url = (f: OutputFile) => `${this.options.filesBase}/${job.id}/${f.file}`;
+    return {
+      status: 200,
+      headers: { Expires: new Date(Date.parse(job.completedAt!) + 7 * 86_400_000).toUTCString() },
+      body: {
+        transactionTime: job.transactionTime!,
+        request: job.request,
+        requiresAccessToken: true,
+        output: job.outputs.map((f) => ({ type: f.type, url: url(f), count: f.count })),
+        error: job.errors.map((f) => ({ type: f.type, url: url(f), count: f.count })),
+      },
+    };
+  }
+
+  async cancel(req: FhirRequest): Promise<FhirResponse> {
+    const job = this.ownJob(req);
+    this.cancelled.add(job.id);
+    this.store.delete(job.id);
+    rmSync(this.jobDir(job.id), { recursive: true, force: true });
+    this.lastPoll.delete(job.id);
+    return { status: 202, body: informational('Export cancelled; its files are deleted') };
+  }
+
+  /** A completed job's file, for the download route: only to its owner; undefined otherwise. */
+  fileFor(access: AccessContext, jobId: string, file: string): string | undefined {
+    const job = this.store.get(jobId);
+    if (!job || job.status !== 'completed' || job.owner !== ownerOf(access)) return undefined;
+    if (![...job.outputs, ...job.errors].some((f) => f.file === file)) return undefined;
+    const full = path.join(this.jobDir(jobId), file);
+    return existsSync(full) ? full : undefined;
+  }
+
+  // ---- running -------------------------------------------------------------------------------
+
+  private jobDir(id: string): string {
+    return path.join(this.options.dir, id);
+  }
+
+  private enqueue(id: string): void {
+    this.queue.push(id);
+    if (!this.running) this.running = this.drain().finally(() => { this.running = undefined; });
+  }
+
+  private async drain(): Promise<void> {
+    for (let id = this.queue.shift(); id !== undefined && !this.closed; id = this.queue.shift()) {
+      const job = this.store.get(id);
+      if (!job || job.status !== 'queued') continue;
+      try {
+        await this.run(job);
+      } catch (err) {
+        if (this.closed) return; // resumes on the next start
+        if (!this.store.get(id)) continue; // cancelled meanwhile
+        this.options.logger?.error({ job: id, err: (err as Error).message }, 'export: job failed');
+        rmSync(this.jobDir(id), { recursive: true, force: true });
+        const failure = isGlucoGuardError(err) && err.status < 500 ? err.issues[0]?.diagnostics ?? 'The export failed' : 'The export failed';
+        this.store.put({ ...job, status: 'failed', failure, outputs: [], errors: [], attempts: job.attempts + 1 });
+      } finally {
+        this.progress.delete(id);
+        this.cancelled.delete(id);
+      }
+    }
+  }
+
+  /** Runs one job to completion; throws on failure, returns quietly when cancelled or closing. */
+  async run(queued: ExportJob): Promise<void> {
+    const job: ExportJob = { ...queued, status: 'running', transactionTime: new Date(this.now()).toISOString(), attempts: queued.attempts + 1, outputs: [], errors: [] };
+    this.store.put(job);
+    const dir = this.jobDir(job.id);
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    // One access object for the whole run: consent notes on it feed the access-log entry.
+    const access: StoredAccess = { ...job.access, scopes: [...job.access.scopes] };
+    const deid = this.options.deidentifiers.forAccess(access);
+    const stop = (): boolean => this.closed || this.cancelled.has(job.id);
+    const errors = new NdjsonFile(path.join(dir, 'errors.ndjson'));
+    let errorCount = 0;
+    try {
+      for (const type of job.params.types) {
+        const query: Record<string, string | string[]> = { ...(job.params.typeFilters[type] ?? {}) };
+        if (job.params.since) query._lastUpdated = [[query._lastUpdated ?? []].flat(), `gt${job.params.since}`].flat();
+        const patients = job.params.level === 'group' ? await this.groupMembers(job.params.groupId!)
+          : GuardedReader.isPatientLinked(type) ? this.patientIds() : undefined;
+        const file = `${type}.ndjson`;
+        const out = new NdjsonFile(path.join(dir, file));
+        let count = 0;
+        try {
+          for await (const page of this.options.reader.pages(access, type, query, patients)) {
+            if (stop()) return;
+            for (const r of page.resources) {
+              await out.write(deid ? deid.apply(r) : r);
+              count++;
+            }
+            if (page.issues.length) {
+              await errors.write(operationOutcome(page.issues));
+              errorCount++;
+            }
+            this.progress.set(job.id, `${type}: ${count} resources`);
+          }
+        } finally {
+          await out.close();
+        }
+        if (count > 0) job.outputs.push({ type, file, count });
+        else rmSync(out.path, { force: true });
+      }
+    } finally {
+      await errors.close();
+    }
+    if (stop()) return;
+    if (errorCount > 0) job.errors.push({ type: 'OperationOutcome', file: 'errors.ndjson', count: errorCount });
+    else rmSync(errors.path, { force: true });
+    for (const f of [...job.outputs, ...job.errors]) renameSync(path.join(dir, `${f.file}.part`), path.join(dir, f.file));
+    if (!this.store.get(job.id)) return; // cancelled while finishing
+    this.store.put({ ...job, status: 'completed', completedAt: new Date(this.now()).toISOString() });
+    this.options.logger?.info({ job: job.id, files: job.outputs.length, resources: job.outputs.reduce((n, f) => n + f.count, 0) }, 'export: job completed');
+    this.options.audit?.({ method: 'GET', path: '$export', query: {}, headers: {}, access }, { status: 200 });
+  }
+
+  private async groupMembers(groupId: string): Promise<string[]> {
+    let group: Group;
+    try {
+      group = await this.options.repository.read<Group>('Group', groupId);
+    } catch (err) {
+      if (isGlucoGuardError(err, 'ERR_NOT_FOUND') || isGlucoGuardError(err, 'ERR_GONE')) throw notFound('Group not found');
+      throw err;
+    }
+    const ids = (group.member ?? []).filter((m) => !m.inactive)
+      .map((m) => /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(m.entity?.reference ?? '')?.[1])
+      .filter((id): id is string => !!id);
+    return [...new Set(ids)];
+  }
+
+  /** Every stored Patient id (in-process, ids only; what leaves is decided per resource). */
+  private async *patientIds(): AsyncGenerator<string> {
+    const pageSize = 1000;
+    for (let offset = 0; ; offset += pageSize) {
+      const result = await this.options.repository.search({ resourceType: 'Patient', count: pageSize, offset, sortRules: [{ code: '_id' }] });
+      for (const r of result.resources) if (r.id) yield r.id;
+      if (!result.hasMore) return;
+    }
+  }
+}
+
+/** An NDJSON file written as `<path>.part` with back-pressure. */
+class NdjsonFile {
+  private stream: WriteStream | undefined;
+
+  constructor(readonly path: string) {}
+
+  async write(resource: Resource): Promise<void> {
+    this.stream ??= createWriteStream(`${this.path}.part`);
+    if (!this.stream.write(`${JSON.stringify(resource)}\n`)) {
+      await new Promise<void>((resolve) => this.stream!.once('drain', resolve));
+    }
+  }
+
+  async close(): Promise<void> {
+    if (!this.stream) return;
+    const s = this.stream;
+    await new Promise<void>((resolve, reject) => s.end((err?: Error | null) => (err ? reject(err) : resolve())));
+  }
+}
+
+/** `_type`, `_since`, `_typeFilter`, `_outputFormat` from the query (GET) or a Parameters body (POST). */
+function exportParameters(req: FhirRequest): Record<string, string[]> {
+  const out: Record<string, string[]> = {};
+  const add = (k: string, v: string): void => {
+    (out[k] ??= []).push(v);
+  };
+  for (const [k, v] of Object.entries(req.query)) for (const one of [v].flat()) add(k, one);
+  if (req.method === 'POST' && req.body !== undefined) {
+    const body = req.body as Parameters;
+    if (body?.resourceType !== 'Parameters') throw badRequest('POST $export takes a Parameters resource');
+    for (const p of body.parameter ?? []) {
+      const v = p.valueString ?? p.valueInstant ?? p.valueCode ?? p.valueReference?.reference;
+      if (p.name && v !== undefined) add(p.name, v);
+    }
+  }
+  for (const k of Object.keys(out)) {
+    if (!['_type', '_since', '_typeFilter', '_outputFormat', '_format', '_pretty'].includes(k)) {
+      throw badRequest(`Unsupported $export parameter "${k.slice(0, 64)}"`, k);
+    }
+  }
+  for (const k of ['_since', '_outputFormat']) if ((out[k]?.length ?? 0) > 1) throw badRequest(`${k} given more than once`, k);
+  return out;
+}
+
+function requestUrl(fhirBase: string, req: FhirRequest): string {
+  const qs = new URLSearchParams();
+  for (const [k, v] of Object.entries(req.query)) for (const one of [v].flat()) qs.append(k, one);
+  const s = qs.toString();
+  return `${fhirBase}/${req.path}${s ? `?${s}` : ''}`;
+}

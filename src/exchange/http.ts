@@ -1,0 +1,52 @@
+/**
+ * `GET /exports/<job>/<file>`: the NDJSON files of a completed bulk export
+ * (https://hl7.org/fhir/uv/bulkdata/export.html#file-request). The manifest says
+ * `requiresAccessToken: true`: the same bearer token check as /fhir, and the file is served only
+ * to the requester who started the job — anyone else gets the same 404 as for a missing file.
+ */
+import { createReadStream } from 'node:fs';
+import express, { type Request, type Response, type Router } from 'express';
+import { notFound } from '../errors.js';
+import type { AccessContext } from '../fhir/access.js';
+import { errorToResponse } from '../fhir/outcomes.js';
+import type { Logger } from '../log.js';
+import type { ExportService } from './export.js';
+
+const JOB = /^[0-9a-f-]{36}$/;
+const FILE = /^[A-Za-z]{1,64}\.ndjson$/;
+
+export interface ExportHttpOptions {
+  exports: ExportService;
+  authenticate: (headers: Record<string, string | undefined>, requestUrl: string) => Promise<AccessContext>;
+  logger: Logger;
+}
+
+/** Express router to mount at `/exports`. */
+export function exportFilesRouter(options: ExportHttpOptions): Router {
+  const r = express.Router();
+  r.get('/:job/:file', async (req: Request, res: Response) => {
+    try {
+      const headers: Record<string, string | undefined> = {};
+      for (const [k, v] of Object.entries(req.headers)) headers[k.toLowerCase()] = Array.isArray(v) ? v.join(', ') : v;
+      const access = await options.authenticate(headers, req.originalUrl);
+      const job = String(req.params.job);
+      const file = String(req.params.file);
+      const full = JOB.test(job) && FILE.test(file) ? options.exports.fileFor(access, job, file) : undefined;
+      if (!full) throw notFound('No such export file');
+      res.status(200).setHeader('Content-Type', 'application/fhir+ndjson');
+      res.setHeader('Cache-Control', 'no-store');
+      const stream = createReadStream(full);
+      stream.on('error', (err) => {
+        options.logger.error({ err: err.message }, 'export: could not read a file');
+        res.destroy();
+      });
+      stream.pipe(res);
+    } catch (err) {
+      const response = errorToResponse(err, options.logger);
+      const challenge = (err as { wwwAuthenticate?: string }).wwwAuthenticate;
+      if (challenge) res.setHeader('WWW-Authenticate', challenge);
+      res.status(response.status).type('application/fhir+json').send(JSON.stringify(response.body));
+    }
+  });
+  return r;
+}

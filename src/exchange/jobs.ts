@@ -1,0 +1,113 @@
+/**
+ * Export jobs on disk (`<dataDir>/exports/jobs.sqlite`), so a job survives a restart: on start-up
+ * a job that was queued or running is run again from the start (its partial files are discarded),
+ * and a manifest is only ever answered for a job whose files were all completed and renamed.
+ */
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import type { AccessContext } from '../fhir/access.js';
+
+export type JobStatus = 'queued' | 'running' | 'completed' | 'failed';
+
+/** What a job needs to run again after a restart: who asked (to re-run every guard) and what. */
+export interface StoredAccess extends AccessContext {
+  purposeOfUse?: string;
+}
+
+export interface ExportParams {
+  level: 'system' | 'patient' | 'group';
+  groupId?: string;
+  types: string[];
+  /** Types the client named in `_type` (vs the default set). */
+  explicitTypes: boolean;
+  since?: string;
+  /** `_typeFilter` queries per type, as query records. */
+  typeFilters: Record<string, Record<string, string | string[]>>;
+}
+
+export interface OutputFile {
+  type: string;
+  file: string;
+  count: number;
+}
+
+export interface ExportJob {
+  id: string;
+  owner: string;
+  access: StoredAccess;
+  request: string;
+  params: ExportParams;
+  status: JobStatus;
+  transactionTime?: string;
+  progress?: string;
+  outputs: OutputFile[];
+  errors: OutputFile[];
+  /** Failure reason shown to the client (never internal detail). */
+  failure?: string;
+  createdAt: string;
+  completedAt?: string;
+  /** Attempts so far (restarts count). */
+  attempts: number;
+}
+
+interface Row {
+  id: string;
+  json: string;
+}
+
+export class JobStore {
+  private readonly db: Database.Database;
+
+  constructor(dir: string) {
+    mkdirSync(dir, { recursive: true });
+    this.db = new Database(path.join(dir, 'jobs.sqlite'));
+    this.db.pragma('journal_mode = WAL');
+    this.db.exec('CREATE TABLE IF NOT EXISTS export_job (id TEXT PRIMARY KEY, status TEXT NOT NULL, created TEXT NOT NULL, json TEXT NOT NULL)');
+  }
+
+  put(job: ExportJob): void {
+    this.db.prepare('INSERT INTO export_job (id, status, created, json) VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status = excluded.status, json = excluded.json')
+      .run(job.id, job.status, job.createdAt, JSON.stringify(job));
+  }
+
+  get(id: string): ExportJob | undefined {
+    const row = this.db.prepare('SELECT id, json FROM export_job WHERE id = ?').get(id) as Row | undefined;
+    return row ? (JSON.parse(row.json) as ExportJob) : undefined;
+  }
+
+  delete(id: string): void {
+    this.db.prepare('DELETE FROM export_job WHERE id = ?').run(id);
+  }
+
+  /** Jobs in a state, oldest first. */
+  byStatus(...statuses: JobStatus[]): ExportJob[] {
+    const marks = statuses.map(() => '?').join(',');
+    return (this.db.prepare(`SELECT id, json FROM export_job WHERE status IN (${marks}) ORDER BY created`).all(...statuses) as Row[])
+      .map((r) => JSON.parse(r.json) as ExportJob);
+  }
+
+  all(): ExportJob[] {
+    return (this.db.prepare('SELECT id, json FROM export_job ORDER BY created').all() as Row[]).map((r) => JSON.parse(r.json) as ExportJob);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
+
+/** Who owns a job or a file: the same client, user and identity. */
+export function ownerOf(access: AccessContext): string {
+  if (access.kind === 'open') return 'open';
+  return JSON.stringify([access.clientId ?? '', access.subject ?? '', access.fhirUser ?? '']);
+}
+
+/** The parts of an access context a job keeps (no token). */
+export function storedAccess(access: StoredAccess): StoredAccess {
+  const { kind, subject, clientId, fhirUser, patient, scopes, purposeOfUse } = access;
+  return {
+    kind, scopes: [...scopes],
+    ...(subject ? { subject } : {}), ...(clientId ? { clientId } : {}), ...(fhirUser ? { fhirUser } : {}),
+    ...(patient ? { patient } : {}), ...(purposeOfUse ? { purposeOfUse } : {}),
+  };
+}

@@ -1,0 +1,141 @@
+/**
+ * Reads everything a requester may see of one resource type, page by page with bounded memory,
+ * through exactly the steps of a FHIR search: the policy's type-level authorize, parseSearch, the
+ * policy's narrowing (consent: granted patients and data periods), the repository, then every
+ * outbound guard (SMART scopes, consent, integrity) at the moment the page is read. The router's
+ * `searchAll` does the same but collects all matches in memory; exports need pages.
+ *
+ * Paging: patient-linked types are read one patient at a time; Observations (the bulk of the data)
+ * by a keyset on `date` (ge the last date seen, skipping ids already emitted at that instant), so
+ * the repository never rescans earlier pages; other types by offset pages.
+ */
+import type { SearchRequest } from '@medplum/core';
+import type { Observation, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
+import { badRequest } from '../errors.js';
+import type { AccessContext } from '../fhir/access.js';
+import { patientCompartmentParams } from '../fhir/compartment.js';
+import type { AccessPolicy } from '../fhir/policy.js';
+import type { FhirRouter } from '../fhir/router.js';
+import { parseSearch } from '../fhir/search.js';
+import type { Repository } from '../repository/port.js';
+
+export interface GuardedPage {
+  resources: Resource[];
+  issues: OperationOutcomeIssue[];
+}
+
+export interface ReaderOptions {
+  fhir: FhirRouter;
+  policy: AccessPolicy;
+  repository: Repository;
+  /** Rows per repository page (default 5000). */
+  pageSize?: number;
+}
+
+const KEYSET_START = '1900-01-01T00:00:00.000Z';
+
+export class GuardedReader {
+  private readonly pageSize: number;
+
+  constructor(private readonly options: ReaderOptions) {
+    this.pageSize = options.pageSize ?? 5000;
+  }
+
+  /** Throws 403 when the requester may never search this type (scopes). */
+  async authorize(access: AccessContext, type: string): Promise<void> {
+    await this.options.policy.authorize(access, 'search', type);
+  }
+
+  /** True when resources of this type belong to patients (read per patient). */
+  static isPatientLinked(type: string): boolean {
+    return type === 'Patient' || patientCompartmentParams(type).includes('patient') || patientCompartmentParams(type).includes('subject');
+  }
+
+  /**
+   * Guarded pages of `type` matching `query`. With `patients`, only those patients' resources
+   * (patient-linked types); without, every match.
+   */
+  async *pages(access: AccessContext, type: string, query: Record<string, string | string[]>, patients?: AsyncIterable<string> | Iterable<string>): AsyncGenerator<GuardedPage> {
+    await this.authorize(access, type);
+    if (type === 'Patient' && patients) {
+      let batch: string[] = [];
+      for await (const id of patients) {
+        batch.push(id);
+        if (batch.length === 100) {
+          yield* this.offsetPages(access, type, { ...query, _id: batch.join(',') });
+          batch = [];
+        }
+      }
+      if (batch.length) yield* this.offsetPages(access, type, { ...query, _id: batch.join(',') });
+      return;
+    }
+    if (patients && type !== 'Patient' && patientCompartmentParams(type).includes('patient')) {
+      for await (const id of patients) {
+        const q = { ...query, patient: `Patient/${id}` };
+        if (type === 'Observation') yield* this.keysetPages(access, type, q);
+        else yield* this.offsetPages(access, type, q);
+      }
+      return;
+    }
+    yield* this.offsetPages(access, type, query);
+  }
+
+  private async narrowed(access: AccessContext, type: string, query: Record<string, string | string[]>): Promise<SearchRequest> {
+    const parsed = parseSearch(type, query, {
+      lenient: false,
+      supported: this.options.repository.supportedSearchParams(),
+      defaultCount: this.pageSize,
+      maxCount: this.pageSize,
+    });
+    return this.options.policy.narrowSearch(access, { ...parsed, offset: 0 });
+  }
+
+  private async guarded(access: AccessContext, resources: Resource[]): Promise<GuardedPage> {
+    const { allowed, issues } = await this.options.fhir.guard(access, resources);
+    return { resources: allowed, issues };
+  }
+
+  private async *offsetPages(access: AccessContext, type: string, query: Record<string, string | string[]>): AsyncGenerator<GuardedPage> {
+    const request = await this.narrowed(access, type, query);
+    for (let offset = 0; ; offset += this.pageSize) {
+      const result = await this.options.repository.search({ ...request, count: this.pageSize, offset });
+      yield await this.guarded(access, result.resources);
+      if (!result.hasMore || result.resources.length === 0) return;
+    }
+  }
+
+  private async *keysetPages(access: AccessContext, type: string, query: Record<string, string | string[]>): AsyncGenerator<GuardedPage> {
+    let cursor = KEYSET_START;
+    let seenAtCursor = new Set<string>();
+    for (;;) {
+      const dates = [query.date ?? []].flat();
+      const request = await this.narrowed(access, type, { ...query, date: [...dates, `ge${cursor}`], _sort: 'date' });
+      const result = await this.options.repository.search({ ...request, count: this.pageSize, offset: 0 });
+      // Rows before the cursor (periods overlapping it) or at it and already emitted came in earlier pages.
+      const fresh = result.resources.filter((r) => {
+        const at = effectiveOf(r);
+        return at !== undefined && (at > cursor || (at === cursor && !seenAtCursor.has(r.id!)));
+      });
+      if (fresh.length === 0) {
+        if (result.hasMore) throw badRequest(`More than ${this.pageSize} resources share one effective time`);
+        return;
+      }
+      yield await this.guarded(access, fresh);
+      if (!result.hasMore) return;
+      const last = effectiveOf(fresh[fresh.length - 1]!);
+      if (last === undefined) return;
+      if (last !== cursor) seenAtCursor = new Set();
+      cursor = last;
+      for (const r of fresh) if (effectiveOf(r) === cursor) seenAtCursor.add(r.id!);
+    }
+  }
+}
+
+/** The instant an Observation sorts by (`date`), normalised to ISO; undefined for undated ones. */
+function effectiveOf(resource: Resource): string | undefined {
+  const o = resource as Observation;
+  const raw = o.effectiveDateTime ?? o.effectiveInstant ?? o.effectivePeriod?.start;
+  if (!raw) return undefined;
+  const t = Date.parse(raw);
+  return Number.isNaN(t) ? undefined : new Date(t).toISOString();
+}

@@ -1,0 +1,43 @@
+/**
+ * The research seam: when does data leave de-identified, and under which study's pseudonyms.
+ *
+ * A requester acts for research when it states the purpose of use HRESCH (X-Purpose-Of-Use, kept
+ * with an export job); consent then only lets through what the patients granted for HRESCH. The
+ * study is the requester's identity — its `fhirUser` (e.g. the study's Organization, the grantee of
+ * the research Consent) or else `Client/<client_id>` — so each study sees its own stable
+ * pseudonyms. Consent grants carry no study id of their own yet; when they do, look it up here.
+ */
+import type { AccessContext } from '../fhir/access.js';
+import { Deidentifier, studyKey, type DeidentifyOptions } from './deidentify.js';
+
+export const RESEARCH_PURPOSE = 'HRESCH';
+
+export interface ResearchContext {
+  studyId: string;
+}
+
+/** The study a requester exports for, when its purpose is research; otherwise undefined. */
+export function researchContextOf(access: AccessContext & { purposeOfUse?: string }): ResearchContext | undefined {
+  if (access.kind === 'open' || access.purposeOfUse !== RESEARCH_PURPOSE) return undefined;
+  const studyId = access.fhirUser ?? (access.clientId ? `Client/${access.clientId}` : undefined);
+  return studyId ? { studyId } : undefined;
+}
+
+/** One Deidentifier per study (keys derived once). */
+export class StudyDeidentifiers {
+  private readonly byStudy = new Map<string, Deidentifier>();
+
+  constructor(private readonly masterKey: string, private readonly options: DeidentifyOptions = {}) {}
+
+  /** The de-identification step for this requester, or undefined when data leaves as it is. */
+  forAccess(access: AccessContext & { purposeOfUse?: string }): Deidentifier | undefined {
+    const research = researchContextOf(access);
+    if (!research) return undefined;
+    let d = this.byStudy.get(research.studyId);
+    if (!d) {
+      d = new Deidentifier(studyKey(this.masterKey, research.studyId), this.options);
+      this.byStudy.set(research.studyId, d);
+    }
+    return d;
+  }
+}

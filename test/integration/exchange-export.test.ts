@@ -1,0 +1,191 @@
+/**
+ * Bulk Data $export (issue 7): a research study's Backend Services client exports de-identified
+ * readings of consenting patients only; a clinician's export holds only granted patients and data
+ * periods; files go only to the requester's own token; polling too fast is a 429; DELETE cancels;
+ * a job cut off by a restart runs again and is never half-served.
+ */
+import { randomUUID } from 'node:crypto';
+import { existsSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Observation } from '@medplum/fhirtypes';
+import request from 'supertest';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { DAY, grant, ingest, person, practitionerToken, registerIdentity, sparseTrace } from './consent-helpers.js';
+
+process.env.GLUCOGUARD_EXPORT_RETRY_AFTER = '1';
+
+interface Manifest {
+  transactionTime: string;
+  request: string;
+  requiresAccessToken: boolean;
+  output: { type: string; url: string; count: number }[];
+  error: unknown[];
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('bulk $export', () => {
+  let t: TestApp;
+  let ana: string;
+  let ben: string;
+  let carl: string;
+  let study: string;
+  let doc: string;
+  let studyToken: string;
+  const trace = sparseTrace(3, 120);
+  const now = Date.now();
+
+  const backendToken = (clientId: string, fhirUser?: string) => t.app.smart.tokens.signAccessToken({
+    gid: randomUUID(), clientId, sub: clientId, ...(fhirUser ? { fhirUser } : {}), scopes: ['system/*.rs'],
+  }).token;
+
+  const kickOff = (url: string, token: string, purpose = 'HRESCH') => request(t.app.http).get(url)
+    .set('Authorization', `Bearer ${token}`).set('X-Purpose-Of-Use', purpose).set('Prefer', 'respond-async').set('Accept', 'application/fhir+json');
+
+  const statusPath = (contentLocation: string) => contentLocation.replace('http://127.0.0.1:8080', '');
+
+  async function manifestOf(contentLocation: string, token: string): Promise<Manifest> {
+    for (let i = 0; i < 40; i++) {
+      const res = await request(t.app.http).get(statusPath(contentLocation)).set('Authorization', `Bearer ${token}`);
+      if (res.status === 200) return res.body as Manifest;
+      expect(res.status).toBe(202);
+      expect(res.headers['retry-after']).toBe('1');
+      await sleep(1050);
+    }
+    throw new Error('export did not complete');
+  }
+
+  async function download(url: string, token: string): Promise<Observation[]> {
+    const res = await request(t.app.http).get(url.replace('http://127.0.0.1:8080', '')).set('Authorization', `Bearer ${token}`).buffer(true).parse((r, cb) => {
+      let data = '';
+      r.on('data', (c: Buffer) => { data += c.toString(); });
+      r.on('end', () => cb(null, data));
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers['content-type']).toContain('application/fhir+ndjson');
+    return (res.body as string).trim().split('\n').map((l) => JSON.parse(l) as Observation);
+  }
+
+  beforeAll(async () => {
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    ana = await person(t.app, 'Patient', 'Rivera');
+    ben = await person(t.app, 'Patient', 'Okafor');
+    carl = await person(t.app, 'Patient', 'Lindqvist');
+    study = await person(t.app, 'Practitioner', 'Study') && (await t.app.repository.create({ resourceType: 'Organization', name: 'Study 42' })).resource.id!;
+    doc = await person(t.app, 'Practitioner', 'Osei');
+    await registerIdentity(t.app, `Organization/${study}`);
+    await registerIdentity(t.app, `Practitioner/${doc}`);
+    for (const p of [ana, ben, carl]) await ingest(t.app, p, trace);
+    // ana consents to the study (research); ben only lets the study treat him; carl grants nothing
+    expect((await grant(t.app, { patient: ana, actor: `Organization/${study}`, accessTo: now + DAY, dataFrom: now - 10 * DAY, dataTo: now, purposes: ['HRESCH'], classes: ['Observation'] })).status).toBe(201);
+    expect((await grant(t.app, { patient: ben, actor: `Organization/${study}`, accessTo: now + DAY, dataFrom: now - 10 * DAY, dataTo: now, purposes: ['TREAT'], classes: ['Observation'] })).status).toBe(201);
+    // the clinician sees ben's last day only
+    expect((await grant(t.app, { patient: ben, actor: `Practitioner/${doc}`, accessTo: now + DAY, dataFrom: now - DAY, dataTo: now, purposes: ['TREAT'], classes: ['Observation'] })).status).toBe(201);
+    studyToken = backendToken('study-client', `Organization/${study}`);
+  }, 120_000);
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  test('kick-off needs Prefer: respond-async', async () => {
+    const res = await request(t.app.http).get('/fhir/Patient/$export').set('Authorization', `Bearer ${studyToken}`).set('X-Purpose-Of-Use', 'HRESCH');
+    expect(res.status).toBe(400);
+    expect(JSON.stringify(res.body)).toContain('respond-async');
+  });
+
+  test('the CapabilityStatement declares $export', async () => {
+    const res = await request(t.app.http).get('/fhir/metadata');
+    expect(JSON.stringify(res.body.rest[0].operation)).toContain('http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export');
+  });
+
+  test('a research client exports de-identified readings of the consenting patient only; files only for its own token', async () => {
+    const res = await kickOff('/fhir/Patient/$export?_type=Observation', studyToken);
+    expect(res.status).toBe(202);
+    const location = res.headers['content-location']!;
+    expect(location).toMatch(/\/fhir\/\$export-status\?_job=/);
+    const manifest = await manifestOf(location, studyToken);
+    expect(manifest.requiresAccessToken).toBe(true);
+    expect(manifest.request).toContain('/Patient/$export');
+    expect(Date.parse(manifest.transactionTime)).toBeGreaterThan(now - 60_000);
+    expect(manifest.output.map((o) => o.type)).toEqual(['Observation']);
+    const expected = trace.filter((r) => r.epochMs >= now - 10 * DAY).length;
+    expect(manifest.output[0]!.count).toBe(expected);
+    const lines = await download(manifest.output[0]!.url, studyToken);
+    expect(lines).toHaveLength(expected);
+    const subjects = new Set(lines.map((o) => o.subject?.reference));
+    expect(subjects.size).toBe(1);
+    expect([...subjects][0]).toMatch(/^Patient\/[0-9a-f]{40}$/);
+    for (const o of lines) expect(o.meta?.security?.map((c) => c.code)).toEqual(['PSEUDED', 'REDACTED']);
+    const text = JSON.stringify(lines);
+    for (const secret of [ana, ben, carl, 'Rivera', 'Okafor', 'Lindqvist', 'urn:glucoguard:cgm-reading']) expect(text).not.toContain(secret);
+
+    const other = backendToken('other-client');
+    const refused = await request(t.app.http).get(manifest.output[0]!.url.replace('http://127.0.0.1:8080', '')).set('Authorization', `Bearer ${other}`);
+    expect(refused.status).toBe(404);
+    expect(refused.text).not.toContain('valueQuantity');
+    expect((await request(t.app.http).get(manifest.output[0]!.url.replace('http://127.0.0.1:8080', ''))).status).toBe(401);
+    expect((await request(t.app.http).get(statusPath(location)).set('Authorization', `Bearer ${other}`)).status).toBe(404);
+  }, 60_000);
+
+  test('a clinician export holds only the granted patient and data period, not de-identified', async () => {
+    const token = practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs']);
+    const res = await kickOff('/fhir/$export?_type=Observation,Patient', token, 'TREAT');
+    expect(res.status).toBe(202);
+    const manifest = await manifestOf(res.headers['content-location']!, token);
+    const obs = manifest.output.find((o) => o.type === 'Observation')!;
+    const lines = await download(obs.url, token);
+    expect(lines.length).toBe(trace.filter((r) => r.epochMs >= now - DAY).length);
+    expect(new Set(lines.map((o) => o.subject?.reference))).toEqual(new Set([`Patient/${ben}`]));
+    for (const o of lines) expect(Date.parse(o.effectiveDateTime!)).toBeGreaterThanOrEqual(now - DAY - 1000);
+    expect(manifest.output.find((o) => o.type === 'Patient')).toBeUndefined(); // the grant covers Observations only
+  }, 60_000);
+
+  test('_since and _typeFilter narrow the export; a bad _outputFormat is refused', async () => {
+    expect((await kickOff('/fhir/$export?_outputFormat=text/csv', studyToken)).status).toBe(400);
+    const future = new Date(now + DAY).toISOString();
+    const res = await kickOff(`/fhir/$export?_type=Observation&_since=${encodeURIComponent(future)}`, studyToken);
+    expect(res.status).toBe(202);
+    expect((await manifestOf(res.headers['content-location']!, studyToken)).output).toEqual([]);
+    const filtered = await kickOff(`/fhir/$export?_type=Observation&_typeFilter=${encodeURIComponent('Observation?code=http://loinc.org|00000-0')}`, studyToken);
+    expect((await manifestOf(filtered.headers['content-location']!, studyToken)).output).toEqual([]);
+  }, 60_000);
+
+  test('while running: 202 with X-Progress; polling sooner than Retry-After is a 429; DELETE cancels (202, then 404)', async () => {
+    const res = await kickOff('/fhir/Patient/$export?_type=Observation', studyToken);
+    await manifestOf(res.headers['content-location']!, studyToken);
+    // a job that stays queued (recorded, not picked up) so the in-progress answers can be seen
+    const store = t.app.exchange.exports.store;
+    const jobId = randomUUID();
+    store.put({ ...store.get(new URL(res.headers['content-location']!).searchParams.get('_job')!)!, id: jobId, status: 'queued', outputs: [] });
+    const status = `/fhir/$export-status?_job=${jobId}`;
+    const first = await request(t.app.http).get(status).set('Authorization', `Bearer ${studyToken}`);
+    expect(first.status).toBe(202);
+    expect(first.headers['x-progress']).toBeDefined();
+    expect(first.headers['retry-after']).toBe('1');
+    const second = await request(t.app.http).get(status).set('Authorization', `Bearer ${studyToken}`);
+    expect(second.status).toBe(429);
+    expect(second.headers['retry-after']).toBe('1');
+    expect((await request(t.app.http).delete(status).set('Authorization', `Bearer ${backendToken('other-client')}`)).status).toBe(404);
+    expect((await request(t.app.http).delete(status).set('Authorization', `Bearer ${studyToken}`)).status).toBe(202);
+    expect((await request(t.app.http).get(status).set('Authorization', `Bearer ${studyToken}`)).status).toBe(404);
+  }, 30_000);
+
+  test('a job cut off by a restart runs again from the start; partial files are never served', async () => {
+    const res = await kickOff('/fhir/Patient/$export?_type=Observation', studyToken);
+    const location = res.headers['content-location']!;
+    const done = await manifestOf(location, studyToken);
+    const jobId = new URL(location).searchParams.get('_job')!;
+    // simulate a crash mid-job: the record says running, a half-written file lies on disk
+    const store = t.app.exchange.exports.store;
+    store.put({ ...store.get(jobId)!, status: 'running', outputs: [], errors: [] });
+    const dir = path.join(t.dataDir, 'exports', jobId);
+    writeFileSync(path.join(dir, 'Observation.ndjson.part'), '{"resourceType":"Observation","id":"half');
+    await t.restart();
+    const again = await manifestOf(location, studyToken);
+    expect(again.output).toEqual(done.output);
+    expect(existsSync(path.join(dir, 'Observation.ndjson.part'))).toBe(false);
+    const lines = await download(again.output[0]!.url, studyToken);
+    expect(lines).toHaveLength(done.output[0]!.count);
+  }, 90_000);
+});
