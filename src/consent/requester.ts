@@ -50,14 +50,9 @@ function compute(access: ConsentAccessContext): Requester {
   if (access.kind === 'open') return { kind: 'open', refs: [], key: 'open' };
   const self = patientIdOfReference(access.fhirUser);
   if (self) return { kind: 'patient', patientId: self, refs: [`Patient/${self}`], key: `patient:${self}` };
-  if (!access.fhirUser && access.patient && onlyPatientScopes(access.scopes)) {
-    return { kind: 'patient', patientId: access.patient, refs: [`Patient/${access.patient}`], key: `patient:${access.patient}` };
-  }
+  // A patient context alone never makes the requester the patient: every user login carries
+  // fhirUser, so a token without one is a client acting for someone else (fail closed).
   const refs = [access.fhirUser, access.clientId ? `Client/${access.clientId}` : undefined].filter((r): r is string => !!r);
   return { kind: 'grantee', refs, purpose: access.purposeOfUse, key: `grantee:${refs.join(' ')}` };
 }
 
-function onlyPatientScopes(scopes: string[]): boolean {
-  const resourceScopes = scopes.filter((s) => /^(patient|user|system)\//.test(s));
-  return resourceScopes.length > 0 && resourceScopes.every((s) => s.startsWith('patient/'));
-}

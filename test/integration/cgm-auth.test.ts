@@ -16,7 +16,9 @@ describe('CGM entry points with authentication on', () => {
   let ana: string;
   let ben: string;
   const token = (scopes: string[], extra: { patient?: string; fhirUser?: string } = {}): string =>
-    t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'test-client', sub: 'tester', scopes, ...extra }).token;
+    // A patient's own login always carries fhirUser (src/smart/authorize.ts); mint tokens the same way.
+    t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'test-client', sub: 'tester', scopes,
+      ...(extra.patient && !extra.fhirUser ? { fhirUser: `Patient/${extra.patient}` } : {}), ...extra }).token;
   let admin: string;
 
   beforeAll(async () => {
