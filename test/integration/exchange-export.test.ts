@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import type { Observation } from '@medplum/fhirtypes';
+import type { Group, Observation, Organization } from '@medplum/fhirtypes';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, grant, ingest, person, practitionerToken, registerIdentity, sparseTrace } from './consent-helpers.js';
@@ -72,7 +72,7 @@ describe('bulk $export', () => {
     ana = await person(t.app, 'Patient', 'Rivera');
     ben = await person(t.app, 'Patient', 'Okafor');
     carl = await person(t.app, 'Patient', 'Lindqvist');
-    study = await person(t.app, 'Practitioner', 'Study') && (await t.app.repository.create({ resourceType: 'Organization', name: 'Study 42' })).resource.id!;
+    study = (await t.app.repository.create<Organization>({ resourceType: 'Organization', name: 'Study 42' })).resource.id!;
     doc = await person(t.app, 'Practitioner', 'Osei');
     await registerIdentity(t.app, `Organization/${study}`);
     await registerIdentity(t.app, `Practitioner/${doc}`);
@@ -139,6 +139,21 @@ describe('bulk $export', () => {
     expect(new Set(lines.map((o) => o.subject?.reference))).toEqual(new Set([`Patient/${ben}`]));
     for (const o of lines) expect(Date.parse(o.effectiveDateTime!)).toBeGreaterThanOrEqual(now - DAY - 1000);
     expect(manifest.output.find((o) => o.type === 'Patient')).toBeUndefined(); // the grant covers Observations only
+  }, 60_000);
+
+  test('Group/ID/$export exports the members only (and only what they granted); an unknown Group is 404', async () => {
+    const group = (await t.app.repository.create<Group>({ resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${carl}` } }, { entity: { reference: `Patient/${ben}` } }] })).resource;
+    const token = practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs']);
+    expect((await kickOff('/fhir/Group/nope/$export', token, 'TREAT')).status).toBe(404);
+    const res = await kickOff(`/fhir/Group/${group.id}/$export?_type=Observation`, token, 'TREAT');
+    expect(res.status).toBe(202);
+    const manifest = await manifestOf(res.headers['content-location']!, token);
+    const lines = await download(manifest.output[0]!.url, token);
+    expect(new Set(lines.map((o) => o.subject?.reference))).toEqual(new Set([`Patient/${ben}`]));
+    // ben is granted but not a member of this one
+    const carlOnly = (await t.app.repository.create<Group>({ resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${carl}` } }] })).resource;
+    const second = await kickOff(`/fhir/Group/${carlOnly.id}/$export?_type=Observation`, token, 'TREAT');
+    expect((await manifestOf(second.headers['content-location']!, token)).output).toEqual([]);
   }, 60_000);
 
   test('_since and _typeFilter narrow the export; a bad _outputFormat is refused', async () => {
