@@ -1,7 +1,7 @@
 // The clinician's CGM viewer after an EHR launch: patient banner, who granted access until when,
 // the AGP report for 14/30/90 days, and plain words when access ended or was never granted.
 import { api, applySmartStyle, el, fmtDate, fmtDateTime, notice, PURPOSE_WORDS, show, statusOf, dataWords } from '../shared/dom.js';
-import { loadReport, periodSelector, renderReport } from '../shared/agp.js';
+import { hasReadings, loadReport, periodSelector, renderReport } from '../shared/agp.js';
 
 // Every read says why (the consent engine needs a purpose of use).
 const PURPOSE = { 'X-Purpose-Of-Use': 'TREAT' };
@@ -11,6 +11,7 @@ const controls = document.getElementById('controls');
 const reportBox = document.getElementById('report');
 let period = 14;
 let client;
+let bannerShown = false;
 
 function nameOf(p) {
   const n = p?.name?.[0];
@@ -70,7 +71,15 @@ async function load() {
     show(reportBox, el('p', { 'data-report': 'none' }, 'No report is shown because you do not have access to this patient\'s glucose data.'));
     return;
   }
+  if (!bannerShown) {
+    bannerShown = true;
+    await showBanner();
+  }
   try {
+    if (!(await hasReadings(client, client.patient.id, period, PURPOSE))) {
+      show(reportBox, notice('warn', 'No glucose readings to show.', `There are no CGM readings you may see in the last ${period} days. The patient's permission covers data from ${fmtDate(active.dataFrom)} to ${fmtDate(active.dataTo)}.`));
+      return;
+    }
     const report = await loadReport(client, client.patient.id, period, PURPOSE);
     show(reportBox, el('h2', { id: 'report-title' }, `AGP report – last ${period} days`), renderReport(report));
   } catch (err) {
@@ -88,12 +97,17 @@ async function load() {
 try {
   client = await window.FHIR.oauth2.ready();
   await applySmartStyle(client.state.tokenResponse?.smart_style_url);
+  document.body.dataset.needPatientBanner = String(!!client.state.tokenResponse?.need_patient_banner);
   show(controls,
     periodSelector(period, (d) => { period = d; void load(); }),
     el('p', {}, el('button', { type: 'button', class: 'secondary', onclick: () => void load() }, 'Refresh'), ' ',
       el('button', { type: 'button', class: 'secondary', onclick: () => window.print() }, 'Print')));
-  await showBanner();
   await load();
+  if (!bannerShown && client.state.tokenResponse?.need_patient_banner) {
+    // Without access the patient's details are not ours to read: the record id the EHR gave us.
+    banner.hidden = false;
+    show(banner, el('span', {}, el('strong', {}, 'Patient')), el('span', {}, `Record ID ${client.patient.id}`));
+  }
 } catch (err) {
   show(reportBox, notice('error', 'This app could not connect to the health record.', 'Open it again from the patient\'s record in your EHR.'));
 }

@@ -180,13 +180,18 @@ export function dailyProfiles(readings, endIso, days = 14) {
 
 const INTEGRITY = 'urn:glucoguard:integrity';
 
-/** Counts the integrity marks of the readings (meta.tag urn:glucoguard:integrity). */
+/**
+ * Counts the integrity marks of the readings (meta.tag urn:glucoguard:integrity). GlucoGuard checks
+ * every resource it serves: a version that matched its anchored commitment goes out without a tag
+ * (a mismatch is never served), so no tag means verified; `pending` = not anchored yet,
+ * `unverified` = no commitment to check against.
+ */
 export function integrityOf(observations) {
   const counts = { verified: 0, pending: 0, unverified: 0, unmarked: 0 };
   for (const o of observations) {
     const tag = o.meta?.tag?.find((t) => t.system === INTEGRITY)?.code;
-    if (tag === 'verified' || tag === 'pending' || tag === 'unverified') counts[tag]++;
-    else counts.unmarked++;
+    if (tag === 'pending' || tag === 'unverified') counts[tag]++;
+    else counts.verified++;
   }
   return counts;
 }
@@ -208,6 +213,19 @@ export function readingsOf(observations) {
     .map((o) => ({ t: Date.parse(o.effectiveDateTime), v: o.valueQuantity?.unit === 'mmol/L' ? o.valueQuantity.value * 18.016 : o.valueQuantity?.value }))
     .filter((r) => Number.isFinite(r.t) && Number.isFinite(r.v))
     .sort((a, b) => a.t - b.t);
+}
+
+/**
+ * Whether any CGM reading the requester may see falls in the last `periodDays` days (asked first,
+ * so the apps can say "no readings" without provoking a 404 from the summary operations).
+ */
+export async function hasReadings(client, patientId, periodDays, headers = {}) {
+  const from = new Date(Date.now() - periodDays * DAY).toISOString();
+  const bundle = await client.request({
+    url: `Observation?patient=Patient/${patientId}&code=${encodeURIComponent(READING_CODE)}&date=ge${encodeURIComponent(from)}&_count=1`,
+    headers,
+  });
+  return (bundle?.entry ?? []).some((e) => e.resource?.resourceType === 'Observation');
 }
 
 /**

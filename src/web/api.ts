@@ -113,12 +113,13 @@ export function webApiRouter(deps: WebApiDeps): Router {
   router.get('/key-safety', handle(async (_req, access) => {
     const patientId = patientOf(access);
     const key = deps.consent.keys.get(patientId);
+    // Guardians are RelatedPersons of the patient; a repository that cannot search them says so (null).
     const related = await deps.repository.search({
       resourceType: 'RelatedPerson', filters: [{ code: 'patient', operator: Operator.EQUALS, value: `Patient/${patientId}` }], count: 50, offset: 0,
-    });
+    }).catch(() => undefined);
     return {
       key: key ? { address: key.address, custodial: key.custodial } : null,
-      guardians: (related.resources as RelatedPerson[]).map((r) => ({ reference: `RelatedPerson/${r.id}`, name: nameOf(r) ?? `RelatedPerson/${r.id}` })),
+      guardians: related ? (related.resources as RelatedPerson[]).map((r) => ({ reference: `RelatedPerson/${r.id}`, name: nameOf(r) ?? `RelatedPerson/${r.id}` })) : null,
       // What the server offers today; the apps show these plainly rather than pretend.
       features: { guardianConsent: true, guardianKeyRecovery: false, custodialBackupStatus: false },
     };

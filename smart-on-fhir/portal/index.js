@@ -1,0 +1,411 @@
+// The patient portal (standalone launch as a patient): own AGP summary, upload with progress,
+// grants (list, share in a few steps, stop sharing), the access log in plain words, key safety.
+import { api, dataWords, el, fmtDate, fmtDateTime, notice, PURPOSE_WORDS, show, statusOf, STATE_WORDS } from '../shared/dom.js';
+import { hasReadings, loadReport, periodSelector, renderReport } from '../shared/agp.js';
+
+const DAY = 86_400_000;
+const $ = (id) => document.getElementById(id);
+const statusLine = $('status');
+let client;
+let patientId;
+let grantees = [];
+let period = 14;
+
+function say(text) {
+  statusLine.textContent = text;
+}
+
+function nameOf(p) {
+  const n = p?.name?.[0];
+  return n ? (n.text ?? [n.given, n.family].flat().filter(Boolean).join(' ')) : undefined;
+}
+
+function problemOf(err) {
+  const issue = err?.response?.body?.issue?.[0] ?? err?.body?.issue?.[0];
+  return issue?.diagnostics ?? err?.message ?? 'unknown problem';
+}
+
+// ---- My summary -------------------------------------------------------------------------------
+async function loadSummary() {
+  const body = $('summary-body');
+  show(body, el('p', { role: 'status' }, 'Loading your summary…'));
+  try {
+    if (!(await hasReadings(client, patientId, period))) {
+      show(body, notice('info', 'No glucose readings yet for this period.', 'Upload a file from your sensor or app below to see your summary.'));
+      return;
+    }
+    const report = await loadReport(client, patientId, period);
+    show(body, renderReport(report));
+  } catch (err) {
+    if (statusOf(err) === 404) show(body, notice('info', 'No glucose readings yet for this period.', 'Upload a file from your sensor or app below to see your summary.'));
+    else show(body, notice('error', 'Your summary could not be loaded.', 'Please try again in a moment.'));
+  }
+}
+
+// ---- Upload -----------------------------------------------------------------------------------
+const FORMATS = [
+  ['', 'Detect automatically'], ['dexcom', 'Dexcom Clarity / API (JSON)'], ['libreview', 'FreeStyle LibreView (CSV)'],
+  ['nightscout', 'Nightscout (JSON)'], ['tidepool', 'Tidepool (JSON)'], ['healthkit', 'Apple Health export (XML)'], ['openmhealth', 'Open mHealth (JSON)'],
+];
+
+function uploadForm() {
+  const progress = el('progress', { id: 'upload-progress', max: 100, value: 0, 'aria-describedby': 'upload-progress-text' });
+  const progressText = el('p', { id: 'upload-progress-text', 'aria-live': 'polite' }, '');
+  const result = el('div', { id: 'upload-result', 'aria-live': 'polite' });
+  const progressBox = el('div', { hidden: true }, el('label', { for: 'upload-progress' }, 'Upload progress'), progress, progressText);
+  const form = el('form', { id: 'upload-form', novalidate: true },
+    el('p', {}, el('label', { for: 'upload-file' }, 'Export file'), el('br'),
+      el('input', { type: 'file', id: 'upload-file', name: 'file', required: true, 'aria-describedby': 'upload-help',
+        accept: '.json,.csv,.xml,.txt,application/json,text/csv,text/xml' })),
+    el('p', { id: 'upload-help' }, 'The file you exported from Dexcom Clarity, LibreView, Nightscout, Tidepool or Apple Health. Nothing is stored if the file has errors.'),
+    el('p', {}, el('label', { for: 'upload-format' }, 'File type'), el('br'),
+      el('select', { id: 'upload-format', name: 'format' }, FORMATS.map(([v, t]) => el('option', { value: v }, t)))),
+    el('button', { type: 'submit' }, 'Upload'));
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const file = $('upload-file').files?.[0];
+    if (!file) {
+      show(result, notice('error', 'Choose a file first.'));
+      $('upload-file').focus();
+      return;
+    }
+    const format = $('upload-format').value;
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `/cgm/ingest?patient=${encodeURIComponent(patientId)}${format ? `&format=${encodeURIComponent(format)}` : ''}`);
+    xhr.setRequestHeader('Authorization', `Bearer ${client.state.tokenResponse.access_token}`);
+    xhr.setRequestHeader('Content-Type', file.type || 'application/octet-stream');
+    progressBox.hidden = false;
+    progress.value = 0;
+    progressText.textContent = 'Starting the upload…';
+    show(result);
+    xhr.upload.onprogress = (e) => {
+      if (!e.lengthComputable) return;
+      const pct = Math.round((e.loaded / e.total) * 100);
+      progress.value = pct;
+      progressText.textContent = `${pct} % sent (${Math.round(e.loaded / 1024)} of ${Math.round(e.total / 1024)} KB)`;
+    };
+    xhr.upload.onload = () => {
+      progress.value = 100;
+      progressText.textContent = '100 % sent. Reading your file…';
+    };
+    xhr.onerror = () => show(result, notice('error', 'The upload failed.', 'Check your connection and try again.'));
+    xhr.onload = () => {
+      let body;
+      try { body = JSON.parse(xhr.responseText); } catch { body = undefined; }
+      if (xhr.status === 200 && body) {
+        progressText.textContent = '100 % sent. Done.';
+        show(result, importSummary(body));
+        void loadSummary();
+      } else {
+        const why = body?.issue?.map((i) => i.diagnostics).filter(Boolean).slice(0, 5) ?? [];
+        show(result, notice('error', 'Nothing was imported.', ...(why.length ? why : [`The server answered ${xhr.status}.`])));
+      }
+    };
+    xhr.send(file);
+  });
+  return [form, progressBox, result];
+}
+
+function importSummary(r) {
+  const lines = [
+    `File type: ${r.format}${r.detected ? ' (detected automatically)' : ''}.`,
+    `${r.created} new readings stored, ${r.unchanged} already there, ${r.corrected} corrected.`,
+    r.first ? `Readings from ${fmtDateTime(r.first)} to ${fmtDateTime(r.last)}.` : undefined,
+    r.skipped ? `${r.skipped} records skipped (for example sensor errors or non-glucose records).` : undefined,
+    r.rejected ? `${r.rejected} records rejected.` : undefined,
+    ...(r.warnings ?? []),
+  ].filter(Boolean);
+  return notice('ok', 'Import finished.', el('ul', { 'data-import': JSON.stringify({ created: r.created, unchanged: r.unchanged }) }, lines.map((l) => el('li', {}, l))));
+}
+
+// ---- Grants -----------------------------------------------------------------------------------
+function granteeName(reference) {
+  return grantees.find((g) => g.reference === reference)?.name ?? reference;
+}
+
+function stateOf(c) {
+  const p = c.provision ?? {};
+  const start = Date.parse(p.period?.start ?? '');
+  const end = Date.parse(p.period?.end ?? '');
+  if (c.status === 'inactive' || c.status === 'rejected') return 'revoked';
+  if (c.status !== 'active') return 'pending';
+  if (end <= Date.now()) return 'expired';
+  if (start > Date.now()) return 'not-started';
+  return 'active';
+}
+
+const STATE_MARK = { active: '●', pending: '⧗', 'not-started': '⧗', expired: '○', revoked: '✕' };
+
+async function loadGrants() {
+  const body = $('sharing-body');
+  let consents;
+  try {
+    consents = await client.request({ url: `Consent?patient=Patient/${patientId}&_count=100` }, { pageLimit: 0, flat: true });
+  } catch {
+    show(body, notice('error', 'Your list of permissions could not be loaded.'));
+    return;
+  }
+  consents = consents.filter((c) => c?.resourceType === 'Consent')
+    .sort((a, b) => (b.meta?.lastUpdated ?? '').localeCompare(a.meta?.lastUpdated ?? ''));
+  if (consents.length === 0) {
+    show(body, el('p', { 'data-grants': 0 }, 'You have not shared your data with anyone.'));
+    return;
+  }
+  const rows = consents.map((c) => {
+    const p = c.provision ?? {};
+    const actor = p.actor?.[0]?.reference?.reference ?? '';
+    const state = stateOf(c);
+    const classes = (p.class ?? []).map((x) => x.code);
+    const action = state === 'active' || state === 'not-started'
+      ? el('button', { type: 'button', class: 'danger', 'data-revoke': c.id, 'aria-label': `Stop sharing with ${granteeName(actor)}`, onclick: () => void revoke(c, actor) }, 'Stop sharing')
+      : '';
+    return el('tr', { 'data-consent': c.id, 'data-state': state },
+      el('th', { scope: 'row' }, granteeName(actor)),
+      el('td', {}, dataWords(classes)),
+      el('td', {}, `${fmtDate(p.dataPeriod?.start)} – ${fmtDate(p.dataPeriod?.end)}`),
+      el('td', {}, fmtDateTime(p.period?.end)),
+      el('td', {}, (p.purpose ?? []).map((x) => PURPOSE_WORDS[x.code] ?? x.code).join(', ')),
+      el('td', { class: 'status' }, `${STATE_MARK[state]} ${STATE_WORDS[state]}`),
+      el('td', {}, action));
+  });
+  show(body, el('table', { 'data-grants': consents.length },
+    el('caption', { class: 'visually-hidden' }, 'Everyone you have shared your data with'),
+    el('thead', {}, el('tr', {}, ['Who', 'What data', 'Data from – to', 'Until', 'Why', 'Status', ''].map((h) => el('th', { scope: 'col' }, h)))),
+    el('tbody', {}, rows)));
+}
+
+async function revoke(consent, actor) {
+  say(`Stopping sharing with ${granteeName(actor)}…`);
+  try {
+    await client.request({ url: `Consent/${consent.id}`, method: 'DELETE' });
+    say(`You stopped sharing with ${granteeName(actor)}. They can no longer see your data.`);
+  } catch (err) {
+    say(`Sharing could not be stopped: ${problemOf(err)}`);
+  }
+  await loadGrants();
+
+}
+
+// ---- Share wizard -----------------------------------------------------------------------------
+const DATA_CHOICES = [
+  { id: 'glucose', label: 'My glucose data (sensor readings, summaries, devices) and my name and date of birth', classes: ['Patient', 'Observation', 'Device'] },
+  { id: 'all', label: 'Everything in my record', classes: [] },
+];
+const PERIOD_CHOICES = [
+  { id: '14', label: 'The last 14 days', days: 14 }, { id: '90', label: 'The last 90 days', days: 90 },
+  { id: '365', label: 'The last year', days: 365 }, { id: 'all', label: 'All my data', days: undefined },
+];
+const DURATION_CHOICES = [
+  { id: '1', label: '1 day', days: 1 }, { id: '7', label: '1 week', days: 7 }, { id: '30', label: '30 days', days: 30 },
+  { id: '90', label: '3 months', days: 90 }, { id: '365', label: '1 year', days: 365 },
+];
+const WHY_CHOICES = [
+  { id: 'TREAT', label: 'For my treatment' }, { id: 'CAREMGT', label: 'To manage my care' }, { id: 'COC', label: 'To continue my care with another provider' },
+];
+
+function radios(name, legend, choices, checked) {
+  return el('fieldset', { 'data-step': name },
+    el('legend', { tabindex: -1 }, legend),
+    choices.map((c) => el('div', { class: 'choice' },
+      el('input', { type: 'radio', name, id: `${name}-${c.id}`, value: c.id, checked: c.id === checked }),
+      el('label', { for: `${name}-${c.id}` }, c.label))));
+}
+
+function shareWizard() {
+  const box = $('share-body');
+  if (grantees.length === 0) {
+    show(box, notice('info', 'There is nobody to share with yet.', 'Your clinic must register its clinicians with GlucoGuard before you can share with them.'));
+    return;
+  }
+  const steps = [
+    el('fieldset', { 'data-step': 'who' }, el('legend', { tabindex: -1 }, '1. Who should see your data?'),
+      el('label', { for: 'share-who' }, 'Clinician or organization'), el('br'),
+      el('select', { id: 'share-who', name: 'who' }, grantees.map((g) => el('option', { value: g.reference }, `${g.name} (${g.kind})`)))),
+    radios('what', '2. What data?', DATA_CHOICES, 'glucose'),
+    radios('dataperiod', '3. Which of your data?', PERIOD_CHOICES, '14'),
+    radios('duration', '4. For how long?', DURATION_CHOICES, '7'),
+    radios('why', '5. Why?', WHY_CHOICES, 'TREAT'),
+    el('fieldset', { 'data-step': 'confirm' }, el('legend', { tabindex: -1 }, '6. Check and confirm'), el('p', { id: 'share-sentence', 'data-confirm': '' })),
+  ];
+  const names = ['Who', 'What', 'Which data', 'How long', 'Why', 'Confirm'];
+  const progress = el('ol', { class: 'steps', 'aria-label': 'Steps' }, names.map((n) => el('li', {}, n)));
+  let at = 0;
+  const back = el('button', { type: 'button', class: 'secondary', onclick: () => go(at - 1) }, 'Back');
+  const next = el('button', { type: 'button', onclick: () => go(at + 1) }, 'Next');
+  const submit = el('button', { type: 'submit' }, 'Share my data');
+  const form = el('form', { id: 'share-form' }, progress, steps, el('p', {}, back, ' ', next, submit));
+  const value = (name) => form.querySelector(`[name="${name}"]:checked`)?.value ?? form.querySelector(`[name="${name}"]`)?.value;
+  function terms() {
+    const now = Date.now();
+    const data = DATA_CHOICES.find((c) => c.id === value('what'));
+    const dp = PERIOD_CHOICES.find((c) => c.id === value('dataperiod'));
+    const dur = DURATION_CHOICES.find((c) => c.id === value('duration'));
+    const accessTo = now + dur.days * DAY;
+    return {
+      actor: value('who'), data, purpose: value('why'),
+      dataFrom: dp.days ? now - dp.days * DAY : Date.UTC(2000, 0, 1), dataLabel: dp.label.toLowerCase(),
+      accessFrom: now - 60_000, accessTo, duration: dur.label,
+    };
+  }
+  function go(i) {
+    at = Math.max(0, Math.min(steps.length - 1, i));
+    steps.forEach((s, k) => { s.hidden = k !== at; });
+    [...progress.children].forEach((li, k) => (k === at ? li.setAttribute('aria-current', 'step') : li.removeAttribute('aria-current')));
+    back.disabled = at === 0;
+    next.hidden = at === steps.length - 1;
+    submit.hidden = at !== steps.length - 1;
+    if (at === steps.length - 1) {
+      const t = terms();
+      $('share-sentence').textContent = `${granteeName(t.actor)} will be able to see ${t.data.id === 'all' ? 'everything in your record' : 'your glucose data and your name and date of birth'}`
+        + ` — ${t.dataLabel}, and anything new you add while sharing — until ${fmtDateTime(new Date(t.accessTo).toISOString())} (${t.duration}),`
+        + ` for ${PURPOSE_WORDS[t.purpose]}. Every look is written in your access log. You can stop sharing at any time.`;
+    }
+    steps[at].querySelector('legend').focus();
+  }
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const t = terms();
+    submit.disabled = true;
+    say('Sharing…');
+    try {
+      const res = await client.request({
+        url: 'Consent', method: 'POST', headers: { 'Content-Type': 'application/fhir+json' },
+        body: JSON.stringify(consentOf(t)),
+      });
+      if (res?.resourceType === 'Parameters') say('Your permission is waiting for your own wallet to sign it. This portal cannot sign with a personal wallet yet.');
+      else say(`Done: ${granteeName(t.actor)} can now see your data until ${fmtDateTime(new Date(t.accessTo).toISOString())}.`);
+      await loadGrants();
+      go(0);
+    } catch (err) {
+      say(`Your data was not shared: ${problemOf(err)}`);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  show(box, form);
+  steps.forEach((s, k) => { s.hidden = k !== 0; });
+  progress.children[0].setAttribute('aria-current', 'step');
+  back.disabled = true;
+  submit.hidden = true;
+}
+
+function consentOf(t) {
+  return {
+    resourceType: 'Consent',
+    status: 'active',
+    scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
+    category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }],
+    patient: { reference: `Patient/${patientId}` },
+    dateTime: new Date().toISOString(),
+    performer: [{ reference: `Patient/${patientId}` }],
+    policyRule: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'OPTIN' }] },
+    provision: {
+      type: 'permit',
+      period: { start: new Date(t.accessFrom).toISOString(), end: new Date(t.accessTo).toISOString() },
+      actor: [{ role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] }, reference: { reference: t.actor } }],
+      action: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentaction', code: 'access' }] }],
+      purpose: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActReason', code: t.purpose }],
+      ...(t.data.classes.length ? { class: t.data.classes.map((code) => ({ system: 'http://hl7.org/fhir/resource-types', code })) } : {}),
+      dataPeriod: { start: new Date(t.dataFrom).toISOString(), end: new Date(t.accessTo).toISOString() },
+    },
+  };
+}
+
+// ---- Access log -------------------------------------------------------------------------------
+const VERB = { read: 'opened', vread: 'opened an older version of', 'search-type': 'searched', operation: 'ran a report on', history: 'looked at the history of' };
+
+function whatWords(e) {
+  const query = e.entity?.find((x) => x.query)?.query;
+  let text = query ? atob(query) : e.entity?.find((x) => x.what?.reference)?.what?.reference ?? '';
+  if (/\$cgm-summary/.test(text)) return 'your glucose summary';
+  if (/\$cgm-agp/.test(text)) return 'your glucose profile (AGP)';
+  if (/^Observation/.test(text)) return 'your glucose readings';
+  if (/^Patient/.test(text)) return 'your name and details';
+  if (/^Consent/.test(text)) return 'your sharing permissions';
+  if (/^AuditEvent/.test(text)) return 'your access log';
+  return text.split('?')[0] || 'your record';
+}
+
+async function loadLog() {
+  const body = $('log-body');
+  let events;
+  try {
+    events = await client.request({ url: `AuditEvent?patient=Patient/${patientId}&_sort=-date&_count=200` }, { pageLimit: 1, flat: true });
+  } catch {
+    show(body, notice('error', 'Your access log could not be loaded.'));
+    return;
+  }
+  const mine = `Patient/${patientId}`;
+  const others = events.filter((e) => e?.resourceType === 'AuditEvent' && !e.agent?.some((a) => a.requestor && a.who?.reference === mine));
+  const items = others.map((e) => {
+    const who = e.agent?.find((a) => a.requestor)?.who;
+    const name = who?.reference ? granteeName(who.reference) : (who?.display ?? 'An application');
+    const interaction = e.subtype?.[0]?.code ?? 'read';
+    const allowed = e.outcome === '0';
+    const byGrant = e.entity?.some((x) => x.what?.identifier?.system === 'urn:glucoguard:consent-grant');
+    const withheld = e.outcomeDesc && allowed ? ` (${e.outcomeDesc})` : '';
+    const outcome = allowed
+      ? (byGrant ? 'Allowed by your permission' : 'Allowed, but nothing of yours was shown') + withheld
+      : 'Refused: they had no permission';
+    return el('li', { 'data-audit-who': who?.reference ?? '', 'data-audit-outcome': allowed ? 'allowed' : 'refused' },
+      el('strong', {}, fmtDateTime(e.recorded)), ` — ${name} ${VERB[interaction] ?? 'looked at'} ${whatWords(e)}. `,
+      el('span', { class: 'status' }, `${allowed ? '✔' : '✕'} ${outcome}.`));
+  });
+  show(body, items.length
+    ? el('ul', { class: 'log', 'data-log': items.length }, items)
+    : el('p', { 'data-log': 0 }, 'Nobody else has looked at your data.'),
+  el('p', {}, el('button', { type: 'button', class: 'secondary', onclick: () => void loadLog() }, 'Refresh the log')));
+}
+
+// ---- Key safety -------------------------------------------------------------------------------
+async function loadKeys() {
+  const body = $('keys-body');
+  let info;
+  try {
+    info = await api(client, '/apps/api/key-safety');
+  } catch {
+    show(body, notice('error', 'Key information could not be loaded.'));
+    return;
+  }
+  const key = info.key
+    ? (info.key.custodial
+      ? el('p', {}, 'Your permissions are signed with a key that GlucoGuard keeps for you (a custodial key), stored encrypted on the server. ',
+        info.features.custodialBackupStatus ? '' : 'GlucoGuard does not yet report whether this key has been backed up: ask your clinic\'s GlucoGuard operator to confirm their backups.')
+      : el('p', {}, `Your permissions are signed with your own wallet (${info.key.address}). Keep its recovery phrase safe: GlucoGuard cannot recover it.`))
+    : el('p', {}, 'You do not have a signing key yet. One is made for you the first time you share your data.');
+  const guardians = info.guardians === null
+    ? el('p', { 'data-guardians': 'unavailable' }, 'GlucoGuard cannot list your guardians on this server yet.')
+    : info.guardians.length
+    ? el('ul', {}, info.guardians.map((g) => el('li', {}, `${g.name} can share and stop sharing your data on your behalf.`)))
+    : el('p', {}, 'You have no guardian recorded.');
+  show(body, key, el('h3', {}, 'Guardians'), guardians,
+    info.features.guardianKeyRecovery ? '' : notice('warn', 'Setting up guardians for key recovery is not available yet.',
+      'GlucoGuard cannot yet let you name guardians who could recover your key. A guardian recorded in your health record (a related person) can already share and stop sharing on your behalf.'));
+}
+
+// ---- Start ------------------------------------------------------------------------------------
+try {
+  client = await window.FHIR.oauth2.ready();
+  patientId = client.patient.id;
+} catch {
+  show($('main'), el('h2', {}, 'Please sign in'), el('p', {}, 'Sign in to see your glucose data and who you share it with.'),
+    el('p', {}, el('a', { class: 'button', href: 'launch.html' }, 'Sign in')));
+}
+if (client) {
+  try {
+    const me = await client.request({ url: `Patient/${patientId}` });
+    $('who').textContent = `Signed in as ${nameOf(me) ?? 'you'}`;
+  } catch {
+    $('who').textContent = 'Signed in';
+  }
+  try {
+    grantees = (await api(client, '/apps/api/grantees')).grantees;
+  } catch {
+    grantees = [];
+  }
+  show($('summary-controls'), periodSelector(period, (d) => { period = d; void loadSummary(); }));
+  show($('upload-body'), uploadForm());
+  shareWizard();
+  await Promise.all([loadSummary(), loadGrants(), loadLog(), loadKeys()]);
+}
+

@@ -1,0 +1,63 @@
+/**
+ * Chromium for the browser tests: Debian's /usr/bin/chromium driven by playwright-core, headless,
+ * a fresh user-data-dir per run. `chromiumPath()` is undefined when it is not installed (the tests
+ * then skip and say why).
+ */
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+
+export const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+
+export function chromiumPath(): string | undefined {
+  return existsSync(CHROMIUM) ? CHROMIUM : undefined;
+}
+
+export interface Browser {
+  context: BrowserContext;
+  /** Console errors and page errors seen so far, per page label. */
+  errors: string[];
+  newPage(label: string): Promise<Page>;
+  close(): Promise<void>;
+}
+
+export async function launchBrowser(): Promise<Browser> {
+  const userDataDir = mkdtempSync(path.join(tmpdir(), 'gg-chromium-'));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
+    viewport: { width: 1280, height: 900 },
+  });
+  const errors: string[] = [];
+  return {
+    context,
+    errors,
+    async newPage(label) {
+      const page = await context.newPage();
+      page.on('console', (m) => { if (m.type() === 'error') errors.push(`${label}: console: ${m.text()}`); });
+      page.on('pageerror', (e) => errors.push(`${label}: page error: ${e.message}`));
+      // Names the request behind a "Failed to load resource" console error.
+      page.on('response', (r) => { if (r.status() >= 400) errors.push(`${label}: HTTP ${r.status()} ${r.request().method()} ${new URL(r.url()).pathname}`); });
+      return page;
+    },
+    async close() {
+      await context.close();
+      rmSync(userDataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Answers the GlucoGuard sign-in page and the approval page when they are shown. */
+export async function signIn(page: Page, user: { username: string; password: string }, appPath: string): Promise<void> {
+  await page.waitForURL((u) => u.pathname.startsWith('/oauth/') || u.pathname === appPath, { timeout: 15_000 });
+  if (await page.locator('input[name="username"]').count()) {
+    await page.fill('input[name="username"]', user.username);
+    await page.fill('input[name="password"]', user.password);
+    await Promise.all([page.waitForLoadState(), page.click('button[type="submit"]')]);
+  }
+  const allow = page.locator('button[name="decision"][value="allow"]');
+  if (await allow.count()) await Promise.all([page.waitForURL((u) => u.pathname === appPath, { timeout: 15_000 }), allow.click()]);
+  await page.waitForURL((u) => u.pathname === appPath, { timeout: 15_000 });
+}

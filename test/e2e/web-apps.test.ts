@@ -1,0 +1,208 @@
+/**
+ * Issue 8 in a real browser (Chromium via playwright-core): the clinician viewer launched from an
+ * EHR and the patient portal, against a whole GlucoGuard (SMART, FHIR facade, consent on the
+ * embedded chain). One browser, run once, the flows in order:
+ * no grant → "no access"; patient uploads with progress; patient shares in a few steps; clinician
+ * sees the AGP with the numbers of $cgm-summary; the patient's access log lists the clinician's
+ * reads; patient stops sharing → clinician sees "access ended". Screenshots go to test-artifacts/.
+ */
+import { mkdirSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Bundle, Observation } from '@medplum/fhirtypes';
+import { Wallet } from 'ethers';
+import type { Page } from 'playwright-core';
+import request from 'supertest';
+import { createLaunch } from '../../src/smart/launch.js';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
+import { chromiumPath, launchBrowser, signIn, type Browser } from './browser.js';
+
+const CHROME = chromiumPath();
+if (!CHROME) console.warn('SKIPPED web-apps e2e: /usr/bin/chromium is missing (apt-get install -y chromium, or set CHROMIUM_PATH).');
+const describeBrowser = CHROME ? describe : describe.skip;
+const ARTIFACTS = path.resolve('test-artifacts');
+const ANA = { username: 'ana', password: 'correct horse battery' };
+const DOC = { username: 'dr.osei', password: 'stethoscope-42' };
+
+async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const port = (probe.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
+
+describeBrowser('clinician viewer and patient portal in Chromium', () => {
+  let t: TestApp;
+  let server: Server;
+  let base: string;
+  let browser: Browser;
+  let clinician: Page;
+  let portal: Page;
+  let ana: string;
+  let doc: string;
+
+  beforeAll(async () => {
+    const port = await freePort();
+    base = `http://127.0.0.1:${port}`;
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on', GLUCOGUARD_BASE_URL: base, PORT: String(port) });
+    server = createServer(t.app.http);
+    await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+    ana = (await t.app.repository.create({ resourceType: 'Patient', name: [{ given: ['Ana'], family: 'Rivera' }], birthDate: '1958-04-02' })).resource.id!;
+    doc = (await t.app.repository.create({ resourceType: 'Practitioner', name: [{ prefix: ['Dr'], given: ['Kofi'], family: 'Osei' }] })).resource.id!;
+    await t.app.consent.identity.registerGrantee(`Practitioner/${doc}`, Wallet.createRandom().address);
+    await t.app.smart.store.addUser({ ...ANA, fhirUser: `Patient/${ana}` });
+    await t.app.smart.store.addUser({ ...DOC, fhirUser: `Practitioner/${doc}` });
+    mkdirSync(ARTIFACTS, { recursive: true });
+    browser = await launchBrowser();
+    portal = await browser.newPage('portal');
+  }, 60_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    if (server) {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+    await t?.close();
+  });
+
+  /** An EHR launch of the clinician app for Ana, as Dr Osei. */
+  async function launchClinician(): Promise<Page> {
+    const { launchUrl } = await createLaunch({ kv: t.app.kv, store: t.app.smart.store, fhirBase: `${base}/fhir` },
+      { patient: ana, practitioner: doc, clientId: t.app.web.clients.clinician });
+    expect(launchUrl).toMatch(/\/apps\/clinician\/launch\.html\?iss=.*&launch=/);
+    const page = clinician ?? await browser.newPage('clinician');
+    await page.goto(launchUrl!);
+    await signIn(page, DOC, '/apps/clinician/index.html');
+    await page.locator('[data-access]').waitFor({ timeout: 20_000 });
+    return page;
+  }
+
+  test('EHR launch before any grant: the clinician is told plainly that no access was granted', async () => {
+    clinician = await launchClinician();
+    await expect(clinician.locator('[data-access]').getAttribute('data-access')).resolves.toBe('none');
+    await expect(clinician.locator('#access').innerText()).resolves.toContain('has not shared their glucose data with you');
+    await expect(clinician.locator('svg.agp').count()).resolves.toBe(0);
+    // An EHR launch answers need_patient_banner false (the EHR shows its own banner): the app shows none.
+    await expect(clinician.locator('body').getAttribute('data-need-patient-banner')).resolves.toBe('false');
+    await expect(clinician.locator('#banner').isHidden()).resolves.toBe(true);
+  }, 60_000);
+
+  test('the patient signs in, uploads an export with progress and sees the import summary and their AGP', async () => {
+    await portal.goto(`${base}/apps/portal/launch.html`);
+    await signIn(portal, ANA, '/apps/portal/index.html');
+    await expect(portal.locator('#who').innerText()).resolves.toContain('Ana Rivera');
+    await portal.locator('#summary-body [data-notice]').waitFor();
+    const trace = makeTrace(16, { seed: 3 }).filter((_r, i) => i % 3 === 0);
+    await portal.setInputFiles('#upload-file', { name: 'nightscout-entries.json', mimeType: 'application/json', buffer: Buffer.from(nightscoutJson(trace)) });
+    await portal.click('#upload-form button[type="submit"]');
+    await portal.locator('[data-import]').waitFor({ timeout: 60_000 });
+    await expect(portal.locator('#upload-progress').evaluate((p: HTMLProgressElement) => p.value)).resolves.toBe(100);
+    await expect(portal.locator('#upload-progress-text').innerText()).resolves.toContain('100 % sent');
+    const imported = JSON.parse((await portal.locator('[data-import]').getAttribute('data-import'))!) as { created: number };
+    expect(imported.created).toBeGreaterThan(trace.length * 0.9);
+    await expect(portal.locator('#upload-result').innerText()).resolves.toContain('nightscout (detected automatically)');
+    await portal.locator('#summary-body svg.agp').waitFor({ timeout: 30_000 });
+  }, 120_000);
+
+  test('the patient shares in a few steps with a plain-language confirmation; the grants page lists it as active', async () => {
+    await expect(portal.locator('#share-who option').first().innerText()).resolves.toContain('Dr Kofi Osei');
+    for (let step = 0; step < 5; step++) await portal.click('#share-form button:has-text("Next")');
+    const sentence = await portal.locator('[data-confirm]').innerText();
+    expect(sentence).toContain('Dr Kofi Osei will be able to see your glucose data');
+    expect(sentence).toContain('for your treatment');
+    expect(sentence).toContain('You can stop sharing at any time');
+    await portal.click('#share-form button:has-text("Share my data")');
+    await portal.locator('tr[data-state="active"]').waitFor({ timeout: 30_000 });
+    await expect(portal.locator('#status').innerText()).resolves.toContain('Dr Kofi Osei can now see your data');
+    const row = await portal.locator('tr[data-state="active"]').innerText();
+    expect(row).toContain('Dr Kofi Osei');
+    expect(row).toContain('Active');
+    await portal.locator('#sharing').screenshot({ path: path.join(ARTIFACTS, 'portal-grants.png') });
+  }, 60_000);
+
+  test('the clinician sees the AGP report with the numbers of $cgm-summary, who granted access and until when', async () => {
+    clinician = await launchClinician();
+    await expect(clinician.locator('[data-access]').getAttribute('data-access')).resolves.toBe('active');
+    await expect(clinician.locator('#access').innerText()).resolves.toMatch(/Access granted by Ana Rivera until/);
+    await clinician.locator('svg.agp').waitFor({ timeout: 30_000 });
+    const report = clinician.locator('.report');
+    const start = (await report.getAttribute('data-period-start'))!;
+    const end = (await report.getAttribute('data-period-end'))!;
+    const token = t.app.smart.tokens.signAccessToken({
+      gid: randomUUID(), clientId: 'test', sub: `Practitioner/${doc}`, fhirUser: `Practitioner/${doc}`, patient: ana, scopes: ['openid', 'fhirUser', 'launch', 'user/*.rs'],
+    }).token;
+    const res = await request(t.app.http).get(`/fhir/Patient/${ana}/$cgm-summary`).query({ start, end })
+      .set('Authorization', `Bearer ${token}`).set('X-Purpose-Of-Use', 'TREAT');
+    expect(res.status).toBe(200);
+    const obs = ((res.body as Bundle).entry ?? []).map((e) => e.resource as Observation);
+    const value = (code: string) => obs.find((o) => o.code.coding?.some((c) => c.code === code))!.valueQuantity!.value!;
+    const tir = obs.find((o) => o.code.coding?.some((c) => c.code === '106793-3'))!.component!;
+    const range = (code: string) => tir.find((c) => c.code.coding?.some((x) => x.code === code))!.valueQuantity!.value!;
+    const shown = async (key: string) => clinician.locator(`[data-metric="${key}"] .value`).innerText();
+    await expect(shown('mean')).resolves.toBe(`${Math.round(value('97507-8'))} mg/dL`);
+    await expect(shown('gmi')).resolves.toBe(`${value('97506-0').toFixed(1)} %`);
+    await expect(shown('cv')).resolves.toBe(`${value('104638-2').toFixed(1)} %`);
+    await expect(shown('active')).resolves.toBe(`${value('104637-4').toFixed(1)} %`);
+    await expect(shown('days')).resolves.toBe(`${value('104636-6')} of 14 days`);
+    const pct = (v: number) => (v > 0 && v < 0.5 ? '<1' : String(Math.round(v)));
+    for (const [key, code, label] of [['veryHigh', '104639-0', 'Very high'], ['high', '104640-8', 'High'], ['target', '97510-2', 'In range'],
+      ['low', '104641-6', 'Low'], ['veryLow', '104642-4', 'Very low']] as const) {
+      const text = await clinician.locator(`[data-range="${key}"]`).innerText();
+      expect(text).toContain(`${pct(range(code))} %`);
+      expect(text).toContain(label); // a text label, not colour alone
+    }
+    // Percentile bands and the median over 24 h; 14 daily profiles; integrity marks; sufficiency.
+    await expect(clinician.locator('svg.agp polygon.band-outer').count()).resolves.toBeGreaterThan(0);
+    await expect(clinician.locator('svg.agp polygon.band-inner').count()).resolves.toBeGreaterThan(0);
+    await expect(clinician.locator('svg.agp polyline.median').count()).resolves.toBeGreaterThan(0);
+    await expect(clinician.locator('.daily figure').count()).resolves.toBe(14);
+    const integrity = JSON.parse((await clinician.locator('[data-integrity]').getAttribute('data-integrity'))!) as Record<string, number>;
+    // Readings ingested through GlucoGuard are either anchored and verified, or waiting (pending).
+    expect(integrity.verified + integrity.pending).toBeGreaterThan(0);
+    expect(integrity.unverified).toBe(0);
+    await expect(clinician.locator('[data-integrity]').innerText()).resolves.toMatch(/verified against the ledger|waiting to be anchored/);
+    await expect(clinician.locator('[data-sufficiency]').count()).resolves.toBe(1);
+    await clinician.screenshot({ path: path.join(ARTIFACTS, 'clinician-agp.png'), fullPage: true });
+    // The print stylesheet fits the report on one A4 page.
+    await clinician.emulateMedia({ media: 'print' });
+    const pdf = await clinician.pdf({ format: 'A4', printBackground: true });
+    await clinician.emulateMedia({ media: 'screen' });
+    expect(pdf.toString('latin1').match(/\/Type\s*\/Page[^s]/g)).toHaveLength(1);
+    // Period selector: 30 days.
+    await clinician.check('#period-30');
+    await clinician.locator('.report[data-period-days="30"]').waitFor({ timeout: 30_000 });
+    await expect(shown('days')).resolves.toMatch(/ of 30 days$/);
+  }, 120_000);
+
+  test("the patient's access log lists the clinician's reads in plain words", async () => {
+    await t.app.consent.audit.flush();
+    await portal.click('#log-body button:has-text("Refresh the log")');
+    const entry = portal.locator(`#log-body li[data-audit-who="Practitioner/${doc}"][data-audit-outcome="allowed"]`);
+    await entry.first().waitFor({ timeout: 15_000 });
+    const text = await portal.locator('#log-body').innerText();
+    expect(text).toContain('Dr Kofi Osei ran a report on your glucose summary');
+    expect(text).toContain('Allowed by your permission');
+  }, 60_000);
+
+  test('the patient stops sharing with one action; the clinician then sees "access ended"', async () => {
+    await portal.click('button[data-revoke]');
+    await portal.locator('tr[data-state="revoked"]').waitFor({ timeout: 30_000 });
+    await expect(portal.locator('tr[data-state="revoked"]').innerText()).resolves.toContain('Stopped (revoked)');
+    await clinician.click('button:has-text("Refresh")');
+    await clinician.locator('[data-access="ended"]').waitFor({ timeout: 15_000 });
+    await expect(clinician.locator('#access').innerText()).resolves.toContain('Access ended');
+    await expect(clinician.locator('svg.agp').count()).resolves.toBe(0);
+    // The FHIR API agrees: nothing is served any more.
+    await portal.screenshot({ path: path.join(ARTIFACTS, 'portal-after-revoke.png'), fullPage: true });
+  }, 60_000);
+
+  test('no console errors on either page', () => {
+    expect(browser.errors).toEqual([]);
+  });
+});
