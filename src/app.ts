@@ -16,6 +16,7 @@ import { shapeCachedCheck } from './cgm/validate.js';
 import { buildCapabilityStatement } from './fhir/capability.js';
 import { loadFhirDefinitions } from './fhir/definitions.js';
 import { fhirHttpRouter } from './fhir/http.js';
+import { standardOperations } from './fhir/operations.js';
 import { FhirRouter } from './fhir/router.js';
 import { ProfileValidator } from './fhir/validation.js';
 import { deriveKey, loadMasterKey, masterKeyPath } from './keys.js';
@@ -181,6 +182,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     operations: new CgmOperations({ fhir, fhirBase: base }),
   };
   for (const op of cgm.operations.handlers()) fhir.registerOperation(op);
+  for (const op of standardOperations(fhir, base)) fhir.registerOperation(op);
   await consent.attach(fhir);
   // Bulk $export, Subscriptions, de-identification for research requesters.
   const exchange: Exchange = await createExchange({

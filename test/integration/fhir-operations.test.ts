@@ -1,0 +1,107 @@
+/**
+ * Patient/$everything, Observation/$lastn and $meta: shapes, and their output limited exactly as a
+ * read is — by patient scopes and by consent (granted patient, code and data period only).
+ */
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Bundle, Observation, Resource } from '@medplum/fhirtypes';
+import request from 'supertest';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { DAY, LOINC_MGDL, grant, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
+
+const now = Date.now();
+const iso = (t: number): string => new Date(t).toISOString();
+
+function reading(patient: string, at: number, code = '99504-3', value = 120): Observation {
+  return {
+    resourceType: 'Observation', status: 'final',
+    code: { coding: [{ system: 'http://loinc.org', code }] },
+    subject: { reference: `Patient/${patient}` },
+    effectiveDateTime: iso(at),
+    valueQuantity: { value, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+  };
+}
+
+describe('standard operations under scopes and consent', () => {
+  let t: TestApp;
+  let ana: string;
+  let ben: string;
+  let doc: string;
+  const ids: Record<string, string> = {};
+  const types = (b: Bundle): string[] => (b.entry ?? []).map((e) => `${e.resource!.resourceType}/${e.resource!.id}`);
+
+  beforeAll(async () => {
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    const repo = t.app.repository;
+    ana = await person(t.app, 'Patient', 'Rivera');
+    ben = await person(t.app, 'Patient', 'Okafor');
+    doc = await person(t.app, 'Practitioner', 'Osei');
+    await registerIdentity(t.app, `Practitioner/${doc}`);
+    const put = async (name: string, o: Observation) => {
+      ids[name] = (await repo.create(o)).resource.id!;
+    };
+    for (let i = 0; i < 3; i++) await put(`ana${i}`, reading(ana, now - (1 + i) * DAY, '99504-3', 100 + i));
+    await put('anaOther', reading(ana, now - DAY, '2339-0'));
+    await put('anaOld', reading(ana, now - 30 * DAY));
+    await put('ben', reading(ben, now - DAY));
+    const res = await grant(t.app, { patient: ana, actor: `Practitioner/${doc}`, accessTo: now + 3 * DAY, dataFrom: now - 14 * DAY, dataTo: now, classes: ['Observation', 'Patient'], codes: [LOINC_MGDL] });
+    expect(res.status).toBe(201);
+  }, 60_000);
+
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  test('the patient: $everything gives their Patient and all their readings, never another patient\'s', async () => {
+    const own = await request(t.app.http).get(`/fhir/Patient/${ana}/$everything`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    expect(own.status).toBe(200);
+    expect(types(own.body)).toEqual(expect.arrayContaining([`Patient/${ana}`, ...['ana0', 'ana1', 'ana2', 'anaOther', 'anaOld'].map((n) => `Observation/${ids[n]}`)]));
+    expect(types(own.body)).not.toContain(`Observation/${ids.ben}`);
+    expect(own.body.total).toBeUndefined();
+    const other = await request(t.app.http).get(`/fhir/Patient/${ben}/$everything`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    expect(other.status).toBe(404);
+  });
+
+  test('a practitioner with a grant: $everything holds only granted codes inside the data period', async () => {
+    const res = await request(t.app.http).get(`/fhir/Patient/${ana}/$everything`)
+      .set('Authorization', `Bearer ${practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs'])}`).set('X-Purpose-Of-Use', 'TREAT');
+    expect(res.status).toBe(200);
+    const seen = types(res.body);
+    expect(seen).toEqual(expect.arrayContaining(['ana0', 'ana1', 'ana2'].map((n) => `Observation/${ids[n]}`)));
+    expect(seen).not.toContain(`Observation/${ids.anaOther}`);
+    expect(seen).not.toContain(`Observation/${ids.anaOld}`);
+    const ungranted = await request(t.app.http).get(`/fhir/Patient/${ben}/$everything`)
+      .set('Authorization', `Bearer ${practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs'])}`).set('X-Purpose-Of-Use', 'TREAT');
+    expect(ungranted.status).toBe(404);
+  });
+
+  test('$lastn returns the most recent readings per code, only of what may be seen', async () => {
+    const own = await request(t.app.http).get(`/fhir/Observation/$lastn?patient=Patient/${ana}&max=2`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    expect(own.status).toBe(200);
+    const obs = (own.body as Bundle).entry!.map((e) => e.resource as Observation);
+    expect(obs.filter((o) => o.code.coding![0]!.code === '99504-3').map((o) => o.id)).toEqual([ids.ana0, ids.ana1]);
+    expect(obs.filter((o) => o.code.coding![0]!.code === '2339-0').map((o) => o.id)).toEqual([ids.anaOther]);
+    const doctor = await request(t.app.http).get(`/fhir/Observation/$lastn?patient=Patient/${ana}&max=5`)
+      .set('Authorization', `Bearer ${practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs'])}`).set('X-Purpose-Of-Use', 'TREAT');
+    expect((doctor.body as Bundle).entry!.map((e) => e.resource!.id).sort()).toEqual([ids.ana0, ids.ana1, ids.ana2].sort());
+    const badMax = await request(t.app.http).get(`/fhir/Observation/$lastn?patient=Patient/${ana}&max=zero`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    expect(badMax.status).toBe(400);
+  });
+
+  test('$meta answers the meta of a readable resource and 404 for one that may not be seen', async () => {
+    const own = await request(t.app.http).get(`/fhir/Observation/${ids.ana0}/$meta`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    expect(own.status).toBe(200);
+    expect(own.body.resourceType).toBe('Parameters');
+    expect(own.body.parameter[0].valueMeta.versionId).toBe('1');
+    const hidden = await request(t.app.http).get(`/fhir/Observation/${ids.ben}/$meta`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    expect(hidden.status).toBe(404);
+    expect(JSON.stringify(hidden.body as Resource)).not.toContain('versionId');
+  });
+
+  test('the CapabilityStatement lists the operations', async () => {
+    const res = await request(t.app.http).get('/fhir/metadata');
+    const patient = res.body.rest[0].resource.find((r: { type: string }) => r.type === 'Patient');
+    expect(patient.operation.map((o: { name: string }) => o.name)).toEqual(expect.arrayContaining(['everything', 'meta']));
+    const obs = res.body.rest[0].resource.find((r: { type: string }) => r.type === 'Observation');
+    expect(obs.operation.map((o: { name: string }) => o.name)).toContain('lastn');
+  });
+});
