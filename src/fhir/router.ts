@@ -6,7 +6,7 @@
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, BundleEntry, BundleLink, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import {
-  badRequest, forbidden, isGlucoGuardError, methodNotAllowed, notFound, unsupportedMediaType,
+  badRequest, forbidden, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, unsupportedMediaType,
 } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Repository } from '../repository/port.js';
@@ -223,6 +223,15 @@ export class FhirRouter {
     if (!(await this.policy.mayWrite(req.access, resource, 'create'))) throw forbiddenWrite();
     const ifNoneExist = req.headers['if-none-exist'];
     if (ifNoneExist !== undefined) this.checkConditionalQuery(type, ifNoneExist);
+    if (ifNoneExist !== undefined && req.access.kind !== 'open') {
+      // For a limited requester the match is decided over what they may see: answering 200 for a
+      // match they cannot see would tell them it exists (a conditional-create oracle).
+      const visible = await this.visibleMatches(req.access, type, ifNoneExist);
+      if (visible.length > 1) throw preconditionFailed('If-None-Exist matches more than one resource');
+      if (visible.length === 1) return this.writeResponse(req, visible[0]!, 200, 'Existing resource matched If-None-Exist');
+      const created = await this.options.repository.create(resource);
+      return this.writeResponse(req, created.resource, 201, 'Created');
+    }
     const result = await this.options.repository.create(resource, ifNoneExist !== undefined ? { ifNoneExist } : undefined);
     const status = result.outcome === 'created' ? 201 : 200;
     return this.writeResponse(req, result.resource, status, result.outcome === 'existing' ? 'Existing resource matched If-None-Exist' : 'Created');
@@ -487,6 +496,17 @@ export class FhirRouter {
 
   private entry(resource: Resource, mode: 'match' | 'include'): BundleEntry {
     return { fullUrl: `${this.options.fhirBase}/${resource.resourceType}/${resource.id}`, resource, search: { mode } };
+  }
+
+  /** Matches of a conditional query among the resources the requester may see (at most two are needed). */
+  private async visibleMatches(access: AccessContext, type: string, query: string): Promise<Resource[]> {
+    const params = new URLSearchParams(query.startsWith('?') ? query.slice(1) : query);
+    const asQuery: Record<string, string | string[]> = {};
+    for (const [k, v] of params) asQuery[k] = k in asQuery ? [asQuery[k]!].flat().concat(v) : v;
+    const parsed = parseSearch(type, asQuery, { lenient: false, supported: this.options.repository.supportedSearchParams(), defaultCount: 50, maxCount: 50 });
+    const narrowed = await this.policy.narrowSearch(access, { ...parsed, offset: 0 });
+    const result = await this.options.repository.search(narrowed);
+    return (await this.guard(access, result.resources)).allowed.slice(0, 2);
   }
 
   private checkConditionalQuery(type: string, query: string): void {

@@ -40,7 +40,7 @@ describe('standard operations under scopes and consent', () => {
       ids[name] = (await repo.create(o)).resource.id!;
     };
     for (let i = 0; i < 3; i++) await put(`ana${i}`, reading(ana, now - (1 + i) * DAY, '99504-3', 100 + i));
-    await put('anaOther', reading(ana, now - DAY, '2339-0'));
+    await put('anaOther', { ...reading(ana, now - DAY, '2339-0'), identifier: [{ system: 'urn:test', value: 'hidden-1' }] });
     await put('anaOld', reading(ana, now - 30 * DAY));
     await put('ben', reading(ben, now - DAY));
     const res = await grant(t.app, { patient: ana, actor: `Practitioner/${doc}`, accessTo: now + 3 * DAY, dataFrom: now - 14 * DAY, dataTo: now, classes: ['Observation', 'Patient'], codes: [LOINC_MGDL] });
@@ -95,6 +95,21 @@ describe('standard operations under scopes and consent', () => {
     const hidden = await request(t.app.http).get(`/fhir/Observation/${ids.ben}/$meta`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
     expect(hidden.status).toBe(404);
     expect(JSON.stringify(hidden.body as Resource)).not.toContain('versionId');
+  });
+
+  test('conditional create is no oracle: a match the requester may not see is never answered as "exists"', async () => {
+    const body = { ...reading(ana, now - DAY, '2339-0'), identifier: [{ system: 'urn:test', value: 'hidden-1' }] };
+    // The patient, who sees the reading, gets the existing one back.
+    const own = await request(t.app.http).post('/fhir/Observation').set('Authorization', `Bearer ${patientToken(t.app, ana)}`)
+      .set('Content-Type', 'application/fhir+json').set('If-None-Exist', 'identifier=urn:test|hidden-1').send(body);
+    expect(own.status).toBe(200);
+    expect(own.body.id).toBe(ids.anaOther);
+    // The practitioner, whose grant does not cover that code, learns nothing about it.
+    const docToken = practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.cruds']);
+    const res = await request(t.app.http).post('/fhir/Observation').set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT')
+      .set('Content-Type', 'application/fhir+json').set('If-None-Exist', 'identifier=urn:test|hidden-1').send(body);
+    expect(res.status).not.toBe(200);
+    expect(JSON.stringify(res.body ?? {})).not.toContain(ids.anaOther);
   });
 
   test('the CapabilityStatement lists the operations', async () => {
