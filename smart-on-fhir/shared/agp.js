@@ -59,7 +59,7 @@ export function metricList(s, periodDays) {
     item('gmi', 'GMI (glucose management indicator)', s.gmi === undefined ? '–' : `${s.gmi.toFixed(1)} %`, s.gmi),
     item('cv', 'Glucose variability (CV)', s.cv === undefined ? '–' : `${s.cv.toFixed(1)} %`, s.cv),
     item('active', 'Sensor active', s.active === undefined ? '–' : `${s.active.toFixed(1)} %`, s.active),
-    item('days', 'Days of wear', s.days === undefined ? '–' : `${s.days} of ${periodDays} days`, s.days));
+    item('days', 'Days of wear (days with readings)', s.days === undefined ? '–' : `${s.days} ${s.days === 1 ? 'day' : 'days'}`, s.days));
 }
 
 /** The time-in-ranges stacked bar with a text label per range (meaning never by colour alone). */
@@ -242,11 +242,21 @@ export async function loadReport(client, patientId, periodDays, headers = {}) {
     client.request({ url: `Patient/${patientId}/$cgm-agp?${q}`, headers }),
   ]);
   const dailyFrom = new Date(end.getTime() - 14 * DAY);
-  const observations = await client.request({
-    url: `Observation?patient=Patient/${patientId}&code=${encodeURIComponent(READING_CODE)}&date=ge${encodeURIComponent(dailyFrom.toISOString())}&_count=1000`,
-    headers,
-  }, { pageLimit: 0, flat: true });
-  return { summary: parseSummary(summaryBundle), agp, observations: observations.filter((o) => o?.resourceType === 'Observation'), start, end, periodDays };
+  const observations = await searchAll(client,
+    `Observation?patient=Patient/${patientId}&code=${encodeURIComponent(READING_CODE)}&date=ge${encodeURIComponent(dailyFrom.toISOString())}&_sort=-date&_count=1000`, headers);
+  return { summary: parseSummary(summaryBundle), agp, observations, start, end, periodDays };
+}
+
+/** Every page of a search (our own loop: each page request must carry the same headers). */
+async function searchAll(client, url, headers, maxPages = 10) {
+  const out = [];
+  let next = url;
+  for (let page = 0; next && page < maxPages; page++) {
+    const bundle = await client.request({ url: next, headers });
+    for (const e of bundle?.entry ?? []) if (e.resource?.resourceType === 'Observation') out.push(e.resource);
+    next = bundle?.link?.find((l) => l.relation === 'next')?.url;
+  }
+  return out;
 }
 
 export function renderReport(report) {
