@@ -90,7 +90,9 @@ export class SmartStore {
   addClient(input: NewClient): { client: Client; secret?: string } {
     const redirectUris = input.redirectUris ?? [];
     for (const uri of redirectUris) checkRedirectUri(uri);
-    if (input.type !== 'confidential-asymmetric' && redirectUris.length === 0) throw badRequest('a redirect URI is required');
+    // Confidential clients without redirect URIs can only use client_credentials (Backend Services);
+    // a public client has nothing else, so it needs one.
+    if (input.type === 'public' && redirectUris.length === 0) throw badRequest('a redirect URI is required');
     if (input.type === 'confidential-asymmetric' && !input.jwks === !input.jwksUrl) throw badRequest('give exactly one of a JWKS or a JWKS URL');
     if (input.jwksUrl) checkHttpUrl(input.jwksUrl, 'JWKS URL');
     if (input.launchUri) checkHttpUrl(input.launchUri, 'launch URI');
