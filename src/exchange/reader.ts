@@ -6,8 +6,8 @@
  * `searchAll` does the same but collects all matches in memory; exports need pages.
  *
  * Paging: patient-linked types are read one patient at a time; Observations (the bulk of the data)
- * by a keyset on `date` (ge the last date seen, skipping ids already emitted at that instant), so
- * the repository never rescans earlier pages; other types by offset pages.
+ * by a keyset on `date` (ge the last date seen, skipping the ids already emitted at that instant), so
+ * the repository does not rescan earlier pages; other types by offset pages.
  */
 import type { SearchRequest } from '@medplum/core';
 import type { Observation, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
@@ -69,7 +69,7 @@ export class GuardedReader {
       if (batch.length) yield* this.offsetPages(access, type, { ...query, _id: batch.join(',') });
       return;
     }
-    if (patients && type !== 'Patient' && patientCompartmentParams(type).includes('patient')) {
+    if (patients && type !== 'Patient' && GuardedReader.isPatientLinked(type) && this.hasPatientParam(type)) {
       for await (const id of patients) {
         const q = { ...query, patient: `Patient/${id}` };
         if (type === 'Observation') yield* this.keysetPages(access, type, q);
@@ -78,6 +78,11 @@ export class GuardedReader {
       return;
     }
     yield* this.offsetPages(access, type, query);
+  }
+
+  private hasPatientParam(type: string): boolean {
+    const supported = this.options.repository.supportedSearchParams();
+    return supported ? (supported[type] ?? []).includes('patient') : true;
   }
 
   private async narrowed(access: AccessContext, type: string, query: Record<string, string | string[]>): Promise<SearchRequest> {
@@ -110,7 +115,9 @@ export class GuardedReader {
     for (;;) {
       const dates = [query.date ?? []].flat();
       const request = await this.narrowed(access, type, { ...query, date: [...dates, `ge${cursor}`], _sort: 'date' });
-      const result = await this.options.repository.search({ ...request, count: this.pageSize, offset: 0 });
+      // Rows at the cursor instant already emitted come first among the matches: skip them by offset
+      // (ties longer than a page), and drop any that still come back.
+      const result = await this.options.repository.search({ ...request, count: this.pageSize, offset: seenAtCursor.size });
       // Rows before the cursor (periods overlapping it) or at it and already emitted came in earlier pages.
       const fresh = result.resources.filter((r) => {
         const at = effectiveOf(r);
