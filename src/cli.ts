@@ -44,6 +44,8 @@ program
       const address = server.address();
       const port = typeof address === 'object' && address ? address.port : cfg.port;
       logger.info({ fhirBase: fhirBase(cfg), port }, `GlucoGuard ${VERSION} listening on port ${port}: FHIR base ${fhirBase(cfg)}`);
+      logger.info({ portal: app.web.urls.portalLaunch, clinicianLaunchUri: app.web.urls.clinicianLaunch, clinicianClientId: app.web.clients.clinician },
+        `apps: patient portal ${app.web.urls.portalLaunch}; clinician viewer launch_uri ${app.web.urls.clinicianLaunch} (client_id ${app.web.clients.clinician})`);
     });
     server.keepAliveTimeout = 5000;
     let stopping = false;

@@ -134,7 +134,7 @@ function stateOf(c) {
   return 'active';
 }
 
-const STATE_MARK = { active: '●', pending: '⧗', 'not-started': '⧗', expired: '○', revoked: '✕' };
+const STATE_MARK = { active: '✔', pending: '…', 'not-started': '…', expired: '–', revoked: '✕' };
 
 async function loadGrants() {
   const body = $('sharing-body');
@@ -274,7 +274,7 @@ function shareWizard() {
       });
       if (res?.resourceType === 'Parameters') say('Your permission is waiting for your own wallet to sign it. This portal cannot sign with a personal wallet yet.');
       else say(`Done: ${granteeName(t.actor)} can now see your data until ${fmtDateTime(new Date(t.accessTo).toISOString())}.`);
-      await loadGrants();
+      await Promise.all([loadGrants(), loadKeys()]);
       go(0);
     } catch (err) {
       say(`Your data was not shared: ${problemOf(err)}`);

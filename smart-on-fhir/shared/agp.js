@@ -200,8 +200,8 @@ export function integrityNote(counts) {
   const total = counts.verified + counts.pending + counts.unverified + counts.unmarked;
   const parts = [];
   if (counts.verified) parts.push(`${counts.verified} verified against the ledger (✔)`);
-  if (counts.pending) parts.push(`${counts.pending} waiting to be anchored (pending, ⧗)`);
-  if (counts.unverified) parts.push(`${counts.unverified} could not be verified (⚠)`);
+  if (counts.pending) parts.push(`${counts.pending} waiting to be anchored on the ledger (pending)`);
+  if (counts.unverified) parts.push(`${counts.unverified} could not be verified (unverified)`);
   if (counts.unmarked) parts.push(`${counts.unmarked} without an integrity mark`);
   return el('p', { class: 'integrity', 'data-integrity': JSON.stringify(counts) },
     el('strong', {}, 'Integrity of the readings: '), total ? `${parts.join('; ')}.` : 'no readings in the last 14 days.');

@@ -1,0 +1,119 @@
+/**
+ * The server side of the apps (src/web): static pages and the fhirclient build served locally,
+ * the apps registered as SMART clients with their launch URIs, and the /apps/api answers — each
+ * requester sees only what is theirs.
+ */
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import request from 'supertest';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { DAY, grant, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
+
+let t: TestApp;
+let ana: string;
+let ben: string;
+let doc: string;
+let other: string;
+
+beforeAll(async () => {
+  t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+  ana = await person(t.app, 'Patient', 'Rivera');
+  ben = await person(t.app, 'Patient', 'Okafor');
+  doc = await person(t.app, 'Practitioner', 'Osei');
+  other = await person(t.app, 'Practitioner', 'Lindqvist');
+  await registerIdentity(t.app, `Practitioner/${doc}`);
+  await registerIdentity(t.app, `Practitioner/${other}`);
+  const now = Date.now();
+  expect((await grant(t.app, { patient: ana, actor: `Practitioner/${doc}`, accessTo: now + 7 * DAY, dataFrom: now - 14 * DAY, dataTo: now + 7 * DAY })).status).toBe(201);
+  expect((await grant(t.app, { patient: ana, actor: `Practitioner/${other}`, accessTo: now + 2 * DAY, dataFrom: now - 14 * DAY, dataTo: now })).status).toBe(201);
+}, 60_000);
+afterAll(async () => t?.close());
+
+describe('apps served by GlucoGuard', () => {
+  test('pages, scripts and the fhirclient build come from this server (no CDN), under the default CSP', async () => {
+    for (const path of ['/apps/clinician/launch.html', '/apps/clinician/index.html', '/apps/portal/launch.html', '/apps/portal/index.html']) {
+      const res = await request(t.app.http).get(path);
+      expect(res.status).toBe(200);
+      expect(res.headers['content-type']).toMatch(/text\/html/);
+      expect(res.text).not.toMatch(/https?:\/\//);
+      expect(res.text).not.toMatch(/<script>(?!<)/); // no inline scripts: script-src 'self'
+      expect(res.headers['content-security-policy']).toContain("script-src 'self'");
+    }
+    const lib = await request(t.app.http).get('/apps/vendor/fhir-client.min.js');
+    expect(lib.status).toBe(200);
+    expect(lib.headers['content-type']).toMatch(/javascript/);
+    expect(lib.text).toContain('oauth2');
+    const css = await request(t.app.http).get('/apps/shared/app.css');
+    expect(css.text).toContain('@media print');
+    expect(css.text).not.toMatch(/@import|url\(http/);
+  });
+
+  test('the apps are registered SMART clients; config.json names their client ids', async () => {
+    const res = await request(t.app.http).get('/apps/config.json');
+    expect(res.status).toBe(200);
+    expect(res.body.fhirBase).toBe('http://127.0.0.1:8080/fhir');
+    const clinician = t.app.smart.store.getClient(res.body.clinician.clientId);
+    expect(clinician?.launchUri).toBe('http://127.0.0.1:8080/apps/clinician/launch.html');
+    expect(clinician?.redirectUris).toEqual(['http://127.0.0.1:8080/apps/clinician/index.html']);
+    expect(t.app.smart.store.getClient(res.body.portal.clientId)?.scopes).toContain('launch/patient');
+  });
+
+  test('the client ids survive a restart', async () => {
+    const before = t.app.web.clients;
+    const app = await t.restart();
+    expect(app.web.clients).toEqual(before);
+  }, 60_000);
+
+  test('unknown app paths are 404, paths outside smart-on-fhir are not served', async () => {
+    expect((await request(t.app.http).get('/apps/nope.html')).status).toBe(404);
+    expect((await request(t.app.http).get('/apps/..%2fpackage.json')).status).toBe(404);
+  });
+});
+
+describe('/apps/api', () => {
+  test('no token: 401 OperationOutcome with a challenge', async () => {
+    const res = await request(t.app.http).get(`/apps/api/access?patient=${ana}`);
+    expect(res.status).toBe(401);
+    expect(res.body.resourceType).toBe('OperationOutcome');
+    expect(res.headers['www-authenticate']).toMatch(/^Bearer/);
+  });
+
+  test("access: the clinician sees only their own grant from the patient, with who granted it and until when", async () => {
+    const res = await request(t.app.http).get(`/apps/api/access?patient=${ana}`).set('Authorization', `Bearer ${practitionerToken(t.app, doc, ana)}`);
+    expect(res.status).toBe(200);
+    expect(res.body.grants).toHaveLength(1);
+    expect(res.body.grants[0]).toMatchObject({ state: 'active', grantedBy: `Patient/${ana}`, grantedByName: 'Rivera', purposes: ['TREAT'] });
+    expect(JSON.stringify(res.body)).not.toContain(`Practitioner/${other}`);
+    // Another patient: nothing (not an error that reveals whether grants exist).
+    const none = await request(t.app.http).get(`/apps/api/access?patient=${ben}`).set('Authorization', `Bearer ${practitionerToken(t.app, doc, ben)}`);
+    expect(none.body.grants).toEqual([]);
+  });
+
+  test('access: a revoked grant reads as revoked', async () => {
+    const list = await t.app.consent.service.list(ana);
+    const mine = list.find((c) => c.provision?.actor?.[0]?.reference?.reference === `Practitioner/${other}`)!;
+    expect((await request(t.app.http).delete(`/fhir/Consent/${mine.id}`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`)).status).toBe(204);
+    const res = await request(t.app.http).get(`/apps/api/access?patient=${ana}`).set('Authorization', `Bearer ${practitionerToken(t.app, other, ana)}`);
+    expect(res.body.grants.map((g: { state: string }) => g.state)).toEqual(['revoked']);
+  });
+
+  test('access: bad patient id is a 400; a patient asking about another patient is a 403', async () => {
+    expect((await request(t.app.http).get('/apps/api/access?patient=a/b').set('Authorization', `Bearer ${patientToken(t.app, ana)}`)).status).toBe(400);
+    expect((await request(t.app.http).get(`/apps/api/access?patient=${ben}`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`)).status).toBe(403);
+  });
+
+  test('grantees: a patient gets the clinicians with an identity on chain; a clinician is refused', async () => {
+    const res = await request(t.app.http).get('/apps/api/grantees').set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    expect(res.status).toBe(200);
+    expect(res.body.grantees.map((g: { reference: string }) => g.reference).sort()).toEqual([`Practitioner/${other}`, `Practitioner/${doc}`].sort());
+    expect((await request(t.app.http).get('/apps/api/grantees').set('Authorization', `Bearer ${practitionerToken(t.app, doc)}`)).status).toBe(403);
+  });
+
+  test('key-safety: the custodial key made at the first grant, and what the server does not offer yet', async () => {
+    const res = await request(t.app.http).get('/apps/api/key-safety').set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    expect(res.status).toBe(200);
+    expect(res.body.key).toMatchObject({ custodial: true, address: expect.stringMatching(/^0x[0-9a-fA-F]{40}$/) });
+    expect(res.body.features).toEqual({ guardianConsent: true, guardianKeyRecovery: false, custodialBackupStatus: false });
+    const fresh = await request(t.app.http).get('/apps/api/key-safety').set('Authorization', `Bearer ${patientToken(t.app, ben)}`);
+    expect(fresh.body.key).toBeNull();
+  });
+});
