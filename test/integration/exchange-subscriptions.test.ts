@@ -1,0 +1,186 @@
+/**
+ * R4 backport Subscriptions (issue 7): a rest-hook subscription for a patient's CGM readings
+ * delivers handshake and event notifications to a local receiver (127.0.0.1 allowed by config),
+ * de-identified for a research requester, id-only for another; delivery is retried; after the
+ * patient revokes, nothing more of theirs leaves; SSRF targets are refused.
+ */
+import { randomUUID } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Bundle, Consent, Observation, Organization, Parameters, Subscription } from '@medplum/fhirtypes';
+import request from 'supertest';
+import { TOPICS } from '../../src/exchange/subscriptions.js';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { DAY, grant, ingest, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
+
+process.env.GLUCOGUARD_SUBSCRIPTION_ALLOW = '127.0.0.1';
+process.env.GLUCOGUARD_SUBSCRIPTION_RETRIES = '3';
+process.env.GLUCOGUARD_SUBSCRIPTION_RETRY_MS = '20';
+
+const BACKPORT = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/';
+
+interface Receiver {
+  url: string;
+  bundles: Bundle[];
+  failNext: number;
+  server: Server;
+}
+
+async function receiver(): Promise<Receiver> {
+  const r = { bundles: [] as Bundle[], failNext: 0 } as Receiver;
+  r.server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => { body += c.toString(); });
+    req.on('end', () => {
+      if (r.failNext > 0) {
+        r.failNext--;
+        res.writeHead(503).end();
+        return;
+      }
+      r.bundles.push(JSON.parse(body) as Bundle);
+      res.writeHead(200).end();
+    });
+  });
+  await new Promise<void>((resolve) => r.server.listen(0, '127.0.0.1', resolve));
+  r.url = `http://127.0.0.1:${(r.server.address() as AddressInfo).port}/hook`;
+  return r;
+}
+
+const statusOf = (b: Bundle) => b.entry![0]!.resource as Parameters;
+const param = (p: Parameters, name: string) => p.parameter!.find((x) => x.name === name);
+const typeOf = (b: Bundle) => param(statusOf(b), 'type')?.valueCode;
+
+function subscription(endpoint: string, patient: string, content: 'id-only' | 'full-resource'): Subscription {
+  return {
+    resourceType: 'Subscription', status: 'requested', reason: 'study feed', criteria: TOPICS.readings,
+    _criteria: { extension: [{ url: `${BACKPORT}backport-filter-criteria`, valueString: `Observation?patient=Patient/${patient}` }] },
+    channel: {
+      type: 'rest-hook', endpoint, payload: 'application/fhir+json',
+      _payload: { extension: [{ url: `${BACKPORT}backport-payload-content`, valueCode: content }] },
+    },
+  } as Subscription;
+}
+
+describe('subscriptions (R4 backport, rest-hook)', () => {
+  let t: TestApp;
+  let rx: Receiver;
+  let ana: string;
+  let ben: string;
+  let study: string;
+  let doc: string;
+  let studyToken: string;
+  let anaConsent: Consent;
+  const now = Date.now();
+  let minute = 0;
+  /** A few new readings (never seen before) ending now. */
+  const fresh = (n: number) => Array.from({ length: n }, () => ({ epochMs: Math.floor(now / 60_000) * 60_000 - 3_600_000 + (++minute) * 60_000, sgv: 100 + minute }));
+
+  const post = (body: unknown, token: string, purpose = 'HRESCH') => request(t.app.http).post('/fhir/Subscription')
+    .set('Authorization', `Bearer ${token}`).set('X-Purpose-Of-Use', purpose).set('Content-Type', 'application/fhir+json').send(body);
+
+  beforeAll(async () => {
+    rx = await receiver();
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    ana = await person(t.app, 'Patient', 'Rivera');
+    ben = await person(t.app, 'Patient', 'Okafor');
+    study = (await t.app.repository.create<Organization>({ resourceType: 'Organization', name: 'Study 42' })).resource.id!;
+    doc = await person(t.app, 'Practitioner', 'Osei');
+    await registerIdentity(t.app, `Organization/${study}`);
+    await registerIdentity(t.app, `Practitioner/${doc}`);
+    const res = await grant(t.app, { patient: ana, actor: `Organization/${study}`, accessTo: now + DAY, dataFrom: now - DAY, dataTo: now + DAY, purposes: ['HRESCH'], classes: ['Observation'] });
+    expect(res.status).toBe(201);
+    anaConsent = res.body as Consent;
+    expect((await grant(t.app, { patient: ben, actor: `Practitioner/${doc}`, accessTo: now + DAY, dataFrom: now - DAY, dataTo: now + DAY, purposes: ['TREAT'], classes: ['Observation'] })).status).toBe(201);
+    studyToken = t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'study-client', sub: 'study-client', fhirUser: `Organization/${study}`, scopes: ['system/*.rs', 'system/Subscription.cud'] }).token;
+  }, 120_000);
+  afterAll(async () => {
+    await t?.close();
+    rx?.server.close();
+  });
+
+  test('endpoints on loopback, private, link-local or with credentials are refused (SSRF); only topics offered', async () => {
+    for (const endpoint of ['https://10.1.2.3/hook', 'https://169.254.169.254/latest/meta-data', 'http://[::1]:8080/hook', 'https://192.168.1.10/x',
+      'https://user:secret@example.org/hook', 'ftp://example.org/hook', 'not a url']) {
+      const res = await post(subscription(endpoint, ana, 'id-only'), studyToken);
+      expect(res.status).toBe(400);
+      expect(JSON.stringify(res.body)).not.toContain('secret');
+    }
+    expect((await post({ ...subscription(rx.url, ana, 'id-only'), criteria: 'Observation?code=x' }, studyToken)).status).toBe(400);
+    expect(t.app.exchange.subscriptions.list()).toHaveLength(0);
+  });
+
+  let studySub: string;
+
+  test('handshake, then de-identified full-resource notifications of new readings; $status counts events', async () => {
+    const res = await post(subscription(rx.url, ana, 'full-resource'), studyToken);
+    expect(res.status).toBe(201);
+    studySub = res.body.id;
+    await t.app.exchange.subscriptions.idle();
+    for (let i = 0; i < 50 && t.app.exchange.subscriptions.get(studySub)?.status !== 'active'; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(rx.bundles.map(typeOf)).toEqual(['handshake']);
+    expect(t.app.exchange.subscriptions.get(studySub)?.status).toBe('active');
+
+    await ingest(t.app, ana, fresh(3));
+    await ingest(t.app, ben, fresh(2)); // not in the filter
+    await t.app.exchange.subscriptions.idle();
+    const events = rx.bundles.filter((b) => typeOf(b) === 'event-notification');
+    expect(events).toHaveLength(1);
+    const bundle = events[0]!;
+    expect(bundle.type).toBe('history');
+    const status = statusOf(bundle);
+    expect(status.meta?.profile).toContain(`${BACKPORT}backport-subscription-status-r4`);
+    expect(param(status, 'topic')?.valueCanonical).toBe(TOPICS.readings);
+    expect(param(status, 'events-since-subscription-start')?.valueString).toBe('3');
+    const resources = bundle.entry!.slice(1).map((e) => e.resource as Observation);
+    expect(resources).toHaveLength(3);
+    for (const o of resources) {
+      expect(o.subject?.reference).toMatch(/^Patient\/[0-9a-f]{40}$/);
+      expect(o.meta?.security?.map((c) => c.code)).toEqual(['PSEUDED', 'REDACTED']);
+    }
+    expect(JSON.stringify(bundle)).not.toContain(ana);
+
+    const st = await request(t.app.http).get(`/fhir/Subscription/${studySub}/$status`).set('Authorization', `Bearer ${studyToken}`).set('X-Purpose-Of-Use', 'HRESCH');
+    expect(st.status).toBe(200);
+    const p = st.body.entry[0].resource as Parameters;
+    expect(param(p, 'type')?.valueCode).toBe('query-status');
+    expect(param(p, 'status')?.valueCode).toBe('active');
+    expect(param(p, 'events-since-subscription-start')?.valueString).toBe('3');
+    const other = t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'other', sub: 'other', scopes: ['system/*.rs'] }).token;
+    expect((await request(t.app.http).get(`/fhir/Subscription/${studySub}/$status`).set('Authorization', `Bearer ${other}`)).status).toBe(404);
+  }, 60_000);
+
+  test('id-only payloads carry references, not resources; a failed delivery is retried with back-off', async () => {
+    const token = practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs', 'user/Subscription.cud']);
+    const res = await post(subscription(rx.url, ben, 'id-only'), token, 'TREAT');
+    expect(res.status).toBe(201);
+    await t.app.exchange.subscriptions.idle();
+    for (let i = 0; i < 50 && t.app.exchange.subscriptions.get(res.body.id)?.status !== 'active'; i++) await new Promise((r) => setTimeout(r, 20));
+    rx.bundles.length = 0;
+    rx.failNext = 2;
+    await ingest(t.app, ben, fresh(2));
+    await t.app.exchange.subscriptions.idle();
+    const events = rx.bundles.filter((b) => typeOf(b) === 'event-notification');
+    expect(events).toHaveLength(1);
+    const entries = events[0]!.entry!.slice(1);
+    expect(entries).toHaveLength(2);
+    for (const e of entries) {
+      expect(e.resource).toBeUndefined();
+      expect(e.fullUrl).toMatch(/\/fhir\/Observation\/[A-Za-z0-9-]+$/);
+    }
+    expect(t.app.exchange.subscriptions.get(res.body.id)?.failedDeliveries).toBe(2);
+  }, 60_000);
+
+  test('after the patient revokes, no further data of theirs leaves', async () => {
+    const revoke = await request(t.app.http).put(`/fhir/Consent/${anaConsent.id}`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`)
+      .set('Content-Type', 'application/fhir+json').send({ ...anaConsent, status: 'inactive' });
+    expect(revoke.status).toBe(200);
+    rx.bundles.length = 0;
+    await ingest(t.app, ana, fresh(2));
+    await t.app.exchange.subscriptions.idle();
+    expect(rx.bundles.filter((b) => typeOf(b) === 'event-notification')).toHaveLength(0);
+    const state = t.app.exchange.subscriptions.get(studySub)!;
+    expect(state.events).toBe(3);
+    expect(state.withheld).toBe(2);
+  }, 60_000);
+});
