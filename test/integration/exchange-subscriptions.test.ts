@@ -76,7 +76,7 @@ describe('subscriptions (R4 backport, rest-hook)', () => {
   /** A few new readings (never seen before) ending now. */
   const fresh = (n: number) => Array.from({ length: n }, () => ({ epochMs: Math.floor(now / 60_000) * 60_000 - 3_600_000 + (++minute) * 60_000, sgv: 100 + minute }));
 
-  const post = (body: unknown, token: string, purpose = 'HRESCH') => request(t.app.http).post('/fhir/Subscription')
+  const post = (body: object, token: string, purpose = 'HRESCH') => request(t.app.http).post('/fhir/Subscription')
     .set('Authorization', `Bearer ${token}`).set('X-Purpose-Of-Use', purpose).set('Content-Type', 'application/fhir+json').send(body);
 
   beforeAll(async () => {
