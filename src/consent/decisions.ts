@@ -69,7 +69,12 @@ export class ConsentDecisions {
   /** Subscribes to invalidations (KV pub/sub) and follows chain events from the current head. */
   async start(): Promise<void> {
     this.unsubscribe = await this.options.kv.subscribe(CHANGED_CHANNEL, () => this.dropAll());
-    const head = await this.options.chain.head();
+    // A node that is down at start-up must not keep the proxy from starting (writes queue, reads
+    // answer): follow from genesis then — replayed events only drop an empty cache.
+    const head = await this.options.chain.head().catch((err: unknown) => {
+      this.options.logger?.warn({ err: (err as Error).message }, 'consent: chain unreachable at start; following events from block 0');
+      return -1;
+    });
     const memoryCursor = (): CursorStore => {
       let c: EventCursor | undefined;
       return { load: () => c, save: (v) => { c = v; } };
