@@ -112,7 +112,15 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
 
   test('the patient shares in a few steps with a plain-language confirmation; the grants page lists it as active', async () => {
     await expect(portal.locator('#share-who option').first().innerText()).resolves.toContain('Dr Kofi Osei');
-    for (let step = 0; step < 5; step++) await portal.click('#share-form button:has-text("Next")');
+    // Keyboard only: from each step's first control, Tab reaches "Next" (Back is skipped while disabled), Enter moves on
+    // and focus lands on the next step's legend.
+    await portal.focus('#share-who');
+    for (let step = 0; step < 5; step++) {
+      for (let tab = 0; tab < (step === 0 ? 1 : 3); tab++) await portal.keyboard.press('Tab');
+      await expect(portal.evaluate(() => document.activeElement?.textContent)).resolves.toBe('Next');
+      await portal.keyboard.press('Enter');
+      await expect(portal.evaluate(() => document.activeElement?.tagName)).resolves.toBe('LEGEND');
+    }
     const sentence = await portal.locator('[data-confirm]').innerText();
     expect(sentence).toContain('Dr Kofi Osei will be able to see your glucose data');
     expect(sentence).toContain('for your treatment');
@@ -124,6 +132,10 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     expect(row).toContain('Dr Kofi Osei');
     expect(row).toContain('Active');
     await portal.locator('#sharing').screenshot({ path: path.join(ARTIFACTS, 'portal-grants.png') });
+    // 200 % zoom (half the CSS width): the page reflows without sideways scrolling.
+    await portal.setViewportSize({ width: 640, height: 900 });
+    await expect(portal.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth)).resolves.toBe(true);
+    await portal.setViewportSize({ width: 1280, height: 900 });
   }, 60_000);
 
   test('the clinician sees the AGP report with the numbers of $cgm-summary, who granted access and until when', async () => {
@@ -181,6 +193,8 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     await clinician.check('#period-30');
     await clinician.locator('.report[data-period-days="30"]').waitFor({ timeout: 30_000 });
     await expect(clinician.locator('.report').innerText()).resolves.toContain('(30 days)');
+    // 16 days of data in 30: the data-sufficiency warning is shown in words.
+    await expect(clinician.locator('[data-sufficiency="warning"]').innerText()).resolves.toMatch(/Data sufficiency/);
   }, 120_000);
 
   test("the patient's access log lists the clinician's reads in plain words", async () => {
