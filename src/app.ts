@@ -2,7 +2,7 @@
  * The composition root: the only place that builds adapters (repository, KV, chain) from the
  * configuration and wires them into the routers. Everything else receives what it needs.
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Operator } from '@medplum/core';
 import type { Patient, Resource } from '@medplum/fhirtypes';
@@ -15,6 +15,7 @@ import { CgmIngestService } from './cgm/service.js';
 import { shapeCachedCheck } from './cgm/validate.js';
 import { buildCapabilityStatement } from './fhir/capability.js';
 import { loadFhirDefinitions } from './fhir/definitions.js';
+import { unavailable } from './errors.js';
 import { fhirHttpRouter } from './fhir/http.js';
 import { standardOperations } from './fhir/operations.js';
 import { FhirRouter } from './fhir/router.js';
@@ -84,13 +85,28 @@ export async function createRepository(config: Config, logger: Logger): Promise<
  * Connects to the chain the configuration names: an external node (CHAIN_RPC_URL, e.g. Besu) with
  * the authority key and contract addresses from files, or the embedded Clique node started here.
  */
-export async function createChain(config: Config, logger: Logger): Promise<{ client: ChainClient; embedded?: EmbeddedChain }> {
+export async function createChain(config: Config, logger: Logger): Promise<{ client: ChainClient; embedded?: EmbeddedChain; shared?: boolean }> {
   if (config.chain.rpcUrl) {
     const authorityKey = readFileSync(config.chain.authorityKeyFile!, 'utf8').trim();
     const addresses = JSON.parse(readFileSync(config.chain.deploymentFile!, 'utf8')) as ChainAddresses & { contracts?: ChainAddresses };
     return {
       client: new ChainClient({ rpcUrl: config.chain.rpcUrl, chainId: config.chain.chainId, authorityKey, addresses: addresses.contracts ?? addresses, adapter: 'rpc' }),
     };
+  }
+  // A running server already owns the embedded node of this data directory (LevelDB is
+  // single-process): operator commands talk to that node over its JSON-RPC instead.
+  const running = runningEmbeddedNode(config.dataDir);
+  if (running) {
+    const client = new ChainClient({
+      rpcUrl: running.rpcUrl, chainId: running.chainId, authorityKey: loadAuthorityKey(config.dataDir), addresses: running.deployment, adapter: 'embedded',
+    });
+    try {
+      await client.head();
+      return { client, shared: true };
+    } catch {
+      await client.close();
+      throw unavailable(`the embedded chain node of ${config.dataDir} (pid ${running.pid}) does not answer at ${running.rpcUrl}`);
+    }
   }
   const embedded = await startEmbeddedChain({
     dataDir: config.dataDir,
@@ -99,6 +115,7 @@ export async function createChain(config: Config, logger: Logger): Promise<{ cli
     chainId: config.chain.chainId,
     logger: { info: (m: string) => logger.info(m), warn: (m: string) => logger.warn(m), error: (m: string) => logger.error(m) },
   });
+  writeFileSync(endpointFile(config.dataDir), JSON.stringify({ pid: process.pid, rpcUrl: embedded.rpcUrl, chainId: embedded.chainId, deployment: embedded.deployment }), { mode: 0o600 });
   const client = new ChainClient({
     rpcUrl: embedded.rpcUrl,
     chainId: embedded.chainId,
@@ -106,7 +123,30 @@ export async function createChain(config: Config, logger: Logger): Promise<{ cli
     addresses: embedded.deployment,
     adapter: 'embedded',
   });
+  const close = embedded.close.bind(embedded);
+  embedded.close = async () => {
+    rmSync(endpointFile(config.dataDir), { force: true });
+    await close();
+  };
   return { client, embedded };
+}
+
+function endpointFile(dataDir: string): string {
+  return path.join(dataDir, 'chain', 'endpoint.json');
+}
+
+/** The embedded node another live process of this data directory serves, if any. */
+function runningEmbeddedNode(dataDir: string): { pid: number; rpcUrl: string; chainId: number; deployment: ChainAddresses } | undefined {
+  const file = endpointFile(dataDir);
+  if (!existsSync(file)) return undefined;
+  try {
+    const endpoint = JSON.parse(readFileSync(file, 'utf8')) as { pid: number; rpcUrl: string; chainId: number; deployment: ChainAddresses };
+    if (endpoint.pid === process.pid) return undefined;
+    process.kill(endpoint.pid, 0); // throws when no such process: a stale file from a crash
+    return endpoint;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Builds the whole proxy from a configuration. Nothing listens until the caller calls `http.listen`. */
@@ -220,8 +260,8 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     { port: 'kv', adapter: kv.description.adapter, location: kv.description.location },
     {
       port: 'chain',
-      adapter: chain.embedded ? 'embedded Clique node' : 'JSON-RPC',
-      location: chain.embedded ? `${path.join(config.dataDir, 'chain')} (RPC ${chain.client.description.location})` : chain.client.description.location,
+      adapter: chain.embedded ? 'embedded Clique node' : chain.shared ? 'embedded Clique node of the running server' : 'JSON-RPC',
+      location: chain.embedded || chain.shared ? `${path.join(config.dataDir, 'chain')} (RPC ${chain.client.description.location})` : chain.client.description.location,
     },
     { port: 'master key', adapter: config.masterKey ? 'env' : 'file', location: config.masterKey ? 'GLUCOGUARD_MASTER_KEY' : masterKeyPath(config.dataDir) },
   ];
