@@ -1,7 +1,8 @@
 /**
  * The anchorer: turns the commitment queue (store.ts) into ResourceAnchor batches. A batch closes
  * at `maxLeaves` (1,000) commitments or when its oldest has waited `maxDelayMs` (1 s); one
- * transaction per batch, one batch in flight at a time, proofs stored with each version.
+ * transaction per batch, up to `maxInFlight` (4) batches in flight so a backlog drains faster than
+ * one batch per block, proofs stored with each version.
  *
  * Crash safety: a batch is written locally (`prepared`, with root and proofs) before its
  * transaction is sent. After a restart every prepared batch is resolved first: if the contract
@@ -30,6 +31,8 @@ export interface AnchorerOptions {
   receiptTimeoutMs?: number;
   /** Receipt poll interval (default 50 ms). */
   pollMs?: number;
+  /** Batches sent before the first receipt is seen (default 4): capacity beyond one batch per block. */
+  maxInFlight?: number;
   logger?: Logger;
 }
 
@@ -47,14 +50,19 @@ export class Anchorer {
   private wake: (() => void) | undefined;
   private loop: Promise<void> | undefined;
   private stepping: Promise<unknown> = Promise.resolve();
-  private inflight: { batch: number; hash: string } | undefined;
+  /** Batches sent in this process and not confirmed yet: local batch id → transaction hash. */
+  private readonly sent = new Map<number, string>();
+  private gasLimit: bigint | undefined;
+  private readonly maxInFlight: number;
   private failing = false;
+  private queued = 0;
 
   constructor(private readonly options: AnchorerOptions) {
     this.store = options.store;
     this.chain = options.chain;
     this.maxLeaves = options.maxLeaves ?? 1000;
     this.maxDelayMs = options.maxDelayMs ?? 1000;
+    this.maxInFlight = options.maxInFlight ?? 4;
   }
 
   private get anchor(): Contract {
@@ -97,10 +105,13 @@ export class Anchorer {
     })();
   }
 
-  /** Tells the loop new commitments were queued (it closes a full batch at once). */
-  notify(): void {
-    const { count } = this.store.backlog();
-    if (count >= this.maxLeaves) this.wake?.();
+  /** Tells the loop `added` commitments were queued; it closes a full batch at once. Counted in memory: no query per write. */
+  notify(added = 1): void {
+    this.queued += added;
+    if (this.queued >= this.maxLeaves) {
+      this.queued = 0;
+      this.wake?.();
+    }
   }
 
   /** Anchors everything queued now, without waiting for the batch window; resolves when done. */
@@ -127,15 +138,20 @@ export class Anchorer {
   }
 
   private async stepOnce(force: boolean): Promise<BatchRecord | undefined> {
+    // Close due batches, keeping at most `maxInFlight` prepared (sent, receipt not seen yet) at once.
+    for (let prepared = this.store.preparedBatches().length; prepared < this.maxInFlight; prepared++) {
+      const { count, oldest } = this.store.backlog();
+      if (count === 0 || (!force && count < this.maxLeaves && oldest! + this.maxDelayMs > Date.now())) break;
+      const rows = this.store.unbatched(this.maxLeaves);
+      const tree = buildMerkleTree(rows.map((r) => r.leaf));
+      this.store.prepareBatch(rows[0]!.seq, rows[rows.length - 1]!.seq, tree.root, rows.map((_, i) => tree.proof(i)));
+    }
+    const prepared = this.store.preparedBatches();
+    if (!prepared.length) return undefined;
+    await this.sendAll(prepared);
     let last: BatchRecord | undefined;
-    for (const prepared of this.store.preparedBatches()) last = await this.submit(prepared);
-    const { count, oldest } = this.store.backlog();
-    if (count === 0) return last;
-    if (!force && count < this.maxLeaves && oldest! + this.maxDelayMs > Date.now()) return last;
-    const rows = this.store.unbatched(this.maxLeaves);
-    const tree = buildMerkleTree(rows.map((r) => r.leaf));
-    const batch = this.store.prepareBatch(rows[0]!.seq, rows[rows.length - 1]!.seq, tree.root, rows.map((_, i) => tree.proof(i)));
-    return this.submit(batch);
+    for (const batch of prepared) last = await this.confirm(batch);
+    return last;
   }
 
   /** The on-chain sequence number of local seq 1, fixed before the first batch is ever sent. */
@@ -147,43 +163,65 @@ export class Anchorer {
     return next;
   }
 
-  private async submit(batch: BatchRecord): Promise<BatchRecord> {
+  /**
+   * Sends, in order, every prepared batch not sent yet. Several may be in flight: nonces follow
+   * batch order, so they are mined in order. Only the first batch with nothing of ours in flight
+   * before it can be checked against the contract (next sequence, simulation, gas estimate); the
+   * ones behind it would not pass estimation before it is mined, so they carry its gas limit.
+   */
+  private async sendAll(prepared: BatchRecord[]): Promise<void> {
     const anchor = this.anchor;
-    const root = '0x' + batch.root.toString('hex');
     const base = await this.seqBase();
-    const firstSeq = base + batch.firstSeq - 1;
-    const lastSeq = base + batch.lastSeq - 1;
-    const count = batch.lastSeq - batch.firstSeq + 1;
+    for (const [i, batch] of prepared.entries()) {
+      if (this.sent.has(batch.id)) continue;
+      const root = '0x' + batch.root.toString('hex');
+      const existing = Number(await withRetry(() => anchor.batchIdOfRoot(root)));
+      if (existing !== 0) {
+        await this.resolveAnchored(batch, existing);
+        continue;
+      }
+      const firstSeq = base + batch.firstSeq - 1;
+      const lastSeq = base + batch.lastSeq - 1;
+      const count = batch.lastSeq - batch.firstSeq + 1;
+      const ahead = prepared.slice(0, i).some((p) => this.sent.has(p.id));
+      if (!ahead) {
+        const next = Number(await withRetry(() => anchor.nextSeq(this.chain.authorityAddress)));
+        if (next !== firstSeq) {
+          throw new AnchorSequenceError(`local batch ${batch.id} starts at sequence ${firstSeq} but the contract expects ${next} for ${this.chain.authorityAddress}`);
+        }
+        // Simulate first: a send that reverts in estimation would still consume a nonce in ethers' NonceManager.
+        await withRetry(() => anchor.anchor.staticCall(root, count, firstSeq, lastSeq));
+        const estimate = await withRetry(() => anchor.anchor.estimateGas(root, count, firstSeq, lastSeq));
+        this.gasLimit = (estimate * 3n) / 2n;
+      }
+      try {
+        const tx = await anchor.anchor(root, count, firstSeq, lastSeq, { gasLimit: this.gasLimit ?? 500_000n });
+        this.sent.set(batch.id, tx.hash);
+      } catch (err) {
+        this.chain.authority.reset();
+        throw err;
+      }
+    }
+  }
 
-    if (this.inflight?.batch === batch.id) {
-      // A transaction for this batch was sent and its receipt not seen: give it one more wait first.
-      const receipt = await waitForReceipt(this.chain.provider, this.inflight.hash, { timeoutMs: this.options.receiptTimeoutMs, pollMs: this.options.pollMs })
-        .catch(() => undefined);
-      if (receipt?.status === 1) return this.recordReceipt(batch, receipt.logs, receipt.blockNumber, receipt.hash);
-    }
-    const existing = Number(await withRetry(() => anchor.batchIdOfRoot(root)));
-    if (existing !== 0) return this.resolveAnchored(batch, existing);
-    const next = Number(await withRetry(() => anchor.nextSeq(this.chain.authorityAddress)));
-    if (next !== firstSeq) {
-      throw new AnchorSequenceError(`local batch ${batch.id} starts at sequence ${firstSeq} but the contract expects ${next} for ${this.chain.authorityAddress}`);
-    }
-    // Simulate first: a send that reverts in estimation would still consume a nonce in ethers' NonceManager.
-    await withRetry(() => anchor.anchor.staticCall(root, count, firstSeq, lastSeq));
-    let hash: string;
+  /** Waits for a sent batch's receipt and records it; on failure forgets this and later sends (resolved or re-sent next step). */
+  private async confirm(batch: BatchRecord): Promise<BatchRecord> {
+    const current = this.store.batch(batch.id)!;
+    if (current.status === 'anchored') return current;
+    const hash = this.sent.get(batch.id);
+    if (!hash) throw new Error(`batch ${batch.id} was not sent`);
     try {
-      const tx = await anchor.anchor(root, count, firstSeq, lastSeq);
-      hash = tx.hash;
+      const receipt = await waitForReceipt(this.chain.provider, hash, { timeoutMs: this.options.receiptTimeoutMs, pollMs: this.options.pollMs });
+      if (receipt.status !== 1) throw new Error(`anchor transaction ${hash} reverted`);
+      const recorded = this.recordReceipt(batch, receipt.logs, receipt.blockNumber, receipt.hash);
+      this.sent.delete(batch.id);
+      return recorded;
     } catch (err) {
+      // later batches depend on this one: forget them all; the next step looks each root up on chain first
+      for (const id of [...this.sent.keys()]) if (id >= batch.id) this.sent.delete(id);
       this.chain.authority.reset();
       throw err;
     }
-    this.inflight = { batch: batch.id, hash };
-    const receipt = await waitForReceipt(this.chain.provider, hash, { timeoutMs: this.options.receiptTimeoutMs, pollMs: this.options.pollMs });
-    if (receipt.status !== 1) {
-      this.inflight = undefined;
-      throw new Error(`anchor transaction ${hash} reverted`);
-    }
-    return this.recordReceipt(batch, receipt.logs, receipt.blockNumber, receipt.hash);
   }
 
   private recordReceipt(batch: BatchRecord, logs: readonly Log[], block: number, hash: string): BatchRecord {
@@ -195,7 +233,6 @@ export class Anchorer {
     }
     if (chainBatchId === undefined) throw new Error(`anchor transaction ${hash} has no BatchAnchored event`);
     this.store.markAnchored(batch.id, chainBatchId, block, hash);
-    this.inflight = undefined;
     this.options.logger?.debug({ batch: batch.id, chainBatchId, block, leaves: batch.lastSeq - batch.firstSeq + 1 }, 'batch anchored');
     return this.store.batch(batch.id)!;
   }
@@ -210,7 +247,6 @@ export class Anchorer {
       address: this.chain.addresses.ResourceAnchor, topics: [event.topicHash, toBeHex(chainBatchId, 32)], fromBlock: block, toBlock: block,
     }));
     this.store.markAnchored(batch.id, chainBatchId, block, logs[0]?.transactionHash ?? null);
-    this.inflight = undefined;
     this.options.logger?.info({ batch: batch.id, chainBatchId, block }, 'batch found on chain (sent before a restart)');
     return this.store.batch(batch.id)!;
   }

@@ -29,7 +29,7 @@ export class AnchoredRepository implements Repository {
   constructor(
     private readonly inner: Repository,
     private readonly store: CommitmentStore,
-    private readonly onRecorded: () => void = () => undefined,
+    private readonly onRecorded: (added: number) => void = () => undefined,
   ) {
     this.description = inner.description;
   }
@@ -140,7 +140,7 @@ export class AnchoredRepository implements Repository {
     }
     if (!items.length) return 0;
     const added = this.store.add(items);
-    this.onRecorded();
+    this.onRecorded(added);
     return added;
   }
 }

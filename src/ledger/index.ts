@@ -65,7 +65,7 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   const anchorer = new Anchorer({
     store, chain: options.chain, logger: options.logger, maxDelayMs: options.maxDelayMs, maxLeaves: options.maxLeaves,
   });
-  const repository = new AnchoredRepository(options.repository, store, () => anchorer.notify());
+  const repository = new AnchoredRepository(options.repository, store, (added) => anchorer.notify(added));
   try {
     const reconciled = await repository.reconcile();
     if (reconciled) options.logger.warn({ versions: reconciled }, 'ledger: recorded commitments of versions written before a crash');

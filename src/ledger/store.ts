@@ -96,6 +96,8 @@ export class CommitmentStore {
         status TEXT NOT NULL, chain_batch INTEGER, block INTEGER, tx TEXT,
         prepared_at INTEGER NOT NULL, anchored_at INTEGER
       );
+      CREATE INDEX IF NOT EXISTS batches_by_last_seq ON batches (last_seq);
+      CREATE INDEX IF NOT EXISTS batches_prepared ON batches (id) WHERE status = 'prepared';
     `);
     this.insert = this.db.prepare('INSERT OR IGNORE INTO commitments (type, id, version, patient, salt, leaf, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)');
     this.byKey = this.db.prepare('SELECT * FROM commitments WHERE type = ? AND id = ? AND version = ?');
@@ -180,8 +182,11 @@ export class CommitmentStore {
 
   /** Every commitment of one batch, in leaf order (the integrity check proves a whole batch at once). */
   batchMembers(batchId: number): Pick<CommitmentRecord, 'type' | 'id' | 'version' | 'salt' | 'leaf'>[] {
-    return this.db.prepare<[number], Pick<Row, 'type' | 'id' | 'version' | 'salt' | 'leaf'>>(
-      'SELECT type, id, version, salt, leaf FROM commitments WHERE batch = ? ORDER BY seq').all(batchId);
+    const batch = this.batch(batchId);
+    if (!batch) return [];
+    // a batch is a contiguous seq range: a primary-key range scan
+    return this.db.prepare<[number, number], Pick<Row, 'type' | 'id' | 'version' | 'salt' | 'leaf'>>(
+      'SELECT type, id, version, salt, leaf FROM commitments WHERE seq BETWEEN ? AND ? ORDER BY seq').all(batch.firstSeq, batch.lastSeq);
   }
 
   /** Stored → anchored delay (ms) of every anchored commitment with seq ≥ `fromSeq` (benchmarks, status). */

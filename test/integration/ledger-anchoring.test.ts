@@ -124,12 +124,15 @@ describe('chain unreachable', () => {
       const down = new ChainClient({
         rpcUrl: 'http://127.0.0.1:9', chainId: t.app.chain.chainId, authorityKey: '0x' + '11'.repeat(32), addresses: t.app.chain.addresses, adapter: 'rpc',
       });
-      await expect(new Anchorer({ store, chain: down, receiptTimeoutMs: 1000 }).flush()).rejects.toBeDefined();
+      await expect(new Anchorer({ store, chain: down, receiptTimeoutMs: 1000, maxLeaves: 1 }).flush()).rejects.toBeDefined();
       await down.close();
       expect(store.counts()).toMatchObject({ commitments: 2, pending: 2 });
 
-      await new Anchorer({ store, chain: t.app.chain }).flush();
-      expect(store.counts()).toMatchObject({ commitments: 2, pending: 0, batches: 1 });
+      // one leaf per batch: both batches go out before the first receipt (pipelined), mined in order
+      await new Anchorer({ store, chain: t.app.chain, maxLeaves: 1 }).flush();
+      expect(store.counts()).toMatchObject({ commitments: 2, pending: 0, batches: 2 });
+      const [b1, b2] = [store.batch(1)!, store.batch(2)!];
+      expect(b2.chainBatchId).toBe(b1.chainBatchId! + 1);
     } finally {
       store.close();
       rmSync(dir, { recursive: true, force: true });
