@@ -80,7 +80,11 @@ export function expectCleanOutcome(body: unknown): OperationOutcome {
 }
 
 export async function getJson(url: string, headers: Record<string, string> = {}): Promise<{ status: number; body: unknown }> {
-  const res = await fetch(url, { headers });
+  return responseOf(await fetch(url, { headers }));
+}
+
+/** Status and body (parsed when JSON) of a response. */
+export async function responseOf(res: Response): Promise<{ status: number; body: unknown }> {
   const text = await res.text();
   let body: unknown = text;
   try {
