@@ -34,17 +34,32 @@ export interface WebDeps {
 
 export interface Web {
   router: Router;
-  /** Client ids of the registered apps. */
+  /** Client ids of the registered apps (empty strings when they could not be registered). */
   clients: WebClients;
   urls: ReturnType<typeof appUrls>;
 }
 
-/** Registers the apps as SMART clients (once per data directory) and builds the router. */
+/**
+ * Registers the apps as SMART clients (once per data directory) and builds the router. A base URL
+ * the authorization server refuses as a redirect URI (plain http on a non-loopback host) leaves the
+ * apps unregistered: the proxy still starts, says why, and /apps/config.json answers 503.
+ */
 export function createWeb(deps: WebDeps): Web {
-  const clients = ensureWebClients(deps.smart.store, deps.config.dataDir, deps.config.baseUrl);
+  let clients: WebClients = { clinician: '', portal: '' };
+  let problem: string | undefined;
+  try {
+    clients = ensureWebClients(deps.smart.store, deps.config.dataDir, deps.config.baseUrl);
+  } catch (err) {
+    problem = 'the apps need an https GLUCOGUARD_BASE_URL (or http on localhost) for their redirect URIs';
+    deps.logger.warn({ err }, `patient portal and clinician app disabled: ${problem}`);
+  }
   const urls = appUrls(deps.config.baseUrl);
   const router = express.Router();
   router.get('/apps/config.json', (_req, res) => {
+    if (problem) {
+      res.status(503).json({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'transient', diagnostics: `The apps are not available: ${problem}` }] });
+      return;
+    }
     res.set('Cache-Control', 'no-store').json({
       fhirBase: deps.fhirBase,
       clinician: { clientId: clients.clinician, scope: CLINICIAN_SCOPE, redirectUri: urls.clinicianIndex },

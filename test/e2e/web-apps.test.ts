@@ -142,6 +142,9 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     clinician = await launchClinician();
     await expect(clinician.locator('[data-access]').getAttribute('data-access')).resolves.toBe('active');
     await expect(clinician.locator('#access').innerText()).resolves.toMatch(/Access granted by Ana Rivera until/);
+    // smart_style_url from the token response was fetched and applied (its highlight colour drives the header).
+    await expect(clinician.locator('html').getAttribute('data-smart-style')).resolves.toBe('applied');
+    await expect(clinician.locator('header.app').evaluate((h) => getComputedStyle(h).backgroundColor)).resolves.toBe('rgb(11, 95, 255)');
     await clinician.locator('svg.agp').waitFor({ timeout: 30_000 });
     const report = clinician.locator('.report');
     const start = (await report.getAttribute('data-period-start'))!;

@@ -63,6 +63,18 @@ describe('apps served by GlucoGuard', () => {
     expect(app.web.clients).toEqual(before);
   }, 60_000);
 
+  test('a plain-http public base URL disables the apps (with a reason) instead of stopping the proxy', async () => {
+    const insecure = await startTestApp({ GLUCOGUARD_AUTH: 'on', GLUCOGUARD_BASE_URL: 'http://glucoguard.example:8080' });
+    try {
+      const res = await request(insecure.app.http).get('/apps/config.json');
+      expect(res.status).toBe(503);
+      expect(res.body.issue[0].diagnostics).toContain('https GLUCOGUARD_BASE_URL');
+      expect((await request(insecure.app.http).get('/fhir/metadata')).status).toBe(200);
+    } finally {
+      await insecure.close();
+    }
+  }, 60_000);
+
   test('unknown app paths are 404, paths outside smart-on-fhir are not served', async () => {
     expect((await request(t.app.http).get('/apps/nope.html')).status).toBe(404);
     expect((await request(t.app.http).get('/apps/..%2fpackage.json')).status).toBe(404);
