@@ -16,6 +16,7 @@ import { registerSmartCommands } from './smart/cli.js';
 import { registerCgmCommands } from './cgm/cli.js';
 import { registerConsentCommands } from './consent/cli.js';
 import { registerLedgerCommands } from './ledger/cli.js';
+import { registerExchangeCommands } from './exchange/cli.js';
 
 function config(): Config {
   try {
@@ -111,6 +112,7 @@ patients
 // Logs go to stderr: stdout carries the command's result.
 registerCgmCommands(program, () => createApp(config(), { logger: createLogger('warn', process.stderr) }));
 registerConsentCommands(program, () => createApp(config(), { logger: createLogger('warn', process.stderr) }));
+registerExchangeCommands(program, () => createApp(config(), { logger: createLogger('warn', process.stderr) }));
 
 registerLedgerCommands(program, config);
 

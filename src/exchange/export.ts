@@ -118,17 +118,7 @@ export class ExportService {
     for (const t of requested) if (!isSupportedType(t)) throw badRequest(`_type: unsupported resource type "${t.slice(0, 64)}"`, '_type');
     let types = requested.length ? [...new Set(requested)] : DEFAULT_EXPORT_TYPES;
     if (level !== 'system') types = types.filter((t) => GuardedReader.isPatientLinked(t));
-    const allowedTypes: string[] = [];
-    for (const t of types) {
-      try {
-        await this.options.reader.authorize(req.access, t);
-        allowedTypes.push(t);
-      } catch (err) {
-        if (!isGlucoGuardError(err, 'ERR_FORBIDDEN')) throw err;
-        if (requested.length) throw forbidden(`Not allowed to export ${t}`);
-      }
-    }
-    if (allowedTypes.length === 0) throw forbidden('Not allowed to export any of the requested types');
+    const allowedTypes = await this.authorizedTypes(req.access, types, requested.length > 0);
     const typeFilters: ExportParams['typeFilters'] = {};
     for (const raw of query._typeFilter ?? []) {
       const q = raw.indexOf('?');
@@ -141,12 +131,46 @@ export class ExportService {
       typeFilters[type] = record;
     }
     if (level === 'group') await this.groupMembers(target.id!); // 404 before a job exists
+    const job = this.submit(req.access, {
+      level, ...(target.id ? { groupId: target.id } : {}), types: allowedTypes, explicitTypes: requested.length > 0, ...(since ? { since } : {}), typeFilters,
+    }, requestUrl(this.options.fhirBase, req));
+    return {
+      status: 202,
+      headers: { 'Content-Location': this.statusUrl(job.id) },
+      body: informational('Export started'),
+    };
+  }
+
+  /**
+   * The types `access` may export: a type named explicitly but not allowed is a 403; default types
+   * not allowed are left out; none at all is a 403.
+   */
+  async authorizedTypes(access: AccessContext, types: string[], explicit: boolean): Promise<string[]> {
+    const allowed: string[] = [];
+    for (const t of types) {
+      try {
+        await this.options.reader.authorize(access, t);
+        allowed.push(t);
+      } catch (err) {
+        if (!isGlucoGuardError(err, 'ERR_FORBIDDEN')) throw err;
+        if (explicit) throw forbidden(`Not allowed to export ${t}`);
+      }
+    }
+    if (allowed.length === 0) throw forbidden('Not allowed to export any of the requested types');
+    return allowed;
+  }
+
+  /**
+   * Records and queues a job for `access` (already authorized for `params.types`); the kick-off and
+   * the `glucoguard export` command both come here.
+   */
+  submit(access: AccessContext, params: ExportParams, request: string): ExportJob {
     const job: ExportJob = {
       id: randomUUID(),
-      owner: ownerOf(req.access),
-      access: storedAccess(req.access as StoredAccess),
-      request: requestUrl(this.options.fhirBase, req),
-      params: { level, ...(target.id ? { groupId: target.id } : {}), types: allowedTypes, explicitTypes: requested.length > 0, ...(since ? { since } : {}), typeFilters },
+      owner: ownerOf(access),
+      access: storedAccess(access as StoredAccess),
+      request,
+      params,
       status: 'queued',
       outputs: [],
       errors: [],
@@ -155,11 +179,21 @@ export class ExportService {
     };
     this.store.put(job);
     this.enqueue(job.id);
-    return {
-      status: 202,
-      headers: { 'Content-Location': this.statusUrl(job.id) },
-      body: informational('Export started'),
-    };
+    return job;
+  }
+
+  /** Resolves with the job once it is completed or failed (undefined when cancelled). */
+  async whenDone(id: string, pollMs = 100): Promise<ExportJob | undefined> {
+    for (;;) {
+      const job = this.store.get(id);
+      if (!job || job.status === 'completed' || job.status === 'failed') return job;
+      await new Promise((r) => setTimeout(r, pollMs));
+    }
+  }
+
+  /** Where a job's file lies on disk (operator tools). */
+  filePath(jobId: string, file: string): string {
+    return path.join(this.jobDir(jobId), file);
   }
 
   statusUrl(jobId: string): string {

@@ -1,0 +1,110 @@
+/**
+ * `glucoguard export` runs a bulk export on the server's data directory — as a registered client
+ * would see it (`--client ID`, its registered scopes, `--purpose`, `--as` identity; every guard and
+ * consent decision applies, research purposes are de-identified) or, without `--client`, with
+ * operator (open) access — and prints the manifest with file paths.
+ * `glucoguard exchange status` lists export jobs and Subscriptions with their state.
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import type { App } from '../app.js';
+import { OPEN_ACCESS, type AccessContext } from '../fhir/access.js';
+import { isSupportedType } from '../fhir/resource-types.js';
+import { DEFAULT_EXPORT_TYPES } from './export.js';
+import { GuardedReader } from './reader.js';
+
+const list = (v: string): string[] => v.split(',').map((s) => s.trim()).filter(Boolean);
+const instant = (v: string): string => {
+  if (Number.isNaN(Date.parse(v))) throw new InvalidArgumentError('expected a date (YYYY-MM-DD) or date-time');
+  return new Date(v).toISOString();
+};
+
+interface ExportOptions {
+  client?: string;
+  as?: string;
+  purpose?: string;
+  type?: string[];
+  since?: string;
+  group?: string;
+  patients?: boolean;
+}
+
+/** The access a registered client would have with its registered scopes (no token involved). */
+export function clientAccess(app: App, clientId: string, as: string | undefined, purpose: string | undefined): AccessContext & { purposeOfUse?: string } {
+  const client = app.smart.store.getClient(clientId);
+  if (!client) throw new InvalidArgumentError(`unknown client "${clientId}"`);
+  return {
+    kind: 'token', clientId, subject: clientId, scopes: [...client.scopes],
+    ...(as ? { fhirUser: as } : {}), ...(purpose ? { purposeOfUse: purpose } : {}),
+  };
+}
+
+export function registerExchangeCommands(program: Command, open: () => Promise<App>): void {
+  program
+    .command('export')
+    .description('run a bulk export ($export) now and print its manifest (files under <dataDir>/exports)')
+    .option('--client <client_id>', 'export as this registered client would (its scopes and consent grants); default: operator, everything')
+    .option('--as <reference>', 'the identity the client acts as (e.g. Organization/ID, the grantee of a research consent)')
+    .option('--purpose <code>', 'purpose of use (e.g. TREAT, HRESCH — research exports are de-identified)')
+    .option('--type <types>', 'resource types, comma-separated', list)
+    .option('--since <instant>', 'only resources changed after this instant', instant)
+    .option('--group <id>', 'export the members of this Group')
+    .option('--patients', 'Patient-level export (patient compartment types only)')
+    .action(async (o: ExportOptions) => {
+      const app = await open();
+      try {
+        const access = o.client ? clientAccess(app, o.client, o.as, o.purpose) : OPEN_ACCESS;
+        const level = o.group ? 'group' : o.patients ? 'patient' : 'system';
+        for (const t of o.type ?? []) if (!isSupportedType(t)) throw new InvalidArgumentError(`unsupported resource type "${t}"`);
+        let types = o.type?.length ? o.type : DEFAULT_EXPORT_TYPES;
+        if (level !== 'system') types = types.filter((t) => GuardedReader.isPatientLinked(t));
+        types = await app.exchange.exports.authorizedTypes(access, types, !!o.type?.length);
+        const job = app.exchange.exports.submit(access, {
+          level, ...(o.group ? { groupId: o.group } : {}), types, explicitTypes: !!o.type?.length, ...(o.since ? { since: o.since } : {}), typeFilters: {},
+        }, `glucoguard export${process.argv.slice(3).map((a) => ` ${a}`).join('')}`);
+        const done = await app.exchange.exports.whenDone(job.id);
+        if (!done || done.status !== 'completed') {
+          console.error(`glucoguard: export ${job.id} ${done?.status ?? 'cancelled'}${done?.failure ? `: ${done.failure}` : ''}`);
+          process.exitCode = 1;
+          return;
+        }
+        console.log(JSON.stringify({
+          job: done.id,
+          transactionTime: done.transactionTime,
+          output: done.outputs.map((f) => ({ type: f.type, count: f.count, file: app.exchange.exports.filePath(done.id, f.file) })),
+          error: done.errors.map((f) => ({ type: f.type, count: f.count, file: app.exchange.exports.filePath(done.id, f.file) })),
+        }, null, 2));
+      } finally {
+        await app.close();
+      }
+    });
+
+  const exchange = program.command('exchange').description('bulk export jobs and subscriptions');
+  exchange
+    .command('status')
+    .description('list export jobs and Subscriptions with their state')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const app = await open();
+      try {
+        const jobs = app.exchange.exports.store.all().map((j) => ({
+          id: j.id, status: j.status, level: j.params.level, types: j.params.types.join(','), created: j.createdAt,
+          requester: j.access.clientId ?? j.access.kind, resources: j.outputs.reduce((n, f) => n + f.count, 0), ...(j.failure ? { failure: j.failure } : {}),
+        }));
+        const subs = app.exchange.subscriptions.list().map((s) => ({
+          id: s.id, status: s.status, topic: s.topic, ...(s.patient ? { patient: s.patient } : {}), payload: s.payload,
+          endpoint: new URL(s.endpoint).origin, requester: s.access.clientId ?? s.access.kind, events: s.events, withheld: s.withheld,
+          failedDeliveries: s.failedDeliveries, ...(s.lastDeliveryAt ? { lastDelivery: s.lastDeliveryAt } : {}), ...(s.lastError ? { error: s.lastError } : {}),
+        }));
+        if (o.json) {
+          console.log(JSON.stringify({ jobs, subscriptions: subs }, null, 2));
+          return;
+        }
+        console.log(`Export jobs (${jobs.length})`);
+        for (const j of jobs) console.log(`  ${j.id}  ${j.status.padEnd(9)} ${j.level.padEnd(7)} ${j.types}  ${j.resources} resources  by ${j.requester}  ${j.created}${j.failure ? `  (${j.failure})` : ''}`);
+        console.log(`Subscriptions (${subs.length})`);
+        for (const s of subs) console.log(`  ${s.id}  ${s.status.padEnd(9)} ${s.topic.split('/').pop()} ${s.patient ? `Patient/${s.patient} ` : ''}${s.payload} → ${s.endpoint}  events ${s.events}, withheld ${s.withheld}, failed deliveries ${s.failedDeliveries}${s.error ? `  (${s.error})` : ''}`);
+      } finally {
+        await app.close();
+      }
+    });
+}
