@@ -8,6 +8,7 @@ import { createServer } from 'node:net';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, expect, it } from '@jest/globals';
+import type { EventLog } from 'ethers';
 import { PACKAGE_ROOT } from '../../src/paths.js';
 import { startTestApp, tempDir, type TestApp } from '../support/app.js';
 
@@ -80,7 +81,10 @@ it('anchors every acknowledged version exactly once after kill -9 and restart', 
   const { commitments } = ledger.store.counts();
   expect(Number(await anchor.nextSeq(chain.authorityAddress))).toBe(seqBase + commitments);
   const events = await anchor.queryFilter(anchor.filters.BatchAnchored(null, null, chain.authorityAddress), 0);
-  const ranges = events.map((e) => [Number((e as { args: { firstSeq: bigint } }).args.firstSeq), Number((e as { args: { lastSeq: bigint } }).args.lastSeq)]);
+  const ranges = events.map((e) => {
+    const { firstSeq, lastSeq } = (e as EventLog).args as unknown as { firstSeq: bigint; lastSeq: bigint };
+    return [Number(firstSeq), Number(lastSeq)];
+  });
   const covered = ranges.filter(([first]) => first! >= seqBase).reduce((n, [a, b]) => n + b! - a! + 1, 0);
   expect(covered).toBe(commitments);
 }, 120_000);
