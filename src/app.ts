@@ -161,7 +161,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const kv: KeyValueStore = config.redisUrl ? await RedisKeyValueStore.connect(config.redisUrl, { logger }) : new MemoryKeyValueStore();
   const chain = await createChain(config, logger);
   // Every write goes through the ledger's decorator (commitment recorded, then anchored in batches).
-  const ledger = await createLedger({ dataDir: config.dataDir, chain: chain.client, repository: adapter, logger, integrity: integrityModeFrom() });
+  const ledger = await createLedger({ dataDir: config.dataDir, chain: chain.client, repository: adapter, logger, integrity: integrityModeFrom(), anchor: !chain.shared });
   // Subscriptions hear of every stored version through this decorator (src/exchange/write-events.ts).
   const repository = new NotifyingRepository(ledger.repository);
 

@@ -29,6 +29,11 @@ export interface LedgerOptions {
   logger: Logger;
   /** lenient (default): unverifiable resources served with a tag; strict: withheld. */
   integrity?: IntegrityMode;
+  /**
+   * Run the anchorer in this process (default true). Operator commands beside a running server
+   * leave anchoring to the server, whose loop picks their commitments up from the shared store.
+   */
+  anchor?: boolean;
   /** Batch window (default 1000 ms) and size (default 1000). */
   maxDelayMs?: number;
   maxLeaves?: number;
@@ -76,7 +81,7 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   const guard = new IntegrityGuard({
     checker, mode: options.integrity, logger: options.logger, audit: (event) => repository.create(event),
   });
-  anchorer.start();
+  if (options.anchor !== false) anchorer.start();
   const counts = store.counts();
   options.logger.info({ ...counts, lastAnchoredAt: undefined }, `ledger: ${counts.commitments} commitments, ${counts.pending} waiting to be anchored`);
   return {
