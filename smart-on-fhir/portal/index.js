@@ -338,7 +338,16 @@ async function loadLog() {
   }
   const mine = `Patient/${patientId}`;
   const others = events.filter((e) => e?.resourceType === 'AuditEvent' && !e.agent?.some((a) => a.requestor && a.who?.reference === mine));
-  const items = others.map((e) => {
+  // One line per person, action and minute: opening a report makes several reads at once.
+  const groups = [];
+  for (const e of others) {
+    const who = e.agent?.find((a) => a.requestor)?.who?.reference ?? '';
+    const key = [who, e.subtype?.[0]?.code, whatWords(e), e.outcome, e.outcomeDesc ?? '', (e.recorded ?? '').slice(0, 16)].join('|');
+    const last = groups.at(-1);
+    if (last?.key === key) last.count++;
+    else groups.push({ key, event: e, count: 1 });
+  }
+  const items = groups.map(({ event: e, count }) => {
     const who = e.agent?.find((a) => a.requestor)?.who;
     const name = who?.reference ? granteeName(who.reference) : (who?.display ?? 'An application');
     const interaction = e.subtype?.[0]?.code ?? 'read';
@@ -349,7 +358,7 @@ async function loadLog() {
       ? (byGrant ? 'Allowed by your permission' : 'Allowed, but nothing of yours was shown') + withheld
       : 'Refused: they had no permission';
     return el('li', { 'data-audit-who': who?.reference ?? '', 'data-audit-outcome': allowed ? 'allowed' : 'refused' },
-      el('strong', {}, fmtDateTime(e.recorded)), ` — ${name} ${VERB[interaction] ?? 'looked at'} ${whatWords(e)}. `,
+      el('strong', {}, fmtDateTime(e.recorded)), ` — ${name} ${VERB[interaction] ?? 'looked at'} ${whatWords(e)}${count > 1 ? ` (${count} times)` : ''}. `,
       el('span', { class: 'status' }, `${allowed ? '✔' : '✕'} ${outcome}.`));
   });
   show(body, items.length

@@ -96,7 +96,7 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
   test('the patient signs in, uploads an export with progress and sees the import summary and their AGP', async () => {
     await portal.goto(`${base}/apps/portal/launch.html`);
     await signIn(portal, ANA, '/apps/portal/index.html');
-    await expect(portal.locator('#who').innerText()).resolves.toContain('Ana Rivera');
+    await portal.locator('#who', { hasText: 'Signed in as Ana Rivera' }).waitFor({ timeout: 15_000 });
     await portal.locator('#summary-body [data-notice]').waitFor();
     const trace = makeTrace(16, { seed: 3 }).filter((_r, i) => i % 3 === 0);
     await portal.setInputFiles('#upload-file', { name: 'nightscout-entries.json', mimeType: 'application/json', buffer: Buffer.from(nightscoutJson(trace)) });
