@@ -6,7 +6,8 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { DAY, grant, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
+import { grantView } from '../../src/web/index.js';
+import { consentOf, DAY, grant, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
 
 let t: TestApp;
 let ana: string;
@@ -127,5 +128,23 @@ describe('/apps/api', () => {
     expect(res.body.features).toEqual({ guardianConsent: true, guardianKeyRecovery: false, custodialBackupStatus: false });
     const fresh = await request(t.app.http).get('/apps/api/key-safety').set('Authorization', `Bearer ${patientToken(t.app, ben)}`);
     expect(fresh.body.key).toBeNull();
+  });
+});
+
+describe('grant states in words (grantView)', () => {
+  const now = Date.UTC(2026, 10, 25, 12);
+  const base = consentOf({ patient: 'p1', actor: 'Practitioner/d1', accessFrom: now - DAY, accessTo: now + DAY, dataFrom: now - 14 * DAY, dataTo: now });
+  test.each([
+    ['active', { status: 'active' }, 'active'],
+    ['recorded but not yet on chain (awaiting a signature)', { status: 'proposed' }, 'pending'],
+    ['revoked', { status: 'inactive' }, 'revoked'],
+    ['expired', { status: 'active', provision: { ...base.provision, period: { start: new Date(now - 3 * DAY).toISOString(), end: new Date(now - DAY).toISOString() } } }, 'expired'],
+    ['not started', { status: 'active', provision: { ...base.provision, period: { start: new Date(now + DAY).toISOString(), end: new Date(now + 3 * DAY).toISOString() } } }, 'not-started'],
+  ] as const)('%s', (_name, patch, state) => {
+    expect(grantView({ ...base, ...patch } as typeof base, now)?.state).toBe(state);
+  });
+
+  test('a Consent the engine cannot read is left out, not shown half-understood', () => {
+    expect(grantView({ ...base, provision: { ...base.provision, actor: [] } }, now)).toBeUndefined();
   });
 });
