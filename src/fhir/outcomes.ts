@@ -3,7 +3,7 @@
  * FHIR response. Internal errors answer "internal error" and are logged server-side only.
  */
 import type { OperationOutcome, OperationOutcomeIssue } from '@medplum/fhirtypes';
-import { GlucoGuardError } from '../errors.js';
+import { GlucoGuardError, unavailable } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { FhirResponse } from './types.js';
 
@@ -22,11 +22,25 @@ export function errorToResponse(err: unknown, logger?: Logger): FhirResponse {
     if (err.status >= 500) logger?.warn({ code: err.code, cause: describeCause(err.cause) }, 'request failed');
     return { status: err.status, body: operationOutcome(err.issues) };
   }
+  if (isStorageFull(err)) {
+    // A full data disk is an operator's problem with a known fix, not a bug: say so (503, retry later).
+    logger?.error({ err }, 'storage full: the data directory has no space left');
+    return errorToResponse(unavailable('The server has no storage space left; try again later'));
+  }
   logger?.error({ err }, 'internal error');
   return {
     status: 500,
     body: operationOutcome([{ severity: 'error', code: 'exception', diagnostics: 'Internal error' }]),
   };
+}
+
+/** SQLite's SQLITE_FULL or the file system's ENOSPC, directly or as the cause. */
+function isStorageFull(err: unknown): boolean {
+  for (let e = err, depth = 0; e && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (code === 'SQLITE_FULL' || code === 'ENOSPC') return true;
+  }
+  return false;
 }
 
 function describeCause(cause: unknown): string | undefined {
