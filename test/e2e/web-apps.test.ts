@@ -19,10 +19,10 @@ import request from 'supertest';
 import { createLaunch } from '../../src/smart/launch.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
-import { chromiumPath, launchBrowser, signIn, type Browser } from './browser.js';
+import { CHROMIUM, chromiumPath, launchBrowser, signIn, type Browser } from './browser.js';
 
 const CHROME = chromiumPath();
-if (!CHROME) console.warn('SKIPPED web-apps e2e: /usr/bin/chromium is missing (apt-get install -y chromium, or set CHROMIUM_PATH).');
+if (!CHROME) console.warn(`SKIPPED web-apps e2e: ${CHROMIUM} is missing (apt-get install -y chromium, or set CHROMIUM_PATH).`);
 const describeBrowser = CHROME ? describe : describe.skip;
 const ARTIFACTS = path.resolve('test-artifacts');
 const ANA = { username: 'ana', password: 'correct horse battery' };
