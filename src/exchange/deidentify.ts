@@ -52,6 +52,7 @@ export function studyKey(masterKeyBase64: string, studyId: string): Buffer {
 
 export class Deidentifier {
   private readonly shiftCache = new Map<string, number>();
+  private readonly referenceCache = new Map<string, string>();
   private readonly maxShiftDays: number;
 
   constructor(private readonly key: Buffer, private readonly options: DeidentifyOptions = {}) {
@@ -84,7 +85,7 @@ export class Deidentifier {
 
   /** A de-identified copy of `resource`; the input is not changed. */
   apply<T extends Resource>(resource: T): T {
-    const patientId = patientIdsOf(resource)[0];
+    const patientId = this.options.dateShift ? patientIdsOf(resource)[0] : undefined;
     const days = patientId ? this.shiftDays(patientId) : 0;
     let source = resource as unknown as Record<string, unknown>;
     if (resource.resourceType === 'Patient') {
@@ -117,9 +118,15 @@ export class Deidentifier {
 
   /** `Patient/1`, `http://x/fhir/Patient/1/_history/2` → `Patient/<pseudonym>`; others (urn:uuid, #contained) as they are. */
   private reference(ref: string): string {
-    const m = REFERENCE.exec(ref);
-    if (!m || ref.startsWith('urn:')) return ref;
-    return `${m[1]}/${this.pseudonym(m[1]!, m[2]!)}`;
+    let out = this.referenceCache.get(ref);
+    if (out === undefined) {
+      const m = REFERENCE.exec(ref);
+      out = !m || ref.startsWith('urn:') ? ref : `${m[1]}/${this.pseudonym(m[1]!, m[2]!)}`;
+      // A few patients and devices are referenced over and over; keep the cache bounded.
+      if (this.referenceCache.size >= 50_000) this.referenceCache.clear();
+      this.referenceCache.set(ref, out);
+    }
+    return out;
   }
 }
 
