@@ -18,6 +18,7 @@ import type { Logger } from 'pino';
 import type { ChainClient } from './client.js';
 import { buildMerkleTree } from './merkle.js';
 import { waitForReceipt, withRetry } from './rpc.js';
+import { metrics } from '../observability/metrics.js';
 import type { BatchRecord, CommitmentStore } from './store.js';
 
 export interface AnchorerOptions {
@@ -90,6 +91,7 @@ export class Anchorer {
           waitMs = backoff;
           backoff = Math.min(backoff * 2, 10_000);
         }
+        this.reportLag();
         if (waitMs > 0) await new Promise<void>((resolve) => {
           const t = setTimeout(done, waitMs);
           const onAbort = () => done();
@@ -103,6 +105,16 @@ export class Anchorer {
         });
       }
     })();
+  }
+
+  /** Sets the anchoring-lag gauge from the queue on disk (also while the chain is down). */
+  private reportLag(): void {
+    try {
+      const { count, oldest } = this.store.backlog();
+      metrics.anchoringLag.set(count > 0 && oldest !== null ? Math.max(0, Date.now() - oldest) / 1000 : 0);
+    } catch {
+      // store closed while stopping
+    }
   }
 
   /** Tells the loop `added` commitments were queued; it closes a full batch at once. Counted in memory: no query per write. */

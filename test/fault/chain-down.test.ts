@@ -10,7 +10,7 @@ import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import path from 'node:path';
 import { rmSync } from 'node:fs';
 import { buildOnce, eventually, freePort, runCli, startChainNode, startServer, type ChainNodeProc, type ServerProc } from '../support/process.js';
-import { BASE_URL, FIVE_MIN, getJson, ingest, integrityTag, nightscout, observationsOf, readingOf, tempDir, type SentReading } from './helpers.js';
+import { BASE_URL, FIVE_MIN, getJson, ingest, integrityTag, metric, nightscout, observationsOf, readingOf, tempDir, type SentReading } from './helpers.js';
 
 const chainDir = tempDir('gg-fault-chain-node-');
 const dataDir = tempDir('gg-fault-chain-proxy-');
@@ -70,13 +70,18 @@ test('chain node stopped during writes: writes queue durably (200), anchors catc
   const ready = await getJson(`${server.origin}/readyz`);
   expect(ready.status).toBe(503);
   expect((ready.body as { checks: { name: string; ok: boolean }[] }).checks.find((c) => c.name === 'chain')?.ok).toBe(false);
+  // What an operator watches: the anchoring lag grows while the node is away.
+  const lagDown = await eventually(async () => {
+    const lag = await metric(server!.origin, 'glucoguard_anchoring_lag_seconds');
+    return lag !== undefined && lag > 0 ? lag : undefined;
+  }, 30_000, 'anchoring lag above 0 while the node is down');
   const served = await observationsOf(server.origin, patient);
   expect(served).toHaveLength(before.readings.length + during.length);
   const tagOf = new Map(served.map((o) => [readingOf(o)!.at, integrityTag(o)]));
   for (const r of during) expect(tagOf.get(r.at)).toBe('pending');
   const tagsBefore = new Set(before.readings.map((r) => tagOf.get(r.at) ?? 'verified'));
   console.info(`chain node down: ${during.length} readings written (3 × 200), served as pending; ` +
-    `readings anchored before the outage served as ${[...tagsBefore].join(', ')}; /readyz ${ready.status}`);
+    `readings anchored before the outage served as ${[...tagsBefore].join(', ')}; /readyz ${ready.status}; anchoring lag ${lagDown.toFixed(1)} s`);
 
   // The queue is on disk: stop the proxy too, and bring it back while the node is still down.
   expect(await server.stop()).toBe(0);
@@ -94,6 +99,7 @@ test('chain node stopped during writes: writes queue durably (200), anchors catc
     60_000, 'anchoring after the node returned');
   await eventually(async () => (pendingCount() === 0 ? true : undefined), 60_000, 'chain status: 0 pending', 1000);
   expect((await getJson(`${server.origin}/readyz`)).status).toBe(200);
+  await eventually(async () => ((await metric(server!.origin, 'glucoguard_anchoring_lag_seconds')) === 0 ? true : undefined), 30_000, 'anchoring lag back to 0');
   const verify = runCli(['verify', '--patient', patient], env);
   expect(verify.stdout).toMatch(/, 0 failed/);
   expect(verify.status).toBe(0);
