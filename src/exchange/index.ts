@@ -60,7 +60,7 @@ export async function createExchange(options: ExchangeOptions): Promise<Exchange
   });
   for (const op of exports.handlers()) options.fhir.registerOperation(op);
   const subscriptions = new SubscriptionService({
-    dir, fhir: options.fhir, policy: options.policy, repository: options.repository, fhirBase: options.fhirBase, deidentifiers, settings, logger: options.logger,
+    dir, fhir: options.fhir, policy: options.policy, repository: options.repository, fhirBase: options.fhirBase, deidentifiers, settings, reader, logger: options.logger,
   });
   subscriptions.attach(options.fhir);
   exports.start();

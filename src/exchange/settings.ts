@@ -7,7 +7,9 @@
  *   may resolve to even when loopback/private (e.g. `127.0.0.1` for tests); default none;
  * - GLUCOGUARD_SUBSCRIPTION_HTTP=true: allow plain http endpoints (default: https only, except
  *   allow-listed hosts);
- * - GLUCOGUARD_SUBSCRIPTION_RETRIES: delivery attempts per notification (default 5).
+ * - GLUCOGUARD_SUBSCRIPTION_RETRIES: delivery attempts per notification (default 5);
+ * - GLUCOGUARD_SUBSCRIPTION_RETRY_MS: first retry delay, doubled per attempt (default 500);
+ * - GLUCOGUARD_SUBSCRIPTION_DIGEST_MS: period of digest Subscriptions (default one day).
  */
 export interface ExchangeSettings {
   retryAfterSeconds: number;
@@ -17,6 +19,7 @@ export interface ExchangeSettings {
   deliveryAttempts: number;
   /** First retry delay (ms), doubled per attempt. */
   retryBaseMs: number;
+  digestMs: number;
 }
 
 export function exchangeSettings(env: NodeJS.ProcessEnv = process.env): ExchangeSettings {
@@ -34,5 +37,6 @@ export function exchangeSettings(env: NodeJS.ProcessEnv = process.env): Exchange
     subscriptionAllowHttp: env.GLUCOGUARD_SUBSCRIPTION_HTTP === 'true',
     deliveryAttempts: int('GLUCOGUARD_SUBSCRIPTION_RETRIES', 5, 1, 20),
     retryBaseMs: int('GLUCOGUARD_SUBSCRIPTION_RETRY_MS', 500, 1, 600_000),
+    digestMs: int('GLUCOGUARD_SUBSCRIPTION_DIGEST_MS', 86_400_000, 1000, 7 * 86_400_000),
   };
 }

@@ -16,6 +16,11 @@
  * is retried with exponential back-off and logged (ids and counts only); after the last attempt the
  * Subscription is `error` until a later delivery succeeds. `$status` answers the status Parameters.
  *
+ * Daily digest (channel extension DIGEST_EXTENSION, valueCode `daily`; readings topic): instead
+ * of a notification per write, once per GLUCOGUARD_SUBSCRIPTION_DIGEST_MS the readings stored
+ * since the last digest are read through the policy and guards and sent as one Bundle — the daily
+ * push to a study server that a research consent asks for.
+ *
  * The Subscription resource lives in the repository (GET works for in-process/admin access; for a
  * consent-limited requester a Subscription has no patient link, so reads are withheld — use
  * `$status`); delivery state lives in `<dataDir>/exports/subscriptions.sqlite`.
@@ -36,6 +41,7 @@ import type { Logger } from '../log.js';
 import { EndpointPolicy } from './endpoint.js';
 import { ownerOf, storedAccess, type StoredAccess } from './jobs.js';
 import { BACKPORT, notificationBundle, statusParameters, type NotificationEvent, type NotificationType, type PayloadContent } from './notifications.js';
+import type { GuardedReader } from './reader.js';
 import type { StudyDeidentifiers } from './research.js';
 import type { ExchangeSettings } from './settings.js';
 import type { NotifyingRepository, WrittenVersion } from './write-events.js';
@@ -47,6 +53,8 @@ export const TOPICS = {
   summaries: 'https://glucoguard.org/fhir/SubscriptionTopic/cgm-summaries',
 } as const;
 export const BACKPORT_PROFILE = `${BACKPORT}backport-subscription`;
+/** Channel extension asking for one digest Bundle per day (valueCode `daily`) instead of a notification per write. */
+export const DIGEST_EXTENSION = 'https://glucoguard.org/fhir/StructureDefinition/subscription-digest';
 const READING_CODES = new Set(['http://loinc.org|99504-3', 'http://loinc.org|105272-9']);
 const MAX_EVENTS_PER_BUNDLE = 100;
 const MAX_PENDING = 10_000;
@@ -73,6 +81,10 @@ export interface SubscriptionState {
   failedDeliveries: number;
   lastError?: string;
   lastDeliveryAt?: string;
+  /** Daily digest: matching data is gathered and sent once per period instead of per write. */
+  digest?: 'daily';
+  /** End of the window the last digest covered. */
+  lastDigestAt?: string;
 }
 
 export interface SubscriptionServiceOptions {
@@ -83,6 +95,8 @@ export interface SubscriptionServiceOptions {
   fhirBase: string;
   deidentifiers: StudyDeidentifiers;
   settings: ExchangeSettings;
+  /** Reads the data a digest covers, through policy and guards. */
+  reader: GuardedReader;
   logger?: Logger;
 }
 
@@ -114,6 +128,7 @@ export class SubscriptionService {
   private readonly workers = new Map<string, Worker>();
   readonly endpoints: EndpointPolicy;
   private unsubscribe: (() => void) | undefined;
+  private digestTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
   constructor(private readonly options: SubscriptionServiceOptions) {
@@ -139,11 +154,14 @@ export class SubscriptionService {
       else this.startHeartbeat(state);
     }
     this.unsubscribe = this.options.repository.onWrite((written) => this.onWrite(written));
+    this.digestTimer = setInterval(() => void this.runDigests(false), Math.min(this.options.settings.digestMs, 60_000));
+    this.digestTimer.unref();
   }
 
   async close(): Promise<void> {
     this.closed = true;
     this.unsubscribe?.();
+    if (this.digestTimer) clearInterval(this.digestTimer);
     for (const w of this.workers.values()) if (w.heartbeat) clearInterval(w.heartbeat);
     await this.idle();
     this.db.close();
@@ -223,6 +241,7 @@ export class SubscriptionService {
     }
     payloadContent(body);
     heartbeatOf(body);
+    if (digestOf(body) && body.criteria !== TOPICS.readings) throw badRequest('A daily digest is offered for the CGM readings topic', 'Subscription.channel');
     for (const h of body.channel.header ?? []) {
       if (!/^[A-Za-z0-9-]{1,64}:\s?[^\r\n]{0,2048}$/.test(h)) throw badRequest('channel.header entries must be "Name: value"', 'Subscription.channel.header');
     }
@@ -241,6 +260,7 @@ export class SubscriptionService {
       headers: resource.channel.header ?? [],
       heartbeatSeconds: heartbeatOf(resource),
       status: resource.status === 'off' ? 'off' : 'requested',
+      ...(digestOf(resource) ? { digest: 'daily' as const, lastDigestAt: new Date().toISOString() } : {}),
       events: 0,
       withheld: 0,
       failedDeliveries: 0,
@@ -300,7 +320,7 @@ export class SubscriptionService {
   private onWrite(written: WrittenVersion[]): void {
     if (this.closed || this.states.size === 0) return;
     for (const state of this.states.values()) {
-      if (state.status !== 'active' && state.status !== 'error') continue;
+      if ((state.status !== 'active' && state.status !== 'error') || state.digest) continue;
       const matching = written.filter((w) => topicsOf(w.resource).includes(state.topic) && (!state.patient || patientIdsOf(w.resource).includes(state.patient)));
       if (matching.length === 0) continue;
       const worker = this.worker(state);
@@ -349,10 +369,10 @@ export class SubscriptionService {
    * Sends one batch: before every attempt the resources are decided again (policy + guards, at
    * send time), so a revocation between attempts stops the data too.
    */
-  private async deliverEvents(state: SubscriptionState, worker: Worker, batch: WrittenVersion[]): Promise<void> {
+  private async deliverEvents(state: SubscriptionState, worker: Worker, batch: WrittenVersion[]): Promise<boolean> {
     const attempts = this.options.settings.deliveryAttempts;
     for (let attempt = 1; attempt <= attempts; attempt++) {
-      if (this.closed || this.states.get(state.id) !== state) return;
+      if (this.closed || this.states.get(state.id) !== state) return false;
       const allowed = await this.allowedNow(worker.access, batch);
       if (allowed === undefined) {
         // could not decide (KV/chain outage): never send, try again later
@@ -366,7 +386,7 @@ export class SubscriptionService {
       }
       if (allowed.length === 0) {
         this.save(state);
-        return;
+        return true;
       }
       const deid = this.options.deidentifiers.forAccess(worker.access);
       const now = new Date().toISOString();
@@ -381,13 +401,54 @@ export class SubscriptionService {
         this.save(state);
         if (state.status !== 'active') await this.setStatus(state, 'active');
         this.options.logger?.info({ subscription: state.id, events: events.length, attempt, status: result.status }, 'subscription: notification delivered');
-        return;
+        return true;
       }
       state.failedDeliveries++;
       this.options.logger?.warn({ subscription: state.id, attempt, attempts, status: result.status, reason: result.reason }, 'subscription: delivery failed');
       if (attempt < attempts) await sleep(this.backoff(attempt));
     }
     await this.setStatus(state, 'error', `Delivery failed after ${attempts} attempts`);
+    return false;
+  }
+
+  /**
+   * Sends the digests that are due (all of them with `force`): the readings stored since the last
+   * digest, read through the requester's policy and guards, then decided again at send time.
+   */
+  async runDigests(force = true): Promise<void> {
+    for (const state of [...this.states.values()]) {
+      if (!state.digest || (state.status !== 'active' && state.status !== 'error') || this.closed) continue;
+      const due = Date.parse(state.lastDigestAt ?? '1970-01-01T00:00:00Z') + this.options.settings.digestMs <= Date.now();
+      if (force || due) await this.runDigest(state);
+    }
+  }
+
+  private async runDigest(state: SubscriptionState): Promise<void> {
+    const worker = this.worker(state);
+    const until = new Date().toISOString();
+    const since = state.lastDigestAt ?? state.lastDeliveryAt ?? '1970-01-01T00:00:00Z';
+    const query = { _lastUpdated: [`gt${since}`, `le${until}`], code: [...READING_CODES].join(',') };
+    const versions: WrittenVersion[] = [];
+    try {
+      for await (const page of this.options.reader.pages(worker.access, 'Observation', query, state.patient ? [state.patient] : undefined)) {
+        // The guards hand back copies (integrity tags); the stored versions go to the send-time check.
+        for (const r of page.resources) {
+          const stored = await this.options.repository.vread(r.resourceType, r.id!, r.meta!.versionId!);
+          versions.push({ resource: stored, interaction: r.meta?.versionId === '1' ? 'create' : 'update' });
+        }
+      }
+    } catch (err) {
+      if (!isGlucoGuardError(err, 'ERR_FORBIDDEN')) {
+        this.options.logger?.warn({ subscription: state.id, err: (err as Error).message }, 'subscription: digest could not be read');
+        return;
+      }
+    }
+    const ok = versions.length === 0 || await this.deliverEvents(state, worker, versions);
+    if (ok && this.states.get(state.id) === state) {
+      state.lastDigestAt = until;
+      this.save(state);
+      this.options.logger?.info({ subscription: state.id, events: versions.length }, 'subscription: daily digest done');
+    }
   }
 
   /** The versions that may leave now, or undefined when the decision cannot be made. */
@@ -496,6 +557,13 @@ function payloadContent(sub: Subscription): PayloadContent {
   const code = extensionValue(payloadExt, 'backport-payload-content')?.valueCode ?? 'id-only';
   if (code !== 'empty' && code !== 'id-only' && code !== 'full-resource') throw badRequest('backport-payload-content must be empty, id-only or full-resource', 'Subscription.channel.payload');
   return code;
+}
+
+function digestOf(sub: Subscription): boolean {
+  const ext = sub.channel?.extension?.find((e) => e.url === DIGEST_EXTENSION);
+  if (!ext) return false;
+  if (ext.valueCode !== 'daily') throw badRequest('The digest extension takes the code daily', 'Subscription.channel');
+  return true;
 }
 
 function heartbeatOf(sub: Subscription): number {

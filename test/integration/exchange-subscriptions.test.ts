@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Bundle, Consent, Observation, Organization, Parameters, Subscription } from '@medplum/fhirtypes';
 import request from 'supertest';
-import { TOPICS } from '../../src/exchange/subscriptions.js';
+import { DIGEST_EXTENSION, TOPICS } from '../../src/exchange/subscriptions.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, grant, ingest, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
 
@@ -169,6 +169,27 @@ describe('subscriptions (R4 backport, rest-hook)', () => {
       expect(e.fullUrl).toMatch(/\/fhir\/Observation\/[A-Za-z0-9-]+$/);
     }
     expect(t.app.exchange.subscriptions.get(res.body.id)?.failedDeliveries).toBe(2);
+  }, 60_000);
+
+  test('a daily digest sends one Bundle with the readings stored since the last one, instead of one per write', async () => {
+    const token = practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs', 'user/Subscription.cud']);
+    const body = subscription(rx.url, ben, 'full-resource');
+    body.channel.extension = [{ url: DIGEST_EXTENSION, valueCode: 'daily' }];
+    expect((await post({ ...body, criteria: TOPICS.summaries }, token, 'TREAT')).status).toBe(400);
+    const res = await post(body, token, 'TREAT');
+    expect(res.status).toBe(201);
+    await t.app.exchange.subscriptions.idle();
+    for (let i = 0; i < 50 && t.app.exchange.subscriptions.get(res.body.id)?.status !== 'active'; i++) await new Promise((r) => setTimeout(r, 20));
+    const mine = () => rx.bundles.filter((b) => typeOf(b) === 'event-notification' && param(statusOf(b), 'subscription')?.valueReference?.reference?.endsWith(`/Subscription/${res.body.id}`));
+    await ingest(t.app, ben, fresh(2));
+    await ingest(t.app, ben, fresh(2));
+    await t.app.exchange.subscriptions.idle();
+    expect(mine()).toHaveLength(0);
+    await t.app.exchange.subscriptions.runDigests();
+    expect(mine()).toHaveLength(1);
+    expect(mine()[0]!.entry!.slice(1).map((e) => (e.resource as Observation).subject?.reference)).toEqual(Array(4).fill(`Patient/${ben}`));
+    await t.app.exchange.subscriptions.runDigests();
+    expect(mine()).toHaveLength(1); // nothing new, nothing sent
   }, 60_000);
 
   test('after the patient revokes, no further data of theirs leaves', async () => {
