@@ -37,6 +37,7 @@ let redisPort = 0;
   });
 
   test('consent and token checks fail closed with 503 while Redis is down; recovery without restart', async () => {
+    redis = await startRedis(redisPort);
     const created = runCli(['patients', 'create', '--given', 'Rhea', '--family', 'Dispatch'], env);
     expect(created.status).toBe(0);
     const patient = created.stdout.trim();
@@ -50,7 +51,6 @@ let redisPort = 0;
     });
     const auth = { authorization: `Bearer ${token}` };
 
-    redis = await startRedis(redisPort);
     server = await startServer(env);
     expect(server.output()).toMatch(/kv: redis/);
     const file = nightscout(12, Date.UTC(2026, 7, 1));
