@@ -385,17 +385,35 @@ class NdjsonFile {
     await this.writeText(text);
   }
 
+  private failure: Error | undefined;
+
   private async writeText(text: string): Promise<void> {
-    this.stream ??= createWriteStream(`${this.path}.part`);
+    if (!this.stream) {
+      this.stream = createWriteStream(`${this.path}.part`);
+      // e.g. the job directory removed by a cancel: the job stops at its next write
+      this.stream.on('error', (err) => { this.failure = err; });
+    }
+    if (this.failure) throw this.failure;
     if (!this.stream.write(text)) {
-      await new Promise<void>((resolve) => this.stream!.once('drain', resolve));
+      const s = this.stream;
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          s.off('drain', done);
+          s.off('error', done);
+          resolve();
+        };
+        s.once('drain', done);
+        s.once('error', done);
+      });
+      if (this.failure) throw this.failure;
     }
   }
 
   async close(): Promise<void> {
-    if (!this.stream) return;
+    if (!this.stream || this.stream.destroyed) return;
     const s = this.stream;
-    await new Promise<void>((resolve, reject) => s.end((err?: Error | null) => (err ? reject(err) : resolve())));
+    await new Promise<void>((resolve) => s.end(() => resolve()));
+    if (this.failure) throw this.failure;
   }
 }
 
