@@ -5,13 +5,11 @@
 import type { Server } from 'node:http';
 import type { Patient } from '@medplum/fhirtypes';
 import { Command, InvalidArgumentError } from 'commander';
-import { createApp, createRepository, VERSION } from './app.js';
+import { createApp, VERSION } from './app.js';
+import { OPEN_ACCESS } from './fhir/access.js';
 import { ConfigError, fhirBase, loadConfig, type Config } from './config.js';
-import { loadFhirDefinitions } from './fhir/definitions.js';
-import { ProfileValidator } from './fhir/validation.js';
 import { createLogger } from './log.js';
 import { RedisKeyValueStore } from './kv/redis.js';
-import { PROFILES_DIR } from './paths.js';
 import { registerSmartCommands } from './smart/cli.js';
 import { registerCgmCommands } from './cgm/cli.js';
 import { registerConsentCommands } from './consent/cli.js';
@@ -88,11 +86,8 @@ patients
   })
   .option('--gender <gender>', 'male | female | other | unknown')
   .action(async (opts: { given: string; family: string; birthDate?: string; gender?: string }) => {
-    const cfg = config();
-    const logger = createLogger('warn');
-    loadFhirDefinitions();
-    const validator = new ProfileValidator(PROFILES_DIR);
-    const repository = await createRepository(cfg, logger);
+    // Through the whole app, so the Patient is validated, committed for anchoring and audited like any write.
+    const app = await createApp(config(), { logger: createLogger('warn', process.stderr) });
     try {
       const patient: Patient = {
         resourceType: 'Patient',
@@ -101,11 +96,16 @@ patients
         ...(opts.birthDate ? { birthDate: opts.birthDate } : {}),
         ...(opts.gender ? { gender: opts.gender as Patient['gender'] } : {}),
       };
-      validator.assertValid(patient);
-      const { resource } = await repository.create(patient);
-      console.log(resource.id);
+      const res = await app.fhir.handle({
+        method: 'POST', path: 'Patient', query: {}, headers: { 'content-type': 'application/fhir+json' }, body: patient, access: OPEN_ACCESS,
+      });
+      if (res.status !== 201) {
+        const issues = (res.body as { issue?: { diagnostics?: string }[] } | undefined)?.issue ?? [];
+        throw new Error(issues.map((i) => i.diagnostics).join('; ') || `status ${res.status}`);
+      }
+      console.log((res.body as Patient).id);
     } finally {
-      await repository.close();
+      await app.close();
     }
   });
 
