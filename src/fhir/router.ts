@@ -228,7 +228,7 @@ export class FhirRouter {
       // match they cannot see would tell them it exists (a conditional-create oracle).
       const visible = await this.visibleMatches(req.access, type, ifNoneExist);
       if (visible.length > 1) throw preconditionFailed('If-None-Exist matches more than one resource');
-      if (visible.length === 1) return this.writeResponse(req, visible[0]!, 200, 'Existing resource matched If-None-Exist');
+      if (visible.length === 1) return this.writeResponse(req, visible[0]!, 200, 'Existing resource matched If-None-Exist', true);
       const created = await this.options.repository.create(resource);
       return this.writeResponse(req, created.resource, 201, 'Created');
     }
@@ -263,14 +263,15 @@ export class FhirRouter {
   }
 
   /** Answers a write per `Prefer: return=…` (http.html#ops), with Location/ETag/Last-Modified. */
-  private async writeResponse(req: FhirRequest, resource: Resource, status: number, message: string): Promise<FhirResponse> {
+  private async writeResponse(req: FhirRequest, resource: Resource, status: number, message: string, alreadyGuarded = false): Promise<FhirResponse> {
     const headers = { ...versionHeaders(resource), Location: `${this.options.fhirBase}/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}` };
     const prefer = preferReturn(req);
     if (prefer === 'minimal') return { status, headers };
     if (prefer === 'OperationOutcome') return { status, headers, body: informational(message) };
     // The requester's own content (created/updated from its body) comes back as written; anything
     // else (a conditional create that matched an existing resource) goes through the guards like a read.
-    if (message === 'Created' || message === 'Updated') return { status, headers, body: resource };
+    if (message === 'Created' || message === 'Updated' || alreadyGuarded) return { status, headers, body: resource };
+    // Guards run once per resource: a guarded copy (e.g. integrity-tagged) is not guarded again.
     const { allowed } = await this.guard(req.access, [resource]);
     return allowed.length ? { status, headers, body: allowed[0]! } : { status, headers };
   }
