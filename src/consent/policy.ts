@@ -16,6 +16,7 @@ import type { Resource } from '@medplum/fhirtypes';
 import { badRequest } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { patientCompartmentParams, patientIdOfReference } from '../fhir/compartment.js';
+import { metrics } from '../observability/metrics.js';
 import type { AccessPolicy, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
 import { decideResource, type Permissions } from './decision.js';
 import type { ConsentDecisions } from './decisions.js';
@@ -119,7 +120,13 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
 
   async guard(access: AccessContext, resources: Resource[]): Promise<GuardResult> {
     if (access.kind === 'open' || resources.length === 0) return { allowed: resources, issues: [] };
-    const perms: Permissions = await this.decisions.permissions(access);
+    let perms: Permissions;
+    try {
+      perms = await this.decisions.permissions(access);
+    } catch (err) {
+      metrics.consentDecisions.inc({ outcome: 'error' }, resources.length);
+      throw err;
+    }
     const now = this.decisions.now();
     const note = noteFor(access);
     const allowed: Resource[] = [];
@@ -135,6 +142,8 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
         for (const reason of d.reasons) note.reasons.add(reason);
       }
     }
+    if (allowed.length) metrics.consentDecisions.inc({ outcome: 'permit' }, allowed.length);
+    if (allowed.length < resources.length) metrics.consentDecisions.inc({ outcome: 'deny' }, resources.length - allowed.length);
     return { allowed, issues: [] };
   }
 }

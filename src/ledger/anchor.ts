@@ -112,6 +112,7 @@ export class Anchorer {
     try {
       const { count, oldest } = this.store.backlog();
       metrics.anchoringLag.set(count > 0 && oldest !== null ? Math.max(0, Date.now() - oldest) / 1000 : 0);
+      metrics.queueDepth.set({ queue: 'anchor' }, count);
     } catch {
       // store closed while stopping
     }
@@ -227,8 +228,10 @@ export class Anchorer {
       if (receipt.status !== 1) throw new Error(`anchor transaction ${hash} reverted`);
       const recorded = this.recordReceipt(batch, receipt.logs, receipt.blockNumber, receipt.hash);
       this.sent.delete(batch.id);
+      metrics.anchors.inc({ outcome: 'confirmed' });
       return recorded;
     } catch (err) {
+      metrics.anchors.inc({ outcome: 'failed' });
       // later batches depend on this one: forget them all; the next step looks each root up on chain first
       for (const id of [...this.sent.keys()]) if (id >= batch.id) this.sent.delete(id);
       this.chain.authority.reset();

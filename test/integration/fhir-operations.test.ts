@@ -112,6 +112,15 @@ describe('standard operations under scopes and consent', () => {
     expect(JSON.stringify(res.body ?? {})).not.toContain(ids.anaOther);
   });
 
+  test('consent decisions are counted by outcome on /metrics', async () => {
+    await request(t.app.http).get(`/fhir/Patient/${ana}/$everything`)
+      .set('Authorization', `Bearer ${practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs'])}`).set('X-Purpose-Of-Use', 'TREAT');
+    const text = (await request(t.app.http).get("/metrics")).text;
+    const count = (outcome: string): number => Number(new RegExp(`glucoguard_consent_decisions_total\\{outcome="${outcome}"[^}]*\\} (\\d+)`).exec(text)?.[1] ?? 0);
+    expect(count('permit')).toBeGreaterThan(0);
+    expect(count('deny')).toBeGreaterThan(0);
+  });
+
   test('the CapabilityStatement lists the operations', async () => {
     const res = await request(t.app.http).get('/fhir/metadata');
     const patient = res.body.rest[0].resource.find((r: { type: string }) => r.type === 'Patient');
