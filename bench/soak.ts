@@ -76,7 +76,8 @@ export async function run(log: Log): Promise<Record<string, number>> {
   await new Promise((r) => server.once('listening', r));
   const port = (server.address() as AddressInfo).port;
   try {
-    const startMs = Date.parse('2026-03-01T00:00:00Z');
+    // Far enough in the past that every ingested hour (one per ingest request) stays before now.
+    const startMs = Date.parse('2024-01-01T00:00:00Z');
     const patients: string[] = [];
     for (let p = 0; p < 5; p++) {
       const created = await fetch(`http://127.0.0.1:${port}/fhir/Patient`, { method: 'POST', headers: { 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Patient', name: [{ family: `Soak${p}` }] }) });

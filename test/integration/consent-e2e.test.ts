@@ -45,11 +45,12 @@ describeRedis('consent end to end across two replicas', () => {
       REDIS_URL: REDIS_URL!, GLUCOGUARD_MASTER_KEY: masterKey, CHAIN_RPC_URL: a.app.chain.description.location,
       CHAIN_AUTHORITY_KEY_FILE: path.join(chainDir, 'signer.key'), CHAIN_DEPLOYMENT_FILE: path.join(chainDir, 'deployment.json'),
     }), { logger: createLogger('silent') });
-  });
+  }, 120_000);
+  // Closing two replicas stops two anchorers that may be waiting on receipts; slow on a loaded machine.
   afterAll(async () => {
     await b?.close();
     await a?.close();
-  });
+  }, 120_000);
 
   const asDoc = (app: App, url: string) => request(app.http).get(url)
     .set('Authorization', `Bearer ${practitionerToken(app, doc, ana)}`).set('X-Purpose-Of-Use', 'TREAT');
