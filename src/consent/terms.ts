@@ -57,24 +57,31 @@ export function consentTerms(consent: Consent): ConsentTerms {
   const fail = (message: string, expression: string): void => {
     problems.push(issue('ERR_UNPROCESSABLE', message, expression));
   };
+  // The body is client JSON: a list element that is not a list is a problem to report, not a crash.
+  const list = <T>(value: T[] | undefined, expression: string): T[] => {
+    if (value === undefined || value === null) return [];
+    if (Array.isArray(value)) return value.filter((v) => typeof v === 'object' && v !== null);
+    fail(`${expression} must be a list`, expression);
+    return [];
+  };
   if (hasModifierExtension(consent)) fail('Modifier extensions are not supported', 'Consent.modifierExtension');
   if (!hasCoding(consent.scope, SCOPE_SYSTEM, 'patient-privacy')) fail('Consent.scope must be patient-privacy', 'Consent.scope');
-  const patientId = patientIdOfReference(consent.patient?.reference);
+  const patientId = patientIdOfReference(str(consent.patient?.reference) || undefined);
   if (!patientId) fail('Consent.patient must reference a Patient (Patient/ID)', 'Consent.patient');
-  const performers = consent.performer ?? [];
-  const performer = performers[0]?.reference ?? '';
+  const performers = list(consent.performer, 'Consent.performer');
+  const performer = str(performers[0]?.reference);
   if (performers.length !== 1 || !(performer === `Patient/${patientId}` || /^RelatedPerson\/[A-Za-z0-9\-.]{1,64}$/.test(performer))) {
     fail('Consent.performer must be exactly the patient or a RelatedPerson (guardian)', 'Consent.performer');
   }
-  if ((consent.organization?.length ?? 0) > 0) fail('Consent.organization is not supported', 'Consent.organization');
-  const p = consent.provision;
+  if (list(consent.organization, 'Consent.organization').length > 0) fail('Consent.organization is not supported', 'Consent.organization');
+  const p = typeof consent.provision === 'object' && consent.provision !== null && !Array.isArray(consent.provision) ? consent.provision : undefined;
   if (!p) {
     fail('Consent.provision is required', 'Consent.provision');
     throw unprocessable(problems);
   }
   if (p.type !== 'permit') fail('Only provision.type permit is supported', 'Consent.provision.type');
   for (const field of ['provision', 'data', 'securityLabel'] as const) {
-    if ((p[field]?.length ?? 0) > 0) fail(`Consent.provision.${field} is not supported`, `Consent.provision.${field}`);
+    if (list(p[field] as unknown[] | undefined, `Consent.provision.${field}`).length > 0) fail(`Consent.provision.${field} is not supported`, `Consent.provision.${field}`);
   }
   if (hasModifierExtension(p)) fail('Modifier extensions are not supported', 'Consent.provision.modifierExtension');
   const notBefore = instant(p.period?.start);
@@ -87,35 +94,40 @@ export function consentTerms(consent: Consent): ConsentTerms {
   if (dataFrom === undefined || dataTo === undefined || dataFrom > dataTo) {
     fail('provision.dataPeriod needs a start not after its end (the data the grantee may read)', 'Consent.provision.dataPeriod');
   }
-  const actors = p.actor ?? [];
+  const actors = list(p.actor, 'Consent.provision.actor');
   // A backend client (SMART system token) is named by its client id: reference.identifier in CLIENT_SYSTEM.
   const actorRef = actors[0]?.reference;
-  const actor = actorRef?.reference
-    ?? (actorRef?.identifier?.system === CLIENT_SYSTEM && actorRef.identifier.value ? `Client/${actorRef.identifier.value}` : '');
+  const actor = str(actorRef?.reference)
+    || (actorRef?.identifier?.system === CLIENT_SYSTEM && str(actorRef.identifier.value) ? `Client/${str(actorRef.identifier.value)}` : '');
   const actorType = /^([A-Za-z]+)\/[A-Za-z0-9\-._~]{1,64}$/.exec(actor)?.[1];
   if (actors.length !== 1 || !actorType || !ACTOR_TYPES.has(actorType) || (actorType === 'Client' && actorRef?.reference)) {
     fail('provision.actor must be exactly one Practitioner, PractitionerRole, Organization, RelatedPerson, CareTeam or Device reference, or a client (identifier urn:glucoguard:client)', 'Consent.provision.actor');
   }
-  const actions = p.action ?? [];
+  const actions = list(p.action, 'Consent.provision.action');
   if (actions.length !== 1 || !hasCoding(actions[0], ACTION_SYSTEM, 'access')) {
     fail('provision.action must be exactly "access"', 'Consent.provision.action');
   }
-  const purposes = [...new Set((p.purpose ?? []).map((c) => c.code ?? ''))].sort();
+  const purposeList = list(p.purpose, 'Consent.provision.purpose');
+  const classList = list(p.class, 'Consent.provision.class');
+  const codeList = list(p.code, 'Consent.provision.code');
+  const purposes = [...new Set(purposeList.map((c) => str(c.code)))].sort();
   if (purposes.length === 0) fail('provision.purpose needs at least one v3 PurposeOfUse code', 'Consent.provision.purpose');
-  for (const c of p.purpose ?? []) {
-    if (c.system !== PURPOSE_SYSTEM || !PURPOSES.has(c.code ?? '')) fail(`Unsupported purpose ${c.system ?? ''}|${c.code ?? ''}`, 'Consent.provision.purpose');
+  for (const c of purposeList) {
+    if (c.system !== PURPOSE_SYSTEM || !PURPOSES.has(str(c.code))) fail(`Unsupported purpose ${str(c.system)}|${str(c.code)}`, 'Consent.provision.purpose');
   }
   if (purposes.join(',').length > 31) fail('Too many purposes for one grant', 'Consent.provision.purpose');
-  const classes = [...new Set((p.class ?? []).map((c) => c.code ?? ''))].sort();
-  for (const c of p.class ?? []) {
-    const type = c.code ?? '';
+  const classes = [...new Set(classList.map((c) => str(c.code)))].sort();
+  for (const c of classList) {
+    const type = str(c.code);
     if (c.system !== RESOURCE_TYPE_SYSTEM || !isSupportedType(type) || (type !== 'Patient' && patientCompartmentParams(type).length === 0)) {
-      fail(`Unsupported provision.class ${c.system ?? ''}|${type}: a patient-compartment resource type is expected`, 'Consent.provision.class');
+      fail(`Unsupported provision.class ${str(c.system)}|${type}: a patient-compartment resource type is expected`, 'Consent.provision.class');
     }
   }
-  const codes = [...new Set((p.code ?? []).flatMap((cc) => (cc.coding ?? []).map(codeKey)))].sort();
-  for (const cc of p.code ?? []) {
-    if (!cc.coding?.length || cc.coding.some((c) => !c.system || !c.code)) fail('provision.code codings need a system and a code', 'Consent.provision.code');
+  const codingsOf = (cc: (typeof codeList)[number]) => (Array.isArray(cc.coding) ? cc.coding.filter((c) => typeof c === 'object' && c !== null) : []);
+  const codes = [...new Set(codeList.flatMap((cc) => codingsOf(cc).map(codeKey)))].sort();
+  for (const cc of codeList) {
+    const codings = codingsOf(cc);
+    if (!codings.length || codings.length !== (Array.isArray(cc.coding) ? cc.coding.length : -1) || codings.some((c) => typeof c.system !== 'string' || typeof c.code !== 'string' || !c.system || !c.code)) fail('provision.code codings need a system and a code', 'Consent.provision.code');
   }
   if (problems.length) throw unprocessable(problems);
   return {
@@ -154,15 +166,21 @@ export function withDefaults(consent: Consent): Consent {
 }
 
 function hasCoding(cc: CodeableConcept | undefined, system: string, code: string): boolean {
-  return !!cc?.coding?.some((c) => c.system === system && c.code === code);
+  return Array.isArray(cc?.coding) && cc.coding.some((c) => typeof c === 'object' && c !== null && c.system === system && c.code === code);
 }
 
 function hasModifierExtension(element: { modifierExtension?: unknown[] }): boolean {
-  return (element.modifierExtension?.length ?? 0) > 0;
+  const m = element.modifierExtension as unknown;
+  return m !== undefined && m !== null && (!Array.isArray(m) || m.length > 0);
+}
+
+/** A string field of client JSON, or '' when it is anything else. */
+function str(value: unknown): string {
+  return typeof value === 'string' ? value : '';
 }
 
 function instant(value: string | undefined): number | undefined {
-  if (!value) return undefined;
+  if (typeof value !== 'string' || !value) return undefined;
   const t = Date.parse(value);
   return Number.isNaN(t) ? undefined : t;
 }
