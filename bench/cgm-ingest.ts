@@ -21,10 +21,14 @@ type Log = (line: string) => void;
 const FIVE_MIN = 5 * 60_000;
 const START = Date.parse('2024-01-01T00:00:00Z');
 
-/** Writes `count` Nightscout sgv entries (5-minute spacing, Europe-like +01:00 offset) to a file. */
-async function writeNightscout(file: string, count: number, start = START): Promise<void> {
+/**
+ * Writes `count` Nightscout sgv entries (5-minute spacing, Europe-like +01:00 offset) to a file;
+ * `seed` varies the noise, `ids` adds the `_id`/`noise` fields a real Nightscout export carries.
+ */
+export async function writeNightscout(file: string, count: number, start = START, options: { seed?: number; ids?: boolean } = {}): Promise<void> {
   const out = createWriteStream(file);
-  let s = 7;
+  const ids = options.ids ?? true;
+  let s = options.seed ?? 7;
   const rand = (): number => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
   const write = (text: string): Promise<void> | void => (out.write(text) ? undefined : new Promise((r) => out.once('drain', () => r())));
   await write('[\n');
@@ -33,7 +37,9 @@ async function writeNightscout(file: string, count: number, start = START): Prom
     const hour = (t / 3_600_000) % 24;
     const sgv = Math.max(40, Math.min(400, Math.round(150 + 60 * Math.sin((hour / 24) * 2 * Math.PI) + (rand() - 0.5) * 100)));
     const local = new Date(t + 3_600_000).toISOString().slice(0, 23);
-    const entry = `{"_id":"${i.toString(16).padStart(24, '0')}","type":"sgv","sgv":${sgv},"date":${t},"dateString":"${local}+01:00","direction":"Flat","device":"xDrip-DexcomG6","noise":1}`;
+    const entry = ids
+      ? `{"_id":"${i.toString(16).padStart(24, '0')}","type":"sgv","sgv":${sgv},"date":${t},"dateString":"${local}+01:00","direction":"Flat","device":"xDrip-DexcomG6","noise":1}`
+      : `{"type":"sgv","sgv":${sgv},"date":${t},"dateString":"${local}+01:00","direction":"Flat","device":"xDrip-DexcomG6"}`;
     await write(i + 1 < count ? `${entry},\n` : `${entry}\n`);
   }
   await write(']\n');

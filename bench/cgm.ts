@@ -5,12 +5,12 @@
  *
  *   npm run build && BENCH=cgm node --expose-gc bench/run.mjs
  */
-import { createWriteStream, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Patient } from '@medplum/fhirtypes';
-import { run as runParse } from './cgm-ingest.js';
+import { run as runParse, writeNightscout } from './cgm-ingest.js';
 import { createApp, type App } from '../src/app.js';
 import { readCgm, toResources } from '../src/cgm/index.js';
 import { loadConfig } from '../src/config.js';
@@ -26,22 +26,6 @@ type Log = (line: string) => void;
 
 const FIVE_MIN = 5 * 60_000;
 
-async function writeTrace(file: string, count: number, start: number): Promise<void> {
-  const out = createWriteStream(file);
-  let s = 11;
-  const rand = (): number => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
-  const write = (text: string): Promise<void> | void => (out.write(text) ? undefined : new Promise((r) => out.once('drain', () => r())));
-  await write('[\n');
-  for (let i = 0; i < count; i++) {
-    const t = start + i * FIVE_MIN;
-    const hour = (t / 3_600_000) % 24;
-    const sgv = Math.max(40, Math.min(400, Math.round(150 + 60 * Math.sin((hour / 24) * 2 * Math.PI) + (rand() - 0.5) * 100)));
-    const local = new Date(t + 3_600_000).toISOString().slice(0, 23);
-    await write(`{"type":"sgv","sgv":${sgv},"date":${t},"dateString":"${local}+01:00","direction":"Flat","device":"xDrip-DexcomG6"}${i + 1 < count ? ',' : ''}\n`);
-  }
-  await write(']\n');
-  await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
-}
 
 /**
  * The same ingest through the composition root (createApp: embedded repository behind the ledger's
@@ -87,7 +71,7 @@ export async function run(log: Log): Promise<Record<string, number>> {
   try {
     const readings = 90 * 288;
     const file = path.join(dir, 'ns-90d.json');
-    await writeTrace(file, readings, Date.now() - (readings + 12) * FIVE_MIN);
+    await writeNightscout(file, readings, Date.now() - (readings + 12) * FIVE_MIN, { seed: 11, ids: false });
     const repository = await EmbeddedRepository.open({ dataDir: dir, masterKey: Buffer.alloc(32, 7).toString('base64') });
     try {
       const validator = new ProfileValidator(PROFILES_DIR);
