@@ -19,7 +19,8 @@ export const SCOPES_SUPPORTED = [
   'patient/*.read', 'user/*.read', 'system/*.read', 'patient/*.write', 'user/*.write', 'system/*.write',
 ];
 
-export function smartConfiguration(urls: SmartUrls): Record<string, unknown> {
+/** The endpoint URLs both discovery documents publish (they must agree). */
+function endpoints(urls: SmartUrls): Record<string, string> {
   return {
     issuer: urls.issuer,
     jwks_uri: urls.jwks,
@@ -27,6 +28,12 @@ export function smartConfiguration(urls: SmartUrls): Record<string, unknown> {
     token_endpoint: urls.token,
     introspection_endpoint: urls.introspect,
     revocation_endpoint: urls.revoke,
+  };
+}
+
+export function smartConfiguration(urls: SmartUrls): Record<string, unknown> {
+  return {
+    ...endpoints(urls),
     grant_types_supported: ['authorization_code', 'client_credentials', 'refresh_token'],
     token_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
     token_endpoint_auth_signing_alg_values_supported: ['RS384', 'ES384'],
@@ -39,12 +46,7 @@ export function smartConfiguration(urls: SmartUrls): Record<string, unknown> {
 
 export function openidConfiguration(urls: SmartUrls): Record<string, unknown> {
   return {
-    issuer: urls.issuer,
-    jwks_uri: urls.jwks,
-    authorization_endpoint: urls.authorize,
-    token_endpoint: urls.token,
-    introspection_endpoint: urls.introspect,
-    revocation_endpoint: urls.revoke,
+    ...endpoints(urls),
     response_types_supported: ['code'],
     subject_types_supported: ['public'],
     id_token_signing_alg_values_supported: ['RS256'],
