@@ -14,6 +14,7 @@ import { IdentityRegistryClient } from '../ledger/identity-registry.js';
 import type { Logger } from '../log.js';
 import type { Repository } from '../repository/port.js';
 import { ConsentDecisions } from './decisions.js';
+import { KeyGuardians } from './keys/guardians.js';
 import { PatientKeys } from './patient-keys.js';
 import { ConsentPolicy } from './policy.js';
 import { ConsentService } from './service.js';
@@ -22,6 +23,8 @@ export interface Consent {
   registry: ConsentRegistryClient;
   identity: IdentityRegistryClient;
   keys: PatientKeys;
+  /** Guardians for key recovery (IdentityRegistry setGuardians/recover). */
+  guardians: KeyGuardians;
   decisions: ConsentDecisions;
   policy: ConsentPolicy;
   service: ConsentService;
@@ -45,13 +48,15 @@ export interface ConsentOptions {
 export function createConsent(options: ConsentOptions): Consent {
   const registry = new ConsentRegistryClient(options.chain);
   const identity = new IdentityRegistryClient(options.chain);
-  const keys = new PatientKeys({ dir: path.join(options.dataDir, 'keys', 'patients'), masterKey: options.masterKey, identity });
+  const keyDir = path.join(options.dataDir, 'keys', 'patients');
+  const keys = new PatientKeys({ dir: keyDir, masterKey: options.masterKey, identity, kv: options.kv });
+  const guardians = new KeyGuardians({ keys, identity, chain: options.chain, kv: options.kv, dir: keyDir, now: options.now });
   const decisions = new ConsentDecisions({ ...options, registry, identity, keys });
   const policy = new ConsentPolicy(decisions);
   const service = new ConsentService({ ...options, registry, identity, keys, decisions });
   const audit = new AuditRecorder({ repository: options.repository, logger: options.logger, now: options.now });
   return {
-    registry, identity, keys, decisions, policy, service, audit,
+    registry, identity, keys, guardians, decisions, policy, service, audit,
     async attach(router) {
       router.registerWriteHandler('Consent', service.writeHandler());
       router.registerOperation(service.signOperation(router));

@@ -5,13 +5,14 @@
  * the Consent `inactive`. Consent.identifier carries the grant id; the chain's grant id is the
  * digest of the signed message, so Consent ↔ grant are linked both ways.
  *
- * Custodial patients (a key GlucoGuard keeps, src/consent/patient-keys.ts) are signed for at once.
+ * Custodial patients (a key GlucoGuard keeps, src/consent/patient-keys.ts) are signed for at once,
+ * with the key opened by the patient's session (their sign-in); without it the answer is 403.
  * For a non-custodial patient the answer is 202 with the typed data; the wallet's signature comes
  * back through `POST /fhir/Consent/ID/$sign` (Parameters `signature`).
  */
 import { Operator } from '@medplum/core';
 import type { Consent, Parameters, RelatedPerson } from '@medplum/fhirtypes';
-import { getAddress, Signature } from 'ethers';
+import { getAddress, Signature, type Wallet } from 'ethers';
 import { badRequest, forbidden, issue, notFound, unprocessable } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import type { FhirRouter, OperationHandler, TypeWriteHandler } from '../fhir/router.js';
@@ -74,7 +75,9 @@ export class ConsentService {
     if (grantees.length === 0) {
       throw unprocessable([issue('ERR_UNPROCESSABLE', `${terms.actor} has no registered identity; register it first (glucoguard identity register)`, 'Consent.provision.actor')]);
     }
-    const key = this.options.keys.get(terms.patientId) ?? await this.options.keys.ensure(terms.patientId);
+    const key = this.options.keys.get(terms.patientId) ?? await this.options.keys.ensure(terms.patientId, access);
+    // A key under the patient's login needs this session's unlock: refused here, before anything is stored.
+    const wallet = await this.options.keys.signer(terms.patientId, access);
     const typedData = await this.options.registry.grantTypedData({
       patient: key.address,
       grantee: grantees[0]!,
@@ -88,7 +91,7 @@ export class ConsentService {
     const grantId = ConsentRegistryClient.grantIdOf(typedData);
     consent.identifier = [...(consent.identifier ?? []).filter((i) => i.system !== GRANT_ID_SYSTEM), { system: GRANT_ID_SYSTEM, value: grantId }];
     const { resource: stored } = await this.options.repository.create(consent);
-    return this.signOrWait({ kind: 'grant', consentId: stored.id!, typedData, signer: key.address }, stored, terms.patientId);
+    return this.signOrWait({ kind: 'grant', consentId: stored.id!, typedData, signer: key.address }, stored, wallet);
   }
 
   /** Revokes the grant of an active Consent. */
@@ -100,8 +103,9 @@ export class ConsentService {
     if (consent.status !== 'active' || !grantId) throw unprocessable([issue('ERR_UNPROCESSABLE', 'Only an active Consent can be revoked', 'Consent.status')]);
     const signer = await this.options.identity.patientKey(this.options.keys.pseudonym(terms.patientId));
     if (!signer) throw unprocessable([issue('ERR_UNPROCESSABLE', 'The patient has no key on chain')]);
+    const wallet = await this.options.keys.signer(terms.patientId, access);
     const typedData = await this.options.registry.revokeTypedData(grantId, signer, Math.floor(this.now() / 1000) + 3600);
-    return this.signOrWait({ kind: 'revoke', consentId, typedData, signer }, consent, terms.patientId);
+    return this.signOrWait({ kind: 'revoke', consentId, typedData, signer }, consent, wallet);
   }
 
   /** Relays a wallet's signature for a pending grant or revocation of this Consent. */
@@ -166,8 +170,7 @@ export class ConsentService {
     };
   }
 
-  private async signOrWait(pending: Pending, consent: Consent, patientId: string): Promise<ConsentOutcome> {
-    const wallet = this.options.keys.signer(patientId);
+  private async signOrWait(pending: Pending, consent: Consent, wallet: Wallet | undefined): Promise<ConsentOutcome> {
     if (wallet && getAddress(wallet.address) === getAddress(pending.signer)) {
       const t = pending.typedData;
       const signature = await wallet.signTypedData(t.domain, t.types, t.message);

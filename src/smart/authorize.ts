@@ -33,6 +33,8 @@ interface PendingRequest {
   user?: { sub: string; fhirUser: string };
   patient?: string;
   authTime?: number;
+  /** Grant id of the tokens this request leads to, chosen at sign-in so a session can be prepared for it. */
+  gid?: string;
 }
 
 type Params = Record<string, string | undefined>;
@@ -168,8 +170,26 @@ async function login(ctx: SmartContext, req: Request, res: Response): Promise<vo
   }
   pending.user = { sub: user.username, fhirUser: user.fhirUser };
   pending.authTime = Math.floor(ctx.now() / 1000);
-  if (user.fhirUser.startsWith('Patient/')) pending.patient = user.fhirUser.slice('Patient/'.length);
+  pending.gid = TokenService.newGrantId();
+  if (user.fhirUser.startsWith('Patient/')) {
+    pending.patient = user.fhirUser.slice('Patient/'.length);
+    await runLoginHooks(ctx, pending, password);
+  }
   await nextStage(ctx, res, id, client, pending);
+}
+
+/** The session's key unlock is made here, while the verified password is in hand (context.ts PatientLoginHook). */
+async function runLoginHooks(ctx: SmartContext, pending: PendingRequest, password: string): Promise<void> {
+  const lasting = pending.scopes.includes('offline_access') || pending.scopes.includes('online_access');
+  const ttlMs = (lasting ? ctx.tokens.lifetimes.onlineRefreshSeconds : ctx.tokens.lifetimes.accessSeconds) * 1000;
+  for (const hook of ctx.loginHooks) {
+    try {
+      await hook({ patientId: pending.patient!, password, gid: pending.gid!, ttlMs });
+    } catch (err) {
+      // The sign-in still works; signing with the custodial key will then ask to sign in again.
+      ctx.logger.error({ err: err instanceof Error ? err.name : 'error' }, 'patient sign-in hook failed');
+    }
+  }
 }
 
 async function checkCredentials(ctx: SmartContext, username: string, password: string) {
@@ -232,7 +252,7 @@ async function approve(ctx: SmartContext, req: Request, res: Response): Promise<
 async function issueCode(ctx: SmartContext, res: Response, pending: PendingRequest): Promise<void> {
   const ehr = pending.launch !== undefined;
   const grant: Grant = {
-    gid: TokenService.newGrantId(),
+    gid: pending.gid ?? TokenService.newGrantId(),
     clientId: pending.clientId,
     scopes: pending.scopes,
     sub: pending.user!.sub,

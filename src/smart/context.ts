@@ -27,6 +27,14 @@ export interface SmartUrls {
   style: string;
 }
 
+/**
+ * Called at a patient's sign-in, right after the password was verified, with the grant id the
+ * session's tokens will carry and how long the session may last. The password is handed over in
+ * memory only (never stored or logged); src/consent/patient-keys.ts turns it into the unlock of the
+ * patient's custodial key. A failing hook does not fail the sign-in.
+ */
+export type PatientLoginHook = (login: { patientId: string; password: string; gid: string; ttlMs: number }) => Promise<void>;
+
 export interface SmartContext {
   store: SmartStore;
   kv: KeyValueStore;
@@ -37,6 +45,7 @@ export interface SmartContext {
   logger: Logger;
   now: () => number;
   searchPatients?: SearchPatients;
+  loginHooks: PatientLoginHook[];
 }
 
 export function smartUrls(baseUrl: string, fhirBase: string): SmartUrls {

@@ -13,7 +13,7 @@ import { OPEN_ACCESS, type AccessContext } from '../fhir/access.js';
 import type { KeyValueStore } from '../kv/port.js';
 import type { Logger } from '../log.js';
 import { authorizeHandlers } from './authorize.js';
-import { smartUrls, type SearchPatients, type SmartContext, type SmartUrls } from './context.js';
+import { smartUrls, type PatientLoginHook, type SearchPatients, type SmartContext, type SmartUrls } from './context.js';
 import { discoveryHandlers } from './discovery.js';
 import { introspectHandler } from './introspect.js';
 import { SigningKeys } from './keys.js';
@@ -28,7 +28,7 @@ import { DEFAULT_LIFETIMES, TokenService, type TokenLifetimes } from './tokens.j
 
 export { BearerTokenError, type SmartAccessContext } from './resource.js';
 export { scopeAllows, scopeFilters, type Interaction } from './scopes.js';
-export type { PatientChoice, SearchPatients, SmartUrls } from './context.js';
+export type { PatientChoice, PatientLoginHook, SearchPatients, SmartUrls } from './context.js';
 
 export interface SmartDeps {
   config: Config;
@@ -63,6 +63,8 @@ export interface Smart {
   store: SmartStore;
   keys: SigningKeys;
   tokens: TokenService;
+  /** Adds a hook run at each patient sign-in (custodial key unlock); see PatientLoginHook. */
+  onPatientLogin(hook: PatientLoginHook): void;
   close(): Promise<void>;
 }
 
@@ -75,7 +77,9 @@ export async function createSmart(deps: SmartDeps): Promise<Smart> {
   const keys = SigningKeys.open(deps.config.dataDir);
   const tokens = new TokenService(deps.kv, keys, fhirBase, now, { ...DEFAULT_LIFETIMES, ...deps.lifetimes });
   const limiter = new RateLimiter(deps.kv, { ...DEFAULT_RATE_LIMITS, ...deps.rateLimits }, now);
-  const ctx: SmartContext = { store, kv: deps.kv, keys, tokens, limiter, urls, logger: deps.logger, now, searchPatients: deps.searchPatients };
+  const ctx: SmartContext = {
+    store, kv: deps.kv, keys, tokens, limiter, urls, logger: deps.logger, now, searchPatients: deps.searchPatients, loginHooks: [],
+  };
   const authOff = deps.config.auth === 'off';
   if (authOff) deps.logger.warn('GLUCOGUARD_AUTH=off: /fhir accepts requests WITHOUT authentication. For local experiments only.');
   deps.logger.info({ issuer: urls.issuer, users: `${deps.config.dataDir}/smart/smart.sqlite`, keys: `${deps.config.dataDir}/keys/` },
@@ -90,6 +94,7 @@ export async function createSmart(deps: SmartDeps): Promise<Smart> {
     store,
     keys,
     tokens,
+    onPatientLogin: (hook) => { ctx.loginHooks.push(hook); },
     close: async () => store.close(),
   };
 }

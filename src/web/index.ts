@@ -53,6 +53,9 @@ export function createWeb(deps: WebDeps): Web {
     problem = 'the apps need an https GLUCOGUARD_BASE_URL (or http on localhost) for their redirect URIs';
     deps.logger.warn({ err }, `patient portal and clinician app disabled: ${problem}`);
   }
+  // The portal's sign-in is where the patient's custodial key is unlocked for the session
+  // (src/consent/patient-keys.ts): the password goes from the login check straight to the key.
+  deps.smart.onPatientLogin(({ patientId, password, gid, ttlMs }) => deps.consent.keys.onLogin(patientId, password, gid, ttlMs));
   const urls = appUrls(deps.config.baseUrl);
   const router = express.Router();
   router.get('/apps/config.json', (_req, res) => {
