@@ -81,7 +81,13 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   const guard = new IntegrityGuard({
     checker, mode: options.integrity, logger: options.logger, audit: (event) => repository.create(event),
   });
-  if (options.anchor !== false) anchorer.start();
+  if (options.anchor !== false) {
+    anchorer.start();
+    // roots are final once sealed: read those of earlier batches now, not on each first read
+    void checker.warmRoots().then(
+      (n) => { if (n) options.logger.info({ roots: n }, 'ledger: cached the on-chain roots of anchored batches'); },
+      (err: unknown) => options.logger.warn({ err: (err as Error).message }, 'ledger: could not read anchored roots ahead (read on demand instead)'));
+  }
   const counts = store.counts();
   options.logger.info({ ...counts, lastAnchoredAt: undefined }, `ledger: ${counts.commitments} commitments, ${counts.pending} waiting to be anchored`);
   return {

@@ -23,7 +23,7 @@ import type { GuardResult, OutboundGuard } from '../fhir/policy.js';
 import { patientIdsOf } from '../fhir/compartment.js';
 import { canonicalTextOf } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
-import { buildMerkleTree, verifyMerkleProof } from './merkle.js';
+import { hashPair } from './merkle.js';
 import type { CommitmentRecord, CommitmentStore } from './store.js';
 
 export const INTEGRITY_TAG_SYSTEM = 'urn:glucoguard:integrity';
@@ -55,73 +55,103 @@ export class IntegrityChecker {
   private verifiedTextSize = 0;
   /** local batch id → on-chain root (checked equal to the local one) or false (chain disagrees). */
   private readonly roots = new Map<number, Buffer | false>();
-  /** Batches whose whole tree was rebuilt from stored leaves and matched the chain (or failed to). */
-  private readonly provenBatches = new Set<number>();
+  /** Root reads in flight, so concurrent checks of one batch share one eth_call. */
+  private readonly rootReads = new Map<number, Promise<Buffer | false | null | undefined>>();
 
   constructor(private readonly store: CommitmentStore, private readonly anchor: Contract) {}
 
-  /**
-   * Checks one version. Synchronous (no promise) when the answer needs no chain read: a version
-   * whose canonical text is identical to the text already hashed and proven costs one string
-   * comparison; any other proven version costs one SHA-256.
-   */
-  check(resource: Resource): CheckResult | Promise<CheckResult> {
-    const version = resource.meta?.versionId;
-    if (!resource.id || !version) return { status: 'unverified', reason: 'no-commitment' };
-    const key = `${resource.resourceType}/${resource.id}/${version}`;
-    const cached = this.verified.get(key);
-    const ready = canonicalTextOf(resource);
-    if (cached?.text !== undefined && ready === cached.text) return VERIFIED;
-    const record = cached ? undefined : this.store.get(resource.resourceType, resource.id, version);
-    const salt = cached?.salt ?? record?.salt;
-    const leaf = cached?.leaf ?? record?.leaf;
-    if (!salt || !leaf) return { status: 'unverified', reason: 'no-commitment' };
-    const text = ready ?? canonicalResourceText(resource);
-    if (!commitmentOf(salt, text).equals(leaf)) return { status: 'failed', reason: 'content' };
-    if (cached) {
-      if (ready !== undefined) {
-        // proven with its batch, hashed now: keep the text so the next read is a comparison
-        this.verified.delete(key);
-        this.remember(key, { salt, leaf, text: ready });
-      }
-      return VERIFIED;
-    }
-    return this.checkAnchor(key, record!, ready);
-  }
-
-  /** Checks a recorded commitment's proof against its batch's on-chain root (content already matched). */
-  async checkAnchor(key: string, record: CommitmentRecord, text?: string): Promise<CheckResult> {
-    if (record.batch === null || !record.proof) return { status: 'pending' };
-    const root = this.roots.get(record.batch) ?? await this.rootOf(record.batch);
-    if (root === undefined) return { status: 'pending' };
-    if (root === null) return { status: 'unverified', reason: 'root-unavailable' };
-    if (root === false) return { status: 'failed', reason: 'root' };
-    if (!this.provenBatches.has(record.batch)) {
-      this.provenBatches.add(record.batch);
-      if (this.proveBatch(record.batch, root)) {
-        this.remember(key, { salt: record.salt, leaf: record.leaf, text });
-        return VERIFIED;
-      }
-    }
-    if (!verifyMerkleProof(record.leaf, record.proof, root)) return { status: 'failed', reason: 'proof' };
-    this.remember(key, { salt: record.salt, leaf: record.leaf, text });
-    return VERIFIED;
+  /** Checks one version (see checkMany). */
+  async check(resource: Resource): Promise<CheckResult> {
+    return (await this.checkMany([resource]))[0]!;
   }
 
   /**
-   * Rebuilds a batch's tree from the stored leaves: when it gives the on-chain root, every member's
-   * leaf is proven at once (one query and ~1,000 hashes instead of a lookup and a 10-hash proof per
-   * entry — what the first read of a day of readings costs). false when the leaves do not add up
-   * (a changed commitment store); members are then proven one by one with their stored proofs.
+   * Checks many versions at once, answering in the same order. A version whose canonical text is
+   * identical to the text already hashed and proven costs one string comparison; any other proven
+   * version one SHA-256. The rest are looked up in one store read, grouped by batch (one root per
+   * batch, from the cache or one eth_call), and their proofs are walked up only until they meet a
+   * node another proof of the same batch has already led to the root: a day of readings from one
+   * batch costs about as many hashes as it has entries, not ten per entry.
    */
-  private proveBatch(batchId: number, root: Buffer): boolean {
-    const members = this.store.batchMembers(batchId);
-    if (!members.length || !buildMerkleTree(members.map((m) => m.leaf)).root.equals(root)) return false;
-    for (const m of members) {
-      const key = `${m.type}/${m.id}/${m.version}`;
-      if (!this.verified.has(key)) this.remember(key, { salt: m.salt, leaf: m.leaf });
+  async checkMany(resources: readonly Resource[]): Promise<CheckResult[]> {
+    const results: CheckResult[] = new Array(resources.length);
+    const missing: { at: number; key: string; type: string; id: string; version: string; text: string | undefined }[] = [];
+    resources.forEach((resource, at) => {
+      const version = resource.meta?.versionId;
+      if (!resource.id || !version) {
+        results[at] = { status: 'unverified', reason: 'no-commitment' };
+        return;
+      }
+      const key = `${resource.resourceType}/${resource.id}/${version}`;
+      const cached = this.verified.get(key);
+      const ready = canonicalTextOf(resource);
+      if (cached?.text !== undefined && ready === cached.text) {
+        results[at] = VERIFIED;
+      } else if (cached) {
+        if (!commitmentOf(cached.salt, ready ?? canonicalResourceText(resource)).equals(cached.leaf)) {
+          results[at] = { status: 'failed', reason: 'content' };
+        } else {
+          if (ready !== undefined) {
+            // proven before, hashed now: keep the text so the next read is a comparison
+            this.forget(key);
+            this.remember(key, { salt: cached.salt, leaf: cached.leaf, text: ready });
+          }
+          results[at] = VERIFIED;
+        }
+      } else {
+        missing.push({ at, key, type: resource.resourceType, id: resource.id, version, text: ready });
+      }
+    });
+    if (!missing.length) return results;
+
+    const records = this.store.getMany(missing);
+    const byBatch = new Map<number, { at: number; key: string; record: CommitmentRecord; text: string | undefined }[]>();
+    missing.forEach((m, i) => {
+      const record = records[i];
+      if (!record) {
+        results[m.at] = { status: 'unverified', reason: 'no-commitment' };
+      } else if (!commitmentOf(record.salt, m.text ?? canonicalResourceText(resources[m.at]!)).equals(record.leaf)) {
+        results[m.at] = { status: 'failed', reason: 'content' };
+      } else if (record.batch === null || !record.proof) {
+        results[m.at] = { status: 'pending' };
+      } else {
+        const group = byBatch.get(record.batch) ?? [];
+        group.push({ at: m.at, key: m.key, record, text: m.text });
+        byBatch.set(record.batch, group);
+      }
+    });
+    const batchIds = [...byBatch.keys()];
+    const roots = await Promise.all(batchIds.map((b) => this.roots.get(b) ?? this.rootOf(b)));
+    batchIds.forEach((batchId, i) => {
+      const root = roots[i];
+      const group = byBatch.get(batchId)!;
+      const proven = new Set<string>();
+      for (const { at, key, record, text } of group) {
+        if (root === undefined) results[at] = { status: 'pending' };
+        else if (root === null) results[at] = { status: 'unverified', reason: 'root-unavailable' };
+        else if (root === false) results[at] = { status: 'failed', reason: 'root' };
+        else if (!provesTo(record.leaf, record.proof!, root, proven)) results[at] = { status: 'failed', reason: 'proof' };
+        else {
+          this.remember(key, { salt: record.salt, leaf: record.leaf, text });
+          results[at] = VERIFIED;
+        }
+      }
+    });
+    return results;
+  }
+
+  /**
+   * Reads the roots of anchored batches not cached yet (the newest `limit`), all requests sent at
+   * once so the provider can batch them: called in the background at start-up so the first reads
+   * after a restart do not each wait for an eth_call. Answers how many roots were cached.
+   */
+  async warmRoots(limit = 20_000): Promise<number> {
+    const all = this.store.anchoredBatches(0, Number.MAX_SAFE_INTEGER);
+    const wanted = all.slice(-limit).filter((b) => !this.roots.has(b.id));
+    for (let i = 0; i < wanted.length; i += 200) {
+      await Promise.all(wanted.slice(i, i + 200).map((b) => this.rootOf(b.id)));
     }
-    return true;
+    return wanted.length;
   }
 
   private remember(key: string, entry: Verified): void {
@@ -135,17 +165,32 @@ export class IntegrityChecker {
     this.verifiedTextSize += size;
   }
 
-  /** Forgets verified versions (benchmarks measure the cold path with it). */
+  private forget(key: string): void {
+    const entry = this.verified.get(key);
+    if (!entry) return;
+    this.verified.delete(key);
+    this.verifiedTextSize -= entry.text?.length ?? 0;
+  }
+
+  /** Forgets verified versions (benchmarks measure the cold path with it; roots stay, they are final). */
   clearCache(): void {
     this.verified.clear();
-    this.provenBatches.clear();
     this.verifiedTextSize = 0;
   }
 
   /** undefined: batch not anchored yet; null: chain unreachable; false: chain holds another root. */
-  private async rootOf(batchId: number): Promise<Buffer | false | null | undefined> {
+  private rootOf(batchId: number): Promise<Buffer | false | null | undefined> {
     const known = this.roots.get(batchId);
-    if (known !== undefined) return known;
+    if (known !== undefined) return Promise.resolve(known);
+    let read = this.rootReads.get(batchId);
+    if (!read) {
+      read = this.readRoot(batchId).finally(() => this.rootReads.delete(batchId));
+      this.rootReads.set(batchId, read);
+    }
+    return read;
+  }
+
+  private async readRoot(batchId: number): Promise<Buffer | false | null | undefined> {
     const batch = this.store.batch(batchId);
     if (!batch || batch.status !== 'anchored' || batch.chainBatchId === null) return undefined;
     let onChain: Buffer;
@@ -164,6 +209,30 @@ export class IntegrityChecker {
     this.roots.set(batchId, value);
     return value;
   }
+}
+
+/**
+ * True when `proof` leads from `leaf` to `root`. `proven` holds nodes (as latin1 strings) already
+ * shown to lead to the same root: the walk stops at the first of them, and on success every node of
+ * this path joins them. Sound because an inner node is a hash over 0x01 ‖ two children (never a
+ * leaf), so meeting a proven node means the rest of the path is the one already checked.
+ */
+function provesTo(leaf: Buffer, proof: Buffer, root: Buffer, proven: Set<string>): boolean {
+  if (proof.length % 32 !== 0) return false;
+  const path: string[] = [];
+  let node = leaf;
+  for (let o = 0; ; o += 32) {
+    const id = node.toString('latin1');
+    if (proven.has(id)) break;
+    path.push(id);
+    if (o >= proof.length) {
+      if (!node.equals(root)) return false;
+      break;
+    }
+    node = hashPair(node, proof.subarray(o, o + 32));
+  }
+  for (const id of path) proven.add(id);
+  return true;
 }
 
 export interface IntegrityGuardOptions {
@@ -185,9 +254,9 @@ export class IntegrityGuard implements OutboundGuard {
   async guard(access: AccessContext, resources: Resource[]): Promise<GuardResult> {
     const allowed: Resource[] = [];
     const issues: OperationOutcomeIssue[] = [];
-    for (const resource of resources) {
-      const checked = this.options.checker.check(resource);
-      const result = checked instanceof Promise ? await checked : checked;
+    const results = await this.options.checker.checkMany(resources);
+    for (const [i, resource] of resources.entries()) {
+      const result = results[i]!;
       switch (result.status) {
         case 'verified':
           allowed.push(resource);

@@ -17,7 +17,7 @@ import { hash } from 'node:crypto';
 const pair = Buffer.alloc(65);
 pair[0] = 1;
 
-function hashPair(a: Buffer, b: Buffer): Buffer {
+export function hashPair(a: Buffer, b: Buffer): Buffer {
   const aFirst = Buffer.compare(a, b) <= 0;
   (aFirst ? a : b).copy(pair, 1);
   (aFirst ? b : a).copy(pair, 33);

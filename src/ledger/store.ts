@@ -121,6 +121,22 @@ export class CommitmentStore {
     return row && toRecord(row);
   }
 
+  /** The records of many versions at once, in the order asked (undefined where none), read in one snapshot. */
+  getMany(keys: readonly { type: string; id: string; version: string }[]): (CommitmentRecord | undefined)[] {
+    this.checkOpen();
+    return this.db.transaction(() => keys.map((k) => {
+      const row = this.byKey.get(k.type, k.id, k.version);
+      return row && toRecord(row);
+    }))();
+  }
+
+  /** Anchored batches (local id, on-chain id, root) with local id above `afterId`, oldest first. */
+  anchoredBatches(afterId = 0, limit = 10_000): { id: number; chainBatchId: number; root: Buffer }[] {
+    return this.db.prepare<[number, number], { id: number; chain_batch: number; root: Buffer }>(
+      "SELECT id, chain_batch, root FROM batches WHERE status = 'anchored' AND id > ? ORDER BY id LIMIT ?")
+      .all(afterId, limit).map((r) => ({ id: r.id, chainBatchId: r.chain_batch, root: r.root }));
+  }
+
   /** Commitments not yet in any batch, oldest first. */
   unbatched(limit: number): CommitmentRecord[] {
     const after = this.lastBatchedSeq();

@@ -1,0 +1,131 @@
+/**
+ * The batched integrity check (IntegrityChecker.checkMany) on a real commitment store and a stand-in
+ * for the ResourceAnchor contract: every entry is proven, in order; a changed body, a changed proof,
+ * a proof that only shares part of its path with proven ones, and a root the chain does not hold are
+ * each caught; one root read serves a whole batch.
+ */
+import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Contract } from 'ethers';
+import type { Observation } from '@medplum/fhirtypes';
+import { canonicalResourceText, commitmentOf } from '../../../src/ledger/canonical.js';
+import { IntegrityChecker } from '../../../src/ledger/integrity.js';
+import { buildMerkleTree } from '../../../src/ledger/merkle.js';
+import { CommitmentStore } from '../../../src/ledger/store.js';
+
+const reading = (i: number): Observation => ({
+  resourceType: 'Observation', id: `obs-${i}`, meta: { versionId: '1' }, status: 'final',
+  code: { coding: [{ system: 'http://loinc.org', code: '99504-3' }] },
+  subject: { reference: 'Patient/p1' }, valueQuantity: { value: 100 + i, unit: 'mg/dL' },
+});
+
+let dir: string;
+let store: CommitmentStore;
+let rootReads: number;
+let chainRoots: Map<number, string>;
+
+const anchor = {
+  async getBatch(id: bigint | number) {
+    rootReads++;
+    const root = chainRoots.get(Number(id));
+    if (!root) throw Object.assign(new Error('unknown batch'), { revert: { name: 'ResourceAnchorUnknownBatch' } });
+    return { merkleRoot: root };
+  },
+} as unknown as Contract;
+
+/** Records and anchors `resources` as one batch with chain batch id `chainId`; answers the local batch id. */
+function anchorBatch(resources: Observation[], chainId: number): number {
+  const first = store.lastSeq() + 1;
+  const records = resources.map((r) => ({ type: r.resourceType, id: r.id!, version: r.meta!.versionId!, patient: 'p1', salt: randomBytes(32), leaf: Buffer.alloc(0) }));
+  records.forEach((c, i) => { c.leaf = commitmentOf(c.salt, canonicalResourceText(resources[i]!)); });
+  store.add(records);
+  const tree = buildMerkleTree(records.map((c) => c.leaf));
+  const batch = store.prepareBatch(first, first + records.length - 1, tree.root, records.map((_, i) => tree.proof(i)));
+  store.markAnchored(batch.id, chainId, 1, null);
+  chainRoots.set(chainId, `0x${tree.root.toString('hex')}`);
+  return batch.id;
+}
+
+beforeEach(() => {
+  dir = mkdtempSync(path.join(tmpdir(), 'gg-integrity-'));
+  store = new CommitmentStore(path.join(dir, 'commitments.db'));
+  rootReads = 0;
+  chainRoots = new Map();
+});
+afterEach(() => {
+  store.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('IntegrityChecker.checkMany', () => {
+  it('proves a whole batch with one root read and answers in order; a second read needs no chain', async () => {
+    const day = Array.from({ length: 300 }, (_, i) => reading(i));
+    anchorBatch(day, 0);
+    const checker = new IntegrityChecker(store, anchor);
+    const results = await checker.checkMany(day);
+    expect(results.map((r) => r.status)).toEqual(day.map(() => 'verified'));
+    expect(rootReads).toBe(1);
+    expect((await checker.checkMany(day.slice(0, 10))).every((r) => r.status === 'verified')).toBe(true);
+    expect(rootReads).toBe(1);
+  });
+
+  it('withholds a changed body and a version with a changed proof, and proves the rest of the batch', async () => {
+    const day = Array.from({ length: 64 }, (_, i) => reading(i));
+    anchorBatch(day, 0);
+    // the proof of entry 41 gets a wrong first sibling: no node of its walk is one entry 40 proved. (A
+    // wrong sibling ABOVE the node it shares with entry 40 would not matter: the leaf is then shown to
+    // be in the tree through entry 40's checked path, which is what the proof is for.)
+    const db = (store as unknown as { db: import('better-sqlite3').Database }).db;
+    const row = db.prepare('SELECT proof FROM commitments WHERE id = ?').get('obs-41') as { proof: Buffer };
+    const bad = Buffer.from(row.proof);
+    bad[5] ^= 0xff;
+    db.prepare('UPDATE commitments SET proof = ? WHERE id = ?').run(bad, 'obs-41');
+    const served = day.map((r) => ({ ...r }));
+    served[7] = { ...served[7]!, valueQuantity: { value: 400, unit: 'mg/dL' } };
+    const results = await new IntegrityChecker(store, anchor).checkMany(served);
+    expect(results[7]).toEqual({ status: 'failed', reason: 'content' });
+    expect(results[41]).toEqual({ status: 'failed', reason: 'proof' });
+    expect(results.filter((r) => r.status === 'verified')).toHaveLength(62);
+  });
+
+  it('catches a changed proof even when entries proven earlier in the same check share its upper path', async () => {
+    const day = Array.from({ length: 16 }, (_, i) => reading(i));
+    anchorBatch(day, 0);
+    const db = (store as unknown as { db: import('better-sqlite3').Database }).db;
+    // entry 1 is the sibling of entry 0: give it entry 0's proof with the first sibling swapped for garbage
+    const p0 = (db.prepare('SELECT proof FROM commitments WHERE id = ?').get('obs-0') as { proof: Buffer }).proof;
+    const forged = Buffer.concat([randomBytes(32), p0.subarray(32)]);
+    db.prepare('UPDATE commitments SET proof = ? WHERE id = ?').run(forged, 'obs-1');
+    const results = await new IntegrityChecker(store, anchor).checkMany(day);
+    expect(results[0]!.status).toBe('verified');
+    expect(results[1]).toEqual({ status: 'failed', reason: 'proof' });
+  });
+
+  it('fails every entry of a batch whose root the chain does not hold, and marks unrecorded or unanchored versions', async () => {
+    const a = Array.from({ length: 5 }, (_, i) => reading(i));
+    const b = Array.from({ length: 5 }, (_, i) => reading(100 + i));
+    anchorBatch(a, 0);
+    anchorBatch(b, 1);
+    chainRoots.set(1, `0x${'11'.repeat(32)}`);
+    const unanchored = reading(200);
+    store.add([{ type: 'Observation', id: 'obs-200', version: '1', patient: 'p1', salt: Buffer.alloc(32, 1), leaf: commitmentOf(Buffer.alloc(32, 1), canonicalResourceText(unanchored)) }]);
+    const results = await new IntegrityChecker(store, anchor).checkMany([...a, ...b, unanchored, reading(300)]);
+    expect(results.slice(0, 5).every((r) => r.status === 'verified')).toBe(true);
+    expect(results.slice(5, 10).every((r) => r.status === 'failed' && r.reason === 'root')).toBe(true);
+    expect(results[10]).toEqual({ status: 'pending' });
+    expect(results[11]).toEqual({ status: 'unverified', reason: 'no-commitment' });
+  });
+
+  it('warmRoots reads every anchored root ahead, so checks after it read no root', async () => {
+    const batches = Array.from({ length: 3 }, (_, k) => Array.from({ length: 4 }, (_, i) => reading(k * 10 + i)));
+    batches.forEach((b, k) => anchorBatch(b, k));
+    const checker = new IntegrityChecker(store, anchor);
+    expect(await checker.warmRoots()).toBe(3);
+    const reads = rootReads;
+    expect((await checker.checkMany(batches.flat())).every((r) => r.status === 'verified')).toBe(true);
+    expect(rootReads).toBe(reads);
+  });
+});
