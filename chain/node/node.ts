@@ -10,7 +10,7 @@ import { createBlockchain, type Blockchain } from '@ethereumjs/blockchain';
 import { type Common, ConsensusAlgorithm, parseGethGenesisState } from '@ethereumjs/common';
 import { chainCommon } from './common.js';
 import { MerklePatriciaTrie } from '@ethereumjs/mpt';
-import { Caches, MerkleStateManager } from '@ethereumjs/statemanager';
+import { Caches } from '@ethereumjs/statemanager';
 import { createTx, createTxFromRLP, type TypedTransaction, type TypedTxData } from '@ethereumjs/tx';
 import {
   Address, bytesToHex, concatBytes, createAddressFromPrivateKey, createAddressFromString, createZeroAddress, hexToBytes,
@@ -26,6 +26,7 @@ import { chainDir, loadOrCreateSignerKey } from './keys.js';
 import { SealerCliqueConsensus } from './clique.js';
 import { LevelDB } from './level.js';
 import { MAX_NONCE_GAP, MAX_POOL_SIZE, type PoolEntry, TxPool } from './pool.js';
+import { CachedStorageStateManager } from './state.js';
 import { ReceiptStore, type StoredReceipt } from './store.js';
 
 export interface ChainLogger {
@@ -152,7 +153,7 @@ export class ChainNode {
       });
       // Bounded LRU caches: memory stays flat however long the chain grows.
       const caches = new Caches({ account: { size: 10_000, type: 'lru' }, storage: { size: 20_000, type: 'lru' }, code: { size: 100, type: 'lru' } });
-      const stateManager = new MerkleStateManager({ trie, common, caches });
+      const stateManager = new CachedStorageStateManager({ trie, common, caches });
       // The EVM asks for the Clique signer to answer COINBASE.
       const vm = await createVM({ common, blockchain, stateManager, evmOpts: { cliqueSigner: (h) => cliqueSigner(h as unknown as BlockHeader) } });
       const head = await blockchain.getCanonicalHeadBlock();
