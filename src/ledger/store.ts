@@ -196,15 +196,6 @@ export class CommitmentStore {
     return { commitments: c, anchored: a.n ?? 0, pending: c - (a.n ?? 0), batches: a.b, lastAnchoredAt: a.at };
   }
 
-  /** Every commitment of one batch, in leaf order (the integrity check proves a whole batch at once). */
-  batchMembers(batchId: number): Pick<CommitmentRecord, 'type' | 'id' | 'version' | 'salt' | 'leaf'>[] {
-    const batch = this.batch(batchId);
-    if (!batch) return [];
-    // a batch is a contiguous seq range: a primary-key range scan
-    return this.db.prepare<[number, number], Pick<Row, 'type' | 'id' | 'version' | 'salt' | 'leaf'>>(
-      'SELECT type, id, version, salt, leaf FROM commitments WHERE seq BETWEEN ? AND ? ORDER BY seq').all(batch.firstSeq, batch.lastSeq);
-  }
-
   /** Stored → anchored delay (ms) of every anchored commitment with seq ≥ `fromSeq` (benchmarks, status). */
   anchoringLags(fromSeq = 1): number[] {
     return this.db.prepare<[number], { lag: number }>(

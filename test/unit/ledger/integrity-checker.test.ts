@@ -39,7 +39,7 @@ const anchor = {
 /** Records and anchors `resources` as one batch with chain batch id `chainId`; answers the local batch id. */
 function anchorBatch(resources: Observation[], chainId: number): number {
   const first = store.lastSeq() + 1;
-  const records = resources.map((r) => ({ type: r.resourceType, id: r.id!, version: r.meta!.versionId!, patient: 'p1', salt: randomBytes(32), leaf: Buffer.alloc(0) }));
+  const records = resources.map((r) => ({ type: r.resourceType, id: r.id!, version: r.meta!.versionId!, patient: 'p1', salt: randomBytes(32), leaf: Buffer.alloc(0) as Buffer }));
   records.forEach((c, i) => { c.leaf = commitmentOf(c.salt, canonicalResourceText(resources[i]!)); });
   store.add(records);
   const tree = buildMerkleTree(records.map((c) => c.leaf));
