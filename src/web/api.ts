@@ -6,7 +6,13 @@
  *   facade (no patient link: fail closed), so the directory is served here.
  * - `GET access?patient=ID` (clinician): the requester's own Consents from that patient (who granted,
  *   until when, status). Never another grantee's.
- * - `GET key-safety` (patient): the patient's signing key (custodial or own wallet) and guardians.
+ * - `GET key-safety` (patient): the patient's signing key (custodial or own wallet), how it is
+ *   protected, whether it is backed up (recovery code, guardians on chain), the people of the record.
+ * - `POST key/recovery-code` → `{ code }` once; `POST key/recover-with-code { code }` (after a reset password).
+ * - `PUT guardians { guardians: [address | RelatedPerson/ID | Practitioner/ID], threshold }` → done, or
+ *   typed data for the patient's wallet, whose signature comes back by `POST guardians/sign { signature }`.
+ * - `POST recovery` → a new key and the `Recover` typed data for the guardians;
+ *   `POST recovery/complete { signatures }` relays their signatures.
  */
 import { Operator } from '@medplum/core';
 import type { Consent, HumanName, Organization, Practitioner, RelatedPerson } from '@medplum/fhirtypes';
@@ -14,6 +20,7 @@ import express, { type Request, type Response, type Router } from 'express';
 import { forbidden, badRequest, isGlucoGuardError } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import type { Consent as ConsentModule } from '../consent/index.js';
+import type { GuardianOutcome } from '../consent/keys/guardians.js';
 import { requesterOf } from '../consent/requester.js';
 import { consentTerms, grantIdOf } from '../consent/terms.js';
 import type { Logger } from '../log.js';
@@ -49,6 +56,7 @@ const ID = /^[A-Za-z0-9\-.]{1,64}$/;
 
 export function webApiRouter(deps: WebApiDeps): Router {
   const router = express.Router();
+  router.use(express.json({ limit: '16kb' }));
   const now = deps.now ?? Date.now;
   const handle = (fn: (req: Request, access: AccessContext) => Promise<unknown>) => async (req: Request, res: Response) => {
     res.set('Cache-Control', 'no-store');
@@ -113,16 +121,69 @@ export function webApiRouter(deps: WebApiDeps): Router {
   router.get('/key-safety', handle(async (_req, access) => {
     const patientId = patientOf(access);
     const key = deps.consent.keys.get(patientId);
-    // Guardians are RelatedPersons of the patient; a repository that cannot search them says so (null).
+    const protection = await deps.consent.keys.protection(patientId, access);
+    // People of the patient's record who can act for them (RelatedPerson); null when the repository cannot say.
     const related = await deps.repository.search({
       resourceType: 'RelatedPerson', filters: [{ code: 'patient', operator: Operator.EQUALS, value: `Patient/${patientId}` }], count: 50, offset: 0,
     }).catch(() => undefined);
+    const relatedPeople = related ? await Promise.all((related.resources as RelatedPerson[]).map(async (r) => ({
+      reference: `RelatedPerson/${r.id}`, name: nameOf(r) ?? `RelatedPerson/${r.id}`,
+      registered: (await deps.consent.identity.granteesOf(`RelatedPerson/${r.id}`)).length > 0,
+    }))) : null;
+    const onChain = key ? await deps.consent.guardians.current(patientId) : { guardians: [], threshold: 0 };
+    const names = new Map((relatedPeople ?? []).map((r) => [r.reference, r.name]));
+    const guardians = await Promise.all(onChain.guardians.map(async (g) => ({
+      ...g, name: g.reference ? names.get(g.reference) ?? await displayName(deps.repository, g.reference) ?? g.reference : undefined,
+    })));
+    const recoveryCode = protection?.recoveryCodeCreated ?? null;
     return {
       key: key ? { address: key.address, custodial: key.custodial } : null,
-      guardians: related ? (related.resources as RelatedPerson[]).map((r) => ({ reference: `RelatedPerson/${r.id}`, name: nameOf(r) ?? `RelatedPerson/${r.id}` })) : null,
-      // What the server offers today; the apps show these plainly rather than pretend.
-      features: { guardianConsent: true, guardianKeyRecovery: false, custodialBackupStatus: false },
+      protection: protection?.protection ?? null,
+      locked: protection?.locked === true,
+      backup: {
+        recoveryCodeCreated: recoveryCode,
+        guardians: guardians.length,
+        threshold: onChain.threshold,
+        // Backed up: a lost password (recovery code) or a lost key file (guardians on chain) can be overcome.
+        backedUp: key?.custodial === true && (recoveryCode !== null || onChain.threshold > 0),
+      },
+      recovery: { guardians, threshold: onChain.threshold, waiting: (await deps.consent.guardians.pendingRecovery(patientId)) !== undefined },
+      related: relatedPeople,
+      // Kept for older portal pages: RelatedPersons who can share on the patient's behalf.
+      guardians: relatedPeople,
+      features: { guardianConsent: true, guardianKeyRecovery: true, custodialBackupStatus: true },
     };
+  }));
+
+  router.post('/key/recovery-code', handle(async (_req, access) => {
+    const code = await deps.consent.keys.createRecoveryCode(patientOf(access), access);
+    return { code };
+  }));
+
+  router.post('/key/recover-with-code', handle(async (req, access) => {
+    const code = (req.body as { code?: unknown } | undefined)?.code;
+    if (typeof code !== 'string' || code.length > 100) throw badRequest('code must be the recovery code', 'code');
+    await deps.consent.keys.recoverWithCode(patientOf(access), code, access);
+    return { recovered: true };
+  }));
+
+  router.put('/guardians', handle(async (req, access) => {
+    const body = (req.body ?? {}) as { guardians?: unknown; threshold?: unknown };
+    return guardianAnswer(await deps.consent.guardians.set(patientOf(access), body.guardians, body.threshold, access));
+  }));
+
+  router.post('/guardians/sign', handle(async (req, access) => {
+    const signature = (req.body as { signature?: unknown } | undefined)?.signature;
+    return guardianAnswer(await deps.consent.guardians.submitSignature(patientOf(access), signature));
+  }));
+
+  router.post('/recovery', handle(async (_req, access) => deps.consent.guardians.startRecovery(patientOf(access), access)));
+
+  router.post('/recovery/complete', handle(async (req, access) => {
+    const signatures = (req.body as { signatures?: unknown } | undefined)?.signatures;
+    const result = await deps.consent.guardians.recover(patientOf(access), signatures);
+    await deps.consent.decisions.changed();
+    return result;
   }));
   return router;
 }
@@ -168,6 +229,12 @@ function nameOf(r: { name?: HumanName[] | string }): string | undefined {
   const n = r.name?.[0];
   if (!n) return undefined;
   return n.text ?? ([...(n.prefix ?? []), ...(n.given ?? []), n.family].filter(Boolean).join(' ') || undefined);
+}
+
+function guardianAnswer(outcome: GuardianOutcome) {
+  return outcome.state === 'done'
+    ? { state: 'done', guardians: outcome.guardians.guardians, threshold: outcome.guardians.threshold }
+    : { state: 'awaiting-signature', typedData: outcome.typedData };
 }
 
 function iso(ms: number): string {

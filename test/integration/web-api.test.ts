@@ -121,11 +121,13 @@ describe('/apps/api', () => {
     expect((await request(t.app.http).get('/apps/api/grantees').set('Authorization', `Bearer ${practitionerToken(t.app, doc)}`)).status).toBe(403);
   });
 
-  test('key-safety: the custodial key made at the first grant, and what the server does not offer yet', async () => {
+  test('key-safety: the custodial key made at the first grant, how it is protected and whether it is backed up', async () => {
     const res = await request(t.app.http).get('/apps/api/key-safety').set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
     expect(res.status).toBe(200);
     expect(res.body.key).toMatchObject({ custodial: true, address: expect.stringMatching(/^0x[0-9a-fA-F]{40}$/) });
-    expect(res.body.features).toEqual({ guardianConsent: true, guardianKeyRecovery: false, custodialBackupStatus: false });
+    expect(res.body.features).toEqual({ guardianConsent: true, guardianKeyRecovery: true, custodialBackupStatus: true });
+    // Made with a token that did not come from a sign-in: server-held until the patient signs in; no backup yet.
+    expect(res.body).toMatchObject({ protection: 'server', backup: { backedUp: false, recoveryCodeCreated: null, guardians: 0, threshold: 0 } });
     const fresh = await request(t.app.http).get('/apps/api/key-safety').set('Authorization', `Bearer ${patientToken(t.app, ben)}`);
     expect(fresh.body.key).toBeNull();
   });

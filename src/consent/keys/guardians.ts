@@ -64,6 +64,7 @@ export type GuardianOutcome =
 
 const MAX_GUARDIANS = 10;
 const PENDING_TTL_MS = 60 * 60_000;
+const RECOVERY_TTL_MS = 24 * 60 * 60_000;
 const REFERENCE = /^(RelatedPerson|Practitioner|Organization)\/[A-Za-z0-9\-.]{1,64}$/;
 
 export class KeyGuardians {
@@ -138,7 +139,17 @@ export class KeyGuardians {
     const { threshold } = await this.current(patientId);
     if (threshold === 0) throw unprocessable([issue('ERR_UNPROCESSABLE', 'No guardians are set for this key: it cannot be recovered by guardians')]);
     const newKey = await this.options.keys.prepareRecoveryKey(patientId, session);
-    return { newKey, threshold, typedData: await this.recoverTypedData(patientId, newKey) };
+    const typedData = await this.recoverTypedData(patientId, newKey);
+    await this.options.kv.set(this.recoveryKey(patientId), JSON.stringify(typedData), RECOVERY_TTL_MS);
+    return { newKey, threshold, typedData };
+  }
+
+  /** The recovery waiting for guardian signatures (started through the API), if any. */
+  async pendingRecovery(patientId: string): Promise<GuardianTypedData | undefined> {
+    const raw = await this.options.kv.get(this.recoveryKey(patientId));
+    const typedData = raw ? JSON.parse(raw) as GuardianTypedData : undefined;
+    const waiting = this.options.keys.pendingRecovery(patientId);
+    return typedData && waiting && getAddress(String(typedData.message.newKey)) === waiting ? typedData : undefined;
   }
 
   /** The `Recover` typed data for the pending key (current nonce; valid for 24 hours). */
@@ -150,8 +161,13 @@ export class KeyGuardians {
     };
   }
 
-  /** Relays the guardians' signatures of `typedData`; on success the pending key becomes the patient's key. */
-  async recover(patientId: string, typedData: GuardianTypedData, signatures: unknown): Promise<{ address: string; txHash: string }> {
+  /**
+   * Relays the guardians' signatures of `typedData` (default: the recovery started through the API);
+   * on success the pending key becomes the patient's key.
+   */
+  async recover(patientId: string, signatures: unknown, given?: GuardianTypedData): Promise<{ address: string; txHash: string }> {
+    const typedData = given ?? await this.pendingRecovery(patientId);
+    if (!typedData) throw unprocessable([issue('ERR_UNPROCESSABLE', 'No recovery is waiting for this patient (or it expired): start one first')]);
     if (!Array.isArray(signatures) || signatures.length === 0) throw badRequest('signatures must be a list of the guardians\' signatures', 'signatures');
     const sigs = signatures.map(normaliseSignature);
     const m = typedData.message as { patientId: string; newKey: string; deadline: string };
@@ -160,6 +176,7 @@ export class KeyGuardians {
     }
     const { txHash } = await this.send('recover', [m.patientId, m.newKey, m.deadline, sigs]);
     await this.options.keys.completeRecovery(patientId, m.newKey);
+    await this.options.kv.delete(this.recoveryKey(patientId));
     return { address: getAddress(m.newKey), txHash };
   }
 
@@ -215,6 +232,10 @@ export class KeyGuardians {
     } catch (err) {
       throw contractError(err, this.contract);
     }
+  }
+
+  private recoveryKey(patientId: string): string {
+    return `keys:recovery:${this.options.keys.pseudonym(patientId)}`;
   }
 
   private pendingKey(patientId: string): string {
