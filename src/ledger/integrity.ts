@@ -24,7 +24,7 @@ import { patientIdsOf } from '../fhir/compartment.js';
 import { canonicalTextOf } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
 import { hashPair } from './merkle.js';
-import type { CommitmentRecord, CommitmentStore } from './store.js';
+import type { CommitmentStore, ProofRecord } from './store.js';
 
 export const INTEGRITY_TAG_SYSTEM = 'urn:glucoguard:integrity';
 export type IntegrityMode = 'lenient' | 'strict';
@@ -104,8 +104,8 @@ export class IntegrityChecker {
     });
     if (!missing.length) return results;
 
-    const records = this.store.getMany(missing);
-    const byBatch = new Map<number, { at: number; key: string; record: CommitmentRecord; text: string | undefined }[]>();
+    const records = this.store.proofsOf(missing);
+    const byBatch = new Map<number, { at: number; key: string; record: ProofRecord; text: string | undefined }[]>();
     missing.forEach((m, i) => {
       const record = records[i];
       if (!record) {
