@@ -2,6 +2,9 @@
  * `glucoguard consent grant|revoke|list`, `glucoguard identity register|list|remove|patient-wallet`
  * and `glucoguard audit --patient ID`. Operator tools on the same data directory and chain as the
  * server; a grant made here is signed with the patient's custodial key, exactly as through the API.
+ * A key locked with the patient's password (every patient who signed in once) needs that password:
+ * `--password-file` (the patient types it into a file at the desk); without it the command is refused
+ * and nothing is recorded. See docs/patient-keys.md.
  */
 import type { AuditEvent, Consent } from '@medplum/fhirtypes';
 import { Operator } from '@medplum/core';
@@ -9,6 +12,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { getAddress, isAddress, Wallet } from 'ethers';
 import type { App } from '../app.js';
 import { OPEN_ACCESS } from '../fhir/access.js';
+import { registerPatientKeyCommands, sessionAccess } from './keys/cli.js';
 import { CLIENT_SYSTEM, GRANT_ID_SYSTEM, PURPOSE_SYSTEM, RESOURCE_TYPE_SYSTEM } from './terms.js';
 
 const instant = (v: string): string => {
@@ -99,8 +103,9 @@ export function registerConsentCommands(program: Command, open: () => Promise<Ap
     .option('--purpose <codes>', 'v3 PurposeOfUse codes, comma-separated', list, ['TREAT'])
     .option('--types <types>', 'resource types, comma-separated (default all)', list)
     .option('--codes <codes>', 'system|code list, comma-separated (e.g. http://loinc.org|99504-3)', list)
-    .action((o: GrantOptions) => run(async (app) => {
-      const outcome = await app.consent.service.grant(consentFromOptions(o), OPEN_ACCESS);
+    .option('--password-file <file>', "file holding the patient's password (needed when their key is locked with it)")
+    .action((o: GrantOptions & { passwordFile?: string }) => run(async (app) => {
+      const outcome = await app.consent.service.grant(consentFromOptions(o), await sessionAccess(app, o.patient, o.passwordFile));
       if (outcome.state === 'done') console.log(formatConsent(outcome.consent));
       else console.log(`${outcome.consent.id} awaits the patient's wallet signature; typed data:\n${JSON.stringify(outcome.typedData, null, 2)}`);
     }));
@@ -108,8 +113,11 @@ export function registerConsentCommands(program: Command, open: () => Promise<Ap
     .command('revoke')
     .description('revoke an active Consent (on chain first, then the Consent becomes inactive)')
     .requiredOption('--consent <id>', 'Consent id')
-    .action((o: { consent: string }) => run(async (app) => {
-      const outcome = await app.consent.service.revoke(o.consent, OPEN_ACCESS);
+    .option('--password-file <file>', "file holding the patient's password (needed when their key is locked with it)")
+    .action((o: { consent: string; passwordFile?: string }) => run(async (app) => {
+      const patient = o.passwordFile ? (await app.repository.read<Consent>('Consent', o.consent)).patient?.reference?.split('/')[1] ?? '' : '';
+      const access = o.passwordFile ? await sessionAccess(app, patient, o.passwordFile) : OPEN_ACCESS;
+      const outcome = await app.consent.service.revoke(o.consent, access);
       console.log(outcome.state === 'done' ? formatConsent(outcome.consent) : `awaits the wallet signature:\n${JSON.stringify(outcome.typedData, null, 2)}`);
     }));
   consent
@@ -119,6 +127,8 @@ export function registerConsentCommands(program: Command, open: () => Promise<Ap
     .action((o: { patient: string }) => run(async (app) => {
       for (const c of await app.consent.service.list(o.patient)) console.log(formatConsent(c));
     }));
+
+  registerPatientKeyCommands(program, run);
 
   const identity = program.command('identity').description('grantee and patient identities in the IdentityRegistry');
   identity
