@@ -5,7 +5,7 @@
  * the node had in fact accepted ("already known") is recognised by its hash instead of being sent twice.
  */
 import {
-  type BaseWallet, type Provider, type TransactionRequest, type TransactionResponse, isError, keccak256,
+  type BaseWallet, JsonRpcApiProvider, type Provider, Transaction, type TransactionRequest, TransactionResponse, isError,
 } from 'ethers';
 
 export interface NonceManagerOptions {
@@ -49,13 +49,28 @@ export class NonceManager {
   }
 
   /**
-   * Fills in gas and fees (outside the lock, so estimates run in parallel), then assigns the next nonce,
-   * signs and broadcasts under the lock. Rejects with the node's error when the transaction is refused
-   * (e.g. a revert found by estimateGas); the nonce is then reused by the next send.
+   * Fills in gas and fees (outside the lock, so estimates run in parallel; the gas estimate and the fee
+   * data are asked for together, one JSON-RPC batch when the provider batches), then assigns the next
+   * nonce, signs and broadcasts under the lock. Rejects with the node's error when the transaction is
+   * refused (e.g. a revert found by estimateGas); the nonce is then reused by the next send.
    */
   async send(request: TransactionRequest): Promise<TransactionResponse> {
     const { nonce: _ignored, ...rest } = request;
-    const populated = await this.wallet.populateTransaction(rest);
+    const needsFees = rest.gasPrice == null && (rest.maxFeePerGas == null || rest.maxPriorityFeePerGas == null);
+    const [gasLimit, fees] = await Promise.all([
+      rest.gasLimit ?? this.wallet.estimateGas(rest),
+      needsFees ? this.provider.getFeeData() : undefined,
+    ]);
+    const filled: TransactionRequest = { ...rest, gasLimit };
+    if (fees && rest.type !== 0 && rest.type !== 1 && fees.maxFeePerGas != null && fees.maxPriorityFeePerGas != null) {
+      filled.type = 2;
+      filled.maxFeePerGas ??= fees.maxFeePerGas;
+      filled.maxPriorityFeePerGas ??= fees.maxPriorityFeePerGas;
+    } else if (fees) {
+      filled.gasPrice = fees.gasPrice;
+    }
+    // the placeholder nonce keeps ethers from asking the node for one; the real one is set under the lock
+    const populated = await this.wallet.populateTransaction({ ...filled, nonce: 0 });
     delete populated.nonce;
     return this.exclusive(() => this.broadcast(populated));
   }
@@ -65,10 +80,10 @@ export class NonceManager {
     let delay = this.retryDelayMs;
     for (let attempt = 1; ; attempt++) {
       const nonce = this.next ?? (await provider.getTransactionCount(this.wallet.address, 'pending'));
-      const raw = await this.wallet.signTransaction({ ...tx, nonce });
-      const hash = keccak256(raw);
+      const signed = Transaction.from(await this.wallet.signTransaction({ ...tx, nonce }));
+      const hash = signed.hash!;
       try {
-        const response = await provider.broadcastTransaction(raw);
+        const response = await this.submit(signed);
         this.next = nonce + 1;
         return response;
       } catch (err) {
@@ -88,6 +103,26 @@ export class NonceManager {
         delay *= 2;
       }
     }
+  }
+
+  /**
+   * Broadcasts a transaction this manager signed. Over JSON-RPC the response is built from what was
+   * signed: ethers' `broadcastTransaction` would recover the sender from the signature again (a pure-JS
+   * secp256k1 recovery, the largest client cost per transaction) and ask for the block number.
+   */
+  private async submit(signed: Transaction): Promise<TransactionResponse> {
+    const provider = this.provider;
+    if (!(provider instanceof JsonRpcApiProvider)) return provider.broadcastTransaction(signed.serialized);
+    const hash = await provider.send('eth_sendRawTransaction', [signed.serialized]);
+    if (String(hash).toLowerCase() !== signed.hash) throw new Error(`the node returned transaction hash ${hash} for ${signed.hash}`);
+    // the same fields ethers fills in for a broadcast transaction (no index, no gasPrice for EIP-1559) until it is mined
+    return new TransactionResponse({
+      blockNumber: null, blockHash: null, hash: signed.hash, index: undefined as unknown as number, type: signed.type ?? 2, to: signed.to,
+      from: this.wallet.address, nonce: signed.nonce, gasLimit: signed.gasLimit, gasPrice: signed.gasPrice as bigint,
+      maxPriorityFeePerGas: signed.maxPriorityFeePerGas, maxFeePerGas: signed.maxFeePerGas, maxFeePerBlobGas: null,
+      data: signed.data, value: signed.value, chainId: signed.chainId, signature: signed.signature!, accessList: signed.accessList,
+      blobVersionedHashes: null, authorizationList: null,
+    }, provider);
   }
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
