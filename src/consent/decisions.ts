@@ -3,9 +3,11 @@
  * chain → the Consent holding each grant's scope) worked out once and cached per requester.
  *
  * Freshness, so a revocation denies at once on every replica:
- * - every request reads the consent epoch from the KV store (Redis when replicas share one); a grant
- *   or revocation increments it, so a replica whose epoch is stale drops its cache before deciding;
- * - a revocation is also published (`consent:changed`) so replicas drop caches without waiting;
+ * - a grant or revocation increments the consent epoch in the KV store (Redis when replicas share
+ *   one) and publishes `consent:changed`, so every replica drops its cache at once;
+ * - a replica reads the epoch before deciding whenever it cannot rely on the pub/sub message: its
+ *   subscription is down (`subscriptionLive()` false), or its last read is older than
+ *   EPOCH_MAX_AGE_MS (a message lost in a reconnect is noticed within that);
  * - chain events (ConsentGranted/ConsentRevoked, GranteeRegistered/Removed) followed from the node
  *   drop caches too, covering grants relayed by anyone else;
  * - expiry is by the clock at each decision (`notAfter`), never by the cache.
@@ -31,6 +33,8 @@ import { consentTerms, GRANT_ID_SYSTEM, purposeBytes, scopeHash } from './terms.
 export const EPOCH_KEY = 'consent:epoch';
 export const CHANGED_CHANNEL = 'consent:changed';
 const EPOCH_TTL_MS = 10 * 365 * 24 * 3600 * 1000;
+/** Longest time a replica with a live subscription decides without reading the epoch (ms, monotonic). */
+export const EPOCH_MAX_AGE_MS = 200;
 
 export interface ConsentDecisionsOptions {
   repository: Repository;
@@ -58,6 +62,8 @@ export class ConsentDecisions {
   private readonly cache = new Map<string, CacheEntry>();
   private readonly loading = new Map<string, Promise<Permissions>>();
   private epoch: string | undefined;
+  /** performance.now() of the last epoch read (a monotonic clock: tests freeze `now`). */
+  private epochReadAt = -Infinity;
   private generation = 0;
   private followers: EventFollower[] = [];
   private unsubscribe: (() => Promise<void>) | undefined;
@@ -102,15 +108,20 @@ export class ConsentDecisions {
   }
 
   /**
-   * Reads the shared consent epoch; drops every cached permission set when it moved. Called once
-   * per request before any decision. Throws ERR_UNAVAILABLE when the KV store cannot be read.
+   * Called once per request before any decision: reads the shared consent epoch unless the
+   * subscription is live and the last read is under EPOCH_MAX_AGE_MS old, and drops every cached
+   * permission set when it moved. Throws ERR_UNAVAILABLE when the KV store cannot be read.
    */
   async sync(): Promise<void> {
+    const subscribed = this.unsubscribe !== undefined && this.options.kv.subscriptionLive();
+    if (subscribed && performance.now() - this.epochReadAt < EPOCH_MAX_AGE_MS) return;
+    const readAt = performance.now();
     const epoch = (await this.options.kv.get(EPOCH_KEY)) ?? '0';
     if (epoch !== this.epoch) {
       this.dropAll();
       this.epoch = epoch;
     }
+    this.epochReadAt = readAt;
   }
 
   /** Tells every replica that grants changed: bumps the epoch, publishes, drops the local cache. */
@@ -122,6 +133,7 @@ export class ConsentDecisions {
 
   dropAll(): void {
     this.generation++;
+    this.epochReadAt = -Infinity;
     this.cache.clear();
     this.loading.clear();
   }

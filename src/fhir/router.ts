@@ -422,7 +422,8 @@ export class FhirRouter {
     const bundle = body as unknown as Bundle;
     if (bundle.type === 'batch') return processBatch(bundle, req, (sub) => this.handle(sub));
     if (bundle.type === 'transaction') {
-      return processTransaction(bundle, req, {
+      const decided = req.access.kind === 'open' ? bundle : await this.visibleConditionals(req.access, bundle);
+      return processTransaction(decided, req, {
         validate: (resource) => this.options.validator.assertValid(resource),
         authorize: async (interaction, resource) => {
           await this.policy.authorize(req.access, interaction, resource.resourceType);
@@ -497,6 +498,32 @@ export class FhirRouter {
 
   private entry(resource: Resource, mode: 'match' | 'include'): BundleEntry {
     return { fullUrl: `${this.options.fhirBase}/${resource.resourceType}/${resource.id}`, resource, search: { mode } };
+  }
+
+  /**
+   * A limited requester's transaction with conditional creates: each `ifNoneExist` is decided over
+   * what the requester may see, as for a single create, before the repository applies the Bundle —
+   * one visible match becomes `_id=<it>` (so references to the entry's fullUrl still resolve to it),
+   * none drops the condition (a plain create), two or more are 412. The repository deciding over
+   * everything would answer "200, exists, at Location" for a match the requester cannot see.
+   */
+  private async visibleConditionals(access: AccessContext, bundle: Bundle): Promise<Bundle> {
+    if (!bundle.entry?.some((e) => e.request?.method === 'POST' && e.request.ifNoneExist !== undefined)) return bundle;
+    const entry = [];
+    for (const [i, e] of bundle.entry.entries()) {
+      const query = e.request?.ifNoneExist;
+      if (e.request?.method !== 'POST' || query === undefined) {
+        entry.push(e);
+        continue;
+      }
+      const type = this.checkType(e.request.url.split(/[/?]/)[0]!);
+      this.checkConditionalQuery(type, query);
+      const visible = await this.visibleMatches(access, type, query);
+      if (visible.length > 1) throw preconditionFailed(`Bundle.entry[${i}].request.ifNoneExist matches more than one resource`);
+      const { ifNoneExist: _dropped, ...request } = e.request;
+      entry.push({ ...e, request: visible.length === 1 ? { ...request, ifNoneExist: `_id=${visible[0]!.id}` } : request });
+    }
+    return { ...bundle, entry };
   }
 
   /** Matches of a conditional query among the resources the requester may see (at most two are needed). */

@@ -61,6 +61,11 @@ export class MemoryKeyValueStore implements KeyValueStore {
     };
   }
 
+  /** In one process every published message reaches every subscriber. */
+  subscriptionLive(): boolean {
+    return true;
+  }
+
   async close(): Promise<void> {
     clearInterval(this.sweeper);
     this.bus.removeAllListeners();

@@ -23,5 +23,11 @@ export interface KeyValueStore {
   publish(channel: string, message: string): Promise<void>;
   /** Subscribes; returns a function that unsubscribes. */
   subscribe(channel: string, handler: (message: string) => void): Promise<() => Promise<void>>;
+  /**
+   * True while published messages are being received (the subscriber connection and the command
+   * connection are both up): callers may then rely on pub/sub for invalidation between their own
+   * reads. False when a message could be missed right now.
+   */
+  subscriptionLive(): boolean;
   close(): Promise<void>;
 }

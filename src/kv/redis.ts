@@ -108,6 +108,10 @@ export class RedisKeyValueStore implements KeyValueStore {
     return this.prefix + key;
   }
 
+  subscriptionLive(): boolean {
+    return this.client.isReady && this.subscriber?.isReady === true;
+  }
+
   private async subscriberConnection(): Promise<RedisClientType> {
     if (!this.subscriber) {
       const subscriber = this.client.duplicate() as RedisClientType;

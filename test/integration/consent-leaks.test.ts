@@ -214,6 +214,42 @@ describe('consent enforcement on every FHIR path', () => {
     expect(JSON.stringify(res.body ?? {})).not.toContain(ids.ben);
   });
 
+  test('a conditional create inside a transaction that matches an ungranted resource neither says it exists nor where', async () => {
+    // The new reading is Ana's (a patient the practitioner may write for); its condition matches Ben's reading.
+    const res = await request(t.app.http).post('/fhir').set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT')
+      .set('Content-Type', 'application/fhir+json').send({
+        resourceType: 'Bundle', type: 'transaction',
+        entry: [{
+          fullUrl: `urn:uuid:${randomUUID()}`,
+          request: { method: 'POST', url: 'Observation', ifNoneExist: 'identifier=urn:test|ben-1' },
+          resource: reading(ana, now - DAY, '99504-3', 'ben-1'),
+        }],
+      });
+    const text = JSON.stringify(res.body ?? {});
+    expect(text).not.toContain(ids.ben);
+    if (res.status === 200) {
+      const [entry] = (res.body as Bundle).entry!;
+      // created as new, not "200 OK, it exists"
+      expect(entry!.response!.status).toMatch(/^201/);
+    } else {
+      expect(res.status).toBe(403);
+    }
+  });
+
+  test('a conditional create inside a transaction that matches a granted resource answers it', async () => {
+    const mine = reading(ana, now - 3 * DAY, '99504-3', 'ana-tx-1');
+    const first = (await t.app.repository.create(mine)).resource.id!;
+    const res = await request(t.app.http).post('/fhir').set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT')
+      .set('Content-Type', 'application/fhir+json').send({
+        resourceType: 'Bundle', type: 'transaction',
+        entry: [{ fullUrl: `urn:uuid:${randomUUID()}`, request: { method: 'POST', url: 'Observation', ifNoneExist: 'identifier=urn:test|ana-tx-1' }, resource: mine }],
+      });
+    expect(res.status).toBe(200);
+    const [entry] = (res.body as Bundle).entry!;
+    expect(entry!.response!.status).toMatch(/^200/);
+    expect(entry!.response!.location).toContain(`Observation/${first}`);
+  });
+
   test('$cgm-agp and $cgm-summary compute only over permitted readings', async () => {
     // Patient 12 has one reading in the period; a stored reading outside it must not count.
     await t.app.repository.create(reading('12', now - 20 * DAY));
