@@ -1,7 +1,8 @@
 // The patient portal (standalone launch as a patient): own AGP summary, upload with progress,
 // grants (list, share in a few steps, stop sharing), the access log in plain words, key safety.
-import { api, dataWords, el, fmtDate, fmtDateTime, notice, PURPOSE_WORDS, show, statusOf, STATE_WORDS } from '../shared/dom.js';
+import { api, apiSend, dataWords, el, fmtDate, fmtDateTime, notice, PURPOSE_WORDS, show, statusOf, STATE_WORDS } from '../shared/dom.js';
 import { hasReadings, loadReport, periodSelector, renderReport } from '../shared/agp.js';
+import { hasWallet, signWithWallet } from '../shared/wallet.js';
 
 const DAY = 86_400_000;
 const $ = (id) => document.getElementById(id);
@@ -10,6 +11,7 @@ let client;
 let patientId;
 let grantees = [];
 let period = 14;
+let keyInfo;
 
 function say(text) {
   statusLine.textContent = text;
@@ -178,7 +180,8 @@ async function loadGrants() {
 async function revoke(consent, actor) {
   say(`Stopping sharing with ${granteeName(actor)}…`);
   try {
-    await client.request({ url: `Consent/${consent.id}`, method: 'DELETE' });
+    const res = await client.request({ url: `Consent/${consent.id}`, method: 'DELETE' });
+    if (res?.resourceType === 'Parameters') await walletConfirm(res, `Stopping sharing with ${granteeName(actor)}`);
     say(`You stopped sharing with ${granteeName(actor)}. They can no longer see your data.`);
   } catch (err) {
     say(`Sharing could not be stopped: ${problemOf(err)}`);
@@ -273,8 +276,8 @@ function shareWizard() {
         url: 'Consent', method: 'POST', headers: { 'Content-Type': 'application/fhir+json' },
         body: JSON.stringify(consentOf(t)),
       });
-      if (res?.resourceType === 'Parameters') say('Your permission is waiting for your own wallet to sign it. This portal cannot sign with a personal wallet yet.');
-      else say(`Done: ${granteeName(t.actor)} can now see your data until ${fmtDateTime(new Date(t.accessTo).toISOString())}.`);
+      if (res?.resourceType === 'Parameters') await walletConfirm(res, `Sharing with ${granteeName(t.actor)}`);
+      say(`Done: ${granteeName(t.actor)} can now see your data until ${fmtDateTime(new Date(t.accessTo).toISOString())}.`);
       await Promise.all([loadGrants(), loadKeys()]);
       go(0);
     } catch (err) {
@@ -288,6 +291,30 @@ function shareWizard() {
   progress.children[0].setAttribute('aria-current', 'step');
   back.disabled = true;
   submit.hidden = true;
+}
+
+/**
+ * A patient with their own wallet: the server answered with the typed data to sign. The wallet
+ * signs it (eth_signTypedData_v4) and the signature goes back through Consent/ID/$sign; the
+ * permission is recorded on chain only then. Throws (in words) when there is no wallet or it refuses.
+ */
+async function walletConfirm(params, what) {
+  const typedData = JSON.parse(params.parameter.find((p) => p.name === 'typedData').valueString);
+  const signUrl = params.parameter.find((p) => p.name === 'sign').valueString;
+  if (!hasWallet()) {
+    throw new Error('it needs your wallet\'s signature, and no wallet was found in this browser. Open the portal in the browser where your wallet is installed.');
+  }
+  say(`${what}: please confirm in your wallet…`);
+  let signature;
+  try {
+    signature = await signWithWallet(typedData, keyInfo?.key?.address);
+  } catch (err) {
+    throw new Error(`your wallet did not sign (${err?.message ?? 'refused'}). Nothing was changed.`);
+  }
+  await client.request({
+    url: signUrl, method: 'POST', headers: { 'Content-Type': 'application/fhir+json' },
+    body: JSON.stringify({ resourceType: 'Parameters', parameter: [{ name: 'signature', valueString: signature }] }),
+  });
 }
 
 function consentOf(t) {
@@ -368,29 +395,174 @@ async function loadLog() {
 }
 
 // ---- Key safety -------------------------------------------------------------------------------
-async function loadKeys() {
-  const body = $('keys-body');
-  let info;
-  try {
-    info = await api(client, '/apps/api/key-safety');
-  } catch {
-    show(body, notice('error', 'Key information could not be loaded.'));
-    return;
+function shortAddress(a) {
+  return `${a.slice(0, 6)}…${a.slice(-4)}`;
+}
+
+function guardianName(g) {
+  return g.name ?? (g.reference ? granteeName(g.reference) : `wallet ${shortAddress(g.address)}`);
+}
+
+function protectionWords(info) {
+  if (!info.key) return el('p', { 'data-protection': 'none' }, 'You do not have a signing key yet. One is made for you the first time you share your data.');
+  if (info.protection === 'wallet') {
+    return el('p', { 'data-protection': 'wallet' }, `Your permissions are signed with your own wallet (account ${shortAddress(info.key.address)}). `
+      + 'Keep its recovery phrase safe: GlucoGuard never sees it and cannot recover it.');
   }
-  const key = info.key
-    ? (info.key.custodial
-      ? el('p', {}, 'Your permissions are signed with a key that GlucoGuard keeps for you (a custodial key), stored encrypted on the server. ',
-        info.features.custodialBackupStatus ? '' : 'GlucoGuard does not yet report whether this key has been backed up: ask your clinic\'s GlucoGuard operator to confirm their backups.')
-      : el('p', {}, `Your permissions are signed with your own wallet (${info.key.address}). Keep its recovery phrase safe: GlucoGuard cannot recover it.`))
-    : el('p', {}, 'You do not have a signing key yet. One is made for you the first time you share your data.');
-  const guardians = info.guardians === null
-    ? el('p', { 'data-guardians': 'unavailable' }, 'GlucoGuard cannot list your guardians on this server yet.')
-    : info.guardians.length
-    ? el('ul', {}, info.guardians.map((g) => el('li', {}, `${g.name} can share and stop sharing your data on your behalf.`)))
-    : el('p', {}, 'You have no guardian recorded.');
-  show(body, key, el('h3', {}, 'Guardians'), guardians,
-    info.features.guardianKeyRecovery ? '' : notice('warn', 'Setting up guardians for key recovery is not available yet.',
-      'GlucoGuard cannot yet let you name guardians who could recover your key. A guardian recorded in your health record (a related person) can already share and stop sharing on your behalf.'));
+  if (info.protection === 'login') {
+    return el('p', { 'data-protection': 'login' }, 'GlucoGuard keeps a signing key for you, locked with your password. '
+      + 'It can only be used while you are signed in, to share or stop sharing as you ask.');
+  }
+  return el('p', { 'data-protection': 'server' }, 'GlucoGuard keeps a signing key for you on its server. '
+    + 'The next time you sign in it will be locked with your password.');
+}
+
+function backupWords(info) {
+  const b = info.backup;
+  const names = info.recovery.guardians.map(guardianName);
+  const items = [];
+  if (info.protection !== 'wallet') {
+    items.push(el('li', { 'data-backup-item': 'code' }, b.recoveryCodeCreated
+      ? `✔ Recovery code: made on ${fmtDate(b.recoveryCodeCreated)}. With it you can open your key again if you forget your password.`
+      : '✕ Recovery code: none yet. If you forget your password, you would need your guardians.'));
+  }
+  items.push(el('li', { 'data-backup-item': 'guardians' }, b.threshold > 0
+    ? `✔ Guardians: ${names.join(', ')}. ${b.threshold} of them must agree to give you a new key if yours is lost.`
+    : '✕ Guardians: none yet.'));
+  const summary = info.protection === 'wallet'
+    ? el('p', { 'data-backup': b.threshold > 0 ? 'guardians' : 'wallet' }, el('strong', {}, b.threshold > 0
+      ? 'Your wallet\'s recovery phrase is its backup, and your guardians can replace a lost wallet.'
+      : 'Your wallet\'s recovery phrase is its only backup.'))
+    : el('p', { 'data-backup': b.backedUp ? 'yes' : 'no' }, el('strong', {}, b.backedUp
+      ? '✔ Your key is backed up.'
+      : '✕ Your key is not backed up yet. Make a recovery code or choose guardians below.'));
+  return [summary, el('ul', { class: 'backup' }, items)];
+}
+
+function recoveryCodeBox() {
+  const box = el('div', { id: 'recovery-code-box', 'aria-live': 'polite' });
+  const make = el('button', { type: 'button', class: 'secondary', id: 'make-recovery-code' },
+    keyInfo.backup.recoveryCodeCreated ? 'Make a new recovery code' : 'Make a recovery code');
+  make.addEventListener('click', async () => {
+    make.disabled = true;
+    try {
+      const { code } = await apiSend(client, '/apps/api/key/recovery-code', 'POST');
+      const shown = el('p', { class: 'code', id: 'recovery-code', tabindex: -1, 'data-recovery-code': code }, code);
+      show(box, notice('warn', 'Write this recovery code down now and keep it somewhere safe.',
+        'It is shown only this once. Anyone with it and access to your account could use your key; GlucoGuard does not keep a copy.', shown));
+      shown.focus();
+      await loadKeys(false);
+    } catch (err) {
+      show(box, notice('error', 'The recovery code could not be made.', problemOf(err)));
+    } finally {
+      make.disabled = false;
+    }
+  });
+  return [el('p', {}, make), box];
+}
+
+function unlockForm() {
+  const result = el('div', { 'aria-live': 'polite' });
+  const form = el('form', { id: 'unlock-form' },
+    el('p', {}, el('label', { for: 'unlock-code' }, 'Recovery code'), el('br'),
+      el('input', { type: 'text', id: 'unlock-code', name: 'code', autocomplete: 'off', spellcheck: 'false', required: true, size: 34, 'aria-describedby': 'unlock-help' })),
+    el('p', { id: 'unlock-help' }, 'The code of 25 letters and digits you wrote down. Capitals and dashes do not matter.'),
+    el('button', { type: 'submit' }, 'Open my key'), result);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    try {
+      await apiSend(client, '/apps/api/key/recover-with-code', 'POST', { code: $('unlock-code').value });
+      say('Your key is open again and now locked with your current password.');
+      await loadKeys();
+    } catch (err) {
+      show(result, notice('error', 'Your key could not be opened.', problemOf(err)));
+      $('unlock-code').focus();
+    }
+  });
+  return form;
+}
+
+function guardiansForm(info) {
+  const current = new Set(info.recovery.guardians.map((g) => g.reference ?? g.address));
+  const people = [
+    ...(info.related ?? []).filter((r) => r.registered).map((r) => ({ reference: r.reference, label: `${r.name} (family or carer)` })),
+    ...grantees.filter((g) => g.kind === 'clinician').map((g) => ({ reference: g.reference, label: `${g.name} (clinician)` })),
+  ];
+  const walletAddresses = info.recovery.guardians.filter((g) => !g.reference).map((g) => g.address);
+  const result = el('div', { id: 'guardians-result', 'aria-live': 'polite' });
+  const threshold = el('select', { id: 'guardian-threshold', name: 'threshold' });
+  const fillThreshold = () => {
+    const n = form.querySelectorAll('input[name="guardian"]:checked').length + (form.querySelector('#guardian-address').value.trim() ? 1 : 0);
+    const keep = Number(threshold.value) || info.recovery.threshold || 1;
+    show(threshold, (n === 0 ? [0] : Array.from({ length: n }, (_v, i) => i + 1))
+      .map((k) => el('option', { value: k, selected: k === Math.min(keep, Math.max(n, 0)) }, k === 0 ? 'No guardians' : `${k} of ${n}`)));
+  };
+  const form = el('form', { id: 'guardians-form' },
+    el('fieldset', {}, el('legend', {}, 'Who may help you get a new key?'),
+      people.length
+        ? people.map((p, i) => el('div', { class: 'choice' },
+          el('input', { type: 'checkbox', name: 'guardian', id: `guardian-${i}`, value: p.reference, checked: current.has(p.reference), onchange: fillThreshold }),
+          el('label', { for: `guardian-${i}` }, p.label)))
+        : el('p', {}, 'Nobody from your record can be a guardian yet: your clinic registers family members and carers with GlucoGuard.'),
+      el('p', {}, el('label', { for: 'guardian-address' }, 'Or a guardian\'s wallet address (optional)'), el('br'),
+        el('input', { type: 'text', id: 'guardian-address', name: 'address', autocomplete: 'off', spellcheck: 'false', size: 44,
+          value: walletAddresses[0] ?? '', 'aria-describedby': 'guardian-address-help', oninput: fillThreshold })),
+      el('p', { id: 'guardian-address-help' }, 'Starts with 0x, 42 characters. Leave empty if you do not use one.')),
+    el('p', {}, el('label', { for: 'guardian-threshold' }, 'How many guardians must agree'), el('br'), threshold),
+    el('button', { type: 'submit' }, 'Save my guardians'), result);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const guardians = [...form.querySelectorAll('input[name="guardian"]:checked')].map((i) => i.value);
+    const address = form.querySelector('#guardian-address').value.trim();
+    if (address) guardians.push(address);
+    say('Saving your guardians…');
+    try {
+      let res = await apiSend(client, '/apps/api/guardians', 'PUT', { guardians, threshold: Number(threshold.value) });
+      if (res.state === 'awaiting-signature') {
+        say('Saving your guardians: please confirm in your wallet…');
+        const signature = await signWithWallet(res.typedData, info.key.address);
+        res = await apiSend(client, '/apps/api/guardians/sign', 'POST', { signature });
+      }
+      say(res.threshold > 0 ? `Your guardians are saved: ${res.threshold} of ${res.guardians.length} must agree.` : 'You have no guardians now.');
+      await loadKeys();
+    } catch (err) {
+      show(result, notice('error', 'Your guardians were not saved.', problemOf(err)));
+    }
+  });
+  fillThreshold();
+  return form;
+}
+
+async function loadKeys(refreshInfo = true) {
+  const body = $('keys-body');
+  if (refreshInfo || !keyInfo) {
+    try {
+      keyInfo = await api(client, '/apps/api/key-safety');
+    } catch {
+      show(body, notice('error', 'Key information could not be loaded.'));
+      return;
+    }
+  }
+  const info = keyInfo;
+  const related = info.related === null
+    ? el('p', {}, 'GlucoGuard cannot list the people of your record on this server.')
+    : info.related.length
+      ? el('ul', {}, info.related.map((g) => el('li', {}, `${g.name} can share and stop sharing your data on your behalf.`)))
+      : el('p', {}, 'Nobody is recorded as acting on your behalf.');
+  const parts = [el('h3', {}, 'Your signing key'), protectionWords(info)];
+  if (info.locked) {
+    parts.push(notice('error', 'Your key cannot be opened with your current password.',
+      'This happens after a password reset. Enter your recovery code to open it again, or ask your guardians to help you get a new key.'), unlockForm());
+  }
+  if (info.key) {
+    parts.push(el('h3', {}, 'Backup'), ...backupWords(info));
+    if (info.protection !== 'wallet' && !info.locked) parts.push(...recoveryCodeBox());
+    parts.push(el('h3', {}, 'Guardians for key recovery'),
+      el('p', {}, 'Guardians are people you trust. If your key is ever lost, enough of them together can give you a new one. They cannot see your data or share it.'),
+      guardiansForm(info));
+  }
+  parts.push(el('h3', {}, 'People who can act for you'), related);
+  show(body, parts);
 }
 
 // ---- Start ------------------------------------------------------------------------------------
@@ -412,6 +584,11 @@ if (client) {
     grantees = (await api(client, '/apps/api/grantees')).grantees;
   } catch {
     grantees = [];
+  }
+  try {
+    keyInfo = await api(client, '/apps/api/key-safety');
+  } catch {
+    keyInfo = undefined;
   }
   show($('summary-controls'), periodSelector(period, (d) => { period = d; void loadSummary(); }));
   show($('upload-body'), uploadForm());

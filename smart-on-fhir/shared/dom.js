@@ -76,6 +76,22 @@ export async function api(client, path) {
   return body;
 }
 
+/** Sends JSON to the GlucoGuard web API (POST/PUT) with the app's access token. */
+export async function apiSend(client, path, method, body) {
+  const res = await fetch(path, {
+    method,
+    headers: { Authorization: `Bearer ${client.state.tokenResponse.access_token}`, Accept: 'application/json', 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const answer = await res.json().catch(() => undefined);
+  if (!res.ok) {
+    const err = new Error(answer?.issue?.[0]?.diagnostics ?? `HTTP ${res.status}`);
+    err.status = res.status;
+    throw err;
+  }
+  return answer;
+}
+
 /** HTTP status of an error thrown by fhirclient (or our api()). */
 export function statusOf(err) {
   return err?.status ?? err?.statusCode ?? err?.response?.status;

@@ -33,6 +33,8 @@ interface PendingRequest {
   user?: { sub: string; fhirUser: string };
   patient?: string;
   authTime?: number;
+  /** Patient ids the picker showed this practitioner (the only ones they may pick besides a search by id). */
+  offered?: string[];
   /** Grant id of the tokens this request leads to, chosen at sign-in so a session can be prepared for it. */
   gid?: string;
 }
@@ -202,8 +204,9 @@ async function checkCredentials(ctx: SmartContext, username: string, password: s
 async function nextStage(ctx: SmartContext, res: Response, id: string, client: Client, pending: PendingRequest): Promise<void> {
   if (!pending.patient && pending.scopes.includes('launch/patient')) {
     pending.stage = 'patient';
-    await ctx.kv.set(`smart:authz:${id}`, JSON.stringify(pending), PENDING_TTL_MS);
     const patients = ctx.searchPatients ? await ctx.searchPatients('') : undefined;
+    pending.offered = patients?.map((p) => p.id);
+    await ctx.kv.set(`smart:authz:${id}`, JSON.stringify(pending), PENDING_TTL_MS);
     return sendPage(res, 200, patientPickerPage({ requestId: id, clientName: client.name, patients, query: '' }));
   }
   pending.stage = 'approve';
@@ -225,11 +228,14 @@ async function selectPatient(ctx: SmartContext, req: Request, res: Response): Pr
   const query = typeof req.body?.query === 'string' ? req.body.query.slice(0, 100) : '';
   if (req.body?.action === 'search') {
     const patients = ctx.searchPatients ? await ctx.searchPatients(query) : undefined;
+    pending.offered = [...new Set([...(pending.offered ?? []), ...(patients ?? []).map((p) => p.id)])].slice(-200);
+    await ctx.kv.set(`smart:authz:${id}`, JSON.stringify(pending), PENDING_TTL_MS);
     return sendPage(res, 200, patientPickerPage({ requestId: id, clientName: client.name, patients, query }));
   }
   const patient = typeof req.body?.patient === 'string' ? req.body.patient : '';
   const allowed = /^[A-Za-z0-9\-.]{1,64}$/.test(patient)
-    && (!ctx.searchPatients || (await ctx.searchPatients(patient)).some((p) => p.id === patient));
+    // A patient the picker offered (the search matches names, not ids), or one a search by id finds.
+    && (!ctx.searchPatients || (pending.offered ?? []).includes(patient) || (await ctx.searchPatients(patient)).some((p) => p.id === patient));
   if (!allowed) {
     const patients = ctx.searchPatients ? await ctx.searchPatients('') : undefined;
     return sendPage(res, 400, patientPickerPage({ requestId: id, clientName: client.name, patients, query, error: 'Choose a patient from the list.' }));

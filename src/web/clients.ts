@@ -9,7 +9,11 @@ import path from 'node:path';
 import type { SmartStore } from '../smart/store.js';
 
 export const CLINICIAN_SCOPE = 'openid fhirUser launch user/*.rs';
+/** Standalone launch of the clinician app: the clinician signs in here and picks the patient. */
+export const CLINICIAN_STANDALONE_SCOPE = 'openid fhirUser launch/patient user/*.rs';
 export const PORTAL_SCOPE = 'openid fhirUser launch/patient patient/*.cruds';
+
+const CLINICIAN_SCOPES = [...new Set([...CLINICIAN_SCOPE.split(' '), ...CLINICIAN_STANDALONE_SCOPE.split(' ')])];
 
 export interface WebClients {
   clinician: string;
@@ -36,14 +40,17 @@ export function ensureWebClients(store: SmartStore, dataDir: string, baseUrl: st
   const file = path.join(dir, 'clients.json');
   if (existsSync(file)) {
     const saved = JSON.parse(readFileSync(file, 'utf8')) as ClientsFile;
-    if (saved.baseUrl === baseUrl && store.getClient(saved.clinician) && store.getClient(saved.portal)) {
+    const clinician = store.getClient(saved.clinician);
+    // Registered before the standalone launch existed (no launch/patient): registered again below.
+    const current = clinician && CLINICIAN_SCOPES.every((s) => clinician.scopes.includes(s));
+    if (saved.baseUrl === baseUrl && current && store.getClient(saved.portal)) {
       return { clinician: saved.clinician, portal: saved.portal };
     }
   }
   const urls = appUrls(baseUrl);
   const clinician = store.addClient({
     name: 'GlucoGuard CGM viewer (clinician)', type: 'public', redirectUris: [urls.clinicianIndex], launchUri: urls.clinicianLaunch,
-    scopes: CLINICIAN_SCOPE.split(' '),
+    scopes: CLINICIAN_SCOPES,
   }).client.clientId;
   const portal = store.addClient({
     name: 'GlucoGuard patient portal', type: 'public', redirectUris: [urls.portalIndex], launchUri: urls.portalLaunch,

@@ -15,9 +15,9 @@ import { PACKAGE_ROOT } from '../paths.js';
 import type { Repository } from '../repository/port.js';
 import type { Smart } from '../smart/index.js';
 import { webApiRouter } from './api.js';
-import { appUrls, CLINICIAN_SCOPE, ensureWebClients, PORTAL_SCOPE, type WebClients } from './clients.js';
+import { appUrls, CLINICIAN_SCOPE, CLINICIAN_STANDALONE_SCOPE, ensureWebClients, PORTAL_SCOPE, type WebClients } from './clients.js';
 
-export { appUrls, CLINICIAN_SCOPE, PORTAL_SCOPE, type WebClients } from './clients.js';
+export { appUrls, CLINICIAN_SCOPE, CLINICIAN_STANDALONE_SCOPE, PORTAL_SCOPE, type WebClients } from './clients.js';
 export { grantView, type GrantView } from './api.js';
 
 export const APPS_DIR = path.join(PACKAGE_ROOT, 'smart-on-fhir');
@@ -65,7 +65,7 @@ export function createWeb(deps: WebDeps): Web {
     }
     res.set('Cache-Control', 'no-store').json({
       fhirBase: deps.fhirBase,
-      clinician: { clientId: clients.clinician, scope: CLINICIAN_SCOPE, redirectUri: urls.clinicianIndex },
+      clinician: { clientId: clients.clinician, scope: CLINICIAN_SCOPE, standaloneScope: CLINICIAN_STANDALONE_SCOPE, redirectUri: urls.clinicianIndex },
       portal: { clientId: clients.portal, scope: PORTAL_SCOPE, redirectUri: urls.portalIndex },
     });
   });

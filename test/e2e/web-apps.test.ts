@@ -138,6 +138,36 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     await portal.setViewportSize({ width: 1280, height: 900 });
   }, 60_000);
 
+  test('key safety in plain words: the key is locked with the password; a recovery code and a guardian back it up', async () => {
+    // The key was made when Ana shared, inside the session her sign-in opened: it is under her login.
+    await portal.locator('#keys-body [data-protection="login"]').waitFor({ timeout: 15_000 });
+    await expect(portal.locator('#keys-body').innerText()).resolves.toContain('locked with your password');
+    await expect(portal.locator('[data-backup]').getAttribute('data-backup')).resolves.toBe('no');
+    await expect(portal.locator('[data-backup]').innerText()).resolves.toContain('not backed up yet');
+    await portal.click('#make-recovery-code');
+    const code = portal.locator('#recovery-code');
+    await code.waitFor({ timeout: 15_000 });
+    await expect(code.innerText()).resolves.toMatch(/^([A-Z2-9]{5}-){4}[A-Z2-9]{5}$/);
+    await expect(portal.evaluate(() => document.activeElement?.id)).resolves.toBe('recovery-code');
+    await portal.locator('[data-backup="yes"]').waitFor({ timeout: 15_000 });
+    await expect(portal.locator('[data-backup-item="code"]').innerText()).resolves.toContain('✔ Recovery code: made on');
+    // A guardian, by keyboard: check Dr Osei, 1 of 1, save.
+    await portal.locator('#guardians-form label', { hasText: 'Dr Kofi Osei' }).waitFor();
+    await portal.focus('#guardian-0');
+    await portal.keyboard.press('Space');
+    await expect(portal.locator('#guardian-threshold').inputValue()).resolves.toBe('1');
+    await portal.click('#guardians-form button[type="submit"]');
+    await portal.locator('#status', { hasText: 'Your guardians are saved: 1 of 1 must agree.' }).waitFor({ timeout: 30_000 });
+    await expect(portal.locator('[data-backup-item="guardians"]').innerText()).resolves.toContain('✔ Guardians: Dr Kofi Osei. 1 of them must agree');
+    const onChain = await t.app.consent.guardians.current(ana);
+    expect(onChain.threshold).toBe(1);
+    expect(onChain.guardians[0]!.reference).toBe(`Practitioner/${doc}`);
+    await portal.locator('#keys').screenshot({ path: path.join(ARTIFACTS, 'portal-key-safety.png') });
+    await portal.setViewportSize({ width: 640, height: 900 });
+    await expect(portal.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth)).resolves.toBe(true);
+    await portal.setViewportSize({ width: 1280, height: 900 });
+  }, 90_000);
+
   test('the clinician sees the AGP report with the numbers of $cgm-summary, who granted access and until when', async () => {
     clinician = await launchClinician();
     await expect(clinician.locator('[data-access]').getAttribute('data-access')).resolves.toBe('active');
@@ -200,6 +230,28 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     await expect(clinician.locator('[data-sufficiency="warning"]').innerText()).resolves.toMatch(/Data sufficiency/);
   }, 120_000);
 
+  test('standalone launch of the clinician app: the clinician picks the patient and the banner is shown (need_patient_banner true)', async () => {
+    const page = await browser.newPage('clinician-standalone');
+    await page.goto(`${base}/apps/clinician/launch.html`);
+    await page.waitForURL((u) => u.pathname.startsWith('/oauth/'), { timeout: 15_000 });
+    await page.fill('input[name="username"]', DOC.username);
+    await page.fill('input[name="password"]', DOC.password);
+    await Promise.all([page.waitForLoadState(), page.click('button[type="submit"]')]);
+    await expect(page.locator('h1').innerText()).resolves.toBe('Choose a patient');
+    const radio = page.locator(`input[name="patient"][value="${ana}"]`);
+    if (await radio.count()) await radio.check();
+    else await page.fill('input[name="patient"]', ana);
+    await Promise.all([page.waitForLoadState(), page.click('form[action="select-patient"] button[type="submit"]:not([name])')]);
+    await page.click('button[name="decision"][value="allow"]');
+    await page.waitForURL((u) => u.pathname === '/apps/clinician/index.html', { timeout: 15_000 });
+    await page.locator('[data-access]').waitFor({ timeout: 20_000 });
+    await expect(page.locator('body').getAttribute('data-need-patient-banner')).resolves.toBe('true');
+    await expect(page.locator('#banner').isVisible()).resolves.toBe(true);
+    await expect(page.locator('#banner').innerText()).resolves.toContain('Ana Rivera');
+    await expect(page.locator('#banner').innerText()).resolves.toContain(`Record ID ${ana}`);
+    await page.close();
+  }, 60_000);
+
   test("the patient's access log lists the clinician's reads in plain words", async () => {
     await t.app.consent.audit.flush();
     await portal.click('#log-body button:has-text("Refresh the log")');
@@ -221,6 +273,52 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     // The FHIR API agrees: nothing is served any more.
     await portal.screenshot({ path: path.join(ARTIFACTS, 'portal-after-revoke.png'), fullPage: true });
   }, 60_000);
+
+  test('a patient with their own wallet shares and stops sharing by signing in the browser wallet (EIP-1193, eth_signTypedData_v4)', async () => {
+    const bea = (await t.app.repository.create<Patient>({ resourceType: 'Patient', name: [{ given: ['Bea'], family: 'Lund' }] })).resource.id!;
+    const BEA = { username: 'bea', password: 'my own wallet 123' };
+    await t.app.smart.store.addUser({ ...BEA, fhirUser: `Patient/${bea}` });
+    const wallet = Wallet.createRandom();
+    await t.app.consent.keys.registerWallet(bea, wallet.address);
+    const page = await browser.newPage('wallet-portal');
+    const signed: string[] = [];
+    // The test wallet: the page's window.ethereum forwards to an ethers Wallet in the test process.
+    await page.exposeFunction('ggWalletAccounts', () => [wallet.address]);
+    await page.exposeFunction('ggWalletSign', async (account: string, json: string) => {
+      if (account.toLowerCase() !== wallet.address.toLowerCase()) throw new Error('unknown account');
+      const { domain, types, message, primaryType } = JSON.parse(json) as { domain: object; types: Record<string, []>; message: Record<string, unknown>; primaryType: string };
+      expect(types.EIP712Domain).toBeDefined();
+      delete types.EIP712Domain;
+      signed.push(primaryType);
+      return wallet.signTypedData(domain, types, message);
+    });
+    await page.addInitScript(() => {
+      const w = window as unknown as { ethereum: unknown; ggWalletAccounts: () => Promise<string[]>; ggWalletSign: (a: string, j: string) => Promise<string> };
+      w.ethereum = {
+        request: async ({ method, params }: { method: string; params?: string[] }) => {
+          if (method === 'eth_requestAccounts' || method === 'eth_accounts') return w.ggWalletAccounts();
+          if (method === 'eth_signTypedData_v4') return w.ggWalletSign(params![0]!, params![1]!);
+          throw Object.assign(new Error(`unsupported method ${method}`), { code: 4200 });
+        },
+      };
+    });
+    await page.goto(`${base}/apps/portal/launch.html`);
+    await signIn(page, BEA, '/apps/portal/index.html');
+    await page.locator('#keys-body [data-protection="wallet"]').waitFor({ timeout: 15_000 });
+    await page.locator('#share-who').waitFor();
+    for (let step = 0; step < 5; step++) await page.click('#share-form button:has-text("Next")');
+    await page.click('#share-form button:has-text("Share my data")');
+    await page.locator('tr[data-state="active"]').waitFor({ timeout: 30_000 });
+    await expect(page.locator('#status').innerText()).resolves.toContain('Dr Kofi Osei can now see your data');
+    expect(signed).toEqual(['Grant']);
+    const [consent] = await t.app.consent.service.list(bea);
+    expect(consent!.status).toBe('active');
+    await page.click('button[data-revoke]');
+    await page.locator('tr[data-state="revoked"]').waitFor({ timeout: 30_000 });
+    expect(signed).toEqual(['Grant', 'Revoke']);
+    await expect(page.locator('#status').innerText()).resolves.toContain('You stopped sharing with Dr Kofi Osei');
+    await page.close();
+  }, 90_000);
 
   test('no console errors on either page', () => {
     expect(browser.errors).toEqual([]);
