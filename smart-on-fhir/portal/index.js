@@ -439,22 +439,25 @@ function backupWords(info) {
   return [summary, el('ul', { class: 'backup' }, items)];
 }
 
-function recoveryCodeBox() {
-  const box = el('div', { id: 'recovery-code-box', 'aria-live': 'polite' });
+function codeNotice(code) {
+  return notice('warn', 'Write this recovery code down now and keep it somewhere safe.',
+    'It is shown only this once. Anyone with it and access to your account could use your key; GlucoGuard does not keep a copy.',
+    el('p', { class: 'code', id: 'recovery-code', tabindex: -1, 'data-recovery-code': code }, code));
+}
+
+/** The "make a recovery code" button; `code` is a code just made, shown once. */
+function recoveryCodeBox(code) {
+  const box = el('div', { id: 'recovery-code-box', 'aria-live': 'polite' }, code ? codeNotice(code) : null);
   const make = el('button', { type: 'button', class: 'secondary', id: 'make-recovery-code' },
     keyInfo.backup.recoveryCodeCreated ? 'Make a new recovery code' : 'Make a recovery code');
   make.addEventListener('click', async () => {
     make.disabled = true;
     try {
-      const { code } = await apiSend(client, '/apps/api/key/recovery-code', 'POST');
-      const shown = el('p', { class: 'code', id: 'recovery-code', tabindex: -1, 'data-recovery-code': code }, code);
-      show(box, notice('warn', 'Write this recovery code down now and keep it somewhere safe.',
-        'It is shown only this once. Anyone with it and access to your account could use your key; GlucoGuard does not keep a copy.', shown));
-      shown.focus();
-      await loadKeys(false);
+      const made = await apiSend(client, '/apps/api/key/recovery-code', 'POST');
+      await loadKeys(true, made.code);
+      $('recovery-code')?.focus();
     } catch (err) {
       show(box, notice('error', 'The recovery code could not be made.', problemOf(err)));
-    } finally {
       make.disabled = false;
     }
   });
@@ -533,7 +536,7 @@ function guardiansForm(info) {
   return form;
 }
 
-async function loadKeys(refreshInfo = true) {
+async function loadKeys(refreshInfo = true, newCode = undefined) {
   const body = $('keys-body');
   if (refreshInfo || !keyInfo) {
     try {
@@ -556,7 +559,7 @@ async function loadKeys(refreshInfo = true) {
   }
   if (info.key) {
     parts.push(el('h3', {}, 'Backup'), ...backupWords(info));
-    if (info.protection !== 'wallet' && !info.locked) parts.push(...recoveryCodeBox());
+    if (info.protection !== 'wallet' && !info.locked) parts.push(...recoveryCodeBox(newCode));
     parts.push(el('h3', {}, 'Guardians for key recovery'),
       el('p', {}, 'Guardians are people you trust. If your key is ever lost, enough of them together can give you a new one. They cannot see your data or share it.'),
       guardiansForm(info));

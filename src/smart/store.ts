@@ -64,6 +64,7 @@ export class SmartStore {
     this.statements = {
       getUser: this.db.prepare('SELECT username, password_hash, fhir_user FROM users WHERE username = ?'),
       insertUser: this.db.prepare('INSERT INTO users (username, password_hash, fhir_user, created_at) VALUES (?, ?, ?, ?)'),
+      setPassword: this.db.prepare('UPDATE users SET password_hash = ? WHERE username = ?'),
       getClient: this.db.prepare('SELECT * FROM clients WHERE client_id = ?'),
       insertClient: this.db.prepare(`INSERT INTO clients (client_id, name, type, redirect_uris, scopes, secret_hash, jwks, jwks_url, launch_uri, created_at)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
@@ -79,6 +80,13 @@ export class SmartStore {
     const user: User = { username: input.username, passwordHash: await hashPassword(input.password), fhirUser: input.fhirUser };
     this.statements.insertUser.run(user.username, user.passwordHash, user.fhirUser, new Date().toISOString());
     return user;
+  }
+
+  /** Replaces a user's password (the caller checked the current one). */
+  async setPassword(username: string, password: string): Promise<void> {
+    if (password.length < 8) throw badRequest('password must be at least 8 characters');
+    if (!this.getUser(username)) throw badRequest(`no user "${username}"`);
+    this.statements.setPassword.run(await hashPassword(password), username);
   }
 
   getUser(username: string): User | undefined {

@@ -11,6 +11,7 @@
  * - `POST key/recovery-code` → `{ code }` once; `POST key/recover-with-code { code }` (after a reset password).
  * - `PUT guardians { guardians: [address | RelatedPerson/ID | Practitioner/ID], threshold }` → done, or
  *   typed data for the patient's wallet, whose signature comes back by `POST guardians/sign { signature }`.
+ * - `POST password { current, password }`: changes the sign-in password and re-wraps the custodial key.
  * - `POST recovery` → a new key and the `Recover` typed data for the guardians;
  *   `POST recovery/complete { signatures }` relays their signatures.
  */
@@ -26,6 +27,7 @@ import { consentTerms, grantIdOf } from '../consent/terms.js';
 import type { Logger } from '../log.js';
 import type { Repository } from '../repository/port.js';
 import type { Smart } from '../smart/index.js';
+import { verifyPassword } from '../smart/passwords.js';
 
 export interface WebApiDeps {
   smart: Smart;
@@ -175,6 +177,39 @@ export function webApiRouter(deps: WebApiDeps): Router {
   router.post('/guardians/sign', handle(async (req, access) => {
     const signature = (req.body as { signature?: unknown } | undefined)?.signature;
     return guardianAnswer(await deps.consent.guardians.submitSignature(patientOf(access), signature));
+  }));
+
+  // Password change: the key is re-wrapped under the new password first (nothing changes if the
+  // current password is wrong), then the sign-in; this session keeps signing with the new unlock.
+  router.post('/password', handle(async (req, access) => {
+    const patientId = patientOf(access);
+    const body = (req.body ?? {}) as { current?: unknown; password?: unknown };
+    if (typeof body.current !== 'string' || typeof body.password !== 'string') throw badRequest('current and password are required');
+    if (body.password.length < 8 || body.password.length > 200) throw badRequest('The new password must be 8 to 200 characters', 'password');
+    const user = access.subject ? deps.smart.store.getUser(access.subject) : undefined;
+    if (!user || user.fhirUser !== `Patient/${patientId}` || !(await verifyPassword(body.current, user.passwordHash))) {
+      throw forbidden('The current password is not right');
+    }
+    let rewrapped = true;
+    try {
+      await deps.consent.keys.changePassword(patientId, body.current, body.password);
+    } catch (err) {
+      // A key the current password does not open was locked by an earlier reset: it stays as it is.
+      if (!isGlucoGuardError(err, 'ERR_FORBIDDEN')) throw err;
+      rewrapped = false;
+    }
+    try {
+      await deps.smart.store.setPassword(user.username, body.password);
+    } catch (err) {
+      if (rewrapped) await deps.consent.keys.changePassword(patientId, body.password, body.current);
+      throw err;
+    }
+    const grantId = (access as { grantId?: string }).grantId;
+    if (grantId) {
+      const unlock = await deps.consent.keys.deriveUnlock(patientId, body.password);
+      await deps.consent.keys.sessions.put(grantId, deps.consent.keys.pseudonym(patientId), unlock, deps.smart.tokens.lifetimes.accessSeconds * 1000);
+    }
+    return { changed: true };
   }));
 
   router.post('/recovery', handle(async (_req, access) => deps.consent.guardians.startRecovery(patientOf(access), access)));

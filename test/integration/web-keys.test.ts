@@ -129,6 +129,25 @@ describe('custodial key unlocked by the patient\'s sign-in', () => {
   });
 });
 
+describe('password change', () => {
+  test('re-wraps the key: the session keeps signing, the old password no longer signs in; a wrong current password changes nothing', async () => {
+    const eve = await newPatient('Marsh', 'eve', 'eve-password-1');
+    const token = (await signIn('eve', 'eve-password-1')).token!;
+    expect((await share(token, eve)).status).toBe(201);
+    const change = (body: object) => request(t.app.http).post('/apps/api/password').set('Authorization', `Bearer ${token}`).send(body);
+    const before = JSON.stringify(keyFileOf(eve));
+    expect((await change({ current: 'not my password', password: 'eve-password-2' })).status).toBe(403);
+    expect(JSON.stringify(keyFileOf(eve))).toBe(before);
+    expect((await change({ current: 'eve-password-1', password: 'short' })).status).toBe(400);
+    expect((await change({ current: 'eve-password-1', password: 'eve-password-2' })).status).toBe(200);
+    expect((await share(token, eve)).status).toBe(201);
+    expect((await signIn('eve', 'eve-password-1')).status).toBe(401);
+    const fresh = (await signIn('eve', 'eve-password-2')).token!;
+    expect((await share(fresh, eve)).status).toBe(201);
+    expect((await keySafety(fresh)).body.locked).toBe(false);
+  });
+});
+
 describe('keys made before the patient ever signed in', () => {
   test('a server-held key moves under the login at the next sign-in, with the same address (no data loss)', async () => {
     const ben = await newPatient('Okafor', 'ben', 'ben-password-1');
