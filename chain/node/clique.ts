@@ -38,6 +38,11 @@ export class SealerCliqueConsensus extends CliqueConsensus {
     this.own.delete(bytesToHex(block.hash()));
   }
 
+  /** Whether `block` is one this node has just sealed (between `trust` and `forget`). */
+  isOwn(block: Block): boolean {
+    return this.own.has(bytesToHex(block.hash()));
+  }
+
   override async validateConsensus(block: Block): Promise<void> {
     if (this.own.has(bytesToHex(block.hash()))) return;
     return super.validateConsensus(block);

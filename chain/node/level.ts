@@ -10,6 +10,16 @@ type Key = Uint8Array | string | number;
 type Value = Uint8Array | string | DBObject;
 export type Sublevel = AbstractSublevel<ClassicLevel<string, string>, string | Uint8Array | Buffer, string, string>;
 
+/** One operation of a batch on the root database, aimed at a sublevel (abstract-level's `sublevel` option). */
+export interface RootBatchOp {
+  type: 'put' | 'del';
+  sublevel: Sublevel;
+  key: Uint8Array | string;
+  value?: unknown;
+  keyEncoding?: string;
+  valueEncoding?: string;
+}
+
 function encodings(opts: EncodingOpts = {}): { keyEncoding: string; valueEncoding: string } {
   const valueEncoding = opts.valueEncoding === 'string' ? 'utf8' : opts.valueEncoding === 'json' ? 'json' : 'view';
   const keyEncoding = opts.keyEncoding === 'view' ? 'view' : 'utf8';
@@ -40,22 +50,27 @@ export class LevelDB implements DB<Key, Value> {
   }
 
   /**
-   * Holds writes (of this adapter and all its shallow copies) in memory until `flushWrites`: the state
-   * trie and every storage trie write their nodes one put at a time, and a block touches many.
+   * Holds writes (of this adapter and all its shallow copies) in memory until `takeWrites`: the state
+   * trie and every storage trie write their nodes one put at a time, the blockchain and its Clique
+   * snapshots several puts per block; the node writes them all, with the receipts, in one batch.
+   * Reads see the held writes.
    */
   bufferWrites(): void {
     this.buffer.active = true;
   }
 
-  /** Writes everything buffered in one LevelDB batch and stops buffering. */
-  async flushWrites(): Promise<void> {
-    const ops = [...this.buffer.ops.values()];
+  /**
+   * Hands over the held writes as operations for one batch on the parent database (each names this
+   * adapter's sublevel), and stops buffering.
+   */
+  takeWrites(): RootBatchOp[] {
+    const ops = [...this.buffer.ops.values()].map((op) => ({ ...op, key: key(op.key), ...encodings(op.opts), sublevel: this.level }));
     this.buffer.ops.clear();
     this.buffer.active = false;
-    if (ops.length) await this.level.batch(ops.map((op) => ({ ...op, key: key(op.key), ...encodings(op.opts) })) as never);
+    return ops as RootBatchOp[];
   }
 
-  /** Drops buffered writes (the block they belonged to was abandoned) and stops buffering. */
+  /** Drops held writes (the block they belonged to was abandoned) and stops buffering. */
   discardWrites(): void {
     this.buffer.ops.clear();
     this.buffer.active = false;

@@ -3,7 +3,8 @@
  * validation) + VM over LevelDB, a transaction pool and a sealer. JSON-RPC lives in rpc.ts.
  *
  * Invariants: `vm.stateManager` is at the state of `head` whenever no block is being built; a block's
- * receipts are written before the block is put, so the head always has its receipts, even after kill -9.
+ * state, receipts and the block itself (with its Clique snapshot) reach LevelDB in one atomic batch, so
+ * after kill -9 the head always has its state and receipts.
  */
 import { type Block, type BlockHeader, createBlock, cliqueSigner } from '@ethereumjs/block';
 import { createBlockchain, type Blockchain } from '@ethereumjs/blockchain';
@@ -24,7 +25,7 @@ import { RpcError, reverted, txRejected } from './errors.js';
 import { BLOCK_GAS_LIMIT, cliqueGenesis, type GethGenesis } from './genesis.js';
 import { chainDir, loadOrCreateSignerKey } from './keys.js';
 import { SealerCliqueConsensus } from './clique.js';
-import { LevelDB } from './level.js';
+import { LevelDB, type RootBatchOp } from './level.js';
 import { MAX_NONCE_GAP, MAX_POOL_SIZE, type PoolEntry, TxPool } from './pool.js';
 import { CachedStorageStateManager } from './state.js';
 import { ReceiptStore, type StoredReceipt } from './store.js';
@@ -66,7 +67,7 @@ export class ChainNode {
   readonly signer: Address;
   head!: Block;
   private readonly proposals = new Map<string, boolean>();
-  private sealTimer: NodeJS.Timeout | undefined;
+  private sealTimer: { cancel(): void } | undefined;
   private sealing: Promise<void> | undefined;
   private lastSealAt = 0;
   private closed = false;
@@ -79,6 +80,8 @@ export class ChainNode {
   private readonly periodMs: number;
   private readonly maxTxs: number;
   private readonly log: ChainLogger;
+  /** Set when a block's batch could not be written: memory is ahead of disk, so nothing more is sealed. */
+  private storageFailure: Error | undefined;
 
   private constructor(
     readonly common: Common,
@@ -90,6 +93,7 @@ export class ChainNode {
     private readonly signerKey: Uint8Array,
     opts: ChainNodeOptions,
     private readonly stateDb: LevelDB,
+    private readonly chainDb: LevelDB,
   ) {
     this.signer = createAddressFromPrivateKey(signerKey);
     this.periodMs = Math.max(opts.blockPeriod, genesis.config.clique.period) * 1000;
@@ -134,14 +138,21 @@ export class ChainNode {
     }
     try {
       const genesisState = parseGethGenesisState(genesis as never);
+      const chainDb = new LevelDB(level.sublevel('b'));
+      const consensus = new SealerCliqueConsensus(signer);
       const blockchain = await createBlockchain({
-        db: new LevelDB(level.sublevel('b')) as never,
+        db: chainDb as never,
         common,
         genesisState,
         validateBlocks: true,
         validateConsensus: true,
-        consensusDict: { [ConsensusAlgorithm.Clique]: new SealerCliqueConsensus(signer) },
+        consensusDict: { [ConsensusAlgorithm.Clique]: consensus },
       });
+      // A block this node has just built from its own state was checked while building (transactions
+      // on entry and by the VM, header fields from the parent): validating it again would re-derive its
+      // transaction trie and re-read its parent. Any other block gets the full validation.
+      const validateBlock = blockchain.validateBlock.bind(blockchain);
+      blockchain.validateBlock = async (block) => (consensus.isOwn(block) ? undefined : validateBlock(block));
       // One bounded node cache, in the adapter, shared by the state trie, storage tries and the call VM.
       const stateDb = new LevelDB(level.sublevel('s'), 30_000);
       const trie = new MerklePatriciaTrie({
@@ -162,8 +173,12 @@ export class ChainNode {
         await stateManager.generateCanonicalGenesis(genesisState);
       }
       await stateManager.setStateRoot(head.header.stateRoot);
-      const node = new ChainNode(common, genesis, level, blockchain, vm, new ReceiptStore(level.sublevel('x') as never), signerKey, opts, stateDb);
+      const node = new ChainNode(common, genesis, level, blockchain, vm, new ReceiptStore(level.sublevel('x') as never), signerKey, opts, stateDb, chainDb);
       node.head = head;
+      // No canonical number → hash entry exists above this node's head (blocks are only appended, each in
+      // one atomic batch), so putting a block need not ask LevelDB for stale ones: two misses per block.
+      const numberToHash = blockchain.safeNumberToHash.bind(blockchain);
+      blockchain.safeNumberToHash = async (n) => (n > node.head.header.number ? false : numberToHash(n));
       node.callVm = await vm.shallowCopy(false);
       // eth_estimateGas needs to know whether a call made inner calls (see estimateGas)
       node.callVm.evm.events?.on('beforeMessage', (message: { depth: number }) => {
@@ -313,6 +328,7 @@ export class ChainNode {
    */
   async sendRawTransaction(raw: Uint8Array): Promise<string> {
     if (this.closed) throw new RpcError(-32000, 'node is shutting down');
+    if (this.storageFailure) throw new RpcError(-32000, 'node cannot write its database; restart it');
     let tx: TypedTransaction;
     try {
       tx = createTxFromRLP(raw, { common: this.common });
@@ -375,16 +391,24 @@ export class ChainNode {
   // ---- sealing ---------------------------------------------------------------------------------
 
   private scheduleSeal(delayMs?: number): void {
-    if (this.closed || this.sealing || this.sealTimer || this.pool.size === 0) return;
+    if (this.closed || this.storageFailure || this.sealing || this.sealTimer || this.pool.size === 0) return;
     const wait = delayMs ?? Math.max(0, this.lastSealAt + this.periodMs - Date.now());
-    this.sealTimer = setTimeout(() => {
+    const seal = (): void => {
       this.sealTimer = undefined;
       this.sealing = this.sealOnce()
         .then((retryMs) => {
           this.sealing = undefined;
           this.scheduleSeal(retryMs);
         });
-    }, wait);
+    };
+    // setTimeout(0) waits at least 1 ms: in instant mode that was a millisecond added to every transaction
+    if (wait > 0) {
+      const timer = setTimeout(seal, wait);
+      this.sealTimer = { cancel: () => clearTimeout(timer) };
+    } else {
+      const immediate = setImmediate(seal);
+      this.sealTimer = { cancel: () => clearImmediate(immediate) };
+    }
   }
 
   /** Seals one block from the pool; returns a retry delay when sealing is not possible now. */
@@ -435,9 +459,9 @@ export class ChainNode {
     }
     // vanity, the signer list on epoch blocks, and room for the seal that buildBlock fills in
     const extraData = concatBytes(CLIQUE_VANITY, ...(isEpoch ? signers.map((s) => hexToBytes(s as PrefixedHexString)) : []), new Uint8Array(65));
-    // One outer checkpoint for the whole block: the trie nodes it creates reach LevelDB in one batch
-    // on commit instead of one write per updated account or slot.
-    // Storage tries are separate trie instances outside that checkpoint, so the state DB also buffers.
+    // One outer checkpoint for the whole block: its trie nodes are handed to the state DB on commit
+    // instead of one write per updated account or slot. Storage tries are separate trie instances
+    // outside that checkpoint, so the state DB also holds writes until the block's batch.
     this.stateDb.bufferWrites();
     await this.vm.stateManager.checkpoint();
     let committed = false;
@@ -446,10 +470,10 @@ export class ChainNode {
         committed = true;
       });
     } finally {
-      if (!committed) {
-        await this.vm.stateManager.revert();
-        this.stateDb.discardWrites();
-      }
+      if (!committed) await this.vm.stateManager.revert();
+      // written by the block's batch by now, or abandoned with the block
+      this.stateDb.discardWrites();
+      this.chainDb.discardWrites();
     }
   }
 
@@ -492,7 +516,6 @@ export class ChainNode {
     }
     const { block } = await builder.build();
     await this.vm.stateManager.commit();
-    await this.stateDb.flushWrites(); // state on disk before the receipts and the block
     onCommitted();
     const baseFee = block.header.baseFeePerGas ?? 0n;
     const stored: StoredReceipt[] = included.map((entry, i) => {
@@ -513,13 +536,20 @@ export class ChainNode {
       };
     });
     const blockHash = bytesToHex(block.hash());
-    await this.receipts.putBlock(blockHash, number, included.map((e) => e.hash), stored);
+    // The block, its indexes and the Clique snapshot update are held too, and written with the state
+    // and the receipts in one atomic batch: after a crash a block is there with everything, or not at all.
+    this.chainDb.bufferWrites();
     this.clique.trust(block);
     try {
       await this.blockchain.putBlock(block);
     } finally {
       this.clique.forget(block);
     }
+    await this.writeBlock([
+      ...this.stateDb.takeWrites(),
+      ...this.receipts.blockOps(blockHash, number, included.map((e) => e.hash), stored),
+      ...this.chainDb.takeWrites(),
+    ]);
     this.head = block;
     if (!coinbase.isZero() && this.signers(number + 1n).includes(coinbase.toString()) === (nonce === NONCE_AUTH)) {
       this.proposals.delete(coinbase.toString());
@@ -529,6 +559,17 @@ export class ChainNode {
       this.wake(entry.hash);
     }
     return block;
+  }
+
+  private async writeBlock(ops: RootBatchOp[]): Promise<void> {
+    try {
+      await this.level.batch(ops as never);
+    } catch (err) {
+      // the blockchain in memory already has this block: sealing on would build on a head that is not on disk
+      this.storageFailure = err as Error;
+      this.log.error(`chain: writing a block to the database failed; sealing stopped, restart the node: ${(err as Error).message}`);
+      throw err;
+    }
   }
 
   private wake(hash: string): void {
@@ -548,7 +589,7 @@ export class ChainNode {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.sealTimer) clearTimeout(this.sealTimer);
+    this.sealTimer?.cancel();
     this.sealTimer = undefined;
     await this.sealing;
     await this.callLock;

@@ -1,9 +1,9 @@
 /**
  * What EthereumJS's Blockchain does not keep: receipts per block, a transaction-hash index and an
- * index of blocks that emitted logs. Written in one LevelDB batch before the block itself is put,
- * so after a crash a stored block always has its receipts (a receipt without its block is ignored).
+ * index of blocks that emitted logs. Written in the same LevelDB batch as the block and its state,
+ * so after a crash a stored block always has its receipts.
  */
-import type { Sublevel } from './level.js';
+import type { RootBatchOp, Sublevel } from './level.js';
 
 /** One log: [address, topics, data], hex strings. */
 export type StoredLog = [string, string[], string];
@@ -27,14 +27,16 @@ const pad = (n: bigint): string => n.toString(16).padStart(16, '0');
 export class ReceiptStore {
   constructor(private readonly level: Sublevel) {}
 
-  /** Records the receipts of a block about to be put; `txHashes[i]` belongs to `receipts[i]`. */
-  async putBlock(blockHash: string, blockNumber: bigint, txHashes: string[], receipts: StoredReceipt[]): Promise<void> {
-    const ops: { type: 'put'; key: string; value: string }[] = [
-      { type: 'put', key: `r${blockHash}`, value: JSON.stringify(receipts) },
-    ];
-    txHashes.forEach((h, i) => ops.push({ type: 'put', key: `t${h}`, value: `${blockHash}:${i}` }));
-    if (receipts.some((r) => r.logs.length > 0)) ops.push({ type: 'put', key: `l${pad(blockNumber)}`, value: blockHash });
-    await this.level.batch(ops);
+  /**
+   * The writes recording a block's receipts (`txHashes[i]` belongs to `receipts[i]`), for the batch
+   * that also stores the block and its state.
+   */
+  blockOps(blockHash: string, blockNumber: bigint, txHashes: string[], receipts: StoredReceipt[]): RootBatchOp[] {
+    const put = (key: string, value: string): RootBatchOp => ({ type: 'put', sublevel: this.level, key, value, keyEncoding: 'utf8', valueEncoding: 'utf8' });
+    const ops = [put(`r${blockHash}`, JSON.stringify(receipts))];
+    txHashes.forEach((h, i) => ops.push(put(`t${h}`, `${blockHash}:${i}`)));
+    if (receipts.some((r) => r.logs.length > 0)) ops.push(put(`l${pad(blockNumber)}`, blockHash));
+    return ops;
   }
 
   async receipts(blockHash: string): Promise<StoredReceipt[] | undefined> {
