@@ -125,10 +125,8 @@ export function webApiRouter(deps: WebApiDeps): Router {
     const key = deps.consent.keys.get(patientId);
     const protection = await deps.consent.keys.protection(patientId, access);
     // People of the patient's record who can act for them (RelatedPerson); null when the repository cannot say.
-    const related = await deps.repository.search({
-      resourceType: 'RelatedPerson', filters: [{ code: 'patient', operator: Operator.EQUALS, value: `Patient/${patientId}` }], count: 50, offset: 0,
-    }).catch(() => undefined);
-    const relatedPeople = related ? await Promise.all((related.resources as RelatedPerson[]).map(async (r) => ({
+    const related = await relatedPersonsOf(deps.repository, patientId);
+    const relatedPeople = related ? await Promise.all(related.map(async (r) => ({
       reference: `RelatedPerson/${r.id}`, name: nameOf(r) ?? `RelatedPerson/${r.id}`,
       registered: (await deps.consent.identity.granteesOf(`RelatedPerson/${r.id}`)).length > 0,
     }))) : null;
@@ -248,6 +246,26 @@ export function grantView(c: Consent, now: number): Omit<GrantView, 'grantedByNa
     purposes: terms.purposes,
     classes: terms.classes,
   };
+}
+
+/**
+ * RelatedPersons of the patient. The embedded repository has no `patient` index for RelatedPerson
+ * (400): then the RelatedPersons are read and matched here (exact reference), up to 1000.
+ */
+async function relatedPersonsOf(repository: Repository, patientId: string): Promise<RelatedPerson[] | undefined> {
+  const reference = `Patient/${patientId}`;
+  try {
+    const found = await repository.search({ resourceType: 'RelatedPerson', filters: [{ code: 'patient', operator: Operator.EQUALS, value: reference }], count: 50, offset: 0 });
+    return found.resources as RelatedPerson[];
+  } catch (err) {
+    if (!isGlucoGuardError(err, 'ERR_INVALID')) return undefined;
+  }
+  try {
+    const all = await repository.search({ resourceType: 'RelatedPerson', filters: [], count: 1000, offset: 0 });
+    return (all.resources as RelatedPerson[]).filter((r) => r.patient?.reference === reference).slice(0, 50);
+  } catch {
+    return undefined;
+  }
 }
 
 async function displayName(repository: Repository, reference: string): Promise<string | undefined> {

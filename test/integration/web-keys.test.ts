@@ -207,6 +207,8 @@ describe('guardians for key recovery', () => {
     const safety = (await keySafety(token)).body;
     expect(safety.backup).toMatchObject({ backedUp: true, guardians: 2, threshold: 2 });
     expect(safety.recovery.guardians[0]).toMatchObject({ reference: sisterRef, name: 'Maud Dubois' });
+    // The portal offers the people of the record who have an identity as guardians.
+    expect(safety.related).toEqual([{ reference: sisterRef, name: 'Maud Dubois', registered: true }]);
   });
 
   test('guardian recovery: one signature is not enough; two replace the key on chain and on disk', async () => {
