@@ -5,9 +5,13 @@
  * outbound guard (SMART scopes, consent, integrity) at the moment the page is read. The router's
  * `searchAll` does the same but collects all matches in memory; exports need pages.
  *
- * Paging: patient-linked types are read one patient at a time; Observations (the bulk of the data)
- * by a keyset on `date` (ge the last date seen, skipping the ids already emitted at that instant), so
- * the repository does not rescan earlier pages; other types by offset pages.
+ * Paging: patient-linked types are read one patient at a time, the policy's narrowing worked out
+ * once per patient (consent: nothing at all for a patient who granted nothing, else only the granted
+ * data period). Where the repository offers bulk reads (the embedded adapter's `searchChunks`), that
+ * patient's narrowed search is streamed in chunks in index order; otherwise Observations (the bulk
+ * of the data) are paged by a keyset on `date` (ge the last date seen, skipping the ids already
+ * emitted at that instant), so the repository does not rescan earlier pages, and other types by
+ * offset pages. Every chunk goes through the outbound guards before it is handed on.
  */
 import type { SearchRequest } from '@medplum/core';
 import type { Observation, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
@@ -24,11 +28,24 @@ export interface GuardedPage {
   issues: OperationOutcomeIssue[];
 }
 
+/** A repository that can stream a search in chunks (EmbeddedRepository.searchChunks). */
+export interface BulkSearch {
+  searchChunks(request: SearchRequest, chunk?: number): AsyncIterable<Resource[]>;
+}
+
+/** The bulk-read side of a repository, looking through decorators (`adapter`) to the adapter. */
+export function bulkSearchOf(repository: Repository): BulkSearch | undefined {
+  for (let r: unknown = repository, depth = 0; r && depth < 8; r = (r as { adapter?: unknown }).adapter, depth++) {
+    if (typeof (r as Partial<BulkSearch>).searchChunks === 'function') return r as BulkSearch;
+  }
+  return undefined;
+}
+
 export interface ReaderOptions {
   fhir: FhirRouter;
   policy: AccessPolicy;
   repository: Repository;
-  /** Rows per repository page (default 5000). */
+  /** Rows per repository page (default 1000). */
   pageSize?: number;
 }
 
@@ -36,9 +53,11 @@ const KEYSET_START = '1900-01-01T00:00:00.000Z';
 
 export class GuardedReader {
   private readonly pageSize: number;
+  private readonly bulk: BulkSearch | undefined;
 
   constructor(private readonly options: ReaderOptions) {
-    this.pageSize = options.pageSize ?? 5000;
+    this.pageSize = options.pageSize ?? 1000;
+    this.bulk = bulkSearchOf(options.repository);
   }
 
   /** Throws 403 when the requester may never search this type (scopes). */
@@ -72,7 +91,8 @@ export class GuardedReader {
     if (patients && type !== 'Patient' && GuardedReader.isPatientLinked(type) && this.hasPatientParam(type)) {
       for await (const id of patients) {
         const q = { ...query, patient: `Patient/${id}` };
-        if (type === 'Observation') yield* this.keysetPages(access, type, q);
+        if (this.bulk) yield* this.streamedPages(access, type, q, this.bulk);
+        else if (type === 'Observation') yield* this.keysetPages(access, type, q);
         else yield* this.offsetPages(access, type, q);
       }
       return;
@@ -107,6 +127,11 @@ export class GuardedReader {
       yield await this.guarded(access, result.resources);
       if (!result.hasMore || result.resources.length === 0) return;
     }
+  }
+
+  private async *streamedPages(access: AccessContext, type: string, query: Record<string, string | string[]>, bulk: BulkSearch): AsyncGenerator<GuardedPage> {
+    const request = await this.narrowed(access, type, query);
+    for await (const chunk of bulk.searchChunks(request, this.pageSize)) yield await this.guarded(access, chunk);
   }
 
   private async *keysetPages(access: AccessContext, type: string, query: Record<string, string | string[]>): AsyncGenerator<GuardedPage> {

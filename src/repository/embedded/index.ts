@@ -16,7 +16,8 @@ import { randomUUID } from 'node:crypto';
 import { parseSearchRequest } from '@medplum/core';
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, Resource } from '@medplum/fhirtypes';
-import type { Database, Statement } from 'better-sqlite3';
+import Database from 'better-sqlite3';
+import type { Database as DB, Statement } from 'better-sqlite3';
 import type { Logger } from 'pino';
 import { badRequest, gone, notFound, preconditionFailed } from '../../errors.js';
 import { patientIdsOf } from '../../fhir/compartment.js';
@@ -31,6 +32,7 @@ import { extractIndexEntries, supportedParams } from './params.js';
 import { dateRowKey, runSearch } from './search.js';
 import type { SearchContext } from './search.js';
 import { METHOD, METHOD_NAME, openStore, packIx, prepareStatements, unpackIx } from './store.js';
+import { streamSearch } from './stream.js';
 import type { Statements, VersionRow } from './store.js';
 import { runTransaction } from './transaction.js';
 
@@ -44,6 +46,8 @@ export interface EmbeddedRepositoryOptions {
 
 const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
 const BULK_CHUNK = 5000;
+/** Page cache of the bulk-read connection (KiB): a scan reads each page once, so a small cache does. */
+const BULK_READ_CACHE_KIB = 4096;
 
 /** Runs async jobs one after another. */
 class Mutex {
@@ -60,13 +64,16 @@ export class EmbeddedRepository implements Repository {
   private readonly lock = new Mutex();
   private readonly statements = new Map<string, Statement<unknown[], VersionRow>>();
   private readonly searchContext: SearchContext;
+  /** Read-only connection of bulk reads (searchChunks), opened on first use. */
+  private bulk: { db: DB; context: SearchContext } | undefined;
   private closed = false;
 
   private constructor(
-    private readonly db: Database,
+    private readonly db: DB,
     private readonly keys: KeyRing,
     private readonly sql: Statements,
     dataDir: string,
+    private readonly file?: string,
   ) {
     this.description = { adapter: 'embedded', location: dataDir };
     this.searchContext = {
@@ -89,7 +96,7 @@ export class EmbeddedRepository implements Repository {
     const { db, file } = openStore(options.dataDir);
     try {
       const keys = db.transaction(() => new KeyRing(db, master.key))();
-      const repo = new EmbeddedRepository(db, keys, prepareStatements(db), options.dataDir);
+      const repo = new EmbeddedRepository(db, keys, prepareStatements(db), options.dataDir, file);
       options.logger?.info({ adapter: 'embedded', file, masterKey: master.source }, 'repository opened');
       return repo;
     } catch (err) {
@@ -147,6 +154,48 @@ export class EmbeddedRepository implements Repository {
   async search(request: SearchRequest): Promise<SearchResult> {
     this.checkOpen();
     return runSearch(this.searchContext, request);
+  }
+
+  /**
+   * Bulk read (exports): the matches of a search, `chunk` at a time, with the filters and matching
+   * of `search` (sort rules, paging and `_include` ignored). One patient's resources by date are
+   * read by keyset on the patient+date index (stream.ts). Reads go through a read-only connection
+   * of their own with a small page cache, so a scan of millions of rows neither evicts the pages
+   * interactive reads keep warm nor holds their 64 MB cache for itself.
+   */
+  async *searchChunks(request: SearchRequest, chunk = 1000): AsyncGenerator<Resource[]> {
+    this.checkOpen();
+    const context = this.bulkContext();
+    for (const page of streamSearch(context, request, Math.max(1, chunk))) {
+      yield page;
+      this.checkOpen();
+    }
+  }
+
+  private bulkContext(): SearchContext {
+    if (!this.file) return this.searchContext;
+    if (!this.bulk) {
+      const db = new Database(this.file, { readonly: true, fileMustExist: true });
+      db.pragma(`cache_size = -${BULK_READ_CACHE_KIB}`);
+      const statements = new Map<string, Statement<unknown[], VersionRow>>();
+      this.bulk = {
+        db,
+        context: {
+          ...this.searchContext,
+          db,
+          prepare: (text) => {
+            let statement = statements.get(text);
+            if (!statement) {
+              statement = db.prepare<unknown[], VersionRow>(text);
+              if (statements.size > 100) statements.clear();
+              statements.set(text, statement);
+            }
+            return statement;
+          },
+        },
+      };
+    }
+    return this.bulk.context;
   }
 
   async history(request: HistoryRequest): Promise<HistoryResult> {
@@ -222,6 +271,8 @@ export class EmbeddedRepository implements Repository {
     await this.lock.run(() => undefined);
     this.closed = true;
     this.statements.clear();
+    this.bulk?.db.close();
+    this.bulk = undefined;
     this.db.close();
   }
 

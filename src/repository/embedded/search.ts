@@ -49,7 +49,8 @@ export function dateRowKey(key: string, start: number, end: number): string {
   return end - start > LONG_SPAN_MS ? key + '\0long' : key;
 }
 
-interface Plan {
+/** How a search is read: the driver index, its conditions and order (planSearch). */
+export interface Plan {
   from: string;
   where: string[];
   args: unknown[];
@@ -70,7 +71,7 @@ interface Plan {
 
 interface DateBounds { conditions: string[]; args: number[]; startMin: number; startMax: number; proven: Filter[] }
 
-const SELECT = 'SELECT v.seq, v.type, v.id, v.version, v.last_updated, v.method, v.key_id, v.key_version, v.body, NULL AS ix';
+export const SELECT = 'SELECT v.seq, v.type, v.id, v.version, v.last_updated, v.method, v.key_id, v.key_version, v.body, NULL AS ix';
 
 /** Runs a parsed search request. Throws ERR_INVALID for parameters this adapter does not support. */
 export function runSearch(ctx: SearchContext, request: SearchRequest): SearchResult {
@@ -140,7 +141,7 @@ export function runSearch(ctx: SearchContext, request: SearchRequest): SearchRes
   };
 }
 
-function paramsFor(type: string): Map<string, ParamInfo> {
+export function paramsFor(type: string): Map<string, ParamInfo> {
   try {
     return paramsOf(type);
   } catch {
@@ -149,7 +150,7 @@ function paramsFor(type: string): Map<string, ParamInfo> {
 }
 
 /** Rejects unknown parameters and unsupported modifiers; turns bare reference ids into `Type/id`. */
-function normalizeFilter(type: string, params: Map<string, ParamInfo>, filter: Filter): Filter {
+export function normalizeFilter(type: string, params: Map<string, ParamInfo>, filter: Filter): Filter {
   const info = params.get(filter.code);
   if (!info) throw badRequest(`Unsupported search parameter for ${type}: ${filter.code}`, filter.code);
   const op = filter.operator;
@@ -246,7 +247,7 @@ function dateBounds(filters: Filter[]): DateBounds | undefined {
   return bounds.conditions.length ? bounds : undefined;
 }
 
-function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamInfo>, filters: Filter[],
+export function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamInfo>, filters: Filter[],
   sort: { code: string; descending?: boolean } | undefined): Plan {
   const live = ['v.current = 1', 'v.method <> 2'];
   const refFilters: { code: string; keys: string[] }[] = [];
