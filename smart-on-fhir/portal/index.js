@@ -536,6 +536,36 @@ function guardiansForm(info) {
   return form;
 }
 
+function passwordForm() {
+  const result = el('div', { 'aria-live': 'polite' });
+  const form = el('form', { id: 'password-form' },
+    el('p', {}, el('label', { for: 'password-current' }, 'Current password'), el('br'),
+      el('input', { type: 'password', id: 'password-current', name: 'current', autocomplete: 'current-password', required: true })),
+    el('p', {}, el('label', { for: 'password-new' }, 'New password'), el('br'),
+      el('input', { type: 'password', id: 'password-new', name: 'new', autocomplete: 'new-password', required: true, minlength: 8, 'aria-describedby': 'password-new-help' }),
+      el('span', { id: 'password-new-help' }, ' At least 8 characters.')),
+    el('p', {}, el('label', { for: 'password-repeat' }, 'New password again'), el('br'),
+      el('input', { type: 'password', id: 'password-repeat', name: 'repeat', autocomplete: 'new-password', required: true, minlength: 8 })),
+    el('button', { type: 'submit' }, 'Change my password'), result);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const [current, next, repeat] = ['password-current', 'password-new', 'password-repeat'].map((id) => form.querySelector(`#${id}`).value);
+    if (next !== repeat) {
+      show(result, notice('error', 'The two new passwords are not the same.'));
+      form.querySelector('#password-repeat').focus();
+      return;
+    }
+    try {
+      await apiSend(client, '/apps/api/password', 'POST', { current, password: next });
+      form.reset();
+      show(result, notice('ok', 'Your password is changed.', 'Your signing key is now locked with the new password.'));
+    } catch (err) {
+      show(result, notice('error', 'Your password was not changed.', problemOf(err)));
+    }
+  });
+  return form;
+}
+
 async function loadKeys(refreshInfo = true, newCode = undefined) {
   const body = $('keys-body');
   if (refreshInfo || !keyInfo) {
@@ -565,6 +595,7 @@ async function loadKeys(refreshInfo = true, newCode = undefined) {
       guardiansForm(info));
   }
   parts.push(el('h3', {}, 'People who can act for you'), related);
+  parts.push(el('h3', {}, 'Your password'), passwordForm());
   show(body, parts);
 }
 

@@ -45,6 +45,7 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
   let portal: Page;
   let ana: string;
   let doc: string;
+  let recoveryCode = '';
 
   beforeAll(async () => {
     const port = await freePort();
@@ -148,6 +149,7 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     const code = portal.locator('#recovery-code');
     await code.waitFor({ timeout: 15_000 });
     await expect(code.innerText()).resolves.toMatch(/^([A-Z2-9]{5}-){4}[A-Z2-9]{5}$/);
+    recoveryCode = await code.innerText();
     await expect(portal.evaluate(() => document.activeElement?.id)).resolves.toBe('recovery-code');
     await portal.locator('[data-backup="yes"]').waitFor({ timeout: 15_000 });
     await expect(portal.locator('[data-backup-item="code"]').innerText()).resolves.toContain('✔ Recovery code: made on');
@@ -317,6 +319,30 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     await page.locator('tr[data-state="revoked"]').waitFor({ timeout: 30_000 });
     expect(signed).toEqual(['Grant', 'Revoke']);
     await expect(page.locator('#status').innerText()).resolves.toContain('You stopped sharing with Dr Kofi Osei');
+    await page.close();
+  }, 90_000);
+
+  test('after a password reset the key is locked; the recovery code opens it; a password change in the portal keeps it open', async () => {
+    // A reset done elsewhere: Ana now signs in with a password her key was never locked with.
+    const RESET = { username: 'ana.reset', password: 'a reset passphrase 7' };
+    await t.app.smart.store.addUser({ ...RESET, fhirUser: `Patient/${ana}` });
+    const page = await browser.newPage('portal-reset');
+    await page.goto(`${base}/apps/portal/launch.html`);
+    await signIn(page, RESET, '/apps/portal/index.html');
+    await page.locator('#keys-body', { hasText: 'Your key cannot be opened with your current password.' }).waitFor({ timeout: 15_000 });
+    expect(recoveryCode).not.toBe('');
+    await page.fill('#unlock-code', recoveryCode.toLowerCase());
+    await page.click('#unlock-form button[type="submit"]');
+    await page.locator('#status', { hasText: 'Your key is open again' }).waitFor({ timeout: 15_000 });
+    await expect(page.locator('#keys-body').innerText()).resolves.not.toContain('cannot be opened');
+    await page.fill('#password-current', RESET.password);
+    await page.fill('#password-new', 'another passphrase 9');
+    await page.fill('#password-repeat', 'another passphrase 9');
+    await page.click('#password-form button[type="submit"]');
+    await page.locator('#password-form', { hasText: 'Your password is changed.' }).waitFor({ timeout: 15_000 });
+    // The new password opens the key (and the old one no longer does).
+    await expect(t.app.consent.keys.openSession(ana, 'another passphrase 9')).resolves.toMatch(/^cli-/);
+    await expect(t.app.consent.keys.openSession(ana, RESET.password)).rejects.toMatchObject({ code: 'ERR_FORBIDDEN' });
     await page.close();
   }, 90_000);
 
