@@ -238,6 +238,7 @@ export class PatientKeys {
     if (!unlock) throw forbidden('Sign in again first: the key is re-protected with your current sign-in');
     const file = this.read(patientId);
     if (!file?.recovery) throw badRequest('There is no recovery code for this key');
+    await this.sessions.countAttempt(pseudonym);
     const salt = Buffer.from(file.recovery.kdf?.salt ?? '', 'base64');
     const codeUnlock = await stretch(normaliseRecoveryCode(code), salt, file.recovery.kdf);
     const privateKey = unwrapKey(this.options.masterKey, pseudonym, 'recovery', codeUnlock, file.recovery);

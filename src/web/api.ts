@@ -184,6 +184,7 @@ export function webApiRouter(deps: WebApiDeps): Router {
     const body = (req.body ?? {}) as { current?: unknown; password?: unknown };
     if (typeof body.current !== 'string' || typeof body.password !== 'string') throw badRequest('current and password are required');
     if (body.password.length < 8 || body.password.length > 200) throw badRequest('The new password must be 8 to 200 characters', 'password');
+    await deps.consent.keys.sessions.countAttempt(deps.consent.keys.pseudonym(patientId));
     const user = access.subject ? deps.smart.store.getUser(access.subject) : undefined;
     if (!user || user.fhirUser !== `Patient/${patientId}` || !(await verifyPassword(body.current, user.passwordHash))) {
       throw forbidden('The current password is not right');

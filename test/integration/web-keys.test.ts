@@ -148,6 +148,24 @@ describe('password change', () => {
   });
 });
 
+describe('guessing', () => {
+  test('a token holder cannot keep guessing the password or the recovery code: 429 after 10 tries', async () => {
+    const fay = await newPatient('Moreau', 'fay', 'fay-password-1');
+    const token = (await signIn('fay', 'fay-password-1')).token!;
+    expect((await share(token, fay)).status).toBe(201);
+    const statuses: number[] = [];
+    for (let i = 0; i < 11; i++) {
+      const res = i % 2
+        ? await request(t.app.http).post('/apps/api/password').set('Authorization', `Bearer ${token}`).send({ current: `guess ${i}`, password: 'whatever-123' })
+        : await request(t.app.http).post('/apps/api/key/recovery-code').set('Authorization', `Bearer ${token}`).then(() =>
+          request(t.app.http).post('/apps/api/key/recover-with-code').set('Authorization', `Bearer ${token}`).send({ code: 'AAAAA-AAAAA-AAAAA-AAAAA-AAAAA' }));
+      statuses.push(res.status);
+    }
+    expect(statuses.slice(0, 10).every((s) => s === 403)).toBe(true);
+    expect(statuses[10]).toBe(429);
+  }, 60_000);
+});
+
 describe('keys made before the patient ever signed in', () => {
   test('a server-held key moves under the login at the next sign-in, with the same address (no data loss)', async () => {
     const ben = await newPatient('Okafor', 'ben', 'ben-password-1');

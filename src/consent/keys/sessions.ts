@@ -7,6 +7,7 @@
  */
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { deriveKey } from '../../keys.js';
+import { tooManyRequests } from '../../errors.js';
 import type { KeyValueStore } from '../../kv/port.js';
 
 interface Stored {
@@ -48,6 +49,16 @@ export class KeySessions {
     } catch {
       return undefined;
     }
+  }
+
+  /**
+   * Counts an attempt at a patient's secret (current password, recovery code): each costs a scrypt,
+   * so a token holder may not guess on or load the CPU. 429 past `limit` in the window.
+   */
+  async countAttempt(pseudonym: string, limit = 10, windowMs = 15 * 60_000): Promise<void> {
+    const window = Math.floor(Date.now() / windowMs);
+    const count = await this.kv.increment(`keys:attempts:${pseudonym}:${window}`, windowMs);
+    if (count > limit) throw tooManyRequests('Too many attempts: wait a few minutes and try again');
   }
 
   async drop(gid: string): Promise<void> {
