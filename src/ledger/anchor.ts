@@ -1,8 +1,10 @@
 /**
  * The anchorer: turns the commitment queue (store.ts) into ResourceAnchor batches. A batch closes
  * at `maxLeaves` (1,000) commitments or when its oldest has waited `maxDelayMs` (1 s); one
- * transaction per batch, up to `maxInFlight` (4) batches in flight so a backlog drains faster than
- * one batch per block, proofs stored with each version.
+ * transaction per batch, proofs stored with each version. Batches are pipelined: a batch is sent as
+ * soon as it closes while up to `maxInFlight` (4) earlier ones still wait for their receipts (each
+ * watched in the background), so closing batches never waits for a block; otherwise a steady write
+ * rate near one batch per block period falls behind by the RPC round trips of every step.
  *
  * Crash safety: a batch is written locally (`prepared`, with root and proofs) before its
  * transaction is sent. After a restart every prepared batch is resolved first: if the contract
@@ -53,6 +55,12 @@ export class Anchorer {
   private stepping: Promise<unknown> = Promise.resolve();
   /** Batches sent in this process and not confirmed yet: local batch id → transaction hash. */
   private readonly sent = new Map<number, string>();
+  /** Receipt watchers of sent batches, by local batch id. */
+  private readonly watching = new Map<number, Promise<void>>();
+  /** The first failure of a watcher, reported by the next step once every watcher has settled. */
+  private watchFailure: { err: unknown } | undefined;
+  /** Batches prepared by this process (their roots cannot be on chain before they are sent). */
+  private readonly fresh = new Set<number>();
   private gasLimit: bigint | undefined;
   private readonly maxInFlight: number;
   private failing = false;
@@ -84,7 +92,8 @@ export class Anchorer {
           this.failing = false;
           backoff = 200;
           const { count, oldest } = this.store.backlog();
-          waitMs = count >= this.maxLeaves ? 0 : count > 0 ? Math.max(0, oldest! + this.maxDelayMs - Date.now()) : 1000;
+          const full = this.store.preparedBatches().length >= this.maxInFlight; // a receipt wakes the loop
+          waitMs = full ? 1000 : count >= this.maxLeaves ? 0 : count > 0 ? Math.max(0, oldest! + this.maxDelayMs - Date.now()) : 1000;
         } catch (err) {
           if (!this.failing) this.options.logger?.warn({ err: describe(err) }, 'anchoring failed; commitments stay queued, retrying');
           this.failing = true;
@@ -132,17 +141,22 @@ export class Anchorer {
     while (this.store.backlog().count > 0 || this.store.preparedBatches().length > 0) await this.step(true);
   }
 
+  /** Stops the loop and the receipt watchers; batches still in flight stay prepared and are resolved on the next start. */
   async stop(): Promise<void> {
     this.abort?.abort();
     this.wake?.();
     await this.loop;
     await this.stepping.catch(() => undefined);
+    await Promise.allSettled([...this.watching.values()]);
+    this.watchFailure = undefined;
     this.loop = undefined;
+    this.abort = undefined;
   }
 
   /**
-   * One step: resolves prepared batches, then closes and sends at most one new batch when due
-   * (`force`: whatever is queued). Steps never overlap. Returns the batch anchored, if any.
+   * One step: closes the batches that are due (`force`: whatever is queued) and sends every prepared
+   * batch not sent yet, each then watched for its receipt in the background. With `force` it also
+   * waits for those receipts and returns the last batch anchored. Steps never overlap.
    */
   step(force: boolean): Promise<BatchRecord | undefined> {
     const run = this.stepping.catch(() => undefined).then(() => this.stepOnce(force));
@@ -151,20 +165,51 @@ export class Anchorer {
   }
 
   private async stepOnce(force: boolean): Promise<BatchRecord | undefined> {
+    await this.reportWatchFailure();
     // Close due batches, keeping at most `maxInFlight` prepared (sent, receipt not seen yet) at once.
     for (let prepared = this.store.preparedBatches().length; prepared < this.maxInFlight; prepared++) {
       const { count, oldest } = this.store.backlog();
       if (count === 0 || (!force && count < this.maxLeaves && oldest! + this.maxDelayMs > Date.now())) break;
       const rows = this.store.unbatched(this.maxLeaves);
       const tree = buildMerkleTree(rows.map((r) => r.leaf));
-      this.store.prepareBatch(rows[0]!.seq, rows[rows.length - 1]!.seq, tree.root, rows.map((_, i) => tree.proof(i)));
+      const batch = this.store.prepareBatch(rows[0]!.seq, rows[rows.length - 1]!.seq, tree.root, rows.map((_, i) => tree.proof(i)));
+      this.fresh.add(batch.id);
     }
     const prepared = this.store.preparedBatches();
     if (!prepared.length) return undefined;
     await this.sendAll(prepared);
-    let last: BatchRecord | undefined;
-    for (const batch of prepared) last = await this.confirm(batch);
-    return last;
+    for (const batch of prepared) this.watch(batch);
+    if (!force) return undefined;
+    await Promise.allSettled(prepared.map((b) => this.watching.get(b.id)));
+    await this.reportWatchFailure();
+    return this.store.batch(prepared[prepared.length - 1]!.id);
+  }
+
+  /** Watches a sent batch for its receipt in the background; the loop is woken when it settles. */
+  private watch(batch: BatchRecord): void {
+    if (this.watching.has(batch.id) || !this.sent.has(batch.id)) return;
+    const signal = this.abort?.signal;
+    const watcher = this.confirm(batch, signal)
+      .then(() => undefined, (err: unknown) => {
+        if (!signal?.aborted) this.watchFailure ??= { err };
+      })
+      .finally(() => {
+        this.watching.delete(batch.id);
+        this.wake?.();
+      });
+    this.watching.set(batch.id, watcher);
+  }
+
+  /**
+   * Throws the failure of a receipt watcher once every watcher has settled, so that the next step
+   * (after the loop's back-off) looks each unconfirmed batch up on chain before sending it again.
+   */
+  private async reportWatchFailure(): Promise<void> {
+    if (!this.watchFailure) return;
+    await Promise.allSettled([...this.watching.values()]);
+    const { err } = this.watchFailure;
+    this.watchFailure = undefined;
+    throw err;
   }
 
   /** The on-chain sequence number of local seq 1, fixed before the first batch is ever sent. */
@@ -186,9 +231,10 @@ export class Anchorer {
     const anchor = this.anchor;
     const base = await this.seqBase();
     for (const [i, batch] of prepared.entries()) {
-      if (this.sent.has(batch.id)) continue;
+      if (this.sent.has(batch.id) || this.watching.has(batch.id)) continue;
       const root = '0x' + batch.root.toString('hex');
-      const existing = Number(await withRetry(() => anchor.batchIdOfRoot(root)));
+      // a batch prepared before this process started (or whose receipt went missing) may be on chain already
+      const existing = this.fresh.has(batch.id) ? 0 : Number(await withRetry(() => anchor.batchIdOfRoot(root)));
       if (existing !== 0) {
         await this.resolveAnchored(batch, existing);
         continue;
@@ -217,23 +263,29 @@ export class Anchorer {
     }
   }
 
-  /** Waits for a sent batch's receipt and records it; on failure forgets this and later sends (resolved or re-sent next step). */
-  private async confirm(batch: BatchRecord): Promise<BatchRecord> {
+  /**
+   * Waits for a sent batch's receipt and records it; on failure forgets this and later sends (looked
+   * up on chain, then resolved or re-sent, by a later step). An abort (stop) just stops waiting.
+   */
+  private async confirm(batch: BatchRecord, signal?: AbortSignal): Promise<BatchRecord> {
     const current = this.store.batch(batch.id)!;
     if (current.status === 'anchored') return current;
     const hash = this.sent.get(batch.id);
     if (!hash) throw new Error(`batch ${batch.id} was not sent`);
     try {
-      const receipt = await waitForReceipt(this.chain.provider, hash, { timeoutMs: this.options.receiptTimeoutMs, pollMs: this.options.pollMs });
+      const receipt = await waitForReceipt(this.chain.provider, hash, { timeoutMs: this.options.receiptTimeoutMs, pollMs: this.options.pollMs, signal });
       if (receipt.status !== 1) throw new Error(`anchor transaction ${hash} reverted`);
       const recorded = this.recordReceipt(batch, receipt.logs, receipt.blockNumber, receipt.hash);
       this.sent.delete(batch.id);
+      this.fresh.delete(batch.id);
       metrics.anchors.inc({ outcome: 'confirmed' });
       return recorded;
     } catch (err) {
+      if (signal?.aborted) throw err;
       metrics.anchors.inc({ outcome: 'failed' });
       // later batches depend on this one: forget them all; the next step looks each root up on chain first
       for (const id of [...this.sent.keys()]) if (id >= batch.id) this.sent.delete(id);
+      for (const id of [...this.fresh]) if (id >= batch.id) this.fresh.delete(id);
       this.chain.authority.reset();
       throw err;
     }

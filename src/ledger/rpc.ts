@@ -44,13 +44,16 @@ export class ReceiptTimeoutError extends Error {
 /**
  * Polls for the receipt of `hash` every `pollMs` until it arrives or `timeoutMs` passes
  * (ReceiptTimeoutError; the transaction may still be mined later). Transient RPC errors while
- * polling are ignored until the deadline.
+ * polling are ignored until the deadline. An aborted `signal` stops the wait with its reason.
  */
-export async function waitForReceipt(provider: Provider, hash: string, opts: { timeoutMs?: number; pollMs?: number } = {}): Promise<TransactionReceipt> {
+export async function waitForReceipt(
+  provider: Provider, hash: string, opts: { timeoutMs?: number; pollMs?: number; signal?: AbortSignal } = {},
+): Promise<TransactionReceipt> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   const pollMs = opts.pollMs ?? 50;
   const deadline = Date.now() + timeoutMs;
   for (;;) {
+    opts.signal?.throwIfAborted();
     try {
       const receipt = await provider.getTransactionReceipt(hash);
       if (receipt) return receipt;
@@ -58,7 +61,7 @@ export async function waitForReceipt(provider: Provider, hash: string, opts: { t
       if (!isTransientRpcError(err)) throw err;
     }
     if (Date.now() + pollMs > deadline) throw new ReceiptTimeoutError(hash, timeoutMs);
-    await sleep(pollMs);
+    await sleep(pollMs, opts.signal);
   }
 }
 
