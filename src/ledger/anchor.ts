@@ -224,7 +224,7 @@ export class Anchorer {
   /**
    * Sends, in order, every prepared batch not sent yet. Several may be in flight: nonces follow
    * batch order, so they are mined in order. Only the first batch with nothing of ours in flight
-   * before it can be checked against the contract (next sequence, simulation, gas estimate); the
+   * before it can be checked against the contract (a gas estimate, which simulates the call); the
    * ones behind it would not pass estimation before it is mined, so they carry its gas limit.
    */
   private async sendAll(prepared: BatchRecord[]): Promise<void> {
@@ -244,13 +244,18 @@ export class Anchorer {
       const count = batch.lastSeq - batch.firstSeq + 1;
       const ahead = prepared.slice(0, i).some((p) => this.sent.has(p.id));
       if (!ahead) {
-        const next = Number(await withRetry(() => anchor.nextSeq(this.chain.authorityAddress)));
-        if (next !== firstSeq) {
-          throw new AnchorSequenceError(`local batch ${batch.id} starts at sequence ${firstSeq} but the contract expects ${next} for ${this.chain.authorityAddress}`);
+        // The estimate simulates the call: a batch the contract would refuse is never sent. Only then is
+        // the sequence asked for, to tell "someone else anchors with this key" from other reverts.
+        let estimate: bigint;
+        try {
+          estimate = await withRetry(() => anchor.anchor.estimateGas(root, count, firstSeq, lastSeq));
+        } catch (err) {
+          const next = Number(await withRetry(() => anchor.nextSeq(this.chain.authorityAddress)));
+          if (next !== firstSeq) {
+            throw new AnchorSequenceError(`local batch ${batch.id} starts at sequence ${firstSeq} but the contract expects ${next} for ${this.chain.authorityAddress}`);
+          }
+          throw err;
         }
-        // Simulate first: a send that reverts in estimation would still consume a nonce in ethers' NonceManager.
-        await withRetry(() => anchor.anchor.staticCall(root, count, firstSeq, lastSeq));
-        const estimate = await withRetry(() => anchor.anchor.estimateGas(root, count, firstSeq, lastSeq));
         this.gasLimit = (estimate * 3n) / 2n;
       }
       try {

@@ -13,6 +13,7 @@ import { CommitmentStore } from '../../src/ledger/store.js';
 import { buildMerkleTree } from '../../src/ledger/merkle.js';
 import { startTestApp, tempDir, type TestApp } from '../support/app.js';
 import path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 
 const apps: TestApp[] = [];
@@ -134,6 +135,39 @@ describe('chain unreachable', () => {
       const [b1, b2] = [store.batch(1)!, store.batch(2)!];
       expect(b2.chainBatchId).toBe(b1.chainBatchId! + 1);
     } finally {
+      store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('pipelining', () => {
+  it('sends a batch that closes while the previous one waits for its block, so both land in the same block', async () => {
+    const t = await startTestApp({ CHAIN_BLOCK_PERIOD: '2' });
+    apps.push(t);
+    await t.app.ledger.anchorer.stop();
+    const dir = tempDir();
+    const store = new CommitmentStore(path.join(dir, 'c.db'));
+    const anchorer = new Anchorer({ store, chain: t.app.chain, maxLeaves: 1 });
+    const add = (id: string): void => {
+      store.add([{ type: 'Observation', id, version: '1', patient: 'p', salt: randomBytes(32), leaf: randomBytes(32) }]);
+      anchorer.notify();
+    };
+    try {
+      anchorer.start();
+      add('a');
+      await waitUntil(() => store.batch(1)?.status === 'anchored');
+      // the next block is at least 2 s away: batch 2 waits in the pool, batch 3 closes meanwhile
+      add('b');
+      await waitUntil(() => store.batch(2) !== undefined);
+      await new Promise((r) => setTimeout(r, 200));
+      add('c');
+      await waitUntil(() => store.batch(3)?.status === 'anchored' && store.batch(2)?.status === 'anchored');
+      expect(store.batch(3)!.block).toBe(store.batch(2)!.block);
+      expect(store.batch(2)!.block).toBeGreaterThan(store.batch(1)!.block!);
+      expect(store.batch(3)!.chainBatchId).toBe(store.batch(2)!.chainBatchId! + 1);
+    } finally {
+      await anchorer.stop();
       store.close();
       rmSync(dir, { recursive: true, force: true });
     }
