@@ -6,11 +6,16 @@
  *    against the same search unenforced (open access), interleaved, in-process (target ≤ 1.15×);
  * 3. revocation-to-denial across two replicas sharing Redis and the chain (target ≤ 1 s);
  *    skipped without Redis (REDIS_TEST_URL or 127.0.0.1:6379);
- * 4. memory per 100,000 active grants held in the decision cache.
+ * 4. memory per 100,000 active grants held in the decision cache;
+ * 5. the whole read path over HTTP (token, scopes, consent, integrity, audit, repository) for one
+ *    patient-day Bundle against a bare node:http server that only serialises the same Bundle, both
+ *    loaded by the same client in the same run (target ≥ 0.5× the bare requests/s).
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
+import { createServer } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
+import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Observation, Patient, Practitioner } from '@medplum/fhirtypes';
@@ -22,6 +27,7 @@ import { consentFromOptions } from '../src/consent/cli.js';
 import type { ConsentAccessContext } from '../src/consent/requester.js';
 import { OPEN_ACCESS } from '../src/fhir/access.js';
 import { createLogger } from '../src/log.js';
+import { HttpClient } from './http-client.js';
 import { fmt, percentile, summary, type Log } from './stats.js';
 
 const DAY = 86_400_000;
@@ -50,6 +56,7 @@ export async function run(log: Log): Promise<Record<string, number>> {
   let b: App | undefined;
   try {
     const setup = await scenario(a);
+    Object.assign(out, await readPathVsBare(a, setup, log, redisUrl ? 'Redis KV' : 'memory KV'));
     // …then with Redis, where each request reads the consent epoch (one GET) before deciding.
     if (redisUrl) {
       const r = await searchOverhead(a, setup, log, 'Redis KV');
@@ -196,6 +203,58 @@ async function searchOverhead(app: App, s: Setup, log: Log, label: string): Prom
   const ratio = e.p50 / o.p50;
   log(`288-entry search in-process (${label}): unenforced p50 ${fmt(o.p50)} ms, enforced (scopes + consent) p50 ${fmt(e.p50)} ms → ${fmt(ratio, 3)}× (target ≤ 1.15×)`);
   return { searchUnenforcedP50Ms: o.p50, searchEnforcedP50Ms: e.p50, searchEnforcedRatio: ratio };
+}
+
+/**
+ * Requests/s of the whole read path (a practitioner's token, consent, integrity, audit, repository)
+ * for one patient-day Bundle, against a bare node:http server answering JSON.stringify of the same
+ * Bundle — same client (a worker thread, 4 keep-alive connections), same duration, alternating.
+ */
+async function readPathVsBare(app: App, s: Setup, log: Log, label: string): Promise<Record<string, number>> {
+  const dayStart = new Date(Math.floor((Date.now() - DAY) / DAY) * DAY);
+  const query = `patient=Patient/${s.patient}&date=ge${dayStart.toISOString()}&date=lt${new Date(dayStart.getTime() + DAY).toISOString()}&_count=288`;
+  const token = app.smart.tokens.signAccessToken({
+    gid: randomUUID(), clientId: 'ehr', sub: `Practitioner/${s.doc}`, fhirUser: `Practitioner/${s.doc}`, scopes: ['openid', 'fhirUser', 'launch', 'user/*.rs'],
+  }).token;
+  const proxy = app.http.listen(0, '127.0.0.1');
+  await new Promise((r) => proxy.once('listening', r));
+  const headers = { authorization: `Bearer ${token}`, 'x-purpose-of-use': 'TREAT' };
+  const proxyClient = new HttpClient((proxy.address() as AddressInfo).port, { headers });
+  // the Bundle the proxy answers, fetched once through it: the bare server serialises exactly that
+  const first = await fetch(`http://127.0.0.1:${(proxy.address() as AddressInfo).port}/fhir/Observation?${query}`, { headers });
+  const bundle = await first.json() as { entry?: unknown[] };
+  if (first.status !== 200 || bundle.entry?.length !== 288) throw new Error(`the proxy answered ${first.status} with ${bundle.entry?.length} entries`);
+  const bare = createServer((_req, res) => {
+    const text = JSON.stringify(bundle);
+    res.writeHead(200, { 'content-type': 'application/fhir+json; charset=utf-8' });
+    res.end(text);
+  }).listen(0, '127.0.0.1');
+  await new Promise((r) => bare.once('listening', r));
+  const bareClient = new HttpClient((bare.address() as AddressInfo).port);
+  const seconds = Number(process.env.BENCH_READ_SECONDS ?? 5);
+  const paths = [`/fhir/Observation?${query}`];
+  try {
+    await proxyClient.run(paths, 4, 1);
+    await bareClient.run(paths, 4, 1);
+    let proxyN = 0; let proxyS = 0; let bareN = 0; let bareS = 0;
+    for (let round = 0; round < 3; round++) {
+      const p = await proxyClient.run(paths, 4, seconds);
+      proxyN += p.times.length; proxyS += p.elapsed;
+      const b = await bareClient.run(paths, 4, seconds);
+      bareN += b.times.length; bareS += b.elapsed;
+    }
+    await app.consent.audit.flush();
+    const proxyRps = proxyN / proxyS;
+    const bareRps = bareN / bareS;
+    log(`whole read path over HTTP (${label}; token, consent, integrity, audit, repository), one patient-day Bundle of 288: `
+      + `${fmt(proxyRps, 0)} req/s vs bare node:http serialising the same Bundle ${fmt(bareRps, 0)} req/s → ${fmt(proxyRps / bareRps, 3)}× (target ≥ 0.5×)`);
+    return { readPathRps: proxyRps, bareRps, readPathVsBare: proxyRps / bareRps };
+  } finally {
+    await proxyClient.close();
+    await bareClient.close();
+    await new Promise((r) => proxy.close(r));
+    await new Promise((r) => bare.close(r));
+  }
 }
 
 async function revocationToDenial(a: App, b: App, s: Setup, log: Log): Promise<Record<string, number>> {

@@ -7,74 +7,13 @@
 import { rmSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { Worker } from 'node:worker_threads';
 import { parseSearchRequest } from '@medplum/core';
 import { createApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/log.js';
 import { loadCgmObservations, patientDayQuery, type BulkRepository } from './repository-load.js';
+import { HttpClient } from './http-client.js';
 import { fmt, rssMb, summary, type Log } from './stats.js';
-
-const CLIENT = `
-const { parentPort, workerData } = require('node:worker_threads');
-const http = require('node:http');
-const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
-function get(path) {
-  return new Promise((resolve, reject) => {
-    const t0 = process.hrtime.bigint();
-    http.get({ host: '127.0.0.1', port: workerData.port, path, agent }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, status: res.statusCode, body: Buffer.concat(chunks) }));
-    }).on('error', reject);
-  });
-}
-function check(r) {
-  if (r.status !== 200) return false;
-  const b = JSON.parse(r.body.toString());
-  return (b.entry || []).length === 288;
-}
-parentPort.on('message', async ({ paths, concurrency, seconds }) => {
-  try {
-    const times = [];
-    let bad = 0, next = 0;
-    const deadline = seconds ? Date.now() + seconds * 1000 : Infinity;
-    const started = process.hrtime.bigint();
-    async function loop() {
-      for (;;) {
-        const i = next++;
-        if (seconds ? Date.now() >= deadline : i >= paths.length) return;
-        const r = await get(paths[i % paths.length]);
-        times.push(r.ms);
-        if (i % 25 === 0 ? !check(r) : r.status !== 200) bad++;
-      }
-    }
-    await Promise.all(Array.from({ length: concurrency }, loop));
-    parentPort.postMessage({ times, bad, elapsed: Number(process.hrtime.bigint() - started) / 1e9 });
-  } catch (e) {
-    parentPort.postMessage({ error: String(e) });
-  }
-});
-`;
-
-interface ClientResult { times: number[]; bad: number; elapsed: number; error?: string }
-
-/** An HTTP load generator in a worker thread; each call runs one batch and answers its timings. */
-class HttpClient {
-  private readonly worker: Worker;
-  constructor(port: number) {
-    this.worker = new Worker(CLIENT, { eval: true, workerData: { port } });
-  }
-  run(paths: string[], concurrency = 1, seconds?: number): Promise<ClientResult> {
-    return new Promise((resolve, reject) => {
-      this.worker.once('message', (m: ClientResult) => (m.error ? reject(new Error(m.error)) : m.bad ? reject(new Error(`${m.bad} HTTP answers were not 200 with 288 entries`)) : resolve(m)));
-      this.worker.postMessage({ paths, concurrency, seconds });
-    });
-  }
-  close(): Promise<number> {
-    return this.worker.terminate();
-  }
-}
 
 export async function run(log: Log): Promise<Record<string, number>> {
   const total = Number(process.env.BENCH_OBSERVATIONS ?? 1_000_000);

@@ -16,7 +16,6 @@
  */
 import { Operator } from '@medplum/core';
 import type { Consent } from '@medplum/fhirtypes';
-import { unavailable } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import type { KeyValueStore } from '../kv/port.js';
 import type { Logger } from '../log.js';
@@ -25,6 +24,7 @@ import type { ConsentRegistryClient } from '../ledger/consent-registry.js';
 import { EventFollower, type CursorStore, type EventCursor } from '../ledger/events.js';
 import type { IdentityRegistryClient } from '../ledger/identity-registry.js';
 import type { Repository } from '../repository/port.js';
+import type { GrantIndex } from './grant-index.js';
 import { internSet, type ActiveGrant, type Permissions } from './decision.js';
 import type { PatientKeys } from './patient-keys.js';
 import { requesterOf, type ConsentAccessContext } from './requester.js';
@@ -43,6 +43,8 @@ export interface ConsentDecisionsOptions {
   registry: ConsentRegistryClient;
   identity: IdentityRegistryClient;
   keys: PatientKeys;
+  /** Which grant ids name which grantee (followed from the chain, kept on disk). */
+  grants: GrantIndex;
   logger?: Logger;
   /** Clock (epoch ms); tests freeze it. */
   now?: () => number;
@@ -182,16 +184,8 @@ export class ConsentDecisions {
 
   /** Grants to `address` that are on chain, not revoked, not over, and match their Consent. */
   private async grantsTo(address: string): Promise<ActiveGrant[]> {
-    const registry = this.options.chain.contract('ConsentRegistry');
-    let logs;
-    try {
-      logs = await registry.queryFilter(registry.filters.ConsentGranted!(undefined, undefined, address), 0, 'latest');
-    } catch (err) {
-      throw unavailable('The consent registry cannot be reached', err);
-    }
     const out: ActiveGrant[] = [];
-    for (const log of logs) {
-      const grantId = log.topics[1]!;
+    for (const grantId of await this.options.grants.grantIdsTo(address)) {
       const stored = await this.options.registry.getGrant(grantId);
       if (!stored || stored.revoked || stored.notAfter * 1000 <= this.now()) continue;
       const consent = await this.consentOf(grantId);

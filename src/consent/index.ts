@@ -14,6 +14,7 @@ import { IdentityRegistryClient } from '../ledger/identity-registry.js';
 import type { Logger } from '../log.js';
 import type { Repository } from '../repository/port.js';
 import { ConsentDecisions } from './decisions.js';
+import { GrantIndex } from './grant-index.js';
 import { KeyGuardians } from './keys/guardians.js';
 import { PatientKeys } from './patient-keys.js';
 import { ConsentPolicy } from './policy.js';
@@ -25,6 +26,8 @@ export interface Consent {
   keys: PatientKeys;
   /** Guardians for key recovery (IdentityRegistry setGuardians/recover). */
   guardians: KeyGuardians;
+  /** Grant ids by grantee, followed from the chain and kept on disk. */
+  grants: GrantIndex;
   decisions: ConsentDecisions;
   policy: ConsentPolicy;
   service: ConsentService;
@@ -47,16 +50,17 @@ export interface ConsentOptions {
 
 export function createConsent(options: ConsentOptions): Consent {
   const registry = new ConsentRegistryClient(options.chain);
-  const identity = new IdentityRegistryClient(options.chain);
+  const grants = new GrantIndex({ dataDir: options.dataDir, chain: options.chain });
+  const identity = new IdentityRegistryClient(options.chain, (ref) => grants.registeredUnder(ref));
   const keyDir = path.join(options.dataDir, 'keys', 'patients');
   const keys = new PatientKeys({ dir: keyDir, masterKey: options.masterKey, identity, kv: options.kv });
   const guardians = new KeyGuardians({ keys, identity, chain: options.chain, kv: options.kv, dir: keyDir, now: options.now });
-  const decisions = new ConsentDecisions({ ...options, registry, identity, keys });
+  const decisions = new ConsentDecisions({ ...options, registry, identity, keys, grants });
   const policy = new ConsentPolicy(decisions);
   const service = new ConsentService({ ...options, registry, identity, keys, decisions });
   const audit = new AuditRecorder({ repository: options.repository, logger: options.logger, now: options.now });
   return {
-    registry, identity, keys, guardians, decisions, policy, service, audit,
+    registry, identity, keys, guardians, grants, decisions, policy, service, audit,
     async attach(router) {
       router.registerWriteHandler('Consent', service.writeHandler());
       router.registerOperation(service.signOperation(router));
@@ -65,6 +69,7 @@ export function createConsent(options: ConsentOptions): Consent {
     async close() {
       await decisions.stop();
       await audit.flush();
+      grants.close();
     },
   };
 }

@@ -15,7 +15,12 @@ export function identityRef(reference: string): string {
 }
 
 export class IdentityRegistryClient {
-  constructor(private readonly chain: ChainClient) {}
+  /**
+   * @param registeredUnder where to find the addresses ever registered under a ref (an index kept
+   * from the chain's events, see src/consent/grant-index.ts); without it, `GranteeRegistered`
+   * logs are read from block 0 on each lookup.
+   */
+  constructor(private readonly chain: ChainClient, private readonly registeredUnder?: (ref: string) => Promise<string[]>) {}
 
   private get contract(): Contract {
     return this.chain.contract('IdentityRegistry');
@@ -35,9 +40,14 @@ export class IdentityRegistryClient {
   /** Registered addresses currently standing for this reference (newest first). */
   async granteesOf(reference: string): Promise<string[]> {
     const c = this.contract;
-    const filter = c.filters.GranteeRegistered!(undefined, identityRef(reference));
-    const logs = await chainCall(() => c.queryFilter(filter, 0, 'latest'));
-    const candidates = [...new Set(logs.reverse().map((l) => getAddress(`0x${l.topics[1]!.slice(26)}`)))];
+    let candidates: string[];
+    if (this.registeredUnder) {
+      candidates = await this.registeredUnder(identityRef(reference));
+    } else {
+      const filter = c.filters.GranteeRegistered!(undefined, identityRef(reference));
+      const logs = await chainCall(() => c.queryFilter(filter, 0, 'latest'));
+      candidates = [...new Set(logs.reverse().map((l) => getAddress(`0x${l.topics[1]!.slice(26)}`)))];
+    }
     const out: string[] = [];
     for (const addr of candidates) {
       const ref = await chainCall(() => c.granteeRef!(addr) as Promise<string>);

@@ -190,12 +190,22 @@ export class CommitmentStore {
     return this.db.prepare<[], BatchRow>("SELECT * FROM batches WHERE status = 'prepared' ORDER BY id").all().map(toBatch);
   }
 
-  /** Every commitment, optionally of one patient, in seq order (for `glucoguard verify`). */
-  *all(patient?: string): IterableIterator<CommitmentRecord> {
-    const rows = patient === undefined
-      ? this.db.prepare<[], Row>('SELECT * FROM commitments ORDER BY seq').iterate()
-      : this.db.prepare<[string], Row>('SELECT * FROM commitments WHERE patient = ? ORDER BY seq').iterate(patient);
-    for (const row of rows) yield toRecord(row);
+  /**
+   * Every commitment, optionally of one patient, in seq order (for `glucoguard verify`), read a page
+   * at a time so no statement stays open while the caller works (it may read this store meanwhile).
+   */
+  *all(patient?: string, pageSize = 1000): IterableIterator<CommitmentRecord> {
+    const page = patient === undefined
+      ? this.db.prepare<[number, number], Row>('SELECT * FROM commitments WHERE seq > ? ORDER BY seq LIMIT ?')
+      : this.db.prepare<[string, number, number], Row>('SELECT * FROM commitments WHERE patient = ? AND seq > ? ORDER BY seq LIMIT ?');
+    for (let after = 0; ;) {
+      const rows = patient === undefined
+        ? (page as Statement<[number, number], Row>).all(after, pageSize)
+        : (page as Statement<[string, number, number], Row>).all(patient, after, pageSize);
+      for (const row of rows) yield toRecord(row);
+      if (rows.length < pageSize) return;
+      after = rows[rows.length - 1]!.seq;
+    }
   }
 
   counts(): { commitments: number; anchored: number; pending: number; batches: number; lastAnchoredAt: number | null } {

@@ -101,6 +101,7 @@ test('chain node stopped during writes: writes queue durably (200), anchors catc
   expect((await getJson(`${server.origin}/readyz`)).status).toBe(200);
   await eventually(async () => ((await metric(server!.origin, 'glucoguard_anchoring_lag_seconds')) === 0 ? true : undefined), 30_000, 'anchoring lag back to 0');
   const verify = runCli(['verify', '--patient', patient], env);
+  if (!/, 0 failed/.test(verify.stdout)) console.error("VERIFY", verify.status, verify.stderr.slice(0, 3000));
   expect(verify.stdout).toMatch(/, 0 failed/);
   expect(verify.status).toBe(0);
   expect(Number(/(\d+) verified/.exec(verify.stdout)?.[1])).toBeGreaterThanOrEqual(before.readings.length + during.length);
