@@ -82,13 +82,25 @@ export function decide(perms: Permissions, req: DecisionRequest, now: number): D
   if (!r.purpose) return { permit: false, reasons: ['no purpose of use stated'] };
   const grants = perms.byPatient.get(req.patientId);
   if (!grants?.length) return { permit: false, reasons: ['no grant from this patient'] };
-  const reasons: string[] = [];
+  let reasons: string[] | undefined;
   for (const g of grants) {
     const why = mismatch(g, req, r.purpose, now);
-    if (!why) return { permit: true, reasons: [`grant ${g.grantId}`], grantId: g.grantId };
-    reasons.push(`grant ${g.grantId}: ${why}`);
+    if (!why) return permitBy(g);
+    (reasons ??= []).push(`grant ${g.grantId}: ${why}`);
   }
-  return { permit: false, reasons };
+  return { permit: false, reasons: reasons ?? [] };
+}
+
+const permits = new WeakMap<ActiveGrant, Decision>();
+
+/** The (frozen, shared) permit decision of a grant: made once, not per resource. */
+function permitBy(g: ActiveGrant): Decision {
+  let d = permits.get(g);
+  if (!d) {
+    d = Object.freeze({ permit: true, reasons: Object.freeze([`grant ${g.grantId}`]) as string[], grantId: g.grantId });
+    permits.set(g, d);
+  }
+  return d;
 }
 
 function mismatch(g: ActiveGrant, req: DecisionRequest, purpose: string, now: number): string | undefined {
@@ -112,13 +124,19 @@ function mismatch(g: ActiveGrant, req: DecisionRequest, purpose: string, now: nu
 export function decideResource(perms: Permissions, resource: Resource, now: number): Decision & { patientIds: string[] } {
   if (perms.requester.kind === 'open') return { ...PERMIT_OPEN, patientIds: [] };
   const facts = resourceFacts(resource);
-  if (facts.patientIds.length === 0) return { ...decide(perms, { ...facts, patientId: undefined }, now), patientIds: [] };
+  const req: DecisionRequest = { patientId: undefined, resourceType: facts.resourceType, codes: facts.codes, effective: facts.effective };
+  if (facts.patientIds.length === 0) return withPatients(decide(perms, req, now), facts.patientIds);
   let last: Decision = PERMIT_OWN;
   for (const patientId of facts.patientIds) {
-    last = decide(perms, { ...facts, patientId }, now);
-    if (!last.permit) return { ...last, patientIds: facts.patientIds };
+    req.patientId = patientId;
+    last = decide(perms, req, now);
+    if (!last.permit) break;
   }
-  return { ...last, patientIds: facts.patientIds };
+  return withPatients(last, facts.patientIds);
+}
+
+function withPatients(d: Decision, patientIds: string[]): Decision & { patientIds: string[] } {
+  return { permit: d.permit, reasons: d.reasons, ...(d.grantId !== undefined ? { grantId: d.grantId } : {}), patientIds };
 }
 
 export interface ResourceFacts {
