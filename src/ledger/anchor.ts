@@ -185,11 +185,17 @@ export class Anchorer {
     return this.store.batch(prepared[prepared.length - 1]!.id);
   }
 
-  /** Watches a sent batch for its receipt in the background; the loop is woken when it settles. */
+  /**
+   * Watches a sent batch for its receipt in the background; the loop is woken when it settles.
+   * Batches are mined in nonce order, so a watcher starts polling once the one before it has settled:
+   * one receipt poll at a time however many batches are in flight (each poll is a JSON-RPC round
+   * trip, on the same event loop as the writes when the node is embedded).
+   */
   private watch(batch: BatchRecord): void {
     if (this.watching.has(batch.id) || !this.sent.has(batch.id)) return;
     const signal = this.abort?.signal;
-    const watcher = this.confirm(batch, signal)
+    const before = [...this.watching.values()].at(-1) ?? Promise.resolve();
+    const watcher = before.then(() => this.confirm(batch, signal))
       .then(() => undefined, (err: unknown) => {
         if (!signal?.aborted) this.watchFailure ??= { err };
       })
