@@ -10,12 +10,11 @@
  * contracts each time, so a stale index can only cost a lookup, never permit anything. It is
  * brought up to the chain head before every answer.
  */
-import Database from 'better-sqlite3';
 import type { Database as DB, Statement } from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { getAddress } from 'ethers';
 import { unavailable } from '../errors.js';
+import { openSqlite } from '../sqlite.js';
 import type { ChainClient } from '../ledger/client.js';
 import { EventFollower, type CursorStore, type EventCursor } from '../ledger/events.js';
 
@@ -28,10 +27,7 @@ export class GrantIndex {
 
   constructor(options: { dataDir: string; chain: ChainClient }) {
     const file = path.join(options.dataDir, 'consent', 'grants.db');
-    mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-    this.db = new Database(file);
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = NORMAL');
+    this.db = openSqlite(file);
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS grants (grant_id TEXT PRIMARY KEY, grantee TEXT NOT NULL, block INTEGER NOT NULL);

@@ -15,10 +15,8 @@
  * batch always starts right after the previous one, and nothing is anchored twice, because the
  * contract refuses a batch that does not start at the authority's next sequence number.
  */
-import Database from 'better-sqlite3';
 import type { Database as DB, Statement } from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import path from 'node:path';
+import { openSqlite } from '../sqlite.js';
 
 export interface CommitmentRecord {
   seq: number;
@@ -75,12 +73,9 @@ export class CommitmentStore {
   private closed = false;
 
   constructor(readonly file: string) {
-    mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-    this.db = new Database(file);
-    this.db.pragma('journal_mode = WAL');
-    // NORMAL, like the repository: a process crash loses nothing; a power cut can lose the last
-    // commits of both files alike, and reconciliation (AnchoredRepository.reconcile) fills the gap.
-    this.db.pragma('synchronous = NORMAL');
+    // synchronous NORMAL, like the repository: a power cut can lose the last commits of both files
+    // alike, and reconciliation (AnchoredRepository.reconcile) fills the gap.
+    this.db = openSqlite(file);
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS commitments (

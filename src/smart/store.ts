@@ -4,11 +4,11 @@
  * are low-entropy and get scrypt (passwords.ts).
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import type { JSONWebKeySet } from 'jose';
 import { badRequest, conflict } from '../errors.js';
+import { openSqlite } from '../sqlite.js';
 import { hashPassword } from './passwords.js';
 import { isKnownScope, splitScopes } from './scopes.js';
 
@@ -51,10 +51,7 @@ export class SmartStore {
   private readonly statements;
 
   constructor(dataDir: string) {
-    const dir = path.join(dataDir, 'smart');
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    this.db = new Database(path.join(dir, 'smart.sqlite'));
-    this.db.pragma('journal_mode = WAL');
+    this.db = openSqlite(path.join(dataDir, 'smart', 'smart.sqlite'), { synchronous: 'FULL' });
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS users (
         username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, fhir_user TEXT NOT NULL, created_at TEXT NOT NULL);
