@@ -2,11 +2,11 @@
  * `glucoguard identity register`, `consent grant|list|revoke` and `audit --patient` run in-process
  * against a test app (the commands' parsing and output, the chain and repository underneath).
  */
-import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
-import { Command } from 'commander';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import request from 'supertest';
 import { registerConsentCommands } from '../../src/consent/cli.js';
 import { startTestApp, type TestApp } from '../support/app.js';
+import { inProcessCli } from '../support/cli.js';
 import { DAY, person, practitionerToken } from './consent-helpers.js';
 
 describe('consent CLI', () => {
@@ -23,18 +23,7 @@ describe('consent CLI', () => {
     await t?.close();
   });
 
-  async function cli(...args: string[]): Promise<string> {
-    const program = new Command().exitOverride();
-    registerConsentCommands(program, async () => ({ ...t.app, close: async () => undefined }));
-    const lines: string[] = [];
-    const spy = jest.spyOn(console, 'log').mockImplementation((...a: unknown[]) => { lines.push(a.join(' ')); });
-    try {
-      await program.parseAsync(['node', 'glucoguard', ...args]);
-    } finally {
-      spy.mockRestore();
-    }
-    return lines.join('\n');
-  }
+  const cli = inProcessCli(registerConsentCommands, () => t.app);
 
   test('register an identity, grant, list, read as the grantee, revoke, and print the access log', async () => {
     expect(await cli('identity', 'register', '--ref', `Practitioner/${doc}`)).toMatch(new RegExp(`^Practitioner/${doc} 0x[0-9a-fA-F]{40}`));

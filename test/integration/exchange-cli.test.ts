@@ -4,11 +4,11 @@
  * de-identified), and the status listing.
  */
 import { readFileSync } from 'node:fs';
-import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Observation, Organization } from '@medplum/fhirtypes';
-import { Command } from 'commander';
 import { registerExchangeCommands } from '../../src/exchange/cli.js';
 import { startTestApp, type TestApp } from '../support/app.js';
+import { inProcessCli } from '../support/cli.js';
 import { DAY, grant, ingest, person, registerIdentity, sparseTrace } from './consent-helpers.js';
 
 describe('exchange CLI', () => {
@@ -34,18 +34,7 @@ describe('exchange CLI', () => {
     await t?.close();
   });
 
-  async function cli(...args: string[]): Promise<string> {
-    const program = new Command().exitOverride();
-    registerExchangeCommands(program, async () => ({ ...t.app, close: async () => undefined }));
-    const lines: string[] = [];
-    const spy = jest.spyOn(console, 'log').mockImplementation((...a: unknown[]) => { lines.push(a.join(' ')); });
-    try {
-      await program.parseAsync(['node', 'glucoguard', ...args]);
-    } finally {
-      spy.mockRestore();
-    }
-    return lines.join('\n');
-  }
+  const cli = inProcessCli(registerExchangeCommands, () => t.app);
 
   const readNdjson = (file: string) => readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Observation);
 

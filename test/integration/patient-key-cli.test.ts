@@ -5,11 +5,11 @@
  */
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
-import { Command } from 'commander';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { Wallet } from 'ethers';
 import { registerConsentCommands } from '../../src/consent/cli.js';
 import { startTestApp, tempDir, type TestApp } from '../support/app.js';
+import { inProcessCli } from '../support/cli.js';
 import { DAY, person, registerIdentity } from './consent-helpers.js';
 
 describe('patient keys from the CLI', () => {
@@ -35,20 +35,7 @@ describe('patient keys from the CLI', () => {
   }, 60_000);
   afterAll(async () => t?.close());
 
-  async function cli(...args: string[]): Promise<string> {
-    const program = new Command().exitOverride();
-    registerConsentCommands(program, async () => ({ ...t.app, close: async () => undefined }));
-    const lines: string[] = [];
-    const spy = jest.spyOn(console, 'log').mockImplementation((...a: unknown[]) => { lines.push(a.join(' ')); });
-    const err = jest.spyOn(console, 'error').mockImplementation(() => undefined);
-    try {
-      await program.parseAsync(['node', 'glucoguard', ...args]);
-    } finally {
-      spy.mockRestore();
-      err.mockRestore();
-    }
-    return lines.join('\n');
-  }
+  const cli = inProcessCli(registerConsentCommands, () => t.app, { quietErrors: true });
 
   const grantArgs = () => {
     const now = Date.now();
