@@ -14,11 +14,12 @@ import { createApp } from '../../src/app.js';
 import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { startTestApp, type TestApp } from '../support/app.js';
+import { testRedisUrl } from '../support/process.js';
 import {
-  DAY, LOINC_MGDL, grant, ingest, patientToken, person, practitionerToken, redisAnswers, registerIdentity, sparseTrace,
+  DAY, LOINC_MGDL, grant, ingest, patientToken, person, practitionerToken, registerIdentity, sparseTrace,
 } from './consent-helpers.js';
 
-const REDIS_URL = process.env.REDIS_TEST_URL ?? ((await redisAnswers()) ? 'redis://127.0.0.1:6379' : undefined);
+const REDIS_URL = await testRedisUrl();
 if (!REDIS_URL) console.warn('SKIPPED consent-e2e: no Redis (set REDIS_TEST_URL or run `redis-server --daemonize yes --bind 127.0.0.1`).');
 const describeRedis = REDIS_URL ? describe : describe.skip;
 

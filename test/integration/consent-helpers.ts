@@ -1,6 +1,5 @@
 /** Shared set-up for the consent tests: people, tokens, Consents, sparse CGM traces. */
 import { randomUUID } from 'node:crypto';
-import { connect } from 'node:net';
 import type { Consent, Patient, Practitioner } from '@medplum/fhirtypes';
 import { Wallet } from 'ethers';
 import request from 'supertest';
@@ -10,16 +9,6 @@ import { nightscoutJson, makeTrace } from '../fixtures/cgm-ingest/trace.js';
 export const LOINC_MGDL = 'http://loinc.org|99504-3';
 export const DAY = 86_400_000;
 
-export async function redisAnswers(host = '127.0.0.1', port = 6379): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host, port, timeout: 500 });
-    socket.once('connect', () => { socket.destroy(); resolve(true); });
-    socket.once('error', () => resolve(false));
-    socket.once('timeout', () => { socket.destroy(); resolve(false); });
-  });
-}
-
-/** A stored Patient / Practitioner (written in-process, as an administrator would). */
 export async function person(app: App, type: 'Patient' | 'Practitioner', family: string): Promise<string> {
   const { resource } = await app.repository.create({ resourceType: type, name: [{ family }] } as Patient | Practitioner);
   return resource.id!;

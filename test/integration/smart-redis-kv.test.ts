@@ -6,22 +6,13 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { connect } from 'node:net';
 import { isGlucoGuardError } from '../../src/errors.js';
 import { RedisKeyValueStore } from '../../src/kv/redis.js';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { portAnswers, testRedisUrl } from '../support/process.js';
 import { startHarness } from '../support/smart-harness.js';
 
-async function answers(host: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host, port, timeout: 500 });
-    socket.once('connect', () => { socket.destroy(); resolve(true); });
-    socket.once('error', () => resolve(false));
-    socket.once('timeout', () => { socket.destroy(); resolve(false); });
-  });
-}
-
-const REDIS_URL = process.env.REDIS_TEST_URL ?? ((await answers('127.0.0.1', 6379)) ? 'redis://127.0.0.1:6379' : undefined);
+const REDIS_URL = await testRedisUrl();
 if (!REDIS_URL) {
   console.warn('SKIPPED smart-redis-kv tests: no Redis (set REDIS_TEST_URL or run `redis-server --daemonize yes --bind 127.0.0.1`).');
 }
@@ -101,7 +92,7 @@ describe('RedisKeyValueStore fails closed', () => {
     const port = 20000 + Math.floor(Math.random() * 20000);
     const start = async (): Promise<ChildProcess> => {
       const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-      for (let i = 0; i < 100 && !(await answers('127.0.0.1', port)); i++) await sleep(20);
+      for (let i = 0; i < 100 && !(await portAnswers(port)); i++) await sleep(20);
       return child;
     };
     let server = await start();
@@ -133,7 +124,7 @@ describe('RedisKeyValueStore fails closed', () => {
   test('a system token works, revocation is refused, and a Redis outage denies with 503 (never allows)', async () => {
     const port = 20000 + Math.floor(Math.random() * 20000);
     const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-    for (let i = 0; i < 100 && !(await answers('127.0.0.1', port)); i++) await sleep(20);
+    for (let i = 0; i < 100 && !(await portAnswers(port)); i++) await sleep(20);
     const kv = await RedisKeyValueStore.connect(`redis://127.0.0.1:${port}`);
     const h = await startHarness({ kv });
     try {

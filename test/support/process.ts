@@ -173,6 +173,11 @@ export function portAnswers(port: number): Promise<boolean> {
   });
 }
 
+/** The Redis that tests needing one use: REDIS_TEST_URL, or one answering on 127.0.0.1:6379; undefined when none. */
+export async function testRedisUrl(): Promise<string | undefined> {
+  return process.env.REDIS_TEST_URL ?? ((await portAnswers(6379)) ? 'redis://127.0.0.1:6379' : undefined);
+}
+
 export const HAS_REDIS_SERVER = spawnSync('redis-server', ['--version']).status === 0;
 
 /** Our own redis-server on `port` (loopback, no persistence); resolves once it accepts connections. */
