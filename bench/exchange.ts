@@ -165,11 +165,12 @@ async function exportPhase(dataDir: string, setup: Setup, log: Log): Promise<Rec
       kind: 'token', clientId: 'bench-ehr', subject: setup.practitioner, fhirUser: setup.practitioner,
       scopes: ['user/*.rs', 'user/Subscription.cud'], purposeOfUse: purpose,
     });
-    for (const [label, access, expected] of [
+    const only = process.env.EXCHANGE_BENCH_ONLY; // e.g. `practitioner`: one export alone (profiling)
+    for (const [label, access, expected] of ([
       ['operator (open access)', OPEN_ACCESS, expectedAll],
       ['practitioner, consent-filtered', practitioner('TREAT'), expectedGranted],
       ['research, consent-filtered + de-identified', practitioner('HRESCH'), expectedGranted],
-    ] as const) {
+    ] as const).filter(([label]) => !only || label.startsWith(only))) {
       global.gc?.();
       const before = rssMb();
       let peak = before;
@@ -192,8 +193,10 @@ async function exportPhase(dataDir: string, setup: Setup, log: Log): Promise<Rec
       out[`export_${key}_count`] = count;
       rmSync(path.join(dataDir, 'exports', job.id), { recursive: true, force: true });
     }
-    Object.assign(out, await notificationLatency(app, practitioner('TREAT'), notifications, log));
-    setup.notified += notifications;
+    if (!only) {
+      Object.assign(out, await notificationLatency(app, practitioner('TREAT'), notifications, log));
+      setup.notified += notifications;
+    }
     writeFileSync(path.join(dataDir, 'bench-setup.json'), JSON.stringify(setup));
   } finally {
     await app.close();

@@ -93,6 +93,13 @@ describe('searchChunks (bulk read for exports)', () => {
     expect(everyone).toHaveLength(36);
   });
 
+  it('answers an `_id` narrowing (what consent leaves of a patient who granted nothing) by the id index', async () => {
+    expect((await chunks('Observation?patient=Patient/ana&_id=gg-consent-no-match', 10)).flat()).toEqual([]);
+    const one = (await repo.search(parseSearchRequest('Observation?patient=Patient/ben&_count=1'))).resources[0]!;
+    expect((await chunks(`Observation?patient=Patient/ben&_id=${one.id}`, 10)).flat().map((r) => r.id)).toEqual([one.id]);
+    expect((await chunks(`Observation?patient=Patient/ana&_id=${one.id}`, 10)).flat()).toEqual([]);
+  });
+
   it('is found through repository decorators by the export reader', () => {
     const decorated = { adapter: { adapter: repo } };
     expect(bulkSearchOf(decorated as never)).toBe(repo);

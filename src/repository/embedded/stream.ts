@@ -43,7 +43,11 @@ export function* streamSearch(ctx: SearchContext, request: SearchRequest, chunk:
 
   const keyset = dateParam !== undefined && plan.from.startsWith('ix_date ') && plan.yields?.code === dateParam && !plan.yields.descending;
   if (!keyset) {
-    const statement = ctx.prepare(`${SELECT} FROM ${plan.from} WHERE ${plan.where.join(' AND ')} ORDER BY ${plan.orderBy} LIMIT ? OFFSET ?`);
+    // The `_id` plan (a consent narrowing that leaves nothing: `_id=<no match>`) must look ids up by
+    // their index: ordered by seq, SQLite prefers walking every resource of the type in seq order
+    // (versions_by_type), a full scan per patient who granted nothing.
+    const from = plan.from === 'versions v' ? 'versions v INDEXED BY versions_by_id' : plan.from;
+    const statement = ctx.prepare(`${SELECT} FROM ${from} WHERE ${plan.where.join(' AND ')} ORDER BY ${plan.orderBy} LIMIT ? OFFSET ?`);
     for (let skip = 0; ; skip += chunk) {
       const rows = statement.all(...plan.args, chunk, skip);
       const out = matching(rows);
