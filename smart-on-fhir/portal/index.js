@@ -475,8 +475,9 @@ function unlockForm() {
     event.preventDefault();
     try {
       await apiSend(client, '/apps/api/key/recover-with-code', 'POST', { code: $('unlock-code').value });
-      say('Your key is open again and now locked with your current password.');
       await loadKeys();
+      // said once the key section shows the opened key, so what is announced is what is on screen
+      say('Your key is open again and now locked with your current password.');
     } catch (err) {
       show(result, notice('error', 'Your key could not be opened.', problemOf(err)));
       $('unlock-code').focus();
@@ -526,8 +527,8 @@ function guardiansForm(info) {
         const signature = await signWithWallet(res.typedData, info.key.address);
         res = await apiSend(client, '/apps/api/guardians/sign', 'POST', { signature });
       }
-      say(res.threshold > 0 ? `Your guardians are saved: ${res.threshold} of ${res.guardians.length} must agree.` : 'You have no guardians now.');
       await loadKeys();
+      say(res.threshold > 0 ? `Your guardians are saved: ${res.threshold} of ${res.guardians.length} must agree.` : 'You have no guardians now.');
     } catch (err) {
       show(result, notice('error', 'Your guardians were not saved.', problemOf(err)));
     }
