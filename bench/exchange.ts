@@ -72,6 +72,8 @@ export async function run(log: Log): Promise<Record<string, number>> {
     }
     if (setup) {
       log(`reusing ${setup.loaded} readings over ${patients} patients loaded earlier in ${dataDir}`);
+      // Jobs and subscriptions of an earlier (maybe interrupted) run would resume and compete.
+      rmSync(path.join(dataDir, 'exports'), { recursive: true, force: true });
     } else {
       mkdirSync(dataDir, { recursive: true });
       setup = await loadPhase(dataDir, n, patients, log);

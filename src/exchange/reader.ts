@@ -45,7 +45,7 @@ export interface ReaderOptions {
   fhir: FhirRouter;
   policy: AccessPolicy;
   repository: Repository;
-  /** Rows per repository page (default 1000). */
+  /** Rows per repository page (default 250: a chunk that dies young costs the GC little; larger ones get promoted). */
   pageSize?: number;
 }
 
@@ -56,7 +56,7 @@ export class GuardedReader {
   private readonly bulk: BulkSearch | undefined;
 
   constructor(private readonly options: ReaderOptions) {
-    this.pageSize = options.pageSize ?? 1000;
+    this.pageSize = options.pageSize ?? 250;
     this.bulk = bulkSearchOf(options.repository);
   }
 
