@@ -178,18 +178,23 @@ async function exportPhase(dataDir: string, setup: Setup, log: Log): Promise<Rec
       let peak = before;
       const sampler = setInterval(() => { peak = Math.max(peak, rssMb()); }, 20);
       const started = performance.now();
+      const cpu0 = process.cpuUsage();
       const job = app.exchange.exports.submit(access, { level: 'system', types: ['Observation'], explicitTypes: true, typeFilters: {} }, 'bench');
       const done = (await app.exchange.exports.whenDone(job.id, 20)) as ExportJob;
       const seconds = (performance.now() - started) / 1000;
+      const cpu = process.cpuUsage(cpu0);
+      const cpuSeconds = (cpu.user + cpu.system) / 1e6; // this process only: tells a busy machine from a slow export
       clearInterval(sampler);
       peak = Math.max(peak, rssMb());
       const maxRss = process.resourceUsage().maxRSS / 1024;
       const count = done.outputs.reduce((s, f) => s + f.count, 0);
       if (done.status !== 'completed' || count !== expected) throw new Error(`${label}: export ${done.status}, ${count} resources, expected ${expected}`);
-      log(`export ${label}: ${count} of ${expectedAll} Observations in ${fmt(seconds, 1)} s (${fmt(count / seconds / 1000, 1)} k/s), ` +
+      log(`export ${label}: ${count} of ${expectedAll} Observations in ${fmt(seconds, 1)} s (${fmt(count / seconds / 1000, 1)} k/s; ` +
+        `CPU ${fmt(cpuSeconds, 1)} s), ` +
         `RSS ${fmt(before, 0)} → peak ${fmt(peak, 0)} MB (process max RSS so far ${fmt(maxRss, 0)} MB)`);
       const key = label.split(' ')[0]!.replace(',', '');
       out[`export_${key}_s`] = seconds;
+      out[`export_${key}_cpuS`] = cpuSeconds;
       out[`export_${key}_peakRssMb`] = peak;
       out[`export_${key}_maxRssMb`] = maxRss;
       out[`export_${key}_count`] = count;
