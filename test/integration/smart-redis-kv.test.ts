@@ -99,9 +99,14 @@ describe('RedisKeyValueStore fails closed', () => {
     const store = await RedisKeyValueStore.connect(`redis://127.0.0.1:${port}`);
     try {
       await store.set('k', 'v');
+      // pub/sub is only relied on while both connections are up (consent reads the epoch otherwise)
+      expect(store.subscriptionLive()).toBe(false);
+      await store.subscribe('consent:changed', () => undefined);
+      expect(store.subscriptionLive()).toBe(true);
       server.kill('SIGKILL');
       await new Promise((r) => server.once('exit', r));
       await sleep(50);
+      expect(store.subscriptionLive()).toBe(false);
       for (const call of [() => store.get('k'), () => store.setIfAbsent('j', '1', 1000), () => store.take('k'), () => store.increment('c', 1000)]) {
         const err = await call().then(() => 'resolved', (e: unknown) => e);
         expect(isGlucoGuardError(err, 'ERR_UNAVAILABLE')).toBe(true);
@@ -113,6 +118,8 @@ describe('RedisKeyValueStore fails closed', () => {
         if (!back) await sleep(50);
       }
       expect(back).toBe(true);
+      for (let i = 0; i < 100 && !store.subscriptionLive(); i++) await sleep(50);
+      expect(store.subscriptionLive()).toBe(true);
     } finally {
       await store.close();
       server.kill('SIGKILL');
