@@ -6,6 +6,7 @@
 import { statSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import type { App } from '../app.js';
+import { withApp } from '../cli-app.js';
 import { OPEN_ACCESS } from '../fhir/access.js';
 import { rejectionError } from './parse.js';
 import type { IngestProgress, IngestReport } from './service.js';
@@ -27,24 +28,24 @@ export function registerCgmCommands(program: Command, open: () => Promise<App>):
     .option('--json', 'print the report as JSON')
     .action(async (file: string, opts: { patient: string; format?: CgmFormat; tz?: string; partial?: boolean; json?: boolean }) => {
       statSync(file); // a clear "no such file" before anything opens
-      const app = await open();
-      const bar = progressBar();
-      try {
-        const report = await app.cgm.ingest.ingest(file, {
-          patient: opts.patient, partial: opts.partial === true,
-          ...(opts.format ? { format: opts.format } : {}), ...(opts.tz ? { timeZone: opts.tz } : {}),
-          onProgress: bar.update,
-        });
-        bar.done();
-        console.log(opts.json ? JSON.stringify(report, null, 2) : formatReport(report));
-        if (!report.accepted) {
-          console.error(`glucoguard: ${rejectionError(report).message}`);
-          process.exitCode = 1;
+      await withApp(open, async (app) => {
+        const bar = progressBar();
+        try {
+          const report = await app.cgm.ingest.ingest(file, {
+            patient: opts.patient, partial: opts.partial === true,
+            ...(opts.format ? { format: opts.format } : {}), ...(opts.tz ? { timeZone: opts.tz } : {}),
+            onProgress: bar.update,
+          });
+          bar.done();
+          console.log(opts.json ? JSON.stringify(report, null, 2) : formatReport(report));
+          if (!report.accepted) {
+            console.error(`glucoguard: ${rejectionError(report).message}`);
+            process.exitCode = 1;
+          }
+        } finally {
+          bar.done();
         }
-      } finally {
-        bar.done();
-        await app.close();
-      }
+      });
     });
 
   program
@@ -55,9 +56,7 @@ export function registerCgmCommands(program: Command, open: () => Promise<App>):
     .option('--end <date>', 'period end (a date includes that day); default just after the last reading')
     .option('--store', 'store the cgm-summary Observations')
     .option('--json', 'print the cgm-summary Bundle (FHIR JSON)')
-    .action(async (opts: { patient: string; start?: string; end?: string; store?: boolean; json?: boolean }) => {
-      const app = await open();
-      try {
+    .action((opts: { patient: string; start?: string; end?: string; store?: boolean; json?: boolean }) => withApp(open, async (app) => {
         const params = { ...(opts.start ? { start: opts.start } : {}), ...(opts.end ? { end: opts.end } : {}) };
         if (opts.json || opts.store) {
           const response = await app.cgm.operations.summary(OPEN_ACCESS, opts.patient, params, opts.store === true);
@@ -76,10 +75,7 @@ export function registerCgmCommands(program: Command, open: () => Promise<App>):
           `  sensor active    ${m.sensorActivePercent} %`,
           ...m.warnings.map((w) => `  warning: ${w}`),
         ].join('\n'));
-      } finally {
-        await app.close();
-      }
-    });
+    }));
 }
 
 /** The import report for a person: counts, then each issue with its line. */

@@ -11,6 +11,7 @@ import { Operator } from '@medplum/core';
 import { Command, InvalidArgumentError } from 'commander';
 import { getAddress, isAddress, Wallet } from 'ethers';
 import type { App } from '../app.js';
+import { withApp } from '../cli-app.js';
 import { OPEN_ACCESS } from '../fhir/access.js';
 import { registerPatientKeyCommands, sessionAccess } from './keys/cli.js';
 import { CLIENT_SYSTEM, GRANT_ID_SYSTEM, PURPOSE_SYSTEM, RESOURCE_TYPE_SYSTEM } from './terms.js';
@@ -81,14 +82,7 @@ export function formatAuditEvent(e: AuditEvent): string {
 }
 
 export function registerConsentCommands(program: Command, open: () => Promise<App>): void {
-  const run = async (fn: (app: App) => Promise<void>): Promise<void> => {
-    const app = await open();
-    try {
-      await fn(app);
-    } finally {
-      await app.close();
-    }
-  };
+  const run = (fn: (app: App) => Promise<void>): Promise<void> => withApp(open, fn);
 
   const consent = program.command('consent').description('patient consents recorded on chain');
   consent

@@ -7,6 +7,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import type { App } from '../app.js';
+import { withApp } from '../cli-app.js';
 import { OPEN_ACCESS, type AccessContext } from '../fhir/access.js';
 import { isSupportedType } from '../fhir/resource-types.js';
 import { DEFAULT_EXPORT_TYPES } from './export.js';
@@ -49,9 +50,7 @@ export function registerExchangeCommands(program: Command, open: () => Promise<A
     .option('--since <instant>', 'only resources changed after this instant', instant)
     .option('--group <id>', 'export the members of this Group')
     .option('--patients', 'Patient-level export (patient compartment types only)')
-    .action(async (o: ExportOptions) => {
-      const app = await open();
-      try {
+    .action((o: ExportOptions) => withApp(open, async (app) => {
         const access = o.client ? clientAccess(app, o.client, o.as, o.purpose) : OPEN_ACCESS;
         const level = o.group ? 'group' : o.patients ? 'patient' : 'system';
         for (const t of o.type ?? []) if (!isSupportedType(t)) throw new InvalidArgumentError(`unsupported resource type "${t}"`);
@@ -73,19 +72,14 @@ export function registerExchangeCommands(program: Command, open: () => Promise<A
           output: done.outputs.map((f) => ({ type: f.type, count: f.count, file: app.exchange.exports.filePath(done.id, f.file) })),
           error: done.errors.map((f) => ({ type: f.type, count: f.count, file: app.exchange.exports.filePath(done.id, f.file) })),
         }, null, 2));
-      } finally {
-        await app.close();
-      }
-    });
+    }));
 
   const exchange = program.command('exchange').description('bulk export jobs and subscriptions');
   exchange
     .command('status')
     .description('list export jobs and Subscriptions with their state')
     .option('--json', 'print JSON')
-    .action(async (o: { json?: boolean }) => {
-      const app = await open();
-      try {
+    .action((o: { json?: boolean }) => withApp(open, async (app) => {
         const jobs = app.exchange.exports.store.all().map((j) => ({
           id: j.id, status: j.status, level: j.params.level, types: j.params.types.join(','), created: j.createdAt,
           requester: j.access.clientId ?? j.access.kind, resources: j.outputs.reduce((n, f) => n + f.count, 0), ...(j.failure ? { failure: j.failure } : {}),
@@ -103,8 +97,5 @@ export function registerExchangeCommands(program: Command, open: () => Promise<A
         for (const j of jobs) console.log(`  ${j.id}  ${j.status.padEnd(9)} ${j.level.padEnd(7)} ${j.types}  ${j.resources} resources  by ${j.requester}  ${j.created}${j.failure ? `  (${j.failure})` : ''}`);
         console.log(`Subscriptions (${subs.length})`);
         for (const s of subs) console.log(`  ${s.id}  ${s.status.padEnd(9)} ${s.topic.split('/').pop()} ${s.patient ? `Patient/${s.patient} ` : ''}${s.payload} → ${s.endpoint}  events ${s.events}, withheld ${s.withheld}, failed deliveries ${s.failedDeliveries}${s.error ? `  (${s.error})` : ''}`);
-      } finally {
-        await app.close();
-      }
-    });
+    }));
 }
