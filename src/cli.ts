@@ -6,6 +6,7 @@ import type { Server } from 'node:http';
 import type { Patient } from '@medplum/fhirtypes';
 import { Command, InvalidArgumentError } from 'commander';
 import { createApp, VERSION } from './app.js';
+import { withApp } from './cli-app.js';
 import { OPEN_ACCESS } from './fhir/access.js';
 import { ConfigError, fhirBase, loadConfig, type Config } from './config.js';
 import { createLogger } from './log.js';
@@ -27,6 +28,9 @@ function config(): Config {
     throw err;
   }
 }
+
+/** The app as a one-off command opens it: logs at warn to stderr (stdout carries the result). */
+const openApp = () => createApp(config(), { logger: createLogger('warn', process.stderr) });
 
 const program = new Command();
 program.name('glucoguard').description('GlucoGuard: SMART-on-FHIR proxy for CGM data with on-chain consent').version(VERSION);
@@ -87,8 +91,7 @@ patients
   .option('--gender <gender>', 'male | female | other | unknown')
   .action(async (opts: { given: string; family: string; birthDate?: string; gender?: string }) => {
     // Through the whole app, so the Patient is validated, committed for anchoring and audited like any write.
-    const app = await createApp(config(), { logger: createLogger('warn', process.stderr) });
-    try {
+    await withApp(openApp, async (app) => {
       const patient: Patient = {
         resourceType: 'Patient',
         active: true,
@@ -104,15 +107,13 @@ patients
         throw new Error(issues.map((i) => i.diagnostics).join('; ') || `status ${res.status}`);
       }
       console.log((res.body as Patient).id);
-    } finally {
-      await app.close();
-    }
+    });
   });
 
 // Logs go to stderr: stdout carries the command's result.
-registerCgmCommands(program, () => createApp(config(), { logger: createLogger('warn', process.stderr) }));
-registerConsentCommands(program, () => createApp(config(), { logger: createLogger('warn', process.stderr) }));
-registerExchangeCommands(program, () => createApp(config(), { logger: createLogger('warn', process.stderr) }));
+registerCgmCommands(program, openApp);
+registerConsentCommands(program, openApp);
+registerExchangeCommands(program, openApp);
 
 registerLedgerCommands(program, config);
 
