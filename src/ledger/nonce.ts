@@ -5,7 +5,7 @@
  * the node had in fact accepted ("already known") is recognised by its hash instead of being sent twice.
  */
 import {
-  type BaseWallet, JsonRpcApiProvider, type Provider, Transaction, type TransactionRequest, TransactionResponse, isError,
+  type BaseWallet, type FeeData, JsonRpcApiProvider, type Provider, Transaction, type TransactionRequest, TransactionResponse, isError,
 } from 'ethers';
 
 export interface NonceManagerOptions {
@@ -17,6 +17,13 @@ export interface NonceManagerOptions {
 
 const TRANSIENT = new Set(['NETWORK_ERROR', 'SERVER_ERROR', 'TIMEOUT']);
 
+/**
+ * How long fee data is reused. ethers offers `maxFeePerGas = 2 × base fee + tip`, and EIP-1559 lets
+ * the base fee rise by at most 12.5 % per block, so such an offer stays valid for at least five full
+ * blocks; one second is one block at most on the chains GlucoGuard uses.
+ */
+const FEE_DATA_TTL_MS = 1000;
+
 /** True for RPC failures worth retrying (connection refused, 5xx, timeouts). */
 export function isTransientRpcError(err: unknown): boolean {
   if (typeof err === 'object' && err !== null && TRANSIENT.has((err as { code?: string }).code ?? '')) return true;
@@ -27,6 +34,7 @@ export function isTransientRpcError(err: unknown): boolean {
 export class NonceManager {
   private next: number | undefined;
   private lock: Promise<unknown> = Promise.resolve();
+  private fees: { at: number; data: Promise<FeeData> } | undefined;
   private readonly attempts: number;
   private readonly retryDelayMs: number;
 
@@ -43,9 +51,10 @@ export class NonceManager {
     return this.wallet.address;
   }
 
-  /** Forgets the cached nonce; the next send asks the node ("pending"). */
+  /** Forgets the cached nonce (and fee data); the next send asks the node ("pending"). */
   reset(): void {
     this.next = undefined;
+    this.fees = undefined;
   }
 
   /**
@@ -59,7 +68,7 @@ export class NonceManager {
     const needsFees = rest.gasPrice == null && (rest.maxFeePerGas == null || rest.maxPriorityFeePerGas == null);
     const [gasLimit, fees] = await Promise.all([
       rest.gasLimit ?? this.wallet.estimateGas(rest),
-      needsFees ? this.provider.getFeeData() : undefined,
+      needsFees ? this.feeData() : undefined,
     ]);
     const filled: TransactionRequest = { ...rest, gasLimit };
     if (fees && rest.type !== 0 && rest.type !== 1 && fees.maxFeePerGas != null && fees.maxPriorityFeePerGas != null) {
@@ -75,6 +84,19 @@ export class NonceManager {
     return this.exclusive(() => this.broadcast(populated));
   }
 
+  /** The provider's fee data, asked for at most once per FEE_DATA_TTL_MS (concurrent sends share one request). */
+  private feeData(): Promise<FeeData> {
+    const now = Date.now();
+    if (!this.fees || now - this.fees.at > FEE_DATA_TTL_MS) {
+      const data = this.provider.getFeeData();
+      this.fees = { at: now, data };
+      data.catch(() => {
+        if (this.fees?.data === data) this.fees = undefined;
+      });
+    }
+    return this.fees.data;
+  }
+
   private async broadcast(tx: TransactionRequest): Promise<TransactionResponse> {
     const provider = this.provider;
     let delay = this.retryDelayMs;
@@ -87,6 +109,7 @@ export class NonceManager {
         this.next = nonce + 1;
         return response;
       } catch (err) {
+        this.fees = undefined; // a refusal may be about the fee (e.g. below a risen base fee): ask again next time
         if (/already known/i.test(String((err as Error).message))) {
           this.next = nonce + 1;
           const known = await provider.getTransaction(hash);
