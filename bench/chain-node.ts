@@ -10,8 +10,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Contract, JsonRpcProvider, Network, Wallet, id, type InterfaceAbi } from 'ethers';
-import { loadArtifact, loadAuthorityKey } from '../chain/node/index.js';
+import { Wallet, id } from 'ethers';
+import { loadAuthorityKey } from '../chain/node/index.js';
+import { ChainClient, type ChainAddresses } from '../src/ledger/client.js';
 import { summary, timeCalls, type Log } from './stats.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -76,11 +77,14 @@ export async function run(log: Log): Promise<Record<string, number>> {
   try {
     results.firstStartMs = node.readyMs;
     log(`first start (genesis + deployment): ${node.readyMs.toFixed(0)} ms`);
-    const provider = new JsonRpcProvider(node.rpcUrl, Network.from(CHAIN_ID), { staticNetwork: true, cacheTimeout: -1, batchMaxCount: 1, pollingInterval: 50 });
-    const wallet = new Wallet(loadAuthorityKey(dataDir), provider);
-    const anchor = new Contract(node.deployment.ResourceAnchor!, loadArtifact('ResourceAnchor').abi as InterfaceAbi, wallet);
+    // the proxy's own chain client: its provider settings and its nonce-managed authority signer
+    const client = new ChainClient({
+      rpcUrl: node.rpcUrl, chainId: CHAIN_ID, authorityKey: loadAuthorityKey(dataDir), addresses: node.deployment as unknown as ChainAddresses, adapter: 'rpc',
+    });
+    const wallet = new Wallet(loadAuthorityKey(dataDir), client.provider);
+    const anchor = client.contract('ResourceAnchor');
 
-    // sequential contract transactions, each waited for with its receipt
+    // sequential contract transactions (gas estimated, fees asked for, signed, sent), each waited for with its receipt
     const t0 = performance.now();
     const cpu0 = { node: cpuMsOf(node.child.pid!), client: process.cpuUsage() };
     for (let i = 0; i < txCount; i++) await (await anchor.anchor(id(`bench-${i}`), 1, i, i)).wait();
@@ -88,7 +92,7 @@ export async function run(log: Log): Promise<Record<string, number>> {
     results.nodeCpuMsPerTx = (cpuMsOf(node.child.pid!) - cpu0.node) / txCount;
     const clientCpu = process.cpuUsage(cpu0.client);
     results.clientCpuMsPerTx = (clientCpu.user + clientCpu.system) / 1000 / txCount;
-    log(`sequential anchor() txs with receipts through ethers: ${results.seqTxPerSec.toFixed(1)} tx/s (${txCount} txs, target >= 40)`);
+    log(`sequential anchor() txs with receipts through ethers (ChainClient): ${results.seqTxPerSec.toFixed(1)} tx/s (${txCount} txs, target >= 40)`);
     log(`  CPU per tx: node ${results.nodeCpuMsPerTx.toFixed(1)} ms, ethers client ${results.clientCpuMsPerTx.toFixed(1)} ms; load average ${os.loadavg()[0]!.toFixed(1)} on ${os.cpus().length} cores`);
 
     const calls = summary(await timeCalls(() => anchor.batchCount(), 1000));
@@ -113,7 +117,7 @@ export async function run(log: Log): Promise<Record<string, number>> {
     results.blocks = head;
     results.rssAfterBlocksMb = rssOf(node.child.pid!);
     log(`node RSS after ${head} blocks: ${results.rssAfterBlocksMb.toFixed(0)} MB (target <= 400 MB after 100,000 blocks)`);
-    provider.destroy();
+    await client.close();
 
     await stopNode(node);
     node = await startNode(dataDir);
