@@ -165,7 +165,14 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
       const store = new CommitmentStore(storeFile);
       try {
         const checker = new IntegrityChecker(store, client.contract('ResourceAnchor', client.provider));
-        const report = await verifyStore({ store, repository, checker }, opts.patient);
+        const total = opts.patient === undefined ? store.counts().commitments : undefined;
+        let shown = 0;
+        const report = await verifyStore({ store, repository, checker }, opts.patient, (r) => {
+          // progress on stderr (stdout carries the report), about every 10,000 versions
+          if (r.checked - shown < 10_000) return;
+          shown = r.checked;
+          process.stderr.write(`verified ${r.checked.toLocaleString('en')}${total ? ` of ${total.toLocaleString('en')}` : ''} versions, ${r.failures.length} failed so far\n`);
+        });
         console.log(`checked ${report.checked}: ${report.verified} verified, ${report.pending} pending (not anchored yet), ` +
           `${report.gone} deleted or erased, ${report.unverified} unverifiable now (chain unreachable), ${report.failures.length} failed`);
         for (const f of report.failures) console.log(`FAILED ${f.resource}: ${f.reason}`);

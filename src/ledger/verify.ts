@@ -1,11 +1,13 @@
 /**
  * `glucoguard verify`: checks every recorded version (or one patient's) against the repository and
  * the chain — the same check the integrity guard runs on reads — and reports counts and failures.
+ * Versions are checked a page at a time (one store read and one root per batch for the page).
  */
+import type { Resource } from '@medplum/fhirtypes';
 import { isGlucoGuardError } from '../errors.js';
 import type { Repository } from '../repository/port.js';
 import type { IntegrityChecker } from './integrity.js';
-import type { CommitmentStore } from './store.js';
+import type { CommitmentRecord, CommitmentStore } from './store.js';
 
 export interface VerifyReport {
   checked: number;
@@ -17,24 +19,42 @@ export interface VerifyReport {
   failures: { resource: string; reason: string }[];
 }
 
-export async function verifyStore(deps: { store: CommitmentStore; repository: Repository; checker: IntegrityChecker }, patient?: string): Promise<VerifyReport> {
+const PAGE = 500;
+
+export async function verifyStore(
+  deps: { store: CommitmentStore; repository: Repository; checker: IntegrityChecker },
+  patient?: string,
+  onProgress?: (report: VerifyReport) => void,
+): Promise<VerifyReport> {
   const report: VerifyReport = { checked: 0, verified: 0, pending: 0, gone: 0, unverified: 0, failures: [] };
-  for (const record of deps.store.all(patient)) {
-    report.checked++;
-    const ref = `${record.type}/${record.id}/_history/${record.version}`;
-    let resource;
-    try {
-      resource = await deps.repository.vread(record.type, record.id, record.version);
-    } catch (err) {
-      if (isGlucoGuardError(err, 'ERR_GONE')) { report.gone++; continue; }
-      if (isGlucoGuardError(err, 'ERR_NOT_FOUND')) { report.failures.push({ resource: ref, reason: 'missing from the repository' }); continue; }
-      throw err;
+  let page: CommitmentRecord[] = [];
+  const checkPage = async (): Promise<void> => {
+    const read: { ref: string; resource: Resource }[] = [];
+    for (const record of page) {
+      report.checked++;
+      const ref = `${record.type}/${record.id}/_history/${record.version}`;
+      try {
+        read.push({ ref, resource: await deps.repository.vread(record.type, record.id, record.version) });
+      } catch (err) {
+        if (isGlucoGuardError(err, 'ERR_GONE')) report.gone++;
+        else if (isGlucoGuardError(err, 'ERR_NOT_FOUND')) report.failures.push({ resource: ref, reason: 'missing from the repository' });
+        else throw err;
+      }
     }
-    const result = await deps.checker.check(resource);
-    if (result.status === 'verified') report.verified++;
-    else if (result.status === 'pending') report.pending++;
-    else if (result.status === 'unverified') report.unverified++;
-    else report.failures.push({ resource: ref, reason: result.reason === 'content' ? 'content does not match its commitment' : `Merkle ${result.reason} check failed` });
+    const results = await deps.checker.checkMany(read.map((r) => r.resource));
+    results.forEach((result, i) => {
+      if (result.status === 'verified') report.verified++;
+      else if (result.status === 'pending') report.pending++;
+      else if (result.status === 'unverified') report.unverified++;
+      else report.failures.push({ resource: read[i]!.ref, reason: result.reason === 'content' ? 'content does not match its commitment' : `Merkle ${result.reason} check failed` });
+    });
+    page = [];
+    onProgress?.(report);
+  };
+  for (const record of deps.store.all(patient)) {
+    page.push(record);
+    if (page.length === PAGE) await checkPage();
   }
+  if (page.length) await checkPage();
   return report;
 }
