@@ -35,6 +35,7 @@ import { consentFromOptions } from '../src/consent/cli.js';
 import type { ExportJob } from '../src/exchange/jobs.js';
 import type { NotifyingRepository } from '../src/exchange/write-events.js';
 import { TOPICS } from '../src/exchange/subscriptions.js';
+import { EmbeddedRepository } from '../src/repository/embedded/index.js';
 import { OPEN_ACCESS, type AccessContext } from '../src/fhir/access.js';
 import { createLogger } from '../src/log.js';
 import { loadCgmObservations } from './repository-load.js';
@@ -56,6 +57,8 @@ interface Setup {
   grantsUntil: number;
   /** Readings sent by notification runs so far (pat-0; picks each run's own instants). */
   notified: number;
+  /** pat-0's Observations when the export phase starts (load + distinct notification readings). */
+  stored: number;
 }
 
 export async function run(log: Log): Promise<Record<string, number>> {
@@ -80,6 +83,9 @@ export async function run(log: Log): Promise<Record<string, number>> {
       setup = await loadPhase(dataDir, n, patients, log);
       writeFileSync(setupFile, JSON.stringify(setup));
     }
+    // Readings of earlier notification runs (pat-0, granted) count in the expected totals.
+    setup.stored = await countReadings(dataDir, setup.masterKey, 'pat-0');
+    writeFileSync(setupFile, JSON.stringify(setup));
     const out: Record<string, number> = { n, patients, loadSeconds: setup.loadSeconds, anchorTailSeconds: setup.anchorSeconds };
     const results = process.env.EXCHANGE_BENCH_INPROCESS === '1'
       ? await exportPhase(dataDir, setup, log)
@@ -125,7 +131,7 @@ async function loadPhase(dataDir: string, n: number, patients: number, log: Log)
         until: new Date(grantsUntil).toISOString(), purpose: ['TREAT', 'HRESCH'], types: ['Observation'],
       }), OPEN_ACCESS);
     }
-    return { n, patients, masterKey, loaded: load.loaded, loadSeconds: load.seconds, anchorSeconds, practitioner: `Practitioner/${doc.id}`, granted, grantsUntil, notified: 0 };
+    return { n, patients, masterKey, loaded: load.loaded, loadSeconds: load.seconds, anchorSeconds, practitioner: `Practitioner/${doc.id}`, granted, grantsUntil, notified: 0, stored: 0 };
   } finally {
     await app.close();
   }
@@ -162,9 +168,8 @@ async function exportPhase(dataDir: string, setup: Setup, log: Log): Promise<Rec
   log(`server process started in ${fmt((performance.now() - t0) / 1000, 1)} s, RSS ${fmt(rssMb(), 0)} MB`);
   out.serverStartRssMb = rssMb();
   try {
-    // Readings of earlier notification runs (pat-0, granted) are counted through the ordinary search.
     const perPatient = Math.ceil(setup.n / setup.patients);
-    const notified = (await countReadings(app, 'pat-0')) - Math.min(perPatient, setup.loaded);
+    const notified = setup.stored - Math.min(perPatient, setup.loaded);
     const expectedAll = setup.loaded + notified;
     const expectedGranted = Math.min(setup.loaded, setup.granted * perPatient) + notified;
     const practitioner = (purpose: string): AccessContext & { purposeOfUse: string } => ({
@@ -217,15 +222,23 @@ async function exportPhase(dataDir: string, setup: Setup, log: Log): Promise<Rec
   return out;
 }
 
-/** How many Observations a patient has, paged through the repository's ordinary search. */
-async function countReadings(app: App, patientId: string): Promise<number> {
-  let n = 0;
-  for (let offset = 0; ; offset += 1000) {
-    const page = await app.repository.search({
-      resourceType: 'Observation', filters: [{ code: 'patient', operator: Operator.EQUALS, value: `Patient/${patientId}` }], count: 1000, offset,
-    });
-    n += page.resources.length;
-    if (!page.hasMore) return n;
+/**
+ * How many Observations a patient has, paged through the repository's ordinary search (run before
+ * the server process starts, so its page cache is not warmed by the count).
+ */
+async function countReadings(dataDir: string, masterKey: string, patientId: string): Promise<number> {
+  const repo = await EmbeddedRepository.open({ dataDir, masterKey });
+  try {
+    let n = 0;
+    for (let offset = 0; ; offset += 1000) {
+      const page = await repo.search({
+        resourceType: 'Observation', filters: [{ code: 'patient', operator: Operator.EQUALS, value: `Patient/${patientId}` }], count: 1000, offset,
+      });
+      n += page.resources.length;
+      if (!page.hasMore) return n;
+    }
+  } finally {
+    await repo.close();
   }
 }
 
