@@ -545,11 +545,13 @@ export class ChainNode {
     } finally {
       this.clique.forget(block);
     }
+    const txHashes = included.map((e) => e.hash);
     await this.writeBlock([
       ...this.stateDb.takeWrites(),
-      ...this.receipts.blockOps(blockHash, number, included.map((e) => e.hash), stored),
+      ...this.receipts.blockOps(blockHash, number, txHashes, stored),
       ...this.chainDb.takeWrites(),
     ]);
+    this.receipts.remember(blockHash, txHashes, stored);
     this.head = block;
     if (!coinbase.isZero() && this.signers(number + 1n).includes(coinbase.toString()) === (nonce === NONCE_AUTH)) {
       this.proposals.delete(coinbase.toString());

@@ -24,8 +24,25 @@ export interface StoredReceipt {
 
 const pad = (n: bigint): string => n.toString(16).padStart(16, '0');
 
+/** Blocks whose receipts are also kept in memory: a client asks for a receipt right after its block. */
+const RECENT_BLOCKS = 256;
+
 export class ReceiptStore {
+  private readonly recentBlocks = new Map<string, { txHashes: string[]; receipts: StoredReceipt[] }>();
+  private readonly recentTxs = new Map<string, { blockHash: string; index: number }>();
+
   constructor(private readonly level: Sublevel) {}
+
+  /** Keeps a block's receipts in memory once its batch is written (the newest RECENT_BLOCKS blocks). */
+  remember(blockHash: string, txHashes: string[], receipts: StoredReceipt[]): void {
+    this.recentBlocks.set(blockHash, { txHashes, receipts });
+    txHashes.forEach((h, index) => this.recentTxs.set(h, { blockHash, index }));
+    if (this.recentBlocks.size > RECENT_BLOCKS) {
+      const [oldest, { txHashes: gone }] = this.recentBlocks.entries().next().value!;
+      this.recentBlocks.delete(oldest);
+      for (const h of gone) if (this.recentTxs.get(h)?.blockHash === oldest) this.recentTxs.delete(h);
+    }
+  }
 
   /**
    * The writes recording a block's receipts (`txHashes[i]` belongs to `receipts[i]`), for the batch
@@ -40,12 +57,16 @@ export class ReceiptStore {
   }
 
   async receipts(blockHash: string): Promise<StoredReceipt[] | undefined> {
+    const recent = this.recentBlocks.get(blockHash);
+    if (recent) return recent.receipts;
     const raw = await this.level.get(`r${blockHash}`);
     return raw === undefined ? undefined : (JSON.parse(raw) as StoredReceipt[]);
   }
 
   /** Where a transaction was included: block hash and index, if known. */
   async txLocation(txHash: string): Promise<{ blockHash: string; index: number } | undefined> {
+    const recent = this.recentTxs.get(txHash);
+    if (recent) return recent;
     const raw = await this.level.get(`t${txHash}`);
     if (raw === undefined) return undefined;
     const [blockHash, index] = raw.split(':');
