@@ -42,6 +42,8 @@ const VERIFIED_TEXT_BUDGET = 32 * 1024 * 1024;
 const VERIFIED: CheckResult = Object.freeze({ status: 'verified' });
 
 interface Verified {
+  type: string;
+  version: string;
   salt: Buffer;
   leaf: Buffer;
   /** The exact canonical text that was hashed and proven, when the adapter supplied it. */
@@ -50,7 +52,11 @@ interface Verified {
 
 /** Checks resource versions against their commitments and the anchored roots. */
 export class IntegrityChecker {
-  /** type/id/version → leaf proven against an on-chain root (insertion order = eviction order). */
+  /**
+   * id → the version of that id last proven against an on-chain root, with its type (insertion order =
+   * eviction order). Keyed by the id alone, which the resource already carries as a string: building
+   * a type/id/version key per entry cost more than the rest of a warm check.
+   */
   private readonly verified = new Map<string, Verified>();
   private verifiedTextSize = 0;
   /** local batch id → on-chain root (checked equal to the local one) or false (chain disagrees). */
@@ -82,8 +88,9 @@ export class IntegrityChecker {
         results[at] = { status: 'unverified', reason: 'no-commitment' };
         return;
       }
-      const key = `${resource.resourceType}/${resource.id}/${version}`;
-      const cached = this.verified.get(key);
+      const key = resource.id;
+      const hit = this.verified.get(key);
+      const cached = hit && hit.version === version && hit.type === resource.resourceType ? hit : undefined;
       const ready = canonicalTextOf(resource);
       if (cached?.text !== undefined && ready === cached.text) {
         results[at] = VERIFIED;
@@ -93,8 +100,7 @@ export class IntegrityChecker {
         } else {
           if (ready !== undefined) {
             // proven before, hashed now: keep the text so the next read is a comparison
-            this.forget(key);
-            this.remember(key, { salt: cached.salt, leaf: cached.leaf, text: ready });
+            this.remember(key, { ...cached, text: ready });
           }
           results[at] = VERIFIED;
         }
@@ -132,7 +138,8 @@ export class IntegrityChecker {
         else if (root === false) results[at] = { status: 'failed', reason: 'root' };
         else if (!provesTo(record.leaf, record.proof!, root, proven)) results[at] = { status: 'failed', reason: 'proof' };
         else {
-          this.remember(key, { salt: record.salt, leaf: record.leaf, text });
+          const r = resources[at]!;
+          this.remember(key, { type: r.resourceType, version: r.meta!.versionId!, salt: record.salt, leaf: record.leaf, text });
           results[at] = VERIFIED;
         }
       }
@@ -155,6 +162,7 @@ export class IntegrityChecker {
   }
 
   private remember(key: string, entry: Verified): void {
+    this.forget(key);
     const size = entry.text?.length ?? 0;
     while (this.verified.size > 0 && (this.verified.size >= VERIFIED_CACHE_MAX || this.verifiedTextSize + size > VERIFIED_TEXT_BUDGET)) {
       const [oldest, value] = this.verified.entries().next().value as [string, Verified];
