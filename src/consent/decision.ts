@@ -121,9 +121,10 @@ function mismatch(g: ActiveGrant, req: DecisionRequest, purpose: string, now: nu
 }
 
 /** Decides for a resource in hand: every patient it is linked to must be permitted. */
-export function decideResource(perms: Permissions, resource: Resource, now: number): Decision & { patientIds: string[] } {
+/** `cacheFacts` false: the resource is read once (bulk export); work its facts out without caching them. */
+export function decideResource(perms: Permissions, resource: Resource, now: number, cacheFacts = true): Decision & { patientIds: string[] } {
   if (perms.requester.kind === 'open') return { ...PERMIT_OPEN, patientIds: [] };
-  const facts = resourceFacts(resource);
+  const facts = cacheFacts ? resourceFacts(resource) : computeFacts(resource);
   const req: DecisionRequest = { patientId: undefined, resourceType: facts.resourceType, codes: facts.codes, effective: facts.effective };
   if (facts.patientIds.length === 0) return withPatients(decide(perms, req, now), facts.patientIds);
   let last: Decision = PERMIT_OWN;

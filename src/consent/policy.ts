@@ -17,7 +17,7 @@ import { badRequest } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { patientCompartmentParams, patientIdOfReference } from '../fhir/compartment.js';
 import { metrics } from '../observability/metrics.js';
-import type { AccessPolicy, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
+import type { AccessPolicy, GuardOptions, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
 import { decideResource, type Permissions } from './decision.js';
 import type { ConsentDecisions } from './decisions.js';
 import { requesterOf } from './requester.js';
@@ -118,7 +118,7 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     return access.kind === 'open' || resource.resourceType !== 'Consent';
   }
 
-  async guard(access: AccessContext, resources: Resource[]): Promise<GuardResult> {
+  async guard(access: AccessContext, resources: Resource[], options?: GuardOptions): Promise<GuardResult> {
     if (access.kind === 'open' || resources.length === 0) return { allowed: resources, issues: [] };
     let perms: Permissions;
     try {
@@ -131,7 +131,7 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     const note = noteFor(access);
     const allowed: Resource[] = [];
     for (const r of resources) {
-      const d = decideResource(perms, r, now);
+      const d = decideResource(perms, r, now, !options?.oneOff);
       for (const p of d.patientIds) note.patients.add(p);
       if (d.permit) {
         allowed.push(r);

@@ -116,7 +116,8 @@ export class GuardedReader {
   }
 
   private async guarded(access: AccessContext, resources: Resource[]): Promise<GuardedPage> {
-    const { allowed, issues } = await this.options.fhir.guard(access, resources);
+    // read once: checked like any read, but nothing about these versions is kept in per-version caches
+    const { allowed, issues } = await this.options.fhir.guard(access, resources, { oneOff: true });
     return { resources: allowed, issues };
   }
 

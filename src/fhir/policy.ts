@@ -23,7 +23,16 @@ export interface AccessPolicy {
 
 /** Decides, per outbound resource, whether it may leave; may add issues for the client (integrity failures). */
 export interface OutboundGuard {
-  guard(access: AccessContext, resources: Resource[]): Promise<GuardResult>;
+  guard(access: AccessContext, resources: Resource[], options?: GuardOptions): Promise<GuardResult>;
+}
+
+export interface GuardOptions {
+  /**
+   * The resources are read once, in bulk (a Bulk export): decide and check them as always, but keep
+   * nothing about them in per-version caches (verified commitments, consent facts), which would
+   * otherwise fill with a whole export and hold it in memory for nothing.
+   */
+  oneOff?: boolean;
 }
 
 export interface GuardResult {

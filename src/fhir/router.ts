@@ -14,7 +14,7 @@ import type { AccessContext } from './access.js';
 import { processBatch, processTransaction } from './bundles.js';
 import { errorToResponse, informational, operationOutcome } from './outcomes.js';
 import { PageTokens, pairsToQuery, queryPairs, toQueryString } from './paging.js';
-import { OPEN_POLICY, type AccessPolicy, type OutboundGuard } from './policy.js';
+import { OPEN_POLICY, type AccessPolicy, type GuardOptions, type OutboundGuard } from './policy.js';
 import { isSupportedType } from './resource-types.js';
 import { parseSearch } from './search.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
@@ -478,12 +478,12 @@ export class FhirRouter {
   }
 
   /** Runs every outbound guard in turn (consent, then integrity, …). */
-  async guard(access: AccessContext, resources: Resource[]): Promise<{ allowed: Resource[]; issues: OperationOutcomeIssue[] }> {
+  async guard(access: AccessContext, resources: Resource[], options?: GuardOptions): Promise<{ allowed: Resource[]; issues: OperationOutcomeIssue[] }> {
     let allowed = resources;
     const issues: OperationOutcomeIssue[] = [];
     for (const g of this.guards) {
       if (allowed.length === 0) break;
-      const r = await g.guard(access, allowed);
+      const r = await g.guard(access, allowed, options);
       allowed = r.allowed;
       issues.push(...r.issues);
     }

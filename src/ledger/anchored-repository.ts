@@ -38,20 +38,23 @@ export class AnchoredRepository extends WriteObservingRepository {
 
   /**
    * Records versions written while the process was down between write and record. Walks history
-   * from shortly before the last recorded write; does nothing on a store that never recorded one
-   * (data that existed before the ledger stays "unverified" rather than being vouched for now).
-   * Returns how many versions were recorded.
+   * newest first back to shortly before the last recorded write, and stops at the first older
+   * version — not with a `_since` filter, which on a store where few versions match makes the
+   * embedded adapter read every version to prove there are no more. Does nothing on a store that
+   * never recorded one (data that existed before the ledger stays "unverified" rather than being
+   * vouched for now). Returns how many versions were recorded.
    */
   async reconcile(pageSize = 500): Promise<number> {
     const watermark = this.store.getMeta('watermark');
     if (watermark === undefined) return 0;
-    const since = new Date(Number(watermark) - RECONCILE_SLACK_MS).toISOString();
+    const since = Number(watermark) - RECONCILE_SLACK_MS;
     let recorded = 0;
     for (let offset = 0; ; offset += pageSize) {
-      const page = await this.inner.history({ since, count: pageSize, offset });
-      const missing = page.entries.filter((e) => e.resource && !this.store.get(e.resourceType, e.id, e.versionId)).map((e) => e.resource!);
+      const page = await this.inner.history({ count: pageSize, offset });
+      const recent = page.entries.filter((e) => Date.parse(e.lastUpdated) >= since);
+      const missing = recent.filter((e) => e.resource && !this.store.get(e.resourceType, e.id, e.versionId)).map((e) => e.resource!);
       recorded += this.record(missing);
-      if (!page.hasMore) return recorded;
+      if (!page.hasMore || recent.length < page.entries.length) return recorded;
     }
   }
 

@@ -19,7 +19,7 @@ import type { AuditEvent, Coding, OperationOutcomeIssue, Resource } from '@medpl
 import type { Contract } from 'ethers';
 import type { Logger } from 'pino';
 import type { AccessContext } from '../fhir/access.js';
-import type { GuardResult, OutboundGuard } from '../fhir/policy.js';
+import type { GuardOptions, GuardResult, OutboundGuard } from '../fhir/policy.js';
 import { patientIdsOf } from '../fhir/compartment.js';
 import { canonicalTextOf } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
@@ -79,7 +79,8 @@ export class IntegrityChecker {
    * node another proof of the same batch has already led to the root: a day of readings from one
    * batch costs about as many hashes as it has entries, not ten per entry.
    */
-  async checkMany(resources: readonly Resource[]): Promise<CheckResult[]> {
+  async checkMany(resources: readonly Resource[], options: { remember?: boolean } = {}): Promise<CheckResult[]> {
+    const keep = options.remember !== false;
     const results: CheckResult[] = new Array(resources.length);
     const missing: { at: number; key: string; type: string; id: string; version: string; text: string | undefined }[] = [];
     resources.forEach((resource, at) => {
@@ -98,7 +99,7 @@ export class IntegrityChecker {
         if (!commitmentOf(cached.salt, ready ?? canonicalResourceText(resource)).equals(cached.leaf)) {
           results[at] = { status: 'failed', reason: 'content' };
         } else {
-          if (ready !== undefined) {
+          if (ready !== undefined && keep) {
             // proven before, hashed now: keep the text so the next read is a comparison
             this.remember(key, { ...cached, text: ready });
           }
@@ -139,7 +140,7 @@ export class IntegrityChecker {
         else if (!provesTo(record.leaf, record.proof!, root, proven)) results[at] = { status: 'failed', reason: 'proof' };
         else {
           const r = resources[at]!;
-          this.remember(key, { type: r.resourceType, version: r.meta!.versionId!, salt: record.salt, leaf: record.leaf, text });
+          if (keep) this.remember(key, { type: r.resourceType, version: r.meta!.versionId!, salt: record.salt, leaf: record.leaf, text });
           results[at] = VERIFIED;
         }
       }
@@ -164,13 +165,24 @@ export class IntegrityChecker {
   private remember(key: string, entry: Verified): void {
     this.forget(key);
     const size = entry.text?.length ?? 0;
-    while (this.verified.size > 0 && (this.verified.size >= VERIFIED_CACHE_MAX || this.verifiedTextSize + size > VERIFIED_TEXT_BUDGET)) {
-      const [oldest, value] = this.verified.entries().next().value as [string, Verified];
-      this.verified.delete(oldest);
-      this.verifiedTextSize -= value.text?.length ?? 0;
-    }
+    if (this.verified.size >= VERIFIED_CACHE_MAX || this.verifiedTextSize + size > VERIFIED_TEXT_BUDGET) this.evict(size);
     this.verified.set(key, entry);
     this.verifiedTextSize += size;
+  }
+
+  /**
+   * Drops the oldest sixteenth (at least enough to fit `incoming` text) in one pass: a Map walked
+   * from its start skips the slots of earlier deletions, so evicting one entry per insert would walk
+   * them again every time.
+   */
+  private evict(incoming: number): void {
+    let drop = Math.max(1, this.verified.size >> 4);
+    for (const [oldest, value] of this.verified) {
+      if (drop <= 0 && this.verifiedTextSize + incoming <= VERIFIED_TEXT_BUDGET) break;
+      this.verified.delete(oldest);
+      this.verifiedTextSize -= value.text?.length ?? 0;
+      drop--;
+    }
   }
 
   private forget(key: string): void {
@@ -259,10 +271,10 @@ export class IntegrityGuard implements OutboundGuard {
     this.mode = options.mode ?? 'lenient';
   }
 
-  async guard(access: AccessContext, resources: Resource[]): Promise<GuardResult> {
+  async guard(access: AccessContext, resources: Resource[], options?: GuardOptions): Promise<GuardResult> {
     const allowed: Resource[] = [];
     const issues: OperationOutcomeIssue[] = [];
-    const results = await this.options.checker.checkMany(resources);
+    const results = await this.options.checker.checkMany(resources, { remember: !options?.oneOff });
     for (const [i, resource] of resources.entries()) {
       const result = results[i]!;
       switch (result.status) {

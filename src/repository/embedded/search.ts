@@ -275,7 +275,9 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
     const ids = splitSearchOnComma(idFilter.value);
     const extra = exists();
     return {
-      from: 'versions v',
+      // the id index, always: ordering by seq, SQLite would otherwise walk every version of the type
+      // (a consent-narrowed search matching no id made that a scan of every Observation)
+      from: 'versions v INDEXED BY versions_by_id',
       where: ['v.type = ?', `v.id IN (${ids.map(() => '?').join(',')})`, ...live, ...extra.where],
       args: [type, ...ids, ...extra.args],
       orderBy: 'v.seq',

@@ -119,6 +119,17 @@ describe('IntegrityChecker.checkMany', () => {
     expect(results[11]).toEqual({ status: 'unverified', reason: 'no-commitment' });
   });
 
+  it('a one-off check (bulk export) proves as always but remembers nothing', async () => {
+    const day = Array.from({ length: 20 }, (_, i) => reading(i));
+    anchorBatch(day, 0);
+    const checker = new IntegrityChecker(store, anchor);
+    const cache = (checker as unknown as { verified: Map<string, unknown> }).verified;
+    expect((await checker.checkMany(day, { remember: false })).every((r) => r.status === 'verified')).toBe(true);
+    expect(cache.size).toBe(0);
+    await checker.checkMany(day);
+    expect(cache.size).toBe(20);
+  });
+
   it('warmRoots reads every anchored root ahead, so checks after it read no root', async () => {
     const batches = Array.from({ length: 3 }, (_, k) => Array.from({ length: 4 }, (_, i) => reading(k * 10 + i)));
     batches.forEach((b, k) => anchorBatch(b, k));
