@@ -31,6 +31,9 @@ import { requesterOf, type ConsentAccessContext } from './requester.js';
 import { consentTerms, GRANT_ID_SYSTEM, purposeBytes, scopeHash } from './terms.js';
 
 export const EPOCH_KEY = 'consent:epoch';
+/** A grant the patient has revoked, denied on every replica before the chain has confirmed it. */
+const WITHDRAWN_PREFIX = 'consent:withdrawn:';
+const WITHDRAWN_TTL_MS = 24 * 3600 * 1000;
 export const CHANGED_CHANNEL = 'consent:changed';
 const EPOCH_TTL_MS = 10 * 365 * 24 * 3600 * 1000;
 /** Longest time a replica with a live subscription decides without reading the epoch (ms, monotonic). */
@@ -126,6 +129,17 @@ export class ConsentDecisions {
     this.epochReadAt = readAt;
   }
 
+  /**
+   * Denies a grant on every replica at once, before its on-chain revocation is confirmed (a block
+   * period or more later): a revocation only takes access away, so it applies as soon as the signed
+   * request is in hand. The mark outlives a revocation transaction that fails (the patient asked;
+   * the grant stays denied for a day while they retry).
+   */
+  async withdraw(grantId: string): Promise<void> {
+    await this.options.kv.set(WITHDRAWN_PREFIX + grantId, '1', WITHDRAWN_TTL_MS);
+    await this.changed();
+  }
+
   /** Tells every replica that grants changed: bumps the epoch, publishes, drops the local cache. */
   async changed(): Promise<void> {
     this.dropAll();
@@ -188,6 +202,7 @@ export class ConsentDecisions {
     for (const grantId of await this.options.grants.grantIdsTo(address)) {
       const stored = await this.options.registry.getGrant(grantId);
       if (!stored || stored.revoked || stored.notAfter * 1000 <= this.now()) continue;
+      if (await this.options.kv.get(WITHDRAWN_PREFIX + grantId)) continue;
       const consent = await this.consentOf(grantId);
       if (!consent) continue;
       let terms;

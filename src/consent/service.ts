@@ -186,6 +186,9 @@ export class ConsentService {
       await this.options.registry.relayGrant(pending.typedData, signature);
       updated = { ...consent, status: 'active' };
     } else {
+      // denied everywhere now; the chain confirms within a block period or two
+      const grantId = String(pending.typedData.message.grantId);
+      await this.options.decisions.withdraw(grantId);
       const { txHash } = await this.options.registry.relayRevoke(pending.typedData, signature);
       updated = { ...consent, status: 'inactive', identifier: [...(consent.identifier ?? []), { system: REVOKE_TX_SYSTEM, value: txHash }] };
     }
