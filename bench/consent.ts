@@ -263,27 +263,32 @@ async function revocationToDenial(a: App, b: App, s: Setup, log: Log): Promise<R
     const res = await b.fhir.handle({ method: 'GET', path: 'Observation', query: { patient: `Patient/${s.patient}`, _count: '1' }, headers: {}, access: { ...s.docAccess } });
     return ((res.body as { entry?: unknown[] }).entry ?? []).length;
   };
-  const totals: number[] = [];
-  const afterConfirm: number[] = [];
+  const denials: number[] = [];
+  const confirms: number[] = [];
   let consentId = s.consentId;
   for (let round = 0; round < 3; round++) {
     if (round > 0) consentId = await grant(a, s.patient, s.doc);
     for (let i = 0; i < 50 && (await read()) === 0; i++) await new Promise((r) => setTimeout(r, 50));
     if ((await read()) === 0) throw new Error('replica B never saw the grant');
+    // B is asked again and again while A's revoke call runs: the figure is the first denial on B,
+    // from the moment the revoke call began; the call itself returns once the chain has confirmed
     const t0 = performance.now();
-    await a.consent.service.revoke(consentId, OPEN_ACCESS);
-    const t1 = performance.now();
+    let confirmedAt: number | undefined;
+    const revoking = a.consent.service.revoke(consentId, OPEN_ACCESS).then(() => { confirmedAt = performance.now(); });
     while ((await read()) !== 0) {
       if (performance.now() - t0 > 10_000) throw new Error('replica B still permits 10 s after revocation');
+      // both replicas share this process: let the event loop run A's call and B's pub/sub in between
+      await new Promise((r) => setTimeout(r, 2));
     }
-    const t2 = performance.now();
-    totals.push(t2 - t0);
-    afterConfirm.push(t2 - t1);
+    denials.push(performance.now() - t0);
+    await revoking;
+    confirms.push(confirmedAt! - t0);
+    if ((await read()) !== 0) throw new Error('replica B permits again after the revocation was confirmed');
   }
-  const worst = Math.max(...totals);
-  log(`revocation-to-denial on replica B (embedded chain, block period 1 s): ${totals.map((x) => fmt(x, 0)).join(', ')} ms from the revoke call `
-    + `(chain confirmation included); ${afterConfirm.map((x) => fmt(x, 1)).join(', ')} ms after A confirmed (target ≤ 1 s)`);
-  return { revocationToDenialMaxMs: worst, revocationAfterConfirmMaxMs: Math.max(...afterConfirm) };
+  const worst = Math.max(...denials);
+  log(`revocation-to-denial on replica B (embedded chain, block period 1 s), from the revoke call on A: ${denials.map((x) => fmt(x, 0)).join(', ')} ms `
+    + `(target ≤ 1 s); the revoke call returned, chain confirmation included, after ${confirms.map((x) => fmt(x, 0)).join(', ')} ms`);
+  return { revocationToDenialMaxMs: worst, revocationConfirmedMaxMs: Math.max(...confirms) };
 }
 
 async function answers(host: string, port: number): Promise<boolean> {
