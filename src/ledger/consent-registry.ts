@@ -34,11 +34,11 @@ export const REVOKE_TYPES: Record<string, TypedDataField[]> = {
 };
 
 /** EIP-712 typed data as a wallet's `eth_signTypedData_v4` takes it (numbers as decimal strings). */
-export interface TypedData {
+export interface TypedData<Primary extends string = 'Grant' | 'Revoke', Message = Record<string, string>> {
   domain: TypedDataDomain;
   types: Record<string, TypedDataField[]>;
-  primaryType: 'Grant' | 'Revoke';
-  message: Record<string, string>;
+  primaryType: Primary;
+  message: Message;
 }
 
 export interface StoredGrant {

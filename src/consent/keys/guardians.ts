@@ -17,7 +17,7 @@ import { Contract, getAddress, isAddress, Signature, type TypedDataDomain, type 
 import { badRequest, issue, unprocessable } from '../../errors.js';
 import type { KeyValueStore } from '../../kv/port.js';
 import type { ChainClient } from '../../ledger/client.js';
-import { chainCall, contractError, sendWithNonceRetry } from '../../ledger/consent-registry.js';
+import { chainCall, contractError, sendWithNonceRetry, type TypedData } from '../../ledger/consent-registry.js';
 import type { IdentityRegistryClient } from '../../ledger/identity-registry.js';
 import type { KeySession as Session, PatientKeys } from '../patient-keys.js';
 
@@ -40,12 +40,7 @@ export const RECOVER_TYPES: Record<string, TypedDataField[]> = {
   ],
 };
 
-export interface GuardianTypedData {
-  domain: TypedDataDomain;
-  types: Record<string, TypedDataField[]>;
-  primaryType: 'SetGuardians' | 'Recover';
-  message: Record<string, unknown>;
-}
+export type GuardianTypedData = TypedData<'SetGuardians' | 'Recover', Record<string, unknown>>;
 
 export interface Guardian {
   address: string;
