@@ -64,6 +64,9 @@ interface BatchRow {
   block: number | null; tx: string | null; prepared_at: number; anchored_at: number | null;
 }
 
+/** How often the reconciliation watermark is written (ms); reconciliation starts a minute before it. */
+const WATERMARK_EVERY_MS = 1000;
+
 export class CommitmentStore {
   private readonly db: DB;
   private readonly insert: Statement<[string, string, string, string | null, Buffer, Buffer, number]>;
@@ -71,6 +74,7 @@ export class CommitmentStore {
   private readonly batchById: Statement<[number], BatchRow>;
   private readonly proofByKey: Statement<[string, string, string], [Buffer, Buffer, number | null, Buffer | null]>;
   private closed = false;
+  private watermarkAt = -Infinity;
 
   constructor(readonly file: string) {
     // synchronous NORMAL, like the repository: a power cut can lose the last commits of both files
@@ -110,7 +114,12 @@ export class CommitmentStore {
     let added = 0;
     this.db.transaction(() => {
       for (const c of items) added += this.insert.run(c.type, c.id, c.version, c.patient ?? null, c.salt, c.leaf, now).changes;
-      if (items.length) this.setMeta('watermark', String(now));
+      // at most once a second: reconciliation looks a minute before it, and an upsert per write
+      // was ~2 % of the process at 1,000 writes/s
+      if (items.length && now - this.watermarkAt >= WATERMARK_EVERY_MS) {
+        this.setMeta('watermark', String(now));
+        this.watermarkAt = now;
+      }
     })();
     return added;
   }
