@@ -74,3 +74,20 @@ export async function startEmbeddedChain(opts: EmbeddedChainOptions): Promise<Em
     throw err;
   }
 }
+
+/**
+ * A node run as its own process (`glucoguard chain node`, `node dist/chain/node/main.js`): prints
+ * one JSON line describing it once ready, then closes it cleanly on the first SIGINT/SIGTERM.
+ */
+export function serveUntilSignal(chain: EmbeddedChain, print: (line: string) => void): void {
+  const { close, ...info } = chain;
+  print(JSON.stringify(info));
+  let stopping = false;
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(signal, () => {
+      if (stopping) return;
+      stopping = true;
+      void close().then(() => process.exit(0));
+    });
+  }
+}

@@ -3,7 +3,7 @@
  * [--block-period 1] [--chain-id 1337]`. Prints one JSON line ({ rpcUrl, chainId, signerAddress, deployment })
  * when ready; stops cleanly on SIGINT/SIGTERM. `glucoguard chain node` is the operator-facing command.
  */
-import { startEmbeddedChain } from './index.js';
+import { serveUntilSignal, startEmbeddedChain } from './index.js';
 
 function arg(name: string, fallback?: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -28,13 +28,4 @@ const chain = await startEmbeddedChain({
   chainId: Number(arg('chain-id', '1337')),
   logger: log,
 });
-const { close, ...info } = chain;
-process.stdout.write(`${JSON.stringify(info)}\n`);
-let stopping = false;
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    if (stopping) return;
-    stopping = true;
-    void close().then(() => process.exit(0));
-  });
-}
+serveUntilSignal(chain, (line) => process.stdout.write(`${line}\n`));

@@ -9,7 +9,7 @@ import { JsonRpcProvider } from 'ethers';
 import { createChain, createRepository } from '../app.js';
 import type { Config } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
-import { loadAuthorityKey, readDeployment, startEmbeddedChain } from '../../chain/node/index.js';
+import { loadAuthorityKey, readDeployment, serveUntilSignal, startEmbeddedChain } from '../../chain/node/index.js';
 import { ChainClient } from './client.js';
 import { deployContracts } from './deploy.js';
 import { commitmentStorePath } from './index.js';
@@ -74,16 +74,7 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
         dataDir: config.dataDir, port: config.chain.embeddedPort, host: opts.host, blockPeriod: config.chain.blockPeriod, chainId: config.chain.chainId,
         logger: { info: (m) => logger.info(m), warn: (m) => logger.warn(m), error: (m) => logger.error(m) },
       });
-      const { close, ...info } = node;
-      console.log(JSON.stringify(info));
-      let stopping = false;
-      for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-        process.on(signal, () => {
-          if (stopping) return;
-          stopping = true;
-          void close().then(() => process.exit(0));
-        });
-      }
+      serveUntilSignal(node, (line) => console.log(line));
     });
 
   chain
