@@ -82,7 +82,8 @@ export class IntegrityChecker {
   async checkMany(resources: readonly Resource[], options: { remember?: boolean } = {}): Promise<CheckResult[]> {
     const keep = options.remember !== false;
     const results: CheckResult[] = new Array(resources.length);
-    const missing: { at: number; key: string; type: string; id: string; version: string; text: string | undefined }[] = [];
+    /** Versions not proven yet (verified versions are keyed by id). */
+    const missing: { at: number; type: string; id: string; version: string; text: string | undefined }[] = [];
     resources.forEach((resource, at) => {
       const version = resource.meta?.versionId;
       if (!resource.id || !version) {
@@ -106,13 +107,13 @@ export class IntegrityChecker {
           results[at] = VERIFIED;
         }
       } else {
-        missing.push({ at, key, type: resource.resourceType, id: resource.id, version, text: ready });
+        missing.push({ at, type: resource.resourceType, id: resource.id, version, text: ready });
       }
     });
     if (!missing.length) return results;
 
     const records = this.store.proofsOf(missing);
-    const byBatch = new Map<number, { at: number; key: string; record: ProofRecord; text: string | undefined }[]>();
+    const byBatch = new Map<number, { m: (typeof missing)[number]; record: ProofRecord }[]>();
     missing.forEach((m, i) => {
       const record = records[i];
       if (!record) {
@@ -123,25 +124,24 @@ export class IntegrityChecker {
         results[m.at] = { status: 'pending' };
       } else {
         const group = byBatch.get(record.batch) ?? [];
-        group.push({ at: m.at, key: m.key, record, text: m.text });
+        group.push({ m, record });
         byBatch.set(record.batch, group);
       }
     });
     const batchIds = [...byBatch.keys()];
-    const roots = await Promise.all(batchIds.map((b) => this.roots.get(b) ?? this.rootOf(b)));
+    const roots = await Promise.all(batchIds.map((b) => this.rootOf(b)));
     batchIds.forEach((batchId, i) => {
       const root = roots[i];
       const group = byBatch.get(batchId)!;
       const proven = new Set<string>();
-      for (const { at, key, record, text } of group) {
-        if (root === undefined) results[at] = { status: 'pending' };
-        else if (root === null) results[at] = { status: 'unverified', reason: 'root-unavailable' };
-        else if (root === false) results[at] = { status: 'failed', reason: 'root' };
-        else if (!provesTo(record.leaf, record.proof!, root, proven)) results[at] = { status: 'failed', reason: 'proof' };
+      for (const { m, record } of group) {
+        if (root === undefined) results[m.at] = { status: 'pending' };
+        else if (root === null) results[m.at] = { status: 'unverified', reason: 'root-unavailable' };
+        else if (root === false) results[m.at] = { status: 'failed', reason: 'root' };
+        else if (!provesTo(record.leaf, record.proof!, root, proven)) results[m.at] = { status: 'failed', reason: 'proof' };
         else {
-          const r = resources[at]!;
-          if (keep) this.remember(key, { type: r.resourceType, version: r.meta!.versionId!, salt: record.salt, leaf: record.leaf, text });
-          results[at] = VERIFIED;
+          if (keep) this.remember(m.id, { type: m.type, version: m.version, salt: record.salt, leaf: record.leaf, text: m.text });
+          results[m.at] = VERIFIED;
         }
       }
     });
