@@ -31,13 +31,13 @@ import { requesterOf, type ConsentAccessContext } from './requester.js';
 import { consentTerms, GRANT_ID_SYSTEM, purposeBytes, scopeHash } from './terms.js';
 
 export const EPOCH_KEY = 'consent:epoch';
-/** A grant the patient has revoked, denied on every replica before the chain has confirmed it. */
-const WITHDRAWN_PREFIX = 'consent:withdrawn:';
-const WITHDRAWN_TTL_MS = 24 * 3600 * 1000;
 export const CHANGED_CHANNEL = 'consent:changed';
 const EPOCH_TTL_MS = 10 * 365 * 24 * 3600 * 1000;
 /** Longest time a replica with a live subscription decides without reading the epoch (ms, monotonic). */
 export const EPOCH_MAX_AGE_MS = 200;
+/** A grant the patient has revoked, denied on every replica before the chain has confirmed it. */
+const WITHDRAWN_PREFIX = 'consent:withdrawn:';
+const WITHDRAWN_TTL_MS = 24 * 3600 * 1000;
 
 export interface ConsentDecisionsOptions {
   repository: Repository;
