@@ -1,8 +1,10 @@
 // The patient portal (standalone launch as a patient): own AGP summary, upload with progress,
-// grants (list, share in a few steps, stop sharing), the access log in plain words, key safety.
+// grants (list, share in a few steps, stop sharing), the access log in plain words, key safety
+// (with guardian recovery, recovery.js).
 import { api, apiSend, dataWords, el, fmtDate, fmtDateTime, notice, PURPOSE_WORDS, show, statusOf, STATE_WORDS } from '../shared/dom.js';
 import { hasReadings, loadReport, periodSelector, renderReport } from '../shared/agp.js';
 import { hasWallet, signWithWallet } from '../shared/wallet.js';
+import { recoverySection } from './recovery.js';
 
 const DAY = 86_400_000;
 const $ = (id) => document.getElementById(id);
@@ -567,7 +569,8 @@ function passwordForm() {
   return form;
 }
 
-async function loadKeys(refreshInfo = true, newCode = undefined) {
+/** Renders Key safety; `newCode` is a recovery code just made, `recovered` the key a guardian recovery just put in use. */
+async function loadKeys(refreshInfo = true, newCode = undefined, recovered = undefined) {
   const body = $('keys-body');
   if (refreshInfo || !keyInfo) {
     try {
@@ -586,7 +589,8 @@ async function loadKeys(refreshInfo = true, newCode = undefined) {
   const parts = [el('h3', {}, 'Your signing key'), protectionWords(info)];
   if (info.locked) {
     parts.push(notice('error', 'Your key cannot be opened with your current password.',
-      'This happens after a password reset. Enter your recovery code to open it again, or ask your guardians to help you get a new key.'), unlockForm());
+      'This happens after a password reset. Enter your recovery code to open it again, or ask your guardians to help you get a new key'
+      + (info.backup.threshold > 0 ? ' (see "Get a new key with your guardians" below).' : '.')), unlockForm());
   }
   if (info.key) {
     parts.push(el('h3', {}, 'Backup'), ...backupWords(info));
@@ -594,10 +598,20 @@ async function loadKeys(refreshInfo = true, newCode = undefined) {
     parts.push(el('h3', {}, 'Guardians for key recovery'),
       el('p', {}, 'Guardians are people you trust. If your key is ever lost, enough of them together can give you a new one. They cannot see your data or share it.'),
       guardiansForm(info));
+    if (recovered || (info.key.custodial && info.recovery.threshold > 0)) {
+      parts.push(await recoverySection({ client, info, nameOf: guardianName, say, recovered, reload: recoveredTo }));
+    }
   }
   parts.push(el('h3', {}, 'People who can act for you'), related);
   parts.push(el('h3', {}, 'Your password'), passwordForm());
   show(body, parts);
+}
+
+/** After a guardian recovery: Key safety shows the new key, and focus moves to the confirmation. */
+async function recoveredTo(address) {
+  await loadKeys(true, undefined, address);
+  say('Your new key is in use.');
+  $('recovery-done')?.focus();
 }
 
 // ---- Start ------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@
  *   typed data for the patient's wallet, whose signature comes back by `POST guardians/sign { signature }`.
  * - `POST password { current, password }`: changes the sign-in password and re-wraps the custodial key.
  * - `POST recovery` → a new key and the `Recover` typed data for the guardians;
- *   `POST recovery/complete { signatures }` relays their signatures.
+ *   `GET recovery` → the recovery waiting for guardian signatures (`{ recovery: null }` when none), so
+ *   the portal can come back to it; `POST recovery/complete { signatures }` relays their signatures.
  */
 import { Operator } from '@medplum/core';
 import type { Consent, HumanName, Organization, Practitioner, RelatedPerson } from '@medplum/fhirtypes';
@@ -212,6 +213,15 @@ export function webApiRouter(deps: WebApiDeps): Router {
   }));
 
   router.post('/recovery', handle(async (_req, access) => deps.consent.guardians.startRecovery(patientOf(access), access)));
+
+  // Guardians may take days to sign: the portal reopens the waiting request instead of making a new key.
+  router.get('/recovery', handle(async (_req, access) => {
+    const patientId = patientOf(access);
+    const typedData = await deps.consent.guardians.pendingRecovery(patientId);
+    if (!typedData) return { recovery: null };
+    const { threshold } = await deps.consent.guardians.current(patientId);
+    return { recovery: { newKey: typedData.message.newKey, threshold, typedData } };
+  }));
 
   router.post('/recovery/complete', handle(async (req, access) => {
     const signatures = (req.body as { signatures?: unknown } | undefined)?.signatures;
