@@ -27,6 +27,7 @@ import type {
 } from '../port.js';
 import { attachCanonicalText } from '../port.js';
 import { canonicalResourceText } from '../../ledger/canonical.js';
+import { historyRows } from './history.js';
 import { KeyRing, loadMasterKey, openText, seal } from './keys.js';
 import { extractIndexEntries, supportedParams } from './params.js';
 import { dateRowKey, runSearch } from './search.js';
@@ -200,28 +201,21 @@ export class EmbeddedRepository implements Repository {
 
   async history(request: HistoryRequest): Promise<HistoryResult> {
     this.checkOpen();
-    const where = ['(v.body IS NULL OR (k.wrapped IS NOT NULL AND k.version = v.key_version))'];
-    const args: unknown[] = [];
-    if (request.resourceType) { where.push('v.type = ?'); args.push(request.resourceType); }
     if (request.id) {
       if (!request.resourceType) throw badRequest('instance history needs a resource type');
-      where.push('v.id = ?');
-      args.push(request.id);
       if (!this.sql.currentOf.get(request.resourceType, request.id)) {
         throw notFound(`${request.resourceType}/${request.id} not found`);
       }
     }
+    let since: number | undefined;
     if (request.since !== undefined) {
-      const since = Date.parse(request.since);
+      since = Date.parse(request.since);
       if (Number.isNaN(since)) throw badRequest(`_since is not an instant: ${request.since}`, '_since');
-      where.push('v.last_updated >= ?');
-      args.push(since);
     }
     const count = Math.max(0, request.count);
-    const rows = this.prepare(
-      'SELECT v.seq, v.type, v.id, v.version, v.last_updated, v.method, v.key_id, v.key_version, v.body, NULL AS ix ' +
-      `FROM versions v LEFT JOIN data_keys k ON k.key_id = v.key_id WHERE ${where.join(' AND ')} ORDER BY v.seq DESC LIMIT ? OFFSET ?`,
-    ).all(...args, count + 1, Math.max(0, request.offset));
+    const rows = historyRows((text) => this.prepare(text), {
+      type: request.resourceType || undefined, id: request.id || undefined, since, count, offset: Math.max(0, request.offset),
+    });
     const entries: HistoryEntry[] = [];
     for (const row of rows.slice(0, count)) {
       const resource = row.method === METHOD.DELETE ? undefined : this.decode(row);

@@ -75,6 +75,8 @@ export function openStore(dataDir: string): { db: DB; file: string } {
     CREATE UNIQUE INDEX IF NOT EXISTS versions_by_id ON versions (type, id, version);
     CREATE INDEX IF NOT EXISTS versions_by_type ON versions (type, seq);
     CREATE INDEX IF NOT EXISTS versions_live ON versions (type, last_updated) WHERE current = 1 AND method <> 2;
+    -- history with _since (history.ts); a store made before it gets it at open (1.3 s for 1,000,000 versions)
+    CREATE INDEX IF NOT EXISTS versions_by_time ON versions (type, last_updated);
     CREATE TABLE IF NOT EXISTS ix_ref (h INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (h, seq)) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS ix_date (
       h INTEGER NOT NULL, h2 INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, seq INTEGER NOT NULL,
