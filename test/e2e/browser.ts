@@ -61,3 +61,37 @@ export async function signIn(page: Page, user: { username: string; password: str
   if (await allow.count()) await Promise.all([page.waitForURL((u) => u.pathname === appPath, { timeout: 15_000 }), allow.click()]);
   await page.waitForURL((u) => u.pathname === appPath, { timeout: 15_000 });
 }
+
+/** What `injectWallet` saw: the primary type of each typed-data message the wallet signed. */
+export interface InjectedWallet {
+  signed: string[];
+}
+
+/**
+ * Gives the page an EIP-1193 wallet (`window.ethereum`: eth_requestAccounts, eth_accounts,
+ * eth_signTypedData_v4) backed by ethers wallets in the test process. Call before the page loads.
+ */
+export async function injectWallet(page: Page, wallets: { address: string; signTypedData: (domain: object, types: Record<string, []>, message: Record<string, unknown>) => Promise<string> }[]): Promise<InjectedWallet> {
+  const seen: InjectedWallet = { signed: [] };
+  await page.exposeFunction('ggWalletAccounts', () => wallets.map((w) => w.address));
+  await page.exposeFunction('ggWalletSign', async (account: string, json: string) => {
+    const wallet = wallets.find((w) => w.address.toLowerCase() === account.toLowerCase());
+    if (!wallet) throw new Error('unknown account');
+    const { domain, types, message, primaryType } = JSON.parse(json) as { domain: object; types: Record<string, []>; message: Record<string, unknown>; primaryType: string };
+    if (!types.EIP712Domain) throw new Error('eth_signTypedData_v4 needs types.EIP712Domain');
+    delete types.EIP712Domain;
+    seen.signed.push(primaryType);
+    return wallet.signTypedData(domain, types, message);
+  });
+  await page.addInitScript(() => {
+    const w = window as unknown as { ethereum: unknown; ggWalletAccounts: () => Promise<string[]>; ggWalletSign: (a: string, j: string) => Promise<string> };
+    w.ethereum = {
+      request: async ({ method, params }: { method: string; params?: string[] }) => {
+        if (method === 'eth_requestAccounts' || method === 'eth_accounts') return w.ggWalletAccounts();
+        if (method === 'eth_signTypedData_v4') return w.ggWalletSign(params![0]!, params![1]!);
+        throw Object.assign(new Error(`unsupported method ${method}`), { code: 4200 });
+      },
+    };
+  });
+  return seen;
+}
