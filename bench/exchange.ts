@@ -18,14 +18,12 @@
  * same N and patients (the exports alone); `EXCHANGE_BENCH_INPROCESS=1` exports in this process
  * right after the load, as the first version of this benchmark did.
  */
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Operator } from '@medplum/core';
 import type { Patient, Practitioner } from '@medplum/fhirtypes';
 import { Wallet } from 'ethers';
@@ -38,6 +36,7 @@ import { TOPICS } from '../src/exchange/subscriptions.js';
 import { EmbeddedRepository } from '../src/repository/embedded/index.js';
 import { OPEN_ACCESS, type AccessContext } from '../src/fhir/access.js';
 import { createLogger } from '../src/log.js';
+import { childMain, runInChild } from './child.js';
 import { loadCgmObservations } from './repository-load.js';
 import { fmt, percentile, rssMb, type Log } from './stats.js';
 
@@ -89,7 +88,7 @@ export async function run(log: Log): Promise<Record<string, number>> {
     const out: Record<string, number> = { n, patients, loadSeconds: setup.loadSeconds, anchorTailSeconds: setup.anchorSeconds };
     const results = process.env.EXCHANGE_BENCH_INPROCESS === '1'
       ? await exportPhase(dataDir, setup, log)
-      : await inChild(dataDir, log);
+      : await runInChild(import.meta.url, CHILD_FLAG, [dataDir], log);
     return { ...out, ...results };
   } finally {
     if (!keep) rmSync(dataDir, { recursive: true, force: true });
@@ -135,27 +134,6 @@ async function loadPhase(dataDir: string, n: number, patients: number, log: Log)
   } finally {
     await app.close();
   }
-}
-
-/** Runs the export phase in a fresh node process with this process's node flags; relays its log. */
-async function inChild(dataDir: string, log: Log): Promise<Record<string, number>> {
-  const script = fileURLToPath(import.meta.url);
-  const child = spawn(process.execPath, [...process.execArgv, script, CHILD_FLAG, dataDir], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let results: Record<string, number> | undefined;
-  let buffered = '';
-  child.stdout.setEncoding('utf8');
-  child.stdout.on('data', (chunk: string) => {
-    buffered += chunk;
-    for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
-      const line = buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
-      if (line.startsWith('RESULT ')) results = JSON.parse(line.slice(7)) as Record<string, number>;
-      else if (line.startsWith('LOG ')) log(line.slice(4));
-    }
-  });
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  if (code !== 0 || !results) throw new Error(`export process exited with ${code}`);
-  return results;
 }
 
 /** The three exports and the notification latency, in one server process (the current one). */
@@ -293,16 +271,7 @@ async function notificationLatency(app: App, access: AccessContext, count: numbe
   }
 }
 
-if (process.argv[2] === CHILD_FLAG) {
-  const dataDir = process.argv[3]!;
-  const setup = JSON.parse(readFileSync(path.join(dataDir, 'bench-setup.json'), 'utf8')) as Setup;
-  exportPhase(dataDir, setup, (line) => process.stdout.write(`LOG ${line}\n`)).then(
-    (results) => {
-      process.stdout.write(`RESULT ${JSON.stringify(results)}\n`);
-      process.exit(0);
-    },
-    (err: unknown) => {
-      console.error(err);
-      process.exit(1);
-    });
-}
+childMain(CHILD_FLAG, ([dataDir], log) => {
+  const setup = JSON.parse(readFileSync(path.join(dataDir!, 'bench-setup.json'), 'utf8')) as Setup;
+  return exportPhase(dataDir!, setup, log);
+});

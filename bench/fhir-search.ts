@@ -3,63 +3,122 @@
  * the embedded repository's bulk path, then the headline query — one patient-day (288 readings) —
  * timed (a) directly on the repository and (b) over HTTP through the whole facade, in the same run.
  * The HTTP client runs in a worker thread so it does not share the server's event loop.
+ *
+ * The queries run twice: in the process that did the bulk load, right after it, and in a freshly
+ * started server process over the same data directory (what a server restarted after a bulk load
+ * serves, without the heap the load left behind). `FHIR_SEARCH_BENCH_DIR=<dir>` keeps the loaded
+ * directory and reuses it on the next run with the same BENCH_OBSERVATIONS and BENCH_PATIENTS (the
+ * fresh-process queries alone).
  */
-import { rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { parseSearchRequest } from '@medplum/core';
-import { createApp } from '../src/app.js';
+import { createApp, type App } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/log.js';
+import { childMain, runInChild } from './child.js';
 import { loadCgmObservations, patientDayQuery, type BulkRepository } from './repository-load.js';
 import { HttpClient } from './http-client.js';
 import { fmt, rssMb, summary, type Log } from './stats.js';
 
+const CHILD_FLAG = 'fhir-search-query-child';
+
+/** What the load leaves for the query phases (bench-setup.json in the data directory). */
+interface Setup {
+  total: number;
+  patients: number;
+  loaded: number;
+  loadSeconds: number;
+  anchorSeconds: number;
+  patientIds: string[];
+  days: number;
+}
+
+function openApp(dataDir: string): Promise<App> {
+  return createApp(loadConfig({ ...process.env, GLUCOGUARD_DATA_DIR: dataDir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'silent', GLUCOGUARD_MAX_PAGE_SIZE: '1000', CHAIN_PORT: '0', CHAIN_BLOCK_PERIOD: process.env.CHAIN_BLOCK_PERIOD ?? '0' }), { logger: createLogger('silent') });
+}
+
 export async function run(log: Log): Promise<Record<string, number>> {
   const total = Number(process.env.BENCH_OBSERVATIONS ?? 1_000_000);
   const patients = Number(process.env.BENCH_PATIENTS ?? 100);
-  const iterations = Number(process.env.BENCH_QUERIES ?? 500);
-  const dataDir = path.resolve('bench/out/fhir-search-store');
-  rmSync(dataDir, { recursive: true, force: true });
-  const app = await createApp(loadConfig({ ...process.env, GLUCOGUARD_DATA_DIR: dataDir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'silent', GLUCOGUARD_MAX_PAGE_SIZE: '1000', CHAIN_PORT: '0', CHAIN_BLOCK_PERIOD: process.env.CHAIN_BLOCK_PERIOD ?? '0' }), { logger: createLogger('silent') });
-  try {
-    // The bulk path through the ledger decorator: loaded readings are committed like ingested ones.
-    const repo = app.ledger.repository as unknown as BulkRepository;
-    if (typeof repo.createMany !== 'function') throw new Error('the fhir-search benchmark needs the embedded repository');
-    log(`loading ${total.toLocaleString('en')} CGM Observations for ${patients} patients (embedded repository, encrypted)…`);
-    let lastReport = 0;
-    const load = await loadCgmObservations(repo, {
-      total,
-      patients,
-      onProgress: (loaded, seconds) => {
-        if (loaded - lastReport >= 200_000 || loaded === total) {
-          lastReport = loaded;
-          log(`  ${loaded.toLocaleString('en')} loaded, ${fmt(seconds, 1)} s`);
-        }
-      },
-    });
-    log(`load: ${load.loaded.toLocaleString('en')} Observations in ${fmt(load.seconds, 1)} s = ${Math.round(load.loaded / load.seconds).toLocaleString('en')}/s (target < 300 s); RSS ${fmt(rssMb(), 0)} MB`);
-    // Every loaded version was committed through the ledger; let the anchorer finish so the query
-    // phase measures reads, not reads competing with 1,000 anchoring transactions.
-    const anchorStart = performance.now();
-    while (app.ledger.store.backlog().count > 0 || app.ledger.store.preparedBatches().length > 0) {
-      if (performance.now() - anchorStart > 600_000) throw new Error('anchoring did not catch up within 10 minutes');
-      await new Promise((r) => setTimeout(r, 250));
+  const keep = process.env.FHIR_SEARCH_BENCH_DIR;
+  const dataDir = path.resolve(keep ?? 'bench/out/fhir-search-store');
+  const setupFile = path.join(dataDir, 'bench-setup.json');
+  let setup: Setup | undefined;
+  if (keep && existsSync(setupFile)) {
+    const saved = JSON.parse(readFileSync(setupFile, 'utf8')) as Setup;
+    if (saved.total === total && saved.patients === patients) setup = saved;
+  }
+  const out: Record<string, number> = {};
+  if (setup) {
+    log(`reusing ${setup.loaded.toLocaleString('en')} Observations loaded earlier in ${dataDir} (load ${fmt(setup.loadSeconds, 1)} s then)`);
+  } else {
+    rmSync(dataDir, { recursive: true, force: true });
+    mkdirSync(dataDir, { recursive: true });
+    const app = await openApp(dataDir);
+    try {
+      setup = await loadPhase(app, total, patients, log);
+      writeFileSync(setupFile, JSON.stringify(setup));
+      log('queries in the process that did the load, right after it:');
+      Object.assign(out, await queryPhase(app, setup, log));
+    } finally {
+      await app.close();
     }
-    const anchorSeconds = (performance.now() - anchorStart) / 1000;
-    log(`anchoring the rest of the ${load.loaded.toLocaleString('en')} commitments after the load: ${fmt(anchorSeconds, 1)} s`);
+  }
+  log('queries in a freshly started server process over the same store:');
+  const fresh = await runInChild(import.meta.url, CHILD_FLAG, [dataDir], log);
+  for (const [k, v] of Object.entries(fresh)) out[`fresh${k[0]!.toUpperCase()}${k.slice(1)}`] = v;
+  if (!keep) rmSync(dataDir, { recursive: true, force: true });
+  return { observations: setup.loaded, loadSeconds: setup.loadSeconds, loadPerSecond: setup.loaded / setup.loadSeconds, anchorTailSeconds: setup.anchorSeconds, ...out };
+}
 
-    const queries = Array.from({ length: iterations }, (_, i) => {
-      const patient = load.patientIds[(i * 37) % load.patientIds.length]!;
-      const day = new Date(Date.parse('2026-01-01T00:00:00Z') + ((i * 13) % load.days) * 86_400_000).toISOString().slice(0, 10);
-      return patientDayQuery(patient, day);
-    });
+/** Loads the readings through the ledger decorator's bulk path and waits for anchoring to drain. */
+async function loadPhase(app: App, total: number, patients: number, log: Log): Promise<Setup> {
+  // The bulk path through the ledger decorator: loaded readings are committed like ingested ones.
+  const repo = app.ledger.repository as unknown as BulkRepository;
+  if (typeof repo.createMany !== 'function') throw new Error('the fhir-search benchmark needs the embedded repository');
+  log(`loading ${total.toLocaleString('en')} CGM Observations for ${patients} patients (embedded repository, encrypted)…`);
+  let lastReport = 0;
+  const load = await loadCgmObservations(repo, {
+    total,
+    patients,
+    onProgress: (loaded, seconds) => {
+      if (loaded - lastReport >= 200_000 || loaded === total) {
+        lastReport = loaded;
+        log(`  ${loaded.toLocaleString('en')} loaded, ${fmt(seconds, 1)} s`);
+      }
+    },
+  });
+  log(`load: ${load.loaded.toLocaleString('en')} Observations in ${fmt(load.seconds, 1)} s = ${Math.round(load.loaded / load.seconds).toLocaleString('en')}/s (target < 300 s); RSS ${fmt(rssMb(), 0)} MB`);
+  // Every loaded version was committed through the ledger; let the anchorer finish so the query
+  // phase measures reads, not reads competing with 1,000 anchoring transactions.
+  const anchorStart = performance.now();
+  while (app.ledger.store.backlog().count > 0 || app.ledger.store.preparedBatches().length > 0) {
+    if (performance.now() - anchorStart > 600_000) throw new Error('anchoring did not catch up within 10 minutes');
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const anchorSeconds = (performance.now() - anchorStart) / 1000;
+  log(`anchoring the rest of the ${load.loaded.toLocaleString('en')} commitments after the load: ${fmt(anchorSeconds, 1)} s`);
+  return { total, patients, loaded: load.loaded, loadSeconds: load.seconds, anchorSeconds, patientIds: load.patientIds, days: load.days };
+}
 
-    // The same queries (a) on the repository directly and (b) over HTTP through the whole facade,
-    // interleaved in rounds so both see the same machine load, GC state and page cache.
-    const server = app.http.listen(0, '127.0.0.1');
-    await new Promise((r) => server.once('listening', r));
-    const client = new HttpClient((server.address() as AddressInfo).port);
+/**
+ * The patient-day query (a) on the repository directly and (b) over HTTP through the whole facade,
+ * interleaved in rounds of 50 so both see the same machine load, GC state and page cache; then the
+ * HTTP throughput with 4 concurrent clients.
+ */
+async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<string, number>> {
+  const iterations = Number(process.env.BENCH_QUERIES ?? 500);
+  const queries = Array.from({ length: iterations }, (_, i) => {
+    const patient = setup.patientIds[(i * 37) % setup.patientIds.length]!;
+    const day = new Date(Date.parse('2026-01-01T00:00:00Z') + ((i * 13) % setup.days) * 86_400_000).toISOString().slice(0, 10);
+    return patientDayQuery(patient, day);
+  });
+  const server = app.http.listen(0, '127.0.0.1');
+  await new Promise((r) => server.once('listening', r));
+  const client = new HttpClient((server.address() as AddressInfo).port);
+  try {
     const direct: number[] = [];
     const overHttp: number[] = [];
     const directRound = async (batch: string[], record: boolean): Promise<void> => {
@@ -82,28 +141,27 @@ export async function run(log: Log): Promise<Record<string, number>> {
     const h = summary(overHttp.sort((a, b) => a - b));
     const conc = await client.run(queries.map((q) => `/fhir/${q}`), 4, Number(process.env.BENCH_SECONDS ?? 10));
     const rps = conc.times.length / conc.elapsed;
+    log(`  patient-day query (288 of ${setup.loaded.toLocaleString('en')}), ${iterations} queries over varied patients/days:`);
+    log(`    direct repository: p50 ${fmt(d.p50)} ms, p95 ${fmt(d.p95)} ms`);
+    log(`    HTTP facade:       p50 ${fmt(h.p50)} ms, p95 ${fmt(h.p95)} ms (target p50 < 20 ms); ${fmt(1000 / h.mean, 0)} req/s sequential`);
+    log(`    HTTP throughput, 4 concurrent keep-alive clients, ${fmt(conc.elapsed, 1)} s: ${fmt(rps, 0)} req/s`);
+    log(`    ratio HTTP/direct p50: ${fmt(h.p50 / d.p50)}x (target <= 1.5x); RSS ${fmt(rssMb(), 0)} MB`);
+    return { directP50: d.p50, directP95: d.p95, httpP50: h.p50, httpP95: h.p95, httpRps: rps, ratioP50: h.p50 / d.p50, rssMb: rssMb() };
+  } finally {
     await client.close();
     await new Promise((r) => server.close(r));
+  }
+}
 
-    log(`patient-day query (288 of ${load.loaded.toLocaleString('en')}), ${iterations} queries over varied patients/days:`);
-    log(`  direct repository: p50 ${fmt(d.p50)} ms, p95 ${fmt(d.p95)} ms`);
-    log(`  HTTP facade:       p50 ${fmt(h.p50)} ms, p95 ${fmt(h.p95)} ms (target p50 < 20 ms); ${fmt(1000 / h.mean, 0)} req/s sequential`);
-    log(`  HTTP throughput, 4 concurrent keep-alive clients, ${fmt(conc.elapsed, 1)} s: ${fmt(rps, 0)} req/s`);
-    log(`  ratio HTTP/direct p50: ${fmt(h.p50 / d.p50)}x (target <= 1.5x)`);
-    return {
-      observations: load.loaded,
-      loadSeconds: load.seconds,
-      loadPerSecond: load.loaded / load.seconds,
-      anchorTailSeconds: anchorSeconds,
-      directP50: d.p50,
-      directP95: d.p95,
-      httpP50: h.p50,
-      httpP95: h.p95,
-      httpRps: rps,
-      ratioP50: h.p50 / d.p50,
-      rssMb: rssMb(),
-    };
+childMain(CHILD_FLAG, async ([dataDir], log) => {
+  const setup = JSON.parse(readFileSync(path.join(dataDir!, 'bench-setup.json'), 'utf8')) as Setup;
+  global.gc?.();
+  const t0 = performance.now();
+  const app = await openApp(dataDir!);
+  log(`  server process started in ${fmt((performance.now() - t0) / 1000, 1)} s, RSS ${fmt(rssMb(), 0)} MB`);
+  try {
+    return await queryPhase(app, setup, log);
   } finally {
     await app.close();
   }
-}
+});

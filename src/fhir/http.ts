@@ -153,11 +153,12 @@ function send(res: Response, response: FhirResponse, pretty: boolean, head = fal
     return;
   }
   res.setHeader('Content-Type', 'application/fhir+json; charset=utf-8');
-  const text = pretty ? JSON.stringify(response.body, null, 2) : JSON.stringify(response.body);
+  // encoded once: ending with the string would measure its UTF-8 length and then encode it again
+  const body = Buffer.from(pretty ? JSON.stringify(response.body, null, 2) : JSON.stringify(response.body));
+  res.setHeader('Content-Length', body.length);
   if (head) {
-    res.setHeader('Content-Length', Buffer.byteLength(text));
     res.end();
     return;
   }
-  res.end(text);
+  res.end(body);
 }
