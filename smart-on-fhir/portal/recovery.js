@@ -81,7 +81,7 @@ export async function recoverySection({ client, info, nameOf, say, reload, recov
   function intro() {
     const names = guardians.map((g) => g.name).join(', ');
     return [
-      el('p', {}, 'Use this if your key is lost, or cannot be opened and you have no recovery code. This is what happens:'),
+      el('p', {}, 'Use this if your key is lost, or locked by a password reset and you have no recovery code. This is what happens:'),
       el('ol', { id: 'recovery-steps' },
         el('li', {}, 'GlucoGuard makes a new key for you, locked with the password you signed in with today.'),
         el('li', {}, `You send a signing request to your guardians (${names}). ${threshold} of them must sign it with their own wallet within 24 hours.`),
@@ -223,7 +223,8 @@ export async function recoverySection({ client, info, nameOf, say, reload, recov
     show(box, title,
       expired
         ? notice('warn', 'This recovery request has expired.', 'Signatures of it no longer count. Start over with a new request.')
-        : el('p', {}, `Recovery started. Your guardians must sign before ${fmtDateTime(deadline.toISOString())}. Your new key will be ${short(newKey)}.`),
+        : el('p', {}, `Recovery started. Your guardians must sign before ${fmtDateTime(deadline.toISOString())}. Your new key will be ${short(newKey)}, `
+          + 'locked with the password you signed in with when the request was made.'),
       el('p', { id: 'recovery-progress-text', 'data-recovery-count': count, 'data-recovery-needed': needed }, el('strong', {}, progressText)),
       el('progress', { id: 'recovery-progress', max: needed, value: Math.min(count, needed), 'aria-labelledby': 'recovery-progress-text' }),
       el('ul', { class: 'backup', id: 'recovery-guardians', 'aria-label': 'Your guardians' }, guardians.map((g) => {
@@ -239,7 +240,8 @@ export async function recoverySection({ client, info, nameOf, say, reload, recov
       form, walletButton ? el('p', {}, walletButton) : null, signatureResult,
       el('h4', {}, '3. Get your new key'),
       el('p', {}, finish), finishResult,
-      el('p', { id: 'recovery-restart-help' }, 'Starting over makes a new request: signatures of this one will no longer count.'),
+      el('p', { id: 'recovery-restart-help' }, 'Starting over makes a new request, with a new key locked with the password you signed in with today: '
+        + 'do this if your password was reset after this request was made. Signatures of this request will no longer count.'),
       el('p', {}, restart));
   }
 

@@ -306,6 +306,42 @@ describeBrowser('guardian recovery in the patient portal (Chromium)', () => {
     expect(await portal.locator('#recovery-request').inputValue()).not.toBe(request);
   }, 120_000);
 
+  test('after a password reset, with no recovery code, two guardians\' signatures give a new key the new password opens', async () => {
+    // A reset done elsewhere: Eve signs in with a password her key was never locked with.
+    const RESET = { username: 'eve.reset', password: 'a fresh start 2026' };
+    await t.app.smart.store.addUser({ ...RESET, fhirUser: `Patient/${eve}` });
+    const page = await browser.newPage('portal-reset');
+    await page.goto(`${base}/apps/portal/launch.html`);
+    await signIn(page, RESET, '/apps/portal/index.html');
+    await page.locator('#keys-body', { hasText: 'Your key cannot be opened with your current password.' }).waitFor({ timeout: 20_000 });
+    await expect(page.locator('#keys-body [role="alert"]').first().innerText()).resolves.toContain('see "Get a new key with your guardians" below');
+    const locked = t.app.consent.keys.get(eve)!.address;
+    // The request waiting from before the reset has its new key under the old password: start over.
+    await page.locator('#recovery-request').waitFor({ timeout: 15_000 });
+    await expect(page.locator('#recovery-body').innerText()).resolves.toContain('do this if your password was reset after this request was made');
+    await page.click('#recovery-restart');
+    await page.locator('#status', { hasText: 'Recovery started.' }).waitFor({ timeout: 30_000 });
+    await page.locator('#recovery-request').waitFor({ timeout: 30_000 });
+    const request = await page.locator('#recovery-request').inputValue();
+    await paste(page, await guardianSigns(kim, request));
+    await page.locator('#status', { hasText: ': 1 of 2 signatures.' }).waitFor();
+    await paste(page, await guardianSigns(lee, request));
+    await page.locator('#status', { hasText: 'Lee Marsh has signed: 2 of 2 signatures.' }).waitFor();
+    await page.click('#recovery-complete');
+    await page.locator('#recovery-done').waitFor({ timeout: 30_000 });
+    const newKey = t.app.consent.keys.get(eve)!.address;
+    expect(newKey).not.toBe(locked);
+    await expect(t.app.consent.identity.patientKey(t.app.consent.keys.pseudonym(eve))).resolves.toBe(newKey);
+    // The key is no longer locked: the reset password opens it, and this session signs a grant with it.
+    await expect(page.locator('#keys-body').innerText()).resolves.not.toContain('Your key cannot be opened');
+    await expect(t.app.consent.keys.openSession(eve, RESET.password)).resolves.toMatch(/^cli-/);
+    await shareWithDoctor(page);
+    const newest = (await t.app.consent.service.list(eve)).filter((c) => c.status === 'active')
+      .sort((a, b) => (b.meta?.lastUpdated ?? '').localeCompare(a.meta?.lastUpdated ?? ''))[0]!;
+    expect((await t.app.consent.registry.getGrant(grantIdOf(newest)!))!.patient).toBe(newKey);
+    await page.close();
+  }, 120_000);
+
   test('no console errors on the page (beyond the one refusal the last test asked for)', () => {
     const expected = [
       /^portal-again: HTTP 422 POST \/apps\/api\/recovery\/complete$/,
