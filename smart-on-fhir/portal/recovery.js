@@ -130,6 +130,7 @@ export async function recoverySection({ client, info, nameOf, say, reload, recov
     });
 
     function add(signature, where) {
+      if (expired) return fail('This request has expired, so no signature of it counts any more. Start over with a new request.', where);
       let signer;
       try {
         signer = recoverTypedDataSigner(typedData, signature);
@@ -195,6 +196,11 @@ export async function recoverySection({ client, info, nameOf, say, reload, recov
     const finishResult = el('div', { id: 'recovery-complete-result', 'aria-live': 'polite' });
     const finish = el('button', { type: 'button', id: 'recovery-complete', 'aria-describedby': 'recovery-progress-text' }, 'Get my new key');
     finish.addEventListener('click', async () => {
+      if (expired) {
+        show(finishResult, notice('error', 'This request has expired.', 'Start over with a new request and ask your guardians to sign that one.'));
+        restart.focus();
+        return;
+      }
       if (count < needed) {
         show(finishResult, notice('error', `${needed - count} more guardian ${needed - count === 1 ? 'signature is' : 'signatures are'} needed first.`));
         input.focus();
