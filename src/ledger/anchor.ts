@@ -53,8 +53,8 @@ export class Anchorer {
   private wake: (() => void) | undefined;
   private loop: Promise<void> | undefined;
   private stepping: Promise<unknown> = Promise.resolve();
-  /** Batches sent in this process and not confirmed yet: local batch id → transaction hash. */
-  private readonly sent = new Map<number, string>();
+  /** Batches sent in this process and not confirmed yet: local batch id → transaction hash and nonce. */
+  private readonly sent = new Map<number, { hash: string; nonce: number }>();
   /** Receipt watchers of sent batches, by local batch id. */
   private readonly watching = new Map<number, Promise<void>>();
   /** The first failure of a watcher, reported by the next step once every watcher has settled. */
@@ -266,7 +266,7 @@ export class Anchorer {
       }
       try {
         const tx = await anchor.anchor(root, count, firstSeq, lastSeq, { gasLimit: this.gasLimit ?? 500_000n });
-        this.sent.set(batch.id, tx.hash);
+        this.sent.set(batch.id, { hash: tx.hash, nonce: tx.nonce });
       } catch (err) {
         this.chain.authority.reset();
         throw err;
@@ -281,10 +281,14 @@ export class Anchorer {
   private async confirm(batch: BatchRecord, signal?: AbortSignal): Promise<BatchRecord> {
     const current = this.store.batch(batch.id)!;
     if (current.status === 'anchored') return current;
-    const hash = this.sent.get(batch.id);
-    if (!hash) throw new Error(`batch ${batch.id} was not sent`);
+    const sent = this.sent.get(batch.id);
+    if (!sent) throw new Error(`batch ${batch.id} was not sent`);
+    const hash = sent.hash;
     try {
-      const receipt = await waitForReceipt(this.chain.provider, hash, { timeoutMs: this.options.receiptTimeoutMs, pollMs: this.options.pollMs, signal });
+      // a transaction replaced by another holder of the key fails here within a second or so, not at the timeout
+      const receipt = await waitForReceipt(this.chain.provider, hash, {
+        timeoutMs: this.options.receiptTimeoutMs, pollMs: this.options.pollMs, signal, sender: this.chain.authorityAddress, nonce: sent.nonce,
+      });
       if (receipt.status !== 1) throw new Error(`anchor transaction ${hash} reverted`);
       const recorded = this.recordReceipt(batch, receipt.logs, receipt.blockNumber, receipt.hash);
       this.sent.delete(batch.id);

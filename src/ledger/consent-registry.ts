@@ -10,6 +10,7 @@ import { Contract, TypedDataEncoder, type TypedDataDomain, type TypedDataField }
 import { issue, unavailable, unprocessable } from '../errors.js';
 import type { ChainClient } from './client.js';
 import type { Grant, GrantTermsInput } from './contracts.generated.js';
+import { waitForReceipt } from './rpc.js';
 
 export const GRANT_TYPES: Record<string, TypedDataField[]> = {
   Grant: [
@@ -150,29 +151,26 @@ export class ConsentRegistryClient {
 
 /**
  * Sends and waits for the receipt. Another replica sharing the authority key may have used the
- * nonce this process expected ("nonce too low"): the nonce manager is reset from the node and the
- * send retried, a few times.
+ * nonce this process expected: refused at once ("nonce too low", "replacement underpriced"), or
+ * accepted with a higher fee so that it replaced this transaction in the pool (seen while waiting:
+ * the nonce is mined, this receipt never comes). Either way the nonce manager is reset from the
+ * node and the send retried, a few times.
  */
 export async function sendWithNonceRetry(
-  chain: ChainClient, send: () => Promise<{ hash: string }>, timeoutMs = 60_000,
+  chain: ChainClient, send: () => Promise<{ hash: string; from?: string; nonce?: number }>, timeoutMs = 60_000,
 ): Promise<{ hash: string; blockNumber: number }> {
   for (let attempt = 0; ; attempt++) {
     try {
       const tx = await send();
       // Poll the receipt every 100 ms: the provider's default polling (4 s) would dominate a grant.
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const receipt = await chain.provider.getTransactionReceipt(tx.hash);
-        if (receipt) {
-          if (receipt.status !== 1) throw new Error('transaction failed');
-          return { hash: receipt.hash, blockNumber: receipt.blockNumber };
-        }
-        if (Date.now() > deadline) throw new Error('transaction not mined in time');
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      const receipt = await waitForReceipt(chain.provider, tx.hash, {
+        timeoutMs, pollMs: 100, ...(tx.from !== undefined && tx.nonce !== undefined ? { sender: tx.from, nonce: tx.nonce } : {}),
+      });
+      if (receipt.status !== 1) throw new Error('transaction failed');
+      return { hash: receipt.hash, blockNumber: receipt.blockNumber };
     } catch (err) {
       const code = (err as { code?: string })?.code;
-      if (attempt >= 4 || (code !== 'NONCE_EXPIRED' && code !== 'REPLACEMENT_UNDERPRICED')) throw err;
+      if (attempt >= 4 || (code !== 'NONCE_EXPIRED' && code !== 'REPLACEMENT_UNDERPRICED' && code !== 'ERR_TX_REPLACED')) throw err;
       (chain.authority as { reset?: () => void }).reset?.();
     }
   }

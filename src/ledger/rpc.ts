@@ -42,21 +42,48 @@ export class ReceiptTimeoutError extends Error {
 }
 
 /**
+ * The sender's nonce was used by another transaction, so this one can never be mined: another
+ * process holding the same key sent a different transaction with that nonce and a higher fee, which
+ * replaced this one in the node's pool. The caller sends again with a fresh nonce.
+ */
+export class TransactionReplacedError extends Error {
+  readonly code = 'ERR_TX_REPLACED';
+  constructor(readonly hash: string, readonly nonce: number) {
+    super(`transaction ${hash} was replaced: nonce ${nonce} was used by another transaction`);
+  }
+}
+
+/** How often, while a receipt is awaited, the sender's mined nonce is looked at (ms). */
+const REPLACED_CHECK_MS = 1000;
+
+/**
  * Polls for the receipt of `hash` every `pollMs` until it arrives or `timeoutMs` passes
  * (ReceiptTimeoutError; the transaction may still be mined later). Transient RPC errors while
  * polling are ignored until the deadline. An aborted `signal` stops the wait with its reason.
+ * Given the `sender` and `nonce`, it also looks every second at the sender's mined nonce: once that
+ * has passed `nonce` and there is still no receipt, the transaction was replaced
+ * (TransactionReplacedError) — the nonce is read before the receipt, so a transaction mined in
+ * between is found, not taken for replaced.
  */
 export async function waitForReceipt(
-  provider: Provider, hash: string, opts: { timeoutMs?: number; pollMs?: number; signal?: AbortSignal } = {},
+  provider: Provider, hash: string,
+  opts: { timeoutMs?: number; pollMs?: number; signal?: AbortSignal; sender?: string; nonce?: number } = {},
 ): Promise<TransactionReceipt> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   const pollMs = opts.pollMs ?? 50;
   const deadline = Date.now() + timeoutMs;
+  let checkAt = Date.now() + REPLACED_CHECK_MS;
   for (;;) {
     opts.signal?.throwIfAborted();
     try {
+      const watchNonce = opts.sender !== undefined && opts.nonce !== undefined && Date.now() >= checkAt;
+      const mined = watchNonce ? await provider.getTransactionCount(opts.sender!, 'latest') : undefined;
       const receipt = await provider.getTransactionReceipt(hash);
       if (receipt) return receipt;
+      if (watchNonce) {
+        checkAt = Date.now() + REPLACED_CHECK_MS;
+        if (mined! > opts.nonce!) throw new TransactionReplacedError(hash, opts.nonce!);
+      }
     } catch (err) {
       if (!isTransientRpcError(err)) throw err;
     }

@@ -2,7 +2,10 @@
 import { afterAll, beforeAll, expect, it } from '@jest/globals';
 import { Wallet, ZeroHash, id } from 'ethers';
 import { NonceManager, waitForReceipt } from '../../src/ledger/nonce.js';
+import { ChainClient } from '../../src/ledger/client.js';
+import { sendWithNonceRetry } from '../../src/ledger/consent-registry.js';
 import { resourceAnchorAt } from '../../src/ledger/contracts.generated.js';
+import { waitForReceipt as pollReceipt } from '../../src/ledger/rpc.js';
 import { startTestChain, type TestChain } from './helpers.js';
 
 let t: TestChain;
@@ -47,3 +50,55 @@ it('recovers when another sender used the account\'s next nonce', async () => {
 it('waiting for a receipt that never comes times out', async () => {
   await expect(waitForReceipt(t.provider, id('never sent'), 300)).rejects.toMatchObject({ code: 'TIMEOUT' });
 });
+
+it('a transaction replaced in the pool by another holder of the key is sent again, not waited for until the timeout', async () => {
+  // a block period, so sent transactions wait in the pool where a higher fee can replace them
+  const slow = await startTestChain({ blockPeriod: 1 });
+  const clientOf = () => new ChainClient({
+    rpcUrl: slow.chain.rpcUrl, chainId: 31337, authorityKey: slow.authority.privateKey, addresses: slow.chain.deployment, adapter: 'embedded',
+  });
+  const a = clientOf();
+  const b = clientOf();
+  try {
+    // b learns the next nonce, then a sends with it: b's manager still expects it
+    await b.authority.sendTransaction({ to: slow.authority.address, value: 0n });
+    const replacedNonce = await slow.provider.getTransactionCount(slow.authority.address, 'pending');
+    let first: { hash: string; nonce: number } | undefined;
+    const relayed = sendWithNonceRetry(a, async () => {
+      const tx = await a.authority.sendTransaction({ to: slow.authority.address, value: 1n });
+      first ??= { hash: tx.hash, nonce: tx.nonce };
+      return tx;
+    }, 15_000);
+    while (!first) await new Promise((r) => setTimeout(r, 10));
+    expect(first.nonce).toBe(replacedNonce);
+    // b sends another transaction with the same nonce and ten times the fee: the node replaces a's
+    const fee = await slow.provider.getFeeData();
+    const rival = await b.authority.sendTransaction({ to: slow.authority.address, value: 2n, maxFeePerGas: fee.maxFeePerGas! * 10n, maxPriorityFeePerGas: fee.maxPriorityFeePerGas! * 10n });
+    expect(rival.nonce).toBe(replacedNonce);
+    const mined = await relayed;
+    expect(mined.hash).not.toBe(first.hash);
+    const tx = await slow.provider.getTransaction(mined.hash);
+    expect(tx).toMatchObject({ value: 1n });
+    expect(tx!.nonce).toBeGreaterThan(replacedNonce);
+    expect(await slow.provider.getTransactionReceipt(first.hash)).toBeNull();
+  } finally {
+    await a.close();
+    await b.close();
+    await slow.stop();
+  }
+}, 30_000);
+
+it('waiting with the sender and nonce reports a replaced transaction', async () => {
+  const slow = await startTestChain({ blockPeriod: 1 });
+  try {
+    const wallet = new Wallet(slow.authority.privateKey, slow.provider);
+    const nonce = await slow.provider.getTransactionCount(wallet.address, 'pending');
+    const fee = await slow.provider.getFeeData();
+    const mine = await wallet.sendTransaction({ to: wallet.address, value: 1n, nonce, maxFeePerGas: fee.maxFeePerGas!, maxPriorityFeePerGas: fee.maxPriorityFeePerGas! });
+    await wallet.sendTransaction({ to: wallet.address, value: 2n, nonce, maxFeePerGas: fee.maxFeePerGas! * 10n, maxPriorityFeePerGas: fee.maxPriorityFeePerGas! * 10n });
+    await expect(pollReceipt(slow.provider, mine.hash, { timeoutMs: 15_000, pollMs: 50, sender: wallet.address, nonce }))
+      .rejects.toMatchObject({ code: 'ERR_TX_REPLACED', nonce });
+  } finally {
+    await slow.stop();
+  }
+}, 30_000);
