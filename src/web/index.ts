@@ -1,10 +1,12 @@
 /**
  * Serves the two SMART apps in `smart-on-fhir/` (clinician CGM viewer, patient portal) under
- * `/apps/`, the `fhirclient` browser build from node_modules (no CDN: hospital networks), the app
+ * `/apps/`, the `fhirclient` and `ethers` browser builds from node_modules (no CDN: hospital
+ * networks; no bundler: the apps import the ES-module build of ethers as it ships), the app
  * configuration (client ids) and the small JSON API of src/web/api.ts. src/app.ts mounts `router`
  * at `/`.
  *
- * Paths: /apps/ (static), /apps/vendor/fhir-client.min.js, /apps/config.json, /apps/api/*.
+ * Paths: /apps/ (static), /apps/vendor/fhir-client.min.js, /apps/vendor/ethers.min.js,
+ * /apps/config.json, /apps/api/*.
  */
 import path from 'node:path';
 import express, { type Router } from 'express';
@@ -22,6 +24,8 @@ export { grantView, type GrantView } from './api.js';
 
 export const APPS_DIR = path.join(PACKAGE_ROOT, 'smart-on-fhir');
 const FHIRCLIENT_BUILD = path.join(PACKAGE_ROOT, 'node_modules', 'fhirclient', 'build');
+// ethers' ES-module browser build (EIP-712 hashing and signer recovery in smart-on-fhir/shared/eip712.js).
+const ETHERS_BUILD = path.join(PACKAGE_ROOT, 'node_modules', 'ethers', 'dist');
 
 export interface WebDeps {
   config: Config;
@@ -71,6 +75,9 @@ export function createWeb(deps: WebDeps): Web {
   });
   router.get(['/apps/vendor/fhir-client.min.js', '/apps/vendor/fhir-client.min.js.map'], (req, res) => {
     res.sendFile(path.basename(req.path), { root: FHIRCLIENT_BUILD, maxAge: '1h' });
+  });
+  router.get('/apps/vendor/ethers.min.js', (_req, res) => {
+    res.sendFile('ethers.min.js', { root: ETHERS_BUILD, maxAge: '1h' });
   });
   router.use('/apps/api', webApiRouter({ smart: deps.smart, repository: deps.repository, consent: deps.consent, logger: deps.logger }));
   router.get(['/apps', '/apps/'], (_req, res) => res.redirect(302, '/apps/portal/index.html'));

@@ -4,8 +4,9 @@
  * the patient names three guardians (two must agree), starts a recovery, copies the signing
  * request, pastes one guardian's signature (a stranger's and a repeated one are refused in words),
  * leaves and comes back, has a second guardian sign with the wallet in the browser, and gets the new
- * key; a grant made afterwards is signed by the new key and accepted on chain. Also: the browser-side
- * signature check (smart-on-fhir/shared/eip712.js) agrees with ethers, without a browser.
+ * key; a grant made afterwards is signed by the new key and accepted on chain. Also: the page's own
+ * signature check (smart-on-fhir/shared/eip712.js, over the ethers build this server serves) names
+ * the signer and refuses in words what the chain refuses.
  */
 import { mkdirSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
@@ -13,7 +14,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Patient, Practitioner, RelatedPerson } from '@medplum/fhirtypes';
-import { keccak256, Signature, TypedDataEncoder, Wallet, type BaseWallet } from 'ethers';
+import { keccak256, Signature, Wallet, type BaseWallet } from 'ethers';
 import type { Page } from 'playwright-core';
 import { grantIdOf } from '../../src/consent/terms.js';
 import { startTestApp, type TestApp } from '../support/app.js';
@@ -26,54 +27,10 @@ interface TypedDataJson {
   message: Record<string, unknown>;
 }
 
-interface Eip712Module {
-  keccak256(bytes: Uint8Array): Uint8Array;
-  bytesToHex(bytes: Uint8Array): string;
-  typedDataDigest(typedData: TypedDataJson): Uint8Array;
-  recoverTypedDataSigner(typedData: TypedDataJson, signature: string): string;
-}
-
 const RECOVER_TYPES = {
   Recover: [{ name: 'patientId', type: 'bytes32' }, { name: 'newKey', type: 'address' }, { name: 'nonce', type: 'uint256' }, { name: 'deadline', type: 'uint256' }],
 };
 const N = 0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141n;
-
-describe('the portal\'s signature check (shared/eip712.js) agrees with ethers', () => {
-  let eip712: Eip712Module;
-  beforeAll(async () => {
-    // A plain browser module: imported by path so TypeScript does not look for its types.
-    const modulePath = '../../smart-on-fhir/shared/eip712.js';
-    eip712 = await import(modulePath) as Eip712Module;
-  });
-
-  test('Keccak-256 across the 136-byte block boundary', () => {
-    for (const length of [0, 1, 135, 136, 137, 272, 300]) {
-      const bytes = Uint8Array.from({ length }, (_v, i) => (i * 31 + 7) & 0xff);
-      expect(eip712.bytesToHex(eip712.keccak256(bytes))).toBe(keccak256(bytes));
-    }
-  });
-
-  test('names the signer of Recover typed data, and refuses what the chain refuses', async () => {
-    const domain = { name: 'GlucoGuard IdentityRegistry', version: '1', chainId: 1337, verifyingContract: Wallet.createRandom().address };
-    for (let i = 0; i < 3; i++) {
-      const signer = Wallet.createRandom();
-      const message = { patientId: keccak256(Uint8Array.of(i)), newKey: Wallet.createRandom().address, nonce: String(i), deadline: '1790000000' };
-      const typedData = { domain, types: RECOVER_TYPES, primaryType: 'Recover', message };
-      const signature = await signer.signTypedData(domain, RECOVER_TYPES, message);
-      expect(eip712.bytesToHex(eip712.typedDataDigest(typedData))).toBe(TypedDataEncoder.hash(domain, RECOVER_TYPES, message));
-      expect(eip712.recoverTypedDataSigner(typedData, signature)).toBe(signer.address);
-      // The same signature over another request names someone else (so a guardian check fails).
-      expect(eip712.recoverTypedDataSigner({ ...typedData, message: { ...message, nonce: String(i + 1) } }, signature)).not.toBe(signer.address);
-      // The high-s twin of a valid signature: OpenZeppelin's ECDSA (and so the chain) refuses it.
-      const sig = Signature.from(signature);
-      const twin = `${sig.r}${(N - BigInt(sig.s)).toString(16).padStart(64, '0')}${sig.v === 27 ? '1c' : '1b'}`;
-      expect(() => eip712.recoverTypedDataSigner(typedData, twin)).toThrow('not a valid signature');
-    }
-    const typedData = { domain, types: RECOVER_TYPES, primaryType: 'Recover', message: { patientId: keccak256('0x01'), newKey: domain.verifyingContract, nonce: '0', deadline: '1' } };
-    expect(() => eip712.recoverTypedDataSigner(typedData, '0x1234')).toThrow('65 bytes');
-    expect(() => eip712.recoverTypedDataSigner(typedData, 'hello')).toThrow('hexadecimal');
-  });
-});
 
 const CHROME = chromiumPath();
 if (!CHROME) console.warn(`SKIPPED guardian recovery e2e: ${CHROMIUM} is missing (apt-get install -y chromium, or set CHROMIUM_PATH).`);
@@ -185,6 +142,56 @@ describeBrowser('guardian recovery in the patient portal (Chromium)', () => {
     expect(intro).toMatch(/Sam Marsh, Lee Marsh, wallet 0x[0-9a-fA-F]{4}…[0-9a-fA-F]{4}\)\. 2 of them must sign it with their own wallet within 24 hours/);
     expect(intro).toContain('Permissions you already gave stay as they are');
   }, 120_000);
+
+  test('the page\'s signature check (shared/eip712.js over the served ethers build) names the signer, and refuses in words what the chain refuses', async () => {
+    const domain = { name: 'GlucoGuard IdentityRegistry', version: '1', chainId: 1337, verifyingContract: Wallet.createRandom().address };
+    const cases: { typedData: TypedDataJson; signature: string; expected: string }[] = [];
+    for (let i = 0; i < 3; i++) {
+      const signer = Wallet.createRandom();
+      const message = { patientId: keccak256(Uint8Array.of(i)), newKey: Wallet.createRandom().address, nonce: String(i), deadline: '1790000000' };
+      // As the copied request has it (eth_signTypedData_v4 lists the domain type) and as the API sends it (without).
+      const types = i === 0 ? { ...RECOVER_TYPES, EIP712Domain: [] } : RECOVER_TYPES;
+      const typedData = { domain, types, primaryType: 'Recover', message };
+      const signature = await signer.signTypedData(domain, RECOVER_TYPES, message);
+      cases.push({ typedData, signature, expected: signer.address });
+      // The same signature over another request names someone else (so a guardian check fails).
+      cases.push({ typedData: { ...typedData, message: { ...message, nonce: String(i + 1) } }, signature, expected: `not ${signer.address}` });
+      // The high-s twin of a valid signature: OpenZeppelin's ECDSA (and so the chain) refuses it.
+      const sig = Signature.from(signature);
+      const twin = `${sig.r}${(N - BigInt(sig.s)).toString(16).padStart(64, '0')}${sig.v === 27 ? '1c' : '1b'}`;
+      cases.push({ typedData, signature: twin, expected: 'This is not a valid signature.' });
+      // A v the chain does not know.
+      cases.push({ typedData, signature: `${signature.slice(0, -2)}05`, expected: 'This is not a valid signature.' });
+    }
+    const typedData = cases[0]!.typedData;
+    cases.push({ typedData, signature: '0x1234', expected: 'A signature is 65 bytes (132 characters with 0x); this one is 2 bytes.' });
+    cases.push({ typedData, signature: 'hello', expected: 'A signature is written in hexadecimal, starting with 0x.' });
+    cases.push({ typedData, signature: `0x${'00'.repeat(64)}1b`, expected: 'This is not a valid signature.' });
+    // EIP-2's bound exactly: s = N/2 is the largest s the chain accepts (r = 1 is the x of a curve point).
+    const rOne = `0x${'00'.repeat(31)}01`;
+    cases.push({ typedData, signature: `${rOne}${(N / 2n).toString(16)}1b`, expected: 'not 0x0000000000000000000000000000000000000000' });
+    cases.push({ typedData, signature: `${rOne}${(N / 2n + 1n).toString(16)}1b`, expected: 'This is not a valid signature.' });
+
+    // In the portal page, signed in: the module and the ethers build as recovery.js loads them.
+    const answers = await portal.evaluate(async (checks) => {
+      const { recoverTypedDataSigner } = await import('/apps/shared/eip712.js' as string) as { recoverTypedDataSigner(t: unknown, s: string): string };
+      return checks.map(({ typedData, signature }) => {
+        try {
+          return recoverTypedDataSigner(typedData, signature);
+        } catch (err) {
+          return (err as Error).message;
+        }
+      });
+    }, cases.map(({ typedData, signature }) => ({ typedData, signature })));
+    cases.forEach(({ expected }, i) => {
+      if (expected.startsWith('not ')) {
+        expect(answers[i]).toMatch(/^0x[0-9a-fA-F]{40}$/);
+        expect(answers[i]).not.toBe(expected.slice(4));
+      } else {
+        expect(answers[i]).toBe(expected);
+      }
+    });
+  }, 60_000);
 
   test('starting a recovery (by keyboard) shows the signing request to copy, with progress 0 of 2', async () => {
     await portal.focus('#recovery-start');

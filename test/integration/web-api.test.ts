@@ -1,5 +1,5 @@
 /**
- * The server side of the apps (src/web): static pages and the fhirclient build served locally,
+ * The server side of the apps (src/web): static pages and the fhirclient and ethers builds served locally,
  * the apps registered as SMART clients with their launch URIs, and the /apps/api answers — each
  * requester sees only what is theirs.
  */
@@ -43,6 +43,13 @@ describe('apps served by GlucoGuard', () => {
     expect(lib.status).toBe(200);
     expect(lib.headers['content-type']).toMatch(/javascript/);
     expect(lib.text).toContain('oauth2');
+    // ethers' ES-module build, which the portal's guardian-recovery page imports (shared/eip712.js).
+    const ethers = await request(t.app.http).get('/apps/vendor/ethers.min.js');
+    expect(ethers.status).toBe(200);
+    expect(ethers.headers['content-type']).toMatch(/javascript/);
+    expect(ethers.headers['cache-control']).toBe(lib.headers['cache-control']);
+    expect(ethers.headers['x-content-type-options']).toBe('nosniff');
+    expect(ethers.text).toMatch(/export\s*\{[^}]*\bverifyTypedData\b/);
     const css = await request(t.app.http).get('/apps/shared/app.css');
     expect(css.text).toContain('@media print');
     expect(css.text).not.toMatch(/@import|url\(http/);
