@@ -133,6 +133,18 @@ export function decideResource(perms: Permissions, resource: Resource, now: numb
     last = decide(perms, req, now);
     if (!last.permit) break;
   }
+  // A contained resource about a patient is that patient's data in its own right (a Device, another
+  // code, another time): the grant must permit it too, not only its container.
+  for (const inner of facts.contained ?? []) {
+    if (!last.permit) break;
+    for (const patientId of inner.patientIds) {
+      const d = decide(perms, { patientId, resourceType: inner.resourceType, codes: inner.codes, effective: inner.effective }, now);
+      if (!d.permit) {
+        last = { permit: false, reasons: d.reasons.map((r) => `contained ${inner.resourceType}: ${r}`) };
+        break;
+      }
+    }
+  }
   return withPatients(last, facts.patientIds);
 }
 
@@ -145,6 +157,8 @@ export interface ResourceFacts {
   resourceType: string;
   codes: string[];
   effective?: number;
+  /** Facts of the contained resources that are linked to a patient. */
+  contained?: ResourceFacts[];
 }
 
 const FACTS_CACHE_SIZE = 100_000;
@@ -169,17 +183,27 @@ export function resourceFacts(resource: Resource): ResourceFacts {
 }
 
 function computeFacts(resource: Resource): ResourceFacts {
+  const own = ownFacts(resource);
+  // Contained resources travel with their container: any patient they link must be permitted too,
+  // and each one about a patient is decided on its own (type, code, time).
+  const contained: ResourceFacts[] = [];
+  for (const inner of (resource as { contained?: Resource[] }).contained ?? []) {
+    const facts = ownFacts(inner);
+    if (facts.patientIds.length === 0) continue;
+    contained.push(facts);
+    for (const id of facts.patientIds) if (!own.patientIds.includes(id)) own.patientIds.push(id);
+  }
+  return contained.length ? { ...own, contained } : own;
+}
+
+function ownFacts(resource: Resource): ResourceFacts {
   const r = resource as unknown as Record<string, unknown>;
   const concept = (r.code ?? r.medicationCodeableConcept) as { coding?: { system?: string; code?: string }[] } | undefined;
   const codes = (concept?.coding ?? []).map((c) => `${c.system ?? ''}|${c.code ?? ''}`);
   const period = r.effectivePeriod as { start?: string } | undefined;
   const when = (r.effectiveDateTime ?? r.effectiveInstant ?? period?.start ?? r.occurrenceDateTime ?? r.recorded) as string | undefined;
   const effective = when ? Date.parse(when) : undefined;
-  // Contained resources travel with their container: any patient they link must be permitted too.
   const patientIds = patientIdsOf(resource);
-  for (const contained of (resource as { contained?: Resource[] }).contained ?? []) {
-    for (const id of patientIdsOf(contained)) if (!patientIds.includes(id)) patientIds.push(id);
-  }
   return {
     patientIds,
     resourceType: resource.resourceType,

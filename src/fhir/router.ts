@@ -9,7 +9,7 @@ import {
   badRequest, forbidden, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, unsupportedMediaType,
 } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { Repository } from '../repository/port.js';
+import type { HistoryEntry, HistoryRequest, Repository } from '../repository/port.js';
 import type { AccessContext } from './access.js';
 import { processBatch, processTransaction } from './bundles.js';
 import { errorToResponse, informational, operationOutcome } from './outcomes.js';
@@ -192,7 +192,7 @@ export class FhirRouter {
 
   private async read(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'read', type);
-    const resource = await this.options.repository.read(type, id);
+    const resource = await this.fetchFor(req.access, type, id, () => this.options.repository.read(type, id));
     const { allowed, issues } = await this.guard(req.access, [resource]);
     if (allowed.length === 0) return this.withheld(issues);
     const etag = etagOf(resource);
@@ -202,7 +202,7 @@ export class FhirRouter {
 
   private async vread(req: FhirRequest, type: string, id: string, vid: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'vread', type);
-    const resource = await this.options.repository.vread(type, id, vid);
+    const resource = await this.fetchFor(req.access, type, id, () => this.options.repository.vread(type, id, vid));
     const { allowed, issues } = await this.guard(req.access, [resource]);
     if (allowed.length === 0) return this.withheld(issues);
     return { status: 200, body: allowed[0]!, headers: versionHeaders(resource) };
@@ -326,6 +326,8 @@ export class FhirRouter {
     const matches = { allowed: [] as Resource[], issues: [] as OperationOutcomeIssue[] };
     const included = { allowed: [] as Resource[], issues: [] as OperationOutcomeIssue[] };
     if (count === 0) {
+      // No entries: for a limited requester a `next` link would only say whether hidden matches exist.
+      if (access.kind !== 'open') return { matches, included, hasMore: false, nextOffset: offset };
       const result = await this.options.repository.search({ ...narrowed, offset, count });
       return { matches, included, hasMore: result.hasMore, nextOffset: offset };
     }
@@ -384,14 +386,18 @@ export class FhirRouter {
     const count = Math.min(countRaw !== undefined ? Number(countRaw) : this.options.defaultPageSize, this.options.maxPageSize);
     const since = single(query._since);
     if (since !== undefined && Number.isNaN(Date.parse(since))) throw badRequest('_since must be an instant', '_since');
-    if (type && id) await this.options.repository.read(type, id).catch((err: unknown) => {
-      if (!isGlucoGuardError(err, 'ERR_GONE')) throw err; // a deleted resource still has a history
-    });
-    const result = await this.options.repository.history({ resourceType: type, id, since, count, offset });
-    const visible = await this.guard(req.access, result.entries.flatMap((e) => (e.resource ? [e.resource] : [])));
-    const allowedVersions = new Set(visible.allowed.map((r) => `${r.resourceType}/${r.id}/${r.meta?.versionId}`));
+    if (type && id) {
+      await this.options.repository.read(type, id).catch((err: unknown) => {
+        if (isGlucoGuardError(err, 'ERR_NOT_FOUND') && req.access.kind !== 'open') throw notFound('Not found');
+        if (!isGlucoGuardError(err, 'ERR_GONE')) throw err; // a deleted resource still has a history
+      });
+    }
+    const result = await this.filledHistory(req.access, { resourceType: type, id, since }, offset, count);
+    // A resource none of whose versions the requester may see has no history for them: the same 404 as an id never stored.
+    if (type && id && req.access.kind !== 'open' && offset === 0 && result.entries.length === 0 && !(await this.anyVersionVisible(req.access, type, id))) {
+      throw notFound('Not found');
+    }
     const entry: BundleEntry[] = result.entries
-      .filter((e) => !e.resource || allowedVersions.has(`${e.resourceType}/${e.id}/${e.versionId}`))
       .map((e) => ({
         fullUrl: `${this.options.fhirBase}/${e.resourceType}/${e.id}`,
         ...(e.resource ? { resource: e.resource } : {}),
@@ -402,16 +408,111 @@ export class FhirRouter {
           lastModified: e.lastUpdated,
         },
       }));
-    if (visible.issues.length) entry.push({ resource: operationOutcome(visible.issues), search: { mode: 'outcome' } });
+    if (result.issues.length) entry.push({ resource: operationOutcome(result.issues), search: { mode: 'outcome' } });
     const path = [type, id, '_history'].filter(Boolean).join('/');
     const firstPageQuery = queryPairs(query).filter(([k]) => !['_pageToken', '_format', '_pretty'].includes(k));
     const url = (o: number): string => o === 0
       ? `${this.options.fhirBase}/${path}${firstPageQuery.length ? `?${toQueryString(firstPageQuery)}` : ''}`
       : `${this.options.fhirBase}/${path}?_pageToken=${this.pages.issue(req.access, { query: firstPageQuery, offset: o })}`;
     const link: BundleLink[] = [{ relation: 'self', url: url(offset) }];
-    if (result.hasMore) link.push({ relation: 'next', url: url(offset + count) });
+    if (result.hasMore) link.push({ relation: 'next', url: url(result.nextOffset) });
     if (offset > 0) link.push({ relation: 'previous', url: url(Math.max(0, offset - count)) });
     return { status: 200, body: { resourceType: 'Bundle', type: 'history', link, entry } };
+  }
+
+  /**
+   * One page of `count` history entries the requester may see, re-paged after filtering like a
+   * search (filledPage): hidden versions neither leave gaps nor leave a `next` link to an empty
+   * page, so page counts reveal nothing of them. A deletion entry is shown only to a requester who
+   * could see the version it deleted (its fullUrl alone would name a hidden resource).
+   */
+  private async filledHistory(access: AccessContext, request: Omit<HistoryRequest, 'count' | 'offset'>, offset: number, count: number): Promise<{
+    entries: HistoryEntry[];
+    issues: OperationOutcomeIssue[];
+    hasMore: boolean;
+    nextOffset: number;
+  }> {
+    const entries: HistoryEntry[] = [];
+    const issues: OperationOutcomeIssue[] = [];
+    if (count === 0) {
+      // No entries: a `next` link would only say whether hidden versions exist.
+      const result = access.kind === 'open' ? await this.options.repository.history({ ...request, count, offset }) : { hasMore: false };
+      return { entries, issues, hasMore: result.hasMore, nextOffset: offset };
+    }
+    let repoOffset = offset;
+    for (;;) {
+      const result = await this.options.repository.history({ ...request, count, offset: repoOffset });
+      const visible = await this.visibleHistory(access, result.entries);
+      if (entries.length < count) issues.push(...visible.issues);
+      for (let i = 0; i < result.entries.length; i++) {
+        const e = visible.entries.get(result.entries[i]!);
+        if (!e) continue;
+        if (entries.length === count) return { entries, issues, hasMore: true, nextOffset: repoOffset + i };
+        entries.push(e);
+      }
+      repoOffset += result.entries.length;
+      if (!result.hasMore || result.entries.length === 0) return { entries, issues, hasMore: false, nextOffset: repoOffset };
+    }
+  }
+
+  /** The entries of a history page the requester may see (guarded copies for versions with a body). */
+  private async visibleHistory(access: AccessContext, page: HistoryEntry[]): Promise<{ entries: Map<HistoryEntry, HistoryEntry>; issues: OperationOutcomeIssue[] }> {
+    const guarded = await this.guard(access, page.flatMap((e) => (e.resource ? [e.resource] : [])));
+    const key = (type: string, id: string | undefined, version: string | undefined): string => `${type}/${id}/${version}`;
+    const allowed = new Map(guarded.allowed.map((r) => [key(r.resourceType, r.id, r.meta?.versionId), r]));
+    const out = new Map<HistoryEntry, HistoryEntry>();
+    for (const e of page) {
+      if (e.resource) {
+        const r = allowed.get(key(e.resourceType, e.id, e.versionId));
+        if (r) out.set(e, { ...e, resource: r });
+      } else if (access.kind === 'open' || (await this.deletedVisible(access, e.resourceType, e.id, e.versionId))) {
+        out.set(e, e);
+      }
+    }
+    return { entries: out, issues: guarded.issues };
+  }
+
+  /**
+   * A repository read for one id as a limited requester may learn of it: "never stored" answers
+   * exactly like "not allowed" (the withheld 404, same issue and text), and "deleted" (410) only
+   * to a requester who could see the resource as it was when deleted — otherwise a made-up id, a
+   * hidden one and a hidden deleted one would tell each other apart.
+   */
+  private async fetchFor<T>(access: AccessContext, type: string, id: string, fetch: () => Promise<T>): Promise<T> {
+    try {
+      return await fetch();
+    } catch (err) {
+      if (access.kind === 'open') throw err;
+      if (isGlucoGuardError(err, 'ERR_NOT_FOUND')) throw notFound('Not found');
+      if (isGlucoGuardError(err, 'ERR_GONE') && !(await this.deletedVisible(access, type, id))) throw notFound('Not found');
+      throw err;
+    }
+  }
+
+  /** Could the requester see the last version before a deletion (`deletion` = its versionId; default the newest)? */
+  private async deletedVisible(access: AccessContext, type: string, id: string, deletion?: string): Promise<boolean> {
+    let passedDeletion = deletion === undefined;
+    for (let offset = 0; ; offset += 100) {
+      const { entries, hasMore } = await this.options.repository.history({ resourceType: type, id, count: 100, offset });
+      for (const e of entries) {
+        if (!passedDeletion) {
+          passedDeletion = e.versionId === deletion;
+          continue;
+        }
+        if (e.resource) return (await this.guard(access, [e.resource])).allowed.length > 0;
+      }
+      if (!hasMore || entries.length === 0) return false;
+    }
+  }
+
+  /** Does any version of the resource pass the requester's guards? */
+  private async anyVersionVisible(access: AccessContext, type: string, id: string): Promise<boolean> {
+    for (let offset = 0; ; offset += 100) {
+      const { entries, hasMore } = await this.options.repository.history({ resourceType: type, id, count: 100, offset });
+      const bodies = entries.flatMap((e) => (e.resource ? [e.resource] : []));
+      if (bodies.length && (await this.guard(access, bodies)).allowed.length > 0) return true;
+      if (!hasMore || entries.length === 0) return false;
+    }
   }
 
   // ---- system level --------------------------------------------------------------------------

@@ -1,0 +1,488 @@
+/**
+ * Property-based leak test of consent enforcement (issue 6: "no path shows anything the patient
+ * did not grant"). One small store — patients A, B and C with CGM readings inside and outside a
+ * data period, other codes, panels (hasMember), DiagnosticReports (result), Devices
+ * (Observation.device), MedicationAdministrations, Consents, AuditEvents, contained resources,
+ * corrected and deleted versions, a reading with no patient link — and practitioners granted
+ * access by A only. Requests come from a grammar (read, vread, history at every level, GET and POST
+ * searches with patient/date/code/_id/_lastUpdated/_count/_sort/_include/_revinclude/:iterate/_has/
+ * chains/_summary/_elements/_total/_contained, paging through `next`, batch and transaction Bundles
+ * of GETs, $everything, $lastn, $cgm-summary, $cgm-agp, $meta) and go through the real router with
+ * the practitioner's verified token, exactly as the HTTP edge builds the access context.
+ *
+ * On every response: no 5xx; every resource anywhere in the body is a stored version that the
+ * grant permits — computed here from the fixture and the grant terms, never by the product's
+ * decision code; contained resources linked to a patient pass the grant on their own; no id of a
+ * resource the requester may not see appears anywhere (links aside, which echo the request);
+ * no `total`; a `next` link leads to more visible data; and a request about an id the requester may
+ * not see answers exactly like the same request about an id that was never stored.
+ */
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { randomUUID } from 'node:crypto';
+import type { Bundle, Observation, Resource } from '@medplum/fhirtypes';
+import fc from 'fast-check';
+import { withPurpose } from '../../src/consent/requester.js';
+import type { FhirRequest, FhirResponse } from '../../src/fhir/types.js';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { DAY, grant, person, practitionerToken, registerIdentity } from '../integration/consent-helpers.js';
+
+const LOINC = 'http://loinc.org';
+const CGM = '99504-3';
+const now = Date.now();
+const iso = (t: number): string => new Date(t).toISOString();
+const ago = (days: number, minutes = 0): string => iso(now - days * DAY + minutes * 60_000);
+/** The granted data period: 10 days ago to 2 days ago (readings 12 and 1 day old fall outside). */
+const DATA_FROM = now - 10 * DAY;
+const DATA_TO = now - 2 * DAY;
+
+/** What a requester was granted, as the test reads the patient's Consent (not the product's decision code). */
+interface GrantSpec {
+  patient: string;
+  classes: Set<string>;
+  /** `system|code`; undefined = every code. */
+  codes?: Set<string>;
+  from: number;
+  to: number;
+}
+
+interface Requester {
+  name: string;
+  token: string;
+  grant: GrantSpec;
+  /** `type/id/versionId` of every stored version the grant permits. */
+  permitted: Set<string>;
+  /** Ids the requester may never see in any body (ids not mentioned by any permitted version). */
+  forbiddenIds: string[];
+}
+
+let t: TestApp;
+const ids: Record<string, string> = {};
+/** Every stored version: `type/id` → versions in order (resource undefined for a deletion). */
+const versions = new Map<string, { versionId: string; resource?: Resource }[]>();
+const requesters: Requester[] = [];
+const stats = new Map<string, number>();
+const count = (k: string): void => {
+  stats.set(k, (stats.get(k) ?? 0) + 1);
+};
+
+function reading(patient: string | undefined, when: string, extra: Partial<Observation> = {}, code = CGM): Observation {
+  return {
+    resourceType: 'Observation', status: 'final',
+    code: { coding: [{ system: LOINC, code }] },
+    ...(patient ? { subject: { reference: `Patient/${patient}` } } : {}),
+    effectiveDateTime: when,
+    valueQuantity: { value: 100 + Math.round(Math.random() * 80), unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+    ...extra,
+  };
+}
+
+// ---- the grant, read independently ---------------------------------------------------------------
+
+const PATIENT_REF = /^Patient\/([A-Za-z0-9\-.]{1,64})$/;
+
+/** The patients a resource is about: its own id for a Patient, else the Patient references in its patient-link elements. */
+function patientLinks(r: Record<string, unknown>): string[] {
+  if (r.resourceType === 'Patient') return [String(r.id)];
+  const refs: unknown[] = [];
+  for (const field of ['subject', 'patient', 'performer', 'agent', 'entity']) {
+    const v = r[field];
+    for (const x of Array.isArray(v) ? v : [v]) {
+      if (!x || typeof x !== 'object') continue;
+      const o = x as Record<string, { reference?: string } | string | undefined>;
+      refs.push(typeof o.reference === 'string' ? o.reference : undefined, (o.who as { reference?: string } | undefined)?.reference,
+        (o.what as { reference?: string } | undefined)?.reference, (o.actor as { reference?: string } | undefined)?.reference);
+    }
+  }
+  return [...new Set(refs.flatMap((ref) => (typeof ref === 'string' ? [PATIENT_REF.exec(ref)?.[1]] : [])).filter((x): x is string => !!x))];
+}
+
+function codesOf(r: Record<string, unknown>): string[] {
+  const concept = (r.code ?? r.medicationCodeableConcept) as { coding?: { system?: string; code?: string }[] } | undefined;
+  return (concept?.coding ?? []).map((c) => `${c.system}|${c.code}`);
+}
+
+function effectiveOf(r: Record<string, unknown>): number | undefined {
+  const when = (r.effectiveDateTime ?? (r.effectivePeriod as { start?: string } | undefined)?.start ?? r.recorded ?? r.dateTime) as string | undefined;
+  return when ? Date.parse(when) : undefined;
+}
+
+/**
+ * Does the grant permit this resource (with its contained resources)? Only the granting patient,
+ * only the named types and codes, only inside the data period; a resource without an effective
+ * time only when its type is named; nothing without a patient link.
+ */
+function permits(g: GrantSpec, r: Record<string, unknown>): boolean {
+  const links = patientLinks(r);
+  if (links.length === 0 || links.some((p) => p !== g.patient)) return false;
+  if (!g.classes.has(String(r.resourceType))) return false;
+  if (g.codes && !codesOf(r).some((c) => g.codes!.has(c))) return false;
+  const when = effectiveOf(r);
+  if (when !== undefined && (when < g.from || when > g.to)) return false;
+  return containedPermitted(g, r);
+}
+
+/** Contained resources travel with their container: any that is about a patient must pass the grant itself. */
+function containedPermitted(g: GrantSpec, r: Record<string, unknown>): boolean {
+  const contained = (r.contained ?? []) as Record<string, unknown>[];
+  return contained.every((c) => patientLinks(c).length === 0 || permits(g, c));
+}
+
+// ---- set-up --------------------------------------------------------------------------------------
+
+async function loadVersions(): Promise<void> {
+  versions.clear();
+  const all = await t.app.repository.history({ count: 100_000, offset: 0 });
+  for (const e of [...all.entries].reverse()) {
+    const key = `${e.resourceType}/${e.id}`;
+    if (!versions.has(key)) versions.set(key, []);
+    versions.get(key)!.push({ versionId: e.versionId, ...(e.resource ? { resource: e.resource } : {}) });
+  }
+}
+
+function requesterOf(name: string, token: string, grantSpec: GrantSpec): Requester {
+  const permitted = new Set<string>();
+  const mentioned = new Set<string>();
+  for (const [key, vs] of versions) {
+    for (const v of vs) {
+      if (v.resource && permits(grantSpec, v.resource as unknown as Record<string, unknown>)) {
+        permitted.add(`${key}/${v.versionId}`);
+        for (const m of JSON.stringify(v.resource).matchAll(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g)) mentioned.add(m[0]);
+      }
+    }
+  }
+  const forbiddenIds = [...versions.keys()].map((k) => k.split('/')[1]!).filter((id) => !mentioned.has(id));
+  return { name, token, grant: grantSpec, permitted, forbiddenIds };
+}
+
+beforeAll(async () => {
+  t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+  const repo = t.app.repository;
+  const a = await person(t.app, 'Patient', 'Alpha');
+  const b = await person(t.app, 'Patient', 'Bravo');
+  const c = await person(t.app, 'Patient', 'Charlie');
+  Object.assign(ids, { A: a, B: b, C: c });
+  const put = async (name: string, r: Resource): Promise<Resource> => {
+    const stored = (await repo.create(r)).resource;
+    ids[name] = stored.id!;
+    return stored;
+  };
+  for (const [p, pid] of [['A', a], ['B', b], ['C', c]] as const) {
+    const dev = await put(`${p}.device`, { resourceType: 'Device', status: 'active', patient: { reference: `Patient/${pid}` },
+      deviceName: [{ name: `CGM of ${p}`, type: 'user-friendly-name' }] } as Resource);
+    const days = [12, 9, 6, 4, 1];
+    for (const [i, d] of days.entries()) await put(`${p}.r${i}`, reading(pid, ago(d), { device: { reference: `Device/${dev.id}` } }));
+    await put(`${p}.other`, reading(pid, ago(5), {}, '2339-0'));
+    await put(`${p}.panel`, reading(pid, ago(5, 1), { hasMember: [{ reference: `Observation/${ids[`${p}.r1`]}` }, { reference: `Observation/${ids[`${p}.r2`]}` }] }, '97507-8'));
+    await put(`${p}.cgmPanel`, reading(pid, ago(5, 2), { hasMember: [{ reference: `Observation/${ids[`${p}.other`]}` }] }));
+    await put(`${p}.report`, { resourceType: 'DiagnosticReport', status: 'final', code: { coding: [{ system: LOINC, code: '97506-0' }] },
+      subject: { reference: `Patient/${pid}` }, effectiveDateTime: ago(5), result: [{ reference: `Observation/${ids[`${p}.r1`]}` }, { reference: `Observation/${ids[`${p}.r2`]}` }] } as Resource);
+    await put(`${p}.med`, { resourceType: 'MedicationAdministration', status: 'completed', subject: { reference: `Patient/${pid}` },
+      medicationCodeableConcept: { coding: [{ system: 'http://www.nlm.nih.gov/research/umls/rxnorm', code: '253182' }] }, effectiveDateTime: ago(5) } as Resource);
+    await put(`${p}.audit`, { resourceType: 'AuditEvent', type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110110' }, recorded: ago(5),
+      agent: [{ who: { reference: `Patient/${pid}` }, requestor: true }], source: { observer: { display: 'test' } },
+      entity: [{ what: { reference: `Patient/${pid}` } }] } as Resource);
+    // Deleted: the read answers Gone to those who may see it, and nothing to those who may not.
+    const gone = await put(`${p}.deleted`, reading(pid, ago(6, 3)));
+    await repo.delete('Observation', gone.id!);
+  }
+  // A's special cases.
+  await put('A.containedDevice', reading(a, ago(5, 4), { contained: [{ resourceType: 'Device', id: 'd1', status: 'active', patient: { reference: `Patient/${a}` } } as Resource], device: { reference: '#d1' } }));
+  await put('A.containedB', reading(a, ago(5, 5), { contained: [{ resourceType: 'Observation', id: 'c1', status: 'final', code: { text: 'x' }, subject: { reference: `Patient/${b}` } } as Resource] }));
+  await put('A.containedPlain', reading(a, ago(5, 6), { contained: [{ resourceType: 'Organization', id: 'o1', name: 'Lab' } as Resource], performer: [{ reference: '#o1' }] }));
+  await put('A.performerB', reading(a, ago(5, 7), { performer: [{ reference: `Patient/${b}` }] }));
+  const movedIn = await put('A.movedIn', reading(a, ago(20)));
+  await repo.update({ ...movedIn, effectiveDateTime: ago(3) } as Resource);
+  const movedOut = await put('A.movedOut', reading(a, ago(3, 8)));
+  await repo.update({ ...movedOut, effectiveDateTime: ago(15) } as Resource);
+  await put('orphan', reading(undefined, ago(5, 9)));
+  await put('org', { resourceType: 'Organization', name: 'Clinic' } as Resource);
+
+  const period = { accessTo: now + 3 * DAY, dataFrom: DATA_FROM, dataTo: DATA_TO };
+  const docs: { name: string; classes: string[]; codes?: string[] }[] = [
+    { name: 'cgm-only', classes: ['Observation'], codes: [`${LOINC}|${CGM}`] },
+    { name: 'broad', classes: ['Observation', 'Patient', 'Device', 'DiagnosticReport'] },
+  ];
+  for (const d of docs) {
+    const doc = await person(t.app, 'Practitioner', d.name);
+    await registerIdentity(t.app, `Practitioner/${doc}`);
+    const res = await grant(t.app, { ...period, patient: a, actor: `Practitioner/${doc}`, classes: d.classes, ...(d.codes ? { codes: d.codes } : {}) });
+    expect(res.status).toBe(201);
+    ids[`doc.${d.name}`] = doc;
+  }
+  // B and C grant someone else; the practitioners above have nothing from them.
+  const other = await person(t.app, 'Practitioner', 'Other');
+  await registerIdentity(t.app, `Practitioner/${other}`);
+  for (const p of [b, c]) expect((await grant(t.app, { ...period, patient: p, actor: `Practitioner/${other}`, classes: ['Observation'] })).status).toBe(201);
+
+  await loadVersions();
+  for (const d of docs) {
+    const token = practitionerToken(t.app, ids[`doc.${d.name}`]!, undefined, ['openid', 'fhirUser', 'user/*.rs']);
+    requesters.push(requesterOf(d.name, token, {
+      patient: a, classes: new Set(d.classes), ...(d.codes ? { codes: new Set(d.codes) } : {}), from: DATA_FROM, to: DATA_TO,
+    }));
+  }
+  // The fixture is what it claims: some of A's readings are outside the period, B's are never visible.
+  const narrow = requesters[0]!;
+  expect(narrow.permitted.has(`Observation/${ids['A.r1']}/1`)).toBe(true);
+  expect(narrow.permitted.has(`Observation/${ids['A.r0']}/1`)).toBe(false);
+  expect(narrow.permitted.has(`Observation/${ids['A.movedIn']}/2`)).toBe(true);
+  expect(narrow.forbiddenIds).toContain(ids.B);
+  expect(requesters[1]!.permitted.has(`Patient/${a}/1`)).toBe(true);
+}, 120_000);
+
+afterAll(async () => {
+  await t?.close();
+});
+
+// ---- the request grammar -------------------------------------------------------------------------
+
+type Query = Record<string, string | string[]>;
+interface Req {
+  method: 'GET' | 'POST';
+  path: string;
+  query: Query;
+  body?: unknown;
+  contentType?: string;
+}
+
+/** Placeholders resolved once the store exists: `@A.r1` is the id of A's second reading, `@A` patient A. */
+const resolve = (s: string): string => s.replace(/@([A-Za-z.0-9-]+?)(?=[^A-Za-z.0-9-]|$)/g, (_m, name: string) => {
+  if (name === 'new') return randomUUID();
+  if (name.endsWith('.trunc')) return ids[name.slice(0, -6)]!.slice(0, 8);
+  return ids[name] ?? name;
+});
+
+const NAMED = ['A', 'B', 'C', 'A.device', 'B.device', 'C.device', ...['A', 'B', 'C'].flatMap((p) => [0, 1, 2, 3, 4].map((i) => `${p}.r${i}`)),
+  'A.other', 'B.other', 'A.panel', 'B.panel', 'A.cgmPanel', 'A.report', 'B.report', 'C.report', 'A.med', 'B.med', 'A.audit', 'B.audit',
+  'A.deleted', 'B.deleted', 'A.containedDevice', 'A.containedB', 'A.containedPlain', 'A.performerB', 'A.movedIn', 'A.movedOut', 'orphan', 'org',
+  'doc.cgm-only', 'doc.broad'];
+/** The type each named fixture is stored as. */
+function typeOfName(name: string): string {
+  if (/^[ABC]$/.test(name)) return 'Patient';
+  if (name.endsWith('.device')) return 'Device';
+  if (name.endsWith('.report')) return 'DiagnosticReport';
+  if (name.endsWith('.med')) return 'MedicationAdministration';
+  if (name.endsWith('.audit')) return 'AuditEvent';
+  if (name === 'org') return 'Organization';
+  if (name.startsWith('doc.')) return 'Practitioner';
+  return 'Observation';
+}
+const TYPES = ['Observation', 'Patient', 'Device', 'DiagnosticReport', 'MedicationAdministration', 'AuditEvent', 'Consent', 'Practitioner', 'Organization'];
+
+const target = fc.oneof(
+  { weight: 6, arbitrary: fc.constantFrom(...NAMED).map((n) => ({ type: typeOfName(n), id: `@${n}` })) },
+  { weight: 1, arbitrary: fc.constantFrom(...NAMED).chain((n) => fc.constantFrom(...TYPES).map((type) => ({ type, id: `@${n}` }))) },
+  { weight: 1, arbitrary: fc.constantFrom('@new', '@A.trunc', '@B.r1.trunc', 'does-not-exist').chain((id) => fc.constantFrom(...TYPES).map((type) => ({ type, id }))) },
+);
+
+const patientValue = fc.constantFrom('Patient/@A', '@A', 'Patient/@B', '@B', '@A,@B', 'Patient/@A,Patient/@C', 'Patient/@C', 'Patient/@A.trunc',
+  '@A.trunc', 'Patient/@A/_history/1', 'http://127.0.0.1:8080/fhir/Patient/@A', 'Patient/@B.r1');
+const day = fc.constantFrom(30, 15, 12, 10, 9, 6, 5, 4, 3, 2, 1, 0, -1);
+const dateValue = fc.tuple(fc.constantFrom('ge', 'le', 'gt', 'lt', 'eq', '', 'sa', 'eb', 'ne'), day, fc.boolean())
+  .map(([p, d, dateOnly]) => p + (dateOnly ? ago(d).slice(0, 10) : ago(d)));
+const codeValue = fc.constantFrom(`${LOINC}|${CGM}`, CGM, '2339-0', `${LOINC}|2339-0`, `${LOINC}|97507-8`, `${LOINC}|${CGM},${LOINC}|2339-0`, `|${CGM}`);
+const idValue = fc.array(fc.constantFrom(...NAMED.map((n) => `@${n}`), '@new'), { minLength: 1, maxLength: 3 }).map((xs) => xs.join(','));
+const includeValue = fc.constantFrom('Observation:device', 'Observation:subject', 'Observation:patient', 'Observation:has-member', 'Observation:performer',
+  'DiagnosticReport:result', 'DiagnosticReport:subject', 'Device:patient', 'MedicationAdministration:subject', 'Observation:*', '*');
+const revincludeValue = fc.constantFrom('Observation:subject', 'Observation:patient', 'Observation:device', 'Observation:has-member', 'DiagnosticReport:result',
+  'DiagnosticReport:patient', 'Device:patient', 'AuditEvent:patient', 'AuditEvent:entity', 'Consent:patient', 'MedicationAdministration:patient', 'Provenance:target');
+
+/** One search parameter: [name, value]. */
+const param: fc.Arbitrary<[string, string]> = fc.oneof(
+  { weight: 5, arbitrary: fc.tuple(fc.constantFrom('patient', 'subject', 'subject:Patient', 'patient:missing'), patientValue) },
+  { weight: 4, arbitrary: fc.tuple(fc.constantFrom('date', 'effective-time'), dateValue) },
+  { weight: 3, arbitrary: fc.tuple(fc.constantFrom('code', 'code:not'), codeValue) },
+  { weight: 3, arbitrary: fc.tuple(fc.constant('_id'), idValue) },
+  { weight: 1, arbitrary: fc.tuple(fc.constant('_lastUpdated'), fc.constantFrom(`ge${iso(now - 3_600_000)}`, `lt${iso(now + 3_600_000)}`, `gt${iso(now + DAY)}`)) },
+  { weight: 3, arbitrary: fc.tuple(fc.constant('_count'), fc.constantFrom('0', '1', '2', '3', '5', '50')) },
+  { weight: 2, arbitrary: fc.tuple(fc.constant('_sort'), fc.constantFrom('date', '-date', '_id', '-_lastUpdated', 'code', '-value-quantity', 'patient', 'birthdate')) },
+  { weight: 3, arbitrary: fc.tuple(fc.constantFrom('_include', '_include:iterate'), includeValue) },
+  { weight: 3, arbitrary: fc.tuple(fc.constantFrom('_revinclude', '_revinclude:iterate'), revincludeValue) },
+  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('_has:Observation:patient:code', '_has:Observation:subject:_id', '_has:DiagnosticReport:result:status'), fc.constantFrom(CGM, '@B.r1', 'final')) },
+  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('patient.name', 'subject:Patient.family', 'device.patient', 'patient._id', 'result.code'), fc.constantFrom('Bravo', '@B', CGM)) },
+  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('_summary', '_elements', '_total', '_contained', '_containedType'), fc.constantFrom('count', 'true', 'data', 'accurate', 'id,subject', 'both', 'contained')) },
+  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('device', 'result', 'has-member', 'performer', 'status', 'identifier'), fc.constantFrom('Device/@B.device', 'Device/@A.device', 'Observation/@B.r1', 'final', 'Patient/@B')) },
+);
+const query = fc.array(param, { maxLength: 5 }).map((pairs) => {
+  const q: Query = {};
+  for (const [k, v] of pairs) q[k] = k in q ? [q[k]!].flat().concat(v) : v;
+  return q;
+});
+
+const readLike: fc.Arbitrary<Req> = fc.oneof(
+  { weight: 4, arbitrary: target.map(({ type, id }) => ({ method: 'GET' as const, path: `${type}/${id}`, query: {} })) },
+  { weight: 2, arbitrary: fc.tuple(target, fc.constantFrom('1', '2', '3')).map(([{ type, id }, v]) => ({ method: 'GET' as const, path: `${type}/${id}/_history/${v}`, query: {} })) },
+  { weight: 2, arbitrary: target.map(({ type, id }) => ({ method: 'GET' as const, path: `${type}/${id}/_history`, query: {} })) },
+  { weight: 1, arbitrary: target.map(({ type, id }) => ({ method: 'GET' as const, path: `${type}/${id}/$meta`, query: {} })) },
+);
+const historyAll: fc.Arbitrary<Req> = fc.tuple(fc.constantFrom(...TYPES.map((x) => `${x}/_history`), '_history'), fc.constantFrom('1', '2', '5', '100'), fc.boolean())
+  .map(([path, c, since]) => ({ method: 'GET', path, query: { _count: c, ...(since ? { _since: iso(now - 3_600_000) } : {}) } }));
+const search: fc.Arbitrary<Req> = fc.tuple(fc.constantFrom('Observation', 'Observation', 'Observation', ...TYPES), query, fc.boolean())
+  .map(([type, q, post]) => (post
+    ? { method: 'POST', path: `${type}/_search`, query: {}, body: q, contentType: 'application/x-www-form-urlencoded' }
+    : { method: 'GET', path: type, query: q }));
+const patientId = fc.constantFrom('@A', '@B', '@C', '@new', '@A.trunc', '@A.r1');
+const operation: fc.Arbitrary<Req> = fc.oneof(
+  patientId.map((p): Req => ({ method: 'GET', path: `Patient/${p}/$everything`, query: {} })),
+  fc.tuple(patientValue, fc.constantFrom('1', '2', '5'), fc.option(codeValue, { nil: undefined })).map(([p, max, code]): Req => ({
+    method: 'GET' as const, path: 'Observation/$lastn', query: { patient: p, max, ...(code ? { code } : {}) },
+  })),
+  fc.tuple(fc.constantFrom('$cgm-summary', '$cgm-agp'), patientId, fc.option(fc.tuple(day, day), { nil: undefined })).map(([op, p, range]): Req => ({
+    method: 'GET' as const, path: `Patient/${p}/${op}`,
+    query: range ? { start: ago(Math.max(...range)), end: ago(Math.min(...range) - 0.5) } : {},
+  })),
+);
+const single = fc.oneof({ weight: 4, arbitrary: readLike }, { weight: 5, arbitrary: search }, { weight: 1, arbitrary: historyAll }, { weight: 2, arbitrary: operation });
+const batch: fc.Arbitrary<Req> = fc.tuple(fc.constantFrom('batch', 'transaction'), fc.array(fc.oneof(readLike, search.filter((s) => s.method === 'GET'), operation), { minLength: 1, maxLength: 4 }))
+  .map(([type, entries]) => ({
+    method: 'POST', path: '', query: {}, contentType: 'application/fhir+json',
+    body: { resourceType: 'Bundle', type, entry: entries.map((e) => ({ request: { method: 'GET', url: entryUrl(e) } })) },
+  }));
+const purpose = fc.oneof({ weight: 12, arbitrary: fc.constant('TREAT') }, { weight: 1, arbitrary: fc.constantFrom('', 'HRESCH') });
+
+function entryUrl(r: Req): string {
+  const qs = new URLSearchParams();
+  for (const [k, v] of Object.entries(r.query)) for (const one of [v].flat()) qs.append(k, one);
+  const s = qs.toString();
+  return s ? `${r.path}?${s}` : r.path;
+}
+
+function resolveReq(r: Req): Req {
+  return JSON.parse(resolve(JSON.stringify(r))) as Req;
+}
+
+// ---- running a request ---------------------------------------------------------------------------
+
+async function send(who: Requester, purposeOfUse: string, r: Req): Promise<FhirResponse> {
+  const headers: Record<string, string | undefined> = { authorization: `Bearer ${who.token}`, ...(purposeOfUse ? { 'x-purpose-of-use': purposeOfUse } : {}) };
+  if (r.contentType) headers['content-type'] = r.contentType;
+  const access = withPurpose(await t.app.smart.authenticate(headers), headers);
+  const req: FhirRequest = { method: r.method, path: r.path, query: r.query, headers, ...(r.body !== undefined ? { body: r.body } : {}), access };
+  return t.app.fhir.handle(req);
+}
+
+/** `http://host/fhir/Type?a=b` → the in-process request the HTTP edge would build. */
+function fromUrl(url: string): Req {
+  const u = new URL(url);
+  const query: Query = {};
+  for (const [k, v] of u.searchParams) query[k] = k in query ? [query[k]!].flat().concat(v) : v;
+  return { method: 'GET', path: decodeURIComponent(u.pathname.replace(/^\/fhir\/?/, '')), query };
+}
+
+// ---- the invariants ------------------------------------------------------------------------------
+
+const CONTAINERS = new Set(['Bundle', 'OperationOutcome', 'Parameters']);
+
+/** Every problem with one response: an empty list means it leaked nothing. */
+function leaks(who: Requester, purposeOfUse: string, res: FhirResponse): string[] {
+  const problems: string[] = [];
+  if (res.status >= 500) problems.push(`status ${res.status}`);
+  const visible = purposeOfUse === 'TREAT' ? who.permitted : new Set<string>();
+  const walk = (value: unknown, path: string, inContained: boolean): void => {
+    if (Array.isArray(value)) {
+      value.forEach((v, i) => walk(v, `${path}[${i}]`, inContained));
+      return;
+    }
+    if (!value || typeof value !== 'object') return;
+    const o = value as Record<string, unknown>;
+    if (typeof o.resourceType === 'string') {
+      const type = o.resourceType;
+      if (type === 'Bundle' && 'total' in o) problems.push(`${path}: Bundle.total`);
+      if (inContained) {
+        if (patientLinks(o).length > 0 && (purposeOfUse !== 'TREAT' || !permits(who.grant, o))) problems.push(`${path}: contained ${type} not permitted`);
+      } else if (!CONTAINERS.has(type)) {
+        const key = `${type}/${String(o.id)}/${String((o.meta as { versionId?: string } | undefined)?.versionId)}`;
+        const stored = versions.has(`${type}/${String(o.id)}`);
+        // Operation outputs that are not stored (CGM summaries) must at least be about a permitted patient only.
+        const derivedOk = !stored && !(o.meta as { versionId?: string } | undefined)?.versionId && purposeOfUse === 'TREAT'
+          && patientLinks(o).length > 0 && patientLinks(o).every((p) => p === who.grant.patient) && who.grant.classes.has(type);
+        if (visible.has(key)) count('permitted resource shown');
+        else if (derivedOk) count('derived resource shown');
+        else problems.push(`${path}: ${stored ? 'not permitted' : 'unknown'} ${key}`);
+      }
+    }
+    for (const [k, v] of Object.entries(o)) {
+      if (k === 'link') continue; // self/next links echo the request
+      walk(v, `${path}.${k}`, inContained || k === 'contained');
+    }
+  };
+  walk(res.body, '$', false);
+  const text = JSON.stringify(res.body ?? {}, (k, v: unknown) => (k === 'link' ? undefined : v));
+  const forbidden = purposeOfUse === 'TREAT' ? who.forbiddenIds : [...versions.keys()].map((k) => k.split('/')[1]!);
+  for (const id of forbidden) if (text.includes(id)) problems.push(`body mentions ${id} (${nameOf(id)})`);
+  return problems;
+}
+
+function nameOf(id: string): string {
+  return Object.entries(ids).find(([, v]) => v === id)?.[0] ?? '?';
+}
+
+/** Status, issue codes and diagnostics with the asked id blanked: what a client can tell apart. */
+function shape(res: FhirResponse, id: string): string {
+  const body = res.body as { resourceType?: string; issue?: { severity?: string; code?: string; diagnostics?: string }[]; entry?: unknown[] } | undefined;
+  const issues = (body?.issue ?? []).map((i) => `${i.severity}/${i.code}/${(i.diagnostics ?? '').replaceAll(id, '<id>')}`);
+  return `${res.status} ${body?.resourceType ?? ''} ${issues.join(' | ')}${body?.resourceType === 'Bundle' ? ` entries=${body.entry?.length ?? 0}` : ''}`;
+}
+
+/** For read-like requests about a stored id the requester may not see: the id asked about, else undefined. */
+function hiddenTarget(who: Requester, purposeOfUse: string, r: Req): string | undefined {
+  const m = /^([A-Za-z]+)\/([A-Za-z0-9\-.]+)(?:\/(_history)(?:\/(\d+))?|\/\$(meta|everything|cgm-summary|cgm-agp))?$/.exec(r.path);
+  if (!m || r.method !== 'GET') return undefined;
+  const [, type, id, history, vid, op] = m;
+  const vs = versions.get(`${type}/${id}`);
+  if (!vs) return undefined;
+  const visible = (v: { versionId: string; resource?: Resource }): boolean => purposeOfUse === 'TREAT' && who.permitted.has(`${type}/${id}/${v.versionId}`);
+  if (vid !== undefined) {
+    const v = vs.find((x) => x.versionId === vid);
+    return v && visible(v) ? undefined : id;
+  }
+  if (history) return vs.some(visible) ? undefined : id;
+  // read, $meta and patient operations: decided on the current version (the last one before a deletion).
+  const current = [...vs].reverse().find((v) => v.resource);
+  if (op === 'cgm-summary' || op === 'cgm-agp' || op === 'everything') return current && visible(current) ? undefined : id;
+  return current && visible(current) ? undefined : id;
+}
+
+async function check(who: Requester, purposeOfUse: string, raw: Req): Promise<void> {
+  const r = resolveReq(raw);
+  const res = await send(who, purposeOfUse, r);
+  count(`${r.path.split('/')[0] || 'bundle'} ${res.status}`);
+  const problems = leaks(who, purposeOfUse, res);
+  if (problems.length) throw new Error(`${who.name} (${purposeOfUse || 'no purpose'}) ${r.method} ${entryUrl(r)} ${r.body ? JSON.stringify(r.body) : ''}\n→ ${res.status}\n${problems.join('\n')}`);
+  // A hidden id answers like one never stored.
+  const hidden = hiddenTarget(who, purposeOfUse, r);
+  if (hidden) {
+    count('compared with a made-up id');
+    const madeUp = randomUUID();
+    const twin = await send(who, purposeOfUse, { ...r, path: r.path.replace(hidden, madeUp) });
+    const [seen, absent] = [shape(res, hidden), shape(twin, madeUp)];
+    if (seen !== absent) throw new Error(`${who.name} ${r.method} ${entryUrl(r)} (${nameOf(hidden)}) answers unlike a made-up id:\n  hidden:  ${seen}\n  made-up: ${absent}`);
+  }
+  // Paging: every `next` leads to more visible data, and its pages obey the same rules.
+  let body = res.body as Bundle | undefined;
+  for (let page = 0; page < 4 && body?.resourceType === 'Bundle'; page++) {
+    const next = body.link?.find((l) => l.relation === 'next')?.url;
+    if (!next) break;
+    count('followed next');
+    const nextRes = await send(who, purposeOfUse, fromUrl(next));
+    const pageProblems = leaks(who, purposeOfUse, nextRes);
+    const shown = ((nextRes.body as Bundle | undefined)?.entry ?? []).filter((e) => (e.resource && e.resource.resourceType !== 'OperationOutcome') || e.request?.method === 'DELETE');
+    if (nextRes.status === 200 && shown.length === 0) pageProblems.push('a next link led to an empty page');
+    if (pageProblems.length) throw new Error(`${who.name} ${entryUrl(r)} page ${page + 2} (${next}) → ${nextRes.status}\n${pageProblems.join('\n')}`);
+    body = nextRes.body as Bundle;
+  }
+}
+
+describe('consent enforcement: no request shape shows anything the patient did not grant', () => {
+  test('reads, searches, history, paging, batches and operations as a grantee of A', async () => {
+    const requester = fc.nat({ max: requesters.length - 1 });
+    await fc.assert(fc.asyncProperty(requester, purpose, fc.oneof({ weight: 6, arbitrary: single }, { weight: 1, arbitrary: batch }),
+      async (i, p, r) => check(requesters[i]!, p, r)), { numRuns: 6000, seed: 6006, endOnFailure: true });
+    process.stdout.write(`consent fuzz: ${JSON.stringify(Object.fromEntries([...stats].sort()))}\n`);
+    // Not a vacuous run: permitted data was shown, hidden ids were compared, pages were followed.
+    expect(stats.get('compared with a made-up id') ?? 0).toBeGreaterThan(50);
+    expect(stats.get('followed next') ?? 0).toBeGreaterThan(5);
+    expect(stats.get('Observation 200') ?? 0).toBeGreaterThan(50);
+    expect(stats.get('permitted resource shown') ?? 0).toBeGreaterThan(100);
+  }, 120_000);
+});
