@@ -269,6 +269,72 @@ describe('consent enforcement on every FHIR path', () => {
     expect(res.status).toBe(403);
   });
 
+  // Found by test/fuzz/consent-enforcement.fuzz.test.ts.
+  test('a hidden id answers exactly like an id never stored: read, vread, instance _history and $meta', async () => {
+    const madeUp = randomUUID();
+    for (const [hidden, absent] of [
+      [`Observation/${ids.ben}`, `Observation/${madeUp}`],
+      [`Observation/${ids.ben}/_history/1`, `Observation/${madeUp}/_history/1`],
+      [`Observation/${ids.ben}/_history`, `Observation/${madeUp}/_history`],
+      [`Observation/${ids.anaOld}/_history`, `Observation/${madeUp}/_history`],
+      [`Observation/${ids.ben}/$meta`, `Observation/${madeUp}/$meta`],
+    ] as const) {
+      const [a, b] = [await get(`/fhir/${hidden}`), await get(`/fhir/${absent}`)];
+      expect(a.status).toBe(404);
+      expect({ status: a.status, body: JSON.stringify(a.body).replaceAll(ids.ben!, 'X').replaceAll(ids.anaOld!, 'X') })
+        .toEqual({ status: b.status, body: JSON.stringify(b.body).replaceAll(madeUp, 'X') });
+    }
+  });
+
+  test('a deleted resource of an ungranted patient answers 404 like an id never stored; a deleted granted reading answers 410', async () => {
+    const benGone = (await t.app.repository.create(reading(ben, now - 2 * DAY))).resource.id!;
+    await t.app.repository.delete('Observation', benGone);
+    const anaGone = (await t.app.repository.create(reading(ana, now - 2 * DAY))).resource.id!;
+    await t.app.repository.delete('Observation', anaGone);
+    const hidden = await get(`/fhir/Observation/${benGone}`);
+    const absent = await get(`/fhir/Observation/${randomUUID()}`);
+    expect(hidden.status).toBe(404);
+    expect(hidden.body).toEqual(absent.body);
+    expect((await get(`/fhir/Observation/${anaGone}`)).status).toBe(410);
+    // Type history: the deletion of the hidden reading is not listed (its fullUrl would name it); Ana's is.
+    const history = await get('/fhir/Observation/_history?_count=1000');
+    expect(JSON.stringify(history.body)).not.toContain(benGone);
+    expect(((history.body as Bundle).entry ?? []).filter((e) => e.request?.method === 'DELETE').map((e) => e.fullUrl)).toEqual([expect.stringContaining(anaGone)]);
+  });
+
+  test('history pages are re-paged after filtering: no page is empty, so page counts say nothing of hidden versions', async () => {
+    const sizes: number[] = [];
+    let url: string | undefined = '/fhir/Observation/_history?_count=2';
+    while (url && sizes.length < 50) {
+      const res = await get(url.replace('http://127.0.0.1:8080', ''));
+      expect(res.status).toBe(200);
+      sizes.push(((res.body as Bundle).entry ?? []).length);
+      url = (res.body as Bundle).link?.find((l) => l.relation === 'next')?.url;
+    }
+    expect(sizes.length).toBeGreaterThan(1);
+    expect(sizes.slice(0, -1).every((n) => n === 2)).toBe(true);
+    expect(sizes.at(-1)).toBeGreaterThan(0);
+  });
+
+  test('_count=0 gives no next link: it would say whether hidden matches exist', async () => {
+    // Ana's reading, inside the grant's patient, code and period, but also about Ben: narrowed in, guarded out.
+    const shared = (await t.app.repository.create({ ...reading(ana, now - 2 * DAY), performer: [{ reference: `Patient/${ben}` }] } as Observation)).resource.id!;
+    expect((await get(`/fhir/Observation/${shared}`)).status).toBe(404);
+    const res = await get(`/fhir/Observation?_id=${shared}&_count=0`);
+    expect(res.status).toBe(200);
+    expect((res.body as Bundle).link?.some((l) => l.relation === 'next')).toBe(false);
+  });
+
+  test('a contained resource about the granting patient must be granted itself (a contained Device under a CGM-readings-only grant)', async () => {
+    const withDevice = (await t.app.repository.create({
+      ...reading(ana, now - 2 * DAY), device: { reference: '#d1' },
+      contained: [{ resourceType: 'Device', id: 'd1', status: 'active', serialNumber: 'SN-ANA-1', patient: { reference: `Patient/${ana}` } }],
+    } as Observation)).resource;
+    expect((await get(`/fhir/Observation/${withDevice.id}`)).status).toBe(404);
+    const search = await get(`/fhir/Observation?patient=Patient/${ana}&_count=100`);
+    expect(JSON.stringify(search.body)).not.toContain('SN-ANA-1');
+  });
+
   test('expiry by the clock: the same cached permissions deny once the access window has ended', async () => {
     expect((await get(`/fhir/Observation/${ids.ana0}`)).status).toBe(200);
     const decisions = t.app.consent.decisions as unknown as { now: () => number };
