@@ -15,6 +15,8 @@
  * Chain down: commitments keep queuing on disk (writes never wait for the chain); the anchorer
  * retries with back-off and catches up in batches of `maxLeaves` once the node answers again.
  */
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import { toBeHex, type Contract, type Log } from 'ethers';
 import type { Logger } from 'pino';
 import type { ChainClient } from './client.js';
@@ -36,6 +38,11 @@ export interface AnchorerOptions {
   pollMs?: number;
   /** Batches sent before the first receipt is seen (default 4): capacity beyond one batch per block. */
   maxInFlight?: number;
+  /**
+   * How long the anchoring lease lasts without renewal (default 10 s): of the processes sharing a
+   * store only the holder anchors; the others take over when it stops or stops renewing.
+   */
+  leaseMs?: number;
   logger?: Logger;
 }
 
@@ -65,6 +72,12 @@ export class Anchorer {
   private readonly maxInFlight: number;
   private failing = false;
   private queued = 0;
+  /** This anchorer's name in the store's anchoring lease: host/pid/random. */
+  private readonly owner = `${hostname()}/${process.pid}/${randomUUID().slice(0, 8)}`;
+  private readonly leaseMs: number;
+  /** Until when (epoch ms) this process is known to hold the lease without asking the store again. */
+  private leadingUntil = 0;
+  private leading: boolean | undefined;
 
   constructor(private readonly options: AnchorerOptions) {
     this.store = options.store;
@@ -72,6 +85,24 @@ export class Anchorer {
     this.maxLeaves = options.maxLeaves ?? 1000;
     this.maxDelayMs = options.maxDelayMs ?? 1000;
     this.maxInFlight = options.maxInFlight ?? 4;
+    this.leaseMs = options.leaseMs ?? 10_000;
+  }
+
+  /**
+   * True while this process holds the store's anchoring lease (taken or renewed here; renewed once
+   * half of it has run, so a busy loop writes it at most twice per lease). Logs each change of role.
+   */
+  leads(): boolean {
+    const now = Date.now();
+    if (this.leading && now < this.leadingUntil) return true;
+    const leads = this.store.holdLease(this.owner, this.leaseMs, now, holderDied);
+    this.leadingUntil = leads ? now + this.leaseMs / 2 : 0;
+    if (leads !== this.leading) {
+      if (leads) this.options.logger?.info('anchoring: this process anchors the commitment store');
+      else this.options.logger?.info('anchoring: another process sharing this data directory anchors the commitment store; standing by');
+      this.leading = leads;
+    }
+    return leads;
   }
 
   private get anchor(): Contract {
@@ -87,13 +118,19 @@ export class Anchorer {
       while (!abort.signal.aborted) {
         let waitMs: number;
         try {
-          await this.step(false);
-          if (this.failing) this.options.logger?.info('anchoring: chain reachable again, catching up');
-          this.failing = false;
-          backoff = 200;
-          const { count, oldest } = this.store.backlog();
-          const full = this.store.preparedBatches().length >= this.maxInFlight; // a receipt wakes the loop
-          waitMs = full ? 1000 : count >= this.maxLeaves ? 0 : count > 0 ? Math.max(0, oldest! + this.maxDelayMs - Date.now()) : 1000;
+          if (!this.leads()) {
+            // another process anchors this store: look again before its lease could run out
+            waitMs = Math.min(1000, this.leaseMs / 2);
+            this.failing = false;
+          } else {
+            await this.step(false);
+            if (this.failing) this.options.logger?.info('anchoring: chain reachable again, catching up');
+            this.failing = false;
+            backoff = 200;
+            const { count, oldest } = this.store.backlog();
+            const full = this.store.preparedBatches().length >= this.maxInFlight; // a receipt wakes the loop
+            waitMs = full ? 1000 : count >= this.maxLeaves ? 0 : count > 0 ? Math.max(0, oldest! + this.maxDelayMs - Date.now()) : 1000;
+          }
         } catch (err) {
           if (!this.failing) this.options.logger?.warn({ err: describe(err) }, 'anchoring failed; commitments stay queued, retrying');
           this.failing = true;
@@ -138,7 +175,10 @@ export class Anchorer {
 
   /** Anchors everything queued now, without waiting for the batch window; resolves when done. */
   async flush(): Promise<void> {
-    while (this.store.backlog().count > 0 || this.store.preparedBatches().length > 0) await this.step(true);
+    while (this.store.backlog().count > 0 || this.store.preparedBatches().length > 0) {
+      if (this.leads()) await this.step(true);
+      else await new Promise((r) => setTimeout(r, 50)); // the process holding the lease anchors them
+    }
   }
 
   /** Stops the loop and the receipt watchers; batches still in flight stay prepared and are resolved on the next start. */
@@ -151,6 +191,9 @@ export class Anchorer {
     this.watchFailure = undefined;
     this.loop = undefined;
     this.abort = undefined;
+    if (this.leading) this.store.releaseLease(this.owner);
+    this.leading = undefined;
+    this.leadingUntil = 0;
   }
 
   /**
@@ -165,6 +208,7 @@ export class Anchorer {
   }
 
   private async stepOnce(force: boolean): Promise<BatchRecord | undefined> {
+    if (!this.leads()) return undefined;
     await this.reportWatchFailure();
     // Close due batches, keeping at most `maxInFlight` prepared (sent, receipt not seen yet) at once.
     for (let prepared = this.store.preparedBatches().length; prepared < this.maxInFlight; prepared++) {
@@ -331,6 +375,21 @@ export class Anchorer {
     this.store.markAnchored(batch.id, chainBatchId, block, logs[0]?.transactionHash ?? null);
     this.options.logger?.info({ batch: batch.id, chainBatchId, block }, 'batch found on chain (sent before a restart)');
     return this.store.batch(batch.id)!;
+  }
+}
+
+/**
+ * True when the lease holder ran on this host in a process that no longer exists (killed, crashed):
+ * its lease need not run out before another process anchors (a restart anchors at once).
+ */
+function holderDied(holder: string): boolean {
+  const [host, pid] = holder.split('/');
+  if (host !== hostname() || !pid || Number(pid) === process.pid) return false;
+  try {
+    process.kill(Number(pid), 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
   }
 }
 

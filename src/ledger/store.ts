@@ -231,6 +231,35 @@ export class CommitmentStore {
     return this.db.prepare<[], { s: number | null }>('SELECT MAX(seq) AS s FROM commitments').get()!.s ?? 0;
   }
 
+  /**
+   * The anchoring lease: processes sharing this store (replicas on one data directory) must not
+   * all anchor it — they would send the same batches twice and race for the authority's nonces.
+   * Takes or renews the lease for `owner` until `now + ttlMs`, unless another owner holds one that
+   * has not expired and is not `gone` (e.g. a process known to have died); answers whether `owner` holds it. One immediate transaction, so two processes
+   * asking at once cannot both win.
+   */
+  holdLease(owner: string, ttlMs: number, now = Date.now(), gone: (holder: string) => boolean = () => false): boolean {
+    this.checkOpen();
+    return this.db.transaction(() => {
+      const [holder, until] = (this.getMeta('anchorer') ?? '').split(' ');
+      if (holder && holder !== owner && Number(until) > now && !gone(holder)) return false;
+      this.setMeta('anchorer', `${owner} ${now + ttlMs}`);
+      return true;
+    }).immediate();
+  }
+
+  /** Gives the lease up at once (on a clean stop), so another process need not wait for it to expire. */
+  releaseLease(owner: string): void {
+    if (this.closed) return;
+    this.db.prepare("DELETE FROM meta WHERE k = 'anchorer' AND v LIKE ? || ' %'").run(owner);
+  }
+
+  /** Who holds the anchoring lease and until when (epoch ms), if anyone. */
+  leaseHolder(): { owner: string; until: number } | undefined {
+    const [owner, until] = (this.getMeta('anchorer') ?? '').split(' ');
+    return owner ? { owner, until: Number(until) } : undefined;
+  }
+
   getMeta(k: string): string | undefined {
     return this.db.prepare<[string], { v: string }>('SELECT v FROM meta WHERE k = ?').get(k)?.v;
   }
