@@ -1,14 +1,18 @@
 #!/usr/bin/env node
 // Generates a 4-validator Hyperledger Besu QBFT network for GlucoGuard, without Docker or Besu:
-//   node docker/besu/generate.mjs [--out docker/besu/network] [--validators 4] [--chain-id 2025] [--block-period 2]
+//   node docker/besu/generate.mjs [--out docker/besu/network] [--validators 4] [--chain-id 2025] [--block-period 2] [--authorities 2]
 // Writes, under --out:
 //   genesis.json                  QBFT genesis: validators in extraData, London (contracts are compiled for it),
-//                                 zero base fee, the proxy's authority account funded
+//                                 zero base fee, the proxies' authority accounts funded
 //   validator-N/key               node key of validator N (hex, 0600) — its address is a QBFT validator
 //   validator-N/key.pub           its public key (enode id)
 //   validator-N/config.toml       Besu options (genesis, p2p, JSON-RPC, bootnode = validator-1)
-//   authority.key                 key of the proxy's authority account (0x hex, 0600): CHAIN_AUTHORITY_KEY_FILE
-//   network.json                  summary: chain id, validators, enodes, authority address
+//   authority.key                 key of the first proxy replica's authority account (0x hex, 0600), which
+//                                 deploys the contracts and is their admin: CHAIN_AUTHORITY_KEY_FILE
+//   authority-N.key               the authority account of replica N (N ≥ 2): every replica keeps its own
+//                                 commitment store, so each anchors with its own account and sequence
+//                                 (`glucoguard chain authority grant` gives it the role after the deploy)
+//   network.json                  summary: chain id, validators, enodes, authority addresses
 // Keys are generated here, on the machine that runs the script; in a real consortium each
 // organisation generates its own validator key and sends only the address (see docs/chain.md).
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -31,7 +35,7 @@ function writeSecret(file, text) {
   chmodSync(file, 0o600);
 }
 
-export function generateNetwork({ out, validators = 4, chainId = 2025, blockPeriod = 2 }) {
+export function generateNetwork({ out, validators = 4, chainId = 2025, blockPeriod = 2, authorities = 2 }) {
   mkdirSync(out, { recursive: true });
   const nodes = [];
   for (let i = 1; i <= validators; i++) {
@@ -39,7 +43,8 @@ export function generateNetwork({ out, validators = 4, chainId = 2025, blockPeri
     const publicKey = SigningKey.computePublicKey(wallet.privateKey, false).slice(4); // 64 bytes, no 04 prefix
     nodes.push({ name: `validator-${i}`, privateKey: wallet.privateKey, publicKey, address: computeAddress(wallet.privateKey) });
   }
-  const authority = Wallet.createRandom();
+  const authorityWallets = Array.from({ length: Math.max(1, authorities) }, () => Wallet.createRandom());
+  const authority = authorityWallets[0];
   const genesis = {
     config: {
       chainId,
@@ -56,7 +61,7 @@ export function generateNetwork({ out, validators = 4, chainId = 2025, blockPeri
     // QBFT's fixed mixHash ("ctical byzantine fault tolerance")
     mixHash: '0x63746963616c2062797a616e74696e65206661756c7420746f6c6572616e6365',
     coinbase: '0x0000000000000000000000000000000000000000',
-    alloc: { [authority.address.toLowerCase().slice(2)]: { balance: '0x33b2e3c9fd0803ce8000000' } },
+    alloc: Object.fromEntries(authorityWallets.map((w) => [w.address.toLowerCase().slice(2), { balance: '0x33b2e3c9fd0803ce8000000' }])),
     extraData: qbftExtraData(nodes.map((n) => n.address)),
   };
   writeFileSync(path.join(out, 'genesis.json'), `${JSON.stringify(genesis, null, 2)}\n`);
@@ -89,12 +94,13 @@ export function generateNetwork({ out, validators = 4, chainId = 2025, blockPeri
     ].join('\n');
     writeFileSync(path.join(dir, 'config.toml'), toml);
   });
-  writeSecret(path.join(out, 'authority.key'), `${authority.privateKey}\n`);
+  authorityWallets.forEach((w, i) => writeSecret(path.join(out, i === 0 ? 'authority.key' : `authority-${i + 1}.key`), `${w.privateKey}\n`));
   const summary = {
     chainId,
     blockPeriodSeconds: blockPeriod,
     validators: nodes.map((n) => ({ name: n.name, address: n.address, enode: `enode://${n.publicKey}@${n.name}:30303` })),
     authority: authority.address,
+    authorities: authorityWallets.map((w) => w.address),
   };
   writeFileSync(path.join(out, 'network.json'), `${JSON.stringify(summary, null, 2)}\n`);
   return summary;
@@ -107,6 +113,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     validators: Number(arg('validators', '4')),
     chainId: Number(arg('chain-id', '2025')),
     blockPeriod: Number(arg('block-period', '2')),
+    authorities: Number(arg('authorities', '2')),
   });
   process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
 }

@@ -5,13 +5,13 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { JsonRpcProvider } from 'ethers';
+import { JsonRpcProvider, Wallet } from 'ethers';
 import { createChain, createRepository } from '../app.js';
 import type { Config } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
 import { loadAuthorityKey, readDeployment, serveUntilSignal, startEmbeddedChain } from '../../chain/node/index.js';
 import { ChainClient } from './client.js';
-import { deployContracts } from './deploy.js';
+import { deployContracts, setAuthority } from './deploy.js';
 import { commitmentStorePath } from './index.js';
 import { IntegrityChecker } from './integrity.js';
 import { CommitmentStore } from './store.js';
@@ -134,10 +134,29 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
     .requiredOption('--key-file <file>', 'file holding the authority private key (0x hex); it becomes admin and authority')
     .option('--out <file>', 'deployment JSON to write (CHAIN_DEPLOYMENT_FILE)', 'deployment.json')
     .action(async (opts: { rpc: string; keyFile: string; out: string }) => {
-      const key = readFileSync(opts.keyFile, 'utf8').trim();
-      const record = await deployContracts({ rpcUrl: opts.rpc, privateKey: key.startsWith('0x') ? key : `0x${key}`, out: opts.out, log: (l) => console.error(l) });
+      const record = await deployContracts({ rpcUrl: opts.rpc, privateKey: hexKey(readFileSync(opts.keyFile, 'utf8')), out: opts.out, log: (l) => console.error(l) });
       console.log(JSON.stringify(record, null, 2));
     });
+
+  const authority = chain.command('authority').description('add or remove an authority (one per deployment or replica with its own data directory)');
+  for (const [verb, grant] of [['grant', true], ['revoke', false]] as const) {
+    authority
+      .command(verb)
+      .description(grant ? 'grant AUTHORITY_ROLE in the three contracts (anchor, relay consents, register identities)' : 'revoke AUTHORITY_ROLE in the three contracts')
+      .requiredOption('--rpc <url>', 'JSON-RPC URL of the node')
+      .requiredOption('--key-file <file>', "file holding the contracts' admin private key (0x hex)")
+      .requiredOption('--deployment <file>', 'the deployment JSON written by chain deploy (CHAIN_DEPLOYMENT_FILE)')
+      .option('--address <address>', 'the authority account')
+      .option('--authority-key-file <file>', 'or: the file holding its private key (only its address is used)')
+      .action(async (opts: { rpc: string; keyFile: string; deployment: string; address?: string; authorityKeyFile?: string }) => {
+        if ((opts.address === undefined) === (opts.authorityKeyFile === undefined)) throw new Error('give either --address or --authority-key-file');
+        const address = opts.address ?? new Wallet(hexKey(readFileSync(opts.authorityKeyFile!, 'utf8'))).address;
+        const changed = await setAuthority({
+          rpcUrl: opts.rpc, adminKey: hexKey(readFileSync(opts.keyFile, 'utf8')), deployment: opts.deployment, authority: address, grant, log: (l) => console.error(l),
+        });
+        console.log(JSON.stringify({ authority: address, ...changed }, null, 2));
+      });
+  }
 
   program
     .command('verify')
@@ -174,4 +193,10 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
         await close();
       }
     });
+}
+
+/** A private key read from a file: trimmed, 0x-prefixed. */
+function hexKey(text: string): string {
+  const key = text.trim();
+  return key.startsWith('0x') ? key : `0x${key}`;
 }

@@ -1,13 +1,15 @@
 /**
  * Operator commands as run from the built bin: `glucoguard verify` prints counts and each failure
  * (exit 1 when one fails), `glucoguard chain status` shows chain id, head, contracts and anchoring,
- * `glucoguard chain deploy` deploys the three contracts to a node and writes the deployment JSON.
+ * `glucoguard chain deploy` deploys the three contracts to a node and writes the deployment JSON,
+ * `glucoguard chain authority grant|revoke` adds or removes an authority (a replica's own account).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import Database from 'better-sqlite3';
+import { Wallet, id } from 'ethers';
 import request from 'supertest';
 import { PACKAGE_ROOT } from '../../src/paths.js';
 import { canonicalResourceText } from '../../src/ledger/canonical.js';
@@ -19,6 +21,18 @@ const BIN = path.join(PACKAGE_ROOT, 'bin/glucoguard.js');
 const dataDir = tempDir('gg-ledger-cli-');
 const env = { ...process.env, GLUCOGUARD_DATA_DIR: dataDir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'warn', CHAIN_PORT: '0', CHAIN_BLOCK_PERIOD: '0' };
 const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { env, encoding: 'utf8' });
+
+/** Runs the bin asynchronously: the node answering the child runs in this process's event loop. */
+function cli(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => { stdout += d; });
+    child.stderr.on('data', (d) => { stderr += d; });
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+}
 
 let victim = '';
 let bystander = '';
@@ -78,14 +92,7 @@ describe('glucoguard chain', () => {
       writeFileSync(keyFile, chain.authority.privateKey);
       const out = path.join(chain.dir, 'deployment.json');
       // async spawn: the node answering the child runs in this process's event loop
-      const deploy = () => new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
-        const child = spawn(process.execPath, [BIN, 'chain', 'deploy', '--rpc', chain.chain.rpcUrl, '--key-file', keyFile, '--out', out], { env });
-        let stdout = '';
-        let stderr = '';
-        child.stdout.on('data', (d) => { stdout += d; });
-        child.stderr.on('data', (d) => { stderr += d; });
-        child.on('close', (status) => resolve({ status, stdout, stderr }));
-      });
+      const deploy = () => cli(['chain', 'deploy', '--rpc', chain.chain.rpcUrl, '--key-file', keyFile, '--out', out]);
       const first = await deploy();
       expect(first.status).toBe(0);
       const record = JSON.parse(readFileSync(out, 'utf8'));
@@ -97,8 +104,33 @@ describe('glucoguard chain', () => {
       expect(second.status).toBe(0);
       expect(second.stderr).toMatch(/already at/);
       expect(JSON.parse(readFileSync(out, 'utf8')).contracts).toEqual(record.contracts);
+
+      // a second replica with its own data directory gets its own authority: it anchors with its own sequence
+      const replica = Wallet.createRandom().connect(chain.provider);
+      await (await chain.authority.sendTransaction({ to: replica.address, value: 10n ** 18n })).wait();
+      const replicaKeyFile = path.join(chain.dir, 'replica.key');
+      writeFileSync(replicaKeyFile, `${replica.privateKey}\n`);
+      const authority = (verb: string, ...who: string[]) => cli(['chain', 'authority', verb, '--rpc', chain.chain.rpcUrl, '--key-file', keyFile, '--deployment', out, ...who]);
+      const granted = await authority('grant', '--authority-key-file', replicaKeyFile);
+      expect(granted.status).toBe(0);
+      expect(JSON.parse(granted.stdout)).toEqual({ authority: replica.address, ResourceAnchor: 'granted', ConsentRegistry: 'granted', IdentityRegistry: 'granted' });
+      for (const name of ['ResourceAnchor', 'ConsentRegistry', 'IdentityRegistry'] as const) {
+        const c = chain.contract(name).attach(record.contracts[name]) as typeof anchor;
+        expect(await c.getFunction('hasRole')(await c.getFunction('AUTHORITY_ROLE')(), replica.address)).toBe(true);
+      }
+      const asReplica = anchor.attach(record.contracts.ResourceAnchor).connect(replica) as typeof anchor;
+      await (await asReplica.getFunction('anchor')(id('replica batch'), 2n, 0n, 1n)).wait();
+      expect(await asReplica.getFunction('nextSeq')(replica.address)).toBe(2n);
+      expect(await asReplica.getFunction('nextSeq')(chain.authority.address)).toBe(0n);
+      const again = await authority('grant', '--address', replica.address);
+      expect(JSON.parse(again.stdout)).toMatchObject({ ResourceAnchor: 'unchanged', ConsentRegistry: 'unchanged', IdentityRegistry: 'unchanged' });
+      expect((await authority('revoke', '--address', replica.address)).status).toBe(0);
+      await expect(asReplica.getFunction('anchor').staticCall(id('after revoke'), 1n, 2n, 2n)).rejects.toThrow();
+      const neither = await authority('grant');
+      expect(neither.status).not.toBe(0);
+      expect(neither.stderr).toMatch(/--address or --authority-key-file/);
     } finally {
       await chain.stop();
     }
-  }, 60_000);
+  }, 90_000);
 });

@@ -48,6 +48,11 @@ describe('Besu QBFT network generator', () => {
       const authority = readFileSync(path.join(out, 'authority.key'), 'utf8').trim();
       expect(computeAddress(authority)).toBe(network.authority);
       expect(genesis.alloc[network.authority.toLowerCase().slice(2)]).toBeDefined();
+      // one authority per proxy replica (each keeps its own commitment store), all funded
+      expect(network.authorities).toHaveLength(2);
+      expect(network.authorities[0]).toBe(network.authority);
+      expect(computeAddress(readFileSync(path.join(out, 'authority-2.key'), 'utf8').trim())).toBe(network.authorities[1]);
+      for (const a of network.authorities) expect(genesis.alloc[a.toLowerCase().slice(2)]).toBeDefined();
     } finally {
       rmSync(out, { recursive: true, force: true });
     }
