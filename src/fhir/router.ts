@@ -202,7 +202,7 @@ export class FhirRouter {
 
   private async vread(req: FhirRequest, type: string, id: string, vid: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'vread', type);
-    const resource = await this.fetchFor(req.access, type, id, () => this.options.repository.vread(type, id, vid));
+    const resource = await this.fetchFor(req.access, type, id, () => this.options.repository.vread(type, id, vid), vid);
     const { allowed, issues } = await this.guard(req.access, [resource]);
     if (allowed.length === 0) return this.withheld(issues);
     return { status: 200, body: allowed[0]!, headers: versionHeaders(resource) };
@@ -439,9 +439,12 @@ export class FhirRouter {
       const result = access.kind === 'open' ? await this.options.repository.history({ ...request, count, offset }) : { hasMore: false };
       return { entries, issues, hasMore: result.hasMore, nextOffset: offset };
     }
+    // A limited requester's page may sit behind many hidden versions (other patients' data, the
+    // access log): read on in larger batches than the page, or the scan costs a query per `count`.
+    const batch = access.kind === 'open' ? count : Math.max(count, 200);
     let repoOffset = offset;
     for (;;) {
-      const result = await this.options.repository.history({ ...request, count, offset: repoOffset });
+      const result = await this.options.repository.history({ ...request, count: batch, offset: repoOffset });
       const visible = await this.visibleHistory(access, result.entries);
       if (entries.length < count) issues.push(...visible.issues);
       for (let i = 0; i < result.entries.length; i++) {
@@ -478,18 +481,21 @@ export class FhirRouter {
    * to a requester who could see the resource as it was when deleted — otherwise a made-up id, a
    * hidden one and a hidden deleted one would tell each other apart.
    */
-  private async fetchFor<T>(access: AccessContext, type: string, id: string, fetch: () => Promise<T>): Promise<T> {
+  private async fetchFor<T>(access: AccessContext, type: string, id: string, fetch: () => Promise<T>, version?: string): Promise<T> {
     try {
       return await fetch();
     } catch (err) {
       if (access.kind === 'open') throw err;
       if (isGlucoGuardError(err, 'ERR_NOT_FOUND')) throw notFound('Not found');
-      if (isGlucoGuardError(err, 'ERR_GONE') && !(await this.deletedVisible(access, type, id))) throw notFound('Not found');
+      if (isGlucoGuardError(err, 'ERR_GONE') && !(await this.deletedVisible(access, type, id, version))) throw notFound('Not found');
       throw err;
     }
   }
 
-  /** Could the requester see the last version before a deletion (`deletion` = its versionId; default the newest)? */
+  /**
+   * Could the requester see the last version before a deletion (`deletion`: its versionId; default
+   * the newest)? A version id that is not a deletion is judged the same way (its own body was gone).
+   */
   private async deletedVisible(access: AccessContext, type: string, id: string, deletion?: string): Promise<boolean> {
     let passedDeletion = deletion === undefined;
     for (let offset = 0; ; offset += 100) {

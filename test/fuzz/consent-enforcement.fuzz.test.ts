@@ -19,8 +19,10 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
 import type { Bundle, Observation, Resource } from '@medplum/fhirtypes';
 import fc from 'fast-check';
+import request from 'supertest';
 import { withPurpose } from '../../src/consent/requester.js';
 import type { FhirRequest, FhirResponse } from '../../src/fhir/types.js';
 import { startTestApp, type TestApp } from '../support/app.js';
@@ -56,6 +58,8 @@ interface Requester {
 }
 
 let t: TestApp;
+/** Base URL of the app's HTTP server (the HTTP-edge property). */
+let base = '';
 const ids: Record<string, string> = {};
 /** Every stored version: `type/id` → versions in order (resource undefined for a deletion). */
 const versions = new Map<string, { versionId: string; resource?: Resource }[]>();
@@ -214,20 +218,28 @@ beforeAll(async () => {
   await registerIdentity(t.app, `Practitioner/${other}`);
   for (const p of [b, c]) expect((await grant(t.app, { ...period, patient: p, actor: `Practitioner/${other}`, classes: ['Observation'] })).status).toBe(201);
 
+  // A practitioner with a registered identity and no grant at all.
+  const stranger = await person(t.app, 'Practitioner', 'Stranger');
+  await registerIdentity(t.app, `Practitioner/${stranger}`);
+  ids['doc.stranger'] = stranger;
+
   await loadVersions();
   for (const d of docs) {
-    const token = practitionerToken(t.app, ids[`doc.${d.name}`]!, undefined, ['openid', 'fhirUser', 'user/*.rs']);
-    requesters.push(requesterOf(d.name, token, {
-      patient: a, classes: new Set(d.classes), ...(d.codes ? { codes: new Set(d.codes) } : {}), from: DATA_FROM, to: DATA_TO,
-    }));
+    const spec: GrantSpec = { patient: a, classes: new Set(d.classes), ...(d.codes ? { codes: new Set(d.codes) } : {}), from: DATA_FROM, to: DATA_TO };
+    requesters.push(requesterOf(d.name, practitionerToken(t.app, ids[`doc.${d.name}`]!, undefined, ['openid', 'fhirUser', 'user/*.rs']), spec));
+    // The same practitioner launched from the EHR with B in context: B's context grants nothing.
+    requesters.push(requesterOf(`${d.name} (EHR launch, B in context)`, practitionerToken(t.app, ids[`doc.${d.name}`]!, b), spec));
   }
+  const nothing: GrantSpec = { patient: '-', classes: new Set(), from: 0, to: 0 };
+  requesters.push(requesterOf('stranger', practitionerToken(t.app, stranger, undefined, ['openid', 'fhirUser', 'user/*.rs']), nothing));
   // The fixture is what it claims: some of A's readings are outside the period, B's are never visible.
   const narrow = requesters[0]!;
   expect(narrow.permitted.has(`Observation/${ids['A.r1']}/1`)).toBe(true);
   expect(narrow.permitted.has(`Observation/${ids['A.r0']}/1`)).toBe(false);
   expect(narrow.permitted.has(`Observation/${ids['A.movedIn']}/2`)).toBe(true);
   expect(narrow.forbiddenIds).toContain(ids.B);
-  expect(requesters[1]!.permitted.has(`Patient/${a}/1`)).toBe(true);
+  expect(requesters[2]!.permitted.has(`Patient/${a}/1`)).toBe(true);
+  expect(requesters.at(-1)!.permitted.size).toBe(0);
 }, 120_000);
 
 afterAll(async () => {
@@ -255,7 +267,7 @@ const resolve = (s: string): string => s.replace(/@([A-Za-z.0-9-]+?)(?=[^A-Za-z.
 const NAMED = ['A', 'B', 'C', 'A.device', 'B.device', 'C.device', ...['A', 'B', 'C'].flatMap((p) => [0, 1, 2, 3, 4].map((i) => `${p}.r${i}`)),
   'A.other', 'B.other', 'A.panel', 'B.panel', 'A.cgmPanel', 'A.report', 'B.report', 'C.report', 'A.med', 'B.med', 'A.audit', 'B.audit',
   'A.deleted', 'B.deleted', 'A.containedDevice', 'A.containedB', 'A.containedPlain', 'A.performerB', 'A.movedIn', 'A.movedOut', 'orphan', 'org',
-  'doc.cgm-only', 'doc.broad'];
+  'doc.cgm-only', 'doc.broad', 'doc.stranger'];
 /** The type each named fixture is stored as. */
 function typeOfName(name: string): string {
   if (/^[ABC]$/.test(name)) return 'Patient';
@@ -353,7 +365,23 @@ function resolveReq(r: Req): Req {
 
 // ---- running a request ---------------------------------------------------------------------------
 
-async function send(who: Requester, purposeOfUse: string, r: Req): Promise<FhirResponse> {
+type Transport = (who: Requester, purposeOfUse: string, r: Req) => Promise<FhirResponse>;
+
+/** Through the HTTP edge (express, body parsing, content negotiation) with supertest. */
+async function overHttp(who: Requester, purposeOfUse: string, r: Req): Promise<FhirResponse> {
+  const url = `/fhir/${entryUrl({ ...r, path: r.path.split('/').map(encodeURIComponent).join('/') })}`;
+  let call = r.method === 'GET' ? request(base).get(url) : request(base).post(url);
+  call = call.set('Authorization', `Bearer ${who.token}`);
+  if (purposeOfUse) call = call.set('X-Purpose-Of-Use', purposeOfUse);
+  if (r.body !== undefined) {
+    const text = r.contentType === 'application/x-www-form-urlencoded' ? new URLSearchParams(Object.entries(r.body as Query).flatMap(([k, v]) => [v].flat().map((x) => [k, x]))).toString() : JSON.stringify(r.body);
+    call = call.set('Content-Type', r.contentType!).send(text);
+  }
+  const res = await call;
+  return { status: res.status, body: res.body as FhirResponse['body'] };
+}
+
+async function inProcess(who: Requester, purposeOfUse: string, r: Req): Promise<FhirResponse> {
   const headers: Record<string, string | undefined> = { authorization: `Bearer ${who.token}`, ...(purposeOfUse ? { 'x-purpose-of-use': purposeOfUse } : {}) };
   if (r.contentType) headers['content-type'] = r.contentType;
   const access = withPurpose(await t.app.smart.authenticate(headers), headers);
@@ -413,6 +441,11 @@ function leaks(who: Requester, purposeOfUse: string, res: FhirResponse): string[
   return problems;
 }
 
+function versionOf(key: string): Resource | undefined {
+  const [type, id, vid] = key.split('/');
+  return versions.get(`${type}/${id}`)?.find((v) => v.versionId === vid)?.resource;
+}
+
 function nameOf(id: string): string {
   return Object.entries(ids).find(([, v]) => v === id)?.[0] ?? '?';
 }
@@ -433,8 +466,11 @@ function hiddenTarget(who: Requester, purposeOfUse: string, r: Req): string | un
   if (!vs) return undefined;
   const visible = (v: { versionId: string; resource?: Resource }): boolean => purposeOfUse === 'TREAT' && who.permitted.has(`${type}/${id}/${v.versionId}`);
   if (vid !== undefined) {
-    const v = vs.find((x) => x.versionId === vid);
-    return v && visible(v) ? undefined : id;
+    const at = vs.findIndex((x) => x.versionId === vid);
+    if (at < 0) return id;
+    // A deletion is visible (410) to whoever could see the version it deleted.
+    const judged = vs[at]!.resource ? vs[at]! : [...vs.slice(0, at)].reverse().find((x) => x.resource);
+    return judged && visible(judged) ? undefined : id;
   }
   if (history) return vs.some(visible) ? undefined : id;
   // read, $meta and patient operations: decided on the current version (the last one before a deletion).
@@ -443,12 +479,20 @@ function hiddenTarget(who: Requester, purposeOfUse: string, r: Req): string | un
   return current && visible(current) ? undefined : id;
 }
 
-async function check(who: Requester, purposeOfUse: string, raw: Req): Promise<void> {
+async function check(who: Requester, purposeOfUse: string, raw: Req, send: Transport = inProcess): Promise<void> {
   const r = resolveReq(raw);
   const res = await send(who, purposeOfUse, r);
   count(`${r.path.split('/')[0] || 'bundle'} ${res.status}`);
   const problems = leaks(who, purposeOfUse, res);
   if (problems.length) throw new Error(`${who.name} (${purposeOfUse || 'no purpose'}) ${r.method} ${entryUrl(r)} ${r.body ? JSON.stringify(r.body) : ''}\n→ ${res.status}\n${problems.join('\n')}`);
+  // $cgm-agp counts only readings the grant permits (its output holds numbers, not resources).
+  if (/\$cgm-agp$/.test(r.path) && res.status === 200) {
+    const readings = (res.body as { readings: number }).readings;
+    const permittedReadings = [...(purposeOfUse === 'TREAT' ? who.permitted : [])]
+      .filter((k) => k.startsWith('Observation/') && codesOf(versionOf(k)! as unknown as Record<string, unknown>).includes(`${LOINC}|${CGM}`)).length;
+    count('agp computed');
+    if (readings > permittedReadings) throw new Error(`${who.name} ${entryUrl(r)}: AGP over ${readings} readings, only ${permittedReadings} permitted`);
+  }
   // A hidden id answers like one never stored.
   const hidden = hiddenTarget(who, purposeOfUse, r);
   if (hidden) {
@@ -474,7 +518,25 @@ async function check(who: Requester, purposeOfUse: string, raw: Req): Promise<vo
 }
 
 describe('consent enforcement: no request shape shows anything the patient did not grant', () => {
-  test('reads, searches, history, paging, batches and operations as a grantee of A', async () => {
+  test('through the HTTP edge (express parsing of paths, queries and form bodies)', async () => {
+    stats.clear();
+    const server = t.app.http.listen(0, '127.0.0.1');
+    await new Promise((ok) => server.once('listening', ok));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const requester = fc.nat({ max: requesters.length - 1 });
+      await fc.assert(fc.asyncProperty(requester, purpose, fc.oneof({ weight: 6, arbitrary: single }, { weight: 1, arbitrary: batch }),
+        async (i, p, r) => check(requesters[i]!, p, r, overHttp)), { numRuns: 600, seed: 6007, endOnFailure: true });
+    } finally {
+      await new Promise((ok) => server.close(ok));
+    }
+    process.stdout.write(`consent fuzz over HTTP: ${JSON.stringify(Object.fromEntries([...stats].sort()))}\n`);
+    expect(stats.get('compared with a made-up id') ?? 0).toBeGreaterThan(20);
+    expect(stats.get('permitted resource shown') ?? 0).toBeGreaterThan(20);
+  }, 120_000);
+
+  test('reads, searches, history, paging, batches and operations in-process (the router, as the HTTP edge calls it)', async () => {
+    stats.clear();
     const requester = fc.nat({ max: requesters.length - 1 });
     await fc.assert(fc.asyncProperty(requester, purpose, fc.oneof({ weight: 6, arbitrary: single }, { weight: 1, arbitrary: batch }),
       async (i, p, r) => check(requesters[i]!, p, r)), { numRuns: 6000, seed: 6006, endOnFailure: true });
