@@ -10,6 +10,7 @@
  * 5. the whole read path over HTTP (token, scopes, consent, integrity, audit, repository) for one
  *    patient-day Bundle against a bare node:http server that only serialises the same Bundle, both
  *    loaded by the same client in the same run (target ≥ 0.5× the bare requests/s).
+ * `CONSENT_BENCH_PARTS=decision,memory,search,readpath,revocation` runs only those (default: all).
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -34,8 +35,9 @@ const DAY = 86_400_000;
 
 export async function run(log: Log): Promise<Record<string, number>> {
   const out: Record<string, number> = {};
-  Object.assign(out, decisionLatency(log));
-  Object.assign(out, memoryPerGrants(log));
+  const parts = new Set((process.env.CONSENT_BENCH_PARTS ?? 'decision,memory,search,readpath,revocation').split(','));
+  if (parts.has('decision')) Object.assign(out, decisionLatency(log));
+  if (parts.has('memory')) Object.assign(out, memoryPerGrants(log));
   const redisUrl = process.env.REDIS_TEST_URL ?? ((await answers('127.0.0.1', 6379)) ? 'redis://127.0.0.1:6379' : undefined);
   const dataDir = mkdtempSync(path.join(tmpdir(), 'gg-bench-consent-'));
   const masterKey = randomBytes(32).toString('base64');
@@ -44,20 +46,13 @@ export async function run(log: Log): Promise<Record<string, number>> {
     CHAIN_BLOCK_PERIOD: '1', CHAIN_PORT: '0', GLUCOGUARD_MASTER_KEY: masterKey, ...(redisUrl ? { REDIS_URL: redisUrl } : {}),
   };
   // Search overhead first on a single replica with the in-memory KV store…
-  const soloDir = mkdtempSync(path.join(tmpdir(), 'gg-bench-consent-solo-'));
-  const solo = await createApp(loadConfig({ ...env, GLUCOGUARD_DATA_DIR: soloDir, REDIS_URL: undefined, CHAIN_BLOCK_PERIOD: '0' }), { logger: createLogger('silent') });
-  try {
-    Object.assign(out, await searchOverhead(solo, await scenario(solo), log, 'memory KV'));
-  } finally {
-    await solo.close();
-    rmSync(soloDir, { recursive: true, force: true });
-  }
+  if (parts.has('search')) Object.assign(out, await soloSearchOverhead(env, log));
   const a = await createApp(loadConfig(env), { logger: createLogger('silent') });
   let b: App | undefined;
   try {
     const setup = await scenario(a);
     // …then with Redis, where each request reads the consent epoch (one GET) before deciding.
-    if (redisUrl) {
+    if (redisUrl && parts.has('search')) {
       const r = await searchOverhead(a, setup, log, 'Redis KV');
       out.searchEnforcedRatioRedis = r.searchEnforcedRatio!;
       const gets: number[] = [];
@@ -71,14 +66,14 @@ export async function run(log: Log): Promise<Record<string, number>> {
       log(`  (one Redis GET of the consent epoch: p50 ${fmt(percentile(gets, 50), 3)} ms on this machine)`);
     }
     // after the in-process figures: the HTTP load leaves audit events to anchor behind it
-    Object.assign(out, await readPathVsBare(a, setup, log, redisUrl ? 'Redis KV' : 'memory KV'));
-    if (redisUrl) {
+    if (parts.has('readpath')) Object.assign(out, await readPathVsBare(a, setup, log, redisUrl ? 'Redis KV' : 'memory KV'));
+    if (redisUrl && parts.has('revocation')) {
       b = await createApp(loadConfig({
         ...env, CHAIN_RPC_URL: a.chain.description.location,
         CHAIN_AUTHORITY_KEY_FILE: path.join(dataDir, 'chain', 'signer.key'), CHAIN_DEPLOYMENT_FILE: path.join(dataDir, 'chain', 'deployment.json'),
       }), { logger: createLogger('silent') });
       Object.assign(out, await revocationToDenial(a, b, setup, log));
-    } else {
+    } else if (parts.has('revocation')) {
       log('revocation-to-denial: SKIPPED (no Redis; set REDIS_TEST_URL)');
     }
   } finally {
@@ -149,6 +144,18 @@ interface Setup {
   doc: string;
   consentId: string;
   docAccess: ConsentAccessContext;
+}
+
+/** The search overhead on a replica of its own with the in-memory KV store (no Redis, no block period). */
+async function soloSearchOverhead(env: Record<string, string>, log: Log): Promise<Record<string, number>> {
+  const soloDir = mkdtempSync(path.join(tmpdir(), 'gg-bench-consent-solo-'));
+  const solo = await createApp(loadConfig({ ...env, GLUCOGUARD_DATA_DIR: soloDir, REDIS_URL: undefined, CHAIN_BLOCK_PERIOD: '0' }), { logger: createLogger('silent') });
+  try {
+    return await searchOverhead(solo, await scenario(solo), log, 'memory KV');
+  } finally {
+    await solo.close();
+    rmSync(soloDir, { recursive: true, force: true });
+  }
 }
 
 async function scenario(app: App): Promise<Setup> {

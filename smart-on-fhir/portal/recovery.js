@@ -5,10 +5,18 @@
 // Collected signatures are kept in this browser (localStorage, per new key) so the patient can come
 // back while guardians take their time; they authorise only this one key change.
 import { api, apiSend, el, fmtDateTime, notice, show } from '../shared/dom.js';
-import { recoverTypedDataSigner } from '../shared/eip712.js';
 import { hasWallet, signWithWallet, v4Payload } from '../shared/wallet.js';
 
 const STORE = 'glucoguard:recovery:';
+
+/**
+ * The in-browser signature check needs ethers (about 0.5 MB): it is loaded once a recovery is under
+ * way, not on every visit to the portal.
+ */
+let recoverTypedDataSigner;
+async function loadSignatureCheck() {
+  ({ recoverTypedDataSigner } = await import('../shared/eip712.js'));
+}
 
 /** The chain's refusals (IdentityRegistry custom errors) in words. */
 const CHAIN_WORDS = {
@@ -68,6 +76,7 @@ export async function recoverySection({ client, info, nameOf, say, reload, recov
     say('Starting a recovery…');
     try {
       const started = await apiSend(client, '/apps/api/recovery', 'POST');
+      await loadSignatureCheck();
       render({ newKey: started.newKey, threshold: started.threshold, typedData: started.typedData });
       say(`Recovery started. ${started.threshold} of your guardians must now sign the request.`);
       title.focus();
@@ -262,7 +271,9 @@ export async function recoverySection({ client, info, nameOf, say, reload, recov
   if (info.recovery.waiting) {
     try {
       pending = (await api(client, '/apps/api/recovery')).recovery;
+      if (pending) await loadSignatureCheck();
     } catch (err) {
+      pending = null;
       problem = notice('error', 'The recovery waiting for signatures could not be loaded.', problemWords(err));
     }
   }

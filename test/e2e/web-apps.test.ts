@@ -109,6 +109,10 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     expect(imported.created).toBeGreaterThan(trace.length * 0.9);
     await expect(portal.locator('#upload-result').innerText()).resolves.toContain('nightscout (detected automatically)');
     await portal.locator('#summary-body svg.agp').waitFor({ timeout: 30_000 });
+    // the ethers build (~0.5 MB) is fetched only for a guardian recovery, not on every visit
+    const fetched = await portal.evaluate(() => performance.getEntriesByType('resource').map((e) => e.name));
+    expect(fetched.some((url) => url.endsWith('/apps/shared/dom.js'))).toBe(true);
+    expect(fetched.filter((url) => url.includes('ethers'))).toEqual([]);
   }, 120_000);
 
   test('the patient shares in a few steps with a plain-language confirmation; the grants page lists it as active', async () => {
