@@ -455,6 +455,8 @@ export class FhirRouter {
       }
       repoOffset += result.entries.length;
       if (!result.hasMore || result.entries.length === 0) return { entries, issues, hasMore: false, nextOffset: repoOffset };
+      // Open access hides nothing from consent: a full page needs no look-ahead query.
+      if (access.kind === 'open' && entries.length === count) return { entries, issues, hasMore: true, nextOffset: repoOffset };
     }
   }
 

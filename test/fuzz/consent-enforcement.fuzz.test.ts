@@ -7,15 +7,20 @@
  * access by A only. Requests come from a grammar (read, vread, history at every level, GET and POST
  * searches with patient/date/code/_id/_lastUpdated/_count/_sort/_include/_revinclude/:iterate/_has/
  * chains/_summary/_elements/_total/_contained, paging through `next`, batch and transaction Bundles
- * of GETs, $everything, $lastn, $cgm-summary, $cgm-agp, $meta) and go through the real router with
- * the practitioner's verified token, exactly as the HTTP edge builds the access context.
+ * of GETs, $everything, $lastn, $cgm-summary, $cgm-agp, $meta), sent as one of five requesters
+ * (a CGM-readings-only grantee, a broader grantee, each also EHR-launched with B in context, and a
+ * registered practitioner with no grant) with a granted or other purpose of use, through the HTTP
+ * edge (supertest against a server on 127.0.0.1:0) and in-process through `app.fhir.handle` with
+ * the access context the HTTP edge would build from the verified token.
  *
  * On every response: no 5xx; every resource anywhere in the body is a stored version that the
  * grant permits — computed here from the fixture and the grant terms, never by the product's
  * decision code; contained resources linked to a patient pass the grant on their own; no id of a
  * resource the requester may not see appears anywhere (links aside, which echo the request);
- * no `total`; a `next` link leads to more visible data; and a request about an id the requester may
- * not see answers exactly like the same request about an id that was never stored.
+ * no `total`; a `next` link leads to more visible data and is refused (400) to anyone else;
+ * `$cgm-agp` counts no more readings than are permitted; and a request about an id the requester
+ * may not see answers exactly like the same request about an id that was never stored (status,
+ * issue codes, diagnostics, header names). fast-check prints the shrunk counterexample on failure.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
@@ -28,6 +33,9 @@ import type { FhirRequest, FhirResponse } from '../../src/fhir/types.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, grant, person, practitionerToken, registerIdentity } from '../integration/consent-helpers.js';
 
+/** Deterministic by default; `CONSENT_FUZZ_SEED` / `CONSENT_FUZZ_RUNS` (in-process runs) explore further by hand. */
+const SEED = Number(process.env.CONSENT_FUZZ_SEED ?? 6006);
+const RUNS = { inProcess: Number(process.env.CONSENT_FUZZ_RUNS ?? 6000), http: Math.ceil(Number(process.env.CONSENT_FUZZ_RUNS ?? 6000) / 10) };
 const LOINC = 'http://loinc.org';
 const CGM = '99504-3';
 const now = Date.now();
@@ -69,13 +77,14 @@ const count = (k: string): void => {
   stats.set(k, (stats.get(k) ?? 0) + 1);
 };
 
+let readingsMade = 0;
 function reading(patient: string | undefined, when: string, extra: Partial<Observation> = {}, code = CGM): Observation {
   return {
     resourceType: 'Observation', status: 'final',
     code: { coding: [{ system: LOINC, code }] },
     ...(patient ? { subject: { reference: `Patient/${patient}` } } : {}),
     effectiveDateTime: when,
-    valueQuantity: { value: 100 + Math.round(Math.random() * 80), unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+    valueQuantity: { value: 100 + (readingsMade++ % 80), unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
     ...extra,
   };
 }
@@ -329,10 +338,10 @@ const readLike: fc.Arbitrary<Req> = fc.oneof(
 );
 const historyAll: fc.Arbitrary<Req> = fc.tuple(fc.constantFrom(...TYPES.map((x) => `${x}/_history`), '_history'), fc.constantFrom('1', '2', '5', '100'), fc.boolean())
   .map(([path, c, since]) => ({ method: 'GET', path, query: { _count: c, ...(since ? { _since: iso(now - 3_600_000) } : {}) } }));
-const search: fc.Arbitrary<Req> = fc.tuple(fc.constantFrom('Observation', 'Observation', 'Observation', ...TYPES), query, fc.boolean())
-  .map(([type, q, post]) => (post
-    ? { method: 'POST', path: `${type}/_search`, query: {}, body: q, contentType: 'application/x-www-form-urlencoded' }
-    : { method: 'GET', path: type, query: q }));
+const search: fc.Arbitrary<Req> = fc.tuple(fc.constantFrom('Observation', 'Observation', 'Observation', ...TYPES), query, fc.constantFrom('get', 'get', 'post', 'both'), query)
+  .map(([type, q, how, inUrl]): Req => (how === 'get'
+    ? { method: 'GET', path: type, query: q }
+    : { method: 'POST', path: `${type}/_search`, query: how === 'both' ? inUrl : {}, body: q, contentType: 'application/x-www-form-urlencoded' }));
 const patientId = fc.constantFrom('@A', '@B', '@C', '@new', '@A.trunc', '@A.r1');
 const operation: fc.Arbitrary<Req> = fc.oneof(
   patientId.map((p): Req => ({ method: 'GET', path: `Patient/${p}/$everything`, query: {} })),
@@ -348,9 +357,13 @@ const single = fc.oneof({ weight: 4, arbitrary: readLike }, { weight: 5, arbitra
 const batch: fc.Arbitrary<Req> = fc.tuple(fc.constantFrom('batch', 'transaction'), fc.array(fc.oneof(readLike, search.filter((s) => s.method === 'GET'), operation), { minLength: 1, maxLength: 4 }))
   .map(([type, entries]) => ({
     method: 'POST', path: '', query: {}, contentType: 'application/fhir+json',
-    body: { resourceType: 'Bundle', type, entry: entries.map((e) => ({ request: { method: 'GET', url: entryUrl(e) } })) },
+    body: { resourceType: 'Bundle', type, entry: entries.map((e, i) => ({ request: { method: 'GET', url: `${i % 2 ? 'http://127.0.0.1:8080/fhir/' : ''}${entryUrl(e)}` } })) },
   }));
-const purpose = fc.oneof({ weight: 12, arbitrary: fc.constant('TREAT') }, { weight: 1, arbitrary: fc.constantFrom('', 'HRESCH') });
+/** The purpose-of-use header: TREAT (granted, also as system|code) or one that grants nothing. */
+const purpose = fc.oneof({ weight: 12, arbitrary: fc.constantFrom('TREAT', 'TREAT', 'http://terminology.hl7.org/CodeSystem/v3-ActReason|TREAT') },
+  { weight: 1, arbitrary: fc.constantFrom('', 'HRESCH', 'treat', 'TREAT,HRESCH', 'ETREAT') });
+/** Is the header the granted purpose (the test's reading of the IUA purpose_of_use syntax)? */
+const granted = (purposeOfUse: string): boolean => purposeOfUse.trim().replace(/^http:\/\/terminology\.hl7\.org\/CodeSystem\/v3-ActReason\|/, '') === 'TREAT';
 
 function entryUrl(r: Req): string {
   const qs = new URLSearchParams();
@@ -378,7 +391,7 @@ async function overHttp(who: Requester, purposeOfUse: string, r: Req): Promise<F
     call = call.set('Content-Type', r.contentType!).send(text);
   }
   const res = await call;
-  return { status: res.status, body: res.body as FhirResponse['body'] };
+  return { status: res.status, body: res.body as FhirResponse['body'], headers: res.headers as Record<string, string> };
 }
 
 async function inProcess(who: Requester, purposeOfUse: string, r: Req): Promise<FhirResponse> {
@@ -405,7 +418,7 @@ const CONTAINERS = new Set(['Bundle', 'OperationOutcome', 'Parameters']);
 function leaks(who: Requester, purposeOfUse: string, res: FhirResponse): string[] {
   const problems: string[] = [];
   if (res.status >= 500) problems.push(`status ${res.status}`);
-  const visible = purposeOfUse === 'TREAT' ? who.permitted : new Set<string>();
+  const visible = granted(purposeOfUse) ? who.permitted : new Set<string>();
   const walk = (value: unknown, path: string, inContained: boolean): void => {
     if (Array.isArray(value)) {
       value.forEach((v, i) => walk(v, `${path}[${i}]`, inContained));
@@ -417,12 +430,12 @@ function leaks(who: Requester, purposeOfUse: string, res: FhirResponse): string[
       const type = o.resourceType;
       if (type === 'Bundle' && 'total' in o) problems.push(`${path}: Bundle.total`);
       if (inContained) {
-        if (patientLinks(o).length > 0 && (purposeOfUse !== 'TREAT' || !permits(who.grant, o))) problems.push(`${path}: contained ${type} not permitted`);
+        if (patientLinks(o).length > 0 && (!granted(purposeOfUse) || !permits(who.grant, o))) problems.push(`${path}: contained ${type} not permitted`);
       } else if (!CONTAINERS.has(type)) {
         const key = `${type}/${String(o.id)}/${String((o.meta as { versionId?: string } | undefined)?.versionId)}`;
         const stored = versions.has(`${type}/${String(o.id)}`);
         // Operation outputs that are not stored (CGM summaries) must at least be about a permitted patient only.
-        const derivedOk = !stored && !(o.meta as { versionId?: string } | undefined)?.versionId && purposeOfUse === 'TREAT'
+        const derivedOk = !stored && !(o.meta as { versionId?: string } | undefined)?.versionId && granted(purposeOfUse)
           && patientLinks(o).length > 0 && patientLinks(o).every((p) => p === who.grant.patient) && who.grant.classes.has(type);
         if (visible.has(key)) count('permitted resource shown');
         else if (derivedOk) count('derived resource shown');
@@ -436,7 +449,7 @@ function leaks(who: Requester, purposeOfUse: string, res: FhirResponse): string[
   };
   walk(res.body, '$', false);
   const text = JSON.stringify(res.body ?? {}, (k, v: unknown) => (k === 'link' ? undefined : v));
-  const forbidden = purposeOfUse === 'TREAT' ? who.forbiddenIds : [...versions.keys()].map((k) => k.split('/')[1]!);
+  const forbidden = granted(purposeOfUse) ? who.forbiddenIds : [...versions.keys()].map((k) => k.split('/')[1]!);
   for (const id of forbidden) if (text.includes(id)) problems.push(`body mentions ${id} (${nameOf(id)})`);
   return problems;
 }
@@ -450,21 +463,25 @@ function nameOf(id: string): string {
   return Object.entries(ids).find(([, v]) => v === id)?.[0] ?? '?';
 }
 
+const VOLATILE_HEADERS = new Set(['date', 'x-request-id', 'content-length', 'connection', 'keep-alive']);
+
 /** Status, issue codes and diagnostics with the asked id blanked: what a client can tell apart. */
 function shape(res: FhirResponse, id: string): string {
   const body = res.body as { resourceType?: string; issue?: { severity?: string; code?: string; diagnostics?: string }[]; entry?: unknown[] } | undefined;
   const issues = (body?.issue ?? []).map((i) => `${i.severity}/${i.code}/${(i.diagnostics ?? '').replaceAll(id, '<id>')}`);
-  return `${res.status} ${body?.resourceType ?? ''} ${issues.join(' | ')}${body?.resourceType === 'Bundle' ? ` entries=${body.entry?.length ?? 0}` : ''}`;
+  // Header names too (an ETag or Location only for the hidden one would tell); not their per-response values.
+  const headers = Object.keys(res.headers ?? {}).map((h) => h.toLowerCase()).filter((h) => !VOLATILE_HEADERS.has(h)).sort();
+  return `${res.status} ${body?.resourceType ?? ''} ${issues.join(' | ')}${body?.resourceType === 'Bundle' ? ` entries=${body.entry?.length ?? 0}` : ''} headers=${headers.join(',')}`;
 }
 
 /** For read-like requests about a stored id the requester may not see: the id asked about, else undefined. */
 function hiddenTarget(who: Requester, purposeOfUse: string, r: Req): string | undefined {
   const m = /^([A-Za-z]+)\/([A-Za-z0-9\-.]+)(?:\/(_history)(?:\/(\d+))?|\/\$(meta|everything|cgm-summary|cgm-agp))?$/.exec(r.path);
   if (!m || r.method !== 'GET') return undefined;
-  const [, type, id, history, vid, op] = m;
+  const [, type, id, history, vid] = m;
   const vs = versions.get(`${type}/${id}`);
   if (!vs) return undefined;
-  const visible = (v: { versionId: string; resource?: Resource }): boolean => purposeOfUse === 'TREAT' && who.permitted.has(`${type}/${id}/${v.versionId}`);
+  const visible = (v: { versionId: string; resource?: Resource }): boolean => granted(purposeOfUse) && who.permitted.has(`${type}/${id}/${v.versionId}`);
   if (vid !== undefined) {
     const at = vs.findIndex((x) => x.versionId === vid);
     if (at < 0) return id;
@@ -473,9 +490,8 @@ function hiddenTarget(who: Requester, purposeOfUse: string, r: Req): string | un
     return judged && visible(judged) ? undefined : id;
   }
   if (history) return vs.some(visible) ? undefined : id;
-  // read, $meta and patient operations: decided on the current version (the last one before a deletion).
+  // read, $meta and the patient operations: decided on the current version (the last one before a deletion).
   const current = [...vs].reverse().find((v) => v.resource);
-  if (op === 'cgm-summary' || op === 'cgm-agp' || op === 'everything') return current && visible(current) ? undefined : id;
   return current && visible(current) ? undefined : id;
 }
 
@@ -488,7 +504,7 @@ async function check(who: Requester, purposeOfUse: string, raw: Req, send: Trans
   // $cgm-agp counts only readings the grant permits (its output holds numbers, not resources).
   if (/\$cgm-agp$/.test(r.path) && res.status === 200) {
     const readings = (res.body as { readings: number }).readings;
-    const permittedReadings = [...(purposeOfUse === 'TREAT' ? who.permitted : [])]
+    const permittedReadings = [...(granted(purposeOfUse) ? who.permitted : [])]
       .filter((k) => k.startsWith('Observation/') && codesOf(versionOf(k)! as unknown as Record<string, unknown>).includes(`${LOINC}|${CGM}`)).length;
     count('agp computed');
     if (readings > permittedReadings) throw new Error(`${who.name} ${entryUrl(r)}: AGP over ${readings} readings, only ${permittedReadings} permitted`);
@@ -508,6 +524,14 @@ async function check(who: Requester, purposeOfUse: string, raw: Req, send: Trans
     const next = body.link?.find((l) => l.relation === 'next')?.url;
     if (!next) break;
     count('followed next');
+    if (page === 0) {
+      // A page token is bound to its requester: anyone else gets 400, not the page.
+      const thief = requesters[(requesters.indexOf(who) + 1) % requesters.length]!;
+      const stolen = await send(thief, purposeOfUse, fromUrl(next));
+      const stolenProblems = leaks(thief, purposeOfUse, stolen);
+      if (stolen.status !== 400) stolenProblems.push(`answered ${stolen.status}, not 400`);
+      if (stolenProblems.length) throw new Error(`${who.name}'s next link ${next} used by ${thief.name}:\n${stolenProblems.join('\n')}`);
+    }
     const nextRes = await send(who, purposeOfUse, fromUrl(next));
     const pageProblems = leaks(who, purposeOfUse, nextRes);
     const shown = ((nextRes.body as Bundle | undefined)?.entry ?? []).filter((e) => (e.resource && e.resource.resourceType !== 'OperationOutcome') || e.request?.method === 'DELETE');
@@ -526,7 +550,7 @@ describe('consent enforcement: no request shape shows anything the patient did n
     try {
       const requester = fc.nat({ max: requesters.length - 1 });
       await fc.assert(fc.asyncProperty(requester, purpose, fc.oneof({ weight: 6, arbitrary: single }, { weight: 1, arbitrary: batch }),
-        async (i, p, r) => check(requesters[i]!, p, r, overHttp)), { numRuns: 600, seed: 6007, endOnFailure: true });
+        async (i, p, r) => check(requesters[i]!, p, r, overHttp)), { numRuns: RUNS.http, seed: SEED + 1 });
     } finally {
       await new Promise((ok) => server.close(ok));
     }
@@ -539,7 +563,7 @@ describe('consent enforcement: no request shape shows anything the patient did n
     stats.clear();
     const requester = fc.nat({ max: requesters.length - 1 });
     await fc.assert(fc.asyncProperty(requester, purpose, fc.oneof({ weight: 6, arbitrary: single }, { weight: 1, arbitrary: batch }),
-      async (i, p, r) => check(requesters[i]!, p, r)), { numRuns: 6000, seed: 6006, endOnFailure: true });
+      async (i, p, r) => check(requesters[i]!, p, r)), { numRuns: RUNS.inProcess, seed: SEED });
     process.stdout.write(`consent fuzz: ${JSON.stringify(Object.fromEntries([...stats].sort()))}\n`);
     // Not a vacuous run: permitted data was shown, hidden ids were compared, pages were followed.
     expect(stats.get('compared with a made-up id') ?? 0).toBeGreaterThan(50);
