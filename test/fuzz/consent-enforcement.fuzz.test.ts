@@ -35,7 +35,7 @@ import { DAY, grant, person, practitionerToken, registerIdentity } from '../inte
 
 /** Deterministic by default; `CONSENT_FUZZ_SEED` / `CONSENT_FUZZ_RUNS` (in-process runs) explore further by hand. */
 const SEED = Number(process.env.CONSENT_FUZZ_SEED ?? 6006);
-const RUNS = { inProcess: Number(process.env.CONSENT_FUZZ_RUNS ?? 6000), http: Math.ceil(Number(process.env.CONSENT_FUZZ_RUNS ?? 6000) / 10) };
+const RUNS = { inProcess: Number(process.env.CONSENT_FUZZ_RUNS ?? 8000), http: Math.ceil(Number(process.env.CONSENT_FUZZ_RUNS ?? 8000) / 10) };
 const LOINC = 'http://loinc.org';
 const CGM = '99504-3';
 const now = Date.now();
@@ -501,6 +501,14 @@ async function check(who: Requester, purposeOfUse: string, raw: Req, send: Trans
   count(`${r.path.split('/')[0] || 'bundle'} ${res.status}`);
   const problems = leaks(who, purposeOfUse, res);
   if (problems.length) throw new Error(`${who.name} (${purposeOfUse || 'no purpose'}) ${r.method} ${entryUrl(r)} ${r.body ? JSON.stringify(r.body) : ''}\n→ ${res.status}\n${problems.join('\n')}`);
+  // Oracle parameters are refused outright, not answered over filtered data.
+  if (/^[A-Za-z]+(\/_search)?$/.test(r.path)) {
+    const params = { ...r.query, ...(r.body as Query | undefined) };
+    const oracle = Object.entries(params).find(([k, v]) => k.startsWith('_has') || k.includes('.') || k === '_total'
+      || (k === '_summary' && [v].flat().includes('count')) || (k === '_sort' && [v].flat().some((x) => !['date', '-date', '_id', '-_id', '_lastUpdated', '-_lastUpdated'].includes(x))));
+    if (oracle && res.status !== 400) throw new Error(`${who.name} ${entryUrl(r)} ${JSON.stringify(r.body ?? '')}: oracle parameter ${oracle[0]} answered ${res.status}, not 400`);
+    if (oracle) count('oracle parameter refused');
+  }
   // $cgm-agp counts only readings the grant permits (its output holds numbers, not resources).
   if (/\$cgm-agp$/.test(r.path) && res.status === 200) {
     const readings = (res.body as { readings: number }).readings;
@@ -570,5 +578,6 @@ describe('consent enforcement: no request shape shows anything the patient did n
     expect(stats.get('followed next') ?? 0).toBeGreaterThan(5);
     expect(stats.get('Observation 200') ?? 0).toBeGreaterThan(50);
     expect(stats.get('permitted resource shown') ?? 0).toBeGreaterThan(100);
+    expect(stats.get('oracle parameter refused') ?? 0).toBeGreaterThan(50);
   }, 120_000);
 });
