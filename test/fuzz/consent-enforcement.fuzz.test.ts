@@ -44,8 +44,11 @@ const ago = (days: number, minutes = 0): string => iso(now - days * DAY + minute
 /** The granted data period: 10 days ago to 2 days ago (readings 12 and 1 day old fall outside). */
 const DATA_FROM = now - 10 * DAY;
 const DATA_TO = now - 2 * DAY;
+/** C's research grant to the broad grantee covers 13 to 8 days ago (C's readings 12 and 9 days old). */
+const C_FROM = now - 13 * DAY;
+const C_TO = now - 8 * DAY;
 
-/** What a requester was granted, as the test reads the patient's Consent (not the product's decision code). */
+/** One active grant to a requester, as the test reads the patient's Consent (not the product's decision code). */
 interface GrantSpec {
   patient: string;
   classes: Set<string>;
@@ -53,16 +56,24 @@ interface GrantSpec {
   codes?: Set<string>;
   from: number;
   to: number;
+  purposes: Set<string>;
+}
+
+/** What a requester may see when stating one purpose of use. */
+interface View {
+  grants: GrantSpec[];
+  /** `type/id/versionId` of every stored version the grants permit. */
+  permitted: Set<string>;
+  /** Ids that may appear in no body (ids not mentioned by any permitted version). */
+  forbiddenIds: string[];
 }
 
 interface Requester {
   name: string;
   token: string;
-  grant: GrantSpec;
-  /** `type/id/versionId` of every stored version the grant permits. */
-  permitted: Set<string>;
-  /** Ids the requester may never see in any body (ids not mentioned by any permitted version). */
-  forbiddenIds: string[];
+  /** Its active grants (a grant whose access window has not begun is not one). */
+  grants: GrantSpec[];
+  views: Map<string, View>;
 }
 
 let t: TestApp;
@@ -120,24 +131,23 @@ function effectiveOf(r: Record<string, unknown>): number | undefined {
 }
 
 /**
- * Does the grant permit this resource (with its contained resources)? Only the granting patient,
- * only the named types and codes, only inside the data period; a resource without an effective
- * time only when its type is named; nothing without a patient link.
+ * Do the grants permit this resource (with its contained resources)? Every patient it is about
+ * must have granted it: that patient's grant names its type and code and its data period holds the
+ * resource's time (a resource without one passes only a grant naming its type — all grants here
+ * name types); nothing without a patient link. Contained resources about a patient pass on their own.
  */
-function permits(g: GrantSpec, r: Record<string, unknown>): boolean {
+function permits(grants: GrantSpec[], r: Record<string, unknown>): boolean {
   const links = patientLinks(r);
-  if (links.length === 0 || links.some((p) => p !== g.patient)) return false;
+  if (links.length === 0 || !links.every((p) => grants.some((g) => g.patient === p && allows(g, r)))) return false;
+  const contained = (r.contained ?? []) as Record<string, unknown>[];
+  return contained.every((c) => patientLinks(c).length === 0 || permits(grants, c));
+}
+
+function allows(g: GrantSpec, r: Record<string, unknown>): boolean {
   if (!g.classes.has(String(r.resourceType))) return false;
   if (g.codes && !codesOf(r).some((c) => g.codes!.has(c))) return false;
   const when = effectiveOf(r);
-  if (when !== undefined && (when < g.from || when > g.to)) return false;
-  return containedPermitted(g, r);
-}
-
-/** Contained resources travel with their container: any that is about a patient must pass the grant itself. */
-function containedPermitted(g: GrantSpec, r: Record<string, unknown>): boolean {
-  const contained = (r.contained ?? []) as Record<string, unknown>[];
-  return contained.every((c) => patientLinks(c).length === 0 || permits(g, c));
+  return when === undefined || (when >= g.from && when <= g.to);
 }
 
 // ---- set-up --------------------------------------------------------------------------------------
@@ -152,19 +162,35 @@ async function loadVersions(): Promise<void> {
   }
 }
 
-function requesterOf(name: string, token: string, grantSpec: GrantSpec): Requester {
+/** The purpose code of an `X-Purpose-Of-Use` header (IUA purpose_of_use: a v3 code, optionally system|code), '' for none. */
+function purposeOf(header: string): string {
+  const code = header.trim().replace(/^http:\/\/terminology\.hl7\.org\/CodeSystem\/v3-ActReason\|/, '');
+  return /^[A-Z]{2,10}$/.test(code) ? code : '';
+}
+
+/** What the requester may see with this purpose-of-use header (worked out once per purpose). */
+function view(who: Requester, header: string): View {
+  const purposeCode = purposeOf(header);
+  let v = who.views.get(purposeCode);
+  if (v) return v;
+  const grants = who.grants.filter((g) => g.purposes.has(purposeCode));
   const permitted = new Set<string>();
   const mentioned = new Set<string>();
   for (const [key, vs] of versions) {
-    for (const v of vs) {
-      if (v.resource && permits(grantSpec, v.resource as unknown as Record<string, unknown>)) {
-        permitted.add(`${key}/${v.versionId}`);
-        for (const m of JSON.stringify(v.resource).matchAll(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g)) mentioned.add(m[0]);
+    for (const version of vs) {
+      if (version.resource && permits(grants, version.resource as unknown as Record<string, unknown>)) {
+        permitted.add(`${key}/${version.versionId}`);
+        for (const m of JSON.stringify(version.resource).matchAll(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g)) mentioned.add(m[0]);
       }
     }
   }
-  const forbiddenIds = [...versions.keys()].map((k) => k.split('/')[1]!).filter((id) => !mentioned.has(id));
-  return { name, token, grant: grantSpec, permitted, forbiddenIds };
+  v = { grants, permitted, forbiddenIds: [...versions.keys()].map((k) => k.split('/')[1]!).filter((id) => !mentioned.has(id)) };
+  who.views.set(purposeCode, v);
+  return v;
+}
+
+function requesterOf(name: string, token: string, grants: GrantSpec[]): Requester {
+  return { name, token, grants, views: new Map() };
 }
 
 beforeAll(async () => {
@@ -222,6 +248,11 @@ beforeAll(async () => {
     expect(res.status).toBe(201);
     ids[`doc.${d.name}`] = doc;
   }
+  // The broad grantee also holds a research grant from C (Observations of another period, HRESCH
+  // only) and a grant from B whose access window begins tomorrow (not active yet).
+  const broad = ids['doc.broad']!;
+  expect((await grant(t.app, { accessTo: now + 3 * DAY, dataFrom: C_FROM, dataTo: C_TO, patient: c, actor: `Practitioner/${broad}`, classes: ['Observation'], purposes: ['HRESCH'] })).status).toBe(201);
+  expect((await grant(t.app, { ...period, accessFrom: now + DAY, patient: b, actor: `Practitioner/${broad}`, classes: ['Observation', 'Patient'] })).status).toBe(201);
   // B and C grant someone else; the practitioners above have nothing from them.
   const other = await person(t.app, 'Practitioner', 'Other');
   await registerIdentity(t.app, `Practitioner/${other}`);
@@ -234,21 +265,25 @@ beforeAll(async () => {
 
   await loadVersions();
   for (const d of docs) {
-    const spec: GrantSpec = { patient: a, classes: new Set(d.classes), ...(d.codes ? { codes: new Set(d.codes) } : {}), from: DATA_FROM, to: DATA_TO };
-    requesters.push(requesterOf(d.name, practitionerToken(t.app, ids[`doc.${d.name}`]!, undefined, ['openid', 'fhirUser', 'user/*.rs']), spec));
+    const specs: GrantSpec[] = [{ patient: a, classes: new Set(d.classes), ...(d.codes ? { codes: new Set(d.codes) } : {}), from: DATA_FROM, to: DATA_TO, purposes: new Set(['TREAT']) }];
+    if (d.name === 'broad') specs.push({ patient: c, classes: new Set(['Observation']), from: C_FROM, to: C_TO, purposes: new Set(['HRESCH']) });
+    requesters.push(requesterOf(d.name, practitionerToken(t.app, ids[`doc.${d.name}`]!, undefined, ['openid', 'fhirUser', 'user/*.rs']), specs));
     // The same practitioner launched from the EHR with B in context: B's context grants nothing.
-    requesters.push(requesterOf(`${d.name} (EHR launch, B in context)`, practitionerToken(t.app, ids[`doc.${d.name}`]!, b), spec));
+    requesters.push(requesterOf(`${d.name} (EHR launch, B in context)`, practitionerToken(t.app, ids[`doc.${d.name}`]!, b), specs));
   }
-  const nothing: GrantSpec = { patient: '-', classes: new Set(), from: 0, to: 0 };
-  requesters.push(requesterOf('stranger', practitionerToken(t.app, stranger, undefined, ['openid', 'fhirUser', 'user/*.rs']), nothing));
+  requesters.push(requesterOf('stranger', practitionerToken(t.app, stranger, undefined, ['openid', 'fhirUser', 'user/*.rs']), []));
   // The fixture is what it claims: some of A's readings are outside the period, B's are never visible.
-  const narrow = requesters[0]!;
+  const narrow = view(requesters[0]!, 'TREAT');
   expect(narrow.permitted.has(`Observation/${ids['A.r1']}/1`)).toBe(true);
   expect(narrow.permitted.has(`Observation/${ids['A.r0']}/1`)).toBe(false);
   expect(narrow.permitted.has(`Observation/${ids['A.movedIn']}/2`)).toBe(true);
   expect(narrow.forbiddenIds).toContain(ids.B);
-  expect(requesters[2]!.permitted.has(`Patient/${a}/1`)).toBe(true);
-  expect(requesters.at(-1)!.permitted.size).toBe(0);
+  expect(view(requesters[2]!, 'TREAT').permitted.has(`Patient/${a}/1`)).toBe(true);
+  expect(view(requesters[2]!, 'HRESCH').permitted.has(`Observation/${ids['C.r0']}/1`)).toBe(true);
+  expect(view(requesters[2]!, 'HRESCH').permitted.has(`Observation/${ids['C.r1']}/1`)).toBe(true);
+  expect(view(requesters[2]!, 'HRESCH').permitted.has(`Observation/${ids['C.r2']}/1`)).toBe(false);
+  expect(view(requesters[2]!, 'HRESCH').permitted.has(`Observation/${ids['A.r1']}/1`)).toBe(false);
+  expect(view(requesters.at(-1)!, 'TREAT').permitted.size).toBe(0);
 }, 120_000);
 
 afterAll(async () => {
@@ -360,10 +395,8 @@ const batch: fc.Arbitrary<Req> = fc.tuple(fc.constantFrom('batch', 'transaction'
     body: { resourceType: 'Bundle', type, entry: entries.map((e, i) => ({ request: { method: 'GET', url: `${i % 2 ? 'http://127.0.0.1:8080/fhir/' : ''}${entryUrl(e)}` } })) },
   }));
 /** The purpose-of-use header: TREAT (granted, also as system|code) or one that grants nothing. */
-const purpose = fc.oneof({ weight: 12, arbitrary: fc.constantFrom('TREAT', 'TREAT', 'http://terminology.hl7.org/CodeSystem/v3-ActReason|TREAT') },
-  { weight: 1, arbitrary: fc.constantFrom('', 'HRESCH', 'treat', 'TREAT,HRESCH', 'ETREAT') });
-/** Is the header the granted purpose (the test's reading of the IUA purpose_of_use syntax)? */
-const granted = (purposeOfUse: string): boolean => purposeOfUse.trim().replace(/^http:\/\/terminology\.hl7\.org\/CodeSystem\/v3-ActReason\|/, '') === 'TREAT';
+const purpose = fc.oneof({ weight: 9, arbitrary: fc.constantFrom('TREAT', 'TREAT', 'http://terminology.hl7.org/CodeSystem/v3-ActReason|TREAT') },
+  { weight: 3, arbitrary: fc.constantFrom('HRESCH', ' HRESCH') }, { weight: 1, arbitrary: fc.constantFrom('', 'treat', 'TREAT,HRESCH', 'ETREAT') });
 
 function entryUrl(r: Req): string {
   const qs = new URLSearchParams();
@@ -418,7 +451,7 @@ const CONTAINERS = new Set(['Bundle', 'OperationOutcome', 'Parameters']);
 function leaks(who: Requester, purposeOfUse: string, res: FhirResponse): string[] {
   const problems: string[] = [];
   if (res.status >= 500) problems.push(`status ${res.status}`);
-  const visible = granted(purposeOfUse) ? who.permitted : new Set<string>();
+  const { permitted: visible, grants, forbiddenIds } = view(who, purposeOfUse);
   const walk = (value: unknown, path: string, inContained: boolean): void => {
     if (Array.isArray(value)) {
       value.forEach((v, i) => walk(v, `${path}[${i}]`, inContained));
@@ -430,14 +463,17 @@ function leaks(who: Requester, purposeOfUse: string, res: FhirResponse): string[
       const type = o.resourceType;
       if (type === 'Bundle' && 'total' in o) problems.push(`${path}: Bundle.total`);
       if (inContained) {
-        if (patientLinks(o).length > 0 && (!granted(purposeOfUse) || !permits(who.grant, o))) problems.push(`${path}: contained ${type} not permitted`);
+        if (patientLinks(o).length > 0 && !permits(grants, o)) problems.push(`${path}: contained ${type} not permitted`);
       } else if (!CONTAINERS.has(type)) {
         const key = `${type}/${String(o.id)}/${String((o.meta as { versionId?: string } | undefined)?.versionId)}`;
         const stored = versions.has(`${type}/${String(o.id)}`);
         // Operation outputs that are not stored (CGM summaries) must at least be about a permitted patient only.
-        const derivedOk = !stored && !(o.meta as { versionId?: string } | undefined)?.versionId && granted(purposeOfUse)
-          && patientLinks(o).length > 0 && patientLinks(o).every((p) => p === who.grant.patient) && who.grant.classes.has(type);
-        if (visible.has(key)) count('permitted resource shown');
+        const derivedOk = !stored && !(o.meta as { versionId?: string } | undefined)?.versionId
+          && patientLinks(o).length > 0 && patientLinks(o).every((p) => grants.some((g) => g.patient === p && g.classes.has(type)));
+        if (visible.has(key)) {
+          count('permitted resource shown');
+          for (const p of patientLinks(o)) count(`shown: about ${nameOf(p)}`);
+        }
         else if (derivedOk) count('derived resource shown');
         else problems.push(`${path}: ${stored ? 'not permitted' : 'unknown'} ${key}`);
       }
@@ -449,8 +485,7 @@ function leaks(who: Requester, purposeOfUse: string, res: FhirResponse): string[
   };
   walk(res.body, '$', false);
   const text = JSON.stringify(res.body ?? {}, (k, v: unknown) => (k === 'link' ? undefined : v));
-  const forbidden = granted(purposeOfUse) ? who.forbiddenIds : [...versions.keys()].map((k) => k.split('/')[1]!);
-  for (const id of forbidden) if (text.includes(id)) problems.push(`body mentions ${id} (${nameOf(id)})`);
+  for (const id of forbiddenIds) if (text.includes(id)) problems.push(`body mentions ${id} (${nameOf(id)})`);
   return problems;
 }
 
@@ -481,7 +516,8 @@ function hiddenTarget(who: Requester, purposeOfUse: string, r: Req): string | un
   const [, type, id, history, vid] = m;
   const vs = versions.get(`${type}/${id}`);
   if (!vs) return undefined;
-  const visible = (v: { versionId: string; resource?: Resource }): boolean => granted(purposeOfUse) && who.permitted.has(`${type}/${id}/${v.versionId}`);
+  const { permitted } = view(who, purposeOfUse);
+  const visible = (v: { versionId: string; resource?: Resource }): boolean => permitted.has(`${type}/${id}/${v.versionId}`);
   if (vid !== undefined) {
     const at = vs.findIndex((x) => x.versionId === vid);
     if (at < 0) return id;
@@ -512,7 +548,7 @@ async function check(who: Requester, purposeOfUse: string, raw: Req, send: Trans
   // $cgm-agp counts only readings the grant permits (its output holds numbers, not resources).
   if (/\$cgm-agp$/.test(r.path) && res.status === 200) {
     const readings = (res.body as { readings: number }).readings;
-    const permittedReadings = [...(granted(purposeOfUse) ? who.permitted : [])]
+    const permittedReadings = [...view(who, purposeOfUse).permitted]
       .filter((k) => k.startsWith('Observation/') && codesOf(versionOf(k)! as unknown as Record<string, unknown>).includes(`${LOINC}|${CGM}`)).length;
     count('agp computed');
     if (readings > permittedReadings) throw new Error(`${who.name} ${entryUrl(r)}: AGP over ${readings} readings, only ${permittedReadings} permitted`);
@@ -579,5 +615,6 @@ describe('consent enforcement: no request shape shows anything the patient did n
     expect(stats.get('Observation 200') ?? 0).toBeGreaterThan(50);
     expect(stats.get('permitted resource shown') ?? 0).toBeGreaterThan(100);
     expect(stats.get('oracle parameter refused') ?? 0).toBeGreaterThan(50);
+    expect(stats.get('shown: about C') ?? 0).toBeGreaterThan(10); // C's research grant, with purpose HRESCH
   }, 120_000);
 });
