@@ -358,6 +358,7 @@ const param: fc.Arbitrary<[string, string]> = fc.oneof(
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('patient.name', 'subject:Patient.family', 'device.patient', 'patient._id', 'result.code'), fc.constantFrom('Bravo', '@B', CGM)) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('_summary', '_elements', '_total', '_contained', '_containedType'), fc.constantFrom('count', 'true', 'data', 'accurate', 'id,subject', 'both', 'contained')) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('device', 'result', 'has-member', 'performer', 'status', 'identifier'), fc.constantFrom('Device/@B.device', 'Device/@A.device', 'Observation/@B.r1', 'final', 'Patient/@B')) },
+  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('name', 'family', 'name:contains', 'family:exact', 'gender', 'birthdate'), fc.constantFrom('Bravo', 'Alpha', 'a', 'Charlie', 'male', 'ge1900')) },
 );
 const query = fc.array(param, { maxLength: 5 }).map((pairs) => {
   const q: Query = {};
@@ -379,9 +380,10 @@ const search: fc.Arbitrary<Req> = fc.tuple(fc.constantFrom('Observation', 'Obser
     : { method: 'POST', path: `${type}/_search`, query: how === 'both' ? inUrl : {}, body: q, contentType: 'application/x-www-form-urlencoded' }));
 const patientId = fc.constantFrom('@A', '@B', '@C', '@new', '@A.trunc', '@A.r1');
 const operation: fc.Arbitrary<Req> = fc.oneof(
-  patientId.map((p): Req => ({ method: 'GET', path: `Patient/${p}/$everything`, query: {} })),
-  fc.tuple(patientValue, fc.constantFrom('1', '2', '5'), fc.option(codeValue, { nil: undefined })).map(([p, max, code]): Req => ({
-    method: 'GET' as const, path: 'Observation/$lastn', query: { patient: p, max, ...(code ? { code } : {}) },
+  fc.tuple(patientId, fc.option(fc.constantFrom('Observation', 'Observation,Device', 'DiagnosticReport,Observation', 'MedicationAdministration', 'Consent', 'AuditEvent'), { nil: undefined }))
+    .map(([p, type]): Req => ({ method: 'GET', path: `Patient/${p}/$everything`, query: type ? { _type: type } : {} })),
+  fc.tuple(fc.constantFrom('patient', 'subject'), patientValue, fc.constantFrom('1', '2', '5'), fc.option(codeValue, { nil: undefined })).map(([param, p, max, code]): Req => ({
+    method: 'GET', path: 'Observation/$lastn', query: { [param]: p, max, ...(code ? { code } : {}) },
   })),
   fc.tuple(fc.constantFrom('$cgm-summary', '$cgm-agp'), patientId, fc.option(fc.tuple(day, day), { nil: undefined })).map(([op, p, range]): Req => ({
     method: 'GET' as const, path: `Patient/${p}/${op}`,
