@@ -244,6 +244,7 @@ export class FhirRouter {
     if (resource.id !== id) throw badRequest(`Resource id "${resource.id}" does not match the URL id "${id}"`, 'id');
     this.options.validator.assertValid(resource);
     if (!(await this.policy.mayWrite(req.access, resource, 'update'))) throw forbiddenWrite();
+    if (!(await this.writableBy(req.access, type, id))) throw notFound('Not found');
     const ifMatch = parseIfMatch(req.headers['if-match']);
     const result = await this.options.repository.update(resource, ifMatch !== undefined ? { ifMatch } : undefined);
     return this.writeResponse(req, result.resource, result.outcome === 'created' ? 201 : 200, 'Updated');
@@ -251,6 +252,9 @@ export class FhirRouter {
 
   private async delete(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'delete', type);
+    // A resource the requester cannot see is absent to them: deleting it changes nothing and answers
+    // like deleting an id never stored.
+    if (!(await this.writableBy(req.access, type, id))) return this.deletedResponse(req, type, id);
     try {
       const current = await this.options.repository.read(type, id);
       if (!(await this.policy.mayWrite(req.access, current, 'delete'))) throw forbiddenWrite();
@@ -258,8 +262,31 @@ export class FhirRouter {
       if (!isGlucoGuardError(err, 'ERR_NOT_FOUND') && !isGlucoGuardError(err, 'ERR_GONE')) throw err;
     }
     await this.options.repository.delete(type, id);
+    return this.deletedResponse(req, type, id);
+  }
+
+  private deletedResponse(req: FhirRequest, type: string, id: string): FhirResponse {
     if (preferReturn(req) === 'OperationOutcome') return { status: 200, body: informational(`Deleted ${type}/${id}`) };
     return { status: 204 };
+  }
+
+  /**
+   * May the requester update or delete this resource? Open access always; anyone else only a
+   * resource whose current version they can see (it passes their guards: scopes, consent,
+   * integrity) — a grant to read a patient's data is no licence to change another's. An id they
+   * cannot see and an id never stored (or deleted) are alike to them: no update-as-create either,
+   * or its 201 would tell the two apart.
+   */
+  private async writableBy(access: AccessContext, type: string, id: string): Promise<boolean> {
+    if (access.kind === 'open') return true;
+    let current: Resource;
+    try {
+      current = await this.options.repository.read(type, id);
+    } catch (err) {
+      if (isGlucoGuardError(err, 'ERR_NOT_FOUND') || isGlucoGuardError(err, 'ERR_GONE')) return false;
+      throw err;
+    }
+    return (await this.guard(access, [current])).allowed.length > 0;
   }
 
   /** Answers a write per `Prefer: return=…` (http.html#ops), with Location/ETag/Last-Modified. */
@@ -537,6 +564,7 @@ export class FhirRouter {
         authorize: async (interaction, resource) => {
           await this.policy.authorize(req.access, interaction, resource.resourceType);
           if (!(await this.policy.mayWrite(req.access, resource, interaction))) throw forbiddenWrite();
+          if (interaction !== 'create' && resource.id && !(await this.writableBy(req.access, resource.resourceType, resource.id))) throw notFound('Not found');
         },
         checkType: (type) => this.checkType(type),
         commit: (tx) => this.options.repository.transaction(tx),

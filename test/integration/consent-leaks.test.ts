@@ -335,6 +335,44 @@ describe('consent enforcement on every FHIR path', () => {
     expect(JSON.stringify(search.body)).not.toContain('SN-ANA-1');
   });
 
+  test('writes: a read grant is no licence to change another patient\'s data, and a hidden id answers like one never stored', async () => {
+    const send = (method: 'put' | 'delete', url: string, body?: unknown) => {
+      const r = request(t.app.http)[method](url).set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT');
+      return body ? r.set('content-type', 'application/fhir+json').send(body) : r;
+    };
+    const shape = (res: request.Response) => ({ status: res.status, body: res.body, headers: Object.keys(res.headers).filter((h) => !['date', 'x-request-id', 'etag', 'content-length'].includes(h)).sort() });
+    const benReading = () => t.app.repository.read<Observation>('Observation', ids.ben!);
+    const before = await benReading();
+    const never = randomUUID();
+    // update: Ben's reading is hidden, so it is as absent as a made-up id; neither is written (no update-as-create)
+    const putHidden = await send('put', `/fhir/Observation/${ids.ben}`, { ...before, valueQuantity: { ...before.valueQuantity, value: 40 } });
+    const putNever = await send('put', `/fhir/Observation/${never}`, { ...reading(ben, now - DAY), id: never });
+    expect(putHidden.status).toBe(404);
+    expect(shape(putHidden)).toEqual(shape(putNever));
+    expect((await benReading()).valueQuantity?.value).toBe(120);
+    expect((await benReading()).meta?.versionId).toBe(before.meta?.versionId);
+    await expect(t.app.repository.read('Observation', never)).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
+    // delete: answers like deleting an id never stored, and deletes nothing
+    const delHidden = await send('delete', `/fhir/Observation/${ids.ben}`);
+    const delNever = await send('delete', `/fhir/Observation/${never}`);
+    expect(shape(delHidden)).toEqual(shape(delNever));
+    expect((await benReading()).meta?.versionId).toBe(before.meta?.versionId);
+    // a transaction is refused whole, the same for a hidden and a never-stored id
+    const tx = (id: string) => request(t.app.http).post('/fhir').set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT')
+      .set('content-type', 'application/fhir+json')
+      .send({ resourceType: 'Bundle', type: 'transaction', entry: [{ request: { method: 'DELETE', url: `Observation/${id}` } }] });
+    const txHidden = await tx(ids.ben!);
+    const txNever = await tx(never);
+    expect(txHidden.status).toBe(404);
+    expect(shape(txHidden)).toEqual(shape(txNever));
+    expect((await benReading()).meta?.versionId).toBe(before.meta?.versionId);
+    // what the requester can see, it may still change
+    const mine = await t.app.repository.read<Observation>('Observation', ids.ana2!);
+    const updated = await send('put', `/fhir/Observation/${ids.ana2}`, { ...mine, valueQuantity: { ...mine.valueQuantity, value: 130 } });
+    expect(updated.status).toBe(200);
+    expect((await t.app.repository.read<Observation>('Observation', ids.ana2!)).valueQuantity?.value).toBe(130);
+  });
+
   test('expiry by the clock: the same cached permissions deny once the access window has ended', async () => {
     expect((await get(`/fhir/Observation/${ids.ana0}`)).status).toBe(200);
     const decisions = t.app.consent.decisions as unknown as { now: () => number };
