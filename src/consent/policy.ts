@@ -113,6 +113,15 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     return { ...request, filters };
   }
 
+  /** The requester's own patient, or the patients who granted them anything (still active or not: the guards decide). */
+  async visiblePatients(access: AccessContext): Promise<string[] | undefined> {
+    if (access.kind === 'open') return undefined;
+    const requester = requesterOf(access);
+    if (requester.kind === 'open') return undefined;
+    if (requester.kind === 'patient') return [requester.patientId!];
+    return [...(await this.decisions.permissions(access)).byPatient.keys()];
+  }
+
   /** Consent is written only through the grant path (src/consent/service.ts), never directly (transactions). */
   mayWrite(access: AccessContext, resource: Resource): boolean {
     return access.kind === 'open' || resource.resourceType !== 'Consent';
@@ -179,5 +188,15 @@ export class ComposedPolicy implements AccessPolicy {
   async mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): Promise<boolean> {
     for (const p of this.parts) if (!(await p.mayWrite(access, resource, interaction))) return false;
     return true;
+  }
+
+  /** The patients every part allows (the intersection); undefined when no part limits the requester. */
+  async visiblePatients(access: AccessContext): Promise<string[] | undefined> {
+    let out: string[] | undefined;
+    for (const p of this.parts) {
+      const some = await p.visiblePatients?.(access);
+      if (some !== undefined) out = out === undefined ? [...some] : out.filter((id) => some.includes(id));
+    }
+    return out;
   }
 }

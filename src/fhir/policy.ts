@@ -19,6 +19,12 @@ export interface AccessPolicy {
   narrowSearch(access: AccessContext, request: SearchRequest): SearchRequest | Promise<SearchRequest>;
   /** May this resource be created, updated or deleted by the requester? false → 403, nothing written. */
   mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): boolean | Promise<boolean>;
+  /**
+   * The patients whose data the requester could see at all, when limited to some (their own, those
+   * who granted them access): type and system history is confined to them before the repository.
+   * undefined: not limited by this policy.
+   */
+  visiblePatients?(access: AccessContext): Promise<string[] | undefined> | string[] | undefined;
 }
 
 /** Decides, per outbound resource, whether it may leave; may add issues for the client (integrity failures). */

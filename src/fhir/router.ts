@@ -461,6 +461,11 @@ export class FhirRouter {
   }> {
     const entries: HistoryEntry[] = [];
     const issues: OperationOutcomeIssue[] = [];
+    // type and system history of a requester limited to some patients reads only those patients' versions
+    if (access.kind !== 'open' && request.id === undefined) {
+      const patients = await this.policy.visiblePatients?.(access);
+      if (patients !== undefined) request = { ...request, patients };
+    }
     if (count === 0) {
       // No entries: a `next` link would only say whether hidden versions exist.
       const result = access.kind === 'open' ? await this.options.repository.history({ ...request, count, offset }) : { hasMore: false };

@@ -39,6 +39,13 @@ export interface HistoryRequest {
   id?: string;
   /** Only versions updated at or after this instant (`_since`). */
   since?: string;
+  /**
+   * Type and system history only: at most the versions of resources whose first patient link is one
+   * of these patients, and their deletions — a requester limited to some patients' data can see
+   * nothing else, so paging past everyone else's versions would only cost time. A pre-filter: the
+   * router's guards still decide every version. An adapter that cannot narrow may ignore it.
+   */
+  patients?: string[];
   /** Page size and start (newest first). */
   count: number;
   offset: number;

@@ -42,6 +42,11 @@ export class SmartScopePolicy implements AccessPolicy, OutboundGuard {
     return request;
   }
 
+  /** A patient-context token sees its own patient's compartment only. */
+  visiblePatients(access: AccessContext): string[] | undefined {
+    return access.kind !== 'open' && access.patient && onlyPatientScopes(access) ? [access.patient] : undefined;
+  }
+
   mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): boolean {
     return scopeAllows(access, interaction, resource.resourceType, interaction === 'delete' && !hasContent(resource) ? undefined : resource);
   }

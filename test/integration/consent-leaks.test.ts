@@ -3,7 +3,7 @@
  * from patient "12" (Observations and Patient, any code) and from Ana (CGM mg/dL readings only),
  * 14 days of data, and nothing from Ben or patient "123".
  */
-import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import type { AuditEvent, Bundle, Observation, Resource } from '@medplum/fhirtypes';
 import request from 'supertest';
@@ -371,6 +371,28 @@ describe('consent enforcement on every FHIR path', () => {
     const updated = await send('put', `/fhir/Observation/${ids.ana2}`, { ...mine, valueQuantity: { ...mine.valueQuantity, value: 130 } });
     expect(updated.status).toBe(200);
     expect((await t.app.repository.read<Observation>('Observation', ids.ana2!)).valueQuantity?.value).toBe(130);
+  });
+
+  test('type and system history of a limited requester read only the granting patients\' versions from the repository', async () => {
+    const history = jest.spyOn(t.app.repository, 'history');
+    try {
+      for (const url of ['/fhir/Observation/_history?_count=5', '/fhir/_history?_count=5']) {
+        history.mockClear();
+        const res = await get(url);
+        expect(res.status).toBe(200);
+        // the page's own reads (instance histories behind deletion entries are looked up by id)
+        const pages = history.mock.calls.map(([request], i) => ({ request, result: history.mock.results[i]!.value as ReturnType<typeof t.app.repository.history> }))
+          .filter((c) => c.request.id === undefined);
+        expect(pages.length).toBeGreaterThan(0);
+        for (const { request } of pages) expect([...request.patients!].sort()).toEqual([ana, '12'].sort());
+        // nothing of Ben's was even read: the repository was asked for the granting patients' versions only
+        const read = (await Promise.all(pages.map((p) => p.result))).flatMap((r) => r.entries);
+        expect(read.length).toBeGreaterThan(0);
+        expect(read.filter((e) => e.id === ids.ben)).toEqual([]);
+      }
+    } finally {
+      history.mockRestore();
+    }
   });
 
   test('expiry by the clock: the same cached permissions deny once the access window has ended', async () => {

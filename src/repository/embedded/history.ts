@@ -27,6 +27,8 @@ export interface HistoryQuery {
   id?: string;
   /** `_since` in epoch ms. */
   since?: number;
+  /** Type and system history: only rows under these data key ids (a patient's versions and deletions). */
+  keyIds?: string[];
   count: number;
   offset: number;
 }
@@ -62,6 +64,7 @@ export function historyRows(prepare: (sql: string) => Statement<unknown[], Versi
   const page = [count + 1, offset];
   const after = since === undefined ? '' : ' AND v.last_updated >= ?';
   const afterArgs = since === undefined ? [] : [since];
+  if (query.keyIds !== undefined && id === undefined) return keyedRows(prepare, { ...query, keyIds: query.keyIds });
   if (id !== undefined) {
     // the id index always: ordering by seq, SQLite would otherwise walk every version of the type
     return prepare(`${SELECT} FROM versions v INDEXED BY versions_by_id ${KEYS} ` +
@@ -83,4 +86,28 @@ export function historyRows(prepare: (sql: string) => Statement<unknown[], Versi
   const where = [...(type !== undefined ? ['v.type = ?'] : []), ...(since !== undefined ? ['+v.last_updated >= ?'] : []), READABLE];
   return prepare(`${SELECT} FROM ${from} ${KEYS} WHERE ${where.join(' AND ')} ORDER BY v.seq DESC LIMIT ? OFFSET ?`)
     .all(...(type !== undefined ? [type] : []), ...afterArgs, ...page);
+}
+
+/**
+ * History confined to some data keys (patients): the seqs of the page are read from
+ * `versions_by_key` (key_id, type, seq) alone — for one key in `seq` order, for several merged and
+ * sorted from the index — then the rows themselves by seq. Costs what those patients have, not the
+ * store. `_since` is checked on each candidate row.
+ */
+function keyedRows(
+  prepare: (sql: string) => Statement<unknown[], VersionRow>, query: HistoryQuery & { keyIds: string[] },
+): VersionRow[] {
+  const { type, since, count, offset, keyIds } = query;
+  if (keyIds.length === 0) return [];
+  const where = [
+    keyIds.length === 1 ? 'v.key_id = ?' : `v.key_id IN (${keyIds.map(() => '?').join(', ')})`,
+    ...(type !== undefined ? ['v.type = ?'] : []),
+    ...(since !== undefined ? ['v.last_updated >= ?'] : []),
+    READABLE,
+  ];
+  const seqs = prepare(`SELECT v.seq AS seq FROM versions v INDEXED BY versions_by_key ${KEYS} WHERE ${where.join(' AND ')} ` +
+    'ORDER BY v.seq DESC LIMIT ? OFFSET ?')
+    .all(...keyIds, ...(type !== undefined ? [type] : []), ...(since !== undefined ? [since] : []), count + 1, offset) as unknown as { seq: number }[];
+  const bySeq = prepare(`${SELECT} FROM versions v WHERE v.seq = ?`);
+  return seqs.map((m) => bySeq.get(m.seq)!);
 }

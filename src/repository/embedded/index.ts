@@ -215,6 +215,8 @@ export class EmbeddedRepository implements Repository {
     const count = Math.max(0, request.count);
     const rows = historyRows((text) => this.prepare(text), {
       type: request.resourceType || undefined, id: request.id || undefined, since, count, offset: Math.max(0, request.offset),
+      // a patient's versions are the ones under that patient's data key (keyed by the first patient link)
+      ...(request.patients && !request.id ? { keyIds: request.patients.map((p) => this.keys.patientKeyId(p)) } : {}),
     });
     const entries: HistoryEntry[] = [];
     for (const row of rows.slice(0, count)) {
@@ -316,7 +318,9 @@ export class EmbeddedRepository implements Repository {
     if (!previous || previous.method === METHOD.DELETE) return;
     this.removeIndex(previous.seq, previous.ix);
     this.sql.retireCurrent.run(previous.seq);
-    this.sql.insertVersion.run(resourceType, id, previous.version + 1, Date.now(), METHOD.DELETE, null, null, null, null);
+    // a deletion keeps the data key id of what it deleted (no key version, no body): history narrowed to
+    // a patient's key finds it
+    this.sql.insertVersion.run(resourceType, id, previous.version + 1, Date.now(), METHOD.DELETE, previous.key_id, null, null, null);
   }
 
   private readSync(resourceType: string, id: string): Resource {

@@ -73,6 +73,7 @@ export function openStore(dataDir: string): { db: DB; file: string } {
       ix BLOB
     );
     CREATE UNIQUE INDEX IF NOT EXISTS versions_by_id ON versions (type, id, version);
+    CREATE INDEX IF NOT EXISTS versions_by_key ON versions (key_id, type, seq);
     CREATE INDEX IF NOT EXISTS versions_by_type ON versions (type, seq);
     CREATE INDEX IF NOT EXISTS versions_live ON versions (type, last_updated) WHERE current = 1 AND method <> 2;
     -- history with _since (history.ts); a store made before it gets it at open (1.3 s for 1,000,000 versions)

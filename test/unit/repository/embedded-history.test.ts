@@ -188,3 +188,38 @@ describe('history with _since reads the time index', () => {
       .toEqual([`Observation/${o2}/2`, `Observation/${o1}/2`, `Observation/${o2}/1`]);
   });
 });
+
+describe('history confined to some patients', () => {
+  it('type and system history with patients give exactly those patients\' versions and deletions, paged, from the key index', async () => {
+    const { p1, p2, o1, o2, d1 } = await writeVersions();
+    const o3 = (await writtenAt(7000, () => repo.create(observation(p2)))).resource;
+    const full = await allPages({ resourceType: 'Observation' }, 100);
+    // p1's observations, including the deletion of o1 (it keeps the deleted version's key), nothing of p2
+    const ofP1 = [`Observation/${o2}/2`, `Observation/${o1}/2`, `Observation/${o2}/1`, `Observation/${o1}/1`];
+    expect(full).toEqual([`Observation/${o3.id}/1`, ...ofP1]);
+    expect(await allPages({ resourceType: 'Observation', patients: [p1] }, 100)).toEqual(ofP1);
+    expect(await allPages({ resourceType: 'Observation', patients: [p2] }, 100)).toEqual([`Observation/${o3.id}/1`]);
+    for (const count of [1, 2, 3]) {
+      expect(await allPages({ resourceType: 'Observation', patients: [p1, p2] }, count)).toEqual(full);
+    }
+    // system history: the Patient resources are their own patient's; the Device has no patient
+    const system = await allPages({ patients: [p1] }, 2);
+    expect(system).toEqual((await allPages({}, 100)).filter((l) => !l.includes(p2) && !l.includes(o3.id!) && !l.startsWith(`Device/${d1}`)));
+    // o2 v2 was written while the clock stood at 3500: not since 4500
+    expect(await allPages({ patients: [p1], since: at(4500) }, 1)).toEqual([`Observation/${o1}/2`, `Observation/${o2}/1`]);
+    expect(await allPages({ resourceType: 'Observation', patients: [] }, 10)).toEqual([]);
+    // the page's seqs come from versions_by_key, not a scan of versions
+    await repo.close();
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'), { readonly: true });
+    try {
+      const keyId = 'p' + 'x'.repeat(32);
+      const details = (db.prepare(`EXPLAIN QUERY PLAN SELECT v.seq FROM versions v INDEXED BY versions_by_key LEFT JOIN data_keys k ON k.key_id = v.key_id
+        WHERE v.key_id = ? AND v.type = ? ORDER BY v.seq DESC LIMIT 10`).all(keyId, 'Observation') as { detail: string }[]).map((r) => r.detail);
+      expect(details.some((d) => d.includes('USING') && d.includes('versions_by_key (key_id=? AND type=?)'))).toBe(true);
+      expect(details.filter((d) => d.includes('USE TEMP B-TREE'))).toEqual([]);
+    } finally {
+      db.close();
+      repo = await EmbeddedRepository.open({ dataDir });
+    }
+  });
+});
