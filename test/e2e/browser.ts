@@ -4,6 +4,8 @@
  * then skip and say why).
  */
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
@@ -94,4 +96,13 @@ export async function injectWallet(page: Page, wallets: { address: string; signT
     };
   });
   return seen;
+}
+
+/** A free TCP port on 127.0.0.1 (the apps need their base URL, port included, before the server listens). */
+export async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const port = (probe.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
 }

@@ -10,7 +10,6 @@
  */
 import { mkdirSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Patient, Practitioner, RelatedPerson } from '@medplum/fhirtypes';
@@ -18,7 +17,7 @@ import { keccak256, Signature, Wallet, type BaseWallet } from 'ethers';
 import type { Page } from 'playwright-core';
 import { grantIdOf } from '../../src/consent/terms.js';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { CHROMIUM, chromiumPath, injectWallet, launchBrowser, signIn, type Browser } from './browser.js';
+import { CHROMIUM, chromiumPath, freePort, injectWallet, launchBrowser, signIn, type Browser } from './browser.js';
 
 interface TypedDataJson {
   domain: Record<string, unknown>;
@@ -37,14 +36,6 @@ if (!CHROME) console.warn(`SKIPPED guardian recovery e2e: ${CHROMIUM} is missing
 const describeBrowser = CHROME ? describe : describe.skip;
 const ARTIFACTS = path.resolve('test-artifacts');
 const EVE = { username: 'eve', password: 'tulips in april 3' };
-
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
-  const port = (probe.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => probe.close(() => resolve()));
-  return port;
-}
 
 describeBrowser('guardian recovery in the patient portal (Chromium)', () => {
   let t: TestApp;

@@ -8,7 +8,6 @@
  */
 import { mkdirSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
@@ -19,7 +18,7 @@ import request from 'supertest';
 import { createLaunch } from '../../src/smart/launch.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
-import { CHROMIUM, chromiumPath, launchBrowser, signIn, type Browser } from './browser.js';
+import { CHROMIUM, chromiumPath, freePort, injectWallet, launchBrowser, signIn, type Browser } from './browser.js';
 
 const CHROME = chromiumPath();
 if (!CHROME) console.warn(`SKIPPED web-apps e2e: ${CHROMIUM} is missing (apt-get install -y chromium, or set CHROMIUM_PATH).`);
@@ -27,14 +26,6 @@ const describeBrowser = CHROME ? describe : describe.skip;
 const ARTIFACTS = path.resolve('test-artifacts');
 const ANA = { username: 'ana', password: 'correct horse battery' };
 const DOC = { username: 'dr.osei', password: 'stethoscope-42' };
-
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
-  const port = (probe.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => probe.close(() => resolve()));
-  return port;
-}
 
 describeBrowser('clinician viewer and patient portal in Chromium', () => {
   let t: TestApp;
@@ -287,27 +278,8 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     const wallet = Wallet.createRandom();
     await t.app.consent.keys.registerWallet(bea, wallet.address);
     const page = await browser.newPage('wallet-portal');
-    const signed: string[] = [];
     // The test wallet: the page's window.ethereum forwards to an ethers Wallet in the test process.
-    await page.exposeFunction('ggWalletAccounts', () => [wallet.address]);
-    await page.exposeFunction('ggWalletSign', async (account: string, json: string) => {
-      if (account.toLowerCase() !== wallet.address.toLowerCase()) throw new Error('unknown account');
-      const { domain, types, message, primaryType } = JSON.parse(json) as { domain: object; types: Record<string, []>; message: Record<string, unknown>; primaryType: string };
-      expect(types.EIP712Domain).toBeDefined();
-      delete types.EIP712Domain;
-      signed.push(primaryType);
-      return wallet.signTypedData(domain, types, message);
-    });
-    await page.addInitScript(() => {
-      const w = window as unknown as { ethereum: unknown; ggWalletAccounts: () => Promise<string[]>; ggWalletSign: (a: string, j: string) => Promise<string> };
-      w.ethereum = {
-        request: async ({ method, params }: { method: string; params?: string[] }) => {
-          if (method === 'eth_requestAccounts' || method === 'eth_accounts') return w.ggWalletAccounts();
-          if (method === 'eth_signTypedData_v4') return w.ggWalletSign(params![0]!, params![1]!);
-          throw Object.assign(new Error(`unsupported method ${method}`), { code: 4200 });
-        },
-      };
-    });
+    const { signed } = await injectWallet(page, [wallet]);
     await page.goto(`${base}/apps/portal/launch.html`);
     await signIn(page, BEA, '/apps/portal/index.html');
     await page.locator('#keys-body [data-protection="wallet"]').waitFor({ timeout: 15_000 });
