@@ -122,9 +122,24 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     return [...(await this.decisions.permissions(access)).byPatient.keys()];
   }
 
-  /** Consent is written only through the grant path (src/consent/service.ts), never directly (transactions). */
-  mayWrite(access: AccessContext, resource: Resource): boolean {
-    return access.kind === 'open' || resource.resourceType !== 'Consent';
+  /**
+   * Consent is written only through the grant path (src/consent/service.ts), never directly
+   * (transactions). A person — a patient, or a user such as a practitioner — creates data only in a
+   * record they could read it back from: a grant from Ana is no licence to add readings to Ben's
+   * record. System clients (device and EHR integrations, `system/` scopes) create by their scopes
+   * alone: they bring the data in. Updates and deletes are decided by the router on the version
+   * they change (it must pass the requester's guards).
+   */
+  async mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): Promise<boolean> {
+    if (access.kind === 'open') return true;
+    if (resource.resourceType === 'Consent') return false;
+    if (interaction !== 'create' || access.scopes.some((s) => s.startsWith('system/'))) return true;
+    const requester = requesterOf(access);
+    if (requester.kind === 'open') return true;
+    const perms = await this.decisions.permissions(access);
+    const decision = decideResource(perms, resource, this.decisions.now(), false);
+    // data about no patient (a Practitioner, an Organization) is not consent's to decide
+    return decision.patientIds.length === 0 || decision.permit;
   }
 
   async guard(access: AccessContext, resources: Resource[], options?: GuardOptions): Promise<GuardResult> {

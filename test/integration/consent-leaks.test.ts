@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import type { AuditEvent, Bundle, Observation, Resource } from '@medplum/fhirtypes';
+import { parseSearchRequest } from '@medplum/core';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, LOINC_MGDL, consentOf, grant, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
@@ -371,6 +372,31 @@ describe('consent enforcement on every FHIR path', () => {
     const updated = await send('put', `/fhir/Observation/${ids.ana2}`, { ...mine, valueQuantity: { ...mine.valueQuantity, value: 130 } });
     expect(updated.status).toBe(200);
     expect((await t.app.repository.read<Observation>('Observation', ids.ana2!)).valueQuantity?.value).toBe(130);
+  });
+
+  test('creates: a person adds data only to a record they could read it back from; system clients create by scope', async () => {
+    const post = (body: unknown, token = docToken) => request(t.app.http).post('/fhir/Observation').set('Authorization', `Bearer ${token}`)
+      .set('X-Purpose-Of-Use', 'TREAT').set('content-type', 'application/fhir+json').send(body);
+    const countOf = async (patient: string) => (await t.app.repository.search(parseSearchRequest(`Observation?patient=Patient/${patient}&_count=1000`))).resources.length;
+    const bens = await countOf(ben);
+    const forBen = await post(reading(ben, now - DAY));
+    expect(forBen.status).toBe(403);
+    expect(forBen.body.resourceType).toBe('OperationOutcome');
+    // inside a transaction too, and nothing of it is written
+    const tx = await request(t.app.http).post('/fhir').set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT')
+      .set('content-type', 'application/fhir+json')
+      .send({ resourceType: 'Bundle', type: 'transaction', entry: [
+        { fullUrl: 'urn:uuid:1', resource: reading(ana, now - DAY), request: { method: 'POST', url: 'Observation' } },
+        { fullUrl: 'urn:uuid:2', resource: reading(ben, now - DAY), request: { method: 'POST', url: 'Observation' } },
+      ] });
+    expect(tx.status).toBe(403);
+    expect(await countOf(ben)).toBe(bens);
+    // a reading the grant from Ana covers may be added; one of another code (not granted) may not
+    expect((await post(reading(ana, now - DAY))).status).toBe(201);
+    expect((await post(reading(ana, now - DAY, '2339-0'))).status).toBe(403);
+    // a system client (a device or EHR integration) brings data in by its scopes
+    const system = t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'uploader', sub: 'uploader', scopes: ['system/Observation.c'] }).token;
+    expect((await post(reading(ben, now - DAY), system)).status).toBe(201);
   });
 
   test('type and system history of a limited requester read only the granting patients\' versions from the repository', async () => {
