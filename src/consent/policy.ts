@@ -127,13 +127,14 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
    * (transactions). A person — a patient, or a user such as a practitioner — creates data only in a
    * record they could read it back from: a grant from Ana is no licence to add readings to Ben's
    * record. System clients (device and EHR integrations, `system/` scopes) create by their scopes
-   * alone: they bring the data in. Updates and deletes are decided by the router on the version
-   * they change (it must pass the requester's guards).
+   * alone: they bring the data in. The same holds for what a person's update writes (the new
+   * version), or a visible reading of Ana's could be rewritten into Ben's record. Updates and deletes
+   * are also decided by the router on the version they change (it must pass the requester's guards).
    */
   async mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): Promise<boolean> {
     if (access.kind === 'open') return true;
     if (resource.resourceType === 'Consent') return false;
-    if (interaction !== 'create' || access.scopes.some((s) => s.startsWith('system/'))) return true;
+    if (interaction === 'delete' || access.scopes.some((s) => s.startsWith('system/'))) return true;
     const requester = requesterOf(access);
     if (requester.kind === 'open') return true;
     const perms = await this.decisions.permissions(access);

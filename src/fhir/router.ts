@@ -243,8 +243,10 @@ export class FhirRouter {
     if (resource.id === undefined) throw badRequest('The resource must carry the id of the URL', 'id');
     if (resource.id !== id) throw badRequest(`Resource id "${resource.id}" does not match the URL id "${id}"`, 'id');
     this.options.validator.assertValid(resource);
-    if (!(await this.policy.mayWrite(req.access, resource, 'update'))) throw forbiddenWrite();
+    // Absent first: what the body may say is asked only about a resource the requester can see (a
+    // Patient body names its own id, so judging it first would tell a hidden id from a free one).
     if (!(await this.writableBy(req.access, type, id))) throw notFound('Not found');
+    if (!(await this.policy.mayWrite(req.access, resource, 'update'))) throw forbiddenWrite();
     const ifMatch = parseIfMatch(req.headers['if-match']);
     const result = await this.options.repository.update(resource, ifMatch !== undefined ? { ifMatch } : undefined);
     return this.writeResponse(req, result.resource, result.outcome === 'created' ? 201 : 200, 'Updated');
@@ -568,8 +570,8 @@ export class FhirRouter {
         validate: (resource) => this.options.validator.assertValid(resource),
         authorize: async (interaction, resource) => {
           await this.policy.authorize(req.access, interaction, resource.resourceType);
-          if (!(await this.policy.mayWrite(req.access, resource, interaction))) throw forbiddenWrite();
           if (interaction !== 'create' && resource.id && !(await this.writableBy(req.access, resource.resourceType, resource.id))) throw notFound('Not found');
+          if (!(await this.policy.mayWrite(req.access, resource, interaction))) throw forbiddenWrite();
         },
         checkType: (type) => this.checkType(type),
         commit: (tx) => this.options.repository.transaction(tx),

@@ -30,8 +30,9 @@ import fc from 'fast-check';
 import request from 'supertest';
 import { withPurpose } from '../../src/consent/requester.js';
 import type { FhirRequest, FhirResponse } from '../../src/fhir/types.js';
+import type { HistoryEntry } from '../../src/repository/port.js';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { DAY, grant, person, practitionerToken, registerIdentity } from '../integration/consent-helpers.js';
+import { DAY, grant, patientToken, person, practitionerToken, registerIdentity } from '../integration/consent-helpers.js';
 
 /** Deterministic by default; `CONSENT_FUZZ_SEED` / `CONSENT_FUZZ_RUNS` (in-process runs) explore further by hand. */
 const SEED = Number(process.env.CONSENT_FUZZ_SEED ?? 6006);
@@ -618,5 +619,239 @@ describe('consent enforcement: no request shape shows anything the patient did n
     expect(stats.get('permitted resource shown') ?? 0).toBeGreaterThan(100);
     expect(stats.get('oracle parameter refused') ?? 0).toBeGreaterThan(50);
     expect(stats.get('shown: about C') ?? 0).toBeGreaterThan(10); // C's research grant, with purpose HRESCH
+  }, 120_000);
+});
+
+// ---- writes (issue 6, writes) --------------------------------------------------------------------
+//
+// PUT, DELETE, POST creates (with and without If-None-Exist) and batch/transaction Bundles of them,
+// from limited requesters holding write scopes. The store changes as the run goes (that is the
+// point), so what a requester could see is worked out from the repository just before each request
+// — from the versions and the grant terms, never by the product's decision code — and what the
+// request changed is read back from the repository (open access) just after it.
+
+interface Writer {
+  name: string;
+  token: string;
+  /** The patient a patient token is for: it sees (and writes) that patient's data alone. */
+  self?: string;
+  /** A system client: creates by scope, sees nothing through consent (it holds no read scope). */
+  system?: boolean;
+  grants: GrantSpec[];
+}
+
+interface WReq {
+  method: 'PUT' | 'DELETE' | 'POST';
+  path: string;
+  body?: unknown;
+  headers: Record<string, string>;
+}
+
+/** Is this stored version one the writer may see (with this purpose of use)? */
+function writerSees(w: Writer, purposeOfUse: string, r: Resource | undefined): boolean {
+  if (!r || w.system) return false;
+  const o = r as unknown as Record<string, unknown>;
+  if (w.self) {
+    const links = patientLinks(o);
+    const contained = (o.contained ?? []) as Record<string, unknown>[];
+    return links.length > 0 && links.every((p) => p === w.self) && contained.every((c) => patientLinks(c).every((p) => p === w.self));
+  }
+  return permits(w.grants.filter((g) => g.purposes.has(purposeOf(purposeOfUse))), o);
+}
+
+const W_FUZZ = 'urn:glucoguard:fuzz';
+const wPatient = fc.constantFrom('@A', '@A', '@A', '@B', '@C');
+/** In the period (5, 3 days ago), before it (12), after it (1). */
+const wDay = fc.constantFrom(5, 5, 3, 12, 1);
+const wCode = fc.constantFrom(CGM, CGM, '2339-0');
+const wKey = fc.option(fc.constantFrom('k1', 'k2', 'k3'), { nil: undefined });
+
+/** A body of `type` about a patient (placeholders resolved later). */
+const wBody = (type: string): fc.Arbitrary<Record<string, unknown>> => fc.tuple(wPatient, wDay, wCode, wKey).map(([p, d, code, key]) => {
+  const identifier = key ? [{ system: W_FUZZ, value: key }] : undefined;
+  switch (type) {
+    case 'Patient': return { resourceType: 'Patient', name: [{ family: `Changed ${d}` }] };
+    case 'Device': return { resourceType: 'Device', status: 'active', patient: { reference: `Patient/${p}` }, ...(identifier ? { identifier } : {}) };
+    case 'MedicationAdministration': return { resourceType: 'MedicationAdministration', status: 'completed', subject: { reference: `Patient/${p}` },
+      medicationCodeableConcept: { coding: [{ system: 'http://www.nlm.nih.gov/research/umls/rxnorm', code: '253182' }] }, effectiveDateTime: ago(d) };
+    case 'Organization': return { resourceType: 'Organization', name: `Org ${d}` };
+    default: return { ...reading(p, ago(d), identifier ? { identifier } : {}, code) } as unknown as Record<string, unknown>;
+  }
+});
+/** Stored ids of every kind: visible to some, hidden, outside the period, deleted, never stored. */
+const W_TARGETS = ['A.r0', 'A.r1', 'A.r2', 'A.r3', 'A.r4', 'B.r1', 'B.r2', 'C.r0', 'C.r1', 'C.r3', 'A.deleted', 'B.deleted', 'A.other', 'A.panel',
+  'A.movedIn', 'A.movedOut', 'A.containedB', 'A.performerB', 'A.containedDevice', 'orphan', 'A.device', 'B.device', 'A', 'B', 'A.med', 'B.med', 'org', 'new'];
+/** One write: [method, url, resource?, ifNoneExist?]; `@<name>` placeholders, `@new` a never-stored id. */
+type WEntry = { method: 'PUT' | 'DELETE' | 'POST'; type: string; id?: string; resource?: Record<string, unknown>; ifNoneExist?: string };
+const wTarget = fc.constantFrom(...W_TARGETS).map((n) => ({ type: n === 'new' ? 'Observation' : typeOfName(n), id: `@${n}` }));
+const wEntry: fc.Arbitrary<WEntry> = fc.oneof(
+  { weight: 5, arbitrary: wTarget.chain(({ type, id }) => wBody(type).map((b): WEntry => ({ method: 'PUT', type, id, resource: { ...b, id } }))) },
+  { weight: 2, arbitrary: wTarget.map(({ type, id }): WEntry => ({ method: 'DELETE', type, id })) },
+  { weight: 3, arbitrary: fc.constantFrom('Observation', 'Observation', 'Observation', 'Device', 'MedicationAdministration', 'Organization')
+    .chain((type) => fc.tuple(wBody(type), fc.option(fc.constantFrom(`identifier=${W_FUZZ}|k1`, `identifier=${W_FUZZ}|k2`, '_id=@B.r1', '_id=@A.r1',
+      'patient=Patient/@B&code=' + CGM, 'patient=Patient/@A&code=' + CGM, `identifier=${W_FUZZ}|k3&patient=Patient/@A`), { nil: undefined })))
+    .map(([b, ifNoneExist]): WEntry => ({ method: 'POST', type: String(b.resourceType), resource: b, ...(ifNoneExist ? { ifNoneExist } : {}) })) },
+);
+const wPrefer = fc.constantFrom(undefined, undefined, 'return=representation', 'return=minimal', 'return=OperationOutcome');
+const writeReq: fc.Arbitrary<WReq> = fc.oneof(
+  { weight: 3, arbitrary: fc.tuple(wEntry, wPrefer).map(([e, prefer]): WReq => ({
+    method: e.method, path: e.method === 'POST' ? e.type : `${e.type}/${e.id}`,
+    ...(e.resource ? { body: e.resource } : {}),
+    headers: { ...(e.resource ? { 'content-type': 'application/fhir+json' } : {}), ...(e.ifNoneExist ? { 'if-none-exist': e.ifNoneExist } : {}), ...(prefer ? { prefer } : {}) },
+  })) },
+  { weight: 2, arbitrary: fc.tuple(fc.constantFrom('transaction', 'transaction', 'batch'), fc.array(wEntry, { minLength: 1, maxLength: 3 }), wPrefer).map(([type, entries, prefer]): WReq => ({
+    method: 'POST', path: '',
+    headers: { 'content-type': 'application/fhir+json', ...(prefer ? { prefer } : {}) },
+    body: { resourceType: 'Bundle', type, entry: entries.map((e, i) => ({
+      ...(e.method === 'POST' ? { fullUrl: `urn:uuid:00000000-0000-4000-8000-00000000000${i}` } : {}),
+      ...(e.resource ? { resource: e.resource } : {}),
+      request: { method: e.method, url: e.method === 'POST' ? e.type : `${e.type}/${e.id}`, ...(e.ifNoneExist ? { ifNoneExist: e.ifNoneExist } : {}) },
+    })) },
+  })) },
+);
+
+async function sendWrite(w: Writer, purposeOfUse: string, r: WReq): Promise<FhirResponse> {
+  const headers: Record<string, string | undefined> = { authorization: `Bearer ${w.token}`, ...(purposeOfUse ? { 'x-purpose-of-use': purposeOfUse } : {}), ...r.headers };
+  const access = withPurpose(await t.app.smart.authenticate(headers), headers);
+  return t.app.fhir.handle({ method: r.method, path: r.path, query: {}, headers, ...(r.body !== undefined ? { body: r.body } : {}), access });
+}
+
+/** The newest history entry: a marker to read back what a request wrote. */
+async function newestVersion(): Promise<string> {
+  await t.app.consent.audit.flush();
+  const e = (await t.app.repository.history({ count: 1, offset: 0 })).entries[0]!;
+  return `${e.resourceType}/${e.id}/${e.versionId}`;
+}
+
+/** Every version stored after `marker`, oldest first — the access log (new AuditEvents) aside. */
+async function writtenSince(marker: string): Promise<HistoryEntry[]> {
+  await t.app.consent.audit.flush();
+  const out: HistoryEntry[] = [];
+  for (let offset = 0; ; offset += 50) {
+    const { entries, hasMore } = await t.app.repository.history({ count: 50, offset });
+    for (const e of entries) {
+      if (`${e.resourceType}/${e.id}/${e.versionId}` === marker) return out.reverse().filter((x) => !(x.resourceType === 'AuditEvent' && x.versionId === '1'));
+      out.push(e);
+    }
+    if (!hasMore || entries.length === 0) throw new Error(`history marker ${marker} not found`);
+  }
+}
+
+/** The version of a resource current just before the request (undefined: never stored, or deleted). */
+async function currentBefore(type: string, id: string, written: HistoryEntry[]): Promise<{ existed: boolean; resource?: Resource }> {
+  const fresh = new Set(written.filter((e) => e.resourceType === type && e.id === id).map((e) => e.versionId));
+  const { entries } = await t.app.repository.history({ resourceType: type, id, count: 100, offset: 0 });
+  const older = entries.find((e) => !fresh.has(e.versionId));
+  return older ? { existed: true, ...(older.resource ? { resource: older.resource } : {}) } : { existed: false };
+}
+
+/** What a client can tell apart about a write's answer: status, issues (id blanked), header names, per-entry statuses. */
+function writeShape(res: FhirResponse, id: string, only?: number): string {
+  const blank = (s: string | undefined) => (s ?? '').replaceAll(id, '<id>');
+  const issues = (o: unknown) => ((o as { issue?: { severity?: string; code?: string; diagnostics?: string }[] } | undefined)?.issue ?? [])
+    .map((i) => `${i.severity}/${i.code}/${blank(i.diagnostics)}`).join(' | ');
+  const body = res.body as { resourceType?: string; entry?: { response?: { status?: string; outcome?: unknown; location?: string } }[] } | undefined;
+  const headers = Object.keys(res.headers ?? {}).map((h) => h.toLowerCase()).filter((h) => !VOLATILE_HEADERS.has(h)).sort();
+  const entries = (body?.entry ?? []).filter((_e, i) => only === undefined || i === only).map((e) => `${e.response?.status}:${issues(e.response?.outcome)}:${e.response?.location ? 'location' : ''}`);
+  return `${res.status} ${body?.resourceType ?? ''} ${issues(body)} [${entries.join(', ')}] headers=${headers.join(',')}`;
+}
+
+/** The ids a write is about: stored ids named by PUT/DELETE urls. */
+function writeTargets(r: WReq): string[] {
+  const urls = r.path === '' ? ((r.body as Bundle).entry ?? []).map((e) => `${e.request?.method} ${e.request?.url}`) : [`${r.method} ${r.path}`];
+  return urls.flatMap((u) => {
+    const m = /^(?:PUT|DELETE) [A-Za-z]+\/([A-Za-z0-9\-.]+)$/.exec(u);
+    return m && m[1]!.length > 20 ? [m[1]!] : [];
+  });
+}
+
+/** The same write about another id: only the PUT/DELETE naming `from` (its url and body id) changes, not other entries' references. */
+function retarget(r: WReq, from: string, to: string): WReq {
+  const swap = (x: unknown): unknown => JSON.parse(JSON.stringify(x).replaceAll(from, to));
+  if (r.path !== '') return { ...r, path: r.path.replace(from, to), ...(r.body !== undefined ? { body: { ...(r.body as object), ...((r.body as Resource).id === from ? { id: to } : {}) } } : {}) };
+  const bundle = r.body as Bundle;
+  return { ...r, body: { ...bundle, entry: (bundle.entry ?? []).map((e) => (e.request?.url?.endsWith(`/${from}`)
+    ? { ...e, request: swap(e.request) as typeof e.request, ...(e.resource ? { resource: { ...e.resource, id: e.resource.id === from ? to : e.resource.id } } : {}) }
+    : e)) } };
+}
+
+async function checkWrite(w: Writer, purposeOfUse: string, raw: WReq): Promise<void> {
+  // One never-stored id per request (a PUT names it in the url and the body).
+  const r = JSON.parse(resolve(JSON.stringify(raw).replaceAll('@new', randomUUID()))) as WReq;
+  const label = `${w.name} (${purposeOfUse || 'no purpose'}) ${r.method} /${r.path} ${JSON.stringify(r.headers)} ${r.body ? JSON.stringify(r.body) : ''}`;
+  // What the requester could see of the ids it names, before the request.
+  const targets = writeTargets(r);
+  const hiddenBefore = new Map<string, boolean>();
+  for (const id of targets) {
+    const type = r.path === '' ? ((r.body as Bundle).entry ?? []).find((e) => e.request?.url?.endsWith(`/${id}`))!.request!.url!.split('/')[0]! : r.path.split('/')[0]!;
+    const { entries } = await t.app.repository.history({ resourceType: type, id, count: 1, offset: 0 }).catch(() => ({ entries: [] as HistoryEntry[] }));
+    if (entries.length) hiddenBefore.set(id, !writerSees(w, purposeOfUse, entries[0]!.resource));
+  }
+  const marker = await newestVersion();
+  const res = await sendWrite(w, purposeOfUse, r);
+  const written = await writtenSince(marker);
+  const problems: string[] = [];
+  if (res.status >= 500) problems.push(`status ${res.status}`);
+  const isTx = r.path === '' && (r.body as Bundle).type === 'transaction';
+  if ((res.status >= 400 || (r.path !== '' && res.status >= 300)) && written.length) problems.push(`rejected (${res.status}) yet wrote ${written.map((e) => `${e.method} ${e.resourceType}/${e.id}`).join(', ')}`);
+  count(`write ${r.path === '' ? (r.body as Bundle).type : r.method} ${res.status}`);
+  if (isTx && res.status >= 400) count('transaction rejected');
+  for (const e of written) {
+    const before = await currentBefore(e.resourceType, e.id, written);
+    if (before.existed) {
+      if (!writerSees(w, purposeOfUse, before.resource)) problems.push(`${e.method} changed ${e.resourceType}/${e.id} (${nameOf(e.id)}) which it could not see (${before.resource ? 'hidden' : 'deleted'})`);
+      else count(e.resource ? 'visible resource updated' : 'visible resource deleted');
+    } else if (!e.resource) problems.push(`a deletion of never-seen ${e.resourceType}/${e.id}`);
+    else count('resource created');
+    // A person writes patient data only where they could read it back.
+    if (e.resource && !w.system && patientLinks(e.resource as unknown as Record<string, unknown>).length > 0 && !writerSees(w, purposeOfUse, e.resource)) {
+      problems.push(`${e.method} wrote ${e.resourceType}/${e.id} that it cannot read back: ${JSON.stringify(e.resource)}`);
+    }
+  }
+  if (problems.length) throw new Error(`${label}\n→ ${res.status} ${JSON.stringify(res.body)}\n${problems.join('\n')}`);
+  // A write about a hidden id answers like the same write about an id never stored, and changes nothing either.
+  const hidden = [...hiddenBefore].filter(([, h]) => h).map(([id]) => id);
+  if (hidden.length === 1 && targets.length === 1) {
+    const madeUp = randomUUID();
+    const twinReq = retarget(r, hidden[0]!, madeUp);
+    const twinMarker = await newestVersion();
+    const twin = await sendWrite(w, purposeOfUse, twinReq);
+    const twinWritten = await writtenSince(twinMarker);
+    // A batch's other entries (creates) ran once already and may answer otherwise now: compare the entry about the id.
+    const only = r.path === '' && (r.body as Bundle).type === 'batch' ? (r.body as Bundle).entry!.findIndex((e) => e.request?.url?.endsWith(`/${hidden[0]}`)) : undefined;
+    const [seen, absent] = [writeShape(res, hidden[0]!, only), writeShape(twin, madeUp, only)];
+    count('write compared with a made-up id');
+    if (seen !== absent) throw new Error(`${label} (${nameOf(hidden[0]!)}) answers unlike a made-up id:\n  hidden:  ${seen}\n  made-up: ${absent}`);
+    // Whatever else the request holds (creates) may be written again; the made-up id itself never is.
+    const madeUpWritten = twinWritten.filter((e) => e.id === madeUp);
+    if (madeUpWritten.length) throw new Error(`${label}: the made-up id ${madeUp} was written (update-as-create)`);
+  }
+}
+
+describe('consent enforcement: writes change nothing the requester could not see', () => {
+  test('PUT, DELETE, creates (If-None-Exist), batch and transaction Bundles of them, from limited requesters with write scopes', async () => {
+    stats.clear();
+    const writeScopes = ['openid', 'fhirUser', 'user/*.cruds'];
+    const cgmOnly = requesters.find((x) => x.name === 'cgm-only')!;
+    const broad = requesters.find((x) => x.name === 'broad')!;
+    const writers: Writer[] = [
+      { name: 'cgm-only', token: practitionerToken(t.app, ids['doc.cgm-only']!, undefined, writeScopes), grants: cgmOnly.grants },
+      { name: 'broad', token: practitionerToken(t.app, ids['doc.broad']!, undefined, writeScopes), grants: broad.grants },
+      { name: 'broad (EHR launch, B in context)', token: practitionerToken(t.app, ids['doc.broad']!, ids.B, [...writeScopes, 'launch']), grants: broad.grants },
+      { name: 'stranger', token: practitionerToken(t.app, ids['doc.stranger']!, undefined, writeScopes), grants: [] },
+      { name: 'patient A', token: patientToken(t.app, ids.A!), self: ids.A!, grants: [] },
+      { name: 'uploader (system/Observation.c)', token: t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'uploader', sub: 'uploader', scopes: ['system/Observation.c'] }).token,
+        system: true, grants: [] },
+    ];
+    const runs = Number(process.env.CONSENT_FUZZ_WRITE_RUNS ?? 2000);
+    await fc.assert(fc.asyncProperty(fc.nat({ max: writers.length - 1 }), purpose, writeReq, async (i, p, r) => checkWrite(writers[i]!, p, r)),
+      { numRuns: runs, seed: SEED + 2 });
+    process.stdout.write(`consent write fuzz: ${JSON.stringify(Object.fromEntries([...stats].sort()))}\n`);
+    // Not a vacuous run: visible data was changed, hidden ids were compared, creates and rejected transactions happened.
+    expect(stats.get('write compared with a made-up id') ?? 0).toBeGreaterThan(runs / 10);
+    expect(stats.get('visible resource updated') ?? 0).toBeGreaterThan(3);
+    expect(stats.get('visible resource deleted') ?? 0).toBeGreaterThan(3);
+    expect(stats.get('resource created') ?? 0).toBeGreaterThan(10);
+    expect(stats.get('transaction rejected') ?? 0).toBeGreaterThan(5);
   }, 120_000);
 });
