@@ -399,6 +399,33 @@ describe('consent enforcement on every FHIR path', () => {
     expect((await post(reading(ben, now - DAY), system)).status).toBe(201);
   });
 
+  test('updates: a visible reading cannot be rewritten into another patient\'s record, or out of the grant (found by the write fuzz)', async () => {
+    const put = (id: string, body: unknown) => request(t.app.http).put(`/fhir/Observation/${id}`).set('Authorization', `Bearer ${docToken}`)
+      .set('X-Purpose-Of-Use', 'TREAT').set('content-type', 'application/fhir+json').send(body);
+    const before = await t.app.repository.read<Observation>('Observation', ids.ana1!);
+    const bensBefore = (await t.app.repository.search(parseSearchRequest(`Observation?patient=Patient/${ben}&_count=1000`))).resources.length;
+    // the reading is Ana's and visible, but the new version would be Ben's: a person writes only what they could read back
+    const intoBen = await put(ids.ana1!, { ...before, subject: { reference: `Patient/${ben}` } });
+    expect(intoBen.status).toBe(403);
+    expect(intoBen.body.resourceType).toBe('OperationOutcome');
+    // nor into a code the grant does not cover
+    expect((await put(ids.ana1!, { ...before, code: { coding: [{ system: 'http://loinc.org', code: '2339-0' }] } })).status).toBe(403);
+    // inside a transaction too, and nothing of it is written
+    const tx = await request(t.app.http).post('/fhir').set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT')
+      .set('content-type', 'application/fhir+json')
+      .send({ resourceType: 'Bundle', type: 'transaction', entry: [
+        { fullUrl: 'urn:uuid:1', resource: reading(ana, now - DAY), request: { method: 'POST', url: 'Observation' } },
+        { resource: { ...before, subject: { reference: `Patient/${ben}` } }, request: { method: 'PUT', url: `Observation/${ids.ana1}` } },
+      ] });
+    expect(tx.status).toBe(403);
+    const after = await t.app.repository.read<Observation>('Observation', ids.ana1!);
+    expect(after.meta?.versionId).toBe(before.meta?.versionId);
+    expect(after.subject?.reference).toBe(`Patient/${ana}`);
+    expect((await t.app.repository.search(parseSearchRequest(`Observation?patient=Patient/${ben}&_count=1000`))).resources.length).toBe(bensBefore);
+    // a change that stays readable is still allowed
+    expect((await put(ids.ana1!, { ...before, valueQuantity: { ...before.valueQuantity, value: 125 } })).status).toBe(200);
+  });
+
   test('type and system history of a limited requester read only the granting patients\' versions from the repository', async () => {
     const history = jest.spyOn(t.app.repository, 'history');
     try {
@@ -456,5 +483,25 @@ describe('consent enforcement on every FHIR path', () => {
       provider.send = realSend;
     }
     expect((await get(`/fhir/Observation/${ids.ana0}`)).status).toBe(200);
+  });
+
+  // Last: its grant from a further patient would change what the history test above expects to be asked for.
+  test('updates: a deleted Patient the grant covered answers like a never-stored one, whatever the body says (found by the write fuzz)', async () => {
+    // A Patient body names its own id, so judging the body before finding the id absent told the two apart (404 vs 403).
+    const dee = await person(t.app, 'Patient', 'Dee');
+    expect((await grant(t.app, { actor: `Practitioner/${doc}`, accessTo: now + 3 * DAY, dataFrom: now - 14 * DAY, dataTo: now, patient: dee, classes: ['Patient'] })).status).toBe(201);
+    await t.app.repository.delete('Patient', dee);
+    const never = randomUUID();
+    const put = (id: string) => request(t.app.http).put(`/fhir/Patient/${id}`).set('Authorization', `Bearer ${docToken}`)
+      .set('X-Purpose-Of-Use', 'TREAT').set('content-type', 'application/fhir+json').send({ resourceType: 'Patient', id, name: [{ family: 'Changed' }] });
+    const shape = (res: request.Response, id: string) => ({ status: res.status, body: JSON.parse(JSON.stringify(res.body).replaceAll(id, '<id>')) as unknown,
+      headers: Object.keys(res.headers).filter((h) => !['date', 'x-request-id', 'etag', 'content-length'].includes(h)).sort() });
+    const deleted = await put(dee);
+    const made = await put(never);
+    expect(deleted.status).toBe(404);
+    expect(shape(deleted, dee)).toEqual(shape(made, never));
+    // and neither was written (no update-as-create)
+    await expect(t.app.repository.read('Patient', dee)).rejects.toMatchObject({ code: 'ERR_GONE' });
+    await expect(t.app.repository.read('Patient', never)).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
   });
 });
