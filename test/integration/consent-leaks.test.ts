@@ -375,7 +375,7 @@ describe('consent enforcement on every FHIR path', () => {
   });
 
   test('creates: a person adds data only to a record they could read it back from; system clients create by scope', async () => {
-    const post = (body: unknown, token = docToken) => request(t.app.http).post('/fhir/Observation').set('Authorization', `Bearer ${token}`)
+    const post = (body: object, token = docToken) => request(t.app.http).post('/fhir/Observation').set('Authorization', `Bearer ${token}`)
       .set('X-Purpose-Of-Use', 'TREAT').set('content-type', 'application/fhir+json').send(body);
     const countOf = async (patient: string) => (await t.app.repository.search(parseSearchRequest(`Observation?patient=Patient/${patient}&_count=1000`))).resources.length;
     const bens = await countOf(ben);
@@ -400,7 +400,7 @@ describe('consent enforcement on every FHIR path', () => {
   });
 
   test('updates: a visible reading cannot be rewritten into another patient\'s record, or out of the grant (found by the write fuzz)', async () => {
-    const put = (id: string, body: unknown) => request(t.app.http).put(`/fhir/Observation/${id}`).set('Authorization', `Bearer ${docToken}`)
+    const put = (id: string, body: object) => request(t.app.http).put(`/fhir/Observation/${id}`).set('Authorization', `Bearer ${docToken}`)
       .set('X-Purpose-Of-Use', 'TREAT').set('content-type', 'application/fhir+json').send(body);
     const before = await t.app.repository.read<Observation>('Observation', ids.ana1!);
     const bensBefore = (await t.app.repository.search(parseSearchRequest(`Observation?patient=Patient/${ben}&_count=1000`))).resources.length;
