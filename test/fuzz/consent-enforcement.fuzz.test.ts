@@ -775,6 +775,9 @@ function retarget(r: WReq, from: string, to: string): WReq {
     : e)) } };
 }
 
+/** The type of every id stored (the fixture, then whatever the write property writes). */
+const typeOfId = new Map<string, string>();
+
 async function checkWrite(w: Writer, purposeOfUse: string, raw: WReq): Promise<void> {
   // One never-stored id per request (a PUT names it in the url and the body).
   const r = JSON.parse(resolve(JSON.stringify(raw).replaceAll('@new', randomUUID()))) as WReq;
@@ -807,6 +810,17 @@ async function checkWrite(w: Writer, purposeOfUse: string, raw: WReq): Promise<v
     if (e.resource && !w.system && patientLinks(e.resource as unknown as Record<string, unknown>).length > 0 && !writerSees(w, purposeOfUse, e.resource)) {
       problems.push(`${e.method} wrote ${e.resourceType}/${e.id} that it cannot read back: ${JSON.stringify(e.resource)}`);
     }
+  }
+  // The answer (body, Location) names no stored resource the requester cannot see, beyond what it asked about or wrote itself.
+  for (const e of written) typeOfId.set(e.id, e.resourceType);
+  const asked = JSON.stringify(r);
+  const own = new Set(written.map((e) => e.id));
+  for (const [id] of new Set(JSON.stringify([res.body ?? {}, res.headers ?? {}]).matchAll(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g))) {
+    const type = typeOfId.get(id!);
+    if (!type || asked.includes(id!) || own.has(id!)) continue;
+    const latest = (await t.app.repository.history({ resourceType: type, id: id!, count: 20, offset: 0 })).entries.find((x) => x.resource)?.resource;
+    if (!writerSees(w, purposeOfUse, latest)) problems.push(`the answer names ${type}/${id} (${nameOf(id!)}) which it cannot see`);
+    else count('answer names a visible resource');
   }
   if (problems.length) throw new Error(`${label}\n→ ${res.status} ${JSON.stringify(res.body)}\n${problems.join('\n')}`);
   // A write about a hidden id answers like the same write about an id never stored, and changes nothing either.
@@ -843,7 +857,8 @@ describe('consent enforcement: writes change nothing the requester could not see
       { name: 'uploader (system/Observation.c)', token: t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'uploader', sub: 'uploader', scopes: ['system/Observation.c'] }).token,
         system: true, grants: [] },
     ];
-    const runs = Number(process.env.CONSENT_FUZZ_WRITE_RUNS ?? 2000);
+    for (const key of versions.keys()) typeOfId.set(key.split('/')[1]!, key.split('/')[0]!);
+    const runs = Number(process.env.CONSENT_FUZZ_WRITE_RUNS ?? 1500);
     await fc.assert(fc.asyncProperty(fc.nat({ max: writers.length - 1 }), purpose, writeReq, async (i, p, r) => checkWrite(writers[i]!, p, r)),
       { numRuns: runs, seed: SEED + 2 });
     process.stdout.write(`consent write fuzz: ${JSON.stringify(Object.fromEntries([...stats].sort()))}\n`);
