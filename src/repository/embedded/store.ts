@@ -84,6 +84,11 @@ export function openStore(dataDir: string): { db: DB; file: string } {
       PRIMARY KEY (h, start, seq)
     ) WITHOUT ROWID;
   `);
+  // Deletions written before they kept the deleted version's data key id get it now, so history
+  // confined to some patients (history.ts) finds them; only deletions have no key id (versions_by_key).
+  db.prepare(`UPDATE versions SET key_id = (SELECT p.key_id FROM versions p INDEXED BY versions_by_id
+    WHERE p.type = versions.type AND p.id = versions.id AND p.version = versions.version - 1)
+    WHERE key_id IS NULL AND method = ${METHOD.DELETE}`).run();
   const version = db.prepare<[], { v: string }>("SELECT v FROM meta WHERE k = 'schema'").get();
   if (!version) db.prepare("INSERT INTO meta (k, v) VALUES ('schema', ?)").run(SCHEMA_VERSION);
   else if (version.v !== SCHEMA_VERSION) throw new Error(`store schema ${version.v} is not supported (expected ${SCHEMA_VERSION})`);

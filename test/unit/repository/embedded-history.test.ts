@@ -223,3 +223,17 @@ describe('history confined to some patients', () => {
     }
   });
 });
+
+describe('deletions written before they kept a data key id', () => {
+  it('get the deleted version\'s key at open, so history confined to the patient lists them', async () => {
+    const { p1, o1, o2 } = await writeVersions();
+    await repo.close();
+    // as a store written before deletions kept the key
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+    db.prepare('UPDATE versions SET key_id = NULL WHERE method = 2').run();
+    db.close();
+    repo = await EmbeddedRepository.open({ dataDir });
+    expect(await allPages({ resourceType: 'Observation', patients: [p1] }, 10))
+      .toEqual([`Observation/${o2}/2`, `Observation/${o1}/2`, `Observation/${o2}/1`, `Observation/${o1}/1`]);
+  });
+});
