@@ -254,15 +254,11 @@ export class FhirRouter {
 
   private async delete(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'delete', type);
+    const current = await this.currentOf(type, id);
     // A resource the requester cannot see is absent to them: deleting it changes nothing and answers
     // like deleting an id never stored.
-    if (!(await this.writableBy(req.access, type, id))) return this.deletedResponse(req, type, id);
-    try {
-      const current = await this.options.repository.read(type, id);
-      if (!(await this.policy.mayWrite(req.access, current, 'delete'))) throw forbiddenWrite();
-    } catch (err) {
-      if (!isGlucoGuardError(err, 'ERR_NOT_FOUND') && !isGlucoGuardError(err, 'ERR_GONE')) throw err;
-    }
+    if (!(await this.mayChange(req.access, current))) return this.deletedResponse(req, type, id);
+    if (current && !(await this.policy.mayWrite(req.access, current, 'delete'))) throw forbiddenWrite();
     await this.options.repository.delete(type, id);
     return this.deletedResponse(req, type, id);
   }
@@ -280,15 +276,23 @@ export class FhirRouter {
    * or its 201 would tell the two apart.
    */
   private async writableBy(access: AccessContext, type: string, id: string): Promise<boolean> {
+    return access.kind === 'open' || this.mayChange(access, await this.currentOf(type, id));
+  }
+
+  /** writableBy for a current version already read (undefined: never stored, or deleted). */
+  private async mayChange(access: AccessContext, current: Resource | undefined): Promise<boolean> {
     if (access.kind === 'open') return true;
-    let current: Resource;
+    return current !== undefined && (await this.guard(access, [current])).allowed.length > 0;
+  }
+
+  /** The current version, or undefined when the id was never stored or its resource is deleted. */
+  private async currentOf(type: string, id: string): Promise<Resource | undefined> {
     try {
-      current = await this.options.repository.read(type, id);
+      return await this.options.repository.read(type, id);
     } catch (err) {
-      if (isGlucoGuardError(err, 'ERR_NOT_FOUND') || isGlucoGuardError(err, 'ERR_GONE')) return false;
+      if (isGlucoGuardError(err, 'ERR_NOT_FOUND') || isGlucoGuardError(err, 'ERR_GONE')) return undefined;
       throw err;
     }
-    return (await this.guard(access, [current])).allowed.length > 0;
   }
 
   /** Answers a write per `Prefer: return=…` (http.html#ops), with Location/ETag/Last-Modified. */
