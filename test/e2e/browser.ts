@@ -106,3 +106,9 @@ export async function freePort(): Promise<number> {
   await new Promise<void>((resolve) => probe.close(() => resolve()));
   return port;
 }
+
+/** Opens the patient portal at `base` in `page` and signs `user` in. */
+export async function signInToPortal(page: Page, base: string, user: { username: string; password: string }): Promise<void> {
+  await page.goto(`${base}/apps/portal/launch.html`);
+  await signIn(page, user, '/apps/portal/index.html');
+}

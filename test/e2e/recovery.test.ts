@@ -17,7 +17,7 @@ import { keccak256, Signature, Wallet, type BaseWallet } from 'ethers';
 import type { Page } from 'playwright-core';
 import { grantIdOf } from '../../src/consent/terms.js';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { CHROMIUM, chromiumPath, freePort, injectWallet, launchBrowser, signIn, type Browser } from './browser.js';
+import { CHROMIUM, chromiumPath, freePort, injectWallet, launchBrowser, signInToPortal, type Browser } from './browser.js';
 
 interface TypedDataJson {
   domain: Record<string, unknown>;
@@ -83,8 +83,7 @@ describeBrowser('guardian recovery in the patient portal (Chromium)', () => {
   async function openPortal(label: string): Promise<Page> {
     const page = await browser.newPage(label);
     await injectWallet(page, [lee]);
-    await page.goto(`${base}/apps/portal/launch.html`);
-    await signIn(page, EVE, '/apps/portal/index.html');
+    await signInToPortal(page, base, EVE);
     await page.locator('#keys-body [data-protection]').waitFor({ timeout: 20_000 });
     return page;
   }
@@ -309,8 +308,7 @@ describeBrowser('guardian recovery in the patient portal (Chromium)', () => {
     const RESET = { username: 'eve.reset', password: 'a fresh start 2026' };
     await t.app.smart.store.addUser({ ...RESET, fhirUser: `Patient/${eve}` });
     const page = await browser.newPage('portal-reset');
-    await page.goto(`${base}/apps/portal/launch.html`);
-    await signIn(page, RESET, '/apps/portal/index.html');
+    await signInToPortal(page, base, RESET);
     await page.locator('#keys-body', { hasText: 'Your key cannot be opened with your current password.' }).waitFor({ timeout: 20_000 });
     await expect(page.locator('#keys-body [role="alert"]').first().innerText()).resolves.toContain('see "Get a new key with your guardians" below');
     const locked = t.app.consent.keys.get(eve)!.address;

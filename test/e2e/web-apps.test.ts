@@ -18,7 +18,7 @@ import request from 'supertest';
 import { createLaunch } from '../../src/smart/launch.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
-import { CHROMIUM, chromiumPath, freePort, injectWallet, launchBrowser, signIn, type Browser } from './browser.js';
+import { CHROMIUM, chromiumPath, freePort, injectWallet, launchBrowser, signIn, signInToPortal, type Browser } from './browser.js';
 
 const CHROME = chromiumPath();
 if (!CHROME) console.warn(`SKIPPED web-apps e2e: ${CHROMIUM} is missing (apt-get install -y chromium, or set CHROMIUM_PATH).`);
@@ -86,8 +86,7 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
   }, 60_000);
 
   test('the patient signs in, uploads an export with progress and sees the import summary and their AGP', async () => {
-    await portal.goto(`${base}/apps/portal/launch.html`);
-    await signIn(portal, ANA, '/apps/portal/index.html');
+    await signInToPortal(portal, base, ANA);
     await portal.locator('#who', { hasText: 'Signed in as Ana Rivera' }).waitFor({ timeout: 15_000 });
     await portal.locator('#summary-body [data-notice]').waitFor();
     const trace = makeTrace(16, { seed: 3 }).filter((_r, i) => i % 3 === 0);
@@ -280,8 +279,7 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     const page = await browser.newPage('wallet-portal');
     // The test wallet: the page's window.ethereum forwards to an ethers Wallet in the test process.
     const { signed } = await injectWallet(page, [wallet]);
-    await page.goto(`${base}/apps/portal/launch.html`);
-    await signIn(page, BEA, '/apps/portal/index.html');
+    await signInToPortal(page, base, BEA);
     await page.locator('#keys-body [data-protection="wallet"]').waitFor({ timeout: 15_000 });
     await page.locator('#share-who').waitFor();
     for (let step = 0; step < 5; step++) await page.click('#share-form button:has-text("Next")');
@@ -303,8 +301,7 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     const RESET = { username: 'ana.reset', password: 'a reset passphrase 7' };
     await t.app.smart.store.addUser({ ...RESET, fhirUser: `Patient/${ana}` });
     const page = await browser.newPage('portal-reset');
-    await page.goto(`${base}/apps/portal/launch.html`);
-    await signIn(page, RESET, '/apps/portal/index.html');
+    await signInToPortal(page, base, RESET);
     await page.locator('#keys-body', { hasText: 'Your key cannot be opened with your current password.' }).waitFor({ timeout: 15_000 });
     expect(recoveryCode).not.toBe('');
     await page.fill('#unlock-code', recoveryCode.toLowerCase());
