@@ -9,15 +9,15 @@
  * the signer and refuses in words what the chain refuses.
  */
 import { mkdirSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Patient, Practitioner, RelatedPerson } from '@medplum/fhirtypes';
 import { keccak256, Signature, Wallet, type BaseWallet } from 'ethers';
 import type { Page } from 'playwright-core';
 import { grantIdOf } from '../../src/consent/terms.js';
-import { startTestApp, type TestApp } from '../support/app.js';
-import { CHROMIUM, chromiumPath, freePort, injectWallet, launchBrowser, signInToPortal, type Browser } from './browser.js';
+import type { TestApp } from '../support/app.js';
+import { CHROMIUM, chromiumPath, injectWallet, launchBrowser, signInToPortal, type Browser } from './browser.js';
+import { serveTestApp, type ServedApp } from './served-app.js';
 
 interface TypedDataJson {
   domain: Record<string, unknown>;
@@ -39,7 +39,7 @@ const EVE = { username: 'eve', password: 'tulips in april 3' };
 
 describeBrowser('guardian recovery in the patient portal (Chromium)', () => {
   let t: TestApp;
-  let server: Server;
+  let served: ServedApp | undefined;
   let base: string;
   let browser: Browser;
   let portal: Page;
@@ -50,11 +50,8 @@ describeBrowser('guardian recovery in the patient portal (Chromium)', () => {
   const kim = Wallet.createRandom();
 
   beforeAll(async () => {
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    t = await startTestApp({ GLUCOGUARD_AUTH: 'on', GLUCOGUARD_BASE_URL: base, PORT: String(port) });
-    server = createServer(t.app.http);
-    await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+    served = await serveTestApp();
+    ({ t, base } = served);
     eve = (await t.app.repository.create<Patient>({ resourceType: 'Patient', name: [{ given: ['Eve'], family: 'Marsh' }] })).resource.id!;
     const doc = (await t.app.repository.create<Practitioner>({ resourceType: 'Practitioner', name: [{ prefix: ['Dr'], given: ['Ines'], family: 'Vidal' }] })).resource.id!;
     await t.app.consent.identity.registerGrantee(`Practitioner/${doc}`, Wallet.createRandom().address);
@@ -72,11 +69,7 @@ describeBrowser('guardian recovery in the patient portal (Chromium)', () => {
 
   afterAll(async () => {
     await browser?.close();
-    if (server) {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    }
-    await t?.close();
+    await served?.close();
   });
 
   /** The portal, signed in as Eve, with Lee's wallet in the browser (Lee is at Eve's side). */

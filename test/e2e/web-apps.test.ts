@@ -7,7 +7,6 @@
  * reads; patient stops sharing → clinician sees "access ended". Screenshots go to test-artifacts/.
  */
 import { mkdirSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
@@ -16,9 +15,10 @@ import { Wallet } from 'ethers';
 import type { Page } from 'playwright-core';
 import request from 'supertest';
 import { createLaunch } from '../../src/smart/launch.js';
-import { startTestApp, type TestApp } from '../support/app.js';
+import type { TestApp } from '../support/app.js';
 import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
-import { CHROMIUM, chromiumPath, freePort, injectWallet, launchBrowser, signIn, signInToPortal, type Browser } from './browser.js';
+import { CHROMIUM, chromiumPath, injectWallet, launchBrowser, signIn, signInToPortal, type Browser } from './browser.js';
+import { serveTestApp, type ServedApp } from './served-app.js';
 
 const CHROME = chromiumPath();
 if (!CHROME) console.warn(`SKIPPED web-apps e2e: ${CHROMIUM} is missing (apt-get install -y chromium, or set CHROMIUM_PATH).`);
@@ -29,7 +29,7 @@ const DOC = { username: 'dr.osei', password: 'stethoscope-42' };
 
 describeBrowser('clinician viewer and patient portal in Chromium', () => {
   let t: TestApp;
-  let server: Server;
+  let served: ServedApp | undefined;
   let base: string;
   let browser: Browser;
   let clinician: Page;
@@ -39,11 +39,8 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
   let recoveryCode = '';
 
   beforeAll(async () => {
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    t = await startTestApp({ GLUCOGUARD_AUTH: 'on', GLUCOGUARD_BASE_URL: base, PORT: String(port) });
-    server = createServer(t.app.http);
-    await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+    served = await serveTestApp();
+    ({ t, base } = served);
     ana = (await t.app.repository.create<Patient>({ resourceType: 'Patient', name: [{ given: ['Ana'], family: 'Rivera' }], birthDate: '1958-04-02' })).resource.id!;
     doc = (await t.app.repository.create<Practitioner>({ resourceType: 'Practitioner', name: [{ prefix: ['Dr'], given: ['Kofi'], family: 'Osei' }] })).resource.id!;
     await t.app.consent.identity.registerGrantee(`Practitioner/${doc}`, Wallet.createRandom().address);
@@ -56,11 +53,7 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
 
   afterAll(async () => {
     await browser?.close();
-    if (server) {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    }
-    await t?.close();
+    await served?.close();
   });
 
   /** An EHR launch of the clinician app for Ana, as Dr Osei. */
