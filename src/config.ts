@@ -25,6 +25,8 @@ export interface Config {
   /** Default and maximum page sizes for searches. */
   defaultPageSize: number;
   maxPageSize: number;
+  /** MiB of decoded resource versions the embedded repository keeps for repeated reads; 0 = off (GLUCOGUARD_READ_CACHE_MB). */
+  readCacheMb: number;
   /** Authentication on /fhir: 'on' (default) or 'off' for local experiments only (GLUCOGUARD_AUTH). */
   auth: 'on' | 'off';
   /** Log level for pino (LOG_LEVEL). */
@@ -169,6 +171,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     maxIngestBytes: int(pick('GLUCOGUARD_MAX_INGEST_BYTES', 'maxIngestBytes') ?? String(512 * 1024 * 1024), 'GLUCOGUARD_MAX_INGEST_BYTES', 1024, 16 * 1024 ** 3, problems),
     defaultPageSize: int(pick('GLUCOGUARD_PAGE_SIZE', 'defaultPageSize') ?? '50', 'GLUCOGUARD_PAGE_SIZE', 1, 10000, problems),
     maxPageSize: int(pick('GLUCOGUARD_MAX_PAGE_SIZE', 'maxPageSize') ?? '1000', 'GLUCOGUARD_MAX_PAGE_SIZE', 1, 100000, problems),
+    readCacheMb: int(pick('GLUCOGUARD_READ_CACHE_MB', 'readCacheMb') ?? '64', 'GLUCOGUARD_READ_CACHE_MB', 0, 65536, problems),
     auth,
     logLevel,
     nodeEnv,

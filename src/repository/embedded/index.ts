@@ -12,7 +12,6 @@
  * - deleting an absent or already deleted resource does nothing and succeeds;
  * - `eraseSubject` crypto-shreds: rows stay on disk, unreadable; reads answer ERR_GONE.
  */
-import { randomUUID } from 'node:crypto';
 import { parseSearchRequest } from '@medplum/core';
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, Resource } from '@medplum/fhirtypes';
@@ -32,20 +31,25 @@ import { KeyRing, loadMasterKey, openText, seal } from './keys.js';
 import { extractIndexEntries, supportedParams } from './params.js';
 import { dateRowKey, runSearch } from './search.js';
 import type { SearchContext } from './search.js';
+import { DecodedCache } from './decoded-cache.js';
 import { METHOD, METHOD_NAME, openStore, packIx, prepareStatements, unpackIx } from './store.js';
 import { streamSearch } from './stream.js';
 import type { Statements, VersionRow } from './store.js';
 import { runTransaction } from './transaction.js';
+import { newResourceId } from './ids.js';
 
 export interface EmbeddedRepositoryOptions {
   /** Directory holding `store/` (SQLite) and, without `masterKey`, `keys/master.key`. */
   dataDir: string;
   /** Base64 of 32 bytes; wraps every data key. Absent: a key file is made on first start. */
   masterKey?: string;
+  /** Bytes of decoded versions kept for reads that come back (decoded-cache.ts); 0 turns it off. Default 64 MiB. */
+  readCacheBytes?: number;
   logger?: Logger;
 }
 
 const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
+const DEFAULT_READ_CACHE_BYTES = 64 * 1024 * 1024;
 const BULK_CHUNK = 5000;
 /** Page cache of the bulk-read connection (KiB): a scan reads each page once, so a small cache does. */
 const BULK_READ_CACHE_KIB = 4096;
@@ -67,6 +71,8 @@ export class EmbeddedRepository implements Repository {
   private readonly searchContext: SearchContext;
   /** Read-only connection of bulk reads (searchChunks), opened on first use. */
   private bulk: { db: DB; context: SearchContext } | undefined;
+  /** Decoded versions of ordinary reads (bulk reads do not fill it: an export would flush it). */
+  readonly decoded: DecodedCache;
   private closed = false;
 
   private constructor(
@@ -75,16 +81,18 @@ export class EmbeddedRepository implements Repository {
     private readonly sql: Statements,
     dataDir: string,
     private readonly file?: string,
+    readCacheBytes = DEFAULT_READ_CACHE_BYTES,
   ) {
     this.description = { adapter: 'embedded', location: dataDir };
+    this.decoded = new DecodedCache(readCacheBytes);
     this.searchContext = {
       db,
       hash: (value) => keys.hash(value),
       hashPair: (value) => keys.hashPair(value),
-      decode: (row) => this.decode(row),
+      decode: (row) => this.decode(row, this.decoded),
       readCurrent: (type, id) => {
         const row = this.sql.currentOf.get(type, id);
-        return row && row.method !== METHOD.DELETE ? this.decode(row) : undefined;
+        return row && row.method !== METHOD.DELETE ? this.decode(row, this.decoded) : undefined;
       },
       prepare: (text) => this.prepare(text),
     };
@@ -97,7 +105,7 @@ export class EmbeddedRepository implements Repository {
     const { db, file } = openStore(options.dataDir);
     try {
       const keys = db.transaction(() => new KeyRing(db, master.key))();
-      const repo = new EmbeddedRepository(db, keys, prepareStatements(db), options.dataDir, file);
+      const repo = new EmbeddedRepository(db, keys, prepareStatements(db), options.dataDir, file, options.readCacheBytes);
       options.logger?.info({ adapter: 'embedded', file, masterKey: master.source }, 'repository opened');
       return repo;
     } catch (err) {
@@ -184,6 +192,7 @@ export class EmbeddedRepository implements Repository {
         context: {
           ...this.searchContext,
           db,
+          decode: (row) => this.decode(row),
           prepare: (text) => {
             let statement = statements.get(text);
             if (!statement) {
@@ -255,6 +264,7 @@ export class EmbeddedRepository implements Repository {
     return this.write(() => {
       const keyId = this.keys.erase(patientId);
       if (!keyId) return { resources: 0 };
+      this.decoded.clear();
       const rows = this.db.prepare<[string], { seq: number; ix: Buffer | null }>(
         'SELECT seq, ix FROM versions WHERE key_id = ? AND current = 1 AND method <> 2').all(keyId);
       for (const row of rows) this.removeIndex(row.seq, row.ix);
@@ -267,6 +277,7 @@ export class EmbeddedRepository implements Repository {
     await this.lock.run(() => undefined);
     this.closed = true;
     this.statements.clear();
+    this.decoded.clear();
     this.bulk?.db.close();
     this.bulk = undefined;
     this.db.close();
@@ -294,7 +305,7 @@ export class EmbeddedRepository implements Repository {
       if (matches.length > 1) throw preconditionFailed('ifNoneExist matched more than one resource');
       if (matches.length === 1) return { resource: matches[0] as T, outcome: 'existing' };
     }
-    const stored = this.writeVersion({ ...resource, id: randomUUID() }, METHOD.POST, undefined);
+    const stored = this.writeVersion({ ...resource, id: newResourceId() }, METHOD.POST, undefined);
     return { resource: stored, outcome: 'created' };
   }
 
@@ -386,16 +397,21 @@ export class EmbeddedRepository implements Repository {
     this.sql.clearIx.run(seq);
   }
 
-  private decode(row: VersionRow): Resource | undefined {
+  /** Decrypts and parses a row; with `cache`, a row decoded before from the same ciphertext comes from it. */
+  private decode(row: VersionRow, cache?: DecodedCache): Resource | undefined {
     if (!row.body || !row.key_id || row.key_version === null) return undefined;
     const key = this.keys.keyById(row.key_id, row.key_version);
     if (!key) return undefined;
+    const hit = cache?.get(row.seq, row.body);
+    if (hit) return hit;
     const text = openText(key, row.body, aad(row.type, row.id, row.version));
-    return text === undefined ? undefined : parseBody(text, row);
+    if (text === undefined) return undefined;
+    const resource = parseBody(text, row);
+    return cache ? cache.set(row.seq, row.body, resource) : resource;
   }
 
   private decodeOrGone(row: VersionRow): Resource {
-    const resource = this.decode(row);
+    const resource = this.decode(row, this.decoded);
     if (!resource) throw gone(`${row.type}/${row.id} is no longer available`);
     return resource;
   }

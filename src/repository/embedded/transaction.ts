@@ -5,12 +5,12 @@
  * `urn:uuid:` fullUrls are replaced everywhere in the bundle by the ids assigned here; entries
  * run in the order the spec gives (DELETE, POST, PUT, GET) and answer in request order.
  */
-import { randomUUID } from 'node:crypto';
 import { parseSearchRequest } from '@medplum/core';
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, BundleEntry, BundleEntryResponse, Resource } from '@medplum/fhirtypes';
 import { badRequest, GlucoGuardError, isGlucoGuardError, preconditionFailed } from '../../errors.js';
 import type { SearchResult, WriteResult } from '../port.js';
+import { newResourceId } from './ids.js';
 
 /** What a transaction may do, each step synchronous and inside the caller's SQLite transaction. */
 export interface TransactionOps {
@@ -93,7 +93,7 @@ function plan(entry: BundleEntry, index: number, ops: TransactionOps): Planned {
       if (found.length > 1) throw preconditionFailed('ifNoneExist matched more than one resource');
       if (found.length === 1) return { index, method, type: resource.resourceType, id: found[0]!.id, existing: found[0], url };
     }
-    const id = randomUUID();
+    const id = newResourceId();
     return { index, method, type: resource.resourceType, id, resource: { ...resource, id }, url };
   }
   if (!match || url.includes('?')) throw badRequest(`${method} needs request.url of the form Type/id`, `Bundle.entry[${index}].request.url`);

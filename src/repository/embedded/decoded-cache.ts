@@ -1,0 +1,97 @@
+/**
+ * Decoded versions of the embedded repository, kept so that a version read again (a clinician's
+ * dashboard polling the same day, paging back and forth) skips AES-GCM decryption and JSON parsing.
+ *
+ * An entry is keyed by the row's `seq` and holds the exact ciphertext it was decoded from: a hit
+ * needs the row just read from the file to carry byte-identical ciphertext, so whatever is on disk
+ * now is what was decrypted, authenticated and parsed before (a row changed on disk is a miss and
+ * is decrypted, and then checked by the integrity layer, as on a first read). The caller checks
+ * that the row's data key still exists before asking, so an erased patient's data is never served
+ * from here; `clear()` drops everything at erasure anyway.
+ *
+ * Cached resources are deep-frozen and shared between requests: code that changes a resource it
+ * read must copy it first (it always had to, see `attachCanonicalText`); a write to a frozen
+ * object throws in strict-mode code rather than leaking into the next reader's answer.
+ *
+ * Bounded by an estimate of the bytes held (ciphertext × 4: the parsed object, its canonical text
+ * and the ciphertext); the oldest sixteenth is dropped at once when full.
+ */
+import type { Resource } from '@medplum/fhirtypes';
+
+interface Entry {
+  body: Buffer;
+  resource: Resource;
+  size: number;
+}
+
+export class DecodedCache {
+  private readonly entries = new Map<number, Entry>();
+  private size = 0;
+  hits = 0;
+  misses = 0;
+
+  constructor(private readonly budgetBytes: number) {}
+
+  get enabled(): boolean {
+    return this.budgetBytes > 0;
+  }
+
+  /** The resource decoded earlier from exactly `body` at row `seq`, if any. */
+  get(seq: number, body: Buffer): Resource | undefined {
+    const entry = this.entries.get(seq);
+    if (entry && entry.body.length === body.length && entry.body.equals(body)) {
+      this.hits++;
+      return entry.resource;
+    }
+    this.misses++;
+    return undefined;
+  }
+
+  /** Keeps `resource` (frozen here) as the decoding of `body` at row `seq`; answers it. */
+  set(seq: number, body: Buffer, resource: Resource): Resource {
+    if (!this.enabled) return resource;
+    const size = body.length * 4 + 256;
+    if (size > this.budgetBytes / 16) return resource;
+    const old = this.entries.get(seq);
+    if (old) {
+      this.entries.delete(seq);
+      this.size -= old.size;
+    }
+    if (this.size + size > this.budgetBytes) this.evict(size);
+    // better-sqlite3 hands each row's blob over in a Buffer of its own: kept as it is
+    this.entries.set(seq, { body, resource: deepFreeze(resource), size });
+    this.size += size;
+    return resource;
+  }
+
+  clear(): void {
+    this.entries.clear();
+    this.size = 0;
+  }
+
+  get bytes(): number {
+    return this.size;
+  }
+
+  get count(): number {
+    return this.entries.size;
+  }
+
+  private evict(incoming: number): void {
+    let drop = Math.max(1, this.entries.size >> 4);
+    for (const [seq, entry] of this.entries) {
+      if (drop <= 0 && this.size + incoming <= this.budgetBytes) break;
+      this.entries.delete(seq);
+      this.size -= entry.size;
+      drop--;
+    }
+  }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const key of Object.keys(value)) deepFreeze((value as Record<string, unknown>)[key]);
+  }
+  return value;
+}

@@ -1,0 +1,130 @@
+/**
+ * The embedded repository's decoded-version cache (src/repository/embedded/decoded-cache.ts): a
+ * version read again is served from it only while the row on disk holds the very ciphertext it was
+ * decoded from and the patient's key exists; what it serves cannot be changed by a caller; and the
+ * ids the repository assigns are time-ordered (ids.ts).
+ */
+import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
+import { parseSearchRequest } from '@medplum/core';
+import type { Observation, Patient } from '@medplum/fhirtypes';
+import Database from 'better-sqlite3';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { DecodedCache } from '../../../src/repository/embedded/decoded-cache.js';
+import { EmbeddedRepository } from '../../../src/repository/embedded/index.js';
+
+let dataDir: string;
+let repo: EmbeddedRepository;
+
+beforeEach(async () => {
+  dataDir = mkdtempSync(path.join(tmpdir(), 'gg-readcache-'));
+  repo = await EmbeddedRepository.open({ dataDir });
+});
+
+afterEach(async () => {
+  await repo.close();
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+function reading(patient: string, minute: number): Observation {
+  return {
+    resourceType: 'Observation',
+    status: 'final',
+    code: { coding: [{ system: 'http://loinc.org', code: '99504-3' }] },
+    subject: { reference: `Patient/${patient}` },
+    effectiveDateTime: new Date(Date.parse('2026-03-01T00:00:00Z') + minute * 60_000).toISOString(),
+    valueQuantity: { value: 100 + minute, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+  };
+}
+
+describe('decoded-version cache', () => {
+  it('answers a second read of the same version from the cache, equal to the first', async () => {
+    const { resource } = await repo.create(reading('p1', 0));
+    const first = await repo.read<Observation>('Observation', resource.id!);
+    const hitsBefore = repo.decoded.hits;
+    const second = await repo.read<Observation>('Observation', resource.id!);
+    expect(repo.decoded.hits).toBe(hitsBefore + 1);
+    expect(second).toBe(first);
+    expect(second).toEqual(resource);
+  });
+
+  it('serves what searches found before from the cache, and a new version is decoded afresh', async () => {
+    for (let m = 0; m < 5; m++) await repo.create(reading('p1', m));
+    const query = parseSearchRequest('Observation?patient=Patient/p1&_count=10');
+    const a = await repo.search(query);
+    const hits = repo.decoded.hits;
+    const b = await repo.search(query);
+    expect(repo.decoded.hits).toBe(hits + 5);
+    expect(b.resources).toEqual(a.resources);
+    const changed = await repo.update({ ...(a.resources[0] as Observation), status: 'amended' });
+    const c = await repo.search(query);
+    const again = c.resources.find((r) => r.id === changed.resource.id) as Observation;
+    expect(again.status).toBe('amended');
+    expect(again.meta?.versionId).toBe('2');
+  });
+
+  it('hands out objects no caller can change', async () => {
+    const { resource } = await repo.create(reading('p1', 0));
+    const read = await repo.read<Observation>('Observation', resource.id!);
+    expect(() => { (read as { status: string }).status = 'cancelled'; }).toThrow(TypeError);
+    expect(() => { read.valueQuantity!.value = 999; }).toThrow(TypeError);
+    expect((await repo.read<Observation>('Observation', resource.id!)).valueQuantity?.value).toBe(100);
+  });
+
+  it('does not serve a row whose ciphertext changed on disk: it is decrypted again and fails', async () => {
+    const { resource } = await repo.create(reading('p1', 0));
+    await repo.read('Observation', resource.id!);
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+    try {
+      const row = db.prepare<[string], { seq: number; body: Buffer }>('SELECT seq, body FROM versions WHERE id = ?').get(resource.id!)!;
+      const tampered = Buffer.from(row.body);
+      tampered[20] = tampered[20]! ^ 0xff;
+      db.prepare('UPDATE versions SET body = ? WHERE seq = ?').run(tampered, row.seq);
+    } finally {
+      db.close();
+    }
+    await expect(repo.read('Observation', resource.id!)).rejects.toMatchObject({ code: 'ERR_GONE' });
+  });
+
+  it('serves nothing of an erased patient, though it was cached', async () => {
+    const patient = (await repo.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Erased' }] })).resource;
+    const { resource } = await repo.create(reading(patient.id!, 0));
+    await repo.read('Observation', resource.id!);
+    await repo.eraseSubject(patient.id!);
+    expect(repo.decoded.count).toBe(0);
+    await expect(repo.read('Observation', resource.id!)).rejects.toMatchObject({ code: 'ERR_GONE' });
+  });
+
+  it('stays within its byte budget, dropping the oldest entries', () => {
+    const cache = new DecodedCache(128 * 1024);
+    const body = Buffer.alloc(1000, 7);
+    for (let seq = 1; seq <= 100; seq++) cache.set(seq, Buffer.from(body), { resourceType: 'Basic', id: String(seq) } as never);
+    expect(cache.bytes).toBeLessThanOrEqual(128 * 1024);
+    expect(cache.get(100, body)).toBeDefined();
+    expect(cache.get(1, body)).toBeUndefined();
+    expect(cache.get(100, Buffer.alloc(1000, 8))).toBeUndefined();
+  });
+
+  it('can be turned off', async () => {
+    const off = await EmbeddedRepository.open({ dataDir: mkdtempSync(path.join(tmpdir(), 'gg-readcache-off-')), readCacheBytes: 0 });
+    try {
+      const { resource } = await off.create(reading('p1', 0));
+      const a = await off.read('Observation', resource.id!);
+      const b = await off.read('Observation', resource.id!);
+      expect(a).not.toBe(b);
+      expect(off.decoded.count).toBe(0);
+    } finally {
+      await off.close();
+    }
+  });
+});
+
+describe('assigned ids', () => {
+  it('are UUIDv7, in creation order', async () => {
+    const ids: string[] = [];
+    for (let m = 0; m < 50; m++) ids.push((await repo.create(reading('p1', m))).resource.id!);
+    for (const id of ids) expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect([...ids].sort()).toEqual(ids);
+  });
+});
