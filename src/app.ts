@@ -37,11 +37,12 @@ import {
 } from './observability/index.js';
 import { PACKAGE_ROOT, PROFILES_DIR } from './paths.js';
 import { EmbeddedRepository } from './repository/embedded/index.js';
+import type { DecodedCache } from './repository/embedded/decoded-cache.js';
 import type { Repository } from './repository/port.js';
 import { UpstreamRepository } from './repository/upstream/index.js';
 import { ChainClient, type ChainAddresses } from './ledger/client.js';
 import { createLedger, integrityModeFrom, type Ledger } from './ledger/index.js';
-import { loadAuthorityKey, startEmbeddedChain, type EmbeddedChain } from '../chain/node/index.js';
+import { loadAuthorityKey, startEmbeddedChainThread, type EmbeddedChain } from '../chain/node/index.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -67,6 +68,8 @@ export interface App {
   exchange: Exchange;
   /** The clinician app and patient portal under /apps/ (registered SMART clients). */
   web: Web;
+  /** The embedded repository's decoded-version cache (undefined with an upstream repository). */
+  readCache?: DecodedCache;
   /** One line per port: which adapter serves it and where its data lives. */
   adapters: { port: string; adapter: string; location: string }[];
   close(): Promise<void>;
@@ -85,7 +88,7 @@ export async function createRepository(config: Config, logger: Logger): Promise<
  * Connects to the chain the configuration names: an external node (CHAIN_RPC_URL, e.g. Besu) with
  * the authority key and contract addresses from files, or the embedded Clique node started here.
  */
-export async function createChain(config: Config, logger: Logger): Promise<{ client: ChainClient; embedded?: EmbeddedChain; shared?: boolean }> {
+export async function createChain(config: Config, logger: Logger): Promise<{ client: ChainClient; embedded?: EmbeddedChain & { thread: 'worker' | 'main' }; shared?: boolean }> {
   if (config.chain.rpcUrl) {
     const authorityKey = readFileSync(config.chain.authorityKeyFile!, 'utf8').trim();
     const addresses = JSON.parse(readFileSync(config.chain.deploymentFile!, 'utf8')) as ChainAddresses & { contracts?: ChainAddresses };
@@ -108,7 +111,8 @@ export async function createChain(config: Config, logger: Logger): Promise<{ cli
       throw unavailable(`the embedded chain node of ${config.dataDir} (pid ${running.pid}) does not answer at ${running.rpcUrl}`);
     }
   }
-  const embedded = await startEmbeddedChain({
+  const embedded = await startEmbeddedChainThread({
+    thread: config.chain.nodeThread,
     dataDir: config.dataDir,
     port: config.chain.embeddedPort,
     blockPeriod: config.chain.blockPeriod,
@@ -260,7 +264,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     { port: 'kv', adapter: kv.description.adapter, location: kv.description.location },
     {
       port: 'chain',
-      adapter: chain.embedded ? 'embedded Clique node' : chain.shared ? 'embedded Clique node of the running server' : 'JSON-RPC',
+      adapter: chain.embedded ? `embedded Clique node (${chain.embedded.thread === 'worker' ? 'own thread' : 'request thread'})` : chain.shared ? 'embedded Clique node of the running server' : 'JSON-RPC',
       location: chain.embedded || chain.shared ? `${path.join(config.dataDir, 'chain')} (RPC ${chain.client.description.location})` : chain.client.description.location,
     },
     { port: 'master key', adapter: config.masterKey ? 'env' : 'file', location: config.masterKey ? 'GLUCOGUARD_MASTER_KEY' : masterKeyPath(config.dataDir) },
@@ -280,6 +284,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     cgm,
     readiness,
     web,
+    ...(adapter instanceof EmbeddedRepository ? { readCache: adapter.decoded } : {}),
     adapters,
     exchange,
     async close() {

@@ -66,6 +66,8 @@ export interface ChainConfig {
   embeddedPort: number;
   /** Seconds between sealed blocks of the embedded node (CHAIN_BLOCK_PERIOD); 0 seals at once. */
   blockPeriod: number;
+  /** Where the embedded node runs (CHAIN_NODE_THREAD): `worker` (default, a thread of its own) or `main` (the request thread). */
+  nodeThread: 'worker' | 'main';
   /** Chain id of the embedded network, or of the external one (CHAIN_ID). */
   chainId: number;
   /** External chain: file with the authority's private key (CHAIN_AUTHORITY_KEY_FILE). */
@@ -142,6 +144,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     rpcUrl: chainRpc ? url(chainRpc, 'CHAIN_RPC_URL', problems) : undefined,
     embeddedPort: int(pick('CHAIN_PORT', 'chainPort') ?? '8545', 'CHAIN_PORT', 0, 65535, problems),
     blockPeriod: num(pick('CHAIN_BLOCK_PERIOD', 'chainBlockPeriod') ?? '1', 'CHAIN_BLOCK_PERIOD', 0, 3600, problems),
+    nodeThread: oneOf(pick('CHAIN_NODE_THREAD', 'chainNodeThread') ?? 'worker', ['worker', 'main'] as const, 'CHAIN_NODE_THREAD', problems),
     chainId: int(pick('CHAIN_ID', 'chainId') ?? '1337', 'CHAIN_ID', 1, 2 ** 31, problems),
     authorityKeyFile: pick('CHAIN_AUTHORITY_KEY_FILE', 'chainAuthorityKeyFile'),
     deploymentFile: pick('CHAIN_DEPLOYMENT_FILE', 'chainDeploymentFile'),

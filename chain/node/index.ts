@@ -3,11 +3,14 @@
  * libraries, its data in `<dataDir>/chain` (LevelDB, signer key, genesis, deployment), serving standard
  * Ethereum JSON-RPC over HTTP. The proxy talks to it through ethers like to any other node.
  */
+import { existsSync } from 'node:fs';
 import type { Server } from 'node:http';
+import { Worker } from 'node:worker_threads';
 import { ensureDeployed, type Deployment } from './deploy.js';
 import { loadOrCreateSignerKey } from './keys.js';
 import { ChainNode, type ChainLogger } from './node.js';
 import { RpcHandlers, serveRpc } from './rpc.js';
+import type { FromChainWorker } from './worker.js';
 
 export { loadAuthorityKey, signerKeyPath } from './keys.js';
 export { readDeployment, deploymentPath, type Deployment, type DeploymentRecord } from './deploy.js';
@@ -90,4 +93,45 @@ export function serveUntilSignal(chain: EmbeddedChain, print: (line: string) => 
       void close().then(() => process.exit(0));
     });
   }
+}
+
+/**
+ * The embedded chain on a thread of its own, so that sealing blocks and running the EVM (tens of
+ * milliseconds per block) never stall the proxy's request thread; the proxy reaches it over
+ * JSON-RPC on loopback exactly as when it runs inline. Needs the compiled worker (dist/, as run by
+ * `npm start` and the CLI); from TypeScript sources (jest) the node runs inline on the calling
+ * thread. `thread: 'main'` asks for inline explicitly.
+ */
+export async function startEmbeddedChainThread(opts: EmbeddedChainOptions & { thread?: 'worker' | 'main' }): Promise<EmbeddedChain & { thread: 'worker' | 'main' }> {
+  const { thread = 'worker', logger, ...options } = opts;
+  const workerFile = new URL('./worker.js', import.meta.url);
+  if (thread === 'main' || !import.meta.url.endsWith('.js') || !existsSync(workerFile)) {
+    return { ...(await startEmbeddedChain({ ...options, logger })), thread: 'main' };
+  }
+  const log = logger ?? { info() {}, warn() {}, error() {} };
+  const worker = new Worker(workerFile, { workerData: options });
+  const exited = new Promise<number>((resolve) => worker.once('exit', resolve));
+  const info = await new Promise<Omit<EmbeddedChain, 'close'>>((resolve, reject) => {
+    worker.on('message', (message: FromChainWorker) => {
+      if (message.type === 'log') log[message.level](message.message);
+      else if (message.type === 'ready') resolve(message.info);
+      else if (message.type === 'failed') reject(Object.assign(new Error(message.message), message.code ? { code: message.code } : {}));
+    });
+    worker.once('error', reject);
+    void exited.then((code) => reject(new Error(`the chain worker exited (code ${code}) before it was ready`)));
+  });
+  worker.on('error', (err) => log.error(`chain: the node's thread failed: ${err.message}`));
+  return {
+    ...info,
+    thread: 'worker',
+    close: async () => {
+      worker.postMessage('close');
+      const timer = setTimeout(() => {
+        log.warn('chain: the node did not close within 10 s; stopping its thread');
+        void worker.terminate();
+      }, 10_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
 }

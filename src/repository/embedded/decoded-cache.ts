@@ -13,6 +13,10 @@
  * read must copy it first (it always had to, see `attachCanonicalText`); a write to a frozen
  * object throws in strict-mode code rather than leaking into the next reader's answer.
  *
+ * A version is kept from its second read on (`offer`): the first read only notes its row, so a
+ * stream of reads that never come back (1,000,000 readings searched a day at a time) pays nothing
+ * for freezing and holding them, and the heap the garbage collector walks does not grow.
+ *
  * Bounded by an estimate of the bytes held (ciphertext × 4: the parsed object, its canonical text
  * and the ciphertext); the oldest sixteenth is dropped at once when full.
  */
@@ -24,8 +28,12 @@ interface Entry {
   size: number;
 }
 
+/** Rows whose first read is noted (the admission filter); forgotten all at once when full. */
+const SEEN_MAX = 200_000;
+
 export class DecodedCache {
   private readonly entries = new Map<number, Entry>();
+  private readonly seen = new Set<number>();
   private size = 0;
   hits = 0;
   misses = 0;
@@ -47,6 +55,15 @@ export class DecodedCache {
     return undefined;
   }
 
+  /** A decoded row: kept (frozen) when the row was read before, else noted; answers the resource. */
+  offer(seq: number, body: Buffer, resource: Resource): Resource {
+    if (!this.enabled) return resource;
+    if (this.seen.delete(seq)) return this.set(seq, body, resource);
+    if (this.seen.size >= SEEN_MAX) this.seen.clear();
+    this.seen.add(seq);
+    return resource;
+  }
+
   /** Keeps `resource` (frozen here) as the decoding of `body` at row `seq`; answers it. */
   set(seq: number, body: Buffer, resource: Resource): Resource {
     if (!this.enabled) return resource;
@@ -66,6 +83,7 @@ export class DecodedCache {
 
   clear(): void {
     this.entries.clear();
+    this.seen.clear();
     this.size = 0;
   }
 

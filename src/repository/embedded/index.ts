@@ -407,7 +407,7 @@ export class EmbeddedRepository implements Repository {
     const text = openText(key, row.body, aad(row.type, row.id, row.version));
     if (text === undefined) return undefined;
     const resource = parseBody(text, row);
-    return cache ? cache.set(row.seq, row.body, resource) : resource;
+    return cache ? cache.offer(row.seq, row.body, resource) : resource;
   }
 
   private decodeOrGone(row: VersionRow): Resource {

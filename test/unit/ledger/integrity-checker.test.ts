@@ -140,3 +140,31 @@ describe('IntegrityChecker.checkMany', () => {
     expect(rootReads).toBe(reads);
   });
 });
+
+describe('CommitmentStore.proofsOf', () => {
+  const key = (id: string, version = '1') => ({ type: 'Observation', id, version });
+  const add = (id: string, version = '1', type = 'Observation') => {
+    const salt = randomBytes(32);
+    store.add([{ type, id, version, patient: 'p1', salt, leaf: commitmentOf(salt, id + version) }]);
+    return salt;
+  };
+
+  it('answers every version asked, in order, by range scan and by single lookups alike', () => {
+    const salts = new Map<string, Buffer>();
+    // clustered ids (one range), ids far outside it, a second version, ids of another type in the range
+    for (let i = 0; i < 40; i++) salts.set(`m-${String(i).padStart(3, '0')}/1`, add(`m-${String(i).padStart(3, '0')}`));
+    salts.set('m-005/2', add('m-005', '2'));
+    for (let i = 0; i < 500; i++) add(`m-010-filler-${i}`); // between wanted ids: the scan stops early
+    for (let i = 0; i < 30; i++) add(`m-${String(i).padStart(3, '0')}`, '1', 'Device');
+    salts.set('a-first/1', add('a-first'));
+    salts.set('z-last/1', add('z-last'));
+    const asked = [key('z-last'), ...Array.from({ length: 40 }, (_, i) => key(`m-${String(i).padStart(3, '0')}`)), key('m-005', '2'), key('a-first'), key('m-999'), key('m-007', '3')];
+    const records = store.proofsOf(asked);
+    expect(records).toHaveLength(asked.length);
+    asked.forEach((k, i) => {
+      const salt = salts.get(`${k.id}/${k.version}`);
+      if (salt) expect(records[i]?.salt.equals(salt)).toBe(true);
+      else expect(records[i]).toBeUndefined();
+    });
+  });
+});

@@ -39,20 +39,25 @@ function reading(patient: string, minute: number): Observation {
 }
 
 describe('decoded-version cache', () => {
-  it('answers a second read of the same version from the cache, equal to the first', async () => {
+  it('keeps a version from its second read on and answers later reads from the cache, equal to the first', async () => {
     const { resource } = await repo.create(reading('p1', 0));
     const first = await repo.read<Observation>('Observation', resource.id!);
-    const hitsBefore = repo.decoded.hits;
+    expect(repo.decoded.count).toBe(0);
     const second = await repo.read<Observation>('Observation', resource.id!);
+    expect(repo.decoded.count).toBe(1);
+    const hitsBefore = repo.decoded.hits;
+    const third = await repo.read<Observation>('Observation', resource.id!);
     expect(repo.decoded.hits).toBe(hitsBefore + 1);
-    expect(second).toBe(first);
-    expect(second).toEqual(resource);
+    expect(third).toBe(second);
+    expect(third).toEqual(first);
+    expect(third).toEqual(resource);
   });
 
   it('serves what searches found before from the cache, and a new version is decoded afresh', async () => {
     for (let m = 0; m < 5; m++) await repo.create(reading('p1', m));
     const query = parseSearchRequest('Observation?patient=Patient/p1&_count=10');
     const a = await repo.search(query);
+    await repo.search(query);
     const hits = repo.decoded.hits;
     const b = await repo.search(query);
     expect(repo.decoded.hits).toBe(hits + 5);
@@ -66,7 +71,9 @@ describe('decoded-version cache', () => {
 
   it('hands out objects no caller can change', async () => {
     const { resource } = await repo.create(reading('p1', 0));
+    await repo.read<Observation>('Observation', resource.id!);
     const read = await repo.read<Observation>('Observation', resource.id!);
+    expect(repo.decoded.count).toBe(1);
     expect(() => { (read as { status: string }).status = 'cancelled'; }).toThrow(TypeError);
     expect(() => { read.valueQuantity!.value = 999; }).toThrow(TypeError);
     expect((await repo.read<Observation>('Observation', resource.id!)).valueQuantity?.value).toBe(100);
@@ -75,6 +82,8 @@ describe('decoded-version cache', () => {
   it('does not serve a row whose ciphertext changed on disk: it is decrypted again and fails', async () => {
     const { resource } = await repo.create(reading('p1', 0));
     await repo.read('Observation', resource.id!);
+    await repo.read('Observation', resource.id!);
+    expect(repo.decoded.count).toBe(1);
     const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
     try {
       const row = db.prepare<[string], { seq: number; body: Buffer }>('SELECT seq, body FROM versions WHERE id = ?').get(resource.id!)!;
@@ -91,6 +100,8 @@ describe('decoded-version cache', () => {
     const patient = (await repo.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Erased' }] })).resource;
     const { resource } = await repo.create(reading(patient.id!, 0));
     await repo.read('Observation', resource.id!);
+    await repo.read('Observation', resource.id!);
+    expect(repo.decoded.count).toBe(1);
     await repo.eraseSubject(patient.id!);
     expect(repo.decoded.count).toBe(0);
     await expect(repo.read('Observation', resource.id!)).rejects.toMatchObject({ code: 'ERR_GONE' });
@@ -110,6 +121,7 @@ describe('decoded-version cache', () => {
     const off = await EmbeddedRepository.open({ dataDir: mkdtempSync(path.join(tmpdir(), 'gg-readcache-off-')), readCacheBytes: 0 });
     try {
       const { resource } = await off.create(reading('p1', 0));
+      await off.read('Observation', resource.id!);
       const a = await off.read('Observation', resource.id!);
       const b = await off.read('Observation', resource.id!);
       expect(a).not.toBe(b);
