@@ -15,6 +15,7 @@
 import type { Resource } from '@medplum/fhirtypes';
 import { patientIdsOf } from '../fhir/compartment.js';
 import type { Requester } from './requester.js';
+import { isImmutable } from '../repository/port.js';
 
 export interface ActiveGrant {
   grantId: string;
@@ -163,6 +164,8 @@ export interface ResourceFacts {
 
 const FACTS_CACHE_SIZE = 100_000;
 const factsCache = new Map<string, ResourceFacts>();
+/** Facts of immutable resource objects (see isImmutable), kept as long as the object lives. */
+const factsOfObject = new WeakMap<object, ResourceFacts>();
 
 /**
  * Patient links, codes and effective time of a resource. A stored version never changes, so the
@@ -170,6 +173,15 @@ const factsCache = new Map<string, ResourceFacts>();
  * finding the patient links is done once per version, not once per request.
  */
 export function resourceFacts(resource: Resource): ResourceFacts {
+  // a version the repository shares between requests (frozen) keeps its facts itself: no key to build
+  if (isImmutable(resource)) {
+    let own = factsOfObject.get(resource);
+    if (!own) {
+      own = computeFacts(resource);
+      factsOfObject.set(resource, own);
+    }
+    return own;
+  }
   const version = resource.meta?.versionId;
   if (!version || !resource.id) return computeFacts(resource);
   const key = `${resource.resourceType}/${resource.id}/${version}/${resource.meta?.lastUpdated ?? ''}`;

@@ -125,3 +125,18 @@ export function canonicalTextOf(resource: Resource): string | undefined {
 export function attachCanonicalText(resource: Resource, text: string): void {
   canonicalTexts.set(resource, text);
 }
+
+/**
+ * Resource objects an adapter hands to many callers (deep-frozen: they can never change, see
+ * src/repository/embedded/decoded-cache.ts). What is worked out from one of them once (the
+ * consent facts of src/consent/decision.ts) may be kept with the object itself.
+ */
+const immutables = new WeakSet<object>();
+
+export function markImmutable(resource: Resource): void {
+  immutables.add(resource);
+}
+
+export function isImmutable(resource: object): boolean {
+  return immutables.has(resource);
+}

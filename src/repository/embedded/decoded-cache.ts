@@ -21,6 +21,7 @@
  * and the ciphertext); the oldest sixteenth is dropped at once when full.
  */
 import type { Resource } from '@medplum/fhirtypes';
+import { markImmutable } from '../port.js';
 
 interface Entry {
   body: Buffer;
@@ -77,6 +78,7 @@ export class DecodedCache {
     if (this.size + size > this.budgetBytes) this.evict(size);
     // better-sqlite3 hands each row's blob over in a Buffer of its own: kept as it is
     this.entries.set(seq, { body, resource: deepFreeze(resource), size });
+    markImmutable(resource);
     this.size += size;
     return resource;
   }
