@@ -207,7 +207,7 @@ async function searchOverhead(app: App, s: Setup, log: Log, label: string): Prom
   }
   const open: number[] = [];
   const enforced: number[] = [];
-  for (let i = 0; i < Number(process.env.CONSENT_BENCH_SEARCHES ?? 60); i++) {
+  for (let i = 0; i < Number(process.env.CONSENT_BENCH_SEARCHES ?? 300); i++) {
     open.push(await search(OPEN_ACCESS));
     enforced.push(await search(s.docAccess));
   }

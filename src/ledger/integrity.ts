@@ -21,7 +21,7 @@ import type { Logger } from 'pino';
 import type { AccessContext } from '../fhir/access.js';
 import type { GuardOptions, GuardResult, OutboundGuard } from '../fhir/policy.js';
 import { patientIdsOf } from '../fhir/compartment.js';
-import { canonicalTextOf } from '../repository/port.js';
+import { canonicalTextOf, isImmutable } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
 import { hashPair } from './merkle.js';
 import type { CommitmentStore, ProofRecord } from './store.js';
@@ -58,6 +58,12 @@ export class IntegrityChecker {
    * a type/id/version key per entry cost more than the rest of a warm check.
    */
   private readonly verified = new Map<string, Verified>();
+  /**
+   * Immutable resource objects (the embedded repository's decoded cache hands out the same frozen
+   * object only while the row on disk holds the very ciphertext it was decoded from) whose exact
+   * canonical text was found equal to a proven one: checking such an object again is a lookup.
+   */
+  private provenObjects = new WeakSet<object>();
   private verifiedTextSize = 0;
   /** local batch id → on-chain root (checked equal to the local one) or false (chain disagrees). */
   private readonly roots = new Map<number, Buffer | false>();
@@ -85,6 +91,10 @@ export class IntegrityChecker {
     /** Versions not proven yet (verified versions are keyed by id). */
     const missing: { at: number; type: string; id: string; version: string; text: string | undefined }[] = [];
     resources.forEach((resource, at) => {
+      if (this.provenObjects.has(resource)) {
+        results[at] = VERIFIED;
+        return;
+      }
       const version = resource.meta?.versionId;
       if (!resource.id || !version) {
         results[at] = { status: 'unverified', reason: 'no-commitment' };
@@ -96,6 +106,7 @@ export class IntegrityChecker {
       const ready = canonicalTextOf(resource);
       if (cached?.text !== undefined && ready === cached.text) {
         results[at] = VERIFIED;
+        if (keep && isImmutable(resource)) this.provenObjects.add(resource);
       } else if (cached) {
         if (!commitmentOf(cached.salt, ready ?? canonicalResourceText(resource)).equals(cached.leaf)) {
           results[at] = { status: 'failed', reason: 'content' };
@@ -195,6 +206,7 @@ export class IntegrityChecker {
   /** Forgets verified versions (benchmarks measure the cold path with it; roots stay, they are final). */
   clearCache(): void {
     this.verified.clear();
+    this.provenObjects = new WeakSet();
     this.verifiedTextSize = 0;
   }
 
