@@ -191,12 +191,15 @@ async function integrityBench(log: Log): Promise<Record<string, number>> {
       if (check === 'cold') app.ledger.checker.clearCache();
       const s = performance.now();
       const found = await app.repository.search(request);
-      if (check !== 'none') {
-        const r = await guard.guard(OPEN_ACCESS, found.resources);
+      const r = check !== 'none' ? await guard.guard(OPEN_ACCESS, found.resources) : undefined;
+      // timed up to here: the answer is verified after the clock stops (walking 288 entries for
+      // tags cost ~0.1 ms, which the check itself does not)
+      const elapsed = performance.now() - s;
+      if (r) {
         if (r.allowed.length !== 288 || r.issues.length) throw new Error('integrity bench: expected 288 verified entries');
         if (r.allowed.some((x: Resource) => x.meta?.tag?.length)) throw new Error('integrity bench: entries should be anchored and untagged');
       } else if (found.resources.length !== 288) throw new Error('integrity bench: expected 288 entries');
-      return performance.now() - s;
+      return elapsed;
     };
     // warm (what repeated reads cost): the same query with and without the check, alternating which goes first
     for (let i = -30; i < ROUNDS; i++) {
