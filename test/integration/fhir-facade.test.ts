@@ -113,6 +113,16 @@ describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBacke
     expect([...descTimes].sort().reverse()).toEqual(descTimes);
   });
 
+  test('text beyond ASCII comes back byte-exact, with a Content-Length that counts UTF-8 bytes', async () => {
+    const name = { family: 'Müller-Ødegård', given: ['Zoë', '李', '🩸 test'] };
+    const created = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [name] });
+    expect(created.status).toBe(201);
+    const res = await http().get(`/fhir/Patient/${created.body.id}`).buffer(true);
+    expect(res.status).toBe(200);
+    expect(Number(res.headers['content-length'])).toBe(Buffer.byteLength(res.text, 'utf8'));
+    expect(JSON.parse(res.text).name).toEqual([name]);
+  });
+
   test('POST _search with a form body gives the same answer as GET', async () => {
     const q = `patient=${patientId}&date=ge2026-01-02T00:00:00Z&date=lt2026-01-02T01:00:00Z`;
     const get = await http().get(`/fhir/Observation?${q}`);

@@ -38,6 +38,17 @@ describe('config', () => {
     expect(error!.problems.join('\n')).toMatch(/GLUCOGUARD_AUTH must be one of on, off/);
   });
 
+  test('read cache size and the chain node thread: defaults, overrides, bad values', () => {
+    const d = loadConfig({});
+    expect(d.readCacheMb).toBe(64);
+    expect(d.chain.nodeThread).toBe('worker');
+    const c = loadConfig({ GLUCOGUARD_READ_CACHE_MB: '0', CHAIN_NODE_THREAD: 'main' });
+    expect(c.readCacheMb).toBe(0);
+    expect(c.chain.nodeThread).toBe('main');
+    expect(() => loadConfig({ GLUCOGUARD_READ_CACHE_MB: '-1' })).toThrow(/GLUCOGUARD_READ_CACHE_MB must be an integer from 0/);
+    expect(() => loadConfig({ CHAIN_NODE_THREAD: 'fork' })).toThrow(/CHAIN_NODE_THREAD must be one of worker, main/);
+  });
+
   test('GLUCOGUARD_AUTH=off is warned about, and refused in production', () => {
     expect(insecureSettings(loadConfig({ GLUCOGUARD_AUTH: 'off' })).join()).toMatch(/AUTH=off/);
     expect(() => loadConfig({ GLUCOGUARD_AUTH: 'off', NODE_ENV: 'production' })).toThrow(/refused when NODE_ENV=production/);
