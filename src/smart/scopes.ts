@@ -12,14 +12,14 @@ type Permission = 'c' | 'r' | 'u' | 'd' | 's';
 
 /** A parsed resource scope such as `patient/Observation.rs?category=…`. */
 export interface ResourceScope {
-  raw: string;
-  context: 'patient' | 'user' | 'system';
+  readonly raw: string;
+  readonly context: 'patient' | 'user' | 'system';
   /** A resource type or `*`. */
-  resourceType: string;
-  permissions: ReadonlySet<Permission>;
+  readonly resourceType: string;
+  readonly permissions: ReadonlySet<Permission>;
   /** Granular filter (`?category=a|b,c|d`): every pair must match. Empty when none. */
-  filter: Array<[string, string]>;
-  version: 1 | 2;
+  readonly filter: ReadonlyArray<readonly [string, string]>;
+  readonly version: 1 | 2;
 }
 
 /** Scopes that are not about resources and that this server understands. */
@@ -36,6 +36,19 @@ const V2_PERMISSIONS = /^c?r?u?d?s?$/;
 
 /** Parses one resource scope; undefined when `raw` is not a well-formed resource scope. */
 export function parseResourceScope(raw: string): ResourceScope | undefined {
+  // every resource leaving the proxy is checked against each scope of its token: parse each once
+  if (parsedScopes.has(raw)) return parsedScopes.get(raw);
+  const scope = parseScopeText(raw);
+  if (parsedScopes.size >= PARSED_SCOPES_MAX) parsedScopes.clear();
+  parsedScopes.set(raw, scope);
+  return scope;
+}
+
+/** Scopes parsed so far (shared, read-only results); a small vocabulary, dropped whole when full. */
+const parsedScopes = new Map<string, ResourceScope | undefined>();
+const PARSED_SCOPES_MAX = 10_000;
+
+function parseScopeText(raw: string): ResourceScope | undefined {
   const match = RESOURCE_SCOPE.exec(raw);
   if (!match) return undefined;
   const [, context, resourceType, perms, query] = match as unknown as [string, ResourceScope['context'], string, string, string | undefined];
@@ -86,8 +99,8 @@ export function scopeCovers(granted: readonly string[], requested: string): bool
   });
 }
 
-function sameFilter(a: Array<[string, string]>, b: Array<[string, string]>): boolean {
-  const key = (f: Array<[string, string]>): string => f.map(([n, v]) => `${n}=${v}`).sort().join('&');
+function sameFilter(a: ReadonlyArray<readonly [string, string]>, b: ReadonlyArray<readonly [string, string]>): boolean {
+  const key = (f: ReadonlyArray<readonly [string, string]>): string => f.map(([n, v]) => `${n}=${v}`).sort().join('&');
   return key(a) === key(b);
 }
 
@@ -116,7 +129,7 @@ export function scopeAllows(access: AccessContext, interaction: Interaction, res
 }
 
 /** The granular filters of the scopes that could allow `interaction` on `resourceType` ([] = unfiltered scope present). */
-export function scopeFilters(access: AccessContext, interaction: Interaction, resourceType: string): Array<Array<[string, string]>> {
+export function scopeFilters(access: AccessContext, interaction: Interaction, resourceType: string): ReadonlyArray<ReadonlyArray<readonly [string, string]>> {
   const permission = INTERACTION_PERMISSION[interaction];
   return access.scopes.map(parseResourceScope)
     .filter((s): s is ResourceScope => !!s && s.permissions.has(permission) && (s.resourceType === '*' || s.resourceType === resourceType))
@@ -130,7 +143,7 @@ function belongsToPatient(resourceType: string, resource: object, patient: strin
 }
 
 /** Every `name=value` pair must match; a value is a comma-separated OR of tokens (`system|code`, `code`, `system|`). */
-function matchesFilter(resource: object, filter: Array<[string, string]>): boolean {
+function matchesFilter(resource: object, filter: ReadonlyArray<readonly [string, string]>): boolean {
   return filter.every(([name, value]) => {
     const codings = codingsOf((resource as Record<string, unknown>)[name]);
     return value.split(',').some((token) => codings.some((c) => tokenMatches(token, c)));
