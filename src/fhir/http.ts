@@ -153,22 +153,56 @@ function send(res: Response, response: FhirResponse, pretty: boolean, head = fal
     return;
   }
   res.setHeader('Content-Type', 'application/fhir+json; charset=utf-8');
-  const body = utf8(pretty ? JSON.stringify(response.body, null, 2) : JSON.stringify(response.body));
-  res.setHeader('Content-Length', body.length);
+  const chunks = pretty ? [JSON.stringify(response.body, null, 2)] : jsonChunks(response.body);
+  let length = 0;
+  for (const chunk of chunks) length += Buffer.byteLength(chunk, 'utf8');
+  res.setHeader('Content-Length', length);
   if (head) {
     res.end();
     return;
   }
-  res.end(body);
+  if (chunks.length === 1) {
+    res.end(chunks[0], 'utf8');
+    return;
+  }
+  // corked: the pieces leave in one write with the headers
+  res.cork();
+  for (let i = 0; i < chunks.length - 1; i++) res.write(chunks[i]!, 'utf8');
+  res.end(chunks[chunks.length - 1], 'utf8');
+  res.uncork();
 }
 
+/** Text of a Bundle's entries is gathered into pieces of about this many characters. */
+const CHUNK_CHARS = 16 * 1024;
+
 /**
- * The UTF-8 bytes of a response text, encoded once (ending with the string would measure its
- * length and then encode it again). Measured and written into a buffer of that size: on Node 20
- * `Buffer.from(text)` of a 200 kB Bundle took 0.3 ms, this 0.04 ms.
+ * The JSON text of a response body as a few pieces, none of them large. `JSON.stringify` of a
+ * 200 kB Bundle builds one string that V8 must then flatten into a fresh large-object allocation
+ * before it can be measured or written: on this VM that cost more than the serialising itself
+ * (0.7 ms of page faults and copying for 220 kB). A Bundle is written as its head and its entries,
+ * each entry serialised on its own and gathered into pieces of ~16 kB; anything else in one piece.
+ * The text is the same JSON as `JSON.stringify`, with `entry` last among the Bundle's members.
  */
-function utf8(text: string): Buffer {
-  const bytes = Buffer.allocUnsafe(Buffer.byteLength(text, 'utf8'));
-  bytes.write(text, 0, 'utf8');
-  return bytes;
+function jsonChunks(body: unknown): string[] {
+  const bundle = body as { resourceType?: unknown; entry?: unknown } | null;
+  if (!bundle || bundle.resourceType !== 'Bundle' || !Array.isArray(bundle.entry) || bundle.entry.length < 16 || typeof (bundle as { toJSON?: unknown }).toJSON === 'function') {
+    return [JSON.stringify(body)];
+  }
+  const head = JSON.stringify({ ...bundle, entry: undefined });
+  const chunks = [`${head.length > 2 ? `${head.slice(0, -1)},` : '{'}"entry":[`];
+  let piece: string[] = [];
+  let size = 0;
+  const entries = bundle.entry as unknown[];
+  for (let i = 0; i < entries.length; i++) {
+    const text = JSON.stringify(entries[i]) ?? 'null';
+    piece.push(text);
+    size += text.length;
+    if (size >= CHUNK_CHARS && i < entries.length - 1) {
+      chunks.push(`${piece.join(',')},`);
+      piece = [];
+      size = 0;
+    }
+  }
+  chunks.push(`${piece.join(',')}]}`);
+  return chunks;
 }

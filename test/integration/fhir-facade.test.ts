@@ -123,6 +123,24 @@ describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBacke
     expect(JSON.parse(res.text).name).toEqual([name]);
   });
 
+  test('a large searchset (written in pieces) is one valid JSON document with an exact Content-Length', async () => {
+    const family = `Grösse-${adapter}`;
+    for (let i = 0; i < 40; i++) {
+      const r = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON)
+        .send({ resourceType: 'Patient', name: [{ family, given: [`Ünïcode ${i} ${'x'.repeat(600)}`] }] });
+      expect(r.status).toBe(201);
+    }
+    const res = await http().get('/fhir/Patient').query({ family, _count: '100' }).buffer(true);
+    expect(res.status).toBe(200);
+    expect(Buffer.byteLength(res.text, 'utf8')).toBeGreaterThan(16 * 1024);
+    expect(Number(res.headers['content-length'])).toBe(Buffer.byteLength(res.text, 'utf8'));
+    const bundle = JSON.parse(res.text) as Bundle<Patient>;
+    expect(bundle.resourceType).toBe('Bundle');
+    expect(bundle.link?.[0]?.relation).toBe('self');
+    expect(bundle.entry).toHaveLength(40);
+    expect(new Set(bundle.entry!.map((e) => e.resource!.name![0]!.given![0]!.split(' ')[1])).size).toBe(40);
+  });
+
   test('POST _search with a form body gives the same answer as GET', async () => {
     const q = `patient=${patientId}&date=ge2026-01-02T00:00:00Z&date=lt2026-01-02T01:00:00Z`;
     const get = await http().get(`/fhir/Observation?${q}`);
