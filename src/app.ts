@@ -88,7 +88,7 @@ export async function createRepository(config: Config, logger: Logger): Promise<
  * Connects to the chain the configuration names: an external node (CHAIN_RPC_URL, e.g. Besu) with
  * the authority key and contract addresses from files, or the embedded Clique node started here.
  */
-export async function createChain(config: Config, logger: Logger): Promise<{ client: ChainClient; embedded?: EmbeddedChain & { thread: 'worker' | 'main' }; shared?: boolean }> {
+export async function createChain(config: Config, logger: Logger): Promise<{ client: ChainClient; embedded?: EmbeddedChain & { thread: 'worker' | 'main'; terminate?: () => Promise<void> }; shared?: boolean }> {
   if (config.chain.rpcUrl) {
     const authorityKey = readFileSync(config.chain.authorityKeyFile!, 'utf8').trim();
     const addresses = JSON.parse(readFileSync(config.chain.deploymentFile!, 'utf8')) as ChainAddresses & { contracts?: ChainAddresses };
@@ -113,6 +113,12 @@ export async function createChain(config: Config, logger: Logger): Promise<{ cli
   }
   const embedded = await startEmbeddedChainThread({
     thread: config.chain.nodeThread,
+    // The node failed on its own thread: exit non-zero, as a failure on the request thread would
+    // have, so a supervisor restarts the whole proxy instead of leaving it up without its chain.
+    onUnexpectedExit: (code) => {
+      logger.fatal({ code }, 'the embedded chain node stopped; exiting so that the proxy is restarted');
+      process.exit(70);
+    },
     dataDir: config.dataDir,
     port: config.chain.embeddedPort,
     blockPeriod: config.chain.blockPeriod,

@@ -102,8 +102,12 @@ export function serveUntilSignal(chain: EmbeddedChain, print: (line: string) => 
  * `npm start` and the CLI); from TypeScript sources (jest) the node runs inline on the calling
  * thread. `thread: 'main'` asks for inline explicitly.
  */
-export async function startEmbeddedChainThread(opts: EmbeddedChainOptions & { thread?: 'worker' | 'main' }): Promise<EmbeddedChain & { thread: 'worker' | 'main' }> {
-  const { thread = 'worker', logger, ...options } = opts;
+export async function startEmbeddedChainThread(opts: EmbeddedChainOptions & {
+  thread?: 'worker' | 'main';
+  /** Called when the node's thread ends other than through `close()` (it failed): the node is gone. */
+  onUnexpectedExit?: (code: number) => void;
+}): Promise<EmbeddedChain & { thread: 'worker' | 'main'; terminate?: () => Promise<void> }> {
+  const { thread = 'worker', logger, onUnexpectedExit, ...options } = opts;
   const workerFile = new URL('./worker.js', import.meta.url);
   if (thread === 'main' || !import.meta.url.endsWith('.js') || !existsSync(workerFile)) {
     return { ...(await startEmbeddedChain({ ...options, logger })), thread: 'main' };
@@ -121,10 +125,21 @@ export async function startEmbeddedChainThread(opts: EmbeddedChainOptions & { th
     void exited.then((code) => reject(new Error(`the chain worker exited (code ${code}) before it was ready`)));
   });
   worker.on('error', (err) => log.error(`chain: the node's thread failed: ${err.message}`));
+  let closing = false;
+  void exited.then((code) => {
+    if (closing) return;
+    log.error(`chain: the node's thread ended unexpectedly (exit code ${code}); the embedded chain is gone`);
+    onUnexpectedExit?.(code);
+  });
   return {
     ...info,
     thread: 'worker',
+    /** Stops the node's thread at once, as a failure would (no clean close): tests, last resort. */
+    terminate: async () => {
+      await worker.terminate();
+    },
     close: async () => {
+      closing = true;
       worker.postMessage('close');
       const timer = setTimeout(() => {
         log.warn('chain: the node did not close within 10 s; stopping its thread');

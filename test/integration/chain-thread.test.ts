@@ -5,6 +5,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { rmSync } from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { PACKAGE_ROOT } from '../../src/paths.js';
 import { buildOnce, startServer, type ServerProc } from '../support/process.js';
 import { tempDir } from '../support/app.js';
 
@@ -60,4 +63,29 @@ describe.each([
     expect(await server.stop()).toBe(0);
     server = undefined;
   }, 120_000);
+});
+
+describe('the node thread ending on its own', () => {
+  it('is reported once; a clean close is not', async () => {
+    // the compiled module: a worker thread runs JavaScript, not the TypeScript jest runs
+    const mod = await import(pathToFileURL(path.join(PACKAGE_ROOT, 'dist/chain/node/index.js')).href) as typeof import('../../chain/node/index.js');
+    const exits: number[] = [];
+    const start = async () => {
+      const dataDir = tempDir('gg-chain-thread-exit-');
+      dirs.push(dataDir);
+      return mod.startEmbeddedChainThread({ dataDir, port: 0, blockPeriod: 0, chainId: 1337, onUnexpectedExit: (code) => exits.push(code) });
+    };
+    const chain = await start();
+    expect(chain.thread).toBe('worker');
+    const head = await fetch(chain.rpcUrl, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'eth_blockNumber', params: [] }) });
+    expect(((await head.json()) as { result?: string }).result).toMatch(/^0x/);
+    await chain.terminate!();
+    for (let i = 0; i < 50 && exits.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(exits).toHaveLength(1);
+
+    const other = await start();
+    await other.close();
+    await new Promise((r) => setTimeout(r, 100));
+    expect(exits).toHaveLength(1);
+  }, 60_000);
 });
