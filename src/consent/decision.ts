@@ -126,8 +126,24 @@ function mismatch(g: ActiveGrant, req: DecisionRequest, purpose: string, now: nu
 export function decideResource(perms: Permissions, resource: Resource, now: number, cacheFacts = true): Decision & { patientIds: string[] } {
   if (perms.requester.kind === 'open') return { ...PERMIT_OPEN, patientIds: [] };
   const facts = cacheFacts ? resourceFacts(resource) : computeFacts(resource);
-  const req: DecisionRequest = { patientId: undefined, resourceType: facts.resourceType, codes: facts.codes, effective: facts.effective };
-  if (facts.patientIds.length === 0) return withPatients(decide(perms, req, now), facts.patientIds);
+  return withPatients(decideFacts(perms, facts, now), facts.patientIds);
+}
+
+/** One request object reused by decideFacts: `decide` reads it and keeps nothing of it. */
+const scratch: DecisionRequest = { patientId: undefined, resourceType: '', codes: [], effective: undefined };
+
+/**
+ * decideResource on facts in hand, allocating nothing when it permits (the guards call it for
+ * every resource that leaves the proxy).
+ */
+export function decideFacts(perms: Permissions, facts: ResourceFacts, now: number): Decision {
+  if (perms.requester.kind === 'open') return PERMIT_OPEN;
+  const req = scratch;
+  req.patientId = undefined;
+  req.resourceType = facts.resourceType;
+  req.codes = facts.codes;
+  req.effective = facts.effective;
+  if (facts.patientIds.length === 0) return decide(perms, req, now);
   let last: Decision = PERMIT_OWN;
   for (const patientId of facts.patientIds) {
     req.patientId = patientId;
@@ -146,7 +162,12 @@ export function decideResource(perms: Permissions, resource: Resource, now: numb
       }
     }
   }
-  return withPatients(last, facts.patientIds);
+  return last;
+}
+
+/** The facts of a resource, cached (reads) or worked out once (bulk export: `cacheFacts` false). */
+export function factsOf(resource: Resource, cacheFacts = true): ResourceFacts {
+  return cacheFacts ? resourceFacts(resource) : computeFacts(resource);
 }
 
 function withPatients(d: Decision, patientIds: string[]): Decision & { patientIds: string[] } {

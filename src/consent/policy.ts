@@ -18,7 +18,7 @@ import type { AccessContext } from '../fhir/access.js';
 import { patientCompartmentParams, patientIdOfReference } from '../fhir/compartment.js';
 import { metrics } from '../observability/metrics.js';
 import type { AccessPolicy, GuardOptions, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
-import { decideResource, type Permissions } from './decision.js';
+import { decideFacts, decideResource, factsOf, type Permissions } from './decision.js';
 import type { ConsentDecisions } from './decisions.js';
 import { requesterOf } from './requester.js';
 
@@ -155,9 +155,16 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     const now = this.decisions.now();
     const note = noteFor(access);
     const allowed: Resource[] = [];
+    const open = perms.requester.kind === 'open';
     for (const r of resources) {
-      const d = decideResource(perms, r, now, !options?.oneOff);
-      for (const p of d.patientIds) note.patients.add(p);
+      if (open) {
+        allowed.push(r);
+        note.permitted++;
+        continue;
+      }
+      const facts = factsOf(r, !options?.oneOff);
+      const d = decideFacts(perms, facts, now);
+      for (const p of facts.patientIds) note.patients.add(p);
       if (d.permit) {
         allowed.push(r);
         note.permitted++;

@@ -9,7 +9,7 @@ import type { Resource } from '@medplum/fhirtypes';
 import { forbidden } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import type { AccessPolicy, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
-import { scopeAllows, type Interaction as ScopeInteraction } from './scopes.js';
+import { scopeAllows, scopeAllowsWholeType, type Interaction as ScopeInteraction } from './scopes.js';
 
 const SCOPE_INTERACTION: Record<Interaction, ScopeInteraction> = {
   read: 'read',
@@ -53,7 +53,16 @@ export class SmartScopePolicy implements AccessPolicy, OutboundGuard {
 
   async guard(access: AccessContext, resources: Resource[]): Promise<GuardResult> {
     if (access.kind === 'open') return { allowed: resources, issues: [] };
-    return { allowed: resources.filter((r) => scopeAllows(access, 'read', r.resourceType, r)), issues: [] };
+    // a type some unfiltered, non-patient scope reads wholesale needs no look at each resource
+    const wholesale = new Map<string, boolean>();
+    return {
+      allowed: resources.filter((r) => {
+        let whole = wholesale.get(r.resourceType);
+        if (whole === undefined) wholesale.set(r.resourceType, whole = scopeAllowsWholeType(access, 'read', r.resourceType));
+        return whole || scopeAllows(access, 'read', r.resourceType, r);
+      }),
+      issues: [],
+    };
   }
 }
 

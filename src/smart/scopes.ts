@@ -128,6 +128,21 @@ export function scopeAllows(access: AccessContext, interaction: Interaction, res
   return false;
 }
 
+/**
+ * Whether some scope allows `interaction` on every resource of `resourceType` whatever its content:
+ * no granular filter and not confined to a launch patient. Then scopeAllows is true for each such
+ * resource without looking at it.
+ */
+export function scopeAllowsWholeType(access: AccessContext, interaction: Interaction, resourceType: string): boolean {
+  if (access.kind === 'open') return true;
+  const permission = INTERACTION_PERMISSION[interaction];
+  return access.scopes.some((raw) => {
+    const scope = parseResourceScope(raw);
+    return !!scope && scope.permissions.has(permission) && (scope.resourceType === '*' || scope.resourceType === resourceType)
+      && scope.context !== 'patient' && scope.filter.length === 0;
+  });
+}
+
 /** The granular filters of the scopes that could allow `interaction` on `resourceType` ([] = unfiltered scope present). */
 export function scopeFilters(access: AccessContext, interaction: Interaction, resourceType: string): ReadonlyArray<ReadonlyArray<readonly [string, string]>> {
   const permission = INTERACTION_PERMISSION[interaction];

@@ -48,11 +48,36 @@ export class DecodedCache {
   /** The resource decoded earlier from exactly `body` at row `seq`, if any. */
   get(seq: number, body: Buffer): Resource | undefined {
     const entry = this.entries.get(seq);
-    if (entry && entry.body.length === body.length && entry.body.equals(body)) {
-      this.hits++;
-      return entry.resource;
-    }
+    if (entry && entry.body.length === body.length && entry.body.equals(body)) return this.hit(entry);
+    return this.miss();
+  }
+
+  /**
+   * The resource decoded earlier at row `seq`, without the row's body to compare: only for a
+   * caller that knows no row changed since (the repository empties the cache when another
+   * connection has committed to the file; its own writes never change a stored version's body).
+   */
+  getUnchanged(seq: number): Resource | undefined {
+    const entry = this.entries.get(seq);
+    return entry ? this.hit(entry) : this.miss();
+  }
+
+  /** Share of recent reads answered from here (exponentially weighted over ~100 reads). */
+  get recentHitRate(): number {
+    return this.rate;
+  }
+
+  private rate = 0;
+
+  private hit(entry: Entry): Resource {
+    this.hits++;
+    this.rate = this.rate * 0.99 + 0.01;
+    return entry.resource;
+  }
+
+  private miss(): undefined {
     this.misses++;
+    this.rate *= 0.99;
     return undefined;
   }
 
@@ -86,6 +111,7 @@ export class DecodedCache {
   clear(): void {
     this.entries.clear();
     this.seen.clear();
+    this.rate = 0;
     this.size = 0;
   }
 

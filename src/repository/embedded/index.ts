@@ -50,6 +50,8 @@ export interface EmbeddedRepositoryOptions {
 
 const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
 const DEFAULT_READ_CACHE_BYTES = 64 * 1024 * 1024;
+/** Searches read rows without their bodies once this share of recent reads came from the decoded cache. */
+const LIGHT_READS_FROM = 0.5;
 const BULK_CHUNK = 5000;
 /** Page cache of the bulk-read connection (KiB): a scan reads each page once, so a small cache does. */
 const BULK_READ_CACHE_KIB = 4096;
@@ -73,6 +75,9 @@ export class EmbeddedRepository implements Repository {
   private bulk: { db: DB; context: SearchContext } | undefined;
   /** Decoded versions of ordinary reads (bulk reads do not fill it: an export would flush it). */
   readonly decoded: DecodedCache;
+  /** `PRAGMA data_version` as last seen (see syncDecoded). */
+  private readonly dataVersion: Statement<[], number>;
+  private lastDataVersion: number | undefined;
   private closed = false;
 
   private constructor(
@@ -85,6 +90,7 @@ export class EmbeddedRepository implements Repository {
   ) {
     this.description = { adapter: 'embedded', location: dataDir };
     this.decoded = new DecodedCache(readCacheBytes);
+    this.dataVersion = db.prepare<[], number>('PRAGMA data_version').pluck();
     this.searchContext = {
       db,
       hash: (value) => keys.hash(value),
@@ -95,6 +101,7 @@ export class EmbeddedRepository implements Repository {
         return row && row.method !== METHOD.DELETE ? this.decode(row, this.decoded) : undefined;
       },
       prepare: (text) => this.prepare(text),
+      light: () => this.decoded.enabled && this.decoded.recentHitRate >= LIGHT_READS_FROM,
     };
   }
 
@@ -162,7 +169,21 @@ export class EmbeddedRepository implements Repository {
 
   async search(request: SearchRequest): Promise<SearchResult> {
     this.checkOpen();
+    this.syncDecoded();
     return runSearch(this.searchContext, request);
+  }
+
+  /**
+   * Empties the decoded cache when another connection has committed to the store file since the
+   * last read (SQLite's `data_version`): this process's own writes never change a stored version's
+   * body, anyone else's might, so what the cache holds is known to match the file only until then.
+   */
+  private syncDecoded(): void {
+    const version = this.dataVersion.get() as number;
+    if (version !== this.lastDataVersion) {
+      if (this.lastDataVersion !== undefined) this.decoded.clear();
+      this.lastDataVersion = version;
+    }
   }
 
   /**
@@ -193,6 +214,7 @@ export class EmbeddedRepository implements Repository {
           ...this.searchContext,
           db,
           decode: (row) => this.decode(row),
+          light: undefined,
           prepare: (text) => {
             let statement = statements.get(text);
             if (!statement) {
@@ -398,7 +420,18 @@ export class EmbeddedRepository implements Repository {
   }
 
   /** Decrypts and parses a row; with `cache`, a row decoded before from the same ciphertext comes from it. */
-  private decode(row: VersionRow, cache?: DecodedCache): Resource | undefined {
+  private decode(row: VersionRow, decodedCache?: DecodedCache): Resource | undefined {
+    // Reads inside a write transaction may see rows that are rolled back later (and whose seq is
+    // then reused): they never touch the cache.
+    const cache = decodedCache && !this.db.inTransaction ? decodedCache : undefined;
+    if (row.light) {
+      // read without its body (SELECT_LIGHT): from the cache, else fetched now
+      if (!row.key_id || row.key_version === null || !this.keys.keyById(row.key_id, row.key_version)) return undefined;
+      const unchanged = cache?.getUnchanged(row.seq);
+      if (unchanged) return unchanged;
+      const full = this.sql.bySeq.get(row.seq);
+      return full ? this.decode(full, cache) : undefined;
+    }
     if (!row.body || !row.key_id || row.key_version === null) return undefined;
     const key = this.keys.keyById(row.key_id, row.key_version);
     if (!key) return undefined;

@@ -42,6 +42,12 @@ export interface SearchContext {
   readCurrent(type: string, id: string): Resource | undefined;
   /** A cached prepared statement. */
   prepare(sql: string): Statement<unknown[], VersionRow>;
+  /**
+   * True when the rows of this search may be read without their bodies (SELECT_LIGHT): the
+   * repository's decoded cache has been answering most reads, and `decode` fetches the body of
+   * any row it does not hold.
+   */
+  light?(): boolean;
 }
 
 /** Hash input of a date row, putting long spans in their own bucket. */
@@ -72,6 +78,11 @@ export interface Plan {
 interface DateBounds { conditions: string[]; args: number[]; startMin: number; startMax: number; proven: Filter[] }
 
 export const SELECT = 'SELECT v.seq, v.type, v.id, v.version, v.last_updated, v.method, v.key_id, v.key_version, v.body, NULL AS ix';
+/**
+ * Only what a decoded-cache hit needs (`light` = 1; see SearchContext.light): the row's seq and its
+ * data key. A row the cache does not hold is read again whole by its seq.
+ */
+export const SELECT_LIGHT = 'SELECT v.seq, v.key_id, v.key_version, 1 AS light';
 
 /** Runs a parsed search request. Throws ERR_INVALID for parameters this adapter does not support. */
 export function runSearch(ctx: SearchContext, request: SearchRequest): SearchResult {
@@ -110,7 +121,7 @@ export function runSearch(ctx: SearchContext, request: SearchRequest): SearchRes
     longRows = ctx.prepare(`${SELECT} FROM ${plan.from} WHERE ${plan.long.where.join(' AND ')}`)
       .all(...plan.long.args);
   }
-  const sql = `${SELECT} FROM ${plan.from} WHERE ${plan.where.join(' AND ')} ORDER BY ${plan.orderBy}`;
+  const sql = `${ctx.light?.() ? SELECT_LIGHT : SELECT} FROM ${plan.from} WHERE ${plan.where.join(' AND ')} ORDER BY ${plan.orderBy}`;
   const statement = ctx.prepare(`${sql} LIMIT ? OFFSET ?`);
   const streamable = longRows.length === 0 && sortRules.length <= 1 &&
     (sortRules.length === 0 || (plan.yields?.code === sortRules[0]!.code && plan.yields.descending === !!sortRules[0]!.descending));

@@ -31,6 +31,8 @@ export interface VersionRow {
   key_version: number | null;
   body: Buffer | null;
   ix: Buffer | null;
+  /** 1 when the row was read without its body (SELECT_LIGHT in search.ts). */
+  light?: number;
 }
 
 export interface Statements {

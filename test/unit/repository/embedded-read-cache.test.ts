@@ -96,6 +96,43 @@ describe('decoded-version cache', () => {
     await expect(repo.read('Observation', resource.id!)).rejects.toMatchObject({ code: 'ERR_GONE' });
   });
 
+  it('reads cached rows without their bodies once the cache answers most reads, and drops it all when another connection commits', async () => {
+    for (let m = 0; m < 30; m++) await repo.create(reading('p1', m));
+    const query = parseSearchRequest('Observation?patient=Patient/p1&_count=50');
+    const first = await repo.search(query);
+    for (let i = 0; i < 6; i++) await repo.search(query); // admitted, then answered from the cache
+    expect(repo.decoded.recentHitRate).toBeGreaterThan(0.5);
+    const light = await repo.search(query);
+    expect(light.resources).toEqual(first.resources);
+    // another connection rewrites one stored body: the next search must not answer from memory
+    const target = first.resources[3]!;
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+    try {
+      const row = db.prepare<[string], { seq: number; body: Buffer }>('SELECT seq, body FROM versions WHERE id = ?').get(target.id!)!;
+      const tampered = Buffer.from(row.body);
+      tampered[20] = tampered[20]! ^ 0xff;
+      db.prepare('UPDATE versions SET body = ? WHERE seq = ?').run(tampered, row.seq);
+    } finally {
+      db.close();
+    }
+    const after = await repo.search(query);
+    expect(after.resources.map((r) => r.id)).not.toContain(target.id);
+    expect(after.resources).toHaveLength(29);
+  });
+
+  it('keeps nothing a write transaction read (it may be rolled back)', async () => {
+    await repo.create(reading('p1', 0));
+    const bundle = {
+      resourceType: 'Bundle' as const, type: 'transaction' as const,
+      entry: [
+        { request: { method: 'POST' as const, url: 'Observation', ifNoneExist: 'patient=Patient/p1' }, resource: reading('p1', 1) },
+        { request: { method: 'POST' as const, url: 'Observation', ifNoneExist: 'patient=Patient/p1' }, resource: reading('p1', 2) },
+      ],
+    };
+    await repo.transaction(bundle);
+    expect(repo.decoded.count).toBe(0);
+  });
+
   it('serves nothing of an erased patient, though it was cached', async () => {
     const patient = (await repo.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Erased' }] })).resource;
     const { resource } = await repo.create(reading(patient.id!, 0));
