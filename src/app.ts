@@ -42,7 +42,7 @@ import type { Repository } from './repository/port.js';
 import { UpstreamRepository } from './repository/upstream/index.js';
 import { ChainClient, type ChainAddresses } from './ledger/client.js';
 import { createLedger, integrityModeFrom, type Ledger } from './ledger/index.js';
-import { loadAuthorityKey, startEmbeddedChainThread, type EmbeddedChain } from '../chain/node/index.js';
+import { loadAuthorityKey, startEmbeddedChainThread, type EmbeddedChainThread } from '../chain/node/index.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -88,7 +88,7 @@ export async function createRepository(config: Config, logger: Logger): Promise<
  * Connects to the chain the configuration names: an external node (CHAIN_RPC_URL, e.g. Besu) with
  * the authority key and contract addresses from files, or the embedded Clique node started here.
  */
-export async function createChain(config: Config, logger: Logger): Promise<{ client: ChainClient; embedded?: EmbeddedChain & { thread: 'worker' | 'main'; terminate?: () => Promise<void> }; shared?: boolean }> {
+export async function createChain(config: Config, logger: Logger): Promise<{ client: ChainClient; embedded?: EmbeddedChainThread; shared?: boolean }> {
   if (config.chain.rpcUrl) {
     const authorityKey = readFileSync(config.chain.authorityKeyFile!, 'utf8').trim();
     const addresses = JSON.parse(readFileSync(config.chain.deploymentFile!, 'utf8')) as ChainAddresses & { contracts?: ChainAddresses };

@@ -95,6 +95,13 @@ export function serveUntilSignal(chain: EmbeddedChain, print: (line: string) => 
   }
 }
 
+/** An embedded chain started by startEmbeddedChainThread: where it runs, and (on a worker) a hard stop. */
+export type EmbeddedChainThread = EmbeddedChain & {
+  thread: 'worker' | 'main';
+  /** Stops the node's thread at once, as a failure would (no clean close): tests, last resort. */
+  terminate?: () => Promise<void>;
+};
+
 /**
  * The embedded chain on a thread of its own, so that sealing blocks and running the EVM (tens of
  * milliseconds per block) never stall the proxy's request thread; the proxy reaches it over
@@ -106,7 +113,7 @@ export async function startEmbeddedChainThread(opts: EmbeddedChainOptions & {
   thread?: 'worker' | 'main';
   /** Called when the node's thread ends other than through `close()` (it failed): the node is gone. */
   onUnexpectedExit?: (code: number) => void;
-}): Promise<EmbeddedChain & { thread: 'worker' | 'main'; terminate?: () => Promise<void> }> {
+}): Promise<EmbeddedChainThread> {
   const { thread = 'worker', logger, onUnexpectedExit, ...options } = opts;
   const workerFile = new URL('./worker.js', import.meta.url);
   if (thread === 'main' || !import.meta.url.endsWith('.js') || !existsSync(workerFile)) {
@@ -134,7 +141,6 @@ export async function startEmbeddedChainThread(opts: EmbeddedChainOptions & {
   return {
     ...info,
     thread: 'worker',
-    /** Stops the node's thread at once, as a failure would (no clean close): tests, last resort. */
     terminate: async () => {
       await worker.terminate();
     },

@@ -1,7 +1,7 @@
 /**
  * Worker-thread entry of the embedded chain (see `startEmbeddedChainThread` in index.ts): starts the
  * node with the options it is given, answers `ready` with what the proxy needs to reach it (or
- * `failed`), forwards its log lines, and closes the node cleanly when told to.
+ * `failed`), forwards its log lines, and closes the node cleanly when told to, then ends.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { startEmbeddedChain, type EmbeddedChain, type EmbeddedChainOptions } from './index.js';
@@ -9,8 +9,7 @@ import { startEmbeddedChain, type EmbeddedChain, type EmbeddedChainOptions } fro
 export type FromChainWorker =
   | { type: 'ready'; info: Omit<EmbeddedChain, 'close'> }
   | { type: 'failed'; message: string; code?: string }
-  | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string }
-  | { type: 'closed' };
+  | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string };
 
 const port = parentPort!;
 const post = (message: FromChainWorker): void => port.postMessage(message);
@@ -25,10 +24,8 @@ try {
   const { close, ...info } = chain;
   port.on('message', (message: unknown) => {
     if (message !== 'close') return;
-    void close().catch((err: unknown) => logger.error(`chain: closing failed: ${(err as Error).message}`)).finally(() => {
-      post({ type: 'closed' });
-      port.close();
-    });
+    // the parent waits for this thread to exit, which it does once the port is closed
+    void close().catch((err: unknown) => logger.error(`chain: closing failed: ${(err as Error).message}`)).finally(() => port.close());
   });
   post({ type: 'ready', info });
 } catch (err) {

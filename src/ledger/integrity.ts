@@ -60,7 +60,8 @@ export class IntegrityChecker {
   private readonly verified = new Map<string, Verified>();
   /**
    * Immutable resource objects (the embedded repository's decoded cache hands out the same frozen
-   * object only while the row on disk holds the very ciphertext it was decoded from) whose exact
+   * object only while its row is known unchanged: same ciphertext, or no other connection has
+   * committed to the store since) whose exact
    * canonical text was found equal to a proven one: checking such an object again is a lookup.
    */
   private provenObjects = new WeakSet<object>();

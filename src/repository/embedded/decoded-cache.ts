@@ -5,7 +5,10 @@
  * An entry is keyed by the row's `seq` and holds the exact ciphertext it was decoded from: a hit
  * needs the row just read from the file to carry byte-identical ciphertext, so whatever is on disk
  * now is what was decrypted, authenticated and parsed before (a row changed on disk is a miss and
- * is decrypted, and then checked by the integrity layer, as on a first read). The caller checks
+ * is decrypted, and then checked by the integrity layer, as on a first read). Searches that read
+ * rows without their bodies use `getUnchanged` instead: the repository empties the cache whenever
+ * another connection has committed to the file, and its own writes never change a stored body, so
+ * an entry still present matches its row (see EmbeddedRepository.syncDecoded). The caller checks
  * that the row's data key still exists before asking, so an erased patient's data is never served
  * from here; `clear()` drops everything at erasure anyway.
  *

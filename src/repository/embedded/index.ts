@@ -179,6 +179,7 @@ export class EmbeddedRepository implements Repository {
    * body, anyone else's might, so what the cache holds is known to match the file only until then.
    */
   private syncDecoded(): void {
+    if (!this.decoded.enabled) return;
     const version = this.dataVersion.get() as number;
     if (version !== this.lastDataVersion) {
       if (this.lastDataVersion !== undefined) this.decoded.clear();

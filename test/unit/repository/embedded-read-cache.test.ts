@@ -38,6 +38,19 @@ function reading(patient: string, minute: number): Observation {
   };
 }
 
+/** Flips one byte of the stored ciphertext of `id`, through a connection of its own (as someone editing the file would). */
+function tamperStoredBody(id: string): void {
+  const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+  try {
+    const row = db.prepare<[string], { seq: number; body: Buffer }>('SELECT seq, body FROM versions WHERE id = ?').get(id)!;
+    const tampered = Buffer.from(row.body);
+    tampered[20] = tampered[20]! ^ 0xff;
+    db.prepare('UPDATE versions SET body = ? WHERE seq = ?').run(tampered, row.seq);
+  } finally {
+    db.close();
+  }
+}
+
 describe('decoded-version cache', () => {
   it('keeps a version from its second read on and answers later reads from the cache, equal to the first', async () => {
     const { resource } = await repo.create(reading('p1', 0));
@@ -84,15 +97,7 @@ describe('decoded-version cache', () => {
     await repo.read('Observation', resource.id!);
     await repo.read('Observation', resource.id!);
     expect(repo.decoded.count).toBe(1);
-    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
-    try {
-      const row = db.prepare<[string], { seq: number; body: Buffer }>('SELECT seq, body FROM versions WHERE id = ?').get(resource.id!)!;
-      const tampered = Buffer.from(row.body);
-      tampered[20] = tampered[20]! ^ 0xff;
-      db.prepare('UPDATE versions SET body = ? WHERE seq = ?').run(tampered, row.seq);
-    } finally {
-      db.close();
-    }
+    tamperStoredBody(resource.id!);
     await expect(repo.read('Observation', resource.id!)).rejects.toMatchObject({ code: 'ERR_GONE' });
   });
 
@@ -106,15 +111,7 @@ describe('decoded-version cache', () => {
     expect(light.resources).toEqual(first.resources);
     // another connection rewrites one stored body: the next search must not answer from memory
     const target = first.resources[3]!;
-    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
-    try {
-      const row = db.prepare<[string], { seq: number; body: Buffer }>('SELECT seq, body FROM versions WHERE id = ?').get(target.id!)!;
-      const tampered = Buffer.from(row.body);
-      tampered[20] = tampered[20]! ^ 0xff;
-      db.prepare('UPDATE versions SET body = ? WHERE seq = ?').run(tampered, row.seq);
-    } finally {
-      db.close();
-    }
+    tamperStoredBody(target.id!);
     const after = await repo.search(query);
     expect(after.resources.map((r) => r.id)).not.toContain(target.id);
     expect(after.resources).toHaveLength(29);
