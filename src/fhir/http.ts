@@ -10,6 +10,7 @@ import type { AccessContext } from './access.js';
 import { errorToResponse } from './outcomes.js';
 import type { FhirRouter } from './router.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
+import { jsonTextOf } from '../repository/port.js';
 
 export type Authenticate = (headers: Record<string, string | undefined>, requestUrl: string) => Promise<AccessContext>;
 
@@ -194,7 +195,7 @@ function jsonChunks(body: unknown): string[] {
   let size = 0;
   const entries = bundle.entry as unknown[];
   for (let i = 0; i < entries.length; i++) {
-    const text = JSON.stringify(entries[i]) ?? 'null';
+    const text = entryText(entries[i]);
     piece.push(text);
     size += text.length;
     if (size >= CHUNK_CHARS && i < entries.length - 1) {
@@ -205,4 +206,22 @@ function jsonChunks(body: unknown): string[] {
   }
   chunks.push(`${piece.join(',')}]}`);
   return chunks;
+}
+
+/**
+ * `JSON.stringify(entry)`, member by member so that an immutable entry resource (a version served
+ * from the embedded repository's decoded cache) reuses the text worked out at its first
+ * serialisation (`jsonTextOf`).
+ */
+function entryText(entry: unknown): string {
+  if (!entry || typeof entry !== 'object' || Array.isArray(entry) || typeof (entry as { toJSON?: unknown }).toJSON === 'function') {
+    return JSON.stringify(entry) ?? 'null';
+  }
+  let text = '{';
+  for (const [key, value] of Object.entries(entry)) {
+    const member = key === 'resource' && value && typeof value === 'object' ? jsonTextOf(value) : JSON.stringify(value);
+    if (member === undefined) continue; // undefined, functions and symbols are left out, as JSON.stringify does
+    text += `${text.length > 1 ? ',' : ''}${JSON.stringify(key)}:${member}`;
+  }
+  return `${text}}`;
 }

@@ -140,3 +140,20 @@ export function markImmutable(resource: Resource): void {
 export function isImmutable(resource: object): boolean {
   return immutables.has(resource);
 }
+
+/** JSON texts of immutable resources, worked out at their first serialisation. */
+const jsonTexts = new WeakMap<object, string>();
+
+/**
+ * `JSON.stringify(resource)`, kept with the object when it is immutable: a version read again from
+ * the embedded repository's decoded cache is the same frozen object, so its text cannot have
+ * changed (the text lives as long as the object; the cache counts it in its budget).
+ */
+export function jsonTextOf(resource: object): string {
+  let text = jsonTexts.get(resource);
+  if (text === undefined) {
+    text = JSON.stringify(resource);
+    if (immutables.has(resource)) jsonTexts.set(resource, text);
+  }
+  return text;
+}

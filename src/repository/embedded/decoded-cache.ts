@@ -20,8 +20,9 @@
  * stream of reads that never come back (1,000,000 readings searched a day at a time) pays nothing
  * for freezing and holding them, and the heap the garbage collector walks does not grow.
  *
- * Bounded by an estimate of the bytes held (ciphertext × 4: the parsed object, its canonical text
- * and the ciphertext); the oldest sixteenth is dropped at once when full.
+ * Bounded by an estimate of the bytes held (ciphertext × 5: the parsed object, its canonical text,
+ * the JSON text it is served as, kept with it once written (`jsonTextOf`), and the ciphertext);
+ * the oldest sixteenth is dropped at once when full.
  */
 import type { Resource } from '@medplum/fhirtypes';
 import { markImmutable } from '../port.js';
@@ -96,7 +97,7 @@ export class DecodedCache {
   /** Keeps `resource` (frozen here) as the decoding of `body` at row `seq`; answers it. */
   set(seq: number, body: Buffer, resource: Resource): Resource {
     if (!this.enabled) return resource;
-    const size = body.length * 4 + 256;
+    const size = body.length * 5 + 256;
     if (size > this.budgetBytes / 16) return resource;
     const old = this.entries.get(seq);
     if (old) {

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { DecodedCache } from '../../../src/repository/embedded/decoded-cache.js';
 import { EmbeddedRepository } from '../../../src/repository/embedded/index.js';
+import { isImmutable, jsonTextOf } from '../../../src/repository/port.js';
 
 let dataDir: string;
 let repo: EmbeddedRepository;
@@ -90,6 +91,20 @@ describe('decoded-version cache', () => {
     expect(() => { (read as { status: string }).status = 'cancelled'; }).toThrow(TypeError);
     expect(() => { read.valueQuantity!.value = 999; }).toThrow(TypeError);
     expect((await repo.read<Observation>('Observation', resource.id!)).valueQuantity?.value).toBe(100);
+  });
+
+  it('keeps the JSON text of a cached version with it, and only of immutable objects', async () => {
+    const { resource } = await repo.create(reading('p1', 0));
+    const first = await repo.read<Observation>('Observation', resource.id!);
+    expect(isImmutable(first)).toBe(false);
+    const text = jsonTextOf(first);
+    (first as { status: string }).status = 'amended'; // a caller's own copy: its text is not kept
+    expect(jsonTextOf(first)).toBe(JSON.stringify(first));
+    expect(jsonTextOf(first)).not.toBe(text);
+    const cached = await repo.read<Observation>('Observation', resource.id!);
+    expect(isImmutable(cached)).toBe(true);
+    expect(jsonTextOf(cached)).toBe(text);
+    expect(jsonTextOf(await repo.read<Observation>('Observation', resource.id!))).toBe(text);
   });
 
   it('does not serve a row whose ciphertext changed on disk: it is decrypted again and fails', async () => {
