@@ -113,12 +113,17 @@ function mismatch(g: ActiveGrant, req: DecisionRequest, purpose: string, now: nu
   if (g.codes) {
     if (req.codes.length === 0) {
       if (!typeNamed) return 'resource has no code and its type is not named';
-    } else if (!req.codes.some((c) => g.codes!.has(c))) return 'code not granted';
+    } else if (!hasAny(g.codes, req.codes)) return 'code not granted';
   }
   if (req.effective === undefined) {
     if (!typeNamed) return 'resource has no effective time and its type is not named';
   } else if (req.effective < g.dataFrom || req.effective > g.dataTo) return 'outside the granted data period';
   return undefined;
+}
+
+function hasAny(granted: ReadonlySet<string>, codes: readonly string[]): boolean {
+  for (let i = 0; i < codes.length; i++) if (granted.has(codes[i]!)) return true;
+  return false;
 }
 
 /** Decides for a resource in hand: every patient it is linked to must be permitted. */
@@ -138,6 +143,45 @@ const scratch: DecisionRequest = { patientId: undefined, resourceType: '', codes
  */
 export function decideFacts(perms: Permissions, facts: ResourceFacts, now: number): Decision {
   if (perms.requester.kind === 'open') return PERMIT_OPEN;
+  const last = lastPermit;
+  if (last.perms === perms && last.now === now && sameShape(last.facts!, facts)
+    && facts.effective! >= last.grant!.dataFrom && facts.effective! <= last.grant!.dataTo) return last.decision!;
+  const d = decideAll(perms, facts, now);
+  rememberPermit(perms, facts, now, d);
+  return d;
+}
+
+/**
+ * The last permit decided by a patient's first grant for a resource with one patient link, no
+ * contained resources and an effective time. The next resource of the same patient, type and codes
+ * (a day of readings: 288 of them in a row) whose effective time is inside that grant's data period
+ * gets the same decision without deciding again: `decide` would try the same first grant, and the
+ * only thing that differs, the time, is inside its period.
+ */
+const lastPermit: { perms?: Permissions; now: number; facts?: ResourceFacts; grant?: ActiveGrant; decision?: Decision } = { now: NaN };
+
+function rememberPermit(perms: Permissions, facts: ResourceFacts, now: number, d: Decision): void {
+  lastPermit.perms = undefined;
+  if (!d.permit || d.grantId === undefined || facts.patientIds.length !== 1 || facts.contained || facts.effective === undefined) return;
+  const first = perms.byPatient.get(facts.patientIds[0]!)?.[0];
+  if (first?.grantId !== d.grantId) return;
+  lastPermit.perms = perms;
+  lastPermit.now = now;
+  lastPermit.facts = facts;
+  lastPermit.grant = first;
+  lastPermit.decision = d;
+}
+
+/** Same single patient, type and codes (interned strings), no contained resources, a time. */
+function sameShape(a: ResourceFacts, b: ResourceFacts): boolean {
+  if (a === b) return true;
+  if (b.patientIds.length !== 1 || b.contained || b.effective === undefined) return false;
+  if (a.patientIds[0] !== b.patientIds[0] || a.resourceType !== b.resourceType || a.codes.length !== b.codes.length) return false;
+  for (let i = 0; i < a.codes.length; i++) if (a.codes[i] !== b.codes[i]) return false;
+  return true;
+}
+
+function decideAll(perms: Permissions, facts: ResourceFacts, now: number): Decision {
   const req = scratch;
   req.patientId = undefined;
   req.resourceType = facts.resourceType;
@@ -232,15 +276,31 @@ function computeFacts(resource: Resource): ResourceFacts {
 function ownFacts(resource: Resource): ResourceFacts {
   const r = resource as unknown as Record<string, unknown>;
   const concept = (r.code ?? r.medicationCodeableConcept) as { coding?: { system?: string; code?: string }[] } | undefined;
-  const codes = (concept?.coding ?? []).map((c) => `${c.system ?? ''}|${c.code ?? ''}`);
+  const codes = (concept?.coding ?? []).map((c) => internString(`${c.system ?? ''}|${c.code ?? ''}`));
   const period = r.effectivePeriod as { start?: string } | undefined;
   const when = (r.effectiveDateTime ?? r.effectiveInstant ?? period?.start ?? r.occurrenceDateTime ?? r.recorded) as string | undefined;
   const effective = when ? Date.parse(when) : undefined;
-  const patientIds = patientIdsOf(resource);
+  const patientIds = patientIdsOf(resource).map(internString);
   return {
     patientIds,
-    resourceType: resource.resourceType,
+    resourceType: internString(resource.resourceType),
     codes,
     ...(effective !== undefined && !Number.isNaN(effective) ? { effective } : {}),
   };
+}
+
+const INTERNED_MAX = 100_000;
+const internedStrings = new Map<string, string>();
+
+/**
+ * One string instance per distinct patient id, type and code in the facts: the decisions look them
+ * up in Maps and Sets, and equal strings that are the same instance compare without reading their
+ * characters (a day of readings otherwise carries 288 copies of its patient's id).
+ */
+function internString(value: string): string {
+  const known = internedStrings.get(value);
+  if (known !== undefined) return known;
+  if (internedStrings.size >= INTERNED_MAX) internedStrings.clear();
+  internedStrings.set(value, value);
+  return value;
 }

@@ -74,7 +74,7 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     for (const s of request.sortRules ?? []) {
       if (!['_id', '_lastUpdated', 'date', 'effective-time'].includes(s.code)) throw badRequest(`Sorting by "${s.code}" is not allowed for consent-limited requesters`, '_sort');
     }
-    const linkParam = type === 'Patient' ? '_id' : getSearchParameter(type, 'patient') && patientCompartmentParams(type).length > 0 ? 'patient' : undefined;
+    const linkParam = patientLinkParam(type);
     if (!linkParam) return { ...request, filters: [...filters, NO_MATCH] };
     const ref = (id: string): string => (linkParam === '_id' ? id : `Patient/${id}`);
     const asked = filters.filter((f) => f.code === linkParam && f.operator === Operator.EQUALS);
@@ -178,6 +178,16 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     if (allowed.length < resources.length) metrics.consentDecisions.inc({ outcome: 'deny' }, resources.length - allowed.length);
     return { allowed, issues: [] };
   }
+}
+
+const linkParams = new Map<string, string | undefined>();
+
+/** The search parameter that names a resource type's patient: `_id` for Patient, `patient`, or none. */
+function patientLinkParam(type: string): string | undefined {
+  if (!linkParams.has(type)) {
+    linkParams.set(type, type === 'Patient' ? '_id' : getSearchParameter(type, 'patient') && patientCompartmentParams(type).length > 0 ? 'patient' : undefined);
+  }
+  return linkParams.get(type);
 }
 
 /** True when the query's own date filters already keep it inside [from, to] (no extra filter needed). */

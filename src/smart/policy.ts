@@ -55,11 +55,18 @@ export class SmartScopePolicy implements AccessPolicy, OutboundGuard {
     if (access.kind === 'open') return { allowed: resources, issues: [] };
     // a type some unfiltered, non-patient scope reads wholesale needs no look at each resource
     const wholesale = new Map<string, boolean>();
+    // pages are mostly of one type: the answer for the type before is reused without a lookup
+    let lastType: string | undefined;
+    let lastWhole = false;
     return {
       allowed: resources.filter((r) => {
-        let whole = wholesale.get(r.resourceType);
-        if (whole === undefined) wholesale.set(r.resourceType, whole = scopeAllowsWholeType(access, 'read', r.resourceType));
-        return whole || scopeAllows(access, 'read', r.resourceType, r);
+        if (r.resourceType !== lastType) {
+          lastType = r.resourceType;
+          let whole = wholesale.get(lastType);
+          if (whole === undefined) wholesale.set(lastType, whole = scopeAllowsWholeType(access, 'read', lastType));
+          lastWhole = whole;
+        }
+        return lastWhole || scopeAllows(access, 'read', r.resourceType, r);
       }),
       issues: [],
     };

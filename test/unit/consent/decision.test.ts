@@ -1,6 +1,7 @@
 /** The pure decision point: each rule names its reason; expiry is by the clock passed in. */
 import { describe, expect, test } from '@jest/globals';
-import { decide, internSet, type ActiveGrant, type Permissions } from '../../../src/consent/decision.js';
+import type { Observation } from '@medplum/fhirtypes';
+import { decide, decideFacts, factsOf, internSet, type ActiveGrant, type Decision, type Permissions } from '../../../src/consent/decision.js';
 import { consentTerms } from '../../../src/consent/terms.js';
 import { consentOf } from '../../integration/consent-helpers.js';
 
@@ -39,6 +40,45 @@ describe('decide', () => {
     const self: Permissions = { requester: { kind: 'patient', patientId: 'ana', refs: [], key: 'p' }, addresses: [], byPatient: new Map() };
     expect(decide(self, reading, T0).permit).toBe(true);
     expect(decide(self, { ...reading, patientId: 'ben' }, T0).permit).toBe(false);
+  });
+});
+
+describe('decideFacts over a run of resources (a page of readings)', () => {
+  const obs = (minutesBefore: number, code = '99504-3', patient = 'ana'): Observation => ({
+    resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code }] },
+    subject: { reference: `Patient/${patient}` }, effectiveDateTime: new Date(T0 - minutesBefore * 60_000).toISOString(),
+  });
+  const run = (p: Permissions, resources: Observation[], now = T0 + DAY): Decision[] =>
+    resources.map((r) => decideFacts(p, factsOf(r, false), now));
+
+  test('each resource is decided on its own time, code and patient, though the one before had the same shape', () => {
+    const p = perms();
+    const ds = run(p, [obs(10), obs(5), obs(15 * DAY / 60_000), obs(4), obs(3, '2339-0'), obs(2), obs(1, '99504-3', 'ben'), obs(0)]);
+    expect(ds.map((d) => d.permit)).toEqual([true, true, false, true, false, true, false, true]);
+    expect(ds[2]!.reasons.join(' ')).toContain('outside the granted data period');
+    expect(ds[4]!.reasons.join(' ')).toContain('code not granted');
+    expect(ds[6]!.reasons.join(' ')).toContain('no grant from this patient');
+    expect(new Set(ds.filter((d) => d.permit).map((d) => d.grantId))).toEqual(new Set(['0xg']));
+    // the clock still decides: the same reading a moment after the window closed
+    expect(run(p, [obs(10), obs(5)], T0 + 3 * DAY).map((d) => d.permit)).toEqual([false, false]);
+  });
+
+  test('a resource is credited to the first grant that permits it, as decide would', () => {
+    // the patient's first grant covers the last day only; the second one two weeks
+    const recent: ActiveGrant = { ...grant, grantId: '0xrecent', dataFrom: T0 - DAY };
+    const p: Permissions = { ...perms(), byPatient: new Map([['ana', [recent, grant]]]) };
+    const ds = run(p, [obs(3 * 24 * 60), obs(2 * 24 * 60), obs(60), obs(30), obs(2 * 24 * 60)]);
+    expect(ds.map((d) => d.grantId)).toEqual(['0xg', '0xg', '0xrecent', '0xrecent', '0xg']);
+    expect(decide(p, { ...reading, effective: T0 - 2 * DAY }, T0 + DAY).grantId).toBe('0xg');
+    expect(decide(p, { ...reading, effective: T0 - 30 * 60_000 }, T0 + DAY).grantId).toBe('0xrecent');
+  });
+
+  test('a contained resource about the patient is decided too, even after a permitted reading', () => {
+    const p = perms();
+    const withDevice: Observation = { ...obs(2), contained: [{ resourceType: 'Device', id: 'd', patient: { reference: 'Patient/ana' } }] };
+    const ds = run(p, [obs(3), withDevice, obs(1)]);
+    expect(ds.map((d) => d.permit)).toEqual([true, false, true]);
+    expect(ds[1]!.reasons.join(' ')).toContain('contained Device');
   });
 });
 
