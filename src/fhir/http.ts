@@ -10,7 +10,7 @@ import type { AccessContext } from './access.js';
 import { errorToResponse } from './outcomes.js';
 import type { FhirRouter } from './router.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
-import { jsonTextOf } from '../repository/port.js';
+import { isImmutable, jsonTextOf } from '../repository/port.js';
 
 export type Authenticate = (headers: Record<string, string | undefined>, requestUrl: string) => Promise<AccessContext>;
 
@@ -214,12 +214,13 @@ function jsonChunks(body: unknown): string[] {
  * serialisation (`jsonTextOf`).
  */
 function entryText(entry: unknown): string {
-  if (!entry || typeof entry !== 'object' || Array.isArray(entry) || typeof (entry as { toJSON?: unknown }).toJSON === 'function') {
+  const resource = (entry as { resource?: unknown } | null)?.resource;
+  if (!resource || typeof resource !== 'object' || !isImmutable(resource) || Array.isArray(entry) || typeof (entry as { toJSON?: unknown }).toJSON === 'function') {
     return JSON.stringify(entry) ?? 'null';
   }
   let text = '{';
-  for (const [key, value] of Object.entries(entry)) {
-    const member = key === 'resource' && value && typeof value === 'object' ? jsonTextOf(value) : JSON.stringify(value);
+  for (const [key, value] of Object.entries(entry as object)) {
+    const member = value === resource ? jsonTextOf(resource) : JSON.stringify(value);
     if (member === undefined) continue; // undefined, functions and symbols are left out, as JSON.stringify does
     text += `${text.length > 1 ? ',' : ''}${JSON.stringify(key)}:${member}`;
   }
