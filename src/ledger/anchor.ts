@@ -1,10 +1,11 @@
 /**
  * The anchorer: turns the commitment queue (store.ts) into ResourceAnchor batches. A batch closes
  * at `maxLeaves` (1,000) commitments or when its oldest has waited `maxDelayMs` (1 s); one
- * transaction per batch, proofs stored with each version. Batches are pipelined: a batch is sent as
- * soon as it closes while up to `maxInFlight` (4) earlier ones still wait for their receipts (each
- * watched in the background), so closing batches never waits for a block; otherwise a steady write
- * rate near one batch per block period falls behind by the RPC round trips of every step.
+ * transaction per batch, proofs stored with each version and the whole tree with the batch.
+ * Batches are pipelined: a batch is sent as soon as it closes while up to `maxInFlight` (4) earlier
+ * ones still wait for their receipts (each watched in the background), so closing batches never
+ * waits for a block; otherwise a steady write rate near one batch per block period falls behind by
+ * the RPC round trips of every step.
  *
  * Crash safety: a batch is written locally (`prepared`, with root and proofs) before its
  * transaction is sent. After a restart every prepared batch is resolved first: if the contract
@@ -216,7 +217,7 @@ export class Anchorer {
       if (count === 0 || (!force && count < this.maxLeaves && oldest! + this.maxDelayMs > Date.now())) break;
       const rows = this.store.unbatched(this.maxLeaves);
       const tree = buildMerkleTree(rows.map((r) => r.leaf));
-      const batch = this.store.prepareBatch(rows[0]!.seq, rows[rows.length - 1]!.seq, tree.root, rows.map((_, i) => tree.proof(i)));
+      const batch = this.store.prepareBatch(rows[0]!.seq, rows[rows.length - 1]!.seq, tree, rows.map((r) => r.salt));
       this.fresh.add(batch.id);
     }
     const prepared = this.store.preparedBatches();

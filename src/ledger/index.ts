@@ -88,13 +88,40 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
       (n) => { if (n) options.logger.info({ roots: n }, 'ledger: cached the on-chain roots of anchored batches'); },
       (err: unknown) => options.logger.warn({ err: (err as Error).message }, 'ledger: could not read anchored roots ahead (read on demand instead)'));
   }
+  const backfill = options.anchor !== false ? addMissingTrees(store, options.logger) : undefined;
   const counts = store.counts();
   options.logger.info({ ...counts, lastAnchoredAt: undefined }, `ledger: ${counts.commitments} commitments, ${counts.pending} waiting to be anchored`);
   return {
     store, repository, anchorer, checker, guard,
     async close() {
+      backfill?.stop();
+      await backfill?.done;
       await anchorer.stop();
       store.close();
     },
   };
+}
+
+/**
+ * Adds the trees of batches prepared before trees were stored (CommitmentStore.addMissingTree), one
+ * batch per turn of the event loop so requests are served in between; logs how many when done.
+ */
+function addMissingTrees(store: CommitmentStore, logger: Logger): { stop(): void; done: Promise<void> } {
+  let stopped = false;
+  const done = (async () => {
+    let added = 0;
+    let skipped = 0;
+    for (let after = 0; !stopped;) {
+      const next = store.addMissingTree(after);
+      if (!next) break;
+      after = next.id;
+      if (next.stored) added++;
+      else skipped++;
+      await new Promise((r) => setImmediate(r));
+    }
+    if (added || skipped) {
+      logger.info({ batches: added, skipped }, 'ledger: stored the Merkle trees of batches prepared by an earlier version (faster first reads); skipped ones whose rows do not lead to their root');
+    }
+  })().catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'ledger: could not add the trees of earlier batches (their versions are checked one by one)'));
+  return { stop: () => { stopped = true; }, done };
 }

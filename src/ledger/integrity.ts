@@ -23,7 +23,7 @@ import type { GuardOptions, GuardResult, OutboundGuard } from '../fhir/policy.js
 import { patientIdsOf } from '../fhir/compartment.js';
 import { canonicalTextOf, isImmutable } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
-import { hashPair } from './merkle.js';
+import { hashPair, rootOfLeaves } from './merkle.js';
 import type { CommitmentStore, ProofRecord } from './store.js';
 
 export const INTEGRITY_TAG_SYSTEM = 'urn:glucoguard:integrity';
@@ -40,6 +40,15 @@ const VERIFIED_CACHE_MAX = 200_000;
 /** Verified canonical texts kept for the equality fast path, in UTF-16 code units (~64 MB at most). */
 const VERIFIED_TEXT_BUDGET = 32 * 1024 * 1024;
 const VERIFIED: CheckResult = Object.freeze({ status: 'verified' });
+
+/** A version to prove: where it is in the caller's list, its key, and its canonical text when the adapter supplied it. */
+interface Missing {
+  at: number;
+  type: string;
+  id: string;
+  version: string;
+  text: string | undefined;
+}
 
 interface Verified {
   type: string;
@@ -81,16 +90,17 @@ export class IntegrityChecker {
   /**
    * Checks many versions at once, answering in the same order. A version whose canonical text is
    * identical to the text already hashed and proven costs one string comparison; any other proven
-   * version one SHA-256. The rest are looked up in one store read, grouped by batch (one root per
-   * batch, from the cache or one eth_call), and their proofs are walked up only until they meet a
-   * node another proof of the same batch has already led to the root: a day of readings from one
-   * batch costs about as many hashes as it has entries, not ten per entry.
+   * version one SHA-256. The rest are grouped by batch (one root per batch, from the cache or one
+   * eth_call) and proven a batch at a time through the batch's stored tree (checkByTrees); what that
+   * does not settle is checked version by version, each proof walked up only until it meets a node
+   * another proof of the same batch has already led to the root (checkByProofs). Either way a day
+   * of readings from one batch costs about twice as many hashes as it has entries.
    */
   async checkMany(resources: readonly Resource[], options: { remember?: boolean } = {}): Promise<CheckResult[]> {
     const keep = options.remember !== false;
     const results: CheckResult[] = new Array(resources.length);
     /** Versions not proven yet (verified versions are keyed by id). */
-    const missing: { at: number; type: string; id: string; version: string; text: string | undefined }[] = [];
+    const missing: Missing[] = [];
     resources.forEach((resource, at) => {
       if (this.provenObjects.has(resource)) {
         results[at] = VERIFIED;
@@ -123,7 +133,63 @@ export class IntegrityChecker {
       }
     });
     if (!missing.length) return results;
+    const rest = await this.checkByTrees(missing, resources, results, keep);
+    if (rest.length) await this.checkByProofs(rest, resources, results, keep);
+    return results;
+  }
 
+  /**
+   * First way for versions not proven yet: those in batches with a stored tree are proven a batch at
+   * a time — their leaves recomputed (salt ‖ text), hashed up through the tree to the root, which
+   * must be the anchored one. Only their positions are read per version (from the store's key
+   * index); salts and sibling nodes come with the batch. Answers the versions this did not settle:
+   * no tree, root not readable or not anchored yet, or a root that did not match (then each version
+   * of the batch is checked on its own, to find which one failed).
+   */
+  private async checkByTrees(missing: Missing[], resources: readonly Resource[], results: CheckResult[], keep: boolean): Promise<Missing[]> {
+    const { groups, rest } = this.store.treeGroups(missing);
+    const unsettled = rest.map((i) => missing[i]!);
+    const roots = await Promise.all(groups.map((g) => this.rootOf(g.batch)));
+    groups.forEach((group, g) => {
+      const root = roots[g];
+      const members = group.members.map(({ at, index }) => ({ m: missing[at]!, index }));
+      if (!(root instanceof Buffer) || group.salts.length !== 32 * group.size) {
+        for (const { m } of members) unsettled.push(m);
+        return;
+      }
+      members.sort((a, b) => a.index - b.index);
+      const known: { index: number; leaf: Buffer }[] = [];
+      const salts: Buffer[] = [];
+      let consistent = true;
+      for (const { m, index } of members) {
+        const salt = group.salts.subarray(32 * index, 32 * index + 32);
+        const leaf = commitmentOf(salt, m.text ?? canonicalResourceText(resources[m.at]!));
+        const last = known[known.length - 1];
+        if (last?.index === index) {
+          // one version twice in the list: both copies must be the same text
+          if (!last.leaf.equals(leaf)) consistent = false;
+          continue;
+        }
+        known.push({ index, leaf });
+        salts.push(salt);
+      }
+      const proven = consistent && rootOfLeaves(group.size, group.nodes, known)?.equals(root) === true;
+      if (!proven) {
+        for (const { m } of members) unsettled.push(m);
+        return;
+      }
+      const leafAt = new Map(known.map((k, i) => [k.index, { leaf: k.leaf, salt: salts[i]! }]));
+      for (const { m, index } of members) {
+        const { leaf, salt } = leafAt.get(index)!;
+        if (keep) this.remember(m.id, { type: m.type, version: m.version, salt: Buffer.from(salt), leaf, text: m.text });
+        results[m.at] = VERIFIED;
+      }
+    });
+    return unsettled;
+  }
+
+  /** Second way: each version through its own row (salt, leaf, proof), as batches without a stored tree are. */
+  private async checkByProofs(missing: Missing[], resources: readonly Resource[], results: CheckResult[], keep: boolean): Promise<void> {
     const records = this.store.proofsOf(missing);
     const byBatch = new Map<number, { m: (typeof missing)[number]; record: ProofRecord }[]>();
     missing.forEach((m, i) => {
@@ -157,7 +223,6 @@ export class IntegrityChecker {
         }
       }
     });
-    return results;
   }
 
   /**

@@ -28,6 +28,8 @@ export interface MerkleTree {
   root: Buffer;
   /** Proof of leaf i: its siblings from the bottom level up, 32 bytes each. */
   proof(i: number): Buffer;
+  /** Every node, level by level from the leaves up to the root, 32 bytes each (see `rootOfLeaves`). */
+  nodes(): Buffer;
 }
 
 /** Builds the tree over `leaves` (in order, at least one). */
@@ -55,7 +57,57 @@ export function buildMerkleTree(leaves: Buffer[]): MerkleTree {
       }
       return Buffer.concat(siblings);
     },
+    nodes(): Buffer {
+      return Buffer.concat(levels.flat());
+    },
   };
+}
+
+/** Number of nodes of a tree over `n` leaves, all levels (the length of `nodes()` over 32). */
+export function nodeCount(n: number): number {
+  let total = 0;
+  for (let width = n; ; width = Math.ceil(width / 2)) {
+    total += width;
+    if (width <= 1) return total;
+  }
+}
+
+/**
+ * The root that some leaves, at their positions, lead to in the tree over `n` leaves whose nodes
+ * (`MerkleTree.nodes()`, read back from storage and not trusted) supply the siblings not among
+ * them: each level hashes only the parents of the nodes in hand, so a run of k neighbouring leaves
+ * costs about k hashes plus two per level, and the stored nodes on their paths are never used.
+ * When the answer equals an anchored root, every given leaf is in that tree at its position.
+ * `known` is sorted by index, without repeats; undefined when the stored nodes have the wrong size
+ * or an index is out of range.
+ */
+export function rootOfLeaves(n: number, stored: Buffer, known: readonly { index: number; leaf: Buffer }[]): Buffer | undefined {
+  if (n < 1 || stored.length !== 32 * nodeCount(n) || known.length === 0) return undefined;
+  let indices = known.map((k) => k.index);
+  let nodes = known.map((k) => k.leaf);
+  for (let j = 0; j < indices.length; j++) if (indices[j]! < 0 || indices[j]! >= n || (j > 0 && indices[j]! <= indices[j - 1]!)) return undefined;
+  let offset = 0;
+  for (let width = n; width > 1; offset += width, width = Math.ceil(width / 2)) {
+    const upIndices: number[] = [];
+    const upNodes: Buffer[] = [];
+    for (let j = 0; j < indices.length; j++) {
+      const i = indices[j]!;
+      const parent = i >> 1;
+      if (upIndices.length && upIndices[upIndices.length - 1] === parent) continue; // made with its left sibling
+      const sibling = i ^ 1;
+      let up: Buffer;
+      if (sibling >= width) up = nodes[j]!; // the odd node at the end is carried up
+      else {
+        const s = indices[j + 1] === sibling ? nodes[j + 1]! : stored.subarray(32 * (offset + sibling), 32 * (offset + sibling + 1));
+        up = hashPair(nodes[j]!, s);
+      }
+      upIndices.push(parent);
+      upNodes.push(up);
+    }
+    indices = upIndices;
+    nodes = upNodes;
+  }
+  return nodes[0];
 }
 
 /** The root a proof leads to from `leaf`. */

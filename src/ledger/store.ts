@@ -8,6 +8,12 @@
  *   leave this file; `batch` and `proof` are set when the batch holding it is prepared.
  * - `batches`: one row per Merkle batch, `prepared` (root and proofs written, transaction maybe in
  *   flight) then `anchored` (on-chain batch id, block, transaction).
+ * - `batch_trees`: per batch, its members' salts in seq order and every node of its Merkle tree
+ *   (merkle.ts `nodes()`), written with the batch: a page of versions from one batch is checked
+ *   with one read of these and the versions' positions, which the key index alone holds (the seq is
+ *   its rowid), instead of a table row per version. Batches prepared before this table existed are
+ *   checked through each version's row until their trees are added (`addMissingTree`, run in the
+ *   background at start-up).
  * - `meta`: `seq_base`, the authority's on-chain sequence number of local seq 1 (read from the
  *   contract before the first batch), and `watermark` (last write time seen, for reconciliation).
  *
@@ -17,6 +23,7 @@
  */
 import type { Database as DB, Statement } from 'better-sqlite3';
 import { openSqlite } from '../sqlite.js';
+import { buildMerkleTree, type MerkleTree } from './merkle.js';
 
 export interface CommitmentRecord {
   seq: number;
@@ -44,6 +51,18 @@ export interface BatchRecord {
   tx: string | null;
   preparedAt: number;
   anchoredAt: number | null;
+}
+
+/** Versions of one anchored or prepared batch, with what checking them needs (CommitmentStore.treeGroups). */
+export interface TreeGroup {
+  batch: number;
+  /** Leaves in the batch (its tree's width). */
+  size: number;
+  /** Members' salts, 32 bytes each, in seq order; every node of the batch's tree (not trusted: checked against the root). */
+  salts: Buffer;
+  nodes: Buffer;
+  /** Positions asked for: index into the caller's keys, and the version's index in the batch. */
+  members: { at: number; index: number }[];
 }
 
 export interface NewCommitment {
@@ -77,6 +96,10 @@ export class CommitmentStore {
   private readonly batchById: Statement<[number], BatchRow>;
   private readonly proofByKey: Statement<[string, string, string], [Buffer, Buffer, number | null, Buffer | null]>;
   private readonly proofRange: Statement<[string, string, string, number], [string, string, Buffer, Buffer, number | null, Buffer | null]>;
+  private readonly seqByKey: Statement<[string, string, string], number>;
+  private readonly seqRange: Statement<[string, string, string, number], [string, string, number]>;
+  private readonly batchOfSeq: Statement<[number], [number, number, number]>;
+  private readonly treeOf: Statement<[number], [Buffer, Buffer]>;
   private closed = false;
   private watermarkAt = -Infinity;
 
@@ -103,6 +126,7 @@ export class CommitmentStore {
         prepared_at INTEGER NOT NULL, anchored_at INTEGER
       );
       CREATE INDEX IF NOT EXISTS batches_by_last_seq ON batches (last_seq);
+      CREATE TABLE IF NOT EXISTS batch_trees (batch INTEGER PRIMARY KEY, salts BLOB NOT NULL, nodes BLOB NOT NULL);
       CREATE INDEX IF NOT EXISTS batches_prepared ON batches (id) WHERE status = 'prepared';
     `);
     this.insert = this.db.prepare('INSERT OR IGNORE INTO commitments (type, id, version, patient, salt, leaf, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)');
@@ -112,6 +136,14 @@ export class CommitmentStore {
       'SELECT salt, leaf, batch, proof FROM commitments WHERE type = ? AND id = ? AND version = ?').raw();
     this.proofRange = this.db.prepare<[string, string, string, number], [string, string, Buffer, Buffer, number | null, Buffer | null]>(
       'SELECT id, version, salt, leaf, batch, proof FROM commitments INDEXED BY commitments_by_key WHERE type = ? AND id BETWEEN ? AND ? LIMIT ?').raw();
+    // the key index holds type, id, version and the rowid (seq): these two read nothing else
+    this.seqByKey = this.db.prepare<[string, string, string], number>(
+      'SELECT seq FROM commitments INDEXED BY commitments_by_key WHERE type = ? AND id = ? AND version = ?').pluck();
+    this.seqRange = this.db.prepare<[string, string, string, number], [string, string, number]>(
+      'SELECT id, version, seq FROM commitments INDEXED BY commitments_by_key WHERE type = ? AND id BETWEEN ? AND ? LIMIT ?').raw();
+    this.batchOfSeq = this.db.prepare<[number], [number, number, number]>(
+      'SELECT id, first_seq, last_seq FROM batches WHERE last_seq >= ? ORDER BY last_seq LIMIT 1').raw();
+    this.treeOf = this.db.prepare<[number], [Buffer, Buffer]>('SELECT salts, nodes FROM batch_trees WHERE batch = ?').raw();
   }
 
   /** Records commitments in one transaction; a version already recorded is left as it is. Returns how many were new. */
@@ -162,30 +194,54 @@ export class CommitmentStore {
   }
 
   private scanRanges(keys: readonly { type: string; id: string; version: string }[], out: (ProofRecord | undefined)[], found: boolean[]): void {
-    const byType = new Map<string, number[]>();
-    keys.forEach((k, i) => {
-      const list = byType.get(k.type);
-      if (list) list.push(i);
-      else byType.set(k.type, [i]);
-    });
-    for (const [type, at] of byType) {
-      if (at.length < RANGE_SCAN_MIN) continue;
-      let lo = keys[at[0]!]!.id;
-      let hi = lo;
-      const wanted = new Map<string, number>();
-      for (const i of at) {
-        const k = keys[i]!;
-        if (k.id < lo) lo = k.id;
-        if (k.id > hi) hi = k.id;
-        wanted.set(`${k.id}/${k.version}`, i);
-      }
-      for (const row of this.proofRange.iterate(type, lo, hi, at.length * 2 + 16) as Iterable<[string, string, Buffer, Buffer, number | null, Buffer | null]>) {
-        const i = wanted.get(`${row[0]}/${row[1]}`);
+    for (const range of idRanges(keys)) {
+      for (const row of this.proofRange.all(range.type, range.lo, range.hi, range.limit)) {
+        const i = range.wanted.get(`${row[0]}/${row[1]}`);
         if (i === undefined) continue;
         out[i] = { salt: row[2], leaf: row[3], batch: row[4], proof: row[5] };
         found[i] = true;
       }
     }
+  }
+
+  /**
+   * The versions among `keys` that sit in a batch with a stored tree, grouped by batch, with the
+   * batch's salts and nodes; the indices of the others (not recorded, not batched yet, or batched
+   * before trees were stored) in `rest`. One snapshot; the versions' seqs come from the key index
+   * alone (a range scan, as in proofsOf), and each batch's tree is one row.
+   */
+  treeGroups(keys: readonly { type: string; id: string; version: string }[]): { groups: TreeGroup[]; rest: number[] } {
+    this.checkOpen();
+    return this.db.transaction(() => {
+      const seqs = new Array<number | undefined>(keys.length);
+      for (const range of keys.length >= RANGE_SCAN_MIN ? idRanges(keys) : []) {
+        for (const row of this.seqRange.all(range.type, range.lo, range.hi, range.limit)) {
+          const i = range.wanted.get(`${row[0]}/${row[1]}`);
+          if (i !== undefined) seqs[i] = row[2];
+        }
+      }
+      keys.forEach((k, i) => {
+        if (seqs[i] === undefined) seqs[i] = this.seqByKey.get(k.type, k.id, k.version);
+      });
+      const order = keys.map((_, i) => i).filter((i) => seqs[i] !== undefined).sort((a, b) => seqs[a]! - seqs[b]!);
+      const rest = keys.map((_, i) => i).filter((i) => seqs[i] === undefined);
+      const groups: TreeGroup[] = [];
+      let batch: [number, number, number] | undefined;
+      let group: TreeGroup | undefined;
+      for (const i of order) {
+        const seq = seqs[i]!;
+        if (!batch || seq > batch[2]) {
+          batch = this.batchOfSeq.get(seq);
+          const tree = batch && batch[1] <= seq ? this.treeOf.get(batch[0]) : undefined;
+          group = tree && { batch: batch![0], size: batch![2] - batch![1] + 1, salts: tree[0], nodes: tree[1], members: [] };
+          if (group) groups.push(group);
+          if (!batch) batch = [0, seq, Number.MAX_SAFE_INTEGER]; // not batched yet: nor is anything after it
+        }
+        if (group) group.members.push({ at: i, index: seq - batch[1] });
+        else rest.push(i);
+      }
+      return { groups, rest };
+    })();
   }
 
   /** Anchored batches (local id, on-chain id, root) with local id above `afterId`, oldest first. */
@@ -213,16 +269,42 @@ export class CommitmentStore {
     return this.db.prepare<[], { s: number | null }>('SELECT MAX(last_seq) AS s FROM batches').get()!.s ?? 0;
   }
 
-  /** Writes a batch (status prepared) and each member's proof, atomically. */
-  prepareBatch(firstSeq: number, lastSeq: number, root: Buffer, proofs: Buffer[], now = Date.now()): BatchRecord {
+  /**
+   * Writes a batch (status prepared) over the commitments `firstSeq`…`lastSeq`, whose leaves `tree`
+   * was built from in that order: each member's proof, and the batch's tree with the members' salts
+   * (`salts`, in the same order). Atomically.
+   */
+  prepareBatch(firstSeq: number, lastSeq: number, tree: MerkleTree, salts: readonly Buffer[], now = Date.now()): BatchRecord {
+    const size = lastSeq - firstSeq + 1;
+    if (salts.length !== size) throw new Error(`a batch of ${size} needs ${size} salts, not ${salts.length}`);
     return this.db.transaction(() => {
       if (firstSeq !== this.lastBatchedSeq() + 1) throw new Error(`batch must start at ${this.lastBatchedSeq() + 1}, not ${firstSeq}`);
       const id = Number(this.db.prepare('INSERT INTO batches (first_seq, last_seq, root, status, prepared_at) VALUES (?, ?, ?, ?, ?)')
-        .run(firstSeq, lastSeq, root, 'prepared', now).lastInsertRowid);
+        .run(firstSeq, lastSeq, tree.root, 'prepared', now).lastInsertRowid);
       const setProof = this.db.prepare('UPDATE commitments SET batch = ?, proof = ? WHERE seq = ?');
-      proofs.forEach((p, i) => setProof.run(id, p, firstSeq + i));
+      for (let i = 0; i < size; i++) setProof.run(id, tree.proof(i), firstSeq + i);
+      this.db.prepare('INSERT INTO batch_trees (batch, salts, nodes) VALUES (?, ?, ?)').run(id, Buffer.concat(salts), tree.nodes());
       return this.batch(id)!;
     })();
+  }
+
+  /**
+   * Stores the tree of the first batch after `afterId` that has none (batches prepared before trees
+   * were stored), rebuilt from its members' rows, when it leads to the batch's root (a batch whose
+   * rows do not is left to the version-by-version check). Answers the batch's id and whether its
+   * tree was stored, or undefined when none is left.
+   */
+  addMissingTree(afterId: number): { id: number; stored: boolean } | undefined {
+    this.checkOpen();
+    const batch = this.db.prepare<[number], { id: number; first_seq: number; last_seq: number; root: Buffer }>(
+      'SELECT b.id, b.first_seq, b.last_seq, b.root FROM batches b LEFT JOIN batch_trees t ON t.batch = b.id WHERE t.batch IS NULL AND b.id > ? ORDER BY b.id LIMIT 1').get(afterId);
+    if (!batch) return undefined;
+    const rows = this.db.prepare<[number, number], [Buffer, Buffer]>('SELECT salt, leaf FROM commitments WHERE seq BETWEEN ? AND ? ORDER BY seq')
+      .raw().all(batch.first_seq, batch.last_seq);
+    const tree = rows.length === batch.last_seq - batch.first_seq + 1 ? buildMerkleTree(rows.map((r) => r[1])) : undefined;
+    if (!tree?.root.equals(batch.root)) return { id: batch.id, stored: false };
+    this.db.prepare('INSERT OR IGNORE INTO batch_trees (batch, salts, nodes) VALUES (?, ?, ?)').run(batch.id, Buffer.concat(rows.map((r) => r[0])), tree.nodes());
+    return { id: batch.id, stored: true };
   }
 
   markAnchored(id: number, chainBatchId: number, block: number, tx: string | null, now = Date.now()): void {
@@ -322,6 +404,35 @@ export class CommitmentStore {
   private checkOpen(): void {
     if (this.closed) throw new Error('commitment store is closed');
   }
+}
+
+/**
+ * The keys of each type that are many enough to read with one scan of the key index between their
+ * smallest and largest id (stopped a few rows past the number asked for), with the caller's index
+ * of each `id/version` (a FHIR id holds no `/`).
+ */
+function idRanges(keys: readonly { type: string; id: string; version: string }[]): { type: string; lo: string; hi: string; limit: number; wanted: Map<string, number> }[] {
+  const byType = new Map<string, number[]>();
+  keys.forEach((k, i) => {
+    const list = byType.get(k.type);
+    if (list) list.push(i);
+    else byType.set(k.type, [i]);
+  });
+  const ranges = [];
+  for (const [type, at] of byType) {
+    if (at.length < RANGE_SCAN_MIN) continue;
+    let lo = keys[at[0]!]!.id;
+    let hi = lo;
+    const wanted = new Map<string, number>();
+    for (const i of at) {
+      const k = keys[i]!;
+      if (k.id < lo) lo = k.id;
+      if (k.id > hi) hi = k.id;
+      wanted.set(`${k.id}/${k.version}`, i);
+    }
+    ranges.push({ type, lo, hi, limit: at.length * 2 + 16, wanted });
+  }
+  return ranges;
 }
 
 function toRecord(r: Row): CommitmentRecord {

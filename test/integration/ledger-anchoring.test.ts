@@ -77,7 +77,7 @@ describe('anchoring queue', () => {
     const store = t.app.ledger.store;
     const rows = store.unbatched(1000);
     const tree = buildMerkleTree(rows.map((r) => r.leaf));
-    const batch = store.prepareBatch(rows[0]!.seq, rows[rows.length - 1]!.seq, tree.root, rows.map((_, i) => tree.proof(i)));
+    const batch = store.prepareBatch(rows[0]!.seq, rows[rows.length - 1]!.seq, tree, rows.map((r) => r.salt));
     const anchor = t.app.chain.contract('ResourceAnchor');
     const next = Number(await anchor.nextSeq(t.app.chain.authorityAddress));
     store.setMeta('seq_base', String(next));

@@ -36,6 +36,13 @@ const anchor = {
   },
 } as unknown as Contract;
 
+const db = (): import('better-sqlite3').Database => (store as unknown as { db: import('better-sqlite3').Database }).db;
+
+/** A store written before batches kept their trees: every version is checked through its own row. */
+function dropTrees(): void {
+  db().prepare('DELETE FROM batch_trees').run();
+}
+
 /** Records and anchors `resources` as one batch with chain batch id `chainId`; answers the local batch id. */
 function anchorBatch(resources: Observation[], chainId: number): number {
   const first = store.lastSeq() + 1;
@@ -43,7 +50,7 @@ function anchorBatch(resources: Observation[], chainId: number): number {
   records.forEach((c, i) => { c.leaf = commitmentOf(c.salt, canonicalResourceText(resources[i]!)); });
   store.add(records);
   const tree = buildMerkleTree(records.map((c) => c.leaf));
-  const batch = store.prepareBatch(first, first + records.length - 1, tree.root, records.map((_, i) => tree.proof(i)));
+  const batch = store.prepareBatch(first, first + records.length - 1, tree, records.map((c) => c.salt));
   store.markAnchored(batch.id, chainId, 1, null);
   chainRoots.set(chainId, `0x${tree.root.toString('hex')}`);
   return batch.id;
@@ -60,6 +67,113 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+describe('IntegrityChecker.checkMany through stored batch trees', () => {
+  const proofReads = (): { count: number } => {
+    const counter = { count: 0 };
+    const original = store.proofsOf.bind(store);
+    store.proofsOf = (keys) => {
+      counter.count += keys.length;
+      return original(keys);
+    };
+    return counter;
+  };
+
+  it('proves a day of readings a batch at a time, reading no version\'s own proof', async () => {
+    const first = Array.from({ length: 700 }, (_, i) => reading(i));
+    const second = Array.from({ length: 300 }, (_, i) => reading(1000 + i));
+    anchorBatch(first, 0);
+    anchorBatch(second, 1);
+    const reads = proofReads();
+    const checker = new IntegrityChecker(store, anchor);
+    // a page that spans both batches, out of order, with a version listed twice
+    const page = [...first.slice(500), ...second.slice(0, 88).reverse(), first[600]!];
+    const results = await checker.checkMany(page);
+    expect(results.map((r) => r.status)).toEqual(page.map(() => 'verified'));
+    expect(reads.count).toBe(0);
+    expect(rootReads).toBe(2);
+    // remembered: a later read of them is a comparison
+    expect((await checker.checkMany(page.slice(0, 5))).every((r) => r.status === 'verified')).toBe(true);
+    expect(rootReads).toBe(2);
+  });
+
+  it('withholds a changed body (found by checking the batch version by version) and serves the rest', async () => {
+    const day = Array.from({ length: 64 }, (_, i) => reading(i));
+    anchorBatch(day, 0);
+    const reads = proofReads();
+    const served = day.map((r) => ({ ...r }));
+    served[7] = { ...served[7]!, valueQuantity: { value: 400, unit: 'mg/dL' } };
+    const results = await new IntegrityChecker(store, anchor).checkMany(served);
+    expect(results[7]).toEqual({ status: 'failed', reason: 'content' });
+    expect(results.filter((r) => r.status === 'verified')).toHaveLength(63);
+    expect(reads.count).toBe(64);
+  });
+
+  it('a changed stored tree or salt proves nothing: the versions are checked through their own rows', async () => {
+    const day = Array.from({ length: 32 }, (_, i) => reading(i));
+    anchorBatch(day, 0);
+    const tree = db().prepare('SELECT salts, nodes FROM batch_trees').get() as { salts: Buffer; nodes: Buffer };
+    // 32 leaves: levels of 32, 16, 8, 4, 2 and 1 nodes. Checking leaves 0-15 takes one stored node,
+    // the level-4 node over leaves 16-31 (node 61); the stored copies of nodes it recomputes are not read.
+    const nodes = Buffer.from(tree.nodes);
+    nodes[32 * 3 + 1] ^= 0xff; // the stored leaf 3
+    nodes[32 * 40 + 1] ^= 0xff; // the stored parent of leaves 16 and 17
+    db().prepare('UPDATE batch_trees SET nodes = ?').run(nodes);
+    const reads = proofReads();
+    expect((await new IntegrityChecker(store, anchor).checkMany(day.slice(0, 16))).every((r) => r.status === 'verified')).toBe(true);
+    expect(reads.count).toBe(0);
+    nodes[32 * 61 + 1] ^= 0xff;
+    db().prepare('UPDATE batch_trees SET nodes = ?').run(nodes);
+    expect((await new IntegrityChecker(store, anchor).checkMany(day.slice(0, 16))).every((r) => r.status === 'verified')).toBe(true);
+    expect(reads.count).toBe(16);
+
+    // a changed salt, and a body changed to match it: withheld all the same
+    const salts = Buffer.from(tree.salts);
+    salts.fill(7, 32 * 5, 32 * 6);
+    db().prepare('UPDATE batch_trees SET salts = ?, nodes = ?').run(salts, tree.nodes);
+    const served = day.map((r) => ({ ...r }));
+    served[5] = { ...served[5]!, valueQuantity: { value: 40, unit: 'mg/dL' } };
+    const results = await new IntegrityChecker(store, anchor).checkMany(served);
+    expect(results[5]).toEqual({ status: 'failed', reason: 'content' });
+    expect(results.filter((r) => r.status === 'verified')).toHaveLength(31);
+  });
+
+  it('adds the trees of batches prepared without one, unless their rows do not lead to their root', async () => {
+    const a = Array.from({ length: 12 }, (_, i) => reading(i));
+    const b = Array.from({ length: 12 }, (_, i) => reading(100 + i));
+    const batchA = anchorBatch(a, 0);
+    const batchB = anchorBatch(b, 1);
+    dropTrees();
+    db().prepare('UPDATE commitments SET leaf = ? WHERE id = ?').run(randomBytes(32), 'obs-105');
+    expect(store.addMissingTree(0)).toEqual({ id: batchA, stored: true });
+    expect(store.addMissingTree(batchA)).toEqual({ id: batchB, stored: false });
+    expect(store.addMissingTree(batchB)).toBeUndefined();
+    const reads = proofReads();
+    expect((await new IntegrityChecker(store, anchor).checkMany(a)).every((r) => r.status === 'verified')).toBe(true);
+    expect(reads.count).toBe(0);
+    const results = await new IntegrityChecker(store, anchor).checkMany(b);
+    expect(reads.count).toBe(12);
+    expect(results[5]).toEqual({ status: 'failed', reason: 'content' });
+  });
+
+  it('mixes batches with and without trees, pending and unrecorded versions, and a root the chain does not hold', async () => {
+    const legacy = Array.from({ length: 10 }, (_, i) => reading(i));
+    anchorBatch(legacy, 0);
+    dropTrees();
+    const current = Array.from({ length: 10 }, (_, i) => reading(100 + i));
+    anchorBatch(current, 1);
+    const disowned = Array.from({ length: 10 }, (_, i) => reading(200 + i));
+    anchorBatch(disowned, 2);
+    chainRoots.set(2, `0x${'22'.repeat(32)}`);
+    const unanchored = reading(300);
+    store.add([{ type: 'Observation', id: 'obs-300', version: '1', patient: 'p1', salt: Buffer.alloc(32, 1), leaf: commitmentOf(Buffer.alloc(32, 1), canonicalResourceText(unanchored)) }]);
+    const results = await new IntegrityChecker(store, anchor).checkMany([...legacy, ...current, ...disowned, unanchored, reading(400)]);
+    expect(results.slice(0, 20).every((r) => r.status === 'verified')).toBe(true);
+    expect(results.slice(20, 30).every((r) => r.status === 'failed' && r.reason === 'root')).toBe(true);
+    expect(results[30]).toEqual({ status: 'pending' });
+    expect(results[31]).toEqual({ status: 'unverified', reason: 'no-commitment' });
+  });
+});
+
 describe('IntegrityChecker.checkMany', () => {
   it('proves a whole batch with one root read and answers in order; a second read needs no chain', async () => {
     const day = Array.from({ length: 300 }, (_, i) => reading(i));
@@ -72,17 +186,17 @@ describe('IntegrityChecker.checkMany', () => {
     expect(rootReads).toBe(1);
   });
 
-  it('withholds a changed body and a version with a changed proof, and proves the rest of the batch', async () => {
+  it('withholds a changed body and a version with a changed proof, and proves the rest of the batch (no stored tree)', async () => {
     const day = Array.from({ length: 64 }, (_, i) => reading(i));
     anchorBatch(day, 0);
     // the proof of entry 41 gets a wrong first sibling: no node of its walk is one entry 40 proved. (A
     // wrong sibling ABOVE the node it shares with entry 40 would not matter: the leaf is then shown to
     // be in the tree through entry 40's checked path, which is what the proof is for.)
-    const db = (store as unknown as { db: import('better-sqlite3').Database }).db;
-    const row = db.prepare('SELECT proof FROM commitments WHERE id = ?').get('obs-41') as { proof: Buffer };
+    dropTrees();
+    const row = db().prepare('SELECT proof FROM commitments WHERE id = ?').get('obs-41') as { proof: Buffer };
     const bad = Buffer.from(row.proof);
     bad[5] ^= 0xff;
-    db.prepare('UPDATE commitments SET proof = ? WHERE id = ?').run(bad, 'obs-41');
+    db().prepare('UPDATE commitments SET proof = ? WHERE id = ?').run(bad, 'obs-41');
     const served = day.map((r) => ({ ...r }));
     served[7] = { ...served[7]!, valueQuantity: { value: 400, unit: 'mg/dL' } };
     const results = await new IntegrityChecker(store, anchor).checkMany(served);
@@ -91,14 +205,14 @@ describe('IntegrityChecker.checkMany', () => {
     expect(results.filter((r) => r.status === 'verified')).toHaveLength(62);
   });
 
-  it('catches a changed proof even when entries proven earlier in the same check share its upper path', async () => {
+  it('catches a changed proof even when entries proven earlier in the same check share its upper path (no stored tree)', async () => {
     const day = Array.from({ length: 16 }, (_, i) => reading(i));
     anchorBatch(day, 0);
-    const db = (store as unknown as { db: import('better-sqlite3').Database }).db;
+    dropTrees();
     // entry 1 is the sibling of entry 0: give it entry 0's proof with the first sibling swapped for garbage
-    const p0 = (db.prepare('SELECT proof FROM commitments WHERE id = ?').get('obs-0') as { proof: Buffer }).proof;
+    const p0 = (db().prepare('SELECT proof FROM commitments WHERE id = ?').get('obs-0') as { proof: Buffer }).proof;
     const forged = Buffer.concat([randomBytes(32), p0.subarray(32)]);
-    db.prepare('UPDATE commitments SET proof = ? WHERE id = ?').run(forged, 'obs-1');
+    db().prepare('UPDATE commitments SET proof = ? WHERE id = ?').run(forged, 'obs-1');
     const results = await new IntegrityChecker(store, anchor).checkMany(day);
     expect(results[0]!.status).toBe('verified');
     expect(results[1]).toEqual({ status: 'failed', reason: 'proof' });

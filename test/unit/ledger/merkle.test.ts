@@ -1,7 +1,7 @@
 /** Merkle trees over SHA-256 commitments: every leaf's proof leads to the root; any change breaks it. */
 import { describe, expect, it } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
-import { buildMerkleTree, rootFromProof, verifyMerkleProof } from '../../../src/ledger/merkle.js';
+import { buildMerkleTree, nodeCount, rootFromProof, rootOfLeaves, verifyMerkleProof } from '../../../src/ledger/merkle.js';
 import { canonicalResourceText, commitmentOf, stripServerMeta } from '../../../src/ledger/canonical.js';
 
 const leaves = (n: number) => Array.from({ length: n }, () => randomBytes(32));
@@ -12,6 +12,34 @@ describe('Merkle tree', () => {
     const tree = buildMerkleTree(ls);
     for (let i = 0; i < n; i++) expect(verifyMerkleProof(ls[i]!, tree.proof(i), tree.root)).toBe(true);
     expect(tree.proof(0).length).toBeLessThanOrEqual(32 * Math.ceil(Math.log2(Math.max(2, n))));
+  });
+
+  it.each([1, 2, 3, 5, 8, 13, 33, 1000])('leads any set of the %i leaves, with the stored nodes, to the root', (n) => {
+    const ls = leaves(n);
+    const tree = buildMerkleTree(ls);
+    const nodes = tree.nodes();
+    expect(nodes.length).toBe(32 * nodeCount(n));
+    const pick = (indices: number[]) => indices.map((index) => ({ index, leaf: ls[index]! }));
+    const sets = [[0], [n - 1], Array.from({ length: n }, (_, i) => i), Array.from({ length: Math.min(n, 288) }, (_, i) => (i * 7) % n)];
+    for (const set of sets) {
+      const indices = [...new Set(set)].sort((a, b) => a - b);
+      expect(rootOfLeaves(n, nodes, pick(indices))!.equals(tree.root)).toBe(true);
+    }
+    // a changed leaf, or a leaf put at another position, leads elsewhere
+    const changed = Buffer.from(ls[0]!);
+    changed[31]! ^= 1;
+    expect(rootOfLeaves(n, nodes, [{ index: 0, leaf: changed }])!.equals(tree.root)).toBe(false);
+    if (n > 2) expect(rootOfLeaves(n, nodes, [{ index: 2, leaf: ls[0]! }])!.equals(tree.root)).toBe(false);
+  });
+
+  it('refuses stored nodes of the wrong size, positions out of range or out of order', () => {
+    const ls = leaves(10);
+    const tree = buildMerkleTree(ls);
+    expect(rootOfLeaves(10, tree.nodes().subarray(32), [{ index: 0, leaf: ls[0]! }])).toBeUndefined();
+    expect(rootOfLeaves(11, tree.nodes(), [{ index: 0, leaf: ls[0]! }])).toBeUndefined();
+    expect(rootOfLeaves(10, tree.nodes(), [{ index: 10, leaf: ls[0]! }])).toBeUndefined();
+    expect(rootOfLeaves(10, tree.nodes(), [{ index: 2, leaf: ls[2]! }, { index: 1, leaf: ls[1]! }])).toBeUndefined();
+    expect(rootOfLeaves(10, tree.nodes(), [])).toBeUndefined();
   });
 
   it('a single leaf is its own root', () => {
