@@ -158,8 +158,7 @@ export class IntegrityChecker {
         return;
       }
       members.sort((a, b) => a.index - b.index);
-      const known: { index: number; leaf: Buffer }[] = [];
-      const salts: Buffer[] = [];
+      const known: { index: number; leaf: Buffer; salt: Buffer }[] = [];
       let consistent = true;
       for (const { m, index } of members) {
         const salt = group.salts.subarray(32 * index, 32 * index + 32);
@@ -170,17 +169,16 @@ export class IntegrityChecker {
           if (!last.leaf.equals(leaf)) consistent = false;
           continue;
         }
-        known.push({ index, leaf });
-        salts.push(salt);
+        known.push({ index, leaf, salt });
       }
       const proven = consistent && rootOfLeaves(group.size, group.nodes, known)?.equals(root) === true;
       if (!proven) {
         for (const { m } of members) unsettled.push(m);
         return;
       }
-      const leafAt = new Map(known.map((k, i) => [k.index, { leaf: k.leaf, salt: salts[i]! }]));
+      const byIndex = new Map(known.map((k) => [k.index, k]));
       for (const { m, index } of members) {
-        const { leaf, salt } = leafAt.get(index)!;
+        const { leaf, salt } = byIndex.get(index)!;
         if (keep) this.remember(m.id, { type: m.type, version: m.version, salt: Buffer.from(salt), leaf, text: m.text });
         results[m.at] = VERIFIED;
       }
