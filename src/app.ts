@@ -70,6 +70,12 @@ export interface App {
   web: Web;
   /** The embedded repository's decoded-version cache (undefined with an upstream repository). */
   readCache?: DecodedCache;
+  /**
+   * Right to erasure (embedded repository only; an upstream server erases by its own means): the
+   * patient's data key is destroyed, so every version of their data becomes unreadable, and the
+   * salts of its commitments are overwritten (CommitmentStore.forgetSalts).
+   */
+  erasePatient?: (patientId: string) => Promise<{ resources: number; commitments: number }>;
   /** One line per port: which adapter serves it and where its data lives. */
   adapters: { port: string; adapter: string; location: string }[];
   close(): Promise<void>;
@@ -290,7 +296,15 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     cgm,
     readiness,
     web,
-    ...(adapter instanceof EmbeddedRepository ? { readCache: adapter.decoded } : {}),
+    ...(adapter instanceof EmbeddedRepository ? {
+      readCache: adapter.decoded,
+      erasePatient: async (patientId: string) => {
+        const { resources } = await adapter.eraseSubject(patientId);
+        const commitments = ledger.store.forgetSalts(patientId);
+        ledger.checker.clearCache(); // proven versions keep their salts in memory
+        return { resources, commitments };
+      },
+    } : {}),
     adapters,
     exchange,
     async close() {

@@ -15,6 +15,7 @@ import { registerSmartCommands } from './smart/cli.js';
 import { registerCgmCommands } from './cgm/cli.js';
 import { registerConsentCommands } from './consent/cli.js';
 import { registerLedgerCommands } from './ledger/cli.js';
+import { anchoringElsewhere } from './ledger/anchor.js';
 import { registerExchangeCommands } from './exchange/cli.js';
 
 function config(): Config {
@@ -107,6 +108,23 @@ patients
         throw new Error(issues.map((i) => i.diagnostics).join('; ') || `status ${res.status}`);
       }
       console.log((res.body as Patient).id);
+    });
+  });
+
+patients
+  .command('erase')
+  .description('right to erasure: destroy the patient\'s data key (every version of their data becomes unreadable) and the salts of its commitments')
+  .requiredOption('--patient <id>', 'the Patient id')
+  .option('--yes', 'confirm: this cannot be undone')
+  .action(async (opts: { patient: string; yes?: boolean }) => {
+    if (!opts.yes) throw new Error(`erasing Patient/${opts.patient} cannot be undone: run again with --yes to confirm`);
+    await withApp(openApp, async (app) => {
+      if (!app.erasePatient) throw new Error('erasure is for the embedded repository; an upstream FHIR server erases data by its own means');
+      // A running server keeps data keys and decoded versions in memory: it must not go on serving them.
+      const server = anchoringElsewhere(app.ledger.store);
+      if (server) throw new Error(`a server is running on this data directory (${server}): stop it first, then erase`);
+      const { resources, commitments } = await app.erasePatient(opts.patient);
+      console.log(`Patient/${opts.patient}: data key destroyed, ${resources} current resources unreadable; salts of ${commitments} commitments overwritten`);
     });
   });
 

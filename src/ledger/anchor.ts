@@ -380,6 +380,18 @@ export class Anchorer {
 }
 
 /**
+ * The owner of the anchoring lease when it is another process that is still running (a server on
+ * this data directory renews it every few seconds while it runs); undefined otherwise.
+ */
+export function anchoringElsewhere(store: CommitmentStore, now = Date.now()): string | undefined {
+  const holder = store.leaseHolder();
+  if (!holder || holder.until <= now) return undefined;
+  const [host, pid] = holder.owner.split('/');
+  if (host === hostname() && Number(pid) === process.pid) return undefined;
+  return holderDied(holder.owner) ? undefined : holder.owner;
+}
+
+/**
  * True when the lease holder ran on this host in a process that no longer exists (killed, crashed):
  * its lease need not run out before another process anchors (a restart anchors at once).
  */

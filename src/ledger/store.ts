@@ -307,6 +307,35 @@ export class CommitmentStore {
     return { id: batch.id, stored: true };
   }
 
+  /**
+   * Right to erasure, the ledger's part: overwrites with zeros the salts of every version recorded
+   * for `patient`, in their rows and in their batches' trees, so the on-chain commitments of the
+   * erased data can no longer be tested against guesses of its content. Leaves, proofs and trees
+   * stay (other versions of the same batches are still proven with them). Answers how many
+   * versions' salts were destroyed.
+   */
+  forgetSalts(patient: string): number {
+    this.checkOpen();
+    return this.db.transaction(() => {
+      const rows = this.db.prepare<[string], [number, number | null]>('SELECT seq, batch FROM commitments WHERE patient = ?').raw().all(patient);
+      if (!rows.length) return 0;
+      this.db.prepare('UPDATE commitments SET salt = zeroblob(32) WHERE patient = ?').run(patient);
+      const byBatch = new Map<number, number[]>();
+      for (const [seq, batch] of rows) if (batch !== null) byBatch.set(batch, [...(byBatch.get(batch) ?? []), seq]);
+      const readTree = this.db.prepare<[number], { first_seq: number; salts: Buffer | null }>(
+        'SELECT b.first_seq, t.salts FROM batches b LEFT JOIN batch_trees t ON t.batch = b.id WHERE b.id = ?');
+      const writeSalts = this.db.prepare('UPDATE batch_trees SET salts = ? WHERE batch = ?');
+      for (const [batch, seqs] of byBatch) {
+        const tree = readTree.get(batch);
+        if (!tree?.salts) continue;
+        const salts = Buffer.from(tree.salts);
+        for (const seq of seqs) salts.fill(0, 32 * (seq - tree.first_seq), 32 * (seq - tree.first_seq + 1));
+        writeSalts.run(salts, batch);
+      }
+      return rows.length;
+    })();
+  }
+
   markAnchored(id: number, chainBatchId: number, block: number, tx: string | null, now = Date.now()): void {
     this.db.prepare("UPDATE batches SET status = 'anchored', chain_batch = ?, block = ?, tx = ?, anchored_at = ? WHERE id = ?")
       .run(chainBatchId, block, tx, now, id);

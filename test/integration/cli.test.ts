@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { PACKAGE_ROOT } from '../../src/paths.js';
 import { tempDir } from '../support/app.js';
 import { rmSync } from 'node:fs';
+import Database from 'better-sqlite3';
 
 const BIN = path.join(PACKAGE_ROOT, 'bin/glucoguard.js');
 const dataDir = tempDir('gg-cli-');
@@ -65,10 +66,32 @@ describe('glucoguard CLI', () => {
     const res = await fetch(`http://127.0.0.1:${port}/fhir/Patient/${patientId}`);
     expect(res.status).toBe(200);
     expect(((await res.json()) as { name: { family: string }[] }).name[0]!.family).toBe('Rivera');
+    // erasure beside a running server (which holds data keys in memory) is refused
+    const erase = spawnSync(process.execPath, [BIN, 'patients', 'erase', '--patient', patientId, '--yes'], { env, encoding: 'utf8' });
+    expect(erase.status).not.toBe(0);
+    expect(erase.stderr).toMatch(/a server is running on this data directory .*stop it first/);
+    expect((await fetch(`http://127.0.0.1:${port}/fhir/Patient/${patientId}`)).status).toBe(200);
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
     expect(out).toMatch(/stopped cleanly/);
     expect(out).not.toMatch(/Rivera/);
+  });
+
+  test('patients erase wants --yes, then destroys the patient\'s data key and commitment salts', () => {
+    const unconfirmed = spawnSync(process.execPath, [BIN, 'patients', 'erase', '--patient', patientId], { env, encoding: 'utf8' });
+    expect(unconfirmed.status).not.toBe(0);
+    expect(unconfirmed.stderr).toMatch(/cannot be undone: run again with --yes/);
+    const r = spawnSync(process.execPath, [BIN, 'patients', 'erase', '--patient', patientId, '--yes'], { env, encoding: 'utf8' });
+    expect(r.stderr).not.toMatch(/glucoguard: /);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^Patient/${patientId}: data key destroyed, [1-9]\\d* current resources unreadable; salts of [1-9]\\d* commitments overwritten`));
+    const db = new Database(path.join(dataDir, 'ledger', 'commitments.db'), { readonly: true });
+    try {
+      const salt = db.prepare("SELECT salt FROM commitments WHERE type = 'Patient' AND id = ?").pluck().get(patientId) as Buffer;
+      expect(salt.equals(Buffer.alloc(32))).toBe(true);
+    } finally {
+      db.close();
+    }
   });
 });

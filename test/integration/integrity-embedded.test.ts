@@ -147,4 +147,50 @@ describe('embedded store', () => {
     expect(ok.status).toBe(200);
     expect(integrityTags(ok.body)).toEqual([]);
   });
+
+  it('erasure: the patient\'s data becomes unreadable and the salts of their commitments are destroyed; others still prove', async () => {
+    const erased = await createPatient('Erased');
+    const kept = await createPatient('Kept');
+    const reading = (patient: string, minute: number) => ({
+      resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '99504-3' }] },
+      subject: { reference: `Patient/${patient}` }, effectiveDateTime: new Date(Date.parse('2026-03-01T00:00:00Z') + minute * 60_000).toISOString(),
+      valueQuantity: { value: 100 + minute, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+    });
+    const ids: Record<string, string[]> = { [erased.id!]: [], [kept.id!]: [] };
+    for (let i = 0; i < 10; i++) {
+      for (const p of [erased.id!, kept.id!]) {
+        const res = await request(t.app.http).post('/fhir/Observation').set('content-type', FHIR_JSON).send(reading(p, i));
+        expect(res.status).toBe(201);
+        ids[p]!.push(res.body.id);
+      }
+    }
+    await t.app.ledger.anchorer.flush();
+    const rec = t.app.ledger.store.get('Observation', ids[erased.id!]![0]!, '1')!;
+    expect(rec.salt.equals(Buffer.alloc(32))).toBe(false);
+
+    expect(await t.app.erasePatient!(erased.id!)).toEqual({ resources: 11, commitments: 11 });
+
+    expect((await request(t.app.http).get(`/fhir/Patient/${erased.id}`)).status).toBe(410);
+    expect((await request(t.app.http).get(`/fhir/Observation/${ids[erased.id!]![3]}`)).status).toBe(410);
+    const search = await request(t.app.http).get('/fhir/Observation').query({ patient: erased.id });
+    expect(search.body.entry ?? []).toHaveLength(0);
+    for (const id of [erased.id!, ...ids[erased.id!]!]) {
+      const type = id === erased.id ? 'Patient' : 'Observation';
+      expect(t.app.ledger.store.get(type, id, '1')!.salt.equals(Buffer.alloc(32))).toBe(true);
+    }
+    const db = new Database(path.join(t.dataDir, 'ledger', 'commitments.db'), { readonly: true });
+    try {
+      const tree = db.prepare('SELECT b.first_seq AS first, t.salts FROM batches b JOIN batch_trees t ON t.batch = b.id WHERE b.id = ?').get(rec.batch) as { first: number; salts: Buffer };
+      expect(tree.salts.subarray(32 * (rec.seq - tree.first), 32 * (rec.seq - tree.first + 1)).equals(Buffer.alloc(32))).toBe(true);
+      const keptRec = t.app.ledger.store.get('Observation', ids[kept.id!]![0]!, '1')!;
+      expect(tree.salts.subarray(32 * (keptRec.seq - tree.first), 32 * (keptRec.seq - tree.first + 1)).equals(keptRec.salt)).toBe(true);
+    } finally {
+      db.close();
+    }
+    // the other patient's readings, in the same batch, are still proven (the checker forgot what it had proven)
+    const others = await request(t.app.http).get('/fhir/Observation').query({ patient: kept.id, _count: '50' });
+    expect(others.status).toBe(200);
+    expect(others.body.entry).toHaveLength(10);
+    for (const e of others.body.entry) expect(integrityTags(e.resource)).toEqual([]);
+  });
 });
