@@ -89,11 +89,22 @@ describe('RedisKeyValueStore fails closed', () => {
   });
 
   (HAS_REDIS_BINARY ? test : test.skip)('when Redis goes away every call throws ERR_UNAVAILABLE, and works again when it is back', async () => {
-    const port = 20000 + Math.floor(Math.random() * 20000);
-    const start = async (): Promise<ChildProcess> => {
-      const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-      for (let i = 0; i < 100 && !(await portAnswers(port)); i++) await sleep(20);
-      return child;
+    let port = 0;
+    // A redis-server on a random port (another one if that port is taken: the server exits at once;
+    // the restart below keeps the port), up to 10 s for it to answer (the suite shares two cores).
+    const start = async (samePort = false): Promise<ChildProcess> => {
+      for (let attempt = 0; attempt < 5; attempt++) {
+        if (!samePort) port = 20000 + Math.floor(Math.random() * 20000);
+        const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+        let exited = false;
+        child.once('exit', () => { exited = true; });
+        for (let i = 0; i < 500 && !exited; i++) {
+          if ((await portAnswers(port)) && !exited) return child;
+          await sleep(20);
+        }
+        child.kill('SIGKILL');
+      }
+      throw new Error(`redis-server did not start (last port ${port})`);
     };
     let server = await start();
     const store = await RedisKeyValueStore.connect(`redis://127.0.0.1:${port}`);
@@ -111,7 +122,7 @@ describe('RedisKeyValueStore fails closed', () => {
         const err = await call().then(() => 'resolved', (e: unknown) => e);
         expect(isGlucoGuardError(err, 'ERR_UNAVAILABLE')).toBe(true);
       }
-      server = await start();
+      server = await start(true);
       let back = false;
       for (let i = 0; i < 100 && !back; i++) {
         back = await store.set('k2', 'v2').then(() => true, () => false);
