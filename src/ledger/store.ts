@@ -321,7 +321,12 @@ export class CommitmentStore {
       if (!rows.length) return 0;
       this.db.prepare('UPDATE commitments SET salt = zeroblob(32) WHERE patient = ?').run(patient);
       const byBatch = new Map<number, number[]>();
-      for (const [seq, batch] of rows) if (batch !== null) byBatch.set(batch, [...(byBatch.get(batch) ?? []), seq]);
+      for (const [seq, batch] of rows) {
+        if (batch === null) continue;
+        const seqs = byBatch.get(batch);
+        if (seqs) seqs.push(seq);
+        else byBatch.set(batch, [seq]);
+      }
       const readTree = this.db.prepare<[number], { first_seq: number; salts: Buffer | null }>(
         'SELECT b.first_seq, t.salts FROM batches b LEFT JOIN batch_trees t ON t.batch = b.id WHERE b.id = ?');
       const writeSalts = this.db.prepare('UPDATE batch_trees SET salts = ? WHERE batch = ?');
