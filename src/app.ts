@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import path from 'node:path';
 import { Operator } from '@medplum/core';
 import type { Patient, Resource } from '@medplum/fhirtypes';
+import compression from 'compression';
 import express, { type Express } from 'express';
 import type { Config } from './config.js';
 import { fhirBase, insecureSettings } from './config.js';
@@ -255,6 +256,10 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   http.use(securityHeaders());
   http.use(observabilityRouter(readiness));
   http.use(smart.router);
+  // FHIR answers (a patient-day searchset is ~220 kB of JSON) and bulk export files, compressed
+  // when the client asks (Accept-Encoding; most HTTP clients do), from 1 kB up. zlib works off the
+  // event loop; brotli at quality 4, as the library sets it, costs about what gzip does.
+  if (config.compression === 'on') http.use(['/fhir', '/exports'], compression());
   http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers), maxBodyBytes: config.maxBodyBytes, logger }));
   http.use('/exports', exchange.filesRouter);
   http.use('/cgm', cgmHttpRouter({

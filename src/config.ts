@@ -29,6 +29,12 @@ export interface Config {
   readCacheMb: number;
   /** Authentication on /fhir: 'on' (default) or 'off' for local experiments only (GLUCOGUARD_AUTH). */
   auth: 'on' | 'off';
+  /**
+   * gzip/deflate/brotli response bodies of 1 kB and more under /fhir and /exports when the client
+   * sends Accept-Encoding: 'on' (default) or 'off', e.g. behind a reverse proxy that compresses
+   * (GLUCOGUARD_COMPRESSION).
+   */
+  compression: 'on' | 'off';
   /** Log level for pino (LOG_LEVEL). */
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   /** 'production' refuses insecure settings (NODE_ENV). */
@@ -98,6 +104,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
   const baseUrl = url(baseUrlRaw, 'GLUCOGUARD_BASE_URL', problems).replace(/\/+$/, '');
   const nodeEnv = env.NODE_ENV ?? 'development';
   const auth = oneOf(pick('GLUCOGUARD_AUTH', 'auth') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_AUTH', problems);
+  const compression = oneOf(pick('GLUCOGUARD_COMPRESSION', 'compression') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_COMPRESSION', problems);
   if (auth === 'off' && nodeEnv === 'production') {
     problems.push('GLUCOGUARD_AUTH=off is refused when NODE_ENV=production');
   }
@@ -176,6 +183,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     maxPageSize: int(pick('GLUCOGUARD_MAX_PAGE_SIZE', 'maxPageSize') ?? '1000', 'GLUCOGUARD_MAX_PAGE_SIZE', 1, 100000, problems),
     readCacheMb: int(pick('GLUCOGUARD_READ_CACHE_MB', 'readCacheMb') ?? '64', 'GLUCOGUARD_READ_CACHE_MB', 0, 65536, problems),
     auth,
+    compression,
     logLevel,
     nodeEnv,
     upstream,

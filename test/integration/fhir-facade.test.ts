@@ -4,6 +4,9 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Bundle, Observation, OperationOutcome, Patient } from '@medplum/fhirtypes';
+import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { startUpstreamFhirServer } from '../support/upstream-server.js';
@@ -131,10 +134,11 @@ describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBacke
       expect(r.status).toBe(201);
     }
     // three reads: the embedded repository keeps versions from their second read on (frozen, shared),
-    // and their JSON text from the first time they are written; every answer is the same document
+    // and their JSON text from the first time they are written; every answer is the same document.
+    // Identity coding: the Content-Length under test is that of the uncompressed pieces.
     const answers: Bundle<Patient>[] = [];
     for (let read = 0; read < 3; read++) {
-      const res = await http().get('/fhir/Patient').query({ family, _count: '100' }).buffer(true);
+      const res = await http().get('/fhir/Patient').query({ family, _count: '100' }).set('Accept-Encoding', 'identity').buffer(true);
       expect(res.status).toBe(200);
       expect(Buffer.byteLength(res.text, 'utf8')).toBeGreaterThan(16 * 1024);
       expect(Number(res.headers['content-length'])).toBe(Buffer.byteLength(res.text, 'utf8'));
@@ -336,6 +340,45 @@ describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBacke
     expect(res.text).toContain('\n  "resourceType"');
   });
 
+  test('bodies of 1 kB and more are compressed when the client accepts it, byte for byte the same JSON', async () => {
+    const server = t.app.http.listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const search = `/fhir/Observation?patient=${patientId}&_count=100`;
+      const plain = await rawGet(port, search, { 'Accept-Encoding': 'identity' });
+      expect(plain.status).toBe(200);
+      expect(plain.headers['content-encoding']).toBeUndefined();
+      expect(Number(plain.headers['content-length'])).toBe(plain.body.length);
+      expect(plain.body.length).toBeGreaterThan(1024);
+      const bundle = JSON.parse(plain.body.toString('utf8')) as Bundle;
+      expect(bundle.entry!.length).toBeGreaterThanOrEqual(12);
+      for (const [encoding, inflate] of [['gzip', gunzipSync], ['br', brotliDecompressSync], ['deflate', inflateSync]] as const) {
+        const packed = await rawGet(port, search, { 'Accept-Encoding': encoding });
+        expect(packed.status).toBe(200);
+        expect(packed.headers['content-encoding']).toBe(encoding);
+        expect(packed.headers.vary).toMatch(/Accept-Encoding/i);
+        expect(packed.headers['content-type']).toMatch(/application\/fhir\+json/);
+        expect(packed.body.length).toBeLessThan(plain.body.length / 2);
+        // same entries in the same order (ids of the links' page tokens differ per request)
+        const unpacked = JSON.parse(inflate(packed.body).toString('utf8')) as Bundle;
+        expect(unpacked.entry).toEqual(bundle.entry);
+      }
+      // small answers and HEAD are left alone; a client that refuses every coding gets identity
+      const small = await rawGet(port, '/fhir/Observation/no-such-id', { 'Accept-Encoding': 'gzip' });
+      expect(small.status).toBe(404);
+      expect(small.headers['content-encoding']).toBeUndefined();
+      const none = await rawGet(port, search, { 'Accept-Encoding': 'gzip;q=0, deflate;q=0, br;q=0' });
+      expect(none.headers['content-encoding']).toBeUndefined();
+      expect(JSON.parse(none.body.toString('utf8')).entry).toEqual(bundle.entry);
+      const head = await rawGet(port, search, { 'Accept-Encoding': 'gzip' }, 'HEAD');
+      expect(head.status).toBe(200);
+      expect(head.body.length).toBe(0);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   test('a page token does not work for another requester or once edited', async () => {
     const res = await http().get('/fhir/Observation').query({ patient: patientId, _count: 2 });
     const next = new URL(res.body.link.find((l: { relation: string }) => l.relation === 'next').url);
@@ -345,6 +388,19 @@ describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBacke
   });
 
   if (adapter === 'embedded') {
+    test('GLUCOGUARD_COMPRESSION=off answers uncompressed whatever the client accepts', async () => {
+      const plainApp = await startTestApp({ GLUCOGUARD_COMPRESSION: 'off' });
+      try {
+        await request(plainApp.app.http).post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [{ family: 'x'.repeat(2000) }] });
+        const res = await request(plainApp.app.http).get('/fhir/Patient').set('Accept-Encoding', 'gzip, br');
+        expect(res.status).toBe(200);
+        expect(Number(res.headers['content-length'])).toBeGreaterThan(2000);
+        expect(res.headers['content-encoding']).toBeUndefined();
+      } finally {
+        await plainApp.close();
+      }
+    });
+
     test('data survives a restart', async () => {
       await t.restart();
       const read = await http().get(`/fhir/Patient/${patientId}`);
@@ -354,6 +410,19 @@ describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBacke
     });
   }
 });
+
+/** One request over a real socket, the body as it came over the wire (supertest would inflate it). */
+function rawGet(port: number, path: string, headers: Record<string, string>, method = 'GET'): Promise<{ status: number; headers: IncomingHttpHeaders; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path, method, headers: { Accept: FHIR_JSON, ...headers, Connection: 'close' } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks) }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
 
 /** Upstream servers may render instants without milliseconds; compare on the instant. */
 function normalizeTime(actual: string[]) {

@@ -47,6 +47,9 @@ describe('config', () => {
     expect(c.chain.nodeThread).toBe('main');
     expect(() => loadConfig({ GLUCOGUARD_READ_CACHE_MB: '-1' })).toThrow(/GLUCOGUARD_READ_CACHE_MB must be an integer from 0/);
     expect(() => loadConfig({ CHAIN_NODE_THREAD: 'fork' })).toThrow(/CHAIN_NODE_THREAD must be one of worker, main/);
+    expect(d.compression).toBe('on');
+    expect(loadConfig({ GLUCOGUARD_COMPRESSION: 'off' }).compression).toBe('off');
+    expect(() => loadConfig({ GLUCOGUARD_COMPRESSION: 'gzip' })).toThrow(/GLUCOGUARD_COMPRESSION must be one of on, off/);
   });
 
   test('GLUCOGUARD_AUTH=off is warned about, and refused in production', () => {
