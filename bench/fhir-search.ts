@@ -110,14 +110,17 @@ async function loadPhase(app: App, total: number, patients: number, log: Log): P
  */
 async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<string, number>> {
   const iterations = Number(process.env.BENCH_QUERIES ?? 500);
-  const queries = Array.from({ length: iterations }, (_, i) => {
+  const codingQueries = 200;
+  const all = Array.from({ length: iterations + codingQueries }, (_, i) => {
     const patient = setup.patientIds[(i * 37) % setup.patientIds.length]!;
     const day = new Date(Date.parse('2026-01-01T00:00:00Z') + ((i * 13) % setup.days) * 86_400_000).toISOString().slice(0, 10);
     return patientDayQuery(patient, day);
   });
+  const queries = all.slice(0, iterations);
   const server = app.http.listen(0, '127.0.0.1');
   await new Promise((r) => server.once('listening', r));
   const client = new HttpClient((server.address() as AddressInfo).port);
+  const gzipClient = new HttpClient((server.address() as AddressInfo).port, { headers: { 'Accept-Encoding': 'gzip' } });
   try {
     const direct: number[] = [];
     const overHttp: number[] = [];
@@ -152,24 +155,52 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
     const h = summary(overHttp.sort((a, b) => a - b));
     const conc = await client.run(queries.map((q) => `/fhir/${q}`), 4, Number(process.env.BENCH_SECONDS ?? 10));
     const rps = conc.times.length / conc.elapsed;
+    const coding = await codingCompared(app, client, gzipClient, all.slice(iterations));
     const parts = await breakdown(app, queries.slice(0, 200));
     log(`  patient-day query (288 of ${setup.loaded.toLocaleString('en')}), ${iterations} queries over varied patients/days:`);
     log(`    direct repository: p50 ${fmt(d.p50)} ms, p95 ${fmt(d.p95)} ms`);
     log(`    HTTP facade:       p50 ${fmt(h.p50)} ms, p95 ${fmt(h.p95)} ms (target p50 < 20 ms); ${fmt(1000 / h.mean, 0)} req/s sequential`);
     log(`    HTTP throughput, 4 concurrent keep-alive clients, ${fmt(conc.elapsed, 1)} s: ${fmt(rps, 0)} req/s`);
     log(`    ratio HTTP/direct p50: ${fmt(h.p50 / d.p50)}x (target <= 1.5x); RSS ${fmt(rssMb(), 0)} MB`);
+    log(`    Accept-Encoding: gzip vs none, ${codingQueries} further unseen queries taking turns: p50 ${fmt(coding.gzipP50)} vs ${fmt(coding.identityP50)} ms over loopback;`
+      + ` ${fmt(coding.gzipBytes / 1024, 1)} vs ${fmt(coding.identityBytes / 1024, 1)} kB per answer`);
     log(`    where the HTTP time goes (p50 per stage, in-process, ${parts.n} of the queries again, integrity checked as on a first read of each version):`);
     log(`      repository search ${fmt(parts.search)} ms + integrity check ${fmt(parts.integrity)} ms + serialising the Bundle ${fmt(parts.serialize)} ms`
       + ` = ${fmt(parts.search + parts.integrity + parts.serialize)} ms; the rest of the HTTP p50 (${fmt(Math.max(0, h.p50 - parts.search - parts.integrity - parts.serialize))} ms):`
       + ' HTTP and framework, guards, the access-log write, garbage collection');
     return {
       directP50: d.p50, directP95: d.p95, httpP50: h.p50, httpP95: h.p95, httpRps: rps, ratioP50: h.p50 / d.p50, rssMb: rssMb(),
+      gzipP50: coding.gzipP50, identityP50: coding.identityP50, gzipKiB: coding.gzipBytes / 1024, identityKiB: coding.identityBytes / 1024,
       stageSearchP50: parts.search, stageIntegrityColdP50: parts.integrity, stageSerializeP50: parts.serialize,
     };
   } finally {
     await client.close();
+    await gzipClient.close();
     await new Promise((r) => server.close(r));
   }
+}
+
+/**
+ * The same search answered uncompressed and gzip-coded (what most HTTP clients ask for), on queries
+ * neither path has seen, the two taking turns query by query: over loopback this shows the CPU cost
+ * of coding; the bytes are what a real network carries.
+ */
+async function codingCompared(app: App, identity: HttpClient, gzip: HttpClient, queries: string[]): Promise<{ identityP50: number; gzipP50: number; identityBytes: number; gzipBytes: number }> {
+  const times = { identity: [] as number[], gzip: [] as number[] };
+  const bytes = { identity: 0, gzip: 0 };
+  for (let i = 0; i < queries.length; i++) {
+    const kind = i % 2 === 0 ? 'identity' : 'gzip';
+    app.readCache?.clear();
+    const r = await (kind === 'identity' ? identity : gzip).run([`/fhir/${queries[i]}`]);
+    times[kind].push(...r.times);
+    bytes[kind] += r.bytes;
+  }
+  return {
+    identityP50: summary(times.identity.sort((a, b) => a - b)).p50,
+    gzipP50: summary(times.gzip.sort((a, b) => a - b)).p50,
+    identityBytes: bytes.identity / times.identity.length,
+    gzipBytes: bytes.gzip / times.gzip.length,
+  };
 }
 
 /**

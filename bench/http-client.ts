@@ -7,6 +7,7 @@ import { Worker } from 'node:worker_threads';
 const CLIENT = `
 const { parentPort, workerData } = require('node:worker_threads');
 const http = require('node:http');
+const zlib = require('node:zlib');
 const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
 function get(path) {
   return new Promise((resolve, reject) => {
@@ -14,19 +15,20 @@ function get(path) {
     http.get({ host: '127.0.0.1', port: workerData.port, path, agent, headers: workerData.headers }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, status: res.statusCode, body: Buffer.concat(chunks) }));
+      res.on('end', () => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, status: res.statusCode, body: Buffer.concat(chunks), coding: res.headers['content-encoding'] }));
     }).on('error', reject);
   });
 }
 function check(r) {
   if (r.status !== 200) return false;
-  const b = JSON.parse(r.body.toString());
+  const text = r.coding === 'gzip' ? zlib.gunzipSync(r.body) : r.coding === 'br' ? zlib.brotliDecompressSync(r.body) : r.coding === 'deflate' ? zlib.inflateSync(r.body) : r.body;
+  const b = JSON.parse(text.toString());
   return (b.entry || []).length === workerData.entries;
 }
 parentPort.on('message', async ({ paths, concurrency, seconds }) => {
   try {
     const times = [];
-    let bad = 0, next = 0;
+    let bad = 0, next = 0, bytes = 0;
     const deadline = seconds ? Date.now() + seconds * 1000 : Infinity;
     const started = process.hrtime.bigint();
     async function loop() {
@@ -35,18 +37,20 @@ parentPort.on('message', async ({ paths, concurrency, seconds }) => {
         if (seconds ? Date.now() >= deadline : i >= paths.length) return;
         const r = await get(paths[i % paths.length]);
         times.push(r.ms);
+        bytes += r.body.length;
         if (i % 25 === 0 ? !check(r) : r.status !== 200) bad++;
       }
     }
     await Promise.all(Array.from({ length: concurrency }, loop));
-    parentPort.postMessage({ times, bad, elapsed: Number(process.hrtime.bigint() - started) / 1e9 });
+    parentPort.postMessage({ times, bad, bytes, elapsed: Number(process.hrtime.bigint() - started) / 1e9 });
   } catch (e) {
     parentPort.postMessage({ error: String(e) });
   }
 });
 `;
 
-export interface ClientResult { times: number[]; bad: number; elapsed: number; error?: string }
+/** `bytes`: body bytes received, as they came over the wire (compressed when the server coded them). */
+export interface ClientResult { times: number[]; bad: number; bytes: number; elapsed: number; error?: string }
 
 /** An HTTP load generator in a worker thread; each call runs one batch and answers its timings. */
 export class HttpClient {

@@ -256,11 +256,11 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   http.use(securityHeaders());
   http.use(observabilityRouter(readiness));
   http.use(smart.router);
-  // FHIR answers (a patient-day searchset is ~220 kB of JSON) and bulk export files, compressed
-  // when the client asks (Accept-Encoding; most HTTP clients do), from 1 kB up. zlib works off the
-  // event loop; brotli at quality 4, as the library sets it, costs about what gzip does.
-  if (config.compression === 'on') http.use(['/fhir', '/exports'], compression());
-  http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers), maxBodyBytes: config.maxBodyBytes, logger }));
+  // Bulk export files (streamed NDJSON) compressed when the client asks (Accept-Encoding), from
+  // 1 kB up; FHIR answers are coded in one piece by src/fhir/http.ts (see sendCoded there).
+  // (the library's own filter does not know application/fhir+ndjson as compressible).
+  if (config.compression === 'on') http.use('/exports', compression({ filter: (req, res) => /ndjson/.test(String(res.getHeader('Content-Type'))) || compression.filter(req, res) }));
+  http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers), maxBodyBytes: config.maxBodyBytes, logger, compress: config.compression === 'on' }));
   http.use('/exports', exchange.filesRouter);
   http.use('/cgm', cgmHttpRouter({
     service: cgm.ingest, authenticate: (headers, url) => smart.authenticate(headers, url),

@@ -128,6 +128,11 @@ describe('bulk $export', () => {
     expect(manifest.output[0]!.count).toBe(expected);
     const lines = await download(manifest.output[0]!.url, studyToken);
     expect(lines).toHaveLength(expected);
+    // the file leaves gzip-coded to a client that accepts it (supertest inflates it back)
+    const coded = await request(t.app.http).get(manifest.output[0]!.url.replace('http://127.0.0.1:8080', '')).set('Authorization', `Bearer ${studyToken}`).set('Accept-Encoding', 'gzip');
+    expect(coded.status).toBe(200);
+    expect(coded.headers['content-encoding']).toBe('gzip');
+    expect(String(coded.text ?? coded.body).trim().split('\n')).toHaveLength(expected);
     const subjects = new Set(lines.map((o) => o.subject?.reference));
     expect(subjects.size).toBe(1);
     expect([...subjects][0]).toMatch(/^Patient\/[0-9a-f]{40}$/);

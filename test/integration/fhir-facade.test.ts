@@ -360,9 +360,10 @@ describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBacke
         expect(packed.headers.vary).toMatch(/Accept-Encoding/i);
         expect(packed.headers['content-type']).toMatch(/application\/fhir\+json/);
         expect(packed.body.length).toBeLessThan(plain.body.length / 2);
-        // same entries in the same order (ids of the links' page tokens differ per request)
+        // same entries in the same order (the links' page tokens differ per request, and a reading
+        // may have been anchored in between, which drops its "pending" integrity tag)
         const unpacked = JSON.parse(inflate(packed.body).toString('utf8')) as Bundle;
-        expect(unpacked.entry).toEqual(bundle.entry);
+        expect(withoutIntegrityTags(unpacked.entry)).toEqual(withoutIntegrityTags(bundle.entry));
       }
       // small answers and HEAD are left alone; a client that refuses every coding gets identity
       const small = await rawGet(port, '/fhir/Observation/no-such-id', { 'Accept-Encoding': 'gzip' });
@@ -370,7 +371,7 @@ describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBacke
       expect(small.headers['content-encoding']).toBeUndefined();
       const none = await rawGet(port, search, { 'Accept-Encoding': 'gzip;q=0, deflate;q=0, br;q=0' });
       expect(none.headers['content-encoding']).toBeUndefined();
-      expect(JSON.parse(none.body.toString('utf8')).entry).toEqual(bundle.entry);
+      expect(withoutIntegrityTags(JSON.parse(none.body.toString('utf8')).entry)).toEqual(withoutIntegrityTags(bundle.entry));
       const head = await rawGet(port, search, { 'Accept-Encoding': 'gzip' }, 'HEAD');
       expect(head.status).toBe(200);
       expect(head.body.length).toBe(0);
@@ -410,6 +411,14 @@ describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBacke
     });
   }
 });
+
+function withoutIntegrityTags(entries: Bundle['entry']): unknown {
+  return JSON.parse(JSON.stringify(entries ?? []), (key, value: unknown) => {
+    if (key !== 'tag' || !Array.isArray(value)) return value;
+    const rest = value.filter((t: { system?: string }) => t.system !== 'urn:glucoguard:integrity');
+    return rest.length ? rest : undefined; // undefined: the member is left out
+  });
+}
 
 /** One request over a real socket, the body as it came over the wire (supertest would inflate it). */
 function rawGet(port: number, path: string, headers: Record<string, string>, method = 'GET'): Promise<{ status: number; headers: IncomingHttpHeaders; body: Buffer }> {
