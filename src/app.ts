@@ -8,6 +8,7 @@ import { Operator } from '@medplum/core';
 import type { Patient, Resource } from '@medplum/fhirtypes';
 import compression from 'compression';
 import express, { type Express } from 'express';
+import { erasureAuditEvent } from './audit/erasure.js';
 import type { Config } from './config.js';
 import { fhirBase, insecureSettings } from './config.js';
 import { cgmHttpRouter } from './cgm/http.js';
@@ -74,9 +75,10 @@ export interface App {
   /**
    * Right to erasure (embedded repository only; an upstream server erases by its own means): the
    * patient's data key is destroyed, so every version of their data becomes unreadable, and the
-   * salts of its commitments are overwritten (CommitmentStore.forgetSalts).
+   * salts of its commitments are overwritten (CommitmentStore.forgetSalts). An AuditEvent naming
+   * the operator records it (`auditEvent`: its id).
    */
-  erasePatient?: (patientId: string) => Promise<{ resources: number; commitments: number }>;
+  erasePatient?: (patientId: string, operator: string) => Promise<{ resources: number; commitments: number; auditEvent: string }>;
   /** One line per port: which adapter serves it and where its data lives. */
   adapters: { port: string; adapter: string; location: string }[];
   close(): Promise<void>;
@@ -303,11 +305,12 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     web,
     ...(adapter instanceof EmbeddedRepository ? {
       readCache: adapter.decoded,
-      erasePatient: async (patientId: string) => {
+      erasePatient: async (patientId: string, operator: string) => {
         const { resources } = await adapter.eraseSubject(patientId);
         const commitments = ledger.store.forgetSalts(patientId);
         ledger.checker.clearCache(); // proven versions keep their salts in memory
-        return { resources, commitments };
+        const event = await repository.create(erasureAuditEvent({ patientId, operator, resources, commitments, recorded: new Date().toISOString() }));
+        return { resources, commitments, auditEvent: event.resource.id! };
       },
     } : {}),
     adapters,

@@ -3,6 +3,7 @@
  * work on the same data directory / upstream as the server.
  */
 import type { Server } from 'node:http';
+import { hostname, userInfo } from 'node:os';
 import type { Patient } from '@medplum/fhirtypes';
 import { Command, InvalidArgumentError } from 'commander';
 import { createApp, VERSION } from './app.js';
@@ -31,6 +32,17 @@ function config(): Config {
 }
 
 /** The app as a one-off command opens it: logs at warn to stderr (stdout carries the result). */
+/** Who runs an administrative command, as its AuditEvent names them. */
+function operatorName(): string {
+  let user = process.env.USER ?? 'unknown user';
+  try {
+    user = userInfo().username;
+  } catch {
+    // no passwd entry for this uid (containers): keep $USER
+  }
+  return `${user} on ${hostname()} (glucoguard CLI)`;
+}
+
 const openApp = () => createApp(config(), { logger: createLogger('warn', process.stderr) });
 
 const program = new Command();
@@ -123,8 +135,8 @@ patients
       // A running server keeps data keys and decoded versions in memory: it must not go on serving them.
       const server = anchoringElsewhere(app.ledger.store);
       if (server) throw new Error(`a server is running on this data directory (${server}): stop it first, then erase`);
-      const { resources, commitments } = await app.erasePatient(opts.patient);
-      console.log(`Patient/${opts.patient}: data key destroyed, ${resources} current resources unreadable; salts of ${commitments} commitments overwritten`);
+      const { resources, commitments, auditEvent } = await app.erasePatient(opts.patient, operatorName());
+      console.log(`Patient/${opts.patient}: data key destroyed, ${resources} current resources unreadable; salts of ${commitments} commitments overwritten; recorded as AuditEvent/${auditEvent}`);
     });
   });
 

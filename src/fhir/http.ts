@@ -202,10 +202,11 @@ function codingFor(req: Request): Coding | undefined {
 
 /**
  * The whole answer coded in one go, on this thread: ~0.4 ms for a patient-day searchset, less than
- * writing it uncoded, and in proportion to the serialising just done here too. The zlib thread
- * pool was measured slower: its answer waits behind the work queued on this thread after the
- * response (the access-log write among it), 5–9 ms per patient-day answer; a streaming coder, one
- * job per piece, cost ~5 ms. Should coding fail, the answer goes out uncoded.
+ * writing it uncoded, and in proportion to the serialising just done here too. Measured slower:
+ * the asynchronous zlib call on the thread pool, whose answer came 5–9 ms later (p50) under the
+ * 1M-store benchmark's load (0.45 ms in an idle process; the pool is shared with the rest of the
+ * process), and a streaming coder, one pool job per piece, ~5 ms. Should coding fail, the answer
+ * goes out uncoded.
  */
 function sendCoded(res: Response, chunks: string[], coding: Coding): void {
   const body = chunks.length === 1 ? Buffer.from(chunks[0]!, 'utf8') : Buffer.concat(chunks.map((c) => Buffer.from(c, 'utf8')));

@@ -85,7 +85,11 @@ describe('glucoguard CLI', () => {
     const r = spawnSync(process.execPath, [BIN, 'patients', 'erase', '--patient', patientId, '--yes'], { env, encoding: 'utf8' });
     expect(r.stderr).not.toMatch(/glucoguard: /);
     expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(new RegExp(`^Patient/${patientId}: data key destroyed, [1-9]\\d* current resources unreadable; salts of [1-9]\\d* commitments overwritten`));
+    expect(r.stdout).toMatch(new RegExp(`^Patient/${patientId}: data key destroyed, [1-9]\\d* current resources unreadable; salts of [1-9]\\d* commitments overwritten; recorded as AuditEvent/[\\w-]+`));
+    // the patient's access log names the erasure and who ran it
+    const log = spawnSync(process.execPath, [BIN, 'audit', '--patient', patientId], { env, encoding: 'utf8' });
+    expect(log.status).toBe(0);
+    expect(log.stdout).toMatch(/\(glucoguard CLI\)\s+destroy\s+permitted\s+\[erasure: data key destroyed/);
     const db = new Database(path.join(dataDir, 'ledger', 'commitments.db'), { readonly: true });
     try {
       const salt = db.prepare("SELECT salt FROM commitments WHERE type = 'Patient' AND id = ?").pluck().get(patientId) as Buffer;

@@ -168,7 +168,19 @@ describe('embedded store', () => {
     const rec = t.app.ledger.store.get('Observation', ids[erased.id!]![0]!, '1')!;
     expect(rec.salt.equals(Buffer.alloc(32))).toBe(false);
 
-    expect(await t.app.erasePatient!(erased.id!)).toEqual({ resources: 11, commitments: 11 });
+    const erasure = await t.app.erasePatient!(erased.id!, 'ops@example (test)');
+    expect(erasure).toEqual({ resources: 11, commitments: 11, auditEvent: expect.any(String) });
+    // the erasure is on record: readable (under the patient's next key), in their compartment, counts only
+    const event = await request(t.app.http).get(`/fhir/AuditEvent/${erasure.auditEvent}`);
+    expect(event.status).toBe(200);
+    expect(event.body).toMatchObject({
+      action: 'D', outcome: '0', subtype: [{ code: 'destroy' }],
+      agent: [{ who: { display: 'ops@example (test)' }, requestor: true }],
+      entity: [{ what: { reference: `Patient/${erased.id}` } }],
+    });
+    expect(event.body.outcomeDesc).toBe('erasure: data key destroyed, 11 current resources unreadable; salts of 11 commitments overwritten');
+    const log = await request(t.app.http).get('/fhir/AuditEvent').query({ patient: erased.id, _count: '1000' });
+    expect(log.body.entry.map((e: { resource: { id: string } }) => e.resource.id)).toContain(erasure.auditEvent);
 
     expect((await request(t.app.http).get(`/fhir/Patient/${erased.id}`)).status).toBe(410);
     expect((await request(t.app.http).get(`/fhir/Observation/${ids[erased.id!]![3]}`)).status).toBe(410);

@@ -1,0 +1,39 @@
+/**
+ * The AuditEvent of an erasure (GDPR Art. 17, `glucoguard patients erase`): who erased which
+ * Patient, when, and how much became unreadable. Counts only, no health data. Written after the
+ * erasure, so it is stored (and anchored) under the patient's next data key and stays readable.
+ */
+import type { AuditEvent } from '@medplum/fhirtypes';
+
+export interface ErasureRecord {
+  patientId: string;
+  /** Who ran it (the CLI names the operating-system user). */
+  operator: string;
+  /** Current resources made unreadable, and commitments whose salts were overwritten. */
+  resources: number;
+  commitments: number;
+  /** ISO instant. */
+  recorded: string;
+}
+
+export function erasureAuditEvent(rec: ErasureRecord): AuditEvent {
+  return {
+    resourceType: 'AuditEvent',
+    type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110110', display: 'Patient Record' },
+    subtype: [{ system: 'http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle', code: 'destroy', display: 'Destroy/Delete' }],
+    action: 'D',
+    recorded: rec.recorded,
+    outcome: '0',
+    outcomeDesc: `erasure: data key destroyed, ${rec.resources} current resources unreadable; salts of ${rec.commitments} commitments overwritten`,
+    agent: [{ who: { display: rec.operator }, requestor: true }],
+    source: {
+      observer: { display: 'GlucoGuard' },
+      type: [{ system: 'http://terminology.hl7.org/CodeSystem/security-source-type', code: '4', display: 'Application Server' }],
+    },
+    entity: [{
+      what: { reference: `Patient/${rec.patientId}` },
+      type: { system: 'http://terminology.hl7.org/CodeSystem/audit-entity-type', code: '1', display: 'Person' },
+      role: { system: 'http://terminology.hl7.org/CodeSystem/object-role', code: '1', display: 'Patient' },
+    }],
+  };
+}
