@@ -10,6 +10,7 @@
  * directory and reuses it on the next run with the same BENCH_OBSERVATIONS and BENCH_PATIENTS (the
  * fresh-process queries alone).
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -231,12 +232,28 @@ async function breakdown(app: App, queries: string[]): Promise<{ n: number; sear
   return { n: queries.length, search: p50(search), integrity: p50(integrity), serialize: p50(serialize) };
 }
 
+/**
+ * How much of the store's two database files the OS page cache holds (util-linux `fincore`), as the
+ * queries start: the first read of a patient-day costs ~3 ms more in the search alone when its pages
+ * come from disk, and some VMs page out file pages idle for a while (DAMON reclaim).
+ */
+function pageCacheShare(dataDir: string): string {
+  const files = [path.join(dataDir, 'store', 'glucoguard.db'), path.join(dataDir, 'ledger', 'commitments.db')];
+  const r = spawnSync('fincore', ['--bytes', '--noheadings', '--raw', '-o', 'RES,SIZE', ...files], { encoding: 'utf8' });
+  if (r.status !== 0) return 'page cache residency unknown (no fincore)';
+  const shares = r.stdout.trim().split('\n').map((line) => {
+    const [res, size] = line.trim().split(/\s+/).map(Number);
+    return size ? `${fmt((100 * res!) / size, 0)} %` : '?';
+  });
+  return `in the page cache: repository ${shares[0]}, commitments ${shares[1]}`;
+}
+
 childMain(CHILD_FLAG, async ([dataDir], log) => {
   const setup = JSON.parse(readFileSync(path.join(dataDir!, 'bench-setup.json'), 'utf8')) as Setup;
   global.gc?.();
   const t0 = performance.now();
   const app = await openApp(dataDir!);
-  log(`  server process started in ${fmt((performance.now() - t0) / 1000, 1)} s, RSS ${fmt(rssMb(), 0)} MB`);
+  log(`  server process started in ${fmt((performance.now() - t0) / 1000, 1)} s, RSS ${fmt(rssMb(), 0)} MB; ${pageCacheShare(dataDir!)}`);
   try {
     return await queryPhase(app, setup, log);
   } finally {
