@@ -7,8 +7,9 @@
  * The queries run twice: in the process that did the bulk load, right after it, and in a freshly
  * started server process over the same data directory (what a server restarted after a bulk load
  * serves, without the heap the load left behind). `FHIR_SEARCH_BENCH_DIR=<dir>` keeps the loaded
- * directory and reuses it on the next run with the same BENCH_OBSERVATIONS and BENCH_PATIENTS (the
- * fresh-process queries alone).
+ * directory and reuses it on the next run with the same BENCH_OBSERVATIONS, BENCH_PATIENTS and
+ * BENCH_LOAD_ORDER (the fresh-process queries alone). BENCH_LOAD_ORDER=time stores the patients'
+ * readings taking turns, as streamed uploads arrive, instead of patient after patient (see LoadOrder).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -19,7 +20,7 @@ import { createApp, type App } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/log.js';
 import { childMain, runInChild } from './child.js';
-import { loadCgmObservations, patientDayQuery, type BulkRepository } from './repository-load.js';
+import { loadCgmObservations, patientDayQuery, type BulkRepository, type LoadOrder } from './repository-load.js';
 import { HttpClient } from './http-client.js';
 import { fmt, rssMb, summary, type Log } from './stats.js';
 
@@ -29,6 +30,8 @@ const CHILD_FLAG = 'fhir-search-query-child';
 interface Setup {
   total: number;
   patients: number;
+  /** Absent in stores kept by earlier versions of this benchmark: those were loaded patient by patient. */
+  order?: LoadOrder;
   loaded: number;
   loadSeconds: number;
   anchorSeconds: number;
@@ -43,13 +46,14 @@ function openApp(dataDir: string): Promise<App> {
 export async function run(log: Log): Promise<Record<string, number>> {
   const total = Number(process.env.BENCH_OBSERVATIONS ?? 1_000_000);
   const patients = Number(process.env.BENCH_PATIENTS ?? 100);
+  const order: LoadOrder = process.env.BENCH_LOAD_ORDER === 'time' ? 'time' : 'patient';
   const keep = process.env.FHIR_SEARCH_BENCH_DIR;
   const dataDir = path.resolve(keep ?? 'bench/out/fhir-search-store');
   const setupFile = path.join(dataDir, 'bench-setup.json');
   let setup: Setup | undefined;
   if (keep && existsSync(setupFile)) {
     const saved = JSON.parse(readFileSync(setupFile, 'utf8')) as Setup;
-    if (saved.total === total && saved.patients === patients) setup = saved;
+    if (saved.total === total && saved.patients === patients && (saved.order ?? 'patient') === order) setup = saved;
   }
   const out: Record<string, number> = {};
   if (setup) {
@@ -59,7 +63,7 @@ export async function run(log: Log): Promise<Record<string, number>> {
     mkdirSync(dataDir, { recursive: true });
     const app = await openApp(dataDir);
     try {
-      setup = await loadPhase(app, total, patients, log);
+      setup = await loadPhase(app, total, patients, order, log);
       writeFileSync(setupFile, JSON.stringify(setup));
       log('queries in the process that did the load, right after it:');
       Object.assign(out, await queryPhase(app, setup, log));
@@ -75,15 +79,16 @@ export async function run(log: Log): Promise<Record<string, number>> {
 }
 
 /** Loads the readings through the ledger decorator's bulk path and waits for anchoring to drain. */
-async function loadPhase(app: App, total: number, patients: number, log: Log): Promise<Setup> {
+async function loadPhase(app: App, total: number, patients: number, order: LoadOrder, log: Log): Promise<Setup> {
   // The bulk path through the ledger decorator: loaded readings are committed like ingested ones.
   const repo = app.ledger.repository as unknown as BulkRepository;
   if (typeof repo.createMany !== 'function') throw new Error('the fhir-search benchmark needs the embedded repository');
-  log(`loading ${total.toLocaleString('en')} CGM Observations for ${patients} patients (embedded repository, encrypted)…`);
+  log(`loading ${total.toLocaleString('en')} CGM Observations for ${patients} patients (embedded repository, encrypted), ${order === 'time' ? 'the patients taking turns reading by reading (streamed uploads)' : 'patient after patient'}…`);
   let lastReport = 0;
   const load = await loadCgmObservations(repo, {
     total,
     patients,
+    order,
     onProgress: (loaded, seconds) => {
       if (loaded - lastReport >= 200_000 || loaded === total) {
         lastReport = loaded;
@@ -101,7 +106,7 @@ async function loadPhase(app: App, total: number, patients: number, log: Log): P
   }
   const anchorSeconds = (performance.now() - anchorStart) / 1000;
   log(`anchoring the rest of the ${load.loaded.toLocaleString('en')} commitments after the load: ${fmt(anchorSeconds, 1)} s`);
-  return { total, patients, loaded: load.loaded, loadSeconds: load.seconds, anchorSeconds, patientIds: load.patientIds, days: load.days };
+  return { total, patients, order, loaded: load.loaded, loadSeconds: load.seconds, anchorSeconds, patientIds: load.patientIds, days: load.days };
 }
 
 /**

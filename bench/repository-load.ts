@@ -71,11 +71,35 @@ export interface LoadResult {
 }
 
 /**
+ * The order readings are stored in: `patient`, each patient's readings together (a bulk import of
+ * one patient after another: a patient-day is contiguous in every table and in one anchoring
+ * batch); `time`, the patients' readings taking turns one at a time (streamed uploads as they
+ * arrive from many patients: a patient-day is spread over the tables and over many batches).
+ */
+export type LoadOrder = 'patient' | 'time';
+
+/** One item of each generator in turn until all are done. */
+function* interleaved<T>(sources: Generator<T>[]): Generator<T> {
+  let live = sources;
+  while (live.length) {
+    const next: Generator<T>[] = [];
+    for (const source of live) {
+      const item = source.next();
+      if (!item.done) {
+        yield item.value;
+        next.push(source);
+      }
+    }
+    live = next;
+  }
+}
+
+/**
  * Bulk-loads `total` CGM readings spread over `patients` patients (`pat-0`, `pat-1`, …), in
- * `chunk`-sized createMany calls, and times it.
+ * `chunk`-sized createMany calls, in the given order (default `patient`), and times it.
  */
 export async function loadCgmObservations(repo: BulkRepository, options: { total: number; patients: number; chunk?: number;
-  onProgress?: (loaded: number, seconds: number) => void; }): Promise<LoadResult> {
+  order?: LoadOrder; onProgress?: (loaded: number, seconds: number) => void; }): Promise<LoadResult> {
   const patientIds = Array.from({ length: options.patients }, (_, i) => `pat-${i}`);
   const perPatient = Math.ceil(options.total / options.patients);
   const chunk = options.chunk ?? 10_000;
@@ -88,7 +112,10 @@ export async function loadCgmObservations(repo: BulkRepository, options: { total
     batch = [];
     options.onProgress?.(loaded, (performance.now() - started) / 1000);
   };
-  for (const o of generateCgmObservations({ patientIds, readingsPerPatient: perPatient })) {
+  const readings = options.order === 'time'
+    ? interleaved(patientIds.map((p, i) => generateCgmObservations({ patientIds: [p], readingsPerPatient: perPatient, seed: 42 + i })))
+    : generateCgmObservations({ patientIds, readingsPerPatient: perPatient });
+  for (const o of readings) {
     if (loaded + batch.length >= options.total) break;
     batch.push(o);
     if (batch.length === chunk) await flush();

@@ -98,6 +98,7 @@ export class CommitmentStore {
   private readonly proofRange: Statement<[string, string, string, number], [string, string, Buffer, Buffer, number | null, Buffer | null]>;
   private readonly seqByKey: Statement<[string, string, string], number>;
   private readonly seqRange: Statement<[string, string, string, number], [string, string, number]>;
+  private readonly seqPatientRange: Statement<[string, string, string, string, number], [string, string, number]>;
   private readonly batchOfSeq: Statement<[number], [number, number, number]>;
   private readonly treeOf: Statement<[number], [Buffer, Buffer]>;
   private closed = false;
@@ -119,6 +120,7 @@ export class CommitmentStore {
       );
       CREATE UNIQUE INDEX IF NOT EXISTS commitments_by_key ON commitments (type, id, version);
       CREATE INDEX IF NOT EXISTS commitments_by_patient ON commitments (patient) WHERE patient IS NOT NULL;
+      CREATE INDEX IF NOT EXISTS commitments_by_patient_key ON commitments (patient, type, id, version) WHERE patient IS NOT NULL;
       CREATE TABLE IF NOT EXISTS batches (
         id INTEGER PRIMARY KEY,
         first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, root BLOB NOT NULL,
@@ -141,6 +143,10 @@ export class CommitmentStore {
       'SELECT seq FROM commitments INDEXED BY commitments_by_key WHERE type = ? AND id = ? AND version = ?').pluck();
     this.seqRange = this.db.prepare<[string, string, string, number], [string, string, number]>(
       'SELECT id, version, seq FROM commitments INDEXED BY commitments_by_key WHERE type = ? AND id BETWEEN ? AND ? LIMIT ?').raw();
+    // one patient's versions of one type between two ids: the versions streamed in from many
+    // patients lie far apart in the key index, next to each other here
+    this.seqPatientRange = this.db.prepare<[string, string, string, string, number], [string, string, number]>(
+      'SELECT id, version, seq FROM commitments INDEXED BY commitments_by_patient_key WHERE patient = ? AND type = ? AND id BETWEEN ? AND ? LIMIT ?').raw();
     this.batchOfSeq = this.db.prepare<[number], [number, number, number]>(
       'SELECT id, first_seq, last_seq FROM batches WHERE last_seq >= ? ORDER BY last_seq LIMIT 1').raw();
     this.treeOf = this.db.prepare<[number], [Buffer, Buffer]>('SELECT salts, nodes FROM batch_trees WHERE batch = ?').raw();
@@ -183,7 +189,7 @@ export class CommitmentStore {
     return this.db.transaction(() => {
       const out: (ProofRecord | undefined)[] = new Array(keys.length);
       const found = new Array<boolean>(keys.length).fill(false);
-      if (keys.length >= RANGE_SCAN_MIN) this.scanRanges(keys, out, found);
+      this.scanRanges(keys, out, found);
       keys.forEach((k, i) => {
         if (found[i]) return;
         const row = this.proofByKey.get(k.type, k.id, k.version);
@@ -194,7 +200,7 @@ export class CommitmentStore {
   }
 
   private scanRanges(keys: readonly { type: string; id: string; version: string }[], out: (ProofRecord | undefined)[], found: boolean[]): void {
-    for (const range of idRanges(keys)) {
+    for (const range of idRanges(keys, keys.map((_, i) => i), (k) => k.type)) {
       for (const row of this.proofRange.all(range.type, range.lo, range.hi, range.limit)) {
         const i = range.wanted.get(`${row[0]}/${row[1]}`);
         if (i === undefined) continue;
@@ -207,18 +213,25 @@ export class CommitmentStore {
   /**
    * The versions among `keys` that sit in a batch with a stored tree, grouped by batch, with the
    * batch's salts and nodes; the indices of the others (not recorded, not batched yet, or batched
-   * before trees were stored) in `rest`. One snapshot; the versions' seqs come from the key index
-   * alone (a range scan, as in proofsOf), and each batch's tree is one row.
+   * before trees were stored) in `rest`. One snapshot; the versions' seqs come from the indexes
+   * alone: range scans of one patient's keys (`patient`: a hint, the patient the version is
+   * probably recorded under), then of the key index (as in proofsOf), then single look-ups for
+   * what those did not find; each batch's tree is one row.
    */
-  treeGroups(keys: readonly { type: string; id: string; version: string }[]): { groups: TreeGroup[]; rest: number[] } {
+  treeGroups(keys: readonly { type: string; id: string; version: string; patient?: string }[]): { groups: TreeGroup[]; rest: number[] } {
     this.checkOpen();
     return this.db.transaction(() => {
       const seqs = new Array<number | undefined>(keys.length);
-      for (const range of keys.length >= RANGE_SCAN_MIN ? idRanges(keys) : []) {
-        for (const row of this.seqRange.all(range.type, range.lo, range.hi, range.limit)) {
-          const i = range.wanted.get(`${row[0]}/${row[1]}`);
-          if (i !== undefined) seqs[i] = row[2];
-        }
+      const found = (i: number | undefined, seq: number): void => {
+        if (i !== undefined) seqs[i] = seq;
+      };
+      const all = keys.map((_, i) => i);
+      for (const range of idRanges(keys, all, (k) => (k.patient === undefined ? undefined : `${k.patient}\0${k.type}`))) {
+        const patient = keys[range.wanted.values().next().value!]!.patient!;
+        for (const row of this.seqPatientRange.all(patient, range.type, range.lo, range.hi, range.limit)) found(range.wanted.get(`${row[0]}/${row[1]}`), row[2]);
+      }
+      for (const range of idRanges(keys, all.filter((i) => seqs[i] === undefined), (k) => k.type)) {
+        for (const row of this.seqRange.all(range.type, range.lo, range.hi, range.limit)) found(range.wanted.get(`${row[0]}/${row[1]}`), row[2]);
       }
       keys.forEach((k, i) => {
         if (seqs[i] === undefined) seqs[i] = this.seqByKey.get(k.type, k.id, k.version);
@@ -445,26 +458,33 @@ export class CommitmentStore {
  * smallest and largest id (stopped a few rows past the number asked for), with the caller's index
  * of each `id/version` (a FHIR id holds no `/`).
  */
-function idRanges(keys: readonly { type: string; id: string; version: string }[]): { type: string; lo: string; hi: string; limit: number; wanted: Map<string, number> }[] {
-  const byType = new Map<string, number[]>();
-  keys.forEach((k, i) => {
-    const list = byType.get(k.type);
+/**
+ * Id ranges to scan for the keys at `at`, one per group (`groupOf`: undefined leaves a key out),
+ * for groups of at least RANGE_SCAN_MIN keys; each scan stops after twice as many rows as wanted.
+ */
+function idRanges<K extends { type: string; id: string; version: string }>(keys: readonly K[], at: readonly number[],
+  groupOf: (key: K) => string | undefined): { type: string; lo: string; hi: string; limit: number; wanted: Map<string, number> }[] {
+  const groups = new Map<string, number[]>();
+  for (const i of at) {
+    const group = groupOf(keys[i]!);
+    if (group === undefined) continue;
+    const list = groups.get(group);
     if (list) list.push(i);
-    else byType.set(k.type, [i]);
-  });
+    else groups.set(group, [i]);
+  }
   const ranges = [];
-  for (const [type, at] of byType) {
-    if (at.length < RANGE_SCAN_MIN) continue;
-    let lo = keys[at[0]!]!.id;
+  for (const members of groups.values()) {
+    if (members.length < RANGE_SCAN_MIN) continue;
+    let lo = keys[members[0]!]!.id;
     let hi = lo;
     const wanted = new Map<string, number>();
-    for (const i of at) {
+    for (const i of members) {
       const k = keys[i]!;
       if (k.id < lo) lo = k.id;
       if (k.id > hi) hi = k.id;
       wanted.set(`${k.id}/${k.version}`, i);
     }
-    ranges.push({ type, lo, hi, limit: at.length * 2 + 16, wanted });
+    ranges.push({ type: keys[members[0]!]!.type, lo, hi, limit: members.length * 2 + 16, wanted });
   }
   return ranges;
 }

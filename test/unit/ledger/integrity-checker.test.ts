@@ -96,6 +96,31 @@ describe('IntegrityChecker.checkMany through stored batch trees', () => {
     expect(rootReads).toBe(2);
   });
 
+  it('finds a patient-day streamed in among other patients\' readings through the patient\'s own key range; a wrong hint costs only look-ups', async () => {
+    // readings of three patients taking turns, as streamed uploads arrive: in id order they interleave
+    const of = (patient: string, i: number): Observation => ({ ...reading(i), id: `obs-${String(i).padStart(4, '0')}-${patient}`, subject: { reference: `Patient/${patient}` } });
+    const streamed = Array.from({ length: 100 }, (_, i) => ['p1', 'p2', 'p3'].map((p) => of(p, i))).flat();
+    const first = store.lastSeq() + 1;
+    // p3's versions are recorded under another patient: their hint (the subject) points elsewhere
+    const records = streamed.map((r) => ({ type: r.resourceType, id: r.id!, version: '1', patient: r.id!.endsWith('p3') ? 'elsewhere' : r.id!.slice(-2), salt: randomBytes(32), leaf: Buffer.alloc(0) as Buffer }));
+    records.forEach((c, i) => { c.leaf = commitmentOf(c.salt, canonicalResourceText(streamed[i]!)); });
+    store.add(records);
+    const tree = buildMerkleTree(records.map((c) => c.leaf));
+    store.markAnchored(store.prepareBatch(first, first + records.length - 1, tree, records.map((c) => c.salt)).id, 0, 1, null);
+    chainRoots.set(0, `0x${tree.root.toString('hex')}`);
+    const internals = store as unknown as { seqByKey: { get(...args: unknown[]): unknown } };
+    const single = internals.seqByKey;
+    let singles = 0;
+    internals.seqByKey = { get: (...args: unknown[]) => { singles++; return single.get(...args); } };
+    const checker = new IntegrityChecker(store, anchor);
+    const p2 = streamed.filter((r) => r.subject!.reference === 'Patient/p2');
+    expect((await checker.checkMany(p2)).map((r) => r.status)).toEqual(p2.map(() => 'verified'));
+    expect(singles).toBe(0);
+    const p3 = streamed.filter((r) => r.subject!.reference === 'Patient/p3');
+    expect((await checker.checkMany(p3)).map((r) => r.status)).toEqual(p3.map(() => 'verified'));
+    expect(singles).toBeGreaterThan(0); // the key index range is interleaved: the scan stops early
+  });
+
   it('withholds a changed body (found by checking the batch version by version) and serves the rest', async () => {
     const day = Array.from({ length: 64 }, (_, i) => reading(i));
     anchorBatch(day, 0);
