@@ -24,7 +24,7 @@ import type { ChainClient } from './client.js';
 import { buildMerkleTree } from './merkle.js';
 import { waitForReceipt, withRetry } from './rpc.js';
 import { metrics } from '../observability/metrics.js';
-import type { BatchRecord, CommitmentStore } from './store.js';
+import { patientOrder, type BatchRecord, type CommitmentStore } from './store.js';
 
 export interface AnchorerOptions {
   store: CommitmentStore;
@@ -216,8 +216,9 @@ export class Anchorer {
       const { count, oldest } = this.store.backlog();
       if (count === 0 || (!force && count < this.maxLeaves && oldest! + this.maxDelayMs > Date.now())) break;
       const rows = this.store.unbatched(this.maxLeaves);
-      const tree = buildMerkleTree(rows.map((r) => r.leaf));
-      const batch = this.store.prepareBatch(rows[0]!.seq, rows[rows.length - 1]!.seq, tree, rows.map((r) => r.salt));
+      const order = patientOrder(rows);
+      const tree = buildMerkleTree(order.map((k) => rows[k]!.leaf));
+      const batch = this.store.prepareBatch(rows[0]!.seq, rows[rows.length - 1]!.seq, tree, order.map((k) => rows[k]!.salt), Date.now(), order);
       this.fresh.add(batch.id);
     }
     const prepared = this.store.preparedBatches();

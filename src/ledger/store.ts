@@ -58,7 +58,7 @@ export interface TreeGroup {
   batch: number;
   /** Leaves in the batch (its tree's width). */
   size: number;
-  /** Members' salts, 32 bytes each, in seq order; every node of the batch's tree (not trusted: checked against the root). */
+  /** Every leaf's salt, 32 bytes each, in tree order; every node of the batch's tree (not trusted: checked against the root). */
   salts: Buffer;
   nodes: Buffer;
   /** Positions asked for: index into the caller's keys, and the version's index in the batch. */
@@ -100,7 +100,7 @@ export class CommitmentStore {
   private readonly seqRange: Statement<[string, string, string, number], [string, string, number]>;
   private readonly seqPatientRange: Statement<[string, string, string, string, number], [string, string, number]>;
   private readonly batchOfSeq: Statement<[number], [number, number, number]>;
-  private readonly treeOf: Statement<[number], [Buffer, Buffer]>;
+  private readonly treeOf: Statement<[number], [Buffer, Buffer, Buffer | null]>;
   private closed = false;
   private watermarkAt = -Infinity;
 
@@ -128,9 +128,13 @@ export class CommitmentStore {
         prepared_at INTEGER NOT NULL, anchored_at INTEGER
       );
       CREATE INDEX IF NOT EXISTS batches_by_last_seq ON batches (last_seq);
-      CREATE TABLE IF NOT EXISTS batch_trees (batch INTEGER PRIMARY KEY, salts BLOB NOT NULL, nodes BLOB NOT NULL);
+      CREATE TABLE IF NOT EXISTS batch_trees (batch INTEGER PRIMARY KEY, salts BLOB NOT NULL, nodes BLOB NOT NULL, positions BLOB);
       CREATE INDEX IF NOT EXISTS batches_prepared ON batches (id) WHERE status = 'prepared';
     `);
+    // trees stored before leaves were ordered by patient: every leaf at its seq's place
+    if (!this.db.prepare("SELECT 1 FROM pragma_table_info('batch_trees') WHERE name = 'positions'").get()) {
+      this.db.exec('ALTER TABLE batch_trees ADD COLUMN positions BLOB');
+    }
     this.insert = this.db.prepare('INSERT OR IGNORE INTO commitments (type, id, version, patient, salt, leaf, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)');
     this.byKey = this.db.prepare('SELECT * FROM commitments WHERE type = ? AND id = ? AND version = ?');
     this.batchById = this.db.prepare('SELECT * FROM batches WHERE id = ?');
@@ -149,7 +153,7 @@ export class CommitmentStore {
       'SELECT id, version, seq FROM commitments INDEXED BY commitments_by_patient_key WHERE patient = ? AND type = ? AND id BETWEEN ? AND ? LIMIT ?').raw();
     this.batchOfSeq = this.db.prepare<[number], [number, number, number]>(
       'SELECT id, first_seq, last_seq FROM batches WHERE last_seq >= ? ORDER BY last_seq LIMIT 1').raw();
-    this.treeOf = this.db.prepare<[number], [Buffer, Buffer]>('SELECT salts, nodes FROM batch_trees WHERE batch = ?').raw();
+    this.treeOf = this.db.prepare<[number], [Buffer, Buffer, Buffer | null]>('SELECT salts, nodes, positions FROM batch_trees WHERE batch = ?').raw();
   }
 
   /** Records commitments in one transaction; a version already recorded is left as it is. Returns how many were new. */
@@ -241,16 +245,18 @@ export class CommitmentStore {
       const groups: TreeGroup[] = [];
       let batch: [number, number, number] | undefined;
       let group: TreeGroup | undefined;
+      let positions: Buffer | null = null;
       for (const i of order) {
         const seq = seqs[i]!;
         if (!batch || seq > batch[2]) {
           batch = this.batchOfSeq.get(seq);
           const tree = batch && batch[1] <= seq ? this.treeOf.get(batch[0]) : undefined;
           group = tree && { batch: batch![0], size: batch![2] - batch![1] + 1, salts: tree[0], nodes: tree[1], members: [] };
+          positions = tree?.[2] ?? null;
           if (group) groups.push(group);
           if (!batch) batch = [0, seq, Number.MAX_SAFE_INTEGER]; // not batched yet: nor is anything after it
         }
-        if (group) group.members.push({ at: i, index: seq - batch[1] });
+        if (group) group.members.push({ at: i, index: positionOf(positions, seq - batch[1]) });
         else rest.push(i);
       }
       return { groups, rest };
@@ -284,19 +290,21 @@ export class CommitmentStore {
 
   /**
    * Writes a batch (status prepared) over the commitments `firstSeq`…`lastSeq`, whose leaves `tree`
-   * was built from in that order: each member's proof, and the batch's tree with the members' salts
-   * (`salts`, in the same order). Atomically.
+   * was built from in `order` (`order[p]`: the seq offset of the leaf at position p; default seq
+   * order, see patientOrder): each member's proof, and the batch's tree with the members' salts
+   * (`salts`, in tree order) and the position of each member. Atomically.
    */
-  prepareBatch(firstSeq: number, lastSeq: number, tree: MerkleTree, salts: readonly Buffer[], now = Date.now()): BatchRecord {
+  prepareBatch(firstSeq: number, lastSeq: number, tree: MerkleTree, salts: readonly Buffer[], now = Date.now(), order?: readonly number[]): BatchRecord {
     const size = lastSeq - firstSeq + 1;
     if (salts.length !== size) throw new Error(`a batch of ${size} needs ${size} salts, not ${salts.length}`);
+    const positions = order && positionsOf(order, size);
     return this.db.transaction(() => {
       if (firstSeq !== this.lastBatchedSeq() + 1) throw new Error(`batch must start at ${this.lastBatchedSeq() + 1}, not ${firstSeq}`);
       const id = Number(this.db.prepare('INSERT INTO batches (first_seq, last_seq, root, status, prepared_at) VALUES (?, ?, ?, ?, ?)')
         .run(firstSeq, lastSeq, tree.root, 'prepared', now).lastInsertRowid);
       const setProof = this.db.prepare('UPDATE commitments SET batch = ?, proof = ? WHERE seq = ?');
-      for (let i = 0; i < size; i++) setProof.run(id, tree.proof(i), firstSeq + i);
-      this.db.prepare('INSERT INTO batch_trees (batch, salts, nodes) VALUES (?, ?, ?)').run(id, Buffer.concat(salts), tree.nodes());
+      for (let i = 0; i < size; i++) setProof.run(id, tree.proof(positionOf(positions ?? null, i)), firstSeq + i);
+      this.db.prepare('INSERT INTO batch_trees (batch, salts, nodes, positions) VALUES (?, ?, ?, ?)').run(id, Buffer.concat(salts), tree.nodes(), positions ?? null);
       return this.batch(id)!;
     })();
   }
@@ -340,14 +348,17 @@ export class CommitmentStore {
         if (seqs) seqs.push(seq);
         else byBatch.set(batch, [seq]);
       }
-      const readTree = this.db.prepare<[number], { first_seq: number; salts: Buffer | null }>(
-        'SELECT b.first_seq, t.salts FROM batches b LEFT JOIN batch_trees t ON t.batch = b.id WHERE b.id = ?');
+      const readTree = this.db.prepare<[number], { first_seq: number; salts: Buffer | null; positions: Buffer | null }>(
+        'SELECT b.first_seq, t.salts, t.positions FROM batches b LEFT JOIN batch_trees t ON t.batch = b.id WHERE b.id = ?');
       const writeSalts = this.db.prepare('UPDATE batch_trees SET salts = ? WHERE batch = ?');
       for (const [batch, seqs] of byBatch) {
         const tree = readTree.get(batch);
         if (!tree?.salts) continue;
         const salts = Buffer.from(tree.salts);
-        for (const seq of seqs) salts.fill(0, 32 * (seq - tree.first_seq), 32 * (seq - tree.first_seq + 1));
+        for (const seq of seqs) {
+          const at = positionOf(tree.positions, seq - tree.first_seq);
+          salts.fill(0, 32 * at, 32 * at + 32);
+        }
         writeSalts.run(salts, batch);
       }
       return rows.length;
@@ -458,6 +469,43 @@ export class CommitmentStore {
  * smallest and largest id (stopped a few rows past the number asked for), with the caller's index
  * of each `id/version` (a FHIR id holds no `/`).
  */
+/**
+ * Where leaf `offset` (its seq minus the batch's first) sits in the batch's tree: stored positions
+ * (4 bytes each, little-endian) for trees whose leaves are ordered by patient, else its offset.
+ */
+function positionOf(positions: Buffer | null, offset: number): number {
+  return positions ? positions.readUInt32LE(4 * offset) : offset;
+}
+
+/** The stored positions of a tree order (`order[p]`: the offset of the leaf at position p); null when it is seq order. */
+function positionsOf(order: readonly number[], size: number): Buffer | null {
+  if (order.length !== size) throw new Error(`a batch of ${size} needs an order of ${size} leaves, not ${order.length}`);
+  const positions = Buffer.alloc(4 * size, 0xff);
+  let identity = true;
+  order.forEach((offset, p) => {
+    if (!Number.isInteger(offset) || offset < 0 || offset >= size || positions.readUInt32LE(4 * offset) !== 0xffffffff) {
+      throw new Error('a batch order must list every leaf once');
+    }
+    positions.writeUInt32LE(p, 4 * offset);
+    if (offset !== p) identity = false;
+  });
+  return identity ? null : positions;
+}
+
+/**
+ * The tree order of a batch's leaves that puts each patient's versions next to each other (by
+ * patient, then seq): a patient's readings streamed in among other patients' then form a run of
+ * neighbouring leaves, proven with about one hash each plus two per level (rootOfLeaves) instead
+ * of a path of their own each.
+ */
+export function patientOrder(rows: readonly { patient: string | null }[]): number[] {
+  return rows.map((_, k) => k).sort((a, b) => {
+    const pa = rows[a]!.patient ?? '';
+    const pb = rows[b]!.patient ?? '';
+    return pa < pb ? -1 : pa > pb ? 1 : a - b;
+  });
+}
+
 /**
  * Id ranges to scan for the keys at `at`, one per group (`groupOf`: undefined leaves a key out),
  * for groups of at least RANGE_SCAN_MIN keys; each scan stops after twice as many rows as wanted.

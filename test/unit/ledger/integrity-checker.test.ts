@@ -14,7 +14,7 @@ import type { Observation } from '@medplum/fhirtypes';
 import { canonicalResourceText, commitmentOf } from '../../../src/ledger/canonical.js';
 import { IntegrityChecker } from '../../../src/ledger/integrity.js';
 import { buildMerkleTree } from '../../../src/ledger/merkle.js';
-import { CommitmentStore } from '../../../src/ledger/store.js';
+import { CommitmentStore, patientOrder } from '../../../src/ledger/store.js';
 
 const reading = (i: number): Observation => ({
   resourceType: 'Observation', id: `obs-${i}`, meta: { versionId: '1' }, status: 'final',
@@ -119,6 +119,52 @@ describe('IntegrityChecker.checkMany through stored batch trees', () => {
     const p3 = streamed.filter((r) => r.subject!.reference === 'Patient/p3');
     expect((await checker.checkMany(p3)).map((r) => r.status)).toEqual(p3.map(() => 'verified'));
     expect(singles).toBeGreaterThan(0); // the key index range is interleaved: the scan stops early
+  });
+
+  it('keeps each patient\'s leaves together in a batch of readings streamed in by turns: runs of neighbours, proven by tree and by row alike', async () => {
+    const of = (patient: string, i: number): Observation => ({ ...reading(i), id: `obs-${String(i).padStart(4, '0')}-${patient}`, subject: { reference: `Patient/${patient}` } });
+    const streamed = Array.from({ length: 50 }, (_, i) => ['p3', 'p1', 'p2'].map((p) => of(p, i))).flat();
+    const first = store.lastSeq() + 1;
+    store.add(streamed.map((r) => {
+      const salt = randomBytes(32);
+      return { type: r.resourceType, id: r.id!, version: '1', patient: r.id!.slice(-2), salt, leaf: commitmentOf(salt, canonicalResourceText(r)) };
+    }));
+    const rows = store.unbatched(1000);
+    const order = patientOrder(rows);
+    expect(order.map((k) => rows[k]!.patient)).toEqual([...Array(50).fill('p1'), ...Array(50).fill('p2'), ...Array(50).fill('p3')]);
+    const tree = buildMerkleTree(order.map((k) => rows[k]!.leaf));
+    const twice = [...order];
+    twice[149] = twice[0]!;
+    expect(() => store.prepareBatch(first, first + 149, tree, order.map((k) => rows[k]!.salt), Date.now(), twice)).toThrow(/every leaf once/);
+    store.markAnchored(store.prepareBatch(first, first + 149, tree, order.map((k) => rows[k]!.salt), Date.now(), order).id, 0, 1, null);
+    chainRoots.set(0, `0x${tree.root.toString('hex')}`);
+    // one patient's readings are one run of neighbouring leaves
+    const p2 = streamed.filter((r) => r.subject!.reference === 'Patient/p2');
+    const { groups } = store.treeGroups(p2.map((r) => ({ type: 'Observation', id: r.id!, version: '1', patient: 'p2' })));
+    expect(groups.map((g) => g.members.map((m) => m.index).sort((a, b) => a - b))).toEqual([Array.from({ length: 50 }, (_, i) => 50 + i)]);
+    const reads = proofReads();
+    expect((await new IntegrityChecker(store, anchor).checkMany(p2)).every((r) => r.status === 'verified')).toBe(true);
+    expect(reads.count).toBe(0);
+    // each row's own proof is for its place in that order
+    dropTrees();
+    expect((await new IntegrityChecker(store, anchor).checkMany(streamed)).map((r) => r.status)).toEqual(streamed.map(() => 'verified'));
+    expect(reads.count).toBe(150);
+  });
+
+  it('forgets the salts of one patient at their places in a patient-ordered tree', () => {
+    const of = (patient: string, i: number): Observation => ({ ...reading(i), id: `obs-${String(i).padStart(4, '0')}-${patient}`, subject: { reference: `Patient/${patient}` } });
+    const streamed = Array.from({ length: 20 }, (_, i) => ['p2', 'p1'].map((p) => of(p, i))).flat();
+    store.add(streamed.map((r) => ({ type: r.resourceType, id: r.id!, version: '1', patient: r.id!.slice(-2), salt: randomBytes(32), leaf: randomBytes(32) })));
+    const rows = store.unbatched(1000);
+    const order = patientOrder(rows);
+    store.prepareBatch(rows[0]!.seq, rows[39]!.seq, buildMerkleTree(order.map((k) => rows[k]!.leaf)), order.map((k) => rows[k]!.salt), Date.now(), order);
+    expect(store.forgetSalts('p2')).toBe(20);
+    const salts = db().prepare('SELECT salts FROM batch_trees').pluck().get() as Buffer;
+    // tree order: p1's 20 leaves, then p2's
+    for (let p = 0; p < 40; p++) {
+      const expected = p < 20 ? rows[order[p]!]!.salt : Buffer.alloc(32);
+      expect(salts.subarray(32 * p, 32 * p + 32).equals(expected)).toBe(true);
+    }
   });
 
   it('withholds a changed body (found by checking the batch version by version) and serves the rest', async () => {
