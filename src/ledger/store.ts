@@ -61,7 +61,7 @@ export interface TreeGroup {
   /** Every leaf's salt, 32 bytes each, in tree order; every node of the batch's tree (not trusted: checked against the root). */
   salts: Buffer;
   nodes: Buffer;
-  /** Positions asked for: index into the caller's keys, and the version's index in the batch. */
+  /** Versions asked for: index into the caller's keys, and the version's place among the tree's leaves. */
   members: { at: number; index: number }[];
 }
 
