@@ -150,8 +150,10 @@ describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBacke
       expect(new Set(bundle.entry!.map((e) => e.resource!.name![0]!.given![0]!.split(' ')[1])).size).toBe(40);
       answers.push(bundle);
     }
-    expect(answers[1]!.entry).toEqual(answers[0]!.entry);
-    expect(answers[2]!.entry).toEqual(answers[0]!.entry);
+    // the ledger may anchor the 40 new versions between two reads, which changes their integrity tag
+    // (pending → none); everything else in the document is the same.
+    expect(withoutIntegrityTags(answers[1]!.entry)).toEqual(withoutIntegrityTags(answers[0]!.entry));
+    expect(withoutIntegrityTags(answers[2]!.entry)).toEqual(withoutIntegrityTags(answers[0]!.entry));
   });
 
   test('POST _search with a form body gives the same answer as GET', async () => {
