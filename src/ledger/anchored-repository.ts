@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import type { Resource } from '@medplum/fhirtypes';
 import { patientIdsOf } from '../fhir/compartment.js';
 import { WriteObservingRepository, type WrittenVersion } from '../repository/observed.js';
-import type { Repository } from '../repository/port.js';
+import type { Repository, VersionKey } from '../repository/port.js';
 import { canonicalTextOf } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
 import type { CommitmentStore, NewCommitment } from './store.js';
@@ -37,25 +37,49 @@ export class AnchoredRepository extends WriteObservingRepository {
   }
 
   /**
-   * Records versions written while the process was down between write and record. Walks history
-   * newest first back to shortly before the last recorded write, and stops at the first older
-   * version — not with a `_since` filter, which on a store where few versions match makes the
-   * embedded adapter read every version to prove there are no more. Does nothing on a store that
+   * Records versions written while the process was down between write and record: those updated
+   * since shortly before the last recorded write that have no commitment. Where the adapter lists
+   * version keys (`versionKeysSince`, embedded) they are checked from that listing and only the
+   * missing versions read; otherwise history is walked newest first and the walk stops at the
+   * first older version — not with a `_since` filter, which on a store where few versions match
+   * makes an adapter read every version to prove there are no more. Does nothing on a store that
    * never recorded one (data that existed before the ledger stays "unverified" rather than being
    * vouched for now). Returns how many versions were recorded.
+   *
+   * After a bulk load every version of the last minute is in the window (~290,000 at the load
+   * rate of the 1M benchmark): the history walk, paged by offset, took 12 s for 100,000 of them.
    */
   async reconcile(pageSize = 500): Promise<number> {
     const watermark = this.store.getMeta('watermark');
     if (watermark === undefined) return 0;
     const since = Number(watermark) - RECONCILE_SLACK_MS;
+    if (this.inner.versionKeysSince) return this.reconcileListed(this.inner.versionKeysSince(since), pageSize);
     let recorded = 0;
     for (let offset = 0; ; offset += pageSize) {
       const page = await this.inner.history({ count: pageSize, offset });
       const recent = page.entries.filter((e) => Date.parse(e.lastUpdated) >= since);
-      const missing = recent.filter((e) => e.resource && !this.store.get(e.resourceType, e.id, e.versionId)).map((e) => e.resource!);
+      const missing = recent.filter((e) => e.resource && !this.store.has(e.resourceType, e.id, e.versionId)).map((e) => e.resource!);
       recorded += this.record(missing);
       if (!page.hasMore || recent.length < page.entries.length) return recorded;
     }
+  }
+
+  private async reconcileListed(keys: Iterable<VersionKey>, chunk: number): Promise<number> {
+    let recorded = 0;
+    let missing: VersionKey[] = [];
+    const recordMissing = async (): Promise<void> => {
+      const resources: Resource[] = [];
+      for (const k of missing) resources.push(await this.inner.vread(k.resourceType, k.id, k.versionId));
+      recorded += this.record(resources);
+      missing = [];
+    };
+    for (const key of keys) {
+      if (this.store.has(key.resourceType, key.id, key.versionId)) continue;
+      missing.push(key);
+      if (missing.length >= chunk) await recordMissing();
+    }
+    await recordMissing();
+    return recorded;
   }
 
   private record(resources: Resource[]): number {

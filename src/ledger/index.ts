@@ -81,10 +81,12 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   const guard = new IntegrityGuard({
     checker, mode: options.integrity, logger: options.logger, audit: (event) => repository.create(event),
   });
+  const warming = new AbortController();
+  let warmed: Promise<void> | undefined;
   if (options.anchor !== false) {
     anchorer.start();
     // roots are final once sealed: read those of earlier batches now, not on each first read
-    void checker.warmRoots().then(
+    warmed = checker.warmRoots(undefined, warming.signal).then(
       (n) => { if (n) options.logger.info({ roots: n }, 'ledger: cached the on-chain roots of anchored batches'); },
       (err: unknown) => options.logger.warn({ err: (err as Error).message }, 'ledger: could not read anchored roots ahead (read on demand instead)'));
   }
@@ -95,7 +97,8 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
     store, repository, anchorer, checker, guard,
     async close() {
       backfill?.stop();
-      await backfill?.done;
+      warming.abort(); // the reads under way finish before the store closes
+      await Promise.all([backfill?.done, warmed]);
       await anchorer.stop();
       store.close();
     },

@@ -240,15 +240,19 @@ export class IntegrityChecker {
   /**
    * Reads the roots of anchored batches not cached yet (the newest `limit`), all requests sent at
    * once so the provider can batch them: called in the background at start-up so the first reads
-   * after a restart do not each wait for an eth_call. Answers how many roots were cached.
+   * after a restart do not each wait for an eth_call, 200 at a time; stops between two of those
+   * once `signal` is aborted (the ledger closing). Answers how many roots were read.
    */
-  async warmRoots(limit = 20_000): Promise<number> {
+  async warmRoots(limit = 20_000, signal?: AbortSignal): Promise<number> {
     const all = this.store.anchoredBatches(0, Number.MAX_SAFE_INTEGER);
     const wanted = all.slice(-limit).filter((b) => !this.roots.has(b.id));
-    for (let i = 0; i < wanted.length; i += 200) {
-      await Promise.all(wanted.slice(i, i + 200).map((b) => this.rootOf(b.id)));
+    let read = 0;
+    for (let i = 0; i < wanted.length && !signal?.aborted; i += 200) {
+      const slice = wanted.slice(i, i + 200);
+      await Promise.all(slice.map((b) => this.rootOf(b.id)));
+      read += slice.length;
     }
-    return wanted.length;
+    return read;
   }
 
   private remember(key: string, entry: Verified): void {

@@ -93,6 +93,7 @@ export class CommitmentStore {
   private readonly db: DB;
   private readonly insert: Statement<[string, string, string, string | null, Buffer, Buffer, number]>;
   private readonly byKey: Statement<[string, string, string], Row>;
+  private readonly hasKey: Statement<[string, string, string], number>;
   private readonly batchById: Statement<[number], BatchRow>;
   private readonly proofByKey: Statement<[string, string, string], [Buffer, Buffer, number | null, Buffer | null]>;
   private readonly proofRange: Statement<[string, string, string, number], [string, string, Buffer, Buffer, number | null, Buffer | null]>;
@@ -137,6 +138,7 @@ export class CommitmentStore {
     }
     this.insert = this.db.prepare('INSERT OR IGNORE INTO commitments (type, id, version, patient, salt, leaf, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)');
     this.byKey = this.db.prepare('SELECT * FROM commitments WHERE type = ? AND id = ? AND version = ?');
+    this.hasKey = this.db.prepare<[string, string, string], number>('SELECT 1 FROM commitments WHERE type = ? AND id = ? AND version = ?').pluck();
     this.batchById = this.db.prepare('SELECT * FROM batches WHERE id = ?');
     this.proofByKey = this.db.prepare<[string, string, string], [Buffer, Buffer, number | null, Buffer | null]>(
       'SELECT salt, leaf, batch, proof FROM commitments WHERE type = ? AND id = ? AND version = ?').raw();
@@ -170,6 +172,12 @@ export class CommitmentStore {
       }
     })();
     return added;
+  }
+
+  /** Whether a commitment of that version is recorded (the key index alone). */
+  has(type: string, id: string, version: string): boolean {
+    this.checkOpen();
+    return this.hasKey.get(type, id, version) !== undefined;
   }
 
   get(type: string, id: string, version: string): CommitmentRecord | undefined {

@@ -12,6 +12,13 @@
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, Resource } from '@medplum/fhirtypes';
 
+/** One version of one resource. */
+export interface VersionKey {
+  resourceType: string;
+  id: string;
+  versionId: string;
+}
+
 export interface RepositoryDescription {
   /** Adapter name for the start-up log: 'embedded' or 'upstream'. */
   adapter: 'embedded' | 'upstream';
@@ -96,6 +103,14 @@ export interface Repository {
 
   /** instance, type and system history (http.html#history), newest first. */
   history(request: HistoryRequest): Promise<HistoryResult>;
+
+  /**
+   * Optional, for start-up reconciliation of the ledger (src/ledger/anchored-repository.ts): the
+   * keys of the readable versions (not deletions) last updated at or after `since` (epoch ms), in
+   * no particular order, read from an index without decoding any body. Without it, reconciliation
+   * walks history page by page.
+   */
+  versionKeysSince?(since: number): Iterable<VersionKey>;
 
   /**
    * transaction (http.html#transaction): all entries succeed or nothing changes; `urn:uuid:`

@@ -10,6 +10,8 @@ import type { Patient } from '@medplum/fhirtypes';
 import { ChainClient } from '../../src/ledger/client.js';
 import { Anchorer } from '../../src/ledger/anchor.js';
 import { CommitmentStore } from '../../src/ledger/store.js';
+import { AnchoredRepository } from '../../src/ledger/anchored-repository.js';
+import type { Repository } from '../../src/repository/port.js';
 import { buildMerkleTree } from '../../src/ledger/merkle.js';
 import { startTestApp, tempDir, type TestApp } from '../support/app.js';
 import path from 'node:path';
@@ -105,6 +107,22 @@ describe('anchoring queue', () => {
     const read = await request(t.app.http).get(`/fhir/Patient/${lost.id}`);
     expect(read.status).toBe(200);
     expect(read.body.meta.tag ?? []).toEqual([]);
+  });
+  it('finds the unrecorded versions through the adapter\'s key listing, or through history where it has none (as upstream)', async () => {
+    const t = await startTestApp();
+    apps.push(t);
+    await createPatients(t, 3);
+    const adapter = t.app.ledger.repository.adapter;
+    const historyOnly = { history: (r: Parameters<Repository['history']>[0]) => adapter.history(r) } as unknown as Repository;
+    for (const inner of [adapter, historyOnly]) {
+      // the crash window, twice: a new resource and a new version of it, neither recorded
+      const { resource: lost } = await adapter.create({ resourceType: 'Patient', name: [{ family: 'Lost' }] } as Patient);
+      await adapter.update({ ...lost, gender: 'unknown' } as Patient);
+      const reconciling = new AnchoredRepository(inner, t.app.ledger.store);
+      expect(await reconciling.reconcile(1)).toBe(2);
+      expect(t.app.ledger.store.has('Patient', lost.id!, '1') && t.app.ledger.store.has('Patient', lost.id!, '2')).toBe(true);
+      expect(await reconciling.reconcile(1)).toBe(0); // each version once
+    }
   });
 });
 

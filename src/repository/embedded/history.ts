@@ -19,7 +19,7 @@
  */
 import type { Statement } from 'better-sqlite3';
 import { SELECT } from './search.js';
-import type { VersionRow } from './store.js';
+import { METHOD, type VersionRow } from './store.js';
 
 export interface HistoryQuery {
   type?: string;
@@ -54,6 +54,22 @@ export function sinceMatchesSql(type: boolean): string {
     `SELECT v.seq AS seq FROM types JOIN versions v INDEXED BY versions_by_time ON v.type = types.t ${KEYS} ` +
     `WHERE v.last_updated >= ? AND ${READABLE} LIMIT ?`;
 }
+
+/** The SQL listing the types that have versions, by skipping along `versions_by_time` (one look-up each). */
+export const TYPES_SQL = 'WITH RECURSIVE types(t) AS (' +
+  'SELECT (SELECT type FROM versions INDEXED BY versions_by_time ORDER BY type LIMIT 1) ' +
+  'UNION ALL SELECT (SELECT type FROM versions INDEXED BY versions_by_time WHERE type > types.t ORDER BY type LIMIT 1) ' +
+  'FROM types WHERE types.t IS NOT NULL) SELECT t FROM types WHERE t IS NOT NULL';
+
+/**
+ * The SQL of one chunk of a type's versions updated at or after a time, in (last_updated, seq)
+ * order after the cursor `(?, ?)`, up to `LIMIT ?`: what `versionKeysSince` walks, one index range,
+ * no body read. Each row says whether it is a readable version (not a deletion, data key not erased).
+ */
+export const VERSION_KEYS_SQL = 'SELECT v.seq AS seq, v.last_updated AS lastUpdated, v.id AS id, v.version AS version, ' +
+  `(v.method <> ${METHOD.DELETE} AND k.wrapped IS NOT NULL AND k.version = v.key_version) AS readable ` +
+  `FROM versions v INDEXED BY versions_by_time ${KEYS} WHERE v.type = ? AND (v.last_updated, v.seq) > (?, ?) ` +
+  'ORDER BY v.last_updated, v.seq LIMIT ?';
 
 /**
  * The rows of one history page, newest first: up to `count + 1` (one more than the page says

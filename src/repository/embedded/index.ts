@@ -22,11 +22,11 @@ import { badRequest, gone, notFound, preconditionFailed } from '../../errors.js'
 import { patientIdsOf } from '../../fhir/compartment.js';
 import { loadFhirDefinitions } from '../../fhir/definitions.js';
 import type {
-  HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchResult, WriteResult,
+  HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchResult, VersionKey, WriteResult,
 } from '../port.js';
 import { attachCanonicalText } from '../port.js';
 import { canonicalResourceText } from '../../ledger/canonical.js';
-import { historyRows } from './history.js';
+import { historyRows, TYPES_SQL, VERSION_KEYS_SQL } from './history.js';
 import { KeyRing, loadMasterKey, openText, seal } from './keys.js';
 import { extractIndexEntries, supportedParams } from './params.js';
 import { dateRowKey, runSearch } from './search.js';
@@ -229,6 +229,28 @@ export class EmbeddedRepository implements Repository {
       };
     }
     return this.bulk.context;
+  }
+
+  /**
+   * In chunks, each read in full before it is handed out: the caller may use the repository
+   * between two keys (better-sqlite3 allows no other statement on a connection mid-iteration).
+   */
+  *versionKeysSince(since: number, chunk = 5000): Generator<VersionKey> {
+    this.checkOpen();
+    const types = this.db.prepare<[], string>(TYPES_SQL).pluck().all();
+    const next = this.db.prepare<[string, number, number, number], { seq: number; lastUpdated: number; id: string; version: number; readable: number | null }>(VERSION_KEYS_SQL);
+    for (const type of types) {
+      // the cursor starts just before `since`: (last_updated, seq) > (since - 1, max) is last_updated >= since
+      let cursor: [number, number] = [since - 1, Number.MAX_SAFE_INTEGER];
+      for (;;) {
+        this.checkOpen();
+        const rows = next.all(type, cursor[0], cursor[1], chunk);
+        for (const row of rows) if (row.readable) yield { resourceType: type, id: row.id, versionId: String(row.version) };
+        if (rows.length < chunk) break;
+        const last = rows[rows.length - 1]!;
+        cursor = [last.lastUpdated, last.seq];
+      }
+    }
   }
 
   async history(request: HistoryRequest): Promise<HistoryResult> {

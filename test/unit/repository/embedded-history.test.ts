@@ -237,3 +237,30 @@ describe('deletions written before they kept a data key id', () => {
       .toEqual([`Observation/${o2}/2`, `Observation/${o1}/2`, `Observation/${o2}/1`, `Observation/${o1}/1`]);
   });
 });
+
+describe('versionKeysSince (reconciliation listing)', () => {
+  const key = (k: { resourceType: string; id: string; versionId: string }): string => `${k.resourceType}/${k.id}/${k.versionId}`;
+
+  it('lists every readable version updated at or after the instant, whatever the chunk size; no deletions', async () => {
+    await writeVersions();
+    const all = (await repo.history({ count: 100, offset: 0 })).entries;
+    for (const sinceMs of [0, 1000, 2500, 3000, 3500, 5000, 6000, 7000]) {
+      const expected = all.filter((e) => e.method !== 'DELETE' && Date.parse(e.lastUpdated) >= T0 + sinceMs).map(label).sort();
+      for (const chunk of [1, 2, 3, 5000]) {
+        const got = [...repo.versionKeysSince(T0 + sinceMs, chunk)].map(key);
+        expect({ sinceMs, chunk, got: got.sort() }).toEqual({ sinceMs, chunk, got: expected });
+      }
+    }
+  });
+
+  it('leaves out the versions of an erased patient, and lets the caller read between two keys', async () => {
+    const { p1, p2, d1 } = await writeVersions();
+    await repo.eraseSubject(p1);
+    const keys: string[] = [];
+    for (const k of repo.versionKeysSince(T0, 1)) {
+      keys.push(key(k));
+      await repo.vread(k.resourceType, k.id, k.versionId); // another statement mid-listing
+    }
+    expect(keys.sort()).toEqual([`Device/${d1}/1`, `Patient/${p2}/1`].sort());
+  });
+});
