@@ -65,7 +65,7 @@ export async function run(log: Log): Promise<Record<string, number>> {
     try {
       setup = await loadPhase(app, total, patients, order, log);
       writeFileSync(setupFile, JSON.stringify(setup));
-      log('queries in the process that did the load, right after it:');
+      log(`queries in the process that did the load, right after it (RSS ${fmt(rssMb(), 0)} MB; ${pageCacheShare(dataDir)}):`);
       Object.assign(out, await queryPhase(app, setup, log));
     } finally {
       await app.close();
@@ -238,8 +238,8 @@ async function breakdown(app: App, queries: string[]): Promise<{ n: number; sear
 }
 
 /**
- * How much of the store's two database files the OS page cache holds (util-linux `fincore`), as the
- * queries start: the first read of a patient-day costs ~3 ms more in the search alone when its pages
+ * How much of the store's two database files the OS page cache holds (util-linux `fincore`), and
+ * how much written data waits for writeback, as the queries start: the first read of a patient-day costs ~3 ms more in the search alone when its pages
  * come from disk, and some VMs page out file pages idle for a while (DAMON reclaim).
  */
 function pageCacheShare(dataDir: string): string {
@@ -250,7 +250,18 @@ function pageCacheShare(dataDir: string): string {
     const [res, size] = line.trim().split(/\s+/).map(Number);
     return size ? `${fmt((100 * res!) / size, 0)} %` : '?';
   });
-  return `in the page cache: repository ${shares[0]}, commitments ${shares[1]}`;
+  return `in the page cache: repository ${shares[0]}, commitments ${shares[1]}; ${dirtyPages()}`;
+}
+
+/** Written data the kernel has not flushed to disk yet (/proc/meminfo): reads compete with its writeback. */
+function dirtyPages(): string {
+  try {
+    const info = readFileSync('/proc/meminfo', 'utf8');
+    const kb = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(info)?.[1] ?? NaN);
+    return `not yet written back: ${fmt(kb('Dirty') / 1024, 0)} MB dirty, ${fmt(kb('Writeback') / 1024, 0)} MB under writeback`;
+  } catch {
+    return 'dirty pages unknown (no /proc/meminfo)';
+  }
 }
 
 childMain(CHILD_FLAG, async ([dataDir], log) => {

@@ -37,6 +37,11 @@ export interface AnchorerOptions {
   receiptTimeoutMs?: number;
   /** Receipt poll interval (default 50 ms). */
   pollMs?: number;
+  /**
+   * Called once a batch is known anchored (its receipt seen, or found on chain after a restart),
+   * after the store records it: the ledger reads the batch's root back ahead of its first read.
+   */
+  onAnchored?: (batch: BatchRecord) => void;
   /** Batches sent before the first receipt is seen (default 4): capacity beyond one batch per block. */
   maxInFlight?: number;
   /**
@@ -362,7 +367,7 @@ export class Anchorer {
     if (chainBatchId === undefined) throw new Error(`anchor transaction ${hash} has no BatchAnchored event`);
     this.store.markAnchored(batch.id, chainBatchId, block, hash);
     this.options.logger?.debug({ batch: batch.id, chainBatchId, block, leaves: batch.lastSeq - batch.firstSeq + 1 }, 'batch anchored');
-    return this.store.batch(batch.id)!;
+    return this.anchored(batch.id);
   }
 
   /** The root is on chain already (sent before a crash, or a lost receipt): read batch, block and transaction back. */
@@ -376,7 +381,13 @@ export class Anchorer {
     }));
     this.store.markAnchored(batch.id, chainBatchId, block, logs[0]?.transactionHash ?? null);
     this.options.logger?.info({ batch: batch.id, chainBatchId, block }, 'batch found on chain (sent before a restart)');
-    return this.store.batch(batch.id)!;
+    return this.anchored(batch.id);
+  }
+
+  private anchored(batchId: number): BatchRecord {
+    const record = this.store.batch(batchId)!;
+    this.options.onAnchored?.(record);
+    return record;
   }
 }
 

@@ -67,8 +67,10 @@ export function integrityModeFrom(env: NodeJS.ProcessEnv = process.env): Integri
  */
 export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   const store = new CommitmentStore(commitmentStorePath(options.dataDir));
+  const checker = new IntegrityChecker(store, options.chain.contract('ResourceAnchor', options.chain.provider));
   const anchorer = new Anchorer({
     store, chain: options.chain, logger: options.logger, maxDelayMs: options.maxDelayMs, maxLeaves: options.maxLeaves,
+    onAnchored: (batch) => checker.readRootAhead(batch.id),
   });
   const repository = new AnchoredRepository(options.repository, store, (added) => anchorer.notify(added));
   try {
@@ -77,7 +79,6 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   } catch (err) {
     options.logger.warn({ err: (err as Error).message }, 'ledger: could not reconcile with repository history');
   }
-  const checker = new IntegrityChecker(store, options.chain.contract('ResourceAnchor', options.chain.provider));
   const guard = new IntegrityGuard({
     checker, mode: options.integrity, logger: options.logger, audit: (event) => repository.create(event),
   });

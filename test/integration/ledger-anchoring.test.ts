@@ -148,8 +148,10 @@ describe('chain unreachable', () => {
       expect(store.counts()).toMatchObject({ commitments: 2, pending: 2 });
 
       // one leaf per batch: both batches go out before the first receipt (pipelined), mined in order
-      await new Anchorer({ store, chain: t.app.chain, maxLeaves: 1 }).flush();
+      const told: [number, string][] = [];
+      await new Anchorer({ store, chain: t.app.chain, maxLeaves: 1, onAnchored: (b) => told.push([b.id, b.status]) }).flush();
       expect(store.counts()).toMatchObject({ commitments: 2, pending: 0, batches: 2 });
+      expect(told).toEqual([[1, 'anchored'], [2, 'anchored']]); // each batch once its receipt is in
       const [b1, b2] = [store.batch(1)!, store.batch(2)!];
       expect(b2.chainBatchId).toBe(b1.chainBatchId! + 1);
     } finally {

@@ -47,19 +47,18 @@ export function sinceMatchesSql(type: boolean): string {
     return `SELECT v.seq AS seq FROM versions v INDEXED BY versions_by_time ${KEYS} ` +
       `WHERE v.type = ? AND v.last_updated >= ? AND ${READABLE} LIMIT ?`;
   }
-  return 'WITH RECURSIVE types(t) AS (' +
-    'SELECT (SELECT type FROM versions INDEXED BY versions_by_time ORDER BY type LIMIT 1) ' +
-    'UNION ALL SELECT (SELECT type FROM versions INDEXED BY versions_by_time WHERE type > types.t ORDER BY type LIMIT 1) ' +
-    'FROM types WHERE types.t IS NOT NULL) ' +
-    `SELECT v.seq AS seq FROM types JOIN versions v INDEXED BY versions_by_time ON v.type = types.t ${KEYS} ` +
+  return `${TYPES_CTE} SELECT v.seq AS seq FROM types JOIN versions v INDEXED BY versions_by_time ON v.type = types.t ${KEYS} ` +
     `WHERE v.last_updated >= ? AND ${READABLE} LIMIT ?`;
 }
 
-/** The SQL listing the types that have versions, by skipping along `versions_by_time` (one look-up each). */
-export const TYPES_SQL = 'WITH RECURSIVE types(t) AS (' +
+/** The types that have versions, found by skipping along `versions_by_time` (one look-up each). */
+const TYPES_CTE = 'WITH RECURSIVE types(t) AS (' +
   'SELECT (SELECT type FROM versions INDEXED BY versions_by_time ORDER BY type LIMIT 1) ' +
   'UNION ALL SELECT (SELECT type FROM versions INDEXED BY versions_by_time WHERE type > types.t ORDER BY type LIMIT 1) ' +
-  'FROM types WHERE types.t IS NOT NULL) SELECT t FROM types WHERE t IS NOT NULL';
+  'FROM types WHERE types.t IS NOT NULL)';
+
+/** The SQL listing the types that have versions. */
+export const TYPES_SQL = `${TYPES_CTE} SELECT t FROM types WHERE t IS NOT NULL`;
 
 /**
  * The SQL of one chunk of a type's versions updated at or after a time, in (last_updated, seq)

@@ -96,6 +96,21 @@ describe('IntegrityChecker.checkMany through stored batch trees', () => {
     expect(rootReads).toBe(2);
   });
 
+  it('reads a newly anchored batch\'s root ahead, so its first read waits for no eth_call', async () => {
+    const day = Array.from({ length: 50 }, (_, i) => reading(i));
+    const batchId = anchorBatch(day, 0);
+    const checker = new IntegrityChecker(store, anchor);
+    checker.readRootAhead(batchId);
+    checker.readRootAhead(batchId); // asked twice while the first read is under way: one read
+    await new Promise((r) => setImmediate(r));
+    expect(rootReads).toBe(1);
+    expect((await checker.checkMany(day)).map((r) => r.status)).toEqual(day.map(() => 'verified'));
+    expect(rootReads).toBe(1);
+    checker.readRootAhead(anchorBatch([reading(99)], 7) + 1); // a batch the store does not know: nothing read, nothing thrown
+    await new Promise((r) => setImmediate(r));
+    expect(rootReads).toBe(1);
+  });
+
   it('finds a patient-day streamed in among other patients\' readings through the patient\'s own key range; a wrong hint costs only look-ups', async () => {
     // readings of three patients taking turns, as streamed uploads arrive: in id order they interleave
     const of = (patient: string, i: number): Observation => ({ ...reading(i), id: `obs-${String(i).padStart(4, '0')}-${patient}`, subject: { reference: `Patient/${patient}` } });

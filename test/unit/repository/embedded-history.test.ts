@@ -253,6 +253,19 @@ describe('versionKeysSince (reconciliation listing)', () => {
     }
   });
 
+  it('walks past many versions of the same instant, whatever the chunk size', async () => {
+    const same = await writtenAt(1000, async () => {
+      const ids: string[] = [];
+      for (let i = 0; i < 7; i++) ids.push((await repo.create<Patient>({ resourceType: 'Patient', gender: 'male' })).resource.id!);
+      return ids;
+    });
+    const expected = same.map((id) => `Patient/${id}/1`).sort();
+    for (const chunk of [1, 2, 3, 7, 8]) {
+      expect([...repo.versionKeysSince(T0 + 1000, chunk)].map(key).sort()).toEqual(expected);
+      expect([...repo.versionKeysSince(T0 + 1001, chunk)]).toEqual([]);
+    }
+  });
+
   it('leaves out the versions of an erased patient, and lets the caller read between two keys', async () => {
     const { p1, p2, d1 } = await writeVersions();
     await repo.eraseSubject(p1);
