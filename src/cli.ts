@@ -31,7 +31,6 @@ function config(): Config {
   }
 }
 
-/** The app as a one-off command opens it: logs at warn to stderr (stdout carries the result). */
 /** Who runs an administrative command, as its AuditEvent names them. */
 function operatorName(): string {
   let user = process.env.USER ?? 'unknown user';
@@ -43,6 +42,7 @@ function operatorName(): string {
   return `${user} on ${hostname()} (glucoguard CLI)`;
 }
 
+/** The app as a one-off command opens it: logs at warn to stderr (stdout carries the result). */
 const openApp = () => createApp(config(), { logger: createLogger('warn', process.stderr) });
 
 const program = new Command();

@@ -473,11 +473,6 @@ export class CommitmentStore {
 }
 
 /**
- * The keys of each type that are many enough to read with one scan of the key index between their
- * smallest and largest id (stopped a few rows past the number asked for), with the caller's index
- * of each `id/version` (a FHIR id holds no `/`).
- */
-/**
  * Where leaf `offset` (its seq minus the batch's first) sits in the batch's tree: stored positions
  * (4 bytes each, little-endian) for trees whose leaves are ordered by patient, else its offset.
  */
@@ -516,7 +511,9 @@ export function patientOrder(rows: readonly { patient: string | null }[]): numbe
 
 /**
  * Id ranges to scan for the keys at `at`, one per group (`groupOf`: undefined leaves a key out),
- * for groups of at least RANGE_SCAN_MIN keys; each scan stops after twice as many rows as wanted.
+ * for groups of at least RANGE_SCAN_MIN keys: the group's smallest to largest id, the scan stopped
+ * a few rows past twice the number wanted, with the caller's index of each `id/version` (a FHIR id
+ * holds no `/`).
  */
 function idRanges<K extends { type: string; id: string; version: string }>(keys: readonly K[], at: readonly number[],
   groupOf: (key: K) => string | undefined): { type: string; lo: string; hi: string; limit: number; wanted: Map<string, number> }[] {
