@@ -40,6 +40,8 @@ export interface AnchorerOptions {
   /**
    * Called once a batch is known anchored (its receipt seen, or found on chain after a restart),
    * after the store records it: the ledger reads the batch's root back ahead of its first read.
+   * While another process sharing the store anchors, called for each batch it is seen to anchor
+   * (looked for on every standby turn, about once a second).
    */
   onAnchored?: (batch: BatchRecord) => void;
   /** Batches sent before the first receipt is seen (default 4): capacity beyond one batch per block. */
@@ -84,6 +86,8 @@ export class Anchorer {
   /** Until when (epoch ms) this process is known to hold the lease without asking the store again. */
   private leadingUntil = 0;
   private leading: boolean | undefined;
+  /** Standing by: the newest batch anchored by another process that onAnchored was told of. */
+  private seenAnchored = 0;
 
   constructor(private readonly options: AnchorerOptions) {
     this.store = options.store;
@@ -119,6 +123,7 @@ export class Anchorer {
   start(): void {
     if (this.loop) return;
     const abort = (this.abort = new AbortController());
+    this.seenAnchored = this.store.lastAnchoredBatchId(); // those anchored before the start are the ledger's to warm
     this.loop = (async () => {
       let backoff = 200;
       while (!abort.signal.aborted) {
@@ -128,6 +133,7 @@ export class Anchorer {
             // another process anchors this store: look again before its lease could run out
             waitMs = Math.min(1000, this.leaseMs / 2);
             this.failing = false;
+            this.tellAnchoredElsewhere();
           } else {
             await this.step(false);
             if (this.failing) this.options.logger?.info('anchoring: chain reachable again, catching up');
@@ -382,6 +388,15 @@ export class Anchorer {
     this.store.markAnchored(batch.id, chainBatchId, block, logs[0]?.transactionHash ?? null);
     this.options.logger?.info({ batch: batch.id, chainBatchId, block }, 'batch found on chain (sent before a restart)');
     return this.anchored(batch.id);
+  }
+
+  /** Standing by: tells onAnchored of the batches the lease holder anchored since the last look. */
+  private tellAnchoredElsewhere(): void {
+    if (!this.options.onAnchored) return;
+    for (const { id } of this.store.anchoredBatches(this.seenAnchored, 1000)) {
+      this.seenAnchored = id;
+      this.anchored(id);
+    }
   }
 
   private anchored(batchId: number): BatchRecord {

@@ -278,6 +278,11 @@ export class CommitmentStore {
       .all(afterId, limit).map((r) => ({ id: r.id, chainBatchId: r.chain_batch, root: r.root }));
   }
 
+  /** The local id of the newest anchored batch (0 when none is). */
+  lastAnchoredBatchId(): number {
+    return this.db.prepare<[], { id: number | null }>("SELECT MAX(id) AS id FROM batches WHERE status = 'anchored'").get()!.id ?? 0;
+  }
+
   /** Commitments not yet in any batch, oldest first. */
   unbatched(limit: number): CommitmentRecord[] {
     const after = this.lastBatchedSeq();

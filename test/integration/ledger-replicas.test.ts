@@ -26,7 +26,7 @@ afterAll(async () => {
 });
 
 /** A replica's view: its own connection to the store file and its own chain client (same authority key). */
-function replica(file: string, leaseMs = 10_000): { store: CommitmentStore; anchorer: Anchorer; sends: () => number } {
+function replica(file: string, leaseMs = 10_000): { store: CommitmentStore; anchorer: Anchorer; sends: () => number; told: number[] } {
   const client = new ChainClient({
     rpcUrl: chain.chain.rpcUrl, chainId: 31337, authorityKey: chain.authority.privateKey, addresses: chain.chain.deployment, adapter: 'embedded',
   });
@@ -38,7 +38,12 @@ function replica(file: string, leaseMs = 10_000): { store: CommitmentStore; anch
     return send(tx);
   };
   const store = new CommitmentStore(file);
-  return { store, anchorer: new Anchorer({ store, chain: client, maxLeaves: 4, maxDelayMs: 20, leaseMs }), sends: () => sent };
+  const told: number[] = [];
+  const onAnchored = (batch: { id: number; status: string }): void => {
+    expect(batch.status).toBe('anchored');
+    told.push(batch.id);
+  };
+  return { store, anchorer: new Anchorer({ store, chain: client, maxLeaves: 4, maxDelayMs: 20, leaseMs, onAnchored }), sends: () => sent, told };
 }
 
 function commit(store: CommitmentStore, n: number): void {
@@ -73,6 +78,11 @@ it('only the lease holder anchors a shared store; the other takes over when it s
   expect(batches.length).toBeGreaterThanOrEqual(5);
   expect(Number(await anchor.batchCount())).toBe(batches.length);
   expect(a.sends()).toBe(batches.length);
+  // the replica standing by is told of each batch the holder anchored, once (its ledger reads the roots ahead)
+  const ids = batches.map((x) => x.id);
+  await waitUntil(() => b.told.length >= ids.length, 5_000);
+  expect(b.told).toEqual(ids);
+  expect(a.told.sort((x, y) => x - y)).toEqual(ids);
 
   await a.anchorer.stop(); // a clean stop gives the lease up: b anchors from its next look
   commit(a.store, 6);
