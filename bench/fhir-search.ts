@@ -4,6 +4,10 @@
  * timed (a) directly on the repository and (b) over HTTP through the whole facade, in the same run.
  * The HTTP client runs in a worker thread so it does not share the server's event loop.
  *
+ * A third path gives the floor of any HTTP answer on this machine: (c) a bare node:http server that
+ * makes the same direct repository call and writes JSON.stringify of a searchset Bundle of it — no
+ * framework, token, consent, integrity check or access log.
+ *
  * The queries run twice: in the process that did the bulk load, right after it, and in a freshly
  * started server process over the same data directory (what a server restarted after a bulk load
  * serves, without the heap the load left behind). `FHIR_SEARCH_BENCH_DIR=<dir>` keeps the loaded
@@ -13,6 +17,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { parseSearchRequest } from '@medplum/core';
@@ -110,9 +115,9 @@ async function loadPhase(app: App, total: number, patients: number, order: LoadO
 }
 
 /**
- * The patient-day query (a) on the repository directly and (b) over HTTP through the whole facade,
- * interleaved in rounds of 50 so both see the same machine load, GC state and page cache; then the
- * HTTP throughput with 4 concurrent clients.
+ * The patient-day query (a) on the repository directly, (b) over HTTP through the whole facade and
+ * (c) over a bare node:http server around the direct call, interleaved in rounds of 50 so all see
+ * the same machine load, GC state and page cache; then the HTTP throughput with 4 concurrent clients.
  */
 async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<string, number>> {
   const iterations = Number(process.env.BENCH_QUERIES ?? 500);
@@ -127,9 +132,12 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
   await new Promise((r) => server.once('listening', r));
   const client = new HttpClient((server.address() as AddressInfo).port);
   const gzipClient = new HttpClient((server.address() as AddressInfo).port, { headers: { 'Accept-Encoding': 'gzip' } });
+  const bare = await bareServer(app);
+  const bareClient = new HttpClient((bare.address() as AddressInfo).port);
   try {
     const direct: number[] = [];
     const overHttp: number[] = [];
+    const overBare: number[] = [];
     const directRound = async (batch: string[], record: boolean): Promise<void> => {
       for (const q of batch) {
         const t0 = process.hrtime.bigint();
@@ -141,24 +149,29 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
     (globalThis as { gc?: () => void }).gc?.();
     await directRound(queries.slice(0, 50), false);
     await client.run(queries.slice(0, 50).map((q) => `/fhir/${q}`));
-    // The decoded-version cache is emptied between the two paths: each answers a query it has not
-    // seen, as every query of a real 1,000,000-reading workload nearly is (both would otherwise be
-    // measured on versions the other one had just read). The path that runs a round first reads
-    // its rows' pages into the file caches for the other one, so the two take turns going first.
+    await bareClient.run(queries.slice(0, 50).map((q) => `/fhir/${q}`));
+    // The decoded-version cache is emptied between the paths: each answers a query it has not
+    // seen, as every query of a real 1,000,000-reading workload nearly is (each would otherwise be
+    // measured on versions another one had just read). The path that runs a round first reads its
+    // rows' pages into the file caches for the others, so they take turns going first.
     for (let i = 0; i < queries.length; i += 50) {
       const batch = queries.slice(i, i + 50);
-      const httpRound = async (): Promise<void> => {
+      const paths = batch.map((q) => `/fhir/${q}`);
+      const rounds = [
+        () => directRound(batch, true),
+        async () => { overHttp.push(...(await client.run(paths)).times); },
+        async () => { overBare.push(...(await bareClient.run(paths)).times); },
+      ];
+      const first = (i / 50) % rounds.length;
+      for (let k = 0; k < rounds.length; k++) {
         app.readCache?.clear();
-        overHttp.push(...(await client.run(batch.map((q) => `/fhir/${q}`))).times);
-      };
-      if ((i / 50) % 2 === 1) await httpRound();
-      app.readCache?.clear();
-      await directRound(batch, true);
-      if ((i / 50) % 2 === 0) await httpRound();
+        await rounds[(first + k) % rounds.length]!();
+      }
     }
     app.readCache?.clear();
     const d = summary(direct.sort((a, b) => a - b));
     const h = summary(overHttp.sort((a, b) => a - b));
+    const b = summary(overBare.sort((x, y) => x - y));
     const conc = await client.run(queries.map((q) => `/fhir/${q}`), 4, Number(process.env.BENCH_SECONDS ?? 10));
     const rps = conc.times.length / conc.elapsed;
     const coding = await codingCompared(app, client, gzipClient, all.slice(iterations));
@@ -168,6 +181,8 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
     log(`    HTTP facade:       p50 ${fmt(h.p50)} ms, p95 ${fmt(h.p95)} ms (target p50 < 20 ms); ${fmt(1000 / h.mean, 0)} req/s sequential`);
     log(`    HTTP throughput, 4 concurrent keep-alive clients, ${fmt(conc.elapsed, 1)} s: ${fmt(rps, 0)} req/s`);
     log(`    ratio HTTP/direct p50: ${fmt(h.p50 / d.p50)}x (target <= 1.5x); RSS ${fmt(rssMb(), 0)} MB`);
+    log(`    floor of any HTTP answer here, a bare node:http server around the direct call writing JSON.stringify of the Bundle: p50 ${fmt(b.p50)} ms, p95 ${fmt(b.p95)} ms,`
+      + ` ${fmt(b.p50 / d.p50)}x direct; the facade is ${fmt(h.p50 / b.p50)}x that floor`);
     log(`    Accept-Encoding: gzip vs none, ${codingQueries} further unseen queries taking turns: p50 ${fmt(coding.gzipP50)} vs ${fmt(coding.identityP50)} ms over loopback;`
       + ` ${fmt(coding.gzipBytes / 1024, 1)} vs ${fmt(coding.identityBytes / 1024, 1)} kB per answer`);
     log(`    where the HTTP time goes (p50 per stage, in-process, ${parts.n} of the queries again, integrity checked as on a first read of each version):`);
@@ -176,14 +191,40 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
       + ' HTTP and framework, guards, the access-log write, garbage collection');
     return {
       directP50: d.p50, directP95: d.p95, httpP50: h.p50, httpP95: h.p95, httpRps: rps, ratioP50: h.p50 / d.p50, rssMb: rssMb(),
+      bareHttpP50: b.p50, bareHttpP95: b.p95, bareRatioP50: b.p50 / d.p50, facadeOverBareP50: h.p50 / b.p50,
       gzipP50: coding.gzipP50, identityP50: coding.identityP50, gzipKiB: coding.gzipBytes / 1024, identityKiB: coding.identityBytes / 1024,
       stageSearchP50: parts.search, stageIntegrityColdP50: parts.integrity, stageSerializeP50: parts.serialize,
     };
   } finally {
     await client.close();
     await gzipClient.close();
+    await bareClient.close();
     await new Promise((r) => server.close(r));
+    await new Promise((r) => bare.close(r));
   }
+}
+
+/**
+ * The least any HTTP server answering this query must do, listening on loopback: the direct
+ * repository call (as timed above) and JSON.stringify of a searchset Bundle of its answer, written
+ * in one piece. No framework, parameter checks, token, consent, integrity check or access log.
+ */
+async function bareServer(app: App): Promise<Server> {
+  const server = createServer((req, res) => {
+    app.repository.search(parseSearchRequest(req.url!.slice('/fhir/'.length))).then((r) => {
+      const base = 'http://127.0.0.1/fhir';
+      const body = JSON.stringify({
+        resourceType: 'Bundle', type: 'searchset',
+        entry: r.resources.map((resource) => ({ fullUrl: `${base}/${resource.resourceType}/${resource.id}`, resource, search: { mode: 'match' } })),
+      });
+      res.writeHead(200, { 'Content-Type': 'application/fhir+json' }).end(body);
+    }, (err: unknown) => {
+      res.writeHead(500).end(String(err));
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await new Promise((r) => server.once('listening', r));
+  return server;
 }
 
 /**
