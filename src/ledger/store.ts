@@ -89,6 +89,14 @@ const RANGE_SCAN_MIN = 8;
 /** How often the reconciliation watermark is written (ms); reconciliation starts a minute before it. */
 const WATERMARK_EVERY_MS = 1000;
 
+/**
+ * Bytes of batch trees kept in memory (treeGroups): 64 MiB holds every tree of ~1,000,000 versions
+ * in 1,000-version batches. Trees are not trusted (each check hashes up to the on-chain root), so
+ * keeping them changes no verdict. A tree whose salts another process sharing the store erased
+ * (`forgetSalts`) stays here until evicted; the erased versions' bodies are unreadable by then.
+ */
+const TREE_CACHE_BYTES = 64 * 1024 * 1024;
+
 export class CommitmentStore {
   private readonly db: DB;
   private readonly insert: Statement<[string, string, string, string | null, Buffer, Buffer, number]>;
@@ -104,6 +112,14 @@ export class CommitmentStore {
   private readonly treeOf: Statement<[number], [Buffer, Buffer, Buffer | null]>;
   private closed = false;
   private watermarkAt = -Infinity;
+  /**
+   * Batch trees read lately (salts, nodes, positions), least recently used first, up to
+   * TREE_CACHE_BYTES: a tree is written once with its batch, and only `forgetSalts` changes it
+   * (dropping it here). A day of readings streamed in from many patients spans dozens of batches,
+   * each tree ~50–70 kB and ~0.13 ms to read from SQLite even from the page cache.
+   */
+  private readonly trees = new Map<number, [Buffer, Buffer, Buffer | null]>();
+  private treeBytes = 0;
 
   constructor(readonly file: string) {
     // synchronous NORMAL, like the repository: a power cut can lose the last commits of both files
@@ -258,7 +274,7 @@ export class CommitmentStore {
         const seq = seqs[i]!;
         if (!batch || seq > batch[2]) {
           batch = this.batchOfSeq.get(seq);
-          const tree = batch && batch[1] <= seq ? this.treeOf.get(batch[0]) : undefined;
+          const tree = batch && batch[1] <= seq ? this.treeOfBatch(batch[0]) : undefined;
           group = tree && { batch: batch![0], size: batch![2] - batch![1] + 1, salts: tree[0], nodes: tree[1], members: [] };
           positions = tree?.[2] ?? null;
           if (group) groups.push(group);
@@ -269,6 +285,33 @@ export class CommitmentStore {
       }
       return { groups, rest };
     })();
+  }
+
+  /** A batch's stored tree, from the cache or read (and kept) now; undefined when it has none. */
+  private treeOfBatch(batch: number): [Buffer, Buffer, Buffer | null] | undefined {
+    const hit = this.trees.get(batch);
+    if (hit) {
+      this.trees.delete(batch); // most recently used last
+      this.trees.set(batch, hit);
+      return hit;
+    }
+    const tree = this.treeOf.get(batch);
+    if (!tree) return undefined;
+    const size = tree[0].length + tree[1].length + (tree[2]?.length ?? 0);
+    if (size > TREE_CACHE_BYTES) return tree;
+    for (const [oldest, kept] of this.trees) {
+      if (this.treeBytes + size <= TREE_CACHE_BYTES) break;
+      this.dropTree(oldest, kept);
+    }
+    this.trees.set(batch, tree);
+    this.treeBytes += size;
+    return tree;
+  }
+
+  private dropTree(batch: number, tree = this.trees.get(batch)): void {
+    if (!tree) return;
+    this.trees.delete(batch);
+    this.treeBytes -= tree[0].length + tree[1].length + (tree[2]?.length ?? 0);
   }
 
   /** Anchored batches (local id, on-chain id, root) with local id above `afterId`, oldest first. */
@@ -365,6 +408,7 @@ export class CommitmentStore {
         'SELECT b.first_seq, t.salts, t.positions FROM batches b LEFT JOIN batch_trees t ON t.batch = b.id WHERE b.id = ?');
       const writeSalts = this.db.prepare('UPDATE batch_trees SET salts = ? WHERE batch = ?');
       for (const [batch, seqs] of byBatch) {
+        this.dropTree(batch);
         const tree = readTree.get(batch);
         if (!tree?.salts) continue;
         const salts = Buffer.from(tree.salts);

@@ -38,9 +38,35 @@ const anchor = {
 
 const db = (): import('better-sqlite3').Database => (store as unknown as { db: import('better-sqlite3').Database }).db;
 
+/**
+ * The store as a process opening the file now finds it, after the tests changed it behind the
+ * store's back (the store keeps the trees it has read: a process sees a tree changed on disk only
+ * when it reads it first, e.g. after a restart).
+ */
+function reopen(): void {
+  const file = store.file;
+  store.close();
+  store = new CommitmentStore(file);
+  countProofReads();
+}
+
+/** Versions whose own proofs were read (set by proofReads; counted across reopen). */
+let proofCounter: { count: number } | undefined;
+
+function countProofReads(): void {
+  const counter = proofCounter;
+  if (!counter) return;
+  const original = store.proofsOf.bind(store);
+  store.proofsOf = (keys) => {
+    counter.count += keys.length;
+    return original(keys);
+  };
+}
+
 /** A store written before batches kept their trees: every version is checked through its own row. */
 function dropTrees(): void {
   db().prepare('DELETE FROM batch_trees').run();
+  reopen();
 }
 
 /** Records and anchors `resources` as one batch with chain batch id `chainId`; answers the local batch id. */
@@ -61,6 +87,7 @@ beforeEach(() => {
   store = new CommitmentStore(path.join(dir, 'commitments.db'));
   rootReads = 0;
   chainRoots = new Map();
+  proofCounter = undefined;
 });
 afterEach(() => {
   store.close();
@@ -69,13 +96,9 @@ afterEach(() => {
 
 describe('IntegrityChecker.checkMany through stored batch trees', () => {
   const proofReads = (): { count: number } => {
-    const counter = { count: 0 };
-    const original = store.proofsOf.bind(store);
-    store.proofsOf = (keys) => {
-      counter.count += keys.length;
-      return original(keys);
-    };
-    return counter;
+    proofCounter = { count: 0 };
+    countProofReads();
+    return proofCounter;
   };
 
   it('proves a day of readings a batch at a time, reading no version\'s own proof', async () => {
@@ -166,6 +189,26 @@ describe('IntegrityChecker.checkMany through stored batch trees', () => {
     expect(reads.count).toBe(150);
   });
 
+  it('reads a batch tree once and keeps it; forgetting salts drops it, so the next check reads the zeroed salts', async () => {
+    const day = Array.from({ length: 24 }, (_, i) => ({ ...reading(i), subject: { reference: `Patient/p${i % 2}` } }) as Observation);
+    anchorBatch(day, 0);
+    const internals = store as unknown as { treeOf: { get(batch: number): unknown } };
+    const read = internals.treeOf;
+    let treeReads = 0;
+    internals.treeOf = { get: (batch: number) => { treeReads++; return read.get(batch); } };
+    const keys = day.map((r) => ({ type: 'Observation', id: r.id!, version: '1' }));
+    const first = store.treeGroups(keys).groups[0]!;
+    expect(store.treeGroups(keys.slice(0, 5)).groups[0]!.salts).toBe(first.salts);
+    expect((await new IntegrityChecker(store, anchor).checkMany(day)).every((r) => r.status === 'verified')).toBe(true);
+    expect(treeReads).toBe(1);
+    // anchorBatch records every version under p1
+    expect(store.forgetSalts('p1')).toBe(24);
+    const after = store.treeGroups(keys).groups[0]!;
+    expect(treeReads).toBe(2);
+    expect(after.salts.equals(Buffer.alloc(32 * 24))).toBe(true);
+    expect((await new IntegrityChecker(store, anchor).checkMany(day)).map((r) => r.status)).toEqual(day.map(() => 'failed'));
+  });
+
   it('forgets the salts of one patient at their places in a patient-ordered tree', () => {
     const of = (patient: string, i: number): Observation => ({ ...reading(i), id: `obs-${String(i).padStart(4, '0')}-${patient}`, subject: { reference: `Patient/${patient}` } });
     const streamed = Array.from({ length: 20 }, (_, i) => ['p2', 'p1'].map((p) => of(p, i))).flat();
@@ -209,6 +252,10 @@ describe('IntegrityChecker.checkMany through stored batch trees', () => {
     expect(reads.count).toBe(0);
     nodes[32 * 61 + 1] ^= 0xff;
     db().prepare('UPDATE batch_trees SET nodes = ?').run(nodes);
+    // the tree as read before stays in use here (it led to the root); a process reading it now gets the changed one
+    expect((await new IntegrityChecker(store, anchor).checkMany(day.slice(0, 16))).every((r) => r.status === 'verified')).toBe(true);
+    expect(reads.count).toBe(0);
+    reopen();
     expect((await new IntegrityChecker(store, anchor).checkMany(day.slice(0, 16))).every((r) => r.status === 'verified')).toBe(true);
     expect(reads.count).toBe(16);
 
@@ -216,6 +263,7 @@ describe('IntegrityChecker.checkMany through stored batch trees', () => {
     const salts = Buffer.from(tree.salts);
     salts.fill(7, 32 * 5, 32 * 6);
     db().prepare('UPDATE batch_trees SET salts = ?, nodes = ?').run(salts, tree.nodes);
+    reopen();
     const served = day.map((r) => ({ ...r }));
     served[5] = { ...served[5]!, valueQuantity: { value: 40, unit: 'mg/dL' } };
     const results = await new IntegrityChecker(store, anchor).checkMany(served);
