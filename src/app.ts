@@ -90,7 +90,7 @@ export async function createRepository(config: Config, logger: Logger): Promise<
     return new UpstreamRepository({ config: config.upstream, proxyFhirBase: fhirBase(config), logger });
   }
   mkdirSync(config.dataDir, { recursive: true });
-  return EmbeddedRepository.open({ dataDir: config.dataDir, masterKey: loadMasterKey(config), readCacheBytes: config.readCacheMb * 1024 * 1024, logger });
+  return EmbeddedRepository.open({ dataDir: config.dataDir, masterKey: loadMasterKey(config), readCacheBytes: config.readCacheMb * 1024 * 1024, mmapBytes: config.storeMmapMb * 1024 * 1024, logger });
 }
 
 /**

@@ -27,6 +27,11 @@ export interface Config {
   maxPageSize: number;
   /** MiB of decoded resource versions the embedded repository keeps for repeated reads; 0 = off (GLUCOGUARD_READ_CACHE_MB). */
   readCacheMb: number;
+  /**
+   * MiB of the embedded store's file SQLite reads through a memory map instead of read calls
+   * (GLUCOGUARD_STORE_MMAP_MB, at most 2047); 0 = off, e.g. for a data directory on a network filesystem.
+   */
+  storeMmapMb: number;
   /** Authentication on /fhir: 'on' (default) or 'off' for local experiments only (GLUCOGUARD_AUTH). */
   auth: 'on' | 'off';
   /**
@@ -182,6 +187,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     defaultPageSize: int(pick('GLUCOGUARD_PAGE_SIZE', 'defaultPageSize') ?? '50', 'GLUCOGUARD_PAGE_SIZE', 1, 10000, problems),
     maxPageSize: int(pick('GLUCOGUARD_MAX_PAGE_SIZE', 'maxPageSize') ?? '1000', 'GLUCOGUARD_MAX_PAGE_SIZE', 1, 100000, problems),
     readCacheMb: int(pick('GLUCOGUARD_READ_CACHE_MB', 'readCacheMb') ?? '64', 'GLUCOGUARD_READ_CACHE_MB', 0, 65536, problems),
+    storeMmapMb: int(pick('GLUCOGUARD_STORE_MMAP_MB', 'storeMmapMb') ?? '2047', 'GLUCOGUARD_STORE_MMAP_MB', 0, 2047, problems),
     auth,
     compression,
     logLevel,

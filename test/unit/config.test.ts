@@ -46,6 +46,9 @@ describe('config', () => {
     expect(c.readCacheMb).toBe(0);
     expect(c.chain.nodeThread).toBe('main');
     expect(() => loadConfig({ GLUCOGUARD_READ_CACHE_MB: '-1' })).toThrow(/GLUCOGUARD_READ_CACHE_MB must be an integer from 0/);
+    expect(d.storeMmapMb).toBe(2047);
+    expect(loadConfig({ GLUCOGUARD_STORE_MMAP_MB: '0' }).storeMmapMb).toBe(0);
+    expect(() => loadConfig({ GLUCOGUARD_STORE_MMAP_MB: '4096' })).toThrow(/GLUCOGUARD_STORE_MMAP_MB must be an integer from 0 to 2047/);
     expect(() => loadConfig({ CHAIN_NODE_THREAD: 'fork' })).toThrow(/CHAIN_NODE_THREAD must be one of worker, main/);
     expect(d.compression).toBe('on');
     expect(loadConfig({ GLUCOGUARD_COMPRESSION: 'off' }).compression).toBe('off');

@@ -45,6 +45,8 @@ export interface EmbeddedRepositoryOptions {
   masterKey?: string;
   /** Bytes of decoded versions kept for reads that come back (decoded-cache.ts); 0 turns it off. Default 64 MiB. */
   readCacheBytes?: number;
+  /** Bytes of the store file read through a memory map (store.ts openStore); 0 = off. Default 0. */
+  mmapBytes?: number;
   logger?: Logger;
 }
 
@@ -109,7 +111,7 @@ export class EmbeddedRepository implements Repository {
   static async open(options: EmbeddedRepositoryOptions): Promise<EmbeddedRepository> {
     loadFhirDefinitions();
     const master = loadMasterKey(options.dataDir, options.masterKey);
-    const { db, file } = openStore(options.dataDir);
+    const { db, file } = openStore(options.dataDir, options.mmapBytes);
     try {
       const keys = db.transaction(() => new KeyRing(db, master.key))();
       const repo = new EmbeddedRepository(db, keys, prepareStatements(db), options.dataDir, file, options.readCacheBytes);

@@ -148,6 +148,16 @@ describe('on disk', () => {
     expect((await search(`Observation?patient=${resource.id}&date=2026-01-01`)).resources).toHaveLength(1);
   });
 
+  it('reads the store file through a memory map of the size asked for, none by default; answers the same either way', async () => {
+    const { resource } = await repo.create<Patient>({ resourceType: 'Patient', gender: 'male' });
+    const mmapOf = (r: EmbeddedRepository): number => (r as unknown as { db: import('better-sqlite3').Database }).db.pragma('mmap_size', { simple: true }) as number;
+    expect(mmapOf(repo)).toBe(0);
+    await repo.close();
+    repo = await EmbeddedRepository.open({ dataDir, mmapBytes: 64 * 1024 * 1024 });
+    expect(mmapOf(repo)).toBe(64 * 1024 * 1024);
+    expect((await repo.read<Patient>('Patient', resource.id!)).gender).toBe('male');
+  });
+
   it('refuses to open with another master key', async () => {
     await repo.close();
     const otherKey = Buffer.alloc(32, 7).toString('base64');
