@@ -52,7 +52,8 @@ export interface Statements {
  * Opens (creating when needed) the store file with WAL and the schema. `mmapBytes`: how much of the
  * file SQLite reads through a memory map (the OS page cache itself) rather than read calls into its
  * own page cache: a patient-day of readings streamed in among many patients' lies on ~288 pages,
- * each a read call otherwise (p50 of that search 10.3/6.6 → 7.4/4.8 ms measured with 2 GiB).
+ * each a read call otherwise: that search's p50 6.5–7.2 → 4.7 ms with 2 GiB, as fast as on a store
+ * loaded patient after patient (docs/benchmarks.md, session 8).
  */
 export function openStore(dataDir: string, mmapBytes = 0): { db: DB; file: string } {
   const dir = path.join(dataDir, 'store');
