@@ -97,6 +97,11 @@ const WATERMARK_EVERY_MS = 1000;
  */
 const TREE_CACHE_BYTES = 64 * 1024 * 1024;
 
+/** What a kept tree (salts, nodes, positions) counts against TREE_CACHE_BYTES. */
+function treeBytesOf(tree: readonly [Buffer, Buffer, Buffer | null]): number {
+  return tree[0].length + tree[1].length + (tree[2]?.length ?? 0);
+}
+
 export class CommitmentStore {
   private readonly db: DB;
   private readonly insert: Statement<[string, string, string, string | null, Buffer, Buffer, number]>;
@@ -297,7 +302,7 @@ export class CommitmentStore {
     }
     const tree = this.treeOf.get(batch);
     if (!tree) return undefined;
-    const size = tree[0].length + tree[1].length + (tree[2]?.length ?? 0);
+    const size = treeBytesOf(tree);
     if (size > TREE_CACHE_BYTES) return tree;
     for (const [oldest, kept] of this.trees) {
       if (this.treeBytes + size <= TREE_CACHE_BYTES) break;
@@ -311,7 +316,7 @@ export class CommitmentStore {
   private dropTree(batch: number, tree = this.trees.get(batch)): void {
     if (!tree) return;
     this.trees.delete(batch);
-    this.treeBytes -= tree[0].length + tree[1].length + (tree[2]?.length ?? 0);
+    this.treeBytes -= treeBytesOf(tree);
   }
 
   /** Anchored batches (local id, on-chain id, root) with local id above `afterId`, oldest first. */
