@@ -92,10 +92,20 @@ it('waiting with the sender and nonce reports a replaced transaction', async () 
   const slow = await startTestChain({ blockPeriod: 1 });
   try {
     const wallet = new Wallet(slow.authority.privateKey, slow.provider);
-    const nonce = await slow.provider.getTransactionCount(wallet.address, 'pending');
     const fee = await slow.provider.getFeeData();
-    const mine = await wallet.sendTransaction({ to: wallet.address, value: 1n, nonce, maxFeePerGas: fee.maxFeePerGas!, maxPriorityFeePerGas: fee.maxPriorityFeePerGas! });
-    await wallet.sendTransaction({ to: wallet.address, value: 2n, nonce, maxFeePerGas: fee.maxFeePerGas! * 10n, maxPriorityFeePerGas: fee.maxPriorityFeePerGas! * 10n });
+    let nonce: number;
+    let mine: { hash: string };
+    for (let attempt = 1; ; attempt++) {
+      nonce = await slow.provider.getTransactionCount(wallet.address, 'pending');
+      mine = await wallet.sendTransaction({ to: wallet.address, value: 1n, nonce, maxFeePerGas: fee.maxFeePerGas!, maxPriorityFeePerGas: fee.maxPriorityFeePerGas! });
+      try {
+        await wallet.sendTransaction({ to: wallet.address, value: 2n, nonce, maxFeePerGas: fee.maxFeePerGas! * 10n, maxPriorityFeePerGas: fee.maxPriorityFeePerGas! * 10n });
+        break;
+      } catch (err) {
+        // a block sealed between the two sends and took the first: nothing was replaced, set it up again
+        if ((err as { code?: string }).code !== 'NONCE_EXPIRED' || attempt >= 5) throw err;
+      }
+    }
     await expect(pollReceipt(slow.provider, mine.hash, { timeoutMs: 15_000, pollMs: 50, sender: wallet.address, nonce }))
       .rejects.toMatchObject({ code: 'ERR_TX_REPLACED', nonce });
   } finally {
