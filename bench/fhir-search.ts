@@ -5,8 +5,8 @@
  * The HTTP client runs in a worker thread so it does not share the server's event loop.
  *
  * A third path gives the floor of any HTTP answer on this machine: (c) a bare node:http server that
- * makes the same direct repository call and writes JSON.stringify of a searchset Bundle of it — no
- * framework, token, consent, integrity check or access log.
+ * makes the same direct repository call and writes a searchset Bundle of it, serialised and written
+ * as the facade does it — no framework, token, consent, integrity check or access log.
  *
  * The queries run twice: in the process that did the bulk load, right after it, and in a freshly
  * started server process over the same data directory (what a server restarted after a bulk load
@@ -21,8 +21,10 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { parseSearchRequest } from '@medplum/core';
+import type { Bundle, Resource } from '@medplum/fhirtypes';
 import { createApp, type App } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
+import { endWithChunks, jsonChunks } from '../src/fhir/json-text.js';
 import { createLogger } from '../src/log.js';
 import { childMain, runInChild } from './child.js';
 import { loadCgmObservations, patientDayQuery, type BulkRepository, type LoadOrder } from './repository-load.js';
@@ -181,7 +183,7 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
     log(`    HTTP facade:       p50 ${fmt(h.p50)} ms, p95 ${fmt(h.p95)} ms (target p50 < 20 ms); ${fmt(1000 / h.mean, 0)} req/s sequential`);
     log(`    HTTP throughput, 4 concurrent keep-alive clients, ${fmt(conc.elapsed, 1)} s: ${fmt(rps, 0)} req/s`);
     log(`    ratio HTTP/direct p50: ${fmt(h.p50 / d.p50)}x (target <= 1.5x); RSS ${fmt(rssMb(), 0)} MB`);
-    log(`    floor of any HTTP answer here, a bare node:http server around the direct call writing JSON.stringify of the Bundle: p50 ${fmt(b.p50)} ms, p95 ${fmt(b.p95)} ms,`
+    log(`    floor of any HTTP answer here, a bare node:http server around the direct call writing the Bundle as the facade does: p50 ${fmt(b.p50)} ms, p95 ${fmt(b.p95)} ms,`
       + ` ${fmt(b.p50 / d.p50)}x direct; the facade is ${fmt(h.p50 / b.p50)}x that floor`);
     log(`    Accept-Encoding: gzip vs none, ${codingQueries} further unseen queries taking turns: p50 ${fmt(coding.gzipP50)} vs ${fmt(coding.identityP50)} ms over loopback;`
       + ` ${fmt(coding.gzipBytes / 1024, 1)} vs ${fmt(coding.identityBytes / 1024, 1)} kB per answer`);
@@ -206,18 +208,18 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
 
 /**
  * The least any HTTP server answering this query must do, listening on loopback: the direct
- * repository call (as timed above) and JSON.stringify of a searchset Bundle of its answer, written
- * in one piece. No framework, parameter checks, token, consent, integrity check or access log.
+ * repository call (as timed above) and the JSON of a searchset Bundle of its answer, serialised and
+ * written as the facade does it (src/fhir/json-text.ts). No framework, parameter checks, token,
+ * consent, integrity check or access log.
  */
 async function bareServer(app: App): Promise<Server> {
   const server = createServer((req, res) => {
     app.repository.search(parseSearchRequest(req.url!.slice('/fhir/'.length))).then((r) => {
-      const base = 'http://127.0.0.1/fhir';
-      const body = JSON.stringify({
-        resourceType: 'Bundle', type: 'searchset',
-        entry: r.resources.map((resource) => ({ fullUrl: `${base}/${resource.resourceType}/${resource.id}`, resource, search: { mode: 'match' } })),
-      });
-      res.writeHead(200, { 'Content-Type': 'application/fhir+json' }).end(body);
+      const chunks = jsonChunks(searchset('http://127.0.0.1/fhir', r.resources));
+      let length = 0;
+      for (const chunk of chunks) length += Buffer.byteLength(chunk, 'utf8');
+      res.writeHead(200, { 'Content-Type': 'application/fhir+json', 'Content-Length': length });
+      endWithChunks(res, chunks);
     }, (err: unknown) => {
       res.writeHead(500).end(String(err));
     });
@@ -225,6 +227,13 @@ async function bareServer(app: App): Promise<Server> {
   server.listen(0, '127.0.0.1');
   await new Promise((r) => server.once('listening', r));
   return server;
+}
+
+function searchset(base: string, resources: Resource[]): Bundle {
+  return {
+    resourceType: 'Bundle', type: 'searchset',
+    entry: resources.map((resource) => ({ fullUrl: `${base}/${resource.resourceType}/${resource.id}`, resource, search: { mode: 'match' } })),
+  };
 }
 
 /**
@@ -253,8 +262,8 @@ async function codingCompared(app: App, identity: HttpClient, gzip: HttpClient, 
 /**
  * The stages of the HTTP path timed one by one in-process, on queries already answered once: the
  * repository search, the integrity check with the verified-version cache emptied before each query
- * (a first read of those versions; at 1,000,000 readings nearly every query above is one), and JSON serialisation of a
- * searchset Bundle of the answer.
+ * (a first read of those versions; at 1,000,000 readings nearly every query above is one), and the JSON text
+ * of a searchset Bundle of the answer, in the facade's pieces (src/fhir/json-text.ts).
  */
 async function breakdown(app: App, queries: string[]): Promise<{ n: number; search: number; integrity: number; serialize: number }> {
   const search: number[] = [];
@@ -271,7 +280,7 @@ async function breakdown(app: App, queries: string[]): Promise<{ n: number; sear
     integrity.push(performance.now() - t0);
     if (checks.some((c) => c.status !== 'verified')) throw new Error(`integrity: ${JSON.stringify(checks.find((c) => c.status !== 'verified'))}`);
     t0 = performance.now();
-    JSON.stringify({ resourceType: 'Bundle', type: 'searchset', entry: r.resources.map((resource) => ({ fullUrl: `http://localhost/fhir/Observation/${resource.id}`, resource, search: { mode: 'match' } })) });
+    jsonChunks(searchset('http://localhost/fhir', r.resources));
     serialize.push(performance.now() - t0);
   }
   const p50 = (xs: number[]): number => summary(xs.sort((a, b) => a - b)).p50;
