@@ -24,7 +24,7 @@ import { parseSearchRequest } from '@medplum/core';
 import type { Bundle, Resource } from '@medplum/fhirtypes';
 import { createApp, type App } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
-import { endWithChunks, jsonChunks } from '../src/fhir/json-text.js';
+import { byteLengthOf, endWithChunks, jsonChunks } from '../src/fhir/json-text.js';
 import { createLogger } from '../src/log.js';
 import { childMain, runInChild } from './child.js';
 import { loadCgmObservations, patientDayQuery, type BulkRepository, type LoadOrder } from './repository-load.js';
@@ -216,9 +216,7 @@ async function bareServer(app: App): Promise<Server> {
   const server = createServer((req, res) => {
     app.repository.search(parseSearchRequest(req.url!.slice('/fhir/'.length))).then((r) => {
       const chunks = jsonChunks(searchset('http://127.0.0.1/fhir', r.resources));
-      let length = 0;
-      for (const chunk of chunks) length += Buffer.byteLength(chunk, 'utf8');
-      res.writeHead(200, { 'Content-Type': 'application/fhir+json', 'Content-Length': length });
+      res.writeHead(200, { 'Content-Type': 'application/fhir+json', 'Content-Length': byteLengthOf(chunks) });
       endWithChunks(res, chunks);
     }, (err: unknown) => {
       res.writeHead(500).end(String(err));

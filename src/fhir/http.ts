@@ -11,7 +11,7 @@ import type { AccessContext } from './access.js';
 import { errorToResponse } from './outcomes.js';
 import type { FhirRouter } from './router.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
-import { endWithChunks, jsonChunks } from './json-text.js';
+import { byteLengthOf, endWithChunks, jsonChunks } from './json-text.js';
 
 export type Authenticate = (headers: Record<string, string | undefined>, requestUrl: string) => Promise<AccessContext>;
 
@@ -159,8 +159,7 @@ function send(res: Response, response: FhirResponse, pretty: boolean, options: {
   }
   res.setHeader('Content-Type', 'application/fhir+json; charset=utf-8');
   const chunks = pretty ? [JSON.stringify(response.body, null, 2)] : jsonChunks(response.body);
-  let length = 0;
-  for (const chunk of chunks) length += Buffer.byteLength(chunk, 'utf8');
+  const length = byteLengthOf(chunks);
   if (options.compress && length >= COMPRESS_MIN_BYTES) {
     res.vary('Accept-Encoding');
     const coding = options.head ? undefined : codingFor(res.req);

@@ -59,6 +59,12 @@ function entryText(entry: unknown): string {
   return `${text}}`;
 }
 
+/** UTF-8 bytes of the pieces together (their Content-Length). */
+export function byteLengthOf(chunks: readonly string[]): number {
+  let length = 0;
+  for (const chunk of chunks) length += Buffer.byteLength(chunk, 'utf8');
+  return length;
+}
 
 /** Ends `res` with the pieces of `chunks` (Content-Length is the caller's), corked: they leave in one write with the headers. */
 export function endWithChunks(res: ServerResponse, chunks: string[]): void {
