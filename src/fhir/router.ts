@@ -17,6 +17,7 @@ import { PageTokens, pairsToQuery, queryPairs, toQueryString } from './paging.js
 import { OPEN_POLICY, type AccessPolicy, type GuardOptions, type OutboundGuard } from './policy.js';
 import { isSupportedType } from './resource-types.js';
 import { parseSearch } from './search.js';
+import { parseSubsetting, subsetResource } from './subsetting.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
 import type { ProfileValidator } from './validation.js';
 
@@ -192,20 +193,22 @@ export class FhirRouter {
 
   private async read(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'read', type);
+    const subsetting = parseSubsetting(type, req.query, { lenient: preferLenient(req), including: false });
     const resource = await this.fetchFor(req.access, type, id, () => this.options.repository.read(type, id));
     const { allowed, issues } = await this.guard(req.access, [resource]);
     if (allowed.length === 0) return this.withheld(issues);
     const etag = etagOf(resource);
     if (etag && req.headers['if-none-match'] === etag) return { status: 304, headers: versionHeaders(resource) };
-    return { status: 200, body: allowed[0]!, headers: versionHeaders(resource) };
+    return { status: 200, body: subsetting ? subsetResource(allowed[0]!, subsetting) : allowed[0]!, headers: versionHeaders(resource) };
   }
 
   private async vread(req: FhirRequest, type: string, id: string, vid: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'vread', type);
+    const subsetting = parseSubsetting(type, req.query, { lenient: preferLenient(req), including: false });
     const resource = await this.fetchFor(req.access, type, id, () => this.options.repository.vread(type, id, vid), vid);
     const { allowed, issues } = await this.guard(req.access, [resource]);
     if (allowed.length === 0) return this.withheld(issues);
-    return { status: 200, body: allowed[0]!, headers: versionHeaders(resource) };
+    return { status: 200, body: subsetting ? subsetResource(allowed[0]!, subsetting) : allowed[0]!, headers: versionHeaders(resource) };
   }
 
   private async handledWrite(req: FhirRequest, type: string, interaction: 'create' | 'update' | 'delete', id?: string): Promise<FhirResponse> {
@@ -321,11 +324,14 @@ export class FhirRouter {
       query = pairsToQuery(state.query);
       offset = state.offset;
     }
+    const including = Object.keys(query).some((k) => k.startsWith('_include') || k.startsWith('_revinclude'));
+    const subsetting = parseSubsetting(type, query, { lenient: preferLenient(req), including });
     const parsed = parseSearch(type, query, {
       lenient: preferLenient(req),
       supported: this.options.repository.supportedSearchParams(),
       defaultCount: this.options.defaultPageSize,
       maxCount: this.options.maxPageSize,
+      subsetting: true,
     });
     const narrowed: SearchRequest = await this.policy.narrowSearch(req.access, { ...parsed, offset });
     const count = parsed.count ?? this.options.defaultPageSize;
@@ -334,9 +340,11 @@ export class FhirRouter {
     const links: BundleLink[] = [{ relation: 'self', url: this.pageUrl(req, type, firstPageQuery, offset) }];
     if (hasMore) links.push({ relation: 'next', url: this.pageUrl(req, type, firstPageQuery, nextOffset) });
     if (offset > 0) links.push({ relation: 'previous', url: this.pageUrl(req, type, firstPageQuery, Math.max(0, offset - count)) });
+    // subsets are cut from versions the guards passed whole (src/fhir/subsetting.ts)
+    const shown = (r: Resource, include: boolean): Resource => (subsetting ? subsetResource(r, subsetting, include) : r);
     const entry: BundleEntry[] = [
-      ...matches.allowed.map((r) => this.entry(r, 'match')),
-      ...included.allowed.map((r) => this.entry(r, 'include')),
+      ...matches.allowed.map((r) => this.entry(shown(r, false), 'match')),
+      ...included.allowed.map((r) => this.entry(shown(r, true), 'include')),
     ];
     const issues = [...matches.issues, ...included.issues];
     if (issues.length) entry.push({ resource: operationOutcome(issues), search: { mode: 'outcome' } });

@@ -1,15 +1,17 @@
 /**
  * Turning a search query into a checked @medplum/core SearchRequest: unknown or unsupported
  * parameters are refused with 400 (or dropped under `Prefer: handling=lenient`), parameters the
- * facade does not offer (`_has`, chains, `_summary=count`, `_total`) are refused the same way.
+ * facade does not offer (`_has`, chains, `_total`) are refused the same way. `_summary` and
+ * `_elements` never reach the repository: where the caller subsets answers (src/fhir/subsetting.ts)
+ * they are left out here, elsewhere they are refused.
  */
 import { getSearchParameter, parseSearchRequest, type SearchRequest } from '@medplum/core';
 import { badRequest } from '../errors.js';
 
 /** Result-control parameters handled by the facade or the repository, not filters. */
 const CONTROL_PARAMS = new Set(['_count', '_sort', '_include', '_revinclude', '_format', '_pretty', '_pageToken', '_offset']);
-/** Parameters the facade never offers; `_summary=count` and `_total` could reveal counts of hidden data. */
-const REFUSED_PARAMS = new Set(['_summary', '_total', '_elements', '_contained', '_containedType', '_text', '_content', '_list', '_query', '_filter', '_type']);
+/** Parameters the facade never offers; `_total` could reveal counts of hidden data. */
+const REFUSED_PARAMS = new Set(['_total', '_contained', '_containedType', '_text', '_content', '_list', '_query', '_filter', '_type']);
 /** Common parameters every resource type supports here. */
 const COMMON_FILTERS = new Set(['_id', '_lastUpdated']);
 /** Sort keys the embedded index orders by; others are refused (they can act as oracles on hidden elements). */
@@ -21,12 +23,22 @@ export interface SearchParseOptions {
   supported: Record<string, string[]> | undefined;
   defaultCount: number;
   maxCount: number;
+  /** The caller subsets the answer (`_summary`, `_elements`, checked by parseSubsetting): leave them out. Otherwise they are refused. */
+  subsetting?: boolean;
 }
+
+/** Result parameters that shape what is returned of each resource, not what matches. */
+const SUBSETTING_PARAMS = new Set(['_summary', '_elements']);
 
 /** Builds a SearchRequest from a query, throwing 400 for anything the facade cannot answer faithfully. */
 export function parseSearch(resourceType: string, query: Record<string, string | string[]>, options: SearchParseOptions): SearchRequest {
   const kept: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(query)) {
+    if (SUBSETTING_PARAMS.has(name)) {
+      if (options.subsetting) continue;
+      if (!options.lenient) throw badRequest(`${name} is not supported here`, name);
+      continue;
+    }
     const problem = checkParam(resourceType, name, value, options);
     if (!problem) kept[name] = value;
     else if (!options.lenient) throw badRequest(problem, name);

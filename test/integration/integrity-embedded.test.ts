@@ -126,6 +126,20 @@ describe('embedded store', () => {
     expect((await request(t.app.http).get(`/fhir/Patient/${victim.id}`)).status).toBe(404);
   });
 
+  it('proves the whole version before cutting a subset: a change in an element the subset leaves out still withholds it', async () => {
+    const victim = await createPatient('Whole');
+    await t.app.ledger.anchorer.flush();
+    t.app.ledger.checker.clearCache();
+    tamperEmbedded(t.dataDir, victim, (p) => { p.birthDate = '2001-01-01'; });
+    for (const query of ['_elements=name', '_summary=text']) {
+      const read = await request(t.app.http).get(`/fhir/Patient/${victim.id}?${query}`);
+      expect(read.status).toBe(404);
+      const search = await request(t.app.http).get(`/fhir/Patient?_id=${victim.id}&${query}`);
+      expect(search.status).toBe(200);
+      expect((search.body as Bundle).entry!.filter((e) => e.search?.mode === 'match')).toEqual([]);
+    }
+  });
+
   it('does not let a changed commitment store vouch for changed content', async () => {
     const a = await createPatient('LeafA');
     const b = await createPatient('LeafB');
