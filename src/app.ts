@@ -225,6 +225,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
       version: VERSION,
       searchParams: repository.supportedSearchParams(),
       operations: fhir.registeredOperations(),
+      handledWriteTypes: fhir.handledWriteTypes(),
       instantiates: ['http://hl7.org/fhir/uv/cgm/CapabilityStatement/cgm-data-receiver'],
       profilesByType,
       security: config.auth === 'on' ? smart.capabilitySecurity() : undefined,

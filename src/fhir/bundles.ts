@@ -57,6 +57,11 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
     }
     if (method === 'PATCH') throw badRequest('PATCH is not supported', `Bundle.entry[${i}].request.method`);
     const type = steps.checkType(url.split(/[/?]/)[0]!);
+    // A conditional PUT or DELETE would be matched by the repository over everything it holds,
+    // hidden resources too; single requests and batch entries decide it over what the requester may see.
+    if ((method === 'PUT' || method === 'DELETE') && url.includes('?')) {
+      throw badRequest(`Conditional ${method === 'PUT' ? 'update' : 'delete'} is not supported inside a transaction; send it on its own or in a batch`, `Bundle.entry[${i}].request.url`);
+    }
     if (method === 'DELETE') {
       await steps.authorize('delete', { resourceType: type, id: url.split('/')[1] } as Resource);
       writes.push({ index: i, entry });

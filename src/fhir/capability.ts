@@ -17,6 +17,8 @@ export interface CapabilityInputs {
   /** Search parameters per type (from the repository), or undefined for the standard ones (upstream). */
   searchParams: Record<string, string[]> | undefined;
   operations: OperationHandler[];
+  /** Types whose writes a module of their own handles: no conditional update or delete there. */
+  handledWriteTypes?: string[];
   security?: CapabilityStatementRestSecurity;
   /** Canonicals this server instantiates (e.g. the CGM IG's cgm-data-receiver). */
   instantiates?: string[];
@@ -57,8 +59,8 @@ export function buildCapabilityStatement(inputs: CapabilityInputs): CapabilitySt
       updateCreate: true,
       conditionalCreate: true,
       conditionalRead: 'not-supported',
-      conditionalUpdate: false,
-      conditionalDelete: 'not-supported',
+      conditionalUpdate: !inputs.handledWriteTypes?.includes(type),
+      conditionalDelete: inputs.handledWriteTypes?.includes(type) ? 'not-supported' : 'single',
       searchInclude: ['*'],
       searchRevInclude: ['*'],
       searchParam,

@@ -6,7 +6,7 @@
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, BundleEntry, BundleLink, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import {
-  badRequest, forbidden, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, unsupportedMediaType,
+  badRequest, conflict, forbidden, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, unsupportedMediaType,
 } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { HistoryEntry, HistoryRequest, Repository } from '../repository/port.js';
@@ -101,6 +101,11 @@ export class FhirRouter {
     this.writeHandlers.set(type, handler);
   }
 
+  /** Types whose writes another module handles (no conditional update or delete for them). */
+  handledWriteTypes(): string[] {
+    return [...this.writeHandlers.keys()];
+  }
+
   registeredOperations(): OperationHandler[] {
     return [...this.operations.values()];
   }
@@ -133,6 +138,9 @@ export class FhirRouter {
       case 'type':
         if (method === 'GET') return this.search(req, route.type, req.query);
         if (method === 'POST') return this.writeHandlers.has(route.type) ? this.handledWrite(req, route.type, 'create') : this.create(req, route.type);
+        if ((method === 'PUT' || method === 'DELETE') && !this.writeHandlers.has(route.type)) {
+          return method === 'PUT' ? this.conditionalUpdate(req, route.type) : this.conditionalDelete(req, route.type);
+        }
         throw methodNotAllowed(`${method} is not allowed on ${route.type}`);
       case 'type-search':
         if (method !== 'POST') throw methodNotAllowed('_search supports POST only');
@@ -268,6 +276,58 @@ export class FhirRouter {
 
   private deletedResponse(req: FhirRequest, type: string, id: string): FhirResponse {
     if (preferReturn(req) === 'OperationOutcome') return { status: 200, body: informational(`Deleted ${type}/${id}`) };
+    return { status: 204 };
+  }
+
+  /**
+   * Conditional update (http.html#cond-update), `PUT [type]?[criteria]`, decided over the matches
+   * the requester may see, as a conditional create is. One match: that resource is updated (an id
+   * in the body must be its id, else 400). No match: the body is created; with an id, it is updated
+   * as `PUT [type]/[id]` would be, except that an existing resource of that id that does not match
+   * is a 409 (R5's rule: the criteria must not be a way to overwrite something else). More than one
+   * match: 412. A match that appears between the search and the create is updated instead.
+   */
+  private async conditionalUpdate(req: FhirRequest, type: string): Promise<FhirResponse> {
+    await this.policy.authorize(req.access, 'update', type);
+    const criteria = conditionalCriteria(req, 'update');
+    const resource = resourceBody(req, type);
+    this.options.validator.assertValid(resource);
+    for (let attempt = 0; ; attempt++) {
+      const matches = await this.visibleMatches(req.access, type, criteria);
+      if (matches.length > 1) throw preconditionFailed('The conditional update criteria match more than one resource');
+      if (matches.length === 1) {
+        const target = matches[0]!.id!;
+        if (resource.id !== undefined && resource.id !== target) throw badRequest(`Resource id "${resource.id}" is not the id of the resource the criteria match`, 'id');
+        return this.update({ ...req, body: { ...resource, id: target } }, type, target);
+      }
+      if (resource.id !== undefined) {
+        const current = await this.currentOf(type, resource.id);
+        if (current && (await this.mayChange(req.access, current))) throw conflict(`${type}/${resource.id} exists but does not match the criteria`);
+        return this.update(req, type, resource.id); // one they cannot see answers as an id never stored does
+      }
+      await this.policy.authorize(req.access, 'create', type);
+      if (!(await this.policy.mayWrite(req.access, resource, 'create'))) throw forbiddenWrite();
+      // Open access: the repository re-checks the criteria as it creates (no duplicate from a race).
+      // A limited requester's create is plain, as their conditional create is: the repository would
+      // decide over resources they cannot see.
+      const ifNoneExist = toQueryString(queryPairs(criteria));
+      const created = await this.options.repository.create(resource, req.access.kind === 'open' ? { ifNoneExist } : undefined);
+      if (created.outcome === 'created') return this.writeResponse(req, created.resource, 201, 'Created');
+      if (attempt > 0) throw conflict('The resources matching the criteria changed while updating; try again');
+    }
+  }
+
+  /**
+   * Conditional delete (http.html#cdelete), `DELETE [type]?[criteria]`, decided over the matches the
+   * requester may see: one match is deleted as `DELETE [type]/[id]` would; none is a successful
+   * no-op (204, as for an id never stored); more than one is 412 (single deletes only).
+   */
+  private async conditionalDelete(req: FhirRequest, type: string): Promise<FhirResponse> {
+    await this.policy.authorize(req.access, 'delete', type);
+    const matches = await this.visibleMatches(req.access, type, conditionalCriteria(req, 'delete'));
+    if (matches.length > 1) throw preconditionFailed('The conditional delete criteria match more than one resource');
+    if (matches.length === 1) return this.delete(req, type, matches[0]!.id!);
+    if (preferReturn(req) === 'OperationOutcome') return { status: 200, body: informational('No resource matched the criteria; nothing was deleted') };
     return { status: 204 };
   }
 
@@ -682,22 +742,20 @@ export class FhirRouter {
     return { ...bundle, entry };
   }
 
-  /** Matches of a conditional query among the resources the requester may see (at most two are needed). */
-  private async visibleMatches(access: AccessContext, type: string, query: string): Promise<Resource[]> {
-    const params = new URLSearchParams(query.startsWith('?') ? query.slice(1) : query);
-    const asQuery: Record<string, string | string[]> = {};
-    for (const [k, v] of params) asQuery[k] = k in asQuery ? [asQuery[k]!].flat().concat(v) : v;
-    const parsed = parseSearch(type, asQuery, { lenient: false, supported: this.options.repository.supportedSearchParams(), defaultCount: 50, maxCount: 50 });
+  /**
+   * Matches of a conditional query among the resources the requester may see (at most two are
+   * needed), paged past hidden matches as a search is (filledPage).
+   */
+  private async visibleMatches(access: AccessContext, type: string, query: string | Record<string, string | string[]>): Promise<Resource[]> {
+    const asQuery = typeof query === 'string' ? queryOfText(query) : query;
+    const parsed = parseSearch(type, asQuery, { lenient: false, supported: this.options.repository.supportedSearchParams(), defaultCount: 2, maxCount: 2 });
     const narrowed = await this.policy.narrowSearch(access, { ...parsed, offset: 0 });
-    const result = await this.options.repository.search(narrowed);
-    return (await this.guard(access, result.resources)).allowed.slice(0, 2);
+    return (await this.filledPage(access, narrowed, 0, 2)).matches.allowed;
   }
 
   private checkConditionalQuery(type: string, query: string): void {
-    const params = new URLSearchParams(query.startsWith('?') ? query.slice(1) : query);
-    if ([...params.keys()].length === 0) throw badRequest('If-None-Exist must carry search parameters', 'If-None-Exist');
-    const asQuery: Record<string, string | string[]> = {};
-    for (const [k, v] of params) asQuery[k] = k in asQuery ? [asQuery[k]!].flat().concat(v) : v;
+    const asQuery = queryOfText(query);
+    if (Object.keys(asQuery).length === 0) throw badRequest('If-None-Exist must carry search parameters', 'If-None-Exist');
     parseSearch(type, asQuery, {
       lenient: false,
       supported: this.options.repository.supportedSearchParams(),
@@ -705,6 +763,22 @@ export class FhirRouter {
       maxCount: 2,
     });
   }
+}
+
+/** A query string (an If-None-Exist header's, say) as a query object; repeated names become lists. */
+function queryOfText(query: string): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of new URLSearchParams(query.startsWith('?') ? query.slice(1) : query)) out[k] = k in out ? [out[k]!].flat().concat(v) : v;
+  return out;
+}
+
+/** The search criteria of a conditional update or delete: its query without `_format`/`_pretty`; none is 405. */
+function conditionalCriteria(req: FhirRequest, interaction: 'update' | 'delete'): Record<string, string | string[]> {
+  const criteria = Object.fromEntries(Object.entries(req.query).filter(([k]) => k !== '_format' && k !== '_pretty'));
+  if (Object.keys(criteria).length === 0) {
+    throw methodNotAllowed(`${req.method} on a resource type needs search parameters (conditional ${interaction})`);
+  }
+  return criteria;
 }
 
 function checkId(id: string): string {

@@ -682,7 +682,12 @@ const wBody = (type: string): fc.Arbitrary<Record<string, unknown>> => fc.tuple(
 const W_TARGETS = ['A.r0', 'A.r1', 'A.r2', 'A.r3', 'A.r4', 'B.r1', 'B.r2', 'C.r0', 'C.r1', 'C.r3', 'A.deleted', 'B.deleted', 'A.other', 'A.panel',
   'A.movedIn', 'A.movedOut', 'A.containedB', 'A.performerB', 'A.containedDevice', 'orphan', 'A.device', 'B.device', 'A', 'B', 'A.med', 'B.med', 'org', 'new'];
 /** One write: [method, url, resource?, ifNoneExist?]; `@<name>` placeholders, `@new` a never-stored id. */
-type WEntry = { method: 'PUT' | 'DELETE' | 'POST'; type: string; id?: string; resource?: Record<string, unknown>; ifNoneExist?: string };
+type WEntry = { method: 'PUT' | 'DELETE' | 'POST'; type: string; id?: string; resource?: Record<string, unknown>; ifNoneExist?: string; criteria?: string };
+/** Search criteria of conditional creates, updates and deletes: matching visible, hidden, both or nothing. */
+const wCriteria = fc.constantFrom(`identifier=${W_FUZZ}|k1`, `identifier=${W_FUZZ}|k2`, '_id=@B.r1', '_id=@A.r1',
+  'patient=Patient/@B&code=' + CGM, 'patient=Patient/@A&code=' + CGM, `identifier=${W_FUZZ}|k3&patient=Patient/@A`);
+/** The url of an entry: `Type/id`, `Type?criteria` (conditional update or delete) or `Type` (create). */
+const wUrl = (e: WEntry): string => (e.criteria !== undefined ? `${e.type}?${e.criteria}` : e.method === 'POST' ? e.type : `${e.type}/${e.id}`);
 const wTarget = fc.constantFrom(...W_TARGETS).map((n) => ({ type: n === 'new' ? 'Observation' : typeOfName(n), id: `@${n}` }));
 const wEntry: fc.Arbitrary<WEntry> = fc.oneof(
   { weight: 5, arbitrary: wTarget.chain(({ type, id }) => wBody(type).map((b): WEntry => ({ method: 'PUT', type, id, resource: { ...b, id } }))) },
@@ -691,11 +696,14 @@ const wEntry: fc.Arbitrary<WEntry> = fc.oneof(
     .chain((type) => fc.tuple(wBody(type), fc.option(fc.constantFrom(`identifier=${W_FUZZ}|k1`, `identifier=${W_FUZZ}|k2`, '_id=@B.r1', '_id=@A.r1',
       'patient=Patient/@B&code=' + CGM, 'patient=Patient/@A&code=' + CGM, `identifier=${W_FUZZ}|k3&patient=Patient/@A`), { nil: undefined })))
     .map(([b, ifNoneExist]): WEntry => ({ method: 'POST', type: String(b.resourceType), resource: b, ...(ifNoneExist ? { ifNoneExist } : {}) })) },
+  { weight: 2, arbitrary: fc.constantFrom('Observation', 'Observation', 'Device').chain((type) => fc.tuple(wBody(type), wCriteria))
+    .map(([b, criteria]): WEntry => ({ method: 'PUT', type: String(b.resourceType), resource: b, criteria })) },
+  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('Observation', 'Observation', 'Device'), wCriteria).map(([type, criteria]): WEntry => ({ method: 'DELETE', type, criteria })) },
 );
 const wPrefer = fc.constantFrom(undefined, undefined, 'return=representation', 'return=minimal', 'return=OperationOutcome');
 const writeReq: fc.Arbitrary<WReq> = fc.oneof(
   { weight: 3, arbitrary: fc.tuple(wEntry, wPrefer).map(([e, prefer]): WReq => ({
-    method: e.method, path: e.method === 'POST' ? e.type : `${e.type}/${e.id}`,
+    method: e.method, path: wUrl(e),
     ...(e.resource ? { body: e.resource } : {}),
     headers: { ...(e.resource ? { 'content-type': 'application/fhir+json' } : {}), ...(e.ifNoneExist ? { 'if-none-exist': e.ifNoneExist } : {}), ...(prefer ? { prefer } : {}) },
   })) },
@@ -705,7 +713,7 @@ const writeReq: fc.Arbitrary<WReq> = fc.oneof(
     body: { resourceType: 'Bundle', type, entry: entries.map((e, i) => ({
       ...(e.method === 'POST' ? { fullUrl: `urn:uuid:00000000-0000-4000-8000-00000000000${i}` } : {}),
       ...(e.resource ? { resource: e.resource } : {}),
-      request: { method: e.method, url: e.method === 'POST' ? e.type : `${e.type}/${e.id}`, ...(e.ifNoneExist ? { ifNoneExist: e.ifNoneExist } : {}) },
+      request: { method: e.method, url: wUrl(e), ...(e.ifNoneExist ? { ifNoneExist: e.ifNoneExist } : {}) },
     })) },
   })) },
 );
@@ -713,7 +721,10 @@ const writeReq: fc.Arbitrary<WReq> = fc.oneof(
 async function sendWrite(w: Writer, purposeOfUse: string, r: WReq): Promise<FhirResponse> {
   const headers: Record<string, string | undefined> = { authorization: `Bearer ${w.token}`, ...(purposeOfUse ? { 'x-purpose-of-use': purposeOfUse } : {}), ...r.headers };
   const access = withPurpose(await t.app.smart.authenticate(headers), headers);
-  return t.app.fhir.handle({ method: r.method, path: r.path, query: {}, headers, ...(r.body !== undefined ? { body: r.body } : {}), access });
+  const [path, qs] = r.path.split('?', 2) as [string, string | undefined];
+  const query: Record<string, string | string[]> = {};
+  for (const [k, v] of new URLSearchParams(qs ?? '')) query[k] = k in query ? [query[k]!].flat().concat(v) : v;
+  return t.app.fhir.handle({ method: r.method, path, query, headers, ...(r.body !== undefined ? { body: r.body } : {}), access });
 }
 
 /** The newest history entry: a marker to read back what a request wrote. */
@@ -798,6 +809,7 @@ async function checkWrite(w: Writer, purposeOfUse: string, raw: WReq): Promise<v
   const isTx = r.path === '' && (r.body as Bundle).type === 'transaction';
   if ((res.status >= 400 || (r.path !== '' && res.status >= 300)) && written.length) problems.push(`rejected (${res.status}) yet wrote ${written.map((e) => `${e.method} ${e.resourceType}/${e.id}`).join(', ')}`);
   count(`write ${r.path === '' ? (r.body as Bundle).type : r.method} ${res.status}`);
+  if (r.path.includes('?')) count(`conditional write ${res.status}`);
   if (isTx && res.status >= 400) count('transaction rejected');
   for (const e of written) {
     const before = await currentBefore(e.resourceType, e.id, written);
@@ -843,7 +855,7 @@ async function checkWrite(w: Writer, purposeOfUse: string, raw: WReq): Promise<v
 }
 
 describe('consent enforcement: writes change nothing the requester could not see', () => {
-  test('PUT, DELETE, creates (If-None-Exist), batch and transaction Bundles of them, from limited requesters with write scopes', async () => {
+  test('PUT, DELETE, conditional updates and deletes, creates (If-None-Exist), batch and transaction Bundles of them, from limited requesters with write scopes', async () => {
     stats.clear();
     const writeScopes = ['openid', 'fhirUser', 'user/*.cruds'];
     const cgmOnly = requesters.find((x) => x.name === 'cgm-only')!;
@@ -868,5 +880,8 @@ describe('consent enforcement: writes change nothing the requester could not see
     expect(stats.get('visible resource deleted') ?? 0).toBeGreaterThan(3);
     expect(stats.get('resource created') ?? 0).toBeGreaterThan(10);
     expect(stats.get('transaction rejected') ?? 0).toBeGreaterThan(5);
+    expect(stats.get('conditional write 200') ?? 0).toBeGreaterThan(1);
+    expect(stats.get('conditional write 201') ?? 0).toBeGreaterThan(1);
+    expect(stats.get('conditional write 204') ?? 0).toBeGreaterThan(1);
   }, 120_000);
 });

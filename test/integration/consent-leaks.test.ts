@@ -504,4 +504,40 @@ describe('consent enforcement on every FHIR path', () => {
     await expect(t.app.repository.read('Patient', dee)).rejects.toMatchObject({ code: 'ERR_GONE' });
     await expect(t.app.repository.read('Patient', never)).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
   });
+  // last: it leaves a deletion of a visible reading in the type history the tests above count
+  test('conditional update and delete decide over what the requester may see: a hidden match is neither changed nor revealed', async () => {
+    const send = (method: 'put' | 'delete', url: string, body?: unknown) => {
+      const r = request(t.app.http)[method](url).set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT');
+      return body ? r.set('content-type', 'application/fhir+json').send(body) : r;
+    };
+    // Ben's reading (hidden from the practitioner) under an identifier nothing else carries
+    const hiddenId = `cond-ben-${randomUUID()}`;
+    const benId = (await t.app.repository.create(reading(ben, now - 2 * DAY, '99504-3', hiddenId))).resource.id!;
+    const benReading = () => t.app.repository.read<Observation>('Observation', benId);
+    const before = await benReading();
+    const nothing = `cond-${randomUUID()}`;
+    // Criteria that match only Ben's (hidden) reading answer as criteria that match nothing: Ana's
+    // reading is created, Ben's stays as it was, and nothing names it.
+    const putHidden = await send('put', `/fhir/Observation?identifier=urn:test|${hiddenId}`, reading(ana, now - DAY, '99504-3', hiddenId));
+    const putNothing = await send('put', `/fhir/Observation?identifier=urn:test|${nothing}`, reading(ana, now - DAY, '99504-3', nothing));
+    expect(putHidden.status).toBe(201);
+    expect(putNothing.status).toBe(201);
+    expect(JSON.stringify(putHidden.body)).not.toContain(benId);
+    expect(putHidden.body.subject.reference).toBe(`Patient/${ana}`);
+    expect((await benReading()).meta?.versionId).toBe(before.meta?.versionId);
+    const delHidden = await send('delete', `/fhir/Observation?identifier=urn:test|${randomUUID()}&_id=${benId}`);
+    const delNothing = await send('delete', `/fhir/Observation?identifier=urn:test|${randomUUID()}&_id=${randomUUID()}`);
+    const delOnlyBen = await send('delete', `/fhir/Observation?_id=${benId}`);
+    expect([delHidden.status, delNothing.status, delOnlyBen.status]).toEqual([204, 204, 204]);
+    expect((await benReading()).meta?.versionId).toBe(before.meta?.versionId);
+    // What they can see, they may upsert: the reading created above is the one match now
+    const again = await send('put', `/fhir/Observation?identifier=urn:test|${hiddenId}`, { ...reading(ana, now - DAY, '99504-3', hiddenId), valueQuantity: { value: 140, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' } });
+    expect(again.status).toBe(200);
+    expect(again.body.id).toBe(putHidden.body.id);
+    expect((await benReading()).valueQuantity?.value).toBe(120);
+    // and conditional delete removes that one, not Ben's
+    expect((await send('delete', `/fhir/Observation?identifier=urn:test|${hiddenId}`)).status).toBe(204);
+    await expect(t.app.repository.read('Observation', putHidden.body.id)).rejects.toMatchObject({ code: 'ERR_GONE' });
+    expect((await benReading()).meta?.versionId).toBe(before.meta?.versionId);
+  });
 });
