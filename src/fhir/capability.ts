@@ -96,6 +96,7 @@ function operationCanonical(name: string): string {
     lastn: 'http://hl7.org/fhir/OperationDefinition/Observation-lastn',
     export: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export',
     meta: 'http://hl7.org/fhir/OperationDefinition/Resource-meta',
+    validate: 'http://hl7.org/fhir/OperationDefinition/Resource-validate',
     status: 'http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status',
   };
   return standard[name] ?? `urn:glucoguard:operation:${name}`;

@@ -1,9 +1,10 @@
 /**
- * Standard FHIR operations the facade offers: `Patient/ID/$everything`, `Observation/$lastn` and
- * `[type]/ID/$meta`. Each is built from the router's own read and `searchAll`, so the policy
- * (scopes, consent) and every outbound guard (integrity) apply to their output exactly as to a read.
+ * Standard FHIR operations the facade offers: `Patient/ID/$everything`, `Observation/$lastn`,
+ * `[type]/ID/$meta` and `[type]/$validate`, `[type]/ID/$validate`. Each is built from the router's
+ * own read, `searchAll` and write checks, so the policy (scopes, consent) and every outbound guard
+ * (integrity) apply to them exactly as to a read or a write.
  */
-import type { Bundle, Meta, Observation, Parameters, Resource } from '@medplum/fhirtypes';
+import type { Bundle, Meta, Observation, OperationOutcome, Parameters, Resource } from '@medplum/fhirtypes';
 import { badRequest, isGlucoGuardError } from '../errors.js';
 import type { FhirRouter, OperationHandler } from './router.js';
 import type { FhirRequest, FhirResponse } from './types.js';
@@ -78,5 +79,62 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
     },
   };
 
-  return [everything, lastn, meta];
+  const validate: OperationHandler = {
+    name: 'validate',
+    levels: ['type', 'instance'],
+    methods: ['POST'],
+    authorizesItself: true, // as the write the mode names (router.validateWrite)
+    async handle(req, target) {
+      const input = validateInput(req, target.resourceType!, target.id);
+      const issues = await fhir.validateWrite(req.access, target.resourceType!, input.mode, { id: target.id, resource: input.resource, profiles: input.profiles });
+      const outcome: OperationOutcome = {
+        resourceType: 'OperationOutcome',
+        issue: issues.length ? issues : [{ severity: 'information', code: 'informational', diagnostics: 'No issues found' }],
+      };
+      // 200 either way: the operation ran; its outcome's error issues say the content would be refused
+      return { status: 200, body: outcome };
+    },
+  };
+
+  return [everything, lastn, meta, validate];
+}
+
+const VALIDATION_MODES = new Set(['create', 'update', 'delete', 'profile']);
+
+/**
+ * The input of `$validate`: the body is the resource itself or a Parameters with `resource`,
+ * `mode` and `profile`; `mode` and `profile` may come in the URL too. Mode `profile` is a
+ * general check against the nominated profile (which it then requires); update and delete need an
+ * instance, every mode but delete a resource of the URL's type.
+ */
+function validateInput(req: FhirRequest, type: string, id: string | undefined): { mode?: 'create' | 'update' | 'delete'; resource?: Resource; profiles: string[] } {
+  const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  if (req.body !== undefined && contentType !== 'application/fhir+json' && contentType !== 'application/json') {
+    throw badRequest(`$validate takes application/fhir+json (got "${contentType.slice(0, 64) || 'none'}")`);
+  }
+  const body = req.body as Resource | undefined;
+  let resource: Resource | undefined;
+  const named: Record<string, string[]> = { mode: [], profile: [] };
+  for (const name of ['mode', 'profile']) named[name]!.push(...[req.query[name] ?? []].flat());
+  if (body?.resourceType === 'Parameters' && type !== 'Parameters') {
+    for (const p of (body as Parameters).parameter ?? []) {
+      if (p.name === 'resource') resource = p.resource;
+      else if (p.name === 'mode' && p.valueCode !== undefined) named.mode!.push(p.valueCode);
+      else if (p.name === 'profile' && (p.valueUri ?? p.valueCanonical) !== undefined) named.profile!.push((p.valueUri ?? p.valueCanonical)!);
+      else throw badRequest(`$validate has no parameter "${String(p.name).slice(0, 64)}" of that type`, 'Parameters.parameter');
+    }
+  } else if (body !== undefined) {
+    resource = body;
+  }
+  if (named.mode!.length > 1 || named.profile!.length > 1) throw badRequest('$validate takes one mode and one profile at most');
+  const mode = named.mode![0];
+  if (mode !== undefined && !VALIDATION_MODES.has(mode)) throw badRequest(`mode must be create, update, delete or profile, not "${mode.slice(0, 32)}"`, 'mode');
+  if ((mode === 'update' || mode === 'delete') && !id) throw badRequest(`mode ${mode} needs a resource instance: POST [type]/[id]/$validate`, 'mode');
+  if (mode === 'profile' && !named.profile!.length) throw badRequest('mode profile needs a profile', 'profile');
+  if (mode !== 'delete') {
+    if (!resource || typeof resource !== 'object' || Array.isArray(resource)) throw badRequest('$validate needs the resource to check', 'resource');
+    if (resource.resourceType !== type) throw badRequest(`The resource to validate must be a ${type}`, 'resourceType');
+  }
+  const writeMode = mode === 'create' || mode === 'update' || mode === 'delete' ? mode : undefined;
+  return { ...(writeMode ? { mode: writeMode } : {}), ...(resource ? { resource } : {}), profiles: named.profile! };
 }

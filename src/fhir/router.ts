@@ -6,7 +6,7 @@
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, BundleEntry, BundleLink, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import {
-  badRequest, conflict, forbidden, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, unsupportedMediaType,
+  badRequest, conflict, forbidden, GlucoGuardError, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, unsupportedMediaType,
 } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { HistoryEntry, HistoryRequest, Repository } from '../repository/port.js';
@@ -57,6 +57,11 @@ export interface OperationHandler {
   /** Resource types it applies to at type/instance level; empty means any. */
   resourceTypes?: string[];
   methods: HttpMethod[];
+  /**
+   * The handler authorizes its requester itself, because the interaction depends on its input
+   * (`$validate` with mode create, update or delete). Without it the router checks `operation`.
+   */
+  authorizesItself?: boolean;
   handle(request: FhirRequest, target: { resourceType?: string; id?: string }): Promise<FhirResponse>;
 }
 
@@ -662,8 +667,39 @@ export class FhirRouter {
     }
     const method = req.method === 'HEAD' ? 'GET' : req.method;
     if (!op.methods.includes(method)) throw methodNotAllowed(`$${op.name} does not support ${method}`);
-    await this.policy.authorize(req.access, 'operation', route.type ?? '*');
+    if (!op.authorizesItself) await this.policy.authorize(req.access, 'operation', route.type ?? '*');
     return op.handle(req, { resourceType: route.type, id: route.id });
+  }
+
+  /**
+   * `$validate` (operation-resource-validate.html): the issues a write would meet, without writing.
+   * Every mode checks the requester may make that kind of write (no mode: a create). Content is
+   * checked against base R4, the profiles in `meta.profile` and `profiles` (held in profiles/), as
+   * every write is. `update` and `delete` name a resource: one the requester cannot see is a 404,
+   * as for the write itself; `delete` checks no content. What the policy would refuse of this
+   * content (`mayWrite`: e.g. data about a patient the requester may not write for) is an issue.
+   */
+  async validateWrite(access: AccessContext, type: string, mode: 'create' | 'update' | 'delete' | undefined, target: { id?: string; resource?: Resource; profiles: string[] }): Promise<OperationOutcomeIssue[]> {
+    const interaction = mode ?? 'create';
+    await this.policy.authorize(access, interaction, type);
+    for (const url of target.profiles) {
+      // a profile named for this check must be one the server can check (the operation's rule)
+      if (!this.options.validator.profile(url)) throw badRequest(`Cannot validate against profile ${url.slice(0, 200)}: this server does not hold it`, 'profile');
+    }
+    if (mode === 'update' || mode === 'delete') {
+      if (!(await this.writableBy(access, type, target.id!))) throw notFound('Not found');
+    }
+    if (mode === 'delete') {
+      const current = await this.currentOf(type, target.id!);
+      return current && !(await this.policy.mayWrite(access, current, 'delete')) ? [forbiddenWrite().issues[0]!] : [];
+    }
+    const resource = target.resource!;
+    const issues = this.options.validator.check(resource, target.profiles);
+    if (mode === 'update' && resource.id !== target.id) {
+      issues.push({ severity: 'error', code: 'invalid', diagnostics: `Resource id "${String(resource.id).slice(0, 64)}" does not match the URL id "${target.id}"`, expression: ['id'] });
+    }
+    if (mode && !(await this.policy.mayWrite(access, resource, interaction))) issues.push(forbiddenWrite().issues[0]!);
+    return issues;
   }
 
   // ---- helpers -------------------------------------------------------------------------------
@@ -856,6 +892,6 @@ function preferLenient(req: FhirRequest): boolean {
   return /handling=lenient/.test(req.headers.prefer ?? '');
 }
 
-function forbiddenWrite(): Error {
+function forbiddenWrite(): GlucoGuardError {
   return forbidden('Not allowed to write this resource');
 }

@@ -1,0 +1,154 @@
+/**
+ * `$validate` (https://hl7.org/fhir/R4/operation-resource-validate.html): an integration engine
+ * checks a resource against base R4 and the HL7 CGM IG profiles before it sends it, and stores
+ * nothing by asking. Modes create, update and delete check what that write would check, with the
+ * requester's own permissions.
+ */
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Observation, OperationOutcome, Parameters, Patient } from '@medplum/fhirtypes';
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import request from 'supertest';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { patientToken } from './consent-helpers.js';
+
+const FHIR_JSON = 'application/fhir+json';
+const CGM_READING = 'http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-sensor-reading-mass-per-volume';
+const example = (): Observation => {
+  const o = JSON.parse(readFileSync(path.join(process.cwd(), 'test/fixtures/cgm-ig/Observation-cgmSensorReadingMassPerVolumeExample.json'), 'utf8')) as Observation;
+  delete o.id;
+  return o;
+};
+const errors = (o: OperationOutcome) => (o.issue ?? []).filter((i) => i.severity === 'error' || i.severity === 'fatal');
+
+describe('$validate, open access', () => {
+  let t: TestApp;
+  const validate = (url: string, body: unknown) => request(t.app.http).post(`/fhir/${url}`).set('Content-Type', FHIR_JSON).send(body as object);
+  const stored = async () => (await t.app.repository.search({ resourceType: 'Observation', count: 1000, offset: 0 })).resources.length;
+
+  beforeAll(async () => {
+    t = await startTestApp();
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  test('the IG\'s own example validates against the CGM profile; nothing is stored', async () => {
+    const before = await stored();
+    const res = await validate('Observation/$validate', { ...example(), meta: { profile: [CGM_READING] } });
+    expect(res.status).toBe(200);
+    expect(res.body.resourceType).toBe('OperationOutcome');
+    expect(errors(res.body)).toEqual([]);
+    expect(res.body.issue[0].diagnostics).toBe('No issues found');
+    expect(await stored()).toBe(before);
+  });
+
+  test('a broken copy is reported issue by issue, with expression paths, and is not stored', async () => {
+    const before = await stored();
+    const broken = { ...example(), meta: { profile: [CGM_READING] }, colour: 'red', effectiveDateTime: 'yesterday' };
+    const res = await validate('Observation/$validate', broken);
+    expect(res.status).toBe(200);
+    const found = errors(res.body);
+    expect(found.length).toBeGreaterThanOrEqual(2);
+    expect(found.flatMap((i) => i.expression ?? []).join(' ')).toMatch(/colour/);
+    expect(found.flatMap((i) => i.expression ?? []).join(' ')).toMatch(/effective/);
+    // the same body as a create is refused with the same kind of issues: $validate says what a write meets
+    const create = await request(t.app.http).post('/fhir/Observation').set('Content-Type', FHIR_JSON).send(broken);
+    expect(create.status).toBe(422);
+    expect(await stored()).toBe(before);
+  });
+
+  test('a Parameters body names the profile: the example without meta.profile is checked against it', async () => {
+    const plain = { ...example(), valueQuantity: { value: 6.7, unit: 'mmol/L', system: 'http://unitsofmeasure.org', code: 'mmol/L' } };
+    const general = await validate('Observation/$validate', plain);
+    expect(errors(general.body)).toEqual([]); // fine as a base R4 Observation
+    const params: Parameters = { resourceType: 'Parameters', parameter: [{ name: 'resource', resource: plain }, { name: 'profile', valueUri: CGM_READING }] };
+    const profiled = await validate('Observation/$validate', params);
+    expect(profiled.status).toBe(200);
+    expect(errors(profiled.body).length).toBeGreaterThan(0); // mg/dL is fixed by the mass-per-volume profile
+    const inUrl = await validate(`Observation/$validate?mode=profile&profile=${encodeURIComponent(CGM_READING)}`, plain);
+    expect(errors(inUrl.body).length).toBe(errors(profiled.body).length);
+  });
+
+  test('mode update checks the id against the instance; mode delete checks no content', async () => {
+    const created = await request(t.app.http).post('/fhir/Observation').set('Content-Type', FHIR_JSON).send(example());
+    expect(created.status).toBe(201);
+    const id = created.body.id as string;
+    const same = await validate(`Observation/${id}/$validate?mode=update`, { ...example(), id });
+    expect(errors(same.body)).toEqual([]);
+    const other = await validate(`Observation/${id}/$validate?mode=update`, { ...example(), id: randomUUID() });
+    expect(errors(other.body).map((i) => i.expression)).toContainEqual(['id']);
+    const del = await request(t.app.http).post(`/fhir/Observation/${id}/$validate?mode=delete`).set('Content-Type', FHIR_JSON);
+    expect(del.status).toBe(200);
+    expect(errors(del.body)).toEqual([]);
+    expect((await request(t.app.http).get(`/fhir/Observation/${id}`)).status).toBe(200); // still there
+  });
+
+  test.each([
+    ['Observation/$validate?mode=update', example(), /instance/],
+    ['Observation/$validate?mode=sideways', example(), /mode must be/],
+    ['Observation/$validate', { resourceType: 'Patient' }, /must be a Observation/],
+    ['Observation/$validate?mode=profile', example(), /needs a profile/],
+    ['Observation/$validate?profile=http://example.org/StructureDefinition/unknown', example(), /does not hold it/],
+    ['Observation/$validate', { resourceType: 'Parameters', parameter: [{ name: 'resource', resource: example() }, { name: 'bogus', valueString: 'x' }] }, /no parameter "bogus"/],
+  ])('refuses POST %s with 400', async (url, body, message) => {
+    const res = await validate(url, body);
+    expect(res.status).toBe(400);
+    expect(res.body.issue[0].diagnostics).toMatch(message);
+  });
+
+  test('is listed in the CapabilityStatement with its canonical definition; GET is 405', async () => {
+    const meta = await request(t.app.http).get('/fhir/metadata');
+    const obs = meta.body.rest[0].resource.find((r: { type: string }) => r.type === 'Observation');
+    expect(obs.operation).toContainEqual({ name: 'validate', definition: 'http://hl7.org/fhir/OperationDefinition/Resource-validate' });
+    expect((await request(t.app.http).get('/fhir/Observation/$validate')).status).toBe(405);
+  });
+});
+
+describe('$validate with SMART tokens: the requester\'s own write permissions', () => {
+  let t: TestApp;
+  let ana: string;
+  let ben: string;
+
+  beforeAll(async () => {
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    ana = (await t.app.repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Rivera' }] })).resource.id!;
+    ben = (await t.app.repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Okafor' }] })).resource.id!;
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  const validate = (token: string, body: unknown, url = 'Observation/$validate?mode=create') =>
+    request(t.app.http).post(`/fhir/${url}`).set('Authorization', `Bearer ${token}`).set('Content-Type', FHIR_JSON).send(body as object);
+  const reading = (patient: string) => ({ ...example(), subject: { reference: `Patient/${patient}` } });
+
+  test('an uploader with only system/Observation.c may validate; a read-only client may not', async () => {
+    const uploader = t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'uploader', sub: 'uploader', scopes: ['system/Observation.c'] }).token;
+    const ok = await validate(uploader, reading(ana));
+    expect(ok.status).toBe(200);
+    expect(errors(ok.body)).toEqual([]);
+    const reader = t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'reader', sub: 'reader', scopes: ['system/Observation.rs'] }).token;
+    expect((await validate(reader, reading(ana))).status).toBe(403);
+  });
+
+  test('a patient app may create readings for its patient only: another patient\'s reading is an issue', async () => {
+    const token = patientToken(t.app, ana);
+    expect(errors((await validate(token, reading(ana))).body)).toEqual([]);
+    const theirs = await validate(token, reading(ben));
+    expect(theirs.status).toBe(200);
+    expect(errors(theirs.body).map((i) => i.code)).toContain('forbidden');
+  });
+
+  test('mode update on a resource the requester cannot see answers 404, as the update would', async () => {
+    const bens = (await t.app.repository.create(reading(ben))).resource.id!;
+    const token = patientToken(t.app, ana);
+    const hidden = await validate(token, { ...reading(ana), id: bens }, `Observation/${bens}/$validate?mode=update`);
+    const never = randomUUID();
+    const absent = await validate(token, { ...reading(ana), id: never }, `Observation/${never}/$validate?mode=update`);
+    expect(hidden.status).toBe(404);
+    expect(absent.status).toBe(404);
+    expect(hidden.body).toEqual(absent.body);
+  });
+});
