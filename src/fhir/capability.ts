@@ -53,7 +53,8 @@ export function buildCapabilityStatement(inputs: CapabilityInputs): CapabilitySt
     return {
       type,
       ...(inputs.profilesByType?.[type]?.length ? { supportedProfile: inputs.profilesByType[type] } : {}),
-      interaction: ['read', 'vread', 'update', 'delete', 'history-instance', 'history-type', 'create', 'search-type'].map((code) => ({ code })) as CapabilityStatementRestResource['interaction'],
+      interaction: ['read', 'vread', 'update', ...(inputs.handledWriteTypes?.includes(type) ? [] : ['patch']), 'delete', 'history-instance', 'history-type', 'create', 'search-type']
+        .map((code) => ({ code })) as CapabilityStatementRestResource['interaction'],
       versioning: 'versioned-update',
       readHistory: true,
       updateCreate: true,

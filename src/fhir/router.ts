@@ -4,9 +4,10 @@
  * OutboundGuards (src/fhir/policy.ts); storage through the Repository port.
  */
 import type { SearchRequest } from '@medplum/core';
+import { applyPatch, type Operation } from 'rfc6902';
 import type { Bundle, BundleEntry, BundleLink, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import {
-  badRequest, conflict, forbidden, GlucoGuardError, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, unsupportedMediaType,
+  badRequest, conflict, forbidden, GlucoGuardError, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, unprocessable, unsupportedMediaType,
 } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { HistoryEntry, HistoryRequest, Repository } from '../repository/port.js';
@@ -143,7 +144,8 @@ export class FhirRouter {
       case 'type':
         if (method === 'GET') return this.search(req, route.type, req.query);
         if (method === 'POST') return this.writeHandlers.has(route.type) ? this.handledWrite(req, route.type, 'create') : this.create(req, route.type);
-        if ((method === 'PUT' || method === 'DELETE') && !this.writeHandlers.has(route.type)) {
+        if ((method === 'PUT' || method === 'DELETE' || method === 'PATCH') && !this.writeHandlers.has(route.type)) {
+          if (method === 'PATCH') return this.conditionalPatch(req, route.type);
           return method === 'PUT' ? this.conditionalUpdate(req, route.type) : this.conditionalDelete(req, route.type);
         }
         throw methodNotAllowed(`${method} is not allowed on ${route.type}`);
@@ -160,6 +162,7 @@ export class FhirRouter {
         }
         if (method === 'PUT') return this.update(req, route.type, route.id);
         if (method === 'DELETE') return this.delete(req, route.type, route.id);
+        if (method === 'PATCH' && !this.writeHandlers.has(route.type)) return this.patch(req, route.type, route.id);
         throw methodNotAllowed(`${method} is not allowed on ${route.type}/${route.id}`);
       case 'instance-history':
         if (method !== 'GET') throw methodNotAllowed('_history supports GET only');
@@ -320,6 +323,50 @@ export class FhirRouter {
       if (created.outcome === 'created') return this.writeResponse(req, created.resource, 201, 'Created');
       if (attempt > 0) throw conflict('The resources matching the criteria changed while updating; try again');
     }
+  }
+
+  /**
+   * patch (http.html#patch) with a JSON Patch document (RFC 6902, `application/json-patch+json`):
+   * the current version the requester may change (as for an update; 404 otherwise) is patched,
+   * validated and stored as a new version, with the same checks as an update. The patch applies to
+   * the version it was read against: `If-Match` names it, or else the version current when the patch
+   * is read; a version written in between is a 409 (with If-Match: 412), never silently overwritten.
+   * A patch that does not apply (a failed `test`, a missing path) or that changes `resourceType`
+   * or `id` is 422 and stores nothing.
+   */
+  private async patch(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
+    await this.policy.authorize(req.access, 'update', type);
+    const operations = patchBody(req);
+    if (!(await this.writableBy(req.access, type, id))) throw notFound('Not found');
+    const current = await this.options.repository.read(type, id); // 404 or 410 as a read answers
+    const ifMatch = parseIfMatch(req.headers['if-match']);
+    if (ifMatch !== undefined && ifMatch !== current.meta?.versionId) throw preconditionFailed(`If-Match ${ifMatch} is not the current version`);
+    const patched = structuredClone(current) as Resource; // the current version may be a frozen shared object
+    const failures = applyPatch(patched, operations as Operation[])
+      .map((error, i) => (error ? { severity: 'error' as const, code: 'processing' as const, diagnostics: `Patch operation ${i} (${operations[i]!.op} ${operations[i]!.path.slice(0, 200)}): ${PATCH_FAILURES[error.name] ?? 'cannot be applied'}`, expression: [`[${i}]`] } : undefined))
+      .filter((x) => x !== undefined);
+    if (failures.length) throw unprocessable(failures);
+    if (patched.resourceType !== type || patched.id !== id) {
+      throw unprocessable([{ severity: 'error', code: 'processing', diagnostics: 'A patch may not change resourceType or id' }]);
+    }
+    this.options.validator.assertValid(patched);
+    if (!(await this.policy.mayWrite(req.access, patched, 'update'))) throw forbiddenWrite();
+    try {
+      const result = await this.options.repository.update(patched, { ifMatch: current.meta!.versionId! });
+      return this.writeResponse(req, result.resource, 200, 'Updated');
+    } catch (err) {
+      if (ifMatch === undefined && isGlucoGuardError(err, 'ERR_PRECONDITION_FAILED')) throw conflict(`${type}/${id} changed while the patch was applied; read it and patch again`);
+      throw err;
+    }
+  }
+
+  /** Conditional patch (http.html#patch): `PATCH [type]?[criteria]` patches the one match the requester may see (none: 404; more: 412). */
+  private async conditionalPatch(req: FhirRequest, type: string): Promise<FhirResponse> {
+    await this.policy.authorize(req.access, 'update', type);
+    const matches = await this.visibleMatches(req.access, type, conditionalCriteria(req, 'patch'));
+    if (matches.length > 1) throw preconditionFailed('The conditional patch criteria match more than one resource');
+    if (matches.length === 0) throw notFound('No resource matched the criteria');
+    return this.patch(req, type, matches[0]!.id!);
   }
 
   /**
@@ -808,13 +855,43 @@ function queryOfText(query: string): Record<string, string | string[]> {
   return out;
 }
 
-/** The search criteria of a conditional update or delete: its query without `_format`/`_pretty`; none is 405. */
-function conditionalCriteria(req: FhirRequest, interaction: 'update' | 'delete'): Record<string, string | string[]> {
+/** The search criteria of a conditional update, patch or delete: its query without `_format`/`_pretty`; none is 405. */
+function conditionalCriteria(req: FhirRequest, interaction: 'update' | 'patch' | 'delete'): Record<string, string | string[]> {
   const criteria = Object.fromEntries(Object.entries(req.query).filter(([k]) => k !== '_format' && k !== '_pretty'));
   if (Object.keys(criteria).length === 0) {
     throw methodNotAllowed(`${req.method} on a resource type needs search parameters (conditional ${interaction})`);
   }
   return criteria;
+}
+
+/** Why an RFC 6902 operation failed, by the library's error name (its messages may quote resource content). */
+const PATCH_FAILURES: Record<string, string> = {
+  MissingError: 'the path does not exist in the resource',
+  TestError: 'the test failed: the value at the path differs',
+  InvalidOperationError: 'not a JSON Patch operation',
+};
+
+/** A JSON Patch document (RFC 6902): an array of operations, each with an `op` and a `path` (415 for other bodies). */
+function patchBody(req: FhirRequest): { op: string; path: string }[] {
+  const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  if (contentType !== 'application/json-patch+json') {
+    throw unsupportedMediaType(`PATCH takes a JSON Patch document (application/json-patch+json), not "${contentType.slice(0, 64) || 'none'}"`);
+  }
+  const body = req.body;
+  if (!Array.isArray(body) || body.length === 0) throw badRequest('A JSON Patch document is a non-empty array of operations');
+  body.forEach((op: unknown, i) => {
+    const o = op as { op?: unknown; path?: unknown } | null;
+    if (!isObject(o) || typeof o.op !== 'string' || !['add', 'remove', 'replace', 'move', 'copy', 'test'].includes(o.op) || typeof o.path !== 'string') {
+      throw badRequest(`Patch operation ${i} needs an op (add, remove, replace, move, copy or test) and a path`, `[${i}]`);
+    }
+    // no FHIR element has these names; as pointer tokens they would reach object prototypes
+    for (const pointer of [o.path, (o as { from?: unknown }).from]) {
+      if (typeof pointer === 'string' && pointer.split('/').some((t) => ['__proto__', 'constructor', 'prototype'].includes(t))) {
+        throw badRequest(`Patch operation ${i}: "${pointer.slice(0, 64)}" is not a path into a FHIR resource`, `[${i}]`);
+      }
+    }
+  });
+  return body as { op: string; path: string }[];
 }
 
 function checkId(id: string): string {

@@ -1,0 +1,186 @@
+/**
+ * patch (https://hl7.org/fhir/R4/http.html#patch) with JSON Patch (RFC 6902) over HTTP, on the
+ * embedded repository and on the upstream adapter in front of a real FHIR server: a new version
+ * with the same checks as an update; a patch that does not apply, or leaves an invalid resource,
+ * stores nothing. Then the same with SMART tokens: a patch reaches only what the requester may change.
+ */
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { Observation, Patient } from '@medplum/fhirtypes';
+import { randomUUID } from 'node:crypto';
+import request from 'supertest';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { startUpstreamFhirServer } from '../support/upstream-server.js';
+import { patientToken } from './consent-helpers.js';
+
+const FHIR_JSON = 'application/fhir+json';
+const JSON_PATCH = 'application/json-patch+json';
+
+const adapters: [string, () => Promise<{ env: Record<string, string>; close(): Promise<void> }>][] = [
+  ['embedded', async () => ({ env: {}, close: async () => undefined })],
+  ['upstream', async () => {
+    const upstream = await startUpstreamFhirServer();
+    return { env: { UPSTREAM_FHIR_URL: upstream.url }, close: () => upstream.close() };
+  }],
+];
+
+function reading(patient: string, value: number, identifier = randomUUID()): Observation {
+  return {
+    resourceType: 'Observation', status: 'preliminary',
+    identifier: [{ system: 'urn:test:reading', value: identifier }],
+    code: { coding: [{ system: 'http://loinc.org', code: '99504-3' }] },
+    subject: { reference: `Patient/${patient}` },
+    effectiveDateTime: '2026-03-01T08:00:00Z',
+    valueQuantity: { value, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+  };
+}
+
+describe.each(adapters)('JSON Patch on the %s repository', (_adapter, startBackend) => {
+  let t: TestApp;
+  let backend: { env: Record<string, string>; close(): Promise<void> };
+  let patientId: string;
+  const http = () => request(t.app.http);
+  const create = async (o: Observation): Promise<Observation> => {
+    const res = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).send(o);
+    expect(res.status).toBe(201);
+    return res.body as Observation;
+  };
+  const patch = (url: string, ops: unknown, type = JSON_PATCH) => http().patch(`/fhir/${url}`).set('Content-Type', type).send(JSON.stringify(ops));
+  const current = async (id: string): Promise<Observation> => (await http().get(`/fhir/Observation/${id}`)).body as Observation;
+
+  beforeAll(async () => {
+    backend = await startBackend();
+    t = await startTestApp(backend.env);
+    patientId = ((await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [{ family: 'Ito' }] })).body as Patient).id!;
+  });
+  afterAll(async () => {
+    await t?.close();
+    await backend?.close();
+  });
+
+  test('replaces and adds elements: a new version, everything else as it was', async () => {
+    const o = await create(reading(patientId, 100));
+    const res = await patch(`Observation/${o.id}`, [
+      { op: 'test', path: '/status', value: 'preliminary' },
+      { op: 'replace', path: '/status', value: 'final' },
+      { op: 'replace', path: '/valueQuantity/value', value: 104 },
+      { op: 'add', path: '/note', value: [{ text: 'recalibrated' }] },
+    ]);
+    expect(res.status).toBe(200);
+    expect(res.body.meta.versionId).not.toBe(o.meta!.versionId);
+    expect(res.headers.etag).toBe(`W/"${res.body.meta.versionId}"`);
+    const stored = await current(o.id!);
+    expect(stored).toMatchObject({ status: 'final', valueQuantity: { value: 104 }, note: [{ text: 'recalibrated' }], subject: o.subject, effectiveDateTime: o.effectiveDateTime });
+  });
+
+  test('a patch that does not apply, or leaves an invalid resource, is 422 and stores nothing', async () => {
+    const o = await create(reading(patientId, 110));
+    const cases: [unknown[], RegExp][] = [
+      [[{ op: 'test', path: '/status', value: 'final' }, { op: 'replace', path: '/status', value: 'amended' }], /test failed/],
+      [[{ op: 'remove', path: '/interpretation' }], /does not exist/],
+      [[{ op: 'replace', path: '/id', value: randomUUID() }], /resourceType or id/],
+      [[{ op: 'add', path: '/colour', value: 'red' }], /colour/],
+      [[{ op: 'replace', path: '/effectiveDateTime', value: 'soon' }], /effective/],
+    ];
+    for (const [ops, message] of cases) {
+      const res = await patch(`Observation/${o.id}`, ops);
+      expect(res.status).toBe(422);
+      expect(res.body.resourceType).toBe('OperationOutcome');
+      expect(JSON.stringify(res.body.issue)).toMatch(message);
+    }
+    const stored = await current(o.id!);
+    expect(stored.meta!.versionId).toBe(o.meta!.versionId);
+    expect(stored.status).toBe('preliminary');
+  });
+
+  test.each([
+    ['a FHIR resource body', [{ op: 'replace', path: '/status', value: 'final' }], FHIR_JSON, 415],
+    ['an empty document', [], JSON_PATCH, 400],
+    ['an unknown op', [{ op: 'merge', path: '/status', value: 'final' }], JSON_PATCH, 400],
+    ['a path into a prototype', [{ op: 'add', path: '/__proto__/polluted', value: true }], JSON_PATCH, 400],
+    ['a from into a prototype', [{ op: 'copy', from: '/constructor/name', path: '/status' }], JSON_PATCH, 400],
+  ])('refuses %s (%j) with %s… and changes nothing', async (_what, ops, type, status) => {
+    const o = await create(reading(patientId, 120));
+    const res = await patch(`Observation/${o.id}`, ops, type as string);
+    expect(res.status).toBe(status);
+    expect((await current(o.id!)).meta!.versionId).toBe(o.meta!.versionId);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+  });
+
+  test('If-Match: the current version patches, a stale one is 412', async () => {
+    const o = await create(reading(patientId, 130));
+    const ok = await patch(`Observation/${o.id}`, [{ op: 'replace', path: '/valueQuantity/value', value: 131 }]).set('If-Match', `W/"${o.meta!.versionId}"`);
+    expect(ok.status).toBe(200);
+    const stale = await patch(`Observation/${o.id}`, [{ op: 'replace', path: '/valueQuantity/value', value: 999 }]).set('If-Match', `W/"${o.meta!.versionId}"`);
+    expect(stale.status).toBe(412);
+    expect((await current(o.id!)).valueQuantity!.value).toBe(131);
+  });
+
+  test('an id never stored is 404; a deleted resource 410', async () => {
+    expect((await patch(`Observation/${randomUUID()}`, [{ op: 'replace', path: '/status', value: 'final' }])).status).toBe(404);
+    const o = await create(reading(patientId, 140));
+    expect((await http().delete(`/fhir/Observation/${o.id}`)).status).toBe(204);
+    expect((await patch(`Observation/${o.id}`, [{ op: 'replace', path: '/status', value: 'final' }])).status).toBe(410);
+  });
+
+  test('conditional patch: the one match is patched; none is 404; more than one 412', async () => {
+    const key = randomUUID();
+    const o = await create(reading(patientId, 150, key));
+    const res = await patch(`Observation?identifier=urn:test:reading|${key}`, [{ op: 'replace', path: '/status', value: 'final' }]);
+    expect(res.status).toBe(200);
+    expect(res.body.id).toBe(o.id);
+    expect((await patch(`Observation?identifier=urn:test:reading|${randomUUID()}`, [{ op: 'replace', path: '/status', value: 'final' }])).status).toBe(404);
+    await create(reading(patientId, 151, key));
+    expect((await patch(`Observation?identifier=urn:test:reading|${key}`, [{ op: 'replace', path: '/status', value: 'amended' }])).status).toBe(412);
+  });
+
+  test('the CapabilityStatement lists patch, except for types whose writes go through their own module', async () => {
+    const meta = await http().get('/fhir/metadata');
+    const codes = (type: string) => meta.body.rest[0].resource.find((r: { type: string }) => r.type === type).interaction.map((i: { code: string }) => i.code);
+    expect(codes('Observation')).toContain('patch');
+    if (_adapter === 'embedded') expect(codes('Consent')).not.toContain('patch');
+  });
+});
+
+describe('JSON Patch with SMART tokens', () => {
+  let t: TestApp;
+  let ana: string;
+  let ben: string;
+
+  beforeAll(async () => {
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    ana = (await t.app.repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Rivera' }] })).resource.id!;
+    ben = (await t.app.repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Okafor' }] })).resource.id!;
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  const patch = (token: string, url: string, ops: unknown) =>
+    request(t.app.http).patch(`/fhir/${url}`).set('Authorization', `Bearer ${token}`).set('Content-Type', JSON_PATCH).send(JSON.stringify(ops));
+
+  test('a patient app patches its own readings; another patient\'s answers like an id never stored, and is not changed', async () => {
+    const token = patientToken(t.app, ana);
+    const mine = (await t.app.repository.create(reading(ana, 100))).resource;
+    const theirs = (await t.app.repository.create(reading(ben, 100))).resource;
+    expect((await patch(token, `Observation/${mine.id}`, [{ op: 'replace', path: '/status', value: 'final' }])).status).toBe(200);
+    const hidden = await patch(token, `Observation/${theirs.id}`, [{ op: 'replace', path: '/status', value: 'final' }]);
+    const never = await patch(token, `Observation/${randomUUID()}`, [{ op: 'replace', path: '/status', value: 'final' }]);
+    expect(hidden.status).toBe(404);
+    expect(hidden.body).toEqual(never.body);
+    expect((await t.app.repository.read<Observation>('Observation', theirs.id!)).status).toBe('preliminary');
+  });
+
+  test('a patch may not move a reading into another patient\'s record', async () => {
+    const token = patientToken(t.app, ana);
+    const mine = (await t.app.repository.create(reading(ana, 100))).resource;
+    const res = await patch(token, `Observation/${mine.id}`, [{ op: 'replace', path: '/subject/reference', value: `Patient/${ben}` }]);
+    expect(res.status).toBe(403);
+    expect((await t.app.repository.read<Observation>('Observation', mine.id!)).subject!.reference).toBe(`Patient/${ana}`);
+  });
+
+  test('a token without update scope cannot patch', async () => {
+    const reader = t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'reader', sub: 'reader', scopes: ['system/Observation.rs'] }).token;
+    const o = (await t.app.repository.create(reading(ana, 100))).resource;
+    expect((await patch(reader, `Observation/${o.id}`, [{ op: 'replace', path: '/status', value: 'final' }])).status).toBe(403);
+  });
+});
