@@ -353,7 +353,8 @@ export class FhirRouter {
     if (!(await this.policy.mayWrite(req.access, patched, 'update'))) throw forbiddenWrite();
     try {
       const result = await this.options.repository.update(patched, { ifMatch: current.meta!.versionId! });
-      return this.writeResponse(req, result.resource, 200, 'Updated');
+      // not the requester's own content alone (the rest came from the store): it leaves through the guards, as a read
+      return this.writeResponse(req, result.resource, 200, 'Patched');
     } catch (err) {
       if (ifMatch === undefined && isGlucoGuardError(err, 'ERR_PRECONDITION_FAILED')) throw conflict(`${type}/${id} changed while the patch was applied; read it and patch again`);
       throw err;

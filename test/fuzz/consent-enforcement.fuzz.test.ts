@@ -641,7 +641,7 @@ interface Writer {
 }
 
 interface WReq {
-  method: 'PUT' | 'DELETE' | 'POST';
+  method: 'PUT' | 'DELETE' | 'POST' | 'PATCH';
   path: string;
   body?: unknown;
   headers: Record<string, string>;
@@ -701,7 +701,18 @@ const wEntry: fc.Arbitrary<WEntry> = fc.oneof(
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('Observation', 'Observation', 'Device'), wCriteria).map(([type, criteria]): WEntry => ({ method: 'DELETE', type, criteria })) },
 );
 const wPrefer = fc.constantFrom(undefined, undefined, 'return=representation', 'return=minimal', 'return=OperationOutcome');
+/** JSON Patch documents: harmless edits, a move into another patient's record, a failing test. */
+const wPatchOps = fc.constantFrom(
+  [{ op: 'replace', path: '/status', value: 'amended' }],
+  [{ op: 'add', path: '/note', value: [{ text: 'patched' }] }],
+  [{ op: 'replace', path: '/subject', value: { reference: 'Patient/@B' } }],
+  [{ op: 'replace', path: '/subject', value: { reference: 'Patient/@A' } }],
+  [{ op: 'test', path: '/status', value: 'cancelled' }, { op: 'replace', path: '/status', value: 'final' }],
+);
 const writeReq: fc.Arbitrary<WReq> = fc.oneof(
+  { weight: 1, arbitrary: fc.tuple(wTarget, wPatchOps, fc.option(wCriteria, { nil: undefined, freq: 3 })).map(([{ type, id }, ops, criteria]): WReq => ({
+    method: 'PATCH', path: criteria !== undefined ? `${type}?${criteria}` : `${type}/${id}`, body: ops, headers: { 'content-type': 'application/json-patch+json' },
+  })) },
   { weight: 3, arbitrary: fc.tuple(wEntry, wPrefer).map(([e, prefer]): WReq => ({
     method: e.method, path: wUrl(e),
     ...(e.resource ? { body: e.resource } : {}),
@@ -771,7 +782,7 @@ function writeShape(res: FhirResponse, id: string, only?: number): string {
 function writeTargets(r: WReq): string[] {
   const urls = r.path === '' ? ((r.body as Bundle).entry ?? []).map((e) => `${e.request?.method} ${e.request?.url}`) : [`${r.method} ${r.path}`];
   return urls.flatMap((u) => {
-    const m = /^(?:PUT|DELETE) [A-Za-z]+\/([A-Za-z0-9\-.]+)$/.exec(u);
+    const m = /^(?:PUT|DELETE|PATCH) [A-Za-z]+\/([A-Za-z0-9\-.]+)$/.exec(u);
     return m && m[1]!.length > 20 ? [m[1]!] : [];
   });
 }
@@ -779,6 +790,7 @@ function writeTargets(r: WReq): string[] {
 /** The same write about another id: only the PUT/DELETE naming `from` (its url and body id) changes, not other entries' references. */
 function retarget(r: WReq, from: string, to: string): WReq {
   const swap = (x: unknown): unknown => JSON.parse(JSON.stringify(x).replaceAll(from, to));
+  if (r.path !== '' && Array.isArray(r.body)) return { ...r, path: r.path.replace(from, to) }; // a JSON Patch names no id
   if (r.path !== '') return { ...r, path: r.path.replace(from, to), ...(r.body !== undefined ? { body: { ...(r.body as object), ...((r.body as Resource).id === from ? { id: to } : {}) } } : {}) };
   const bundle = r.body as Bundle;
   return { ...r, body: { ...bundle, entry: (bundle.entry ?? []).map((e) => (e.request?.url?.endsWith(`/${from}`)
@@ -811,11 +823,16 @@ async function checkWrite(w: Writer, purposeOfUse: string, raw: WReq): Promise<v
   count(`write ${r.path === '' ? (r.body as Bundle).type : r.method} ${res.status}`);
   if (r.path.includes('?')) count(`conditional write ${res.status}`);
   if (isTx && res.status >= 400) count('transaction rejected');
+  /** What the requester could read before of the resources it changed (a patch's answer holds what the patch left as it was). */
+  let seenBefore = '';
   for (const e of written) {
     const before = await currentBefore(e.resourceType, e.id, written);
     if (before.existed) {
       if (!writerSees(w, purposeOfUse, before.resource)) problems.push(`${e.method} changed ${e.resourceType}/${e.id} (${nameOf(e.id)}) which it could not see (${before.resource ? 'hidden' : 'deleted'})`);
-      else count(e.resource ? 'visible resource updated' : 'visible resource deleted');
+      else {
+        count(e.resource ? 'visible resource updated' : 'visible resource deleted');
+        seenBefore += JSON.stringify(before.resource ?? {});
+      }
     } else if (!e.resource) problems.push(`a deletion of never-seen ${e.resourceType}/${e.id}`);
     else count('resource created');
     // A person writes patient data only where they could read it back.
@@ -829,7 +846,7 @@ async function checkWrite(w: Writer, purposeOfUse: string, raw: WReq): Promise<v
   const own = new Set(written.map((e) => e.id));
   for (const [id] of new Set(JSON.stringify([res.body ?? {}, res.headers ?? {}]).matchAll(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g))) {
     const type = typeOfId.get(id!);
-    if (!type || asked.includes(id!) || own.has(id!)) continue;
+    if (!type || asked.includes(id!) || own.has(id!) || seenBefore.includes(id!)) continue;
     const latest = (await t.app.repository.history({ resourceType: type, id: id!, count: 20, offset: 0 })).entries.find((x) => x.resource)?.resource;
     if (!writerSees(w, purposeOfUse, latest)) problems.push(`the answer names ${type}/${id} (${nameOf(id!)}) which it cannot see`);
     else count('answer names a visible resource');
@@ -855,7 +872,7 @@ async function checkWrite(w: Writer, purposeOfUse: string, raw: WReq): Promise<v
 }
 
 describe('consent enforcement: writes change nothing the requester could not see', () => {
-  test('PUT, DELETE, conditional updates and deletes, creates (If-None-Exist), batch and transaction Bundles of them, from limited requesters with write scopes', async () => {
+  test('PUT, PATCH, DELETE, conditional updates, patches and deletes, creates (If-None-Exist), batch and transaction Bundles of them, from limited requesters with write scopes', async () => {
     stats.clear();
     const writeScopes = ['openid', 'fhirUser', 'user/*.cruds'];
     const cgmOnly = requesters.find((x) => x.name === 'cgm-only')!;
@@ -883,5 +900,6 @@ describe('consent enforcement: writes change nothing the requester could not see
     expect(stats.get('conditional write 200') ?? 0).toBeGreaterThan(1);
     expect(stats.get('conditional write 201') ?? 0).toBeGreaterThan(1);
     expect(stats.get('conditional write 204') ?? 0).toBeGreaterThan(1);
+    expect(stats.get('write PATCH 200') ?? 0).toBeGreaterThan(1);
   }, 120_000);
 });
