@@ -2,12 +2,31 @@
 import { randomUUID } from 'node:crypto';
 import type { Consent, Patient, Practitioner } from '@medplum/fhirtypes';
 import { Wallet } from 'ethers';
+import { afterAll, beforeAll } from '@jest/globals';
 import request from 'supertest';
 import type { App } from '../../src/app.js';
+import { startTestApp, type TestApp } from '../support/app.js';
 import { nightscoutJson, makeTrace } from '../fixtures/cgm-ingest/trace.js';
 
 export const LOINC_MGDL = 'http://loinc.org|99504-3';
 export const DAY = 86_400_000;
+
+/**
+ * For a describe block: an app with SMART auth on and two patients, Ana and Ben (ids), set up
+ * before its tests and closed after them. Read the fields inside tests, not at definition time.
+ */
+export function withTwoPatients(): { t: TestApp; ana: string; ben: string } {
+  const ctx = {} as { t: TestApp; ana: string; ben: string };
+  beforeAll(async () => {
+    ctx.t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    ctx.ana = await person(ctx.t.app, 'Patient', 'Rivera');
+    ctx.ben = await person(ctx.t.app, 'Patient', 'Okafor');
+  });
+  afterAll(async () => {
+    await ctx.t?.close();
+  });
+  return ctx;
+}
 
 export async function person(app: App, type: 'Patient' | 'Practitioner', family: string): Promise<string> {
   const { resource } = await app.repository.create({ resourceType: type, name: [{ family }] } as Patient | Practitioner);

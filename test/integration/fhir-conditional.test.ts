@@ -9,26 +9,19 @@ import type { Bundle, Patient } from '@medplum/fhirtypes';
 import { randomUUID } from 'node:crypto';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { startUpstreamFhirServer } from '../support/upstream-server.js';
+import { REPOSITORY_ADAPTERS, type Backend } from '../support/adapters.js';
 
 const FHIR_JSON = 'application/fhir+json';
 const MRN = 'urn:test:mrn';
 
-const adapters: [string, () => Promise<{ env: Record<string, string>; close(): Promise<void> }>][] = [
-  ['embedded', async () => ({ env: {}, close: async () => undefined })],
-  ['upstream', async () => {
-    const upstream = await startUpstreamFhirServer();
-    return { env: { UPSTREAM_FHIR_URL: upstream.url }, close: () => upstream.close() };
-  }],
-];
 
 function patient(mrn: string, family: string, extra: Partial<Patient> = {}): Patient {
   return { resourceType: 'Patient', identifier: [{ system: MRN, value: mrn }], name: [{ family }], ...extra };
 }
 
-describe.each(adapters)('conditional update and delete on the %s repository', (adapter, startBackend) => {
+describe.each(REPOSITORY_ADAPTERS)('conditional update and delete on the %s repository', (adapter, startBackend) => {
   let t: TestApp;
-  let backend: { env: Record<string, string>; close(): Promise<void> };
+  let backend: Backend;
   const http = () => request(t.app.http);
   const put = (criteria: string, body: unknown) => http().put(`/fhir/Patient?${criteria}`).set('Content-Type', FHIR_JSON).send(body as object);
   /** The patients carrying an MRN, read back through the facade. */

@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { startUpstreamFhirServer } from '../support/upstream-server.js';
+import { REPOSITORY_ADAPTERS, type Backend } from '../support/adapters.js';
 
 const FHIR_JSON = 'application/fhir+json';
 const CGM_READING = 'http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-sensor-reading-mass-per-volume';
@@ -28,17 +28,10 @@ function reading(patientId: string, at: string, value: number, extra: Partial<Ob
   };
 }
 
-const adapters: [string, () => Promise<{ env: Record<string, string>; close(): Promise<void> }>][] = [
-  ['embedded', async () => ({ env: {}, close: async () => undefined })],
-  ['upstream', async () => {
-    const upstream = await startUpstreamFhirServer();
-    return { env: { UPSTREAM_FHIR_URL: upstream.url }, close: () => upstream.close() };
-  }],
-];
 
-describe.each(adapters)('FHIR facade on the %s repository', (adapter, startBackend) => {
+describe.each(REPOSITORY_ADAPTERS)('FHIR facade on the %s repository', (adapter, startBackend) => {
   let t: TestApp;
-  let backend: { env: Record<string, string>; close(): Promise<void> };
+  let backend: Backend;
   const http = () => request(t.app.http);
   let patientId: string;
 

@@ -9,19 +9,12 @@ import type { Observation, Patient } from '@medplum/fhirtypes';
 import { randomUUID } from 'node:crypto';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { startUpstreamFhirServer } from '../support/upstream-server.js';
-import { patientToken } from './consent-helpers.js';
+import { REPOSITORY_ADAPTERS, type Backend } from '../support/adapters.js';
+import { patientToken, withTwoPatients } from './consent-helpers.js';
 
 const FHIR_JSON = 'application/fhir+json';
 const JSON_PATCH = 'application/json-patch+json';
 
-const adapters: [string, () => Promise<{ env: Record<string, string>; close(): Promise<void> }>][] = [
-  ['embedded', async () => ({ env: {}, close: async () => undefined })],
-  ['upstream', async () => {
-    const upstream = await startUpstreamFhirServer();
-    return { env: { UPSTREAM_FHIR_URL: upstream.url }, close: () => upstream.close() };
-  }],
-];
 
 function reading(patient: string, value: number, identifier = randomUUID()): Observation {
   return {
@@ -34,9 +27,9 @@ function reading(patient: string, value: number, identifier = randomUUID()): Obs
   };
 }
 
-describe.each(adapters)('JSON Patch on the %s repository', (_adapter, startBackend) => {
+describe.each(REPOSITORY_ADAPTERS)('JSON Patch on the %s repository', (_adapter, startBackend) => {
   let t: TestApp;
-  let backend: { env: Record<string, string>; close(): Promise<void> };
+  let backend: Backend;
   let patientId: string;
   const http = () => request(t.app.http);
   const create = async (o: Observation): Promise<Observation> => {
@@ -142,45 +135,34 @@ describe.each(adapters)('JSON Patch on the %s repository', (_adapter, startBacke
 });
 
 describe('JSON Patch with SMART tokens', () => {
-  let t: TestApp;
-  let ana: string;
-  let ben: string;
-
-  beforeAll(async () => {
-    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
-    ana = (await t.app.repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Rivera' }] })).resource.id!;
-    ben = (await t.app.repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Okafor' }] })).resource.id!;
-  });
-  afterAll(async () => {
-    await t?.close();
-  });
+  const ctx = withTwoPatients();
 
   const patch = (token: string, url: string, ops: unknown) =>
-    request(t.app.http).patch(`/fhir/${url}`).set('Authorization', `Bearer ${token}`).set('Content-Type', JSON_PATCH).send(JSON.stringify(ops));
+    request(ctx.t.app.http).patch(`/fhir/${url}`).set('Authorization', `Bearer ${token}`).set('Content-Type', JSON_PATCH).send(JSON.stringify(ops));
 
   test('a patient app patches its own readings; another patient\'s answers like an id never stored, and is not changed', async () => {
-    const token = patientToken(t.app, ana);
-    const mine = (await t.app.repository.create(reading(ana, 100))).resource;
-    const theirs = (await t.app.repository.create(reading(ben, 100))).resource;
+    const token = patientToken(ctx.t.app, ctx.ana);
+    const mine = (await ctx.t.app.repository.create(reading(ctx.ana, 100))).resource;
+    const theirs = (await ctx.t.app.repository.create(reading(ctx.ben, 100))).resource;
     expect((await patch(token, `Observation/${mine.id}`, [{ op: 'replace', path: '/status', value: 'final' }])).status).toBe(200);
     const hidden = await patch(token, `Observation/${theirs.id}`, [{ op: 'replace', path: '/status', value: 'final' }]);
     const never = await patch(token, `Observation/${randomUUID()}`, [{ op: 'replace', path: '/status', value: 'final' }]);
     expect(hidden.status).toBe(404);
     expect(hidden.body).toEqual(never.body);
-    expect((await t.app.repository.read<Observation>('Observation', theirs.id!)).status).toBe('preliminary');
+    expect((await ctx.t.app.repository.read<Observation>('Observation', theirs.id!)).status).toBe('preliminary');
   });
 
   test('a patch may not move a reading into another patient\'s record', async () => {
-    const token = patientToken(t.app, ana);
-    const mine = (await t.app.repository.create(reading(ana, 100))).resource;
-    const res = await patch(token, `Observation/${mine.id}`, [{ op: 'replace', path: '/subject/reference', value: `Patient/${ben}` }]);
+    const token = patientToken(ctx.t.app, ctx.ana);
+    const mine = (await ctx.t.app.repository.create(reading(ctx.ana, 100))).resource;
+    const res = await patch(token, `Observation/${mine.id}`, [{ op: 'replace', path: '/subject/reference', value: `Patient/${ctx.ben}` }]);
     expect(res.status).toBe(403);
-    expect((await t.app.repository.read<Observation>('Observation', mine.id!)).subject!.reference).toBe(`Patient/${ana}`);
+    expect((await ctx.t.app.repository.read<Observation>('Observation', mine.id!)).subject!.reference).toBe(`Patient/${ctx.ana}`);
   });
 
   test('a token without update scope cannot patch', async () => {
-    const reader = t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'reader', sub: 'reader', scopes: ['system/Observation.rs'] }).token;
-    const o = (await t.app.repository.create(reading(ana, 100))).resource;
+    const reader = ctx.t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'reader', sub: 'reader', scopes: ['system/Observation.rs'] }).token;
+    const o = (await ctx.t.app.repository.create(reading(ctx.ana, 100))).resource;
     expect((await patch(reader, `Observation/${o.id}`, [{ op: 'replace', path: '/status', value: 'final' }])).status).toBe(403);
   });
 });

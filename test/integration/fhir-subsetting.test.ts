@@ -10,18 +10,11 @@ import type { AddressInfo } from 'node:net';
 import { Client as FhirKitClient } from 'fhir-kit-client';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { startUpstreamFhirServer } from '../support/upstream-server.js';
+import { REPOSITORY_ADAPTERS, type Backend } from '../support/adapters.js';
 
 const FHIR_JSON = 'application/fhir+json';
 const SUBSETTED = { system: 'http://terminology.hl7.org/CodeSystem/v3-ObservationValue', code: 'SUBSETTED' };
 
-const adapters: [string, () => Promise<{ env: Record<string, string>; close(): Promise<void> }>][] = [
-  ['embedded', async () => ({ env: {}, close: async () => undefined })],
-  ['upstream', async () => {
-    const upstream = await startUpstreamFhirServer();
-    return { env: { UPSTREAM_FHIR_URL: upstream.url }, close: () => upstream.close() };
-  }],
-];
 
 function isSubsetted(resource: Resource): boolean {
   return (resource.meta?.tag ?? []).some((t) => t.system === SUBSETTED.system && t.code === SUBSETTED.code);
@@ -32,9 +25,9 @@ function keys(resource: Resource): string[] {
   return Object.keys(resource).filter((k) => k !== 'meta').sort();
 }
 
-describe.each(adapters)('_summary and _elements on the %s repository', (_adapter, startBackend) => {
+describe.each(REPOSITORY_ADAPTERS)('_summary and _elements on the %s repository', (_adapter, startBackend) => {
   let t: TestApp;
-  let backend: { env: Record<string, string>; close(): Promise<void> };
+  let backend: Backend;
   const http = () => request(t.app.http);
   let patient: Patient;
   const readings: Observation[] = [];

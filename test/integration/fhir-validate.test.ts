@@ -5,13 +5,13 @@
  * requester's own permissions.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import type { Observation, OperationOutcome, Parameters, Patient } from '@medplum/fhirtypes';
+import type { Observation, OperationOutcome, Parameters } from '@medplum/fhirtypes';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { patientToken } from './consent-helpers.js';
+import { patientToken, withTwoPatients } from './consent-helpers.js';
 
 const FHIR_JSON = 'application/fhir+json';
 const CGM_READING = 'http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-sensor-reading-mass-per-volume';
@@ -107,46 +107,35 @@ describe('$validate, open access', () => {
 });
 
 describe('$validate with SMART tokens: the requester\'s own write permissions', () => {
-  let t: TestApp;
-  let ana: string;
-  let ben: string;
-
-  beforeAll(async () => {
-    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
-    ana = (await t.app.repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Rivera' }] })).resource.id!;
-    ben = (await t.app.repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Okafor' }] })).resource.id!;
-  });
-  afterAll(async () => {
-    await t?.close();
-  });
+  const ctx = withTwoPatients();
 
   const validate = (token: string, body: unknown, url = 'Observation/$validate?mode=create') =>
-    request(t.app.http).post(`/fhir/${url}`).set('Authorization', `Bearer ${token}`).set('Content-Type', FHIR_JSON).send(body as object);
+    request(ctx.t.app.http).post(`/fhir/${url}`).set('Authorization', `Bearer ${token}`).set('Content-Type', FHIR_JSON).send(body as object);
   const reading = (patient: string) => ({ ...example(), subject: { reference: `Patient/${patient}` } });
 
   test('an uploader with only system/Observation.c may validate; a read-only client may not', async () => {
-    const uploader = t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'uploader', sub: 'uploader', scopes: ['system/Observation.c'] }).token;
-    const ok = await validate(uploader, reading(ana));
+    const uploader = ctx.t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'uploader', sub: 'uploader', scopes: ['system/Observation.c'] }).token;
+    const ok = await validate(uploader, reading(ctx.ana));
     expect(ok.status).toBe(200);
     expect(errors(ok.body)).toEqual([]);
-    const reader = t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'reader', sub: 'reader', scopes: ['system/Observation.rs'] }).token;
-    expect((await validate(reader, reading(ana))).status).toBe(403);
+    const reader = ctx.t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'reader', sub: 'reader', scopes: ['system/Observation.rs'] }).token;
+    expect((await validate(reader, reading(ctx.ana))).status).toBe(403);
   });
 
   test('a patient app may create readings for its patient only: another patient\'s reading is an issue', async () => {
-    const token = patientToken(t.app, ana);
-    expect(errors((await validate(token, reading(ana))).body)).toEqual([]);
-    const theirs = await validate(token, reading(ben));
+    const token = patientToken(ctx.t.app, ctx.ana);
+    expect(errors((await validate(token, reading(ctx.ana))).body)).toEqual([]);
+    const theirs = await validate(token, reading(ctx.ben));
     expect(theirs.status).toBe(200);
     expect(errors(theirs.body).map((i) => i.code)).toContain('forbidden');
   });
 
   test('mode update on a resource the requester cannot see answers 404, as the update would', async () => {
-    const bens = (await t.app.repository.create(reading(ben))).resource.id!;
-    const token = patientToken(t.app, ana);
-    const hidden = await validate(token, { ...reading(ana), id: bens }, `Observation/${bens}/$validate?mode=update`);
+    const bens = (await ctx.t.app.repository.create(reading(ctx.ben))).resource.id!;
+    const token = patientToken(ctx.t.app, ctx.ana);
+    const hidden = await validate(token, { ...reading(ctx.ana), id: bens }, `Observation/${bens}/$validate?mode=update`);
     const never = randomUUID();
-    const absent = await validate(token, { ...reading(ana), id: never }, `Observation/${never}/$validate?mode=update`);
+    const absent = await validate(token, { ...reading(ctx.ana), id: never }, `Observation/${never}/$validate?mode=update`);
     expect(hidden.status).toBe(404);
     expect(absent.status).toBe(404);
     expect(hidden.body).toEqual(absent.body);
