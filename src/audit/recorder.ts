@@ -87,7 +87,10 @@ export class AuditRecorder {
       ? `HTTP ${status}${notes?.reasons.size ? `; ${[...notes.reasons].slice(0, 5).join('; ')}` : ''}`
       : notes && notes.denied > 0 ? `${notes.denied} entr${notes.denied === 1 ? 'y' : 'ies'} withheld by consent` : undefined;
     const query = Object.entries(request.query).flatMap(([k, v]) => [v].flat().map((x) => `${k}=${x}`)).join('&');
-    const target = parts.length >= 2 && !parts[1]!.startsWith('$') && !parts[1]!.startsWith('_') ? `${parts[0]}/${parts[1]}` : undefined;
+    // a conditional write names its resource by criteria; the resource it wrote is in the Location
+    const conditional = parts.length === 1 && ['PUT', 'PATCH', 'DELETE'].includes(request.method);
+    const target = parts.length >= 2 && !parts[1]!.startsWith('$') && !parts[1]!.startsWith('_') ? `${parts[0]}/${parts[1]}`
+      : conditional ? writtenResource(response) : undefined;
     return auditEventOf({
       interaction,
       recorded: new Date((this.options.now ?? Date.now)()).toISOString(),
@@ -96,7 +99,7 @@ export class AuditRecorder {
       requester: { kind: requester.kind, reference: access.fhirUser, clientId: access.clientId },
       purpose: requester.purpose,
       ...(target ? { target } : {}),
-      ...(interaction === 'search-type' || interaction === 'operation' ? { query: `${request.path}?${query}` } : {}),
+      ...(interaction === 'search-type' || interaction === 'operation' || conditional ? { query: `${request.path}?${query}` } : {}),
       patients: [...patients],
       grants: [...(notes?.grants ?? [])],
       requestId: request.headers['x-request-id'],
@@ -113,7 +116,14 @@ function interactionOf(method: string, parts: string[]): BalpInteraction {
     return parts.length === 1 ? 'history-system' : parts.length === 2 ? 'history-type' : 'history-instance';
   }
   if (method === 'POST') return 'create';
-  if (method === 'PUT') return 'update';
+  if (method === 'PUT' || method === 'PATCH') return 'update';
   if (method === 'DELETE') return 'delete';
   return parts.length === 1 ? 'search-type' : 'read';
+}
+
+/** `Type/id` of the resource a write answered with, from its Location (`…/Type/id/_history/v`). */
+function writtenResource(response: FhirResponse): string | undefined {
+  const location = response.headers?.Location;
+  const m = typeof location === 'string' ? /\/([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})\/_history\/[^/]+$/.exec(location) : null;
+  return m ? `${m[1]}/${m[2]}` : undefined;
 }

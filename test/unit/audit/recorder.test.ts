@@ -61,4 +61,22 @@ describe('AuditRecorder', () => {
     expect(errors).toEqual(['disk full']);
     expect(stored.map((e) => e.entity?.[0]?.what?.reference)).toEqual(['Observation/o3']);
   });
+
+  it('a patch is audited as an update; a conditional write records its criteria and the resource it wrote', () => {
+    const { repo } = fakeRepository();
+    const recorder = new AuditRecorder({ repository: repo });
+    const open = { kind: 'open', scopes: [] };
+    const patched = recorder.eventOf({ method: 'PATCH', path: 'Observation/o1', query: {}, headers: {}, access: open } as unknown as FhirRequest, ok)!;
+    expect(patched.subtype?.[0]?.code).toBe('update');
+    expect(patched.entity?.map((e) => e.what?.reference)).toContain('Observation/o1');
+    const upsert = recorder.eventOf({ method: 'PUT', path: 'Patient', query: { identifier: 'urn:mrn|42' }, headers: {}, access: open } as unknown as FhirRequest,
+      { status: 201, headers: { Location: 'http://127.0.0.1:8080/fhir/Patient/p9/_history/1' }, body: { resourceType: 'Patient' } } as unknown as FhirResponse)!;
+    expect(upsert.subtype?.[0]?.code).toBe('update');
+    expect(upsert.entity?.map((e) => e.what?.reference)).toContain('Patient/p9');
+    const query = upsert.entity?.find((e) => e.query)?.query;
+    expect(Buffer.from(query!, 'base64').toString('utf8')).toBe('Patient?identifier=urn:mrn|42');
+    const removed = recorder.eventOf({ method: 'DELETE', path: 'Patient', query: { identifier: 'urn:mrn|42' }, headers: {}, access: open } as unknown as FhirRequest, { status: 204 } as FhirResponse)!;
+    expect(removed.subtype?.[0]?.code).toBe('delete');
+    expect(Buffer.from(removed.entity!.find((e) => e.query)!.query!, 'base64').toString('utf8')).toBe('Patient?identifier=urn:mrn|42');
+  });
 });
