@@ -126,6 +126,12 @@ describe.each(REPOSITORY_ADAPTERS)('JSON Patch on the %s repository', (_adapter,
     expect((await patch(`Observation?identifier=urn:test:reading|${key}`, [{ op: 'replace', path: '/status', value: 'amended' }])).status).toBe(412);
   });
 
+  test('a browser app\'s CORS preflight for PATCH is allowed', async () => {
+    const res = await http().options('/fhir/Observation/x').set('Origin', 'https://app.example').set('Access-Control-Request-Method', 'PATCH');
+    expect(res.status).toBe(204);
+    expect(res.headers['access-control-allow-methods']).toMatch(/\bPATCH\b/);
+  });
+
   test('the CapabilityStatement lists patch, except for types whose writes go through their own module', async () => {
     const meta = await http().get('/fhir/metadata');
     const codes = (type: string) => meta.body.rest[0].resource.find((r: { type: string }) => r.type === type).interaction.map((i: { code: string }) => i.code);
