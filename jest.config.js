@@ -12,4 +12,10 @@ export default {
   testMatch: ['<rootDir>/test/**/*.test.ts'],
   testTimeout: 30000,
   maxWorkers: 2,
+  // Each test file's ESM module graph stays in its worker's heap: by the end of a full run a worker
+  // held 2–2.9 GB, and tearing that down at exit took longer than the 500 ms Jest waits, so Jest
+  // killed it and warned "a worker process has failed to exit gracefully" (seen with an exit probe:
+  // the workers reached 'exit' at once, with only their stdio pipes open). A worker past 1 GB after a
+  // test file is replaced by a fresh one.
+  workerIdleMemoryLimit: '1GB',
 };

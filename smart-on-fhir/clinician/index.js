@@ -20,7 +20,6 @@ function nameOf(p) {
 
 async function showBanner() {
   if (!client.state.tokenResponse?.need_patient_banner) return;
-  banner.hidden = false;
   let patient;
   try {
     patient = await client.request({ url: `Patient/${client.patient.id}`, headers: PURPOSE });
@@ -32,6 +31,7 @@ async function showBanner() {
     patient?.birthDate ? el('span', {}, `Born ${fmtDate(patient.birthDate)}`) : null,
     patient?.gender ? el('span', {}, `Sex ${patient.gender}`) : null,
     el('span', {}, `Record ID ${client.patient.id}`));
+  banner.hidden = false; // shown once filled: never an empty banner while the Patient read is in flight
 }
 
 /** Who granted access until when; returns the active grant or undefined. */

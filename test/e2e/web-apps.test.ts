@@ -235,6 +235,8 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     await page.waitForURL((u) => u.pathname === '/apps/clinician/index.html', { timeout: 15_000 });
     await page.locator('[data-access]').waitFor({ timeout: 20_000 });
     await expect(page.locator('body').getAttribute('data-need-patient-banner')).resolves.toBe('true');
+    // the banner is filled after the access box (it reads the Patient): wait for it, not for the access box
+    await page.locator('#banner [data-patient-name]').waitFor({ timeout: 20_000 });
     await expect(page.locator('#banner').isVisible()).resolves.toBe(true);
     await expect(page.locator('#banner').innerText()).resolves.toContain('Ana Rivera');
     await expect(page.locator('#banner').innerText()).resolves.toContain(`Record ID ${ana}`);
