@@ -20,6 +20,7 @@ import type { Group, Parameters, Resource } from '@medplum/fhirtypes';
 import { badRequest, forbidden, isGlucoGuardError, notFound, tooManyRequests } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { informational, operationOutcome } from '../fhir/outcomes.js';
+import { queryOfText } from '../fhir/paging.js';
 import type { OperationHandler } from '../fhir/router.js';
 import { isSupportedType } from '../fhir/resource-types.js';
 import type { FhirRequest, FhirResponse } from '../fhir/types.js';
@@ -125,8 +126,7 @@ export class ExportService {
       const type = q > 0 ? raw.slice(0, q) : '';
       if (!allowedTypes.includes(type)) throw badRequest('_typeFilter must be Type?query for an exported type', '_typeFilter');
       if (typeFilters[type]) throw badRequest(`Only one _typeFilter per type is supported (${type})`, '_typeFilter');
-      const record: Record<string, string | string[]> = {};
-      for (const [k, v] of new URLSearchParams(raw.slice(q + 1))) record[k] = k in record ? [record[k]!].flat().concat(v) : v;
+      const record = queryOfText(raw.slice(q + 1));
       if (Object.keys(record).some((k) => k.startsWith('_') && k !== '_id' && k !== '_lastUpdated')) throw badRequest('_typeFilter takes search filters only', '_typeFilter');
       typeFilters[type] = record;
     }

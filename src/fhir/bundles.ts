@@ -7,6 +7,7 @@
 import type { Bundle, BundleEntry, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import { badRequest, conflict, GlucoGuardError, unprocessable } from '../errors.js';
 import { errorToResponse } from './outcomes.js';
+import { queryOfText } from './paging.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
 
 const STATUS_TEXT: Record<number, string> = {
@@ -119,8 +120,7 @@ function entryRequest(entry: BundleEntry, index: number, parent: FhirRequest): F
   const relative = url.replace(/^https?:\/\/[^/]+(\/[^?]*)?\/fhir\//, '');
   const [path, qs] = relative.split('?', 2) as [string, string | undefined];
   if (path === '' && method === 'POST') throw badRequest('Nested batch/transaction Bundles are not supported', `Bundle.entry[${index}]`);
-  const query: Record<string, string | string[]> = {};
-  for (const [k, v] of new URLSearchParams(qs ?? '')) query[k] = k in query ? [query[k]!].flat().concat(v) : v;
+  const query = queryOfText(qs ?? '');
   const headers: Record<string, string | undefined> = {
     'content-type': 'application/fhir+json',
     prefer: parent.headers.prefer,

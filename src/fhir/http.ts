@@ -9,6 +9,7 @@ import { badRequest, notAcceptable, tooLarge } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { AccessContext } from './access.js';
 import { errorToResponse } from './outcomes.js';
+import { queryOfText } from './paging.js';
 import type { FhirRouter } from './router.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
 import { byteLengthOf, endWithChunks, jsonChunks } from './json-text.js';
@@ -101,11 +102,7 @@ function parseBody(req: Request): unknown {
   const raw = req.body as Buffer | undefined;
   if (!Buffer.isBuffer(raw) || raw.length === 0) return undefined;
   const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-  if (type === 'application/x-www-form-urlencoded') {
-    const out: Record<string, string | string[]> = {};
-    for (const [k, v] of new URLSearchParams(raw.toString('utf8'))) out[k] = k in out ? [out[k]!].flat().concat(v) : v;
-    return out;
-  }
+  if (type === 'application/x-www-form-urlencoded') return queryOfText(raw.toString('utf8'));
   if (type.endsWith('json')) {
     let value: unknown;
     try {

@@ -47,6 +47,11 @@ export function queryPairs(query: Record<string, string | string[]>): [string, s
   return pairs;
 }
 
+/** A query string (`a=1&a=2&b=3`, no leading `?`) as a query object; repeated names become lists, in order. */
+export function queryOfText(text: string): Record<string, string | string[]> {
+  return pairsToQuery([...new URLSearchParams(text)]);
+}
+
 /** Turns pairs back into the query object shape @medplum/core's parseSearchRequest takes. */
 export function pairsToQuery(pairs: [string, string][]): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};

@@ -14,7 +14,7 @@ import type { HistoryEntry, HistoryRequest, Repository } from '../repository/por
 import type { AccessContext } from './access.js';
 import { processBatch, processTransaction } from './bundles.js';
 import { errorToResponse, informational, operationOutcome } from './outcomes.js';
-import { PageTokens, pairsToQuery, queryPairs, toQueryString } from './paging.js';
+import { PageTokens, pairsToQuery, queryOfText, queryPairs, toQueryString } from './paging.js';
 import { OPEN_POLICY, type AccessPolicy, type GuardOptions, type OutboundGuard } from './policy.js';
 import { isSupportedType } from './resource-types.js';
 import { parseSearch } from './search.js';
@@ -337,8 +337,7 @@ export class FhirRouter {
   private async patch(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'update', type);
     const operations = patchBody(req);
-    if (!(await this.writableBy(req.access, type, id))) throw notFound('Not found');
-    const current = await this.options.repository.read(type, id); // 404 or 410 as a read answers
+    const current = await this.changeable(req.access, type, id);
     const ifMatch = parseIfMatch(req.headers['if-match']);
     if (ifMatch !== undefined && ifMatch !== current.meta?.versionId) throw preconditionFailed(`If-Match ${ifMatch} is not the current version`);
     const patched = structuredClone(current) as Resource; // the current version may be a frozen shared object
@@ -399,6 +398,18 @@ export class FhirRouter {
   private async mayChange(access: AccessContext, current: Resource | undefined): Promise<boolean> {
     if (access.kind === 'open') return true;
     return current !== undefined && (await this.guard(access, [current])).allowed.length > 0;
+  }
+
+  /**
+   * The current version of a resource the requester may change, read once. Open access gets the
+   * read's own answer (404, 410); anyone else a 404 for anything they cannot change, a deleted
+   * resource too (writableBy's rule: hidden, deleted and never stored look alike).
+   */
+  private async changeable(access: AccessContext, type: string, id: string): Promise<Resource> {
+    if (access.kind === 'open') return this.options.repository.read(type, id);
+    const current = await this.currentOf(type, id);
+    if (!current || !(await this.mayChange(access, current))) throw notFound('Not found');
+    return current;
   }
 
   /** The current version, or undefined when the id was never stored or its resource is deleted. */
@@ -831,14 +842,14 @@ export class FhirRouter {
    * needed), paged past hidden matches as a search is (filledPage).
    */
   private async visibleMatches(access: AccessContext, type: string, query: string | Record<string, string | string[]>): Promise<Resource[]> {
-    const asQuery = typeof query === 'string' ? queryOfText(query) : query;
+    const asQuery = typeof query === 'string' ? queryOfText(query.replace(/^\?/, '')) : query;
     const parsed = parseSearch(type, asQuery, { lenient: false, supported: this.options.repository.supportedSearchParams(), defaultCount: 2, maxCount: 2 });
     const narrowed = await this.policy.narrowSearch(access, { ...parsed, offset: 0 });
     return (await this.filledPage(access, narrowed, 0, 2)).matches.allowed;
   }
 
   private checkConditionalQuery(type: string, query: string): void {
-    const asQuery = queryOfText(query);
+    const asQuery = queryOfText(query.replace(/^\?/, ''));
     if (Object.keys(asQuery).length === 0) throw badRequest('If-None-Exist must carry search parameters', 'If-None-Exist');
     parseSearch(type, asQuery, {
       lenient: false,
@@ -847,13 +858,6 @@ export class FhirRouter {
       maxCount: 2,
     });
   }
-}
-
-/** A query string (an If-None-Exist header's, say) as a query object; repeated names become lists. */
-function queryOfText(query: string): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (const [k, v] of new URLSearchParams(query.startsWith('?') ? query.slice(1) : query)) out[k] = k in out ? [out[k]!].flat().concat(v) : v;
-  return out;
 }
 
 /** The search criteria of a conditional update, patch or delete: its query without `_format`/`_pretty`; none is 405. */
@@ -900,11 +904,16 @@ function checkId(id: string): string {
   return id;
 }
 
-function resourceBody(req: FhirRequest, type: string): Resource {
+/** 415 unless the request says its body is FHIR JSON (`application/fhir+json` or `application/json`). */
+export function requireFhirJson(req: FhirRequest): void {
   const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
   if (contentType !== 'application/fhir+json' && contentType !== 'application/json') {
     throw unsupportedMediaType(`Content-Type must be application/fhir+json (got "${contentType.slice(0, 64) || 'none'}")`);
   }
+}
+
+function resourceBody(req: FhirRequest, type: string): Resource {
+  requireFhirJson(req);
   const body = req.body;
   if (!isObject(body)) throw badRequest('The body must be a JSON object holding a FHIR resource');
   if (body.resourceType !== type) throw badRequest(`The body's resourceType must be ${type}`, 'resourceType');

@@ -86,7 +86,10 @@ export function parseSubsetting(
  */
 export function subsetResource<T extends Resource>(resource: T, subsetting: Subsetting, include = false): T {
   if (include && subsetting.kind === 'elements') return resource;
-  const keep = keeperFor(resource.resourceType, subsetting);
+  let byType = keepers.get(subsetting);
+  if (!byType) keepers.set(subsetting, (byType = new Map()));
+  let keep = byType.get(resource.resourceType);
+  if (!keep) byType.set(resource.resourceType, (keep = keeperFor(resource.resourceType, subsetting)));
   const out: Record<string, unknown> = {};
   let dropped = false;
   for (const [key, value] of Object.entries(resource)) {
@@ -98,6 +101,9 @@ export function subsetResource<T extends Resource>(resource: T, subsetting: Subs
   out.meta = { ...resource.meta, tag: tags.some((t) => t.system === SUBSETTED.system && t.code === SUBSETTED.code) ? tags : [...tags, { ...SUBSETTED }] };
   return out as T;
 }
+
+/** The key test of each subsetting (one per request) by resource type: worked out once, not per entry. */
+const keepers = new WeakMap<Subsetting, Map<string, (key: string) => boolean>>();
 
 /** Whether a top-level key (an element, its choice form such as `valueQuantity`, or its `_` sibling) stays. */
 function keeperFor(resourceType: string, subsetting: Subsetting): (key: string) => boolean {
