@@ -6,7 +6,7 @@
  */
 import type { Bundle, Meta, Observation, OperationOutcome, Parameters, Resource } from '@medplum/fhirtypes';
 import { badRequest, isGlucoGuardError } from '../errors.js';
-import type { FhirRouter, OperationHandler } from './router.js';
+import { requireFhirJson, type FhirRouter, type OperationHandler } from './router.js';
 import type { FhirRequest, FhirResponse } from './types.js';
 
 /** Types gathered by $everything: the Patient compartment types the facade serves (not the access log). */
@@ -108,10 +108,7 @@ const VALIDATION_MODES = new Set(['create', 'update', 'delete', 'profile']);
  * instance, every mode but delete a resource of the URL's type.
  */
 function validateInput(req: FhirRequest, type: string, id: string | undefined): { mode?: 'create' | 'update' | 'delete'; resource?: Resource; profiles: string[] } {
-  const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-  if (req.body !== undefined && contentType !== 'application/fhir+json' && contentType !== 'application/json') {
-    throw badRequest(`$validate takes application/fhir+json (got "${contentType.slice(0, 64) || 'none'}")`);
-  }
+  if (req.body !== undefined || req.headers['content-type']) requireFhirJson(req);
   const body = req.body as Resource | undefined;
   let resource: Resource | undefined;
   const named: Record<string, string[]> = { mode: [], profile: [] };

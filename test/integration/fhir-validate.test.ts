@@ -98,6 +98,14 @@ describe('$validate, open access', () => {
     expect(res.body.issue[0].diagnostics).toMatch(message);
   });
 
+  test('a body that is not FHIR JSON is 415, as for a write', async () => {
+    for (const [type, body] of [['text/plain', 'hello'], ['application/x-www-form-urlencoded', 'resourceType=Observation']]) {
+      const res = await request(t.app.http).post('/fhir/Observation/$validate').set('Content-Type', type).send(body);
+      expect(res.status).toBe(415);
+      expect(res.body.resourceType).toBe('OperationOutcome');
+    }
+  });
+
   test('is listed in the CapabilityStatement with its canonical definition; GET is 405', async () => {
     const meta = await request(t.app.http).get('/fhir/metadata');
     const obs = meta.body.rest[0].resource.find((r: { type: string }) => r.type === 'Observation');
