@@ -14,6 +14,18 @@ const CONTROL_PARAMS = new Set(['_count', '_sort', '_include', '_revinclude', '_
 const REFUSED_PARAMS = new Set(['_total', '_contained', '_containedType', '_text', '_content', '_list', '_query', '_filter', '_type']);
 /** Common parameters every resource type supports here. */
 const COMMON_FILTERS = new Set(['_id', '_lastUpdated']);
+/**
+ * Modifiers the embedded repository answers, per parameter type (an upstream server checks its own);
+ * `:not` on references is this repository's own, the rest are search.html#modifiers.
+ */
+const MODIFIERS: Record<string, string[]> = {
+  string: ['missing', 'exact', 'contains'],
+  token: ['missing', 'not'],
+  reference: ['missing', 'not'],
+  date: ['missing'],
+  quantity: ['missing'],
+  uri: ['missing'],
+};
 /** Sort keys the embedded index orders by; others are refused (they can act as oracles on hidden elements). */
 const SORTABLE = new Set(['date', '_lastUpdated', '_id', 'birthdate']);
 
@@ -82,6 +94,10 @@ function checkParam(resourceType: string, name: string, value: string | string[]
   const modifier = name.includes(':') ? name.slice(base.length + 1) : undefined;
   if (!isKnownParam(resourceType, base, options.supported)) return `Unknown or unsupported search parameter "${base}" for ${resourceType}`;
   if (modifier && /^[A-Z]/.test(modifier)) return `Chained parameter "${name}" is not supported`;
+  if (modifier !== undefined && options.supported && !MODIFIERS[getSearchParameter(resourceType, base)?.type ?? '']?.includes(modifier)) {
+    // @medplum/core's parser reads a modifier it does not know as a plain `eq`: answering that would change the question
+    return `Modifier ":${modifier}" is not supported for "${base}"`;
+  }
   if ([value].flat().some((v) => v === '')) return `Empty value for search parameter "${name}"`;
   return undefined;
 }

@@ -332,6 +332,36 @@ describe.each(REPOSITORY_ADAPTERS)('FHIR facade on the %s repository', (adapter,
     expect(after.body.entry.length).toBe(before.body.entry.length);
   });
 
+  // the upstream test server (medplum's MemoryRepository) matches no quantity and reads unknown modifiers as `eq`; an upstream server checks its own
+  (adapter === 'embedded' ? test : test.skip)('value-quantity thresholds and _profile over HTTP; a modifier the store does not answer is 400, or dropped under handling=lenient (embedded store only: see above)', async () => {
+    const values = async (query: Record<string, string>): Promise<number[]> => {
+      // the twelve readings of beforeAll, not those later tests add
+      const res = await http().get('/fhir/Observation').query({ patient: patientId, date: 'lt2026-01-03', _count: '100', ...query });
+      expect(res.status).toBe(200);
+      return res.body.entry.map((e: { resource: Observation }) => e.resource.valueQuantity!.value).sort((a: number, b: number) => a - b);
+    };
+    expect(await values({ 'value-quantity': 'gt108|http://unitsofmeasure.org|mg/dL' })).toEqual([109, 110, 111]);
+    expect(await values({ 'value-quantity': 'le101||mg/dL' })).toEqual([100, 101]);
+    expect(await values({ 'value-quantity': '105' })).toEqual([105]);
+    expect(await values({ 'value-quantity': 'gt108|http://unitsofmeasure.org|mmol/L' })).toEqual([]);
+    expect((await values({ _profile: CGM_READING })).length).toBe(12);
+    const meta = await http().get('/fhir/metadata');
+    const obs = meta.body.rest[0].resource.find((r: { type: string }) => r.type === 'Observation');
+    expect(obs.searchParam).toEqual(expect.arrayContaining([{ name: 'value-quantity', type: 'quantity', definition: 'http://hl7.org/fhir/SearchParameter/Observation-value-quantity' },
+      expect.objectContaining({ name: '_profile', type: 'uri' }), expect.objectContaining({ name: '_tag', type: 'token' })]));
+    for (const [name, value] of [['code:text', 'glucose'], ['date:exact', '2026-01-01'], ['value-quantity:contains', '105'], ['_profile:below', 'http://hl7.org/fhir/uv/cgm']]) {
+      const refused = await http().get('/fhir/Observation').query({ patient: patientId, [name]: value });
+      expect(refused.status).toBe(400);
+      expect(refused.body.issue[0].diagnostics).toContain(`:${name.split(':')[1]}`);
+    }
+    const bad = await http().get('/fhir/Observation').query({ 'value-quantity': 'high' });
+    expect(bad.status).toBe(400);
+    expect(bad.body.issue[0].diagnostics).toMatch(/value-quantity: the value is not a number/);
+    const lenient = await http().get('/fhir/Observation').set('Prefer', 'handling=lenient').query({ patient: patientId, date: 'lt2026-01-03', 'code:text': 'glucose', _count: '100' });
+    expect(lenient.status).toBe(200);
+    expect(lenient.body.entry).toHaveLength(12);
+  });
+
   test('_pretty indents the JSON', async () => {
     const res = await http().get(`/fhir/Patient/${patientId}`).query({ _pretty: 'true' });
     expect(res.text).toContain('\n  "resourceType"');

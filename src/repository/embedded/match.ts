@@ -5,14 +5,17 @@
  *   every call, which costs ~1 ms for `Observation.date`'s long union and would dominate a
  *   288-reading day query);
  * - string parameters follow the FHIR rule (case- and accent-insensitive starts-with, `:exact`,
- *   `:contains`) over each part of a HumanName/Address, where medplum matches "contains".
+ *   `:contains`) over each part of a HumanName/Address, where medplum matches "contains";
+ * - quantity parameters, which medplum's matcher does not answer, follow search.html#quantity here
+ *   (implied precision of `eq`/`ne`, the prefixes, `system|code` or `||code-or-unit`; no unit
+ *   conversion), and uri parameters match exactly.
  */
 import {
-  convertToSearchableReferences, convertToSearchableTokens, evalFhirPathTyped, Operator, splitSearchOnComma, toPeriod,
-  toTypedValue,
+  convertToSearchableQuantities, convertToSearchableReferences, convertToSearchableTokens, evalFhirPathTyped, Operator,
+  splitSearchOnComma, toPeriod, toTypedValue,
 } from '@medplum/core';
 import type { Filter, TypedValue } from '@medplum/core';
-import type { Period, Resource } from '@medplum/fhirtypes';
+import type { Period, Quantity, Resource } from '@medplum/fhirtypes';
 import type { ParamInfo } from './params.js';
 
 /** A compiled check of all filters of a search (already validated against `params`). */
@@ -83,6 +86,85 @@ function compileFilter(info: ParamInfo, filter: Filter): (values: TypedValue[], 
         const strings = stringValues(values.map((t) => t.value));
         return strings.some((s) => wanted.some((w) => matchesString(s, filter.operator, w)));
       };
+    case 'quantity': {
+      const targets = wanted.map(parseQuantity);
+      const operator = negated ? Operator.EQUALS : filter.operator;
+      return (values) => {
+        const quantities = convertToSearchableQuantities(values);
+        // `ne` asks for a value that differs: a resource without any value does not match it
+        if (negated && quantities.length === 0) return false;
+        return quantities.some((q) => targets.some((t) => matchesQuantity(q, operator, t))) !== negated;
+      };
+    }
+    case 'uri':
+      return (values) => values.some((v) => typeof v.value === 'string' && wanted.includes(v.value));
+  }
+}
+
+/** A quantity search value: `[number]`, `[number]|[system]|[code]` or `[number]||[code or unit]`. */
+interface QuantityTarget {
+  value: number;
+  /** Half the width of the range the value's written precision implies (`5.4` → 0.05, `100` → 0.5). */
+  half: number;
+  system?: string;
+  code?: string;
+}
+
+const NUMBER = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
+
+/** Why a quantity search value cannot be read, or undefined when it can (normalizeFilter refuses it). */
+export function quantityProblem(text: string): string | undefined {
+  // (the value is not echoed: answers never repeat request values, which may name patients)
+  const parts = text.split('|');
+  if (parts.length !== 1 && parts.length !== 3) return 'expected number, number|system|code or number||code';
+  if (!NUMBER.test(parts[0]!) || !Number.isFinite(Number(parts[0]))) return 'the value is not a number';
+  if (parts.length === 3 && parts[1] && !parts[2]) return 'a unit system needs a unit code';
+  return undefined;
+}
+
+function parseQuantity(text: string): QuantityTarget {
+  const [number, system, code] = text.split('|') as [string, string | undefined, string | undefined];
+  const exponent = /[eE]([+-]?\d+)$/.exec(number);
+  const mantissa = exponent ? number.slice(0, exponent.index) : number;
+  const decimals = mantissa.includes('.') ? mantissa.length - mantissa.indexOf('.') - 1 : 0;
+  return {
+    value: Number(number),
+    half: 0.5 * 10 ** ((exponent ? Number(exponent[1]) : 0) - decimals),
+    ...(system ? { system } : {}),
+    ...(code ? { code } : {}),
+  };
+}
+
+/**
+ * One value of the resource against one search value. A value with a comparator (`<5`) stands for
+ * the range it bounds; the prefixes then read as in search.html#prefix: `gt`/`lt`/`ge`/`le` some
+ * of the range lies beyond the value, `sa`/`eb` all of it, `eq` all of it within the implied
+ * precision, `ap` some of it within 10 % (at least the implied precision).
+ */
+function matchesQuantity(q: Quantity, operator: string, t: QuantityTarget): boolean {
+  if (typeof q.value !== 'number') return false;
+  if (t.system !== undefined ? q.system !== t.system || q.code !== t.code : t.code !== undefined && q.code !== t.code && q.unit !== t.code) {
+    return false;
+  }
+  const v = q.value;
+  const below = q.comparator === '<' || q.comparator === '<=';
+  const above = q.comparator === '>' || q.comparator === '>=';
+  const open = q.comparator === '<' || q.comparator === '>';
+  const lo = below ? -Infinity : v;
+  const hi = above ? Infinity : v;
+  switch (operator) {
+    case Operator.EQUALS: return lo >= t.value - t.half && (open && below ? hi <= t.value + t.half : hi < t.value + t.half);
+    case Operator.GREATER_THAN: return hi > t.value;
+    case Operator.GREATER_THAN_OR_EQUALS: return open && below ? hi > t.value : hi >= t.value;
+    case Operator.LESS_THAN: return lo < t.value;
+    case Operator.LESS_THAN_OR_EQUALS: return open && above ? lo < t.value : lo <= t.value;
+    case Operator.STARTS_AFTER: return open && above ? lo >= t.value : lo > t.value;
+    case Operator.ENDS_BEFORE: return open && below ? hi <= t.value : hi < t.value;
+    case Operator.APPROXIMATELY: {
+      const d = Math.max(Math.abs(t.value) * 0.1, t.half);
+      return lo <= t.value + d && hi >= t.value - d;
+    }
+    default: return false;
   }
 }
 

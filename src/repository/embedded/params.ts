@@ -12,7 +12,7 @@ import type { Resource, SearchParameter } from '@medplum/fhirtypes';
 import { loadFhirDefinitions } from '../../fhir/definitions.js';
 
 interface TypeConfig {
-  /** Supported search parameters besides `_id` and `_lastUpdated`. */
+  /** Supported search parameters besides `_id`, `_lastUpdated` and META_PARAMS. */
   params: string[];
   /**
    * The date parameter combined with `patient` in the patient+date index, so that
@@ -23,7 +23,8 @@ interface TypeConfig {
 
 const TYPES: Record<string, TypeConfig> = {
   Observation: {
-    params: ['patient', 'subject', 'code', 'date', 'category', 'device', 'status', 'identifier', 'encounter', 'performer', 'based-on'],
+    params: ['patient', 'subject', 'code', 'date', 'category', 'device', 'status', 'identifier', 'encounter', 'performer', 'based-on',
+      'value-quantity', 'component-code', 'component-value-quantity'],
     patientDate: 'date',
   },
   Patient: { params: ['identifier', 'name', 'family', 'given', 'birthdate', 'gender', 'active', 'general-practitioner', 'organization'] },
@@ -53,8 +54,24 @@ const TYPES: Record<string, TypeConfig> = {
   Provenance: { params: ['target', 'patient', 'agent', 'recorded', 'entity'], patientDate: 'recorded' },
 };
 
-/** Parameter kinds the index understands; `string` is matched after decryption, never indexed. */
-export type IndexKind = 'token' | 'reference' | 'date' | 'string';
+/**
+ * Parameters every type answers besides `_id` and `_lastUpdated`: the tags, security labels and
+ * profiles of `meta`.
+ */
+const META_PARAMS = ['_tag', '_security', '_profile'];
+
+/**
+ * Parameters matched on the decrypted candidates only, with no index rows: they were added after
+ * stores had been written, whose resources have no rows for them, so an index lookup would miss
+ * those resources. A search narrowed by an indexed parameter (patient, date, code…) stays fast.
+ */
+const NOT_INDEXED = new Set([...META_PARAMS, 'component-code']);
+
+/**
+ * Parameter kinds; `token`, `reference` and `date` parameters are indexed (unless NOT_INDEXED),
+ * `string`, `quantity` and `uri` ones are matched after decryption, never indexed.
+ */
+export type IndexKind = 'token' | 'reference' | 'date' | 'string' | 'quantity' | 'uri';
 
 export interface ParamInfo {
   code: string;
@@ -63,6 +80,8 @@ export interface ParamInfo {
   atom: FhirPathAtom;
   /** Target types of a reference parameter. */
   targets: string[];
+  /** Whether writes put index rows for it, so the planner may look it up (NOT_INDEXED). */
+  indexed: boolean;
 }
 
 /** Index entries of one resource version. */
@@ -80,16 +99,17 @@ const infoCache = new Map<string, Map<string, ParamInfo>>();
 
 /** `{ type: [param, …] }` for `supportedSearchParams()`. */
 export function supportedParams(): Record<string, string[]> {
-  return Object.fromEntries(Object.entries(TYPES).map(([type, c]) => [type, ['_id', '_lastUpdated', ...c.params]]));
+  return Object.fromEntries(Object.entries(TYPES).map(([type, c]) => [type, ['_id', '_lastUpdated', ...META_PARAMS, ...c.params]]));
 }
 
-/** The configured parameters of a type (plus `_id`, `_lastUpdated`), compiled once. */
+/** The configured parameters of a type (plus `_id`, `_lastUpdated` and the `meta` ones), compiled once. */
 export function paramsOf(resourceType: string): Map<string, ParamInfo> {
   let infos = infoCache.get(resourceType);
   if (!infos) {
     loadFhirDefinitions();
     infos = new Map();
-    for (const code of ['_id', '_lastUpdated', ...(TYPES[resourceType]?.params ?? [])]) {
+    const config = TYPES[resourceType];
+    for (const code of ['_id', '_lastUpdated', ...(config ? [...META_PARAMS, ...config.params] : [])]) {
       const definition = getSearchParameter(resourceType, code);
       if (!definition?.expression) throw new Error(`no SearchParameter ${resourceType}.${code}`);
       const kind = kindOf(definition);
@@ -98,6 +118,7 @@ export function paramsOf(resourceType: string): Map<string, ParamInfo> {
         code, kind, definition,
         atom: getParsedExpressionForResourceType(resourceType, definition.expression),
         targets: definition.target ?? [],
+        indexed: (kind === 'token' || kind === 'reference' || kind === 'date') && !NOT_INDEXED.has(code),
       });
     }
     infoCache.set(resourceType, infos);
@@ -115,6 +136,8 @@ function kindOf(p: SearchParameter): IndexKind | undefined {
     case 'reference': return 'reference';
     case 'date': return 'date';
     case 'string': return 'string';
+    case 'quantity': return 'quantity';
+    case 'uri': return 'uri';
     default: return undefined;
   }
 }
@@ -144,7 +167,7 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
   let patientRefs: string[] = [];
   let patientDates: { start: number; end: number }[] = [];
   for (const info of paramsOf(type).values()) {
-    if (info.code === '_id' || info.code === '_lastUpdated' || info.kind === 'string') continue;
+    if (info.code === '_id' || info.code === '_lastUpdated' || !info.indexed) continue;
     const values = evalFhirPathTyped(info.atom, typed);
     if (values.length === 0) continue;
     if (info.kind === 'token') {

@@ -24,7 +24,7 @@ import {
 } from './params.js';
 import type { ParamInfo } from './params.js';
 import type { VersionRow } from './store.js';
-import { compileMatcher, stringValues } from './match.js';
+import { compileMatcher, quantityProblem, stringValues } from './match.js';
 
 /** Date rows spanning more than this go to a separate "long" bucket that is scanned whole. */
 export const LONG_SPAN_MS = 24 * 3600 * 1000;
@@ -171,11 +171,23 @@ export function normalizeFilter(type: string, params: Map<string, ParamInfo>, fi
     date: [Operator.EQUALS, Operator.NOT_EQUALS, Operator.GREATER_THAN, Operator.GREATER_THAN_OR_EQUALS, Operator.LESS_THAN,
       Operator.LESS_THAN_OR_EQUALS, Operator.STARTS_AFTER, Operator.ENDS_BEFORE, Operator.APPROXIMATELY, Operator.MISSING, Operator.PRESENT],
     string: [Operator.EQUALS, Operator.EXACT, Operator.CONTAINS, Operator.MISSING, Operator.PRESENT],
+    quantity: [Operator.EQUALS, Operator.NOT_EQUALS, Operator.GREATER_THAN, Operator.GREATER_THAN_OR_EQUALS, Operator.LESS_THAN,
+      Operator.LESS_THAN_OR_EQUALS, Operator.STARTS_AFTER, Operator.ENDS_BEFORE, Operator.APPROXIMATELY, Operator.MISSING, Operator.PRESENT],
+    uri: [Operator.EQUALS, Operator.MISSING, Operator.PRESENT],
   };
   if (!allowed[info.kind]!.includes(op)) throw badRequest(`Unsupported modifier or prefix "${op}" for ${filter.code}`, filter.code);
+  if ((op === Operator.MISSING || op === Operator.PRESENT) && filter.value !== 'true' && filter.value !== 'false') {
+    throw badRequest(`${filter.code}:${op} takes true or false`, filter.code);
+  }
   if (info.kind === 'date' && op !== Operator.MISSING && op !== Operator.PRESENT) {
     for (const v of splitSearchOnComma(filter.value)) {
       if (datesOf([toTypedValue(v)]).length === 0) throw badRequest(`Invalid date for ${filter.code}: ${v}`, filter.code);
+    }
+  }
+  if (info.kind === 'quantity' && op !== Operator.MISSING && op !== Operator.PRESENT) {
+    for (const v of splitSearchOnComma(filter.value)) {
+      const problem = quantityProblem(v);
+      if (problem) throw badRequest(`Invalid quantity for ${filter.code}: ${problem}`, filter.code);
     }
   }
   if (info.kind !== 'reference' || op === Operator.MISSING || op === Operator.PRESENT) return filter;
@@ -264,7 +276,7 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
   const refFilters: { code: string; keys: string[] }[] = [];
   for (const f of filters) {
     const info = params.get(f.code)!;
-    if ((info.kind === 'token' || info.kind === 'reference') && f.code !== '_id') {
+    if ((info.kind === 'token' || info.kind === 'reference') && info.indexed && f.code !== '_id') {
       const keys = indexKeys(type, info, f);
       if (keys) refFilters.push({ code: f.code, keys });
     }
@@ -320,7 +332,7 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
 
   // 4. date range on an indexed date parameter
   for (const [code, info] of params) {
-    if (info.kind !== 'date' || code === '_lastUpdated') continue;
+    if (info.kind !== 'date' || !info.indexed || code === '_lastUpdated') continue;
     const bounds = dateBounds(dateFilters(code));
     if (bounds) return datePlan(dateKey(type, code), bounds, exists(), code, sort?.code === code && !!sort.descending);
   }

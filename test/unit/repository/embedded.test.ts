@@ -406,7 +406,78 @@ describe('search', () => {
     await rejectsWith(search('Observation?subject.name=Smith'), 'ERR_INVALID');
     await rejectsWith(search('Patient?_has:Observation:patient:code=1'), 'ERR_INVALID');
     await rejectsWith(search('Observation?code:above=1'), 'ERR_INVALID');
-    await rejectsWith(search('Observation?value-quantity=5'), 'ERR_INVALID');
+    await rejectsWith(search('Observation?value-string=5'), 'ERR_INVALID');
+    await rejectsWith(search('Observation?value-quantity=high'), 'ERR_INVALID');
+    await rejectsWith(search('Observation?value-quantity=5|http://unitsofmeasure.org|'), 'ERR_INVALID');
+    await rejectsWith(search('Observation?value-quantity=5|mg'), 'ERR_INVALID');
+    await rejectsWith(search('Observation?value-quantity=1e309'), 'ERR_INVALID');
+    await rejectsWith(search('Observation?_profile:below=http://x'), 'ERR_INVALID');
+    await rejectsWith(search('Observation?code:missing=maybe'), 'ERR_INVALID');
+  });
+
+  it('value-quantity: implied precision, every prefix, units by system|code or ||code-or-unit, comparators', async () => {
+    const mg = (value: number, extra: Partial<Observation['valueQuantity']> = {}) =>
+      ({ valueQuantity: { value, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL', ...extra } });
+    const put = async (key: string, o: Observation): Promise<void> => { obsIds[key] = (await repo.create(o)).resource.id!; };
+    await put('q54', observation('q', '2026-03-01T00:00:00Z', mg(54)));
+    await put('q70', observation('q', '2026-03-01T00:05:00Z', mg(70)));
+    await put('q180', observation('q', '2026-03-01T00:10:00Z', mg(180)));
+    await put('q250.4', observation('q', '2026-03-01T00:15:00Z', mg(250.4)));
+    await put('qmmol', observation('q', '2026-03-01T00:20:00Z', { valueQuantity: { value: 5.4, unit: 'mmol/L', system: 'http://unitsofmeasure.org', code: 'mmol/L' } }));
+    await put('qunit', observation('q', '2026-03-01T00:25:00Z', { valueQuantity: { value: 5.4, unit: 'mmol/L' } }));
+    await put('qlow', observation('q', '2026-03-01T00:30:00Z', mg(40, { comparator: '<' })));
+    await put('qnone', observation('q', '2026-03-01T00:35:00Z', { valueQuantity: undefined, dataAbsentReason: { text: 'sensor error' } }));
+    const q = async (value: string): Promise<string[]> => (await obs(`patient=q&value-quantity=${encodeURIComponent(value)}`)).sort();
+    expect(await q('70')).toEqual(['q70']);
+    expect(await q('70.0')).toEqual(['q70']);
+    expect(await q('250')).toEqual(['q250.4']); // [249.5, 250.5)
+    expect(await q('250.0')).toEqual([]); // [249.95, 250.05)
+    expect(await q('7e1')).toEqual(['q70']); // [65, 75)
+    expect(await q('ne70')).toEqual(['q180', 'q250.4', 'q54', 'qlow', 'qmmol', 'qunit']);
+    expect(await q('gt180|http://unitsofmeasure.org|mg/dL')).toEqual(['q250.4']);
+    expect(await q('ge180|http://unitsofmeasure.org|mg/dL')).toEqual(['q180', 'q250.4']);
+    expect(await q('lt70|http://unitsofmeasure.org|mg/dL')).toEqual(['q54', 'qlow']);
+    expect(await q('le70||mg/dL')).toEqual(['q54', 'q70', 'qlow']);
+    expect(await q('lt40')).toEqual(['qlow', 'qmmol', 'qunit']);
+    expect(await q('le40')).toEqual(['qlow', 'qmmol', 'qunit']);
+    expect(await q('sa54')).toEqual(['q180', 'q250.4', 'q70']);
+    expect(await q('eb54')).toEqual(['qlow', 'qmmol', 'qunit']);
+    expect(await q('eb40')).toEqual(['qlow', 'qmmol', 'qunit']); // all of `<40` lies below 40
+    expect(await q('eb39')).toEqual(['qmmol', 'qunit']);
+    expect(await q('ap60')).toEqual(['q54']); // within 10 %: [54, 66]
+    expect(await q('5.4|http://unitsofmeasure.org|mmol/L')).toEqual(['qmmol']);
+    expect(await q('5.4||mmol/L')).toEqual(['qmmol', 'qunit']); // the code, or the unit when there is no code
+    expect(await q('5.4')).toEqual(['qmmol', 'qunit']);
+    expect(await q('5.4|http://example.org|mmol/L')).toEqual([]);
+    expect(await q('54,180')).toEqual(['q180', 'q54']);
+    expect((await obs('patient=q&value-quantity:missing=true')).sort()).toEqual(['qnone']);
+    // no index narrows a quantity: a search without patient or date looks at every Observation
+    expect((await obs('value-quantity=gt200')).sort()).toEqual(['q250.4']);
+    expect(await obs('value-quantity=lt100&_sort=-date&_count=2')).toEqual(['qlow', 'qunit']);
+  });
+
+  it('_tag, _security and _profile match meta; component-code and component-value-quantity match components', async () => {
+    const put = async (key: string, o: Observation): Promise<void> => { obsIds[key] = (await repo.create(o)).resource.id!; };
+    const profile = 'http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-sensor-reading-mass-per-volume';
+    await put('tagged', observation('m', '2026-04-01T00:00:00Z', { meta: { tag: [{ system: 'urn:source', code: 'dexcom' }], profile: [profile],
+      security: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-Confidentiality', code: 'R' }] } }));
+    await put('plain', observation('m', '2026-04-01T00:05:00Z'));
+    await put('bp', observation('m', '2026-04-01T00:10:00Z', { valueQuantity: undefined, component: [
+      { code: { coding: [{ system: 'http://loinc.org', code: '8480-6' }] }, valueQuantity: { value: 120, system: 'http://unitsofmeasure.org', code: 'mm[Hg]' } },
+      { code: { coding: [{ system: 'http://loinc.org', code: '8462-4' }] }, valueQuantity: { value: 80, system: 'http://unitsofmeasure.org', code: 'mm[Hg]' } },
+    ] }));
+    expect(await obs('_tag=urn:source|dexcom')).toEqual(['tagged']);
+    expect(await obs('_tag=dexcom')).toEqual(['tagged']);
+    expect((await obs('patient=m&_tag:not=urn:source|dexcom')).sort()).toEqual(['bp', 'plain']);
+    expect(await obs('_security=http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R')).toEqual(['tagged']);
+    expect(await obs(`_profile=${profile}`)).toEqual(['tagged']);
+    expect(await obs(`_profile=${profile.toUpperCase()}`)).toEqual([]); // a uri matches exactly
+    expect((await obs('patient=m&_profile:missing=true')).sort()).toEqual(['bp', 'plain']);
+    expect(await obs('patient=m&component-code=http://loinc.org|8462-4')).toEqual(['bp']);
+    expect(await obs('patient=m&component-value-quantity=gt100||mm[Hg]')).toEqual(['bp']);
+    expect(await obs('patient=m&component-value-quantity=gt130')).toEqual([]);
+    const patients = await search('Patient?_tag=urn:source|dexcom');
+    expect(patients.resources).toEqual([]);
   });
 
   it('finds a match that lies past the first batch of index candidates', async () => {
