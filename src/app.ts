@@ -216,6 +216,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     pageTokenKey: deriveKey(masterKey, 'page-token'),
     defaultPageSize: config.defaultPageSize,
     maxPageSize: config.maxPageSize,
+    searchScanLimit: config.searchScanLimit,
     logger,
     policy,
     onResponse: (request, response) => consent.audit.record(request, response),

@@ -25,6 +25,11 @@ export interface Config {
   /** Default and maximum page sizes for searches. */
   defaultPageSize: number;
   maxPageSize: number;
+  /**
+   * Resources a FHIR search may have the embedded store examine beyond those its page needs before
+   * it is refused as too costly (GLUCOGUARD_SEARCH_SCAN_LIMIT; 0 = no limit; see SearchOptions.scanLimit).
+   */
+  searchScanLimit: number;
   /** MiB of decoded resource versions the embedded repository keeps for repeated reads; 0 = off (GLUCOGUARD_READ_CACHE_MB). */
   readCacheMb: number;
   /**
@@ -186,6 +191,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     maxIngestBytes: int(pick('GLUCOGUARD_MAX_INGEST_BYTES', 'maxIngestBytes') ?? String(512 * 1024 * 1024), 'GLUCOGUARD_MAX_INGEST_BYTES', 1024, 16 * 1024 ** 3, problems),
     defaultPageSize: int(pick('GLUCOGUARD_PAGE_SIZE', 'defaultPageSize') ?? '50', 'GLUCOGUARD_PAGE_SIZE', 1, 10000, problems),
     maxPageSize: int(pick('GLUCOGUARD_MAX_PAGE_SIZE', 'maxPageSize') ?? '1000', 'GLUCOGUARD_MAX_PAGE_SIZE', 1, 100000, problems),
+    searchScanLimit: int(pick('GLUCOGUARD_SEARCH_SCAN_LIMIT', 'searchScanLimit') ?? '20000', 'GLUCOGUARD_SEARCH_SCAN_LIMIT', 0, 1_000_000_000, problems),
     readCacheMb: int(pick('GLUCOGUARD_READ_CACHE_MB', 'readCacheMb') ?? '64', 'GLUCOGUARD_READ_CACHE_MB', 0, 65536, problems),
     storeMmapMb: int(pick('GLUCOGUARD_STORE_MMAP_MB', 'storeMmapMb') ?? '2047', 'GLUCOGUARD_STORE_MMAP_MB', 0, 2047, problems),
     auth,

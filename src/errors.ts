@@ -72,6 +72,9 @@ export function issue(code: ErrorCode, diagnostics: string, expression?: string)
 
 export const badRequest = (details: string, expression?: string): GlucoGuardError =>
   new GlucoGuardError('ERR_INVALID', details, [issue('ERR_INVALID', details, expression)]);
+/** 400 with issue code `too-costly`: the request is well formed, but answering it would cost too much. */
+export const tooCostly = (details: string, expression?: string): GlucoGuardError =>
+  new GlucoGuardError('ERR_INVALID', details, [{ severity: 'error', code: 'too-costly', diagnostics: details, ...(expression ? { expression: [expression] } : {}) }]);
 export const notFound = (what = 'Not found'): GlucoGuardError => new GlucoGuardError('ERR_NOT_FOUND', what);
 export const gone = (what = 'Deleted'): GlucoGuardError => new GlucoGuardError('ERR_GONE', what);
 export const conflict = (details: string): GlucoGuardError => new GlucoGuardError('ERR_CONFLICT', details);

@@ -10,7 +10,7 @@ import {
   badRequest, conflict, forbidden, GlucoGuardError, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, unprocessable, unsupportedMediaType,
 } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { HistoryEntry, HistoryRequest, Repository } from '../repository/port.js';
+import type { HistoryEntry, HistoryRequest, Repository, SearchOptions } from '../repository/port.js';
 import type { AccessContext } from './access.js';
 import { processBatch, processTransaction } from './bundles.js';
 import { errorToResponse, informational, operationOutcome } from './outcomes.js';
@@ -31,6 +31,8 @@ export interface FhirRouterOptions {
   pageTokenKey: Buffer;
   defaultPageSize: number;
   maxPageSize: number;
+  /** SearchOptions.scanLimit of the searches it runs for requests; 0 or absent = none. */
+  searchScanLimit?: number;
   /** Returns the CapabilityStatement for `GET metadata`. */
   capabilityStatement: () => Resource;
   policy?: AccessPolicy;
@@ -86,8 +88,11 @@ export class FhirRouter {
   private readonly policy: AccessPolicy;
   private readonly guards: OutboundGuard[];
   private readonly pages: PageTokens;
+  /** How the searches of requests run (the scan limit). */
+  private readonly searchOptions: SearchOptions;
 
   constructor(private readonly options: FhirRouterOptions) {
+    this.searchOptions = { scanLimit: options.searchScanLimit ?? 0 };
     this.policy = options.policy ?? OPEN_POLICY;
     this.guards = options.guards ?? [];
     this.pages = new PageTokens(options.pageTokenKey);
@@ -493,12 +498,12 @@ export class FhirRouter {
     if (count === 0) {
       // No entries: for a limited requester a `next` link would only say whether hidden matches exist.
       if (access.kind !== 'open') return { matches, included, hasMore: false, nextOffset: offset };
-      const result = await this.options.repository.search({ ...narrowed, offset, count });
+      const result = await this.options.repository.search({ ...narrowed, offset, count }, this.searchOptions);
       return { matches, included, hasMore: result.hasMore, nextOffset: offset };
     }
     let repoOffset = offset;
     for (;;) {
-      const result = await this.options.repository.search({ ...narrowed, offset: repoOffset, count });
+      const result = await this.options.repository.search({ ...narrowed, offset: repoOffset, count }, this.searchOptions);
       const guarded = await this.guard(access, result.resources);
       // Guards may hand back copies (e.g. with an integrity tag): match them by version.
       const key = (r: Resource): string => `${r.resourceType}/${r.id}/${r.meta?.versionId}`;
@@ -782,7 +787,7 @@ export class FhirRouter {
     const narrowed: SearchRequest = await this.policy.narrowSearch(access, { ...parsed, offset: 0 });
     const out: Resource[] = [];
     for (let offset = 0; ; offset += pageSize) {
-      const result = await this.options.repository.search({ ...narrowed, count: pageSize, offset });
+      const result = await this.options.repository.search({ ...narrowed, count: pageSize, offset }, this.searchOptions);
       out.push(...(await this.guard(access, result.resources)).allowed);
       if (!result.hasMore) return out;
     }

@@ -7,7 +7,7 @@
  */
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, Resource } from '@medplum/fhirtypes';
-import type { HistoryRequest, HistoryResult, Repository, SearchResult, WriteResult } from './port.js';
+import type { HistoryRequest, HistoryResult, Repository, SearchOptions, SearchResult, WriteResult } from './port.js';
 
 /** A version a write produced, and whether it created the resource or updated it. */
 export interface WrittenVersion {
@@ -62,8 +62,8 @@ export abstract class WriteObservingRepository implements Repository {
     return this.inner.vread(resourceType, id, versionId);
   }
 
-  search(request: SearchRequest): Promise<SearchResult> {
-    return this.inner.search(request);
+  search(request: SearchRequest, options?: SearchOptions): Promise<SearchResult> {
+    return this.inner.search(request, options);
   }
 
   history(request: HistoryRequest): Promise<HistoryResult> {

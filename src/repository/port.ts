@@ -12,6 +12,18 @@
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, Resource } from '@medplum/fhirtypes';
 
+/** How one search may run. */
+export interface SearchOptions {
+  /**
+   * How many candidates the embedded store may examine beyond those the page needs (candidates that
+   * do not match, or matches past the page when it must sort them itself) before it refuses the
+   * search as too costly (400, issue code `too-costly`): a search it cannot narrow by an index
+   * otherwise holds the process for as long as reading every resource of the type takes.
+   * Undefined or 0: no limit (internal callers). An upstream server applies its own limits.
+   */
+  scanLimit?: number;
+}
+
 /** One version of one resource. */
 export interface VersionKey {
   resourceType: string;
@@ -99,7 +111,7 @@ export interface Repository {
   delete(resourceType: string, id: string): Promise<void>;
 
   /** search (search.html), parsed by @medplum/core `parseSearchRequest`; offset/count page it. */
-  search(request: SearchRequest): Promise<SearchResult>;
+  search(request: SearchRequest, options?: SearchOptions): Promise<SearchResult>;
 
   /** instance, type and system history (http.html#history), newest first. */
   history(request: HistoryRequest): Promise<HistoryResult>;

@@ -38,7 +38,7 @@ describe('config', () => {
     expect(error!.problems.join('\n')).toMatch(/GLUCOGUARD_AUTH must be one of on, off/);
   });
 
-  test('read cache size and the chain node thread: defaults, overrides, bad values', () => {
+  test('read cache size, search scan limit and the chain node thread: defaults, overrides, bad values', () => {
     const d = loadConfig({});
     expect(d.readCacheMb).toBe(64);
     expect(d.chain.nodeThread).toBe('worker');
@@ -50,6 +50,9 @@ describe('config', () => {
     expect(loadConfig({ GLUCOGUARD_STORE_MMAP_MB: '0' }).storeMmapMb).toBe(0);
     expect(() => loadConfig({ GLUCOGUARD_STORE_MMAP_MB: '4096' })).toThrow(/GLUCOGUARD_STORE_MMAP_MB must be an integer from 0 to 2047/);
     expect(() => loadConfig({ CHAIN_NODE_THREAD: 'fork' })).toThrow(/CHAIN_NODE_THREAD must be one of worker, main/);
+    expect(d.searchScanLimit).toBe(20000);
+    expect(loadConfig({ GLUCOGUARD_SEARCH_SCAN_LIMIT: '0' }).searchScanLimit).toBe(0);
+    expect(() => loadConfig({ GLUCOGUARD_SEARCH_SCAN_LIMIT: 'lots' })).toThrow(/GLUCOGUARD_SEARCH_SCAN_LIMIT must be an integer from 0/);
     expect(d.compression).toBe('on');
     expect(loadConfig({ GLUCOGUARD_COMPRESSION: 'off' }).compression).toBe('off');
     expect(() => loadConfig({ GLUCOGUARD_COMPRESSION: 'gzip' })).toThrow(/GLUCOGUARD_COMPRESSION must be one of on, off/);

@@ -22,7 +22,7 @@ import { badRequest, gone, notFound, preconditionFailed } from '../../errors.js'
 import { patientIdsOf } from '../../fhir/compartment.js';
 import { loadFhirDefinitions } from '../../fhir/definitions.js';
 import type {
-  HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchResult, VersionKey, WriteResult,
+  HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchOptions, SearchResult, VersionKey, WriteResult,
 } from '../port.js';
 import { attachCanonicalText } from '../port.js';
 import { canonicalResourceText } from '../../ledger/canonical.js';
@@ -169,10 +169,10 @@ export class EmbeddedRepository implements Repository {
     return this.write(() => this.deleteSync(resourceType, id));
   }
 
-  async search(request: SearchRequest): Promise<SearchResult> {
+  async search(request: SearchRequest, options?: SearchOptions): Promise<SearchResult> {
     this.checkOpen();
     this.syncDecoded();
-    return runSearch(this.searchContext, request);
+    return runSearch(this.searchContext, request, options?.scanLimit);
   }
 
   /**

@@ -15,7 +15,7 @@ import { evalFhirPathTyped, Operator, splitSearchOnComma, toTypedValue } from '@
 import type { Filter, IncludeTarget, SearchRequest } from '@medplum/core';
 import type { Resource } from '@medplum/fhirtypes';
 import type { Database, Statement } from 'better-sqlite3';
-import { badRequest } from '../../errors.js';
+import { badRequest, tooCostly } from '../../errors.js';
 import { patientIdOfReference } from '../../fhir/compartment.js';
 import type { SearchResult } from '../port.js';
 import {
@@ -84,8 +84,12 @@ export const SELECT = 'SELECT v.seq, v.type, v.id, v.version, v.last_updated, v.
  */
 export const SELECT_LIGHT = 'SELECT v.seq, v.key_id, v.key_version, 1 AS light';
 
-/** Runs a parsed search request. Throws ERR_INVALID for parameters this adapter does not support. */
-export function runSearch(ctx: SearchContext, request: SearchRequest): SearchResult {
+/**
+ * Runs a parsed search request. Throws ERR_INVALID for parameters this adapter does not support,
+ * and (too-costly) once more than `scanLimit` candidates were examined beyond what the page needs
+ * (SearchOptions.scanLimit; 0 = no limit).
+ */
+export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit = 0): SearchResult {
   const type = request.resourceType;
   const params = paramsFor(type);
   const filters = (request.filters ?? []).map((f) => normalizeFilter(type, params, f));
@@ -106,9 +110,14 @@ export function runSearch(ctx: SearchContext, request: SearchRequest): SearchRes
   const matches: Resource[] = [];
   const isMatch = compileMatcher(params, filters.filter((f) => !plan.proven?.includes(f)));
   const seen = new Set<number>();
+  let examined = 0;
   const accept = (row: VersionRow): boolean => {
     if (seen.has(row.seq)) return false;
     seen.add(row.seq);
+    if (scanLimit > 0 && ++examined - Math.min(matches.length, wanted) > scanLimit) {
+      throw tooCostly(`This search would examine more than ${scanLimit} ${type} resources that do not make up the page: `
+        + 'narrow it with an indexed parameter (patient, date, code, identifier…) or a shorter date range');
+    }
     const resource = ctx.decode(row);
     if (!resource) return false;
     if (!isMatch(resource)) return false;

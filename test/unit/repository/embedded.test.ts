@@ -492,6 +492,30 @@ describe('search', () => {
     expect(day.hasMore).toBe(true);
   });
 
+  it('a scan limit refuses a search that examines too many candidates the page does not need, not one that just returns many', async () => {
+    const limited = (query: string, scanLimit: number) => repo.search(parseSearchRequest(query), { scanLimit });
+    const tooCostly = async (query: string, scanLimit: number): Promise<void> => {
+      const err = await limited(query, scanLimit).then(() => undefined, (e: unknown) => e);
+      if (!isGlucoGuardError(err, 'ERR_INVALID') || err.issues[0]!.code !== 'too-costly') throw new Error(`expected too-costly for ${query}`);
+      expect(err.message).toMatch(/more than \d+ Observation resources/);
+    };
+    // six Observations in all, five of patient 12, none above 1000 mg/dL
+    await tooCostly('Observation?value-quantity=gt1000', 5);
+    expect((await limited('Observation?value-quantity=gt1000', 6)).resources).toEqual([]);
+    await tooCostly('Observation?_tag=none', 3);
+    // every candidate matches: the page needs them all, nothing is wasted
+    expect((await limited('Observation?patient=12&_count=100', 1)).resources).toHaveLength(5);
+    expect((await limited('Observation?patient=12&_count=2', 1)).resources).toHaveLength(2);
+    // a sort the index does not yield reads and sorts every match: those past the page count
+    await tooCostly('Observation?patient=12&_sort=_lastUpdated&_count=1', 2);
+    expect((await limited('Observation?patient=12&_sort=_lastUpdated&_count=1', 3)).resources).toHaveLength(1);
+    // the patient+date index narrows first: what it yields is what may be examined
+    expect((await limited('Observation?patient=12&date=2026-01-01&value-quantity=gt1000', 3)).resources).toEqual([]);
+    await tooCostly('Observation?patient=12&date=2026-01-01&value-quantity=gt1000', 2);
+    // no limit given (internal callers): no refusal
+    expect((await repo.search(parseSearchRequest('Observation?value-quantity=gt1000'))).resources).toEqual([]);
+  });
+
   it('only the current version is searchable', async () => {
     const current = await repo.read<Observation>('Observation', obsIds['d1-00']!);
     await repo.update({ ...current, code: { coding: [{ system: 'http://loinc.org', code: '2339-0' }] } });
