@@ -24,6 +24,7 @@ import { parseSearchRequest } from '@medplum/core';
 import type { Bundle, Resource } from '@medplum/fhirtypes';
 import { createApp, type App } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
+import { OPEN_ACCESS } from '../src/fhir/access.js';
 import { byteLengthOf, endWithChunks, jsonChunks } from '../src/fhir/json-text.js';
 import { createLogger } from '../src/log.js';
 import { childMain, runInChild } from './child.js';
@@ -124,7 +125,8 @@ async function loadPhase(app: App, total: number, patients: number, order: LoadO
 async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<string, number>> {
   const iterations = Number(process.env.BENCH_QUERIES ?? 500);
   const codingQueries = 200;
-  const all = Array.from({ length: iterations + codingQueries }, (_, i) => {
+  const thresholdQueries = 200;
+  const all = Array.from({ length: iterations + codingQueries + thresholdQueries }, (_, i) => {
     const patient = setup.patientIds[(i * 37) % setup.patientIds.length]!;
     const day = new Date(Date.parse('2026-01-01T00:00:00Z') + ((i * 13) % setup.days) * 86_400_000).toISOString().slice(0, 10);
     return patientDayQuery(patient, day);
@@ -176,7 +178,8 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
     const b = summary(overBare.sort((x, y) => x - y));
     const conc = await client.run(queries.map((q) => `/fhir/${q}`), 4, Number(process.env.BENCH_SECONDS ?? 10));
     const rps = conc.times.length / conc.elapsed;
-    const coding = await codingCompared(app, client, gzipClient, all.slice(iterations));
+    const coding = await codingCompared(app, client, gzipClient, all.slice(iterations, iterations + codingQueries));
+    const threshold = await thresholdCompared(app, (server.address() as AddressInfo).port, all.slice(iterations + codingQueries));
     const parts = await breakdown(app, queries.slice(0, 200));
     log(`  patient-day query (288 of ${setup.loaded.toLocaleString('en')}), ${iterations} queries over varied patients/days:`);
     log(`    direct repository: p50 ${fmt(d.p50)} ms, p95 ${fmt(d.p95)} ms`);
@@ -187,6 +190,10 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
       + ` ${fmt(b.p50 / d.p50)}x direct; the facade is ${fmt(h.p50 / b.p50)}x that floor`);
     log(`    Accept-Encoding: gzip vs none, ${codingQueries} further unseen queries taking turns: p50 ${fmt(coding.gzipP50)} vs ${fmt(coding.identityP50)} ms over loopback;`
       + ` ${fmt(coding.gzipBytes / 1024, 1)} vs ${fmt(coding.identityBytes / 1024, 1)} kB per answer`);
+    log(`    the same day with a glucose threshold (value-quantity=gt180|…|mg/dL, matched on the decrypted day; ${fmt(threshold.matches, 0)} of 288 readings match on average),`
+      + ` ${thresholdQueries} further unseen queries, direct and HTTP taking turns: direct p50 ${fmt(threshold.directP50)} ms, HTTP p50 ${fmt(threshold.httpP50)} ms`);
+    log(`    a threshold with nothing to narrow it (Observation?value-quantity=gt100000): refused as too costly after ${fmt(threshold.refusedP50, 0)} ms (p50 of 3;`
+      + ` scan limit ${threshold.scanLimit.toLocaleString('en')}), where reading every reading would hold the process for the whole store`);
     log(`    where the HTTP time goes (p50 per stage, in-process, ${parts.n} of the queries again, integrity checked as on a first read of each version):`);
     log(`      repository search ${fmt(parts.search)} ms + integrity check ${fmt(parts.integrity)} ms + serialising the Bundle ${fmt(parts.serialize)} ms`
       + ` = ${fmt(parts.search + parts.integrity + parts.serialize)} ms; the rest of the HTTP p50 (${fmt(Math.max(0, h.p50 - parts.search - parts.integrity - parts.serialize))} ms):`
@@ -194,6 +201,7 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
     return {
       directP50: d.p50, directP95: d.p95, httpP50: h.p50, httpP95: h.p95, httpRps: rps, ratioP50: h.p50 / d.p50, rssMb: rssMb(),
       bareHttpP50: b.p50, bareHttpP95: b.p95, bareRatioP50: b.p50 / d.p50, facadeOverBareP50: h.p50 / b.p50,
+      thresholdDirectP50: threshold.directP50, thresholdHttpP50: threshold.httpP50, thresholdMatches: threshold.matches, unnarrowedRefusedMs: threshold.refusedP50,
       gzipP50: coding.gzipP50, identityP50: coding.identityP50, gzipKiB: coding.gzipBytes / 1024, identityKiB: coding.identityBytes / 1024,
       stageSearchP50: parts.search, stageIntegrityColdP50: parts.integrity, stageSerializeP50: parts.serialize,
     };
@@ -255,6 +263,49 @@ async function codingCompared(app: App, identity: HttpClient, gzip: HttpClient, 
     identityBytes: bytes.identity / times.identity.length,
     gzipBytes: bytes.gzip / times.gzip.length,
   };
+}
+
+/**
+ * A patient-day with a glucose threshold (quantity parameters have no index rows: the day's
+ * readings are decrypted and matched), direct and over HTTP taking turns on unseen queries; then
+ * the time until the facade refuses the same threshold with nothing to narrow it (too-costly).
+ */
+async function thresholdCompared(app: App, port: number, days: string[]): Promise<{ directP50: number; httpP50: number; matches: number; refusedP50: number; scanLimit: number }> {
+  const client = new HttpClient(port, { entries: -1 });
+  try {
+    const direct: number[] = [];
+    const overHttp: number[] = [];
+    let matches = 0;
+    for (let i = 0; i < days.length; i++) {
+      const q = `${days[i]}&value-quantity=gt180|http://unitsofmeasure.org|mg/dL`;
+      app.readCache?.clear();
+      if (i % 2 === 0) {
+        const t0 = process.hrtime.bigint();
+        const r = await app.repository.search(parseSearchRequest(q));
+        direct.push(Number(process.hrtime.bigint() - t0) / 1e6);
+        matches += r.resources.length;
+      } else {
+        overHttp.push(...(await client.run([`/fhir/${q}`])).times);
+      }
+    }
+    const refused: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      const res = await app.fhir.handle({ method: 'GET', path: 'Observation', query: { 'value-quantity': 'gt100000' }, headers: {}, access: OPEN_ACCESS });
+      refused.push(performance.now() - t0);
+      const outcome = res.body as { issue?: { code?: string }[] };
+      if (res.status !== 400 || outcome.issue?.[0]?.code !== 'too-costly') throw new Error(`unnarrowed threshold answered ${res.status}, not 400 too-costly`);
+    }
+    return {
+      directP50: summary(direct.sort((a, b) => a - b)).p50,
+      httpP50: summary(overHttp.sort((a, b) => a - b)).p50,
+      matches: matches / direct.length,
+      refusedP50: summary(refused.sort((a, b) => a - b)).p50,
+      scanLimit: app.config.searchScanLimit,
+    };
+  } finally {
+    await client.close();
+  }
 }
 
 /**

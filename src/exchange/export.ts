@@ -31,6 +31,9 @@ import { GuardedReader } from './reader.js';
 import type { StudyDeidentifiers } from './research.js';
 
 /** Types exported when `_type` is absent: the clinical data, not consents, audit trails or subscriptions. */
+/** Parameters starting with `_` that a `_typeFilter` may use: filters, not result parameters. */
+const TYPE_FILTER_COMMON = new Set(['_id', '_lastUpdated', '_tag', '_security', '_profile']);
+
 export const DEFAULT_EXPORT_TYPES = ['Patient', 'Observation', 'Device', 'MedicationAdministration', 'DiagnosticReport', 'ServiceRequest'];
 const NDJSON_FORMATS = new Set(['application/fhir+ndjson', 'application/ndjson', 'ndjson']);
 const MAX_ATTEMPTS = 3;
@@ -127,7 +130,7 @@ export class ExportService {
       if (!allowedTypes.includes(type)) throw badRequest('_typeFilter must be Type?query for an exported type', '_typeFilter');
       if (typeFilters[type]) throw badRequest(`Only one _typeFilter per type is supported (${type})`, '_typeFilter');
       const record = queryOfText(raw.slice(q + 1));
-      if (Object.keys(record).some((k) => k.startsWith('_') && k !== '_id' && k !== '_lastUpdated')) throw badRequest('_typeFilter takes search filters only', '_typeFilter');
+      if (Object.keys(record).some((k) => k.startsWith('_') && !TYPE_FILTER_COMMON.has(k.split(':')[0]!))) throw badRequest('_typeFilter takes search filters only', '_typeFilter');
       typeFilters[type] = record;
     }
     if (level === 'group') await this.groupMembers(target.id!); // 404 before a job exists

@@ -185,7 +185,16 @@ describe('bulk $export', () => {
     expect((await manifestOf(res.headers['content-location']!, studyToken)).output).toEqual([]);
     const filtered = await kickOff(`/fhir/$export?_type=Observation&_typeFilter=${encodeURIComponent('Observation?code=http://loinc.org|00000-0')}`, studyToken);
     expect((await manifestOf(filtered.headers['content-location']!, studyToken)).output).toEqual([]);
-  }, 60_000);
+    // quantity and meta parameters filter too (matched on the decrypted readings)
+    const none = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${encodeURIComponent('Observation?value-quantity=gt100000')}`, studyToken);
+    expect((await manifestOf(none.headers['content-location']!, studyToken)).output).toEqual([]);
+    const all = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${encodeURIComponent('Observation?value-quantity=ge0')}`, studyToken);
+    expect((await manifestOf(all.headers['content-location']!, studyToken)).output[0]!.count).toBe(trace.filter((r) => r.epochMs >= now - 10 * DAY).length);
+    const tagged = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${encodeURIComponent('Observation?_tag=urn:example|none')}`, studyToken);
+    expect(tagged.status).toBe(202);
+    expect((await manifestOf(tagged.headers['content-location']!, studyToken)).output).toEqual([]);
+    expect((await kickOff(`/fhir/$export?_type=Observation&_typeFilter=${encodeURIComponent('Observation?_count=5')}`, studyToken)).status).toBe(400);
+  }, 90_000);
 
   test('while running: 202 with X-Progress; polling sooner than Retry-After is a 429; DELETE cancels (202, then 404)', async () => {
     const res = await kickOff('/fhir/Patient/$export?_type=Observation', studyToken);
