@@ -27,7 +27,10 @@ const TYPES: Record<string, TypeConfig> = {
       'value-quantity', 'component-code', 'component-value-quantity'],
     patientDate: 'date',
   },
-  Patient: { params: ['identifier', 'name', 'family', 'given', 'birthdate', 'gender', 'active', 'general-practitioner', 'organization'] },
+  Patient: {
+    params: ['identifier', 'name', 'family', 'given', 'birthdate', 'gender', 'active', 'general-practitioner', 'organization',
+      'address', 'address-city', 'address-postalcode', 'address-state', 'address-country', 'telecom', 'phone', 'email', 'deceased', 'language'],
+  },
   Device: { params: ['identifier', 'patient', 'type', 'status', 'manufacturer', 'model', 'device-name', 'udi-di', 'organization'] },
   Consent: {
     params: ['identifier', 'patient', 'status', 'category', 'date', 'period', 'actor', 'scope', 'purpose', 'action', 'organization', 'consentor', 'source-reference'],
@@ -49,8 +52,8 @@ const TYPES: Record<string, TypeConfig> = {
     params: ['identifier', 'patient', 'subject', 'code', 'status', 'authored', 'category', 'intent', 'requester', 'performer', 'occurrence', 'encounter', 'based-on'],
     patientDate: 'authored',
   },
-  Practitioner: { params: ['identifier', 'name', 'family', 'given', 'active', 'gender'] },
-  Organization: { params: ['identifier', 'name', 'type', 'active', 'partof'] },
+  Practitioner: { params: ['identifier', 'name', 'family', 'given', 'active', 'gender', 'address', 'telecom', 'phone', 'email'] },
+  Organization: { params: ['identifier', 'name', 'type', 'active', 'partof', 'address'] },
   Provenance: { params: ['target', 'patient', 'agent', 'recorded', 'entity'], patientDate: 'recorded' },
 };
 
@@ -65,7 +68,7 @@ const META_PARAMS = ['_tag', '_security', '_profile'];
  * stores had been written, whose resources have no rows for them, so an index lookup would miss
  * those resources. A search narrowed by an indexed parameter (patient, date, code…) stays fast.
  */
-const NOT_INDEXED = new Set([...META_PARAMS, 'component-code']);
+const NOT_INDEXED = new Set([...META_PARAMS, 'component-code', 'telecom', 'phone', 'email', 'deceased', 'language']);
 
 /**
  * Parameter kinds; `token`, `reference` and `date` parameters are indexed (unless NOT_INDEXED),

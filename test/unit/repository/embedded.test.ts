@@ -352,6 +352,28 @@ describe('search', () => {
     expect(await patients('gender=male')).toEqual(['123']);
   });
 
+  it('Patient: address, telecom, phone, email, deceased and language, matched on the decrypted patients', async () => {
+    await repo.update<Patient>({ resourceType: 'Patient', id: 'p-contact', name: [{ family: 'Okafor' }],
+      address: [{ line: ['1 Rue Haute'], city: 'Liège', postalCode: '4000', country: 'BE' }],
+      telecom: [{ system: 'phone', value: '+32 4 123 45 67' }, { system: 'email', value: 'n.okafor@example.org' }],
+      communication: [{ language: { coding: [{ system: 'urn:ietf:bcp:47', code: 'fr-BE' }] } }] });
+    await repo.update<Patient>({ resourceType: 'Patient', id: 'p-deceased', name: [{ family: 'Old' }], deceasedDateTime: '2020-01-01' });
+    const patients = async (query: string): Promise<string[]> => ids((await search(`Patient?${query}`)).resources).sort();
+    expect(await patients('address-city=liege')).toEqual(['p-contact']);
+    expect(await patients('address=liege')).toEqual(['p-contact']);
+    expect(await patients('address:contains=rue')).toEqual(['p-contact']);
+    expect(await patients('address=rue')).toEqual([]); // starts-with, on each part
+    expect(await patients('address-postalcode=4000')).toEqual(['p-contact']);
+    expect(await patients('address-country=BE')).toEqual(['p-contact']);
+    expect(await patients('phone=%2B32 4 123 45 67')).toEqual(['p-contact']);
+    expect(await patients('email=n.okafor@example.org')).toEqual(['p-contact']);
+    expect(await patients('telecom=email|n.okafor@example.org')).toEqual(['p-contact']);
+    expect(await patients('email=someone@example.org')).toEqual([]);
+    expect(await patients('language=fr-BE')).toEqual(['p-contact']);
+    expect(await patients('deceased=true')).toEqual(['p-deceased']);
+    expect(await patients('deceased=false')).toEqual(['12', '123', 'p-contact']);
+  });
+
   it('sorts by date, -date, _lastUpdated and _id', async () => {
     expect(await obs('patient=12&_sort=date')).toEqual(['long', 'd1-00', 'd1-06', 'd1-12', 'd2-00']);
     expect(await obs('patient=12&_sort=-date')).toEqual(['d2-00', 'd1-12', 'd1-06', 'd1-00', 'long']);
