@@ -13,6 +13,7 @@ import type { Logger } from '../log.js';
 import type { HistoryEntry, HistoryRequest, Repository, SearchOptions } from '../repository/port.js';
 import type { AccessContext } from './access.js';
 import { processBatch, processTransaction } from './bundles.js';
+import { applyFhirPathPatch, isFhirPathPatch, parseFhirPathPatch } from './fhirpath-patch.js';
 import { errorToResponse, informational, operationOutcome } from './outcomes.js';
 import { PageTokens, pairsToQuery, queryOfText, queryPairs, toQueryString } from './paging.js';
 import { OPEN_POLICY, type AccessPolicy, type GuardOptions, type OutboundGuard } from './policy.js';
@@ -341,14 +342,12 @@ export class FhirRouter {
    */
   private async patch(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'update', type);
-    const operations = patchBody(req);
+    const applyTo = patchOf(req);
     const current = await this.changeable(req.access, type, id);
     const ifMatch = parseIfMatch(req.headers['if-match']);
     if (ifMatch !== undefined && ifMatch !== current.meta?.versionId) throw preconditionFailed(`If-Match ${ifMatch} is not the current version`);
     const patched = structuredClone(current) as Resource; // the current version may be a frozen shared object
-    const failures = applyPatch(patched, operations as Operation[])
-      .map((error, i) => (error ? { severity: 'error' as const, code: 'processing' as const, diagnostics: `Patch operation ${i} (${operations[i]!.op} ${operations[i]!.path.slice(0, 200)}): ${PATCH_FAILURES[error.name] ?? 'cannot be applied'}`, expression: [`[${i}]`] } : undefined))
-      .filter((x) => x !== undefined);
+    const failures = applyTo(patched);
     if (failures.length) throw unprocessable(failures);
     if (patched.resourceType !== type || patched.id !== id) {
       throw unprocessable([{ severity: 'error', code: 'processing', diagnostics: 'A patch may not change resourceType or id' }]);
@@ -881,12 +880,30 @@ const PATCH_FAILURES: Record<string, string> = {
   InvalidOperationError: 'not a JSON Patch operation',
 };
 
-/** A JSON Patch document (RFC 6902): an array of operations, each with an `op` and a `path` (415 for other bodies). */
-function patchBody(req: FhirRequest): { op: string; path: string }[] {
+/**
+ * The patch a PATCH request carries, as a function applying it to a copy of the resource and
+ * answering the issues of what could not be applied: a JSON Patch document
+ * (`application/json-patch+json`) or a FHIRPath Patch `Parameters` resource (FHIR JSON). 415 for
+ * other media types, 400 for a malformed document.
+ */
+function patchOf(req: FhirRequest): (resource: Resource) => OperationOutcomeIssue[] {
   const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-  if (contentType !== 'application/json-patch+json') {
-    throw unsupportedMediaType(`PATCH takes a JSON Patch document (application/json-patch+json), not "${contentType.slice(0, 64) || 'none'}"`);
+  if (contentType === 'application/json-patch+json') {
+    const operations = jsonPatchBody(req);
+    return (resource) => applyPatch(resource, operations as Operation[])
+      .map((error, i) => (error ? { severity: 'error' as const, code: 'processing' as const, diagnostics: `Patch operation ${i} (${operations[i]!.op} ${operations[i]!.path.slice(0, 200)}): ${PATCH_FAILURES[error.name] ?? 'cannot be applied'}`, expression: [`[${i}]`] } : undefined))
+      .filter((x) => x !== undefined);
   }
+  if (FHIR_JSON_TYPES.has(contentType)) {
+    if (!isFhirPathPatch(req.body)) throw badRequest('A PATCH with a FHIR JSON body takes a FHIRPath Patch: a Parameters resource of operations');
+    const operations = parseFhirPathPatch(req.body);
+    return (resource) => applyFhirPathPatch(resource, operations);
+  }
+  throw unsupportedMediaType(`PATCH takes a JSON Patch document (application/json-patch+json) or a FHIRPath Patch (application/fhir+json), not "${contentType.slice(0, 64) || 'none'}"`);
+}
+
+/** A JSON Patch document (RFC 6902): an array of operations, each with an `op` and a `path`. */
+function jsonPatchBody(req: FhirRequest): { op: string; path: string }[] {
   const body = req.body;
   if (!Array.isArray(body) || body.length === 0) throw badRequest('A JSON Patch document is a non-empty array of operations');
   body.forEach((op: unknown, i) => {
@@ -910,9 +927,12 @@ function checkId(id: string): string {
 }
 
 /** 415 unless the request says its body is FHIR JSON (`application/fhir+json` or `application/json`). */
+/** Media types of FHIR JSON request bodies. */
+const FHIR_JSON_TYPES = new Set(['application/fhir+json', 'application/json']);
+
 export function requireFhirJson(req: FhirRequest): void {
   const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-  if (contentType !== 'application/fhir+json' && contentType !== 'application/json') {
+  if (!FHIR_JSON_TYPES.has(contentType)) {
     throw unsupportedMediaType(`Content-Type must be application/fhir+json (got "${contentType.slice(0, 64) || 'none'}")`);
   }
 }

@@ -709,9 +709,24 @@ const wPatchOps = fc.constantFrom(
   [{ op: 'replace', path: '/subject', value: { reference: 'Patient/@A' } }],
   [{ op: 'test', path: '/status', value: 'cancelled' }, { op: 'replace', path: '/status', value: 'final' }],
 );
+/** The same edits as FHIRPath Patch documents (Parameters, sent as FHIR JSON). */
+const fpOperation = (type: string, path: string, value?: Record<string, unknown>, name?: string) => ({ name: 'operation', part: [
+  { name: 'type', valueCode: type }, { name: 'path', valueString: path }, ...(name ? [{ name: 'name', valueString: name }] : []), ...(value ? [{ name: 'value', ...value }] : []),
+] });
+const wFhirPathPatch = fc.constantFrom(
+  [fpOperation('replace', 'Observation.status', { valueCode: 'amended' })],
+  [fpOperation('add', 'Observation', { valueAnnotation: { text: 'patched' } }, 'note')],
+  [fpOperation('replace', 'Observation.subject', { valueReference: { reference: 'Patient/@B' } })],
+  [fpOperation('replace', 'Observation.subject', { valueReference: { reference: 'Patient/@A' } })],
+  [fpOperation('replace', 'Device.patient', { valueReference: { reference: 'Patient/@B' } })],
+  [fpOperation('delete', 'Observation.subject')],
+).map((parameter) => ({ resourceType: 'Parameters', parameter }));
 const writeReq: fc.Arbitrary<WReq> = fc.oneof(
   { weight: 1, arbitrary: fc.tuple(wTarget, wPatchOps, fc.option(wCriteria, { nil: undefined, freq: 3 })).map(([{ type, id }, ops, criteria]): WReq => ({
     method: 'PATCH', path: criteria !== undefined ? `${type}?${criteria}` : `${type}/${id}`, body: ops, headers: { 'content-type': 'application/json-patch+json' },
+  })) },
+  { weight: 1, arbitrary: fc.tuple(wTarget, wFhirPathPatch, fc.option(wCriteria, { nil: undefined, freq: 3 })).map(([{ type, id }, doc, criteria]): WReq => ({
+    method: 'PATCH', path: criteria !== undefined ? `${type}?${criteria}` : `${type}/${id}`, body: doc, headers: { 'content-type': 'application/fhir+json' },
   })) },
   { weight: 3, arbitrary: fc.tuple(wEntry, wPrefer).map(([e, prefer]): WReq => ({
     method: e.method, path: wUrl(e),
@@ -821,6 +836,7 @@ async function checkWrite(w: Writer, purposeOfUse: string, raw: WReq): Promise<v
   const isTx = r.path === '' && (r.body as Bundle).type === 'transaction';
   if ((res.status >= 400 || (r.path !== '' && res.status >= 300)) && written.length) problems.push(`rejected (${res.status}) yet wrote ${written.map((e) => `${e.method} ${e.resourceType}/${e.id}`).join(', ')}`);
   count(`write ${r.path === '' ? (r.body as Bundle).type : r.method} ${res.status}`);
+  if (r.method === 'PATCH' && r.headers?.['content-type'] === 'application/fhir+json') count(`write FHIRPath PATCH ${res.status}`);
   if (r.path.includes('?')) count(`conditional write ${res.status}`);
   if (isTx && res.status >= 400) count('transaction rejected');
   /** What the requester could read before of the resources it changed (a patch's answer holds what the patch left as it was). */
@@ -901,5 +917,6 @@ describe('consent enforcement: writes change nothing the requester could not see
     expect(stats.get('conditional write 201') ?? 0).toBeGreaterThan(1);
     expect(stats.get('conditional write 204') ?? 0).toBeGreaterThan(1);
     expect(stats.get('write PATCH 200') ?? 0).toBeGreaterThan(1);
+    expect(stats.get('write FHIRPath PATCH 200') ?? 0).toBeGreaterThan(1);
   }, 120_000);
 });

@@ -314,8 +314,9 @@ describe.each(REPOSITORY_ADAPTERS)('FHIR facade on the %s repository', (adapter,
     expect(big.body.resourceType).toBe('OperationOutcome');
     expect((await http().get('/fhir/Nonsense/1')).status).toBe(404);
     expect((await http().get('/fhir/Patient/unknown-id')).status).toBe(404);
-    // PATCH takes a JSON Patch document (fhir-patch.test.ts), not a resource; PATCH of a whole type is not a thing
-    expect((await http().patch(`/fhir/Patient/${patientId}`).set('Content-Type', FHIR_JSON).send({})).status).toBe(415);
+    // PATCH takes a JSON Patch document or, as FHIR JSON, a FHIRPath Patch Parameters resource (fhir-patch.test.ts), not another body; PATCH of a whole type is not a thing
+    expect((await http().patch(`/fhir/Patient/${patientId}`).set('Content-Type', FHIR_JSON).send({})).status).toBe(400);
+    expect((await http().patch(`/fhir/Patient/${patientId}`).set('Content-Type', 'text/plain').send('{}')).status).toBe(415);
     expect((await http().patch('/fhir/Patient').set('Content-Type', 'application/json-patch+json').send('[]')).status).toBe(405);
     const unknownParam = await http().get('/fhir/Observation').query({ colour: 'blue' });
     expect(unknownParam.status).toBe(400);

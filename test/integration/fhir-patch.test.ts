@@ -1,5 +1,5 @@
 /**
- * patch (https://hl7.org/fhir/R4/http.html#patch) with JSON Patch (RFC 6902) over HTTP, on the
+ * patch (https://hl7.org/fhir/R4/http.html#patch) with JSON Patch (RFC 6902) and FHIRPath Patch over HTTP, on the
  * embedded repository and on the upstream adapter in front of a real FHIR server: a new version
  * with the same checks as an update; a patch that does not apply, or leaves an invalid resource,
  * stores nothing. Then the same with SMART tokens: a patch reaches only what the requester may change.
@@ -86,7 +86,9 @@ describe.each(REPOSITORY_ADAPTERS)('JSON Patch on the %s repository', (_adapter,
   });
 
   test.each([
-    ['a FHIR resource body', [{ op: 'replace', path: '/status', value: 'final' }], FHIR_JSON, 415],
+    // FHIR JSON carries a FHIRPath Patch (below): a JSON Patch document sent as FHIR JSON is not a Parameters resource
+    ['a JSON Patch sent as FHIR JSON', [{ op: 'replace', path: '/status', value: 'final' }], FHIR_JSON, 400],
+    ['a text body', [{ op: 'replace', path: '/status', value: 'final' }], 'text/plain', 415],
     ['an empty document', [], JSON_PATCH, 400],
     ['an unknown op', [{ op: 'merge', path: '/status', value: 'final' }], JSON_PATCH, 400],
     ['a path into a prototype', [{ op: 'add', path: '/__proto__/polluted', value: true }], JSON_PATCH, 400],
@@ -130,6 +132,46 @@ describe.each(REPOSITORY_ADAPTERS)('JSON Patch on the %s repository', (_adapter,
     const res = await http().options('/fhir/Observation/x').set('Origin', 'https://app.example').set('Access-Control-Request-Method', 'PATCH');
     expect(res.status).toBe(204);
     expect(res.headers['access-control-allow-methods']).toMatch(/\bPATCH\b/);
+  });
+
+  test('FHIRPath Patch (a Parameters resource as FHIR JSON): a new version; one that cannot be applied is 422, a malformed one 400, and neither stores anything', async () => {
+    const o = await create(reading(patientId, 160));
+    const operation = (type: string, path: string, ...parts: object[]) => ({ name: 'operation', part: [{ name: 'type', valueCode: type }, { name: 'path', valueString: path }, ...parts] });
+    const fhirPatch = (url: string, ...operations: object[]) => patch(url, { resourceType: 'Parameters', parameter: operations }, FHIR_JSON);
+    const res = await fhirPatch(`Observation/${o.id}`,
+      operation('replace', 'Observation.status', { name: 'value', valueCode: 'final' }),
+      operation('replace', 'Observation.value.value', { name: 'value', valueDecimal: 161 }),
+      operation('add', 'Observation', { name: 'name', valueString: 'note' }, { name: 'value', valueAnnotation: { text: 'recalibrated' } }),
+      operation('insert', 'Observation.identifier', { name: 'index', valueInteger: 0 }, { name: 'value', valueIdentifier: { system: 'urn:test:other', value: 'x1' } }));
+    expect(res.status).toBe(200);
+    expect(res.body.meta.versionId).not.toBe(o.meta!.versionId);
+    const stored = await current(o.id!);
+    expect(stored).toMatchObject({ status: 'final', valueQuantity: { value: 161 }, note: [{ text: 'recalibrated' }], subject: o.subject });
+    expect(stored.identifier!.map((i) => i.system)).toEqual(['urn:test:other', 'urn:test:reading']);
+
+    const cases: [object[], number, RegExp][] = [
+      [[operation('replace', 'Observation.interpretation', { name: 'value', valueCodeableConcept: { text: 'high' } })], 422, /names no element/],
+      [[operation('replace', 'Observation.status', { name: 'value', valueCode: 'amended' }), operation('delete', 'Observation.identifier')], 422, /operation 1 .*more than one element/],
+      [[operation('replace', 'Observation.effective', { name: 'value', valueDateTime: 'soon' })], 422, /effective/],
+      [[operation('replace', 'Observation.id', { name: 'value', valueId: 'other-id' })], 422, /resourceType or id/],
+      [[operation('merge', 'Observation.status')], 400, /type must be one of/],
+      [[], 400, /at least one operation/],
+    ];
+    for (const [operations, status, message] of cases) {
+      const bad = await fhirPatch(`Observation/${o.id}`, ...operations);
+      expect(bad.status).toBe(status);
+      expect(bad.body.resourceType).toBe('OperationOutcome');
+      expect(JSON.stringify(bad.body.issue)).toMatch(message);
+    }
+    const after = await current(o.id!);
+    expect(after.meta!.versionId).toBe(stored.meta!.versionId);
+    expect(after.status).toBe('final');
+    // conditional, like JSON Patch
+    const key = randomUUID();
+    const c = await create(reading(patientId, 170, key));
+    const cond = await fhirPatch(`Observation?identifier=urn:test:reading|${key}`, operation('replace', 'Observation.status', { name: 'value', valueCode: 'final' }));
+    expect(cond.status).toBe(200);
+    expect(cond.body.id).toBe(c.id);
   });
 
   test('the CapabilityStatement lists patch, except for types whose writes go through their own module', async () => {
