@@ -4,7 +4,7 @@
  * repository commits its writes atomically, and its reads run afterwards through the router so
  * that every read rule applies to them too.
  */
-import type { Bundle, BundleEntry, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
+import type { Binary, Bundle, BundleEntry, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import { badRequest, conflict, GlucoGuardError, unprocessable } from '../errors.js';
 import { errorToResponse } from './outcomes.js';
 import { queryOfText } from './paging.js';
@@ -56,7 +56,7 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
       reads.push({ index: i, entry });
       continue;
     }
-    if (method === 'PATCH') throw badRequest('PATCH is not supported', `Bundle.entry[${i}].request.method`);
+    if (method === 'PATCH') throw badRequest('PATCH is not supported inside a transaction; send it on its own or in a batch', `Bundle.entry[${i}].request.method`);
     const type = steps.checkType(url.split(/[/?]/)[0]!);
     // A conditional PUT or DELETE would be matched by the repository over everything it holds,
     // hidden resources too; single requests and batch entries decide it over what the requester may see.
@@ -128,7 +128,22 @@ function entryRequest(entry: BundleEntry, index: number, parent: FhirRequest): F
     'if-match': entry.request?.ifMatch,
     'if-none-match': entry.request?.ifNoneMatch,
   };
+  if (method === 'PATCH' && entry.resource?.resourceType === 'Binary') {
+    // a JSON Patch travels in a Bundle as a Binary (http.html#patch)
+    const binary = entry.resource as Binary;
+    headers['content-type'] = binary.contentType;
+    return { method, path, query, headers, body: binaryJson(binary, index), access: parent.access };
+  }
   return { method, path, query, headers, body: entry.resource, access: parent.access };
+}
+
+/** The JSON a Binary's base64 `data` holds (a JSON Patch document in a PATCH entry). */
+function binaryJson(binary: Binary, index: number): unknown {
+  try {
+    return JSON.parse(Buffer.from(binary.data ?? '', 'base64').toString('utf8'));
+  } catch {
+    throw badRequest(`Bundle.entry[${index}].resource: the Binary's data is not base64 of a JSON document`, `Bundle.entry[${index}].resource.data`);
+  }
 }
 
 function responseEntry(response: FhirResponse): BundleEntry {

@@ -174,6 +174,30 @@ describe.each(REPOSITORY_ADAPTERS)('JSON Patch on the %s repository', (_adapter,
     expect(cond.body.id).toBe(c.id);
   });
 
+  test('a batch carries patches: FHIRPath Patch as Parameters, JSON Patch as a Binary; each entry is answered on its own; a transaction refuses them', async () => {
+    const a = await create(reading(patientId, 180));
+    const b = await create(reading(patientId, 181));
+    const jsonPatch = Buffer.from(JSON.stringify([{ op: 'replace', path: '/status', value: 'final' }])).toString('base64');
+    const bundle = {
+      resourceType: 'Bundle', type: 'batch', entry: [
+        { request: { method: 'PATCH', url: `Observation/${a.id}` }, resource: { resourceType: 'Parameters', parameter: [{ name: 'operation', part: [
+          { name: 'type', valueCode: 'replace' }, { name: 'path', valueString: 'Observation.value.value' }, { name: 'value', valueDecimal: 182 }] }] } },
+        { request: { method: 'PATCH', url: `Observation/${b.id}` }, resource: { resourceType: 'Binary', contentType: JSON_PATCH, data: jsonPatch } },
+        { request: { method: 'PATCH', url: `Observation/${b.id}` }, resource: { resourceType: 'Binary', contentType: JSON_PATCH, data: Buffer.from('[{"op":').toString('base64') } },
+        { request: { method: 'PATCH', url: `Observation/${b.id}` }, resource: { resourceType: 'Binary', contentType: 'text/plain', data: jsonPatch } },
+      ],
+    };
+    const res = await http().post('/fhir').set('Content-Type', FHIR_JSON).send(bundle);
+    expect(res.status).toBe(200);
+    expect(res.body.entry.map((e: { response: { status: string } }) => e.response.status.split(' ')[0])).toEqual(['200', '200', '400', '415']);
+    expect((await current(a.id!)).valueQuantity!.value).toBe(182);
+    expect((await current(b.id!)).status).toBe('final');
+    const transaction = await http().post('/fhir').set('Content-Type', FHIR_JSON).send({ ...bundle, type: 'transaction', entry: bundle.entry.slice(0, 1) });
+    expect(transaction.status).toBe(400);
+    expect(transaction.body.issue[0].diagnostics).toMatch(/PATCH is not supported inside a transaction/);
+    expect((await current(a.id!)).meta!.versionId).toBe(res.body.entry[0].resource.meta.versionId);
+  });
+
   test('the CapabilityStatement lists patch, except for types whose writes go through their own module', async () => {
     const meta = await http().get('/fhir/metadata');
     const codes = (type: string) => meta.body.rest[0].resource.find((r: { type: string }) => r.type === type).interaction.map((i: { code: string }) => i.code);
