@@ -79,6 +79,11 @@ export interface App {
    * the operator records it (`auditEvent`: its id).
    */
   erasePatient?: (patientId: string, operator: string) => Promise<{ resources: number; commitments: number; auditEvent: string }>;
+  /**
+   * Rebuilds the embedded repository's search index for every current version and records the
+   * current index generation (EmbeddedRepository.reindex; undefined with an upstream repository).
+   */
+  reindex?: (onProgress?: (done: number, total: number) => void) => Promise<{ versions: number; unreadable: number; generation: number }>;
   /** One line per port: which adapter serves it and where its data lives. */
   adapters: { port: string; adapter: string; location: string }[];
   close(): Promise<void>;
@@ -314,6 +319,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
         const event = await repository.create(erasureAuditEvent({ patientId, operator, resources, commitments, recorded: new Date().toISOString() }));
         return { resources, commitments, auditEvent: event.resource.id! };
       },
+      reindex: (onProgress?: (done: number, total: number) => void) => adapter.reindex(onProgress),
     } : {}),
     adapters,
     exchange,

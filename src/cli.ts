@@ -140,6 +140,25 @@ patients
     });
   });
 
+program
+  .command('reindex')
+  .description('rebuild the embedded store\'s search index (after an upgrade that indexes more search parameters; progress on stderr)')
+  .action(async () => {
+    await withApp(openApp, async (app) => {
+      if (!app.reindex) throw new Error('reindex is for the embedded repository; an upstream FHIR server indexes by its own means');
+      const started = Date.now();
+      let shown = 0;
+      const { versions, unreadable, generation } = await app.reindex((done, total) => {
+        if (Date.now() - shown < 1000 && done < total) return;
+        shown = Date.now();
+        process.stderr.write(`reindex: ${done.toLocaleString('en')} of ${total.toLocaleString('en')} current versions\n`);
+      });
+      console.log(`reindexed ${versions} current versions in ${((Date.now() - started) / 1000).toFixed(1)} s`
+        + `${unreadable ? ` (${unreadable} unreadable: their patient's data key was erased)` : ''}; index generation ${generation}`);
+      if (anchoringElsewhere(app.ledger.store)) console.log('a server is running on this data directory: restart it to use the new index');
+    });
+  });
+
 // Logs go to stderr: stdout carries the command's result.
 registerCgmCommands(program, openApp);
 registerConsentCommands(program, openApp);

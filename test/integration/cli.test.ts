@@ -98,4 +98,22 @@ describe('glucoguard CLI', () => {
       db.close();
     }
   });
+
+  test('reindex rebuilds the search index of a store recorded at an older index generation, skipping the erased patient', () => {
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+    try {
+      db.prepare("UPDATE meta SET v = '1' WHERE k = 'index-generation'").run();
+    } finally {
+      db.close();
+    }
+    const r = spawnSync(process.execPath, [BIN, 'reindex'], { env: { ...env, LOG_LEVEL: 'warn' }, encoding: 'utf8' });
+    expect(r.stderr).not.toMatch(/glucoguard: /);
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/matched without their index until `glucoguard reindex` has run/);
+    expect(r.stderr).toMatch(/reindex: \d+ of \d+ current versions/);
+    expect(r.stdout).toMatch(/^reindexed [1-9]\d* current versions in [\d.]+ s \([1-9]\d* unreadable: their patient's data key was erased\); index generation 2$/m);
+    const again = spawnSync(process.execPath, [BIN, 'reindex'], { env: { ...env, LOG_LEVEL: 'warn' }, encoding: 'utf8' });
+    expect(again.status).toBe(0);
+    expect(again.stderr).not.toMatch(/matched without their index/);
+  });
 });

@@ -28,11 +28,11 @@ import { attachCanonicalText } from '../port.js';
 import { canonicalResourceText } from '../../ledger/canonical.js';
 import { historyRows, TYPES_SQL, VERSION_KEYS_SQL } from './history.js';
 import { KeyRing, loadMasterKey, openText, seal } from './keys.js';
-import { extractIndexEntries, supportedParams } from './params.js';
+import { extractIndexEntries, INDEX_GENERATION, supportedParams } from './params.js';
 import { dateRowKey, runSearch } from './search.js';
 import type { SearchContext } from './search.js';
 import { DecodedCache } from './decoded-cache.js';
-import { METHOD, METHOD_NAME, openStore, packIx, prepareStatements, unpackIx } from './store.js';
+import { METHOD, METHOD_NAME, openStore, packIx, prepareStatements, readIndexGeneration, unpackIx, writeIndexGeneration } from './store.js';
 import { streamSearch } from './stream.js';
 import type { Statements, VersionRow } from './store.js';
 import { runTransaction } from './transaction.js';
@@ -55,6 +55,8 @@ const DEFAULT_READ_CACHE_BYTES = 64 * 1024 * 1024;
 /** Searches read rows without their bodies once this share of recent reads came from the decoded cache. */
 const LIGHT_READS_FROM = 0.5;
 const BULK_CHUNK = 5000;
+/** Versions re-indexed per write transaction (reindex): short enough not to hold up other writes for long. */
+const REINDEX_CHUNK = 2000;
 /** Page cache of the bulk-read connection (KiB): a scan reads each page once, so a small cache does. */
 const BULK_READ_CACHE_KIB = 4096;
 
@@ -81,6 +83,8 @@ export class EmbeddedRepository implements Repository {
   private readonly dataVersion: Statement<[], number>;
   private lastDataVersion: number | undefined;
   private closed = false;
+  /** The index generation the store's rows are complete for (params.ts). */
+  private generation: number;
 
   private constructor(
     private readonly db: DB,
@@ -104,7 +108,9 @@ export class EmbeddedRepository implements Repository {
       },
       prepare: (text) => this.prepare(text),
       light: () => this.decoded.enabled && this.decoded.recentHitRate >= LIGHT_READS_FROM,
+      indexGeneration: () => this.generation,
     };
+    this.generation = readIndexGeneration(db);
   }
 
   /** Opens (creating when needed) the store under `<dataDir>/store/`. */
@@ -116,6 +122,11 @@ export class EmbeddedRepository implements Repository {
       const keys = db.transaction(() => new KeyRing(db, master.key))();
       const repo = new EmbeddedRepository(db, keys, prepareStatements(db), options.dataDir, file, options.readCacheBytes);
       options.logger?.info({ adapter: 'embedded', file, masterKey: master.source }, 'repository opened');
+      if (repo.indexGeneration < INDEX_GENERATION) {
+        options.logger?.warn({ indexGeneration: repo.indexGeneration, current: INDEX_GENERATION },
+          'search parameters indexed since this store was written (_tag, _security, _profile, component-code, telecom, phone, email, deceased, language) '
+          + 'are matched without their index until `glucoguard reindex` has run');
+      }
       return repo;
     } catch (err) {
       db.close();
@@ -419,21 +430,79 @@ export class EmbeddedRepository implements Repository {
     const text = canonicalResourceText(stored);
     attachCanonicalText(stored, text);
     const body = seal(key.key, Buffer.from(text), aad(stored.resourceType, id, version));
-    const entries = extractIndexEntries(stored);
-    const refs = entries.keys.map((k) => this.keys.hash(k));
-    const dates = entries.dates.map((d) => {
-      const [h, h2] = this.keys.hashPair(dateRowKey(d.key, d.start, d.end));
-      return { h, h2, start: d.start, end: d.end };
-    });
+    const { refs, dates } = this.indexRows(stored);
     if (previous) {
       if (previous.method !== METHOD.DELETE) this.removeIndex(previous.seq, previous.ix);
       this.sql.retireCurrent.run(previous.seq);
     }
     const seq = Number(this.sql.insertVersion.run(stored.resourceType, id, version, now, method, key.id, key.version, body,
       packIx(refs, dates)).lastInsertRowid);
+    this.insertIndex(seq, refs, dates);
+    return stored;
+  }
+
+  /** The index rows of a version: keyed hashes of its token/reference/uri values and its date rows. */
+  private indexRows(resource: Resource): { refs: number[]; dates: { h: number; h2: number; start: number; end: number }[] } {
+    const entries = extractIndexEntries(resource);
+    return {
+      refs: entries.keys.map((k) => this.keys.hash(k)),
+      dates: entries.dates.map((d) => {
+        const [h, h2] = this.keys.hashPair(dateRowKey(d.key, d.start, d.end));
+        return { h, h2, start: d.start, end: d.end };
+      }),
+    };
+  }
+
+  private insertIndex(seq: number, refs: number[], dates: { h: number; h2: number; start: number; end: number }[]): void {
     for (const h of refs) this.sql.insertRef.run(h, seq);
     for (const d of dates) this.sql.insertDate.run(d.h, d.h2, d.start, d.end, seq);
-    return stored;
+  }
+
+  /** The index generation the store's rows are complete for (params.ts INDEX_GENERATION). */
+  get indexGeneration(): number {
+    return this.generation;
+  }
+
+  /**
+   * Rebuilds the index rows of every current version, a chunk of rows per write transaction (writes
+   * of other requests go on between chunks and write their own rows), then records the current
+   * index generation: parameters indexed since the store was written are looked up from then on.
+   * A version whose data key was erased cannot be read and keeps the rows it had (none of its
+   * resource can be read either). `onProgress` gets the versions done and the total.
+   */
+  async reindex(onProgress?: (done: number, total: number) => void): Promise<{ versions: number; unreadable: number; generation: number }> {
+    this.checkOpen();
+    const total = this.db.prepare<[], number>('SELECT count(*) FROM versions WHERE current = 1 AND method <> 2').pluck().get() ?? 0;
+    const chunk = this.db.prepare<[number, number], VersionRow>(
+      'SELECT seq, type, id, version, last_updated, method, key_id, key_version, body, ix FROM versions '
+      + 'WHERE seq > ? AND current = 1 AND method <> 2 ORDER BY seq LIMIT ?');
+    let after = 0;
+    let versions = 0;
+    let unreadable = 0;
+    for (;;) {
+      const done = await this.write(() => {
+        const rows = chunk.all(after, REINDEX_CHUNK);
+        for (const row of rows) {
+          after = row.seq;
+          const resource = this.decode(row);
+          if (!resource) {
+            unreadable++;
+            continue;
+          }
+          const { refs, dates } = this.indexRows(resource);
+          this.removeIndex(row.seq, row.ix);
+          this.sql.setIx.run(packIx(refs, dates), row.seq);
+          this.insertIndex(row.seq, refs, dates);
+          versions++;
+        }
+        return rows.length < REINDEX_CHUNK;
+      });
+      onProgress?.(versions + unreadable, total);
+      if (done) break;
+    }
+    writeIndexGeneration(this.db, INDEX_GENERATION);
+    this.generation = INDEX_GENERATION;
+    return { versions, unreadable, generation: INDEX_GENERATION };
   }
 
   private removeIndex(seq: number, ix: Buffer | null): void {

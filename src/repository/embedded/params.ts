@@ -64,15 +64,22 @@ const TYPES: Record<string, TypeConfig> = {
 const META_PARAMS = ['_tag', '_security', '_profile'];
 
 /**
- * Parameters matched on the decrypted candidates only, with no index rows: they were added after
- * stores had been written, whose resources have no rows for them, so an index lookup would miss
- * those resources. A search narrowed by an indexed parameter (patient, date, code…) stays fast.
+ * Index generations. Writes put index rows for every indexable parameter; a store records the
+ * generation its rows are complete for (store.ts, `index-generation`), and the planner looks up
+ * only parameters of that generation or older: a store written before a parameter was indexed has
+ * no rows for its older resources, and an index lookup would miss them. Until `glucoguard reindex`
+ * (EmbeddedRepository.reindex) has rebuilt the rows, such parameters are matched on the decrypted
+ * candidates of whatever else narrows the search. A store created now starts at the current one.
+ *
+ * 1: the parameters of the first stores; 2 (session 11): the `meta` parameters, `component-code`
+ * and the contact parameters.
  */
-const NOT_INDEXED = new Set([...META_PARAMS, 'component-code', 'telecom', 'phone', 'email', 'deceased', 'language']);
+export const INDEX_GENERATION = 2;
+const SINCE_GENERATION_2 = new Set([...META_PARAMS, 'component-code', 'telecom', 'phone', 'email', 'deceased', 'language']);
 
 /**
- * Parameter kinds; `token`, `reference` and `date` parameters are indexed (unless NOT_INDEXED),
- * `string`, `quantity` and `uri` ones are matched after decryption, never indexed.
+ * Parameter kinds; `token`, `reference`, `uri` and `date` parameters are indexed, `string` and
+ * `quantity` ones are matched after decryption, never indexed.
  */
 export type IndexKind = 'token' | 'reference' | 'date' | 'string' | 'quantity' | 'uri';
 
@@ -83,8 +90,10 @@ export interface ParamInfo {
   atom: FhirPathAtom;
   /** Target types of a reference parameter. */
   targets: string[];
-  /** Whether writes put index rows for it, so the planner may look it up (NOT_INDEXED). */
-  indexed: boolean;
+  /** Whether writes put index rows for it. */
+  indexable: boolean;
+  /** The index generation since which its rows are written (the planner trusts them from then on). */
+  since: number;
 }
 
 /** Index entries of one resource version. */
@@ -121,7 +130,8 @@ export function paramsOf(resourceType: string): Map<string, ParamInfo> {
         code, kind, definition,
         atom: getParsedExpressionForResourceType(resourceType, definition.expression),
         targets: definition.target ?? [],
-        indexed: (kind === 'token' || kind === 'reference' || kind === 'date') && !NOT_INDEXED.has(code),
+        indexable: kind === 'token' || kind === 'reference' || kind === 'date' || kind === 'uri',
+        since: SINCE_GENERATION_2.has(code) ? 2 : 1,
       });
     }
     infoCache.set(resourceType, infos);
@@ -170,7 +180,7 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
   let patientRefs: string[] = [];
   let patientDates: { start: number; end: number }[] = [];
   for (const info of paramsOf(type).values()) {
-    if (info.code === '_id' || info.code === '_lastUpdated' || !info.indexed) continue;
+    if (info.code === '_id' || info.code === '_lastUpdated' || !info.indexable) continue;
     const values = evalFhirPathTyped(info.atom, typed);
     if (values.length === 0) continue;
     if (info.kind === 'token') {
@@ -179,6 +189,8 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
         entries.keys.push(tokenKey(type, info.code, t.value));
         if (t.system) entries.keys.push(systemTokenKey(type, info.code, t.system, t.value));
       }
+    } else if (info.kind === 'uri') {
+      for (const v of values) if (typeof v.value === 'string' && v.value) entries.keys.push(tokenKey(type, info.code, v.value));
     } else if (info.kind === 'reference') {
       const refs = referencesOf(values);
       for (const ref of refs) entries.keys.push(referenceKey(type, info.code, ref));

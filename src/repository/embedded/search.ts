@@ -42,6 +42,8 @@ export interface SearchContext {
   readCurrent(type: string, id: string): Resource | undefined;
   /** A cached prepared statement. */
   prepare(sql: string): Statement<unknown[], VersionRow>;
+  /** The index generation the store's rows are complete for (params.ts INDEX_GENERATION). */
+  indexGeneration(): number;
   /**
    * True when the rows of this search may be read without their bodies (SELECT_LIGHT): the
    * repository's decoded cache has been answering most reads, and `decode` fetches the body of
@@ -237,6 +239,10 @@ function indexKeys(type: string, info: ParamInfo, filter: Filter): string[] | un
       keys.push(referenceKey(type, info.code, value));
       continue;
     }
+    if (info.kind === 'uri') {
+      keys.push(tokenKey(type, info.code, value));
+      continue;
+    }
     const bar = value.indexOf('|');
     if (bar < 0) keys.push(tokenKey(type, info.code, value));
     else if (value.slice(bar + 1) === '') return undefined;
@@ -282,10 +288,13 @@ function dateBounds(filters: Filter[]): DateBounds | undefined {
 export function planSearch(ctx: SearchContext, type: string, params: Map<string, ParamInfo>, filters: Filter[],
   sort: { code: string; descending?: boolean } | undefined): Plan {
   const live = ['v.current = 1', 'v.method <> 2'];
+  const generation = ctx.indexGeneration();
+  /** Whether the store's index rows answer this parameter (params.ts, index generations). */
+  const trusted = (info: ParamInfo): boolean => info.indexable && info.since <= generation;
   const refFilters: { code: string; keys: string[] }[] = [];
   for (const f of filters) {
     const info = params.get(f.code)!;
-    if ((info.kind === 'token' || info.kind === 'reference') && info.indexed && f.code !== '_id') {
+    if ((info.kind === 'token' || info.kind === 'reference' || info.kind === 'uri') && trusted(info) && f.code !== '_id') {
       const keys = indexKeys(type, info, f);
       if (keys) refFilters.push({ code: f.code, keys });
     }
@@ -341,7 +350,7 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
 
   // 4. date range on an indexed date parameter
   for (const [code, info] of params) {
-    if (info.kind !== 'date' || !info.indexed || code === '_lastUpdated') continue;
+    if (info.kind !== 'date' || !trusted(info) || code === '_lastUpdated') continue;
     const bounds = dateBounds(dateFilters(code));
     if (bounds) return datePlan(dateKey(type, code), bounds, exists(), code, sort?.code === code && !!sort.descending);
   }

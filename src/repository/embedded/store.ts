@@ -14,6 +14,8 @@ import type { Database as DB, Statement } from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 
+import { INDEX_GENERATION } from './params.js';
+
 const SCHEMA_VERSION = '2';
 
 export const METHOD = { POST: 0, PUT: 1, DELETE: 2 } as const;
@@ -46,6 +48,7 @@ export interface Statements {
   insertDate: Statement<[number, number, number, number, number]>;
   deleteDate: Statement<[number, number, number]>;
   clearIx: Statement<[number]>;
+  setIx: Statement<[Buffer, number]>;
 }
 
 /**
@@ -99,9 +102,27 @@ export function openStore(dataDir: string, mmapBytes = 0): { db: DB; file: strin
     WHERE p.type = versions.type AND p.id = versions.id AND p.version = versions.version - 1)
     WHERE key_id IS NULL AND method = ${METHOD.DELETE}`).run();
   const version = db.prepare<[], { v: string }>("SELECT v FROM meta WHERE k = 'schema'").get();
-  if (!version) db.prepare("INSERT INTO meta (k, v) VALUES ('schema', ?)").run(SCHEMA_VERSION);
-  else if (version.v !== SCHEMA_VERSION) throw new Error(`store schema ${version.v} is not supported (expected ${SCHEMA_VERSION})`);
+  if (!version) {
+    db.prepare("INSERT INTO meta (k, v) VALUES ('schema', ?)").run(SCHEMA_VERSION);
+    // a new store: its rows are written complete for every parameter indexed now
+    db.prepare("INSERT OR IGNORE INTO meta (k, v) VALUES ('index-generation', ?)").run(String(INDEX_GENERATION));
+  } else if (version.v !== SCHEMA_VERSION) {
+    throw new Error(`store schema ${version.v} is not supported (expected ${SCHEMA_VERSION})`);
+  }
   return { db, file };
+}
+
+/**
+ * The index generation the store's rows are complete for (params.ts INDEX_GENERATION): stores made
+ * before generations were recorded have the first one.
+ */
+export function readIndexGeneration(db: DB): number {
+  const row = db.prepare<[], { v: string }>("SELECT v FROM meta WHERE k = 'index-generation'").get();
+  return row ? Number(row.v) : 1;
+}
+
+export function writeIndexGeneration(db: DB, generation: number): void {
+  db.prepare("INSERT INTO meta (k, v) VALUES ('index-generation', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v").run(String(generation));
 }
 
 export function prepareStatements(db: DB): Statements {
@@ -118,6 +139,7 @@ export function prepareStatements(db: DB): Statements {
     insertDate: db.prepare('INSERT OR IGNORE INTO ix_date (h, h2, start, end, seq) VALUES (?, ?, ?, ?, ?)'),
     deleteDate: db.prepare('DELETE FROM ix_date WHERE h = ? AND start = ? AND seq = ?'),
     clearIx: db.prepare('UPDATE versions SET ix = NULL WHERE seq = ?'),
+    setIx: db.prepare('UPDATE versions SET ix = ? WHERE seq = ?'),
   };
 }
 

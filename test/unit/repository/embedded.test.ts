@@ -8,6 +8,7 @@ import path from 'node:path';
 import { isGlucoGuardError } from '../../../src/errors.js';
 import type { ErrorCode } from '../../../src/errors.js';
 import { EmbeddedRepository } from '../../../src/repository/embedded/index.js';
+import { INDEX_GENERATION, systemTokenKey, tokenKey } from '../../../src/repository/embedded/params.js';
 
 let dataDir: string;
 let repo: EmbeddedRepository;
@@ -524,7 +525,7 @@ describe('search', () => {
     // six Observations in all, five of patient 12, none above 1000 mg/dL
     await tooCostly('Observation?value-quantity=gt1000', 5);
     expect((await limited('Observation?value-quantity=gt1000', 6)).resources).toEqual([]);
-    await tooCostly('Observation?_tag=none', 3);
+    await tooCostly('Observation?code:not=99504-3', 3); // :not has no index lookup
     // every candidate matches: the page needs them all, nothing is wasted
     expect((await limited('Observation?patient=12&_count=100', 1)).resources).toHaveLength(5);
     expect((await limited('Observation?patient=12&_count=2', 1)).resources).toHaveLength(2);
@@ -545,6 +546,55 @@ describe('search', () => {
     expect(await obs('patient=12&code=99504-3&date=2026-01-01')).toEqual(['d1-06']);
     await repo.delete('Observation', obsIds['d1-06']!);
     expect(await obs('patient=12&code=99504-3&date=2026-01-01')).toEqual([]);
+  });
+});
+
+describe('index generations and reindex', () => {
+  const tagged = async (scanLimit?: number) => (await repo.search(parseSearchRequest('Observation?_tag=urn:t|x'), scanLimit ? { scanLimit } : undefined)).resources;
+
+  it('a new store starts at the current generation and looks _tag up in its index', async () => {
+    expect(repo.indexGeneration).toBe(INDEX_GENERATION);
+    for (let i = 0; i < 30; i++) await repo.create(observation('g', `2026-05-01T00:${String(i).padStart(2, '0')}:00Z`));
+    await repo.create(observation('g', '2026-05-01T01:00:00Z', { meta: { tag: [{ system: 'urn:t', code: 'x' }] } }));
+    expect(await tagged(5)).toHaveLength(1); // 30 others never examined
+  });
+
+  it('a store of an older generation matches newer parameters without their index, correctly, until reindex rebuilds it', async () => {
+    for (let i = 0; i < 30; i++) await repo.create(observation('g', `2026-05-01T00:${String(i).padStart(2, '0')}:00Z`));
+    const t = await repo.create(observation('g', '2026-05-01T01:00:00Z', { meta: { tag: [{ system: 'urn:t', code: 'x' }] } }));
+    // make it what a store written before generation 2 is: no _tag rows, generation 1 recorded
+    const internals = repo as unknown as { keys: { hash(v: string): number }; db: Database.Database };
+    const hashes = [tokenKey('Observation', '_tag', 'x'), systemTokenKey('Observation', '_tag', 'urn:t', 'x')].map((k) => internals.keys.hash(k));
+    internals.db.prepare(`DELETE FROM ix_ref WHERE h IN (${hashes.map(() => '?').join(',')})`).run(...hashes);
+    internals.db.prepare("UPDATE meta SET v = '1' WHERE k = 'index-generation'").run();
+    await repo.close();
+    repo = await EmbeddedRepository.open({ dataDir });
+    expect(repo.indexGeneration).toBe(1);
+    // trusting the index would answer nothing; the planner does not, so the answer is right…
+    expect((await tagged()).map((r) => r.id)).toEqual([t.resource.id]);
+    // …and found by reading every Observation
+    await expect(tagged(5)).rejects.toMatchObject({ issues: [expect.objectContaining({ code: 'too-costly' })] });
+    const progress: [number, number][] = [];
+    const result = await repo.reindex((done, total) => progress.push([done, total]));
+    expect(result).toEqual({ versions: 31, unreadable: 0, generation: INDEX_GENERATION });
+    expect(progress[progress.length - 1]).toEqual([31, 31]);
+    expect(repo.indexGeneration).toBe(INDEX_GENERATION);
+    expect((await tagged(5)).map((r) => r.id)).toEqual([t.resource.id]);
+    // the other rows were rebuilt too, and the generation stays recorded
+    await repo.close();
+    repo = await EmbeddedRepository.open({ dataDir });
+    expect(repo.indexGeneration).toBe(INDEX_GENERATION);
+    expect((await repo.search(parseSearchRequest('Observation?patient=g&date=2026-05-01&_count=100'), { scanLimit: 1 })).resources).toHaveLength(31);
+    expect((await tagged(5)).map((r) => r.id)).toEqual([t.resource.id]);
+  });
+
+  it('reindex skips versions whose data key was erased, and counts them', async () => {
+    await repo.create(observation('kept', '2026-05-02T00:00:00Z'));
+    await repo.create(observation('gone', '2026-05-02T00:00:00Z'));
+    await repo.eraseSubject('gone');
+    const result = await repo.reindex();
+    expect(result.versions).toBe(1);
+    expect(result.unreadable).toBe(1);
   });
 });
 
