@@ -79,6 +79,8 @@ export function buildCapabilityStatement(inputs: CapabilityInputs): CapabilitySt
     implementation: { description: 'GlucoGuard FHIR R4 proxy', url: inputs.fhirBase },
     fhirVersion: '4.0.1',
     format: ['application/fhir+json', 'json'],
+    // JSON Patch, and FHIRPath Patch (a Parameters resource) as FHIR JSON
+    patchFormat: ['application/json-patch+json', 'application/fhir+json'],
     ...(inputs.instantiates?.length ? { instantiates: inputs.instantiates } : {}),
     rest: [{
       mode: 'server',

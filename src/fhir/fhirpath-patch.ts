@@ -16,8 +16,10 @@
  * has no data type of its own (a backbone element such as Observation.component).
  * Malformed parameters are 400; an operation that cannot be applied (no such element, several
  * where one is needed, an index out of range) is 422; nothing is applied unless all apply.
- * Expressions run without `trace()` output (it would print resource content) and without
- * asynchronous functions (no terminology server is called).
+ * Paths may call only the functions that select elements (PATH_FUNCTIONS): no `repeat`, `select`,
+ * `descendants` or `aggregate`, which can make a short expression run for as long as it likes, no
+ * `matches` (a regular expression can backtrack for ever), no `trace` (it would print resource
+ * content) and no `resolve`/`memberOf`; that is checked on the parsed expression (400).
  */
 import type { OperationOutcomeIssue, Parameters, ParametersParameter, Resource } from '@medplum/fhirtypes';
 import fhirpath from 'fhirpath';
@@ -54,6 +56,9 @@ const ELEMENT_NAME = /^[a-z][A-Za-z0-9]{0,63}$/;
 const isElementName = (name: unknown): name is string =>
   typeof name === 'string' && ELEMENT_NAME.test(name) && !['constructor', 'prototype', 'toString', 'valueOf', 'hasOwnProperty'].includes(name);
 const MAX_PATH = 1000;
+/** Functions a patch path may call: enough to pick elements (`where(system = 'x')`, `first()`, `ofType(Quantity)`). */
+const PATH_FUNCTIONS = new Set(['where', 'first', 'last', 'ofType', 'as', 'is', 'exists', 'empty', 'not', 'hasValue',
+  'startsWith', 'endsWith', 'contains', 'lower', 'upper', 'length', 'count', 'toString']);
 const MAX_OPERATIONS = 1000;
 
 /** The body of a FHIRPath Patch: whether it is one, and its operations (400 when malformed). */
@@ -81,6 +86,8 @@ function parseOperation(p: ParametersParameter, i: number): PatchOperation {
   if (!type || !TYPES.includes(type)) throw badRequest(`${where}: type must be one of ${TYPES.join(', ')}`, `${where}.part`);
   const path = parts.get('path')?.valueString;
   if (typeof path !== 'string' || path.length === 0 || path.length > MAX_PATH) throw badRequest(`${where}: path must be a FHIRPath expression of at most ${MAX_PATH} characters`, `${where}.part`);
+  const problem = pathProblem(path);
+  if (problem) throw badRequest(`${where}: ${problem}`, `${where}.part`);
   const op: PatchOperation = { type, path };
   const needs: string[] = ({ add: ['name', 'value'], insert: ['index', 'value'], delete: [], replace: ['value'], move: ['source', 'destination'] } as Record<OperationType, string[]>)[type];
   for (const [name] of parts) {
@@ -104,6 +111,26 @@ function parseOperation(p: ParametersParameter, i: number): PatchOperation {
     if (valueType) op.valueType = valueType;
   }
   return op;
+}
+
+/** Why a path cannot be used: not FHIRPath, or calling a function outside PATH_FUNCTIONS. */
+function pathProblem(path: string): string | undefined {
+  let ast: unknown;
+  try {
+    ast = fhirpath.parse(path);
+  } catch {
+    return 'path is not a FHIRPath expression';
+  }
+  const stack: unknown[] = [ast];
+  while (stack.length) {
+    const node = stack.pop() as { type?: string; text?: string; children?: unknown[] } | null;
+    if (!node || typeof node !== 'object') continue;
+    if (node.type === 'Functn' && !PATH_FUNCTIONS.has(String(node.text))) {
+      return `path may call only ${[...PATH_FUNCTIONS].join(', ')}`;
+    }
+    if (Array.isArray(node.children)) stack.push(...node.children);
+  }
+  return undefined;
 }
 
 /** The value a part carries: its one `value[x]`, or an element built from its own parts. */

@@ -202,6 +202,7 @@ describe.each(REPOSITORY_ADAPTERS)('JSON Patch on the %s repository', (_adapter,
     const meta = await http().get('/fhir/metadata');
     const codes = (type: string) => meta.body.rest[0].resource.find((r: { type: string }) => r.type === type).interaction.map((i: { code: string }) => i.code);
     expect(codes('Observation')).toContain('patch');
+    expect(meta.body.patchFormat).toEqual(['application/json-patch+json', 'application/fhir+json']);
     if (_adapter === 'embedded') expect(codes('Consent')).not.toContain('patch');
   });
 });

@@ -102,8 +102,8 @@ describe('FHIRPath Patch', () => {
       [op('delete', 'Patient.name.given'), /more than one element/],
       [op('add', 'Patient', { name: 'name', valueString: 'birthDate' }, { name: 'value', valueDate: '2000-01-01' }), /already has a birthDate/],
       [op('add', 'Patient.birthDate', { name: 'name', valueString: 'x' }, { name: 'value', valueString: 'y' }), /names a value/],
-      [op('replace', 'Patient.name.(', { name: 'value', valueString: 'x' }), /not a FHIRPath expression/],
-      [op('replace', "Patient.name.where(family = 'Ito').family.trace('x')", { name: 'value', valueString: 'Ono' }), /^$/],
+      [op('replace', "Patient.name.where(family = 'Ito' and given.first().startsWith('A')).family", { name: 'value', valueString: 'Ono' }), /^$/],
+      [op('replace', 'Patient.active.ofType(boolean)', { name: 'value', valueBoolean: true }), /^$/],
     ];
     for (const [operation, message] of cases) {
       const r = patched(patient, op('replace', 'Patient.active', { name: 'value', valueBoolean: false }), operation);
@@ -125,6 +125,12 @@ describe('FHIRPath Patch', () => {
     ['a negative index', doc(op('insert', 'Patient.identifier', { name: 'index', valueInteger: -1 }, { name: 'value', valueIdentifier: {} }))],
     ['two values', doc(op('replace', 'Patient.active', { name: 'value', valueBoolean: true, valueString: 'x' } as Part))],
     ['a repeated part', doc(op('replace', 'Patient.active', { name: 'value', valueBoolean: true }, { name: 'value', valueBoolean: false }))],
+    ['a path that is not FHIRPath', doc(op('delete', 'Patient.name.('))],
+    ['a path that repeats without end', doc(op('delete', '(1).repeat($this + 1)'))],
+    ['a path that multiplies collections', doc(op('delete', 'Patient.name.select(given | family).select(given)'))],
+    ['a path with a regular expression', doc(op('delete', "Patient.name.where(family.matches('(a+)+$'))"))],
+    ['a path that traces', doc(op('delete', "Patient.name.trace('x')"))],
+    ['a path that descends', doc(op('delete', 'Patient.descendants()'))],
   ])('refuses %s as malformed (400)', (_what, body) => {
     let err: unknown;
     try {
