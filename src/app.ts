@@ -84,6 +84,8 @@ export interface App {
    * current index generation (EmbeddedRepository.reindex; undefined with an upstream repository).
    */
   reindex?: (onProgress?: (done: number, total: number) => void) => Promise<{ versions: number; unreadable: number; generation: number }>;
+  /** The index generation the embedded store's search rows are complete for (undefined with an upstream repository). */
+  indexGeneration?: () => number;
   /** One line per port: which adapter serves it and where its data lives. */
   adapters: { port: string; adapter: string; location: string }[];
   close(): Promise<void>;
@@ -320,6 +322,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
         return { resources, commitments, auditEvent: event.resource.id! };
       },
       reindex: (onProgress?: (done: number, total: number) => void) => adapter.reindex(onProgress),
+      indexGeneration: () => adapter.indexGeneration,
     } : {}),
     adapters,
     exchange,

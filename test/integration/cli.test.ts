@@ -111,7 +111,7 @@ describe('glucoguard CLI', () => {
     expect(r.status).toBe(0);
     expect(r.stderr).toMatch(/matched without their index until `glucoguard reindex` has run/);
     expect(r.stderr).toMatch(/reindex: \d+ of \d+ current versions/);
-    expect(r.stdout).toMatch(/^reindexed [1-9]\d* current versions in [\d.]+ s \([1-9]\d* unreadable: their patient's data key was erased\); index generation 2$/m);
+    expect(r.stdout).toMatch(/^reindexed [1-9]\d* current versions in [\d.]+ s \([1-9]\d* unreadable: their patient's data key was erased\); index generation 3$/m);
     const again = spawnSync(process.execPath, [BIN, 'reindex'], { env: { ...env, LOG_LEVEL: 'warn' }, encoding: 'utf8' });
     expect(again.status).toBe(0);
     expect(again.stderr).not.toMatch(/matched without their index/);

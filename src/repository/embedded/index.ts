@@ -124,7 +124,7 @@ export class EmbeddedRepository implements Repository {
       options.logger?.info({ adapter: 'embedded', file, masterKey: master.source }, 'repository opened');
       if (repo.indexGeneration < INDEX_GENERATION) {
         options.logger?.warn({ indexGeneration: repo.indexGeneration, current: INDEX_GENERATION },
-          'search parameters indexed since this store was written (_tag, _security, _profile, component-code, telecom, phone, email, deceased, language) '
+          'search parameters indexed since this store was written (_tag, _security, _profile, component-code, telecom, phone, email, deceased, language, value-quantity, component-value-quantity) '
           + 'are matched without their index until `glucoguard reindex` has run');
       }
       return repo;

@@ -102,7 +102,7 @@ function compileFilter(info: ParamInfo, filter: Filter): (values: TypedValue[], 
 }
 
 /** A quantity search value: `[number]`, `[number]|[system]|[code]` or `[number]||[code or unit]`. */
-interface QuantityTarget {
+export interface QuantityTarget {
   value: number;
   /** Half the width of the range the value's written precision implies (`5.4` → 0.05, `100` → 0.5). */
   half: number;
@@ -122,7 +122,7 @@ export function quantityProblem(text: string): string | undefined {
   return undefined;
 }
 
-function parseQuantity(text: string): QuantityTarget {
+export function parseQuantity(text: string): QuantityTarget {
   const [number, system, code] = text.split('|') as [string, string | undefined, string | undefined];
   const exponent = /[eE]([+-]?\d+)$/.exec(number);
   const mantissa = exponent ? number.slice(0, exponent.index) : number;

@@ -4,7 +4,7 @@
  * SearchParameter definitions loaded into @medplum/core; the index only narrows candidates.
  */
 import {
-  convertToSearchableDates, convertToSearchableReferences, convertToSearchableTokens, evalFhirPathTyped,
+  convertToSearchableDates, convertToSearchableQuantities, convertToSearchableReferences, convertToSearchableTokens, evalFhirPathTyped,
   getParsedExpressionForResourceType, getSearchParameter, toTypedValue,
 } from '@medplum/core';
 import type { FhirPathAtom, TypedValue } from '@medplum/core';
@@ -72,14 +72,17 @@ const META_PARAMS = ['_tag', '_security', '_profile'];
  * candidates of whatever else narrows the search. A store created now starts at the current one.
  *
  * 1: the parameters of the first stores; 2 (session 11): the `meta` parameters, `component-code`
- * and the contact parameters.
+ * and the contact parameters; 3 (session 11): quantities.
  */
-export const INDEX_GENERATION = 2;
-const SINCE_GENERATION_2 = new Set([...META_PARAMS, 'component-code', 'telecom', 'phone', 'email', 'deceased', 'language']);
+export const INDEX_GENERATION = 3;
+const SINCE = new Map<string, number>([
+  ...[...META_PARAMS, 'component-code', 'telecom', 'phone', 'email', 'deceased', 'language'].map((c) => [c, 2] as const),
+  ...['value-quantity', 'component-value-quantity'].map((c) => [c, 3] as const),
+]);
 
 /**
- * Parameter kinds; `token`, `reference`, `uri` and `date` parameters are indexed, `string` and
- * `quantity` ones are matched after decryption, never indexed.
+ * Parameter kinds; `token`, `reference`, `uri`, `date` and `quantity` parameters are indexed,
+ * `string` ones are matched after decryption, never indexed.
  */
 export type IndexKind = 'token' | 'reference' | 'date' | 'string' | 'quantity' | 'uri';
 
@@ -130,8 +133,8 @@ export function paramsOf(resourceType: string): Map<string, ParamInfo> {
         code, kind, definition,
         atom: getParsedExpressionForResourceType(resourceType, definition.expression),
         targets: definition.target ?? [],
-        indexable: kind === 'token' || kind === 'reference' || kind === 'date' || kind === 'uri',
-        since: SINCE_GENERATION_2.has(code) ? 2 : 1,
+        indexable: kind !== 'string',
+        since: SINCE.get(code) ?? 1,
       });
     }
     infoCache.set(resourceType, infos);
@@ -167,6 +170,17 @@ export const dateKey = (type: string, param: string): string => `${type}\0${para
 /** Patient+date index key of a patient reference. */
 export const patientDateKey = (type: string, patientRef: string): string => `${type}\0$patient-date\0${patientRef}`;
 
+/**
+ * Quantity index keys of a parameter (rows in `ix_date`, the value as start and end): any unit, a
+ * `system|code` unit, or a code or unit as `number||code` names it.
+ */
+export const quantityKey = (type: string, param: string): string => `${type}\0${param}\0q`;
+export const quantitySystemKey = (type: string, param: string, system: string, code: string): string => `${quantityKey(type, param)}\0s\0${system}|${code}`;
+export const quantityUnitKey = (type: string, param: string, codeOrUnit: string): string => `${quantityKey(type, param)}\0u\0${codeOrUnit}`;
+/** Bounds of a quantity a comparator leaves open (`<5`: from the lowest number). */
+export const QUANTITY_MIN = -Number.MAX_VALUE;
+export const QUANTITY_MAX = Number.MAX_VALUE;
+
 /** Patient+date index key for resources of that patient that have no date value. */
 export const undatedKey = (key: string): string => `${key}\0undated`;
 
@@ -191,6 +205,16 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
       }
     } else if (info.kind === 'uri') {
       for (const v of values) if (typeof v.value === 'string' && v.value) entries.keys.push(tokenKey(type, info.code, v.value));
+    } else if (info.kind === 'quantity') {
+      for (const q of convertToSearchableQuantities(values)) {
+        if (typeof q.value !== 'number' || !Number.isFinite(q.value)) continue;
+        const start = q.comparator === '<' || q.comparator === '<=' ? QUANTITY_MIN : q.value;
+        const end = q.comparator === '>' || q.comparator === '>=' ? QUANTITY_MAX : q.value;
+        const keys = [quantityKey(type, info.code)];
+        if (q.system && q.code) keys.push(quantitySystemKey(type, info.code, q.system, q.code));
+        for (const u of new Set([q.code, q.unit])) if (u) keys.push(quantityUnitKey(type, info.code, u));
+        for (const key of keys) entries.dates.push({ key, start, end });
+      }
     } else if (info.kind === 'reference') {
       const refs = referencesOf(values);
       for (const ref of refs) entries.keys.push(referenceKey(type, info.code, ref));

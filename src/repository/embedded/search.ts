@@ -19,12 +19,12 @@ import { badRequest, tooCostly } from '../../errors.js';
 import { patientIdOfReference } from '../../fhir/compartment.js';
 import type { SearchResult } from '../port.js';
 import {
-  dateKey, datesOf, MAX_TIME, MIN_TIME, paramsOf, patientDateKey, patientDateParam, referenceKey, referencesOf,
-  systemTokenKey, tokenKey, undatedKey,
+  dateKey, datesOf, MAX_TIME, MIN_TIME, paramsOf, patientDateKey, patientDateParam, quantityKey, quantitySystemKey, quantityUnitKey,
+  referenceKey, referencesOf, systemTokenKey, tokenKey, undatedKey,
 } from './params.js';
 import type { ParamInfo } from './params.js';
 import type { VersionRow } from './store.js';
-import { compileMatcher, quantityProblem, stringValues } from './match.js';
+import { compileMatcher, parseQuantity, quantityProblem, stringValues } from './match.js';
 
 /** Date rows spanning more than this go to a separate "long" bucket that is scanned whole. */
 export const LONG_SPAN_MS = 24 * 3600 * 1000;
@@ -253,6 +253,36 @@ function indexKeys(type: string, info: ParamInfo, filter: Filter): string[] | un
 }
 
 /**
+ * The quantity index rows a one-valued quantity filter can only match: the key of its unit (any,
+ * `system|code`, or `||code-or-unit`) and SQL conditions, for value rows (start = end = the value)
+ * and for the rows of values a comparator leaves open (`<40`: the long bucket), each a superset of
+ * what matchesQuantity (match.ts) accepts, which still checks every candidate. `ne` has none.
+ */
+function quantityPlan(type: string, filter: Filter): { key: string; points: { conditions: string[]; args: number[] }; ranges: { conditions: string[]; args: number[] } } | undefined {
+  const values = splitSearchOnComma(filter.value);
+  if (values.length !== 1 || filter.operator === Operator.NOT_EQUALS || filter.operator === Operator.MISSING || filter.operator === Operator.PRESENT) return undefined;
+  const t = parseQuantity(values[0]!);
+  const key = t.system !== undefined ? quantitySystemKey(type, filter.code, t.system, t.code!)
+    : t.code !== undefined ? quantityUnitKey(type, filter.code, t.code) : quantityKey(type, filter.code);
+  const v = t.value;
+  const d = Math.max(Math.abs(v) * 0.1, t.half);
+  const both = (points: [string, ...number[]], ranges: [string, ...number[]]) => ({
+    key, points: { conditions: [points[0]], args: points.slice(1) as number[] }, ranges: { conditions: [ranges[0]], args: ranges.slice(1) as number[] },
+  });
+  switch (filter.operator) {
+    case Operator.EQUALS: return both(['d.start >= ? AND d.start < ?', v - t.half, v + t.half], ['d.start < ? AND d.end >= ?', v + t.half, v - t.half]);
+    case Operator.GREATER_THAN: return both(['d.start > ?', v], ['d.end > ?', v]);
+    case Operator.GREATER_THAN_OR_EQUALS: return both(['d.start >= ?', v], ['d.end >= ?', v]);
+    case Operator.LESS_THAN: return both(['d.start < ?', v], ['d.start < ?', v]);
+    case Operator.LESS_THAN_OR_EQUALS: return both(['d.start <= ?', v], ['d.start <= ?', v]);
+    case Operator.STARTS_AFTER: return both(['d.start > ?', v], ['d.start >= ?', v]);
+    case Operator.ENDS_BEFORE: return both(['d.start < ?', v], ['d.end <= ?', v]);
+    case Operator.APPROXIMATELY: return both(['d.start >= ? AND d.start <= ?', v - d, v + d], ['d.start <= ? AND d.end >= ?', v + d, v - d]);
+    default: return undefined;
+  }
+}
+
+/**
  * SQL conditions on a date row (`d.start`, `d.end`, inclusive epoch ms) equivalent to medplum's
  * date matching, plus bounds on `start` for the index range scan of the normal (short) bucket.
  */
@@ -353,6 +383,21 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
     if (info.kind !== 'date' || !trusted(info) || code === '_lastUpdated') continue;
     const bounds = dateBounds(dateFilters(code));
     if (bounds) return datePlan(dateKey(type, code), bounds, exists(), code, sort?.code === code && !!sort.descending);
+  }
+
+  // 4b. a quantity range (value-quantity=gt250|…|mg/dL) on an indexed quantity parameter
+  for (const f of filters) {
+    const info = params.get(f.code)!;
+    if (info.kind !== 'quantity' || !trusted(info)) continue;
+    const q = quantityPlan(type, f);
+    if (!q) continue;
+    return {
+      from: 'ix_date d JOIN versions v ON v.seq = d.seq',
+      where: ['d.h = ?', 'd.h2 = ?', ...q.points.conditions],
+      args: [...ctx.hashPair(q.key), ...q.points.args],
+      orderBy: 'd.start, d.seq',
+      long: { where: ['d.h = ?', 'd.h2 = ?', ...q.ranges.conditions], args: [...ctx.hashPair(q.key + '\0long'), ...q.ranges.args] },
+    };
   }
 
   // 5. _lastUpdated range, else 6. the whole type, in last-updated order

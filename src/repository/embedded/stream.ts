@@ -42,6 +42,11 @@ export function* streamSearch(ctx: SearchContext, request: SearchRequest, chunk:
   };
 
   const keyset = dateParam !== undefined && plan.from.startsWith('ix_date ') && plan.yields?.code === dateParam && !plan.yields.descending;
+  // Long-span and undated rows of the plan's key (a side bucket, few) come first.
+  if (plan.long) {
+    const side = matching(ctx.prepare(`${SELECT} FROM ${plan.from} WHERE ${plan.long.where.join(' AND ')} ORDER BY d.seq`).all(...plan.long.args));
+    for (let i = 0; i < side.length; i += chunk) yield side.slice(i, i + chunk);
+  }
   if (!keyset) {
     // The `_id` plan (a consent narrowing that leaves nothing: `_id=<no match>`) must look ids up by
     // their index: ordered by seq, SQLite prefers walking every resource of the type in seq order
@@ -56,10 +61,6 @@ export function* streamSearch(ctx: SearchContext, request: SearchRequest, chunk:
     }
   }
 
-  if (plan.long) {
-    const side = matching(ctx.prepare(`${SELECT} FROM ${plan.from} WHERE ${plan.long.where.join(' AND ')} ORDER BY d.seq`).all(...plan.long.args));
-    for (let i = 0; i < side.length; i += chunk) yield side.slice(i, i + chunk);
-  }
   const where = plan.where.join(' AND ');
   const first = ctx.prepare(`${SELECT}, d.start AS d_start FROM ${plan.from} WHERE ${where} ORDER BY d.start, d.seq LIMIT ?`) as unknown as
     { all(...args: unknown[]): KeyedRow[] };

@@ -522,9 +522,9 @@ describe('search', () => {
       if (!isGlucoGuardError(err, 'ERR_INVALID') || err.issues[0]!.code !== 'too-costly') throw new Error(`expected too-costly for ${query}`);
       expect(err.message).toMatch(/more than \d+ Observation resources/);
     };
-    // six Observations in all, five of patient 12, none above 1000 mg/dL
-    await tooCostly('Observation?value-quantity=gt1000', 5);
-    expect((await limited('Observation?value-quantity=gt1000', 6)).resources).toEqual([]);
+    // six Observations in all, five of patient 12, all at 120 mg/dL
+    await tooCostly('Observation?value-quantity=ne120', 5); // `ne` has no index lookup
+    expect((await limited('Observation?value-quantity=ne120', 6)).resources).toEqual([]);
     await tooCostly('Observation?code:not=99504-3', 3); // :not has no index lookup
     // every candidate matches: the page needs them all, nothing is wasted
     expect((await limited('Observation?patient=12&_count=100', 1)).resources).toHaveLength(5);
@@ -536,7 +536,7 @@ describe('search', () => {
     expect((await limited('Observation?patient=12&date=2026-01-01&value-quantity=gt1000', 3)).resources).toEqual([]);
     await tooCostly('Observation?patient=12&date=2026-01-01&value-quantity=gt1000', 2);
     // no limit given (internal callers): no refusal
-    expect((await repo.search(parseSearchRequest('Observation?value-quantity=gt1000'))).resources).toEqual([]);
+    expect((await repo.search(parseSearchRequest('Observation?value-quantity=ne120'))).resources).toEqual([]);
   });
 
   it('only the current version is searchable', async () => {
@@ -586,6 +586,44 @@ describe('index generations and reindex', () => {
     expect(repo.indexGeneration).toBe(INDEX_GENERATION);
     expect((await repo.search(parseSearchRequest('Observation?patient=g&date=2026-05-01&_count=100'), { scanLimit: 1 })).resources).toHaveLength(31);
     expect((await tagged(5)).map((r) => r.id)).toEqual([t.resource.id]);
+  });
+
+  it('the quantity index answers exactly what matching every reading answers, for every prefix, unit form and comparator', async () => {
+    const values: [number, Partial<Observation['valueQuantity']>][] = [
+      [40, { comparator: '<' }], [40, { comparator: '<=' }], [400, { comparator: '>' }], [400, { comparator: '>=' }],
+      [54, {}], [54.4, {}], [70, {}], [99.5, {}], [100, {}], [180, {}], [250.4, {}], [-3, {}], [0, {}],
+      [5.4, { unit: 'mmol/L', code: 'mmol/L' }], [5.4, { unit: 'mmol/L', code: undefined, system: undefined }], [120, { system: 'http://example.org/units', code: 'mg/dL' }],
+    ];
+    for (const [i, [value, extra]] of values.entries()) {
+      await repo.create(observation(`qi${i % 3}`, `2026-06-01T00:${String(i).padStart(2, '0')}:00Z`,
+        { valueQuantity: { value, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL', ...extra } }));
+    }
+    await repo.create(observation('qi0', '2026-06-01T01:00:00Z', { valueQuantity: undefined, component: [
+      { code: { text: 'a' }, valueQuantity: { value: 80, system: 'http://unitsofmeasure.org', code: 'mm[Hg]' } },
+      { code: { text: 'b' }, valueQuantity: { value: 120, system: 'http://unitsofmeasure.org', code: 'mm[Hg]' } }] }));
+    const queries: string[] = [];
+    for (const prefix of ['', 'eq', 'ne', 'gt', 'ge', 'lt', 'le', 'sa', 'eb', 'ap']) {
+      for (const n of ['40', '54', '54.4', '1e2', '100.0', '5.4', '0', '-3', '400', '250']) {
+        for (const unit of ['', '|http://unitsofmeasure.org|mg/dL', '||mg/dL', '||mmol/L', '|http://example.org/units|mg/dL']) queries.push(`value-quantity=${prefix}${n}${unit}`);
+      }
+    }
+    queries.push('component-value-quantity=gt100||mm[Hg]', 'component-value-quantity=lt100', 'component-value-quantity=ap80');
+    const answer = async (q: string): Promise<string> => ids((await repo.search(parseSearchRequest(`Observation?${q}&_count=100`))).resources).sort().join(',');
+    const indexed = new Map<string, string>();
+    for (const q of queries) indexed.set(q, await answer(q));
+    // the same store with its quantity rows untrusted (generation 2): every Observation matched one by one
+    const db = (repo as unknown as { db: Database.Database }).db;
+    db.prepare("UPDATE meta SET v = '2' WHERE k = 'index-generation'").run();
+    await repo.close();
+    repo = await EmbeddedRepository.open({ dataDir });
+    expect(repo.indexGeneration).toBe(2);
+    let nonEmpty = 0;
+    for (const q of queries) {
+      const scanned = await answer(q);
+      if (scanned !== indexed.get(q)) throw new Error(`${q}: index answered [${indexed.get(q)}], matching every reading [${scanned}]`);
+      if (scanned) nonEmpty++;
+    }
+    expect(nonEmpty).toBeGreaterThan(queries.length / 3);
   });
 
   it('reindex skips versions whose data key was erased, and counts them', async () => {
