@@ -32,7 +32,8 @@ afterAll(async () => {
 
 const TYPES = ['Observation', 'Patient', 'Device', 'Consent', 'AuditEvent', 'MedicationAdministration'];
 const PARAMS = ['patient', 'subject', 'code', 'date', 'category', 'device', 'status', 'identifier', 'name', 'family', 'given', 'birthdate',
-  'gender', 'active', '_id', '_lastUpdated', 'value-quantity', 'effective-time', 'period', 'actor', 'encounter', 'based-on', 'performer'];
+  'gender', 'active', '_id', '_lastUpdated', 'value-quantity', 'effective-time', 'period', 'actor', 'encounter', 'based-on', 'performer',
+  'component-value-quantity', 'component-code', '_tag', '_security', '_profile', 'address', 'telecom', 'phone', 'email', 'deceased', 'language'];
 const CONTROL = ['_count', '_sort', '_include', '_revinclude', '_format', '_pretty', '_pageToken', '_offset', '_summary', '_total', '_elements',
   '_has:Observation:patient:code', '_type', '_filter', '_contained', '_list', '_text', '_content', '_query'];
 const MODIFIERS = ['', '', '', ':exact', ':contains', ':missing', ':not', ':above', ':below', ':text', ':iterate', ':Patient', ':of-type',
@@ -54,7 +55,9 @@ const value = fc.oneof(
     'http://example.org/fhir/Patient/1', 'true', 'false', 'male', '100', '1e309', '-0', 'ge100|http://unitsofmeasure.org|mg/dL', 'lt-1',
     'Observation:patient', 'Observation:subject:Patient', '*', '*:*', 'Patient:organization:iterate', 'date', '-date', '_id,-_lastUpdated',
     'birthdate', 'value-quantity', '-', ',', ',,,', 'a,b,c', '%', '%00', '\u0000', '\uFFFF', '\uD800', '../../etc/passwd', "' OR 1=1 --",
-    '0', '00', '999999999999', '-1', '1.5', ' 1', 'NaN', 'json', 'xml', 'text/html', 'application/fhir+json; charset=utf-8'),
+    '0', '00', '999999999999', '-1', '1.5', ' 1', 'NaN', 'json', 'xml', 'text/html', 'application/fhir+json; charset=utf-8',
+    'gt100||mg/dL', 'ap1e2', 'eb-0.5|http://unitsofmeasure.org|', '5.4||', '1e-400', '.5', '5.', 'sa1E2|a|b|c', 'ne103', 'le1e308',
+    'http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-sensor-reading-mass-per-volume', 'urn:source|dexcom'),
   fc.string({ maxLength: 30 }),
   fc.string({ unit: 'grapheme', maxLength: 10 }),
   fc.nat({ max: 5000 }).map(String),
