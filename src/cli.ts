@@ -17,6 +17,7 @@ import { registerCgmCommands } from './cgm/cli.js';
 import { registerConsentCommands } from './consent/cli.js';
 import { registerLedgerCommands } from './ledger/cli.js';
 import { anchoringElsewhere } from './ledger/anchor.js';
+import { INDEX_GENERATION } from './repository/embedded/params.js';
 import { registerExchangeCommands } from './exchange/cli.js';
 
 function config(): Config {
@@ -65,6 +66,23 @@ program
     });
     server.keepAliveTimeout = 5000;
     let stopping = false;
+    if (app.reindex && app.indexGeneration && app.indexGeneration() < INDEX_GENERATION && cfg.autoReindex === 'on') {
+      // Searches stay correct meanwhile (newer parameters are matched without their index); small
+      // chunks keep the write lock free for requests most of the time.
+      const started = Date.now();
+      let logged = 0;
+      logger.info({ from: app.indexGeneration(), to: INDEX_GENERATION }, 'rebuilding the search index in the background (GLUCOGUARD_AUTO_REINDEX=off to leave it to `glucoguard reindex`)');
+      app.reindex((done, total) => {
+        if (Date.now() - logged < 10_000) return;
+        logged = Date.now();
+        logger.info({ done, total }, `search index: ${done} of ${total} current versions rebuilt`);
+      }, { chunk: 500 }).then(({ versions, unreadable, generation }) => {
+        logger.info({ versions, unreadable, generation, seconds: (Date.now() - started) / 1000 }, `search index rebuilt: ${versions} current versions, index generation ${generation}`);
+      }, (err: unknown) => {
+        if (stopping) logger.info('search index rebuild stopped by the shutdown; it starts again at the next start');
+        else logger.error({ err }, 'search index rebuild failed; searches stay correct, run `glucoguard reindex`');
+      });
+    }
     const stop = (signal: string) => {
       if (stopping) return;
       stopping = true;

@@ -45,6 +45,12 @@ export interface Config {
    * (GLUCOGUARD_COMPRESSION).
    */
   compression: 'on' | 'off';
+  /**
+   * `serve` rebuilds the embedded store's search index in the background when the store is of an
+   * older index generation: 'on' (default) or 'off' to run `glucoguard reindex` at a time of one's
+   * choosing (GLUCOGUARD_AUTO_REINDEX).
+   */
+  autoReindex: 'on' | 'off';
   /** Log level for pino (LOG_LEVEL). */
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   /** 'production' refuses insecure settings (NODE_ENV). */
@@ -115,6 +121,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
   const nodeEnv = env.NODE_ENV ?? 'development';
   const auth = oneOf(pick('GLUCOGUARD_AUTH', 'auth') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_AUTH', problems);
   const compression = oneOf(pick('GLUCOGUARD_COMPRESSION', 'compression') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_COMPRESSION', problems);
+  const autoReindex = oneOf(pick('GLUCOGUARD_AUTO_REINDEX', 'autoReindex') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_AUTO_REINDEX', problems);
   if (auth === 'off' && nodeEnv === 'production') {
     problems.push('GLUCOGUARD_AUTH=off is refused when NODE_ENV=production');
   }
@@ -196,6 +203,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     storeMmapMb: int(pick('GLUCOGUARD_STORE_MMAP_MB', 'storeMmapMb') ?? '2047', 'GLUCOGUARD_STORE_MMAP_MB', 0, 2047, problems),
     auth,
     compression,
+    autoReindex,
     logLevel,
     nodeEnv,
     upstream,

@@ -109,11 +109,64 @@ describe('glucoguard CLI', () => {
     const r = spawnSync(process.execPath, [BIN, 'reindex'], { env: { ...env, LOG_LEVEL: 'warn' }, encoding: 'utf8' });
     expect(r.stderr).not.toMatch(/glucoguard: /);
     expect(r.status).toBe(0);
-    expect(r.stderr).toMatch(/matched without their index until `glucoguard reindex` has run/);
+    expect(r.stderr).toMatch(/matched without their index until the index is rebuilt/);
     expect(r.stderr).toMatch(/reindex: \d+ of \d+ current versions/);
     expect(r.stdout).toMatch(/^reindexed [1-9]\d* current versions in [\d.]+ s \([1-9]\d* unreadable: their patient's data key was erased\); index generation 3$/m);
     const again = spawnSync(process.execPath, [BIN, 'reindex'], { env: { ...env, LOG_LEVEL: 'warn' }, encoding: 'utf8' });
     expect(again.status).toBe(0);
     expect(again.stderr).not.toMatch(/matched without their index/);
+  });
+
+  test('serve rebuilds the index of an older store in the background and records the generation', async () => {
+    const store = () => new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+    const db = store();
+    try {
+      db.prepare("UPDATE meta SET v = '1' WHERE k = 'index-generation'").run();
+    } finally {
+      db.close();
+    }
+    const child = spawn(process.execPath, [BIN, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no rebuild logged: ${out}`)), 30_000);
+      child.stdout.on('data', () => {
+        if (/search index rebuilt: \d+ current versions, index generation 3/.test(out)) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    expect(out).toMatch(/rebuilding the search index in the background/);
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    const after = store();
+    try {
+      expect(after.prepare("SELECT v FROM meta WHERE k = 'index-generation'").pluck().get()).toBe('3');
+    } finally {
+      after.close();
+    }
+    // a store at the current generation starts without rebuilding
+    const again = spawn(process.execPath, [BIN, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out2 = '';
+    again.stdout.on('data', (d: Buffer) => {
+      out2 += d.toString();
+    });
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`server did not start: ${out2}`)), 20_000);
+      again.stdout.on('data', () => {
+        if (/listening on port/.test(out2)) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    const stopped = new Promise<number | null>((resolve) => again.on('exit', (code) => resolve(code)));
+    again.kill('SIGTERM');
+    expect(await stopped).toBe(0);
+    expect(out2).not.toMatch(/rebuilding the search index/);
   });
 });

@@ -53,6 +53,9 @@ describe('config', () => {
     expect(d.searchScanLimit).toBe(20000);
     expect(loadConfig({ GLUCOGUARD_SEARCH_SCAN_LIMIT: '0' }).searchScanLimit).toBe(0);
     expect(() => loadConfig({ GLUCOGUARD_SEARCH_SCAN_LIMIT: 'lots' })).toThrow(/GLUCOGUARD_SEARCH_SCAN_LIMIT must be an integer from 0/);
+    expect(d.autoReindex).toBe('on');
+    expect(loadConfig({ GLUCOGUARD_AUTO_REINDEX: 'off' }).autoReindex).toBe('off');
+    expect(() => loadConfig({ GLUCOGUARD_AUTO_REINDEX: 'later' })).toThrow(/GLUCOGUARD_AUTO_REINDEX must be one of on, off/);
     expect(d.compression).toBe('on');
     expect(loadConfig({ GLUCOGUARD_COMPRESSION: 'off' }).compression).toBe('off');
     expect(() => loadConfig({ GLUCOGUARD_COMPRESSION: 'gzip' })).toThrow(/GLUCOGUARD_COMPRESSION must be one of on, off/);

@@ -125,7 +125,7 @@ export class EmbeddedRepository implements Repository {
       if (repo.indexGeneration < INDEX_GENERATION) {
         options.logger?.warn({ indexGeneration: repo.indexGeneration, current: INDEX_GENERATION },
           'search parameters indexed since this store was written (_tag, _security, _profile, component-code, telecom, phone, email, deceased, language, value-quantity, component-value-quantity) '
-          + 'are matched without their index until `glucoguard reindex` has run');
+          + 'are matched without their index until the index is rebuilt (`serve` does it in the background unless GLUCOGUARD_AUTO_REINDEX=off; or `glucoguard reindex`)');
       }
       return repo;
     } catch (err) {
@@ -468,9 +468,11 @@ export class EmbeddedRepository implements Repository {
    * of other requests go on between chunks and write their own rows), then records the current
    * index generation: parameters indexed since the store was written are looked up from then on.
    * A version whose data key was erased cannot be read and keeps the rows it had (none of its
-   * resource can be read either). `onProgress` gets the versions done and the total.
+   * resource can be read either). `onProgress` gets the versions done and the total; `chunk`: rows
+   * per transaction (REINDEX_CHUNK; a server rebuilding in the background uses fewer).
    */
-  async reindex(onProgress?: (done: number, total: number) => void): Promise<{ versions: number; unreadable: number; generation: number }> {
+  async reindex(onProgress?: (done: number, total: number) => void, options: { chunk?: number } = {}): Promise<{ versions: number; unreadable: number; generation: number }> {
+    const size = Math.max(1, options.chunk ?? REINDEX_CHUNK);
     this.checkOpen();
     const total = this.db.prepare<[], number>('SELECT count(*) FROM versions WHERE current = 1 AND method <> 2').pluck().get() ?? 0;
     const chunk = this.db.prepare<[number, number], VersionRow>(
@@ -481,7 +483,7 @@ export class EmbeddedRepository implements Repository {
     let unreadable = 0;
     for (;;) {
       const done = await this.write(() => {
-        const rows = chunk.all(after, REINDEX_CHUNK);
+        const rows = chunk.all(after, size);
         for (const row of rows) {
           after = row.seq;
           const resource = this.decode(row);
@@ -495,12 +497,12 @@ export class EmbeddedRepository implements Repository {
           this.insertIndex(row.seq, refs, dates);
           versions++;
         }
-        return rows.length < REINDEX_CHUNK;
+        return rows.length < size;
       });
       onProgress?.(versions + unreadable, total);
       if (done) break;
     }
-    writeIndexGeneration(this.db, INDEX_GENERATION);
+    await this.write(() => writeIndexGeneration(this.db, INDEX_GENERATION));
     this.generation = INDEX_GENERATION;
     return { versions, unreadable, generation: INDEX_GENERATION };
   }
