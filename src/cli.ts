@@ -68,7 +68,7 @@ program
     let stopping = false;
     if (app.reindex && app.indexGeneration && app.indexGeneration() < INDEX_GENERATION && cfg.autoReindex === 'on') {
       // Searches stay correct meanwhile (newer parameters are matched without their index); small
-      // chunks keep the write lock free for requests most of the time.
+      // chunks with a pause after each (as long as the chunk took) leave requests most of the thread.
       const started = Date.now();
       let logged = 0;
       logger.info({ from: app.indexGeneration(), to: INDEX_GENERATION }, 'rebuilding the search index in the background (GLUCOGUARD_AUTO_REINDEX=off to leave it to `glucoguard reindex`)');
@@ -76,7 +76,7 @@ program
         if (Date.now() - logged < 10_000) return;
         logged = Date.now();
         logger.info({ done, total }, `search index: ${done} of ${total} current versions rebuilt`);
-      }, { chunk: 500 }).then(({ versions, unreadable, generation }) => {
+      }, { chunk: 100, background: true }).then(({ versions, unreadable, generation }) => {
         logger.info({ versions, unreadable, generation, seconds: (Date.now() - started) / 1000 }, `search index rebuilt: ${versions} current versions, index generation ${generation}`);
       }, (err: unknown) => {
         if (stopping) logger.info('search index rebuild stopped by the shutdown; it starts again at the next start');

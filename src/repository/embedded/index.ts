@@ -469,9 +469,10 @@ export class EmbeddedRepository implements Repository {
    * index generation: parameters indexed since the store was written are looked up from then on.
    * A version whose data key was erased cannot be read and keeps the rows it had (none of its
    * resource can be read either). `onProgress` gets the versions done and the total; `chunk`: rows
-   * per transaction (REINDEX_CHUNK; a server rebuilding in the background uses fewer).
+   * per transaction (REINDEX_CHUNK); `background`: pause after each chunk as long as it took, so a
+   * serving process keeps at least half its thread for requests.
    */
-  async reindex(onProgress?: (done: number, total: number) => void, options: { chunk?: number } = {}): Promise<{ versions: number; unreadable: number; generation: number }> {
+  async reindex(onProgress?: (done: number, total: number) => void, options: { chunk?: number; background?: boolean } = {}): Promise<{ versions: number; unreadable: number; generation: number }> {
     const size = Math.max(1, options.chunk ?? REINDEX_CHUNK);
     this.checkOpen();
     const total = this.db.prepare<[], number>('SELECT count(*) FROM versions WHERE current = 1 AND method <> 2').pluck().get() ?? 0;
@@ -482,6 +483,7 @@ export class EmbeddedRepository implements Repository {
     let versions = 0;
     let unreadable = 0;
     for (;;) {
+      const began = performance.now();
       const done = await this.write(() => {
         const rows = chunk.all(after, size);
         for (const row of rows) {
@@ -501,6 +503,11 @@ export class EmbeddedRepository implements Repository {
       });
       onProgress?.(versions + unreadable, total);
       if (done) break;
+      // Let requests and other I/O in between chunks: the mutex hands over through promise
+      // callbacks alone, which would otherwise keep the event loop from ever reaching them. In the
+      // background, rest as long as the chunk took: the rebuild takes at most half the thread.
+      const rest = options.background ? performance.now() - began : 0;
+      await new Promise((resolve) => (rest > 0 ? setTimeout(resolve, rest) : setImmediate(resolve)));
     }
     await this.write(() => writeIndexGeneration(this.db, INDEX_GENERATION));
     this.generation = INDEX_GENERATION;
