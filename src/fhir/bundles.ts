@@ -56,7 +56,8 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
       reads.push({ index: i, entry });
       continue;
     }
-    if (method === 'PATCH') throw badRequest('PATCH is not supported inside a transaction; send it on its own or in a batch', `Bundle.entry[${i}].request.method`);
+    // (the router turns each PATCH into the update it makes before the transaction gets here)
+    if (method === 'PATCH') throw badRequest('PATCH is not supported inside a transaction', `Bundle.entry[${i}].request.method`);
     const type = steps.checkType(url.split(/[/?]/)[0]!);
     // A conditional PUT or DELETE would be matched by the repository over everything it holds,
     // hidden resources too; single requests and batch entries decide it over what the requester may see.
@@ -113,7 +114,7 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
 }
 
 /** Builds the router request for one Bundle entry. */
-function entryRequest(entry: BundleEntry, index: number, parent: FhirRequest): FhirRequest {
+export function entryRequest(entry: BundleEntry, index: number, parent: FhirRequest): FhirRequest {
   const method = entry.request?.method as HttpMethod | undefined;
   const url = entry.request?.url;
   if (!method || !url) throw badRequest(`Bundle.entry[${index}].request needs method and url`, `Bundle.entry[${index}].request`);

@@ -12,7 +12,7 @@ import {
 import type { Logger } from '../log.js';
 import type { HistoryEntry, HistoryRequest, Repository, SearchOptions } from '../repository/port.js';
 import type { AccessContext } from './access.js';
-import { processBatch, processTransaction } from './bundles.js';
+import { entryRequest, processBatch, processTransaction } from './bundles.js';
 import { applyFhirPathPatch, isFhirPathPatch, parseFhirPathPatch } from './fhirpath-patch.js';
 import { errorToResponse, informational, operationOutcome } from './outcomes.js';
 import { PageTokens, pairsToQuery, queryOfText, queryPairs, toQueryString } from './paging.js';
@@ -705,7 +705,8 @@ export class FhirRouter {
     const bundle = body as unknown as Bundle;
     if (bundle.type === 'batch') return processBatch(bundle, req, (sub) => this.handle(sub));
     if (bundle.type === 'transaction') {
-      const decided = req.access.kind === 'open' ? bundle : await this.visibleConditionals(req.access, bundle);
+      const visible = req.access.kind === 'open' ? bundle : await this.visibleConditionals(req.access, bundle);
+      const decided = await this.patchesAsUpdates(req, visible);
       return processTransaction(decided, req, {
         validate: (resource) => this.options.validator.assertValid(resource),
         authorize: async (interaction, resource) => {
@@ -720,6 +721,48 @@ export class FhirRouter {
       });
     }
     throw badRequest('Bundle.type must be batch or transaction', 'Bundle.type');
+  }
+
+  /**
+   * A transaction's PATCH entries as the updates they make: each is applied to the current version
+   * the requester may change (404 otherwise, as for a single patch), and becomes a PUT with
+   * `ifMatch` set to the version it was read at, so a version written before the transaction
+   * commits fails the whole transaction (412) instead of being overwritten. The PUT then goes
+   * through the transaction's own checks (validation, authorization, `mayWrite`). A patch that does
+   * not apply is 422 for the whole transaction; a conditional PATCH is refused (as conditional PUT is).
+   */
+  private async patchesAsUpdates(req: FhirRequest, bundle: Bundle): Promise<Bundle> {
+    const entries = bundle.entry ?? [];
+    if (!entries.some((e) => e.request?.method === 'PATCH')) return bundle;
+    const out: BundleEntry[] = [];
+    for (const [i, entry] of entries.entries()) {
+      if (entry.request?.method !== 'PATCH') {
+        out.push(entry);
+        continue;
+      }
+      const sub = entryRequest(entry, i, req);
+      const [type, id, ...rest] = sub.path.split('/');
+      if (!type || !id || rest.length || Object.keys(sub.query).length) {
+        throw badRequest('A PATCH inside a transaction names one resource (Type/id); send a conditional patch on its own or in a batch', `Bundle.entry[${i}].request.url`);
+      }
+      this.checkType(type);
+      await this.policy.authorize(req.access, 'update', type);
+      const applyTo = patchOf(sub);
+      const current = await this.changeable(req.access, type, checkId(id));
+      const ifMatch = parseIfMatch(sub.headers['if-match']);
+      if (ifMatch !== undefined && ifMatch !== current.meta?.versionId) throw preconditionFailed(`Bundle.entry[${i}]: If-Match ${ifMatch} is not the current version`);
+      const patched = structuredClone(current) as Resource;
+      const failures = applyTo(patched);
+      if (failures.length) {
+        // the patch's own paths (`Parameters.parameter[0]`, JSON Patch `[0]`) as paths into the entry
+        throw unprocessable(failures.map((f) => ({ ...f, expression: (f.expression ?? ['']).map((e) => `Bundle.entry[${i}].resource${e.replace(/^Parameters/, '')}`) })));
+      }
+      if (patched.resourceType !== type || patched.id !== id) {
+        throw unprocessable([{ severity: 'error', code: 'processing', diagnostics: `Bundle.entry[${i}]: a patch may not change resourceType or id` }]);
+      }
+      out.push({ ...(entry.fullUrl ? { fullUrl: entry.fullUrl } : {}), resource: patched, request: { method: 'PUT', url: `${type}/${id}`, ifMatch: `W/"${current.meta!.versionId}"` } });
+    }
+    return { ...bundle, entry: out };
   }
 
   private async operation(req: FhirRequest, route: Route & { kind: 'operation' }): Promise<FhirResponse> {

@@ -174,7 +174,7 @@ describe.each(REPOSITORY_ADAPTERS)('JSON Patch on the %s repository', (_adapter,
     expect(cond.body.id).toBe(c.id);
   });
 
-  test('a batch carries patches: FHIRPath Patch as Parameters, JSON Patch as a Binary; each entry is answered on its own; a transaction refuses them', async () => {
+  test('a batch carries patches: FHIRPath Patch as Parameters, JSON Patch as a Binary; each entry is answered on its own', async () => {
     const a = await create(reading(patientId, 180));
     const b = await create(reading(patientId, 181));
     const jsonPatch = Buffer.from(JSON.stringify([{ op: 'replace', path: '/status', value: 'final' }])).toString('base64');
@@ -192,10 +192,46 @@ describe.each(REPOSITORY_ADAPTERS)('JSON Patch on the %s repository', (_adapter,
     expect(res.body.entry.map((e: { response: { status: string } }) => e.response.status.split(' ')[0])).toEqual(['200', '200', '400', '415']);
     expect((await current(a.id!)).valueQuantity!.value).toBe(182);
     expect((await current(b.id!)).status).toBe('final');
-    const transaction = await http().post('/fhir').set('Content-Type', FHIR_JSON).send({ ...bundle, type: 'transaction', entry: bundle.entry.slice(0, 1) });
-    expect(transaction.status).toBe(400);
-    expect(transaction.body.issue[0].diagnostics).toMatch(/PATCH is not supported inside a transaction/);
-    expect((await current(a.id!)).meta!.versionId).toBe(res.body.entry[0].resource.meta.versionId);
+  });
+
+  test('a transaction carries patches: all its writes or none; a patch that does not apply, a stale If-Match or a conditional patch fails it whole', async () => {
+    const a = await create(reading(patientId, 190));
+    const b = await create(reading(patientId, 191));
+    const fpReplace = (path: string, value: object) => ({ resourceType: 'Parameters', parameter: [{ name: 'operation', part: [
+      { name: 'type', valueCode: 'replace' }, { name: 'path', valueString: path }, { name: 'value', ...value }] }] });
+    const jsonPatch = (ops: object[]) => ({ resourceType: 'Binary', contentType: JSON_PATCH, data: Buffer.from(JSON.stringify(ops)).toString('base64') });
+    const newReading = reading(patientId, 192);
+    const transaction = (entry: object[]) => http().post('/fhir').set('Content-Type', FHIR_JSON).send({ resourceType: 'Bundle', type: 'transaction', entry });
+    const ok = await transaction([
+      { request: { method: 'PATCH', url: `Observation/${a.id}` }, resource: fpReplace('Observation.value.value', { valueDecimal: 193 }) },
+      { request: { method: 'PATCH', url: `Observation/${b.id}`, ifMatch: `W/"${b.meta!.versionId}"` }, resource: jsonPatch([{ op: 'replace', path: '/status', value: 'final' }]) },
+      { request: { method: 'POST', url: 'Observation' }, resource: newReading },
+    ]);
+    expect(ok.status).toBe(200);
+    expect(ok.body.type).toBe('transaction-response');
+    expect(ok.body.entry.map((e: { response: { status: string } }) => e.response.status.split(' ')[0])).toEqual(['200', '200', '201']);
+    expect((await current(a.id!)).valueQuantity!.value).toBe(193);
+    const bNow = await current(b.id!);
+    expect(bNow.status).toBe('final');
+    const countOf = async () => (await http().get('/fhir/Observation').query({ identifier: `urn:test:reading|${newReading.identifier![0]!.value}` })).body.entry?.length ?? 0;
+    expect(await countOf()).toBe(1);
+
+    const failing: [object[], number, RegExp][] = [
+      [[{ request: { method: 'PATCH', url: `Observation/${a.id}` }, resource: fpReplace('Observation.interpretation', { valueString: 'x' }) }], 422, /names no element.*Bundle.entry\[1\].resource.parameter\[0\]/],
+      [[{ request: { method: 'PATCH', url: `Observation/${b.id}`, ifMatch: `W/"${b.meta!.versionId}"` }, resource: jsonPatch([{ op: 'replace', path: '/status', value: 'amended' }]) }], 412, /If-Match/],
+      [[{ request: { method: 'PATCH', url: `Observation?identifier=urn:test:reading|${newReading.identifier![0]!.value}` }, resource: jsonPatch([{ op: 'replace', path: '/status', value: 'amended' }]) }], 400, /names one resource/],
+      [[{ request: { method: 'PATCH', url: `Observation/${a.id}` }, resource: jsonPatch([{ op: 'replace', path: '/effectiveDateTime', value: 'soon' }]) }], 422, /effective/],
+    ];
+    for (const [entries, status, message] of failing) {
+      const extra = reading(patientId, 194);
+      const res = await transaction([{ request: { method: 'POST', url: 'Observation' }, resource: extra }, ...entries]);
+      expect(res.status).toBe(status);
+      expect(JSON.stringify(res.body.issue)).toMatch(message);
+      // nothing of it was stored: neither the create beside it nor the patch
+      expect((await http().get('/fhir/Observation').query({ identifier: `urn:test:reading|${extra.identifier![0]!.value}` })).body.entry ?? []).toEqual([]);
+    }
+    expect((await current(a.id!)).meta!.versionId).toBe(ok.body.entry[0].resource.meta.versionId);
+    expect((await current(b.id!)).meta!.versionId).toBe(bNow.meta!.versionId);
   });
 
   test('the CapabilityStatement lists patch, except for types whose writes go through their own module', async () => {
