@@ -682,33 +682,13 @@ const wBody = (type: string): fc.Arbitrary<Record<string, unknown>> => fc.tuple(
 const W_TARGETS = ['A.r0', 'A.r1', 'A.r2', 'A.r3', 'A.r4', 'B.r1', 'B.r2', 'C.r0', 'C.r1', 'C.r3', 'A.deleted', 'B.deleted', 'A.other', 'A.panel',
   'A.movedIn', 'A.movedOut', 'A.containedB', 'A.performerB', 'A.containedDevice', 'orphan', 'A.device', 'B.device', 'A', 'B', 'A.med', 'B.med', 'org', 'new'];
 /** One write: [method, url, resource?, ifNoneExist?]; `@<name>` placeholders, `@new` a never-stored id. */
-type WEntry = { method: 'PUT' | 'DELETE' | 'POST'; type: string; id?: string; resource?: Record<string, unknown>; ifNoneExist?: string; criteria?: string };
+type WEntry = { method: 'PUT' | 'DELETE' | 'POST' | 'PATCH'; type: string; id?: string; resource?: Record<string, unknown>; ifNoneExist?: string; criteria?: string };
 /** Search criteria of conditional creates, updates and deletes: matching visible, hidden, both or nothing. */
 const wCriteria = fc.constantFrom(`identifier=${W_FUZZ}|k1`, `identifier=${W_FUZZ}|k2`, '_id=@B.r1', '_id=@A.r1',
   'patient=Patient/@B&code=' + CGM, 'patient=Patient/@A&code=' + CGM, `identifier=${W_FUZZ}|k3&patient=Patient/@A`);
 /** The url of an entry: `Type/id`, `Type?criteria` (conditional update or delete) or `Type` (create). */
 const wUrl = (e: WEntry): string => (e.criteria !== undefined ? `${e.type}?${e.criteria}` : e.method === 'POST' ? e.type : `${e.type}/${e.id}`);
 const wTarget = fc.constantFrom(...W_TARGETS).map((n) => ({ type: n === 'new' ? 'Observation' : typeOfName(n), id: `@${n}` }));
-const wEntry: fc.Arbitrary<WEntry> = fc.oneof(
-  { weight: 5, arbitrary: wTarget.chain(({ type, id }) => wBody(type).map((b): WEntry => ({ method: 'PUT', type, id, resource: { ...b, id } }))) },
-  { weight: 2, arbitrary: wTarget.map(({ type, id }): WEntry => ({ method: 'DELETE', type, id })) },
-  { weight: 3, arbitrary: fc.constantFrom('Observation', 'Observation', 'Observation', 'Device', 'MedicationAdministration', 'Organization')
-    .chain((type) => fc.tuple(wBody(type), fc.option(fc.constantFrom(`identifier=${W_FUZZ}|k1`, `identifier=${W_FUZZ}|k2`, '_id=@B.r1', '_id=@A.r1',
-      'patient=Patient/@B&code=' + CGM, 'patient=Patient/@A&code=' + CGM, `identifier=${W_FUZZ}|k3&patient=Patient/@A`), { nil: undefined })))
-    .map(([b, ifNoneExist]): WEntry => ({ method: 'POST', type: String(b.resourceType), resource: b, ...(ifNoneExist ? { ifNoneExist } : {}) })) },
-  { weight: 2, arbitrary: fc.constantFrom('Observation', 'Observation', 'Device').chain((type) => fc.tuple(wBody(type), wCriteria))
-    .map(([b, criteria]): WEntry => ({ method: 'PUT', type: String(b.resourceType), resource: b, criteria })) },
-  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('Observation', 'Observation', 'Device'), wCriteria).map(([type, criteria]): WEntry => ({ method: 'DELETE', type, criteria })) },
-);
-const wPrefer = fc.constantFrom(undefined, undefined, 'return=representation', 'return=minimal', 'return=OperationOutcome');
-/** JSON Patch documents: harmless edits, a move into another patient's record, a failing test. */
-const wPatchOps = fc.constantFrom(
-  [{ op: 'replace', path: '/status', value: 'amended' }],
-  [{ op: 'add', path: '/note', value: [{ text: 'patched' }] }],
-  [{ op: 'replace', path: '/subject', value: { reference: 'Patient/@B' } }],
-  [{ op: 'replace', path: '/subject', value: { reference: 'Patient/@A' } }],
-  [{ op: 'test', path: '/status', value: 'cancelled' }, { op: 'replace', path: '/status', value: 'final' }],
-);
 /** The same edits as FHIRPath Patch documents (Parameters, sent as FHIR JSON). */
 const fpOperation = (type: string, path: string, value?: Record<string, unknown>, name?: string) => ({ name: 'operation', part: [
   { name: 'type', valueCode: type }, { name: 'path', valueString: path }, ...(name ? [{ name: 'name', valueString: name }] : []), ...(value ? [{ name: 'value', ...value }] : []),
@@ -721,6 +701,28 @@ const wFhirPathPatch = fc.constantFrom(
   [fpOperation('replace', 'Device.patient', { valueReference: { reference: 'Patient/@B' } })],
   [fpOperation('delete', 'Observation.subject')],
 ).map((parameter) => ({ resourceType: 'Parameters', parameter }));
+const wEntry: fc.Arbitrary<WEntry> = fc.oneof(
+  { weight: 5, arbitrary: wTarget.chain(({ type, id }) => wBody(type).map((b): WEntry => ({ method: 'PUT', type, id, resource: { ...b, id } }))) },
+  { weight: 2, arbitrary: wTarget.map(({ type, id }): WEntry => ({ method: 'DELETE', type, id })) },
+  { weight: 3, arbitrary: fc.constantFrom('Observation', 'Observation', 'Observation', 'Device', 'MedicationAdministration', 'Organization')
+    .chain((type) => fc.tuple(wBody(type), fc.option(fc.constantFrom(`identifier=${W_FUZZ}|k1`, `identifier=${W_FUZZ}|k2`, '_id=@B.r1', '_id=@A.r1',
+      'patient=Patient/@B&code=' + CGM, 'patient=Patient/@A&code=' + CGM, `identifier=${W_FUZZ}|k3&patient=Patient/@A`), { nil: undefined })))
+    .map(([b, ifNoneExist]): WEntry => ({ method: 'POST', type: String(b.resourceType), resource: b, ...(ifNoneExist ? { ifNoneExist } : {}) })) },
+  { weight: 2, arbitrary: fc.constantFrom('Observation', 'Observation', 'Device').chain((type) => fc.tuple(wBody(type), wCriteria))
+    .map(([b, criteria]): WEntry => ({ method: 'PUT', type: String(b.resourceType), resource: b, criteria })) },
+  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('Observation', 'Observation', 'Device'), wCriteria).map(([type, criteria]): WEntry => ({ method: 'DELETE', type, criteria })) },
+  // a FHIRPath Patch as an entry (in a transaction it becomes the update it makes)
+  { weight: 1, arbitrary: fc.tuple(wTarget, wFhirPathPatch).map(([{ type, id }, doc]): WEntry => ({ method: 'PATCH', type, id, resource: doc })) },
+);
+const wPrefer = fc.constantFrom(undefined, undefined, 'return=representation', 'return=minimal', 'return=OperationOutcome');
+/** JSON Patch documents: harmless edits, a move into another patient's record, a failing test. */
+const wPatchOps = fc.constantFrom(
+  [{ op: 'replace', path: '/status', value: 'amended' }],
+  [{ op: 'add', path: '/note', value: [{ text: 'patched' }] }],
+  [{ op: 'replace', path: '/subject', value: { reference: 'Patient/@B' } }],
+  [{ op: 'replace', path: '/subject', value: { reference: 'Patient/@A' } }],
+  [{ op: 'test', path: '/status', value: 'cancelled' }, { op: 'replace', path: '/status', value: 'final' }],
+);
 const writeReq: fc.Arbitrary<WReq> = fc.oneof(
   { weight: 1, arbitrary: fc.tuple(wTarget, wPatchOps, fc.option(wCriteria, { nil: undefined, freq: 3 })).map(([{ type, id }, ops, criteria]): WReq => ({
     method: 'PATCH', path: criteria !== undefined ? `${type}?${criteria}` : `${type}/${id}`, body: ops, headers: { 'content-type': 'application/json-patch+json' },
