@@ -20,6 +20,35 @@ beforeAll(() => {
 }, 180_000);
 afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
 
+/** `glucoguard serve` as a child process: its stdout so far, a wait for a line matching `pattern`, and a SIGTERM that answers the exit code. */
+function serve() {
+  const child = spawn(process.execPath, [BIN, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return {
+    out: () => out,
+    waitFor: (pattern: RegExp, ms = 20_000) => new Promise<RegExpExecArray>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no line matching ${pattern} within ${ms} ms: ${out}`)), ms);
+      const check = () => {
+        const m = pattern.exec(out);
+        if (m) {
+          clearTimeout(timer);
+          resolve(m);
+        }
+      };
+      child.stdout.on('data', check);
+      check();
+    }),
+    stop: () => {
+      child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
 describe('glucoguard CLI', () => {
   let patientId = '';
 
@@ -45,24 +74,11 @@ describe('glucoguard CLI', () => {
   });
 
   test('serve logs its adapters, serves the patient, and exits 0 on SIGTERM', async () => {
-    const child = spawn(process.execPath, [BIN, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-    });
-    const port = await new Promise<number>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`server did not start: ${out}`)), 20_000);
-      child.stdout.on('data', () => {
-        const m = /listening on port (\d+)/.exec(out);
-        if (m) {
-          clearTimeout(timer);
-          resolve(Number(m[1]));
-        }
-      });
-    });
-    expect(out).toMatch(/repository: embedded/);
-    expect(out).toMatch(/kv: memory/);
-    expect(out).toMatch(/chain: /);
+    const server = serve();
+    const port = Number((await server.waitFor(/listening on port (\d+)/))[1]);
+    expect(server.out()).toMatch(/repository: embedded/);
+    expect(server.out()).toMatch(/kv: memory/);
+    expect(server.out()).toMatch(/chain: /);
     const res = await fetch(`http://127.0.0.1:${port}/fhir/Patient/${patientId}`);
     expect(res.status).toBe(200);
     expect(((await res.json()) as { name: { family: string }[] }).name[0]!.family).toBe('Rivera');
@@ -71,11 +87,9 @@ describe('glucoguard CLI', () => {
     expect(erase.status).not.toBe(0);
     expect(erase.stderr).toMatch(/a server is running on this data directory .*stop it first/);
     expect((await fetch(`http://127.0.0.1:${port}/fhir/Patient/${patientId}`)).status).toBe(200);
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    child.kill('SIGTERM');
-    expect(await exited).toBe(0);
-    expect(out).toMatch(/stopped cleanly/);
-    expect(out).not.toMatch(/Rivera/);
+    expect(await server.stop()).toBe(0);
+    expect(server.out()).toMatch(/stopped cleanly/);
+    expect(server.out()).not.toMatch(/Rivera/);
   });
 
   test('patients erase wants --yes, then destroys the patient\'s data key and commitment salts', () => {
@@ -125,24 +139,10 @@ describe('glucoguard CLI', () => {
     } finally {
       db.close();
     }
-    const child = spawn(process.execPath, [BIN, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-    });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no rebuild logged: ${out}`)), 30_000);
-      child.stdout.on('data', () => {
-        if (/search index rebuilt: \d+ current versions, index generation 3/.test(out)) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-    });
-    expect(out).toMatch(/rebuilding the search index in the background/);
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    child.kill('SIGTERM');
-    expect(await exited).toBe(0);
+    const server = serve();
+    await server.waitFor(/search index rebuilt: \d+ current versions, index generation 3/, 30_000);
+    expect(server.out()).toMatch(/rebuilding the search index in the background/);
+    expect(await server.stop()).toBe(0);
     const after = store();
     try {
       expect(after.prepare("SELECT v FROM meta WHERE k = 'index-generation'").pluck().get()).toBe('3');
@@ -150,23 +150,9 @@ describe('glucoguard CLI', () => {
       after.close();
     }
     // a store at the current generation starts without rebuilding
-    const again = spawn(process.execPath, [BIN, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out2 = '';
-    again.stdout.on('data', (d: Buffer) => {
-      out2 += d.toString();
-    });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`server did not start: ${out2}`)), 20_000);
-      again.stdout.on('data', () => {
-        if (/listening on port/.test(out2)) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-    });
-    const stopped = new Promise<number | null>((resolve) => again.on('exit', (code) => resolve(code)));
-    again.kill('SIGTERM');
-    expect(await stopped).toBe(0);
-    expect(out2).not.toMatch(/rebuilding the search index/);
+    const again = serve();
+    await again.waitFor(/listening on port/);
+    expect(await again.stop()).toBe(0);
+    expect(again.out()).not.toMatch(/rebuilding the search index/);
   });
 });
