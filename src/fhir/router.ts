@@ -341,17 +341,7 @@ export class FhirRouter {
    * or `id` is 422 and stores nothing.
    */
   private async patch(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
-    await this.policy.authorize(req.access, 'update', type);
-    const applyTo = patchOf(req);
-    const current = await this.changeable(req.access, type, id);
-    const ifMatch = parseIfMatch(req.headers['if-match']);
-    if (ifMatch !== undefined && ifMatch !== current.meta?.versionId) throw preconditionFailed(`If-Match ${ifMatch} is not the current version`);
-    const patched = structuredClone(current) as Resource; // the current version may be a frozen shared object
-    const failures = applyTo(patched);
-    if (failures.length) throw unprocessable(failures);
-    if (patched.resourceType !== type || patched.id !== id) {
-      throw unprocessable([{ severity: 'error', code: 'processing', diagnostics: 'A patch may not change resourceType or id' }]);
-    }
+    const { current, patched, ifMatch } = await this.applyPatchRequest(req, type, id);
     this.options.validator.assertValid(patched);
     if (!(await this.policy.mayWrite(req.access, patched, 'update'))) throw forbiddenWrite();
     try {
@@ -362,6 +352,32 @@ export class FhirRouter {
       if (ifMatch === undefined && isGlucoGuardError(err, 'ERR_PRECONDITION_FAILED')) throw conflict(`${type}/${id} changed while the patch was applied; read it and patch again`);
       throw err;
     }
+  }
+
+  /**
+   * The version a PATCH request (or a transaction's PATCH entry, `entry` its index) applies to, and
+   * the patched copy: the requester needs update rights and must be able to change the current
+   * version (404 otherwise); `If-Match` must name it (412); a patch that does not apply, or changes
+   * `resourceType` or `id`, is 422 (issue paths inside the entry for a transaction's).
+   */
+  private async applyPatchRequest(req: FhirRequest, type: string, id: string, entry?: number): Promise<{ current: Resource; patched: Resource; ifMatch: string | undefined }> {
+    const where = entry === undefined ? '' : `Bundle.entry[${entry}]: `;
+    await this.policy.authorize(req.access, 'update', type);
+    const applyTo = patchOf(req);
+    const current = await this.changeable(req.access, type, id);
+    const ifMatch = parseIfMatch(req.headers['if-match']);
+    if (ifMatch !== undefined && ifMatch !== current.meta?.versionId) throw preconditionFailed(`${where}If-Match ${ifMatch} is not the current version`);
+    const patched = structuredClone(current) as Resource; // the current version may be a frozen shared object
+    const failures = applyTo(patched);
+    if (failures.length) {
+      // a transaction's: the patch's own paths (`Parameters.parameter[0]`, JSON Patch `[0]`) as paths into the entry
+      throw unprocessable(entry === undefined ? failures
+        : failures.map((f) => ({ ...f, expression: (f.expression ?? ['']).map((e) => `Bundle.entry[${entry}].resource${e.replace(/^Parameters/, '')}`) })));
+    }
+    if (patched.resourceType !== type || patched.id !== id) {
+      throw unprocessable([{ severity: 'error', code: 'processing', diagnostics: `${where}A patch may not change resourceType or id` }]);
+    }
+    return { current, patched, ifMatch };
   }
 
   /** Conditional patch (http.html#patch): `PATCH [type]?[criteria]` patches the one match the requester may see (none: 404; more: 412). */
@@ -746,20 +762,7 @@ export class FhirRouter {
         throw badRequest('A PATCH inside a transaction names one resource (Type/id); send a conditional patch on its own or in a batch', `Bundle.entry[${i}].request.url`);
       }
       this.checkType(type);
-      await this.policy.authorize(req.access, 'update', type);
-      const applyTo = patchOf(sub);
-      const current = await this.changeable(req.access, type, checkId(id));
-      const ifMatch = parseIfMatch(sub.headers['if-match']);
-      if (ifMatch !== undefined && ifMatch !== current.meta?.versionId) throw preconditionFailed(`Bundle.entry[${i}]: If-Match ${ifMatch} is not the current version`);
-      const patched = structuredClone(current) as Resource;
-      const failures = applyTo(patched);
-      if (failures.length) {
-        // the patch's own paths (`Parameters.parameter[0]`, JSON Patch `[0]`) as paths into the entry
-        throw unprocessable(failures.map((f) => ({ ...f, expression: (f.expression ?? ['']).map((e) => `Bundle.entry[${i}].resource${e.replace(/^Parameters/, '')}`) })));
-      }
-      if (patched.resourceType !== type || patched.id !== id) {
-        throw unprocessable([{ severity: 'error', code: 'processing', diagnostics: `Bundle.entry[${i}]: a patch may not change resourceType or id` }]);
-      }
+      const { current, patched } = await this.applyPatchRequest(sub, type, checkId(id), i);
       out.push({ ...(entry.fullUrl ? { fullUrl: entry.fullUrl } : {}), resource: patched, request: { method: 'PUT', url: `${type}/${id}`, ifMatch: `W/"${current.meta!.versionId}"` } });
     }
     return { ...bundle, entry: out };
@@ -969,10 +972,10 @@ function checkId(id: string): string {
   return id;
 }
 
-/** 415 unless the request says its body is FHIR JSON (`application/fhir+json` or `application/json`). */
 /** Media types of FHIR JSON request bodies. */
 const FHIR_JSON_TYPES = new Set(['application/fhir+json', 'application/json']);
 
+/** 415 unless the request says its body is FHIR JSON (`application/fhir+json` or `application/json`). */
 export function requireFhirJson(req: FhirRequest): void {
   const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
   if (!FHIR_JSON_TYPES.has(contentType)) {

@@ -475,17 +475,14 @@ export class EmbeddedRepository implements Repository {
   async reindex(onProgress?: (done: number, total: number) => void, options: { chunk?: number; background?: boolean } = {}): Promise<{ versions: number; unreadable: number; generation: number }> {
     const size = Math.max(1, options.chunk ?? REINDEX_CHUNK);
     this.checkOpen();
-    const total = this.db.prepare<[], number>('SELECT count(*) FROM versions WHERE current = 1 AND method <> 2').pluck().get() ?? 0;
-    const chunk = this.db.prepare<[number, number], VersionRow>(
-      'SELECT seq, type, id, version, last_updated, method, key_id, key_version, body, ix FROM versions '
-      + 'WHERE seq > ? AND current = 1 AND method <> 2 ORDER BY seq LIMIT ?');
+    const total = this.sql.countCurrent.get() ?? 0;
     let after = 0;
     let versions = 0;
     let unreadable = 0;
     for (;;) {
       const began = performance.now();
       const done = await this.write(() => {
-        const rows = chunk.all(after, size);
+        const rows = this.sql.currentAfter.all(after, size);
         for (const row of rows) {
           after = row.seq;
           const resource = this.decode(row);

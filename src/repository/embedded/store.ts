@@ -49,6 +49,9 @@ export interface Statements {
   deleteDate: Statement<[number, number, number]>;
   clearIx: Statement<[number]>;
   setIx: Statement<[Buffer, number]>;
+  /** Current, non-deleted versions after a seq, in seq order, `limit` of them (reindex). */
+  currentAfter: Statement<[number, number], VersionRow>;
+  countCurrent: Statement<[], number>;
 }
 
 /**
@@ -140,6 +143,8 @@ export function prepareStatements(db: DB): Statements {
     deleteDate: db.prepare('DELETE FROM ix_date WHERE h = ? AND start = ? AND seq = ?'),
     clearIx: db.prepare('UPDATE versions SET ix = NULL WHERE seq = ?'),
     setIx: db.prepare('UPDATE versions SET ix = ? WHERE seq = ?'),
+    currentAfter: db.prepare(`SELECT ${cols} FROM versions WHERE seq > ? AND current = 1 AND method <> ${METHOD.DELETE} ORDER BY seq LIMIT ?`),
+    countCurrent: db.prepare<[], number>(`SELECT count(*) FROM versions WHERE current = 1 AND method <> ${METHOD.DELETE}`).pluck(),
   };
 }
 
