@@ -13,6 +13,7 @@ import type { Logger } from '../log.js';
 import type { HistoryEntry, HistoryRequest, Repository, SearchOptions } from '../repository/port.js';
 import type { AccessContext } from './access.js';
 import { entryRequest, processBatch, processTransaction } from './bundles.js';
+import { isChained, resolveChains, type ChainContext } from './chains.js';
 import { applyFhirPathPatch, isFhirPathPatch, parseFhirPathPatch } from './fhirpath-patch.js';
 import { errorToResponse, informational, operationOutcome } from './outcomes.js';
 import { PageTokens, pairsToQuery, queryOfText, queryPairs, toQueryString } from './paging.js';
@@ -470,16 +471,25 @@ export class FhirRouter {
     }
     const including = Object.keys(query).some((k) => k.startsWith('_include') || k.startsWith('_revinclude'));
     const subsetting = parseSubsetting(type, query, { lenient: preferLenient(req), including });
-    const parsed = parseSearch(type, query, {
+    const parseOptions = {
       lenient: preferLenient(req),
       supported: this.options.repository.supportedSearchParams(),
       defaultCount: this.options.defaultPageSize,
       maxCount: this.options.maxPageSize,
       subsetting: true,
-    });
-    const narrowed: SearchRequest = await this.policy.narrowSearch(req.access, { ...parsed, offset });
+    };
+    let resolved: Record<string, string | string[]> | undefined = query;
+    if (Object.keys(query).some(isChained)) {
+      // the rest of the query is checked before any chain's own search runs
+      parseSearch(type, Object.fromEntries(Object.entries(query).filter(([k]) => !isChained(k))), parseOptions);
+      resolved = await resolveChains(type, query, this.chainContext(req.access, preferLenient(req)));
+    }
+    const parsed = parseSearch(type, resolved ?? {}, parseOptions);
     const count = parsed.count ?? this.options.defaultPageSize;
-    const { matches, included, hasMore, nextOffset } = await this.filledPage(req.access, narrowed, offset, count);
+    const { matches, included, hasMore, nextOffset } = resolved
+      ? await this.filledPage(req.access, await this.policy.narrowSearch(req.access, { ...parsed, offset }), offset, count)
+      // a chain selected nothing: nothing can match
+      : { matches: { allowed: [], issues: [] }, included: { allowed: [], issues: [] }, hasMore: false, nextOffset: offset };
     const firstPageQuery = queryPairs(query).filter(([k]) => !['_pageToken', '_format', '_pretty'].includes(k));
     const links: BundleLink[] = [{ relation: 'self', url: this.pageUrl(req, type, firstPageQuery, offset) }];
     if (hasMore) links.push({ relation: 'next', url: this.pageUrl(req, type, firstPageQuery, nextOffset) });
@@ -836,6 +846,28 @@ export class FhirRouter {
       out.push(...(await this.guard(access, result.resources)).allowed);
       if (!result.hasMore) return out;
     }
+  }
+
+  /**
+   * How chains and `_has` are resolved for a requester (src/fhir/chains.ts): each inner search is
+   * authorized, narrowed and guarded like the requester's own search, and paged past hidden matches.
+   */
+  private chainContext(access: AccessContext, lenient: boolean): ChainContext {
+    const supported = this.options.repository.supportedSearchParams();
+    const ctx: ChainContext = {
+      supported,
+      lenient,
+      fhirBase: this.options.fhirBase,
+      matches: async (type, query, limit, links) => {
+        await this.policy.authorize(access, 'search', type);
+        const resolved = await resolveChains(type, query, ctx, links);
+        if (!resolved) return [];
+        const parsed = parseSearch(type, resolved, { lenient: false, supported, defaultCount: limit + 1, maxCount: limit + 1 });
+        const narrowed = await this.policy.narrowSearch(access, { ...parsed, offset: 0 });
+        return (await this.filledPage(access, narrowed, 0, limit + 1)).matches.allowed;
+      },
+    };
+    return ctx;
   }
 
   /** Runs every outbound guard in turn (consent, then integrity, …). */

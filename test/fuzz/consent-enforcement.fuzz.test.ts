@@ -25,7 +25,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import type { Bundle, Observation, Resource } from '@medplum/fhirtypes';
+import type { Bundle, Observation, Reference, Resource } from '@medplum/fhirtypes';
 import fc from 'fast-check';
 import request from 'supertest';
 import { withPurpose } from '../../src/consent/requester.js';
@@ -355,8 +355,8 @@ const param: fc.Arbitrary<[string, string]> = fc.oneof(
   { weight: 2, arbitrary: fc.tuple(fc.constant('_sort'), fc.constantFrom('date', '-date', '_id', '-_lastUpdated', 'code', '-value-quantity', 'patient', 'birthdate')) },
   { weight: 3, arbitrary: fc.tuple(fc.constantFrom('_include', '_include:iterate'), includeValue) },
   { weight: 3, arbitrary: fc.tuple(fc.constantFrom('_revinclude', '_revinclude:iterate'), revincludeValue) },
-  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('_has:Observation:patient:code', '_has:Observation:subject:_id', '_has:DiagnosticReport:result:status'), fc.constantFrom(CGM, '@B.r1', 'final')) },
-  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('patient.name', 'subject:Patient.family', 'device.patient', 'patient._id', 'result.code'), fc.constantFrom('Bravo', '@B', CGM)) },
+  { weight: 2, arbitrary: fc.tuple(fc.constantFrom('_has:Observation:patient:code', '_has:Observation:subject:_id', '_has:DiagnosticReport:result:status'), fc.constantFrom(CGM, '@B.r1', '@A.r1', 'final')) },
+  { weight: 2, arbitrary: fc.tuple(fc.constantFrom('patient.name', 'subject:Patient.family', 'device.patient', 'patient._id', 'result.code'), fc.constantFrom('Bravo', 'Alpha', '@A', '@B', CGM)) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('_summary', '_elements', '_total', '_contained', '_containedType'), fc.constantFrom('count', 'true', 'data', 'accurate', 'id,subject', 'both', 'contained')) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('device', 'result', 'has-member', 'performer', 'status', 'identifier'), fc.constantFrom('Device/@B.device', 'Device/@A.device', 'Observation/@B.r1', 'final', 'Patient/@B')) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('name', 'family', 'name:contains', 'family:exact', 'gender', 'birthdate'), fc.constantFrom('Bravo', 'Alpha', 'a', 'Charlie', 'male', 'ge1900')) },
@@ -391,7 +391,19 @@ const operation: fc.Arbitrary<Req> = fc.oneof(
     query: range ? { start: ago(Math.max(...range)), end: ago(Math.min(...range) - 0.5) } : {},
   })),
 );
-const single = fc.oneof({ weight: 4, arbitrary: readLike }, { weight: 5, arbitrary: search }, { weight: 1, arbitrary: historyAll }, { weight: 2, arbitrary: operation });
+/** Searches whose chain or `_has` fits their type, with up to two other parameters. */
+const chainSearch: fc.Arbitrary<Req> = fc.tuple(
+  fc.constantFrom<[string, string]>(['Observation', 'patient.name'], ['Observation', 'subject:Patient.family'], ['Observation', 'device.patient'],
+    ['Observation', 'patient._id'], ['DiagnosticReport', 'result.code'], ['DiagnosticReport', 'patient.name'], ['Patient', '_has:Observation:patient:code'],
+    ['Patient', '_has:Observation:subject:_id'], ['Observation', '_has:DiagnosticReport:result:status'], ['Device', '_has:Observation:device:code']),
+  fc.constantFrom('Alpha', 'Bravo', '@A', '@B', '@A.r1', '@B.r1', CGM, 'final'),
+  fc.array(param, { maxLength: 2 }),
+).map(([[type, name], value, more]) => {
+  const q: Query = { [name]: value };
+  for (const [k, v] of more) q[k] = k in q ? [q[k]!].flat().concat(v) : v;
+  return { method: 'GET', path: type, query: q };
+});
+const single = fc.oneof({ weight: 4, arbitrary: readLike }, { weight: 5, arbitrary: search }, { weight: 1, arbitrary: chainSearch }, { weight: 1, arbitrary: historyAll }, { weight: 2, arbitrary: operation });
 const batch: fc.Arbitrary<Req> = fc.tuple(fc.constantFrom('batch', 'transaction'), fc.array(fc.oneof(readLike, search.filter((s) => s.method === 'GET'), operation), { minLength: 1, maxLength: 4 }))
   .map(([type, entries]) => ({
     method: 'POST', path: '', query: {}, contentType: 'application/fhir+json',
@@ -542,11 +554,13 @@ async function check(who: Requester, purposeOfUse: string, raw: Req, send: Trans
   if (problems.length) throw new Error(`${who.name} (${purposeOfUse || 'no purpose'}) ${r.method} ${entryUrl(r)} ${r.body ? JSON.stringify(r.body) : ''}\n→ ${res.status}\n${problems.join('\n')}`);
   // Oracle parameters are refused outright, not answered over filtered data.
   if (/^[A-Za-z]+(\/_search)?$/.test(r.path)) {
-    const params = { ...r.query, ...(r.body as Query | undefined) };
-    const oracle = Object.entries(params).find(([k, v]) => k.startsWith('_has') || k.includes('.') || k === '_total'
+    const params: Query = { ...r.query };
+    for (const [k, v] of Object.entries((r.body as Query | undefined) ?? {})) params[k] = k in params ? [params[k]!].flat().concat(v) : v;
+    const oracle = Object.entries(params).find(([k, v]) => k === '_total'
       || (k === '_summary' && [v].flat().includes('count')) || (k === '_sort' && [v].flat().some((x) => !['date', '-date', '_id', '-_id', '_lastUpdated', '-_lastUpdated'].includes(x))));
     if (oracle && res.status !== 400) throw new Error(`${who.name} ${entryUrl(r)} ${JSON.stringify(r.body ?? '')}: oracle parameter ${oracle[0]} answered ${res.status}, not 400`);
     if (oracle) count('oracle parameter refused');
+    else if (res.status === 200 && Object.keys(params).some(isChainName)) await sameAsResolvedByHand(who, purposeOfUse, r.path.split('/')[0]!, params, res, send);
   }
   // $cgm-agp counts only readings the grant permits (its output holds numbers, not resources).
   if (/\$cgm-agp$/.test(r.path) && res.status === 200) {
@@ -588,6 +602,67 @@ async function check(who: Requester, purposeOfUse: string, raw: Req, send: Trans
   }
 }
 
+const isChainName = (k: string): boolean => k.startsWith('_has') || k.includes('.');
+/** The type a forward chain of the fuzz's shapes leads to. */
+const CHAIN_TARGET: Record<string, string> = { patient: 'Patient', 'subject:Patient': 'Patient', device: 'Device', result: 'Observation' };
+/** The references a `_has` source of the fuzz's shapes makes in a reference parameter. */
+const referencesIn = (source: Resource, param: string): string[] => {
+  const o = source as { subject?: Reference; device?: Reference; result?: Reference[] };
+  const one = param === 'device' ? o.device : o.subject;
+  const refs = param === 'result' ? (o.result ?? []) : one ? [one] : [];
+  return refs.map((r) => (r.reference ?? '').replace(/\/_history\/.*$/, ''));
+};
+
+/**
+ * A chain or `_has` may select only by what the requester could search for themself: its answer
+ * must be the answer to the same search with each chain replaced by the ids the requester's own
+ * search of the chain's target (or `_has` source) finds. Worked out here, by hand, from those
+ * searches; a chain whose search finds nothing must answer no entries.
+ */
+async function sameAsResolvedByHand(who: Requester, purposeOfUse: string, type: string, params: Query, res: FhirResponse, send: Transport): Promise<void> {
+  const plain: Query = {};
+  const add = (k: string, v: string): void => {
+    plain[k] = k in plain ? [plain[k]!].flat().concat(v) : v;
+  };
+  let selectsNothing = false;
+  const fail = (why: string): never => {
+    throw new Error(`${who.name} (${purposeOfUse}) ${type}?${JSON.stringify(params)} answered 200, but ${why}`);
+  };
+  for (const [k, values] of Object.entries(params)) {
+    for (const v of [values].flat()) {
+      if (!isChainName(k)) {
+        add(k, v);
+        continue;
+      }
+      let search: Req;
+      let toValue: (found: Resource[]) => [string, string[]];
+      if (k.startsWith('_has:')) {
+        const [, source, ref, ...rest] = k.split(':');
+        search = { method: 'GET', path: source!, query: { [rest.join(':')]: v, _count: '1000' } };
+        toValue = (found) => ['_id', [...new Set(found.flatMap((f) => referencesIn(f, ref!)).filter((x) => x.startsWith(`${type}/`)).map((x) => x.slice(type.length + 1)))]];
+      } else {
+        const head = k.slice(0, k.indexOf('.'));
+        const target = CHAIN_TARGET[head] ?? fail(`the fuzz has no target type for chain ${k}`);
+        search = { method: 'GET', path: target, query: { [k.slice(head.length + 1)]: v, _count: '1000' } };
+        toValue = (found) => [head.split(':')[0]!, found.map((f) => `${target}/${f.id}`)];
+      }
+      const found = await send(who, purposeOfUse, search);
+      if (found.status !== 200) fail(`the requester's own search ${entryUrl(search)} answered ${found.status}`);
+      const [name, ids] = toValue(((found.body as Bundle).entry ?? []).filter((e) => e.search?.mode === 'match').map((e) => e.resource!));
+      if (ids.length === 0) selectsNothing = true;
+      else add(name, ids.join(','));
+    }
+  }
+  const entriesOf = (b: FhirResponse['body']): string[] => ((b as Bundle).entry ?? []).map((e) => `${e.search?.mode} ${e.resource?.resourceType}/${e.resource?.id}`);
+  const expected = selectsNothing ? [] : await send(who, purposeOfUse, { method: 'GET', path: type, query: plain }).then((byHand) => {
+    if (byHand.status !== 200) fail(`the search resolved by hand answered ${byHand.status}`);
+    return entriesOf(byHand.body);
+  });
+  const got = entriesOf(res.body);
+  if (JSON.stringify(got) !== JSON.stringify(expected)) fail(`its entries ${JSON.stringify(got)} differ from those of the search resolved by hand ${JSON.stringify(plain)}: ${JSON.stringify(expected)}`);
+  count(selectsNothing ? 'chain selected nothing' : 'chain answered as resolved by hand');
+}
+
 describe('consent enforcement: no request shape shows anything the patient did not grant', () => {
   test('through the HTTP edge (express parsing of paths, queries and form bodies)', async () => {
     stats.clear();
@@ -618,6 +693,9 @@ describe('consent enforcement: no request shape shows anything the patient did n
     expect(stats.get('Observation 200') ?? 0).toBeGreaterThan(50);
     expect(stats.get('permitted resource shown') ?? 0).toBeGreaterThan(100);
     expect(stats.get('oracle parameter refused') ?? 0).toBeGreaterThan(50);
+    // chains compared with the same search resolved by hand: ones that selected something, and ones that did not
+    expect(stats.get('chain answered as resolved by hand') ?? 0).toBeGreaterThan(10);
+    expect(stats.get('chain selected nothing') ?? 0).toBeGreaterThan(100);
     expect(stats.get('shown: about C') ?? 0).toBeGreaterThan(10); // C's research grant, with purpose HRESCH
   }, 120_000);
 });

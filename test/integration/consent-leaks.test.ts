@@ -132,11 +132,30 @@ describe('consent enforcement on every FHIR path', () => {
     expect(pages).toEqual([2, 2]);
   });
 
-  test('_summary=count and _total are refused; _has and chained parameters are refused', async () => {
+  test('_summary=count and _total are refused', async () => {
     expect((await get('/fhir/Observation?_summary=count')).status).toBe(400);
     expect((await get('/fhir/Observation?_total=accurate')).status).toBe(400);
-    expect((await get('/fhir/Patient?_has:Observation:patient:code=2339-0')).status).toBe(400);
-    expect((await get('/fhir/Observation?patient.name=Okafor')).status).toBe(400);
+  });
+
+  test('chains and _has select only by resources the requester may see themself', async () => {
+    const matched = async (url: string): Promise<string[]> => {
+      const res = await get(url);
+      expect([url, res.status]).toEqual([url, 200]);
+      return entries(res.body).map((r) => r.id!).sort();
+    };
+    // Patient 12 is granted with its Patient resource: its name selects its readings
+    expect(await matched('/fhir/Observation?patient.name=Twelve')).toEqual([ids.p12]);
+    // Ana's readings are visible but her Patient resource is not: her name must select nothing,
+    // or a chain would tell her name (the same as for Ben, who granted nothing)
+    expect(await matched('/fhir/Observation?patient.name=Rivera')).toEqual([]);
+    expect(await matched(`/fhir/Observation?patient._id=${ana}`)).toEqual([]);
+    expect(await matched('/fhir/Observation?patient.name=Okafor')).toEqual([]);
+    expect(await matched('/fhir/Observation?patient.name=OneTwoThree')).toEqual([]);
+    // _has: only visible readings count, and only visible Patients come back
+    expect(await matched('/fhir/Patient?_has:Observation:patient:code=99504-3')).toEqual(['12']);
+    expect(await matched('/fhir/Patient?_has:Observation:patient:code=2339-0')).toEqual([]);
+    expect(await matched('/fhir/Patient?_has:Observation:patient:identifier=urn:test|ben-1')).toEqual([]);
+    expect(await matched('/fhir/Patient?_has:Observation:patient:date=lt' + iso(now - 15 * DAY))).toEqual([]);
   });
 
   test('_include and _revinclude never bring in an ungranted patient or type', async () => {
