@@ -45,7 +45,7 @@ const SUBSETTING_PARAMS = new Set(['_summary', '_elements']);
 /** Builds a SearchRequest from a query, throwing 400 for anything the facade cannot answer faithfully. */
 export function parseSearch(resourceType: string, query: Record<string, string | string[]>, options: SearchParseOptions): SearchRequest {
   const kept: Record<string, string | string[]> = {};
-  for (const [name, value] of Object.entries(query)) {
+  for (const [name, value] of Object.entries(withTypedReferences(resourceType, query))) {
     if (SUBSETTING_PARAMS.has(name)) {
       if (options.subsetting) continue;
       if (!options.lenient) throw badRequest(`${name} is not supported here`, name);
@@ -82,6 +82,34 @@ export function parseSearch(resourceType: string, query: Record<string, string |
   return { ...request, count: Math.min(count, options.maxCount), offset: 0 };
 }
 
+/**
+ * Reference parameters with a type modifier (`subject:Patient=123`, search.html#modifiers) as the
+ * plain parameter with typed values (`subject=Patient/123`), ANDed with any plain filter of the
+ * same parameter. A value that names another type is prefixed all the same, so it matches nothing.
+ * Other parameters are left as they are.
+ */
+function withTypedReferences(resourceType: string, query: Record<string, string | string[]>): Record<string, string | string[]> {
+  const typedNames = Object.keys(query).filter((name) => {
+    const m = /^([a-z][a-z0-9-]*):([A-Z][A-Za-z]*)$/.exec(name);
+    const param = m ? getSearchParameter(resourceType, m[1]!) : undefined;
+    return param?.type === 'reference' && (param.target as string[] | undefined)?.includes(m![2]!);
+  });
+  if (typedNames.length === 0) return query;
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(query)) {
+    let code = name;
+    let values = [value].flat();
+    if (typedNames.includes(name)) {
+      const [param, type] = name.split(':') as [string, string];
+      code = param;
+      values = values.map((v) => v.split(',').map((one) => (one.startsWith(`${type}/`) || one.includes(`/${type}/`) ? one : `${type}/${one}`)).join(','));
+    }
+    const had = out[code];
+    out[code] = had === undefined ? (values.length === 1 ? values[0]! : values) : [...[had].flat(), ...values];
+  }
+  return out;
+}
+
 function checkParam(resourceType: string, name: string, value: string | string[], options: SearchParseOptions): string | undefined {
   if (CONTROL_PARAMS.has(name)) {
     if (name === '_count' && ![value].flat().every((v) => /^\d+$/.test(v))) return '_count must be a non-negative integer';
@@ -93,7 +121,7 @@ function checkParam(resourceType: string, name: string, value: string | string[]
   if (base.includes('.')) return `Chained parameter "${name}" is not supported`;
   const modifier = name.includes(':') ? name.slice(base.length + 1) : undefined;
   if (!isKnownParam(resourceType, base, options.supported)) return `Unknown or unsupported search parameter "${base}" for ${resourceType}`;
-  if (modifier && /^[A-Z]/.test(modifier)) return `Chained parameter "${name}" is not supported`;
+  if (modifier && /^[A-Z]/.test(modifier)) return `"${base}" of ${resourceType} cannot refer to "${modifier.slice(0, 64)}"`;
   if (modifier !== undefined && options.supported && !MODIFIERS[getSearchParameter(resourceType, base)?.type ?? '']?.includes(modifier)) {
     // @medplum/core's parser reads a modifier it does not know as a plain `eq`: answering that would change the question
     return `Modifier ":${modifier}" is not supported for "${base}"`;

@@ -71,6 +71,18 @@ describe.each(REPOSITORY_ADAPTERS)('chained and reverse-chained search on the %s
     expectIds((await http().get('/fhir/Observation').query({ 'patient.identifier': `${MRN}|A-${tag},${MRN}|B-${tag}` })).body, ['ana1', 'ana2', 'ben1', 'ben2']);
   });
 
+  test('a type modifier on a reference parameter types its ids: subject:Patient=<id>', async () => {
+    expectIds((await http().get('/fhir/Observation').query({ 'subject:Patient': ids.ana! })).body, ['ana1', 'ana2']);
+    expectIds((await http().get('/fhir/Observation').query({ 'subject:Patient': `Patient/${ids.ben},${ids.ana}` })).body, ['ana1', 'ana2', 'ben1', 'ben2']);
+    // a value naming another type matches nothing; with a plain filter of the same parameter both apply
+    expect(matches((await http().get('/fhir/Observation').query({ 'subject:Patient': `Device/${ids.anaSensor}` })).body)).toEqual([]);
+    expect(matches((await http().get('/fhir/Observation').query({ 'subject:Patient': ids.ana!, subject: `Patient/${ids.ben}` })).body)).toEqual([]);
+    expectIds((await http().get('/fhir/Observation').query({ 'subject:Patient': ids.ben!, code: 'http://loinc.org|2339-0' })).body, ['ben1']);
+    const wrongType = await http().get('/fhir/Observation').query({ 'subject:Medication': '1' });
+    expect(wrongType.status).toBe(400);
+    expect(wrongType.body.issue[0].diagnostics).toContain('cannot refer to');
+  });
+
   test('chains of two links, and chains combined with other parameters', async () => {
     expectIds((await http().get('/fhir/Observation').query({ 'device.patient.identifier': `${MRN}|A-${tag}` })).body, ['ana1', 'ana2']);
     expectIds((await http().get('/fhir/Observation').query({ 'subject:Patient.general-practitioner.name': `Lee${tag}` })).body, ['ana1', 'ana2']);
