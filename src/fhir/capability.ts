@@ -59,7 +59,7 @@ export function buildCapabilityStatement(inputs: CapabilityInputs): CapabilitySt
       readHistory: true,
       updateCreate: true,
       conditionalCreate: true,
-      conditionalRead: 'not-supported',
+      conditionalRead: 'full-support',
       conditionalUpdate: !inputs.handledWriteTypes?.includes(type),
       conditionalDelete: inputs.handledWriteTypes?.includes(type) ? 'not-supported' : 'single',
       searchInclude: ['*'],

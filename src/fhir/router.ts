@@ -220,8 +220,7 @@ export class FhirRouter {
     const resource = await this.fetchFor(req.access, type, id, () => this.options.repository.read(type, id));
     const { allowed, issues } = await this.guard(req.access, [resource]);
     if (allowed.length === 0) return this.withheld(issues);
-    const etag = etagOf(resource);
-    if (etag && req.headers['if-none-match'] === etag) return { status: 304, headers: versionHeaders(resource) };
+    if (notModified(req, resource)) return { status: 304, headers: versionHeaders(resource) };
     return { status: 200, body: subsetting ? subsetResource(allowed[0]!, subsetting) : allowed[0]!, headers: versionHeaders(resource) };
   }
 
@@ -231,6 +230,7 @@ export class FhirRouter {
     const resource = await this.fetchFor(req.access, type, id, () => this.options.repository.vread(type, id, vid), vid);
     const { allowed, issues } = await this.guard(req.access, [resource]);
     if (allowed.length === 0) return this.withheld(issues);
+    if (notModified(req, resource)) return { status: 304, headers: versionHeaders(resource) };
     return { status: 200, body: subsetting ? subsetResource(allowed[0]!, subsetting) : allowed[0]!, headers: versionHeaders(resource) };
   }
 
@@ -1050,6 +1050,28 @@ function single(v: string | string[] | undefined): string | undefined {
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/**
+ * Conditional read (http.html#cread, RFC 9110 §13.1.2–3), decided only after the guards passed the
+ * version: `If-None-Match` naming its ETag (weak comparison; a list, or `*`), or else
+ * `If-Modified-Since` at or after its last update (to the second), is 304 without a body.
+ */
+function notModified(req: FhirRequest, resource: Resource): boolean {
+  const noneMatch = req.headers['if-none-match'];
+  if (noneMatch !== undefined) {
+    const version = resource.meta?.versionId;
+    if (!version) return false;
+    return String(noneMatch).split(',').some((tag) => {
+      const t = tag.trim();
+      return t === '*' || t.replace(/^W\//, '') === `"${version}"`;
+    });
+  }
+  const since = req.headers['if-modified-since'];
+  const lastUpdated = resource.meta?.lastUpdated;
+  if (since === undefined || !lastUpdated) return false;
+  const sinceMs = Date.parse(String(since));
+  return !Number.isNaN(sinceMs) && Math.floor(Date.parse(lastUpdated) / 1000) * 1000 <= sinceMs;
 }
 
 function etagOf(resource: Resource): string | undefined {

@@ -132,6 +132,16 @@ describe('consent enforcement on every FHIR path', () => {
     expect(pages).toEqual([2, 2]);
   });
 
+  test('conditional read: a hidden version is 404 whatever If-None-Match or If-Modified-Since say; a visible one can be 304', async () => {
+    for (const name of ['ben', 'anaOther0a', 'anaOld']) {
+      expect((await get(`/fhir/Observation/${ids[name]}`).set('If-None-Match', '*')).status).toBe(404);
+      expect((await get(`/fhir/Observation/${ids[name]}`).set('If-None-Match', 'W/"1"')).status).toBe(404);
+      expect((await get(`/fhir/Observation/${ids[name]}`).set('If-Modified-Since', new Date(now + DAY).toUTCString())).status).toBe(404);
+      expect((await get(`/fhir/Observation/${ids[name]}/_history/1`).set('If-None-Match', '*')).status).toBe(404);
+    }
+    expect((await get(`/fhir/Observation/${ids.ana0}`).set('If-None-Match', 'W/"1"')).status).toBe(304);
+  });
+
   test('_summary=count and _total are refused', async () => {
     expect((await get('/fhir/Observation?_summary=count')).status).toBe(400);
     expect((await get('/fhir/Observation?_total=accurate')).status).toBe(400);

@@ -66,6 +66,34 @@ describe.each(REPOSITORY_ADAPTERS)('FHIR facade on the %s repository', (adapter,
     expect(obs.supportedProfile).toContain(CGM_READING);
   });
 
+  test('conditional read: If-None-Match naming the ETag, or If-Modified-Since at or after the last update, is 304 without a body', async () => {
+    const created = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [{ family: 'Cached' }] });
+    const { id, meta } = created.body as Patient;
+    const etag = created.headers.etag as string;
+    const lastModified = new Date(meta!.lastUpdated!);
+    for (const [header, value] of [['If-None-Match', etag], ['If-None-Match', etag.replace(/^W\//, '')], ['If-None-Match', `W/"nope", ${etag}`], ['If-None-Match', '*'],
+      ['If-Modified-Since', new Date(lastModified.getTime() + 60_000).toUTCString()], ['If-Modified-Since', lastModified.toUTCString()]] as const) {
+      const res = await http().get(`/fhir/Patient/${id}`).set(header, value);
+      expect([header, value, res.status]).toEqual([header, value, 304]);
+      expect(res.text).toBeFalsy();
+      expect(res.headers.etag).toBe(etag);
+    }
+    for (const [header, value] of [['If-None-Match', 'W/"nope"'], ['If-Modified-Since', new Date(lastModified.getTime() - 60_000).toUTCString()], ['If-Modified-Since', 'not a date']] as const) {
+      const res = await http().get(`/fhir/Patient/${id}`).set(header, value);
+      expect([header, value, res.status]).toEqual([header, value, 200]);
+      expect(res.body.id).toBe(id);
+    }
+    // If-None-Match wins over If-Modified-Since; an update makes the old ETag stale
+    expect((await http().get(`/fhir/Patient/${id}`).set('If-None-Match', 'W/"nope"').set('If-Modified-Since', new Date(Date.now() + 3_600_000).toUTCString())).status).toBe(200);
+    const updated = await http().put(`/fhir/Patient/${id}`).set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', id, name: [{ family: 'Changed' }] });
+    expect(updated.status).toBe(200);
+    expect((await http().get(`/fhir/Patient/${id}`).set('If-None-Match', etag)).status).toBe(200);
+    expect((await http().get(`/fhir/Patient/${id}/_history/${meta!.versionId}`).set('If-None-Match', etag)).status).toBe(304);
+    expect((await http().get(`/fhir/Patient/does-not-exist-${adapter}`).set('If-None-Match', '*')).status).toBe(404);
+    const capability = await http().get('/fhir/metadata');
+    expect(capability.body.rest[0].resource.find((r: { type: string }) => r.type === 'Patient').conditionalRead).toBe('full-support');
+  });
+
   test('create answers 201 with Location, ETag and Last-Modified; read and vread return it', async () => {
     const created = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [{ family: 'Okafor' }] });
     expect(created.status).toBe(201);
