@@ -5,7 +5,7 @@
  * `_elements` never reach the repository: where the caller subsets answers (src/fhir/subsetting.ts)
  * they are left out here, elsewhere they are refused.
  */
-import { getSearchParameter, parseSearchRequest, type SearchRequest } from '@medplum/core';
+import { getSearchParameter, Operator, parseSearchRequest, type Filter, type SearchRequest } from '@medplum/core';
 import { badRequest } from '../errors.js';
 
 /** Result-control parameters handled by the facade or the repository, not filters. */
@@ -25,6 +25,7 @@ const MODIFIERS: Record<string, string[]> = {
   date: ['missing'],
   quantity: ['missing'],
   uri: ['missing'],
+  composite: ['missing'],
 };
 /** Sort keys the embedded index orders by; others are refused (they can act as oracles on hidden elements). */
 const SORTABLE = new Set(['date', '_lastUpdated', '_id', 'birthdate']);
@@ -59,12 +60,22 @@ export function parseSearch(resourceType: string, query: Record<string, string |
   delete kept._pretty;
   delete kept._pageToken;
   delete kept._offset;
+  // @medplum/core's parser does not read composite parameters: they become filters here, as
+  // given (`code$value`), for the repository to check (embedded: normalizeFilter)
+  const composites: Filter[] = [];
+  for (const [name, value] of Object.entries(kept)) {
+    const [code, modifier] = name.split(':') as [string, string | undefined];
+    if (getSearchParameter(resourceType, code)?.type !== 'composite') continue;
+    for (const v of [value].flat()) composites.push({ code, operator: modifier === 'missing' ? Operator.MISSING : Operator.EQUALS, value: v });
+    delete kept[name];
+  }
   let request: SearchRequest;
   try {
     request = parseSearchRequest(resourceType, kept);
   } catch (err) {
     throw badRequest(`Invalid search: ${(err as Error).message}`);
   }
+  if (composites.length) request.filters = [...(request.filters ?? []), ...composites];
   const count = request.count ?? options.defaultCount;
   if (!Number.isInteger(count) || count < 0) throw badRequest('_count must be a non-negative integer', '_count');
   for (const rule of request.sortRules ?? []) {
@@ -122,6 +133,7 @@ function checkParam(resourceType: string, name: string, value: string | string[]
   const modifier = name.includes(':') ? name.slice(base.length + 1) : undefined;
   if (!isKnownParam(resourceType, base, options.supported)) return `Unknown or unsupported search parameter "${base}" for ${resourceType}`;
   if (modifier && /^[A-Z]/.test(modifier)) return `"${base}" of ${resourceType} cannot refer to "${modifier.slice(0, 64)}"`;
+  if (modifier !== undefined && modifier !== 'missing' && getSearchParameter(resourceType, base)?.type === 'composite') return `Modifier ":${modifier}" is not supported for "${base}"`;
   if (modifier !== undefined && options.supported && !MODIFIERS[getSearchParameter(resourceType, base)?.type ?? '']?.includes(modifier)) {
     // @medplum/core's parser reads a modifier it does not know as a plain `eq`: answering that would change the question
     return `Modifier ":${modifier}" is not supported for "${base}"`;

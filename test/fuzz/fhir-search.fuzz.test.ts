@@ -33,7 +33,8 @@ afterAll(async () => {
 const TYPES = ['Observation', 'Patient', 'Device', 'Consent', 'AuditEvent', 'MedicationAdministration'];
 const PARAMS = ['patient', 'subject', 'code', 'date', 'category', 'device', 'status', 'identifier', 'name', 'family', 'given', 'birthdate',
   'gender', 'active', '_id', '_lastUpdated', 'value-quantity', 'effective-time', 'period', 'actor', 'encounter', 'based-on', 'performer',
-  'component-value-quantity', 'component-code', '_tag', '_security', '_profile', 'address', 'telecom', 'phone', 'email', 'deceased', 'language'];
+  'component-value-quantity', 'component-code', '_tag', '_security', '_profile', 'address', 'telecom', 'phone', 'email', 'deceased', 'language',
+  'code-value-quantity', 'component-code-value-quantity', 'combo-code-value-quantity', 'code-value-concept'];
 const CONTROL = ['_count', '_sort', '_include', '_revinclude', '_format', '_pretty', '_pageToken', '_offset', '_summary', '_total', '_elements',
   '_has:Observation:patient:code', '_type', '_filter', '_contained', '_list', '_text', '_content', '_query'];
 const MODIFIERS = ['', '', '', ':exact', ':contains', ':missing', ':not', ':above', ':below', ':text', ':iterate', ':Patient', ':of-type',
@@ -57,7 +58,9 @@ const value = fc.oneof(
     'birthdate', 'value-quantity', '-', ',', ',,,', 'a,b,c', '%', '%00', '\u0000', '\uFFFF', '\uD800', '../../etc/passwd', "' OR 1=1 --",
     '0', '00', '999999999999', '-1', '1.5', ' 1', 'NaN', 'json', 'xml', 'text/html', 'application/fhir+json; charset=utf-8',
     'gt100||mg/dL', 'ap1e2', 'eb-0.5|http://unitsofmeasure.org|', '5.4||', '1e-400', '.5', '5.', 'sa1E2|a|b|c', 'ne103', 'le1e308',
-    'http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-sensor-reading-mass-per-volume', 'urn:source|dexcom'),
+    'http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-sensor-reading-mass-per-volume', 'urn:source|dexcom',
+    'http://loinc.org|99504-3$gt100', '99504-3$le5||mg/dL', '$', '$$', 'a$b$c', '99504-3$', '$gt5', '99504-3\\$5', 'http://loinc.org|99504-3$http://loinc.org|LA1',
+    '99504-3$gt100,2339-0$ne5', '|$|', 'x$1e400'),
   fc.string({ maxLength: 30 }),
   fc.string({ unit: 'grapheme', maxLength: 10 }),
   fc.nat({ max: 5000 }).map(String),

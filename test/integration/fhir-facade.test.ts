@@ -374,10 +374,18 @@ describe.each(REPOSITORY_ADAPTERS)('FHIR facade on the %s repository', (adapter,
     expect(await values({ 'value-quantity': '105' })).toEqual([105]);
     expect(await values({ 'value-quantity': 'gt108|http://unitsofmeasure.org|mmol/L' })).toEqual([]);
     expect((await values({ _profile: CGM_READING })).length).toBe(12);
+    // composite: the code and the value of one reading
+    expect(await values({ 'code-value-quantity': 'http://loinc.org|99504-3$gt108|http://unitsofmeasure.org|mg/dL' })).toEqual([109, 110, 111]);
+    expect(await values({ 'code-value-quantity': 'http://loinc.org|2339-0$gt108' })).toEqual([]);
+    expect(await values({ 'code-value-quantity': '99504-3$le100,99504-3$ge111' })).toEqual([100, 111]);
+    const badComposite = await http().get('/fhir/Observation').query({ 'code-value-quantity': '99504-3' });
+    expect(badComposite.status).toBe(400);
+    expect(badComposite.body.issue[0].diagnostics).toMatch(/expected 2 values separated by \$/);
     const meta = await http().get('/fhir/metadata');
     const obs = meta.body.rest[0].resource.find((r: { type: string }) => r.type === 'Observation');
     expect(obs.searchParam).toEqual(expect.arrayContaining([{ name: 'value-quantity', type: 'quantity', definition: 'http://hl7.org/fhir/SearchParameter/Observation-value-quantity' },
-      expect.objectContaining({ name: '_profile', type: 'uri' }), expect.objectContaining({ name: '_tag', type: 'token' })]));
+      expect.objectContaining({ name: '_profile', type: 'uri' }), expect.objectContaining({ name: '_tag', type: 'token' }),
+      expect.objectContaining({ name: 'code-value-quantity', type: 'composite' })]));
     for (const [name, value] of [['code:text', 'glucose'], ['date:exact', '2026-01-01'], ['value-quantity:contains', '105'], ['_profile:below', 'http://hl7.org/fhir/uv/cgm']]) {
       const refused = await http().get('/fhir/Observation').query({ patient: patientId, [name]: value });
       expect(refused.status).toBe(400);

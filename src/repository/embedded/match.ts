@@ -16,7 +16,7 @@ import {
 } from '@medplum/core';
 import type { Filter, TypedValue } from '@medplum/core';
 import type { Period, Quantity, Resource } from '@medplum/fhirtypes';
-import type { ParamInfo } from './params.js';
+import type { CompositePart, ParamInfo } from './params.js';
 
 /** A compiled check of all filters of a search (already validated against `params`). */
 export type Matcher = (resource: Resource) => boolean;
@@ -51,6 +51,13 @@ function compileFilter(info: ParamInfo, filter: Filter): (values: TypedValue[], 
   if (filter.operator === Operator.MISSING || filter.operator === Operator.PRESENT) {
     const desired = (filter.operator === Operator.MISSING && filter.value === 'false') ||
       (filter.operator === Operator.PRESENT && filter.value === 'true');
+    if (info.kind === 'composite') {
+      // present: some element has a value for every part (`code-value-quantity` on a coded Observation without a value is missing)
+      return (values) => desired === values.some((element) => info.parts!.every((part) => {
+        const found = partValues(part, element);
+        return (part.kind === 'quantity' ? convertToSearchableQuantities(found) : convertToSearchableTokens(found)).length > 0;
+      }));
+    }
     return (values) => desired === values.length > 0;
   }
   const negated = filter.operator === Operator.NOT_EQUALS || filter.operator === Operator.NOT;
@@ -98,7 +105,64 @@ function compileFilter(info: ParamInfo, filter: Filter): (values: TypedValue[], 
     }
     case 'uri':
       return (values) => values.some((v) => typeof v.value === 'string' && wanted.includes(v.value));
+    case 'composite': {
+      // `values` are the elements the composite's expression selects (the resource, or each
+      // component): one element must satisfy every part of one of the alternatives
+      const parts = info.parts!;
+      const alternatives = wanted.map((w) => splitComposite(w).map((text, i) => compositeTerm(parts[i]!, text)));
+      return (values) => values.some((element) => {
+        const byPart = parts.map((part) => partValues(part, element));
+        return alternatives.some((terms) => terms.every((term, i) => term(byPart[i]!)));
+      });
+    }
   }
+}
+
+/** A composite part's values on one element, of the type its expression casts to. */
+function partValues(part: CompositePart, element: TypedValue): TypedValue[] {
+  const values = evalFhirPathTyped(part.atom, [element]);
+  return part.type ? values.filter((v) => v.type === part.type) : values;
+}
+
+const PREFIX = /^(eq|ne|gt|lt|ge|le|sa|eb|ap)(?=[-+.\d])/;
+
+/** The `$`-separated values of a composite search value (`\$` is a literal dollar sign). */
+export function splitComposite(text: string): string[] {
+  return text.split(/(?<!\\)\$/).map((p) => p.replaceAll('\\$', '$'));
+}
+
+/** A quantity part's prefix and value (`gt250|…` → gt, `250|…`); `eq` when there is none. */
+export function splitPrefix(text: string): { operator: string; value: string } {
+  const m = PREFIX.exec(text);
+  return m ? { operator: m[1]!, value: text.slice(2) } : { operator: Operator.EQUALS, value: text };
+}
+
+/** Why a composite search value cannot be read for these parts, or undefined when it can. */
+export function compositeProblem(parts: CompositePart[], text: string): string | undefined {
+  const values = splitComposite(text);
+  if (values.length !== parts.length) return `expected ${parts.length} values separated by $`;
+  for (const [i, part] of parts.entries()) {
+    const value = values[i]!;
+    if (part.kind === 'token' && (value === '' || value === '|')) return `value ${i + 1} is an empty token`;
+    if (part.kind === 'quantity') {
+      const problem = quantityProblem(splitPrefix(value).value);
+      if (problem) return `value ${i + 1}: ${problem}`;
+    }
+  }
+  return undefined;
+}
+
+function compositeTerm(part: CompositePart, text: string): (values: TypedValue[]) => boolean {
+  if (part.kind === 'token') return (values) => convertToSearchableTokens(values).some((t) => matchesToken(t, text));
+  const { operator, value } = splitPrefix(text);
+  const target = parseQuantity(value);
+  if (operator === Operator.NOT_EQUALS) {
+    return (values) => {
+      const quantities = convertToSearchableQuantities(values);
+      return quantities.length > 0 && !quantities.some((q) => matchesQuantity(q, Operator.EQUALS, target));
+    };
+  }
+  return (values) => convertToSearchableQuantities(values).some((q) => matchesQuantity(q, operator, target));
 }
 
 /** A quantity search value: `[number]`, `[number]|[system]|[code]` or `[number]||[code or unit]`. */

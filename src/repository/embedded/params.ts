@@ -5,7 +5,7 @@
  */
 import {
   convertToSearchableDates, convertToSearchableQuantities, convertToSearchableReferences, convertToSearchableTokens, evalFhirPathTyped,
-  getParsedExpressionForResourceType, getSearchParameter, toTypedValue,
+  getParsedExpressionForResourceType, getSearchParameter, getSearchParameters, parseFhirPath, toTypedValue,
 } from '@medplum/core';
 import type { FhirPathAtom, TypedValue } from '@medplum/core';
 import type { Resource, SearchParameter } from '@medplum/fhirtypes';
@@ -24,7 +24,8 @@ interface TypeConfig {
 const TYPES: Record<string, TypeConfig> = {
   Observation: {
     params: ['patient', 'subject', 'code', 'date', 'category', 'device', 'status', 'identifier', 'encounter', 'performer', 'based-on',
-      'value-quantity', 'component-code', 'component-value-quantity'],
+      'value-quantity', 'component-code', 'component-value-quantity',
+      'code-value-quantity', 'component-code-value-quantity', 'combo-code-value-quantity', 'code-value-concept', 'component-code-value-concept'],
     patientDate: 'date',
   },
   Patient: {
@@ -82,9 +83,24 @@ const SINCE = new Map<string, number>([
 
 /**
  * Parameter kinds; `token`, `reference`, `uri`, `date` and `quantity` parameters are indexed,
- * `string` ones are matched after decryption, never indexed.
+ * `string` ones are matched after decryption, never indexed. A `composite` one (`code-value-quantity`)
+ * has no rows of its own: its parts narrow through the plain parameters they imply (compositeParts).
  */
-export type IndexKind = 'token' | 'reference' | 'date' | 'string' | 'quantity' | 'uri';
+export type IndexKind = 'token' | 'reference' | 'date' | 'string' | 'quantity' | 'uri' | 'composite';
+
+/** One part of a composite parameter, evaluated on each element its expression selects. */
+export interface CompositePart {
+  kind: 'token' | 'quantity';
+  atom: FhirPathAtom;
+  /** The type its expression casts to (`value.as(Quantity)`): @medplum/core's `as()` does not filter, so values are kept by it. */
+  type?: string;
+  /**
+   * The plain parameter of the type with the part's definition (`code`, `value-quantity`), when the
+   * repository answers it: its values on the whole resource include the part's on any element, so
+   * a filter on it is implied by the composite filter and can use its index.
+   */
+  implied?: string;
+}
 
 export interface ParamInfo {
   code: string;
@@ -97,6 +113,8 @@ export interface ParamInfo {
   indexable: boolean;
   /** The index generation since which its rows are written (the planner trusts them from then on). */
   since: number;
+  /** The parts of a composite parameter, in the order of its `$`-separated values. */
+  parts?: CompositePart[];
 }
 
 /** Index entries of one resource version. */
@@ -131,10 +149,12 @@ export function paramsOf(resourceType: string): Map<string, ParamInfo> {
       if (!kind) throw new Error(`unsupported parameter type ${definition.type} for ${resourceType}.${code}`);
       infos.set(code, {
         code, kind, definition,
-        atom: getParsedExpressionForResourceType(resourceType, definition.expression),
+        // (a composite's expression as written: the per-type parse drops the bare `Observation` of `Observation | Observation.component`)
+        atom: kind === 'composite' ? parseFhirPath(definition.expression) : getParsedExpressionForResourceType(resourceType, definition.expression),
         targets: definition.target ?? [],
-        indexable: kind !== 'string',
+        indexable: kind !== 'string' && kind !== 'composite',
         since: SINCE.get(code) ?? 1,
+        ...(kind === 'composite' ? { parts: compositeParts(resourceType, definition, config?.params ?? []) } : {}),
       });
     }
     infoCache.set(resourceType, infos);
@@ -146,6 +166,22 @@ export function patientDateParam(resourceType: string): string | undefined {
   return TYPES[resourceType]?.patientDate;
 }
 
+function compositeParts(resourceType: string, definition: SearchParameter, configured: string[]): CompositePart[] {
+  const all = Object.values(getSearchParameters(resourceType) ?? {});
+  return (definition.component ?? []).map((component) => {
+    const plain = all.find((p) => p.url === component.definition);
+    if ((plain?.type !== 'token' && plain?.type !== 'quantity') || !component.expression) {
+      throw new Error(`unsupported composite part ${component.definition} of ${resourceType}.${definition.code}`);
+    }
+    const cast = /\.as\((\w+)\)$/.exec(component.expression)?.[1];
+    return {
+      kind: plain.type, atom: parseFhirPath(component.expression),
+      ...(cast ? { type: cast } : {}),
+      ...(configured.includes(plain.code!) ? { implied: plain.code! } : {}),
+    };
+  });
+}
+
 function kindOf(p: SearchParameter): IndexKind | undefined {
   switch (p.type) {
     case 'token': return 'token';
@@ -154,6 +190,7 @@ function kindOf(p: SearchParameter): IndexKind | undefined {
     case 'string': return 'string';
     case 'quantity': return 'quantity';
     case 'uri': return 'uri';
+    case 'composite': return 'composite';
     default: return undefined;
   }
 }

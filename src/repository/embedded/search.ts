@@ -24,7 +24,7 @@ import {
 } from './params.js';
 import type { ParamInfo } from './params.js';
 import type { VersionRow } from './store.js';
-import { compileMatcher, parseQuantity, quantityProblem, stringValues } from './match.js';
+import { compileMatcher, compositeProblem, parseQuantity, quantityProblem, splitComposite, splitPrefix, stringValues } from './match.js';
 
 /** Date rows spanning more than this go to a separate "long" bucket that is scanned whole. */
 export const LONG_SPAN_MS = 24 * 3600 * 1000;
@@ -56,6 +56,9 @@ export interface SearchContext {
 export function dateRowKey(key: string, start: number, end: number): string {
   return end - start > LONG_SPAN_MS ? key + '\0long' : key;
 }
+
+/** Index rows counted at most when the planner weighs a quantity range against a token (planSearch). */
+const COUNT_PROBE = 2_000;
 
 /** How a search is read: the driver index, its conditions and order (planSearch). */
 export interface Plan {
@@ -94,7 +97,9 @@ export const SELECT_LIGHT = 'SELECT v.seq, v.key_id, v.key_version, 1 AS light';
 export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit = 0): SearchResult {
   const type = request.resourceType;
   const params = paramsFor(type);
-  const filters = (request.filters ?? []).map((f) => normalizeFilter(type, params, f));
+  const asked = (request.filters ?? []).map((f) => normalizeFilter(type, params, f));
+  // a composite filter adds the plain filters it implies, so their indexes narrow the candidates
+  const filters = [...asked, ...asked.flatMap((f) => impliedFilters(params, f))];
   const sortRules = request.sortRules ?? [];
   for (const rule of sortRules) {
     const info = params.get(rule.code);
@@ -163,6 +168,25 @@ export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit 
   };
 }
 
+/**
+ * The plain filters a one-valued composite filter implies: `code-value-quantity=L|99504-3$gt250`
+ * implies `code=L|99504-3` and `value-quantity=gt250`, each part's values being among those of its
+ * plain parameter (CompositePart.implied). They only add index narrowing: every candidate is still
+ * matched against the composite filter, which pairs the parts on one element. `ne` implies nothing
+ * usable, and alternatives (a comma) are left to the matcher.
+ */
+function impliedFilters(params: Map<string, ParamInfo>, filter: Filter): Filter[] {
+  const info = params.get(filter.code)!;
+  if (info.kind !== 'composite' || filter.operator !== Operator.EQUALS || splitSearchOnComma(filter.value).length !== 1) return [];
+  const values = splitComposite(filter.value);
+  return info.parts!.flatMap((part, i): Filter[] => {
+    if (!part.implied || !params.has(part.implied)) return [];
+    if (part.kind === 'token') return [{ code: part.implied, operator: Operator.EQUALS, value: values[i]! }];
+    const { operator, value } = splitPrefix(values[i]!);
+    return operator === Operator.NOT_EQUALS ? [] : [{ code: part.implied, operator: operator as Operator, value }];
+  });
+}
+
 export function paramsFor(type: string): Map<string, ParamInfo> {
   try {
     return paramsOf(type);
@@ -185,6 +209,7 @@ export function normalizeFilter(type: string, params: Map<string, ParamInfo>, fi
     quantity: [Operator.EQUALS, Operator.NOT_EQUALS, Operator.GREATER_THAN, Operator.GREATER_THAN_OR_EQUALS, Operator.LESS_THAN,
       Operator.LESS_THAN_OR_EQUALS, Operator.STARTS_AFTER, Operator.ENDS_BEFORE, Operator.APPROXIMATELY, Operator.MISSING, Operator.PRESENT],
     uri: [Operator.EQUALS, Operator.MISSING, Operator.PRESENT],
+    composite: [Operator.EQUALS, Operator.MISSING, Operator.PRESENT],
   };
   if (!allowed[info.kind]!.includes(op)) throw badRequest(`Unsupported modifier or prefix "${op}" for ${filter.code}`, filter.code);
   if ((op === Operator.MISSING || op === Operator.PRESENT) && filter.value !== 'true' && filter.value !== 'false') {
@@ -199,6 +224,12 @@ export function normalizeFilter(type: string, params: Map<string, ParamInfo>, fi
     for (const v of splitSearchOnComma(filter.value)) {
       const problem = quantityProblem(v);
       if (problem) throw badRequest(`Invalid quantity for ${filter.code}: ${problem}`, filter.code);
+    }
+  }
+  if (info.kind === 'composite' && op === Operator.EQUALS) {
+    for (const v of splitSearchOnComma(filter.value)) {
+      const problem = compositeProblem(info.parts!, v);
+      if (problem) throw badRequest(`Invalid value for ${filter.code}: ${problem}`, filter.code);
     }
   }
   if (info.kind !== 'reference' || op === Operator.MISSING || op === Operator.PRESENT) return filter;
@@ -368,7 +399,8 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
   // 3. reference / token: references first (most selective), then identifiers, then other tokens
   const rank = (code: string): number => (params.get(code)!.kind === 'reference' ? 0 : code === 'identifier' ? 1 : 2);
   const driver = [...refFilters].sort((a, b) => rank(a.code) - rank(b.code))[0];
-  if (driver) {
+  const quantity = quantityDriver();
+  if (driver && !(quantity && rank(driver.code) === 2 && fewerRows(quantity, driver))) {
     const extra = exists(driver);
     return {
       from: 'ix_ref d JOIN versions v ON v.seq = d.seq',
@@ -386,18 +418,9 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
   }
 
   // 4b. a quantity range (value-quantity=gt250|…|mg/dL) on an indexed quantity parameter
-  for (const f of filters) {
-    const info = params.get(f.code)!;
-    if (info.kind !== 'quantity' || !trusted(info)) continue;
-    const q = quantityPlan(type, f);
-    if (!q) continue;
-    return {
-      from: 'ix_date d JOIN versions v ON v.seq = d.seq',
-      where: ['d.h = ?', 'd.h2 = ?', ...q.points.conditions],
-      args: [...ctx.hashPair(q.key), ...q.points.args],
-      orderBy: 'd.start, d.seq',
-      long: { where: ['d.h = ?', 'd.h2 = ?', ...q.ranges.conditions], args: [...ctx.hashPair(q.key + '\0long'), ...q.ranges.args] },
-    };
+  if (quantity) {
+    const extra = exists();
+    return { ...quantity, where: [...quantity.where, ...extra.where], args: [...quantity.args, ...extra.args] };
   }
 
   // 5. _lastUpdated range, else 6. the whole type, in last-updated order
@@ -416,6 +439,38 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
     orderBy: `v.last_updated ${luDesc ? 'DESC' : 'ASC'}, v.seq ${luDesc ? 'DESC' : 'ASC'}`,
     yields: sort?.code === '_lastUpdated' ? { code: '_lastUpdated', descending: !!luDesc } : undefined,
   };
+
+  /** The plan of the first quantity filter the index can answer as a range, without the EXISTS checks. */
+  function quantityDriver(): Plan | undefined {
+    for (const f of filters) {
+      const info = params.get(f.code)!;
+      if (info.kind !== 'quantity' || !trusted(info)) continue;
+      const q = quantityPlan(type, f);
+      if (!q) continue;
+      return {
+        from: 'ix_date d JOIN versions v ON v.seq = d.seq',
+        where: ['d.h = ?', 'd.h2 = ?', ...q.points.conditions],
+        args: [...ctx.hashPair(q.key), ...q.points.args],
+        orderBy: 'd.start, d.seq',
+        long: { where: ['d.h = ?', 'd.h2 = ?', ...q.ranges.conditions], args: [...ctx.hashPair(q.key + '\0long'), ...q.ranges.args] },
+      };
+    }
+    return undefined;
+  }
+
+  /**
+   * Whether the quantity range holds fewer index rows than a plain token's keys (`code`, `status`:
+   * often most of a type), counted up to COUNT_PROBE rows each: `code-value-quantity=…$gt400`
+   * is then a short range scan rather than a walk over every glucose reading.
+   */
+  function fewerRows(q: Plan, token: { keys: string[] }): boolean {
+    const probe = (sql: string, args: unknown[]): number =>
+      (ctx.prepare(`SELECT count(*) AS n FROM (${sql} LIMIT ${COUNT_PROBE})`).get(...args) as unknown as { n: number }).n;
+    const ranged = probe(`SELECT 1 FROM ix_date d WHERE ${q.where.join(' AND ')}`, q.args)
+      + probe(`SELECT 1 FROM ix_date d WHERE ${q.long!.where.join(' AND ')}`, q.long!.args);
+    if (ranged >= COUNT_PROBE) return false;
+    return ranged < probe(`SELECT 1 FROM ix_ref d WHERE d.h IN (${token.keys.map(() => '?').join(',')})`, token.keys.map((k) => ctx.hash(k)));
+  }
 
   function datePlan(key: string, bounds: DateBounds | undefined, extra: { where: string[]; args: unknown[] },
     code: string, descending: boolean, provenByKey: Filter[] = []): Plan {
