@@ -21,7 +21,7 @@ interface Stored {
 export class KeySessions {
   private readonly sealKey: Buffer;
 
-  constructor(private readonly kv: KeyValueStore, masterKey: string) {
+  constructor(private readonly kv: KeyValueStore, masterKey: string, private readonly now: () => number = Date.now) {
     this.sealKey = deriveKey(masterKey, 'key-session');
   }
 
@@ -53,12 +53,18 @@ export class KeySessions {
 
   /**
    * Counts an attempt at a patient's secret (current password, recovery code): each costs a scrypt,
-   * so a token holder may not guess on or load the CPU. 429 past `limit` in the window.
+   * so a token holder may not guess on or load the CPU. 429 past `limit` in any `windowMs`, counted
+   * as a sliding window: this window's attempts plus the previous window's, weighted by how much of
+   * it still lies within `windowMs` of now. A fixed window would allow twice the limit across a
+   * window boundary (and forget 10 attempts made a second before it).
    */
   async countAttempt(pseudonym: string, limit = 10, windowMs = 15 * 60_000): Promise<void> {
-    const window = Math.floor(Date.now() / windowMs);
-    const count = await this.kv.increment(`keys:attempts:${pseudonym}:${window}`, windowMs);
-    if (count > limit) throw tooManyRequests('Too many attempts: wait a few minutes and try again');
+    const now = this.now();
+    const window = Math.floor(now / windowMs);
+    const count = await this.kv.increment(`keys:attempts:${pseudonym}:${window}`, 2 * windowMs);
+    const previous = Number(await this.kv.get(`keys:attempts:${pseudonym}:${window - 1}`) ?? 0);
+    const stillWithin = 1 - (now - window * windowMs) / windowMs;
+    if (count + previous * stillWithin > limit) throw tooManyRequests('Too many attempts: wait a few minutes and try again');
   }
 
   async drop(gid: string): Promise<void> {
