@@ -6,6 +6,8 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Bundle, Observation, OperationOutcome, Resource } from '@medplum/fhirtypes';
+import type { AddressInfo } from 'node:net';
+import { Client as FhirKitClient } from 'fhir-kit-client';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { REPOSITORY_ADAPTERS, type Backend } from '../support/adapters.js';
@@ -131,6 +133,20 @@ describe.each(REPOSITORY_ADAPTERS)('chained and reverse-chained search on the %s
     const posted = await http().post('/fhir/Observation/_search').type('form').send({ 'subject:Patient.identifier': `${MRN}|B-${tag}` });
     expect(posted.status).toBe(200);
     expectIds(posted.body, ['ben1', 'ben2']);
+  });
+
+  test('a real client (fhir-kit-client) sends chains and _has as any other parameter', async () => {
+    const server = t.app.http.listen(0, '127.0.0.1');
+    await new Promise((ok) => server.once('listening', ok));
+    try {
+      const client = new FhirKitClient({ baseUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/fhir` });
+      expectIds(await client.search({ resourceType: 'Observation', searchParams: { 'patient.identifier': `${MRN}|B-${tag}` } }) as unknown as Bundle, ['ben1', 'ben2']);
+      expectIds(await client.search({ resourceType: 'Patient', searchParams: { '_has:Observation:patient:code': 'http://loinc.org|2339-0' } }) as unknown as Bundle, ['ben']);
+      const refused = await client.search({ resourceType: 'Observation', searchParams: { 'patient.no-such-param': 'x' } }).then(() => undefined, (err: { response?: { status: number } }) => err);
+      expect(refused?.response?.status).toBe(400);
+    } finally {
+      await new Promise((ok) => server.close(ok));
+    }
   });
 
   test('chains that cannot be answered are 400 OperationOutcomes, or dropped under handling=lenient', async () => {
