@@ -360,6 +360,8 @@ const param: fc.Arbitrary<[string, string]> = fc.oneof(
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('_summary', '_elements', '_total', '_contained', '_containedType'), fc.constantFrom('count', 'true', 'data', 'accurate', 'id,subject', 'both', 'contained')) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('device', 'result', 'has-member', 'performer', 'status', 'identifier'), fc.constantFrom('Device/@B.device', 'Device/@A.device', 'Observation/@B.r1', 'final', 'Patient/@B')) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('name', 'family', 'name:contains', 'family:exact', 'gender', 'birthdate'), fc.constantFrom('Bravo', 'Alpha', 'a', 'Charlie', 'male', 'ge1900')) },
+  { weight: 1, arbitrary: fc.tuple(fc.constantFrom('code-value-quantity', 'combo-code-value-quantity', 'code-value-quantity:missing', 'value-quantity'),
+    fc.constantFrom(`${LOINC}|${CGM}$gt100`, `${CGM}$le120||mg/dL`, `2339-0$gt0`, `${LOINC}|${CGM}$ne120`, 'true', 'false', 'gt100', `${CGM}$gt100,2339-0$gt100`)) },
 );
 const query = fc.array(param, { maxLength: 5 }).map((pairs) => {
   const q: Query = {};
