@@ -247,8 +247,13 @@ export class FhirRouter {
     delete resource.id;
     this.options.validator.assertValid(resource);
     if (!(await this.policy.mayWrite(req.access, resource, 'create'))) throw forbiddenWrite();
-    const ifNoneExist = req.headers['if-none-exist'];
-    if (ifNoneExist !== undefined) this.checkConditionalQuery(type, ifNoneExist);
+    let ifNoneExist = req.headers['if-none-exist'];
+    if (ifNoneExist !== undefined) {
+      this.checkConditionalQuery(type, ifNoneExist);
+      // chains and _has become the filters they select, for the requester (or nothing matches: a plain create)
+      const resolved = await this.resolvedCriteria(req.access, type, queryOfText(ifNoneExist.replace(/^\?/, '')));
+      ifNoneExist = resolved ? toQueryString(queryPairs(resolved)) : undefined;
+    }
     if (ifNoneExist !== undefined && req.access.kind !== 'open') {
       // For a limited requester the match is decided over what they may see: answering 200 for a
       // match they cannot see would tell them it exists (a conditional-create oracle).
@@ -304,11 +309,12 @@ export class FhirRouter {
    */
   private async conditionalUpdate(req: FhirRequest, type: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'update', type);
-    const criteria = conditionalCriteria(req, 'update');
+    const asked = conditionalCriteria(req, 'update');
     const resource = resourceBody(req, type);
     this.options.validator.assertValid(resource);
+    const criteria = await this.resolvedCriteria(req.access, type, asked);
     for (let attempt = 0; ; attempt++) {
-      const matches = await this.visibleMatches(req.access, type, criteria);
+      const matches = criteria ? await this.visibleMatches(req.access, type, criteria) : [];
       if (matches.length > 1) throw preconditionFailed('The conditional update criteria match more than one resource');
       if (matches.length === 1) {
         const target = matches[0]!.id!;
@@ -325,8 +331,8 @@ export class FhirRouter {
       // Open access: the repository re-checks the criteria as it creates (no duplicate from a race).
       // A limited requester's create is plain, as their conditional create is: the repository would
       // decide over resources they cannot see.
-      const ifNoneExist = toQueryString(queryPairs(criteria));
-      const created = await this.options.repository.create(resource, req.access.kind === 'open' ? { ifNoneExist } : undefined);
+      const ifNoneExist = criteria && req.access.kind === 'open' ? toQueryString(queryPairs(criteria)) : undefined;
+      const created = await this.options.repository.create(resource, ifNoneExist !== undefined ? { ifNoneExist } : undefined);
       if (created.outcome === 'created') return this.writeResponse(req, created.resource, 201, 'Created');
       if (attempt > 0) throw conflict('The resources matching the criteria changed while updating; try again');
     }
@@ -384,7 +390,8 @@ export class FhirRouter {
   /** Conditional patch (http.html#patch): `PATCH [type]?[criteria]` patches the one match the requester may see (none: 404; more: 412). */
   private async conditionalPatch(req: FhirRequest, type: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'update', type);
-    const matches = await this.visibleMatches(req.access, type, conditionalCriteria(req, 'patch'));
+    const criteria = await this.resolvedCriteria(req.access, type, conditionalCriteria(req, 'patch'));
+    const matches = criteria ? await this.visibleMatches(req.access, type, criteria) : [];
     if (matches.length > 1) throw preconditionFailed('The conditional patch criteria match more than one resource');
     if (matches.length === 0) throw notFound('No resource matched the criteria');
     return this.patch(req, type, matches[0]!.id!);
@@ -397,7 +404,8 @@ export class FhirRouter {
    */
   private async conditionalDelete(req: FhirRequest, type: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'delete', type);
-    const matches = await this.visibleMatches(req.access, type, conditionalCriteria(req, 'delete'));
+    const criteria = await this.resolvedCriteria(req.access, type, conditionalCriteria(req, 'delete'));
+    const matches = criteria ? await this.visibleMatches(req.access, type, criteria) : [];
     if (matches.length > 1) throw preconditionFailed('The conditional delete criteria match more than one resource');
     if (matches.length === 1) return this.delete(req, type, matches[0]!.id!);
     if (preferReturn(req) === 'OperationOutcome') return { status: 200, body: informational('No resource matched the criteria; nothing was deleted') };
@@ -930,10 +938,23 @@ export class FhirRouter {
     return (await this.filledPage(access, narrowed, 0, 2)).matches.allowed;
   }
 
+  /**
+   * The criteria of a conditional interaction with its chains and `_has` resolved as the requester's
+   * search would resolve them (src/fhir/chains.ts); undefined when one of them selects nothing. The
+   * rest of the criteria is checked first.
+   */
+  private async resolvedCriteria(access: AccessContext, type: string, criteria: Record<string, string | string[]>): Promise<Record<string, string | string[]> | undefined> {
+    if (!Object.keys(criteria).some(isChained)) return criteria;
+    parseSearch(type, Object.fromEntries(Object.entries(criteria).filter(([k]) => !isChained(k))),
+      { lenient: false, supported: this.options.repository.supportedSearchParams(), defaultCount: 2, maxCount: 2 });
+    return resolveChains(type, criteria, this.chainContext(access, false));
+  }
+
+  /** Checks an If-None-Exist query (its chains are checked as they are resolved). */
   private checkConditionalQuery(type: string, query: string): void {
     const asQuery = queryOfText(query.replace(/^\?/, ''));
     if (Object.keys(asQuery).length === 0) throw badRequest('If-None-Exist must carry search parameters', 'If-None-Exist');
-    parseSearch(type, asQuery, {
+    parseSearch(type, Object.fromEntries(Object.entries(asQuery).filter(([k]) => !isChained(k))), {
       lenient: false,
       supported: this.options.repository.supportedSearchParams(),
       defaultCount: 2,

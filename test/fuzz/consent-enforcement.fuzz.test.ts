@@ -765,7 +765,9 @@ const W_TARGETS = ['A.r0', 'A.r1', 'A.r2', 'A.r3', 'A.r4', 'B.r1', 'B.r2', 'C.r0
 type WEntry = { method: 'PUT' | 'DELETE' | 'POST' | 'PATCH'; type: string; id?: string; resource?: Record<string, unknown>; ifNoneExist?: string; criteria?: string };
 /** Search criteria of conditional creates, updates and deletes: matching visible, hidden, both or nothing. */
 const wCriteria = fc.constantFrom(`identifier=${W_FUZZ}|k1`, `identifier=${W_FUZZ}|k2`, '_id=@B.r1', '_id=@A.r1',
-  'patient=Patient/@B&code=' + CGM, 'patient=Patient/@A&code=' + CGM, `identifier=${W_FUZZ}|k3&patient=Patient/@A`);
+  'patient=Patient/@B&code=' + CGM, 'patient=Patient/@A&code=' + CGM, `identifier=${W_FUZZ}|k3&patient=Patient/@A`,
+  // chains, resolved over what the requester may see (Bravo's Patient resource never is)
+  `patient.name=Bravo&identifier=${W_FUZZ}|k1`, `patient.name=Alpha&identifier=${W_FUZZ}|k1`, `patient._id=@B&identifier=${W_FUZZ}|k2`, 'subject:Patient._id=@A&_id=@A.r1');
 /** The url of an entry: `Type/id`, `Type?criteria` (conditional update or delete) or `Type` (create). */
 const wUrl = (e: WEntry): string => (e.criteria !== undefined ? `${e.type}?${e.criteria}` : e.method === 'POST' ? e.type : `${e.type}/${e.id}`);
 const wTarget = fc.constantFrom(...W_TARGETS).map((n) => ({ type: n === 'new' ? 'Observation' : typeOfName(n), id: `@${n}` }));
@@ -786,7 +788,8 @@ const wEntry: fc.Arbitrary<WEntry> = fc.oneof(
   { weight: 2, arbitrary: wTarget.map(({ type, id }): WEntry => ({ method: 'DELETE', type, id })) },
   { weight: 3, arbitrary: fc.constantFrom('Observation', 'Observation', 'Observation', 'Device', 'MedicationAdministration', 'Organization')
     .chain((type) => fc.tuple(wBody(type), fc.option(fc.constantFrom(`identifier=${W_FUZZ}|k1`, `identifier=${W_FUZZ}|k2`, '_id=@B.r1', '_id=@A.r1',
-      'patient=Patient/@B&code=' + CGM, 'patient=Patient/@A&code=' + CGM, `identifier=${W_FUZZ}|k3&patient=Patient/@A`), { nil: undefined })))
+      'patient=Patient/@B&code=' + CGM, 'patient=Patient/@A&code=' + CGM, `identifier=${W_FUZZ}|k3&patient=Patient/@A`,
+      `patient.name=Bravo&identifier=${W_FUZZ}|k1`, `patient.name=Alpha&identifier=${W_FUZZ}|k2`), { nil: undefined })))
     .map(([b, ifNoneExist]): WEntry => ({ method: 'POST', type: String(b.resourceType), resource: b, ...(ifNoneExist ? { ifNoneExist } : {}) })) },
   { weight: 2, arbitrary: fc.constantFrom('Observation', 'Observation', 'Device').chain((type) => fc.tuple(wBody(type), wCriteria))
     .map(([b, criteria]): WEntry => ({ method: 'PUT', type: String(b.resourceType), resource: b, criteria })) },

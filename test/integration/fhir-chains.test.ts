@@ -135,6 +135,38 @@ describe.each(REPOSITORY_ADAPTERS)('chained and reverse-chained search on the %s
     expectIds(posted.body, ['ben1', 'ben2']);
   });
 
+  test('conditional create, update, patch and delete take chains', async () => {
+    const body = (at: string): Observation => ({ ...reading(ids.ben!, at, '2339-0'), identifier: [{ system: 'urn:test:obs', value: `${tag}-${at}` }] });
+    // If-None-Exist: two of Ana's readings match, one of them at 10:00, none of a patient not stored
+    const two = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).set('If-None-Exist', `patient.identifier=${MRN}|A-${tag}&code=99504-3`).send(body('2026-01-02T00:00:00Z'));
+    expect(two.status).toBe(412);
+    const one = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).set('If-None-Exist', `patient.identifier=${MRN}|A-${tag}&date=2026-01-01T10:00:00Z`).send(body('2026-01-02T00:00:00Z'));
+    expect(one.status).toBe(200);
+    expect(one.body.id).toBe(ids.ana1);
+    const none = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).set('If-None-Exist', `patient.identifier=${MRN}|nobody-${tag}`).send(body('2026-01-02T00:00:00Z'));
+    expect(none.status).toBe(201);
+    const created = none.body.id as string;
+    // conditional update of the one of Ben's readings at that time, found through his MRN
+    const updated = await http().put('/fhir/Observation').query({ 'patient.identifier': `${MRN}|B-${tag}`, date: '2026-01-02T00:00:00Z' })
+      .set('Content-Type', FHIR_JSON).send({ ...body('2026-01-02T00:00:00Z'), status: 'amended' });
+    expect(updated.status).toBe(200);
+    expect(updated.body.id).toBe(created);
+    expect(updated.body.status).toBe('amended');
+    const patched = await http().patch('/fhir/Observation').query({ 'patient.identifier': `${MRN}|B-${tag}`, date: '2026-01-02T00:00:00Z' })
+      .set('Content-Type', 'application/json-patch+json').send([{ op: 'replace', path: '/status', value: 'corrected' }]);
+    expect(patched.status).toBe(200);
+    expect(patched.body.status).toBe('corrected');
+    // a chain that selects nothing deletes nothing; one that selects the reading deletes it
+    expect((await http().delete('/fhir/Observation').query({ 'patient.identifier': `${MRN}|nobody-${tag}` })).status).toBe(204);
+    expect((await http().get(`/fhir/Observation/${created}`)).status).toBe(200);
+    expect((await http().delete('/fhir/Observation').query({ 'patient.identifier': `${MRN}|B-${tag}`, date: '2026-01-02T00:00:00Z' })).status).toBe(204);
+    expect((await http().get(`/fhir/Observation/${created}`)).status).toBe(410);
+    // a malformed chain in the criteria is a 400 that writes nothing
+    const bad = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).set('If-None-Exist', 'patient.no-such-param=x').send(body('2026-01-03T00:00:00Z'));
+    expect(bad.status).toBe(400);
+    expect(matches((await http().get('/fhir/Observation').query({ patient: `Patient/${ids.ben}`, date: '2026-01-03T00:00:00Z' })).body)).toEqual([]);
+  });
+
   test('a real client (fhir-kit-client) sends chains and _has as any other parameter', async () => {
     const server = t.app.http.listen(0, '127.0.0.1');
     await new Promise((ok) => server.once('listening', ok));
