@@ -167,6 +167,17 @@ describe.each(REPOSITORY_ADAPTERS)('chained and reverse-chained search on the %s
     expect(matches((await http().get('/fhir/Observation').query({ patient: `Patient/${ids.ben}`, date: '2026-01-03T00:00:00Z' })).body)).toEqual([]);
   });
 
+  test('a batch GET entry takes chains as a search does', async () => {
+    const res = await http().post('/fhir').set('Content-Type', FHIR_JSON).send({ resourceType: 'Bundle', type: 'batch', entry: [
+      { request: { method: 'GET', url: `Observation?patient.identifier=${encodeURIComponent(`${MRN}|A-${tag}`)}&code=99504-3` } },
+      { request: { method: 'GET', url: 'Observation?patient.no-such-param=x' } },
+    ] });
+    expect(res.status).toBe(200);
+    expect(res.body.entry[0].response.status).toMatch(/^200/);
+    expectIds(res.body.entry[0].resource, ['ana1', 'ana2']);
+    expect(res.body.entry[1].response.status).toMatch(/^400/);
+  });
+
   test('a real client (fhir-kit-client) sends chains and _has as any other parameter', async () => {
     const server = t.app.http.listen(0, '127.0.0.1');
     await new Promise((ok) => server.once('listening', ok));
