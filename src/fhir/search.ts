@@ -20,7 +20,7 @@ const COMMON_FILTERS = new Set(['_id', '_lastUpdated']);
  */
 const MODIFIERS: Record<string, string[]> = {
   string: ['missing', 'exact', 'contains'],
-  token: ['missing', 'not'],
+  token: ['missing', 'not', 'text', 'of-type'],
   reference: ['missing', 'not'],
   date: ['missing'],
   quantity: ['missing'],

@@ -386,7 +386,7 @@ describe.each(REPOSITORY_ADAPTERS)('FHIR facade on the %s repository', (adapter,
     expect(obs.searchParam).toEqual(expect.arrayContaining([{ name: 'value-quantity', type: 'quantity', definition: 'http://hl7.org/fhir/SearchParameter/Observation-value-quantity' },
       expect.objectContaining({ name: '_profile', type: 'uri' }), expect.objectContaining({ name: '_tag', type: 'token' }),
       expect.objectContaining({ name: 'code-value-quantity', type: 'composite' })]));
-    for (const [name, value] of [['code:text', 'glucose'], ['date:exact', '2026-01-01'], ['value-quantity:contains', '105'], ['_profile:below', 'http://hl7.org/fhir/uv/cgm']]) {
+    for (const [name, value] of [['code:in', 'http://example.org/ValueSet/glucose'], ['date:exact', '2026-01-01'], ['value-quantity:contains', '105'], ['_profile:below', 'http://hl7.org/fhir/uv/cgm']]) {
       const refused = await http().get('/fhir/Observation').query({ patient: patientId, [name]: value });
       expect(refused.status).toBe(400);
       expect(refused.body.issue[0].diagnostics).toContain(`:${name.split(':')[1]}`);
@@ -394,7 +394,7 @@ describe.each(REPOSITORY_ADAPTERS)('FHIR facade on the %s repository', (adapter,
     const bad = await http().get('/fhir/Observation').query({ 'value-quantity': 'high' });
     expect(bad.status).toBe(400);
     expect(bad.body.issue[0].diagnostics).toMatch(/value-quantity: the value is not a number/);
-    const lenient = await http().get('/fhir/Observation').set('Prefer', 'handling=lenient').query({ patient: patientId, date: 'lt2026-01-03', 'code:text': 'glucose', _count: '100' });
+    const lenient = await http().get('/fhir/Observation').set('Prefer', 'handling=lenient').query({ patient: patientId, date: 'lt2026-01-03', 'code:below': 'http://loinc.org|99504', _count: '100' });
     expect(lenient.status).toBe(200);
     expect(lenient.body.entry).toHaveLength(12);
   });

@@ -70,6 +70,22 @@ function compileFilter(info: ParamInfo, filter: Filter): (values: TypedValue[], 
         return wanted.some((w) => refs.includes(w)) !== negated;
       };
     case 'token': {
+      if (filter.operator === Operator.TEXT) {
+        // case- and accent-insensitive, from the start of any word: `glucose`, `interstitial fl`
+        const phrases = wanted.map((w) => words(w).join(' ')).filter(Boolean);
+        return (values) => tokenTexts(values).some((text) => {
+          const all = words(text);
+          return all.some((_, i) => phrases.some((p) => all.slice(i).join(' ').startsWith(p)));
+        });
+      }
+      if (filter.operator === Operator.OF_TYPE) {
+        const types = wanted.map((w) => w.split('|') as [string, string, string]);
+        return (values) => values.some((v) => {
+          const id = v.value as { value?: string; type?: { coding?: { system?: string; code?: string }[] } } | undefined;
+          return !!id?.value && types.some(([system, code, value]) => id.value!.toLowerCase() === value.toLowerCase()
+            && !!id.type?.coding?.some((c) => (!system || c.system === system) && c.code === code));
+        });
+      }
       // Plain `system|value` filters become one set lookup per token, so a bulk lookup of thousands
       // of identifiers (CGM ingest) costs O(candidates), not O(candidates × values).
       const exact = new Set<string>();
@@ -261,7 +277,22 @@ function matchesDate(resourceValue: Period, operator: string, filterPeriod: Peri
   }
 }
 
+/**
+ * The text a token's `:text` modifier searches (search.html#modifiers): CodeableConcept.text and
+ * its codings' displays, a Coding's display, an Identifier's type text.
+ */
+function tokenTexts(values: TypedValue[]): string[] {
+  const out: string[] = [];
+  for (const { value } of values) {
+    if (!value || typeof value !== 'object') continue;
+    const o = value as { text?: unknown; display?: unknown; coding?: { display?: unknown }[]; type?: { text?: unknown } };
+    for (const t of [o.text, o.display, o.type?.text, ...(o.coding ?? []).map((c) => c.display)]) if (typeof t === 'string') out.push(t);
+  }
+  return out;
+}
+
 const fold = (s: string): string => s.normalize('NFD').replace(/\p{M}/gu, '').toLowerCase();
+const words = (s: string): string[] => fold(s).split(/[^\p{L}\p{N}]+/u).filter(Boolean);
 
 function matchesString(value: string, operator: string, wanted: string): boolean {
   if (operator === Operator.EXACT) return value === wanted;

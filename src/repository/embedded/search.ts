@@ -201,7 +201,7 @@ export function normalizeFilter(type: string, params: Map<string, ParamInfo>, fi
   if (!info) throw badRequest(`Unsupported search parameter for ${type}: ${filter.code}`, filter.code);
   const op = filter.operator;
   const allowed: Record<string, string[]> = {
-    token: [Operator.EQUALS, Operator.NOT, Operator.NOT_EQUALS, Operator.MISSING, Operator.PRESENT],
+    token: [Operator.EQUALS, Operator.NOT, Operator.NOT_EQUALS, Operator.MISSING, Operator.PRESENT, Operator.TEXT, Operator.OF_TYPE],
     reference: [Operator.EQUALS, Operator.NOT, Operator.MISSING, Operator.PRESENT],
     date: [Operator.EQUALS, Operator.NOT_EQUALS, Operator.GREATER_THAN, Operator.GREATER_THAN_OR_EQUALS, Operator.LESS_THAN,
       Operator.LESS_THAN_OR_EQUALS, Operator.STARTS_AFTER, Operator.ENDS_BEFORE, Operator.APPROXIMATELY, Operator.MISSING, Operator.PRESENT],
@@ -226,6 +226,14 @@ export function normalizeFilter(type: string, params: Map<string, ParamInfo>, fi
       if (problem) throw badRequest(`Invalid quantity for ${filter.code}: ${problem}`, filter.code);
     }
   }
+  if (op === Operator.OF_TYPE) {
+    if (filter.code !== 'identifier') throw badRequest(`:of-type applies to identifier parameters, not ${filter.code}`, filter.code);
+    for (const v of splitSearchOnComma(filter.value)) {
+      const parts = v.split('|');
+      if (parts.length !== 3 || !parts[1] || !parts[2]) throw badRequest(`identifier:of-type takes system|type-code|value`, filter.code);
+    }
+  }
+  if (op === Operator.TEXT && filter.value.trim() === '') throw badRequest(`${filter.code}:text needs some text`, filter.code);
   if (info.kind === 'composite' && op === Operator.EQUALS) {
     for (const v of splitSearchOnComma(filter.value)) {
       const problem = compositeProblem(info.parts!, v);
@@ -263,6 +271,8 @@ function checkReferenceParam(target: IncludeTarget, what: string): void {
 
 /** Hash keys that a token/reference filter matches, or undefined when the index cannot narrow it. */
 function indexKeys(type: string, info: ParamInfo, filter: Filter): string[] | undefined {
+  // identifier:of-type=system|MR|12345: the identifiers of value 12345, whatever their system
+  if (filter.operator === Operator.OF_TYPE) return splitSearchOnComma(filter.value).map((v) => tokenKey(type, info.code, v.split('|')[2]!));
   if (filter.operator !== Operator.EQUALS) return undefined;
   const keys: string[] = [];
   for (const value of splitSearchOnComma(filter.value)) {
