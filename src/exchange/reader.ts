@@ -81,16 +81,18 @@ export class GuardedReader {
       for await (const id of patients) {
         batch.push(id);
         if (batch.length === 100) {
-          yield* this.offsetPages(access, type, { ...query, _id: batch.join(',') });
+          yield* this.offsetPages(access, type, { ...query, _id: [...[query._id ?? []].flat(), batch.join(',')] });
           batch = [];
         }
       }
-      if (batch.length) yield* this.offsetPages(access, type, { ...query, _id: batch.join(',') });
+      // (an _id filter the caller gave is ANDed with the batch, never replaced by it)
+      if (batch.length) yield* this.offsetPages(access, type, { ...query, _id: [...[query._id ?? []].flat(), batch.join(',')] });
       return;
     }
     if (patients && type !== 'Patient' && GuardedReader.isPatientLinked(type) && this.hasPatientParam(type)) {
       for await (const id of patients) {
-        const q = { ...query, patient: `Patient/${id}` };
+        // ANDed with a patient filter the caller gave (a _typeFilter), never in its place
+        const q = { ...query, patient: [...[query.patient ?? []].flat(), `Patient/${id}`] };
         if (this.bulk) yield* this.streamedPages(access, type, q, this.bulk);
         else if (type === 'Observation') yield* this.keysetPages(access, type, q);
         else yield* this.offsetPages(access, type, q);

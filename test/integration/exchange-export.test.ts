@@ -194,7 +194,23 @@ describe('bulk $export', () => {
     expect(tagged.status).toBe(202);
     expect((await manifestOf(tagged.headers['content-location']!, studyToken)).output).toEqual([]);
     expect((await kickOff(`/fhir/$export?_type=Observation&_typeFilter=${encodeURIComponent('Observation?_count=5')}`, studyToken)).status).toBe(400);
+    // a patient filter in _typeFilter narrows the patients the export walks, it does not give way to them:
+    // ben's readings are not the study's to export, and ana's are not ben's
+    const bens = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${encodeURIComponent(`Observation?patient=Patient/${ben}`)}`, studyToken);
+    expect((await manifestOf(bens.headers['content-location']!, studyToken)).output).toEqual([]);
+    const anas = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${encodeURIComponent(`Observation?patient=Patient/${ana}`)}`, studyToken);
+    expect((await manifestOf(anas.headers['content-location']!, studyToken)).output[0]!.count).toBe(trace.filter((r) => r.epochMs >= now - 10 * DAY).length);
   }, 90_000);
+
+  test('a Patient _typeFilter on _id narrows a system export of Patients too (open access, in-process reader)', async () => {
+    const reader = new GuardedReader({ fhir: t.app.fhir, policy: OPEN_POLICY, repository: t.app.repository, pageSize: 3 });
+    const seen: string[] = [];
+    for await (const page of reader.pages(OPEN_ACCESS, 'Patient', { _id: ben }, [ana, ben, carl])) seen.push(...page.resources.map((r) => r.id!));
+    expect(seen).toEqual([ben]);
+    const none: string[] = [];
+    for await (const page of reader.pages(OPEN_ACCESS, 'Observation', { patient: `Patient/${carl}` }, [ana, ben])) none.push(...page.resources.map((r) => r.id!));
+    expect(none).toEqual([]);
+  });
 
   test('while running: 202 with X-Progress; polling sooner than Retry-After is a 429; DELETE cancels (202, then 404)', async () => {
     const res = await kickOff('/fhir/Patient/$export?_type=Observation', studyToken);
