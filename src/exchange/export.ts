@@ -130,7 +130,9 @@ export class ExportService {
       if (!allowedTypes.includes(type)) throw badRequest('_typeFilter must be Type?query for an exported type', '_typeFilter');
       if (typeFilters[type]) throw badRequest(`Only one _typeFilter per type is supported (${type})`, '_typeFilter');
       const record = queryOfText(raw.slice(q + 1));
-      if (Object.keys(record).some((k) => k.startsWith('_') && !TYPE_FILTER_COMMON.has(k.split(':')[0]!))) throw badRequest('_typeFilter takes search filters only', '_typeFilter');
+      if (Object.keys(record).some((k) => k.startsWith('_') && !k.startsWith('_has:') && !TYPE_FILTER_COMMON.has(k.split(':')[0]!))) throw badRequest('_typeFilter takes search filters only', '_typeFilter');
+      // checked now, chains and all (400 before a job exists); its chains are resolved again when the job runs
+      await this.options.reader.resolved(req.access, type, record);
       typeFilters[type] = record;
     }
     if (level === 'group') await this.groupMembers(target.id!); // 404 before a job exists
@@ -307,7 +309,10 @@ export class ExportService {
     let errorCount = 0;
     try {
       for (const type of job.params.types) {
-        const query: Record<string, string | string[]> = { ...(job.params.typeFilters[type] ?? {}) };
+        // a _typeFilter's chains select as the requester's search would, now; one that selects nothing exports nothing of the type
+        const filter = await this.options.reader.resolved(access, type, job.params.typeFilters[type] ?? {});
+        if (!filter) continue;
+        const query: Record<string, string | string[]> = { ...filter };
         if (job.params.since) query._lastUpdated = [[query._lastUpdated ?? []].flat(), `gt${job.params.since}`].flat();
         const patients = job.params.level === 'group' ? await this.groupMembers(job.params.groupId!)
           : GuardedReader.isPatientLinked(type) ? this.patientIds() : undefined;

@@ -102,6 +102,11 @@ export class GuardedReader {
     yield* this.offsetPages(access, type, query);
   }
 
+  /** A query with its chains and `_has` resolved for the requester (FhirRouter.resolvedCriteria); undefined: it selects nothing. */
+  resolved(access: AccessContext, type: string, query: Record<string, string | string[]>): Promise<Record<string, string | string[]> | undefined> {
+    return this.options.fhir.resolvedCriteria(access, type, query);
+  }
+
   private hasPatientParam(type: string): boolean {
     const supported = this.options.repository.supportedSearchParams();
     return supported ? (supported[type] ?? []).includes('patient') : true;

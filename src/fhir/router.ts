@@ -939,11 +939,11 @@ export class FhirRouter {
   }
 
   /**
-   * The criteria of a conditional interaction with its chains and `_has` resolved as the requester's
-   * search would resolve them (src/fhir/chains.ts); undefined when one of them selects nothing. The
-   * rest of the criteria is checked first.
+   * Search criteria (of a conditional interaction, an `$export` `_typeFilter`) with their chains and
+   * `_has` resolved as the requester's search would resolve them (src/fhir/chains.ts); undefined
+   * when one of them selects nothing. The rest of the criteria is checked first (400).
    */
-  private async resolvedCriteria(access: AccessContext, type: string, criteria: Record<string, string | string[]>): Promise<Record<string, string | string[]> | undefined> {
+  async resolvedCriteria(access: AccessContext, type: string, criteria: Record<string, string | string[]>): Promise<Record<string, string | string[]> | undefined> {
     if (!Object.keys(criteria).some(isChained)) return criteria;
     parseSearch(type, Object.fromEntries(Object.entries(criteria).filter(([k]) => !isChained(k))),
       { lenient: false, supported: this.options.repository.supportedSearchParams(), defaultCount: 2, maxCount: 2 });

@@ -14,7 +14,7 @@ import { GuardedReader } from '../../src/exchange/reader.js';
 import { OPEN_ACCESS } from '../../src/fhir/access.js';
 import { OPEN_POLICY } from '../../src/fhir/policy.js';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { DAY, grant, ingest, person, practitionerToken, registerIdentity, sparseTrace } from './consent-helpers.js';
+import { DAY, grant, ingest, patientToken, person, practitionerToken, registerIdentity, sparseTrace } from './consent-helpers.js';
 
 process.env.GLUCOGUARD_EXPORT_RETRY_AFTER = '1';
 
@@ -200,6 +200,25 @@ describe('bulk $export', () => {
     expect((await manifestOf(bens.headers['content-location']!, studyToken)).output).toEqual([]);
     const anas = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${encodeURIComponent(`Observation?patient=Patient/${ana}`)}`, studyToken);
     expect((await manifestOf(anas.headers['content-location']!, studyToken)).output[0]!.count).toBe(trace.filter((r) => r.epochMs >= now - 10 * DAY).length);
+  }, 90_000);
+
+  test('_typeFilter takes chains, resolved as the requester\'s own search would resolve them', async () => {
+    const enc = (q: string): string => encodeURIComponent(q);
+    // the study may export ana's readings but not read her Patient resource: her name selects nothing
+    const byName = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${enc('Observation?patient.name=Rivera')}`, studyToken);
+    expect(byName.status).toBe(202);
+    expect((await manifestOf(byName.headers['content-location']!, studyToken)).output).toEqual([]);
+    // a malformed chain is refused at kick-off, before a job exists
+    const bad = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${enc('Observation?patient.no-such-param=1')}`, studyToken);
+    expect(bad.status).toBe(400);
+    expect(bad.body.resourceType).toBe('OperationOutcome');
+    // ana reads her own Patient resource: the same chain selects her readings, and another name none
+    const own = patientToken(t.app, ana);
+    const mine = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${enc('Observation?patient.name=Rivera')}`, own, 'TREAT');
+    expect(mine.status).toBe(202);
+    expect((await manifestOf(mine.headers['content-location']!, own)).output[0]!.count).toBe(trace.length);
+    const other = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${enc('Observation?patient.name=Okafor')}`, own, 'TREAT');
+    expect((await manifestOf(other.headers['content-location']!, own)).output).toEqual([]);
   }, 90_000);
 
   test('a Patient _typeFilter on _id narrows a system export of Patients too (open access, in-process reader)', async () => {
