@@ -84,6 +84,14 @@ export function buildCapabilityStatement(inputs: CapabilityInputs): CapabilitySt
     ...(inputs.instantiates?.length ? { instantiates: inputs.instantiates } : {}),
     rest: [{
       mode: 'server',
+      // R4 has no element for these search features: they are said here, for whoever reads the statement
+      documentation: 'Search: chained parameters (up to three links, with or without a :Type) and _has on reference parameters, '
+        + 'resolved over what the requester may see; '
+        + (inputs.searchParams
+          ? 'composite parameters where listed; modifiers :missing, :not, :exact, :contains, :text and identifier:of-type, and a reference :Type; '
+          : 'other parameters and modifiers as the upstream server answers them; ')
+        + 'conditional read with If-None-Match and If-Modified-Since. '
+        + 'Refused: _total, _summary=count, _text, _content, _filter. A search that would examine too many resources is 400 too-costly.',
       ...(inputs.security ? { security: inputs.security } : {}),
       resource: resources,
       interaction: [{ code: 'batch' }, { code: 'transaction' }, { code: 'history-system' }],

@@ -92,6 +92,7 @@ describe.each(REPOSITORY_ADAPTERS)('FHIR facade on the %s repository', (adapter,
     expect((await http().get(`/fhir/Patient/does-not-exist-${adapter}`).set('If-None-Match', '*')).status).toBe(404);
     const capability = await http().get('/fhir/metadata');
     expect(capability.body.rest[0].resource.find((r: { type: string }) => r.type === 'Patient').conditionalRead).toBe('full-support');
+    expect(capability.body.rest[0].documentation).toMatch(/chained parameters .* and _has/);
   });
 
   test('create answers 201 with Location, ETag and Last-Modified; read and vread return it', async () => {
