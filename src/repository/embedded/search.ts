@@ -57,8 +57,12 @@ export function dateRowKey(key: string, start: number, end: number): string {
   return end - start > LONG_SPAN_MS ? key + '\0long' : key;
 }
 
-/** Index rows counted at most when the planner weighs a quantity range against a token (planSearch). */
-const COUNT_PROBE = 2_000;
+/**
+ * Index rows the planner counts first when it weighs a date or quantity range against a plain token
+ * (planSearch), and at most (the limit grows eightfold from the first to the last).
+ */
+const COUNT_PROBE = 1_000;
+const COUNT_PROBE_MAX = 512_000;
 
 /** How a search is read: the driver index, its conditions and order (planSearch). */
 export interface Plan {
@@ -78,6 +82,12 @@ export interface Plan {
    * keyed hash of exactly that reference (the two halves `h`, `h2`).
    */
   proven?: Filter[];
+}
+
+/** A range driver (date or quantity): its plan, and the index-row queries whose rows it would walk. */
+interface Ranged {
+  plan: () => Plan;
+  probes: { where: string[]; args: unknown[] }[];
 }
 
 interface DateBounds { conditions: string[]; args: number[]; startMin: number; startMax: number; proven: Filter[] }
@@ -406,32 +416,33 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
       dateParam, sort?.code === dateParam && !!sort.descending, [patientRef.filter]);
   }
 
-  // 3. reference / token: references first (most selective), then identifiers, then other tokens
+  // 3. reference / token: references first (most selective), then identifiers, then other tokens;
+  // 4. a date range on an indexed date parameter; 4b. a quantity range (value-quantity=gt250|…|mg/dL).
+  // A plain token (`code`, `status`) often holds most of a type: when a range is there too, the
+  // index rows of each are counted (up to COUNT_PROBE) and the fewest drive the search.
   const rank = (code: string): number => (params.get(code)!.kind === 'reference' ? 0 : code === 'identifier' ? 1 : 2);
   const driver = [...refFilters].sort((a, b) => rank(a.code) - rank(b.code))[0];
-  const quantity = quantityDriver();
-  if (driver && !(quantity && rank(driver.code) === 2 && fewerRows(quantity, driver))) {
+  const ranges = [dateDriver(), quantityDriver()].filter((r): r is Ranged => r !== undefined);
+  if (driver) {
     const extra = exists(driver);
-    return {
+    const tokenPlan: Plan = {
       from: 'ix_ref d JOIN versions v ON v.seq = d.seq',
       where: [`d.h IN (${driver.keys.map(() => '?').join(',')})`, ...extra.where],
       args: [...driver.keys.map((k) => ctx.hash(k)), ...extra.args],
       orderBy: 'd.seq',
     };
+    if (rank(driver.code) < 2 || ranges.length === 0) return tokenPlan;
+    // counted up to a limit that grows eightfold until one side falls below it: the cost follows the smaller side
+    const tokenSql = `SELECT 1 FROM ix_ref d WHERE d.h IN (${driver.keys.map(() => '?').join(',')})`;
+    const tokenArgs = driver.keys.map((k) => ctx.hash(k));
+    for (let limit = COUNT_PROBE; ; limit *= 8) {
+      const tokenRows = rowsUpTo(tokenSql, tokenArgs, limit);
+      const counted = ranges.map((r) => ({ r, rows: r.probes.reduce((n, p) => n + rowsUpTo(`SELECT 1 FROM ix_date d WHERE ${p.where.join(' AND ')}`, p.args, limit), 0) }));
+      const best = counted.sort((a, b) => a.rows - b.rows)[0]!;
+      if (tokenRows < limit || best.rows < limit || limit >= COUNT_PROBE_MAX) return best.rows < tokenRows ? best.r.plan() : tokenPlan;
+    }
   }
-
-  // 4. date range on an indexed date parameter
-  for (const [code, info] of params) {
-    if (info.kind !== 'date' || !trusted(info) || code === '_lastUpdated') continue;
-    const bounds = dateBounds(dateFilters(code));
-    if (bounds) return datePlan(dateKey(type, code), bounds, exists(), code, sort?.code === code && !!sort.descending);
-  }
-
-  // 4b. a quantity range (value-quantity=gt250|…|mg/dL) on an indexed quantity parameter
-  if (quantity) {
-    const extra = exists();
-    return { ...quantity, where: [...quantity.where, ...extra.where], args: [...quantity.args, ...extra.args] };
-  }
+  if (ranges.length) return ranges[0]!.plan();
 
   // 5. _lastUpdated range, else 6. the whole type, in last-updated order
   const where = ['v.type = ?', ...live];
@@ -450,36 +461,53 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
     yields: sort?.code === '_lastUpdated' ? { code: '_lastUpdated', descending: !!luDesc } : undefined,
   };
 
-  /** The plan of the first quantity filter the index can answer as a range, without the EXISTS checks. */
-  function quantityDriver(): Plan | undefined {
-    for (const f of filters) {
-      const info = params.get(f.code)!;
-      if (info.kind !== 'quantity' || !trusted(info)) continue;
-      const q = quantityPlan(type, f);
-      if (!q) continue;
+  /** The first date parameter with a range the index answers: its plan, and its index rows to count. */
+  function dateDriver(): Ranged | undefined {
+    for (const [code, info] of params) {
+      if (info.kind !== 'date' || !trusted(info) || code === '_lastUpdated') continue;
+      const bounds = dateBounds(dateFilters(code));
+      if (!bounds) continue;
+      const key = dateKey(type, code);
       return {
-        from: 'ix_date d JOIN versions v ON v.seq = d.seq',
-        where: ['d.h = ?', 'd.h2 = ?', ...q.points.conditions],
-        args: [...ctx.hashPair(q.key), ...q.points.args],
-        orderBy: 'd.start, d.seq',
-        long: { where: ['d.h = ?', 'd.h2 = ?', ...q.ranges.conditions], args: [...ctx.hashPair(q.key + '\0long'), ...q.ranges.args] },
+        plan: () => datePlan(key, bounds, exists(), code, sort?.code === code && !!sort.descending),
+        probes: [
+          { where: ['d.h = ?', 'd.h2 = ?', 'd.start >= ?', 'd.start <= ?', ...bounds.conditions], args: [...ctx.hashPair(key), bounds.startMin, bounds.startMax, ...bounds.args] },
+          { where: ['d.h = ?', 'd.h2 = ?', ...bounds.conditions], args: [...ctx.hashPair(key + '\0long'), ...bounds.args] },
+        ],
       };
     }
     return undefined;
   }
 
-  /**
-   * Whether the quantity range holds fewer index rows than a plain token's keys (`code`, `status`:
-   * often most of a type), counted up to COUNT_PROBE rows each: `code-value-quantity=…$gt400`
-   * is then a short range scan rather than a walk over every glucose reading.
-   */
-  function fewerRows(q: Plan, token: { keys: string[] }): boolean {
-    const probe = (sql: string, args: unknown[]): number =>
-      (ctx.prepare(`SELECT count(*) AS n FROM (${sql} LIMIT ${COUNT_PROBE})`).get(...args) as unknown as { n: number }).n;
-    const ranged = probe(`SELECT 1 FROM ix_date d WHERE ${q.where.join(' AND ')}`, q.args)
-      + probe(`SELECT 1 FROM ix_date d WHERE ${q.long!.where.join(' AND ')}`, q.long!.args);
-    if (ranged >= COUNT_PROBE) return false;
-    return ranged < probe(`SELECT 1 FROM ix_ref d WHERE d.h IN (${token.keys.map(() => '?').join(',')})`, token.keys.map((k) => ctx.hash(k)));
+  /** The first quantity filter the index can answer as a range: its plan, and its index rows to count. */
+  function quantityDriver(): Ranged | undefined {
+    for (const f of filters) {
+      const info = params.get(f.code)!;
+      if (info.kind !== 'quantity' || !trusted(info)) continue;
+      const q = quantityPlan(type, f);
+      if (!q) continue;
+      const points = { where: ['d.h = ?', 'd.h2 = ?', ...q.points.conditions], args: [...ctx.hashPair(q.key), ...q.points.args] };
+      const spans = { where: ['d.h = ?', 'd.h2 = ?', ...q.ranges.conditions], args: [...ctx.hashPair(q.key + '\0long'), ...q.ranges.args] };
+      return {
+        plan: () => {
+          const extra = exists();
+          return {
+            from: 'ix_date d JOIN versions v ON v.seq = d.seq',
+            where: [...points.where, ...extra.where],
+            args: [...points.args, ...extra.args],
+            orderBy: 'd.start, d.seq',
+            long: { where: [...spans.where, ...extra.where], args: [...spans.args, ...extra.args] },
+          };
+        },
+        probes: [points, spans],
+      };
+    }
+    return undefined;
+  }
+
+  /** Rows a driver query yields, counted up to `limit` (a bounded walk of one index range). */
+  function rowsUpTo(sql: string, args: unknown[], limit: number): number {
+    return (ctx.prepare(`SELECT count(*) AS n FROM (${sql} LIMIT ${limit})`).get(...args) as unknown as { n: number }).n;
   }
 
   function datePlan(key: string, bounds: DateBounds | undefined, extra: { where: string[]; args: unknown[] },

@@ -135,7 +135,7 @@ describe('composite parameters', () => {
   });
 });
 
-describe('the planner weighs a quantity range against a plain token', () => {
+describe('the planner weighs a date or quantity range against a plain token', () => {
   let dir: string;
   let store: EmbeddedRepository;
   beforeAll(async () => {
@@ -158,5 +158,15 @@ describe('the planner weighs a quantity range against a plain token', () => {
     expect((await run({ code: `${LOINC}|${GLUCOSE}`, 'value-quantity': 'gt400' })).resources).toHaveLength(2);
     // a rare code with a wide range: no match, and nothing refused
     expect((await run({ 'code-value-quantity': `${LOINC}|2339-0$gt50` })).resources).toEqual([]);
+  });
+
+  it('the last hour of glucose readings is read through the date index, not through every reading of the code', async () => {
+    const run = (query: Record<string, string | string[]>) => store.search(parseSearch('Observation', query, { lenient: false, supported: store.supportedSearchParams(), defaultCount: 100, maxCount: 100 }), { scanLimit: 50 });
+    const from = new Date(Date.UTC(2026, 0, 1) + 290 * 300_000).toISOString();
+    const hour = await run({ code: `${LOINC}|${GLUCOSE}`, date: `ge${from}` });
+    expect(hour.resources).toHaveLength(12);
+    // and the order the date index yields serves a date sort without sorting everything
+    expect((await run({ code: `${LOINC}|${GLUCOSE}`, date: `ge${from}`, _sort: '-date', _count: '3' })).resources.map((r) => (r as Observation).effectiveDateTime))
+      .toEqual([301, 300, 299].map((i) => new Date(Date.UTC(2026, 0, 1) + i * 300_000).toISOString()));
   });
 });
