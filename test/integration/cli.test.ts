@@ -8,6 +8,7 @@ import { PACKAGE_ROOT } from '../../src/paths.js';
 import { tempDir } from '../support/app.js';
 import { rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
+import { INDEX_GENERATION } from '../../src/repository/embedded/params.js';
 
 const BIN = path.join(PACKAGE_ROOT, 'bin/glucoguard.js');
 const dataDir = tempDir('gg-cli-');
@@ -125,7 +126,7 @@ describe('glucoguard CLI', () => {
     expect(r.status).toBe(0);
     expect(r.stderr).toMatch(/matched without their index until the index is rebuilt/);
     expect(r.stderr).toMatch(/reindex: \d+ of \d+ current versions/);
-    expect(r.stdout).toMatch(/^reindexed [1-9]\d* current versions in [\d.]+ s \([1-9]\d* unreadable: their patient's data key was erased\); index generation 3$/m);
+    expect(r.stdout).toMatch(new RegExp(`^reindexed [1-9]\\d* current versions in [\\d.]+ s \\([1-9]\\d* unreadable: their patient's data key was erased\\); index generation ${INDEX_GENERATION}$`, 'm'));
     const again = spawnSync(process.execPath, [BIN, 'reindex'], { env: { ...env, LOG_LEVEL: 'warn' }, encoding: 'utf8' });
     expect(again.status).toBe(0);
     expect(again.stderr).not.toMatch(/matched without their index/);
@@ -140,12 +141,12 @@ describe('glucoguard CLI', () => {
       db.close();
     }
     const server = serve();
-    await server.waitFor(/search index rebuilt: \d+ current versions, index generation 3/, 30_000);
+    await server.waitFor(new RegExp(`search index rebuilt: \\d+ current versions, index generation ${INDEX_GENERATION}`), 30_000);
     expect(server.out()).toMatch(/rebuilding the search index in the background/);
     expect(await server.stop()).toBe(0);
     const after = store();
     try {
-      expect(after.prepare("SELECT v FROM meta WHERE k = 'index-generation'").pluck().get()).toBe('3');
+      expect(after.prepare("SELECT v FROM meta WHERE k = 'index-generation'").pluck().get()).toBe(String(INDEX_GENERATION));
     } finally {
       after.close();
     }

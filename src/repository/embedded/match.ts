@@ -291,7 +291,9 @@ function tokenTexts(values: TypedValue[]): string[] {
   return out;
 }
 
-const fold = (s: string): string => s.normalize('NFD').replace(/\p{M}/gu, '').toLowerCase();
+/** A string as string search compares it: accents removed, lower case (params.ts indexes the same). */
+export const foldText = (s: string): string => s.normalize('NFD').replace(/\p{M}/gu, '').toLowerCase();
+const fold = foldText;
 const words = (s: string): string[] => fold(s).split(/[^\p{L}\p{N}]+/u).filter(Boolean);
 
 function matchesString(value: string, operator: string, wanted: string): boolean {

@@ -10,6 +10,7 @@ import {
 import type { FhirPathAtom, TypedValue } from '@medplum/core';
 import type { Resource, SearchParameter } from '@medplum/fhirtypes';
 import { loadFhirDefinitions } from '../../fhir/definitions.js';
+import { foldText, stringValues } from './match.js';
 
 interface TypeConfig {
   /** Supported search parameters besides `_id`, `_lastUpdated` and META_PARAMS. */
@@ -73,17 +74,22 @@ const META_PARAMS = ['_tag', '_security', '_profile'];
  * candidates of whatever else narrows the search. A store created now starts at the current one.
  *
  * 1: the parameters of the first stores; 2 (session 11): the `meta` parameters, `component-code`
- * and the contact parameters; 3 (session 11): quantities.
+ * and the contact parameters; 3 (session 11): quantities; 4 (session 12): string parameters (names,
+ * addresses), as keyed hashes of the folded prefixes of each part (stringPrefixKey).
  */
-export const INDEX_GENERATION = 3;
+export const INDEX_GENERATION = 4;
+/** The generation since which string parameters have rows. */
+const STRING_SINCE = 4;
+/** Longest prefix of a string part that gets a row: a longer search value is looked up by its first STRING_PREFIX_MAX characters. */
+export const STRING_PREFIX_MAX = 12;
 const SINCE = new Map<string, number>([
   ...[...META_PARAMS, 'component-code', 'telecom', 'phone', 'email', 'deceased', 'language'].map((c) => [c, 2] as const),
   ...['value-quantity', 'component-value-quantity'].map((c) => [c, 3] as const),
 ]);
 
 /**
- * Parameter kinds; `token`, `reference`, `uri`, `date` and `quantity` parameters are indexed,
- * `string` ones are matched after decryption, never indexed. A `composite` one (`code-value-quantity`)
+ * Parameter kinds; `token`, `reference`, `uri`, `date`, `quantity` and `string` parameters are
+ * indexed (strings by the prefixes of each part, generation 4). A `composite` one (`code-value-quantity`)
  * has no rows of its own: its parts narrow through the plain parameters they imply (compositeParts).
  */
 export type IndexKind = 'token' | 'reference' | 'date' | 'string' | 'quantity' | 'uri' | 'composite';
@@ -152,8 +158,8 @@ export function paramsOf(resourceType: string): Map<string, ParamInfo> {
         // (a composite's expression as written: the per-type parse drops the bare `Observation` of `Observation | Observation.component`)
         atom: kind === 'composite' ? parseFhirPath(definition.expression) : getParsedExpressionForResourceType(resourceType, definition.expression),
         targets: definition.target ?? [],
-        indexable: kind !== 'string' && kind !== 'composite',
-        since: SINCE.get(code) ?? 1,
+        indexable: kind !== 'composite',
+        since: kind === 'string' ? STRING_SINCE : SINCE.get(code) ?? 1,
         ...(kind === 'composite' ? { parts: compositeParts(resourceType, definition, config?.params ?? []) } : {}),
       });
     }
@@ -200,6 +206,8 @@ export const tokenKey = (type: string, param: string, code: string): string => `
 /** Hash input of a token `system|code`. */
 export const systemTokenKey = (type: string, param: string, system: string, code: string): string =>
   `${type}\0${param}\0s\0${system.toLowerCase()}|${code.toLowerCase()}`;
+/** Hash input of a string parameter's folded prefix (foldText, at most STRING_PREFIX_MAX characters). */
+export const stringPrefixKey = (type: string, param: string, prefix: string): string => `${type}\0${param}\0p\0${prefix}`;
 /** Hash input of a reference value (`Type/id` or an absolute URL, exactly). */
 export const referenceKey = (type: string, param: string, ref: string): string => `${type}\0${param}\0r\0${ref}`;
 /** Date index key of a parameter. */
@@ -251,6 +259,13 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
         if (q.system && q.code) keys.push(quantitySystemKey(type, info.code, q.system, q.code));
         for (const u of new Set([q.code, q.unit])) if (u) keys.push(quantityUnitKey(type, info.code, u));
         for (const key of keys) entries.dates.push({ key, start, end });
+      }
+    } else if (info.kind === 'string') {
+      // each part (family, given, a line of an address…) as the keyed hashes of its folded prefixes:
+      // a starts-with search is then one key lookup, and the matcher still checks every candidate
+      for (const part of stringValues(values.map((v) => v.value))) {
+        const folded = foldText(part);
+        for (let n = 1; n <= Math.min(folded.length, STRING_PREFIX_MAX); n++) entries.keys.push(stringPrefixKey(type, info.code, folded.slice(0, n)));
       }
     } else if (info.kind === 'reference') {
       const refs = referencesOf(values);

@@ -20,11 +20,11 @@ import { patientIdOfReference } from '../../fhir/compartment.js';
 import type { SearchResult } from '../port.js';
 import {
   dateKey, datesOf, MAX_TIME, MIN_TIME, paramsOf, patientDateKey, patientDateParam, quantityKey, quantitySystemKey, quantityUnitKey,
-  referenceKey, referencesOf, systemTokenKey, tokenKey, undatedKey,
+  referenceKey, referencesOf, STRING_PREFIX_MAX, stringPrefixKey, systemTokenKey, tokenKey, undatedKey,
 } from './params.js';
 import type { ParamInfo } from './params.js';
 import type { VersionRow } from './store.js';
-import { compileMatcher, compositeProblem, parseQuantity, quantityProblem, splitComposite, splitPrefix, stringValues } from './match.js';
+import { compileMatcher, compositeProblem, foldText, parseQuantity, quantityProblem, splitComposite, splitPrefix, stringValues } from './match.js';
 
 /** Date rows spanning more than this go to a separate "long" bucket that is scanned whole. */
 export const LONG_SPAN_MS = 24 * 3600 * 1000;
@@ -281,6 +281,12 @@ function checkReferenceParam(target: IncludeTarget, what: string): void {
 
 /** Hash keys that a token/reference filter matches, or undefined when the index cannot narrow it. */
 function indexKeys(type: string, info: ParamInfo, filter: Filter): string[] | undefined {
+  if (info.kind === 'string') {
+    // starts-with (and :exact, a narrower question): the prefix rows of the folded value
+    if (filter.operator !== Operator.EQUALS && filter.operator !== Operator.EXACT) return undefined;
+    const prefixes = splitSearchOnComma(filter.value).map((v) => foldText(v).slice(0, STRING_PREFIX_MAX));
+    return prefixes.every((p) => p !== '') ? prefixes.map((p) => stringPrefixKey(type, info.code, p)) : undefined;
+  }
   // identifier:of-type=system|MR|12345: the identifiers of value 12345, whatever their system
   if (filter.operator === Operator.OF_TYPE) return splitSearchOnComma(filter.value).map((v) => tokenKey(type, info.code, v.split('|')[2]!));
   if (filter.operator !== Operator.EQUALS) return undefined;
@@ -375,7 +381,7 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
   const refFilters: { code: string; keys: string[] }[] = [];
   for (const f of filters) {
     const info = params.get(f.code)!;
-    if ((info.kind === 'token' || info.kind === 'reference' || info.kind === 'uri') && trusted(info) && f.code !== '_id') {
+    if ((info.kind === 'token' || info.kind === 'reference' || info.kind === 'uri' || info.kind === 'string') && trusted(info) && f.code !== '_id') {
       const keys = indexKeys(type, info, f);
       if (keys) refFilters.push({ code: f.code, keys });
     }
