@@ -83,7 +83,7 @@ export interface App {
    * Rebuilds the embedded repository's search index for every current version and records the
    * current index generation (EmbeddedRepository.reindex; undefined with an upstream repository).
    */
-  reindex?: (onProgress?: (done: number, total: number) => void, options?: { chunk?: number; background?: boolean }) => Promise<{ versions: number; unreadable: number; generation: number }>;
+  reindex?: (onProgress?: (done: number, total: number) => void, options?: { chunk?: number; background?: boolean; all?: boolean }) => Promise<{ versions: number; unreadable: number; generation: number }>;
   /** The index generation the embedded store's search rows are complete for (undefined with an upstream repository). */
   indexGeneration?: () => number;
   /** One line per port: which adapter serves it and where its data lives. */
@@ -321,7 +321,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
         const event = await repository.create(erasureAuditEvent({ patientId, operator, resources, commitments, recorded: new Date().toISOString() }));
         return { resources, commitments, auditEvent: event.resource.id! };
       },
-      reindex: (onProgress?: (done: number, total: number) => void, options?: { chunk?: number; background?: boolean }) => adapter.reindex(onProgress, options),
+      reindex: (onProgress?: (done: number, total: number) => void, options?: { chunk?: number; background?: boolean; all?: boolean }) => adapter.reindex(onProgress, options),
       indexGeneration: () => adapter.indexGeneration,
     } : {}),
     adapters,

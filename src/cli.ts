@@ -161,7 +161,8 @@ patients
 program
   .command('reindex')
   .description('rebuild the embedded store\'s search index (after an upgrade that indexes more search parameters; progress on stderr)')
-  .action(async () => {
+  .option('--all', 'rebuild every type, not only those with parameters indexed since the store\'s generation')
+  .action(async (opts: { all?: boolean }) => {
     await withApp(openApp, async (app) => {
       if (!app.reindex) throw new Error('reindex is for the embedded repository; an upstream FHIR server indexes by its own means');
       const started = Date.now();
@@ -170,7 +171,7 @@ program
         if (Date.now() - shown < 1000 && done < total) return;
         shown = Date.now();
         process.stderr.write(`reindex: ${done.toLocaleString('en')} of ${total.toLocaleString('en')} current versions\n`);
-      });
+      }, { all: !!opts.all });
       console.log(`reindexed ${versions} current versions in ${((Date.now() - started) / 1000).toFixed(1)} s`
         + `${unreadable ? ` (${unreadable} unreadable: their patient's data key was erased)` : ''}; index generation ${generation}`);
       if (anchoringElsewhere(app.ledger.store)) console.log('a server is running on this data directory: restart it to use the new index');

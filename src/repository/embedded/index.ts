@@ -28,11 +28,11 @@ import { attachCanonicalText } from '../port.js';
 import { canonicalResourceText } from '../../ledger/canonical.js';
 import { historyRows, TYPES_SQL, VERSION_KEYS_SQL } from './history.js';
 import { KeyRing, loadMasterKey, openText, seal } from './keys.js';
-import { extractIndexEntries, INDEX_GENERATION, supportedParams } from './params.js';
+import { extractIndexEntries, INDEX_GENERATION, supportedParams, typesIndexedSince } from './params.js';
 import { dateRowKey, runSearch } from './search.js';
 import type { SearchContext } from './search.js';
 import { DecodedCache } from './decoded-cache.js';
-import { METHOD, METHOD_NAME, openStore, packIx, prepareStatements, readIndexGeneration, unpackIx, writeIndexGeneration } from './store.js';
+import { currentVersions, METHOD, METHOD_NAME, openStore, packIx, prepareStatements, readIndexGeneration, unpackIx, writeIndexGeneration } from './store.js';
 import { streamSearch } from './stream.js';
 import type { Statements, VersionRow } from './store.js';
 import { runTransaction } from './transaction.js';
@@ -464,25 +464,29 @@ export class EmbeddedRepository implements Repository {
   }
 
   /**
-   * Rebuilds the index rows of every current version, a chunk of rows per write transaction (writes
-   * of other requests go on between chunks and write their own rows), then records the current
-   * index generation: parameters indexed since the store was written are looked up from then on.
+   * Rebuilds the index rows of current versions, a chunk of rows per write transaction (writes of
+   * other requests go on between chunks and write their own rows), then records the current index
+   * generation: parameters indexed since the store was written are looked up from then on. A store
+   * of an older generation rebuilds only the types that have parameters indexed since it
+   * (typesIndexedSince: from generation 3, Patients and the other types with names, not a million
+   * readings); one at the current generation, or `all`, rebuilds every type.
    * A version whose data key was erased cannot be read and keeps the rows it had (none of its
    * resource can be read either). `onProgress` gets the versions done and the total; `chunk`: rows
    * per transaction (REINDEX_CHUNK); `background`: pause after each chunk as long as it took, so a
    * serving process keeps at least half its thread for requests.
    */
-  async reindex(onProgress?: (done: number, total: number) => void, options: { chunk?: number; background?: boolean } = {}): Promise<{ versions: number; unreadable: number; generation: number }> {
+  async reindex(onProgress?: (done: number, total: number) => void, options: { chunk?: number; background?: boolean; all?: boolean } = {}): Promise<{ versions: number; unreadable: number; generation: number }> {
     const size = Math.max(1, options.chunk ?? REINDEX_CHUNK);
     this.checkOpen();
-    const total = this.sql.countCurrent.get() ?? 0;
+    const current = currentVersions(this.db, options.all || this.generation >= INDEX_GENERATION ? undefined : typesIndexedSince(this.generation));
+    const total = current.count();
     let after = 0;
     let versions = 0;
     let unreadable = 0;
     for (;;) {
       const began = performance.now();
       const done = await this.write(() => {
-        const rows = this.sql.currentAfter.all(after, size);
+        const rows = current.after(after, size);
         for (const row of rows) {
           after = row.seq;
           const resource = this.decode(row);

@@ -168,6 +168,15 @@ export function paramsOf(resourceType: string): Map<string, ParamInfo> {
   return infos;
 }
 
+/**
+ * The types with a parameter indexed since `generation` (params whose rows a store of that
+ * generation lacks): what a rebuild from it must visit. From generation 3, the types with string
+ * parameters; from 1, every type (the `meta` parameters).
+ */
+export function typesIndexedSince(generation: number): string[] {
+  return Object.keys(TYPES).filter((type) => [...paramsOf(type).values()].some((p) => p.indexable && p.since > generation));
+}
+
 export function patientDateParam(resourceType: string): string | undefined {
   return TYPES[resourceType]?.patientDate;
 }

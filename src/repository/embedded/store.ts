@@ -50,8 +50,6 @@ export interface Statements {
   clearIx: Statement<[number]>;
   setIx: Statement<[Buffer, number]>;
   /** Current, non-deleted versions after a seq, in seq order, `limit` of them (reindex). */
-  currentAfter: Statement<[number, number], VersionRow>;
-  countCurrent: Statement<[], number>;
 }
 
 /**
@@ -115,6 +113,23 @@ export function openStore(dataDir: string, mmapBytes = 0): { db: DB; file: strin
   return { db, file };
 }
 
+const VERSION_COLUMNS = 'seq, type, id, version, last_updated, method, key_id, key_version, body, ix';
+
+/**
+ * The current (not deleted) versions of some types, all types when `types` is undefined, in store
+ * order: their count, and a page after a seq (what a rebuild of the index walks).
+ */
+export function currentVersions(db: Database.Database, types?: string[]): { count(): number; after(seq: number, limit: number): VersionRow[] } {
+  const ofTypes = types ? ` AND type IN (${types.map(() => '?').join(',')})` : '';
+  const live = `current = 1 AND method <> ${METHOD.DELETE}${ofTypes}`;
+  const count = db.prepare<unknown[], number>(`SELECT count(*) FROM versions WHERE ${live}`).pluck();
+  const page = db.prepare<unknown[], VersionRow>(`SELECT ${VERSION_COLUMNS} FROM versions WHERE seq > ? AND ${live} ORDER BY seq LIMIT ?`);
+  return {
+    count: () => count.get(...(types ?? [])) ?? 0,
+    after: (seq, limit) => page.all(seq, ...(types ?? []), limit),
+  };
+}
+
 /**
  * The index generation the store's rows are complete for (params.ts INDEX_GENERATION): stores made
  * before generations were recorded have the first one.
@@ -129,7 +144,7 @@ export function writeIndexGeneration(db: DB, generation: number): void {
 }
 
 export function prepareStatements(db: DB): Statements {
-  const cols = 'seq, type, id, version, last_updated, method, key_id, key_version, body, ix';
+  const cols = VERSION_COLUMNS;
   return {
     insertVersion: db.prepare('INSERT INTO versions (type, id, version, last_updated, method, key_id, key_version, body, ix) ' +
       'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)'),
@@ -143,8 +158,6 @@ export function prepareStatements(db: DB): Statements {
     deleteDate: db.prepare('DELETE FROM ix_date WHERE h = ? AND start = ? AND seq = ?'),
     clearIx: db.prepare('UPDATE versions SET ix = NULL WHERE seq = ?'),
     setIx: db.prepare('UPDATE versions SET ix = ? WHERE seq = ?'),
-    currentAfter: db.prepare(`SELECT ${cols} FROM versions WHERE seq > ? AND current = 1 AND method <> ${METHOD.DELETE} ORDER BY seq LIMIT ?`),
-    countCurrent: db.prepare<[], number>(`SELECT count(*) FROM versions WHERE current = 1 AND method <> ${METHOD.DELETE}`).pluck(),
   };
 }
 
