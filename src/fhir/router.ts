@@ -10,6 +10,7 @@ import {
   badRequest, conflict, forbidden, GlucoGuardError, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, unprocessable, unsupportedMediaType,
 } from '../errors.js';
 import type { Logger } from '../log.js';
+import { metrics } from '../observability/metrics.js';
 import type { HistoryEntry, HistoryRequest, Repository, SearchOptions } from '../repository/port.js';
 import type { AccessContext } from './access.js';
 import { entryRequest, processBatch, processTransaction } from './bundles.js';
@@ -130,6 +131,10 @@ export class FhirRouter {
       response = await this.dispatch(request);
     } catch (err) {
       response = errorToResponse(err, this.options.logger);
+      if (isGlucoGuardError(err) && err.issues[0]?.code === 'too-costly') {
+        const type = request.path.split('/')[0] ?? '';
+        metrics.searchesTooCostly.inc({ type: isSupportedType(type) ? type : 'other' });
+      }
     }
     this.options.onResponse?.(request, response);
     return response;

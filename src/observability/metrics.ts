@@ -29,6 +29,16 @@ export const metrics = {
     labelNames: ['outcome'] as const,
     registers: [registry],
   }),
+  /**
+   * Searches refused as too costly (400 `too-costly`: the scan limit, or a chain selecting too much),
+   * by the searched resource type: what to watch when choosing GLUCOGUARD_SEARCH_SCAN_LIMIT.
+   */
+  searchesTooCostly: new Counter({
+    name: 'glucoguard_searches_too_costly_total',
+    help: 'FHIR searches refused as too costly (scan limit or chain limit), by resource type',
+    labelNames: ['type'] as const,
+    registers: [registry],
+  }),
   /** Seconds between the oldest stored-but-unanchored resource version and now (0 when none wait). */
   anchoringLag: new Gauge({
     name: 'glucoguard_anchoring_lag_seconds',

@@ -37,6 +37,9 @@ describe('search scan limit (8 here)', () => {
     expect(res.body.resourceType).toBe('OperationOutcome');
     expect(res.body.issue[0].code).toBe('too-costly');
     expect(res.body.issue[0].diagnostics).toMatch(/more than 8 Observation resources.*narrow it/);
+    // and it is counted for the operator (GET /metrics), by resource type
+    const metrics = await http().get('/metrics');
+    expect(metrics.text).toMatch(/glucoguard_searches_too_costly_total\{[^}]*type="Observation"[^}]*\} [1-9]/);
   });
 
   test('searches whose candidates mostly make up the page are answered, however many they return', async () => {
