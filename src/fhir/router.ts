@@ -20,7 +20,7 @@ import { errorToResponse, informational, operationOutcome } from './outcomes.js'
 import { PageTokens, pairsToQuery, queryOfText, queryPairs, toQueryString } from './paging.js';
 import { OPEN_POLICY, type AccessPolicy, type GuardOptions, type OutboundGuard } from './policy.js';
 import { isSupportedType } from './resource-types.js';
-import { parseSearch } from './search.js';
+import { parseSearch, type SearchParseOptions } from './search.js';
 import { parseSubsetting, subsetResource } from './subsetting.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
 import type { ProfileValidator } from './validation.js';
@@ -491,12 +491,7 @@ export class FhirRouter {
       maxCount: this.options.maxPageSize,
       subsetting: true,
     };
-    let resolved: Record<string, string | string[]> | undefined = query;
-    if (Object.keys(query).some(isChained)) {
-      // the rest of the query is checked before any chain's own search runs
-      parseSearch(type, Object.fromEntries(Object.entries(query).filter(([k]) => !isChained(k))), parseOptions);
-      resolved = await resolveChains(type, query, this.chainContext(req.access, preferLenient(req)));
-    }
+    const resolved = await this.withChainsResolved(req.access, type, query, parseOptions);
     const parsed = parseSearch(type, resolved ?? {}, parseOptions);
     const count = parsed.count ?? this.options.defaultPageSize;
     const { matches, included, hasMore, nextOffset } = resolved
@@ -949,10 +944,14 @@ export class FhirRouter {
    * when one of them selects nothing. The rest of the criteria is checked first (400).
    */
   async resolvedCriteria(access: AccessContext, type: string, criteria: Record<string, string | string[]>): Promise<Record<string, string | string[]> | undefined> {
-    if (!Object.keys(criteria).some(isChained)) return criteria;
-    parseSearch(type, Object.fromEntries(Object.entries(criteria).filter(([k]) => !isChained(k))),
-      { lenient: false, supported: this.options.repository.supportedSearchParams(), defaultCount: 2, maxCount: 2 });
-    return resolveChains(type, criteria, this.chainContext(access, false));
+    return this.withChainsResolved(access, type, criteria, { lenient: false, supported: this.options.repository.supportedSearchParams(), defaultCount: 2, maxCount: 2 });
+  }
+
+  /** The query with its chains resolved (resolveChains), the rest of it checked first with `options`; undefined: nothing can match. */
+  private async withChainsResolved(access: AccessContext, type: string, query: Record<string, string | string[]>, options: SearchParseOptions): Promise<Record<string, string | string[]> | undefined> {
+    if (!Object.keys(query).some(isChained)) return query;
+    parseSearch(type, Object.fromEntries(Object.entries(query).filter(([k]) => !isChained(k))), options);
+    return resolveChains(type, query, this.chainContext(access, options.lenient));
   }
 
   /** Checks an If-None-Exist query (its chains are checked as they are resolved). */
