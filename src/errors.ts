@@ -75,6 +75,14 @@ export const badRequest = (details: string, expression?: string): GlucoGuardErro
 /** 400 with issue code `too-costly`: the request is well formed, but answering it would cost too much. */
 export const tooCostly = (details: string, expression?: string): GlucoGuardError =>
   new GlucoGuardError('ERR_INVALID', details, [{ severity: 'error', code: 'too-costly', diagnostics: details, ...(expression ? { expression: [expression] } : {}) }]);
+/**
+ * too-costly for a search past its scan limit (SearchOptions.scanLimit): the same words whether the
+ * resources examined in vain did not match or were withheld from the requester, so the refusal does
+ * not tell the two apart.
+ */
+export const scanLimitExceeded = (scanLimit: number, type: string): GlucoGuardError =>
+  tooCostly(`This search would examine more than ${scanLimit} ${type} resources that do not make up the page: `
+    + 'narrow it with an indexed parameter (patient, date, code, identifier…) or a shorter date range');
 export const notFound = (what = 'Not found'): GlucoGuardError => new GlucoGuardError('ERR_NOT_FOUND', what);
 export const gone = (what = 'Deleted'): GlucoGuardError => new GlucoGuardError('ERR_GONE', what);
 export const conflict = (details: string): GlucoGuardError => new GlucoGuardError('ERR_CONFLICT', details);

@@ -7,7 +7,8 @@ import type { SearchRequest } from '@medplum/core';
 import { applyPatch, type Operation } from 'rfc6902';
 import type { Bundle, BundleEntry, BundleLink, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import {
-  badRequest, conflict, forbidden, GlucoGuardError, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, unprocessable, unsupportedMediaType,
+  badRequest, conflict, forbidden, GlucoGuardError, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, scanLimitExceeded, unprocessable,
+  unsupportedMediaType,
 } from '../errors.js';
 import type { Logger } from '../log.js';
 import { metrics } from '../observability/metrics.js';
@@ -535,6 +536,10 @@ export class FhirRouter {
       return { matches, included, hasMore: result.hasMore, nextOffset: offset };
     }
     let repoOffset = offset;
+    // Matches the guards withhold are re-paged past, each page from the repository costing as much
+    // as the pages before it: past the scan limit they make the search too costly, as non-matches do.
+    let withheld = 0;
+    const scanLimit = this.searchOptions.scanLimit ?? 0;
     for (;;) {
       const result = await this.options.repository.search({ ...narrowed, offset: repoOffset, count }, this.searchOptions);
       const guarded = await this.guard(access, result.resources);
@@ -544,7 +549,10 @@ export class FhirRouter {
       const filling = matches.allowed.length < count;
       for (let i = 0; i < result.resources.length; i++) {
         const r = visible.get(key(result.resources[i]!));
-        if (!r) continue;
+        if (!r) {
+          if (scanLimit > 0 && ++withheld > scanLimit) throw scanLimitExceeded(scanLimit, narrowed.resourceType);
+          continue;
+        }
         if (matches.allowed.length === count) return { matches, included, hasMore: true, nextOffset: repoOffset + i };
         matches.allowed.push(r);
       }

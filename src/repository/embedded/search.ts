@@ -15,7 +15,7 @@ import { evalFhirPathTyped, Operator, splitSearchOnComma, toTypedValue } from '@
 import type { Filter, IncludeTarget, SearchRequest } from '@medplum/core';
 import type { Resource } from '@medplum/fhirtypes';
 import type { Database, Statement } from 'better-sqlite3';
-import { badRequest, tooCostly } from '../../errors.js';
+import { badRequest, scanLimitExceeded } from '../../errors.js';
 import { patientIdOfReference } from '../../fhir/compartment.js';
 import type { SearchResult } from '../port.js';
 import {
@@ -132,8 +132,7 @@ export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit 
     if (seen.has(row.seq)) return false;
     seen.add(row.seq);
     if (scanLimit > 0 && ++examined - Math.min(matches.length, wanted) > scanLimit) {
-      throw tooCostly(`This search would examine more than ${scanLimit} ${type} resources that do not make up the page: `
-        + 'narrow it with an indexed parameter (patient, date, code, identifier…) or a shorter date range');
+      throw scanLimitExceeded(scanLimit, type);
     }
     const resource = ctx.decode(row);
     if (!resource) return false;
