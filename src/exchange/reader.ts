@@ -21,6 +21,7 @@ import { patientCompartmentParams } from '../fhir/compartment.js';
 import type { AccessPolicy } from '../fhir/policy.js';
 import type { FhirRouter } from '../fhir/router.js';
 import { parseSearch } from '../fhir/search.js';
+import { pairsToQuery, queryPairs } from '../fhir/paging.js';
 import type { Repository } from '../repository/port.js';
 
 export interface GuardedPage {
@@ -50,6 +51,14 @@ export interface ReaderOptions {
 }
 
 const KEYSET_START = '1900-01-01T00:00:00.000Z';
+
+/**
+ * `query` with one more `name=value`: a repeated parameter, so ANDed with any filter of that name the
+ * caller gave (a `_typeFilter`'s patient or `_id`), never in its place.
+ */
+function andWith(query: Record<string, string | string[]>, name: string, value: string): Record<string, string | string[]> {
+  return pairsToQuery([...queryPairs(query), [name, value]]);
+}
 
 export class GuardedReader {
   private readonly pageSize: number;
@@ -81,18 +90,16 @@ export class GuardedReader {
       for await (const id of patients) {
         batch.push(id);
         if (batch.length === 100) {
-          yield* this.offsetPages(access, type, { ...query, _id: [...[query._id ?? []].flat(), batch.join(',')] });
+          yield* this.offsetPages(access, type, andWith(query, '_id', batch.join(',')));
           batch = [];
         }
       }
-      // (an _id filter the caller gave is ANDed with the batch, never replaced by it)
-      if (batch.length) yield* this.offsetPages(access, type, { ...query, _id: [...[query._id ?? []].flat(), batch.join(',')] });
+      if (batch.length) yield* this.offsetPages(access, type, andWith(query, '_id', batch.join(',')));
       return;
     }
     if (patients && type !== 'Patient' && GuardedReader.isPatientLinked(type) && this.hasPatientParam(type)) {
       for await (const id of patients) {
-        // ANDed with a patient filter the caller gave (a _typeFilter), never in its place
-        const q = { ...query, patient: [...[query.patient ?? []].flat(), `Patient/${id}`] };
+        const q = andWith(query, 'patient', `Patient/${id}`);
         if (this.bulk) yield* this.streamedPages(access, type, q, this.bulk);
         else if (type === 'Observation') yield* this.keysetPages(access, type, q);
         else yield* this.offsetPages(access, type, q);

@@ -17,6 +17,7 @@
 import { convertToSearchableReferences, evalFhirPathTyped, getSearchParameter, toTypedValue } from '@medplum/core';
 import type { Resource, SearchParameter } from '@medplum/fhirtypes';
 import { badRequest, isGlucoGuardError, tooCostly } from '../errors.js';
+import { pairsToQuery } from './paging.js';
 import { isSupportedType } from './resource-types.js';
 
 /** Links one parameter may follow (`a.b.c` is three; each `_has` is one). */
@@ -55,15 +56,11 @@ export function isChained(name: string): boolean {
  */
 export async function resolveChains(type: string, query: Query, ctx: ChainContext, links = 0): Promise<Query | undefined> {
   if (!Object.keys(query).some(isChained)) return query;
-  const out: Query = {};
-  // a filter a chain selects is ANDed with any given under the same name (before or after it)
-  const add = (name: string, value: string | string[]): void => {
-    const had = out[name];
-    out[name] = had === undefined ? value : [...[had].flat(), ...[value].flat()];
-  };
+  // a filter a chain selects is ANDed with any given under the same name (a repeated parameter)
+  const out: [string, string][] = [];
   for (const [name, raw] of Object.entries(query)) {
     if (!isChained(name)) {
-      add(name, raw);
+      for (const v of [raw].flat()) out.push([name, v]);
       continue;
     }
     if (links >= MAX_CHAIN_LINKS) throw badRequest(`Chains of more than ${MAX_CHAIN_LINKS} links are not supported`, name);
@@ -78,10 +75,10 @@ export async function resolveChains(type: string, query: Query, ctx: ChainContex
         throw err;
       }
       if (!selected) return undefined;
-      add(selected.name, selected.value);
+      out.push([selected.name, selected.value]);
     }
   }
-  return out;
+  return pairsToQuery(out);
 }
 
 /** `ref[:Type].rest=value` → `ref=Type/a,Type/b…` (undefined: no target matched). */

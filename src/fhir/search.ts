@@ -7,6 +7,7 @@
  */
 import { getSearchParameter, Operator, parseSearchRequest, type Filter, type SearchRequest } from '@medplum/core';
 import { badRequest } from '../errors.js';
+import { pairsToQuery, queryPairs } from './paging.js';
 
 /** Result-control parameters handled by the facade or the repository, not filters. */
 const CONTROL_PARAMS = new Set(['_count', '_sort', '_include', '_revinclude', '_format', '_pretty', '_pageToken', '_offset']);
@@ -106,19 +107,11 @@ function withTypedReferences(resourceType: string, query: Record<string, string 
     return param?.type === 'reference' && (param.target as string[] | undefined)?.includes(m![2]!);
   });
   if (typedNames.length === 0) return query;
-  const out: Record<string, string | string[]> = {};
-  for (const [name, value] of Object.entries(query)) {
-    let code = name;
-    let values = [value].flat();
-    if (typedNames.includes(name)) {
-      const [param, type] = name.split(':') as [string, string];
-      code = param;
-      values = values.map((v) => v.split(',').map((one) => (one.startsWith(`${type}/`) || one.includes(`/${type}/`) ? one : `${type}/${one}`)).join(','));
-    }
-    const had = out[code];
-    out[code] = had === undefined ? (values.length === 1 ? values[0]! : values) : [...[had].flat(), ...values];
-  }
-  return out;
+  return pairsToQuery(queryPairs(query).map(([name, value]): [string, string] => {
+    if (!typedNames.includes(name)) return [name, value];
+    const [param, type] = name.split(':') as [string, string];
+    return [param, value.split(',').map((one) => (one.startsWith(`${type}/`) || one.includes(`/${type}/`) ? one : `${type}/${one}`)).join(',')];
+  }));
 }
 
 function checkParam(resourceType: string, name: string, value: string | string[], options: SearchParseOptions): string | undefined {

@@ -84,11 +84,12 @@ export interface Plan {
   proven?: Filter[];
 }
 
-/** A range driver (date or quantity): its plan, and the index-row queries whose rows it would walk. */
-interface Ranged {
-  plan: () => Plan;
-  probes: { where: string[]; args: unknown[] }[];
-}
+/**
+ * A range driver (date or quantity): its plan given the EXISTS checks of the other filters. With none
+ * (NO_EXTRA) its conditions are on its own index rows alone, which is what the planner counts.
+ */
+type Ranged = (extra: { where: string[]; args: unknown[] }) => Plan;
+const NO_EXTRA = { where: [] as string[], args: [] as unknown[] };
 
 interface DateBounds { conditions: string[]; args: number[]; startMin: number; startMax: number; proven: Filter[] }
 
@@ -278,7 +279,7 @@ function checkReferenceParam(target: IncludeTarget, what: string): void {
   if (info?.kind !== 'reference') throw badRequest(`Unsupported ${what}: ${target.resourceType}:${target.searchParam}`, what);
 }
 
-/** Hash keys that a token/reference filter matches, or undefined when the index cannot narrow it. */
+/** Hash keys (`ix_ref`) that a token, reference, uri or string filter matches, or undefined when the index cannot narrow it. */
 function indexKeys(type: string, info: ParamInfo, filter: Filter): string[] | undefined {
   if (info.kind === 'string') {
     // starts-with (and :exact, a narrower question): the prefix rows of the folded value
@@ -430,24 +431,22 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
   const ranges = [dateDriver(), quantityDriver()].filter((r): r is Ranged => r !== undefined);
   if (driver) {
     const extra = exists(driver);
-    const tokenPlan: Plan = {
-      from: 'ix_ref d JOIN versions v ON v.seq = d.seq',
-      where: [`d.h IN (${driver.keys.map(() => '?').join(',')})`, ...extra.where],
-      args: [...driver.keys.map((k) => ctx.hash(k)), ...extra.args],
-      orderBy: 'd.seq',
-    };
+    const keyed = { where: [`d.h IN (${driver.keys.map(() => '?').join(',')})`], args: driver.keys.map((k) => ctx.hash(k)) };
+    const tokenPlan: Plan = { from: 'ix_ref d JOIN versions v ON v.seq = d.seq', where: [...keyed.where, ...extra.where], args: [...keyed.args, ...extra.args], orderBy: 'd.seq' };
     if (rank(driver.code) < 2 || ranges.length === 0) return tokenPlan;
-    // counted up to a limit that grows eightfold until one side falls below it: the cost follows the smaller side
-    const tokenSql = `SELECT 1 FROM ix_ref d WHERE d.h IN (${driver.keys.map(() => '?').join(',')})`;
-    const tokenArgs = driver.keys.map((k) => ctx.hash(k));
+    // Each side's own index rows (its plan without the EXISTS checks), counted up to a limit that
+    // grows eightfold until one side falls below it: the cost follows the smaller side.
+    const rowsOf = (plan: Plan, table: string, limit: number): number => rowsUpTo(`SELECT 1 FROM ${table} d WHERE ${plan.where.join(' AND ')}`, plan.args, limit)
+      + (plan.long ? rowsUpTo(`SELECT 1 FROM ${table} d WHERE ${plan.long.where.join(' AND ')}`, plan.long.args, limit) : 0);
+    const bare = ranges.map((range) => range(NO_EXTRA));
     for (let limit = COUNT_PROBE; ; limit *= 8) {
-      const tokenRows = rowsUpTo(tokenSql, tokenArgs, limit);
-      const counted = ranges.map((r) => ({ r, rows: r.probes.reduce((n, p) => n + rowsUpTo(`SELECT 1 FROM ix_date d WHERE ${p.where.join(' AND ')}`, p.args, limit), 0) }));
-      const best = counted.sort((a, b) => a.rows - b.rows)[0]!;
-      if (tokenRows < limit || best.rows < limit || limit >= COUNT_PROBE_MAX) return best.rows < tokenRows ? best.r.plan() : tokenPlan;
+      const tokenRows = rowsUpTo(`SELECT 1 FROM ix_ref d WHERE ${keyed.where[0]}`, keyed.args, limit);
+      const counted = ranges.map((range, i) => ({ range, rows: rowsOf(bare[i]!, 'ix_date', limit) })).sort((a, b) => a.rows - b.rows);
+      const best = counted[0]!;
+      if (tokenRows < limit || best.rows < limit || limit >= COUNT_PROBE_MAX) return best.rows < tokenRows ? best.range(exists()) : tokenPlan;
     }
   }
-  if (ranges.length) return ranges[0]!.plan();
+  if (ranges.length) return ranges[0]!(exists());
 
   // 5. _lastUpdated range, else 6. the whole type, in last-updated order
   const where = ['v.type = ?', ...live];
@@ -466,46 +465,30 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
     yields: sort?.code === '_lastUpdated' ? { code: '_lastUpdated', descending: !!luDesc } : undefined,
   };
 
-  /** The first date parameter with a range the index answers: its plan, and its index rows to count. */
+  /** The first date parameter with a range the index answers, as a plan given its EXISTS checks. */
   function dateDriver(): Ranged | undefined {
     for (const [code, info] of params) {
       if (info.kind !== 'date' || !trusted(info) || code === '_lastUpdated') continue;
       const bounds = dateBounds(dateFilters(code));
-      if (!bounds) continue;
-      const key = dateKey(type, code);
-      return {
-        plan: () => datePlan(key, bounds, exists(), code, sort?.code === code && !!sort.descending),
-        probes: [
-          { where: ['d.h = ?', 'd.h2 = ?', 'd.start >= ?', 'd.start <= ?', ...bounds.conditions], args: [...ctx.hashPair(key), bounds.startMin, bounds.startMax, ...bounds.args] },
-          { where: ['d.h = ?', 'd.h2 = ?', ...bounds.conditions], args: [...ctx.hashPair(key + '\0long'), ...bounds.args] },
-        ],
-      };
+      if (bounds) return (extra) => datePlan(dateKey(type, code), bounds, extra, code, sort?.code === code && !!sort.descending);
     }
     return undefined;
   }
 
-  /** The first quantity filter the index can answer as a range: its plan, and its index rows to count. */
+  /** The first quantity filter the index can answer as a range, as a plan given its EXISTS checks. */
   function quantityDriver(): Ranged | undefined {
     for (const f of filters) {
       const info = params.get(f.code)!;
       if (info.kind !== 'quantity' || !trusted(info)) continue;
       const q = quantityPlan(type, f);
       if (!q) continue;
-      const points = { where: ['d.h = ?', 'd.h2 = ?', ...q.points.conditions], args: [...ctx.hashPair(q.key), ...q.points.args] };
-      const spans = { where: ['d.h = ?', 'd.h2 = ?', ...q.ranges.conditions], args: [...ctx.hashPair(q.key + '\0long'), ...q.ranges.args] };
-      return {
-        plan: () => {
-          const extra = exists();
-          return {
-            from: 'ix_date d JOIN versions v ON v.seq = d.seq',
-            where: [...points.where, ...extra.where],
-            args: [...points.args, ...extra.args],
-            orderBy: 'd.start, d.seq',
-            long: { where: [...spans.where, ...extra.where], args: [...spans.args, ...extra.args] },
-          };
-        },
-        probes: [points, spans],
-      };
+      return (extra) => ({
+        from: 'ix_date d JOIN versions v ON v.seq = d.seq',
+        where: ['d.h = ?', 'd.h2 = ?', ...q.points.conditions, ...extra.where],
+        args: [...ctx.hashPair(q.key), ...q.points.args, ...extra.args],
+        orderBy: 'd.start, d.seq',
+        long: { where: ['d.h = ?', 'd.h2 = ?', ...q.ranges.conditions, ...extra.where], args: [...ctx.hashPair(q.key + '\0long'), ...q.ranges.args, ...extra.args] },
+      });
     }
     return undefined;
   }
