@@ -374,6 +374,10 @@ describe.each(REPOSITORY_ADAPTERS)('FHIR facade on the %s repository', (adapter,
     expect(await values({ 'value-quantity': 'le101||mg/dL' })).toEqual([100, 101]);
     expect(await values({ 'value-quantity': '105' })).toEqual([105]);
     expect(await values({ 'value-quantity': 'gt108|http://unitsofmeasure.org|mmol/L' })).toEqual([]);
+    // a UCUM value converts: 6 mmol/L of glucose is 108.09 mg/dL, 0.105 g/dL is 105 mg/dL; `||unit` names the unit exactly
+    expect(await values({ 'value-quantity': 'gt6|http://unitsofmeasure.org|mmol/L' })).toEqual([109, 110, 111]);
+    expect(await values({ 'value-quantity': 'ge0.105|http://unitsofmeasure.org|g/dL' })).toEqual([105, 106, 107, 108, 109, 110, 111]);
+    expect(await values({ 'value-quantity': 'gt6||mmol/L' })).toEqual([]);
     expect((await values({ _profile: CGM_READING })).length).toBe(12);
     // composite: the code and the value of one reading
     expect(await values({ 'code-value-quantity': 'http://loinc.org|99504-3$gt108|http://unitsofmeasure.org|mg/dL' })).toEqual([109, 110, 111]);

@@ -28,7 +28,7 @@ import { attachCanonicalText } from '../port.js';
 import { canonicalResourceText } from '../../ledger/canonical.js';
 import { historyRows, TYPES_SQL, VERSION_KEYS_SQL } from './history.js';
 import { KeyRing, loadMasterKey, openText, seal } from './keys.js';
-import { extractIndexEntries, INDEX_GENERATION, supportedParams, typesIndexedSince } from './params.js';
+import { extractIndexEntries, INDEX_GENERATION, supportedParams, paramsIndexedSince, typesIndexedSince } from './params.js';
 import { dateRowKey, runSearch } from './search.js';
 import type { SearchContext } from './search.js';
 import { DecodedCache } from './decoded-cache.js';
@@ -124,7 +124,7 @@ export class EmbeddedRepository implements Repository {
       options.logger?.info({ adapter: 'embedded', file, masterKey: master.source }, 'repository opened');
       if (repo.indexGeneration < INDEX_GENERATION) {
         options.logger?.warn({ indexGeneration: repo.indexGeneration, current: INDEX_GENERATION },
-          'search parameters indexed since this store was written (_tag, _security, _profile, component-code, telecom, phone, email, deceased, language, value-quantity, component-value-quantity) '
+          `search parameters indexed since this store was written (${paramsIndexedSince(repo.indexGeneration).join(', ')}) `
           + 'are matched without their index until the index is rebuilt (`serve` does it in the background unless GLUCOGUARD_AUTO_REINDEX=off; or `glucoguard reindex`)');
       }
       return repo;
@@ -468,8 +468,8 @@ export class EmbeddedRepository implements Repository {
    * other requests go on between chunks and write their own rows), then records the current index
    * generation: parameters indexed since the store was written are looked up from then on. A store
    * of an older generation rebuilds only the types that have parameters indexed since it
-   * (typesIndexedSince: from generation 3, Patients and the other types with names, not a million
-   * readings); one at the current generation, or `all`, rebuilds every type.
+   * (typesIndexedSince: from generation 3 to 4, Patients and the other types with names, not a million
+   * readings; from 4 to 5, the readings, for their quantities in base units); one at the current generation, or `all`, rebuilds every type.
    * A version whose data key was erased cannot be read and keeps the rows it had (none of its
    * resource can be read either). `onProgress` gets the versions done and the total; `chunk`: rows
    * per transaction (REINDEX_CHUNK); `background`: pause after each chunk as long as it took, so a

@@ -7,15 +7,17 @@
  * - string parameters follow the FHIR rule (case- and accent-insensitive starts-with, `:exact`,
  *   `:contains`) over each part of a HumanName/Address, where medplum matches "contains";
  * - quantity parameters, which medplum's matcher does not answer, follow search.html#quantity here
- *   (implied precision of `eq`/`ne`, the prefixes, `system|code` or `||code-or-unit`; no unit
- *   conversion), and uri parameters match exactly.
+ *   (implied precision of `eq`/`ne`, the prefixes, `system|code` or `||code-or-unit`; a UCUM
+ *   value converted to each candidate's commensurable UCUM unit, src/fhir/quantities.ts), and uri
+ *   parameters match exactly.
  */
 import {
   convertToSearchableQuantities, convertToSearchableReferences, convertToSearchableTokens, evalFhirPathTyped, Operator,
   splitSearchOnComma, toPeriod, toTypedValue,
 } from '@medplum/core';
 import type { Filter, TypedValue } from '@medplum/core';
-import type { Period, Quantity, Resource } from '@medplum/fhirtypes';
+import type { Coding, Period, Quantity, Resource } from '@medplum/fhirtypes';
+import { conversionFactor, molarMassFor, molarMassOf, roundConverted, UCUM } from '../../fhir/quantities.js';
 import type { CompositePart, ParamInfo } from './params.js';
 
 /** A compiled check of all filters of a search (already validated against `params`). */
@@ -26,7 +28,7 @@ export type Matcher = (resource: Resource) => boolean;
  * each parameter's expression evaluated once per resource even when several filters use it.
  */
 export function compileMatcher(params: Map<string, ParamInfo>, filters: Filter[]): Matcher {
-  const groups = new Map<string, { info: ParamInfo; checks: ((values: TypedValue[], periods: () => Period[]) => boolean)[] }>();
+  const groups = new Map<string, { info: ParamInfo; checks: Check[] }>();
   for (const filter of filters) {
     const info = params.get(filter.code)!;
     let group = groups.get(filter.code);
@@ -41,13 +43,16 @@ export function compileMatcher(params: Map<string, ParamInfo>, filters: Filter[]
       const values = evalFhirPathTyped(info.atom, typed);
       let periods: Period[] | undefined;
       const periodsOf = (): Period[] => periods ??= values.map((v) => toPeriod(v.value)).filter((p): p is Period => !!p);
-      for (const check of checks) if (!check(values, periodsOf)) return false;
+      for (const check of checks) if (!check(values, periodsOf, resource)) return false;
     }
     return true;
   };
 }
 
-function compileFilter(info: ParamInfo, filter: Filter): (values: TypedValue[], periods: () => Period[]) => boolean {
+/** One filter's check of a resource, given its parameter's values (and their periods, for dates). */
+type Check = (values: TypedValue[], periods: () => Period[], resource: Resource) => boolean;
+
+function compileFilter(info: ParamInfo, filter: Filter): Check {
   if (filter.operator === Operator.MISSING || filter.operator === Operator.PRESENT) {
     const desired = (filter.operator === Operator.MISSING && filter.value === 'false') ||
       (filter.operator === Operator.PRESENT && filter.value === 'true');
@@ -112,11 +117,12 @@ function compileFilter(info: ParamInfo, filter: Filter): (values: TypedValue[], 
     case 'quantity': {
       const targets = wanted.map(parseQuantity);
       const operator = negated ? Operator.EQUALS : filter.operator;
-      return (values) => {
+      return (values, _periods, resource) => {
         const quantities = convertToSearchableQuantities(values);
         // `ne` asks for a value that differs: a resource without any value does not match it
         if (negated && quantities.length === 0) return false;
-        return quantities.some((q) => targets.some((t) => matchesQuantity(q, operator, t))) !== negated;
+        const molarMass = molarMassFor(resource, info.code);
+        return quantities.some((q) => targets.some((t) => matchesQuantity(q, operator, t, molarMass))) !== negated;
       };
     }
     case 'uri':
@@ -128,7 +134,12 @@ function compileFilter(info: ParamInfo, filter: Filter): (values: TypedValue[], 
       const alternatives = wanted.map((w) => splitComposite(w).map((text, i) => compositeTerm(parts[i]!, text)));
       return (values) => values.some((element) => {
         const byPart = parts.map((part) => partValues(part, element));
-        return alternatives.some((terms) => terms.every((term, i) => term(byPart[i]!)));
+        // a quantity converts mass ↔ substance by the analyte its own element is coded as (code-value-quantity)
+        let molarMass: number | undefined | null = null;
+        const analyte = (): number | undefined => molarMass === null ? molarMass = molarMassOf(
+          parts.flatMap((part, i) => part.kind === 'token' ? byPart[i]!.flatMap((v) => (v.value as { coding?: Coding[] } | undefined)?.coding ?? []) : []),
+        ) : molarMass;
+        return alternatives.some((terms) => terms.every((term, i) => term(byPart[i]!, analyte)));
       });
     }
   }
@@ -168,17 +179,17 @@ export function compositeProblem(parts: CompositePart[], text: string): string |
   return undefined;
 }
 
-function compositeTerm(part: CompositePart, text: string): (values: TypedValue[]) => boolean {
+function compositeTerm(part: CompositePart, text: string): (values: TypedValue[], molarMass: () => number | undefined) => boolean {
   if (part.kind === 'token') return (values) => convertToSearchableTokens(values).some((t) => matchesToken(t, text));
   const { operator, value } = splitPrefix(text);
   const target = parseQuantity(value);
   if (operator === Operator.NOT_EQUALS) {
-    return (values) => {
+    return (values, molarMass) => {
       const quantities = convertToSearchableQuantities(values);
-      return quantities.length > 0 && !quantities.some((q) => matchesQuantity(q, Operator.EQUALS, target));
+      return quantities.length > 0 && !quantities.some((q) => matchesQuantity(q, Operator.EQUALS, target, molarMass()));
     };
   }
-  return (values) => convertToSearchableQuantities(values).some((q) => matchesQuantity(q, operator, target));
+  return (values, molarMass) => convertToSearchableQuantities(values).some((q) => matchesQuantity(q, operator, target, molarMass()));
 }
 
 /** A quantity search value: `[number]`, `[number]|[system]|[code]` or `[number]||[code or unit]`. */
@@ -221,11 +232,10 @@ export function parseQuantity(text: string): QuantityTarget {
  * of the range lies beyond the value, `sa`/`eb` all of it, `eq` all of it within the implied
  * precision, `ap` some of it within 10 % (at least the implied precision).
  */
-function matchesQuantity(q: Quantity, operator: string, t: QuantityTarget): boolean {
+function matchesQuantity(q: Quantity, operator: string, wanted: QuantityTarget, molarMass: number | undefined): boolean {
   if (typeof q.value !== 'number') return false;
-  if (t.system !== undefined ? q.system !== t.system || q.code !== t.code : t.code !== undefined && q.code !== t.code && q.unit !== t.code) {
-    return false;
-  }
+  const t = inUnitOf(q, wanted, molarMass);
+  if (!t) return false;
   const v = q.value;
   const below = q.comparator === '<' || q.comparator === '<=';
   const above = q.comparator === '>' || q.comparator === '>=';
@@ -246,6 +256,19 @@ function matchesQuantity(q: Quantity, operator: string, t: QuantityTarget): bool
     }
     default: return false;
   }
+}
+
+/**
+ * The search value in the unit of a resource's value, or undefined when the two cannot be compared:
+ * without a system, `||code` names the code or the unit exactly; with a system, the same system and
+ * code, or two UCUM units that convert (src/fhir/quantities.ts).
+ */
+function inUnitOf(q: Quantity, t: QuantityTarget, molarMass: number | undefined): QuantityTarget | undefined {
+  if (t.system === undefined) return t.code === undefined || q.code === t.code || q.unit === t.code ? t : undefined;
+  if (q.system === t.system && q.code === t.code) return t;
+  if (q.system !== UCUM || t.system !== UCUM || q.code === undefined) return undefined;
+  const factor = conversionFactor(t.code!, q.code, molarMass);
+  return factor === undefined ? undefined : { value: roundConverted(t.value * factor), half: t.half * factor };
 }
 
 function matchesToken(token: { system?: string; value?: string }, filterValue: string): boolean {

@@ -10,6 +10,7 @@ import {
 import type { FhirPathAtom, TypedValue } from '@medplum/core';
 import type { Resource, SearchParameter } from '@medplum/fhirtypes';
 import { loadFhirDefinitions } from '../../fhir/definitions.js';
+import { canonicalForms, molarMassFor, UCUM } from '../../fhir/quantities.js';
 import { foldText, stringValues } from './match.js';
 
 interface TypeConfig {
@@ -75,16 +76,17 @@ const META_PARAMS = ['_tag', '_security', '_profile'];
  *
  * 1: the parameters of the first stores; 2 (session 11): the `meta` parameters, `component-code`
  * and the contact parameters; 3 (session 11): quantities; 4 (session 12): string parameters (names,
- * addresses), as keyed hashes of the folded prefixes of each part (stringPrefixKey).
+ * addresses), as keyed hashes of the folded prefixes of each part (stringPrefixKey); 5 (session 13):
+ * quantities also in base units, for unit conversion (quantityCanonicalKey).
  */
-export const INDEX_GENERATION = 4;
+export const INDEX_GENERATION = 5;
 /** The generation since which string parameters have rows. */
 const STRING_SINCE = 4;
 /** Longest prefix of a string part that gets a row: a longer search value is looked up by its first STRING_PREFIX_MAX characters. */
 export const STRING_PREFIX_MAX = 12;
 const SINCE = new Map<string, number>([
   ...[...META_PARAMS, 'component-code', 'telecom', 'phone', 'email', 'deceased', 'language'].map((c) => [c, 2] as const),
-  ...['value-quantity', 'component-value-quantity'].map((c) => [c, 3] as const),
+  ...['value-quantity', 'component-value-quantity'].map((c) => [c, 5] as const),
 ]);
 
 /**
@@ -174,7 +176,13 @@ export function paramsOf(resourceType: string): Map<string, ParamInfo> {
  * parameters; from 1, every type (the `meta` parameters).
  */
 export function typesIndexedSince(generation: number): string[] {
-  return Object.keys(TYPES).filter((type) => [...paramsOf(type).values()].some((p) => p.indexable && p.since > generation));
+  return Object.keys(TYPES).filter((type) => paramsIndexedSince(generation, type).length > 0);
+}
+
+/** The names of the parameters (of one type, or of any) indexed since `generation`, for the start-up warning. */
+export function paramsIndexedSince(generation: number, type?: string): string[] {
+  const names = (type ? [type] : Object.keys(TYPES)).flatMap((t) => [...paramsOf(t).values()].filter((p) => p.indexable && p.since > generation).map((p) => p.code));
+  return [...new Set(names)];
 }
 
 export function patientDateParam(resourceType: string): string | undefined {
@@ -231,6 +239,8 @@ export const patientDateKey = (type: string, patientRef: string): string => `${t
 export const quantityKey = (type: string, param: string): string => `${type}\0${param}\0q`;
 export const quantitySystemKey = (type: string, param: string, system: string, code: string): string => `${quantityKey(type, param)}\0s\0${system}|${code}`;
 export const quantityUnitKey = (type: string, param: string, codeOrUnit: string): string => `${quantityKey(type, param)}\0u\0${codeOrUnit}`;
+/** A UCUM value converted to base units (src/fhir/quantities.ts), keyed by its dimension (`g1.m-3;mol0`). */
+export const quantityCanonicalKey = (type: string, param: string, dimension: string): string => `${quantityKey(type, param)}\0c\0${dimension}`;
 /** Bounds of a quantity a comparator leaves open (`<5`: from the lowest number). */
 export const QUANTITY_MIN = -Number.MAX_VALUE;
 export const QUANTITY_MAX = Number.MAX_VALUE;
@@ -268,6 +278,11 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
         if (q.system && q.code) keys.push(quantitySystemKey(type, info.code, q.system, q.code));
         for (const u of new Set([q.code, q.unit])) if (u) keys.push(quantityUnitKey(type, info.code, u));
         for (const key of keys) entries.dates.push({ key, start, end });
+        if (q.system !== UCUM || !q.code) continue;
+        const scaled = (bound: number, factor: number): number => bound === QUANTITY_MIN || bound === QUANTITY_MAX ? bound : bound * factor;
+        for (const { dimension, factor } of canonicalForms(q.code, molarMassFor(resource, info.code))) {
+          entries.dates.push({ key: quantityCanonicalKey(type, info.code, dimension), start: scaled(start, factor), end: scaled(end, factor) });
+        }
       }
     } else if (info.kind === 'string') {
       // each part (family, given, a line of an address…) as the keyed hashes of its folded prefixes:

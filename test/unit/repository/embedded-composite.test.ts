@@ -119,10 +119,13 @@ describe('composite parameters', () => {
       for (const prefix of ['eq', 'ne', 'gt', 'lt', 'ge', 'le', 'sa', 'eb']) {
         for (const n of [7, 80, 120, 180, 250]) {
           for (const unit of ['', `|${UCUM}|mg/dL`, '||mmol/L']) {
+            // the reading's value in the unit asked for: `|UCUM|mg/dL` converts, a glucose reading in
+            // mmol/L counting 18.01559 mg/dL per mmol/L; `||mmol/L` names the unit exactly
+            const inUnit = ({ valueQuantity: q }: Observation): number | undefined => unit === '' || q!.code === unit.split('|').at(-1) ? q!.value
+              : unit.includes(UCUM) && q!.code === 'mmol/L' && [GLUCOSE, '2339-0'].includes(code) ? q!.value! * 18.01559 : undefined;
             // as value-quantity does: `ne` with a unit is any value that is not that value in that unit
-            const sameUnit = (o: Observation): boolean => unit === '' || o.valueQuantity!.code === unit.split('|').at(-1);
             const expected = stored.filter((o) => o.code.coding?.[0]?.code === code && o.valueQuantity?.value !== undefined
-              && (prefix === 'ne' ? !(sameUnit(o) && matchesValue(o.valueQuantity.value, 'eq', n)) : sameUnit(o) && matchesValue(o.valueQuantity.value, prefix, n)))
+              && (prefix === 'ne' ? !(inUnit(o) !== undefined && matchesValue(inUnit(o)!, 'eq', n)) : inUnit(o) !== undefined && matchesValue(inUnit(o)!, prefix, n)))
               .map((o) => o.id!).sort();
             const got = idsOf(await search({ 'code-value-quantity': `${LOINC}|${code}$${prefix}${n}${unit}` }));
             expect([code, prefix, n, unit, got]).toEqual([code, prefix, n, unit, expected]);

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseSearch } from '../../../src/fhir/search.js';
 import { EmbeddedRepository } from '../../../src/repository/embedded/index.js';
-import { STRING_PREFIX_MAX, stringPrefixKey } from '../../../src/repository/embedded/params.js';
+import { INDEX_GENERATION, STRING_PREFIX_MAX, stringPrefixKey } from '../../../src/repository/embedded/params.js';
 
 const FAMILIES = ['Rivera', 'Rivière', 'Okafor', 'Ó Briain', 'Nguyen', 'Ng', 'van der Berg', 'Abdul-Rahman', 'Kowalczykowska-Wiśniewska'];
 const GIVEN = ['Ana', 'Anaïs', 'Ben', 'Chloé', 'Dmitri'];
@@ -91,10 +91,13 @@ describe('string parameters through the prefix index', () => {
     expect(repo.indexGeneration).toBe(3);
     // trusting the index would find nothing; the planner does not trust it, so the answers stay
     for (const [value, ids] of before) expect([value, (await search({ name: value })).map((r) => r.id!).sort()]).toEqual([value, ids]);
-    // the rebuild visits the types with parameters indexed since generation 3, not the readings
-    for (let i = 0; i < 5; i++) await repo.create({ resourceType: 'Observation', status: 'final', code: { text: 'glucose' }, subject: { reference: 'Patient/p' } });
-    expect(await repo.reindex()).toEqual({ versions: stored.length, unreadable: 0, generation: 4 });
-    expect(repo.indexGeneration).toBe(4);
+    // the rebuild visits the types with parameters indexed since generation 3 (names; quantities in
+    // base units since 5), not insulin doses, which have neither
+    for (let i = 0; i < 5; i++) {
+      await repo.create({ resourceType: 'MedicationAdministration', status: 'completed', medicationCodeableConcept: { text: 'insulin' }, subject: { reference: 'Patient/p' }, effectiveDateTime: '2026-01-01' });
+    }
+    expect(await repo.reindex()).toEqual({ versions: stored.length, unreadable: 0, generation: INDEX_GENERATION });
+    expect(repo.indexGeneration).toBe(INDEX_GENERATION);
     expect((await repo.reindex(undefined, { all: true })).versions).toBe(stored.length + 5);
     for (const [value, ids] of before) expect([value, (await search({ name: value }, 5)).map((r) => r.id!).sort()]).toEqual([value, ids]);
   });

@@ -593,6 +593,8 @@ describe('index generations and reindex', () => {
       [40, { comparator: '<' }], [40, { comparator: '<=' }], [400, { comparator: '>' }], [400, { comparator: '>=' }],
       [54, {}], [54.4, {}], [70, {}], [99.5, {}], [100, {}], [180, {}], [250.4, {}], [-3, {}], [0, {}],
       [5.4, { unit: 'mmol/L', code: 'mmol/L' }], [5.4, { unit: 'mmol/L', code: undefined, system: undefined }], [120, { system: 'http://example.org/units', code: 'mg/dL' }],
+      // converted by UCUM search values (1.8 g/L is 180 mg/dL; 10 mmol/L of glucose 180.1559 mg/dL)
+      [1.8, { unit: 'g/L', code: 'g/L' }], [10, { unit: 'mmol/L', code: 'mmol/L' }], [0.25, { unit: 'g/dL', code: 'g/dL' }], [37, { unit: '°C', code: 'Cel' }],
     ];
     for (const [i, [value, extra]] of values.entries()) {
       await repo.create(observation(`qi${i % 3}`, `2026-06-01T00:${String(i).padStart(2, '0')}:00Z`,
@@ -603,11 +605,15 @@ describe('index generations and reindex', () => {
       { code: { text: 'b' }, valueQuantity: { value: 120, system: 'http://unitsofmeasure.org', code: 'mm[Hg]' } }] }));
     const queries: string[] = [];
     for (const prefix of ['', 'eq', 'ne', 'gt', 'ge', 'lt', 'le', 'sa', 'eb', 'ap']) {
-      for (const n of ['40', '54', '54.4', '1e2', '100.0', '5.4', '0', '-3', '400', '250']) {
-        for (const unit of ['', '|http://unitsofmeasure.org|mg/dL', '||mg/dL', '||mmol/L', '|http://example.org/units|mg/dL']) queries.push(`value-quantity=${prefix}${n}${unit}`);
+      for (const n of ['40', '54', '54.4', '1e2', '100.0', '5.4', '0', '-3', '400', '250', '1.8', '180', '10', '180.1559', '37']) {
+        for (const unit of ['', '|http://unitsofmeasure.org|mg/dL', '||mg/dL', '||mmol/L', '|http://example.org/units|mg/dL',
+          '|http://unitsofmeasure.org|g/L', '|http://unitsofmeasure.org|mmol/L', '|http://unitsofmeasure.org|Cel', '|http://unitsofmeasure.org|[degF]']) {
+          queries.push(`value-quantity=${prefix}${n}${unit}`);
+        }
       }
     }
-    queries.push('component-value-quantity=gt100||mm[Hg]', 'component-value-quantity=lt100', 'component-value-quantity=ap80');
+    queries.push('component-value-quantity=gt100||mm[Hg]', 'component-value-quantity=lt100', 'component-value-quantity=ap80',
+      'component-value-quantity=gt13|http://unitsofmeasure.org|kPa', 'component-value-quantity=lt0.12|http://unitsofmeasure.org|m[Hg]');
     const answer = async (q: string): Promise<string> => ids((await repo.search(parseSearchRequest(`Observation?${q}&_count=100`))).resources).sort().join(',');
     const indexed = new Map<string, string>();
     for (const q of queries) indexed.set(q, await answer(q));
