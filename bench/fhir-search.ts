@@ -195,6 +195,7 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
     log(`    a threshold alone (Observation?value-quantity=gt400|…|mg/dL), store index generation ${app.indexGeneration?.() ?? '—'}:`
       + ` ${threshold.unnarrowedOutcome} in ${fmt(threshold.unnarrowedP50, 1)} ms (p50 of 3)`);
     log(`    the same as a composite alone (code-value-quantity=http://loinc.org|99504-3$gt400|…|mg/dL): ${threshold.compositeOutcome} in ${fmt(threshold.compositeP50, 1)} ms (p50 of 3)`);
+    log(`    the same in the other unit (value-quantity=gt22.3|…|mmol/L, 401.7 mg/dL): ${threshold.convertedOutcome} in ${fmt(threshold.convertedP50, 1)} ms (p50 of 3)`);
     log(`    where the HTTP time goes (p50 per stage, in-process, ${parts.n} of the queries again, integrity checked as on a first read of each version):`);
     log(`      repository search ${fmt(parts.search)} ms + integrity check ${fmt(parts.integrity)} ms + serialising the Bundle ${fmt(parts.serialize)} ms`
       + ` = ${fmt(parts.search + parts.integrity + parts.serialize)} ms; the rest of the HTTP p50 (${fmt(Math.max(0, h.p50 - parts.search - parts.integrity - parts.serialize))} ms):`
@@ -202,7 +203,7 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
     return {
       directP50: d.p50, directP95: d.p95, httpP50: h.p50, httpP95: h.p95, httpRps: rps, ratioP50: h.p50 / d.p50, rssMb: rssMb(),
       bareHttpP50: b.p50, bareHttpP95: b.p95, bareRatioP50: b.p50 / d.p50, facadeOverBareP50: h.p50 / b.p50,
-      thresholdDirectP50: threshold.directP50, thresholdHttpP50: threshold.httpP50, thresholdMatches: threshold.matches, unnarrowedThresholdMs: threshold.unnarrowedP50, compositeThresholdMs: threshold.compositeP50,
+      thresholdDirectP50: threshold.directP50, thresholdHttpP50: threshold.httpP50, thresholdMatches: threshold.matches, unnarrowedThresholdMs: threshold.unnarrowedP50, compositeThresholdMs: threshold.compositeP50, convertedThresholdMs: threshold.convertedP50,
       gzipP50: coding.gzipP50, identityP50: coding.identityP50, gzipKiB: coding.gzipBytes / 1024, identityKiB: coding.identityBytes / 1024,
       stageSearchP50: parts.search, stageIntegrityColdP50: parts.integrity, stageSerializeP50: parts.serialize,
     };
@@ -271,7 +272,7 @@ async function codingCompared(app: App, identity: HttpClient, gzip: HttpClient, 
  * matched on its decrypted readings), direct and over HTTP taking turns on unseen queries; then a
  * threshold with nothing else to narrow it, through the facade.
  */
-async function thresholdCompared(app: App, port: number, days: string[]): Promise<{ directP50: number; httpP50: number; matches: number; unnarrowedP50: number; unnarrowedOutcome: string; compositeP50: number; compositeOutcome: string }> {
+async function thresholdCompared(app: App, port: number, days: string[]): Promise<{ directP50: number; httpP50: number; matches: number; unnarrowedP50: number; unnarrowedOutcome: string; compositeP50: number; compositeOutcome: string; convertedP50: number; convertedOutcome: string }> {
   const client = new HttpClient(port, { entries: -1 });
   try {
     const direct: number[] = [];
@@ -290,7 +291,7 @@ async function thresholdCompared(app: App, port: number, days: string[]): Promis
       }
     }
     // Nothing but the threshold (readings stay within 40–400 mg/dL here): with the store's quantity
-    // rows (index generation 3) one index range finds nothing; a store of an older generation must
+    // rows (index generation 5: in base units, so also for 22.3 mmol/L) one index range finds nothing; a store of an older generation must
     // read readings one by one, and is refused once the scan limit is passed.
     // The same as a composite (code and value of one reading): the planner weighs the code's index
     // rows (every reading) against the quantity range (none) and reads the range.
@@ -310,6 +311,7 @@ async function thresholdCompared(app: App, port: number, days: string[]): Promis
     };
     const unnarrowed = await alone({ 'value-quantity': 'gt400|http://unitsofmeasure.org|mg/dL' });
     const composite = await alone({ 'code-value-quantity': 'http://loinc.org|99504-3$gt400|http://unitsofmeasure.org|mg/dL' });
+    const converted = await alone({ 'value-quantity': 'gt22.3|http://unitsofmeasure.org|mmol/L' });
     return {
       directP50: summary(direct.sort((a, b) => a - b)).p50,
       httpP50: summary(overHttp.sort((a, b) => a - b)).p50,
@@ -318,6 +320,8 @@ async function thresholdCompared(app: App, port: number, days: string[]): Promis
       unnarrowedOutcome: unnarrowed.outcome,
       compositeP50: composite.p50,
       compositeOutcome: composite.outcome,
+      convertedP50: converted.p50,
+      convertedOutcome: converted.outcome,
     };
   } finally {
     await client.close();

@@ -109,31 +109,41 @@ export function molarMassOf(codings: readonly Coding[] | undefined): number | un
   return codings?.some((c) => c.system === LOINC && c.code !== undefined && GLUCOSE_CODES.has(c.code)) ? GLUCOSE_MOLAR_MASS : undefined;
 }
 
+/** Forms per unit code and molar mass, bounded like `scales`. */
+const forms = new Map<string, UnitScale[]>();
+
 /**
  * The forms under which a value in UCUM `code` is comparable (value × factor, in `dimension`): its
  * own, and with a molar mass also the other way. Empty when the unit does not convert.
  */
-export function canonicalForms(code: string, molarMass?: number): { dimension: string; factor: number }[] {
-  const scale = ucumScale(code);
-  if (!scale) return [];
-  const other = molarMass === undefined ? undefined : otherWay(scale, molarMass);
-  return other ? [scale, other] : [scale];
+export function canonicalForms(code: string, molarMass?: number): readonly UnitScale[] {
+  const key = molarMass === undefined ? code : `${code}\0${molarMass}`;
+  let found = forms.get(key);
+  if (!found) {
+    const scale = ucumScale(code);
+    const other = scale && molarMass !== undefined ? otherWay(scale, molarMass) : undefined;
+    found = !scale ? [] : other ? [scale, other] : [scale];
+    if (forms.size >= SCALES_MAX) forms.clear();
+    forms.set(key, found);
+  }
+  return found;
 }
 
 /**
- * The factor taking a value in UCUM `from` to UCUM `to`, or undefined when they are not
- * commensurable (with `molarMass`: also mass ↔ substance).
+ * The factor taking a value in UCUM `code` to base units of `dimension` (with `molarMass`: also
+ * mass ↔ substance), or undefined when the unit is not of that dimension.
  */
-export function conversionFactor(from: string, to: string, molarMass?: number): number | undefined {
-  if (from === to) return 1;
-  const target = ucumScale(to);
-  if (!target) return undefined;
-  const form = canonicalForms(from, molarMass).find((f) => f.dimension === target.dimension);
-  return form ? form.factor / target.factor : undefined;
+export function baseFactor(code: string, dimension: string, molarMass?: number): number | undefined {
+  return canonicalForms(code, molarMass).find((f) => f.dimension === dimension)?.factor;
 }
 
-/** A converted number rounded to 12 significant digits, so 1.8 g/L reads as 180 mg/dL, not 180.00000000000003. */
-export const roundConverted = (value: number): number => Number(value.toPrecision(12));
+/**
+ * A value in base units, rounded to 12 significant digits, so that 1.8 g/L and 180 mg/dL are the same
+ * number (1800 g·m⁻³) and not 1800.0000000000002 and 1800. The index rows, the planner's bounds and
+ * the matcher all compute it this way, so they agree to the bit: a search reads exactly the rows the
+ * matcher accepts.
+ */
+export const inBaseUnits = (value: number, factor: number): number => Number((value * factor).toPrecision(12));
 
 /**
  * The molar mass a search parameter's quantities convert with on this resource: an Observation's

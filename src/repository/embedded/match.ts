@@ -17,7 +17,7 @@ import {
 } from '@medplum/core';
 import type { Filter, TypedValue } from '@medplum/core';
 import type { Coding, Period, Quantity, Resource } from '@medplum/fhirtypes';
-import { conversionFactor, molarMassFor, molarMassOf, roundConverted, UCUM } from '../../fhir/quantities.js';
+import { baseFactor, inBaseUnits, molarMassFor, molarMassOf, UCUM, ucumScale } from '../../fhir/quantities.js';
 import type { CompositePart, ParamInfo } from './params.js';
 
 /** A compiled check of all filters of a search (already validated against `params`). */
@@ -199,6 +199,8 @@ export interface QuantityTarget {
   half: number;
   system?: string;
   code?: string;
+  /** A UCUM value in a unit that converts: the same in base units of its dimension, which every comparison then uses. */
+  base?: { value: number; half: number; dimension: string };
 }
 
 const NUMBER = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
@@ -218,11 +220,15 @@ export function parseQuantity(text: string): QuantityTarget {
   const exponent = /[eE]([+-]?\d+)$/.exec(number);
   const mantissa = exponent ? number.slice(0, exponent.index) : number;
   const decimals = mantissa.includes('.') ? mantissa.length - mantissa.indexOf('.') - 1 : 0;
+  const value = Number(number);
+  const half = 0.5 * 10 ** ((exponent ? Number(exponent[1]) : 0) - decimals);
+  const scale = system === UCUM && code ? ucumScale(code) : undefined;
   return {
-    value: Number(number),
-    half: 0.5 * 10 ** ((exponent ? Number(exponent[1]) : 0) - decimals),
+    value,
+    half,
     ...(system ? { system } : {}),
     ...(code ? { code } : {}),
+    ...(scale ? { base: { value: inBaseUnits(value, scale.factor), half: half * scale.factor, dimension: scale.dimension } } : {}),
   };
 }
 
@@ -234,9 +240,9 @@ export function parseQuantity(text: string): QuantityTarget {
  */
 function matchesQuantity(q: Quantity, operator: string, wanted: QuantityTarget, molarMass: number | undefined): boolean {
   if (typeof q.value !== 'number') return false;
-  const t = inUnitOf(q, wanted, molarMass);
-  if (!t) return false;
-  const v = q.value;
+  const pair = comparable(q, q.value, wanted, molarMass);
+  if (!pair) return false;
+  const { v, t } = pair;
   const below = q.comparator === '<' || q.comparator === '<=';
   const above = q.comparator === '>' || q.comparator === '>=';
   const open = q.comparator === '<' || q.comparator === '>';
@@ -259,16 +265,18 @@ function matchesQuantity(q: Quantity, operator: string, wanted: QuantityTarget, 
 }
 
 /**
- * The search value in the unit of a resource's value, or undefined when the two cannot be compared:
- * without a system, `||code` names the code or the unit exactly; with a system, the same system and
- * code, or two UCUM units that convert (src/fhir/quantities.ts).
+ * A resource's value and the search value in one scale, or undefined when they cannot be compared.
+ * A UCUM search value in a unit that converts: both in base units of its dimension (the resource's
+ * value converted as its index row was, src/fhir/quantities.ts). Otherwise as written: without a
+ * system, `||code` names the code or the unit exactly; with one, the same system and code.
  */
-function inUnitOf(q: Quantity, t: QuantityTarget, molarMass: number | undefined): QuantityTarget | undefined {
-  if (t.system === undefined) return t.code === undefined || q.code === t.code || q.unit === t.code ? t : undefined;
-  if (q.system === t.system && q.code === t.code) return t;
-  if (q.system !== UCUM || t.system !== UCUM || q.code === undefined) return undefined;
-  const factor = conversionFactor(t.code!, q.code, molarMass);
-  return factor === undefined ? undefined : { value: roundConverted(t.value * factor), half: t.half * factor };
+function comparable(q: Quantity, value: number, t: QuantityTarget, molarMass: number | undefined): { v: number; t: QuantityTarget } | undefined {
+  if (t.base) {
+    const factor = q.system === UCUM && q.code !== undefined ? baseFactor(q.code, t.base.dimension, molarMass) : undefined;
+    return factor === undefined ? undefined : { v: inBaseUnits(value, factor), t: t.base };
+  }
+  if (t.system === undefined) return t.code === undefined || q.code === t.code || q.unit === t.code ? { v: value, t } : undefined;
+  return q.system === t.system && q.code === t.code ? { v: value, t } : undefined;
 }
 
 function matchesToken(token: { system?: string; value?: string }, filterValue: string): boolean {

@@ -10,7 +10,7 @@ import {
 import type { FhirPathAtom, TypedValue } from '@medplum/core';
 import type { Resource, SearchParameter } from '@medplum/fhirtypes';
 import { loadFhirDefinitions } from '../../fhir/definitions.js';
-import { canonicalForms, molarMassFor, UCUM } from '../../fhir/quantities.js';
+import { canonicalForms, inBaseUnits, molarMassFor, UCUM } from '../../fhir/quantities.js';
 import { foldText, stringValues } from './match.js';
 
 interface TypeConfig {
@@ -279,7 +279,7 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
         for (const u of new Set([q.code, q.unit])) if (u) keys.push(quantityUnitKey(type, info.code, u));
         for (const key of keys) entries.dates.push({ key, start, end });
         if (q.system !== UCUM || !q.code) continue;
-        const scaled = (bound: number, factor: number): number => bound === QUANTITY_MIN || bound === QUANTITY_MAX ? bound : bound * factor;
+        const scaled = (bound: number, factor: number): number => bound === QUANTITY_MIN || bound === QUANTITY_MAX ? bound : inBaseUnits(bound, factor);
         for (const { dimension, factor } of canonicalForms(q.code, molarMassFor(resource, info.code))) {
           entries.dates.push({ key: quantityCanonicalKey(type, info.code, dimension), start: scaled(start, factor), end: scaled(end, factor) });
         }

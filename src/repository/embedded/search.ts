@@ -17,7 +17,6 @@ import type { Resource } from '@medplum/fhirtypes';
 import type { Database, Statement } from 'better-sqlite3';
 import { badRequest, scanLimitExceeded } from '../../errors.js';
 import { patientIdOfReference } from '../../fhir/compartment.js';
-import { UCUM, ucumScale } from '../../fhir/quantities.js';
 import type { SearchResult } from '../port.js';
 import {
   dateKey, datesOf, MAX_TIME, MIN_TIME, paramsOf, patientDateKey, patientDateParam, quantityCanonicalKey, quantityKey, quantitySystemKey, quantityUnitKey,
@@ -320,30 +319,25 @@ function quantityPlan(type: string, filter: Filter): { key: string; points: { co
   const values = splitSearchOnComma(filter.value);
   if (values.length !== 1 || filter.operator === Operator.NOT_EQUALS || filter.operator === Operator.MISSING || filter.operator === Operator.PRESENT) return undefined;
   const t = parseQuantity(values[0]!);
-  // a UCUM value reads the rows in base units of its dimension, bounds widened by a billionth so
-  // that conversion rounding cannot drop a row the matcher (which converts the other way) accepts
-  const scale = t.system === UCUM ? ucumScale(t.code!) : undefined;
-  const key = scale ? quantityCanonicalKey(type, filter.code, scale.dimension)
+  // a UCUM value in a unit that converts reads the rows of its dimension, in base units computed as
+  // the rows' were (inBaseUnits), so the bounds are exact
+  const key = t.base ? quantityCanonicalKey(type, filter.code, t.base.dimension)
     : t.system !== undefined ? quantitySystemKey(type, filter.code, t.system, t.code!)
       : t.code !== undefined ? quantityUnitKey(type, filter.code, t.code) : quantityKey(type, filter.code);
-  const f = scale?.factor ?? 1;
-  const slack = (x: number): number => (scale ? Math.abs(x) * 1e-9 : 0);
-  const lo = (x: number): number => x * f - slack(x * f);
-  const hi = (x: number): number => x * f + slack(x * f);
-  const v = t.value;
-  const d = Math.max(Math.abs(v) * 0.1, t.half);
+  const { value: v, half } = t.base ?? t;
+  const d = Math.max(Math.abs(v) * 0.1, half);
   const both = (points: [string, ...number[]], ranges: [string, ...number[]]) => ({
     key, points: { conditions: [points[0]], args: points.slice(1) as number[] }, ranges: { conditions: [ranges[0]], args: ranges.slice(1) as number[] },
   });
   switch (filter.operator) {
-    case Operator.EQUALS: return both(['d.start >= ? AND d.start < ?', lo(v - t.half), hi(v + t.half)], ['d.start < ? AND d.end >= ?', hi(v + t.half), lo(v - t.half)]);
-    case Operator.GREATER_THAN: return both(['d.start > ?', lo(v)], ['d.end > ?', lo(v)]);
-    case Operator.GREATER_THAN_OR_EQUALS: return both(['d.start >= ?', lo(v)], ['d.end >= ?', lo(v)]);
-    case Operator.LESS_THAN: return both(['d.start < ?', hi(v)], ['d.start < ?', hi(v)]);
-    case Operator.LESS_THAN_OR_EQUALS: return both(['d.start <= ?', hi(v)], ['d.start <= ?', hi(v)]);
-    case Operator.STARTS_AFTER: return both(['d.start > ?', lo(v)], ['d.start >= ?', lo(v)]);
-    case Operator.ENDS_BEFORE: return both(['d.start < ?', hi(v)], ['d.end <= ?', hi(v)]);
-    case Operator.APPROXIMATELY: return both(['d.start >= ? AND d.start <= ?', lo(v - d), hi(v + d)], ['d.start <= ? AND d.end >= ?', hi(v + d), lo(v - d)]);
+    case Operator.EQUALS: return both(['d.start >= ? AND d.start < ?', v - half, v + half], ['d.start < ? AND d.end >= ?', v + half, v - half]);
+    case Operator.GREATER_THAN: return both(['d.start > ?', v], ['d.end > ?', v]);
+    case Operator.GREATER_THAN_OR_EQUALS: return both(['d.start >= ?', v], ['d.end >= ?', v]);
+    case Operator.LESS_THAN: return both(['d.start < ?', v], ['d.start < ?', v]);
+    case Operator.LESS_THAN_OR_EQUALS: return both(['d.start <= ?', v], ['d.start <= ?', v]);
+    case Operator.STARTS_AFTER: return both(['d.start > ?', v], ['d.start >= ?', v]);
+    case Operator.ENDS_BEFORE: return both(['d.start < ?', v], ['d.end <= ?', v]);
+    case Operator.APPROXIMATELY: return both(['d.start >= ? AND d.start <= ?', v - d, v + d], ['d.start <= ? AND d.end >= ?', v + d, v - d]);
     default: return undefined;
   }
 }

@@ -4,14 +4,25 @@
  * dimensionless units, and strings that are not UCUM, do not.
  */
 import { describe, expect, it, jest } from '@jest/globals';
-import { canonicalForms, conversionFactor, molarMassOf, roundConverted, ucumScale } from '../../../src/fhir/quantities.js';
+import { baseFactor, canonicalForms, inBaseUnits, molarMassOf, ucumScale } from '../../../src/fhir/quantities.js';
 
 const LOINC = 'http://loinc.org';
+
+/** The factor from one unit to another, through base units as search compares them. */
+function conversionFactor(from: string, to: string, molarMass?: number): number | undefined {
+  const target = ucumScale(to);
+  const factor = target && baseFactor(from, target.dimension, molarMass);
+  return factor === undefined ? undefined : factor / target!.factor;
+}
 
 describe('UCUM conversion factors', () => {
   it('converts commensurable units by UCUM: g/L to mg/dL, kPa to mm[Hg], /min to /s', () => {
     expect(conversionFactor('g/L', 'mg/dL')).toBeCloseTo(100, 12);
-    expect(roundConverted(1.8 * conversionFactor('g/L', 'mg/dL')!)).toBe(180);
+    // in base units, rounded to 12 digits: 1.8 g/L and 180 mg/dL are the same number, as are 0.57 g/dL
+    // and 570 mg/dL, though 0.57 × 10,000 is 5699.999999999999 in floating point
+    expect(inBaseUnits(1.8, ucumScale('g/L')!.factor)).toBe(inBaseUnits(180, ucumScale('mg/dL')!.factor));
+    expect(0.57 * ucumScale('g/dL')!.factor).not.toBe(570 * ucumScale('mg/dL')!.factor);
+    expect(inBaseUnits(0.57, ucumScale('g/dL')!.factor)).toBe(inBaseUnits(570, ucumScale('mg/dL')!.factor));
     // UCUM: m[Hg] is 133.3220 kPa
     expect(1 / conversionFactor('kPa', 'mm[Hg]')!).toBeCloseTo(0.133322, 9);
     expect(conversionFactor('/min', '/s')).toBeCloseTo(1 / 60, 12);
@@ -60,12 +71,13 @@ describe('UCUM conversion factors', () => {
 
   it('gives the forms a value is indexed under: its own, and for glucose the other way too', () => {
     expect(canonicalForms('mg/dL')).toEqual([{ factor: 10, dimension: 'g1.m-3;mol0', exponents: { g: 1, m: -3 }, moles: 0 }]);
+    expect(baseFactor('mg/dL', 'm-3;mol1')).toBeUndefined();
     const both = canonicalForms('mg/dL', 180.1559).map((f) => f.dimension);
     expect(both).toEqual(['g1.m-3;mol0', 'm-3;mol1']);
     // 180.1559 mg/dL of glucose and 10 mmol/L land on the same number in the substance form
     const mmol = canonicalForms('mmol/L', 180.1559);
     const mass = canonicalForms('mg/dL', 180.1559);
-    expect(180.1559 * mass[1]!.factor).toBeCloseTo(10 * mmol[0]!.factor, -12);
+    expect(inBaseUnits(180.1559, mass[1]!.factor)).toBe(inBaseUnits(10, mmol[0]!.factor));
     expect(canonicalForms('Cel', 180.1559)).toEqual([]);
   });
 });

@@ -32,6 +32,7 @@ const FIXTURE: Record<string, Partial<Observation>> = {
   moles10: reading('105272-9', 10, 'mmol/L'), // 180.1559 mg/dL
   moles5_5: reading('99504-3', 5.5, 'mmol/L'), // 99.09 mg/dL
   lab1_2: reading('2345-7', 1.2, 'g/L'), // 120 mg/dL
+  lab570: reading('2339-0', 570, 'mg/dL'), // 0.57 g/dL, though 0.57 × 10,000 is 5699.999999999999 in floating point
   sodium140: reading('2951-2', 140, 'mmol/L'), // not glucose: never a mass
   a1cPercent: reading('4548-4', 7, '%'),
   a1cIfcc: reading('4548-4', 53, 'mmol/mol'),
@@ -42,21 +43,24 @@ const FIXTURE: Record<string, Partial<Observation>> = {
 
 /** query → the readings it finds, by name. */
 const EXPECTED: [Record<string, string>, string[]][] = [
-  [{ 'value-quantity': `ge10|${UCUM}|mmol/L` }, ['moles10', 'sodium140']], // 180 mg/dL is 9.991 mmol/L
-  [{ 'value-quantity': `ge9.99|${UCUM}|mmol/L` }, ['mass180', 'moles10', 'sodium140']],
-  [{ 'value-quantity': `gt179|${UCUM}|mg/dL` }, ['mass180', 'moles10']], // sodium is not converted to a mass
+  [{ 'value-quantity': `ge10|${UCUM}|mmol/L` }, ['moles10', 'lab570', 'sodium140']], // 180 mg/dL is 9.991 mmol/L
+  [{ 'value-quantity': `ge9.99|${UCUM}|mmol/L` }, ['mass180', 'moles10', 'lab570', 'sodium140']],
+  [{ 'value-quantity': `gt179|${UCUM}|mg/dL` }, ['mass180', 'moles10', 'lab570']], // sodium is not converted to a mass
   [{ 'value-quantity': `eq1.8|${UCUM}|g/L` }, ['mass180', 'moles10']], // 1.75–1.85 g/L
   [{ 'value-quantity': `180|${UCUM}|mg/dL` }, ['mass180', 'moles10']], // 179.5–180.5 mg/dL
   [{ 'value-quantity': `eq10|${UCUM}|mmol/L` }, ['mass180', 'moles10']], // 9.5–10.5 mmol/L
   [{ 'value-quantity': `lt100|${UCUM}|mg/dL` }, ['moles5_5']],
-  [{ 'value-quantity': `ge0.12|${UCUM}|g/dL` }, ['mass180', 'moles10', 'lab1_2']], // 0.12 g/dL is exactly 120 mg/dL
-  [{ 'value-quantity': 'gt100||mg/dL' }, ['mass180']], // no system: the unit is named exactly
+  [{ 'value-quantity': `ge0.12|${UCUM}|g/dL` }, ['mass180', 'moles10', 'lab1_2', 'lab570']], // 0.12 g/dL is exactly 120 mg/dL
+  [{ 'value-quantity': `ge0.57|${UCUM}|g/dL` }, ['lab570']],
+  [{ 'value-quantity': `gt0.57|${UCUM}|g/dL` }, []],
+  [{ 'value-quantity': `eb570|${UCUM}|mg/dL` }, ['mass180', 'moles10', 'moles5_5', 'lab1_2']],
+  [{ 'value-quantity': 'gt100||mg/dL' }, ['mass180', 'lab570']], // no system: the unit is named exactly
   [{ 'value-quantity': 'gt9||mmol/L' }, ['moles10', 'sodium140']],
   [{ 'value-quantity': `7|${UCUM}|%` }, ['a1cPercent']],
   [{ 'value-quantity': `gt0|${UCUM}|mmol/mol` }, ['a1cIfcc']],
   [{ 'value-quantity': `37|${UCUM}|Cel` }, ['temperature']],
   [{ 'value-quantity': `98.6|${UCUM}|[degF]` }, []],
-  [{ 'value-quantity': `ne180|${UCUM}|mg/dL` }, ['moles5_5', 'lab1_2', 'sodium140', 'a1cPercent', 'a1cIfcc', 'temperature']],
+  [{ 'value-quantity': `ne180|${UCUM}|mg/dL` }, ['moles5_5', 'lab1_2', 'lab570', 'sodium140', 'a1cPercent', 'a1cIfcc', 'temperature']],
   [{ 'code-value-quantity': `${LOINC}|105272-9$gt9|${UCUM}|mmol/L` }, ['moles10']],
   [{ 'code-value-quantity': `${LOINC}|99504-3$gt9.5|${UCUM}|mmol/L` }, ['mass180']],
   [{ 'code-value-quantity': `${LOINC}|2951-2$gt100|${UCUM}|mg/dL` }, []],
