@@ -91,7 +91,8 @@ export function buildCapabilityStatement(inputs: CapabilityInputs): CapabilitySt
           ? 'composite parameters where listed; modifiers :missing, :not, :exact, :contains, :text and identifier:of-type, and a reference :Type; '
           : 'other parameters and modifiers as the upstream server answers them; ')
         + 'conditional read with If-None-Match and If-Modified-Since. '
-        + 'Refused: _total, _summary=count, _text, _content, _filter. A search that would examine too many resources is 400 too-costly.',
+        + '_total is taken as a hint and never answered: no Bundle.total over data filtered for the requester. '
+        + 'Refused: _summary=count, _text, _content, _filter. A search that would examine too many resources is 400 too-costly.',
       ...(inputs.security ? { security: inputs.security } : {}),
       resource: resources,
       interaction: [{ code: 'batch' }, { code: 'transaction' }, { code: 'history-system' }],

@@ -21,7 +21,7 @@ import { errorToResponse, informational, operationOutcome } from './outcomes.js'
 import { PageTokens, pairsToQuery, queryOfText, queryPairs, toQueryString } from './paging.js';
 import { OPEN_POLICY, type AccessPolicy, type GuardOptions, type OutboundGuard } from './policy.js';
 import { isSupportedType } from './resource-types.js';
-import { parseSearch, type SearchParseOptions } from './search.js';
+import { asksForTotal, parseSearch, type SearchParseOptions } from './search.js';
 import { parseSubsetting, subsetResource } from './subsetting.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
 import type { ProfileValidator } from './validation.js';
@@ -85,6 +85,15 @@ type Route =
   | { kind: 'operation'; name: string; type?: string; id?: string };
 
 const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
+/**
+ * The answer to `_total=estimate|accurate`: a hint servers may decline (search.html#total), and this
+ * one always does, as a count over data filtered for the requester would reveal what was withheld.
+ */
+const NO_TOTAL: OperationOutcomeIssue = {
+  severity: 'information',
+  code: 'informational',
+  diagnostics: 'Bundle.total is not given: this server does not count matches over data filtered for the requester; follow the next links to the end',
+};
 
 export class FhirRouter {
   private readonly operations = new Map<string, OperationHandler>();
@@ -509,7 +518,7 @@ export class FhirRouter {
       ...matches.allowed.map((r) => this.entry(shown(r, false), 'match')),
       ...included.allowed.map((r) => this.entry(shown(r, true), 'include')),
     ];
-    const issues = [...matches.issues, ...included.issues];
+    const issues = [...matches.issues, ...included.issues, ...(asksForTotal(query) ? [NO_TOTAL] : [])];
     if (issues.length) entry.push({ resource: operationOutcome(issues), search: { mode: 'outcome' } });
     const bundle: Bundle = { resourceType: 'Bundle', type: 'searchset', link: links, entry };
     return { status: 200, body: bundle };

@@ -1,7 +1,9 @@
 /**
  * Turning a search query into a checked @medplum/core SearchRequest: unknown or unsupported
  * parameters are refused with 400 (or dropped under `Prefer: handling=lenient`), parameters the
- * facade does not offer (`_has`, chains, `_total`) are refused the same way. `_summary` and
+ * facade does not offer (`_text`, `_filter`…) are refused the same way. `_total` is a hint
+ * (search.html#total) the facade takes and never honours: no count over filtered data.
+ * Chains and `_has` are resolved before this (src/fhir/chains.ts). `_summary` and
  * `_elements` never reach the repository: where the caller subsets answers (src/fhir/subsetting.ts)
  * they are left out here, elsewhere they are refused.
  */
@@ -10,9 +12,9 @@ import { badRequest } from '../errors.js';
 import { pairsToQuery, queryPairs } from './paging.js';
 
 /** Result-control parameters handled by the facade or the repository, not filters. */
-const CONTROL_PARAMS = new Set(['_count', '_sort', '_include', '_revinclude', '_format', '_pretty', '_pageToken', '_offset']);
-/** Parameters the facade never offers; `_total` could reveal counts of hidden data. */
-const REFUSED_PARAMS = new Set(['_total', '_contained', '_containedType', '_text', '_content', '_list', '_query', '_filter', '_type']);
+const CONTROL_PARAMS = new Set(['_count', '_sort', '_include', '_revinclude', '_format', '_pretty', '_pageToken', '_offset', '_total']);
+/** Parameters the facade never offers (`_text` and `_content` would be full-text search, `_filter` a language of its own). */
+const REFUSED_PARAMS = new Set(['_contained', '_containedType', '_text', '_content', '_list', '_query', '_filter', '_type']);
 /** Common parameters every resource type supports here. */
 const COMMON_FILTERS = new Set(['_id', '_lastUpdated']);
 /**
@@ -41,6 +43,13 @@ export interface SearchParseOptions {
   subsetting?: boolean;
 }
 
+const TOTAL_VALUES = ['none', 'estimate', 'accurate'];
+
+/** Whether the query asks for Bundle.total (`_total=estimate|accurate`), which the facade does not give. */
+export function asksForTotal(query: Record<string, string | string[] | undefined>): boolean {
+  return [query._total ?? []].flat().some((v) => v === 'estimate' || v === 'accurate');
+}
+
 /** Result parameters that shape what is returned of each resource, not what matches. */
 const SUBSETTING_PARAMS = new Set(['_summary', '_elements']);
 
@@ -61,6 +70,8 @@ export function parseSearch(resourceType: string, query: Record<string, string |
   delete kept._pretty;
   delete kept._pageToken;
   delete kept._offset;
+  // a hint the repository never sees: it would count matches the guards have not filtered
+  delete kept._total;
   // @medplum/core's parser does not read composite parameters: they become filters here, as
   // given (`code$value`), for the repository to check (embedded: normalizeFilter)
   const composites: Filter[] = [];
@@ -117,6 +128,7 @@ function withTypedReferences(resourceType: string, query: Record<string, string 
 function checkParam(resourceType: string, name: string, value: string | string[], options: SearchParseOptions): string | undefined {
   if (CONTROL_PARAMS.has(name)) {
     if (name === '_count' && ![value].flat().every((v) => /^\d+$/.test(v))) return '_count must be a non-negative integer';
+    if (name === '_total' && ![value].flat().every((v) => TOTAL_VALUES.includes(v))) return '_total must be none, estimate or accurate';
     return undefined;
   }
   if (name.startsWith('_has')) return '_has (reverse chaining) is not supported';

@@ -25,7 +25,7 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import type { Bundle, Observation, Reference, Resource } from '@medplum/fhirtypes';
+import type { Bundle, Observation, OperationOutcome, Reference, Resource } from '@medplum/fhirtypes';
 import fc from 'fast-check';
 import request from 'supertest';
 import { withPurpose } from '../../src/consent/requester.js';
@@ -358,6 +358,7 @@ const param: fc.Arbitrary<[string, string]> = fc.oneof(
   { weight: 2, arbitrary: fc.tuple(fc.constantFrom('_has:Observation:patient:code', '_has:Observation:subject:_id', '_has:DiagnosticReport:result:status'), fc.constantFrom(CGM, '@B.r1', '@A.r1', 'final')) },
   { weight: 2, arbitrary: fc.tuple(fc.constantFrom('patient.name', 'subject:Patient.family', 'device.patient', 'patient._id', 'result.code'), fc.constantFrom('Bravo', 'Alpha', '@A', '@B', CGM)) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('_summary', '_elements', '_total', '_contained', '_containedType'), fc.constantFrom('count', 'true', 'data', 'accurate', 'id,subject', 'both', 'contained')) },
+  { weight: 1, arbitrary: fc.tuple(fc.constant('_total'), fc.constantFrom('accurate', 'estimate', 'none', 'all')) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('device', 'result', 'has-member', 'performer', 'status', 'identifier'), fc.constantFrom('Device/@B.device', 'Device/@A.device', 'Observation/@B.r1', 'final', 'Patient/@B')) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('name', 'family', 'name:contains', 'family:exact', 'gender', 'birthdate'), fc.constantFrom('Bravo', 'Alpha', 'a', 'Charlie', 'male', 'ge1900')) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('code-value-quantity', 'combo-code-value-quantity', 'code-value-quantity:missing', 'value-quantity'),
@@ -558,10 +559,16 @@ async function check(who: Requester, purposeOfUse: string, raw: Req, send: Trans
   if (/^[A-Za-z]+(\/_search)?$/.test(r.path)) {
     const params: Query = { ...r.query };
     for (const [k, v] of Object.entries((r.body as Query | undefined) ?? {})) params[k] = k in params ? [params[k]!].flat().concat(v) : v;
-    const oracle = Object.entries(params).find(([k, v]) => k === '_total'
-      || (k === '_summary' && [v].flat().includes('count')) || (k === '_sort' && [v].flat().some((x) => !['date', '-date', '_id', '-_id', '_lastUpdated', '-_lastUpdated'].includes(x))));
+    const oracle = Object.entries(params).find(([k, v]) => (k === '_summary' && [v].flat().includes('count')) || (k === '_sort' && [v].flat().some((x) => !['date', '-date', '_id', '-_id', '_lastUpdated', '-_lastUpdated', 'birthdate', '-birthdate'].includes(x))));
     if (oracle && res.status !== 400) throw new Error(`${who.name} ${entryUrl(r)} ${JSON.stringify(r.body ?? '')}: oracle parameter ${oracle[0]} answered ${res.status}, not 400`);
     if (oracle) count('oracle parameter refused');
+    // `_total` is a hint the facade never honours: a 200 has no Bundle.total (leaks() looks for one anywhere) and says why
+    if (!oracle && res.status === 200 && [params._total ?? []].flat().some((v) => v === 'accurate' || v === 'estimate')) {
+      const said = ((res.body as Bundle).entry ?? []).some((e) => e.search?.mode === 'outcome'
+        && (e.resource as OperationOutcome).issue?.some((i) => /Bundle\.total is not given/.test(i.diagnostics ?? '')));
+      if (!said) throw new Error(`${who.name} ${entryUrl(r)}: _total answered without saying Bundle.total is not given`);
+      count('_total declined');
+    }
     else if (res.status === 200 && Object.keys(params).some(isChainName)) await sameAsResolvedByHand(who, purposeOfUse, r.path.split('/')[0]!, params, res, send);
   }
   // $cgm-agp counts only readings the grant permits (its output holds numbers, not resources).
@@ -698,6 +705,7 @@ describe('consent enforcement: no request shape shows anything the patient did n
     // chains compared with the same search resolved by hand: ones that selected something, and ones that did not
     expect(stats.get('chain answered as resolved by hand') ?? 0).toBeGreaterThan(10);
     expect(stats.get('chain selected nothing') ?? 0).toBeGreaterThan(100);
+    expect(stats.get('_total declined') ?? 0).toBeGreaterThan(3);
     expect(stats.get('shown: about C') ?? 0).toBeGreaterThan(10); // C's research grant, with purpose HRESCH
   }, 120_000);
 });

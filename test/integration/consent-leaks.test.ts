@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
-import type { AuditEvent, Bundle, Observation, Resource } from '@medplum/fhirtypes';
+import type { AuditEvent, Bundle, Observation, OperationOutcome, Resource } from '@medplum/fhirtypes';
 import { parseSearchRequest } from '@medplum/core';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
@@ -142,9 +142,20 @@ describe('consent enforcement on every FHIR path', () => {
     expect((await get(`/fhir/Observation/${ids.ana0}`).set('If-None-Match', 'W/"1"')).status).toBe(304);
   });
 
-  test('_summary=count and _total are refused', async () => {
+  test('_summary=count is refused; _total is a hint never honoured: no Bundle.total, and the answer says so', async () => {
     expect((await get('/fhir/Observation?_summary=count')).status).toBe(400);
-    expect((await get('/fhir/Observation?_total=accurate')).status).toBe(400);
+    for (const total of ['accurate', 'estimate']) {
+      const res = await get(`/fhir/Observation?_total=${total}`);
+      expect(res.status).toBe(200);
+      expect(res.body.total).toBeUndefined();
+      const outcome = (res.body as Bundle).entry!.find((e) => e.search?.mode === 'outcome')?.resource as OperationOutcome;
+      expect(outcome.issue!.map((i) => i.diagnostics)).toContainEqual(expect.stringMatching(/Bundle\.total is not given/));
+      // the same readings as without it
+      expect(entries(res.body).map((r) => r.id).sort()).toEqual(entries((await get('/fhir/Observation')).body).map((r) => r.id).sort());
+    }
+    const none = await get('/fhir/Observation?_total=none');
+    expect([none.status, none.body.total, (none.body as Bundle).entry!.some((e) => e.search?.mode === 'outcome')]).toEqual([200, undefined, false]);
+    expect((await get('/fhir/Observation?_total=all')).status).toBe(400);
   });
 
   test('chains and _has select only by resources the requester may see themself', async () => {

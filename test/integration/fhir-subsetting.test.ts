@@ -172,7 +172,7 @@ describe.each(REPOSITORY_ADAPTERS)('_summary and _elements on the %s repository'
     [{ _elements: 'Patient.name' }, '_elements', /Patient\.name/],
     [{ _summary: 'true', _elements: 'valueQuantity' }, '_elements', /together/],
     [{ _summary: 'text', _include: 'Observation:subject' }, '_summary', /_include/],
-    [{ _total: 'accurate' }, '_total', /not supported/],
+    [{ _total: 'all' }, '_total', /none, estimate or accurate/],
   ])('refuses %j with 400 and an issue at its parameter', async (query, expression, message) => {
     const res = await search(query as Record<string, string>);
     expect(res.status).toBe(400);
