@@ -108,6 +108,7 @@ function operationCanonical(name: string): string {
     lastn: 'http://hl7.org/fhir/OperationDefinition/Observation-lastn',
     export: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export',
     meta: 'http://hl7.org/fhir/OperationDefinition/Resource-meta',
+    match: 'http://hl7.org/fhir/OperationDefinition/Patient-match',
     validate: 'http://hl7.org/fhir/OperationDefinition/Resource-validate',
     status: 'http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status',
   };

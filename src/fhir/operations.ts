@@ -1,11 +1,13 @@
 /**
  * Standard FHIR operations the facade offers: `Patient/ID/$everything`, `Observation/$lastn`,
- * `[type]/ID/$meta` and `[type]/$validate`, `[type]/ID/$validate`. Each is built from the router's
+ * `[type]/ID/$meta` and `[type]/$validate`, `[type]/ID/$validate`, and `Patient/$match`
+ * (src/fhir/patient-match.ts). Each is built from the router's
  * own read, `searchAll` and write checks, so the policy (scopes, consent) and every outbound guard
  * (integrity) apply to them exactly as to a read or a write.
  */
 import type { Bundle, Meta, Observation, OperationOutcome, Parameters, Resource } from '@medplum/fhirtypes';
 import { badRequest, isGlucoGuardError } from '../errors.js';
+import { patientMatchOperation } from './patient-match.js';
 import { requireFhirJson, type FhirRouter, type OperationHandler } from './router.js';
 import type { FhirRequest, FhirResponse } from './types.js';
 
@@ -96,7 +98,7 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
     },
   };
 
-  return [everything, lastn, meta, validate];
+  return [everything, lastn, meta, validate, patientMatchOperation(fhir, fhirBase)];
 }
 
 const VALIDATION_MODES = new Set(['create', 'update', 'delete', 'profile']);

@@ -17,6 +17,7 @@ import {
 } from '@medplum/core';
 import type { Filter, TypedValue } from '@medplum/core';
 import type { Coding, Period, Quantity, Resource } from '@medplum/fhirtypes';
+import { foldText } from '../../fhir/folding.js';
 import { baseFactor, inBaseUnits, molarMassFor, molarMassOf, UCUM, ucumScale } from '../../fhir/quantities.js';
 import type { CompositePart, ParamInfo } from './params.js';
 
@@ -322,8 +323,6 @@ function tokenTexts(values: TypedValue[]): string[] {
   return out;
 }
 
-/** A string as string search compares it: accents removed, lower case (params.ts indexes the same). */
-export const foldText = (s: string): string => s.normalize('NFD').replace(/\p{M}/gu, '').toLowerCase();
 const fold = foldText;
 const words = (s: string): string[] => fold(s).split(/[^\p{L}\p{N}]+/u).filter(Boolean);
 

@@ -11,7 +11,8 @@ import type { FhirPathAtom, TypedValue } from '@medplum/core';
 import type { Resource, SearchParameter } from '@medplum/fhirtypes';
 import { loadFhirDefinitions } from '../../fhir/definitions.js';
 import { canonicalForms, inBaseUnits, molarMassFor, UCUM } from '../../fhir/quantities.js';
-import { foldText, stringValues } from './match.js';
+import { foldText } from '../../fhir/folding.js';
+import { stringValues } from './match.js';
 
 interface TypeConfig {
   /** Supported search parameters besides `_id`, `_lastUpdated` and META_PARAMS. */

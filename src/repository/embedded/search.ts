@@ -24,7 +24,8 @@ import {
 } from './params.js';
 import type { ParamInfo } from './params.js';
 import type { VersionRow } from './store.js';
-import { compileMatcher, compositeProblem, foldText, parseQuantity, quantityProblem, splitComposite, splitPrefix, stringValues } from './match.js';
+import { foldText } from '../../fhir/folding.js';
+import { compileMatcher, compositeProblem, parseQuantity, quantityProblem, splitComposite, splitPrefix, stringValues } from './match.js';
 
 /** Date rows spanning more than this go to a separate "long" bucket that is scanned whole. */
 export const LONG_SPAN_MS = 24 * 3600 * 1000;
