@@ -7,38 +7,111 @@
  */
 import type { Bundle, Meta, Observation, OperationOutcome, Parameters, Resource } from '@medplum/fhirtypes';
 import { badRequest, isGlucoGuardError } from '../errors.js';
+import { pairsToQuery, queryPairs, toQueryString } from './paging.js';
 import { patientMatchOperation } from './patient-match.js';
 import { requireFhirJson, type FhirRouter, type OperationHandler } from './router.js';
 import type { FhirRequest, FhirResponse } from './types.js';
 
-/** Types gathered by $everything: the Patient compartment types the facade serves (not the access log). */
-const EVERYTHING_TYPES = ['Observation', 'Device', 'MedicationAdministration', 'DiagnosticReport', 'ServiceRequest', 'Consent'];
+/**
+ * Types gathered by $everything, in the order pages walk them: the Patient compartment types the
+ * facade serves (not the access log), each with the date parameter `start` and `end` bound (the
+ * care date; a Device has none and is always in).
+ */
+const EVERYTHING: Record<string, string | undefined> = {
+  Observation: 'date', Device: undefined, MedicationAdministration: 'effective-time', DiagnosticReport: 'date', ServiceRequest: 'authored', Consent: 'date',
+};
+const EVERYTHING_TYPES = Object.keys(EVERYTHING);
+/** Where the next page of $everything starts, kept in its page token beside the query: the patient and the type. */
+const AT_PATIENT = '_everythingOf';
+const AT_TYPE = '_everythingType';
+const FHIR_DATE = /^\d{4}(-\d{2}(-\d{2})?)?$/;
 
 export function standardOperations(fhir: FhirRouter, fhirBase: string): OperationHandler[] {
   const entry = (r: Resource) => ({ fullUrl: `${fhirBase}/${r.resourceType}/${r.id}`, resource: r, search: { mode: 'match' as const } });
   const readThrough = (req: FhirRequest, type: string, id: string): Promise<FhirResponse> =>
     fhir.handle({ method: 'GET', path: `${type}/${id}`, query: {}, headers: {}, access: req.access });
 
+  /**
+   * `Patient/ID/$everything` (patient-operation-everything.html) with `start`/`end` (care dates),
+   * `_since`, `_type` and `_count`, paged: the Patient on the first page, then each type's resources
+   * in turn, a page filled across types. A `next` link carries a page token bound to the requester
+   * (the type and offset to go on from), and appears only when something visible is left.
+   */
   const everything: OperationHandler = {
     name: 'everything',
     levels: ['instance'],
     resourceTypes: ['Patient'],
     methods: ['GET'],
     async handle(req, target) {
+      let query: Record<string, string | string[]> = Object.fromEntries(Object.entries(req.query).filter(([k]) => !['_pageToken', '_format', '_pretty'].includes(k))) as Record<string, string | string[]>;
+      let at = { type: 0, offset: 0 };
+      const token = req.query._pageToken;
+      if (typeof token === 'string') {
+        const state = fhir.pageTokens.open(req.access, token);
+        query = pairsToQuery(state.query.filter(([k]) => k !== AT_PATIENT && k !== AT_TYPE));
+        const of = state.query.find(([k]) => k === AT_PATIENT)?.[1];
+        const type = Number(state.query.find(([k]) => k === AT_TYPE)?.[1]);
+        if (of !== target.id || !Number.isInteger(type)) throw badRequest('Invalid _pageToken', '_pageToken');
+        at = { type, offset: state.offset };
+      }
       const patient = await readThrough(req, 'Patient', target.id!);
       if (patient.status !== 200) return patient; // absent and not allowed look the same (404)
-      const wanted = typeof req.query._type === 'string' ? req.query._type.split(',') : EVERYTHING_TYPES;
-      for (const t of wanted) if (!EVERYTHING_TYPES.includes(t)) throw badRequest(`_type ${t} is not part of $everything here`, '_type');
-      const resources: Resource[] = [patient.body as Resource];
-      for (const type of wanted) {
+      const one = (name: string): string | undefined => {
+        const v = query[name];
+        if (Array.isArray(v)) throw badRequest(`${name} may be given once`, name);
+        return v;
+      };
+      const wanted = one('_type')?.split(',') ?? EVERYTHING_TYPES;
+      for (const t of wanted) if (!EVERYTHING_TYPES.includes(t)) throw badRequest(`_type ${t.slice(0, 64)} is not part of $everything here`, '_type');
+      const start = one('start');
+      const end = one('end');
+      const since = one('_since');
+      for (const [name, v] of [['start', start], ['end', end]] as const) if (v !== undefined && !FHIR_DATE.test(v)) throw badRequest(`${name} must be a date (YYYY, YYYY-MM or YYYY-MM-DD)`, name);
+      if (since !== undefined && Number.isNaN(Date.parse(since))) throw badRequest('_since must be an instant', '_since');
+      const count = fhir.pageSize(query);
+      const searchOf = (type: string): Record<string, string | string[]> => {
+        const dateParam = EVERYTHING[type];
+        const dates = dateParam ? [...(start ? [`ge${start}`] : []), ...(end ? [`le${end}`] : [])] : [];
+        return { patient: `Patient/${target.id}`, ...(dates.length ? { [dateParam!]: dates } : {}), ...(since ? { _lastUpdated: `ge${since}` } : {}) };
+      };
+      // A type the requester may not search at all is simply not part of "everything" for them.
+      const pageOf = async (type: string, offset: number, n: number) => {
         try {
-          resources.push(...(await fhir.searchAll(req.access, type, { patient: `Patient/${target.id}` })));
+          return await fhir.searchPage(req.access, type, searchOf(type), offset, n);
         } catch (err) {
-          // A type the requester may not search at all is simply not part of "everything" for them.
-          if (!isGlucoGuardError(err, 'ERR_FORBIDDEN')) throw err;
+          if (isGlucoGuardError(err, 'ERR_FORBIDDEN')) return { resources: [], hasMore: false, nextOffset: offset };
+          throw err;
+        }
+      };
+      const resources: Resource[] = token === undefined ? [patient.body as Resource] : [];
+      let taken = 0;
+      let next: { type: number; offset: number } | undefined;
+      for (let i = at.type; i < wanted.length; i++) {
+        const offset = i === at.type ? at.offset : 0;
+        if (taken === count) {
+          // the page is full: the next one starts at the first type with something visible left
+          if ((await pageOf(wanted[i]!, offset, 1)).resources.length) {
+            next = { type: i, offset };
+            break;
+          }
+          continue;
+        }
+        const page = await pageOf(wanted[i]!, offset, count - taken);
+        resources.push(...page.resources);
+        taken += page.resources.length;
+        if (page.hasMore) {
+          next = { type: i, offset: page.nextOffset };
+          break;
         }
       }
-      const bundle: Bundle = { resourceType: 'Bundle', type: 'searchset', entry: resources.map(entry) };
+      const firstPage = queryPairs(query);
+      const self = `${fhirBase}/Patient/${target.id}/$everything${firstPage.length ? `?${toQueryString(firstPage)}` : ''}`;
+      const link = [{ relation: 'self', url: self }];
+      if (next) {
+        const state = { query: [...firstPage, [AT_PATIENT, target.id!], [AT_TYPE, String(next.type)]] as [string, string][], offset: next.offset };
+        link.push({ relation: 'next', url: `${fhirBase}/Patient/${target.id}/$everything?_pageToken=${fhir.pageTokens.issue(req.access, state)}` });
+      }
+      const bundle: Bundle = { resourceType: 'Bundle', type: 'searchset', link, entry: resources.map(entry) };
       return { status: 200, body: bundle };
     },
   };

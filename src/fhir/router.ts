@@ -849,6 +849,40 @@ export class FhirRouter {
   // ---- helpers -------------------------------------------------------------------------------
 
   /**
+   * One page of a search for the requester, for operations that page (`$everything`): the same
+   * authorization, narrowing, guards and re-paging past withheld matches as a search's page.
+   * `offset` and `nextOffset` are repository offsets, as in a search's page tokens.
+   */
+  async searchPage(access: AccessContext, resourceType: string, query: Record<string, string | string[]>, offset: number, count: number): Promise<{
+    resources: Resource[];
+    hasMore: boolean;
+    nextOffset: number;
+  }> {
+    await this.policy.authorize(access, 'search', resourceType);
+    const parsed = parseSearch(this.checkType(resourceType), query, {
+      lenient: false,
+      supported: this.options.repository.supportedSearchParams(),
+      defaultCount: count,
+      maxCount: count,
+    });
+    const page = await this.filledPage(access, await this.policy.narrowSearch(access, { ...parsed, offset }), offset, count);
+    return { resources: page.matches.allowed, hasMore: page.hasMore, nextOffset: page.nextOffset };
+  }
+
+  /** The page size a request asks for (`_count`), checked as a search's is: the default when absent, at most the maximum. */
+  pageSize(query: Record<string, string | string[] | undefined>): number {
+    const asked = single(query._count);
+    if (asked === undefined) return this.options.defaultPageSize;
+    if (!/^\d+$/.test(asked) || Number(asked) < 1) throw badRequest('_count must be a positive integer', '_count');
+    return Math.min(Number(asked), this.options.maxPageSize);
+  }
+
+  /** Page tokens for operations that page: bound to the requester and MAC'd like a search's (src/fhir/paging.ts). */
+  get pageTokens(): PageTokens {
+    return this.pages;
+  }
+
+  /**
    * Every match of a search that the requester may see, for operations that compute over data
    * (`$cgm-summary`, `$cgm-agp`): the same authorization, policy narrowing and outbound guards as
    * a search, paging through all matches in-process. Throws like a search (403, 400).

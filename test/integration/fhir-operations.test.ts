@@ -74,6 +74,58 @@ describe('standard operations under scopes and consent', () => {
     expect(ungranted.status).toBe(404);
   });
 
+  test('$everything pages with _count across types, next links only while something visible is left, tokens bound to the requester', async () => {
+    const asAna = { Authorization: `Bearer ${patientToken(t.app, ana)}` };
+    const seen: string[] = [];
+    const sizes: number[] = [];
+    let url: string | undefined = `/fhir/Patient/${ana}/$everything?_count=2`;
+    let firstNext: string | undefined;
+    while (url) {
+      const res = await request(t.app.http).get(url.replace(/^https?:\/\/[^/]+/, '')).set(asAna);
+      expect(res.status).toBe(200);
+      seen.push(...types(res.body));
+      sizes.push(res.body.entry.length);
+      url = (res.body as Bundle).link?.find((l) => l.relation === 'next')?.url?.replace(/^.*\/fhir/, '/fhir');
+      firstNext ??= url;
+    }
+    // the Patient first, then 2 per page: each of Ana's readings once
+    expect(seen[0]).toBe(`Patient/${ana}`);
+    expect(new Set(seen).size).toBe(seen.length);
+    expect(seen).toEqual(expect.arrayContaining(['ana0', 'ana1', 'ana2', 'anaOther', 'anaOld'].map((n) => `Observation/${ids[n]}`)));
+    expect(sizes.slice(0, -1).every((n, i) => n === (i === 0 ? 3 : 2))).toBe(true);
+    expect(sizes.at(-1)).toBeGreaterThan(0);
+    const all = await request(t.app.http).get(`/fhir/Patient/${ana}/$everything`).set(asAna);
+    expect(types(all.body).sort()).toEqual([...seen].sort());
+    // the same token from another requester is refused
+    const stolen = await request(t.app.http).get(firstNext!).set('Authorization', `Bearer ${patientToken(t.app, ben)}`);
+    expect(stolen.status).toBe(400);
+    // start/end bound the readings' dates (whole days: the day of now − 2 days holds ana1, the day before it ana2); _type the types
+    const recent = await request(t.app.http).get(`/fhir/Patient/${ana}/$everything`).query({ start: iso(now - 2 * DAY).slice(0, 10), _type: 'Observation' }).set(asAna);
+    expect(types(recent.body).filter((x) => x.startsWith('Observation/')).sort()).toEqual(['ana0', 'ana1', 'anaOther'].map((n) => `Observation/${ids[n]}`).sort());
+    const none = await request(t.app.http).get(`/fhir/Patient/${ana}/$everything`).query({ end: '2000-01-01' }).set(asAna);
+    expect(types(none.body)).toEqual([`Patient/${ana}`]);
+    for (const bad of [{ start: 'yesterday' }, { _since: 'x' }, { _count: '0' }, { _type: 'AuditEvent' }]) {
+      expect([bad, (await request(t.app.http).get(`/fhir/Patient/${ana}/$everything`).query(bad).set(asAna)).status]).toEqual([bad, 400]);
+    }
+  });
+
+  test('$everything paged for a practitioner holds only what the grant shows, the same as unpaged', async () => {
+    const asDoc = { Authorization: `Bearer ${practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs'])}`, 'X-Purpose-Of-Use': 'TREAT' };
+    const unpaged = types((await request(t.app.http).get(`/fhir/Patient/${ana}/$everything`).set(asDoc)).body);
+    const paged: string[] = [];
+    let url: string | undefined = `/fhir/Patient/${ana}/$everything?_count=1`;
+    while (url) {
+      const res = await request(t.app.http).get(url).set(asDoc);
+      expect(res.status).toBe(200);
+      expect(res.body.entry.length).toBeGreaterThan(0);
+      paged.push(...types(res.body));
+      url = (res.body as Bundle).link?.find((l) => l.relation === 'next')?.url?.replace(/^.*\/fhir/, '/fhir');
+    }
+    expect(paged.sort()).toEqual(unpaged.sort());
+    expect(paged).not.toContain(`Observation/${ids.anaOther}`);
+    expect(paged).not.toContain(`Observation/${ids.anaOld}`);
+  });
+
   test('$lastn returns the most recent readings per code, only of what may be seen', async () => {
     const own = await request(t.app.http).get(`/fhir/Observation/$lastn?patient=Patient/${ana}&max=2`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
     expect(own.status).toBe(200);
