@@ -128,10 +128,19 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
       const patient = one('patient') ?? one('subject');
       if (!patient) throw badRequest('$lastn needs patient', 'patient');
       const query: Record<string, string> = { patient, _sort: '-date' };
-      for (const p of ['code', 'category']) if (one(p)) query[p] = one(p)!;
-      const observations = (await fhir.searchAll(req.access, 'Observation', query)) as Observation[];
+      if (one('category')) query.category = one('category')!;
+      // With codes, each code's newest `max` readings are one short search each (a year of CGM
+      // readings is ~105,000 Observations, every one of which the walk below would read); without,
+      // every reading of the patient is walked, newest first, to find the codes.
+      const codes = one('code')?.split(',').filter(Boolean);
+      const observations = (codes
+        ? (await Promise.all(codes.map((code) => fhir.searchPage(req.access, 'Observation', { ...query, code }, 0, max)))).flatMap((page) => page.resources)
+        : await fhir.searchAll(req.access, 'Observation', query)) as Observation[];
+      const once = new Set<string>();
       const perCode = new Map<string, number>();
       const kept = observations.filter((o) => {
+        if (once.has(o.id!)) return false; // two code values for the same code
+        once.add(o.id!);
         const c = o.code?.coding?.[0];
         const key = c ? `${c.system ?? ''}|${c.code ?? ''}` : o.code?.text ?? '';
         const n = (perCode.get(key) ?? 0) + 1;

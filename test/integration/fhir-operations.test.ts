@@ -81,10 +81,10 @@ describe('standard operations under scopes and consent', () => {
     let url: string | undefined = `/fhir/Patient/${ana}/$everything?_count=2`;
     let firstNext: string | undefined;
     while (url) {
-      const res = await request(t.app.http).get(url.replace(/^https?:\/\/[^/]+/, '')).set(asAna);
+      const res: { status: number; body: Bundle } = await request(t.app.http).get(url.replace(/^https?:\/\/[^/]+/, '')).set(asAna);
       expect(res.status).toBe(200);
       seen.push(...types(res.body));
-      sizes.push(res.body.entry.length);
+      sizes.push(res.body.entry!.length);
       url = (res.body as Bundle).link?.find((l) => l.relation === 'next')?.url?.replace(/^.*\/fhir/, '/fhir');
       firstNext ??= url;
     }
@@ -115,9 +115,9 @@ describe('standard operations under scopes and consent', () => {
     const paged: string[] = [];
     let url: string | undefined = `/fhir/Patient/${ana}/$everything?_count=1`;
     while (url) {
-      const res = await request(t.app.http).get(url).set(asDoc);
+      const res: { status: number; body: Bundle } = await request(t.app.http).get(url).set(asDoc);
       expect(res.status).toBe(200);
-      expect(res.body.entry.length).toBeGreaterThan(0);
+      expect(res.body.entry!.length).toBeGreaterThan(0);
       paged.push(...types(res.body));
       url = (res.body as Bundle).link?.find((l) => l.relation === 'next')?.url?.replace(/^.*\/fhir/, '/fhir');
     }
@@ -135,6 +135,13 @@ describe('standard operations under scopes and consent', () => {
     const doctor = await request(t.app.http).get(`/fhir/Observation/$lastn?patient=Patient/${ana}&max=5`)
       .set('Authorization', `Bearer ${practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs'])}`).set('X-Purpose-Of-Use', 'TREAT');
     expect((doctor.body as Bundle).entry!.map((e) => e.resource!.id).sort()).toEqual([ids.ana0, ids.ana1, ids.ana2].sort());
+    // with codes, each code's newest readings by a search of their own; a code named twice counts once
+    const byCode = await request(t.app.http).get(`/fhir/Observation/$lastn`).query({ patient: `Patient/${ana}`, max: '2', code: 'http://loinc.org|99504-3,99504-3,http://loinc.org|2339-0' })
+      .set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    expect((byCode.body as Bundle).entry!.map((e) => e.resource!.id)).toEqual([ids.ana0, ids.ana1, ids.anaOther]);
+    const doctorByCode = await request(t.app.http).get(`/fhir/Observation/$lastn`).query({ patient: `Patient/${ana}`, max: '5', code: 'http://loinc.org|2339-0,http://loinc.org|99504-3' })
+      .set('Authorization', `Bearer ${practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs'])}`).set('X-Purpose-Of-Use', 'TREAT');
+    expect((doctorByCode.body as Bundle).entry!.map((e) => e.resource!.id)).toEqual([ids.ana0, ids.ana1, ids.ana2]);
     const badMax = await request(t.app.http).get(`/fhir/Observation/$lastn?patient=Patient/${ana}&max=zero`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
     expect(badMax.status).toBe(400);
   });
