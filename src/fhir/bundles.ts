@@ -113,6 +113,47 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
   return { status: 200, body: { resourceType: 'Bundle', type: 'transaction-response', entry: out } };
 }
 
+/** A conditional reference (http.html#trules): `Patient?identifier=urn:mrn|123` in place of `Patient/id`. */
+const CONDITIONAL_REFERENCE = /^([A-Z][A-Za-z]+)\?(.+)$/;
+
+/** The conditional references a resource holds, each as its type and criteria. */
+export function conditionalReferences(resource: unknown): { reference: string; type: string; criteria: string }[] {
+  const found: { reference: string; type: string; criteria: string }[] = [];
+  const walk = (node: unknown): void => {
+    if (Array.isArray(node)) node.forEach(walk);
+    else if (node && typeof node === 'object') {
+      for (const [key, value] of Object.entries(node)) {
+        const m = key === 'reference' && typeof value === 'string' ? CONDITIONAL_REFERENCE.exec(value) : null;
+        if (m) found.push({ reference: value as string, type: m[1]!, criteria: m[2]! });
+        else walk(value);
+      }
+    }
+  };
+  walk(resource);
+  return found;
+}
+
+/** The resource with each reference found in `resolved` replaced by what it resolved to (a copy). */
+export function withReferencesResolved<T>(resource: T, resolved: Map<string, string>): T {
+  const map = (node: unknown): unknown => {
+    if (Array.isArray(node)) return node.map(map);
+    if (!node || typeof node !== 'object') return node;
+    return Object.fromEntries(Object.entries(node).map(([key, value]) =>
+      [key, key === 'reference' && typeof value === 'string' && resolved.has(value) ? resolved.get(value) : map(value)]));
+  };
+  return map(resource) as T;
+}
+
+/**
+ * Refuses a single write (or a batch entry) that holds a conditional reference: they are resolved
+ * only inside a transaction, and stored as written they would link to nothing.
+ */
+export function refuseConditionalReferences(resource: Resource): void {
+  if (conditionalReferences(resource).length) {
+    throw badRequest('Conditional references (Type?criteria) are resolved only inside a transaction Bundle; send this write in one, or reference the resource by Type/id', 'reference');
+  }
+}
+
 /** Builds the router request for one Bundle entry. */
 export function entryRequest(entry: BundleEntry, index: number, parent: FhirRequest): FhirRequest {
   const method = entry.request?.method as HttpMethod | undefined;

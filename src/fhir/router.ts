@@ -14,7 +14,7 @@ import type { Logger } from '../log.js';
 import { metrics } from '../observability/metrics.js';
 import type { HistoryEntry, HistoryRequest, Repository, SearchOptions } from '../repository/port.js';
 import type { AccessContext } from './access.js';
-import { entryRequest, processBatch, processTransaction } from './bundles.js';
+import { conditionalReferences, entryRequest, processBatch, processTransaction, refuseConditionalReferences, withReferencesResolved } from './bundles.js';
 import { isChained, resolveChains, type ChainContext } from './chains.js';
 import { applyFhirPathPatch, isFhirPathPatch, parseFhirPathPatch } from './fhirpath-patch.js';
 import { errorToResponse, informational, operationOutcome } from './outcomes.js';
@@ -260,6 +260,7 @@ export class FhirRouter {
     await this.policy.authorize(req.access, 'create', type);
     const resource = resourceBody(req, type);
     delete resource.id;
+    refuseConditionalReferences(resource);
     this.options.validator.assertValid(resource);
     if (!(await this.policy.mayWrite(req.access, resource, 'create'))) throw forbiddenWrite();
     let ifNoneExist = req.headers['if-none-exist'];
@@ -288,6 +289,7 @@ export class FhirRouter {
     const resource = resourceBody(req, type);
     if (resource.id === undefined) throw badRequest('The resource must carry the id of the URL', 'id');
     if (resource.id !== id) throw badRequest(`Resource id "${resource.id}" does not match the URL id "${id}"`, 'id');
+    refuseConditionalReferences(resource);
     this.options.validator.assertValid(resource);
     // Absent first: what the body may say is asked only about a resource the requester can see (a
     // Patient body names its own id, so judging it first would tell a hidden id from a free one).
@@ -326,6 +328,7 @@ export class FhirRouter {
     await this.policy.authorize(req.access, 'update', type);
     const asked = conditionalCriteria(req, 'update');
     const resource = resourceBody(req, type);
+    refuseConditionalReferences(resource);
     this.options.validator.assertValid(resource);
     const criteria = await this.resolvedCriteria(req.access, type, asked);
     for (let attempt = 0; ; attempt++) {
@@ -364,6 +367,7 @@ export class FhirRouter {
    */
   private async patch(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
     const { current, patched, ifMatch } = await this.applyPatchRequest(req, type, id);
+    refuseConditionalReferences(patched);
     this.options.validator.assertValid(patched);
     if (!(await this.policy.mayWrite(req.access, patched, 'update'))) throw forbiddenWrite();
     try {
@@ -757,7 +761,7 @@ export class FhirRouter {
     if (bundle.type === 'batch') return processBatch(bundle, req, (sub) => this.handle(sub));
     if (bundle.type === 'transaction') {
       const visible = req.access.kind === 'open' ? bundle : await this.visibleConditionals(req.access, bundle);
-      const decided = await this.patchesAsUpdates(req, visible);
+      const decided = await this.referencesResolved(req.access, await this.patchesAsUpdates(req, visible));
       return processTransaction(decided, req, {
         validate: (resource) => this.options.validator.assertValid(resource),
         authorize: async (interaction, resource) => {
@@ -976,6 +980,34 @@ export class FhirRouter {
       entry.push({ ...e, request: visible.length === 1 ? { ...request, ifNoneExist: `_id=${visible[0]!.id}` } : request });
     }
     return { ...bundle, entry };
+  }
+
+  /**
+   * A transaction's conditional references (`"reference": "Patient?identifier=urn:mrn|123"`,
+   * http.html#trules) as the `Type/id` each matches, before anything is validated or written. Each
+   * distinct one is matched among the resources the requester may see, as a conditional create's
+   * criteria are; none or several matches fail the whole transaction (412), in the same words
+   * whether the match is missing or hidden. The criteria are never echoed.
+   */
+  private async referencesResolved(access: AccessContext, bundle: Bundle): Promise<Bundle> {
+    const resolved = new Map<string, string>();
+    for (const [i, e] of (bundle.entry ?? []).entries()) {
+      if (e.request?.method !== 'POST' && e.request?.method !== 'PUT') continue;
+      for (const { reference, type, criteria } of conditionalReferences(e.resource)) {
+        if (resolved.has(reference)) continue;
+        const where = `Bundle.entry[${i}].resource`;
+        this.checkType(type);
+        this.checkConditionalQuery(type, criteria);
+        const query = await this.resolvedCriteria(access, type, queryOfText(criteria));
+        const matches = query ? await this.visibleMatches(access, type, query) : [];
+        if (matches.length !== 1) {
+          throw preconditionFailed(`${where}: a conditional reference to ${type} matches ${matches.length ? 'more than one resource' : 'no resource'}; the transaction was not applied`);
+        }
+        resolved.set(reference, `${type}/${matches[0]!.id}`);
+      }
+    }
+    if (!resolved.size) return bundle;
+    return { ...bundle, entry: bundle.entry!.map((e) => (e.resource ? { ...e, resource: withReferencesResolved(e.resource, resolved) } : e)) };
   }
 
   /**

@@ -755,7 +755,7 @@ const wCode = fc.constantFrom(CGM, CGM, '2339-0');
 const wKey = fc.option(fc.constantFrom('k1', 'k2', 'k3'), { nil: undefined });
 
 /** A body of `type` about a patient (placeholders resolved later). */
-const wBody = (type: string): fc.Arbitrary<Record<string, unknown>> => fc.tuple(wPatient, wDay, wCode, wKey).map(([p, d, code, key]) => {
+const wBody = (type: string): fc.Arbitrary<Record<string, unknown>> => fc.tuple(wPatient, wDay, wCode, wKey, fc.constantFrom(false, false, false, true)).map(([p, d, code, key, conditional]) => {
   const identifier = key ? [{ system: W_FUZZ, value: key }] : undefined;
   switch (type) {
     case 'Patient': return { resourceType: 'Patient', name: [{ family: `Changed ${d}` }] };
@@ -763,7 +763,8 @@ const wBody = (type: string): fc.Arbitrary<Record<string, unknown>> => fc.tuple(
     case 'MedicationAdministration': return { resourceType: 'MedicationAdministration', status: 'completed', subject: { reference: `Patient/${p}` },
       medicationCodeableConcept: { coding: [{ system: 'http://www.nlm.nih.gov/research/umls/rxnorm', code: '253182' }] }, effectiveDateTime: ago(d) };
     case 'Organization': return { resourceType: 'Organization', name: `Org ${d}` };
-    default: return { ...reading(p, ago(d), identifier ? { identifier } : {}, code) } as unknown as Record<string, unknown>;
+    // a conditional reference to the patient: resolved among what the writer may see inside a transaction, 400 elsewhere
+    default: return { ...reading(p, ago(d), { ...(identifier ? { identifier } : {}), ...(conditional ? { subject: { reference: `Patient?_id=${p}` } } : {}) }, code) } as unknown as Record<string, unknown>;
   }
 });
 /** Stored ids of every kind: visible to some, hidden, outside the period, deleted, never stored. */
@@ -932,6 +933,7 @@ async function checkWrite(w: Writer, purposeOfUse: string, raw: WReq): Promise<v
   if (r.method === 'PATCH' && r.headers?.['content-type'] === 'application/fhir+json') count(`write FHIRPath PATCH ${res.status}`);
   if (r.path.includes('?')) count(`conditional write ${res.status}`);
   if (isTx && res.status >= 400) count('transaction rejected');
+  if (isTx && JSON.stringify(r.body).includes('"Patient?_id=')) count(`transaction with a conditional reference ${res.status}`);
   /** What the requester could read before of the resources it changed (a patch's answer holds what the patch left as it was). */
   let seenBefore = '';
   for (const e of written) {
@@ -1006,6 +1008,8 @@ describe('consent enforcement: writes change nothing the requester could not see
     expect(stats.get('visible resource deleted') ?? 0).toBeGreaterThan(3);
     expect(stats.get('resource created') ?? 0).toBeGreaterThan(10);
     expect(stats.get('transaction rejected') ?? 0).toBeGreaterThan(5);
+    // conditional references to hidden or unseen patients fail the transaction (412) as a missing match does
+    expect(stats.get('transaction with a conditional reference 412') ?? 0).toBeGreaterThan(5);
     expect(stats.get('conditional write 200') ?? 0).toBeGreaterThan(1);
     expect(stats.get('conditional write 201') ?? 0).toBeGreaterThan(1);
     expect(stats.get('conditional write 204') ?? 0).toBeGreaterThan(1);

@@ -178,6 +178,44 @@ describe.each(REPOSITORY_ADAPTERS)('conditional update and delete on the %s repo
     expect((await byMrn(mrn)).map((p) => p.name![0]!.family)).toEqual(['Upserted']);
   });
 
+  test('a transaction resolves conditional references (Patient?identifier=…) to the one match; none or several fail it whole (412); a single write holding one is 400', async () => {
+    const mrn = randomUUID();
+    const owner = (await put(`identifier=${MRN}|${mrn}`, patient(mrn, 'Owner'))).body as Patient;
+    const reading = (ref: string, value: number) => ({ resourceType: 'Observation', status: 'final', code: { text: 'glucose' }, subject: { reference: ref },
+      valueQuantity: { value, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' } });
+    const transaction = (...refs: string[]) => http().post('/fhir').set('Content-Type', FHIR_JSON).send({ resourceType: 'Bundle', type: 'transaction',
+      entry: refs.map((ref, i) => ({ request: { method: 'POST', url: 'Observation' }, resource: reading(ref, 100 + i) })) });
+    const readingsOf = async (ref: string): Promise<number[]> => ((await http().get('/fhir/Observation').query({ subject: ref })).body.entry ?? [])
+      .map((e: { resource: { valueQuantity: { value: number } } }) => e.resource.valueQuantity.value).sort();
+
+    const ok = await transaction(`Patient?identifier=${MRN}|${mrn}`, `Patient?identifier=${MRN}|${mrn}`);
+    expect(ok.status).toBe(200);
+    expect(ok.body.entry.map((e: { resource: { subject: { reference: string } } }) => e.resource.subject.reference)).toEqual([`Patient/${owner.id}`, `Patient/${owner.id}`]);
+    expect(await readingsOf(`Patient/${owner.id}`)).toEqual([100, 101]);
+
+    // no match: nothing of the transaction is written, and the criteria are not echoed
+    const none = await transaction(`Patient/${owner.id}`, `Patient?identifier=${MRN}|${randomUUID()}`);
+    expect(none.status).toBe(412);
+    expect(none.body.issue[0].diagnostics).toMatch(/Bundle\.entry\[1\]\.resource: a conditional reference to Patient matches no resource/);
+    expect(JSON.stringify(none.body)).not.toContain(MRN);
+    // several matches
+    const twin = randomUUID();
+    for (const family of ['A', 'B']) expect((await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send(patient(twin, family))).status).toBe(201);
+    const several = await transaction(`Patient?identifier=${MRN}|${twin}`);
+    expect([several.status, several.body.issue[0].diagnostics]).toEqual([412, expect.stringMatching(/matches more than one resource/)]);
+    // malformed criteria are 400
+    expect((await transaction('Patient?nonsense=1')).status).toBe(400);
+    expect(await readingsOf(`Patient/${owner.id}`)).toEqual([100, 101]);
+
+    // outside a transaction a conditional reference would be stored as written and link to nothing
+    const single = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).send(reading(`Patient?identifier=${MRN}|${mrn}`, 300));
+    expect([single.status, single.body.issue[0].diagnostics]).toEqual([400, expect.stringMatching(/resolved only inside a transaction/)]);
+    const batch = await http().post('/fhir').set('Content-Type', FHIR_JSON).send({ resourceType: 'Bundle', type: 'batch',
+      entry: [{ request: { method: 'POST', url: 'Observation' }, resource: reading(`Patient?identifier=${MRN}|${mrn}`, 301) }] });
+    expect(batch.body.entry[0].response.status).toMatch(/^400/);
+    expect(await readingsOf(`Patient/${owner.id}`)).toEqual([100, 101]);
+  });
+
   test('the CapabilityStatement says conditional update and single conditional delete are supported', async () => {
     const res = await http().get('/fhir/metadata');
     const patientEntry = res.body.rest[0].resource.find((r: { type: string }) => r.type === 'Patient');
