@@ -79,6 +79,12 @@ export interface UpstreamConfig {
   scope?: string;
   /** Per-request timeout in ms (UPSTREAM_TIMEOUT_MS). */
   timeoutMs: number;
+  /**
+   * A read the upstream throttles (429 or 503 with Retry-After) is sent once more when the wait it
+   * asks for is at most this many seconds (UPSTREAM_RETRY_AFTER_MAX; 0: never). Otherwise the
+   * client gets 503 with the upstream's Retry-After. Default 2.
+   */
+  retryAfterMaxSeconds?: number;
 }
 
 export interface ChainConfig {
@@ -151,6 +157,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
       kid: env.UPSTREAM_KID,
       scope: env.UPSTREAM_SCOPE ?? 'system/*.rs',
       timeoutMs: int(env.UPSTREAM_TIMEOUT_MS ?? '10000', 'UPSTREAM_TIMEOUT_MS', 1, 600_000, problems),
+      retryAfterMaxSeconds: int(env.UPSTREAM_RETRY_AFTER_MAX ?? '2', 'UPSTREAM_RETRY_AFTER_MAX', 0, 60, problems),
     };
     if (upstreamAuth === 'bearer' && !upstream.bearerToken) {
       problems.push('UPSTREAM_AUTH=bearer needs UPSTREAM_BEARER_TOKEN or UPSTREAM_BEARER_TOKEN_FILE');

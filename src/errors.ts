@@ -57,6 +57,8 @@ const ISSUE_CODE: Record<ErrorCode, OperationOutcomeIssue['code']> = {
 export class GlucoGuardError extends Error {
   readonly status: number;
   readonly issues: OperationOutcomeIssue[];
+  /** Response headers the error's answer carries (Retry-After on a 503 from a throttled upstream). */
+  headers?: Record<string, string>;
   constructor(readonly code: ErrorCode, message: string, issues?: OperationOutcomeIssue[], options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'GlucoGuardError';

@@ -20,7 +20,7 @@ export function informational(diagnostics: string): OperationOutcome {
 export function errorToResponse(err: unknown, logger?: Logger): FhirResponse {
   if (err instanceof GlucoGuardError) {
     if (err.status >= 500) logger?.warn({ code: err.code, cause: describeCause(err.cause) }, 'request failed');
-    return { status: err.status, body: operationOutcome(err.issues) };
+    return { status: err.status, body: operationOutcome(err.issues), ...(err.headers ? { headers: err.headers } : {}) };
   }
   if (isStorageFull(err)) {
     // A full data disk is an operator's problem with a known fix, not a bug: say so (503, retry later).

@@ -22,7 +22,7 @@ export interface SmartAccessContext extends AccessContext {
 /** 401 with the RFC 6750 §3 challenge that the HTTP edge must send as `WWW-Authenticate`. */
 export class BearerTokenError extends GlucoGuardError {
   readonly wwwAuthenticate: string;
-  readonly headers: Record<string, string>;
+  override readonly headers: Record<string, string>;
   constructor(details: string, error?: 'invalid_token' | 'invalid_request') {
     super('ERR_UNAUTHORIZED', details, [issue('ERR_UNAUTHORIZED', details)]);
     this.name = 'BearerTokenError';

@@ -359,6 +359,38 @@ describe('upstream repository: failures reach the client without upstream intern
     }
   });
 
+  it('a throttled read (429) is sent once more after a short Retry-After; a long one, or a write, is 503 with the upstream\'s Retry-After', async () => {
+    const repo = new UpstreamRepository({ config: upstreamConfig(upstream), proxyFhirBase: PROXY });
+    const { resource } = await repo.create({ resourceType: 'Patient', name: [{ family: 'Throttled' }] } as Patient);
+    let calls = 0;
+    const throttleOnce = (retryAfter: string) => upstream.intercept(() => (calls++ === 0
+      ? { status: 429, headers: { 'retry-after': retryAfter }, body: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'throttled', diagnostics: 'slow down' }] } }
+      : undefined));
+    try {
+      throttleOnce('0');
+      expect((await repo.read('Patient', resource.id!)).id).toBe(resource.id);
+      expect(calls).toBe(2);
+      // longer than UPSTREAM_RETRY_AFTER_MAX (2 s): not waited for here, the client is told
+      calls = 0;
+      throttleOnce('30');
+      const long = await failure(repo.read('Patient', resource.id!));
+      expect([long.code, long.status, long.headers, calls]).toEqual(['ERR_UNAVAILABLE', 503, { 'Retry-After': '30' }, 1]);
+      // a write is never sent twice: the upstream may have applied it
+      calls = 0;
+      throttleOnce('0');
+      const write = await failure(repo.create({ resourceType: 'Patient', name: [{ family: 'Once' }] } as Patient));
+      expect([write.code, write.headers, calls]).toEqual(['ERR_UNAVAILABLE', { 'Retry-After': '0' }, 1]);
+      // a 503 that says when to come back is 503 too (without Retry-After it stays a 502, above)
+      upstream.intercept(() => ({ status: 503, headers: { 'retry-after': new Date(Date.now() + 120_000).toUTCString() }, body: 'maintenance' }));
+      const down = await failure(repo.search(parseSearchRequest('Patient?family=Throttled')));
+      expect([down.code, down.status]).toEqual(['ERR_UNAVAILABLE', 503]);
+      expect(Number(down.headers!['Retry-After'])).toBeGreaterThanOrEqual(118);
+      expect(leaks(down, upstream.url, 'maintenance')).toEqual([]);
+    } finally {
+      upstream.intercept(undefined);
+    }
+  });
+
   it.each([[400, 'ERR_INVALID', 400], [422, 'ERR_UNPROCESSABLE', 422]] as const)(
     'upstream %i → %s carrying only severity, code, diagnostics and expression of its issues', async (status, code, clientStatus) => {
       upstream.intercept(() => ({

@@ -6,7 +6,9 @@
  * Status mapping (https://hl7.org/fhir/R4/http.html): 404 → ERR_NOT_FOUND, 410 → ERR_GONE,
  * 409 → ERR_CONFLICT, 412 → ERR_PRECONDITION_FAILED, 400 → ERR_INVALID and 422 → ERR_UNPROCESSABLE
  * (both keeping only severity/code/diagnostics/expression of the upstream issues), 429 →
- * ERR_UNAVAILABLE; 401/403 (the proxy's own credentials), 5xx and anything unexpected → ERR_UPSTREAM.
+ * ERR_UNAVAILABLE, and so is a 503 with Retry-After (each passing the upstream's Retry-After on, in
+ * seconds); 401/403 (the proxy's own credentials), other 5xx and anything unexpected → ERR_UPSTREAM. A GET the
+ * upstream throttles is sent once more when the wait it asks for is short (retryAfterMaxSeconds).
  */
 import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
 import {
@@ -47,6 +49,9 @@ export class FhirUpstreamClient {
     readonly proxyBase: string,
     private readonly transport: UpstreamTransport,
     private readonly credentials: UpstreamCredentials,
+    /** A throttled read is sent once more when the upstream asks to wait at most this long (UpstreamConfig.retryAfterMaxSeconds). */
+    private readonly retryAfterMaxSeconds = 2,
+    private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
   ) {}
 
   async exchange(x: FhirExchange): Promise<FhirReply> {
@@ -70,9 +75,26 @@ export class FhirUpstreamClient {
       authorization = await this.credentials.authorization();
       response = await send(authorization);
     }
+    // Throttled (429, or 503 with Retry-After): a read is sent once more after a short wait; a
+    // write never is, as the upstream may have applied it
+    const wait = retryAfterSeconds(response.headers.get('retry-after'));
+    if (x.method === 'GET' && (response.status === 429 || (response.status === 503 && wait !== undefined)) && (wait ?? 1) <= this.retryAfterMaxSeconds) {
+      this.transport.logger?.warn({ what: x.what, status: response.status, waitSeconds: wait ?? 1 }, 'upstream throttled the request; sending it once more');
+      await this.sleep((wait ?? 1) * 1000);
+      response = await send(authorization);
+    }
     const parsed = parseJson(response.text);
     const ok = (response.status >= 200 && response.status < 300) || (x.alsoOk ?? []).includes(response.status);
-    if (!ok) throw this.errorFor(response.status, parsed, x.what, x.method);
+    if (!ok) {
+      const after = retryAfterSeconds(response.headers.get('retry-after'));
+      // a 503 that says when to come back is the upstream's maintenance or throttling, not a fault
+      const err = response.status === 503 && after !== undefined
+        ? unavailable('Upstream FHIR server is unavailable; retry later')
+        : this.errorFor(response.status, parsed, x.what, x.method);
+      // the client may retry when the upstream says it may: its Retry-After, in seconds
+      if ((response.status === 429 || response.status === 503) && after !== undefined) err.headers = { 'Retry-After': String(after) };
+      throw err;
+    }
     if (parsed === INVALID_JSON) {
       this.transport.logger?.warn({ what: x.what, status: response.status }, 'upstream answered a body that is not JSON');
       throw upstreamError('Upstream FHIR server sent an invalid response');
@@ -154,4 +176,16 @@ function parseJson(text: string): unknown {
   } catch {
     return INVALID_JSON;
   }
+}
+
+/**
+ * Retry-After (RFC 9110 §10.2.3) in whole seconds from now: delay-seconds, or an HTTP-date; undefined
+ * when absent or unreadable. At most a day, so a bad date cannot ask for years.
+ */
+export function retryAfterSeconds(value: string | null, now = Date.now()): number | undefined {
+  if (value === null || value.trim() === '') return undefined;
+  const text = value.trim();
+  // delay-seconds, or an IMF-fixdate such as `Sat, 05 Dec 2026 10:01:30 GMT` (Date.parse alone reads `-5` as a year)
+  const seconds = /^\d+$/.test(text) ? Number(text) : /^[A-Za-z]{3}, /.test(text) ? Math.ceil((Date.parse(text) - now) / 1000) : NaN;
+  return Number.isFinite(seconds) ? Math.min(Math.max(0, seconds), 86_400) : undefined;
 }

@@ -43,7 +43,7 @@ export class UpstreamRepository implements Repository {
     const base = config.url.replace(/\/+$/, '');
     const transport = new UpstreamTransport(options.fetchImpl ?? globalThis.fetch, config.timeoutMs, options.logger);
     const credentials = credentialsFor(config, transport, options.now ?? Date.now);
-    this.client = new FhirUpstreamClient(base, options.proxyFhirBase.replace(/\/+$/, ''), transport, credentials);
+    this.client = new FhirUpstreamClient(base, options.proxyFhirBase.replace(/\/+$/, ''), transport, credentials, config.retryAfterMaxSeconds ?? 2);
     this.logger = options.logger;
     this.description = { adapter: 'upstream', location: publicLocation(base) };
   }
