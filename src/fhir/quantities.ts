@@ -138,8 +138,8 @@ export function baseFactor(code: string, dimension: string, molarMass?: number):
 }
 
 /**
- * A value in base units, rounded to 12 significant digits, so that 1.8 g/L and 180 mg/dL are the same
- * number (1800 g·m⁻³) and not 1800.0000000000002 and 1800. The index rows, the planner's bounds and
+ * A value in base units, rounded to 12 significant digits, so that 0.57 g/dL and 570 mg/dL are the
+ * same number (5700 g·m⁻³), not 5699.999999999999 and 5700. The index rows, the planner's bounds and
  * the matcher all compute it this way, so they agree to the bit: a search reads exactly the rows the
  * matcher accepts.
  */
