@@ -78,6 +78,11 @@ export function patientMatchOperation(fhir: FhirRouter, fhirBase: string): Opera
       else throw badRequest(`$match takes one resource (a Patient), onlyCertainMatches (boolean) and count (1 to ${MAX_COUNT}); "${String(p.name).slice(0, 64)}" is not one of them or has the wrong value`, 'Parameters.parameter');
     }
     if (!patient) throw badRequest('$match needs the Patient to match as parameter "resource"', 'Parameters.parameter');
+    // the parts scoring reads, in the shape R4 gives them (the rest of the Patient is not looked at)
+    const shaped = (['identifier', 'name', 'telecom', 'address'] as const).every((k) => patient![k] === undefined || (Array.isArray(patient![k]) && patient![k]!.every((v) => v && typeof v === 'object')))
+      && (patient.name ?? []).every((n) => n.given === undefined || (Array.isArray(n.given) && n.given.every((g) => typeof g === 'string')))
+      && ['birthDate', 'gender'].every((k) => patient![k as 'gender'] === undefined || typeof patient![k as 'gender'] === 'string');
+    if (!shaped) throw badRequest('$match: the Patient\'s identifier, name, telecom and address must be lists of elements, given names strings, birthDate and gender strings', 'Parameters.parameter.resource');
     return { patient, onlyCertain, count };
   }
 }

@@ -95,6 +95,10 @@ describe('Patient/$match', () => {
     expect(await bad({ resourceType: 'Parameters', parameter: [] })).toMatch(/needs the Patient/);
     expect(await bad(params(patient('Rivera', 'Ana'), [{ name: 'count', valueInteger: 0 }]))).toMatch(/count \(1 to 100\)/);
     expect(await bad(params({ resourceType: 'Patient', gender: 'female' }))).toMatch(/needs an identifier, or a name/);
+    // malformed elements are a 400, never a 500
+    for (const broken of [{ name: 'Rivera' }, { name: [{ family: 'Rivera', given: 'Ana' }] }, { identifier: { value: '1' } }, { telecom: [null] }, { birthDate: 19800402 }]) {
+      expect(await bad(params({ resourceType: 'Patient', ...broken } as unknown as Patient))).toMatch(/must be lists of elements/);
+    }
     const form = await t.app.fhir.handle({ method: 'POST', path: 'Patient/$match', query: {}, headers: { 'content-type': 'text/plain' }, body: 'x', access: OPEN_ACCESS });
     expect(form.status).toBe(415);
   });
