@@ -1139,7 +1139,13 @@ function formBody(req: FhirRequest): Record<string, string | string[]> {
   }
   // In-process callers can hand over any value; only a map of fields is a form.
   if (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body)) throw badRequest('POST _search takes form fields');
-  return req.body as Record<string, string | string[]>;
+  const fields = req.body as Record<string, unknown>;
+  for (const [name, value] of Object.entries(fields)) {
+    if (!(typeof value === 'string' || (Array.isArray(value) && value.every((v) => typeof v === 'string')))) {
+      throw badRequest(`POST _search takes form fields whose values are text; "${name.slice(0, 64)}" is not`, name.slice(0, 64));
+    }
+  }
+  return fields as Record<string, string | string[]>;
 }
 
 function mergeQuery(a: Record<string, string | string[]>, b: Record<string, string | string[]>): Record<string, string | string[]> {
