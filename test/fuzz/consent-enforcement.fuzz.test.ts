@@ -384,8 +384,12 @@ const search: fc.Arbitrary<Req> = fc.tuple(fc.constantFrom('Observation', 'Obser
     : { method: 'POST', path: `${type}/_search`, query: how === 'both' ? inUrl : {}, body: q, contentType: 'application/x-www-form-urlencoded' }));
 const patientId = fc.constantFrom('@A', '@B', '@C', '@new', '@A.trunc', '@A.r1');
 const operation: fc.Arbitrary<Req> = fc.oneof(
-  fc.tuple(patientId, fc.option(fc.constantFrom('Observation', 'Observation,Device', 'DiagnosticReport,Observation', 'MedicationAdministration', 'Consent', 'AuditEvent'), { nil: undefined }))
-    .map(([p, type]): Req => ({ method: 'GET', path: `Patient/${p}/$everything`, query: type ? { _type: type } : {} })),
+  // $everything pages (`_count`); the pages its next links lead to are checked like a search's
+  fc.tuple(patientId, fc.option(fc.constantFrom('Observation', 'Observation,Device', 'DiagnosticReport,Observation', 'MedicationAdministration', 'Consent', 'AuditEvent'), { nil: undefined }),
+    fc.option(fc.constantFrom('1', '2', '5'), { nil: undefined }), fc.option(fc.tuple(day, day), { nil: undefined }))
+    .map(([p, type, n, range]): Req => ({ method: 'GET', path: `Patient/${p}/$everything`, query: {
+      ...(type ? { _type: type } : {}), ...(n ? { _count: n } : {}), ...(range ? { start: ago(Math.max(...range)).slice(0, 10), end: ago(Math.min(...range)).slice(0, 10) } : {}),
+    } })),
   fc.tuple(fc.constantFrom('patient', 'subject'), patientValue, fc.constantFrom('1', '2', '5'), fc.option(codeValue, { nil: undefined })).map(([param, p, max, code]): Req => ({
     method: 'GET', path: 'Observation/$lastn', query: { [param]: p, max, ...(code ? { code } : {}) },
   })),
