@@ -601,7 +601,7 @@ export class FhirRouter {
       offset = state.offset;
     }
     for (const name of Object.keys(query)) {
-      if (!['_count', '_since', '_format', '_pretty', '_pageToken'].includes(name) && !preferLenient(req)) {
+      if (!['_count', '_since', '_at', '_format', '_pretty', '_pageToken'].includes(name) && !preferLenient(req)) {
         throw badRequest(`Unsupported history parameter "${name}"`, name);
       }
     }
@@ -616,7 +616,9 @@ export class FhirRouter {
         if (!isGlucoGuardError(err, 'ERR_GONE')) throw err; // a deleted resource still has a history
       });
     }
-    const result = await this.filledHistory(req.access, { resourceType: type, id, since }, offset, count);
+    const at = single(query._at);
+    const current = at === undefined ? undefined : await this.versionsCurrentDuring(type, id, at);
+    const result = await this.filledHistory(req.access, { resourceType: type, id, since }, offset, count, current && ((e) => current.has(e.versionId)));
     // A resource none of whose versions the requester may see has no history for them: the same 404 as an id never stored.
     if (type && id && req.access.kind !== 'open' && offset === 0 && result.entries.length === 0 && !(await this.anyVersionVisible(req.access, type, id))) {
       throw notFound('Not found');
@@ -650,7 +652,34 @@ export class FhirRouter {
    * page, so page counts reveal nothing of them. A deletion entry is shown only to a requester who
    * could see the version it deleted (its fullUrl alone would name a hidden resource).
    */
-  private async filledHistory(access: AccessContext, request: Omit<HistoryRequest, 'count' | 'offset'>, offset: number, count: number): Promise<{
+  /**
+   * `_at` (http.html#history): the versions of one resource that were current at some time in the
+   * period the value names (`2026-03` is the whole month; an instant, that second), a deletion
+   * included while it was the last word. Each version is current from its `lastUpdated` until the
+   * next one's. Read from the whole instance history, which one resource keeps short.
+   */
+  private async versionsCurrentDuring(type: string | undefined, id: string | undefined, at: string): Promise<Set<string>> {
+    if (!type || !id) throw badRequest('_at is supported on the history of one resource (Type/id/_history)', '_at');
+    const period = periodOf(at);
+    if (!period) throw badRequest('_at must be a date or a dateTime (YYYY, YYYY-MM, YYYY-MM-DD, or with a time and time zone)', '_at');
+    const all: HistoryEntry[] = [];
+    for (let offset = 0; ; offset += 1000) {
+      const page = await this.options.repository.history({ resourceType: type, id, count: 1000, offset });
+      all.push(...page.entries);
+      if (!page.hasMore || page.entries.length === 0) break;
+    }
+    const current = new Set<string>();
+    all.forEach((e, k) => {
+      // newest first: a version lasts until the version after it (all[k - 1])
+      const from = Date.parse(e.lastUpdated);
+      const until = k === 0 ? Infinity : Date.parse(all[k - 1]!.lastUpdated);
+      if (from < period.end && until > period.start) current.add(e.versionId);
+    });
+    return current;
+  }
+
+  private async filledHistory(access: AccessContext, request: Omit<HistoryRequest, 'count' | 'offset'>, offset: number, count: number,
+    keep?: (e: HistoryEntry) => boolean): Promise<{
     entries: HistoryEntry[];
     issues: OperationOutcomeIssue[];
     hasMore: boolean;
@@ -674,7 +703,7 @@ export class FhirRouter {
     let repoOffset = offset;
     for (;;) {
       const result = await this.options.repository.history({ ...request, count: batch, offset: repoOffset });
-      const visible = await this.visibleHistory(access, result.entries);
+      const visible = await this.visibleHistory(access, keep ? result.entries.filter(keep) : result.entries);
       if (entries.length < count) issues.push(...visible.issues);
       for (let i = 0; i < result.entries.length; i++) {
         const e = visible.entries.get(result.entries[i]!);
@@ -1152,6 +1181,25 @@ function mergeQuery(a: Record<string, string | string[]>, b: Record<string, stri
   const out: Record<string, string | string[]> = { ...a };
   for (const [k, v] of Object.entries(b)) out[k] = k in out ? [out[k]!].flat().concat(v) : v;
   return out;
+}
+
+/**
+ * The period a FHIR date or dateTime names, in epoch ms, end exclusive: a year, month or day (UTC
+ * days, as the store's date index reads them), or the second of a dateTime; undefined when malformed.
+ */
+function periodOf(value: string): { start: number; end: number } | undefined {
+  const m = /^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$/.exec(value);
+  if (m) {
+    const [y, mo, d] = [Number(m[1]), m[2] ? Number(m[2]) - 1 : undefined, m[3] ? Number(m[3]) : undefined];
+    const start = Date.UTC(y, mo ?? 0, d ?? 1);
+    const end = d !== undefined ? Date.UTC(y, mo!, d + 1) : mo !== undefined ? Date.UTC(y, mo + 1, 1) : Date.UTC(y + 1, 0, 1);
+    return Number.isNaN(start) || (mo !== undefined && mo > 11) || (d !== undefined && new Date(start).getUTCDate() !== d) ? undefined : { start, end };
+  }
+  if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/.test(value)) return undefined;
+  const t = Date.parse(value);
+  if (Number.isNaN(t)) return undefined;
+  const start = Math.floor(t / 1000) * 1000;
+  return { start, end: start + 1000 };
 }
 
 function single(v: string | string[] | undefined): string | undefined {

@@ -225,6 +225,36 @@ describe.each(REPOSITORY_ADAPTERS)('FHIR facade on the %s repository', (adapter,
     expect(typeHist.body.entry.length).toBeGreaterThanOrEqual(3);
   });
 
+  test('instance history _at: the versions current at some time in the period named, a deletion included', async () => {
+    const created = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [{ family: 'Then' }] });
+    const id = created.body.id as string;
+    const t1 = Date.parse(created.body.meta.lastUpdated);
+    await new Promise((r) => setTimeout(r, 1200));
+    const updated = await http().put(`/fhir/Patient/${id}`).set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', id, name: [{ family: 'Now' }] });
+    const t2 = Date.parse(updated.body.meta.lastUpdated);
+    await new Promise((r) => setTimeout(r, 1200));
+    expect((await http().delete(`/fhir/Patient/${id}`)).status).toBeLessThan(300);
+    const [v1, v2] = [created.body.meta.versionId as string, updated.body.meta.versionId as string];
+    const versionsAt = async (at: string): Promise<(string | undefined)[]> => {
+      const res = await http().get(`/fhir/Patient/${id}/_history`).query({ _at: at });
+      expect([at, res.status]).toEqual([at, 200]);
+      return res.body.entry.map((e: { resource?: Patient; request: { method: string } }) => e.resource?.meta?.versionId ?? e.request.method);
+    };
+    const second = (t: number): string => new Date(t).toISOString().slice(0, 19) + 'Z';
+    // the second v1 was written in: v2 came 1.2 s later
+    expect(await versionsAt(second(t1))).toEqual([v1]);
+    // the second v2 was written in: v2, and v1 too when v2 came after that second began
+    expect(await versionsAt(second(t2))).toEqual(t2 % 1000 === 0 ? [v2] : [v2, v1]);
+    // a whole day: the day v2 was written holds v1 (current until then) and v2; the deletion's day holds it
+    expect(await versionsAt(new Date(t2).toISOString().slice(0, 10))).toEqual(expect.arrayContaining([v2, v1]));
+    const deleted = (await http().get(`/fhir/Patient/${id}/_history`)).body.entry.find((e: { request: { method: string } }) => e.request.method === 'DELETE');
+    expect(await versionsAt(deleted.response.lastModified.slice(0, 10))).toContain('DELETE');
+    expect(await versionsAt('2000')).toEqual([]);
+    for (const [path, at] of [[`/fhir/Patient/${id}/_history`, 'yesterday'], [`/fhir/Patient/${id}/_history`, '2026-13'], ['/fhir/Patient/_history', '2026']]) {
+      expect([path, at, (await http().get(path).query({ _at: at })).status]).toEqual([path, at, 400]);
+    }
+  });
+
   test('update with an id different from the URL is 400 and changes nothing', async () => {
     const res = await http().put(`/fhir/Patient/${patientId}`).set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', id: 'other', name: [{ family: 'X' }] });
     expect(res.status).toBe(400);
