@@ -275,13 +275,14 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
         if (typeof q.value !== 'number' || !Number.isFinite(q.value)) continue;
         const start = q.comparator === '<' || q.comparator === '<=' ? QUANTITY_MIN : q.value;
         const end = q.comparator === '>' || q.comparator === '>=' ? QUANTITY_MAX : q.value;
+        const forms = q.system === UCUM && q.code ? canonicalForms(q.code, molarMassFor(resource, info.code)) : [];
         const keys = [quantityKey(type, info.code)];
-        if (q.system && q.code) keys.push(quantitySystemKey(type, info.code, q.system, q.code));
+        // a UCUM value whose unit converts is looked up by its dimension (quantityPlan), never by system|code
+        if (q.system && q.code && forms.length === 0) keys.push(quantitySystemKey(type, info.code, q.system, q.code));
         for (const u of new Set([q.code, q.unit])) if (u) keys.push(quantityUnitKey(type, info.code, u));
         for (const key of keys) entries.dates.push({ key, start, end });
-        if (q.system !== UCUM || !q.code) continue;
         const scaled = (bound: number, factor: number): number => bound === QUANTITY_MIN || bound === QUANTITY_MAX ? bound : inBaseUnits(bound, factor);
-        for (const { dimension, factor } of canonicalForms(q.code, molarMassFor(resource, info.code))) {
+        for (const { dimension, factor } of forms) {
           entries.dates.push({ key: quantityCanonicalKey(type, info.code, dimension), start: scaled(start, factor), end: scaled(end, factor) });
         }
       }
