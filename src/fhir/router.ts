@@ -3,6 +3,7 @@
  * a FhirResponse out, never a thrown error. Authorization plugs in through AccessPolicy and
  * OutboundGuards (src/fhir/policy.ts); storage through the Repository port.
  */
+import { toPeriod } from '@medplum/core';
 import type { SearchRequest } from '@medplum/core';
 import { applyPatch, type Operation } from 'rfc6902';
 import type { Bundle, BundleEntry, BundleLink, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
@@ -647,21 +648,17 @@ export class FhirRouter {
   }
 
   /**
-   * One page of `count` history entries the requester may see, re-paged after filtering like a
-   * search (filledPage): hidden versions neither leave gaps nor leave a `next` link to an empty
-   * page, so page counts reveal nothing of them. A deletion entry is shown only to a requester who
-   * could see the version it deleted (its fullUrl alone would name a hidden resource).
-   */
-  /**
    * `_at` (http.html#history): the versions of one resource that were current at some time in the
-   * period the value names (`2026-03` is the whole month; an instant, that second), a deletion
+   * period the value names (`2026-03` is the whole month; a dateTime, that second), a deletion
    * included while it was the last word. Each version is current from its `lastUpdated` until the
    * next one's. Read from the whole instance history, which one resource keeps short.
    */
   private async versionsCurrentDuring(type: string | undefined, id: string | undefined, at: string): Promise<Set<string>> {
     if (!type || !id) throw badRequest('_at is supported on the history of one resource (Type/id/_history)', '_at');
-    const period = periodOf(at);
-    if (!period) throw badRequest('_at must be a date or a dateTime (YYYY, YYYY-MM, YYYY-MM-DD, or with a time and time zone)', '_at');
+    // the period as search reads a date value (@medplum/core toPeriod: end inclusive, to the ms)
+    const named = toPeriod(at);
+    if (!named?.start || !named.end) throw badRequest('_at must be a date or a dateTime (YYYY, YYYY-MM, YYYY-MM-DD, or with a time)', '_at');
+    const period = { start: Date.parse(named.start), end: Date.parse(named.end) + 1 };
     const all: HistoryEntry[] = [];
     for (let offset = 0; ; offset += 1000) {
       const page = await this.options.repository.history({ resourceType: type, id, count: 1000, offset });
@@ -678,6 +675,12 @@ export class FhirRouter {
     return current;
   }
 
+  /**
+   * One page of `count` history entries the requester may see, re-paged after filtering like a
+   * search (filledPage): hidden versions neither leave gaps nor leave a `next` link to an empty
+   * page, so page counts reveal nothing of them. A deletion entry is shown only to a requester who
+   * could see the version it deleted (its fullUrl alone would name a hidden resource).
+   */
   private async filledHistory(access: AccessContext, request: Omit<HistoryRequest, 'count' | 'offset'>, offset: number, count: number,
     keep?: (e: HistoryEntry) => boolean): Promise<{
     entries: HistoryEntry[];
@@ -1181,25 +1184,6 @@ function mergeQuery(a: Record<string, string | string[]>, b: Record<string, stri
   const out: Record<string, string | string[]> = { ...a };
   for (const [k, v] of Object.entries(b)) out[k] = k in out ? [out[k]!].flat().concat(v) : v;
   return out;
-}
-
-/**
- * The period a FHIR date or dateTime names, in epoch ms, end exclusive: a year, month or day (UTC
- * days, as the store's date index reads them), or the second of a dateTime; undefined when malformed.
- */
-function periodOf(value: string): { start: number; end: number } | undefined {
-  const m = /^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$/.exec(value);
-  if (m) {
-    const [y, mo, d] = [Number(m[1]), m[2] ? Number(m[2]) - 1 : undefined, m[3] ? Number(m[3]) : undefined];
-    const start = Date.UTC(y, mo ?? 0, d ?? 1);
-    const end = d !== undefined ? Date.UTC(y, mo!, d + 1) : mo !== undefined ? Date.UTC(y, mo + 1, 1) : Date.UTC(y + 1, 0, 1);
-    return Number.isNaN(start) || (mo !== undefined && mo > 11) || (d !== undefined && new Date(start).getUTCDate() !== d) ? undefined : { start, end };
-  }
-  if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/.test(value)) return undefined;
-  const t = Date.parse(value);
-  if (Number.isNaN(t)) return undefined;
-  const start = Math.floor(t / 1000) * 1000;
-  return { start, end: start + 1000 };
 }
 
 function single(v: string | string[] | undefined): string | undefined {
