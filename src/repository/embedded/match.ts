@@ -12,7 +12,7 @@
  *   parameters match exactly.
  */
 import {
-  convertToSearchableQuantities, convertToSearchableReferences, convertToSearchableTokens, evalFhirPathTyped, Operator,
+  convertToSearchableQuantities, convertToSearchableReferences, convertToSearchableTokens, Operator,
   splitSearchOnComma, toPeriod, toTypedValue,
 } from '@medplum/core';
 import type { Filter, TypedValue } from '@medplum/core';
@@ -41,7 +41,7 @@ export function compileMatcher(params: Map<string, ParamInfo>, filters: Filter[]
     if (compiled.length === 0) return true;
     const typed = [toTypedValue(resource)];
     for (const { info, checks } of compiled) {
-      const values = evalFhirPathTyped(info.atom, typed);
+      const values = info.evaluate(typed);
       let periods: Period[] | undefined;
       const periodsOf = (): Period[] => periods ??= values.map((v) => toPeriod(v.value)).filter((p): p is Period => !!p);
       for (const check of checks) if (!check(values, periodsOf, resource)) return false;
@@ -148,7 +148,7 @@ function compileFilter(info: ParamInfo, filter: Filter): Check {
 
 /** A composite part's values on one element, of the type its expression casts to. */
 function partValues(part: CompositePart, element: TypedValue): TypedValue[] {
-  const values = evalFhirPathTyped(part.atom, [element]);
+  const values = part.evaluate([element]);
   return part.type ? values.filter((v) => v.type === part.type) : values;
 }
 

@@ -4,7 +4,7 @@
  * SearchParameter definitions loaded into @medplum/core; the index only narrows candidates.
  */
 import {
-  convertToSearchableDates, convertToSearchableQuantities, convertToSearchableReferences, convertToSearchableTokens, evalFhirPathTyped,
+  convertToSearchableDates, convertToSearchableQuantities, convertToSearchableReferences, convertToSearchableTokens,
   getParsedExpressionForResourceType, getSearchParameter, getSearchParameters, parseFhirPath, toTypedValue,
 } from '@medplum/core';
 import type { FhirPathAtom, TypedValue } from '@medplum/core';
@@ -12,6 +12,7 @@ import type { Resource, SearchParameter } from '@medplum/fhirtypes';
 import { loadFhirDefinitions } from '../../fhir/definitions.js';
 import { canonicalForms, inBaseUnits, molarMassFor, UCUM } from '../../fhir/quantities.js';
 import { foldText } from '../../fhir/folding.js';
+import { compilePath, type PathEvaluator } from '../../fhir/member-paths.js';
 import { stringValues } from './match.js';
 
 interface TypeConfig {
@@ -101,6 +102,8 @@ export type IndexKind = 'token' | 'reference' | 'date' | 'string' | 'quantity' |
 export interface CompositePart {
   kind: 'token' | 'quantity';
   atom: FhirPathAtom;
+  /** The atom's values on an element (src/fhir/member-paths.ts). */
+  evaluate: PathEvaluator;
   /** The type its expression casts to (`value.as(Quantity)`): @medplum/core's `as()` does not filter, so values are kept by it. */
   type?: string;
   /**
@@ -116,6 +119,8 @@ export interface ParamInfo {
   kind: IndexKind;
   definition: SearchParameter;
   atom: FhirPathAtom;
+  /** The atom's values on a resource, as `evalFhirPathTyped(atom, …)` gives them (src/fhir/member-paths.ts). */
+  evaluate: PathEvaluator;
   /** Target types of a reference parameter. */
   targets: string[];
   /** Whether writes put index rows for it. */
@@ -156,10 +161,10 @@ export function paramsOf(resourceType: string): Map<string, ParamInfo> {
       if (!definition?.expression) throw new Error(`no SearchParameter ${resourceType}.${code}`);
       const kind = kindOf(definition);
       if (!kind) throw new Error(`unsupported parameter type ${definition.type} for ${resourceType}.${code}`);
+      // (a composite's expression as written: the per-type parse drops the bare `Observation` of `Observation | Observation.component`)
+      const atom = kind === 'composite' ? parseFhirPath(definition.expression) : getParsedExpressionForResourceType(resourceType, definition.expression);
       infos.set(code, {
-        code, kind, definition,
-        // (a composite's expression as written: the per-type parse drops the bare `Observation` of `Observation | Observation.component`)
-        atom: kind === 'composite' ? parseFhirPath(definition.expression) : getParsedExpressionForResourceType(resourceType, definition.expression),
+        code, kind, definition, atom, evaluate: compilePath(atom),
         targets: definition.target ?? [],
         indexable: kind !== 'composite',
         since: kind === 'string' ? STRING_SINCE : SINCE.get(code) ?? 1,
@@ -198,8 +203,9 @@ function compositeParts(resourceType: string, definition: SearchParameter, confi
       throw new Error(`unsupported composite part ${component.definition} of ${resourceType}.${definition.code}`);
     }
     const cast = /\.as\((\w+)\)$/.exec(component.expression)?.[1];
+    const atom = parseFhirPath(component.expression);
     return {
-      kind: plain.type, atom: parseFhirPath(component.expression),
+      kind: plain.type, atom, evaluate: compilePath(atom),
       ...(cast ? { type: cast } : {}),
       ...(configured.includes(plain.code!) ? { implied: plain.code! } : {}),
     };
@@ -260,7 +266,7 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
   let patientDates: { start: number; end: number }[] = [];
   for (const info of paramsOf(type).values()) {
     if (info.code === '_id' || info.code === '_lastUpdated' || !info.indexable) continue;
-    const values = evalFhirPathTyped(info.atom, typed);
+    const values = info.evaluate(typed);
     if (values.length === 0) continue;
     if (info.kind === 'token') {
       for (const t of convertToSearchableTokens(values)) {

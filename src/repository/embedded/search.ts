@@ -11,7 +11,7 @@
  * When the driver already yields rows in the requested order, candidates are streamed and the
  * scan stops as soon as the page (plus one, for `hasMore`) is full.
  */
-import { evalFhirPathTyped, Operator, splitSearchOnComma, toTypedValue } from '@medplum/core';
+import { Operator, splitSearchOnComma, toTypedValue } from '@medplum/core';
 import type { Filter, IncludeTarget, SearchRequest } from '@medplum/core';
 import type { Resource } from '@medplum/fhirtypes';
 import type { Database, Statement } from 'better-sqlite3';
@@ -544,7 +544,7 @@ function sortResources(resources: Resource[], params: Map<string, ParamInfo>, ru
   const keyOf = (r: Resource, code: string): string | number => {
     if (code === '_id') return r.id ?? '';
     const info = params.get(code)!;
-    const values = evalFhirPathTyped(info.atom, [toTypedValue(r)]);
+    const values = info.evaluate([toTypedValue(r)]);
     if (info.kind === 'date') return datesOf(values)[0]?.start ?? MAX_TIME;
     return stringValues(values.map((t) => t.value))[0]?.toLowerCase() ?? '\uffff';
   };
@@ -580,7 +580,7 @@ function collectIncludes(ctx: SearchContext, page: Resource[], include: IncludeT
       const info = paramsOf(target.resourceType).get(target.searchParam)!;
       for (const source of sources) {
         if (source.resourceType !== target.resourceType) continue;
-        for (const ref of referencesOf(evalFhirPathTyped(info.atom, [toTypedValue(source)]))) {
+        for (const ref of referencesOf(info.evaluate([toTypedValue(source)]))) {
           const [refType, refId, ...rest] = ref.split('/');
           if (!refType || !refId || rest.length > 0 || ref.includes(':')) continue;
           if (target.targetType && refType !== target.targetType) continue;
@@ -598,7 +598,7 @@ function collectIncludes(ctx: SearchContext, page: Resource[], include: IncludeT
         for (const row of lookup.all(ctx.hash(referenceKey(target.resourceType, target.searchParam, ref)))) {
           if (row.type !== target.resourceType) continue;
           const found = ctx.decode(row);
-          if (!found || !referencesOf(evalFhirPathTyped(info.atom, [toTypedValue(found)])).includes(ref)) continue;
+          if (!found || !referencesOf(info.evaluate([toTypedValue(found)])).includes(ref)) continue;
           if (add(found)) added.push(found);
         }
       }

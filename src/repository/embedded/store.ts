@@ -43,9 +43,11 @@ export interface Statements {
   currentOf: Statement<[string, string], VersionRow>;
   versionOf: Statement<[string, string, number], VersionRow>;
   bySeq: Statement<[number], VersionRow>;
-  insertRef: Statement<[number, number]>;
+  /** Inserts a version's token/reference index rows (keyed hashes). */
+  insertRefs(seq: number, refs: number[]): void;
   deleteRef: Statement<[number, number]>;
-  insertDate: Statement<[number, number, number, number, number]>;
+  /** Inserts a version's date/quantity index rows. */
+  insertDates(seq: number, dates: { h: number; h2: number; start: number; end: number }[]): void;
   deleteDate: Statement<[number, number, number]>;
   clearIx: Statement<[number]>;
   setIx: Statement<[Buffer, number]>;
@@ -152,12 +154,43 @@ export function prepareStatements(db: DB): Statements {
     currentOf: db.prepare(`SELECT ${cols} FROM versions WHERE type = ? AND id = ? AND current = 1`),
     versionOf: db.prepare(`SELECT ${cols} FROM versions WHERE type = ? AND id = ? AND version = ?`),
     bySeq: db.prepare(`SELECT ${cols} FROM versions WHERE seq = ?`),
-    insertRef: db.prepare('INSERT OR IGNORE INTO ix_ref (h, seq) VALUES (?, ?)'),
+    insertRefs: multiRowInsert(db, 'INSERT OR IGNORE INTO ix_ref (h, seq) VALUES ', '(?, ?)', (seq, refs: number[], args) => {
+      for (const h of refs) args.push(h, seq);
+    }),
     deleteRef: db.prepare('DELETE FROM ix_ref WHERE h = ? AND seq = ?'),
-    insertDate: db.prepare('INSERT OR IGNORE INTO ix_date (h, h2, start, end, seq) VALUES (?, ?, ?, ?, ?)'),
+    insertDates: multiRowInsert(db, 'INSERT OR IGNORE INTO ix_date (h, h2, start, end, seq) VALUES ', '(?, ?, ?, ?, ?)',
+      (seq, dates: { h: number; h2: number; start: number; end: number }[], args) => {
+        for (const d of dates) args.push(d.h, d.h2, d.start, d.end, seq);
+      }),
     deleteDate: db.prepare('DELETE FROM ix_date WHERE h = ? AND start = ? AND seq = ?'),
     clearIx: db.prepare('UPDATE versions SET ix = NULL WHERE seq = ?'),
     setIx: db.prepare('UPDATE versions SET ix = ? WHERE seq = ?'),
+  };
+}
+
+/** Rows per multi-row INSERT statement (a version has ~20 index rows; a Patient's name prefixes more). */
+const ROWS_PER_INSERT = 64;
+
+/**
+ * Inserts a version's index rows with one statement per ROWS_PER_INSERT rows instead of one per
+ * row: a CGM reading's ~18 rows took 19 µs one by one and 13 µs as two statements (throw-away probe
+ * `.prof/multirow.mjs`, docs/benchmarks.md session 14). One prepared statement per row count.
+ */
+function multiRowInsert<T>(db: DB, head: string, row: string, flatten: (seq: number, rows: T[], args: (number | bigint)[]) => void):
+  (seq: number, rows: T[]) => void {
+  const statements = new Map<number, Statement<(number | bigint)[]>>();
+  const statementFor = (count: number): Statement<(number | bigint)[]> => {
+    let statement = statements.get(count);
+    if (!statement) statements.set(count, statement = db.prepare(head + Array(count).fill(row).join(', ')));
+    return statement;
+  };
+  return (seq, rows) => {
+    for (let i = 0; i < rows.length; i += ROWS_PER_INSERT) {
+      const chunk = rows.length <= ROWS_PER_INSERT ? rows : rows.slice(i, i + ROWS_PER_INSERT);
+      const args: (number | bigint)[] = [];
+      flatten(seq, chunk, args);
+      statementFor(chunk.length).run(...args);
+    }
   };
 }
 

@@ -195,6 +195,20 @@ describe('encryption at rest', () => {
     expect((await search('Patient?identifier=MRN-77331')).resources).toHaveLength(1);
   });
 
+  it('never uses a GCM nonce twice, across pool refills and for identical bodies', async () => {
+    // 1,000 bodies (three refills of the 341-nonce pool), every one the same plaintext but for its id
+    await repo.createMany(Array.from({ length: 1_000 }, () => ({ resourceType: 'Patient', gender: 'other' }) as Patient));
+    await repo.close();
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'), { readonly: true });
+    const bodies = db.prepare('SELECT body FROM versions WHERE body IS NOT NULL').all() as { body: Buffer }[];
+    db.close();
+    expect(bodies.length).toBe(1_000);
+    const nonces = new Set(bodies.map((b) => b.body.subarray(0, 12).toString('hex')));
+    expect(nonces.size).toBe(bodies.length);
+    repo = await EmbeddedRepository.open({ dataDir });
+    expect((await search('Patient?gender=other&_count=1000')).resources).toHaveLength(1_000);
+  });
+
   it('a ciphertext moved onto another resource does not decrypt (bound to type/id/version)', async () => {
     const a = await repo.create<Patient>({ resourceType: 'Patient', gender: 'female' });
     const b = await repo.create<Patient>({ resourceType: 'Patient', gender: 'male' });
