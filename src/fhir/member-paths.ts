@@ -16,9 +16,10 @@
  * every type the embedded repository indexes.
  */
 import {
-  AsAtom, DotAtom, evalFhirPathTyped, FhirPathAtom, getTypedPropertyValue, isResource, removeDuplicates, SymbolAtom, UnionAtom,
+  AsAtom, DotAtom, evalFhirPathTyped, FhirPathAtom, getElementDefinitionFromElements, getTypedPropertyValue, isEmpty, isResource,
+  removeDuplicates, SymbolAtom, tryGetDataType, UnionAtom,
 } from '@medplum/core';
-import type { Atom, TypedValue } from '@medplum/core';
+import type { Atom, InternalSchemaElement, InternalTypeSchema, TypedValue } from '@medplum/core';
 
 /** An expression's values over an input collection, as `evalFhirPathTyped(atom, input)` gives them. */
 export type PathEvaluator = (input: TypedValue[]) => TypedValue[];
@@ -80,7 +81,7 @@ function symbol(name: string): Step | undefined {
         if (item.value !== undefined) out.push(item);
         continue;
       }
-      const found = getTypedPropertyValue(item, name);
+      const found = propertyValue(item, name);
       if (Array.isArray(found)) {
         for (const v of found) if (v?.value !== undefined) out.push(v);
       } else if (found?.value !== undefined) {
@@ -89,4 +90,57 @@ function symbol(name: string): Step | undefined {
     }
     return out;
   };
+}
+
+/** A property name an element may take in JSON (`valueQuantity` for `value[x]`) and the type it then has. */
+interface Candidate { name: string; extension: string; type: string }
+
+/** Per type schema (so a re-indexed definition is never read stale): property → element and its candidates. */
+const candidateCache = new WeakMap<InternalTypeSchema, Map<string, { element: InternalSchemaElement; candidates: Candidate[] } | null>>();
+
+/**
+ * `getTypedPropertyValue(input, name)` (packages/core/src/fhirpath/utils.ts) with the element's
+ * candidate property names worked out once per type and property: medplum builds them (a string
+ * replace and a capitalisation per type of the element) on every call, ~0.5 µs each. A value with a
+ * primitive extension (`_status`), and any type without a schema, go to medplum's function itself.
+ */
+function propertyValue(input: TypedValue, name: string): TypedValue[] | TypedValue | undefined {
+  const value = input.value;
+  if (!value) return undefined;
+  const schema = tryGetDataType(input.type);
+  if (!schema) return getTypedPropertyValue(input, name);
+  let byName = candidateCache.get(schema);
+  if (!byName) candidateCache.set(schema, byName = new Map());
+  let entry = byName.get(name);
+  if (entry === undefined) {
+    const element = getElementDefinitionFromElements(schema.elements, name);
+    entry = element ? { element, candidates: candidatesOf(element) } : null;
+    byName.set(name, entry);
+  }
+  if (!entry) return getTypedPropertyValue(input, name);
+  let found: unknown;
+  let type = 'undefined';
+  for (const candidate of entry.candidates) {
+    found = value[candidate.name];
+    if (value[candidate.extension] !== undefined) return getTypedPropertyValue(input, name);
+    if (found !== undefined) {
+      type = candidate.type;
+      break;
+    }
+  }
+  if (isEmpty(found)) return undefined;
+  if (type === 'Element' || type === 'BackboneElement') type = entry.element.type[0]!.code;
+  return Array.isArray(found) ? found.map((v: unknown) => typed(v, type)) : typed(found, type);
+}
+
+function candidatesOf(element: InternalSchemaElement): Candidate[] {
+  const last = element.path.substring(element.path.lastIndexOf('.') + 1);
+  return (element.type ?? []).map((t) => {
+    const name = last.replace('[x]', t.code ? t.code.charAt(0).toUpperCase() + t.code.substring(1) : '');
+    return { name, extension: '_' + name, type: t.code };
+  });
+}
+
+function typed(value: unknown, type: string): TypedValue {
+  return { type: type === 'Resource' && isResource(value) ? value.resourceType : type, value };
 }
