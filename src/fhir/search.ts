@@ -24,7 +24,7 @@ const COMMON_FILTERS = new Set(['_id', '_lastUpdated']);
 const MODIFIERS: Record<string, string[]> = {
   string: ['missing', 'exact', 'contains'],
   token: ['missing', 'not', 'text', 'of-type'],
-  reference: ['missing', 'not'],
+  reference: ['missing', 'not', 'identifier'],
   date: ['missing'],
   quantity: ['missing'],
   uri: ['missing'],

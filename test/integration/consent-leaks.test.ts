@@ -580,4 +580,24 @@ describe('consent enforcement on every FHIR path', () => {
     await expect(t.app.repository.read('Observation', putHidden.body.id)).rejects.toMatchObject({ code: 'ERR_GONE' });
     expect((await benReading()).meta?.versionId).toBe(before.meta?.versionId);
   });
+
+  test('subject:identifier finds only what the grants cover: an MRN of an ungranted patient, or of nobody, selects nothing', async () => {
+    const withMrn = (patient: string, mrn: string): Observation => {
+      const o = reading(patient, now - 2 * DAY);
+      return { ...o, subject: { ...o.subject, identifier: { system: 'urn:mrn', value: mrn } } };
+    };
+    const p12 = (await t.app.repository.create(withMrn('12', 'MRN-12'))).resource.id!;
+    await t.app.repository.create(withMrn(ben, 'MRN-BEN'));
+    // a logical reference alone: the reading is in no patient's compartment, so no grant covers it
+    await t.app.repository.create({ ...reading('', now - 2 * DAY), subject: { identifier: { system: 'urn:mrn', value: 'MRN-LOGICAL' } } });
+    const matched = async (url: string): Promise<string[]> => {
+      const res = await get(url);
+      expect([url, res.status]).toEqual([url, 200]);
+      return entries(res.body).map((r) => r.id!).sort();
+    };
+    expect(await matched('/fhir/Observation?subject:identifier=urn:mrn|MRN-12')).toEqual([p12]);
+    expect(await matched('/fhir/Observation?subject:identifier=urn:mrn|MRN-BEN')).toEqual([]);
+    expect(await matched('/fhir/Observation?subject:identifier=MRN-LOGICAL')).toEqual([]);
+    expect(await matched('/fhir/Observation?subject:identifier=urn:mrn|')).toEqual([p12]);
+  });
 });

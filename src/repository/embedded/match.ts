@@ -9,7 +9,8 @@
  * - quantity parameters, which medplum's matcher does not answer, follow search.html#quantity here
  *   (implied precision of `eq`/`ne`, the prefixes, `system|code` or `||code-or-unit`; a UCUM
  *   value converted to each candidate's commensurable UCUM unit, src/fhir/quantities.ts), and uri
- *   parameters match exactly.
+ *   parameters match exactly;
+ * - `:identifier` on references matches `Reference.identifier` as a token (search.html#modifiers).
  */
 import {
   convertToSearchableQuantities, convertToSearchableReferences, convertToSearchableTokens, Operator,
@@ -19,6 +20,7 @@ import type { Filter, TypedValue } from '@medplum/core';
 import type { Coding, Period, Quantity, Resource } from '@medplum/fhirtypes';
 import { foldText } from '../../fhir/folding.js';
 import { baseFactor, inBaseUnits, molarMassFor, molarMassOf, UCUM, ucumScale } from '../../fhir/quantities.js';
+import { referenceIdentifiers } from './params.js';
 import type { CompositePart, ParamInfo } from './params.js';
 
 /** A compiled check of all filters of a search (already validated against `params`). */
@@ -70,6 +72,10 @@ function compileFilter(info: ParamInfo, filter: Filter): Check {
   const wanted = splitSearchOnComma(filter.value);
   switch (info.kind) {
     case 'reference':
+      if (filter.operator === Operator.IDENTIFIER) {
+        // search.html#modifiers: on Reference.identifier, as a token; the resource referred to is never read
+        return (values) => referenceIdentifiers(values).some((id) => wanted.some((w) => matchesToken(id, w)));
+      }
       return (values) => {
         if (filter.value === '' && values.length === 0) return filter.operator === Operator.EQUALS;
         const refs = convertToSearchableReferences(values);

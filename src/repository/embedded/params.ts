@@ -79,9 +79,12 @@ const META_PARAMS = ['_tag', '_security', '_profile'];
  * 1: the parameters of the first stores; 2 (session 11): the `meta` parameters, `component-code`
  * and the contact parameters; 3 (session 11): quantities; 4 (session 12): string parameters (names,
  * addresses), as keyed hashes of the folded prefixes of each part (stringPrefixKey); 5 (session 13):
- * quantities also in base units, for unit conversion (quantityCanonicalKey).
+ * quantities also in base units, for unit conversion (quantityCanonicalKey); 6 (session 14): the
+ * identifiers of logical references (`subject:identifier=…`, referenceIdentifierParam).
  */
-export const INDEX_GENERATION = 5;
+export const INDEX_GENERATION = 6;
+/** The generation since which reference parameters have rows for `Reference.identifier`. */
+export const REFERENCE_IDENTIFIER_SINCE = 6;
 /** The generation since which string parameters have rows. */
 const STRING_SINCE = 4;
 /** Longest prefix of a string part that gets a row: a longer search value is looked up by its first STRING_PREFIX_MAX characters. */
@@ -187,7 +190,10 @@ export function typesIndexedSince(generation: number): string[] {
 
 /** The names of the parameters (of one type, or of any) indexed since `generation`, for the start-up warning. */
 export function paramsIndexedSince(generation: number, type?: string): string[] {
-  const names = (type ? [type] : Object.keys(TYPES)).flatMap((t) => [...paramsOf(t).values()].filter((p) => p.indexable && p.since > generation).map((p) => p.code));
+  const names = (type ? [type] : Object.keys(TYPES)).flatMap((t) => [...paramsOf(t).values()].flatMap((p) => [
+    ...(p.indexable && p.since > generation ? [p.code] : []),
+    ...(p.kind === 'reference' && REFERENCE_IDENTIFIER_SINCE > generation ? [referenceIdentifierParam(p.code)] : []),
+  ]));
   return [...new Set(names)];
 }
 
@@ -232,6 +238,11 @@ export const systemTokenKey = (type: string, param: string, system: string, code
   `${type}\0${param}\0s\0${system.toLowerCase()}|${code.toLowerCase()}`;
 /** Hash input of a string parameter's folded prefix (foldText, at most STRING_PREFIX_MAX characters). */
 export const stringPrefixKey = (type: string, param: string, prefix: string): string => `${type}\0${param}\0p\0${prefix}`;
+/**
+ * The `:identifier` side of a reference parameter (search.html#modifiers: the search is on
+ * `Reference.identifier`, not on the resource referred to), keyed as a token parameter of its own.
+ */
+export const referenceIdentifierParam = (param: string): string => `${param}:identifier`;
 /** Hash input of a reference value (`Type/id` or an absolute URL, exactly). */
 export const referenceKey = (type: string, param: string, ref: string): string => `${type}\0${param}\0r\0${ref}`;
 /** Date index key of a parameter. */
@@ -302,6 +313,11 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
     } else if (info.kind === 'reference') {
       const refs = referencesOf(values);
       for (const ref of refs) entries.keys.push(referenceKey(type, info.code, ref));
+      for (const id of referenceIdentifiers(values)) {
+        const param = referenceIdentifierParam(info.code);
+        entries.keys.push(tokenKey(type, param, id.value));
+        if (id.system) entries.keys.push(systemTokenKey(type, param, id.system, id.value));
+      }
       if (info.code === 'patient') patientRefs = refs.filter((r) => r.startsWith('Patient/'));
     } else {
       const ranges = datesOf(values);
@@ -328,6 +344,17 @@ export function referencesOf(values: TypedValue[]): string[] {
     refs.add(history > 0 && !ref.includes('://') ? ref.slice(0, history) : ref);
   }
   return [...refs];
+}
+
+/** The identifiers of reference values (`{ identifier: { system, value } }`), those with a value. */
+export function referenceIdentifiers(values: TypedValue[]): { system?: string; value: string }[] {
+  const out: { system?: string; value: string }[] = [];
+  for (const v of values) {
+    const id = (v.value as { identifier?: { system?: unknown; value?: unknown } } | undefined)?.identifier;
+    if (!id || typeof id !== 'object' || typeof id.value !== 'string' || id.value === '') continue;
+    out.push(typeof id.system === 'string' && id.system ? { system: id.system, value: id.value } : { value: id.value });
+  }
+  return out;
 }
 
 /** Date values as inclusive epoch-ms ranges (open ends as MIN_TIME / MAX_TIME). */

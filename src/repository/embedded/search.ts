@@ -20,7 +20,7 @@ import { patientIdOfReference } from '../../fhir/compartment.js';
 import type { SearchResult } from '../port.js';
 import {
   dateKey, datesOf, MAX_TIME, MIN_TIME, paramsOf, patientDateKey, patientDateParam, quantityCanonicalKey, quantityKey, quantitySystemKey, quantityUnitKey,
-  referenceKey, referencesOf, STRING_PREFIX_MAX, stringPrefixKey, systemTokenKey, tokenKey, undatedKey,
+  REFERENCE_IDENTIFIER_SINCE, referenceIdentifierParam, referenceKey, referencesOf, STRING_PREFIX_MAX, stringPrefixKey, systemTokenKey, tokenKey, undatedKey,
 } from './params.js';
 import type { ParamInfo } from './params.js';
 import type { VersionRow } from './store.js';
@@ -213,7 +213,7 @@ export function normalizeFilter(type: string, params: Map<string, ParamInfo>, fi
   const op = filter.operator;
   const allowed: Record<string, string[]> = {
     token: [Operator.EQUALS, Operator.NOT, Operator.NOT_EQUALS, Operator.MISSING, Operator.PRESENT, Operator.TEXT, Operator.OF_TYPE],
-    reference: [Operator.EQUALS, Operator.NOT, Operator.MISSING, Operator.PRESENT],
+    reference: [Operator.EQUALS, Operator.NOT, Operator.MISSING, Operator.PRESENT, Operator.IDENTIFIER],
     date: [Operator.EQUALS, Operator.NOT_EQUALS, Operator.GREATER_THAN, Operator.GREATER_THAN_OR_EQUALS, Operator.LESS_THAN,
       Operator.LESS_THAN_OR_EQUALS, Operator.STARTS_AFTER, Operator.ENDS_BEFORE, Operator.APPROXIMATELY, Operator.MISSING, Operator.PRESENT],
     string: [Operator.EQUALS, Operator.EXACT, Operator.CONTAINS, Operator.MISSING, Operator.PRESENT],
@@ -250,6 +250,14 @@ export function normalizeFilter(type: string, params: Map<string, ParamInfo>, fi
       const problem = compositeProblem(info.parts!, v);
       if (problem) throw badRequest(`Invalid value for ${filter.code}: ${problem}`, filter.code);
     }
+  }
+  if (op === Operator.IDENTIFIER) {
+    for (const v of splitSearchOnComma(filter.value)) {
+      if (v.split('|').length > 2 || v.split('|').every((part) => part === '')) {
+        throw badRequest(`${filter.code}:identifier takes [system|]value`, filter.code);
+      }
+    }
+    return filter;
   }
   if (info.kind !== 'reference' || op === Operator.MISSING || op === Operator.PRESENT) return filter;
   const values = splitSearchOnComma(filter.value).flatMap((v) => {
@@ -290,22 +298,27 @@ function indexKeys(type: string, info: ParamInfo, filter: Filter): string[] | un
   }
   // identifier:of-type=system|MR|12345: the identifiers of value 12345, whatever their system
   if (filter.operator === Operator.OF_TYPE) return splitSearchOnComma(filter.value).map((v) => tokenKey(type, info.code, v.split('|')[2]!));
+  // subject:identifier=system|value: the rows of Reference.identifier (params.ts), as a token
+  if (filter.operator === Operator.IDENTIFIER) return tokenKeys(type, referenceIdentifierParam(info.code), filter.value);
   if (filter.operator !== Operator.EQUALS) return undefined;
+  const values = splitSearchOnComma(filter.value);
+  if (info.kind === 'reference') return values.map((value) => referenceKey(type, info.code, value));
+  if (info.kind === 'uri') return values.map((value) => tokenKey(type, info.code, value));
+  return tokenKeys(type, info.code, filter.value);
+}
+
+/**
+ * The rows a token filter value can only match: `code` and `|code` (no system: the matcher checks)
+ * by the code, `system|code` by both; `system|` (any code of the system) has none to narrow by.
+ */
+function tokenKeys(type: string, param: string, filterValue: string): string[] | undefined {
   const keys: string[] = [];
-  for (const value of splitSearchOnComma(filter.value)) {
-    if (info.kind === 'reference') {
-      keys.push(referenceKey(type, info.code, value));
-      continue;
-    }
-    if (info.kind === 'uri') {
-      keys.push(tokenKey(type, info.code, value));
-      continue;
-    }
+  for (const value of splitSearchOnComma(filterValue)) {
     const bar = value.indexOf('|');
-    if (bar < 0) keys.push(tokenKey(type, info.code, value));
+    if (bar < 0) keys.push(tokenKey(type, param, value));
     else if (value.slice(bar + 1) === '') return undefined;
-    else if (bar === 0) keys.push(tokenKey(type, info.code, value.slice(1)));
-    else keys.push(systemTokenKey(type, info.code, value.slice(0, bar), value.slice(bar + 1)));
+    else if (bar === 0) keys.push(tokenKey(type, param, value.slice(1)));
+    else keys.push(systemTokenKey(type, param, value.slice(0, bar), value.slice(bar + 1)));
   }
   return keys.length ? keys : undefined;
 }
@@ -381,11 +394,12 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
   const live = ['v.current = 1', 'v.method <> 2'];
   const generation = ctx.indexGeneration();
   /** Whether the store's index rows answer this parameter (params.ts, index generations). */
-  const trusted = (info: ParamInfo): boolean => info.indexable && info.since <= generation;
+  const trusted = (info: ParamInfo, f?: Filter): boolean => info.indexable && info.since <= generation
+    && (f?.operator !== Operator.IDENTIFIER || REFERENCE_IDENTIFIER_SINCE <= generation);
   const refFilters: { code: string; keys: string[] }[] = [];
   for (const f of filters) {
     const info = params.get(f.code)!;
-    if ((info.kind === 'token' || info.kind === 'reference' || info.kind === 'uri' || info.kind === 'string') && trusted(info) && f.code !== '_id') {
+    if ((info.kind === 'token' || info.kind === 'reference' || info.kind === 'uri' || info.kind === 'string') && trusted(info, f) && f.code !== '_id') {
       const keys = indexKeys(type, info, f);
       if (keys) refFilters.push({ code: f.code, keys });
     }

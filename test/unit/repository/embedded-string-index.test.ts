@@ -92,13 +92,19 @@ describe('string parameters through the prefix index', () => {
     // trusting the index would find nothing; the planner does not trust it, so the answers stay
     for (const [value, ids] of before) expect([value, (await search({ name: value })).map((r) => r.id!).sort()]).toEqual([value, ids]);
     // the rebuild visits the types with parameters indexed since generation 3 (names; quantities in
-    // base units since 5), not insulin doses, which have neither
+    // base units since 5; identifiers of references since 6, which insulin doses have), not
+    // Practitioners, which have only names and tokens, from generation 5
     for (let i = 0; i < 5; i++) {
       await repo.create({ resourceType: 'MedicationAdministration', status: 'completed', medicationCodeableConcept: { text: 'insulin' }, subject: { reference: 'Patient/p' }, effectiveDateTime: '2026-01-01' });
+      await repo.create({ resourceType: 'Practitioner', name: [{ family: `Lee${i}` }] });
     }
-    expect(await repo.reindex()).toEqual({ versions: stored.length, unreadable: 0, generation: INDEX_GENERATION });
+    expect(await repo.reindex()).toEqual({ versions: stored.length + 10, unreadable: 0, generation: INDEX_GENERATION });
     expect(repo.indexGeneration).toBe(INDEX_GENERATION);
-    expect((await repo.reindex(undefined, { all: true })).versions).toBe(stored.length + 5);
+    (repo as unknown as { db: Database.Database }).db.prepare("UPDATE meta SET v = '5' WHERE k = 'index-generation'").run();
+    await repo.close();
+    repo = await EmbeddedRepository.open({ dataDir });
+    expect(await repo.reindex()).toEqual({ versions: stored.length + 5, unreadable: 0, generation: INDEX_GENERATION });
+    expect((await repo.reindex(undefined, { all: true })).versions).toBe(stored.length + 10);
     for (const [value, ids] of before) expect([value, (await search({ name: value }, 5)).map((r) => r.id!).sort()]).toEqual([value, ids]);
   });
 });
