@@ -11,6 +11,8 @@ export default {
   moduleNameMapper: { '^(\\.{1,2}/.*)\\.js$': '$1' },
   testMatch: ['<rootDir>/test/**/*.test.ts'],
   testTimeout: 30000,
+  // dist/ built once before the workers start (test/support/global-build.mjs says why)
+  globalSetup: '<rootDir>/test/support/global-build.mjs',
   maxWorkers: 2,
   // Each test file's ESM module graph stays in its worker's heap: by the end of a full run a worker
   // held 2–2.9 GB, and tearing that down at exit took longer than the 500 ms Jest waits, so Jest

@@ -300,7 +300,8 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
         for (const key of keys) entries.dates.push({ key, start, end });
         const scaled = (bound: number, factor: number): number => bound === QUANTITY_MIN || bound === QUANTITY_MAX ? bound : inBaseUnits(bound, factor);
         for (const { dimension, factor } of forms) {
-          entries.dates.push({ key: quantityCanonicalKey(type, info.code, dimension), start: scaled(start, factor), end: scaled(end, factor) });
+          const low = scaled(start, factor);
+          entries.dates.push({ key: quantityCanonicalKey(type, info.code, dimension), start: low, end: end === start ? low : scaled(end, factor) });
         }
       }
     } else if (info.kind === 'string') {
