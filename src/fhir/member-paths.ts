@@ -78,7 +78,7 @@ function symbol(name: string): Step | undefined {
       const value = item.value;
       if (!value || typeof value !== 'object') continue;
       if (isResource(value, name as never)) {
-        if (item.value !== undefined) out.push(item);
+        out.push(item);
         continue;
       }
       const found = propertyValue(item, name);

@@ -314,10 +314,12 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
     } else if (info.kind === 'reference') {
       const refs = referencesOf(values);
       for (const ref of refs) entries.keys.push(referenceKey(type, info.code, ref));
-      for (const id of referenceIdentifiers(values)) {
-        const param = referenceIdentifierParam(info.code);
-        entries.keys.push(tokenKey(type, param, id.value));
-        if (id.system) entries.keys.push(systemTokenKey(type, param, id.system, id.value));
+      const identifiers = referenceIdentifiers(values);
+      // (most references carry none: the `:identifier` key is built only for those that do)
+      const identifierParam = identifiers.length ? referenceIdentifierParam(info.code) : '';
+      for (const id of identifiers) {
+        entries.keys.push(tokenKey(type, identifierParam, id.value));
+        if (id.system) entries.keys.push(systemTokenKey(type, identifierParam, id.system, id.value));
       }
       if (info.code === 'patient') patientRefs = refs.filter((r) => r.startsWith('Patient/'));
     } else {

@@ -253,7 +253,8 @@ export function normalizeFilter(type: string, params: Map<string, ParamInfo>, fi
   }
   if (op === Operator.IDENTIFIER) {
     for (const v of splitSearchOnComma(filter.value)) {
-      if (v.split('|').length > 2 || v.split('|').every((part) => part === '')) {
+      const parts = v.split('|');
+      if (parts.length > 2 || parts.every((part) => part === '')) {
         throw badRequest(`${filter.code}:identifier takes [system|]value`, filter.code);
       }
     }
