@@ -10,14 +10,15 @@
  * of a CGM reading's write. The functions here do what medplum's atoms do, step for step
  * (`packages/core/src/fhirpath/atoms.ts`: FhirPathAtom, SymbolAtom, DotAtom, UnionAtom, AsAtom;
  * `ofType` in functions.ts; `evalFhirPathTyped` in parse.ts), with the same `getTypedPropertyValue`,
- * `isResource` and `removeDuplicates`. Any other atom (functions such as `where(resolve() is
- * Patient)`, `exists()`, comparisons, indexers) is left to medplum's evaluator: the whole expression
- * then goes through it. test/unit/fhir/member-paths.test.ts compares both on every parameter of
+ * `isResource` and `removeDuplicates`; so does `where(resolve() is Patient)`, the filter of most
+ * `patient` parameters (`resolve`, `where`, IsAtom and `fhirPathIs` there), on references whose
+ * target type their text names. Any other atom (other functions such as `exists()`, comparisons,
+ * indexers) is left to medplum's evaluator: the whole expression then goes through it. test/unit/fhir/member-paths.test.ts compares both on every parameter of
  * every type the embedded repository indexes.
  */
 import {
-  AsAtom, DotAtom, evalFhirPathTyped, FhirPathAtom, getElementDefinitionFromElements, getTypedPropertyValue, isEmpty, isResource,
-  removeDuplicates, SymbolAtom, tryGetDataType, UnionAtom,
+  AsAtom, DotAtom, evalFhirPathTyped, FhirPathAtom, FunctionAtom, getElementDefinitionFromElements, getTypedPropertyValue, isEmpty,
+  IsAtom, isResource, removeDuplicates, SymbolAtom, toJsBoolean, tryGetDataType, UnionAtom,
 } from '@medplum/core';
 import type { Atom, InternalSchemaElement, InternalTypeSchema, TypedValue } from '@medplum/core';
 
@@ -63,7 +64,46 @@ function compileAtom(atom: Atom): Step | undefined {
     const type = atom.right.name;
     return left ? (input) => left(input).filter((e) => e.type === type) : undefined;
   }
+  if (atom instanceof FunctionAtom && atom.name === 'where' && atom.args.length === 1) return whereResolvesTo(atom.args[0]!);
   return undefined;
+}
+
+/**
+ * Types `fhirPathIs` does not decide by name (utils.ts): `is` with one of these, or with a `System.`
+ * or `FHIR.` prefix, stays with medplum.
+ */
+const TYPES_NOT_BY_NAME = new Set(['Boolean', 'Decimal', 'Integer', 'Date', 'DateTime', 'Time', 'Period', 'Quantity']);
+
+/**
+ * `where(resolve() is T)` (functions.ts `where` and `resolve`, IsAtom): keeps the references whose
+ * target is a T. medplum resolves a reference without reading anything: `T/id` and `T?query` are a
+ * T; an absolute URL, a `#local` reference or no reference at all are nothing, so `is` is empty and
+ * `where` drops them. Values of any other shape (a Reference with an inline `resource`, one known by
+ * `type` and `identifier` alone, a `reference` that is not text) are decided by medplum's own atoms.
+ */
+function whereResolvesTo(criteria: Atom): Step | undefined {
+  if (!(criteria instanceof IsAtom) || !(criteria.left instanceof FunctionAtom) || criteria.left.name !== 'resolve'
+    || criteria.left.args.length !== 0 || !(criteria.right instanceof SymbolAtom)) return undefined;
+  const type = criteria.right.name;
+  if (TYPES_NOT_BY_NAME.has(type) || type.startsWith('System.') || type.startsWith('FHIR.')) return undefined;
+  const byMedplum = (item: TypedValue): boolean => toJsBoolean(criteria.eval({ variables: {} }, [item]));
+  return (input) => input.filter((item) => {
+    const value = item.value as unknown;
+    let reference: unknown;
+    if (typeof value === 'string') reference = value;
+    else if (value && typeof value === 'object' && !(value as { resource?: unknown }).resource) {
+      reference = (value as { reference?: unknown }).reference;
+      if (!reference && (value as { type?: unknown }).type && (value as { identifier?: unknown }).identifier) return byMedplum(item);
+    } else {
+      return byMedplum(item);
+    }
+    if (!reference) return false;
+    if (typeof reference !== 'string') return byMedplum(item);
+    const query = reference.indexOf('?');
+    if (query >= 0) return reference.slice(0, query) === type;
+    const slash = reference.indexOf('/');
+    return slash >= 0 && reference.slice(0, slash) === type;
+  });
 }
 
 /**

@@ -70,9 +70,10 @@ describe('member paths against @medplum/core FHIRPath', () => {
       'Observation.component-value-quantity', 'Observation._profile', 'Patient.name', 'Patient.birthdate', 'Consent.period',
       'Observation compartment subject',
     ]));
+    // `where(resolve() is Patient)` is compiled too; `telecom.where(system = …)`, `deceased.exists() and …`, `value.as(Quantity)` are not
+    expect(compiled).toEqual(expect.arrayContaining(['Observation.patient', 'MedicationAdministration.patient', 'AuditEvent.patient', 'AuditEvent compartment patient']));
     const left = ALL.filter((e) => !isMemberPath(e.atom)).map((e) => e.label);
-    // `where(resolve() is Patient)`, `telecom.where(system = …)`, `deceased.exists() and …`, `value.as(Quantity)`
-    expect(left).toEqual(expect.arrayContaining(['Observation.patient', 'Patient.phone', 'Patient.deceased', 'Observation.component-code-value-quantity part 1']));
+    expect(left).toEqual(expect.arrayContaining(['Patient.phone', 'Patient.deceased', 'Observation.component-code-value-quantity part 1']));
     expect(compiled.length).toBeGreaterThan(left.length * 5);
   });
 
@@ -126,6 +127,20 @@ describe('member paths against @medplum/core FHIRPath', () => {
       { resourceType: 'ServiceRequest', status: 'active', intent: 'order', subject: { reference: 'Patient/a' }, occurrenceTiming: { repeat: { boundsPeriod: { start: '2026-01-01' } } }, authoredOn: '2026-01-01' } as Resource,
       { resourceType: 'Provenance', target: [{ reference: 'Observation/1' }, { reference: 'Patient/a' }], recorded: '2026-01-01T00:00:00Z', agent: [{ who: { reference: 'Device/d' } }] } as Resource,
     ];
+    // every shape `resolve()` tells apart, in the references `where(resolve() is Patient)` filters
+    const references: unknown[] = [
+      { reference: 'Patient/a' }, { reference: 'Patient/a/_history/2' }, { reference: 'Patient?identifier=urn:mrn|1' }, { reference: 'Patient' },
+      { reference: 'Group/g' }, { reference: 'Patientx/a' }, { reference: 'http://example.org/fhir/Patient/a' }, { reference: '#p' }, { reference: '' },
+      { reference: 'Patient?x=a/b' }, { reference: 'Group?identifier=Patient/a' }, { reference: 7 }, { reference: ['Patient/a'] },
+      { type: 'Patient', identifier: { system: 'urn:mrn', value: '1' } }, { type: 'Group', identifier: { value: '1' } }, { reference: '', type: 'Patient', identifier: { value: '1' } },
+      { resource: { resourceType: 'Patient', id: 'c' } }, { resource: { resourceType: 'Group' } }, { display: 'only a display' }, {}, 'Patient/a', 'Group/a', '', 3, true,
+    ];
+    for (const subject of references) {
+      resources.push({ resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject } as Resource);
+      resources.push({ resourceType: 'MedicationAdministration', status: 'completed', medicationCodeableConcept: { text: 'i' }, subject, effectiveDateTime: '2026-01-01' } as Resource);
+      resources.push({ resourceType: 'AuditEvent', type: { code: 'rest' }, recorded: '2026-01-01T00:00:00Z', agent: [{ requestor: true, who: subject }], source: { observer: {} }, entity: [{ what: subject }] } as Resource);
+    }
+    resources.push({ resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: null } as unknown as Resource);
     for (const resource of resources) for (const e of ALL.filter((x) => x.type === resource.resourceType)) bothWays(e, resource);
   });
 
@@ -133,8 +148,10 @@ describe('member paths against @medplum/core FHIRPath', () => {
     const names = new Set<string>();
     for (const e of ALL) for (const m of e.atom.toString().matchAll(/[A-Za-z]+/g)) names.add(m[0]);
     const suffixes = ['Quantity', 'SampledData', 'String', 'CodeableConcept', 'DateTime', 'Period', 'Instant', 'Timing', 'Boolean', 'Reference', 'Integer'];
-    const keys = [...names].flatMap((n) => [n, `_${n}`, ...suffixes.map((s) => n + s)]);
-    const leaf = fc.oneof(fc.constant(null), fc.boolean(), fc.integer({ min: -3, max: 3 }), fc.constantFrom('', 'x', 'Patient/a', '2026-01-01', 'http://loinc.org'));
+    // and a Reference's own properties, which `resolve()` reads
+    const keys = [...names, 'reference', 'type', 'identifier', 'resource'].flatMap((n) => [n, `_${n}`, ...suffixes.map((s) => n + s)]);
+    const leaf = fc.oneof(fc.constant(null), fc.boolean(), fc.integer({ min: -3, max: 3 }),
+      fc.constantFrom('', 'x', 'Patient/a', '2026-01-01', 'http://loinc.org', 'Patient?identifier=1', 'Group/g', 'http://a/Patient/1', '#p', 'Patient'));
     const { tree } = fc.letrec<{ tree: unknown }>((tie) => ({
       tree: fc.oneof({ depthSize: 'small', withCrossShrink: true },
         leaf,
