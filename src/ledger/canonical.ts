@@ -35,7 +35,7 @@ const ARRAY_INDEX = /^(?:0|[1-9]\d{0,9})$/;
  * from `canonicalize`'s answers NOT_PLAIN, and the caller uses `canonicalize` itself: a number that
  * is not finite (it throws), a function, symbol or bigint, a `toJSON` method, a member name that is
  * an array index (an object holds those in numeric order, whatever the insertion order) or
- * `__proto__`. test/unit/ledger/canonical.test.ts compares the two on random data.
+ * `__proto__`, a hole in an array. test/unit/ledger/canonical.test.ts compares the two on random data.
  */
 function sortedCopy(value: unknown): unknown {
   if (value === null) return value;
@@ -54,6 +54,7 @@ function sortedCopy(value: unknown): unknown {
   if (Array.isArray(value)) {
     const out = new Array<unknown>(value.length);
     for (let i = 0; i < value.length; i++) {
+      if (!(i in value)) return NOT_PLAIN; // a hole: canonicalize skips it (Array.reduce), JSON.stringify writes null
       const item = value[i] as unknown;
       // canonicalize writes undefined and symbols in an array as null, as JSON.stringify does
       const copy = item === undefined ? null : sortedCopy(item);

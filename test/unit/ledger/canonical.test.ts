@@ -49,6 +49,7 @@ describe('canonicalResourceText', () => {
       tree: fc.oneof({ depthSize: 'small', withCrossShrink: true },
         leaf,
         fc.array(tie('tree'), { maxLength: 4 }),
+        fc.sparseArray(tie('tree'), { maxLength: 4 }),
         fc.dictionary(key, tie('tree'), { maxKeys: 5 })),
     }));
     const resource = fc.record({ body: fc.dictionary(key, tree, { maxKeys: 6 }), meta: fc.option(fc.dictionary(key, tree, { maxKeys: 3 })) })
