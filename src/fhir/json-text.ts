@@ -50,6 +50,10 @@ function entryText(entry: unknown): string {
   if (!resource || typeof resource !== 'object' || !isImmutable(resource) || Array.isArray(entry) || typeof (entry as { toJSON?: unknown }).toJSON === 'function') {
     return JSON.stringify(entry) ?? 'null';
   }
+  const searchText = searchsetEntryShape(entry as Record<string, unknown>);
+  if (searchText !== undefined) {
+    return `{"fullUrl":${JSON.stringify((entry as { fullUrl: string }).fullUrl)},"resource":${jsonTextOf(resource)},"search":${searchText}}`;
+  }
   let text = '{';
   for (const [key, value] of Object.entries(entry as object)) {
     const member = value === resource ? jsonTextOf(resource) : JSON.stringify(value);
@@ -57,6 +61,29 @@ function entryText(entry: unknown): string {
     text += `${text.length > 1 ? ',' : ''}${JSON.stringify(key)}:${member}`;
   }
   return `${text}}`;
+}
+
+/** `{"mode":…}` texts of the entry search modes, written once each. */
+const SEARCH_TEXTS = new Map(['match', 'include', 'outcome'].map((mode) => [mode, JSON.stringify({ mode })]));
+
+/**
+ * The text of `search` when the entry is exactly what the router builds for a searchset:
+ * `{ fullUrl: string, resource, search: { mode } }`, members in that order and nothing else (the
+ * text is then written from a template); undefined for any other shape.
+ */
+function searchsetEntryShape(entry: Record<string, unknown>): string | undefined {
+  let n = 0;
+  for (const key in entry) {
+    if (key !== (n === 0 ? 'fullUrl' : n === 1 ? 'resource' : n === 2 ? 'search' : undefined)) return undefined;
+    n++;
+  }
+  if (n !== 3 || typeof entry.fullUrl !== 'string') return undefined;
+  const search = entry.search as Record<string, unknown> | null;
+  if (!search || typeof search !== 'object' || Object.getPrototypeOf(search) !== Object.prototype) return undefined;
+  let members = 0;
+  for (const _ in search) members++;
+  // one member, and it is a string `mode`
+  return members === 1 && typeof search.mode === 'string' ? SEARCH_TEXTS.get(search.mode) : undefined;
 }
 
 /** UTF-8 bytes of the pieces together (their Content-Length). */
