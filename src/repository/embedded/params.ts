@@ -80,11 +80,16 @@ const META_PARAMS = ['_tag', '_security', '_profile'];
  * and the contact parameters; 3 (session 11): quantities; 4 (session 12): string parameters (names,
  * addresses), as keyed hashes of the folded prefixes of each part (stringPrefixKey); 5 (session 13):
  * quantities also in base units, for unit conversion (quantityCanonicalKey); 6 (session 14): the
- * identifiers of logical references (`subject:identifier=…`, referenceIdentifierParam).
+ * identifiers of logical references (`subject:identifier=…`, referenceIdentifierParam); 7 (session
+ * 15): the folded three-character pieces of each string part, for `:contains` (stringGramKey).
  */
-export const INDEX_GENERATION = 6;
+export const INDEX_GENERATION = 7;
 /** The generation since which reference parameters have rows for `Reference.identifier`. */
 export const REFERENCE_IDENTIFIER_SINCE = 6;
+/** The generation since which string parameters have rows for the pieces `:contains` looks up. */
+export const STRING_CONTAINS_SINCE = 7;
+/** Length of the pieces (trigrams) of a string part indexed for `:contains`: shorter values are matched on the candidates. */
+export const STRING_GRAM = 3;
 /** The generation since which string parameters have rows. */
 const STRING_SINCE = 4;
 /** Longest prefix of a string part that gets a row: a longer search value is looked up by its first STRING_PREFIX_MAX characters. */
@@ -193,6 +198,7 @@ export function paramsIndexedSince(generation: number, type?: string): string[] 
   const names = (type ? [type] : Object.keys(TYPES)).flatMap((t) => [...paramsOf(t).values()].flatMap((p) => [
     ...(p.indexable && p.since > generation ? [p.code] : []),
     ...(p.kind === 'reference' && REFERENCE_IDENTIFIER_SINCE > generation ? [referenceIdentifierParam(p.code)] : []),
+    ...(p.kind === 'string' && STRING_CONTAINS_SINCE > generation ? [`${p.code}:contains`] : []),
   ]));
   return [...new Set(names)];
 }
@@ -238,6 +244,8 @@ export const systemTokenKey = (type: string, param: string, system: string, code
   `${type}\0${param}\0s\0${system.toLowerCase()}|${code.toLowerCase()}`;
 /** Hash input of a string parameter's folded prefix (foldText, at most STRING_PREFIX_MAX characters). */
 export const stringPrefixKey = (type: string, param: string, prefix: string): string => `${type}\0${param}\0p\0${prefix}`;
+/** Hash input of a STRING_GRAM-character piece of a string parameter's folded part, anywhere in it (`:contains`). */
+export const stringGramKey = (type: string, param: string, gram: string): string => `${type}\0${param}\0g\0${gram}`;
 /**
  * The `:identifier` side of a reference parameter (search.html#modifiers: the search is on
  * `Reference.identifier`, not on the resource referred to), keyed as a token parameter of its own.
@@ -310,6 +318,8 @@ export function extractIndexEntries(resource: Resource): IndexEntries {
       for (const part of stringValues(values.map((v) => v.value))) {
         const folded = foldText(part);
         for (let n = 1; n <= Math.min(folded.length, STRING_PREFIX_MAX); n++) entries.keys.push(stringPrefixKey(type, info.code, folded.slice(0, n)));
+        // and every piece of STRING_GRAM characters: a `:contains` value holds its first piece
+        for (let i = 0; i + STRING_GRAM <= folded.length; i++) entries.keys.push(stringGramKey(type, info.code, folded.slice(i, i + STRING_GRAM)));
       }
     } else if (info.kind === 'reference') {
       const refs = referencesOf(values);

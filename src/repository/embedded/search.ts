@@ -20,7 +20,8 @@ import { patientIdOfReference } from '../../fhir/compartment.js';
 import type { SearchResult } from '../port.js';
 import {
   dateKey, datesOf, MAX_TIME, MIN_TIME, paramsOf, patientDateKey, patientDateParam, quantityCanonicalKey, quantityKey, quantitySystemKey, quantityUnitKey,
-  REFERENCE_IDENTIFIER_SINCE, referenceIdentifierParam, referenceKey, referencesOf, STRING_PREFIX_MAX, stringPrefixKey, systemTokenKey, tokenKey, undatedKey,
+  REFERENCE_IDENTIFIER_SINCE, referenceIdentifierParam, referenceKey, referencesOf, STRING_CONTAINS_SINCE, STRING_GRAM, stringGramKey, STRING_PREFIX_MAX,
+  stringPrefixKey, systemTokenKey, tokenKey, undatedKey,
 } from './params.js';
 import type { ParamInfo } from './params.js';
 import type { VersionRow } from './store.js';
@@ -289,9 +290,31 @@ function checkReferenceParam(target: IncludeTarget, what: string): void {
   if (info?.kind !== 'reference') throw badRequest(`Unsupported ${what}: ${target.resourceType}:${target.searchParam}`, what);
 }
 
+/**
+ * More keys a one-valued `:contains` filter's candidates must all have besides its first piece
+ * (indexKeys): the pieces in the middle and at the end of the folded value, when they differ from it.
+ */
+function containsPieces(type: string, info: ParamInfo, filter: Filter): string[] {
+  if (info.kind !== 'string' || filter.operator !== Operator.CONTAINS) return [];
+  const values = splitSearchOnComma(filter.value);
+  if (values.length !== 1) return [];
+  const folded = foldText(values[0]!);
+  const last = folded.length - STRING_GRAM;
+  if (last <= 0) return [];
+  const pieces = new Set([folded.slice(Math.floor(last / 2), Math.floor(last / 2) + STRING_GRAM), folded.slice(last)]);
+  pieces.delete(folded.slice(0, STRING_GRAM));
+  return [...pieces].map((g) => stringGramKey(type, info.code, g));
+}
+
 /** Hash keys (`ix_ref`) that a token, reference, uri or string filter matches, or undefined when the index cannot narrow it. */
 function indexKeys(type: string, info: ParamInfo, filter: Filter): string[] | undefined {
   if (info.kind === 'string') {
+    // :contains: the rows of the value's first piece (every part that contains the value has it);
+    // a value shorter than a piece has none, and is matched on the candidates
+    if (filter.operator === Operator.CONTAINS) {
+      const grams = splitSearchOnComma(filter.value).map((v) => foldText(v).slice(0, STRING_GRAM));
+      return grams.every((g) => g.length === STRING_GRAM) ? grams.map((g) => stringGramKey(type, info.code, g)) : undefined;
+    }
     // starts-with (and :exact, a narrower question): the prefix rows of the folded value
     if (filter.operator !== Operator.EQUALS && filter.operator !== Operator.EXACT) return undefined;
     const prefixes = splitSearchOnComma(filter.value).map((v) => foldText(v).slice(0, STRING_PREFIX_MAX));
@@ -396,13 +419,17 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
   const generation = ctx.indexGeneration();
   /** Whether the store's index rows answer this parameter (params.ts, index generations). */
   const trusted = (info: ParamInfo, f?: Filter): boolean => info.indexable && info.since <= generation
-    && (f?.operator !== Operator.IDENTIFIER || REFERENCE_IDENTIFIER_SINCE <= generation);
-  const refFilters: { code: string; keys: string[] }[] = [];
+    && (f?.operator !== Operator.IDENTIFIER || REFERENCE_IDENTIFIER_SINCE <= generation)
+    && (f?.operator !== Operator.CONTAINS || STRING_CONTAINS_SINCE <= generation);
+  /** Index rows a candidate must have: `code` names the entry (EXISTS checks skip the driver's), `param` its parameter. */
+  const refFilters: { code: string; param: string; keys: string[] }[] = [];
   for (const f of filters) {
     const info = params.get(f.code)!;
     if ((info.kind === 'token' || info.kind === 'reference' || info.kind === 'uri' || info.kind === 'string') && trusted(info, f) && f.code !== '_id') {
       const keys = indexKeys(type, info, f);
-      if (keys) refFilters.push({ code: f.code, keys });
+      if (keys) refFilters.push({ code: f.code, param: f.code, keys });
+      // one `:contains` value: its middle and last pieces must be there too (`ller1` is in far fewer names than `lle`)
+      containsPieces(type, info, f).forEach((key, i) => refFilters.push({ code: `${f.code}:contains#${i}`, param: f.code, keys: [key] }));
     }
   }
   const exists = (skip?: { code: string }): { where: string[]; args: unknown[] } => {
@@ -445,14 +472,14 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
   // 4. a date range on an indexed date parameter; 4b. a quantity range (value-quantity=gt250|…|mg/dL).
   // A plain token (`code`, `status`) often holds most of a type: when a range is there too, the
   // index rows of each are counted (up to COUNT_PROBE) and the fewest drive the search.
-  const rank = (code: string): number => (params.get(code)!.kind === 'reference' ? 0 : code === 'identifier' ? 1 : 2);
-  const driver = [...refFilters].sort((a, b) => rank(a.code) - rank(b.code))[0];
+  const rank = (param: string): number => (params.get(param)!.kind === 'reference' ? 0 : param === 'identifier' ? 1 : 2);
+  const driver = [...refFilters].sort((a, b) => rank(a.param) - rank(b.param))[0];
   const ranges = [dateDriver(), quantityDriver()].filter((r): r is Ranged => r !== undefined);
   if (driver) {
     const extra = exists(driver);
     const keyed = { where: [`d.h IN (${driver.keys.map(() => '?').join(',')})`], args: driver.keys.map((k) => ctx.hash(k)) };
     const tokenPlan: Plan = { from: 'ix_ref d JOIN versions v ON v.seq = d.seq', where: [...keyed.where, ...extra.where], args: [...keyed.args, ...extra.args], orderBy: 'd.seq' };
-    if (rank(driver.code) < 2 || ranges.length === 0) return tokenPlan;
+    if (rank(driver.param) < 2 || ranges.length === 0) return tokenPlan;
     // Each side's own index rows (its plan without the EXISTS checks), counted up to a limit that
     // grows eightfold until one side falls below it: the cost follows the smaller side.
     const rowsOf = (plan: Plan, table: string, limit: number): number => rowsUpTo(`SELECT 1 FROM ${table} d WHERE ${plan.where.join(' AND ')}`, plan.args, limit)

@@ -1,7 +1,7 @@
 /**
  * String parameters (names, addresses) through the index (index generation 4): each part's folded
  * prefixes are keyed hashes in `ix_ref`, so `Patient?name=riv` is a key lookup, not a read of every
- * Patient. Answers are compared with the matching rule written out in the test, over a grid of
+ * Patient; since generation 7 each three-letter piece too, so `name:contains=ver` is one as well. Answers are compared with the matching rule written out in the test, over a grid of
  * values, cases, accents, `:exact`, `:contains` and alternatives; and with a store whose rows predate
  * the generation (matched without the index).
  */
@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseSearch } from '../../../src/fhir/search.js';
 import { EmbeddedRepository } from '../../../src/repository/embedded/index.js';
-import { INDEX_GENERATION, STRING_PREFIX_MAX, stringPrefixKey } from '../../../src/repository/embedded/params.js';
+import { INDEX_GENERATION, stringGramKey, STRING_PREFIX_MAX, stringPrefixKey } from '../../../src/repository/embedded/params.js';
 
 const FAMILIES = ['Rivera', 'Rivière', 'Okafor', 'Ó Briain', 'Nguyen', 'Ng', 'van der Berg', 'Abdul-Rahman', 'Kowalczykowska-Wiśniewska'];
 const GIVEN = ['Ana', 'Anaïs', 'Ben', 'Chloé', 'Dmitri'];
@@ -78,6 +78,37 @@ describe('string parameters through the prefix index', () => {
     expect('kowalczykowska-wisniewska'.length).toBeGreaterThan(STRING_PREFIX_MAX);
   });
 
+  it('a :contains search of 3 or more letters is a key lookup too (the rows of three of its pieces, generation 7)', async () => {
+    for (const value of ['ver', 'IVI', 'guy', 'der b', 'wisniew', 'ller1', 'ana,fora', 'rah']) {
+      expect([value, (await search({ 'name:contains': value }, 5)).map((r) => r.id!).sort()]).toEqual([value, expected(value, 'contains', 'name')]);
+      expect([value, (await search({ 'family:contains': value }, 5)).map((r) => r.id!).sort()]).toEqual([value, expected(value, 'contains', 'family')]);
+    }
+    expect(expected('ver', 'contains', 'name').length).toBeGreaterThan(0);
+    // shorter values have no piece to look up: matched on every candidate, so refused under the limit
+    await expect(search({ 'name:contains': 'er' }, 5)).rejects.toThrow(/would examine more than 5 Patient resources/);
+    expect((await search({ 'name:contains': 'er' })).map((r) => r.id!).sort()).toEqual(expected('er', 'contains', 'name'));
+  });
+
+  it('a store of generation 6 answers :contains the same without the pieces, and through them after the rebuild', async () => {
+    const before = (await search({ 'name:contains': 'guy' })).map((r) => r.id!).sort();
+    expect(before).toEqual(expected('guy', 'contains', 'name'));
+    // what a store written before generation 7 is: no piece rows, generation 6 recorded
+    const internals = repo as unknown as { keys: { hash(v: string): number }; db: Database.Database };
+    const hashes = ['guy', 'ver', 'ana'].map((v) => internals.keys.hash(stringGramKey('Patient', 'name', v)));
+    internals.db.prepare(`DELETE FROM ix_ref WHERE h IN (${hashes.map(() => '?').join(',')})`).run(...hashes);
+    internals.db.prepare("UPDATE meta SET v = '6' WHERE k = 'index-generation'").run();
+    await repo.close();
+    repo = await EmbeddedRepository.open({ dataDir });
+    expect(repo.indexGeneration).toBe(6);
+    // not trusted: the candidates are matched, so the answer stays and the scan limit refuses it
+    expect((await search({ 'name:contains': 'guy' })).map((r) => r.id!).sort()).toEqual(before);
+    await expect(search({ 'name:contains': 'guy' }, 5)).rejects.toThrow(/would examine more than 5 Patient resources/);
+    // starts-with is still a lookup (its rows are from generation 4)
+    expect((await search({ name: 'nguyen' }, 5)).map((r) => r.id!).sort()).toEqual(expected('nguyen', '', 'name'));
+    expect((await repo.reindex()).generation).toBe(INDEX_GENERATION);
+    expect((await search({ 'name:contains': 'guy' }, 5)).map((r) => r.id!).sort()).toEqual(before);
+  });
+
   it('a store whose rows predate string indexing (generation 3) answers the same, matching without the index', async () => {
     const before = new Map<string, string[]>();
     for (const value of ['riv', 'ó b', 'ana,ben']) before.set(value, (await search({ name: value })).map((r) => r.id!).sort());
@@ -92,15 +123,15 @@ describe('string parameters through the prefix index', () => {
     // trusting the index would find nothing; the planner does not trust it, so the answers stay
     for (const [value, ids] of before) expect([value, (await search({ name: value })).map((r) => r.id!).sort()]).toEqual([value, ids]);
     // the rebuild visits the types with parameters indexed since generation 3 (names; quantities in
-    // base units since 5; identifiers of references since 6, which insulin doses have), not
-    // Practitioners, which have only names and tokens, from generation 5
+    // base units since 5; identifiers of references since 6, which insulin doses have; the pieces of
+    // names since 7); from generation 6 only the types with string parameters, not insulin doses
     for (let i = 0; i < 5; i++) {
       await repo.create({ resourceType: 'MedicationAdministration', status: 'completed', medicationCodeableConcept: { text: 'insulin' }, subject: { reference: 'Patient/p' }, effectiveDateTime: '2026-01-01' });
       await repo.create({ resourceType: 'Practitioner', name: [{ family: `Lee${i}` }] });
     }
     expect(await repo.reindex()).toEqual({ versions: stored.length + 10, unreadable: 0, generation: INDEX_GENERATION });
     expect(repo.indexGeneration).toBe(INDEX_GENERATION);
-    (repo as unknown as { db: Database.Database }).db.prepare("UPDATE meta SET v = '5' WHERE k = 'index-generation'").run();
+    (repo as unknown as { db: Database.Database }).db.prepare("UPDATE meta SET v = '6' WHERE k = 'index-generation'").run();
     await repo.close();
     repo = await EmbeddedRepository.open({ dataDir });
     expect(await repo.reindex()).toEqual({ versions: stored.length + 5, unreadable: 0, generation: INDEX_GENERATION });
