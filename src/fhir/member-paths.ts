@@ -13,8 +13,9 @@
  * `isResource` and `removeDuplicates`; so does `where(resolve() is Patient)`, the filter of most
  * `patient` parameters (`resolve`, `where`, IsAtom and `fhirPathIs` there), on references whose
  * target type their text names. Any other atom (other functions such as `exists()`, comparisons,
- * indexers) is left to medplum's evaluator: the whole expression then goes through it. test/unit/fhir/member-paths.test.ts compares both on every parameter of
- * every type the embedded repository indexes.
+ * indexers) is left to medplum's evaluator: the whole expression then goes through it.
+ * test/unit/fhir/member-paths.test.ts compares both on every parameter of every type the embedded
+ * repository indexes.
  */
 import {
   AsAtom, DotAtom, evalFhirPathTyped, FhirPathAtom, FunctionAtom, getElementDefinitionFromElements, getTypedPropertyValue, isEmpty,
