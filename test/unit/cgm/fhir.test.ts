@@ -167,4 +167,32 @@ describe('shape-cached validation', () => {
     const noValue = check({ ...obs, valueQuantity: undefined });
     expect(noValue.map((i) => i.diagnostics).join()).toMatch(/value.exists\(\) or dataAbsentReason.exists\(\)/);
   });
+
+  test('leaves date-like text outside date elements to the full check (a device may be called "2019-G6 receiver")', () => {
+    const check = shapeCachedCheck((r) => validator.check(r));
+    const device = (name: string, manufactureDate?: string): Resource =>
+      ({ resourceType: 'Device', deviceName: [{ name, type: 'user-friendly-name' }], patient: { reference: 'Patient/p' }, ...(manufactureDate ? { manufactureDate } : {}) }) as Resource;
+    expect(check(device('Dexcom G6'))).toEqual([]);
+    expect(check(device('2019-G6 receiver'))).toEqual([]);
+    const before = check.fullChecks();
+    expect(check(device('2019-G6 receiver'))).toEqual([]);
+    expect(check.fullChecks()).toBe(before + 1); // never taken from the cache: the full check decides each time
+    // in a date element the same text is still wrong, cached shape or not
+    expect(check(device('Dexcom G6', '2019-01-02'))).toEqual([]);
+    expect(check(device('Dexcom G6', '2019-13-45')).some((i) => i.severity === 'error')).toBe(true);
+  });
+
+  test('names the path of each value invalid wherever it stands, when the full check says nothing', () => {
+    const check = shapeCachedCheck(() => []);
+    const issues = check({
+      resourceType: 'Observation', status: 'final', code: { text: 'x' }, effectiveDateTime: '2024-13-40T25:00:00Z',
+      component: [{ code: { text: 'a' } }, { code: { text: 'b' }, valueQuantity: { value: Infinity } }], note: [{ text: '  ' }],
+      device: { display: '2019-99 receiver' },
+    } as Resource);
+    expect(issues.map((i) => `${i.diagnostics} @ ${i.expression?.join()}`)).toEqual([
+      'invalid value at effectiveDateTime @ effectiveDateTime',
+      'invalid value at component[1].valueQuantity.value @ component[1].valueQuantity.value',
+      'invalid value at note[0].text @ note[0].text',
+    ]);
+  });
 });
