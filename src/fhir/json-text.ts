@@ -63,6 +63,9 @@ function entryText(entry: unknown): string {
   return `${text}}`;
 }
 
+/** The members of the router's searchset entries, in their order. */
+const ENTRY_MEMBERS = ['fullUrl', 'resource', 'search'];
+
 /** `{"mode":…}` texts of the entry search modes, written once each. */
 const SEARCH_TEXTS = new Map(['match', 'include', 'outcome'].map((mode) => [mode, JSON.stringify({ mode })]));
 
@@ -73,11 +76,8 @@ const SEARCH_TEXTS = new Map(['match', 'include', 'outcome'].map((mode) => [mode
  */
 function searchsetEntryShape(entry: Record<string, unknown>): string | undefined {
   let n = 0;
-  for (const key in entry) {
-    if (key !== (n === 0 ? 'fullUrl' : n === 1 ? 'resource' : n === 2 ? 'search' : undefined)) return undefined;
-    n++;
-  }
-  if (n !== 3 || typeof entry.fullUrl !== 'string') return undefined;
+  for (const key in entry) if (key !== ENTRY_MEMBERS[n++]) return undefined;
+  if (n !== ENTRY_MEMBERS.length || typeof entry.fullUrl !== 'string') return undefined;
   const search = entry.search as Record<string, unknown> | null;
   if (!search || typeof search !== 'object' || Object.getPrototypeOf(search) !== Object.prototype) return undefined;
   let members = 0;

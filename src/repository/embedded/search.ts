@@ -291,19 +291,25 @@ function checkReferenceParam(target: IncludeTarget, what: string): void {
 }
 
 /**
+ * The pieces a `:contains` value looks up (params.ts indexes every STRING_GRAM-character piece of a
+ * folded part): its first, middle and last, without repeats; none when it is shorter than a piece.
+ */
+function containsGrams(value: string): string[] {
+  const folded = foldText(value);
+  const last = folded.length - STRING_GRAM;
+  if (last < 0) return [];
+  const middle = Math.floor(last / 2);
+  return [...new Set([folded.slice(0, STRING_GRAM), folded.slice(middle, middle + STRING_GRAM), folded.slice(last)])];
+}
+
+/**
  * More keys a one-valued `:contains` filter's candidates must all have besides its first piece
- * (indexKeys): the pieces in the middle and at the end of the folded value, when they differ from it.
+ * (indexKeys): the pieces in the middle and at the end of the value.
  */
 function containsPieces(type: string, info: ParamInfo, filter: Filter): string[] {
   if (info.kind !== 'string' || filter.operator !== Operator.CONTAINS) return [];
   const values = splitSearchOnComma(filter.value);
-  if (values.length !== 1) return [];
-  const folded = foldText(values[0]!);
-  const last = folded.length - STRING_GRAM;
-  if (last <= 0) return [];
-  const pieces = new Set([folded.slice(Math.floor(last / 2), Math.floor(last / 2) + STRING_GRAM), folded.slice(last)]);
-  pieces.delete(folded.slice(0, STRING_GRAM));
-  return [...pieces].map((g) => stringGramKey(type, info.code, g));
+  return values.length === 1 ? containsGrams(values[0]!).slice(1).map((g) => stringGramKey(type, info.code, g)) : [];
 }
 
 /** Hash keys (`ix_ref`) that a token, reference, uri or string filter matches, or undefined when the index cannot narrow it. */
@@ -312,8 +318,8 @@ function indexKeys(type: string, info: ParamInfo, filter: Filter): string[] | un
     // :contains: the rows of the value's first piece (every part that contains the value has it);
     // a value shorter than a piece has none, and is matched on the candidates
     if (filter.operator === Operator.CONTAINS) {
-      const grams = splitSearchOnComma(filter.value).map((v) => foldText(v).slice(0, STRING_GRAM));
-      return grams.every((g) => g.length === STRING_GRAM) ? grams.map((g) => stringGramKey(type, info.code, g)) : undefined;
+      const firsts = splitSearchOnComma(filter.value).map((v) => containsGrams(v)[0]);
+      return firsts.every((g) => g !== undefined) ? firsts.map((g) => stringGramKey(type, info.code, g!)) : undefined;
     }
     // starts-with (and :exact, a narrower question): the prefix rows of the folded value
     if (filter.operator !== Operator.EQUALS && filter.operator !== Operator.EXACT) return undefined;
