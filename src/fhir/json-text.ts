@@ -3,6 +3,7 @@
  * by entry, in pieces of ~16 kB, corked into one write with the headers.
  */
 import type { ServerResponse } from 'node:http';
+import { isDeferred } from '../repository/deferred.js';
 import { isImmutable, jsonTextOf } from '../repository/port.js';
 
 /** Text of a Bundle's entries is gathered into pieces of about this many characters. */
@@ -43,11 +44,11 @@ export function jsonChunks(body: unknown): string[] {
 /**
  * `JSON.stringify(entry)`, member by member so that an immutable entry resource (a version served
  * from the embedded repository's decoded cache) reuses the text worked out at its first
- * serialisation (`jsonTextOf`).
+ * serialisation, and a deferred one is written from its stored text (`jsonTextOf`).
  */
 function entryText(entry: unknown): string {
   const resource = (entry as { resource?: unknown } | null)?.resource;
-  if (!resource || typeof resource !== 'object' || !isImmutable(resource) || Array.isArray(entry) || typeof (entry as { toJSON?: unknown }).toJSON === 'function') {
+  if (!resource || typeof resource !== 'object' || !(isImmutable(resource) || isDeferred(resource)) || Array.isArray(entry) || typeof (entry as { toJSON?: unknown }).toJSON === 'function') {
     return JSON.stringify(entry) ?? 'null';
   }
   const searchText = searchsetEntryShape(entry as Record<string, unknown>);

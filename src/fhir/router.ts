@@ -13,6 +13,7 @@ import {
 } from '../errors.js';
 import type { Logger } from '../log.js';
 import { metrics } from '../observability/metrics.js';
+import { versionIdOf } from '../repository/deferred.js';
 import type { HistoryEntry, HistoryRequest, Repository, SearchOptions } from '../repository/port.js';
 import type { AccessContext } from './access.js';
 import { conditionalReferences, entryRequest, processBatch, processTransaction, refuseConditionalReferences, withReferencesResolved } from './bundles.js';
@@ -104,9 +105,12 @@ export class FhirRouter {
   private readonly pages: PageTokens;
   /** How the searches of requests run (the scan limit). */
   private readonly searchOptions: SearchOptions;
+  /** searchOptions for a search page (SearchOptions.deferred). */
+  private readonly deferredSearch: SearchOptions;
 
   constructor(private readonly options: FhirRouterOptions) {
     this.searchOptions = { scanLimit: options.searchScanLimit ?? 0 };
+    this.deferredSearch = { ...this.searchOptions, deferred: true };
     this.policy = options.policy ?? OPEN_POLICY;
     this.guards = options.guards ?? [];
     this.pages = new PageTokens(options.pageTokenKey);
@@ -555,10 +559,11 @@ export class FhirRouter {
     let withheld = 0;
     const scanLimit = this.searchOptions.scanLimit ?? 0;
     for (;;) {
-      const result = await this.options.repository.search({ ...narrowed, offset: repoOffset, count }, this.searchOptions);
+      // Matches are mostly passed on as they are: they may come deferred (parsed as far as guards read them).
+      const result = await this.options.repository.search({ ...narrowed, offset: repoOffset, count }, this.deferredSearch);
       const guarded = await this.guard(access, result.resources);
       // Guards may hand back copies (e.g. with an integrity tag): match them by version.
-      const key = (r: Resource): string => `${r.resourceType}/${r.id}/${r.meta?.versionId}`;
+      const key = (r: Resource): string => `${r.resourceType}/${r.id}/${versionIdOf(r)}`;
       const visible = new Map(guarded.allowed.map((r) => [key(r), r]));
       const filling = matches.allowed.length < count;
       for (let i = 0; i < result.resources.length; i++) {

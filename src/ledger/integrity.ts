@@ -21,6 +21,7 @@ import type { Logger } from 'pino';
 import type { AccessContext } from '../fhir/access.js';
 import type { GuardOptions, GuardResult, OutboundGuard } from '../fhir/policy.js';
 import { patientIdOfReference, patientIdsOf } from '../fhir/compartment.js';
+import { versionIdOf } from '../repository/deferred.js';
 import { canonicalTextOf, isImmutable } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
 import { hashPair, rootOfLeaves } from './merkle.js';
@@ -120,7 +121,7 @@ export class IntegrityChecker {
         results[at] = VERIFIED;
         return;
       }
-      const version = resource.meta?.versionId;
+      const version = versionIdOf(resource);
       if (!resource.id || !version) {
         results[at] = { status: 'unverified', reason: 'no-commitment' };
         return;

@@ -11,6 +11,7 @@
  */
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, Resource } from '@medplum/fhirtypes';
+import { builtObjectOf, deferredCanonicalText, deferredJsonText, isDeferred } from './deferred.js';
 
 /** How one search may run. */
 export interface SearchOptions {
@@ -22,6 +23,13 @@ export interface SearchOptions {
    * Undefined or 0: no limit (internal callers). An upstream server applies its own limits.
    */
   scanLimit?: number;
+  /**
+   * The caller mostly passes the matches on without reading them (the FHIR router's search page
+   * when no guard reads content): the embedded store may answer deferred resources
+   * (src/repository/deferred.ts), parsed only as far as they are read, their JSON cut from the
+   * stored text. Adapters without stored text ignore it.
+   */
+  deferred?: boolean;
 }
 
 /** One version of one resource. */
@@ -145,7 +153,9 @@ const canonicalTexts = new WeakMap<object, string>();
 
 /** The canonical text the adapter read or wrote this exact object from, if it has one. */
 export function canonicalTextOf(resource: Resource): string | undefined {
-  return canonicalTexts.get(resource);
+  const own = canonicalTexts.get(resource);
+  if (own !== undefined || !isDeferred(resource)) return own;
+  return deferredCanonicalText(resource) ?? canonicalTexts.get(builtObjectOf(resource));
 }
 
 /** Adapters: attach the canonical text behind a resource object they return. */
@@ -174,11 +184,13 @@ const jsonTexts = new WeakMap<object, string>();
 /**
  * `JSON.stringify(resource)`, kept with the object when it is immutable: a version read again from
  * the embedded repository's decoded cache is the same frozen object, so its text cannot have
- * changed (the text lives as long as the object; the cache counts it in its budget).
+ * changed (the text lives as long as the object; the cache counts it in its budget). A deferred
+ * resource's text is cut from its stored text (src/repository/deferred.ts).
  */
 export function jsonTextOf(resource: object): string {
   let text = jsonTexts.get(resource);
   if (text === undefined) {
+    if (isDeferred(resource)) return deferredJsonText(resource) ?? JSON.stringify(builtObjectOf(resource));
     text = JSON.stringify(resource);
     if (immutables.has(resource)) jsonTexts.set(resource, text);
   }

@@ -8,8 +8,11 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import request from 'supertest';
-import type { AuditEvent, Bundle, OperationOutcome, Patient } from '@medplum/fhirtypes';
+import { parseSearchRequest } from '@medplum/core';
+import type { AuditEvent, Bundle, Observation, OperationOutcome, Patient } from '@medplum/fhirtypes';
+import { OPEN_ACCESS } from '../../src/fhir/access.js';
 import { canonicalResourceText } from '../../src/ledger/canonical.js';
+import { isDeferred } from '../../src/repository/deferred.js';
 import { KeyRing, loadMasterKey, seal } from '../../src/repository/embedded/keys.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 
@@ -115,6 +118,62 @@ describe('embedded store', () => {
     expect(about.length).toBeGreaterThanOrEqual(4);
     expect(about[0]).toMatchObject({ outcome: '8', type: { code: '110113' } });
     expect(JSON.stringify(about[0])).not.toContain('Mallory');
+  });
+
+  it('answers a search page from the stored text (deferred resources) exactly as from parsed ones, and still withholds a tampered version', async () => {
+    const patient = await createPatient('Deferred');
+    const reading = (minute: number) => ({
+      resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '99504-3', display: 'Glucose \u2028 "CGM"' }] },
+      subject: { reference: `Patient/${patient.id}` }, effectiveDateTime: new Date(Date.parse('2026-04-01T00:00:00Z') + minute * 300_000).toISOString(),
+      valueQuantity: { value: 100.5 + minute, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+      ...(minute === 2 ? { meta: { security: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-Confidentiality', code: 'N' }] } } : {}),
+    });
+    const created: Observation[] = [];
+    for (let i = 0; i < 6; i++) {
+      const res = await request(t.app.http).post('/fhir/Observation').set('content-type', FHIR_JSON).send(reading(i));
+      expect(res.status).toBe(201);
+      created.push(res.body as Observation);
+    }
+    await t.app.ledger.anchorer.flush();
+    t.app.readCache?.clear();
+    const query = { patient: patient.id!, date: ['ge2026-04-01', 'lt2026-04-02'] };
+    // the router hands the page on deferred: never parsed whole on the way out
+    const routed = await t.app.fhir.handle({ method: 'GET', path: 'Observation', query, headers: {}, access: OPEN_ACCESS });
+    const routedEntries = (routed.body as Bundle).entry!;
+    expect(routedEntries).toHaveLength(6);
+    expect(routedEntries.every((e) => isDeferred(e.resource!))).toBe(true);
+
+    t.app.readCache?.clear();
+    const search = await request(t.app.http).get('/fhir/Observation').query(query);
+    expect(search.status).toBe(200);
+    const entries = (search.body as Bundle<Observation>).entry!;
+    // the same members in the same order as the repository's parsed versions, and as the creates answered
+    const direct = await t.app.repository.search(parseSearchRequest(`Observation?patient=${patient.id}&date=ge2026-04-01&date=lt2026-04-02`));
+    expect(direct.resources.some((r) => isDeferred(r))).toBe(false);
+    expect(entries.map((e) => JSON.stringify(e.resource))).toEqual(direct.resources.map((r) => JSON.stringify(r)));
+    expect(entries.map((e) => e.resource!.id)).toEqual(created.map((c) => c.id));
+    expect(entries.map((e) => integrityTags(e.resource!))).toEqual(created.map(() => []));
+    expect(entries[2]!.resource!.meta).toEqual(created[2]!.meta);
+
+    // changed behind the store's back: withheld on the deferred path too
+    const victim = created[4]!;
+    const db = new Database(path.join(t.dataDir, 'store', 'glucoguard.db'));
+    try {
+      const keys = new KeyRing(db, loadMasterKey(t.dataDir).key);
+      const changed = { ...victim, valueQuantity: { ...victim.valueQuantity, value: 39 } };
+      const body = seal(keys.keyFor(patient.id).key, Buffer.from(canonicalResourceText(changed)), `Observation/${victim.id}/1`);
+      expect(db.prepare("UPDATE versions SET body = ? WHERE type = 'Observation' AND id = ? AND version = 1").run(body, victim.id).changes).toBe(1);
+    } finally {
+      db.close();
+    }
+    t.app.readCache?.clear();
+    t.app.ledger.checker.clearCache();
+    const after = await request(t.app.http).get('/fhir/Observation').query(query);
+    const matches = (after.body as Bundle).entry!.filter((e) => e.search?.mode === 'match').map((e) => e.resource!.id);
+    expect(matches).toEqual(created.filter((c) => c !== victim).map((c) => c.id));
+    expect(JSON.stringify(after.body)).not.toContain('"value":39');
+    const outcome = (after.body as Bundle).entry!.find((e) => e.search?.mode === 'outcome')?.resource as OperationOutcome;
+    expect(outcome.issue!.some((i) => /integrity check/i.test(i.diagnostics!) && i.diagnostics!.includes(victim.id!))).toBe(true);
   });
 
   it('keeps a version tampered with before it was anchored from being served as verified later', async () => {

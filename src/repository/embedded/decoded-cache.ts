@@ -94,6 +94,18 @@ export class DecodedCache {
     return resource;
   }
 
+  /**
+   * For a reader that would rather not decode a row read for the first time (a deferred read): true
+   * when the row was read before (decode it and `set` it now), else notes this first read.
+   */
+  seenBefore(seq: number): boolean {
+    if (!this.enabled) return false;
+    if (this.seen.delete(seq)) return true;
+    if (this.seen.size >= SEEN_MAX) this.seen.clear();
+    this.seen.add(seq);
+    return false;
+  }
+
   /** Keeps `resource` (frozen here) as the decoding of `body` at row `seq`; answers it. */
   set(seq: number, body: Buffer, resource: Resource): Resource {
     if (!this.enabled) return resource;

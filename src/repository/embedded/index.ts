@@ -25,6 +25,7 @@ import type {
   HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchOptions, SearchResult, VersionKey, WriteResult,
 } from '../port.js';
 import { attachCanonicalText } from '../port.js';
+import { deferredResource } from '../deferred.js';
 import { canonicalResourceText } from '../../ledger/canonical.js';
 import { historyRows, TYPES_SQL, VERSION_KEYS_SQL } from './history.js';
 import { KeyRing, loadMasterKey, openText, seal } from './keys.js';
@@ -102,6 +103,7 @@ export class EmbeddedRepository implements Repository {
       hash: (value) => keys.hash(value),
       hashPair: (value) => keys.hashPair(value),
       decode: (row) => this.decode(row, this.decoded),
+      decodeDeferred: (row) => this.decodeDeferred(row, this.decoded),
       readCurrent: (type, id) => {
         const row = this.sql.currentOf.get(type, id);
         return row && row.method !== METHOD.DELETE ? this.decode(row, this.decoded) : undefined;
@@ -183,7 +185,7 @@ export class EmbeddedRepository implements Repository {
   async search(request: SearchRequest, options?: SearchOptions): Promise<SearchResult> {
     this.checkOpen();
     this.syncDecoded();
-    return runSearch(this.searchContext, request, options?.scanLimit);
+    return runSearch(this.searchContext, request, options?.scanLimit, options?.deferred);
   }
 
   /**
@@ -543,8 +545,35 @@ export class EmbeddedRepository implements Repository {
     if (hit) return hit;
     const text = openText(key, row.body, aad(row.type, row.id, row.version));
     if (text === undefined) return undefined;
-    const resource = parseBody(text, row);
+    const resource = parseStored(text, row);
     return cache ? cache.offer(row.seq, row.body, resource) : resource;
+  }
+
+  /**
+   * `decode` for a reader that may take a deferred resource (SearchOptions.deferred): a row read
+   * for the first time is decrypted and authenticated as always, and its text is parsed only as far
+   * as it is read (src/repository/deferred.ts). Rows in the decoded cache come from it; a row read
+   * before but not cached yet is decoded whole and cached, as `decode` does.
+   */
+  private decodeDeferred(row: VersionRow, cache: DecodedCache): Resource | undefined {
+    if (this.db.inTransaction) return this.decode(row);
+    if (row.light) {
+      if (!row.key_id || row.key_version === null || !this.keys.keyById(row.key_id, row.key_version)) return undefined;
+      const unchanged = cache.getUnchanged(row.seq);
+      if (unchanged) return unchanged;
+      const full = this.sql.bySeq.get(row.seq);
+      return full ? this.decodeDeferred(full, cache) : undefined;
+    }
+    if (!row.body || !row.key_id || row.key_version === null) return undefined;
+    const key = this.keys.keyById(row.key_id, row.key_version);
+    if (!key) return undefined;
+    const hit = cache.get(row.seq, row.body);
+    if (hit) return hit;
+    const text = openText(key, row.body, aad(row.type, row.id, row.version));
+    if (text === undefined) return undefined;
+    if (cache.seenBefore(row.seq)) return cache.set(row.seq, row.body, parseStored(text, row));
+    const meta = { versionId: String(row.version), lastUpdated: new Date(row.last_updated).toISOString() };
+    return deferredResource(text, meta, () => parseStored(text, row));
   }
 
   private decodeOrGone(row: VersionRow): Resource {
@@ -571,9 +600,10 @@ export class EmbeddedRepository implements Repository {
 /**
  * A stored body back to the resource: canonical text (keys sorted, no versionId/lastUpdated) gets
  * its meta from the row and resourceType/id/meta first again; bodies written before canonical
- * storage already carry meta.versionId and are returned as they are.
+ * storage already carry meta.versionId and are returned as they are. A deferred resource
+ * (src/repository/deferred.ts) stands for exactly this object.
  */
-function parseBody(text: string, row: VersionRow): Resource {
+export function parseStored(text: string, row: Pick<VersionRow, 'version' | 'last_updated'>): Resource {
   const parsed = JSON.parse(text) as Resource;
   if (parsed.meta?.versionId !== undefined) return parsed;
   const resource = Object.assign({ resourceType: parsed.resourceType, id: parsed.id, meta: undefined }, parsed) as Resource;

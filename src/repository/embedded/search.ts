@@ -40,6 +40,8 @@ export interface SearchContext {
   hashPair(value: string): [number, number];
   /** Decrypts a row; undefined when its key was erased or the row does not decrypt. */
   decode(row: VersionRow): Resource | undefined;
+  /** `decode` answering a deferred resource for a row read the first time (SearchOptions.deferred). */
+  decodeDeferred?(row: VersionRow): Resource | undefined;
   /** Current, non-deleted, readable resource or undefined. */
   readCurrent(type: string, id: string): Resource | undefined;
   /** A cached prepared statement. */
@@ -105,9 +107,10 @@ export const SELECT_LIGHT = 'SELECT v.seq, v.key_id, v.key_version, 1 AS light';
 /**
  * Runs a parsed search request. Throws ERR_INVALID for parameters this adapter does not support,
  * and (too-costly) once more than `scanLimit` candidates were examined beyond what the page needs
- * (SearchOptions.scanLimit; 0 = no limit).
+ * (SearchOptions.scanLimit; 0 = no limit). With `deferred`, matches that nothing here needs to read
+ * (every filter proven by the index, rows in the asked order, no includes) may come deferred.
  */
-export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit = 0): SearchResult {
+export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit = 0, deferred = false): SearchResult {
   const type = request.resourceType;
   const params = paramsFor(type);
   const asked = (request.filters ?? []).map((f) => normalizeFilter(type, params, f));
@@ -128,16 +131,18 @@ export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit 
   const plan = planSearch(ctx, type, params, filters, sortRules.length > 0 ? sortRules[0]! : undefined);
 
   const matches: Resource[] = [];
-  const isMatch = compileMatcher(params, filters.filter((f) => !plan.proven?.includes(f)));
+  const unproven = filters.filter((f) => !plan.proven?.includes(f));
+  const isMatch = compileMatcher(params, unproven);
   const seen = new Set<number>();
   let examined = 0;
+  let decode = (row: VersionRow): Resource | undefined => ctx.decode(row);
   const accept = (row: VersionRow): boolean => {
     if (seen.has(row.seq)) return false;
     seen.add(row.seq);
     if (scanLimit > 0 && ++examined - Math.min(matches.length, wanted) > scanLimit) {
       throw scanLimitExceeded(scanLimit, type);
     }
-    const resource = ctx.decode(row);
+    const resource = decode(row);
     if (!resource) return false;
     if (!isMatch(resource)) return false;
     matches.push(resource);
@@ -153,6 +158,11 @@ export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit 
   const statement = ctx.prepare(`${sql} LIMIT ? OFFSET ?`);
   const streamable = longRows.length === 0 && sortRules.length <= 1 &&
     (sortRules.length === 0 || (plan.yields?.code === sortRules[0]!.code && plan.yields.descending === !!sortRules[0]!.descending));
+
+  const decodeDeferred = ctx.decodeDeferred;
+  if (deferred && decodeDeferred && streamable && unproven.length === 0 && !request.include?.length && !request.revInclude?.length) {
+    decode = (row) => decodeDeferred(row);
+  }
 
   if (streamable) {
     // Batches rather than iterate(): far fewer native calls; most candidates match, so one
