@@ -207,7 +207,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     },
   });
   const scopes = new SmartScopePolicy();
-  const consent = createConsent({ dataDir: config.dataDir, masterKey, repository, validator, kv, chain: chain.client, logger });
+  const consent = createConsent({ dataDir: config.dataDir, masterKey, repository, validator, kv, chain: chain.client, logger, auditWindowMs: config.auditWindowMs });
   // A request needs both: the token's scopes AND the patient's consent.
   const policy = new ComposedPolicy([scopes, consent.policy]);
   const profilesByType: Record<string, string[]> = {};
@@ -227,6 +227,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     logger,
     policy,
     onResponse: (request, response) => consent.audit.record(request, response),
+    beforeAuditRead: () => consent.audit.flush(),
     guards: [scopes, consent.policy, ledger.guard],
     capabilityStatement: () => buildCapabilityStatement({
       fhirBase: base,

@@ -30,6 +30,11 @@ export interface Config {
    * it is refused as too costly (GLUCOGUARD_SEARCH_SCAN_LIMIT; 0 = no limit; see SearchOptions.scanLimit).
    */
   searchScanLimit: number;
+  /**
+   * How long the access log gathers AuditEvents into one write (GLUCOGUARD_AUDIT_WINDOW_MS, ms;
+   * 0 = the events of one event-loop turn; see src/audit/recorder.ts).
+   */
+  auditWindowMs: number;
   /** MiB of decoded resource versions the embedded repository keeps for repeated reads; 0 = off (GLUCOGUARD_READ_CACHE_MB). */
   readCacheMb: number;
   /**
@@ -206,6 +211,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     defaultPageSize: int(pick('GLUCOGUARD_PAGE_SIZE', 'defaultPageSize') ?? '50', 'GLUCOGUARD_PAGE_SIZE', 1, 10000, problems),
     maxPageSize: int(pick('GLUCOGUARD_MAX_PAGE_SIZE', 'maxPageSize') ?? '1000', 'GLUCOGUARD_MAX_PAGE_SIZE', 1, 100000, problems),
     searchScanLimit: int(pick('GLUCOGUARD_SEARCH_SCAN_LIMIT', 'searchScanLimit') ?? '20000', 'GLUCOGUARD_SEARCH_SCAN_LIMIT', 0, 1_000_000_000, problems),
+    auditWindowMs: int(pick('GLUCOGUARD_AUDIT_WINDOW_MS', 'auditWindowMs') ?? '50', 'GLUCOGUARD_AUDIT_WINDOW_MS', 0, 1000, problems),
     readCacheMb: int(pick('GLUCOGUARD_READ_CACHE_MB', 'readCacheMb') ?? '64', 'GLUCOGUARD_READ_CACHE_MB', 0, 65536, problems),
     storeMmapMb: int(pick('GLUCOGUARD_STORE_MMAP_MB', 'storeMmapMb') ?? '2047', 'GLUCOGUARD_STORE_MMAP_MB', 0, 2047, problems),
     auth,

@@ -2,7 +2,17 @@
  * The access log: one BALP AuditEvent per FHIR request that reached the facade, permitted or
  * denied, stored through the repository like any resource (so it is anchored and tamper-evident
  * with the rest). Recording happens after the response is built and never delays or fails it; a
- * failed write is logged server-side. `flush()` waits for queued and pending writes (tests, shutdown).
+ * failed write is logged server-side. `flush()` waits for queued and pending writes (readers of the
+ * access log, tests, shutdown).
+ *
+ * Events are stored in groups: those recorded within `windowMs` of the first one waiting
+ * (GLUCOGUARD_AUDIT_WINDOW_MS, 50 ms by default; at most MAX_BATCH) go in one write. Every write is
+ * a transaction in the store and one in the ledger's commitment store, and events of one client
+ * share most of their index rows: in a store of 1,000,000 readings one event alone cost ~0.7–1.1 ms,
+ * four together ~0.36–0.59 ms each, ten ~0.3 ms (bench/probes/audit-writes.mjs). The cost
+ * is that a process killed outright loses the events of its last window, as it loses the last
+ * commits of SQLite's WAL on a power cut; a shutdown flushes them. `windowMs` 0: the events of one
+ * turn of the event loop go together.
  */
 import type { AuditEvent } from '@medplum/fhirtypes';
 import { patientIdOfReference } from '../fhir/compartment.js';
@@ -16,38 +26,54 @@ import { auditEventOf, type BalpInteraction } from './balp.js';
 /** Most events stored in one write. */
 const MAX_BATCH = 500;
 
+export const DEFAULT_AUDIT_WINDOW_MS = 50;
+
 export class AuditRecorder {
   private readonly pending = new Set<Promise<unknown>>();
   private queue: AuditEvent[] = [];
-  private scheduled = false;
+  /** The drain waiting for the window to close (or for the next turn), if any. */
+  private scheduled: { cancel(): void } | undefined;
+  private readonly windowMs: number;
 
-  constructor(private readonly options: { repository: Repository; logger?: Logger; now?: () => number }) {}
+  constructor(private readonly options: { repository: Repository; logger?: Logger; now?: () => number; windowMs?: number }) {
+    this.windowMs = options.windowMs ?? DEFAULT_AUDIT_WINDOW_MS;
+  }
 
   /**
-   * Records one request (the FhirRouter's `onResponse`). Events of requests answered in the same
-   * turn of the event loop are stored together, in one write (one transaction per store) when the
-   * repository has a bulk path: under load that is most of what the access log costs.
+   * Records one request (the FhirRouter's `onResponse`). Events recorded within the window of the
+   * first one waiting are stored together, in one write (one transaction per store) when the
+   * repository has a bulk path.
    */
   record(request: FhirRequest, response: FhirResponse): void {
     const event = this.eventOf(request, response);
     if (!event) return;
     this.queue.push(event);
-    if (!this.scheduled) {
-      this.scheduled = true;
-      setImmediate(() => this.drain());
+    if (this.queue.length >= MAX_BATCH) this.schedule(0);
+    else if (!this.scheduled) this.schedule(this.windowMs);
+  }
+
+  /** Stores every queued event now and waits for every write in flight. */
+  async flush(): Promise<void> {
+    while (this.pending.size || this.queue.length) {
+      if (this.queue.length) this.drain();
+      await Promise.all([...this.pending]);
     }
   }
 
-  async flush(): Promise<void> {
-    while (this.pending.size || this.queue.length) {
-      if (this.queue.length && !this.scheduled) this.drain();
-      await Promise.all([...this.pending]);
-      if (this.queue.length) await new Promise((r) => setImmediate(r));
+  private schedule(delayMs: number): void {
+    this.scheduled?.cancel();
+    if (delayMs > 0) {
+      const timer = setTimeout(() => this.drain(), delayMs);
+      this.scheduled = { cancel: () => clearTimeout(timer) };
+    } else {
+      const immediate = setImmediate(() => this.drain());
+      this.scheduled = { cancel: () => clearImmediate(immediate) };
     }
   }
 
   private drain(): void {
-    this.scheduled = false;
+    this.scheduled?.cancel();
+    this.scheduled = undefined;
     const batch = this.queue.splice(0, MAX_BATCH);
     if (!batch.length) return;
     const repository = this.options.repository as Repository & { createMany?(resources: AuditEvent[]): Promise<unknown> };
@@ -59,10 +85,7 @@ export class AuditRecorder {
     });
     this.pending.add(write);
     void write.finally(() => this.pending.delete(write));
-    if (this.queue.length) {
-      this.scheduled = true;
-      setImmediate(() => this.drain());
-    }
+    if (this.queue.length) this.schedule(0);
   }
 
   eventOf(request: FhirRequest, response: FhirResponse): AuditEvent | undefined {

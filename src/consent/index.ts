@@ -46,6 +46,8 @@ export interface ConsentOptions {
   chain: ChainClient;
   logger?: Logger;
   now?: () => number;
+  /** The access log's write window (AuditRecorder). */
+  auditWindowMs?: number;
 }
 
 export function createConsent(options: ConsentOptions): Consent {
@@ -58,7 +60,7 @@ export function createConsent(options: ConsentOptions): Consent {
   const decisions = new ConsentDecisions({ ...options, registry, identity, keys, grants });
   const policy = new ConsentPolicy(decisions);
   const service = new ConsentService({ ...options, registry, identity, keys, decisions });
-  const audit = new AuditRecorder({ repository: options.repository, logger: options.logger, now: options.now });
+  const audit = new AuditRecorder({ repository: options.repository, logger: options.logger, now: options.now, windowMs: options.auditWindowMs });
   return {
     registry, identity, keys, guardians, grants, decisions, policy, service, audit,
     async attach(router) {

@@ -46,6 +46,12 @@ export interface FhirRouterOptions {
   logger?: Logger;
   /** Called once per handled request with its response (the access log); must not throw. */
   onResponse?: (request: FhirRequest, response: FhirResponse) => void;
+  /**
+   * Awaited before a request that may read AuditEvents (their type, compartment, system-level and
+   * Bundle requests, operations): the access log stores what `onResponse` recorded first, so its
+   * readers see every request answered before theirs.
+   */
+  beforeAuditRead?: () => Promise<void>;
 }
 
 /**
@@ -143,6 +149,7 @@ export class FhirRouter {
   async handle(request: FhirRequest): Promise<FhirResponse> {
     let response: FhirResponse;
     try {
+      if (this.options.beforeAuditRead && mayReadAuditEvents(request)) await this.options.beforeAuditRead();
       response = await this.dispatch(request);
     } catch (err) {
       response = errorToResponse(err, this.options.logger);
@@ -1147,6 +1154,17 @@ function jsonPatchBody(req: FhirRequest): { op: string; path: string }[] {
 function checkId(id: string): string {
   if (!FHIR_ID.test(id)) throw notFound('Not found');
   return id;
+}
+
+/**
+ * True unless the request plainly reads or writes one other resource type: `Type`, `Type/id`,
+ * `Type/id/_history…` or `Type/_search` for a Type other than AuditEvent.
+ */
+function mayReadAuditEvents(request: FhirRequest): boolean {
+  const parts = request.path.split('/');
+  const type = parts[0]!;
+  if (type === 'AuditEvent' || !/^[A-Z]/.test(type)) return true;
+  return parts.length > 1 && (parts[1]!.startsWith('$') || (parts.length > 2 && !parts[2]!.startsWith('_history')));
 }
 
 /** Media types of FHIR JSON request bodies. */

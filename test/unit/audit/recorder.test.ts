@@ -1,6 +1,7 @@
 /**
- * The access log's write path: events of requests answered in one turn of the event loop are stored
- * in one bulk write; none is lost when a write fails later ones; flush() waits for every queued event.
+ * The access log's write path: events recorded within the write window (or, with a window of 0, in
+ * one turn of the event loop) are stored in one bulk write; none is lost when a write fails later
+ * ones; flush() stores every queued event at once and waits for it.
  */
 import { describe, expect, it } from '@jest/globals';
 import type { AuditEvent, Resource } from '@medplum/fhirtypes';
@@ -46,6 +47,36 @@ describe('AuditRecorder', () => {
     await recorder.flush();
     expect(calls).toEqual([40]);
     expect(stored.map((e) => e.entity?.[0]?.what?.reference)).toEqual(Array.from({ length: 40 }, (_, i) => `Observation/o${i}`));
+  });
+
+  it('gathers the events of a window into one write, without a flush, and never holds one longer than the window', async () => {
+    const { repo, stored, calls } = fakeRepository();
+    const recorder = new AuditRecorder({ repository: repo, windowMs: 60 });
+    recorder.record(req(1), ok);
+    await new Promise((r) => setTimeout(r, 20));
+    recorder.record(req(2), ok);
+    recorder.record(req(3), ok);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(calls).toEqual([]);
+    await new Promise((r) => setTimeout(r, 80));
+    expect(calls).toEqual([3]);
+    expect(stored).toHaveLength(3);
+    // a new window opens with the next event
+    recorder.record(req(4), ok);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(calls).toEqual([3, 1]);
+  });
+
+  it('with a window of 0 writes the events of each turn of the event loop together', async () => {
+    const { repo, calls } = fakeRepository();
+    const recorder = new AuditRecorder({ repository: repo, windowMs: 0 });
+    recorder.record(req(1), ok);
+    recorder.record(req(2), ok);
+    await new Promise((r) => setImmediate(r));
+    recorder.record(req(3), ok);
+    await new Promise((r) => setTimeout(r, 30));
+    // two writes, of two events and of one (a single event is stored by create(), which answers first here)
+    expect([...calls].sort()).toEqual([1, 2]);
   });
 
   it('a failed write is logged and does not stop later events', async () => {
