@@ -1157,12 +1157,13 @@ function checkId(id: string): string {
 }
 
 /**
- * True unless the request plainly reads or writes one other resource type: `Type`, `Type/id`,
- * `Type/id/_history…` or `Type/_search` for a Type other than AuditEvent.
+ * True unless the request plainly reads or writes one other resource type (`Type`, `Type/id`,
+ * `Type/id/_history…` or `Type/_search` for a Type other than AuditEvent) or asks for `metadata`.
  */
 function mayReadAuditEvents(request: FhirRequest): boolean {
   const parts = request.path.split('/');
   const type = parts[0]!;
+  if (type === 'metadata') return false;
   if (type === 'AuditEvent' || !/^[A-Z]/.test(type)) return true;
   return parts.length > 1 && (parts[1]!.startsWith('$') || (parts.length > 2 && !parts[2]!.startsWith('_history')));
 }
