@@ -103,7 +103,7 @@ export class EmbeddedRepository implements Repository {
       hash: (value) => keys.hash(value),
       hashPair: (value) => keys.hashPair(value),
       decode: (row) => this.decode(row, this.decoded),
-      decodeDeferred: (row) => this.decodeDeferred(row, this.decoded),
+      decodeDeferred: (row) => this.decode(row, this.decoded, true),
       readCurrent: (type, id) => {
         const row = this.sql.currentOf.get(type, id);
         return row && row.method !== METHOD.DELETE ? this.decode(row, this.decoded) : undefined;
@@ -525,10 +525,15 @@ export class EmbeddedRepository implements Repository {
     this.sql.clearIx.run(seq);
   }
 
-  /** Decrypts and parses a row; with `cache`, a row decoded before from the same ciphertext comes from it. */
-  private decode(row: VersionRow, decodedCache?: DecodedCache): Resource | undefined {
+  /**
+   * Decrypts and parses a row; with `cache`, a row decoded before from the same ciphertext comes
+   * from it. With `deferred` (SearchOptions.deferred), a row read for the first time is decrypted
+   * and authenticated as always, and its text is parsed only as far as it is read
+   * (src/repository/deferred.ts); a row read before is decoded whole and cached at once.
+   */
+  private decode(row: VersionRow, decodedCache?: DecodedCache, deferred = false): Resource | undefined {
     // Reads inside a write transaction may see rows that are rolled back later (and whose seq is
-    // then reused): they never touch the cache.
+    // then reused): they never touch the cache, and are never deferred.
     const cache = decodedCache && !this.db.inTransaction ? decodedCache : undefined;
     if (row.light) {
       // read without its body (SELECT_LIGHT): from the cache, else fetched now
@@ -536,7 +541,7 @@ export class EmbeddedRepository implements Repository {
       const unchanged = cache?.getUnchanged(row.seq);
       if (unchanged) return unchanged;
       const full = this.sql.bySeq.get(row.seq);
-      return full ? this.decode(full, cache) : undefined;
+      return full ? this.decode(full, cache, deferred) : undefined;
     }
     if (!row.body || !row.key_id || row.key_version === null) return undefined;
     const key = this.keys.keyById(row.key_id, row.key_version);
@@ -545,35 +550,13 @@ export class EmbeddedRepository implements Repository {
     if (hit) return hit;
     const text = openText(key, row.body, aad(row.type, row.id, row.version));
     if (text === undefined) return undefined;
-    const resource = parseStored(text, row);
-    return cache ? cache.offer(row.seq, row.body, resource) : resource;
-  }
-
-  /**
-   * `decode` for a reader that may take a deferred resource (SearchOptions.deferred): a row read
-   * for the first time is decrypted and authenticated as always, and its text is parsed only as far
-   * as it is read (src/repository/deferred.ts). Rows in the decoded cache come from it; a row read
-   * before but not cached yet is decoded whole and cached, as `decode` does.
-   */
-  private decodeDeferred(row: VersionRow, cache: DecodedCache): Resource | undefined {
-    if (this.db.inTransaction) return this.decode(row);
-    if (row.light) {
-      if (!row.key_id || row.key_version === null || !this.keys.keyById(row.key_id, row.key_version)) return undefined;
-      const unchanged = cache.getUnchanged(row.seq);
-      if (unchanged) return unchanged;
-      const full = this.sql.bySeq.get(row.seq);
-      return full ? this.decodeDeferred(full, cache) : undefined;
+    if (deferred && cache && !cache.seenBefore(row.seq)) {
+      const meta = { versionId: String(row.version), lastUpdated: new Date(row.last_updated).toISOString() };
+      return deferredResource(text, meta, () => parseStored(text, row));
     }
-    if (!row.body || !row.key_id || row.key_version === null) return undefined;
-    const key = this.keys.keyById(row.key_id, row.key_version);
-    if (!key) return undefined;
-    const hit = cache.get(row.seq, row.body);
-    if (hit) return hit;
-    const text = openText(key, row.body, aad(row.type, row.id, row.version));
-    if (text === undefined) return undefined;
-    if (cache.seenBefore(row.seq)) return cache.set(row.seq, row.body, parseStored(text, row));
-    const meta = { versionId: String(row.version), lastUpdated: new Date(row.last_updated).toISOString() };
-    return deferredResource(text, meta, () => parseStored(text, row));
+    const resource = parseStored(text, row);
+    if (!cache) return resource;
+    return deferred ? cache.set(row.seq, row.body, resource) : cache.offer(row.seq, row.body, resource);
   }
 
   private decodeOrGone(row: VersionRow): Resource {

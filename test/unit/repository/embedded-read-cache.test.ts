@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { DecodedCache } from '../../../src/repository/embedded/decoded-cache.js';
 import { EmbeddedRepository } from '../../../src/repository/embedded/index.js';
+import { isDeferred } from '../../../src/repository/deferred.js';
 import { isImmutable, jsonTextOf } from '../../../src/repository/port.js';
 
 let dataDir: string;
@@ -53,6 +54,27 @@ function tamperStoredBody(id: string): void {
 }
 
 describe('decoded-version cache', () => {
+  it('with deferred reads: defers a version read the first time, caches it at the second, serves it from the cache after', async () => {
+    const created = [];
+    for (let i = 0; i < 3; i++) created.push((await repo.create(reading('p1', i))).resource);
+    const query = parseSearchRequest('Observation?patient=Patient/p1&date=ge2026-03-01&date=lt2026-03-02');
+    const first = (await repo.search(query, { deferred: true })).resources;
+    expect(first.map((r) => isDeferred(r))).toEqual([true, true, true]);
+    expect(repo.decoded.count).toBe(0);
+    const second = (await repo.search(query, { deferred: true })).resources;
+    expect(second.map((r) => isDeferred(r) || !isImmutable(r))).toEqual([false, false, false]);
+    expect(repo.decoded.count).toBe(3);
+    const third = (await repo.search(query, { deferred: true })).resources;
+    third.forEach((r, i) => expect(r).toBe(second[i]));
+    expect(second.map((r) => JSON.stringify(r))).toEqual(first.map((r) => jsonTextOf(r)));
+    expect(second.map((r) => r.id)).toEqual(created.map((r) => r.id));
+    // a filter the index does not prove is matched on the parsed resource: nothing deferred
+    repo.decoded.clear();
+    const matched = (await repo.search(parseSearchRequest('Observation?patient=Patient/p1&value-quantity=gt100'), { deferred: true })).resources;
+    expect(matched.length).toBe(2);
+    expect(matched.some((r) => isDeferred(r))).toBe(false);
+  });
+
   it('keeps a version from its second read on and answers later reads from the cache, equal to the first', async () => {
     const { resource } = await repo.create(reading('p1', 0));
     const first = await repo.read<Observation>('Observation', resource.id!);
