@@ -24,10 +24,10 @@ export interface SearchOptions {
    */
   scanLimit?: number;
   /**
-   * The caller mostly passes the matches on without reading them (the FHIR router's search page
-   * when no guard reads content): the embedded store may answer deferred resources
-   * (src/repository/deferred.ts), parsed only as far as they are read, their JSON cut from the
-   * stored text. Adapters without stored text ignore it.
+   * The caller reads little of the matches and passes them on (the FHIR router's search pages: the
+   * guards read a few members, the rest leaves as text): the embedded store may answer deferred
+   * resources (src/repository/deferred.ts), parsed only as far as they are read, their JSON cut
+   * from the stored text. Adapters without stored text ignore it.
    */
   deferred?: boolean;
 }
