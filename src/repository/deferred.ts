@@ -97,6 +97,8 @@ class DeferredHandler implements ProxyHandler<object> {
   built: Record<string | symbol, unknown> | undefined;
   /** The stored text's top-level members (topLevelMembers), once scanned. */
   private members: Members | undefined;
+  /** Where in `members` resourceType, id and meta are (meta: -1 when absent), found with them. */
+  private leading: { resourceType: number; id: number; meta: number } | undefined;
   /** Member values parsed so far, by name (the objects handed out; the whole object reuses them). */
   private values: Map<string, unknown> | undefined;
 
@@ -168,9 +170,7 @@ class DeferredHandler implements ProxyHandler<object> {
     const members = this.scanned();
     const text = this.text;
     if (!members || SPECIAL_NAME.test(text)) return undefined;
-    const resourceType = memberIndex(text, members, 'resourceType');
-    const id = memberIndex(text, members, 'id');
-    const meta = memberIndex(text, members, 'meta');
+    const { resourceType, id, meta } = this.leading!;
     let out = `{"resourceType":${text.slice(members[resourceType + 1]!, members[resourceType + 2]!)},"id":${text.slice(members[id + 1]!, members[id + 2]!)},"meta":`;
     const tail = `"versionId":${JSON.stringify(this.meta.versionId)},"lastUpdated":${JSON.stringify(this.meta.lastUpdated)}}`;
     out += meta < 0 || members[meta + 2]! - members[meta + 1]! === 2 ? `{${tail}` : `${text.slice(members[meta + 1]!, members[meta + 2]! - 1)},${tail}`;
@@ -191,9 +191,7 @@ class DeferredHandler implements ProxyHandler<object> {
       const name = memberName(text, members, m);
       return values.has(name) ? values.get(name) : JSON.parse(text.slice(members[m + 1]!, members[m + 2]!));
     };
-    const resourceType = memberIndex(text, members, 'resourceType');
-    const id = memberIndex(text, members, 'id');
-    const meta = memberIndex(text, members, 'meta');
+    const { resourceType, id, meta } = this.leading!;
     const out: Record<string, unknown> = {
       resourceType: value(resourceType),
       id: value(id),
@@ -217,20 +215,21 @@ class DeferredHandler implements ProxyHandler<object> {
     if (this.members === undefined) {
       const text = this.text;
       const members = topLevelMembers(text);
-      const meta = members ? memberIndex(text, members, 'meta') : -1;
-      const metaText = meta >= 0 ? text.slice(members![meta + 1]!, members![meta + 2]!) : '{}';
-      if (!members || memberIndex(text, members, 'resourceType') < 0 || memberIndex(text, members, 'id') < 0 ||
+      const leading = members && { resourceType: memberIndex(text, members, 'resourceType'), id: memberIndex(text, members, 'id'), meta: memberIndex(text, members, 'meta') };
+      const metaText = leading && leading.meta >= 0 ? text.slice(members![leading.meta + 1]!, members![leading.meta + 2]!) : '{}';
+      if (!members || !leading || leading.resourceType < 0 || leading.id < 0 ||
         metaText.charCodeAt(0) !== 0x7b || metaText.includes(OLD_FORMAT) || metaText.includes(COMPLETED)) {
         this.built = this.parse() as unknown as Record<string, unknown>;
         return undefined;
       }
       this.members = members;
+      this.leading = leading;
     }
     return this.members;
   }
 
   private metaValue(members: Members): unknown {
-    const meta = memberIndex(this.text, members, 'meta');
+    const meta = this.leading!.meta;
     const stored = meta >= 0 ? JSON.parse(this.text.slice(members[meta + 1]!, members[meta + 2]!)) as object : undefined;
     return { ...stored, versionId: this.meta.versionId, lastUpdated: this.meta.lastUpdated };
   }

@@ -159,9 +159,8 @@ export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit 
   const streamable = longRows.length === 0 && sortRules.length <= 1 &&
     (sortRules.length === 0 || (plan.yields?.code === sortRules[0]!.code && plan.yields.descending === !!sortRules[0]!.descending));
 
-  const decodeDeferred = ctx.decodeDeferred;
-  if (deferred && decodeDeferred && streamable && unproven.length === 0 && !request.include?.length && !request.revInclude?.length) {
-    decode = (row) => decodeDeferred(row);
+  if (deferred && ctx.decodeDeferred && streamable && unproven.length === 0 && !request.include?.length && !request.revInclude?.length) {
+    decode = (row) => ctx.decodeDeferred!(row);
   }
 
   if (streamable) {
