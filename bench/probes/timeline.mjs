@@ -1,0 +1,38 @@
+// The patient-day query over HTTP on a kept fhir-search store (DIR, default /tmp/fs1m-s16), 500 queries in rounds of 50: client p50, GC ms per request, and in the server the router, its guards, the repository search and the access log's writes (p50 and mean). NOAUDIT=1 records no AuditEvents.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+const D = path.resolve(process.env.D ?? 'dist');
+const { createApp } = await import(`${D}/src/app.js`);
+const { loadConfig } = await import(`${D}/src/config.js`);
+const { createLogger } = await import(`${D}/src/log.js`);
+const { HttpClient } = await import(`${D}/bench/http-client.js`);
+const { patientDayQuery } = await import(`${D}/bench/repository-load.js`);
+const dir = process.env.DIR ?? '/tmp/fs1m-s16';
+const setup = JSON.parse(readFileSync(path.join(dir, 'bench-setup.json'), 'utf8'));
+const app = await createApp(loadConfig({ ...process.env, GLUCOGUARD_DATA_DIR: dir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'silent', GLUCOGUARD_MAX_PAGE_SIZE: '1000', CHAIN_PORT: '0', CHAIN_BLOCK_PERIOD: '0' }), { logger: createLogger('silent') });
+await new Promise((r) => setTimeout(r, 3000));
+const N = Number(process.env.N ?? 500);
+const qs = Array.from({ length: N }, (_, i) => patientDayQuery(setup.patientIds[(i * 37) % setup.patientIds.length], new Date(Date.parse('2026-01-01T00:00:00Z') + ((i * 13) % setup.days) * 86400000).toISOString().slice(0, 10)));
+const server = app.http.listen(0, '127.0.0.1');
+await new Promise((r) => server.once('listening', r));
+const client = new HttpClient(server.address().port);
+const acc = {}; const add = (k, v) => { (acc[k] ??= []).push(v); };
+let cur = null;
+server.prependListener('request', (req, res) => { cur = { t0: performance.now() }; const c = cur; res.on('finish', () => { c.fin = performance.now(); add('req→finish', c.fin - c.t0); if (c.hs) add('req→handle', c.hs - c.t0); if (c.he) add('handle→finish', c.fin - c.he); }); });
+const wrap = (obj, name, key, mark) => { const f = obj[name].bind(obj); obj[name] = (...a) => { const t = performance.now(); if (mark && cur) cur[mark + 's'] = t; const r = f(...a); const end = () => { add(key, performance.now() - t); if (mark && cur) cur[mark + 'e'] = performance.now(); }; if (r && typeof r.then === 'function') return r.finally(end); end(); return r; }; };
+wrap(app.fhir, 'handle', 'handle', 'h');
+wrap(app.fhir.options.repository, 'search', 'repo.search');
+for (const [i, g] of app.fhir.guards.entries()) wrap(g, 'guard', 'guard' + i);
+const rec = app.consent.audit; if (process.env.NOAUDIT) rec.record = () => {}; wrap(rec, 'drain', 'audit.drain(sync)');
+const repo = app.ledger.repository; if (repo.createMany) wrap(repo, 'createMany', 'audit.createMany');
+wrap(repo, 'create', 'audit.create');
+let gcMs = 0; new PerformanceObserver((l) => { for (const e of l.getEntries()) gcMs += e.duration; }).observe({ entryTypes: ['gc'] });
+const h = monitorEventLoopDelay({ resolution: 1 }); 
+const times = [];
+for (let i = 0; i < N; i += 50) { app.readCache?.clear(); times.push(...(await client.run(qs.slice(i, i + 50).map((q) => `/fhir/${q}`))).times); }
+const p = (a) => { const t = a.slice(50).sort((x, y) => x - y); return t[Math.floor(t.length / 2)]?.toFixed(2); };
+const mean = (a) => (a.slice(50).reduce((x, y) => x + y, 0) / (a.length - 50)).toFixed(2);
+console.log('client p50', p(times), 'mean', mean(times), 'gc ms/req', (gcMs / N).toFixed(2));
+for (const [k, v] of Object.entries(acc)) console.log(k.padEnd(22), 'p50', p(v), 'mean', mean(v), 'n', v.length);
+await client.close(); server.close(); await app.close(); process.exit(0);
