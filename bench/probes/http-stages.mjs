@@ -1,18 +1,10 @@
 // HTTP facade vs direct repository call on a kept fhir-search store (DIR, default /tmp/fs200k): MODE=http|direct, N queries, STAGES=1 times the router, its guards and the repository search inside the server, PROF=1 writes <mode>.cpuprofile.
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
-const D = path.resolve(process.env.D ?? 'dist');
-const { createApp } = await import(`${D}/src/app.js`);
-const { loadConfig } = await import(`${D}/src/config.js`);
-const { createLogger } = await import(`${D}/src/log.js`);
+import { D, openKeptStore } from './kept-store.mjs';
 const { HttpClient } = await import(`${D}/bench/http-client.js`);
-const { patientDayQuery } = await import(`${D}/bench/repository-load.js`);
 const { parseSearchRequest } = await import('@medplum/core');
-const dir = process.env.DIR ?? '/tmp/fs200k';
-const setup = JSON.parse(readFileSync(path.join(dir, 'bench-setup.json'), 'utf8'));
-const app = await createApp(loadConfig({ ...process.env, GLUCOGUARD_DATA_DIR: dir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'silent', GLUCOGUARD_MAX_PAGE_SIZE: '1000', CHAIN_PORT: '0', CHAIN_BLOCK_PERIOD: '0' }), { logger: createLogger('silent') });
+const { app, queries } = await openKeptStore('/tmp/fs200k');
 const N = Number(process.env.N ?? 600);
-const qs = Array.from({ length: N }, (_, i) => patientDayQuery(setup.patientIds[(i * 37) % setup.patientIds.length], new Date(Date.parse('2026-01-01T00:00:00Z') + ((i * 13) % setup.days) * 86400000).toISOString().slice(0, 10)));
+const qs = queries(N);
 const server = app.http.listen(0, '127.0.0.1');
 await new Promise((r) => server.once('listening', r));
 const client = new HttpClient(server.address().port);

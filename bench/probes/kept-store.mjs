@@ -1,0 +1,20 @@
+// Shared by the probes that run on a kept fhir-search store: the compiled build (D, default dist/),
+// the app opened over DIR with auth off, and the bench's patient-day queries over its patients and days.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+
+export const D = path.resolve(process.env.D ?? 'dist');
+
+/** Opens the store in DIR (or `defaultDir`); `queries(n)` are the fhir-search bench's patient-day queries. */
+export async function openKeptStore(defaultDir) {
+  const { createApp } = await import(`${D}/src/app.js`);
+  const { loadConfig } = await import(`${D}/src/config.js`);
+  const { createLogger } = await import(`${D}/src/log.js`);
+  const { patientDayQuery } = await import(`${D}/bench/repository-load.js`);
+  const dir = process.env.DIR ?? defaultDir;
+  const setup = JSON.parse(readFileSync(path.join(dir, 'bench-setup.json'), 'utf8'));
+  const app = await createApp(loadConfig({ ...process.env, GLUCOGUARD_DATA_DIR: dir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'silent', GLUCOGUARD_MAX_PAGE_SIZE: '1000', CHAIN_PORT: '0', CHAIN_BLOCK_PERIOD: '0' }), { logger: createLogger('silent') });
+  const queries = (n) => Array.from({ length: n }, (_, i) => patientDayQuery(setup.patientIds[(i * 37) % setup.patientIds.length],
+    new Date(Date.parse('2026-01-01T00:00:00Z') + ((i * 13) % setup.days) * 86400000).toISOString().slice(0, 10)));
+  return { app, setup, dir, queries };
+}
