@@ -123,7 +123,7 @@ export class EmbeddedRepository implements Repository {
     try {
       const keys = db.transaction(() => new KeyRing(db, master.key))();
       const repo = new EmbeddedRepository(db, keys, prepareStatements(db), options.dataDir, file, options.readCacheBytes);
-      options.logger?.info({ adapter: 'embedded', file, masterKey: master.source }, 'repository opened');
+      options.logger?.info({ adapter: 'embedded', file }, 'repository opened'); // where the master key came from: the start-up summary (app.ts)
       if (repo.indexGeneration < INDEX_GENERATION) {
         options.logger?.warn({ indexGeneration: repo.indexGeneration, current: INDEX_GENERATION },
           `search parameters indexed since this store was written (${paramsIndexedSince(repo.indexGeneration).join(', ')}) `
