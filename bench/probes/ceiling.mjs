@@ -1,16 +1,11 @@
 // How far the facade is from the direct call with parts of its work taken out, on a kept fhir-search store (DIR, default /tmp/fs1m-s16):
-// rounds of 50 unseen patient-day queries, taking turns: direct repository call; HTTP as served; HTTP with the integrity guard answering
+// unseen patient-day queries, 25 per way and round, the ways taking turns: direct repository call; HTTP as served; HTTP with the integrity guard answering
 // "all proven" without checking; HTTP with that and no AuditEvents. Probe only: the stand-ins exist in this script, not in the product.
-import { D, openKeptStore } from './kept-store.mjs';
-const { HttpClient } = await import(`${D}/bench/http-client.js`);
+import { serveKeptStore } from './kept-store.mjs';
 const { parseSearchRequest } = await import('@medplum/core');
-const { app, queries } = await openKeptStore('/tmp/fs1m-s16');
-await new Promise((r) => setTimeout(r, 3000));
+const { app, queries, server, client } = await serveKeptStore('/tmp/fs1m-s16');
 const N = Number(process.env.N ?? 600);
 const qs = queries(N);
-const server = app.http.listen(0, '127.0.0.1');
-await new Promise((r) => server.once('listening', r));
-const client = new HttpClient(server.address().port);
 const guards = app.fhir.guards;
 const integrity = guards.findIndex((g) => g.constructor.name === 'IntegrityGuard');
 if (integrity < 0) throw new Error('no integrity guard');

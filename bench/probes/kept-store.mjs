@@ -18,3 +18,16 @@ export async function openKeptStore(defaultDir) {
     new Date(Date.parse('2026-01-01T00:00:00Z') + ((i * 13) % setup.days) * 86400000).toISOString().slice(0, 10)));
   return { app, setup, dir, queries };
 }
+
+/**
+ * The kept store's app serving HTTP on a loopback port, after `settleMs` (the start-up's background
+ * reads: roots, reindex checks), and a bench HttpClient (worker thread) pointed at it.
+ */
+export async function serveKeptStore(defaultDir, settleMs = 3000) {
+  const kept = await openKeptStore(defaultDir);
+  const { HttpClient } = await import(`${D}/bench/http-client.js`);
+  await new Promise((r) => setTimeout(r, settleMs));
+  const server = kept.app.http.listen(0, '127.0.0.1');
+  await new Promise((r) => server.once('listening', r));
+  return { ...kept, server, client: new HttpClient(server.address().port) };
+}

@@ -1,14 +1,9 @@
 // The patient-day query over HTTP on a kept fhir-search store (DIR, default /tmp/fs1m-s16), 500 queries in rounds of 50: client p50, GC ms per request, and in the server the router, its guards, the repository search and the access log's writes (p50 and mean). NOAUDIT=1 records no AuditEvents.
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
-import { D, openKeptStore } from './kept-store.mjs';
-const { HttpClient } = await import(`${D}/bench/http-client.js`);
-const { app, queries } = await openKeptStore('/tmp/fs1m-s16');
-await new Promise((r) => setTimeout(r, 3000));
+import { serveKeptStore } from './kept-store.mjs';
+const { app, queries, server, client } = await serveKeptStore('/tmp/fs1m-s16');
 const N = Number(process.env.N ?? 500);
 const qs = queries(N);
-const server = app.http.listen(0, '127.0.0.1');
-await new Promise((r) => server.once('listening', r));
-const client = new HttpClient(server.address().port);
 const acc = {}; const add = (k, v) => { (acc[k] ??= []).push(v); };
 let cur = null;
 server.prependListener('request', (req, res) => { cur = { t0: performance.now() }; const c = cur; res.on('finish', () => { c.fin = performance.now(); add('req→finish', c.fin - c.t0); if (c.hs) add('req→handle', c.hs - c.t0); if (c.he) add('handle→finish', c.fin - c.he); }); });

@@ -68,19 +68,25 @@ export function isFhirPathPatch(body: unknown): body is Parameters {
 
 /** Reads the operations of a FHIRPath Patch document; throws 400 for one that is malformed. */
 export function parseFhirPathPatch(body: Parameters): PatchOperation[] {
-  const parameters = body.parameter ?? [];
+  const parameters: unknown = body.parameter ?? [];
+  if (!Array.isArray(parameters)) throw badRequest('Parameters.parameter of a FHIRPath Patch document is a list of operations', 'Parameters.parameter');
   if (parameters.length === 0) throw badRequest('A FHIRPath Patch document has at least one operation parameter', 'Parameters.parameter');
   if (parameters.length > MAX_OPERATIONS) throw badRequest(`A FHIRPath Patch document has at most ${MAX_OPERATIONS} operations`, 'Parameters.parameter');
-  return parameters.map((p, i) => parseOperation(p, i));
+  return parameters.map((p: unknown, i) => parseOperation(p, i));
 }
 
-function parseOperation(p: ParametersParameter, i: number): PatchOperation {
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function parseOperation(p: unknown, i: number): PatchOperation {
   const where = `Parameters.parameter[${i}]`;
-  if (p.name !== 'operation' || !Array.isArray(p.part)) throw badRequest(`${where} is not an operation (a parameter named "operation" with parts)`, where);
+  if (!isObject(p) || p.name !== 'operation' || !Array.isArray(p.part)) throw badRequest(`${where} is not an operation (a parameter named "operation" with parts)`, where);
   const parts = new Map<string, ParametersParameter>();
-  for (const part of p.part) {
+  for (const part of p.part as unknown[]) {
+    if (!isObject(part)) throw badRequest(`${where}: each part of an operation is an object`, where);
     if (typeof part.name !== 'string' || parts.has(part.name)) throw badRequest(`${where}: each part of an operation is named, once`, where);
-    parts.set(part.name, part);
+    parts.set(part.name, part as unknown as ParametersParameter);
   }
   const type = parts.get('type')?.valueCode as OperationType | undefined;
   if (!type || !TYPES.includes(type)) throw badRequest(`${where}: type must be one of ${TYPES.join(', ')}`, `${where}.part`);
@@ -142,8 +148,8 @@ function valueOf(part: ParametersParameter, where: string): { value: unknown; ty
   }
   if (keys.length === 0 && Array.isArray(part.part) && part.part.length > 0) {
     const element: Record<string, unknown> = {};
-    for (const child of part.part) {
-      if (!isElementName(child.name)) throw badRequest(`${where}: the parts of a value are named by element names`, where);
+    for (const child of part.part as unknown[] as ParametersParameter[]) {
+      if (!isObject(child) || !isElementName(child.name)) throw badRequest(`${where}: the parts of a value are named by element names`, where);
       const { value } = valueOf(child, where);
       const existing = Object.hasOwn(element, child.name) ? element[child.name] : undefined;
       element[child.name] = existing === undefined ? value : Array.isArray(existing) ? [...existing, value] : [existing, value];

@@ -93,6 +93,8 @@ describe.each(REPOSITORY_ADAPTERS)('JSON Patch on the %s repository', (_adapter,
     ['an unknown op', [{ op: 'merge', path: '/status', value: 'final' }], JSON_PATCH, 400],
     ['a path into a prototype', [{ op: 'add', path: '/__proto__/polluted', value: true }], JSON_PATCH, 400],
     ['a from into a prototype', [{ op: 'copy', from: '/constructor/name', path: '/status' }], JSON_PATCH, 400],
+    ['a null operation', [null], JSON_PATCH, 400],
+    ['a document that is not a list', { op: 'replace', path: '/status', value: 'final' }, JSON_PATCH, 400],
   ])('refuses %s (%j) with %s… and changes nothing', async (_what, ops, type, status) => {
     const o = await create(reading(patientId, 120));
     const res = await patch(`Observation/${o.id}`, ops, type as string);
@@ -156,6 +158,8 @@ describe.each(REPOSITORY_ADAPTERS)('JSON Patch on the %s repository', (_adapter,
       [[operation('replace', 'Observation.id', { name: 'value', valueId: 'other-id' })], 422, /resourceType or id/],
       [[operation('merge', 'Observation.status')], 400, /type must be one of/],
       [[], 400, /at least one operation/],
+      // a fuzz counterexample that answered 500: JSON null where an operation was expected
+      [[null as unknown as object], 400, /is not an operation/],
     ];
     for (const [operations, status, message] of cases) {
       const bad = await fhirPatch(`Observation/${o.id}`, ...operations);

@@ -131,6 +131,13 @@ describe('FHIRPath Patch', () => {
     ['a path with a regular expression', doc(op('delete', "Patient.name.where(family.matches('(a+)+$'))"))],
     ['a path that traces', doc(op('delete', "Patient.name.trace('x')"))],
     ['a path that descends', doc(op('delete', 'Patient.descendants()'))],
+    // JSON null where the document has an object, and a parameter list that is not a list (a fuzz
+    // counterexample answered 500 for the first: `{"resourceType":"Parameters","parameter":[null]}`)
+    ['a null parameter', { resourceType: 'Parameters', parameter: [null] }],
+    ['a parameter list that is an object', { resourceType: 'Parameters', parameter: { name: 'operation' } }],
+    ['a parameter list that is a string', { resourceType: 'Parameters', parameter: 'operation' }],
+    ['a null part', doc({ name: 'operation', part: [{ name: 'type', valueCode: 'delete' }, null as unknown as Part] })],
+    ['a null part of a value', doc(op('add', 'Patient', { name: 'name', valueString: 'contact' }, { name: 'value', part: [null as unknown as Part] }))],
   ])('refuses %s as malformed (400)', (_what, body) => {
     let err: unknown;
     try {
