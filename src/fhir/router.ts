@@ -26,7 +26,7 @@ import { isSupportedType } from './resource-types.js';
 import { asksForTotal, parseSearch, type SearchParseOptions } from './search.js';
 import { parseSubsetting, subsetResource } from './subsetting.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
-import type { ProfileValidator } from './validation.js';
+import { assertWellFormed, type ProfileValidator } from './validation.js';
 
 export interface FhirRouterOptions {
   repository: Repository;
@@ -802,6 +802,7 @@ export class FhirRouter {
     const body = req.body;
     if (!isObject(body) || body.resourceType !== 'Bundle') throw badRequest('Expected a Bundle of type batch or transaction');
     const bundle = body as unknown as Bundle;
+    assertWellFormed(bundle);
     if (bundle.type === 'batch') return processBatch(bundle, req, (sub) => this.handle(sub));
     if (bundle.type === 'transaction') {
       const visible = req.access.kind === 'open' ? bundle : await this.visibleConditionals(req.access, bundle);
@@ -860,6 +861,8 @@ export class FhirRouter {
     const method = req.method === 'HEAD' ? 'GET' : req.method;
     if (!op.methods.includes(method)) throw methodNotAllowed(`$${op.name} does not support ${method}`);
     if (!op.authorizesItself) await this.policy.authorize(req.access, 'operation', route.type ?? '*');
+    // an operation's input (Parameters, or a Bundle) is read by its handler: values of the wrong kind are refused first
+    if (isObject(req.body) && (req.body.resourceType === 'Parameters' || req.body.resourceType === 'Bundle')) assertWellFormed(req.body as unknown as Resource);
     return op.handle(req, { resourceType: route.type, id: route.id });
   }
 

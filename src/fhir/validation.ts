@@ -6,9 +6,9 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { loadDataType, OperationOutcomeError, validateResource } from '@medplum/core';
-import type { OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
-import { unprocessable } from '../errors.js';
+import { crawlTypedValue, isPrimitiveType, loadDataType, OperationOutcomeError, validateResource, type InternalSchemaElement } from '@medplum/core';
+import type { Bundle, OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
+import { GlucoGuardError, unprocessable } from '../errors.js';
 import { loadFhirDefinitions } from './definitions.js';
 
 export class ProfileValidator {
@@ -41,6 +41,8 @@ export class ProfileValidator {
 
   /** Issues found (errors and warnings); empty when the resource is valid. Never throws for invalid input. */
   check(resource: Resource, extraProfiles: string[] = []): OperationOutcomeIssue[] {
+    const shape = jsonShapeIssues(resource);
+    if (shape.length) return shape;
     const issues: OperationOutcomeIssue[] = [];
     issues.push(...runValidator(resource));
     const wanted = new Set([...(resource.meta?.profile ?? []), ...extraProfiles]);
@@ -60,6 +62,173 @@ export class ProfileValidator {
     const errors = this.check(resource, extraProfiles).filter((i) => i.severity === 'error' || i.severity === 'fatal');
     if (errors.length) throw unprocessable(errors);
   }
+}
+
+/**
+ * JSON values of the wrong kind that @medplum/core's validator lets through (4.5): an object or a
+ * list where a primitive belongs (`"system": {}` — it reads the object as the primitive's
+ * extension part, which FHIR JSON keeps under `_system`), and a single value where a list belongs
+ * (`"profile": {}`). Everything after validation (indexing, search, consent) may rely on each
+ * value having the JSON kind of its FHIR type, so these are refused first, each with its path.
+ */
+export function jsonShapeIssues(resource: Resource): OperationOutcomeIssue[] {
+  // The verdict depends on the member names, the JSON kinds and the resource types alone, so a
+  // resource laid out like one that passed passes too (the walk costs ~80 µs for a CGM reading).
+  const layout = layoutOf(resource);
+  if (layout !== undefined && wellFormedLayouts.has(layout)) return [];
+  const issues: OperationOutcomeIssue[] = [];
+  shapeIssues(resource.resourceType, resource, resource.resourceType, issues);
+  if (!issues.length && layout !== undefined && wellFormedLayouts.size < MAX_LAYOUTS) wellFormedLayouts.add(layout);
+  return issues;
+}
+
+/** Layouts of resources found well-formed (jsonShapeIssues), up to MAX_LAYOUTS. */
+const wellFormedLayouts = new Set<string>();
+const MAX_LAYOUTS = 10_000;
+const MAX_LAYOUT_LENGTH = 4096;
+
+/**
+ * A resource's layout: its member names, the JSON kind of each value and every `resourceType`
+ * (which picks the schema of a contained or entry resource), nothing else of its values; undefined
+ * when it would be longer than MAX_LAYOUT_LENGTH (such resources are walked every time).
+ */
+function layoutOf(resource: Resource): string | undefined {
+  let out = '';
+  const visit = (value: unknown, key: string): boolean => {
+    if (out.length > MAX_LAYOUT_LENGTH) return false;
+    if (Array.isArray(value)) {
+      out += '[';
+      for (const item of value) if (!visit(item, '')) return false;
+      out += ']';
+    } else if (value === null) {
+      out += 'z';
+    } else if (typeof value === 'object') {
+      out += '{';
+      for (const [k, v] of Object.entries(value)) {
+        out += `${JSON.stringify(k)}:`;
+        if (!visit(v, k)) return false;
+      }
+      out += '}';
+    } else if (key === 'resourceType') {
+      out += JSON.stringify(value);
+    } else {
+      out += typeof value === 'string' ? 's' : typeof value === 'number' ? 'n' : typeof value === 'boolean' ? 'b' : '?';
+    }
+    return true;
+  };
+  return visit(resource, '') && out.length <= MAX_LAYOUT_LENGTH ? out : undefined;
+}
+
+/**
+ * jsonShapeIssues of a batch or transaction Bundle's envelope: the Bundle's own elements and each
+ * entry's (fullUrl, request…), its resource only as far as being an object. Each entry's resource
+ * is checked when its own write is (ProfileValidator.check), so one entry of a type this server does
+ * not know is answered for that entry, as a batch's entries are.
+ */
+export function envelopeShapeIssues(bundle: Bundle): OperationOutcomeIssue[] {
+  const issues: OperationOutcomeIssue[] = [];
+  shapeIssues('Bundle', { ...bundle, entry: undefined }, 'Bundle', issues);
+  const entries: unknown = bundle.entry;
+  if (entries === undefined) return issues;
+  if (!Array.isArray(entries)) return [...issues, shapeIssue('Bundle.entry', 'Invalid JSON type: expected a list for entry')];
+  entries.forEach((entry: unknown, i) => {
+    const at = `Bundle.entry[${i}]`;
+    if (!isPlainObject(entry)) {
+      issues.push(shapeIssue(at, 'Invalid JSON type: expected a BundleEntry object for entry'));
+      return;
+    }
+    if (entry.resource !== undefined && !isPlainObject(entry.resource)) issues.push(shapeIssue(`${at}.resource`, 'Invalid JSON type: expected a resource object for resource'));
+    shapeIssues('BundleEntry', { ...entry, resource: undefined }, at, issues);
+  });
+  return issues.slice(0, MAX_SHAPE_ISSUES);
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function shapeIssue(path: string, text: string): OperationOutcomeIssue {
+  return { severity: 'error', code: 'structure', diagnostics: text, expression: [path] };
+}
+
+/** Adds to `issues` the values of the wrong JSON kind in `value`, of FHIR type `type`, found at `path`. */
+function shapeIssues(type: string, value: unknown, path: string, issues: OperationOutcomeIssue[]): void {
+  const issue = (at: string, text: string): void => {
+    if (issues.length < MAX_SHAPE_ISSUES) issues.push(shapeIssue(at, text));
+  };
+  const before = issues.length;
+  try {
+    crawlTypedValue({ type, value }, {
+      visitProperty(parent, key, _path, _values, schema) {
+        const holder = parent.value as Record<string, unknown> | null | undefined;
+        if (!holder || typeof holder !== 'object') return;
+        // a choice element (`value[x]`) comes under the name of the type it holds (`valueString`)
+        const named = schema.elements[key];
+        const found = named ? { element: named, code: named.type.length === 1 ? named.type[0]!.code : undefined } : choiceElement(schema.elements, key);
+        if (!found) return;
+        const { element, code } = found;
+        const raw = holder[key];
+        if (raw === undefined) return;
+        const where = `${parent.path}.${key}`;
+        if (raw === null) {
+          // JSON null stands only in lists (of primitives with extensions under `_name`)
+          issue(where, `Invalid JSON type: ${key} is null`);
+          return;
+        }
+        if (!!element.isArray !== Array.isArray(raw)) {
+          issue(where, `Invalid JSON type: expected ${element.isArray ? 'a list' : 'a single value, not a list'} for ${key}`);
+          return;
+        }
+        if (code === undefined) return;
+        const kind = jsonKindOf(code);
+        for (const item of Array.isArray(raw) ? raw : [raw]) {
+          // null stands in a list of primitives whose extensions are in `_name`; anywhere else it is wrong
+          if (kind === 'object' ? item === null || typeof item !== 'object' || Array.isArray(item) : item !== null && typeof item !== kind) {
+            issue(where, `Invalid JSON type: expected ${kind === 'object' ? `a ${code} object` : `a ${code} value (JSON ${kind})`} for ${key}`);
+            return;
+          }
+        }
+      },
+    }, { skipMissingProperties: true, initialPath: path });
+  } catch {
+    // the crawler stops at some wrong kinds (null in a list of objects) before visiting them
+    if (issues.length === before) issue(path, 'Invalid resource structure: a value does not have the JSON kind its FHIR type needs');
+  }
+}
+
+const MAX_SHAPE_ISSUES = 50;
+
+/**
+ * Throws 400 listing each value of the wrong JSON kind (jsonShapeIssues) in a request's own
+ * resource — a batch or transaction Bundle, an operation's Parameters — before anything reads it.
+ */
+export function assertWellFormed(resource: Resource): void {
+  const issues = resource.resourceType === 'Bundle' ? envelopeShapeIssues(resource as Bundle) : jsonShapeIssues(resource);
+  if (issues.length) throw new GlucoGuardError('ERR_INVALID', `The ${resource.resourceType} is malformed`, issues);
+}
+
+/** The choice element (`value[x]`) a typed name (`valueString`) stands for, with that type; undefined for any other name. */
+function choiceElement(elements: Record<string, InternalSchemaElement>, key: string): { element: InternalSchemaElement; code: string } | undefined {
+  for (const [name, element] of Object.entries(elements)) {
+    if (!name.endsWith('[x]') || !key.startsWith(name.slice(0, -3))) continue;
+    const suffix = key.slice(name.length - 3);
+    const type = element.type.find((t) => `${t.code[0]!.toUpperCase()}${t.code.slice(1)}` === suffix);
+    if (type) return { element, code: type.code };
+  }
+  return undefined;
+}
+/** Types of FHIR's own primitives in the R4 definitions (Element.id, Extension.url, Resource.id): `System.String` and the like. */
+const SYSTEM_TYPES = 'http://hl7.org/fhirpath/System.';
+const NUMBER_TYPES = new Set(['integer', 'decimal', 'positiveInt', 'unsignedInt', 'integer64']);
+
+/** The JSON kind a value of FHIR type `code` has (json.html#primitive): booleans and numbers as such, other primitives as strings. */
+function jsonKindOf(code: string): 'string' | 'number' | 'boolean' | 'object' {
+  if (code.startsWith(SYSTEM_TYPES)) {
+    const name = code.slice(SYSTEM_TYPES.length);
+    return name === 'Boolean' ? 'boolean' : name === 'Integer' || name === 'Decimal' ? 'number' : 'string';
+  }
+  if (!isPrimitiveType(code)) return 'object';
+  return code === 'boolean' ? 'boolean' : NUMBER_TYPES.has(code) ? 'number' : 'string';
 }
 
 /**

@@ -95,9 +95,17 @@ describe('Patient/$match', () => {
     expect(await bad({ resourceType: 'Parameters', parameter: [] })).toMatch(/needs the Patient/);
     expect(await bad(params(patient('Rivera', 'Ana'), [{ name: 'count', valueInteger: 0 }]))).toMatch(/count \(1 to 100\)/);
     expect(await bad(params({ resourceType: 'Patient', gender: 'female' }))).toMatch(/needs an identifier, or a name/);
-    // malformed elements are a 400, never a 500
-    for (const broken of [{ name: 'Rivera' }, { name: [{ family: 'Rivera', given: 'Ana' }] }, { identifier: { value: '1' } }, { telecom: [null] }, { birthDate: 19800402 }]) {
-      expect(await bad(params({ resourceType: 'Patient', ...broken } as unknown as Patient))).toMatch(/must be lists of elements/);
+    // malformed elements are a 400, never a 500, naming the element: the router checks every
+    // operation's Parameters for values of the wrong JSON kind before $match reads them (it used
+    // to be $match's own "must be lists of elements", which named no element)
+    const broken: [object, string][] = [
+      [{ name: 'Rivera' }, 'resource.name'], [{ name: [{ family: 'Rivera', given: 'Ana' }] }, 'resource.name[0].given'],
+      [{ identifier: { value: '1' } }, 'resource.identifier'], [{ telecom: [null] }, 'resource.telecom'], [{ birthDate: 19800402 }, 'resource.birthDate'],
+    ];
+    for (const [elements, at] of broken) {
+      const outcome = JSON.parse(await bad(params({ resourceType: 'Patient', ...elements } as unknown as Patient))) as { issue: { diagnostics: string; expression: string[] }[] };
+      expect(outcome.issue[0]!.diagnostics).toMatch(/^Invalid JSON type/);
+      expect(outcome.issue[0]!.expression).toEqual([`Parameters.parameter[0].${at}`]);
     }
     const form = await t.app.fhir.handle({ method: 'POST', path: 'Patient/$match', query: {}, headers: { 'content-type': 'text/plain' }, body: 'x', access: OPEN_ACCESS });
     expect(form.status).toBe(415);

@@ -40,15 +40,22 @@ it('anchors every acknowledged version exactly once after kill -9 and restart', 
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   child = spawn(process.execPath, [BIN, 'serve'], {
-    env: { ...process.env, GLUCOGUARD_DATA_DIR: dataDir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'warn', PORT: String(port), GLUCOGUARD_HOST: '127.0.0.1',
+    env: { ...process.env, GLUCOGUARD_DATA_DIR: dataDir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'info', PORT: String(port), GLUCOGUARD_HOST: '127.0.0.1',
       GLUCOGUARD_BASE_URL: base, CHAIN_PORT: '0', CHAIN_BLOCK_PERIOD: '1' },
-    stdio: 'ignore',
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
+  // what the server said, for the failure message (a start that stalls once in a long while: say where)
+  let said = '';
+  const keep = (chunk: Buffer): void => {
+    said = (said + chunk.toString()).slice(-4000);
+  };
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
   const deadline = Date.now() + 60_000;
   for (;;) {
     const ok = await fetch(`${base}/healthz`).then((r) => r.ok, () => false);
     if (ok) break;
-    if (Date.now() > deadline || child.exitCode !== null) throw new Error('proxy did not start');
+    if (Date.now() > deadline || child.exitCode !== null) throw new Error(`proxy did not start (exit code ${child.exitCode}); it said:\n${said}`);
     await new Promise((r) => setTimeout(r, 100));
   }
   const acknowledged: string[] = [];

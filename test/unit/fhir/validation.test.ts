@@ -1,8 +1,8 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, test } from '@jest/globals';
-import type { Observation, Resource } from '@medplum/fhirtypes';
-import { ProfileValidator } from '../../../src/fhir/validation.js';
+import type { Bundle, Observation, Resource } from '@medplum/fhirtypes';
+import { envelopeShapeIssues, jsonShapeIssues, ProfileValidator } from '../../../src/fhir/validation.js';
 import { PROFILES_DIR, PACKAGE_ROOT } from '../../../src/paths.js';
 
 const fixtures = path.join(PACKAGE_ROOT, 'test/fixtures/cgm-ig');
@@ -80,3 +80,67 @@ describe('profile validation', () => {
     expect(issues.some((i) => i.severity === 'warning')).toBe(true);
   });
 });
+
+describe('JSON kinds medplum\'s validator lets through (jsonShapeIssues)', () => {
+  const reading = (extra: Record<string, unknown>): Resource => ({ resourceType: 'Observation', status: 'final', code: { text: 'glucose' }, ...extra } as Resource);
+  test.each([
+    ['an object for a uri', { resourceType: 'Patient', identifier: [{ system: {}, value: '2' }] }, 'Patient.identifier[0].system'],
+    ['a list for a single uri', { resourceType: 'Patient', identifier: [{ system: ['urn:a'], value: '2' }] }, 'Patient.identifier[0].system'],
+    ['an object for a list', { resourceType: 'Patient', meta: { profile: {} } }, 'Patient.meta.profile'],
+    ['a string for a list', { resourceType: 'Patient', meta: { profile: 'http://example.org/p' } }, 'Patient.meta.profile'],
+    ['an object for a date', { resourceType: 'Patient', birthDate: {} }, 'Patient.birthDate'],
+    ['a number for a string', { resourceType: 'Patient', name: [{ family: 12 }] }, 'Patient.name[0].family'],
+    ['a string for a boolean', { resourceType: 'Patient', active: 'true' }, 'Patient.active'],
+    ['null in a list of objects', { resourceType: 'Patient', name: [null] }, 'Patient.name'],
+    ['null for a single value', reading({ subject: null }), 'Observation.subject'],
+    ['an object for a reference string', reading({ subject: { reference: {} } }), 'Observation.subject.reference'],
+    ['an object for a decimal', reading({ valueQuantity: { value: {} } }), 'Observation.valueQuantity.value'],
+    ['an object for a choice element\'s string', reading({ valueString: {} }), 'Observation.valueString'],
+    ['a list for a single CodeableConcept', { resourceType: 'Observation', status: 'final', code: [{ text: 'g' }] }, 'Observation.code'],
+    ['a string for a CodeableConcept', { resourceType: 'Observation', status: 'final', code: 'g' }, 'Observation.code'],
+    ['an object inside a backbone element', reading({ component: [{ code: { text: {} }, valueString: 'v' }] }), 'Observation.component[0].code.text'],
+    ['an object inside a contained resource', reading({ contained: [{ resourceType: 'Patient', birthDate: {} }] }), 'Observation.contained[0].birthDate'],
+    ['an object for an extension\'s url', { resourceType: 'Patient', extension: [{ url: {}, valueString: 'x' }] }, 'Patient.extension[0].url'],
+  ])('%s is an issue at its path', (_what, resource, at) => {
+    const issues = jsonShapeIssues(resource as Resource);
+    expect(issues.map((i) => i.expression?.[0])).toContain(at);
+    expect(issues.every((i) => i.severity === 'error' && i.code === 'structure')).toBe(true);
+    // and the validator refuses it: the issue comes first, before medplum's checks
+    expect(validator.check(resource as Resource).some((i) => i.severity === 'error')).toBe(true);
+  });
+
+  test('well-formed JSON raises nothing: primitive extensions with null in a list, choice elements, contained resources, the IG examples', () => {
+    expect(jsonShapeIssues({ resourceType: 'Patient', name: [{ given: ['A', null] as unknown as string[], _given: [null, { extension: [{ url: 'http://example.org/x', valueString: 'y' }] }] } as never],
+      _birthDate: { extension: [{ url: 'http://example.org/x', valueBoolean: true }] }, active: true, multipleBirthInteger: 2 } as unknown as Resource)).toEqual([]);
+    expect(jsonShapeIssues(reading({ valueQuantity: { value: 104, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' }, effectiveDateTime: '2026-01-01T00:00:00Z',
+      contained: [{ resourceType: 'Device', id: 'd', deviceName: [{ name: 'CGM', type: 'user-friendly-name' }] }], device: { reference: '#d' } }))).toEqual([]);
+    for (const file of readdirSync(fixtures).filter((f) => f.endsWith('.json'))) expect([file, jsonShapeIssues(load(file))]).toEqual([file, []]);
+  });
+
+  test('a layout found well-formed is not walked again, and nothing else shares its verdict', () => {
+    const patient = (birthDate: unknown, contained?: unknown): Resource => ({ resourceType: 'Patient', birthDate, ...(contained ? { contained } : {}) } as Resource);
+    expect(jsonShapeIssues(patient('1970-01-01'))).toEqual([]);
+    expect(jsonShapeIssues(patient('1980-02-02'))).toEqual([]); // same layout
+    expect(jsonShapeIssues(patient({})).map((i) => i.expression?.[0])).toEqual(['Patient.birthDate']);
+    expect(jsonShapeIssues(patient(19700101)).map((i) => i.expression?.[0])).toEqual(['Patient.birthDate']);
+    // the same member names and kinds under another resource type are another layout
+    // (`name` is a string in an Organization, a list of HumanNames in a Patient)
+    expect(jsonShapeIssues(patient('1970-01-01', [{ resourceType: 'Organization', name: 'Clinic' }]))).toEqual([]);
+    expect(jsonShapeIssues(patient('1970-01-01', [{ resourceType: 'Patient', name: 'Clinic' }])).map((i) => i.expression?.[0])).toEqual(['Patient.contained[0].name']);
+  });
+
+  test('a batch Bundle\'s envelope: entries and requests are checked, an entry\'s resource only for being an object', () => {
+    const bundle = (entry: unknown): Bundle => ({ resourceType: 'Bundle', type: 'batch', entry } as Bundle);
+    const good = { request: { method: 'POST', url: 'Patient' }, resource: { resourceType: 'Patient' } };
+    expect(envelopeShapeIssues(bundle([good, { request: { method: 'GET', url: 'Patient?name=x' } }]))).toEqual([]);
+    // a resource of a type this server does not know is that entry's problem, answered in the batch
+    expect(envelopeShapeIssues(bundle([{ ...good, resource: { resourceType: 'NoSuchType', birthDate: {} } }]))).toEqual([]);
+    const at = (entry: unknown): (string | undefined)[] => envelopeShapeIssues(bundle(entry)).map((i) => i.expression?.[0]);
+    expect(at({})).toEqual(['Bundle.entry']);
+    expect(at([null])).toEqual(['Bundle.entry[0]']);
+    expect(at([{ ...good, request: { method: 'POST', url: 12 } }])).toEqual(['Bundle.entry[0].request.url']);
+    expect(at([good, { ...good, resource: 'Patient' }])).toEqual(['Bundle.entry[1].resource']);
+    expect(at([{ ...good, request: null }])).toEqual(['Bundle.entry[0].request']);
+  });
+});
+
