@@ -264,6 +264,8 @@ export class FhirRouter {
   private async handledWrite(req: FhirRequest, type: string, interaction: 'create' | 'update' | 'delete', id?: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, interaction, type);
     const handler = this.writeHandlers.get(type)!;
+    // validated like any write before the module reads it (422 listing the issues); the module's own checks follow
+    if (interaction !== 'delete' && isObject(req.body) && req.body.resourceType === type) this.options.validator.assertValid(req.body as unknown as Resource);
     if (interaction === 'create') return handler.create(req);
     return interaction === 'update' ? handler.update(req, id!) : handler.delete(req, id!);
   }

@@ -2,10 +2,12 @@
  * Request bodies with JSON null, or a value of the wrong JSON kind (an object, a list, a number, a
  * boolean), put in one place at a time, everywhere in a well-formed body, for every kind of body
  * the FHIR router reads: batch and transaction Bundles, operation Parameters (`$match`,
- * `$validate`, `$export`), `$submit-cgm-bundle`, creates, updates, JSON Patch, a Consent. None
- * answers 500; a refused one answers an OperationOutcome and stores nothing. (It began as a probe:
- * 53 of these 710 bodies answered 500 — medplum's validator took an object where a primitive
- * belongs, and the router read Parameters and Bundle entries of the wrong kind.)
+ * `$validate`, `$export`), `$submit-cgm-bundle`, creates of several types, an update, JSON Patch,
+ * a Consent and a Subscription (both written through their own modules). None answers 500; a
+ * refused one answers an OperationOutcome and stores nothing. (It began as a probe: 53 of the
+ * first 710 bodies answered 500 — medplum's validator took an object where a primitive belongs,
+ * and the router read Parameters and Bundle entries of the wrong kind — and then 12 of the
+ * Subscription's, which its module read before any validation.)
  */
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import type { Resource } from '@medplum/fhirtypes';
@@ -70,6 +72,15 @@ const SEEDS: [HttpMethod, string, Record<string, string>, unknown][] = [
   ['PATCH', 'Observation/__o__', { 'content-type': 'application/json-patch+json' }, [{ op: 'replace', path: '/status', value: 'amended' }, { op: 'add', path: '/note', value: [{ text: 'n' }] }]],
   ['POST', 'Consent', {}, { resourceType: 'Consent', status: 'active', scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] }, category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }], patient: { reference: 'Patient/__p__' }, provision: { type: 'permit', period: { start: '2026-01-01', end: '2026-02-01' }, actor: [{ role: { coding: [{ code: 'GRANTEE' }] }, reference: { reference: 'Practitioner/1' } }], data: [{ meaning: 'related', reference: { reference: 'Patient/__p__' } }] } }],
   ['POST', 'Patient/$export', {}, { resourceType: 'Parameters', parameter: [{ name: '_type', valueString: 'Observation' }, { name: '_since', valueInstant: '2026-01-01T00:00:00Z' }] }],
+  ['POST', 'Subscription', {}, { resourceType: 'Subscription', status: 'requested', reason: 'r', criteria: 'https://glucoguard.org/fhir/SubscriptionTopic/cgm-readings',
+    _criteria: { extension: [{ url: 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria', valueString: 'Observation?patient=Patient/__p__' }] },
+    channel: { type: 'rest-hook', endpoint: 'http://127.0.0.1:9/hook', payload: 'application/fhir+json', header: ['X-A: 1'],
+      extension: [{ url: 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period', valueUnsignedInt: 60 }],
+      _payload: { extension: [{ url: 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content', valueCode: 'id-only' }] } } }],
+  ['POST', 'Device', {}, { resourceType: 'Device', status: 'active', deviceName: [{ name: 'G7', type: 'user-friendly-name' }], patient: { reference: 'Patient/__p__' }, identifier: [{ system: 'urn:d', value: '1' }] }],
+  ['POST', 'MedicationAdministration', {}, { resourceType: 'MedicationAdministration', status: 'completed', subject: { reference: 'Patient/__p__' }, effectiveDateTime: '2026-01-01T08:00:00Z',
+    medicationCodeableConcept: { coding: [{ system: 'http://www.nlm.nih.gov/research/umls/rxnorm', code: '311034' }] }, dosage: { dose: { value: 4, unit: 'U', system: 'http://unitsofmeasure.org', code: '[iU]' } } }],
+  ['POST', 'DiagnosticReport', {}, { resourceType: 'DiagnosticReport', status: 'final', code: { text: 'AGP' }, subject: { reference: 'Patient/__p__' }, effectivePeriod: { start: '2026-01-01', end: '2026-01-14' }, result: [{ reference: 'Observation/__o__' }] }],
   ['POST', 'Observation/_search', { 'content-type': 'application/x-www-form-urlencoded' }, { patient: '__p__', date: 'ge2026-01-01' }],
 ];
 
