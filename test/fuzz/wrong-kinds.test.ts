@@ -81,6 +81,15 @@ const SEEDS: [HttpMethod, string, Record<string, string>, unknown][] = [
   ['POST', 'MedicationAdministration', {}, { resourceType: 'MedicationAdministration', status: 'completed', subject: { reference: 'Patient/__p__' }, effectiveDateTime: '2026-01-01T08:00:00Z',
     medicationCodeableConcept: { coding: [{ system: 'http://www.nlm.nih.gov/research/umls/rxnorm', code: '311034' }] }, dosage: { dose: { value: 4, unit: 'U', system: 'http://unitsofmeasure.org', code: '[iU]' } } }],
   ['POST', 'DiagnosticReport', {}, { resourceType: 'DiagnosticReport', status: 'final', code: { text: 'AGP' }, subject: { reference: 'Patient/__p__' }, effectivePeriod: { start: '2026-01-01', end: '2026-01-14' }, result: [{ reference: 'Observation/__o__' }] }],
+  ['PATCH', 'Observation/__o__', {}, { resourceType: 'Parameters', parameter: [
+    { name: 'operation', part: [{ name: 'type', valueCode: 'replace' }, { name: 'path', valueString: 'Observation.status' }, { name: 'value', valueCode: 'amended' }] },
+    { name: 'operation', part: [{ name: 'type', valueCode: 'add' }, { name: 'path', valueString: 'Observation' }, { name: 'name', valueString: 'note' }, { name: 'value', part: [{ name: 'text', valueString: 'n' }] }] }] }],
+  ['POST', 'Observation/$validate', {}, { resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '99504-3' }] }, subject: { reference: 'Patient/__p__' }, valueQuantity: { value: 1, unit: 'mg/dL' } }],
+  ['POST', '', {}, { resourceType: 'Bundle', type: 'batch', entry: [
+    { request: { method: 'PATCH', url: 'Observation/__o__' }, resource: { resourceType: 'Binary', contentType: 'application/json-patch+json', data: Buffer.from(JSON.stringify([{ op: 'replace', path: '/status', value: 'final' }])).toString('base64') } },
+    { request: { method: 'PUT', url: 'Patient/__p__', ifMatch: 'W/"1"' }, resource: { resourceType: 'Patient', id: '__p__', name: [{ family: 'N' }] } },
+    { request: { method: 'DELETE', url: 'Device?identifier=urn:d|none' } }] }],
+  ['PUT', 'Patient?identifier=urn:a|9', {}, { resourceType: 'Patient', identifier: [{ system: 'urn:a', value: '9' }], name: [{ family: 'C' }] }],
   ['POST', 'Observation/_search', { 'content-type': 'application/x-www-form-urlencoded' }, { patient: '__p__', date: 'ge2026-01-01' }],
 ];
 
