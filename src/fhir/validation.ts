@@ -10,6 +10,7 @@ import { crawlTypedValue, isPrimitiveType, loadDataType, OperationOutcomeError, 
 import type { Bundle, OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
 import { GlucoGuardError, unprocessable } from '../errors.js';
 import { loadFhirDefinitions } from './definitions.js';
+import { requiredCodes } from './required-codes.js';
 
 export class ProfileValidator {
   private readonly profiles = new Map<string, StructureDefinition>();
@@ -70,20 +71,63 @@ export class ProfileValidator {
  * extension part, which FHIR JSON keeps under `_system`), and a single value where a list belongs
  * (`"profile": {}`). Everything after validation (indexing, search, consent) may rely on each
  * value having the JSON kind of its FHIR type, so these are refused first, each with its path.
+ * Also what that validator does not check at all: a `code` outside the value set it is bound to
+ * with strength required (`"status": "bogus"`), where the value set can be listed here
+ * (src/fhir/required-codes.ts); issue code `code-invalid`, without repeating the code.
  */
 export function jsonShapeIssues(resource: Resource): OperationOutcomeIssue[] {
-  // The verdict depends on the member names, the JSON kinds and the resource types alone, so a
-  // resource laid out like one that passed passes too (the walk costs ~80 µs for a CGM reading).
+  // The JSON kinds depend on the member names, the kinds and the resource types alone, and so do
+  // the places of codes bound to a required value set: a resource laid out like one that passed has
+  // only its codes checked again (the walk costs ~80 µs for a CGM reading).
   const layout = layoutOf(resource);
-  if (layout !== undefined && wellFormedLayouts.has(layout)) return [];
+  const known = layout === undefined ? undefined : wellFormedLayouts.get(layout);
+  if (known) return codeIssuesAt(resource, known);
   const issues: OperationOutcomeIssue[] = [];
-  shapeIssues(resource.resourceType, resource, resource.resourceType, issues);
-  if (!issues.length && layout !== undefined && wellFormedLayouts.size < MAX_LAYOUTS) wellFormedLayouts.add(layout);
-  return issues;
+  const sites: CodeSite[] = [];
+  shapeIssues(resource.resourceType, resource, resource.resourceType, issues, sites);
+  if (!issues.length && layout !== undefined && wellFormedLayouts.size < MAX_LAYOUTS) wellFormedLayouts.set(layout, sites);
+  return issues.length ? issues : codeIssuesAt(resource, sites);
 }
 
-/** Layouts of resources found well-formed (jsonShapeIssues), up to MAX_LAYOUTS. */
-const wellFormedLayouts = new Set<string>();
+/**
+ * A `code` element bound to a required value set this server can list (src/fhir/required-codes.ts):
+ * the members and indexes leading to it from the resource, its path for an issue, its codes.
+ */
+interface CodeSite {
+  steps: (string | number)[];
+  at: string;
+  valueSet: string;
+  codes: ReadonlySet<string>;
+}
+
+/** Issues for the codes at `sites` of `resource` that are not in their value sets (the code itself is not repeated). */
+function codeIssuesAt(resource: Resource, sites: readonly CodeSite[]): OperationOutcomeIssue[] {
+  const issues: OperationOutcomeIssue[] = [];
+  for (const site of sites) {
+    let value: unknown = resource;
+    for (const step of site.steps) value = (value as Record<string | number, unknown> | undefined)?.[step];
+    if (typeof value === 'string' && !site.codes.has(value)) {
+      issues.push({ severity: 'error', code: 'code-invalid', diagnostics: `The code of ${site.at} is not in the value set it is bound to (${site.valueSet})`, expression: [site.at] });
+    }
+  }
+  return issues.slice(0, MAX_SHAPE_ISSUES);
+}
+
+/** The members and indexes of a crawler path below `root` (`Observation.component[0].code` below `Observation`). */
+function stepsOf(path: string, root: string): (string | number)[] {
+  const steps: (string | number)[] = [];
+  for (const segment of path.slice(root.length).split('.')) {
+    if (!segment) continue;
+    const m = /^([^[]+)(?:\[(\d+)\])?$/.exec(segment);
+    if (!m) return [];
+    steps.push(m[1]!);
+    if (m[2] !== undefined) steps.push(Number(m[2]));
+  }
+  return steps;
+}
+
+/** Layouts of resources found well-formed (jsonShapeIssues), with their code sites, up to MAX_LAYOUTS. */
+const wellFormedLayouts = new Map<string, CodeSite[]>();
 const MAX_LAYOUTS = 10_000;
 const MAX_LAYOUT_LENGTH = 4096;
 
@@ -127,7 +171,10 @@ function layoutOf(resource: Resource): string | undefined {
  */
 export function envelopeShapeIssues(bundle: Bundle): OperationOutcomeIssue[] {
   const issues: OperationOutcomeIssue[] = [];
-  shapeIssues('Bundle', { ...bundle, entry: undefined }, 'Bundle', issues);
+  const sites: CodeSite[] = [];
+  const bundleLevel = { ...bundle, entry: undefined };
+  shapeIssues('Bundle', bundleLevel, 'Bundle', issues, sites);
+  issues.push(...codeIssuesAt(bundleLevel as Resource, sites));
   const entries: unknown = bundle.entry;
   if (entries === undefined) return issues;
   if (!Array.isArray(entries)) return [...issues, shapeIssue('Bundle.entry', 'Invalid JSON type: expected a list for entry')];
@@ -138,7 +185,10 @@ export function envelopeShapeIssues(bundle: Bundle): OperationOutcomeIssue[] {
       return;
     }
     if (entry.resource !== undefined && !isPlainObject(entry.resource)) issues.push(shapeIssue(`${at}.resource`, 'Invalid JSON type: expected a resource object for resource'));
-    shapeIssues('BundleEntry', { ...entry, resource: undefined }, at, issues);
+    const entryLevel = { ...entry, resource: undefined };
+    const entrySites: CodeSite[] = [];
+    shapeIssues('BundleEntry', entryLevel, at, issues, entrySites);
+    issues.push(...codeIssuesAt(entryLevel as unknown as Resource, entrySites));
   });
   return issues.slice(0, MAX_SHAPE_ISSUES);
 }
@@ -151,8 +201,11 @@ function shapeIssue(path: string, text: string): OperationOutcomeIssue {
   return { severity: 'error', code: 'structure', diagnostics: text, expression: [path] };
 }
 
-/** Adds to `issues` the values of the wrong JSON kind in `value`, of FHIR type `type`, found at `path`. */
-function shapeIssues(type: string, value: unknown, path: string, issues: OperationOutcomeIssue[]): void {
+/**
+ * Adds to `issues` the values of the wrong JSON kind in `value`, of FHIR type `type`, found at
+ * `path`, and to `sites` the places of its codes bound to a required value set.
+ */
+function shapeIssues(type: string, value: unknown, path: string, issues: OperationOutcomeIssue[], sites: CodeSite[]): void {
   const issue = (at: string, text: string): void => {
     if (issues.length < MAX_SHAPE_ISSUES) issues.push(shapeIssue(at, text));
   };
@@ -187,6 +240,13 @@ function shapeIssues(type: string, value: unknown, path: string, issues: Operati
             issue(where, `Invalid JSON type: expected ${kind === 'object' ? `a ${code} object` : `a ${code} value (JSON ${kind})`} for ${key}`);
             return;
           }
+        }
+        const valueSet = code === 'code' && element.binding?.strength === 'required' ? element.binding.valueSet : undefined;
+        const codes = valueSet === undefined ? undefined : requiredCodes(valueSet);
+        if (codes) {
+          const steps = [...stepsOf(parent.path, path), key];
+          if (Array.isArray(raw)) raw.forEach((_, i) => sites.push({ steps: [...steps, i], at: `${where}[${i}]`, valueSet: valueSet!.split('|')[0]!, codes }));
+          else sites.push({ steps, at: where, valueSet: valueSet!.split('|')[0]!, codes });
         }
       },
     }, { skipMissingProperties: true, initialPath: path });

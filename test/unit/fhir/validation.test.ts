@@ -129,6 +129,21 @@ describe('JSON kinds medplum\'s validator lets through (jsonShapeIssues)', () =>
     expect(jsonShapeIssues(patient('1970-01-01', [{ resourceType: 'Patient', name: 'Clinic' }])).map((i) => i.expression?.[0])).toEqual(['Patient.contained[0].name']);
   });
 
+  test('a code outside the required value set it is bound to is an issue at its path, also in a layout seen before', () => {
+    const codes = (r: object): string[] => jsonShapeIssues(r as Resource).filter((i) => i.code === 'code-invalid').map((i) => i.expression![0]!);
+    expect(codes(reading({}))).toEqual([]);
+    expect(codes({ resourceType: 'Observation', status: 'bogus', code: { text: 'glucose' } })).toEqual(['Observation.status']); // same layout as the one above
+    expect(codes(reading({ valueQuantity: { value: 1, comparator: 'about' } }))).toEqual(['Observation.valueQuantity.comparator']);
+    expect(codes({ resourceType: 'Patient', name: [{ use: 'official' }, { use: 'nick' }] })).toEqual(['Patient.name[1].use']);
+    expect(codes(reading({ contained: [{ resourceType: 'Patient', gender: 'x' }] }))).toEqual(['Observation.contained[0].gender']);
+    // the issue does not repeat the code
+    expect(JSON.stringify(jsonShapeIssues({ resourceType: 'Patient', gender: 'secret-value' } as unknown as Resource))).not.toContain('secret-value');
+    // not checked: bindings that are not required (language: preferred), value sets that cannot be listed here (MIME types)
+    expect(codes({ resourceType: 'Patient', language: 'xx-nope', photo: [{ contentType: 'not/a-mime-type' }] })).toEqual([]);
+    // and the validator refuses what medplum's accepted
+    expect(validator.check({ resourceType: 'Observation', status: 'bogus', code: { text: 'g' } } as unknown as Resource).some((i) => i.severity === 'error')).toBe(true);
+  });
+
   test('a batch Bundle\'s envelope: entries and requests are checked, an entry\'s resource only for being an object', () => {
     const bundle = (entry: unknown): Bundle => ({ resourceType: 'Bundle', type: 'batch', entry } as Bundle);
     const good = { request: { method: 'POST', url: 'Patient' }, resource: { resourceType: 'Patient' } };
@@ -141,6 +156,8 @@ describe('JSON kinds medplum\'s validator lets through (jsonShapeIssues)', () =>
     expect(at([{ ...good, request: { method: 'POST', url: 12 } }])).toEqual(['Bundle.entry[0].request.url']);
     expect(at([good, { ...good, resource: 'Patient' }])).toEqual(['Bundle.entry[1].resource']);
     expect(at([{ ...good, request: null }])).toEqual(['Bundle.entry[0].request']);
+    expect(at([{ ...good, request: { method: 'FETCH', url: 'Patient' } }])).toEqual(['Bundle.entry[0].request.method']);
+    expect(envelopeShapeIssues({ resourceType: 'Bundle', type: 'batchy' } as unknown as Bundle).map((i) => i.expression?.[0])).toEqual(['Bundle.type']);
   });
 });
 
