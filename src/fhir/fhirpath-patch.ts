@@ -25,6 +25,7 @@ import type { OperationOutcomeIssue, Parameters, ParametersParameter, Resource }
 import fhirpath from 'fhirpath';
 import r4 from 'fhirpath/fhir-context/r4/index.js';
 import { badRequest } from '../errors.js';
+import { isJsonObject } from './validation.js';
 
 /** What a FHIRPath node answers about where it sits (fhirpath's ResourceNode with `resolveInternalTypes: false`). */
 interface Node {
@@ -75,16 +76,12 @@ export function parseFhirPathPatch(body: Parameters): PatchOperation[] {
   return parameters.map((p: unknown, i) => parseOperation(p, i));
 }
 
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
 function parseOperation(p: unknown, i: number): PatchOperation {
   const where = `Parameters.parameter[${i}]`;
-  if (!isObject(p) || p.name !== 'operation' || !Array.isArray(p.part)) throw badRequest(`${where} is not an operation (a parameter named "operation" with parts)`, where);
+  if (!isJsonObject(p) || p.name !== 'operation' || !Array.isArray(p.part)) throw badRequest(`${where} is not an operation (a parameter named "operation" with parts)`, where);
   const parts = new Map<string, ParametersParameter>();
   for (const part of p.part as unknown[]) {
-    if (!isObject(part)) throw badRequest(`${where}: each part of an operation is an object`, where);
+    if (!isJsonObject(part)) throw badRequest(`${where}: each part of an operation is an object`, where);
     if (typeof part.name !== 'string' || parts.has(part.name)) throw badRequest(`${where}: each part of an operation is named, once`, where);
     parts.set(part.name, part as unknown as ParametersParameter);
   }
@@ -149,7 +146,7 @@ function valueOf(part: ParametersParameter, where: string): { value: unknown; ty
   if (keys.length === 0 && Array.isArray(part.part) && part.part.length > 0) {
     const element: Record<string, unknown> = {};
     for (const child of part.part as unknown[] as ParametersParameter[]) {
-      if (!isObject(child) || !isElementName(child.name)) throw badRequest(`${where}: the parts of a value are named by element names`, where);
+      if (!isJsonObject(child) || !isElementName(child.name)) throw badRequest(`${where}: the parts of a value are named by element names`, where);
       const { value } = valueOf(child, where);
       const existing = Object.hasOwn(element, child.name) ? element[child.name] : undefined;
       element[child.name] = existing === undefined ? value : Array.isArray(existing) ? [...existing, value] : [existing, value];

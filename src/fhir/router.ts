@@ -26,7 +26,7 @@ import { isSupportedType } from './resource-types.js';
 import { asksForTotal, parseSearch, type SearchParseOptions } from './search.js';
 import { parseSubsetting, subsetResource } from './subsetting.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
-import { assertWellFormed, type ProfileValidator } from './validation.js';
+import { assertWellFormed, isJsonObject, type ProfileValidator } from './validation.js';
 
 export interface FhirRouterOptions {
   repository: Repository;
@@ -265,7 +265,7 @@ export class FhirRouter {
     await this.policy.authorize(req.access, interaction, type);
     const handler = this.writeHandlers.get(type)!;
     // validated like any write before the module reads it (422 listing the issues); the module's own checks follow
-    if (interaction !== 'delete' && isObject(req.body) && req.body.resourceType === type) this.options.validator.assertValid(req.body as unknown as Resource);
+    if (interaction !== 'delete' && isJsonObject(req.body) && req.body.resourceType === type) this.options.validator.assertValid(req.body as unknown as Resource);
     if (interaction === 'create') return handler.create(req);
     return interaction === 'update' ? handler.update(req, id!) : handler.delete(req, id!);
   }
@@ -802,7 +802,7 @@ export class FhirRouter {
 
   private async bundle(req: FhirRequest): Promise<FhirResponse> {
     const body = req.body;
-    if (!isObject(body) || body.resourceType !== 'Bundle') throw badRequest('Expected a Bundle of type batch or transaction');
+    if (!isJsonObject(body) || body.resourceType !== 'Bundle') throw badRequest('Expected a Bundle of type batch or transaction');
     const bundle = body as unknown as Bundle;
     assertWellFormed(bundle);
     if (bundle.type === 'batch') return processBatch(bundle, req, (sub) => this.handle(sub));
@@ -864,7 +864,7 @@ export class FhirRouter {
     if (!op.methods.includes(method)) throw methodNotAllowed(`$${op.name} does not support ${method}`);
     if (!op.authorizesItself) await this.policy.authorize(req.access, 'operation', route.type ?? '*');
     // an operation's input (Parameters, or a Bundle) is read by its handler: values of the wrong kind are refused first
-    if (isObject(req.body) && (req.body.resourceType === 'Parameters' || req.body.resourceType === 'Bundle')) assertWellFormed(req.body as unknown as Resource);
+    if (isJsonObject(req.body) && (req.body.resourceType === 'Parameters' || req.body.resourceType === 'Bundle')) assertWellFormed(req.body as unknown as Resource);
     return op.handle(req, { resourceType: route.type, id: route.id });
   }
 
@@ -1143,7 +1143,7 @@ function jsonPatchBody(req: FhirRequest): { op: string; path: string }[] {
   if (!Array.isArray(body) || body.length === 0) throw badRequest('A JSON Patch document is a non-empty array of operations');
   body.forEach((op: unknown, i) => {
     const o = op as { op?: unknown; path?: unknown } | null;
-    if (!isObject(o) || typeof o.op !== 'string' || !['add', 'remove', 'replace', 'move', 'copy', 'test'].includes(o.op) || typeof o.path !== 'string') {
+    if (!isJsonObject(o) || typeof o.op !== 'string' || !['add', 'remove', 'replace', 'move', 'copy', 'test'].includes(o.op) || typeof o.path !== 'string') {
       throw badRequest(`Patch operation ${i} needs an op (add, remove, replace, move, copy or test) and a path`, `[${i}]`);
     }
     // no FHIR element has these names; as pointer tokens they would reach object prototypes
@@ -1187,7 +1187,7 @@ export function requireFhirJson(req: FhirRequest): void {
 function resourceBody(req: FhirRequest, type: string): Resource {
   requireFhirJson(req);
   const body = req.body;
-  if (!isObject(body)) throw badRequest('The body must be a JSON object holding a FHIR resource');
+  if (!isJsonObject(body)) throw badRequest('The body must be a JSON object holding a FHIR resource');
   if (body.resourceType !== type) throw badRequest(`The body's resourceType must be ${type}`, 'resourceType');
   return structuredClone(body) as unknown as Resource;
 }
@@ -1223,9 +1223,6 @@ function single(v: string | string[] | undefined): string | undefined {
   return v;
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 /**
  * Conditional read (http.html#cread, RFC 9110 §13.1.2–3), decided only after the guards passed the

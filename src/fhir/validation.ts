@@ -171,29 +171,30 @@ function layoutOf(resource: Resource): string | undefined {
  */
 export function envelopeShapeIssues(bundle: Bundle): OperationOutcomeIssue[] {
   const issues: OperationOutcomeIssue[] = [];
-  const sites: CodeSite[] = [];
-  const bundleLevel = { ...bundle, entry: undefined };
-  shapeIssues('Bundle', bundleLevel, 'Bundle', issues, sites);
-  issues.push(...codeIssuesAt(bundleLevel as Resource, sites));
+  // each part walked on its own, its codes checked at once (no layout cache for envelopes)
+  const walk = (type: string, value: Record<string, unknown>, path: string): void => {
+    const sites: CodeSite[] = [];
+    shapeIssues(type, value, path, issues, sites);
+    issues.push(...codeIssuesAt(value as unknown as Resource, sites));
+  };
+  walk('Bundle', { ...bundle, entry: undefined }, 'Bundle');
   const entries: unknown = bundle.entry;
   if (entries === undefined) return issues;
   if (!Array.isArray(entries)) return [...issues, shapeIssue('Bundle.entry', 'Invalid JSON type: expected a list for entry')];
   entries.forEach((entry: unknown, i) => {
     const at = `Bundle.entry[${i}]`;
-    if (!isPlainObject(entry)) {
+    if (!isJsonObject(entry)) {
       issues.push(shapeIssue(at, 'Invalid JSON type: expected a BundleEntry object for entry'));
       return;
     }
-    if (entry.resource !== undefined && !isPlainObject(entry.resource)) issues.push(shapeIssue(`${at}.resource`, 'Invalid JSON type: expected a resource object for resource'));
-    const entryLevel = { ...entry, resource: undefined };
-    const entrySites: CodeSite[] = [];
-    shapeIssues('BundleEntry', entryLevel, at, issues, entrySites);
-    issues.push(...codeIssuesAt(entryLevel as unknown as Resource, entrySites));
+    if (entry.resource !== undefined && !isJsonObject(entry.resource)) issues.push(shapeIssue(`${at}.resource`, 'Invalid JSON type: expected a resource object for resource'));
+    walk('BundleEntry', { ...entry, resource: undefined }, at);
   });
   return issues.slice(0, MAX_SHAPE_ISSUES);
 }
 
-function isPlainObject(value: unknown): value is Record<string, unknown> {
+/** A JSON object (not null, not a list). */
+export function isJsonObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
@@ -245,8 +246,9 @@ function shapeIssues(type: string, value: unknown, path: string, issues: Operati
         const codes = valueSet === undefined ? undefined : requiredCodes(valueSet);
         if (codes) {
           const steps = [...stepsOf(parent.path, path), key];
-          if (Array.isArray(raw)) raw.forEach((_, i) => sites.push({ steps: [...steps, i], at: `${where}[${i}]`, valueSet: valueSet!.split('|')[0]!, codes }));
-          else sites.push({ steps, at: where, valueSet: valueSet!.split('|')[0]!, codes });
+          const url = valueSet!.split('|')[0]!;
+          if (Array.isArray(raw)) raw.forEach((_, i) => sites.push({ steps: [...steps, i], at: `${where}[${i}]`, valueSet: url, codes }));
+          else sites.push({ steps, at: where, valueSet: url, codes });
         }
       },
     }, { skipMissingProperties: true, initialPath: path });
@@ -277,6 +279,7 @@ function choiceElement(elements: Record<string, InternalSchemaElement>, key: str
   }
   return undefined;
 }
+
 /** Types of FHIR's own primitives in the R4 definitions (Element.id, Extension.url, Resource.id): `System.String` and the like. */
 const SYSTEM_TYPES = 'http://hl7.org/fhirpath/System.';
 const NUMBER_TYPES = new Set(['integer', 'decimal', 'positiveInt', 'unsignedInt', 'integer64']);

@@ -31,11 +31,11 @@ export interface DataKey {
 }
 
 /** Reads the master key from options or from `<dataDir>/keys/master.key`, creating that file (0600) on first start. */
-export function loadMasterKey(dataDir: string, masterKey?: string): { key: Buffer; source: 'option' | 'file' } {
+export function loadMasterKey(dataDir: string, masterKey?: string): { key: Buffer } {
   if (masterKey !== undefined) {
     const key = Buffer.from(masterKey, 'base64');
     if (key.length !== 32) throw new Error('master key must be 32 bytes, base64-encoded');
-    return { key, source: 'option' };
+    return { key };
   }
   const dir = path.join(dataDir, 'keys');
   const file = path.join(dir, 'master.key');
@@ -46,7 +46,7 @@ export function loadMasterKey(dataDir: string, masterKey?: string): { key: Buffe
   chmodSync(file, 0o600);
   const key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
   if (key.length !== 32) throw new Error(`${file} does not hold a 32-byte base64 key`);
-  return { key, source: 'file' };
+  return { key };
 }
 
 /**
