@@ -22,7 +22,7 @@ import { fhirHttpRouter } from './fhir/http.js';
 import { standardOperations } from './fhir/operations.js';
 import { FhirRouter } from './fhir/router.js';
 import { ProfileValidator } from './fhir/validation.js';
-import { deriveKey, loadMasterKey, masterKeyPath } from './keys.js';
+import { deriveKey, loadServerKeys, masterKeyPath, rootSealPath, type ServerKeys } from './keys.js';
 import { MemoryKeyValueStore } from './kv/memory.js';
 import type { KeyValueStore } from './kv/port.js';
 import { RedisKeyValueStore } from './kv/redis.js';
@@ -92,12 +92,12 @@ export interface App {
 }
 
 /** Builds the repository adapter the configuration asks for (CLI tools use this too). */
-export async function createRepository(config: Config, logger: Logger): Promise<Repository> {
+export async function createRepository(config: Config, logger: Logger, keys: ServerKeys = loadServerKeys(config)): Promise<Repository> {
   if (config.upstream) {
     return new UpstreamRepository({ config: config.upstream, proxyFhirBase: fhirBase(config), logger });
   }
   mkdirSync(config.dataDir, { recursive: true });
-  return EmbeddedRepository.open({ dataDir: config.dataDir, masterKey: loadMasterKey(config), readCacheBytes: config.readCacheMb * 1024 * 1024, mmapBytes: config.storeMmapMb * 1024 * 1024, logger });
+  return EmbeddedRepository.open({ dataDir: config.dataDir, keys, readCacheBytes: config.readCacheMb * 1024 * 1024, mmapBytes: config.storeMmapMb * 1024 * 1024, logger });
 }
 
 /**
@@ -182,8 +182,8 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   mkdirSync(config.dataDir, { recursive: true });
   loadFhirDefinitions();
   const validator = new ProfileValidator(PROFILES_DIR);
-  const masterKey = loadMasterKey(config);
-  const adapter = await createRepository(config, logger);
+  const keys = loadServerKeys(config);
+  const adapter = await createRepository(config, logger, keys);
   const kv: KeyValueStore = config.redisUrl ? await RedisKeyValueStore.connect(config.redisUrl, { logger }) : new MemoryKeyValueStore();
   const chain = await createChain(config, logger);
   // Every write goes through the ledger's decorator (commitment recorded, then anchored in batches).
@@ -207,7 +207,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     },
   });
   const scopes = new SmartScopePolicy();
-  const consent = createConsent({ dataDir: config.dataDir, masterKey, repository, validator, kv, chain: chain.client, logger, auditWindowMs: config.auditWindowMs });
+  const consent = createConsent({ dataDir: config.dataDir, rootKey: keys.root, repository, validator, kv, chain: chain.client, logger, auditWindowMs: config.auditWindowMs });
   // A request needs both: the token's scopes AND the patient's consent.
   const policy = new ComposedPolicy([scopes, consent.policy]);
   const profilesByType: Record<string, string[]> = {};
@@ -220,7 +220,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     repository,
     validator,
     fhirBase: base,
-    pageTokenKey: deriveKey(masterKey, 'page-token'),
+    pageTokenKey: deriveKey(keys.root, 'page-token'),
     defaultPageSize: config.defaultPageSize,
     maxPageSize: config.maxPageSize,
     searchScanLimit: config.searchScanLimit,
@@ -255,7 +255,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   await consent.attach(fhir);
   // Bulk $export, Subscriptions, de-identification for research requesters.
   const exchange: Exchange = await createExchange({
-    dataDir: config.dataDir, masterKey, fhir, policy, repository, fhirBase: base, baseUrl: config.baseUrl, logger,
+    dataDir: config.dataDir, rootKey: keys.root, fhir, policy, repository, fhirBase: base, baseUrl: config.baseUrl, logger,
     authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers),
     audit: (request, response) => consent.audit.record(request, response),
   });
@@ -296,7 +296,12 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
       adapter: chain.embedded ? `embedded Clique node (${chain.embedded.thread === 'worker' ? 'own thread' : 'request thread'})` : chain.shared ? 'embedded Clique node of the running server' : 'JSON-RPC',
       location: chain.embedded || chain.shared ? `${path.join(config.dataDir, 'chain')} (RPC ${chain.client.description.location})` : chain.client.description.location,
     },
-    { port: 'master key', adapter: config.masterKey ? 'env' : 'file', location: config.masterKey ? 'GLUCOGUARD_MASTER_KEY' : masterKeyPath(config.dataDir) },
+    {
+      port: 'master key',
+      adapter: config.masterKey ? 'env' : 'file',
+      location: (config.masterKey ? 'GLUCOGUARD_MASTER_KEY' : masterKeyPath(config.dataDir))
+        + (keys.root === keys.master ? '' : `; key root sealed in ${rootSealPath(config.dataDir)}`),
+    },
   ];
 
   return {

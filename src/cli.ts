@@ -2,6 +2,7 @@
  * The `glucoguard` command. `serve` runs the proxy; the other commands are operator tools that
  * work on the same data directory / upstream as the server.
  */
+import { existsSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { hostname, userInfo } from 'node:os';
 import type { Patient } from '@medplum/fhirtypes';
@@ -17,6 +18,10 @@ import { registerCgmCommands } from './cgm/cli.js';
 import { registerConsentCommands } from './consent/cli.js';
 import { registerLedgerCommands } from './ledger/cli.js';
 import { anchoringElsewhere } from './ledger/anchor.js';
+import { commitmentStorePath } from './ledger/index.js';
+import { CommitmentStore } from './ledger/store.js';
+import { keyRotationAuditEvent, rotateMasterKey } from './key-rotation.js';
+import { masterKeyPath, readKeyFile, rootSealPath } from './keys.js';
 import { INDEX_GENERATION } from './repository/embedded/params.js';
 import { registerExchangeCommands } from './exchange/cli.js';
 
@@ -176,6 +181,41 @@ program
         + `${unreadable ? ` (${unreadable} unreadable: their patient's data key was erased)` : ''}; index generation ${generation}`);
       if (anchoringElsewhere(app.ledger.store)) console.log('a server is running on this data directory: restart it to use the new index');
     });
+  });
+
+const keys = program.command('keys').description('the master key that wraps the data directory\'s keys (docs/operations.md)');
+keys
+  .command('rotate-master')
+  .description('put every data key of the store under a new master key, keeping the key root (pseudonyms, custodial wraps); stop the server first')
+  .option('--new-key-file <file>', 'the new key (32 bytes, base64) when GLUCOGUARD_MASTER_KEY or GLUCOGUARD_MASTER_KEY_FILE gives the current one')
+  .option('--resume', 'finish a rotation that was interrupted')
+  .option('--yes', 'confirm: afterwards only the new key opens this data directory')
+  .action(async (opts: { newKeyFile?: string; resume?: boolean; yes?: boolean }) => {
+    if (!opts.yes) throw new Error('after the rotation only the new master key opens this data directory: run again with --yes to confirm');
+    const cfg = config();
+    // A running server holds data keys and the old master key in memory and would write new keys under it.
+    const storeFile = commitmentStorePath(cfg.dataDir);
+    if (existsSync(storeFile)) {
+      const store = new CommitmentStore(storeFile);
+      let server: string | undefined;
+      try {
+        server = anchoringElsewhere(store);
+      } finally {
+        store.close();
+      }
+      if (server) throw new Error(`a server is running on this data directory (${server}): stop it first, then rotate`);
+    }
+    const newKey = opts.newKeyFile === undefined ? undefined : readKeyFile(opts.newKeyFile);
+    const result = rotateMasterKey({ config: cfg, ...(newKey !== undefined ? { newKey } : {}), ...(opts.resume ? { resume: true } : {}) });
+    const reopened = { ...cfg, ...(result.newKey !== undefined ? { masterKey: result.newKey } : {}) };
+    const event = await withApp(() => createApp(reopened, { logger: createLogger('warn', process.stderr) }),
+      (app) => app.repository.create(keyRotationAuditEvent(operatorName(), result)));
+    const keys = result.dataKeys;
+    console.log(`master key rotated: ${keys ? `${keys.rewrapped} data keys re-wrapped${keys.already ? ` (${keys.already} already were)` : ''}, ${keys.erased} erased left as they were` : 'no embedded store'}; `
+      + `key root sealed in ${rootSealPath(cfg.dataDir)}; recorded as AuditEvent/${event.resource.id}`);
+    console.log(result.held === 'file'
+      ? `the new key is in ${masterKeyPath(cfg.dataDir)}: back it up; the old key opens only backups made before now`
+      : 'now give the new key to every server of this data directory (GLUCOGUARD_MASTER_KEY or GLUCOGUARD_MASTER_KEY_FILE); the old key no longer opens it');
   });
 
 // Logs go to stderr: stdout carries the command's result.

@@ -1,27 +1,50 @@
 /**
- * The master key: from GLUCOGUARD_MASTER_KEY (base64, 32 bytes) or, for a fresh machine, a file
- * `<dataDir>/keys/master.key` (base64, mode 0600) created on first start. Every other symmetric key
- * (page-token MACs, index HMACs, data-key wrapping) is derived from it with HKDF, so replicas that
- * share the master key agree on all of them.
+ * The server's secret keys.
+ *
+ * - The **master key**: from GLUCOGUARD_MASTER_KEY (base64, 32 bytes) or, for a fresh machine, a
+ *   file `<dataDir>/keys/master.key` (base64, mode 0600) created on first start. It wraps the
+ *   embedded store's data keys, and seals the key root once the master key has been rotated.
+ * - The **key root**: what every derived key comes from (HKDF: page-token MACs, key sessions,
+ *   patient and study pseudonyms, custodial-key wraps, the store's patient key ids). Until the
+ *   first rotation it is the master key itself; `glucoguard keys rotate-master` keeps it and
+ *   seals it under the new master key in `<dataDir>/keys/root.sealed`, so pseudonyms recorded on
+ *   chain and wraps that need a patient's password stay valid (src/key-rotation.ts).
+ *
+ * Replicas that share the master key and the sealed root agree on every derived key.
  */
 import { hkdfSync, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from './config.js';
+import { open, seal } from './repository/embedded/keys.js';
+
+/** The master key and the key root, both base64. */
+export interface ServerKeys {
+  master: string;
+  root: string;
+}
+
+const ROOT_AAD = 'glucoguard-key-root\0v1';
 
 export function masterKeyPath(dataDir: string): string {
   return path.join(dataDir, 'keys', 'master.key');
+}
+
+/** The key root sealed under the master key (present once the master key has been rotated). */
+export function rootSealPath(dataDir: string): string {
+  return path.join(dataDir, 'keys', 'root.sealed');
+}
+
+/** Written when a rotation starts and removed when it ends: while it exists nothing may start. */
+export function rotationJournalPath(dataDir: string): string {
+  return path.join(dataDir, 'keys', 'rotation.json');
 }
 
 /** Returns the master key as base64, creating the key file when neither env nor file has one. */
 export function loadMasterKey(config: Pick<Config, 'masterKey' | 'dataDir'>): string {
   if (config.masterKey) return config.masterKey;
   const file = masterKeyPath(config.dataDir);
-  if (existsSync(file)) {
-    const key = readFileSync(file, 'utf8').trim();
-    if (Buffer.from(key, 'base64').length !== 32) throw new Error(`${file} does not hold a base64 32-byte key`);
-    return key;
-  }
+  if (existsSync(file)) return readKeyFile(file);
   mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   const key = randomBytes(32).toString('base64');
   writeFileSync(file, `${key}\n`, { mode: 0o600, flag: 'wx' });
@@ -29,7 +52,43 @@ export function loadMasterKey(config: Pick<Config, 'masterKey' | 'dataDir'>): st
   return key;
 }
 
-/** A 32-byte key for one purpose, derived from the master key. */
-export function deriveKey(masterKeyBase64: string, purpose: string): Buffer {
-  return Buffer.from(hkdfSync('sha256', Buffer.from(masterKeyBase64, 'base64'), Buffer.alloc(0), `glucoguard:${purpose}`, 32));
+/** A base64 32-byte key from a file (trimmed), or an error naming the file and never its content. */
+export function readKeyFile(file: string): string {
+  const key = readFileSync(file, 'utf8').trim();
+  if (Buffer.from(key, 'base64').length !== 32 || !/^[A-Za-z0-9+/]+=*$/.test(key)) throw new Error(`${file} does not hold a base64 32-byte key`);
+  return key;
+}
+
+/**
+ * The master key and the key root of this data directory. Refuses (fails closed) while a rotation
+ * is unfinished, and when the sealed root does not open with the master key given: deriving keys
+ * from the wrong root would give patients new pseudonyms and lock their custodial keys.
+ */
+export function loadServerKeys(config: Pick<Config, 'masterKey' | 'dataDir'>): ServerKeys {
+  if (existsSync(rotationJournalPath(config.dataDir))) {
+    throw new Error(`a master-key rotation of ${config.dataDir} did not finish: run \`glucoguard keys rotate-master --resume\` before anything else`);
+  }
+  const master = loadMasterKey(config);
+  const sealed = rootSealPath(config.dataDir);
+  if (!existsSync(sealed)) return { master, root: master };
+  const root = openRoot(master, readFileSync(sealed, 'utf8'));
+  if (!root) {
+    throw new Error(`${sealed} does not open with this master key: the master key was rotated; start with the key the rotation made current`);
+  }
+  return { master, root };
+}
+
+/** The key root sealed under a master key (base64 text for root.sealed). */
+export function sealRoot(master: string, root: string): string {
+  return `${seal(Buffer.from(master, 'base64'), Buffer.from(root, 'base64'), ROOT_AAD).toString('base64')}\n`;
+}
+
+/** The key root from root.sealed's text, or undefined when this master key does not open it. */
+export function openRoot(master: string, sealedText: string): string | undefined {
+  return open(Buffer.from(master, 'base64'), Buffer.from(sealedText.trim(), 'base64'), ROOT_AAD)?.toString('base64');
+}
+
+/** A 32-byte key for one purpose, derived from the key root. */
+export function deriveKey(rootKeyBase64: string, purpose: string): Buffer {
+  return Buffer.from(hkdfSync('sha256', Buffer.from(rootKeyBase64, 'base64'), Buffer.alloc(0), `glucoguard:${purpose}`, 32));
 }

@@ -39,7 +39,7 @@ export interface Consent {
 
 export interface ConsentOptions {
   dataDir: string;
-  masterKey: string;
+  rootKey: string;
   repository: Repository;
   validator: ProfileValidator;
   kv: KeyValueStore;
@@ -55,7 +55,7 @@ export function createConsent(options: ConsentOptions): Consent {
   const grants = new GrantIndex({ dataDir: options.dataDir, chain: options.chain });
   const identity = new IdentityRegistryClient(options.chain, (ref) => grants.registeredUnder(ref));
   const keyDir = path.join(options.dataDir, 'keys', 'patients');
-  const keys = new PatientKeys({ dir: keyDir, masterKey: options.masterKey, identity, kv: options.kv });
+  const keys = new PatientKeys({ dir: keyDir, rootKey: options.rootKey, identity, kv: options.kv });
   const guardians = new KeyGuardians({ keys, identity, chain: options.chain, kv: options.kv, dir: keyDir, now: options.now });
   const decisions = new ConsentDecisions({ ...options, registry, identity, keys, grants });
   const policy = new ConsentPolicy(decisions);

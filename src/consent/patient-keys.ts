@@ -1,14 +1,14 @@
 /**
  * Patients' signing keys. A patient is registered in the IdentityRegistry under a pseudonym
- * (HMAC of the Patient id under a key derived from the master key, so the chain never holds the id)
+ * (HMAC of the Patient id under a key derived from the key root, so the chain never holds the id)
  * with either
  * - a custodial key: a secp256k1 key GlucoGuard generates and keeps on disk encrypted. It is
- *   wrapped (keys/wrap.ts) under the master key AND the patient's password ("login wrap"): the
+ *   wrapped (keys/wrap.ts) under the key root AND the patient's password ("login wrap"): the
  *   server can sign for a patient only inside a session the patient opened by signing in
  *   (keys/sessions.ts). A second, optional wrap under a recovery code the patient keeps ("recovery
  *   wrap") is the key's backup; guardians on chain (keys/guardians.ts) are the last resort.
  *   A key made before the patient ever signed in (operator tools, older versions) is sealed under the
- *   master key alone ("server-held") and moved under the login at the patient's next sign-in; or
+ *   key root alone ("server-held") and moved under the login at the patient's next sign-in; or
  * - the address of the patient's own wallet (non-custodial): GlucoGuard only hands out typed data
  *   and relays the signature the wallet returns.
  */
@@ -29,11 +29,11 @@ import {
 interface KeyFile {
   address: string;
   custodial: boolean;
-  /** Legacy: AES-256-GCM under the master key only. Replaced by `login` at the next sign-in. */
+  /** Legacy: AES-256-GCM under the key root only. Replaced by `login` at the next sign-in. */
   sealed?: { iv: string; tag: string; data: string };
-  /** Under the master key and the patient's password. */
+  /** Under the key root and the patient's password. */
   login?: Wrap;
-  /** Under the master key and the recovery code (the backup). */
+  /** Under the key root and the recovery code (the backup). */
   recovery?: Wrap & { createdAt: string };
   /** A new key waiting for the guardians' signatures (keys/guardians.ts), under the current login. */
   pendingRecovery?: { address: string; login: Wrap; createdAt: string };
@@ -67,10 +67,10 @@ export class PatientKeys {
   private readonly locks = new Map<string, Promise<unknown>>();
   readonly sessions: KeySessions;
 
-  constructor(private readonly options: { dir: string; masterKey: string; identity: IdentityRegistryClient; kv: KeyValueStore }) {
-    this.pseudonymKey = deriveKey(options.masterKey, 'patient-pseudonym');
-    this.saltKey = deriveKey(options.masterKey, 'custodial-login-salt');
-    this.sessions = new KeySessions(options.kv, options.masterKey);
+  constructor(private readonly options: { dir: string; rootKey: string; identity: IdentityRegistryClient; kv: KeyValueStore }) {
+    this.pseudonymKey = deriveKey(options.rootKey, 'patient-pseudonym');
+    this.saltKey = deriveKey(options.rootKey, 'custodial-login-salt');
+    this.sessions = new KeySessions(options.kv, options.rootKey);
     mkdirSync(options.dir, { recursive: true, mode: 0o700 });
   }
 
@@ -93,7 +93,7 @@ export class PatientKeys {
     const out: KeyProtection = { protection: file.login ? 'login' : 'server', recoveryCodeCreated: file.recovery?.createdAt ?? null };
     if (file.login && session?.kind === 'token') {
       const unlock = await this.sessions.get(session.grantId, this.pseudonym(patientId));
-      if (unlock) out.locked = unwrapKey(this.options.masterKey, this.pseudonym(patientId), 'login', unlock, file.login) === undefined;
+      if (unlock) out.locked = unwrapKey(this.options.rootKey, this.pseudonym(patientId), 'login', unlock, file.login) === undefined;
     }
     return out;
   }
@@ -111,7 +111,7 @@ export class PatientKeys {
       await this.options.identity.registerPatient(this.pseudonym(patientId), wallet.address);
       const pseudonym = this.pseudonym(patientId);
       this.write(patientId, unlock
-        ? { address: wallet.address, custodial: true, login: wrapKey(this.options.masterKey, pseudonym, 'login', unlock, wallet.privateKey, SCRYPT_PARAMS) }
+        ? { address: wallet.address, custodial: true, login: wrapKey(this.options.rootKey, pseudonym, 'login', unlock, wallet.privateKey, SCRYPT_PARAMS) }
         : { address: wallet.address, custodial: true, sealed: this.seal(patientId, wallet.privateKey) });
       return { pseudonym, address: wallet.address, custodial: true };
     });
@@ -140,7 +140,7 @@ export class PatientKeys {
     if (!file.login) return undefined;
     const pseudonym = this.pseudonym(patientId);
     const unlock = await this.sessions.get(session?.grantId, pseudonym);
-    const privateKey = unlock && unwrapKey(this.options.masterKey, pseudonym, 'login', unlock, file.login);
+    const privateKey = unlock && unwrapKey(this.options.rootKey, pseudonym, 'login', unlock, file.login);
     if (!privateKey) throw forbidden(LOCKED);
     return new Wallet(privateKey);
   }
@@ -167,7 +167,7 @@ export class PatientKeys {
         if (!current?.sealed || current.login) return;
         const privateKey = this.unseal(patientId, current.sealed);
         const { sealed: _legacy, ...rest } = current;
-        this.write(patientId, { ...rest, login: wrapKey(this.options.masterKey, this.pseudonym(patientId), 'login', unlock, privateKey, SCRYPT_PARAMS) });
+        this.write(patientId, { ...rest, login: wrapKey(this.options.rootKey, this.pseudonym(patientId), 'login', unlock, privateKey, SCRYPT_PARAMS) });
       });
     }
   }
@@ -177,7 +177,7 @@ export class PatientKeys {
     const gid = `cli-${randomBytes(16).toString('base64url')}`;
     const file = this.read(patientId);
     const unlock = await this.deriveUnlock(patientId, password);
-    if (file?.login && !unwrapKey(this.options.masterKey, this.pseudonym(patientId), 'login', unlock, file.login)) {
+    if (file?.login && !unwrapKey(this.options.rootKey, this.pseudonym(patientId), 'login', unlock, file.login)) {
       throw forbidden("The password does not open the patient's signing key");
     }
     await this.sessions.put(gid, this.pseudonym(patientId), unlock, ttlMs);
@@ -191,16 +191,16 @@ export class PatientKeys {
       const file = this.read(patientId);
       if (!file?.custodial) return;
       const pseudonym = this.pseudonym(patientId);
-      const privateKey = file.login ? unwrapKey(this.options.masterKey, pseudonym, 'login', oldUnlock, file.login)
+      const privateKey = file.login ? unwrapKey(this.options.rootKey, pseudonym, 'login', oldUnlock, file.login)
         : file.sealed ? this.unseal(patientId, file.sealed) : undefined;
       if (!privateKey) throw forbidden("The current password does not open the patient's signing key");
       const { sealed: _legacy, ...rest } = file;
-      const pending = file.pendingRecovery && unwrapKey(this.options.masterKey, pseudonym, 'login', oldUnlock, file.pendingRecovery.login);
+      const pending = file.pendingRecovery && unwrapKey(this.options.rootKey, pseudonym, 'login', oldUnlock, file.pendingRecovery.login);
       this.write(patientId, {
         ...rest,
-        login: wrapKey(this.options.masterKey, pseudonym, 'login', newUnlock, privateKey, SCRYPT_PARAMS),
+        login: wrapKey(this.options.rootKey, pseudonym, 'login', newUnlock, privateKey, SCRYPT_PARAMS),
         ...(file.pendingRecovery && pending
-          ? { pendingRecovery: { ...file.pendingRecovery, login: wrapKey(this.options.masterKey, pseudonym, 'login', newUnlock, pending, SCRYPT_PARAMS) } }
+          ? { pendingRecovery: { ...file.pendingRecovery, login: wrapKey(this.options.rootKey, pseudonym, 'login', newUnlock, pending, SCRYPT_PARAMS) } }
           : {}),
       });
     });
@@ -222,7 +222,7 @@ export class PatientKeys {
       const kdf: ScryptParams = { ...SCRYPT_PARAMS, salt: salt.toString('base64') };
       this.write(patientId, {
         ...file,
-        recovery: { ...wrapKey(this.options.masterKey, this.pseudonym(patientId), 'recovery', unlock, wallet.privateKey, kdf), createdAt: new Date().toISOString() },
+        recovery: { ...wrapKey(this.options.rootKey, this.pseudonym(patientId), 'recovery', unlock, wallet.privateKey, kdf), createdAt: new Date().toISOString() },
       });
     });
     return code;
@@ -241,12 +241,12 @@ export class PatientKeys {
     await this.sessions.countAttempt(pseudonym);
     const salt = Buffer.from(file.recovery.kdf?.salt ?? '', 'base64');
     const codeUnlock = await stretch(normaliseRecoveryCode(code), salt, file.recovery.kdf);
-    const privateKey = unwrapKey(this.options.masterKey, pseudonym, 'recovery', codeUnlock, file.recovery);
+    const privateKey = unwrapKey(this.options.rootKey, pseudonym, 'recovery', codeUnlock, file.recovery);
     if (!privateKey) throw forbidden('That recovery code does not open your key');
     await this.serialised(patientId, async () => {
       const current = this.read(patientId)!;
       const { sealed: _legacy, ...rest } = current;
-      this.write(patientId, { ...rest, login: wrapKey(this.options.masterKey, pseudonym, 'login', unlock, privateKey, SCRYPT_PARAMS) });
+      this.write(patientId, { ...rest, login: wrapKey(this.options.rootKey, pseudonym, 'login', unlock, privateKey, SCRYPT_PARAMS) });
     });
   }
 
@@ -261,7 +261,7 @@ export class PatientKeys {
       const wallet = Wallet.createRandom();
       this.write(patientId, { ...file, pendingRecovery: {
         address: wallet.address, createdAt: new Date().toISOString(),
-        login: wrapKey(this.options.masterKey, pseudonym, 'login', unlock, wallet.privateKey, SCRYPT_PARAMS),
+        login: wrapKey(this.options.rootKey, pseudonym, 'login', unlock, wallet.privateKey, SCRYPT_PARAMS),
       } });
       return wallet.address;
     });
@@ -298,13 +298,13 @@ export class PatientKeys {
 
   private seal(patientId: string, privateKey: string): KeyFile['sealed'] {
     const iv = randomBytes(12);
-    const cipher = createCipheriv('aes-256-gcm', deriveKey(this.options.masterKey, `custodial-key:${this.pseudonym(patientId)}`), iv);
+    const cipher = createCipheriv('aes-256-gcm', deriveKey(this.options.rootKey, `custodial-key:${this.pseudonym(patientId)}`), iv);
     const data = Buffer.concat([cipher.update(privateKey, 'utf8'), cipher.final()]);
     return { iv: iv.toString('base64'), tag: cipher.getAuthTag().toString('base64'), data: data.toString('base64') };
   }
 
   private unseal(patientId: string, sealed: NonNullable<KeyFile['sealed']>): string {
-    const decipher = createDecipheriv('aes-256-gcm', deriveKey(this.options.masterKey, `custodial-key:${this.pseudonym(patientId)}`), Buffer.from(sealed.iv, 'base64'));
+    const decipher = createDecipheriv('aes-256-gcm', deriveKey(this.options.rootKey, `custodial-key:${this.pseudonym(patientId)}`), Buffer.from(sealed.iv, 'base64'));
     decipher.setAuthTag(Buffer.from(sealed.tag, 'base64'));
     return Buffer.concat([decipher.update(Buffer.from(sealed.data, 'base64')), decipher.final()]).toString('utf8');
   }

@@ -4,7 +4,7 @@
  * (src/exchange/research.ts decides that).
  *
  * - Every resource id, and every reference to it, becomes a stable per-study pseudonym: a keyed
- *   HMAC-SHA-256 of `Type/id` under a key derived for the study (`deriveKey(master, 'study:'+id)`),
+ *   HMAC-SHA-256 of `Type/id` under a key derived for the study (`deriveKey(root, 'study:'+id)`),
  *   so one study can link a patient's readings across exports and another study cannot link them
  *   to its own.
  * - Direct identifiers are removed (HIPAA Safe Harbor style): names, telecom, address, identifiers,
@@ -45,9 +45,9 @@ const DATE = /^(\d{4})-(\d{2})-(\d{2})(T.*)?$/;
 const REFERENCE = /^(?:.*\/)?([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(\/_history\/[A-Za-z0-9\-.]{1,64})?$/;
 const DAY_MS = 86_400_000;
 
-/** The key of one study's pseudonyms, derived from the master key. */
-export function studyKey(masterKeyBase64: string, studyId: string): Buffer {
-  return deriveKey(masterKeyBase64, `study:${studyId}`);
+/** The key of one study's pseudonyms, derived from the key root. */
+export function studyKey(rootKeyBase64: string, studyId: string): Buffer {
+  return deriveKey(rootKeyBase64, `study:${studyId}`);
 }
 
 export class Deidentifier {

@@ -34,7 +34,7 @@ export interface Exchange {
 
 export interface ExchangeOptions {
   dataDir: string;
-  masterKey: string;
+  rootKey: string;
   fhir: FhirRouter;
   policy: AccessPolicy;
   /** The repository every write goes through (subscriptions listen to it). */
@@ -53,7 +53,7 @@ export async function createExchange(options: ExchangeOptions): Promise<Exchange
   const settings = options.settings ?? exchangeSettings();
   const dir = path.join(options.dataDir, 'exports');
   const reader = new GuardedReader({ fhir: options.fhir, policy: options.policy, repository: options.repository });
-  const deidentifiers = new StudyDeidentifiers(options.masterKey, { dateShift: settings.researchDateShift });
+  const deidentifiers = new StudyDeidentifiers(options.rootKey, { dateShift: settings.researchDateShift });
   const exports = new ExportService({
     dir, fhirBase: options.fhirBase, filesBase: `${options.baseUrl}/exports`, reader, repository: options.repository, deidentifiers,
     retryAfterSeconds: settings.retryAfterSeconds, logger: options.logger, audit: options.audit,

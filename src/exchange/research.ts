@@ -27,7 +27,7 @@ export function researchContextOf(access: AccessContext & { purposeOfUse?: strin
 export class StudyDeidentifiers {
   private readonly byStudy = new Map<string, Deidentifier>();
 
-  constructor(private readonly masterKey: string, private readonly options: DeidentifyOptions = {}) {}
+  constructor(private readonly rootKey: string, private readonly options: DeidentifyOptions = {}) {}
 
   /** The de-identification step for this requester, or undefined when data leaves as it is. */
   forAccess(access: AccessContext & { purposeOfUse?: string }): Deidentifier | undefined {
@@ -35,7 +35,7 @@ export class StudyDeidentifiers {
     if (!research) return undefined;
     let d = this.byStudy.get(research.studyId);
     if (!d) {
-      d = new Deidentifier(studyKey(this.masterKey, research.studyId), this.options);
+      d = new Deidentifier(studyKey(this.rootKey, research.studyId), this.options);
       this.byStudy.set(research.studyId, d);
     }
     return d;

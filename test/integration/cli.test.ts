@@ -6,7 +6,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { PACKAGE_ROOT } from '../../src/paths.js';
 import { tempDir } from '../support/app.js';
-import { rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { INDEX_GENERATION } from '../../src/repository/embedded/params.js';
 
@@ -87,6 +87,11 @@ describe('glucoguard CLI', () => {
     const erase = spawnSync(process.execPath, [BIN, 'patients', 'erase', '--patient', patientId, '--yes'], { env, encoding: 'utf8' });
     expect(erase.status).not.toBe(0);
     expect(erase.stderr).toMatch(/a server is running on this data directory .*stop it first/);
+    // so is a master-key rotation (the server would go on writing data keys under the old key)
+    const rotate = spawnSync(process.execPath, [BIN, 'keys', 'rotate-master', '--yes'], { env, encoding: 'utf8' });
+    expect(rotate.status).not.toBe(0);
+    expect(rotate.stderr).toMatch(/a server is running on this data directory .*stop it first, then rotate/);
+    expect(existsSync(path.join(dataDir, 'keys', 'rotation.json'))).toBe(false);
     expect((await fetch(`http://127.0.0.1:${port}/fhir/Patient/${patientId}`)).status).toBe(200);
     expect(await server.stop()).toBe(0);
     expect(server.out()).toMatch(/stopped cleanly/);
@@ -155,5 +160,30 @@ describe('glucoguard CLI', () => {
     await again.waitFor(/listening on port/);
     expect(await again.stop()).toBe(0);
     expect(again.out()).not.toMatch(/rebuilding the search index/);
+  });
+
+  test('keys rotate-master wants --yes, then puts the store under a new key file and records it; the server starts on the new key', async () => {
+    const keyFile = path.join(dataDir, 'keys', 'master.key');
+    const before = readFileSync(keyFile, 'utf8');
+    const unconfirmed = spawnSync(process.execPath, [BIN, 'keys', 'rotate-master'], { env, encoding: 'utf8' });
+    expect(unconfirmed.status).not.toBe(0);
+    expect(unconfirmed.stderr).toMatch(/only the new master key opens this data directory: run again with --yes/);
+    expect(readFileSync(keyFile, 'utf8')).toBe(before);
+    const r = spawnSync(process.execPath, [BIN, 'keys', 'rotate-master', '--yes'], { env: { ...env, LOG_LEVEL: 'warn' }, encoding: 'utf8' });
+    expect(r.stderr).not.toMatch(/glucoguard: /);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^master key rotated: [1-9]\d* data keys re-wrapped, \d+ erased left as they were; key root sealed in .*root\.sealed; recorded as AuditEvent\/[\w-]+$/m);
+    expect(r.stdout).toMatch(/the new key is in .*master\.key: back it up/);
+    expect(r.stdout + r.stderr).not.toContain(readFileSync(keyFile, 'utf8').trim()); // the key is never printed
+    expect(readFileSync(keyFile, 'utf8')).not.toBe(before);
+    const server = serve();
+    const port = Number((await server.waitFor(/listening on port (\d+)/))[1]);
+    expect(server.out()).toMatch(/master key: file \(.*master\.key; key root sealed in .*root\.sealed\)/);
+    const events = await (await fetch(`http://127.0.0.1:${port}/fhir/AuditEvent?subtype=110129`)).json() as { entry?: { resource: { outcomeDesc: string; agent: { who: { display: string } }[] } }[] };
+    expect(events.entry).toHaveLength(1);
+    expect(events.entry![0]!.resource.outcomeDesc).toMatch(/^master key rotated \(key file in the data directory\)/);
+    expect(events.entry![0]!.resource.agent[0]!.who.display).toMatch(/\(glucoguard CLI\)$/);
+    expect((await fetch(`http://127.0.0.1:${port}/fhir/Patient/${patientId}`)).status).toBe(410); // still erased
+    expect(await server.stop()).toBe(0);
   });
 });

@@ -16,7 +16,8 @@ import request from 'supertest';
 import type { ExportJob } from '../../src/exchange/jobs.js';
 import { OPEN_ACCESS } from '../../src/fhir/access.js';
 import { canonicalResourceText } from '../../src/ledger/canonical.js';
-import { KeyRing, loadMasterKey, seal } from '../../src/repository/embedded/keys.js';
+import { seal } from '../../src/repository/embedded/keys.js';
+import { keyRingOf } from '../support/tamper.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, grant, ingest, person, practitionerToken, registerIdentity, sparseTrace } from './consent-helpers.js';
 
@@ -28,7 +29,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 function tamper(dataDir: string, patientId: string, obs: Observation, value: number): void {
   const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
   try {
-    const keys = new KeyRing(db, loadMasterKey(dataDir).key);
+    const keys = keyRingOf(db, dataDir);
     const changed: Observation = { ...structuredClone(obs), valueQuantity: { ...obs.valueQuantity, value } };
     const version = Number(obs.meta!.versionId);
     const body = seal(keys.keyFor(patientId).key, Buffer.from(canonicalResourceText(changed)), `Observation/${obs.id}/${version}`);

@@ -13,7 +13,8 @@ import type { AuditEvent, Bundle, Observation, OperationOutcome, Patient } from 
 import { OPEN_ACCESS } from '../../src/fhir/access.js';
 import { canonicalResourceText } from '../../src/ledger/canonical.js';
 import { isDeferred } from '../../src/repository/deferred.js';
-import { KeyRing, loadMasterKey, seal } from '../../src/repository/embedded/keys.js';
+import { seal } from '../../src/repository/embedded/keys.js';
+import { keyRingOf } from '../support/tamper.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 
 let t: TestApp;
@@ -37,7 +38,7 @@ async function createPatient(family: string): Promise<Patient> {
 function tamperEmbedded(dataDir: string, resource: Patient, change: (p: Patient) => void): void {
   const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
   try {
-    const keys = new KeyRing(db, loadMasterKey(dataDir).key);
+    const keys = keyRingOf(db, dataDir);
     const changed = structuredClone(resource);
     change(changed);
     const version = Number(resource.meta!.versionId);
@@ -159,7 +160,7 @@ describe('embedded store', () => {
     const victim = created[4]!;
     const db = new Database(path.join(t.dataDir, 'store', 'glucoguard.db'));
     try {
-      const keys = new KeyRing(db, loadMasterKey(t.dataDir).key);
+      const keys = keyRingOf(db, t.dataDir);
       const changed = { ...victim, valueQuantity: { ...victim.valueQuantity, value: 39 } };
       const body = seal(keys.keyFor(patient.id).key, Buffer.from(canonicalResourceText(changed)), `Observation/${victim.id}/1`);
       expect(db.prepare("UPDATE versions SET body = ? WHERE type = 'Observation' AND id = ? AND version = 1").run(body, victim.id).changes).toBe(1);

@@ -13,7 +13,8 @@ import { Wallet, id } from 'ethers';
 import request from 'supertest';
 import { PACKAGE_ROOT } from '../../src/paths.js';
 import { canonicalResourceText } from '../../src/ledger/canonical.js';
-import { KeyRing, loadMasterKey, seal } from '../../src/repository/embedded/keys.js';
+import { seal } from '../../src/repository/embedded/keys.js';
+import { keyRingOf } from '../support/tamper.js';
 import { startTestApp, tempDir } from '../support/app.js';
 import { startTestChain } from '../chain/helpers.js';
 
@@ -48,7 +49,7 @@ beforeAll(async () => {
   await t.app.close();
   // change the victim's stored body with the store's own keys
   const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
-  const keys = new KeyRing(db, loadMasterKey(dataDir).key);
+  const keys = keyRingOf(db, dataDir);
   const body = seal(keys.keyFor(victim).key, Buffer.from(canonicalResourceText({ resourceType: 'Patient', id: victim, name: [{ family: 'Forged' }] })), `Patient/${victim}/1`);
   db.prepare("UPDATE versions SET body = ? WHERE type = 'Patient' AND id = ? AND version = 1").run(body, victim);
   db.close();

@@ -3,7 +3,7 @@
  * stretched into an `unlock` (wrap.ts) and kept here under the OAuth grant id (`gid`) of the tokens
  * that sign-in produces, so any replica can sign for that session and nothing else can. The unlock
  * never reaches the browser or the logs; in the KV port (Redis when shared) it is sealed under a key
- * derived from the master key, so a KV dump alone does not open a patient's key.
+ * derived from the key root, so a KV dump alone does not open a patient's key.
  */
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { deriveKey } from '../../keys.js';
@@ -21,8 +21,8 @@ interface Stored {
 export class KeySessions {
   private readonly sealKey: Buffer;
 
-  constructor(private readonly kv: KeyValueStore, masterKey: string, private readonly now: () => number = Date.now) {
-    this.sealKey = deriveKey(masterKey, 'key-session');
+  constructor(private readonly kv: KeyValueStore, rootKey: string, private readonly now: () => number = Date.now) {
+    this.sealKey = deriveKey(rootKey, 'key-session');
   }
 
   async put(gid: string, pseudonym: string, unlock: Buffer, ttlMs: number): Promise<void> {

@@ -1,12 +1,12 @@
 /**
  * Wrapping a custodial private key (AES-256-GCM) under a key-encryption key (KEK) that needs two
- * things: the server's master key AND a secret the server does not keep — the patient's password
+ * things: the server's key root (src/keys.ts) AND a secret the server does not keep — the patient's password
  * (the "login wrap") or a recovery code shown to the patient once (the "recovery wrap"). The
- * secret goes through scrypt first, so a stolen key file plus the master key still leaves an
+ * secret goes through scrypt first, so a stolen key file plus the key root still leaves an
  * offline password guess at scrypt cost per try.
  *
  *   unlock = scrypt(secret, salt, N=2^15, r=8, p=1)                       (32 bytes)
- *   KEK    = HMAC-SHA256(HKDF(master, "custodial-<kind>:<pseudonym>"), unlock)
+ *   KEK    = HMAC-SHA256(HKDF(root, "custodial-<kind>:<pseudonym>"), unlock)
  *   wrap   = AES-256-GCM(KEK, privateKey, aad = "<pseudonym>|<kind>")
  */
 import { createCipheriv, createDecipheriv, createHmac, randomBytes, scrypt } from 'node:crypto';
@@ -40,22 +40,22 @@ export function stretch(secret: string, salt: Buffer, params: ScryptParams = SCR
   });
 }
 
-function kek(masterKey: string, pseudonym: string, kind: WrapKind, unlock: Buffer): Buffer {
-  return createHmac('sha256', deriveKey(masterKey, `custodial-${kind}:${pseudonym}`)).update(unlock).digest();
+function kek(rootKey: string, pseudonym: string, kind: WrapKind, unlock: Buffer): Buffer {
+  return createHmac('sha256', deriveKey(rootKey, `custodial-${kind}:${pseudonym}`)).update(unlock).digest();
 }
 
-export function wrapKey(masterKey: string, pseudonym: string, kind: WrapKind, unlock: Buffer, privateKey: string, kdf?: ScryptParams): Wrap {
+export function wrapKey(rootKey: string, pseudonym: string, kind: WrapKind, unlock: Buffer, privateKey: string, kdf?: ScryptParams): Wrap {
   const iv = randomBytes(12);
-  const cipher = createCipheriv('aes-256-gcm', kek(masterKey, pseudonym, kind, unlock), iv);
+  const cipher = createCipheriv('aes-256-gcm', kek(rootKey, pseudonym, kind, unlock), iv);
   cipher.setAAD(Buffer.from(`${pseudonym}|${kind}`));
   const data = Buffer.concat([cipher.update(privateKey, 'utf8'), cipher.final()]);
   return { iv: iv.toString('base64'), tag: cipher.getAuthTag().toString('base64'), data: data.toString('base64'), ...(kdf ? { kdf } : {}) };
 }
 
 /** The private key, or undefined when the unlock does not open this wrap (wrong password or code). */
-export function unwrapKey(masterKey: string, pseudonym: string, kind: WrapKind, unlock: Buffer, wrap: Wrap): string | undefined {
+export function unwrapKey(rootKey: string, pseudonym: string, kind: WrapKind, unlock: Buffer, wrap: Wrap): string | undefined {
   try {
-    const decipher = createDecipheriv('aes-256-gcm', kek(masterKey, pseudonym, kind, unlock), Buffer.from(wrap.iv, 'base64'));
+    const decipher = createDecipheriv('aes-256-gcm', kek(rootKey, pseudonym, kind, unlock), Buffer.from(wrap.iv, 'base64'));
     decipher.setAAD(Buffer.from(`${pseudonym}|${kind}`));
     decipher.setAuthTag(Buffer.from(wrap.tag, 'base64'));
     return Buffer.concat([decipher.update(Buffer.from(wrap.data, 'base64')), decipher.final()]).toString('utf8');

@@ -28,7 +28,8 @@ import { attachCanonicalText } from '../port.js';
 import { deferredResource } from '../deferred.js';
 import { canonicalResourceText } from '../../ledger/canonical.js';
 import { historyRows, TYPES_SQL, VERSION_KEYS_SQL } from './history.js';
-import { KeyRing, loadMasterKey, openText, seal } from './keys.js';
+import { loadServerKeys, type ServerKeys } from '../../keys.js';
+import { KeyRing, openText, seal } from './keys.js';
 import { extractIndexEntries, INDEX_GENERATION, supportedParams, paramsIndexedSince, typesIndexedSince } from './params.js';
 import { dateRowKey, runSearch } from './search.js';
 import type { SearchContext } from './search.js';
@@ -42,6 +43,8 @@ import { newResourceId } from './ids.js';
 export interface EmbeddedRepositoryOptions {
   /** Directory holding `store/` (SQLite) and, without `masterKey`, `keys/master.key`. */
   dataDir: string;
+  /** The master key and key root as the app loaded them (src/keys.ts); absent: loaded here from `masterKey` or the data directory. */
+  keys?: ServerKeys;
   /** Base64 of 32 bytes; wraps every data key. Absent: a key file is made on first start. */
   masterKey?: string;
   /** Bytes of decoded versions kept for reads that come back (decoded-cache.ts); 0 turns it off. Default 64 MiB. */
@@ -118,10 +121,10 @@ export class EmbeddedRepository implements Repository {
   /** Opens (creating when needed) the store under `<dataDir>/store/`. */
   static async open(options: EmbeddedRepositoryOptions): Promise<EmbeddedRepository> {
     loadFhirDefinitions();
-    const master = loadMasterKey(options.dataDir, options.masterKey);
+    const { master, root } = options.keys ?? loadServerKeys({ dataDir: options.dataDir, masterKey: options.masterKey });
     const { db, file } = openStore(options.dataDir, options.mmapBytes);
     try {
-      const keys = db.transaction(() => new KeyRing(db, master.key))();
+      const keys = db.transaction(() => new KeyRing(db, Buffer.from(master, 'base64'), Buffer.from(root, 'base64')))();
       const repo = new EmbeddedRepository(db, keys, prepareStatements(db), options.dataDir, file, options.readCacheBytes);
       options.logger?.info({ adapter: 'embedded', file }, 'repository opened'); // where the master key came from: the start-up summary (app.ts)
       if (repo.indexGeneration < INDEX_GENERATION) {

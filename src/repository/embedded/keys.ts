@@ -1,8 +1,10 @@
 /**
  * Encryption at rest for the embedded repository.
  *
- * - A master key (32 bytes: from configuration, else `<dataDir>/keys/master.key`, created 0600)
- *   wraps every data key with AES-256-GCM; the wrapped keys live in the `data_keys` table.
+ * - The master key (src/keys.ts: from configuration, else `<dataDir>/keys/master.key`)
+ *   wraps every data key with AES-256-GCM; the wrapped keys live in the `data_keys` table. A
+ *   rotation re-wraps them all under the new master key in one transaction (rewrapDataKeys).
+ * - Key ids of patients are HMACs under the key root (src/keys.ts), which a rotation keeps.
  * - Each patient has a random data key; resources with no patient link use the shared
  *   "unassigned" key. Erasing a patient tombstones their key row: their ciphertext stays on disk
  *   but can never be decrypted again (crypto-shredding), even if a new key is made later for the
@@ -13,8 +15,6 @@
  *   identifiers and references, never the plaintext.
  */
 import { createCipheriv, createDecipheriv, createHmac, randomBytes, randomFillSync } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
 import type { Database, Statement } from 'better-sqlite3';
 
 const NONCE = 12;
@@ -28,25 +28,6 @@ export interface DataKey {
   id: string;
   version: number;
   key: Buffer;
-}
-
-/** Reads the master key from options or from `<dataDir>/keys/master.key`, creating that file (0600) on first start. */
-export function loadMasterKey(dataDir: string, masterKey?: string): { key: Buffer } {
-  if (masterKey !== undefined) {
-    const key = Buffer.from(masterKey, 'base64');
-    if (key.length !== 32) throw new Error('master key must be 32 bytes, base64-encoded');
-    return { key };
-  }
-  const dir = path.join(dataDir, 'keys');
-  const file = path.join(dir, 'master.key');
-  if (!existsSync(file)) {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    writeFileSync(file, randomBytes(32).toString('base64') + '\n', { mode: 0o600, flag: 'wx' });
-  }
-  chmodSync(file, 0o600);
-  const key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
-  if (key.length !== 32) throw new Error(`${file} does not hold a 32-byte base64 key`);
-  return { key };
 }
 
 /**
@@ -113,7 +94,8 @@ export class KeyRing {
   private readonly selectKey: Statement<[string], { version: number; wrapped: Buffer | null }>;
   private readonly upsertKey: Statement<[string, number, Buffer | null]>;
 
-  constructor(db: Database, private readonly master: Buffer) {
+  /** `root`: the key root of src/keys.ts (the master key until its first rotation). */
+  constructor(db: Database, private readonly master: Buffer, private readonly root: Buffer = master) {
     this.selectKey = db.prepare('SELECT version, wrapped FROM data_keys WHERE key_id = ?');
     this.upsertKey = db.prepare('INSERT INTO data_keys (key_id, version, wrapped) VALUES (?, ?, ?) ' +
       'ON CONFLICT (key_id) DO UPDATE SET version = excluded.version, wrapped = excluded.wrapped');
@@ -136,7 +118,7 @@ export class KeyRing {
   patientKeyId(patientId: string): string {
     let id = this.keyIds.get(patientId);
     if (id === undefined) {
-      id = 'p' + createHmac('sha256', this.master).update('patient-key\0' + patientId).digest('hex').slice(0, 32);
+      id = 'p' + createHmac('sha256', this.root).update('patient-key\0' + patientId).digest('hex').slice(0, 32);
       if (this.keyIds.size > 100_000) this.keyIds.clear();
       this.keyIds.set(patientId, id);
     }
@@ -213,6 +195,35 @@ export class KeyRing {
       throw new Error('the master key does not match this data directory');
     }
   }
+}
+
+/**
+ * Re-wraps every data key of the store (the index and check keys included; erased ones stay
+ * tombstones) from one master key to another, in the caller's transaction. A key that already
+ * opens with `to` is left as it is, so a rotation interrupted after this step can run it again.
+ * Throws, naming the key id, when a key opens with neither: nothing is then changed.
+ */
+export function rewrapDataKeys(db: Database, from: Buffer, to: Buffer): { rewrapped: number; already: number; erased: number } {
+  const rows = db.prepare<[], { key_id: string; version: number; wrapped: Buffer | null }>('SELECT key_id, version, wrapped FROM data_keys').all();
+  const update = db.prepare<[Buffer, string]>('UPDATE data_keys SET wrapped = ? WHERE key_id = ?');
+  const counts = { rewrapped: 0, already: 0, erased: 0 };
+  for (const row of rows) {
+    if (!row.wrapped) {
+      counts.erased++;
+      continue;
+    }
+    const aad = wrapAad(row.key_id, row.version);
+    if (open(to, row.wrapped, aad)) {
+      counts.already++;
+      continue;
+    }
+    const key = open(from, row.wrapped, aad);
+    if (!key) throw new Error(`data key ${row.key_id} opens with neither the current nor the new master key`);
+    update.run(seal(to, key, aad), row.key_id);
+    key.fill(0);
+    counts.rewrapped++;
+  }
+  return counts;
 }
 
 function wrapAad(id: string, version: number): string {

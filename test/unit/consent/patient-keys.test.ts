@@ -1,5 +1,5 @@
 /**
- * PatientKeys without a chain: which secret opens which wrap. The login wrap needs the master key
+ * PatientKeys without a chain: which secret opens which wrap. The login wrap needs the key root
  * AND the password; a password change re-wraps; the recovery code opens the key after a reset; a
  * wrong secret changes nothing.
  */
@@ -17,10 +17,10 @@ const identity = { registerPatient: async () => ({ txHash: '0x' }) } as unknown 
 const kvs: MemoryKeyValueStore[] = [];
 afterEach(async () => { for (const kv of kvs.splice(0)) await kv.close(); });
 
-function keys(dir = tempDir('gg-keys-'), masterKey = randomBytes(32).toString('base64')) {
+function keys(dir = tempDir('gg-keys-'), rootKey = randomBytes(32).toString('base64')) {
   const kv = new MemoryKeyValueStore();
   kvs.push(kv);
-  return { keys: new PatientKeys({ dir, masterKey, identity, kv }), dir, masterKey };
+  return { keys: new PatientKeys({ dir, rootKey, identity, kv }), dir, rootKey };
 }
 
 const session = (grantId: string) => ({ kind: 'token' as const, grantId });
@@ -38,11 +38,11 @@ describe('custodial key wraps', () => {
     expect(file).not.toContain(wallet!.privateKey.slice(2));
   });
 
-  test('the same files with the same password but another master key do not open', async () => {
+  test('the same files with the same password but another key root do not open', async () => {
     const first = keys();
     await first.keys.onLogin('p1', 'pass word one', 'g1', 60_000);
     await first.keys.ensure('p1', session('g1'));
-    const other = keys(tempDir('gg-keys-')); // another master key, given a copy of the key file under its own name for p1
+    const other = keys(tempDir('gg-keys-')); // another key root, given a copy of the key file under its own name for p1
     const name = (k: PatientKeys) => `${k.pseudonym('p1').slice(2)}.json`;
     copyFileSync(path.join(first.dir, name(first.keys)), path.join(other.dir, name(other.keys)));
     expect(other.keys.get('p1')).toBeDefined();
