@@ -51,8 +51,9 @@ function send(req: Request, res: Response, status: number, message: string): voi
     return;
   }
   if (req.path.startsWith('/oauth/')) {
-    // RFC 6749 §5.2: errors are 400 unless specified otherwise; a body too large keeps its 413.
-    if (status < 500 && status !== 413) res.status(400);
+    // RFC 6749 §5.2: an endpoint's errors are 400 unless specified otherwise; a body too large keeps
+    // its 413, and a path that is no endpoint its 404 (a client must not read it as a refused request).
+    if (status < 500 && status !== 413 && status !== 404) res.status(400);
     res.json({ error: status >= 500 ? 'server_error' : 'invalid_request', error_description: message });
     return;
   }

@@ -258,6 +258,13 @@ describe('edge errors', () => {
     expect((await t.app.repository.history({ resourceType: 'Patient', count: 1000, offset: 0 })).entries.length).toBe(before);
   });
 
+  test('an unknown OAuth path answers 404 with OAuth error JSON, not a 400 that reads like a refused request', async () => {
+    for (const res of [await http().post('/oauth/registerr').type('form').send('a=1'), await http().get('/oauth/nothing')]) {
+      expect(res.status).toBe(404);
+      expect(res.body).toEqual({ error: 'invalid_request', error_description: 'Not found' });
+    }
+  });
+
   test('an unknown path answers a JSON 404', async () => {
     const res = await http().get('/wp-admin/../../etc/passwd');
     expect(res.status).toBe(404);
