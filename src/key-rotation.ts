@@ -29,7 +29,7 @@ import path from 'node:path';
 import type { AuditEvent } from '@medplum/fhirtypes';
 import type { Config } from './config.js';
 import {
-  loadServerKeys, masterKeyPath, openRoot, readKeyFile, rootSealPath, rotationJournalPath, sealRoot,
+  checkRoot, loadServerKeys, masterKeyPath, openRoot, readKeyFile, rootSealPath, rotationJournalPath, sealRoot,
 } from './keys.js';
 import { rewrapDataKeys } from './repository/embedded/keys.js';
 import { openStore } from './repository/embedded/store.js';
@@ -135,6 +135,7 @@ function finish(options: RotationOptions, held: Journal['held'], oldKey: string,
   const step = options.afterStep ?? (() => undefined);
   const masterFile = masterKeyPath(dataDir);
   const rootFile = rootSealPath(dataDir);
+  checkRoot(dataDir, root); // never seal a root other than the one this directory was made with
   const renamed = held === 'file' && oldKey === newKey; // resumed after master.key.next was moved into place
   if (held === 'file' && !renamed && !existsSync(`${masterFile}.next`)) {
     writeFileDurably(`${masterFile}.next`, `${newKey}\n`);

@@ -12,7 +12,7 @@
  *
  * Replicas that share the master key and the sealed root agree on every derived key.
  */
-import { hkdfSync, randomBytes } from 'node:crypto';
+import { createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from './config.js';
@@ -70,12 +70,33 @@ export function loadServerKeys(config: Pick<Config, 'masterKey' | 'dataDir'>): S
   }
   const master = loadMasterKey(config);
   const sealed = rootSealPath(config.dataDir);
-  if (!existsSync(sealed)) return { master, root: master };
-  const root = openRoot(master, readFileSync(sealed, 'utf8'));
-  if (!root) {
-    throw new Error(`${sealed} does not open with this master key: the master key was rotated; start with the key the rotation made current`);
+  let root = master;
+  if (existsSync(sealed)) {
+    const opened = openRoot(master, readFileSync(sealed, 'utf8'));
+    if (!opened) throw new Error(`${sealed} does not open with this master key: the master key was rotated; start with the key the rotation made current`);
+    root = opened;
   }
+  checkRoot(config.dataDir, root);
   return { master, root };
+}
+
+/**
+ * Compares the key root with the check value the data directory recorded the first time (writing
+ * it then). A directory whose master key was rotated elsewhere, given the new key without its
+ * `root.sealed`, would otherwise derive every key from the wrong root without noticing.
+ */
+export function checkRoot(dataDir: string, root: string): void {
+  const file = path.join(dataDir, 'keys', 'root.check');
+  const value = createHmac('sha256', Buffer.from(root, 'base64')).update('glucoguard-key-root-check').digest('base64');
+  if (!existsSync(file)) {
+    mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+    writeFileSync(file, `${value}\n`, { mode: 0o600 });
+    return;
+  }
+  if (readFileSync(file, 'utf8').trim() !== value) {
+    throw new Error(`the master key does not match this data directory (${file} records another key root): `
+      + 'if the key was rotated on another data directory, run `glucoguard keys rotate-master` here too or copy its keys/root.sealed');
+  }
 }
 
 /** The key root sealed under a master key (base64 text for root.sealed). */

@@ -157,6 +157,33 @@ describe('master key given by configuration', () => {
   }, 60_000);
 });
 
+describe('the key root check', () => {
+  test('a data directory refuses a key whose root is not the one it was made with, store or no store', () => {
+    const dir = tempDir('gg-rootcheck-');
+    dirs.push(dir);
+    const k1 = newKey();
+    expect(loadServerKeys({ dataDir: dir, masterKey: k1 }).root).toBe(k1); // first start records the check
+    expect(() => loadServerKeys({ dataDir: dir, masterKey: newKey() })).toThrow(/does not match this data directory .*root\.check records another key root/);
+    expect(loadServerKeys({ dataDir: dir, masterKey: k1 }).root).toBe(k1);
+  });
+
+  test('a copy of a rotated data directory given the new key without its root.sealed refuses instead of deriving from the wrong root', () => {
+    const dir = tempDir('gg-rootcheck-');
+    dirs.push(dir);
+    const k1 = newKey();
+    const k2 = newKey();
+    loadServerKeys({ dataDir: dir, masterKey: k1 });
+    const copy = tempDir('gg-rootcheck-');
+    dirs.push(copy);
+    cpSync(dir, copy, { recursive: true });
+    rotateMasterKey({ config: { dataDir: dir, masterKey: k1 }, newKey: k2 });
+    expect(loadServerKeys({ dataDir: dir, masterKey: k2 }).root).toBe(k1);
+    expect(() => loadServerKeys({ dataDir: copy, masterKey: k2 })).toThrow(/rotate-master` here too or copy its keys\/root\.sealed/);
+    cpSync(path.join(dir, 'keys', 'root.sealed'), path.join(copy, 'keys', 'root.sealed'));
+    expect(loadServerKeys({ dataDir: copy, masterKey: k2 }).root).toBe(k1);
+  });
+});
+
 describe('a rotation stopped after each step', () => {
   const k1 = newKey();
   let fileDir = '';

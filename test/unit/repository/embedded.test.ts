@@ -172,7 +172,10 @@ describe('on disk', () => {
     const keyed = await EmbeddedRepository.open({ dataDir: dir, masterKey });
     await keyed.create<Patient>({ resourceType: 'Patient' });
     await keyed.close();
-    expect(readdirSync(dir)).toEqual(['store']);
+    // no key file: only the key root's check value (an HMAC under the key, src/keys.ts) beside the store
+    expect(readdirSync(dir).sort()).toEqual(['keys', 'store']);
+    expect(readdirSync(path.join(dir, 'keys'))).toEqual(['root.check']);
+    expect(readFileSync(path.join(dir, 'keys', 'root.check'), 'utf8')).not.toContain(masterKey);
     rmSync(dir, { recursive: true, force: true });
   });
 });
