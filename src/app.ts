@@ -194,6 +194,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const base = fhirBase(config);
   const smart = await createSmart({
     config,
+    rootKey: keys.root,
     kv,
     logger,
     fhirBase: base,

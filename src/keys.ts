@@ -35,16 +35,28 @@ export function rootSealPath(dataDir: string): string {
   return path.join(dataDir, 'keys', 'root.sealed');
 }
 
+/** A check value of the key root, recorded at the data directory's first start (checkRoot). */
+export function rootCheckPath(dataDir: string): string {
+  return path.join(dataDir, 'keys', 'root.check');
+}
+
 /** Written when a rotation starts and removed when it ends: while it exists nothing may start. */
 export function rotationJournalPath(dataDir: string): string {
   return path.join(dataDir, 'keys', 'rotation.json');
 }
 
-/** Returns the master key as base64, creating the key file when neither env nor file has one. */
+/**
+ * Returns the master key as base64, creating the key file when neither env nor file has one and
+ * the data directory is new (a directory that holds data made with a key refuses a new one).
+ */
 export function loadMasterKey(config: Pick<Config, 'masterKey' | 'dataDir'>): string {
   if (config.masterKey) return config.masterKey;
   const file = masterKeyPath(config.dataDir);
   if (existsSync(file)) return readKeyFile(file);
+  if (existsSync(rootCheckPath(config.dataDir)) || existsSync(path.join(config.dataDir, 'store', 'glucoguard.db'))) {
+    // a new key would open nothing here, and its file would stand where the real one must be restored
+    throw new Error(`${file} is missing, but ${config.dataDir} already holds data made with a master key: restore the key file from your backup, or give the key with GLUCOGUARD_MASTER_KEY_FILE`);
+  }
   mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   const key = randomBytes(32).toString('base64');
   writeFileSync(file, `${key}\n`, { mode: 0o600, flag: 'wx' });
@@ -86,7 +98,7 @@ export function loadServerKeys(config: Pick<Config, 'masterKey' | 'dataDir'>): S
  * `root.sealed`, would otherwise derive every key from the wrong root without noticing.
  */
 export function checkRoot(dataDir: string, root: string): void {
-  const file = path.join(dataDir, 'keys', 'root.check');
+  const file = rootCheckPath(dataDir);
   const value = createHmac('sha256', Buffer.from(root, 'base64')).update('glucoguard-key-root-check').digest('base64');
   if (!existsSync(file)) {
     mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });

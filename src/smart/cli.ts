@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { JSONWebKeySet } from 'jose';
 import type { Config } from '../config.js';
+import { loadServerKeys } from '../keys.js';
 import type { KeyValueStore } from '../kv/port.js';
 import { SigningKeys } from './keys.js';
 import { createLaunch as storeLaunch, type CreatedLaunch } from './launch.js';
@@ -46,7 +47,7 @@ export async function createLaunch(config: Config, kv: KeyValueStore, fhirBase: 
 
 /** New current signing keys; the previous public keys stay in the JWKS. Returns the JWKS key ids. */
 export function rotateSigningKeys(config: Config): string[] {
-  const keys = SigningKeys.open(config.dataDir);
+  const keys = SigningKeys.open(config.dataDir, loadServerKeys(config).root);
   keys.rotate();
   return keys.jwks().keys.map((k) => `${k.kid} (${k.alg})`);
 }

@@ -18,6 +18,7 @@ import { discoveryHandlers } from './discovery.js';
 import { introspectHandler } from './introspect.js';
 import { SigningKeys } from './keys.js';
 import { launchHandler } from './launch-endpoint.js';
+import { loadServerKeys } from '../keys.js';
 import { DEFAULT_RATE_LIMITS, RateLimiter, type RateLimits } from './rate-limit.js';
 import { authenticateBearer, capabilitySecurity, type SmartAccessContext } from './resource.js';
 import { revokeHandler } from './revoke.js';
@@ -38,6 +39,8 @@ export interface SmartDeps {
   now?: () => number;
   /** FHIR base URL, e.g. `${config.baseUrl}/fhir`: the token `aud` and the issuer. */
   fhirBase: string;
+  /** The key root (src/keys.ts) the signing keys are sealed under; absent: loaded from the data directory. */
+  rootKey?: string;
   /** Patient search for the practitioner's patient picker; without it the picker asks for a patient ID. */
   searchPatients?: SearchPatients;
   rateLimits?: Partial<RateLimits>;
@@ -74,7 +77,7 @@ export async function createSmart(deps: SmartDeps): Promise<Smart> {
   const fhirBase = deps.fhirBase.replace(/\/+$/, '');
   const urls = smartUrls(deps.config.baseUrl, fhirBase);
   const store = new SmartStore(deps.config.dataDir);
-  const keys = SigningKeys.open(deps.config.dataDir);
+  const keys = SigningKeys.open(deps.config.dataDir, deps.rootKey ?? loadServerKeys(deps.config).root);
   const tokens = new TokenService(deps.kv, keys, fhirBase, now, { ...DEFAULT_LIFETIMES, ...deps.lifetimes });
   const limiter = new RateLimiter(deps.kv, { ...DEFAULT_RATE_LIMITS, ...deps.rateLimits }, now);
   const ctx: SmartContext = {

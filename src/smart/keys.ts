@@ -3,12 +3,18 @@
  * (mode 0600) on first start: ES256 for access tokens, RS256 for id_tokens. Rotation makes a new
  * current key and keeps the previous public key in the JWKS so tokens already issued still verify.
  *
+ * The file is sealed (AES-256-GCM) under a key derived from the key root (src/keys.ts): a copy of
+ * the data directory without the master key must not let anyone mint tokens the live server
+ * accepts. A file written in clear by an earlier version is sealed the first time it is opened.
+ *
  * Our own tokens are signed and verified with node:crypto directly (synchronous, KeyObjects cached
  * by `kid`): it is the hot path of every FHIR request.
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { deriveKey } from '../keys.js';
+import { open, seal } from '../repository/embedded/keys.js';
 
 type Alg = 'ES256' | 'RS256';
 
@@ -33,6 +39,10 @@ interface LoadedKey {
 }
 
 const FILE = 'smart-signing-keys.json';
+const SEAL_AAD = 'glucoguard-smart-signing-keys\0v2';
+
+/** The file as written: the keys sealed (version 2), or in clear as versions before sealing wrote them. */
+type KeyFile = { version: 2; sealed: string } | StoredKeys;
 
 export class SigningKeys {
   private accessSigner!: { kid: string; key: KeyObject };
@@ -46,13 +56,13 @@ export class SigningKeys {
   private readonly verified = new Map<string, Record<string, unknown>>();
   private static readonly VERIFIED_CACHE_SIZE = 10_000;
 
-  private constructor(private readonly file: string) {}
+  private constructor(private readonly file: string, private readonly sealKey: Buffer) {}
 
-  /** Loads the keys, generating them on first start. */
-  static open(dataDir: string): SigningKeys {
+  /** Loads the keys (sealing a file an earlier version wrote in clear), generating them on first start. `rootKey`: src/keys.ts. */
+  static open(dataDir: string, rootKey: string): SigningKeys {
     const dir = path.join(dataDir, 'keys');
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const keys = new SigningKeys(path.join(dir, FILE));
+    const keys = new SigningKeys(path.join(dir, FILE), deriveKey(rootKey, 'smart-signing-keys'));
     if (!existsSync(keys.file)) keys.write({ version: 1, access: { current: generate('ES256'), previous: [] }, id: { current: generate('RS256'), previous: [] } });
     keys.load();
     return keys;
@@ -127,12 +137,20 @@ export class SigningKeys {
   }
 
   private read(): StoredKeys {
-    return JSON.parse(readFileSync(this.file, 'utf8')) as StoredKeys;
+    const stored = JSON.parse(readFileSync(this.file, 'utf8')) as KeyFile;
+    if (stored.version === 1) {
+      this.write(stored); // written in clear by an earlier version: sealed from now on
+      return stored;
+    }
+    const opened = open(this.sealKey, Buffer.from(stored.sealed, 'base64'), SEAL_AAD);
+    if (!opened) throw new Error(`${this.file} does not open with this data directory's key root (another master key?)`);
+    return JSON.parse(opened.toString('utf8')) as StoredKeys;
   }
 
   private write(keys: StoredKeys): void {
     const tmp = `${this.file}.tmp`;
-    writeFileSync(tmp, JSON.stringify(keys, null, 2), { mode: 0o600 });
+    const sealed: KeyFile = { version: 2, sealed: seal(this.sealKey, Buffer.from(JSON.stringify(keys)), SEAL_AAD).toString('base64') };
+    writeFileSync(tmp, `${JSON.stringify(sealed)}\n`, { mode: 0o600 });
     renameSync(tmp, this.file);
   }
 }

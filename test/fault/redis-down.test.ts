@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import type { Bundle, Observation } from '@medplum/fhirtypes';
+import { loadServerKeys } from '../../src/keys.js';
 import { SigningKeys } from '../../src/smart/keys.js';
 import { buildOnce, eventually, freePort, HAS_REDIS_SERVER, runCli, startRedis, startServer, type Proc, type ServerProc } from '../support/process.js';
 import { BASE_URL, expectCleanOutcome, getJson, ingest, nightscout, observationsOf, responseOf, tempDir } from './helpers.js';
@@ -44,7 +45,7 @@ let redisPort = 0;
     // The same key file the server loads: a patient-app token as /smart/token would issue it.
     const fhirBase = `${BASE_URL}/fhir`;
     const now = Math.floor(Date.now() / 1000);
-    const token = SigningKeys.open(dataDir).signAccessToken({
+    const token = SigningKeys.open(dataDir, loadServerKeys({ dataDir }).root).signAccessToken({
       jti: randomBytes(12).toString('base64url'), gid: randomBytes(12).toString('hex'), iss: fhirBase, aud: fhirBase,
       sub: `Patient/${patient}`, client_id: 'fault-test-app', scope: 'openid fhirUser launch/patient patient/*.cruds',
       iat: now, exp: now + 3600, fhirUser: `Patient/${patient}`, patient,

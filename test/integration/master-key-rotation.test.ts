@@ -125,6 +125,15 @@ describe('master key held in the data directory', () => {
     await expectStoreOpens(dir);
   }, 60_000);
 
+  test('a lost key file is not replaced by a new key: start-up asks for the backup', () => {
+    const copy = tempDir('gg-rotate-');
+    dirs.push(copy);
+    cpSync(dir, copy, { recursive: true });
+    rmSync(masterKeyPath(copy));
+    expect(() => loadServerKeys({ dataDir: copy })).toThrow(/master\.key is missing, but .* already holds data made with a master key: restore the key file/);
+    expect(existsSync(masterKeyPath(copy))).toBe(false);
+  });
+
   test('refusals change nothing: a key given for a file-held master, nothing to resume', () => {
     const before = readFileSync(masterKeyPath(dir), 'utf8');
     expect(() => rotateMasterKey({ config: { dataDir: dir }, newKey: newKey() })).toThrow(/makes the new key itself/);

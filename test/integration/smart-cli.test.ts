@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
+import { loadServerKeys } from '../../src/keys.js';
 import { loadConfig, type Config } from '../../src/config.js';
 import { MemoryKeyValueStore } from '../../src/kv/memory.js';
 import type { KeyValueStore } from '../../src/kv/port.js';
@@ -87,9 +88,9 @@ describe('glucoguard clients add', () => {
 describe('glucoguard signing-keys rotate', () => {
   test('adds new keys and keeps the previous public keys in the JWKS', async () => {
     const { SigningKeys } = await import('../../src/smart/keys.js');
-    const before = SigningKeys.open(dir).jwks().keys.map((k) => k.kid);
+    const before = SigningKeys.open(dir, loadServerKeys({ dataDir: dir }).root).jwks().keys.map((k) => k.kid);
     await run(['signing-keys', 'rotate']);
-    const after = SigningKeys.open(dir).jwks().keys.map((k) => k.kid);
+    const after = SigningKeys.open(dir, loadServerKeys({ dataDir: dir }).root).jwks().keys.map((k) => k.kid);
     expect(after).toHaveLength(4);
     expect(after).toEqual(expect.arrayContaining(before));
     expect(out.join('\n')).toContain('restart every replica');

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
 import { startHarness, type Harness } from '../support/smart-harness.js';
 import { browse, loginAndApprove, REDIRECT_URI } from '../support/smart-client.js';
+import { loadServerKeys } from '../../src/keys.js';
 import { SigningKeys } from '../../src/smart/keys.js';
 import { TokenService } from '../../src/smart/tokens.js';
 import { MemoryKeyValueStore } from '../../src/kv/memory.js';
@@ -148,7 +149,7 @@ describe('access tokens on /fhir', () => {
     expect((await readPatient(tampered)).status).toBe(401);
 
     // Same signing keys, another audience: refused.
-    const otherAud = new TokenService(new MemoryKeyValueStore(), SigningKeys.open(h.config.dataDir), 'https://other.example/fhir', h.now);
+    const otherAud = new TokenService(new MemoryKeyValueStore(), SigningKeys.open(h.config.dataDir, loadServerKeys(h.config).root), 'https://other.example/fhir', h.now);
     const foreign = otherAud.signAccessToken({ gid: 'g', clientId: publicId, scopes: ['patient/*.rs'], sub: 'ana', patient: 'p1' }).token;
     expect((await readPatient(foreign)).status).toBe(401);
 
