@@ -17,6 +17,7 @@ import { rotateMasterKey, type RotationStep } from '../../src/key-rotation.js';
 import { loadServerKeys, masterKeyPath } from '../../src/keys.js';
 import { EmbeddedRepository } from '../../src/repository/embedded/index.js';
 import { startTestApp, tempDir } from '../support/app.js';
+import { startUpstreamFhirServer } from '../support/upstream-server.js';
 
 const STEPS: RotationStep[] = ['journal', 'master-key-next', 'root-next', 'store', 'root-moved', 'master-key-moved'];
 const PASSWORD = 'correct horse battery';
@@ -163,6 +164,31 @@ describe('master key given by configuration', () => {
     expect(existsSync(masterKeyPath(dir))).toBe(false); // no key file is made for a configured key
     await expect(startTestApp({ GLUCOGUARD_MASTER_KEY: k1 }, dir)).rejects.toThrow(/does not open with this master key: the master key was rotated/);
     await expectIntact(dir, seeded, { GLUCOGUARD_MASTER_KEY: k2 });
+  }, 60_000);
+});
+
+describe('with an upstream FHIR server (no embedded store)', () => {
+  test('the rotation seals the root only; the proxy starts on the new key and still derives the same pseudonyms and signing keys', async () => {
+    const upstream = await startUpstreamFhirServer();
+    try {
+      const env = { UPSTREAM_FHIR_URL: upstream.url };
+      const t = await startTestApp(env);
+      dirs.push(t.dataDir);
+      const pseudonym = t.app.consent.keys.pseudonym('p-upstream');
+      const jwks = t.app.smart.keys.jwks();
+      await t.app.close();
+      const result = rotateMasterKey({ config: { dataDir: t.dataDir } });
+      expect(result.dataKeys).toBeUndefined();
+      const again = await startTestApp(env, t.dataDir);
+      try {
+        expect(again.app.consent.keys.pseudonym('p-upstream')).toBe(pseudonym);
+        expect(again.app.smart.keys.jwks()).toEqual(jwks);
+      } finally {
+        await again.app.close();
+      }
+    } finally {
+      await upstream.close();
+    }
   }, 60_000);
 });
 
