@@ -21,7 +21,7 @@ import { anchoringElsewhere } from './ledger/anchor.js';
 import { commitmentStorePath } from './ledger/index.js';
 import { CommitmentStore } from './ledger/store.js';
 import { keyRotationAuditEvent, rotateMasterKey } from './key-rotation.js';
-import { masterKeyPath, readKeyFile, rootSealPath } from './keys.js';
+import { describeServerKeys, masterKeyPath, readKeyFile, rootSealPath } from './keys.js';
 import { INDEX_GENERATION } from './repository/embedded/params.js';
 import { registerExchangeCommands } from './exchange/cli.js';
 
@@ -184,6 +184,15 @@ program
   });
 
 const keys = program.command('keys').description('the master key that wraps the data directory\'s keys (docs/operations.md)');
+keys
+  .command('status')
+  .description('where the master key comes from, whether it was rotated, fingerprints to compare replicas (never the keys)')
+  .action(() => {
+    const { lines, problem } = describeServerKeys(config());
+    for (const line of lines) console.log(line);
+    if (problem) throw new Error(problem);
+  });
+
 keys
   .command('rotate-master')
   .description('put every data key of the store under a new master key, keeping the key root (pseudonyms, custodial wraps); stop the server first')

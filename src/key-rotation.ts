@@ -23,13 +23,13 @@
  * Step 4 only runs once step 3's file exists, so a rotation stopped before it left the store as it
  * was and simply starts again.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import type { AuditEvent } from '@medplum/fhirtypes';
 import type { Config } from './config.js';
 import {
-  checkRoot, loadServerKeys, masterKeyPath, openRoot, readKeyFile, rootSealPath, rotationJournalPath, sealRoot,
+  checkRoot, keyFingerprint, loadServerKeys, masterKeyPath, openRoot, readKeyFile, rootSealPath, rotationJournalPath, sealRoot,
 } from './keys.js';
 import { rewrapDataKeys } from './repository/embedded/keys.js';
 import { openStore } from './repository/embedded/store.js';
@@ -87,7 +87,7 @@ export function rotateMasterKey(options: RotationOptions): RotationResult {
   const current = loadServerKeys(options.config);
   const newKey = options.newKey ?? randomBytes(32).toString('base64');
   if (newKey === current.master) throw new Error('the new master key is the current one');
-  const journal: Journal = { version: 1, held, newKey: fingerprint(newKey), started: new Date().toISOString() };
+  const journal: Journal = { version: 1, held, newKey: keyFingerprint(newKey), started: new Date().toISOString() };
   writeFileDurably(journalFile, `${JSON.stringify(journal)}\n`);
   options.afterStep?.('journal');
   return finish(options, held, current.master, newKey, current.root);
@@ -109,14 +109,14 @@ function resume(options: RotationOptions, journal: Journal): RotationResult {
     if (options.newKey === undefined) throw new Error('the interrupted rotation was to a key given by the operator: give the same key again with --new-key-file');
     newKey = options.newKey;
   } else {
-    newKey = existsSync(`${masterFile}.next`) ? readKeyFile(`${masterFile}.next`) : fingerprint(current) === journal.newKey ? current : undefined;
+    newKey = existsSync(`${masterFile}.next`) ? readKeyFile(`${masterFile}.next`) : keyFingerprint(current) === journal.newKey ? current : undefined;
     if (newKey === undefined) {
       // stopped before the new key was written: nothing had changed
       unlinkDurably(rotationJournalPath(dataDir));
       return rotateMasterKey({ ...options, resume: false });
     }
   }
-  if (fingerprint(newKey) !== journal.newKey) throw new Error('that is not the key the interrupted rotation started with: give the same --new-key-file');
+  if (keyFingerprint(newKey) !== journal.newKey) throw new Error('that is not the key the interrupted rotation started with: give the same --new-key-file');
   const sealedUnder = (file: string, key: string) => (existsSync(file) ? openRoot(key, readFileSync(file, 'utf8')) : undefined);
   const root = sealedUnder(`${rootFile}.next`, newKey) ?? sealedUnder(rootFile, newKey);
   if (root !== undefined) return finish(options, journal.held, current, newKey, root);
@@ -179,10 +179,6 @@ function readJournal(file: string): Journal {
   }
   if (journal?.version !== 1 || (journal.held !== 'file' && journal.held !== 'config') || typeof journal.newKey !== 'string') throw new Error(`${file} is not a rotation journal this version can resume`);
   return journal as Journal;
-}
-
-function fingerprint(key: string): string {
-  return createHash('sha256').update('glucoguard-master-key-fingerprint\0').update(Buffer.from(key, 'base64')).digest('hex');
 }
 
 function isKey(text: string): boolean {

@@ -12,7 +12,7 @@
  *
  * Replicas that share the master key and the sealed root agree on every derived key.
  */
-import { createHmac, hkdfSync, randomBytes } from 'node:crypto';
+import { createHash, createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from './config.js';
@@ -108,6 +108,36 @@ export function checkRoot(dataDir: string, root: string): void {
   if (readFileSync(file, 'utf8').trim() !== value) {
     throw new Error(`the master key does not match this data directory (${file} records another key root): `
       + 'if the key was rotated on another data directory, run `glucoguard keys rotate-master` here too or copy its keys/root.sealed');
+  }
+}
+
+/**
+ * A key's fingerprint (SHA-256 of a domain tag and the key, hex): what the rotation journal records
+ * of the new key, and what `keys status` shows so operators can compare replicas without the keys.
+ */
+export function keyFingerprint(key: string): string {
+  return createHash('sha256').update('glucoguard-master-key-fingerprint\0').update(Buffer.from(key, 'base64')).digest('hex');
+}
+
+/** What `glucoguard keys status` prints: where the keys come from, their fingerprints, and what stops a start-up (if anything). */
+export function describeServerKeys(config: Pick<Config, 'masterKey' | 'dataDir'>): { lines: string[]; problem?: string } {
+  const lines: string[] = [];
+  const short = (key: string) => keyFingerprint(key).slice(0, 16);
+  if (!config.masterKey && !existsSync(masterKeyPath(config.dataDir)) && !existsSync(rotationJournalPath(config.dataDir))
+    && !existsSync(rootCheckPath(config.dataDir)) && !existsSync(path.join(config.dataDir, 'store', 'glucoguard.db'))) {
+    return { lines: [`master key: none yet (made in ${masterKeyPath(config.dataDir)} at the first start)`] };
+  }
+  try {
+    const { master, root } = loadServerKeys(config);
+    lines.push(`master key: ${config.masterKey ? 'GLUCOGUARD_MASTER_KEY[_FILE]' : masterKeyPath(config.dataDir)} (fingerprint ${short(master)})`);
+    lines.push(root === master
+      ? 'key root: the master key itself (never rotated)'
+      : `key root: sealed in ${rootSealPath(config.dataDir)} (fingerprint ${short(root)})`);
+    lines.push(`key root check: matches ${rootCheckPath(config.dataDir)}`);
+    lines.push('rotation: none in progress');
+    return { lines };
+  } catch (err) {
+    return { lines, problem: (err as Error).message };
   }
 }
 

@@ -176,6 +176,10 @@ describe('glucoguard CLI', () => {
     expect(r.stdout).toMatch(/the new key is in .*master\.key: back it up/);
     expect(r.stdout + r.stderr).not.toContain(readFileSync(keyFile, 'utf8').trim()); // the key is never printed
     expect(readFileSync(keyFile, 'utf8')).not.toBe(before);
+    const status = spawnSync(process.execPath, [BIN, 'keys', 'status'], { env: { ...env, LOG_LEVEL: 'warn' }, encoding: 'utf8' });
+    expect(status.status).toBe(0);
+    expect(status.stdout).toMatch(/^master key: .*master\.key \(fingerprint [0-9a-f]{16}\)\nkey root: sealed in .*root\.sealed \(fingerprint [0-9a-f]{16}\)\nkey root check: matches .*root\.check\nrotation: none in progress$/m);
+    expect(status.stdout).not.toContain(readFileSync(keyFile, 'utf8').trim());
     const server = serve();
     const port = Number((await server.waitFor(/listening on port (\d+)/))[1]);
     expect(server.out()).toMatch(/master key: file \(.*master\.key; key root sealed in .*root\.sealed\)/);

@@ -14,7 +14,7 @@ import type { App } from '../../src/app.js';
 import { OPEN_ACCESS } from '../../src/fhir/access.js';
 import type { HttpMethod } from '../../src/fhir/types.js';
 import { rotateMasterKey, type RotationStep } from '../../src/key-rotation.js';
-import { loadServerKeys, masterKeyPath } from '../../src/keys.js';
+import { describeServerKeys, keyFingerprint, loadServerKeys, masterKeyPath } from '../../src/keys.js';
 import { EmbeddedRepository } from '../../src/repository/embedded/index.js';
 import { startTestApp, tempDir } from '../support/app.js';
 import { startUpstreamFhirServer } from '../support/upstream-server.js';
@@ -107,6 +107,10 @@ describe('master key held in the data directory', () => {
     const keys = loadServerKeys({ dataDir: dir });
     expect(keys.master).not.toBe(oldKey);
     expect(keys.root).toBe(seeded.root);
+    const status = describeServerKeys({ dataDir: dir });
+    expect(status.problem).toBeUndefined();
+    expect(status.lines.join('\n')).toContain(`key root: sealed in ${path.join(dir, 'keys', 'root.sealed')} (fingerprint ${keyFingerprint(seeded.root).slice(0, 16)})`);
+    expect(status.lines.join('\n')).toContain(`(fingerprint ${keyFingerprint(keys.master).slice(0, 16)})`);
     expect(existsSync(path.join(dir, 'keys', 'rotation.json'))).toBe(false);
     await expectIntact(dir, seeded);
 
@@ -197,6 +201,8 @@ describe('the key root check', () => {
     const dir = tempDir('gg-rootcheck-');
     dirs.push(dir);
     const k1 = newKey();
+    expect(describeServerKeys({ dataDir: dir }).lines).toEqual([expect.stringMatching(/^master key: none yet/)]);
+    expect(existsSync(masterKeyPath(dir))).toBe(false); // status makes no key
     expect(loadServerKeys({ dataDir: dir, masterKey: k1 }).root).toBe(k1); // first start records the check
     expect(() => loadServerKeys({ dataDir: dir, masterKey: newKey() })).toThrow(/does not match this data directory .*root\.check records another key root/);
     expect(loadServerKeys({ dataDir: dir, masterKey: k1 }).root).toBe(k1);
@@ -243,6 +249,7 @@ describe('a rotation stopped after each step', () => {
       const oldKey = readFileSync(masterKeyPath(dir), 'utf8').trim();
       expect(() => rotateMasterKey({ config: { dataDir: dir }, afterStep: stopAt(step) })).toThrow(`stopped after ${step}`);
       expect(() => loadServerKeys({ dataDir: dir })).toThrow(/did not finish: run `glucoguard keys rotate-master --resume`/);
+      expect(describeServerKeys({ dataDir: dir }).problem).toMatch(/did not finish/);
       await expect(EmbeddedRepository.open({ dataDir: dir })).rejects.toThrow(/did not finish/);
       expect(() => rotateMasterKey({ config: { dataDir: dir } })).toThrow(/did not finish: run again with --resume/);
       rotateMasterKey({ config: { dataDir: dir }, resume: true });
