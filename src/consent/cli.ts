@@ -178,5 +178,6 @@ export function registerConsentCommands(program: Command, open: () => Promise<Ap
       const events = result.resources as AuditEvent[];
       if (o.json) console.log(JSON.stringify(events, null, 2));
       else for (const e of events) console.log(formatAuditEvent(e));
+      if (!events.length) console.error(`no AuditEvent names Patient/${o.patient}`); // stdout stays the (empty) log
     }));
 }

@@ -22,7 +22,8 @@ async function openChain(config: Config, logger: Logger): Promise<{ client: Chai
   const deployment = readDeployment(config.dataDir);
   if (!config.chain.rpcUrl && deployment && config.chain.embeddedPort) {
     const url = `http://127.0.0.1:${config.chain.embeddedPort}`;
-    const probe = new JsonRpcProvider(url, undefined, { staticNetwork: true, batchMaxCount: 1 });
+    // the network is given, so nothing is detected (ethers would log its retries while no node answers)
+    const probe = new JsonRpcProvider(url, deployment.chainId, { staticNetwork: true, batchMaxCount: 1 });
     const running = await Promise.race([
       probe.send('eth_chainId', []).then((id: string) => Number(id) === deployment.chainId, () => false),
       new Promise<boolean>((r) => setTimeout(() => r(false), 1500)),
@@ -111,16 +112,19 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
           console.log(JSON.stringify(status, null, 2));
           return;
         }
-        console.log(`chain id     ${status.chainId} (${status.adapter === 'embedded' ? 'embedded Clique node' : 'JSON-RPC'} at ${status.rpc})`);
-        console.log(`head         #${status.head.number} ${status.head.hash} (${status.head.time})`);
-        console.log(`signers      ${status.signers?.join(', ') ?? 'not reported by this node'}`);
-        console.log(`authority    ${status.authority}`);
-        for (const [name, address] of Object.entries(status.contracts)) console.log(`${name.padEnd(13)}${address}`);
-        console.log(`on chain     ${status.onChain.batches} batches, next sequence ${status.onChain.nextSeq}`);
+        // one column wide enough for the longest label (a contract's name)
+        const row = (label: string, value: string) => console.log(`${label.padEnd(18)}${value}`);
+        const batches = (n: number) => `${n} batch${n === 1 ? '' : 'es'}`;
+        row('chain id', `${status.chainId} (${status.adapter === 'embedded' ? 'embedded Clique node' : 'JSON-RPC'} at ${status.rpc})`);
+        row('head', `#${status.head.number} ${status.head.hash} (${status.head.time})`);
+        row('signers', status.signers?.join(', ') ?? 'not reported by this node');
+        row('authority', status.authority);
+        for (const [name, address] of Object.entries(status.contracts)) row(name, address);
+        row('on chain', `${batches(status.onChain.batches)}, next sequence ${status.onChain.nextSeq}`);
         const a = status.anchoring;
-        console.log(a
-          ? `anchoring    ${a.commitments} commitments: ${a.anchored} anchored in ${a.batches} batches, ${a.pending} pending; lag ${seconds(a.lagMs)} (oldest pending)`
-          : 'anchoring    no commitment store in this data directory yet');
+        row('anchoring', a
+          ? `${a.commitments} commitments: ${a.anchored} anchored in ${batches(a.batches)}, ${a.pending} pending; lag ${seconds(a.lagMs)} (oldest pending)`
+          : 'no commitment store in this data directory yet');
       } finally {
         store?.close();
         await close();

@@ -2,7 +2,7 @@
  * `glucoguard identity register`, `consent grant|list|revoke` and `audit --patient` run in-process
  * against a test app (the commands' parsing and output, the chain and repository underneath).
  */
-import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
 import request from 'supertest';
 import { registerConsentCommands } from '../../src/consent/cli.js';
 import { startTestApp, type TestApp } from '../support/app.js';
@@ -24,6 +24,17 @@ describe('consent CLI', () => {
   });
 
   const cli = inProcessCli(registerConsentCommands, () => t.app);
+
+  test('audit of a patient no AuditEvent names says so on stderr and prints an empty log', async () => {
+    const said: string[] = [];
+    const err = jest.spyOn(console, 'error').mockImplementation((...a: unknown[]) => { said.push(a.join(' ')); });
+    try {
+      expect(await cli('audit', '--patient', 'no-such-patient')).toBe('');
+    } finally {
+      err.mockRestore();
+    }
+    expect(said).toEqual(['no AuditEvent names Patient/no-such-patient']);
+  });
 
   test('register an identity, grant, list, read as the grantee, revoke, and print the access log', async () => {
     expect(await cli('identity', 'register', '--ref', `Practitioner/${doc}`)).toMatch(new RegExp(`^Practitioner/${doc} 0x[0-9a-fA-F]{40}`));

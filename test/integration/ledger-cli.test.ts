@@ -5,6 +5,8 @@
  * `glucoguard chain authority grant|revoke` adds or removes an authority (a replica's own account).
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
@@ -70,6 +72,19 @@ describe('glucoguard verify', () => {
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/^checked 1: 1 verified, 0 pending/);
   });
+
+  test('with a chain port no node answers on, it starts its own node without ethers logging network retries', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const server = createServer().listen(0, '127.0.0.1', () => {
+        const { port: free } = server.address() as AddressInfo;
+        server.close(() => resolve(free));
+      });
+    });
+    const r = spawnSync(process.execPath, [BIN, 'verify', '--patient', bystander], { env: { ...env, CHAIN_PORT: String(port) }, encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^checked 1: 1 verified/);
+    expect(r.stdout + r.stderr).not.toMatch(/JsonRpcProvider|detect network/);
+  });
 });
 
 describe('glucoguard chain', () => {
@@ -84,6 +99,15 @@ describe('glucoguard chain', () => {
     expect(s.anchoring).toMatchObject({ pending: 0 });
     expect(s.anchoring.anchored).toBeGreaterThanOrEqual(2);
     expect(s.onChain.batches).toBeGreaterThanOrEqual(1);
+  });
+
+  test('status as text: one column of labels wide enough for the contracts\' names', () => {
+    const r = run('chain', 'status');
+    expect(r.status).toBe(0);
+    for (const label of ['chain id', 'head', 'signers', 'authority', 'ResourceAnchor', 'ConsentRegistry', 'IdentityRegistry', 'on chain', 'anchoring']) {
+      expect(r.stdout).toMatch(new RegExp(`^${label.padEnd(18)}\\S`, 'm'));
+    }
+    expect(r.stdout).toMatch(/^on chain {10}\d+ batch(es)?, next sequence \d+$/m);
   });
 
   test('deploy puts the three contracts on a node and writes the deployment JSON; a re-run deploys nothing', async () => {
