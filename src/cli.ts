@@ -241,8 +241,21 @@ registerSmartCommands(program, async () => {
   return { config: cfg, kv, close: () => kv.close() };
 });
 
+/** What a file the operator named could not be read for, in words (Node's own message leads with the errno). */
+const FILE_ERRORS: Record<string, string> = {
+  ENOENT: 'no such file or directory', EACCES: 'permission denied', EPERM: 'permission denied', EISDIR: 'is a directory, not a file', ENOTDIR: 'a part of the path is not a directory',
+};
+
+function fileError(e: { code?: string; path?: unknown }): string | undefined {
+  const words = e.code ? FILE_ERRORS[e.code] : undefined;
+  if (!words) return undefined;
+  if (typeof e.path === 'string') return `${e.path}: ${words}`;
+  // reading a directory fails after it opened, so that error names no path
+  return e.code === 'EISDIR' ? 'a path given as a file is a directory' : undefined;
+}
+
 program.parseAsync(process.argv).catch((err: unknown) => {
-  const e = err as { code?: string; issues?: { diagnostics?: string }[]; message?: string };
-  console.error(`glucoguard: ${e.issues?.map((i) => i.diagnostics).join('; ') ?? e.message ?? String(err)}`);
+  const e = err as { code?: string; path?: unknown; issues?: { diagnostics?: string }[]; message?: string };
+  console.error(`glucoguard: ${e.issues?.map((i) => i.diagnostics).join('; ') ?? fileError(e) ?? e.message ?? String(err)}`);
   process.exit(1);
 });

@@ -27,15 +27,7 @@ export function registerCgmCommands(program: Command, open: () => Promise<App>):
     .option('--partial', 'store the good records of a file with rejected ones (default: store nothing)')
     .option('--json', 'print the report as JSON')
     .action(async (file: string, opts: { patient: string; format?: CgmFormat; tz?: string; partial?: boolean; json?: boolean }) => {
-      // a clear "no such file" before anything opens
-      try {
-        if (!statSync(file).isFile()) throw new Error(`${file} is not a file`);
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code === 'ENOENT') throw new Error(`${file}: no such file`);
-        if (code === 'EACCES') throw new Error(`${file}: permission denied`);
-        throw err;
-      }
+      if (!statSync(file).isFile()) throw new Error(`${file} is not a file`); // a clear answer before anything opens
       await withApp(open, async (app) => {
         const bar = progressBar();
         try {

@@ -67,6 +67,15 @@ describe('glucoguard CLI', () => {
     expect(r.stderr).toMatch(/YYYY-MM-DD/);
   });
 
+  test('a file the operator names that cannot be read is reported as such, not as a raw errno', () => {
+    const missing = path.join(dataDir, 'no-such-password.txt');
+    const r = spawnSync(process.execPath, [BIN, 'users', 'add', '--username', 'ana', '--password-file', missing, '--fhir-user', 'Patient/x'], { env, encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split('\n').pop()).toBe(`glucoguard: ${missing}: no such file or directory`);
+    const dir = spawnSync(process.execPath, [BIN, 'users', 'add', '--username', 'ana', '--password-file', dataDir, '--fhir-user', 'Patient/x'], { env, encoding: 'utf8' });
+    expect(dir.stderr.trim().split('\n').pop()).toBe('glucoguard: a path given as a file is a directory');
+  });
+
   test('a bad configuration stops start-up with one message per problem', () => {
     const r = spawnSync(process.execPath, [BIN, 'serve'], { env: { ...env, PORT: 'x', GLUCOGUARD_AUTH: 'maybe' }, encoding: 'utf8' });
     expect(r.status).toBe(2);
