@@ -93,7 +93,12 @@ export const unprocessable = (issues: OperationOutcomeIssue[]): GlucoGuardError 
   new GlucoGuardError('ERR_UNPROCESSABLE', issues.map((i) => i.diagnostics).join('; '), issues);
 export const unsupportedMediaType = (details: string): GlucoGuardError => new GlucoGuardError('ERR_UNSUPPORTED_MEDIA_TYPE', details);
 export const tooLarge = (details: string): GlucoGuardError => new GlucoGuardError('ERR_TOO_LARGE', details);
-export const methodNotAllowed = (details: string): GlucoGuardError => new GlucoGuardError('ERR_METHOD_NOT_ALLOWED', details);
+/** 405 with the `Allow` header RFC 9110 §15.5.6 requires: the methods the target does support. */
+export function methodNotAllowed(details: string, allowed: readonly string[]): GlucoGuardError {
+  const err = new GlucoGuardError('ERR_METHOD_NOT_ALLOWED', details);
+  err.headers = { Allow: allowed.join(', ') };
+  return err;
+}
 export const notAcceptable = (details: string): GlucoGuardError => new GlucoGuardError('ERR_NOT_ACCEPTABLE', details);
 export const notSupported = (details: string): GlucoGuardError => new GlucoGuardError('ERR_NOT_SUPPORTED', details);
 export const unauthorized = (details = 'Authentication required'): GlucoGuardError => new GlucoGuardError('ERR_UNAUTHORIZED', details);

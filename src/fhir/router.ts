@@ -93,6 +93,10 @@ type Route =
   | { kind: 'operation'; name: string; type?: string; id?: string };
 
 const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
+/** The Allow header of a 405 (RFC 9110 §15.5.6), per kind of target. */
+const READ_ONLY = ['GET', 'HEAD'];
+const TYPE_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH']; // PUT, DELETE and PATCH with search parameters (conditional)
+const INSTANCE_METHODS = ['GET', 'HEAD', 'PUT', 'DELETE', 'PATCH'];
 /**
  * The answer to `_total=estimate|accurate`: a hint servers may decline (search.html#total), and this
  * one always does, as a count over data filtered for the requester would reveal what was withheld.
@@ -167,13 +171,13 @@ export class FhirRouter {
     const method = req.method === 'HEAD' ? 'GET' : req.method;
     switch (route.kind) {
       case 'metadata':
-        if (method !== 'GET') throw methodNotAllowed('metadata supports GET only');
+        if (method !== 'GET') throw methodNotAllowed('metadata supports GET only', READ_ONLY);
         return { status: 200, body: this.options.capabilityStatement() };
       case 'bundle':
-        if (method !== 'POST') throw methodNotAllowed('The FHIR base supports POST of batch/transaction Bundles');
+        if (method !== 'POST') throw methodNotAllowed('The FHIR base supports POST of batch/transaction Bundles', ['POST']);
         return this.bundle(req);
       case 'system-history':
-        if (method !== 'GET') throw methodNotAllowed('_history supports GET only');
+        if (method !== 'GET') throw methodNotAllowed('_history supports GET only', READ_ONLY);
         return this.history(req, undefined, undefined);
       case 'type':
         if (method === 'GET') return this.search(req, route.type, req.query);
@@ -182,12 +186,12 @@ export class FhirRouter {
           if (method === 'PATCH') return this.conditionalPatch(req, route.type);
           return method === 'PUT' ? this.conditionalUpdate(req, route.type) : this.conditionalDelete(req, route.type);
         }
-        throw methodNotAllowed(`${method} is not allowed on ${route.type}`);
+        throw methodNotAllowed(`${method} is not allowed on ${route.type}`, this.writeHandlers.has(route.type) ? ['GET', 'HEAD', 'POST'] : TYPE_METHODS);
       case 'type-search':
-        if (method !== 'POST') throw methodNotAllowed('_search supports POST only');
+        if (method !== 'POST') throw methodNotAllowed('_search supports POST only', ['POST']);
         return this.search(req, route.type, mergeQuery(req.query, formBody(req)));
       case 'type-history':
-        if (method !== 'GET') throw methodNotAllowed('_history supports GET only');
+        if (method !== 'GET') throw methodNotAllowed('_history supports GET only', READ_ONLY);
         return this.history(req, route.type, undefined);
       case 'instance':
         if (method === 'GET') return this.read(req, route.type, route.id);
@@ -197,12 +201,12 @@ export class FhirRouter {
         if (method === 'PUT') return this.update(req, route.type, route.id);
         if (method === 'DELETE') return this.delete(req, route.type, route.id);
         if (method === 'PATCH' && !this.writeHandlers.has(route.type)) return this.patch(req, route.type, route.id);
-        throw methodNotAllowed(`${method} is not allowed on ${route.type}/${route.id}`);
+        throw methodNotAllowed(`${method} is not allowed on ${route.type}/${route.id}`, this.writeHandlers.has(route.type) ? ['GET', 'HEAD', 'PUT', 'DELETE'] : INSTANCE_METHODS);
       case 'instance-history':
-        if (method !== 'GET') throw methodNotAllowed('_history supports GET only');
+        if (method !== 'GET') throw methodNotAllowed('_history supports GET only', READ_ONLY);
         return this.history(req, route.type, route.id);
       case 'vread':
-        if (method !== 'GET') throw methodNotAllowed('vread supports GET only');
+        if (method !== 'GET') throw methodNotAllowed('vread supports GET only', READ_ONLY);
         return this.vread(req, route.type, route.id, route.vid);
       case 'operation':
         return this.operation(req, route);
@@ -861,7 +865,7 @@ export class FhirRouter {
       throw notFound(`Unknown operation $${route.name.slice(0, 64)}`);
     }
     const method = req.method === 'HEAD' ? 'GET' : req.method;
-    if (!op.methods.includes(method)) throw methodNotAllowed(`$${op.name} does not support ${method}`);
+    if (!op.methods.includes(method)) throw methodNotAllowed(`$${op.name} does not support ${method}`, op.methods.flatMap((m) => (m === 'GET' ? ['GET', 'HEAD'] : [m])));
     if (!op.authorizesItself) await this.policy.authorize(req.access, 'operation', route.type ?? '*');
     // an operation's input (Parameters, or a Bundle) is read by its handler: values of the wrong kind are refused first
     if (isJsonObject(req.body) && (req.body.resourceType === 'Parameters' || req.body.resourceType === 'Bundle')) assertWellFormed(req.body as unknown as Resource);
@@ -1103,7 +1107,7 @@ export class FhirRouter {
 function conditionalCriteria(req: FhirRequest, interaction: 'update' | 'patch' | 'delete'): Record<string, string | string[]> {
   const criteria = Object.fromEntries(Object.entries(req.query).filter(([k]) => k !== '_format' && k !== '_pretty'));
   if (Object.keys(criteria).length === 0) {
-    throw methodNotAllowed(`${req.method} on a resource type needs search parameters (conditional ${interaction})`);
+    throw methodNotAllowed(`${req.method} on a resource type needs search parameters (conditional ${interaction})`, ['GET', 'HEAD', 'POST']);
   }
   return criteria;
 }

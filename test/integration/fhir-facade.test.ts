@@ -377,6 +377,18 @@ describe.each(REPOSITORY_ADAPTERS)('FHIR facade on the %s repository', (adapter,
     expect((await http().patch(`/fhir/Patient/${patientId}`).set('Content-Type', FHIR_JSON).send({})).status).toBe(400);
     expect((await http().patch(`/fhir/Patient/${patientId}`).set('Content-Type', 'text/plain').send('{}')).status).toBe(415);
     expect((await http().patch('/fhir/Patient').set('Content-Type', 'application/json-patch+json').send('[]')).status).toBe(405);
+    // every 405 says what the target does allow (RFC 9110 §15.5.6)
+    const allowed = async (res: Promise<{ status: number; headers: Record<string, string> }>) => {
+      const r = await res;
+      expect(r.status).toBe(405);
+      return r.headers.allow;
+    };
+    expect(await allowed(http().patch('/fhir/Patient').set('Content-Type', 'application/json-patch+json').send('[]'))).toBe('GET, HEAD, POST');
+    expect(await allowed(http().delete('/fhir/metadata'))).toBe('GET, HEAD');
+    expect(await allowed(http().get('/fhir/'))).toBe('POST');
+    expect(await allowed(http().put(`/fhir/Patient/${patientId}/_history/1`))).toBe('GET, HEAD');
+    expect(await allowed(http().get('/fhir/Patient/_search'))).toBe('POST');
+    expect(await allowed(http().get('/fhir/Patient/$match'))).toBe('POST');
     const unknownParam = await http().get('/fhir/Observation').query({ colour: 'blue' });
     expect(unknownParam.status).toBe(400);
     expect(unknownParam.body.issue[0].diagnostics).toMatch(/colour/);
