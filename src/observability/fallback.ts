@@ -20,6 +20,18 @@ export function notFoundHandler() {
   };
 }
 
+/**
+ * For a path whose routes are mounted before it: any other method answers 405 with the `Allow`
+ * header RFC 9110 §15.5.6 requires, in the path's error dialect. HEAD is allowed wherever GET is.
+ */
+export function onlyMethods(methods: readonly string[]) {
+  const allow = methods.flatMap((m) => (m === 'GET' ? ['GET', 'HEAD'] : [m]));
+  return (req: Request, res: Response): void => {
+    res.set('Allow', allow.join(', '));
+    send(req, res, 405, `${req.method} is not allowed here (allowed: ${allow.join(', ')})`);
+  };
+}
+
 /** Express error handler: mount last. */
 export function finalErrorHandler(logger: Logger) {
   // Express recognises error handlers by their four parameters.
@@ -52,8 +64,9 @@ function send(req: Request, res: Response, status: number, message: string): voi
   }
   if (req.path.startsWith('/oauth/')) {
     // RFC 6749 §5.2: an endpoint's errors are 400 unless specified otherwise; a body too large keeps
-    // its 413, and a path that is no endpoint its 404 (a client must not read it as a refused request).
-    if (status < 500 && status !== 413 && status !== 404) res.status(400);
+    // its 413, a path that is no endpoint its 404 and a method it does not take its 405 (a client
+    // must not read those as a refused request).
+    if (status < 500 && status !== 413 && status !== 404 && status !== 405) res.status(400);
     res.json({ error: status >= 500 ? 'server_error' : 'invalid_request', error_description: message });
     return;
   }

@@ -6,19 +6,20 @@
  * /.well-known/openid-configuration, /.well-known/jwks.json, /oauth/{authorize,login,
  * select-patient,approve,token,introspect,revoke,jwks}, /smart/launch, /smart/style.json.
  */
-import express, { type Router } from 'express';
+import express, { type RequestHandler, type Router } from 'express';
 import type { CapabilityStatementRestSecurity } from '@medplum/fhirtypes';
 import type { Config } from '../config.js';
 import { OPEN_ACCESS, type AccessContext } from '../fhir/access.js';
+import { loadServerKeys } from '../keys.js';
 import type { KeyValueStore } from '../kv/port.js';
 import type { Logger } from '../log.js';
+import { onlyMethods } from '../observability/fallback.js';
 import { authorizeHandlers } from './authorize.js';
 import { smartUrls, type PatientLoginHook, type SearchPatients, type SmartContext, type SmartUrls } from './context.js';
 import { discoveryHandlers } from './discovery.js';
 import { introspectHandler } from './introspect.js';
 import { SigningKeys } from './keys.js';
 import { launchHandler } from './launch-endpoint.js';
-import { loadServerKeys } from '../keys.js';
 import { DEFAULT_RATE_LIMITS, RateLimiter, type RateLimits } from './rate-limit.js';
 import { authenticateBearer, capabilitySecurity, type SmartAccessContext } from './resource.js';
 import { revokeHandler } from './revoke.js';
@@ -109,25 +110,33 @@ function buildRouter(ctx: SmartContext): Router {
   const discovery = discoveryHandlers(ctx);
   const pages = authorizeHandlers(ctx);
 
-  router.get('/fhir/.well-known/smart-configuration', discovery.smartConfiguration);
-  router.get('/fhir/.well-known/openid-configuration', discovery.openidConfiguration);
-  router.get('/.well-known/openid-configuration', discovery.openidConfiguration);
-  router.get(['/oauth/jwks', '/.well-known/jwks.json'], discovery.jwks);
-  router.get('/smart/style.json', discovery.style);
+  // each path's methods are noted as it is routed, so any other method on it answers 405 with Allow
+  const methods = new Map<string, string[]>();
+  const route = (method: 'get' | 'post', paths: string | string[], ...handlers: RequestHandler[]) => {
+    router[method](paths, ...handlers);
+    for (const p of [paths].flat()) methods.set(p, [...(methods.get(p) ?? []), method.toUpperCase()]);
+  };
 
-  router.get('/oauth/authorize', pages.authorize);
-  router.post('/oauth/authorize', form, pages.authorize);
-  router.post('/oauth/login', form, pages.login);
-  router.post('/oauth/select-patient', form, pages.selectPatient);
-  router.post('/oauth/approve', form, pages.approve);
+  route('get', '/fhir/.well-known/smart-configuration', discovery.smartConfiguration);
+  route('get', '/fhir/.well-known/openid-configuration', discovery.openidConfiguration);
+  route('get', '/.well-known/openid-configuration', discovery.openidConfiguration);
+  route('get', ['/oauth/jwks', '/.well-known/jwks.json'], discovery.jwks);
+  route('get', '/smart/style.json', discovery.style);
+
+  route('get', '/oauth/authorize', pages.authorize);
+  route('post', '/oauth/authorize', form, pages.authorize);
+  route('post', '/oauth/login', form, pages.login);
+  route('post', '/oauth/select-patient', form, pages.selectPatient);
+  route('post', '/oauth/approve', form, pages.approve);
 
   router.options(['/oauth/token', '/oauth/revoke'], (_req, res) => {
     res.set({ 'Access-Control-Allow-Origin': '*', 'Access-Control-Allow-Methods': 'POST', 'Access-Control-Allow-Headers': 'Authorization, Content-Type',
       'Access-Control-Max-Age': '600' }).status(204).end();
   });
-  router.post('/oauth/token', form, tokenHandler(ctx));
-  router.post('/oauth/introspect', form, introspectHandler(ctx));
-  router.post('/oauth/revoke', form, revokeHandler(ctx));
-  router.post('/smart/launch', json, form, launchHandler(ctx));
+  route('post', '/oauth/token', form, tokenHandler(ctx));
+  route('post', '/oauth/introspect', form, introspectHandler(ctx));
+  route('post', '/oauth/revoke', form, revokeHandler(ctx));
+  route('post', '/smart/launch', json, form, launchHandler(ctx));
+  for (const [path, allowed] of methods) router.all(path, onlyMethods(allowed));
   return router;
 }

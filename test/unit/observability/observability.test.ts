@@ -265,6 +265,22 @@ describe('edge errors', () => {
     }
   });
 
+  test('a SMART endpoint asked with a method it does not take answers 405 with Allow, in its own error dialect', async () => {
+    const token = await http().get('/oauth/token');
+    expect(token.status).toBe(405);
+    expect(token.headers.allow).toBe('POST');
+    expect(token.body).toEqual({ error: 'invalid_request', error_description: 'GET is not allowed here (allowed: POST)' });
+    const jwks = await http().post('/oauth/jwks');
+    expect(jwks.status).toBe(405);
+    expect(jwks.headers.allow).toBe('GET, HEAD');
+    const authorize = await http().delete('/oauth/authorize');
+    expect(authorize.headers.allow).toBe('GET, HEAD, POST');
+    const discovery = await http().put('/fhir/.well-known/smart-configuration');
+    expect(discovery.status).toBe(405);
+    expect(discovery.body.resourceType).toBe('OperationOutcome');
+    expect((await http().get('/oauth/jwks')).status).toBe(200); // the allowed method is untouched
+  });
+
   test('an unknown path answers a JSON 404', async () => {
     const res = await http().get('/wp-admin/../../etc/passwd');
     expect(res.status).toBe(404);
