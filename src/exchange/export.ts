@@ -48,6 +48,8 @@ export interface ExportServiceOptions {
   repository: Repository;
   deidentifiers: StudyDeidentifiers;
   retryAfterSeconds: number;
+  /** How long a finished job and its files are kept (ExchangeSettings.exportRetentionHours); then both are deleted. */
+  retentionMs: number;
   logger?: Logger;
   /** Records an access-log entry when a job finishes (the consent audit recorder). */
   audit?: (request: FhirRequest, response: FhirResponse) => void;
@@ -62,17 +64,56 @@ export class ExportService {
   private readonly lastPoll = new Map<string, number>();
   private readonly progress = new Map<string, string>();
   private closed = false;
+  private sweeper: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: ExportServiceOptions) {
     this.store = new JobStore(options.dir);
+  }
+
+  /** When a finished job's files go (the manifest's Expires); undefined while it runs. */
+  private expiresAt(job: ExportJob): number | undefined {
+    if (job.status !== 'completed' && job.status !== 'failed') return undefined;
+    return Date.parse(job.completedAt ?? job.createdAt) + this.options.retentionMs;
+  }
+
+  private expired(job: ExportJob): boolean {
+    const at = this.expiresAt(job);
+    return at !== undefined && at <= this.now();
+  }
+
+  /**
+   * Deletes finished jobs past their retention, files and all (at start and then hourly): export
+   * files are copies of health data and must not outlive the time the manifest promised them for.
+   * Answers how many went.
+   */
+  sweep(): number {
+    let removed = 0;
+    for (const job of this.store.byStatus('completed', 'failed')) {
+      if (!this.expired(job)) continue;
+      rmSync(this.jobDir(job.id), { recursive: true, force: true });
+      this.store.delete(job.id);
+      this.lastPoll.delete(job.id);
+      removed++;
+    }
+    if (removed) this.options.logger?.info({ removed }, 'export: deleted expired jobs and their files');
+    return removed;
   }
 
   private now(): number {
     return this.options.now?.() ?? Date.now();
   }
 
-  /** Resumes jobs a restart cut off (from the start), or fails them cleanly after MAX_ATTEMPTS. */
+  /** Resumes jobs a restart cut off (from the start), or fails them cleanly after MAX_ATTEMPTS; deletes expired ones, now and hourly. */
   start(): void {
+    this.sweep();
+    this.sweeper = setInterval(() => {
+      try {
+        this.sweep();
+      } catch (err) {
+        this.options.logger?.error({ err: (err as Error).message }, 'export: could not delete expired jobs');
+      }
+    }, 3_600_000);
+    this.sweeper.unref();
     for (const job of this.store.byStatus('queued', 'running')) {
       rmSync(this.jobDir(job.id), { recursive: true, force: true });
       if (job.attempts >= MAX_ATTEMPTS) {
@@ -88,6 +129,7 @@ export class ExportService {
   /** Stops taking jobs and waits for the running one to stop at its next page (it resumes on the next start). */
   async close(): Promise<void> {
     this.closed = true;
+    clearInterval(this.sweeper);
     this.queue.length = 0;
     await this.running;
     this.store.close();
@@ -210,8 +252,8 @@ export class ExportService {
   private ownJob(req: FhirRequest): ExportJob {
     const id = [req.query._job ?? []].flat()[0];
     const job = id ? this.store.get(id) : undefined;
-    // Another requester's job looks exactly like no job.
-    if (!job || job.owner !== ownerOf(req.access)) throw notFound('No such export job');
+    // Another requester's job looks exactly like no job; so does an expired one not swept yet.
+    if (!job || job.owner !== ownerOf(req.access) || this.expired(job)) throw notFound('No such export job');
     return job;
   }
 
@@ -234,7 +276,7 @@ export class ExportService {
     const url = (f: OutputFile) => `${this.options.filesBase}/${job.id}/${f.file}`;
     return {
       status: 200,
-      headers: { Expires: new Date(Date.parse(job.completedAt!) + 7 * 86_400_000).toUTCString() },
+      headers: { Expires: new Date(this.expiresAt(job)!).toUTCString() },
       body: {
         transactionTime: job.transactionTime!,
         request: job.request,
@@ -257,7 +299,7 @@ export class ExportService {
   /** A completed job's file, for the download route: only to its owner; undefined otherwise. */
   fileFor(access: AccessContext, jobId: string, file: string): string | undefined {
     const job = this.store.get(jobId);
-    if (!job || job.status !== 'completed' || job.owner !== ownerOf(access)) return undefined;
+    if (!job || job.status !== 'completed' || job.owner !== ownerOf(access) || this.expired(job)) return undefined;
     if (![...job.outputs, ...job.errors].some((f) => f.file === file)) return undefined;
     const full = path.join(this.jobDir(jobId), file);
     return existsSync(full) ? full : undefined;

@@ -56,7 +56,7 @@ export async function createExchange(options: ExchangeOptions): Promise<Exchange
   const deidentifiers = new StudyDeidentifiers(options.rootKey, { dateShift: settings.researchDateShift });
   const exports = new ExportService({
     dir, fhirBase: options.fhirBase, filesBase: `${options.baseUrl}/exports`, reader, repository: options.repository, deidentifiers,
-    retryAfterSeconds: settings.retryAfterSeconds, logger: options.logger, audit: options.audit,
+    retryAfterSeconds: settings.retryAfterSeconds, retentionMs: settings.exportRetentionHours * 3_600_000, logger: options.logger, audit: options.audit,
   });
   for (const op of exports.handlers()) options.fhir.registerOperation(op);
   const subscriptions = new SubscriptionService({

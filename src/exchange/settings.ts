@@ -2,6 +2,8 @@
  * Settings of bulk export and subscriptions, from the environment (defaults in one place):
  * - GLUCOGUARD_EXPORT_RETRY_AFTER: seconds a client waits between status polls (default 2; polling
  *   sooner is a 429);
+ * - GLUCOGUARD_EXPORT_RETENTION_HOURS: how long a finished export's files are kept (default 168,
+ *   one week; the manifest's Expires says when), then deleted with the job;
  * - GLUCOGUARD_RESEARCH_DATE_SHIFT=true: research exports shift each patient's dates (default off);
  * - GLUCOGUARD_SUBSCRIPTION_ALLOW: comma-separated hosts, IPs or CIDRs that subscription endpoints
  *   may resolve to even when loopback/private (e.g. `127.0.0.1` for tests); default none;
@@ -13,6 +15,7 @@
  */
 export interface ExchangeSettings {
   retryAfterSeconds: number;
+  exportRetentionHours: number;
   researchDateShift: boolean;
   subscriptionAllow: string[];
   subscriptionAllowHttp: boolean;
@@ -32,6 +35,7 @@ export function exchangeSettings(env: NodeJS.ProcessEnv = process.env): Exchange
   };
   return {
     retryAfterSeconds: int('GLUCOGUARD_EXPORT_RETRY_AFTER', 2, 1, 3600),
+    exportRetentionHours: int('GLUCOGUARD_EXPORT_RETENTION_HOURS', 168, 1, 8760),
     researchDateShift: env.GLUCOGUARD_RESEARCH_DATE_SHIFT === 'true',
     subscriptionAllow: (env.GLUCOGUARD_SUBSCRIPTION_ALLOW ?? '').split(',').map((s) => s.trim()).filter(Boolean),
     subscriptionAllowHttp: env.GLUCOGUARD_SUBSCRIPTION_HTTP === 'true',

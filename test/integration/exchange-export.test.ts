@@ -251,6 +251,30 @@ describe('bulk $export', () => {
     expect((await request(t.app.http).get(status).set('Authorization', `Bearer ${studyToken}`)).status).toBe(404);
   }, 30_000);
 
+  test('a finished export is deleted, files and all, once the retention its manifest\'s Expires names has passed', async () => {
+    const location = (await kickOff('/fhir/Patient/$export?_type=Observation', studyToken)).headers['content-location']!;
+    const manifest = await manifestOf(location, studyToken);
+    const jobId = new URL(location).searchParams.get('_job')!;
+    const store = t.app.exchange.exports.store;
+    const job = store.get(jobId)!;
+    const served = await request(t.app.http).get(statusPath(location)).set('Authorization', `Bearer ${studyToken}`);
+    expect(Date.parse(served.headers.expires!)).toBe(Math.floor((Date.parse(job.completedAt!) + 168 * 3_600_000) / 1000) * 1000);
+    const dir = path.join(t.dataDir, 'exports', jobId);
+    expect(existsSync(dir)).toBe(true);
+    const others = store.byStatus('completed').filter((j) => j.id !== jobId).map((j) => j.id);
+
+    // a week and a minute later (the job's record moved back in time): gone for its owner too, before any sweep
+    store.put({ ...job, completedAt: new Date(Date.now() - 168 * 3_600_000 - 60_000).toISOString() });
+    expect((await request(t.app.http).get(statusPath(location)).set('Authorization', `Bearer ${studyToken}`)).status).toBe(404);
+    const file = manifest.output[0]!.url.replace('http://127.0.0.1:8080', '');
+    expect((await request(t.app.http).get(file).set('Authorization', `Bearer ${studyToken}`)).status).toBe(404);
+    // the sweep deletes it from disk; jobs still within their week stay
+    expect(t.app.exchange.exports.sweep()).toBe(1);
+    expect(existsSync(dir)).toBe(false);
+    expect(store.get(jobId)).toBeUndefined();
+    expect(store.byStatus('completed').map((j) => j.id).sort()).toEqual(others.sort());
+  }, 60_000);
+
   test('a job cut off by a restart runs again from the start; partial files are never served', async () => {
     const res = await kickOff('/fhir/Patient/$export?_type=Observation', studyToken);
     const location = res.headers['content-location']!;
