@@ -2,15 +2,21 @@
  * `glucoguard export` runs a bulk export on the server's data directory — as a registered client
  * would see it (`--client ID`, its registered scopes, `--purpose`, `--as` identity; every guard and
  * consent decision applies, research purposes are de-identified) or, without `--client`, with
- * operator (open) access — and prints the manifest with file paths.
+ * operator (open) access — writes the files, decrypted, into `--out <dir>` (default
+ * `./glucoguard-export-<job>`, mode 0700/0600) and prints the manifest with their paths. The copies
+ * in the data directory stay sealed and are deleted with the job when its retention has passed.
  * `glucoguard exchange status` lists export jobs and Subscriptions with their state.
  */
+import { createWriteStream, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { Command, InvalidArgumentError } from 'commander';
 import type { App } from '../app.js';
 import { withApp } from '../cli-app.js';
 import { OPEN_ACCESS, type AccessContext } from '../fhir/access.js';
 import { isSupportedType } from '../fhir/resource-types.js';
 import { DEFAULT_EXPORT_TYPES } from './export.js';
+import type { OutputFile } from './jobs.js';
 import { GuardedReader } from './reader.js';
 
 const list = (v: string): string[] => v.split(',').map((s) => s.trim()).filter(Boolean);
@@ -27,6 +33,7 @@ interface ExportOptions {
   since?: string;
   group?: string;
   patients?: boolean;
+  out?: string;
 }
 
 /** The access a registered client would have with its registered scopes (no token involved). */
@@ -42,7 +49,7 @@ export function clientAccess(app: App, clientId: string, as: string | undefined,
 export function registerExchangeCommands(program: Command, open: () => Promise<App>): void {
   program
     .command('export')
-    .description('run a bulk export ($export) now and print its manifest (files under <dataDir>/exports)')
+    .description('run a bulk export ($export) now, write its files (decrypted) to --out and print the manifest')
     .option('--client <client_id>', 'export as this registered client would (its scopes and consent grants); default: operator, everything')
     .option('--as <reference>', 'the identity the client acts as (e.g. Organization/ID, the grantee of a research consent)')
     .option('--purpose <code>', 'purpose of use (e.g. TREAT, HRESCH — research exports are de-identified)')
@@ -50,6 +57,7 @@ export function registerExchangeCommands(program: Command, open: () => Promise<A
     .option('--since <instant>', 'only resources changed after this instant', instant)
     .option('--group <id>', 'export the members of this Group')
     .option('--patients', 'Patient-level export (patient compartment types only)')
+    .option('--out <dir>', 'directory the NDJSON files are written to, in clear (default ./glucoguard-export-<job id>)')
     .action((o: ExportOptions) => withApp(open, async (app) => {
         const access = o.client ? clientAccess(app, o.client, o.as, o.purpose) : OPEN_ACCESS;
         const level = o.group ? 'group' : o.patients ? 'patient' : 'system';
@@ -66,12 +74,18 @@ export function registerExchangeCommands(program: Command, open: () => Promise<A
           process.exitCode = 1;
           return;
         }
-        console.log(JSON.stringify({
-          job: done.id,
-          transactionTime: done.transactionTime,
-          output: done.outputs.map((f) => ({ type: f.type, count: f.count, file: app.exchange.exports.filePath(done.id, f.file) })),
-          error: done.errors.map((f) => ({ type: f.type, count: f.count, file: app.exchange.exports.filePath(done.id, f.file) })),
-        }, null, 2));
+        const out = path.resolve(o.out ?? `glucoguard-export-${done.id}`);
+        mkdirSync(out, { recursive: true, mode: 0o700 });
+        const written = async (f: OutputFile) => {
+          const target = path.join(out, f.file);
+          await pipeline(app.exchange.exports.openFile(done.id, f.file), createWriteStream(target, { mode: 0o600 }));
+          return { type: f.type, count: f.count, file: target };
+        };
+        const output = [];
+        for (const f of done.outputs) output.push(await written(f));
+        const error = [];
+        for (const f of done.errors) error.push(await written(f));
+        console.log(JSON.stringify({ job: done.id, transactionTime: done.transactionTime, output, error }, null, 2));
     }));
 
   const exchange = program.command('exchange').description('bulk export jobs and subscriptions');

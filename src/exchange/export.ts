@@ -8,14 +8,16 @@
  *
  * Jobs run one at a time in the background and stream to `<dataDir>/exports/<job>/` with bounded
  * memory: every resource is read through GuardedReader (scopes, consent, integrity decided at the
- * moment it is written) and de-identified for research requesters (research.ts). Files are written
+ * moment it is written) and de-identified for research requesters (research.ts). Files are sealed
+ * at rest (sealed-file.ts) and deleted with their job once its retention has passed. They are written
  * as `.part` and renamed at the end, and the manifest exists only for a completed job; a job cut
  * off by a restart runs again from the start. The job's files are served (http.ts) only to the
  * requester who started it.
  */
 import { randomUUID } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync, type WriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync, rmSync, type WriteStream } from 'node:fs';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import type { Group, Parameters, Resource } from '@medplum/fhirtypes';
 import { badRequest, forbidden, isGlucoGuardError, notFound, tooManyRequests } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
@@ -28,6 +30,7 @@ import type { Logger } from '../log.js';
 import type { Repository } from '../repository/port.js';
 import { JobStore, ownerOf, storedAccess, type ExportJob, type ExportParams, type OutputFile, type StoredAccess } from './jobs.js';
 import { GuardedReader } from './reader.js';
+import { FrameOpener, sealFrame } from './sealed-file.js';
 import type { StudyDeidentifiers } from './research.js';
 
 /** Types exported when `_type` is absent: the clinical data, not consents, audit trails or subscriptions. */
@@ -50,6 +53,8 @@ export interface ExportServiceOptions {
   retryAfterSeconds: number;
   /** How long a finished job and its files are kept (ExchangeSettings.exportRetentionHours); then both are deleted. */
   retentionMs: number;
+  /** Seals the files at rest (sealed-file.ts; derived from the key root). */
+  fileKey: Buffer;
   logger?: Logger;
   /** Records an access-log entry when a job finishes (the consent audit recorder). */
   audit?: (request: FhirRequest, response: FhirResponse) => void;
@@ -305,6 +310,17 @@ export class ExportService {
     return existsSync(full) ? full : undefined;
   }
 
+  /**
+   * A job's file as its NDJSON, decrypted as it is read (sealed-file.ts). The stream errors when
+   * the file on disk was altered or cut short; callers check who may read it first (fileFor).
+   */
+  openFile(jobId: string, file: string): Readable {
+    const opener = new FrameOpener(this.options.fileKey, `${jobId}/${file}`);
+    const raw = createReadStream(this.filePath(jobId, file));
+    raw.on('error', (err) => opener.destroy(err));
+    return raw.pipe(opener);
+  }
+
   // ---- running -------------------------------------------------------------------------------
 
   private jobDir(id: string): string {
@@ -347,7 +363,8 @@ export class ExportService {
     const access: StoredAccess = { ...job.access, scopes: [...job.access.scopes] };
     const deid = this.options.deidentifiers.forAccess(access);
     const stop = (): boolean => this.closed || this.cancelled.has(job.id);
-    const errors = new NdjsonFile(path.join(dir, 'errors.ndjson'));
+    const sealed = (file: string) => new NdjsonFile(path.join(dir, file), this.options.fileKey, `${job.id}/${file}`);
+    const errors = sealed('errors.ndjson');
     let errorCount = 0;
     try {
       for (const type of job.params.types) {
@@ -359,7 +376,7 @@ export class ExportService {
         const patients = job.params.level === 'group' ? await this.groupMembers(job.params.groupId!)
           : GuardedReader.isPatientLinked(type) ? this.patientIds() : undefined;
         const file = `${type}.ndjson`;
-        const out = new NdjsonFile(path.join(dir, file));
+        const out = sealed(file);
         let count = 0;
         try {
           for await (const page of this.options.reader.pages(access, type, query, patients)) {
@@ -418,11 +435,13 @@ export class ExportService {
   }
 }
 
-/** An NDJSON file written as `<path>.part` with back-pressure. */
+/** An NDJSON file written sealed (sealed-file.ts) as `<path>.part` with back-pressure. */
 class NdjsonFile {
   private stream: WriteStream | undefined;
+  private frames = 0;
 
-  constructor(readonly path: string) {}
+  /** `label`: the job and file the frames are bound to. */
+  constructor(readonly path: string, private readonly key: Buffer, private readonly label: string) {}
 
   async write(resource: Resource): Promise<void> {
     await this.writeText(`${JSON.stringify(resource)}\n`);
@@ -438,13 +457,14 @@ class NdjsonFile {
   private failure: Error | undefined;
 
   private async writeText(text: string): Promise<void> {
+    const frame = sealFrame(this.key, this.label, this.frames++, text);
     if (!this.stream) {
-      this.stream = createWriteStream(`${this.path}.part`);
+      this.stream = createWriteStream(`${this.path}.part`, { mode: 0o600 });
       // e.g. the job directory removed by a cancel: the job stops at its next write
       this.stream.on('error', (err) => { this.failure = err; });
     }
     if (this.failure) throw this.failure;
-    if (!this.stream.write(text)) {
+    if (!this.stream.write(frame)) {
       const s = this.stream;
       await new Promise<void>((resolve) => {
         const done = (): void => {
@@ -462,7 +482,7 @@ class NdjsonFile {
   async close(): Promise<void> {
     if (!this.stream || this.stream.destroyed) return;
     const s = this.stream;
-    await new Promise<void>((resolve) => s.end(() => resolve()));
+    await new Promise<void>((resolve) => s.end(sealFrame(this.key, this.label, this.frames, '', true), () => resolve()));
     if (this.failure) throw this.failure;
   }
 }

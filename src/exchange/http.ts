@@ -4,7 +4,6 @@
  * `requiresAccessToken: true`: the same bearer token check as /fhir, and the file is served only
  * to the requester who started the job — anyone else gets the same 404 as for a missing file.
  */
-import { createReadStream } from 'node:fs';
 import express, { type Request, type Response, type Router } from 'express';
 import { notFound } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
@@ -35,9 +34,11 @@ export function exportFilesRouter(options: ExportHttpOptions): Router {
       if (!full) throw notFound('No such export file');
       res.status(200).setHeader('Content-Type', 'application/fhir+ndjson');
       res.setHeader('Cache-Control', 'no-store');
-      const stream = createReadStream(full);
+      // decrypted as it goes out: a file found altered or cut short ends the answer unfinished
+      // (no closing chunk), which the client sees as a failed download
+      const stream = options.exports.openFile(job, file);
       stream.on('error', (err) => {
-        options.logger.error({ err: err.message }, 'export: could not read a file');
+        options.logger.error({ err: err.message, job }, 'export: could not serve a file');
         res.destroy();
       });
       stream.pipe(res);

@@ -16,6 +16,7 @@ import { exportFilesRouter } from './http.js';
 import { GuardedReader } from './reader.js';
 import { StudyDeidentifiers } from './research.js';
 import { exchangeSettings, type ExchangeSettings } from './settings.js';
+import { deriveKey } from '../keys.js';
 import { SubscriptionService } from './subscriptions.js';
 import type { NotifyingRepository } from './write-events.js';
 
@@ -56,7 +57,8 @@ export async function createExchange(options: ExchangeOptions): Promise<Exchange
   const deidentifiers = new StudyDeidentifiers(options.rootKey, { dateShift: settings.researchDateShift });
   const exports = new ExportService({
     dir, fhirBase: options.fhirBase, filesBase: `${options.baseUrl}/exports`, reader, repository: options.repository, deidentifiers,
-    retryAfterSeconds: settings.retryAfterSeconds, retentionMs: settings.exportRetentionHours * 3_600_000, logger: options.logger, audit: options.audit,
+    retryAfterSeconds: settings.retryAfterSeconds, retentionMs: settings.exportRetentionHours * 3_600_000,
+    fileKey: deriveKey(options.rootKey, 'export-files'), logger: options.logger, audit: options.audit,
   });
   for (const op of exports.handlers()) options.fhir.registerOperation(op);
   const subscriptions = new SubscriptionService({

@@ -3,11 +3,11 @@
  * export of everything, a client export limited by the client's consent grants (research:
  * de-identified), and the status listing.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync, statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Observation, Organization } from '@medplum/fhirtypes';
 import { registerExchangeCommands } from '../../src/exchange/cli.js';
-import { startTestApp, type TestApp } from '../support/app.js';
+import { startTestApp, tempDir, type TestApp } from '../support/app.js';
 import { inProcessCli } from '../support/cli.js';
 import { DAY, grant, ingest, person, registerIdentity, sparseTrace } from './consent-helpers.js';
 
@@ -36,16 +36,27 @@ describe('exchange CLI', () => {
 
   const cli = inProcessCli(registerExchangeCommands, () => t.app);
 
+  const outDirs: string[] = [];
+  const outDir = () => {
+    const dir = tempDir('gg-export-out-');
+    outDirs.push(dir);
+    return dir;
+  };
+  afterAll(() => {
+    for (const dir of outDirs) rmSync(dir, { recursive: true, force: true });
+  });
+
   const readNdjson = (file: string) => readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Observation);
 
   test('an operator export holds every patient\'s readings', async () => {
-    const out = JSON.parse(await cli('export', '--type', 'Observation')) as { output: { type: string; count: number; file: string }[] };
+    const out = JSON.parse(await cli('export', '--type', 'Observation', '--out', outDir())) as { output: { type: string; count: number; file: string }[] };
     expect(out.output).toEqual([{ type: 'Observation', count: 2 * trace.length, file: expect.stringMatching(/Observation\.ndjson$/) }]);
     expect(new Set(readNdjson(out.output[0]!.file).map((o) => o.subject?.reference))).toEqual(new Set([`Patient/${ana}`, `Patient/${ben}`]));
+    expect(statSync(out.output[0]!.file).mode & 0o777).toBe(0o600);
   }, 30_000);
 
   test('a client export (research purpose) holds only what was granted, de-identified', async () => {
-    const out = JSON.parse(await cli('export', '--client', clientId, '--as', `Organization/${study}`, '--purpose', 'HRESCH', '--type', 'Observation', '--since', new Date(now - DAY * 30).toISOString()));
+    const out = JSON.parse(await cli('export', '--out', outDir(), '--client', clientId, '--as', `Organization/${study}`, '--purpose', 'HRESCH', '--type', 'Observation', '--since', new Date(now - DAY * 30).toISOString()));
     expect(out.output).toHaveLength(1);
     const lines = readNdjson(out.output[0].file);
     expect(lines).toHaveLength(trace.length);

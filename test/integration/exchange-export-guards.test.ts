@@ -6,7 +6,6 @@
  * the operator's export alike.
  */
 import { randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Observation, OperationOutcome } from '@medplum/fhirtypes';
@@ -116,7 +115,9 @@ describe('bulk $export: consent and integrity on every exported resource', () =>
     const job = t.app.exchange.exports.submit(OPEN_ACCESS, { level: 'system', types: ['Observation'], explicitTypes: true, typeFilters: {} }, `test-${randomUUID()}`);
     const done = (await t.app.exchange.exports.whenDone(job.id, 50)) as ExportJob;
     expect(done.status).toBe('completed');
-    const lines = readFileSync(t.app.exchange.exports.filePath(job.id, 'Observation.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Observation);
+    let text = '';
+    for await (const chunk of t.app.exchange.exports.openFile(job.id, 'Observation.ndjson')) text += chunk;
+    const lines = text.trim().split('\n').map((l) => JSON.parse(l) as Observation);
     expect(lines).toHaveLength(2 * trace.length - 1);
     expect(new Set(lines.map((o) => o.id)).size).toBe(lines.length);
     expect(lines.map((o) => o.id)).not.toContain(tampered.id);

@@ -5,7 +5,8 @@
  * a job cut off by a restart runs again and is never half-served.
  */
 import { randomUUID } from 'node:crypto';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { get as httpGet } from 'node:http';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Group, Observation, Organization } from '@medplum/fhirtypes';
@@ -250,6 +251,45 @@ describe('bulk $export', () => {
     expect((await request(t.app.http).delete(status).set('Authorization', `Bearer ${studyToken}`)).status).toBe(202);
     expect((await request(t.app.http).get(status).set('Authorization', `Bearer ${studyToken}`)).status).toBe(404);
   }, 30_000);
+
+  test('files are sealed at rest: no health data in clear on disk; an altered or cut-short file fails its download instead of serving', async () => {
+    const location = (await kickOff('/fhir/Patient/$export?_type=Observation', studyToken)).headers['content-location']!;
+    const manifest = await manifestOf(location, studyToken);
+    const jobId = new URL(location).searchParams.get('_job')!;
+    const file = path.join(t.dataDir, 'exports', jobId, 'Observation.ndjson');
+    const raw = readFileSync(file);
+    expect(raw.includes('Observation')).toBe(false);
+    expect(raw.includes('valueQuantity')).toBe(false);
+    expect(raw.includes('mg/dL')).toBe(false);
+    const served = await download(manifest.output[0]!.url, studyToken);
+    expect(served).toHaveLength(manifest.output[0]!.count);
+
+    const fetchFile = () => new Promise<{ status: number; complete: boolean }>((resolve) => {
+      const url = new URL(manifest.output[0]!.url);
+      const server = t.app.http.listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as { port: number };
+        const req = httpGet({ host: '127.0.0.1', port, path: url.pathname, headers: { Authorization: `Bearer ${studyToken}` } }, (res) => {
+          res.on('data', () => undefined);
+          res.on('end', () => { server.close(); resolve({ status: res.statusCode!, complete: res.complete }); });
+          res.on('error', () => undefined);
+          res.on('aborted', () => undefined);
+          res.on('close', () => { server.close(); resolve({ status: res.statusCode!, complete: res.complete }); });
+        });
+        req.on('error', () => { server.close(); resolve({ status: 0, complete: false }); });
+      });
+    });
+    // one byte changed in the middle of the file
+    const altered = Buffer.from(raw);
+    altered[Math.floor(altered.length / 2)]! ^= 0x01;
+    writeFileSync(file, altered);
+    expect((await fetchFile()).complete).toBe(false);
+    // the file cut before its end frame
+    writeFileSync(file, raw.subarray(0, raw.length - 40));
+    expect((await fetchFile()).complete).toBe(false);
+    // the original again: whole
+    writeFileSync(file, raw);
+    expect(await fetchFile()).toEqual({ status: 200, complete: true });
+  }, 60_000);
 
   test('a finished export is deleted, files and all, once the retention its manifest\'s Expires names has passed', async () => {
     const location = (await kickOff('/fhir/Patient/$export?_type=Observation', studyToken)).headers['content-location']!;
