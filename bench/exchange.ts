@@ -100,6 +100,8 @@ function openApp(dataDir: string, masterKey: string): Promise<App> {
   return createApp(loadConfig({
     GLUCOGUARD_DATA_DIR: dataDir, GLUCOGUARD_BASE_URL: 'http://127.0.0.1:8080', GLUCOGUARD_AUTH: 'on', LOG_LEVEL: 'silent',
     CHAIN_BLOCK_PERIOD: '0', CHAIN_PORT: '0', GLUCOGUARD_MASTER_KEY: masterKey,
+    // the server's memory settings as the operator would give them, so their effect can be measured
+    ...Object.fromEntries(['GLUCOGUARD_STORE_MMAP_MB', 'GLUCOGUARD_READ_CACHE_MB', 'CHAIN_NODE_THREAD'].flatMap((k) => (process.env[k] ? [[k, process.env[k]]] : []))),
   }), { logger: createLogger('silent') });
 }
 

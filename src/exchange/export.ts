@@ -464,7 +464,11 @@ class NdjsonFile {
       this.stream.on('error', (err) => { this.failure = err; });
     }
     if (this.failure) throw this.failure;
-    if (!this.stream.write(frame)) {
+    this.stream.cork();
+    let room = true;
+    for (const piece of frame) room = this.stream.write(piece);
+    this.stream.uncork();
+    if (!room) {
       const s = this.stream;
       await new Promise<void>((resolve) => {
         const done = (): void => {
@@ -482,7 +486,8 @@ class NdjsonFile {
   async close(): Promise<void> {
     if (!this.stream || this.stream.destroyed) return;
     const s = this.stream;
-    await new Promise<void>((resolve) => s.end(sealFrame(this.key, this.label, this.frames, '', true), () => resolve()));
+    for (const piece of sealFrame(this.key, this.label, this.frames, '', true)) s.write(piece);
+    await new Promise<void>((resolve) => s.end(() => resolve()));
     if (this.failure) throw this.failure;
   }
 }

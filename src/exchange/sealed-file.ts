@@ -1,15 +1,17 @@
 /**
  * Bulk export files at rest: their NDJSON is sealed in frames (AES-256-GCM), so the data directory
  * holds no health data in clear outside the encrypted store, and a file is decrypted only as it is
- * served. A frame is the 4-byte big-endian length of a sealed block (nonce ‖ ciphertext ‖ tag, as
- * repository/embedded/keys.ts `seal` makes it), then the block. Each block's additional data names
+ * served. A frame is the 4-byte big-endian length of a sealed block (nonce ‖ ciphertext ‖ tag, the
+ * layout repository/embedded/keys.ts `open` reads), then the block. Each block's additional data names
  * the file and the frame's place in it, and the last frame is an empty one marked as the end: a
  * file cut short, reordered or moved to another job's name does not open.
  */
+import { createCipheriv, randomBytes } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
-import { open, seal } from '../repository/embedded/keys.js';
+import { open } from '../repository/embedded/keys.js';
 
 const LENGTH = 4;
+const NONCE = 12;
 /** Frames larger than this are not ones we wrote (a page of an export is ~1 MB). */
 const MAX_FRAME = 64 * 1024 * 1024;
 
@@ -17,12 +19,21 @@ function aad(label: string, index: number, last: boolean): string {
   return `glucoguard-export-file\0${label}\0${index}${last ? '\0end' : ''}`;
 }
 
-/** One frame of the file `label` (job/file), at position `index`; `last` for the empty closing frame. */
-export function sealFrame(key: Buffer, label: string, index: number, text: string, last = false): Buffer {
-  const block = seal(key, Buffer.from(text, 'utf8'), aad(label, index, last));
+/**
+ * One frame of the file `label` (job/file), at position `index` (`last` for the empty closing
+ * frame), as the pieces to write in order: the text is encrypted straight from the string and
+ * nothing is copied into one buffer (an export is ~700 MB per million readings).
+ */
+export function sealFrame(key: Buffer, label: string, index: number, text: string, last = false): Buffer[] {
+  const nonce = randomBytes(NONCE);
+  const cipher = createCipheriv('aes-256-gcm', key, nonce);
+  cipher.setAAD(Buffer.from(aad(label, index, last)));
+  const body = cipher.update(text, 'utf8');
+  const final = cipher.final();
+  const tag = cipher.getAuthTag();
   const length = Buffer.alloc(LENGTH);
-  length.writeUInt32BE(block.length);
-  return Buffer.concat([length, block]);
+  length.writeUInt32BE(NONCE + body.length + final.length + tag.length);
+  return [length, nonce, body, final, tag];
 }
 
 /** Turns a sealed file's bytes back into its NDJSON; fails (stream error) on any frame that does not open or a missing end. */
