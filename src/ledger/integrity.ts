@@ -162,7 +162,7 @@ export class IntegrityChecker {
    * of the batch is checked on its own, to find which one failed).
    */
   private async checkByTrees(missing: Missing[], resources: readonly Resource[], results: CheckResult[], keep: boolean): Promise<Missing[]> {
-    const { groups, rest } = this.store.treeGroups(missing);
+    const { groups, rest } = this.store.treeGroups(missing, { keep });
     const unsettled = rest.map((i) => missing[i]!);
     const roots = await Promise.all(groups.map((g) => this.rootOf(g.batch)));
     groups.forEach((group, g) => {

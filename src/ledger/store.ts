@@ -251,7 +251,8 @@ export class CommitmentStore {
    * probably recorded under), then of the key index (as in proofsOf), then single look-ups for
    * what those did not find; each batch's tree is one row.
    */
-  treeGroups(keys: readonly { type: string; id: string; version: string; patient?: string }[]): { groups: TreeGroup[]; rest: number[] } {
+  treeGroups(keys: readonly { type: string; id: string; version: string; patient?: string }[], options: { keep?: boolean } = {}): { groups: TreeGroup[]; rest: number[] } {
+    const keep = options.keep !== false;
     this.checkOpen();
     return this.db.transaction(() => {
       const seqs = new Array<number | undefined>(keys.length);
@@ -279,7 +280,7 @@ export class CommitmentStore {
         const seq = seqs[i]!;
         if (!batch || seq > batch[2]) {
           batch = this.batchOfSeq.get(seq);
-          const tree = batch && batch[1] <= seq ? this.treeOfBatch(batch[0]) : undefined;
+          const tree = batch && batch[1] <= seq ? this.treeOfBatch(batch[0], keep) : undefined;
           group = tree && { batch: batch![0], size: batch![2] - batch![1] + 1, salts: tree[0], nodes: tree[1], members: [] };
           positions = tree?.[2] ?? null;
           if (group) groups.push(group);
@@ -292,18 +293,25 @@ export class CommitmentStore {
     })();
   }
 
-  /** A batch's stored tree, from the cache or read (and kept) now; undefined when it has none. */
-  private treeOfBatch(batch: number): [Buffer, Buffer, Buffer | null] | undefined {
+  /**
+   * A batch's stored tree, from the cache or read now; undefined when it has none. `keep` false (a
+   * one-off check: bulk export, subscriptions) reads without keeping, so a pass over the whole store
+   * neither fills the cache (64 MiB of memory an export would otherwise leave behind) nor evicts the
+   * trees interactive reads use.
+   */
+  private treeOfBatch(batch: number, keep = true): [Buffer, Buffer, Buffer | null] | undefined {
     const hit = this.trees.get(batch);
     if (hit) {
-      this.trees.delete(batch); // most recently used last
-      this.trees.set(batch, hit);
+      if (keep) {
+        this.trees.delete(batch); // most recently used last
+        this.trees.set(batch, hit);
+      }
       return hit;
     }
     const tree = this.treeOf.get(batch);
     if (!tree) return undefined;
     const size = treeBytesOf(tree);
-    if (size > TREE_CACHE_BYTES) return tree;
+    if (!keep || size > TREE_CACHE_BYTES) return tree;
     for (const [oldest, kept] of this.trees) {
       if (this.treeBytes + size <= TREE_CACHE_BYTES) break;
       this.dropTree(oldest, kept);

@@ -209,6 +209,25 @@ describe('IntegrityChecker.checkMany through stored batch trees', () => {
     expect((await new IntegrityChecker(store, anchor).checkMany(day)).map((r) => r.status)).toEqual(day.map(() => 'failed'));
   });
 
+  it('a one-off check (bulk export, subscriptions) reads batch trees without keeping them; a remembered check keeps them', async () => {
+    const day = Array.from({ length: 24 }, (_, i) => reading(i));
+    anchorBatch(day, 0);
+    const internals = store as unknown as { treeOf: { get(batch: number): unknown }; treeBytes: number };
+    const read = internals.treeOf;
+    let treeReads = 0;
+    internals.treeOf = { get: (batch: number) => { treeReads++; return read.get(batch); } };
+    const checker = new IntegrityChecker(store, anchor);
+    expect((await checker.checkMany(day, { remember: false })).every((r) => r.status === 'verified')).toBe(true);
+    expect((await checker.checkMany(day, { remember: false })).every((r) => r.status === 'verified')).toBe(true);
+    expect(treeReads).toBe(2); // read each time, kept neither time
+    expect(internals.treeBytes).toBe(0);
+    expect((await checker.checkMany(day)).every((r) => r.status === 'verified')).toBe(true);
+    expect(treeReads).toBe(3);
+    expect(internals.treeBytes).toBeGreaterThan(0);
+    expect((await new IntegrityChecker(store, anchor).checkMany(day, { remember: false })).every((r) => r.status === 'verified')).toBe(true);
+    expect(treeReads).toBe(3); // a kept tree serves one-off checks too
+  });
+
   it('forgets the salts of one patient at their places in a patient-ordered tree', () => {
     const of = (patient: string, i: number): Observation => ({ ...reading(i), id: `obs-${String(i).padStart(4, '0')}-${patient}`, subject: { reference: `Patient/${patient}` } });
     const streamed = Array.from({ length: 20 }, (_, i) => ['p2', 'p1'].map((p) => of(p, i))).flat();
