@@ -86,7 +86,7 @@ export function rotateMasterKey(options: RotationOptions): RotationResult {
   }
   const current = loadServerKeys(options.config);
   const newKey = options.newKey ?? randomBytes(32).toString('base64');
-  if (newKey === current.master) throw new Error('the new master key is the current one');
+  if (keyFingerprint(newKey) === keyFingerprint(current.master)) throw new Error('the new master key is the current one');
   const journal: Journal = { version: 1, held, newKey: keyFingerprint(newKey), started: new Date().toISOString() };
   writeFileDurably(journalFile, `${JSON.stringify(journal)}\n`);
   options.afterStep?.('journal');
@@ -121,7 +121,7 @@ function resume(options: RotationOptions, journal: Journal): RotationResult {
   const root = sealedUnder(`${rootFile}.next`, newKey) ?? sealedUnder(rootFile, newKey);
   if (root !== undefined) return finish(options, journal.held, current, newKey, root);
   // step 3 was not done, so the store is as it was: the root is the one the old key opens
-  if (current === newKey) {
+  if (keyFingerprint(current) === keyFingerprint(newKey)) {
     throw new Error('GLUCOGUARD_MASTER_KEY already holds the new key, but the interrupted rotation had not re-wrapped anything: resume with the old key configured');
   }
   const oldRoot = existsSync(rootFile) ? sealedUnder(rootFile, current) : current;
@@ -182,7 +182,7 @@ function readJournal(file: string): Journal {
 }
 
 function isKey(text: string): boolean {
-  return /^[A-Za-z0-9+/]+=*$/.test(text) && Buffer.from(text, 'base64').length === 32;
+  return Buffer.from(text, 'base64').length === 32;
 }
 
 /** Writes `text` to a temporary file, flushes it and renames it over `file` (mode 0600), then flushes the directory. */

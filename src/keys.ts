@@ -64,11 +64,11 @@ export function loadMasterKey(config: Pick<Config, 'masterKey' | 'dataDir'>): st
   return key;
 }
 
-/** A base64 32-byte key from a file (trimmed), or an error naming the file and never its content. */
+/** A base64 32-byte key from a file (trimmed; returned in standard base64), or an error naming the file and never its content. */
 export function readKeyFile(file: string): string {
-  const key = readFileSync(file, 'utf8').trim();
-  if (Buffer.from(key, 'base64').length !== 32 || !/^[A-Za-z0-9+/]+=*$/.test(key)) throw new Error(`${file} does not hold a base64 32-byte key`);
-  return key;
+  const key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+  if (key.length !== 32) throw new Error(`${file} does not hold a base64 32-byte key`);
+  return key.toString('base64');
 }
 
 /**
