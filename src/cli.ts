@@ -216,15 +216,21 @@ keys
     }
     const newKey = opts.newKeyFile === undefined ? undefined : readKeyFile(opts.newKeyFile);
     const result = rotateMasterKey({ config: cfg, ...(newKey !== undefined ? { newKey } : {}), ...(opts.resume ? { resume: true } : {}) });
-    const reopened = { ...cfg, ...(result.newKey !== undefined ? { masterKey: result.newKey } : {}) };
-    const event = await withApp(() => createApp(reopened, { logger: createLogger('warn', process.stderr) }),
-      (app) => app.repository.create(keyRotationAuditEvent(operatorName(), result)));
+    // the rotation is done whatever happens to its record: say so first
     const keys = result.dataKeys;
     console.log(`master key rotated: ${keys ? `${keys.rewrapped} data keys re-wrapped${keys.already ? ` (${keys.already} already were)` : ''}, ${keys.erased} erased left as they were` : 'no embedded store'}; `
-      + `key root sealed in ${rootSealPath(cfg.dataDir)}; recorded as AuditEvent/${event.resource.id}`);
+      + `key root sealed in ${rootSealPath(cfg.dataDir)}`);
     console.log(result.held === 'file'
       ? `the new key is in ${masterKeyPath(cfg.dataDir)}: back it up; the old key opens only backups made before now`
       : 'now give the new key to every server of this data directory (GLUCOGUARD_MASTER_KEY or GLUCOGUARD_MASTER_KEY_FILE); the old key no longer opens it');
+    const reopened = { ...cfg, ...(result.newKey !== undefined ? { masterKey: result.newKey } : {}) };
+    try {
+      const event = await withApp(() => createApp(reopened, { logger: createLogger('warn', process.stderr) }),
+        (app) => app.repository.create(keyRotationAuditEvent(operatorName(), result)));
+      console.log(`recorded as AuditEvent/${event.resource.id}`);
+    } catch (err) {
+      throw new Error(`the rotation is complete, but its AuditEvent could not be written: ${(err as Error).message}`);
+    }
   });
 
 // Logs go to stderr: stdout carries the command's result.
