@@ -32,7 +32,8 @@ import {
   checkRoot, keyFingerprint, loadServerKeys, masterKeyPath, openRoot, readKeyFile, rootSealPath, rotationJournalPath, sealRoot,
 } from './keys.js';
 import { rewrapDataKeys } from './repository/embedded/keys.js';
-import { openStore } from './repository/embedded/store.js';
+import { openStore, storeFilePath } from './repository/embedded/store.js';
+import { glucoguardSource } from './audit/balp.js';
 
 export interface RotationOptions {
   config: Pick<Config, 'dataDir' | 'masterKey'>;
@@ -117,14 +118,13 @@ function resume(options: RotationOptions, journal: Journal): RotationResult {
     }
   }
   if (keyFingerprint(newKey) !== journal.newKey) throw new Error('that is not the key the interrupted rotation started with: give the same --new-key-file');
-  const sealedUnder = (file: string, key: string) => (existsSync(file) ? openRoot(key, readFileSync(file, 'utf8')) : undefined);
-  const root = sealedUnder(`${rootFile}.next`, newKey) ?? sealedUnder(rootFile, newKey);
+  const root = rootSealedIn(`${rootFile}.next`, newKey) ?? rootSealedIn(rootFile, newKey);
   if (root !== undefined) return finish(options, journal.held, current, newKey, root);
   // step 3 was not done, so the store is as it was: the root is the one the old key opens
   if (keyFingerprint(current) === keyFingerprint(newKey)) {
     throw new Error('GLUCOGUARD_MASTER_KEY already holds the new key, but the interrupted rotation had not re-wrapped anything: resume with the old key configured');
   }
-  const oldRoot = existsSync(rootFile) ? sealedUnder(rootFile, current) : current;
+  const oldRoot = existsSync(rootFile) ? rootSealedIn(rootFile, current) : current;
   if (oldRoot === undefined) throw new Error(`${rootFile} does not open with the current master key`);
   return finish(options, journal.held, current, newKey, oldRoot);
 }
@@ -141,7 +141,7 @@ function finish(options: RotationOptions, held: Journal['held'], oldKey: string,
     writeFileDurably(`${masterFile}.next`, `${newKey}\n`);
     step('master-key-next');
   }
-  if (!existsSync(`${rootFile}.next`) && openRoot(newKey, existsSync(rootFile) ? readFileSync(rootFile, 'utf8') : '') === undefined) {
+  if (!existsSync(`${rootFile}.next`) && rootSealedIn(rootFile, newKey) === undefined) {
     writeFileDurably(`${rootFile}.next`, sealRoot(newKey, root));
     step('root-next');
   }
@@ -161,13 +161,18 @@ function finish(options: RotationOptions, held: Journal['held'], oldKey: string,
 
 /** Step 4: the embedded store's data keys under the new key, in one transaction (undefined when the data directory has no store). */
 function rewrapStore(dataDir: string, oldKey: string, newKey: string): RotationResult['dataKeys'] {
-  if (!existsSync(path.join(dataDir, 'store', 'glucoguard.db'))) return undefined;
+  if (!existsSync(storeFilePath(dataDir))) return undefined;
   const { db } = openStore(dataDir);
   try {
     return db.transaction(() => rewrapDataKeys(db, Buffer.from(oldKey, 'base64'), Buffer.from(newKey, 'base64')))();
   } finally {
     db.close();
   }
+}
+
+/** The key root a sealed-root file holds under `key`; undefined when the file is absent or `key` does not open it. */
+function rootSealedIn(file: string, key: string): string | undefined {
+  return existsSync(file) ? openRoot(key, readFileSync(file, 'utf8')) : undefined;
 }
 
 function readJournal(file: string): Journal {
@@ -232,9 +237,6 @@ export function keyRotationAuditEvent(operator: string, result: RotationResult, 
       + (keys ? `${keys.rewrapped + keys.already} data keys under the new key, ${keys.erased} erased ones left as they were` : 'no embedded store')
       + '; key root sealed under the new key',
     agent: [{ who: { display: operator }, requestor: true }],
-    source: {
-      observer: { display: 'GlucoGuard' },
-      type: [{ system: 'http://terminology.hl7.org/CodeSystem/security-source-type', code: '4', display: 'Application Server' }],
-    },
+    source: glucoguardSource(),
   };
 }

@@ -17,6 +17,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import path from 'node:path';
 import type { Config } from './config.js';
 import { open, seal } from './repository/embedded/keys.js';
+import { storeFilePath } from './repository/embedded/store.js';
 
 /** The master key and the key root, both base64. */
 export interface ServerKeys {
@@ -53,7 +54,7 @@ export function loadMasterKey(config: Pick<Config, 'masterKey' | 'dataDir'>): st
   if (config.masterKey) return config.masterKey;
   const file = masterKeyPath(config.dataDir);
   if (existsSync(file)) return readKeyFile(file);
-  if (existsSync(rootCheckPath(config.dataDir)) || existsSync(path.join(config.dataDir, 'store', 'glucoguard.db'))) {
+  if (holdsData(config.dataDir)) {
     // a new key would open nothing here, and its file would stand where the real one must be restored
     throw new Error(`${file} is missing, but ${config.dataDir} already holds data made with a master key: restore the key file from your backup, or give the key with GLUCOGUARD_MASTER_KEY_FILE`);
   }
@@ -62,6 +63,11 @@ export function loadMasterKey(config: Pick<Config, 'masterKey' | 'dataDir'>): st
   writeFileSync(file, `${key}\n`, { mode: 0o600, flag: 'wx' });
   chmodSync(file, 0o600);
   return key;
+}
+
+/** True when the data directory already holds something made with a master key (its root check, or a store). */
+function holdsData(dataDir: string): boolean {
+  return existsSync(rootCheckPath(dataDir)) || existsSync(storeFilePath(dataDir));
 }
 
 /** A base64 32-byte key from a file (trimmed; returned in standard base64), or an error naming the file and never its content. */
@@ -123,8 +129,7 @@ export function keyFingerprint(key: string): string {
 export function describeServerKeys(config: Pick<Config, 'masterKey' | 'dataDir'>): { lines: string[]; problem?: string } {
   const lines: string[] = [];
   const short = (key: string) => keyFingerprint(key).slice(0, 16);
-  if (!config.masterKey && !existsSync(masterKeyPath(config.dataDir)) && !existsSync(rotationJournalPath(config.dataDir))
-    && !existsSync(rootCheckPath(config.dataDir)) && !existsSync(path.join(config.dataDir, 'store', 'glucoguard.db'))) {
+  if (!config.masterKey && !existsSync(masterKeyPath(config.dataDir)) && !existsSync(rotationJournalPath(config.dataDir)) && !holdsData(config.dataDir)) {
     return { lines: [`master key: none yet (made in ${masterKeyPath(config.dataDir)} at the first start)`] };
   }
   try {

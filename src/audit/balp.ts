@@ -52,6 +52,14 @@ function profileOf(i: BalpInteraction): string {
   return BALP_PROFILES.read;
 }
 
+/** AuditEvent.source.type of every event GlucoGuard records: an application server. */
+const APPLICATION_SERVER = { system: 'http://terminology.hl7.org/CodeSystem/security-source-type', code: '4', display: 'Application Server' };
+
+/** AuditEvent.source of the events GlucoGuard records about its own actions (erasure, a failed integrity check, a key rotation). */
+export function glucoguardSource(): AuditEvent['source'] {
+  return { observer: { display: 'GlucoGuard' }, type: [{ ...APPLICATION_SERVER }] };
+}
+
 /** Builds the AuditEvent of one access. */
 export function auditEventOf(rec: AccessRecord): AuditEvent {
   const purpose: Coding[] = rec.purpose ? [{ system: PURPOSE_SYSTEM, code: rec.purpose }] : [];
@@ -103,7 +111,7 @@ export function auditEventOf(rec: AccessRecord): AuditEvent {
     agent: agents,
     source: {
       observer: { display: 'GlucoGuard FHIR proxy' },
-      type: [{ system: 'http://terminology.hl7.org/CodeSystem/security-source-type', code: '4', display: 'Application Server' }],
+      type: [{ ...APPLICATION_SERVER }],
       ...(rec.requestId ? { site: rec.requestId } : {}),
     },
     entity,

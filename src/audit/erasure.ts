@@ -4,6 +4,7 @@
  * erasure, so it is stored (and anchored) under the patient's next data key and stays readable.
  */
 import type { AuditEvent } from '@medplum/fhirtypes';
+import { glucoguardSource } from './balp.js';
 
 export interface ErasureRecord {
   patientId: string;
@@ -26,10 +27,7 @@ export function erasureAuditEvent(rec: ErasureRecord): AuditEvent {
     outcome: '0',
     outcomeDesc: `erasure: data key destroyed, ${rec.resources} current resources unreadable; salts of ${rec.commitments} commitments overwritten`,
     agent: [{ who: { display: rec.operator }, requestor: true }],
-    source: {
-      observer: { display: 'GlucoGuard' },
-      type: [{ system: 'http://terminology.hl7.org/CodeSystem/security-source-type', code: '4', display: 'Application Server' }],
-    },
+    source: glucoguardSource(),
     entity: [{
       what: { reference: `Patient/${rec.patientId}` },
       type: { system: 'http://terminology.hl7.org/CodeSystem/audit-entity-type', code: '1', display: 'Person' },

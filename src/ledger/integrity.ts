@@ -26,6 +26,7 @@ import { canonicalTextOf, isImmutable } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
 import { hashPair, rootOfLeaves } from './merkle.js';
 import type { CommitmentStore, ProofRecord } from './store.js';
+import { glucoguardSource } from '../audit/balp.js';
 
 export const INTEGRITY_TAG_SYSTEM = 'urn:glucoguard:integrity';
 export type IntegrityMode = 'lenient' | 'strict';
@@ -446,10 +447,7 @@ export function integrityAuditEvent(access: AccessContext, resource: Resource, r
     outcome: '8',
     outcomeDesc: `integrity check failed (${reason}): stored content does not match its anchored commitment; withheld`,
     agent: [{ who, requestor: true, ...(access.clientId ? { altId: access.clientId } : {}) }],
-    source: {
-      observer: { display: 'GlucoGuard' },
-      type: [{ system: 'http://terminology.hl7.org/CodeSystem/security-source-type', code: '4', display: 'Application Server' }],
-    },
+    source: glucoguardSource(),
     entity: [
       {
         what: { reference: `${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}` },

@@ -54,6 +54,11 @@ export interface Statements {
   /** Current, non-deleted versions after a seq, in seq order, `limit` of them (reindex). */
 }
 
+/** The embedded store's SQLite file in a data directory (whether or not it exists yet). */
+export function storeFilePath(dataDir: string): string {
+  return path.join(dataDir, 'store', 'glucoguard.db');
+}
+
 /**
  * Opens (creating when needed) the store file with WAL and the schema. `mmapBytes`: how much of the
  * file SQLite reads through a memory map (the OS page cache itself) rather than read calls into its
@@ -62,9 +67,8 @@ export interface Statements {
  * loaded patient after patient (docs/benchmarks.md, session 8).
  */
 export function openStore(dataDir: string, mmapBytes = 0): { db: DB; file: string } {
-  const dir = path.join(dataDir, 'store');
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const file = path.join(dir, 'glucoguard.db');
+  const file = storeFilePath(dataDir);
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');
