@@ -165,7 +165,11 @@ async function exportPhase(dataDir: string, setup: Setup, log: Log): Promise<Rec
       global.gc?.();
       const before = rssMb();
       let peak = before;
-      const sampler = setInterval(() => { peak = Math.max(peak, rssMb()); }, 20);
+      let atPeak = process.memoryUsage();
+      const sampler = setInterval(() => {
+        const now = process.memoryUsage();
+        if (now.rss / 1048576 > peak) [peak, atPeak] = [now.rss / 1048576, now];
+      }, 20);
       const started = performance.now();
       const cpu0 = process.cpuUsage();
       const job = app.exchange.exports.submit(access, { level: 'system', types: ['Observation'], explicitTypes: true, typeFilters: {} }, 'bench');
@@ -180,7 +184,9 @@ async function exportPhase(dataDir: string, setup: Setup, log: Log): Promise<Rec
       if (done.status !== 'completed' || count !== expected) throw new Error(`${label}: export ${done.status}, ${count} resources, expected ${expected}`);
       log(`export ${label}: ${count} of ${expectedAll} Observations in ${fmt(seconds, 1)} s (${fmt(count / seconds / 1000, 1)} k/s; ` +
         `CPU ${fmt(cpuSeconds, 1)} s), ` +
-        `RSS ${fmt(before, 0)} → peak ${fmt(peak, 0)} MB (process max RSS so far ${fmt(maxRss, 0)} MB)`);
+        `RSS ${fmt(before, 0)} → peak ${fmt(peak, 0)} MB (process max RSS so far ${fmt(maxRss, 0)} MB; at the peak: ` +
+        `JS heap ${fmt(atPeak.heapUsed / 1048576, 0)} of ${fmt(atPeak.heapTotal / 1048576, 0)} MB, array buffers ${fmt(atPeak.arrayBuffers / 1048576, 0)} MB, ` +
+        `other external ${fmt((atPeak.external - atPeak.arrayBuffers) / 1048576, 0)} MB)`);
       const key = label.split(' ')[0]!.replace(',', '');
       out[`export_${key}_s`] = seconds;
       out[`export_${key}_cpuS`] = cpuSeconds;

@@ -42,6 +42,8 @@ const VERIFIED_CACHE_MAX = 200_000;
 /** Verified canonical texts kept for the equality fast path, in UTF-16 code units (~64 MB at most). */
 const VERIFIED_TEXT_BUDGET = 32 * 1024 * 1024;
 const VERIFIED: CheckResult = Object.freeze({ status: 'verified' });
+/** Most blocks one eth_getLogs spans when roots are read from events (see rootsFromEvents). */
+const LOG_WINDOW = 5_000;
 
 /** A version to prove: where it is in the caller's list, its key, and its canonical text when the adapter supplied it. */
 interface Missing {
@@ -240,21 +242,61 @@ export class IntegrityChecker {
   }
 
   /**
-   * Reads the roots of anchored batches not cached yet (the newest `limit`), all requests sent at
-   * once so the provider can batch them: called in the background at start-up so the first reads
-   * after a restart do not each wait for an eth_call, 200 at a time; stops between two of those
-   * once `signal` is aborted (the ledger closing). Answers how many roots were read.
+   * Reads the roots of anchored batches not cached yet (the newest `limit`): called in the background
+   * at start-up so the first reads after a restart do not each wait for an eth_call. The roots come
+   * first from the contract's BatchAnchored events, a few `eth_getLogs` over the blocks the batches
+   * were anchored in (`rootsFromEvents`); a batch they do not settle is read by `getBatch`, 200
+   * requests at a time. Stops between two requests once `signal` is aborted (the ledger closing).
+   * Answers how many roots were read.
    */
   async warmRoots(limit = 20_000, signal?: AbortSignal): Promise<number> {
     const all = this.store.anchoredBatches(0, Number.MAX_SAFE_INTEGER);
     const wanted = all.slice(-limit).filter((b) => !this.roots.has(b.id));
-    let read = 0;
-    for (let i = 0; i < wanted.length && !signal?.aborted; i += 200) {
-      const slice = wanted.slice(i, i + 200);
+    const fromEvents = wanted.length > 1 ? await this.rootsFromEvents(wanted, signal) : 0;
+    const rest = wanted.filter((b) => !this.roots.has(b.id));
+    let read = fromEvents;
+    for (let i = 0; i < rest.length && !signal?.aborted; i += 200) {
+      const slice = rest.slice(i, i + 200);
       await Promise.all(slice.map((b) => this.rootOf(b.id)));
       read += slice.length;
     }
     return read;
+  }
+
+  /**
+   * Roots of `batches` from the contract's BatchAnchored events. The contract never changes a batch
+   * once anchored, so the root its event carries is the root `getBatch` answers; one eth_getLogs
+   * answers many batches where `getBatch` is one call (one EVM run on the node) per batch: 1,050
+   * calls for a store of 1,000,000 readings. Only roots equal to the local ones are taken from here;
+   * anything else (another root, no event found, a node refusing the range) is left to `getBatch`,
+   * which is authoritative and records a mismatch. Block windows are at most LOG_WINDOW blocks
+   * (Besu's default `--rpc-max-logs-range` is 5,000) and only span blocks that hold wanted batches.
+   */
+  private async rootsFromEvents(batches: { id: number; chainBatchId: number; root: Buffer; block: number | null }[], signal?: AbortSignal): Promise<number> {
+    const byChainId = new Map(batches.map((b) => [b.chainBatchId, b]));
+    const blocks = [...new Set(batches.flatMap((b) => (b.block === null ? [] : [b.block])))].sort((a, b) => a - b);
+    let settled = 0;
+    for (let i = 0; i < blocks.length && !signal?.aborted;) {
+      const from = blocks[i]!;
+      while (i < blocks.length && blocks[i]! < from + LOG_WINDOW) i++;
+      let events: Awaited<ReturnType<Contract['queryFilter']>>;
+      try {
+        events = await this.anchor.queryFilter(this.anchor.filters.BatchAnchored!(), from, blocks[i - 1]!);
+      } catch {
+        return settled; // the rest are read one by one
+      }
+      for (const event of events) {
+        const args = (event as { args?: { batchId?: bigint; merkleRoot?: string } }).args;
+        if (args?.batchId === undefined || typeof args.merkleRoot !== 'string') continue;
+        const batch = byChainId.get(Number(args.batchId));
+        if (!batch || this.roots.has(batch.id)) continue;
+        const root = Buffer.from(args.merkleRoot.slice(2), 'hex');
+        if (!root.equals(batch.root)) continue;
+        this.roots.set(batch.id, root);
+        settled++;
+      }
+    }
+    return settled;
   }
 
   private remember(key: string, entry: Verified): void {

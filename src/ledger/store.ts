@@ -328,10 +328,10 @@ export class CommitmentStore {
   }
 
   /** Anchored batches (local id, on-chain id, root) with local id above `afterId`, oldest first. */
-  anchoredBatches(afterId = 0, limit = 10_000): { id: number; chainBatchId: number; root: Buffer }[] {
-    return this.db.prepare<[number, number], { id: number; chain_batch: number; root: Buffer }>(
-      "SELECT id, chain_batch, root FROM batches WHERE status = 'anchored' AND id > ? ORDER BY id LIMIT ?")
-      .all(afterId, limit).map((r) => ({ id: r.id, chainBatchId: r.chain_batch, root: r.root }));
+  anchoredBatches(afterId = 0, limit = 10_000): { id: number; chainBatchId: number; root: Buffer; block: number | null }[] {
+    return this.db.prepare<[number, number], { id: number; chain_batch: number; root: Buffer; block: number | null }>(
+      "SELECT id, chain_batch, root, block FROM batches WHERE status = 'anchored' AND id > ? ORDER BY id LIMIT ?")
+      .all(afterId, limit).map((r) => ({ id: r.id, chainBatchId: r.chain_batch, root: r.root, block: r.block }));
   }
 
   /** The local id of the newest anchored batch (0 when none is). */

@@ -11,7 +11,9 @@ import request from 'supertest';
 import { parseSearchRequest } from '@medplum/core';
 import type { AuditEvent, Bundle, Observation, OperationOutcome, Patient } from '@medplum/fhirtypes';
 import { OPEN_ACCESS } from '../../src/fhir/access.js';
+import type { Contract } from 'ethers';
 import { canonicalResourceText } from '../../src/ledger/canonical.js';
+import { IntegrityChecker } from '../../src/ledger/integrity.js';
 import { isDeferred } from '../../src/repository/deferred.js';
 import { seal } from '../../src/repository/embedded/keys.js';
 import { keyRingOf } from '../support/tamper.js';
@@ -83,6 +85,33 @@ describe('embedded store', () => {
     expect(read.status).toBe(200);
     expect(integrityTags(read.body)).toEqual([]);
     expect(read.body.name[0].family).toBe('Anchored');
+  });
+
+  it('reads the anchored roots ahead from the contract\'s BatchAnchored events on the node, not one getBatch call per batch', async () => {
+    const ids: string[] = [];
+    for (let k = 0; k < 3; k++) {
+      ids.push((await createPatient(`Warm${k}`)).id!);
+      await t.app.ledger.anchorer.flush();
+    }
+    const batches = new Set(ids.map((id) => t.app.ledger.store.get('Patient', id, '1')!.batch));
+    expect(batches.size).toBe(3);
+    const contract = t.app.chain.contract('ResourceAnchor', t.app.chain.provider);
+    let getBatchCalls = 0;
+    const counted = {
+      filters: contract.filters,
+      queryFilter: contract.queryFilter.bind(contract),
+      getBatch: (id: bigint | number) => {
+        getBatchCalls++;
+        return contract.getBatch(id);
+      },
+    } as unknown as Contract;
+    const checker = new IntegrityChecker(t.app.ledger.store, counted);
+    const anchored = t.app.ledger.store.anchoredBatches(0, Number.MAX_SAFE_INTEGER).length;
+    expect(await checker.warmRoots()).toBe(anchored);
+    expect(getBatchCalls).toBe(0);
+    const resources = await Promise.all(ids.map((id) => t.app.repository.read('Patient', id)));
+    expect((await checker.checkMany(resources)).map((r) => r.status)).toEqual(['verified', 'verified', 'verified']);
+    expect(getBatchCalls).toBe(0);
   });
 
   it('withholds a version tampered with in the store: read, vread, search and history, with an issue and an AuditEvent', async () => {

@@ -70,14 +70,14 @@ function dropTrees(): void {
 }
 
 /** Records and anchors `resources` as one batch with chain batch id `chainId`; answers the local batch id. */
-function anchorBatch(resources: Observation[], chainId: number): number {
+function anchorBatch(resources: Observation[], chainId: number, block = 1): number {
   const first = store.lastSeq() + 1;
   const records = resources.map((r) => ({ type: r.resourceType, id: r.id!, version: r.meta!.versionId!, patient: 'p1', salt: randomBytes(32), leaf: Buffer.alloc(0) as Buffer }));
   records.forEach((c, i) => { c.leaf = commitmentOf(c.salt, canonicalResourceText(resources[i]!)); });
   store.add(records);
   const tree = buildMerkleTree(records.map((c) => c.leaf));
   const batch = store.prepareBatch(first, first + records.length - 1, tree, records.map((c) => c.salt));
-  store.markAnchored(batch.id, chainId, 1, null);
+  store.markAnchored(batch.id, chainId, block, null);
   chainRoots.set(chainId, `0x${tree.root.toString('hex')}`);
   return batch.id;
 }
@@ -406,6 +406,60 @@ describe('IntegrityChecker.checkMany', () => {
     const reads = rootReads;
     expect((await checker.checkMany(batches.flat())).every((r) => r.status === 'verified')).toBe(true);
     expect(rootReads).toBe(reads);
+  });
+
+  /** The stand-in contract, also answering BatchAnchored events (chain batch id, root, block) by block range. */
+  function withEvents(events: { batchId: number; root: string; block: number }[], refuse = false): { contract: Contract; queries: [number, number][] } {
+    const queries: [number, number][] = [];
+    const contract = {
+      getBatch: anchor.getBatch,
+      filters: { BatchAnchored: () => ({ event: 'BatchAnchored' }) },
+      async queryFilter(_filter: unknown, from: number, to: number) {
+        queries.push([from, to]);
+        if (refuse) throw new Error('requested range exceeds the maximum');
+        return events.filter((e) => e.block >= from && e.block <= to).map((e) => ({ args: { batchId: BigInt(e.batchId), merkleRoot: e.root } }));
+      },
+    } as unknown as Contract;
+    return { contract, queries };
+  }
+
+  it('warmRoots takes the roots from the BatchAnchored events, in windows over the blocks that hold batches: no getBatch call before or after', async () => {
+    const batches = Array.from({ length: 3 }, (_, k) => Array.from({ length: 4 }, (_, i) => reading(k * 10 + i)));
+    const blocks = [5, 6, 12_000];
+    batches.forEach((b, k) => anchorBatch(b, k, blocks[k]));
+    const { contract, queries } = withEvents(blocks.map((block, k) => ({ batchId: k, root: chainRoots.get(k)!, block })));
+    const checker = new IntegrityChecker(store, contract);
+    expect(await checker.warmRoots()).toBe(3);
+    expect(queries).toEqual([[5, 6], [12_000, 12_000]]);
+    expect(rootReads).toBe(0);
+    expect((await checker.checkMany(batches.flat())).every((r) => r.status === 'verified')).toBe(true);
+    expect(rootReads).toBe(0);
+  });
+
+  it('warmRoots leaves to getBatch a batch whose event carries another root, or that has no event; getBatch decides', async () => {
+    const batches = Array.from({ length: 3 }, (_, k) => Array.from({ length: 4 }, (_, i) => reading(k * 10 + i)));
+    batches.forEach((b, k) => anchorBatch(b, k, 7 + k));
+    const other = `0x${'ab'.repeat(32)}`;
+    chainRoots.set(0, other); // the chain holds another root for batch 0 than the store
+    const { contract } = withEvents([{ batchId: 0, root: other, block: 7 }, { batchId: 1, root: chainRoots.get(1)!, block: 8 }]);
+    const checker = new IntegrityChecker(store, contract);
+    expect(await checker.warmRoots()).toBe(3);
+    expect(rootReads).toBe(2); // batch 0 (other root) and batch 2 (no event)
+    const results = await checker.checkMany(batches.flat());
+    expect(results.slice(0, 4).map((r) => r.status)).toEqual(['failed', 'failed', 'failed', 'failed']);
+    expect(results.slice(4).every((r) => r.status === 'verified')).toBe(true);
+    expect(rootReads).toBe(2);
+  });
+
+  it('warmRoots reads every root by getBatch when the node refuses eth_getLogs', async () => {
+    const batches = Array.from({ length: 3 }, (_, k) => Array.from({ length: 4 }, (_, i) => reading(k * 10 + i)));
+    batches.forEach((b, k) => anchorBatch(b, k, 1 + k));
+    const { contract, queries } = withEvents([], true);
+    const checker = new IntegrityChecker(store, contract);
+    expect(await checker.warmRoots()).toBe(3);
+    expect(queries.length).toBe(1);
+    expect(rootReads).toBe(3);
+    expect((await checker.checkMany(batches.flat())).every((r) => r.status === 'verified')).toBe(true);
   });
 });
 
