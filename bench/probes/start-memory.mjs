@@ -1,9 +1,9 @@
 // What a server process holds once started over a kept store, and where: RSS split into anonymous
 // and file-backed pages (/proc/self/smaps_rollup), the JS heap by space, and native buffers.
-// DIR=<data dir made by the exchange bench> node --expose-gc bench/probes/start-memory.mjs
+// DIR=<data dir kept by the exchange or fhir-search bench> node --expose-gc bench/probes/start-memory.mjs
 // (reads the master key from the bench's bench-setup.json; CHAIN_NODE_THREAD, GLUCOGUARD_READ_CACHE_MB
 // and GLUCOGUARD_STORE_MMAP_MB are passed on; D=<dist dir> runs another build)
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import v8 from 'node:v8';
@@ -14,7 +14,9 @@ const [{ createApp }, { loadConfig }, { createLogger }] = await Promise.all([loa
 
 const dir = process.env.DIR;
 if (!dir) throw new Error('set DIR to a data directory made by the exchange bench');
-const setup = JSON.parse(readFileSync(path.join(dir, 'bench-setup.json'), 'utf8'));
+// the exchange bench records its master key; the fhir-search bench's store keeps its own key file
+const setupFile = path.join(dir, 'bench-setup.json');
+const masterKey = existsSync(setupFile) ? JSON.parse(readFileSync(setupFile, 'utf8')).masterKey : undefined;
 const mb = (n) => (n / 1048576).toFixed(0);
 function report(stage) {
   global.gc?.();
@@ -29,7 +31,7 @@ report('before');
 const env = Object.fromEntries(['GLUCOGUARD_STORE_MMAP_MB', 'GLUCOGUARD_READ_CACHE_MB', 'CHAIN_NODE_THREAD'].flatMap((k) => (process.env[k] ? [[k, process.env[k]]] : [])));
 const app = await createApp(loadConfig({
   GLUCOGUARD_DATA_DIR: dir, GLUCOGUARD_BASE_URL: 'http://127.0.0.1:8080', GLUCOGUARD_AUTH: 'on', LOG_LEVEL: 'silent',
-  CHAIN_BLOCK_PERIOD: '0', CHAIN_PORT: '0', GLUCOGUARD_MASTER_KEY: setup.masterKey, ...env,
+  CHAIN_BLOCK_PERIOD: '0', CHAIN_PORT: '0', ...(masterKey ? { GLUCOGUARD_MASTER_KEY: masterKey } : {}), ...env,
 }), { logger: createLogger('silent') });
 report('started');
 await new Promise((r) => setTimeout(r, 3000));
