@@ -47,7 +47,7 @@ export interface EmbeddedChain {
 export async function startEmbeddedChain(opts: EmbeddedChainOptions): Promise<EmbeddedChain> {
   const log = opts.logger ?? { info() {}, warn() {}, error() {} };
   // Loaded here, not at the top: a proxy whose node runs on a worker thread never loads the EVM,
-  // blockchain and LevelDB modules on its request thread (~10 MB of heap it would only carry).
+  // blockchain and LevelDB modules on its request thread (~16 MB of RSS it would only carry).
   const [{ ChainNode }, { ensureDeployed }, { loadOrCreateSignerKey }, { RpcHandlers, serveRpc }] = await Promise.all([
     import('./node.js'), import('./deploy.js'), import('./keys.js'), import('./rpc.js'),
   ]);
