@@ -1,5 +1,6 @@
 // Build step behind `npm run build` / `npm start`: compile contracts (when chain/compile.mjs exists)
-// then TypeScript. tsc is incremental, so an unchanged tree builds in a few seconds.
+// then TypeScript, then the slim FHIR definition bundles. tsc is incremental, so an unchanged tree
+// builds in a few seconds.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 

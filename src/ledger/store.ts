@@ -327,7 +327,7 @@ export class CommitmentStore {
     this.treeBytes -= treeBytesOf(tree);
   }
 
-  /** Anchored batches (local id, on-chain id, root) with local id above `afterId`, oldest first. */
+  /** Anchored batches (local id, on-chain id, root, block it was anchored in) with local id above `afterId`, oldest first. */
   anchoredBatches(afterId = 0, limit = 10_000): { id: number; chainBatchId: number; root: Buffer; block: number | null }[] {
     return this.db.prepare<[number, number], { id: number; chain_batch: number; root: Buffer; block: number | null }>(
       "SELECT id, chain_batch, root, block FROM batches WHERE status = 'anchored' AND id > ? ORDER BY id LIMIT ?")
