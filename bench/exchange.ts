@@ -38,7 +38,7 @@ import { OPEN_ACCESS, type AccessContext } from '../src/fhir/access.js';
 import { createLogger } from '../src/log.js';
 import { childMain, runInChild } from './child.js';
 import { loadCgmObservations } from './repository-load.js';
-import { fmt, percentile, rssMb, type Log } from './stats.js';
+import { fmt, percentile, residentSplitMb, rssMb, type Log } from './stats.js';
 
 const BACKPORT = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/';
 const CHILD_FLAG = 'exchange-export-child';
@@ -138,20 +138,6 @@ async function loadPhase(dataDir: string, n: number, patients: number, log: Log)
   }
 }
 
-/**
- * MB of the process's resident pages that are mapped from files (the binary, libraries, the store's
- * memory map) rather than anonymous memory; undefined where /proc/self/smaps_rollup is not there.
- */
-function fileBackedMb(): number | undefined {
-  try {
-    const rollup = readFileSync('/proc/self/smaps_rollup', 'utf8');
-    const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(rollup)?.[1] ?? 0);
-    return (kb('Rss') - kb('Anonymous')) / 1024;
-  } catch {
-    return undefined;
-  }
-}
-
 /** The three exports and the notification latency, in one server process (the current one). */
 async function exportPhase(dataDir: string, setup: Setup, log: Log): Promise<Record<string, number>> {
   const notifications = Number(process.env.EXCHANGE_BENCH_NOTIFY ?? 200);
@@ -184,7 +170,7 @@ async function exportPhase(dataDir: string, setup: Setup, log: Log): Promise<Rec
       const sampler = setInterval(() => {
         const now = process.memoryUsage();
         if (now.rss / 1048576 <= peak) return;
-        [peak, atPeak, fileBackedAtPeak] = [now.rss / 1048576, now, fileBackedMb()];
+        [peak, atPeak, fileBackedAtPeak] = [now.rss / 1048576, now, residentSplitMb()?.fileBacked];
       }, 20);
       const started = performance.now();
       const cpu0 = process.cpuUsage();

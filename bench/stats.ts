@@ -1,4 +1,6 @@
 /** Small helpers shared by the benchmark suites: timing, percentiles, memory. */
+import { readFileSync } from 'node:fs';
+
 export type Log = (line: string) => void;
 
 export function percentile(sorted: number[], p: number): number {
@@ -28,6 +30,20 @@ export function summary(times: number[]): { p50: number; p95: number; p99: numbe
 
 export function rssMb(): number {
   return process.memoryUsage().rss / 1024 / 1024;
+}
+
+/**
+ * The process's resident pages in MB, split into anonymous memory and pages mapped from files (the
+ * binary, libraries, memory-mapped databases); undefined where /proc/self/smaps_rollup is not there.
+ */
+export function residentSplitMb(): { rss: number; anonymous: number; fileBacked: number } | undefined {
+  try {
+    const rollup = readFileSync('/proc/self/smaps_rollup', 'utf8');
+    const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(rollup)?.[1] ?? 0);
+    return { rss: kb('Rss') / 1024, anonymous: kb('Anonymous') / 1024, fileBacked: (kb('Rss') - kb('Anonymous')) / 1024 };
+  } catch {
+    return undefined;
+  }
 }
 
 export const fmt = (n: number, digits = 2): string => n.toFixed(digits);

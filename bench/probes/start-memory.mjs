@@ -11,20 +11,22 @@ import v8 from 'node:v8';
 const dist = path.resolve(process.env.D ?? 'dist');
 const load = (file) => import(pathToFileURL(path.join(dist, file)).href);
 const [{ createApp }, { loadConfig }, { createLogger }] = await Promise.all([load('src/app.js'), load('src/config.js'), load('src/log.js')]);
+// from this build's dist, whichever build D names (an earlier build may not have it)
+const { residentSplitMb } = await import(pathToFileURL(path.resolve('dist/bench/stats.js')).href);
 
 const dir = process.env.DIR;
-if (!dir) throw new Error('set DIR to a data directory made by the exchange bench');
+if (!dir) throw new Error('set DIR to a data directory kept by the exchange or fhir-search bench');
 // the exchange bench records its master key; the fhir-search bench's store keeps its own key file
 const setupFile = path.join(dir, 'bench-setup.json');
 const masterKey = existsSync(setupFile) ? JSON.parse(readFileSync(setupFile, 'utf8')).masterKey : undefined;
 const mb = (n) => (n / 1048576).toFixed(0);
 function report(stage) {
   global.gc?.();
-  const rollup = readFileSync('/proc/self/smaps_rollup', 'utf8');
-  const kb = (k) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(rollup)?.[1] ?? 0) * 1024;
+  const split = residentSplitMb();
   const m = process.memoryUsage();
   const spaces = v8.getHeapSpaceStatistics().filter((s) => s.space_size > 1048576).map((s) => `${s.space_name} ${mb(s.space_size)}`).join(', ');
-  console.log(`${stage}: RSS ${mb(m.rss)} MB (anonymous ${mb(kb('Anonymous'))}, file-backed ${mb(kb('Rss') - kb('Anonymous'))}); ` +
+  const pages = split ? ` (anonymous ${split.anonymous.toFixed(0)}, file-backed ${split.fileBacked.toFixed(0)})` : '';
+  console.log(`${stage}: RSS ${mb(m.rss)} MB${pages}; ` +
     `JS heap ${mb(m.heapUsed)} used of ${mb(m.heapTotal)} (${spaces}); array buffers ${mb(m.arrayBuffers)}, other external ${mb(m.external - m.arrayBuffers)}`);
 }
 report('before');

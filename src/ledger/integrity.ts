@@ -245,7 +245,7 @@ export class IntegrityChecker {
    * Reads the roots of anchored batches not cached yet (the newest `limit`): called in the background
    * at start-up so the first reads after a restart do not each wait for an eth_call. The roots come
    * first from the contract's BatchAnchored events, a few `eth_getLogs` over the blocks the batches
-   * were anchored in (`rootsFromEvents`); a batch they do not settle is read by `getBatch`, 200
+   * were anchored in (`rootsFromEvents`; for a single batch one `getBatch` costs the same); a batch they do not settle is read by `getBatch`, 200
    * requests at a time. Stops between two requests once `signal` is aborted (the ledger closing).
    * Answers how many roots were read.
    */
