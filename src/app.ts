@@ -43,7 +43,7 @@ import type { DecodedCache } from './repository/embedded/decoded-cache.js';
 import type { Repository } from './repository/port.js';
 import { UpstreamRepository } from './repository/upstream/index.js';
 import { ChainClient, type ChainAddresses } from './ledger/client.js';
-import { createLedger, integrityModeFrom, type Ledger } from './ledger/index.js';
+import { createLedger, integrityModeFrom, INTEGRITY_TAG_SYSTEM, type Ledger } from './ledger/index.js';
 import { loadAuthorityKey, startEmbeddedChainThread, type EmbeddedChainThread } from '../chain/node/index.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
@@ -230,6 +230,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     onResponse: (request, response) => consent.audit.record(request, response),
     beforeAuditRead: () => consent.audit.flush(),
     guards: [scopes, consent.policy, ledger.guard],
+    serverTagSystems: [INTEGRITY_TAG_SYSTEM],
     capabilityStatement: () => buildCapabilityStatement({
       fhirBase: base,
       version: VERSION,

@@ -145,13 +145,26 @@ export function withReferencesResolved<T>(resource: T, resolved: Map<string, str
 }
 
 /**
- * Refuses a single write (or a batch entry) that holds a conditional reference: they are resolved
- * only inside a transaction, and stored as written they would link to nothing.
+ * Refuses a single write (or a batch entry) that holds a conditional reference or a reference to a
+ * Bundle entry (`urn:uuid:`, `urn:oid:`): they are resolved only inside a transaction, and stored
+ * as written they would link to nothing (http.html#brules: batch entries SHALL NOT depend on each other).
  */
 export function refuseConditionalReferences(resource: Resource): void {
   if (conditionalReferences(resource).length) {
     throw badRequest('Conditional references (Type?criteria) are resolved only inside a transaction Bundle; send this write in one, or reference the resource by Type/id', 'reference');
   }
+  if (hasEntryReference(resource)) {
+    throw badRequest('References to Bundle entries (urn:uuid:, urn:oid:) are resolved only inside a transaction Bundle; send this write in one, or reference the resource by Type/id', 'reference');
+  }
+}
+
+function hasEntryReference(node: unknown): boolean {
+  if (Array.isArray(node)) return node.some(hasEntryReference);
+  if (!node || typeof node !== 'object') return false;
+  for (const [key, value] of Object.entries(node)) {
+    if (key === 'reference' && typeof value === 'string' ? /^urn:(uuid|oid):/i.test(value) : hasEntryReference(value)) return true;
+  }
+  return false;
 }
 
 /** Builds the router request for one Bundle entry. */
@@ -199,7 +212,8 @@ function responseEntry(response: FhirResponse): BundleEntry {
       status,
       ...(h.Location ? { location: h.Location } : {}),
       ...(h.ETag ? { etag: h.ETag } : {}),
-      ...(h['Last-Modified'] ? { lastModified: new Date(h['Last-Modified']).toISOString() } : {}),
+      // the version's own instant (Last-Modified, an HTTP date, has whole seconds only)
+      ...(h['Last-Modified'] ? { lastModified: (!isOutcome && body?.meta?.lastUpdated) || new Date(h['Last-Modified']).toISOString() } : {}),
       ...(isOutcome ? { outcome: body } : {}),
     },
   };

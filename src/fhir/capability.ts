@@ -44,8 +44,14 @@ const STANDARD_PARAMS: Record<string, string[]> = {
 export function buildCapabilityStatement(inputs: CapabilityInputs): CapabilityStatement {
   const typeOps = (type: string) => inputs.operations.filter((op) =>
     (op.levels.includes('type') || op.levels.includes('instance')) && (!op.resourceTypes?.length || op.resourceTypes.includes(type)));
+  const codesOf = (type: string): string[] => ['_id', '_lastUpdated', ...(inputs.searchParams ? inputs.searchParams[type] ?? [] : STANDARD_PARAMS[type] ?? [])];
+  // `_include` and `_revinclude` values: the reference parameters searched here (`Type:param`)
+  const references = SUPPORTED_RESOURCE_TYPES.flatMap((type) => [...new Set(codesOf(type))].flatMap((code) => {
+    const sp = getSearchParameter(type, code);
+    return sp?.type === 'reference' ? [{ type, code, targets: (sp.target ?? []) as string[] }] : [];
+  }));
   const resources: CapabilityStatementRestResource[] = SUPPORTED_RESOURCE_TYPES.map((type) => {
-    const codes = ['_id', '_lastUpdated', ...(inputs.searchParams ? inputs.searchParams[type] ?? [] : STANDARD_PARAMS[type] ?? [])];
+    const codes = codesOf(type);
     const searchParam: CapabilityStatementRestResourceSearchParam[] = [...new Set(codes)].map((code) => {
       const sp = getSearchParameter(type, code);
       return { name: code, type: (sp?.type ?? 'token') as CapabilityStatementRestResourceSearchParam['type'], ...(sp?.url ? { definition: sp.url } : {}) };
@@ -62,8 +68,8 @@ export function buildCapabilityStatement(inputs: CapabilityInputs): CapabilitySt
       conditionalRead: 'full-support',
       conditionalUpdate: !inputs.handledWriteTypes?.includes(type),
       conditionalDelete: inputs.handledWriteTypes?.includes(type) ? 'not-supported' : 'single',
-      searchInclude: ['*'],
-      searchRevInclude: ['*'],
+      searchInclude: references.filter((r) => r.type === type).map((r) => `${r.type}:${r.code}`),
+      searchRevInclude: references.filter((r) => r.targets.includes(type)).map((r) => `${r.type}:${r.code}`),
       searchParam,
       ...(typeOps(type).length ? { operation: typeOps(type).map((op) => ({ name: op.name, definition: operationCanonical(op.name) })) } : {}),
     };

@@ -34,6 +34,8 @@ export interface ChainContext {
   supported: Record<string, string[]> | undefined;
   /** Prefer: handling=lenient — a chain that cannot be answered is dropped instead of refused. */
   lenient: boolean;
+  /** Filled with the names of the chains dropped under `lenient`. */
+  dropped?: Set<string>;
   /** The proxy's FHIR base, so absolute references to it count as local ones. */
   fhirBase: string;
   /**
@@ -71,7 +73,10 @@ export async function resolveChains(type: string, query: Query, ctx: ChainContex
         selected = name.startsWith('_has') ? await reverse(type, name, value, ctx, links) : await forward(type, name, value, ctx, links);
       } catch (err) {
         // Under lenient handling a chain the server cannot answer is ignored like any unknown parameter; cost stays an error.
-        if (ctx.lenient && isGlucoGuardError(err, 'ERR_INVALID') && err.issues[0]?.code !== 'too-costly') break;
+        if (ctx.lenient && isGlucoGuardError(err, 'ERR_INVALID') && err.issues[0]?.code !== 'too-costly') {
+          ctx.dropped?.add(name);
+          break;
+        }
         throw err;
       }
       if (!selected) return undefined;

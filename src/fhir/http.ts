@@ -96,6 +96,13 @@ function negotiate(req: Request): void {
   if (accept && !/(\*\/\*|application\/\*|json)/i.test(accept)) {
     throw notAcceptable('This server speaks application/fhir+json only');
   }
+  // `fhirVersion` (http.html#version-parameter): some media range must take R4, 4.0 or 4.0.x
+  if (accept && /fhirVersion/i.test(accept) && !accept.split(',').some((range) => {
+    const version = /;\s*fhirVersion\s*=\s*"?([^";,\s]*)/i.exec(range)?.[1];
+    return version === undefined || version === '4.0' || version.startsWith('4.0.');
+  })) {
+    throw notAcceptable('This server speaks FHIR R4 only (fhirVersion=4.0)');
+  }
 }
 
 function parseBody(req: Request): unknown {

@@ -105,7 +105,10 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
         }
       }
       const firstPage = queryPairs(query);
-      const self = `${fhirBase}/Patient/${target.id}/$everything${firstPage.length ? `?${toQueryString(firstPage)}` : ''}`;
+      // a later page's self link is the page token it was asked with
+      const self = typeof token === 'string'
+        ? `${fhirBase}/Patient/${target.id}/$everything?_pageToken=${encodeURIComponent(token)}`
+        : `${fhirBase}/Patient/${target.id}/$everything${firstPage.length ? `?${toQueryString(firstPage)}` : ''}`;
       const link = [{ relation: 'self', url: self }];
       if (next) {
         const state = { query: [...firstPage, [AT_PATIENT, target.id!], [AT_TYPE, String(next.type)]] as [string, string][], offset: next.offset };

@@ -6,7 +6,7 @@
 import { toPeriod } from '@medplum/core';
 import type { SearchRequest } from '@medplum/core';
 import { applyPatch, type Operation } from 'rfc6902';
-import type { Bundle, BundleEntry, BundleLink, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
+import type { Bundle, BundleEntry, BundleLink, OperationOutcomeIssue, Parameters, Resource } from '@medplum/fhirtypes';
 import {
   badRequest, conflict, forbidden, GlucoGuardError, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, scanLimitExceeded, unprocessable,
   unsupportedMediaType,
@@ -52,6 +52,12 @@ export interface FhirRouterOptions {
    * readers see every request answered before theirs.
    */
   beforeAuditRead?: () => Promise<void>;
+  /**
+   * Tag systems only the server writes (the integrity guard's `urn:glucoguard:integrity`): a tag of
+   * one of them in a written resource is dropped, as meta.versionId is, so a resource read with its
+   * tags and written back (read, modify, PUT) does not store the server's verdict of that read.
+   */
+  serverTagSystems?: readonly string[];
 }
 
 /**
@@ -167,8 +173,8 @@ export class FhirRouter {
   }
 
   private async dispatch(req: FhirRequest): Promise<FhirResponse> {
-    const route = this.route(req.path);
     const method = req.method === 'HEAD' ? 'GET' : req.method;
+    const route = this.route(req.path, method);
     switch (route.kind) {
       case 'metadata':
         if (method !== 'GET') throw methodNotAllowed('metadata supports GET only', READ_ONLY);
@@ -213,7 +219,7 @@ export class FhirRouter {
     }
   }
 
-  private route(rawPath: string): Route {
+  private route(rawPath: string, method: string): Route {
     const parts = rawPath.split('/').filter((p) => p.length > 0);
     if (parts.length === 0) return { kind: 'bundle' };
     const [a, b, c, d] = parts;
@@ -225,6 +231,8 @@ export class FhirRouter {
     if (b === '_search' && parts.length === 2) return { kind: 'type-search', type };
     if (b === '_history' && parts.length === 2) return { kind: 'type-history', type };
     if (b!.startsWith('$')) return this.checkOperation({ kind: 'operation', name: b!.slice(1), type }, parts.length === 2);
+    // an id that cannot exist is not found; one a PUT would create with (update as create) is a bad request
+    if (method === 'PUT' && parts.length === 2 && !FHIR_ID.test(b!)) throw badRequest(`"${b!.slice(0, 64)}" is not a valid FHIR id (1–64 of A–Z, a–z, 0–9, "-" and ".")`, 'id');
     const id = checkId(b!);
     if (parts.length === 2) return { kind: 'instance', type, id };
     if (c === '_history' && parts.length === 3) return { kind: 'instance-history', type, id };
@@ -269,7 +277,7 @@ export class FhirRouter {
     await this.policy.authorize(req.access, interaction, type);
     const handler = this.writeHandlers.get(type)!;
     // validated like any write before the module reads it (422 listing the issues); the module's own checks follow
-    if (interaction !== 'delete' && isJsonObject(req.body) && req.body.resourceType === type) this.options.validator.assertValid(req.body as unknown as Resource);
+    if (interaction !== 'delete' && isJsonObject(req.body) && req.body.resourceType === type) this.prepareWrite(req.body as unknown as Resource);
     if (interaction === 'create') return handler.create(req);
     return interaction === 'update' ? handler.update(req, id!) : handler.delete(req, id!);
   }
@@ -279,7 +287,7 @@ export class FhirRouter {
     const resource = resourceBody(req, type);
     delete resource.id;
     refuseConditionalReferences(resource);
-    this.options.validator.assertValid(resource);
+    this.prepareWrite(resource);
     if (!(await this.policy.mayWrite(req.access, resource, 'create'))) throw forbiddenWrite();
     let ifNoneExist = req.headers['if-none-exist'];
     if (ifNoneExist !== undefined) {
@@ -308,7 +316,7 @@ export class FhirRouter {
     if (resource.id === undefined) throw badRequest('The resource must carry the id of the URL', 'id');
     if (resource.id !== id) throw badRequest(`Resource id "${resource.id}" does not match the URL id "${id}"`, 'id');
     refuseConditionalReferences(resource);
-    this.options.validator.assertValid(resource);
+    this.prepareWrite(resource);
     // Absent first: what the body may say is asked only about a resource the requester can see (a
     // Patient body names its own id, so judging it first would tell a hidden id from a free one).
     if (!(await this.writableBy(req.access, type, id))) throw notFound('Not found');
@@ -320,12 +328,16 @@ export class FhirRouter {
 
   private async delete(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'delete', type);
+    const ifMatch = parseIfMatch(req.headers['if-match']);
     const current = await this.currentOf(type, id);
     // A resource the requester cannot see is absent to them: deleting it changes nothing and answers
-    // like deleting an id never stored.
-    if (!(await this.mayChange(req.access, current))) return this.deletedResponse(req, type, id);
+    // like deleting an id never stored (with If-Match, like one: no current version to match).
+    const visible = await this.mayChange(req.access, current);
+    // checked here too, not only by the repository: an upstream server may ignore If-Match on DELETE
+    if (ifMatch !== undefined && (!visible || current?.meta?.versionId !== ifMatch)) throw preconditionFailed(`If-Match ${ifMatch} is not the current version of ${type}/${id}`);
+    if (!visible) return this.deletedResponse(req, type, id);
     if (current && !(await this.policy.mayWrite(req.access, current, 'delete'))) throw forbiddenWrite();
-    await this.options.repository.delete(type, id);
+    await this.options.repository.delete(type, id, ifMatch !== undefined ? { ifMatch } : undefined);
     return this.deletedResponse(req, type, id);
   }
 
@@ -347,7 +359,7 @@ export class FhirRouter {
     const asked = conditionalCriteria(req, 'update');
     const resource = resourceBody(req, type);
     refuseConditionalReferences(resource);
-    this.options.validator.assertValid(resource);
+    this.prepareWrite(resource);
     const criteria = await this.resolvedCriteria(req.access, type, asked);
     for (let attempt = 0; ; attempt++) {
       const matches = criteria ? await this.visibleMatches(req.access, type, criteria) : [];
@@ -386,7 +398,7 @@ export class FhirRouter {
   private async patch(req: FhirRequest, type: string, id: string): Promise<FhirResponse> {
     const { current, patched, ifMatch } = await this.applyPatchRequest(req, type, id);
     refuseConditionalReferences(patched);
-    this.options.validator.assertValid(patched);
+    this.prepareWrite(patched);
     if (!(await this.policy.mayWrite(req.access, patched, 'update'))) throw forbiddenWrite();
     try {
       const result = await this.options.repository.update(patched, { ifMatch: current.meta!.versionId! });
@@ -479,6 +491,22 @@ export class FhirRouter {
   }
 
   /** The current version, or undefined when the id was never stored or its resource is deleted. */
+  /**
+   * Readies a resource about to be written, in place: drops the tags only the server writes
+   * (`serverTagSystems`), then validates it (422 listing the issues).
+   */
+  private prepareWrite(resource: Resource): void {
+    const systems = this.options.serverTagSystems;
+    const tags = resource.meta?.tag;
+    if (systems?.length && Array.isArray(tags) && tags.some((t) => systems.includes(t?.system as string))) {
+      const kept = tags.filter((t) => !systems.includes(t?.system as string));
+      if (kept.length) resource.meta!.tag = kept;
+      else delete resource.meta!.tag;
+      if (Object.keys(resource.meta!).length === 0) delete resource.meta;
+    }
+    this.options.validator.assertValid(resource);
+  }
+
   private async currentOf(type: string, id: string): Promise<Resource | undefined> {
     try {
       return await this.options.repository.read(type, id);
@@ -522,15 +550,18 @@ export class FhirRouter {
       defaultCount: this.options.defaultPageSize,
       maxCount: this.options.maxPageSize,
       subsetting: true,
+      dropped: new Set<string>(),
     };
     const resolved = await this.withChainsResolved(req.access, type, query, parseOptions);
     const parsed = parseSearch(type, resolved ?? {}, parseOptions);
     const count = parsed.count ?? this.options.defaultPageSize;
+    if (subsetting?.kind !== 'summary') parseOptions.dropped.add('_summary');
+    if (subsetting?.kind !== 'elements') parseOptions.dropped.add('_elements');
     const { matches, included, hasMore, nextOffset } = resolved
       ? await this.filledPage(req.access, await this.policy.narrowSearch(req.access, { ...parsed, offset }), offset, count)
       // a chain selected nothing: nothing can match
       : { matches: { allowed: [], issues: [] }, included: { allowed: [], issues: [] }, hasMore: false, nextOffset: offset };
-    const firstPageQuery = queryPairs(query).filter(([k]) => !['_pageToken', '_format', '_pretty'].includes(k));
+    const firstPageQuery = usedQuery(query, parsed, parseOptions.dropped);
     const links: BundleLink[] = [{ relation: 'self', url: this.pageUrl(req, type, firstPageQuery, offset) }];
     if (hasMore) links.push({ relation: 'next', url: this.pageUrl(req, type, firstPageQuery, nextOffset) });
     if (offset > 0) links.push({ relation: 'previous', url: this.pageUrl(req, type, firstPageQuery, Math.max(0, offset - count)) });
@@ -560,12 +591,9 @@ export class FhirRouter {
   }> {
     const matches = { allowed: [] as Resource[], issues: [] as OperationOutcomeIssue[] };
     const included = { allowed: [] as Resource[], issues: [] as OperationOutcomeIssue[] };
-    if (count === 0) {
-      // No entries: for a limited requester a `next` link would only say whether hidden matches exist.
-      if (access.kind !== 'open') return { matches, included, hasMore: false, nextOffset: offset };
-      const result = await this.options.repository.search({ ...narrowed, offset, count }, this.searchOptions);
-      return { matches, included, hasMore: result.hasMore, nextOffset: offset };
-    }
+    // No entries and no `next` link: its page would be this one again (a client following `next`
+    // would never stop), and for a limited requester it would say whether hidden matches exist.
+    if (count === 0) return { matches, included, hasMore: false, nextOffset: offset };
     let repoOffset = offset;
     // Matches the guards withhold are re-paged past, each page from the repository costing as much
     // as the pages before it: past the scan limit they make the search too costly, as non-matches do.
@@ -642,13 +670,18 @@ export class FhirRouter {
     if (type && id && req.access.kind !== 'open' && offset === 0 && result.entries.length === 0 && !(await this.anyVersionVisible(req.access, type, id))) {
       throw notFound('Not found');
     }
+    // a PUT that made the resource (update as create) was a 201: its first version, or the one after a
+    // deletion when that deletion is on this page too
+    const methods = new Map(result.entries.map((e) => [`${e.resourceType}/${e.id}/${e.versionId}`, e.method]));
+    const created = (e: HistoryEntry): boolean => e.method === 'POST' || (e.method === 'PUT' &&
+      (e.versionId === '1' || methods.get(`${e.resourceType}/${e.id}/${Number(e.versionId) - 1}`) === 'DELETE'));
     const entry: BundleEntry[] = result.entries
       .map((e) => ({
         fullUrl: `${this.options.fhirBase}/${e.resourceType}/${e.id}`,
         ...(e.resource ? { resource: e.resource } : {}),
         request: { method: e.method, url: e.method === 'POST' ? e.resourceType : `${e.resourceType}/${e.id}` },
         response: {
-          status: e.method === 'POST' ? '201 Created' : e.method === 'DELETE' ? '204 No Content' : '200 OK',
+          status: created(e) ? '201 Created' : e.method === 'DELETE' ? '204 No Content' : '200 OK',
           etag: `W/"${e.versionId}"`,
           lastModified: e.lastUpdated,
         },
@@ -713,11 +746,8 @@ export class FhirRouter {
       const patients = await this.policy.visiblePatients?.(access);
       if (patients !== undefined) request = { ...request, patients };
     }
-    if (count === 0) {
-      // No entries: a `next` link would only say whether hidden versions exist.
-      const result = access.kind === 'open' ? await this.options.repository.history({ ...request, count, offset }) : { hasMore: false };
-      return { entries, issues, hasMore: result.hasMore, nextOffset: offset };
-    }
+    // No entries and no `next` link, as for a search (filledPage).
+    if (count === 0) return { entries, issues, hasMore: false, nextOffset: offset };
     // A limited requester's page may sit behind many hidden versions (other patients' data, the
     // access log): read on in larger batches than the page, or the scan costs a query per `count`.
     const batch = access.kind === 'open' ? count : Math.max(count, 200);
@@ -814,7 +844,7 @@ export class FhirRouter {
       const visible = req.access.kind === 'open' ? bundle : await this.visibleConditionals(req.access, bundle);
       const decided = await this.referencesResolved(req.access, await this.patchesAsUpdates(req, visible));
       return processTransaction(decided, req, {
-        validate: (resource) => this.options.validator.assertValid(resource),
+        validate: (resource) => this.prepareWrite(resource),
         authorize: async (interaction, resource) => {
           await this.policy.authorize(req.access, interaction, resource.resourceType);
           if (interaction !== 'create' && resource.id && !(await this.writableBy(req.access, resource.resourceType, resource.id))) throw notFound('Not found');
@@ -865,10 +895,15 @@ export class FhirRouter {
       throw notFound(`Unknown operation $${route.name.slice(0, 64)}`);
     }
     const method = req.method === 'HEAD' ? 'GET' : req.method;
-    if (!op.methods.includes(method)) throw methodNotAllowed(`$${op.name} does not support ${method}`, op.methods.flatMap((m) => (m === 'GET' ? ['GET', 'HEAD'] : [m])));
+    // An operation invoked by GET can be invoked by POST with its parameters in a Parameters body
+    // (operations.html#request): answered as that GET.
+    const asGet = method === 'POST' && op.methods.includes('GET') && !op.methods.includes('POST');
+    const allowed = asGet ? ['GET', 'POST'] : op.methods;
+    if (!allowed.includes(method)) throw methodNotAllowed(`$${op.name} does not support ${method}`, allowed.flatMap((m) => (m === 'GET' ? ['GET', 'HEAD'] : [m])));
     if (!op.authorizesItself) await this.policy.authorize(req.access, 'operation', route.type ?? '*');
     // an operation's input (Parameters, or a Bundle) is read by its handler: values of the wrong kind are refused first
     if (isJsonObject(req.body) && (req.body.resourceType === 'Parameters' || req.body.resourceType === 'Bundle')) assertWellFormed(req.body as unknown as Resource);
+    if (asGet) req = { ...req, method: 'GET', query: mergeQuery(req.query, parametersAsQuery(req, op.name)), body: undefined };
     return op.handle(req, { resourceType: route.type, id: route.id });
   }
 
@@ -968,11 +1003,12 @@ export class FhirRouter {
    * How chains and `_has` are resolved for a requester (src/fhir/chains.ts): each inner search is
    * authorized, narrowed and guarded like the requester's own search, and paged past hidden matches.
    */
-  private chainContext(access: AccessContext, lenient: boolean): ChainContext {
+  private chainContext(access: AccessContext, lenient: boolean, dropped?: Set<string>): ChainContext {
     const supported = this.options.repository.supportedSearchParams();
     const ctx: ChainContext = {
       supported,
       lenient,
+      dropped,
       fhirBase: this.options.fhirBase,
       matches: async (type, query, limit, links) => {
         await this.policy.authorize(access, 'search', type);
@@ -1087,7 +1123,7 @@ export class FhirRouter {
   private async withChainsResolved(access: AccessContext, type: string, query: Record<string, string | string[]>, options: SearchParseOptions): Promise<Record<string, string | string[]> | undefined> {
     if (!Object.keys(query).some(isChained)) return query;
     parseSearch(type, Object.fromEntries(Object.entries(query).filter(([k]) => !isChained(k))), options);
-    return resolveChains(type, query, this.chainContext(access, options.lenient));
+    return resolveChains(type, query, this.chainContext(access, options.lenient, options.dropped));
   }
 
   /** Checks an If-None-Exist query (its chains are checked as they are resolved). */
@@ -1103,9 +1139,33 @@ export class FhirRouter {
   }
 }
 
-/** The search criteria of a conditional update, patch or delete: its query without `_format`/`_pretty`; none is 405. */
+/**
+ * The query a search page's links repeat: the parameters the search used (search.html#errors: the
+ * self link SHALL say what was used), without those left out under lenient handling (`dropped`),
+ * with `_count` as served (capped at the page size limit) and `_sort` as kept.
+ */
+function usedQuery(query: Record<string, string | string[]>, parsed: SearchRequest, dropped: Set<string>): [string, string][] {
+  const used: [string, string][] = [];
+  const once = (name: string, value: string): void => {
+    if (!used.some(([n]) => n === name)) used.push([name, value]);
+  };
+  for (const [name, value] of queryPairs(query)) {
+    if (name === '_pageToken' || name === '_format' || name === '_pretty') continue;
+    if (name === '_count') once(name, String(parsed.count ?? value));
+    else if (name === '_sort' && dropped.has(name)) {
+      if (parsed.sortRules?.length) once(name, parsed.sortRules.map((r) => `${r.descending ? '-' : ''}${r.code}`).join(','));
+    } else if (!dropped.has(name)) used.push([name, value]);
+  }
+  return used;
+}
+
+/** Parameters that shape a search's answer rather than select matches (search.html#modifyingresults), and the format ones. */
+const RESULT_PARAMS = new Set(['_format', '_pretty', '_count', '_offset', '_sort', '_summary', '_elements', '_include', '_revinclude', '_total', '_contained', '_containedType', '_pageToken']);
+
+/** The search criteria of a conditional update, patch or delete: its query without the result parameters (RESULT_PARAMS); none is 405. */
 function conditionalCriteria(req: FhirRequest, interaction: 'update' | 'patch' | 'delete'): Record<string, string | string[]> {
-  const criteria = Object.fromEntries(Object.entries(req.query).filter(([k]) => k !== '_format' && k !== '_pretty'));
+  // only filters select: result parameters (`_count=1` would hide a second match) are left out
+  const criteria = Object.fromEntries(Object.entries(req.query).filter(([k]) => !RESULT_PARAMS.has(k.split(':')[0]!)));
   if (Object.keys(criteria).length === 0) {
     throw methodNotAllowed(`${req.method} on a resource type needs search parameters (conditional ${interaction})`, ['GET', 'HEAD', 'POST']);
   }
@@ -1211,6 +1271,33 @@ function formBody(req: FhirRequest): Record<string, string | string[]> {
     }
   }
   return fields as Record<string, string | string[]>;
+}
+
+/** Parameters' value[x] types a query parameter can carry (primitive types). */
+const PRIMITIVE_VALUES = ['valueString', 'valueCode', 'valueId', 'valueUri', 'valueUrl', 'valueCanonical', 'valueDate', 'valueDateTime', 'valueInstant',
+  'valueTime', 'valueInteger', 'valuePositiveInt', 'valueUnsignedInt', 'valueDecimal', 'valueBoolean', 'valueOid', 'valueUuid'];
+
+/**
+ * The input of a POST to an operation that takes its parameters as a query (GET): a Parameters
+ * body (or none), each parameter a name and one primitive value, as query parameters.
+ */
+function parametersAsQuery(req: FhirRequest, operation: string): Record<string, string | string[]> {
+  if (req.body === undefined) return {};
+  requireFhirJson(req);
+  const body = req.body;
+  if (!isJsonObject(body) || body.resourceType !== 'Parameters') throw badRequest(`POST to $${operation} takes a Parameters resource`, 'resourceType');
+  const pairs: [string, string][] = [];
+  const parameters = (body as unknown as Parameters).parameter ?? [];
+  parameters.forEach((parameter, i) => {
+    const fields = parameter as unknown as Record<string, unknown>;
+    const values = PRIMITIVE_VALUES.filter((k) => fields[k] !== undefined);
+    const value = values.length === 1 ? fields[values[0]!] : undefined;
+    if (typeof parameter.name !== 'string' || !parameter.name || !['string', 'number', 'boolean'].includes(typeof value) || parameter.part || parameter.resource) {
+      throw badRequest(`Parameters.parameter[${i}] of $${operation} must be a name and one primitive value`, `Parameters.parameter[${i}]`);
+    }
+    pairs.push([parameter.name, String(value)]);
+  });
+  return pairsToQuery(pairs);
 }
 
 function mergeQuery(a: Record<string, string | string[]>, b: Record<string, string | string[]>): Record<string, string | string[]> {

@@ -41,6 +41,8 @@ export interface SearchParseOptions {
   maxCount: number;
   /** The caller subsets the answer (`_summary`, `_elements`, checked by parseSubsetting): leave them out. Otherwise they are refused. */
   subsetting?: boolean;
+  /** Filled with the names of the parameters left out under `lenient` (`_sort` when any of its keys was). */
+  dropped?: Set<string>;
 }
 
 const TOTAL_VALUES = ['none', 'estimate', 'accurate'];
@@ -60,11 +62,13 @@ export function parseSearch(resourceType: string, query: Record<string, string |
     if (SUBSETTING_PARAMS.has(name)) {
       if (options.subsetting) continue;
       if (!options.lenient) throw badRequest(`${name} is not supported here`, name);
+      options.dropped?.add(name);
       continue;
     }
     const problem = checkParam(resourceType, name, value, options);
     if (!problem) kept[name] = value;
     else if (!options.lenient) throw badRequest(problem, name);
+    else options.dropped?.add(name);
   }
   delete kept._format;
   delete kept._pretty;
@@ -96,7 +100,11 @@ export function parseSearch(resourceType: string, query: Record<string, string |
       throw badRequest(`Sorting by "${rule.code}" is not supported`, '_sort');
     }
   }
-  if (options.lenient) request.sortRules = request.sortRules?.filter((r) => SORTABLE.has(r.code) && isKnownParam(resourceType, r.code, options.supported));
+  if (options.lenient && request.sortRules) {
+    const sortable = request.sortRules.filter((r) => SORTABLE.has(r.code) && isKnownParam(resourceType, r.code, options.supported));
+    if (sortable.length < request.sortRules.length) options.dropped?.add('_sort');
+    request.sortRules = sortable;
+  }
   for (const target of [...(request.include ?? []), ...(request.revInclude ?? [])]) {
     if (!getSearchParameter(target.resourceType, target.searchParam)) {
       throw badRequest(`Unknown include target ${target.resourceType}:${target.searchParam}`, '_include');
@@ -126,7 +134,8 @@ function withTypedReferences(resourceType: string, query: Record<string, string 
 }
 
 function checkParam(resourceType: string, name: string, value: string | string[], options: SearchParseOptions): string | undefined {
-  if (CONTROL_PARAMS.has(name)) {
+  // `_include:iterate` and `_revinclude:iterate` (search.html#revinclude): the one modifier of a control parameter
+  if (CONTROL_PARAMS.has(name) || name === '_include:iterate' || name === '_revinclude:iterate') {
     if (name === '_count' && ![value].flat().every((v) => /^\d+$/.test(v))) return '_count must be a non-negative integer';
     if (name === '_total' && ![value].flat().every((v) => TOTAL_VALUES.includes(v))) return '_total must be none, estimate or accurate';
     return undefined;

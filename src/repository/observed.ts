@@ -50,8 +50,8 @@ export abstract class WriteObservingRepository implements Repository {
     return result;
   }
 
-  delete(resourceType: string, id: string): Promise<void> {
-    return this.inner.delete(resourceType, id);
+  delete(resourceType: string, id: string, options?: { ifMatch?: string }): Promise<void> {
+    return this.inner.delete(resourceType, id, options);
   }
 
   read<T extends Resource = Resource>(resourceType: string, id: string): Promise<T> {

@@ -115,8 +115,12 @@ export interface Repository {
   /** update (http.html#update), update-as-create allowed; `ifMatch` is a bare versionId (http.html#concurrency). */
   update<T extends Resource>(resource: T, options?: { ifMatch?: string }): Promise<WriteResult<T>>;
 
-  /** delete (http.html#delete); deleting an absent or deleted resource succeeds (idempotent). */
-  delete(resourceType: string, id: string): Promise<void>;
+  /**
+   * delete (http.html#delete); deleting an absent or deleted resource succeeds (idempotent). With
+   * `ifMatch` (a bare versionId, http.html#concurrency) ERR_PRECONDITION_FAILED unless that is the
+   * current version: an absent or deleted resource has none.
+   */
+  delete(resourceType: string, id: string, options?: { ifMatch?: string }): Promise<void>;
 
   /** search (search.html), parsed by @medplum/core `parseSearchRequest`; offset/count page it. */
   search(request: SearchRequest, options?: SearchOptions): Promise<SearchResult>;

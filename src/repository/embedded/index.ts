@@ -181,8 +181,8 @@ export class EmbeddedRepository implements Repository {
     return this.write(() => this.updateSync(resource, options?.ifMatch));
   }
 
-  async delete(resourceType: string, id: string): Promise<void> {
-    return this.write(() => this.deleteSync(resourceType, id));
+  async delete(resourceType: string, id: string, options?: { ifMatch?: string }): Promise<void> {
+    return this.write(() => this.deleteSync(resourceType, id, options?.ifMatch));
   }
 
   async search(request: SearchRequest, options?: SearchOptions): Promise<SearchResult> {
@@ -310,7 +310,7 @@ export class EmbeddedRepository implements Repository {
     return this.write(() => runTransaction(bundle, {
       insert: (r) => { checkBody(r); return this.writeVersion(r, METHOD.POST, undefined); },
       update: (r, ifMatch) => this.updateSync(r, ifMatch),
-      delete: (type, id) => this.deleteSync(type, id),
+      delete: (type, id, ifMatch) => this.deleteSync(type, id, ifMatch),
       read: (type, id) => this.readSync(type, id),
       vread: (type, id, version) => this.vreadSync(type, id, version),
       search: (request) => runSearch(this.searchContext, request),
@@ -376,19 +376,15 @@ export class EmbeddedRepository implements Repository {
     checkBody(resource);
     if (!resource.id) throw badRequest('update needs a resource id', 'id');
     const previous = this.sql.currentOf.get(resource.resourceType, resource.id);
-    if (ifMatch !== undefined) {
-      const current = previous && previous.method !== METHOD.DELETE ? String(previous.version) : undefined;
-      if (current !== ifMatch.replace(/^W\/"(.*)"$/, '$1')) {
-        throw preconditionFailed(`version conflict on ${resource.resourceType}/${resource.id}`);
-      }
-    }
+    checkIfMatch(resource.resourceType, resource.id, previous, ifMatch);
     const live = previous !== undefined && previous.method !== METHOD.DELETE;
     const stored = this.writeVersion(resource, METHOD.PUT, previous);
     return { resource: stored, outcome: live ? 'updated' : 'created' };
   }
 
-  private deleteSync(resourceType: string, id: string): void {
+  private deleteSync(resourceType: string, id: string, ifMatch?: string): void {
     const previous = this.sql.currentOf.get(resourceType, id);
+    checkIfMatch(resourceType, id, previous, ifMatch);
     if (!previous || previous.method === METHOD.DELETE) return;
     this.removeIndex(previous.seq, previous.ix);
     this.sql.retireCurrent.run(previous.seq);
@@ -610,4 +606,11 @@ function checkBody(resource: Resource): void {
   if (resource.id !== undefined && (typeof resource.id !== 'string' || !ID_PATTERN.test(resource.id))) {
     throw badRequest('resource id is not a valid FHIR id', 'id');
   }
+}
+
+/** ERR_PRECONDITION_FAILED unless `ifMatch` (a bare versionId or a weak ETag) is the current version of the row; absent `ifMatch` passes. */
+function checkIfMatch(type: string, id: string, previous: VersionRow | undefined, ifMatch: string | undefined): void {
+  if (ifMatch === undefined) return;
+  const current = previous && previous.method !== METHOD.DELETE ? String(previous.version) : undefined;
+  if (current !== ifMatch.replace(/^W\/"(.*)"$/, '$1')) throw preconditionFailed(`version conflict on ${type}/${id}`);
 }

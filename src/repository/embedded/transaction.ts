@@ -17,7 +17,8 @@ export interface TransactionOps {
   /** Creates with the given (fresh) id. */
   insert(resource: Resource): Resource;
   update(resource: Resource, ifMatch?: string): WriteResult;
-  delete(resourceType: string, id: string): void;
+  /** With `ifMatch`, ERR_PRECONDITION_FAILED unless it is the current version. */
+  delete(resourceType: string, id: string, ifMatch?: string): void;
   read(resourceType: string, id: string): Resource;
   vread(resourceType: string, id: string, versionId: string): Resource;
   search(request: SearchRequest): SearchResult;
@@ -98,17 +99,18 @@ function plan(entry: BundleEntry, index: number, ops: TransactionOps): Planned {
   }
   if (!match || url.includes('?')) throw badRequest(`${method} needs request.url of the form Type/id`, `Bundle.entry[${index}].request.url`);
   const [, type, id] = match as unknown as [string, string, string];
-  if (method === 'DELETE') return { index, method, type, id, url };
+  const ifMatch = entry.request?.ifMatch?.replace(/^W\/"(.*)"$/, '$1');
+  if (method === 'DELETE') return { index, method, type, id, url, ifMatch };
   const resource = entry.resource;
   if (!resource || resource.resourceType !== type) throw badRequest('PUT needs a resource of the type in request.url', `Bundle.entry[${index}].resource`);
   if (resource.id !== undefined && resource.id !== id) throw badRequest('resource id does not match request.url', `Bundle.entry[${index}].resource.id`);
-  return { index, method, type, id, resource: { ...resource, id }, url, ifMatch: entry.request?.ifMatch?.replace(/^W\/"(.*)"$/, '$1') };
+  return { index, method, type, id, resource: { ...resource, id }, url, ifMatch };
 }
 
 function execute(p: Planned, ops: TransactionOps): BundleEntry {
   switch (p.method) {
     case 'DELETE':
-      ops.delete(p.type, p.id!);
+      ops.delete(p.type, p.id!, p.ifMatch);
       return { response: { status: '204 No Content' } };
     case 'POST':
       if (p.existing) return { resource: p.existing, response: { status: '200 OK', ...versionInfo(p.existing) } };

@@ -7,7 +7,7 @@
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, BundleEntry, Resource } from '@medplum/fhirtypes';
 import type { UpstreamConfig } from '../../config.js';
-import { badRequest, upstreamError } from '../../errors.js';
+import { badRequest, preconditionFailed, upstreamError } from '../../errors.js';
 import type {
   HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchResult, WriteResult,
 } from '../port.js';
@@ -112,10 +112,17 @@ export class UpstreamRepository implements Repository {
     return { resource: stored, outcome: reply.status === 201 ? 'created' : 'updated' };
   }
 
-  async delete(resourceType: string, id: string): Promise<void> {
+  async delete(resourceType: string, id: string, options: { ifMatch?: string } = {}): Promise<void> {
     const type = checkType(resourceType);
-    // Deleting what is absent or already deleted succeeds (the port's delete is idempotent).
-    await this.send({ method: 'DELETE', path: `${type}/${checkId(id)}`, what: `delete ${type}`, alsoOk: [404, 410] });
+    const path = `${type}/${checkId(id)}`;
+    if (options.ifMatch === undefined) {
+      // Deleting what is absent or already deleted succeeds (the port's delete is idempotent).
+      await this.send({ method: 'DELETE', path, what: `delete ${type}`, alsoOk: [404, 410] });
+      return;
+    }
+    // An absent or deleted resource has no current version: If-Match cannot hold.
+    const reply = await this.send({ method: 'DELETE', path, what: `delete ${type}`, alsoOk: [404, 410], headers: { 'if-match': `W/"${checkId(options.ifMatch, 'If-Match')}"` } });
+    if (reply.status === 404 || reply.status === 410) throw preconditionFailed(`version conflict on ${type}/${id}`);
   }
 
   async search(request: SearchRequest): Promise<SearchResult> {
