@@ -53,7 +53,7 @@ export class ProfileValidator {
         issues.push({ severity: 'warning', code: 'not-supported', diagnostics: `Profile ${url} is not known to this server; not validated against it` });
         continue;
       }
-      issues.push(...runValidator(resource, sd).map((i) => ({ ...i, diagnostics: `${i.diagnostics ?? i.details?.text ?? ''} (profile ${sd.name ?? url})`.trim() })));
+      issues.push(...runValidator(resource, sd).map((i) => ({ ...i, diagnostics: `${i.diagnostics ?? ''} (profile ${sd.name ?? url})`.trim() })));
     }
     return issues;
   }
@@ -71,14 +71,18 @@ export class ProfileValidator {
  * extension part, which FHIR JSON keeps under `_system`), and a single value where a list belongs
  * (`"profile": {}`). Everything after validation (indexing, search, consent) may rely on each
  * value having the JSON kind of its FHIR type, so these are refused first, each with its path.
+ * Likewise empty values, which FHIR JSON does not have (json.html: a string has content, a list
+ * items, an object members; ele-1) and that validator lets through where it reads `""` as a
+ * missing value, or does not look (`[]`, an empty `_given` part): emptyValueIssues.
  * Also what that validator does not check at all: a `code` outside the value set it is bound to
  * with strength required (`"status": "bogus"`), where the value set can be listed here
  * (src/fhir/required-codes.ts); issue code `code-invalid`, without repeating the code.
  */
 export function jsonShapeIssues(resource: Resource): OperationOutcomeIssue[] {
   // The JSON kinds depend on the member names, the kinds and the resource types alone, and so do
-  // the places of codes bound to a required value set: a resource laid out like one that passed has
-  // only its codes checked again (the walk costs ~80 µs for a CGM reading).
+  // the places of codes bound to a required value set and the empty values (the layout tells an
+  // empty string, list or object from others): a resource laid out like one that passed has only
+  // its codes checked again (the walk costs ~80 µs for a CGM reading).
   const layout = layoutOf(resource);
   const known = layout === undefined ? undefined : wellFormedLayouts.get(layout);
   if (known) return codeIssuesAt(resource, known);
@@ -132,9 +136,11 @@ const MAX_LAYOUTS = 10_000;
 const MAX_LAYOUT_LENGTH = 4096;
 
 /**
- * A resource's layout: its member names, the JSON kind of each value and every `resourceType`
- * (which picks the schema of a contained or entry resource), nothing else of its values; undefined
- * when it would be longer than MAX_LAYOUT_LENGTH (such resources are walked every time).
+ * A resource's layout: its member names, the JSON kind of each value (an empty string, and a
+ * member left undefined, kinds of their own: empty values are found by the layout alone, so a
+ * layout found well-formed has none) and every `resourceType` (which picks the schema of a
+ * contained or entry resource), nothing else of its values; undefined when it would be longer than
+ * MAX_LAYOUT_LENGTH (such resources are walked every time).
  */
 function layoutOf(resource: Resource): string | undefined {
   let out = '';
@@ -156,7 +162,7 @@ function layoutOf(resource: Resource): string | undefined {
     } else if (key === 'resourceType') {
       out += JSON.stringify(value);
     } else {
-      out += typeof value === 'string' ? 's' : typeof value === 'number' ? 'n' : typeof value === 'boolean' ? 'b' : '?';
+      out += typeof value === 'string' ? (value === '' ? 'e' : 's') : typeof value === 'number' ? 'n' : typeof value === 'boolean' ? 'b' : value === undefined ? 'u' : '?';
     }
     return true;
   };
@@ -203,8 +209,8 @@ function shapeIssue(path: string, text: string): OperationOutcomeIssue {
 }
 
 /**
- * Adds to `issues` the values of the wrong JSON kind in `value`, of FHIR type `type`, found at
- * `path`, and to `sites` the places of its codes bound to a required value set.
+ * Adds to `issues` the values of the wrong JSON kind and the empty values in `value`, of FHIR type
+ * `type`, found at `path`, and to `sites` the places of its codes bound to a required value set.
  */
 function shapeIssues(type: string, value: unknown, path: string, issues: OperationOutcomeIssue[], sites: CodeSite[]): void {
   const issue = (at: string, text: string): void => {
@@ -255,6 +261,49 @@ function shapeIssues(type: string, value: unknown, path: string, issues: Operati
   } catch {
     // the crawler stops at some wrong kinds (null in a list of objects) before visiting them
     if (issues.length === before) issue(path, 'Invalid resource structure: a value does not have the JSON kind its FHIR type needs');
+  }
+  // Empty values, not again where a value is of the wrong kind (`"birthDate": {}`). The value
+  // itself is not judged: a resource has its resourceType, an envelope's part is walked without its resource.
+  if (!isJsonObject(value)) return;
+  const wrongKind = new Set(issues.slice(before).flatMap((i) => i.expression ?? []));
+  const empties: OperationOutcomeIssue[] = [];
+  emptyMemberIssues(value, path, empties);
+  for (const empty of empties) if (!wrongKind.has(empty.expression![0]!)) issue(empty.expression![0]!, empty.diagnostics!);
+}
+
+/**
+ * Adds to `issues` each empty string, list and object in the members of `holder`, found at `path`,
+ * contained resources and extensions included; returns how many members it has. The path is
+ * FHIRPath's, which does not tell a primitive's value from its extension part: `_given[1]` is at
+ * `given[1]`; the text names the JSON member. null is not empty here: in a list of primitives it
+ * stands for a value that has only its extension part, and in a `_name` list for a value without
+ * one (json.html#primitive); null anywhere else is an issue of shapeIssues or medplum's validator.
+ * A member whose value is undefined (a resource built in code) is left out, as JSON.stringify does.
+ */
+function emptyMemberIssues(holder: Record<string, unknown>, path: string, issues: OperationOutcomeIssue[]): number {
+  let members = 0;
+  for (const key of Object.keys(holder)) {
+    const value = holder[key];
+    if (value === undefined) continue;
+    members++;
+    emptyValueIssues(value, `${path}.${key.startsWith('_') ? key.slice(1) : key}`, key, issues);
+  }
+  return members;
+}
+
+/** emptyMemberIssues of one value, named `name` in its JSON (`given[1]`). */
+function emptyValueIssues(value: unknown, path: string, name: string, issues: OperationOutcomeIssue[]): void {
+  if (issues.length >= MAX_SHAPE_ISSUES) return;
+  const empty = (what: string): void => {
+    issues.push(shapeIssue(path, `Invalid empty value: ${name} is an empty ${what} (leave the element out instead)`));
+  };
+  if (value === '') {
+    empty('string');
+  } else if (Array.isArray(value)) {
+    if (value.length === 0) empty('list');
+    for (let i = 0; i < value.length; i++) emptyValueIssues(value[i], `${path}[${i}]`, `${name}[${i}]`, issues);
+  } else if (isJsonObject(value) && emptyMemberIssues(value, path, issues) === 0) {
+    empty('object');
   }
 }
 
@@ -323,14 +372,34 @@ function runValidator(resource: Resource, profile?: StructureDefinition): Operat
   }
 }
 
+/**
+ * One of medplum's issues as this server answers it: the human text in `diagnostics`. medplum puts
+ * that text in `details.text` (`Invalid additional property "x"`; for an invariant `Constraint
+ * obs-6 not met: …`) and, for an invariant, its FHIRPath expression as JSON in `diagnostics`
+ * (`{"fhirpath":"…"}`, with the error when evaluating it failed, which stays server-side); the
+ * expression follows the text.
+ */
 function normalize(issue: OperationOutcomeIssue): OperationOutcomeIssue {
-  const diagnostics = issue.diagnostics ?? issue.details?.text;
+  const text = issue.details?.text;
+  const fhirpath = fhirPathOf(issue.diagnostics);
+  const diagnostics = fhirpath === undefined ? text ?? issue.diagnostics : `${text ?? 'Invariant not met'} (FHIRPath: ${fhirpath})`;
   return {
     severity: issue.severity,
     code: issue.code,
     ...(diagnostics ? { diagnostics } : {}),
     ...(issue.expression ? { expression: issue.expression } : {}),
   };
+}
+
+/** The FHIRPath expression of medplum's JSON `diagnostics` (`{"fhirpath":"…"}`); undefined for other text. */
+function fhirPathOf(diagnostics: string | undefined): string | undefined {
+  if (!diagnostics?.startsWith('{')) return undefined;
+  try {
+    const parsed: unknown = JSON.parse(diagnostics);
+    return isJsonObject(parsed) && typeof parsed.fhirpath === 'string' ? parsed.fhirpath : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function listJson(dir: string): string[] {

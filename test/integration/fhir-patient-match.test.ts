@@ -92,7 +92,11 @@ describe('Patient/$match', () => {
       return JSON.stringify(res.body);
     };
     expect(await bad(patient('Rivera', 'Ana'))).toMatch(/Parameters resource/);
-    expect(await bad({ resourceType: 'Parameters', parameter: [] })).toMatch(/needs the Patient/);
+    expect(await bad({ resourceType: 'Parameters' })).toMatch(/needs the Patient/);
+    // an empty list is no FHIR JSON (json.html): refused by the router's check of the Parameters, naming it
+    expect(JSON.parse(await bad({ resourceType: 'Parameters', parameter: [] })).issue).toEqual([
+      { severity: 'error', code: 'structure', diagnostics: 'Invalid empty value: parameter is an empty list (leave the element out instead)', expression: ['Parameters.parameter'] },
+    ]);
     expect(await bad(params(patient('Rivera', 'Ana'), [{ name: 'count', valueInteger: 0 }]))).toMatch(/count \(1 to 100\)/);
     expect(await bad(params({ resourceType: 'Patient', gender: 'female' }))).toMatch(/needs an identifier, or a name/);
     // malformed elements are a 400, never a 500, naming the element: the router checks every

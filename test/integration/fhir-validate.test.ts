@@ -114,6 +114,72 @@ describe('$validate, open access', () => {
   });
 });
 
+describe('empty values and failed invariants: every write refuses them, stores nothing, and $validate says so', () => {
+  let t: TestApp;
+  const http = () => request(t.app.http);
+  const count = async (resourceType: 'Patient' | 'Observation') => (await t.app.repository.search({ resourceType, count: 1000, offset: 0 })).resources.length;
+  const at = (o: OperationOutcome) => errors(o).map((i) => i.expression?.[0]);
+
+  beforeAll(async () => {
+    t = await startTestApp();
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  test('a create with an empty string or list is 422 with an issue per empty value, and nothing is stored', async () => {
+    const before = await count('Patient');
+    const res = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON)
+      .send({ resourceType: 'Patient', name: [{ family: '', given: [] }], telecom: [] });
+    expect(res.status).toBe(422);
+    expect(res.body.resourceType).toBe('OperationOutcome');
+    expect(at(res.body)).toEqual(['Patient.name[0].family', 'Patient.name[0].given', 'Patient.telecom']);
+    expect(errors(res.body)[0]!.diagnostics).toBe('Invalid empty value: family is an empty string (leave the element out instead)');
+    expect(await count('Patient')).toBe(before);
+
+    const obs = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON)
+      .send({ resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '' }] } });
+    expect(obs.status).toBe(422);
+    expect(at(obs.body)).toEqual(['Observation.code.coding[0].code']);
+    expect(await count('Observation')).toBe(0);
+  });
+
+  test('an update or a patch that would leave an empty value is 422, and the stored version stays', async () => {
+    const created = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [{ family: 'Rivera', given: ['Ana'] }] });
+    expect(created.status).toBe(201);
+    const id = created.body.id as string;
+    const put = await http().put(`/fhir/Patient/${id}`).set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', id, name: [{ family: 'Rivera', given: [''] }] });
+    expect(put.status).toBe(422);
+    expect(at(put.body)).toEqual(['Patient.name[0].given[0]']);
+    const patch = await http().patch(`/fhir/Patient/${id}`).set('Content-Type', 'application/json-patch+json').send([{ op: 'replace', path: '/name/0/family', value: '' }]);
+    expect(patch.status).toBe(422);
+    expect(at(patch.body)).toEqual(['Patient.name[0].family']);
+    const read = await http().get(`/fhir/Patient/${id}`);
+    expect(read.body.meta.versionId).toBe(created.body.meta.versionId);
+    expect(read.body.name).toEqual([{ family: 'Rivera', given: ['Ana'] }]);
+  });
+
+  test('$validate reports an empty string instead of "No issues found"', async () => {
+    const res = await http().post('/fhir/Patient/$validate').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [{ family: '' }] });
+    expect(res.status).toBe(200);
+    expect(at(res.body)).toEqual(['Patient.name[0].family']);
+  });
+
+  test('a failed invariant is 422 naming the constraint, its description, its FHIRPath and the profile; nothing is stored', async () => {
+    const before = await count('Observation');
+    const reading = { ...example(), meta: { profile: [CGM_READING] } };
+    delete reading.valueQuantity;
+    const res = await http().post('/fhir/Observation').set('Content-Type', FHIR_JSON).send(reading);
+    expect(res.status).toBe(422);
+    expect(errors(res.body)).toEqual([{
+      severity: 'error', code: 'invariant', expression: ['Observation'],
+      diagnostics: 'Constraint cgm-sensor-value-or-dar not met: A sensor reading must have a valueQuantity or a dataAbsentReason. '
+        + '(FHIRPath: value.exists() or dataAbsentReason.exists()) (profile CGMSensorReadingMassPerVolume)',
+    }]);
+    expect(await count('Observation')).toBe(before);
+  });
+});
+
 describe('$validate with SMART tokens: the requester\'s own write permissions', () => {
   const ctx = withTwoPatients();
 

@@ -59,6 +59,25 @@ describe('profile validation', () => {
       .toThrow(expect.objectContaining({ code: 'ERR_UNPROCESSABLE' }));
   });
 
+  test('a failed invariant is told by its key and human description, with its FHIRPath and the profile', () => {
+    const obs = load<Observation>('Observation-cgmSensorReadingMassPerVolumeExample.json');
+    delete obs.valueQuantity;
+    const [issue, ...more] = validator.check(obs, [CGM + 'cgm-sensor-reading-mass-per-volume']).filter((i) => i.severity === 'error');
+    expect(more).toEqual([]);
+    expect(issue).toEqual({
+      severity: 'error', code: 'invariant', expression: ['Observation'],
+      diagnostics: 'Constraint cgm-sensor-value-or-dar not met: A sensor reading must have a valueQuantity or a dataAbsentReason. '
+        + '(FHIRPath: value.exists() or dataAbsentReason.exists()) (profile CGMSensorReadingMassPerVolume)',
+    });
+    // a base R4 invariant (obs-6) the same way, without a profile
+    const both = validator.check({ ...load<Observation>('Observation-cgmSensorReadingMassPerVolumeExample.json'), dataAbsentReason: { text: 'sensor error' } });
+    expect(both.filter((i) => i.severity === 'error').map((i) => i.diagnostics))
+      .toEqual(['Constraint obs-6 not met: dataAbsentReason SHALL only be present if Observation.value[x] is not present (FHIRPath: dataAbsentReason.empty() or value.empty())']);
+    // the other kinds keep medplum's text as it was
+    expect(validator.check({ resourceType: 'Patient', name: [{ family: '  ' }], bogus: 1 } as unknown as Resource).map((i) => i.diagnostics))
+      .toEqual(expect.arrayContaining(['String must contain non-whitespace content', 'Invalid additional property "bogus"']));
+  });
+
   test('rejects a reading in the wrong unit for the mass-per-volume profile', () => {
     const obs = load<Observation>('Observation-cgmSensorReadingMassPerVolumeExample.json');
     obs.valueQuantity = { value: 6.7, unit: 'mmol/L', system: 'http://unitsofmeasure.org', code: 'mmol/L' };
@@ -144,6 +163,52 @@ describe('JSON kinds medplum\'s validator lets through (jsonShapeIssues)', () =>
     expect(validator.check({ resourceType: 'Observation', status: 'bogus', code: { text: 'g' } } as unknown as Resource).some((i) => i.severity === 'error')).toBe(true);
   });
 
+  test.each([
+    ['an empty string', { resourceType: 'Patient', name: [{ family: '' }] }, ['Patient.name[0].family'], 'family is an empty string'],
+    ['an empty string in a list', { resourceType: 'Patient', name: [{ given: ['Ana', ''] }] }, ['Patient.name[0].given[1]'], 'given[1] is an empty string'],
+    ['an empty list', { resourceType: 'Patient', telecom: [] }, ['Patient.telecom'], 'telecom is an empty list'],
+    ['an empty object', { resourceType: 'Patient', name: [{}] }, ['Patient.name[0]'], 'name[0] is an empty object'],
+    ['an object of members left undefined (a resource built in code)', { resourceType: 'Patient', name: [{ family: undefined }] }, ['Patient.name[0]'], 'name[0] is an empty object'],
+    ['each one of several', { resourceType: 'Patient', name: [{ family: '', given: [] }], telecom: [] },
+      ['Patient.name[0].family', 'Patient.name[0].given', 'Patient.telecom'], 'family is an empty string'],
+    ['an empty code in a Coding', reading({ code: { coding: [{ system: 'http://loinc.org', code: '' }] } }), ['Observation.code.coding[0].code'], 'code is an empty string'],
+    ['an empty code bound to a required value set', { resourceType: 'Patient', gender: '' }, ['Patient.gender'], 'gender is an empty string'],
+    ['an empty narrative', { resourceType: 'Patient', text: { status: 'generated', div: '' } }, ['Patient.text.div'], 'div is an empty string'],
+    ['an empty string inside a contained resource', reading({ contained: [{ resourceType: 'Patient', id: 'p', name: [{ text: '' }] }] }), ['Observation.contained[0].name[0].text'], 'text is an empty string'],
+    ['an empty extension value', { resourceType: 'Patient', extension: [{ url: 'http://example.org/x', valueString: '' }] }, ['Patient.extension[0].valueString'], 'valueString is an empty string'],
+    ['an empty extension part of a primitive', { resourceType: 'Patient', birthDate: '1970-01-01', _birthDate: {} }, ['Patient.birthDate'], '_birthDate is an empty object'],
+    ['an empty list of extension parts', { resourceType: 'Patient', name: [{ given: ['Ana'], _given: [] }] }, ['Patient.name[0].given'], '_given is an empty list'],
+    ['an empty extension part in the list', { resourceType: 'Patient', name: [{ given: ['Ana'], _given: [{}] }] }, ['Patient.name[0].given[0]'], '_given[0] is an empty object'],
+    ['an empty value in a primitive\'s extension', { resourceType: 'Patient', name: [{ given: [null, 'B'], _given: [{ extension: [{ url: 'http://example.org/x', valueString: '' }] }, null] }] },
+      ['Patient.name[0].given[0].extension[0].valueString'], 'valueString is an empty string'],
+  ])('%s is an issue at its path (json.html: no empty strings, lists or objects)', (_what, resource, at, text) => {
+    const issues = jsonShapeIssues(resource as unknown as Resource);
+    expect(issues.map((i) => i.expression?.[0])).toEqual(at);
+    expect(issues.every((i) => i.severity === 'error' && i.code === 'structure')).toBe(true);
+    expect(issues[0]!.diagnostics).toBe(`Invalid empty value: ${text} (leave the element out instead)`);
+    expect(validator.check(resource as unknown as Resource).filter((i) => i.severity === 'error')).toEqual(issues);
+  });
+
+  test('null is not an empty value: it aligns a list of primitives with its extension parts', () => {
+    const ext = { extension: [{ url: 'http://example.org/x', valueString: 'y' }] };
+    const patient = { resourceType: 'Patient', name: [{ given: [null, 'B', 'C'], _given: [ext, null, ext] }] } as unknown as Resource;
+    expect(jsonShapeIssues(patient)).toEqual([]);
+    expect(validator.check(patient).filter((i) => i.severity === 'error')).toEqual([]);
+    // and a member left undefined is left out, as in the JSON written
+    expect(jsonShapeIssues({ resourceType: 'Patient', name: [{ family: 'Rivera', given: undefined }] } as Resource)).toEqual([]);
+  });
+
+  test('an empty value in a layout found well-formed is still an issue (the layout tells an empty string apart)', () => {
+    const patient = (family: string, given: string[]): Resource => ({ resourceType: 'Patient', active: false, name: [{ family, given }] } as Resource);
+    expect(jsonShapeIssues(patient('Rivera', ['Ana']))).toEqual([]);
+    expect(jsonShapeIssues(patient('Ruiz', ['Bea']))).toEqual([]); // the same layout, from the cache
+    expect(jsonShapeIssues(patient('', ['Ana'])).map((i) => i.expression?.[0])).toEqual(['Patient.name[0].family']);
+    expect(jsonShapeIssues(patient('Rivera', [''])).map((i) => i.expression?.[0])).toEqual(['Patient.name[0].given[0]']);
+    expect(jsonShapeIssues(patient('Rivera', [])).map((i) => i.expression?.[0])).toEqual(['Patient.name[0].given']);
+    // refused again the second time: a layout with an empty value is never taken for well-formed
+    expect(jsonShapeIssues(patient('', ['Ana'])).map((i) => i.expression?.[0])).toEqual(['Patient.name[0].family']);
+  });
+
   test('a batch Bundle\'s envelope: entries and requests are checked, an entry\'s resource only for being an object', () => {
     const bundle = (entry: unknown): Bundle => ({ resourceType: 'Bundle', type: 'batch', entry } as Bundle);
     const good = { request: { method: 'POST', url: 'Patient' }, resource: { resourceType: 'Patient' } };
@@ -157,6 +222,9 @@ describe('JSON kinds medplum\'s validator lets through (jsonShapeIssues)', () =>
     expect(at([good, { ...good, resource: 'Patient' }])).toEqual(['Bundle.entry[1].resource']);
     expect(at([{ ...good, request: null }])).toEqual(['Bundle.entry[0].request']);
     expect(at([{ ...good, request: { method: 'FETCH', url: 'Patient' } }])).toEqual(['Bundle.entry[0].request.method']);
+    // empty values of the envelope; an entry that holds only its resource is not empty
+    expect(at([{ ...good, fullUrl: '', request: { method: 'POST', url: '' } }])).toEqual(['Bundle.entry[0].request.url', 'Bundle.entry[0].fullUrl']);
+    expect(at([{ resource: { resourceType: 'Patient' } }])).toEqual([]);
     expect(envelopeShapeIssues({ resourceType: 'Bundle', type: 'batchy' } as unknown as Bundle).map((i) => i.expression?.[0])).toEqual(['Bundle.type']);
   });
 });
