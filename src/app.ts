@@ -4,8 +4,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { Operator } from '@medplum/core';
-import type { Patient, Resource } from '@medplum/fhirtypes';
+import type { Resource } from '@medplum/fhirtypes';
 import compression from 'compression';
 import express, { type Express } from 'express';
 import { erasureAuditEvent } from './audit/erasure.js';
@@ -192,23 +191,17 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const repository = new NotifyingRepository(ledger.repository);
 
   const base = fhirBase(config);
+  const consent = createConsent({ dataDir: config.dataDir, rootKey: keys.root, repository, validator, kv, chain: chain.client, logger, auditWindowMs: config.auditWindowMs });
   const smart = await createSmart({
     config,
     rootKey: keys.root,
     kv,
     logger,
     fhirBase: base,
-    searchPatients: async (q) => {
-      const result = await repository.search({ resourceType: 'Patient', filters: q ? [{ code: 'name', operator: Operator.EQUALS, value: q }] : [], count: 20, offset: 0 });
-      return result.resources.map((r) => {
-        const p = r as Patient;
-        const name = p.name?.[0];
-        return { id: p.id!, name: [name?.given?.join(' '), name?.family].filter(Boolean).join(' ') || p.id!, birthDate: p.birthDate };
-      });
-    },
+    // the patient picker offers only the patients consent lets the signed-in user see, and logs what it shows
+    patients: consent.picker,
   });
   const scopes = new SmartScopePolicy();
-  const consent = createConsent({ dataDir: config.dataDir, rootKey: keys.root, repository, validator, kv, chain: chain.client, logger, auditWindowMs: config.auditWindowMs });
   // A request needs both: the token's scopes AND the patient's consent.
   const policy = new ComposedPolicy([scopes, consent.policy]);
   const profilesByType: Record<string, string[]> = {};
@@ -256,8 +249,9 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   for (const op of standardOperations(fhir, base)) fhir.registerOperation(op);
   await consent.attach(fhir);
   // Bulk $export, Subscriptions, de-identification for research requesters.
+  // Research requests are refused by `policy` (the REST API) and decided by this one: the exchange de-identifies them.
   const exchange: Exchange = await createExchange({
-    dataDir: config.dataDir, rootKey: keys.root, fhir, policy, repository, fhirBase: base, baseUrl: config.baseUrl, logger,
+    dataDir: config.dataDir, rootKey: keys.root, fhir, policy: new ComposedPolicy([scopes, consent.policy.deidentifyingPolicy()]), repository, fhirBase: base, baseUrl: config.baseUrl, logger,
     authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers),
     audit: (request, response) => consent.audit.record(request, response),
   });

@@ -21,12 +21,19 @@ import type { Logger } from '../log.js';
 import type { Repository } from '../repository/port.js';
 import { consentNotes } from '../consent/policy.js';
 import { requesterOf, type ConsentAccessContext } from '../consent/requester.js';
-import { auditEventOf, type BalpInteraction } from './balp.js';
+import { auditEventOf, type AccessRecord, type BalpInteraction } from './balp.js';
 
 /** Most events stored in one write. */
 const MAX_BATCH = 500;
 
 export const DEFAULT_AUDIT_WINDOW_MS = 50;
+
+/**
+ * `FhirRequest.path` under which a Bulk Data output file download is recorded (src/exchange/): with
+ * `query.url` the file's URL, it is recorded as a BALP Read of that file; the patients are
+ * `query.patient` and those in the consent notes of its access, the grants those in the notes.
+ */
+export const EXPORT_FILE_PATH = '$export-file';
 
 export class AuditRecorder {
   private readonly pending = new Set<Promise<unknown>>();
@@ -46,7 +53,25 @@ export class AuditRecorder {
    */
   record(request: FhirRequest, response: FhirResponse): void {
     const event = this.eventOf(request, response);
-    if (!event) return;
+    if (event) this.enqueue(event);
+  }
+
+  /**
+   * Records an access made outside the FHIR facade (the SMART patient picker lists patients to a
+   * signed-in user) as the facade's are: the requester and its app, what was done, the outcome,
+   * the patients it was about (their access logs list it) and the grants that allowed it.
+   */
+  recordAccess(access: ConsentAccessContext, what: Pick<AccessRecord, 'interaction' | 'outcome' | 'outcomeDesc' | 'target' | 'query' | 'patients' | 'grants'>): void {
+    const requester = requesterOf(access);
+    this.enqueue(auditEventOf({
+      ...what,
+      recorded: new Date((this.options.now ?? Date.now)()).toISOString(),
+      requester: { kind: requester.kind, reference: access.fhirUser, clientId: access.clientId },
+      purpose: requester.purpose,
+    }));
+  }
+
+  private enqueue(event: AuditEvent): void {
     this.queue.push(event);
     if (this.queue.length >= MAX_BATCH) this.schedule(0);
     else if (!this.scheduled) this.schedule(this.windowMs);
@@ -91,7 +116,8 @@ export class AuditRecorder {
   eventOf(request: FhirRequest, response: FhirResponse): AuditEvent | undefined {
     const parts = request.path.split('/').filter(Boolean);
     if (parts[0] === 'metadata') return undefined;
-    const interaction = interactionOf(request.method, parts);
+    const file = parts.length === 1 && parts[0] === EXPORT_FILE_PATH ? [request.query.url ?? []].flat()[0] : undefined;
+    const interaction = file !== undefined ? 'read' : interactionOf(request.method, parts);
     const access = request.access as ConsentAccessContext;
     const requester = requesterOf(access);
     const notes = consentNotes(access);
@@ -112,8 +138,8 @@ export class AuditRecorder {
     const query = Object.entries(request.query).flatMap(([k, v]) => [v].flat().map((x) => `${k}=${x}`)).join('&');
     // a conditional write names its resource by criteria; the resource it wrote is in the Location
     const conditional = parts.length === 1 && ['PUT', 'PATCH', 'DELETE'].includes(request.method);
-    const target = parts.length >= 2 && !parts[1]!.startsWith('$') && !parts[1]!.startsWith('_') ? `${parts[0]}/${parts[1]}`
-      : conditional ? writtenResource(response) : undefined;
+    const target = file ?? (parts.length >= 2 && !parts[1]!.startsWith('$') && !parts[1]!.startsWith('_') ? `${parts[0]}/${parts[1]}`
+      : conditional ? writtenResource(response) : undefined);
     return auditEventOf({
       interaction,
       recorded: new Date((this.options.now ?? Date.now)()).toISOString(),

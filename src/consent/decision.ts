@@ -7,13 +7,17 @@
  * - patients always see resources linked to them, and only those;
  * - a grantee needs a registered identity, a purpose of use, and a grant of the patient that is
  *   inside its access window now (the clock decides, even mid-session), names the purpose, covers
- *   the type (provision.class) and code (provision.code), and whose data period holds the
- *   resource's effective time;
- * - a resource with no code or no effective time passes a restricted grant only when the grant
- *   names its type explicitly; a resource with no patient link is denied to everyone but `open`.
+ *   the type (provision.class) and code (provision.code), and whose data period wholly holds the
+ *   resource's clinically relevant time (clinical-time.ts: the span of its time elements);
+ * - a resource whose time cannot be placed in a period (clinical-time.ts `unknown`: a Timing, an
+ *   open Period, a reading with no `effective[x]`) is denied to every grantee;
+ * - a resource with no code, or of a timeless type (Patient, Device…), passes a restricted grant
+ *   only when the grant names its type explicitly; a resource with no patient link is denied to
+ *   everyone but `open`.
  */
 import type { Resource } from '@medplum/fhirtypes';
 import { patientIdsOf } from '../fhir/compartment.js';
+import { clinicalTime } from './clinical-time.js';
 import type { Requester } from './requester.js';
 import { isImmutable } from '../repository/port.js';
 
@@ -46,8 +50,12 @@ export interface DecisionRequest {
   resourceType: string;
   /** `system|code` of the resource's codes; empty when it has none. */
   codes: string[];
-  /** Clinically relevant time in epoch ms, when the resource has one. */
+  /** Start of the clinically relevant time in epoch ms, when the resource has one (clinical-time.ts). */
   effective?: number;
+  /** Its end (inclusive); absent: the same instant as `effective`. */
+  effectiveEnd?: number;
+  /** The resource has a time that cannot be placed in a data period: denied to every grantee. */
+  timeUnknown?: boolean;
 }
 
 export interface Decision {
@@ -115,9 +123,10 @@ function mismatch(g: ActiveGrant, req: DecisionRequest, purpose: string, now: nu
       if (!typeNamed) return 'resource has no code and its type is not named';
     } else if (!hasAny(g.codes, req.codes)) return 'code not granted';
   }
+  if (req.timeUnknown) return 'its clinically relevant time cannot be placed in the data period';
   if (req.effective === undefined) {
     if (!typeNamed) return 'resource has no effective time and its type is not named';
-  } else if (req.effective < g.dataFrom || req.effective > g.dataTo) return 'outside the granted data period';
+  } else if (req.effective < g.dataFrom || (req.effectiveEnd ?? req.effective) > g.dataTo) return 'outside the granted data period';
   return undefined;
 }
 
@@ -135,7 +144,7 @@ export function decideResource(perms: Permissions, resource: Resource, now: numb
 }
 
 /** One request object reused by decideFacts: `decide` reads it and keeps nothing of it. */
-const scratch: DecisionRequest = { patientId: undefined, resourceType: '', codes: [], effective: undefined };
+const scratch: DecisionRequest = { patientId: undefined, resourceType: '', codes: [], effective: undefined, effectiveEnd: undefined, timeUnknown: false };
 
 /**
  * decideResource on facts in hand, allocating nothing when it permits (the guards call it for
@@ -145,7 +154,7 @@ export function decideFacts(perms: Permissions, facts: ResourceFacts, now: numbe
   if (perms.requester.kind === 'open') return PERMIT_OPEN;
   const last = lastPermit;
   if (last.perms === perms && last.now === now && sameShape(last.facts!, facts)
-    && facts.effective! >= last.grant!.dataFrom && facts.effective! <= last.grant!.dataTo) return last.decision!;
+    && facts.effective! >= last.grant!.dataFrom && facts.effectiveEnd! <= last.grant!.dataTo) return last.decision!;
   const d = decideAll(perms, facts, now);
   rememberPermit(perms, facts, now, d);
   return d;
@@ -156,7 +165,7 @@ export function decideFacts(perms: Permissions, facts: ResourceFacts, now: numbe
  * contained resources and an effective time. The next resource of the same patient, type and codes
  * (a day of readings: 288 of them in a row) whose effective time is inside that grant's data period
  * gets the same decision without deciding again: `decide` would try the same first grant, and the
- * only thing that differs, the time, is inside its period.
+ * only thing that differs, the time (its whole span), is inside its period.
  */
 const lastPermit: { perms?: Permissions; now: number; facts?: ResourceFacts; grant?: ActiveGrant; decision?: Decision } = { now: NaN };
 
@@ -187,6 +196,8 @@ function decideAll(perms: Permissions, facts: ResourceFacts, now: number): Decis
   req.resourceType = facts.resourceType;
   req.codes = facts.codes;
   req.effective = facts.effective;
+  req.effectiveEnd = facts.effectiveEnd;
+  req.timeUnknown = facts.timeUnknown ?? false;
   if (facts.patientIds.length === 0) return decide(perms, req, now);
   let last: Decision = PERMIT_OWN;
   for (const patientId of facts.patientIds) {
@@ -199,7 +210,9 @@ function decideAll(perms: Permissions, facts: ResourceFacts, now: number): Decis
   for (const inner of facts.contained ?? []) {
     if (!last.permit) break;
     for (const patientId of inner.patientIds) {
-      const d = decide(perms, { patientId, resourceType: inner.resourceType, codes: inner.codes, effective: inner.effective }, now);
+      const d = decide(perms, {
+        patientId, resourceType: inner.resourceType, codes: inner.codes, effective: inner.effective, effectiveEnd: inner.effectiveEnd, timeUnknown: inner.timeUnknown ?? false,
+      }, now);
       if (!d.permit) {
         last = { permit: false, reasons: d.reasons.map((r) => `contained ${inner.resourceType}: ${r}`) };
         break;
@@ -222,7 +235,11 @@ export interface ResourceFacts {
   patientIds: string[];
   resourceType: string;
   codes: string[];
+  /** The span of the clinically relevant time (clinical-time.ts), epoch ms inclusive; both or neither. */
   effective?: number;
+  effectiveEnd?: number;
+  /** A time that cannot be placed in a data period (clinical-time.ts `unknown`). */
+  timeUnknown?: true;
   /** Facts of the contained resources that are linked to a patient. */
   contained?: ResourceFacts[];
 }
@@ -277,15 +294,13 @@ function ownFacts(resource: Resource): ResourceFacts {
   const r = resource as unknown as Record<string, unknown>;
   const concept = (r.code ?? r.medicationCodeableConcept) as { coding?: { system?: string; code?: string }[] } | undefined;
   const codes = (concept?.coding ?? []).map((c) => internString(`${c.system ?? ''}|${c.code ?? ''}`));
-  const period = r.effectivePeriod as { start?: string } | undefined;
-  const when = (r.effectiveDateTime ?? r.effectiveInstant ?? period?.start ?? r.occurrenceDateTime ?? r.recorded) as string | undefined;
-  const effective = when ? Date.parse(when) : undefined;
+  const time = clinicalTime(resource);
   const patientIds = patientIdsOf(resource).map(internString);
   return {
     patientIds,
     resourceType: internString(resource.resourceType),
     codes,
-    ...(effective !== undefined && !Number.isNaN(effective) ? { effective } : {}),
+    ...(time === 'unknown' ? { timeUnknown: true } : time === 'none' ? {} : { effective: time.from, effectiveEnd: time.to }),
   };
 }
 

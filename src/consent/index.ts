@@ -17,6 +17,7 @@ import { ConsentDecisions } from './decisions.js';
 import { GrantIndex } from './grant-index.js';
 import { KeyGuardians } from './keys/guardians.js';
 import { PatientKeys } from './patient-keys.js';
+import { PatientPicker } from './patient-picker.js';
 import { ConsentPolicy } from './policy.js';
 import { ConsentService } from './service.js';
 
@@ -32,6 +33,8 @@ export interface Consent {
   policy: ConsentPolicy;
   service: ConsentService;
   audit: AuditRecorder;
+  /** The patients the SMART patient picker offers a signed-in user: those consent lets them see (audited). */
+  picker: PatientPicker;
   /** Registers the Consent write handler and `$sign` on the router, and starts following invalidations. */
   attach(router: FhirRouter): Promise<void>;
   close(): Promise<void>;
@@ -61,10 +64,11 @@ export function createConsent(options: ConsentOptions): Consent {
   const policy = new ConsentPolicy(decisions);
   const service = new ConsentService({ ...options, registry, identity, keys, decisions });
   const audit = new AuditRecorder({ repository: options.repository, logger: options.logger, now: options.now, windowMs: options.auditWindowMs });
+  const picker = new PatientPicker({ repository: options.repository, policy, audit });
   return {
-    registry, identity, keys, guardians, grants, decisions, policy, service, audit,
+    registry, identity, keys, guardians, grants, decisions, policy, service, audit, picker,
     async attach(router) {
-      router.registerWriteHandler('Consent', service.writeHandler());
+      router.registerWriteHandler('Consent', service.writeHandler(router));
       router.registerOperation(service.signOperation(router));
       await decisions.start();
     },

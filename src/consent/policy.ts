@@ -10,17 +10,31 @@
  * - guard: every resource that leaves (reads, searches, includes, history, batch entries, write
  *   echoes, operation inputs) is decided again with the resource in hand; denied ones are dropped.
  * Each decision is noted per request (patients touched, grants used, denials) for the audit record.
+ * Data that outlives its request (bulk export files) is released only while the grants that let it
+ * out are still in force: `takeReleased` names them, `stillReleasable` decides again.
+ *
+ * Research (DESIGN §4): data asked for under a research purpose (HRESCH and the codes under it)
+ * leaves only de-identified, and only the exchange module de-identifies (`$export`, rest-hook
+ * Subscriptions: src/exchange/research.ts). So the policy of the FHIR REST API refuses a grantee
+ * stating a research purpose (403) for every interaction but operations (the `$export` kick-off and
+ * status, Subscription `$status`; operations that return data read it through read or search and
+ * are refused there) and writes of Subscriptions. Refused rather than pseudonymised on the REST
+ * path: a pseudonym handed out by read, search, `_include`, history or batch would have to resolve
+ * back to its resource on the next request (every reference in it too, chains and `_has` included),
+ * a second de-identification path that any corner left out turns into a re-identification oracle.
+ * The exchange module gets its own instance (`deidentifyingPolicy()`), which decides research
+ * requests like any other.
  */
 import { getSearchParameter, Operator, type Filter, type SearchRequest } from '@medplum/core';
 import type { Resource } from '@medplum/fhirtypes';
-import { badRequest } from '../errors.js';
+import { badRequest, forbidden } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { patientCompartmentParams, patientIdOfReference } from '../fhir/compartment.js';
 import { metrics } from '../observability/metrics.js';
 import type { AccessPolicy, GuardOptions, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
-import { decideFacts, decideResource, factsOf, type Permissions } from './decision.js';
+import { decideFacts, decideResource, factsOf, type ActiveGrant, type Decision, type Permissions, type ResourceFacts } from './decision.js';
 import type { ConsentDecisions } from './decisions.js';
-import { requesterOf } from './requester.js';
+import { isResearchPurpose, requesterOf, type Requester } from './requester.js';
 
 /** What consent decided during one request, read by the audit recorder. */
 export interface RequestNotes {
@@ -29,7 +43,15 @@ export interface RequestNotes {
   permitted: number;
   denied: number;
   reasons: Set<string>;
+  /**
+   * Once `takeReleased` asked for it: each patient whose data the guards let out, with the grants
+   * that let it out (none for the patient's own data).
+   */
+  released?: Map<string, Set<string>>;
 }
+
+/** Whose data was let out: patient id → the grants that let it out (empty for the patient's own data). */
+export type Released = ReadonlyMap<string, ReadonlySet<string>>;
 
 const notes = new WeakMap<AccessContext, RequestNotes>();
 
@@ -47,23 +69,70 @@ function noteFor(access: AccessContext): RequestNotes {
   return n;
 }
 
-/** Date search parameter bounding a type's clinically relevant time, where the facade supports one. */
+/**
+ * Date search parameter bounding a type's clinically relevant time, where the facade supports one.
+ * Each indexes exactly the element clinical-time.ts judges for its type (`effective[x]`), so the
+ * narrowing finds every resource the guards would let through (a span wholly inside the period
+ * matches `ge` its start and `le` its end), and nothing a read would show is missing from a search.
+ */
 const DATE_PARAM: Record<string, string> = {
   Observation: 'date', DiagnosticReport: 'date', MedicationAdministration: 'effective-time',
 };
 const NO_MATCH: Filter = { code: '_id', operator: Operator.EQUALS, value: 'gg-consent-no-match' };
 
-export class ConsentPolicy implements AccessPolicy, OutboundGuard {
-  constructor(private readonly decisions: ConsentDecisions) {}
+/** A grant of the requester's that is inside its access window now and names the purpose they state. */
+function inForce(g: ActiveGrant, requester: Requester, now: number): boolean {
+  return now >= g.notBefore && now < g.notAfter && !!requester.purpose && g.purposes.has(requester.purpose);
+}
 
-  async authorize(access: AccessContext, _interaction: Interaction, _resourceType: string): Promise<void> {
+export interface ConsentPolicyOptions {
+  /**
+   * The caller de-identifies what it delivers to research requesters (the exchange module:
+   * `$export` files, Subscription notifications), so research purposes are decided like any other.
+   * Without it (the FHIR REST API) a grantee stating a research purpose is refused.
+   */
+  deidentifying?: boolean;
+}
+
+export class ConsentPolicy implements AccessPolicy, OutboundGuard {
+  private readonly deidentifying: boolean;
+
+  constructor(private readonly decisions: ConsentDecisions, options: ConsentPolicyOptions = {}) {
+    this.deidentifying = options.deidentifying ?? false;
+  }
+
+  /** The same decisions for a caller that de-identifies research deliveries (ConsentPolicyOptions). */
+  deidentifyingPolicy(): ConsentPolicy {
+    return new ConsentPolicy(this.decisions, { deidentifying: true });
+  }
+
+  async authorize(access: AccessContext, interaction: Interaction, resourceType: string): Promise<void> {
     if (access.kind === 'open') return;
+    this.refuseIdentifiedResearch(access, interaction, resourceType);
     await this.decisions.sync();
     await this.decisions.permissions(access);
   }
 
+  /**
+   * 403 for a grantee stating a research purpose, unless this policy's caller de-identifies or the
+   * interaction leads to the de-identifying deliveries: an operation (`$export`; operations that
+   * return data read it through read or search and meet this check there) or a Subscription write.
+   * Decided on the stated purpose alone, before anything is read: the same answer whatever exists.
+   */
+  private refuseIdentifiedResearch(access: AccessContext, interaction: Interaction, resourceType: string): void {
+    if (this.deidentifying) return;
+    const requester = requesterOf(access);
+    if (requester.kind !== 'grantee' || !isResearchPurpose(requester.purpose)) return;
+    if (interaction === 'operation') return;
+    if (resourceType === 'Subscription' && (interaction === 'create' || interaction === 'update' || interaction === 'delete')) return;
+    throw forbidden(`Under the research purpose of use ${requester.purpose} data leaves only de-identified, by bulk export ([base]/Patient/$export, `
+      + '[base]/Group/[id]/$export) or rest-hook Subscriptions: reads, searches, history, writes and search chains (in _typeFilter too) are refused');
+  }
+
   async narrowSearch(access: AccessContext, request: SearchRequest): Promise<SearchRequest> {
     if (access.kind === 'open') return request;
+    // every caller authorizes first; checked here too, so that no search path can go around it
+    this.refuseIdentifiedResearch(access, 'search', request.resourceType);
     const requester = requesterOf(access);
     if (requester.kind === 'open') return request;
     const type = request.resourceType;
@@ -86,8 +155,7 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     }
     const perms = await this.decisions.permissions(access);
     const now = this.decisions.now();
-    const grants = [...perms.byPatient.values()].flat().filter((g) =>
-      now >= g.notBefore && now < g.notAfter && !!requester.purpose && g.purposes.has(requester.purpose) && (!g.classes || g.classes.has(type)));
+    const grants = [...perms.byPatient.values()].flat().filter((g) => inForce(g, requester, now) && (!g.classes || g.classes.has(type)));
     if (grants.length === 0 || perms.addresses.length === 0) return { ...request, filters: [...filters, NO_MATCH] };
     const patients = new Set(grants.map((g) => g.patientId));
     // A patient filter the client gave is kept when every patient in it is granted (so the
@@ -113,13 +181,32 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     return { ...request, filters };
   }
 
-  /** The requester's own patient, or the patients who granted them anything (still active or not: the guards decide). */
+  /** The requester's own patient, or the patients with a grant to them in force now (see visibleGrants). */
   async visiblePatients(access: AccessContext): Promise<string[] | undefined> {
+    const visible = await this.visibleGrants(access);
+    return visible && [...visible.keys()];
+  }
+
+  /**
+   * The patients whose data the requester may see some of now, each with the ids of the grants
+   * that let them: the requester's own record (no grant needed), or the patients whose grant to
+   * one of its identities is inside its access window. Types, codes, data period and purpose are
+   * left to the guards (the purpose is stated per request). undefined: consent does not limit the
+   * requester (open access).
+   */
+  async visibleGrants(access: AccessContext): Promise<Map<string, string[]> | undefined> {
     if (access.kind === 'open') return undefined;
     const requester = requesterOf(access);
     if (requester.kind === 'open') return undefined;
-    if (requester.kind === 'patient') return [requester.patientId!];
-    return [...(await this.decisions.permissions(access)).byPatient.keys()];
+    if (requester.kind === 'patient') return new Map([[requester.patientId!, []]]);
+    const perms = await this.decisions.permissions(access);
+    const now = this.decisions.now();
+    const visible = new Map<string, string[]>();
+    for (const [patientId, grants] of perms.byPatient) {
+      const live = grants.filter((g) => now >= g.notBefore && now < g.notAfter).map((g) => g.grantId);
+      if (live.length) visible.set(patientId, live);
+    }
+    return visible;
   }
 
   /**
@@ -169,6 +256,7 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
         allowed.push(r);
         note.permitted++;
         if (d.grantId) note.grants.add(d.grantId);
+        if (note.released) noteReleased(note.released, perms, facts, d, now);
       } else {
         note.denied++;
         for (const reason of d.reasons) note.reasons.add(reason);
@@ -178,6 +266,99 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     if (allowed.length < resources.length) metrics.consentDecisions.inc({ outcome: 'deny' }, resources.length - allowed.length);
     return { allowed, issues: [] };
   }
+
+  /**
+   * Whose data the guards let out to this access object since the last call, and under which grants;
+   * the first call starts the count (other requests pay nothing for it). Bulk export records this
+   * with each job, so its files can be decided again when they are fetched (`stillReleasable`).
+   */
+  takeReleased(access: AccessContext): Released {
+    const note = noteFor(access);
+    const taken = note.released ?? new Map<string, Set<string>>();
+    note.released = new Map();
+    return taken;
+  }
+
+  /**
+   * May data let out to this requester under `released` still go to them now? Yes for open access
+   * and for the patient's own data; for anyone else every grant it was let out under must still be
+   * theirs (not revoked, withdrawn or replaced — a grant's terms never change) and in force now for
+   * the purpose they stated. O(patients × their grants), whatever the number of resources.
+   * `released` undefined: not known (a job recorded before releases were) — only open access and the
+   * patient may have it. The patients, grants and reasons are noted for the audit record; ERR_UNAVAILABLE
+   * (503) when consent cannot be decided, as for any read.
+   */
+  async stillReleasable(access: AccessContext, released: Released | undefined): Promise<boolean> {
+    if (access.kind === 'open') return true;
+    await this.decisions.sync();
+    const perms = await this.decisions.permissions(access);
+    const requester = perms.requester;
+    if (requester.kind === 'open') return true;
+    const note = noteFor(access);
+    if (released === undefined) {
+      if (requester.kind === 'patient') return true;
+      note.reasons.add('the export does not record whose data it holds');
+      return false;
+    }
+    const now = this.decisions.now();
+    let ok = true;
+    for (const [patientId, grants] of released) {
+      note.patients.add(patientId);
+      if (requester.kind === 'patient') {
+        if (patientId !== requester.patientId) {
+          ok = false;
+          note.reasons.add('not the patient\'s own data');
+        }
+        continue;
+      }
+      if (grants.size === 0 || perms.addresses.length === 0) {
+        ok = false;
+        note.reasons.add('no grant from this patient');
+        continue;
+      }
+      const held = perms.byPatient.get(patientId) ?? [];
+      for (const grantId of grants) {
+        const g = held.find((h) => h.grantId === grantId);
+        if (g && inForce(g, requester, now)) {
+          note.grants.add(grantId);
+        } else {
+          ok = false;
+          note.reasons.add(`grant ${grantId}: no longer in force (revoked or ended)`);
+        }
+      }
+    }
+    return ok;
+  }
+}
+
+/**
+ * Notes whose data a permitted resource let out, and under which grant. The decision names the
+ * grant of its last patient; a resource linked to several patients, or holding contained resources,
+ * is decided again for each patient alone (its own facts, or the contained resource's) to find
+ * each one's grant.
+ */
+function noteReleased(released: Map<string, Set<string>>, perms: Permissions, facts: ResourceFacts, d: Decision, now: number): void {
+  if (facts.patientIds.length === 1 && !facts.contained) {
+    addReleased(released, facts.patientIds[0]!, d.grantId);
+    return;
+  }
+  if (perms.requester.kind !== 'grantee') {
+    for (const p of facts.patientIds) addReleased(released, p, undefined);
+    return;
+  }
+  for (const part of [facts, ...(facts.contained ?? [])]) {
+    for (const patientId of part.patientIds) {
+      const { contained: _, ...own } = part;
+      addReleased(released, patientId, decideFacts(perms, { ...own, patientIds: [patientId] }, now).grantId);
+    }
+  }
+}
+
+/** A patient's own data needs no grant (`grantId` undefined); a grantee's noted without one is refused when decided again. */
+function addReleased(released: Map<string, Set<string>>, patientId: string, grantId: string | undefined): void {
+  let grants = released.get(patientId);
+  if (!grants) released.set(patientId, grants = new Set());
+  if (grantId !== undefined) grants.add(grantId);
 }
 
 const linkParams = new Map<string, string | undefined>();
@@ -223,6 +404,26 @@ export class ComposedPolicy implements AccessPolicy {
     return true;
   }
 
+  /** What the parts that note releases noted (consent), merged. */
+  takeReleased(access: AccessContext): Released {
+    const merged = new Map<string, Set<string>>();
+    for (const p of this.parts) {
+      if (!isReleasePolicy(p)) continue;
+      for (const [patientId, grants] of p.takeReleased(access)) {
+        const into = merged.get(patientId) ?? new Set<string>();
+        for (const g of grants) into.add(g);
+        merged.set(patientId, into);
+      }
+    }
+    return merged;
+  }
+
+  /** True when every part that decides releases (consent) still allows them. */
+  async stillReleasable(access: AccessContext, released: Released | undefined): Promise<boolean> {
+    for (const p of this.parts) if (isReleasePolicy(p) && !(await p.stillReleasable(access, released))) return false;
+    return true;
+  }
+
   /** The patients every part allows (the intersection); undefined when no part limits the requester. */
   async visiblePatients(access: AccessContext): Promise<string[] | undefined> {
     let out: string[] | undefined;
@@ -232,4 +433,8 @@ export class ComposedPolicy implements AccessPolicy {
     }
     return out;
   }
+}
+
+function isReleasePolicy(p: AccessPolicy): p is AccessPolicy & Pick<ConsentPolicy, 'takeReleased' | 'stillReleasable'> {
+  return typeof (p as Partial<ConsentPolicy>).takeReleased === 'function' && typeof (p as Partial<ConsentPolicy>).stillReleasable === 'function';
 }

@@ -7,7 +7,9 @@
  *   patient granted to one of its registered identities, for the purpose it states.
  *
  * The purpose of use comes from the `X-Purpose-Of-Use` request header (a v3 PurposeOfUse code, as in
- * IHE IUA's `purpose_of_use`); a grantee without one is denied.
+ * IHE IUA's `purpose_of_use`); a grantee without one is denied. Nothing picks a purpose for the
+ * requester from the grants it holds (not its only grant, nor the first): a grant is used only for
+ * the purpose the request states, so a research grant never serves a request that states none.
  */
 import type { AccessContext } from '../fhir/access.js';
 import { patientIdOfReference } from '../fhir/compartment.js';
@@ -28,6 +30,21 @@ export interface Requester {
 }
 
 const PURPOSE = /^(?:http:\/\/terminology\.hl7\.org\/CodeSystem\/v3-ActReason\|)?([A-Z]{2,10})$/;
+
+/**
+ * v3 ActReason HRESCH (healthcare research) and every code under it: data asked for under any of
+ * them leaves only de-identified (src/exchange/research.ts), so the FHIR REST API refuses them
+ * (ConsentPolicy). Grants can name HRESCH alone today (terms.ts PURPOSES); the narrower codes are
+ * here so that adding one there cannot open identified research access by the REST door.
+ */
+export const RESEARCH_PURPOSES: ReadonlySet<string> = new Set([
+  'HRESCH', 'BIORCH', 'CLINTRCH', 'CLINTRCHNPC', 'CLINTRCHPC', 'PRECLINTRCH', 'DSRCH', 'POARCH', 'TRANSRCH',
+]);
+
+/** Is this purpose of use (a v3 ActReason code) research? */
+export function isResearchPurpose(purpose: string | undefined): boolean {
+  return purpose !== undefined && RESEARCH_PURPOSES.has(purpose);
+}
 
 /** Adds the purpose of use from the request headers to an access context. */
 export function withPurpose<T extends AccessContext>(access: T, headers: Record<string, string | undefined>): T & ConsentAccessContext {

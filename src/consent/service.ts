@@ -134,20 +134,24 @@ export class ConsentService {
     return result.resources as Consent[];
   }
 
-  /** The FHIR surface: Consent writes and `$sign`. */
-  writeHandler(): TypeWriteHandler {
+  /**
+   * The FHIR surface: Consent writes (PATCH and conditional writes are not offered: the router
+   * answers 405 whatever the id). `router` decides what the requester may see (its guards).
+   */
+  writeHandler(router: FhirRouter): TypeWriteHandler {
     return {
       create: async (req) => this.respond(await this.grant(consentBody(req), req.access), 201),
       update: async (req, id) => {
         const body = consentBody(req);
         if (body.id !== id) throw badRequest(`Resource id "${body.id ?? ''}" does not match the URL id "${id}"`, 'id');
-        const current = await this.read(id);
+        const current = await this.findable(id, req.access, router);
         if (body.status !== 'inactive' || current.status !== 'active') {
           throw unprocessable([issue('ERR_UNPROCESSABLE', 'A recorded Consent can only be revoked (status inactive); grant a new one to change terms', 'Consent.status')]);
         }
         return this.respond(await this.revoke(id, req.access), 200);
       },
       delete: async (req, id) => {
+        await this.findable(id, req.access, router);
         const outcome = await this.revoke(id, req.access);
         return outcome.state === 'done' ? { status: 204 } : this.respond(outcome, 200);
       },
@@ -161,7 +165,7 @@ export class ConsentService {
       resourceTypes: ['Consent'],
       methods: ['POST'],
       handle: async (req, target) => {
-        await router.repository.read('Consent', target.id!);
+        await this.findable(target.id!, req.access, router);
         const params = req.body as Parameters | undefined;
         const signature = params?.resourceType === 'Parameters' ? params.parameter?.find((p) => p.name === 'signature')?.valueString : undefined;
         if (!signature) throw badRequest('Expected Parameters with a "signature" valueString');
@@ -220,16 +224,41 @@ export class ConsentService {
     }
   }
 
+  /**
+   * A stored Consent the requester may act on: one they may grant or revoke for (the patient, their
+   * guardian), or one they could read through the facade (the router's guards: scopes, consent,
+   * integrity). Any other answers exactly as an id never stored does (404, before any other check
+   * on it), so a revocation, a PUT or `$sign` cannot tell which Consent ids exist
+   * (docs/architecture.md: a resource a requester cannot see is absent to them).
+   */
+  private async findable(id: string, access: AccessContext, router: Pick<FhirRouter, 'guard'>): Promise<Consent> {
+    const consent = await this.read(id);
+    if (access.kind === 'open') return consent;
+    let terms: ConsentTerms | undefined;
+    try {
+      terms = consentTerms(consent);
+    } catch {
+      // terms no grant can be read from: no one consents for it; it is findable only if visible
+    }
+    if (terms && (await this.mayConsent(access, terms))) return consent;
+    if ((await router.guard(access, [consent])).allowed.length > 0) return consent;
+    throw notFound('Not found');
+  }
+
   /** Only the patient themself or their guardian (RelatedPerson of the patient) may consent. */
   private async assertMayConsent(access: AccessContext, terms: ConsentTerms): Promise<void> {
+    if (!(await this.mayConsent(access, terms))) throw forbidden('Only the patient or their guardian may grant or revoke this consent');
+  }
+
+  private async mayConsent(access: AccessContext, terms: ConsentTerms): Promise<boolean> {
     const requester = requesterOf(access);
-    if (requester.kind === 'open') return;
-    if (requester.kind === 'patient' && requester.patientId === terms.patientId && terms.performer === `Patient/${terms.patientId}`) return;
+    if (requester.kind === 'open') return true;
+    if (requester.kind === 'patient' && requester.patientId === terms.patientId && terms.performer === `Patient/${terms.patientId}`) return true;
     if (access.fhirUser?.startsWith('RelatedPerson/') && access.fhirUser === terms.performer) {
       const guardian = await this.options.repository.read<RelatedPerson>('RelatedPerson', access.fhirUser.slice('RelatedPerson/'.length)).catch(() => undefined);
-      if (guardian?.patient?.reference === `Patient/${terms.patientId}`) return;
+      if (guardian?.patient?.reference === `Patient/${terms.patientId}`) return true;
     }
-    throw forbidden('Only the patient or their guardian may grant or revoke this consent');
+    return false;
   }
 }
 

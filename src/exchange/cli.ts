@@ -95,7 +95,7 @@ export function registerExchangeCommands(program: Command, open: () => Promise<A
     .option('--json', 'print JSON')
     .action((o: { json?: boolean }) => withApp(open, async (app) => {
         const jobs = app.exchange.exports.store.all().map((j) => ({
-          id: j.id, status: j.status, level: j.params.level, types: j.params.types.join(','), created: j.createdAt,
+          id: j.id, status: j.withdrawnAt ? 'withdrawn' : j.status, level: j.params.level, types: j.params.types.join(','), created: j.createdAt,
           requester: j.access.clientId ?? j.access.kind, resources: j.outputs.reduce((n, f) => n + f.count, 0), ...(j.failure ? { failure: j.failure } : {}),
         }));
         const subs = app.exchange.subscriptions.list().map((s) => ({

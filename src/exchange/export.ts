@@ -12,14 +12,24 @@
  * at rest (sealed-file.ts) and deleted with their job once its retention has passed. They are written
  * as `.part` and renamed at the end, and the manifest exists only for a completed job; a job cut
  * off by a restart runs again from the start. The job's files are served (http.ts) only to the
- * requester who started it.
+ * requester who started it, while their token's scopes cover what the files hold.
+ *
+ * A file outlives the request that made it, but not the consent behind it: with each job the
+ * patients whose data it holds are recorded with the grants that let it out (one row per patient,
+ * never per resource). Every status answer and every download decides again, for the identity and
+ * purpose the job ran for, whether each of those grants is still in force (ReleasePolicy: consent
+ * decides, in O(patients)). Once one is revoked or has ended the job is withdrawn at once: its files
+ * are deleted, and its status and files answer 410 Gone telling the client to start a new export,
+ * which holds what is shared now. The patient's own exports and open (operator) access are not
+ * limited by grants. Each download is recorded as a BALP Read of the file in the access log.
  */
 import { randomUUID } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync, rmSync, type WriteStream } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Group, Parameters, Resource } from '@medplum/fhirtypes';
-import { badRequest, forbidden, isGlucoGuardError, notFound, tooManyRequests } from '../errors.js';
+import { EXPORT_FILE_PATH } from '../audit/recorder.js';
+import { badRequest, forbidden, gone, isGlucoGuardError, notFound, tooManyRequests, type GlucoGuardError } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { informational, operationOutcome } from '../fhir/outcomes.js';
 import { queryOfText } from '../fhir/paging.js';
@@ -28,7 +38,7 @@ import { isSupportedType } from '../fhir/resource-types.js';
 import type { FhirRequest, FhirResponse } from '../fhir/types.js';
 import type { Logger } from '../log.js';
 import type { Repository } from '../repository/port.js';
-import { JobStore, ownerOf, storedAccess, type ExportJob, type ExportParams, type OutputFile, type StoredAccess } from './jobs.js';
+import { JobStore, ownerOf, storedAccess, type ExportJob, type ExportParams, type OutputFile, type Released, type StoredAccess } from './jobs.js';
 import { GuardedReader } from './reader.js';
 import { FrameOpener, sealFrame } from './sealed-file.js';
 import type { StudyDeidentifiers } from './research.js';
@@ -41,6 +51,20 @@ export const DEFAULT_EXPORT_TYPES = ['Patient', 'Observation', 'Device', 'Medica
 const NDJSON_FORMATS = new Set(['application/fhir+ndjson', 'application/ndjson', 'ndjson']);
 const MAX_ATTEMPTS = 3;
 
+/**
+ * What export needs of consent so its files never outlive the grants that let their data out
+ * (src/consent/policy.ts: ConsentPolicy, and ComposedPolicy over it).
+ */
+export interface ReleasePolicy {
+  /** Whose data the guards let out to this access object since the last call, and under which grants; the first call starts the count. */
+  takeReleased(access: AccessContext): Released;
+  /**
+   * May data let out under `released` (undefined: not known) still go to this requester now? Notes
+   * the patients, grants and reasons on `access` for the access log; ERR_UNAVAILABLE when it cannot decide.
+   */
+  stillReleasable(access: AccessContext, released: Released | undefined): Promise<boolean>;
+}
+
 export interface ExportServiceOptions {
   dir: string;
   fhirBase: string;
@@ -49,6 +73,8 @@ export interface ExportServiceOptions {
   reader: GuardedReader;
   /** The repository seen in-process (Group membership, patient ids); never served directly. */
   repository: Repository;
+  /** Records whose data a job holds and decides again, at each status answer and download, whether it may still go out. */
+  releases: ReleasePolicy;
   deidentifiers: StudyDeidentifiers;
   retryAfterSeconds: number;
   /** How long a finished job and its files are kept (ExchangeSettings.exportRetentionHours); then both are deleted. */
@@ -56,7 +82,7 @@ export interface ExportServiceOptions {
   /** Seals the files at rest (sealed-file.ts; derived from the key root). */
   fileKey: Buffer;
   logger?: Logger;
-  /** Records an access-log entry when a job finishes (the consent audit recorder). */
+  /** Records an access-log entry when a job finishes and for each file download (the consent audit recorder). */
   audit?: (request: FhirRequest, response: FhirResponse) => void;
   now?: () => number;
 }
@@ -278,7 +304,9 @@ export class ExportService {
     if (job.status === 'failed') {
       return { status: 500, body: operationOutcome([{ severity: 'error', code: 'exception', diagnostics: job.failure ?? 'The export failed' }]) };
     }
-    const url = (f: OutputFile) => `${this.options.filesBase}/${job.id}/${f.file}`;
+    // a manifest promises its files can be fetched: not once consent behind any of them has ended
+    if (!(await this.releasable(job, jobAccess(job)))) throw withdrawn();
+    const url = (f: OutputFile) => this.fileUrl(job.id, f.file);
     return {
       status: 200,
       headers: { Expires: new Date(this.expiresAt(job)!).toUTCString() },
@@ -301,18 +329,77 @@ export class ExportService {
     return { status: 202, body: informational('Export cancelled; its files are deleted') };
   }
 
-  /** A completed job's file, for the download route: only to its owner; undefined otherwise. */
-  fileFor(access: AccessContext, jobId: string, file: string): string | undefined {
-    const job = this.store.get(jobId);
-    if (!job || job.status !== 'completed' || job.owner !== ownerOf(access) || this.expired(job)) return undefined;
-    if (![...job.outputs, ...job.errors].some((f) => f.file === file)) return undefined;
-    const full = path.join(this.jobDir(jobId), file);
-    return existsSync(full) ? full : undefined;
+  private fileUrl(jobId: string, file: string): string {
+    return `${this.options.filesBase}/${jobId}/${file}`;
+  }
+
+  /**
+   * A completed job's file for the download route (http.ts), answered as its path on disk: only to
+   * the job's owner (anyone else: 404, as for a missing file), while the token's scopes cover the
+   * types it holds (403), and while every grant its data was let out under is in force (the job is
+   * withdrawn otherwise: 410). Each attempt is recorded in the access log as a BALP Read of the
+   * file — the owner's naming the patients whose data it holds; `requestId` names the HTTP request.
+   */
+  async download(access: AccessContext, jobId: string, file: string, requestId?: string): Promise<string> {
+    // the access log names the job's requester with the purpose it ran for, the patients whose data
+    // the file holds (refused or not), and consent's notes (grants, reasons)
+    let recorded: AccessContext = access;
+    let patients: string[] = [];
+    let status = 200;
+    try {
+      const job = this.store.get(jobId);
+      if (!job || job.status !== 'completed' || job.owner !== ownerOf(access) || this.expired(job)) throw notFound('No such export file');
+      const entry = [...job.outputs, ...job.errors].find((f) => f.file === file);
+      if (!entry) throw notFound('No such export file');
+      const decided = jobAccess(job);
+      recorded = decided;
+      const released = job.released === undefined ? undefined : this.store.released(job.id);
+      patients = [...(released?.keys() ?? [])];
+      if (job.withdrawnAt) throw withdrawn();
+      // Bulk Data: a file request is protected like the kick-off, "with scopes that cover all resources being exported"
+      for (const type of entry.type === 'OperationOutcome' ? job.params.types : [entry.type]) await this.options.reader.authorize(access, type);
+      if (!(await this.releasable(job, decided, released))) throw withdrawn();
+      const full = path.join(this.jobDir(jobId), file);
+      if (!existsSync(full)) throw notFound('No such export file');
+      return full;
+    } catch (err) {
+      status = isGlucoGuardError(err) ? err.status : 500;
+      throw err;
+    } finally {
+      this.options.audit?.({
+        method: 'GET', path: EXPORT_FILE_PATH, query: { url: this.fileUrl(jobId, file), ...(patients.length ? { patient: patients } : {}) },
+        headers: requestId ? { 'x-request-id': requestId } : {}, access: recorded,
+      }, { status });
+    }
+  }
+
+  /**
+   * Decides again whether a completed job's data may still go to its requester: consent over the
+   * patients and grants recorded with the job (`released`, read from the store when not given), for
+   * the identity and purpose it ran for (`access`, a copy of the job's, collects the notes for the
+   * access log). When not, the job is withdrawn at once: its files are deleted and it answers 410
+   * from then on. ERR_UNAVAILABLE (undecidable) passes through and withdraws nothing.
+   */
+  private async releasable(job: ExportJob, access: AccessContext, released = job.released === undefined ? undefined : this.store.released(job.id)): Promise<boolean> {
+    if (job.withdrawnAt) return false;
+    if (await this.options.releases.stillReleasable(access, released)) return true;
+    this.withdraw(job.id);
+    return false;
+  }
+
+  /** Deletes a job's files, keeping its record (marked withdrawn) until its retention ends so it answers 410, not 404. */
+  private withdraw(jobId: string): void {
+    rmSync(this.jobDir(jobId), { recursive: true, force: true });
+    const current = this.store.get(jobId);
+    if (current && !current.withdrawnAt) {
+      this.store.put({ ...current, withdrawnAt: new Date(this.now()).toISOString() });
+      this.options.logger?.info({ job: jobId }, 'export: consent behind the job has ended; its files are deleted');
+    }
   }
 
   /**
    * A job's file as its NDJSON, decrypted as it is read (sealed-file.ts). The stream errors when
-   * the file on disk was altered or cut short; callers check who may read it first (fileFor).
+   * the file on disk was altered or cut short; callers check who may read it first (download).
    */
   openFile(jobId: string, file: string): Readable {
     const opener = new FrameOpener(this.options.fileKey, `${jobId}/${file}`);
@@ -366,11 +453,14 @@ export class ExportService {
     const sealed = (file: string) => new NdjsonFile(path.join(dir, file), this.options.fileKey, `${job.id}/${file}`);
     const errors = sealed('errors.ndjson');
     let errorCount = 0;
+    // whose data the files hold and under which grants: a patient set per job, never per resource
+    const released = new Map<string, Set<string>>();
     try {
       for (const type of job.params.types) {
         // a _typeFilter's chains select as the requester's search would, now; one that selects nothing exports nothing of the type
         const filter = await this.options.reader.resolved(access, type, job.params.typeFilters[type] ?? {});
         if (!filter) continue;
+        this.options.releases.takeReleased(access); // what resolving the filter read is not in the file
         const query: Record<string, string | string[]> = { ...filter };
         if (job.params.since) query._lastUpdated = [[query._lastUpdated ?? []].flat(), `gt${job.params.since}`].flat();
         const patients = job.params.level === 'group' ? await this.groupMembers(job.params.groupId!)
@@ -394,6 +484,11 @@ export class ExportService {
         } finally {
           await out.close();
         }
+        for (const [patient, grants] of this.options.releases.takeReleased(access)) {
+          const into = released.get(patient) ?? new Set<string>();
+          for (const g of grants) into.add(g);
+          released.set(patient, into);
+        }
         if (count > 0) job.outputs.push({ type, file, count });
         else rmSync(out.path, { force: true });
       }
@@ -405,7 +500,8 @@ export class ExportService {
     else rmSync(errors.path, { force: true });
     for (const f of [...job.outputs, ...job.errors]) renameSync(path.join(dir, `${f.file}.part`), path.join(dir, f.file));
     if (!this.store.get(job.id)) return; // cancelled while finishing
-    this.store.put({ ...job, status: 'completed', completedAt: new Date(this.now()).toISOString() });
+    this.store.putReleased(job.id, released);
+    this.store.put({ ...job, status: 'completed', completedAt: new Date(this.now()).toISOString(), released: released.size });
     this.options.logger?.info({ job: job.id, files: job.outputs.length, resources: job.outputs.reduce((n, f) => n + f.count, 0) }, 'export: job completed');
     this.options.audit?.({ method: 'GET', path: '$export', query: {}, headers: {}, access }, { status: 200 });
   }
@@ -490,6 +586,17 @@ class NdjsonFile {
     await new Promise<void>((resolve) => s.end(() => resolve()));
     if (this.failure) throw this.failure;
   }
+}
+
+/** A fresh copy of the access a job ran with: the consent notes of one decision hang off it. */
+function jobAccess(job: ExportJob): StoredAccess {
+  return { ...job.access, scopes: [...job.access.scopes] };
+}
+
+/** 410: the job's data may no longer go out; its files are deleted. */
+function withdrawn(): GlucoGuardError {
+  return gone('Consent for data in this export has been revoked or has ended since it ran, so its files have been deleted. '
+    + 'Start a new export to receive the data that is shared now.');
 }
 
 /** `_type`, `_since`, `_typeFilter`, `_outputFormat` from the query (GET) or a Parameters body (POST). */

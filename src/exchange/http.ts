@@ -2,7 +2,9 @@
  * `GET /exports/<job>/<file>`: the NDJSON files of a completed bulk export
  * (https://hl7.org/fhir/uv/bulkdata/export.html#file-request). The manifest says
  * `requiresAccessToken: true`: the same bearer token check as /fhir, and the file is served only
- * to the requester who started the job — anyone else gets the same 404 as for a missing file.
+ * to the requester who started the job — anyone else gets the same 404 as for a missing file —
+ * while the token's scopes cover it (403) and consent behind its data is in force (410 once it is
+ * not: ExportService.download decides, and records the download in the access log).
  */
 import express, { type Request, type Response, type Router } from 'express';
 import { notFound } from '../errors.js';
@@ -30,8 +32,9 @@ export function exportFilesRouter(options: ExportHttpOptions): Router {
       const access = await options.authenticate(headers, req.originalUrl);
       const job = String(req.params.job);
       const file = String(req.params.file);
-      const full = JOB.test(job) && FILE.test(file) ? options.exports.fileFor(access, job, file) : undefined;
-      if (!full) throw notFound('No such export file');
+      if (!JOB.test(job) || !FILE.test(file)) throw notFound('No such export file');
+      const requestId = typeof res.locals.reqId === 'string' ? res.locals.reqId : undefined;
+      await options.exports.download(access, job, file, requestId);
       res.status(200).setHeader('Content-Type', 'application/fhir+ndjson');
       res.setHeader('Cache-Control', 'no-store');
       // decrypted as it goes out: a file found altered or cut short ends the answer unfinished

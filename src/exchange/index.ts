@@ -11,7 +11,7 @@ import type { AccessPolicy } from '../fhir/policy.js';
 import type { FhirRouter } from '../fhir/router.js';
 import type { FhirRequest, FhirResponse } from '../fhir/types.js';
 import type { Logger } from '../log.js';
-import { ExportService } from './export.js';
+import { ExportService, type ReleasePolicy } from './export.js';
 import { exportFilesRouter } from './http.js';
 import { GuardedReader } from './reader.js';
 import { StudyDeidentifiers } from './research.js';
@@ -37,7 +37,8 @@ export interface ExchangeOptions {
   dataDir: string;
   rootKey: string;
   fhir: FhirRouter;
-  policy: AccessPolicy;
+  /** The requester's policy (SMART scopes and consent: ComposedPolicy); it also decides again whether export files may still go out. */
+  policy: AccessPolicy & ReleasePolicy;
   /** The repository every write goes through (subscriptions listen to it). */
   repository: NotifyingRepository;
   fhirBase: string;
@@ -56,7 +57,7 @@ export async function createExchange(options: ExchangeOptions): Promise<Exchange
   const reader = new GuardedReader({ fhir: options.fhir, policy: options.policy, repository: options.repository });
   const deidentifiers = new StudyDeidentifiers(options.rootKey, { dateShift: settings.researchDateShift });
   const exports = new ExportService({
-    dir, fhirBase: options.fhirBase, filesBase: `${options.baseUrl}/exports`, reader, repository: options.repository, deidentifiers,
+    dir, fhirBase: options.fhirBase, filesBase: `${options.baseUrl}/exports`, reader, repository: options.repository, releases: options.policy, deidentifiers,
     retryAfterSeconds: settings.retryAfterSeconds, retentionMs: settings.exportRetentionHours * 3_600_000,
     fileKey: deriveKey(options.rootKey, 'export-files'), logger: options.logger, audit: options.audit,
   });

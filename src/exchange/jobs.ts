@@ -2,6 +2,8 @@
  * Export jobs on disk (`<dataDir>/exports/jobs.sqlite`), so a job survives a restart: on start-up
  * a job that was queued or running is run again from the start (its partial files are discarded),
  * and a manifest is only ever answered for a job whose files were all completed and renamed.
+ * With each completed job, whose data its files hold (`export_release`: one row per patient with
+ * the consent grants that let it out), so its files can be decided again when they are fetched.
  */
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
@@ -49,7 +51,17 @@ export interface ExportJob {
   completedAt?: string;
   /** Attempts so far (restarts count). */
   attempts: number;
+  /**
+   * How many patients' data the files hold, recorded with the job (JobStore.released). Absent on
+   * a job completed before releases were recorded: whose data it holds is not known.
+   */
+  released?: number;
+  /** When consent behind the job's data was found to have ended: its files were deleted then (410 from then on). */
+  withdrawnAt?: string;
 }
+
+/** Whose data a job's files hold: patient id → the consent grants it was let out under (none: the patient's own). */
+export type Released = ReadonlyMap<string, ReadonlySet<string>>;
 
 interface Row {
   id: string;
@@ -64,6 +76,8 @@ export class JobStore {
     this.db = new Database(path.join(dir, 'jobs.sqlite'));
     this.db.pragma('journal_mode = WAL');
     this.db.exec('CREATE TABLE IF NOT EXISTS export_job (id TEXT PRIMARY KEY, status TEXT NOT NULL, created TEXT NOT NULL, json TEXT NOT NULL)');
+    // apart from the job's JSON, which every status poll reads: a system export may hold many patients
+    this.db.exec('CREATE TABLE IF NOT EXISTS export_release (job TEXT NOT NULL, patient TEXT NOT NULL, grants TEXT NOT NULL, PRIMARY KEY (job, patient))');
   }
 
   put(job: ExportJob): void {
@@ -77,7 +91,25 @@ export class JobStore {
   }
 
   delete(id: string): void {
-    this.db.prepare('DELETE FROM export_job WHERE id = ?').run(id);
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM export_job WHERE id = ?').run(id);
+      this.db.prepare('DELETE FROM export_release WHERE job = ?').run(id);
+    })();
+  }
+
+  /** Records whose data a job's files hold, in place of anything recorded for it before. */
+  putReleased(jobId: string, released: Released): void {
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM export_release WHERE job = ?').run(jobId);
+      const insert = this.db.prepare('INSERT INTO export_release (job, patient, grants) VALUES (?, ?, ?)');
+      for (const [patient, grants] of released) insert.run(jobId, patient, JSON.stringify([...grants]));
+    })();
+  }
+
+  /** Whose data a job's files hold, as recorded by putReleased. */
+  released(jobId: string): Released {
+    const rows = this.db.prepare('SELECT patient, grants FROM export_release WHERE job = ?').all(jobId) as { patient: string; grants: string }[];
+    return new Map(rows.map((r) => [r.patient, new Set(JSON.parse(r.grants) as string[])]));
   }
 
   /** Jobs in a state, oldest first. */

@@ -7,7 +7,12 @@ import type { SearchRequest } from '@medplum/core';
 import type { OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import type { AccessContext } from './access.js';
 
-export type Interaction = 'read' | 'vread' | 'search' | 'history' | 'create' | 'update' | 'delete' | 'operation';
+/**
+ * What a request does, as the policy is asked about it. `history` is the history of one instance;
+ * `history-type` the history of a whole type or of the system (`Type/_history`, `_history`), which
+ * lists resources like a search does (SMART App Launch 2.2 puts it under the `s` permission).
+ */
+export type Interaction = 'read' | 'vread' | 'search' | 'history' | 'history-type' | 'create' | 'update' | 'delete' | 'operation';
 
 export interface AccessPolicy {
   /**

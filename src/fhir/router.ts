@@ -637,8 +637,8 @@ export class FhirRouter {
   }
 
   private async history(req: FhirRequest, type: string | undefined, id: string | undefined): Promise<FhirResponse> {
-    if (type) await this.policy.authorize(req.access, 'history', type);
-    else await this.policy.authorize(req.access, 'history', '*');
+    // instance history is a read (SMART `r`); type and system history list resources like a search (`s`)
+    await this.policy.authorize(req.access, id ? 'history' : 'history-type', type ?? '*');
     let query = req.query;
     let offset = 0;
     const token = single(req.query._pageToken);

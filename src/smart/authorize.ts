@@ -8,8 +8,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Request, Response } from 'express';
+import type { AccessContext } from '../fhir/access.js';
 import type { SmartContext } from './context.js';
-import { takeLaunch, type LaunchContext } from './launch.js';
+import { peekLaunch, takeLaunch, type LaunchContext } from './launch.js';
 import { OAuthError, invalidRequest, invalidScope, toOAuthError } from './oauth-error.js';
 import { approvalPage, errorPage, loginPage, patientPickerPage, sendPage } from './pages.js';
 import { dummyHash, verifyPassword } from './passwords.js';
@@ -33,8 +34,6 @@ interface PendingRequest {
   user?: { sub: string; fhirUser: string };
   patient?: string;
   authTime?: number;
-  /** Patient ids the picker showed this practitioner (the only ones they may pick besides a search by id). */
-  offered?: string[];
   /** Grant id of the tokens this request leads to, chosen at sign-in so a session can be prepared for it. */
   gid?: string;
 }
@@ -128,11 +127,18 @@ function checkPkce(params: Params): string {
   return params.code_challenge;
 }
 
+/**
+ * The EHR launch context, consumed for this client. A launch bound to another client is refused
+ * before it is consumed: an app that saw the launch URL cannot use it up for the app it was made for.
+ */
 async function resolveLaunch(ctx: SmartContext, client: Client, params: Params): Promise<LaunchContext | undefined> {
   if (params.launch === undefined) return undefined;
+  const bound = await peekLaunch(ctx.kv, params.launch);
+  if (!bound) throw invalidRequest('The launch value is unknown, used or expired');
+  if (bound.clientId && bound.clientId !== client.clientId) throw invalidRequest('The launch belongs to another application');
+  // still single-use: of two uses by the right client only one takes it
   const launch = await takeLaunch(ctx.kv, params.launch);
   if (!launch) throw invalidRequest('The launch value is unknown, used or expired');
-  if (launch.clientId && launch.clientId !== client.clientId) throw invalidRequest('The launch belongs to another application');
   return launch;
 }
 
@@ -200,12 +206,14 @@ async function checkCredentials(ctx: SmartContext, username: string, password: s
   return user && ok ? user : undefined;
 }
 
-/** A practitioner asking for `launch/patient` picks a patient; everyone then sees the approval page. */
+/**
+ * A user who is not a patient, asking for `launch/patient`, picks a patient among those they may
+ * see (PatientDirectory); everyone then sees the approval page.
+ */
 async function nextStage(ctx: SmartContext, res: Response, id: string, client: Client, pending: PendingRequest): Promise<void> {
   if (!pending.patient && pending.scopes.includes('launch/patient')) {
     pending.stage = 'patient';
-    const patients = ctx.searchPatients ? await ctx.searchPatients('') : undefined;
-    pending.offered = patients?.map((p) => p.id);
+    const patients = await ctx.patients?.search(pickingUser(pending), '');
     await ctx.kv.set(`smart:authz:${id}`, JSON.stringify(pending), PENDING_TTL_MS);
     return sendPage(res, 200, patientPickerPage({ requestId: id, clientName: client.name, patients, query: '' }));
   }
@@ -225,23 +233,26 @@ function sendApproval(res: Response, id: string, client: Client, pending: Pendin
 
 async function selectPatient(ctx: SmartContext, req: Request, res: Response): Promise<void> {
   const { id, pending, client } = await loadPending(ctx, req, 'patient');
+  const user = pickingUser(pending);
   const query = typeof req.body?.query === 'string' ? req.body.query.slice(0, 100) : '';
   if (req.body?.action === 'search') {
-    const patients = ctx.searchPatients ? await ctx.searchPatients(query) : undefined;
-    pending.offered = [...new Set([...(pending.offered ?? []), ...(patients ?? []).map((p) => p.id)])].slice(-200);
-    await ctx.kv.set(`smart:authz:${id}`, JSON.stringify(pending), PENDING_TTL_MS);
+    const patients = await ctx.patients?.search(user, query);
     return sendPage(res, 200, patientPickerPage({ requestId: id, clientName: client.name, patients, query }));
   }
   const patient = typeof req.body?.patient === 'string' ? req.body.patient : '';
-  const allowed = /^[A-Za-z0-9\-.]{1,64}$/.test(patient)
-    // A patient the picker offered (the search matches names, not ids), or one a search by id finds.
-    && (!ctx.searchPatients || (pending.offered ?? []).includes(patient) || (await ctx.searchPatients(patient)).some((p) => p.id === patient));
+  // Decided again here, not taken from the list shown: a form can name any id.
+  const allowed = /^[A-Za-z0-9\-.]{1,64}$/.test(patient) && (!ctx.patients || (await ctx.patients.mayChoose(user, patient)));
   if (!allowed) {
-    const patients = ctx.searchPatients ? await ctx.searchPatients('') : undefined;
+    const patients = await ctx.patients?.search(user, '');
     return sendPage(res, 400, patientPickerPage({ requestId: id, clientName: client.name, patients, query, error: 'Choose a patient from the list.' }));
   }
   pending.patient = patient;
   await nextStage(ctx, res, id, client, pending);
+}
+
+/** The signed-in user as the FHIR facade will see them with this request's token, before a patient is chosen. */
+function pickingUser(pending: PendingRequest): AccessContext {
+  return { kind: 'token', subject: pending.user!.sub, clientId: pending.clientId, fhirUser: pending.user!.fhirUser, scopes: pending.scopes };
 }
 
 // ---- POST /oauth/approve ---------------------------------------------------------------------

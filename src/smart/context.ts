@@ -1,4 +1,5 @@
 /** Everything the authorization server's endpoints share, built once by createSmart (index.ts). */
+import type { AccessContext } from '../fhir/access.js';
 import type { KeyValueStore } from '../kv/port.js';
 import type { Logger } from '../log.js';
 import type { SigningKeys } from './keys.js';
@@ -12,8 +13,17 @@ export interface PatientChoice {
   birthDate?: string;
 }
 
-/** Search for the practitioner's patient picker; `query` is what the user typed (may be empty). */
-export type SearchPatients = (query: string) => Promise<PatientChoice[]>;
+/**
+ * The patients a signed-in user may pick for a standalone launch (`launch/patient`), by the FHIR
+ * facade's own rules (src/consent/patient-picker.ts). `user` is the user as the facade will see
+ * them with this authorization's token: their fhirUser, the app, the requested scopes, no patient.
+ */
+export interface PatientDirectory {
+  /** Patients the user may see whose name or id matches `query` (what they typed; empty: any), a page at most. */
+  search(user: AccessContext, query: string): Promise<PatientChoice[]>;
+  /** Whether the user may see this patient: the server-side check of a choice. */
+  mayChoose(user: AccessContext, patientId: string): Promise<boolean>;
+}
 
 export interface SmartUrls {
   issuer: string;
@@ -44,7 +54,8 @@ export interface SmartContext {
   urls: SmartUrls;
   logger: Logger;
   now: () => number;
-  searchPatients?: SearchPatients;
+  /** Without one, the picker asks for a patient ID and takes any well-formed one (the facade still decides every read). */
+  patients?: PatientDirectory;
   loginHooks: PatientLoginHook[];
 }
 

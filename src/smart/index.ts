@@ -15,7 +15,7 @@ import type { KeyValueStore } from '../kv/port.js';
 import type { Logger } from '../log.js';
 import { onlyMethods } from '../observability/fallback.js';
 import { authorizeHandlers } from './authorize.js';
-import { smartUrls, type PatientLoginHook, type SearchPatients, type SmartContext, type SmartUrls } from './context.js';
+import { smartUrls, type PatientDirectory, type PatientLoginHook, type SmartContext, type SmartUrls } from './context.js';
 import { discoveryHandlers } from './discovery.js';
 import { introspectHandler } from './introspect.js';
 import { SigningKeys } from './keys.js';
@@ -30,7 +30,7 @@ import { DEFAULT_LIFETIMES, TokenService, type TokenLifetimes } from './tokens.j
 
 export { BearerTokenError, type SmartAccessContext } from './resource.js';
 export { scopeAllows, scopeFilters, type Interaction } from './scopes.js';
-export type { PatientChoice, PatientLoginHook, SearchPatients, SmartUrls } from './context.js';
+export type { PatientChoice, PatientDirectory, PatientLoginHook, SmartUrls } from './context.js';
 
 export interface SmartDeps {
   config: Config;
@@ -42,8 +42,8 @@ export interface SmartDeps {
   fhirBase: string;
   /** The key root (src/keys.ts) the signing keys are sealed under; absent: loaded from the data directory. */
   rootKey?: string;
-  /** Patient search for the practitioner's patient picker; without it the picker asks for a patient ID. */
-  searchPatients?: SearchPatients;
+  /** The patients the picker offers a signed-in user (those they may see); without it the picker asks for a patient ID. */
+  patients?: PatientDirectory;
   rateLimits?: Partial<RateLimits>;
   lifetimes?: Partial<TokenLifetimes>;
 }
@@ -82,7 +82,7 @@ export async function createSmart(deps: SmartDeps): Promise<Smart> {
   const tokens = new TokenService(deps.kv, keys, fhirBase, now, { ...DEFAULT_LIFETIMES, ...deps.lifetimes });
   const limiter = new RateLimiter(deps.kv, { ...DEFAULT_RATE_LIMITS, ...deps.rateLimits }, now);
   const ctx: SmartContext = {
-    store, kv: deps.kv, keys, tokens, limiter, urls, logger: deps.logger, now, searchPatients: deps.searchPatients, loginHooks: [],
+    store, kv: deps.kv, keys, tokens, limiter, urls, logger: deps.logger, now, patients: deps.patients, loginHooks: [],
   };
   const authOff = deps.config.auth === 'off';
   if (authOff) deps.logger.warn('GLUCOGUARD_AUTH=off: /fhir accepts requests WITHOUT authentication. For local experiments only.');

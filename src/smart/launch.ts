@@ -53,7 +53,16 @@ export async function createLaunch(deps: { kv: KeyValueStore; store: SmartStore;
   return { launch, expiresIn: LAUNCH_TTL_SECONDS, ...(launchUrl ? { launchUrl } : {}) };
 }
 
-/** Consumes a launch value; undefined when unknown, used or expired. */
+/**
+ * Reads a launch value without consuming it; undefined when unknown, used or expired. A stored
+ * launch never changes, so what this reads is what a later takeLaunch of it gets.
+ */
+export async function peekLaunch(kv: KeyValueStore, launch: string): Promise<LaunchContext | undefined> {
+  const raw = await kv.get(`smart:launch:${launch}`);
+  return raw ? (JSON.parse(raw) as LaunchContext) : undefined;
+}
+
+/** Consumes a launch value (atomically: of concurrent takes one gets it); undefined when unknown, used or expired. */
 export async function takeLaunch(kv: KeyValueStore, launch: string): Promise<LaunchContext | undefined> {
   const raw = await kv.take(`smart:launch:${launch}`);
   return raw ? (JSON.parse(raw) as LaunchContext) : undefined;

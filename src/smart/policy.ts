@@ -11,11 +11,16 @@ import type { AccessContext } from '../fhir/access.js';
 import type { AccessPolicy, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
 import { scopeAllows, scopeAllowsWholeType, type Interaction as ScopeInteraction } from './scopes.js';
 
+/**
+ * SMART App Launch 2.2 "Scopes for requesting clinical data": `r` covers instance read, vread and
+ * instance history; `s` type and system search and type and system history. (A v1 `.read` is `.rs`.)
+ */
 const SCOPE_INTERACTION: Record<Interaction, ScopeInteraction> = {
   read: 'read',
   vread: 'read',
   search: 'search',
   history: 'read',
+  'history-type': 'search',
   create: 'create',
   update: 'update',
   delete: 'delete',

@@ -83,12 +83,25 @@ function verifyPkce(verifier: unknown, challenge: string): void {
 async function refreshTokenGrant(ctx: SmartContext, body: Body, caller: AuthenticatedClient | undefined) {
   if (typeof body.refresh_token !== 'string' || !body.refresh_token) throw invalidRequest('refresh_token is required');
   const record = await ctx.tokens.findRefreshToken(body.refresh_token);
+  if (!record) {
+    // A rotated-out token presented again: it was stolen or copied, and one of its two holders has the
+    // live one. Every token of the grant is revoked (RFC 9700 §4.14.2, refresh token reuse detection).
+    const reused = await ctx.tokens.reusedRefreshGrant(body.refresh_token);
+    if (reused) {
+      await ctx.tokens.revokeGrant(reused);
+      throw invalidGrant('The refresh token was already used; every token of its grant is now revoked');
+    }
+  }
   if (!record || (await ctx.tokens.isRevoked(record.gid))) throw invalidGrant('The refresh token is invalid, expired or revoked');
   checkRefreshClient(ctx, record.clientId, caller);
   const scopes = narrowedScopes(record.scopes, body.scope);
   // Rotation: the presented token is consumed; a concurrent second use finds nothing.
-  if (!(await ctx.tokens.takeRefreshToken(body.refresh_token))) throw invalidGrant('The refresh token was already used');
-  return tokenResponse(ctx, { ...record, scopes }, false);
+  if (!(await ctx.tokens.takeRefreshToken(body.refresh_token))) {
+    await ctx.tokens.revokeGrant(record.gid); // used twice at once: reuse, as above
+    throw invalidGrant('The refresh token was already used; every token of its grant is now revoked');
+  }
+  // RFC 6749 §6: only the access token narrows; the new refresh token keeps the presented one's scope.
+  return tokenResponse(ctx, { ...record, scopes }, false, record.scopes);
 }
 
 /** Bound to its client; a public client may refresh without naming itself (SMART 2.2 §2.0.10). */
@@ -101,7 +114,7 @@ function checkRefreshClient(ctx: SmartContext, clientId: string, caller: Authent
   if (!client || client.type !== 'public') throw invalidClient('Client authentication is required');
 }
 
-/** The new scope may narrow the grant, never widen it. */
+/** The scope of the new access token may narrow the grant, never widen it. */
 function narrowedScopes(granted: string[], requested: unknown): string[] {
   if (requested === undefined || requested === '') return granted;
   const scopes = splitScopes(String(requested));
@@ -127,8 +140,11 @@ async function clientCredentialsGrant(ctx: SmartContext, body: Body, caller: Aut
 
 // ---- response --------------------------------------------------------------------------------
 
-/** Access token, optional refresh and id tokens, and the SMART launch context. */
-async function tokenResponse(ctx: SmartContext, grant: Grant, firstIssue: boolean): Promise<Record<string, unknown>> {
+/**
+ * Access token, optional refresh and id tokens, and the SMART launch context. `refreshScopes`: the
+ * scope of the refresh token, when it differs from the access token's (a narrowed refresh).
+ */
+async function tokenResponse(ctx: SmartContext, grant: Grant, firstIssue: boolean, refreshScopes = grant.scopes): Promise<Record<string, unknown>> {
   const access = ctx.tokens.signAccessToken(grant);
   const response: Record<string, unknown> = {
     access_token: access.token,
@@ -136,8 +152,8 @@ async function tokenResponse(ctx: SmartContext, grant: Grant, firstIssue: boolea
     expires_in: access.expiresIn,
     scope: grant.scopes.join(' '),
   };
-  if (grant.scopes.includes('offline_access') || grant.scopes.includes('online_access')) {
-    response.refresh_token = await ctx.tokens.issueRefreshToken(grant);
+  if (refreshScopes.includes('offline_access') || refreshScopes.includes('online_access')) {
+    response.refresh_token = await ctx.tokens.issueRefreshToken({ ...grant, scopes: refreshScopes });
   }
   if (grant.scopes.includes('openid') && (grant.scopes.includes('fhirUser') || grant.scopes.includes('profile')) && grant.fhirUser) {
     response.id_token = ctx.tokens.signIdToken(firstIssue ? grant : { ...grant, nonce: undefined });

@@ -154,11 +154,23 @@ export class TokenService {
     return record && record.expiresAt > this.now() ? record : undefined;
   }
 
-  /** Consumes a refresh token (rotation: each one is used once). */
+  /**
+   * Consumes a refresh token (rotation: each one is used once). A used one leaves a tombstone naming
+   * its grant for as long as it would have lived, so a second use can be told from a made-up token
+   * (reusedRefreshGrant).
+   */
   async takeRefreshToken(token: string): Promise<RefreshRecord | undefined> {
-    const raw = await this.kv.take(`smart:refresh:${sha256(token)}`);
+    const key = sha256(token);
+    const raw = await this.kv.take(`smart:refresh:${key}`);
     const record = raw ? (JSON.parse(raw) as RefreshRecord) : undefined;
-    return record && record.expiresAt > this.now() ? record : undefined;
+    if (!record || record.expiresAt <= this.now()) return undefined;
+    await this.kv.set(`smart:refresh-used:${key}`, record.gid, record.expiresAt - this.now());
+    return record;
+  }
+
+  /** The grant of a refresh token that was already used, or undefined (never issued, or expired). */
+  async reusedRefreshGrant(token: string): Promise<string | undefined> {
+    return this.kv.get(`smart:refresh-used:${sha256(token)}`);
   }
 
   /** Signature, issuer, audience and expiry of an access token; undefined for anything not live. */

@@ -18,9 +18,12 @@
  * decision code; contained resources linked to a patient pass the grant on their own; no id of a
  * resource the requester may not see appears anywhere (links aside, which echo the request);
  * no `total`; a `next` link leads to more visible data and is refused (400) to anyone else;
- * `$cgm-agp` counts no more readings than are permitted; and a request about an id the requester
- * may not see answers exactly like the same request about an id that was never stored (status,
- * issue codes, diagnostics, header names). fast-check prints the shrunk counterexample on failure.
+ * `$cgm-agp` counts no more readings than are permitted; a request stating a research purpose is
+ * refused (403) whatever is granted (research data leaves de-identified, by `$export` only); a
+ * resource whose time is not wholly inside the data period, or cannot be placed in it, is never
+ * shown; and a request about an id the requester may not see answers exactly like the same request
+ * about an id that was never stored (status, issue codes, diagnostics, header names). fast-check
+ * prints the shrunk counterexample on failure.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomUUID } from 'node:crypto';
@@ -126,16 +129,40 @@ function codesOf(r: Record<string, unknown>): string[] {
   return (concept?.coding ?? []).map((c) => `${c.system}|${c.code}`);
 }
 
-function effectiveOf(r: Record<string, unknown>): number | undefined {
-  const when = (r.effectiveDateTime ?? (r.effectivePeriod as { start?: string } | undefined)?.start ?? r.recorded ?? r.dateTime) as string | undefined;
-  return when ? Date.parse(when) : undefined;
+/** The types whose data is about a time, and the elements that carry it. */
+const TIME_OF: Record<string, string[]> = {
+  Observation: ['effectiveDateTime', 'effectiveInstant', 'effectivePeriod', 'effectiveTiming'], DiagnosticReport: ['effectiveDateTime', 'effectivePeriod'],
+  MedicationAdministration: ['effectiveDateTime', 'effectivePeriod'], AuditEvent: ['recorded'],
+};
+
+/**
+ * The span a resource's data is about, as the grant's data period is held against it: its time
+ * elements from the earliest start to the latest end (a Period needs both ends; the fixture's
+ * times are full instants); 'unknown' when one cannot be placed (a Timing, an open Period) or the
+ * type is about a time and carries none; undefined for a timeless type.
+ */
+function effectiveOf(r: Record<string, unknown>): { from: number; to: number } | 'unknown' | undefined {
+  const elements = TIME_OF[String(r.resourceType)];
+  if (!elements) return undefined;
+  let from = Infinity;
+  let to = -Infinity;
+  for (const e of elements) {
+    const v = r[e];
+    if (v === undefined) continue;
+    const [start, end] = typeof v === 'string' ? [v, v] : e.endsWith('Period') ? [(v as { start?: string }).start, (v as { end?: string }).end] : [undefined, undefined];
+    if (!start || !end) return 'unknown';
+    from = Math.min(from, Date.parse(start));
+    to = Math.max(to, Date.parse(end));
+  }
+  return from === Infinity ? 'unknown' : { from, to };
 }
 
 /**
  * Do the grants permit this resource (with its contained resources)? Every patient it is about
  * must have granted it: that patient's grant names its type and code and its data period holds the
- * resource's time (a resource without one passes only a grant naming its type — all grants here
- * name types); nothing without a patient link. Contained resources about a patient pass on their own.
+ * resource's whole span of time (a timeless type passes only a grant naming it — all grants here
+ * name types; a time that cannot be placed never passes); nothing without a patient link.
+ * Contained resources about a patient pass on their own.
  */
 function permits(grants: GrantSpec[], r: Record<string, unknown>): boolean {
   const links = patientLinks(r);
@@ -148,7 +175,8 @@ function allows(g: GrantSpec, r: Record<string, unknown>): boolean {
   if (!g.classes.has(String(r.resourceType))) return false;
   if (g.codes && !codesOf(r).some((c) => g.codes!.has(c))) return false;
   const when = effectiveOf(r);
-  return when === undefined || (when >= g.from && when <= g.to);
+  if (when === 'unknown') return false;
+  return when === undefined || (when.from >= g.from && when.to <= g.to);
 }
 
 // ---- set-up --------------------------------------------------------------------------------------
@@ -169,12 +197,24 @@ function purposeOf(header: string): string {
   return /^[A-Z]{2,10}$/.test(code) ? code : '';
 }
 
-/** What the requester may see with this purpose-of-use header (worked out once per purpose). */
+/**
+ * Research (v3 ActReason HRESCH and the codes under it): data asked for under it leaves only
+ * de-identified, by bulk export and subscriptions; the REST API refuses it (403) whatever is granted.
+ */
+const RESEARCH = new Set(['HRESCH', 'BIORCH', 'CLINTRCH', 'CLINTRCHNPC', 'CLINTRCHPC', 'PRECLINTRCH', 'DSRCH', 'POARCH', 'TRANSRCH']);
+const isResearch = (header: string): boolean => RESEARCH.has(purposeOf(header));
+
+/** The requester's grants that name this purpose (what they permit, on any path). */
+function grantedFor(who: { grants: GrantSpec[] }, header: string): GrantSpec[] {
+  return who.grants.filter((g) => g.purposes.has(purposeOf(header)));
+}
+
+/** What the requester may see through the REST API with this purpose-of-use header (worked out once per purpose). */
 function view(who: Requester, header: string): View {
   const purposeCode = purposeOf(header);
   let v = who.views.get(purposeCode);
   if (v) return v;
-  const grants = who.grants.filter((g) => g.purposes.has(purposeCode));
+  const grants = isResearch(header) ? [] : grantedFor(who, header);
   const permitted = new Set<string>();
   const mentioned = new Set<string>();
   for (const [key, vs] of versions) {
@@ -230,6 +270,16 @@ beforeAll(async () => {
   await put('A.containedB', reading(a, ago(5, 5), { contained: [{ resourceType: 'Observation', id: 'c1', status: 'final', code: { text: 'x' }, subject: { reference: `Patient/${b}` } } as Resource] }));
   await put('A.containedPlain', reading(a, ago(5, 6), { contained: [{ resourceType: 'Organization', id: 'o1', name: 'Lab' } as Resource], performer: [{ reference: '#o1' }] }));
   await put('A.performerB', reading(a, ago(5, 7), { performer: [{ reference: `Patient/${b}` }] }));
+  // Times that are spans, or that cannot be placed in the data period (10 to 2 days ago).
+  const untimed = (time: Partial<Observation>): Observation => {
+    const { effectiveDateTime: _instant, ...rest } = reading(a, ago(5));
+    return { ...rest, ...time };
+  };
+  await put('A.spanIn', untimed({ effectivePeriod: { start: ago(5, 10), end: ago(4) } }));
+  await put('A.spanOut', untimed({ effectivePeriod: { start: ago(3, 10), end: ago(1) } }));
+  await put('A.endOnly', untimed({ effectivePeriod: { end: ago(5, 11) } }));
+  await put('A.issuedOnly', untimed({ issued: ago(5, 12) }));
+  await put('A.timing', untimed({ effectiveTiming: { event: [ago(5, 13)] } }));
   const movedIn = await put('A.movedIn', reading(a, ago(20)));
   await repo.update({ ...movedIn, effectiveDateTime: ago(3) } as Resource);
   const movedOut = await put('A.movedOut', reading(a, ago(3, 8)));
@@ -280,10 +330,16 @@ beforeAll(async () => {
   expect(narrow.permitted.has(`Observation/${ids['A.movedIn']}/2`)).toBe(true);
   expect(narrow.forbiddenIds).toContain(ids.B);
   expect(view(requesters[2]!, 'TREAT').permitted.has(`Patient/${a}/1`)).toBe(true);
-  expect(view(requesters[2]!, 'HRESCH').permitted.has(`Observation/${ids['C.r0']}/1`)).toBe(true);
-  expect(view(requesters[2]!, 'HRESCH').permitted.has(`Observation/${ids['C.r1']}/1`)).toBe(true);
-  expect(view(requesters[2]!, 'HRESCH').permitted.has(`Observation/${ids['C.r2']}/1`)).toBe(false);
-  expect(view(requesters[2]!, 'HRESCH').permitted.has(`Observation/${ids['A.r1']}/1`)).toBe(false);
+  // C's research grant covers C's readings 12 and 9 days old (de-identified by $export, refused over REST)
+  const research = grantedFor(requesters[2]!, 'HRESCH');
+  expect(permits(research, versionOf(`Observation/${ids['C.r0']}/1`) as unknown as Record<string, unknown>)).toBe(true);
+  expect(permits(research, versionOf(`Observation/${ids['C.r1']}/1`) as unknown as Record<string, unknown>)).toBe(true);
+  expect(permits(research, versionOf(`Observation/${ids['C.r2']}/1`) as unknown as Record<string, unknown>)).toBe(false);
+  expect(permits(research, versionOf(`Observation/${ids['A.r1']}/1`) as unknown as Record<string, unknown>)).toBe(false);
+  expect(view(requesters[2]!, 'HRESCH').permitted.size).toBe(0);
+  // A's readings whose time is not wholly inside the period, or cannot be placed, are never shown
+  for (const name of ['A.spanOut', 'A.endOnly', 'A.issuedOnly', 'A.timing']) expect(narrow.permitted.has(`Observation/${ids[name]}/1`)).toBe(false);
+  expect(narrow.permitted.has(`Observation/${ids['A.spanIn']}/1`)).toBe(true);
   expect(view(requesters.at(-1)!, 'TREAT').permitted.size).toBe(0);
 }, 120_000);
 
@@ -312,6 +368,7 @@ const resolve = (s: string): string => s.replace(/@([A-Za-z.0-9-]+?)(?=[^A-Za-z.
 const NAMED = ['A', 'B', 'C', 'A.device', 'B.device', 'C.device', ...['A', 'B', 'C'].flatMap((p) => [0, 1, 2, 3, 4].map((i) => `${p}.r${i}`)),
   'A.other', 'B.other', 'A.panel', 'B.panel', 'A.cgmPanel', 'A.report', 'B.report', 'C.report', 'A.med', 'B.med', 'A.audit', 'B.audit',
   'A.deleted', 'B.deleted', 'A.containedDevice', 'A.containedB', 'A.containedPlain', 'A.performerB', 'A.movedIn', 'A.movedOut', 'orphan', 'org',
+  'A.spanIn', 'A.spanOut', 'A.endOnly', 'A.issuedOnly', 'A.timing',
   'doc.cgm-only', 'doc.broad', 'doc.stranger'];
 /** The type each named fixture is stored as. */
 function typeOfName(name: string): string {
@@ -558,13 +615,19 @@ async function check(who: Requester, purposeOfUse: string, raw: Req, send: Trans
   const res = await send(who, purposeOfUse, r);
   count(`${r.path.split('/')[0] || 'bundle'} ${res.status}`);
   const problems = leaks(who, purposeOfUse, res);
+  // A research purpose is refused by the REST API before anything is read: 403 for every request
+  // (batch entries one by one), 404 from the CGM operations (which answer a refused Patient read so).
+  if (isResearch(purposeOfUse) && r.path !== '') {
+    if (res.status === 403) count('research refused');
+    else if (!(/\$cgm-(summary|agp)$/.test(r.path) && res.status === 404)) problems.push(`a research purpose answered ${res.status}, not 403`);
+  }
   if (problems.length) throw new Error(`${who.name} (${purposeOfUse || 'no purpose'}) ${r.method} ${entryUrl(r)} ${r.body ? JSON.stringify(r.body) : ''}\n→ ${res.status}\n${problems.join('\n')}`);
   // Oracle parameters are refused outright, not answered over filtered data.
   if (/^[A-Za-z]+(\/_search)?$/.test(r.path)) {
     const params: Query = { ...r.query };
     for (const [k, v] of Object.entries((r.body as Query | undefined) ?? {})) params[k] = k in params ? [params[k]!].flat().concat(v) : v;
     const oracle = Object.entries(params).find(([k, v]) => (k === '_summary' && [v].flat().includes('count')) || (k === '_sort' && [v].flat().some((x) => !['date', '-date', '_id', '-_id', '_lastUpdated', '-_lastUpdated', 'birthdate', '-birthdate'].includes(x))));
-    if (oracle && res.status !== 400) throw new Error(`${who.name} ${entryUrl(r)} ${JSON.stringify(r.body ?? '')}: oracle parameter ${oracle[0]} answered ${res.status}, not 400`);
+    if (oracle && res.status !== 400 && !(isResearch(purposeOfUse) && res.status === 403)) throw new Error(`${who.name} ${entryUrl(r)} ${JSON.stringify(r.body ?? '')}: oracle parameter ${oracle[0]} answered ${res.status}, not 400`);
     if (oracle) count('oracle parameter refused');
     // `_total` is a hint the facade never honours: a 200 has no Bundle.total (leaks() looks for one anywhere) and says why
     if (!oracle && res.status === 200 && [params._total ?? []].flat().some((v) => v === 'accurate' || v === 'estimate')) {
@@ -692,6 +755,7 @@ describe('consent enforcement: no request shape shows anything the patient did n
     process.stdout.write(`consent fuzz over HTTP: ${JSON.stringify(Object.fromEntries([...stats].sort()))}\n`);
     expect(stats.get('compared with a made-up id') ?? 0).toBeGreaterThan(20);
     expect(stats.get('permitted resource shown') ?? 0).toBeGreaterThan(20);
+    expect(stats.get('research refused') ?? 0).toBeGreaterThan(10);
   }, 120_000);
 
   test('reads, searches, history, paging, batches and operations in-process (the router, as the HTTP edge calls it)', async () => {
@@ -710,7 +774,9 @@ describe('consent enforcement: no request shape shows anything the patient did n
     expect(stats.get('chain answered as resolved by hand') ?? 0).toBeGreaterThan(10);
     expect(stats.get('chain selected nothing') ?? 0).toBeGreaterThan(100);
     expect(stats.get('_total declined') ?? 0).toBeGreaterThan(3);
-    expect(stats.get('shown: about C') ?? 0).toBeGreaterThan(10); // C's research grant, with purpose HRESCH
+    // C granted research only: nothing of C's is ever shown over REST, and research requests are refused
+    expect(stats.get('shown: about C') ?? 0).toBe(0);
+    expect(stats.get('research refused') ?? 0).toBeGreaterThan(100);
   }, 120_000);
 });
 
@@ -748,7 +814,7 @@ function writerSees(w: Writer, purposeOfUse: string, r: Resource | undefined): b
     const contained = (o.contained ?? []) as Record<string, unknown>[];
     return links.length > 0 && links.every((p) => p === w.self) && contained.every((c) => patientLinks(c).every((p) => p === w.self));
   }
-  return permits(w.grants.filter((g) => g.purposes.has(purposeOf(purposeOfUse))), o);
+  return !isResearch(purposeOfUse) && permits(grantedFor(w, purposeOfUse), o);
 }
 
 const W_FUZZ = 'urn:glucoguard:fuzz';

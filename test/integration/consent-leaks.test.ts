@@ -226,7 +226,9 @@ describe('consent enforcement on every FHIR path', () => {
 
   test('missing identity or purpose is a denial', async () => {
     expect((await get(`/fhir/Observation/${ids.ana0}`, '')).status).toBe(404);
-    expect((await get(`/fhir/Observation/${ids.ana0}`, 'HRESCH')).status).toBe(404); // purpose not granted
+    expect((await get(`/fhir/Observation/${ids.ana0}`, 'ETREAT')).status).toBe(404); // purpose not granted
+    // a research purpose is refused by the REST API whatever the grants (consent-research.test.ts)
+    expect((await get(`/fhir/Observation/${ids.ana0}`, 'HRESCH')).status).toBe(403);
     const stranger = await person(t.app, 'Practitioner', 'Nobody');
     const res = await request(t.app.http).get(`/fhir/Observation/${ids.ana0}`).set('X-Purpose-Of-Use', 'TREAT')
       .set('Authorization', `Bearer ${practitionerToken(t.app, stranger, undefined, ['user/*.rs'])}`);

@@ -205,16 +205,17 @@ describe('bulk $export', () => {
 
   test('_typeFilter takes chains, resolved as the requester\'s own search would resolve them', async () => {
     const enc = (q: string): string => encodeURIComponent(q);
-    // the study may export ana's readings but not read her Patient resource: her name selects nothing
+    // A chain is an identified search (the requester's own): under a research purpose it would pick
+    // pseudonymised readings by who they are about (a name), so it is refused at kick-off, no job made.
     const byName = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${enc('Observation?patient.name=Rivera')}`, studyToken);
-    expect(byName.status).toBe(202);
-    expect((await manifestOf(byName.headers['content-location']!, studyToken)).output).toEqual([]);
+    expect(byName.status).toBe(403);
+    expect(JSON.stringify(byName.body)).toContain('research purpose');
+    const own = patientToken(t.app, ana);
     // a malformed chain is refused at kick-off, before a job exists
-    const bad = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${enc('Observation?patient.no-such-param=1')}`, studyToken);
+    const bad = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${enc('Observation?patient.no-such-param=1')}`, own, 'TREAT');
     expect(bad.status).toBe(400);
     expect(bad.body.resourceType).toBe('OperationOutcome');
     // ana reads her own Patient resource: the same chain selects her readings, and another name none
-    const own = patientToken(t.app, ana);
     const mine = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${enc('Observation?patient.name=Rivera')}`, own, 'TREAT');
     expect(mine.status).toBe(202);
     expect((await manifestOf(mine.headers['content-location']!, own)).output[0]!.count).toBe(trace.length);

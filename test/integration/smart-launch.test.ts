@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { Client as FhirKitClient } from 'fhir-kit-client';
 import { startHarness, type Harness } from '../support/smart-harness.js';
 import { APP_ORIGIN, REDIRECT_URI, SmartApp, browse, loginAndApprove } from '../support/smart-client.js';
+import { createLaunch } from '../../src/smart/launch.js';
 
 let h: Harness;
 let appClientId: string;
@@ -154,6 +155,29 @@ describe('EHR launch', () => {
     // The launch value is single-use.
     const again = await browse(await new SmartApp().authorizeUrl({ clientId: appClientId, launchUrl, scope: 'launch patient/*.rs' }));
     expect(new URL(again.location!).searchParams.get('error')).toBe('invalid_request');
+  });
+
+  test('a launch bound to one app is refused to another app without being used up: its own app still gets it, once', async () => {
+    const other = h.smart.store.addClient({ name: 'Other app', type: 'public', redirectUris: [REDIRECT_URI], scopes: ['launch', 'patient/*.rs'] }).client.clientId;
+    const { launch } = await createLaunch({ kv: h.kv, store: h.smart.store, fhirBase: h.fhirBase }, { patient: 'p1', practitioner: 'd1', clientId: appClientId });
+    const launchUrl = `${APP_ORIGIN}/launch?iss=${encodeURIComponent(h.fhirBase)}&launch=${launch}`;
+
+    const stolen = await browse(await new SmartApp().authorizeUrl({ clientId: other, launchUrl, scope: 'launch patient/*.rs' }));
+    expect(stolen.status).toBe(302);
+    const refused = new URL(stolen.location!).searchParams;
+    expect(refused.get('error')).toBe('invalid_request');
+    expect(refused.get('error_description')).toMatch(/another application/);
+    expect(refused.has('code')).toBe(false);
+
+    const app = new SmartApp();
+    const own = await browse(await app.authorizeUrl({ clientId: appClientId, launchUrl, scope: 'openid fhirUser launch patient/*.rs' }));
+    expect(own.status).toBe(302);
+    const client = await app.ready(own.location!);
+    expect(client.state.tokenResponse!.patient).toBe('p1');
+    expect(client.getFhirUser()).toBe('Practitioner/d1');
+
+    const again = await browse(await new SmartApp().authorizeUrl({ clientId: appClientId, launchUrl, scope: 'launch patient/*.rs' }));
+    expect(new URL(again.location!).searchParams.get('error_description')).toMatch(/unknown, used or expired/);
   });
 
   test('POST /smart/launch refuses a request without a token (401 with a Bearer challenge)', async () => {

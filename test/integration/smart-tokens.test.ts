@@ -66,6 +66,26 @@ describe('refresh tokens', () => {
     expect(reuse.body.error).toBe('invalid_grant');
   });
 
+  test('a rotated-out refresh token used again revokes every token of its grant (RFC 9700 §4.14.2 reuse detection)', async () => {
+    const first = await tokensFor(publicId, 'launch/patient patient/*.rs offline_access');
+    const refreshed = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token });
+    expect(refreshed.status).toBe(200);
+    expect((await readPatient(refreshed.body.access_token)).status).toBe(200);
+    // someone replays the first refresh token: the live access and refresh tokens of the grant die with it
+    const replay = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token });
+    expect(replay.status).toBe(400);
+    expect(replay.body).toMatchObject({ error: 'invalid_grant' });
+    expect(JSON.stringify(replay.body)).not.toContain(first.refresh_token);
+    expect((await readPatient(refreshed.body.access_token)).status).toBe(401);
+    const next = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: refreshed.body.refresh_token });
+    expect(next.body.error).toBe('invalid_grant');
+    // a token never issued revokes nothing: another grant of the same app goes on
+    const other = await tokensFor(publicId, 'launch/patient patient/*.rs offline_access');
+    expect((await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: 'made-up-token' })).body.error).toBe('invalid_grant');
+    expect((await readPatient(other.access_token)).status).toBe(200);
+    h.advance(61_000); // a fresh minute of the per-IP login limit for the tests after this one's two sign-ins
+  });
+
   test('no refresh token without offline_access or online_access', async () => {
     const body = await tokensFor(publicId, 'launch/patient patient/*.rs');
     expect(body.refresh_token).toBeUndefined();
@@ -78,6 +98,31 @@ describe('refresh tokens', () => {
     const narrower = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token, scope: 'patient/Observation.r online_access' });
     expect(narrower.status).toBe(200);
     expect(narrower.body.scope).toBe('patient/Observation.r online_access');
+  });
+
+  test('a narrowed refresh narrows the access token only: the new refresh token keeps the scope of the one presented (RFC 6749 §6)', async () => {
+    const first = await tokensFor(publicId, 'launch/patient patient/*.rs offline_access');
+    const narrowed = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token, scope: 'patient/Observation.rs offline_access' });
+    expect(narrowed.status).toBe(200);
+    expect(narrowed.body.scope).toBe('patient/Observation.rs offline_access');
+    expect((await readPatient(narrowed.body.access_token)).status).toBe(404);
+    // the original scope may be asked for again with the rotated refresh token
+    const again = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: narrowed.body.refresh_token, scope: 'launch/patient patient/*.rs offline_access' });
+    expect(again.status).toBe(200);
+    expect(again.body.scope).toBe('launch/patient patient/*.rs offline_access');
+    expect((await readPatient(again.body.access_token)).status).toBe(200);
+  });
+
+  test('a narrowed refresh that leaves out offline_access still rotates the refresh token: offline access is not lost', async () => {
+    const first = await tokensFor(publicId, 'launch/patient patient/*.rs offline_access');
+    const narrowed = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token, scope: 'patient/Observation.rs' });
+    expect(narrowed.status).toBe(200);
+    expect(narrowed.body.scope).toBe('patient/Observation.rs');
+    expect(narrowed.body.refresh_token).toEqual(expect.any(String));
+    const next = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: narrowed.body.refresh_token });
+    expect(next.status).toBe(200);
+    expect(next.body.scope).toBe('launch/patient patient/*.rs offline_access');
+    expect(next.body.refresh_token).toEqual(expect.any(String));
   });
 
   test('a refresh token is bound to its client', async () => {

@@ -57,9 +57,13 @@ export async function startHarness(options: Partial<Pick<SmartDeps, 'rateLimits'
   const smart = await createSmart({
     config, kv, logger: pino({ level: 'silent' }), now, fhirBase,
     rateLimits: options.rateLimits, lifetimes: options.lifetimes,
-    searchPatients: options.withPicker === false ? undefined : async (q) => PATIENTS
-      .filter((p) => !q || p.id === q || JSON.stringify(p.name).toLowerCase().includes(q.toLowerCase()))
-      .map((p) => ({ id: p.id, name: `${p.name[0]!.given[0]} ${p.name[0]!.family}`, birthDate: p.birthDate })),
+    // no consent here: every user may see both patients (the real app's picker is src/consent/patient-picker.ts)
+    patients: options.withPicker === false ? undefined : {
+      search: async (_user, q) => PATIENTS
+        .filter((p) => !q || p.id === q || JSON.stringify(p.name).toLowerCase().includes(q.toLowerCase()))
+        .map((p) => ({ id: p.id, name: `${p.name[0]!.given[0]} ${p.name[0]!.family}`, birthDate: p.birthDate })),
+      mayChoose: async (_user, id) => PATIENTS.some((p) => p.id === id),
+    },
   });
   app.set('trust proxy', false);
   app.use(smart.router);

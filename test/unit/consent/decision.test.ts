@@ -73,6 +73,28 @@ describe('decideFacts over a run of resources (a page of readings)', () => {
     expect(decide(p, { ...reading, effective: T0 - 30 * 60_000 }, T0 + DAY).grantId).toBe('0xrecent');
   });
 
+  test('the data period holds the whole span of a resource\'s time; a time that cannot be placed is denied even to a grant naming the type', () => {
+    const p = perms();
+    const at = (ms: number): string => new Date(ms).toISOString();
+    const { effectiveDateTime: _instant, ...untimed } = obs(0);
+    const period = (start?: number, end?: number): Observation => ({
+      ...untimed, effectivePeriod: { ...(start !== undefined ? { start: at(start) } : {}), ...(end !== undefined ? { end: at(end) } : {}) },
+    });
+    // inside the period (dataFrom T0-14d … dataTo T0) after a permitted reading: the fast path must not carry it through
+    const ds = run(p, [obs(60), period(T0 - 2 * DAY, T0 - DAY), obs(50), period(T0 - 2 * DAY, T0 + 1), obs(40), period(undefined, T0 - DAY), obs(30),
+      period(T0 - 15 * DAY, T0 - DAY), { ...untimed, issued: at(T0 - DAY) }, { ...untimed, effectiveTiming: { event: [at(T0 - DAY)] } }, untimed]);
+    expect(ds.map((d) => d.permit)).toEqual([true, true, true, false, true, false, true, false, false, false, false]);
+    expect(ds[3]!.reasons.join(' ')).toContain('outside the granted data period');
+    expect(ds[5]!.reasons.join(' ')).toContain('cannot be placed in the data period');
+    expect(ds[8]!.reasons.join(' ')).toContain('cannot be placed in the data period');
+    expect(decide(p, { ...reading, effective: T0 - DAY, effectiveEnd: T0 + 1 }, T0 + DAY).permit).toBe(false);
+    expect(decide(p, { ...reading, effective: undefined, timeUnknown: true }, T0 + DAY).permit).toBe(false);
+    // a timeless type (no time of its own) still passes a grant naming it
+    const device: ActiveGrant = { ...grant, grantId: '0xdev', classes: internSet(['Device']), codes: undefined };
+    const withDevice: Permissions = { ...perms(), byPatient: new Map([['ana', [device]]]) };
+    expect(decideFacts(withDevice, factsOf({ resourceType: 'Device', patient: { reference: 'Patient/ana' } }, false), T0 + DAY).permit).toBe(true);
+  });
+
   test('a contained resource about the patient is decided too, even after a permitted reading', () => {
     const p = perms();
     const withDevice: Observation = { ...obs(2), contained: [{ resourceType: 'Device', id: 'd', patient: { reference: 'Patient/ana' } }] };

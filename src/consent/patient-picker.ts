@@ -1,0 +1,73 @@
+/**
+ * The patients the SMART patient picker offers a signed-in user (PatientDirectory,
+ * src/smart/context.ts): those consent lets them see, by the rule the FHIR facade confines type and
+ * system history with (ConsentPolicy.visibleGrants) — a patient their own record, anyone else the
+ * patients whose grant to them, or to the app, is in force now. Never the whole Patient directory.
+ *
+ * The picker shows names and birth dates, so each list shown is recorded in the access log like a
+ * search of Patient by that user and app: one AuditEvent per patient listed, in that patient's log,
+ * naming the grants that let the user see them (one naming no patient when nothing matched). A
+ * choice of a patient the user may not see is refused and recorded as a refused read of that
+ * Patient, as a read at the facade would be.
+ */
+import { Operator, type Filter } from '@medplum/core';
+import type { Patient } from '@medplum/fhirtypes';
+import type { AuditRecorder } from '../audit/recorder.js';
+import type { AccessContext } from '../fhir/access.js';
+import type { Repository } from '../repository/port.js';
+import type { PatientChoice, PatientDirectory } from '../smart/context.js';
+import type { ConsentPolicy } from './policy.js';
+
+/** Most patients one picker page lists. */
+const PAGE = 20;
+
+export class PatientPicker implements PatientDirectory {
+  constructor(private readonly deps: { repository: Repository; policy: ConsentPolicy; audit: AuditRecorder }) {}
+
+  async search(user: AccessContext, query: string): Promise<PatientChoice[]> {
+    const visible = await this.visible(user);
+    const found = visible?.size === 0 ? [] : await this.find(visible, query);
+    const queryText = !query ? 'Patient' : visible?.has(query) ? `Patient?_id=${query}` : `Patient?name=${query}`;
+    if (found.length === 0) {
+      this.deps.audit.recordAccess(user, { interaction: 'search-type', outcome: '0', query: queryText, patients: [], grants: [] });
+    }
+    for (const p of found) {
+      this.deps.audit.recordAccess(user, {
+        interaction: 'search-type', outcome: '0', query: queryText, patients: [p.id!], grants: visible?.get(p.id!) ?? [],
+      });
+    }
+    return found.map(choiceOf);
+  }
+
+  async mayChoose(user: AccessContext, patientId: string): Promise<boolean> {
+    const visible = await this.visible(user);
+    if (!visible || visible.has(patientId)) return true;
+    this.deps.audit.recordAccess(user, {
+      interaction: 'read', outcome: '4', outcomeDesc: 'patient picker: not a patient this user may see',
+      target: `Patient/${patientId}`, patients: [patientId], grants: [],
+    });
+    return false;
+  }
+
+  /** As the facade does: authorize first (brings the consent epoch up to date), then the visible patients. */
+  private async visible(user: AccessContext): Promise<Map<string, string[]> | undefined> {
+    await this.deps.policy.authorize(user, 'search', 'Patient');
+    return this.deps.policy.visibleGrants(user);
+  }
+
+  /** Up to a page of the visible patients (all patients when consent does not limit the user) matching `query`. */
+  private async find(visible: Map<string, string[]> | undefined, query: string): Promise<Patient[]> {
+    const eq = (code: string, value: string): Filter => ({ code, operator: Operator.EQUALS, value });
+    // an exact id of a visible patient finds that patient; any other text searches their names
+    const filters = visible?.has(query)
+      ? [eq('_id', query)]
+      : [...(visible ? [eq('_id', [...visible.keys()].join(','))] : []), ...(query ? [eq('name', query)] : [])];
+    const result = await this.deps.repository.search({ resourceType: 'Patient', filters, count: PAGE, offset: 0 });
+    return (result.resources as Patient[]).filter((p) => p.id && (!visible || visible.has(p.id)));
+  }
+}
+
+function choiceOf(p: Patient): PatientChoice {
+  const name = p.name?.[0];
+  return { id: p.id!, name: [name?.given?.join(' '), name?.family].filter(Boolean).join(' ') || p.id!, ...(p.birthDate ? { birthDate: p.birthDate } : {}) };
+}
