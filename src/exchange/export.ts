@@ -27,6 +27,7 @@ import { randomUUID } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync, rmSync, type WriteStream } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
+import { getSearchParameter } from '@medplum/core';
 import type { Group, Parameters, Resource } from '@medplum/fhirtypes';
 import { EXPORT_FILE_PATH } from '../audit/recorder.js';
 import { badRequest, forbidden, gone, isGlucoGuardError, notFound, tooManyRequests, type GlucoGuardError } from '../errors.js';
@@ -41,7 +42,7 @@ import type { Repository } from '../repository/port.js';
 import { JobStore, ownerOf, storedAccess, type ExportJob, type ExportParams, type OutputFile, type Released, type StoredAccess } from './jobs.js';
 import { GuardedReader } from './reader.js';
 import { FrameOpener, sealFrame } from './sealed-file.js';
-import type { StudyDeidentifiers } from './research.js';
+import { researchContextOf, type StudyDeidentifiers } from './research.js';
 
 /** Types exported when `_type` is absent: the clinical data, not consents, audit trails or subscriptions. */
 /** Parameters starting with `_` that a `_typeFilter` may use: filters, not result parameters. */
@@ -197,6 +198,11 @@ export class ExportService {
     if (level !== 'system') types = types.filter((t) => GuardedReader.isPatientLinked(t));
     const allowedTypes = await this.authorizedTypes(req.access, types, requested.length > 0);
     const typeFilters: ExportParams['typeFilters'] = {};
+    // What a research export selects by must not name people: its files carry pseudonyms, and data
+    // picked by a real id, reference or identifier (or a Group of chosen patients) would tell the
+    // study whose pseudonym is whose. Its cohort is whoever granted the study.
+    const research = researchContextOf(req.access) !== undefined;
+    if (research && level === 'group') throw forbidden('A research export covers the patients who granted the study ([base]/Patient/$export); a Group of chosen patients would tie their pseudonyms to them');
     for (const raw of query._typeFilter ?? []) {
       const q = raw.indexOf('?');
       const type = q > 0 ? raw.slice(0, q) : '';
@@ -204,6 +210,8 @@ export class ExportService {
       if (typeFilters[type]) throw badRequest(`Only one _typeFilter per type is supported (${type})`, '_typeFilter');
       const record = queryOfText(raw.slice(q + 1));
       if (Object.keys(record).some((k) => k.startsWith('_') && !k.startsWith('_has:') && !TYPE_FILTER_COMMON.has(k.split(':')[0]!))) throw badRequest('_typeFilter takes search filters only', '_typeFilter');
+      const naming = research ? Object.keys(record).find((k) => namesPeople(type, k.split(':')[0]!)) : undefined;
+      if (naming) throw forbidden(`A research export's _typeFilter cannot select by "${naming.slice(0, 64)}": ids, references and identifiers would tie pseudonyms to people`);
       // checked now, chains and all (400 before a job exists); its chains are resolved again when the job runs
       await this.options.reader.resolved(req.access, type, record);
       typeFilters[type] = record;
@@ -529,6 +537,11 @@ export class ExportService {
       if (!result.hasMore) return;
     }
   }
+}
+
+/** A search parameter that selects by who or what a resource is: its id, an identifier or a reference. */
+function namesPeople(type: string, code: string): boolean {
+  return code === '_id' || code === 'identifier' || getSearchParameter(type, code)?.type === 'reference';
 }
 
 /** An NDJSON file written sealed (sealed-file.ts) as `<path>.part` with back-pressure. */

@@ -167,4 +167,22 @@ describe('research access through the REST API', () => {
     expect(file.body).not.toContain(ids.ben);
     expect(file.body).not.toContain('ben-1');
   }, 30_000);
+
+  test('a research export selects by nobody: a Group of chosen patients, or a _typeFilter by id, reference or identifier, is 403', async () => {
+    const kick = (url: string) => as('HRESCH').get(url).set('Prefer', 'respond-async').set('Accept', 'application/fhir+json');
+    const group = (await t.app.repository.create({ resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${ben}` } }] })).resource;
+    const refused = [
+      await kick(`/fhir/Group/${group.id}/$export?_type=Observation`),
+      ...['patient=Patient/' + ben, `subject=Patient/${ben}`, `_id=${ids.ben}`, 'identifier=urn:test:reading|ben-1', `device=Device/${ids.device}`].map((f) =>
+        kick(`/fhir/Patient/$export?_type=Observation&_typeFilter=${encodeURIComponent(`Observation?${f}`)}`)),
+    ];
+    for (const res of await Promise.all(refused)) {
+      expect(res.status).toBe(403);
+      expect(res.body.issue[0].diagnostics).toMatch(/a Group of chosen patients|_typeFilter cannot select by/);
+    }
+    // filters on what was measured are fine
+    expect((await kick(`/fhir/Patient/$export?_type=Observation&_typeFilter=${encodeURIComponent('Observation?code=http://loinc.org|99504-3')}`)).status).toBe(202);
+    // the same Group export for treatment is not a research export
+    expect((await as('TREAT').get(`/fhir/Group/${group.id}/$export?_type=Observation`).set('Prefer', 'respond-async').set('Accept', 'application/fhir+json')).status).toBe(202);
+  }, 30_000);
 });

@@ -195,12 +195,18 @@ describe('bulk $export', () => {
     expect(tagged.status).toBe(202);
     expect((await manifestOf(tagged.headers['content-location']!, studyToken)).output).toEqual([]);
     expect((await kickOff(`/fhir/$export?_type=Observation&_typeFilter=${encodeURIComponent('Observation?_count=5')}`, studyToken)).status).toBe(400);
-    // a patient filter in _typeFilter narrows the patients the export walks, it does not give way to them:
-    // ben's readings are not the study's to export, and ana's are not ben's
-    const bens = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${encodeURIComponent(`Observation?patient=Patient/${ben}`)}`, studyToken);
-    expect((await manifestOf(bens.headers['content-location']!, studyToken)).output).toEqual([]);
-    const anas = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${encodeURIComponent(`Observation?patient=Patient/${ana}`)}`, studyToken);
-    expect((await manifestOf(anas.headers['content-location']!, studyToken)).output[0]!.count).toBe(trace.filter((r) => r.epochMs >= now - 10 * DAY).length);
+    // Under a research purpose a patient filter is refused: the study would learn that patient's
+    // pseudonym (consent-research.test.ts). (This test used to run the two exports below as the
+    // study, a re-identification it should not have allowed.)
+    const byPatient = (id: string) => `/fhir/Patient/$export?_type=Observation&_typeFilter=${encodeURIComponent(`Observation?patient=Patient/${id}`)}`;
+    expect((await kickOff(byPatient(ana), studyToken)).status).toBe(403);
+    // For a clinician it narrows the patients the export walks, it does not give way to them:
+    // ana's readings are not the clinician's to export, and ben's (granted) are
+    const clinician = practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs']);
+    const anas = await kickOff(byPatient(ana), clinician, 'TREAT');
+    expect((await manifestOf(anas.headers['content-location']!, clinician)).output).toEqual([]);
+    const bens = await kickOff(byPatient(ben), clinician, 'TREAT');
+    expect((await manifestOf(bens.headers['content-location']!, clinician)).output[0]!.count).toBe(trace.filter((r) => r.epochMs >= now - DAY).length);
   }, 90_000);
 
   test('_typeFilter takes chains, resolved as the requester\'s own search would resolve them', async () => {
