@@ -3,7 +3,8 @@
  * (https://hl7.org/fhir/uv/subscriptions-backport/), rest-hook channel.
  *
  * A client writes a backport Subscription: `criteria` = a topic canonical (new or changed CGM
- * readings, or CGM summaries), optional `backport-filter-criteria` `Observation?patient=Patient/ID`,
+ * readings, or CGM summaries), optional `backport-filter-criteria` `Observation?patient=Patient/ID`
+ * (not under a research purpose: it would tie that patient to its pseudonym),
  * `channel.type` rest-hook, `channel.payload` application/fhir+json with `backport-payload-content`
  * id-only or full-resource (no payload: empty), optional `backport-heartbeat-period` and
  * `channel.header`. The endpoint passes the SSRF policy (endpoint.ts). A handshake Bundle is sent,
@@ -31,7 +32,7 @@ import path from 'node:path';
 import { mkdirSync } from 'node:fs';
 import type { Bundle, Extension, Resource, Subscription } from '@medplum/fhirtypes';
 import Database from 'better-sqlite3';
-import { badRequest, isGlucoGuardError, notFound } from '../errors.js';
+import { badRequest, forbidden, isGlucoGuardError, notFound } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { patientIdsOf } from '../fhir/compartment.js';
 import type { AccessPolicy } from '../fhir/policy.js';
@@ -42,7 +43,7 @@ import { EndpointPolicy } from './endpoint.js';
 import { ownerOf, storedAccess, type StoredAccess } from './jobs.js';
 import { BACKPORT, notificationBundle, statusParameters, type NotificationEvent, type NotificationType, type PayloadContent } from './notifications.js';
 import type { GuardedReader } from './reader.js';
-import type { StudyDeidentifiers } from './research.js';
+import { researchContextOf, type StudyDeidentifiers } from './research.js';
 import type { ExchangeSettings } from './settings.js';
 import type { NotifyingRepository, WrittenVersion } from './write-events.js';
 
@@ -232,7 +233,10 @@ export class SubscriptionService {
     if (!Object.values(TOPICS).includes(body.criteria as never)) {
       throw badRequest(`criteria must be a topic this server offers: ${Object.values(TOPICS).join(', ')}`, 'Subscription.criteria');
     }
-    filterPatient(body);
+    if (filterPatient(body) && researchContextOf(req.access)) {
+      // notifications carry pseudonyms: a study choosing one patient's would learn that patient's pseudonym
+      throw forbidden('A research subscription covers the patients who granted the study; a patient filter would tie that patient to its pseudonym');
+    }
     if (body.channel?.type !== 'rest-hook') throw badRequest('Only the rest-hook channel is supported', 'Subscription.channel.type');
     if (!body.channel.endpoint) throw badRequest('channel.endpoint is required', 'Subscription.channel.endpoint');
     await this.endpoints.check(body.channel.endpoint);

@@ -6,7 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import type { Bundle, Device, Observation, OperationOutcome } from '@medplum/fhirtypes';
+import type { Bundle, Device, Group, Observation, OperationOutcome } from '@medplum/fhirtypes';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, consentOf, patientToken, person, registerIdentity } from './consent-helpers.js';
@@ -170,7 +170,7 @@ describe('research access through the REST API', () => {
 
   test('a research export selects by nobody: a Group of chosen patients, or a _typeFilter by id, reference or identifier, is 403', async () => {
     const kick = (url: string) => as('HRESCH').get(url).set('Prefer', 'respond-async').set('Accept', 'application/fhir+json');
-    const group = (await t.app.repository.create({ resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${ben}` } }] })).resource;
+    const group = (await t.app.repository.create<Group>({ resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${ben}` } }] })).resource;
     const refused = [
       await kick(`/fhir/Group/${group.id}/$export?_type=Observation`),
       ...['patient=Patient/' + ben, `subject=Patient/${ben}`, `_id=${ids.ben}`, 'identifier=urn:test:reading|ben-1', `device=Device/${ids.device}`].map((f) =>

@@ -51,10 +51,15 @@ const statusOf = (b: Bundle) => b.entry![0]!.resource as Parameters;
 const param = (p: Parameters, name: string) => p.parameter!.find((x) => x.name === name);
 const typeOf = (b: Bundle) => param(statusOf(b), 'type')?.valueCode;
 
-function subscription(endpoint: string, patient: string, content: 'id-only' | 'full-resource'): Subscription {
+/**
+ * A readings Subscription; `patient` adds the backport filter criteria `Observation?patient=…`. A
+ * research one has none: it covers the patients who granted the study (a filter naming a patient
+ * would tie that patient to its pseudonym, and is refused).
+ */
+function subscription(endpoint: string, patient: string | undefined, content: 'id-only' | 'full-resource'): Subscription {
   return {
     resourceType: 'Subscription', status: 'requested', reason: 'study feed', criteria: TOPICS.readings,
-    _criteria: { extension: [{ url: `${BACKPORT}backport-filter-criteria`, valueString: `Observation?patient=Patient/${patient}` }] },
+    ...(patient ? { _criteria: { extension: [{ url: `${BACKPORT}backport-filter-criteria`, valueString: `Observation?patient=Patient/${patient}` }] } } : {}),
     channel: {
       type: 'rest-hook', endpoint, payload: 'application/fhir+json',
       _payload: { extension: [{ url: `${BACKPORT}backport-payload-content`, valueCode: content }] },
@@ -102,18 +107,22 @@ describe('subscriptions (R4 backport, rest-hook)', () => {
   test('endpoints on loopback, private, link-local or with credentials are refused (SSRF); only topics offered', async () => {
     for (const endpoint of ['https://10.1.2.3/hook', 'https://169.254.169.254/latest/meta-data', 'http://[::1]:8080/hook', 'https://192.168.1.10/x',
       'https://user:secret@example.org/hook', 'ftp://example.org/hook', 'not a url']) {
-      const res = await post(subscription(endpoint, ana, 'id-only'), studyToken);
+      const res = await post(subscription(endpoint, undefined, 'id-only'), studyToken);
       // a value that is no url at all fails base R4 validation (422), which every write passes before
       // the subscription module reads it; the rest are urls the module refuses (400)
       expect(res.status).toBe(endpoint === 'not a url' ? 422 : 400);
       expect(res.body.resourceType).toBe('OperationOutcome');
       expect(JSON.stringify(res.body)).not.toContain('secret');
     }
-    expect((await post({ ...subscription(rx.url, ana, 'id-only'), criteria: 'Observation?code=x' }, studyToken)).status).toBe(400);
+    expect((await post({ ...subscription(rx.url, undefined, 'id-only'), criteria: 'Observation?code=x' }, studyToken)).status).toBe(400);
+    // a study naming a patient would learn that patient's pseudonym from the notifications
+    const named = await post(subscription(rx.url, ana, 'id-only'), studyToken);
+    expect(named.status).toBe(403);
+    expect(named.body.issue[0].diagnostics).toMatch(/pseudonym/);
     // validated against base R4 like every write: no reason (1..1), no channel (1..1), an element of the wrong JSON kind
-    const { reason: _reason, ...noReason } = subscription(rx.url, ana, 'id-only');
-    const { channel: _channel, ...noChannel } = subscription(rx.url, ana, 'id-only');
-    for (const invalid of [noReason, noChannel, { ...subscription(rx.url, ana, 'id-only'), channel: { type: 'rest-hook', endpoint: rx.url, header: 'X-A: 1' } }]) {
+    const { reason: _reason, ...noReason } = subscription(rx.url, undefined, 'id-only');
+    const { channel: _channel, ...noChannel } = subscription(rx.url, undefined, 'id-only');
+    for (const invalid of [noReason, noChannel, { ...subscription(rx.url, undefined, 'id-only'), channel: { type: 'rest-hook', endpoint: rx.url, header: 'X-A: 1' } }]) {
       const res = await post(invalid, studyToken);
       expect(res.status).toBe(422);
       expect(res.body.resourceType).toBe('OperationOutcome');
@@ -124,7 +133,7 @@ describe('subscriptions (R4 backport, rest-hook)', () => {
   let studySub: string;
 
   test('handshake, then de-identified full-resource notifications of new readings; $status counts events', async () => {
-    const res = await post(subscription(rx.url, ana, 'full-resource'), studyToken);
+    const res = await post(subscription(rx.url, undefined, 'full-resource'), studyToken);
     expect(res.status).toBe(201);
     studySub = res.body.id;
     await t.app.exchange.subscriptions.idle();
@@ -133,7 +142,7 @@ describe('subscriptions (R4 backport, rest-hook)', () => {
     expect(t.app.exchange.subscriptions.get(studySub)?.status).toBe('active');
 
     await ingest(t.app, ana, fresh(3));
-    await ingest(t.app, ben, fresh(2)); // not in the filter
+    await ingest(t.app, ben, fresh(2)); // ben granted the study nothing
     await t.app.exchange.subscriptions.idle();
     const events = rx.bundles.filter((b) => typeOf(b) === 'event-notification');
     expect(events).toHaveLength(1);
@@ -208,11 +217,13 @@ describe('subscriptions (R4 backport, rest-hook)', () => {
       .set('Content-Type', 'application/fhir+json').send({ ...anaConsent, status: 'inactive' });
     expect(revoke.status).toBe(200);
     rx.bundles.length = 0;
+    // the study's subscription has no patient filter: it has also withheld the readings of patients who never granted it
+    const withheldBefore = t.app.exchange.subscriptions.get(studySub)!.withheld;
     await ingest(t.app, ana, fresh(2));
     await t.app.exchange.subscriptions.idle();
     expect(rx.bundles.filter((b) => typeOf(b) === 'event-notification')).toHaveLength(0);
     const state = t.app.exchange.subscriptions.get(studySub)!;
     expect(state.events).toBe(3);
-    expect(state.withheld).toBe(2);
+    expect(state.withheld - withheldBefore).toBe(2);
   }, 60_000);
 });
