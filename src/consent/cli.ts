@@ -16,8 +16,16 @@ import { OPEN_ACCESS } from '../fhir/access.js';
 import { registerPatientKeyCommands, sessionAccess } from './keys/cli.js';
 import { CLIENT_SYSTEM, GRANT_ID_SYSTEM, PURPOSE_SYSTEM, RESOURCE_TYPE_SYSTEM } from './terms.js';
 
+/**
+ * A date (`YYYY-MM-DD`, kept as given: as a period's end it includes that whole day) or a date-time
+ * (as an instant).
+ */
 const instant = (v: string): string => {
   if (Number.isNaN(Date.parse(v))) throw new InvalidArgumentError('expected a date (YYYY-MM-DD) or date-time');
+  if (/^\d{4}-\d{2}-\d{2}$/.test(v)) {
+    if (new Date(`${v}T00:00:00Z`).toISOString().slice(0, 10) !== v) throw new InvalidArgumentError(`${v} is not a date`);
+    return v;
+  }
   return new Date(v).toISOString();
 };
 const list = (v: string): string[] => v.split(',').map((s) => s.trim()).filter(Boolean);
@@ -91,8 +99,8 @@ export function registerConsentCommands(program: Command, open: () => Promise<Ap
     .requiredOption('--patient <id>', 'Patient id')
     .requiredOption('--to <reference>', 'grantee, e.g. Practitioner/7 or Client/<client_id> (must have a registered identity)')
     .requiredOption('--data-from <date>', 'first instant of data the grantee may read', instant)
-    .requiredOption('--data-to <date>', 'last instant of data the grantee may read', instant)
-    .requiredOption('--until <date>', 'end of the access window', instant)
+    .requiredOption('--data-to <date>', 'last day (included whole) or instant of data the grantee may read', instant)
+    .requiredOption('--until <date>', 'end of the access window (a day: included whole)', instant)
     .option('--from <date>', 'start of the access window (default now)', instant)
     .option('--purpose <codes>', 'v3 PurposeOfUse codes, comma-separated', list, ['TREAT'])
     .option('--types <types>', 'resource types, comma-separated (default all)', list)

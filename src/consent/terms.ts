@@ -85,12 +85,12 @@ export function consentTerms(consent: Consent): ConsentTerms {
   }
   if (hasModifierExtension(p)) fail('Modifier extensions are not supported', 'Consent.provision.modifierExtension');
   const notBefore = instant(p.period?.start);
-  const notAfter = instant(p.period?.end);
+  const notAfter = instant(p.period?.end, 'end');
   if (notBefore === undefined || notAfter === undefined || notBefore >= notAfter) {
     fail('provision.period needs a start before its end (the access window)', 'Consent.provision.period');
   }
   const dataFrom = instant(p.dataPeriod?.start);
-  const dataTo = instant(p.dataPeriod?.end);
+  const dataTo = instant(p.dataPeriod?.end, 'end');
   if (dataFrom === undefined || dataTo === undefined || dataFrom > dataTo) {
     fail('provision.dataPeriod needs a start not after its end (the data the grantee may read)', 'Consent.provision.dataPeriod');
   }
@@ -179,8 +179,28 @@ function str(value: unknown): string {
   return typeof value === 'string' ? value : '';
 }
 
-function instant(value: string | undefined): number | undefined {
+/** FHIR dates of year, month or day precision (no time), which stand for the whole of that span. */
+const PARTIAL_DATE = /^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$/;
+
+/**
+ * The instant a Period bound stands for. An end given as a date (`2026-01-14`, `2026-01`, `2026`)
+ * is inclusive (datatypes.html#Period: a period of 2011-05-23 to 2011-05-27 includes the whole of
+ * those days), so it ends at the last millisecond of that span; a start given as one begins with
+ * it. Dates are read in UTC, as the search index reads them.
+ */
+function instant(value: string | undefined, bound: 'start' | 'end' = 'start'): number | undefined {
   if (typeof value !== 'string' || !value) return undefined;
+  const partial = PARTIAL_DATE.exec(value);
+  if (partial) {
+    const [, y, m = '01', d = '01'] = partial;
+    const first = Date.UTC(Number(y), Number(m) - 1, Number(d));
+    // a date that does not exist (2026-02-30) is no date, not the day it would roll over to
+    if (Number.isNaN(first) || new Date(first).toISOString().slice(0, 10) !== `${y}-${m}-${d}`) return undefined;
+    if (bound === 'start') return first;
+    const next = partial[3] !== undefined ? Date.UTC(Number(y), Number(m) - 1, Number(d) + 1)
+      : partial[2] !== undefined ? Date.UTC(Number(y), Number(m), 1) : Date.UTC(Number(y) + 1, 0, 1);
+    return next - 1;
+  }
   const t = Date.parse(value);
   return Number.isNaN(t) ? undefined : t;
 }

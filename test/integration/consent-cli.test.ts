@@ -3,8 +3,10 @@
  * against a test app (the commands' parsing and output, the chain and repository underneath).
  */
 import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
+import type { Consent } from '@medplum/fhirtypes';
 import request from 'supertest';
 import { registerConsentCommands } from '../../src/consent/cli.js';
+import { GRANT_ID_SYSTEM } from '../../src/consent/terms.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { inProcessCli } from '../support/cli.js';
 import { DAY, person, practitionerToken } from './consent-helpers.js';
@@ -64,5 +66,20 @@ describe('consent CLI', () => {
     expect(docLines).toHaveLength(2);
     expect(docLines[0]).toMatch(/read .*permitted .*purpose TREAT .*grant 0x/);
     expect(docLines[1]).toMatch(/read .*DENIED/);
+  });
+
+  test('grant dates are kept as dates: --data-to and --until include their whole day on chain', async () => {
+    const day = (offset: number) => new Date(Date.now() + offset * DAY).toISOString().slice(0, 10);
+    const granted = await cli('consent', 'grant', '--patient', ana, '--to', `Practitioner/${doc}`,
+      '--data-from', day(-14), '--data-to', day(0), '--until', day(3), '--purpose', 'TREAT', '--types', 'Patient');
+    const consent = (await t.app.repository.read<Consent>('Consent', granted.split(' ')[0]!));
+    expect(consent.provision!.dataPeriod).toEqual({ start: day(-14), end: day(0) });
+    expect(consent.provision!.period!.end).toBe(day(3));
+    const grantId = consent.identifier!.find((i) => i.system === GRANT_ID_SYSTEM)!.value!;
+    const onChain = (await t.app.consent.registry.getGrant(grantId))!;
+    expect(new Date(onChain.dataTo * 1000).toISOString()).toBe(`${day(0)}T23:59:59.000Z`);
+    expect(new Date(onChain.notAfter * 1000).toISOString()).toBe(`${day(3)}T23:59:59.000Z`);
+    await expect(cli('consent', 'grant', '--patient', ana, '--to', `Practitioner/${doc}`, '--data-from', '2026-02-30', '--data-to', day(0), '--until', day(3)))
+      .rejects.toThrow(/not a date/);
   });
 });

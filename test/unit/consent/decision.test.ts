@@ -109,6 +109,27 @@ describe('consentTerms', () => {
     const terms = consentTerms(consentOf({ patient: 'ana', actor: 'Practitioner/d', accessFrom: T0, accessTo: T0 + DAY, dataFrom: T0 - DAY, dataTo: T0, codes: ['http://loinc.org|99504-3'] }));
     expect(terms).toMatchObject({ patientId: 'ana', actor: 'Practitioner/d', notBefore: T0, notAfter: T0 + DAY, purposes: ['TREAT'], classes: [], codes: ['http://loinc.org|99504-3'] });
   });
+  test('a period end given as a date includes that whole day, month or year (datatypes.html#Period); a start begins it; a date that does not exist is refused', () => {
+    const withDates = (access: [string, string], data: [string, string]) => {
+      const c = consentOf({ patient: 'ana', actor: 'Practitioner/d', accessTo: T0 + DAY, dataFrom: T0 - DAY, dataTo: T0 });
+      c.provision!.period = { start: access[0], end: access[1] };
+      (c.provision as { dataPeriod?: { start: string; end: string } }).dataPeriod = { start: data[0], end: data[1] };
+      return c;
+    };
+    const day = consentTerms(withDates(['2026-01-01', '2026-12-31'], ['2026-01-10', '2026-01-14']));
+    expect(new Date(day.dataFrom).toISOString()).toBe('2026-01-10T00:00:00.000Z');
+    expect(new Date(day.dataTo).toISOString()).toBe('2026-01-14T23:59:59.999Z');
+    expect(new Date(day.notAfter).toISOString()).toBe('2026-12-31T23:59:59.999Z');
+    const month = consentTerms(withDates(['2026-01-01T08:00:00Z', '2026-02'], ['2024', '2025']));
+    expect(new Date(month.notBefore).toISOString()).toBe('2026-01-01T08:00:00.000Z');
+    expect(new Date(month.notAfter).toISOString()).toBe('2026-02-28T23:59:59.999Z');
+    expect(new Date(month.dataFrom).toISOString()).toBe('2024-01-01T00:00:00.000Z');
+    expect(new Date(month.dataTo).toISOString()).toBe('2025-12-31T23:59:59.999Z');
+    // an instant is taken as it is
+    expect(new Date(consentTerms(withDates(['2026-01-01', '2026-06-01T12:00:00Z'], ['2026-01-10', '2026-01-14T06:00:00Z'])).dataTo).toISOString()).toBe('2026-01-14T06:00:00.000Z');
+    expect(() => consentTerms(withDates(['2026-01-01', '2026-12-31'], ['2026-01-10', '2026-02-30']))).toThrow(expect.objectContaining({ status: 422 }));
+  });
+
   test('a performer other than the patient or a guardian is refused with 422', () => {
     const c = consentOf({ patient: 'ana', actor: 'Practitioner/d', accessTo: T0 + DAY, dataFrom: T0 - DAY, dataTo: T0 });
     c.performer = [{ reference: 'Practitioner/d' }];
