@@ -26,7 +26,7 @@ export function launchHandler(ctx: SmartContext) {
       res.status(201).json({ launch: created.launch, expires_in: created.expiresIn, ...(created.launchUrl ? { launch_url: created.launchUrl } : {}) });
     } catch (err) {
       if (err instanceof BearerTokenError) {
-        res.status(401).set(err.headers).json({ error: 'invalid_token', error_description: err.message });
+        res.status(err.status).set(err.headers).json({ error: err.status === 400 ? 'invalid_request' : 'invalid_token', error_description: err.message });
       } else if (isGlucoGuardError(err) && err.status < 500) {
         res.status(err.status).json({ error: 'invalid_request', error_description: err.message });
       } else if (isGlucoGuardError(err, 'ERR_UNAVAILABLE')) {

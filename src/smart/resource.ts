@@ -19,12 +19,16 @@ export interface SmartAccessContext extends AccessContext {
   grantId?: string;
 }
 
-/** 401 with the RFC 6750 §3 challenge that the HTTP edge must send as `WWW-Authenticate`. */
+/**
+ * 401 with the RFC 6750 §3 challenge that the HTTP edge must send as `WWW-Authenticate`; 400 for
+ * `invalid_request` (§3.1: a malformed request).
+ */
 export class BearerTokenError extends GlucoGuardError {
   readonly wwwAuthenticate: string;
   override readonly headers: Record<string, string>;
   constructor(details: string, error?: 'invalid_token' | 'invalid_request') {
-    super('ERR_UNAUTHORIZED', details, [issue('ERR_UNAUTHORIZED', details)]);
+    const code = error === 'invalid_request' ? 'ERR_INVALID' : 'ERR_UNAUTHORIZED';
+    super(code, details, [issue(code, details)]);
     this.name = 'BearerTokenError';
     this.wwwAuthenticate = error ? `Bearer realm="glucoguard", error="${error}", error_description="${details}"` : 'Bearer realm="glucoguard"';
     this.headers = { 'WWW-Authenticate': this.wwwAuthenticate };
@@ -35,6 +39,8 @@ export class BearerTokenError extends GlucoGuardError {
 export async function authenticateBearer(tokens: TokenService, headers: Record<string, string | undefined>): Promise<SmartAccessContext> {
   const authorization = headers.authorization ?? headers.Authorization;
   if (!authorization) throw new BearerTokenError('Authentication required');
+  // another scheme (Basic…) is no bearer authentication at all: 401 without an error code (RFC 6750 §3.1)
+  if (!/^Bearer(?: |$)/i.test(authorization.trim())) throw new BearerTokenError('Authentication required (Bearer)');
   const match = /^Bearer +([A-Za-z0-9\-._~+/]+=*)$/i.exec(authorization.trim());
   if (!match) throw new BearerTokenError('Malformed Authorization header', 'invalid_request');
   const claims = tokens.verifyAccessToken(match[1]!);

@@ -108,14 +108,18 @@ describe('bearer tokens at the FHIR endpoint', () => {
   beforeAll(async () => { s = await serve(); });
   afterAll(async () => s?.close());
 
-  test('arbitrary, unsigned (alg none), oversized and malformed bearer tokens answer 401 with a challenge, never 500', async () => {
+  // RFC 6750 §3.1: a credential that is not a token at all (outside the b64token syntax) is a
+  // malformed request, 400 invalid_request; anything with the syntax of a token but not a live one
+  // is 401 invalid_token. (Until session 20 both were 401.)
+  test('arbitrary, unsigned (alg none), oversized and malformed bearer tokens answer 401 (400 when not token syntax) with a challenge, never 500', async () => {
     const none = `${Buffer.from('{"alg":"none","typ":"JWT"}').toString('base64url')}.${Buffer.from('{"sub":"x","scope":"system/*.rs"}').toString('base64url')}.`;
     const token = fc.oneof(fc.string({ minLength: 1, maxLength: 60 }).filter((x) => !/[\r\n\0]/.test(x) && /[^\s]/.test(x) && /^[\x20-\x7e]+$/.test(x)),
       fc.constantFrom(none, 'a.b.c', '..', 'x'.repeat(12 * 1024), `${none}${'A'.repeat(8000)}`, 'eyJ', `eyJhbGciOiJIUzI1NiJ9.${'e30'}.AAAA`));
     await fc.assert(fc.asyncProperty(token, fc.constantFrom('/fhir/Patient', '/fhir/Observation?patient=1', '/fhir/Patient/1'), async (tok, path) => {
       const res = await request(s.server).get(path).set('Authorization', `Bearer ${tok}`);
-      if (res.status !== 401) throw new Error(`status ${res.status} for token ${JSON.stringify(tok.slice(0, 80))}: ${res.text.slice(0, 200)}`);
-      expect(res.headers['www-authenticate']).toMatch(/^Bearer /);
+      const syntax = /^ *[A-Za-z0-9\-._~+/]+=* *$/.test(tok);
+      if (res.status !== (syntax ? 401 : 400)) throw new Error(`status ${res.status} for token ${JSON.stringify(tok.slice(0, 80))}: ${res.text.slice(0, 200)}`);
+      expect(res.headers['www-authenticate']).toMatch(syntax ? /^Bearer .*error="invalid_token"/ : /^Bearer .*error="invalid_request"/);
       expect(res.body.resourceType).toBe('OperationOutcome');
       expect(res.text).not.toContain(tok.length > 8 ? tok : '\u0000');
     }), { numRuns: 300 });

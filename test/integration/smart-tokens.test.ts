@@ -184,10 +184,18 @@ describe('introspection', () => {
 });
 
 describe('access tokens on /fhir', () => {
-  test('missing, malformed, expired and wrong-audience tokens get 401 with a Bearer challenge', async () => {
+  test('missing, expired and wrong-audience tokens get 401 with a Bearer challenge; a malformed one 400', async () => {
     const body = await tokensFor(publicId, 'launch/patient patient/*.rs');
     expect((await fetch(`${h.fhirBase}/Patient/p1`)).headers.get('www-authenticate')).toBe('Bearer realm="glucoguard"');
-    expect((await fetch(`${h.fhirBase}/Patient/p1`, { headers: { authorization: 'Basic abc' } })).status).toBe(401);
+    // another scheme is no bearer authentication: 401, challenge without an error code (RFC 6750 §3.1)
+    const basic = await fetch(`${h.fhirBase}/Patient/p1`, { headers: { authorization: 'Basic abc' } });
+    expect(basic.status).toBe(401);
+    expect(basic.headers.get('www-authenticate')).toBe('Bearer realm="glucoguard"');
+    // a Bearer credential that is not a token at all is a malformed request: 400 invalid_request (§3.1)
+    const malformed = await fetch(`${h.fhirBase}/Patient/p1`, { headers: { authorization: 'Bearer not a token!' } });
+    expect(malformed.status).toBe(400);
+    expect(malformed.headers.get('www-authenticate')).toMatch(/error="invalid_request"/);
+    expect(((await malformed.json()) as { resourceType: string }).resourceType).toBe('OperationOutcome');
     const parts = String(body.access_token).split('.');
     const claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString());
     const tampered = `${parts[0]}.${Buffer.from(JSON.stringify({ ...claims, patient: 'p2' })).toString('base64url')}.${parts[2]}`;

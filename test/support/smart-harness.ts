@@ -90,7 +90,7 @@ function mountTinyFhir(app: express.Express, smart: Smart): void {
         const access = await smart.authenticate(req.headers as Record<string, string | undefined>, req.originalUrl);
         handler(req, res, access);
       } catch (err) {
-        if (err instanceof BearerTokenError) res.status(401).set(err.headers).json({ resourceType: 'OperationOutcome', issue: err.issues });
+        if (err instanceof BearerTokenError) res.status(err.status).set(err.headers).json({ resourceType: 'OperationOutcome', issue: err.issues });
         else if (isGlucoGuardError(err)) res.status(err.status).json({ resourceType: 'OperationOutcome', issue: err.issues });
         else res.status(500).json({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'exception' }] });
       }
