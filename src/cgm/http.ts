@@ -3,7 +3,10 @@
  * body (any media type), streamed into the ingest service (large uploads via an encrypted spool,
  * spool.ts); the import report as JSON. Errors are
  * OperationOutcomes (400 bad input or options, 401/403, 404 unknown patient, 413 too large, 422 a
- * file with rejected records — nothing stored). Authentication as on /fhir: a token with write
+ * file with rejected records — nothing stored). With `partial=true` the good records are stored as
+ * they come and the report lists the rejected ones, including a file cut short or malformed part way
+ * (reason `unreadable-input`: what came before it is kept, the rest was not read; 200, never a 400
+ * over stored data). Authentication as on /fhir: a token with write
  * access to the patient's Observations, or the patient themself.
  */
 import express, { type Request, type Response, type Router } from 'express';

@@ -21,6 +21,7 @@ import type { Bundle, BundleEntry, Device, Resource } from '@medplum/fhirtypes';
 import type { Repository } from '../repository/port.js';
 import type { CgmInput } from './input.js';
 import { openCgm, type CgmStream } from './parse.js';
+import { CgmInputError } from './json-stream.js';
 import { toDevice, toMedicationAdministration, toObservation, type ConvertContext, type ConvertedEntry } from './fhir.js';
 import type { IngestIssue, IngestSummary, ParseOptions } from './types.js';
 import { stableJson } from './stable-json.js';
@@ -124,7 +125,7 @@ export class CgmIngestService {
     const store: Sink = (entries, devs) => this.storeChunk(entries, devs, devices, counts);
 
     if (partial) {
-      const summary = await this.pass(await openCgm(input(), parse), ctx, store, (read) => progress({ phase: 'storing', read, stored: stored() }));
+      const summary = await this.pass(await openCgm(input(), parse), ctx, store, (read) => progress({ phase: 'storing', read, stored: stored() }), true);
       return report(summary, true, options.patient, counts, true);
     }
     if (size !== undefined && size > this.holdBytes) {
@@ -149,8 +150,14 @@ export class CgmIngestService {
     return report(summary, true, options.patient, counts, false);
   }
 
-  /** One pass over the source: convert and validate each record, hand chunks to the sink. */
-  private async pass(stream: CgmStream, ctx: ConvertContext, sink: Sink, progress: (read: number) => void): Promise<IngestSummary> {
+  /**
+   * One pass over the source: convert and validate each record, hand chunks to the sink. With
+   * `partial` (good records stored as they come), a source that becomes unreadable part way (a
+   * truncated or malformed file: CgmInputError) ends the pass as one rejected issue naming where,
+   * once what was read before it is stored: the answer says what was kept, never a 400 over stored
+   * data. Without it the error is thrown, and nothing has been stored yet.
+   */
+  private async pass(stream: CgmStream, ctx: ConvertContext, sink: Sink, progress: (read: number) => void, partial = false): Promise<IngestSummary> {
     const summary = stream.summary;
     const devices = new Map<string, ConvertedEntry<Device>>();
     let newDevices: ConvertedEntry<Device>[] = [];
@@ -166,42 +173,49 @@ export class CgmIngestService {
       summary.issues.push(entry);
     };
     let lastProgress = 0;
-    for await (const rec of stream) {
-      let entry: ConvertedEntry;
-      if (rec.kind === 'glucose') {
-        let device: ConvertedEntry<Device> | undefined;
-        if (rec.method === 'cgm') {
-          const key = `${rec.source}\u0000${rec.deviceId}`;
-          device = devices.get(key);
-          if (!device) {
-            device = toDevice(rec, ctx);
-            const problems = errors(this.deps.check(device.resource));
-            if (problems.length) {
-              reject(rec, problems);
-              continue;
+    try {
+      for await (const rec of stream) {
+        let entry: ConvertedEntry;
+        if (rec.kind === 'glucose') {
+          let device: ConvertedEntry<Device> | undefined;
+          if (rec.method === 'cgm') {
+            const key = `${rec.source}\u0000${rec.deviceId}`;
+            device = devices.get(key);
+            if (!device) {
+              device = toDevice(rec, ctx);
+              const problems = errors(this.deps.check(device.resource));
+              if (problems.length) {
+                reject(rec, problems);
+                continue;
+              }
+              devices.set(key, device);
+              newDevices.push(device);
             }
-            devices.set(key, device);
-            newDevices.push(device);
           }
+          entry = toObservation(rec, ctx, device ? { reference: device.fullUrl } : undefined);
+        } else entry = toMedicationAdministration(rec, ctx);
+        const problems = errors(this.deps.check(entry.resource));
+        if (problems.length) {
+          reject(rec, problems);
+          continue;
         }
-        entry = toObservation(rec, ctx, device ? { reference: device.fullUrl } : undefined);
-      } else entry = toMedicationAdministration(rec, ctx);
-      const problems = errors(this.deps.check(entry.resource));
-      if (problems.length) {
-        reject(rec, problems);
-        continue;
+        chunk.push(entry);
+        if (chunk.length >= this.chunkSize) {
+          await sink(chunk, newDevices);
+          chunk = [];
+          newDevices = [];
+          progress(summary.read);
+          lastProgress = summary.read;
+        } else if (summary.read - lastProgress >= 5000) {
+          progress(summary.read);
+          lastProgress = summary.read;
+        }
       }
-      chunk.push(entry);
-      if (chunk.length >= this.chunkSize) {
-        await sink(chunk, newDevices);
-        chunk = [];
-        newDevices = [];
-        progress(summary.read);
-        lastProgress = summary.read;
-      } else if (summary.read - lastProgress >= 5000) {
-        progress(summary.read);
-        lastProgress = summary.read;
-      }
+    } catch (err) {
+      if (!partial || !(err instanceof CgmInputError)) throw err;
+      summary.rejected++;
+      summary.rejectedByReason['unreadable-input'] = (summary.rejectedByReason['unreadable-input'] ?? 0) + 1;
+      summary.issues.push({ kind: 'rejected', reason: 'unreadable-input', record: err.record ?? summary.read, message: `${err.message}; the rest of the source was not read`, ...(err.line !== undefined ? { line: err.line } : {}) });
     }
     if (chunk.length || newDevices.length) await sink(chunk, newDevices);
     progress(summary.read);

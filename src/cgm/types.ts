@@ -93,7 +93,9 @@ export type CgmRecord = GlucoseRecord | BolusRecord | BasalRecord;
 export type SkipReason = 'not-glucose' | 'unsupported-record-type' | 'duplicate' | 'conflicting-duplicate' | 'outside-period';
 export type RejectReason =
   | 'invalid-timestamp' | 'future-timestamp' | 'missing-value' | 'invalid-value' | 'negative-value'
-  | 'value-too-high' | 'unknown-unit' | 'invalid-record';
+  | 'value-too-high' | 'unknown-unit' | 'invalid-record'
+  /** The source became unreadable part way (truncated or malformed): only with `partial`, the rest was not read. */
+  | 'unreadable-input';
 
 export interface IngestIssue extends SourcePosition {
   kind: 'skipped' | 'rejected';

@@ -213,6 +213,25 @@ describe('CGM ingest over HTTP', () => {
     expect(await readingsOf(other)).toHaveLength(49);
   });
 
+  test('a file cut short: all-or-nothing stores nothing (400); partial keeps what came before the cut and says where it stopped (200)', async () => {
+    const other = await newPatient('Mensah');
+    const text = nightscoutJson(makeTrace(12, { seed: 11 }).slice(0, 3000));
+    const cut = text.slice(0, text.length - 30);
+    const whole = await ingest(other, cut);
+    expect(whole.status).toBe(400);
+    expect(whole.body.issue[0].diagnostics).toMatch(/unexpected end of input/);
+    expect(await readingsOf(other)).toHaveLength(0);
+
+    const partial = await ingest(other, cut, '&partial=true');
+    expect(partial.status).toBe(200);
+    expect(partial.body).toMatchObject({ accepted: true, partial: true, rejected: 1 });
+    const issue = (partial.body.issues as { reason: string; message: string }[]).find((i) => i.reason === 'unreadable-input');
+    expect(issue?.message).toMatch(/unexpected end of input.*the rest of the source was not read/);
+    const kept = await readingsOf(other);
+    expect(kept.length).toBeGreaterThan(2900); // what was read before the cut, stored chunk by chunk
+    expect(kept.length).toBe(partial.body.created);
+  });
+
   test('bad requests answer OperationOutcomes and store nothing', async () => {
     const unknown = await ingest('no-such-patient', file);
     expect(unknown.status).toBe(404);
