@@ -76,6 +76,9 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   try {
     const reconciled = await repository.reconcile();
     if (reconciled) options.logger.warn({ versions: reconciled }, 'ledger: recorded commitments of versions written before a crash');
+    if (repository.gaps) {
+      options.logger.error({ versions: repository.gaps }, 'ledger: versions without a commitment lie among committed ones (not a crash tail): their commitments were removed or the versions put there; they are left unverified — run glucoguard verify');
+    }
   } catch (err) {
     options.logger.warn({ err: (err as Error).message }, 'ledger: could not reconcile with repository history');
   }

@@ -124,6 +124,24 @@ describe('anchoring queue', () => {
       expect(await reconciling.reconcile(1)).toBe(0); // each version once
     }
   });
+  it('vouches only for a crash\'s tail: a version without a commitment among committed ones stays unverified', async () => {
+    const t = await startTestApp();
+    apps.push(t);
+    await createPatients(t, 1);
+    // a version with no commitment (as if its commitment row had been deleted), then a committed one after it
+    const { resource: planted } = await t.app.ledger.repository.adapter.create({ resourceType: 'Patient', name: [{ family: 'Planted' }] } as Patient);
+    await createPatients(t, 1);
+    const reconciling = new AnchoredRepository(t.app.ledger.repository.adapter, t.app.ledger.store);
+    expect(await reconciling.reconcile()).toBe(0);
+    expect(reconciling.gaps).toBe(1);
+    expect(t.app.ledger.store.has('Patient', planted.id!, '1')).toBe(false);
+    // and after a restart (the start-up reconcile) it is served as unverified, never as verified
+    await t.restart();
+    expect(t.app.ledger.store.has('Patient', planted.id!, '1')).toBe(false);
+    const read = await request(t.app.http).get(`/fhir/Patient/${planted.id}`);
+    expect(read.status).toBe(200);
+    expect((read.body as Patient).meta!.tag).toEqual([expect.objectContaining({ system: 'urn:glucoguard:integrity', code: 'unverified' })]);
+  });
 });
 
 describe('chain unreachable', () => {
