@@ -4,12 +4,13 @@
  * - `POST /fhir/$submit-cgm-bundle` (http://hl7.org/fhir/uv/cgm/OperationDefinition/submit-cgm-bundle):
  *   a transaction Bundle in (the bare Bundle, or Parameters with the `resource` parameter), a
  *   transaction-response out. It runs as a facade transaction (same validation, scopes and write
- *   rules). Deduplication, as the IG asks servers to document: every POST is a conditional create —
+ *   rules). Deduplication, as the IG asks servers to document (submission.ts): each POST is matched
  *   on the client's `request.ifNoneExist` when given, else on the resource's first identifier
- *   (client identifiers are kept), else on an identifier GlucoGuard adds
- *   (`urn:glucoguard:cgm-submission|<SHA-256 of the submitted content>`). Re-submitting a Bundle
- *   therefore creates nothing new. Relative references (`Observation/x`) to entries with RESTful
- *   fullUrls (`https://example.org/Observation/x`) resolve to those entries (R4 bundle.html#references).
+ *   (client identifiers are kept) or one GlucoGuard adds (`urn:glucoguard:cgm-submission|<SHA-256 of
+ *   the submitted content>`) *and* the patient it names. Re-submitting a Bundle creates nothing new;
+ *   a matched resource whose content changed becomes a new version of it, as in `/cgm/ingest`.
+ *   Relative references (`Observation/x`) to entries with RESTful fullUrls
+ *   (`https://example.org/Observation/x`) resolve to those entries (R4 bundle.html#references).
  * - `GET /fhir/Patient/ID/$cgm-summary?start=&end=[&store=true]`: the IG cgm-summary Observation and
  *   its members as a `collection` Bundle (the panel first), optionally stored (conditional creates).
  * - `GET /fhir/Patient/ID/$cgm-agp?start=&end=[&bin=15]`: AGP percentiles per time-of-day bin, JSON.
@@ -17,9 +18,8 @@
  * The summaries read readings through `FhirRouter.searchAll`, so scopes, consent and integrity
  * guards decide what they compute over, exactly as for a search.
  */
-import { createHash } from 'node:crypto';
-import type { Bundle, BundleEntry, Observation, Parameters, Resource } from '@medplum/fhirtypes';
-import { badRequest, notFound } from '../errors.js';
+import type { Bundle, BundleEntry, Observation, Resource } from '@medplum/fhirtypes';
+import { badRequest, isGlucoGuardError, notFound } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import type { FhirRouter, OperationHandler } from '../fhir/router.js';
 import type { FhirRequest, FhirResponse } from '../fhir/types.js';
@@ -27,11 +27,10 @@ import { computeAgp, type Agp } from './agp.js';
 import { LOINC, READING_CODE, toTransactionBundle } from './fhir.js';
 import { computeMetrics, periodFromParams, type CgmMetrics, type MetricsOptions } from './metrics.js';
 import { metricReadingsFromObservations } from './readings.js';
+import { submissionTransaction, submittedBundle } from './submission.js';
 import { buildCgmSummary } from './summary.js';
-import { stableJson } from './stable-json.js';
 
-/** Identifier system GlucoGuard adds to submitted resources that carry none (content hash). */
-export const SUBMISSION_IDENTIFIER_SYSTEM = 'urn:glucoguard:cgm-submission';
+export { prepareSubmission, SUBMISSION_IDENTIFIER_SYSTEM } from './submission.js';
 
 const READING_CODES = Object.values(READING_CODE).map((c) => `${LOINC}|${c.code}`).join(',');
 const DAY = 86_400_000;
@@ -152,69 +151,24 @@ export class CgmOperations {
     return { readings: metricReadingsFromObservations(observations as Observation[]), period };
   }
 
-  /** `$submit-cgm-bundle`: see the file comment. */
+  /** `$submit-cgm-bundle`: see the file comment and submission.ts. */
   private async submit(req: FhirRequest): Promise<FhirResponse> {
-    const bundle = prepareSubmission(submittedBundle(req.body));
+    const bundle = await submissionTransaction(submittedBundle(req.body), (type, identifiers, patient) => this.stored(req.access, type, identifiers, patient));
     return this.deps.fhir.handle({ ...req, method: 'POST', path: '', query: {}, headers: { ...req.headers, 'content-type': 'application/fhir+json' }, body: bundle });
   }
-}
 
-/** The Bundle of a `$submit-cgm-bundle` call: the body itself, or the `resource` parameter of Parameters. */
-function submittedBundle(body: unknown): Bundle {
-  const resource = body as Resource | undefined;
-  let bundle: Resource | undefined = resource;
-  if (resource?.resourceType === 'Parameters') {
-    const params = (resource as Parameters).parameter ?? [];
-    const named = params.filter((p) => p.name === 'resource');
-    if (named.length !== 1) throw badRequest('Parameters must carry exactly one "resource" parameter holding the Bundle', 'Parameters.parameter');
-    bundle = named[0]!.resource;
-  }
-  if (bundle?.resourceType !== 'Bundle') throw badRequest('Expected a transaction Bundle (cgm-data-submission-bundle), or Parameters with it as "resource"');
-  if ((bundle as Bundle).type !== 'transaction') throw badRequest('The submitted Bundle must be of type transaction', 'Bundle.type');
-  return bundle as Bundle;
-}
-
-/** Resolves in-bundle relative references and makes every POST a conditional create (file comment). */
-export function prepareSubmission(input: Bundle): Bundle {
-  const bundle = structuredClone(input);
-  const entries = bundle.entry ?? [];
-  // `Type/id` → the fullUrl `<base>/Type/id` of the entry it names, when exactly one entry does.
-  const byRelative = new Map<string, string | null>();
-  for (const e of entries) {
-    const m = e.fullUrl ? /^https?:\/\/.+\/([A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64})$/.exec(e.fullUrl) : null;
-    if (m) byRelative.set(m[1]!, byRelative.has(m[1]!) ? null : e.fullUrl!);
-  }
-  for (const e of entries) if (e.resource) resolveReferences(e.resource, byRelative);
-  for (const [i, e] of entries.entries()) {
-    if (e.request?.method !== 'POST' || !e.resource || e.request.ifNoneExist) continue;
-    const resource = e.resource as Resource & { identifier?: { system?: string; value?: string }[] };
-    delete resource.id; // a create: the server assigns ids
-    const first = Array.isArray(resource.identifier) ? resource.identifier.find((x) => x.system && x.value) : undefined;
-    if (first) {
-      e.request.ifNoneExist = `identifier=${first.system}|${first.value}`;
-      continue;
+  /**
+   * Stored resources a submission may match, among those the requester may see (a search's
+   * scopes, narrowing and guards); undefined when they may not search that type, so their
+   * submission stays plain conditional creates.
+   */
+  private async stored(access: AccessContext, type: string, identifiers: string[], patient: string | undefined): Promise<Resource[] | undefined> {
+    try {
+      return await this.deps.fhir.searchAll(access, type, { identifier: identifiers.join(','), ...(patient ? { patient } : {}) });
+    } catch (err) {
+      if (isGlucoGuardError(err, 'ERR_FORBIDDEN')) return undefined;
+      throw err;
     }
-    if (!('identifier' in resource) || Array.isArray(resource.identifier)) {
-      const value = createHash('sha256').update(stableJson({ ...resource, meta: undefined })).digest('hex').slice(0, 40);
-      resource.identifier = [...(resource.identifier ?? []), { system: SUBMISSION_IDENTIFIER_SYSTEM, value }];
-      e.request.ifNoneExist = `identifier=${SUBMISSION_IDENTIFIER_SYSTEM}|${value}`;
-    } else throw badRequest('identifier must be an array', `Bundle.entry[${i}].resource.identifier`);
-  }
-  return bundle;
-}
-
-function resolveReferences(value: unknown, byRelative: Map<string, string | null>): void {
-  if (!value || typeof value !== 'object') return;
-  if (Array.isArray(value)) {
-    for (const v of value) resolveReferences(v, byRelative);
-    return;
-  }
-  const obj = value as Record<string, unknown>;
-  for (const [k, v] of Object.entries(obj)) {
-    if (k === 'reference' && typeof v === 'string') {
-      const target = byRelative.get(v);
-      if (target) obj[k] = target;
-    } else if (v && typeof v === 'object') resolveReferences(v, byRelative);
   }
 }
 

@@ -108,4 +108,89 @@ describe('$submit-cgm-bundle', () => {
     const get = await http().get('/fhir/$submit-cgm-bundle');
     expect(get.status).toBe(405);
   });
+
+  describe('matching is per patient; corrections become new versions', () => {
+    const other = async (): Promise<string> => {
+      const res = await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [{ family: 'Other' }] });
+      return res.body.id as string;
+    };
+    /** A Device and a reading with client identifiers, for one patient. */
+    const clientBundle = (patient: string, value = 120): Bundle => ({
+      resourceType: 'Bundle', type: 'transaction', entry: [
+        {
+          fullUrl: 'urn:uuid:11111111-1111-4111-8111-111111111111',
+          resource: {
+            resourceType: 'Device', identifier: [{ system: 'https://app.example/device', value: 'rx-1' }],
+            deviceName: [{ name: 'My CGM', type: 'user-friendly-name' }], patient: { reference: `Patient/${patient}` },
+          },
+          request: { method: 'POST', url: 'Device' },
+        },
+        {
+          fullUrl: 'urn:uuid:22222222-2222-4222-8222-222222222222',
+          resource: {
+            ...(submission().entry![8]!.resource as Observation),
+            id: undefined, identifier: [{ system: 'https://app.example/reading', value: 'r-1' }],
+            subject: { reference: `Patient/${patient}` }, device: { reference: 'urn:uuid:11111111-1111-4111-8111-111111111111' },
+            effectiveDateTime: '2026-11-05T08:00:00-05:00', valueQuantity: { value, unit: 'mg/dl', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+          } as Observation,
+          request: { method: 'POST', url: 'Observation' },
+        },
+      ],
+    });
+    const submit = (bundle: Bundle) => http().post('/fhir/$submit-cgm-bundle').set('Content-Type', FHIR_JSON).send(bundle);
+    const locations = (res: request.Response): string[] => (res.body as Bundle).entry!.map((e) => e.response!.location!);
+
+    test('the same client identifiers for two patients give each patient their own resources', async () => {
+      const a = await other();
+      const b = await other();
+      const first = await submit(clientBundle(a));
+      expect(first.status).toBe(200);
+      for (const e of (first.body as Bundle).entry!) expect(e.response?.status).toMatch(/^201/);
+      const second = await submit(clientBundle(b));
+      expect(second.status).toBe(200);
+      for (const e of (second.body as Bundle).entry!) expect(e.response?.status).toMatch(/^201/);
+      // no id of A's resources in B's response
+      const ofA = locations(first).map((l) => l.split('/_history')[0]!);
+      for (const l of locations(second)) for (const x of ofA) expect(l.startsWith(`${x}/`) || l === x).toBe(false);
+      const readingsOfB = await http().get(`/fhir/Observation?patient=Patient/${b}`);
+      const stored = ((readingsOfB.body as Bundle).entry ?? []).map((e) => e.resource as Observation);
+      expect(stored).toHaveLength(1);
+      expect(stored[0]!.valueQuantity?.value).toBe(120);
+      const devicesOfB = await http().get(`/fhir/Device?patient=Patient/${b}`);
+      expect((devicesOfB.body as Bundle).entry).toHaveLength(1);
+      expect(stored[0]!.device?.reference).toBe(`Device/${(devicesOfB.body as Bundle).entry![0]!.resource!.id}`);
+      // A's resources are untouched: one version each
+      for (const l of ofA) expect((await http().get(`/fhir/${l}`)).body.meta.versionId).toBe('1');
+    });
+
+    test('a resubmitted reading with another value becomes version 2 with the new value; an identical one creates no version', async () => {
+      const p = await other();
+      const first = await submit(clientBundle(p, 120));
+      const observation = locations(first)[1]!.split('/_history')[0]!;
+      const device = locations(first)[0]!.split('/_history')[0]!;
+
+      const same = await submit(clientBundle(p, 120));
+      expect(same.status).toBe(200);
+      for (const e of (same.body as Bundle).entry!) expect(e.response?.status).toMatch(/^200/);
+      expect(locations(same).map((l) => l.split('/_history')[0])).toEqual([device, observation]);
+      expect((await http().get(`/fhir/${observation}`)).body.meta.versionId).toBe('1');
+
+      const corrected = await submit(clientBundle(p, 135));
+      expect(corrected.status).toBe(200);
+      expect(locations(corrected)[1]).toMatch(new RegExp(`^${observation}/_history/2`));
+      const current = await http().get(`/fhir/${observation}`);
+      expect(current.body.meta.versionId).toBe('2');
+      expect(current.body.valueQuantity.value).toBe(135);
+      expect(current.body.device.reference).toBe(device);
+      expect((await http().get(`/fhir/${observation}/_history/1`)).body.valueQuantity.value).toBe(120);
+      // the unchanged Device keeps its version
+      expect((await http().get(`/fhir/${device}`)).body.meta.versionId).toBe('1');
+      const all = await http().get(`/fhir/Observation?patient=Patient/${p}`);
+      expect((all.body as Bundle).entry).toHaveLength(1);
+
+      const again = await submit(clientBundle(p, 135));
+      expect(locations(again)[1]).toMatch(new RegExp(`^${observation}/_history/2`));
+      expect((await http().get(`/fhir/${observation}`)).body.meta.versionId).toBe('2');
+    });
+  });
 });
