@@ -1,9 +1,10 @@
 /**
  * Ambulatory Glucose Profile data: readings folded onto one day by local time of day, in bins
  * (15 minutes by default), with the 5th/25th/50th/75th/95th percentiles per bin computed as R's
- * quantile type 7 (linear interpolation between order statistics).
+ * quantile type 7 (linear interpolation between order statistics). HIGH/LOW readings are in the
+ * profile at the sensor limits (400 / 40 mg/dL), as AGP reports draw them.
  */
-import { selectPeriod, type MetricReading, type MetricsOptions } from './metrics.js';
+import { selectPeriod, statisticValue, type MetricReading, type MetricsOptions } from './metrics.js';
 import { localDate } from './time.js';
 import { round } from './units.js';
 
@@ -57,7 +58,7 @@ export function computeAgp(all: readonly MetricReading[], options: MetricsOption
   for (const r of period.readings) {
     const local = r.epochMs + (r.offsetMinutes ?? 0) * 60_000;
     const minuteOfDay = Math.floor((((local % 86_400_000) + 86_400_000) % 86_400_000) / 60_000);
-    values[Math.floor(minuteOfDay / binMinutes)]!.push(r.mgdl);
+    values[Math.floor(minuteOfDay / binMinutes)]!.push(statisticValue(r.mgdl));
   }
   const bins = values.map((v, i): AgpBin => {
     const minute = i * binMinutes;

@@ -1,7 +1,21 @@
 /**
  * International-consensus CGM metrics (Battelino et al., Diabetes Care 2019) over a period, as shares
- * of readings (the convention of the consensus and of the R package iglu). Only CGM readings with a
- * value count; readings flagged HIGH/LOW or in error carry no value and are left out.
+ * of readings (the convention of the consensus and of the R package iglu).
+ *
+ * Readings the sensor flags as outside its measurement range (HIGH/LOW, stored with dataAbsentReason
+ * positive-/negative-infinity) are readings: the consensus computes time below and above range from
+ * all sensor readings, and dropping a LOW would hide exactly the hypoglycaemia the metrics exist to
+ * show. They arrive here as mgdl ±Infinity; a LOW counts as very low and a HIGH as very high, and both
+ * count toward readings, days of wear and sensor activity. Mean, GMI, SD, CV and the AGP take them at
+ * the sensor limits, 40 and 400 mg/dL, as Dexcom Clarity and AGP reports do — a bound, not a
+ * measurement (a Libre HI is above 500), so these statistics understate the excursion rather than
+ * leave it out; `belowRange`/`aboveRange` say how many readings were so substituted. Readings with
+ * no value for any other reason (sensor error, unknown) never get here.
+ *
+ * Times in ranges compare a value with the consensus cut-offs of the unit it was measured in:
+ * <54, 54–69, 70–180, 181–250, >250 mg/dL and <3.0, 3.0–3.8, 3.9–10.0, 10.1–13.9, >13.9 mmol/L. The two
+ * scales are not exact conversions of each other (10.0 mmol/L is 180.16 mg/dL), so converting first
+ * would put 10.0 and 13.9 mmol/L in the next range up.
  */
 import { badRequest } from '../errors.js';
 import { localDate, parseIso } from './time.js';
@@ -10,7 +24,13 @@ import { MGDL_PER_MMOLL, round } from './units.js';
 /** The minimum a metrics computation needs of a reading. */
 export interface MetricReading {
   epochMs: number;
+  /**
+   * Value in mg/dL; -Infinity for a reading below the sensor's measurement range (LOW), +Infinity for
+   * one above it (HIGH). NaN readings are ignored.
+   */
   mgdl: number;
+  /** The value as measured when the source reported mmol/L; times in ranges then use the mmol/L cut-offs. */
+  mmolL?: number;
   /** UTC offset of the reading's local clock, for days of wear and AGP time of day (default 0). */
   offsetMinutes?: number;
 }
@@ -44,8 +64,12 @@ export interface CgmMetrics {
   /** Local calendar dates (of the readings' offset) of the first and last day of the period. */
   startDate: string;
   endDate: string;
-  /** Readings with a value in the period. */
+  /** Readings in the period: readings with a value and HIGH/LOW readings. */
   readings: number;
+  /** LOW readings in the period (counted as very low, and as 40 mg/dL in mean, GMI, SD and CV). */
+  belowRange: number;
+  /** HIGH readings in the period (counted as very high, and as 400 mg/dL in mean, GMI, SD and CV). */
+  aboveRange: number;
   /** Percent of readings in each range, two decimals. */
   timeInRanges: TimesInRanges;
   meanMgdl: number;
@@ -70,9 +94,31 @@ export interface CgmMetrics {
 
 const DAY = 86_400_000;
 
+/** Measurement range of common CGM sensors (Dexcom G6/G7, Libre 1), mg/dL: what a LOW/HIGH stands for in statistics. */
+export const SENSOR_RANGE_MGDL = { low: 40, high: 400 } as const;
+
+/** A reading's value for mean, SD, CV, GMI and AGP percentiles: LOW/HIGH at the sensor limits. */
+export function statisticValue(mgdl: number): number {
+  return mgdl === -Infinity ? SENSOR_RANGE_MGDL.low : mgdl === Infinity ? SENSOR_RANGE_MGDL.high : mgdl;
+}
+
+/**
+ * The consensus range of a reading: 0 very low, 1 low, 2 target, 3 high, 4 very high. Bounds as the
+ * consensus writes them: target 70–180 mg/dL / 3.9–10.0 mmol/L inclusive; a mmol/L value is judged on
+ * the mmol/L scale (see the file comment).
+ */
+export function rangeIndex(r: MetricReading): 0 | 1 | 2 | 3 | 4 {
+  const mmol = r.mmolL;
+  if (mmol !== undefined && Number.isFinite(r.mgdl)) {
+    return mmol < 3.0 ? 0 : mmol < 3.9 ? 1 : mmol <= 10.0 ? 2 : mmol <= 13.9 ? 3 : 4;
+  }
+  const g = r.mgdl; // ±Infinity (LOW/HIGH) falls in the outer ranges
+  return g < 54 ? 0 : g < 70 ? 1 : g <= 180 ? 2 : g <= 250 ? 3 : 4;
+}
+
 /**
  * Computes the metrics over the period (by default the last 14 days of data). Returns undefined when
- * no reading with a value falls in the period.
+ * no reading (with a value, or HIGH/LOW) falls in the period.
  */
 export function computeMetrics(all: readonly MetricReading[], options: MetricsOptions = {}): CgmMetrics | undefined {
   const period = selectPeriod(all, options);
@@ -80,19 +126,18 @@ export function computeMetrics(all: readonly MetricReading[], options: MetricsOp
   const { start, end, readings: inPeriod } = period;
   const n = inPeriod.length;
 
-  let veryLow = 0, low = 0, target = 0, high = 0, veryHigh = 0, sum = 0;
+  const counts = [0, 0, 0, 0, 0];
+  let sum = 0, belowRange = 0, aboveRange = 0;
   for (const r of inPeriod) {
-    const g = r.mgdl;
-    sum += g;
-    if (g < 54) veryLow++;
-    else if (g < 70) low++;
-    else if (g <= 180) target++;
-    else if (g <= 250) high++;
-    else veryHigh++;
+    counts[rangeIndex(r)]!++;
+    if (r.mgdl === -Infinity) belowRange++;
+    else if (r.mgdl === Infinity) aboveRange++;
+    sum += statisticValue(r.mgdl);
   }
+  const [veryLow, low, target, high, veryHigh] = counts as [number, number, number, number, number];
   const mean = sum / n;
   let squares = 0;
-  for (const r of inPeriod) squares += (r.mgdl - mean) ** 2;
+  for (const r of inPeriod) squares += (statisticValue(r.mgdl) - mean) ** 2;
   const sd = n > 1 ? Math.sqrt(squares / (n - 1)) : 0;
   const pct = (k: number): number => round((k / n) * 100, 2);
 
@@ -114,6 +159,8 @@ export function computeMetrics(all: readonly MetricReading[], options: MetricsOp
     startDate: localDate(start, inPeriod[0]!.offsetMinutes ?? 0),
     endDate: localDate(end - 1, offset),
     readings: n,
+    belowRange,
+    aboveRange,
     timeInRanges: { veryLow: pct(veryLow), low: pct(low), target: pct(target), high: pct(high), veryHigh: pct(veryHigh) },
     meanMgdl: round(mean, 2),
     meanMmol: round(mean / MGDL_PER_MMOLL, 2),
@@ -128,10 +175,13 @@ export function computeMetrics(all: readonly MetricReading[], options: MetricsOp
   };
 }
 
-/** Readings of the period, sorted by time, and the period itself; undefined when none has a value. */
+/**
+ * Readings of the period, sorted by time, and the period itself; undefined when there are none.
+ * HIGH/LOW readings (mgdl ±Infinity) are readings of the period; NaN ones are not.
+ */
 export function selectPeriod(all: readonly MetricReading[], options: MetricsOptions = {}):
   { start: number; end: number; intervalAll: number; readings: MetricReading[] } | undefined {
-  let sorted = all.filter((r) => Number.isFinite(r.mgdl));
+  let sorted = all.filter((r) => !Number.isNaN(r.mgdl));
   if (sorted.length === 0) return undefined;
   let ordered = true;
   for (let i = 1; i < sorted.length && ordered; i++) ordered = sorted[i - 1]!.epochMs <= sorted[i]!.epochMs;

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import type { CodeableConcept, Observation, ObservationComponent, Quantity } from '@medplum/fhirtypes';
 import { CGM_IG, GLUCOSE_QUANTITY, LOINC, OBSERVATION_CATEGORY, stableUuid, type ConvertContext, type ConvertedEntry } from './fhir.js';
-import type { CgmMetrics } from './metrics.js';
+import { SENSOR_RANGE_MGDL, type CgmMetrics } from './metrics.js';
 
 export const SUMMARY_PROFILE = {
   summary: `${CGM_IG}cgm-summary`,
@@ -86,9 +86,22 @@ export function buildCgmSummary(metrics: CgmMetrics, ctx: ConvertContext & { iss
     make('daysOfWear', { valueQuantity: { value: metrics.daysOfWear, unit: 'days', system: 'http://unitsofmeasure.org', code: 'd' } }),
     make('sensorActive', { valueQuantity: percent(metrics.sensorActivePercent) }),
   ];
+  const notes = [...metrics.warnings.map((text) => ({ text: `Data sufficiency: ${text}` })), ...outOfRangeNotes(metrics)];
   const summary = make('summary', {
     hasMember: members.map((m) => ({ reference: m.fullUrl })),
-    ...(metrics.warnings.length ? { note: metrics.warnings.map((text) => ({ text: `Data sufficiency: ${text}` })) } : {}),
+    ...(notes.length ? { note: notes } : {}),
   });
   return { entries: [summary, ...members], summary: summary.resource, members: members.map((m) => m.resource) };
+}
+
+/** Says how HIGH/LOW readings entered the figures (see metrics.ts), so a reader knows the mean is a bound. */
+function outOfRangeNotes(metrics: CgmMetrics): { text: string }[] {
+  const notes: { text: string }[] = [];
+  if (metrics.belowRange) {
+    notes.push({ text: `Sensor range: ${metrics.belowRange} of ${metrics.readings} readings below the sensor's measurement range (LOW) are counted as very low (< 54 mg/dL), and as ${SENSOR_RANGE_MGDL.low} mg/dL in mean, GMI and CV` });
+  }
+  if (metrics.aboveRange) {
+    notes.push({ text: `Sensor range: ${metrics.aboveRange} of ${metrics.readings} readings above the sensor's measurement range (HIGH) are counted as very high (> 250 mg/dL), and as ${SENSOR_RANGE_MGDL.high} mg/dL in mean, GMI and CV` });
+  }
+  return notes;
 }

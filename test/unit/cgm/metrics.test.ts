@@ -1,5 +1,9 @@
 import { describe, expect, test } from '@jest/globals';
-import { computeAgp, computeMetrics, metricReadingsFromObservations, quantileType7, type MetricReading } from '../../../src/cgm/index.js';
+import type { Observation } from '@medplum/fhirtypes';
+import {
+  buildCgmSummary, computeAgp, computeMetrics, metricReadingsFromObservations, metricReadingsFromRecords, quantileType7, readCgm, toResources,
+  type MetricReading,
+} from '../../../src/cgm/index.js';
 
 const MIN = 60_000;
 const DAY = 1440 * MIN;
@@ -114,7 +118,147 @@ describe('CGM metrics', () => {
       { resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '99504-3' }] }, effectiveDateTime: '2024-05-01T08:05:00+02:00', dataAbsentReason: { text: 'x' } },
       { resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '41653-7' }] }, effectiveDateTime: '2024-05-01T08:05:00+02:00', valueQuantity: { value: 90, code: 'mg/dL' } },
     ]);
-    expect(r).toEqual([{ epochMs: Date.parse('2024-05-01T06:00:00Z'), mgdl: 5.5 * 18.01559, offsetMinutes: 120 }]);
+    expect(r).toEqual([{ epochMs: Date.parse('2024-05-01T06:00:00Z'), mgdl: 5.5 * 18.01559, mmolL: 5.5, offsetMinutes: 120 }]);
+  });
+});
+
+/** Stored readings as $cgm-summary sees them: parse an export, convert to Observations, read them back. */
+async function storedReadings(text: string, format: 'libreview' | 'nightscout' | 'dexcom'): Promise<MetricReading[]> {
+  const { records } = await readCgm({ text }, { format, timeZone: 'UTC', now: () => Date.parse('2027-01-01T00:00:00Z') });
+  const observations = toResources(records, { patient: 'Patient/p1' }).map((e) => e.resource).filter((r): r is Observation => r.resourceType === 'Observation');
+  return metricReadingsFromObservations(observations);
+}
+
+const reading = (code: string, at: string, body: Partial<Observation>): Observation => ({
+  resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code }] }, effectiveDateTime: at, ...body,
+});
+const absent = (code: string): Partial<Observation> => ({ dataAbsentReason: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/data-absent-reason', code }] } });
+
+describe('HIGH/LOW readings in the consensus metrics', () => {
+  const LIBRE_HILO = [
+    'Device,Serial Number,Device Timestamp,Record Type,Historic Glucose mg/dL,Scan Glucose mg/dL',
+    'FSL,HL1,2026-11-07 08:00,0,120,',
+    'FSL,HL1,2026-11-07 08:15,0,HI,',
+    'FSL,HL1,2026-11-07 08:30,0,LO,',
+    'FSL,HL1,2026-11-07 08:45,0,LO,',
+  ].join('\n');
+
+  test('a LO reading counts as very low and a HI as very high (LibreView 120, HI, LO, LO: 50 % very low, not 100 % in target)', async () => {
+    const m = computeMetrics(await storedReadings(LIBRE_HILO, 'libreview'))!;
+    expect(m.timeInRanges).toEqual({ veryLow: 50, low: 0, target: 25, high: 0, veryHigh: 25 });
+    expect([m.readings, m.belowRange, m.aboveRange]).toEqual([4, 2, 1]);
+  });
+
+  test('mean, GMI, SD and CV take LOW as 40 and HIGH as 400 mg/dL', async () => {
+    const m = computeMetrics(await storedReadings(LIBRE_HILO, 'libreview'))!;
+    const values = [120, 400, 40, 40];
+    const mean = 150;
+    const sd = Math.sqrt(values.reduce((a, v) => a + (v - mean) ** 2, 0) / 3);
+    expect(m.meanMgdl).toBe(150);
+    expect(m.sdMgdl).toBeCloseTo(sd, 2);
+    expect(m.cv).toBeCloseTo((100 * sd) / mean, 2);
+    expect(m.gmi).toBeCloseTo(3.31 + 0.02392 * mean, 2);
+  });
+
+  test('HIGH/LOW readings count toward readings, days of wear and sensor activity', async () => {
+    const m = computeMetrics(await storedReadings(LIBRE_HILO, 'libreview'))!;
+    expect(m.samplingIntervalMs).toBe(15 * MIN);
+    expect(m.sensorActivePercent).toBe(100);
+    expect(m.daysOfWear).toBe(1);
+    // A day of only LOW readings is still a day with data, not "no readings in the period".
+    const lows = computeMetrics([{ epochMs: START, mgdl: -Infinity }, { epochMs: START + 5 * MIN, mgdl: -Infinity }])!;
+    expect(lows.timeInRanges.veryLow).toBe(100);
+    expect(lows.meanMgdl).toBe(40);
+  });
+
+  test('Dexcom status high/low is HIGH/LOW', async () => {
+    const egvs = JSON.stringify({ records: [
+      { systemTime: '2026-11-07T08:00:00', displayTime: '2026-11-07T08:00:00', value: 120, status: null, unit: 'mg/dL', transmitterId: 'T1' },
+      { systemTime: '2026-11-07T08:05:00', displayTime: '2026-11-07T08:05:00', value: null, status: 'high', unit: 'mg/dL', transmitterId: 'T1' },
+      { systemTime: '2026-11-07T08:10:00', displayTime: '2026-11-07T08:10:00', value: null, status: 'low', unit: 'mg/dL', transmitterId: 'T1' },
+      { systemTime: '2026-11-07T08:15:00', displayTime: '2026-11-07T08:15:00', value: 100, status: null, unit: 'mg/dL', transmitterId: 'T1' },
+    ] });
+    const m = computeMetrics(await storedReadings(egvs, 'dexcom'))!;
+    expect(m.timeInRanges).toEqual({ veryLow: 25, low: 0, target: 50, high: 0, veryHigh: 25 });
+  });
+
+  test('Nightscout sgv 39 is LOW; a sensor error code (sgv 5) is neither low nor a reading', async () => {
+    const entries = JSON.stringify([
+      { type: 'sgv', sgv: 120, date: Date.parse('2026-11-07T08:00:00Z'), device: 'xDrip' },
+      { type: 'sgv', sgv: 39, date: Date.parse('2026-11-07T08:05:00Z'), device: 'xDrip' },
+      { type: 'sgv', sgv: 5, date: Date.parse('2026-11-07T08:10:00Z'), device: 'xDrip' },
+    ]);
+    const m = computeMetrics(await storedReadings(entries, 'nightscout'))!;
+    expect(m.readings).toBe(2);
+    expect(m.timeInRanges).toEqual({ veryLow: 50, low: 0, target: 50, high: 0, veryHigh: 0 });
+  });
+
+  test('only negative-/positive-infinity mean LOW/HIGH: error, unknown and a text-only reason are not readings', () => {
+    const r = metricReadingsFromObservations([
+      reading('99504-3', '2026-11-07T08:00:00Z', absent('negative-infinity')),
+      reading('99504-3', '2026-11-07T08:05:00Z', absent('positive-infinity')),
+      reading('99504-3', '2026-11-07T08:10:00Z', absent('error')),
+      reading('99504-3', '2026-11-07T08:15:00Z', absent('unknown')),
+      reading('99504-3', '2026-11-07T08:20:00Z', { dataAbsentReason: { text: 'LOW' } }),
+      reading('41653-7', '2026-11-07T08:25:00Z', absent('negative-infinity')), // a meter reading
+      { ...reading('99504-3', '2026-11-07T08:30:00Z', absent('negative-infinity')), status: 'entered-in-error' },
+    ]);
+    expect(r.map((x) => x.mgdl)).toEqual([-Infinity, Infinity]);
+  });
+
+  test('parsed records give the same inputs as the stored Observations', async () => {
+    const { records } = await readCgm({ text: LIBRE_HILO }, { format: 'libreview', timeZone: 'UTC', now: () => Date.parse('2027-01-01T00:00:00Z') });
+    expect(metricReadingsFromRecords(records)).toEqual(await storedReadings(LIBRE_HILO, 'libreview'));
+  });
+
+  test('the cgm-summary panel says how HIGH/LOW readings were counted', async () => {
+    const { summary } = buildCgmSummary(computeMetrics(await storedReadings(LIBRE_HILO, 'libreview'))!, { patient: 'Patient/p1' });
+    const notes = summary.note!.map((n) => n.text);
+    expect(notes).toContainEqual(expect.stringMatching(/^Sensor range: 2 of 4 readings below .*\(LOW\).*very low.*40 mg\/dL/));
+    expect(notes).toContainEqual(expect.stringMatching(/^Sensor range: 1 of 4 readings above .*\(HIGH\).*very high.*400 mg\/dL/));
+    const plain = buildCgmSummary(computeMetrics([{ epochMs: START, mgdl: 120 }, { epochMs: START + 5 * MIN, mgdl: 130 }])!, { patient: 'Patient/p1' });
+    expect((plain.summary.note ?? []).some((n) => n.text?.startsWith('Sensor range'))).toBe(false);
+  });
+
+  test('the AGP draws LOW at 40 and HIGH at 400 mg/dL', () => {
+    const agp = computeAgp([
+      { epochMs: START, mgdl: -Infinity }, { epochMs: START + DAY, mgdl: Infinity }, { epochMs: START + 2 * DAY, mgdl: 100 },
+    ], { binMinutes: 60 })!;
+    const bin = agp.bins[0]!;
+    expect([agp.readings, bin.n, bin.p50, bin.mean]).toEqual([3, 3, 100, 180]);
+    expect(bin.p5).toBeCloseTo(46, 6);
+    expect(bin.p95).toBeCloseTo(370, 6);
+  });
+});
+
+describe('time in ranges in mmol/L', () => {
+  const obs = (values: number[], unit: 'mmol/L' | 'mg/dL'): Observation[] => values.map((value, k) =>
+    reading(unit === 'mmol/L' ? '105272-9' : '99504-3', new Date(START + k * 5 * MIN).toISOString(), { valueQuantity: { value, code: unit } }));
+
+  test('the consensus mmol/L cut-offs apply to mmol/L readings (3.0, 3.9, 10.0, 13.9, 2.9, 14.0, 5.5, 7.2: target 50 %, very high 12.5 %)', () => {
+    const m = computeMetrics(metricReadingsFromObservations(obs([3.0, 3.9, 10.0, 13.9, 2.9, 14.0, 5.5, 7.2], 'mmol/L')))!;
+    expect(m.timeInRanges).toEqual({ veryLow: 12.5, low: 12.5, target: 50, high: 12.5, veryHigh: 12.5 });
+  });
+
+  test('mmol/L boundaries: 2.9 very low, 3.0/3.8 low, 3.9/10.0 target, 10.1/13.9 high, 14.0 very high', () => {
+    const m = computeMetrics(metricReadingsFromObservations(obs([2.9, 3.0, 3.8, 3.9, 10.0, 10.1, 13.9, 14.0], 'mmol/L')))!;
+    expect(m.timeInRanges).toEqual({ veryLow: 12.5, low: 25, target: 25, high: 25, veryHigh: 12.5 });
+  });
+
+  test('mg/dL boundaries from stored Observations: 53 very low, 54/69 low, 70/180 target, 181/250 high, 251 very high', () => {
+    const m = computeMetrics(metricReadingsFromObservations(obs([53, 54, 69, 70, 180, 181, 250, 251], 'mg/dL')))!;
+    expect(m.timeInRanges).toEqual({ veryLow: 12.5, low: 25, target: 25, high: 25, veryHigh: 12.5 });
+  });
+
+  test('a LibreView mmol/L export (decimal comma) is binned on the mmol/L scale end to end', async () => {
+    const csv = [
+      'Device;Serial Number;Device Timestamp;Record Type;Historic Glucose mmol/L;Scan Glucose mmol/L',
+      ...['3,0', '3,9', '10,0', '13,9', '2,9', '14,0', '5,5', '7,2'].map((v, k) => `FSL;M1;07-11-2026 08:${String(k * 5).padStart(2, '0')};0;${v};`),
+    ].join('\n');
+    const m = computeMetrics(await storedReadings(csv, 'libreview'))!;
+    expect(m.timeInRanges).toEqual({ veryLow: 12.5, low: 12.5, target: 50, high: 12.5, veryHigh: 12.5 });
+    // mean and the other statistics stay in mg/dL from the exact conversion
+    expect(m.meanMgdl).toBeCloseTo(((3.0 + 3.9 + 10.0 + 13.9 + 2.9 + 14.0 + 5.5 + 7.2) / 8) * 18.01559, 2);
   });
 });
 
