@@ -24,9 +24,13 @@ export function registerCgmCommands(program: Command, open: () => Promise<App>):
       return v;
     })
     .option('--tz <zone>', 'IANA time zone of device-local timestamps (LibreView); default GLUCOGUARD_DEFAULT_TZ')
+    .option('--date-order <order>', 'day/month order of LibreView timestamps, DMY or MDY; decided from the data when absent', (v) => {
+      if (v !== 'DMY' && v !== 'MDY') throw new InvalidArgumentError('expected DMY or MDY');
+      return v;
+    })
     .option('--partial', 'store the good records of a file with rejected ones (default: store nothing)')
     .option('--json', 'print the report as JSON')
-    .action(async (file: string, opts: { patient: string; format?: CgmFormat; tz?: string; partial?: boolean; json?: boolean }) => {
+    .action(async (file: string, opts: { patient: string; format?: CgmFormat; tz?: string; dateOrder?: 'DMY' | 'MDY'; partial?: boolean; json?: boolean }) => {
       if (!statSync(file).isFile()) throw new Error(`${file} is not a file`); // a clear answer before anything opens
       await withApp(open, async (app) => {
         const bar = progressBar();
@@ -34,6 +38,7 @@ export function registerCgmCommands(program: Command, open: () => Promise<App>):
           const report = await app.cgm.ingest.ingest(file, {
             patient: opts.patient, partial: opts.partial === true,
             ...(opts.format ? { format: opts.format } : {}), ...(opts.tz ? { timeZone: opts.tz } : {}),
+            ...(opts.dateOrder ? { dateOrder: opts.dateOrder } : {}),
             onProgress: bar.update,
           });
           bar.done();

@@ -1,5 +1,5 @@
 /**
- * `POST /cgm/ingest?patient=ID[&format=F&tz=ZONE&partial=true]`: a raw device/platform export as the
+ * `POST /cgm/ingest?patient=ID[&format=F&tz=ZONE&dateOrder=DMY|MDY&partial=true]`: a raw device/platform export as the
  * body (any media type), streamed into the ingest service (large uploads via an encrypted spool,
  * spool.ts); the import report as JSON. Errors are
  * OperationOutcomes (400 bad input or options, 401/403, 404 unknown patient, 413 too large, 422 a
@@ -54,6 +54,8 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       if (format !== undefined && !CGM_FORMATS.includes(format as CgmFormat)) throw badRequest(`format must be one of ${CGM_FORMATS.join(', ')}`, 'format');
       const partial = one(query, 'partial');
       if (partial !== undefined && partial !== 'true' && partial !== 'false') throw badRequest('partial must be true or false', 'partial');
+      const dateOrder = one(query, 'dateOrder');
+      if (dateOrder !== undefined && dateOrder !== 'DMY' && dateOrder !== 'MDY') throw badRequest('dateOrder must be DMY or MDY (the day/month order of LibreView timestamps)', 'dateOrder');
       const declared = Number(req.headers['content-length'] ?? NaN);
       if (declared > maxBytes) throw tooLarge(`Export larger than ${maxBytes} bytes`);
       const ingestOptions = {
@@ -61,6 +63,7 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
         partial: partial === 'true',
         ...(format ? { format: format as CgmFormat } : {}),
         ...(one(query, 'tz') ? { timeZone: one(query, 'tz') } : {}),
+        ...(dateOrder ? { dateOrder: dateOrder as 'DMY' | 'MDY' } : {}),
       };
       // All-or-nothing needs the whole file checked before storing: a large (or unsized) upload is
       // parked encrypted on disk and read twice; a small one, or a partial import, streams through.

@@ -41,6 +41,18 @@ describe('glucoguard ingest / summary', () => {
     expect(report).toMatchObject({ accepted: true, format: 'nightscout', detected: true, read: trace.length, created: trace.length, unchanged: 0 });
   }, 60_000);
 
+  test('--date-order orders an ambiguous LibreView export; another value is refused', () => {
+    const csv = path.join(dataDir, 'libre-ambiguous.csv');
+    writeFileSync(csv, ['Device,Serial Number,Device Timestamp,Record Type,Historic Glucose mg/dL,Scan Glucose mg/dL,Notes',
+      'FreeStyle Libre 2,0F1E2D3C-1111-4222-8333-444455556666,03-02-2026 08:00,0,101,,'].join('\n'));
+    const refused = run('ingest', csv, '--patient', patientId, '--date-order', 'YMD');
+    expect(refused.status).not.toBe(0);
+    expect(refused.stderr).toMatch(/expected DMY or MDY/);
+    const r = run('ingest', csv, '--patient', patientId, '--tz', 'UTC', '--date-order', 'MDY', '--json');
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout).dateOrder).toEqual({ order: 'MDY', from: 'option', ambiguous: false });
+  }, 60_000);
+
   test('a second ingest of the same file counts every reading as unchanged (human-readable report)', () => {
     const r = run('ingest', file, '--patient', patientId);
     expect(r.status).toBe(0);

@@ -232,6 +232,21 @@ describe('CGM ingest over HTTP', () => {
     expect(kept.length).toBe(partial.body.created);
   });
 
+  test('dateOrder orders an ambiguous LibreView export (MDY or DMY); any other value is 400', async () => {
+    const other = await newPatient('Osei');
+    const csv = ['Device,Serial Number,Device Timestamp,Record Type,Historic Glucose mg/dL,Scan Glucose mg/dL,Notes',
+      'FreeStyle Libre 2,0F1E2D3C-1111-4222-8333-444455556666,03-02-2026 08:00,0,101,,'].join('\n');
+    const libre = (query: string) => http().post(`/cgm/ingest?patient=${other}&format=libreview&tz=UTC${query}`).set('Content-Type', 'text/csv').send(csv);
+    const bad = await libre('&dateOrder=YMD');
+    expect(bad.status).toBe(400);
+    expect(bad.body.issue[0].diagnostics).toMatch(/dateOrder must be DMY or MDY/);
+    expect(await readingsOf(other)).toHaveLength(0);
+    const res = await libre('&dateOrder=MDY');
+    expect(res.status).toBe(200);
+    expect(res.body.dateOrder).toEqual({ order: 'MDY', from: 'option', ambiguous: false });
+    expect((await readingsOf(other))[0]!.effectiveDateTime).toMatch(/^2026-03-02T08:00:00/);
+  });
+
   test('bad requests answer OperationOutcomes and store nothing', async () => {
     const unknown = await ingest('no-such-patient', file);
     expect(unknown.status).toBe(404);

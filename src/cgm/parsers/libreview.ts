@@ -44,6 +44,8 @@ export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: Parser
   ctx.report.usedZone = true;
   if (order) ctx.report.dateOrder = { order, from: 'option', ambiguous: false };
   let held: Row[] = [];
+  /** A 12-hour clock (`08:00 AM`) among the undecided rows: how US exports, month first, write times. */
+  let twelveHour = false;
   let record = 0;
   const decimalComma = delimiter === ';';
 
@@ -85,8 +87,9 @@ export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: Parser
         continue;
       }
       held.push(row);
+      if (/[AaPp][Mm]\s*$/.test(stamp)) twelveHour = true;
       if (held.length >= MAX_UNDECIDED_ROWS) {
-        order = fallbackOrder(ctx, metadataDate);
+        order = fallbackOrder(ctx, metadataDate, twelveHour);
         for (const h of held) yield emit(h);
         held = [];
       }
@@ -98,18 +101,24 @@ export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: Parser
   }
   if (!columns) throw new CgmInputError('no LibreView header found (expected "Device Timestamp" and "Record Type" columns)');
   if (held.length) {
-    order ??= fallbackOrder(ctx, metadataDate);
+    order ??= fallbackOrder(ctx, metadataDate, twelveHour);
     for (const h of held) yield emit(h);
   }
 }
 
-function fallbackOrder(ctx: ParserContext, metadataDate: [number, number] | undefined): 'DMY' | 'MDY' {
+/**
+ * The order when no reading settles it: the export's "Generated on" date if that does, else a
+ * 12-hour clock (`08:00 AM`, as US exports write times) means month first, else day first.
+ */
+function fallbackOrder(ctx: ParserContext, metadataDate: [number, number] | undefined, twelveHour: boolean): 'DMY' | 'MDY' {
   const fromMeta = metadataDate ? decide(metadataDate[0], metadataDate[1]) : undefined;
-  const order = fromMeta ?? 'DMY';
+  const order = fromMeta ?? (twelveHour ? 'MDY' : 'DMY');
   ctx.report.dateOrder = { order, from: fromMeta ? 'data' : 'fallback', ambiguous: true };
   ctx.report.warnings.push(fromMeta
     ? `day/month order ambiguous in the readings; ${order} taken from the export's "Generated on" date`
-    : 'day/month order ambiguous (no day above 12); DD-MM-YYYY assumed — pass dateOrder to be sure');
+    : twelveHour
+      ? 'day/month order ambiguous (no day above 12); MM-DD-YYYY assumed from the 12-hour clock (a US export) — pass dateOrder (--date-order) to be sure'
+      : 'day/month order ambiguous (no day above 12); DD-MM-YYYY assumed — pass dateOrder (--date-order) to be sure');
   return order;
 }
 

@@ -177,6 +177,19 @@ describe('LibreView CSV', () => {
     expect(glucose(us.records)[0]!.time).toBe('2024-05-06T08:00:00Z');
   });
 
+  test('an ambiguous order with a 12-hour clock (08:00 AM, as US exports write times) is taken as month first, and says so', async () => {
+    const text = ['Device,Serial Number,Device Timestamp,Record Type,Historic Glucose mg/dL,Scan Glucose mg/dL,Notes',
+      'FreeStyle Libre 2,0F1E2D3C-1111-4222-8333-444455556666,11/01/2024 08:00 AM,0,101,,',
+      'FreeStyle Libre 2,0F1E2D3C-1111-4222-8333-444455556666,11/01/2024 01:15 PM,0,104,,'].join('\n');
+    const { records, summary } = await readCgm({ text }, { format: 'libreview', now: NOW });
+    expect(summary.dateOrder).toEqual({ order: 'MDY', from: 'fallback', ambiguous: true });
+    expect(summary.warnings.join()).toMatch(/MM-DD-YYYY assumed from the 12-hour clock/);
+    expect(glucose(records).map((r) => r.time)).toEqual(['2024-11-01T08:00:00Z', '2024-11-01T13:15:00Z']);
+    // an explicit order still wins
+    const eu = await readCgm({ text }, { format: 'libreview', now: NOW, dateOrder: 'DMY' });
+    expect(glucose(eu.records)[0]!.time).toBe('2024-01-11T08:00:00Z');
+  });
+
   test('a CSV without the LibreView header names the line', async () => {
     await expect(readCgm({ text: 'Glucose Data,Generated on\nfoo,bar\nDevice,Serial Number,Device Timestamp,Record Type\n' }, { format: 'libreview' }))
       .rejects.toThrow(/line 2: no LibreView header/);
