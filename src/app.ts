@@ -42,7 +42,7 @@ import type { DecodedCache } from './repository/embedded/decoded-cache.js';
 import type { Repository } from './repository/port.js';
 import { UpstreamRepository } from './repository/upstream/index.js';
 import { ChainClient, type ChainAddresses } from './ledger/client.js';
-import { createLedger, integrityModeFrom, INTEGRITY_TAG_SYSTEM, type Ledger } from './ledger/index.js';
+import { createLedger, INTEGRITY_TAG_SYSTEM, type Ledger } from './ledger/index.js';
 import { loadAuthorityKey, startEmbeddedChainThread, type EmbeddedChainThread } from '../chain/node/index.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
@@ -186,7 +186,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const kv: KeyValueStore = config.redisUrl ? await RedisKeyValueStore.connect(config.redisUrl, { logger }) : new MemoryKeyValueStore();
   const chain = await createChain(config, logger);
   // Every write goes through the ledger's decorator (commitment recorded, then anchored in batches).
-  const ledger = await createLedger({ dataDir: config.dataDir, chain: chain.client, repository: adapter, logger, integrity: integrityModeFrom(), anchor: !chain.shared });
+  const ledger = await createLedger({ dataDir: config.dataDir, chain: chain.client, repository: adapter, logger, integrity: config.integrity, anchor: !chain.shared });
   // Subscriptions hear of every stored version through this decorator (src/exchange/write-events.ts).
   const repository = new NotifyingRepository(ledger.repository);
 

@@ -62,7 +62,14 @@ program
     const app = await createApp(cfg);
     const { logger } = app;
     for (const a of app.adapters) logger.info({ port: a.port, adapter: a.adapter, location: a.location }, `${a.port}: ${a.adapter} (${a.location})`);
-    const server: Server = app.http.listen(cfg.port, cfg.host, () => {
+    const server: Server = app.http.listen(cfg.port, cfg.host, (err?: Error) => {
+      if (err) {
+        // express 5 hands a listen error to this callback: say it and stop, never "listening"
+        const code = (err as NodeJS.ErrnoException).code;
+        logger.error({ port: cfg.port, code }, `cannot listen on port ${cfg.port}: ${code === 'EADDRINUSE' ? 'it is in use by another process' : code === 'EACCES' ? 'permission denied' : err.message}`);
+        void app.close().finally(() => process.exit(1));
+        return;
+      }
       const address = server.address();
       const port = typeof address === 'object' && address ? address.port : cfg.port;
       logger.info({ fhirBase: fhirBase(cfg), port }, `GlucoGuard ${VERSION} listening on port ${port}: FHIR base ${fhirBase(cfg)}`);

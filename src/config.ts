@@ -56,6 +56,11 @@ export interface Config {
    * choosing (GLUCOGUARD_AUTO_REINDEX).
    */
   autoReindex: 'on' | 'off';
+  /**
+   * A version with no anchored commitment to check: served tagged `unverified` ('lenient', default)
+   * or withheld ('strict') (GLUCOGUARD_INTEGRITY; src/ledger/integrity.ts).
+   */
+  integrity: 'lenient' | 'strict';
   /** Log level for pino (LOG_LEVEL). */
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   /** 'production' refuses insecure settings (NODE_ENV). */
@@ -133,6 +138,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
   const auth = oneOf(pick('GLUCOGUARD_AUTH', 'auth') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_AUTH', problems);
   const compression = oneOf(pick('GLUCOGUARD_COMPRESSION', 'compression') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_COMPRESSION', problems);
   const autoReindex = oneOf(pick('GLUCOGUARD_AUTO_REINDEX', 'autoReindex') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_AUTO_REINDEX', problems);
+  const integrity = oneOf(pick('GLUCOGUARD_INTEGRITY', 'integrity') ?? 'lenient', ['lenient', 'strict'] as const, 'GLUCOGUARD_INTEGRITY', problems);
   if (auth === 'off' && nodeEnv === 'production') {
     problems.push('GLUCOGUARD_AUTH=off is refused when NODE_ENV=production');
   }
@@ -217,6 +223,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     auth,
     compression,
     autoReindex,
+    integrity,
     logLevel,
     nodeEnv,
     upstream,

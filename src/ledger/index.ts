@@ -54,13 +54,6 @@ export function commitmentStorePath(dataDir: string): string {
   return path.join(dataDir, 'ledger', 'commitments.db');
 }
 
-/** Reads GLUCOGUARD_INTEGRITY (lenient | strict). */
-export function integrityModeFrom(env: NodeJS.ProcessEnv = process.env): IntegrityMode {
-  const value = env.GLUCOGUARD_INTEGRITY ?? 'lenient';
-  if (value !== 'lenient' && value !== 'strict') throw new Error(`GLUCOGUARD_INTEGRITY must be lenient or strict, not "${value}"`);
-  return value;
-}
-
 /**
  * Opens the store, reconciles versions written but not recorded before a crash, and starts the
  * anchorer in the background (it first resolves any batch sent before the last stop).

@@ -2,6 +2,8 @@
  * The `glucoguard` command as an operator runs it: the built bin (npm test builds first via pretest).
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { PACKAGE_ROOT } from '../../src/paths.js';
@@ -77,11 +79,29 @@ describe('glucoguard CLI', () => {
   });
 
   test('a bad configuration stops start-up with one message per problem', () => {
-    const r = spawnSync(process.execPath, [BIN, 'serve'], { env: { ...env, PORT: 'x', GLUCOGUARD_AUTH: 'maybe' }, encoding: 'utf8' });
+    const fresh = tempDir('gg-cli-badconfig-');
+    rmSync(fresh, { recursive: true, force: true });
+    const r = spawnSync(process.execPath, [BIN, 'serve'], { env: { ...env, GLUCOGUARD_DATA_DIR: fresh, PORT: 'x', GLUCOGUARD_AUTH: 'maybe', GLUCOGUARD_INTEGRITY: 'paranoid' }, encoding: 'utf8' });
     expect(r.status).toBe(2);
     expect(r.stderr).toMatch(/PORT must be an integer/);
     expect(r.stderr).toMatch(/GLUCOGUARD_AUTH must be one of/);
+    expect(r.stderr).toMatch(/GLUCOGUARD_INTEGRITY must be one of/);
+    expect(existsSync(fresh)).toBe(false); // refused before anything was created
   });
+
+  test('serve on a port another process holds says so and exits 1 (it never claims to listen)', async () => {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+    const taken = (holder.address() as AddressInfo).port;
+    try {
+      const r = spawnSync(process.execPath, [BIN, 'serve'], { env: { ...env, PORT: String(taken) }, encoding: 'utf8', timeout: 60_000 });
+      expect(r.status).toBe(1);
+      expect(r.stdout).toMatch(new RegExp(`cannot listen on port ${taken}: it is in use by another process`));
+      expect(r.stdout).not.toMatch(/listening on port/);
+    } finally {
+      holder.close();
+    }
+  }, 60_000);
 
   test('serve logs its adapters, serves the patient, and exits 0 on SIGTERM', async () => {
     const server = serve();
