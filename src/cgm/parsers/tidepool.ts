@@ -1,11 +1,16 @@
 /**
  * Tidepool data export (JSON array of data objects). `cbg` (CGM) and `smbg` (meter) carry glucose;
  * Tidepool keeps values in mmol/L converted from mg/dL with 18.01559. `bolus` and `basal` become
- * insulin records. `time` is UTC; `timezoneOffset` (minutes) is the device's offset.
+ * insulin records. `time` is UTC; `timezoneOffset` (minutes) is the device's offset. A reading the
+ * device could not measure carries the annotation `{ code: 'bg/out-of-range', value: 'low' | 'high',
+ * threshold }` beside the threshold as its value: stored as below / above the measurement range
+ * (data-absent-reason negative- / positive-infinity), as Dexcom and LibreView LOW/HIGH are, never as
+ * a measured 40 or 400.
  */
 import { jsonArrayElements } from '../json-stream.js';
 import { formatWithOffset, parseIso } from '../time.js';
 import { parseGlucoseUnit } from '../units.js';
+import type { AbsentReason } from '../types.js';
 import { glucoseRecord, isObject, numeric, reject, skip, text, where, type ParserItem } from './common.js';
 
 export async function* parseTidepool(chunks: AsyncIterable<string>): AsyncGenerator<ParserItem> {
@@ -37,12 +42,18 @@ export async function* parseTidepool(chunks: AsyncIterable<string>): AsyncGenera
         yield reject(pos, 'unknown-unit', `${where(pos)}: unknown units`);
         continue;
       }
+      const method = type === 'cbg' ? 'cgm' : 'smbg';
+      const outOfRange = outOfRangeOf(d.annotations);
+      if (outOfRange) {
+        yield glucoseRecord(pos, { ...base, method, unit, absent: outOfRange });
+        continue;
+      }
       const value = numeric(d.value);
       if (value === undefined) {
         yield reject(pos, d.value === undefined ? 'missing-value' : 'invalid-value', `${where(pos)}: missing or invalid value`);
         continue;
       }
-      yield glucoseRecord(pos, { ...base, method: type === 'cbg' ? 'cgm' : 'smbg', unit, value });
+      yield glucoseRecord(pos, { ...base, method, unit, value });
       continue;
     }
 
@@ -84,4 +95,15 @@ export async function* parseTidepool(chunks: AsyncIterable<string>): AsyncGenera
       },
     };
   }
+}
+
+/** The measurement-range annotation of a Tidepool glucose datum (`bg/out-of-range`), as why it has no value. */
+function outOfRangeOf(annotations: unknown): AbsentReason | undefined {
+  if (!Array.isArray(annotations)) return undefined;
+  for (const a of annotations) {
+    if (!isObject(a) || a.code !== 'bg/out-of-range') continue;
+    if (a.value === 'low') return { code: 'negative-infinity', text: 'Below the device measurement range (Tidepool bg/out-of-range low)' };
+    if (a.value === 'high') return { code: 'positive-infinity', text: 'Above the device measurement range (Tidepool bg/out-of-range high)' };
+  }
+  return undefined;
 }

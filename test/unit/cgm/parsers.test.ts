@@ -216,6 +216,20 @@ describe('Tidepool export', () => {
     ]);
   });
 
+  test('a reading annotated bg/out-of-range is below or above the measurement range, not a measured 40 or 400', async () => {
+    const datum = (minute: string, value: number, annotation?: object) => ({ type: 'cbg', units: 'mg/dL', value, time: `2018-05-14T08:${minute}:00.000Z`, timezoneOffset: 0,
+      deviceId: 'g6-1', ...(annotation ? { annotations: [annotation] } : {}) });
+    const text = JSON.stringify([
+      datum('00', 40, { code: 'bg/out-of-range', value: 'low', threshold: 40 }),
+      datum('05', 400, { code: 'bg/out-of-range', value: 'high', threshold: 400 }),
+      datum('10', 41, { code: 'some/other-annotation' }),
+    ]);
+    const { records, summary } = await readCgm({ text }, { format: 'tidepool', now: NOW });
+    expect(summary.rejected).toBe(0);
+    const g = glucose(records);
+    expect(g.map((r) => [r.value, r.absent?.code])).toEqual([[undefined, 'negative-infinity'], [undefined, 'positive-infinity'], [41, undefined]]);
+  });
+
   test('the mmol/L unit policy converts everything to mmol/L', async () => {
     const { records } = await readCgm(fixture('tidepool-export.json'), { now: NOW, unit: 'mmol/L' });
     expect(glucose(records).map((r) => [r.unit, r.value])).toEqual([['mmol/L', 4], ['mmol/L', 7.99], ['mmol/L', 8.33], ['mmol/L', 6.99]]);
