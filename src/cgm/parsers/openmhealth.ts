@@ -1,7 +1,9 @@
 /**
  * Open mHealth `omh:blood-glucose:4.0` data points: a JSON array of data points (`{header, body}`)
- * or bare bodies, or a single one. `specimen_source` "capillary blood" marks meter readings;
- * anything else (usually "interstitial fluid") is treated as a CGM reading.
+ * or bare bodies, or a single one. `specimen_source` "interstitial fluid" is a CGM reading and
+ * "capillary blood" a meter reading; one with no specimen is taken as a CGM reading (what CGM apps
+ * export); any other specimen (plasma, whole blood, tears…) is neither — a laboratory or other
+ * test, not sensor data — and is skipped, named in the report, rather than counted as CGM.
  */
 import { jsonArrayElements } from '../json-stream.js';
 import { parseIso } from '../time.js';
@@ -44,6 +46,10 @@ export async function* parseOpenMHealth(chunks: AsyncIterable<string>): AsyncGen
     const provenance = header && isObject(header.acquisition_provenance) ? header.acquisition_provenance : {};
     const device = text(provenance.source_name) ?? 'openmhealth';
     const specimen = text(body.specimen_source)?.toLowerCase();
+    if (specimen !== undefined && specimen !== 'interstitial fluid' && specimen !== 'capillary blood') {
+      yield skip(pos, 'unsupported-record-type', `${where(pos)}: specimen_source "${specimen.slice(0, 40)}" is neither a sensor (interstitial fluid) nor a meter (capillary blood) reading`);
+      continue;
+    }
     yield glucoseRecord(pos, {
       source: 'openmhealth',
       method: specimen === 'capillary blood' ? 'smbg' : 'cgm',

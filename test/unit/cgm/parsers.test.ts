@@ -248,6 +248,18 @@ describe('Open mHealth blood-glucose 4.0', () => {
   });
 });
 
+describe('Open mHealth specimens', () => {
+  test('plasma or whole blood is neither a sensor nor a meter reading: skipped, named; no specimen is taken as a sensor reading', async () => {
+    const point = (minute: string, specimen?: string) => ({ blood_glucose: { value: 100, unit: 'mg/dL' }, effective_time_frame: { date_time: `2023-06-01T08:${minute}:00-04:00` },
+      ...(specimen ? { specimen_source: specimen } : {}) });
+    const text = JSON.stringify([point('00', 'plasma'), point('05', 'whole blood'), point('10'), point('15', 'interstitial fluid'), point('20', 'capillary blood')]);
+    const { records, summary } = await readCgm({ text }, { format: 'openmhealth', now: NOW });
+    expect(glucose(records).map((r) => [r.method, r.time])).toEqual([['cgm', '2023-06-01T08:10:00-04:00'], ['cgm', '2023-06-01T08:15:00-04:00'], ['smbg', '2023-06-01T08:20:00-04:00']]);
+    expect(summary.skippedByReason).toEqual({ 'unsupported-record-type': 2 });
+    expect(summary.issues.map((i) => i.message).join(' ')).toMatch(/specimen_source "plasma" is neither/);
+  });
+});
+
 describe('Apple HealthKit export.xml', () => {
   test('streams blood-glucose records only, with offsets, units and CGM/meter origin', async () => {
     const { records, summary } = await readCgm(fixture('healthkit-export.xml'), { now: NOW });
