@@ -14,7 +14,7 @@ import {
 import type { Logger } from '../log.js';
 import { metrics } from '../observability/metrics.js';
 import { versionIdOf } from '../repository/deferred.js';
-import type { HistoryEntry, HistoryRequest, Repository, SearchOptions } from '../repository/port.js';
+import { TamperedVersionError, type HistoryEntry, type HistoryRequest, type Repository, type SearchOptions } from '../repository/port.js';
 import type { AccessContext } from './access.js';
 import { conditionalReferences, entryRequest, processBatch, processTransaction, refuseConditionalReferences, withReferencesResolved } from './bundles.js';
 import { isChained, resolveChains, type ChainContext } from './chains.js';
@@ -796,6 +796,8 @@ export class FhirRouter {
     try {
       return await fetch();
     } catch (err) {
+      // altered on disk: the guards decide (the integrity check fails it: withheld, issue, security AuditEvent)
+      if (err instanceof TamperedVersionError) return err.standIn as T;
       if (access.kind === 'open') throw err;
       if (isGlucoGuardError(err, 'ERR_NOT_FOUND')) throw notFound('Not found');
       if (isGlucoGuardError(err, 'ERR_GONE') && !(await this.deletedVisible(access, type, id, version))) throw notFound('Not found');

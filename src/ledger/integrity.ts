@@ -22,7 +22,7 @@ import type { AccessContext } from '../fhir/access.js';
 import type { GuardOptions, GuardResult, OutboundGuard } from '../fhir/policy.js';
 import { patientIdOfReference, patientIdsOf } from '../fhir/compartment.js';
 import { versionIdOf } from '../repository/deferred.js';
-import { canonicalTextOf, isImmutable } from '../repository/port.js';
+import { canonicalTextOf, isImmutable, isTamperedStandIn } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
 import { hashPair, rootOfLeaves } from './merkle.js';
 import type { CommitmentStore, ProofRecord } from './store.js';
@@ -120,6 +120,10 @@ export class IntegrityChecker {
     /** Versions not proven yet (verified versions are keyed by id). */
     const missing: Missing[] = [];
     resources.forEach((resource, at) => {
+      if (isTamperedStandIn(resource)) {
+        results[at] = { status: 'failed', reason: 'content' };
+        return;
+      }
       if (this.provenObjects.has(resource)) {
         results[at] = VERIFIED;
         return;

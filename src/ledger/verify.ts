@@ -5,7 +5,7 @@
  */
 import type { Resource } from '@medplum/fhirtypes';
 import { isGlucoGuardError } from '../errors.js';
-import type { Repository } from '../repository/port.js';
+import { TamperedVersionError, type Repository } from '../repository/port.js';
 import type { IntegrityChecker } from './integrity.js';
 import type { CommitmentRecord, CommitmentStore } from './store.js';
 
@@ -36,7 +36,8 @@ export async function verifyStore(
       try {
         read.push({ ref, resource: await deps.repository.vread(record.type, record.id, record.version) });
       } catch (err) {
-        if (isGlucoGuardError(err, 'ERR_GONE')) report.gone++;
+        if (err instanceof TamperedVersionError) report.failures.push({ resource: ref, reason: 'stored data does not authenticate (altered, swapped or corrupted on disk)' });
+        else if (isGlucoGuardError(err, 'ERR_GONE')) report.gone++;
         else if (isGlucoGuardError(err, 'ERR_NOT_FOUND')) report.failures.push({ resource: ref, reason: 'missing from the repository' });
         else throw err;
       }

@@ -12,6 +12,7 @@
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, Resource } from '@medplum/fhirtypes';
 import { builtObjectOf, deferredCanonicalText, deferredJsonText, isDeferred } from './deferred.js';
+import { GlucoGuardError, issue } from '../errors.js';
 
 /** How one search may run. */
 export interface SearchOptions {
@@ -199,4 +200,30 @@ export function jsonTextOf(resource: object): string {
     if (immutables.has(resource)) jsonTexts.set(resource, text);
   }
   return text;
+}
+
+/** Stand-ins for versions whose stored bytes did not authenticate (TamperedVersionError). */
+const tamperedStandIns = new WeakSet<object>();
+
+/**
+ * A read or vread of a version whose data key is there but whose stored bytes do not authenticate
+ * (altered, swapped or corrupted on disk): not an erasure. It is ERR_GONE to every caller that
+ * only reads (nothing of it can be served), and carries `standIn` — the version's type, id and
+ * meta, nothing else — for the FHIR router to hand to the outbound guards, where the integrity
+ * check fails it (withheld, OperationOutcome issue, security AuditEvent) as it does any altered version.
+ */
+export class TamperedVersionError extends GlucoGuardError {
+  readonly standIn: Resource;
+  constructor(type: string, id: string, versionId: string, lastUpdated: string) {
+    const details = `${type}/${id} is no longer available`;
+    super('ERR_GONE', details, [issue('ERR_GONE', details)]);
+    this.name = 'TamperedVersionError';
+    this.standIn = { resourceType: type, id, meta: { versionId, lastUpdated } } as Resource;
+    tamperedStandIns.add(this.standIn);
+  }
+}
+
+/** True for the stand-in of a version whose stored bytes did not authenticate (never to be served). */
+export function isTamperedStandIn(resource: object): boolean {
+  return tamperedStandIns.has(resource);
 }

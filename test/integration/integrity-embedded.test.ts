@@ -206,6 +206,34 @@ describe('embedded store', () => {
     expect(outcome.issue!.some((i) => /integrity check/i.test(i.diagnostics!) && i.diagnostics!.includes(victim.id!))).toBe(true);
   });
 
+  it('a stored body whose bytes no longer authenticate (a byte flipped on disk) is an integrity failure, not an erasure: withheld with an issue and an AuditEvent; verify counts it failed', async () => {
+    const victim = await createPatient('Flipped');
+    await t.app.ledger.anchorer.flush();
+    const db = new Database(path.join(t.dataDir, 'store', 'glucoguard.db'));
+    try {
+      const row = db.prepare("SELECT seq, body FROM versions WHERE type = 'Patient' AND id = ? AND version = 1").get(victim.id) as { seq: number; body: Buffer };
+      const body = Buffer.from(row.body);
+      body[body.length >> 1]! ^= 0x01;
+      expect(db.prepare('UPDATE versions SET body = ? WHERE seq = ?').run(body, row.seq).changes).toBe(1);
+    } finally {
+      db.close();
+    }
+    t.app.readCache?.clear();
+    for (const path of [`/fhir/Patient/${victim.id}`, `/fhir/Patient/${victim.id}/_history/1`]) {
+      const res = await request(t.app.http).get(path);
+      expect(res.status).toBe(404); // not 410 "no longer available", as for an erased patient
+      expect((res.body as OperationOutcome).issue!.some((i) => /integrity check/i.test(i.diagnostics!) && /failed/.test(i.diagnostics!))).toBe(true);
+    }
+    const audits = await t.app.repository.search({ resourceType: 'AuditEvent', count: 1000, offset: 0 });
+    const about = audits.resources.filter((r) => (r as AuditEvent).entity?.some((e) => e.what?.reference === `Patient/${victim.id}/_history/1`)) as AuditEvent[];
+    expect(about.length).toBeGreaterThanOrEqual(2);
+    expect(about[0]).toMatchObject({ outcome: '8', type: { code: '110113' } });
+    const { verifyStore } = await import('../../src/ledger/verify.js');
+    const report = await verifyStore({ store: t.app.ledger.store, repository: t.app.ledger.repository.adapter, checker: t.app.ledger.checker }, victim.id);
+    expect(report.gone).toBe(0);
+    expect(report.failures).toEqual([expect.objectContaining({ resource: `Patient/${victim.id}/_history/1`, reason: expect.stringMatching(/does not authenticate/) })]);
+  });
+
   it('keeps a version tampered with before it was anchored from being served as verified later', async () => {
     const victim = await createPatient('Early');
     tamperEmbedded(t.dataDir, victim, (p) => { p.birthDate = '1999-09-09'; });

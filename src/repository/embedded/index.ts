@@ -24,7 +24,7 @@ import { loadFhirDefinitions } from '../../fhir/definitions.js';
 import type {
   HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchOptions, SearchResult, VersionKey, WriteResult,
 } from '../port.js';
-import { attachCanonicalText } from '../port.js';
+import { attachCanonicalText, TamperedVersionError } from '../port.js';
 import { deferredResource } from '../deferred.js';
 import { canonicalResourceText } from '../../ledger/canonical.js';
 import { historyRows, TYPES_SQL, VERSION_KEYS_SQL } from './history.js';
@@ -560,8 +560,12 @@ export class EmbeddedRepository implements Repository {
 
   private decodeOrGone(row: VersionRow): Resource {
     const resource = this.decode(row, this.decoded);
-    if (!resource) throw gone(`${row.type}/${row.id} is no longer available`);
-    return resource;
+    if (resource) return resource;
+    // Its data key is there, so the body did not authenticate: altered on disk, not erased.
+    if (row.body && row.key_id && row.key_version !== null && this.keys.keyById(row.key_id, row.key_version)) {
+      throw new TamperedVersionError(row.type, row.id, String(row.version), new Date(row.last_updated).toISOString());
+    }
+    throw gone(`${row.type}/${row.id} is no longer available`);
   }
 
   private prepare(text: string): Statement<unknown[], VersionRow> {
