@@ -16,7 +16,7 @@ import type { Resource } from '@medplum/fhirtypes';
 import { patientIdsOf } from '../fhir/compartment.js';
 import { WriteObservingRepository, type WrittenVersion } from '../repository/observed.js';
 import type { Repository, VersionKey } from '../repository/port.js';
-import { canonicalTextOf } from '../repository/port.js';
+import { canonicalTextOf, TamperedVersionError } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
 import type { CommitmentStore, NewCommitment } from './store.js';
 
@@ -34,6 +34,23 @@ export class AnchoredRepository extends WriteObservingRepository {
 
   protected override written(versions: WrittenVersion[]): void {
     this.record(versions.map((v) => v.resource));
+  }
+
+  /**
+   * A read of the current version, which must be the newest version committed: a store that
+   * answers an older one while a newer one has a commitment was rolled back (its newer rows removed,
+   * an older one made current). Answered as a version that fails integrity (TamperedVersionError:
+   * the FHIR router withholds it with the integrity issue and the security AuditEvent), after one
+   * read again, so that a version another process committed meanwhile is not taken for one.
+   * Numeric version ids only (the embedded store's; an upstream server's are its own).
+   */
+  override async read<T extends Resource = Resource>(resourceType: string, id: string): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      const resource = await super.read<T>(resourceType, id);
+      const version = resource.meta?.versionId;
+      if (version === undefined || !/^\d+$/.test(version) || !this.store.hasNewer(resourceType, id, Number(version))) return resource;
+      if (attempt === 1) throw new TamperedVersionError(resourceType, id, version, resource.meta!.lastUpdated ?? new Date(0).toISOString());
+    }
   }
 
   /**

@@ -107,6 +107,7 @@ export class CommitmentStore {
   private readonly insert: Statement<[string, string, string, string | null, Buffer, Buffer, number]>;
   private readonly byKey: Statement<[string, string, string], Row>;
   private readonly hasKey: Statement<[string, string, string], number>;
+  private readonly newerKey: Statement<[string, string, number], number>;
   private readonly batchById: Statement<[number], BatchRow>;
   private readonly proofByKey: Statement<[string, string, string], [Buffer, Buffer, number | null, Buffer | null]>;
   private readonly proofRange: Statement<[string, string, string, number], [string, string, Buffer, Buffer, number | null, Buffer | null]>;
@@ -160,6 +161,8 @@ export class CommitmentStore {
     this.insert = this.db.prepare('INSERT OR IGNORE INTO commitments (type, id, version, patient, salt, leaf, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)');
     this.byKey = this.db.prepare('SELECT * FROM commitments WHERE type = ? AND id = ? AND version = ?');
     this.hasKey = this.db.prepare<[string, string, string], number>('SELECT 1 FROM commitments WHERE type = ? AND id = ? AND version = ?').pluck();
+    this.newerKey = this.db.prepare<[string, string, number], number>(
+      'SELECT 1 FROM commitments INDEXED BY commitments_by_key WHERE type = ? AND id = ? AND CAST(version AS INTEGER) > ? LIMIT 1').pluck();
     this.batchById = this.db.prepare('SELECT * FROM batches WHERE id = ?');
     this.proofByKey = this.db.prepare<[string, string, string], [Buffer, Buffer, number | null, Buffer | null]>(
       'SELECT salt, leaf, batch, proof FROM commitments WHERE type = ? AND id = ? AND version = ?').raw();
@@ -196,6 +199,12 @@ export class CommitmentStore {
   }
 
   /** Whether a commitment of that version is recorded (the key index alone). */
+  /** True when a version of type/id numbered above `version` has a commitment (numeric version ids). */
+  hasNewer(type: string, id: string, version: number): boolean {
+    this.checkOpen();
+    return this.newerKey.get(type, id, version) !== undefined;
+  }
+
   has(type: string, id: string, version: string): boolean {
     this.checkOpen();
     return this.hasKey.get(type, id, version) !== undefined;

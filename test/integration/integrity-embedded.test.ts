@@ -234,6 +234,30 @@ describe('embedded store', () => {
     expect(report.failures).toEqual([expect.objectContaining({ resource: `Patient/${victim.id}/_history/1`, reason: expect.stringMatching(/does not authenticate/) })]);
   });
 
+  it('a store rolled back to an older version (its newer committed version removed) is not served as current: withheld with an issue and an AuditEvent', async () => {
+    const created = await createPatient('Before');
+    const updated = await request(t.app.http).put(`/fhir/Patient/${created.id}`).set('content-type', FHIR_JSON).send({ ...created, name: [{ family: 'Corrected' }] });
+    expect(updated.status).toBe(200);
+    await t.app.ledger.anchorer.flush();
+    const db = new Database(path.join(t.dataDir, 'store', 'glucoguard.db'));
+    try {
+      expect(db.prepare("DELETE FROM versions WHERE type = 'Patient' AND id = ? AND version = 2").run(created.id).changes).toBe(1);
+      expect(db.prepare("UPDATE versions SET current = 1 WHERE type = 'Patient' AND id = ? AND version = 1").run(created.id).changes).toBe(1);
+    } finally {
+      db.close();
+    }
+    t.app.readCache?.clear();
+    const read = await request(t.app.http).get(`/fhir/Patient/${created.id}`);
+    expect(read.status).toBe(404);
+    expect(JSON.stringify(read.body)).not.toContain('Before');
+    expect((read.body as OperationOutcome).issue!.some((i) => /integrity check/i.test(i.diagnostics!) && /failed/.test(i.diagnostics!))).toBe(true);
+    const audits = await t.app.repository.search({ resourceType: 'AuditEvent', count: 1000, offset: 0 });
+    expect(audits.resources.some((r) => (r as AuditEvent).type?.code === '110113'
+      && (r as AuditEvent).entity?.some((e) => e.what?.reference === `Patient/${created.id}/_history/1`))).toBe(true);
+    // the older version itself, asked for by its version id, is what it was
+    expect((await request(t.app.http).get(`/fhir/Patient/${created.id}/_history/1`)).status).toBe(200);
+  });
+
   it('keeps a version tampered with before it was anchored from being served as verified later', async () => {
     const victim = await createPatient('Early');
     tamperEmbedded(t.dataDir, victim, (p) => { p.birthDate = '1999-09-09'; });
