@@ -24,7 +24,7 @@ import { openCgm, type CgmStream } from './parse.js';
 import { CgmInputError } from './json-stream.js';
 import { toDevice, toMedicationAdministration, toObservation, type ConvertContext, type ConvertedEntry } from './fhir.js';
 import type { IngestIssue, IngestSummary, ParseOptions } from './types.js';
-import { stableJson } from './stable-json.js';
+import { sameContent } from './stable-json.js';
 import { isReopenable, type ReopenableInput } from './spool.js';
 import type { ResourceCheck } from './validate.js';
 
@@ -255,7 +255,7 @@ export class CgmIngestService {
         counts.created++;
         if (this.deps.bulkCreate) creates.push(resource);
         else writes.push({ fullUrl: e.fullUrl, resource, request: { method: 'POST', url: resource.resourceType } });
-      } else if (sameContent(found, resource)) {
+      } else if (sameContent(found, resource, ['device'])) { // the same reading: content without id, meta and the device reference
         counts.unchanged++;
       } else {
         counts.corrected++;
@@ -333,15 +333,3 @@ function withDevice(resource: Resource, devices: Map<string, string>): Resource 
   return resolved ? { ...resource, device: { reference: resolved } } as Resource : resource;
 }
 
-/** What decides "same reading": the content without id, meta and the device reference. */
-function sameContent(stored: Resource, incoming: Resource): boolean {
-  const a = essence(stored);
-  const b = essence(incoming);
-  // Stored JSON keeps the converter's key order, so plain JSON usually decides; sorted keys settle the rest.
-  return JSON.stringify(a) === JSON.stringify(b) || stableJson(a) === stableJson(b);
-}
-
-function essence(resource: Resource): Record<string, unknown> {
-  const { id: _id, meta: _meta, device: _device, ...rest } = resource as unknown as Record<string, unknown>;
-  return rest;
-}

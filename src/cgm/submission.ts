@@ -19,7 +19,7 @@
 import { createHash } from 'node:crypto';
 import type { Bundle, Parameters, Resource } from '@medplum/fhirtypes';
 import { badRequest } from '../errors.js';
-import { stableJson } from './stable-json.js';
+import { sameContent, stableJson } from './stable-json.js';
 
 /** Identifier system GlucoGuard adds to submitted resources that carry none (content hash). */
 export const SUBMISSION_IDENTIFIER_SYSTEM = 'urn:glucoguard:cgm-submission';
@@ -181,12 +181,6 @@ function escapeComma(value: string): string {
 }
 
 /** What decides "same resource": the content without id and meta (as ingest compares readings). */
-function sameContent(stored: Resource, incoming: Resource): boolean {
-  const { id: _a, meta: _b, ...a } = stored as unknown as Record<string, unknown>;
-  const { id: _c, meta: _d, ...b } = incoming as unknown as Record<string, unknown>;
-  return stableJson(a) === stableJson(b);
-}
-
 function withReferences(resource: Resource, rewrites: Map<string, string>): Resource {
   const copy = structuredClone(resource);
   resolveReferences(copy, rewrites);

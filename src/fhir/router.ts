@@ -23,7 +23,7 @@ import { errorToResponse, informational, operationOutcome } from './outcomes.js'
 import { PageTokens, pairsToQuery, queryOfText, queryPairs, toQueryString } from './paging.js';
 import { OPEN_POLICY, type AccessPolicy, type GuardOptions, type OutboundGuard } from './policy.js';
 import { isSupportedType } from './resource-types.js';
-import { asksForTotal, parseSearch, type SearchParseOptions } from './search.js';
+import { asksForTotal, isResultParam, parseSearch, type SearchParseOptions } from './search.js';
 import { parseSubsetting, subsetResource } from './subsetting.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
 import { assertWellFormed, isJsonObject, type ProfileValidator } from './validation.js';
@@ -1161,13 +1161,10 @@ function usedQuery(query: Record<string, string | string[]>, parsed: SearchReque
   return used;
 }
 
-/** Parameters that shape a search's answer rather than select matches (search.html#modifyingresults), and the format ones. */
-const RESULT_PARAMS = new Set(['_format', '_pretty', '_count', '_offset', '_sort', '_summary', '_elements', '_include', '_revinclude', '_total', '_contained', '_containedType', '_pageToken']);
-
-/** The search criteria of a conditional update, patch or delete: its query without the result parameters (RESULT_PARAMS); none is 405. */
+/** The search criteria of a conditional update, patch or delete: its query without the result parameters (isResultParam); none is 405. */
 function conditionalCriteria(req: FhirRequest, interaction: 'update' | 'patch' | 'delete'): Record<string, string | string[]> {
   // only filters select: result parameters (`_count=1` would hide a second match) are left out
-  const criteria = Object.fromEntries(Object.entries(req.query).filter(([k]) => !RESULT_PARAMS.has(k.split(':')[0]!)));
+  const criteria = Object.fromEntries(Object.entries(req.query).filter(([k]) => !isResultParam(k)));
   if (Object.keys(criteria).length === 0) {
     throw methodNotAllowed(`${req.method} on a resource type needs search parameters (conditional ${interaction})`, ['GET', 'HEAD', 'POST']);
   }

@@ -55,6 +55,15 @@ export function asksForTotal(query: Record<string, string | string[] | undefined
 /** Result parameters that shape what is returned of each resource, not what matches. */
 const SUBSETTING_PARAMS = new Set(['_summary', '_elements']);
 
+/**
+ * A parameter (modifier aside) that shapes a search's answer or its format rather than selecting
+ * matches (search.html#modifyingresults): not a criterion of a conditional write.
+ */
+export function isResultParam(name: string): boolean {
+  const base = name.split(':')[0]!;
+  return CONTROL_PARAMS.has(base) || SUBSETTING_PARAMS.has(base) || base === '_contained' || base === '_containedType';
+}
+
 /** Builds a SearchRequest from a query, throwing 400 for anything the facade cannot answer faithfully. */
 export function parseSearch(resourceType: string, query: Record<string, string | string[]>, options: SearchParseOptions): SearchRequest {
   const kept: Record<string, string | string[]> = {};
