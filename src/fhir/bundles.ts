@@ -96,6 +96,25 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
   }
 
   const out: BundleEntry[] = new Array(entries.length);
+  // A read that fails fails the transaction (http.html#transaction: accept all actions or reject
+  // all). Reads the writes cannot change run before the commit, so their failure writes nothing;
+  // a read of what the transaction deletes is refused up front (it could only answer 410).
+  const deleted = new Set(writes.filter((w) => w.entry.request!.method === 'DELETE').map((w) => w.entry.request!.url.split('?')[0]!));
+  const writtenTypes = new Set(writes.map((w) => w.entry.request!.url.split(/[/?]/)[0]!));
+  const afterCommit: typeof reads = [];
+  for (const r of reads) {
+    const target = readTarget(r.entry.request!.url);
+    if (target.instance && deleted.has(target.instance)) {
+      throw badRequest(`Bundle.entry[${r.index}] reads ${target.instance}, which this transaction deletes; the transaction was not applied`, `Bundle.entry[${r.index}].request.url`);
+    }
+    if (!independentOf(target, writtenTypes)) {
+      afterCommit.push(r);
+      continue;
+    }
+    const response = await readEntry(steps, r, parent);
+    if (response.status >= 400) return failedRead(r.index, response);
+    out[r.index] = responseEntry(response);
+  }
   if (writes.length) {
     const committed = await steps.commit({ resourceType: 'Bundle', type: 'transaction', entry: writes.map((w) => w.entry) });
     const echoed = (committed.entry ?? []).flatMap((e) => (e.resource ? [e.resource] : []));
@@ -109,8 +128,57 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
       out[w.index] = shown ? { ...rest, resource: shown } : rest;
     }
   }
-  for (const r of reads) out[r.index] = responseEntry(await steps.read(entryRequest(r.entry, r.index, parent)));
+  // Reads of what the writes touch see them; one that fails now leaves the committed writes in
+  // place and answers the error in its entry (docs/architecture.md, Transactions).
+  for (const r of afterCommit) out[r.index] = responseEntry(await readEntry(steps, r, parent));
   return { status: 200, body: { resourceType: 'Bundle', type: 'transaction-response', entry: out } };
+}
+
+async function readEntry(steps: TransactionSteps, r: { index: number; entry: BundleEntry }, parent: FhirRequest): Promise<FhirResponse> {
+  try {
+    return await steps.read(entryRequest(r.entry, r.index, parent));
+  } catch (err) {
+    return errorToResponse(err);
+  }
+}
+
+/** What a read entry's URL reads: its resource type (none at system level), the instance it names, whether it crosses to other types. */
+interface ReadTarget { type?: string; instance?: string; crossesTypes: boolean }
+
+function readTarget(url: string): ReadTarget {
+  const relative = url.replace(/^https?:\/\/[^/]+(\/[^?]*)?\/fhir\//, '');
+  const [path, qs = ''] = relative.split('?', 2) as [string, string | undefined];
+  const segments = path.split('/').filter(Boolean);
+  const type = segments[0] && /^[A-Z][A-Za-z]+$/.test(segments[0]) ? segments[0] : undefined;
+  const instance = type && segments[1] && !segments[1].startsWith('$') && !segments[1].startsWith('_') ? `${type}/${segments[1]}` : undefined;
+  // operations ($everything, $lastn…), includes, reverse chains, chains and typed references read other types
+  const names = qs.split('&').filter(Boolean).map((p) => decodeURIComponent(p.split('=', 1)[0]!));
+  const crossesTypes = segments.some((s) => s.startsWith('$'))
+    || names.some((n) => n.startsWith('_include') || n.startsWith('_revinclude') || n.startsWith('_has') || n.includes('.') || /:[A-Z]/.test(n));
+  return { type, instance, crossesTypes };
+}
+
+function independentOf(target: ReadTarget, writtenTypes: Set<string>): boolean {
+  if (!writtenTypes.size) return true;
+  return target.type !== undefined && !writtenTypes.has(target.type) && !target.crossesTypes;
+}
+
+/** A failed read as the transaction's answer: its status and outcome, naming the entry. */
+function failedRead(index: number, response: FhirResponse): FhirResponse {
+  const body = response.body as { resourceType?: string; issue?: OperationOutcomeIssue[] } | undefined;
+  const issues = body?.resourceType === 'OperationOutcome' && body.issue?.length ? body.issue : [{ severity: 'error' as const, code: 'processing' as const }];
+  return {
+    status: response.status,
+    headers: response.headers?.['Retry-After'] ? { 'Retry-After': response.headers['Retry-After'] } : undefined,
+    body: {
+      resourceType: 'OperationOutcome',
+      issue: issues.map((is) => ({
+        ...is,
+        diagnostics: `Bundle.entry[${index}]: ${is.diagnostics ?? is.details?.text ?? `the read answered ${response.status}`}; the transaction was not applied`,
+        expression: [`Bundle.entry[${index}]`, ...(is.expression ?? [])],
+      })),
+    },
+  };
 }
 
 /** A conditional reference (http.html#trules): `Patient?identifier=urn:mrn|123` in place of `Patient/id`. */

@@ -245,6 +245,61 @@ describe.each(REPOSITORY_ADAPTERS)('FHIR conformance details on the %s repositor
     expect(observation.device!.reference).toMatch(/^Device\/[A-Za-z0-9\-.]+$/);
   });
 
+  test('a transaction whose read entry fails is not applied (http.html#transaction: all actions or none)', async () => {
+    const before = (await http().get('/fhir/Organization').query({ name: 'Never-applied' })).body as Bundle;
+    expect(before.total ?? before.entry?.length ?? 0).toBe(0);
+    const tx = await post('/fhir', {
+      resourceType: 'Bundle', type: 'transaction',
+      entry: [
+        { resource: { resourceType: 'Organization', name: 'Never-applied' }, request: { method: 'POST', url: 'Organization' } },
+        { request: { method: 'GET', url: 'Patient/no-such-patient' } },
+      ],
+    });
+    expect(tx.status).toBe(404);
+    expect(tx.body.resourceType).toBe('OperationOutcome');
+    expect(tx.body.issue[0].diagnostics).toMatch(/^Bundle\.entry\[1\]: .*the transaction was not applied$/);
+    expect(tx.body.issue[0].expression[0]).toBe('Bundle.entry[1]');
+    const after = (await http().get('/fhir/Organization').query({ name: 'Never-applied' })).body as Bundle;
+    expect(after.entry ?? []).toHaveLength(0);
+    // a search entry with a parameter the server does not know fails it the same way
+    const bad = await post('/fhir', {
+      resourceType: 'Bundle', type: 'transaction',
+      entry: [
+        { resource: { resourceType: 'Organization', name: 'Never-applied' }, request: { method: 'POST', url: 'Organization' } },
+        { request: { method: 'GET', url: 'Patient?no-such-parameter=1' } },
+      ],
+    });
+    expect(bad.status).toBe(400);
+    expect(((await http().get('/fhir/Organization').query({ name: 'Never-applied' })).body as Bundle).entry ?? []).toHaveLength(0);
+  });
+
+  test('a transaction that reads what it deletes is refused and deletes nothing', async () => {
+    const org = (await post('/fhir/Organization', { resourceType: 'Organization', name: 'Kept' })).body;
+    const tx = await post('/fhir', {
+      resourceType: 'Bundle', type: 'transaction',
+      entry: [
+        { request: { method: 'DELETE', url: `Organization/${org.id}` } },
+        { request: { method: 'GET', url: `Organization/${org.id}` } },
+      ],
+    });
+    expect(tx.status).toBe(400);
+    expect(tx.body.issue[0].diagnostics).toContain('which this transaction deletes');
+    expect((await http().get(`/fhir/Organization/${org.id}`)).status).toBe(200);
+  });
+
+  test("a transaction's read of a type it writes sees the writes", async () => {
+    const tx = await post('/fhir', {
+      resourceType: 'Bundle', type: 'transaction',
+      entry: [
+        { resource: { resourceType: 'Organization', name: 'Seen-by-read' }, request: { method: 'POST', url: 'Organization' } },
+        { request: { method: 'GET', url: 'Organization?name=Seen-by-read' } },
+      ],
+    });
+    expect(tx.status).toBe(200);
+    const found = (tx.body as Bundle).entry![1]!.resource as Bundle;
+    expect(found.entry?.map((e) => e.resource!.id)).toEqual([(tx.body as Bundle).entry![0]!.resource!.id]);
+  });
+
   // an upstream server answers its transactions itself
   (adapter === 'embedded' ? test : test.skip)("a transaction's entries give the version's own lastModified, to the millisecond [embedded only: upstream answers transactions itself]", async () => {
     const tx = await post('/fhir', {
