@@ -86,6 +86,8 @@ export interface ExportServiceOptions {
   /** Records an access-log entry when a job finishes and for each file download (the consent audit recorder). */
   audit?: (request: FhirRequest, response: FhirResponse) => void;
   now?: () => number;
+  /** How often a download in progress decides again whether its job's data may still go out (ms; default 2,000). */
+  downloadRecheckMs?: number;
 }
 
 export class ExportService {
@@ -413,7 +415,33 @@ export class ExportService {
     const opener = new FrameOpener(this.options.fileKey, `${jobId}/${file}`);
     const raw = createReadStream(this.filePath(jobId, file));
     raw.on('error', (err) => opener.destroy(err));
+    opener.once('close', () => raw.destroy());
     return raw.pipe(opener);
+  }
+
+  /**
+   * A job's file for a download that has passed `download`: as openFile, and while it goes out the
+   * job's consent is decided again every `downloadRecheckMs`; once a grant behind it is revoked or
+   * has ended the job is withdrawn and the stream ends with the 410 error (the client sees the
+   * download cut off). A decision that cannot be made (ERR_UNAVAILABLE) lets it go on.
+   */
+  serveFile(jobId: string, file: string): Readable {
+    const stream = this.openFile(jobId, file);
+    const every = this.options.downloadRecheckMs ?? 2_000;
+    let deciding = false;
+    const timer = setInterval(() => {
+      const job = this.store.get(jobId);
+      if (deciding || !job) return;
+      deciding = true;
+      this.releasable(job, jobAccess(job)).then((ok) => {
+        if (!ok) stream.destroy(withdrawn());
+      }, () => undefined).finally(() => {
+        deciding = false;
+      });
+    }, every);
+    timer.unref();
+    stream.once('close', () => clearInterval(timer));
+    return stream;
   }
 
   // ---- running -------------------------------------------------------------------------------

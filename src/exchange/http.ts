@@ -7,7 +7,7 @@
  * not: ExportService.download decides, and records the download in the access log).
  */
 import express, { type Request, type Response, type Router } from 'express';
-import { notFound } from '../errors.js';
+import { isGlucoGuardError, notFound } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { errorToResponse } from '../fhir/outcomes.js';
 import type { Logger } from '../log.js';
@@ -37,11 +37,12 @@ export function exportFilesRouter(options: ExportHttpOptions): Router {
       await options.exports.download(access, job, file, requestId);
       res.status(200).setHeader('Content-Type', 'application/fhir+ndjson');
       res.setHeader('Cache-Control', 'no-store');
-      // decrypted as it goes out: a file found altered or cut short ends the answer unfinished
-      // (no closing chunk), which the client sees as a failed download
-      const stream = options.exports.openFile(job, file);
+      // decrypted as it goes out: a file found altered or cut short, or whose consent ends while it
+      // goes out, ends the answer unfinished (no closing chunk), which the client sees as a failed download
+      const stream = options.exports.serveFile(job, file);
       stream.on('error', (err) => {
-        options.logger.error({ err: err.message, job }, 'export: could not serve a file');
+        if (isGlucoGuardError(err) && err.status === 410) options.logger.info({ job }, 'export: a download was cut off, consent behind its data has ended');
+        else options.logger.error({ err: err.message, job }, 'export: could not serve a file');
         res.destroy();
       });
       stream.pipe(res);

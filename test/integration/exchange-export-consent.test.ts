@@ -190,6 +190,35 @@ describe('bulk $export files end with the consent behind them', () => {
     }, 60_000);
   });
 
+  test('a download under way is cut off once the grant behind it is revoked (decided again while it goes out)', async () => {
+    const doc3 = await person(t.app, 'Practitioner', 'Mensah');
+    await registerIdentity(t.app, `Practitioner/${doc3}`);
+    const granted = await grant(t.app, { patient: ana, actor: `Practitioner/${doc3}`, accessTo: now + 30 * DAY, dataFrom: now - 10 * DAY, dataTo: now, purposes: ['TREAT'], classes: ['Observation'] });
+    expect(granted.status).toBe(201);
+    const token = practitionerToken(t.app, doc3);
+    const { manifest, jobId } = await exported('/fhir/Patient/$export?_type=Observation', token);
+    const exports = t.app.exchange.exports;
+    (exports as unknown as { options: { downloadRecheckMs: number } }).options.downloadRecheckMs = 50;
+    const file = manifest.output[0]!.url.split('/').pop()!;
+    // a client that has read the first piece and waits before reading on
+    const stream = exports.serveFile(jobId, file);
+    const first = await new Promise<Buffer>((resolve) => stream.once('readable', () => resolve(stream.read() as Buffer)));
+    expect(first.length).toBeGreaterThan(0);
+    const ended = new Promise<Error | 'ended'>((resolve) => {
+      stream.once('error', resolve);
+      stream.once('end', () => resolve('ended'));
+    });
+    // still in force: decided again several times, the stream goes on
+    await sleep(200);
+    expect(stream.destroyed).toBe(false);
+    const revoked = await request(t.app.http).delete(`/fhir/Consent/${(granted.body as Consent).id}`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    expect(revoked.status).toBe(204);
+    const outcome = await ended;
+    expect(outcome).not.toBe('ended');
+    expect((outcome as { status?: number }).status).toBe(410);
+    expect(existsSync(path.join(t.dataDir, 'exports', jobId))).toBe(false);
+  }, 60_000);
+
   test('after the patient revokes, the file, the manifest and any later download answer 410; the files are deleted', async () => {
     const token = practitionerToken(t.app, doc);
     const { manifest, status, jobId } = await exported('/fhir/Patient/$export?_type=Observation', token);
