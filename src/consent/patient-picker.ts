@@ -4,7 +4,9 @@
  * system history with (ConsentPolicy.visibleGrants) — a patient their own record, anyone else the
  * patients whose grant to them, or to the app, is in force now. Never the whole Patient directory.
  *
- * The picker shows names and birth dates, so each list shown is recorded in the access log like a
+ * The picker shows names and birth dates only where the user may read the Patient record itself
+ * (its grant names the Patient type: ConsentPolicy.patientsShownByRecord); other visible patients
+ * are listed by id, and a name search does not reach them. Each list shown is recorded in the access log like a
  * search of Patient by that user and app: one AuditEvent per patient listed, in that patient's log,
  * naming the grants that let the user see them (one naming no patient when nothing matched). A
  * choice of a patient the user may not see is refused and recorded as a refused read of that
@@ -26,7 +28,11 @@ export class PatientPicker implements PatientDirectory {
 
   async search(user: AccessContext, query: string): Promise<PatientChoice[]> {
     const visible = await this.visible(user);
-    const found = visible?.size === 0 ? [] : await this.find(visible, query);
+    const named = await this.deps.policy.patientsShownByRecord(user);
+    // a name is searched only among the patients whose names the user may be shown (else the search
+    // would tell which visible id has that name); an exact id finds any visible patient
+    const searched = visible && named && query && !visible.has(query) ? new Map([...visible].filter(([id]) => named.has(id))) : visible;
+    const found = searched?.size === 0 ? [] : await this.find(searched, query);
     const queryText = !query ? 'Patient' : visible?.has(query) ? `Patient?_id=${query}` : `Patient?name=${query}`;
     if (found.length === 0) {
       this.deps.audit.recordAccess(user, { interaction: 'search-type', outcome: '0', query: queryText, patients: [], grants: [] });
@@ -36,7 +42,7 @@ export class PatientPicker implements PatientDirectory {
         interaction: 'search-type', outcome: '0', query: queryText, patients: [p.id!], grants: visible?.get(p.id!) ?? [],
       });
     }
-    return found.map(choiceOf);
+    return found.map((p) => (!named || named.has(p.id!) ? choiceOf(p) : { id: p.id!, name: `Patient ${p.id!} (name not shared with you)` }));
   }
 
   async mayChoose(user: AccessContext, patientId: string): Promise<boolean> {

@@ -210,6 +210,26 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
   }
 
   /**
+   * Of the visible patients (visibleGrants), those whose Patient record itself the requester may be
+   * shown: their own, or a patient with a grant in force now that names the Patient type (for any
+   * purpose; each read still states its own). A grant of readings alone does not show the name and
+   * birth date a Patient holds. undefined: consent does not limit the requester (open access).
+   */
+  async patientsShownByRecord(access: AccessContext): Promise<Set<string> | undefined> {
+    if (access.kind === 'open') return undefined;
+    const requester = requesterOf(access);
+    if (requester.kind === 'open') return undefined;
+    if (requester.kind === 'patient') return new Set([requester.patientId!]);
+    const perms = await this.decisions.permissions(access);
+    const now = this.decisions.now();
+    const shown = new Set<string>();
+    for (const [patientId, grants] of perms.byPatient) {
+      if (grants.some((g) => now >= g.notBefore && now < g.notAfter && g.classes?.has('Patient'))) shown.add(patientId);
+    }
+    return shown;
+  }
+
+  /**
    * Consent is written only through the grant path (src/consent/service.ts), never directly
    * (transactions). A person — a patient, or a user such as a practitioner — creates data only in a
    * record they could read it back from: a grant from Ana is no licence to add readings to Ben's

@@ -20,6 +20,7 @@ let clientId: string;
 let grantId: string;
 const DOC = { username: 'dr.osei', password: 'stethoscope-42' };
 const STRANGER = { username: 'dr.mensah', password: 'stethoscope-43' };
+const READINGS_ONLY = { username: 'd.lund', password: 'stethoscope-44' };
 
 beforeAll(async () => {
   t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
@@ -32,13 +33,19 @@ beforeAll(async () => {
   await registerIdentity(t.app, `Practitioner/${doc}`);
   await registerIdentity(t.app, `Practitioner/${stranger}`);
   const now = Date.now();
-  const granted = await grant(t.app, { patient: ana, actor: `Practitioner/${doc}`, accessTo: now + DAY, dataFrom: now - 7 * DAY, dataTo: now });
+  // the grant names the Patient type, so the practitioner may be shown Ana's name (readings alone would not)
+  const granted = await grant(t.app, { patient: ana, actor: `Practitioner/${doc}`, accessTo: now + DAY, dataFrom: now - 7 * DAY, dataTo: now, classes: ['Patient', 'Observation'] });
   expect(granted.status).toBe(201);
   // Ben's grant to the same practitioner starts tomorrow: not in force yet
   expect((await grant(t.app, { patient: ben, actor: `Practitioner/${doc}`, accessFrom: now + DAY, accessTo: now + 2 * DAY, dataFrom: now - 7 * DAY, dataTo: now })).status).toBe(201);
   grantId = (granted.body as Consent).identifier!.find((i) => i.system === GRANT_ID_SYSTEM)!.value!;
   await t.app.smart.store.addUser({ ...DOC, fhirUser: `Practitioner/${doc}` });
   await t.app.smart.store.addUser({ ...STRANGER, fhirUser: `Practitioner/${stranger}` });
+  // a dietitian Ana shares her readings with, not her Patient record
+  const dietitian = await person(t.app, 'Practitioner', 'Lund');
+  await registerIdentity(t.app, `Practitioner/${dietitian}`);
+  expect((await grant(t.app, { patient: ana, actor: `Practitioner/${dietitian}`, accessTo: now + DAY, dataFrom: now - 7 * DAY, dataTo: now, classes: ['Observation'] })).status).toBe(201);
+  await t.app.smart.store.addUser({ ...READINGS_ONLY, fhirUser: `Practitioner/${dietitian}` });
   clientId = t.app.smart.store.addClient({ name: 'Clinician app', type: 'public', redirectUris: [REDIRECT_URI],
     scopes: ['openid', 'fhirUser', 'launch/patient', 'patient/*.rs', 'user/*.rs'] }).client.clientId;
 });
@@ -95,6 +102,22 @@ describe('patient picker', () => {
     expect(oka.text).not.toContain(ben);
     const byId = await searchPicker(picker.text, ben);
     expect(byId.text).toContain('No patients found.');
+  });
+
+  test('a grant of readings alone lists the patient by id: no name or birth date, and a name search does not find them', async () => {
+    const picker = await signIn(READINGS_ONLY);
+    const list = (page: string) => page.slice(page.indexOf('</form>'));
+    expect(list(picker.text)).toContain(ana);
+    expect(list(picker.text)).toContain('name not shared with you');
+    for (const hidden of ['Rivera', 'Ana ', '1950-04-02']) expect(list(picker.text)).not.toContain(hidden);
+    const byName = await searchPicker(picker.text, 'Rivera');
+    expect(list(byName.text)).toContain('No patients found.');
+    expect(list(byName.text)).not.toContain(ana);
+    const byId = await searchPicker(picker.text, ana);
+    expect(list(byId.text)).toContain(ana);
+    expect(list(byId.text)).not.toContain('Rivera');
+    // and the choice is theirs to make: it leads to the approval
+    expect((await choose(picker.text, ana)).text).toContain('name="decision"');
   });
 
   test('choosing a patient the user may not see is refused on the server: 400, the picker again, no code', async () => {
