@@ -22,7 +22,14 @@ import type { AccessPolicy } from '../fhir/policy.js';
 import type { FhirRouter } from '../fhir/router.js';
 import { parseSearch } from '../fhir/search.js';
 import { pairsToQuery, queryPairs } from '../fhir/paging.js';
-import type { Repository } from '../repository/port.js';
+import type { Repository, SearchOptions } from '../repository/port.js';
+
+/**
+ * Every page is guarded: a version whose stored bytes do not authenticate comes as its stand-in,
+ * which the integrity check withholds and reports (an issue in the export's error file, a security
+ * AuditEvent), as it does a version whose content fails its commitment.
+ */
+const GUARDED_READ: SearchOptions = { standIns: true };
 
 export interface GuardedPage {
   resources: Resource[];
@@ -31,7 +38,7 @@ export interface GuardedPage {
 
 /** A repository that can stream a search in chunks (EmbeddedRepository.searchChunks). */
 export interface BulkSearch {
-  searchChunks(request: SearchRequest, chunk?: number): AsyncIterable<Resource[]>;
+  searchChunks(request: SearchRequest, chunk?: number, options?: Pick<SearchOptions, 'standIns'>): AsyncIterable<Resource[]>;
 }
 
 /** The bulk-read side of a repository, looking through decorators (`adapter`) to the adapter. */
@@ -138,7 +145,7 @@ export class GuardedReader {
   private async *offsetPages(access: AccessContext, type: string, query: Record<string, string | string[]>): AsyncGenerator<GuardedPage> {
     const request = await this.narrowed(access, type, query);
     for (let offset = 0; ; offset += this.pageSize) {
-      const result = await this.options.repository.search({ ...request, count: this.pageSize, offset });
+      const result = await this.options.repository.search({ ...request, count: this.pageSize, offset }, GUARDED_READ);
       yield await this.guarded(access, result.resources);
       if (!result.hasMore || result.resources.length === 0) return;
     }
@@ -146,7 +153,7 @@ export class GuardedReader {
 
   private async *streamedPages(access: AccessContext, type: string, query: Record<string, string | string[]>, bulk: BulkSearch): AsyncGenerator<GuardedPage> {
     const request = await this.narrowed(access, type, query);
-    for await (const chunk of bulk.searchChunks(request, this.pageSize)) yield await this.guarded(access, chunk);
+    for await (const chunk of bulk.searchChunks(request, this.pageSize, GUARDED_READ)) yield await this.guarded(access, chunk);
   }
 
   private async *keysetPages(access: AccessContext, type: string, query: Record<string, string | string[]>): AsyncGenerator<GuardedPage> {

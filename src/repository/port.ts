@@ -31,6 +31,15 @@ export interface SearchOptions {
    * from the stored text. Adapters without stored text ignore it.
    */
   deferred?: boolean;
+  /**
+   * The caller passes every match through the integrity guard (the FHIR router's searches and
+   * includes, exports): a version whose stored bytes do not authenticate while its data key is there
+   * (altered, swapped or corrupted on disk) comes back as its stand-in (TamperedVersionError,
+   * isTamperedStandIn) rather than being left out, so the guard withholds it and says so. Nothing of
+   * its content can be matched or sorted on: it stands wherever the index placed it (a sort puts it
+   * last). A version whose data key was erased is still left out. Adapters that cannot tell ignore it.
+   */
+  standIns?: boolean;
 }
 
 /** One version of one resource. */
@@ -77,6 +86,8 @@ export interface HistoryRequest {
   /** Page size and start (newest first). */
   count: number;
   offset: number;
+  /** As SearchOptions.standIns: a version whose stored bytes do not authenticate comes as its stand-in. */
+  standIns?: boolean;
 }
 
 export interface HistoryEntry {
@@ -204,6 +215,8 @@ export function jsonTextOf(resource: object): string {
 
 /** Stand-ins for versions whose stored bytes did not authenticate (TamperedVersionError). */
 const tamperedStandIns = new WeakSet<object>();
+/** The patient a stand-in's version is recorded under (its commitment's), when known. */
+const standInPatients = new WeakMap<object, string>();
 
 /**
  * A read or vread of a version whose data key is there but whose stored bytes do not authenticate
@@ -211,16 +224,36 @@ const tamperedStandIns = new WeakSet<object>();
  * only reads (nothing of it can be served), and carries `standIn` — the version's type, id and
  * meta, nothing else — for the FHIR router to hand to the outbound guards, where the integrity
  * check fails it (withheld, OperationOutcome issue, security AuditEvent) as it does any altered version.
+ * Searches and history asked for stand-ins (SearchOptions.standIns) return the stand-in in its place.
+ * Its content is unreadable, so the patient it belongs to is given apart (`patient`: the one its
+ * commitment was recorded under, src/ledger/anchored-repository.ts) and found by patientIdsOf
+ * (standInPatientOf): consent lets the stand-in reach the integrity check for open access and for
+ * that patient (their own data); a grantee cannot place it in a granted code or data period, so it
+ * is left out for them, as any resource they may not see.
  */
 export class TamperedVersionError extends GlucoGuardError {
   readonly standIn: Resource;
-  constructor(type: string, id: string, versionId: string, lastUpdated: string) {
+  constructor(type: string, id: string, versionId: string, lastUpdated: string, patient?: string) {
     const details = `${type}/${id} is no longer available`;
     super('ERR_GONE', details, [issue('ERR_GONE', details)]);
     this.name = 'TamperedVersionError';
     this.standIn = { resourceType: type, id, meta: { versionId, lastUpdated } } as Resource;
     tamperedStandIns.add(this.standIn);
+    if (patient !== undefined) standInPatients.set(this.standIn, patient);
   }
+}
+
+/**
+ * An adapter that makes stand-ins (the embedded one) and can be told whose they are: the ledger
+ * decorator sets `standInPatient` to look a version's patient up in its commitment record.
+ */
+export interface StandInSource {
+  standInPatient: ((type: string, id: string, versionId: string) => string | undefined) | undefined;
+}
+
+/** The patient a stand-in (TamperedVersionError.standIn) belongs to, when known; undefined for any other resource. */
+export function standInPatientOf(resource: object): string | undefined {
+  return standInPatients.get(resource);
 }
 
 /** True for the stand-in of a version whose stored bytes did not authenticate (never to be served). */

@@ -52,6 +52,33 @@ function tamperEmbedded(dataDir: string, resource: Patient, change: (p: Patient)
   }
 }
 
+/** Flips one byte of a stored version's ciphertext: it no longer authenticates (AES-GCM), its data key is still there. */
+function flipStoredByte(dataDir: string, type: string, id: string, version = 1): void {
+  const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+  try {
+    const row = db.prepare('SELECT seq, body FROM versions WHERE type = ? AND id = ? AND version = ?').get(type, id, version) as { seq: number; body: Buffer };
+    const body = Buffer.from(row.body);
+    body[body.length >> 1]! ^= 0x01;
+    expect(db.prepare('UPDATE versions SET body = ? WHERE seq = ?').run(body, row.seq).changes).toBe(1);
+  } finally {
+    db.close();
+  }
+}
+
+/** The security alerts (DICOM 110113) recorded about one version. */
+async function securityAlerts(versionRef: string): Promise<number> {
+  const audits = await t.app.repository.search({ resourceType: 'AuditEvent', count: 10_000, offset: 0 });
+  return audits.resources.filter((r) => (r as AuditEvent).type?.code === '110113'
+    && (r as AuditEvent).entity?.some((e) => e.what?.reference === versionRef)).length;
+}
+
+/** The integrity issues of a Bundle's `search.mode = outcome` entry that name `ref` (`Type/id`). */
+function integrityIssuesAbout(bundle: Bundle, ref: string): OperationOutcome['issue'] {
+  const outcomes = (bundle.entry ?? []).filter((e) => e.search?.mode === 'outcome').map((e) => e.resource as OperationOutcome);
+  return outcomes.flatMap((o) => o.issue).filter((i) => i.details?.coding?.some((c) => c.code === 'integrity-failed')
+    && i.diagnostics!.includes(`${ref} version`));
+}
+
 function integrityTags(resource: { meta?: { tag?: { system?: string; code?: string }[] } }): string[] {
   return (resource.meta?.tag ?? []).filter((c) => c.system === 'urn:glucoguard:integrity').map((c) => c.code!);
 }
@@ -234,6 +261,55 @@ describe('embedded store', () => {
     expect(report.failures).toEqual([expect.objectContaining({ resource: `Patient/${victim.id}/_history/1`, reason: expect.stringMatching(/does not authenticate/) })]);
   });
 
+  it('a stored body that no longer authenticates is withheld from searches, _include, _revinclude and history like a content mismatch: an outcome entry and a security AuditEvent each time', async () => {
+    const victim = await createPatient('Swapped');
+    const bystander = await createPatient('Unharmed');
+    const observe = async (patient: string, minute: number): Promise<Observation> => {
+      const res = await request(t.app.http).post('/fhir/Observation').set('content-type', FHIR_JSON).send({
+        resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '99504-3' }] },
+        subject: { reference: `Patient/${patient}` }, effectiveDateTime: new Date(Date.parse('2026-05-01T00:00:00Z') + minute * 300_000).toISOString(),
+        valueQuantity: { value: 120 + minute, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' },
+      });
+      expect(res.status).toBe(201);
+      return res.body as Observation;
+    };
+    const aboutVictim = await observe(victim.id!, 0);
+    const flipped = await observe(bystander.id!, 1);
+    const intact = await observe(bystander.id!, 2);
+    await t.app.ledger.anchorer.flush();
+    flipStoredByte(t.dataDir, 'Patient', victim.id!);
+    flipStoredByte(t.dataDir, 'Observation', flipped.id!);
+    t.app.readCache?.clear();
+    const victimRef = `Patient/${victim.id}`;
+    const flippedRef = `Observation/${flipped.id}`;
+    const alerts = { [victimRef]: await securityAlerts(`${victimRef}/_history/1`), [flippedRef]: await securityAlerts(`${flippedRef}/_history/1`) };
+    /** GETs `url`: 200, the entries' ids, and exactly one integrity issue about `ref`, which got one more security alert. */
+    const withheldFrom = async (url: string, ref: string): Promise<{ matches: string[]; included: string[]; entries: string[] }> => {
+      const res = await request(t.app.http).get(url);
+      expect(res.status).toBe(200);
+      const bundle = res.body as Bundle;
+      expect(integrityIssuesAbout(bundle, ref)).toHaveLength(1);
+      const alerted = await securityAlerts(`${ref}/_history/1`);
+      expect(alerted).toBe(alerts[ref]! + 1);
+      alerts[ref] = alerted;
+      const ids = (mode?: string) => (bundle.entry ?? []).filter((e) => e.resource?.resourceType !== 'OperationOutcome' && (!mode || e.search?.mode === mode)).map((e) => e.resource!.id!);
+      return { matches: ids('match'), included: ids('include'), entries: ids() };
+    };
+
+    expect((await withheldFrom(`/fhir/Patient?_id=${victim.id},${bystander.id}`, victimRef)).matches).toEqual([bystander.id]);
+    // the patient+date index, answered deferred (parsed only as far as the guards read)
+    expect((await withheldFrom(`/fhir/Observation?patient=${bystander.id}&date=ge2026-05-01`, flippedRef)).matches).toEqual([intact.id]);
+    // in a sorted search it is withheld all the same (nothing of it can be sorted on)
+    expect((await withheldFrom(`/fhir/Observation?patient=${bystander.id}&_sort=-date`, flippedRef)).matches).toEqual([intact.id]);
+    const included = await withheldFrom(`/fhir/Observation?_id=${aboutVictim.id}&_include=Observation:subject`, victimRef);
+    expect(included).toMatchObject({ matches: [aboutVictim.id], included: [] });
+    const revIncluded = await withheldFrom(`/fhir/Patient?_id=${bystander.id}&_revinclude=Observation:subject`, flippedRef);
+    expect(revIncluded).toMatchObject({ matches: [bystander.id], included: [intact.id] });
+    expect((await withheldFrom(`/fhir/Patient/${victim.id}/_history`, victimRef)).entries).toEqual([]);
+    const since = encodeURIComponent(aboutVictim.meta!.lastUpdated!);
+    expect((await withheldFrom(`/fhir/Observation/_history?_since=${since}`, flippedRef)).entries).toEqual([intact.id, aboutVictim.id]);
+  });
+
   it('a store rolled back to an older version (its newer committed version removed) is not served as current: withheld with an issue and an AuditEvent', async () => {
     const created = await createPatient('Before');
     const updated = await request(t.app.http).put(`/fhir/Patient/${created.id}`).set('content-type', FHIR_JSON).send({ ...created, name: [{ family: 'Corrected' }] });
@@ -304,6 +380,7 @@ describe('embedded store', () => {
   });
 
   it('erasure: the patient\'s data becomes unreadable and the salts of their commitments are destroyed; others still prove', async () => {
+    const began = new Date().toISOString();
     const erased = await createPatient('Erased');
     const kept = await createPatient('Kept');
     const reading = (patient: string, minute: number) => ({
@@ -339,6 +416,13 @@ describe('embedded store', () => {
 
     expect((await request(t.app.http).get(`/fhir/Patient/${erased.id}`)).status).toBe(410);
     expect((await request(t.app.http).get(`/fhir/Observation/${ids[erased.id!]![3]}`)).status).toBe(410);
+    // erased, not altered: its history leaves it out with no integrity issue and no security alert
+    const history = await request(t.app.http).get(`/fhir/Observation/${ids[erased.id!]![3]}/_history`);
+    expect(history.status).toBe(200);
+    expect(history.body.entry ?? []).toEqual([]);
+    const since = await request(t.app.http).get('/fhir/Observation/_history').query({ _since: began, _count: '1000' });
+    expect(JSON.stringify(since.body)).not.toContain('integrity-failed');
+    expect(await securityAlerts(`Observation/${ids[erased.id!]![3]}/_history/1`)).toBe(0);
     const search = await request(t.app.http).get('/fhir/Observation').query({ patient: erased.id });
     expect(search.body.entry ?? []).toHaveLength(0);
     for (const id of [erased.id!, ...ids[erased.id!]!]) {

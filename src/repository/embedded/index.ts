@@ -24,7 +24,7 @@ import { loadFhirDefinitions } from '../../fhir/definitions.js';
 import type {
   HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchOptions, SearchResult, VersionKey, WriteResult,
 } from '../port.js';
-import { attachCanonicalText, TamperedVersionError } from '../port.js';
+import { attachCanonicalText, TamperedVersionError, type StandInSource } from '../port.js';
 import { deferredResource } from '../deferred.js';
 import { canonicalResourceText } from '../../ledger/canonical.js';
 import { historyRows, TYPES_SQL, VERSION_KEYS_SQL } from './history.js';
@@ -76,6 +76,8 @@ class Mutex {
 
 export class EmbeddedRepository implements Repository {
   readonly description: RepositoryDescription;
+  /** Whose a version is that does not authenticate (StandInSource; set by the ledger decorator). */
+  standInPatient: StandInSource['standInPatient'] = undefined;
   private readonly lock = new Mutex();
   private readonly statements = new Map<string, Statement<unknown[], VersionRow>>();
   private readonly searchContext: SearchContext;
@@ -107,10 +109,12 @@ export class EmbeddedRepository implements Repository {
       hashPair: (value) => keys.hashPair(value),
       decode: (row) => this.decode(row, this.decoded),
       decodeDeferred: (row) => this.decode(row, this.decoded, true),
-      readCurrent: (type, id) => {
+      readCurrent: (type, id, standIn) => {
         const row = this.sql.currentOf.get(type, id);
-        return row && row.method !== METHOD.DELETE ? this.decode(row, this.decoded) : undefined;
+        if (!row || row.method === METHOD.DELETE) return undefined;
+        return this.decode(row, this.decoded) ?? (standIn ? this.tampered(row)?.standIn : undefined);
       },
+      standIn: (row) => this.tampered(row)?.standIn,
       prepare: (text) => this.prepare(text),
       light: () => this.decoded.enabled && this.decoded.recentHitRate >= LIGHT_READS_FROM,
       indexGeneration: () => this.generation,
@@ -188,7 +192,7 @@ export class EmbeddedRepository implements Repository {
   async search(request: SearchRequest, options?: SearchOptions): Promise<SearchResult> {
     this.checkOpen();
     this.syncDecoded();
-    return runSearch(this.searchContext, request, options?.scanLimit, options?.deferred);
+    return runSearch(this.searchContext, request, options?.scanLimit, options?.deferred, options?.standIns);
   }
 
   /**
@@ -210,12 +214,13 @@ export class EmbeddedRepository implements Repository {
    * of `search` (sort rules, paging and `_include` ignored). One patient's resources by date are
    * read by keyset on the patient+date index (stream.ts). Reads go through a read-only connection
    * of their own with a small page cache, so a scan of millions of rows neither evicts the pages
-   * interactive reads keep warm nor holds their 64 MB cache for itself.
+   * interactive reads keep warm nor holds their 64 MB cache for itself. `options.standIns` as for
+   * `search` (SearchOptions.standIns).
    */
-  async *searchChunks(request: SearchRequest, chunk = 1000): AsyncGenerator<Resource[]> {
+  async *searchChunks(request: SearchRequest, chunk = 1000, options?: Pick<SearchOptions, 'standIns'>): AsyncGenerator<Resource[]> {
     this.checkOpen();
     const context = this.bulkContext();
-    for (const page of streamSearch(context, request, Math.max(1, chunk))) {
+    for (const page of streamSearch(context, request, Math.max(1, chunk), options?.standIns)) {
       yield page;
       this.checkOpen();
     }
@@ -292,7 +297,8 @@ export class EmbeddedRepository implements Repository {
     });
     const entries: HistoryEntry[] = [];
     for (const row of rows.slice(0, count)) {
-      const resource = row.method === METHOD.DELETE ? undefined : this.decode(row);
+      const resource = row.method === METHOD.DELETE ? undefined
+        : this.decode(row) ?? (request.standIns ? this.tampered(row)?.standIn : undefined);
       if (row.method !== METHOD.DELETE && !resource) continue;
       entries.push({
         resourceType: row.type,
@@ -561,11 +567,20 @@ export class EmbeddedRepository implements Repository {
   private decodeOrGone(row: VersionRow): Resource {
     const resource = this.decode(row, this.decoded);
     if (resource) return resource;
-    // Its data key is there, so the body did not authenticate: altered on disk, not erased.
-    if (row.body && row.key_id && row.key_version !== null && this.keys.keyById(row.key_id, row.key_version)) {
-      throw new TamperedVersionError(row.type, row.id, String(row.version), new Date(row.last_updated).toISOString());
-    }
-    throw gone(`${row.type}/${row.id} is no longer available`);
+    throw this.tampered(row) ?? gone(`${row.type}/${row.id} is no longer available`);
+  }
+
+  /**
+   * For a row `decode` did not answer (only then: it costs a key look-up, and a row read for a light
+   * one): when its data key is there the body did not authenticate — altered, swapped or corrupted
+   * on disk, not erased — and this is the TamperedVersionError that says so; undefined when the key
+   * was erased (or the row has no body).
+   */
+  private tampered(row: VersionRow): TamperedVersionError | undefined {
+    const full = row.light ? this.sql.bySeq.get(row.seq) : row;
+    if (!full?.body || !full.key_id || full.key_version === null || !this.keys.keyById(full.key_id, full.key_version)) return undefined;
+    const version = String(full.version);
+    return new TamperedVersionError(full.type, full.id, version, new Date(full.last_updated).toISOString(), this.standInPatient?.(full.type, full.id, version));
   }
 
   private prepare(text: string): Statement<unknown[], VersionRow> {

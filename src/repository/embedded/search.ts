@@ -42,8 +42,16 @@ export interface SearchContext {
   decode(row: VersionRow): Resource | undefined;
   /** `decode` answering a deferred resource for a row read the first time (SearchOptions.deferred). */
   decodeDeferred?(row: VersionRow): Resource | undefined;
-  /** Current, non-deleted, readable resource or undefined. */
-  readCurrent(type: string, id: string): Resource | undefined;
+  /**
+   * Current, non-deleted, readable resource or undefined; with `standIn`, the stand-in of one whose
+   * stored bytes do not authenticate (see `standIn`).
+   */
+  readCurrent(type: string, id: string, standIn?: boolean): Resource | undefined;
+  /**
+   * For a row `decode` did not answer: the stand-in of its version when its data key is there, so
+   * its bytes did not authenticate (TamperedVersionError); undefined when its key was erased.
+   */
+  standIn(row: VersionRow): Resource | undefined;
   /** A cached prepared statement. */
   prepare(sql: string): Statement<unknown[], VersionRow>;
   /** The index generation the store's rows are complete for (params.ts INDEX_GENERATION). */
@@ -108,9 +116,11 @@ export const SELECT_LIGHT = 'SELECT v.seq, v.key_id, v.key_version, 1 AS light';
  * Runs a parsed search request. Throws ERR_INVALID for parameters this adapter does not support,
  * and (too-costly) once more than `scanLimit` candidates were examined beyond what the page needs
  * (SearchOptions.scanLimit; 0 = no limit). With `deferred`, matches that nothing here needs to read
- * (every filter proven by the index, rows in the asked order, no includes) may come deferred.
+ * (every filter proven by the index, rows in the asked order, no includes) may come deferred. With
+ * `standIns` (SearchOptions.standIns), a candidate whose bytes do not authenticate is a match as its
+ * stand-in: the index chose it, and nothing of its content is left to match it against.
  */
-export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit = 0, deferred = false): SearchResult {
+export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit = 0, deferred = false, standIns = false): SearchResult {
   const type = request.resourceType;
   const params = paramsFor(type);
   const asked = (request.filters ?? []).map((f) => normalizeFilter(type, params, f));
@@ -143,7 +153,12 @@ export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit 
       throw scanLimitExceeded(scanLimit, type);
     }
     const resource = decode(row);
-    if (!resource) return false;
+    if (!resource) {
+      const standIn = standIns ? ctx.standIn(row) : undefined;
+      if (!standIn) return false;
+      matches.push(standIn);
+      return true;
+    }
     if (!isMatch(resource)) return false;
     matches.push(resource);
     return true;
@@ -184,7 +199,7 @@ export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit 
   const page = matches.slice(offset, offset + count);
   return {
     resources: page,
-    included: collectIncludes(ctx, page, request.include ?? [], request.revInclude ?? []),
+    included: collectIncludes(ctx, page, request.include ?? [], request.revInclude ?? [], standIns),
     hasMore: matches.length > offset + count,
   };
 }
@@ -618,8 +633,12 @@ function sortResources(resources: Resource[], params: Map<string, ParamInfo>, ru
   keyed.forEach((k, i) => { resources[i] = k.r; });
 }
 
-/** `_include` and `_revinclude` for the page, then `:iterate` ones once more over what they added. */
-function collectIncludes(ctx: SearchContext, page: Resource[], include: IncludeTarget[], revInclude: IncludeTarget[]): Resource[] {
+/**
+ * `_include` and `_revinclude` for the page, then `:iterate` ones once more over what they added.
+ * With `standIns`, an included version whose bytes do not authenticate comes as its stand-in (a
+ * `_revinclude` one on the strength of its index row: its references cannot be read).
+ */
+function collectIncludes(ctx: SearchContext, page: Resource[], include: IncludeTarget[], revInclude: IncludeTarget[], standIns: boolean): Resource[] {
   if (page.length === 0 || (include.length === 0 && revInclude.length === 0)) return [];
   const known = new Set(page.map((r) => `${r.resourceType}/${r.id}`));
   const included: Resource[] = [];
@@ -641,7 +660,7 @@ function collectIncludes(ctx: SearchContext, page: Resource[], include: IncludeT
           const [refType, refId, ...rest] = ref.split('/');
           if (!refType || !refId || rest.length > 0 || ref.includes(':')) continue;
           if (target.targetType && refType !== target.targetType) continue;
-          const found = ctx.readCurrent(refType, refId);
+          const found = ctx.readCurrent(refType, refId, standIns);
           if (found && add(found)) added.push(found);
         }
       }
@@ -655,7 +674,12 @@ function collectIncludes(ctx: SearchContext, page: Resource[], include: IncludeT
         for (const row of lookup.all(ctx.hash(referenceKey(target.resourceType, target.searchParam, ref)))) {
           if (row.type !== target.resourceType) continue;
           const found = ctx.decode(row);
-          if (!found || !referencesOf(info.evaluate([toTypedValue(found)])).includes(ref)) continue;
+          if (!found) {
+            const standIn = standIns ? ctx.standIn(row) : undefined;
+            if (standIn && add(standIn)) added.push(standIn);
+            continue;
+          }
+          if (!referencesOf(info.evaluate([toTypedValue(found)])).includes(ref)) continue;
           if (add(found)) added.push(found);
         }
       }

@@ -20,8 +20,11 @@ import type { VersionRow } from './store.js';
 
 type KeyedRow = VersionRow & { d_start: number };
 
-/** The matches of `request` (sort rules ignored), `chunk` at a time. */
-export function* streamSearch(ctx: SearchContext, request: SearchRequest, chunk: number): Generator<Resource[]> {
+/**
+ * The matches of `request` (sort rules ignored), `chunk` at a time; with `standIns`, candidates whose
+ * bytes do not authenticate as their stand-ins (runSearch).
+ */
+export function* streamSearch(ctx: SearchContext, request: SearchRequest, chunk: number, standIns = false): Generator<Resource[]> {
   const type = request.resourceType;
   const params = paramsFor(type);
   const filters = (request.filters ?? []).map((f) => normalizeFilter(type, params, f));
@@ -36,7 +39,12 @@ export function* streamSearch(ctx: SearchContext, request: SearchRequest, chunk:
       if (seen.has(row.seq)) continue;
       seen.add(row.seq);
       const resource = ctx.decode(row);
-      if (resource && isMatch(resource)) out.push(resource);
+      if (resource) {
+        if (isMatch(resource)) out.push(resource);
+      } else if (standIns) {
+        const standIn = ctx.standIn(row);
+        if (standIn) out.push(standIn);
+      }
     }
     return out;
   };
