@@ -48,7 +48,7 @@ async function loadSummary() {
 
 // ---- Upload -----------------------------------------------------------------------------------
 const FORMATS = [
-  ['', 'Detect automatically'], ['dexcom', 'Dexcom Clarity / API (JSON)'], ['libreview', 'FreeStyle LibreView (CSV)'],
+  ['', 'Detect automatically'], ['dexcom-clarity', 'Dexcom Clarity export (CSV)'], ['dexcom', 'Dexcom API (JSON)'], ['libreview', 'FreeStyle LibreView (CSV)'],
   ['nightscout', 'Nightscout (JSON)'], ['tidepool', 'Tidepool (JSON)'], ['healthkit', 'Apple Health export (XML)'], ['openmhealth', 'Open mHealth (JSON)'],
 ];
 

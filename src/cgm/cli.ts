@@ -9,6 +9,7 @@ import type { App } from '../app.js';
 import { withApp } from '../cli-app.js';
 import { OPEN_ACCESS } from '../fhir/access.js';
 import { rejectionError } from './parse.js';
+import { SENSOR_RANGE_MGDL, type CgmMetrics } from './metrics.js';
 import type { IngestProgress, IngestReport } from './service.js';
 import { CGM_FORMATS, type CgmFormat } from './types.js';
 
@@ -16,14 +17,14 @@ import { CGM_FORMATS, type CgmFormat } from './types.js';
 export function registerCgmCommands(program: Command, open: () => Promise<App>): void {
   program
     .command('ingest')
-    .description('import a CGM export (Dexcom, Nightscout, LibreView, Tidepool, Open mHealth, Apple Health) for a patient')
+    .description('import a CGM export (Dexcom API or Clarity CSV, Nightscout, LibreView, Tidepool, Open mHealth, Apple Health) for a patient')
     .argument('<file>', 'export file')
     .requiredOption('--patient <id>', 'id of the Patient the readings belong to')
     .option('--format <format>', `source format (${CGM_FORMATS.join(', ')}); detected when absent`, (v) => {
       if (!CGM_FORMATS.includes(v as CgmFormat)) throw new InvalidArgumentError(`expected one of ${CGM_FORMATS.join(', ')}`);
       return v;
     })
-    .option('--tz <zone>', 'IANA time zone of device-local timestamps (LibreView); default GLUCOGUARD_DEFAULT_TZ')
+    .option('--tz <zone>', 'IANA time zone of device-local timestamps (LibreView, Dexcom Clarity); default GLUCOGUARD_DEFAULT_TZ')
     .option('--date-order <order>', 'day/month order of LibreView timestamps, DMY or MDY; decided from the data when absent', (v) => {
       if (v !== 'DMY' && v !== 'MDY') throw new InvalidArgumentError('expected DMY or MDY');
       return v;
@@ -68,19 +69,33 @@ export function registerCgmCommands(program: Command, open: () => Promise<App>):
           console.log(JSON.stringify(response.body, null, 2));
           return;
         }
-        const { metrics: m } = await app.cgm.operations.metrics(OPEN_ACCESS, opts.patient, params);
-        const t = m.timeInRanges;
-        console.log([
-          `Patient/${opts.patient}: ${m.startDate} to ${m.endDate} (${m.periodDays} days, ${m.readings} readings)`,
-          `  time in ranges   very low ${t.veryLow} %  low ${t.low} %  target ${t.target} %  high ${t.high} %  very high ${t.veryHigh} %`,
-          `  mean glucose     ${m.meanMgdl} mg/dL (${m.meanMmol} mmol/L)`,
-          `  GMI              ${m.gmi} %`,
-          `  CV               ${m.cv} %`,
-          `  days of wear     ${m.daysOfWear}`,
-          `  sensor active    ${m.sensorActivePercent} %`,
-          ...m.warnings.map((w) => `  warning: ${w}`),
-        ].join('\n'));
+        const { metrics } = await app.cgm.operations.metrics(OPEN_ACCESS, opts.patient, params);
+        console.log(formatSummary(opts.patient, metrics));
     }));
+}
+
+/**
+ * The summary metrics for a person. Readings beyond the sensor's range (HIGH/LOW) get a line when
+ * there are some: they are in the times in ranges, and in the mean only at the sensor's limits, so
+ * the reader should know the mean is a bound (docs/cgm-metrics.md).
+ */
+export function formatSummary(patient: string, m: CgmMetrics): string {
+  const t = m.timeInRanges;
+  const beyond = [
+    ...(m.belowRange ? [`${m.belowRange} LOW (taken as ${SENSOR_RANGE_MGDL.low} mg/dL)`] : []),
+    ...(m.aboveRange ? [`${m.aboveRange} HIGH (taken as ${SENSOR_RANGE_MGDL.high} mg/dL)`] : []),
+  ];
+  return [
+    `Patient/${patient}: ${m.startDate} to ${m.endDate} (${m.periodDays} days, ${m.readings} readings)`,
+    `  time in ranges   very low ${t.veryLow} %  low ${t.low} %  target ${t.target} %  high ${t.high} %  very high ${t.veryHigh} %`,
+    `  mean glucose     ${m.meanMgdl} mg/dL (${m.meanMmol} mmol/L)`,
+    `  GMI              ${m.gmi} %`,
+    `  CV               ${m.cv} %`,
+    `  days of wear     ${m.daysOfWear}`,
+    `  sensor active    ${m.sensorActivePercent} %`,
+    ...(beyond.length ? [`  beyond sensor    ${m.belowRange + m.aboveRange} of ${m.readings} readings: ${beyond.join(', ')}`] : []),
+    ...m.warnings.map((w) => `  warning: ${w}`),
+  ].join('\n');
 }
 
 /** The import report for a person: counts, then each issue with its line. */

@@ -3,7 +3,7 @@ import type { CgmFormat } from './types.js';
 
 export interface Detection {
   format: CgmFormat;
-  /** CSV delimiter (LibreView only). */
+  /** CSV delimiter (the CSV formats: LibreView, Dexcom Clarity). */
   delimiter?: string;
 }
 
@@ -24,18 +24,25 @@ export function detectFormat(head: string): Detection | undefined {
   }
   const lines = text.split(/\r?\n/, 3);
   for (const line of lines.slice(0, 2)) {
-    if (/Device Timestamp/i.test(line) && /Record Type/i.test(line)) return { format: 'libreview', delimiter: csvDelimiter(line) };
+    for (const [format, isHeader] of CSV_HEADERS) if (isHeader(line)) return { format, delimiter: csvDelimiter(line) };
   }
   return undefined;
 }
 
-/** The delimiter of a LibreView header line: the most frequent of comma, semicolon and tab. */
+/** What the header line of each CSV format looks like (LibreView may have one metadata line before it). */
+const CSV_HEADERS: readonly [CgmFormat, (line: string) => boolean][] = [
+  ['libreview', (line) => /Device Timestamp/i.test(line) && /Record Type/i.test(line)],
+  ['dexcom-clarity', (line) => /(^|[,;\t"])\s*Timestamp \(YYYY-MM-DD/i.test(line) && /Event Type/i.test(line) && /Glucose Value/i.test(line)],
+];
+
+/** The delimiter of a CSV header line: the most frequent of comma, semicolon and tab. */
 export function csvDelimiter(headerLine: string): string {
   const count = (c: string): number => headerLine.split(c).length - 1;
   return [',', ';', '\t'].reduce((best, c) => (count(c) > count(best) ? c : best), ',');
 }
 
-/** Header line of a LibreView head (for the delimiter when the format was given explicitly). */
-export function libreViewHeaderLine(head: string): string | undefined {
-  return head.split(/\r?\n/, 3).find((l) => /Device Timestamp/i.test(l) && /Record Type/i.test(l));
+/** Header line of a CSV format's head (for the delimiter when the format was given explicitly). */
+export function csvHeaderLine(head: string, format: CgmFormat): string | undefined {
+  const isHeader = CSV_HEADERS.find(([f]) => f === format)?.[1];
+  return isHeader ? head.split(/\r?\n/, 3).find(isHeader) : undefined;
 }

@@ -12,7 +12,11 @@
  *   Relative references (`Observation/x`) to entries with RESTful fullUrls
  *   (`https://example.org/Observation/x`) resolve to those entries (R4 bundle.html#references).
  * - `GET /fhir/Patient/ID/$cgm-summary?start=&end=[&store=true]`: the IG cgm-summary Observation and
- *   its members as a `collection` Bundle (the panel first), optionally stored (conditional creates).
+ *   its members as a `collection` Bundle (the panel first), optionally stored by the submission rules
+ *   above: each is matched on its identifier (patient, period, code) and patient; a re-run that
+ *   computes the same figures leaves the stored summary as it is (its `issued` kept), one that
+ *   computes others (readings added or corrected since, or a metrics change) stores a new version of
+ *   it, If-Match the version read.
  * - `GET /fhir/Patient/ID/$cgm-agp?start=&end=[&bin=15]`: AGP percentiles per time-of-day bin, JSON.
  *
  * The summaries read readings through `FhirRouter.searchAll`, so scopes, consent and integrity
@@ -77,7 +81,8 @@ export class CgmOperations {
 
   /**
    * `$cgm-summary`: metrics over the period (default: the last 14 days of data) as the cgm-summary
-   * Observation and its members in a collection Bundle; with `store`, stored first (idempotent).
+   * Observation and its members in a collection Bundle; with `store`, stored first (idempotent; a
+   * changed result is a new version of the stored summary).
    * 404 when the patient is not visible or has no CGM reading with a value in the period.
    */
   async summary(access: AccessContext, patientId: string, params: PeriodParams, store = false): Promise<FhirResponse> {
@@ -87,9 +92,13 @@ export class CgmOperations {
       const entry: BundleEntry[] = built.entries.map((e) => ({ fullUrl: e.fullUrl, resource: e.resource }));
       return { status: 200, body: { resourceType: 'Bundle', type: 'collection', timestamp: new Date().toISOString(), entry } };
     }
+    // Matched like a submission (identifier and patient), so a recomputed summary that differs
+    // replaces the stored one instead of the conditional create handing the old one back.
+    const transaction = toTransactionBundle(built.entries);
+    for (const e of transaction.entry ?? []) delete e.request!.ifNoneExist;
+    const body = await submissionTransaction(transaction, (type, identifiers, patient) => this.stored(access, type, identifiers, patient), ['issued']);
     const response = await this.deps.fhir.handle({
-      method: 'POST', path: '', query: {}, headers: { 'content-type': 'application/fhir+json' },
-      body: toTransactionBundle(built.entries), access,
+      method: 'POST', path: '', query: {}, headers: { 'content-type': 'application/fhir+json' }, body, access,
     });
     if (response.status !== 200) return response;
     // The transaction response may leave the bodies out: read each stored panel back through the facade.

@@ -5,8 +5,9 @@
  * and applies the `partial` rule.
  */
 import { GlucoGuardError, badRequest, issue } from '../errors.js';
-import { csvDelimiter, detectFormat, libreViewHeaderLine } from './detect.js';
+import { csvDelimiter, csvHeaderLine, detectFormat } from './detect.js';
 import { peekText, textChunks, type CgmInput } from './input.js';
+import { parseDexcomClarity } from './parsers/clarity.js';
 import type { ParserContext, ParserItem } from './parsers/common.js';
 import { parseDexcom } from './parsers/dexcom.js';
 import { parseHealthKit } from './parsers/healthkit.js';
@@ -43,7 +44,7 @@ export async function openCgm(input: CgmInput, options: ParseOptions = {}): Prom
   const peeked = await peekText(textChunks(input));
   const detection = options.format ? undefined : detectFormat(peeked.head);
   if (!options.format && !detection) {
-    throw badRequest(peeked.head.trim() === '' ? 'empty input' : 'cannot detect the format of this file; give it explicitly (dexcom, nightscout, libreview, tidepool, openmhealth, healthkit)', 'format');
+    throw badRequest(peeked.head.trim() === '' ? 'empty input' : `cannot detect the format of this file; give it explicitly (${CGM_FORMATS.join(', ')})`, 'format');
   }
   const format = options.format ?? detection!.format;
   const zoneName = options.timeZone ?? options.defaultTimeZone ?? 'UTC';
@@ -52,7 +53,7 @@ export async function openCgm(input: CgmInput, options: ParseOptions = {}): Prom
     dateOrder: options.dateOrder,
     report: { usedZone: false, dst: { nonexistent: 0, ambiguous: 0 }, warnings: [] },
   };
-  const delimiter = detection?.delimiter ?? csvDelimiter(libreViewHeaderLine(peeked.head) ?? ',');
+  const delimiter = detection?.delimiter ?? csvDelimiter(csvHeaderLine(peeked.head, format) ?? ',');
   const items = parserFor(format, peeked.chunks, ctx, delimiter);
   const summary: IngestSummary = {
     format, detected: !options.format, read: 0, converted: 0, skipped: 0, rejected: 0,
@@ -68,6 +69,7 @@ export async function openCgm(input: CgmInput, options: ParseOptions = {}): Prom
 function parserFor(format: CgmFormat, chunks: AsyncIterable<string>, ctx: ParserContext, delimiter: string): AsyncIterable<ParserItem> {
   switch (format) {
     case 'dexcom': return parseDexcom(chunks);
+    case 'dexcom-clarity': return parseDexcomClarity(chunks, ctx, delimiter);
     case 'nightscout': return parseNightscout(chunks);
     case 'libreview': return parseLibreView(chunks, ctx, delimiter);
     case 'tidepool': return parseTidepool(chunks);

@@ -69,8 +69,9 @@ export function prepareSubmission(input: Bundle): Bundle {
 /**
  * The submission as the transaction to run: `prepareSubmission`, then each POST that matches a
  * stored resource of the same patient with other content turned into an update of it (file comment).
+ * `ignored` names elements that do not make content differ (`issued` of a recomputed summary).
  */
-export async function submissionTransaction(input: Bundle, lookup: SubmissionLookup): Promise<Bundle> {
+export async function submissionTransaction(input: Bundle, lookup: SubmissionLookup, ignored: readonly string[] = []): Promise<Bundle> {
   const { bundle, keys } = prepared(input);
   const entries = bundle.entry ?? [];
   const matched = await matches(keys, lookup);
@@ -84,7 +85,7 @@ export async function submissionTransaction(input: Bundle, lookup: SubmissionLoo
   for (const [index, found] of matched) {
     const entry = entries[index]!;
     const incoming = withReferences(entry.resource!, rewrites);
-    if (sameContent(found, incoming)) continue; // idempotent: the conditional create answers 200 at the stored version
+    if (sameContent(found, incoming, ignored)) continue; // idempotent: the conditional create answers 200 at the stored version
     const versionId = found.meta?.versionId;
     entries[index] = {
       ...(entry.fullUrl ? { fullUrl: entry.fullUrl } : {}),

@@ -4,9 +4,9 @@
  */
 
 /** Source formats the parsers understand. */
-export type CgmFormat = 'dexcom' | 'nightscout' | 'libreview' | 'tidepool' | 'openmhealth' | 'healthkit';
+export type CgmFormat = 'dexcom' | 'dexcom-clarity' | 'nightscout' | 'libreview' | 'tidepool' | 'openmhealth' | 'healthkit';
 
-export const CGM_FORMATS: readonly CgmFormat[] = ['dexcom', 'nightscout', 'libreview', 'tidepool', 'openmhealth', 'healthkit'];
+export const CGM_FORMATS: readonly CgmFormat[] = ['dexcom', 'dexcom-clarity', 'nightscout', 'libreview', 'tidepool', 'openmhealth', 'healthkit'];
 
 export type GlucoseUnit = 'mg/dL' | 'mmol/L';
 
@@ -120,7 +120,7 @@ export interface IngestSummary {
   issues: IngestIssue[];
   /** True when `issues` was cut at `maxIssues`. */
   issuesTruncated: boolean;
-  /** Time zone applied to device-local timestamps (LibreView), and whether it came from the option or the default. */
+  /** Time zone applied to device-local timestamps (LibreView, Dexcom Clarity), and whether it came from the option or the default. */
   timeZone?: { zone: string; from: 'option' | 'default' };
   /** LibreView day/month order used, how it was decided, and whether the data alone left it ambiguous. */
   dateOrder?: { order: 'DMY' | 'MDY'; from: 'option' | 'data' | 'fallback'; ambiguous: boolean };
@@ -135,7 +135,7 @@ export interface IngestSummary {
 export interface ParseOptions {
   /** Skip detection and use this format. */
   format?: CgmFormat;
-  /** IANA zone for device-local timestamps (LibreView); wins over `defaultTimeZone`. */
+  /** IANA zone for device-local timestamps (LibreView, Dexcom Clarity); wins over `defaultTimeZone`. */
   timeZone?: string;
   /** Zone used when `timeZone` is not given (the lead passes config.defaultTimeZone). Default `UTC`. */
   defaultTimeZone?: string;

@@ -61,6 +61,15 @@ const libreview = fc.tuple(
   fc.constantFrom(',', ';', '\t'),
 ).map(([preamble, rows, sep]) => `${preamble}${[LIBRE_HEADER, ...rows].map((r) => (sep === ',' ? r : r.replaceAll(',', sep))).join('\n')}\n`);
 
+const CLARITY_HEADERS = [
+  'Index,Timestamp (YYYY-MM-DDThh:mm:ss),Event Type,Event Subtype,Patient Info,Device Info,Source Device ID,Glucose Value (mg/dL),Insulin Value (u),Carb Value (grams),Duration (hh:mm:ss),Glucose Rate of Change (mg/dL/min),Transmitter Time (Long Integer),Transmitter ID',
+  'Timestamp (YYYY-MM-DDThh:mm:ss),Event Type,Event Subtype,Patient Info,Device Info,Source Device ID,Glucose Value (mmol/L),Transmitter ID,Extra',
+];
+const clarityRow = fc.tuple(fc.constantFrom('', '1'), csvField, fc.constantFrom('EGV', 'Calibration', 'Insulin', 'Carbs', 'FirstName', 'Alert', 'egv', 'x', ''),
+  csvField, csvField, csvField, fc.constantFrom('Android G6', 'iOS G7', ''), csvField, csvField).map((row) => row.join(','));
+const clarity = fc.tuple(fc.constantFrom(...CLARITY_HEADERS), fc.array(clarityRow, { maxLength: 6 }), fc.constantFrom(',', ';'))
+  .map(([header, rows, sep]) => `${[header, ...rows].map((r) => (sep === ',' ? r : r.replaceAll(',', sep))).join('\n')}\n`);
+
 const xmlAttr = fc.oneof(csvField, fc.constantFrom('&amp;', '&bogus;', '<', '"', "'", '&#0;', '&#x110000;'));
 const healthkit = fc.array(fc.record({
   type: fc.constantFrom('HKQuantityTypeIdentifierBloodGlucose', 'HKQuantityTypeIdentifierInsulinDelivery', 'HKQuantityTypeIdentifierStepCount', 'x'),
@@ -71,4 +80,5 @@ const healthkit = fc.array(fc.record({
 
 export const STRUCTURED: [CgmFormat, fc.Arbitrary<string>][] = [
   ['nightscout', nightscout], ['dexcom', dexcom], ['tidepool', tidepool], ['openmhealth', openmhealth], ['libreview', libreview], ['healthkit', healthkit],
+  ['dexcom-clarity', clarity],
 ];

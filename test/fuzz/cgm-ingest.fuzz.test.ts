@@ -47,7 +47,7 @@ const body = fc.oneof(
 const query = fc.record({
   patient: fc.oneof({ weight: 6, arbitrary: fc.constant('__patient__') },
     { weight: 1, arbitrary: fc.constantFrom('unknown-patient', '', '../etc', 'a'.repeat(65), '__patient__&patient=x') }),
-  format: fc.option(fc.constantFrom('nightscout', 'dexcom', 'tidepool', 'openmhealth', 'libreview', 'healthkit', 'csv', ''), { freq: 2 }),
+  format: fc.option(fc.constantFrom('nightscout', 'dexcom', 'dexcom-clarity', 'tidepool', 'openmhealth', 'libreview', 'healthkit', 'csv', ''), { freq: 2 }),
   tz: fc.option(fc.constantFrom('Europe/Berlin', 'America/New_York', 'Mars/Olympus', 'UTC', ''), { freq: 2 }),
   partial: fc.option(fc.constantFrom('true', 'false', 'yes'), { freq: 2 }),
 }).map((q) => Object.fromEntries(Object.entries(q).filter(([, v]) => v !== null)) as Record<string, string>);

@@ -52,7 +52,8 @@ describe('CGM parsers never crash or hang', () => {
 
   test('arbitrary text, detected or given any format → records or a clear error', async () => {
     const text = fc.oneof(fc.string({ maxLength: 200 }), fc.string({ unit: 'grapheme', maxLength: 60 }),
-      fc.constantFrom('[', '{', '[{', '{"records":', '<', '<?xml', '<HealthData>', '[]', '{}', 'null', '"x"', '\ufeff[', 'Device,Serial Number\n'));
+      fc.constantFrom('[', '{', '[{', '{"records":', '<', '<?xml', '<HealthData>', '[]', '{}', 'null', '"x"', '\ufeff[', 'Device,Serial Number\n',
+        'Index,Timestamp (YYYY-MM-DDThh:mm:ss),Event Type,Glucose Value (mg/dL)\n'));
     await fc.assert(fc.asyncProperty(text, fc.constantFrom(undefined, ...CGM_FORMATS), async (t, format) => {
       await outcome({ text: t }, format);
     }), { numRuns: 1000 });

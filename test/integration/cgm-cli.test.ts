@@ -72,6 +72,24 @@ describe('glucoguard ingest / summary', () => {
     expect(bundle.entry[0].resource.code.coding[0].code).toBe('107931-8');
   }, 60_000);
 
+  test('a Dexcom Clarity export with --tz; the summary says how many readings were beyond the sensor range', () => {
+    const other = run('patients', 'create', '--given', 'C', '--family', 'Lindqvist').stdout.trim();
+    const csv = path.join(import.meta.dirname, '../fixtures/cgm/dexcom-clarity-mgdl.csv');
+    const r = run('ingest', csv, '--patient', other, '--tz', 'America/Los_Angeles');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^imported: dexcom-clarity \(detected\)/);
+    expect(r.stdout).toContain('records read 13, created 6, unchanged 0, corrected 0, skipped 7, rejected 0');
+    expect(r.stdout).toContain('time zone America/Los_Angeles (given)');
+    expect(r.stdout).not.toMatch(/Averyzz|Quillfeather|1979-04-12/);
+    const summary = run('summary', '--patient', other);
+    expect(summary.status).toBe(0);
+    expect(summary.stdout).toMatch(/^ {2}beyond sensor {4}2 of 6 readings: 1 LOW \(taken as 40 mg\/dL\), 1 HIGH \(taken as 400 mg\/dL\)$/m);
+  }, 60_000);
+
+  test('no beyond-sensor line when every reading has a value', () => {
+    expect(run('summary', '--patient', patientId).stdout).not.toMatch(/beyond sensor/);
+  }, 60_000);
+
   test('a file with a bad record is rejected with exit code 1, naming the line, and stores nothing', () => {
     const bad = path.join(dataDir, 'bad.json');
     const lines = nightscoutJson(makeTrace(1, { seed: 9 })).split('\n');

@@ -2,13 +2,15 @@
  * CGM ingest end to end over HTTP: a 14-day Nightscout export through `POST /cgm/ingest`, the
  * readings and `$cgm-summary` read back through `/fhir` and checked against an independent
  * computation; idempotent re-import; corrections as new versions; all-or-nothing and partial
- * imports of a file with a bad record; `$cgm-agp`.
+ * imports of a file with a bad record; `$cgm-agp`; a Dexcom Clarity CSV export; stored summaries
+ * replaced when a re-run computes other figures.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Bundle, Observation, OperationOutcome } from '@medplum/fhirtypes';
 import express from 'express';
 import request from 'supertest';
 import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { cgmHttpRouter } from '../../src/cgm/http.js';
 import { CgmIngestService } from '../../src/cgm/service.js';
 import { spool } from '../../src/cgm/spool.js';
@@ -247,6 +249,39 @@ describe('CGM ingest over HTTP', () => {
     expect((await readingsOf(other))[0]!.effectiveDateTime).toMatch(/^2026-03-02T08:00:00/);
   });
 
+  test('a Dexcom Clarity CSV export is detected and read in the given zone; HIGH/LOW stored beyond range; the patient rows stored nowhere', async () => {
+    const other = await newPatient('Lindqvist');
+    const csv = readFileSync(path.join(import.meta.dirname, '../fixtures/cgm/dexcom-clarity-mgdl.csv'), 'utf8');
+    const clarity = (query = '') => http().post(`/cgm/ingest?patient=${other}&tz=America/Los_Angeles${query}`).set('Content-Type', 'text/csv').send(csv);
+    const res = await clarity();
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({
+      accepted: true, format: 'dexcom-clarity', detected: true, read: 13, created: 6, skipped: 7, rejected: 0, devicesCreated: 1,
+      skippedByReason: { 'unsupported-record-type': 7 }, timeZone: { zone: 'America/Los_Angeles', from: 'option' },
+    });
+    const stored = await readingsOf(other);
+    expect(stored.map((o) => o.effectiveDateTime).sort()).toEqual([
+      '2024-03-10T01:45:00-08:00', '2024-03-10T01:50:00-08:00', '2024-03-10T01:55:00-08:00',
+      '2024-03-10T03:05:00-07:00', '2024-03-10T03:10:30-07:00', '2024-03-10T03:40:00-07:00',
+    ]);
+    const at = (time: string) => stored.find((o) => o.effectiveDateTime === time)!;
+    expect(at('2024-03-10T01:45:00-08:00').valueQuantity).toMatchObject({ value: 112, code: 'mg/dL' });
+    expect(at('2024-03-10T01:55:00-08:00').dataAbsentReason?.coding?.[0]?.code).toBe('positive-infinity');
+    expect(at('2024-03-10T03:10:30-07:00').dataAbsentReason?.coding?.[0]?.code).toBe('negative-infinity');
+    const device = await http().get(`/fhir/${stored[0]!.device!.reference}`);
+    expect(device.body).toMatchObject({ serialNumber: '8AB12C', deviceName: [{ name: 'Dexcom G6' }] });
+    const everything = JSON.stringify([res.body, stored, device.body]);
+    for (const word of ['Averyzz', 'Quillfeather', '1979-04-12', 'PhoneModelQ7']) expect(everything).not.toContain(word);
+    // the LOW and the HIGH count in the summary, which says so
+    const summary = await http().get(`/fhir/Patient/${other}/$cgm-summary`);
+    expect(summary.status).toBe(200);
+    const notes = (summary.body.entry[0].resource as Observation).note!.map((n) => n.text).join(' ');
+    expect(notes).toMatch(/1 of 6 readings below/);
+    expect(notes).toMatch(/1 of 6 readings above/);
+    // idempotent, and the explicit format says the same
+    expect((await clarity('&format=dexcom-clarity')).body).toMatchObject({ detected: false, created: 0, unchanged: 6 });
+  });
+
   test('bad requests answer OperationOutcomes and store nothing', async () => {
     const unknown = await ingest('no-such-patient', file);
     expect(unknown.status).toBe(404);
@@ -258,6 +293,73 @@ describe('CGM ingest over HTTP', () => {
     const garbage = await http().post(`/cgm/ingest?patient=${patientId}`).set('Content-Type', 'text/plain').send('hello, world');
     expect(garbage.status).toBe(400);
     expect(garbage.body.resourceType).toBe('OperationOutcome');
+  });
+});
+
+describe('stored $cgm-summary after the figures change', () => {
+  let t: TestApp;
+  const http = () => request(t.app.http);
+  const trace = makeTrace(2, { seed: 5 });
+  const period = `start=${new Date(trace[0]!.epochMs).toISOString()}&end=${new Date(trace[trace.length - 1]!.epochMs + 5 * 60_000).toISOString()}`;
+  let patient: string;
+  const store = async (): Promise<Observation[]> => {
+    const res = await http().get(`/fhir/Patient/${patient}/$cgm-summary?${period}&store=true`);
+    expect(res.status).toBe(200);
+    return (res.body as Bundle).entry!.map((e) => e.resource as Observation);
+  };
+  const byCode = (obs: Observation[], code: string) => obs.find((o) => o.code?.coding?.[0]?.code === code)!;
+  const storedPanels = async () => (await http().get(`/fhir/Observation?patient=Patient/${patient}&code=http://loinc.org|107931-8`)).body.entry as unknown[];
+
+  beforeAll(async () => {
+    t = await startTestApp();
+    patient = (await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient' })).body.id as string;
+    const res = await http().post(`/cgm/ingest?patient=${patient}&format=nightscout`).send(nightscoutJson(trace));
+    expect(res.body).toMatchObject({ accepted: true, created: trace.length });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  test('a re-run computing the same figures leaves the stored summary as it is (same ids, versions and issued)', async () => {
+    const first = await store();
+    expect(first).toHaveLength(8);
+    expect(first.every((o) => o.meta?.versionId === '1')).toBe(true);
+    const again = await store();
+    expect(again.map((o) => [o.id, o.meta?.versionId, o.issued])).toEqual(first.map((o) => [o.id, o.meta?.versionId, o.issued]));
+    expect(await storedPanels()).toHaveLength(1);
+  });
+
+  test('after readings are corrected, a re-run stores new versions of what changed (the same resources); the rest stays', async () => {
+    const before = await store();
+    const changed = trace.map((r, i) => (i % 10 === 0 && r.sgv >= 40 ? { ...r, sgv: Math.min(399, r.sgv + 60) } : r));
+    const corrected = await http().post(`/cgm/ingest?patient=${patient}&format=nightscout`).send(nightscoutJson(changed));
+    expect(corrected.body.corrected).toBeGreaterThan(0);
+    const after = await store();
+    expect(after.map((o) => o.id)).toEqual(before.map((o) => o.id)); // the same resources, not new ones
+    const mean = byCode(after, '97507-8');
+    const meanBefore = byCode(before, '97507-8');
+    expect(mean.valueQuantity!.value).toBeGreaterThan(meanBefore.valueQuantity!.value!);
+    expect(mean.meta?.versionId).toBe('2');
+    expect(byCode(after, '107931-8').meta?.versionId).toBe('1'); // the panel's members are the same resources: unchanged
+    expect(byCode(after, '104636-6').meta?.versionId).toBe('1'); // days of wear did not change
+    const v1 = await http().get(`/fhir/Observation/${mean.id}/_history/1`);
+    expect(v1.body.valueQuantity.value).toBe(meanBefore.valueQuantity!.value);
+    const current = await http().get(`/fhir/Observation/${mean.id}`);
+    expect(current.body.valueQuantity.value).toBe(mean.valueQuantity!.value);
+    expect(await storedPanels()).toHaveLength(1);
+  });
+
+  test('a stored summary from older metrics (a stale figure) is replaced by the recomputed one', async () => {
+    const before = await store();
+    const gmi = byCode(before, '97506-0');
+    const stale = { ...gmi, valueQuantity: { ...gmi.valueQuantity!, value: gmi.valueQuantity!.value! - 1.5 } };
+    const put = await http().put(`/fhir/Observation/${gmi.id}`).set('Content-Type', FHIR_JSON).send(stale);
+    expect(put.status).toBe(200);
+    const staleVersion = Number(put.body.meta.versionId);
+    const after = byCode(await store(), '97506-0');
+    expect(after.id).toBe(gmi.id);
+    expect(after.valueQuantity!.value).toBe(gmi.valueQuantity!.value);
+    expect(Number(after.meta!.versionId)).toBe(staleVersion + 1);
   });
 });
 

@@ -76,3 +76,23 @@ export function numeric(v: unknown): number | undefined {
 export function text(v: unknown): string | undefined {
   return typeof v === 'string' && v.trim() !== '' ? v.trim() : undefined;
 }
+
+/**
+ * What a CSV parse error says, safe to show and log: from csv-parse's error code, since its messages
+ * quote the field being read (a patient's name, a note). Other errors (the source failing) keep
+ * their first line.
+ */
+export function csvProblem(err: unknown): string {
+  switch ((err as { code?: unknown }).code) {
+    case 'INVALID_OPENING_QUOTE': return 'a quote inside an unquoted field';
+    case 'CSV_INVALID_CLOSING_QUOTE':
+    case 'CSV_NON_TRIMABLE_CHAR_AFTER_CLOSING_QUOTE': return 'text after a closing quote';
+    case 'CSV_QUOTE_NOT_CLOSED': return 'a quote that is never closed';
+    case 'CSV_MAX_RECORD_SIZE': return 'a record too large';
+    default: {
+      const code = (err as { code?: unknown }).code;
+      if (typeof code === 'string' && /^(CSV_|INVALID_)/.test(code)) return 'unreadable record';
+      return String((err as Error).message ?? err).split('\n')[0]!;
+    }
+  }
+}

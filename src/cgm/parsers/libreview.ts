@@ -11,7 +11,7 @@ import { parse } from 'csv-parse';
 import { CgmInputError } from '../json-stream.js';
 import { wallToUtcMs, type WallClock } from '../time.js';
 import type { AbsentReason, GlucoseUnit } from '../types.js';
-import { glucoseRecord, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
+import { csvProblem, glucoseRecord, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
 
 /** Rows held back while the day/month order is still open; past this the fallback order is used. */
 const MAX_UNDECIDED_ROWS = 20_000;
@@ -97,7 +97,7 @@ export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: Parser
   } catch (err) {
     if (err instanceof CgmInputError) throw err;
     const line = (err as { lines?: number }).lines;
-    throw new CgmInputError(`${line ? `line ${line}: ` : ''}malformed CSV (${(err as Error).message.split('\n')[0]})`, line);
+    throw new CgmInputError(`${line ? `line ${line}: ` : ''}malformed CSV (${csvProblem(err)})`, line);
   }
   if (!columns) throw new CgmInputError('no LibreView header found (expected "Device Timestamp" and "Record Type" columns)');
   if (held.length) {

@@ -18,6 +18,8 @@ describe('format detection', () => {
     ['nightscout-entries.json', 'nightscout'],
     ['libreview-mmol-dst.csv', 'libreview'],
     ['libreview-ambiguous.csv', 'libreview'],
+    ['dexcom-clarity-mgdl.csv', 'dexcom-clarity'],
+    ['dexcom-clarity-mmol.csv', 'dexcom-clarity'],
     ['tidepool-export.json', 'tidepool'],
     ['omh-blood-glucose.json', 'openmhealth'],
     ['healthkit-export.xml', 'healthkit'],
@@ -196,6 +198,108 @@ describe('LibreView CSV', () => {
   });
 });
 
+describe('Dexcom Clarity CSV', () => {
+  /** Synthetic names, a birth date and a phone model in the fixtures' rows without a timestamp. */
+  const PII: Record<string, string[]> = {
+    'dexcom-clarity-mgdl.csv': ['Averyzz', 'Quillfeather', '1979-04-12', 'Synthetic Mobile App', 'PhoneModelQ7'],
+    'dexcom-clarity-mmol.csv': ['Bexley', 'Nightjarson', 'Synthetic G7 App'],
+  };
+
+  test('EGV rows are sensor readings at the receiver\'s wall clock in the given zone, High/Low beyond the sensor range', async () => {
+    const { accepted, records, summary } = await readCgm(fixture('dexcom-clarity-mgdl.csv'), { timeZone: 'America/Los_Angeles', now: NOW });
+    expect(accepted).toBe(true);
+    const g = glucose(records);
+    expect(g.map((r) => r.time)).toEqual([
+      '2024-03-10T01:45:00-08:00', '2024-03-10T01:50:00-08:00', '2024-03-10T01:55:00-08:00',
+      '2024-03-10T03:05:00-07:00', // 02:05 does not exist (spring forward): moved forward by the gap
+      '2024-03-10T03:10:30-07:00', '2024-03-10T03:40:00-07:00',
+    ]);
+    expect(g[0]).toMatchObject({
+      source: 'dexcom-clarity', method: 'cgm', unit: 'mg/dL', value: 112, mgdl: 112,
+      deviceId: '8AB12C', serialNumber: '8AB12C', deviceName: 'Dexcom G6', record: 1, line: 8,
+    });
+    expect(g[2]).toMatchObject({ absent: { code: 'positive-infinity' } });
+    expect(g[2]!.value).toBeUndefined();
+    expect(g[4]).toMatchObject({ absent: { code: 'negative-infinity' }, line: 13 });
+    expect(summary).toMatchObject({ format: 'dexcom-clarity', detected: true, read: 13, converted: 6, skipped: 7, rejected: 0 });
+    expect(summary.timeZone).toEqual({ zone: 'America/Los_Angeles', from: 'option' });
+    expect(summary.dstAdjusted).toEqual({ nonexistent: 1, ambiguous: 0 });
+  });
+
+  test('calibrations, insulin, carbs, exercise, health, device and alert events are skipped and named', async () => {
+    const { summary } = await readCgm(fixture('dexcom-clarity-mgdl.csv'), { timeZone: 'America/Los_Angeles', now: NOW });
+    expect(summary.skippedByReason).toEqual({ 'unsupported-record-type': 7 });
+    const skipped = summary.issues.filter((i) => i.kind === 'skipped');
+    expect(skipped.map((i) => i.line)).toEqual([12, 14, 15, 16, 17, 18, 19]);
+    expect(skipped[0]!.message).toBe('record 5 (line 12): event type "Calibration" is a fingerstick calibration, not a sensor reading');
+    expect(skipped.slice(1).map((i) => /event type "(\w+)"/.exec(i.message)?.[1])).toEqual(['Insulin', 'Carbs', 'Exercise', 'Health', 'Device', 'Alert']);
+  });
+
+  test('the patient, device and alert-setting rows are not records: nothing of them is in the records or the report', async () => {
+    for (const [file, zone] of [['dexcom-clarity-mgdl.csv', 'America/Los_Angeles'], ['dexcom-clarity-mmol.csv', 'Europe/Berlin']] as const) {
+      const text = readFileSync(fixture(file), 'utf8');
+      for (const word of PII[file]!) expect(text).toContain(word); // the export holds them…
+      const { records, summary } = await readCgm(fixture(file), { timeZone: zone, now: NOW });
+      const out = JSON.stringify({ records, summary });
+      for (const word of PII[file]!) expect(out).not.toContain(word); // …what comes out does not
+      // The alert thresholds on those rows (250, 70, 3.1) are settings, not readings.
+      expect(glucose(records).some((r) => r.value === 250 || r.value === 70 || r.value === 3.1)).toBe(false);
+      expect(summary.issues.some((i) => i.line! <= 7)).toBe(false);
+    }
+  });
+
+  test('a mmol/L export without the Index column and with an extra column is mapped by header name', async () => {
+    const { records, summary } = await readCgm(fixture('dexcom-clarity-mmol.csv'), { timeZone: 'Europe/Berlin', now: NOW });
+    const g = glucose(records);
+    expect(g.map((r) => r.time)).toEqual([
+      '2024-10-27T01:50:00+02:00', '2024-10-27T02:20:00+02:00', '2024-10-27T02:50:00+02:00', // overlap: earlier instant
+      '2024-10-27T03:05:00+01:00', '2024-10-27T03:15:00+01:00',
+    ]);
+    expect(g[0]).toMatchObject({ unit: 'mmol/L', value: 5.4, deviceName: 'Dexcom G7', deviceId: 'SYN7G7X1', line: 6 });
+    expect(g[0]!.mgdl).toBeCloseTo(5.4 * 18.01559, 6);
+    expect(g[2]).toMatchObject({ absent: { code: 'positive-infinity' }, unit: 'mmol/L' });
+    expect(g[4]).toMatchObject({ absent: { code: 'negative-infinity' } });
+    expect(summary).toMatchObject({ read: 6, converted: 5, skipped: 1, rejected: 0, dstAdjusted: { nonexistent: 0, ambiguous: 2 } });
+  });
+
+  test('without a zone option the default zone is used and the summary says so', async () => {
+    const { records, summary } = await readCgm(fixture('dexcom-clarity-mgdl.csv'), { defaultTimeZone: 'America/New_York', now: NOW });
+    expect(summary.timeZone).toEqual({ zone: 'America/New_York', from: 'default' });
+    expect(glucose(records)[0]!.time).toBe('2024-03-10T01:45:00-05:00');
+  });
+
+  test('a bad timestamp or value is rejected with its line; a semicolon export reads decimal commas', async () => {
+    const header = 'Index,Timestamp (YYYY-MM-DDThh:mm:ss),Event Type,Event Subtype,Patient Info,Device Info,Source Device ID,Glucose Value (mg/dL),Transmitter ID';
+    const text = [header, '1,,FirstName,,Averyzz,,,,', '2,2024-13-01T00:00:00,EGV,,,,Android G6,100,8AB12C', '3,2024-03-01T00:05:00,EGV,,,,Android G6,abc,8AB12C',
+      '4,2024-03-01T00:10:00,EGV,,,,Android G6,,8AB12C', '5,,EGV,,,,Android G6,101,8AB12C', '6,2024-03-01T00:15:00,EGV,,,,Android G6,102,8AB12C'].join('\n');
+    const { accepted, summary } = await readCgm({ text }, { timeZone: 'UTC', now: NOW });
+    expect(accepted).toBe(false);
+    expect(summary.issues.map((i) => [i.reason, i.line])).toEqual([['invalid-timestamp', 3], ['invalid-value', 4], ['missing-value', 5], ['invalid-timestamp', 6]]);
+    const semi = ['Timestamp (YYYY-MM-DDThh:mm:ss);Event Type;Glucose Value (mmol/L);Transmitter ID', '2024-03-01T00:15:00;EGV;5,6;SYN7'].join('\n');
+    const read = await readCgm({ text: semi }, { timeZone: 'UTC', now: NOW });
+    expect(read.summary.format).toBe('dexcom-clarity');
+    expect(glucose(read.records)[0]).toMatchObject({ value: 5.6, unit: 'mmol/L', time: '2024-03-01T00:15:00Z' });
+  });
+
+  test('a malformed CSV names the line, never the text of the field (a name on a patient row, a note)', async () => {
+    const header = 'Index,Timestamp (YYYY-MM-DDThh:mm:ss),Event Type,Event Subtype,Patient Info,Device Info,Source Device ID,Glucose Value (mg/dL),Transmitter ID';
+    const clarity = [header, '1,,FirstName,,Ave"ryzz,,,,', '2,2024-03-01T00:15:00,EGV,,,,Android G6,102,8AB12C'].join('\n');
+    const err = await readCgm({ text: clarity }, { timeZone: 'UTC', now: NOW }).catch((e: Error) => e);
+    expect(err).toBeInstanceOf(CgmInputError);
+    expect((err as Error).message).toMatch(/^line 2: malformed CSV \(a quote inside an unquoted field\)$/);
+    const libre = ['Device,Serial Number,Device Timestamp,Record Type,Historic Glucose mg/dL,Scan Glucose mg/dL,Notes',
+      'FreeStyle Libre 2,0F1E,2024-03-01 08:00,6,,,"felt dizzy" after lunch'].join('\n');
+    const libreErr = await readCgm({ text: libre }, { now: NOW }).catch((e: Error) => e);
+    expect((libreErr as Error).message).toMatch(/^line 2: malformed CSV \(text after a closing quote\)$/);
+    expect((libreErr as Error).message).not.toMatch(/dizzy|lunch/);
+  });
+
+  test('a CSV without the Clarity header names the line', async () => {
+    await expect(readCgm({ text: 'Index,Timestamp,Event Type\n1,2024-03-01T00:15:00,EGV\n' }, { format: 'dexcom-clarity' }))
+      .rejects.toThrow(/line 1: no Dexcom Clarity header/);
+  });
+});
+
 describe('Tidepool export', () => {
   test('cbg/smbg in mixed units become mg/dL via 18.01559; bolus and basal become insulin records', async () => {
     const { records, summary } = await readCgm(fixture('tidepool-export.json'), { now: NOW });
@@ -280,6 +384,7 @@ describe('Apple HealthKit export.xml', () => {
 describe('chunk boundaries', () => {
   test.each([
     ['libreview-mmol-dst.csv', { timeZone: 'Europe/Berlin' }],
+    ['dexcom-clarity-mgdl.csv', { timeZone: 'America/Los_Angeles' }],
     ['healthkit-export.xml', {}],
     ['dexcom-egvs.json', {}],
     ['tidepool-export.json', {}],

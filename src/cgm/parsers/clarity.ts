@@ -1,0 +1,118 @@
+/**
+ * Dexcom Clarity "Export" CSV (G6, G7): a header (`Index,Timestamp (YYYY-MM-DDThh:mm:ss),Event Type,
+ * Event Subtype,Patient Info,Device Info,Source Device ID,Glucose Value (mg/dL),…,Transmitter ID`;
+ * columns are found by name, as exports differ in which ones they have), then rows without a
+ * timestamp that describe the patient, the device and the alert settings, then the events. `EGV` rows
+ * are sensor readings; `High`/`Low` for a reading beyond the sensor's range. Every other event
+ * (`Calibration` fingersticks, insulin, carbs, exercise, health, device and alert events) is skipped,
+ * as LibreView's strip, insulin and food records are. Timestamps are the receiver's local wall clock
+ * with no offset, so a time zone is needed (the `timeZone` option, as for LibreView).
+ *
+ * The rows without a timestamp hold the patient's name and date of birth: they are not records. They
+ * are passed over unread (no cell of them is kept), never counted, reported or put in a message.
+ */
+import { Readable } from 'node:stream';
+import { parse } from 'csv-parse';
+import { CgmInputError } from '../json-stream.js';
+import { parseIso } from '../time.js';
+import type { AbsentReason, GlucoseUnit } from '../types.js';
+import { csvProblem, glucoseRecord, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
+
+interface Columns {
+  timestamp: number;
+  eventType: number;
+  glucose: number;
+  sourceDevice: number;
+  transmitter: number;
+  unit: GlucoseUnit;
+}
+
+/** Event types of Clarity exports that are not sensor readings, named in skip messages (anything else is not echoed). */
+const OTHER_EVENTS = new Set(['calibration', 'insulin', 'carbs', 'exercise', 'health', 'device', 'alert', 'notes', 'note']);
+
+export async function* parseDexcomClarity(chunks: AsyncIterable<string>, ctx: ParserContext, delimiter: string): AsyncGenerator<ParserItem> {
+  const csv = parse({ delimiter, record_delimiter: ['\r\n', '\n', '\r'], relax_column_count: true, skip_empty_lines: true, info: true, bom: true, trim: true });
+  const source = Readable.from(chunks, { objectMode: false });
+  source.on('error', (err) => csv.destroy(err));
+  source.pipe(csv);
+
+  let columns: Columns | undefined;
+  let record = 0;
+  ctx.report.usedZone = true;
+  const decimalComma = delimiter === ';';
+  try {
+    for await (const { record: cells, info } of csv as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
+      const line = info.lines;
+      if (!columns) {
+        columns = headerColumns(cells);
+        if (!columns) throw new CgmInputError(`line ${line}: no Dexcom Clarity header (expected "Timestamp", "Event Type" and "Glucose Value" columns)`, line);
+        continue;
+      }
+      const type = (cells[columns.eventType] ?? '').trim().toLowerCase();
+      const stamp = (cells[columns.timestamp] ?? '').trim();
+      // Patient, device and alert-setting rows: no timestamp. Not records; nothing of them is kept.
+      if (stamp === '' && type !== 'egv' && type !== 'calibration') continue;
+      record++;
+      yield toItem(cells, { record, line }, type, stamp, columns, ctx, decimalComma);
+    }
+  } catch (err) {
+    if (err instanceof CgmInputError) throw err;
+    const line = (err as { lines?: number }).lines;
+    throw new CgmInputError(`${line ? `line ${line}: ` : ''}malformed CSV (${csvProblem(err)})`, line);
+  }
+  if (!columns) throw new CgmInputError('no Dexcom Clarity header found (expected "Timestamp", "Event Type" and "Glucose Value" columns)');
+}
+
+function headerColumns(cells: string[]): Columns | undefined {
+  const find = (re: RegExp): number => cells.findIndex((c) => re.test(c.trim()));
+  const timestamp = find(/^timestamp\b/i);
+  const eventType = find(/^event type$/i);
+  const glucose = find(/^glucose value\b/i);
+  if (timestamp < 0 || eventType < 0 || glucose < 0) return undefined;
+  const unit: GlucoseUnit = /mmol/i.test(cells[glucose]!) ? 'mmol/L' : 'mg/dL';
+  return { timestamp, eventType, glucose, sourceDevice: find(/^source device id$/i), transmitter: find(/^transmitter id$/i), unit };
+}
+
+function toItem(cells: string[], pos: { record: number; line: number }, type: string, stamp: string, cols: Columns,
+  ctx: ParserContext, decimalComma: boolean): ParserItem {
+  if (type !== 'egv') {
+    const named = OTHER_EVENTS.has(type) ? `event type ${JSON.stringify((cells[cols.eventType] ?? '').trim())}` : 'an unrecognised event type';
+    const why = type === 'calibration' ? 'a fingerstick calibration, not a sensor reading' : 'not a sensor reading';
+    return skip(pos, 'unsupported-record-type', `${where(pos)}: ${named} is ${why}`);
+  }
+  const parsed = parseIso(stamp);
+  if (!parsed) return reject(pos, 'invalid-timestamp', `${where(pos)}: invalid Timestamp`);
+  const raw = (cells[cols.glucose] ?? '').trim();
+  if (raw === '') return reject(pos, 'missing-value', `${where(pos)}: no glucose value`);
+  let absent: AbsentReason | undefined;
+  let value: number | undefined;
+  if (/^high$/i.test(raw)) absent = { code: 'positive-infinity', text: 'Above the sensor measurement range (High)' };
+  else if (/^low$/i.test(raw)) absent = { code: 'negative-infinity', text: 'Below the sensor measurement range (Low)' };
+  else {
+    const normalised = decimalComma ? raw.replace(',', '.') : raw;
+    value = /^[+-]?\d+(\.\d+)?$/.test(normalised) ? Number(normalised) : undefined;
+    if (value === undefined) return reject(pos, 'invalid-value', `${where(pos)}: glucose value is not a number`);
+  }
+  let epochMs = parsed.epochMs;
+  let offsetMinutes = parsed.offsetMinutes;
+  if (offsetMinutes === undefined) {
+    // The receiver's wall clock: an instant only in the patient's zone.
+    const resolved = ctx.zone.resolve(parsed.epochMs);
+    if (resolved.dst) ctx.report.dst[resolved.dst]++;
+    ({ epochMs, offsetMinutes } = resolved);
+  }
+  const transmitter = cols.transmitter >= 0 ? (cells[cols.transmitter] ?? '').trim() : '';
+  const sourceDevice = cols.sourceDevice >= 0 ? (cells[cols.sourceDevice] ?? '').trim() : '';
+  const generation = /\bG(\d)\b/i.exec(sourceDevice)?.[1];
+  return glucoseRecord(pos, {
+    source: 'dexcom-clarity',
+    method: 'cgm',
+    deviceId: transmitter || sourceDevice || 'dexcom',
+    deviceName: `Dexcom ${generation ? `G${generation}` : 'CGM'}`,
+    ...(transmitter ? { serialNumber: transmitter } : {}),
+    epochMs,
+    offsetMinutes,
+    unit: cols.unit,
+    ...(absent ? { absent } : { value }),
+  });
+}
