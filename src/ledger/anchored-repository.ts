@@ -13,6 +13,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Resource } from '@medplum/fhirtypes';
+import { isGlucoGuardError } from '../errors.js';
 import { patientIdsOf } from '../fhir/compartment.js';
 import { WriteObservingRepository, type WrittenVersion } from '../repository/observed.js';
 import type { Repository, VersionKey } from '../repository/port.js';
@@ -31,7 +32,27 @@ export class AnchoredRepository extends WriteObservingRepository {
   ) {
     super(inner);
     // a version found altered on disk is reported under the patient its commitment names (port.ts StandInSource)
-    if ('standInPatient' in inner) (inner as StandInSource).standInPatient = (type, id, version) => store.get(type, id, version)?.patient ?? undefined;
+    this.localStore = 'standInPatient' in inner;
+    if (this.localStore) (inner as unknown as StandInSource).standInPatient = (type, id, version) => store.get(type, id, version)?.patient ?? undefined;
+  }
+
+  /** The adapter is the embedded store, whose every version stays (an upstream server may purge old ones). */
+  private readonly localStore: boolean;
+
+  /**
+   * A version the embedded store no longer holds while its commitment is recorded was removed from
+   * the store (rows deleted, the store rolled back): an integrity failure, as for read, not a
+   * version that never was. An erased patient's versions answer ERR_GONE and stay so.
+   */
+  override async vread<T extends Resource = Resource>(resourceType: string, id: string, versionId: string): Promise<T> {
+    try {
+      return await super.vread<T>(resourceType, id, versionId);
+    } catch (err) {
+      if (!this.localStore || !isGlucoGuardError(err, 'ERR_NOT_FOUND')) throw err;
+      const committed = this.store.get(resourceType, id, versionId);
+      if (!committed) throw err;
+      throw new TamperedVersionError(resourceType, id, versionId, new Date(committed.createdAt).toISOString(), committed.patient ?? undefined);
+    }
   }
 
   protected override written(versions: WrittenVersion[]): void {

@@ -332,6 +332,17 @@ describe('embedded store', () => {
       && (r as AuditEvent).entity?.some((e) => e.what?.reference === `Patient/${created.id}/_history/1`))).toBe(true);
     // the older version itself, asked for by its version id, is what it was
     expect((await request(t.app.http).get(`/fhir/Patient/${created.id}/_history/1`)).status).toBe(200);
+    // the removed version, asked for by its version id, is an integrity failure too (it was committed), not a version that never was
+    const removed = await request(t.app.http).get(`/fhir/Patient/${created.id}/_history/2`);
+    expect(removed.status).toBe(404);
+    expect((removed.body as OperationOutcome).issue!.some((i) => /integrity check/i.test(i.diagnostics!) && i.diagnostics!.includes('version 2'))).toBe(true);
+    const after = await t.app.repository.search({ resourceType: 'AuditEvent', count: 1000, offset: 0 });
+    expect(after.resources.some((r) => (r as AuditEvent).type?.code === '110113'
+      && (r as AuditEvent).entity?.some((e) => e.what?.reference === `Patient/${created.id}/_history/2`))).toBe(true);
+    // a version never written is still a plain 404
+    const never = await request(t.app.http).get(`/fhir/Patient/${created.id}/_history/3`);
+    expect(never.status).toBe(404);
+    expect(JSON.stringify(never.body)).not.toContain('integrity');
   });
 
   it('keeps a version tampered with before it was anchored from being served as verified later', async () => {
