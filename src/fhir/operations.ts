@@ -5,8 +5,9 @@
  * own read, `searchAll` and write checks, so the policy (scopes, consent) and every outbound guard
  * (integrity) apply to them exactly as to a read or a write.
  */
-import type { Bundle, Meta, Observation, OperationOutcome, Parameters, Resource } from '@medplum/fhirtypes';
+import type { Bundle, BundleEntry, Meta, Observation, OperationOutcome, OperationOutcomeIssue, Parameters, Resource } from '@medplum/fhirtypes';
 import { badRequest, isGlucoGuardError } from '../errors.js';
+import { operationOutcome } from './outcomes.js';
 import { pairsToQuery, queryPairs, toQueryString } from './paging.js';
 import { patientMatchOperation } from './patient-match.js';
 import { requireFhirJson, type FhirRouter, type OperationHandler } from './router.js';
@@ -79,11 +80,13 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
         try {
           return await fhir.searchPage(req.access, type, searchOf(type), offset, n);
         } catch (err) {
-          if (isGlucoGuardError(err, 'ERR_FORBIDDEN')) return { resources: [], hasMore: false, nextOffset: offset };
+          if (isGlucoGuardError(err, 'ERR_FORBIDDEN')) return { resources: [], issues: [], hasMore: false, nextOffset: offset };
           throw err;
         }
       };
       const resources: Resource[] = token === undefined ? [patient.body as Resource] : [];
+      // what the guards said of the pages read (a version withheld by the integrity check)
+      const issues: OperationOutcomeIssue[] = [];
       let taken = 0;
       let next: { type: number; offset: number } | undefined;
       for (let i = at.type; i < wanted.length; i++) {
@@ -98,6 +101,7 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
         }
         const page = await pageOf(wanted[i]!, offset, count - taken);
         resources.push(...page.resources);
+        issues.push(...page.issues);
         taken += page.resources.length;
         if (page.hasMore) {
           next = { type: i, offset: page.nextOffset };
@@ -114,7 +118,7 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
         const state = { query: [...firstPage, [AT_PATIENT, target.id!], [AT_TYPE, String(next.type)]] as [string, string][], offset: next.offset };
         link.push({ relation: 'next', url: `${fhirBase}/Patient/${target.id}/$everything?_pageToken=${fhir.pageTokens.issue(req.access, state)}` });
       }
-      const bundle: Bundle = { resourceType: 'Bundle', type: 'searchset', link, entry: resources.map(entry) };
+      const bundle: Bundle = { resourceType: 'Bundle', type: 'searchset', link, entry: [...resources.map(entry), ...outcomeEntry(issues)] };
       return { status: 200, body: bundle };
     },
   };
@@ -136,9 +140,10 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
       // readings is ~105,000 Observations, every one of which the walk below would read); without,
       // every reading of the patient is walked, newest first, to find the codes.
       const codes = one('code')?.split(',').filter(Boolean);
-      const observations = (codes
-        ? (await Promise.all(codes.map((code) => fhir.searchPage(req.access, 'Observation', { ...query, code }, 0, max)))).flatMap((page) => page.resources)
-        : await fhir.searchAll(req.access, 'Observation', query)) as Observation[];
+      const issues: OperationOutcomeIssue[] = [];
+      const pages = codes && await Promise.all(codes.map((code) => fhir.searchPage(req.access, 'Observation', { ...query, code }, 0, max)));
+      for (const page of pages ?? []) issues.push(...page.issues);
+      const observations = (pages ? pages.flatMap((page) => page.resources) : await fhir.searchAll(req.access, 'Observation', query, issues)) as Observation[];
       const once = new Set<string>();
       const perCode = new Map<string, number>();
       const kept = observations.filter((o) => {
@@ -150,7 +155,7 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
         perCode.set(key, n);
         return n <= max;
       });
-      return { status: 200, body: { resourceType: 'Bundle', type: 'searchset', entry: kept.map(entry) } };
+      return { status: 200, body: { resourceType: 'Bundle', type: 'searchset', entry: [...kept.map(entry), ...outcomeEntry(issues)] } };
     },
   };
 
@@ -221,4 +226,9 @@ function validateInput(req: FhirRequest, type: string, id: string | undefined): 
   }
   const writeMode = mode === 'create' || mode === 'update' || mode === 'delete' ? mode : undefined;
   return { ...(writeMode ? { mode: writeMode } : {}), ...(resource ? { resource } : {}), profiles: named.profile! };
+}
+
+/** The guards' issues about a searchset an operation answers, as its `search.mode = outcome` entry (none when there are none). */
+function outcomeEntry(issues: OperationOutcomeIssue[]): BundleEntry[] {
+  return issues.length ? [{ resource: operationOutcome(issues), search: { mode: 'outcome' } }] : [];
 }

@@ -955,6 +955,8 @@ export class FhirRouter {
    */
   async searchPage(access: AccessContext, resourceType: string, query: Record<string, string | string[]>, offset: number, count: number): Promise<{
     resources: Resource[];
+    /** What the guards said of the page (an integrity failure: the version withheld), for the caller's outcome entry. */
+    issues: OperationOutcomeIssue[];
     hasMore: boolean;
     nextOffset: number;
   }> {
@@ -966,7 +968,7 @@ export class FhirRouter {
       maxCount: count,
     });
     const page = await this.filledPage(access, await this.policy.narrowSearch(access, { ...parsed, offset }), offset, count);
-    return { resources: page.matches.allowed, hasMore: page.hasMore, nextOffset: page.nextOffset };
+    return { resources: page.matches.allowed, issues: page.matches.issues, hasMore: page.hasMore, nextOffset: page.nextOffset };
   }
 
   /** The page size a request asks for (`_count`), checked as a search's is: the default when absent, at most the maximum. */
@@ -985,9 +987,10 @@ export class FhirRouter {
   /**
    * Every match of a search that the requester may see, for operations that compute over data
    * (`$cgm-summary`, `$cgm-agp`): the same authorization, policy narrowing and outbound guards as
-   * a search, paging through all matches in-process. Throws like a search (403, 400).
+   * a search, paging through all matches in-process. Throws like a search (403, 400). What the
+   * guards say (an integrity failure) is added to `issues` when given.
    */
-  async searchAll(access: AccessContext, resourceType: string, query: Record<string, string | string[]>): Promise<Resource[]> {
+  async searchAll(access: AccessContext, resourceType: string, query: Record<string, string | string[]>, issues?: OperationOutcomeIssue[]): Promise<Resource[]> {
     await this.policy.authorize(access, 'search', resourceType);
     // Large pages: the repository finds page k by scanning k pages, so few pages keep this linear
     // (90 days of 5-minute readings is one page).
@@ -1002,7 +1005,9 @@ export class FhirRouter {
     const out: Resource[] = [];
     for (let offset = 0; ; offset += pageSize) {
       const result = await this.options.repository.search({ ...narrowed, count: pageSize, offset }, this.searchOptions);
-      out.push(...(await this.guard(access, result.resources)).allowed);
+      const guarded = await this.guard(access, result.resources);
+      out.push(...guarded.allowed);
+      issues?.push(...guarded.issues);
       if (!result.hasMore) return out;
     }
   }

@@ -308,6 +308,11 @@ describe('embedded store', () => {
     expect((await withheldFrom(`/fhir/Patient/${victim.id}/_history`, victimRef)).entries).toEqual([]);
     const since = encodeURIComponent(aboutVictim.meta!.lastUpdated!);
     expect((await withheldFrom(`/fhir/Observation/_history?_since=${since}`, flippedRef)).entries).toEqual([intact.id, aboutVictim.id]);
+    // operations that answer a searchset say so too
+    const everything = await withheldFrom(`/fhir/Patient/${bystander.id}/$everything?_type=Observation`, flippedRef);
+    expect(everything.matches).toEqual([bystander.id, intact.id]);
+    expect((await withheldFrom(`/fhir/Observation/$lastn?patient=${bystander.id}&max=5`, flippedRef)).matches).toEqual([intact.id]);
+    expect((await withheldFrom(`/fhir/Observation/$lastn?patient=${bystander.id}&max=5&code=http://loinc.org|99504-3`, flippedRef)).matches).toEqual([intact.id]);
   });
 
   it('a store rolled back to an older version (its newer committed version removed) is not served as current: withheld with an issue and an AuditEvent', async () => {
