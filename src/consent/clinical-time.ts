@@ -17,7 +17,8 @@
  *   of its elements: it cannot be placed in a period, and a search would never find it (the search
  *   narrowing bounds `date`/`effective-time`, which index `effective[x]`: policy.ts DATE_PARAM);
  * - `none` for a type with no such elements (Patient, Device, Consent, Practitioner…): timeless,
- *   it passes a restricted grant only when the grant names its type (decision.ts).
+ *   it passes a grant of every type, and a restricted grant only when the grant names its type
+ *   (decision.ts; Consent always needs naming).
  * `issued` (Observation, DiagnosticReport) is not consulted: it is when a version was released,
  * not when what it says happened, and the date search parameters do not index it — reading by id
  * what no date-bounded search finds is the inconsistency this rule removes.

@@ -12,8 +12,9 @@
  * - a resource whose time cannot be placed in a period (clinical-time.ts `unknown`: a Timing, an
  *   open Period, a reading with no `effective[x]`) is denied to every grantee;
  * - a resource with no code, or of a timeless type (Patient, Device…), passes a restricted grant
- *   only when the grant names its type explicitly; a resource with no patient link is denied to
- *   everyone but `open`.
+ *   (one that lists types or codes) only when the grant names its type explicitly; a grant of every
+ *   type covers timeless records too, except Consent, which must be named; a resource with no
+ *   patient link is denied to everyone but `open`.
  */
 import type { Resource } from '@medplum/fhirtypes';
 import { patientIdsOf } from '../fhir/compartment.js';
@@ -125,7 +126,10 @@ function mismatch(g: ActiveGrant, req: DecisionRequest, purpose: string, now: nu
   }
   if (req.timeUnknown) return 'its clinically relevant time cannot be placed in the data period';
   if (req.effective === undefined) {
-    if (!typeNamed) return 'resource has no effective time and its type is not named';
+    // A timeless record (Patient, Device…) passes a grant of every type ("everything in my
+    // record"), and a restricted grant only when it names its type. Consent never passes unnamed:
+    // a patient's grants to others say whom else they share with.
+    if (!typeNamed && (g.classes !== undefined || g.codes !== undefined || req.resourceType === 'Consent')) return 'resource has no effective time and its type is not named';
   } else if (req.effective < g.dataFrom || (req.effectiveEnd ?? req.effective) > g.dataTo) return 'outside the granted data period';
   return undefined;
 }

@@ -4,9 +4,10 @@
  * system history with (ConsentPolicy.visibleGrants) — a patient their own record, anyone else the
  * patients whose grant to them, or to the app, is in force now. Never the whole Patient directory.
  *
- * The picker shows names and birth dates only where the user may read the Patient record itself
- * (its grant names the Patient type: ConsentPolicy.patientsShownByRecord); other visible patients
- * are listed by id, and a name search does not reach them. Each list shown is recorded in the access log like a
+ * Patients whose grants to the user are for research alone are not offered (research reaches data
+ * only de-identified). The picker shows names and birth dates only where the user may read the
+ * Patient record itself (a grant names the Patient type or covers every type: ConsentPolicy.pickable);
+ * other offered patients are listed by id, and a name search does not reach them. Each list shown is recorded in the access log like a
  * search of Patient by that user and app: one AuditEvent per patient listed, in that patient's log,
  * naming the grants that let the user see them (one naming no patient when nothing matched). A
  * choice of a patient the user may not see is refused and recorded as a refused read of that
@@ -28,10 +29,9 @@ export class PatientPicker implements PatientDirectory {
 
   async search(user: AccessContext, query: string): Promise<PatientChoice[]> {
     const visible = await this.visible(user);
-    const named = await this.deps.policy.patientsShownByRecord(user);
     // a name is searched only among the patients whose names the user may be shown (else the search
     // would tell which visible id has that name); an exact id finds any visible patient
-    const searched = visible && named && query && !visible.has(query) ? new Map([...visible].filter(([id]) => named.has(id))) : visible;
+    const searched = visible && query && !visible.has(query) ? new Map([...visible].filter(([, v]) => v.shown)) : visible;
     const found = searched?.size === 0 ? [] : await this.find(searched, query);
     const queryText = !query ? 'Patient' : visible?.has(query) ? `Patient?_id=${query}` : `Patient?name=${query}`;
     if (found.length === 0) {
@@ -39,10 +39,10 @@ export class PatientPicker implements PatientDirectory {
     }
     for (const p of found) {
       this.deps.audit.recordAccess(user, {
-        interaction: 'search-type', outcome: '0', query: queryText, patients: [p.id!], grants: visible?.get(p.id!) ?? [],
+        interaction: 'search-type', outcome: '0', query: queryText, patients: [p.id!], grants: visible?.get(p.id!)?.grants ?? [],
       });
     }
-    return found.map((p) => (!named || named.has(p.id!) ? choiceOf(p) : { id: p.id!, name: `Patient ${p.id!} (name not shared with you)` }));
+    return found.map((p) => (!visible || visible.get(p.id!)?.shown ? choiceOf(p) : { id: p.id!, name: `Patient ${p.id!} (name not shared with you)` }));
   }
 
   async mayChoose(user: AccessContext, patientId: string): Promise<boolean> {
@@ -55,14 +55,14 @@ export class PatientPicker implements PatientDirectory {
     return false;
   }
 
-  /** As the facade does: authorize first (brings the consent epoch up to date), then the visible patients. */
-  private async visible(user: AccessContext): Promise<Map<string, string[]> | undefined> {
+  /** As the facade does: authorize first (brings the consent epoch up to date), then the patients the picker may offer. */
+  private async visible(user: AccessContext): Promise<Map<string, { grants: string[]; shown: boolean }> | undefined> {
     await this.deps.policy.authorize(user, 'search', 'Patient');
-    return this.deps.policy.visibleGrants(user);
+    return this.deps.policy.pickable(user);
   }
 
   /** Up to a page of the visible patients (all patients when consent does not limit the user) matching `query`. */
-  private async find(visible: Map<string, string[]> | undefined, query: string): Promise<Patient[]> {
+  private async find(visible: Map<string, unknown> | undefined, query: string): Promise<Patient[]> {
     const eq = (code: string, value: string): Filter => ({ code, operator: Operator.EQUALS, value });
     // an exact id of a visible patient finds that patient; any other text searches their names
     const filters = visible?.has(query)

@@ -210,23 +210,29 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
   }
 
   /**
-   * Of the visible patients (visibleGrants), those whose Patient record itself the requester may be
-   * shown: their own, or a patient with a grant in force now that names the Patient type (for any
-   * purpose; each read still states its own). A grant of readings alone does not show the name and
-   * birth date a Patient holds. undefined: consent does not limit the requester (open access).
+   * The patients a SMART patient picker offers the requester (src/consent/patient-picker.ts), each
+   * with whether their Patient record may be shown (name, birth date): their own; or the patients
+   * with a grant in force now for a purpose the REST API serves — not research alone, which
+   * reaches data only de-identified, so a picker listing would tie people to a study — shown by
+   * record when such a grant covers the Patient type (it names it, or covers every type, as
+   * decision.ts decides). Each read still states its own purpose. undefined: consent does not limit
+   * the requester (open access).
    */
-  async patientsShownByRecord(access: AccessContext): Promise<Set<string> | undefined> {
+  async pickable(access: AccessContext): Promise<Map<string, { grants: string[]; shown: boolean }> | undefined> {
     if (access.kind === 'open') return undefined;
     const requester = requesterOf(access);
     if (requester.kind === 'open') return undefined;
-    if (requester.kind === 'patient') return new Set([requester.patientId!]);
+    if (requester.kind === 'patient') return new Map([[requester.patientId!, { grants: [], shown: true }]]);
     const perms = await this.decisions.permissions(access);
     const now = this.decisions.now();
-    const shown = new Set<string>();
+    const pickable = new Map<string, { grants: string[]; shown: boolean }>();
     for (const [patientId, grants] of perms.byPatient) {
-      if (grants.some((g) => now >= g.notBefore && now < g.notAfter && g.classes?.has('Patient'))) shown.add(patientId);
+      const usable = grants.filter((g) => now >= g.notBefore && now < g.notAfter && [...g.purposes].some((p) => !isResearchPurpose(p)));
+      if (!usable.length) continue;
+      const shown = usable.some((g) => (g.classes === undefined && g.codes === undefined) || g.classes?.has('Patient'));
+      pickable.set(patientId, { grants: usable.map((g) => g.grantId), shown });
     }
-    return shown;
+    return pickable;
   }
 
   /**

@@ -21,6 +21,8 @@ let grantId: string;
 const DOC = { username: 'dr.osei', password: 'stethoscope-42' };
 const STRANGER = { username: 'dr.mensah', password: 'stethoscope-43' };
 const READINGS_ONLY = { username: 'd.lund', password: 'stethoscope-44' };
+const RESEARCHER = { username: 'r.haddad', password: 'stethoscope-45' };
+const EVERYTHING = { username: 'n.park', password: 'stethoscope-46' };
 
 beforeAll(async () => {
   t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
@@ -46,6 +48,14 @@ beforeAll(async () => {
   await registerIdentity(t.app, `Practitioner/${dietitian}`);
   expect((await grant(t.app, { patient: ana, actor: `Practitioner/${dietitian}`, accessTo: now + DAY, dataFrom: now - 7 * DAY, dataTo: now, classes: ['Observation'] })).status).toBe(201);
   await t.app.smart.store.addUser({ ...READINGS_ONLY, fhirUser: `Practitioner/${dietitian}` });
+  // a researcher Ana shares her readings and record with for research alone, and a GP she shares everything with
+  const researcher = await person(t.app, 'Practitioner', 'Haddad');
+  const gp = await person(t.app, 'Practitioner', 'Park');
+  for (const p of [researcher, gp]) await registerIdentity(t.app, `Practitioner/${p}`);
+  expect((await grant(t.app, { patient: ana, actor: `Practitioner/${researcher}`, accessTo: now + DAY, dataFrom: now - 7 * DAY, dataTo: now, purposes: ['HRESCH'], classes: ['Patient', 'Observation'] })).status).toBe(201);
+  expect((await grant(t.app, { patient: ana, actor: `Practitioner/${gp}`, accessTo: now + DAY, dataFrom: now - 7 * DAY, dataTo: now })).status).toBe(201);
+  await t.app.smart.store.addUser({ ...RESEARCHER, fhirUser: `Practitioner/${researcher}` });
+  await t.app.smart.store.addUser({ ...EVERYTHING, fhirUser: `Practitioner/${gp}` });
   clientId = t.app.smart.store.addClient({ name: 'Clinician app', type: 'public', redirectUris: [REDIRECT_URI],
     scopes: ['openid', 'fhirUser', 'launch/patient', 'patient/*.rs', 'user/*.rs'] }).client.clientId;
 });
@@ -118,6 +128,22 @@ describe('patient picker', () => {
     expect(list(byId.text)).not.toContain('Rivera');
     // and the choice is theirs to make: it leads to the approval
     expect((await choose(picker.text, ana)).text).toContain('name="decision"');
+  });
+
+  test('a grant for research alone offers no patient (research reaches data de-identified only): not listed, not found, not choosable', async () => {
+    const picker = await signIn(RESEARCHER);
+    const list = (page: string) => page.slice(page.indexOf('</form>'));
+    for (const page of [picker.text, (await searchPicker(picker.text, 'Rivera')).text, (await searchPicker(picker.text, ana)).text]) {
+      expect(list(page)).toContain('No patients found.');
+      for (const hidden of ['Rivera', '1950-04-02', ana]) expect(list(page)).not.toContain(hidden);
+    }
+    expect((await choose(picker.text, ana)).status).toBe(400);
+  });
+
+  test('a grant of every type shows the name and birth date, as it lets Patient/<id> be read', async () => {
+    const picker = await signIn(EVERYTHING);
+    expect(picker.text).toContain('Ana Rivera, born 1950-04-02');
+    expect((await searchPicker(picker.text, 'Rivera')).text).toContain(ana);
   });
 
   test('choosing a patient the user may not see is refused on the server: 400, the picker again, no code', async () => {

@@ -43,6 +43,26 @@ describe('decide', () => {
   });
 });
 
+describe('timeless records (Patient, Device, Consent)', () => {
+  const withGrant = (g: Partial<ActiveGrant>): Permissions => ({ ...perms(), byPatient: new Map([['ana', [{ ...grant, ...g }]]]) });
+  const timeless = (resourceType: string) => ({ patientId: 'ana', resourceType, codes: [] as string[] });
+  test('a grant of every type ("everything in my record") covers the Patient and Device records, not the patient\'s Consents', () => {
+    const everything = withGrant({ classes: undefined, codes: undefined });
+    expect(decide(everything, timeless('Patient'), T0 + DAY).permit).toBe(true);
+    expect(decide(everything, timeless('Device'), T0 + DAY).permit).toBe(true);
+    expect(decide(everything, timeless('Consent'), T0 + DAY).reasons.join(' ')).toContain('its type is not named');
+    // still only inside its access window and for its purposes
+    expect(decide(everything, timeless('Patient'), T0 + 3 * DAY).permit).toBe(false);
+    expect(decide(withGrant({ classes: undefined, codes: undefined, purposes: internSet(['HRESCH']) }), timeless('Patient'), T0 + DAY).permit).toBe(false);
+  });
+  test('a grant that lists types or codes covers a timeless record only when it names its type', () => {
+    expect(decide(withGrant({ classes: internSet(['Observation']), codes: undefined }), timeless('Patient'), T0 + DAY).permit).toBe(false);
+    expect(decide(withGrant({ classes: undefined, codes: internSet(['http://loinc.org|99504-3']) }), timeless('Patient'), T0 + DAY).permit).toBe(false);
+    expect(decide(withGrant({ classes: internSet(['Observation', 'Patient']), codes: undefined }), timeless('Patient'), T0 + DAY).permit).toBe(true);
+    expect(decide(withGrant({ classes: internSet(['Consent']), codes: undefined }), timeless('Consent'), T0 + DAY).permit).toBe(true);
+  });
+});
+
 describe('decideFacts over a run of resources (a page of readings)', () => {
   const obs = (minutesBefore: number, code = '99504-3', patient = 'ana'): Observation => ({
     resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code }] },
