@@ -60,10 +60,11 @@ export function registerCgmCommands(program: Command, open: () => Promise<App>):
     .requiredOption('--patient <id>', 'id of the Patient')
     .option('--start <date>', 'period start (YYYY-MM-DD or date-time); default 14 days before the end')
     .option('--end <date>', 'period end (a date includes that day); default just after the last reading')
+    .option('--tz <zone>', 'IANA time zone of the dates in --start/--end; default the UTC offset of the patient\'s readings around each date')
     .option('--store', 'store the cgm-summary Observations')
     .option('--json', 'print the cgm-summary Bundle (FHIR JSON)')
-    .action((opts: { patient: string; start?: string; end?: string; store?: boolean; json?: boolean }) => withApp(open, async (app) => {
-        const params = { ...(opts.start ? { start: opts.start } : {}), ...(opts.end ? { end: opts.end } : {}) };
+    .action((opts: { patient: string; start?: string; end?: string; tz?: string; store?: boolean; json?: boolean }) => withApp(open, async (app) => {
+        const params = { ...(opts.start ? { start: opts.start } : {}), ...(opts.end ? { end: opts.end } : {}), ...(opts.tz ? { timeZone: opts.tz } : {}) };
         if (opts.json || opts.store) {
           const response = await app.cgm.operations.summary(OPEN_ACCESS, opts.patient, params, opts.store === true);
           console.log(JSON.stringify(response.body, null, 2));

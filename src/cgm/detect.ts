@@ -22,16 +22,19 @@ export function detectFormat(head: string): Detection | undefined {
     if (/"(sgv|mbg)"\s*:/.test(text) || (/"dateString"\s*:/.test(text) && /"date"\s*:/.test(text))) return { format: 'nightscout' };
     return undefined;
   }
-  const lines = text.split(/\r?\n/, 3);
-  for (const line of lines.slice(0, 2)) {
+  for (const line of headLines(text)) {
     for (const [format, isHeader] of CSV_HEADERS) if (isHeader(line)) return { format, delimiter: csvDelimiter(line) };
   }
   return undefined;
 }
 
-/** What the header line of each CSV format looks like (LibreView may have one metadata line before it). */
+/**
+ * What the header line of each CSV format looks like. LibreView may have a metadata line (and an
+ * empty line) before it, and names its columns in the export's language: English and German are
+ * recognised (parsers/libreview.ts).
+ */
 const CSV_HEADERS: readonly [CgmFormat, (line: string) => boolean][] = [
-  ['libreview', (line) => /Device Timestamp/i.test(line) && /Record Type/i.test(line)],
+  ['libreview', (line) => /Device Timestamp|Gerätezeitstempel/i.test(line) && /Record Type|Aufzeichnungstyp/i.test(line)],
   ['dexcom-clarity', (line) => /(^|[,;\t"])\s*Timestamp \(YYYY-MM-DD/i.test(line) && /Event Type/i.test(line) && /Glucose Value/i.test(line)],
 ];
 
@@ -44,5 +47,10 @@ export function csvDelimiter(headerLine: string): string {
 /** Header line of a CSV format's head (for the delimiter when the format was given explicitly). */
 export function csvHeaderLine(head: string, format: CgmFormat): string | undefined {
   const isHeader = CSV_HEADERS.find(([f]) => f === format)?.[1];
-  return isHeader ? head.split(/\r?\n/, 3).find(isHeader) : undefined;
+  return isHeader ? headLines(head).find(isHeader) : undefined;
+}
+
+/** The first three non-empty lines: where a CSV header may be. */
+function headLines(text: string): string[] {
+  return text.split(/\r?\n/, 6).filter((line) => line.trim() !== '').slice(0, 3);
 }

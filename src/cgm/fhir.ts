@@ -68,8 +68,23 @@ export function readingIdentifier(patient: string, source: CgmFormat, deviceId: 
   return digest(`${patient}\u0000${source}\u0000${deviceId}\u0000${kind}\u0000${epochMs}`);
 }
 
-export function deviceIdentifier(patient: string, source: CgmFormat, deviceId: string): string {
-  return digest(`${patient}\u0000${source}\u0000${deviceId}`);
+/**
+ * Identifier value of a Device: SHA-256 over patient, source and device id. A meter's Device is kept
+ * apart from a CGM Device of the same name (a Tidepool receiver or Nightscout uploader can name both),
+ * so neither takes the other's profile.
+ */
+export function deviceIdentifier(patient: string, source: CgmFormat, deviceId: string, role: 'cgm' | 'meter' = 'cgm'): string {
+  return digest(`${patient}\u0000${source}\u0000${deviceId}${role === 'meter' ? '\u0000meter' : ''}`);
+}
+
+/**
+ * Which Device a glucose reading references: every CGM reading its cgm-device; a meter reading the
+ * meter its source names (Nightscout `device`, Tidepool `deviceId`, Open mHealth `source_name`, an
+ * HKDevice), none when the source names none. Undefined: no Device.
+ */
+export function deviceRole(rec: GlucoseRecord): 'cgm' | 'meter' | undefined {
+  if (rec.method === 'cgm') return 'cgm';
+  return rec.deviceNamed === true ? 'meter' : undefined;
 }
 
 /** A stable `urn:uuid:` from an identifier value (name-based, so the same device gets the same fullUrl). */
@@ -79,12 +94,15 @@ export function stableUuid(seed: string): string {
   return `urn:uuid:${h.slice(0, 8)}-${h.slice(8, 12)}-5${h.slice(13, 16)}-${variant}${h.slice(17, 20)}-${h.slice(20, 32)}`;
 }
 
-/** The cgm-device Device for a record's device. */
-export function toDevice(rec: CgmRecord, ctx: ConvertContext): ConvertedEntry<Device> {
-  const value = deviceIdentifier(ctx.patient, rec.source, rec.deviceId);
+/**
+ * The Device for a record's device: a cgm-device for sensor readings, a plain Device (no CGM
+ * profile, its own identifier) for a named meter.
+ */
+export function toDevice(rec: CgmRecord, ctx: ConvertContext, role: 'cgm' | 'meter' = 'cgm'): ConvertedEntry<Device> {
+  const value = deviceIdentifier(ctx.patient, rec.source, rec.deviceId, role);
   const resource: Device = {
     resourceType: 'Device',
-    meta: { profile: [PROFILE.device] },
+    ...(role === 'cgm' ? { meta: { profile: [PROFILE.device] } } : {}),
     identifier: [{ system: IDENTIFIER_SYSTEM.device, value }],
     deviceName: [{ name: rec.deviceName, type: 'user-friendly-name' }],
     ...(rec.serialNumber ? { serialNumber: rec.serialNumber } : {}),
@@ -166,9 +184,9 @@ export function toMedicationAdministration(rec: BolusRecord | BasalRecord, ctx: 
 }
 
 /**
- * Converts records to resources: one Device per CGM device (first), then one Observation or
- * MedicationAdministration per record. Observations reference their Device by its fullUrl, which a
- * transaction resolves to the created or matched Device.
+ * Converts records to resources: one Device per CGM device and per named meter (first), then one
+ * Observation or MedicationAdministration per record. Observations reference their Device by its
+ * fullUrl, which a transaction resolves to the created or matched Device.
  */
 export function toResources(records: Iterable<CgmRecord>, ctx: ConvertContext): ConvertedEntry[] {
   const devices = new Map<string, ConvertedEntry<Device>>();
@@ -176,10 +194,11 @@ export function toResources(records: Iterable<CgmRecord>, ctx: ConvertContext): 
   for (const rec of records) {
     if (rec.kind === 'glucose') {
       let reference: Reference<Device> | undefined;
-      if (rec.method === 'cgm') {
-        const key = `${rec.source}\u0000${rec.deviceId}`;
+      const role = deviceRole(rec);
+      if (role) {
+        const key = `${role}\u0000${rec.source}\u0000${rec.deviceId}`;
         let dev = devices.get(key);
-        if (!dev) devices.set(key, (dev = toDevice(rec, ctx)));
+        if (!dev) devices.set(key, (dev = toDevice(rec, ctx, role)));
         reference = { reference: dev.fullUrl };
       }
       out.push(toObservation(rec, ctx, reference));

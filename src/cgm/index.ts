@@ -20,11 +20,14 @@ export { CgmInputError } from './json-stream.js';
 export { detectFormat, type Detection } from './detect.js';
 export { openCgm, readCgm, rejectionError, MAX_GLUCOSE_MGDL, MAX_INSULIN_UNITS, type CgmStream, type ReadResult } from './parse.js';
 export {
-  toDevice, toObservation, toMedicationAdministration, toResources, toTransactionBundle, readingIdentifier, deviceIdentifier,
+  toDevice, toObservation, toMedicationAdministration, toResources, toTransactionBundle, readingIdentifier, deviceIdentifier, deviceRole,
   stableUuid, CGM_IG, PROFILE, IDENTIFIER_SYSTEM, READING_CODE, METER_CODE, GLUCOSE_QUANTITY,
   type ConvertContext, type ConvertedEntry,
 } from './fhir.js';
-export { computeMetrics, medianInterval, periodFromParams, selectPeriod, type CgmMetrics, type MetricReading, type MetricsOptions, type TimesInRanges } from './metrics.js';
+export {
+  computeMetrics, medianInterval, parsePeriod, periodFromParams, placeByReadings, placePeriod, selectPeriod,
+  type CgmMetrics, type MetricReading, type MetricsOptions, type PeriodBound, type PeriodQuery, type TimesInRanges,
+} from './metrics.js';
 export { computeAgp, quantileType7, type Agp, type AgpBin } from './agp.js';
 export { buildCgmSummary, SUMMARY_PROFILE, SUMMARY_CODE, SUMMARY_IDENTIFIER_SYSTEM, type CgmSummaryEntries } from './summary.js';
 export { metricReadingsFromRecords, metricReadingsFromObservations } from './readings.js';

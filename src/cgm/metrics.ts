@@ -42,6 +42,9 @@ export interface MetricsOptions {
   end?: number;
   /** Length of the default period in days. Default 14. */
   days?: number;
+  /** Local calendar dates of the period's first and last day when it was asked for by dates (else taken from the readings' offsets). */
+  startDate?: string;
+  endDate?: string;
 }
 
 export interface TimesInRanges {
@@ -156,8 +159,8 @@ export function computeMetrics(all: readonly MetricReading[], options: MetricsOp
   return {
     start,
     end,
-    startDate: localDate(start, inPeriod[0]!.offsetMinutes ?? 0),
-    endDate: localDate(end - 1, offset),
+    startDate: options.startDate ?? localDate(start, inPeriod[0]!.offsetMinutes ?? 0),
+    endDate: options.endDate ?? localDate(end - 1, offset),
     readings: n,
     belowRange,
     aboveRange,
@@ -206,23 +209,91 @@ export function medianInterval(sorted: readonly { epochMs: number }[]): number {
   return gaps.length % 2 ? gaps[mid]! : (gaps[mid - 1]! + gaps[mid]!) / 2;
 }
 
+/** A period bound from a query parameter: an instant, or a local wall-clock time (read as if UTC) still to be placed in the patient's zone. */
+export type PeriodBound = { instant: number } | { wallMs: number };
+
+/** `start`/`end` as given: bounds, and the calendar dates they name when given as dates. */
+export interface PeriodQuery {
+  start?: PeriodBound;
+  end?: PeriodBound;
+  startDate?: string;
+  endDate?: string;
+}
+
 /**
- * A reporting period from query parameters (`$cgm-summary?start=&end=`): FHIR dates or date-times.
- * A date-only `start` means that day's first instant, a date-only `end` includes the whole day; both
- * are read in `offsetMinutes` (default UTC). Either may be absent (then the default applies).
- * Throws ERR_INVALID naming the parameter for unreadable values or an empty period.
+ * Reads the period parameters (`$cgm-summary?start=&end=`): FHIR dates or date-times. A date-time
+ * with an offset is an instant. A date, or a date-time without offset, is the patient's local time:
+ * a date-only `start` is the first instant of that day and a date-only `end` includes the whole day
+ * (up to the next day's midnight) — placed in a zone by `placePeriod`. Either may be absent (then
+ * the default applies). Throws ERR_INVALID naming the parameter for unreadable values or an empty period.
  */
-export function periodFromParams(params: { start?: string; end?: string }, offsetMinutes = 0): Pick<MetricsOptions, 'start' | 'end'> {
-  const read = (name: 'start' | 'end', text: string): number => {
+export function parsePeriod(params: { start?: string; end?: string }): PeriodQuery {
+  const read = (name: 'start' | 'end', text: string): PeriodBound => {
     const dateOnly = /^\d{4}-\d{2}-\d{2}$/.test(text);
     const parsed = parseIso(dateOnly ? `${text}T00:00:00` : text);
     if (!parsed) throw badRequest(`${name} must be a date (YYYY-MM-DD) or date-time`, name);
-    const instant = parsed.offsetMinutes === undefined ? parsed.epochMs - offsetMinutes * 60_000 : parsed.epochMs;
-    return dateOnly && name === 'end' ? instant + DAY : instant;
+    if (parsed.offsetMinutes !== undefined) return { instant: parsed.epochMs };
+    return { wallMs: dateOnly && name === 'end' ? parsed.epochMs + DAY : parsed.epochMs };
   };
-  const out: Pick<MetricsOptions, 'start' | 'end'> = {};
-  if (params.start) out.start = read('start', params.start);
-  if (params.end) out.end = read('end', params.end);
-  if (out.start !== undefined && out.end !== undefined && out.end <= out.start) throw badRequest('end must be after start', 'end');
+  const out: PeriodQuery = {};
+  if (params.start) {
+    out.start = read('start', params.start);
+    if (/^\d{4}-\d{2}-\d{2}$/.test(params.start)) out.startDate = params.start;
+  }
+  if (params.end) {
+    out.end = read('end', params.end);
+    if (/^\d{4}-\d{2}-\d{2}$/.test(params.end)) out.endDate = params.end;
+  }
+  // Both of a kind compare as they are; a local and an absolute bound only once placed.
+  const { start, end } = out;
+  if (start && end && ('instant' in start) === ('instant' in end) && boundValue(end) <= boundValue(start)) throw badRequest('end must be after start', 'end');
   return out;
+}
+
+/**
+ * The period in instants: local bounds placed by `place` (wall clock read as UTC → instant), e.g.
+ * `ZoneOffsets.resolve` or `placeByReadings`. Throws ERR_INVALID for an empty period.
+ */
+export function placePeriod(query: PeriodQuery, place: (wallMs: number) => number): Pick<MetricsOptions, 'start' | 'end' | 'startDate' | 'endDate'> {
+  const at = (b: PeriodBound): number => ('instant' in b ? b.instant : place(b.wallMs));
+  const out: Pick<MetricsOptions, 'start' | 'end' | 'startDate' | 'endDate'> = {};
+  if (query.start) out.start = at(query.start);
+  if (query.end) out.end = at(query.end);
+  if (out.start !== undefined && out.end !== undefined && out.end <= out.start) throw badRequest('end must be after start', 'end');
+  if (query.startDate && query.start && !('instant' in query.start)) out.startDate = query.startDate;
+  if (query.endDate && query.end && !('instant' in query.end)) out.endDate = query.endDate;
+  return out;
+}
+
+/**
+ * Places local wall-clock times by the patient's clock as the readings record it: at the offset of
+ * the reading nearest to where the time falls (the offset in effect at that moment, DST included).
+ * Without readings, the wall time is read as UTC.
+ */
+export function placeByReadings(readings: readonly MetricReading[]): (wallMs: number) => number {
+  return (wallMs) => {
+    let best: number | undefined;
+    let bestGap = Infinity;
+    for (const r of readings) {
+      const instant = wallMs - (r.offsetMinutes ?? 0) * 60_000;
+      const gap = Math.abs(r.epochMs - instant);
+      if (gap < bestGap) {
+        bestGap = gap;
+        best = instant;
+      }
+    }
+    return best ?? wallMs;
+  };
+}
+
+function boundValue(b: PeriodBound): number {
+  return 'instant' in b ? b.instant : b.wallMs;
+}
+
+/**
+ * A reporting period from query parameters with local times read at a fixed offset (default UTC);
+ * see `parsePeriod` and `placePeriod`.
+ */
+export function periodFromParams(params: { start?: string; end?: string }, offsetMinutes = 0): Pick<MetricsOptions, 'start' | 'end' | 'startDate' | 'endDate'> {
+  return placePeriod(parsePeriod(params), (wallMs) => wallMs - offsetMinutes * 60_000);
 }

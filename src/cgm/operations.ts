@@ -11,13 +11,17 @@
  *   a matched resource whose content changed becomes a new version of it, as in `/cgm/ingest`.
  *   Relative references (`Observation/x`) to entries with RESTful fullUrls
  *   (`https://example.org/Observation/x`) resolve to those entries (R4 bundle.html#references).
- * - `GET /fhir/Patient/ID/$cgm-summary?start=&end=[&store=true]`: the IG cgm-summary Observation and
- *   its members as a `collection` Bundle (the panel first), optionally stored by the submission rules
- *   above: each is matched on its identifier (patient, period, code) and patient; a re-run that
- *   computes the same figures leaves the stored summary as it is (its `issued` kept), one that
- *   computes others (readings added or corrected since, or a metrics change) stores a new version of
- *   it, If-Match the version read.
- * - `GET /fhir/Patient/ID/$cgm-agp?start=&end=[&bin=15]`: AGP percentiles per time-of-day bin, JSON.
+ * - `GET /fhir/Patient/ID/$cgm-summary?start=&end=[&timeZone=][&store=true]`: the IG cgm-summary
+ *   Observation and its members as a `collection` Bundle (the panel first), optionally stored by the
+ *   submission rules above: each is matched on its identifier (patient, period, code) and patient;
+ *   a re-run that computes the same figures leaves the stored summary as it is (its `issued` kept),
+ *   one that computes others (readings added or corrected since, or a metrics change) stores a new
+ *   version of it, If-Match the version read.
+ * - `GET /fhir/Patient/ID/$cgm-agp?start=&end=[&timeZone=][&bin=15]`: AGP percentiles per time-of-day
+ *   bin, JSON.
+ *
+ * Dates in `start`/`end` are the patient's local days: in `timeZone` (IANA) when given, else at the
+ * UTC offset the patient's readings record around each bound (PeriodParams).
  *
  * The summaries read readings through `FhirRouter.searchAll`, so scopes, consent and integrity
  * guards decide what they compute over, exactly as for a search.
@@ -29,15 +33,17 @@ import type { FhirRouter, OperationHandler } from '../fhir/router.js';
 import type { FhirRequest, FhirResponse } from '../fhir/types.js';
 import { computeAgp, type Agp } from './agp.js';
 import { LOINC, READING_CODE, toTransactionBundle } from './fhir.js';
-import { computeMetrics, periodFromParams, type CgmMetrics, type MetricsOptions } from './metrics.js';
+import { computeMetrics, parsePeriod, placeByReadings, placePeriod, type CgmMetrics, type MetricsOptions, type PeriodBound } from './metrics.js';
 import { metricReadingsFromObservations } from './readings.js';
 import { submissionTransaction, submittedBundle } from './submission.js';
 import { buildCgmSummary } from './summary.js';
+import { isTimeZone, ZoneOffsets } from './time.js';
 
 export { prepareSubmission, SUBMISSION_IDENTIFIER_SYSTEM } from './submission.js';
 
 const READING_CODES = Object.values(READING_CODE).map((c) => `${LOINC}|${c.code}`).join(',');
 const DAY = 86_400_000;
+const HOUR = 3_600_000;
 
 export interface CgmOperationsDeps {
   fhir: FhirRouter;
@@ -45,10 +51,15 @@ export interface CgmOperationsDeps {
   fhirBase: string;
 }
 
-/** Period query of the summary operations. */
+/**
+ * Period query of the summary operations. A date (or a date-time without offset) is the patient's
+ * local time: in `timeZone` (IANA) when given, else at the UTC offset the patient's readings record
+ * around that time (docs/cgm-metrics.md).
+ */
 export interface PeriodParams {
   start?: string;
   end?: string;
+  timeZone?: string;
 }
 
 export class CgmOperations {
@@ -63,7 +74,7 @@ export class CgmOperations {
         handle: async (req, target) => {
           const store = single(req.query.store, 'store');
           if (store !== undefined && store !== 'true' && store !== 'false') throw badRequest('store must be true or false', 'store');
-          return this.summary(req.access, target.id!, { start: single(req.query.start, 'start'), end: single(req.query.end, 'end') }, store === 'true');
+          return this.summary(req.access, target.id!, periodParams(req.query), store === 'true');
         },
       },
       {
@@ -72,7 +83,7 @@ export class CgmOperations {
           const bin = single(req.query.bin, 'bin');
           const binMinutes = bin === undefined ? 15 : Number(bin);
           if (!Number.isInteger(binMinutes) || binMinutes < 1 || 1440 % binMinutes !== 0) throw badRequest('bin must be a whole number of minutes dividing a day (5, 15, 30, 60…)', 'bin');
-          const agp = await this.agp(req.access, target.id!, { start: single(req.query.start, 'start'), end: single(req.query.end, 'end') }, binMinutes);
+          const agp = await this.agp(req.access, target.id!, periodParams(req.query), binMinutes);
           return { status: 200, body: agp as unknown as Record<string, unknown> };
         },
       },
@@ -135,19 +146,25 @@ export class CgmOperations {
 
   /**
    * The patient's CGM readings for a period, through the facade. Without `start`, only the last 14
-   * days before the latest reading (or `end`) are fetched — what the default period needs.
+   * days before the latest reading (or `end`) are fetched — what the default period needs. Local
+   * bounds (dates) without `timeZone` are fetched with the widest margin a UTC offset can need
+   * (−12 h … +14 h), then placed by the readings' own offsets.
    */
   private async readings(access: AccessContext, patientId: string, params: PeriodParams) {
     const fhir = this.deps.fhir;
+    if (params.timeZone !== undefined && !isTimeZone(params.timeZone)) throw badRequest('timeZone must be an IANA time zone (e.g. Europe/Berlin)', 'timeZone');
+    const query = parsePeriod(params);
     // The patient must be visible to the requester: the same 404 as a read otherwise.
     const patient = await fhir.handle({ method: 'GET', path: `Patient/${patientId}`, query: {}, headers: {}, access });
     if (patient.status !== 200) throw notFound('Not found');
-    const period: Pick<MetricsOptions, 'start' | 'end'> = periodFromParams(params);
+    const zone = params.timeZone ? new ZoneOffsets(params.timeZone) : undefined;
+    const place = (b: PeriodBound, margin: number): number => ('instant' in b ? b.instant : zone ? zone.resolve(b.wallMs).epochMs : b.wallMs + margin);
+    const search = { start: query.start && place(query.start, -14 * HOUR), end: query.end && place(query.end, 12 * HOUR) };
     const base = { patient: `Patient/${patientId}`, code: READING_CODES };
     const dates: string[] = [];
-    if (period.start !== undefined) dates.push(`ge${iso(period.start)}`);
+    if (search.start !== undefined) dates.push(`ge${iso(search.start)}`);
     else {
-      let end = period.end;
+      let end = search.end;
       if (end === undefined) {
         const latest = await fhir.handle({ method: 'GET', path: 'Observation', query: { ...base, _sort: '-date', _count: '1' }, headers: {}, access });
         const last = ((latest.body as Bundle | undefined)?.entry ?? []).find((e) => e.resource?.resourceType === 'Observation')?.resource as Observation | undefined;
@@ -155,9 +172,12 @@ export class CgmOperations {
       }
       if (end !== undefined) dates.push(`ge${iso(end - 15 * DAY)}`); // one spare day: the default period ends one interval after the last reading
     }
-    if (period.end !== undefined) dates.push(`lt${iso(period.end)}`);
+    if (search.end !== undefined) dates.push(`lt${iso(search.end)}`);
     const observations = await fhir.searchAll(access, 'Observation', { ...base, ...(dates.length ? { date: dates } : {}) });
-    return { readings: metricReadingsFromObservations(observations as Observation[]), period };
+    const readings = metricReadingsFromObservations(observations as Observation[]);
+    const period: Pick<MetricsOptions, 'start' | 'end' | 'startDate' | 'endDate'> =
+      placePeriod(query, zone ? (wallMs) => zone.resolve(wallMs).epochMs : placeByReadings(readings));
+    return { readings, period };
   }
 
   /** `$submit-cgm-bundle`: see the file comment and submission.ts. */
@@ -179,6 +199,11 @@ export class CgmOperations {
       throw err;
     }
   }
+}
+
+function periodParams(query: Record<string, string | string[] | undefined>): PeriodParams {
+  const timeZone = single(query.timeZone, 'timeZone');
+  return { start: single(query.start, 'start'), end: single(query.end, 'end'), ...(timeZone !== undefined ? { timeZone } : {}) };
 }
 
 function single(v: string | string[] | undefined, name: string): string | undefined {

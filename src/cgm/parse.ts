@@ -6,7 +6,7 @@
  */
 import { GlucoGuardError, badRequest, issue } from '../errors.js';
 import { csvDelimiter, csvHeaderLine, detectFormat } from './detect.js';
-import { peekText, textChunks, type CgmInput } from './input.js';
+import { peekText, textChunks, type CgmInput, type Decoding } from './input.js';
 import { parseDexcomClarity } from './parsers/clarity.js';
 import type { ParserContext, ParserItem } from './parsers/common.js';
 import { parseDexcom } from './parsers/dexcom.js';
@@ -41,7 +41,8 @@ export interface CgmStream extends AsyncIterable<CgmRecord> {
 export async function openCgm(input: CgmInput, options: ParseOptions = {}): Promise<CgmStream> {
   if (options.format && !CGM_FORMATS.includes(options.format)) throw badRequest(`unknown format "${options.format}" (one of ${CGM_FORMATS.join(', ')})`, 'format');
   if (options.timeZone && !isTimeZone(options.timeZone)) throw badRequest(`"${options.timeZone}" is not an IANA time zone`, 'tz');
-  const peeked = await peekText(textChunks(input));
+  const decoding: Decoding = { encoding: 'utf-8' };
+  const peeked = await peekText(textChunks(input, decoding));
   const detection = options.format ? undefined : detectFormat(peeked.head);
   if (!options.format && !detection) {
     throw badRequest(peeked.head.trim() === '' ? 'empty input' : `cannot detect the format of this file; give it explicitly (${CGM_FORMATS.join(', ')})`, 'format');
@@ -51,7 +52,7 @@ export async function openCgm(input: CgmInput, options: ParseOptions = {}): Prom
   const ctx: ParserContext = {
     zone: new ZoneOffsets(zoneName),
     dateOrder: options.dateOrder,
-    report: { usedZone: false, dst: { nonexistent: 0, ambiguous: 0 }, warnings: [] },
+    report: { usedZone: false, dst: { nonexistent: 0, ambiguous: 0, resolvedByOrder: 0, resolvedBySequence: 0 }, warnings: [] },
   };
   const delimiter = detection?.delimiter ?? csvDelimiter(csvHeaderLine(peeked.head, format) ?? ',');
   const items = parserFor(format, peeked.chunks, ctx, delimiter);
@@ -62,7 +63,7 @@ export async function openCgm(input: CgmInput, options: ParseOptions = {}): Prom
   return {
     format,
     summary,
-    [Symbol.asyncIterator]: () => validated(items, summary, ctx, { ...options, timeZone: zoneName }, options.timeZone ? 'option' : 'default'),
+    [Symbol.asyncIterator]: () => validated(items, summary, ctx, { ...options, timeZone: zoneName }, options.timeZone ? 'option' : 'default', decoding),
   };
 }
 
@@ -79,7 +80,7 @@ function parserFor(format: CgmFormat, chunks: AsyncIterable<string>, ctx: Parser
 }
 
 async function* validated(items: AsyncIterable<ParserItem>, summary: IngestSummary, ctx: ParserContext,
-  options: ParseOptions & { timeZone: string }, zoneFrom: 'option' | 'default'): AsyncGenerator<CgmRecord> {
+  options: ParseOptions & { timeZone: string }, zoneFrom: 'option' | 'default', decoding: Decoding): AsyncGenerator<CgmRecord> {
   const now = options.now ?? Date.now;
   const tolerance = options.futureToleranceMs ?? 5 * 60_000;
   const maxIssues = options.maxIssues ?? 1000;
@@ -153,11 +154,23 @@ async function* validated(items: AsyncIterable<ParserItem>, summary: IngestSumma
   } finally {
     if (ctx.report.usedZone) summary.timeZone = { zone: options.timeZone, from: zoneFrom };
     if (ctx.report.dateOrder) summary.dateOrder = ctx.report.dateOrder;
-    if (ctx.report.dst.ambiguous || ctx.report.dst.nonexistent) {
-      summary.dstAdjusted = { ...ctx.report.dst };
-      if (ctx.report.dst.ambiguous) summary.warnings.push(`${ctx.report.dst.ambiguous} local times fell in a DST overlap; the earlier instant was used`);
-      if (ctx.report.dst.nonexistent) summary.warnings.push(`${ctx.report.dst.nonexistent} local times fell in a DST gap; they were moved forward by the gap`);
+    const dst = ctx.report.dst;
+    if (dst.ambiguous || dst.nonexistent) {
+      summary.dstAdjusted = { ...dst };
+      if (dst.ambiguous) {
+        const unplaced = dst.ambiguous - dst.resolvedByOrder - dst.resolvedBySequence;
+        const how = [
+          ...(dst.resolvedByOrder ? [`${dst.resolvedByOrder} placed by the readings' order in the file`] : []),
+          ...(dst.resolvedBySequence ? [`${dst.resolvedBySequence} placed by the transmitter's clock`] : []),
+          ...(unplaced ? [`${unplaced} could not be placed and took the earlier instant`] : []),
+        ];
+        summary.warnings.push(`${dst.ambiguous} local times fell in the DST overlap (the hour that occurs twice): ${how.join('; ')}`);
+      }
+      if (dst.nonexistent) summary.warnings.push(`${dst.nonexistent} local times fell in a DST gap; they were moved forward by the gap`);
     }
+    if (decoding.encoding !== 'utf-8') summary.encoding = decoding.encoding;
+    if (decoding.encoding === 'windows-1252') summary.warnings.push('the file is not valid UTF-8; it was read as Windows-1252 (as Excel saves CSV on Windows)');
+    if (decoding.replaced) summary.warnings.push('the file has bytes that are not valid UTF-8 after valid UTF-8 text; they were replaced');
     summary.warnings.push(...ctx.report.warnings);
     if (summary.converted) {
       summary.first = new Date(first).toISOString();

@@ -22,7 +22,7 @@ import type { Repository } from '../repository/port.js';
 import type { CgmInput } from './input.js';
 import { openCgm, type CgmStream } from './parse.js';
 import { CgmInputError } from './json-stream.js';
-import { toDevice, toMedicationAdministration, toObservation, type ConvertContext, type ConvertedEntry } from './fhir.js';
+import { deviceRole, toDevice, toMedicationAdministration, toObservation, type ConvertContext, type ConvertedEntry } from './fhir.js';
 import type { IngestIssue, IngestSummary, ParseOptions } from './types.js';
 import { sameContent } from './stable-json.js';
 import { isReopenable, type ReopenableInput } from './spool.js';
@@ -178,11 +178,12 @@ export class CgmIngestService {
         let entry: ConvertedEntry;
         if (rec.kind === 'glucose') {
           let device: ConvertedEntry<Device> | undefined;
-          if (rec.method === 'cgm') {
-            const key = `${rec.source}\u0000${rec.deviceId}`;
+          const role = deviceRole(rec);
+          if (role) {
+            const key = `${role}\u0000${rec.source}\u0000${rec.deviceId}`;
             device = devices.get(key);
             if (!device) {
-              device = toDevice(rec, ctx);
+              device = toDevice(rec, ctx, role);
               const problems = errors(this.deps.check(device.resource));
               if (problems.length) {
                 reject(rec, problems);

@@ -96,9 +96,11 @@ export class ZoneOffsets {
   /**
    * Instant of a wall-clock time in this zone. In a DST overlap the earlier instant (the offset
    * before the change) is taken; in a gap the time is moved forward by the gap, as most calendar
-   * software does. Both cases are reported so a summary can count them.
+   * software does. Both cases are reported so a summary can count them; an ambiguous time also
+   * carries the `later` reading (the offset after the change), for callers that can tell which
+   * of the two it was (see parsers/local-times.ts).
    */
-  resolve(wallUtcMs: number): { epochMs: number; offsetMinutes: number; dst?: 'ambiguous' | 'nonexistent' } {
+  resolve(wallUtcMs: number): ResolvedWallClock {
     const before = this.offsetAt(wallUtcMs - 36 * 60 * MINUTE / 2);
     const after = this.offsetAt(wallUtcMs + 36 * 60 * MINUTE / 2);
     const candidates: number[] = [];
@@ -111,8 +113,24 @@ export class ZoneOffsets {
       return { epochMs, offsetMinutes: this.offsetAt(epochMs), dst: 'nonexistent' };
     }
     const off = Math.max(...candidates); // larger offset = earlier instant
-    return { epochMs: wallUtcMs - off * MINUTE, offsetMinutes: off, ...(candidates.length > 1 ? { dst: 'ambiguous' as const } : {}) };
+    if (candidates.length === 1) return { epochMs: wallUtcMs - off * MINUTE, offsetMinutes: off };
+    const later = Math.min(...candidates);
+    return { epochMs: wallUtcMs - off * MINUTE, offsetMinutes: off, dst: 'ambiguous', later: { epochMs: wallUtcMs - later * MINUTE, offsetMinutes: later } };
   }
+
+  /** Instant of local midnight starting a calendar date (`YYYY-MM-DD`) in this zone (moved forward when midnight is in a gap). */
+  startOfDay(date: string): number {
+    return this.resolve(Date.parse(`${date}T00:00:00Z`)).epochMs;
+  }
+}
+
+/** A wall-clock time placed in a zone (ZoneOffsets.resolve). */
+export interface ResolvedWallClock {
+  epochMs: number;
+  offsetMinutes: number;
+  dst?: 'ambiguous' | 'nonexistent';
+  /** For an ambiguous time: its second occurrence (the offset after the clocks went back). */
+  later?: { epochMs: number; offsetMinutes: number };
 }
 
 /** True when `zone` is an IANA zone this runtime knows. */

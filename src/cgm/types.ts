@@ -37,6 +37,11 @@ interface RecordBase extends SourcePosition {
   deviceName: string;
   /** Serial number when the source gives one. */
   serialNumber?: string;
+  /**
+   * Whether the source names the device (false: `deviceId`/`deviceName` are a stand-in such as
+   * `nightscout`). A meter reading references a Device only when it is named (fhir.ts).
+   */
+  deviceNamed?: boolean;
 }
 
 /** One glucose measurement: a CGM sensor reading or a fingerstick (SMBG) value. */
@@ -124,8 +129,15 @@ export interface IngestSummary {
   timeZone?: { zone: string; from: 'option' | 'default' };
   /** LibreView day/month order used, how it was decided, and whether the data alone left it ambiguous. */
   dateOrder?: { order: 'DMY' | 'MDY'; from: 'option' | 'data' | 'fallback'; ambiguous: boolean };
-  /** Local times that fell in a DST gap (moved forward) or overlap (earlier offset taken). */
-  dstAdjusted?: { nonexistent: number; ambiguous: number };
+  /**
+   * Local times that fell in a DST gap (moved forward) or in the overlap (the hour that occurs
+   * twice). Of the ambiguous ones, `resolvedByOrder` were placed in their pass by the readings' order
+   * in the file and `resolvedBySequence` by a per-device clock (Clarity's Transmitter Time); the
+   * rest took the earlier instant (docs/cgm-formats.md).
+   */
+  dstAdjusted?: { nonexistent: number; ambiguous: number; resolvedByOrder: number; resolvedBySequence: number };
+  /** Set when the input was not UTF-8: `windows-1252` (not valid UTF-8, with a warning) or UTF-16 (by its byte-order mark). */
+  encoding?: 'windows-1252' | 'utf-16le' | 'utf-16be';
   /** First and last instants of returned records (ISO, UTC). */
   first?: string;
   last?: string;

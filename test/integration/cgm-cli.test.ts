@@ -7,6 +7,7 @@ import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { PACKAGE_ROOT } from '../../src/paths.js';
+import { midnightNightscout } from '../fixtures/cgm-ingest/midnight.js';
 import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
 import { tempDir } from '../support/app.js';
 
@@ -84,6 +85,19 @@ describe('glucoguard ingest / summary', () => {
     const summary = run('summary', '--patient', other);
     expect(summary.status).toBe(0);
     expect(summary.stdout).toMatch(/^ {2}beyond sensor {4}2 of 6 readings: 1 LOW \(taken as 40 mg\/dL\), 1 HIGH \(taken as 400 mg\/dL\)$/m);
+  }, 60_000);
+
+  test('summary --start/--end dates are local days: --tz names the zone', () => {
+    const other = run('patients', 'create', '--given', 'D', '--family', 'Nakamura').stdout.trim();
+    const json = path.join(dataDir, 'midnight-utc.json');
+    writeFileSync(json, midnightNightscout('utc'));
+    expect(run('ingest', json, '--patient', other).status).toBe(0);
+    const utcDay = run('summary', '--patient', other, '--start', '2026-01-02', '--end', '2026-01-02');
+    expect(utcDay.stdout).toMatch(/^ {2}mean glucose {5}150 mg\/dL/m); // readings stored in UTC: the UTC day
+    const newYork = run('summary', '--patient', other, '--start', '2026-01-02', '--end', '2026-01-02', '--tz', 'America/New_York');
+    expect(newYork.status).toBe(0);
+    expect(newYork.stdout).toMatch(/: 2026-01-02 to 2026-01-02 \(1 days, 36 readings\)/);
+    expect(newYork.stdout).toMatch(/^ {2}mean glucose {5}200 mg\/dL/m);
   }, 60_000);
 
   test('no beyond-sensor line when every reading has a value', () => {

@@ -7,7 +7,7 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { Operator } from '@medplum/core';
-import type { Observation, Patient } from '@medplum/fhirtypes';
+import type { Device, Observation, Patient } from '@medplum/fhirtypes';
 import { CgmIngestService, type IngestProgress } from '../../src/cgm/service.js';
 import { shapeCachedCheck } from '../../src/cgm/validate.js';
 import { ProfileValidator } from '../../src/fhir/validation.js';
@@ -88,6 +88,27 @@ describe('CgmIngestService', () => {
     expect(doses.resources).toHaveLength(4);
     const again = await service().ingest({ text: tidepool }, { patient });
     expect(again).toMatchObject({ created: 0, unchanged: 8, corrected: 0 });
+  });
+
+  test('a meter reading references the meter its source names, a Device of its own without the cgm-device profile', async () => {
+    const patient = await newPatient();
+    const tidepool = readFileSync(path.join(PACKAGE_ROOT, 'test/fixtures/cgm/tidepool-export.json'), 'utf8');
+    const report = await service().ingest({ text: tidepool }, { patient });
+    expect(report).toMatchObject({ accepted: true, devicesCreated: 2 }); // the CGM and the meter
+    const stored = await observationsOf(patient);
+    const meter = stored.find((o) => o.code.coding?.[0]?.code === '41653-7')!;
+    const sensor = stored.find((o) => o.code.coding?.[0]?.code === '99504-3')!;
+    expect(meter.device?.reference).toMatch(/^Device\/[A-Za-z0-9-]+$/);
+    expect(meter.device!.reference).not.toBe(sensor.device!.reference);
+    const device = await repository.read<Device>('Device', meter.device!.reference!.slice('Device/'.length));
+    expect(device).toMatchObject({ deviceName: [{ name: 'ContourNext_123', type: 'user-friendly-name' }], patient: { reference: `Patient/${patient}` } });
+    expect(device.meta?.profile ?? []).not.toContain('http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-device');
+    // A re-import matches the Device and the reading; a source that names no meter gives no Device.
+    expect(await service().ingest({ text: tidepool }, { patient })).toMatchObject({ created: 0, unchanged: 8, devicesCreated: 0 });
+    const unnamed = JSON.stringify([{ type: 'smbg', units: 'mg/dL', value: 120, time: '2018-05-14T08:25:00.000Z', timezoneOffset: 600 }]);
+    const other = await newPatient();
+    expect(await service().ingest({ text: unnamed }, { patient: other })).toMatchObject({ created: 1, devicesCreated: 0 });
+    expect((await observationsOf(other))[0]!.device).toBeUndefined();
   });
 
   test('the bulk identifier lookup matches system|value exactly, among thousands of values', async () => {

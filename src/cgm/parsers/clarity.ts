@@ -17,6 +17,7 @@ import { CgmInputError } from '../json-stream.js';
 import { parseIso } from '../time.js';
 import type { AbsentReason, GlucoseUnit } from '../types.js';
 import { csvProblem, glucoseRecord, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
+import { LocalTimes, type LocalReading } from './local-times.js';
 
 interface Columns {
   timestamp: number;
@@ -24,6 +25,8 @@ interface Columns {
   glucose: number;
   sourceDevice: number;
   transmitter: number;
+  /** `Transmitter Time (Long Integer)`: seconds on the transmitter's own clock. */
+  transmitterTime: number;
   unit: GlucoseUnit;
 }
 
@@ -40,6 +43,8 @@ export async function* parseDexcomClarity(chunks: AsyncIterable<string>, ctx: Pa
   let record = 0;
   ctx.report.usedZone = true;
   const decimalComma = delimiter === ';';
+  // A reading in the autumn overlap is placed by its transmitter's clock or the rows around it (local-times.ts).
+  const local = new LocalTimes(ctx);
   try {
     for await (const { record: cells, info } of csv as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
       const line = info.lines;
@@ -53,14 +58,16 @@ export async function* parseDexcomClarity(chunks: AsyncIterable<string>, ctx: Pa
       // Patient, device and alert-setting rows: no timestamp. Not records; nothing of them is kept.
       if (stamp === '' && type !== 'egv' && type !== 'calibration') continue;
       record++;
-      yield toItem(cells, { record, line }, type, stamp, columns, ctx, decimalComma);
+      yield* local.push(toItem(cells, { record, line }, type, stamp, columns, decimalComma));
     }
   } catch (err) {
+    yield* local.flush(); // rows read before the error, held for an overlap: a partial import keeps them
     if (err instanceof CgmInputError) throw err;
     const line = (err as { lines?: number }).lines;
     throw new CgmInputError(`${line ? `line ${line}: ` : ''}malformed CSV (${csvProblem(err)})`, line);
   }
   if (!columns) throw new CgmInputError('no Dexcom Clarity header found (expected "Timestamp", "Event Type" and "Glucose Value" columns)');
+  yield* local.flush();
 }
 
 function headerColumns(cells: string[]): Columns | undefined {
@@ -70,11 +77,14 @@ function headerColumns(cells: string[]): Columns | undefined {
   const glucose = find(/^glucose value\b/i);
   if (timestamp < 0 || eventType < 0 || glucose < 0) return undefined;
   const unit: GlucoseUnit = /mmol/i.test(cells[glucose]!) ? 'mmol/L' : 'mg/dL';
-  return { timestamp, eventType, glucose, sourceDevice: find(/^source device id$/i), transmitter: find(/^transmitter id$/i), unit };
+  return {
+    timestamp, eventType, glucose, sourceDevice: find(/^source device id$/i), transmitter: find(/^transmitter id$/i),
+    transmitterTime: find(/^transmitter time\b/i), unit,
+  };
 }
 
 function toItem(cells: string[], pos: { record: number; line: number }, type: string, stamp: string, cols: Columns,
-  ctx: ParserContext, decimalComma: boolean): ParserItem {
+  decimalComma: boolean): ParserItem | LocalReading {
   if (type !== 'egv') {
     const named = OTHER_EVENTS.has(type) ? `event type ${JSON.stringify((cells[cols.eventType] ?? '').trim())}` : 'an unrecognised event type';
     const why = type === 'calibration' ? 'a fingerstick calibration, not a sensor reading' : 'not a sensor reading';
@@ -93,21 +103,14 @@ function toItem(cells: string[], pos: { record: number; line: number }, type: st
     value = /^[+-]?\d+(\.\d+)?$/.test(normalised) ? Number(normalised) : undefined;
     if (value === undefined) return reject(pos, 'invalid-value', `${where(pos)}: glucose value is not a number`);
   }
-  let epochMs = parsed.epochMs;
-  let offsetMinutes = parsed.offsetMinutes;
-  if (offsetMinutes === undefined) {
-    // The receiver's wall clock: an instant only in the patient's zone.
-    const resolved = ctx.zone.resolve(parsed.epochMs);
-    if (resolved.dst) ctx.report.dst[resolved.dst]++;
-    ({ epochMs, offsetMinutes } = resolved);
-  }
   const transmitter = cols.transmitter >= 0 ? (cells[cols.transmitter] ?? '').trim() : '';
   const sourceDevice = cols.sourceDevice >= 0 ? (cells[cols.sourceDevice] ?? '').trim() : '';
   const generation = /\bG(\d)\b/i.exec(sourceDevice)?.[1];
-  return glucoseRecord(pos, {
+  const deviceId = transmitter || sourceDevice || 'dexcom';
+  const build = (epochMs: number, offsetMinutes: number): ParserItem => glucoseRecord(pos, {
     source: 'dexcom-clarity',
     method: 'cgm',
-    deviceId: transmitter || sourceDevice || 'dexcom',
+    deviceId,
     deviceName: `Dexcom ${generation ? `G${generation}` : 'CGM'}`,
     ...(transmitter ? { serialNumber: transmitter } : {}),
     epochMs,
@@ -115,4 +118,11 @@ function toItem(cells: string[], pos: { record: number; line: number }, type: st
     unit: cols.unit,
     ...(absent ? { absent } : { value }),
   });
+  if (parsed.offsetMinutes !== undefined) return build(parsed.epochMs, parsed.offsetMinutes);
+  // The receiver's wall clock: an instant only in the patient's zone.
+  const clock = cols.transmitterTime >= 0 ? (cells[cols.transmitterTime] ?? '').trim() : '';
+  return {
+    type: 'local', pos, wallMs: parsed.epochMs, series: deviceId, build,
+    ...(/^\d+$/.test(clock) ? { sequence: Number(clock) } : {}),
+  };
 }

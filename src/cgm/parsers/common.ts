@@ -16,7 +16,8 @@ export interface ParserContext {
   report: {
     usedZone: boolean;
     dateOrder?: { order: 'DMY' | 'MDY'; from: 'option' | 'data' | 'fallback'; ambiguous: boolean };
-    dst: { nonexistent: number; ambiguous: number };
+    /** DST gap and overlap times; the ambiguous ones placed by file order or a per-device clock (the rest took the earlier instant). */
+    dst: { nonexistent: number; ambiguous: number; resolvedByOrder: number; resolvedBySequence: number };
     warnings: string[];
   };
 }
@@ -34,6 +35,8 @@ export interface GlucoseInit {
   deviceId: string;
   deviceName: string;
   serialNumber?: string;
+  /** False when deviceId/deviceName are a stand-in because the source names no device. */
+  deviceNamed?: boolean;
   epochMs: number;
   offsetMinutes: number;
   unit: GlucoseUnit;
@@ -52,6 +55,7 @@ export function glucoseRecord(pos: SourcePosition, init: GlucoseInit): ParserIte
     deviceId: init.deviceId,
     deviceName: init.deviceName,
     ...(init.serialNumber ? { serialNumber: init.serialNumber } : {}),
+    ...(init.deviceNamed !== undefined ? { deviceNamed: init.deviceNamed } : {}),
     epochMs: init.epochMs,
     offsetMinutes: init.offsetMinutes,
     time: formatWithOffset(init.epochMs, init.offsetMinutes),

@@ -77,6 +77,9 @@ function toItem(pos: { record: number; line: number }, a: Record<string, string>
     method: isCgm ? 'cgm' : 'smbg',
     deviceId: `${sourceName}/${deviceName}`,
     deviceName,
+    // A meter is named by the HKDevice that recorded the value (maker, model); `sourceName` is the app
+    // that wrote it to Health, and an Apple device is the phone or watch a value was typed into.
+    deviceNamed: Boolean(device.manufacturer || device.model) && !/^apple\b/i.test(device.manufacturer ?? ''),
     epochMs: t.epochMs,
     offsetMinutes: t.offsetMinutes,
     unit,

@@ -12,6 +12,7 @@ import { CgmInputError } from '../json-stream.js';
 import { wallToUtcMs, type WallClock } from '../time.js';
 import type { AbsentReason, GlucoseUnit } from '../types.js';
 import { csvProblem, glucoseRecord, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
+import { LocalTimes, type LocalReading } from './local-times.js';
 
 /** Rows held back while the day/month order is still open; past this the fallback order is used. */
 const MAX_UNDECIDED_ROWS = 20_000;
@@ -49,7 +50,9 @@ export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: Parser
   let record = 0;
   const decimalComma = delimiter === ';';
 
-  const emit = (row: Row): ParserItem => toItem(row, columns!, order!, ctx, decimalComma);
+  // A reading in the autumn overlap is placed by the rows around it (local-times.ts), per device and record type.
+  const local = new LocalTimes(ctx);
+  const emit = (row: Row): ParserItem[] => local.push(toItem(row, columns!, order!, decimalComma));
 
   try {
     for await (const { record: cells, info } of csv as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
@@ -64,46 +67,48 @@ export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: Parser
           metadataDate = metadataDayMonth(cells);
           continue;
         }
-        throw new CgmInputError(`line ${line}: no LibreView header (expected "Device Timestamp" and "Record Type" columns)`, line);
+        throw new CgmInputError(`line ${line}: no LibreView header (expected "Device Timestamp" and "Record Type" columns, or the German "Gerätezeitstempel" and "Aufzeichnungstyp")`, line);
       }
       record++;
       const row: Row = { cells, line, record };
       if (order) {
-        yield emit(row);
+        yield* emit(row);
         continue;
       }
       const stamp = cells[columns.timestamp] ?? '';
       if (held.length === 0 && /^\d{4}-/.test(stamp.trim())) {
-        yield toItem(row, columns, 'DMY', ctx, decimalComma); // ISO date: the order does not matter
+        yield* local.push(toItem(row, columns, 'DMY', decimalComma)); // ISO date: the order does not matter
         continue;
       }
       const clue = dayMonthClue(stamp);
       if (clue) {
         order = clue;
         ctx.report.dateOrder = { order, from: 'data', ambiguous: false };
-        for (const h of held) yield emit(h);
+        for (const h of held) yield* emit(h);
         held = [];
-        yield emit(row);
+        yield* emit(row);
         continue;
       }
       held.push(row);
       if (/[AaPp][Mm]\s*$/.test(stamp)) twelveHour = true;
       if (held.length >= MAX_UNDECIDED_ROWS) {
         order = fallbackOrder(ctx, metadataDate, twelveHour);
-        for (const h of held) yield emit(h);
+        for (const h of held) yield* emit(h);
         held = [];
       }
     }
   } catch (err) {
+    yield* local.flush(); // rows read before the error, held for an overlap: a partial import keeps them
     if (err instanceof CgmInputError) throw err;
     const line = (err as { lines?: number }).lines;
     throw new CgmInputError(`${line ? `line ${line}: ` : ''}malformed CSV (${csvProblem(err)})`, line);
   }
-  if (!columns) throw new CgmInputError('no LibreView header found (expected "Device Timestamp" and "Record Type" columns)');
+  if (!columns) throw new CgmInputError('no LibreView header found (expected "Device Timestamp" and "Record Type" columns, or the German "Gerätezeitstempel" and "Aufzeichnungstyp")');
   if (held.length) {
     order ??= fallbackOrder(ctx, metadataDate, twelveHour);
-    for (const h of held) yield emit(h);
+    for (const h of held) yield* emit(h);
   }
+  yield* local.flush();
 }
 
 /**
@@ -122,16 +127,21 @@ function fallbackOrder(ctx: ParserContext, metadataDate: [number, number] | unde
   return order;
 }
 
+/**
+ * Columns by their names, in English or German (`Gerät`, `Seriennummer`, `Gerätezeitstempel`,
+ * `Aufzeichnungstyp`, `Glukosewert-Verlauf mg/dL`, `Glukose-Scan mg/dL`: LibreView's German export).
+ * Other languages are not recognised: their header is not found, and the import says so.
+ */
 function headerColumns(cells: string[]): Columns | undefined {
   const find = (re: RegExp): number => cells.findIndex((c) => re.test(c));
-  const timestamp = find(/^device timestamp$/i);
-  const type = find(/^record type$/i);
+  const timestamp = find(/^(device timestamp|gerätezeitstempel)$/i);
+  const type = find(/^(record type|aufzeichnungstyp)$/i);
   if (timestamp < 0 || type < 0) return undefined;
-  const historic = find(/^historic glucose/i);
-  const scan = find(/^scan glucose/i);
+  const historic = find(/^(historic glucose|glukosewert-verlauf)/i);
+  const scan = find(/^(scan glucose|glukose-scan)/i);
   const unitText = cells[historic >= 0 ? historic : scan] ?? '';
   const unit: GlucoseUnit = /mmol/i.test(unitText) ? 'mmol/L' : 'mg/dL';
-  return { device: find(/^device$/i), serial: find(/^serial number$/i), timestamp, type, historic, scan, unit };
+  return { device: find(/^(device|gerät)$/i), serial: find(/^(serial number|seriennummer)$/i), timestamp, type, historic, scan, unit };
 }
 
 const STAMP_RE = /^(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})[ T](\d{1,2}):(\d{2})(?::(\d{2}))?\s*([AaPp][Mm])?$/;
@@ -157,7 +167,7 @@ function metadataDayMonth(cells: string[]): [number, number] | undefined {
   return undefined;
 }
 
-function toItem(row: Row, cols: Columns, order: 'DMY' | 'MDY', ctx: ParserContext, decimalComma: boolean): ParserItem {
+function toItem(row: Row, cols: Columns, order: 'DMY' | 'MDY', decimalComma: boolean): ParserItem | LocalReading {
   const pos = { record: row.record, line: row.line };
   const type = (row.cells[cols.type] ?? '').trim();
   if (type !== '0' && type !== '1') {
@@ -178,21 +188,27 @@ function toItem(row: Row, cols: Columns, order: 'DMY' | 'MDY', ctx: ParserContex
     value = /^[+-]?\d+(\.\d+)?$/.test(normalised) ? Number(normalised) : undefined;
     if (value === undefined) return reject(pos, 'invalid-value', `${where(pos)}: glucose value is not a number`);
   }
-  const resolved = ctx.zone.resolve(wallMs);
-  if (resolved.dst) ctx.report.dst[resolved.dst]++;
   const serial = (row.cells[cols.serial] ?? '').trim();
   const deviceName = (row.cells[cols.device] ?? '').trim() || 'FreeStyle Libre';
-  return glucoseRecord(pos, {
-    source: 'libreview',
-    method: 'cgm',
-    deviceId: serial || deviceName,
-    deviceName,
-    ...(serial ? { serialNumber: serial } : {}),
-    epochMs: resolved.epochMs,
-    offsetMinutes: resolved.offsetMinutes,
-    unit: cols.unit,
-    ...(absent ? { absent } : { value }),
-  });
+  const deviceId = serial || deviceName;
+  return {
+    type: 'local',
+    pos,
+    wallMs,
+    // Historic readings (every 15 min) and scans (when the patient scans) are two runs of one clock.
+    series: `${deviceId}\u0000${type}`,
+    build: (epochMs, offsetMinutes) => glucoseRecord(pos, {
+      source: 'libreview',
+      method: 'cgm',
+      deviceId,
+      deviceName,
+      ...(serial ? { serialNumber: serial } : {}),
+      epochMs,
+      offsetMinutes,
+      unit: cols.unit,
+      ...(absent ? { absent } : { value }),
+    }),
+  };
 }
 
 function parseStamp(stamp: string, order: 'DMY' | 'MDY'): WallClock | undefined {

@@ -44,7 +44,8 @@ export async function* parseNightscout(chunks: AsyncIterable<string>): AsyncGene
       yield reject(pos, 'invalid-value', `${where(pos)}: ${type} is not a number`);
       continue;
     }
-    const device = text(e.device) ?? 'nightscout';
+    const named = text(e.device);
+    const device = named ?? 'nightscout';
     let absent: AbsentReason | undefined;
     if (type === 'sgv' && value >= 0 && value < 40) {
       absent = value === 39
@@ -56,6 +57,7 @@ export async function* parseNightscout(chunks: AsyncIterable<string>): AsyncGene
       method: type === 'sgv' ? 'cgm' : 'smbg',
       deviceId: device,
       deviceName: device,
+      deviceNamed: named !== undefined,
       epochMs: when.epochMs,
       offsetMinutes: when.offsetMinutes,
       unit: 'mg/dL',

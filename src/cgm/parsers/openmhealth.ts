@@ -44,7 +44,8 @@ export async function* parseOpenMHealth(chunks: AsyncIterable<string>): AsyncGen
       continue;
     }
     const provenance = header && isObject(header.acquisition_provenance) ? header.acquisition_provenance : {};
-    const device = text(provenance.source_name) ?? 'openmhealth';
+    const named = text(provenance.source_name);
+    const device = named ?? 'openmhealth';
     const specimen = text(body.specimen_source)?.toLowerCase();
     if (specimen !== undefined && specimen !== 'interstitial fluid' && specimen !== 'capillary blood') {
       yield skip(pos, 'unsupported-record-type', `${where(pos)}: specimen_source "${specimen.slice(0, 40)}" is neither a sensor (interstitial fluid) nor a meter (capillary blood) reading`);
@@ -55,6 +56,7 @@ export async function* parseOpenMHealth(chunks: AsyncIterable<string>): AsyncGen
       method: specimen === 'capillary blood' ? 'smbg' : 'cgm',
       deviceId: device,
       deviceName: device,
+      deviceNamed: named !== undefined,
       epochMs: t.epochMs,
       offsetMinutes: t.offsetMinutes,
       unit,

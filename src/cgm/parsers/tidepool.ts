@@ -35,6 +35,7 @@ export async function* parseTidepool(chunks: AsyncIterable<string>): AsyncGenera
     const offsetMinutes = tzo !== undefined && Math.abs(tzo) <= 18 * 60 ? Math.round(tzo) : t.offsetMinutes ?? 0;
     const deviceId = text(d.deviceId) ?? 'tidepool';
     const base = { source: 'tidepool' as const, deviceId, deviceName: deviceId, epochMs: t.epochMs, offsetMinutes };
+    const deviceNamed = text(d.deviceId) !== undefined;
 
     if (type === 'cbg' || type === 'smbg') {
       const unit = parseGlucoseUnit(d.units);
@@ -45,7 +46,7 @@ export async function* parseTidepool(chunks: AsyncIterable<string>): AsyncGenera
       const method = type === 'cbg' ? 'cgm' : 'smbg';
       const outOfRange = outOfRangeOf(d.annotations);
       if (outOfRange) {
-        yield glucoseRecord(pos, { ...base, method, unit, absent: outOfRange });
+        yield glucoseRecord(pos, { ...base, deviceNamed, method, unit, absent: outOfRange });
         continue;
       }
       const value = numeric(d.value);
@@ -53,7 +54,7 @@ export async function* parseTidepool(chunks: AsyncIterable<string>): AsyncGenera
         yield reject(pos, d.value === undefined ? 'missing-value' : 'invalid-value', `${where(pos)}: missing or invalid value`);
         continue;
       }
-      yield glucoseRecord(pos, { ...base, method, unit, value });
+      yield glucoseRecord(pos, { ...base, deviceNamed, method, unit, value });
       continue;
     }
 

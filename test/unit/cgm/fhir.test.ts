@@ -53,8 +53,51 @@ describe('conversion to CGM IG resources', () => {
     const meter = obs.find((o) => o.effectiveDateTime === '2024-10-27T02:11:40+01:00')!;
     expect(meter.meta).toBeUndefined();
     expect(meter.code.coding![0]!.code).toBe('41653-7');
-    expect(meter.device).toBeUndefined();
     expect(errorsOf(meter)).toEqual([]);
+  });
+
+  test('a meter reading references a Device for the meter its source names; one with no named meter has none', async () => {
+    const entries = toResources(await records('tidepool-export.json'), ctx);
+    const devices = entries.filter((e) => e.resource.resourceType === 'Device');
+    const meterDevice = devices.find((e) => (e.resource as Device).deviceName?.[0]?.name === 'ContourNext_123')!;
+    const cgmDevice = devices.find((e) => (e.resource as Device).deviceName?.[0]?.name === 'DexG6_SM12345678')!;
+    expect(devices).toHaveLength(2);
+    expect(meterDevice.resource.meta).toBeUndefined(); // a meter is not a cgm-device
+    expect(cgmDevice.resource.meta?.profile).toEqual([PROFILE.device]);
+    expect(errorsOf(meterDevice.resource)).toEqual([]);
+    const meter = entries.map((e) => e.resource).find((r): r is Observation => r.resourceType === 'Observation' && r.code.coding?.[0]?.code === '41653-7')!;
+    expect(meter.device).toEqual({ reference: meterDevice.fullUrl });
+
+    // One device string naming both a sensor and a meter (a Nightscout uploader): two Devices, never one with the other's profile.
+    const ns = toResources(await records('nightscout-entries.json'), ctx);
+    const nsDevices = ns.filter((e) => e.resource.resourceType === 'Device').map((e) => e.resource as Device);
+    expect(nsDevices.map((d) => [d.deviceName?.[0]?.name, d.meta?.profile?.[0]])).toEqual([['xDrip-DexcomG6', PROFILE.device], ['xDrip-DexcomG6', undefined]]);
+    expect(new Set(nsDevices.map((d) => d.identifier![0]!.value)).size).toBe(2);
+
+    // The sources' own stand-ins are not a named meter: no Device.
+    for (const text of [
+      JSON.stringify([{ type: 'mbg', mbg: 118, date: 1729991500000, dateString: '2024-10-27T02:11:40.000+01:00' }]),
+      JSON.stringify([{ type: 'smbg', units: 'mg/dL', value: 120, time: '2018-05-14T08:25:00.000Z', timezoneOffset: 600 }]),
+      JSON.stringify([{ blood_glucose: { unit: 'mg/dL', value: 99 }, effective_time_frame: { date_time: '2023-06-01T07:30:00-04:00' }, specimen_source: 'capillary blood' }]),
+    ]) {
+      const { records: recs } = await readCgm({ text }, { now: NOW });
+      const resources = toResources(recs, ctx).map((e) => e.resource);
+      expect(resources.map((r) => r.resourceType)).toEqual(['Observation']);
+      expect((resources[0] as Observation).device).toBeUndefined();
+    }
+  });
+
+  test('HealthKit: a meter named by its HKDevice gets a Device; a value typed into the phone (an Apple device) or with only an app name does not', async () => {
+    const record = (device?: string) => `<Record type="HKQuantityTypeIdentifierBloodGlucose" sourceName="Contour" unit="mg/dL" startDate="2024-03-31 08:00:00 +0200" value="112"${device ? ` device="${device}"` : ''}/>`;
+    const xml = (device?: string) => `<?xml version="1.0"?>\n<HealthData locale="en_US">\n${record(device)}\n</HealthData>\n`;
+    const deviceOf = async (device?: string) => {
+      const { records: recs } = await readCgm({ text: xml(device) }, { now: NOW });
+      return toResources(recs, ctx).map((e) => e.resource).filter((r): r is Device => r.resourceType === 'Device');
+    };
+    expect((await deviceOf('&lt;&lt;HKDevice: 0x1&gt;, name:Contour, manufacturer:Ascensia Diabetes Care, model:Contour Next One&gt;')).map((d) => d.deviceName?.[0]?.name))
+      .toEqual(['Ascensia Diabetes Care Contour Next One']);
+    expect(await deviceOf('&lt;&lt;HKDevice: 0x2&gt;, name:iPhone, manufacturer:Apple Inc., model:iPhone&gt;')).toEqual([]);
+    expect(await deviceOf()).toEqual([]);
   });
 
   test('mmol/L readings are -moles-per-volume (105272-9) and reference one cgm-device Device', async () => {

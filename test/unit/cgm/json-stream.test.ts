@@ -64,9 +64,9 @@ describe('issue lists', () => {
 describe('reporting period from query parameters', () => {
   test('date-only end includes the whole day; offsets are honoured', () => {
     expect(periodFromParams({ start: '2024-05-01', end: '2024-05-14' })).toEqual({
-      start: Date.parse('2024-05-01T00:00:00Z'), end: Date.parse('2024-05-15T00:00:00Z'),
+      start: Date.parse('2024-05-01T00:00:00Z'), end: Date.parse('2024-05-15T00:00:00Z'), startDate: '2024-05-01', endDate: '2024-05-14',
     });
-    expect(periodFromParams({ start: '2024-05-01' }, 120)).toEqual({ start: Date.parse('2024-04-30T22:00:00Z') });
+    expect(periodFromParams({ start: '2024-05-01' }, 120)).toEqual({ start: Date.parse('2024-04-30T22:00:00Z'), startDate: '2024-05-01' });
     expect(periodFromParams({ end: '2024-05-14T12:00:00+02:00' })).toEqual({ end: Date.parse('2024-05-14T10:00:00Z') });
   });
 

@@ -1,8 +1,8 @@
 import { describe, expect, test } from '@jest/globals';
 import type { Observation } from '@medplum/fhirtypes';
 import {
-  buildCgmSummary, computeAgp, computeMetrics, metricReadingsFromObservations, metricReadingsFromRecords, quantileType7, readCgm, toResources,
-  type MetricReading,
+  buildCgmSummary, computeAgp, computeMetrics, metricReadingsFromObservations, metricReadingsFromRecords, parsePeriod, placeByReadings, placePeriod,
+  quantileType7, readCgm, toResources, ZoneOffsets, type MetricReading,
 } from '../../../src/cgm/index.js';
 
 const MIN = 60_000;
@@ -304,5 +304,33 @@ describe('AGP', () => {
   test('bin width is configurable and must divide the day', () => {
     expect(computeAgp(trace(2), { binMinutes: 60 })!.bins).toHaveLength(24);
     expect(() => computeAgp(trace(2), { binMinutes: 7 })).toThrow(RangeError);
+  });
+});
+
+describe('period bounds given as dates are local days', () => {
+  const H = 3_600_000;
+  // Readings at 23:30 and 00:30 local in New York (−05:00), around the start of 2026-01-02.
+  const around = [Date.parse('2026-01-02T04:30:00Z'), Date.parse('2026-01-02T05:30:00Z')].map((epochMs) => ({ epochMs, mgdl: 100, offsetMinutes: -300 }));
+
+  test('a date-only start is local midnight and a date-only end the next local midnight, at the readings\' offset', () => {
+    const period = placePeriod(parsePeriod({ start: '2026-01-02', end: '2026-01-02' }), placeByReadings(around));
+    expect(period).toEqual({ start: Date.parse('2026-01-02T05:00:00Z'), end: Date.parse('2026-01-03T05:00:00Z'), startDate: '2026-01-02', endDate: '2026-01-02' });
+    const m = computeMetrics(around, period)!;
+    expect(m.readings).toBe(1); // 23:30 local on 2026-01-01 is the day before
+    expect([m.startDate, m.endDate]).toEqual(['2026-01-02', '2026-01-02']);
+  });
+
+  test('in a named zone a DST day is 23 or 25 hours long', () => {
+    const zone = new ZoneOffsets('America/New_York');
+    const fallBack = placePeriod(parsePeriod({ start: '2026-11-01', end: '2026-11-01' }), (w) => zone.resolve(w).epochMs);
+    expect((fallBack.end! - fallBack.start!) / H).toBe(25);
+    const springForward = placePeriod(parsePeriod({ start: '2026-03-08', end: '2026-03-08' }), (w) => zone.resolve(w).epochMs);
+    expect((springForward.end! - springForward.start!) / H).toBe(23);
+  });
+
+  test('a date-time with an offset is an instant; bounds out of order are refused naming end', () => {
+    expect(placePeriod(parsePeriod({ start: '2026-01-02T00:00:00Z' }), placeByReadings(around))).toEqual({ start: Date.parse('2026-01-02T00:00:00Z') });
+    expect(() => parsePeriod({ start: '2026-01-03', end: '2026-01-02' })).toThrow(/end must be after start/);
+    expect(() => parsePeriod({ start: '2026-01-32' })).toThrow(/start must be a date/);
   });
 });

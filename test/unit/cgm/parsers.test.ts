@@ -133,7 +133,8 @@ describe('LibreView CSV', () => {
       '2024-03-31T01:30:00+01:00', '2024-03-31T01:45:00+01:00',
       '2024-03-31T03:10:00+02:00', // 02:10 does not exist: moved forward by the gap
       '2024-03-31T03:15:00+02:00', '2024-03-31T03:22:00+02:00', '2024-03-31T03:30:00+02:00', // line 10 repeats line 9: skipped
-      '2024-10-27T01:50:00+02:00', '2024-10-27T02:05:00+02:00', '2024-10-27T02:20:00+02:00', // overlap: earlier instant
+      // 02:05 and 02:20 are in the overlap, one pass with no step back: which pass cannot be told, the earlier instant is kept
+      '2024-10-27T01:50:00+02:00', '2024-10-27T02:05:00+02:00', '2024-10-27T02:20:00+02:00',
       '2024-10-27T03:05:00+01:00', '2024-10-27T08:12:00+01:00',
     ]);
     expect(g[0]).toMatchObject({ unit: 'mmol/L', value: 6.1, serialNumber: '3C8D2E1A-7F44-4B1A-9E55-0A1B2C3D4E5F', deviceName: 'FreeStyle LibreLink' });
@@ -142,7 +143,7 @@ describe('LibreView CSV', () => {
     expect(g[10]).toMatchObject({ absent: { code: 'positive-infinity' } });
     expect(summary.timeZone).toEqual({ zone: 'Europe/Berlin', from: 'option' });
     expect(summary.dateOrder).toEqual({ order: 'DMY', from: 'data', ambiguous: false });
-    expect(summary.dstAdjusted).toEqual({ nonexistent: 1, ambiguous: 2 });
+    expect(summary.dstAdjusted).toEqual({ nonexistent: 1, ambiguous: 2, resolvedByOrder: 0, resolvedBySequence: 0 });
     expect(summary.skippedByReason).toEqual({ 'unsupported-record-type': 2, duplicate: 1 });
     expect(summary.issues.find((i) => i.reason === 'duplicate')).toMatchObject({ line: 10, message: expect.stringContaining('duplicate of record 7 (line 9)') });
     expect(summary.issues.filter((i) => i.reason === 'unsupported-record-type').map((i) => i.line)).toEqual([8, 11]);
@@ -223,7 +224,7 @@ describe('Dexcom Clarity CSV', () => {
     expect(g[4]).toMatchObject({ absent: { code: 'negative-infinity' }, line: 13 });
     expect(summary).toMatchObject({ format: 'dexcom-clarity', detected: true, read: 13, converted: 6, skipped: 7, rejected: 0 });
     expect(summary.timeZone).toEqual({ zone: 'America/Los_Angeles', from: 'option' });
-    expect(summary.dstAdjusted).toEqual({ nonexistent: 1, ambiguous: 0 });
+    expect(summary.dstAdjusted).toEqual({ nonexistent: 1, ambiguous: 0, resolvedByOrder: 0, resolvedBySequence: 0 });
   });
 
   test('calibrations, insulin, carbs, exercise, health, device and alert events are skipped and named', async () => {
@@ -252,14 +253,15 @@ describe('Dexcom Clarity CSV', () => {
     const { records, summary } = await readCgm(fixture('dexcom-clarity-mmol.csv'), { timeZone: 'Europe/Berlin', now: NOW });
     const g = glucose(records);
     expect(g.map((r) => r.time)).toEqual([
-      '2024-10-27T01:50:00+02:00', '2024-10-27T02:20:00+02:00', '2024-10-27T02:50:00+02:00', // overlap: earlier instant
+      // overlap, not placed: no step back, and Transmitter Time disagrees with the readings around it — the earlier instant
+      '2024-10-27T01:50:00+02:00', '2024-10-27T02:20:00+02:00', '2024-10-27T02:50:00+02:00',
       '2024-10-27T03:05:00+01:00', '2024-10-27T03:15:00+01:00',
     ]);
     expect(g[0]).toMatchObject({ unit: 'mmol/L', value: 5.4, deviceName: 'Dexcom G7', deviceId: 'SYN7G7X1', line: 6 });
     expect(g[0]!.mgdl).toBeCloseTo(5.4 * 18.01559, 6);
     expect(g[2]).toMatchObject({ absent: { code: 'positive-infinity' }, unit: 'mmol/L' });
     expect(g[4]).toMatchObject({ absent: { code: 'negative-infinity' } });
-    expect(summary).toMatchObject({ read: 6, converted: 5, skipped: 1, rejected: 0, dstAdjusted: { nonexistent: 0, ambiguous: 2 } });
+    expect(summary).toMatchObject({ read: 6, converted: 5, skipped: 1, rejected: 0, dstAdjusted: { nonexistent: 0, ambiguous: 2, resolvedByOrder: 0, resolvedBySequence: 0 } });
   });
 
   test('without a zone option the default zone is used and the summary says so', async () => {
@@ -385,6 +387,8 @@ describe('chunk boundaries', () => {
   test.each([
     ['libreview-mmol-dst.csv', { timeZone: 'Europe/Berlin' }],
     ['dexcom-clarity-mgdl.csv', { timeZone: 'America/Los_Angeles' }],
+    ['libreview-fallback.csv', { timeZone: 'America/New_York' }],
+    ['dexcom-clarity-fallback.csv', { timeZone: 'America/New_York' }],
     ['healthkit-export.xml', {}],
     ['dexcom-egvs.json', {}],
     ['tidepool-export.json', {}],
