@@ -147,8 +147,10 @@ export function computeMetrics(all: readonly MetricReading[], options: MetricsOp
   const interval = medianInterval(inPeriod) || period.intervalAll;
   const expected = interval > 0 ? (end - start) / interval : n;
   const active = Math.min(100, round((n / expected) * 100, 2));
+  // days of the reporting period with data: 24-hour days counted from its start, so a 14-day
+  // period has at most 14 (its local calendar days would be 15 when it starts mid-day)
   const dayKeys = new Set<number>();
-  for (const r of inPeriod) dayKeys.add(Math.floor((r.epochMs + (r.offsetMinutes ?? 0) * 60_000) / DAY));
+  for (const r of inPeriod) dayKeys.add(Math.floor((r.epochMs - start) / DAY));
   const periodDays = round((end - start) / DAY, 2);
   const offset = inPeriod[n - 1]!.offsetMinutes ?? 0;
 

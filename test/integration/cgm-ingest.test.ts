@@ -39,9 +39,10 @@ function expected(trace: TraceReading[]) {
     for (const v of values) if (test(v)) k++;
     return (k / n) * 100;
   };
-  const days = new Set(trace.filter((r) => r.sgv >= 40).map((r) => new Date(r.epochMs + 3_600_000).toISOString().slice(0, 10)));
   const first = trace[0]!.epochMs;
   const end = trace[trace.length - 1]!.epochMs + 5 * 60_000;
+  // days of the reporting period (from the first reading) with a reading, in 24 hours from its start
+  const days = new Set(trace.filter((r) => r.sgv >= 40).map((r) => Math.floor((r.epochMs - first) / 86_400_000)));
   return {
     n,
     veryLow: share((v) => v < 54), low: share((v) => v >= 54 && v < 70), target: share((v) => v >= 70 && v <= 180),

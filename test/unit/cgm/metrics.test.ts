@@ -50,7 +50,8 @@ function reference(readings: MetricReading[], start: number, end: number) {
   for (let k = 1; k < times.length; k++) diffs.push(times[k]! - times[k - 1]!);
   diffs.sort((a, b) => a - b);
   const median = diffs.length % 2 ? diffs[(diffs.length - 1) / 2]! : (diffs[diffs.length / 2 - 1]! + diffs[diffs.length / 2]!) / 2;
-  const days = new Set(inside.map((r) => new Date(r.epochMs + (r.offsetMinutes ?? 0) * MIN).toISOString().slice(0, 10)));
+  // days of the reporting period with a reading, counted in 24 hours from its start (at most its length)
+  const days = new Set(inside.map((r) => Math.floor((r.epochMs - start) / (1440 * MIN))));
   const pct = (k: number): number => (100 * k) / n;
   return {
     veryLow: pct(veryLow), low: pct(low), target: pct(target), high: pct(high), veryHigh: pct(veryHigh),
