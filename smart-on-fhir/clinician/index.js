@@ -1,7 +1,8 @@
 // The clinician's CGM viewer after an EHR launch: patient banner, who granted access until when,
 // the AGP report for 14/30/90 days, and plain words when access ended or was never granted.
-import { api, applySmartStyle, el, fmtDate, fmtDateTime, notice, PURPOSE_WORDS, show, statusOf, dataWords } from '../shared/dom.js';
+import { api, applySmartStyle, CLINICIAN_PURPOSE_WORDS, el, endWords, fmtDate, notice, show, statusOf, dataWords } from '../shared/dom.js';
 import { hasReadings, loadReport, periodSelector, renderReport } from '../shared/agp.js';
+import { hasSession, signOutButton } from '../shared/session.js';
 
 // Every read says why (the consent engine needs a purpose of use).
 const PURPOSE = { 'X-Purpose-Of-Use': 'TREAT' };
@@ -34,6 +35,11 @@ async function showBanner() {
   banner.hidden = false; // shown once filled: never an empty banner while the Patient read is in flight
 }
 
+/** The data a grant covers, in words for the clinician (a date-only bound as the calendar date it names). */
+function dataPeriodWords(g) {
+  return `from ${fmtDate(g.dataFromDate ?? g.dataFrom)} to ${fmtDate(g.dataToDate ?? g.dataTo)}`;
+}
+
 /** Who granted access until when; returns the active grant or undefined. */
 async function showAccess() {
   let grants = [];
@@ -45,15 +51,15 @@ async function showAccess() {
   }
   const active = grants.find((g) => g.state === 'active');
   if (active) {
-    show(accessBox, notice('ok', `Access granted by ${active.grantedByName ?? 'the patient'} until ${fmtDateTime(active.accessTo)}.`,
+    show(accessBox, notice('ok', `Access granted by ${active.grantedByName ?? 'the patient'} until ${endWords(active.accessToDate ?? active.accessTo)}.`,
       el('p', { 'data-access': 'active' },
-        `Covers ${dataWords(active.classes)} from ${fmtDate(active.dataFrom)} to ${fmtDate(active.dataTo)}, for ${active.purposes.map((p) => PURPOSE_WORDS[p] ?? p).join(', ')}. `
+        `Covers ${dataWords(active.classes, "the patient's")} ${dataPeriodWords(active)}, for ${active.purposes.map((p) => CLINICIAN_PURPOSE_WORDS[p] ?? p).join(', ')}. `
         + 'Each time you open this report the patient can see it in their access log.')));
     return active;
   }
   const ended = grants.find((g) => g.state === 'revoked' || g.state === 'expired');
   if (ended) {
-    const how = ended.state === 'revoked' ? 'The patient stopped sharing their glucose data with you' : `The patient's permission expired on ${fmtDateTime(ended.accessTo)}`;
+    const how = ended.state === 'revoked' ? 'The patient stopped sharing their glucose data with you' : `The patient's permission expired at ${endWords(ended.accessToDate ?? ended.accessTo)}`;
     show(accessBox, notice('error', 'Access ended.', el('p', { 'data-access': 'ended' }, `${how}. Ask the patient to share it again if you still need it.`)));
   } else if (grants.some((g) => g.state === 'pending' || g.state === 'not-started')) {
     show(accessBox, notice('warn', 'Access not yet in effect.', el('p', { 'data-access': 'pending' }, 'The patient has shared their data, but the permission is not active yet.')));
@@ -77,7 +83,7 @@ async function load() {
   }
   try {
     if (!(await hasReadings(client, client.patient.id, period, PURPOSE))) {
-      show(reportBox, notice('warn', 'No glucose readings to show.', `There are no CGM readings you may see in the last ${period} days. The patient's permission covers data from ${fmtDate(active.dataFrom)} to ${fmtDate(active.dataTo)}.`));
+      show(reportBox, notice('warn', 'No glucose readings to show.', `There are no CGM readings you may see in the last ${period} days. The patient's permission covers data ${dataPeriodWords(active)}.`));
       return;
     }
     const report = await loadReport(client, client.patient.id, period, PURPOSE);
@@ -85,7 +91,7 @@ async function load() {
   } catch (err) {
     const status = statusOf(err);
     if (status === 404 || status === 403) {
-      show(reportBox, notice('warn', 'No glucose readings to show.', `There are no CGM readings you may see in the last ${period} days. The patient's permission covers data from ${fmtDate(active.dataFrom)} to ${fmtDate(active.dataTo)}.`));
+      show(reportBox, notice('warn', 'No glucose readings to show.', `There are no CGM readings you may see in the last ${period} days. The patient's permission covers data ${dataPeriodWords(active)}.`));
     } else if (status === 401) {
       show(reportBox, notice('error', 'Your session has ended.', 'Open the app again from the EHR.'));
     } else {
@@ -96,6 +102,7 @@ async function load() {
 
 try {
   client = await window.FHIR.oauth2.ready();
+  show(document.getElementById('session'), signOutButton(client, 'signed-out.html'));
   await applySmartStyle(client.state.tokenResponse?.smart_style_url);
   document.body.dataset.needPatientBanner = String(!!client.state.tokenResponse?.need_patient_banner);
   show(controls,
@@ -109,5 +116,11 @@ try {
     show(banner, el('span', {}, el('strong', {}, 'Patient')), el('span', {}, `Record ID ${client.patient.id}`));
   }
 } catch (err) {
-  show(reportBox, notice('error', 'This app could not connect to the health record.', 'Open it again from the patient\'s record in your EHR.'));
+  if (!client && !hasSession()) {
+    // Signed out (or never signed in) in this tab: say so, and how to come back.
+    show(reportBox, notice('info', 'You are not signed in.', 'Open the viewer from the patient\'s record in your EHR, or sign in here and choose the patient.'),
+      el('p', { 'data-signed-out': '' }, el('a', { class: 'button', href: 'launch.html' }, 'Sign in')));
+  } else {
+    show(reportBox, notice('error', 'This app could not connect to the health record.', 'Open it again from the patient\'s record in your EHR.'));
+  }
 }

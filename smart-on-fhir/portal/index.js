@@ -1,7 +1,8 @@
 // The patient portal (standalone launch as a patient): own AGP summary, upload with progress,
 // grants (list, share in a few steps, stop sharing), the access log in plain words, key safety
 // (with guardian recovery, recovery.js).
-import { api, apiSend, dataWords, el, fmtDate, fmtDateTime, notice, PURPOSE_WORDS, show, statusOf, STATE_WORDS } from '../shared/dom.js';
+import { api, apiSend, dataWords, el, endInstant, endWords, fmtDate, fmtDateTime, notice, PURPOSE_WORDS, show, statusOf, STATE_WORDS } from '../shared/dom.js';
+import { signOutButton } from '../shared/session.js';
 import { hasReadings, loadReport, periodSelector, renderReport } from '../shared/agp.js';
 import { hasWallet, signWithWallet } from '../shared/wallet.js';
 import { recoverySection } from './recovery.js';
@@ -12,6 +13,8 @@ const statusLine = $('status');
 let client;
 let patientId;
 let grantees = [];
+/** False when the server listed only some of the clinicians (a long directory): the share step offers a name search. */
+let granteesComplete = true;
 let period = 14;
 let keyInfo;
 
@@ -130,12 +133,16 @@ function granteeName(reference) {
 function stateOf(c) {
   const p = c.provision ?? {};
   const start = Date.parse(p.period?.start ?? '');
-  const end = Date.parse(p.period?.end ?? '');
+  const end = endInstant(p.period?.end ?? ''); // a date-only end lasts the whole of that day
   if (c.status === 'inactive' || c.status === 'rejected') return 'revoked';
   if (c.status !== 'active') return 'pending';
   if (end <= Date.now()) return 'expired';
   if (start > Date.now()) return 'not-started';
   return 'active';
+}
+
+function capitalised(text) {
+  return text ? text[0].toUpperCase() + text.slice(1) : text;
 }
 
 const STATE_MARK = { active: '✔', pending: '…', 'not-started': '…', expired: '–', revoked: '✕' };
@@ -167,7 +174,7 @@ async function loadGrants() {
       el('th', { scope: 'row' }, granteeName(actor)),
       el('td', {}, dataWords(classes)),
       el('td', {}, `${fmtDate(p.dataPeriod?.start)} – ${fmtDate(p.dataPeriod?.end)}`),
-      el('td', {}, fmtDateTime(p.period?.end)),
+      el('td', { 'data-until': '' }, capitalised(endWords(p.period?.end))),
       el('td', {}, (p.purpose ?? []).map((x) => PURPOSE_WORDS[x.code] ?? x.code).join(', ')),
       el('td', { class: 'status' }, `${STATE_MARK[state]} ${STATE_WORDS[state]}`),
       el('td', {}, action));
@@ -193,6 +200,48 @@ async function revoke(consent, actor) {
 }
 
 // ---- Share wizard -----------------------------------------------------------------------------
+/**
+ * With a long directory the server lists only the first clinicians it comes to: a search by name
+ * finds the others and puts them in the list.
+ */
+function granteeFinder(select, options) {
+  const input = el('input', { type: 'search', id: 'share-find', autocomplete: 'off', 'aria-describedby': 'share-find-help' });
+  const result = el('p', { id: 'share-find-result', 'aria-live': 'polite' });
+  const find = async () => {
+    const name = input.value.trim();
+    if (!name) {
+      result.textContent = 'Type part of a name first.';
+      input.focus();
+      return;
+    }
+    result.textContent = 'Searching…';
+    try {
+      const found = await api(client, `/apps/api/grantees?name=${encodeURIComponent(name)}`);
+      const known = new Set(grantees.map((g) => g.reference));
+      grantees.push(...found.grantees.filter((g) => !known.has(g.reference)));
+      if (found.grantees.length === 0) {
+        result.textContent = `Nobody registered with GlucoGuard is called "${name}".`;
+        return;
+      }
+      show(select, options(found.grantees));
+      result.textContent = `${found.grantees.length} found${found.complete ? '' : ' (the first ones: type more of the name to narrow it)'}. Choose below.`;
+      select.focus();
+    } catch {
+      result.textContent = 'The search did not work. Please try again.';
+    }
+  };
+  input.addEventListener('keydown', (event) => {
+    if (event.key !== 'Enter') return;
+    event.preventDefault(); // not the share form's submit
+    void find();
+  });
+  return el('div', { class: 'finder' },
+    el('p', { id: 'share-find-help' }, 'Only the first clinicians and organizations are listed. Search by name to find others.'),
+    el('p', {}, el('label', { for: 'share-find' }, 'Find by name'), el('br'), input, ' ',
+      el('button', { type: 'button', class: 'secondary', id: 'share-find-button', onclick: () => void find() }, 'Find')),
+    result);
+}
+
 const DATA_CHOICES = [
   { id: 'glucose', label: 'My glucose data (sensor readings, summaries, devices) and my name and date of birth', classes: ['Patient', 'Observation', 'Device'] },
   { id: 'all', label: 'Everything in my record', classes: [] },
@@ -219,14 +268,16 @@ function radios(name, legend, choices, checked) {
 
 function shareWizard() {
   const box = $('share-body');
-  if (grantees.length === 0) {
+  if (grantees.length === 0 && granteesComplete) {
     show(box, notice('info', 'There is nobody to share with yet.', 'Your clinic must register its clinicians with GlucoGuard before you can share with them.'));
     return;
   }
+  const options = (list) => list.map((g) => el('option', { value: g.reference }, `${g.name} (${g.kind})`));
+  const select = el('select', { id: 'share-who', name: 'who' }, options(grantees));
   const steps = [
     el('fieldset', { 'data-step': 'who' }, el('legend', { tabindex: -1 }, '1. Who should see your data?'),
-      el('label', { for: 'share-who' }, 'Clinician or organization'), el('br'),
-      el('select', { id: 'share-who', name: 'who' }, grantees.map((g) => el('option', { value: g.reference }, `${g.name} (${g.kind})`)))),
+      granteesComplete ? null : granteeFinder(select, options),
+      el('label', { for: 'share-who' }, 'Clinician or organization'), el('br'), select),
     radios('what', '2. What data?', DATA_CHOICES, 'glucose'),
     radios('dataperiod', '3. Which of your data?', PERIOD_CHOICES, '14'),
     radios('duration', '4. For how long?', DURATION_CHOICES, '7'),
@@ -619,10 +670,11 @@ try {
   client = await window.FHIR.oauth2.ready();
   patientId = client.patient.id;
 } catch {
-  show($('main'), el('h2', {}, 'Please sign in'), el('p', {}, 'Sign in to see your glucose data and who you share it with.'),
+  show($('main'), el('h2', { 'data-signed-out': '' }, 'Please sign in'), el('p', {}, 'Sign in to see your glucose data and who you share it with.'),
     el('p', {}, el('a', { class: 'button', href: 'launch.html' }, 'Sign in')));
 }
 if (client) {
+  show($('session'), signOutButton(client, 'signed-out.html'));
   try {
     const me = await client.request({ url: `Patient/${patientId}` });
     $('who').textContent = `Signed in as ${nameOf(me) ?? 'you'}`;
@@ -630,7 +682,7 @@ if (client) {
     $('who').textContent = 'Signed in';
   }
   try {
-    grantees = (await api(client, '/apps/api/grantees')).grantees;
+    ({ grantees, complete: granteesComplete = true } = await api(client, '/apps/api/grantees'));
   } catch {
     grantees = [];
   }

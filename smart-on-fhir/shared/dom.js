@@ -39,12 +39,51 @@ export function notice(kind, title, ...body) {
 const dateFmt = new Intl.DateTimeFormat('en-GB', { day: 'numeric', month: 'short', year: 'numeric' });
 const dateTimeFmt = new Intl.DateTimeFormat('en-GB', { day: 'numeric', month: 'short', year: 'numeric', hour: '2-digit', minute: '2-digit' });
 
-export function fmtDate(iso) {
-  return iso ? dateFmt.format(new Date(iso)) : '';
+/** FHIR dates without a time (year, month or day precision): they name a whole span, not an instant. */
+const DATE_ONLY = /^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$/;
+// A date-only value is a calendar date: formatted in UTC, where `Date.UTC` put it, so no time zone moves it a day.
+const dayFmt = new Intl.DateTimeFormat('en-GB', { day: 'numeric', month: 'short', year: 'numeric', timeZone: 'UTC' });
+const monthFmt = new Intl.DateTimeFormat('en-GB', { month: 'short', year: 'numeric', timeZone: 'UTC' });
+
+/** True for a FHIR date with no time (`2027`, `2027-01`, `2027-01-01`). */
+export function isDateOnly(value) {
+  return typeof value === 'string' && DATE_ONLY.test(value);
 }
 
+/** A date (an instant in the local time zone, or a date-only value as the calendar date it names). */
+export function fmtDate(iso) {
+  if (!iso) return '';
+  const date = DATE_ONLY.exec(iso);
+  if (!date) return dateFmt.format(new Date(iso));
+  const [, y, m, d] = date;
+  if (d) return dayFmt.format(Date.UTC(Number(y), Number(m) - 1, Number(d)));
+  if (m) return monthFmt.format(Date.UTC(Number(y), Number(m) - 1, 1));
+  return y;
+}
+
+/** An instant with its time; a date-only value has no time and is shown as a date. */
 export function fmtDateTime(iso) {
-  return iso ? dateTimeFmt.format(new Date(iso)) : '';
+  if (!iso) return '';
+  return isDateOnly(iso) ? fmtDate(iso) : dateTimeFmt.format(new Date(iso));
+}
+
+/**
+ * The end of an access or data period in words. An end given as a date includes the whole of that
+ * day (month, year) — src/consent/terms.ts enforces it so, datatypes.html#Period — so it reads
+ * "the end of 1 Jan 2027", never as midnight at its start; an instant reads with its time.
+ */
+export function endWords(value) {
+  if (!value) return '';
+  return isDateOnly(value) ? `the end of ${fmtDate(value)}` : fmtDateTime(value);
+}
+
+/** The last millisecond a period end stands for (a date-only end: the end of that span, in UTC, as terms.ts reads it). */
+export function endInstant(value) {
+  const date = typeof value === 'string' ? DATE_ONLY.exec(value) : null;
+  if (!date) return Date.parse(value ?? '');
+  const [, y, m, d] = date;
+  const next = d ? Date.UTC(Number(y), Number(m) - 1, Number(d) + 1) : m ? Date.UTC(Number(y), Number(m), 1) : Date.UTC(Number(y) + 1, 0, 1);
+  return next - 1;
 }
 
 export const PURPOSE_WORDS = {
@@ -57,9 +96,16 @@ export const STATE_WORDS = {
   pending: 'Waiting to be recorded', active: 'Active', 'not-started': 'Not started yet', expired: 'Ended (expired)', revoked: 'Stopped (revoked)',
 };
 
-/** What a grant covers, in words, from its resource types. */
-export function dataWords(classes) {
-  if (!classes || classes.length === 0) return 'everything in your record';
+/** The purposes of a grant as the clinician reads them (PURPOSE_WORDS speak to the patient). */
+export const CLINICIAN_PURPOSE_WORDS = {
+  TREAT: 'treatment', ETREAT: 'emergency treatment', CAREMGT: 'care management', COC: 'continuity of care',
+  HRESCH: 'health research', PATRQT: "the patient's own request", FAMRQT: 'a family request', PWATRNY: "the patient's power of attorney",
+  SUPNWK: "the patient's support network", HPAYMT: 'payment', HOPERAT: 'health care operations',
+};
+
+/** What a grant covers, in words, from its resource types; `whose` the record is to the reader ("your", "the patient's"). */
+export function dataWords(classes, whose = 'your') {
+  if (!classes || classes.length === 0) return `everything in ${whose} record`;
   if (classes.includes('Observation')) return 'glucose readings and summaries';
   return classes.join(', ');
 }

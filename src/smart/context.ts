@@ -45,6 +45,13 @@ export interface SmartUrls {
  */
 export type PatientLoginHook = (login: { patientId: string; password: string; gid: string; ttlMs: number }) => Promise<void>;
 
+/**
+ * Called when a grant's tokens are revoked at the revocation endpoint (a sign-out), with its grant
+ * id: what was kept for that sign-in (the patient's key unlock) ends with it. A failing hook does not
+ * fail the revocation.
+ */
+export type GrantRevokedHook = (gid: string) => Promise<void>;
+
 export interface SmartContext {
   store: SmartStore;
   kv: KeyValueStore;
@@ -57,6 +64,7 @@ export interface SmartContext {
   /** Without one, the picker asks for a patient ID and takes any well-formed one (the facade still decides every read). */
   patients?: PatientDirectory;
   loginHooks: PatientLoginHook[];
+  revokeHooks: GrantRevokedHook[];
 }
 
 export function smartUrls(baseUrl: string, fhirBase: string): SmartUrls {

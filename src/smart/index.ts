@@ -15,7 +15,7 @@ import type { KeyValueStore } from '../kv/port.js';
 import type { Logger } from '../log.js';
 import { onlyMethods } from '../observability/fallback.js';
 import { authorizeHandlers } from './authorize.js';
-import { smartUrls, type PatientDirectory, type PatientLoginHook, type SmartContext, type SmartUrls } from './context.js';
+import { smartUrls, type GrantRevokedHook, type PatientDirectory, type PatientLoginHook, type SmartContext, type SmartUrls } from './context.js';
 import { discoveryHandlers } from './discovery.js';
 import { introspectHandler } from './introspect.js';
 import { SigningKeys } from './keys.js';
@@ -30,7 +30,7 @@ import { DEFAULT_LIFETIMES, TokenService, type TokenLifetimes } from './tokens.j
 
 export { BearerTokenError, type SmartAccessContext } from './resource.js';
 export { scopeAllows, scopeFilters, type Interaction } from './scopes.js';
-export type { PatientChoice, PatientDirectory, PatientLoginHook, SmartUrls } from './context.js';
+export type { GrantRevokedHook, PatientChoice, PatientDirectory, PatientLoginHook, SmartUrls } from './context.js';
 
 export interface SmartDeps {
   config: Config;
@@ -69,6 +69,8 @@ export interface Smart {
   tokens: TokenService;
   /** Adds a hook run at each patient sign-in (custodial key unlock); see PatientLoginHook. */
   onPatientLogin(hook: PatientLoginHook): void;
+  /** Adds a hook run when a grant is revoked at /oauth/revoke (ends the key unlock); see GrantRevokedHook. */
+  onGrantRevoked(hook: GrantRevokedHook): void;
   close(): Promise<void>;
 }
 
@@ -82,7 +84,7 @@ export async function createSmart(deps: SmartDeps): Promise<Smart> {
   const tokens = new TokenService(deps.kv, keys, fhirBase, now, { ...DEFAULT_LIFETIMES, ...deps.lifetimes });
   const limiter = new RateLimiter(deps.kv, { ...DEFAULT_RATE_LIMITS, ...deps.rateLimits }, now);
   const ctx: SmartContext = {
-    store, kv: deps.kv, keys, tokens, limiter, urls, logger: deps.logger, now, patients: deps.patients, loginHooks: [],
+    store, kv: deps.kv, keys, tokens, limiter, urls, logger: deps.logger, now, patients: deps.patients, loginHooks: [], revokeHooks: [],
   };
   const authOff = deps.config.auth === 'off';
   if (authOff) deps.logger.warn('GLUCOGUARD_AUTH=off: /fhir accepts requests WITHOUT authentication. For local experiments only.');
@@ -99,6 +101,7 @@ export async function createSmart(deps: SmartDeps): Promise<Smart> {
     keys,
     tokens,
     onPatientLogin: (hook) => { ctx.loginHooks.push(hook); },
+    onGrantRevoked: (hook) => { ctx.revokeHooks.push(hook); },
     close: async () => store.close(),
   };
 }

@@ -2,6 +2,7 @@
  * Token revocation (RFC 7009). Revoking an access or refresh token revokes its whole grant: the
  * access tokens are refused on the next FHIR request and the refresh token can no longer be used.
  * Unknown tokens and tokens of other clients are answered 200 like any other (§2.2) and change nothing.
+ * What the sign-in keeps server-side for the grant (the patient's key unlock) ends with it (revokeHooks).
  */
 import type { Request, Response } from 'express';
 import { authenticateClient } from './client-auth.js';
@@ -21,12 +22,24 @@ export function revokeHandler(ctx: SmartContext) {
       if (grant && grant.clientId === caller.client.clientId) {
         await ctx.tokens.revokeGrant(grant.gid);
         if (grant.refresh) await ctx.tokens.takeRefreshToken(body.token);
+        await runRevokeHooks(ctx, grant.gid);
       }
       res.status(200).set({ 'Cache-Control': 'no-store', Pragma: 'no-cache' }).end();
     } catch (err) {
       sendOAuthError(res, err, ctx.logger);
     }
   };
+}
+
+async function runRevokeHooks(ctx: SmartContext, gid: string): Promise<void> {
+  for (const hook of ctx.revokeHooks) {
+    try {
+      await hook(gid);
+    } catch (err) {
+      // The tokens are revoked already (nothing can reach the unlock with them); it expires with its TTL.
+      ctx.logger.error({ err: err instanceof Error ? err.name : 'error' }, 'grant revocation hook failed');
+    }
+  }
 }
 
 async function grantOf(ctx: SmartContext, token: string): Promise<{ gid: string; clientId: string; refresh: boolean } | undefined> {

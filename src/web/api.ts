@@ -1,9 +1,11 @@
 /**
  * The small JSON API the two apps need beyond FHIR, under `/apps/api/` (bearer token of the app):
  *
- * - `GET grantees` (patient): clinicians and organizations the patient can grant access to — those
- *   with an identity on chain. A patient token cannot search Practitioner/Organization through the
- *   facade (no patient link: fail closed), so the directory is served here.
+ * - `GET grantees[?name=]` (patient): clinicians and organizations the patient can grant access to —
+ *   those with an identity on chain — as `{ grantees, complete }`. A patient token cannot search
+ *   Practitioner/Organization through the facade (no patient link: fail closed), so the directory is
+ *   served here. A long directory is cut (GRANTEE_LIMITS, `complete: false`): the portal then asks
+ *   for part of a name (`name`, matched as FHIR `name:contains`).
  * - `GET access?patient=ID` (clinician): the requester's own Consents from that patient (who granted,
  *   until when, status). Never another grantee's.
  * - `GET key-safety` (patient): the patient's signing key (custodial or own wallet), how it is
@@ -53,7 +55,22 @@ export interface GrantView {
   dataTo: string;
   purposes: string[];
   classes: string[];
+  /**
+   * The Consent's own bound when it is a date without a time (`2027-01-01`): the whole of that day
+   * counts (terms.ts), so the apps show "until the end of 1 Jan 2027" instead of an instant, and
+   * the calendar date whatever the reader's time zone.
+   */
+  accessToDate?: string;
+  dataFromDate?: string;
+  dataToDate?: string;
 }
+
+/**
+ * How far `GET grantees` looks. Registration is checked per resource on chain, so a directory of
+ * thousands is not read whole for every visit: past `scan` Practitioners (or Organizations) or
+ * `list` registered ones the answer says `complete: false` and the portal searches by name.
+ */
+export const GRANTEE_LIMITS = { page: 100, scan: 2000, list: 200 };
 
 const ID = /^[A-Za-z0-9\-.]{1,64}$/;
 
@@ -82,18 +99,11 @@ export function webApiRouter(deps: WebApiDeps): Router {
     return requester.patientId;
   };
 
-  router.get('/grantees', handle(async (_req, access) => {
+  router.get('/grantees', handle(async (req, access) => {
     patientOf(access);
-    const out: { reference: string; name: string; kind: string }[] = [];
-    for (const type of ['Practitioner', 'Organization'] as const) {
-      const found = await deps.repository.search({ resourceType: type, filters: [], count: 100, offset: 0 });
-      for (const r of found.resources as (Practitioner | Organization)[]) {
-        const reference = `${type}/${r.id}`;
-        if ((await deps.consent.identity.granteesOf(reference)).length === 0) continue;
-        out.push({ reference, name: nameOf(r) ?? reference, kind: type === 'Practitioner' ? 'clinician' : 'organization' });
-      }
-    }
-    return { grantees: out.sort((a, b) => a.name.localeCompare(b.name)) };
+    const name = typeof req.query.name === 'string' ? req.query.name.trim() : '';
+    if (name.length > 100) throw badRequest('name must be at most 100 characters', 'name');
+    return granteeDirectory(deps, name);
   }));
 
   router.get('/access', handle(async (req, access) => {
@@ -232,6 +242,35 @@ export function webApiRouter(deps: WebApiDeps): Router {
   return router;
 }
 
+/**
+ * The registered Practitioners and Organizations, page by page through the repository (the chain
+ * knows identities only by a hash of their reference, so the walk starts from the resources), up to
+ * GRANTEE_LIMITS; with `name`, only those whose name contains it.
+ */
+async function granteeDirectory(deps: WebApiDeps, name: string): Promise<{ grantees: { reference: string; name: string; kind: string }[]; complete: boolean }> {
+  const out = new Map<string, { reference: string; name: string; kind: string }>();
+  let complete = true;
+  for (const type of ['Practitioner', 'Organization'] as const) {
+    const filters = name ? [{ code: 'name', operator: Operator.CONTAINS, value: name }] : [];
+    for (let offset = 0; ;) {
+      if (offset >= GRANTEE_LIMITS.scan || out.size >= GRANTEE_LIMITS.list) {
+        complete = false;
+        break;
+      }
+      const found = await deps.repository.search({ resourceType: type, filters, count: GRANTEE_LIMITS.page, offset });
+      const resources = found.resources as (Practitioner | Organization)[];
+      const registered = await Promise.all(resources.map(async (r) => (await deps.consent.identity.granteesOf(`${type}/${r.id}`)).length > 0));
+      resources.forEach((r, i) => {
+        const reference = `${type}/${r.id}`;
+        if (registered[i] && out.size < GRANTEE_LIMITS.list) out.set(reference, { reference, name: nameOf(r) ?? reference, kind: type === 'Practitioner' ? 'clinician' : 'organization' });
+      });
+      if (!found.hasMore || resources.length === 0) break;
+      offset += resources.length;
+    }
+  }
+  return { grantees: [...out.values()].sort((a, b) => a.name.localeCompare(b.name)), complete };
+}
+
 /** Status a person understands, from the Consent status and its period. */
 export function grantView(c: Consent, now: number): Omit<GrantView, 'grantedByName'> | undefined {
   let terms;
@@ -256,7 +295,17 @@ export function grantView(c: Consent, now: number): Omit<GrantView, 'grantedByNa
     dataTo: iso(terms.dataTo),
     purposes: terms.purposes,
     classes: terms.classes,
+    ...dateOnly('accessToDate', c.provision?.period?.end),
+    ...dateOnly('dataFromDate', c.provision?.dataPeriod?.start),
+    ...dateOnly('dataToDate', c.provision?.dataPeriod?.end),
   };
+}
+
+/** FHIR dates of year, month or day precision (as terms.ts reads them). */
+const DATE_ONLY = /^\d{4}(-\d{2}(-\d{2})?)?$/;
+
+function dateOnly<K extends string>(key: K, value: string | undefined): Partial<Record<K, string>> {
+  return typeof value === 'string' && DATE_ONLY.test(value) ? { [key]: value } as Record<K, string> : {};
 }
 
 /**

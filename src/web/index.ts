@@ -60,6 +60,8 @@ export function createWeb(deps: WebDeps): Web {
   // The portal's sign-in is where the patient's custodial key is unlocked for the session
   // (src/consent/patient-keys.ts): the password goes from the login check straight to the key.
   deps.smart.onPatientLogin(({ patientId, password, gid, ttlMs }) => deps.consent.keys.onLogin(patientId, password, gid, ttlMs));
+  // Signing out (revoking the session's tokens) locks the key again at once, not at the token's expiry.
+  deps.smart.onGrantRevoked((gid) => deps.consent.keys.sessions.drop(gid));
   const urls = appUrls(deps.config.baseUrl);
   const router = express.Router();
   router.get('/apps/config.json', (_req, res) => {

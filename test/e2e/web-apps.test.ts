@@ -4,7 +4,9 @@
  * embedded chain). One browser, run once, the flows in order:
  * no grant → "no access"; patient uploads with progress; patient shares in a few steps; clinician
  * sees the AGP with the numbers of $cgm-summary; the patient's access log lists the clinician's
- * reads; patient stops sharing → clinician sees "access ended". Screenshots go to test-artifacts/.
+ * reads; patient stops sharing → clinician sees "access ended"; a grant of everything with date-only
+ * ends reads the same day in both apps; both apps sign out (tokens revoked, nothing kept).
+ * Screenshots go to test-artifacts/.
  */
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
@@ -15,6 +17,7 @@ import { Wallet } from 'ethers';
 import type { Page } from 'playwright-core';
 import request from 'supertest';
 import { createLaunch } from '../../src/smart/launch.js';
+import { GRANTEE_LIMITS } from '../../src/web/api.js';
 import type { TestApp } from '../support/app.js';
 import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
 import { CHROMIUM, chromiumPath, injectWallet, launchBrowser, signIn, signInToPortal, type Browser } from './browser.js';
@@ -25,6 +28,7 @@ if (!CHROME) console.warn(`SKIPPED web-apps e2e: ${CHROMIUM} is missing (apt-get
 const describeBrowser = CHROME ? describe : describe.skip;
 const ARTIFACTS = path.resolve('test-artifacts');
 const ANA = { username: 'ana', password: 'correct horse battery' };
+const DAY = 86_400_000;
 const DOC = { username: 'dr.osei', password: 'stethoscope-42' };
 
 describeBrowser('clinician viewer and patient portal in Chromium', () => {
@@ -265,6 +269,80 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     await portal.screenshot({ path: path.join(ARTIFACTS, 'portal-after-revoke.png'), fullPage: true });
   }, 60_000);
 
+  test('a directory too long to list: the share step finds a clinician by name', async () => {
+    await t.app.repository.create<Practitioner>({ resourceType: 'Practitioner', name: [{ given: ['Una'], family: 'Unregistered' }] });
+    const limits = { ...GRANTEE_LIMITS };
+    Object.assign(GRANTEE_LIMITS, { page: 1, scan: 1 });
+    try {
+      await portal.reload();
+      await portal.locator('#share-find').waitFor({ timeout: 15_000 });
+      await expect(portal.locator('#share-find-help').innerText()).resolves.toContain('Search by name to find others');
+      await portal.fill('#share-find', 'osei');
+      await portal.press('#share-find', 'Enter');
+      await portal.locator('#share-find-result', { hasText: '1 found' }).waitFor({ timeout: 15_000 });
+      await expect(portal.locator('#share-who option').allInnerTexts()).resolves.toEqual(['Dr Kofi Osei (clinician)']);
+      await expect(portal.evaluate(() => document.activeElement?.id)).resolves.toBe('share-who');
+      await expect(portal.locator('#share-form [data-step="who"]').isVisible()).resolves.toBe(true); // Enter searched, it did not move on
+    } finally {
+      Object.assign(GRANTEE_LIMITS, limits);
+    }
+  }, 60_000);
+
+  test('a grant of everything with ends given as dates: the clinician sees the report, addressed as the clinician, until the end of that day; the portal shows the same day', async () => {
+    // What `glucoguard consent grant --until D --data-from D --data-to D` (no --types) records: dates, the whole day included.
+    const date = (days: number) => new Date(Date.now() + days * DAY).toISOString().slice(0, 10);
+    const [until, dataFrom, dataTo] = [date(30), date(-20), date(0)];
+    const gid = await t.app.consent.keys.openSession(ana, ANA.password);
+    const token = t.app.smart.tokens.signAccessToken({
+      gid, clientId: t.app.web.clients.portal, sub: ANA.username, fhirUser: `Patient/${ana}`, patient: ana, scopes: ['openid', 'fhirUser', 'launch/patient', 'patient/*.cruds'],
+    }).token;
+    const consent = {
+      resourceType: 'Consent', status: 'active',
+      scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
+      category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }],
+      policyRule: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'OPTIN' }] },
+      patient: { reference: `Patient/${ana}` }, performer: [{ reference: `Patient/${ana}` }],
+      provision: {
+        type: 'permit', period: { start: new Date(Date.now() - 60_000).toISOString(), end: until },
+        actor: [{ role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] }, reference: { reference: `Practitioner/${doc}` } }],
+        action: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentaction', code: 'access' }] }],
+        purpose: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActReason', code: 'TREAT' }],
+        dataPeriod: { start: dataFrom, end: dataTo },
+      },
+    };
+    const created = await request(t.app.http).post('/fhir/Consent').set('Authorization', `Bearer ${token}`).set('Content-Type', 'application/fhir+json').send(consent);
+    expect(created.body.issue ?? []).toEqual([]);
+    expect(created.status).toBe(201);
+    await t.app.consent.keys.sessions.drop(gid);
+    // Readers far east and far west of UTC: a date must not move to the day before or after.
+    const east = await clinician.context().newCDPSession(clinician);
+    await east.send('Emulation.setTimezoneOverride', { timezoneId: 'Pacific/Auckland' });
+    const west = await portal.context().newCDPSession(portal);
+    await west.send('Emulation.setTimezoneOverride', { timezoneId: 'America/Los_Angeles' });
+    const words = (page: Page, d: string) => page.evaluate((iso) => new Intl.DateTimeFormat('en-GB', { day: 'numeric', month: 'short', year: 'numeric', timeZone: 'UTC' })
+      .format(new Date(`${iso}T00:00:00Z`)), d);
+
+    // Reloaded: a page reads its time zone when it starts.
+    await clinician.reload();
+    await clinician.locator('[data-access="active"]').waitFor({ timeout: 15_000 });
+    const access = await clinician.locator('#access').innerText();
+    expect(access).toContain(`Access granted by Ana Rivera until the end of ${await words(clinician, until)}.`);
+    expect(access).toContain(`Covers everything in the patient's record from ${await words(clinician, dataFrom)} to ${await words(clinician, dataTo)}, for treatment.`);
+    expect(access).not.toMatch(/\byour\b/i);
+    // A grant of every type covers what the AGP report reads: the report is shown.
+    await clinician.locator('svg.agp').waitFor({ timeout: 30_000 });
+    await expect(clinician.locator('.report').innerText()).resolves.toContain('Ambulatory glucose profile');
+
+    await portal.reload();
+    const row = portal.locator('tr[data-state="active"]');
+    await row.waitFor({ timeout: 30_000 });
+    await expect(row.locator('td[data-until]').innerText()).resolves.toBe(`The end of ${await words(portal, until)}`);
+    const text = await row.innerText();
+    expect(text).toContain('everything in your record');
+    expect(text).toContain(`${await words(portal, dataFrom)} – ${await words(portal, dataTo)}`);
+    await Promise.all([east.detach(), west.detach()]);
+  }, 90_000);
+
   test('a patient with their own wallet shares and stops sharing by signing in the browser wallet (EIP-1193, eth_signTypedData_v4)', async () => {
     const bea = (await t.app.repository.create<Patient>({ resourceType: 'Patient', name: [{ given: ['Bea'], family: 'Lund' }] })).resource.id!;
     const BEA = { username: 'bea', password: 'my own wallet 123' };
@@ -313,6 +391,55 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     await expect(t.app.consent.keys.openSession(ana, RESET.password)).rejects.toMatchObject({ code: 'ERR_FORBIDDEN' });
     await page.close();
   }, 90_000);
+
+  test('the patient signs out: the token is revoked, the key locked again, nothing kept in the browser; a reload stays signed out', async () => {
+    await portal.locator('#who', { hasText: 'Signed in as Ana Rivera' }).waitFor({ timeout: 15_000 });
+    const token = await portal.evaluate(() => JSON.parse(sessionStorage.getItem(JSON.parse(sessionStorage.getItem('SMART_KEY')!))!).tokenResponse.access_token as string);
+    const gid = (JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { gid: string }).gid;
+    const pseudonym = t.app.consent.keys.pseudonym(ana);
+    expect((await request(t.app.http).get(`/fhir/Patient/${ana}`).set('Authorization', `Bearer ${token}`)).status).toBe(200);
+    await expect(t.app.consent.keys.sessions.get(gid, pseudonym)).resolves.toBeDefined();
+
+    const signOut = portal.getByRole('button', { name: 'Sign out' });
+    await expect(signOut.isVisible()).resolves.toBe(true);
+    await Promise.all([portal.waitForURL((u) => u.pathname === '/apps/portal/signed-out.html', { timeout: 15_000 }), signOut.click()]);
+    await expect(portal.locator('h2').innerText()).resolves.toBe('You are signed out');
+    await expect(portal.locator('#not-revoked').isHidden()).resolves.toBe(true);
+    // Revoked at the server: the old token is refused, and the sign-in's key unlock is gone.
+    const after = await request(t.app.http).get(`/fhir/Patient/${ana}`).set('Authorization', `Bearer ${token}`);
+    expect(after.status).toBe(401);
+    await expect(t.app.consent.keys.sessions.get(gid, pseudonym)).resolves.toBeUndefined();
+    // Nothing of the session is kept in the browser.
+    const kept = await portal.evaluate(() => [sessionStorage, localStorage].flatMap((store) => Object.keys(store).map((k) => `${k}=${store.getItem(k)}`)));
+    expect(kept.filter((entry) => entry.includes('SMART_KEY') || entry.includes('tokenResponse') || entry.includes(token))).toEqual([]);
+    // A reload (and opening the portal again) shows the signed-out page, with a way to sign in.
+    await portal.reload();
+    await expect(portal.locator('h2').innerText()).resolves.toBe('You are signed out');
+    await portal.goto(`${base}/apps/portal/index.html`);
+    await portal.locator('[data-signed-out]').waitFor({ timeout: 15_000 });
+    await expect(portal.locator('#main').innerText()).resolves.toContain('Please sign in');
+    await expect(portal.locator('#who').innerText()).resolves.toBe('');
+    await portal.screenshot({ path: path.join(ARTIFACTS, 'portal-signed-out.png') });
+    await Promise.all([portal.waitForURL((u) => u.pathname.startsWith('/oauth/'), { timeout: 15_000 }), portal.click('a:has-text("Sign in")')]);
+    await expect(portal.locator('input[name="username"]').count()).resolves.toBe(1);
+  }, 60_000);
+
+  test('the clinician signs out of the viewer: the token is revoked and a reload stays signed out', async () => {
+    const page = await launchClinician();
+    const token = await page.evaluate(() => JSON.parse(sessionStorage.getItem(JSON.parse(sessionStorage.getItem('SMART_KEY')!))!).tokenResponse.access_token as string);
+    const read = () => request(t.app.http).get(`/fhir/Patient/${ana}`).set('Authorization', `Bearer ${token}`).set('X-Purpose-Of-Use', 'TREAT');
+    expect((await read()).status).not.toBe(401);
+    await Promise.all([page.waitForURL((u) => u.pathname === '/apps/clinician/signed-out.html', { timeout: 15_000 }), page.getByRole('button', { name: 'Sign out' }).click()]);
+    await expect(page.locator('h2').innerText()).resolves.toBe('You are signed out of the CGM viewer');
+    expect((await read()).status).toBe(401);
+    const kept = await page.evaluate(() => Object.keys(sessionStorage).map((k) => `${k}=${sessionStorage.getItem(k)}`));
+    expect(kept.filter((entry) => entry.includes('SMART_KEY') || entry.includes('tokenResponse'))).toEqual([]);
+    await page.reload();
+    await expect(page.locator('h2').innerText()).resolves.toBe('You are signed out of the CGM viewer');
+    await page.goto(`${base}/apps/clinician/index.html`);
+    await page.locator('[data-signed-out]').waitFor({ timeout: 15_000 });
+    await expect(page.locator('#report').innerText()).resolves.toContain('You are not signed in');
+  }, 60_000);
 
   test('no console errors on either page', () => {
     expect(browser.errors).toEqual([]);

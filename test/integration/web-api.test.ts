@@ -6,7 +6,9 @@
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
+import { randomUUID } from 'node:crypto';
 import { grantView } from '../../src/web/index.js';
+import { GRANTEE_LIMITS } from '../../src/web/api.js';
 import { consentOf, DAY, grant, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
 
 let t: TestApp;
@@ -31,7 +33,7 @@ afterAll(async () => t?.close());
 
 describe('apps served by GlucoGuard', () => {
   test('pages, scripts and the fhirclient build come from this server (no CDN), under the default CSP', async () => {
-    for (const path of ['/apps/clinician/launch.html', '/apps/clinician/index.html', '/apps/portal/launch.html', '/apps/portal/index.html']) {
+    for (const path of ['/apps/clinician/launch.html', '/apps/clinician/index.html', '/apps/clinician/signed-out.html', '/apps/portal/launch.html', '/apps/portal/index.html', '/apps/portal/signed-out.html']) {
       const res = await request(t.app.http).get(path);
       expect(res.status).toBe(200);
       expect(res.headers['content-type']).toMatch(/text\/html/);
@@ -128,6 +130,58 @@ describe('/apps/api', () => {
     expect((await request(t.app.http).get('/apps/api/grantees').set('Authorization', `Bearer ${practitionerToken(t.app, doc)}`)).status).toBe(403);
   });
 
+  test('grantees: every registered clinician is offered, however many unregistered Practitioners come before them', async () => {
+    for (let i = 0; i < 105; i++) await person(t.app, 'Practitioner', `Unregistered ${String(i).padStart(3, '0')}`);
+    const nadia = await person(t.app, 'Practitioner', 'Newcomer');
+    await registerIdentity(t.app, `Practitioner/${nadia}`);
+    const res = await request(t.app.http).get('/apps/api/grantees').set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    expect(res.status).toBe(200);
+    expect(res.body.grantees.map((g: { reference: string }) => g.reference).sort()).toEqual([`Practitioner/${other}`, `Practitioner/${doc}`, `Practitioner/${nadia}`].sort());
+    expect(res.body.grantees.find((g: { reference: string }) => g.reference === `Practitioner/${nadia}`)).toMatchObject({ name: 'Newcomer', kind: 'clinician' });
+    expect(res.body.complete).toBe(true);
+  }, 120_000);
+
+  test('grantees: a directory longer than the limits is cut (complete: false) and searched by part of a name', async () => {
+    const limits = { ...GRANTEE_LIMITS };
+    Object.assign(GRANTEE_LIMITS, { page: 20, scan: 40 });
+    try {
+      const cut = await request(t.app.http).get('/apps/api/grantees').set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+      expect(cut.status).toBe(200);
+      expect(cut.body.complete).toBe(false);
+      expect(cut.body.grantees.map((g: { name: string }) => g.name)).not.toContain('Newcomer');
+      const found = await request(t.app.http).get('/apps/api/grantees').query({ name: 'comer' }).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+      expect(found.status).toBe(200);
+      expect(found.body).toMatchObject({ complete: true, grantees: [{ name: 'Newcomer', kind: 'clinician' }] });
+      // unregistered people are never listed, whatever the name
+      const unregistered = await request(t.app.http).get('/apps/api/grantees').query({ name: 'Unregistered' }).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+      expect(unregistered.body.grantees).toEqual([]);
+      expect((await request(t.app.http).get('/apps/api/grantees').query({ name: 'x'.repeat(101) }).set('Authorization', `Bearer ${patientToken(t.app, ana)}`)).status).toBe(400);
+    } finally {
+      Object.assign(GRANTEE_LIMITS, limits);
+    }
+  }, 60_000);
+
+  test('signing out (RFC 7009 revocation of the access token) locks the key the sign-in unlocked', async () => {
+    const cruz = await person(t.app, 'Patient', 'Cruz');
+    const password = 'a long enough password';
+    const gid = randomUUID();
+    // What the portal's sign-in does (src/web/index.ts onPatientLogin), then a key made inside that session.
+    await t.app.consent.keys.onLogin(cruz, password, gid, 3_600_000);
+    const session = { kind: 'token' as const, grantId: gid };
+    await t.app.consent.keys.ensure(cruz, session);
+    await expect(t.app.consent.keys.signer(cruz, session)).resolves.toBeDefined();
+    const portal = t.app.web.clients.portal;
+    const token = t.app.smart.tokens.signAccessToken({
+      gid, clientId: portal, sub: 'cruz', fhirUser: `Patient/${cruz}`, patient: cruz, scopes: ['openid', 'fhirUser', 'launch/patient', 'patient/*.cruds'],
+    }).token;
+    expect((await request(t.app.http).get('/apps/api/key-safety').set('Authorization', `Bearer ${token}`)).body.protection).toBe('login');
+    const revoked = await request(t.app.http).post('/oauth/revoke').type('form').send({ token, token_type_hint: 'access_token', client_id: portal });
+    expect(revoked.status).toBe(200);
+    expect((await request(t.app.http).get('/apps/api/key-safety').set('Authorization', `Bearer ${token}`)).status).toBe(401);
+    // The unlock is gone server-side: nothing can sign for that session any more.
+    await expect(t.app.consent.keys.signer(cruz, session)).rejects.toMatchObject({ code: 'ERR_FORBIDDEN' });
+  }, 60_000);
+
   test('key-safety: the custodial key made at the first grant, how it is protected and whether it is backed up', async () => {
     const res = await request(t.app.http).get('/apps/api/key-safety').set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
     expect(res.status).toBe(200);
@@ -151,6 +205,18 @@ describe('grant states in words (grantView)', () => {
     ['not started', { status: 'active', provision: { ...base.provision, period: { start: new Date(now + DAY).toISOString(), end: new Date(now + 3 * DAY).toISOString() } } }, 'not-started'],
   ] as const)('%s', (_name, patch, state) => {
     expect(grantView({ ...base, ...patch } as typeof base, now)?.state).toBe(state);
+  });
+
+  test('ends given as dates (the whole day counts) are passed on as the dates they are; instants are not', () => {
+    const dated = { ...base, status: 'active' as const, provision: { ...base.provision,
+      period: { start: '2026-11-20', end: '2027-01-01' }, dataPeriod: { start: '2026-11-20', end: '2026-11-30' } } };
+    expect(grantView(dated, now)).toMatchObject({
+      state: 'active', accessTo: '2027-01-01T23:59:59.999Z', accessToDate: '2027-01-01',
+      dataFrom: '2026-11-20T00:00:00.000Z', dataFromDate: '2026-11-20', dataTo: '2026-11-30T23:59:59.999Z', dataToDate: '2026-11-30',
+    });
+    const view = grantView({ ...base, status: 'active' }, now)!;
+    expect(view).not.toHaveProperty('accessToDate');
+    expect(view).not.toHaveProperty('dataToDate');
   });
 
   test('a Consent the engine cannot read is left out, not shown half-understood', () => {
