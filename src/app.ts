@@ -93,7 +93,10 @@ export interface App {
 /** Builds the repository adapter the configuration asks for (CLI tools use this too). */
 export async function createRepository(config: Config, logger: Logger, keys: ServerKeys = loadServerKeys(config)): Promise<Repository> {
   if (config.upstream) {
-    return new UpstreamRepository({ config: config.upstream, proxyFhirBase: fhirBase(config), logger });
+    const upstream = new UpstreamRepository({ config: config.upstream, proxyFhirBase: fhirBase(config), logger });
+    // a client the upstream's token endpoint refuses stops the start here (ConfigError), not at first use
+    await upstream.checkAtStartup();
+    return upstream;
   }
   mkdirSync(config.dataDir, { recursive: true });
   return EmbeddedRepository.open({ dataDir: config.dataDir, keys, readCacheBytes: config.readCacheMb * 1024 * 1024, mmapBytes: config.storeMmapMb * 1024 * 1024, logger });
@@ -285,7 +288,12 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   http.use(finalErrorHandler(logger));
 
   const adapters = [
-    { port: 'repository', adapter: repository.description.adapter, location: repository.description.location },
+    {
+      port: 'repository',
+      adapter: repository.description.adapter,
+      // how it is reached, and whether versions without a commitment are served: both decide what clients see
+      location: [repository.description.location, repository.description.access, `integrity ${config.integrity}`].filter(Boolean).join('; '),
+    },
     { port: 'kv', adapter: kv.description.adapter, location: kv.description.location },
     {
       port: 'chain',

@@ -268,6 +268,11 @@ function fileError(e: { code?: string; path?: unknown }): string | undefined {
 }
 
 program.parseAsync(process.argv).catch((err: unknown) => {
+  // found while starting (the upstream's token endpoint refused the client): a configuration error like any other
+  if (err instanceof ConfigError) {
+    console.error(`glucoguard: ${err.message}`);
+    process.exit(2);
+  }
   const e = err as { code?: string; path?: unknown; issues?: { diagnostics?: string }[]; message?: string };
   console.error(`glucoguard: ${e.issues?.map((i) => i.diagnostics).join('; ') ?? fileError(e) ?? e.message ?? String(err)}`);
   process.exit(1);

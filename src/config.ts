@@ -95,6 +95,11 @@ export interface UpstreamConfig {
    * client gets 503 with the upstream's Retry-After. Default 2.
    */
   retryAfterMaxSeconds?: number;
+  /**
+   * Largest upstream response body read, in bytes (UPSTREAM_MAX_BODY_BYTES; default 64 MiB). A
+   * larger one is aborted as it arrives and answered 502, so no upstream can fill the proxy's memory.
+   */
+  maxBodyBytes?: number;
 }
 
 export interface ChainConfig {
@@ -169,6 +174,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
       scope: env.UPSTREAM_SCOPE ?? 'system/*.rs',
       timeoutMs: int(env.UPSTREAM_TIMEOUT_MS ?? '10000', 'UPSTREAM_TIMEOUT_MS', 1, 600_000, problems),
       retryAfterMaxSeconds: int(env.UPSTREAM_RETRY_AFTER_MAX ?? '2', 'UPSTREAM_RETRY_AFTER_MAX', 0, 60, problems),
+      // at most 512 MiB: about the longest string V8 can hold
+      maxBodyBytes: int(env.UPSTREAM_MAX_BODY_BYTES ?? String(64 * 1024 * 1024), 'UPSTREAM_MAX_BODY_BYTES', 1024, 512 * 1024 * 1024, problems),
     };
     if (upstreamAuth === 'bearer' && !upstream.bearerToken) {
       problems.push('UPSTREAM_AUTH=bearer needs UPSTREAM_BEARER_TOKEN or UPSTREAM_BEARER_TOKEN_FILE');

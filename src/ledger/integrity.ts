@@ -8,6 +8,9 @@
  * - match, not anchored yet: served with meta.tag urn:glucoguard:integrity#pending;
  * - no commitment (data that predates the ledger, e.g. on an upstream server): served with
  *   #unverified, or withheld when the mode is `strict` (GLUCOGUARD_INTEGRITY=strict);
+ * - no commitment for this version, but for earlier ones (written through GlucoGuard, then changed
+ *   directly on the upstream — an EHR's own write, or not): served with #changed-outside and a
+ *   logged warning, or withheld in `strict` mode, never labelled like legacy data;
  * - mismatch (content, proof or root): withheld, an OperationOutcome issue says the integrity
  *   check failed, and an AuditEvent is written.
  *
@@ -35,13 +38,16 @@ export type IntegrityMode = 'lenient' | 'strict';
 export type CheckResult =
   | { status: 'verified' }
   | { status: 'pending' }
-  | { status: 'unverified'; reason: 'no-commitment' | 'root-unavailable' }
+  | { status: 'unverified'; reason: 'no-commitment' | 'changed-outside' | 'root-unavailable' }
   | { status: 'failed'; reason: 'content' | 'proof' | 'root' };
 
 const VERIFIED_CACHE_MAX = 200_000;
 /** Verified canonical texts kept for the equality fast path, in UTF-16 code units (~64 MB at most). */
 const VERIFIED_TEXT_BUDGET = 32 * 1024 * 1024;
 const VERIFIED: CheckResult = Object.freeze({ status: 'verified' });
+const CHANGED_OUTSIDE: CheckResult = Object.freeze({ status: 'unverified', reason: 'changed-outside' });
+/** Versions changed outside GlucoGuard already warned about (each is logged once, not on every read). */
+const WARNED_MAX = 10_000;
 /** Most blocks one eth_getLogs spans when roots are read from events (see rootsFromEvents). */
 const LOG_WINDOW = 5_000;
 
@@ -115,6 +121,18 @@ export class IntegrityChecker {
    * of readings from one batch costs about twice as many hashes as it has entries.
    */
   async checkMany(resources: readonly Resource[], options: { remember?: boolean } = {}): Promise<CheckResult[]> {
+    const results = await this.checkManyCommitted(resources, options);
+    // a version without a commitment of a resource that has committed versions was made outside GlucoGuard
+    results.forEach((r, at) => {
+      const resource = resources[at]!;
+      if (r.status === 'unverified' && r.reason === 'no-commitment' && resource.id && this.store.hasAnyVersion(resource.resourceType, resource.id)) {
+        results[at] = CHANGED_OUTSIDE;
+      }
+    });
+    return results;
+  }
+
+  private async checkManyCommitted(resources: readonly Resource[], options: { remember?: boolean }): Promise<CheckResult[]> {
     const keep = options.remember !== false;
     const results: CheckResult[] = new Array(resources.length);
     /** Versions not proven yet (verified versions are keyed by id). */
@@ -441,7 +459,14 @@ export class IntegrityGuard implements OutboundGuard {
           allowed.push(withTag(resource, { system: INTEGRITY_TAG_SYSTEM, code: 'pending', display: 'not yet anchored on the ledger' }));
           break;
         case 'unverified':
-          if (this.mode === 'strict') {
+          if (result.reason === 'changed-outside') {
+            this.warnChangedOutside(resource);
+            if (this.mode === 'strict') {
+              issues.push(issue('warning', resource, 'was changed outside GlucoGuard (no commitment for this version, earlier versions have one); withheld in strict mode', 'changed-outside'));
+            } else {
+              allowed.push(withTag(resource, { system: INTEGRITY_TAG_SYSTEM, code: 'changed-outside', display: 'changed outside GlucoGuard (earlier versions are committed, this one is not)' }));
+            }
+          } else if (this.mode === 'strict') {
             issues.push(issue('warning', resource, 'could not be verified (no anchored commitment); withheld in strict mode'));
           } else {
             allowed.push(withTag(resource, { system: INTEGRITY_TAG_SYSTEM, code: 'unverified', display: 'no anchored commitment to check against' }));
@@ -454,6 +479,17 @@ export class IntegrityGuard implements OutboundGuard {
       }
     }
     return { allowed, issues };
+  }
+
+  private readonly warned = new Set<string>();
+
+  /** One warning per version changed outside GlucoGuard (ids only, no content). */
+  private warnChangedOutside(resource: Resource): void {
+    const ref = `${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`;
+    if (this.warned.has(ref)) return;
+    if (this.warned.size >= WARNED_MAX) this.warned.clear();
+    this.warned.add(ref);
+    this.options.logger?.warn({ resource: ref }, 'a version without a commitment of a resource whose earlier versions GlucoGuard committed: changed outside GlucoGuard (on an upstream: its own write, or not; on the embedded store: put there)');
   }
 
   private async recordFailure(access: AccessContext, resource: Resource, reason: string): Promise<void> {
@@ -471,11 +507,11 @@ function withTag<T extends Resource>(resource: T, tag: Coding): T {
   return { ...resource, meta: { ...resource.meta, tag: [...(resource.meta?.tag ?? []), tag] } };
 }
 
-function issue(severity: 'error' | 'warning', resource: Resource, text: string): OperationOutcomeIssue {
+function issue(severity: 'error' | 'warning', resource: Resource, text: string, code?: string): OperationOutcomeIssue {
   return {
     severity,
     code: severity === 'error' ? 'processing' : 'security',
-    details: { coding: [{ system: INTEGRITY_TAG_SYSTEM, code: severity === 'error' ? 'integrity-failed' : 'unverified' }] },
+    details: { coding: [{ system: INTEGRITY_TAG_SYSTEM, code: code ?? (severity === 'error' ? 'integrity-failed' : 'unverified') }] },
     diagnostics: `Integrity check: ${resource.resourceType}/${resource.id} version ${resource.meta?.versionId ?? '?'} ${text}`,
   };
 }

@@ -108,6 +108,7 @@ export class CommitmentStore {
   private readonly byKey: Statement<[string, string, string], Row>;
   private readonly hasKey: Statement<[string, string, string], number>;
   private readonly newerKey: Statement<[string, string, number], number>;
+  private readonly anyVersion: Statement<[string, string], number>;
   private readonly batchById: Statement<[number], BatchRow>;
   private readonly proofByKey: Statement<[string, string, string], [Buffer, Buffer, number | null, Buffer | null]>;
   private readonly proofRange: Statement<[string, string, string, number], [string, string, Buffer, Buffer, number | null, Buffer | null]>;
@@ -161,6 +162,7 @@ export class CommitmentStore {
     this.insert = this.db.prepare('INSERT OR IGNORE INTO commitments (type, id, version, patient, salt, leaf, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)');
     this.byKey = this.db.prepare('SELECT * FROM commitments WHERE type = ? AND id = ? AND version = ?');
     this.hasKey = this.db.prepare<[string, string, string], number>('SELECT 1 FROM commitments WHERE type = ? AND id = ? AND version = ?').pluck();
+    this.anyVersion = this.db.prepare<[string, string], number>('SELECT 1 FROM commitments WHERE type = ? AND id = ? LIMIT 1').pluck();
     this.newerKey = this.db.prepare<[string, string, number], number>(
       'SELECT 1 FROM commitments INDEXED BY commitments_by_key WHERE type = ? AND id = ? AND CAST(version AS INTEGER) > ? LIMIT 1').pluck();
     this.batchById = this.db.prepare('SELECT * FROM batches WHERE id = ?');
@@ -203,6 +205,12 @@ export class CommitmentStore {
   hasNewer(type: string, id: string, version: number): boolean {
     this.checkOpen();
     return this.newerKey.get(type, id, version) !== undefined;
+  }
+
+  /** True when any version of type/id has a commitment (a prefix of the key index). */
+  hasAnyVersion(type: string, id: string): boolean {
+    this.checkOpen();
+    return this.anyVersion.get(type, id) !== undefined;
   }
 
   has(type: string, id: string, version: string): boolean {

@@ -54,6 +54,11 @@ export interface RepositoryDescription {
   adapter: 'embedded' | 'upstream';
   /** Where the data lives: a directory or an upstream base URL (never credentials). */
   location: string;
+  /**
+   * How the adapter reaches it, for the start-up log (upstream: the auth mode, and for Backend
+   * Services the client id, token URL, algorithm and kid; never a secret).
+   */
+  access?: string;
 }
 
 /** Result of a write. `outcome` tells the facade which status to answer (201, 200, or 200 for an existing match). */

@@ -80,4 +80,28 @@ describe('upstream server', () => {
       t.app.ledger.guard.mode = 'lenient';
     }
   });
+
+  it('a new version made directly on the upstream of a resource GlucoGuard committed is tagged "changed-outside", not like legacy data; withheld in strict mode', async () => {
+    const p = await createPatient('Committed');
+    await t.app.ledger.anchorer.flush();
+    expect(tags((await request(t.app.http).get(`/fhir/Patient/${p.id}`)).body)).toEqual([]);
+    // an EHR's own write (or anyone's with access to the upstream): a new version, no commitment
+    await upstream.repo.updateResource({ ...(await upstream.repo.readResource<Patient>('Patient', p.id!)), gender: 'male' });
+
+    const lenient = await request(t.app.http).get(`/fhir/Patient/${p.id}`);
+    expect(lenient.status).toBe(200);
+    expect((lenient.body as Patient).gender).toBe('male');
+    expect(tags(lenient.body)).toEqual(['changed-outside']);
+    expect(lenient.body.meta.tag.find((c: { code?: string }) => c.code === 'changed-outside').display).toBe('changed outside GlucoGuard (earlier versions are committed, this one is not)');
+
+    t.app.ledger.guard.mode = 'strict';
+    try {
+      const strict = await request(t.app.http).get(`/fhir/Patient/${p.id}`);
+      expect(strict.status).toBe(404);
+      const issue = (strict.body as OperationOutcome).issue!.find((i) => i.details?.coding?.[0]?.code === 'changed-outside');
+      expect(issue?.diagnostics).toMatch(/changed outside GlucoGuard.*withheld in strict mode/);
+    } finally {
+      t.app.ledger.guard.mode = 'lenient';
+    }
+  });
 });

@@ -63,7 +63,7 @@ describe('upstream repository: REST interactions against a real FHIR server', ()
   });
 
   it('describes itself as the upstream adapter at the upstream base', () => {
-    expect(repo.description).toEqual({ adapter: 'upstream', location: upstream.url });
+    expect(repo.description).toEqual({ adapter: 'upstream', location: upstream.url, access: 'auth none' });
     expect(repo.supportedSearchParams()).toBeUndefined();
   });
 
@@ -262,15 +262,26 @@ describe('upstream repository: REST interactions against a real FHIR server', ()
     expect(upstream.requests.length).toBe(before);
   });
 
-  it('rewrites absolute upstream references in returned resources to the proxy base', async () => {
+  it('makes references to the upstream\'s own base relative (the same resource, references.html#literal)', async () => {
     const stored = await upstream.repo.createResource<Observation>({
       ...observation('abs', '2024-06-01T00:00:00Z', 90), subject: { reference: `${upstream.url}/Patient/abs` },
+      derivedFrom: [{ reference: `${upstream.url}/Observation/o1/_history/2` }, { reference: 'http://other.example/fhir/Patient/x' }],
     });
     const read = await repo.read<Observation>('Observation', stored.id);
-    expect(read.subject?.reference).toBe(`${PROXY}/Patient/abs`);
+    expect(read.subject?.reference).toBe('Patient/abs');
+    expect(read.derivedFrom?.map((r) => r.reference)).toEqual(['Observation/o1/_history/2', 'http://other.example/fhir/Patient/x']);
     const found = await repo.search(parseSearchRequest(`Observation?_id=${stored.id}`));
     expect(JSON.stringify(found)).not.toContain(upstream.origin);
-    expect((found.resources[0] as Observation).subject?.reference).toBe(`${PROXY}/Patient/abs`);
+    expect((found.resources[0] as Observation).subject?.reference).toBe('Patient/abs');
+  });
+
+  it('rewrites the upstream base wherever it occurs in text (narrative, notes), never showing the upstream address', async () => {
+    const stored = await upstream.repo.createResource<Patient>({
+      resourceType: 'Patient',
+      text: { status: 'generated', div: `<div xmlns="http://www.w3.org/1999/xhtml">See ${upstream.url}/Patient for more, or ${upstream.url}?x=1</div>` },
+    });
+    const read = await repo.read<Patient>('Patient', stored.id);
+    expect(read.text?.div).toBe(`<div xmlns="http://www.w3.org/1999/xhtml">See ${PROXY}/Patient for more, or ${PROXY}?x=1</div>`);
   });
 
   it('sends only what upstream needs: never the caller\'s authorization, host, cookie or hop-by-hop headers', async () => {
@@ -410,13 +421,72 @@ describe('upstream repository: failures reach the client without upstream intern
         const err = await failure(repo.create(observation('1', '2024-01-01T00:00:00Z', 1)));
         expect([err.code, err.status]).toEqual([code, clientStatus]);
         expect(err.issues).toEqual([
-          { severity: 'error', code: 'required', diagnostics: `Observation.status: minimum required = 1 (see ${PROXY}/StructureDefinition/x)`, expression: ['Observation.status'] },
+          {
+            severity: 'error', code: 'required', diagnostics: `Observation.status: minimum required = 1 (see ${PROXY}/StructureDefinition/x)`,
+            expression: ['Observation.status'], location: ['/f:Observation'], details: { coding: [{ system: 'http://internal', code: 'HAPI-1' }] },
+          },
           { severity: 'warning', code: 'informational', diagnostics: 'profile not checked' },
         ]);
       } finally {
         upstream.intercept(undefined);
       }
     });
+
+  it.each([
+    [400, 'SQL error in db-internal-7.hospital.local:5432 table hfj_resource: java.sql.SQLException at org.hibernate.Foo(Foo.java:12)'],
+    [422, 'Could not store the resource on server epic-prod-3'],
+    [422, 'Timeout talking to 10.20.30.40'],
+    [400, 'NullPointerException in /opt/hapi/lib/validator'],
+    [400, 'See http://hapi.internal:8080/admin'],
+  ] as const)('upstream %i whose text shows its insides: the client gets the issue code and expression, and a generic text (%s)', async (status, diagnostics) => {
+    upstream.intercept(() => ({
+      status,
+      body: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'invalid', diagnostics, expression: ['Patient.name'] }] },
+    }));
+    try {
+      const repo = new UpstreamRepository({ config: upstreamConfig(upstream), proxyFhirBase: PROXY });
+      const err = await failure(repo.create({ resourceType: 'Patient' } as Patient));
+      expect(err.status).toBe(status);
+      expect(err.issues).toEqual([{
+        severity: 'error', code: 'invalid', expression: ['Patient.name'],
+        diagnostics: status === 400 ? 'Upstream FHIR server rejected the request (HTTP 400)' : 'Upstream FHIR server could not process the resource (HTTP 422)',
+      }]);
+      expect(err.message).not.toContain(diagnostics);
+    } finally {
+      upstream.intercept(undefined);
+    }
+  });
+
+  it('keeps plain validation text, FHIRPath and the canonical URLs of FHIR profiles', async () => {
+    const plain = [
+      'Observation.value[x]: minimum required = 1, but only found 0 (from http://hl7.org/fhir/StructureDefinition/vitalsigns|4.0.1)',
+      'Patient.id must match [A-Za-z0-9-.]{1,64}',
+      'Unknown code \'12345-6\' in system http://loinc.org',
+      'Value 2024-13-01T10:01:30Z is not a valid dateTime',
+    ];
+    upstream.intercept(() => ({
+      status: 422,
+      body: { resourceType: 'OperationOutcome', issue: plain.map((diagnostics) => ({ severity: 'error', code: 'invariant', diagnostics })) },
+    }));
+    try {
+      const repo = new UpstreamRepository({ config: upstreamConfig(upstream), proxyFhirBase: PROXY });
+      const err = await failure(repo.create({ resourceType: 'Patient' } as Patient));
+      expect(err.issues?.map((i) => i.diagnostics)).toEqual(plain);
+    } finally {
+      upstream.intercept(undefined);
+    }
+  });
+
+  it('a 400 to a read, whose URL the adapter built itself, is the upstream\'s failure: 502 without its text', async () => {
+    upstream.intercept(() => ({ status: 400, body: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'invalid', diagnostics: 'bad' }] } }));
+    try {
+      const repo = new UpstreamRepository({ config: upstreamConfig(upstream), proxyFhirBase: PROXY });
+      const err = await failure(repo.read('Patient', '1'));
+      expect([err.code, err.status]).toEqual(['ERR_UPSTREAM', 502]);
+    } finally {
+      upstream.intercept(undefined);
+    }
+  });
 
   it('an upstream answer that is not FHIR JSON → 502', async () => {
     upstream.intercept(() => ({ status: 200, headers: { 'content-type': 'text/html' }, body: '<html>login page</html>' }));

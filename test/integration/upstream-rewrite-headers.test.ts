@@ -41,7 +41,7 @@ describe('rewriteBaseUrls', () => {
   const up = 'http://hapi.internal:8080/fhir';
   const proxy = 'https://glucoguard.example/fhir';
 
-  it('rewrites fullUrl, Bundle.link and absolute references to the upstream base', () => {
+  it('rewrites fullUrl and Bundle.link to the proxy base, and makes references to the upstream base relative', () => {
     const bundle: Bundle = {
       resourceType: 'Bundle', type: 'searchset',
       link: [{ relation: 'next', url: `${up}/Observation?patient=Patient/1&_offset=2` }, { relation: 'self', url: `${up}?_getpages=x` }],
@@ -55,7 +55,20 @@ describe('rewriteBaseUrls', () => {
       { relation: 'next', url: `${proxy}/Observation?patient=Patient/1&_offset=2` }, { relation: 'self', url: `${proxy}?_getpages=x` },
     ]);
     expect(out.entry?.[0]?.fullUrl).toBe(`${proxy}/Observation/o1`);
-    expect((out.entry?.[0]?.resource as { subject: { reference: string } }).subject.reference).toBe(`${proxy}/Patient/1`);
+    expect((out.entry?.[0]?.resource as { subject: { reference: string } }).subject.reference).toBe('Patient/1');
+  });
+
+  it('rewrites every occurrence of the upstream base inside a string, not only at its start', () => {
+    const input = { div: `<div>See ${up}/Patient/1 and ${up}?q=1, not ${up}2/x</div>`, note: `${up}`, reference: `see ${up}/Patient/1` };
+    expect(rewriteBaseUrls(input, up, proxy)).toEqual({
+      div: `<div>See ${proxy}/Patient/1 and ${proxy}?q=1, not ${up}2/x</div>`, note: proxy, reference: `see ${proxy}/Patient/1`,
+    });
+  });
+
+  it('makes only literal references relative (Type/id, optionally with _history); other reference strings get the proxy base', () => {
+    const refs = [`${up}/Patient/1`, `${up}/Observation/o-1/_history/3`, `${up}/Patient?identifier=x`, `${up}/metadata`];
+    expect(refs.map((reference) => rewriteBaseUrls({ reference }, up, proxy).reference))
+      .toEqual(['Patient/1', 'Observation/o-1/_history/3', `${proxy}/Patient?identifier=x`, `${proxy}/metadata`]);
   });
 
   it('rewrites a bare string (a Location header) and the base itself', () => {

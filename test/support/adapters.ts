@@ -1,8 +1,12 @@
 /**
  * The repositories the facade tests run against, for `describe.each`: the embedded one, and the
  * upstream adapter in front of a real FHIR server (@medplum/fhir-router on port 0).
+ *
+ * `GG_TEST_UPSTREAM_PAGING=opaque` runs the upstream adapter against a server that pages only by its
+ * own opaque `next` links and ignores `_offset` (as Epic and Oracle Health do); by default the
+ * server honours `_offset` as well.
  */
-import { startUpstreamFhirServer } from './upstream-server.js';
+import { startUpstreamFhirServer, type UpstreamServerOptions } from './upstream-server.js';
 
 /** What a test app needs of a backend: env for startTestApp, and how to stop it. */
 export interface Backend {
@@ -10,10 +14,13 @@ export interface Backend {
   close(): Promise<void>;
 }
 
+/** An upstream FHIR server as a backend (UPSTREAM_FHIR_URL), with the given server options. */
+export async function upstreamBackend(options: UpstreamServerOptions = {}): Promise<Backend> {
+  const upstream = await startUpstreamFhirServer(options);
+  return { env: { UPSTREAM_FHIR_URL: upstream.url }, close: () => upstream.close() };
+}
+
 export const REPOSITORY_ADAPTERS: [string, () => Promise<Backend>][] = [
   ['embedded', async () => ({ env: {}, close: async () => undefined })],
-  ['upstream', async () => {
-    const upstream = await startUpstreamFhirServer();
-    return { env: { UPSTREAM_FHIR_URL: upstream.url }, close: () => upstream.close() };
-  }],
+  ['upstream', () => upstreamBackend({ opaquePaging: process.env.GG_TEST_UPSTREAM_PAGING === 'opaque' })],
 ];

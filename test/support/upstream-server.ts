@@ -10,6 +10,8 @@
  *   (search mode `include`), `_sort`, instance/type/system `_history` (`_count`, `_offset`, `_since`,
  *   entries with `request` and `response`), transaction/batch Bundles, `GET metadata`;
  * - absolute URLs of its own base in `fullUrl`, `link`, `Location`; `ETag` and `Last-Modified`;
+ * - with `opaquePaging`, paging as Epic and Oracle Health do: `_offset` is ignored, and `next` /
+ *   `previous` links carry an opaque `_page` token instead;
  * - optional bearer-token enforcement, and a SMART Backend Services token endpoint (`tokenUrl`) that
  *   verifies `private_key_jwt` client assertions (RS384/ES384) against given public JWKs.
  *
@@ -57,6 +59,11 @@ export interface UpstreamServerOptions {
   };
   /** Delay before answering any request, in ms (see also setDelay). */
   delayMs?: number;
+  /**
+   * Page only by the server's own links, as Epic and Oracle Health do: a request's `_offset` is
+   * ignored (the first page again), and `next`/`previous` links carry an opaque `_page` token.
+   */
+  opaquePaging?: boolean;
 }
 
 export interface RecordedRequest {
@@ -288,6 +295,8 @@ export async function startUpstreamFhirServer(options: UpstreamServerOptions = {
   let origin = '';
   let fhirBase = '';
   let tokenUrl = '';
+  /** opaquePaging: the offset each `_page` token issued stands for. */
+  const pageTokens = new Map<string, number>();
 
   const sleep = (ms: number): Promise<void> => new Promise((resolve) => {
     const pending = { timer: setTimeout(() => { pendingDelays.delete(pending); resolve(); }, ms), resolve };
@@ -353,9 +362,21 @@ export async function startUpstreamFhirServer(options: UpstreamServerOptions = {
     const intercepted = interceptor ? await interceptor(recorded) : undefined;
     if (intercepted) return send(res, intercepted.status, intercepted.body, intercepted.headers);
 
-    const relative = recorded.url.slice(basePath.length).replace(/^\/+/, '');
+    let relative = recorded.url.slice(basePath.length).replace(/^\/+/, '');
     const [path = '', query = ''] = relative.split(/\?(.*)/s);
     const params = new URLSearchParams(query);
+    if (options.opaquePaging && recorded.method === 'GET') {
+      // `_offset` means nothing here; only the server's own `_page` tokens move on
+      params.delete('_offset');
+      const page = params.get('_page');
+      params.delete('_page');
+      if (page !== null) {
+        const at = pageTokens.get(page);
+        if (at === undefined) return send(res, 410, outcome('not-found', 'Search page expired'));
+        params.set('_offset', String(at));
+      }
+      relative = `${path}${params.size ? `?${params}` : ''}`;
+    }
     const int = (name: string): number | undefined => (params.has(name) ? Number.parseInt(params.get(name)!, 10) : undefined);
 
     let status: number;
@@ -422,7 +443,14 @@ export async function startUpstreamFhirServer(options: UpstreamServerOptions = {
     const offset = params.has('_offset') ? Number.parseInt(params.get('_offset')!, 10) : 0;
     const pageAt = (at: number): string => {
       const p = new URLSearchParams(params);
-      p.set('_offset', String(at));
+      if (options.opaquePaging) {
+        p.delete('_offset');
+        const token = randomBytes(9).toString('base64url');
+        pageTokens.set(token, at);
+        p.set('_page', token);
+      } else {
+        p.set('_offset', String(at));
+      }
       return `${fhirBase}/${path}?${p}`;
     };
     if (total !== undefined && count !== undefined && offset + count < total) link.push({ relation: 'next', url: pageAt(offset + count) });

@@ -24,16 +24,39 @@ export interface UpstreamCredentials {
    * fresh credentials may help (a cached Backend Services token), after forgetting the rejected one.
    */
   rejected(authorization: string | undefined): boolean;
+  /**
+   * Called once at start-up: obtains credentials now, so that a client the token endpoint refuses
+   * (wrong key, client id or scope) stops the start with ConfigError rather than failing at first
+   * use. A token endpoint that cannot be reached is only logged: the upstream may come up later
+   * (the repository readiness check, /readyz, stays 503 until it does).
+   */
+  checkAtStartup(): Promise<void>;
+}
+
+/** The token endpoint refused the client: `status` and the RFC 6749 §5.2 error code, if it sent one. */
+export class TokenRefused extends Error {
+  constructor(readonly status: number, readonly oauthError: string | undefined) {
+    super(`upstream token request refused (${status}${oauthError ? ` ${oauthError}` : ''})`);
+    this.name = 'TokenRefused';
+  }
+
+  /**
+   * A refusal that asking again will not change: 400/401/403 (RFC 6749 §5.2: `invalid_client`,
+   * `invalid_grant`, `unauthorized_client`, `invalid_scope`, …). A 5xx or 429 is passing trouble.
+   */
+  get definitive(): boolean {
+    return this.status === 400 || this.status === 401 || this.status === 403;
+  }
 }
 
 export function credentialsFor(config: UpstreamConfig, transport: UpstreamTransport, now: () => number): UpstreamCredentials {
   switch (config.auth) {
     case 'none':
-      return { authorization: async () => undefined, rejected: () => false };
+      return { authorization: async () => undefined, rejected: () => false, checkAtStartup: async () => undefined };
     case 'bearer': {
       if (!config.bearerToken) throw new ConfigError(['UPSTREAM_AUTH=bearer needs UPSTREAM_BEARER_TOKEN']);
       const header = `Bearer ${config.bearerToken}`;
-      return { authorization: async () => header, rejected: () => false };
+      return { authorization: async () => header, rejected: () => false, checkAtStartup: async () => undefined };
     }
     case 'backend-services':
       return new BackendServicesCredentials(config, transport, now);
@@ -76,6 +99,22 @@ export class BackendServicesCredentials implements UpstreamCredentials {
     return true;
   }
 
+  async checkAtStartup(): Promise<void> {
+    try {
+      await this.authorization();
+      this.transport.logger?.info({ clientId: this.clientId }, 'upstream token endpoint issued a token to the configured client');
+    } catch (err) {
+      const refused = (err as { cause?: unknown }).cause;
+      if (refused instanceof TokenRefused && refused.definitive) {
+        throw new ConfigError([`the upstream token endpoint refused client "${this.clientId}" (HTTP ${refused.status}${refused.oauthError ? ` ${refused.oauthError}` : ''}): `
+          + 'check UPSTREAM_CLIENT_ID, UPSTREAM_PRIVATE_KEY_FILE and UPSTREAM_KID against the key registered with the EHR, and UPSTREAM_SCOPE']);
+      }
+      const code = (err as { code?: unknown }).code;
+      this.transport.logger?.warn({ code, status: refused instanceof TokenRefused ? refused.status : undefined },
+        'upstream token endpoint did not issue a token at start-up; starting anyway, /readyz answers 503 until it does');
+    }
+  }
+
   private async requestToken(): Promise<string> {
     const form = new URLSearchParams({
       grant_type: 'client_credentials',
@@ -96,7 +135,7 @@ export class BackendServicesCredentials implements UpstreamCredentials {
       // The OAuth error code (RFC 6749 §5.2) is safe to log; descriptions and bodies are not logged.
       const oauthError = typeof body?.error === 'string' ? body.error.slice(0, 64) : undefined;
       this.transport.logger?.warn({ status: response.status, oauthError }, 'upstream token request refused');
-      throw upstreamError('Upstream FHIR server authorization failed');
+      throw upstreamError('Upstream FHIR server authorization failed', new TokenRefused(response.status, oauthError));
     }
     if (typeof body.token_type === 'string' && body.token_type.toLowerCase() !== 'bearer') {
       this.transport.logger?.warn({ tokenType: body.token_type.slice(0, 32) }, 'upstream token is not a bearer token');

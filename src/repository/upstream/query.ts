@@ -16,11 +16,10 @@ export function searchQuery(request: SearchRequest): string {
   return (standard ? `${standard}&` : '?') + extra.join('&');
 }
 
-/** Query string of a history request (http.html#history): `_count`, `_offset` and `_since`. */
-export function historyQuery(params: { count?: number; offset?: number; since?: string }): string {
+/** Query string of a history request (http.html#history): `_count` and `_since` (later pages follow the upstream's links). */
+export function historyQuery(params: { count?: number; since?: string }): string {
   const q = new URLSearchParams();
   if (params.count !== undefined) q.set('_count', String(params.count));
-  if (params.offset) q.set('_offset', String(params.offset));
   if (params.since) q.set('_since', params.since);
   const text = q.toString();
   return text ? `?${text}` : '';

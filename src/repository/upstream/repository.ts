@@ -2,7 +2,8 @@
  * The upstream adapter of the Repository port (src/repository/port.ts): any FHIR R4 server at
  * UPSTREAM_FHIR_URL holds GlucoGuard's patient data. Each port method is one upstream interaction
  * (https://hl7.org/fhir/R4/http.html); responses come back with the proxy's FHIR base in place of the
- * upstream's. Paging uses `_count`/`_offset`, so the upstream must support `_offset` (HAPI, Medplum do).
+ * upstream's. Searches and histories are paged by the upstream's own `next` links (paging.ts), never
+ * by the non-standard `_offset`, so the upstream needs nothing beyond R4 paging (Epic, Oracle Health).
  */
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, BundleEntry, Resource } from '@medplum/fhirtypes';
@@ -11,11 +12,12 @@ import { badRequest, preconditionFailed, upstreamError } from '../../errors.js';
 import type {
   HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchResult, WriteResult,
 } from '../port.js';
-import { credentialsFor } from './auth.js';
+import { credentialsFor, type UpstreamCredentials } from './auth.js';
 import { FhirUpstreamClient, type FhirExchange, type FhirReply } from './client.js';
 import { forwardableHeaders, type HeaderInput } from './headers.js';
+import { UpstreamPaging, type FetchedPage, type PagingLimits } from './paging.js';
 import { historyQuery, searchQuery } from './query.js';
-import { UpstreamTransport, type UpstreamLogger } from './transport.js';
+import { DEFAULT_MAX_BODY_BYTES, UpstreamTransport, type UpstreamLogger } from './transport.js';
 
 export interface UpstreamRepositoryOptions {
   config: UpstreamConfig;
@@ -26,6 +28,8 @@ export interface UpstreamRepositoryOptions {
   fetchImpl?: typeof fetch;
   /** Clock for the access-token cache only (tests freeze it); defaults to Date.now. */
   now?: () => number;
+  /** Bounds of the paging state (learned upstream links, the page fetched last); tests shorten them. */
+  paging?: PagingLimits;
 }
 
 const RESOURCE_TYPE = /^[A-Z][A-Za-z]{1,63}$/;
@@ -35,17 +39,21 @@ export class UpstreamRepository implements Repository {
   readonly description: RepositoryDescription;
   private readonly client: FhirUpstreamClient;
   private readonly logger?: UpstreamLogger;
+  private readonly paging: UpstreamPaging;
+  private readonly credentials: UpstreamCredentials;
   /** Caller headers forwarded upstream; empty unless this is a view made by forCaller(). */
   private caller: Record<string, string> = {};
 
   constructor(options: UpstreamRepositoryOptions) {
     const { config } = options;
     const base = config.url.replace(/\/+$/, '');
-    const transport = new UpstreamTransport(options.fetchImpl ?? globalThis.fetch, config.timeoutMs, options.logger);
+    const transport = new UpstreamTransport(options.fetchImpl ?? globalThis.fetch, config.timeoutMs, options.logger, config.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
     const credentials = credentialsFor(config, transport, options.now ?? Date.now);
+    this.credentials = credentials;
     this.client = new FhirUpstreamClient(base, options.proxyFhirBase.replace(/\/+$/, ''), transport, credentials, config.retryAfterMaxSeconds ?? 2);
     this.logger = options.logger;
-    this.description = { adapter: 'upstream', location: publicLocation(base) };
+    this.paging = new UpstreamPaging(options.paging, undefined, options.logger);
+    this.description = { adapter: 'upstream', location: publicLocation(base), access: accessOf(config) };
   }
 
   /**
@@ -57,6 +65,14 @@ export class UpstreamRepository implements Repository {
     const view = Object.create(this) as UpstreamRepository;
     view.caller = forwardableHeaders(headers);
     return view;
+  }
+
+  /**
+   * Start-up check of the upstream credentials (UpstreamCredentials.checkAtStartup): a client the
+   * token endpoint refuses throws ConfigError; an unreachable one is logged and left to /readyz.
+   */
+  checkAtStartup(): Promise<void> {
+    return this.credentials.checkAtStartup();
   }
 
   supportedSearchParams(): undefined {
@@ -128,24 +144,16 @@ export class UpstreamRepository implements Repository {
   async search(request: SearchRequest): Promise<SearchResult> {
     const system = !RESOURCE_TYPE.test(request.resourceType ?? '') && (request.types?.length ?? 0) > 0;
     const type = system ? '' : checkType(request.resourceType);
-    const reply = await this.send({ method: 'GET', path: `${type}${searchQuery(request)}`, what: `search ${type || 'system'}` });
-    const bundle = expectBundle(reply.body, 'searchset');
-    const resources: Resource[] = [];
-    const included: Resource[] = [];
-    for (const entry of bundle.entry ?? []) {
-      if (!entry.resource) continue;
-      const mode = entry.search?.mode;
-      if (mode === 'include') included.push(entry.resource);
-      else if (mode === undefined || mode === 'match') resources.push(entry.resource);
-      // mode 'outcome' carries upstream warnings about the search itself; not data.
-    }
-    const count = request.count;
-    const overfull = count !== undefined && resources.length > count;
-    return {
-      resources: overfull ? resources.slice(0, count) : resources,
-      included,
-      hasMore: overfull || hasNextLink(bundle),
-    };
+    const what = `search ${type || 'system'}`;
+    // the query without paging; the first page asks for `_count`, later ones follow the upstream's links
+    const { offset, count, ...rest } = request;
+    const query = searchQuery(rest as SearchRequest);
+    const first = count === undefined ? `${type}${query}` : `${type}${query}${query ? '&' : '?'}_count=${count}`;
+    const page = await this.paging.page(`${what}\n${type}${query}`, type, first, offset ?? 0, count, async (target) => {
+      const reply = await this.send({ method: 'GET', ...('url' in target ? { url: target.url, path: '' } : { path: target.path }), what });
+      return searchPage(expectBundle(reply.body, 'searchset'), reply.next);
+    }, resourceKey, what);
+    return { resources: page.items, included: page.included, hasMore: page.hasMore };
   }
 
   async history(request: HistoryRequest): Promise<HistoryResult> {
@@ -156,15 +164,15 @@ export class UpstreamRepository implements Repository {
     } else if (request.id) {
       throw badRequest('Instance history needs a resource type');
     }
-    const reply = await this.send({
-      method: 'GET',
-      path: path + historyQuery({ count: request.count, offset: request.offset, since: request.since }),
-      what: `history ${request.resourceType ?? 'system'}`,
-    });
-    const bundle = expectBundle(reply.body, 'history');
-    const entries = (bundle.entry ?? []).map(historyEntry).filter((e): e is HistoryEntry => e !== undefined);
-    const overfull = entries.length > request.count;
-    return { entries: overfull ? entries.slice(0, request.count) : entries, hasMore: overfull || hasNextLink(bundle) };
+    const what = `history ${request.resourceType ?? 'system'}`;
+    const first = path + historyQuery({ count: request.count, since: request.since });
+    const page = await this.paging.page(`${what}\n${path}${historyQuery({ since: request.since })}`, request.resourceType ?? '', first, request.offset, request.count, async (target) => {
+      const reply = await this.send({ method: 'GET', ...('url' in target ? { url: target.url, path: '' } : { path: target.path }), what });
+      const bundle = expectBundle(reply.body, 'history');
+      const entries = (bundle.entry ?? []).map(historyEntry).filter((e): e is HistoryEntry => e !== undefined);
+      return { items: entries, included: [], ...(reply.next !== undefined ? { next: reply.next } : {}) };
+    }, (e) => `${e.resourceType}/${e.id}/${e.versionId}`, what);
+    return { entries: page.items, hasMore: page.hasMore };
   }
 
   async transaction(bundle: Bundle): Promise<Bundle> {
@@ -180,6 +188,8 @@ export class UpstreamRepository implements Repository {
   }
 
   private send(x: FhirExchange): Promise<FhirReply> {
+    // after a write, pages of its type are read afresh rather than from what was fetched before it
+    if (x.method !== 'GET') this.paging.forgetPages(/^[A-Z][A-Za-z]+/.exec(x.path)?.[0]);
     return this.client.exchange({ ...x, caller: this.caller });
   }
 
@@ -220,8 +230,21 @@ function expectBundle(body: unknown, type: Bundle['type']): Bundle {
   return bundle;
 }
 
-function hasNextLink(bundle: Bundle): boolean {
-  return (bundle.link ?? []).some((l) => l.relation === 'next' && !!l.url);
+/** The matches and includes of one upstream searchset page (mode `outcome` entries are warnings, not data). */
+function searchPage(bundle: Bundle, next: string | undefined): FetchedPage<Resource> {
+  const items: Resource[] = [];
+  const included: Resource[] = [];
+  for (const entry of bundle.entry ?? []) {
+    if (!entry.resource) continue;
+    const mode = entry.search?.mode;
+    if (mode === 'include') included.push(entry.resource);
+    else if (mode === undefined || mode === 'match') items.push(entry.resource);
+  }
+  return { items, included, ...(next !== undefined ? { next } : {}) };
+}
+
+function resourceKey(r: Resource): string {
+  return `${r.resourceType}/${r.id ?? ''}/${r.meta?.versionId ?? ''}`;
 }
 
 /**
@@ -253,6 +276,17 @@ function httpDateToInstant(value: string | undefined): string | undefined {
   if (!value) return undefined;
   const time = Date.parse(value);
   return Number.isNaN(time) ? undefined : new Date(time).toISOString();
+}
+
+/** How the upstream is reached, for the start-up log: auth mode and Backend Services client, never a secret. */
+function accessOf(config: UpstreamConfig): string {
+  switch (config.auth) {
+    case 'none': return 'auth none';
+    case 'bearer': return 'auth bearer (static token)';
+    case 'backend-services':
+      return `auth backend-services (client ${config.clientId ?? '?'}, token URL ${publicLocation(config.tokenUrl ?? '')}, `
+        + `${config.alg ?? 'RS384'}${config.kid ? `, kid ${config.kid}` : ''}, scope ${config.scope ?? 'system/*.rs'})`;
+  }
 }
 
 /** The upstream base for start-up logs, without any userinfo or query that could hold a secret. */

@@ -3,8 +3,10 @@
  * fetch, bounded by the configured timeout. Network failures become ERR_UPSTREAM (502) and timeouts
  * ERR_UPSTREAM_TIMEOUT (504); the client-facing errors never carry upstream URLs, bodies or stacks,
  * and the server-side log gets a safe summary (what, method, status, error code, duration).
+ * Bodies are read as they arrive and the exchange is aborted once one grows past the cap
+ * (UPSTREAM_MAX_BODY_BYTES): an upstream, or anything posing as it, cannot fill the proxy's memory.
  */
-import { upstreamError, upstreamTimeout } from '../../errors.js';
+import { isGlucoGuardError, upstreamError, upstreamTimeout } from '../../errors.js';
 import type { Logger } from '../../log.js';
 
 export type UpstreamLogger = Pick<Logger, 'debug' | 'info' | 'warn' | 'error'>;
@@ -24,11 +26,15 @@ export interface TransportResponse {
   text: string;
 }
 
+/** Default cap on one upstream body (UpstreamConfig.maxBodyBytes): 64 MiB. */
+export const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024;
+
 export class UpstreamTransport {
   constructor(
     private readonly fetchImpl: typeof fetch,
     private readonly timeoutMs: number,
     readonly logger?: UpstreamLogger,
+    private readonly maxBodyBytes = DEFAULT_MAX_BODY_BYTES,
   ) {}
 
   async send(request: TransportRequest): Promise<TransportResponse> {
@@ -42,11 +48,12 @@ export class UpstreamTransport {
         signal: AbortSignal.timeout(this.timeoutMs),
       });
       // The timeout also covers reading the body.
-      const text = await response.text();
+      const text = await this.readBody(response, request);
       this.logger?.debug({ what: request.what, method: request.method, status: response.status,
         ms: Math.round(performance.now() - started) }, 'upstream exchange');
       return { status: response.status, headers: response.headers, text };
     } catch (err) {
+      if (isGlucoGuardError(err)) throw err;
       const ms = Math.round(performance.now() - started);
       const name = (err as { name?: string } | undefined)?.name;
       if (name === 'TimeoutError' || name === 'AbortError') {
@@ -57,6 +64,31 @@ export class UpstreamTransport {
       this.logger?.warn({ what: request.what, method: request.method, ms, code }, 'upstream unreachable');
       throw upstreamError(undefined, new Error(`upstream ${request.what} failed: ${code}`));
     }
+  }
+
+  /** The body as text, read chunk by chunk; past maxBodyBytes the exchange is aborted → ERR_UPSTREAM. */
+  private async readBody(response: Response, request: TransportRequest): Promise<string> {
+    const tooLarge = async (cancel: () => Promise<void> = async () => response.body?.cancel()): Promise<never> => {
+      await cancel().catch(() => undefined);
+      this.logger?.warn({ what: request.what, method: request.method, status: response.status, maxBytes: this.maxBodyBytes },
+        'upstream response body is larger than UPSTREAM_MAX_BODY_BYTES; aborted');
+      throw upstreamError('Upstream FHIR server sent a response that is too large');
+    };
+    const declared = Number(response.headers.get('content-length'));
+    if (Number.isFinite(declared) && declared > this.maxBodyBytes) return tooLarge();
+    if (!response.body) return '';
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    const reader = response.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > this.maxBodyBytes) return tooLarge(() => reader.cancel());
+      chunks.push(value);
+    }
+    // TextDecoder drops a byte order mark, as response.text() does.
+    return new TextDecoder().decode(Buffer.concat(chunks, size));
   }
 }
 
