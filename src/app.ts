@@ -17,7 +17,7 @@ import { shapeCachedCheck } from './cgm/validate.js';
 import { buildCapabilityStatement } from './fhir/capability.js';
 import { loadFhirDefinitions } from './fhir/definitions.js';
 import { unavailable } from './errors.js';
-import { fhirHttpRouter } from './fhir/http.js';
+import { cors, fhirHttpRouter } from './fhir/http.js';
 import { standardOperations } from './fhir/operations.js';
 import { FhirRouter } from './fhir/router.js';
 import { ProfileValidator } from './fhir/validation.js';
@@ -272,8 +272,8 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   // (the library's own filter does not know application/fhir+ndjson as compressible).
   if (config.compression === 'on') http.use('/exports', compression({ filter: (req, res) => /ndjson/.test(String(res.getHeader('Content-Type'))) || compression.filter(req, res) }));
   http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers), maxBodyBytes: config.maxBodyBytes, logger, compress: config.compression === 'on' }));
-  http.use('/exports', exchange.filesRouter);
-  http.use('/cgm', cgmHttpRouter({
+  http.use('/exports', cors, exchange.filesRouter);
+  http.use('/cgm', cors, cgmHttpRouter({
     service: cgm.ingest, authenticate: (headers, url) => smart.authenticate(headers, url),
     scopeAllows: (access, interaction, type, resource) => smart.scopeAllows(access, interaction, type, resource), logger,
     maxBytes: config.maxIngestBytes,

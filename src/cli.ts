@@ -8,6 +8,7 @@ import { hostname, userInfo } from 'node:os';
 import type { Patient } from '@medplum/fhirtypes';
 import { Command, InvalidArgumentError } from 'commander';
 import { createApp, VERSION } from './app.js';
+import { createHttpServer } from './server.js';
 import { withApp } from './cli-app.js';
 import { OPEN_ACCESS } from './fhir/access.js';
 import { ConfigError, fhirBase, loadConfig, type Config } from './config.js';
@@ -62,14 +63,15 @@ program
     const app = await createApp(cfg);
     const { logger } = app;
     for (const a of app.adapters) logger.info({ port: a.port, adapter: a.adapter, location: a.location }, `${a.port}: ${a.adapter} (${a.location})`);
-    const server: Server = app.http.listen(cfg.port, cfg.host, (err?: Error) => {
-      if (err) {
-        // express 5 hands a listen error to this callback: say it and stop, never "listening"
-        const code = (err as NodeJS.ErrnoException).code;
-        logger.error({ port: cfg.port, code }, `cannot listen on port ${cfg.port}: ${code === 'EADDRINUSE' ? 'it is in use by another process' : code === 'EACCES' ? 'permission denied' : err.message}`);
-        void app.close().finally(() => process.exit(1));
-        return;
-      }
+    // a server that takes long search URLs and answers malformed requests with an OperationOutcome (server.ts)
+    const server: Server = createHttpServer(app.http);
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      // a listen error: say it and stop, never "listening"
+      const code = err.code;
+      logger.error({ port: cfg.port, code }, `cannot listen on port ${cfg.port}: ${code === 'EADDRINUSE' ? 'it is in use by another process' : code === 'EACCES' ? 'permission denied' : err.message}`);
+      void app.close().finally(() => process.exit(1));
+    });
+    server.listen(cfg.port, cfg.host, () => {
       const address = server.address();
       const port = typeof address === 'object' && address ? address.port : cfg.port;
       logger.info({ fhirBase: fhirBase(cfg), port }, `GlucoGuard ${VERSION} listening on port ${port}: FHIR base ${fhirBase(cfg)}`);

@@ -72,14 +72,15 @@ export function fhirHttpRouter(options: FhirHttpOptions): Router {
 
 /**
  * CORS for browser SMART apps: bearer tokens, never cookies, so any origin may call; preflights
- * answer at once.
+ * answer at once. A grantee states its purpose of use on every request (X-Purpose-Of-Use), so a
+ * browser app on another origin must be allowed to send it. Also mounted on `/exports` and `/cgm`.
  */
-function cors(req: Request, res: Response, next: NextFunction): void {
+export function cors(req: Request, res: Response, next: NextFunction): void {
   res.setHeader('Access-Control-Allow-Origin', '*');
   res.setHeader('Access-Control-Expose-Headers', 'ETag, Location, Last-Modified, Content-Location, X-Request-Id, X-Progress, Retry-After, WWW-Authenticate');
   if (req.method === 'OPTIONS') {
     res.setHeader('Access-Control-Allow-Methods', 'GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS');
-    res.setHeader('Access-Control-Allow-Headers', 'Authorization, Content-Type, Accept, Prefer, If-Match, If-None-Exist, If-None-Match, If-Modified-Since, X-Request-Id');
+    res.setHeader('Access-Control-Allow-Headers', 'Authorization, Content-Type, Accept, Prefer, If-Match, If-None-Exist, If-None-Match, If-Modified-Since, X-Request-Id, X-Purpose-Of-Use');
     res.setHeader('Access-Control-Max-Age', '600');
     res.status(204).end();
     return;
