@@ -98,6 +98,8 @@ type Route =
   | { kind: 'vread'; type: string; id: string; vid: string }
   | { kind: 'operation'; name: string; type?: string; id?: string };
 
+/** The page-token field that carries a history walk's snapshot (HistoryRequest.snapshot); never a client parameter. */
+const HISTORY_SNAPSHOT = '_snapshot';
 const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 /** The Allow header of a 405 (RFC 9110 §15.5.6), per kind of target. */
 const READ_ONLY = ['GET', 'HEAD'];
@@ -645,10 +647,14 @@ export class FhirRouter {
     await this.policy.authorize(req.access, id ? 'history' : 'history-type', type ?? '*');
     let query = req.query;
     let offset = 0;
+    // where history stood when the first page was read (in the page token only): later pages leave
+    // out what was written since, so a walk neither repeats nor skips entries (FhirRouter.filledHistory)
+    let snapshot: string | undefined;
     const token = single(req.query._pageToken);
     if (token !== undefined) {
       const state = this.pages.open(req.access, token);
-      query = pairsToQuery(state.query);
+      query = pairsToQuery(state.query.filter(([k]) => k !== HISTORY_SNAPSHOT));
+      snapshot = state.query.find(([k]) => k === HISTORY_SNAPSHOT)?.[1];
       offset = state.offset;
     }
     for (const name of Object.keys(query)) {
@@ -669,7 +675,7 @@ export class FhirRouter {
     }
     const at = single(query._at);
     const current = at === undefined ? undefined : await this.versionsCurrentDuring(type, id, at);
-    const result = await this.filledHistory(req.access, { resourceType: type, id, since }, offset, count, current && ((e) => current.has(e.versionId)));
+    const result = await this.filledHistory(req.access, { resourceType: type, id, since, snapshot }, offset, count, current && ((e) => current.has(e.versionId)));
     // A resource none of whose versions the requester may see has no history for them: the same 404 as an id never stored.
     if (type && id && req.access.kind !== 'open' && offset === 0 && result.entries.length === 0 && !(await this.anyVersionVisible(req.access, type, id))) {
       throw notFound('Not found');
@@ -693,9 +699,10 @@ export class FhirRouter {
     if (result.issues.length) entry.push({ resource: operationOutcome(result.issues), search: { mode: 'outcome' } });
     const path = [type, id, '_history'].filter(Boolean).join('/');
     const firstPageQuery = queryPairs(query).filter(([k]) => !['_pageToken', '_format', '_pretty'].includes(k));
+    const marked: [string, string][] = result.snapshot !== undefined ? [...firstPageQuery, [HISTORY_SNAPSHOT, result.snapshot]] : firstPageQuery;
     const url = (o: number): string => o === 0
       ? `${this.options.fhirBase}/${path}${firstPageQuery.length ? `?${toQueryString(firstPageQuery)}` : ''}`
-      : `${this.options.fhirBase}/${path}?_pageToken=${this.pages.issue(req.access, { query: firstPageQuery, offset: o })}`;
+      : `${this.options.fhirBase}/${path}?_pageToken=${this.pages.issue(req.access, { query: marked, offset: o })}`;
     const link: BundleLink[] = [{ relation: 'self', url: url(offset) }];
     if (result.hasMore) link.push({ relation: 'next', url: url(result.nextOffset) });
     if (offset > 0) link.push({ relation: 'previous', url: url(Math.max(0, offset - count)) });
@@ -743,6 +750,8 @@ export class FhirRouter {
     issues: OperationOutcomeIssue[];
     hasMore: boolean;
     nextOffset: number;
+    /** The adapter's mark of where history stood (HistoryResult.snapshot), for the next page's token. */
+    snapshot?: string;
   }> {
     const entries: HistoryEntry[] = [];
     const issues: OperationOutcomeIssue[] = [];
@@ -757,21 +766,23 @@ export class FhirRouter {
     // access log): read on in larger batches than the page, or the scan costs a query per `count`.
     const batch = access.kind === 'open' ? count : Math.max(count, 200);
     let repoOffset = offset;
+    let snapshot = request.snapshot;
     for (;;) {
       // a version that does not authenticate comes as its stand-in: the guards withhold and report it
-      const result = await this.options.repository.history({ ...request, count: batch, offset: repoOffset, standIns: true });
+      const result = await this.options.repository.history({ ...request, snapshot, count: batch, offset: repoOffset, standIns: true });
+      snapshot ??= result.snapshot;
       const visible = await this.visibleHistory(access, keep ? result.entries.filter(keep) : result.entries);
       if (entries.length < count) issues.push(...visible.issues);
       for (let i = 0; i < result.entries.length; i++) {
         const e = visible.entries.get(result.entries[i]!);
         if (!e) continue;
-        if (entries.length === count) return { entries, issues, hasMore: true, nextOffset: repoOffset + i };
+        if (entries.length === count) return { entries, issues, hasMore: true, nextOffset: repoOffset + i, snapshot };
         entries.push(e);
       }
       repoOffset += result.entries.length;
-      if (!result.hasMore || result.entries.length === 0) return { entries, issues, hasMore: false, nextOffset: repoOffset };
+      if (!result.hasMore || result.entries.length === 0) return { entries, issues, hasMore: false, nextOffset: repoOffset, snapshot };
       // Open access hides nothing from consent: a full page needs no look-ahead query.
-      if (access.kind === 'open' && entries.length === count) return { entries, issues, hasMore: true, nextOffset: repoOffset };
+      if (access.kind === 'open' && entries.length === count) return { entries, issues, hasMore: true, nextOffset: repoOffset, snapshot };
     }
   }
 

@@ -93,6 +93,12 @@ export interface HistoryRequest {
   offset: number;
   /** As SearchOptions.standIns: a version whose stored bytes do not authenticate comes as its stand-in. */
   standIns?: boolean;
+  /**
+   * The adapter's own mark from an earlier page's HistoryResult.snapshot: this page holds only
+   * versions written before it, so versions written since (an AuditEvent per page read, on system
+   * history) do not shift the pages a client walks. Adapters without one ignore it.
+   */
+  snapshot?: string;
 }
 
 export interface HistoryEntry {
@@ -108,6 +114,8 @@ export interface HistoryEntry {
 export interface HistoryResult {
   entries: HistoryEntry[];
   hasMore: boolean;
+  /** Where history stood when this page was read (HistoryRequest.snapshot), for the pages after it. */
+  snapshot?: string;
 }
 
 export interface Repository {

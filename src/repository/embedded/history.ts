@@ -29,6 +29,8 @@ export interface HistoryQuery {
   since?: number;
   /** Type and system history: only rows under these data key ids (a patient's versions and deletions). */
   keyIds?: string[];
+  /** Only rows written up to this `seq` (HistoryRequest.snapshot): later pages of one walk. */
+  maxSeq?: number;
   count: number;
   offset: number;
 }
@@ -42,13 +44,14 @@ const KEYS = 'LEFT JOIN data_keys k ON k.key_id = v.key_id';
  * type's), up to `LIMIT ?`. For all types, the types are found by skipping along the index
  * (one look-up per type) and each type's range is read from it.
  */
-export function sinceMatchesSql(type: boolean): string {
+export function sinceMatchesSql(type: boolean, bounded = false): string {
+  const upTo = bounded ? ' AND v.seq <= ?' : '';
   if (type) {
     return `SELECT v.seq AS seq FROM versions v INDEXED BY versions_by_time ${KEYS} ` +
-      `WHERE v.type = ? AND v.last_updated >= ? AND ${READABLE} LIMIT ?`;
+      `WHERE v.type = ? AND v.last_updated >= ?${upTo} AND ${READABLE} LIMIT ?`;
   }
   return `${TYPES_CTE} SELECT v.seq AS seq FROM types JOIN versions v INDEXED BY versions_by_time ON v.type = types.t ${KEYS} ` +
-    `WHERE v.last_updated >= ? AND ${READABLE} LIMIT ?`;
+    `WHERE v.last_updated >= ?${upTo} AND ${READABLE} LIMIT ?`;
 }
 
 /** The types that have versions, found by skipping along `versions_by_time` (one look-up each). */
@@ -75,10 +78,10 @@ export const VERSION_KEYS_SQL = 'SELECT v.seq AS seq, v.last_updated AS lastUpda
  * whether more follow). `prepare` returns a cached prepared statement.
  */
 export function historyRows(prepare: (sql: string) => Statement<unknown[], VersionRow>, query: HistoryQuery): VersionRow[] {
-  const { type, id, since, count, offset } = query;
+  const { type, id, since, count, offset, maxSeq } = query;
   const page = [count + 1, offset];
-  const after = since === undefined ? '' : ' AND v.last_updated >= ?';
-  const afterArgs = since === undefined ? [] : [since];
+  const after = (since === undefined ? '' : ' AND v.last_updated >= ?') + (maxSeq === undefined ? '' : ' AND v.seq <= ?');
+  const afterArgs = [...(since === undefined ? [] : [since]), ...(maxSeq === undefined ? [] : [maxSeq])];
   if (query.keyIds !== undefined && id === undefined) return keyedRows(prepare, { ...query, keyIds: query.keyIds });
   if (id !== undefined) {
     // the id index always: ordering by seq, SQLite would otherwise walk every version of the type
@@ -88,8 +91,8 @@ export function historyRows(prepare: (sql: string) => Statement<unknown[], Versi
   }
   if (since !== undefined) {
     const need = offset + count + 1;
-    const matches = prepare(sinceMatchesSql(type !== undefined))
-      .all(...(type !== undefined ? [type] : []), since, need) as unknown as { seq: number }[];
+    const matches = prepare(sinceMatchesSql(type !== undefined, maxSeq !== undefined))
+      .all(...(type !== undefined ? [type] : []), since, ...(maxSeq === undefined ? [] : [maxSeq]), need) as unknown as { seq: number }[];
     if (matches.length < need) {
       const bySeq = prepare(`${SELECT} FROM versions v WHERE v.seq = ?`);
       return matches.map((m) => m.seq).sort((a, b) => b - a).slice(offset, offset + count + 1)
@@ -98,7 +101,8 @@ export function historyRows(prepare: (sql: string) => Statement<unknown[], Versi
   }
   // The newest rows down seq; `+` keeps SQLite from reading the time index and sorting instead.
   const from = type !== undefined ? 'versions v INDEXED BY versions_by_type' : 'versions v NOT INDEXED';
-  const where = [...(type !== undefined ? ['v.type = ?'] : []), ...(since !== undefined ? ['+v.last_updated >= ?'] : []), READABLE];
+  const where = [...(type !== undefined ? ['v.type = ?'] : []), ...(since !== undefined ? ['+v.last_updated >= ?'] : []),
+    ...(maxSeq !== undefined ? ['v.seq <= ?'] : []), READABLE];
   return prepare(`${SELECT} FROM ${from} ${KEYS} WHERE ${where.join(' AND ')} ORDER BY v.seq DESC LIMIT ? OFFSET ?`)
     .all(...(type !== undefined ? [type] : []), ...afterArgs, ...page);
 }
@@ -112,17 +116,18 @@ export function historyRows(prepare: (sql: string) => Statement<unknown[], Versi
 function keyedRows(
   prepare: (sql: string) => Statement<unknown[], VersionRow>, query: HistoryQuery & { keyIds: string[] },
 ): VersionRow[] {
-  const { type, since, count, offset, keyIds } = query;
+  const { type, since, count, offset, keyIds, maxSeq } = query;
   if (keyIds.length === 0) return [];
   const where = [
     keyIds.length === 1 ? 'v.key_id = ?' : `v.key_id IN (${keyIds.map(() => '?').join(', ')})`,
     ...(type !== undefined ? ['v.type = ?'] : []),
     ...(since !== undefined ? ['v.last_updated >= ?'] : []),
+    ...(maxSeq !== undefined ? ['v.seq <= ?'] : []),
     READABLE,
   ];
   const seqs = prepare(`SELECT v.seq AS seq FROM versions v INDEXED BY versions_by_key ${KEYS} WHERE ${where.join(' AND ')} ` +
     'ORDER BY v.seq DESC LIMIT ? OFFSET ?')
-    .all(...keyIds, ...(type !== undefined ? [type] : []), ...(since !== undefined ? [since] : []), count + 1, offset) as unknown as { seq: number }[];
+    .all(...keyIds, ...(type !== undefined ? [type] : []), ...(since !== undefined ? [since] : []), ...(maxSeq !== undefined ? [maxSeq] : []), count + 1, offset) as unknown as { seq: number }[];
   const bySeq = prepare(`${SELECT} FROM versions v WHERE v.seq = ?`);
   return seqs.map((m) => bySeq.get(m.seq)!);
 }

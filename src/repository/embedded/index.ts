@@ -290,8 +290,11 @@ export class EmbeddedRepository implements Repository {
       if (Number.isNaN(since)) throw badRequest(`_since is not an instant: ${request.since}`, '_since');
     }
     const count = Math.max(0, request.count);
+    // later pages of one walk see history as the first page found it (HistoryRequest.snapshot)
+    const marked = request.snapshot !== undefined && /^\d{1,15}$/.test(request.snapshot) ? Number(request.snapshot) : undefined;
+    const maxSeq = marked ?? (this.prepare('SELECT MAX(seq) AS seq FROM versions').get() as unknown as { seq: number | null }).seq ?? 0;
     const rows = historyRows((text) => this.prepare(text), {
-      type: request.resourceType || undefined, id: request.id || undefined, since, count, offset: Math.max(0, request.offset),
+      type: request.resourceType || undefined, id: request.id || undefined, since, count, offset: Math.max(0, request.offset), maxSeq,
       // a patient's versions are the ones under that patient's data key (keyed by the first patient link)
       ...(request.patients && !request.id ? { keyIds: request.patients.map((p) => this.keys.patientKeyId(p)) } : {}),
     });
@@ -309,7 +312,7 @@ export class EmbeddedRepository implements Repository {
         ...(resource ? { resource } : {}),
       });
     }
-    return { entries, hasMore: rows.length > count };
+    return { entries, hasMore: rows.length > count, snapshot: String(maxSeq) };
   }
 
   async transaction(bundle: Bundle): Promise<Bundle> {

@@ -117,7 +117,7 @@ describe('history with _since', () => {
             .toEqual({ scope, sinceMs, count, got: expected });
         }
         const past = await repo.history({ ...scope, since, count: 2, offset: expected.length });
-        expect(past).toEqual({ entries: [], hasMore: false });
+        expect(past).toEqual({ entries: [], hasMore: false, snapshot: expect.any(String) });
       }
     }
   });
@@ -275,5 +275,24 @@ describe('versionKeysSince (reconciliation listing)', () => {
       await repo.vread(k.resourceType, k.id, k.versionId); // another statement mid-listing
     }
     expect(keys.sort()).toEqual([`Device/${d1}/1`, `Patient/${p2}/1`].sort());
+  });
+});
+
+describe('history snapshot (HistoryRequest.snapshot)', () => {
+  it('a later page with the first page\'s snapshot leaves out what was written since, in every scope', async () => {
+    const patient = await repo.create<Patient>({ resourceType: 'Patient' });
+    for (let i = 0; i < 4; i++) await repo.create<Device>({ resourceType: 'Device', patient: { reference: `Patient/${patient.resource.id}` } });
+    for (const scope of [{}, { resourceType: 'Device' }, { resourceType: 'Device', patients: [patient.resource.id!] }] as Partial<HistoryRequest>[]) {
+      const first = await repo.history({ ...scope, count: 2, offset: 0 });
+      expect(first.snapshot).toMatch(/^\d+$/);
+      const whole = await repo.history({ ...scope, count: 100, offset: 0 });
+      await repo.create<Device>({ resourceType: 'Device', patient: { reference: `Patient/${patient.resource.id}` } });
+      const rest = await repo.history({ ...scope, count: 100, offset: 2, snapshot: first.snapshot });
+      const key = (e: HistoryEntry): string => `${e.resourceType}/${e.id}/${e.versionId}`;
+      expect([...first.entries, ...rest.entries].map(key)).toEqual(whole.entries.map(key));
+      // without it, the new version pushes the walk: the second page repeats the first page's last entry
+      const unmarked = await repo.history({ ...scope, count: 100, offset: 2 });
+      expect(unmarked.entries.map(key)).toContain(key(first.entries[1]!));
+    }
   });
 });
