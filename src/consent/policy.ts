@@ -26,7 +26,7 @@
  * requests like any other.
  */
 import { getSearchParameter, Operator, type Filter, type SearchRequest } from '@medplum/core';
-import type { Resource } from '@medplum/fhirtypes';
+import type { OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import { badRequest, forbidden } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { patientCompartmentParams, patientIdOfReference } from '../fhir/compartment.js';
@@ -34,7 +34,7 @@ import { metrics } from '../observability/metrics.js';
 import type { AccessPolicy, GuardOptions, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
 import { decideFacts, decideResource, factsOf, type ActiveGrant, type Decision, type Permissions, type ResourceFacts } from './decision.js';
 import type { ConsentDecisions } from './decisions.js';
-import { isResearchPurpose, requesterOf, type Requester } from './requester.js';
+import { isResearchPurpose, requesterOf, type ConsentAccessContext, type Requester } from './requester.js';
 
 /** What consent decided during one request, read by the audit recorder. */
 export interface RequestNotes {
@@ -179,6 +179,22 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
       filters.push({ code: 'code', operator: Operator.EQUALS, value: codes.join(',') });
     }
     return { ...request, filters };
+  }
+
+  /**
+   * A grantee that states no purpose of use sees no patient data (decision.ts): say so, so that an
+   * empty searchset or a 404 is not taken for "nothing there". Nothing about any patient or grant.
+   */
+  notices(access: AccessContext): OperationOutcomeIssue[] {
+    if (access.kind === 'open') return [];
+    const requester = requesterOf(access);
+    if (requester.kind !== 'grantee' || requester.purpose) return [];
+    const unreadable = (access as ConsentAccessContext).purposeUnreadable;
+    return [{
+      severity: 'warning', code: 'security',
+      diagnostics: `${unreadable ? 'The X-Purpose-Of-Use header is not a purpose-of-use code' : 'No purpose of use was stated'} (X-Purpose-Of-Use: a v3 ActReason code such as TREAT): `
+        + 'a requester other than the patient is shown no patient data without one. Send it on every request, next links included',
+    }];
   }
 
   /** The requester's own patient, or the patients with a grant to them in force now (see visibleGrants). */
@@ -428,6 +444,10 @@ export class ComposedPolicy implements AccessPolicy {
   async mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): Promise<boolean> {
     for (const p of this.parts) if (!(await p.mayWrite(access, resource, interaction))) return false;
     return true;
+  }
+
+  notices(access: AccessContext): OperationOutcomeIssue[] {
+    return this.parts.flatMap((p) => p.notices?.(access) ?? []);
   }
 
   /** What the parts that note releases noted (consent), merged. */

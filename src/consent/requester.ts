@@ -16,6 +16,8 @@ import { patientIdOfReference } from '../fhir/compartment.js';
 
 export interface ConsentAccessContext extends AccessContext {
   purposeOfUse?: string;
+  /** An X-Purpose-Of-Use header was sent that is not a purpose code (so none is stated). */
+  purposeUnreadable?: boolean;
 }
 
 export interface Requester {
@@ -50,7 +52,7 @@ export function isResearchPurpose(purpose: string | undefined): boolean {
 export function withPurpose<T extends AccessContext>(access: T, headers: Record<string, string | undefined>): T & ConsentAccessContext {
   const raw = headers['x-purpose-of-use']?.trim();
   const code = raw ? PURPOSE.exec(raw)?.[1] : undefined;
-  return code ? { ...access, purposeOfUse: code } : access;
+  return code ? { ...access, purposeOfUse: code } : raw ? { ...access, purposeUnreadable: true } : access;
 }
 
 const cache = new WeakMap<AccessContext, Requester>();

@@ -30,6 +30,12 @@ export interface AccessPolicy {
    * undefined: not limited by this policy.
    */
   visiblePatients?(access: AccessContext): Promise<string[] | undefined> | string[] | undefined;
+  /**
+   * What the requester should be told about how it asked, whatever the data (a grantee that stated
+   * no purpose of use sees no patient data: an empty answer should not look like "nothing there").
+   * Added to searchsets and history as an outcome entry and to a 404's OperationOutcome.
+   */
+  notices?(access: AccessContext): OperationOutcomeIssue[];
 }
 
 /** Decides, per outbound resource, whether it may leave; may add issues for the client (integrity failures). */

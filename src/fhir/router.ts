@@ -264,7 +264,7 @@ export class FhirRouter {
     const subsetting = parseSubsetting(type, req.query, { lenient: preferLenient(req), including: false });
     const resource = await this.fetchFor(req.access, type, id, () => this.options.repository.read(type, id));
     const { allowed, issues } = await this.guard(req.access, [resource]);
-    if (allowed.length === 0) return this.withheld(issues);
+    if (allowed.length === 0) return this.withheld(issues, req.access);
     if (notModified(req, resource)) return { status: 304, headers: versionHeaders(resource) };
     return { status: 200, body: subsetting ? subsetResource(allowed[0]!, subsetting) : allowed[0]!, headers: versionHeaders(resource) };
   }
@@ -274,7 +274,7 @@ export class FhirRouter {
     const subsetting = parseSubsetting(type, req.query, { lenient: preferLenient(req), including: false });
     const resource = await this.fetchFor(req.access, type, id, () => this.options.repository.vread(type, id, vid), vid);
     const { allowed, issues } = await this.guard(req.access, [resource]);
-    if (allowed.length === 0) return this.withheld(issues);
+    if (allowed.length === 0) return this.withheld(issues, req.access);
     if (notModified(req, resource)) return { status: 304, headers: versionHeaders(resource) };
     return { status: 200, body: subsetting ? subsetResource(allowed[0]!, subsetting) : allowed[0]!, headers: versionHeaders(resource) };
   }
@@ -577,7 +577,7 @@ export class FhirRouter {
       ...matches.allowed.map((r) => this.entry(shown(r, false), 'match')),
       ...included.allowed.map((r) => this.entry(shown(r, true), 'include')),
     ];
-    const issues = [...matches.issues, ...included.issues, ...(asksForTotal(query) ? [NO_TOTAL] : [])];
+    const issues = [...matches.issues, ...included.issues, ...(asksForTotal(query) ? [NO_TOTAL] : []), ...(this.policy.notices?.(req.access) ?? [])];
     if (issues.length) entry.push({ resource: operationOutcome(issues), search: { mode: 'outcome' } });
     const bundle: Bundle = { resourceType: 'Bundle', type: 'searchset', link: links, entry };
     return { status: 200, body: bundle };
@@ -669,7 +669,7 @@ export class FhirRouter {
     if (since !== undefined && Number.isNaN(Date.parse(since))) throw badRequest('_since must be an instant', '_since');
     if (type && id) {
       await this.options.repository.read(type, id).catch((err: unknown) => {
-        if (isGlucoGuardError(err, 'ERR_NOT_FOUND') && req.access.kind !== 'open') throw notFound('Not found');
+        if (isGlucoGuardError(err, 'ERR_NOT_FOUND') && req.access.kind !== 'open') throw this.notFoundFor(req.access);
         if (!isGlucoGuardError(err, 'ERR_GONE')) throw err; // a deleted resource still has a history
       });
     }
@@ -678,7 +678,7 @@ export class FhirRouter {
     const result = await this.filledHistory(req.access, { resourceType: type, id, since, snapshot }, offset, count, current && ((e) => current.has(e.versionId)));
     // A resource none of whose versions the requester may see has no history for them: the same 404 as an id never stored.
     if (type && id && req.access.kind !== 'open' && offset === 0 && result.entries.length === 0 && !(await this.anyVersionVisible(req.access, type, id))) {
-      throw notFound('Not found');
+      throw this.notFoundFor(req.access);
     }
     // a PUT that made the resource (update as create) was a 201: its first version, or the one after a
     // deletion when that deletion is on this page too
@@ -696,7 +696,8 @@ export class FhirRouter {
           lastModified: e.lastUpdated,
         },
       }));
-    if (result.issues.length) entry.push({ resource: operationOutcome(result.issues), search: { mode: 'outcome' } });
+    const issues = [...result.issues, ...(this.policy.notices?.(req.access) ?? [])];
+    if (issues.length) entry.push({ resource: operationOutcome(issues), search: { mode: 'outcome' } });
     const path = [type, id, '_history'].filter(Boolean).join('/');
     const firstPageQuery = queryPairs(query).filter(([k]) => !['_pageToken', '_format', '_pretty'].includes(k));
     const marked: [string, string][] = result.snapshot !== undefined ? [...firstPageQuery, [HISTORY_SNAPSHOT, result.snapshot]] : firstPageQuery;
@@ -816,8 +817,8 @@ export class FhirRouter {
       // altered on disk: the guards decide (the integrity check fails it: withheld, issue, security AuditEvent)
       if (err instanceof TamperedVersionError) return err.standIn as T;
       if (access.kind === 'open') throw err;
-      if (isGlucoGuardError(err, 'ERR_NOT_FOUND')) throw notFound('Not found');
-      if (isGlucoGuardError(err, 'ERR_GONE') && !(await this.deletedVisible(access, type, id, version))) throw notFound('Not found');
+      if (isGlucoGuardError(err, 'ERR_NOT_FOUND')) throw this.notFoundFor(access);
+      if (isGlucoGuardError(err, 'ERR_GONE') && !(await this.deletedVisible(access, type, id, version))) throw this.notFoundFor(access);
       throw err;
     }
   }
@@ -1060,9 +1061,20 @@ export class FhirRouter {
   }
 
   /** A resource that may not leave looks exactly like one that is not there (404), plus any integrity issue. */
-  private withheld(issues: OperationOutcomeIssue[]): FhirResponse {
-    const notThere = notFound('Not found');
+  private withheld(issues: OperationOutcomeIssue[], access?: AccessContext): FhirResponse {
+    const notThere = access ? this.notFoundFor(access) : notFound('Not found');
     return { status: 404, body: operationOutcome([...notThere.issues, ...issues]) };
+  }
+
+  /**
+   * The 404 of an id the requester may not learn of — the same whether it was never stored, is
+   * hidden, or was deleted out of their sight — with the policy's notices about how they asked
+   * (AccessPolicy.notices: no purpose of use stated), which depend on the request alone.
+   */
+  private notFoundFor(access: AccessContext): GlucoGuardError {
+    const err = notFound('Not found');
+    err.issues.push(...(this.policy.notices?.(access) ?? []));
+    return err;
   }
 
   private entry(resource: Resource, mode: 'match' | 'include'): BundleEntry {

@@ -51,6 +51,32 @@ describe('a grant of every type', () => {
     expect((consents.body as Bundle).entry?.filter((e) => e.search?.mode === 'match') ?? []).toEqual([]);
   });
 
+  test('without a purpose of use a grantee sees no patient data, and is told why (searches, history, reads); with one, no such note', async () => {
+    const token = practitionerToken(t.app, everything);
+    const bare = (url: string, purpose?: string) => {
+      const r = request(t.app.http).get(url).set('Authorization', `Bearer ${token}`);
+      return purpose === undefined ? r : r.set('X-Purpose-Of-Use', purpose);
+    };
+    const note = /No purpose of use was stated/;
+    const search = await bare(`/fhir/Observation?patient=${ana}`);
+    expect(search.status).toBe(200);
+    const entries = (search.body as Bundle).entry ?? [];
+    expect(entries.filter((e) => e.search?.mode === 'match')).toEqual([]);
+    expect(JSON.stringify(entries.filter((e) => e.search?.mode === 'outcome'))).toMatch(note);
+    const read = await bare(`/fhir/Patient/${ana}`);
+    expect(read.status).toBe(404);
+    expect(JSON.stringify(read.body)).toMatch(note);
+    // the same 404, note included, for an id never stored: the note tells nothing about the data
+    const never = await bare('/fhir/Patient/never-stored');
+    expect(never.body).toEqual(read.body);
+    expect(JSON.stringify((await bare('/fhir/Observation/_history')).body)).toMatch(note);
+    const unreadable = await bare(`/fhir/Observation?patient=${ana}`, 'treatment please');
+    expect(JSON.stringify(unreadable.body)).toMatch(/not a purpose-of-use code/);
+    const stated = await bare(`/fhir/Observation?patient=${ana}`, 'TREAT');
+    expect((stated.body as Bundle).entry!.some((e) => e.search?.mode === 'match')).toBe(true);
+    expect(JSON.stringify(stated.body)).not.toMatch(/purpose of use was stated|purpose-of-use code/);
+  });
+
   test('a grant listing types covers the Patient only when it names it', async () => {
     expect((await get(`/fhir/Patient/${ana}`, readingsOnly)).status).toBe(404);
     const readings = await get(`/fhir/Observation?patient=${ana}&_count=1000`, readingsOnly);
