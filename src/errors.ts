@@ -82,9 +82,11 @@ export const tooCostly = (details: string, expression?: string): GlucoGuardError
  * resources examined in vain did not match or were withheld from the requester, so the refusal does
  * not tell the two apart.
  */
-export const scanLimitExceeded = (scanLimit: number, type: string): GlucoGuardError =>
+export const scanLimitExceeded = (scanLimit: number, type: string, sortedHere?: string): GlucoGuardError =>
   tooCostly(`This search would examine more than ${scanLimit} ${type} resources that do not make up the page: `
-    + 'narrow it with an indexed parameter (patient, date, code, identifier…) or a shorter date range');
+    + (sortedHere
+      ? `_sort=${sortedHere} has every match read and sorted before a page can be given; sort by date (the index order) or leave _sort out, or narrow it with a shorter date range`
+      : 'narrow it with an indexed parameter (patient, date, code, identifier…) or a shorter date range'));
 export const notFound = (what = 'Not found'): GlucoGuardError => new GlucoGuardError('ERR_NOT_FOUND', what);
 export const gone = (what = 'Deleted'): GlucoGuardError => new GlucoGuardError('ERR_GONE', what);
 export const conflict = (details: string): GlucoGuardError => new GlucoGuardError('ERR_CONFLICT', details);

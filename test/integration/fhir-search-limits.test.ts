@@ -42,6 +42,16 @@ describe('search scan limit (8 here)', () => {
     expect(metrics.text).toMatch(/glucoguard_searches_too_costly_total\{[^}]*type="Observation"[^}]*\} [1-9]/);
   });
 
+  test('a sort that needs every match read is named as the cause, not the filters (the search is already narrowed by patient)', async () => {
+    const res = await http().get('/fhir/Observation').query({ patient: patientId, _sort: '_id', _count: '2' });
+    expect(res.status).toBe(400);
+    expect(res.body.issue[0].code).toBe('too-costly');
+    expect(res.body.issue[0].diagnostics).toMatch(/_sort=_id has every match read and sorted/);
+    expect(res.body.issue[0].diagnostics).not.toMatch(/indexed parameter \(patient/);
+    // in the index's order it is answered
+    expect((await http().get('/fhir/Observation').query({ patient: patientId, _sort: '-date', _count: '2' })).status).toBe(200);
+  });
+
   test('searches whose candidates mostly make up the page are answered, however many they return', async () => {
     const all = await http().get('/fhir/Observation').query({ patient: patientId, _count: '100' });
     expect(all.status).toBe(200);

@@ -150,7 +150,8 @@ export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit 
     if (seen.has(row.seq)) return false;
     seen.add(row.seq);
     if (scanLimit > 0 && ++examined - Math.min(matches.length, wanted) > scanLimit) {
-      throw scanLimitExceeded(scanLimit, type);
+      // when the order asked for is not the order rows come in, the sort is what needs every match
+      throw scanLimitExceeded(scanLimit, type, streamable ? undefined : sortRules.map((r) => `${r.descending ? '-' : ''}${r.code}`).join(',') || undefined);
     }
     const resource = decode(row);
     if (!resource) {
