@@ -257,6 +257,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     dataDir: config.dataDir, rootKey: keys.root, fhir, policy: new ComposedPolicy([scopes, consent.policy.deidentifyingPolicy()]), repository, fhirBase: base, baseUrl: config.baseUrl, logger,
     authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers),
     audit: (request, response) => consent.audit.record(request, response),
+    commitments: ledger.store, // subscriptions notify versions other processes (CLI ingest) commit
   });
 
   const http = express();

@@ -17,7 +17,7 @@ import { GuardedReader } from './reader.js';
 import { StudyDeidentifiers } from './research.js';
 import { exchangeSettings, type ExchangeSettings } from './settings.js';
 import { deriveKey } from '../keys.js';
-import { SubscriptionService } from './subscriptions.js';
+import { SubscriptionService, type CommittedVersions } from './subscriptions.js';
 import type { NotifyingRepository } from './write-events.js';
 
 export { NotifyingRepository } from './write-events.js';
@@ -48,6 +48,8 @@ export interface ExchangeOptions {
   logger: Logger;
   audit?: (request: FhirRequest, response: FhirResponse) => void;
   settings?: ExchangeSettings;
+  /** Every process's written versions in write order (the ledger's commitment store): subscriptions notify what the CLI wrote too. */
+  commitments?: CommittedVersions;
 }
 
 /** Builds export and subscriptions, registers their operations on the router and resumes jobs. */
@@ -64,6 +66,7 @@ export async function createExchange(options: ExchangeOptions): Promise<Exchange
   for (const op of exports.handlers()) options.fhir.registerOperation(op);
   const subscriptions = new SubscriptionService({
     dir, fhir: options.fhir, policy: options.policy, repository: options.repository, fhirBase: options.fhirBase, deidentifiers, settings, reader, logger: options.logger,
+    ...(options.commitments ? { commitments: options.commitments } : {}),
   });
   subscriptions.attach(options.fhir);
   exports.start();

@@ -10,7 +10,7 @@ import type { Bundle, BundleEntry, Parameters, ParametersParameter, Resource } f
 export const BACKPORT = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/';
 export const STATUS_PROFILE = `${BACKPORT}backport-subscription-status-r4`;
 
-export type NotificationType = 'handshake' | 'heartbeat' | 'event-notification' | 'query-status';
+export type NotificationType = 'handshake' | 'heartbeat' | 'event-notification' | 'query-status' | 'query-event';
 export type PayloadContent = 'empty' | 'id-only' | 'full-resource';
 
 export interface NotificationEvent {
@@ -55,7 +55,7 @@ export function statusParameters(input: StatusInput): Parameters {
   return { resourceType: 'Parameters', meta: { profile: [STATUS_PROFILE] }, parameter };
 }
 
-/** A notification Bundle (handshake, heartbeat or event-notification). */
+/** A notification Bundle (handshake, heartbeat, event-notification, or the query-event answer of `$events`). */
 export function notificationBundle(input: StatusInput & { subscriptionId: string }): Bundle {
   const entry: BundleEntry[] = [{
     fullUrl: `urn:uuid:${randomUUID()}`,

@@ -1,3 +1,5 @@
+import { parseAllowEntry } from './endpoint.js';
+
 /**
  * Settings of bulk export and subscriptions, from the environment (defaults in one place):
  * - GLUCOGUARD_EXPORT_RETRY_AFTER: seconds a client waits between status polls (default 2; polling
@@ -5,13 +7,19 @@
  * - GLUCOGUARD_EXPORT_RETENTION_HOURS: how long a finished export's files are kept (default 168,
  *   one week; the manifest's Expires says when), then deleted with the job;
  * - GLUCOGUARD_RESEARCH_DATE_SHIFT=true: research exports shift each patient's dates (default off);
- * - GLUCOGUARD_SUBSCRIPTION_ALLOW: comma-separated hosts, IPs or CIDRs that subscription endpoints
- *   may resolve to even when loopback/private (e.g. `127.0.0.1` for tests); default none;
+ * - GLUCOGUARD_SUBSCRIPTION_ALLOW: comma-separated hosts, IPs or CIDRs, each with an optional
+ *   `:port` (`[IPv6]:port`), that subscription endpoints may resolve to even when loopback/private
+ *   (e.g. `127.0.0.1:9000` for a local receiver); an entry without a port admits the default port
+ *   (443, 80 for http) only; default none;
  * - GLUCOGUARD_SUBSCRIPTION_HTTP=true: allow plain http endpoints (default: https only, except
  *   allow-listed hosts);
  * - GLUCOGUARD_SUBSCRIPTION_RETRIES: delivery attempts per notification (default 5);
  * - GLUCOGUARD_SUBSCRIPTION_RETRY_MS: first retry delay, doubled per attempt (default 500);
- * - GLUCOGUARD_SUBSCRIPTION_DIGEST_MS: period of digest Subscriptions (default one day).
+ * - GLUCOGUARD_SUBSCRIPTION_DIGEST_MS: period of digest Subscriptions (default one day);
+ * - GLUCOGUARD_SUBSCRIPTION_HEARTBEAT_MIN: shortest `backport-heartbeat-period` accepted, in
+ *   seconds (default 60; a shorter one is refused with 422);
+ * - GLUCOGUARD_SUBSCRIPTION_POLL_MS: how often a server looks for versions other processes (the
+ *   `glucoguard ingest` CLI) committed to the same data directory, to notify them (default 1000).
  */
 export interface ExchangeSettings {
   retryAfterSeconds: number;
@@ -23,6 +31,10 @@ export interface ExchangeSettings {
   /** First retry delay (ms), doubled per attempt. */
   retryBaseMs: number;
   digestMs: number;
+  /** Shortest heartbeat period accepted (seconds). */
+  heartbeatMinSeconds: number;
+  /** Period of the look for other processes' writes (ms). */
+  foreignWritesPollMs: number;
 }
 
 export function exchangeSettings(env: NodeJS.ProcessEnv = process.env): ExchangeSettings {
@@ -37,10 +49,19 @@ export function exchangeSettings(env: NodeJS.ProcessEnv = process.env): Exchange
     retryAfterSeconds: int('GLUCOGUARD_EXPORT_RETRY_AFTER', 2, 1, 3600),
     exportRetentionHours: int('GLUCOGUARD_EXPORT_RETENTION_HOURS', 168, 1, 8760),
     researchDateShift: env.GLUCOGUARD_RESEARCH_DATE_SHIFT === 'true',
-    subscriptionAllow: (env.GLUCOGUARD_SUBSCRIPTION_ALLOW ?? '').split(',').map((s) => s.trim()).filter(Boolean),
+    subscriptionAllow: allowList(env.GLUCOGUARD_SUBSCRIPTION_ALLOW),
     subscriptionAllowHttp: env.GLUCOGUARD_SUBSCRIPTION_HTTP === 'true',
     deliveryAttempts: int('GLUCOGUARD_SUBSCRIPTION_RETRIES', 5, 1, 20),
     retryBaseMs: int('GLUCOGUARD_SUBSCRIPTION_RETRY_MS', 500, 1, 600_000),
     digestMs: int('GLUCOGUARD_SUBSCRIPTION_DIGEST_MS', 86_400_000, 1000, 7 * 86_400_000),
+    heartbeatMinSeconds: int('GLUCOGUARD_SUBSCRIPTION_HEARTBEAT_MIN', 60, 1, 86_400),
+    foreignWritesPollMs: int('GLUCOGUARD_SUBSCRIPTION_POLL_MS', 1000, 100, 60_000),
   };
+}
+
+/** The allow-list entries, each checked here so a typo stops the start with a message naming it. */
+function allowList(raw: string | undefined): string[] {
+  const entries = (raw ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  for (const entry of entries) parseAllowEntry(entry);
+  return entries;
 }

@@ -6,33 +6,42 @@
  * readings, or CGM summaries), optional `backport-filter-criteria` `Observation?patient=Patient/ID`
  * (not under a research purpose: it would tie that patient to its pseudonym),
  * `channel.type` rest-hook, `channel.payload` application/fhir+json with `backport-payload-content`
- * id-only or full-resource (no payload: empty), optional `backport-heartbeat-period` and
- * `channel.header`. The endpoint passes the SSRF policy (endpoint.ts). A handshake Bundle is sent,
- * and the Subscription turns `active` when the endpoint accepts it.
+ * id-only or full-resource (no payload: empty), optional `backport-heartbeat-period` (at least
+ * GLUCOGUARD_SUBSCRIPTION_HEARTBEAT_MIN), `channel.header` (subscription-rules.ts: token names,
+ * visible-ASCII values, none the proxy sets) and `end`. The endpoint passes the SSRF policy
+ * (endpoint.ts). A handshake Bundle is sent, and the Subscription turns `active` when the
+ * endpoint accepts it; it turns `off` when its `end` passes.
  *
- * Every stored version (NotifyingRepository) that matches a topic and filter is queued for each
- * active Subscription. Right before each delivery attempt the queued resources go through the
- * requester's policy and every outbound guard, exactly as a read would — so once a patient
- * revokes, nothing more of theirs leaves — and are de-identified for research requesters. Delivery
- * is retried with exponential back-off and logged (ids and counts only); after the last attempt the
- * Subscription is `error` until a later delivery succeeds. `$status` answers the status Parameters.
+ * Every stored version (NotifyingRepository) that matches a topic and filter is an event for each
+ * active Subscription whose requester may see it then: it is numbered at once (the counter and an
+ * event row are persisted before any delivery), so a notification that fails every retry leaves a
+ * gap in the event numbers the subscriber sees, as the IG's error handling expects; `$events`
+ * answers the events still logged. Right before each delivery attempt the resources go through the
+ * requester's policy and every outbound guard again, exactly as a read would — so once a patient
+ * revokes, nothing more of theirs leaves — and are de-identified for research requesters.
+ * Delivery is retried with exponential back-off and logged (ids and counts only); after the last
+ * attempt the Subscription is `error` until a later delivery succeeds. A failed attempt of any kind
+ * (status, timeout, socket, a header the HTTP client refuses) never escapes the delivery loop.
+ *
+ * Versions written by other processes on the same data directory (`glucoguard ingest`) are found
+ * in the commitment store every GLUCOGUARD_SUBSCRIPTION_POLL_MS and notified like the server's own.
+ * Only one process delivers (the lease in subscription-store.ts); the others stay passive.
  *
  * Daily digest (channel extension DIGEST_EXTENSION, valueCode `daily`; readings topic): instead
  * of a notification per write, once per GLUCOGUARD_SUBSCRIPTION_DIGEST_MS the readings stored
  * since the last digest are read through the policy and guards and sent as one Bundle — the daily
- * push to a study server that a research consent asks for.
+ * push to a study server that a research consent asks for. A digest that cannot be delivered is
+ * gathered again (and numbered again) at the next one.
  *
  * The Subscription resource lives in the repository (GET works for in-process/admin access; for a
  * consent-limited requester a Subscription has no patient link, so reads are withheld — use
  * `$status`); delivery state lives in `<dataDir>/exports/subscriptions.sqlite`.
  */
+import { randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import path from 'node:path';
-import { mkdirSync } from 'node:fs';
-import type { Bundle, Extension, Resource, Subscription } from '@medplum/fhirtypes';
-import Database from 'better-sqlite3';
-import { badRequest, forbidden, isGlucoGuardError, notFound } from '../errors.js';
+import type { Bundle, Parameters, Resource, Subscription } from '@medplum/fhirtypes';
+import { badRequest, forbidden, isGlucoGuardError, notFound, unavailable } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { patientIdsOf } from '../fhir/compartment.js';
 import type { AccessPolicy } from '../fhir/policy.js';
@@ -45,6 +54,8 @@ import { BACKPORT, notificationBundle, statusParameters, type NotificationEvent,
 import type { GuardedReader } from './reader.js';
 import { researchContextOf, type StudyDeidentifiers } from './research.js';
 import type { ExchangeSettings } from './settings.js';
+import { channelHeaders, digestOf, endOf, filterPatient, headerProblem, heartbeatOf, payloadContent } from './subscription-rules.js';
+import { leaseOwner, SubscriptionStore, type LoggedEvent } from './subscription-store.js';
 import type { NotifyingRepository, WrittenVersion } from './write-events.js';
 
 const CGM_IG = 'http://hl7.org/fhir/uv/cgm/StructureDefinition/';
@@ -60,6 +71,15 @@ const READING_CODES = new Set(['http://loinc.org|99504-3', 'http://loinc.org|105
 const MAX_EVENTS_PER_BUNDLE = 100;
 const MAX_PENDING = 10_000;
 const DELIVERY_TIMEOUT_MS = 10_000;
+/** The delivery lease lasts this long unless renewed (renewed at every poll). */
+const LEASE_TTL_MS = 15_000;
+/** Versions recently reported by this process's own writes, so the commitment poll does not report them again. */
+const SEEN_KEEP = 200_000;
+const SEEN_MS = 10 * 60_000;
+/** Commitments read per step of the poll for other processes' writes. */
+const POLL_CHUNK = 500;
+/** Longest setTimeout (ms); a later `end` re-arms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export type SubscriptionStatus = 'requested' | 'active' | 'error' | 'off';
 
@@ -75,17 +95,27 @@ export interface SubscriptionState {
   headers: string[];
   heartbeatSeconds: number;
   status: SubscriptionStatus;
-  /** Events delivered since the Subscription started (event numbers). */
+  /** Events numbered since the Subscription started (delivered or not): the last event number. */
   events: number;
-  /** Resources that matched but were withheld by the guards at send time. */
+  /** Resources that matched but were withheld by the guards (when they happened, or at send time). */
   withheld: number;
   failedDeliveries: number;
   lastError?: string;
   lastDeliveryAt?: string;
+  /** `Subscription.end`: the server turns it off then. */
+  end?: string;
+  /** Why a stored Subscription cannot be used (it broke a rule when loaded); nothing is sent for it. */
+  unusable?: string;
   /** Daily digest: matching data is gathered and sent once per period instead of per write. */
   digest?: 'daily';
   /** End of the window the last digest covered. */
   lastDigestAt?: string;
+}
+
+/** Where the versions of every process sharing the data directory are listed, in write order (the ledger's commitment store). */
+export interface CommittedVersions {
+  lastSeq(): number;
+  after(seq: number, limit: number): { seq: number; type: string; id: string; version: string }[];
 }
 
 export interface SubscriptionServiceOptions {
@@ -98,12 +128,24 @@ export interface SubscriptionServiceOptions {
   settings: ExchangeSettings;
   /** Reads the data a digest covers, through policy and guards. */
   reader: GuardedReader;
+  /** Versions other processes wrote (CLI ingest) are found here; without it only this process's writes notify. */
+  commitments?: CommittedVersions;
   logger?: Logger;
 }
 
+/** An event: numbered when it happened, delivered later (or not). */
+interface QueuedEvent {
+  number: number;
+  timestamp: string;
+  version: WrittenVersion;
+}
+
 interface Worker {
-  pending: WrittenVersion[];
+  pending: QueuedEvent[];
   busy: Promise<void> | undefined;
+  /** Numbering runs one batch after another, in write order. */
+  intake: Promise<void>;
+  intakeBusy: number;
   heartbeat?: NodeJS.Timeout;
   /** One access object per Subscription (the consent notes and caches hang off it). */
   access: StoredAccess;
@@ -123,57 +165,70 @@ export function topicsOf(resource: Resource): string[] {
   return out;
 }
 
+const keyOf = (r: { resourceType: string; id?: string; meta?: { versionId?: string } }): string => `${r.resourceType}/${r.id}/${r.meta?.versionId}`;
+
 export class SubscriptionService {
-  private readonly db: Database.Database;
+  private readonly store: SubscriptionStore;
   private readonly states = new Map<string, SubscriptionState>();
   private readonly workers = new Map<string, Worker>();
+  private readonly endTimers = new Map<string, NodeJS.Timeout>();
   readonly endpoints: EndpointPolicy;
+  private readonly owner = leaseOwner(randomUUID());
+  /** Whether this process holds the delivery lease (delivers); otherwise it stays passive. */
+  private active = false;
+  /** Versions this process already reported (key → when), newest last. */
+  private readonly seen = new Map<string, number>();
+  /** Commitments up to this seq have been looked at. */
+  private highWater = 0;
+  private polling = false;
   private unsubscribe: (() => void) | undefined;
   private digestTimer: NodeJS.Timeout | undefined;
+  private tickTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
   constructor(private readonly options: SubscriptionServiceOptions) {
-    mkdirSync(options.dir, { recursive: true });
-    this.db = new Database(path.join(options.dir, 'subscriptions.sqlite'));
-    this.db.pragma('journal_mode = WAL');
-    this.db.exec('CREATE TABLE IF NOT EXISTS subscription_state (id TEXT PRIMARY KEY, json TEXT NOT NULL)');
+    this.store = new SubscriptionStore(options.dir);
     this.endpoints = new EndpointPolicy(options.settings.subscriptionAllow, options.settings.subscriptionAllowHttp);
   }
 
-  /** Registers the Subscription write handler and `$status`. */
+  /** Registers the Subscription write handler, `$status` and `$events`. */
   attach(router: FhirRouter): void {
     router.registerWriteHandler('Subscription', this.writeHandler());
     router.registerOperation(this.statusOperation());
+    router.registerOperation(this.eventsOperation());
   }
 
-  /** Loads Subscriptions, restarts heartbeats, retries pending handshakes, and starts listening to writes. */
+  /**
+   * Loads Subscriptions and starts listening to writes; takes the delivery lease when no other
+   * running process holds it (then restarts heartbeats and pending handshakes), and keeps trying.
+   */
   async start(): Promise<void> {
-    for (const row of this.db.prepare('SELECT json FROM subscription_state').all() as { json: string }[]) {
-      const state = JSON.parse(row.json) as SubscriptionState;
-      this.states.set(state.id, state);
-      if (state.status === 'requested') void this.handshake(state);
-      else this.startHeartbeat(state);
-    }
+    this.load();
     this.unsubscribe = this.options.repository.onWrite((written) => this.onWrite(written));
-    this.digestTimer = setInterval(() => void this.runDigests(false), Math.min(this.options.settings.digestMs, 60_000));
-    this.digestTimer.unref();
+    await this.tick();
+    this.tickTimer = setInterval(() => void this.tick(), this.options.settings.foreignWritesPollMs);
+    this.tickTimer.unref();
   }
 
   async close(): Promise<void> {
     this.closed = true;
     this.unsubscribe?.();
     if (this.digestTimer) clearInterval(this.digestTimer);
+    if (this.tickTimer) clearInterval(this.tickTimer);
+    for (const t of this.endTimers.values()) clearTimeout(t);
     for (const w of this.workers.values()) if (w.heartbeat) clearInterval(w.heartbeat);
     await this.idle();
-    this.db.close();
+    if (this.active) this.store.releaseLease(this.owner);
+    this.store.close();
   }
 
-  /** Resolves when no notification is queued or in flight (tests, benchmarks). */
+  /** Resolves when no notification is being numbered, queued or in flight (tests, benchmarks). */
   async idle(): Promise<void> {
     for (;;) {
-      const busy = [...this.workers.values()].map((w) => w.busy).filter((b): b is Promise<void> => !!b);
-      if (busy.length === 0) return;
+      const busy = [...this.workers.values()].flatMap((w) => [w.busy, w.intakeBusy ? w.intake : undefined]).filter((b): b is Promise<void> => !!b);
+      if (busy.length === 0 && !this.polling) return;
       await Promise.all(busy);
+      if (this.polling) await new Promise((r) => setTimeout(r, 5));
     }
   }
 
@@ -185,6 +240,135 @@ export class SubscriptionService {
     return this.states.get(id);
   }
 
+  /** Whether this process delivers notifications (holds the lease). */
+  get delivering(): boolean {
+    return this.active;
+  }
+
+  // ---- lease, start-up, other processes' writes ------------------------------------------------
+
+  /** Reads every stored row; one that cannot be parsed is logged and left alone. */
+  private load(): void {
+    this.states.clear();
+    for (const row of this.store.rows()) {
+      let state: SubscriptionState;
+      try {
+        state = JSON.parse(row.json) as SubscriptionState;
+        if (!state || typeof state !== 'object' || state.id !== row.id) throw new Error('not a subscription state');
+      } catch {
+        this.options.logger?.error({ subscription: row.id }, 'subscription: stored state cannot be read; it is ignored');
+        continue;
+      }
+      const problem = unusableReason(state);
+      if (problem) state.unusable = problem;
+      this.states.set(state.id, state);
+    }
+  }
+
+  /** Renews or takes the lease; when held, looks for other processes' writes. Never throws. */
+  private async tick(): Promise<void> {
+    if (this.closed) return;
+    try {
+      const held = this.store.holdLease(this.owner, LEASE_TTL_MS);
+      if (held && !this.active) await this.activate();
+      else if (!held && this.active) this.deactivate();
+      if (this.active) await this.pollCommitted();
+    } catch (err) {
+      this.options.logger?.warn({ err: (err as Error).message }, 'subscription: lease or poll failed; trying again');
+    }
+  }
+
+  private async activate(): Promise<void> {
+    this.active = true;
+    this.load(); // what a process that delivered before wrote
+    this.highWater = this.options.commitments?.lastSeq() ?? 0;
+    for (const state of this.states.values()) {
+      if (state.unusable) {
+        if (state.status !== 'error' || state.lastError !== `Subscription cannot be used: ${state.unusable}`) {
+          this.options.logger?.warn({ subscription: state.id, reason: state.unusable }, 'subscription: stored Subscription cannot be used; set to error');
+          await this.setStatus(state, 'error', `Subscription cannot be used: ${state.unusable}`);
+        }
+        continue;
+      }
+      if (state.status === 'off') continue;
+      if (this.expired(state)) {
+        await this.turnOff(state);
+        continue;
+      }
+      this.armEnd(state);
+      if (state.status === 'requested') this.startHandshake(state);
+      else this.startHeartbeat(state);
+    }
+    this.digestTimer = setInterval(() => void this.runDigests(false).catch((err: unknown) => {
+      this.options.logger?.warn({ err: (err as Error).message }, 'subscription: digest run failed');
+    }), Math.min(this.options.settings.digestMs, 60_000));
+    this.digestTimer.unref();
+    this.options.logger?.info({ subscriptions: this.states.size }, 'subscriptions: this process delivers notifications');
+  }
+
+  /** The lease went to another process (this one was paused past its expiry): stop delivering. */
+  private deactivate(): void {
+    this.active = false;
+    if (this.digestTimer) clearInterval(this.digestTimer);
+    for (const id of [...this.workers.keys()]) this.stopWorker(id);
+    for (const t of this.endTimers.values()) clearTimeout(t);
+    this.endTimers.clear();
+    this.options.logger?.warn('subscriptions: another process took over delivery');
+  }
+
+  /**
+   * Notifies versions that other processes (the CLI) committed since the last look. The commitment
+   * store lists every process's versions in write order; this process's own were reported already
+   * (`seen`) and are skipped without a read.
+   */
+  private async pollCommitted(): Promise<void> {
+    const commitments = this.options.commitments;
+    if (!commitments || this.polling) return;
+    const last = commitments.lastSeq();
+    if (last <= this.highWater) return;
+    const listening = [...this.states.values()].some((s) => this.deliverable(s) && !s.digest);
+    if (!listening) {
+      this.highWater = last;
+      return;
+    }
+    this.polling = true;
+    try {
+      while (this.highWater < last && !this.closed && this.active) {
+        const rows = commitments.after(this.highWater, POLL_CHUNK);
+        if (rows.length === 0) break;
+        const found: WrittenVersion[] = [];
+        for (const row of rows) {
+          if ((row.type !== 'Observation' && row.type !== 'DiagnosticReport') || this.seen.has(`${row.type}/${row.id}/${row.version}`)) continue;
+          try {
+            found.push({ resource: await this.options.repository.vread(row.type, row.id, row.version), interaction: row.version === '1' ? 'create' : 'update' });
+          } catch {
+            // deleted, erased or failing integrity since: nothing to notify
+          }
+        }
+        this.highWater = rows[rows.length - 1]!.seq;
+        if (found.length) this.onWrite(found);
+      }
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  /** Remembers versions as reported; answers those not reported before. */
+  private fresh(written: WrittenVersion[]): WrittenVersion[] {
+    const now = Date.now();
+    const out = written.filter((w) => {
+      const key = keyOf(w.resource);
+      if (this.seen.has(key)) return false;
+      this.seen.set(key, now);
+      return true;
+    });
+    for (const [key, at] of this.seen) {
+      if (this.seen.size <= SEEN_KEEP && at > now - SEEN_MS) break;
+      this.seen.delete(key);
+    }
+    return out;
+  }
+
   // ---- FHIR writes ---------------------------------------------------------------------------
 
   writeHandler(): TypeWriteHandler {
@@ -194,7 +378,10 @@ export class SubscriptionService {
         const { resource } = await this.options.repository.create<Subscription>({ ...sub, status: 'requested' });
         const state = this.stateOf(resource, req.access);
         this.save(state);
-        void this.handshake(state);
+        if (this.active) {
+          this.armEnd(state);
+          this.startHandshake(state);
+        }
         return { status: 201, headers: { Location: `${this.options.fhirBase}/Subscription/${resource.id}/_history/${resource.meta?.versionId}` }, body: resource };
       },
       update: async (req, id) => {
@@ -207,14 +394,17 @@ export class SubscriptionService {
         const state = { ...this.stateOf(resource, req.access), events: previous.events, withheld: previous.withheld };
         this.stopWorker(id);
         this.save(state);
-        if (status === 'requested') void this.handshake(state);
+        if (this.active && status === 'requested') {
+          this.armEnd(state);
+          this.startHandshake(state);
+        }
         return { status: 200, body: resource };
       },
       delete: async (req, id) => {
         this.owned(req.access, id);
         this.stopWorker(id);
         this.states.delete(id);
-        this.db.prepare('DELETE FROM subscription_state WHERE id = ?').run(id);
+        this.store.remove(id);
         await this.options.repository.delete('Subscription', id);
         return { status: 204 };
       },
@@ -239,20 +429,20 @@ export class SubscriptionService {
     }
     if (body.channel?.type !== 'rest-hook') throw badRequest('Only the rest-hook channel is supported', 'Subscription.channel.type');
     if (!body.channel.endpoint) throw badRequest('channel.endpoint is required', 'Subscription.channel.endpoint');
+    channelHeaders(body.channel.header);
+    endOf(body);
     await this.endpoints.check(body.channel.endpoint);
     if (body.channel.payload !== undefined && !['application/fhir+json', 'application/json'].includes(body.channel.payload)) {
       throw badRequest('channel.payload must be application/fhir+json', 'Subscription.channel.payload');
     }
     payloadContent(body);
-    heartbeatOf(body);
-    if (digestOf(body) && body.criteria !== TOPICS.readings) throw badRequest('A daily digest is offered for the CGM readings topic', 'Subscription.channel');
-    for (const h of body.channel.header ?? []) {
-      if (!/^[A-Za-z0-9-]{1,64}:\s?[^\r\n]{0,2048}$/.test(h)) throw badRequest('channel.header entries must be "Name: value"', 'Subscription.channel.header');
-    }
+    heartbeatOf(body, this.options.settings.heartbeatMinSeconds);
+    if (digestOf(body, DIGEST_EXTENSION) && body.criteria !== TOPICS.readings) throw badRequest('A daily digest is offered for the CGM readings topic', 'Subscription.channel');
     return { ...body, meta: { ...body.meta, profile: [...new Set([...(body.meta?.profile ?? []), BACKPORT_PROFILE])] } };
   }
 
   private stateOf(resource: Subscription, access: AccessContext): SubscriptionState {
+    const end = endOf(resource, Date.now(), false);
     return {
       id: resource.id!,
       owner: ownerOf(access),
@@ -262,9 +452,10 @@ export class SubscriptionService {
       payload: payloadContent(resource),
       endpoint: resource.channel.endpoint!,
       headers: resource.channel.header ?? [],
-      heartbeatSeconds: heartbeatOf(resource),
+      heartbeatSeconds: heartbeatOf(resource, 0),
       status: resource.status === 'off' ? 'off' : 'requested',
-      ...(digestOf(resource) ? { digest: 'daily' as const, lastDigestAt: new Date().toISOString() } : {}),
+      ...(end !== undefined ? { end: new Date(end).toISOString() } : {}),
+      ...(digestOf(resource, DIGEST_EXTENSION) ? { digest: 'daily' as const, lastDigestAt: new Date().toISOString() } : {}),
       events: 0,
       withheld: 0,
       failedDeliveries: 0,
@@ -273,8 +464,7 @@ export class SubscriptionService {
 
   private save(state: SubscriptionState): void {
     this.states.set(state.id, state);
-    this.db.prepare('INSERT INTO subscription_state (id, json) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET json = excluded.json')
-      .run(state.id, JSON.stringify(state));
+    this.store.save(state.id, JSON.stringify(state));
   }
 
   private async setStatus(state: SubscriptionState, status: SubscriptionStatus, error?: string): Promise<void> {
@@ -292,7 +482,45 @@ export class SubscriptionService {
     }
   }
 
-  // ---- $status -------------------------------------------------------------------------------
+  // ---- end -----------------------------------------------------------------------------------
+
+  private expired(state: SubscriptionState, now = Date.now()): boolean {
+    return state.end !== undefined && Date.parse(state.end) <= now;
+  }
+
+  /** Active, or failing and still retried: notifications are made for it. */
+  private deliverable(state: SubscriptionState): boolean {
+    return !state.unusable && (state.status === 'active' || state.status === 'error');
+  }
+
+  /** Turns the Subscription off when its `end` comes (re-armed when the end is beyond a timer's reach). */
+  private armEnd(state: SubscriptionState): void {
+    const old = this.endTimers.get(state.id);
+    if (old) clearTimeout(old);
+    this.endTimers.delete(state.id);
+    if (state.end === undefined || state.status === 'off') return;
+    const wait = Math.min(Math.max(0, Date.parse(state.end) - Date.now()), MAX_TIMER_MS);
+    const timer = setTimeout(() => {
+      this.endTimers.delete(state.id);
+      if (this.closed || this.states.get(state.id) !== state) return;
+      if (this.expired(state)) void this.turnOff(state);
+      else this.armEnd(state);
+    }, wait);
+    timer.unref();
+    this.endTimers.set(state.id, timer);
+  }
+
+  private async turnOff(state: SubscriptionState): Promise<void> {
+    if (state.status === 'off' || this.states.get(state.id) !== state) return;
+    this.stopWorker(state.id);
+    const timer = this.endTimers.get(state.id);
+    if (timer) clearTimeout(timer);
+    this.endTimers.delete(state.id);
+    this.options.logger?.info({ subscription: state.id, end: state.end }, 'subscription: end reached, off');
+    await this.setStatus(state, 'off');
+  }
+
+  // ---- $status and $events ---------------------------------------------------------------------
 
   private statusOperation(): OperationHandler {
     return {
@@ -312,6 +540,55 @@ export class SubscriptionService {
     };
   }
 
+  /**
+   * `$events` (Backport IG): the events numbered `eventsSinceNumber`..`eventsUntilNumber` that are
+   * still logged (the last EVENT_LOG_KEEP), at most MAX_EVENTS_PER_BUNDLE, each decided again for
+   * the caller as a read would be; an event withheld now, or whose version is gone, is left out.
+   */
+  private eventsOperation(): OperationHandler {
+    return {
+      name: 'events', levels: ['instance'], resourceTypes: ['Subscription'], methods: ['GET', 'POST'],
+      handle: async (req, target) => {
+        const state = this.owned(req.access, target.id!);
+        const arg = (name: string): string | undefined => {
+          const fromQuery = [req.query[name] ?? []].flat()[0];
+          if (fromQuery !== undefined) return fromQuery;
+          const body = req.body as Parameters | undefined;
+          const p = body?.resourceType === 'Parameters' ? body.parameter?.find((x) => x.name === name) : undefined;
+          return p?.valueString ?? p?.valueCode ?? (p?.valueInteger !== undefined ? String(p.valueInteger) : undefined);
+        };
+        const number = (name: string, fallback: number): number => {
+          const raw = arg(name);
+          if (raw === undefined) return fallback;
+          if (!/^\d{1,15}$/.test(raw)) throw badRequest(`${name} must be an event number`, name);
+          return Number(raw);
+        };
+        const since = number('eventsSinceNumber', 1);
+        const until = Math.min(number('eventsUntilNumber', state.events), state.events);
+        const content = arg('content') ?? state.payload;
+        if (content !== 'empty' && content !== 'id-only' && content !== 'full-resource') throw badRequest('content must be empty, id-only or full-resource', 'content');
+        const logged = this.store.events(state.id, since, until, MAX_EVENTS_PER_BUNDLE);
+        const queued: QueuedEvent[] = [];
+        for (const e of logged) {
+          try {
+            queued.push({ number: e.number, timestamp: e.timestamp, version: { resource: await this.options.repository.vread(e.type, e.id, e.version), interaction: e.interaction } });
+          } catch {
+            // deleted or erased since: the number stays a gap
+          }
+        }
+        const access = req.access as StoredAccess;
+        const allowed = queued.length ? await this.allowedNow(access, queued.map((q) => q.version)) : [];
+        if (allowed === undefined) throw unavailable('The events cannot be decided now; try again');
+        const ok = new Set(allowed.map((w) => keyOf(w.resource)));
+        const deid = this.options.deidentifiers.forAccess(access);
+        const events: NotificationEvent[] = queued.filter((q) => ok.has(keyOf(q.version.resource))).map((q) => ({
+          eventNumber: q.number, timestamp: q.timestamp, interaction: q.version.interaction, resource: deid ? deid.apply(q.version.resource) : q.version.resource,
+        }));
+        return { status: 200, body: notificationBundle({ ...this.statusInput(state, 'query-event'), payload: content, events }) };
+      },
+    };
+  }
+
   private statusInput(state: SubscriptionState, type: NotificationType) {
     return {
       subscriptionUrl: `${this.options.fhirBase}/Subscription/${state.id}`, subscriptionId: state.id, topic: state.topic,
@@ -322,25 +599,68 @@ export class SubscriptionService {
   // ---- events --------------------------------------------------------------------------------
 
   private onWrite(written: WrittenVersion[]): void {
-    if (this.closed || this.states.size === 0) return;
+    if (this.closed || !this.active) return;
+    const fresh = this.fresh(written);
+    if (fresh.length === 0 || this.states.size === 0) return;
     for (const state of this.states.values()) {
-      if ((state.status !== 'active' && state.status !== 'error') || state.digest) continue;
-      const matching = written.filter((w) => topicsOf(w.resource).includes(state.topic) && (!state.patient || patientIdsOf(w.resource).includes(state.patient)));
+      if (!this.deliverable(state) || state.digest) continue;
+      if (this.expired(state)) {
+        void this.turnOff(state);
+        continue;
+      }
+      const matching = fresh.filter((w) => topicsOf(w.resource).includes(state.topic) && (!state.patient || patientIdsOf(w.resource).includes(state.patient)));
       if (matching.length === 0) continue;
-      const worker = this.worker(state);
-      worker.pending.push(...matching);
+      this.enqueue(state, matching, new Date().toISOString());
+    }
+  }
+
+  /**
+   * The events happen: those the requester may see now are numbered and logged (persisted), then
+   * queued for delivery. One batch after another per Subscription, so numbers follow write order.
+   */
+  private enqueue(state: SubscriptionState, versions: WrittenVersion[], timestamp: string): void {
+    const worker = this.worker(state);
+    worker.intakeBusy++;
+    worker.intake = worker.intake.then(async () => {
+      if (this.closed || this.states.get(state.id) !== state) return;
+      const events = await this.number(state, worker, versions, timestamp);
+      worker.pending.push(...events);
       if (worker.pending.length > MAX_PENDING) {
         const dropped = worker.pending.splice(0, worker.pending.length - MAX_PENDING);
-        this.options.logger?.warn({ subscription: state.id, dropped: dropped.length }, 'subscription: queue full, oldest events dropped');
+        // their numbers are used: the subscriber sees the gap and can ask $events
+        this.options.logger?.warn({ subscription: state.id, dropped: dropped.length }, 'subscription: queue full, oldest events not sent');
       }
       this.kick(state, worker);
+    }).catch((err: unknown) => {
+      this.options.logger?.error({ subscription: state.id, err: (err as Error).message }, 'subscription: events could not be numbered');
+    }).finally(() => {
+      worker.intakeBusy--;
+    });
+  }
+
+  /**
+   * Numbers the versions the requester may see now (when undecidable, all of them: the send-time
+   * check decides) and persists the counter with the event rows before anything is sent.
+   */
+  private async number(state: SubscriptionState, worker: Worker, versions: WrittenVersion[], timestamp: string): Promise<QueuedEvent[]> {
+    const eligible = (await this.allowedNow(worker.access, versions)) ?? versions;
+    if (eligible.length < versions.length) {
+      state.withheld += versions.length - eligible.length;
+      this.options.logger?.info({ subscription: state.id, withheld: versions.length - eligible.length }, 'subscription: events withheld by consent');
     }
+    const events = eligible.map((version, i) => ({ number: state.events + i + 1, timestamp, version }));
+    state.events += events.length;
+    const logged: LoggedEvent[] = events.map((e) => ({
+      number: e.number, timestamp, type: e.version.resource.resourceType, id: e.version.resource.id!, version: e.version.resource.meta!.versionId!, interaction: e.version.interaction,
+    }));
+    if (this.states.get(state.id) === state) this.store.recordEvents(state.id, JSON.stringify(state), logged);
+    return events;
   }
 
   private worker(state: SubscriptionState): Worker {
     let w = this.workers.get(state.id);
     if (!w) {
-      w = { pending: [], busy: undefined, access: { ...state.access, scopes: [...state.access.scopes] } };
+      w = { pending: [], busy: undefined, intake: Promise.resolve(), intakeBusy: 0, access: { ...state.access, scopes: [...state.access.scopes] } };
       this.workers.set(state.id, w);
     }
     return w;
@@ -354,10 +674,15 @@ export class SubscriptionService {
     this.workers.delete(id);
   }
 
+  /** Still the Subscription to deliver for, from this process, now? */
+  private current(state: SubscriptionState): boolean {
+    return !this.closed && this.active && this.states.get(state.id) === state && state.status !== 'off' && !state.unusable;
+  }
+
   private kick(state: SubscriptionState, worker: Worker): void {
     if (worker.busy) return;
     worker.busy = (async () => {
-      while (worker.pending.length && !this.closed && this.states.get(state.id) === state) {
+      while (worker.pending.length && this.current(state)) {
         const batch = worker.pending.splice(0, MAX_EVENTS_PER_BUNDLE);
         await this.deliverEvents(state, worker, batch);
       }
@@ -365,42 +690,46 @@ export class SubscriptionService {
       this.options.logger?.error({ subscription: state.id, err: (err as Error).message }, 'subscription: delivery loop failed');
     }).finally(() => {
       worker.busy = undefined;
-      if (worker.pending.length && !this.closed && this.states.get(state.id) === state) this.kick(state, worker);
+      if (worker.pending.length && this.current(state)) this.kick(state, worker);
     });
   }
 
   /**
-   * Sends one batch: before every attempt the resources are decided again (policy + guards, at
-   * send time), so a revocation between attempts stops the data too.
+   * Sends one batch of numbered events: before every attempt the resources are decided again
+   * (policy + guards, at send time), so a revocation between attempts stops the data too.
    */
-  private async deliverEvents(state: SubscriptionState, worker: Worker, batch: WrittenVersion[]): Promise<boolean> {
+  private async deliverEvents(state: SubscriptionState, worker: Worker, batch: QueuedEvent[]): Promise<boolean> {
     const attempts = this.options.settings.deliveryAttempts;
     for (let attempt = 1; attempt <= attempts; attempt++) {
-      if (this.closed || this.states.get(state.id) !== state) return false;
-      const allowed = await this.allowedNow(worker.access, batch);
+      if (!this.current(state)) return false;
+      if (this.expired(state)) {
+        await this.turnOff(state);
+        return false;
+      }
+      const allowed = await this.allowedNow(worker.access, batch.map((e) => e.version));
       if (allowed === undefined) {
         // could not decide (KV/chain outage): never send, try again later
         if (attempt < attempts) await sleep(this.backoff(attempt));
         continue;
       }
-      const withheld = batch.length - allowed.length;
+      const ok = new Set(allowed.map((w) => keyOf(w.resource)));
+      const sendable = batch.filter((e) => ok.has(keyOf(e.version.resource)));
+      const withheld = batch.length - sendable.length;
       if (withheld > 0) {
         state.withheld += withheld;
         this.options.logger?.info({ subscription: state.id, withheld }, 'subscription: events withheld by consent at send time');
       }
-      if (allowed.length === 0) {
+      if (sendable.length === 0) {
         this.save(state);
         return true;
       }
       const deid = this.options.deidentifiers.forAccess(worker.access);
-      const now = new Date().toISOString();
-      const events: NotificationEvent[] = allowed.map((w, i) => ({
-        eventNumber: state.events + i + 1, timestamp: now, interaction: w.interaction, resource: deid ? deid.apply(w.resource) : w.resource,
+      const events: NotificationEvent[] = sendable.map((e) => ({
+        eventNumber: e.number, timestamp: e.timestamp, interaction: e.version.interaction, resource: deid ? deid.apply(e.version.resource) : e.version.resource,
       }));
-      const bundle = notificationBundle({ ...this.statusInput(state, 'event-notification'), status: 'active', eventsSinceStart: state.events + events.length, events });
+      const bundle = notificationBundle({ ...this.statusInput(state, 'event-notification'), status: 'active', events });
       const result = await this.post(state, bundle);
       if (result.ok) {
-        state.events += events.length;
         state.lastDeliveryAt = new Date().toISOString();
         this.save(state);
         if (state.status !== 'active') await this.setStatus(state, 'active');
@@ -408,10 +737,11 @@ export class SubscriptionService {
         return true;
       }
       state.failedDeliveries++;
+      this.save(state);
       this.options.logger?.warn({ subscription: state.id, attempt, attempts, status: result.status, reason: result.reason }, 'subscription: delivery failed');
       if (attempt < attempts) await sleep(this.backoff(attempt));
     }
-    await this.setStatus(state, 'error', `Delivery failed after ${attempts} attempts`);
+    if (this.current(state)) await this.setStatus(state, 'error', `Delivery failed after ${attempts} attempts`);
     return false;
   }
 
@@ -421,7 +751,11 @@ export class SubscriptionService {
    */
   async runDigests(force = true): Promise<void> {
     for (const state of [...this.states.values()]) {
-      if (!state.digest || (state.status !== 'active' && state.status !== 'error') || this.closed) continue;
+      if (!state.digest || !this.deliverable(state) || this.closed || !this.active) continue;
+      if (this.expired(state)) {
+        await this.turnOff(state);
+        continue;
+      }
       const due = Date.parse(state.lastDigestAt ?? '1970-01-01T00:00:00Z') + this.options.settings.digestMs <= Date.now();
       if (force || due) await this.runDigest(state);
     }
@@ -447,7 +781,11 @@ export class SubscriptionService {
         return;
       }
     }
-    const ok = versions.length === 0 || await this.deliverEvents(state, worker, versions);
+    let ok = true;
+    if (versions.length) {
+      const events = await this.number(state, worker, versions, until);
+      ok = events.length === 0 || await this.deliverEvents(state, worker, events);
+    }
     if (ok && this.states.get(state.id) === state) {
       state.lastDigestAt = until;
       this.save(state);
@@ -460,8 +798,8 @@ export class SubscriptionService {
     try {
       for (const type of new Set(batch.map((w) => w.resource.resourceType))) await this.options.policy.authorize(access, 'search', type);
       const { allowed } = await this.options.fhir.guard(access, batch.map((w) => w.resource));
-      const ok = new Set(allowed.map((r) => `${r.resourceType}/${r.id}/${r.meta?.versionId}`));
-      return batch.filter((w) => ok.has(`${w.resource.resourceType}/${w.resource.id}/${w.resource.meta?.versionId}`));
+      const ok = new Set(allowed.map((r) => keyOf(r)));
+      return batch.filter((w) => ok.has(keyOf(w.resource)));
     } catch (err) {
       if (isGlucoGuardError(err, 'ERR_FORBIDDEN')) return [];
       this.options.logger?.warn({ err: (err as Error).message }, 'subscription: no decision at send time');
@@ -473,10 +811,17 @@ export class SubscriptionService {
     return this.options.settings.retryBaseMs * 2 ** (attempt - 1);
   }
 
+  private startHandshake(state: SubscriptionState): void {
+    void this.handshake(state).catch((err: unknown) => {
+      this.options.logger?.error({ subscription: state.id, err: (err as Error).message }, 'subscription: handshake failed');
+    });
+  }
+
   private async handshake(state: SubscriptionState): Promise<void> {
     const attempts = this.options.settings.deliveryAttempts;
     for (let attempt = 1; attempt <= attempts; attempt++) {
-      if (this.closed || this.states.get(state.id) !== state) return;
+      if (!this.current(state)) return;
+      if (this.expired(state)) return this.turnOff(state);
       const result = await this.post(state, notificationBundle({ ...this.statusInput(state, 'handshake'), status: 'requested', payload: 'empty' }));
       if (result.ok) {
         await this.setStatus(state, 'active');
@@ -487,15 +832,19 @@ export class SubscriptionService {
       this.options.logger?.warn({ subscription: state.id, attempt, status: result.status, reason: result.reason }, 'subscription: handshake failed');
       if (attempt < attempts) await sleep(this.backoff(attempt));
     }
-    await this.setStatus(state, 'error', `Handshake failed after ${attempts} attempts`);
+    if (this.current(state)) await this.setStatus(state, 'error', `Handshake failed after ${attempts} attempts`);
   }
 
   private startHeartbeat(state: SubscriptionState): void {
-    if (state.heartbeatSeconds <= 0 || (state.status !== 'active' && state.status !== 'error')) return;
+    if (state.heartbeatSeconds <= 0 || !this.deliverable(state)) return;
     const worker = this.worker(state);
     if (worker.heartbeat) clearInterval(worker.heartbeat);
     worker.heartbeat = setInterval(() => {
-      if (worker.busy || worker.pending.length || this.closed) return;
+      if (worker.busy || worker.pending.length || !this.current(state)) return;
+      if (this.expired(state)) {
+        void this.turnOff(state);
+        return;
+      }
       void this.post(state, notificationBundle({ ...this.statusInput(state, 'heartbeat'), payload: 'empty' })).then((r) => {
         if (!r.ok) this.options.logger?.warn({ subscription: state.id, status: r.status, reason: r.reason }, 'subscription: heartbeat failed');
       });
@@ -503,7 +852,11 @@ export class SubscriptionService {
     worker.heartbeat.unref();
   }
 
-  /** POSTs a Bundle to the endpoint (SSRF-checked lookup); never throws. */
+  /**
+   * POSTs a Bundle to the endpoint (SSRF-checked lookup on the address connected to). Never throws
+   * and never rejects: a header the HTTP client refuses, a socket error or a timeout is a failed
+   * attempt like a 5xx.
+   */
   private async post(state: SubscriptionState, bundle: Bundle): Promise<{ ok: boolean; status?: number; reason?: string }> {
     let url: URL;
     try {
@@ -511,68 +864,51 @@ export class SubscriptionService {
     } catch {
       return { ok: false, reason: 'endpoint not allowed' };
     }
-    const body = Buffer.from(JSON.stringify(bundle));
-    const headers: Record<string, string> = { 'Content-Type': 'application/fhir+json', 'Content-Length': String(body.length) };
-    for (const h of state.headers) {
-      const i = h.indexOf(':');
-      headers[h.slice(0, i).trim()] = h.slice(i + 1).trim();
+    let extra: [string, string][];
+    try {
+      extra = channelHeaders(state.headers);
+    } catch {
+      return { ok: false, reason: 'channel.header cannot be sent' };
     }
+    const body = Buffer.from(JSON.stringify(bundle));
+    // the proxy's own headers last: a subscriber's cannot replace them (channelHeaders refuses them anyway)
+    const headers: Record<string, string> = { ...Object.fromEntries(extra), 'Content-Type': 'application/fhir+json', 'Content-Length': String(body.length) };
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
     return new Promise((resolve) => {
-      const req = send(url, { method: 'POST', headers, lookup: this.endpoints.lookup() as never, timeout: DELIVERY_TIMEOUT_MS }, (res) => {
-        res.resume();
-        res.on('end', () => resolve({ ok: (res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 300, status: res.statusCode }));
-        res.on('error', () => resolve({ ok: false, reason: 'response error' }));
-      });
-      req.on('timeout', () => req.destroy(new Error('timeout')));
-      req.on('error', (err: Error & { code?: string }) => resolve({ ok: false, reason: err.code ?? err.message }));
-      req.end(body);
+      try {
+        const req = send(url, { method: 'POST', headers, lookup: this.endpoints.lookup(url) as never, timeout: DELIVERY_TIMEOUT_MS }, (res) => {
+          res.resume();
+          res.on('end', () => resolve({ ok: (res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 300, status: res.statusCode }));
+          res.on('error', () => resolve({ ok: false, reason: 'response error' }));
+        });
+        req.on('timeout', () => req.destroy(new Error('timeout')));
+        req.on('error', (err: Error & { code?: string }) => resolve({ ok: false, reason: err.code ?? 'request error' }));
+        req.end(body);
+      } catch (err) {
+        // http.request throws synchronously on a header value it cannot send (ERR_INVALID_CHAR)
+        resolve({ ok: false, reason: (err as { code?: string }).code ?? 'request error' });
+      }
     });
   }
 }
 
+/**
+ * Why a stored Subscription cannot be used, or undefined: rows stored by an older version may break
+ * rules added since (a header the HTTP client refuses crashed delivery before they were checked).
+ */
+function unusableReason(state: SubscriptionState): string | undefined {
+  if (!Object.values(TOPICS).includes(state.topic as never)) return 'unknown topic';
+  if (typeof state.endpoint !== 'string' || !URL.canParse(state.endpoint)) return 'channel.endpoint is not a URL';
+  if (!Array.isArray(state.headers)) return 'channel.header is not a list';
+  for (const [i, h] of state.headers.entries()) {
+    const problem = headerProblem(h);
+    if (problem) return `channel.header[${i}] ${problem}`;
+  }
+  if (!['empty', 'id-only', 'full-resource'].includes(state.payload)) return 'unknown payload content';
+  if (typeof state.events !== 'number' || !state.access || !Array.isArray(state.access.scopes)) return 'delivery state is incomplete';
+  return undefined;
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref?.());
-}
-
-function extensionValue(extensions: Extension[] | undefined, name: string): Extension | undefined {
-  return extensions?.find((e) => e.url === `${BACKPORT}${name}`);
-}
-
-/** The patient of `backport-filter-criteria` (`Observation?patient=Patient/ID`), if any. */
-function filterPatient(sub: Subscription): string | undefined {
-  const criteria = (sub as Subscription & { _criteria?: { extension?: Extension[] } })._criteria;
-  const filters = (criteria?.extension ?? []).filter((e) => e.url === `${BACKPORT}backport-filter-criteria`);
-  if (filters.length > 1) throw badRequest('Only one filter criteria is supported', 'Subscription.criteria');
-  const raw = filters[0]?.valueString;
-  if (raw === undefined) return undefined;
-  const query = raw.replace(/^(Observation|DiagnosticReport)\?/, '');
-  const params = new URLSearchParams(query);
-  const keys = [...params.keys()];
-  const value = params.get('patient');
-  const id = value ? /^(?:Patient\/)?([A-Za-z0-9\-.]{1,64})$/.exec(value)?.[1] : undefined;
-  if (keys.length !== 1 || !id) throw badRequest('Filter criteria must be patient=Patient/ID', 'Subscription.criteria');
-  return id;
-}
-
-function payloadContent(sub: Subscription): PayloadContent {
-  if (sub.channel?.payload === undefined) return 'empty';
-  const payloadExt = (sub.channel as { _payload?: { extension?: Extension[] } })._payload?.extension;
-  const code = extensionValue(payloadExt, 'backport-payload-content')?.valueCode ?? 'id-only';
-  if (code !== 'empty' && code !== 'id-only' && code !== 'full-resource') throw badRequest('backport-payload-content must be empty, id-only or full-resource', 'Subscription.channel.payload');
-  return code;
-}
-
-function digestOf(sub: Subscription): boolean {
-  const ext = sub.channel?.extension?.find((e) => e.url === DIGEST_EXTENSION);
-  if (!ext) return false;
-  if (ext.valueCode !== 'daily') throw badRequest('The digest extension takes the code daily', 'Subscription.channel');
-  return true;
-}
-
-function heartbeatOf(sub: Subscription): number {
-  const v = extensionValue(sub.channel?.extension, 'backport-heartbeat-period')?.valueUnsignedInt;
-  if (v === undefined) return 0;
-  if (!Number.isInteger(v) || v < 1 || v > 86_400 * 7) throw badRequest('backport-heartbeat-period must be 1 s to 7 days', 'Subscription.channel');
-  return v;
 }

@@ -498,6 +498,16 @@ export class CommitmentStore {
       .all(fromSeq).map((r) => r.lag);
   }
 
+  /**
+   * Commitments recorded after `seq`, oldest first, at most `limit` (keys only): a server finds the
+   * versions other processes sharing the data directory wrote (subscriptions notify them).
+   */
+  after(seq: number, limit: number): { seq: number; type: string; id: string; version: string }[] {
+    this.checkOpen();
+    return this.db.prepare<[number, number], { seq: number; type: string; id: string; version: string }>(
+      'SELECT seq, type, id, version FROM commitments WHERE seq > ? ORDER BY seq LIMIT ?').all(seq, limit);
+  }
+
   /** Highest seq recorded so far (0 when empty). */
   lastSeq(): number {
     return this.db.prepare<[], { s: number | null }>('SELECT MAX(seq) AS s FROM commitments').get()!.s ?? 0;

@@ -14,7 +14,6 @@ import { DIGEST_EXTENSION, TOPICS } from '../../src/exchange/subscriptions.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, grant, ingest, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
 
-process.env.GLUCOGUARD_SUBSCRIPTION_ALLOW = '127.0.0.1';
 process.env.GLUCOGUARD_SUBSCRIPTION_RETRIES = '3';
 process.env.GLUCOGUARD_SUBSCRIPTION_RETRY_MS = '20';
 
@@ -86,6 +85,8 @@ describe('subscriptions (R4 backport, rest-hook)', () => {
 
   beforeAll(async () => {
     rx = await receiver();
+    // the allow list names address and port: the receiver's, not every port on loopback
+    process.env.GLUCOGUARD_SUBSCRIPTION_ALLOW = new URL(rx.url).host;
     t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
     ana = await person(t.app, 'Patient', 'Rivera');
     ben = await person(t.app, 'Patient', 'Okafor');
