@@ -4,7 +4,11 @@
  *   level with `Prefer: respond-async` → 202 + Content-Location of the status endpoint;
  * - status (`GET /$export-status?_job=ID`): 202 + X-Progress + Retry-After while running (429 when
  *   polled sooner than Retry-After), then 200 with the manifest; `DELETE` cancels (202, then 404);
- * - `_type`, `_since`, `_typeFilter` (one query per type), `_outputFormat` (NDJSON).
+ * - `_type`, `_since`, `_typeFilter`, `_outputFormat` (NDJSON). `_typeFilter` is a comma-separated
+ *   list of queries (repeated: the same as comma-separated); queries for one type are OR'ed, each
+ *   checked at kick-off by the parser, policy and repository the job reads through (400 naming it);
+ * - a Patient or Group export holds the patient compartment: `_type` naming a type outside it is a
+ *   400, or with `Prefer: handling=lenient` the type is left out and the error file says so.
  *
  * Jobs run one at a time in the background and stream to `<dataDir>/exports/<job>/` with bounded
  * memory: every resource is read through GuardedReader (scopes, consent, integrity decided at the
@@ -30,7 +34,7 @@ import type { Readable } from 'node:stream';
 import { getSearchParameter } from '@medplum/core';
 import type { Group, Parameters, Resource } from '@medplum/fhirtypes';
 import { EXPORT_FILE_PATH } from '../audit/recorder.js';
-import { badRequest, forbidden, gone, isGlucoGuardError, notFound, tooManyRequests, type GlucoGuardError } from '../errors.js';
+import { badRequest, forbidden, gone, GlucoGuardError, isGlucoGuardError, notFound, tooManyRequests } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { informational, operationOutcome } from '../fhir/outcomes.js';
 import { queryOfText } from '../fhir/paging.js';
@@ -39,18 +43,22 @@ import { isSupportedType } from '../fhir/resource-types.js';
 import type { FhirRequest, FhirResponse } from '../fhir/types.js';
 import type { Logger } from '../log.js';
 import type { Repository } from '../repository/port.js';
-import { JobStore, ownerOf, storedAccess, type ExportJob, type ExportParams, type OutputFile, type Released, type StoredAccess } from './jobs.js';
+import {
+  JobStore, ownerOf, storedAccess, typeFiltersOf, type ExportJob, type ExportParams, type OutputFile, type Released, type StoredAccess, type TypeFilterQuery,
+} from './jobs.js';
 import { GuardedReader } from './reader.js';
 import { FrameOpener, sealFrame } from './sealed-file.js';
 import { researchContextOf, type StudyDeidentifiers } from './research.js';
 
-/** Types exported when `_type` is absent: the clinical data, not consents, audit trails or subscriptions. */
 /** Parameters starting with `_` that a `_typeFilter` may use: filters, not result parameters. */
 const TYPE_FILTER_COMMON = new Set(['_id', '_lastUpdated', '_tag', '_security', '_profile']);
 
+/** Types exported when `_type` is absent: the clinical data, not consents, audit trails or subscriptions. */
 export const DEFAULT_EXPORT_TYPES = ['Patient', 'Observation', 'Device', 'MedicationAdministration', 'DiagnosticReport', 'ServiceRequest'];
 const NDJSON_FORMATS = new Set(['application/fhir+ndjson', 'application/ndjson', 'ndjson']);
 const MAX_ATTEMPTS = 3;
+/** What a job that failed on the server's side says (the detail is logged, never shown). */
+const INTERNAL_FAILURE = 'The export failed because of an internal error; start a new export';
 
 /**
  * What export needs of consent so its files never outlive the grants that let their data out
@@ -151,7 +159,7 @@ export class ExportService {
     for (const job of this.store.byStatus('queued', 'running')) {
       rmSync(this.jobDir(job.id), { recursive: true, force: true });
       if (job.attempts >= MAX_ATTEMPTS) {
-        this.store.put({ ...job, status: 'failed', failure: 'The export could not complete', outputs: [], errors: [] });
+        this.store.put({ ...job, status: 'failed', failure: `${INTERNAL_FAILURE} (it was cut off ${MAX_ATTEMPTS} times)`, outputs: [], errors: [] });
         continue;
       }
       this.store.put({ ...job, status: 'queued', outputs: [], errors: [] });
@@ -197,30 +205,51 @@ export class ExportService {
     const requested = (query._type ?? []).flatMap((t) => t.split(',')).map((t) => t.trim()).filter(Boolean);
     for (const t of requested) if (!isSupportedType(t)) throw badRequest(`_type: unsupported resource type "${t.slice(0, 64)}"`, '_type');
     let types = requested.length ? [...new Set(requested)] : DEFAULT_EXPORT_TYPES;
-    if (level !== 'system') types = types.filter((t) => GuardedReader.isPatientLinked(t));
+    const notices: string[] = [];
+    if (level !== 'system') {
+      // Bulk Data IG, _type: a type outside the patient compartment asked of a Patient or Group
+      // export is an error with an OperationOutcome, unless the client allows leaving it out
+      const outside = types.filter((t) => !GuardedReader.isPatientLinked(t));
+      types = types.filter((t) => GuardedReader.isPatientLinked(t));
+      if (outside.length) {
+        const why = `${outside.join(', ')} ${outside.length > 1 ? 'are' : 'is'} not in the patient compartment, and a ${level === 'group' ? 'Group' : 'Patient'}-level export `
+          + 'holds only resources of the patient compartment (a system-level export, [base]/$export, can hold them)';
+        if (!lenient(req) || types.length === 0) throw badRequest(`_type: ${why}`, '_type');
+        notices.push(`_type: ${outside.join(', ')} left out (Prefer: handling=lenient): ${why}`);
+      }
+    }
     const allowedTypes = await this.authorizedTypes(req.access, types, requested.length > 0);
-    const typeFilters: ExportParams['typeFilters'] = {};
+    const typeFilters: Record<string, TypeFilterQuery[]> = {};
     // What a research export selects by must not name people: its files carry pseudonyms, and data
     // picked by a real id, reference or identifier (or a Group of chosen patients) would tell the
     // study whose pseudonym is whose. Its cohort is whoever granted the study.
     const research = researchContextOf(req.access) !== undefined;
     if (research && level === 'group') throw forbidden('A research export covers the patients who granted the study ([base]/Patient/$export); a Group of chosen patients would tie their pseudonyms to them');
-    for (const raw of query._typeFilter ?? []) {
-      const q = raw.indexOf('?');
-      const type = q > 0 ? raw.slice(0, q) : '';
-      if (!allowedTypes.includes(type)) throw badRequest('_typeFilter must be Type?query for an exported type', '_typeFilter');
-      if (typeFilters[type]) throw badRequest(`Only one _typeFilter per type is supported (${type})`, '_typeFilter');
-      const record = queryOfText(raw.slice(q + 1));
-      if (Object.keys(record).some((k) => k.startsWith('_') && !k.startsWith('_has:') && !TYPE_FILTER_COMMON.has(k.split(':')[0]!))) throw badRequest('_typeFilter takes search filters only', '_typeFilter');
+    // repeated values count as one comma-separated list; the queries of one type are OR'ed
+    for (const text of typeFilterQueries(query._typeFilter ?? [])) {
+      const q = text.indexOf('?');
+      const type = q > 0 ? text.slice(0, q) : '';
+      const label = `_typeFilter "${text.slice(0, 200)}"`;
+      if (!allowedTypes.includes(type)) throw badRequest(`${label}: a _typeFilter must be Type?query for a type this export holds`, '_typeFilter');
+      const record = queryOfText(text.slice(q + 1));
+      if (Object.keys(record).some((k) => k.startsWith('_') && !k.startsWith('_has:') && !TYPE_FILTER_COMMON.has(k.split(':')[0]!))) {
+        throw badRequest(`${label}: a _typeFilter takes search filters only, not result parameters`, '_typeFilter');
+      }
       const naming = research ? Object.keys(record).find((k) => namesPeople(type, k.split(':')[0]!)) : undefined;
       if (naming) throw forbidden(`A research export's _typeFilter cannot select by "${naming.slice(0, 64)}": ids, references and identifiers would tie pseudonyms to people`);
-      // checked now, chains and all (400 before a job exists); its chains are resolved again when the job runs
-      await this.options.reader.resolved(req.access, type, record);
-      typeFilters[type] = record;
+      // checked now as the job will read it, chains, parameters, values and all (400 before a job
+      // exists); its chains are resolved again when the job runs
+      try {
+        await this.options.reader.check(req.access, type, record);
+      } catch (err) {
+        throw aboutFilter(err, text);
+      }
+      (typeFilters[type] ??= []).push(record);
     }
-    if (level === 'group') await this.groupMembers(target.id!); // 404 before a job exists
+    if (level === 'group') await this.groupMembers(req.access, target.id!); // 404 before a job exists
     const job = this.submit(req.access, {
       level, ...(target.id ? { groupId: target.id } : {}), types: allowedTypes, explicitTypes: requested.length > 0, ...(since ? { since } : {}), typeFilters,
+      ...(notices.length ? { notices } : {}),
     }, requestUrl(this.options.fhirBase, req));
     return {
       status: 202,
@@ -312,14 +341,19 @@ export class ExportService {
       return { status: 202, headers: { 'X-Progress': this.progress.get(job.id) ?? job.status, 'Retry-After': String(retryAfter) } };
     }
     if (job.status === 'failed') {
-      return { status: 500, body: operationOutcome([{ severity: 'error', code: 'exception', diagnostics: job.failure ?? 'The export failed' }]) };
+      // Bulk Data IG, error status: 4XX or 5XX with an OperationOutcome; a client's error is told as such
+      return {
+        status: job.failureStatus ?? 500,
+        body: operationOutcome([{ severity: 'error', code: job.failureCode ?? 'exception', diagnostics: job.failure ?? INTERNAL_FAILURE }]),
+      };
     }
     // a manifest promises its files can be fetched: not once consent behind any of them has ended
     if (!(await this.releasable(job, jobAccess(job)))) throw withdrawn();
     const url = (f: OutputFile) => this.fileUrl(job.id, f.file);
     return {
       status: 200,
-      headers: { Expires: new Date(this.expiresAt(job)!).toUTCString() },
+      // Bulk Data IG, complete status: "Content-Type header of application/json" (the manifest is no FHIR resource)
+      headers: { 'Content-Type': 'application/json; charset=utf-8', Expires: new Date(this.expiresAt(job)!).toUTCString() },
       body: {
         transactionTime: job.transactionTime!,
         request: job.request,
@@ -466,8 +500,13 @@ export class ExportService {
         if (!this.store.get(id)) continue; // cancelled meanwhile
         this.options.logger?.error({ job: id, err: (err as Error).message }, 'export: job failed');
         rmSync(this.jobDir(id), { recursive: true, force: true });
-        const failure = isGlucoGuardError(err) && err.status < 500 ? err.issues[0]?.diagnostics ?? 'The export failed' : 'The export failed';
-        this.store.put({ ...job, status: 'failed', failure, outputs: [], errors: [], attempts: job.attempts + 1 });
+        // a client's error (a filter the repository refused) is told to the client; anything else is internal
+        const told = isGlucoGuardError(err) && err.status < 500 ? err.issues[0] : undefined;
+        this.store.put({
+          ...job, status: 'failed', outputs: [], errors: [], attempts: job.attempts + 1,
+          failure: told?.diagnostics ?? INTERNAL_FAILURE,
+          ...(told ? { failureStatus: (err as GlucoGuardError).status, failureCode: told.code } : {}),
+        });
       } finally {
         this.progress.delete(id);
         this.cancelled.delete(id);
@@ -492,20 +531,36 @@ export class ExportService {
     // whose data the files hold and under which grants: a patient set per job, never per resource
     const released = new Map<string, Set<string>>();
     try {
+      // what the kick-off left out (Prefer: handling=lenient), told in the error file
+      for (const notice of job.params.notices ?? []) {
+        await errors.write(operationOutcome([{ severity: 'warning', code: 'not-supported', diagnostics: notice }]));
+        errorCount++;
+      }
+      // the Group's members once for the job, read (and guarded) as the requester; what reading it let out is not in the files
+      const members = job.params.level === 'group' ? await this.groupMembers(access, job.params.groupId!) : undefined;
+      this.options.releases.takeReleased(access);
       for (const type of job.params.types) {
-        // a _typeFilter's chains select as the requester's search would, now; one that selects nothing exports nothing of the type
-        const filter = await this.options.reader.resolved(access, type, job.params.typeFilters[type] ?? {});
-        if (!filter) continue;
-        this.options.releases.takeReleased(access); // what resolving the filter read is not in the file
-        const query: Record<string, string | string[]> = { ...filter };
-        if (job.params.since) query._lastUpdated = [[query._lastUpdated ?? []].flat(), `gt${job.params.since}`].flat();
-        const patients = job.params.level === 'group' ? await this.groupMembers(job.params.groupId!)
-          : GuardedReader.isPatientLinked(type) ? this.patientIds() : undefined;
+        // a _typeFilter's chains select as the requester's search would, now; a query that selects
+        // nothing adds nothing, and when none selects anything nothing of the type is exported
+        const asked = typeFiltersOf(job.params, type);
+        const filters: TypeFilterQuery[] = [];
+        for (const one of asked) {
+          const resolved = await this.options.reader.resolved(access, type, one);
+          if (resolved) filters.push(resolved);
+        }
+        if (asked.length > 0 && filters.length === 0) continue;
+        this.options.releases.takeReleased(access); // what resolving the filters read is not in the file
+        const queries = (filters.length ? filters : [{}]).map((filter) => {
+          const query: TypeFilterQuery = { ...filter };
+          if (job.params.since) query._lastUpdated = [[query._lastUpdated ?? []].flat(), `gt${job.params.since}`].flat();
+          return query;
+        });
+        const patients = members ?? (GuardedReader.isPatientLinked(type) ? this.patientIds() : undefined);
         const file = `${type}.ndjson`;
         const out = sealed(file);
         let count = 0;
         try {
-          for await (const page of this.options.reader.pages(access, type, query, patients)) {
+          for await (const page of this.options.reader.pagesOfAny(access, type, queries, patients)) {
             if (stop()) return;
             if (page.resources.length) {
               await out.writeAll(deid ? page.resources.map((r) => deid.apply(r)) : page.resources);
@@ -542,7 +597,13 @@ export class ExportService {
     this.options.audit?.({ method: 'GET', path: '$export', query: {}, headers: {}, access }, { status: 200 });
   }
 
-  private async groupMembers(groupId: string): Promise<string[]> {
+  /**
+   * The active Patient members of a Group the requester may read. One they may not read answers
+   * exactly as one never stored (404), so the kick-off tells no one whether a Group id exists; a
+   * requester who may not read Groups at all gets the read's 403 whatever the id.
+   */
+  private async groupMembers(access: AccessContext, groupId: string): Promise<string[]> {
+    await this.options.reader.authorizeRead(access, 'Group');
     let group: Group;
     try {
       group = await this.options.repository.read<Group>('Group', groupId);
@@ -550,6 +611,7 @@ export class ExportService {
       if (isGlucoGuardError(err, 'ERR_NOT_FOUND') || isGlucoGuardError(err, 'ERR_GONE')) throw notFound('Group not found');
       throw err;
     }
+    if (!(await this.options.reader.readable(access, group))) throw notFound('Group not found');
     const ids = (group.member ?? []).filter((m) => !m.inactive)
       .map((m) => /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(m.entity?.reference ?? '')?.[1])
       .filter((id): id is string => !!id);
@@ -634,10 +696,33 @@ function jobAccess(job: ExportJob): StoredAccess {
   return { ...job.access, scopes: [...job.access.scopes] };
 }
 
+/**
+ * The queries of `_typeFilter` values: each value is a comma-separated list of `Type?query`
+ * (Bulk Data IG export.html#_typefilter), already URL-decoded once, so a comma inside a query's own
+ * value still arrives encoded (`code=a%2Cb`) and decodes only when the query is parsed. A comma
+ * starts a new query only where `Type?` follows it; any other (a client that left a value's comma
+ * unencoded) stays inside its query, where it is that parameter's own OR.
+ */
+export function typeFilterQueries(values: string[]): string[] {
+  return values.flatMap((v) => v.split(/,(?=[A-Z][A-Za-z]{0,63}\?)/)).map((q) => q.trim()).filter(Boolean);
+}
+
+/** A client error about one `_typeFilter` query, naming it. */
+function aboutFilter(err: unknown, text: string): unknown {
+  if (!isGlucoGuardError(err) || err.status >= 500 || err.code === 'ERR_FORBIDDEN') return err;
+  const label = `_typeFilter "${text.slice(0, 200)}"`;
+  return new GlucoGuardError(err.code, `${label}: ${err.message}`, err.issues.map((i) => ({ ...i, diagnostics: `${label}: ${i.diagnostics ?? 'invalid'}`, expression: ['_typeFilter'] })));
+}
+
 /** 410: the job's data may no longer go out; its files are deleted. */
 function withdrawn(): GlucoGuardError {
   return gone('Consent for data in this export has been revoked or has ended since it ran, so its files have been deleted. '
     + 'Start a new export to receive the data that is shared now.');
+}
+
+/** Whether the client lets the server leave out what it cannot serve (`Prefer: handling=lenient`). */
+function lenient(req: FhirRequest): boolean {
+  return /(?:^|[\s,;])handling\s*=\s*"?lenient"?(?:$|[\s,;])/i.test(req.headers.prefer ?? '');
 }
 
 /** `_type`, `_since`, `_typeFilter`, `_outputFormat` from the query (GET) or a Parameters body (POST). */

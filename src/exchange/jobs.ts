@@ -7,6 +7,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
+import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
 import Database from 'better-sqlite3';
 import type { AccessContext } from '../fhir/access.js';
 
@@ -24,8 +25,22 @@ export interface ExportParams {
   /** Types the client named in `_type` (vs the default set). */
   explicitTypes: boolean;
   since?: string;
-  /** `_typeFilter` queries per type, as query records. */
-  typeFilters: Record<string, Record<string, string | string[]>>;
+  /**
+   * `_typeFilter` queries per type, as query records: a resource of the type is exported when it
+   * matches any of them (Bulk Data IG: queries for one type are OR'ed). A job recorded before
+   * several were taken holds one record per type (typeFiltersOf reads both).
+   */
+  typeFilters: Record<string, TypeFilterQuery[] | TypeFilterQuery>;
+  /** What the kick-off left out of the request and why (Prefer: handling=lenient); each goes to the job's error file. */
+  notices?: string[];
+}
+
+export type TypeFilterQuery = Record<string, string | string[]>;
+
+/** The `_typeFilter` queries of one type (none: every resource of it). */
+export function typeFiltersOf(params: ExportParams, type: string): TypeFilterQuery[] {
+  const recorded = params.typeFilters[type];
+  return recorded === undefined ? [] : Array.isArray(recorded) ? recorded : [recorded];
 }
 
 export interface OutputFile {
@@ -47,6 +62,9 @@ export interface ExportJob {
   errors: OutputFile[];
   /** Failure reason shown to the client (never internal detail). */
   failure?: string;
+  /** The status and issue code a failed job answers with (absent: 500 `exception`, an internal failure). */
+  failureStatus?: number;
+  failureCode?: OperationOutcomeIssue['code'];
   createdAt: string;
   completedAt?: string;
   /** Attempts so far (restarts count). */

@@ -12,10 +12,14 @@
  * of the data) are paged by a keyset on `date` (ge the last date seen, skipping the ids already
  * emitted at that instant), so the repository does not rescan earlier pages, and other types by
  * offset pages. Every chunk goes through the outbound guards before it is handed on.
+ *
+ * Several queries for one type (an export's `_typeFilter`s, OR'ed) are read one after the other
+ * for each patient, and a resource already handed on for that patient is not handed on again, so
+ * what matches several queries is exported once while memory stays bounded by one patient's ids.
  */
 import type { SearchRequest } from '@medplum/core';
 import type { Observation, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
-import { badRequest } from '../errors.js';
+import { badRequest, isGlucoGuardError } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { patientCompartmentParams } from '../fhir/compartment.js';
 import type { AccessPolicy } from '../fhir/policy.js';
@@ -116,6 +120,76 @@ export class GuardedReader {
     yield* this.offsetPages(access, type, query);
   }
 
+  /**
+   * Guarded pages of `type` matching any of `queries` (none: every resource of the type), each
+   * resource once; with `patients` as for `pages`.
+   */
+  async *pagesOfAny(access: AccessContext, type: string, queries: Record<string, string | string[]>[], patients?: AsyncIterable<string> | Iterable<string>): AsyncGenerator<GuardedPage> {
+    if (queries.length <= 1) {
+      yield* this.pages(access, type, queries[0] ?? {}, patients);
+      return;
+    }
+    await this.authorize(access, type);
+    if (patients && type !== 'Patient' && GuardedReader.isPatientLinked(type) && this.hasPatientParam(type)) {
+      for await (const id of patients) yield* this.anyOf(access, type, queries, [id]);
+      return;
+    }
+    if (type === 'Patient' && patients) {
+      let batch: string[] = [];
+      for await (const id of patients) {
+        batch.push(id);
+        if (batch.length === 100) {
+          yield* this.anyOf(access, type, queries, batch);
+          batch = [];
+        }
+      }
+      if (batch.length) yield* this.anyOf(access, type, queries, batch);
+      return;
+    }
+    // not read per patient (a system export of a type outside the patient compartment): few resources
+    yield* this.anyOf(access, type, queries);
+  }
+
+  /** Each query's pages in turn, a resource already passed on left out. */
+  private async *anyOf(access: AccessContext, type: string, queries: Record<string, string | string[]>[], patients?: string[]): AsyncGenerator<GuardedPage> {
+    const once = onlyOnce();
+    for (const query of queries) for await (const page of this.pages(access, type, query, patients)) yield once(page);
+  }
+
+  /**
+   * Throws what the job would throw for this query (400 for an unknown parameter, a bad modifier or
+   * value, a malformed chain; 403 when the requester may not search the type), before a job exists:
+   * the same chain resolution, parser and policy narrowing as `pages`, then a repository search
+   * that reads at most a row or two (the repository checks values: a quantity that is no number).
+   */
+  async check(access: AccessContext, type: string, query: Record<string, string | string[]>): Promise<void> {
+    await this.authorize(access, type);
+    const resolved = await this.resolved(access, type, query);
+    if (!resolved) return;
+    const request = await this.narrowed(access, type, resolved);
+    try {
+      await this.options.repository.search({ ...request, count: 0, offset: 0 }, { scanLimit: 1 });
+    } catch (err) {
+      // past the one-row scan limit: every filter passed the checks that precede the scan
+      if (isGlucoGuardError(err, 'ERR_INVALID') && err.issues[0]?.code === 'too-costly') return;
+      throw err;
+    }
+  }
+
+  /**
+   * Whether the requester may read this resource as a read by id would decide (the type's read
+   * permission, then every outbound guard); a caller answers one they may not like a missing one.
+   */
+  async readable(access: AccessContext, resource: Resource): Promise<boolean> {
+    const { allowed } = await this.options.fhir.guard(access, [resource], { oneOff: true });
+    return allowed.length === 1;
+  }
+
+  /** Throws 403 when the requester may never read this type (scopes), whatever the id. */
+  async authorizeRead(access: AccessContext, type: string): Promise<void> {
+    await this.options.policy.authorize(access, 'read', type);
+  }
+
   /** A query with its chains and `_has` resolved for the requester (FhirRouter.resolvedCriteria); undefined: it selects nothing. */
   resolved(access: AccessContext, type: string, query: Record<string, string | string[]>): Promise<Record<string, string | string[]> | undefined> {
     return this.options.fhir.resolvedCriteria(access, type, query);
@@ -183,6 +257,17 @@ export class GuardedReader {
       for (const r of fresh) if (effectiveOf(r) === cursor) seenAtCursor.add(r.id!);
     }
   }
+}
+
+/** Passes each resource (and each issue) once over the pages it is given. */
+function onlyOnce(): (page: GuardedPage) => GuardedPage {
+  const seen = new Set<string>();
+  const told = new Set<string>();
+  const first = (key: string, into: Set<string>): boolean => !into.has(key) && !!into.add(key);
+  return (page) => ({
+    resources: page.resources.filter((r) => first(`${r.resourceType}/${r.id}`, seen)),
+    issues: page.issues.filter((i) => first(JSON.stringify(i), told)),
+  });
 }
 
 /** The instant an Observation sorts by (`date`), normalised to ISO; undefined for undated ones. */

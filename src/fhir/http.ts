@@ -162,7 +162,7 @@ function send(res: Response, response: FhirResponse, pretty: boolean, options: {
     res.end();
     return;
   }
-  res.setHeader('Content-Type', 'application/fhir+json; charset=utf-8');
+  if (!res.hasHeader('Content-Type')) res.setHeader('Content-Type', 'application/fhir+json; charset=utf-8'); // an operation may name its own (Bulk Data manifest: application/json)
   const chunks = pretty ? [JSON.stringify(response.body, null, 2)] : jsonChunks(response.body);
   const length = byteLengthOf(chunks);
   if (options.compress && length >= COMPRESS_MIN_BYTES) {

@@ -1,7 +1,7 @@
 /**
  * Operator commands of the authorization server, registered on the `glucoguard` program by
- * src/cli.ts: `users add`, `clients add`, `launch create`, `signing-keys rotate`. The plain functions below do the work
- * and are what tests call.
+ * src/cli.ts: `users add`, `clients add|list|disable|enable|set-jwks`, `launch create`,
+ * `signing-keys rotate`. The plain functions below do the work and are what tests call.
  */
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
@@ -32,6 +32,41 @@ export function addClient(config: Config, input: NewClient): { client: Client; s
   } finally {
     store.close();
   }
+}
+
+/** Every registered client, disabled ones too. */
+export function listClients(config: Config): Client[] {
+  return withStore(config, (store) => store.listClients());
+}
+
+/**
+ * Disables a client (or enables it again): its token and authorization requests are refused with
+ * invalid_client, and its access and refresh tokens stop working at once — in a running server
+ * too, which reads the same client store on every token check.
+ */
+export function setClientDisabled(config: Config, clientId: string, disabled: boolean): Client {
+  return withStore(config, (store) => store.setDisabled(clientId, disabled));
+}
+
+/** Replaces a Backend Services client's public keys (key rotation). */
+export function setClientJwks(config: Config, clientId: string, jwks: JSONWebKeySet): Client {
+  return withStore(config, (store) => store.setJwks(clientId, jwks));
+}
+
+function withStore<T>(config: Config, work: (store: SmartStore) => T): T {
+  const store = new SmartStore(config.dataDir);
+  try {
+    return work(store);
+  } finally {
+    store.close();
+  }
+}
+
+/** One line about a client for `clients list` (never its secret or its keys, only their kids). */
+function describeClient(client: Client): string {
+  const keys = client.jwks ? `keys ${client.jwks.keys.map((k) => k.kid ?? '(no kid)').join(',')}` : client.jwksUrl ? `jwks-url ${client.jwksUrl}` : '';
+  return [client.clientId, client.disabledAt ? `disabled ${client.disabledAt}` : 'active', client.type, JSON.stringify(client.name),
+    `scopes ${client.scopes.join(' ')}`, keys].filter(Boolean).join('  ');
 }
 
 /** Creates an EHR launch context in the shared KV store. */
@@ -98,6 +133,54 @@ export function registerSmartCommands(program: Command, open: () => Promise<Open
         console.log(`client_id: ${client.clientId}`);
         if (secret) console.log(`client_secret: ${secret}\n(shown once; store it now)`);
         console.log(`type: ${client.type}\nscopes: ${client.scopes.join(' ')}`);
+      });
+    });
+
+  clients.command('list')
+    .description('list registered clients: client_id, active or disabled, type, name, scopes, key ids')
+    .action(async () => {
+      await withOpened(open, async ({ config }) => {
+        const all = listClients(config);
+        if (all.length === 0) console.log('no clients registered');
+        for (const client of all) console.log(describeClient(client));
+      });
+    });
+
+  clients.command('disable')
+    .description('disable a client: its token requests are refused (invalid_client) and its access and refresh tokens stop working at once')
+    .requiredOption('--client-id <id>', 'the client to disable')
+    .action(async (opts: { clientId: string }) => {
+      await withOpened(open, async ({ config }) => {
+        const client = setClientDisabled(config, opts.clientId, true);
+        console.log(`client ${client.clientId} disabled (${client.disabledAt}); its tokens no longer work`);
+      });
+    });
+
+  clients.command('enable')
+    .description('enable a disabled client again (its tokens that have not expired work again)')
+    .requiredOption('--client-id <id>', 'the client to enable')
+    .action(async (opts: { clientId: string }) => {
+      await withOpened(open, async ({ config }) => {
+        const client = setClientDisabled(config, opts.clientId, false);
+        console.log(`client ${client.clientId} enabled`);
+      });
+    });
+
+  clients.command('set-jwks')
+    .description('replace the public keys of a Backend Services client (key rotation); assertions signed with a key left out are refused from now on')
+    .requiredOption('--client-id <id>', 'the client whose keys to replace')
+    .requiredOption('--jwks-file <file>', 'its new public JWKS')
+    .action(async (opts: { clientId: string; jwksFile: string }) => {
+      await withOpened(open, async ({ config }) => {
+        let jwks: JSONWebKeySet;
+        try {
+          jwks = JSON.parse(readFileSync(opts.jwksFile, 'utf8')) as JSONWebKeySet;
+        } catch {
+          // never the parser's message: it quotes the file, which may be a private key given by mistake
+          throw new Error(`${opts.jwksFile} could not be read as a JSON JWKS`);
+        }
+        const client = setClientJwks(config, opts.clientId, jwks);
+        console.log(`client ${client.clientId} keys replaced: ${client.jwks!.keys.map((k) => k.kid ?? '(no kid)').join(', ')}`);
       });
     });
 

@@ -3,9 +3,16 @@
  * public (`client_id` only), `client_secret_basic`, `client_secret_post` and `private_key_jwt`
  * (SMART Backend Services, https://hl7.org/fhir/smart-app-launch/STU2.2/client-confidential-asymmetric.html):
  * RS384 or ES384, `kid` required, `jku` only when it equals the registered JWKS URL, `iss` = `sub`
- * = client_id, `aud` = token URL, `exp` at most 5 minutes ahead, `jti` never seen before.
+ * = client_id, `aud` = token URL, `exp` at most 5 minutes ahead, `iat` (when given) not more than
+ * CLOCK_SKEW_S ahead and `nbf` not ahead, `jti` never seen before. A disabled client
+ * (`glucoguard clients disable`) is unknown here, so every method refuses it with invalid_client.
+ *
+ * Refusals say which rule the assertion broke ("client_assertion needs a jti", "… has expired"),
+ * the same words whichever way the rule was broken (absent or empty). Rules about its claims are
+ * only told after its signature verified, i.e. to the holder of the client's key; a signature that
+ * does not verify reads the same for an unknown kid and a wrong key.
  */
-import { createLocalJWKSet, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JWTVerifyGetKey } from 'jose';
+import { createLocalJWKSet, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import type { KeyValueStore } from '../kv/port.js';
 import { invalidClient, invalidRequest } from './oauth-error.js';
 import { secretMatches, type Client, type SmartStore } from './store.js';
@@ -13,6 +20,8 @@ import { secretMatches, type Client, type SmartStore } from './store.js';
 export const JWT_BEARER = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 const ASSERTION_ALGS = ['RS384', 'ES384'];
 const MAX_ASSERTION_LIFETIME_S = 300;
+/** How far ahead of our clock a client's `iat` may be (its clock runs a little fast). */
+const CLOCK_SKEW_S = 60;
 
 export type ClientAuthMethod = 'none' | 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt';
 
@@ -143,8 +152,8 @@ function keySourceFor(client: Client, jku: string | undefined): JWTVerifyGetKey 
   return set;
 }
 
-async function verifyAssertion(deps: ClientAuthDeps, assertion: string, clientId: string, keys: JWTVerifyGetKey) {
-  let payload;
+async function verifyAssertion(deps: ClientAuthDeps, assertion: string, clientId: string, keys: JWTVerifyGetKey): Promise<{ exp: number; jti: string }> {
+  let payload: JWTPayload;
   try {
     ({ payload } = await jwtVerify(assertion, keys, {
       algorithms: ASSERTION_ALGS,
@@ -154,14 +163,34 @@ async function verifyAssertion(deps: ClientAuthDeps, assertion: string, clientId
       currentDate: new Date(deps.now()),
       requiredClaims: ['exp', 'jti'],
     }));
-  } catch {
-    throw invalidClient('client_assertion could not be verified');
+  } catch (err) {
+    throw invalidClient(assertionProblem(err, deps.tokenUrl));
   }
-  if (typeof payload.exp !== 'number' || payload.exp > Math.floor(deps.now() / 1000) + MAX_ASSERTION_LIFETIME_S) {
-    throw invalidClient('client_assertion exp must be at most 5 minutes in the future');
-  }
+  const now = Math.floor(deps.now() / 1000);
+  if (payload.exp! > now + MAX_ASSERTION_LIFETIME_S) throw invalidClient('client_assertion exp must be at most 5 minutes in the future');
   if (typeof payload.jti !== 'string' || payload.jti === '') throw invalidClient('client_assertion needs a jti');
+  // jose checks iat only against a maximum age; one from the future is a clock (or a forgery) gone wrong
+  if (payload.iat !== undefined && payload.iat > now + CLOCK_SKEW_S) throw invalidClient('client_assertion iat must not be in the future');
   return payload as { exp: number; jti: string };
+}
+
+/** Which rule a client assertion broke, in the words the checks after jose use too. */
+function assertionProblem(err: unknown, tokenUrl: string): string {
+  if (err instanceof errors.JWTExpired) return 'client_assertion has expired';
+  if (err instanceof errors.JWTClaimValidationFailed) {
+    const claim = err.claim;
+    if (err.reason === 'missing') return `client_assertion needs ${claim === 'aud' || claim === 'exp' || claim === 'iss' ? 'an' : 'a'} ${claim}`;
+    if (err.reason === 'invalid') return `client_assertion ${claim} must be a number (seconds since the epoch)`;
+    if (claim === 'aud') return `client_assertion aud must be the token URL (${tokenUrl})`;
+    if (claim === 'iss' || claim === 'sub') return 'client_assertion iss and sub must both be the client_id';
+    if (claim === 'nbf') return 'client_assertion is not valid yet (nbf is in the future)';
+    return `client_assertion ${claim} is not acceptable`;
+  }
+  if (err instanceof errors.JWKSTimeout) return 'the client\'s JWKS URL did not answer in time';
+  if (err instanceof errors.JWSSignatureVerificationFailed || err instanceof errors.JWKSNoMatchingKey || err instanceof errors.JWKSMultipleMatchingKeys) {
+    return 'client_assertion signature does not verify with a registered key of the client (kid and alg must match one)';
+  }
+  return 'client_assertion could not be verified';
 }
 
 async function rejectReplayedJti(deps: ClientAuthDeps, clientId: string, jti: string, exp: number): Promise<void> {

@@ -2,6 +2,11 @@
  * Users and registered clients, kept in `<dataDir>/smart/smart.sqlite` (better-sqlite3). Client
  * secrets are random 256-bit values, so a SHA-256 digest is enough to store them; user passwords
  * are low-entropy and get scrypt (passwords.ts).
+ *
+ * A client an operator disabled (`glucoguard clients disable`) is kept, marked, and is unknown to
+ * `getClient`: authorization and token requests refuse it as they refuse an unknown client, and
+ * the token service (tokens.ts) stops honouring its access and refresh tokens at once, in every
+ * process that opens this file.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import path from 'node:path';
@@ -25,6 +30,8 @@ export interface Client {
   jwks?: JSONWebKeySet;
   jwksUrl?: string;
   launchUri?: string;
+  /** When an operator disabled it (ISO instant); absent while it is active. */
+  disabledAt?: string;
 }
 
 export interface User {
@@ -58,11 +65,17 @@ export class SmartStore {
       CREATE TABLE IF NOT EXISTS clients (
         client_id TEXT PRIMARY KEY, name TEXT NOT NULL, type TEXT NOT NULL, redirect_uris TEXT NOT NULL,
         scopes TEXT NOT NULL, secret_hash TEXT, jwks TEXT, jwks_url TEXT, launch_uri TEXT, created_at TEXT NOT NULL);`);
+    const columns = (this.db.prepare('PRAGMA table_info(clients)').all() as { name: string }[]).map((c) => c.name);
+    if (!columns.includes('disabled_at')) this.db.exec('ALTER TABLE clients ADD COLUMN disabled_at TEXT');
     this.statements = {
       getUser: this.db.prepare('SELECT username, password_hash, fhir_user FROM users WHERE username = ?'),
       insertUser: this.db.prepare('INSERT INTO users (username, password_hash, fhir_user, created_at) VALUES (?, ?, ?, ?)'),
       setPassword: this.db.prepare('UPDATE users SET password_hash = ? WHERE username = ?'),
       getClient: this.db.prepare('SELECT * FROM clients WHERE client_id = ?'),
+      listClients: this.db.prepare('SELECT * FROM clients ORDER BY created_at, client_id'),
+      disabledAt: this.db.prepare('SELECT disabled_at FROM clients WHERE client_id = ?').pluck(),
+      setDisabled: this.db.prepare('UPDATE clients SET disabled_at = ? WHERE client_id = ?'),
+      setJwks: this.db.prepare('UPDATE clients SET jwks = ?, jwks_url = NULL WHERE client_id = ?'),
       insertClient: this.db.prepare(`INSERT INTO clients (client_id, name, type, redirect_uris, scopes, secret_hash, jwks, jwks_url, launch_uri, created_at)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
     };
@@ -101,8 +114,7 @@ export class SmartStore {
     if (input.type === 'confidential-asymmetric' && !input.jwks === !input.jwksUrl) throw badRequest('give exactly one of a JWKS or a JWKS URL');
     if (input.jwksUrl) checkHttpUrl(input.jwksUrl, 'JWKS URL');
     if (input.launchUri) checkHttpUrl(input.launchUri, 'launch URI');
-    if (input.jwks && (!Array.isArray(input.jwks.keys) || input.jwks.keys.length === 0)) throw badRequest('the JWKS has no keys');
-    if (input.jwks?.keys.some((k) => 'd' in k || 'k' in k)) throw badRequest('the JWKS must hold public keys only');
+    if (input.jwks) checkJwks(input.jwks);
     const scopes = input.scopes ?? defaultScopes(input.type);
     const unknown = scopes.filter((s) => !isKnownScope(s));
     if (unknown.length) throw badRequest(`unknown scopes: ${unknown.join(' ')}`);
@@ -124,25 +136,74 @@ export class SmartStore {
     return { client, secret };
   }
 
+  /** An active client; undefined for an unknown or disabled one. */
   getClient(clientId: string): Client | undefined {
+    const client = this.findClient(clientId);
+    return client && !client.disabledAt ? client : undefined;
+  }
+
+  /** A client whether active or disabled (operator tools). */
+  findClient(clientId: string): Client | undefined {
     const row = this.statements.getClient.get(clientId) as Record<string, string | null> | undefined;
-    if (!row) return undefined;
-    return {
-      clientId: row.client_id!,
-      name: row.name!,
-      type: row.type as ClientType,
-      redirectUris: JSON.parse(row.redirect_uris!) as string[],
-      scopes: splitScopes(row.scopes!),
-      secretHash: row.secret_hash ?? undefined,
-      jwks: row.jwks ? (JSON.parse(row.jwks) as JSONWebKeySet) : undefined,
-      jwksUrl: row.jwks_url ?? undefined,
-      launchUri: row.launch_uri ?? undefined,
-    };
+    return row ? clientOf(row) : undefined;
+  }
+
+  /** Every registered client, disabled ones too, oldest first. */
+  listClients(): Client[] {
+    return (this.statements.listClients.all() as Record<string, string | null>[]).map(clientOf);
+  }
+
+  /** Whether a registered client was disabled (false for one never registered here). Read on every token check: one indexed row. */
+  isDisabled(clientId: string): boolean {
+    return !!this.statements.disabledAt.get(clientId);
+  }
+
+  /** Disables a client (or enables it again); answers the client as it is now. */
+  setDisabled(clientId: string, disabled: boolean): Client {
+    const client = this.findClient(clientId);
+    if (!client) throw badRequest(`no client "${clientId}"`);
+    if (!!client.disabledAt !== disabled) this.statements.setDisabled.run(disabled ? new Date().toISOString() : null, clientId);
+    return this.findClient(clientId)!;
+  }
+
+  /**
+   * Replaces the public keys of a Backend Services client (key rotation): assertions signed with a
+   * key no longer in the set are refused from now on. A client that named a JWKS URL uses this set instead.
+   */
+  setJwks(clientId: string, jwks: JSONWebKeySet): Client {
+    const client = this.findClient(clientId);
+    if (!client) throw badRequest(`no client "${clientId}"`);
+    if (client.type !== 'confidential-asymmetric') throw badRequest(`client "${clientId}" does not authenticate with keys (it is ${client.type})`);
+    checkJwks(jwks);
+    this.statements.setJwks.run(JSON.stringify(jwks), clientId);
+    return this.findClient(clientId)!;
   }
 
   close(): void {
     this.db.close();
   }
+}
+
+function clientOf(row: Record<string, string | null>): Client {
+  return {
+    clientId: row.client_id!,
+    name: row.name!,
+    type: row.type as ClientType,
+    redirectUris: JSON.parse(row.redirect_uris!) as string[],
+    scopes: splitScopes(row.scopes!),
+    secretHash: row.secret_hash ?? undefined,
+    jwks: row.jwks ? (JSON.parse(row.jwks) as JSONWebKeySet) : undefined,
+    jwksUrl: row.jwks_url ?? undefined,
+    launchUri: row.launch_uri ?? undefined,
+    ...(row.disabled_at ? { disabledAt: row.disabled_at } : {}),
+  };
+}
+
+/** A JWKS a client may register: some keys, public ones only. */
+function checkJwks(jwks: JSONWebKeySet): void {
+  if (!jwks || !Array.isArray(jwks.keys) || jwks.keys.length === 0) throw badRequest('the JWKS has no keys');
+  if (jwks.keys.some((k) => !k || typeof k !== 'object' || 'd' in k || 'k' in k)) throw badRequest('the JWKS must hold public keys only');
+  if (jwks.keys.some((k) => typeof k.kty !== 'string')) throw badRequest('every key of the JWKS needs a kty');
 }
 
 /** Constant-time comparison of a presented client secret with the stored digest. */

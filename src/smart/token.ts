@@ -135,17 +135,19 @@ async function clientCredentialsGrant(ctx: SmartContext, body: Body, caller: Aut
   const scopes = requested.filter((s) => scopeCovers(caller.client.scopes, s));
   if (scopes.length === 0) throw invalidScope('None of the requested scopes are registered for this client');
   const grant: Grant = { gid: TokenService.newGrantId(), clientId: caller.client.clientId, scopes, sub: caller.client.clientId };
-  return tokenResponse(ctx, grant, false);
+  return tokenResponse(ctx, grant, false, grant.scopes, ctx.tokens.lifetimes.backendAccessSeconds);
 }
 
 // ---- response --------------------------------------------------------------------------------
 
 /**
  * Access token, optional refresh and id tokens, and the SMART launch context. `refreshScopes`: the
- * scope of the refresh token, when it differs from the access token's (a narrowed refresh).
+ * scope of the refresh token, when it differs from the access token's (a narrowed refresh);
+ * `accessSeconds`: the access token's lifetime (Backend Services: shorter).
  */
-async function tokenResponse(ctx: SmartContext, grant: Grant, firstIssue: boolean, refreshScopes = grant.scopes): Promise<Record<string, unknown>> {
-  const access = ctx.tokens.signAccessToken(grant);
+async function tokenResponse(ctx: SmartContext, grant: Grant, firstIssue: boolean, refreshScopes = grant.scopes,
+  accessSeconds = ctx.tokens.lifetimes.accessSeconds): Promise<Record<string, unknown>> {
+  const access = ctx.tokens.signAccessToken(grant, accessSeconds);
   const response: Record<string, unknown> = {
     access_token: access.token,
     token_type: 'Bearer',

@@ -2,7 +2,13 @@
  * Authorization codes, access tokens, refresh tokens, id_tokens and revocation. Codes and refresh
  * tokens are random 256-bit values stored in the KV port under their SHA-256 digest, so a KV dump
  * holds no usable token. Every token belongs to a grant (`gid`); revoking any token of a grant
- * revokes the whole grant — its access tokens and its refresh token (RFC 7009 §2.1).
+ * revokes the whole grant — its access tokens and its refresh token (RFC 7009 §2.1). The tokens
+ * of a client an operator disabled stop working at once (`clientDisabled`, read on every check).
+ *
+ * Lifetimes: access tokens of a user's sign-in live `accessSeconds` (an hour); those of Backend
+ * Services (client_credentials) `backendAccessSeconds`, five minutes as SMART Backend Services
+ * recommends ("an expires_in value of 300 seconds"): the client gets a new one with a fresh
+ * assertion whenever it needs one, and a token that leaks is worth little.
  */
 import { randomBytes } from 'node:crypto';
 import type { KeyValueStore } from '../kv/port.js';
@@ -54,7 +60,10 @@ export interface AccessClaims {
 
 export interface TokenLifetimes {
   codeSeconds: number;
+  /** Access tokens of authorization-code and refresh grants (apps acting for a user). */
   accessSeconds: number;
+  /** Access tokens of client_credentials grants (SMART Backend Services: at most 300 s recommended). */
+  backendAccessSeconds: number;
   offlineRefreshSeconds: number;
   onlineRefreshSeconds: number;
 }
@@ -62,6 +71,7 @@ export interface TokenLifetimes {
 export const DEFAULT_LIFETIMES: TokenLifetimes = {
   codeSeconds: 60,
   accessSeconds: 3600,
+  backendAccessSeconds: 300,
   offlineRefreshSeconds: 90 * 24 * 3600,
   onlineRefreshSeconds: 24 * 3600,
 };
@@ -73,6 +83,8 @@ export class TokenService {
     private readonly fhirBase: string,
     private readonly now: () => number,
     readonly lifetimes: TokenLifetimes = DEFAULT_LIFETIMES,
+    /** Whether an operator disabled this client (SmartStore.isDisabled); its tokens are then dead. */
+    private readonly clientDisabled: (clientId: string) => boolean = () => false,
   ) {}
 
   static newGrantId(): string {
@@ -104,8 +116,8 @@ export class TokenService {
     return { record };
   }
 
-  /** Signs an access token for a grant; returns it with its lifetime in seconds. */
-  signAccessToken(grant: Grant): { token: string; expiresIn: number; claims: AccessClaims } {
+  /** Signs an access token for a grant, living `seconds` (default `accessSeconds`); returns it with its lifetime. */
+  signAccessToken(grant: Grant, seconds = this.lifetimes.accessSeconds): { token: string; expiresIn: number; claims: AccessClaims } {
     const iat = Math.floor(this.now() / 1000);
     const claims: AccessClaims = {
       jti: randomBytes(12).toString('base64url'),
@@ -116,12 +128,12 @@ export class TokenService {
       client_id: grant.clientId,
       scope: grant.scopes.join(' '),
       iat,
-      exp: iat + this.lifetimes.accessSeconds,
+      exp: iat + seconds,
       ...(grant.fhirUser ? { fhirUser: grant.fhirUser } : {}),
       ...(grant.patient ? { patient: grant.patient } : {}),
       ...(grant.encounter ? { encounter: grant.encounter } : {}),
     };
-    return { token: this.keys.signAccessToken(claims), expiresIn: this.lifetimes.accessSeconds, claims };
+    return { token: this.keys.signAccessToken(claims), expiresIn: seconds, claims };
   }
 
   /** OpenID Connect id_token (RS256) with the SMART `fhirUser` claim as an absolute URL. */
@@ -151,7 +163,7 @@ export class TokenService {
   async findRefreshToken(token: string): Promise<RefreshRecord | undefined> {
     const raw = await this.kv.get(`smart:refresh:${sha256(token)}`);
     const record = raw ? (JSON.parse(raw) as RefreshRecord) : undefined;
-    return record && record.expiresAt > this.now() ? record : undefined;
+    return record && record.expiresAt > this.now() && !this.clientDisabled(record.clientId) ? record : undefined;
   }
 
   /**
@@ -179,6 +191,7 @@ export class TokenService {
     if (!claims || typeof claims.exp !== 'number' || typeof claims.gid !== 'string' || typeof claims.scope !== 'string') return undefined;
     if (claims.iss !== this.fhirBase || claims.aud !== this.fhirBase) return undefined;
     if (claims.exp * 1000 <= this.now()) return undefined;
+    if (typeof claims.client_id !== 'string' || this.clientDisabled(claims.client_id)) return undefined;
     return claims as AccessClaims;
   }
 
@@ -188,7 +201,7 @@ export class TokenService {
 
   /** Revokes every token of a grant for as long as any of them could live. */
   async revokeGrant(gid: string): Promise<void> {
-    const ttl = Math.max(this.lifetimes.offlineRefreshSeconds, this.lifetimes.accessSeconds) * 1000;
+    const ttl = Math.max(this.lifetimes.offlineRefreshSeconds, this.lifetimes.accessSeconds, this.lifetimes.backendAccessSeconds) * 1000;
     await this.kv.set(`smart:revoked:${gid}`, '1', ttl);
   }
 }

@@ -163,20 +163,31 @@ describe('bulk $export', () => {
   }, 60_000);
 
   test('Group/ID/$export exports the members only (and only what they granted); an unknown Group is 404', async () => {
-    const group = (await t.app.repository.create<Group>({ resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${carl}` } }, { entity: { reference: `Patient/${ben}` } }] })).resource;
+    // ben also lets the clinician read Groups he is in (what a read of Group/<id> needs)
+    expect((await grant(t.app, { patient: ben, actor: `Practitioner/${doc}`, accessTo: now + DAY, dataFrom: now - DAY, dataTo: now, purposes: ['TREAT'], classes: ['Group'] })).status).toBe(201);
+    const group = (await t.app.repository.create<Group>({ resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${ben}` } }] })).resource;
     const token = practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs']);
+    expect((await request(t.app.http).get(`/fhir/Group/${group.id}`).set('Authorization', `Bearer ${token}`).set('X-Purpose-Of-Use', 'TREAT')).status).toBe(200);
     expect((await kickOff('/fhir/Group/nope/$export', token, 'TREAT')).status).toBe(404);
     const res = await kickOff(`/fhir/Group/${group.id}/$export?_type=Observation`, token, 'TREAT');
     expect(res.status).toBe(202);
     const manifest = await manifestOf(res.headers['content-location']!, token);
     const lines = await download(manifest.output[0]!.url, token);
     expect(new Set(lines.map((o) => o.subject?.reference))).toEqual(new Set([`Patient/${ben}`]));
-    // ben is granted but not a member of this one
-    const carlOnly = (await t.app.repository.create<Group>({ resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${carl}` } }] })).resource;
-    const second = await kickOff(`/fhir/Group/${carlOnly.id}/$export?_type=Observation`, token, 'TREAT');
-    const m2 = await manifestOf(second.headers['content-location']!, token);
-    expect(m2.output).toEqual([]);
+    expect(lines.length).toBe(trace.filter((r) => r.epochMs >= now - DAY).length);
   }, 60_000);
+
+  test('a Group the requester cannot read answers Group/ID/$export exactly like a Group never stored (no existence oracle)', async () => {
+    const token = practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs']);
+    // carl shares nothing with the clinician: a Group of him is not the clinician's to read, nor to learn of
+    const carlOnly = (await t.app.repository.create<Group>({ resourceType: 'Group', type: 'person', actual: true, member: [{ entity: { reference: `Patient/${carl}` } }] })).resource;
+    expect((await request(t.app.http).get(`/fhir/Group/${carlOnly.id}`).set('Authorization', `Bearer ${token}`).set('X-Purpose-Of-Use', 'TREAT')).status).toBe(404);
+    const hidden = await kickOff(`/fhir/Group/${carlOnly.id}/$export?_type=Observation`, token, 'TREAT');
+    const missing = await kickOff(`/fhir/Group/${randomUUID()}/$export?_type=Observation`, token, 'TREAT');
+    expect(hidden.status).toBe(404);
+    expect(hidden.body).toEqual(missing.body);
+    expect(hidden.headers['content-location']).toBeUndefined();
+  }, 30_000);
 
   test('_since and _typeFilter narrow the export; a bad _outputFormat is refused', async () => {
     expect((await kickOff('/fhir/$export?_outputFormat=text/csv', studyToken)).status).toBe(400);
@@ -228,6 +239,115 @@ describe('bulk $export', () => {
     const other = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${enc('Observation?patient.name=Okafor')}`, own, 'TREAT');
     expect((await manifestOf(other.headers['content-location']!, own)).output).toEqual([]);
   }, 90_000);
+
+  describe('_typeFilter with several queries (Bulk Data IG: comma-separated or repeated, OR\'ed per type)', () => {
+    const enc = (q: string): string => encodeURIComponent(q);
+    /** The ids of ana's readings her own export holds for these _typeFilter parameters (already encoded). */
+    async function exported(filterParams: string): Promise<string[]> {
+      const own = patientToken(t.app, ana);
+      const res = await kickOff(`/fhir/Patient/$export?_type=Observation&${filterParams}`, own, 'TREAT');
+      expect(res.status).toBe(202);
+      const manifest = await manifestOf(res.headers['content-location']!, own);
+      expect(manifest.error).toEqual([]);
+      if (manifest.output.length === 0) return [];
+      const lines = await download(manifest.output[0]!.url, own);
+      expect(lines).toHaveLength(manifest.output[0]!.count);
+      return lines.map((o) => o.id!);
+    }
+    const sorted = (ids: Iterable<string>): string[] => [...ids].sort();
+
+    test('comma-separated queries for one type are OR\'ed, and repeating _typeFilter means the same', async () => {
+      const high = await exported(`_typeFilter=${enc('Observation?value-quantity=gt150')}`);
+      const low = await exported(`_typeFilter=${enc('Observation?value-quantity=lt90')}`);
+      expect(high.length).toBeGreaterThan(0);
+      expect(low.length).toBeGreaterThan(0);
+      const either = sorted(new Set([...high, ...low]));
+      // the IG's own shape: one value, queries joined by a comma
+      expect(sorted(await exported(`_typeFilter=${enc('Observation?value-quantity=gt150,Observation?value-quantity=lt90')}`))).toEqual(either);
+      // repeated: as if the values were comma-separated
+      expect(sorted(await exported(`_typeFilter=${enc('Observation?value-quantity=gt150')}&_typeFilter=${enc('Observation?value-quantity=lt90')}`))).toEqual(either);
+    }, 90_000);
+
+    test('a resource matching several of the queries is exported once', async () => {
+      const ids = await exported(`_typeFilter=${enc('Observation?value-quantity=ge0,Observation?value-quantity=gt150')}`);
+      expect(ids).toHaveLength(trace.length);
+      expect(new Set(ids).size).toBe(ids.length);
+    }, 60_000);
+
+    test('a comma inside a query\'s own value (encoded within the _typeFilter value) is that parameter\'s OR, not a new query', async () => {
+      const high = sorted(await exported(`_typeFilter=${enc('Observation?value-quantity=gt150')}`));
+      expect(high.length).toBeGreaterThan(0);
+      // each query's value encoded as a query value, then the whole _typeFilter value encoded again
+      const codes = (...c: string[]): string => enc(c.map((one) => `http://loinc.org|${one}`).join(','));
+      const noneOrHigh = `Observation?code=${codes('00000-0', '11111-1')},Observation?value-quantity=gt150`;
+      expect(noneOrHigh).toContain('%2C');
+      expect(sorted(await exported(`_typeFilter=${enc(noneOrHigh)}`))).toEqual(high);
+      const allOrHigh = `Observation?code=${codes('00000-0', '99504-3')},Observation?value-quantity=gt150`;
+      expect(await exported(`_typeFilter=${enc(allOrHigh)}`)).toHaveLength(trace.length);
+      // a client that encoded only the inner comma: it reaches the server as a plain comma inside code=,
+      // which stays in its query (no Type? follows it)
+      const raw = `_typeFilter=Observation?code=http://loinc.org|00000-0%2Chttp://loinc.org|11111-1,Observation?value-quantity=gt150`;
+      expect(sorted(await exported(raw.replaceAll('|', '%7C')))).toEqual(high);
+    }, 90_000);
+
+    test('an invalid query is refused at kick-off with a 400 OperationOutcome naming it; no job is made', async () => {
+      const own = patientToken(t.app, ana);
+      const jobs = t.app.exchange.exports.store.all().length;
+      for (const bad of ['Observation?foo=1', 'Observation?value-quantity=not-a-number', 'Observation?status=final,Observation?foo=1']) {
+        const res = await kickOff(`/fhir/Patient/$export?_type=Observation&_typeFilter=${enc(bad)}`, own, 'TREAT');
+        expect(res.status).toBe(400);
+        expect(res.body.resourceType).toBe('OperationOutcome');
+        expect(res.body.issue[0].code).toBe('invalid');
+        expect(res.body.issue[0].diagnostics).toContain(bad.includes('foo') ? '"Observation?foo=1"' : `"${bad}"`);
+        expect(res.body.issue[0].expression).toEqual(['_typeFilter']);
+      }
+      expect(t.app.exchange.exports.store.all()).toHaveLength(jobs);
+    }, 30_000);
+  });
+
+  test('a job that still fails on a client\'s filter answers its status with that error (400 OperationOutcome), not a 500 exception', async () => {
+    const exports = t.app.exchange.exports;
+    // a filter the kick-off would have refused, recorded straight into a job (as one from an older version could be)
+    const job = exports.submit(OPEN_ACCESS, { level: 'system', types: ['Observation'], explicitTypes: true, typeFilters: { Observation: [{ 'value-quantity': 'not-a-number' }] } }, `test-${randomUUID()}`);
+    expect((await exports.whenDone(job.id))?.status).toBe('failed');
+    const res = await exports.status({ method: 'GET', path: '$export-status', query: { _job: job.id }, headers: {}, access: OPEN_ACCESS });
+    expect(res.status).toBe(400);
+    expect(res.body).toMatchObject({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'invalid' }] });
+    expect(JSON.stringify(res.body)).toContain('value-quantity');
+  }, 30_000);
+
+  test('Patient/$export of a type outside the patient compartment is a 400 saying so; with handling=lenient it is left out and the error file says why', async () => {
+    const own = patientToken(t.app, ana);
+    const only = await kickOff('/fhir/Patient/$export?_type=Practitioner', own, 'TREAT');
+    expect(only.status).toBe(400);
+    expect(only.body.issue[0]).toMatchObject({ code: 'invalid', expression: ['_type'] });
+    expect(only.body.issue[0].diagnostics).toContain('Practitioner is not in the patient compartment');
+    const mixed = await kickOff('/fhir/Patient/$export?_type=Practitioner,Observation', own, 'TREAT');
+    expect(mixed.status).toBe(400);
+    expect(mixed.body.issue[0].diagnostics).toContain('Practitioner is not in the patient compartment');
+    // lenient: even then a request of nothing but such types is an error
+    const lenientOnly = await kickOff('/fhir/Patient/$export?_type=Practitioner', own, 'TREAT').set('Prefer', 'respond-async, handling=lenient');
+    expect(lenientOnly.status).toBe(400);
+    const lenient = await kickOff('/fhir/Patient/$export?_type=Practitioner,Observation', own, 'TREAT').set('Prefer', 'respond-async, handling=lenient');
+    expect(lenient.status).toBe(202);
+    const manifest = await manifestOf(lenient.headers['content-location']!, own);
+    expect(manifest.output.map((o) => o.type)).toEqual(['Observation']);
+    expect(manifest.error).toEqual([expect.objectContaining({ type: 'OperationOutcome', count: 1 })]);
+    const [outcome] = await download((manifest.error[0] as { url: string }).url, own) as unknown as { resourceType: string; issue: { severity: string; code: string; diagnostics: string }[] }[];
+    expect(outcome!.resourceType).toBe('OperationOutcome');
+    expect(outcome!.issue[0]).toMatchObject({ severity: 'warning', code: 'not-supported' });
+    expect(outcome!.issue[0]!.diagnostics).toContain('Practitioner');
+    expect(outcome!.issue[0]!.diagnostics).toContain('not in the patient compartment');
+  }, 60_000);
+
+  test('the complete status answers Content-Type application/json (Bulk Data IG: the manifest is no FHIR resource)', async () => {
+    const res = await kickOff('/fhir/Patient/$export?_type=Observation', studyToken);
+    await manifestOf(res.headers['content-location']!, studyToken);
+    const done = await request(t.app.http).get(statusPath(res.headers['content-location']!)).set('Authorization', `Bearer ${studyToken}`);
+    expect(done.status).toBe(200);
+    expect(done.headers['content-type']).toMatch(/^application\/json(;|$)/);
+    expect(done.body.output).toBeDefined();
+  }, 30_000);
 
   test('a Patient _typeFilter on _id narrows a system export of Patients too (open access, in-process reader)', async () => {
     const reader = new GuardedReader({ fhir: t.app.fhir, policy: OPEN_POLICY, repository: t.app.repository, pageSize: 3 });

@@ -8,6 +8,7 @@ import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import express from 'express';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK } from 'jose';
+import { setClientDisabled, setClientJwks } from '../../src/smart/cli.js';
 import { startHarness, type Harness } from '../support/smart-harness.js';
 
 const JWT_BEARER = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
@@ -75,7 +76,7 @@ describe('Backend Services token', () => {
     expect(res.status).toBe(200);
     expect(res.headers.get('cache-control')).toBe('no-store');
     expect(res.headers.get('pragma')).toBe('no-cache');
-    expect(res.body).toMatchObject({ token_type: 'Bearer', expires_in: 3600, scope: 'system/Observation.rs' });
+    expect(res.body).toMatchObject({ token_type: 'Bearer', expires_in: 300, scope: 'system/Observation.rs' });
     expect(res.body.refresh_token).toBeUndefined();
     const read = await fetch(`${h.fhirBase}/Observation/o3`, { headers: { authorization: `Bearer ${res.body.access_token}` } });
     expect(read.status).toBe(200);
@@ -159,6 +160,17 @@ describe('Backend Services token', () => {
     expect(await res.json()).toMatchObject({ error: 'insufficient_scope' });
   });
 
+  test('a Backend Services access token lives 300 s (SMART Backend Services recommends at most five minutes)', async () => {
+    const { body } = await requestToken(await assertion(keys.ES384, 'ES384'));
+    expect(body.expires_in).toBe(300);
+    const token = String(body.access_token);
+    const read = () => fetch(`${h.fhirBase}/Observation/o3`, { headers: { authorization: `Bearer ${token}` } });
+    h.advance(299_000);
+    expect((await read()).status).toBe(200);
+    h.advance(1_000);
+    expect((await read()).status).toBe(401);
+  });
+
   test('client_secret_basic and client_secret_post authenticate a symmetric client; a wrong secret does not', async () => {
     const { client, secret } = h.smart.store.addClient({ name: 'sym', type: 'confidential-symmetric', redirectUris: ['https://app.example/cb'],
       scopes: ['system/Observation.rs'] });
@@ -171,5 +183,105 @@ describe('Backend Services token', () => {
     const wrong = await post({}, { client_id: client.clientId, client_secret: 'not-the-secret' });
     expect(wrong.status).toBe(401);
     expect(await wrong.json()).toEqual({ error: 'invalid_client', error_description: 'Client authentication failed' });
+  });
+});
+
+describe('client assertion refusals say which rule was broken, the same words however it was broken', () => {
+  /** An assertion with exactly these claims (undefined ones left out), signed with the ES384 client's key. */
+  async function signed(claims: Record<string, unknown>, kid = 'ES384-key'): Promise<string> {
+    const present = Object.fromEntries(Object.entries(claims).filter(([, v]) => v !== undefined));
+    return new SignJWT(present).setProtectedHeader({ alg: 'ES384', kid, typ: 'JWT' }).sign(keys.ES384.privateKey);
+  }
+  const base = () => {
+    const now = Math.floor(h.now() / 1000);
+    const id = keys.ES384.clientId;
+    return { iss: id, sub: id, aud: h.smart.urls.token, jti: randomUUID(), iat: now, exp: now + 240 };
+  };
+  const refusal = async (clientAssertion: string): Promise<string> => {
+    const res = await requestToken(clientAssertion);
+    expect(res.status).toBe(401);
+    expect(res.body.error).toBe('invalid_client');
+    return String(res.body.error_description);
+  };
+
+  test('a missing jti and an empty one read alike', async () => {
+    expect(await refusal(await signed({ ...base(), jti: undefined }))).toBe('client_assertion needs a jti');
+    expect(await refusal(await signed({ ...base(), jti: '' }))).toBe('client_assertion needs a jti');
+  });
+
+  test('expired, missing exp, wrong aud and iss/sub each say so', async () => {
+    const now = Math.floor(h.now() / 1000);
+    expect(await refusal(await signed({ ...base(), exp: now - 1 }))).toBe('client_assertion has expired');
+    expect(await refusal(await signed({ ...base(), exp: undefined }))).toBe('client_assertion needs an exp');
+    expect(await refusal(await signed({ ...base(), aud: `${h.baseUrl}/other` }))).toBe(`client_assertion aud must be the token URL (${h.smart.urls.token})`);
+    expect(await refusal(await signed({ ...base(), sub: 'someone-else' }))).toBe('client_assertion iss and sub must both be the client_id');
+    expect(await refusal(await signed({ ...base(), exp: now + 600 }))).toBe('client_assertion exp must be at most 5 minutes in the future');
+  });
+
+  test('a wrong key and an unknown kid read alike, and tell nothing about the claims', async () => {
+    const wrongKey = await new SignJWT({ ...base(), exp: Math.floor(h.now() / 1000) - 1 }).setProtectedHeader({ alg: 'ES384', kid: 'ES384-key' })
+      .sign((await generateKeyPair('ES384')).privateKey);
+    const unknownKid = await signed(base(), 'no-such-kid');
+    const said = await refusal(wrongKey);
+    expect(said).toBe('client_assertion signature does not verify with a registered key of the client (kid and alg must match one)');
+    expect(await refusal(unknownKid)).toBe(said);
+  });
+
+  test('refuses an iat more than a minute in the future and an nbf in the future; a few seconds of clock skew pass', async () => {
+    const now = Math.floor(h.now() / 1000);
+    expect(await refusal(await signed({ ...base(), iat: now + 50 * 60 }))).toBe('client_assertion iat must not be in the future');
+    expect(await refusal(await signed({ ...base(), iat: now + 61 }))).toBe('client_assertion iat must not be in the future');
+    expect(await refusal(await signed({ ...base(), nbf: now + 30 }))).toBe('client_assertion is not valid yet (nbf is in the future)');
+    expect((await requestToken(await signed({ ...base(), iat: now + 30, nbf: now }))).status).toBe(200);
+  });
+});
+
+describe('operator controls over a client (glucoguard clients disable / set-jwks)', () => {
+  test('a disabled client gets no token (invalid_client), and its access tokens stop working at once', async () => {
+    const { publicKey, privateKey } = await generateKeyPair('ES384');
+    const publicJwk = { ...(await exportJWK(publicKey)), kid: 'ES384-key', alg: 'ES384' };
+    const { client } = h.smart.store.addClient({ name: 'to disable', type: 'confidential-asymmetric', jwks: { keys: [publicJwk] }, scopes: ['system/*.rs'] });
+    const key = { privateKey, clientId: client.clientId };
+    const { body } = await requestToken(await assertion(key, 'ES384'));
+    const token = String(body.access_token);
+    const read = () => fetch(`${h.fhirBase}/Observation/o3`, { headers: { authorization: `Bearer ${token}` } });
+    expect((await read()).status).toBe(200);
+    // the CLI writes the client store from another process: a connection of its own
+    setClientDisabled(h.config, client.clientId, true);
+    expect((await read()).status).toBe(401);
+    const introspected = await fetch(h.smart.urls.introspect, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Bearer ${token}` },
+      body: new URLSearchParams({ token }) });
+    expect(introspected.status).toBe(401);
+    const refused = await requestToken(await assertion(key, 'ES384'));
+    expect(refused).toMatchObject({ status: 401, body: { error: 'invalid_client' } });
+    // enabled again: it can authenticate again
+    setClientDisabled(h.config, client.clientId, false);
+    expect((await requestToken(await assertion(key, 'ES384'))).status).toBe(200);
+  });
+
+  test('the refresh token of a disabled app stops working (invalid_client), and so does introspecting it', async () => {
+    const { client } = h.smart.store.addClient({ name: 'app', type: 'public', redirectUris: ['https://app.example/cb'] });
+    const refreshToken = await h.smart.tokens.issueRefreshToken({ gid: randomUUID(), clientId: client.clientId, sub: 'ana', scopes: ['offline_access', 'patient/*.rs'] });
+    const other = h.smart.store.addClient({ name: 'introspector', type: 'confidential-symmetric', redirectUris: ['https://i.example/cb'] });
+    const introspect = async () => (await (await fetch(h.smart.urls.introspect, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ token: refreshToken, client_id: other.client.clientId, client_secret: other.secret! }) })).json()) as { active: boolean };
+    expect((await introspect()).active).toBe(true);
+    setClientDisabled(h.config, client.clientId, true);
+    expect((await introspect()).active).toBe(false);
+    const res = await fetch(h.smart.urls.token, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken, client_id: client.clientId }) });
+    expect(res.status).toBe(401);
+    expect(await res.json()).toMatchObject({ error: 'invalid_client' });
+  });
+
+  test('set-jwks rotates a client\'s keys: the old key is refused from then on, the new one accepted', async () => {
+    const old = await generateKeyPair('ES384');
+    const { client } = h.smart.store.addClient({ name: 'rotating', type: 'confidential-asymmetric',
+      jwks: { keys: [{ ...(await exportJWK(old.publicKey)), kid: 'k1', alg: 'ES384' }] }, scopes: ['system/*.rs'] });
+    expect((await requestToken(await assertion({ privateKey: old.privateKey, clientId: client.clientId }, 'ES384', { kid: 'k1' }))).status).toBe(200);
+    const next = await generateKeyPair('ES384');
+    setClientJwks(h.config, client.clientId, { keys: [{ ...(await exportJWK(next.publicKey)), kid: 'k2', alg: 'ES384' }] });
+    expect((await requestToken(await assertion({ privateKey: old.privateKey, clientId: client.clientId }, 'ES384', { kid: 'k1' }))).body.error).toBe('invalid_client');
+    expect((await requestToken(await assertion({ privateKey: next.privateKey, clientId: client.clientId }, 'ES384', { kid: 'k2' }))).status).toBe(200);
   });
 });

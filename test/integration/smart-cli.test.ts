@@ -1,4 +1,4 @@
-/** `glucoguard users add`, `clients add`, `launch create` as an operator runs them. */
+/** `glucoguard users add`, `clients add|list|disable|enable|set-jwks`, `launch create` as an operator runs them. */
 import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globals';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -82,6 +82,89 @@ describe('glucoguard clients add', () => {
     await run(['clients', 'add', '--name', 'Bad', '--public']);
     expect(process.exitCode).toBe(1);
     expect(err.join('\n')).toContain('redirect URI is required');
+  });
+});
+
+describe('glucoguard clients list / disable / enable / set-jwks', () => {
+  const jwksFile = (name: string, keys: object[]): string => {
+    const file = path.join(dir, name);
+    writeFileSync(file, JSON.stringify({ keys }));
+    return file;
+  };
+  const ecKey = (kid: string) => ({ kty: 'EC', crv: 'P-384', x: 'x', y: 'y', kid });
+  async function addEngine(): Promise<string> {
+    await run(['clients', 'add', '--name', 'Engine', '--jwks-file', jwksFile('jwks.json', [ecKey('k1')]), '--scopes', 'system/Observation.rs']);
+    const clientId = /client_id: (\S+)/.exec(out.join('\n'))![1]!;
+    out.length = 0;
+    return clientId;
+  }
+
+  test('list shows every client with its state, type, name, scopes and key ids, never a secret', async () => {
+    await run(['clients', 'list']);
+    expect(out).toEqual(['no clients registered']);
+    out.length = 0;
+    await run(['clients', 'add', '--name', 'Viewer', '--redirect-uri', 'https://app.example/cb', '--secret']);
+    const secret = /client_secret: (\S+)/.exec(out.join('\n'))![1]!;
+    out.length = 0;
+    const engine = await addEngine();
+    await run(['clients', 'list']);
+    expect(out).toHaveLength(2);
+    expect(out[1]).toBe(`${engine}  active  confidential-asymmetric  "Engine"  scopes system/Observation.rs  keys k1`);
+    expect(out[0]).toMatch(/ active {2}confidential-symmetric {2}"Viewer" {2}scopes /);
+    expect(out.join('\n')).not.toContain(secret);
+  });
+
+  test('disable marks the client disabled: the store no longer hands it out, list says so; enable undoes it', async () => {
+    const engine = await addEngine();
+    await run(['clients', 'disable', '--client-id', engine]);
+    expect(process.exitCode).toBeUndefined();
+    expect(out.join('\n')).toMatch(new RegExp(`client ${engine} disabled \\(\\d{4}-`));
+    const store = new SmartStore(dir);
+    expect(store.getClient(engine)).toBeUndefined();
+    expect(store.isDisabled(engine)).toBe(true);
+    store.close();
+    out.length = 0;
+    await run(['clients', 'list']);
+    expect(out[0]).toMatch(new RegExp(`^${engine} {2}disabled \\d{4}-`));
+    await run(['clients', 'enable', '--client-id', engine]);
+    const again = new SmartStore(dir);
+    expect(again.getClient(engine)).toMatchObject({ clientId: engine, name: 'Engine' });
+    again.close();
+  });
+
+  test('disable of an unknown client fails with a clear message', async () => {
+    await run(['clients', 'disable', '--client-id', 'nope']);
+    expect(process.exitCode).toBe(1);
+    expect(err.join('\n')).toContain('no client "nope"');
+  });
+
+  test('set-jwks replaces the keys; private keys, empty sets, unreadable files and clients without keys are refused', async () => {
+    const engine = await addEngine();
+    await run(['clients', 'set-jwks', '--client-id', engine, '--jwks-file', jwksFile('new.json', [ecKey('k2'), ecKey('k3')])]);
+    expect(out.join('\n')).toContain(`client ${engine} keys replaced: k2, k3`);
+    const store = new SmartStore(dir);
+    expect(store.getClient(engine)!.jwks!.keys.map((k) => k.kid)).toEqual(['k2', 'k3']);
+    store.close();
+
+    await run(['clients', 'set-jwks', '--client-id', engine, '--jwks-file', jwksFile('private.json', [{ ...ecKey('k4'), d: 'secret-part' }])]);
+    expect(process.exitCode).toBe(1);
+    expect(err.join('\n')).toContain('public keys only');
+    expect(err.join('\n')).not.toContain('secret-part');
+    err.length = 0;
+    await run(['clients', 'set-jwks', '--client-id', engine, '--jwks-file', jwksFile('empty.json', [])]);
+    expect(err.join('\n')).toContain('the JWKS has no keys');
+    const notJson = path.join(dir, 'key.pem');
+    writeFileSync(notJson, '-----BEGIN PRIVATE KEY-----\nMIIsecretmaterial\n');
+    await run(['clients', 'set-jwks', '--client-id', engine, '--jwks-file', notJson]);
+    expect(err.join('\n')).toContain('could not be read as a JSON JWKS');
+    expect(err.join('\n')).not.toContain('MIIsecret');
+    await run(['clients', 'add', '--name', 'Viewer', '--redirect-uri', 'https://app.example/cb', '--public']);
+    const viewer = /client_id: (\S+)/.exec(out.join('\n'))![1]!;
+    await run(['clients', 'set-jwks', '--client-id', viewer, '--jwks-file', jwksFile('v.json', [ecKey('k5')])]);
+    expect(err.join('\n')).toContain('does not authenticate with keys');
+    const after = new SmartStore(dir);
+    expect(after.getClient(engine)!.jwks!.keys.map((k) => k.kid)).toEqual(['k2', 'k3']);
+    after.close();
   });
 });
 
