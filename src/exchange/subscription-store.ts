@@ -10,7 +10,7 @@
  * events are numbered (when they happen), before any delivery is tried.
  */
 import { mkdirSync } from 'node:fs';
-import { hostname } from 'node:os';
+import { holderDied } from '../lease-owner.js';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 
@@ -98,22 +98,5 @@ export class SubscriptionStore {
 
   close(): void {
     this.db.close();
-  }
-}
-
-/** A lease owner name: host/pid/random (two apps in one process are two owners). */
-export function leaseOwner(random: string): string {
-  return `${hostname()}/${process.pid}/${random}`;
-}
-
-/** The holder ran on this host in a process that no longer exists (killed, crashed). */
-function holderDied(holder: string): boolean {
-  const [host, pid] = holder.split('/');
-  if (host !== hostname() || !pid || Number(pid) === process.pid) return false;
-  try {
-    process.kill(Number(pid), 0);
-    return false;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ESRCH';
   }
 }

@@ -55,7 +55,8 @@ import type { GuardedReader } from './reader.js';
 import { researchContextOf, type StudyDeidentifiers } from './research.js';
 import type { ExchangeSettings } from './settings.js';
 import { channelHeaders, digestOf, endOf, filterPatient, headerProblem, heartbeatOf, payloadContent } from './subscription-rules.js';
-import { leaseOwner, SubscriptionStore, type LoggedEvent } from './subscription-store.js';
+import { leaseOwner } from '../lease-owner.js';
+import { SubscriptionStore, type LoggedEvent } from './subscription-store.js';
 import type { NotifyingRepository, WrittenVersion } from './write-events.js';
 
 const CGM_IG = 'http://hl7.org/fhir/uv/cgm/StructureDefinition/';

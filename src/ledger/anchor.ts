@@ -18,6 +18,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
+import { holderDied, leaseOwner } from '../lease-owner.js';
 import { toBeHex, type Contract, type Log } from 'ethers';
 import type { Logger } from 'pino';
 import type { ChainClient } from './client.js';
@@ -81,7 +82,7 @@ export class Anchorer {
   private failing = false;
   private queued = 0;
   /** This anchorer's name in the store's anchoring lease: host/pid/random. */
-  private readonly owner = `${hostname()}/${process.pid}/${randomUUID().slice(0, 8)}`;
+  private readonly owner = leaseOwner(randomUUID().slice(0, 8));
   private readonly leaseMs: number;
   /** Until when (epoch ms) this process is known to hold the lease without asking the store again. */
   private leadingUntil = 0;
@@ -418,20 +419,6 @@ export function anchoringElsewhere(store: CommitmentStore, now = Date.now()): st
   return holderDied(holder.owner) ? undefined : holder.owner;
 }
 
-/**
- * True when the lease holder ran on this host in a process that no longer exists (killed, crashed):
- * its lease need not run out before another process anchors (a restart anchors at once).
- */
-function holderDied(holder: string): boolean {
-  const [host, pid] = holder.split('/');
-  if (host !== hostname() || !pid || Number(pid) === process.pid) return false;
-  try {
-    process.kill(Number(pid), 0);
-    return false;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ESRCH';
-  }
-}
 
 function describe(err: unknown): string {
   const e = err as { code?: string; shortMessage?: string; message?: string };

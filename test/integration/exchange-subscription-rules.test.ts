@@ -7,16 +7,16 @@
  * (the CLI) notified from the commitment store.
  */
 import { randomUUID } from 'node:crypto';
-import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Bundle, Observation, Parameters, Subscription } from '@medplum/fhirtypes';
 import Database from 'better-sqlite3';
 import request from 'supertest';
-import { SubscriptionStore, leaseOwner } from '../../src/exchange/subscription-store.js';
+import { leaseOwner } from '../../src/lease-owner.js';
+import { SubscriptionStore } from '../../src/exchange/subscription-store.js';
 import { TOPICS } from '../../src/exchange/subscriptions.js';
 import { startTestApp, type TestApp } from '../support/app.js';
+import { param, receiver, statusOf, typeOf, type Receiver } from '../support/hook-receiver.js';
 import { DAY, grant, ingest, person, practitionerToken, registerIdentity } from './consent-helpers.js';
 
 process.env.GLUCOGUARD_SUBSCRIPTION_RETRIES = '2';
@@ -25,37 +25,6 @@ process.env.GLUCOGUARD_SUBSCRIPTION_POLL_MS = '100';
 
 const BACKPORT = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/';
 
-interface Receiver {
-  url: string;
-  bundles: Bundle[];
-  headers: IncomingHttpHeaders[];
-  down: boolean;
-  server: Server;
-}
-
-async function receiver(): Promise<Receiver> {
-  const r = { bundles: [] as Bundle[], headers: [] as IncomingHttpHeaders[], down: false } as Receiver;
-  r.server = createServer((req, res) => {
-    let body = '';
-    req.on('data', (c: Buffer) => { body += c.toString(); });
-    req.on('end', () => {
-      if (r.down) {
-        res.writeHead(503).end();
-        return;
-      }
-      r.headers.push(req.headers);
-      r.bundles.push(JSON.parse(body) as Bundle);
-      res.writeHead(200).end();
-    });
-  });
-  await new Promise<void>((resolve) => r.server.listen(0, '127.0.0.1', resolve));
-  r.url = `http://127.0.0.1:${(r.server.address() as AddressInfo).port}/hook`;
-  return r;
-}
-
-const statusOf = (b: Bundle) => b.entry![0]!.resource as Parameters;
-const param = (p: Parameters, name: string) => p.parameter!.find((x) => x.name === name);
-const typeOf = (b: Bundle) => param(statusOf(b), 'type')?.valueCode;
 const eventNumbers = (p: Parameters) => p.parameter!.filter((x) => x.name === 'notification-event').map((x) => x.part!.find((y) => y.name === 'event-number')!.valueString);
 const waitFor = async (done: () => boolean, ms = 5000) => {
   for (const until = Date.now() + ms; !done() && Date.now() < until;) await new Promise((r) => setTimeout(r, 20));

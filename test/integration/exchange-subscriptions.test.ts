@@ -5,13 +5,12 @@
  * patient revokes, nothing more of theirs leaves; SSRF targets are refused.
  */
 import { randomUUID } from 'node:crypto';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import type { Bundle, Consent, Observation, Organization, Parameters, Subscription } from '@medplum/fhirtypes';
+import type { Consent, Observation, Organization, Parameters, Subscription } from '@medplum/fhirtypes';
 import request from 'supertest';
 import { DIGEST_EXTENSION, TOPICS } from '../../src/exchange/subscriptions.js';
 import { startTestApp, type TestApp } from '../support/app.js';
+import { param, receiver, statusOf, typeOf, type Receiver } from '../support/hook-receiver.js';
 import { DAY, grant, ingest, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
 
 process.env.GLUCOGUARD_SUBSCRIPTION_RETRIES = '3';
@@ -19,36 +18,6 @@ process.env.GLUCOGUARD_SUBSCRIPTION_RETRY_MS = '20';
 
 const BACKPORT = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/';
 
-interface Receiver {
-  url: string;
-  bundles: Bundle[];
-  failNext: number;
-  server: Server;
-}
-
-async function receiver(): Promise<Receiver> {
-  const r = { bundles: [] as Bundle[], failNext: 0 } as Receiver;
-  r.server = createServer((req, res) => {
-    let body = '';
-    req.on('data', (c: Buffer) => { body += c.toString(); });
-    req.on('end', () => {
-      if (r.failNext > 0) {
-        r.failNext--;
-        res.writeHead(503).end();
-        return;
-      }
-      r.bundles.push(JSON.parse(body) as Bundle);
-      res.writeHead(200).end();
-    });
-  });
-  await new Promise<void>((resolve) => r.server.listen(0, '127.0.0.1', resolve));
-  r.url = `http://127.0.0.1:${(r.server.address() as AddressInfo).port}/hook`;
-  return r;
-}
-
-const statusOf = (b: Bundle) => b.entry![0]!.resource as Parameters;
-const param = (p: Parameters, name: string) => p.parameter!.find((x) => x.name === name);
-const typeOf = (b: Bundle) => param(statusOf(b), 'type')?.valueCode;
 
 /**
  * A readings Subscription; `patient` adds the backport filter criteria `Observation?patient=…`. A

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { parseSearchRequest } from '@medplum/core';
 import type { Bundle, Observation, Patient } from '@medplum/fhirtypes';
 import request from 'supertest';
-import { isGlucoGuardError, type GlucoGuardError } from '../../src/errors.js';
+import { failure } from '../support/adapters.js';
 import { UpstreamRepository } from '../../src/repository/upstream/index.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { startUpstreamFhirServer, type UpstreamFhirServer } from '../support/upstream-server.js';
@@ -29,15 +29,6 @@ function observation(patientId: string, minute: number): Observation {
   };
 }
 
-async function failure(promise: Promise<unknown>): Promise<GlucoGuardError> {
-  try {
-    await promise;
-  } catch (err) {
-    if (isGlucoGuardError(err)) return err;
-    throw err;
-  }
-  throw new Error('expected a GlucoGuardError');
-}
 
 const searches = (upstream: UpstreamFhirServer, from: number) =>
   upstream.requests.slice(from).filter((r) => r.method === 'GET' && /^\/fhir\/Observation\?/.test(r.url));

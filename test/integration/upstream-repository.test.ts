@@ -11,7 +11,8 @@ import { parseSearchRequest } from '@medplum/core';
 import type { Bundle, Observation, Patient, Resource } from '@medplum/fhirtypes';
 import { exportJWK, exportPKCS8, generateKeyPair } from 'jose';
 import { ConfigError, type UpstreamConfig } from '../../src/config.js';
-import { GlucoGuardError, isGlucoGuardError } from '../../src/errors.js';
+import { GlucoGuardError } from '../../src/errors.js';
+import { failure } from '../support/adapters.js';
 import { UpstreamRepository } from '../../src/repository/upstream/index.js';
 import { startUpstreamFhirServer, type UpstreamFhirServer } from '../support/upstream-server.js';
 
@@ -28,15 +29,6 @@ function capturingLogger(): { lines: string[]; logger: ConstructorParameters<typ
   return { lines, logger: { debug: log, info: log, warn: log, error: log } as never };
 }
 
-async function failure(promise: Promise<unknown>): Promise<GlucoGuardError> {
-  try {
-    await promise;
-  } catch (err) {
-    if (isGlucoGuardError(err)) return err;
-    throw err;
-  }
-  throw new Error('expected a GlucoGuardError');
-}
 
 function observation(patientId: string, effective: string, value: number): Observation {
   return {

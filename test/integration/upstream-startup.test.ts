@@ -16,7 +16,7 @@ import { exportJWK, exportPKCS8, generateKeyPair } from 'jose';
 import request from 'supertest';
 import { createApp } from '../../src/app.js';
 import { ConfigError, loadConfig } from '../../src/config.js';
-import { isGlucoGuardError, type GlucoGuardError } from '../../src/errors.js';
+import { failure } from '../support/adapters.js';
 import { createLogger } from '../../src/log.js';
 import { UpstreamRepository } from '../../src/repository/upstream/index.js';
 import { startTestApp, tempDir } from '../support/app.js';
@@ -25,15 +25,6 @@ import { startUpstreamFhirServer, type UpstreamFhirServer } from '../support/ups
 const PROXY = 'https://glucoguard.example/fhir';
 const CLIENT_ID = 'glucoguard-startup';
 
-async function failure(promise: Promise<unknown>): Promise<GlucoGuardError> {
-  try {
-    await promise;
-  } catch (err) {
-    if (isGlucoGuardError(err)) return err;
-    throw err;
-  }
-  throw new Error('expected a GlucoGuardError');
-}
 
 /** A pino destination keeping every line. */
 function captured(): { lines: string[]; stream: Writable } {

@@ -6,6 +6,7 @@
  * own opaque `next` links and ignores `_offset` (as Epic and Oracle Health do); by default the
  * server honours `_offset` as well.
  */
+import { isGlucoGuardError, type GlucoGuardError } from '../../src/errors.js';
 import { startUpstreamFhirServer, type UpstreamServerOptions } from './upstream-server.js';
 
 /** What a test app needs of a backend: env for startTestApp, and how to stop it. */
@@ -24,3 +25,14 @@ export const REPOSITORY_ADAPTERS: [string, () => Promise<Backend>][] = [
   ['embedded', async () => ({ env: {}, close: async () => undefined })],
   ['upstream', () => upstreamBackend({ opaquePaging: process.env.GG_TEST_UPSTREAM_PAGING === 'opaque' })],
 ];
+
+/** The GlucoGuardError a promise rejects with (an adapter's answer to an upstream failure); fails the test otherwise. */
+export async function failure(promise: Promise<unknown>): Promise<GlucoGuardError> {
+  try {
+    await promise;
+  } catch (err) {
+    if (isGlucoGuardError(err)) return err;
+    throw err;
+  }
+  throw new Error('expected a GlucoGuardError');
+}
