@@ -1,0 +1,54 @@
+/**
+ * A large upload does not hold the server (found by exploratory testing, session 21): an import of
+ * a few thousand readings used to run from its first parsed reading to its last stored one without
+ * a turn of the event loop, so health checks, every other request and SIGTERM waited for it
+ * (11 s for 60,000 readings). Checked by order, not by time: other requests are answered while the
+ * import is still going.
+ */
+import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
+import { startTestApp, type TestApp } from '../support/app.js';
+
+let t: TestApp;
+let server: Server;
+let base: string;
+
+beforeAll(async () => {
+  t = await startTestApp();
+  server = t.app.http.listen(0, '127.0.0.1');
+  await new Promise((resolve) => server.once('listening', resolve));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+afterAll(async () => {
+  await new Promise((resolve) => server?.close(resolve));
+  await t?.close();
+});
+
+test('health checks are answered while a large import is being stored', async () => {
+  const patient = (await t.app.repository.create({ resourceType: 'Patient' })).resource.id!;
+  const file = nightscoutJson(makeTrace(42)); // 12,096 readings
+  let importDone = false;
+  const upload = fetch(`${base}/cgm/ingest?patient=${patient}&format=nightscout`, { method: 'POST', body: file, headers: { 'Content-Type': 'application/json' } })
+    .then(async (res) => {
+      importDone = true;
+      return { status: res.status, body: (await res.json()) as { created?: number } };
+    });
+  // wait until storing has begun (the first readings are in the store), then ask for health
+  for (let i = 0; i < 500; i++) {
+    const stored = await t.app.repository.search({ resourceType: 'Observation', count: 1, offset: 0 });
+    if (stored.resources.length || importDone) break;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  let answeredDuring = 0;
+  while (!importDone) {
+    const health = await fetch(`${base}/healthz`);
+    expect(health.status).toBe(200);
+    if (!importDone) answeredDuring++;
+  }
+  const result = await upload;
+  expect(result.status).toBe(200);
+  expect(result.body.created).toBeGreaterThan(12_000);
+  expect(answeredDuring).toBeGreaterThanOrEqual(3);
+}, 120_000);
