@@ -45,6 +45,17 @@ export async function ensureDeployed(node: ChainNode, dataDir: string, signerKey
   const nonce = await node.pendingNonce(signer);
   const missing: ContractName[] = [];
   for (const name of ORDER) if (!(await hasCode(expected[name]))) missing.push(name);
+  // deployment.json is written once every contract is on chain: a chain that no longer holds them,
+  // or another genesis, is not this data directory's chain (its database was lost or replaced).
+  // Deploying afresh would make every anchored version fail its integrity check and forget every grant.
+  const recorded = readDeployment(dataDir);
+  const genesisHash = bytesToHex(node.blockchain.genesisBlock.hash());
+  if (recorded && (missing.length || recorded.genesisHash !== genesisHash)) {
+    throw new Error(`the embedded chain in ${chainDir(dataDir)} is not the chain ${deploymentPath(dataDir)} records `
+      + `(${missing.length ? `no contract code at ${missing.map((n) => expected[n]).join(', ')}` : `genesis ${genesisHash}, recorded ${recorded.genesisHash}`}): `
+      + 'its database was lost or replaced. Restore the chain directory from a backup of this data directory; '
+      + 'a new chain would hold none of the anchored roots and consent grants');
+  }
   if (missing.length) {
     const firstMissing = ORDER.indexOf(missing[0]!);
     if (nonce !== BigInt(firstMissing)) {
@@ -79,7 +90,7 @@ export async function ensureDeployed(node: ChainNode, dataDir: string, signerKey
   const record: DeploymentRecord = {
     chainId: node.chainId,
     signer,
-    genesisHash: bytesToHex(node.blockchain.genesisBlock.hash()),
+    genesisHash,
     contracts: { ResourceAnchor: expected.ResourceAnchor, ConsentRegistry: expected.ConsentRegistry, IdentityRegistry: expected.IdentityRegistry },
   };
   const file = deploymentPath(dataDir);
