@@ -33,6 +33,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { getSearchParameter } from '@medplum/core';
 import type { Group, Parameters, Resource } from '@medplum/fhirtypes';
+import { patientIdOfReference } from '../fhir/compartment.js';
 import { EXPORT_FILE_PATH } from '../audit/recorder.js';
 import { badRequest, forbidden, gone, GlucoGuardError, isGlucoGuardError, notFound, tooManyRequests } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
@@ -530,6 +531,7 @@ export class ExportService {
     let errorCount = 0;
     // whose data the files hold and under which grants: a patient set per job, never per resource
     const released = new Map<string, Set<string>>();
+    const openPatients = new Set<string>();
     try {
       // what the kick-off left out (Prefer: handling=lenient), told in the error file
       for (const notice of job.params.notices ?? []) {
@@ -565,6 +567,8 @@ export class ExportService {
             if (page.resources.length) {
               await out.writeAll(deid ? page.resources.map((r) => deid.apply(r)) : page.resources);
               count += page.resources.length;
+              // open access notes no consent releases: whose data went out is read off the resources
+              if (access.kind === 'open') for (const r of page.resources) noteOwner(openPatients, r);
             }
             if (page.issues.length) {
               await errors.write(operationOutcome(page.issues));
@@ -594,7 +598,9 @@ export class ExportService {
     this.store.putReleased(job.id, released);
     this.store.put({ ...job, status: 'completed', completedAt: new Date(this.now()).toISOString(), released: released.size });
     this.options.logger?.info({ job: job.id, files: job.outputs.length, resources: job.outputs.reduce((n, f) => n + f.count, 0) }, 'export: job completed');
-    this.options.audit?.({ method: 'GET', path: '$export', query: {}, headers: {}, access }, { status: 200 });
+    // the access log names every patient whose data the files hold (an operator's export too), so it is in each one's log
+    const named = access.kind === 'open' ? [...openPatients] : [];
+    this.options.audit?.({ method: 'GET', path: '$export', query: named.length ? { patient: named } : {}, headers: {}, access }, { status: 200 });
   }
 
   /**
@@ -754,4 +760,15 @@ function requestUrl(fhirBase: string, req: FhirRequest): string {
   for (const [k, v] of Object.entries(req.query)) for (const one of [v].flat()) qs.append(k, one);
   const s = qs.toString();
   return `${fhirBase}/${req.path}${s ? `?${s}` : ''}`;
+}
+
+/** Adds the patient a resource belongs to (itself, or its `subject`/`patient` reference), read without FHIRPath. */
+function noteOwner(into: Set<string>, resource: Resource): void {
+  if (resource.resourceType === 'Patient') {
+    if (resource.id) into.add(resource.id);
+    return;
+  }
+  const r = resource as { subject?: { reference?: string }; patient?: { reference?: string } };
+  const id = patientIdOfReference(r.subject?.reference ?? r.patient?.reference);
+  if (id) into.add(id);
 }

@@ -6,6 +6,7 @@
  * import is still going.
  */
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
+import type { Patient } from '@medplum/fhirtypes';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
@@ -27,7 +28,7 @@ afterAll(async () => {
 });
 
 test('health checks are answered while a large import is being stored', async () => {
-  const patient = (await t.app.repository.create({ resourceType: 'Patient' })).resource.id!;
+  const patient = (await t.app.repository.create<Patient>({ resourceType: 'Patient' })).resource.id!;
   const file = nightscoutJson(makeTrace(42)); // 12,096 readings
   let importDone = false;
   const upload = fetch(`${base}/cgm/ingest?patient=${patient}&format=nightscout`, { method: 'POST', body: file, headers: { 'Content-Type': 'application/json' } })

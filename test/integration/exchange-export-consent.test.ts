@@ -18,7 +18,8 @@ import { OPEN_ACCESS } from '../../src/fhir/access.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, grant, ingest, patientToken, person, practitionerToken, registerIdentity, sparseTrace } from './consent-helpers.js';
 
-process.env.GLUCOGUARD_EXPORT_RETRY_AFTER = '1';
+// exchange settings for the app under test (read with the rest of its configuration)
+const EXCHANGE_ENV: Record<string, string> = { GLUCOGUARD_EXPORT_RETRY_AFTER: '1' };
 
 interface Manifest {
   output: { type: string; url: string; count: number }[];
@@ -96,7 +97,7 @@ describe('bulk $export files end with the consent behind them', () => {
   }
 
   beforeAll(async () => {
-    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on', ...EXCHANGE_ENV });
     ana = await person(t.app, 'Patient', 'Rivera');
     ben = await person(t.app, 'Patient', 'Okafor');
     doc = await person(t.app, 'Practitioner', 'Osei');
@@ -280,5 +281,17 @@ describe('bulk $export files end with the consent behind them', () => {
       const full = await t.app.exchange.exports.download(OPEN_ACCESS, job.id, 'Observation.ndjson');
       expect(existsSync(full)).toBe(true);
     });
+  }, 60_000);
+
+  test("the operator's export is in the access log of every patient whose data it holds (each patient can see who looked)", async () => {
+    const job = t.app.exchange.exports.submit(OPEN_ACCESS, { level: 'system', types: ['Observation'], explicitTypes: true, typeFilters: {} }, `test-${randomUUID()}`);
+    expect(((await t.app.exchange.exports.whenDone(job.id, 50)) as ExportJob).status).toBe('completed');
+    await t.app.consent.audit.flush();
+    const events = (await t.app.repository.search({ resourceType: 'AuditEvent', count: 100_000, offset: 0 })).resources as AuditEvent[];
+    const exportEvents = events.filter((e) => e.outcome === '0'
+      && e.entity?.some((x) => x.query !== undefined && Buffer.from(x.query, 'base64').toString('utf8').startsWith('$export')));
+    expect(exportEvents.length).toBeGreaterThan(0);
+    const named = new Set(exportEvents.flatMap((e) => e.entity!.map((x) => x.what?.reference).filter((r): r is string => !!r?.startsWith('Patient/'))));
+    for (const p of [ana, ben]) expect(named).toContain(`Patient/${p}`);
   }, 60_000);
 });
