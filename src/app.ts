@@ -258,11 +258,12 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers),
     audit: (request, response) => consent.audit.record(request, response),
     commitments: ledger.store, // subscriptions notify versions other processes (CLI ingest) commit
+    settings: config.exchange, // validated with the rest of the configuration (src/config.ts)
   });
 
   const http = express();
   http.disable('x-powered-by');
-  http.set('trust proxy', false);
+  http.set('trust proxy', config.trustProxy); // GLUCOGUARD_TRUST_PROXY: whose X-Forwarded-For req.ip (the per-IP rate limits) believes
   const readiness = new Readiness(logger, [repositoryCheck(repository), kvCheck(kv), chainCheck(chain.client)]);
   http.use(requestObservability({ logger, isFhirOperation: (name) => fhir.registeredOperations().some((op) => op.name === name) }));
   http.use(securityHeaders());

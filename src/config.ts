@@ -1,11 +1,14 @@
 /**
- * One typed configuration object: defaults, then an optional JSON file (GLUCOGUARD_CONFIG), then
- * environment variables. Validated at start-up; every bad value gets its own message and start-up
- * fails before anything listens. Insecure development settings are announced, and refused when
- * NODE_ENV=production.
+ * One typed configuration object: defaults, then an optional JSON file (GLUCOGUARD_CONFIG) whose
+ * keys are the environment variable names, then environment variables (which win). Validated at
+ * start-up; every bad value gets its own message and start-up fails before anything is created or
+ * listens. Insecure development settings are announced (insecureSettings); those that expose data
+ * in transit or to anyone are refused when NODE_ENV=production.
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import path from 'node:path';
+import { EXCHANGE_VARIABLES, readExchangeSettings, type ExchangeSettings } from './exchange/settings.js';
 
 export interface Config {
   /** TCP port of the HTTP server (PORT). */
@@ -71,7 +74,17 @@ export interface Config {
   redisUrl?: string;
   /** Time zone for device-local timestamps without offset (GLUCOGUARD_DEFAULT_TZ). */
   defaultTimeZone: string;
+  /** Bulk export and subscription settings (GLUCOGUARD_EXPORT_*, GLUCOGUARD_SUBSCRIPTION_*; src/exchange/settings.ts). */
+  exchange: ExchangeSettings;
+  /**
+   * Which peers' X-Forwarded-For/-Proto are believed, i.e. express's `trust proxy` (GLUCOGUARD_TRUST_PROXY):
+   * false ('off', default: the socket address is the client), a hop count, or addresses/CIDRs
+   * (`loopback`, `linklocal`, `uniquelocal` too). The per-IP login and token rate limits key on the result.
+   */
+  trustProxy: TrustProxy;
 }
+
+export type TrustProxy = false | number | string[];
 
 export interface UpstreamConfig {
   /** FHIR R4 base of the upstream server (UPSTREAM_FHIR_URL). */
@@ -128,54 +141,80 @@ export class ConfigError extends Error {
 
 type Env = Record<string, string | undefined>;
 
+/**
+ * Every setting, by the name of its environment variable: the only keys the GLUCOGUARD_CONFIG file
+ * takes (NODE_ENV and GLUCOGUARD_CONFIG itself come from the environment only).
+ */
+export const CONFIG_VARIABLES: readonly string[] = [
+  'PORT', 'GLUCOGUARD_HOST', 'GLUCOGUARD_BASE_URL', 'GLUCOGUARD_DATA_DIR', 'GLUCOGUARD_MASTER_KEY', 'GLUCOGUARD_MASTER_KEY_FILE',
+  'GLUCOGUARD_MAX_BODY_BYTES', 'GLUCOGUARD_MAX_INGEST_BYTES', 'GLUCOGUARD_PAGE_SIZE', 'GLUCOGUARD_MAX_PAGE_SIZE',
+  'GLUCOGUARD_SEARCH_SCAN_LIMIT', 'GLUCOGUARD_AUDIT_WINDOW_MS', 'GLUCOGUARD_READ_CACHE_MB', 'GLUCOGUARD_STORE_MMAP_MB',
+  'GLUCOGUARD_AUTH', 'GLUCOGUARD_COMPRESSION', 'GLUCOGUARD_AUTO_REINDEX', 'GLUCOGUARD_INTEGRITY', 'GLUCOGUARD_DEFAULT_TZ',
+  'GLUCOGUARD_TRUST_PROXY', ...EXCHANGE_VARIABLES,
+  'UPSTREAM_FHIR_URL', 'UPSTREAM_AUTH', 'UPSTREAM_BEARER_TOKEN', 'UPSTREAM_BEARER_TOKEN_FILE', 'UPSTREAM_CLIENT_ID',
+  'UPSTREAM_TOKEN_URL', 'UPSTREAM_PRIVATE_KEY_FILE', 'UPSTREAM_ALG', 'UPSTREAM_KID', 'UPSTREAM_SCOPE', 'UPSTREAM_TIMEOUT_MS',
+  'UPSTREAM_RETRY_AFTER_MAX', 'UPSTREAM_MAX_BODY_BYTES',
+  'CHAIN_RPC_URL', 'CHAIN_PORT', 'CHAIN_BLOCK_PERIOD', 'CHAIN_NODE_THREAD', 'CHAIN_ID', 'CHAIN_AUTHORITY_KEY_FILE', 'CHAIN_DEPLOYMENT_FILE',
+  'REDIS_URL', 'REDIS_PASSWORD_FILE', 'LOG_LEVEL',
+];
+
 /** Builds and validates the configuration; throws ConfigError listing every problem. */
 export function loadConfig(env: Env = process.env, overrides: Partial<Config> = {}): Config {
   const problems: string[] = [];
   const file = env.GLUCOGUARD_CONFIG ? readConfigFile(env.GLUCOGUARD_CONFIG, problems) : {};
-  const pick = (name: string, fileKey: string): string | undefined => env[name] ?? stringOrUndefined(file[fileKey]);
+  // the environment wins over the file
+  const pick = (name: string): string | undefined => env[name] ?? file[name];
 
-  const port = int(pick('PORT', 'port') ?? '8080', 'PORT', 0, 65535, problems);
-  const host = pick('GLUCOGUARD_HOST', 'host') ?? '0.0.0.0';
-  const dataDir = path.resolve(pick('GLUCOGUARD_DATA_DIR', 'dataDir') ?? './data');
-  const baseUrlRaw = pick('GLUCOGUARD_BASE_URL', 'baseUrl') ?? `http://localhost:${port}`;
+  const port = int(pick('PORT') ?? '8080', 'PORT', 0, 65535, problems);
+  const host = pick('GLUCOGUARD_HOST') ?? '0.0.0.0';
+  if (!isHost(host)) problems.push(`GLUCOGUARD_HOST must be an IP address or a host name (got "${host}")`);
+  const dataDir = path.resolve(pick('GLUCOGUARD_DATA_DIR') ?? './data');
+  const baseUrlRaw = pick('GLUCOGUARD_BASE_URL') ?? `http://localhost:${port}`;
   const baseUrl = url(baseUrlRaw, 'GLUCOGUARD_BASE_URL', problems).replace(/\/+$/, '');
+  if (/\/fhir$/i.test(new URL(baseUrl).pathname)) {
+    problems.push(`GLUCOGUARD_BASE_URL is the proxy's base, not the FHIR base: the FHIR base is <base>/fhir, so "${baseUrlRaw}" would serve FHIR at ${baseUrl}/fhir (set "${baseUrl.replace(/\/fhir$/i, '')}")`);
+  }
   const nodeEnv = env.NODE_ENV ?? 'development';
-  const auth = oneOf(pick('GLUCOGUARD_AUTH', 'auth') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_AUTH', problems);
-  const compression = oneOf(pick('GLUCOGUARD_COMPRESSION', 'compression') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_COMPRESSION', problems);
-  const autoReindex = oneOf(pick('GLUCOGUARD_AUTO_REINDEX', 'autoReindex') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_AUTO_REINDEX', problems);
-  const integrity = oneOf(pick('GLUCOGUARD_INTEGRITY', 'integrity') ?? 'lenient', ['lenient', 'strict'] as const, 'GLUCOGUARD_INTEGRITY', problems);
-  if (auth === 'off' && nodeEnv === 'production') {
+  const production = nodeEnv === 'production';
+  if (production && !isLoopbackUrl(baseUrl) && new URL(baseUrl).protocol === 'http:') {
+    problems.push(`GLUCOGUARD_BASE_URL must use https when NODE_ENV=production (got "${baseUrlRaw}"; tokens, codes and redirects would travel in clear)`);
+  }
+  const auth = oneOf(pick('GLUCOGUARD_AUTH') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_AUTH', problems);
+  const compression = oneOf(pick('GLUCOGUARD_COMPRESSION') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_COMPRESSION', problems);
+  const autoReindex = oneOf(pick('GLUCOGUARD_AUTO_REINDEX') ?? 'on', ['on', 'off'] as const, 'GLUCOGUARD_AUTO_REINDEX', problems);
+  const integrity = oneOf(pick('GLUCOGUARD_INTEGRITY') ?? 'lenient', ['lenient', 'strict'] as const, 'GLUCOGUARD_INTEGRITY', problems);
+  if (auth === 'off' && production) {
     problems.push('GLUCOGUARD_AUTH=off is refused when NODE_ENV=production');
   }
-  const masterKeyFile = env.GLUCOGUARD_MASTER_KEY_FILE;
-  const masterKey = pick('GLUCOGUARD_MASTER_KEY', 'masterKey')
+  const masterKeyFile = pick('GLUCOGUARD_MASTER_KEY_FILE');
+  const masterKey = pick('GLUCOGUARD_MASTER_KEY')
     ?? (masterKeyFile ? readSecret(masterKeyFile, 'GLUCOGUARD_MASTER_KEY_FILE', problems) : undefined);
   if (masterKey !== undefined && Buffer.from(masterKey, 'base64').length !== 32) {
     problems.push('GLUCOGUARD_MASTER_KEY must be 32 bytes, base64-encoded');
   }
-  const logLevel = oneOf(pick('LOG_LEVEL', 'logLevel') ?? 'info',
+  const logLevel = oneOf(pick('LOG_LEVEL') ?? 'info',
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'LOG_LEVEL', problems);
 
   let upstream: UpstreamConfig | undefined;
-  const upstreamUrl = pick('UPSTREAM_FHIR_URL', 'upstreamUrl');
+  const upstreamUrl = pick('UPSTREAM_FHIR_URL');
   if (upstreamUrl) {
-    const upstreamAuth = oneOf(pick('UPSTREAM_AUTH', 'upstreamAuth') ?? 'none',
+    const upstreamAuth = oneOf(pick('UPSTREAM_AUTH') ?? 'none',
       ['none', 'bearer', 'backend-services'] as const, 'UPSTREAM_AUTH', problems);
-    const tokenFile = env.UPSTREAM_BEARER_TOKEN_FILE;
+    const tokenFile = pick('UPSTREAM_BEARER_TOKEN_FILE');
     upstream = {
       url: url(upstreamUrl, 'UPSTREAM_FHIR_URL', problems).replace(/\/+$/, ''),
       auth: upstreamAuth,
-      bearerToken: env.UPSTREAM_BEARER_TOKEN ?? (tokenFile ? readSecret(tokenFile, 'UPSTREAM_BEARER_TOKEN_FILE', problems) : undefined),
-      clientId: env.UPSTREAM_CLIENT_ID,
-      tokenUrl: env.UPSTREAM_TOKEN_URL,
-      privateKeyFile: env.UPSTREAM_PRIVATE_KEY_FILE,
-      alg: oneOf(env.UPSTREAM_ALG ?? 'RS384', ['RS384', 'ES384'] as const, 'UPSTREAM_ALG', problems),
-      kid: env.UPSTREAM_KID,
-      scope: env.UPSTREAM_SCOPE ?? 'system/*.rs',
-      timeoutMs: int(env.UPSTREAM_TIMEOUT_MS ?? '10000', 'UPSTREAM_TIMEOUT_MS', 1, 600_000, problems),
-      retryAfterMaxSeconds: int(env.UPSTREAM_RETRY_AFTER_MAX ?? '2', 'UPSTREAM_RETRY_AFTER_MAX', 0, 60, problems),
+      bearerToken: pick('UPSTREAM_BEARER_TOKEN') ?? (tokenFile ? readSecret(tokenFile, 'UPSTREAM_BEARER_TOKEN_FILE', problems) : undefined),
+      clientId: pick('UPSTREAM_CLIENT_ID'),
+      tokenUrl: pick('UPSTREAM_TOKEN_URL'),
+      privateKeyFile: pick('UPSTREAM_PRIVATE_KEY_FILE'),
+      alg: oneOf(pick('UPSTREAM_ALG') ?? 'RS384', ['RS384', 'ES384'] as const, 'UPSTREAM_ALG', problems),
+      kid: pick('UPSTREAM_KID'),
+      scope: pick('UPSTREAM_SCOPE') ?? 'system/*.rs',
+      timeoutMs: int(pick('UPSTREAM_TIMEOUT_MS') ?? '10000', 'UPSTREAM_TIMEOUT_MS', 1, 600_000, problems),
+      retryAfterMaxSeconds: int(pick('UPSTREAM_RETRY_AFTER_MAX') ?? '2', 'UPSTREAM_RETRY_AFTER_MAX', 0, 60, problems),
       // at most 512 MiB: about the longest string V8 can hold
-      maxBodyBytes: int(env.UPSTREAM_MAX_BODY_BYTES ?? String(64 * 1024 * 1024), 'UPSTREAM_MAX_BODY_BYTES', 1024, 512 * 1024 * 1024, problems),
+      maxBodyBytes: int(pick('UPSTREAM_MAX_BODY_BYTES') ?? String(64 * 1024 * 1024), 'UPSTREAM_MAX_BODY_BYTES', 1024, 512 * 1024 * 1024, problems),
     };
     if (upstreamAuth === 'bearer' && !upstream.bearerToken) {
       problems.push('UPSTREAM_AUTH=bearer needs UPSTREAM_BEARER_TOKEN or UPSTREAM_BEARER_TOKEN_FILE');
@@ -188,21 +227,21 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     }
   }
 
-  const chainRpc = pick('CHAIN_RPC_URL', 'chainRpcUrl');
+  const chainRpc = pick('CHAIN_RPC_URL');
   const chain: ChainConfig = {
     rpcUrl: chainRpc ? url(chainRpc, 'CHAIN_RPC_URL', problems) : undefined,
-    embeddedPort: int(pick('CHAIN_PORT', 'chainPort') ?? '8545', 'CHAIN_PORT', 0, 65535, problems),
-    blockPeriod: num(pick('CHAIN_BLOCK_PERIOD', 'chainBlockPeriod') ?? '1', 'CHAIN_BLOCK_PERIOD', 0, 3600, problems),
-    nodeThread: oneOf(pick('CHAIN_NODE_THREAD', 'chainNodeThread') ?? 'worker', ['worker', 'main'] as const, 'CHAIN_NODE_THREAD', problems),
-    chainId: int(pick('CHAIN_ID', 'chainId') ?? '1337', 'CHAIN_ID', 1, 2 ** 31, problems),
-    authorityKeyFile: pick('CHAIN_AUTHORITY_KEY_FILE', 'chainAuthorityKeyFile'),
-    deploymentFile: pick('CHAIN_DEPLOYMENT_FILE', 'chainDeploymentFile'),
+    embeddedPort: int(pick('CHAIN_PORT') ?? '8545', 'CHAIN_PORT', 0, 65535, problems),
+    blockPeriod: num(pick('CHAIN_BLOCK_PERIOD') ?? '1', 'CHAIN_BLOCK_PERIOD', 0, 3600, problems),
+    nodeThread: oneOf(pick('CHAIN_NODE_THREAD') ?? 'worker', ['worker', 'main'] as const, 'CHAIN_NODE_THREAD', problems),
+    chainId: int(pick('CHAIN_ID') ?? '1337', 'CHAIN_ID', 1, 2 ** 31, problems),
+    authorityKeyFile: pick('CHAIN_AUTHORITY_KEY_FILE'),
+    deploymentFile: pick('CHAIN_DEPLOYMENT_FILE'),
   };
   if (chain.rpcUrl && (!chain.authorityKeyFile || !chain.deploymentFile)) {
     problems.push('CHAIN_RPC_URL needs CHAIN_AUTHORITY_KEY_FILE (the authority account key) and CHAIN_DEPLOYMENT_FILE (contract addresses)');
   }
-  let redisUrl = pick('REDIS_URL', 'redisUrl');
-  const redisPasswordFile = env.REDIS_PASSWORD_FILE;
+  let redisUrl = pick('REDIS_URL');
+  const redisPasswordFile = pick('REDIS_PASSWORD_FILE');
   if (redisUrl && redisPasswordFile && /^rediss?:\/\//.test(redisUrl)) {
     const password = readSecret(redisPasswordFile, 'REDIS_PASSWORD_FILE', problems);
     if (password) {
@@ -212,6 +251,11 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     }
   }
   if (redisUrl && !/^rediss?:\/\//.test(redisUrl)) problems.push(`REDIS_URL must start with redis:// or rediss:// (got "${redisUrl}")`);
+  const exchange = readExchangeSettings(pick, problems);
+  if (production && exchange.subscriptionAllowHttp) {
+    problems.push('GLUCOGUARD_SUBSCRIPTION_HTTP=true is refused when NODE_ENV=production (notifications would carry health data in clear)');
+  }
+  const trustProxy = trustProxySetting(pick('GLUCOGUARD_TRUST_PROXY') ?? 'off', problems);
 
   const config: Config = {
     port,
@@ -219,14 +263,14 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     baseUrl,
     dataDir,
     masterKey,
-    maxBodyBytes: int(pick('GLUCOGUARD_MAX_BODY_BYTES', 'maxBodyBytes') ?? String(16 * 1024 * 1024), 'GLUCOGUARD_MAX_BODY_BYTES', 1024, 1024 ** 3, problems),
-    maxIngestBytes: int(pick('GLUCOGUARD_MAX_INGEST_BYTES', 'maxIngestBytes') ?? String(512 * 1024 * 1024), 'GLUCOGUARD_MAX_INGEST_BYTES', 1024, 16 * 1024 ** 3, problems),
-    defaultPageSize: int(pick('GLUCOGUARD_PAGE_SIZE', 'defaultPageSize') ?? '50', 'GLUCOGUARD_PAGE_SIZE', 1, 10000, problems),
-    maxPageSize: int(pick('GLUCOGUARD_MAX_PAGE_SIZE', 'maxPageSize') ?? '1000', 'GLUCOGUARD_MAX_PAGE_SIZE', 1, 100000, problems),
-    searchScanLimit: int(pick('GLUCOGUARD_SEARCH_SCAN_LIMIT', 'searchScanLimit') ?? '20000', 'GLUCOGUARD_SEARCH_SCAN_LIMIT', 0, 1_000_000_000, problems),
-    auditWindowMs: int(pick('GLUCOGUARD_AUDIT_WINDOW_MS', 'auditWindowMs') ?? '50', 'GLUCOGUARD_AUDIT_WINDOW_MS', 0, 1000, problems),
-    readCacheMb: int(pick('GLUCOGUARD_READ_CACHE_MB', 'readCacheMb') ?? '64', 'GLUCOGUARD_READ_CACHE_MB', 0, 65536, problems),
-    storeMmapMb: int(pick('GLUCOGUARD_STORE_MMAP_MB', 'storeMmapMb') ?? '2047', 'GLUCOGUARD_STORE_MMAP_MB', 0, 2047, problems),
+    maxBodyBytes: int(pick('GLUCOGUARD_MAX_BODY_BYTES') ?? String(16 * 1024 * 1024), 'GLUCOGUARD_MAX_BODY_BYTES', 1024, 1024 ** 3, problems),
+    maxIngestBytes: int(pick('GLUCOGUARD_MAX_INGEST_BYTES') ?? String(512 * 1024 * 1024), 'GLUCOGUARD_MAX_INGEST_BYTES', 1024, 16 * 1024 ** 3, problems),
+    defaultPageSize: int(pick('GLUCOGUARD_PAGE_SIZE') ?? '50', 'GLUCOGUARD_PAGE_SIZE', 1, 10000, problems),
+    maxPageSize: int(pick('GLUCOGUARD_MAX_PAGE_SIZE') ?? '1000', 'GLUCOGUARD_MAX_PAGE_SIZE', 1, 100000, problems),
+    searchScanLimit: int(pick('GLUCOGUARD_SEARCH_SCAN_LIMIT') ?? '20000', 'GLUCOGUARD_SEARCH_SCAN_LIMIT', 0, 1_000_000_000, problems),
+    auditWindowMs: int(pick('GLUCOGUARD_AUDIT_WINDOW_MS') ?? '50', 'GLUCOGUARD_AUDIT_WINDOW_MS', 0, 1000, problems),
+    readCacheMb: int(pick('GLUCOGUARD_READ_CACHE_MB') ?? '64', 'GLUCOGUARD_READ_CACHE_MB', 0, 65536, problems),
+    storeMmapMb: int(pick('GLUCOGUARD_STORE_MMAP_MB') ?? '2047', 'GLUCOGUARD_STORE_MMAP_MB', 0, 2047, problems),
     auth,
     compression,
     autoReindex,
@@ -236,7 +280,9 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     upstream,
     chain,
     redisUrl,
-    defaultTimeZone: pick('GLUCOGUARD_DEFAULT_TZ', 'defaultTimeZone') ?? 'UTC',
+    defaultTimeZone: pick('GLUCOGUARD_DEFAULT_TZ') ?? 'UTC',
+    exchange,
+    trustProxy,
     ...overrides,
   };
   if (!isTimeZone(config.defaultTimeZone)) problems.push(`GLUCOGUARD_DEFAULT_TZ "${config.defaultTimeZone}" is not an IANA time zone`);
@@ -249,7 +295,8 @@ export function insecureSettings(config: Config): string[] {
   const warnings: string[] = [];
   if (config.auth === 'off') warnings.push('GLUCOGUARD_AUTH=off: /fhir is open to anyone who can reach it (local experiments only)');
   if (!config.masterKey) warnings.push(`master key kept as a file in ${config.dataDir}; set GLUCOGUARD_MASTER_KEY from a secret store in production`);
-  if (config.baseUrl.startsWith('http://') && !/localhost|127\.0\.0\.1/.test(config.baseUrl)) warnings.push('GLUCOGUARD_BASE_URL is not https');
+  if (config.baseUrl.startsWith('http://') && !isLoopbackUrl(config.baseUrl)) warnings.push('GLUCOGUARD_BASE_URL is not https');
+  if (config.exchange.subscriptionAllowHttp) warnings.push('GLUCOGUARD_SUBSCRIPTION_HTTP=true: subscription notifications may go out over plain http');
   return warnings;
 }
 
@@ -258,15 +305,75 @@ export function fhirBase(config: Pick<Config, 'baseUrl'>): string {
   return `${config.baseUrl}/fhir`;
 }
 
-function readConfigFile(file: string, problems: string[]): Record<string, unknown> {
+/**
+ * The GLUCOGUARD_CONFIG file: a JSON object whose keys are the variable names (CONFIG_VARIABLES)
+ * and whose values are strings, numbers or booleans. Any other key is refused, so a typo (or an
+ * old camelCase name) is never silently a different deployment.
+ */
+function readConfigFile(file: string, problems: string[]): Record<string, string> {
+  let parsed: unknown;
   try {
-    const parsed = JSON.parse(readFileSync(file, 'utf8'));
+    parsed = JSON.parse(readFileSync(file, 'utf8'));
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not a JSON object');
-    return parsed as Record<string, unknown>;
   } catch (err) {
     problems.push(`GLUCOGUARD_CONFIG: cannot read ${file}: ${(err as Error).message}`);
     return {};
   }
+  const values: Record<string, string> = {};
+  for (const [key, value] of Object.entries(parsed as Record<string, unknown>)) {
+    if (!CONFIG_VARIABLES.includes(key)) {
+      const meant = CONFIG_VARIABLES.find((name) => squash(name) === squash(key));
+      problems.push(`GLUCOGUARD_CONFIG: unknown setting "${key}" in ${file}${meant ? ` (did you mean ${meant}?)` : ''}; the file takes the environment variable names`);
+    } else if (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean') {
+      values[key] = String(value);
+    } else if (value !== null) {
+      problems.push(`GLUCOGUARD_CONFIG: ${key} in ${file} must be a string, number or boolean`);
+    }
+  }
+  return values;
+}
+
+/** `auth`, `chainRpcUrl` → comparable with `GLUCOGUARD_AUTH`, `CHAIN_RPC_URL`. */
+function squash(name: string): string {
+  return name.toLowerCase().replace(/^glucoguard_/, '').replace(/_/g, '');
+}
+
+const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+
+/** An IP address, or a host name that is not a malformed dotted quad (`999.1.1.1`). */
+function isHost(host: string): boolean {
+  return isIP(host) !== 0 || (HOST_NAME.test(host) && !/^[\d.]+$/.test(host));
+}
+
+function isLoopbackUrl(raw: string): boolean {
+  const host = new URL(raw).hostname;
+  return host === 'localhost' || host === '127.0.0.1' || host === '[::1]';
+}
+
+/**
+ * GLUCOGUARD_TRUST_PROXY as express's `trust proxy` takes it: `off` (false), a hop count, or a
+ * comma-separated list of addresses, CIDRs and the names loopback, linklocal, uniquelocal.
+ * `true` (believe any X-Forwarded-For) is not offered: a client could then choose its own address.
+ */
+function trustProxySetting(raw: string, problems: string[]): TrustProxy {
+  const value = raw.trim();
+  if (value === 'off' || value === 'false' || value === '') return false;
+  if (/^\d+$/.test(value)) {
+    const hops = Number(value);
+    if (hops >= 1 && hops <= 10) return hops;
+  } else {
+    const entries = value.split(',').map((s) => s.trim()).filter(Boolean);
+    const bad = entries.filter((entry) => {
+      if (['loopback', 'linklocal', 'uniquelocal'].includes(entry)) return false;
+      const [addr, bits, extra] = entry.split('/');
+      const kind = isIP(addr ?? '');
+      if (!kind || extra !== undefined) return true;
+      return bits !== undefined && (!/^\d+$/.test(bits) || Number(bits) > (kind === 6 ? 128 : 32));
+    });
+    if (entries.length && !bad.length) return entries;
+  }
+  problems.push(`GLUCOGUARD_TRUST_PROXY must be off, a hop count from 1 to 10, or a comma-separated list of addresses, CIDRs, loopback, linklocal, uniquelocal (got "${raw}")`);
+  return false;
 }
 
 function readSecret(file: string, name: string, problems: string[]): string | undefined {
@@ -276,10 +383,6 @@ function readSecret(file: string, name: string, problems: string[]): string | un
     problems.push(`${name}: cannot read ${file}`);
     return undefined;
   }
-}
-
-function stringOrUndefined(v: unknown): string | undefined {
-  return v === undefined || v === null ? undefined : String(v);
 }
 
 function int(raw: string, name: string, min: number, max: number, problems: string[]): number {

@@ -1,7 +1,8 @@
 import { parseAllowEntry } from './endpoint.js';
 
 /**
- * Settings of bulk export and subscriptions, from the environment (defaults in one place):
+ * Settings of bulk export and subscriptions (defaults in one place), read with the rest of the
+ * configuration by src/config.ts so a bad value stops start-up before anything is created:
  * - GLUCOGUARD_EXPORT_RETRY_AFTER: seconds a client waits between status polls (default 2; polling
  *   sooner is a 429);
  * - GLUCOGUARD_EXPORT_RETENTION_HOURS: how long a finished export's files are kept (default 168,
@@ -37,20 +38,39 @@ export interface ExchangeSettings {
   foreignWritesPollMs: number;
 }
 
-export function exchangeSettings(env: NodeJS.ProcessEnv = process.env): ExchangeSettings {
+/** The variables read here (src/config.ts accepts them in the GLUCOGUARD_CONFIG file too). */
+export const EXCHANGE_VARIABLES = [
+  'GLUCOGUARD_EXPORT_RETRY_AFTER', 'GLUCOGUARD_EXPORT_RETENTION_HOURS', 'GLUCOGUARD_RESEARCH_DATE_SHIFT',
+  'GLUCOGUARD_SUBSCRIPTION_ALLOW', 'GLUCOGUARD_SUBSCRIPTION_HTTP', 'GLUCOGUARD_SUBSCRIPTION_RETRIES',
+  'GLUCOGUARD_SUBSCRIPTION_RETRY_MS', 'GLUCOGUARD_SUBSCRIPTION_DIGEST_MS', 'GLUCOGUARD_SUBSCRIPTION_HEARTBEAT_MIN',
+  'GLUCOGUARD_SUBSCRIPTION_POLL_MS',
+] as const;
+
+/** Reads the settings through `get`, adding one message per bad value to `problems`. */
+export function readExchangeSettings(get: (name: string) => string | undefined, problems: string[]): ExchangeSettings {
   const int = (name: string, fallback: number, min: number, max: number): number => {
-    const raw = env[name];
+    const raw = get(name);
     if (raw === undefined || raw === '') return fallback;
     const n = Number(raw);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer from ${min} to ${max}`);
+    if (!/^-?\d+$/.test(raw.trim()) || n < min || n > max) {
+      problems.push(`${name} must be an integer from ${min} to ${max} (got "${raw}")`);
+      return fallback;
+    }
     return n;
+  };
+  const bool = (name: string): boolean => {
+    const raw = get(name);
+    if (raw === undefined || raw === '' || raw === 'false') return false;
+    if (raw === 'true') return true;
+    problems.push(`${name} must be true or false (got "${raw}")`);
+    return false;
   };
   return {
     retryAfterSeconds: int('GLUCOGUARD_EXPORT_RETRY_AFTER', 2, 1, 3600),
     exportRetentionHours: int('GLUCOGUARD_EXPORT_RETENTION_HOURS', 168, 1, 8760),
-    researchDateShift: env.GLUCOGUARD_RESEARCH_DATE_SHIFT === 'true',
-    subscriptionAllow: allowList(env.GLUCOGUARD_SUBSCRIPTION_ALLOW),
-    subscriptionAllowHttp: env.GLUCOGUARD_SUBSCRIPTION_HTTP === 'true',
+    researchDateShift: bool('GLUCOGUARD_RESEARCH_DATE_SHIFT'),
+    subscriptionAllow: allowList(get('GLUCOGUARD_SUBSCRIPTION_ALLOW'), problems),
+    subscriptionAllowHttp: bool('GLUCOGUARD_SUBSCRIPTION_HTTP'),
     deliveryAttempts: int('GLUCOGUARD_SUBSCRIPTION_RETRIES', 5, 1, 20),
     retryBaseMs: int('GLUCOGUARD_SUBSCRIPTION_RETRY_MS', 500, 1, 600_000),
     digestMs: int('GLUCOGUARD_SUBSCRIPTION_DIGEST_MS', 86_400_000, 1000, 7 * 86_400_000),
@@ -59,9 +79,23 @@ export function exchangeSettings(env: NodeJS.ProcessEnv = process.env): Exchange
   };
 }
 
+/** The settings from environment variables alone; throws naming every bad value. */
+export function exchangeSettings(env: NodeJS.ProcessEnv = process.env): ExchangeSettings {
+  const problems: string[] = [];
+  const settings = readExchangeSettings((name) => env[name], problems);
+  if (problems.length) throw new Error(problems.join('; '));
+  return settings;
+}
+
 /** The allow-list entries, each checked here so a typo stops the start with a message naming it. */
-function allowList(raw: string | undefined): string[] {
+function allowList(raw: string | undefined, problems: string[]): string[] {
   const entries = (raw ?? '').split(',').map((s) => s.trim()).filter(Boolean);
-  for (const entry of entries) parseAllowEntry(entry);
+  for (const entry of entries) {
+    try {
+      parseAllowEntry(entry);
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  }
   return entries;
 }

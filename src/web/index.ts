@@ -55,7 +55,8 @@ export function createWeb(deps: WebDeps): Web {
     clients = ensureWebClients(deps.smart.store, deps.config.dataDir, deps.config.baseUrl);
   } catch (err) {
     problem = 'the apps need an https GLUCOGUARD_BASE_URL (or http on localhost) for their redirect URIs';
-    deps.logger.warn({ err }, `patient portal and clinician app disabled: ${problem}`);
+    // one line: the reason, not a stack trace (the cause is the base URL, not a fault)
+    deps.logger.warn(`patient portal and clinician app disabled: ${problem} (${(err as Error).message})`);
   }
   // The portal's sign-in is where the patient's custodial key is unlocked for the session
   // (src/consent/patient-keys.ts): the password goes from the login check straight to the key.

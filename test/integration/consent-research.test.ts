@@ -11,7 +11,8 @@ import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, consentOf, patientToken, person, registerIdentity } from './consent-helpers.js';
 
-process.env.GLUCOGUARD_EXPORT_RETRY_AFTER = '1';
+// exchange settings for the app under test (read with the rest of its configuration)
+const EXCHANGE_ENV: Record<string, string> = { GLUCOGUARD_EXPORT_RETRY_AFTER: '1' };
 
 const now = Date.now();
 const iso = (t: number): string => new Date(t).toISOString();
@@ -48,7 +49,7 @@ describe('research access through the REST API', () => {
   }
 
   beforeAll(async () => {
-    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on', ...EXCHANGE_ENV });
     ana = await person(t.app, 'Patient', 'Rivera');
     ben = await person(t.app, 'Patient', 'Okafor');
     await registerIdentity(t.app, `Client/${CLIENT}`);

@@ -20,7 +20,8 @@ import { keyRingOf } from '../support/tamper.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, grant, ingest, patientToken, person, practitionerToken, registerIdentity, sparseTrace } from './consent-helpers.js';
 
-process.env.GLUCOGUARD_EXPORT_RETRY_AFTER = '1';
+// exchange settings for the app under test (read with the rest of its configuration)
+const EXCHANGE_ENV: Record<string, string> = { GLUCOGUARD_EXPORT_RETRY_AFTER: '1' };
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -64,7 +65,7 @@ describe('bulk $export: consent and integrity on every exported resource', () =>
   const TAMPERED_VALUE = 417;
 
   beforeAll(async () => {
-    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on', ...EXCHANGE_ENV });
     ben = await person(t.app, 'Patient', 'Okafor');
     carl = await person(t.app, 'Patient', 'Lindqvist');
     doc = await person(t.app, 'Practitioner', 'Osei');

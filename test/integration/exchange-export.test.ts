@@ -17,7 +17,8 @@ import { OPEN_POLICY } from '../../src/fhir/policy.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, grant, ingest, patientToken, person, practitionerToken, registerIdentity, sparseTrace } from './consent-helpers.js';
 
-process.env.GLUCOGUARD_EXPORT_RETRY_AFTER = '1';
+// exchange settings for the app under test (read with the rest of its configuration)
+const EXCHANGE_ENV: Record<string, string> = { GLUCOGUARD_EXPORT_RETRY_AFTER: '1' };
 
 interface Manifest {
   transactionTime: string;
@@ -72,7 +73,7 @@ describe('bulk $export', () => {
   }
 
   beforeAll(async () => {
-    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on', ...EXCHANGE_ENV });
     ana = await person(t.app, 'Patient', 'Rivera');
     ben = await person(t.app, 'Patient', 'Okafor');
     carl = await person(t.app, 'Patient', 'Lindqvist');

@@ -19,9 +19,8 @@ import { startTestApp, type TestApp } from '../support/app.js';
 import { param, receiver, statusOf, typeOf, type Receiver } from '../support/hook-receiver.js';
 import { DAY, grant, ingest, person, practitionerToken, registerIdentity } from './consent-helpers.js';
 
-process.env.GLUCOGUARD_SUBSCRIPTION_RETRIES = '2';
-process.env.GLUCOGUARD_SUBSCRIPTION_RETRY_MS = '10';
-process.env.GLUCOGUARD_SUBSCRIPTION_POLL_MS = '100';
+// exchange settings for the app under test (read with the rest of its configuration)
+const EXCHANGE_ENV: Record<string, string> = { GLUCOGUARD_SUBSCRIPTION_RETRIES: '2', GLUCOGUARD_SUBSCRIPTION_RETRY_MS: '10', GLUCOGUARD_SUBSCRIPTION_POLL_MS: '100' };
 
 const BACKPORT = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/';
 
@@ -63,8 +62,7 @@ describe('subscription rules and failures (R4 backport, rest-hook)', () => {
 
   beforeAll(async () => {
     rx = await receiver();
-    process.env.GLUCOGUARD_SUBSCRIPTION_ALLOW = new URL(rx.url).host;
-    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on', ...EXCHANGE_ENV, GLUCOGUARD_SUBSCRIPTION_ALLOW: new URL(rx.url).host });
     ben = await person(t.app, 'Patient', 'Okafor');
     doc = await person(t.app, 'Practitioner', 'Osei');
     await registerIdentity(t.app, `Practitioner/${doc}`);

@@ -13,8 +13,8 @@ import { startTestApp, type TestApp } from '../support/app.js';
 import { param, receiver, statusOf, typeOf, type Receiver } from '../support/hook-receiver.js';
 import { DAY, grant, ingest, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
 
-process.env.GLUCOGUARD_SUBSCRIPTION_RETRIES = '3';
-process.env.GLUCOGUARD_SUBSCRIPTION_RETRY_MS = '20';
+// exchange settings for the app under test (read with the rest of its configuration)
+const EXCHANGE_ENV: Record<string, string> = { GLUCOGUARD_SUBSCRIPTION_RETRIES: '3', GLUCOGUARD_SUBSCRIPTION_RETRY_MS: '20' };
 
 const BACKPORT = 'http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/';
 
@@ -55,8 +55,7 @@ describe('subscriptions (R4 backport, rest-hook)', () => {
   beforeAll(async () => {
     rx = await receiver();
     // the allow list names address and port: the receiver's, not every port on loopback
-    process.env.GLUCOGUARD_SUBSCRIPTION_ALLOW = new URL(rx.url).host;
-    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on', ...EXCHANGE_ENV, GLUCOGUARD_SUBSCRIPTION_ALLOW: new URL(rx.url).host });
     ana = await person(t.app, 'Patient', 'Rivera');
     ben = await person(t.app, 'Patient', 'Okafor');
     study = (await t.app.repository.create<Organization>({ resourceType: 'Organization', name: 'Study 42' })).resource.id!;

@@ -42,7 +42,8 @@ export interface Harness {
   close(): Promise<void>;
 }
 
-export async function startHarness(options: Partial<Pick<SmartDeps, 'rateLimits' | 'lifetimes'>> & { kv?: KeyValueStore; withPicker?: boolean } = {}): Promise<Harness> {
+/** `env`: configuration variables for loadConfig (e.g. GLUCOGUARD_TRUST_PROXY, applied as src/app.ts does). */
+export async function startHarness(options: Partial<Pick<SmartDeps, 'rateLimits' | 'lifetimes'>> & { kv?: KeyValueStore; withPicker?: boolean; env?: Record<string, string> } = {}): Promise<Harness> {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'gg-smart-'));
   let clock = Date.UTC(2026, 0, 15, 12, 0, 0);
   const now = () => clock;
@@ -52,7 +53,7 @@ export async function startHarness(options: Partial<Pick<SmartDeps, 'rateLimits'
   const port = (server.address() as AddressInfo).port;
   const baseUrl = `http://127.0.0.1:${port}`;
   const fhirBase = `${baseUrl}/fhir`;
-  const config = loadConfig({}, { dataDir, baseUrl, port });
+  const config = loadConfig(options.env ?? {}, { dataDir, baseUrl, port });
   const kv = options.kv ?? new MemoryKeyValueStore(now);
   const smart = await createSmart({
     config, kv, logger: pino({ level: 'silent' }), now, fhirBase,
@@ -65,7 +66,7 @@ export async function startHarness(options: Partial<Pick<SmartDeps, 'rateLimits'
       mayChoose: async (_user, id) => PATIENTS.some((p) => p.id === id),
     },
   });
-  app.set('trust proxy', false);
+  app.set('trust proxy', config.trustProxy); // as src/app.ts does
   app.use(smart.router);
   mountTinyFhir(app, smart);
   return {

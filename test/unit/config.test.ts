@@ -1,8 +1,9 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { describe, expect, test } from '@jest/globals';
-import { ConfigError, insecureSettings, loadConfig } from '../../src/config.js';
+import { afterAll, describe, expect, test } from '@jest/globals';
+import { CONFIG_VARIABLES, ConfigError, insecureSettings, loadConfig } from '../../src/config.js';
+import { PACKAGE_ROOT } from '../../src/paths.js';
 
 describe('config', () => {
   test('defaults: port 8080, ./data, localhost base URL, auth on, embedded everything', () => {
@@ -85,7 +86,110 @@ describe('config', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  test('exchange settings are checked with the rest: one message each, before anything is created', () => {
+    const problems = problemsOf({
+      GLUCOGUARD_EXPORT_RETENTION_HOURS: '-1', GLUCOGUARD_EXPORT_RETRY_AFTER: 'abc', PORT: 'abc',
+      GLUCOGUARD_SUBSCRIPTION_ALLOW: '10.0.0.0/99,ok.example', GLUCOGUARD_SUBSCRIPTION_HTTP: 'yes',
+      GLUCOGUARD_SUBSCRIPTION_RETRIES: '0', GLUCOGUARD_SUBSCRIPTION_RETRY_MS: 'x', GLUCOGUARD_SUBSCRIPTION_DIGEST_MS: '5',
+      GLUCOGUARD_SUBSCRIPTION_HEARTBEAT_MIN: '0', GLUCOGUARD_SUBSCRIPTION_POLL_MS: '1', GLUCOGUARD_RESEARCH_DATE_SHIFT: 'on',
+    });
+    expect(problems).toHaveLength(11);
+    for (const name of ['PORT', 'GLUCOGUARD_EXPORT_RETENTION_HOURS', 'GLUCOGUARD_EXPORT_RETRY_AFTER', 'GLUCOGUARD_SUBSCRIPTION_RETRIES',
+      'GLUCOGUARD_SUBSCRIPTION_RETRY_MS', 'GLUCOGUARD_SUBSCRIPTION_DIGEST_MS', 'GLUCOGUARD_SUBSCRIPTION_HEARTBEAT_MIN', 'GLUCOGUARD_SUBSCRIPTION_POLL_MS']) {
+      expect(problems.join('\n')).toMatch(new RegExp(`${name} must be an integer`));
+    }
+    expect(problems.join('\n')).toMatch(/GLUCOGUARD_SUBSCRIPTION_ALLOW entry "10.0.0.0\/99"/);
+    expect(problems.join('\n')).toMatch(/GLUCOGUARD_SUBSCRIPTION_HTTP must be true or false \(got "yes"\)/);
+    expect(problems.join('\n')).toMatch(/GLUCOGUARD_RESEARCH_DATE_SHIFT must be true or false/);
+    const c = loadConfig({ GLUCOGUARD_EXPORT_RETENTION_HOURS: '24', GLUCOGUARD_SUBSCRIPTION_HTTP: 'true', GLUCOGUARD_SUBSCRIPTION_ALLOW: '127.0.0.1:9000' });
+    expect(c.exchange).toMatchObject({ exportRetentionHours: 24, subscriptionAllowHttp: true, subscriptionAllow: ['127.0.0.1:9000'], retryAfterSeconds: 2 });
+  });
+
+  test('GLUCOGUARD_HOST must be an IP address or a host name', () => {
+    expect(problemsOf({ GLUCOGUARD_HOST: '999.1.1.1' })).toEqual(['GLUCOGUARD_HOST must be an IP address or a host name (got "999.1.1.1")']);
+    expect(problemsOf({ GLUCOGUARD_HOST: 'bad host' })).toHaveLength(1);
+    for (const host of ['127.0.0.1', '::', '0.0.0.0', 'localhost', 'proxy-1.internal']) expect(loadConfig({ GLUCOGUARD_HOST: host }).host).toBe(host);
+  });
+
+  test('a base URL ending in /fhir is refused, naming the FHIR base it would give', () => {
+    expect(problemsOf({ GLUCOGUARD_BASE_URL: 'http://x.example/fhir/' }).join()).toMatch(/FHIR base is <base>\/fhir.*http:\/\/x\.example\/fhir\/fhir \(set "http:\/\/x\.example"\)/);
+    expect(loadConfig({ GLUCOGUARD_BASE_URL: 'https://x.example/gg/' }).baseUrl).toBe('https://x.example/gg');
+  });
+
+  test('production refuses plain-http base URLs and subscriptions, and only warns about the master key file', () => {
+    const prod = { NODE_ENV: 'production', GLUCOGUARD_MASTER_KEY: Buffer.alloc(32, 1).toString('base64') };
+    expect(problemsOf({ ...prod, GLUCOGUARD_BASE_URL: 'http://public.example.org', GLUCOGUARD_SUBSCRIPTION_HTTP: 'true' })).toEqual([
+      expect.stringMatching(/^GLUCOGUARD_BASE_URL must use https when NODE_ENV=production/),
+      expect.stringMatching(/^GLUCOGUARD_SUBSCRIPTION_HTTP=true is refused when NODE_ENV=production/),
+    ]);
+    expect(loadConfig({ ...prod, GLUCOGUARD_BASE_URL: 'http://localhost:8080' }).baseUrl).toBe('http://localhost:8080');
+    expect(problemsOf({ ...prod, GLUCOGUARD_BASE_URL: 'http://localhost.evil.example' })).toHaveLength(1);
+    const fileKey = loadConfig({ NODE_ENV: 'production', GLUCOGUARD_BASE_URL: 'https://gg.example.org' });
+    expect(insecureSettings(fileKey)).toEqual([expect.stringMatching(/^master key kept as a file/)]);
+    expect(insecureSettings(loadConfig({ GLUCOGUARD_SUBSCRIPTION_HTTP: 'true' })).join()).toMatch(/SUBSCRIPTION_HTTP=true/);
+  });
+
+  test('GLUCOGUARD_TRUST_PROXY: off by default; loopback, hop counts and address lists; anything else refused', () => {
+    expect(loadConfig({}).trustProxy).toBe(false);
+    expect(loadConfig({ GLUCOGUARD_TRUST_PROXY: 'off' }).trustProxy).toBe(false);
+    expect(loadConfig({ GLUCOGUARD_TRUST_PROXY: 'loopback' }).trustProxy).toEqual(['loopback']);
+    expect(loadConfig({ GLUCOGUARD_TRUST_PROXY: '2' }).trustProxy).toBe(2);
+    expect(loadConfig({ GLUCOGUARD_TRUST_PROXY: 'uniquelocal, 203.0.113.7, 2001:db8::/32' }).trustProxy).toEqual(['uniquelocal', '203.0.113.7', '2001:db8::/32']);
+    for (const bad of ['true', 'yes', '0', '10.0.0.0/33', 'proxy.example']) {
+      expect(problemsOf({ GLUCOGUARD_TRUST_PROXY: bad })).toEqual([expect.stringMatching(/^GLUCOGUARD_TRUST_PROXY must be off, a hop count/)]);
+    }
+  });
+
+  describe('GLUCOGUARD_CONFIG file', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'gg-config-file-'));
+    const file = (content: object) => {
+      const f = path.join(dir, `${Math.random().toString(36).slice(2)}.json`);
+      writeFileSync(f, JSON.stringify(content));
+      return f;
+    };
+    afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+    test('takes the environment variable names, as strings, numbers or booleans; the environment wins', () => {
+      const f = file({ PORT: 9100, GLUCOGUARD_AUTH: 'off', GLUCOGUARD_SUBSCRIPTION_HTTP: true, GLUCOGUARD_EXPORT_RETRY_AFTER: 5, UPSTREAM_FHIR_URL: 'https://ehr.example.org/fhir', UPSTREAM_TIMEOUT_MS: 2000 });
+      const c = loadConfig({ GLUCOGUARD_CONFIG: f, PORT: '9200' });
+      expect(c.port).toBe(9200);
+      expect(c.auth).toBe('off');
+      expect(c.exchange).toMatchObject({ subscriptionAllowHttp: true, retryAfterSeconds: 5 });
+      expect(c.upstream).toMatchObject({ url: 'https://ehr.example.org/fhir', timeoutMs: 2000 });
+    });
+
+    test('takes exactly the variables of the README configuration table', () => {
+      const readme = readFileSync(path.join(PACKAGE_ROOT, 'README.md'), 'utf8');
+      const table = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('## Architecture'));
+      const names = new Set<string>();
+      for (const row of table.split('\n').filter((l) => l.startsWith('| `'))) {
+        for (const m of row.split(' | ')[0]!.matchAll(/`([A-Z][A-Z0-9_]+)`/g)) if (/_|^PORT$/.test(m[1]!)) names.add(m[1]!);
+      }
+      expect([...names].sort()).toEqual([...CONFIG_VARIABLES].sort());
+    });
+
+    test('refuses unknown keys, old camelCase names included, and non-scalar values', () => {
+      const problems = problemsOf({ GLUCOGUARD_CONFIG: file({ BOGUS_KEY: 1, auth: 'off', chainRpcUrl: 'http://x', GLUCOGUARD_HOST: ['a'] }) });
+      expect(problems).toEqual([
+        expect.stringMatching(/unknown setting "BOGUS_KEY"/),
+        expect.stringMatching(/unknown setting "auth" .*\(did you mean GLUCOGUARD_AUTH\?\)/),
+        expect.stringMatching(/unknown setting "chainRpcUrl" .*\(did you mean CHAIN_RPC_URL\?\)/),
+        expect.stringMatching(/GLUCOGUARD_HOST .* must be a string, number or boolean/),
+      ]);
+    });
+  });
+
   test('an unknown time zone is refused', () => {
     expect(() => loadConfig({ GLUCOGUARD_DEFAULT_TZ: 'Mars/Olympus' })).toThrow(/IANA time zone/);
   });
 });
+
+function problemsOf(env: Record<string, string>): string[] {
+  try {
+    loadConfig(env);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  return [];
+}
