@@ -4,6 +4,14 @@
  */
 import type { App } from './app.js';
 
+/**
+ * Opens the app for one command. Only a command that sets an installation up (`setUp`: serve,
+ * patients create, ingest, consent grant, …) may create one in an empty data directory; any other
+ * refuses a directory that holds none, so a mistyped GLUCOGUARD_DATA_DIR is said, not answered
+ * with "not found" from a new empty installation.
+ */
+export type OpenApp = (options?: { setUp?: boolean }) => Promise<App>;
+
 export async function withApp<T>(open: () => Promise<App>, command: (app: App) => Promise<T>): Promise<T> {
   const app = await open();
   try {

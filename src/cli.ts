@@ -5,11 +5,15 @@
 import { existsSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { hostname, userInfo } from 'node:os';
-import type { Patient } from '@medplum/fhirtypes';
-import { Command, InvalidArgumentError } from 'commander';
-import { createApp, VERSION } from './app.js';
+import type { AuditEvent, Patient as PatientResource } from '@medplum/fhirtypes';
+import { Operator } from '@medplum/core';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { createApp, createRepository, VERSION } from './app.js';
 import { createHttpServer } from './server.js';
-import { withApp } from './cli-app.js';
+import { withApp, type OpenApp } from './cli-app.js';
+import { isGlucoGuardError } from './errors.js';
+import { resourceExists } from './repository/exists.js';
+import type { Repository } from './repository/port.js';
 import { OPEN_ACCESS } from './fhir/access.js';
 import { ConfigError, fhirBase, loadConfig, type Config } from './config.js';
 import { createLogger } from './log.js';
@@ -22,7 +26,7 @@ import { anchoringElsewhere } from './ledger/anchor.js';
 import { commitmentStorePath } from './ledger/index.js';
 import { CommitmentStore } from './ledger/store.js';
 import { keyRotationAuditEvent, rotateMasterKey } from './key-rotation.js';
-import { describeServerKeys, masterKeyPath, readKeyFile, rootSealPath } from './keys.js';
+import { describeServerKeys, holdsInstallation, masterKeyPath, readKeyFile, rootSealPath } from './keys.js';
 import { INDEX_GENERATION } from './repository/embedded/params.js';
 import { registerExchangeCommands } from './exchange/cli.js';
 
@@ -49,10 +53,43 @@ function operatorName(): string {
   return `${user} on ${hostname()} (glucoguard CLI)`;
 }
 
+/** A command given wrongly (missing, unknown or conflicting options, a bad value, no installation where one must be): exit 2, like a configuration error. */
+class UsageError extends Error {
+  readonly code = 'ERR_USAGE';
+}
+
+/** Commander has already printed why the command line is wrong (or printed help/version); only the exit code is left. */
+class CommanderExit extends Error {
+  constructor(readonly exitCode: number) {
+    super('commander exit');
+  }
+}
+
+/** The configuration, refusing a data directory with no installation unless the command sets one up (cli-app.ts OpenApp). */
+function configFor(options: { setUp?: boolean } = {}): Config {
+  const cfg = config();
+  if (!options.setUp && !holdsInstallation(cfg.dataDir)) throw new UsageError(`no GlucoGuard data in ${cfg.dataDir}; set GLUCOGUARD_DATA_DIR`);
+  return cfg;
+}
+
 /** The app as a one-off command opens it: logs at warn to stderr (stdout carries the result). */
-const openApp = () => createApp(config(), { logger: createLogger('warn', process.stderr) });
+const openApp: OpenApp = async (options = {}) => createApp(configFor(options), { logger: createLogger('warn', process.stderr) });
+const setUpApp = () => openApp({ setUp: true });
+
+/** A real calendar date as YYYY, YYYY-MM or YYYY-MM-DD (commander names the option when this refuses). */
+function birthDate(v: string): string {
+  const full = /^\d{4}-\d{2}-\d{2}$/.test(v) ? v : /^\d{4}-\d{2}$/.test(v) ? `${v}-01` : /^\d{4}$/.test(v) ? `${v}-01-01` : undefined;
+  if (!full) throw new InvalidArgumentError('expected YYYY, YYYY-MM or YYYY-MM-DD');
+  const parsed = new Date(`${full}T00:00:00Z`);
+  if (Number.isNaN(parsed.getTime()) || parsed.toISOString().slice(0, 10) !== full) throw new InvalidArgumentError(`${v} is not a calendar date (YYYY-MM-DD)`);
+  return v;
+}
 
 const program = new Command();
+// Set before any subcommand is added, which inherits it: usage errors reach the handler at the end.
+program.exitOverride((err) => {
+  throw new CommanderExit(err.exitCode === 0 ? 0 : 2);
+});
 program.name('glucoguard').description('GlucoGuard: SMART-on-FHIR proxy for CGM data with on-chain consent').version(VERSION);
 
 program
@@ -129,20 +166,17 @@ patients
   .description('create a Patient and print its id')
   .requiredOption('--given <name>', 'given name')
   .requiredOption('--family <name>', 'family name')
-  .option('--birth-date <YYYY-MM-DD>', 'birth date', (v) => {
-    if (!/^\d{4}(-\d{2}(-\d{2})?)?$/.test(v)) throw new InvalidArgumentError('expected YYYY, YYYY-MM or YYYY-MM-DD');
-    return v;
-  })
+  .option('--birth-date <YYYY-MM-DD>', 'birth date', birthDate)
   .option('--gender <gender>', 'male | female | other | unknown')
   .action(async (opts: { given: string; family: string; birthDate?: string; gender?: string }) => {
     // Through the whole app, so the Patient is validated, committed for anchoring and audited like any write.
-    await withApp(openApp, async (app) => {
-      const patient: Patient = {
+    await withApp(setUpApp, async (app) => {
+      const patient: PatientResource = {
         resourceType: 'Patient',
         active: true,
         name: [{ given: [opts.given], family: opts.family }],
         ...(opts.birthDate ? { birthDate: opts.birthDate } : {}),
-        ...(opts.gender ? { gender: opts.gender as Patient['gender'] } : {}),
+        ...(opts.gender ? { gender: opts.gender as PatientResource['gender'] } : {}),
       };
       const res = await app.fhir.handle({
         method: 'POST', path: 'Patient', query: {}, headers: { 'content-type': 'application/fhir+json' }, body: patient, access: OPEN_ACCESS,
@@ -151,7 +185,7 @@ patients
         const issues = (res.body as { issue?: { diagnostics?: string }[] } | undefined)?.issue ?? [];
         throw new Error(issues.map((i) => i.diagnostics).join('; ') || `status ${res.status}`);
       }
-      console.log((res.body as Patient).id);
+      console.log((res.body as PatientResource).id);
     });
   });
 
@@ -167,10 +201,29 @@ patients
       // A running server keeps data keys and decoded versions in memory: it must not go on serving them.
       const server = anchoringElsewhere(app.ledger.store);
       if (server) throw new Error(`a server is running on this data directory (${server}): stop it first, then erase`);
-      const { resources, commitments, auditEvent } = await app.erasePatient(opts.patient, operatorName());
+      let erased;
+      try {
+        erased = await app.erasePatient(opts.patient, operatorName());
+      } catch (err) {
+        // a repeat (a retry after a timeout) with nothing stored since: already done, and nothing changed (exit 0)
+        if (!isGlucoGuardError(err, 'ERR_GONE')) throw err;
+        const on = await erasedOn(app.repository, opts.patient);
+        console.log(`Patient/${opts.patient}: already erased${on ? ` (on ${on})` : ''}; nothing changed`);
+        return;
+      }
+      const { resources, commitments, auditEvent } = erased;
       console.log(`Patient/${opts.patient}: data key destroyed, ${resources} current resources unreadable; salts of ${commitments} commitments overwritten; recorded as AuditEvent/${auditEvent}`);
     });
   });
+
+/** When the patient's latest erasure was recorded (its AuditEvent, src/audit/erasure.ts), if it can be found. */
+async function erasedOn(repository: Repository, patientId: string): Promise<string | undefined> {
+  const { resources } = await repository.search({
+    resourceType: 'AuditEvent', filters: [{ code: 'patient', operator: Operator.EQUALS, value: `Patient/${patientId}` }],
+    sortRules: [{ code: 'date', descending: true }], count: 100, offset: 0,
+  });
+  return (resources as AuditEvent[]).find((e) => e.subtype?.some((c) => c.code === 'destroy'))?.recorded;
+}
 
 program
   .command('reindex')
@@ -249,11 +302,22 @@ registerExchangeCommands(program, openApp);
 
 registerLedgerCommands(program, config);
 
-registerSmartCommands(program, async () => {
-  const cfg = config();
-  if (!cfg.redisUrl) return { config: cfg };
-  const kv = await RedisKeyValueStore.connect(cfg.redisUrl, { logger: createLogger('warn') });
-  return { config: cfg, kv, close: () => kv.close() };
+registerSmartCommands(program, async (options) => {
+  const cfg = configFor(options);
+  // the repository only for the command that asks (users add: does its fhirUser exist?)
+  let repository: Repository | undefined;
+  const resourceExistsHere = async (type: string, id: string) => {
+    repository ??= await createRepository(cfg, createLogger('warn', process.stderr));
+    return resourceExists(repository, type, id);
+  };
+  const kv = cfg.redisUrl ? await RedisKeyValueStore.connect(cfg.redisUrl, { logger: createLogger('warn') }) : undefined;
+  return {
+    config: cfg, resourceExists: resourceExistsHere, ...(kv ? { kv } : {}),
+    close: async () => {
+      await repository?.close();
+      await kv?.close();
+    },
+  };
 });
 
 /** What a file the operator named could not be read for, in words (Node's own message leads with the errno). */
@@ -270,8 +334,10 @@ function fileError(e: { code?: string; path?: unknown }): string | undefined {
 }
 
 program.parseAsync(process.argv).catch((err: unknown) => {
-  // found while starting (the upstream's token endpoint refused the client): a configuration error like any other
-  if (err instanceof ConfigError) {
+  if (err instanceof CommanderExit) process.exit(err.exitCode);
+  // found while starting (the upstream's token endpoint refused the client): a configuration error like any other;
+  // and a command given wrongly (a bad option value found by the command itself)
+  if (err instanceof ConfigError || err instanceof UsageError || err instanceof CommanderError) {
     console.error(`glucoguard: ${err.message}`);
     process.exit(2);
   }

@@ -16,7 +16,7 @@ import { createHash, createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from './config.js';
-import { open, seal } from './repository/embedded/keys.js';
+import { masterOpensStore, open, seal } from './repository/embedded/keys.js';
 import { storeFilePath } from './repository/embedded/store.js';
 
 /** The master key and the key root, both base64. */
@@ -70,6 +70,14 @@ function holdsData(dataDir: string): boolean {
   return existsSync(rootCheckPath(dataDir)) || existsSync(storeFilePath(dataDir));
 }
 
+/**
+ * True when the data directory holds a GlucoGuard installation (a key, its root check, a store, a
+ * rotation under way): what commands that only read require before they open anything.
+ */
+export function holdsInstallation(dataDir: string): boolean {
+  return holdsData(dataDir) || existsSync(masterKeyPath(dataDir)) || existsSync(rotationJournalPath(dataDir));
+}
+
 /** A base64 32-byte key from a file (trimmed; returned in standard base64), or an error naming the file and never its content. */
 export function readKeyFile(file: string): string {
   const key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
@@ -93,6 +101,12 @@ export function loadServerKeys(config: Pick<Config, 'masterKey' | 'dataDir'>): S
     const opened = openRoot(master, readFileSync(sealed, 'utf8'));
     if (!opened) throw new Error(`${sealed} does not open with this master key: the master key was rotated; start with the key the rotation made current`);
     root = opened;
+  }
+  // Without its root check (lost, or not restored from a backup) the directory still knows its key
+  // by the store: a wrong key is refused before checkRoot records it as this directory's.
+  const store = storeFilePath(config.dataDir);
+  if (!existsSync(rootCheckPath(config.dataDir)) && existsSync(store) && masterOpensStore(store, Buffer.from(master, 'base64')) === false) {
+    throw new Error(`the master key does not match this data directory (${store} was made with another key)`);
   }
   checkRoot(config.dataDir, root);
   return { master, root };

@@ -5,8 +5,7 @@
  */
 import { statSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
-import type { App } from '../app.js';
-import { withApp } from '../cli-app.js';
+import { withApp, type OpenApp } from '../cli-app.js';
 import { OPEN_ACCESS } from '../fhir/access.js';
 import { rejectionError } from './parse.js';
 import { SENSOR_RANGE_MGDL, type CgmMetrics } from './metrics.js';
@@ -14,7 +13,7 @@ import type { IngestProgress, IngestReport } from './service.js';
 import { CGM_FORMATS, type CgmFormat } from './types.js';
 
 /** Adds the CGM commands; `open` builds the app (repository, facade) and is closed afterwards. */
-export function registerCgmCommands(program: Command, open: () => Promise<App>): void {
+export function registerCgmCommands(program: Command, open: OpenApp): void {
   program
     .command('ingest')
     .description('import a CGM export (Dexcom API or Clarity CSV, Nightscout, LibreView, Tidepool, Open mHealth, Apple Health) for a patient')
@@ -33,7 +32,7 @@ export function registerCgmCommands(program: Command, open: () => Promise<App>):
     .option('--json', 'print the report as JSON')
     .action(async (file: string, opts: { patient: string; format?: CgmFormat; tz?: string; dateOrder?: 'DMY' | 'MDY'; partial?: boolean; json?: boolean }) => {
       if (!statSync(file).isFile()) throw new Error(`${file} is not a file`); // a clear answer before anything opens
-      await withApp(open, async (app) => {
+      await withApp(() => open({ setUp: true }), async (app) => {
         const bar = progressBar();
         try {
           const report = await app.cgm.ingest.ingest(file, {

@@ -11,8 +11,9 @@ import { Operator } from '@medplum/core';
 import { Command, InvalidArgumentError } from 'commander';
 import { getAddress, isAddress, Wallet } from 'ethers';
 import type { App } from '../app.js';
-import { withApp } from '../cli-app.js';
+import { withApp, type OpenApp } from '../cli-app.js';
 import { OPEN_ACCESS } from '../fhir/access.js';
+import { resourceExists } from '../repository/exists.js';
 import { registerPatientKeyCommands, sessionAccess } from './keys/cli.js';
 import { CLIENT_SYSTEM, GRANT_ID_SYSTEM, PURPOSE_SYSTEM, RESOURCE_TYPE_SYSTEM } from './terms.js';
 
@@ -89,8 +90,9 @@ export function formatAuditEvent(e: AuditEvent): string {
     grants.length ? `grant ${grants.join(',')}` : ''].filter(Boolean).join('  ');
 }
 
-export function registerConsentCommands(program: Command, open: () => Promise<App>): void {
+export function registerConsentCommands(program: Command, open: OpenApp): void {
   const run = (fn: (app: App) => Promise<void>): Promise<void> => withApp(open, fn);
+  const setUp = (fn: (app: App) => Promise<void>): Promise<void> => withApp(() => open({ setUp: true }), fn);
 
   const consent = program.command('consent').description('patient consents recorded on chain');
   consent
@@ -106,7 +108,7 @@ export function registerConsentCommands(program: Command, open: () => Promise<Ap
     .option('--types <types>', 'resource types, comma-separated (default all)', list)
     .option('--codes <codes>', 'system|code list, comma-separated (e.g. http://loinc.org|99504-3)', list)
     .option('--password-file <file>', "file holding the patient's password (needed when their key is locked with it)")
-    .action((o: GrantOptions & { passwordFile?: string }) => run(async (app) => {
+    .action((o: GrantOptions & { passwordFile?: string }) => setUp(async (app) => {
       const outcome = await app.consent.service.grant(consentFromOptions(o), await sessionAccess(app, o.patient, o.passwordFile));
       if (outcome.state === 'done') console.log(formatConsent(outcome.consent));
       else console.log(`${outcome.consent.id} awaits the patient's wallet signature; typed data:\n${JSON.stringify(outcome.typedData, null, 2)}`);
@@ -138,11 +140,14 @@ export function registerConsentCommands(program: Command, open: () => Promise<Ap
     .description('register an address for a Practitioner/Organization/RelatedPerson/CareTeam/Device or a client (Client/<client_id>)')
     .requiredOption('--ref <reference>', 'e.g. Practitioner/7 or Client/my-app')
     .option('--address <0x…>', 'address to register (default: a new random one, printed)')
-    .action((o: { ref: string; address?: string }) => run(async (app) => {
+    .action((o: { ref: string; address?: string }) => setUp(async (app) => {
       if (!/^(Practitioner|PractitionerRole|Organization|RelatedPerson|CareTeam|Device|Client)\/[A-Za-z0-9\-._~]{1,64}$/.test(o.ref)) {
         throw new InvalidArgumentError('--ref must look like Practitioner/ID or Client/CLIENT_ID');
       }
       if (o.address && !isAddress(o.address)) throw new InvalidArgumentError('--address must be an Ethereum address');
+      // an identity for an id no resource holds would pass, with every grant made to it, to whoever is created with that id
+      const [type, id] = o.ref.split('/') as [string, string];
+      if (type !== 'Client' && !(await resourceExists(app.repository, type, id))) throw new Error(`${o.ref} not found`);
       const address = o.address ? getAddress(o.address) : Wallet.createRandom().address;
       const { txHash } = await app.consent.identity.registerGrantee(o.ref, address);
       console.log(`${o.ref} ${address} (tx ${txHash})`);

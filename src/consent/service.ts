@@ -22,6 +22,7 @@ import type { KeyValueStore } from '../kv/port.js';
 import type { Logger } from '../log.js';
 import { ConsentRegistryClient, type TypedData } from '../ledger/consent-registry.js';
 import type { IdentityRegistryClient } from '../ledger/identity-registry.js';
+import { resourceExists } from '../repository/exists.js';
 import type { Repository } from '../repository/port.js';
 import type { ConsentDecisions } from './decisions.js';
 import type { PatientKeys } from './patient-keys.js';
@@ -70,6 +71,11 @@ export class ConsentService {
     this.options.validator.assertValid(consent);
     const terms = consentTerms(consent);
     await this.assertMayConsent(access, terms);
+    // before any key is made or anything signed: a grant for an id no Patient holds would pass to
+    // whoever is later created with that id, though they never gave it
+    if (!(await resourceExists(this.options.repository, 'Patient', terms.patientId))) {
+      throw unprocessable([issue('ERR_UNPROCESSABLE', `Patient/${terms.patientId} not found`, 'Consent.patient')]);
+    }
     if (terms.notAfter <= this.now()) throw unprocessable([issue('ERR_UNPROCESSABLE', 'provision.period has already ended', 'Consent.provision.period')]);
     const grantees = await this.options.identity.granteesOf(terms.actor);
     if (grantees.length === 0) {
@@ -220,7 +226,7 @@ export class ConsentService {
     try {
       return await this.options.repository.read<Consent>('Consent', id);
     } catch {
-      throw notFound('Not found');
+      throw notFound(`Consent/${id} not found`);
     }
   }
 
@@ -242,7 +248,7 @@ export class ConsentService {
     }
     if (terms && (await this.mayConsent(access, terms))) return consent;
     if ((await router.guard(access, [consent])).allowed.length > 0) return consent;
-    throw notFound('Not found');
+    throw notFound(`Consent/${id} not found`); // word for word what an id never stored answers
   }
 
   /** Only the patient themself or their guardian (RelatedPerson of the patient) may consent. */

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Command, InvalidArgumentError } from 'commander';
 import type { App } from '../app.js';
-import { withApp } from '../cli-app.js';
+import { withApp, type OpenApp } from '../cli-app.js';
 import { OPEN_ACCESS, type AccessContext } from '../fhir/access.js';
 import { isSupportedType } from '../fhir/resource-types.js';
 import { DEFAULT_EXPORT_TYPES } from './export.js';
@@ -46,7 +46,7 @@ export function clientAccess(app: App, clientId: string, as: string | undefined,
   };
 }
 
-export function registerExchangeCommands(program: Command, open: () => Promise<App>): void {
+export function registerExchangeCommands(program: Command, open: OpenApp): void {
   program
     .command('export')
     .description('run a bulk export ($export) now, write its files (decrypted) to --out and print the manifest')

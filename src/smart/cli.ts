@@ -91,11 +91,17 @@ export interface OpenedForCli {
   config: Config;
   /** The KV store the server uses; `launch create` needs a shared one (Redis). */
   kv?: KeyValueStore;
+  /** Whether `type/id` is a stored resource (`users add` binds a user only to one that is). */
+  resourceExists(type: string, id: string): Promise<boolean>;
   close?(): Promise<void>;
 }
 
-/** Adds `users`, `clients` and `launch` commands to the program. */
-export function registerSmartCommands(program: Command, open: () => Promise<OpenedForCli>): void {
+/**
+ * Adds `users`, `clients` and `launch` commands to the program. `open` is asked with `setUp` by the
+ * commands that may set an installation up (users add, clients add); the others need one there.
+ */
+export function registerSmartCommands(program: Command, open: (options?: { setUp?: boolean }) => Promise<OpenedForCli>): void {
+  const setUp = () => open({ setUp: true });
   const users = program.command('users').description('users of the SMART authorization server');
   users.command('add')
     .description('register a user who can sign in to SMART apps')
@@ -104,7 +110,10 @@ export function registerSmartCommands(program: Command, open: () => Promise<Open
     .requiredOption('--fhir-user <reference>', 'Patient/ID or Practitioner/ID this user is', fhirUserArg)
     .action(async (opts: { username: string; passwordFile: string; fhirUser: string }) => {
       const password = readFileSync(opts.passwordFile, 'utf8').split(/\r?\n/)[0] ?? '';
-      await withOpened(open, async ({ config }) => {
+      await withOpened(setUp, async ({ config, resourceExists }) => {
+        // a user bound to an id no resource holds would be given whatever is later created with that id
+        const [type, id] = opts.fhirUser.split('/') as [string, string];
+        if (!(await resourceExists(type, id))) throw new Error(`${opts.fhirUser} not found`);
         const user = await addUser(config, { username: opts.username, password, fhirUser: opts.fhirUser });
         console.log(`user ${user.username} added (${user.fhirUser})`);
       });
@@ -124,8 +133,8 @@ export function registerSmartCommands(program: Command, open: () => Promise<Open
     .action(async (opts: { name: string; redirectUri?: string[]; public?: boolean; secret?: boolean; jwksFile?: string; jwksUrl?: string;
       scopes?: string; launchUri?: string }) => {
       const type = opts.jwksFile || opts.jwksUrl ? 'confidential-asymmetric' : opts.secret ? 'confidential-symmetric' : 'public';
-      const jwks = opts.jwksFile ? (JSON.parse(readFileSync(opts.jwksFile, 'utf8')) as JSONWebKeySet) : undefined;
-      await withOpened(open, async ({ config }) => {
+      const jwks = opts.jwksFile ? readJwksFile(opts.jwksFile) : undefined;
+      await withOpened(setUp, async ({ config }) => {
         const { client, secret } = addClient(config, {
           name: opts.name, type, redirectUris: opts.redirectUri, jwks, jwksUrl: opts.jwksUrl,
           scopes: opts.scopes ? splitScopes(opts.scopes) : undefined, launchUri: opts.launchUri,
@@ -172,13 +181,7 @@ export function registerSmartCommands(program: Command, open: () => Promise<Open
     .requiredOption('--jwks-file <file>', 'its new public JWKS')
     .action(async (opts: { clientId: string; jwksFile: string }) => {
       await withOpened(open, async ({ config }) => {
-        let jwks: JSONWebKeySet;
-        try {
-          jwks = JSON.parse(readFileSync(opts.jwksFile, 'utf8')) as JSONWebKeySet;
-        } catch {
-          // never the parser's message: it quotes the file, which may be a private key given by mistake
-          throw new Error(`${opts.jwksFile} could not be read as a JSON JWKS`);
-        }
+        const jwks = readJwksFile(opts.jwksFile);
         const client = setClientJwks(config, opts.clientId, jwks);
         console.log(`client ${client.clientId} keys replaced: ${client.jwks!.keys.map((k) => k.kid ?? '(no kid)').join(', ')}`);
       });
@@ -223,6 +226,15 @@ async function withOpened(open: () => Promise<OpenedForCli>, work: (opened: Open
     process.exitCode = 1;
   } finally {
     await opened.close?.();
+  }
+}
+
+/** A JWKS from a file, or an error naming the file: never the parser's message, which quotes the file (it may be a password or private key given by mistake). */
+function readJwksFile(file: string): JSONWebKeySet {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as JSONWebKeySet;
+  } catch {
+    throw new Error(`${file} could not be read as a JSON JWKS`);
   }
 }
 

@@ -20,6 +20,7 @@ beforeAll(() => {
 afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
 
 describe('CLI beside a running server', () => {
+  // a client id: an identity for a Practitioner needs the Practitioner stored first
   test('identity register and list use the running server\'s chain node', async () => {
     const server = spawn(process.execPath, [BIN, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -36,12 +37,12 @@ describe('CLI beside a running server', () => {
           }
         });
       });
-      const reg = spawnSync(process.execPath, [BIN, 'identity', 'register', '--ref', 'Practitioner/p1'], { env, encoding: 'utf8', timeout: 60_000 });
+      const reg = spawnSync(process.execPath, [BIN, 'identity', 'register', '--ref', 'Client/shared-app'], { env, encoding: 'utf8', timeout: 60_000 });
       expect(reg.stderr).not.toMatch(/in use by another process/);
       expect(reg.status).toBe(0);
       const address = /0x[0-9a-fA-F]{40}/.exec(reg.stdout)?.[0];
       expect(address).toBeDefined();
-      const list = spawnSync(process.execPath, [BIN, 'identity', 'list', '--ref', 'Practitioner/p1'], { env, encoding: 'utf8', timeout: 60_000 });
+      const list = spawnSync(process.execPath, [BIN, 'identity', 'list', '--ref', 'Client/shared-app'], { env, encoding: 'utf8', timeout: 60_000 });
       expect(list.status).toBe(0);
       expect(list.stdout).toContain(address);
     } finally {

@@ -148,6 +148,41 @@ describe('glucoguard CLI', () => {
     }
   });
 
+  test('patients erase refuses an id never stored; a repeat says "already erased", changes nothing and keeps the erasure\'s record', () => {
+    const typo = spawnSync(process.execPath, [BIN, 'patients', 'erase', '--patient', 'nonexistent', '--yes'], { env, encoding: 'utf8' });
+    expect(typo.status).toBe(1);
+    expect(typo.stderr.trim().split('\n').pop()).toBe('glucoguard: Patient/nonexistent not found');
+    expect(typo.stdout).not.toMatch(/destroyed/);
+    const before = spawnSync(process.execPath, [BIN, 'audit', '--patient', patientId], { env, encoding: 'utf8' }).stdout;
+    const again = spawnSync(process.execPath, [BIN, 'patients', 'erase', '--patient', patientId, '--yes'], { env, encoding: 'utf8' });
+    expect(again.status).toBe(0);
+    expect(again.stdout).toMatch(new RegExp(`^Patient/${patientId}: already erased \\(on \\d{4}-\\d{2}-\\d{2}T[\\d:.]+Z\\); nothing changed$`, 'm'));
+    const after = spawnSync(process.execPath, [BIN, 'audit', '--patient', patientId], { env, encoding: 'utf8' }).stdout;
+    expect(after).toBe(before);
+    expect(after).toMatch(/destroy\s+permitted\s+\[erasure: data key destroyed/);
+  });
+
+  test('commands that only read refuse a data directory with no installation (exit 2) and create nothing', () => {
+    const missing = path.join(dataDir, 'mistyped');
+    for (const args of [['summary', '--patient', 'x'], ['audit', '--patient', 'x'], ['consent', 'list', '--patient', 'x'], ['clients', 'list'], ['export']]) {
+      const r = spawnSync(process.execPath, [BIN, ...args], { env: { ...env, GLUCOGUARD_DATA_DIR: missing }, encoding: 'utf8' });
+      expect({ args, status: r.status, said: r.stderr.trim().split('\n').pop() })
+        .toEqual({ args, status: 2, said: `glucoguard: no GlucoGuard data in ${missing}; set GLUCOGUARD_DATA_DIR` });
+      expect(existsSync(missing)).toBe(false);
+    }
+  });
+
+  test('a command given wrongly exits 2 and says which option; a bad --birth-date is named', () => {
+    for (const args of [['patients', 'create', '--given', 'X'], ['patients', 'create', '--given', 'X', '--family', 'Y', '--bogus'],
+      ['clients', 'add', '--name', 'N', '--public', '--secret'], ['users', 'add', '--username', 'u', '--password-file', 'f', '--fhir-user', 'Banana/1']]) {
+      const r = spawnSync(process.execPath, [BIN, ...args], { env, encoding: 'utf8' });
+      expect({ args, status: r.status }).toEqual({ args, status: 2 });
+    }
+    const date = spawnSync(process.execPath, [BIN, 'patients', 'create', '--given', 'X', '--family', 'Y', '--birth-date', '1950-13-45'], { env, encoding: 'utf8' });
+    expect(date.status).toBe(2);
+    expect(date.stderr).toMatch(/--birth-date .*1950-13-45.* is not a calendar date/);
+  });
+
   test('reindex rebuilds the search index of a store recorded at an older index generation, skipping the erased patient', () => {
     const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
     try {

@@ -68,6 +68,21 @@ describe('consent CLI', () => {
     expect(docLines[1]).toMatch(/read .*DENIED/);
   });
 
+  test('a grant for a Patient no one holds is refused before any key is made or anything reaches the chain', async () => {
+    await cli('identity', 'register', '--ref', `Practitioner/${doc}`);
+    const grant = cli('consent', 'grant', '--patient', 'nobody', '--to', `Practitioner/${doc}`,
+      '--data-from', '2026-01-01', '--data-to', '2026-01-07', '--until', new Date(Date.now() + 3 * DAY).toISOString().slice(0, 10));
+    await expect(grant).rejects.toMatchObject({ issues: [expect.objectContaining({ diagnostics: 'Patient/nobody not found' })] });
+    expect(t.app.consent.keys.get('nobody')).toBeUndefined();
+    expect(await cli('consent', 'list', '--patient', 'nobody')).toBe('');
+  });
+
+  test('an identity for a resource that does not exist is refused; revoking an unknown Consent names it', async () => {
+    await expect(cli('identity', 'register', '--ref', 'Practitioner/doesnotexist')).rejects.toThrow('Practitioner/doesnotexist not found');
+    expect(await t.app.consent.identity.granteesOf('Practitioner/doesnotexist')).toEqual([]);
+    await expect(cli('consent', 'revoke', '--consent', 'nonexistent')).rejects.toThrow('Consent/nonexistent not found');
+  });
+
   test('grant dates are kept as dates: --data-to and --until include their whole day on chain', async () => {
     const day = (offset: number) => new Date(Date.now() + offset * DAY).toISOString().slice(0, 10);
     const granted = await cli('consent', 'grant', '--patient', ana, '--to', `Practitioner/${doc}`,

@@ -208,6 +208,19 @@ describe('the key root check', () => {
     expect(loadServerKeys({ dataDir: dir, masterKey: k1 }).root).toBe(k1);
   });
 
+  test('with root.check lost, a wrong key is refused by the store and records nothing: the right key still starts', async () => {
+    const k1 = newKey();
+    const { dir } = await seed({ GLUCOGUARD_MASTER_KEY: k1 });
+    dirs.push(dir);
+    const check = path.join(dir, 'keys', 'root.check');
+    const recorded = readFileSync(check, 'utf8');
+    rmSync(check);
+    expect(() => loadServerKeys({ dataDir: dir, masterKey: newKey() })).toThrow(/master key does not match this data directory .*was made with another key/);
+    expect(existsSync(check)).toBe(false);
+    expect(loadServerKeys({ dataDir: dir, masterKey: k1 }).root).toBe(k1);
+    expect(readFileSync(check, 'utf8')).toBe(recorded);
+  });
+
   test('a copy of a rotated data directory given the new key without its root.sealed refuses instead of deriving from the wrong root', () => {
     const dir = tempDir('gg-rootcheck-');
     dirs.push(dir);

@@ -33,9 +33,12 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/** The resources the repository holds, for `users add`. */
+const stored = new Set(['Patient/p1']);
+
 async function run(args: string[], kv?: KeyValueStore): Promise<void> {
   const program = new Command().exitOverride();
-  registerSmartCommands(program, async () => ({ config, kv }));
+  registerSmartCommands(program, async () => ({ config, kv, resourceExists: async (type, id) => stored.has(`${type}/${id}`) }));
   await program.parseAsync(['node', 'glucoguard', ...args]);
 }
 
@@ -50,6 +53,17 @@ describe('glucoguard users add', () => {
     store.close();
     expect(user.passwordHash).not.toContain('a long passphrase');
     expect(await verifyPassword('a long passphrase', user.passwordHash)).toBe(true);
+  });
+
+  test('refuses a fhir-user no stored resource is, storing no user', async () => {
+    const file = path.join(dir, 'pw');
+    writeFileSync(file, 'a long passphrase\n');
+    await run(['users', 'add', '--username', 'ghost', '--password-file', file, '--fhir-user', 'Patient/nonexistent']);
+    expect(process.exitCode).toBe(1);
+    expect(err.join('\n')).toContain('Patient/nonexistent not found');
+    const store = new SmartStore(dir);
+    expect(store.getUser('ghost')).toBeUndefined();
+    store.close();
   });
 
   test('refuses a fhir-user that is not Patient/ID or Practitioner/ID', async () => {
@@ -76,6 +90,14 @@ describe('glucoguard clients add', () => {
     await run(['clients', 'add', '--name', 'Engine', '--jwks-file', file, '--scopes', 'system/Observation.rs system/launch']);
     expect(out.join('\n')).toMatch(/type: confidential-asymmetric\nscopes: system\/Observation.rs system\/launch/);
     expect(out.join('\n')).not.toMatch(/client_secret/);
+  });
+
+  test('a --jwks-file that is not JSON is refused without quoting it (it may be a password)', async () => {
+    const file = path.join(dir, 'pw.txt');
+    writeFileSync(file, 'correct horse battery staple\n');
+    const refused = await run(['clients', 'add', '--name', 'Engine', '--jwks-file', file]).then(() => undefined, (e: unknown) => e as Error);
+    expect(refused?.message).toBe(`${file} could not be read as a JSON JWKS`);
+    expect(err.join('\n')).not.toContain('correct');
   });
 
   test('a public client without a redirect URI is refused with a clear message', async () => {

@@ -330,15 +330,21 @@ export class EmbeddedRepository implements Repository {
   /**
    * Right to erasure: destroys the patient's data key and drops their resources from the search
    * indexes. Their ciphertext stays on disk (history, anchors) but can never be read again;
-   * reads answer ERR_GONE. Returns how many current resources became unreadable.
+   * reads answer ERR_GONE. Returns how many current resources became unreadable. ERR_NOT_FOUND for an id
+   * that never had data here, ERR_GONE when the key is already erased and nothing was stored since.
    */
   async eraseSubject(patientId: string): Promise<{ resources: number }> {
     return this.write(() => {
-      const keyId = this.keys.erase(patientId);
-      if (!keyId) return { resources: 0 };
+      // Refused, changing nothing: an id never stored (a typo must not read as a done erasure), and a
+      // repeat with nothing stored since (a retry must not count or shred anything again).
+      const state = this.keys.state(patientId);
+      if (state === 'none') throw notFound(`Patient/${patientId} not found`);
+      if (state === 'erased') throw gone(`Patient/${patientId} was already erased`);
+      const key = this.keys.erase(patientId)!;
       this.decoded.clear();
-      const rows = this.db.prepare<[string], { seq: number; ix: Buffer | null }>(
-        'SELECT seq, ix FROM versions WHERE key_id = ? AND current = 1 AND method <> 2').all(keyId);
+      // only this key version's rows: those of an earlier erased version were counted and unindexed then
+      const rows = this.db.prepare<[string, number], { seq: number; ix: Buffer | null }>(
+        'SELECT seq, ix FROM versions WHERE key_id = ? AND key_version = ? AND current = 1 AND method <> 2').all(key.id, key.version);
       for (const row of rows) this.removeIndex(row.seq, row.ix);
       return { resources: rows.length };
     });
@@ -428,13 +434,25 @@ export class EmbeddedRepository implements Repository {
     return runSearch(this.searchContext, { resourceType: request.resourceType, filters: request.filters, count: 2 }).resources;
   }
 
+  /**
+   * Whose data key a version is sealed with: its first patient's. An AuditEvent about a patient
+   * whose key is erased (the erasure's own record first of all) goes under the shared key instead:
+   * under a new key of that patient, a later erasure of the same id would destroy the record of
+   * this one. It stays indexed, so it stays in the patient's access log.
+   */
+  private keyPatientOf(resource: Resource): string | undefined {
+    const patient = patientIdsOf(resource)[0];
+    if (patient !== undefined && resource.resourceType === 'AuditEvent' && this.keys.state(patient) === 'erased') return undefined;
+    return patient;
+  }
+
   /** Writes a new current version: meta set, body encrypted, index rows replaced. */
   private writeVersion<T extends Resource>(resource: T, method: number, previous: VersionRow | undefined): T {
     const id = resource.id!;
     const version = previous ? previous.version + 1 : 1;
     const now = Date.now();
     const stored = { ...resource, meta: { ...resource.meta, versionId: String(version), lastUpdated: new Date(now).toISOString() } } as T;
-    const key = this.keys.keyFor(patientIdsOf(stored)[0]);
+    const key = this.keys.keyFor(this.keyPatientOf(stored));
     // The body is the RFC 8785 text the ledger commits to (meta.versionId/lastUpdated come from the
     // row): reads hand it to the integrity check as ready bytes, so no read canonicalises.
     const text = canonicalResourceText(stored);

@@ -15,6 +15,7 @@
  *   identifiers and references, never the plaintext.
  */
 import { createCipheriv, createDecipheriv, createHmac, randomBytes, randomFillSync } from 'node:crypto';
+import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement } from 'better-sqlite3';
 
 const NONCE = 12;
@@ -125,14 +126,21 @@ export class KeyRing {
     return id;
   }
 
-  /** Tombstones a patient's key; returns its id, or undefined when the patient had none. */
-  erase(patientId: string): string | undefined {
+  /** Whether a patient has a data key: never had one, has a live one, or had theirs erased (a tombstone). */
+  state(patientId: string): 'none' | 'live' | 'erased' {
+    const id = this.patientKeyId(patientId);
+    if (this.load(id)) return 'live';
+    return this.selectKey.get(id) ? 'erased' : 'none';
+  }
+
+  /** Tombstones a patient's key; returns its id and version, or undefined when the patient had none. */
+  erase(patientId: string): { id: string; version: number } | undefined {
     const id = this.patientKeyId(patientId);
     const key = this.load(id);
     if (!key) return undefined;
     this.upsertKey.run(id, key.version, null);
     this.cache.set(id, null);
-    return id;
+    return { id, version: key.version };
   }
 
   /** Forgets cached keys (after a rolled-back transaction that may have created some). */
@@ -194,6 +202,25 @@ export class KeyRing {
     } else if (!row.wrapped || !open(this.master, row.wrapped, wrapAad(CHECK_KEY_ID, row.version))) {
       throw new Error('the master key does not match this data directory');
     }
+  }
+}
+
+/**
+ * Whether a master key opens the check key of the store file (opened read-only: nothing is written),
+ * or undefined when that cannot be told (no check key yet, not a store). For start-ups that have no
+ * other record of the key to compare with (src/keys.ts, a lost root.check).
+ */
+export function masterOpensStore(file: string, master: Buffer): boolean | undefined {
+  let db: Database | undefined;
+  try {
+    db = new BetterSqlite3(file, { readonly: true, fileMustExist: true });
+    const row = db.prepare<[string], { version: number; wrapped: Buffer | null }>('SELECT version, wrapped FROM data_keys WHERE key_id = ?').get(CHECK_KEY_ID);
+    if (!row) return undefined;
+    return !!row.wrapped && open(master, row.wrapped, wrapAad(CHECK_KEY_ID, row.version)) !== undefined;
+  } catch {
+    return undefined; // the store's own open says what is wrong with it
+  } finally {
+    db?.close();
   }
 }
 

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { parseSearchRequest } from '@medplum/core';
-import type { Bundle, Device, DiagnosticReport, Observation, Patient, Resource } from '@medplum/fhirtypes';
+import type { AuditEvent, Bundle, Device, DiagnosticReport, Observation, Patient, Resource } from '@medplum/fhirtypes';
 import Database from 'better-sqlite3';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -256,7 +256,24 @@ describe('erasure (crypto-shredding)', () => {
     // New data for the same patient gets a new key; the old rows stay unreadable.
     await repo.update<Patient>({ resourceType: 'Patient', id: erased });
     await rejectsWith(repo.read('Observation', obs), 'ERR_GONE');
-    await expect(repo.eraseSubject('nobody')).resolves.toEqual({ resources: 0 });
+    // the re-created patient can be erased again; an id never stored cannot
+    await expect(repo.eraseSubject(erased)).resolves.toEqual({ resources: 1 });
+    await rejectsWith(repo.eraseSubject('nobody'), 'ERR_NOT_FOUND');
+  });
+
+  it('a repeated erasure changes nothing; the erasure\'s AuditEvent survives a later erasure of the same id', async () => {
+    const p = (await repo.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Twice' }] })).resource.id!;
+    await repo.eraseSubject(p);
+    const record = (await repo.create<AuditEvent>({ resourceType: 'AuditEvent', type: { code: '110110' }, recorded: '2026-01-05T10:00:00Z',
+      source: { observer: { display: 'proxy' } }, outcome: '0', agent: [{ who: { display: 'op' }, requestor: true }],
+      entity: [{ what: { reference: `Patient/${p}` } }] })).resource.id!;
+    // nothing stored for the patient since: a repeat is refused as already done
+    await rejectsWith(repo.eraseSubject(p), 'ERR_GONE');
+    // the patient comes back and is erased again: the first erasure's record stays readable and in their log
+    await repo.update<Patient>({ resourceType: 'Patient', id: p });
+    await expect(repo.eraseSubject(p)).resolves.toEqual({ resources: 1 });
+    await expect(repo.read('AuditEvent', record)).resolves.toMatchObject({ id: record });
+    expect(ids((await search(`AuditEvent?patient=Patient/${p}`)).resources)).toEqual([record]);
   });
 
   function countRows(): number {
