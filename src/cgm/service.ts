@@ -19,6 +19,8 @@ import { statSync } from 'node:fs';
 import { Operator } from '@medplum/core';
 import type { Bundle, BundleEntry, Device, Resource } from '@medplum/fhirtypes';
 import type { Repository } from '../repository/port.js';
+import { unavailable } from '../errors.js';
+import { isStorageFull } from '../fhir/outcomes.js';
 import type { CgmInput } from './input.js';
 import { openCgm, type CgmStream } from './parse.js';
 import { CgmInputError } from './json-stream.js';
@@ -119,6 +121,21 @@ export class CgmIngestService {
     return this.serialized(options.patient, () => this.run(input, options));
   }
 
+  /**
+   * Runs storing steps; when the data disk fills part-way, says how much of the file was stored
+   * (each chunk of INGEST_CHUNK is whole and kept) and that sending it again stores the rest.
+   */
+  private async storing<T>(stored: () => number, work: () => Promise<T>): Promise<T> {
+    try {
+      return await work();
+    } catch (err) {
+      if (!isStorageFull(err)) throw err;
+      const kept = stored();
+      throw unavailable(`The server has no storage space left${kept ? `: ${kept} readings of this file were stored before it ran out and are kept` : ''}; `
+        + 'send the file again once there is space (what is already stored counts as unchanged)');
+    }
+  }
+
   /** Files larger than this are read twice rather than held in memory. */
   get holdBytes(): number {
     return this.deps.holdBytes ?? HOLD_BYTES;
@@ -137,15 +154,15 @@ export class CgmIngestService {
     const store: Sink = (entries, devs) => this.storeChunk(entries, devs, devices, counts);
 
     if (partial) {
-      const summary = await this.pass(await openCgm(input(), parse), ctx, store, (read) => progress({ phase: 'storing', read, stored: stored() }), true);
+      const summary = await this.storing(stored, async () => this.pass(await openCgm(input(), parse), ctx, store, (read) => progress({ phase: 'storing', read, stored: stored() }), true));
       return report(summary, true, options.patient, counts, true);
     }
     if (size !== undefined && size > this.holdBytes) {
       // A large file is read twice: check everything first, then store, memory bounded.
       const checked = await this.pass(await openCgm(input(), parse), ctx, async () => undefined, (read) => progress({ phase: 'checking', read, stored: 0 }));
       if (checked.rejected > 0) return report(checked, false, options.patient, counts, false);
-      const summary = await this.pass(await openCgm(input(), parse), ctx, store,
-        (read) => progress({ phase: 'storing', read, stored: stored(), total: checked.read }));
+      const summary = await this.storing(stored, async () => this.pass(await openCgm(input(), parse), ctx, store,
+        (read) => progress({ phase: 'storing', read, stored: stored(), total: checked.read })));
       return report(summary, true, options.patient, counts, false);
     }
     const held: ConvertedEntry[] = [];
@@ -155,11 +172,13 @@ export class CgmIngestService {
       heldDevices.push(...devs);
     }, (read) => progress({ phase: 'checking', read, stored: 0 }));
     if (summary.rejected > 0) return report(summary, false, options.patient, counts, false);
-    for (let i = 0; i < held.length || (i === 0 && heldDevices.length); i += this.chunkSize) {
-      await store(held.slice(i, i + this.chunkSize), i === 0 ? heldDevices : []);
-      progress({ phase: 'storing', read: summary.read, stored: stored(), total: held.length });
-      await turn();
-    }
+    await this.storing(stored, async () => {
+      for (let i = 0; i < held.length || (i === 0 && heldDevices.length); i += this.chunkSize) {
+        await store(held.slice(i, i + this.chunkSize), i === 0 ? heldDevices : []);
+        progress({ phase: 'storing', read: summary.read, stored: stored(), total: held.length });
+        await turn();
+      }
+    });
     return report(summary, true, options.patient, counts, false);
   }
 
@@ -263,6 +282,8 @@ export class CgmIngestService {
     const writes: BundleEntry[] = [];
     const creates: Resource[] = [];
     const seen = new Set<string>();
+    // counted once the chunk is stored: a chunk whose write fails counts for nothing
+    const chunk = { created: 0, unchanged: 0, corrected: 0 };
     for (const e of entries) {
       const identifier = e.resource.resourceType === 'Device' ? undefined : identifierOf(e.resource);
       if (!identifier || seen.has(identifier)) continue; // repeats beyond the parser's window: the first wins
@@ -270,18 +291,21 @@ export class CgmIngestService {
       const resource = withDevice(e.resource, devices);
       const found = existing.get(identifier);
       if (!found) {
-        counts.created++;
+        chunk.created++;
         if (this.deps.bulkCreate) creates.push(resource);
         else writes.push({ fullUrl: e.fullUrl, resource, request: { method: 'POST', url: resource.resourceType } });
       } else if (sameContent(found, resource, ['device'])) { // the same reading: content without id, meta and the device reference
-        counts.unchanged++;
+        chunk.unchanged++;
       } else {
-        counts.corrected++;
+        chunk.corrected++;
         writes.push({ resource: { ...resource, id: found.id }, request: { method: 'PUT', url: `${resource.resourceType}/${found.id}` } });
       }
     }
     if (creates.length) await this.deps.bulkCreate!(creates);
     if (writes.length) await repo.transaction(transaction(writes));
+    counts.created += chunk.created;
+    counts.unchanged += chunk.unchanged;
+    counts.corrected += chunk.corrected;
   }
 
   /** Current resources carrying the chunk's identifiers, by `system|value`; one search per type and batch. */

@@ -35,7 +35,7 @@ export function errorToResponse(err: unknown, logger?: Logger): FhirResponse {
 }
 
 /** SQLite's SQLITE_FULL or the file system's ENOSPC, directly or as the cause. */
-function isStorageFull(err: unknown): boolean {
+export function isStorageFull(err: unknown): boolean {
   for (let e = err, depth = 0; e && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
     const code = (e as { code?: unknown }).code;
     if (code === 'SQLITE_FULL' || code === 'ENOSPC') return true;

@@ -53,3 +53,29 @@ test('health checks are answered while a large import is being stored', async ()
   expect(result.body.created).toBeGreaterThan(12_000);
   expect(answeredDuring).toBeGreaterThanOrEqual(3);
 }, 120_000);
+
+test('a data disk that fills part-way says how much of the file was stored and that sending it again stores the rest', async () => {
+  const patient = (await t.app.repository.create<Patient>({ resourceType: 'Patient' })).resource.id!;
+  const file = nightscoutJson(makeTrace(18)); // 5,184 readings: three chunks of at most 2,000
+  const repo = t.app.repository as unknown as { createMany: (r: unknown[]) => Promise<unknown> };
+  const real = repo.createMany.bind(repo);
+  let calls = 0;
+  repo.createMany = async (resources) => {
+    if (++calls === 2) throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+    return real(resources);
+  };
+  try {
+    const res = await fetch(`${base}/cgm/ingest?patient=${patient}&format=nightscout`, { method: 'POST', body: file, headers: { 'Content-Type': 'application/json' } });
+    expect(res.status).toBe(503);
+    const outcome = (await res.json()) as { issue: { diagnostics: string }[] };
+    expect(outcome.issue[0]!.diagnostics).toMatch(/no storage space left: 2000 readings of this file were stored before it ran out and are kept; send the file again/);
+  } finally {
+    repo.createMany = real;
+  }
+  // and sending it again stores the rest, the first chunk unchanged
+  const again = await fetch(`${base}/cgm/ingest?patient=${patient}&format=nightscout`, { method: 'POST', body: file, headers: { 'Content-Type': 'application/json' } });
+  expect(again.status).toBe(200);
+  const report = (await again.json()) as { created: number; unchanged: number };
+  expect(report.unchanged).toBe(2000);
+  expect(report.created + report.unchanged).toBeGreaterThan(5_000);
+}, 120_000);
