@@ -17,7 +17,10 @@ export default {
   // Each test file's ESM module graph stays in its worker's heap: by the end of a full run a worker
   // held 2–2.9 GB, and tearing that down at exit took longer than the 500 ms Jest waits, so Jest
   // killed it and warned "a worker process has failed to exit gracefully" (seen with an exit probe:
-  // the workers reached 'exit' at once, with only their stdio pipes open). A worker past 1 GB after a
-  // test file is replaced by a fresh one.
-  workerIdleMemoryLimit: '1GB',
+  // the workers reached 'exit' at once, with only their stdio pipes open). So workers are replaced.
+  // With a size limit ('1GB') Jest asks the worker its memory after a file while the next file is
+  // already sent, and the restart that follows could lose that file: a fresh-clone run hung for good
+  // on test/integration/smart-cli.test.ts (session 21; jestjs/jest#13106 describes the same race).
+  // 0 restarts the worker after every file before the next is sent (jest-worker's own special case).
+  workerIdleMemoryLimit: 0,
 };
