@@ -438,7 +438,16 @@ export class ComposedPolicy implements AccessPolicy {
   async narrowSearch(access: AccessContext, request: SearchRequest): Promise<SearchRequest> {
     let r = request;
     for (const p of this.parts) r = await p.narrowSearch(access, r);
-    return r;
+    // the parts narrow alike (a patient token's scopes and consent both add its patient): the same
+    // filter twice is the same condition, so it is sent once (an upstream server got it three times)
+    const seen = new Set<string>();
+    const filters = (r.filters ?? []).filter((f) => {
+      const key = `${f.code}\u0000${f.operator}\u0000${f.value}`;
+      if (seen.has(key)) return false;
+      seen.add(key);
+      return true;
+    });
+    return filters.length === (r.filters ?? []).length ? r : { ...r, filters };
   }
 
   async mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): Promise<boolean> {

@@ -4,13 +4,14 @@
  * to), and `stillReleasable` decides again from those notes alone — O(patients), no resources.
  */
 import { describe, expect, test } from '@jest/globals';
+import { Operator } from '@medplum/core';
 import type { Observation } from '@medplum/fhirtypes';
 import { internSet, type ActiveGrant, type Permissions } from '../../../src/consent/decision.js';
 import type { ConsentDecisions } from '../../../src/consent/decisions.js';
 import { ComposedPolicy, ConsentPolicy } from '../../../src/consent/policy.js';
 import type { AccessContext } from '../../../src/fhir/access.js';
 import { OPEN_ACCESS } from '../../../src/fhir/access.js';
-import { OPEN_POLICY } from '../../../src/fhir/policy.js';
+import { OPEN_POLICY, type AccessPolicy } from '../../../src/fhir/policy.js';
 
 const T0 = Date.parse('2026-03-01T00:00:00Z');
 const DAY = 86_400_000;
@@ -104,6 +105,23 @@ describe('released data, decided again', () => {
     expect(await policy.stillReleasable(ana, undefined)).toBe(true);
     expect(await policy.stillReleasable(ana, new Map([['ben', new Set<string>()]]))).toBe(false);
     expect(await policy.stillReleasable(OPEN_ACCESS, new Map([['ben', new Set(['gone'])]]))).toBe(true);
+  });
+
+  test('ComposedPolicy sends a filter that several parts add only once (the same condition), keeping different ones', async () => {
+    const addPatient: AccessPolicy = {
+      authorize: () => undefined,
+      mayWrite: () => true,
+      narrowSearch: (_access, request) => ({ ...request, filters: [...(request.filters ?? []), { code: 'patient', operator: Operator.EQUALS, value: 'Patient/ana' }] }),
+    };
+    const composed = new ComposedPolicy([addPatient, addPatient, OPEN_POLICY]);
+    const narrowed = await composed.narrowSearch(OPEN_ACCESS, {
+      resourceType: 'Observation',
+      filters: [{ code: 'patient', operator: Operator.EQUALS, value: 'Patient/ana' }, { code: 'date', operator: Operator.GREATER_THAN_OR_EQUALS, value: '2026-01-01' }],
+    });
+    expect(narrowed.filters).toEqual([
+      { code: 'patient', operator: Operator.EQUALS, value: 'Patient/ana' },
+      { code: 'date', operator: Operator.GREATER_THAN_OR_EQUALS, value: '2026-01-01' },
+    ]);
   });
 
   test('ComposedPolicy asks the parts that decide releases (consent) and merges what they noted', async () => {
