@@ -33,7 +33,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { getSearchParameter } from '@medplum/core';
 import type { Group, Parameters, Resource } from '@medplum/fhirtypes';
-import { patientIdOfReference } from '../fhir/compartment.js';
+import { patientHint } from '../fhir/compartment.js';
 import { EXPORT_FILE_PATH } from '../audit/recorder.js';
 import { badRequest, forbidden, gone, GlucoGuardError, isGlucoGuardError, notFound, tooManyRequests } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
@@ -568,7 +568,12 @@ export class ExportService {
               await out.writeAll(deid ? page.resources.map((r) => deid.apply(r)) : page.resources);
               count += page.resources.length;
               // open access notes no consent releases: whose data went out is read off the resources
-              if (access.kind === 'open') for (const r of page.resources) noteOwner(openPatients, r);
+              if (access.kind === 'open') {
+                for (const r of page.resources) {
+                  const owner = patientHint(r);
+                  if (owner) openPatients.add(owner);
+                }
+              }
             }
             if (page.issues.length) {
               await errors.write(operationOutcome(page.issues));
@@ -760,15 +765,4 @@ function requestUrl(fhirBase: string, req: FhirRequest): string {
   for (const [k, v] of Object.entries(req.query)) for (const one of [v].flat()) qs.append(k, one);
   const s = qs.toString();
   return `${fhirBase}/${req.path}${s ? `?${s}` : ''}`;
-}
-
-/** Adds the patient a resource belongs to (itself, or its `subject`/`patient` reference), read without FHIRPath. */
-function noteOwner(into: Set<string>, resource: Resource): void {
-  if (resource.resourceType === 'Patient') {
-    if (resource.id) into.add(resource.id);
-    return;
-  }
-  const r = resource as { subject?: { reference?: string }; patient?: { reference?: string } };
-  const id = patientIdOfReference(r.subject?.reference ?? r.patient?.reference);
-  if (id) into.add(id);
 }

@@ -146,7 +146,7 @@ async function readEntry(steps: TransactionSteps, r: { index: number; entry: Bun
 interface ReadTarget { type?: string; instance?: string; crossesTypes: boolean }
 
 function readTarget(url: string): ReadTarget {
-  const relative = url.replace(/^https?:\/\/[^/]+(\/[^?]*)?\/fhir\//, '');
+  const relative = url.replace(ABSOLUTE_FHIR_BASE, '');
   const [path, qs = ''] = relative.split('?', 2) as [string, string | undefined];
   const segments = path.split('/').filter(Boolean);
   const type = segments[0] && /^[A-Z][A-Za-z]+$/.test(segments[0]) ? segments[0] : undefined;
@@ -235,12 +235,15 @@ function hasEntryReference(node: unknown): boolean {
   return false;
 }
 
+/** An entry URL's absolute FHIR base (`https://host[/prefix]/fhir/`): entries may name it or not. */
+const ABSOLUTE_FHIR_BASE = /^https?:\/\/[^/]+(\/[^?]*)?\/fhir\//;
+
 /** Builds the router request for one Bundle entry. */
 export function entryRequest(entry: BundleEntry, index: number, parent: FhirRequest): FhirRequest {
   const method = entry.request?.method as HttpMethod | undefined;
   const url = entry.request?.url;
   if (!method || !url) throw badRequest(`Bundle.entry[${index}].request needs method and url`, `Bundle.entry[${index}].request`);
-  const relative = url.replace(/^https?:\/\/[^/]+(\/[^?]*)?\/fhir\//, '');
+  const relative = url.replace(ABSOLUTE_FHIR_BASE, '');
   const [path, qs] = relative.split('?', 2) as [string, string | undefined];
   if (path === '' && method === 'POST') throw badRequest('Nested batch/transaction Bundles are not supported', `Bundle.entry[${index}]`);
   const query = queryOfText(qs ?? '');

@@ -34,6 +34,16 @@ export function patientIdOfReference(reference: string | undefined): string | un
   return PATIENT_REFERENCE.exec(reference)?.[1];
 }
 
+/**
+ * The patient a resource most likely belongs to, read without FHIRPath (a hot-path hint, not the
+ * compartment rule of patientIdsOf): the Patient itself, or its `subject` or `patient` reference.
+ */
+export function patientHint(resource: Resource): string | undefined {
+  if (resource.resourceType === 'Patient') return resource.id;
+  const r = resource as { subject?: Reference; patient?: Reference };
+  return patientIdOfReference(r.subject?.reference ?? r.patient?.reference);
+}
+
 /** Search parameter codes that link a resource type to the Patient compartment (R4 + the overrides above). */
 export function patientCompartmentParams(resourceType: string): string[] {
   if (!compartmentParams) {

@@ -18,12 +18,12 @@
  * signer, Besu QBFT) are final when sealed. A root that cannot be read (node down) makes the
  * version "unverified" for that read, not a failure.
  */
-import type { AuditEvent, Coding, OperationOutcomeIssue, Reference, Resource } from '@medplum/fhirtypes';
+import type { AuditEvent, Coding, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import type { Contract } from 'ethers';
 import type { Logger } from 'pino';
 import type { AccessContext } from '../fhir/access.js';
 import type { GuardOptions, GuardResult, OutboundGuard } from '../fhir/policy.js';
-import { patientIdOfReference, patientIdsOf } from '../fhir/compartment.js';
+import { patientHint, patientIdsOf } from '../fhir/compartment.js';
 import { versionIdOf } from '../repository/deferred.js';
 import { canonicalTextOf, isImmutable, isTamperedStandIn } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
@@ -62,17 +62,9 @@ interface Missing {
   text: string | undefined;
 }
 
-/**
- * The patient a version's commitment is most likely recorded under, read without FHIRPath: the
- * Patient itself, or the `subject` or `patient` reference. The commitment store records the first
- * patient of the compartment, which for these is the same; when it is not, the hint only costs
- * the store a scan that finds nothing (CommitmentStore.treeGroups).
- */
-function patientHint(resource: Resource): string | undefined {
-  if (resource.resourceType === 'Patient') return resource.id;
-  const r = resource as { subject?: Reference; patient?: Reference };
-  return patientIdOfReference(r.subject?.reference ?? r.patient?.reference);
-}
+// The patient a version's commitment is most likely recorded under: patientHint (compartment.ts).
+// The commitment store records the first patient of the compartment, which for these is the same;
+// when it is not, the hint only costs the store a scan that finds nothing (CommitmentStore.treeGroups).
 
 interface Verified {
   type: string;
