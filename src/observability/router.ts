@@ -1,6 +1,6 @@
 /**
  * Operator endpoints, mounted at `/` before everything else: `GET /healthz` (the process is alive
- * and serving), `GET /readyz` (every readiness check passes: 200, else 503 naming the failed ones)
+ * and serving; also at `/livez`, the name Kubernetes probes use), `GET /readyz` (every readiness check passes: 200, else 503 naming the failed ones)
  * and `GET /metrics` (Prometheus text format). None of them carries health data. Expose /metrics
  * and /readyz to the monitoring network only; the load balancer needs /readyz.
  */
@@ -10,7 +10,7 @@ import { registry } from './metrics.js';
 
 export function observabilityRouter(readiness: Readiness): Router {
   const r = express.Router();
-  r.get('/healthz', (_req, res) => {
+  r.get(['/healthz', '/livez'], (_req, res) => {
     res.set('Cache-Control', 'no-store').json({ status: 'ok' });
   });
   r.get('/readyz', async (_req, res) => {

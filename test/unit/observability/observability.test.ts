@@ -139,10 +139,11 @@ describe('metrics', () => {
 });
 
 describe('health and readiness', () => {
-  test('GET /healthz answers 200 {status: ok}', async () => {
-    const res = await http().get('/healthz');
+  test.each([['/healthz'], ['/livez']])('GET %s answers 200 {status: ok}, never cached', async (path) => {
+    const res = await http().get(path);
     expect(res.status).toBe(200);
     expect(res.body).toEqual({ status: 'ok' });
+    expect(res.headers['cache-control']).toBe('no-store');
   });
 
   test('GET /readyz answers 200 when the repository, KV and chain node answer', async () => {
