@@ -237,14 +237,29 @@ export async function loadReport(client, patientId, periodDays, headers = {}) {
   const end = new Date();
   const start = new Date(end.getTime() - periodDays * DAY);
   const q = `start=${encodeURIComponent(start.toISOString())}&end=${encodeURIComponent(end.toISOString())}`;
-  const [summaryBundle, agp] = await Promise.all([
+  // The first and the last reading in the period: the summary's period is the one asked for.
+  const inPeriod = `Observation?patient=Patient/${patientId}&code=${encodeURIComponent(READING_CODE)}`
+    + `&date=ge${encodeURIComponent(start.toISOString())}&date=lt${encodeURIComponent(end.toISOString())}&_count=1&_sort=`;
+  const [summaryBundle, agp, first, last] = await Promise.all([
     client.request({ url: `Patient/${patientId}/$cgm-summary?${q}`, headers }),
     client.request({ url: `Patient/${patientId}/$cgm-agp?${q}`, headers }),
+    client.request({ url: `${inPeriod}date`, headers }),
+    client.request({ url: `${inPeriod}-date`, headers }),
   ]);
+  const readingsSpan = { first: effectiveOf(firstObservation(first), 'start'), last: effectiveOf(firstObservation(last), 'end') };
   const dailyFrom = new Date(end.getTime() - 14 * DAY);
   const observations = await searchAll(client,
     `Observation?patient=Patient/${patientId}&code=${encodeURIComponent(READING_CODE)}&date=ge${encodeURIComponent(dailyFrom.toISOString())}&_sort=-date&_count=1000`, headers);
-  return { summary: parseSummary(summaryBundle), agp, observations, start, end, periodDays };
+  return { summary: parseSummary(summaryBundle), agp, observations, start, end, periodDays, readingsSpan };
+}
+
+function firstObservation(bundle) {
+  return (bundle?.entry ?? []).map((e) => e.resource).find((r) => r?.resourceType === 'Observation');
+}
+
+/** When a reading was taken: its effectiveDateTime, or the given end of its effectivePeriod. */
+function effectiveOf(obs, side) {
+  return obs?.effectiveDateTime ?? obs?.effectivePeriod?.[side] ?? obs?.effectivePeriod?.start;
 }
 
 /** Every page of a search (our own loop: each page request must carry the same headers). */
@@ -260,13 +275,19 @@ async function searchAll(client, url, headers, maxPages = 10) {
 }
 
 export function renderReport(report) {
-  const { summary, agp, observations, periodDays, start, end } = report;
+  const { summary, agp, observations, periodDays, start, end, readingsSpan } = report;
   const warnings = summary.warnings.length
     ? el('div', { class: 'notice warn', role: 'note', 'data-sufficiency': 'warning' },
       el('p', {}, el('strong', {}, '⚠ Data sufficiency: ')), el('ul', {}, summary.warnings.map((w) => el('li', {}, w))))
     : el('p', { 'data-sufficiency': 'ok' }, '✔ Enough data for a reliable report (at least 14 days and 70 % sensor time).');
-  return el('div', { class: 'report', 'data-period-start': start.toISOString(), 'data-period-end': end.toISOString(), 'data-period-days': periodDays },
-    el('p', {}, `Report period: ${fmtDate(start.toISOString())} – ${fmtDate(end.toISOString())} (${periodDays} days). Readings with data: ${fmtDate(summary.start)} – ${fmtDate(summary.end)}.`),
+  const span = readingsSpan?.first && readingsSpan?.last
+    ? `Readings from ${fmtDate(readingsSpan.first)} to ${fmtDate(readingsSpan.last)}.`
+    : 'No readings in this period.';
+  return el('div', {
+    class: 'report', 'data-period-start': start.toISOString(), 'data-period-end': end.toISOString(), 'data-period-days': periodDays,
+    'data-readings-first': readingsSpan?.first ?? '', 'data-readings-last': readingsSpan?.last ?? '',
+  },
+    el('p', {}, `Report period: ${fmtDate(start.toISOString())} – ${fmtDate(end.toISOString())} (${periodDays} days). `, el('span', { class: 'readings-span' }, span)),
     warnings,
     metricList(summary, periodDays),
     el('div', { class: 'report-grid' }, agpChart(agp), tirBar(summary.tir)),

@@ -219,6 +219,14 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     await clinician.check('#period-30');
     await clinician.locator('.report[data-period-days="30"]').waitFor({ timeout: 30_000 });
     await expect(clinician.locator('.report').innerText()).resolves.toContain('(30 days)');
+    // The span of the readings the clinician sees, not the 30 days asked for: Ana shared "the last 14
+    // days" (of the 16 the trace holds), and the trace ends ~1 h ago.
+    const report30 = clinician.locator('.report');
+    const first = Date.parse((await report30.getAttribute('data-readings-first'))!);
+    const last = Date.parse((await report30.getAttribute('data-readings-last'))!);
+    expect(Math.abs(first - (Date.now() - 14 * DAY))).toBeLessThan(DAY / 2);
+    expect(Math.abs(last - (Date.now() - 3_600_000))).toBeLessThan(DAY / 2);
+    await expect(report30.locator('.readings-span').innerText()).resolves.toMatch(/^Readings from .+ to .+\.$/);
     // 16 days of data in 30: the data-sufficiency warning is shown in words.
     await expect(clinician.locator('[data-sufficiency="warning"]').innerText()).resolves.toMatch(/Data sufficiency/);
   }, 120_000);
