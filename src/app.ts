@@ -74,7 +74,7 @@ export interface App {
   /**
    * Right to erasure (embedded repository only; an upstream server erases by its own means): the
    * patient's data key is destroyed, so every version of their data becomes unreadable, and the
-   * salts of its commitments are overwritten (CommitmentStore.forgetSalts). An AuditEvent naming
+   * salts of its commitments are overwritten (AnchoredRepository.forgetUnreadableSalts). An AuditEvent naming
    * the operator records it (`auditEvent`: its id).
    */
   erasePatient?: (patientId: string, operator: string) => Promise<{ resources: number; commitments: number; auditEvent: string }>;
@@ -328,7 +328,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
       readCache: adapter.decoded,
       erasePatient: async (patientId: string, operator: string) => {
         const { resources } = await adapter.eraseSubject(patientId);
-        const commitments = ledger.store.forgetSalts(patientId);
+        const commitments = await ledger.repository.forgetUnreadableSalts(patientId);
         ledger.checker.clearCache(); // proven versions keep their salts in memory
         const event = await repository.create(erasureAuditEvent({ patientId, operator, resources, commitments, recorded: new Date().toISOString() }));
         return { resources, commitments, auditEvent: event.resource.id! };

@@ -1,7 +1,9 @@
 /**
  * The AuditEvent of an erasure (GDPR Art. 17, `glucoguard patients erase`): who erased which
  * Patient, when, and how much became unreadable. Counts only, no health data. Written after the
- * erasure, so it is stored (and anchored) under the patient's next data key and stays readable.
+ * erasure, so it is stored under the shared key (the repository's rule for an AuditEvent about a
+ * patient whose key is erased) and anchored; its commitment keeps its salt through any later
+ * erasure of the same id, so it stays readable and proven (AnchoredRepository.forgetUnreadableSalts).
  */
 import type { AuditEvent } from '@medplum/fhirtypes';
 import { glucoguardSource } from './balp.js';

@@ -137,7 +137,7 @@ export function registerConsentCommands(program: Command, open: OpenApp): void {
   const identity = program.command('identity').description('grantee and patient identities in the IdentityRegistry');
   identity
     .command('register')
-    .description('register an address for a Practitioner/Organization/RelatedPerson/CareTeam/Device or a client (Client/<client_id>)')
+    .description('register an address for a stored Practitioner/Organization/RelatedPerson/CareTeam/Device or a registered client (Client/<client_id>)')
     .requiredOption('--ref <reference>', 'e.g. Practitioner/7 or Client/my-app')
     .option('--address <0x…>', 'address to register (default: a new random one, printed)')
     .action((o: { ref: string; address?: string }) => setUp(async (app) => {
@@ -145,9 +145,15 @@ export function registerConsentCommands(program: Command, open: OpenApp): void {
         throw new InvalidArgumentError('--ref must look like Practitioner/ID or Client/CLIENT_ID');
       }
       if (o.address && !isAddress(o.address)) throw new InvalidArgumentError('--address must be an Ethereum address');
-      // an identity for an id no resource holds would pass, with every grant made to it, to whoever is created with that id
+      // an identity for an id no resource or client holds would pass, with every grant made to it, to
+      // whoever is created (or registered as a client) with that id; refused as a wrong --ref (exit 2)
       const [type, id] = o.ref.split('/') as [string, string];
-      if (type !== 'Client' && !(await resourceExists(app.repository, type, id))) throw new Error(`${o.ref} not found`);
+      if (type === 'Client') {
+        // a disabled client is still registered: enabled again, its identity and grants hold again
+        if (!app.smart.store.findClient(id)) throw new InvalidArgumentError(`${o.ref} is not a registered client (see glucoguard clients list)`);
+      } else if (!(await resourceExists(app.repository, type, id))) {
+        throw new InvalidArgumentError(`${o.ref} not found`);
+      }
       const address = o.address ? getAddress(o.address) : Wallet.createRandom().address;
       const { txHash } = await app.consent.identity.registerGrantee(o.ref, address);
       console.log(`${o.ref} ${address} (tx ${txHash})`);

@@ -150,6 +150,38 @@ export class AnchoredRepository extends WriteObservingRepository {
     return recorded;
   }
 
+  /**
+   * Right to erasure, the ledger's part, once the repository has destroyed the patient's data key:
+   * overwrites the salts of the patient's versions that no longer read (CommitmentStore.forgetSalts).
+   * A version that still reads keeps its salt, so it keeps proving: a record about the patient
+   * written while their key was erased is sealed under the shared key (an earlier erasure's own
+   * AuditEvent first of all), and must survive a later erasure of the same id, created again.
+   * Answers how many salts were overwritten.
+   */
+  async forgetUnreadableSalts(patient: string): Promise<number> {
+    const unreadable: number[] = [];
+    for (const v of this.store.saltedVersionsOf(patient)) {
+      if (!(await this.stillReads(v.type, v.id, v.version))) unreadable.push(v.seq);
+    }
+    return this.store.forgetSalts(patient, unreadable);
+  }
+
+  /**
+   * Whether the adapter still reads a version: not when its data key was erased (ERR_GONE) or its
+   * row is gone (ERR_NOT_FOUND: nothing left that the salt could prove). A version that reads but
+   * does not authenticate is not erased data: it keeps its salt, the evidence of what it was.
+   */
+  private async stillReads(type: string, id: string, version: string): Promise<boolean> {
+    try {
+      await this.inner.vread(type, id, version);
+      return true;
+    } catch (err) {
+      if (err instanceof TamperedVersionError) return true; // coded ERR_GONE as well: asked first
+      if (isGlucoGuardError(err, 'ERR_GONE') || isGlucoGuardError(err, 'ERR_NOT_FOUND')) return false;
+      throw err;
+    }
+  }
+
   private record(resources: Resource[]): number {
     const items: NewCommitment[] = [];
     const salts = randomBytes(32 * resources.length);

@@ -415,18 +415,36 @@ export class CommitmentStore {
   }
 
   /**
-   * Right to erasure, the ledger's part: overwrites with zeros the salts of every version recorded
-   * for `patient`, in their rows and in their batches' trees, so the on-chain commitments of the
-   * erased data can no longer be tested against guesses of its content. Leaves, proofs and trees
-   * stay (other versions of the same batches are still proven with them). Answers how many
-   * versions' salts were destroyed.
+   * The versions recorded for `patient` whose salts are not overwritten yet (seq order): what an
+   * erasure of the patient may have to forget (AnchoredRepository.forgetUnreadableSalts).
    */
-  forgetSalts(patient: string): number {
+  saltedVersionsOf(patient: string): { seq: number; type: string; id: string; version: string }[] {
     this.checkOpen();
+    return this.db.prepare<[string], { seq: number; type: string; id: string; version: string }>(
+      'SELECT seq, type, id, version FROM commitments WHERE patient = ? AND salt <> zeroblob(32) ORDER BY seq').all(patient);
+  }
+
+  /**
+   * Right to erasure, the ledger's part: overwrites with zeros the salts of versions recorded for
+   * `patient` — those at `only` (seqs, see saltedVersionsOf), or else every one — in their rows and
+   * in their batches' trees, so the on-chain commitments of the erased data can no longer be tested
+   * against guesses of its content. Leaves, proofs and trees stay (other versions of the same
+   * batches are still proven with them). Answers how many salts were overwritten now (not those
+   * an earlier erasure of the same id overwrote).
+   *
+   * An erasure names the versions it made unreadable (`only`): a record about the patient kept
+   * under the shared key (an earlier erasure's AuditEvent) is recorded under the patient too, and
+   * must keep its salt, or it stays readable but no longer proves.
+   */
+  forgetSalts(patient: string, only?: readonly number[]): number {
+    this.checkOpen();
+    const chosen = only && new Set(only);
     return this.db.transaction(() => {
-      const rows = this.db.prepare<[string], [number, number | null]>('SELECT seq, batch FROM commitments WHERE patient = ?').raw().all(patient);
+      const rows = this.db.prepare<[string], [number, number | null]>('SELECT seq, batch FROM commitments WHERE patient = ? AND salt <> zeroblob(32)')
+        .raw().all(patient).filter(([seq]) => !chosen || chosen.has(seq));
       if (!rows.length) return 0;
-      this.db.prepare('UPDATE commitments SET salt = zeroblob(32) WHERE patient = ?').run(patient);
+      const overwrite = this.db.prepare('UPDATE commitments SET salt = zeroblob(32) WHERE seq = ?');
+      for (const [seq] of rows) overwrite.run(seq);
       const byBatch = new Map<number, number[]>();
       for (const [seq, batch] of rows) {
         if (batch === null) continue;

@@ -20,7 +20,7 @@ beforeAll(() => {
 afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
 
 describe('CLI beside a running server', () => {
-  // a client id: an identity for a Practitioner needs the Practitioner stored first
+  // a client's identity: one for a Practitioner needs the Practitioner stored first, one for a client the client registered
   test('identity register and list use the running server\'s chain node', async () => {
     const server = spawn(process.execPath, [BIN, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -37,12 +37,22 @@ describe('CLI beside a running server', () => {
           }
         });
       });
-      const reg = spawnSync(process.execPath, [BIN, 'identity', 'register', '--ref', 'Client/shared-app'], { env, encoding: 'utf8', timeout: 60_000 });
+      // a client id no client is registered under is refused, as a wrong --ref (exit 2), and nothing is registered
+      const unknown = spawnSync(process.execPath, [BIN, 'identity', 'register', '--ref', 'Client/shared-app'], { env, encoding: 'utf8', timeout: 60_000 });
+      expect({ status: unknown.status, said: unknown.stderr.trim().split('\n').pop() })
+        .toEqual({ status: 2, said: 'glucoguard: Client/shared-app is not a registered client (see glucoguard clients list)' });
+      const added = spawnSync(process.execPath, [BIN, 'clients', 'add', '--name', 'Shared app', '--public', '--redirect-uri', 'https://app.example/cb'],
+        { env, encoding: 'utf8', timeout: 60_000 });
+      expect(added.status).toBe(0);
+      const client = `Client/${/client_id: (\S+)/.exec(added.stdout)![1]}`;
+      const reg = spawnSync(process.execPath, [BIN, 'identity', 'register', '--ref', client], { env, encoding: 'utf8', timeout: 60_000 });
       expect(reg.stderr).not.toMatch(/in use by another process/);
       expect(reg.status).toBe(0);
       const address = /0x[0-9a-fA-F]{40}/.exec(reg.stdout)?.[0];
       expect(address).toBeDefined();
-      const list = spawnSync(process.execPath, [BIN, 'identity', 'list', '--ref', 'Client/shared-app'], { env, encoding: 'utf8', timeout: 60_000 });
+      const none = spawnSync(process.execPath, [BIN, 'identity', 'list', '--ref', 'Client/shared-app'], { env, encoding: 'utf8', timeout: 60_000 });
+      expect(none.stdout).toBe('');
+      const list = spawnSync(process.execPath, [BIN, 'identity', 'list', '--ref', client], { env, encoding: 'utf8', timeout: 60_000 });
       expect(list.status).toBe(0);
       expect(list.stdout).toContain(address);
     } finally {

@@ -4,6 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, jest, test } from '@jest/globals';
 import type { Consent } from '@medplum/fhirtypes';
+import { CommanderError } from 'commander';
 import request from 'supertest';
 import { registerConsentCommands } from '../../src/consent/cli.js';
 import { GRANT_ID_SYSTEM } from '../../src/consent/terms.js';
@@ -81,6 +82,20 @@ describe('consent CLI', () => {
     await expect(cli('identity', 'register', '--ref', 'Practitioner/doesnotexist')).rejects.toThrow('Practitioner/doesnotexist not found');
     expect(await t.app.consent.identity.granteesOf('Practitioner/doesnotexist')).toEqual([]);
     await expect(cli('consent', 'revoke', '--consent', 'nonexistent')).rejects.toThrow('Consent/nonexistent not found');
+  });
+
+  test('an identity for a client is refused unless the client is registered (a usage error: exit 2); a registered one, even disabled, is accepted', async () => {
+    const refused = cli('identity', 'register', '--ref', 'Client/not-registered');
+    await expect(refused).rejects.toThrow('Client/not-registered is not a registered client (see glucoguard clients list)');
+    // commander's usage error: the glucoguard command exits 2 on it, as for a malformed --ref
+    await expect(refused).rejects.toBeInstanceOf(CommanderError);
+    expect(await t.app.consent.identity.granteesOf('Client/not-registered')).toEqual([]);
+    const { client } = t.app.smart.store.addClient({ name: 'Study server', type: 'public', redirectUris: ['https://study.example/cb'] });
+    expect(await cli('identity', 'register', '--ref', `Client/${client.clientId}`)).toMatch(new RegExp(`^Client/${client.clientId} 0x[0-9a-fA-F]{40}`));
+    expect(await t.app.consent.identity.granteesOf(`Client/${client.clientId}`)).toHaveLength(1);
+    t.app.smart.store.setDisabled(client.clientId, true);
+    expect(await cli('identity', 'register', '--ref', `Client/${client.clientId}`)).toMatch(new RegExp(`^Client/${client.clientId} 0x`));
+    expect(await t.app.consent.identity.granteesOf(`Client/${client.clientId}`)).toHaveLength(2);
   });
 
   test('grant dates are kept as dates: --data-to and --until include their whole day on chain', async () => {
