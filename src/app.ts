@@ -16,7 +16,7 @@ import { CgmIngestService } from './cgm/service.js';
 import { shapeCachedCheck } from './cgm/validate.js';
 import { buildCapabilityStatement } from './fhir/capability.js';
 import { loadFhirDefinitions } from './fhir/definitions.js';
-import { unavailable } from './errors.js';
+import { isGlucoGuardError, unavailable } from './errors.js';
 import { cors, fhirHttpRouter } from './fhir/http.js';
 import { standardOperations } from './fhir/operations.js';
 import { FhirRouter } from './fhir/router.js';
@@ -75,9 +75,11 @@ export interface App {
    * Right to erasure (embedded repository only; an upstream server erases by its own means): the
    * patient's data key is destroyed, so every version of their data becomes unreadable, and the
    * salts of its commitments are overwritten (AnchoredRepository.forgetUnreadableSalts). An AuditEvent naming
-   * the operator records it (`auditEvent`: its id).
+   * the operator records it (`auditEvent`: its id). A repeat finishes an erasure that stopped after
+   * the key was destroyed (`finished`: salts were still to overwrite); with nothing left to do it
+   * throws the adapter's ERR_GONE.
    */
-  erasePatient?: (patientId: string, operator: string) => Promise<{ resources: number; commitments: number; auditEvent: string }>;
+  erasePatient?: (patientId: string, operator: string) => Promise<{ resources: number; commitments: number; auditEvent: string; finished?: boolean }>;
   /**
    * Rebuilds the embedded repository's search index for every current version and records the
    * current index generation (EmbeddedRepository.reindex; undefined with an upstream repository).
@@ -327,11 +329,19 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     ...(adapter instanceof EmbeddedRepository ? {
       readCache: adapter.decoded,
       erasePatient: async (patientId: string, operator: string) => {
-        const { resources } = await adapter.eraseSubject(patientId);
+        let resources = 0;
+        let repeat: unknown;
+        try {
+          ({ resources } = await adapter.eraseSubject(patientId));
+        } catch (err) {
+          if (!isGlucoGuardError(err, 'ERR_GONE')) throw err;
+          repeat = err; // already erased: only salts a stopped erasure left behind are still to go
+        }
         const commitments = await ledger.repository.forgetUnreadableSalts(patientId);
+        if (repeat && commitments === 0) throw repeat;
         ledger.checker.clearCache(); // proven versions keep their salts in memory
-        const event = await repository.create(erasureAuditEvent({ patientId, operator, resources, commitments, recorded: new Date().toISOString() }));
-        return { resources, commitments, auditEvent: event.resource.id! };
+        const event = await repository.create(erasureAuditEvent({ patientId, operator, resources, commitments, recorded: new Date().toISOString(), finished: repeat !== undefined }));
+        return { resources, commitments, auditEvent: event.resource.id!, ...(repeat ? { finished: true } : {}) };
       },
       reindex: (onProgress?: (done: number, total: number) => void, options?: { chunk?: number; background?: boolean; all?: boolean }) => adapter.reindex(onProgress, options),
       indexGeneration: () => adapter.indexGeneration,

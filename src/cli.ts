@@ -211,8 +211,10 @@ patients
         console.log(`Patient/${opts.patient}: already erased${on ? ` (on ${on})` : ''}; nothing changed`);
         return;
       }
-      const { resources, commitments, auditEvent } = erased;
-      console.log(`Patient/${opts.patient}: data key destroyed, ${resources} current resources unreadable; salts of ${commitments} commitments overwritten; recorded as AuditEvent/${auditEvent}`);
+      const { resources, commitments, auditEvent, finished } = erased;
+      console.log(finished
+        ? `Patient/${opts.patient}: an earlier erasure had destroyed the data key and stopped; finished it: salts of ${commitments} commitments overwritten; recorded as AuditEvent/${auditEvent}`
+        : `Patient/${opts.patient}: data key destroyed, ${resources} current resources unreadable; salts of ${commitments} commitments overwritten; recorded as AuditEvent/${auditEvent}`);
     });
   });
 

@@ -17,6 +17,8 @@ export interface ErasureRecord {
   commitments: number;
   /** ISO instant. */
   recorded: string;
+  /** A repeat that finished an erasure stopped after its key was destroyed (its count of resources is then unknown, 0). */
+  finished?: boolean;
 }
 
 export function erasureAuditEvent(rec: ErasureRecord): AuditEvent {
@@ -27,7 +29,9 @@ export function erasureAuditEvent(rec: ErasureRecord): AuditEvent {
     action: 'D',
     recorded: rec.recorded,
     outcome: '0',
-    outcomeDesc: `erasure: data key destroyed, ${rec.resources} current resources unreadable; salts of ${rec.commitments} commitments overwritten`,
+    outcomeDesc: rec.finished
+      ? `erasure finished: the data key had been destroyed by an erasure that stopped; salts of ${rec.commitments} commitments overwritten`
+      : `erasure: data key destroyed, ${rec.resources} current resources unreadable; salts of ${rec.commitments} commitments overwritten`,
     agent: [{ who: { display: rec.operator }, requestor: true }],
     source: glucoguardSource(),
     entity: [{

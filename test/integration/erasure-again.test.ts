@@ -4,7 +4,7 @@
  * erased are sealed under the shared key (they stay readable), so a later erasure of the same id
  * must not overwrite the salts of their commitments either.
  */
-import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import request from 'supertest';
 import type { AuditEvent, Resource } from '@medplum/fhirtypes';
 import { startTestApp, type TestApp } from '../support/app.js';
@@ -100,5 +100,33 @@ describe('erasing a patient id a second time', () => {
     for (const id of [first.auditEvent, between, second.auditEvent]) {
       expect({ id, ...(await proofOf('AuditEvent', id)) }).toEqual({ id, status: 200, integrity: 'verified', salted: true });
     }
+  });
+});
+
+describe('an erasure that stopped after the data key was destroyed', () => {
+  it('is finished by a repeat: the salts are overwritten then, and the repeat is recorded as finishing it', async () => {
+    const patient = 'erase-stopped';
+    await put({ resourceType: 'Patient', id: patient, name: [{ family: 'Stopped' }] });
+    const obs = (await post(reading(patient, 1))).id!;
+    await t.app.ledger.anchorer.flush();
+    // the process dies between destroying the key and overwriting the salts
+    const forget = jest.spyOn(t.app.ledger.repository, 'forgetUnreadableSalts').mockRejectedValueOnce(new Error('killed'));
+    await expect(t.app.erasePatient!(patient, 'ops@example')).rejects.toThrow('killed');
+    forget.mockRestore();
+    expect((await request(t.app.http).get(`/fhir/Observation/${obs}`)).status).toBe(410);
+    expect(t.app.ledger.store.get('Observation', obs, '1')!.salt.equals(ZERO_SALT)).toBe(false);
+
+    const repeat = await t.app.erasePatient!(patient, 'ops@example');
+    expect(repeat.finished).toBe(true);
+    expect(repeat.commitments).toBeGreaterThanOrEqual(2); // the Patient and its reading at least
+    expect(t.app.ledger.store.get('Observation', obs, '1')!.salt.equals(ZERO_SALT)).toBe(true);
+    expect(t.app.ledger.store.get('Patient', patient, '1')!.salt.equals(ZERO_SALT)).toBe(true);
+    await t.app.ledger.anchorer.flush();
+    const record = await request(t.app.http).get(`/fhir/AuditEvent/${repeat.auditEvent}`);
+    expect(record.body.outcomeDesc).toBe(`erasure finished: the data key had been destroyed by an erasure that stopped; salts of ${repeat.commitments} commitments overwritten`);
+    expect(await proofOf('AuditEvent', repeat.auditEvent)).toEqual({ status: 200, integrity: 'verified', salted: true });
+
+    // with nothing left to do, a further repeat changes nothing (the adapter's ERR_GONE, which the CLI reports as already erased)
+    await expect(t.app.erasePatient!(patient, 'ops@example')).rejects.toMatchObject({ code: 'ERR_GONE' });
   });
 });
