@@ -143,12 +143,14 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     for (const s of request.sortRules ?? []) {
       if (!['_id', '_lastUpdated', 'date', 'effective-time'].includes(s.code)) throw badRequest(`Sorting by "${s.code}" is not allowed for consent-limited requesters`, '_sort');
     }
-    const linkParam = patientLinkParam(type);
-    if (!linkParam) return { ...request, filters: [...filters, NO_MATCH] };
+    const link = patientLink(type);
+    if (!link) return { ...request, filters: [...filters, NO_MATCH] };
+    const linkParam = link.code;
     const ref = (id: string): string => (linkParam === '_id' ? id : `Patient/${id}`);
     const asked = filters.filter((f) => f.code === linkParam && f.operator === Operator.EQUALS);
+    // (a bare id is a Patient's only where the parameter names nothing else; `\u0000…`: no patient)
     const askedIds = asked.flatMap((f) => f.value.split(',').map((v) =>
-      linkParam === '_id' ? v : patientIdOfReference(v.includes('/') ? v : `Patient/${v}`) ?? `\u0000${v}`));
+      linkParam === '_id' ? v : patientIdOfReference(v.includes('/') || !link.onlyPatients ? v : `Patient/${v}`) ?? `\u0000${v}`));
     if (requester.kind === 'patient') {
       if (asked.length === 1 && askedIds.every((id) => id === requester.patientId)) return { ...request, filters };
       return { ...request, filters: [...filters, { code: linkParam, operator: Operator.EQUALS, value: ref(requester.patientId!) }] };
@@ -159,11 +161,15 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     if (grants.length === 0 || perms.addresses.length === 0) return { ...request, filters: [...filters, NO_MATCH] };
     const patients = new Set(grants.map((g) => g.patientId));
     // A patient filter the client gave is kept when every patient in it is granted (so the
-    // repository can keep using its patient+date index); otherwise it is cut to the granted ones.
+    // repository can keep using its patient+date index); otherwise it is cut to the granted ones
+    // and added beside it.
     if (asked.length === 1 && askedIds.every((id) => patients.has(id))) {
       // already confined to granted patients
     } else {
-      const allowed = asked.length ? askedIds.filter((id) => patients.has(id)) : [...patients];
+      // A value naming no patient (`member=Practitioner/x`) can select a Group the requester may
+      // see: then the filter cannot be cut, and every granted patient is added beside it.
+      const cut = asked.length > 0 && (link.onlyPatients || askedIds.every((id) => !id.startsWith('\u0000')));
+      const allowed = cut ? askedIds.filter((id) => patients.has(id)) : [...patients];
       if (allowed.length === 0) return { ...request, filters: [...filters, NO_MATCH] };
       filters.push({ code: linkParam, operator: Operator.EQUALS, value: allowed.map(ref).join(',') });
     }
@@ -403,14 +409,32 @@ function addReleased(released: Map<string, Set<string>>, patientId: string, gran
   if (grantId !== undefined) grants.add(grantId);
 }
 
-const linkParams = new Map<string, string | undefined>();
+/**
+ * The search parameter that names a resource type's patients. `onlyPatients`: each of its values
+ * names a patient (`patient`, Patient `_id`); otherwise it names other things too (Group `member`:
+ * practitioners, devices…), among which the patients are `Patient/<id>` references.
+ */
+interface PatientLink { code: string; onlyPatients: boolean }
 
-/** The search parameter that names a resource type's patient: `_id` for Patient, `patient`, or none. */
-function patientLinkParam(type: string): string | undefined {
-  if (!linkParams.has(type)) {
-    linkParams.set(type, type === 'Patient' ? '_id' : getSearchParameter(type, 'patient') && patientCompartmentParams(type).length > 0 ? 'patient' : undefined);
-  }
-  return linkParams.get(type);
+const links = new Map<string, PatientLink | undefined>();
+
+/**
+ * `_id` for Patient; `patient` for a type in the Patient compartment that has it; else the type's
+ * one compartment parameter (Group `member`, whose members a read decides on: compartment.ts);
+ * else none, and nothing of the type is shown to a consent-limited requester.
+ */
+function patientLink(type: string): PatientLink | undefined {
+  if (!links.has(type)) links.set(type, findPatientLink(type));
+  return links.get(type);
+}
+
+function findPatientLink(type: string): PatientLink | undefined {
+  if (type === 'Patient') return { code: '_id', onlyPatients: true };
+  const compartment = patientCompartmentParams(type);
+  if (compartment.length === 0) return undefined;
+  if (getSearchParameter(type, 'patient')) return { code: 'patient', onlyPatients: true };
+  const only = compartment.length === 1 ? compartment[0]! : undefined;
+  return only && getSearchParameter(type, only)?.type === 'reference' ? { code: only, onlyPatients: false } : undefined;
 }
 
 /** True when the query's own date filters already keep it inside [from, to] (no extra filter needed). */

@@ -23,6 +23,11 @@ interface TypeConfig {
    * `patient=X&date=…` is one index range scan.
    */
   patientDate?: string;
+  /**
+   * The index generation since which the type has rows at all (1 when absent): a store written
+   * before has none for any of its parameters, `meta` ones included.
+   */
+  since?: number;
 }
 
 const TYPES: Record<string, TypeConfig> = {
@@ -60,6 +65,9 @@ const TYPES: Record<string, TypeConfig> = {
   Practitioner: { params: ['identifier', 'name', 'family', 'given', 'active', 'gender', 'address', 'telecom', 'phone', 'email'] },
   Organization: { params: ['identifier', 'name', 'type', 'active', 'partof', 'address'] },
   Provenance: { params: ['target', 'patient', 'agent', 'recorded', 'entity'], patientDate: 'recorded' },
+  // `member` is the Group's link to the Patient compartment: consent narrows a Group search by it
+  // (src/consent/policy.ts), as it narrows other types by `patient`
+  Group: { params: ['identifier', 'type', 'actual', 'code', 'member', 'managing-entity', 'characteristic'], since: 8 },
 };
 
 /**
@@ -81,9 +89,11 @@ const META_PARAMS = ['_tag', '_security', '_profile'];
  * addresses), as keyed hashes of the folded prefixes of each part (stringPrefixKey); 5 (session 13):
  * quantities also in base units, for unit conversion (quantityCanonicalKey); 6 (session 14): the
  * identifiers of logical references (`subject:identifier=…`, referenceIdentifierParam); 7 (session
- * 15): the folded three-character pieces of each string part, for `:contains` (stringGramKey).
+ * 15): the folded three-character pieces of each string part, for `:contains` (stringGramKey); 8
+ * (session 22): Group, every parameter of it (TypeConfig.since), `member` above all, which consent
+ * narrows a grantee's Group search by.
  */
-export const INDEX_GENERATION = 7;
+export const INDEX_GENERATION = 8;
 /** The generation since which reference parameters have rows for `Reference.identifier`. */
 export const REFERENCE_IDENTIFIER_SINCE = 6;
 /** The generation since which string parameters have rows for the pieces `:contains` looks up. */
@@ -164,6 +174,8 @@ export function paramsOf(resourceType: string): Map<string, ParamInfo> {
     loadFhirDefinitions();
     infos = new Map();
     const config = TYPES[resourceType];
+    // (`_id` and `_lastUpdated` are answered from the versions table, which every store has)
+    const typeSince = (code: string): number => (code === '_id' || code === '_lastUpdated' ? 1 : config?.since ?? 1);
     for (const code of ['_id', '_lastUpdated', ...(config ? [...META_PARAMS, ...config.params] : [])]) {
       const definition = getSearchParameter(resourceType, code);
       if (!definition?.expression) throw new Error(`no SearchParameter ${resourceType}.${code}`);
@@ -175,7 +187,7 @@ export function paramsOf(resourceType: string): Map<string, ParamInfo> {
         code, kind, definition, atom, evaluate: compilePath(atom),
         targets: definition.target ?? [],
         indexable: kind !== 'composite',
-        since: kind === 'string' ? STRING_SINCE : SINCE.get(code) ?? 1,
+        since: Math.max(typeSince(code), kind === 'string' ? STRING_SINCE : SINCE.get(code) ?? 1),
         ...(kind === 'composite' ? { parts: compositeParts(resourceType, definition, config?.params ?? []) } : {}),
       });
     }
@@ -186,8 +198,8 @@ export function paramsOf(resourceType: string): Map<string, ParamInfo> {
 
 /**
  * The types with a parameter indexed since `generation` (params whose rows a store of that
- * generation lacks): what a rebuild from it must visit. From generation 3, the types with string
- * parameters; from 1, every type (the `meta` parameters).
+ * generation lacks): what a rebuild from it must visit. From generation 7, Groups; from 3, the
+ * types with string parameters; from 1, every type (the `meta` parameters).
  */
 export function typesIndexedSince(generation: number): string[] {
   return Object.keys(TYPES).filter((type) => paramsIndexedSince(generation, type).length > 0);
@@ -197,8 +209,8 @@ export function typesIndexedSince(generation: number): string[] {
 export function paramsIndexedSince(generation: number, type?: string): string[] {
   const names = (type ? [type] : Object.keys(TYPES)).flatMap((t) => [...paramsOf(t).values()].flatMap((p) => [
     ...(p.indexable && p.since > generation ? [p.code] : []),
-    ...(p.kind === 'reference' && REFERENCE_IDENTIFIER_SINCE > generation ? [referenceIdentifierParam(p.code)] : []),
-    ...(p.kind === 'string' && STRING_CONTAINS_SINCE > generation ? [`${p.code}:contains`] : []),
+    ...(p.kind === 'reference' && Math.max(p.since, REFERENCE_IDENTIFIER_SINCE) > generation ? [referenceIdentifierParam(p.code)] : []),
+    ...(p.kind === 'string' && Math.max(p.since, STRING_CONTAINS_SINCE) > generation ? [`${p.code}:contains`] : []),
   ]));
   return [...new Set(names)];
 }
