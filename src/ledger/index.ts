@@ -73,7 +73,12 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
       options.logger.error({ versions: repository.gaps }, 'ledger: versions without a commitment lie among committed ones (not a crash tail): their commitments were removed or the versions put there; they are left unverified — run glucoguard verify');
     }
   } catch (err) {
-    options.logger.warn({ err: (err as Error).message }, 'ledger: could not reconcile with repository history');
+    // The versions a crash left without a commitment are found in the repository's system history;
+    // an upstream server may not offer it (GET [base]/_history is optional in FHIR R4).
+    const upstream = options.repository.description.adapter === 'upstream';
+    options.logger.warn({ err: (err as Error).message },
+      'ledger: could not reconcile with repository history: versions written just before the last stop may have no commitment, '
+      + 'and read as unverified' + (upstream ? ' (the upstream FHIR server must answer system-level history, GET [base]/_history, for this check)' : ''));
   }
   const guard = new IntegrityGuard({
     checker, mode: options.integrity, logger: options.logger, audit: (event) => repository.create(event),
