@@ -105,6 +105,7 @@ export function formatReport(r: IngestReport): string {
     `  records read ${r.read}, created ${r.created}, unchanged ${r.unchanged}, corrected ${r.corrected}, skipped ${r.skipped}, rejected ${r.rejected}`,
   ];
   if (r.devicesCreated) lines.push(`  devices created ${r.devicesCreated}`);
+  if (r.linked) lines.push(`  linked to their Device ${r.linked} (stored before without one; a new version, value unchanged)`);
   if (r.first && r.last) lines.push(`  readings from ${r.first} to ${r.last}`);
   if (r.timeZone) lines.push(`  time zone ${r.timeZone.zone} (${r.timeZone.from === 'option' ? 'given' : 'server default'})`);
   if (r.dateOrder) lines.push(`  date order ${r.dateOrder.order} (${r.dateOrder.from}${r.dateOrder.ambiguous ? ', ambiguous' : ''})`);

@@ -1,4 +1,5 @@
 /** Format detection from the first few kilobytes of a source. */
+import { isLibreViewHeaderLine } from './parsers/libreview-columns.js';
 import type { CgmFormat } from './types.js';
 
 export interface Detection {
@@ -30,11 +31,11 @@ export function detectFormat(head: string): Detection | undefined {
 
 /**
  * What the header line of each CSV format looks like. LibreView may have a metadata line (and an
- * empty line) before it, and names its columns in the export's language: English and German are
- * recognised (parsers/libreview.ts).
+ * empty line) before it, and names its columns in the export's language: the languages of
+ * parsers/libreview-columns.ts are recognised.
  */
 const CSV_HEADERS: readonly [CgmFormat, (line: string) => boolean][] = [
-  ['libreview', (line) => /Device Timestamp|Gerätezeitstempel/i.test(line) && /Record Type|Aufzeichnungstyp/i.test(line)],
+  ['libreview', isLibreViewHeaderLine],
   ['dexcom-clarity', (line) => /(^|[,;\t"])\s*Timestamp \(YYYY-MM-DD/i.test(line) && /Event Type/i.test(line) && /Glucose Value/i.test(line)],
 ];
 
@@ -53,4 +54,12 @@ export function csvHeaderLine(head: string, format: CgmFormat): string | undefin
 /** The first three non-empty lines: where a CSV header may be. */
 function headLines(text: string): string[] {
   return text.split(/\r?\n/, 6).filter((line) => line.trim() !== '').slice(0, 3);
+}
+
+/**
+ * Whether an undetected head still looks like a LibreView export — a row naming a FreeStyle Libre
+ * device or reader, whatever the language — so the refusal can say its header language is not read.
+ */
+export function looksLikeLibreView(head: string): boolean {
+  return head.replace(/^\uFEFF/, '').split(/\r?\n/, 8).some((line) => /^"?FreeStyle\s?Libre/i.test(line.trim()));
 }

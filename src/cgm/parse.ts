@@ -5,13 +5,14 @@
  * and applies the `partial` rule.
  */
 import { GlucoGuardError, badRequest, issue } from '../errors.js';
-import { csvDelimiter, csvHeaderLine, detectFormat } from './detect.js';
+import { csvDelimiter, csvHeaderLine, detectFormat, looksLikeLibreView } from './detect.js';
 import { peekText, textChunks, type CgmInput, type Decoding } from './input.js';
 import { parseDexcomClarity } from './parsers/clarity.js';
 import type { ParserContext, ParserItem } from './parsers/common.js';
 import { parseDexcom } from './parsers/dexcom.js';
 import { parseHealthKit } from './parsers/healthkit.js';
 import { parseLibreView } from './parsers/libreview.js';
+import { expectedHeaders, languagesRead } from './parsers/libreview-columns.js';
 import { parseNightscout } from './parsers/nightscout.js';
 import { parseOpenMHealth } from './parsers/openmhealth.js';
 import { parseTidepool } from './parsers/tidepool.js';
@@ -45,6 +46,10 @@ export async function openCgm(input: CgmInput, options: ParseOptions = {}): Prom
   const peeked = await peekText(textChunks(input, decoding));
   const detection = options.format ? undefined : detectFormat(peeked.head);
   if (!options.format && !detection) {
+    if (looksLikeLibreView(peeked.head)) {
+      throw badRequest(`this looks like a LibreView export, but its column names are not in a language GlucoGuard reads (${languagesRead()}): `
+        + `expected the columns ${expectedHeaders()}; export it from a LibreView account set to one of these languages`, 'format');
+    }
     throw badRequest(peeked.head.trim() === '' ? 'empty input' : `cannot detect the format of this file; give it explicitly (${CGM_FORMATS.join(', ')})`, 'format');
   }
   const format = options.format ?? detection!.format;

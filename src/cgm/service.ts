@@ -6,7 +6,10 @@
  * with one search (`identifier=sys|a,sys|b,…`); a reading whose identifier exists with the same
  * content is *unchanged*, with different content it becomes a new version of that resource
  * (*corrected*: an update, the old version stays readable by vread), otherwise it is *created*.
- * Devices are conditional creates (`ifNoneExist`). Ingests of one patient run one at a time, so two
+ * Devices are conditional creates (`ifNoneExist`). A reading stored without a Device that the file
+ * now names one for (meter readings stored before session 21, when a meter got no Device) becomes a
+ * new version referencing it (*linked*): re-sending the file is the migration, as only the file
+ * says which meter took a reading. Ingests of one patient run one at a time, so two
  * concurrent imports of the same file cannot both create a reading.
  *
  * All-or-nothing by default: a file with any rejected record stores nothing. A file path (or a
@@ -80,6 +83,8 @@ export interface IngestReport extends IngestSummary {
   unchanged: number;
   /** Readings stored with a different value: now a new version. */
   corrected: number;
+  /** Readings stored without a Device that the file names one for: now a new version referencing it, value unchanged. */
+  linked: number;
   /** Devices created in this import (existing ones are matched). */
   devicesCreated: number;
 }
@@ -148,8 +153,8 @@ export class CgmIngestService {
     const ctx: ConvertContext = { patient: `Patient/${options.patient}` };
     const partial = options.partial === true;
     const progress = options.onProgress ?? (() => undefined);
-    const counts = { created: 0, unchanged: 0, corrected: 0, devicesCreated: 0 };
-    const stored = () => counts.created + counts.unchanged + counts.corrected;
+    const counts: StoreCounts = { created: 0, unchanged: 0, corrected: 0, linked: 0, devicesCreated: 0 };
+    const stored = () => counts.created + counts.unchanged + counts.corrected + counts.linked;
     const devices = new Map<string, string>(); // device fullUrl → Device/id
     const store: Sink = (entries, devs) => this.storeChunk(entries, devs, devices, counts);
 
@@ -261,7 +266,7 @@ export class CgmIngestService {
 
   /** Stores one chunk: devices by conditional create, readings by bulk identifier lookup. */
   private async storeChunk(entries: ConvertedEntry[], newDevices: ConvertedEntry<Device>[], devices: Map<string, string>,
-    counts: { created: number; unchanged: number; corrected: number; devicesCreated: number }): Promise<void> {
+    counts: StoreCounts): Promise<void> {
     const repo = this.deps.repository;
     const pendingDevices = newDevices.filter((d) => !devices.has(d.fullUrl));
     if (pendingDevices.length) {
@@ -283,7 +288,7 @@ export class CgmIngestService {
     const creates: Resource[] = [];
     const seen = new Set<string>();
     // counted once the chunk is stored: a chunk whose write fails counts for nothing
-    const chunk = { created: 0, unchanged: 0, corrected: 0 };
+    const chunk = { created: 0, unchanged: 0, corrected: 0, linked: 0 };
     for (const e of entries) {
       const identifier = e.resource.resourceType === 'Device' ? undefined : identifierOf(e.resource);
       if (!identifier || seen.has(identifier)) continue; // repeats beyond the parser's window: the first wins
@@ -295,7 +300,10 @@ export class CgmIngestService {
         if (this.deps.bulkCreate) creates.push(resource);
         else writes.push({ fullUrl: e.fullUrl, resource, request: { method: 'POST', url: resource.resourceType } });
       } else if (sameContent(found, resource, ['device'])) { // the same reading: content without id, meta and the device reference
-        chunk.unchanged++;
+        if (gainsDevice(found, resource)) {
+          chunk.linked++;
+          writes.push({ resource: { ...resource, id: found.id }, request: { method: 'PUT', url: `${resource.resourceType}/${found.id}` } });
+        } else chunk.unchanged++;
       } else {
         chunk.corrected++;
         writes.push({ resource: { ...resource, id: found.id }, request: { method: 'PUT', url: `${resource.resourceType}/${found.id}` } });
@@ -306,6 +314,7 @@ export class CgmIngestService {
     counts.created += chunk.created;
     counts.unchanged += chunk.unchanged;
     counts.corrected += chunk.corrected;
+    counts.linked += chunk.linked;
   }
 
   /** Current resources carrying the chunk's identifiers, by `system|value`; one search per type and batch. */
@@ -349,8 +358,15 @@ export class CgmIngestService {
   }
 }
 
-function report(summary: IngestSummary, accepted: boolean, patient: string,
-  counts: { created: number; unchanged: number; corrected: number; devicesCreated: number }, partial: boolean): IngestReport {
+interface StoreCounts {
+  created: number;
+  unchanged: number;
+  corrected: number;
+  linked: number;
+  devicesCreated: number;
+}
+
+function report(summary: IngestSummary, accepted: boolean, patient: string, counts: StoreCounts, partial: boolean): IngestReport {
   return { accepted, partial, patient, ...counts, ...summary };
 }
 
@@ -366,6 +382,15 @@ function transaction(entry: BundleEntry[]): Bundle {
 function identifierOf(resource: Resource): string | undefined {
   const first = (resource as { identifier?: { system?: string; value?: string }[] }).identifier?.[0];
   return first?.system && first.value ? `${first.system}|${first.value}` : undefined;
+}
+
+/**
+ * Whether a stored reading gets a Device only now: it has none, and the file names one. A stored
+ * reference is kept when it differs (the same meter or sensor under another id is no change).
+ */
+function gainsDevice(stored: Resource, incoming: Resource): boolean {
+  const has = (r: Resource): boolean => Boolean((r as { device?: { reference?: string } }).device?.reference);
+  return !has(stored) && has(incoming);
 }
 
 /** The resource with its device reference resolved from the bundle fullUrl to `Device/id`. */

@@ -79,7 +79,7 @@ describe('glucoguard ingest / summary', () => {
     const r = run('ingest', csv, '--patient', other, '--tz', 'America/Los_Angeles');
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/^imported: dexcom-clarity \(detected\)/);
-    expect(r.stdout).toContain('records read 13, created 6, unchanged 0, corrected 0, skipped 7, rejected 0');
+    expect(r.stdout).toContain('records read 13, created 7, unchanged 0, corrected 0, skipped 6, rejected 0'); // the calibration stored as a meter reading
     expect(r.stdout).toContain('time zone America/Los_Angeles (given)');
     expect(r.stdout).not.toMatch(/Averyzz|Quillfeather|1979-04-12/);
     const summary = run('summary', '--patient', other);

@@ -250,15 +250,16 @@ describe('CGM ingest over HTTP', () => {
     expect((await readingsOf(other))[0]!.effectiveDateTime).toMatch(/^2026-03-02T08:00:00/);
   });
 
-  test('a Dexcom Clarity CSV export is detected and read in the given zone; HIGH/LOW stored beyond range; the patient rows stored nowhere', async () => {
+  test('a Dexcom Clarity CSV export is detected and read in the given zone; HIGH/LOW stored beyond range; the calibration a meter reading outside the metrics; the patient rows stored nowhere', async () => {
     const other = await newPatient('Lindqvist');
     const csv = readFileSync(path.join(import.meta.dirname, '../fixtures/cgm/dexcom-clarity-mgdl.csv'), 'utf8');
     const clarity = (query = '') => http().post(`/cgm/ingest?patient=${other}&tz=America/Los_Angeles${query}`).set('Content-Type', 'text/csv').send(csv);
     const res = await clarity();
     expect(res.status).toBe(200);
     expect(res.body).toMatchObject({
-      accepted: true, format: 'dexcom-clarity', detected: true, read: 13, created: 6, skipped: 7, rejected: 0, devicesCreated: 1,
-      skippedByReason: { 'unsupported-record-type': 7 }, timeZone: { zone: 'America/Los_Angeles', from: 'option' },
+      // 6 EGVs and 1 calibration stored; insulin, carbs, exercise, health, device and alert events skipped
+      accepted: true, format: 'dexcom-clarity', detected: true, read: 13, created: 7, skipped: 6, rejected: 0, devicesCreated: 1,
+      skippedByReason: { 'unsupported-record-type': 6 }, timeZone: { zone: 'America/Los_Angeles', from: 'option' },
     });
     const stored = await readingsOf(other);
     expect(stored.map((o) => o.effectiveDateTime).sort()).toEqual([
@@ -271,16 +272,22 @@ describe('CGM ingest over HTTP', () => {
     expect(at('2024-03-10T03:10:30-07:00').dataAbsentReason?.coding?.[0]?.code).toBe('negative-infinity');
     const device = await http().get(`/fhir/${stored[0]!.device!.reference}`);
     expect(device.body).toMatchObject({ serialNumber: '8AB12C', deviceName: [{ name: 'Dexcom G6' }] });
+    // the calibration: a capillary meter reading (no CGM profile, no Device: the export does not name the meter)
+    const meter = await http().get(`/fhir/Observation?patient=Patient/${other}&code=${encodeURIComponent('http://loinc.org|41653-7')}`);
+    const calibrations = ((meter.body as Bundle).entry ?? []).map((e) => e.resource as Observation);
+    expect(calibrations).toEqual([expect.objectContaining({ effectiveDateTime: '2024-03-10T03:10:00-07:00', valueQuantity: expect.objectContaining({ value: 130, code: 'mg/dL' }) })]);
+    expect(calibrations[0]!.meta?.profile ?? []).toEqual([]);
+    expect(calibrations[0]!.device).toBeUndefined();
     const everything = JSON.stringify([res.body, stored, device.body]);
     for (const word of ['Averyzz', 'Quillfeather', '1979-04-12', 'PhoneModelQ7']) expect(everything).not.toContain(word);
-    // the LOW and the HIGH count in the summary, which says so
+    // the LOW and the HIGH count in the summary, which says so; the calibration is not a sensor reading (6, not 7)
     const summary = await http().get(`/fhir/Patient/${other}/$cgm-summary`);
     expect(summary.status).toBe(200);
     const notes = (summary.body.entry[0].resource as Observation).note!.map((n) => n.text).join(' ');
     expect(notes).toMatch(/1 of 6 readings below/);
     expect(notes).toMatch(/1 of 6 readings above/);
     // idempotent, and the explicit format says the same
-    expect((await clarity('&format=dexcom-clarity')).body).toMatchObject({ detected: false, created: 0, unchanged: 6 });
+    expect((await clarity('&format=dexcom-clarity')).body).toMatchObject({ detected: false, created: 0, unchanged: 7, linked: 0 });
   });
 
   test('bad requests answer OperationOutcomes and store nothing', async () => {
@@ -294,6 +301,14 @@ describe('CGM ingest over HTTP', () => {
     const garbage = await http().post(`/cgm/ingest?patient=${patientId}`).set('Content-Type', 'text/plain').send('hello, world');
     expect(garbage.status).toBe(400);
     expect(garbage.body.resourceType).toBe('OperationOutcome');
+    // a LibreView export whose header is in a language not read: 400 naming the languages and columns expected
+    const foreign = ['Appareil,Numéro de série,Horodatage de l\'appareil,Type d\'enregistrement,Historique de la glycémie mg/dL',
+      'FreeStyle LibreLink,7C8D9E0F-1234-4567-89AB-CDEF01234567,13-05-2024 08:00,0,101'].join('\n');
+    for (const query of ['', '&format=libreview']) {
+      const res = await http().post(`/cgm/ingest?patient=${patientId}&tz=Europe/Paris${query}`).set('Content-Type', 'text/csv').send(foreign);
+      expect(res.status).toBe(400);
+      expect(res.body.issue[0].diagnostics).toMatch(/in a language GlucoGuard reads \(English, German, Spanish or Dutch\).*"Device Timestamp" and "Record Type" \(English\)/);
+    }
   });
 });
 

@@ -8,7 +8,10 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { Operator } from '@medplum/core';
 import type { Device, Observation, Patient } from '@medplum/fhirtypes';
+import { toObservation } from '../../src/cgm/fhir.js';
+import { readCgm } from '../../src/cgm/parse.js';
 import { CgmIngestService, type IngestProgress } from '../../src/cgm/service.js';
+import type { GlucoseRecord } from '../../src/cgm/types.js';
 import { shapeCachedCheck } from '../../src/cgm/validate.js';
 import { ProfileValidator } from '../../src/fhir/validation.js';
 import { PACKAGE_ROOT, PROFILES_DIR } from '../../src/paths.js';
@@ -109,6 +112,54 @@ describe('CgmIngestService', () => {
     const other = await newPatient();
     expect(await service().ingest({ text: unnamed }, { patient: other })).toMatchObject({ created: 1, devicesCreated: 0 });
     expect((await observationsOf(other))[0]!.device).toBeUndefined();
+  });
+
+  test('a meter reading stored before it had a Device gets it when the file is sent again: a new version of the same reading, no duplicate', async () => {
+    const patient = await newPatient();
+    const tidepool = readFileSync(path.join(PACKAGE_ROOT, 'test/fixtures/cgm/tidepool-export.json'), 'utf8');
+    // What an import before session 21 stored: the meter reading with its identifier, value and time, and no device.
+    const { records } = await readCgm({ text: tidepool });
+    const smbg = records.find((r): r is GlucoseRecord => r.kind === 'glucose' && r.method === 'smbg')!;
+    const old = await repository.create<Observation>(toObservation(smbg, { patient: `Patient/${patient}` }).resource);
+    expect(old.resource.device).toBeUndefined();
+
+    const report = await service().ingest({ text: tidepool }, { patient });
+    expect(report).toMatchObject({ accepted: true, created: 7, linked: 1, unchanged: 0, corrected: 0, devicesCreated: 2 });
+    const meters = (await observationsOf(patient)).filter((o) => o.code.coding?.[0]?.code === '41653-7');
+    expect(meters).toHaveLength(1); // the same resource, not a second reading
+    expect(meters[0]).toMatchObject({ id: old.resource.id, meta: { versionId: '2' }, valueQuantity: old.resource.valueQuantity, effectiveDateTime: old.resource.effectiveDateTime });
+    const device = await repository.read<Device>('Device', meters[0]!.device!.reference!.slice('Device/'.length));
+    expect(device.deviceName).toEqual([{ name: 'ContourNext_123', type: 'user-friendly-name' }]);
+    // the version without the Device stays readable
+    expect((await repository.vread<Observation>('Observation', old.resource.id!, '1')).device).toBeUndefined();
+    // sending it once more changes nothing
+    expect(await service().ingest({ text: tidepool }, { patient })).toMatchObject({ created: 0, linked: 0, unchanged: 8, corrected: 0, devicesCreated: 0 });
+  });
+
+  test('LibreView strip readings and Clarity calibrations are stored as meter readings, once; only the reader that measured a strip is a Device', async () => {
+    const patient = await newPatient();
+    const libre = readFileSync(path.join(PACKAGE_ROOT, 'test/fixtures/cgm/libreview-strip-mgdl.csv'), 'utf8');
+    expect(await service().ingest({ text: libre }, { patient, timeZone: 'Europe/Paris' }))
+      .toMatchObject({ accepted: true, created: 8, skipped: 1, devicesCreated: 2 }); // the sensor's Device and the reader's meter
+    const stored = await observationsOf(patient);
+    const meters = stored.filter((o) => o.code.coding?.[0]?.code === '41653-7');
+    expect(meters.map((o) => o.valueQuantity?.value ?? o.dataAbsentReason?.coding?.[0]?.code).sort()).toEqual([112, 'positive-infinity']);
+    expect(meters.every((o) => o.meta?.profile === undefined || !o.meta.profile.some((p) => p.includes('cgm-sensor-reading')))).toBe(true);
+    const sensor = stored.filter((o) => o.code.coding?.[0]?.code === '99504-3');
+    expect(sensor).toHaveLength(6);
+    expect(meters[0]!.device!.reference).not.toBe(sensor[0]!.device!.reference);
+    const meter = await repository.read<Device>('Device', meters[0]!.device!.reference!.slice('Device/'.length));
+    expect(meter).toMatchObject({ deviceName: [{ name: 'FreeStyle Libre 2' }], serialNumber: '5D6E7F80-2222-4333-8444-555566667777' });
+    expect(meter.meta?.profile ?? []).not.toContain('http://hl7.org/fhir/uv/cgm/StructureDefinition/cgm-device');
+    expect(await service().ingest({ text: libre }, { patient, timeZone: 'Europe/Paris' })).toMatchObject({ created: 0, unchanged: 8, linked: 0 });
+
+    const clarity = readFileSync(path.join(PACKAGE_ROOT, 'test/fixtures/cgm/dexcom-clarity-mgdl.csv'), 'utf8');
+    const other = await newPatient();
+    expect(await service().ingest({ text: clarity }, { patient: other, timeZone: 'America/Los_Angeles' }))
+      .toMatchObject({ accepted: true, created: 7, skipped: 6, devicesCreated: 1 });
+    const calibration = (await observationsOf(other)).filter((o) => o.code.coding?.[0]?.code === '41653-7');
+    expect(calibration).toEqual([expect.objectContaining({ effectiveDateTime: '2024-03-10T03:10:00-07:00', valueQuantity: expect.objectContaining({ value: 130 }) })]);
+    expect(calibration[0]!.device).toBeUndefined(); // the export does not name the meter
   });
 
   test('the bulk identifier lookup matches system|value exactly, among thousands of values', async () => {

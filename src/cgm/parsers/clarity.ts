@@ -3,10 +3,12 @@
  * Event Subtype,Patient Info,Device Info,Source Device ID,Glucose Value (mg/dL),…,Transmitter ID`;
  * columns are found by name, as exports differ in which ones they have), then rows without a
  * timestamp that describe the patient, the device and the alert settings, then the events. `EGV` rows
- * are sensor readings; `High`/`Low` for a reading beyond the sensor's range. Every other event
- * (`Calibration` fingersticks, insulin, carbs, exercise, health, device and alert events) is skipped,
- * as LibreView's strip, insulin and food records are. Timestamps are the receiver's local wall clock
- * with no offset, so a time zone is needed (the `timeZone` option, as for LibreView).
+ * are sensor readings; `High`/`Low` for a reading beyond the sensor's range. `Calibration` rows are
+ * fingerstick values from a blood glucose meter, entered to calibrate the sensor: stored as meter
+ * readings, as LibreView's strip records are, with no Device (the export does not name the meter; the
+ * receiver only took the value). Every other event (insulin, carbs, exercise, health, device and
+ * alert events) is skipped. Timestamps are the receiver's local wall clock with no offset, so a time
+ * zone is needed (the `timeZone` option, as for LibreView).
  *
  * The rows without a timestamp hold the patient's name and date of birth: they are not records. They
  * are passed over unread (no cell of them is kept), never counted, reported or put in a message.
@@ -30,8 +32,8 @@ interface Columns {
   unit: GlucoseUnit;
 }
 
-/** Event types of Clarity exports that are not sensor readings, named in skip messages (anything else is not echoed). */
-const OTHER_EVENTS = new Set(['calibration', 'insulin', 'carbs', 'exercise', 'health', 'device', 'alert', 'notes', 'note']);
+/** Event types of Clarity exports that are not glucose, named in skip messages (anything else is not echoed). */
+const OTHER_EVENTS = new Set(['insulin', 'carbs', 'exercise', 'health', 'device', 'alert', 'notes', 'note']);
 
 export async function* parseDexcomClarity(chunks: AsyncIterable<string>, ctx: ParserContext, delimiter: string): AsyncGenerator<ParserItem> {
   const csv = parse({ delimiter, record_delimiter: ['\r\n', '\n', '\r'], relax_column_count: true, skip_empty_lines: true, info: true, bom: true, trim: true });
@@ -85,19 +87,20 @@ function headerColumns(cells: string[]): Columns | undefined {
 
 function toItem(cells: string[], pos: { record: number; line: number }, type: string, stamp: string, cols: Columns,
   decimalComma: boolean): ParserItem | LocalReading {
-  if (type !== 'egv') {
+  if (type !== 'egv' && type !== 'calibration') {
     const named = OTHER_EVENTS.has(type) ? `event type ${JSON.stringify((cells[cols.eventType] ?? '').trim())}` : 'an unrecognised event type';
-    const why = type === 'calibration' ? 'a fingerstick calibration, not a sensor reading' : 'not a sensor reading';
-    return skip(pos, 'unsupported-record-type', `${where(pos)}: ${named} is ${why}`);
+    return skip(pos, 'unsupported-record-type', `${where(pos)}: ${named} is not a glucose reading`);
   }
+  const meter = type === 'calibration';
   const parsed = parseIso(stamp);
   if (!parsed) return reject(pos, 'invalid-timestamp', `${where(pos)}: invalid Timestamp`);
   const raw = (cells[cols.glucose] ?? '').trim();
-  if (raw === '') return reject(pos, 'missing-value', `${where(pos)}: no glucose value`);
+  if (raw === '') return reject(pos, 'missing-value', `${where(pos)}: no ${meter ? 'calibration ' : ''}glucose value`);
+  const range = meter ? 'meter' : 'sensor';
   let absent: AbsentReason | undefined;
   let value: number | undefined;
-  if (/^high$/i.test(raw)) absent = { code: 'positive-infinity', text: 'Above the sensor measurement range (High)' };
-  else if (/^low$/i.test(raw)) absent = { code: 'negative-infinity', text: 'Below the sensor measurement range (Low)' };
+  if (/^high$/i.test(raw)) absent = { code: 'positive-infinity', text: `Above the ${range} measurement range (High)` };
+  else if (/^low$/i.test(raw)) absent = { code: 'negative-infinity', text: `Below the ${range} measurement range (Low)` };
   else {
     const normalised = decimalComma ? raw.replace(',', '.') : raw;
     value = /^[+-]?\d+(\.\d+)?$/.test(normalised) ? Number(normalised) : undefined;
@@ -109,20 +112,23 @@ function toItem(cells: string[], pos: { record: number; line: number }, type: st
   const deviceId = transmitter || sourceDevice || 'dexcom';
   const build = (epochMs: number, offsetMinutes: number): ParserItem => glucoseRecord(pos, {
     source: 'dexcom-clarity',
-    method: 'cgm',
+    method: meter ? 'smbg' : 'cgm',
     deviceId,
     deviceName: `Dexcom ${generation ? `G${generation}` : 'CGM'}`,
     ...(transmitter ? { serialNumber: transmitter } : {}),
+    // The meter a calibration came from is not in the export: the reading gets no Device (fhir.ts deviceRole).
+    ...(meter ? { deviceNamed: false } : {}),
     epochMs,
     offsetMinutes,
     unit: cols.unit,
     ...(absent ? { absent } : { value }),
   });
   if (parsed.offsetMinutes !== undefined) return build(parsed.epochMs, parsed.offsetMinutes);
-  // The receiver's wall clock: an instant only in the patient's zone.
-  const clock = cols.transmitterTime >= 0 ? (cells[cols.transmitterTime] ?? '').trim() : '';
+  // The receiver's wall clock: an instant only in the patient's zone. Calibrations are entered now and
+  // then, a run apart from the transmitter's readings, and carry no transmitter time.
+  const clock = cols.transmitterTime >= 0 && !meter ? (cells[cols.transmitterTime] ?? '').trim() : '';
   return {
-    type: 'local', pos, wallMs: parsed.epochMs, series: deviceId, build,
+    type: 'local', pos, wallMs: parsed.epochMs, series: meter ? `${deviceId}\u0000calibration` : deviceId, build,
     ...(/^\d+$/.test(clock) ? { sequence: Number(clock) } : {}),
   };
 }

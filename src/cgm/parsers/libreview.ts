@@ -1,8 +1,10 @@
 /**
  * Abbott LibreView "Glucose Data" CSV export: an optional metadata line (`Glucose Data,Generated on,
  * …`), then a header (`Device,Serial Number,Device Timestamp,Record Type,Historic Glucose mg/dL,Scan
- * Glucose mg/dL,…`). Record type 0 (historic, every 15 min) and 1 (scan) are sensor glucose; other
- * types (strip, insulin, food, notes…) are skipped. Timestamps are the reader's local wall clock with
+ * Glucose mg/dL,…,Strip Glucose mg/dL,…`) in the account's language (libreview-columns.ts). Record
+ * type 0 (historic, every 15 min) and 1 (scan) are sensor glucose; 2 (strip) is a fingerstick value
+ * measured by the reader's built-in blood glucose meter, stored as a meter reading; other types
+ * (ketone, insulin, food, notes…) are skipped. Timestamps are the reader's local wall clock with
  * no offset, so a time zone is needed; the day/month order (DD-MM-YYYY vs MM-DD-YYYY) is decided from
  * the data (a day above 12), with the metadata's "Generated on" date as a second clue.
  */
@@ -12,6 +14,7 @@ import { CgmInputError } from '../json-stream.js';
 import { wallToUtcMs, type WallClock } from '../time.js';
 import type { AbsentReason, GlucoseUnit } from '../types.js';
 import { csvProblem, glucoseRecord, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
+import { expectedHeaders, findColumn, headerLanguage, languagesRead } from './libreview-columns.js';
 import { LocalTimes, type LocalReading } from './local-times.js';
 
 /** Rows held back while the day/month order is still open; past this the fallback order is used. */
@@ -24,7 +27,12 @@ interface Columns {
   type: number;
   historic: number;
   scan: number;
+  /** -1 when the export has no strip column, or its language's name for it is not known (`stripNamed` false). */
+  strip: number;
+  stripNamed: boolean;
   unit: GlucoseUnit;
+  stripUnit: GlucoseUnit;
+  language: string;
 }
 
 interface Row {
@@ -67,7 +75,7 @@ export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: Parser
           metadataDate = metadataDayMonth(cells);
           continue;
         }
-        throw new CgmInputError(`line ${line}: no LibreView header (expected "Device Timestamp" and "Record Type" columns, or the German "Gerätezeitstempel" and "Aufzeichnungstyp")`, line);
+        throw new CgmInputError(`line ${line}: ${NO_HEADER}`, line);
       }
       record++;
       const row: Row = { cells, line, record };
@@ -103,7 +111,7 @@ export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: Parser
     const line = (err as { lines?: number }).lines;
     throw new CgmInputError(`${line ? `line ${line}: ` : ''}malformed CSV (${csvProblem(err)})`, line);
   }
-  if (!columns) throw new CgmInputError('no LibreView header found (expected "Device Timestamp" and "Record Type" columns, or the German "Gerätezeitstempel" and "Aufzeichnungstyp")');
+  if (!columns) throw new CgmInputError(NO_HEADER);
   if (held.length) {
     order ??= fallbackOrder(ctx, metadataDate, twelveHour);
     for (const h of held) yield* emit(h);
@@ -127,21 +135,28 @@ function fallbackOrder(ctx: ParserContext, metadataDate: [number, number] | unde
   return order;
 }
 
+/** Why a file is not read as LibreView: its header is missing or in a language not read. */
+const NO_HEADER = `no LibreView header in a language GlucoGuard reads (${languagesRead()}): expected the columns ${expectedHeaders()}; `
+  + 'an export in another language is not read — export it from a LibreView account set to one of these languages';
+
 /**
- * Columns by their names, in English or German (`Gerät`, `Seriennummer`, `Gerätezeitstempel`,
- * `Aufzeichnungstyp`, `Glukosewert-Verlauf mg/dL`, `Glukose-Scan mg/dL`: LibreView's German export).
- * Other languages are not recognised: their header is not found, and the import says so.
+ * Columns by their names in the header's language (libreview-columns.ts). The unit of each glucose
+ * column is the one in its name.
  */
 function headerColumns(cells: string[]): Columns | undefined {
-  const find = (re: RegExp): number => cells.findIndex((c) => re.test(c));
-  const timestamp = find(/^(device timestamp|gerätezeitstempel)$/i);
-  const type = find(/^(record type|aufzeichnungstyp)$/i);
-  if (timestamp < 0 || type < 0) return undefined;
-  const historic = find(/^(historic glucose|glukosewert-verlauf)/i);
-  const scan = find(/^(scan glucose|glukose-scan)/i);
-  const unitText = cells[historic >= 0 ? historic : scan] ?? '';
-  const unit: GlucoseUnit = /mmol/i.test(unitText) ? 'mmol/L' : 'mg/dL';
-  return { device: find(/^(device|gerät)$/i), serial: find(/^(serial number|seriennummer)$/i), timestamp, type, historic, scan, unit };
+  const lang = headerLanguage(cells);
+  if (!lang) return undefined;
+  const historic = findColumn(cells, lang.historic, true);
+  const scan = findColumn(cells, lang.scan, true);
+  const strip = lang.strip.length ? findColumn(cells, lang.strip, true) : -1;
+  const unitOf = (column: number, fallback: GlucoseUnit = 'mg/dL'): GlucoseUnit =>
+    column < 0 ? fallback : /mmol/i.test(cells[column] ?? '') ? 'mmol/L' : 'mg/dL';
+  const unit = unitOf(historic >= 0 ? historic : scan);
+  return {
+    device: findColumn(cells, lang.device), serial: findColumn(cells, lang.serial),
+    timestamp: findColumn(cells, lang.timestamp), type: findColumn(cells, lang.recordType),
+    historic, scan, strip, stripNamed: lang.strip.length > 0, unit, stripUnit: unitOf(strip, unit), language: lang.language,
+  };
 }
 
 const STAMP_RE = /^(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})[ T](\d{1,2}):(\d{2})(?::(\d{2}))?\s*([AaPp][Mm])?$/;
@@ -167,22 +182,33 @@ function metadataDayMonth(cells: string[]): [number, number] | undefined {
   return undefined;
 }
 
+/** Record types that carry glucose: the column each reads, and what it is. */
+const GLUCOSE_TYPES: Record<string, { column: 'historic' | 'scan' | 'strip'; label: string; method: 'cgm' | 'smbg' }> = {
+  0: { column: 'historic', label: 'historic', method: 'cgm' },
+  1: { column: 'scan', label: 'scan', method: 'cgm' },
+  2: { column: 'strip', label: 'strip', method: 'smbg' },
+};
+
 function toItem(row: Row, cols: Columns, order: 'DMY' | 'MDY', decimalComma: boolean): ParserItem | LocalReading {
   const pos = { record: row.record, line: row.line };
   const type = (row.cells[cols.type] ?? '').trim();
-  if (type !== '0' && type !== '1') {
-    return skip(pos, 'unsupported-record-type', `${where(pos)}: record type ${JSON.stringify(type)} is not sensor glucose`);
+  const kind = Object.hasOwn(GLUCOSE_TYPES, type) ? GLUCOSE_TYPES[type]! : undefined;
+  if (!kind) return skip(pos, 'unsupported-record-type', `${where(pos)}: record type ${JSON.stringify(type)} is not glucose`);
+  const column = cols[kind.column];
+  if (kind.column === 'strip' && !cols.stripNamed) {
+    // A strip value whose column this language's header does not name (libreview-columns.ts): said, not guessed.
+    return skip(pos, 'unsupported-record-type', `${where(pos)}: record type "2" (strip glucose) not read: no strip glucose column known in a ${cols.language} header`);
   }
   const wall = parseStamp(row.cells[cols.timestamp] ?? '', order);
   const wallMs = wall ? wallToUtcMs(wall) : undefined;
   if (wallMs === undefined) return reject(pos, 'invalid-timestamp', `${where(pos)}: invalid Device Timestamp`);
-  const column = type === '0' ? cols.historic : cols.scan;
   const raw = column >= 0 ? (row.cells[column] ?? '').trim() : '';
-  if (raw === '') return reject(pos, 'missing-value', `${where(pos)}: no ${type === '0' ? 'historic' : 'scan'} glucose value`);
+  if (raw === '') return reject(pos, 'missing-value', `${where(pos)}: no ${kind.label} glucose value`);
+  const range = kind.method === 'cgm' ? 'sensor' : 'meter';
   let absent: AbsentReason | undefined;
   let value: number | undefined;
-  if (/^(hi|high)$/i.test(raw)) absent = { code: 'positive-infinity', text: 'Above the sensor measurement range (HI)' };
-  else if (/^(lo|low)$/i.test(raw)) absent = { code: 'negative-infinity', text: 'Below the sensor measurement range (LO)' };
+  if (/^(hi|high)$/i.test(raw)) absent = { code: 'positive-infinity', text: `Above the ${range} measurement range (HI)` };
+  else if (/^(lo|low)$/i.test(raw)) absent = { code: 'negative-infinity', text: `Below the ${range} measurement range (LO)` };
   else {
     const normalised = decimalComma ? raw.replace(',', '.') : raw;
     value = /^[+-]?\d+(\.\d+)?$/.test(normalised) ? Number(normalised) : undefined;
@@ -195,17 +221,19 @@ function toItem(row: Row, cols: Columns, order: 'DMY' | 'MDY', decimalComma: boo
     type: 'local',
     pos,
     wallMs,
-    // Historic readings (every 15 min) and scans (when the patient scans) are two runs of one clock.
+    // Historic readings (every 15 min), scans and strips (when the patient takes them) are separate runs of one clock.
     series: `${deviceId}\u0000${type}`,
     build: (epochMs, offsetMinutes) => glucoseRecord(pos, {
       source: 'libreview',
-      method: 'cgm',
+      method: kind.method,
       deviceId,
       deviceName,
       ...(serial ? { serialNumber: serial } : {}),
+      // A strip is read by the reader the row names (its built-in meter): the meter is named.
+      ...(kind.method === 'smbg' ? { deviceNamed: true } : {}),
       epochMs,
       offsetMinutes,
-      unit: cols.unit,
+      unit: kind.column === 'strip' ? cols.stripUnit : cols.unit,
       ...(absent ? { absent } : { value }),
     }),
   };

@@ -2,7 +2,7 @@ import { createReadStream, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, test } from '@jest/globals';
 import {
-  CgmInputError, detectFormat, openCgm, readCgm, rejectionError,
+  CgmInputError, detectFormat, deviceRole, metricReadingsFromRecords, openCgm, readCgm, rejectionError, toResources,
   type BasalRecord, type BolusRecord, type CgmRecord, type GlucoseRecord,
 } from '../../../src/cgm/index.js';
 import { isGlucoGuardError } from '../../../src/errors.js';
@@ -193,6 +193,96 @@ describe('LibreView CSV', () => {
     expect(glucose(eu.records)[0]!.time).toBe('2024-01-11T08:00:00Z');
   });
 
+  test('record type 2 (strip) is a meter reading from the reader\'s built-in meter: its own column and unit, the reader named, not a sensor reading', async () => {
+    const { accepted, records, summary } = await readCgm(fixture('libreview-strip-mgdl.csv'), { timeZone: 'Europe/Paris', now: NOW });
+    expect(accepted).toBe(true);
+    const meter = glucose(records).filter((r) => r.method === 'smbg');
+    expect(meter).toEqual([
+      expect.objectContaining({
+        source: 'libreview', unit: 'mg/dL', value: 112, mgdl: 112, time: '2024-04-14T08:00:00+02:00', line: 5,
+        deviceName: 'FreeStyle Libre 2', serialNumber: '5D6E7F80-2222-4333-8444-555566667777', deviceNamed: true,
+      }),
+      expect.objectContaining({ absent: { code: 'positive-infinity', text: 'Above the meter measurement range (HI)' }, line: 8 }),
+    ]);
+    expect(deviceRole(meter[0]!)).toBe('meter');
+    // the historic reading at the same minute is a different reading, not a duplicate
+    expect(glucose(records).filter((r) => r.method === 'cgm').map((r) => r.value)).toEqual([98, 104, 109, 111, 187, 176]);
+    expect(summary).toMatchObject({ read: 9, converted: 8, skipped: 1, rejected: 0 });
+    expect(summary.issues).toEqual([expect.objectContaining({ reason: 'unsupported-record-type', line: 9, message: 'record 7 (line 9): record type "3" is not glucose' })]);
+    // metrics take the sensor readings only
+    const metric = metricReadingsFromRecords(records);
+    expect(metric.map((m) => m.mgdl)).toEqual([98, 104, 109, 111, 187, 176]);
+    // stored with the capillary code, referencing a meter Device (no cgm-device profile) that names the reader
+    const entries = toResources(meter, { patient: 'Patient/p1' });
+    const device = entries.find((e) => e.resource.resourceType === 'Device')!;
+    expect(device.resource).toMatchObject({ deviceName: [{ name: 'FreeStyle Libre 2' }], serialNumber: '5D6E7F80-2222-4333-8444-555566667777' });
+    expect((device.resource as { meta?: unknown }).meta).toBeUndefined();
+    const obs = entries.filter((e) => e.resource.resourceType === 'Observation');
+    expect(obs.map((e) => (e.resource as { code: { coding: { code: string }[] } }).code.coding[0]!.code)).toEqual(['41653-7', '41653-7']);
+    expect(obs.every((e) => (e.resource as { device?: { reference?: string } }).device?.reference === device.fullUrl)).toBe(true);
+  });
+
+  test('a strip row without a value is rejected with its line, as a historic or scan row is', async () => {
+    const text = ['Device,Serial Number,Device Timestamp,Record Type,Historic Glucose mg/dL,Scan Glucose mg/dL,Strip Glucose mg/dL',
+      'FreeStyle Libre 2,0F1E,2024-03-01 08:00,0,101,,', 'FreeStyle Libre 2,0F1E,2024-03-01 08:05,2,,,'].join('\n');
+    const { accepted, summary } = await readCgm({ text }, { now: NOW });
+    expect(accepted).toBe(false);
+    expect(summary.issues).toEqual([expect.objectContaining({ reason: 'missing-value', line: 3, message: 'record 2 (line 3): no strip glucose value' })]);
+    // a header without the strip column: the strip row has no value either
+    const noColumn = text.replace(',Strip Glucose mg/dL', '').replace(',101,,', ',101,').replace(',2,,,', ',2,,');
+    expect((await readCgm({ text: noColumn }, { now: NOW })).summary.issues).toEqual([expect.objectContaining({ reason: 'missing-value', line: 3 })]);
+  });
+
+  test('a Dutch export (Tijdstempel apparaat, Gegevenstype, mmol/l) is detected and read, its strip column too', async () => {
+    const text = readFileSync(fixture('libreview-dutch-mmol.csv'), 'utf8');
+    expect(detectFormat(text)).toEqual({ format: 'libreview', delimiter: ',' });
+    const { accepted, records, summary } = await readCgm(fixture('libreview-dutch-mmol.csv'), { timeZone: 'Europe/Amsterdam', now: NOW });
+    expect(accepted).toBe(true);
+    const g = glucose(records);
+    expect(g.map((r) => [r.method, r.value, r.unit, r.time])).toEqual([
+      ['cgm', 5.9, 'mmol/L', '2024-05-20T07:00:00+02:00'], ['cgm', 6.2, 'mmol/L', '2024-05-20T07:15:00+02:00'],
+      ['cgm', 6.4, 'mmol/L', '2024-05-20T07:20:00+02:00'], ['smbg', 6.8, 'mmol/L', '2024-05-20T07:22:00+02:00'],
+      ['cgm', 6.6, 'mmol/L', '2024-05-20T07:30:00+02:00'],
+    ]);
+    expect(g[0]).toMatchObject({ deviceName: 'FreeStyle Libre', serialNumber: '0A1B2C3D-9999-4888-8777-666655554444' });
+    expect(summary).toMatchObject({ format: 'libreview', detected: true, read: 6, converted: 5, skipped: 1, rejected: 0 });
+  });
+
+  test('a Spanish export (Marca de hora del dispositivo, Tipo de registro) is read; a strip row, whose Spanish column is not known, is skipped and says why', async () => {
+    const text = ['Dispositivo,Número de serie,Marca de hora del dispositivo,Tipo de registro,Historial de glucosa mg/dL,Escanear glucosa mg/dL',
+      'FreeStyle LibreLink,7C8D9E0F-1234-4567-89AB-CDEF01234567,13-05-2024 08:00,0,101,',
+      'FreeStyle LibreLink,7C8D9E0F-1234-4567-89AB-CDEF01234567,13-05-2024 08:15,0,107,',
+      'FreeStyle LibreLink,7C8D9E0F-1234-4567-89AB-CDEF01234567,13-05-2024 08:20,1,,110',
+      'FreeStyle LibreLink,7C8D9E0F-1234-4567-89AB-CDEF01234567,13-05-2024 08:25,2,,'].join('\n');
+    expect(detectFormat(text)?.format).toBe('libreview');
+    const { accepted, records, summary } = await readCgm({ text }, { timeZone: 'Europe/Madrid', now: NOW });
+    expect(accepted).toBe(true);
+    expect(glucose(records).map((r) => [r.method, r.value, r.time])).toEqual([
+      ['cgm', 101, '2024-05-13T08:00:00+02:00'], ['cgm', 107, '2024-05-13T08:15:00+02:00'], ['cgm', 110, '2024-05-13T08:20:00+02:00'],
+    ]);
+    expect(summary.issues).toEqual([expect.objectContaining({
+      kind: 'skipped', reason: 'unsupported-record-type', line: 5,
+      message: 'record 4 (line 5): record type "2" (strip glucose) not read: no strip glucose column known in a Spanish header',
+    })]);
+  });
+
+  test('a LibreView export in a language not read is refused naming the languages and columns expected, never read as zero readings', async () => {
+    // A French-looking header (not a confirmed LibreView translation): any language not in libreview-columns.ts.
+    const text = ['Appareil,Numéro de série,Horodatage de l\'appareil,Type d\'enregistrement,Historique de la glycémie mg/dL',
+      'FreeStyle LibreLink,7C8D9E0F-1234-4567-89AB-CDEF01234567,13-05-2024 08:00,0,101',
+      'FreeStyle LibreLink,7C8D9E0F-1234-4567-89AB-CDEF01234567,13-05-2024 08:15,0,107'].join('\n');
+    const expected = /"Device Timestamp" and "Record Type" \(English\), "Gerätezeitstempel" and "Aufzeichnungstyp" \(German\), "Marca de hora del dispositivo" and "Tipo de registro" \(Spanish\), "Tijdstempel apparaat" and "Gegevenstype" \(Dutch\)/;
+    // detected: the rows name a FreeStyle Libre, so the refusal says it is a LibreView export in another language
+    const detected = await openCgm({ text }).catch((e: Error) => e);
+    expect(detected).toMatchObject({ code: 'ERR_INVALID', message: expect.stringMatching(/^this looks like a LibreView export, but its column names are not in a language GlucoGuard reads \(English, German, Spanish or Dutch\)/) });
+    expect((detected as Error).message).toMatch(expected);
+    // given as libreview: the parser names the line and the same expectation
+    const given = await readCgm({ text }, { format: 'libreview', now: NOW }).catch((e: Error) => e);
+    expect(given).toBeInstanceOf(CgmInputError);
+    expect((given as Error).message).toMatch(/^line 2: no LibreView header in a language GlucoGuard reads \(English, German, Spanish or Dutch\)/);
+    expect((given as Error).message).toMatch(expected);
+  });
+
   test('a CSV without the LibreView header names the line', async () => {
     await expect(readCgm({ text: 'Glucose Data,Generated on\nfoo,bar\nDevice,Serial Number,Device Timestamp,Record Type\n' }, { format: 'libreview' }))
       .rejects.toThrow(/line 2: no LibreView header/);
@@ -209,7 +299,7 @@ describe('Dexcom Clarity CSV', () => {
   test('EGV rows are sensor readings at the receiver\'s wall clock in the given zone, High/Low beyond the sensor range', async () => {
     const { accepted, records, summary } = await readCgm(fixture('dexcom-clarity-mgdl.csv'), { timeZone: 'America/Los_Angeles', now: NOW });
     expect(accepted).toBe(true);
-    const g = glucose(records);
+    const g = glucose(records).filter((r) => r.method === 'cgm');
     expect(g.map((r) => r.time)).toEqual([
       '2024-03-10T01:45:00-08:00', '2024-03-10T01:50:00-08:00', '2024-03-10T01:55:00-08:00',
       '2024-03-10T03:05:00-07:00', // 02:05 does not exist (spring forward): moved forward by the gap
@@ -222,18 +312,43 @@ describe('Dexcom Clarity CSV', () => {
     expect(g[2]).toMatchObject({ absent: { code: 'positive-infinity' } });
     expect(g[2]!.value).toBeUndefined();
     expect(g[4]).toMatchObject({ absent: { code: 'negative-infinity' }, line: 13 });
-    expect(summary).toMatchObject({ format: 'dexcom-clarity', detected: true, read: 13, converted: 6, skipped: 7, rejected: 0 });
+    // 6 EGVs and the calibration (a meter reading) converted; 6 other events skipped
+    expect(summary).toMatchObject({ format: 'dexcom-clarity', detected: true, read: 13, converted: 7, skipped: 6, rejected: 0 });
     expect(summary.timeZone).toEqual({ zone: 'America/Los_Angeles', from: 'option' });
     expect(summary.dstAdjusted).toEqual({ nonexistent: 1, ambiguous: 0, resolvedByOrder: 0, resolvedBySequence: 0 });
   });
 
-  test('calibrations, insulin, carbs, exercise, health, device and alert events are skipped and named', async () => {
+  test('a Calibration row is a fingerstick meter reading: stored as one (smbg), with no Device, never as a sensor reading', async () => {
+    const { records } = await readCgm(fixture('dexcom-clarity-mgdl.csv'), { timeZone: 'America/Los_Angeles', now: NOW });
+    const meter = glucose(records).filter((r) => r.method === 'smbg');
+    expect(meter).toEqual([expect.objectContaining({
+      source: 'dexcom-clarity', method: 'smbg', unit: 'mg/dL', value: 130, mgdl: 130, time: '2024-03-10T03:10:00-07:00',
+      deviceNamed: false, record: 5, line: 12,
+    })]);
+    // the meter is not named in the export: no Device, and no sensor reading at that time
+    expect(deviceRole(meter[0]!)).toBeUndefined();
+    const [entry] = toResources(meter, { patient: 'Patient/p1' });
+    expect(entry!.resource).toMatchObject({ resourceType: 'Observation', code: { coding: [{ system: 'http://loinc.org', code: '41653-7' }] } });
+    expect((entry!.resource as { meta?: unknown }).meta).toBeUndefined(); // no CGM IG profile
+    expect(metricReadingsFromRecords(records)).toHaveLength(6); // the six EGVs (High and Low included), not the calibration
+    expect(metricReadingsFromRecords(records).some((m) => m.epochMs === meter[0]!.epochMs)).toBe(false);
+  });
+
+  test('insulin, carbs, exercise, health, device and alert events are skipped and named', async () => {
     const { summary } = await readCgm(fixture('dexcom-clarity-mgdl.csv'), { timeZone: 'America/Los_Angeles', now: NOW });
-    expect(summary.skippedByReason).toEqual({ 'unsupported-record-type': 7 });
+    expect(summary.skippedByReason).toEqual({ 'unsupported-record-type': 6 });
     const skipped = summary.issues.filter((i) => i.kind === 'skipped');
-    expect(skipped.map((i) => i.line)).toEqual([12, 14, 15, 16, 17, 18, 19]);
-    expect(skipped[0]!.message).toBe('record 5 (line 12): event type "Calibration" is a fingerstick calibration, not a sensor reading');
-    expect(skipped.slice(1).map((i) => /event type "(\w+)"/.exec(i.message)?.[1])).toEqual(['Insulin', 'Carbs', 'Exercise', 'Health', 'Device', 'Alert']);
+    expect(skipped.map((i) => i.line)).toEqual([14, 15, 16, 17, 18, 19]);
+    expect(skipped[0]!.message).toBe('record 7 (line 14): event type "Insulin" is not a glucose reading');
+    expect(skipped.map((i) => /event type "(\w+)"/.exec(i.message)?.[1])).toEqual(['Insulin', 'Carbs', 'Exercise', 'Health', 'Device', 'Alert']);
+  });
+
+  test('a calibration without a value is rejected like any reading without one', async () => {
+    const text = ['Timestamp (YYYY-MM-DDThh:mm:ss),Event Type,Glucose Value (mg/dL),Transmitter ID',
+      '2024-03-01T00:15:00,EGV,102,8AB12C', '2024-03-01T00:17:00,Calibration,,8AB12C'].join('\n');
+    const { accepted, summary } = await readCgm({ text }, { timeZone: 'UTC', now: NOW });
+    expect(accepted).toBe(false);
+    expect(summary.issues).toEqual([expect.objectContaining({ kind: 'rejected', reason: 'missing-value', line: 3, message: 'record 2 (line 3): no calibration glucose value' })]);
   });
 
   test('the patient, device and alert-setting rows are not records: nothing of them is in the records or the report', async () => {
@@ -251,7 +366,7 @@ describe('Dexcom Clarity CSV', () => {
 
   test('a mmol/L export without the Index column and with an extra column is mapped by header name', async () => {
     const { records, summary } = await readCgm(fixture('dexcom-clarity-mmol.csv'), { timeZone: 'Europe/Berlin', now: NOW });
-    const g = glucose(records);
+    const g = glucose(records).filter((r) => r.method === 'cgm');
     expect(g.map((r) => r.time)).toEqual([
       // overlap, not placed: no step back, and Transmitter Time disagrees with the readings around it — the earlier instant
       '2024-10-27T01:50:00+02:00', '2024-10-27T02:20:00+02:00', '2024-10-27T02:50:00+02:00',
@@ -261,7 +376,9 @@ describe('Dexcom Clarity CSV', () => {
     expect(g[0]!.mgdl).toBeCloseTo(5.4 * 18.01559, 6);
     expect(g[2]).toMatchObject({ absent: { code: 'positive-infinity' }, unit: 'mmol/L' });
     expect(g[4]).toMatchObject({ absent: { code: 'negative-infinity' } });
-    expect(summary).toMatchObject({ read: 6, converted: 5, skipped: 1, rejected: 0, dstAdjusted: { nonexistent: 0, ambiguous: 2, resolvedByOrder: 0, resolvedBySequence: 0 } });
+    // the calibration (5.0 mmol/L) is a meter reading in the export's unit
+    expect(glucose(records).filter((r) => r.method === 'smbg')).toEqual([expect.objectContaining({ unit: 'mmol/L', value: 5.0, time: '2024-10-27T03:10:00+01:00', line: 10 })]);
+    expect(summary).toMatchObject({ read: 6, converted: 6, skipped: 0, rejected: 0, dstAdjusted: { nonexistent: 0, ambiguous: 2, resolvedByOrder: 0, resolvedBySequence: 0 } });
   });
 
   test('without a zone option the default zone is used and the summary says so', async () => {
