@@ -10,6 +10,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig } from '../../../src/config.js';
 import { PACKAGE_ROOT } from '../../../src/paths.js';
+import { MAX_HEADER_BYTES } from '../../../src/server.js';
 import { tempDir } from '../../support/app.js';
 
 const DOCKER = path.join(PACKAGE_ROOT, 'docker');
@@ -73,5 +74,10 @@ describe('docker/compose.yaml proxies and nginx', () => {
     expect(nginx).toMatch(/proxy_set_header X-Forwarded-Proto \$scheme;/);
     const trust = /GLUCOGUARD_TRUST_PROXY: (\S+)/.exec(compose)![1]!;
     expect(loadConfig({ GLUCOGUARD_TRUST_PROXY: trust }).trustProxy).not.toBe(false);
+  });
+
+  test('nginx passes request lines and headers as long as the replicas take (a long search\'s page links)', () => {
+    const [, , size, unit] = /large_client_header_buffers (\d+) (\d+)([km]?);/.exec(nginx)!;
+    expect(Number(size) * ({ '': 1, k: 1024, m: 1024 ** 2 } as Record<string, number>)[unit!]!).toBeGreaterThanOrEqual(MAX_HEADER_BYTES);
   });
 });
