@@ -19,8 +19,9 @@ import { parseAllowEntry } from './endpoint.js';
  * - GLUCOGUARD_SUBSCRIPTION_DIGEST_MS: period of digest Subscriptions (default one day);
  * - GLUCOGUARD_SUBSCRIPTION_HEARTBEAT_MIN: shortest `backport-heartbeat-period` accepted, in
  *   seconds (default 60; a shorter one is refused with 422);
- * - GLUCOGUARD_SUBSCRIPTION_POLL_MS: how often a server looks for versions other processes (the
- *   `glucoguard ingest` CLI) committed to the same data directory, to notify them (default 1000).
+ * - GLUCOGUARD_SUBSCRIPTION_POLL_MS: how often the delivering server looks for versions other
+ *   processes (the `glucoguard ingest` CLI) committed to the same data directory, to notify them,
+ *   and for Subscriptions created, changed or deleted through another process (default 1000).
  */
 export interface ExchangeSettings {
   retryAfterSeconds: number;

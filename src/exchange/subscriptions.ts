@@ -25,13 +25,17 @@
  *
  * Versions written by other processes on the same data directory (`glucoguard ingest`) are found
  * in the commitment store every GLUCOGUARD_SUBSCRIPTION_POLL_MS and notified like the server's own.
- * Only one process delivers (the lease in subscription-store.ts); the others stay passive.
+ * Only one process delivers (the lease in subscription-store.ts); the others stay passive: they
+ * store the Subscriptions written through them and answer `$status`/`$events` from the store, and
+ * the holder, at the same poll, takes up every Subscription another process created, updated or
+ * deleted (the store's definitions counter moved, a row's revision changed).
  *
  * Daily digest (channel extension DIGEST_EXTENSION, valueCode `daily`; readings topic): instead
  * of a notification per write, once per GLUCOGUARD_SUBSCRIPTION_DIGEST_MS the readings stored
  * since the last digest are read through the policy and guards and sent as one Bundle — the daily
- * push to a study server that a research consent asks for. A digest that cannot be delivered is
- * gathered again (and numbered again) at the next one.
+ * push to a study server that a research consent asks for. Its events are numbered when the digest
+ * gathers them; one that cannot be delivered is sent again with the next digest under the numbers
+ * and timestamps it was given (from the event log), never numbered again.
  *
  * The Subscription resource lives in the repository (GET works for in-process/admin access; for a
  * consent-limited requester a Subscription has no patient link, so reads are withheld — use
@@ -56,7 +60,7 @@ import { researchContextOf, type StudyDeidentifiers } from './research.js';
 import type { ExchangeSettings } from './settings.js';
 import { channelHeaders, digestOf, endOf, filterPatient, headerProblem, heartbeatOf, payloadContent } from './subscription-rules.js';
 import { leaseOwner } from '../lease-owner.js';
-import { SubscriptionStore, type LoggedEvent } from './subscription-store.js';
+import { EVENT_LOG_KEEP, SubscriptionStore, type LoggedEvent, type StoredRow } from './subscription-store.js';
 import type { NotifyingRepository, WrittenVersion } from './write-events.js';
 
 const CGM_IG = 'http://hl7.org/fhir/uv/cgm/StructureDefinition/';
@@ -87,6 +91,8 @@ export type SubscriptionStatus = 'requested' | 'active' | 'error' | 'off';
 /** Delivery state of one Subscription. */
 export interface SubscriptionState {
   id: string;
+  /** Revision of the definition (the store's, set when the row is read or written). */
+  rev: number;
   owner: string;
   access: StoredAccess;
   topic: string;
@@ -109,8 +115,13 @@ export interface SubscriptionState {
   unusable?: string;
   /** Daily digest: matching data is gathered and sent once per period instead of per write. */
   digest?: 'daily';
-  /** End of the window the last digest covered. */
+  /** End of the window the last digest covered (its readings are numbered, delivered or not). */
   lastDigestAt?: string;
+  /**
+   * Digest: the events up to this number were delivered or withheld; later ones are owed and go
+   * with the next digest under their numbers. Absent: nothing owed.
+   */
+  digestSentThrough?: number;
 }
 
 /** Where the versions of every process sharing the data directory are listed, in write order (the ledger's commitment store). */
@@ -182,6 +193,14 @@ export class SubscriptionService {
   /** Commitments up to this seq have been looked at. */
   private highWater = 0;
   private polling = false;
+  /** The store's definitions counter when the states were last compared with the rows. */
+  private definitionsSeen = 0;
+  private refreshing = false;
+  private refreshAgain = false;
+  /** Rows already reported as unreadable (`id rev`), so a passive process's reloads do not repeat it. */
+  private readonly unreadable = new Set<string>();
+  /** The digest run in progress per Subscription: runs follow each other, so owed events go once. */
+  private readonly digestRuns = new Map<string, Promise<void>>();
   private unsubscribe: (() => void) | undefined;
   private digestTimer: NodeJS.Timeout | undefined;
   private tickTimer: NodeJS.Timeout | undefined;
@@ -234,11 +253,11 @@ export class SubscriptionService {
   }
 
   list(): SubscriptionState[] {
-    return [...this.states.values()];
+    return this.viewAll();
   }
 
   get(id: string): SubscriptionState | undefined {
-    return this.states.get(id);
+    return this.view(id);
   }
 
   /** Whether this process delivers notifications (holds the lease). */
@@ -250,20 +269,101 @@ export class SubscriptionService {
 
   /** Reads every stored row; one that cannot be parsed is logged and left alone. */
   private load(): void {
+    this.definitionsSeen = this.store.definitions();
     this.states.clear();
     for (const row of this.store.rows()) {
-      let state: SubscriptionState;
-      try {
-        state = JSON.parse(row.json) as SubscriptionState;
-        if (!state || typeof state !== 'object' || state.id !== row.id) throw new Error('not a subscription state');
-      } catch {
-        this.options.logger?.error({ subscription: row.id }, 'subscription: stored state cannot be read; it is ignored');
-        continue;
-      }
-      const problem = unusableReason(state);
-      if (problem) state.unusable = problem;
-      this.states.set(state.id, state);
+      const state = this.stateOfRow(row);
+      if (state) this.states.set(state.id, state);
     }
+  }
+
+  /** The state a stored row holds, marked unusable when it breaks a rule; undefined (logged once) when it cannot be read. */
+  private stateOfRow(row: StoredRow): SubscriptionState | undefined {
+    let state: SubscriptionState;
+    try {
+      state = JSON.parse(row.json) as SubscriptionState;
+      if (!state || typeof state !== 'object' || state.id !== row.id) throw new Error('not a subscription state');
+    } catch {
+      if (!this.unreadable.has(`${row.id} ${row.rev}`)) {
+        this.unreadable.add(`${row.id} ${row.rev}`);
+        this.options.logger?.error({ subscription: row.id }, 'subscription: stored state cannot be read; it is ignored');
+      }
+      return undefined;
+    }
+    state.rev = row.rev;
+    const problem = unusableReason(state);
+    if (problem) state.unusable = problem;
+    return state;
+  }
+
+  /**
+   * A Subscription as stored now. A passive process reads the store (the holder moves the delivery
+   * state, any process the definition); the holder's own states are the latest.
+   */
+  private view(id: string): SubscriptionState | undefined {
+    if (!this.active && !this.closed) {
+      const row = this.store.row(id);
+      const state = row && this.stateOfRow(row);
+      if (state) this.states.set(id, state);
+      else this.states.delete(id);
+    }
+    return this.states.get(id);
+  }
+
+  private viewAll(): SubscriptionState[] {
+    if (!this.active && !this.closed) this.load();
+    return [...this.states.values()];
+  }
+
+  /**
+   * Takes up what other processes did to Subscriptions (created, updated or deleted through them):
+   * a row at another revision than the state held replaces it and its delivery restarts, as in the
+   * process that wrote it; a state whose row is gone stops. A row at the revision held is this
+   * process's to keep (only the holder writes delivery state). Never throws on a bad row.
+   */
+  private refresh(): void {
+    // a state taken up may be written at once (set to error, turned off); a write that finds its row
+    // changed again asks for another look, taken after this one instead of inside it
+    if (this.refreshing) {
+      this.refreshAgain = true;
+      return;
+    }
+    this.refreshing = true;
+    try {
+      do {
+        this.refreshAgain = false;
+        this.takeUpRows();
+      } while (this.refreshAgain);
+    } finally {
+      this.refreshing = false;
+    }
+  }
+
+  private takeUpRows(): void {
+    this.definitionsSeen = this.store.definitions();
+    const rows = this.store.rows();
+    const stored = new Set(rows.map((r) => r.id));
+    for (const id of [...this.states.keys()]) {
+      if (!stored.has(id)) this.forget(id);
+    }
+    for (const row of rows) {
+      if (this.states.get(row.id)?.rev === row.rev) continue;
+      this.forget(row.id);
+      const state = this.stateOfRow(row);
+      if (!state) continue;
+      this.states.set(state.id, state);
+      this.options.logger?.info({ subscription: state.id, status: state.status }, 'subscription: written by another process; taken up');
+      if (this.active) this.startResume(state);
+    }
+  }
+
+  /** Stops delivering for a Subscription and drops its state (deleted, or replaced by a newer revision). */
+  private forget(id: string): void {
+    this.stopWorker(id);
+    const timer = this.endTimers.get(id);
+    if (timer) clearTimeout(timer);
+    this.endTimers.delete(id);
+    this.states.delete(id);
   }
 
   /** Renews or takes the lease; when held, looks for other processes' writes. Never throws. */
@@ -273,6 +373,7 @@ export class SubscriptionService {
       const held = this.store.holdLease(this.owner, LEASE_TTL_MS);
       if (held && !this.active) await this.activate();
       else if (!held && this.active) this.deactivate();
+      if (this.active && this.store.definitions() !== this.definitionsSeen) this.refresh();
       if (this.active) await this.pollCommitted();
     } catch (err) {
       this.options.logger?.warn({ err: (err as Error).message }, 'subscription: lease or poll failed; trying again');
@@ -283,28 +384,37 @@ export class SubscriptionService {
     this.active = true;
     this.load(); // what a process that delivered before wrote
     this.highWater = this.options.commitments?.lastSeq() ?? 0;
-    for (const state of this.states.values()) {
-      if (state.unusable) {
-        if (state.status !== 'error' || state.lastError !== `Subscription cannot be used: ${state.unusable}`) {
-          this.options.logger?.warn({ subscription: state.id, reason: state.unusable }, 'subscription: stored Subscription cannot be used; set to error');
-          await this.setStatus(state, 'error', `Subscription cannot be used: ${state.unusable}`);
-        }
-        continue;
-      }
-      if (state.status === 'off') continue;
-      if (this.expired(state)) {
-        await this.turnOff(state);
-        continue;
-      }
-      this.armEnd(state);
-      if (state.status === 'requested') this.startHandshake(state);
-      else this.startHeartbeat(state);
-    }
+    for (const state of [...this.states.values()]) await this.resume(state);
     this.digestTimer = setInterval(() => void this.runDigests(false).catch((err: unknown) => {
       this.options.logger?.warn({ err: (err as Error).message }, 'subscription: digest run failed');
     }), Math.min(this.options.settings.digestMs, 60_000));
     this.digestTimer.unref();
     this.options.logger?.info({ subscriptions: this.states.size }, 'subscriptions: this process delivers notifications');
+  }
+
+  /**
+   * Starts delivering for a stored Subscription as its status asks: an unusable one is set to
+   * error, an expired one off, a requested one gets its handshake, an active one its heartbeat.
+   */
+  private async resume(state: SubscriptionState): Promise<void> {
+    if (state.unusable) {
+      if (state.status !== 'error' || state.lastError !== `Subscription cannot be used: ${state.unusable}`) {
+        this.options.logger?.warn({ subscription: state.id, reason: state.unusable }, 'subscription: stored Subscription cannot be used; set to error');
+        await this.setStatus(state, 'error', `Subscription cannot be used: ${state.unusable}`);
+      }
+      return;
+    }
+    if (state.status === 'off') return;
+    if (this.expired(state)) return this.turnOff(state);
+    this.armEnd(state);
+    if (state.status === 'requested') this.startHandshake(state);
+    else this.startHeartbeat(state);
+  }
+
+  private startResume(state: SubscriptionState): void {
+    void this.resume(state).catch((err: unknown) => {
+      this.options.logger?.error({ subscription: state.id, err: (err as Error).message }, 'subscription: could not resume');
+    });
   }
 
   /** The lease went to another process (this one was paused past its expiry): stop delivering. */
@@ -378,33 +488,26 @@ export class SubscriptionService {
         const sub = await this.parse(req);
         const { resource } = await this.options.repository.create<Subscription>({ ...sub, status: 'requested' });
         const state = this.stateOf(resource, req.access);
-        this.save(state);
-        if (this.active) {
-          this.armEnd(state);
-          this.startHandshake(state);
-        }
+        this.define(state);
+        // a passive process leaves the handshake to the holder, which takes the row up at its next poll
+        if (this.active) this.startResume(state);
         return { status: 201, headers: { Location: `${this.options.fhirBase}/Subscription/${resource.id}/_history/${resource.meta?.versionId}` }, body: resource };
       },
       update: async (req, id) => {
-        this.owned(req.access, id);
+        const previous = this.owned(req.access, id);
         const sub = await this.parse(req);
         if (sub.id !== id) throw badRequest('The resource must carry the id of the URL', 'id');
-        const previous = this.states.get(id)!;
         const status = sub.status === 'off' ? 'off' : 'requested';
         const { resource } = await this.options.repository.update<Subscription>({ ...sub, status });
-        const state = { ...this.stateOf(resource, req.access), events: previous.events, withheld: previous.withheld };
+        const state = this.stateOf(resource, req.access);
         this.stopWorker(id);
-        this.save(state);
-        if (this.active && status === 'requested') {
-          this.armEnd(state);
-          this.startHandshake(state);
-        }
+        this.define(state, previous);
+        if (this.active) this.startResume(state);
         return { status: 200, body: resource };
       },
       delete: async (req, id) => {
         this.owned(req.access, id);
-        this.stopWorker(id);
-        this.states.delete(id);
+        this.forget(id);
         this.store.remove(id);
         await this.options.repository.delete('Subscription', id);
         return { status: 204 };
@@ -413,7 +516,7 @@ export class SubscriptionService {
   }
 
   private owned(access: AccessContext, id: string): SubscriptionState {
-    const state = this.states.get(id);
+    const state = this.view(id);
     if (!state || state.owner !== ownerOf(access)) throw notFound('Not found');
     return state;
   }
@@ -446,6 +549,7 @@ export class SubscriptionService {
     const end = endOf(resource, Date.now(), false);
     return {
       id: resource.id!,
+      rev: 0,
       owner: ownerOf(access),
       access: storedAccess(access as StoredAccess),
       topic: resource.criteria,
@@ -463,9 +567,31 @@ export class SubscriptionService {
     };
   }
 
-  private save(state: SubscriptionState): void {
+  /**
+   * Stores a Subscription as written (created, or updated: then its event counter and withheld
+   * count carry on from the stored row, the latest whichever process numbered them, else from
+   * `previous`), at a new revision the holder takes up.
+   */
+  private define(state: SubscriptionState, previous?: SubscriptionState): void {
+    state.rev = this.store.define(state.id, (current) => {
+      if (previous) {
+        const stored = current ? countersOf(current.json) : undefined;
+        state.events = stored?.events ?? previous.events;
+        state.withheld = stored?.withheld ?? previous.withheld;
+      }
+      return JSON.stringify(state);
+    });
     this.states.set(state.id, state);
-    this.store.save(state.id, JSON.stringify(state));
+  }
+
+  /**
+   * Stores the delivery state of a Subscription this process delivers for. Nothing is written for a
+   * state no longer current here (replaced or deleted meanwhile), nor from a process without the
+   * lease; a row another process redefined or deleted is not overwritten but taken up at once.
+   */
+  private save(state: SubscriptionState): void {
+    if (!this.active || this.states.get(state.id) !== state) return;
+    if (!this.store.save(state.id, state.rev, JSON.stringify(state))) this.refresh();
   }
 
   private async setStatus(state: SubscriptionState, status: SubscriptionStatus, error?: string): Promise<void> {
@@ -529,8 +655,8 @@ export class SubscriptionService {
       handle: async (req, target) => {
         const ids = target.id ? [target.id] : [req.query.id ?? []].flat().flatMap((v) => v.split(','));
         const owner = ownerOf(req.access);
-        const states = target.id || ids.length ? ids.map((id) => this.states.get(id)).filter((s): s is SubscriptionState => !!s && s.owner === owner)
-          : [...this.states.values()].filter((s) => s.owner === owner);
+        const states = target.id || ids.length ? ids.map((id) => this.view(id)).filter((s): s is SubscriptionState => !!s && s.owner === owner)
+          : this.viewAll().filter((s) => s.owner === owner);
         if (target.id && states.length === 0) throw notFound('Not found');
         const bundle: Bundle = {
           resourceType: 'Bundle', type: 'searchset',
@@ -568,15 +694,7 @@ export class SubscriptionService {
         const until = Math.min(number('eventsUntilNumber', state.events), state.events);
         const content = arg('content') ?? state.payload;
         if (content !== 'empty' && content !== 'id-only' && content !== 'full-resource') throw badRequest('content must be empty, id-only or full-resource', 'content');
-        const logged = this.store.events(state.id, since, until, MAX_EVENTS_PER_BUNDLE);
-        const queued: QueuedEvent[] = [];
-        for (const e of logged) {
-          try {
-            queued.push({ number: e.number, timestamp: e.timestamp, version: { resource: await this.options.repository.vread(e.type, e.id, e.version), interaction: e.interaction } });
-          } catch {
-            // deleted or erased since: the number stays a gap
-          }
-        }
+        const queued = await this.logged(state.id, since, until, MAX_EVENTS_PER_BUNDLE);
         const access = req.access as StoredAccess;
         const allowed = queued.length ? await this.allowedNow(access, queued.map((q) => q.version)) : [];
         if (allowed === undefined) throw unavailable('The events cannot be decided now; try again');
@@ -588,6 +706,19 @@ export class SubscriptionService {
         return { status: 200, body: notificationBundle({ ...this.statusInput(state, 'query-event'), payload: content, events }) };
       },
     };
+  }
+
+  /** Logged events numbered `since`..`until` with the versions they are about; one whose version is gone (deleted, erased) stays a gap. */
+  private async logged(id: string, since: number, until: number, limit: number): Promise<QueuedEvent[]> {
+    const queued: QueuedEvent[] = [];
+    for (const e of this.store.events(id, since, until, limit)) {
+      try {
+        queued.push({ number: e.number, timestamp: e.timestamp, version: { resource: await this.options.repository.vread(e.type, e.id, e.version), interaction: e.interaction } });
+      } catch {
+        // deleted or erased since: the number stays a gap
+      }
+    }
+    return queued;
   }
 
   private statusInput(state: SubscriptionState, type: NotificationType) {
@@ -643,8 +774,11 @@ export class SubscriptionService {
    * Numbers the versions the requester may see now (when undecidable, all of them: the send-time
    * check decides) and persists the counter with the event rows before anything is sent.
    */
-  private async number(state: SubscriptionState, worker: Worker, versions: WrittenVersion[], timestamp: string): Promise<QueuedEvent[]> {
+  private async number(state: SubscriptionState, worker: Worker, versions: WrittenVersion[], timestamp: string, also: Partial<SubscriptionState> = {}): Promise<QueuedEvent[]> {
     const eligible = (await this.allowedNow(worker.access, versions)) ?? versions;
+    // numbers are given only by the holder, to the Subscription as stored now
+    if (!this.active || this.states.get(state.id) !== state) return [];
+    Object.assign(state, also);
     if (eligible.length < versions.length) {
       state.withheld += versions.length - eligible.length;
       this.options.logger?.info({ subscription: state.id, withheld: versions.length - eligible.length }, 'subscription: events withheld by consent');
@@ -654,8 +788,10 @@ export class SubscriptionService {
     const logged: LoggedEvent[] = events.map((e) => ({
       number: e.number, timestamp, type: e.version.resource.resourceType, id: e.version.resource.id!, version: e.version.resource.meta!.versionId!, interaction: e.version.interaction,
     }));
-    if (this.states.get(state.id) === state) this.store.recordEvents(state.id, JSON.stringify(state), logged);
-    return events;
+    if (this.store.recordEvents(state.id, state.rev, JSON.stringify(state), logged)) return events;
+    // redefined or deleted by another process meanwhile: these numbers were never stored
+    this.refresh();
+    return [];
   }
 
   private worker(state: SubscriptionState): Worker {
@@ -758,14 +894,32 @@ export class SubscriptionService {
         continue;
       }
       const due = Date.parse(state.lastDigestAt ?? '1970-01-01T00:00:00Z') + this.options.settings.digestMs <= Date.now();
-      if (force || due) await this.runDigest(state);
+      if (force || due) await this.digestInTurn(state);
     }
   }
 
+  /** Runs a Subscription's digests one after another, so events owed by a failed one are sent by one run only. */
+  private digestInTurn(state: SubscriptionState): Promise<void> {
+    const previous = this.digestRuns.get(state.id) ?? Promise.resolve();
+    const run = previous.catch(() => undefined).then(() => this.runDigest(state));
+    this.digestRuns.set(state.id, run);
+    return run.finally(() => {
+      if (this.digestRuns.get(state.id) === run) this.digestRuns.delete(state.id);
+    });
+  }
+
+  /**
+   * One digest: the events an earlier digest numbered but could not deliver (from the event log,
+   * under their numbers and timestamps), then the readings stored since the last digest, numbered
+   * now — with the end of the window, in one transaction, so a window is numbered once.
+   */
   private async runDigest(state: SubscriptionState): Promise<void> {
+    if (!this.current(state)) return;
     const worker = this.worker(state);
     const until = new Date().toISOString();
     const since = state.lastDigestAt ?? state.lastDeliveryAt ?? '1970-01-01T00:00:00Z';
+    const sentThrough = state.digestSentThrough ?? state.events;
+    const owed = sentThrough < state.events ? await this.logged(state.id, sentThrough + 1, state.events, EVENT_LOG_KEEP) : [];
     const query = { _lastUpdated: [`gt${since}`, `le${until}`], code: [...READING_CODES].join(',') };
     const versions: WrittenVersion[] = [];
     try {
@@ -782,16 +936,17 @@ export class SubscriptionService {
         return;
       }
     }
-    let ok = true;
-    if (versions.length) {
-      const events = await this.number(state, worker, versions, until);
-      ok = events.length === 0 || await this.deliverEvents(state, worker, events);
-    }
-    if (ok && this.states.get(state.id) === state) {
-      state.lastDigestAt = until;
-      this.save(state);
-      this.options.logger?.info({ subscription: state.id, events: versions.length }, 'subscription: daily digest done');
-    }
+    const events = versions.length ? await this.number(state, worker, versions, until, { lastDigestAt: until, digestSentThrough: sentThrough }) : [];
+    if (this.states.get(state.id) !== state) return; // replaced or deleted meanwhile
+    const through = state.events;
+    const batch = [...owed, ...events];
+    const ok = batch.length === 0 || await this.deliverEvents(state, worker, batch);
+    if (this.states.get(state.id) !== state) return;
+    state.lastDigestAt = until;
+    state.digestSentThrough = ok ? through : sentThrough;
+    this.save(state);
+    if (ok) this.options.logger?.info({ subscription: state.id, events: batch.length, owed: owed.length }, 'subscription: daily digest done');
+    else this.options.logger?.warn({ subscription: state.id, owed: through - sentThrough }, 'subscription: daily digest not delivered; its events go with the next one');
   }
 
   /** The versions that may leave now, or undefined when the decision cannot be made. */
@@ -908,6 +1063,16 @@ function unusableReason(state: SubscriptionState): string | undefined {
   if (!['empty', 'id-only', 'full-resource'].includes(state.payload)) return 'unknown payload content';
   if (typeof state.events !== 'number' || !state.access || !Array.isArray(state.access.scopes)) return 'delivery state is incomplete';
   return undefined;
+}
+
+/** The counters a stored row carries, when it can be read. */
+function countersOf(json: string): { events: number; withheld: number } | undefined {
+  try {
+    const { events, withheld } = JSON.parse(json) as Partial<SubscriptionState>;
+    return typeof events === 'number' && typeof withheld === 'number' ? { events, withheld } : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function sleep(ms: number): Promise<void> {
