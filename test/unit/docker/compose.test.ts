@@ -76,6 +76,14 @@ describe('docker/compose.yaml proxies and nginx', () => {
     expect(loadConfig({ GLUCOGUARD_TRUST_PROXY: trust }).trustProxy).not.toBe(false);
   });
 
+  test('the replicas share one data volume and one authority key (the commitment store\'s salts verify what either wrote)', () => {
+    const proxies = ['proxy-1', 'proxy-2'].map((name) => new RegExp(`^  ${name}:\\n((?:    .*\\n)+)`, 'm').exec(compose)![1]!);
+    const volumes = proxies.map((block) => /volumes: \[([\w-]+):\/data\]/.exec(block)![1]);
+    expect(volumes[0]).toBe(volumes[1]);
+    for (const block of proxies) expect(block).not.toMatch(/CHAIN_AUTHORITY_KEY_FILE/); // the anchor's shared one
+    expect(compose.match(/CHAIN_AUTHORITY_KEY_FILE: (\S+)/g)).toHaveLength(1);
+  });
+
   test('nginx passes request lines and headers as long as the replicas take (a long search\'s page links)', () => {
     const [, , size, unit] = /large_client_header_buffers (\d+) (\d+)([km]?);/.exec(nginx)!;
     expect(Number(size) * ({ '': 1, k: 1024, m: 1024 ** 2 } as Record<string, number>)[unit!]!).toBeGreaterThanOrEqual(MAX_HEADER_BYTES);
