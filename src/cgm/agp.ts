@@ -79,8 +79,9 @@ export function computeAgp(all: readonly MetricReading[], options: MetricsOption
   });
   return {
     unit: 'mg/dL', binMinutes, start: period.start, end: period.end,
-    startDate: localDate(period.start, period.readings[0]!.offsetMinutes ?? 0),
-    endDate: localDate(period.end - 1, period.readings[period.readings.length - 1]!.offsetMinutes ?? 0),
+    // the dates asked for, when the period was asked for by dates, as the summary gives them
+    startDate: options.startDate ?? localDate(period.start, period.readings[0]!.offsetMinutes ?? 0),
+    endDate: options.endDate ?? localDate(period.end - 1, period.readings[period.readings.length - 1]!.offsetMinutes ?? 0),
     readings: period.readings.length, bins,
   };
 }

@@ -1,6 +1,18 @@
 /**
- * International-consensus CGM metrics (Battelino et al., Diabetes Care 2019) over a period, as shares
- * of readings (the convention of the consensus and of the R package iglu).
+ * International-consensus CGM metrics (Battelino et al., Diabetes Care 2019) over a period.
+ *
+ * The consensus states times in ranges as "% of readings and time" (its Table 1); for a sensor that
+ * samples at a fixed interval the two are the same number. They differ when readings are irregular:
+ * LibreView exports 15-minute historic readings *and* scans (taken when the patient checks, often
+ * because they feel low), and two uploaders or an overlapping second sensor put extra readings in the
+ * same minutes. Counting readings would give those moments extra weight and, with readings present /
+ * readings expected, push sensor activity up (scans alone could lift 60 % coverage past the 70 %
+ * threshold). So each reading stands for the time until the next one, at most one nominal sampling
+ * interval (the period's most common gap, `samplingInterval`): times in ranges, mean, SD, CV and GMI
+ * are weighted by that time, and sensor activity is the time so covered over the period's length.
+ * On a regular trace every weight is the same and all figures equal the reading-count ones (iglu,
+ * Clarity). Readings at the same instant share their weight. docs/cgm-metrics.md ("Time, not
+ * readings").
  *
  * Readings the sensor flags as outside its measurement range (HIGH/LOW, stored with dataAbsentReason
  * positive-/negative-infinity) are readings: the consensus computes time below and above range from
@@ -73,23 +85,23 @@ export interface CgmMetrics {
   belowRange: number;
   /** HIGH readings in the period (counted as very high, and as 400 mg/dL in mean, GMI, SD and CV). */
   aboveRange: number;
-  /** Percent of readings in each range, two decimals. */
+  /** Percent of time in each range (each reading weighted by the time it stands for, see above), two decimals. */
   timeInRanges: TimesInRanges;
   meanMgdl: number;
   meanMmol: number;
   /** Glucose management indicator, %: 3.31 + 0.02392 × mean mg/dL. */
   gmi: number;
-  /** Coefficient of variation, %: sample SD (n − 1) / mean × 100. */
+  /** Coefficient of variation, %: SD / mean × 100. */
   cv: number;
-  /** Sample standard deviation, mg/dL. */
+  /** Standard deviation, mg/dL: time-weighted, the weights counted in sampling intervals, so the sample SD (n − 1) on a regular trace. */
   sdMgdl: number;
-  /** Days with at least one reading (local calendar days). */
+  /** Days of the period with at least one reading: its local calendar days when it was asked for by dates, else 24-hour days from its start. */
   daysOfWear: number;
-  /** Length of the period in days (two decimals). */
+  /** Length of the period in days (two decimals); for a period asked for by dates, the number of those local days. */
   periodDays: number;
-  /** Readings present / readings expected at the median sampling interval over the period, %. */
+  /** Time covered by readings (each at most one sampling interval) over the period's length, %. */
   sensorActivePercent: number;
-  /** Median interval between consecutive readings, ms. */
+  /** Nominal sampling interval of the period's readings (see `samplingInterval`), ms. */
   samplingIntervalMs: number;
   /** Data-sufficiency warnings (fewer than 14 days, less than 70 % active). */
   warnings: string[];
@@ -129,40 +141,47 @@ export function computeMetrics(all: readonly MetricReading[], options: MetricsOp
   const { start, end, readings: inPeriod } = period;
   const n = inPeriod.length;
 
+  const interval = samplingInterval(inPeriod) || period.intervalAll;
+  const cap = interval || DEFAULT_INTERVAL_MS;
+  const weights = timeWeights(inPeriod, cap);
   const counts = [0, 0, 0, 0, 0];
-  let sum = 0, belowRange = 0, aboveRange = 0;
-  for (const r of inPeriod) {
-    counts[rangeIndex(r)]!++;
+  let covered = 0, sum = 0, belowRange = 0, aboveRange = 0;
+  for (let i = 0; i < n; i++) {
+    const r = inPeriod[i]!, w = weights[i]!;
+    counts[rangeIndex(r)]! += w;
     if (r.mgdl === -Infinity) belowRange++;
     else if (r.mgdl === Infinity) aboveRange++;
-    sum += statisticValue(r.mgdl);
+    covered += w;
+    sum += w * statisticValue(r.mgdl);
   }
   const [veryLow, low, target, high, veryHigh] = counts as [number, number, number, number, number];
-  const mean = sum / n;
+  const mean = sum / covered;
+  // Time-weighted variance, the weights counted in sampling intervals (W / cap readings' worth):
+  // Σw(x−m)² / (W − cap), which is the sample variance (n − 1) on a regular trace and does not
+  // change when the same readings are stored twice.
   let squares = 0;
-  for (const r of inPeriod) squares += (statisticValue(r.mgdl) - mean) ** 2;
-  const sd = n > 1 ? Math.sqrt(squares / (n - 1)) : 0;
-  const pct = (k: number): number => round((k / n) * 100, 2);
+  for (let i = 0; i < n; i++) squares += weights[i]! * (statisticValue(inPeriod[i]!.mgdl) - mean) ** 2;
+  const dof = covered - cap;
+  const sd = dof > 1e-9 * cap ? Math.sqrt(squares / dof) : 0;
+  const pct = (k: number): number => round((k / covered) * 100, 2);
 
-  const interval = medianInterval(inPeriod) || period.intervalAll;
-  const expected = interval > 0 ? (end - start) / interval : n;
-  const active = Math.min(100, round((n / expected) * 100, 2));
-  // days of the reporting period with data: 24-hour days counted from its start, so a 14-day
-  // period has at most 14 (its local calendar days would be 15 when it starts mid-day)
-  const dayKeys = new Set<number>();
-  for (const r of inPeriod) dayKeys.add(Math.floor((r.epochMs - start) / DAY));
-  const periodDays = round((end - start) / DAY, 2);
-  const offset = inPeriod[n - 1]!.offsetMinutes ?? 0;
+  const activeExact = Math.min(100, (covered / (end - start)) * 100);
+  const active = round(activeExact, 2);
+  const days = countDays(inPeriod, start, end, options);
 
   const warnings: string[] = [];
-  if (periodDays < 14) warnings.push(`only ${periodDays} days of data; at least 14 days are recommended`);
-  if (active < 70) warnings.push(`sensor active ${active} % of the period; at least 70 % is recommended`);
+  // Consensus (Battelino 2019, Table 1): "Number of days CGM worn (recommend 14 days)" and
+  // "Percentage of time CGM is active (recommend 70% of data from 14 days)": the period should span
+  // 14 days, and 70 % of it be covered (about 10 days of data). Compared before rounding, so
+  // 69.996 % (shown as 70 %) still warns.
+  if (days.periodDays < 14) warnings.push(`only ${days.periodDays} days in the reporting period; at least 14 days are recommended`);
+  if (activeExact < 70) warnings.push(`sensor active ${active} % of the period; at least 70 % is recommended`);
 
   return {
     start,
     end,
     startDate: options.startDate ?? localDate(start, inPeriod[0]!.offsetMinutes ?? 0),
-    endDate: options.endDate ?? localDate(end - 1, offset),
+    endDate: options.endDate ?? localDate(end - 1, inPeriod[n - 1]!.offsetMinutes ?? 0),
     readings: n,
     belowRange,
     aboveRange,
@@ -172,12 +191,56 @@ export function computeMetrics(all: readonly MetricReading[], options: MetricsOp
     gmi: round(3.31 + 0.02392 * mean, 2),
     cv: round((sd / mean) * 100, 2),
     sdMgdl: round(sd, 2),
-    daysOfWear: dayKeys.size,
-    periodDays,
+    daysOfWear: days.worn,
+    periodDays: days.periodDays,
     sensorActivePercent: active,
     samplingIntervalMs: interval,
     warnings,
   };
+}
+
+/** Sampling interval assumed when a period's readings give none (a single reading): the usual 5-minute CGM. */
+const DEFAULT_INTERVAL_MS = 5 * 60_000;
+
+/**
+ * The time each reading (sorted) stands for: until the next reading at a later instant, at most
+ * `cap` (the nominal sampling interval); the last one a full interval, as a reading count has it.
+ * Readings at the same instant share that time equally.
+ */
+export function timeWeights(sorted: readonly { epochMs: number }[], cap: number): Float64Array {
+  const n = sorted.length;
+  const out = new Float64Array(n);
+  let i = 0;
+  while (i < n) {
+    const t = sorted[i]!.epochMs;
+    let j = i + 1;
+    while (j < n && sorted[j]!.epochMs === t) j++;
+    const w = (j < n ? Math.min(sorted[j]!.epochMs - t, cap) : cap) / (j - i);
+    for (let k = i; k < j; k++) out[k] = w;
+    i = j;
+  }
+  return out;
+}
+
+/**
+ * Days of wear and period length. A period asked for by local dates counts its local calendar days
+ * (each reading's date at its own offset), so a 14-day period across a DST change has 14 days, not
+ * 13.96 or 14.04 with a 15th day of wear; otherwise 24-hour days from the start, so a rolling 14-day
+ * window that starts mid-day has at most 14.
+ */
+function countDays(readings: readonly MetricReading[], start: number, end: number, options: MetricsOptions): { worn: number; periodDays: number } {
+  const keys = new Set<number>();
+  if (options.startDate && options.endDate) {
+    const first = Date.parse(`${options.startDate}T00:00:00Z`);
+    const periodDays = Math.round((Date.parse(`${options.endDate}T00:00:00Z`) - first) / DAY) + 1;
+    for (const r of readings) {
+      const day = Math.floor((r.epochMs + (r.offsetMinutes ?? 0) * 60_000 - first) / DAY);
+      keys.add(Math.min(Math.max(day, 0), periodDays - 1));
+    }
+    return { worn: keys.size, periodDays };
+  }
+  for (const r of readings) keys.add(Math.floor((r.epochMs - start) / DAY));
+  return { worn: keys.size, periodDays: round((end - start) / DAY, 2) };
 }
 
 /**
@@ -191,11 +254,37 @@ export function selectPeriod(all: readonly MetricReading[], options: MetricsOpti
   let ordered = true;
   for (let i = 1; i < sorted.length && ordered; i++) ordered = sorted[i - 1]!.epochMs <= sorted[i]!.epochMs;
   if (!ordered) sorted = sorted.sort((a, b) => a.epochMs - b.epochMs);
-  const intervalAll = medianInterval(sorted);
+  const intervalAll = samplingInterval(sorted);
   const end = options.end ?? sorted[sorted.length - 1]!.epochMs + (intervalAll || 1);
   const start = options.start ?? Math.max(end - (options.days ?? 14) * DAY, sorted[0]!.epochMs);
   const readings = sorted.filter((r) => r.epochMs >= start && r.epochMs < end);
   return readings.length ? { start, end, intervalAll, readings } : undefined;
+}
+
+/**
+ * The nominal sampling interval of sorted readings: the most common gap between consecutive readings,
+ * to the minute (gaps under 30 s, between a reading and its copy from a second uploader, left out),
+ * as the longest gap of that minute so a sensor's few seconds of jitter are not lost; ties go to the
+ * longer interval. Unlike the median it stays 15 min for LibreView however many scans fall between
+ * the historic readings (each scan splits a 15-minute gap in two shorter ones, so 48 scans a day
+ * would pull the median under 15). The median when no gap is 30 s or longer; 0 with fewer than two
+ * readings at different instants.
+ */
+export function samplingInterval(sorted: readonly { epochMs: number }[]): number {
+  const counts = new Map<number, { n: number; max: number }>();
+  for (let i = 1; i < sorted.length; i++) {
+    const gap = sorted[i]!.epochMs - sorted[i - 1]!.epochMs;
+    if (gap < 30_000) continue;
+    const key = Math.round(gap / 60_000);
+    const c = counts.get(key);
+    if (c) {
+      c.n++;
+      if (gap > c.max) c.max = gap;
+    } else counts.set(key, { n: 1, max: gap });
+  }
+  let best: { key: number; n: number; max: number } | undefined;
+  for (const [key, c] of counts) if (!best || c.n > best.n || (c.n === best.n && key > best.key)) best = { key, ...c };
+  return best ? best.max : medianInterval(sorted);
 }
 
 /** Median of the positive gaps between consecutive (sorted) readings; 0 with fewer than two readings. */

@@ -21,7 +21,9 @@
  *   bin, JSON.
  *
  * Dates in `start`/`end` are the patient's local days: in `timeZone` (IANA) when given, else at the
- * UTC offset the patient's readings record around each bound (PeriodParams).
+ * UTC offset the patient's readings record around each bound (PeriodParams). With `timeZone`, that
+ * zone is also the local time of the AGP's time of day and of the days of wear (`inZone`).
+ * Metric conventions: docs/cgm-metrics.md.
  *
  * The summaries read readings through `FhirRouter.searchAll`, so scopes, consent and integrity
  * guards decide what they compute over, exactly as for a search.
@@ -33,7 +35,7 @@ import type { FhirRouter, OperationHandler } from '../fhir/router.js';
 import type { FhirRequest, FhirResponse } from '../fhir/types.js';
 import { computeAgp, type Agp } from './agp.js';
 import { LOINC, READING_CODE, toTransactionBundle } from './fhir.js';
-import { computeMetrics, parsePeriod, placeByReadings, placePeriod, type CgmMetrics, type MetricsOptions, type PeriodBound } from './metrics.js';
+import { computeMetrics, parsePeriod, placeByReadings, placePeriod, type CgmMetrics, type MetricReading, type MetricsOptions, type PeriodBound } from './metrics.js';
 import { metricReadingsFromObservations } from './readings.js';
 import { submissionTransaction, submittedBundle } from './submission.js';
 import { buildCgmSummary } from './summary.js';
@@ -174,7 +176,11 @@ export class CgmOperations {
     }
     if (search.end !== undefined) dates.push(`lt${iso(search.end)}`);
     const observations = await fhir.searchAll(access, 'Observation', { ...base, ...(dates.length ? { date: dates } : {}) });
-    const readings = metricReadingsFromObservations(observations as Observation[]);
+    const stored = metricReadingsFromObservations(observations as Observation[]);
+    // With timeZone, the patient's local time is that zone's, for the AGP's time of day and the days
+    // of a date period too, not the offset a reading happened to be stored with (a Nightscout entry
+    // is stored in UTC: its 03:00 hypo would be drawn at 08:00 for a patient in New York).
+    const readings = zone ? inZone(stored, zone) : stored;
     const period: Pick<MetricsOptions, 'start' | 'end' | 'startDate' | 'endDate'> =
       placePeriod(query, zone ? (wallMs) => zone.resolve(wallMs).epochMs : placeByReadings(readings));
     return { readings, period };
@@ -199,6 +205,24 @@ export class CgmOperations {
       throw err;
     }
   }
+}
+
+/**
+ * Readings with `offsetMinutes` of the zone at each reading's instant. The zone is asked once per
+ * UTC day and, only on a day whose offset changes (DST), per reading.
+ */
+export function inZone(readings: readonly MetricReading[], zone: ZoneOffsets): MetricReading[] {
+  const days = new Map<number, number | undefined>();
+  return readings.map((r) => {
+    const day = Math.floor(r.epochMs / DAY);
+    let off = days.get(day);
+    if (!days.has(day)) {
+      const a = zone.offsetAt(day * DAY), b = zone.offsetAt((day + 1) * DAY);
+      off = a === b ? a : undefined;
+      days.set(day, off);
+    }
+    return { ...r, offsetMinutes: off ?? zone.offsetAt(r.epochMs) };
+  });
 }
 
 function periodParams(query: Record<string, string | string[] | undefined>): PeriodParams {

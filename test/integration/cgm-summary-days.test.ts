@@ -71,4 +71,14 @@ describe('$cgm-summary with date bounds', () => {
     expect(res.body.startTime).toBe('2026-01-02T05:00:00.000Z');
     expect(res.body.endTime).toBe('2026-01-03T05:00:00.000Z');
   });
+
+  test('$cgm-agp with timeZone draws readings stored in UTC at the patient\'s time of day', async () => {
+    // The 100s are 21:00–23:55 in New York (02:00–04:55Z); without timeZone they are drawn in UTC.
+    const hours = (body: { bins: { time: string; n: number; p50?: number }[] }) => body.bins.filter((b) => b.n > 0).map((b) => [b.time, b.p50]);
+    const zoned = await http().get(`/fhir/Patient/${utc}/$cgm-agp?bin=60&timeZone=America/New_York`);
+    expect(zoned.status).toBe(200);
+    expect(hours(zoned.body)).toEqual([['00:00', 200], ['01:00', 200], ['02:00', 200], ['21:00', 100], ['22:00', 100], ['23:00', 100]]);
+    const asStored = await http().get(`/fhir/Patient/${utc}/$cgm-agp?bin=60`);
+    expect(hours(asStored.body)).toEqual([['02:00', 100], ['03:00', 100], ['04:00', 100], ['05:00', 200], ['06:00', 200], ['07:00', 200]]);
+  });
 });
