@@ -29,7 +29,7 @@ import { getSearchParameter, Operator, type Filter, type SearchRequest } from '@
 import type { OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import { badRequest, forbidden } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
-import { patientCompartmentParams, patientIdOfReference } from '../fhir/compartment.js';
+import { patientCompartmentParams, patientIdOfReference, patientIdsOf } from '../fhir/compartment.js';
 import { metrics } from '../observability/metrics.js';
 import type { AccessPolicy, GuardOptions, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
 import { decideFacts, decideResource, factsOf, type ActiveGrant, type Decision, type Permissions, type ResourceFacts } from './decision.js';
@@ -259,22 +259,30 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
 
   /**
    * Consent is written only through the grant path (src/consent/service.ts), never directly
-   * (transactions). A person — a patient, or a user such as a practitioner — creates data only in a
-   * record they could read it back from: a grant from Ana is no licence to add readings to Ben's
-   * record. System clients (device and EHR integrations, `system/` scopes) create by their scopes
-   * alone: they bring the data in. The same holds for what a person's update writes (the new
-   * version), or a visible reading of Ana's could be rewritten into Ben's record. Updates and deletes
-   * are also decided by the router on the version they change (it must pass the requester's guards).
+   * (transactions). A grantee (a practitioner, a relative, a client acting for someone) writes no
+   * patient data at all: a grant's one action is `access` (terms.ts; consentaction: retrieval, not
+   * `collect` or `correct`), so sharing lets the grantee read, never add to, change or delete the
+   * patient's record. The patient writes only in their own record (what they could read back: a
+   * reading can't be moved into another record). System clients (device and EHR integrations,
+   * `system/` scopes) write by their scopes alone: they bring the data in. An update is judged on
+   * the version it replaces too, or patient data could be made data about nobody (a patch deleting
+   * `subject`), which consent no longer decides on. Updates and deletes are also decided by the
+   * router on the version they change (it must pass the requester's guards).
    */
-  async mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): Promise<boolean> {
+  async mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete', replaced?: Resource): Promise<boolean> {
     if (access.kind === 'open') return true;
-    if (resource.resourceType === 'Consent') return false;
-    if (interaction === 'delete' || access.scopes.some((s) => s.startsWith('system/'))) return true;
+    if (resource.resourceType === 'Consent' || replaced?.resourceType === 'Consent') return false;
+    if (access.scopes.some((s) => s.startsWith('system/'))) return true;
     const requester = requesterOf(access);
     if (requester.kind === 'open') return true;
+    const aboutPatients = (r: Resource | undefined): boolean => r !== undefined && patientIdsOf(r).length > 0;
+    // data about no patient (a Practitioner, an Organization) is not consent's to decide
+    if (requester.kind === 'grantee') return !aboutPatients(resource) && !aboutPatients(replaced);
+    if (interaction === 'delete') return true;
     const perms = await this.decisions.permissions(access);
     const decision = decideResource(perms, resource, this.decisions.now(), false);
-    // data about no patient (a Practitioner, an Organization) is not consent's to decide
+    // the patient's data stays theirs: an update must leave it in their record
+    if (aboutPatients(replaced)) return decision.patientIds.length > 0 && decision.permit;
     return decision.patientIds.length === 0 || decision.permit;
   }
 
@@ -474,8 +482,8 @@ export class ComposedPolicy implements AccessPolicy {
     return filters.length === (r.filters ?? []).length ? r : { ...r, filters };
   }
 
-  async mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): Promise<boolean> {
-    for (const p of this.parts) if (!(await p.mayWrite(access, resource, interaction))) return false;
+  async mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete', replaced?: Resource): Promise<boolean> {
+    for (const p of this.parts) if (!(await p.mayWrite(access, resource, interaction, replaced))) return false;
     return true;
   }
 

@@ -8,6 +8,7 @@ import type {
   CapabilityStatement, CapabilityStatementRestResource, CapabilityStatementRestResourceSearchParam,
   CapabilityStatementRestSecurity,
 } from '@medplum/fhirtypes';
+import { SERVER_WRITTEN_INTERACTIONS, isServerWritten } from '../audit/server-written.js';
 import type { OperationHandler } from './router.js';
 import { SUPPORTED_RESOURCE_TYPES } from './resource-types.js';
 
@@ -43,7 +44,9 @@ const STANDARD_PARAMS: Record<string, string[]> = {
 /** Builds the statement; cheap enough to call per request, but callers may cache it. */
 export function buildCapabilityStatement(inputs: CapabilityInputs): CapabilityStatement {
   const typeOps = (type: string) => inputs.operations.filter((op) =>
-    (op.levels.includes('type') || op.levels.includes('instance')) && (!op.resourceTypes?.length || op.resourceTypes.includes(type)));
+    (op.levels.includes('type') || op.levels.includes('instance')) && (!op.resourceTypes?.length || op.resourceTypes.includes(type))
+    // $validate checks a write the requester could make: none of a server-written type
+    && !(op.name === 'validate' && isServerWritten(type)));
   const codesOf = (type: string): string[] => ['_id', '_lastUpdated', ...(inputs.searchParams ? inputs.searchParams[type] ?? [] : STANDARD_PARAMS[type] ?? [])];
   // `_include` and `_revinclude` values: the reference parameters searched here (`Type:param`)
   const references = SUPPORTED_RESOURCE_TYPES.flatMap((type) => [...new Set(codesOf(type))].flatMap((code) => {
@@ -56,18 +59,27 @@ export function buildCapabilityStatement(inputs: CapabilityInputs): CapabilitySt
       const sp = getSearchParameter(type, code);
       return { name: code, type: (sp?.type ?? 'token') as CapabilityStatementRestResourceSearchParam['type'], ...(sp?.url ? { definition: sp.url } : {}) };
     });
+    // the access log is written by the server alone (src/audit/server-written.ts): read and search only
+    const readOnly = isServerWritten(type);
+    const interactions: string[] = readOnly
+      ? [...SERVER_WRITTEN_INTERACTIONS]
+      : ['read', 'vread', 'update', ...(inputs.handledWriteTypes?.includes(type) ? [] : ['patch']), 'delete', 'history-instance', 'history-type', 'create', 'search-type'];
     return {
       type,
       ...(inputs.profilesByType?.[type]?.length ? { supportedProfile: inputs.profilesByType[type] } : {}),
-      interaction: ['read', 'vread', 'update', ...(inputs.handledWriteTypes?.includes(type) ? [] : ['patch']), 'delete', 'history-instance', 'history-type', 'create', 'search-type']
-        .map((code) => ({ code })) as CapabilityStatementRestResource['interaction'],
-      versioning: 'versioned-update',
-      readHistory: true,
-      updateCreate: true,
-      conditionalCreate: true,
-      conditionalRead: 'full-support',
-      conditionalUpdate: !inputs.handledWriteTypes?.includes(type),
-      conditionalDelete: inputs.handledWriteTypes?.includes(type) ? 'not-supported' : 'single',
+      interaction: interactions.map((code) => ({ code })) as CapabilityStatementRestResource['interaction'],
+      ...(readOnly
+        ? { documentation: 'The access log: the server records an AuditEvent for every access; no client creates, updates, patches or deletes one (405).',
+          versioning: 'versioned', readHistory: true, updateCreate: false, conditionalCreate: false, conditionalRead: 'full-support', conditionalUpdate: false, conditionalDelete: 'not-supported' }
+        : {
+          versioning: 'versioned-update',
+          readHistory: true,
+          updateCreate: true,
+          conditionalCreate: true,
+          conditionalRead: 'full-support',
+          conditionalUpdate: !inputs.handledWriteTypes?.includes(type),
+          conditionalDelete: inputs.handledWriteTypes?.includes(type) ? 'not-supported' : 'single',
+        }),
       searchInclude: references.filter((r) => r.type === type).map((r) => `${r.type}:${r.code}`),
       searchRevInclude: references.filter((r) => r.targets.includes(type)).map((r) => `${r.type}:${r.code}`),
       searchParam,

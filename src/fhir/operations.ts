@@ -8,7 +8,7 @@
 import type { Bundle, BundleEntry, Meta, Observation, OperationOutcome, OperationOutcomeIssue, Parameters, Resource } from '@medplum/fhirtypes';
 import { badRequest, isGlucoGuardError } from '../errors.js';
 import { operationOutcome } from './outcomes.js';
-import { pairsToQuery, queryPairs, toQueryString } from './paging.js';
+import { pairsToQuery, queryPairs, toQueryString, type PagePosition } from './paging.js';
 import { patientMatchOperation } from './patient-match.js';
 import { requireFhirJson, type FhirRouter, type OperationHandler } from './router.js';
 import type { FhirRequest, FhirResponse } from './types.js';
@@ -36,7 +36,8 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
    * `Patient/ID/$everything` (patient-operation-everything.html) with `start`/`end` (care dates),
    * `_since`, `_type` and `_count`, paged: the Patient on the first page, then each type's resources
    * in turn, a page filled across types. A `next` link carries a page token bound to the requester
-   * (the type and offset to go on from), and appears only when something visible is left.
+   * (the type and position to go on from: as a search's, past the last match examined), and appears
+   * only when something visible is left.
    */
   const everything: OperationHandler = {
     name: 'everything',
@@ -45,7 +46,7 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
     methods: ['GET'],
     async handle(req, target) {
       let query: Record<string, string | string[]> = Object.fromEntries(Object.entries(req.query).filter(([k]) => !['_pageToken', '_format', '_pretty'].includes(k))) as Record<string, string | string[]>;
-      let at = { type: 0, offset: 0 };
+      let at: { type: number } & PagePosition = { type: 0, offset: 0 };
       const token = req.query._pageToken;
       if (typeof token === 'string') {
         const state = fhir.pageTokens.open(req.access, token);
@@ -53,7 +54,7 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
         const of = state.query.find(([k]) => k === AT_PATIENT)?.[1];
         const type = Number(state.query.find(([k]) => k === AT_TYPE)?.[1]);
         if (of !== target.id || !Number.isInteger(type)) throw badRequest('Invalid _pageToken', '_pageToken');
-        at = { type, offset: state.offset };
+        at = { type, offset: state.offset, ...(state.after !== undefined ? { after: state.after } : {}) };
       }
       const patient = await readThrough(req, 'Patient', target.id!);
       if (patient.status !== 200) return patient; // absent and not allowed look the same (404)
@@ -76,11 +77,11 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
         return { patient: `Patient/${target.id}`, ...(dates.length ? { [dateParam!]: dates } : {}), ...(since ? { _lastUpdated: `ge${since}` } : {}) };
       };
       // A type the requester may not search at all is simply not part of "everything" for them.
-      const pageOf = async (type: string, offset: number, n: number) => {
+      const pageOf = async (type: string, from: PagePosition, n: number) => {
         try {
-          return await fhir.searchPage(req.access, type, searchOf(type), offset, n);
+          return await fhir.searchPage(req.access, type, searchOf(type), from, n);
         } catch (err) {
-          if (isGlucoGuardError(err, 'ERR_FORBIDDEN')) return { resources: [], issues: [], hasMore: false, nextOffset: offset };
+          if (isGlucoGuardError(err, 'ERR_FORBIDDEN')) return { resources: [], issues: [], hasMore: false, next: from };
           throw err;
         }
       };
@@ -88,23 +89,23 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
       // what the guards said of the pages read (a version withheld by the integrity check)
       const issues: OperationOutcomeIssue[] = [];
       let taken = 0;
-      let next: { type: number; offset: number } | undefined;
+      let next: { type: number } & PagePosition | undefined;
       for (let i = at.type; i < wanted.length; i++) {
-        const offset = i === at.type ? at.offset : 0;
+        const from: PagePosition = i === at.type ? { offset: at.offset, ...(at.after !== undefined ? { after: at.after } : {}) } : { offset: 0 };
         if (taken === count) {
           // the page is full: the next one starts at the first type with something visible left
-          if ((await pageOf(wanted[i]!, offset, 1)).resources.length) {
-            next = { type: i, offset };
+          if ((await pageOf(wanted[i]!, from, 1)).resources.length) {
+            next = { type: i, ...from };
             break;
           }
           continue;
         }
-        const page = await pageOf(wanted[i]!, offset, count - taken);
+        const page = await pageOf(wanted[i]!, from, count - taken);
         resources.push(...page.resources);
         issues.push(...page.issues);
         taken += page.resources.length;
         if (page.hasMore) {
-          next = { type: i, offset: page.nextOffset };
+          next = { type: i, ...page.next };
           break;
         }
       }
@@ -115,7 +116,8 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
         : `${fhirBase}/Patient/${target.id}/$everything${firstPage.length ? `?${toQueryString(firstPage)}` : ''}`;
       const link = [{ relation: 'self', url: self }];
       if (next) {
-        const state = { query: [...firstPage, [AT_PATIENT, target.id!], [AT_TYPE, String(next.type)]] as [string, string][], offset: next.offset };
+        const { type, ...position } = next;
+        const state = { query: [...firstPage, [AT_PATIENT, target.id!], [AT_TYPE, String(type)]] as [string, string][], ...position };
         link.push({ relation: 'next', url: `${fhirBase}/Patient/${target.id}/$everything?_pageToken=${fhir.pageTokens.issue(req.access, state)}` });
       }
       const bundle: Bundle = { resourceType: 'Bundle', type: 'searchset', link, entry: [...resources.map(entry), ...outcomeEntry(issues)] };
@@ -141,7 +143,7 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
       // every reading of the patient is walked, newest first, to find the codes.
       const codes = one('code')?.split(',').filter(Boolean);
       const issues: OperationOutcomeIssue[] = [];
-      const pages = codes && await Promise.all(codes.map((code) => fhir.searchPage(req.access, 'Observation', { ...query, code }, 0, max)));
+      const pages = codes && await Promise.all(codes.map((code) => fhir.searchPage(req.access, 'Observation', { ...query, code }, { offset: 0 }, max)));
       for (const page of pages ?? []) issues.push(...page.issues);
       const observations = (pages ? pages.flatMap((page) => page.resources) : await fhir.searchAll(req.access, 'Observation', query, issues)) as Observation[];
       const once = new Set<string>();

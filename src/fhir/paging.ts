@@ -1,7 +1,9 @@
 /**
  * Page tokens: the proxy pages every search and history itself. A `next`/`previous` link carries an
- * opaque `_pageToken` holding the original query and the offset, MAC'd together with the requester,
- * so a token issued to one requester is useless to another and cannot be edited.
+ * opaque `_pageToken` holding the original query, the offset and, for a search's `next` link, the
+ * repository's position of the last match the page examined (keyset paging, SearchOptions.after),
+ * MAC'd together with the requester, so a token issued to one requester is useless to another and
+ * cannot be edited. Tokens issued before positions existed (query and offset) still open.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { badRequest } from '../errors.js';
@@ -10,14 +12,27 @@ import type { AccessContext } from './access.js';
 export interface PageState {
   /** The query of the first page (without `_pageToken`), as ordered pairs. */
   query: [string, string][];
+  /** Repository offset; with `after`, where an adapter that cannot resume from it goes on. */
   offset: number;
+  /** The repository's position to resume after (SearchResult.positionOf), when it gave one. */
+  after?: string;
+}
+
+/**
+ * Where a walk of a search's pages stands in the repository's matches: the offset counted from the
+ * first page, and the position of the last match examined, when the repository gives positions.
+ */
+export interface PagePosition {
+  offset: number;
+  after?: string;
 }
 
 export class PageTokens {
   constructor(private readonly key: Buffer) {}
 
   issue(access: AccessContext, state: PageState): string {
-    const payload = Buffer.from(JSON.stringify({ q: state.query, o: state.offset })).toString('base64url');
+    const fields = state.after === undefined ? { q: state.query, o: state.offset } : { q: state.query, o: state.offset, a: state.after };
+    const payload = Buffer.from(JSON.stringify(fields)).toString('base64url');
     return `${payload}.${this.mac(access, payload)}`;
   }
 
@@ -28,8 +43,8 @@ export class PageTokens {
     const expected = Buffer.from(this.mac(access, payload));
     const given = Buffer.from(mac);
     if (expected.length !== given.length || !timingSafeEqual(expected, given)) throw badRequest('Invalid _pageToken', '_pageToken');
-    const parsed = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as { q: [string, string][]; o: number };
-    return { query: parsed.q, offset: parsed.o };
+    const parsed = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as { q: [string, string][]; o: number; a?: string };
+    return typeof parsed.a === 'string' ? { query: parsed.q, offset: parsed.o, after: parsed.a } : { query: parsed.q, offset: parsed.o };
   }
 
   private mac(access: AccessContext, payload: string): string {

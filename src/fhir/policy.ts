@@ -5,6 +5,7 @@
  */
 import type { SearchRequest } from '@medplum/core';
 import type { OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
+import { isServerWritten, refuseClientWrite, serverWrittenRefusal } from '../audit/server-written.js';
 import type { AccessContext } from './access.js';
 
 /**
@@ -22,8 +23,12 @@ export interface AccessPolicy {
   authorize(access: AccessContext, interaction: Interaction, resourceType: string): void | Promise<void>;
   /** Narrows a search before it reaches the repository (e.g. to the launch patient or a granted data period). */
   narrowSearch(access: AccessContext, request: SearchRequest): SearchRequest | Promise<SearchRequest>;
-  /** May this resource be created, updated or deleted by the requester? false → 403, nothing written. */
-  mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): boolean | Promise<boolean>;
+  /**
+   * May this resource be created, updated or deleted by the requester? false → 403, nothing written.
+   * `resource` is what is written (the new version; for a delete, the current one); `replaced`, for
+   * an update, the current version it replaces (undefined when there is none, or for open access).
+   */
+  mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete', replaced?: Resource): boolean | Promise<boolean>;
   /**
    * The patients whose data the requester could see at all, when limited to some (their own, those
    * who granted them access): type and system history is confined to them before the repository.
@@ -57,9 +62,16 @@ export interface GuardResult {
   issues: OperationOutcomeIssue[];
 }
 
-/** Allows everything: used with GLUCOGUARD_AUTH=off and by in-process tools. */
+/**
+ * Allows everything a requester may do at all: used with GLUCOGUARD_AUTH=off and by in-process
+ * tools. Not writes of the access log (AuditEvent), which no requester makes through the facade
+ * (src/audit/server-written.ts); the server's own events go through the repository.
+ */
 export const OPEN_POLICY: AccessPolicy = {
-  authorize: () => undefined,
+  authorize: (_access, interaction, resourceType) => refuseClientWrite(interaction, resourceType),
   narrowSearch: (_access, request) => request,
-  mayWrite: () => true,
+  mayWrite: (_access, resource, interaction) => {
+    if (isServerWritten(resource.resourceType)) throw serverWrittenRefusal(resource.resourceType, interaction);
+    return true;
+  },
 };

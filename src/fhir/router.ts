@@ -20,7 +20,7 @@ import { conditionalReferences, entryRequest, processBatch, processTransaction, 
 import { isChained, resolveChains, type ChainContext } from './chains.js';
 import { applyFhirPathPatch, isFhirPathPatch, parseFhirPathPatch } from './fhirpath-patch.js';
 import { errorToResponse, informational, operationOutcome } from './outcomes.js';
-import { PageTokens, pairsToQuery, queryOfText, queryPairs, toQueryString } from './paging.js';
+import { PageTokens, pairsToQuery, queryOfText, queryPairs, toQueryString, type PagePosition } from './paging.js';
 import { OPEN_POLICY, type AccessPolicy, type GuardOptions, type OutboundGuard } from './policy.js';
 import { isSupportedType } from './resource-types.js';
 import { asksForTotal, isResultParam, parseSearch, type SearchParseOptions } from './search.js';
@@ -326,7 +326,7 @@ export class FhirRouter {
     // Absent first: what the body may say is asked only about a resource the requester can see (a
     // Patient body names its own id, so judging it first would tell a hidden id from a free one).
     if (!(await this.writableBy(req.access, type, id))) throw notFound('Not found');
-    if (!(await this.policy.mayWrite(req.access, resource, 'update'))) throw forbiddenWrite();
+    if (!(await this.policy.mayWrite(req.access, resource, 'update', await this.replacedBy(req.access, type, id)))) throw forbiddenWrite();
     const ifMatch = parseIfMatch(req.headers['if-match']);
     const result = await this.options.repository.update(resource, ifMatch !== undefined ? { ifMatch } : undefined);
     return this.writeResponse(req, result.resource, result.outcome === 'created' ? 201 : 200, 'Updated');
@@ -405,7 +405,7 @@ export class FhirRouter {
     const { current, patched, ifMatch } = await this.applyPatchRequest(req, type, id);
     refuseConditionalReferences(patched);
     this.prepareWrite(patched);
-    if (!(await this.policy.mayWrite(req.access, patched, 'update'))) throw forbiddenWrite();
+    if (!(await this.policy.mayWrite(req.access, patched, 'update', current))) throw forbiddenWrite();
     try {
       const result = await this.options.repository.update(patched, { ifMatch: current.meta!.versionId! });
       // not the requester's own content alone (the rest came from the store): it leaves through the guards, as a read
@@ -513,6 +513,11 @@ export class FhirRouter {
     this.options.validator.assertValid(resource);
   }
 
+  /** The current version an update by `access` replaces, for policy.mayWrite (not read for open access, which may write anything). */
+  private async replacedBy(access: AccessContext, type: string, id: string): Promise<Resource | undefined> {
+    return access.kind === 'open' ? undefined : this.currentOf(type, id);
+  }
+
   private async currentOf(type: string, id: string): Promise<Resource | undefined> {
     try {
       return await this.options.repository.read(type, id);
@@ -541,12 +546,14 @@ export class FhirRouter {
   private async search(req: FhirRequest, type: string, rawQuery: Record<string, string | string[]>): Promise<FhirResponse> {
     await this.policy.authorize(req.access, 'search', type);
     let query = rawQuery;
-    let offset = 0;
+    // where this page starts: a `next` link's token resumes after the last match the page before
+    // examined (keyset), a token without a position (a `previous` link, or issued before positions) by offset
+    let at: PagePosition = { offset: 0 };
     const token = single(rawQuery._pageToken);
     if (token !== undefined) {
       const state = this.pages.open(req.access, token);
       query = pairsToQuery(state.query);
-      offset = state.offset;
+      at = state.after === undefined ? { offset: state.offset } : { offset: state.offset, after: state.after };
     }
     const including = Object.keys(query).some((k) => k.startsWith('_include') || k.startsWith('_revinclude'));
     const subsetting = parseSubsetting(type, query, { lenient: preferLenient(req), including });
@@ -563,14 +570,16 @@ export class FhirRouter {
     const count = parsed.count ?? this.options.defaultPageSize;
     if (subsetting?.kind !== 'summary') parseOptions.dropped.add('_summary');
     if (subsetting?.kind !== 'elements') parseOptions.dropped.add('_elements');
-    const { matches, included, hasMore, nextOffset } = resolved
-      ? await this.filledPage(req.access, await this.policy.narrowSearch(req.access, { ...parsed, offset }), offset, count)
+    const { matches, included, hasMore, next } = resolved
+      ? await this.filledPage(req.access, await this.policy.narrowSearch(req.access, { ...parsed, offset: at.offset }), at, count)
       // a chain selected nothing: nothing can match
-      : { matches: { allowed: [], issues: [] }, included: { allowed: [], issues: [] }, hasMore: false, nextOffset: offset };
+      : { matches: { allowed: [], issues: [] }, included: { allowed: [], issues: [] }, hasMore: false, next: at };
     const firstPageQuery = usedQuery(query, parsed, parseOptions.dropped);
-    const links: BundleLink[] = [{ relation: 'self', url: this.pageUrl(req, type, firstPageQuery, offset) }];
-    if (hasMore) links.push({ relation: 'next', url: this.pageUrl(req, type, firstPageQuery, nextOffset) });
-    if (offset > 0) links.push({ relation: 'previous', url: this.pageUrl(req, type, firstPageQuery, Math.max(0, offset - count)) });
+    const links: BundleLink[] = [{ relation: 'self', url: this.pageUrl(req, type, firstPageQuery, at) }];
+    if (hasMore) links.push({ relation: 'next', url: this.pageUrl(req, type, firstPageQuery, next) });
+    // No position goes backwards: `previous` is the page `count` matches back by offset (pages
+    // before this one may have shifted under writes since; a walk forward never does).
+    if (at.offset > 0) links.push({ relation: 'previous', url: this.pageUrl(req, type, firstPageQuery, { offset: Math.max(0, at.offset - count) }) });
     // subsets are cut from versions the guards passed whole (src/fhir/subsetting.ts)
     const shown = (r: Resource, include: boolean): Resource => (subsetting ? subsetResource(r, subsetting, include) : r);
     const entry: BundleEntry[] = [
@@ -587,27 +596,34 @@ export class FhirRouter {
    * One page of `count` matches that pass the guards, re-paged after filtering: when guards drop
    * entries the next repository rows fill the page, and `next` appears only when at least one more
    * visible match exists (found by looking ahead), so no short or empty page hints at hidden data.
-   * Offsets in page tokens are repository offsets.
+   * Offsets in page tokens are repository offsets. Where the repository gives positions
+   * (SearchResult.positionOf), `next` resumes strictly after the last match this page examined —
+   * taken or withheld, not the last one returned — so writes meanwhile shift nothing after it
+   * (SearchOptions.after); the re-paging within one page resumes the same way.
    */
-  private async filledPage(access: AccessContext, narrowed: SearchRequest, offset: number, count: number): Promise<{
+  private async filledPage(access: AccessContext, narrowed: SearchRequest, at: PagePosition, count: number): Promise<{
     matches: { allowed: Resource[]; issues: OperationOutcomeIssue[] };
     included: { allowed: Resource[]; issues: OperationOutcomeIssue[] };
     hasMore: boolean;
-    nextOffset: number;
+    next: PagePosition;
   }> {
     const matches = { allowed: [] as Resource[], issues: [] as OperationOutcomeIssue[] };
     const included = { allowed: [] as Resource[], issues: [] as OperationOutcomeIssue[] };
     // No entries and no `next` link: its page would be this one again (a client following `next`
     // would never stop), and for a limited requester it would say whether hidden matches exist.
-    if (count === 0) return { matches, included, hasMore: false, nextOffset: offset };
-    let repoOffset = offset;
+    if (count === 0) return { matches, included, hasMore: false, next: at };
+    let repoOffset = at.offset;
+    let after = at.after;
     // Matches the guards withhold are re-paged past, each page from the repository costing as much
     // as the pages before it: past the scan limit they make the search too costly, as non-matches do.
     let withheld = 0;
     const scanLimit = this.searchOptions.scanLimit ?? 0;
     for (;;) {
       // Matches are mostly passed on as they are: they may come deferred (parsed as far as guards read them).
-      const result = await this.options.repository.search({ ...narrowed, offset: repoOffset, count }, this.deferredSearch);
+      const result = await this.options.repository.search({ ...narrowed, offset: repoOffset, count },
+        after === undefined ? this.deferredSearch : { ...this.deferredSearch, after });
+      // the position past the first `i` matches of this result (none from an adapter that pages by offset only)
+      const past = (i: number): string | undefined => (!result.positionOf ? undefined : i > 0 ? result.positionOf(i - 1) : after);
       const guarded = await this.guard(access, result.resources);
       // Guards may hand back copies (e.g. with an integrity tag): match them by version.
       const key = (r: Resource): string => `${r.resourceType}/${r.id}/${versionIdOf(r)}`;
@@ -619,7 +635,7 @@ export class FhirRouter {
           if (scanLimit > 0 && ++withheld > scanLimit) throw scanLimitExceeded(scanLimit, narrowed.resourceType);
           continue;
         }
-        if (matches.allowed.length === count) return { matches, included, hasMore: true, nextOffset: repoOffset + i };
+        if (matches.allowed.length === count) return { matches, included, hasMore: true, next: position(repoOffset + i, past(i)) };
         matches.allowed.push(r);
       }
       if (filling) {
@@ -629,17 +645,19 @@ export class FhirRouter {
         included.issues.push(...inc.issues);
       }
       repoOffset += result.resources.length;
-      if (!result.hasMore || result.resources.length === 0) return { matches, included, hasMore: false, nextOffset: repoOffset };
+      // (no `next` link follows: no position is worked out)
+      if (!result.hasMore || result.resources.length === 0) return { matches, included, hasMore: false, next: { offset: repoOffset } };
+      after = past(result.resources.length);
     }
   }
 
-  private pageUrl(req: FhirRequest, type: string, firstPageQuery: [string, string][], offset: number): string {
+  private pageUrl(req: FhirRequest, type: string, firstPageQuery: [string, string][], at: PagePosition): string {
     const base = `${this.options.fhirBase}/${type}`;
-    if (offset === 0) {
+    if (at.offset === 0 && at.after === undefined) {
       const qs = toQueryString(firstPageQuery);
       return qs ? `${base}?${qs}` : base;
     }
-    return `${base}?_pageToken=${this.pages.issue(req.access, { query: firstPageQuery, offset })}`;
+    return `${base}?_pageToken=${this.pages.issue(req.access, { query: firstPageQuery, ...at })}`;
   }
 
   private async history(req: FhirRequest, type: string | undefined, id: string | undefined): Promise<FhirResponse> {
@@ -868,7 +886,8 @@ export class FhirRouter {
         authorize: async (interaction, resource) => {
           await this.policy.authorize(req.access, interaction, resource.resourceType);
           if (interaction !== 'create' && resource.id && !(await this.writableBy(req.access, resource.resourceType, resource.id))) throw notFound('Not found');
-          if (!(await this.policy.mayWrite(req.access, resource, interaction))) throw forbiddenWrite();
+          const replaced = interaction === 'update' && resource.id ? await this.replacedBy(req.access, resource.resourceType, resource.id) : undefined;
+          if (!(await this.policy.mayWrite(req.access, resource, interaction, replaced))) throw forbiddenWrite();
         },
         checkType: (type) => this.checkType(type),
         commit: (tx) => this.options.repository.transaction(tx),
@@ -963,14 +982,14 @@ export class FhirRouter {
   /**
    * One page of a search for the requester, for operations that page (`$everything`): the same
    * authorization, narrowing, guards and re-paging past withheld matches as a search's page.
-   * `offset` and `nextOffset` are repository offsets, as in a search's page tokens.
+   * `at` and `next` are positions in the repository's matches, as in a search's page tokens.
    */
-  async searchPage(access: AccessContext, resourceType: string, query: Record<string, string | string[]>, offset: number, count: number): Promise<{
+  async searchPage(access: AccessContext, resourceType: string, query: Record<string, string | string[]>, at: PagePosition, count: number): Promise<{
     resources: Resource[];
     /** What the guards said of the page (an integrity failure: the version withheld), for the caller's outcome entry. */
     issues: OperationOutcomeIssue[];
     hasMore: boolean;
-    nextOffset: number;
+    next: PagePosition;
   }> {
     await this.policy.authorize(access, 'search', resourceType);
     const parsed = parseSearch(this.checkType(resourceType), query, {
@@ -979,8 +998,8 @@ export class FhirRouter {
       defaultCount: count,
       maxCount: count,
     });
-    const page = await this.filledPage(access, await this.policy.narrowSearch(access, { ...parsed, offset }), offset, count);
-    return { resources: page.matches.allowed, issues: page.matches.issues, hasMore: page.hasMore, nextOffset: page.nextOffset };
+    const page = await this.filledPage(access, await this.policy.narrowSearch(access, { ...parsed, offset: at.offset }), at, count);
+    return { resources: page.matches.allowed, issues: page.matches.issues, hasMore: page.hasMore, next: page.next };
   }
 
   /** The page size a request asks for (`_count`), checked as a search's is: the default when absent, at most the maximum. */
@@ -1004,8 +1023,8 @@ export class FhirRouter {
    */
   async searchAll(access: AccessContext, resourceType: string, query: Record<string, string | string[]>, issues?: OperationOutcomeIssue[]): Promise<Resource[]> {
     await this.policy.authorize(access, 'search', resourceType);
-    // Large pages: the repository finds page k by scanning k pages, so few pages keep this linear
-    // (90 days of 5-minute readings is one page).
+    // Large pages (90 days of 5-minute readings is one page); a page after one resumes from its last
+    // match where the repository gives positions, else the repository finds page k by scanning k pages.
     const pageSize = 50_000;
     const parsed = parseSearch(this.checkType(resourceType), query, {
       lenient: false,
@@ -1015,12 +1034,14 @@ export class FhirRouter {
     });
     const narrowed: SearchRequest = await this.policy.narrowSearch(access, { ...parsed, offset: 0 });
     const out: Resource[] = [];
+    let after: string | undefined;
     for (let offset = 0; ; offset += pageSize) {
-      const result = await this.options.repository.search({ ...narrowed, count: pageSize, offset }, this.searchOptions);
+      const result = await this.options.repository.search({ ...narrowed, count: pageSize, offset }, after === undefined ? this.searchOptions : { ...this.searchOptions, after });
       const guarded = await this.guard(access, result.resources);
       out.push(...guarded.allowed);
       issues?.push(...guarded.issues);
-      if (!result.hasMore) return out;
+      if (!result.hasMore || result.resources.length === 0) return out;
+      after = result.positionOf?.(result.resources.length - 1);
     }
   }
 
@@ -1041,7 +1062,7 @@ export class FhirRouter {
         if (!resolved) return [];
         const parsed = parseSearch(type, resolved, { lenient: false, supported, defaultCount: limit + 1, maxCount: limit + 1 });
         const narrowed = await this.policy.narrowSearch(access, { ...parsed, offset: 0 });
-        return (await this.filledPage(access, narrowed, 0, limit + 1)).matches.allowed;
+        return (await this.filledPage(access, narrowed, { offset: 0 }, limit + 1)).matches.allowed;
       },
     };
     return ctx;
@@ -1143,7 +1164,7 @@ export class FhirRouter {
     const asQuery = typeof query === 'string' ? queryOfText(query.replace(/^\?/, '')) : query;
     const parsed = parseSearch(type, asQuery, { lenient: false, supported: this.options.repository.supportedSearchParams(), defaultCount: 2, maxCount: 2 });
     const narrowed = await this.policy.narrowSearch(access, { ...parsed, offset: 0 });
-    return (await this.filledPage(access, narrowed, 0, 2)).matches.allowed;
+    return (await this.filledPage(access, narrowed, { offset: 0 }, 2)).matches.allowed;
   }
 
   /**
@@ -1337,6 +1358,11 @@ function mergeQuery(a: Record<string, string | string[]>, b: Record<string, stri
   const out: Record<string, string | string[]> = { ...a };
   for (const [k, v] of Object.entries(b)) out[k] = k in out ? [out[k]!].flat().concat(v) : v;
   return out;
+}
+
+/** A page position (PagePosition) with its repository position only when there is one. */
+function position(offset: number, after: string | undefined): PagePosition {
+  return after === undefined ? { offset } : { offset, after };
 }
 
 function single(v: string | string[] | undefined): string | undefined {

@@ -40,6 +40,15 @@ export interface SearchOptions {
    * last). A version whose data key was erased is still left out. Adapters that cannot tell ignore it.
    */
   standIns?: boolean;
+  /**
+   * Keyset paging: a mark from an earlier page's SearchResult.positionOf. The page holds the matches
+   * strictly after that one in the search's order (`request.offset` is then not counted), so
+   * resources created, updated or deleted since the mark was taken shift nothing after it. When the
+   * adapter cannot resume from it (a mark of an order this search is no longer read in, that it cannot
+   * compute), it pages by `request.offset` instead, which the caller keeps counting for that. Adapters
+   * without positions ignore it.
+   */
+  after?: string;
 }
 
 /** One version of one resource. */
@@ -74,6 +83,12 @@ export interface SearchResult {
   included: Resource[];
   /** True when more matches exist after `offset + count`. */
   hasMore: boolean;
+  /**
+   * The position of `resources[index]` in the search's order, to resume after it
+   * (SearchOptions.after); an opaque mark, worked out when asked. Absent: the adapter pages by
+   * offset only (upstream).
+   */
+  positionOf?(index: number): string;
 }
 
 export interface HistoryRequest {
@@ -147,7 +162,10 @@ export interface Repository {
    */
   delete(resourceType: string, id: string, options?: { ifMatch?: string }): Promise<void>;
 
-  /** search (search.html), parsed by @medplum/core `parseSearchRequest`; offset/count page it. */
+  /**
+   * search (search.html), parsed by @medplum/core `parseSearchRequest`; offset/count page it, or
+   * count and a position (SearchOptions.after, SearchResult.positionOf) where the adapter has them.
+   */
   search(request: SearchRequest, options?: SearchOptions): Promise<SearchResult>;
 
   /** instance, type and system history (http.html#history), newest first. */

@@ -1023,6 +1023,11 @@ async function checkWrite(w: Writer, purposeOfUse: string, raw: WReq): Promise<v
     if (e.resource && !w.system && patientLinks(e.resource as unknown as Record<string, unknown>).length > 0 && !writerSees(w, purposeOfUse, e.resource)) {
       problems.push(`${e.method} wrote ${e.resourceType}/${e.id} that it cannot read back: ${JSON.stringify(e.resource)}`);
     }
+    // A grantee writes no patient data at all: a grant is for access (Consent.provision.action), not collect or correct.
+    const about = [e.resource, before.resource].filter((x) => x !== undefined) as unknown as Record<string, unknown>[];
+    if (!w.system && w.self === undefined && about.some((x) => patientLinks(x).length > 0)) {
+      problems.push(`grantee ${w.name}: ${e.method} changed patient data ${e.resourceType}/${e.id}`);
+    }
   }
   // The answer (body, Location) names no stored resource the requester cannot see, beyond what it asked about or wrote itself.
   for (const e of written) typeOfId.set(e.id, e.resourceType);

@@ -279,14 +279,20 @@ describe('consent enforcement on every FHIR path', () => {
     }
   });
 
-  test('a conditional create inside a transaction that matches a granted resource answers it', async () => {
+  // Until session 22 the grantee's conditional create was answered with the match (200): a grant's
+  // action is `access`, not `collect`, so a grantee creates no patient data, matched or not.
+  test('a conditional create inside a transaction: the patient\'s own matching one answers the match; a grantee\'s is refused', async () => {
     const mine = reading(ana, now - 3 * DAY, '99504-3', 'ana-tx-1');
     const first = (await t.app.repository.create(mine)).resource.id!;
-    const res = await request(t.app.http).post('/fhir').set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT')
+    const tx = (token: string) => request(t.app.http).post('/fhir').set('Authorization', `Bearer ${token}`).set('X-Purpose-Of-Use', 'TREAT')
       .set('Content-Type', 'application/fhir+json').send({
         resourceType: 'Bundle', type: 'transaction',
         entry: [{ fullUrl: `urn:uuid:${randomUUID()}`, request: { method: 'POST', url: 'Observation', ifNoneExist: 'identifier=urn:test|ana-tx-1' }, resource: mine }],
       });
+    const byGrantee = await tx(docToken);
+    expect(byGrantee.status).toBe(403);
+    expect(byGrantee.body.resourceType).toBe('OperationOutcome');
+    const res = await tx(patientToken(t.app, ana));
     expect(res.status).toBe(200);
     const [entry] = (res.body as Bundle).entry!;
     expect(entry!.response!.status).toMatch(/^200/);
@@ -409,14 +415,21 @@ describe('consent enforcement on every FHIR path', () => {
     expect(txHidden.status).toBe(404);
     expect(shape(txHidden)).toEqual(shape(txNever));
     expect((await benReading()).meta?.versionId).toBe(before.meta?.versionId);
-    // what the requester can see, it may still change
+    // What the requester can see it still may not change: the grant is for access (until session
+    // 22 a grantee could rewrite a reading it could read); the patient can.
     const mine = await t.app.repository.read<Observation>('Observation', ids.ana2!);
-    const updated = await send('put', `/fhir/Observation/${ids.ana2}`, { ...mine, valueQuantity: { ...mine.valueQuantity, value: 130 } });
+    const refused = await send('put', `/fhir/Observation/${ids.ana2}`, { ...mine, valueQuantity: { ...mine.valueQuantity, value: 130 } });
+    expect(refused.status).toBe(403);
+    expect(refused.body.resourceType).toBe('OperationOutcome');
+    expect((await send('delete', `/fhir/Observation/${ids.ana2}`)).status).toBe(403);
+    expect((await t.app.repository.read<Observation>('Observation', ids.ana2!)).meta?.versionId).toBe(mine.meta?.versionId);
+    const updated = await request(t.app.http).put(`/fhir/Observation/${ids.ana2}`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`)
+      .set('content-type', 'application/fhir+json').send({ ...mine, valueQuantity: { ...mine.valueQuantity, value: 130 } });
     expect(updated.status).toBe(200);
     expect((await t.app.repository.read<Observation>('Observation', ids.ana2!)).valueQuantity?.value).toBe(130);
   });
 
-  test('creates: a person adds data only to a record they could read it back from; system clients create by scope', async () => {
+  test('creates: a grantee adds no patient data, a patient only to their own record; system clients create by scope', async () => {
     const post = (body: object, token = docToken) => request(t.app.http).post('/fhir/Observation').set('Authorization', `Bearer ${token}`)
       .set('X-Purpose-Of-Use', 'TREAT').set('content-type', 'application/fhir+json').send(body);
     const countOf = async (patient: string) => (await t.app.repository.search(parseSearchRequest(`Observation?patient=Patient/${patient}&_count=1000`))).resources.length;
@@ -433,9 +446,12 @@ describe('consent enforcement on every FHIR path', () => {
       ] });
     expect(tx.status).toBe(403);
     expect(await countOf(ben)).toBe(bens);
-    // a reading the grant from Ana covers may be added; one of another code (not granted) may not
-    expect((await post(reading(ana, now - DAY))).status).toBe(201);
+    // not even a reading the grant from Ana covers (until session 22 it could be added: a grant is
+    // for access, not collect); Ana herself adds to her own record, not to Ben's
+    expect((await post(reading(ana, now - DAY))).status).toBe(403);
     expect((await post(reading(ana, now - DAY, '2339-0'))).status).toBe(403);
+    expect((await post(reading(ana, now - DAY), patientToken(t.app, ana))).status).toBe(201);
+    expect((await post(reading(ben, now - DAY), patientToken(t.app, ana))).status).toBe(403);
     // a system client (a device or EHR integration) brings data in by its scopes
     const system = t.app.smart.tokens.signAccessToken({ gid: randomUUID(), clientId: 'uploader', sub: 'uploader', scopes: ['system/Observation.c'] }).token;
     expect((await post(reading(ben, now - DAY), system)).status).toBe(201);
@@ -464,8 +480,17 @@ describe('consent enforcement on every FHIR path', () => {
     expect(after.meta?.versionId).toBe(before.meta?.versionId);
     expect(after.subject?.reference).toBe(`Patient/${ana}`);
     expect((await t.app.repository.search(parseSearchRequest(`Observation?patient=Patient/${ben}&_count=1000`))).resources.length).toBe(bensBefore);
-    // a change that stays readable is still allowed
-    expect((await put(ids.ana1!, { ...before, valueQuantity: { ...before.valueQuantity, value: 125 } })).status).toBe(200);
+    // nor one that stays readable (until session 22 it was allowed: a grant is for access)
+    expect((await put(ids.ana1!, { ...before, valueQuantity: { ...before.valueQuantity, value: 125 } })).status).toBe(403);
+    // Ana may change her reading, but not make it data about nobody (a patch deleting subject),
+    // which no consent would then cover: found by the write fuzz
+    const asAna = (method: 'put' | 'patch', body: object, type = 'application/fhir+json') => request(t.app.http)[method](`/fhir/Observation/${ids.ana1}`)
+      .set('Authorization', `Bearer ${patientToken(t.app, ana)}`).set('content-type', type).send(body);
+    expect((await asAna('patch', [{ op: 'remove', path: '/subject' }], 'application/json-patch+json')).status).toBe(403);
+    const { subject: _subject, ...orphan } = before;
+    expect((await asAna('put', orphan)).status).toBe(403);
+    expect((await t.app.repository.read<Observation>('Observation', ids.ana1!)).subject?.reference).toBe(`Patient/${ana}`);
+    expect((await asAna('put', { ...before, valueQuantity: { ...before.valueQuantity, value: 125 } })).status).toBe(200);
   });
 
   test('type and system history of a limited requester read only the granting patients\' versions from the repository', async () => {
@@ -547,9 +572,11 @@ describe('consent enforcement on every FHIR path', () => {
     await expect(t.app.repository.read('Patient', never)).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
   });
   // last: it leaves a deletion of a visible reading in the type history the tests above count
+  // Ana's own token since session 22 (a grantee writes no patient data; its conditional PUTs are
+  // refused alike, matched or not, below).
   test('conditional update and delete decide over what the requester may see: a hidden match is neither changed nor revealed', async () => {
-    const send = (method: 'put' | 'delete', url: string, body?: unknown) => {
-      const r = request(t.app.http)[method](url).set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT');
+    const send = (method: 'put' | 'delete', url: string, body?: unknown, token = patientToken(t.app, ana)) => {
+      const r = request(t.app.http)[method](url).set('Authorization', `Bearer ${token}`).set('X-Purpose-Of-Use', 'TREAT');
       return body ? r.set('content-type', 'application/fhir+json').send(body) : r;
     };
     // Ben's reading (hidden from the practitioner) under an identifier nothing else carries
@@ -558,6 +585,8 @@ describe('consent enforcement on every FHIR path', () => {
     const benReading = () => t.app.repository.read<Observation>('Observation', benId);
     const before = await benReading();
     const nothing = `cond-${randomUUID()}`;
+    const byGrantee = [hiddenId, nothing].map((idf) => send('put', `/fhir/Observation?identifier=urn:test|${idf}`, reading(ana, now - DAY, '99504-3', idf), docToken));
+    expect((await Promise.all(byGrantee)).map((r) => r.status)).toEqual([403, 403]);
     // Criteria that match only Ben's (hidden) reading answer as criteria that match nothing: Ana's
     // reading is created, Ben's stays as it was, and nothing names it.
     const putHidden = await send('put', `/fhir/Observation?identifier=urn:test|${hiddenId}`, reading(ana, now - DAY, '99504-3', hiddenId));

@@ -192,7 +192,7 @@ export class EmbeddedRepository implements Repository {
   async search(request: SearchRequest, options?: SearchOptions): Promise<SearchResult> {
     this.checkOpen();
     this.syncDecoded();
-    return runSearch(this.searchContext, request, options?.scanLimit, options?.deferred, options?.standIns);
+    return runSearch(this.searchContext, request, options?.scanLimit, options?.deferred, options?.standIns, options?.after);
   }
 
   /**

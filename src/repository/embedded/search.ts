@@ -9,7 +9,9 @@
  * resource of the type. Other token/reference filters become EXISTS checks in the same query.
  * Filters that the driver's SQL proves exactly are not re-checked (see Plan.proven).
  * When the driver already yields rows in the requested order, candidates are streamed and the
- * scan stops as soon as the page (plus one, for `hasMore`) is full.
+ * scan stops as soon as the page (plus one, for `hasMore`) is full. A later page of a walk starts
+ * strictly after the position of the last match examined (keyset, seek.ts): by the index when rows
+ * come in the order, else by filtering the sorted matches.
  */
 import { Operator, splitSearchOnComma, toTypedValue } from '@medplum/core';
 import type { Filter, IncludeTarget, SearchRequest } from '@medplum/core';
@@ -24,9 +26,10 @@ import {
   stringPrefixKey, systemTokenKey, tokenKey, undatedKey,
 } from './params.js';
 import type { ParamInfo } from './params.js';
-import type { VersionRow } from './store.js';
+import { ixStartsUnder, type VersionRow } from './store.js';
+import { compareKeys, computedOrder, parsePosition, positionText, sortOrderId, type OrderKey } from './seek.js';
 import { foldText } from '../../fhir/folding.js';
-import { compileMatcher, compositeProblem, parseQuantity, quantityProblem, splitComposite, splitPrefix, stringValues } from './match.js';
+import { compileMatcher, compositeProblem, parseQuantity, quantityProblem, splitComposite, splitPrefix } from './match.js';
 
 /** Date rows spanning more than this go to a separate "long" bucket that is scanned whole. */
 export const LONG_SPAN_MS = 24 * 3600 * 1000;
@@ -84,8 +87,23 @@ export interface Plan {
   orderBy: string;
   /** Order the driver yields: the sort code it satisfies ('' = default order), and its direction. */
   yields?: { code: string; descending: boolean };
-  /** Second query for long-span (and, when sorting without a date filter, undated) rows. */
-  long?: { where: string[]; args: unknown[] };
+  /**
+   * Second query for long-span (and, when sorting without a date filter, undated) rows; `undated`:
+   * the key of the undated rows, which stand after every date (as in a sort of resources without one).
+   */
+  long?: { where: string[]; args: unknown[]; undated?: [number, number] };
+  /**
+   * The order rows come in (named as in seek.ts): the column of its first key (none: seq alone),
+   * the seq column, and the direction of both.
+   */
+  order: { id: string; key?: string; seq: string; descending: boolean };
+  /** The driver query resuming strictly after a row's keys in `order` (its key and seq, or its seq). */
+  seek(keys: number[]): { where: string[]; args: unknown[] };
+  /**
+   * The conditions on the driver's own index rows (`ix_date` plans; `d.h = ?` first): a resource with
+   * several rows under the key stands at the first of them that meets them (runSearch, keyset).
+   */
+  rows?: { where: string[]; args: unknown[] };
   /**
    * Filters the driver's SQL already proves for every row it yields, not re-evaluated on the
    * decrypted resource: date filters of the range scan, whose row conditions are medplum's
@@ -112,6 +130,15 @@ export const SELECT = 'SELECT v.seq, v.type, v.id, v.version, v.last_updated, v.
  */
 export const SELECT_LIGHT = 'SELECT v.seq, v.key_id, v.key_version, 1 AS light';
 
+/** A candidate row, with the order columns a search reads beside it. */
+type OrderedRow = VersionRow & { k?: number; d_h?: number; d_h2?: number; ix_rows?: Buffer | null };
+
+/**
+ * A match and where it stands in the order of its search (seek.ts): its row's seq and first order
+ * key (`k`) when rows come in that order, its computed keys when the order is computed here.
+ */
+interface Match { resource: Resource; seq: number; k?: number; keys?: OrderKey[] }
+
 /**
  * Runs a parsed search request. Throws ERR_INVALID for parameters this adapter does not support,
  * and (too-costly) once more than `scanLimit` candidates were examined beyond what the page needs
@@ -119,8 +146,13 @@ export const SELECT_LIGHT = 'SELECT v.seq, v.key_id, v.key_version, 1 AS light';
  * (every filter proven by the index, rows in the asked order, no includes) may come deferred. With
  * `standIns` (SearchOptions.standIns), a candidate whose bytes do not authenticate is a match as its
  * stand-in: the index chose it, and nothing of its content is left to match it against.
+ *
+ * `after` (SearchOptions.after) is the position of a match of an earlier page: the page is then the
+ * matches strictly after it in the search's order (seek.ts), read from there by the index when rows
+ * come in that order; when the search is now read in another default order (another index drives
+ * it), the walk's own order is computed over every match; failing that, `request.offset` pages it.
  */
-export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit = 0, deferred = false, standIns = false): SearchResult {
+export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit = 0, deferred = false, standIns = false, after?: string): SearchResult {
   const type = request.resourceType;
   const params = paramsFor(type);
   const asked = (request.filters ?? []).map((f) => normalizeFilter(type, params, f));
@@ -135,73 +167,148 @@ export function runSearch(ctx: SearchContext, request: SearchRequest, scanLimit 
   }
   validateIncludes(type, request.include ?? [], request.revInclude ?? []);
 
-  const offset = Math.max(0, request.offset ?? 0);
   const count = Math.max(0, request.count ?? DEFAULT_COUNT);
-  const wanted = offset + count + 1;
   const plan = planSearch(ctx, type, params, filters, sortRules.length > 0 ? sortRules[0]! : undefined);
+  // Rows come in the order asked when it is the plan's own (no _sort) or the one rule it yields;
+  // any other order is computed here over every match.
+  const rowOrdered = sortRules.length === 0 || (sortRules.length === 1 && plan.yields?.code === sortRules[0]!.code
+    && plan.yields.descending === !!sortRules[0]!.descending);
+  const order = sortRules.length ? sortOrderId(sortRules) : plan.order.id;
+  const resume = after === undefined ? undefined : parsePosition(after);
+  const computed = !rowOrdered ? computedOrder(order, params) : resume && resume.order !== order ? computedOrder(resume.order, params) : undefined;
+  const rowKeyCount = plan.order.key ? 2 : 1;
+  const from = resume && resume.order === (computed?.id ?? order) && (computed
+    ? resume.keys.length === computed.descending.length
+    : resume.keys.length === rowKeyCount && resume.keys.every((k) => typeof k === 'number')) ? resume : undefined;
+  const offset = from ? 0 : Math.max(0, request.offset ?? 0);
+  const wanted = offset + count + 1;
+  const rowDirections = Array<boolean>(rowKeyCount).fill(plan.order.descending);
+  const rowKeysOf = (row: { k?: number; seq: number }): number[] => (plan.order.key ? [row.k!, row.seq] : [row.seq]);
 
-  const matches: Resource[] = [];
+  const matches: Match[] = [];
   const unproven = filters.filter((f) => !plan.proven?.includes(f));
   const isMatch = compileMatcher(params, unproven);
   const seen = new Set<number>();
   let examined = 0;
   let decode = (row: VersionRow): Resource | undefined => ctx.decode(row);
-  const accept = (row: VersionRow): boolean => {
+  const accept = (row: OrderedRow): boolean => {
     if (seen.has(row.seq)) return false;
     seen.add(row.seq);
     if (scanLimit > 0 && ++examined - Math.min(matches.length, wanted) > scanLimit) {
       // when the order asked for is not the order rows come in, the sort is what needs every match
       throw scanLimitExceeded(scanLimit, type, streamable ? undefined : sortRules.map((r) => `${r.descending ? '-' : ''}${r.code}`).join(',') || undefined);
     }
-    const resource = decode(row);
+    let resource = decode(row);
     if (!resource) {
-      const standIn = standIns ? ctx.standIn(row) : undefined;
-      if (!standIn) return false;
-      matches.push(standIn);
-      return true;
+      resource = standIns ? ctx.standIn(row) : undefined;
+      if (!resource) return false;
+    } else if (!isMatch(resource)) {
+      return false;
     }
-    if (!isMatch(resource)) return false;
-    matches.push(resource);
+    matches.push({ resource, seq: row.seq, k: row.k });
     return true;
   };
 
-  let longRows: VersionRow[] = [];
+  let longRows: OrderedRow[] = [];
   if (plan.long) {
-    longRows = ctx.prepare(`${SELECT} FROM ${plan.from} WHERE ${plan.long.where.join(' AND ')}`)
-      .all(...plan.long.args);
+    const undated = plan.long.undated;
+    longRows = (ctx.prepare(`${SELECT}, d.start AS k, d.h AS d_h, d.h2 AS d_h2 FROM ${plan.from} WHERE ${plan.long.where.join(' AND ')}`)
+      .all(...plan.long.args) as OrderedRow[])
+      .map((row) => (undated && row.d_h === undated[0] && row.d_h2 === undated[1] ? { ...row, k: MAX_TIME } : row));
   }
-  const sql = `${ctx.light?.() ? SELECT_LIGHT : SELECT} FROM ${plan.from} WHERE ${plan.where.join(' AND ')} ORDER BY ${plan.orderBy}`;
-  const statement = ctx.prepare(`${sql} LIMIT ? OFFSET ?`);
-  const streamable = longRows.length === 0 && sortRules.length <= 1 &&
-    (sortRules.length === 0 || (plan.yields?.code === sortRules[0]!.code && plan.yields.descending === !!sortRules[0]!.descending));
+  const streamable = longRows.length === 0 && rowOrdered && !computed;
+  // a resource with several rows under the key, met again past the position, may have stood before it
+  const severalRows = streamable && from !== undefined && plan.rows !== undefined;
+  // (a first page read in order leaves its rows' keys out: the one position asked for is looked up, orderKeyOf)
+  const keyed = plan.order.key !== undefined && (!streamable || from !== undefined);
+  const select = `${ctx.light?.() ? SELECT_LIGHT : SELECT}${keyed ? `, ${plan.order.key} AS k` : ''}${severalRows ? ', v.ix AS ix_rows' : ''}`;
+  const source = streamable && from ? plan.seek(from.keys as number[]) : plan;
+  const statement = ctx.prepare(`${select} FROM ${plan.from} WHERE ${source.where.join(' AND ')} ORDER BY ${plan.orderBy} LIMIT ? OFFSET ?`);
 
   if (deferred && ctx.decodeDeferred && streamable && unproven.length === 0 && !request.include?.length && !request.revInclude?.length) {
     decode = (row) => ctx.decodeDeferred!(row);
   }
 
   if (streamable) {
+    const stoodBefore = severalRows ? standingBefore(ctx, plan, from!.keys as number[]) : undefined;
     // Batches rather than iterate(): far fewer native calls; most candidates match, so one
     // batch of `wanted` rows is usually the whole answer.
     const batch = Math.max(wanted, 64);
     for (let skip = 0; ; skip += batch) {
-      const rows = statement.all(...plan.args, batch, skip);
+      const rows = statement.all(...source.args, batch, skip) as OrderedRow[];
       for (const row of rows) {
-        accept(row);
+        if (stoodBefore?.(row)) seen.add(row.seq);
+        else accept(row);
         if (matches.length >= wanted) break;
       }
       if (matches.length >= wanted || rows.length < batch) break;
     }
+  } else if (!computed) {
+    // Long-span (or undated) rows among them: every row in the plan's order, each resource where
+    // its first row stands, and only as many resources read as the page needs.
+    const rows = [...longRows, ...(statement.all(...plan.args, -1, 0) as OrderedRow[])];
+    rows.sort((a, b) => compareKeys(rowKeysOf(a), rowKeysOf(b), rowDirections));
+    for (const row of rows) {
+      if (from && !seen.has(row.seq) && compareKeys(rowKeysOf(row), from.keys, rowDirections) <= 0) seen.add(row.seq);
+      else accept(row);
+      if (matches.length >= wanted) break;
+    }
   } else {
     for (const row of longRows) accept(row);
     for (const row of statement.iterate(...plan.args, -1, 0)) accept(row);
-    sortResources(matches, params, sortRules);
+    for (const m of matches) m.keys = computed.keysOf(m.resource, m.seq);
+    matches.sort((a, b) => compareKeys(a.keys!, b.keys!, computed.descending));
+    if (from) matches.splice(0, matches.filter((m) => compareKeys(m.keys!, from.keys, computed.descending) <= 0).length);
   }
 
   const page = matches.slice(offset, offset + count);
+  const resources = page.map((m) => m.resource);
+  const positionOrder = computed?.id ?? order;
   return {
-    resources: page,
-    included: collectIncludes(ctx, page, request.include ?? [], request.revInclude ?? [], standIns),
+    resources,
+    included: collectIncludes(ctx, resources, request.include ?? [], request.revInclude ?? [], standIns),
     hasMore: matches.length > offset + count,
+    positionOf: (index) => {
+      const m = page[index]!;
+      if (m.keys) return positionText({ order: positionOrder, keys: m.keys });
+      const k = m.k ?? (plan.order.key ? orderKeyOf(ctx, plan, m.seq) : undefined);
+      return positionText({ order: positionOrder, keys: rowKeysOf({ seq: m.seq, k }) });
+    },
+  };
+}
+
+/**
+ * The first order key of a match whose row was read without it (`plan.order.key`): its last-updated
+ * time; or, on the date and quantity indexes, the start of its first row under the driver's key in
+ * the plan's order that meets the plan's row conditions — where the scan met it. Its packed index
+ * rows (`versions.ix`) list its rows; most resources have one there.
+ */
+function orderKeyOf(ctx: SearchContext, plan: Plan, seq: number): number | undefined {
+  const row = ctx.prepare('SELECT v.last_updated, v.ix FROM versions v WHERE v.seq = ?').get(seq);
+  if (!row) return undefined;
+  if (plan.order.key === 'v.last_updated') return row.last_updated;
+  const rows = plan.rows!;
+  const starts = row.ix ? ixStartsUnder(row.ix, rows.args[0] as number) : [];
+  starts.sort((a, b) => (plan.order.descending ? b - a : a - b));
+  if (starts.length <= 1) return starts[0];
+  const lookup = ctx.prepare(`SELECT d.seq FROM ix_date d WHERE ${rows.where.join(' AND ')} AND d.start = ? AND d.seq = ?`);
+  return starts.find((start) => lookup.get(...rows.args, start, seq) !== undefined);
+}
+
+/**
+ * For a walk resumed past `keys` in an `ix_date` plan's order: whether a row's resource has another
+ * row under the key (its packed index rows say so) that stands at or before `keys` and meets the
+ * plan's row conditions — the resource stood there, on a page before. Most resources have one row
+ * under a key and cost no look-up.
+ */
+function standingBefore(ctx: SearchContext, plan: Plan, keys: number[]): (row: OrderedRow) => boolean {
+  const rows = plan.rows!;
+  const lookup = ctx.prepare(`SELECT d.seq FROM ix_date d WHERE ${rows.where.join(' AND ')} AND d.start = ? AND d.seq = ?`);
+  const directions = [plan.order.descending, plan.order.descending];
+  return (row) => {
+    const starts = row.ix_rows ? ixStartsUnder(row.ix_rows, rows.args[0] as number) : [];
+    return starts.length > 1 && starts.some((start) => start !== row.k
+      && compareKeys([start, row.seq], keys, directions) <= 0 && lookup.get(...rows.args, start, row.seq) !== undefined);
   };
 }
 
@@ -482,10 +589,8 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
     return {
       // the id index, always: ordering by seq, SQLite would otherwise walk every version of the type
       // (a consent-narrowed search matching no id made that a scan of every Observation)
-      from: 'versions v INDEXED BY versions_by_id',
-      where: ['v.type = ?', `v.id IN (${ids.map(() => '?').join(',')})`, ...live, ...extra.where],
-      args: [type, ...ids, ...extra.args],
-      orderBy: 'v.seq',
+      ...seqOrdered('versions v INDEXED BY versions_by_id', ['v.type = ?', `v.id IN (${ids.map(() => '?').join(',')})`, ...live, ...extra.where],
+        [type, ...ids, ...extra.args], 'v.seq'),
     };
   }
 
@@ -509,7 +614,7 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
   if (driver) {
     const extra = exists(driver);
     const keyed = { where: [`d.h IN (${driver.keys.map(() => '?').join(',')})`], args: driver.keys.map((k) => ctx.hash(k)) };
-    const tokenPlan: Plan = { from: 'ix_ref d JOIN versions v ON v.seq = d.seq', where: [...keyed.where, ...extra.where], args: [...keyed.args, ...extra.args], orderBy: 'd.seq' };
+    const tokenPlan = seqOrdered('ix_ref d JOIN versions v ON v.seq = d.seq', [...keyed.where, ...extra.where], [...keyed.args, ...extra.args], 'd.seq');
     if (rank(driver.param) < 2 || ranges.length === 0) return tokenPlan;
     // Each side's own index rows (its plan without the EXISTS checks), counted up to a limit that
     // grows eightfold until one side falls below it: the cost follows the smaller side.
@@ -533,14 +638,21 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
     where.push(...lu.conditions.map((c) => c.replaceAll('d.start', 'v.last_updated').replaceAll('d.end', 'v.last_updated')));
     args.push(...lu.args);
   }
-  const luDesc = sort?.code === '_lastUpdated' && sort.descending;
+  const luDesc = sort?.code === '_lastUpdated' && !!sort.descending;
   return {
     from: 'versions v INDEXED BY versions_live',
     where,
     args,
     orderBy: `v.last_updated ${luDesc ? 'DESC' : 'ASC'}, v.seq ${luDesc ? 'DESC' : 'ASC'}`,
-    yields: sort?.code === '_lastUpdated' ? { code: '_lastUpdated', descending: !!luDesc } : undefined,
+    yields: sort?.code === '_lastUpdated' ? { code: '_lastUpdated', descending: luDesc } : undefined,
+    order: { id: '_lastUpdated', key: 'v.last_updated', seq: 'v.seq', descending: luDesc },
+    seek: seekAfter(where, args, 'v.last_updated', 'v.seq', luDesc),
   };
+
+  /** A plan whose rows come in seq order (the `_id` and reference/token plans). */
+  function seqOrdered(from: string, where: string[], args: unknown[], seq: string): Plan {
+    return { from, where, args, orderBy: seq, order: { id: 'seq', seq, descending: false }, seek: seekAfter(where, args, undefined, seq, false) };
+  }
 
   /** The first date parameter with a range the index answers, as a plan given its EXISTS checks. */
   function dateDriver(): Ranged | undefined {
@@ -559,13 +671,21 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
       if (info.kind !== 'quantity' || !trusted(info)) continue;
       const q = quantityPlan(type, f);
       if (!q) continue;
-      return (extra) => ({
-        from: 'ix_date d JOIN versions v ON v.seq = d.seq',
-        where: ['d.h = ?', 'd.h2 = ?', ...q.points.conditions, ...extra.where],
-        args: [...ctx.hashPair(q.key), ...q.points.args, ...extra.args],
-        orderBy: 'd.start, d.seq',
-        long: { where: ['d.h = ?', 'd.h2 = ?', ...q.ranges.conditions, ...extra.where], args: [...ctx.hashPair(q.key + '\0long'), ...q.ranges.args, ...extra.args] },
-      });
+      return (extra) => {
+        const where = ['d.h = ?', 'd.h2 = ?', ...q.points.conditions, ...extra.where];
+        const args = [...ctx.hashPair(q.key), ...q.points.args, ...extra.args];
+        return {
+          from: 'ix_date d JOIN versions v ON v.seq = d.seq',
+          where,
+          args,
+          orderBy: 'd.start, d.seq',
+          long: { where: ['d.h = ?', 'd.h2 = ?', ...q.ranges.conditions, ...extra.where], args: [...ctx.hashPair(q.key + '\0long'), ...q.ranges.args, ...extra.args] },
+          // (the key is named by its keyed hash: a unit's or a dimension's values are in their own scale)
+          order: { id: `quantity:${f.code}:${ctx.hash(q.key)}`, key: 'd.start', seq: 'd.seq', descending: false },
+          seek: seekAfter(where, args, 'd.start', 'd.seq', false),
+          rows: { where: ['d.h = ?', 'd.h2 = ?', ...q.points.conditions], args: [...ctx.hashPair(q.key), ...q.points.args] },
+        };
+      };
     }
     return undefined;
   }
@@ -580,12 +700,30 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
     const conditions = bounds?.conditions ?? [];
     const condArgs = bounds?.args ?? [];
     const dir = descending ? 'DESC' : 'ASC';
+    const startMin = bounds?.startMin ?? MIN_TIME;
+    const startMax = bounds?.startMax ?? MAX_TIME;
+    const hashed = ctx.hashPair(key);
+    const rows = (min: number, max: number): { where: string[]; args: unknown[] } => ({
+      where: ['d.h = ?', 'd.h2 = ?', 'd.start >= ?', 'd.start <= ?', ...conditions],
+      args: [...hashed, min, max, ...condArgs],
+    });
+    const own = rows(startMin, startMax);
     return {
       from: 'ix_date d JOIN versions v ON v.seq = d.seq',
-      where: ['d.h = ?', 'd.h2 = ?', 'd.start >= ?', 'd.start <= ?', ...conditions, ...extra.where],
-      args: [...ctx.hashPair(key), bounds?.startMin ?? MIN_TIME, bounds?.startMax ?? MAX_TIME, ...condArgs, ...extra.args],
+      where: [...own.where, ...extra.where],
+      args: [...own.args, ...extra.args],
       orderBy: `d.start ${dir}, d.seq ${dir}`,
       yields: { code, descending },
+      order: { id: `date:${code}`, key: 'd.start', seq: 'd.seq', descending },
+      // the index range itself starts at the row resumed after (one bound on d.start, not two)
+      seek: ([start, seq]) => {
+        const from = rows(descending ? startMin : Math.max(startMin, start!), descending ? Math.min(startMax, start!) : startMax);
+        return {
+          where: [...from.where, `(d.start ${descending ? '<' : '>'} ? OR d.seq ${descending ? '<' : '>'} ?)`, ...extra.where],
+          args: [...from.args, start, seq, ...extra.args],
+        };
+      },
+      rows: own,
       proven: [...(bounds?.proven ?? []), ...provenByKey],
       long: bounds ? {
         where: ['d.h = ?', 'd.h2 = ?', ...conditions, ...extra.where],
@@ -593,6 +731,7 @@ export function planSearch(ctx: SearchContext, type: string, params: Map<string,
       } : {
         where: ['((d.h = ? AND d.h2 = ?) OR (d.h = ? AND d.h2 = ?))', ...extra.where],
         args: [...ctx.hashPair(key + '\0long'), ...ctx.hashPair(undatedKey(key)), ...extra.args],
+        undated: ctx.hashPair(undatedKey(key)),
       },
     };
   }
@@ -612,26 +751,15 @@ function singlePatientRef(type: string, params: Map<string, ParamInfo>, filters:
   return undefined;
 }
 
-function sortResources(resources: Resource[], params: Map<string, ParamInfo>, rules: { code: string; descending?: boolean }[]): void {
-  if (rules.length === 0) return;
-  const keyOf = (r: Resource, code: string): string | number => {
-    if (code === '_id') return r.id ?? '';
-    const info = params.get(code)!;
-    const values = info.evaluate([toTypedValue(r)]);
-    if (info.kind === 'date') return datesOf(values)[0]?.start ?? MAX_TIME;
-    return stringValues(values.map((t) => t.value))[0]?.toLowerCase() ?? '\uffff';
-  };
-  const keyed = resources.map((r) => ({ r, keys: rules.map((rule) => keyOf(r, rule.code)) }));
-  keyed.sort((a, b) => {
-    for (let i = 0; i < rules.length; i++) {
-      const x = a.keys[i]!;
-      const y = b.keys[i]!;
-      if (x < y) return rules[i]!.descending ? 1 : -1;
-      if (x > y) return rules[i]!.descending ? -1 : 1;
-    }
-    return 0;
-  });
-  keyed.forEach((k, i) => { resources[i] = k.r; });
+/**
+ * A driver query resuming strictly after a row's keys: `(key, seq)` past the given ones in the
+ * direction of the order (or `seq` alone), the key bound first so that the index range starts there.
+ */
+function seekAfter(where: string[], args: unknown[], key: string | undefined, seq: string, descending: boolean): Plan['seek'] {
+  const past = descending ? '<' : '>';
+  return (keys) => key === undefined
+    ? { where: [...where, `${seq} ${past} ?`], args: [...args, keys[0]] }
+    : { where: [...where, `${key} ${past}= ?`, `(${key} ${past} ? OR ${seq} ${past} ?)`], args: [...args, keys[0], keys[0], keys[1]] };
 }
 
 /**

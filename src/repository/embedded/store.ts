@@ -210,6 +210,18 @@ export function packIx(refs: number[], dates: { h: number; start: number }[]): B
   return Buffer.from(a.buffer);
 }
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** The starts of the date rows under key hash `h` in packed index rows (packIx), read in place: keyset paging asks it of every row. */
+export function ixStartsUnder(buf: Buffer, h: number): number[] {
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const starts: number[] = [];
+  for (let at = (1 + view.getFloat64(0, LITTLE_ENDIAN)) * 8; at + 16 <= buf.byteLength; at += 16) {
+    if (view.getFloat64(at, LITTLE_ENDIAN) === h) starts.push(view.getFloat64(at + 8, LITTLE_ENDIAN));
+  }
+  return starts;
+}
+
 export function unpackIx(buf: Buffer): { refs: number[]; dates: { h: number; start: number }[] } {
   const a = new Float64Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
   const n = a[0]!;
