@@ -135,7 +135,8 @@ async function resolveLaunch(ctx: SmartContext, client: Client, params: Params):
   if (params.launch === undefined) return undefined;
   const bound = await peekLaunch(ctx.kv, params.launch);
   if (!bound) throw invalidRequest('The launch value is unknown, used or expired');
-  if (bound.clientId && bound.clientId !== client.clientId) throw invalidRequest('The launch belongs to another application');
+  // (a launch bound to no app — made before client_id was required — is no one's: launch.ts)
+  if (bound.clientId !== client.clientId) throw invalidRequest('The launch belongs to another application');
   // still single-use: of two uses by the right client only one takes it
   const launch = await takeLaunch(ctx.kv, params.launch);
   if (!launch) throw invalidRequest('The launch value is unknown, used or expired');
@@ -209,6 +210,13 @@ async function checkCredentials(ctx: SmartContext, username: string, password: s
 /**
  * A user who is not a patient, asking for `launch/patient`, picks a patient among those they may
  * see (PatientDirectory); everyone then sees the approval page.
+ *
+ * `patient/` scopes are granted only with a patient in context: "when granting patient-level scopes
+ * like patient/*.rs, the server SHALL provide a `patient` launch context parameter" (SMART App
+ * Launch, scopes-and-launch-context). A user who is not a patient gets one through `launch/patient`
+ * (the picker) or an EHR launch; without either, the `patient/` scopes are left out of the grant
+ * (the approval page and the token response's `scope` say what is granted) rather than issued to be
+ * refused (403) on every request; when nothing useful is left the app gets `invalid_scope`.
  */
 async function nextStage(ctx: SmartContext, res: Response, id: string, client: Client, pending: PendingRequest): Promise<void> {
   if (!pending.patient && pending.scopes.includes('launch/patient')) {
@@ -217,9 +225,27 @@ async function nextStage(ctx: SmartContext, res: Response, id: string, client: C
     await ctx.kv.set(`smart:authz:${id}`, JSON.stringify(pending), PENDING_TTL_MS);
     return sendPage(res, 200, patientPickerPage({ requestId: id, clientName: client.name, patients, query: '' }));
   }
+  if (!pending.patient) {
+    const usable = pending.scopes.filter((s) => !s.startsWith('patient/'));
+    if (!usable.some(grantsSomething)) {
+      await ctx.kv.delete(`smart:authz:${id}`);
+      return redirectWithError(ctx, res, pending.redirectUri, invalidScope('patient/ scopes need a patient in context: '
+        + 'request launch/patient to choose one, or user/ scopes for the signed-in user\'s own access'), pending.state);
+    }
+    pending.scopes = usable;
+  }
   pending.stage = 'approve';
   await ctx.kv.set(`smart:authz:${id}`, JSON.stringify(pending), PENDING_TTL_MS);
   sendApproval(res, id, client, pending);
+}
+
+/**
+ * Whether a scope left once the `patient/` ones are dropped still lets the app do something: data
+ * (`user/`) or identity (`openid`). Context and token-lifetime scopes alone (`launch`, `offline_access`)
+ * would make a token good for nothing.
+ */
+function grantsSomething(scope: string): boolean {
+  return scope.startsWith('user/') || scope === 'openid';
 }
 
 function sendApproval(res: Response, id: string, client: Client, pending: PendingRequest): void {

@@ -69,12 +69,12 @@ function describeClient(client: Client): string {
     `scopes ${client.scopes.join(' ')}`, keys].filter(Boolean).join('  ');
 }
 
-/** Creates an EHR launch context in the shared KV store. */
+/** Creates an EHR launch context in the shared KV store, for a registered app and a patient and practitioner the server holds. */
 export async function createLaunch(config: Config, kv: KeyValueStore, fhirBase: string,
-  input: { patient: string; encounter?: string; practitioner: string; clientId?: string }): Promise<CreatedLaunch> {
+  input: { patient: string; encounter?: string; practitioner: string; clientId: string }, resourceExists: (type: string, id: string) => Promise<boolean>): Promise<CreatedLaunch> {
   const store = new SmartStore(config.dataDir);
   try {
-    return await storeLaunch({ kv, store, fhirBase }, input);
+    return await storeLaunch({ kv, store, fhirBase, resourceExists }, input);
   } finally {
     store.close();
   }
@@ -203,14 +203,14 @@ export function registerSmartCommands(program: Command, open: (options?: { setUp
     .requiredOption('--patient <id>', 'patient in context')
     .option('--encounter <id>', 'encounter in context')
     .requiredOption('--practitioner <id>', 'the clinician the EHR vouches for')
-    .option('--client-id <id>', 'bind the launch to this client and print its launch URL')
-    .action(async (opts: { patient: string; encounter?: string; practitioner: string; clientId?: string }) => {
-      await withOpened(open, async ({ config, kv }) => {
+    .requiredOption('--client-id <id>', 'the app the launch is for (only it may use the launch); prints its launch URL')
+    .action(async (opts: { patient: string; encounter?: string; practitioner: string; clientId: string }) => {
+      await withOpened(open, async ({ config, kv, resourceExists }) => {
         if (!kv || kv.description.adapter !== 'redis') {
           throw new Error('launch contexts made by the CLI reach the server only through a shared Redis (set REDIS_URL); '
             + 'otherwise an EHR client with system/launch uses POST /smart/launch');
         }
-        const created = await createLaunch(config, kv, `${config.baseUrl}/fhir`, opts);
+        const created = await createLaunch(config, kv, `${config.baseUrl}/fhir`, opts, resourceExists);
         console.log(`launch: ${created.launch}\nexpires_in: ${created.expiresIn}`);
         if (created.launchUrl) console.log(`launch_url: ${created.launchUrl}`);
       });

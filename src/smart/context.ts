@@ -63,6 +63,8 @@ export interface SmartContext {
   now: () => number;
   /** Without one, the picker asks for a patient ID and takes any well-formed one (the facade still decides every read). */
   patients?: PatientDirectory;
+  /** Whether the server holds `type/id` (POST /smart/launch refuses a patient or practitioner it does not). */
+  resourceExists?: (type: string, id: string) => Promise<boolean>;
   loginHooks: PatientLoginHook[];
   revokeHooks: GrantRevokedHook[];
 }

@@ -44,6 +44,12 @@ export interface SmartDeps {
   rootKey?: string;
   /** The patients the picker offers a signed-in user (those they may see); without it the picker asks for a patient ID. */
   patients?: PatientDirectory;
+  /**
+   * Whether the server holds `type/id` (src/repository/exists.ts over the app's repository): an EHR
+   * launch naming a patient or practitioner that is not there is refused. Without it launches are
+   * checked for form only, which start-up announces.
+   */
+  resourceExists?: (type: string, id: string) => Promise<boolean>;
   rateLimits?: Partial<RateLimits>;
   lifetimes?: Partial<TokenLifetimes>;
 }
@@ -85,9 +91,11 @@ export async function createSmart(deps: SmartDeps): Promise<Smart> {
   const limiter = new RateLimiter(deps.kv, { ...DEFAULT_RATE_LIMITS, ...deps.rateLimits }, now);
   const ctx: SmartContext = {
     store, kv: deps.kv, keys, tokens, limiter, urls, logger: deps.logger, now, patients: deps.patients, loginHooks: [], revokeHooks: [],
+    ...(deps.resourceExists ? { resourceExists: deps.resourceExists } : {}),
   };
   const authOff = deps.config.auth === 'off';
   if (authOff) deps.logger.warn('GLUCOGUARD_AUTH=off: /fhir accepts requests WITHOUT authentication. For local experiments only.');
+  if (!deps.resourceExists) deps.logger.warn('POST /smart/launch cannot check that a launch\'s patient and practitioner exist (no resource lookup wired into createSmart)');
   deps.logger.info({ issuer: urls.issuer, users: `${deps.config.dataDir}/smart/smart.sqlite`, keys: `${deps.config.dataDir}/keys/` },
     'SMART authorization server ready');
 

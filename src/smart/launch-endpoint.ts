@@ -1,6 +1,8 @@
 /**
  * POST /smart/launch: an EHR system client holding `system/launch` creates a launch context
- * (JSON or form body: patient, practitioner, encounter?, client_id?, fhirContext?).
+ * (JSON or form body: patient, practitioner, client_id, encounter?, fhirContext?). The app must be
+ * registered and the patient and practitioner held by the server (launch.ts); otherwise 400
+ * `invalid_request` naming what is wrong.
  */
 import type { Request, Response } from 'express';
 import { isGlucoGuardError } from '../errors.js';
@@ -19,7 +21,7 @@ export function launchHandler(ctx: SmartContext) {
         return;
       }
       const body = (req.body ?? {}) as Record<string, unknown>;
-      const created = await createLaunch({ kv: ctx.kv, store: ctx.store, fhirBase: ctx.urls.fhirBase }, {
+      const created = await createLaunch({ kv: ctx.kv, store: ctx.store, fhirBase: ctx.urls.fhirBase, ...(ctx.resourceExists ? { resourceExists: ctx.resourceExists } : {}) }, {
         patient: body.patient, encounter: body.encounter, practitioner: body.practitioner,
         clientId: body.client_id, fhirContext: body.fhirContext,
       });
@@ -29,7 +31,8 @@ export function launchHandler(ctx: SmartContext) {
         res.status(err.status).set(err.headers).json({ error: err.status === 400 ? 'invalid_request' : 'invalid_token', error_description: err.message });
       } else if (isGlucoGuardError(err) && err.status < 500) {
         res.status(err.status).json({ error: 'invalid_request', error_description: err.message });
-      } else if (isGlucoGuardError(err, 'ERR_UNAVAILABLE')) {
+      } else if (isGlucoGuardError(err, 'ERR_UNAVAILABLE') || isGlucoGuardError(err, 'ERR_UPSTREAM') || isGlucoGuardError(err, 'ERR_UPSTREAM_TIMEOUT')) {
+        // the KV store, or the repository asked whether the patient and practitioner exist, did not answer
         res.status(503).json({ error: 'temporarily_unavailable', error_description: 'Service temporarily unavailable' });
       } else {
         ctx.logger.error({ err }, 'launch creation failed');

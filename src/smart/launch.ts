@@ -3,6 +3,15 @@
  * `system/launch`, or the operator CLI) creates a context; the app receives an opaque, single-use,
  * short-lived `launch` value and presents it at /authorize, where the launch's practitioner is the
  * authenticated user.
+ *
+ * A launch is made for one app: in SMART's EHR launch the EHR opens that app's launch URL with
+ * `iss` and `launch`, and the app hands the value back at /authorize (app-launch.html, "Launch App:
+ * EHR Launch"); the value is "an opaque identifier for this specific launch". Here it is more than
+ * an identifier — the EHR vouches for its practitioner and the app gets its code without a sign-in
+ * page — so a launch bound to no app would be a bearer credential any registered app could redeem
+ * for the practitioner's access. `client_id` is therefore required, and the app must be registered.
+ * The patient and practitioner must be resources the server holds (`resourceExists`): a context naming
+ * made-up ids would hand the app a token for a patient that is not there, or a user no record is.
  */
 import { randomBytes } from 'node:crypto';
 import type { KeyValueStore } from '../kv/port.js';
@@ -14,7 +23,7 @@ export interface LaunchContext {
   encounter?: string;
   /** Bare Practitioner id of the clinician whose EHR session vouches for the launch. */
   practitioner: string;
-  /** When set, only this client may use the launch. */
+  /** Only this client may use the launch (always set on new launches; optional in ones stored before it was required). */
   clientId?: string;
   fhirContext?: Array<{ reference: string }>;
 }
@@ -30,16 +39,24 @@ export const LAUNCH_TTL_SECONDS = 300;
 const ID = /^[A-Za-z0-9\-.]{1,64}$/;
 const REFERENCE = /^[A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64}$/;
 
-/** Validates and stores a launch context; returns the opaque launch value (and app URL). */
-export async function createLaunch(deps: { kv: KeyValueStore; store: SmartStore; fhirBase: string }, input: {
+/** Whether the server holds a resource (the Repository through src/repository/exists.ts). */
+export type ResourceExists = (type: string, id: string) => Promise<boolean>;
+
+/**
+ * Validates and stores a launch context; returns the opaque launch value (and app URL). Without
+ * `resourceExists` the patient and practitioner ids are only checked for their form (in-process
+ * callers that made them; the CLI always passes it, POST /smart/launch once createSmart has it).
+ */
+export async function createLaunch(deps: { kv: KeyValueStore; store: SmartStore; fhirBase: string; resourceExists?: ResourceExists }, input: {
   patient: unknown; encounter?: unknown; practitioner: unknown; clientId?: unknown; fhirContext?: unknown;
 }): Promise<CreatedLaunch> {
   const context = validateLaunch(input);
-  let launchUri: string | undefined;
-  if (context.clientId) {
-    const client = deps.store.getClient(context.clientId);
-    if (!client) throw badRequest('unknown client_id', 'client_id');
-    launchUri = client.launchUri;
+  const client = deps.store.getClient(context.clientId!);
+  if (!client) throw badRequest(`client_id ${context.clientId!.slice(0, 64)} is not a registered application`, 'client_id');
+  const launchUri = client.launchUri;
+  if (deps.resourceExists) {
+    if (!(await deps.resourceExists('Patient', context.patient))) throw badRequest(`patient: Patient/${context.patient} does not exist`, 'patient');
+    if (!(await deps.resourceExists('Practitioner', context.practitioner))) throw badRequest(`practitioner: Practitioner/${context.practitioner} does not exist`, 'practitioner');
   }
   const launch = randomBytes(24).toString('base64url');
   await deps.kv.set(`smart:launch:${launch}`, JSON.stringify(context), LAUNCH_TTL_SECONDS * 1000);
@@ -84,12 +101,15 @@ function validateLaunch(input: { patient: unknown; encounter?: unknown; practiti
     }
     fhirContext = input.fhirContext.map((c: { reference: string }) => ({ reference: c.reference }));
   }
-  const clientId = input.clientId === undefined || input.clientId === '' ? undefined : String(input.clientId);
+  if (input.clientId === undefined || input.clientId === null || input.clientId === '') {
+    throw badRequest('client_id is required: a launch is made for one app, which alone may use it', 'client_id');
+  }
+  if (typeof input.clientId !== 'string') throw badRequest('client_id must be a string', 'client_id');
   return {
     patient: id(input.patient, 'patient', true)!,
     practitioner: id(input.practitioner, 'practitioner', true)!,
     ...(id(input.encounter, 'encounter', false) ? { encounter: input.encounter as string } : {}),
-    ...(clientId ? { clientId } : {}),
+    clientId: input.clientId,
     ...(fhirContext ? { fhirContext } : {}),
   };
 }

@@ -6,6 +6,7 @@
  */
 import { Operator, getSearchParameter, type SearchRequest } from '@medplum/core';
 import type { Resource } from '@medplum/fhirtypes';
+import { refuseClientWrite, serverWrittenRefusal, isServerWritten } from '../audit/server-written.js';
 import { forbidden } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import type { AccessPolicy, GuardResult, Interaction, OutboundGuard } from '../fhir/policy.js';
@@ -29,6 +30,8 @@ const SCOPE_INTERACTION: Record<Interaction, ScopeInteraction> = {
 
 export class SmartScopePolicy implements AccessPolicy, OutboundGuard {
   authorize(access: AccessContext, interaction: Interaction, resourceType: string): void {
+    // before any scope, and with auth off too: no requester writes the access log (src/audit/server-written.ts)
+    refuseClientWrite(interaction, resourceType);
     if (access.kind === 'open') return;
     if (!scopeAllows(access, SCOPE_INTERACTION[interaction], resourceType)) {
       throw forbidden(`The access token's scopes do not allow ${interaction} on ${resourceType}`);
@@ -53,6 +56,8 @@ export class SmartScopePolicy implements AccessPolicy, OutboundGuard {
   }
 
   mayWrite(access: AccessContext, resource: Resource, interaction: 'create' | 'update' | 'delete'): boolean {
+    // the type-level check refused it already; a write path that asks only with the resource in hand is refused alike
+    if (isServerWritten(resource.resourceType)) throw serverWrittenRefusal(resource.resourceType, interaction);
     return scopeAllows(access, interaction, resource.resourceType, interaction === 'delete' && !hasContent(resource) ? undefined : resource);
   }
 

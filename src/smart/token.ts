@@ -157,9 +157,7 @@ async function tokenResponse(ctx: SmartContext, grant: Grant, firstIssue: boolea
   if (refreshScopes.includes('offline_access') || refreshScopes.includes('online_access')) {
     response.refresh_token = await ctx.tokens.issueRefreshToken({ ...grant, scopes: refreshScopes });
   }
-  if (grant.scopes.includes('openid') && (grant.scopes.includes('fhirUser') || grant.scopes.includes('profile')) && grant.fhirUser) {
-    response.id_token = ctx.tokens.signIdToken(firstIssue ? grant : { ...grant, nonce: undefined });
-  }
+  if (grant.scopes.includes('openid')) response.id_token = idToken(ctx, grant, firstIssue);
   if (grant.patient) response.patient = grant.patient;
   if (grant.encounter) response.encounter = grant.encounter;
   if (grant.fhirContext) response.fhirContext = grant.fhirContext;
@@ -168,4 +166,15 @@ async function tokenResponse(ctx: SmartContext, grant: Grant, firstIssue: boolea
     response.smart_style_url = ctx.urls.style;
   }
   return response;
+}
+
+/**
+ * OpenID Connect Core §3.1.3.3: a token response to an authentication request (`openid` granted)
+ * holds an id_token — iss, sub, aud, exp, iat, auth_time, and the nonce on first issue (§12.2: not
+ * on a refresh). The `fhirUser` claim is the SMART one the `fhirUser` scope asks for (`profile`, its
+ * SMART 1 name, too); `openid` alone identifies the user by `sub` only.
+ */
+function idToken(ctx: SmartContext, grant: Grant, firstIssue: boolean): string {
+  const withFhirUser = grant.scopes.includes('fhirUser') || grant.scopes.includes('profile');
+  return ctx.tokens.signIdToken({ ...grant, fhirUser: withFhirUser ? grant.fhirUser : undefined, nonce: firstIssue ? grant.nonce : undefined });
 }

@@ -34,7 +34,7 @@ afterEach(() => {
 });
 
 /** The resources the repository holds, for `users add`. */
-const stored = new Set(['Patient/p1']);
+const stored = new Set(['Patient/p1', 'Practitioner/d1']);
 
 async function run(args: string[], kv?: KeyValueStore): Promise<void> {
   const program = new Command().exitOverride();
@@ -204,18 +204,46 @@ describe('glucoguard signing-keys rotate', () => {
 
 describe('glucoguard launch create', () => {
   test('needs a shared (Redis) KV store and says so', async () => {
-    await run(['launch', 'create', '--patient', 'p1', '--practitioner', 'd1'], new MemoryKeyValueStore());
+    await run(['launch', 'create', '--patient', 'p1', '--practitioner', 'd1', '--client-id', 'app'], new MemoryKeyValueStore());
     expect(process.exitCode).toBe(1);
     expect(err.join('\n')).toContain('REDIS_URL');
   });
 
-  test('with a shared store, prints a single-use launch value holding the context', async () => {
+  // (A launch used to be creatable for no app in particular: any registered app could then redeem it
+  // for the practitioner's access without a sign-in. --client-id is now required.)
+  test('with a shared store, prints a single-use launch value holding the context, bound to its app', async () => {
     const kv = new MemoryKeyValueStore();
     const shared = Object.assign(Object.create(kv) as KeyValueStore, { description: { adapter: 'redis', location: 'test' } });
-    await run(['launch', 'create', '--patient', 'p1', '--encounter', 'e1', '--practitioner', 'd1'], shared);
+    const store = new SmartStore(dir);
+    const clientId = store.addClient({ name: 'viewer', type: 'public', redirectUris: ['https://app.example/cb'], launchUri: 'https://app.example/launch' }).client.clientId;
+    store.close();
+    await run(['launch', 'create', '--patient', 'p1', '--encounter', 'e1', '--practitioner', 'd1', '--client-id', clientId], shared);
     const launch = /launch: (\S+)/.exec(out.join('\n'))![1]!;
-    expect(await takeLaunch(kv, launch)).toEqual({ patient: 'p1', encounter: 'e1', practitioner: 'd1' });
+    expect(out.join('\n')).toMatch(/launch_url: https:\/\/app\.example\/launch\?iss=/);
+    expect(await takeLaunch(kv, launch)).toEqual({ patient: 'p1', encounter: 'e1', practitioner: 'd1', clientId });
     expect(await takeLaunch(kv, launch)).toBeUndefined();
+    await kv.close();
+  });
+
+  test('refuses a launch for no app, for an unregistered app, or naming a patient or practitioner the server does not hold', async () => {
+    const kv = new MemoryKeyValueStore();
+    const shared = Object.assign(Object.create(kv) as KeyValueStore, { description: { adapter: 'redis', location: 'test' } });
+    const store = new SmartStore(dir);
+    const clientId = store.addClient({ name: 'viewer', type: 'public', redirectUris: ['https://app.example/cb'] }).client.clientId;
+    store.close();
+    await expect(run(['launch', 'create', '--patient', 'p1', '--practitioner', 'd1'], shared)).rejects.toThrow(/--client-id/);
+    for (const [args, message] of [
+      [['--patient', 'p1', '--practitioner', 'd1', '--client-id', 'no-such-app'], /not a registered application/],
+      [['--patient', 'nobody', '--practitioner', 'd1', '--client-id', clientId], /Patient\/nobody does not exist/],
+      [['--patient', 'p1', '--practitioner', 'ghost', '--client-id', clientId], /Practitioner\/ghost does not exist/],
+    ] as const) {
+      err.length = 0;
+      process.exitCode = undefined;
+      await run(['launch', 'create', ...args], shared);
+      expect(process.exitCode).toBe(1);
+      expect(err.join('\n')).toMatch(message);
+    }
+    expect(out.join('\n')).not.toContain('launch:');
     await kv.close();
   });
 });

@@ -165,17 +165,38 @@ describe('revocation', () => {
 });
 
 describe('introspection', () => {
-  test('a live token is described; a revoked or garbage one is only {"active": false}', async () => {
-    const body = await tokensFor(publicId, 'openid fhirUser launch/patient patient/*.rs offline_access');
+  // (This test used to have the confidential client describe the public client's tokens: RFC 7662
+  // §2.1/§4 want the caller authorized, and a client is now told only of its own tokens.)
+  test('a live token is described to the client it was issued to; a revoked or garbage one is only {"active": false}', async () => {
+    const body = await tokensFor(confidential.clientId, 'openid fhirUser launch/patient patient/*.rs offline_access', basic());
     const live = await post(h.smart.urls.introspect, { token: body.access_token }, basic());
-    expect(live.body).toMatchObject({ active: true, scope: 'openid fhirUser launch/patient patient/*.rs offline_access', client_id: publicId,
+    expect(live.body).toMatchObject({ active: true, scope: 'openid fhirUser launch/patient patient/*.rs offline_access', client_id: confidential.clientId,
       sub: 'ana', iss: h.fhirBase, patient: 'p1', fhirUser: `${h.fhirBase}/Patient/p1` });
     expect(typeof live.body.exp).toBe('number');
     const refresh = await post(h.smart.urls.introspect, { token: body.refresh_token }, basic());
-    expect(refresh.body).toMatchObject({ active: true, client_id: publicId });
+    expect(refresh.body).toMatchObject({ active: true, client_id: confidential.clientId });
     expect((await post(h.smart.urls.introspect, { token: 'garbage' }, basic())).body).toEqual({ active: false });
-    await post(h.smart.urls.revoke, { token: body.access_token, client_id: publicId });
+    await post(h.smart.urls.revoke, { token: body.access_token }, basic());
     expect((await post(h.smart.urls.introspect, { token: body.access_token }, basic())).body).toEqual({ active: false });
+  });
+
+  test('a client may introspect only its own tokens: another client\'s access and refresh tokens are {"active": false}, with nothing about them', async () => {
+    const theirs = await tokensFor(publicId, 'openid fhirUser launch/patient patient/*.rs offline_access');
+    const mine = await tokensFor(confidential.clientId, 'launch/patient patient/*.rs', basic());
+    // a confidential client authenticated with its secret (RFC 7662 §2.1: the caller is authorized)…
+    for (const token of [theirs.access_token, theirs.refresh_token]) {
+      const res = await post(h.smart.urls.introspect, { token }, basic());
+      expect(res.status).toBe(200);
+      expect(res.body).toEqual({ active: false });
+    }
+    // …or any live bearer token (QA's finding: it described every other token, patient and fhirUser included)
+    for (const token of [theirs.access_token, theirs.refresh_token]) {
+      expect((await post(h.smart.urls.introspect, { token }, { authorization: `Bearer ${mine.access_token}` })).body).toEqual({ active: false });
+    }
+    // a public client, which has no credentials, introspects its own tokens with its bearer token
+    const own = await post(h.smart.urls.introspect, { token: theirs.refresh_token }, { authorization: `Bearer ${theirs.access_token}` });
+    expect(own.body).toMatchObject({ active: true, token_type: 'refresh_token', client_id: publicId, patient: 'p1' });
+    expect((await post(h.smart.urls.introspect, { token: mine.access_token }, { authorization: `Bearer ${theirs.access_token}` })).body).toEqual({ active: false });
   });
 
   test('introspection needs an authenticated caller', async () => {

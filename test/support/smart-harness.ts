@@ -20,6 +20,8 @@ export const PATIENTS = [
   { resourceType: 'Patient', id: 'p1', name: [{ family: 'Rivera', given: ['Ana'] }], birthDate: '1980-02-03' },
   { resourceType: 'Patient', id: 'p2', name: [{ family: 'Okafor', given: ['Ben'] }], birthDate: '1975-07-09' },
 ];
+/** Practitioner ids the harness holds (only their existence: POST /smart/launch checks it). */
+export const PRACTITIONERS = ['d1', 'd2'];
 const CATEGORY = 'http://terminology.hl7.org/CodeSystem/observation-category';
 export const OBSERVATIONS = [
   { resourceType: 'Observation', id: 'o1', status: 'final', subject: { reference: 'Patient/p1' },
@@ -65,6 +67,8 @@ export async function startHarness(options: Partial<Pick<SmartDeps, 'rateLimits'
         .map((p) => ({ id: p.id, name: `${p.name[0]!.given[0]} ${p.name[0]!.family}`, birthDate: p.birthDate })),
       mayChoose: async (_user, id) => PATIENTS.some((p) => p.id === id),
     },
+    // what the tiny FHIR endpoint holds, and the practitioners the tests sign in as (the real app asks its repository)
+    resourceExists: async (type, id) => (type === 'Patient' && PATIENTS.some((p) => p.id === id)) || (type === 'Practitioner' && PRACTITIONERS.includes(id)),
   });
   app.set('trust proxy', config.trustProxy); // as src/app.ts does
   app.use(smart.router);
