@@ -1,7 +1,9 @@
 /**
  * A Repository decorator that records the commitment of every version written through it (create,
  * update, transaction, and the embedded adapter's bulk `createMany`) in the commitment store, where
- * the anchorer picks it up. Reads pass straight through; the integrity guard checks what leaves.
+ * the anchorer picks it up. Reads pass straight through (the integrity guard checks what leaves),
+ * except that the embedded store's "not found" of a committed version or id, and a current version
+ * older than a committed one, are answered as versions failing integrity (see read and vread).
  *
  * The commitment is computed once, here, right after the write: SHA-256(salt ‖ canonical text)
  * with a fresh 32-byte salt; the embedded adapter hands over the canonical text it just stored.
@@ -20,6 +22,7 @@ import type { Repository, VersionKey } from '../repository/port.js';
 import { canonicalTextOf, TamperedVersionError, type StandInSource } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
 import type { CommitmentStore, NewCommitment } from './store.js';
+import { withCause } from './stand-ins.js';
 
 /** Reconciliation looks this far before the last recorded write (clock steps, slow writes). */
 const RECONCILE_SLACK_MS = 60_000;
@@ -51,7 +54,7 @@ export class AnchoredRepository extends WriteObservingRepository {
       if (!this.localStore || !isGlucoGuardError(err, 'ERR_NOT_FOUND')) throw err;
       const committed = this.store.get(resourceType, id, versionId);
       if (!committed) throw err;
-      throw new TamperedVersionError(resourceType, id, versionId, new Date(committed.createdAt).toISOString(), committed.patient ?? undefined);
+      throw withCause(new TamperedVersionError(resourceType, id, versionId, new Date(committed.createdAt).toISOString(), committed.patient ?? undefined), 'missing');
     }
   }
 
@@ -66,14 +69,34 @@ export class AnchoredRepository extends WriteObservingRepository {
    * the FHIR router withholds it with the integrity issue and the security AuditEvent), after one
    * read again, so that a version another process committed meanwhile is not taken for one.
    * Numeric version ids only (the embedded store's; an upstream server's are its own).
+   *
+   * An id the embedded store does not know (not found: no version, no deletion recorded) while
+   * versions of it are committed was removed from the store: answered as its newest committed
+   * version failing integrity, as vread does, not as an id that never was. Looked up only on the
+   * not-found path: a read that finds the resource costs nothing more.
    */
   override async read<T extends Resource = Resource>(resourceType: string, id: string): Promise<T> {
     for (let attempt = 0; ; attempt++) {
-      const resource = await super.read<T>(resourceType, id);
+      let resource: T;
+      try {
+        resource = await super.read<T>(resourceType, id);
+      } catch (err) {
+        throw this.removedOrAsIs(err, resourceType, id);
+      }
       const version = resource.meta?.versionId;
       if (version === undefined || !/^\d+$/.test(version) || !this.store.hasNewer(resourceType, id, Number(version))) return resource;
-      if (attempt === 1) throw new TamperedVersionError(resourceType, id, version, resource.meta!.lastUpdated ?? new Date(0).toISOString(), patientIdsOf(resource)[0]);
+      if (attempt === 1) {
+        throw withCause(new TamperedVersionError(resourceType, id, version, resource.meta!.lastUpdated ?? new Date(0).toISOString(), patientIdsOf(resource)[0]), 'rolled-back');
+      }
     }
+  }
+
+  /** A read's not-found of an id with committed versions (embedded store): the stand-in of its newest committed version; else `err`. */
+  private removedOrAsIs(err: unknown, resourceType: string, id: string): unknown {
+    if (!this.localStore || !isGlucoGuardError(err, 'ERR_NOT_FOUND')) return err;
+    const newest = this.store.newestCommitted(resourceType, id);
+    if (!newest) return err;
+    return withCause(new TamperedVersionError(resourceType, id, newest.version, new Date(newest.createdAt).toISOString(), newest.patient ?? undefined), 'missing');
   }
 
   /**

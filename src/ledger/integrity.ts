@@ -11,8 +11,10 @@
  * - no commitment for this version, but for earlier ones (written through GlucoGuard, then changed
  *   directly on the upstream — an EHR's own write, or not): served with #changed-outside and a
  *   logged warning, or withheld in `strict` mode, never labelled like legacy data;
- * - mismatch (content, proof or root): withheld, an OperationOutcome issue says the integrity
- *   check failed, and an AuditEvent is written.
+ * - mismatch (content, proof or root), or a stand-in (stand-ins.ts: bytes that do not authenticate,
+ *   a committed version missing, a rolled-back current version): withheld, an OperationOutcome
+ *   issue says the integrity check failed and why, and a Security Alert AuditEvent is written —
+ *   once per version per hour (audit/alert-throttle.ts), however often it is read.
  *
  * Roots are read from the chain once per batch and cached: PoA blocks here (Clique with one
  * signer, Besu QBFT) are final when sealed. A root that cannot be read (node down) makes the
@@ -30,6 +32,8 @@ import { canonicalResourceText, commitmentOf } from './canonical.js';
 import { hashPair, rootOfLeaves } from './merkle.js';
 import type { CommitmentStore, ProofRecord } from './store.js';
 import { glucoguardSource } from '../audit/balp.js';
+import { AlertThrottle } from '../audit/alert-throttle.js';
+import { causeOf, type StandInCause } from './stand-ins.js';
 
 export const INTEGRITY_TAG_SYSTEM = 'urn:glucoguard:integrity';
 export type IntegrityMode = 'lenient' | 'strict';
@@ -39,7 +43,24 @@ export type CheckResult =
   | { status: 'verified' }
   | { status: 'pending' }
   | { status: 'unverified'; reason: 'no-commitment' | 'changed-outside' | 'root-unavailable' }
-  | { status: 'failed'; reason: 'content' | 'proof' | 'root' };
+  | { status: 'failed'; reason: FailureReason };
+
+/**
+ * Why a version failed: content, proof or root against its commitment; or, for a stand-in
+ * (stand-ins.ts), stored bytes that do not authenticate, a committed version missing from the
+ * store, a current version older than the newest committed one.
+ */
+export type FailureReason = 'content' | 'proof' | 'root' | StandInCause;
+
+/** What the issue and the Security Alert say of each reason (no content, no salt). */
+const FAILURE_TEXT: Record<FailureReason, string> = {
+  content: 'content does not match its anchored commitment',
+  proof: 'its Merkle proof does not lead to the anchored root',
+  root: 'the chain holds another root for its batch',
+  unauthenticated: 'stored data does not authenticate (altered, swapped or corrupted on disk)',
+  missing: 'a committed version is missing from the repository (removed)',
+  'rolled-back': 'served as current while a newer version is committed (the store was rolled back)',
+};
 
 const VERIFIED_CACHE_MAX = 200_000;
 /** Verified canonical texts kept for the equality fast path, in UTF-16 code units (~64 MB at most). */
@@ -131,7 +152,7 @@ export class IntegrityChecker {
     const missing: Missing[] = [];
     resources.forEach((resource, at) => {
       if (isTamperedStandIn(resource)) {
-        results[at] = { status: 'failed', reason: 'content' };
+        results[at] = { status: 'failed', reason: causeOf(resource) };
         return;
       }
       if (this.provenObjects.has(resource)) {
@@ -422,14 +443,18 @@ export interface IntegrityGuardOptions {
   /** Writes the AuditEvent of a failed check (through the repository). */
   audit: (event: AuditEvent) => Promise<unknown>;
   logger?: Logger;
+  /** Alerts already raised (default: one per version per hour, audit/alert-throttle.ts). */
+  alerts?: AlertThrottle;
 }
 
 /** The OutboundGuard the FHIR router runs on everything it returns (see src/fhir/router.ts `guard`). */
 export class IntegrityGuard implements OutboundGuard {
   mode: IntegrityMode;
+  private readonly alerts: AlertThrottle;
 
   constructor(private readonly options: IntegrityGuardOptions) {
     this.mode = options.mode ?? 'lenient';
+    this.alerts = options.alerts ?? new AlertThrottle();
   }
 
   async guard(access: AccessContext, resources: Resource[], options?: GuardOptions): Promise<GuardResult> {
@@ -465,7 +490,7 @@ export class IntegrityGuard implements OutboundGuard {
           }
           break;
         case 'failed':
-          issues.push(issue('error', resource, 'failed the integrity check (content does not match its anchored commitment); withheld'));
+          issues.push(issue('error', resource, `failed the integrity check (${FAILURE_TEXT[result.reason]}); withheld`));
           await this.recordFailure(access, resource, result.reason);
           break;
       }
@@ -484,12 +509,24 @@ export class IntegrityGuard implements OutboundGuard {
     this.options.logger?.warn({ resource: ref }, 'a version without a commitment of a resource whose earlier versions GlucoGuard committed: changed outside GlucoGuard (on an upstream: its own write, or not; on the embedded store: put there)');
   }
 
-  private async recordFailure(access: AccessContext, resource: Resource, reason: string): Promise<void> {
+  /**
+   * Logs and alerts once per version and reason per window (AlertThrottle): every read of it is
+   * still refused with its issue, but a version read over and over does not bury the access log;
+   * each request is in the access log all the same (its own BALP AuditEvent).
+   */
+  private async recordFailure(access: AccessContext, resource: Resource, reason: FailureReason): Promise<void> {
     const ref = `${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`;
+    // a new finding about the same version (altered, then removed) is alerted again
+    const finding = `${ref} ${reason}`;
+    if (!this.alerts.take(finding)) {
+      this.options.logger?.debug({ resource: ref, reason }, 'integrity check failed again; resource withheld (alerted already)');
+      return;
+    }
     this.options.logger?.error({ resource: ref, reason }, 'integrity check failed; resource withheld');
     try {
       await this.options.audit(integrityAuditEvent(access, resource, reason));
     } catch (err) {
+      this.alerts.release(finding);
       this.options.logger?.error({ err: (err as Error).message }, 'could not write the integrity AuditEvent');
     }
   }
@@ -519,7 +556,7 @@ export function integrityAuditEvent(access: AccessContext, resource: Resource, r
     action: 'R',
     recorded: new Date().toISOString(),
     outcome: '8',
-    outcomeDesc: `integrity check failed (${reason}): stored content does not match its anchored commitment; withheld`,
+    outcomeDesc: `integrity check failed (${reason}): ${FAILURE_TEXT[reason as FailureReason] ?? 'stored content does not match its anchored commitment'}; withheld`,
     agent: [{ who, requestor: true, ...(access.clientId ? { altId: access.clientId } : {}) }],
     source: glucoguardSource(),
     entity: [
