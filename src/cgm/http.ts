@@ -2,12 +2,18 @@
  * `POST /cgm/ingest?patient=ID[&format=F&tz=ZONE&dateOrder=DMY|MDY&partial=true]`: a raw device/platform export as the
  * body (any media type), streamed into the ingest service (large uploads via an encrypted spool,
  * spool.ts); the import report as JSON. Errors are
- * OperationOutcomes (400 bad input or options, 401/403, 404 unknown patient, 413 too large, 422 a
+ * OperationOutcomes (400 bad input or options, 401/403, 404 unknown patient, 413 too large (with
+ * `partial=true`, saying how many readings were stored before the limit), 422 a
  * file with rejected records — nothing stored). With `partial=true` the good records are stored as
  * they come and the report lists the rejected ones, including a file cut short or malformed part way
  * (reason `unreadable-input`: what came before it is kept, the rest was not read; 200, never a 400
  * over stored data). Authentication as on /fhir: a token with write
  * access to the patient's Observations, or the patient themself.
+ *
+ * Once the server is stopping (`CgmIngestService.stop`, called by the shutdown in src/server.ts), an
+ * import in progress ends at the next chunk boundary, and a new one, or one whose upload is still
+ * arriving, at once: 503 with Retry-After and `Connection: close`, saying how many readings of the
+ * file were stored and that sending it again stores the rest.
  */
 import express, { type Request, type Response, type Router } from 'express';
 import type { Resource } from '@medplum/fhirtypes';
@@ -27,8 +33,11 @@ export const DEFAULT_MAX_INGEST_BYTES = 512 * 1024 * 1024;
 export interface CgmHttpOptions {
   service: CgmIngestService;
   authenticate: (headers: Record<string, string | undefined>, requestUrl: string) => Promise<AccessContext>;
-  /** SMART scope check (src/smart `scopeAllows`): final when a resource is given. */
-  scopeAllows: (access: AccessContext, interaction: 'create', resourceType: string, resource?: object) => boolean;
+  /**
+   * Whether the requester may write (create and correct) this patient's Observations: the decision
+   * the FHIR API makes for such writes (src/fhir/policy.ts AccessPolicy: SMART scopes, then consent).
+   */
+  mayWriteObservations: (access: AccessContext, patient: string) => Promise<boolean>;
   maxBytes?: number;
   logger: Logger;
 }
@@ -43,13 +52,14 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
     const started = process.hrtime.bigint();
     let response: FhirResponse;
     try {
+      options.service.throwIfStopped(); // before reading anything of the upload
       const headers: Record<string, string | undefined> = {};
       for (const [k, v] of Object.entries(req.headers)) headers[k.toLowerCase()] = Array.isArray(v) ? v.join(', ') : v;
       const access = await options.authenticate(headers, req.originalUrl);
       const query = req.query as Record<string, string | string[] | undefined>;
       const patient = one(query, 'patient');
       if (!patient || !FHIR_ID.test(patient)) throw badRequest('patient must be the id of a Patient', 'patient');
-      mayIngest(access, patient, options.scopeAllows);
+      if (!(await options.mayWriteObservations(access, patient))) throw forbidden('The access token does not allow writing this patient\'s Observations');
       const format = one(query, 'format');
       if (format !== undefined && !CGM_FORMATS.includes(format as CgmFormat)) throw badRequest(`format must be one of ${CGM_FORMATS.join(', ')}`, 'format');
       const partial = one(query, 'partial');
@@ -69,14 +79,14 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       // parked encrypted on disk and read twice; a small one, or a partial import, streams through.
       let report: IngestReport;
       if (!ingestOptions.partial && !(declared <= options.service.holdBytes)) {
-        const parked = await spool(limited(req, maxBytes));
+        const parked = await spool(limited(req, maxBytes, options.service));
         try {
           report = await options.service.ingest(parked, ingestOptions);
         } finally {
           await parked.release();
         }
       } else {
-        report = await options.service.ingest(limited(req, maxBytes), ingestOptions);
+        report = await options.service.ingest(limited(req, maxBytes, options.service), ingestOptions);
       }
       response = report.accepted ? { status: 200, body: report as unknown as Record<string, unknown> } : errorToResponse(rejectionError(report));
     } catch (err) {
@@ -84,9 +94,11 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       const challenge = (err as { wwwAuthenticate?: string }).wwwAuthenticate;
       if (challenge) response.headers = { ...response.headers, 'WWW-Authenticate': challenge };
     }
-    // Drain what the client is still sending so the response is not cut off by a reset.
-    if (!req.readableEnded) req.resume();
+    // Drain what the client is still sending so the response is not cut off by a reset (a reader
+    // that stopped part-way, `limited`, left its listener, which would keep the stream paused).
+    if (!req.readableEnded) req.removeAllListeners('readable').resume();
     res.status(response.status);
+    if (options.service.stopSignal.aborted) res.setHeader('Connection', 'close'); // the server is going away
     for (const [k, v] of Object.entries(response.headers ?? {})) res.setHeader(k, v);
     res.setHeader('Content-Type', `${(response.body as Resource | undefined)?.resourceType === 'OperationOutcome' ? 'application/fhir+json' : 'application/json'}; charset=utf-8`);
     res.end(JSON.stringify(response.body));
@@ -96,22 +108,37 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
   return r;
 }
 
-/** Write access to the patient's Observations through the token's scopes, or the patient themself. */
-function mayIngest(access: AccessContext, patient: string, scopeAllows: CgmHttpOptions['scopeAllows']): void {
-  if (access.kind === 'open') return;
-  if (access.fhirUser === `Patient/${patient}` && (!access.patient || access.patient === patient)) return;
-  const sample = { resourceType: 'Observation', subject: { reference: `Patient/${patient}` } };
-  if (!scopeAllows(access, 'create', 'Observation', sample)) throw forbidden('The access token does not allow writing this patient\'s Observations');
+/**
+ * The request body as a byte stream that fails with 413 past `maxBytes`, and with the service's
+ * ImportInterrupted as soon as it is stopped, even while waiting for bytes that are slow to come.
+ */
+async function* limited(req: Request, maxBytes: number, service: CgmIngestService): AsyncGenerator<Uint8Array> {
+  const chunks = (req as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  let total = 0;
+  for (;;) {
+    const next = await untilStopped(chunks.next(), service);
+    if (next.done) return;
+    total += next.value.length;
+    if (total > maxBytes) throw tooLarge(`Export larger than ${maxBytes} bytes`);
+    yield next.value;
+  }
 }
 
-/** The request body as a byte stream that fails with 413 past `maxBytes`. */
-async function* limited(req: Request, maxBytes: number): AsyncGenerator<Uint8Array> {
-  let total = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    total += chunk.length;
-    if (total > maxBytes) throw tooLarge(`Export larger than ${maxBytes} bytes`);
-    yield chunk;
-  }
+/** `pending`, or ImportInterrupted once the service is stopped, whichever comes first. */
+function untilStopped<T>(pending: Promise<T>, service: CgmIngestService): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onStop = (): void => {
+      try {
+        service.throwIfStopped();
+      } catch (err) {
+        reject(err);
+      }
+    };
+    service.stopSignal.addEventListener('abort', onStop, { once: true });
+    onStop(); // stopped already
+    // settles once either way (a late rejection of `pending` is handled here, not left unhandled)
+    pending.then(resolve, reject).finally(() => service.stopSignal.removeEventListener('abort', onStop));
+  });
 }
 
 function one(query: Record<string, string | string[] | undefined>, name: string): string | undefined {

@@ -16,13 +16,15 @@
  * spooled upload, spool.ts) larger than HOLD_BYTES is read twice (check, then store) so memory
  * stays bounded; smaller ones and plain streams are held in memory until the whole file is checked. `partial` stores the good records chunk by chunk as they arrive.
  * A storage failure after some chunks leaves those chunks stored; re-running the import completes
- * it without duplicates.
+ * it without duplicates. So does `stop()` (a server shutting down, an operator's Ctrl-C): an import
+ * ends at the next chunk boundary — the chunk being written is finished, the one being gathered is
+ * dropped — and says how many readings it stored (ImportInterrupted, a 503 with Retry-After).
  */
 import { statSync } from 'node:fs';
 import { Operator } from '@medplum/core';
 import type { Bundle, BundleEntry, Device, Resource } from '@medplum/fhirtypes';
 import type { Repository } from '../repository/port.js';
-import { unavailable } from '../errors.js';
+import { GlucoGuardError, isGlucoGuardError, tooLarge, unavailable } from '../errors.js';
 import { isStorageFull } from '../fhir/outcomes.js';
 import type { CgmInput } from './input.js';
 import { openCgm, type CgmStream } from './parse.js';
@@ -45,6 +47,26 @@ export const INGEST_CHUNK = 2000;
  * storage transaction (~0.2 s) or this many conversions at a time.
  */
 const YIELD_EVERY = 250;
+
+/**
+ * Seconds a client whose import a shutdown stopped is told to wait before sending the file again:
+ * about as long as a restart takes (behind a load balancer another replica takes it at once).
+ */
+export const RESEND_AFTER_SECONDS = 10;
+
+/**
+ * An import ended by `CgmIngestService.stop()` at a chunk boundary: `stored` readings of the file
+ * (whole chunks, committed like any write) are kept, and sending the file again stores the rest —
+ * what is already stored counts as unchanged. 503 with Retry-After.
+ */
+export class ImportInterrupted extends GlucoGuardError {
+  constructor(readonly stored: number, reason: string) {
+    super('ERR_UNAVAILABLE', `${reason}: ${stored ? `${stored} readings of this file were stored before the import stopped and are kept` : 'nothing of this file was stored'}; `
+      + `send the file again${stored ? ' to store the rest' : ''} (what is already stored counts as unchanged)`);
+    this.name = 'ImportInterrupted';
+    this.headers = { 'Retry-After': String(RESEND_AFTER_SECONDS) };
+  }
+}
 
 /** Lets the event loop run what is waiting (I/O, timers) before the import goes on. */
 function turn(): Promise<void> {
@@ -111,6 +133,10 @@ type Sink = (entries: ConvertedEntry[], devices: ConvertedEntry<Device>[]) => Pr
 export class CgmIngestService {
   private readonly locks = new Map<string, Promise<unknown>>();
   private readonly chunkSize: number;
+  private readonly stopping = new AbortController();
+  private stopReason = 'The import was stopped';
+  /** Imports called and not ended yet, queued behind another of the same patient or running. */
+  private readonly imports = new Set<Promise<IngestReport>>();
 
   constructor(private readonly deps: CgmIngestServiceDeps) {
     this.chunkSize = deps.chunkSize ?? INGEST_CHUNK;
@@ -122,20 +148,59 @@ export class CgmIngestService {
    * rejected records answers `accepted: false` (use `rejectionError(report)` to turn it into a 422).
    */
   async ingest(input: CgmInput | ReopenableInput, options: IngestOptions): Promise<IngestReport> {
-    await this.deps.repository.read('Patient', options.patient);
-    return this.serialized(options.patient, () => this.run(input, options));
+    this.throwIfStopped();
+    const job = this.deps.repository.read('Patient', options.patient).then(() => this.serialized(options.patient, () => this.run(input, options)));
+    this.imports.add(job);
+    try {
+      return await job;
+    } finally {
+      this.imports.delete(job);
+    }
   }
 
   /**
-   * Runs storing steps; when the data disk fills part-way, says how much of the file was stored
-   * (each chunk of INGEST_CHUNK is whole and kept) and that sending it again stores the rest.
+   * Stops imports at the next chunk boundary (file comment): each one running or queued ends with
+   * ImportInterrupted saying how many readings it stored, with `reason` as its first words ("The
+   * server is stopping"), and any later one is refused the same way. Resolves once they have all
+   * ended, with what each interrupted one stored.
    */
-  private async storing<T>(stored: () => number, work: () => Promise<T>): Promise<T> {
+  async stop(reason: string): Promise<number[]> {
+    if (!this.stopping.signal.aborted) {
+      this.stopReason = reason;
+      this.stopping.abort();
+    }
+    const ended = await Promise.allSettled([...this.imports]);
+    return ended.flatMap((e) => (e.status === 'rejected' && e.reason instanceof ImportInterrupted ? [e.reason.stored] : []));
+  }
+
+  /** Aborted once `stop` is called: a reader of an upload stops waiting for its bytes. */
+  get stopSignal(): AbortSignal {
+    return this.stopping.signal;
+  }
+
+  /** Throws ImportInterrupted (nothing stored) once `stop` was called: a new import is refused before its upload is read. */
+  throwIfStopped(): void {
+    if (this.stopping.signal.aborted) throw new ImportInterrupted(0, this.stopReason);
+  }
+
+  /**
+   * Runs an import; when it ends part-way, says how much of the file was stored (each chunk of
+   * INGEST_CHUNK is whole and kept) and that sending it again stores the rest: a data disk that
+   * filled (503), or `stop()` (ImportInterrupted, thrown wherever the import noticed it with no
+   * count yet: at a chunk boundary, or by the upload it was reading). A partial import of an upload
+   * past the size limit (413) says what it stored too.
+   */
+  private async accounted<T>(stored: () => number, work: () => Promise<T>): Promise<T> {
     try {
       return await work();
     } catch (err) {
-      if (!isStorageFull(err)) throw err;
+      if (err instanceof ImportInterrupted) throw new ImportInterrupted(stored(), this.stopReason);
       const kept = stored();
+      if (isGlucoGuardError(err, 'ERR_TOO_LARGE') && kept) {
+        // a partial import of an upload past the size limit, stored as it came
+        throw tooLarge(`${err.message}: ${kept} readings of this file were stored before the limit and are kept; send the rest as another file`);
+      }
+      if (!isStorageFull(err)) throw err;
       throw unavailable(`The server has no storage space left${kept ? `: ${kept} readings of this file were stored before it ran out and are kept` : ''}; `
         + 'send the file again once there is space (what is already stored counts as unchanged)');
     }
@@ -147,27 +212,32 @@ export class CgmIngestService {
   }
 
   private async run(source: CgmInput | ReopenableInput, options: IngestOptions): Promise<IngestReport> {
+    const counts: StoreCounts = { created: 0, unchanged: 0, corrected: 0, linked: 0, devicesCreated: 0 };
+    const stored = () => counts.created + counts.unchanged + counts.corrected + counts.linked;
+    return this.accounted(stored, () => this.runCounted(source, options, counts, stored));
+  }
+
+  private async runCounted(source: CgmInput | ReopenableInput, options: IngestOptions, counts: StoreCounts, stored: () => number): Promise<IngestReport> {
+    this.throwIfStopped(); // queued behind another import of the patient while the stop came
     const input = (): CgmInput => (isReopenable(source) ? source.reopen() : source);
     const size = isReopenable(source) ? source.size : typeof source === 'string' ? statSync(source).size : undefined;
     const parse: ParseOptions = { ...options, defaultTimeZone: this.deps.defaultTimeZone };
     const ctx: ConvertContext = { patient: `Patient/${options.patient}` };
     const partial = options.partial === true;
     const progress = options.onProgress ?? (() => undefined);
-    const counts: StoreCounts = { created: 0, unchanged: 0, corrected: 0, linked: 0, devicesCreated: 0 };
-    const stored = () => counts.created + counts.unchanged + counts.corrected + counts.linked;
     const devices = new Map<string, string>(); // device fullUrl → Device/id
     const store: Sink = (entries, devs) => this.storeChunk(entries, devs, devices, counts);
 
     if (partial) {
-      const summary = await this.storing(stored, async () => this.pass(await openCgm(input(), parse), ctx, store, (read) => progress({ phase: 'storing', read, stored: stored() }), true));
+      const summary = await this.pass(await openCgm(input(), parse), ctx, store, (read) => progress({ phase: 'storing', read, stored: stored() }), true);
       return report(summary, true, options.patient, counts, true);
     }
     if (size !== undefined && size > this.holdBytes) {
       // A large file is read twice: check everything first, then store, memory bounded.
       const checked = await this.pass(await openCgm(input(), parse), ctx, async () => undefined, (read) => progress({ phase: 'checking', read, stored: 0 }));
       if (checked.rejected > 0) return report(checked, false, options.patient, counts, false);
-      const summary = await this.storing(stored, async () => this.pass(await openCgm(input(), parse), ctx, store,
-        (read) => progress({ phase: 'storing', read, stored: stored(), total: checked.read })));
+      const summary = await this.pass(await openCgm(input(), parse), ctx, store,
+        (read) => progress({ phase: 'storing', read, stored: stored(), total: checked.read }));
       return report(summary, true, options.patient, counts, false);
     }
     const held: ConvertedEntry[] = [];
@@ -177,13 +247,12 @@ export class CgmIngestService {
       heldDevices.push(...devs);
     }, (read) => progress({ phase: 'checking', read, stored: 0 }));
     if (summary.rejected > 0) return report(summary, false, options.patient, counts, false);
-    await this.storing(stored, async () => {
-      for (let i = 0; i < held.length || (i === 0 && heldDevices.length); i += this.chunkSize) {
-        await store(held.slice(i, i + this.chunkSize), i === 0 ? heldDevices : []);
-        progress({ phase: 'storing', read: summary.read, stored: stored(), total: held.length });
-        await turn();
-      }
-    });
+    for (let i = 0; i < held.length || (i === 0 && heldDevices.length); i += this.chunkSize) {
+      this.throwIfStopped();
+      await store(held.slice(i, i + this.chunkSize), i === 0 ? heldDevices : []);
+      progress({ phase: 'storing', read: summary.read, stored: stored(), total: held.length });
+      await turn();
+    }
     return report(summary, true, options.patient, counts, false);
   }
 
@@ -239,6 +308,7 @@ export class CgmIngestService {
         }
         chunk.push(entry);
         if (chunk.length >= this.chunkSize) {
+          this.throwIfStopped();
           await sink(chunk, newDevices);
           chunk = [];
           newDevices = [];
@@ -250,7 +320,10 @@ export class CgmIngestService {
             progress(summary.read);
             lastProgress = summary.read;
           }
-          if (chunk.length % YIELD_EVERY === 0) await turn();
+          if (chunk.length % YIELD_EVERY === 0) {
+            await turn();
+            this.throwIfStopped(); // the chunk being gathered is dropped, never stored in part
+          }
         }
       }
     } catch (err) {
@@ -259,7 +332,10 @@ export class CgmIngestService {
       summary.rejectedByReason['unreadable-input'] = (summary.rejectedByReason['unreadable-input'] ?? 0) + 1;
       summary.issues.push({ kind: 'rejected', reason: 'unreadable-input', record: err.record ?? summary.read, message: `${err.message}; the rest of the source was not read`, ...(err.line !== undefined ? { line: err.line } : {}) });
     }
-    if (chunk.length || newDevices.length) await sink(chunk, newDevices);
+    if (chunk.length || newDevices.length) {
+      this.throwIfStopped();
+      await sink(chunk, newDevices);
+    }
     progress(summary.read);
     return summary;
   }

@@ -1,4 +1,7 @@
-/** In-process KeyValueStore: the default when REDIS_URL is not set (one replica only). */
+/**
+ * In-process KeyValueStore (GLUCOGUARD_KV=memory): one process only, and everything in it — revocations
+ * and refresh tokens included — is forgotten when the process stops. For tests and throw-away runs.
+ */
 import { EventEmitter } from 'node:events';
 import type { KeyValueStore } from './port.js';
 

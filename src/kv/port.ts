@@ -1,14 +1,16 @@
 /**
  * The KV port: small shared state that proxy replicas must agree on — single-use authorization
  * codes, refresh tokens, token revocations, `jti` replay cache, rate-limit counters, cached consent
- * decisions — and pub/sub for invalidation. Adapters: `memory.ts` (default, one process) and
- * `redis.ts` (REDIS_URL, shared by replicas). Only src/app.ts constructs them.
+ * decisions — and pub/sub for invalidation. Adapters: `embedded.ts` (default: a SQLite file in the
+ * data directory, survives restarts, shared by the processes on that directory), `redis.ts`
+ * (REDIS_URL, shared by replicas) and `memory.ts` (GLUCOGUARD_KV=memory: one process, forgotten at
+ * exit; tests). Only src/app.ts constructs them.
  *
  * Every method that cannot reach its backend throws ERR_UNAVAILABLE so callers fail closed.
  */
 export interface KeyValueStore {
   /** Adapter name and where its data lives, for the start-up log. */
-  readonly description: { adapter: 'memory' | 'redis'; location: string };
+  readonly description: { adapter: 'embedded' | 'memory' | 'redis'; location: string };
   get(key: string): Promise<string | undefined>;
   /** Sets a value; `ttlMs` makes it expire. */
   set(key: string, value: string, ttlMs?: number): Promise<void>;

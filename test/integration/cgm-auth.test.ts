@@ -1,7 +1,8 @@
 /**
- * The CGM entry points with authentication on: `/cgm/ingest` needs write access to the patient's
- * Observations (or to be that patient); `$cgm-summary` and `$cgm-agp` compute only over what the
- * token may read, and answer 404 for a patient it may not see.
+ * The CGM entry points with authentication on: `/cgm/ingest` needs what creating and updating the
+ * patient's Observations through the FHIR API needs (the token's scopes, then consent), whoever the
+ * user is; `$cgm-summary` and `$cgm-agp` compute only over what the token may read, and answer 404
+ * for a patient it may not see.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
@@ -58,10 +59,31 @@ describe('CGM entry points with authentication on', () => {
     expect(own.body.created).toBe(288);
   });
 
-  test('the patient themself may ingest with a fhirUser token', async () => {
-    const res = await ingest(ben, token(['openid', 'fhirUser'], { fhirUser: `Patient/${ben}` }));
+  // Was "the patient themself may ingest with a fhirUser token": a sign-in-only token (or a read-only
+  // one) let any app the patient signed in to write and overwrite their readings. Scopes are what
+  // the patient allowed the app to do (SMART App Launch, scopes-and-launch-context).
+  test('the patient themself ingests only through an app allowed to write Observations; sign-in or read-only scopes get 403', async () => {
+    for (const scopes of [['openid', 'fhirUser'], ['openid', 'fhirUser', 'patient/Observation.rs'], ['openid', 'fhirUser', 'patient/Observation.c']]) {
+      const res = await ingest(ben, token(scopes, { patient: ben, fhirUser: `Patient/${ben}` }));
+      expect({ scopes, status: res.status }).toEqual({ scopes, status: 403 });
+    }
+    const stored = await t.app.repository.search({ resourceType: 'Observation', filters: [{ code: 'patient', operator: Operator.EQUALS, value: `Patient/${ben}` }], count: 10, offset: 0 });
+    expect(stored.resources).toHaveLength(0);
+    const res = await ingest(ben, token(['openid', 'fhirUser', 'patient/Observation.cu'], { patient: ben, fhirUser: `Patient/${ben}` }));
     expect(res.status).toBe(200);
     expect(res.body.created).toBe(288);
+  });
+
+  test('a practitioner with write scopes and no grant from the patient may not ingest; a system client with write scopes may', async () => {
+    const doc = await http().post('/fhir/Practitioner').set('Authorization', `Bearer ${admin}`).set('Content-Type', 'application/fhir+json')
+      .send({ resourceType: 'Practitioner', name: [{ family: 'Osei' }] });
+    const practitioner = token(['openid', 'fhirUser', 'user/Observation.cruds'], { fhirUser: `Practitioner/${doc.body.id}` });
+    const res = await http().post(`/cgm/ingest?patient=${ana}&format=nightscout`).set('Authorization', `Bearer ${practitioner}`)
+      .set('X-Purpose-Of-Use', 'TREAT').send(file);
+    expect(res.status).toBe(403);
+    expect(res.body.resourceType).toBe('OperationOutcome');
+    const device = await ingest(ana, token(['system/Observation.cu']));
+    expect(device.status).toBe(200);
   });
 
   test('$cgm-summary and $cgm-agp follow the token: own patient yes, another patient 404', async () => {

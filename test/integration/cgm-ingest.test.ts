@@ -408,7 +408,7 @@ describe('CGM ingest limits', () => {
   test('an export over the configured limit is refused with 413 and nothing is stored', async () => {
     const app = express();
     app.use('/cgm', cgmHttpRouter({
-      service: t.app.cgm.ingest, authenticate: async () => OPEN_ACCESS, scopeAllows: () => true, maxBytes: 4096, logger: createLogger('silent'),
+      service: t.app.cgm.ingest, authenticate: async () => OPEN_ACCESS, mayWriteObservations: async () => true, maxBytes: 4096, logger: createLogger('silent'),
     }));
     const patient = (await request(t.app.http).post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient' })).body.id as string;
     const res = await request(app).post(`/cgm/ingest?patient=${patient}&format=nightscout`).send(nightscoutJson(makeTrace(1)));
@@ -443,7 +443,7 @@ describe('large uploads are parked encrypted and read twice', () => {
   test('an upload above the hold limit is checked whole before anything is stored', async () => {
     const service = new CgmIngestService({ repository: t.app.repository, check: shapeCachedCheck(() => []), defaultTimeZone: 'UTC', holdBytes: 1024 });
     const app = express();
-    app.use('/cgm', cgmHttpRouter({ service, authenticate: async () => OPEN_ACCESS, scopeAllows: () => true, logger: createLogger('silent') }));
+    app.use('/cgm', cgmHttpRouter({ service, authenticate: async () => OPEN_ACCESS, mayWriteObservations: async () => true, logger: createLogger('silent') }));
     const patient = (await request(t.app.http).post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient' })).body.id as string;
     const lines = nightscoutJson(makeTrace(1, { seed: 4 })).split('\n');
     const bad = [...lines.slice(0, 280), lines[280]!.replace(/"sgv":\d+/, '"sgv":"high-ish"'), ...lines.slice(281)].join('\n');

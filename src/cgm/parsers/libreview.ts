@@ -10,6 +10,7 @@
  */
 import { Readable } from 'node:stream';
 import { parse } from 'csv-parse';
+import { GlucoGuardError } from '../../errors.js';
 import { CgmInputError } from '../json-stream.js';
 import { wallToUtcMs, type WallClock } from '../time.js';
 import type { AbsentReason, GlucoseUnit } from '../types.js';
@@ -107,7 +108,8 @@ export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: Parser
     }
   } catch (err) {
     yield* local.flush(); // rows read before the error, held for an overlap: a partial import keeps them
-    if (err instanceof CgmInputError) throw err;
+    // ours, from the source (an upload too large, an import stopped): as it is, not "malformed CSV"
+    if (err instanceof CgmInputError || err instanceof GlucoGuardError) throw err;
     const line = (err as { lines?: number }).lines;
     throw new CgmInputError(`${line ? `line ${line}: ` : ''}malformed CSV (${csvProblem(err)})`, line);
   }
