@@ -39,7 +39,9 @@ export function parseSummary(bundle) {
     cv: by(MEMBER.cv)?.valueQuantity?.value,
     days: by(MEMBER.days)?.valueQuantity?.value,
     active: by(MEMBER.active)?.valueQuantity?.value,
-    warnings: (panel?.note ?? []).map((n) => n.text.replace(/^Data sufficiency:\s*/, '')),
+    // the panel's notes: data-sufficiency warnings, and other notes (how LOW/HIGH readings count)
+    warnings: (panel?.note ?? []).filter((n) => /^Data sufficiency:/.test(n.text)).map((n) => n.text.replace(/^Data sufficiency:\s*/, '')),
+    notes: (panel?.note ?? []).filter((n) => !/^Data sufficiency:/.test(n.text)).map((n) => n.text),
   };
 }
 
@@ -280,6 +282,7 @@ export function renderReport(report) {
     ? el('div', { class: 'notice warn', role: 'note', 'data-sufficiency': 'warning' },
       el('p', {}, el('strong', {}, '⚠ Data sufficiency: ')), el('ul', {}, summary.warnings.map((w) => el('li', {}, w))))
     : el('p', { 'data-sufficiency': 'ok' }, '✔ Enough data for a reliable report (at least 14 days and 70 % sensor time).');
+  const notes = summary.notes.length ? el('ul', { class: 'report-notes', 'data-notes': summary.notes.length }, summary.notes.map((n) => el('li', {}, n))) : null;
   const span = readingsSpan?.first && readingsSpan?.last
     ? `Readings from ${fmtDate(readingsSpan.first)} to ${fmtDate(readingsSpan.last)}.`
     : 'No readings in this period.';
@@ -289,6 +292,7 @@ export function renderReport(report) {
   },
     el('p', {}, `Report period: ${fmtDate(start.toISOString())} – ${fmtDate(end.toISOString())} (${periodDays} days). `, el('span', { class: 'readings-span' }, span)),
     warnings,
+    notes,
     metricList(summary, periodDays),
     el('div', { class: 'report-grid' }, agpChart(agp), tirBar(summary.tir)),
     integrityNote(integrityOf(observations)),
