@@ -119,6 +119,16 @@ export function registerSmartCommands(program: Command, open: (options?: { setUp
       });
     });
 
+  users.command('list')
+    .description('list users: login name, the Patient or Practitioner they are, when added (never a password)')
+    .action(async () => {
+      await withOpened(open, async ({ config }) => {
+        const all = withStore(config, (store) => store.listUsers());
+        if (all.length === 0) console.log('no users registered');
+        for (const u of all) console.log(`${u.username}  ${u.fhirUser}  added ${u.createdAt}`);
+      });
+    });
+
   const clients = program.command('clients').description('applications registered with the SMART authorization server');
   clients.command('add')
     .description('register a SMART app or Backend Services client; prints its client_id (and secret, once)')

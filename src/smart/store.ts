@@ -69,6 +69,7 @@ export class SmartStore {
     if (!columns.includes('disabled_at')) this.db.exec('ALTER TABLE clients ADD COLUMN disabled_at TEXT');
     this.statements = {
       getUser: this.db.prepare('SELECT username, password_hash, fhir_user FROM users WHERE username = ?'),
+      listUsers: this.db.prepare('SELECT username, fhir_user, created_at FROM users ORDER BY created_at, username'),
       insertUser: this.db.prepare('INSERT INTO users (username, password_hash, fhir_user, created_at) VALUES (?, ?, ?, ?)'),
       setPassword: this.db.prepare('UPDATE users SET password_hash = ? WHERE username = ?'),
       getClient: this.db.prepare('SELECT * FROM clients WHERE client_id = ?'),
@@ -146,6 +147,12 @@ export class SmartStore {
   findClient(clientId: string): Client | undefined {
     const row = this.statements.getClient.get(clientId) as Record<string, string | null> | undefined;
     return row ? clientOf(row) : undefined;
+  }
+
+  /** Every user, oldest first: login name, who they are, when added (no password hash). */
+  listUsers(): { username: string; fhirUser: string; createdAt: string }[] {
+    return (this.statements.listUsers.all() as { username: string; fhir_user: string; created_at: string }[])
+      .map((r) => ({ username: r.username, fhirUser: r.fhir_user, createdAt: r.created_at }));
   }
 
   /** Every registered client, disabled ones too, oldest first. */

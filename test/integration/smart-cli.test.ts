@@ -66,6 +66,19 @@ describe('glucoguard users add', () => {
     store.close();
   });
 
+  test('users list names each user and who they are, never a password or its hash', async () => {
+    await run(['users', 'list']);
+    expect(out).toEqual(['no users registered']);
+    const file = path.join(dir, 'pw');
+    writeFileSync(file, 'a long passphrase\n');
+    await run(['users', 'add', '--username', 'ana', '--password-file', file, '--fhir-user', 'Patient/p1']);
+    await run(['users', 'add', '--username', 'kofi', '--password-file', file, '--fhir-user', 'Practitioner/d1']);
+    out = [];
+    await run(['users', 'list']);
+    expect(out).toEqual([expect.stringMatching(/^ana {2}Patient\/p1 {2}added \d{4}-/), expect.stringMatching(/^kofi {2}Practitioner\/d1 {2}added \d{4}-/)]);
+    expect(out.join('\n')).not.toMatch(/passphrase|scrypt/);
+  });
+
   test('refuses a fhir-user that is not Patient/ID or Practitioner/ID', async () => {
     await expect(run(['users', 'add', '--username', 'x', '--password-file', '/dev/null', '--fhir-user', 'Device/1'])).rejects.toThrow();
   });
