@@ -66,7 +66,7 @@ export async function run(log: Log): Promise<Record<string, number>> {
       log(`  (one Redis GET of the consent epoch: p50 ${fmt(percentile(gets, 50), 3)} ms on this machine)`);
     }
     // after the in-process figures: the HTTP load leaves audit events to anchor behind it
-    if (parts.has('readpath')) Object.assign(out, await readPathVsBare(a, setup, log, redisUrl ? 'Redis KV' : 'memory KV'));
+    if (parts.has('readpath')) Object.assign(out, await readPathVsBare(a, setup, log, `${a.kv.description.adapter} KV`));
     if (redisUrl && parts.has('revocation')) {
       b = await createApp(loadConfig({
         ...env, CHAIN_RPC_URL: a.chain.description.location,

@@ -12,7 +12,9 @@ import path from 'node:path';
 import express from 'express';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import { loadConfig } from '../src/config.js';
+import { EmbeddedKeyValueStore } from '../src/kv/embedded.js';
 import { MemoryKeyValueStore } from '../src/kv/memory.js';
+import { loadServerKeys } from '../src/keys.js';
 import { createLogger } from '../src/log.js';
 import { createSmart } from '../src/smart/index.js';
 import { fmt, percentile, type Log } from './stats.js';
@@ -25,7 +27,10 @@ export async function run(log: Log): Promise<Record<string, number>> {
   const port = (server.address() as AddressInfo).port;
   const baseUrl = `http://127.0.0.1:${port}`;
   const config = loadConfig({}, { dataDir, baseUrl, port, logLevel: 'silent' });
-  const kv = new MemoryKeyValueStore();
+  // the KV the server uses by default (SQLite in the data directory); GLUCOGUARD_KV=memory for the in-process one
+  const kv = process.env.GLUCOGUARD_KV === 'memory' ? new MemoryKeyValueStore()
+    : new EmbeddedKeyValueStore({ file: path.join(dataDir, 'kv', 'kv.sqlite'), rootKey: loadServerKeys(config).root });
+  log(`KV: ${kv.description.adapter}`);
   const smart = await createSmart({ config, kv, logger: createLogger('silent'), fhirBase: `${baseUrl}/fhir`, rateLimits: { tokenPerIp: 1e9, tokenPerClient: 1e9 } });
   const agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
   try {

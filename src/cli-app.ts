@@ -12,6 +12,15 @@ import type { App } from './app.js';
  */
 export type OpenApp = (options?: { setUp?: boolean }) => Promise<App>;
 
+/**
+ * A command given wrongly (a missing confirmation, a missing, unknown or conflicting option, a bad
+ * option value, no installation where one must be): the CLI exits 2, like a configuration error,
+ * whichever command file throws it (commander's own InvalidArgumentError is treated alike).
+ */
+export class UsageError extends Error {
+  readonly code = 'ERR_USAGE';
+}
+
 export async function withApp<T>(open: () => Promise<App>, command: (app: App) => Promise<T>): Promise<T> {
   const app = await open();
   try {

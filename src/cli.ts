@@ -9,13 +9,13 @@ import type { AuditEvent, Patient as PatientResource } from '@medplum/fhirtypes'
 import { Operator } from '@medplum/core';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { createApp, createRepository, VERSION } from './app.js';
-import { createHttpServer } from './server.js';
-import { withApp, type OpenApp } from './cli-app.js';
+import { createHttpServer, shutDown } from './server.js';
+import { UsageError, withApp, type OpenApp } from './cli-app.js';
 import { isGlucoGuardError } from './errors.js';
 import { resourceExists } from './repository/exists.js';
 import type { Repository } from './repository/port.js';
 import { OPEN_ACCESS } from './fhir/access.js';
-import { ConfigError, fhirBase, loadConfig, type Config } from './config.js';
+import { ConfigError, fhirBase, loadConfig, prepareDataDir, type Config } from './config.js';
 import { createLogger } from './log.js';
 import { RedisKeyValueStore } from './kv/redis.js';
 import { registerSmartCommands } from './smart/cli.js';
@@ -26,13 +26,23 @@ import { anchoringElsewhere } from './ledger/anchor.js';
 import { commitmentStorePath } from './ledger/index.js';
 import { CommitmentStore } from './ledger/store.js';
 import { keyRotationAuditEvent, rotateMasterKey } from './key-rotation.js';
-import { describeServerKeys, holdsInstallation, masterKeyPath, readKeyFile, rootSealPath } from './keys.js';
+import { describeServerKeys, holdsInstallation, masterKeyPath, masterKeySource, readKeyFile, rootSealPath } from './keys.js';
 import { INDEX_GENERATION } from './repository/embedded/params.js';
 import { registerExchangeCommands } from './exchange/cli.js';
 
+// Everything GlucoGuard creates under the data directory (and the files a command writes) is for
+// its own user only: keys, stores, export files, job and subscription state (patient and grant ids).
+// Set before any command runs, so no file or folder is ever created readable by others, whatever
+// the module creating it asks for; the chain node's thread shares the process's mask.
+process.umask(0o077);
+
+/** The configuration this process loaded (what the error handler names a setting from). */
+let loaded: Config | undefined;
+
 function config(): Config {
   try {
-    return loadConfig();
+    loaded = loadConfig();
+    return loaded;
   } catch (err) {
     if (err instanceof ConfigError) {
       console.error(`glucoguard: ${err.message}`);
@@ -53,11 +63,6 @@ function operatorName(): string {
   return `${user} on ${hostname()} (glucoguard CLI)`;
 }
 
-/** A command given wrongly (missing, unknown or conflicting options, a bad value, no installation where one must be): exit 2, like a configuration error. */
-class UsageError extends Error {
-  readonly code = 'ERR_USAGE';
-}
-
 /** Commander has already printed why the command line is wrong (or printed help/version); only the exit code is left. */
 class CommanderExit extends Error {
   constructor(readonly exitCode: number) {
@@ -65,10 +70,16 @@ class CommanderExit extends Error {
   }
 }
 
-/** The configuration, refusing a data directory with no installation unless the command sets one up (cli-app.ts OpenApp). */
-function configFor(options: { setUp?: boolean } = {}): Config {
+/**
+ * The configuration, refusing a data directory with no installation unless the command sets one up
+ * (cli-app.ts OpenApp), and one this process cannot write (a read-only mount, another owner) with
+ * the reason before anything opens it. `readOnly`: the command only reads keys (`keys status`).
+ */
+function configFor(options: { setUp?: boolean; readOnly?: boolean } = {}): Config {
   const cfg = config();
+  prepareDataDir(cfg.dataDir, { create: false, write: !options.readOnly });
   if (!options.setUp && !holdsInstallation(cfg.dataDir)) throw new UsageError(`no GlucoGuard data in ${cfg.dataDir}; set GLUCOGUARD_DATA_DIR`);
+  if (options.setUp) prepareDataDir(cfg.dataDir, { create: true, write: true });
   return cfg;
 }
 
@@ -96,16 +107,18 @@ program
   .command('serve')
   .description('run the proxy (FHIR endpoint at <base>/fhir) on the configured adapters')
   .action(async () => {
-    const cfg = config();
+    const cfg = configFor({ setUp: true });
     const app = await createApp(cfg);
     const { logger } = app;
-    for (const a of app.adapters) logger.info({ port: a.port, adapter: a.adapter, location: a.location }, `${a.port}: ${a.adapter} (${a.location})`);
+    for (const a of app.adapters.map((x) => (x.port === 'master key' ? withKeySource(x, cfg) : x))) {
+      logger.info({ port: a.port, adapter: a.adapter, location: a.location }, `${a.port}: ${a.adapter} (${a.location})`);
+    }
     // a server that takes long search URLs and answers malformed requests with an OperationOutcome (server.ts)
     const server: Server = createHttpServer(app.http);
     server.once('error', (err: NodeJS.ErrnoException) => {
       // a listen error: say it and stop, never "listening"
       const code = err.code;
-      logger.error({ port: cfg.port, code }, `cannot listen on port ${cfg.port}: ${code === 'EADDRINUSE' ? 'it is in use by another process' : code === 'EACCES' ? 'permission denied' : err.message}`);
+      logger.error({ port: cfg.port, code }, `cannot listen on port ${cfg.port}: ${code === 'EADDRINUSE' ? 'it is in use by another process; stop it, or set PORT to a free port' : code === 'EACCES' ? 'permission denied (PORT below 1024 needs privileges)' : err.message}`);
       void app.close().finally(() => process.exit(1));
     });
     server.listen(cfg.port, cfg.host, () => {
@@ -137,24 +150,10 @@ program
     const stop = (signal: string) => {
       if (stopping) return;
       stopping = true;
-      logger.info({ signal }, 'shutting down: no new connections, finishing in-flight requests');
-      const force = setTimeout(() => {
-        logger.error('in-flight requests did not finish within 10 s; exiting');
-        process.exit(1);
-      }, 10_000);
-      force.unref();
-      server.close(async () => {
-        try {
-          await app.close();
-          logger.info('stopped cleanly');
-          logger.flush?.();
-          process.exit(0);
-        } catch (err) {
-          logger.error({ err }, 'error while closing');
-          process.exit(1);
-        }
+      void shutDown(server, app, { signal }).then((code) => {
+        logger.flush?.();
+        process.exit(code);
       });
-      server.closeIdleConnections();
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
@@ -195,7 +194,7 @@ patients
   .requiredOption('--patient <id>', 'the Patient id')
   .option('--yes', 'confirm: this cannot be undone')
   .action(async (opts: { patient: string; yes?: boolean }) => {
-    if (!opts.yes) throw new Error(`erasing Patient/${opts.patient} cannot be undone: run again with --yes to confirm`);
+    if (!opts.yes) throw new UsageError(`erasing Patient/${opts.patient} cannot be undone: run again with --yes to confirm`);
     await withApp(openApp, async (app) => {
       if (!app.erasePatient) throw new Error('erasure is for the embedded repository; an upstream FHIR server erases data by its own means');
       // A running server keeps data keys and decoded versions in memory: it must not go on serving them.
@@ -252,7 +251,7 @@ keys
   .command('status')
   .description('where the master key comes from, whether it was rotated, fingerprints to compare replicas (never the keys)')
   .action(() => {
-    const { lines, problem } = describeServerKeys(config());
+    const { lines, problem } = describeServerKeys(configFor({ readOnly: true }));
     for (const line of lines) console.log(line);
     if (problem) throw new Error(problem);
   });
@@ -264,8 +263,12 @@ keys
   .option('--resume', 'finish a rotation that was interrupted')
   .option('--yes', 'confirm: afterwards only the new key opens this data directory')
   .action(async (opts: { newKeyFile?: string; resume?: boolean; yes?: boolean }) => {
-    if (!opts.yes) throw new Error('after the rotation only the new master key opens this data directory: run again with --yes to confirm');
-    const cfg = config();
+    if (!opts.yes) throw new UsageError('after the rotation only the new master key opens this data directory: run again with --yes to confirm');
+    // a rotation on an empty (mistyped) directory would make a whole new installation and call it rotated
+    const cfg = configFor();
+    if (opts.newKeyFile !== undefined && !cfg.masterKey) {
+      throw new UsageError(`--new-key-file is for a master key given by GLUCOGUARD_MASTER_KEY or GLUCOGUARD_MASTER_KEY_FILE; this data directory's key is the file ${masterKeyPath(cfg.dataDir)}, and the rotation makes the new key itself: leave --new-key-file out`);
+    }
     // A running server holds data keys and the old master key in memory and would write new keys under it.
     const storeFile = commitmentStorePath(cfg.dataDir);
     if (existsSync(storeFile)) {
@@ -278,7 +281,7 @@ keys
       }
       if (server) throw new Error(`a server is running on this data directory (${server}): stop it first, then rotate`);
     }
-    const newKey = opts.newKeyFile === undefined ? undefined : readKeyFile(opts.newKeyFile);
+    const newKey = opts.newKeyFile === undefined ? undefined : newKeyFrom(opts.newKeyFile);
     const result = rotateMasterKey({ config: cfg, ...(newKey !== undefined ? { newKey } : {}), ...(opts.resume ? { resume: true } : {}) });
     // the rotation is done whatever happens to its record: say so first
     const keys = result.dataKeys;
@@ -296,6 +299,25 @@ keys
       throw new Error(`the rotation is complete, but its AuditEvent could not be written: ${(err as Error).message}`);
     }
   });
+
+/** The new key `--new-key-file` names; a file that cannot be read or holds no key is a wrong option value (exit 2). */
+function newKeyFrom(file: string): string {
+  try {
+    return readKeyFile(file);
+  } catch (err) {
+    throw new UsageError(`--new-key-file: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * The master-key line of the start-up log naming where the key really comes from (the setting, and
+ * the file GLUCOGUARD_MASTER_KEY_FILE names), keeping what the app adds (a sealed key root).
+ */
+function withKeySource(adapter: { port: string; adapter: string; location: string }, cfg: Config) {
+  const source = masterKeySource(cfg);
+  const sealed = adapter.location.indexOf('; key root sealed in ');
+  return { port: adapter.port, adapter: source.adapter, location: source.location + (sealed >= 0 ? adapter.location.slice(sealed) : '') };
+}
 
 // Logs go to stderr: stdout carries the command's result.
 registerCgmCommands(program, openApp);
@@ -343,7 +365,19 @@ program.parseAsync(process.argv).catch((err: unknown) => {
     console.error(`glucoguard: ${err.message}`);
     process.exit(2);
   }
-  const e = err as { code?: string; path?: unknown; issues?: { diagnostics?: string }[]; message?: string };
+  const e = err as { code?: string; path?: unknown; address?: unknown; issues?: { diagnostics?: string }[]; message?: string };
+  // a data file this process cannot open or write (src/sqlite.ts names the file and why): the data directory is configured wrongly
+  if (e.code === 'ERR_DATA_DIR') {
+    console.error(`glucoguard: ${e.message}; check GLUCOGUARD_DATA_DIR and its permissions`);
+    process.exit(2);
+  }
+  // serve's own port is handled where it listens: a port in use here is the embedded chain node's
+  if (e.code === 'EADDRINUSE' && loaded && !loaded.chain.rpcUrl) {
+    const port = loaded.chain.embeddedPort;
+    console.error(`glucoguard: CHAIN_PORT: port ${port}${typeof e.address === 'string' ? ` on ${e.address}` : ' on 127.0.0.1'} (the embedded chain node's JSON-RPC port) is in use by another process: `
+      + 'stop that process, or set CHAIN_PORT to a free port (0 picks one)');
+    process.exit(2);
+  }
   console.error(`glucoguard: ${e.issues?.map((i) => i.diagnostics).join('; ') ?? fileError(e) ?? e.message ?? String(err)}`);
   process.exit(1);
 });

@@ -5,7 +5,7 @@
  * listens. Insecure development settings are announced (insecureSettings); those that expose data
  * in transit or to anyone are refused when NODE_ENV=production.
  */
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { EXCHANGE_VARIABLES, readExchangeSettings, type ExchangeSettings } from './exchange/settings.js';
@@ -19,8 +19,10 @@ export interface Config {
   baseUrl: string;
   /** Directory for everything kept on disk: store, keys, chain (GLUCOGUARD_DATA_DIR). */
   dataDir: string;
-  /** Master key (base64, 32 bytes) wrapping per-patient data keys (GLUCOGUARD_MASTER_KEY); else a file in dataDir. */
+  /** Master key (base64, 32 bytes) wrapping per-patient data keys (GLUCOGUARD_MASTER_KEY or the file GLUCOGUARD_MASTER_KEY_FILE names); else a file in dataDir. */
   masterKey?: string;
+  /** The file GLUCOGUARD_MASTER_KEY_FILE names, when the master key came from it (what start-up and `keys status` say). */
+  masterKeyFile?: string;
   /** Largest accepted request body in bytes (GLUCOGUARD_MAX_BODY_BYTES). */
   maxBodyBytes: number;
   /** Largest raw CGM export accepted by POST /cgm/ingest, in bytes (GLUCOGUARD_MAX_INGEST_BYTES). */
@@ -70,8 +72,14 @@ export interface Config {
   nodeEnv: string;
   upstream?: UpstreamConfig;
   chain: ChainConfig;
-  /** Redis URL for the KV port (REDIS_URL); in-memory when absent. */
+  /** Redis URL for the KV port (REDIS_URL); with it the KV adapter is `redis`. */
   redisUrl?: string;
+  /**
+   * The KV port's adapter (GLUCOGUARD_KV): `embedded` (default without REDIS_URL: `<dataDir>/kv/kv.sqlite`,
+   * survives restarts), `redis` (default with REDIS_URL) or `memory` (tests and throw-away runs:
+   * revocations and refresh tokens are forgotten at every restart; refused when NODE_ENV=production).
+   */
+  kv: 'embedded' | 'redis' | 'memory';
   /** Time zone for device-local timestamps without offset (GLUCOGUARD_DEFAULT_TZ). */
   defaultTimeZone: string;
   /** Bulk export and subscription settings (GLUCOGUARD_EXPORT_*, GLUCOGUARD_SUBSCRIPTION_*; src/exchange/settings.ts). */
@@ -155,7 +163,7 @@ export const CONFIG_VARIABLES: readonly string[] = [
   'UPSTREAM_TOKEN_URL', 'UPSTREAM_PRIVATE_KEY_FILE', 'UPSTREAM_ALG', 'UPSTREAM_KID', 'UPSTREAM_SCOPE', 'UPSTREAM_TIMEOUT_MS',
   'UPSTREAM_RETRY_AFTER_MAX', 'UPSTREAM_MAX_BODY_BYTES',
   'CHAIN_RPC_URL', 'CHAIN_PORT', 'CHAIN_BLOCK_PERIOD', 'CHAIN_NODE_THREAD', 'CHAIN_ID', 'CHAIN_AUTHORITY_KEY_FILE', 'CHAIN_DEPLOYMENT_FILE',
-  'REDIS_URL', 'REDIS_PASSWORD_FILE', 'LOG_LEVEL',
+  'REDIS_URL', 'REDIS_PASSWORD_FILE', 'GLUCOGUARD_KV', 'LOG_LEVEL',
 ];
 
 /** Builds and validates the configuration; throws ConfigError listing every problem. */
@@ -186,11 +194,18 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
   if (auth === 'off' && production) {
     problems.push('GLUCOGUARD_AUTH=off is refused when NODE_ENV=production');
   }
-  const masterKeyFile = pick('GLUCOGUARD_MASTER_KEY_FILE');
-  const masterKey = pick('GLUCOGUARD_MASTER_KEY')
+  const masterKeyFile = pick('GLUCOGUARD_MASTER_KEY_FILE') || undefined;
+  const masterKeyValue = pick('GLUCOGUARD_MASTER_KEY');
+  // two sources would leave the operator guessing which key opened (or made) the data directory
+  if (masterKeyValue !== undefined && masterKeyFile) {
+    problems.push('GLUCOGUARD_MASTER_KEY and GLUCOGUARD_MASTER_KEY_FILE are both set: give the master key one way only (unset one)');
+  }
+  const masterKey = masterKeyValue
     ?? (masterKeyFile ? readSecret(masterKeyFile, 'GLUCOGUARD_MASTER_KEY_FILE', problems) : undefined);
   if (masterKey !== undefined && Buffer.from(masterKey, 'base64').length !== 32) {
-    problems.push('GLUCOGUARD_MASTER_KEY must be 32 bytes, base64-encoded');
+    problems.push(masterKeyValue === undefined && masterKeyFile
+      ? `GLUCOGUARD_MASTER_KEY_FILE: ${masterKeyFile} does not hold a 32-byte key, base64-encoded`
+      : 'GLUCOGUARD_MASTER_KEY must be 32 bytes, base64-encoded');
   }
   const logLevel = oneOf(pick('LOG_LEVEL') ?? 'info',
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'LOG_LEVEL', problems);
@@ -251,6 +266,12 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     }
   }
   if (redisUrl && !/^rediss?:\/\//.test(redisUrl)) problems.push(`REDIS_URL must start with redis:// or rediss:// (got "${redisUrl}")`);
+  const kv = oneOf(pick('GLUCOGUARD_KV') ?? (redisUrl ? 'redis' : 'embedded'), ['embedded', 'redis', 'memory'] as const, 'GLUCOGUARD_KV', problems);
+  if (kv === 'redis' && !redisUrl) problems.push('GLUCOGUARD_KV=redis needs REDIS_URL');
+  if (kv !== 'redis' && redisUrl) problems.push(`GLUCOGUARD_KV=${kv} and REDIS_URL contradict each other: unset one`);
+  if (kv === 'memory' && production) {
+    problems.push('GLUCOGUARD_KV=memory is refused when NODE_ENV=production (revoked tokens would be accepted again, and refresh tokens refused, after every restart)');
+  }
   const exchange = readExchangeSettings(pick, problems);
   if (production && exchange.subscriptionAllowHttp) {
     problems.push('GLUCOGUARD_SUBSCRIPTION_HTTP=true is refused when NODE_ENV=production (notifications would carry health data in clear)');
@@ -263,6 +284,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     baseUrl,
     dataDir,
     masterKey,
+    ...(masterKeyValue === undefined && masterKeyFile ? { masterKeyFile } : {}),
     maxBodyBytes: int(pick('GLUCOGUARD_MAX_BODY_BYTES') ?? String(16 * 1024 * 1024), 'GLUCOGUARD_MAX_BODY_BYTES', 1024, 1024 ** 3, problems),
     maxIngestBytes: int(pick('GLUCOGUARD_MAX_INGEST_BYTES') ?? String(512 * 1024 * 1024), 'GLUCOGUARD_MAX_INGEST_BYTES', 1024, 16 * 1024 ** 3, problems),
     defaultPageSize: int(pick('GLUCOGUARD_PAGE_SIZE') ?? '50', 'GLUCOGUARD_PAGE_SIZE', 1, 10000, problems),
@@ -280,6 +302,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     upstream,
     chain,
     redisUrl,
+    kv,
     defaultTimeZone: pick('GLUCOGUARD_DEFAULT_TZ') ?? 'UTC',
     exchange,
     trustProxy,
@@ -294,7 +317,13 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
 export function insecureSettings(config: Config): string[] {
   const warnings: string[] = [];
   if (config.auth === 'off') warnings.push('GLUCOGUARD_AUTH=off: /fhir is open to anyone who can reach it (local experiments only)');
-  if (!config.masterKey) warnings.push(`master key kept as a file in ${config.dataDir}; set GLUCOGUARD_MASTER_KEY from a secret store in production`);
+  if (config.kv === 'memory') warnings.push('GLUCOGUARD_KV=memory: token revocations, refresh tokens and used codes are forgotten when the process stops (tests and throw-away runs only)');
+  if (!config.masterKey) warnings.push(`master key kept as a file in ${config.dataDir}, so every copy of the directory carries it; in production give it by GLUCOGUARD_MASTER_KEY_FILE from a secret store (docs/operations.md, Moving the master key out of the data directory)`);
+  const leftover = path.join(config.dataDir, 'keys', 'master.key'); // src/keys.ts masterKeyPath
+  if (config.masterKey && existsSync(leftover)) {
+    warnings.push(`${leftover} is still in the data directory although the master key comes from ${config.masterKeyFile ? 'GLUCOGUARD_MASTER_KEY_FILE' : 'GLUCOGUARD_MASTER_KEY'}: `
+      + 'it is not used, but every copy of the directory carries it; delete it once this key is safe elsewhere (docs/operations.md, Moving the master key out of the data directory)');
+  }
   if (config.baseUrl.startsWith('http://') && !isLoopbackUrl(config.baseUrl)) warnings.push('GLUCOGUARD_BASE_URL is not https');
   if (config.exchange.subscriptionAllowHttp) warnings.push('GLUCOGUARD_SUBSCRIPTION_HTTP=true: subscription notifications may go out over plain http');
   return warnings;
@@ -379,9 +408,75 @@ function trustProxySetting(raw: string, problems: string[]): TrustProxy {
 function readSecret(file: string, name: string, problems: string[]): string | undefined {
   try {
     return readFileSync(file, 'utf8').trim();
-  } catch {
-    problems.push(`${name}: cannot read ${file}`);
+  } catch (err) {
+    problems.push(`${name}: cannot read ${file}: ${whyUnreadable(err)}`);
     return undefined;
+  }
+}
+
+/**
+ * Checks the data directory before anything opens it (GLUCOGUARD_DATA_DIR): an existing one must be
+ * a directory this process can read and (with `write`) write; with `create`, a missing one is made
+ * owner-only (0700), or refused naming the reason (a read-only file system, a folder of another
+ * user) instead of the "no such file or directory" a failed recursive mkdir reports. Throws ConfigError.
+ */
+export function prepareDataDir(dataDir: string, options: { create: boolean; write: boolean }): void {
+  let stat;
+  try {
+    stat = statSync(dataDir);
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ENOENT') throw new ConfigError([`GLUCOGUARD_DATA_DIR: ${dataDir}: ${whyUnreadable(err)}`]);
+  }
+  if (stat && !stat.isDirectory()) throw new ConfigError([`GLUCOGUARD_DATA_DIR: ${dataDir} is not a directory`]);
+  if (stat) {
+    const problem = pathProblem(dataDir, options.write ? constants.R_OK | constants.W_OK | constants.X_OK : constants.R_OK | constants.X_OK);
+    if (problem) throw new ConfigError([`GLUCOGUARD_DATA_DIR: ${problem}`]);
+    return;
+  }
+  if (!options.create) return;
+  let parent = path.dirname(dataDir);
+  while (!existsSync(parent) && path.dirname(parent) !== parent) parent = path.dirname(parent);
+  const problem = pathProblem(parent, constants.W_OK | constants.X_OK);
+  if (problem) throw new ConfigError([`GLUCOGUARD_DATA_DIR: cannot create ${dataDir}: ${problem}`]);
+  try {
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw new ConfigError([`GLUCOGUARD_DATA_DIR: cannot create ${dataDir}: ${whyUnreadable(err)}`]);
+  }
+}
+
+/**
+ * What keeps this process from using `target` as `mode` asks (fs.constants R_OK | W_OK | X_OK), in
+ * words naming the path; undefined when nothing does. A read-only mount is said as such.
+ */
+export function pathProblem(target: string, mode: number): string | undefined {
+  try {
+    accessSync(target, mode);
+    return undefined;
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === 'EROFS') return `${target} is on a read-only file system`;
+    if (code === 'EACCES' || code === 'EPERM') {
+      const wanted = [mode & constants.R_OK ? 'read' : '', mode & constants.W_OK ? 'write' : ''].filter(Boolean).join(' and ');
+      return `permission denied: this user (uid ${process.getuid?.() ?? '?'}) may not ${wanted || 'enter'} ${target}`;
+    }
+    return `${target}: ${whyUnreadable(err)}`;
+  }
+}
+
+/**
+ * Why a file could not be read, in words (never its content): missing and not permitted call for
+ * different fixes, so they are told apart.
+ */
+export function whyUnreadable(err: unknown): string {
+  switch ((err as { code?: string }).code) {
+    case 'ENOENT': return 'no such file';
+    case 'EACCES':
+    case 'EPERM': return `permission denied (glucoguard runs as uid ${process.getuid?.() ?? '?'})`;
+    case 'EROFS': return 'read-only file system';
+    case 'EISDIR': return 'it is a directory, not a file';
+    case 'ENOTDIR': return 'a part of the path is not a directory';
+    default: return (err as Error).message ?? String(err);
   }
 }
 

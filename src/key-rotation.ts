@@ -28,6 +28,7 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, re
 import path from 'node:path';
 import type { AuditEvent } from '@medplum/fhirtypes';
 import type { Config } from './config.js';
+import { UsageError } from './cli-app.js';
 import {
   checkRoot, keyFingerprint, loadServerKeys, masterKeyPath, openRoot, readKeyFile, rootSealPath, rotationJournalPath, sealRoot,
 } from './keys.js';
@@ -36,7 +37,7 @@ import { openStore, storeFilePath } from './repository/embedded/store.js';
 import { glucoguardSource } from './audit/balp.js';
 
 export interface RotationOptions {
-  config: Pick<Config, 'dataDir' | 'masterKey'>;
+  config: Pick<Config, 'dataDir' | 'masterKey' | 'masterKeyFile'>;
   /**
    * The new master key (base64, 32 bytes). Needed when the current key comes from configuration
    * (GLUCOGUARD_MASTER_KEY[_FILE]): the operator then moves it into the secret store. With a key
@@ -74,20 +75,20 @@ export function rotateMasterKey(options: RotationOptions): RotationResult {
   const journalFile = rotationJournalPath(dataDir);
   const held: Journal['held'] = options.config.masterKey ? 'config' : 'file';
   if (options.newKey !== undefined && held === 'file') {
-    throw new Error('the master key is the data directory\'s key file: the rotation makes the new key itself (--new-key-file is for a key given by GLUCOGUARD_MASTER_KEY or GLUCOGUARD_MASTER_KEY_FILE)');
+    throw new UsageError('the master key is the data directory\'s key file: the rotation makes the new key itself (--new-key-file is for a key given by GLUCOGUARD_MASTER_KEY or GLUCOGUARD_MASTER_KEY_FILE)');
   }
-  if (options.newKey !== undefined && !isKey(options.newKey)) throw new Error('the new master key must be 32 bytes, base64-encoded');
+  if (options.newKey !== undefined && !isKey(options.newKey)) throw new UsageError('the new master key must be 32 bytes, base64-encoded');
   if (existsSync(journalFile)) {
-    if (!options.resume) throw new Error(`a master-key rotation of ${dataDir} did not finish: run again with --resume`);
+    if (!options.resume) throw new UsageError(`a master-key rotation of ${dataDir} did not finish: run again with --resume`);
     return resume(options, readJournal(journalFile));
   }
-  if (options.resume) throw new Error(`no master-key rotation of ${dataDir} to resume`);
+  if (options.resume) throw new UsageError(`no master-key rotation of ${dataDir} to resume`);
   if (held === 'config' && options.newKey === undefined) {
-    throw new Error('the master key comes from GLUCOGUARD_MASTER_KEY[_FILE]: give the new key with --new-key-file (32 random bytes, base64: `openssl rand -base64 32`)');
+    throw new UsageError(`the master key comes from ${options.config.masterKeyFile ? 'GLUCOGUARD_MASTER_KEY_FILE' : 'GLUCOGUARD_MASTER_KEY'}: give the new key with --new-key-file (32 random bytes, base64: \`openssl rand -base64 32\`)`);
   }
   const current = loadServerKeys(options.config);
   const newKey = options.newKey ?? randomBytes(32).toString('base64');
-  if (keyFingerprint(newKey) === keyFingerprint(current.master)) throw new Error('the new master key is the current one');
+  if (keyFingerprint(newKey) === keyFingerprint(current.master)) throw new UsageError('the new master key is the current one');
   const journal: Journal = { version: 1, held, newKey: keyFingerprint(newKey), started: new Date().toISOString() };
   writeFileDurably(journalFile, `${JSON.stringify(journal)}\n`);
   options.afterStep?.('journal');
@@ -107,7 +108,7 @@ function resume(options: RotationOptions, journal: Journal): RotationResult {
   const current = journal.held === 'file' ? readKeyFile(masterFile) : options.config.masterKey!;
   let newKey: string | undefined;
   if (journal.held === 'config') {
-    if (options.newKey === undefined) throw new Error('the interrupted rotation was to a key given by the operator: give the same key again with --new-key-file');
+    if (options.newKey === undefined) throw new UsageError('the interrupted rotation was to a key given by the operator: give the same key again with --new-key-file');
     newKey = options.newKey;
   } else {
     newKey = existsSync(`${masterFile}.next`) ? readKeyFile(`${masterFile}.next`) : keyFingerprint(current) === journal.newKey ? current : undefined;
@@ -117,7 +118,7 @@ function resume(options: RotationOptions, journal: Journal): RotationResult {
       return rotateMasterKey({ ...options, resume: false });
     }
   }
-  if (keyFingerprint(newKey) !== journal.newKey) throw new Error('that is not the key the interrupted rotation started with: give the same --new-key-file');
+  if (keyFingerprint(newKey) !== journal.newKey) throw new UsageError('that is not the key the interrupted rotation started with: give the same --new-key-file');
   const root = rootSealedIn(`${rootFile}.next`, newKey) ?? rootSealedIn(rootFile, newKey);
   if (root !== undefined) return finish(options, journal.held, current, newKey, root);
   // step 3 was not done, so the store is as it was: the root is the one the old key opens

@@ -15,7 +15,7 @@
 import { createHash, createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import type { Config } from './config.js';
+import { whyUnreadable, type Config } from './config.js';
 import { masterOpensStore, open, seal } from './repository/embedded/keys.js';
 import { storeFilePath } from './repository/embedded/store.js';
 
@@ -78,11 +78,27 @@ export function holdsInstallation(dataDir: string): boolean {
   return holdsData(dataDir) || existsSync(masterKeyPath(dataDir)) || existsSync(rotationJournalPath(dataDir));
 }
 
-/** A base64 32-byte key from a file (trimmed; returned in standard base64), or an error naming the file and never its content. */
+/**
+ * A base64 32-byte key from a file (trimmed; returned in standard base64), or an error naming the
+ * file and why (missing, not permitted, not a key), never its content.
+ */
 export function readKeyFile(file: string): string {
-  const key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read ${file}: ${whyUnreadable(err)}`, { cause: err });
+  }
+  const key = Buffer.from(text.trim(), 'base64');
   if (key.length !== 32) throw new Error(`${file} does not hold a base64 32-byte key`);
   return key.toString('base64');
+}
+
+/** Where the master key comes from, as start-up and `keys status` name it: the setting, or the data directory's file. */
+export function masterKeySource(config: Pick<Config, 'masterKey' | 'masterKeyFile' | 'dataDir'>): { adapter: string; location: string } {
+  if (config.masterKeyFile) return { adapter: 'file (GLUCOGUARD_MASTER_KEY_FILE)', location: config.masterKeyFile };
+  if (config.masterKey) return { adapter: 'env', location: 'GLUCOGUARD_MASTER_KEY' };
+  return { adapter: 'file', location: masterKeyPath(config.dataDir) };
 }
 
 /**
@@ -140,7 +156,7 @@ export function keyFingerprint(key: string): string {
 }
 
 /** What `glucoguard keys status` prints: where the keys come from, their fingerprints, and what stops a start-up (if anything). */
-export function describeServerKeys(config: Pick<Config, 'masterKey' | 'dataDir'>): { lines: string[]; problem?: string } {
+export function describeServerKeys(config: Pick<Config, 'masterKey' | 'masterKeyFile' | 'dataDir'>): { lines: string[]; problem?: string } {
   const lines: string[] = [];
   const short = (key: string) => keyFingerprint(key).slice(0, 16);
   if (!config.masterKey && !existsSync(masterKeyPath(config.dataDir)) && !existsSync(rotationJournalPath(config.dataDir)) && !holdsData(config.dataDir)) {
@@ -148,7 +164,8 @@ export function describeServerKeys(config: Pick<Config, 'masterKey' | 'dataDir'>
   }
   try {
     const { master, root } = loadServerKeys(config);
-    lines.push(`master key: ${config.masterKey ? 'GLUCOGUARD_MASTER_KEY[_FILE]' : masterKeyPath(config.dataDir)} (fingerprint ${short(master)})`);
+    const where = config.masterKeyFile ? `GLUCOGUARD_MASTER_KEY_FILE=${config.masterKeyFile}` : config.masterKey ? 'GLUCOGUARD_MASTER_KEY' : masterKeyPath(config.dataDir);
+    lines.push(`master key: ${where} (fingerprint ${short(master)})`);
     lines.push(root === master
       ? 'key root: the master key itself (never rotated)'
       : `key root: sealed in ${rootSealPath(config.dataDir)} (fingerprint ${short(root)})`);

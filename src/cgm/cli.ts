@@ -1,15 +1,19 @@
 /**
  * `glucoguard ingest FILE --patient ID` and `glucoguard summary --patient ID`: the CGM entry points
  * for operators, on the same data directory / upstream as the server. Progress goes to stderr (a
- * bar on a terminal only), results to stdout.
+ * bar on a terminal only), results to stdout. SIGINT (Ctrl-C) or SIGTERM during an import stops it
+ * at the next chunk boundary (CgmIngestService.stop): what was stored is kept and said, the exit
+ * code is 128 + the signal's number, and running the command again stores the rest.
  */
 import { statSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { Command, InvalidArgumentError } from 'commander';
-import { withApp, type OpenApp } from '../cli-app.js';
+import { UsageError, withApp, type OpenApp } from '../cli-app.js';
+import { isGlucoGuardError } from '../errors.js';
 import { OPEN_ACCESS } from '../fhir/access.js';
 import { rejectionError } from './parse.js';
 import { SENSOR_RANGE_MGDL, type CgmMetrics } from './metrics.js';
-import type { IngestProgress, IngestReport } from './service.js';
+import { ImportInterrupted, INGEST_CHUNK, type CgmIngestService, type IngestProgress, type IngestReport } from './service.js';
 import { CGM_FORMATS, type CgmFormat } from './types.js';
 
 /** Adds the CGM commands; `open` builds the app (repository, facade) and is closed afterwards. */
@@ -34,6 +38,7 @@ export function registerCgmCommands(program: Command, open: OpenApp): void {
       if (!statSync(file).isFile()) throw new Error(`${file} is not a file`); // a clear answer before anything opens
       await withApp(() => open({ setUp: true }), async (app) => {
         const bar = progressBar();
+        const signals = stopOnSignal(app.cgm.ingest, bar);
         try {
           const report = await app.cgm.ingest.ingest(file, {
             patient: opts.patient, partial: opts.partial === true,
@@ -47,7 +52,16 @@ export function registerCgmCommands(program: Command, open: OpenApp): void {
             console.error(`glucoguard: ${rejectionError(report).message}`);
             process.exitCode = 1;
           }
+        } catch (err) {
+          // a --tz that is no time zone is an option given wrongly (exit 2); the file's own problems stay failures (1)
+          if (isGlucoGuardError(err, 'ERR_INVALID') && err.issues[0]?.expression?.[0] === 'tz') throw new UsageError(`--tz: ${err.message}`);
+          if (!(err instanceof ImportInterrupted) || !signals.received) throw err;
+          bar.done();
+          console.error(`glucoguard: ${signals.received}: ${err.stored ? `${err.stored} readings of ${file} were stored (whole chunks of ${INGEST_CHUNK}) and are kept` : `nothing of ${file} was stored`}; `
+            + `run the same command again${err.stored ? ' to store the rest' : ''} (what is already stored counts as unchanged)`);
+          process.exitCode = 128 + osConstants.signals[signals.received];
         } finally {
+          signals.remove();
           bar.done();
         }
       });
@@ -64,15 +78,25 @@ export function registerCgmCommands(program: Command, open: OpenApp): void {
     .option('--json', 'print the cgm-summary Bundle (FHIR JSON)')
     .action((opts: { patient: string; start?: string; end?: string; tz?: string; store?: boolean; json?: boolean }) => withApp(open, async (app) => {
         const params = { ...(opts.start ? { start: opts.start } : {}), ...(opts.end ? { end: opts.end } : {}), ...(opts.tz ? { timeZone: opts.tz } : {}) };
-        if (opts.json || opts.store) {
-          const response = await app.cgm.operations.summary(OPEN_ACCESS, opts.patient, params, opts.store === true);
-          console.log(JSON.stringify(response.body, null, 2));
-          return;
+        try {
+          if (opts.json || opts.store) {
+            const response = await app.cgm.operations.summary(OPEN_ACCESS, opts.patient, params, opts.store === true);
+            console.log(JSON.stringify(response.body, null, 2));
+            return;
+          }
+          const { metrics } = await app.cgm.operations.metrics(OPEN_ACCESS, opts.patient, params);
+          console.log(formatSummary(opts.patient, metrics));
+        } catch (err) {
+          // the operation refuses a bad start, end or time zone as a bad request: here, an option given wrongly (exit 2)
+          if (!isGlucoGuardError(err, 'ERR_INVALID')) throw err;
+          const option = OPTION_OF_PARAMETER[err.issues[0]?.expression?.[0] ?? ''];
+          throw new UsageError(option ? `${option}: ${err.message}` : err.message);
         }
-        const { metrics } = await app.cgm.operations.metrics(OPEN_ACCESS, opts.patient, params);
-        console.log(formatSummary(opts.patient, metrics));
     }));
 }
+
+/** The `summary` option each $cgm-summary parameter comes from, to name it in a refusal. */
+const OPTION_OF_PARAMETER: Record<string, string> = { start: '--start', end: '--end', timeZone: '--tz' };
 
 /**
  * The summary metrics for a person. Readings beyond the sensor's range (HIGH/LOW) get a line when
@@ -116,6 +140,39 @@ export function formatReport(r: IngestReport): string {
   for (const i of r.issues) lines.push(`  ${i.kind} ${i.reason}: ${i.message}`);
   if (r.issuesTruncated) lines.push('  (more issues not listed)');
   return lines.join('\n');
+}
+
+/**
+ * While an import runs, SIGINT and SIGTERM stop it at the next chunk boundary instead of killing the
+ * process part-way (the app then closes as usual: commitments of the stored chunks on disk, for the
+ * anchorer). A repeated signal does not cut the chunk being written either; kill -9 does, and even
+ * then a re-run completes the import.
+ */
+function stopOnSignal(service: CgmIngestService, bar: { done: () => void }): { readonly received?: 'SIGINT' | 'SIGTERM'; remove: () => void } {
+  const state: { received?: 'SIGINT' | 'SIGTERM' } = {};
+  const handler = (signal: 'SIGINT' | 'SIGTERM') => {
+    bar.done();
+    if (state.received) {
+      process.stderr.write(`glucoguard: ${signal}: still finishing the chunk being written (kill -9 quits without waiting; running the command again completes the import)\n`);
+      return;
+    }
+    state.received = signal;
+    process.stderr.write(`glucoguard: ${signal}: stopping the import at the next chunk boundary\n`);
+    void service.stop(`interrupted by ${signal}`);
+  };
+  const onInt = () => handler('SIGINT');
+  const onTerm = () => handler('SIGTERM');
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
+  return {
+    get received() {
+      return state.received;
+    },
+    remove() {
+      process.off('SIGINT', onInt);
+      process.off('SIGTERM', onTerm);
+    },
+  };
 }
 
 /** A one-line progress bar on stderr when it is a terminal; silent otherwise. */

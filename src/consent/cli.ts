@@ -69,10 +69,18 @@ export function consentFromOptions(o: GrantOptions, now = Date.now()): Consent {
   };
 }
 
+/** The grantee as `consent grant --to` takes it: a reference, or `Client/<client_id>` for a registered client (kept as an identifier). */
+function grantee(c: Consent): string {
+  const ref = c.provision?.actor?.[0]?.reference;
+  if (ref?.reference) return ref.reference;
+  if (ref?.identifier?.system === CLIENT_SYSTEM && ref.identifier.value) return `Client/${ref.identifier.value}`;
+  return ref?.identifier?.value ? `${ref.identifier.system ?? '?'}|${ref.identifier.value}` : '?';
+}
+
 /** One readable line per Consent. */
 export function formatConsent(c: Consent): string {
   const p = c.provision;
-  return [c.id, c.status, p?.actor?.[0]?.reference?.reference, `access ${p?.period?.start ?? '?'} → ${p?.period?.end ?? '?'}`,
+  return [c.id, c.status, grantee(c), `access ${p?.period?.start ?? '?'} → ${p?.period?.end ?? '?'}`,
     `data ${p?.dataPeriod?.start ?? '?'} → ${p?.dataPeriod?.end ?? '?'}`, `purpose ${(p?.purpose ?? []).map((x) => x.code).join(',')}`,
     `grant ${c.identifier?.find((i) => i.system === GRANT_ID_SYSTEM)?.value ?? '-'}`].join('  ');
 }

@@ -521,7 +521,7 @@ export class ExportService {
     this.store.put(job);
     const dir = this.jobDir(job.id);
     rmSync(dir, { recursive: true, force: true });
-    mkdirSync(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
     // One access object for the whole run: consent notes on it feed the access-log entry.
     const access: StoredAccess = { ...job.access, scopes: [...job.access.scopes] };
     const deid = this.options.deidentifiers.forAccess(access);

@@ -5,10 +5,10 @@
  * With each completed job, whose data its files hold (`export_release`: one row per patient with
  * the consent grants that let it out), so its files can be decided again when they are fetched.
  */
-import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { openOwnerOnly } from '../sqlite.js';
 import type { AccessContext } from '../fhir/access.js';
 
 export type JobStatus = 'queued' | 'running' | 'completed' | 'failed';
@@ -90,8 +90,8 @@ export class JobStore {
   private readonly db: Database.Database;
 
   constructor(dir: string) {
-    mkdirSync(dir, { recursive: true });
-    this.db = new Database(path.join(dir, 'jobs.sqlite'));
+    // owner-only: it holds patient ids and grant ids
+    this.db = openOwnerOnly(path.join(dir, 'jobs.sqlite'));
     this.db.pragma('journal_mode = WAL');
     this.db.exec('CREATE TABLE IF NOT EXISTS export_job (id TEXT PRIMARY KEY, status TEXT NOT NULL, created TEXT NOT NULL, json TEXT NOT NULL)');
     // apart from the job's JSON, which every status poll reads: a system export may hold many patients

@@ -14,10 +14,10 @@
  * state only over the revision it loaded: a Subscription redefined or deleted by another process
  * meanwhile is neither overwritten nor brought back.
  */
-import { mkdirSync } from 'node:fs';
 import { holderDied } from '../lease-owner.js';
 import path from 'node:path';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { openOwnerOnly } from '../sqlite.js';
 
 /** Events kept per Subscription for `$events` (older ones are gone; their numbers stay used). */
 export const EVENT_LOG_KEEP = 10_000;
@@ -42,8 +42,8 @@ export class SubscriptionStore {
   private readonly db: Database.Database;
 
   constructor(dir: string) {
-    mkdirSync(dir, { recursive: true });
-    this.db = new Database(path.join(dir, 'subscriptions.sqlite'));
+    // owner-only: it holds patient ids and grant ids
+    this.db = openOwnerOnly(path.join(dir, 'subscriptions.sqlite'));
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('busy_timeout = 5000');
     this.db.exec(`

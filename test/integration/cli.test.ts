@@ -107,7 +107,7 @@ describe('glucoguard CLI', () => {
     const server = serve();
     const port = Number((await server.waitFor(/listening on port (\d+)/))[1]);
     expect(server.out()).toMatch(/repository: embedded/);
-    expect(server.out()).toMatch(/kv: memory/);
+    expect(server.out()).toMatch(/kv: embedded .*kv\/kv\.sqlite/);
     expect(server.out()).toMatch(/chain: /);
     const res = await fetch(`http://127.0.0.1:${port}/fhir/Patient/${patientId}`);
     expect(res.status).toBe(200);
@@ -129,7 +129,7 @@ describe('glucoguard CLI', () => {
 
   test('patients erase wants --yes, then destroys the patient\'s data key and commitment salts', () => {
     const unconfirmed = spawnSync(process.execPath, [BIN, 'patients', 'erase', '--patient', patientId], { env, encoding: 'utf8' });
-    expect(unconfirmed.status).not.toBe(0);
+    expect(unconfirmed.status).toBe(2); // given wrongly: the confirmation is missing
     expect(unconfirmed.stderr).toMatch(/cannot be undone: run again with --yes/);
     const r = spawnSync(process.execPath, [BIN, 'patients', 'erase', '--patient', patientId, '--yes'], { env, encoding: 'utf8' });
     expect(r.stderr).not.toMatch(/glucoguard: /);
@@ -230,7 +230,7 @@ describe('glucoguard CLI', () => {
     const keyFile = path.join(dataDir, 'keys', 'master.key');
     const before = readFileSync(keyFile, 'utf8');
     const unconfirmed = spawnSync(process.execPath, [BIN, 'keys', 'rotate-master'], { env, encoding: 'utf8' });
-    expect(unconfirmed.status).not.toBe(0);
+    expect(unconfirmed.status).toBe(2); // given wrongly: the confirmation is missing
     expect(unconfirmed.stderr).toMatch(/only the new master key opens this data directory: run again with --yes/);
     expect(readFileSync(keyFile, 'utf8')).toBe(before);
     const r = spawnSync(process.execPath, [BIN, 'keys', 'rotate-master', '--yes'], { env: { ...env, LOG_LEVEL: 'warn' }, encoding: 'utf8' });
