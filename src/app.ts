@@ -2,12 +2,13 @@
  * The composition root: the only place that builds adapters (repository, KV, chain) from the
  * configuration and wires them into the routers. Everything else receives what it needs.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import type { Resource } from '@medplum/fhirtypes';
+import type { Observation, Resource } from '@medplum/fhirtypes';
 import compression from 'compression';
 import express, { type Express } from 'express';
 import { erasureAuditEvent } from './audit/erasure.js';
+import { resourceExists } from './repository/exists.js';
 import type { Config } from './config.js';
 import { fhirBase, insecureSettings } from './config.js';
 import { cgmHttpRouter } from './cgm/http.js';
@@ -22,6 +23,7 @@ import { standardOperations } from './fhir/operations.js';
 import { FhirRouter } from './fhir/router.js';
 import { ProfileValidator } from './fhir/validation.js';
 import { deriveKey, loadServerKeys, masterKeyPath, rootSealPath, type ServerKeys } from './keys.js';
+import { EmbeddedKeyValueStore } from './kv/embedded.js';
 import { MemoryKeyValueStore } from './kv/memory.js';
 import type { KeyValueStore } from './kv/port.js';
 import { RedisKeyValueStore } from './kv/redis.js';
@@ -34,7 +36,7 @@ import { ComposedPolicy } from './consent/policy.js';
 import { withPurpose } from './consent/requester.js';
 import { createLogger, type Logger } from './log.js';
 import {
-  chainCheck, finalErrorHandler, kvCheck, notFoundHandler, observabilityRouter, Readiness, repositoryCheck, requestObservability, securityHeaders,
+  anchoringCheck, chainCheck, finalErrorHandler, kvCheck, notFoundHandler, observabilityRouter, Readiness, repositoryCheck, requestObservability, securityHeaders,
 } from './observability/index.js';
 import { PACKAGE_ROOT, PROFILES_DIR } from './paths.js';
 import { EmbeddedRepository } from './repository/embedded/index.js';
@@ -43,6 +45,8 @@ import type { Repository } from './repository/port.js';
 import { UpstreamRepository } from './repository/upstream/index.js';
 import { ChainClient, type ChainAddresses } from './ledger/client.js';
 import { createLedger, INTEGRITY_TAG_SYSTEM, type Ledger } from './ledger/index.js';
+import { removeEndpoint, runningEmbeddedNode, writeEndpoint } from './ledger/embedded-endpoint.js';
+import { assertCommitmentStorePresent, assertEmbeddedChainPresent } from './ledger/restore.js';
 import { loadAuthorityKey, startEmbeddedChainThread, type EmbeddedChainThread } from '../chain/node/index.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
@@ -105,10 +109,21 @@ export async function createRepository(config: Config, logger: Logger, keys: Ser
 }
 
 /**
+ * Builds the KV adapter the configuration asks for: Redis (REDIS_URL), the SQLite file in the data
+ * directory (default; shared with the CLI processes of that directory), or process memory.
+ */
+export async function createKeyValueStore(config: Config, logger: Logger, keys: ServerKeys = loadServerKeys(config)): Promise<KeyValueStore> {
+  if (config.kv === 'redis') return RedisKeyValueStore.connect(config.redisUrl!, { logger });
+  if (config.kv === 'memory') return new MemoryKeyValueStore();
+  return new EmbeddedKeyValueStore({ file: path.join(config.dataDir, 'kv', 'kv.sqlite'), rootKey: keys.root, logger });
+}
+
+/**
  * Connects to the chain the configuration names: an external node (CHAIN_RPC_URL, e.g. Besu) with
  * the authority key and contract addresses from files, or the embedded Clique node started here.
+ * `create: false` (read-only commands) never creates an embedded chain where there is none.
  */
-export async function createChain(config: Config, logger: Logger): Promise<{ client: ChainClient; embedded?: EmbeddedChainThread; shared?: boolean }> {
+export async function createChain(config: Config, logger: Logger, options: { create?: boolean } = {}): Promise<{ client: ChainClient; embedded?: EmbeddedChainThread; shared?: boolean }> {
   if (config.chain.rpcUrl) {
     const authorityKey = readFileSync(config.chain.authorityKeyFile!, 'utf8').trim();
     const addresses = JSON.parse(readFileSync(config.chain.deploymentFile!, 'utf8')) as ChainAddresses & { contracts?: ChainAddresses };
@@ -116,9 +131,12 @@ export async function createChain(config: Config, logger: Logger): Promise<{ cli
       client: new ChainClient({ rpcUrl: config.chain.rpcUrl, chainId: config.chain.chainId, authorityKey, addresses: addresses.contracts ?? addresses, adapter: 'rpc' }),
     };
   }
+  // No new chain beside data made with another one (a restore without chain/): refused, not replaced.
+  assertEmbeddedChainPresent(config.dataDir, { create: options.create });
   // A running server already owns the embedded node of this data directory (LevelDB is
-  // single-process): operator commands talk to that node over its JSON-RPC instead.
-  const running = runningEmbeddedNode(config.dataDir);
+  // single-process): operator commands talk to that node over its JSON-RPC instead. A stale or
+  // copied endpoint file is checked and set aside (src/ledger/embedded-endpoint.ts).
+  const running = await runningEmbeddedNode(config.dataDir, (m) => logger.warn(m));
   if (running) {
     const client = new ChainClient({
       rpcUrl: running.rpcUrl, chainId: running.chainId, authorityKey: loadAuthorityKey(config.dataDir), addresses: running.deployment, adapter: 'embedded',
@@ -145,7 +163,7 @@ export async function createChain(config: Config, logger: Logger): Promise<{ cli
     chainId: config.chain.chainId,
     logger: { info: (m: string) => logger.info(m), warn: (m: string) => logger.warn(m), error: (m: string) => logger.error(m) },
   });
-  writeFileSync(endpointFile(config.dataDir), JSON.stringify({ pid: process.pid, rpcUrl: embedded.rpcUrl, chainId: embedded.chainId, deployment: embedded.deployment }), { mode: 0o600 });
+  writeEndpoint(config.dataDir, { rpcUrl: embedded.rpcUrl, chainId: embedded.chainId, deployment: embedded.deployment });
   const client = new ChainClient({
     rpcUrl: embedded.rpcUrl,
     chainId: embedded.chainId,
@@ -155,28 +173,10 @@ export async function createChain(config: Config, logger: Logger): Promise<{ cli
   });
   const close = embedded.close.bind(embedded);
   embedded.close = async () => {
-    rmSync(endpointFile(config.dataDir), { force: true });
+    removeEndpoint(config.dataDir);
     await close();
   };
   return { client, embedded };
-}
-
-function endpointFile(dataDir: string): string {
-  return path.join(dataDir, 'chain', 'endpoint.json');
-}
-
-/** The embedded node another live process of this data directory serves, if any. */
-function runningEmbeddedNode(dataDir: string): { pid: number; rpcUrl: string; chainId: number; deployment: ChainAddresses } | undefined {
-  const file = endpointFile(dataDir);
-  if (!existsSync(file)) return undefined;
-  try {
-    const endpoint = JSON.parse(readFileSync(file, 'utf8')) as { pid: number; rpcUrl: string; chainId: number; deployment: ChainAddresses };
-    if (endpoint.pid === process.pid) return undefined;
-    process.kill(endpoint.pid, 0); // throws when no such process: a stale file from a crash
-    return endpoint;
-  } catch {
-    return undefined;
-  }
 }
 
 /** Builds the whole proxy from a configuration. Nothing listens until the caller calls `http.listen`. */
@@ -187,11 +187,20 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   loadFhirDefinitions();
   const validator = new ProfileValidator(PROFILES_DIR);
   const keys = loadServerKeys(config);
+  // A restore that left out chain/ or ledger/ is refused before anything is opened or created.
+  if (!config.chain.rpcUrl) assertEmbeddedChainPresent(config.dataDir);
+  if (!config.upstream) assertCommitmentStorePresent(config.dataDir);
   const adapter = await createRepository(config, logger, keys);
-  const kv: KeyValueStore = config.redisUrl ? await RedisKeyValueStore.connect(config.redisUrl, { logger }) : new MemoryKeyValueStore();
+  const kv = await createKeyValueStore(config, logger, keys);
   const chain = await createChain(config, logger);
   // Every write goes through the ledger's decorator (commitment recorded, then anchored in batches).
-  const ledger = await createLedger({ dataDir: config.dataDir, chain: chain.client, repository: adapter, logger, integrity: config.integrity, anchor: !chain.shared });
+  const ledger = await createLedger({
+    dataDir: config.dataDir, chain: chain.client, repository: adapter, logger, integrity: config.integrity, anchor: !chain.shared, ownChain: chain.embedded !== undefined,
+  }).catch(async (err: unknown) => {
+    // refused (a chain older than the ledger): stop what was opened, so nothing holds the data directory
+    await Promise.allSettled([adapter.close(), kv.close(), chain.client.close().then(() => chain.embedded?.close())]);
+    throw err;
+  });
   // Subscriptions hear of every stored version through this decorator (src/exchange/write-events.ts).
   const repository = new NotifyingRepository(ledger.repository);
 
@@ -205,6 +214,8 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     fhirBase: base,
     // the patient picker offers only the patients consent lets the signed-in user see, and logs what it shows
     patients: consent.picker,
+    // an EHR launch naming a patient or practitioner this server doesn't hold is refused
+    resourceExists: (type, id) => resourceExists(repository, type, id),
   });
   const scopes = new SmartScopePolicy();
   // A request needs both: the token's scopes AND the patient's consent.
@@ -266,7 +277,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const http = express();
   http.disable('x-powered-by');
   http.set('trust proxy', config.trustProxy); // GLUCOGUARD_TRUST_PROXY: whose X-Forwarded-For req.ip (the per-IP rate limits) believes
-  const readiness = new Readiness(logger, [repositoryCheck(repository), kvCheck(kv), chainCheck(chain.client)]);
+  const readiness = new Readiness(logger, [repositoryCheck(repository), kvCheck(kv), chainCheck(chain.client), anchoringCheck(ledger.anchorer)]);
   http.use(requestObservability({ logger, isFhirOperation: (name) => fhir.registeredOperations().some((op) => op.name === name) }));
   http.use(securityHeaders());
   http.use(observabilityRouter(readiness));
@@ -279,7 +290,18 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   http.use('/exports', cors, exchange.filesRouter);
   http.use('/cgm', cors, cgmHttpRouter({
     service: cgm.ingest, authenticate: (headers, url) => smart.authenticate(headers, url),
-    scopeAllows: (access, interaction, type, resource) => smart.scopeAllows(access, interaction, type, resource), logger,
+    // an import creates readings and corrects stored ones: both, as POST and PUT of such an
+    // Observation would need them (scopes, then consent: a grantee can't place a reading without
+    // its time in a granted period, so only the patient, their apps and system clients import)
+    mayWriteObservations: async (access, patient) => {
+      const reading: Observation = { resourceType: 'Observation', status: 'final', code: { text: 'CGM reading' }, subject: { reference: `Patient/${patient}` } };
+      for (const interaction of ['create', 'update'] as const) {
+        await policy.authorize(access, interaction, 'Observation');
+        if (!(await policy.mayWrite(access, reading, interaction))) return false;
+      }
+      return true;
+    },
+    logger,
     maxBytes: config.maxIngestBytes,
   }));
   const web = createWeb({ config, fhirBase: base, smart, repository, consent, logger });

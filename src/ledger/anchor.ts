@@ -45,6 +45,8 @@ export interface AnchorerOptions {
    * (looked for on every standby turn, about once a second).
    */
   onAnchored?: (batch: BatchRecord) => void;
+  /** How often a persisting failure is logged again (default 5 minutes; the first time at once). */
+  repeatLogMs?: number;
   /** Batches sent before the first receipt is seen (default 4): capacity beyond one batch per block. */
   maxInFlight?: number;
   /**
@@ -55,10 +57,33 @@ export interface AnchorerOptions {
   logger?: Logger;
 }
 
-/** The authority and the contract disagree about sequence numbers: someone else anchors with this key. */
+/**
+ * The commitment store and the contract disagree about this authority's sequence numbers: the
+ * chain and the store come from different moments (a restore that mixed backups), batches were
+ * removed from the store, or another store anchors with this key. Anchoring cannot go on (nothing
+ * is skipped or anchored twice) until the operator restores a consistent data directory.
+ */
 export class AnchorSequenceError extends Error {
   readonly code = 'ERR_ANCHOR_SEQUENCE';
+  constructor(message: string, readonly local?: number, readonly expected?: number) {
+    super(message);
+  }
+
+  /** What it means and what to do, for the log. */
+  advice(): string {
+    const cause = this.expected === undefined || this.local === undefined ? ''
+      : this.expected < this.local
+        ? 'the chain is older than the commitment store (chain/ restored from an earlier moment than ledger/, or the embedded chain lost its newest blocks): '
+        + 'consent changes recorded on chain after that moment are missing too; '
+        : 'the chain holds anchors of this authority that the commitment store does not (ledger/ restored from an earlier moment than the chain, batches removed from the store, '
+        + 'or another data directory anchoring with this authority\'s key); ';
+    return `${cause}anchoring is stopped, commitments stay queued, /readyz fails its anchoring check (ERR_ANCHOR_SEQUENCE). `
+      + 'Stop the server and restore the whole data directory (store, ledger and chain) from one backup (docs/operations.md, Backups and restores); glucoguard verify reports what differs';
+  }
 }
+
+/** How often a failure that persists is logged again (the first time at once). */
+const REPEAT_LOG_MS = 5 * 60_000;
 
 export class Anchorer {
   private readonly store: CommitmentStore;
@@ -80,6 +105,11 @@ export class Anchorer {
   private gasLimit: bigint | undefined;
   private readonly maxInFlight: number;
   private failing = false;
+  /** When the current run of failures began, and when it was last logged. */
+  private failingSince = 0;
+  private failureLoggedAt = 0;
+  /** Set while the contract refuses this store's sequence numbers; cleared once a batch is anchored. */
+  private sequenceProblem: AnchorSequenceError | undefined;
   private queued = 0;
   /** This anchorer's name in the store's anchoring lease: host/pid/random. */
   private readonly owner = leaseOwner(randomUUID().slice(0, 8));
@@ -137,7 +167,7 @@ export class Anchorer {
             this.tellAnchoredElsewhere();
           } else {
             await this.step(false);
-            if (this.failing) this.options.logger?.info('anchoring: chain reachable again, catching up');
+            if (this.failing && !this.sequenceProblem) this.options.logger?.info('anchoring: chain reachable again, catching up');
             this.failing = false;
             backoff = 200;
             const { count, oldest } = this.store.backlog();
@@ -145,12 +175,12 @@ export class Anchorer {
             waitMs = full ? 1000 : count >= this.maxLeaves ? 0 : count > 0 ? Math.max(0, oldest! + this.maxDelayMs - Date.now()) : 1000;
           }
         } catch (err) {
-          if (!this.failing) this.options.logger?.warn({ err: describe(err) }, 'anchoring failed; commitments stay queued, retrying');
-          this.failing = true;
+          this.failed(err);
           waitMs = backoff;
           backoff = Math.min(backoff * 2, 10_000);
         }
         this.reportLag();
+        this.remindProblem();
         if (waitMs > 0) await new Promise<void>((resolve) => {
           const t = setTimeout(done, waitMs);
           const onAbort = () => done();
@@ -166,10 +196,63 @@ export class Anchorer {
     })();
   }
 
-  /** Sets the anchoring-lag gauge from the queue on disk (also while the chain is down). */
+  /**
+   * Logs a failed step: at once the first time, then again every REPEAT_LOG_MS while it persists. A
+   * sequence mismatch is an error the operator must act on (and fails readiness until a batch is
+   * anchored); anything else is a warning (the chain unreachable: retried with back-off).
+   */
+  private failed(err: unknown): void {
+    const now = Date.now();
+    if (!this.failing) this.failingSince = now;
+    const sequence = err instanceof AnchorSequenceError ? err : undefined;
+    const newProblem = sequence !== undefined && this.sequenceProblem === undefined;
+    if (sequence) this.sequenceProblem = sequence;
+    if (!this.failing || newProblem || now - this.failureLoggedAt >= this.repeatLogMs) {
+      const since = new Date(this.failingSince).toISOString();
+      if (sequence) {
+        this.logProblem(sequence);
+      } else {
+        this.options.logger?.warn({ err: describe(err), since }, this.failing ? 'anchoring still failing; commitments stay queued, retrying' : 'anchoring failed; commitments stay queued, retrying');
+        this.failureLoggedAt = now;
+      }
+    }
+    this.failing = true;
+  }
+
+  private get repeatLogMs(): number {
+    return this.options.repeatLogMs ?? REPEAT_LOG_MS;
+  }
+
+  /**
+   * Why anchoring cannot go on, while it cannot: the contract refuses this store's sequence
+   * numbers (found when a batch was sent, or by the ledger's start-up comparison). What the
+   * `anchoring` readiness check reports.
+   */
+  problem(): AnchorSequenceError | undefined {
+    return this.sequenceProblem;
+  }
+
+  /** A sequence mismatch found outside a send (the ledger's start-up comparison with the chain): logged and reported like one. */
+  reportSequenceProblem(err: AnchorSequenceError): void {
+    if (this.sequenceProblem) return;
+    this.sequenceProblem = err;
+    this.logProblem(err);
+  }
+
+  private logProblem(err: AnchorSequenceError): void {
+    this.options.logger?.error({ code: err.code, since: new Date(this.failingSince || Date.now()).toISOString() }, `anchoring stopped: ${err.message}: ${err.advice()}`);
+    this.failureLoggedAt = Date.now();
+  }
+
+  /** While anchoring is stopped, says so again every REPEAT_LOG_MS, also when nothing is being sent. */
+  private remindProblem(): void {
+    if (this.sequenceProblem && Date.now() - this.failureLoggedAt >= this.repeatLogMs) this.logProblem(this.sequenceProblem);
+  }
+
+  /** Sets the anchoring-lag and queue-depth gauges from the store (also while the chain is down, and while batches wait unconfirmed). */
   private reportLag(): void {
     try {
-      const { count, oldest } = this.store.backlog();
+      const { count, oldest } = this.store.unanchored();
       metrics.anchoringLag.set(count > 0 && oldest !== null ? Math.max(0, Date.now() - oldest) / 1000 : 0);
       metrics.queueDepth.set({ queue: 'anchor' }, count);
     } catch {
@@ -316,7 +399,7 @@ export class Anchorer {
         } catch (err) {
           const next = Number(await withRetry(() => anchor.nextSeq(this.chain.authorityAddress)));
           if (next !== firstSeq) {
-            throw new AnchorSequenceError(`local batch ${batch.id} starts at sequence ${firstSeq} but the contract expects ${next} for ${this.chain.authorityAddress}`);
+            throw new AnchorSequenceError(`local batch ${batch.id} starts at sequence ${firstSeq} but the contract expects ${next} for ${this.chain.authorityAddress}`, firstSeq, next);
           }
           throw err;
         }
@@ -373,6 +456,7 @@ export class Anchorer {
     }
     if (chainBatchId === undefined) throw new Error(`anchor transaction ${hash} has no BatchAnchored event`);
     this.store.markAnchored(batch.id, chainBatchId, block, hash);
+    this.sequenceProblem = undefined;
     this.options.logger?.debug({ batch: batch.id, chainBatchId, block, leaves: batch.lastSeq - batch.firstSeq + 1 }, 'batch anchored');
     return this.anchored(batch.id);
   }
@@ -387,6 +471,7 @@ export class Anchorer {
       address: this.chain.addresses.ResourceAnchor, topics: [event.topicHash, toBeHex(chainBatchId, 32)], fromBlock: block, toBlock: block,
     }));
     this.store.markAnchored(batch.id, chainBatchId, block, logs[0]?.transactionHash ?? null);
+    this.sequenceProblem = undefined;
     this.options.logger?.info({ batch: batch.id, chainBatchId, block }, 'batch found on chain (sent before a restart)');
     return this.anchored(batch.id);
   }

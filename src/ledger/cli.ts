@@ -5,38 +5,42 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import type { Command } from 'commander';
+import { isGlucoGuardError } from '../errors.js';
 import { JsonRpcProvider, Wallet } from 'ethers';
+import { chainDatabaseInUse, nodeIdentity } from './embedded-endpoint.js';
+import { assertCommitmentStorePresent, assertEmbeddedChainPresent, missingCommitmentStore } from './restore.js';
 import { createChain, createRepository } from '../app.js';
 import type { Config } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
 import { loadAuthorityKey, readDeployment, serveUntilSignal, startEmbeddedChain } from '../../chain/node/index.js';
 import { ChainClient } from './client.js';
 import { deployContracts, setAuthority } from './deploy.js';
-import { commitmentStorePath } from './index.js';
+import { commitmentStorePath, compareSequence } from './index.js';
 import { IntegrityChecker } from './integrity.js';
 import { CommitmentStore } from './store.js';
 import { verifyStore } from './verify.js';
+import { checkCompleteness, describeGaps, missingCount, type CompletenessReport } from './completeness.js';
 
-/** The chain as configured, reusing an embedded node already serving this data directory. */
+/**
+ * The chain as configured, reusing an embedded node already serving this data directory (one that
+ * answers with this directory's chain and has its database open: src/ledger/embedded-endpoint.ts).
+ * Never creates an embedded chain: status and verify only look (src/ledger/restore.ts).
+ */
 async function openChain(config: Config, logger: Logger): Promise<{ client: ChainClient; close(): Promise<void> }> {
+  if (!config.chain.rpcUrl) assertEmbeddedChainPresent(config.dataDir, { create: false });
   const deployment = readDeployment(config.dataDir);
   if (!config.chain.rpcUrl && deployment && config.chain.embeddedPort) {
     const url = `http://127.0.0.1:${config.chain.embeddedPort}`;
-    // the network is given, so nothing is detected (ethers would log its retries while no node answers)
-    const probe = new JsonRpcProvider(url, deployment.chainId, { staticNetwork: true, batchMaxCount: 1 });
-    const running = await Promise.race([
-      probe.send('eth_chainId', []).then((id: string) => Number(id) === deployment.chainId, () => false),
-      new Promise<boolean>((r) => setTimeout(() => r(false), 1500)),
-    ]);
-    probe.destroy();
-    if (running) {
+    const answer = await nodeIdentity(url, deployment.chainId);
+    // a node of another data directory (another installation, or a copy of this one) may answer on that port
+    if (answer?.chainId === deployment.chainId && answer.genesisHash === deployment.genesisHash && (await chainDatabaseInUse(config.dataDir))) {
       const client = new ChainClient({
         rpcUrl: url, chainId: deployment.chainId, authorityKey: loadAuthorityKey(config.dataDir), addresses: deployment.contracts, adapter: 'embedded',
       });
       return { client, close: () => client.close() };
     }
   }
-  const chain = await createChain({ ...config, chain: { ...config.chain, embeddedPort: 0 } }, logger);
+  const chain = await createChain({ ...config, chain: { ...config.chain, embeddedPort: 0 } }, logger, { create: false });
   return {
     client: chain.client,
     async close() {
@@ -71,6 +75,7 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
     .action(async (opts: { host: string }) => {
       const config = loadConfig();
       const logger = createLogger(config.logLevel, process.stderr);
+      assertEmbeddedChainPresent(config.dataDir);
       const node = await startEmbeddedChain({
         dataDir: config.dataDir, port: config.chain.embeddedPort, host: opts.host, blockPeriod: config.chain.blockPeriod, chainId: config.chain.chainId,
         logger: { info: (m) => logger.info(m), warn: (m) => logger.warn(m), error: (m) => logger.error(m) },
@@ -88,11 +93,25 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
       const { client, close } = await openChain(config, logger);
       const storeFile = commitmentStorePath(config.dataDir);
       const store = existsSync(storeFile) ? new CommitmentStore(storeFile) : undefined;
+      // a restore without ledger/: said, and exit 1, not "nothing recorded yet"
+      const ledgerMissing = store || config.upstream ? undefined : missingCommitmentStore(config.dataDir);
       try {
         const head = await client.provider.getBlock('latest');
         const anchor = client.contract('ResourceAnchor', client.provider);
+        // the store's anchored end before the chain, the rest after: a batch a running server anchors
+        // meanwhile moves the chain on between the two, and is in the store by the second
+        const anchoredSeq = store?.lastAnchoredSeq() ?? 0;
+        const nextSeq = Number(await anchor.nextSeq(client.authorityAddress));
         const counts = store?.counts();
-        const backlog = store?.backlog();
+        const backlog = store?.unanchored(); // queued and in batches not confirmed on chain
+        const gaps = store?.gaps();
+        const base = store?.getMeta('seq_base');
+        // leaves of this authority on chain past the store's last batch: batches removed from the store
+        const beyond = store && base !== undefined ? Math.max(0, nextSeq - Number(base) - store.lastBatchedSeq()) : 0;
+        // anchored batches the chain does not hold: a chain from an earlier moment than the store (a mixed restore)
+        const behind = base !== undefined ? Math.max(0, Number(base) + anchoredSeq - nextSeq) : 0;
+        // or a sequence that is no batch's end (ledger/index.ts compareSequence, as the server's start-up check)
+        const sequence = store ? await compareSequence(store, client).catch(() => undefined) : undefined;
         const status = {
           chainId: client.chainId,
           adapter: client.description.adapter,
@@ -101,13 +120,21 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
           signers: await signersOf(client.provider),
           authority: client.authorityAddress,
           contracts: client.addresses,
-          onChain: { batches: Number(await anchor.batchCount()), nextSeq: Number(await anchor.nextSeq(client.authorityAddress)) },
-          anchoring: counts && backlog ? {
+          onChain: { batches: Number(await anchor.batchCount()), nextSeq },
+          anchoring: counts && backlog && gaps ? {
             commitments: counts.commitments, anchored: counts.anchored, pending: counts.pending, batches: counts.batches,
+            missing: missingCount(gaps) + beyond,
+            missingDetail: [describeGaps(gaps), beyond ? `the chain holds ${beyond} leaves of this authority past the store's last batch (batches removed from the store)` : undefined].filter(Boolean),
             lagMs: backlog.oldest === null ? 0 : Date.now() - backlog.oldest,
+            // anchoring cannot go on (ERR_ANCHOR_SEQUENCE): why, or null
+            stopped: behind
+              ? `the chain lacks ${behind} leaves the commitment store recorded as anchored (the chain is older than the store: restored from an earlier moment)`
+              : sequence?.message ?? null,
             lastAnchoredAt: counts.lastAnchoredAt === null ? null : new Date(counts.lastAnchoredAt).toISOString(),
           } : null,
+          ...(ledgerMissing ? { missingCommitmentStore: ledgerMissing } : {}),
         };
+        if (ledgerMissing) process.exitCode = 1;
         if (opts.json) {
           console.log(JSON.stringify(status, null, 2));
           return;
@@ -124,7 +151,10 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
         const a = status.anchoring;
         row('anchoring', a
           ? `${a.commitments} commitments: ${a.anchored} anchored in ${batches(a.batches)}, ${a.pending} pending; lag ${seconds(a.lagMs)} (oldest pending)`
-          : 'no commitment store in this data directory yet');
+          : ledgerMissing ? 'no commitment store' : 'no commitment store in this data directory yet');
+        if (ledgerMissing) row('MISSING', ledgerMissing);
+        if (a?.stopped) row('STOPPED', `anchoring cannot go on: ${a.stopped}; restore the whole data directory from one backup (docs/operations.md)`);
+        if (a?.missing) row('MISSING', `${a.missing} commitments removed from the store: ${a.missingDetail.join('; ')}; run glucoguard verify`);
       } finally {
         store?.close();
         await close();
@@ -164,12 +194,14 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
 
   program
     .command('verify')
-    .description('check every recorded resource version (or one patient\'s) against its commitment and the anchored Merkle root')
+    .description('check every recorded resource version (or one patient\'s) against its commitment and the anchored Merkle root, and the store for commitments removed from it (exit 1 when any check fails, 2 for a patient never stored)')
     .option('--patient <id>', 'only this patient\'s resources')
     .action(async (opts: { patient?: string }) => {
       const config = loadConfig();
       const logger = createLogger('warn', process.stderr);
       const storeFile = commitmentStorePath(config.dataDir);
+      // versions in the embedded store without their commitment store: nothing could be checked, which is no pass
+      if (!config.upstream) assertCommitmentStorePresent(config.dataDir);
       if (!existsSync(storeFile)) {
         console.log('no commitments recorded in this data directory');
         return;
@@ -178,6 +210,12 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
       const repository = await createRepository(config, logger);
       const store = new CommitmentStore(storeFile);
       try {
+        if (opts.patient !== undefined && !(await patientKnown(store, repository, opts.patient))) {
+          // a typo would otherwise read as "checked 0 … 0 failed" and exit 0
+          console.error(`glucoguard: Patient/${opts.patient} was never stored in this data directory`);
+          process.exitCode = 2;
+          return;
+        }
         const checker = new IntegrityChecker(store, client.contract('ResourceAnchor', client.provider));
         const total = opts.patient === undefined ? store.counts().commitments : undefined;
         let shown = 0;
@@ -187,16 +225,59 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
           shown = r.checked;
           process.stderr.write(`verified ${r.checked.toLocaleString('en')}${total ? ` of ${total.toLocaleString('en')}` : ''} versions, ${r.failures.length} failed so far\n`);
         });
+        const complete = await checkCompleteness({
+          store, repository, anchor: client.contract('ResourceAnchor', client.provider), authority: client.authorityAddress, patient: opts.patient,
+        });
+        const missing = missingCount(complete);
+        const among = complete.uncommitted.filter((u) => u.among);
         console.log(`checked ${report.checked}: ${report.verified} verified, ${report.pending} pending (not anchored yet), ` +
-          `${report.gone} deleted or erased, ${report.unverified} unverifiable now (chain unreachable), ${report.failures.length} failed`);
+          `${report.gone} deleted or erased, ${report.unverified} unverifiable now (chain unreachable), ${report.failures.length} failed; ` +
+          `${missing} commitments missing from the store, ${among.length} versions without a commitment (unverified)` +
+          (complete.listed ? '' : ' (not looked for: the repository does not list its versions)'));
         for (const f of report.failures) console.log(`FAILED ${f.resource}: ${f.reason}`);
-        if (report.failures.length) process.exitCode = 1;
+        for (const line of missingLines(complete)) console.log(line);
+        if (complete.chainUnavailable) console.log(`the batches' records on chain were not compared (chain unreachable: ${complete.chainUnavailable})`);
+        for (const u of among) console.log(`UNVERIFIED ${u.ref}: no commitment, among committed versions (its commitment was removed, or the version was put into the store)`);
+        const tail = complete.uncommitted.length - among.length;
+        if (tail) console.log(`${tail} versions written after the last committed one of their type have no commitment yet (recorded at the next serve start)`);
+        if (report.failures.length || missing || among.length || complete.chain.length) process.exitCode = 1;
       } finally {
         store.close();
         await repository.close();
         await close();
       }
     });
+}
+
+/** Whether `patient` was ever stored: a commitment recorded under them, or the Patient (even erased or deleted) in the repository. */
+async function patientKnown(store: CommitmentStore, repository: { read(type: string, id: string): Promise<unknown> }, patient: string): Promise<boolean> {
+  if (store.knowsPatient(patient)) return true;
+  try {
+    await repository.read('Patient', patient);
+    return true;
+  } catch (err) {
+    return !isGlucoGuardError(err, 'ERR_NOT_FOUND');
+  }
+}
+
+/** The report's lines for commitments missing from the store and for disagreements with the chain. */
+function missingLines(report: CompletenessReport): string[] {
+  const lines: string[] = [];
+  for (const { batch, missing } of report.batches) {
+    const where = `batch ${batch.id}${batch.chainBatchId !== null ? ` (chain batch #${batch.chainBatchId})` : ''}, seqs ${batch.firstSeq}–${batch.lastSeq}`;
+    lines.push(`MISSING ${missing.length} of ${batch.lastSeq - batch.firstSeq + 1} commitments of ${where}:`);
+    for (const leaf of missing) {
+      const what = leaf.version
+        ? `the commitment of ${leaf.version} (still in the repository, unverified)`
+        : `a commitment whose version is not in the repository either (removed from both)${leaf.position === undefined ? '' : `, leaf ${leaf.position} of the tree`}`;
+      const around = [leaf.after && `written after ${leaf.after}`, leaf.before && `before ${leaf.before}`, leaf.patient && `among the versions of Patient/${leaf.patient} in the tree`].filter(Boolean);
+      lines.push(`  seq ${leaf.seq}: ${what}${around.length ? `; ${around.join(', ')}` : ''}`);
+    }
+  }
+  for (const r of report.unbatched) lines.push(`MISSING seqs ${r.from}–${r.to}: no batch in the store covers them (a batch removed)`);
+  if (report.queued.length) lines.push(`MISSING ${report.queued.length} queued commitments (seqs ${report.queued.slice(0, 20).join(', ')}${report.queued.length > 20 ? ', …' : ''}): removed before they were anchored`);
+  for (const c of report.chain) lines.push(`MISSING ${c}`);
+  return lines;
 }
 
 /** A private key read from a file: trimmed, 0x-prefixed. */

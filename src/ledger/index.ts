@@ -8,10 +8,11 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Repository } from '../repository/port.js';
 import { AnchoredRepository } from './anchored-repository.js';
-import { Anchorer } from './anchor.js';
+import { AnchorSequenceError, Anchorer } from './anchor.js';
 import type { ChainClient } from './client.js';
 import { IntegrityChecker, IntegrityGuard, type IntegrityMode } from './integrity.js';
 import { CommitmentStore } from './store.js';
+import { describeGaps, missingCount } from './completeness.js';
 
 export { AnchoredRepository } from './anchored-repository.js';
 export { Anchorer } from './anchor.js';
@@ -34,6 +35,12 @@ export interface LedgerOptions {
    * leave anchoring to the server, whose loop picks their commitments up from the shared store.
    */
   anchor?: boolean;
+  /**
+   * The chain is this process's own embedded node (answering now): a chain older than the store's
+   * anchored batches is refused at start (restored from an earlier moment: consent changes made
+   * since are missing from it), not only reported.
+   */
+  ownChain?: boolean;
   /** Batch window (default 1000 ms) and size (default 1000). */
   maxDelayMs?: number;
   maxLeaves?: number;
@@ -66,6 +73,18 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
     onAnchored: (batch) => checker.readRootAhead(batch.id),
   });
   const repository = new AnchoredRepository(options.repository, store, (added) => anchorer.notify(added));
+  if (options.ownChain) {
+    try {
+      const problem = await compareSequence(store, options.chain);
+      if (problem && problem.expected! < problem.local!) {
+        throw new AnchorSequenceError(`refusing to start: the embedded chain holds this authority's anchors up to sequence ${problem.expected! - 1}, `
+          + `but the commitment store recorded batches anchored up to ${problem.local! - 1}: ${problem.advice()}`, problem.local, problem.expected);
+      }
+    } catch (err) {
+      store.close();
+      throw err;
+    }
+  }
   try {
     const reconciled = await repository.reconcile();
     if (reconciled) options.logger.warn({ versions: reconciled }, 'ledger: recorded commitments of versions written before a crash');
@@ -95,6 +114,14 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   const backfill = options.anchor !== false ? addMissingTrees(store, options.logger) : undefined;
   const counts = store.counts();
   options.logger.info({ ...counts, lastAnchoredAt: undefined }, `ledger: ${counts.commitments} commitments, ${counts.pending} waiting to be anchored`);
+  // rows are never deleted: a gap is a commitment removed from the store (with its version, or not)
+  const gaps = store.gaps();
+  const gapText = describeGaps(gaps);
+  if (gapText) {
+    options.logger.error({ missing: missingCount(gaps) },
+      `ledger: ${missingCount(gaps)} commitments are missing from the commitment store (${gapText}): removed from it, their versions possibly removed from the repository too — run glucoguard verify`);
+  }
+  void checkChainTail(store, options.chain, options.logger, anchorer); // close() need not wait for it: a closed store ends it
   return {
     store, repository, anchorer, checker, guard,
     async close() {
@@ -105,6 +132,55 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
       store.close();
     },
   };
+}
+
+/**
+ * The authority's next sequence number on chain against the store, as an AnchorSequenceError
+ * (`local`: where the store says the chain must be at least or at most, `expected`: the chain's)
+ * when they cannot both be right; undefined when they agree or before anything was anchored.
+ * The store's anchored end is read before the chain and its batched end after: an anchorer running
+ * meanwhile only moves the chain forward between the two reads, never into a false finding.
+ */
+export async function compareSequence(store: CommitmentStore, chain: ChainClient): Promise<AnchorSequenceError | undefined> {
+  const base = store.getMeta('seq_base');
+  if (base === undefined) return undefined;
+  const anchoredEnd = Number(base) + store.lastAnchoredSeq();
+  const next = Number(await chain.contract('ResourceAnchor', chain.provider).nextSeq(chain.authorityAddress));
+  const batchedEnd = Number(base) + store.lastBatchedSeq();
+  if (next < anchoredEnd) {
+    return new AnchorSequenceError(`the contract expects sequence ${next} for ${chain.authorityAddress}, but the commitment store's anchored batches end at ${anchoredEnd - 1}`, anchoredEnd, next);
+  }
+  if (next > batchedEnd) {
+    return new AnchorSequenceError(`the contract expects sequence ${next} for ${chain.authorityAddress}, past the commitment store's last batch (ending at ${batchedEnd - 1})`, batchedEnd, next);
+  }
+  // between the two: only the end of a batch will do (one in flight, or anchored by a process
+  // sharing the store since the first read)
+  const ends = new Set([anchoredEnd, ...store.batchEndsFrom(anchoredEnd - Number(base)).map((end) => Number(base) + end)]);
+  if (!ends.has(next)) {
+    return new AnchorSequenceError(`the contract expects sequence ${next} for ${chain.authorityAddress}, which is not where any of the commitment store's batches ends`, anchoredEnd, next);
+  }
+  return undefined;
+}
+
+/**
+ * A batch removed from the end of the store leaves no gap in it; the chain still counts its leaves
+ * in the authority's next sequence number. And a chain restored from an earlier moment than the
+ * store lacks batches the store recorded as anchored. Compared once at start-up, in the
+ * background; either stops anchoring for good, so the anchorer reports it (error log, readiness).
+ * An unreachable chain is left to `glucoguard chain status` and `verify`.
+ */
+async function checkChainTail(store: CommitmentStore, chain: ChainClient, logger: Logger, anchorer: Anchorer): Promise<void> {
+  try {
+    const problem = await compareSequence(store, chain);
+    if (!problem) return;
+    if (problem.expected! > problem.local!) {
+      const leaves = problem.expected! - problem.local!;
+      logger.error({ leaves }, `ledger: the chain holds ${leaves} leaves of this authority past the commitment store's last batch: batches were removed from the store (or another store anchors with this authority's key) — run glucoguard verify`);
+    }
+    anchorer.reportSequenceProblem(problem);
+  } catch {
+    // chain unreachable now, or the ledger closed meanwhile
+  }
 }
 
 /**

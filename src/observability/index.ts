@@ -1,6 +1,6 @@
 /** Observability and edge hygiene: request logs and ids, metrics, health/readiness, security headers. */
 export { metrics, registry, type Metrics } from './metrics.js';
-export { Readiness, chainCheck, kvCheck, repositoryCheck, type ChainHead, type CheckResult, type ReadinessCheck, type ReadinessReport } from './readiness.js';
+export { Readiness, anchoringCheck, chainCheck, kvCheck, repositoryCheck, type AnchoringState, type ChainHead, type CheckResult, type ReadinessCheck, type ReadinessReport } from './readiness.js';
 export { requestObservability, type RequestObservabilityOptions } from './request.js';
 export { observabilityRouter } from './router.js';
 export { securityHeaders } from './security-headers.js';

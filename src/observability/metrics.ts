@@ -65,7 +65,7 @@ export const metrics = {
     labelNames: ['address'] as const,
     registers: [registry],
   }),
-  /** Items waiting per queue: `anchor` (versions awaiting a batch), `subscription` (notifications), `export` jobs… */
+  /** Items waiting per queue: `anchor` (versions not anchored yet: queued, or in a batch not confirmed on chain), `subscription` (notifications), `export` jobs… */
   queueDepth: new Gauge({
     name: 'glucoguard_queue_depth',
     help: 'Items waiting in each internal queue',

@@ -81,7 +81,7 @@ export class Readiness {
       });
       await Promise.race([Promise.resolve().then(() => c.check()), timeout]);
     } catch (err) {
-      error = err instanceof CheckTimeout ? 'timeout' : isGlucoGuardError(err) ? err.code : 'failed';
+      error = err instanceof CheckTimeout ? 'timeout' : isGlucoGuardError(err) ? err.code : stableCode(err) ?? 'failed';
       this.logger.warn({ check: c.name, error, cause: describe(err) }, 'readiness check failed');
     } finally {
       clearTimeout(timer);
@@ -95,6 +95,12 @@ export class Readiness {
 }
 
 class CheckTimeout extends Error {}
+
+/** The stable `code` of an error class of its own kind (`ERR_ANCHOR_SEQUENCE`…), never its message. */
+function stableCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^ERR_[A-Z0-9_]+$/.test(code) ? code : undefined;
+}
 
 function describe(err: unknown): string {
   if (isGlucoGuardError(err)) {
@@ -156,6 +162,27 @@ export function chainCheck(chain: ChainHead): ReadinessCheck {
     check: async () => {
       metrics.chainHead.set(await chain.head());
       metrics.chainSigner.set({ address: chain.authorityAddress }, 1);
+    },
+  };
+}
+
+/** What the anchoring check needs from the anchorer (src/ledger/anchor.ts `Anchorer` fits). */
+export interface AnchoringState {
+  /** Why anchoring cannot go on (an error with a stable `code`), or undefined while it can. */
+  problem(): (Error & { code: string }) | undefined;
+}
+
+/**
+ * Anchoring can go on: fails (with the problem's code, e.g. `ERR_ANCHOR_SEQUENCE`) while the
+ * contract refuses this store's sequence numbers, a state no retry ends. A chain that does not
+ * answer is the `chain` check's; the lag it causes is `glucoguard_anchoring_lag_seconds`.
+ */
+export function anchoringCheck(anchorer: AnchoringState): ReadinessCheck {
+  return {
+    name: 'anchoring',
+    check: async () => {
+      const problem = anchorer.problem();
+      if (problem) throw problem;
     },
   };
 }

@@ -152,7 +152,7 @@ describe('health and readiness', () => {
     expect(res.body.status).toBe('ready');
     expect(res.body.checks).toEqual(expect.arrayContaining([
       expect.objectContaining({ name: 'repository', adapter: 'embedded', ok: true }),
-      expect.objectContaining({ name: 'kv', adapter: 'memory', ok: true }),
+      expect.objectContaining({ name: 'kv', adapter: 'embedded', ok: true }),
       expect.objectContaining({ name: 'chain', adapter: 'embedded', ok: true }),
     ]));
   });
