@@ -42,6 +42,21 @@ export interface TransactionSteps {
   guard(resources: Resource[]): Promise<{ allowed: Resource[]; issues: OperationOutcomeIssue[] }>;
 }
 
+/**
+ * A write entry's authorization. A type no client may write (the access log: 405 on its own URL,
+ * with the methods that URL takes) is a 400 naming the entry here: the transaction's own URL takes
+ * POST, so a 405 and its `Allow` would misstate it.
+ */
+async function authorizeEntry(steps: TransactionSteps, index: number, interaction: 'create' | 'update' | 'delete', resource: Resource): Promise<void> {
+  try {
+    await steps.authorize(interaction, resource);
+  } catch (err) {
+    if (!(err instanceof GlucoGuardError) || err.code !== 'ERR_METHOD_NOT_ALLOWED') throw err;
+    const details = `Bundle.entry[${index}]: ${err.issues[0]?.diagnostics ?? err.message}; the transaction was not applied`;
+    throw new GlucoGuardError('ERR_INVALID', details, [{ severity: 'error', code: 'not-supported', diagnostics: details, expression: [`Bundle.entry[${index}].request.method`] }]);
+  }
+}
+
 /** Processes a transaction: all writes or none; reads after writes. */
 export async function processTransaction(bundle: Bundle, parent: FhirRequest, steps: TransactionSteps): Promise<FhirResponse> {
   const entries = bundle.entry ?? [];
@@ -65,7 +80,7 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
       throw badRequest(`Conditional ${method === 'PUT' ? 'update' : 'delete'} is not supported inside a transaction; send it on its own or in a batch`, `Bundle.entry[${i}].request.url`);
     }
     if (method === 'DELETE') {
-      await steps.authorize('delete', { resourceType: type, id: url.split('/')[1] } as Resource);
+      await authorizeEntry(steps, i, 'delete', { resourceType: type, id: url.split('/')[1] } as Resource);
       writes.push({ index: i, entry });
       continue;
     }
@@ -80,7 +95,7 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
       issues.push(...err.issues.map((is) => ({ ...is, expression: (is.expression ?? [resource.resourceType]).map((e) => `Bundle.entry[${i}].resource.${e.replace(/^[A-Z][A-Za-z]+\.?/, '')}`.replace(/\.$/, '')) })));
       continue;
     }
-    await steps.authorize(method === 'POST' ? 'create' : 'update', resource);
+    await authorizeEntry(steps, i, method === 'POST' ? 'create' : 'update', resource);
     writes.push({ index: i, entry });
   }
   if (issues.length) throw unprocessable(issues);

@@ -325,8 +325,8 @@ export class FhirRouter {
     this.prepareWrite(resource);
     // Absent first: what the body may say is asked only about a resource the requester can see (a
     // Patient body names its own id, so judging it first would tell a hidden id from a free one).
-    if (!(await this.writableBy(req.access, type, id))) throw notFound('Not found');
-    if (!(await this.policy.mayWrite(req.access, resource, 'update', await this.replacedBy(req.access, type, id)))) throw forbiddenWrite();
+    const replaced = await this.versionToChange(req.access, type, id);
+    if (!(await this.policy.mayWrite(req.access, resource, 'update', replaced))) throw forbiddenWrite();
     const ifMatch = parseIfMatch(req.headers['if-match']);
     const result = await this.options.repository.update(resource, ifMatch !== undefined ? { ifMatch } : undefined);
     return this.writeResponse(req, result.resource, result.outcome === 'created' ? 201 : 200, 'Updated');
@@ -468,17 +468,20 @@ export class FhirRouter {
   }
 
   /**
-   * May the requester update or delete this resource? Open access always; anyone else only a
-   * resource whose current version they can see (it passes their guards: scopes, consent,
-   * integrity) — a grant to read a patient's data is no licence to change another's. An id they
-   * cannot see and an id never stored (or deleted) are alike to them: no update-as-create either,
-   * or its 201 would tell the two apart.
+   * The current version an update or delete by the requester changes, read once, for the policy's
+   * `mayWrite` (which judges it too). Open access may change anything: nothing is read, undefined.
+   * Anyone else may change only a resource whose current version they can see (it passes their
+   * guards: scopes, consent, integrity), else 404: an id they cannot see and an id never stored (or
+   * deleted) are alike to them, with no update-as-create either, or its 201 would tell them apart.
    */
-  private async writableBy(access: AccessContext, type: string, id: string): Promise<boolean> {
-    return access.kind === 'open' || this.mayChange(access, await this.currentOf(type, id));
+  private async versionToChange(access: AccessContext, type: string, id: string): Promise<Resource | undefined> {
+    if (access.kind === 'open') return undefined;
+    const current = await this.currentOf(type, id);
+    if (!(await this.mayChange(access, current))) throw notFound('Not found');
+    return current;
   }
 
-  /** writableBy for a current version already read (undefined: never stored, or deleted). */
+  /** May the requester change this current version (undefined: never stored, or deleted)? versionToChange's rule. */
   private async mayChange(access: AccessContext, current: Resource | undefined): Promise<boolean> {
     if (access.kind === 'open') return true;
     return current !== undefined && (await this.guard(access, [current])).allowed.length > 0;
@@ -487,7 +490,7 @@ export class FhirRouter {
   /**
    * The current version of a resource the requester may change, read once. Open access gets the
    * read's own answer (404, 410); anyone else a 404 for anything they cannot change, a deleted
-   * resource too (writableBy's rule: hidden, deleted and never stored look alike).
+   * resource too (versionToChange's rule: hidden, deleted and never stored look alike).
    */
   private async changeable(access: AccessContext, type: string, id: string): Promise<Resource> {
     if (access.kind === 'open') return this.options.repository.read(type, id);
@@ -496,7 +499,6 @@ export class FhirRouter {
     return current;
   }
 
-  /** The current version, or undefined when the id was never stored or its resource is deleted. */
   /**
    * Readies a resource about to be written, in place: drops the tags only the server writes
    * (`serverTagSystems`), then validates it (422 listing the issues).
@@ -513,11 +515,7 @@ export class FhirRouter {
     this.options.validator.assertValid(resource);
   }
 
-  /** The current version an update by `access` replaces, for policy.mayWrite (not read for open access, which may write anything). */
-  private async replacedBy(access: AccessContext, type: string, id: string): Promise<Resource | undefined> {
-    return access.kind === 'open' ? undefined : this.currentOf(type, id);
-  }
-
+  /** The current version, or undefined when the id was never stored or its resource is deleted. */
   private async currentOf(type: string, id: string): Promise<Resource | undefined> {
     try {
       return await this.options.repository.read(type, id);
@@ -885,9 +883,12 @@ export class FhirRouter {
         validate: (resource) => this.prepareWrite(resource),
         authorize: async (interaction, resource) => {
           await this.policy.authorize(req.access, interaction, resource.resourceType);
-          if (interaction !== 'create' && resource.id && !(await this.writableBy(req.access, resource.resourceType, resource.id))) throw notFound('Not found');
-          const replaced = interaction === 'update' && resource.id ? await this.replacedBy(req.access, resource.resourceType, resource.id) : undefined;
-          if (!(await this.policy.mayWrite(req.access, resource, interaction, replaced))) throw forbiddenWrite();
+          const current = interaction !== 'create' && resource.id ? await this.versionToChange(req.access, resource.resourceType, resource.id) : undefined;
+          // a delete entry names only type and id: judged on the version it deletes, as a DELETE is
+          const allowed = interaction === 'delete'
+            ? await this.policy.mayWrite(req.access, current ?? resource, 'delete')
+            : await this.policy.mayWrite(req.access, resource, interaction, current);
+          if (!allowed) throw forbiddenWrite();
         },
         checkType: (type) => this.checkType(type),
         commit: (tx) => this.options.repository.transaction(tx),
@@ -956,16 +957,19 @@ export class FhirRouter {
    */
   async validateWrite(access: AccessContext, type: string, mode: 'create' | 'update' | 'delete' | undefined, target: { id?: string; resource?: Resource; profiles: string[] }): Promise<OperationOutcomeIssue[]> {
     const interaction = mode ?? 'create';
-    await this.policy.authorize(access, interaction, type);
+    try {
+      await this.policy.authorize(access, interaction, type);
+    } catch (err) {
+      // a type no client writes (the access log): the check's answer, not a 405 whose Allow misstates this URL
+      if (isGlucoGuardError(err, 'ERR_METHOD_NOT_ALLOWED')) return (err as GlucoGuardError).issues;
+      throw err;
+    }
     for (const url of target.profiles) {
       // a profile named for this check must be one the server can check (the operation's rule)
       if (!this.options.validator.profile(url)) throw badRequest(`Cannot validate against profile ${url.slice(0, 200)}: this server does not hold it`, 'profile');
     }
-    if (mode === 'update' || mode === 'delete') {
-      if (!(await this.writableBy(access, type, target.id!))) throw notFound('Not found');
-    }
+    const current = mode === 'update' || mode === 'delete' ? await this.versionToChange(access, type, target.id!) : undefined;
     if (mode === 'delete') {
-      const current = await this.currentOf(type, target.id!);
       return current && !(await this.policy.mayWrite(access, current, 'delete')) ? [forbiddenWrite().issues[0]!] : [];
     }
     const resource = target.resource!;
@@ -973,7 +977,7 @@ export class FhirRouter {
     if (mode === 'update' && resource.id !== target.id) {
       issues.push({ severity: 'error', code: 'invalid', diagnostics: `Resource id "${String(resource.id).slice(0, 64)}" does not match the URL id "${target.id}"`, expression: ['id'] });
     }
-    if (mode && !(await this.policy.mayWrite(access, resource, interaction))) issues.push(forbiddenWrite().issues[0]!);
+    if (mode && !(await this.policy.mayWrite(access, resource, interaction, current))) issues.push(forbiddenWrite().issues[0]!);
     return issues;
   }
 

@@ -129,11 +129,22 @@ describe('no FHIR write of an AuditEvent is taken from a patient\'s app (patient
       ],
     };
     const res = await request(t.app.http).post('/fhir').set('Authorization', asAna()).set('Content-Type', 'application/fhir+json').send(tx);
-    expect(res.status).toBe(405);
-    expect((res.body as OperationOutcome).issue[0]).toMatchObject({ code: 'not-supported' });
+    // 400 naming the entry: the transaction's own URL takes POST, so a 405 with its Allow would misstate it
+    expect(res.status).toBe(400);
+    expect(res.headers.allow).toBeUndefined();
+    expect((res.body as OperationOutcome).issue[0]).toMatchObject({ code: 'not-supported', expression: ['Bundle.entry[1].request.method'] });
+    expect((res.body as OperationOutcome).issue[0]!.diagnostics).toMatch(/^Bundle\.entry\[1\]: AuditEvent resources are written by the server only/);
     const observations = (await t.app.repository.search({ resourceType: 'Observation', count: 1000, offset: 0 })).resources;
     expect(observations.some((o) => JSON.stringify(o).includes(marker))).toBe(false);
   });
+});
+
+test('$validate of an AuditEvent write answers the refusal as its issue (no 405 misstating what the operation URL takes)', async () => {
+  const res = await request(t.app.http).post('/fhir/AuditEvent/$validate').set('Authorization', asAna())
+    .set('Content-Type', 'application/fhir+json').send(forged());
+  expect(res.status).toBe(200);
+  expect(res.headers.allow).toBeUndefined();
+  expect((res.body as OperationOutcome).issue).toEqual([expect.objectContaining({ severity: 'error', code: 'not-supported' })]);
 });
 
 describe('nor from anyone else', () => {

@@ -422,6 +422,11 @@ describe('consent enforcement on every FHIR path', () => {
     expect(refused.status).toBe(403);
     expect(refused.body.resourceType).toBe('OperationOutcome');
     expect((await send('delete', `/fhir/Observation/${ids.ana2}`)).status).toBe(403);
+    // nor inside a transaction, whose DELETE entry names only type and id: judged on the version it deletes
+    const txDelete = await request(t.app.http).post('/fhir').set('Authorization', `Bearer ${docToken}`).set('X-Purpose-Of-Use', 'TREAT')
+      .set('content-type', 'application/fhir+json')
+      .send({ resourceType: 'Bundle', type: 'transaction', entry: [{ request: { method: 'DELETE', url: `Observation/${ids.ana2}` } }] });
+    expect(txDelete.status).toBe(403);
     expect((await t.app.repository.read<Observation>('Observation', ids.ana2!)).meta?.versionId).toBe(mine.meta?.versionId);
     const updated = await request(t.app.http).put(`/fhir/Observation/${ids.ana2}`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`)
       .set('content-type', 'application/fhir+json').send({ ...mine, valueQuantity: { ...mine.valueQuantity, value: 130 } });
