@@ -119,7 +119,8 @@ program
       // a listen error: say it and stop, never "listening"
       const code = err.code;
       logger.error({ port: cfg.port, code }, `cannot listen on port ${cfg.port}: ${code === 'EADDRINUSE' ? 'it is in use by another process; stop it, or set PORT to a free port' : code === 'EACCES' ? 'permission denied (PORT below 1024 needs privileges)' : err.message}`);
-      void app.close().finally(() => process.exit(1));
+      // a port held by another process or below 1024 is configured wrongly: exit 2, as CHAIN_PORT's
+      void app.close().finally(() => process.exit(code === 'EADDRINUSE' || code === 'EACCES' ? 2 : 1));
     });
     server.listen(cfg.port, cfg.host, () => {
       const address = server.address();

@@ -11,7 +11,8 @@ import { Operator } from '@medplum/core';
 import { Command, InvalidArgumentError } from 'commander';
 import { getAddress, isAddress, Wallet } from 'ethers';
 import type { App } from '../app.js';
-import { withApp, type OpenApp } from '../cli-app.js';
+import { UsageError, withApp, type OpenApp } from '../cli-app.js';
+import { GlucoGuardError } from '../errors.js';
 import { OPEN_ACCESS } from '../fhir/access.js';
 import { resourceExists } from '../repository/exists.js';
 import { registerPatientKeyCommands, sessionAccess } from './keys/cli.js';
@@ -117,7 +118,11 @@ export function registerConsentCommands(program: Command, open: OpenApp): void {
     .option('--codes <codes>', 'system|code list, comma-separated (e.g. http://loinc.org|99504-3)', list)
     .option('--password-file <file>', "file holding the patient's password (needed when their key is locked with it)")
     .action((o: GrantOptions & { passwordFile?: string }) => setUp(async (app) => {
-      const outcome = await app.consent.service.grant(consentFromOptions(o), await sessionAccess(app, o.patient, o.passwordFile));
+      const access = await sessionAccess(app, o.patient, o.passwordFile);
+      // the Consent is made of the options alone: one the service refuses as invalid was given wrongly (exit 2)
+      const outcome = await app.consent.service.grant(consentFromOptions(o), access).catch((err: unknown) => {
+        throw err instanceof GlucoGuardError && (err.code === 'ERR_INVALID' || err.code === 'ERR_UNPROCESSABLE') ? new UsageError(err.message) : err;
+      });
       if (outcome.state === 'done') console.log(formatConsent(outcome.consent));
       else console.log(`${outcome.consent.id} awaits the patient's wallet signature; typed data:\n${JSON.stringify(outcome.typedData, null, 2)}`);
     }));

@@ -89,13 +89,15 @@ describe('glucoguard CLI', () => {
     expect(existsSync(fresh)).toBe(false); // refused before anything was created
   });
 
-  test('serve on a port another process holds says so and exits 1 (it never claims to listen)', async () => {
+  // Exit 2 since session 23: a port in use is a configuration error (docs/operations.md, exit codes),
+  // as the embedded chain node's CHAIN_PORT already was; this test asserted 1 before.
+  test('serve on a port another process holds says so and exits 2 (it never claims to listen)', async () => {
     const holder = createServer();
     await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
     const taken = (holder.address() as AddressInfo).port;
     try {
       const r = spawnSync(process.execPath, [BIN, 'serve'], { env: { ...env, PORT: String(taken) }, encoding: 'utf8', timeout: 60_000 });
-      expect(r.status).toBe(1);
+      expect(r.status).toBe(2);
       expect(r.stdout).toMatch(new RegExp(`cannot listen on port ${taken}: it is in use by another process`));
       expect(r.stdout).not.toMatch(/listening on port/);
     } finally {
@@ -182,6 +184,25 @@ describe('glucoguard CLI', () => {
     expect(date.status).toBe(2);
     expect(date.stderr).toMatch(/--birth-date .*1950-13-45.* is not a calendar date/);
   });
+
+  test('consent grant with options the consent checks refuse exits 2, says why, and records nothing', () => {
+    const made = spawnSync(process.execPath, [BIN, 'patients', 'create', '--given', 'Cora', '--family', 'Grant', '--birth-date', '1960-01-01'], { env, encoding: 'utf8' });
+    const patient = made.stdout.trim().split('\n').pop()!;
+    const grant = (...extra: string[]) => spawnSync(process.execPath, [BIN, 'consent', 'grant', '--patient', patient, '--data-from', '2026-01-01',
+      '--data-to', '2026-01-14', '--until', '2099-01-01', ...extra], { env, encoding: 'utf8' });
+    for (const [extra, said] of [
+      [['--to', 'Banana/1'], /provision\.actor must be exactly one/],
+      [['--to', 'Practitioner/nobody'], /Practitioner\/nobody has no registered identity/],
+      [['--to', 'Practitioner/nobody', '--purpose', 'FOO'], /Unsupported purpose .*FOO/],
+    ] as const) {
+      const r = grant(...extra);
+      expect({ extra, status: r.status }).toEqual({ extra, status: 2 });
+      expect(r.stderr).toMatch(said);
+    }
+    const listed = spawnSync(process.execPath, [BIN, 'consent', 'list', '--patient', patient], { env, encoding: 'utf8' });
+    expect(listed.status).toBe(0);
+    expect(listed.stdout.trim()).toBe('');
+  }, 60_000);
 
   test('reindex rebuilds the search index of a store recorded at an older index generation, skipping the erased patient', () => {
     const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
