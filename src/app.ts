@@ -104,7 +104,7 @@ export async function createRepository(config: Config, logger: Logger, keys: Ser
     await upstream.checkAtStartup();
     return upstream;
   }
-  mkdirSync(config.dataDir, { recursive: true });
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   return EmbeddedRepository.open({ dataDir: config.dataDir, keys, readCacheBytes: config.readCacheMb * 1024 * 1024, mmapBytes: config.storeMmapMb * 1024 * 1024, logger });
 }
 
@@ -183,7 +183,7 @@ export async function createChain(config: Config, logger: Logger, options: { cre
 export async function createApp(config: Config, options: { logger?: Logger } = {}): Promise<App> {
   const logger = options.logger ?? createLogger(config.logLevel);
   for (const warning of insecureSettings(config)) logger.warn(warning);
-  mkdirSync(config.dataDir, { recursive: true });
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   loadFhirDefinitions();
   const validator = new ProfileValidator(PROFILES_DIR);
   const keys = loadServerKeys(config);

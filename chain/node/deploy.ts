@@ -95,7 +95,7 @@ export async function ensureDeployed(node: ChainNode, dataDir: string, signerKey
   };
   const file = deploymentPath(dataDir);
   const text = `${JSON.stringify(record, null, 2)}\n`;
-  if (!existsSync(file) || readFileSync(file, 'utf8') !== text) writeFileSync(file, text);
+  if (!existsSync(file) || readFileSync(file, 'utf8') !== text) writeFileSync(file, text, { mode: 0o600 });
   return record.contracts;
 }
 

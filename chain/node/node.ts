@@ -19,7 +19,7 @@ import {
 } from '@ethereumjs/util';
 import { buildBlock, createVM, runTx, type RunTxResult, type VM } from '@ethereumjs/vm';
 import { ClassicLevel } from 'classic-level';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { RpcError, reverted, txRejected } from './errors.js';
 import { BLOCK_GAS_LIMIT, cliqueGenesis, type GethGenesis } from './genesis.js';
@@ -123,11 +123,13 @@ export class ChainNode {
       }
     } else {
       genesis = cliqueGenesis({ chainId: opts.chainId, signer: signer.toString(), period: Math.floor(opts.blockPeriod), timestamp: Math.floor(Date.now() / 1000) });
-      writeFileSync(genesisFile, `${JSON.stringify(genesis, null, 2)}\n`);
+      writeFileSync(genesisFile, `${JSON.stringify(genesis, null, 2)}\n`, { mode: 0o600 });
     }
     const common = chainCommon(genesis);
     if (common.consensusAlgorithm() !== ConsensusAlgorithm.Clique) throw new Error('genesis is not a Clique genesis');
 
+    // LevelDB makes its files as the umask says; an owner-only folder keeps them to this user either way
+    mkdirSync(path.join(dir, 'db'), { recursive: true, mode: 0o700 });
     const level = new ClassicLevel<string, string>(path.join(dir, 'db'), { keyEncoding: 'utf8', valueEncoding: 'utf8' });
     try {
       await level.open();

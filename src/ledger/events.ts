@@ -74,9 +74,9 @@ export class FileCursorStore implements CursorStore {
     return c;
   }
   save(cursor: EventCursor): void {
-    mkdirSync(path.dirname(this.file), { recursive: true });
+    mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
     const tmp = `${this.file}.${randomBytes(4).toString('hex')}.tmp`;
-    writeFileSync(tmp, JSON.stringify(cursor));
+    writeFileSync(tmp, JSON.stringify(cursor), { mode: 0o600 });
     renameSync(tmp, this.file);
   }
 }

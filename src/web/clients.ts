@@ -56,7 +56,7 @@ export function ensureWebClients(store: SmartStore, dataDir: string, baseUrl: st
     name: 'GlucoGuard patient portal', type: 'public', redirectUris: [urls.portalIndex], launchUri: urls.portalLaunch,
     scopes: PORTAL_SCOPE.split(' '),
   }).client.clientId;
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(file, JSON.stringify({ baseUrl, clinician, portal } satisfies ClientsFile, null, 2));
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writeFileSync(file, JSON.stringify({ baseUrl, clinician, portal } satisfies ClientsFile, null, 2), { mode: 0o600 });
   return { clinician, portal };
 }

@@ -11,7 +11,7 @@
  */
 import Database from 'better-sqlite3';
 import type { Database as DB, Statement } from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 
 import { INDEX_GENERATION } from './params.js';
@@ -69,7 +69,11 @@ export function storeFilePath(dataDir: string): string {
 export function openStore(dataDir: string, mmapBytes = 0): { db: DB; file: string } {
   const file = storeFilePath(dataDir);
   mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  const created = !existsSync(file);
   const db = new Database(file);
+  // owner-only whatever the process's umask (the index holds patient ids, dates and values); SQLite
+  // gives the -wal and -shm files the database file's permissions
+  if (created) chmodSync(file, 0o600);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');
   db.pragma('temp_store = MEMORY');
