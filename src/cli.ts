@@ -234,6 +234,10 @@ program
   .action(async (opts: { all?: boolean }) => {
     await withApp(openApp, async (app) => {
       if (!app.reindex) throw new Error('reindex is for the embedded repository; an upstream FHIR server indexes by its own means');
+      if (!opts.all && app.indexGeneration && app.indexGeneration() >= INDEX_GENERATION) {
+        console.log(`the search index is up to date (generation ${app.indexGeneration()}): nothing to rebuild; --all rebuilds every type`);
+        return;
+      }
       const started = Date.now();
       let shown = 0;
       const { versions, unreadable, generation } = await app.reindex((done, total) => {

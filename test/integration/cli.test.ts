@@ -220,6 +220,11 @@ describe('glucoguard CLI', () => {
     const again = spawnSync(process.execPath, [BIN, 'reindex'], { env: { ...env, LOG_LEVEL: 'warn' }, encoding: 'utf8' });
     expect(again.status).toBe(0);
     expect(again.stderr).not.toMatch(/matched without their index/);
+    expect(again.stderr).not.toMatch(/reindex: \d+ of/);
+    expect(again.stdout).toMatch(new RegExp(`^the search index is up to date \\(generation ${INDEX_GENERATION}\\): nothing to rebuild; --all rebuilds every type$`, 'm'));
+    const all = spawnSync(process.execPath, [BIN, 'reindex', '--all'], { env: { ...env, LOG_LEVEL: 'warn' }, encoding: 'utf8' });
+    expect(all.status).toBe(0);
+    expect(all.stdout).toMatch(new RegExp(`^reindexed [1-9]\\d* current versions in [\\d.]+ s .*; index generation ${INDEX_GENERATION}$`, 'm'));
   });
 
   test('serve rebuilds the index of an older store in the background and records the generation', async () => {

@@ -10,7 +10,9 @@ import request from 'supertest';
 import { startTestApp } from '../support/app.js';
 
 const before = process.umask(0o022);
-afterAll(() => process.umask(before));
+afterAll(() => {
+  process.umask(before);
+});
 
 /**
  * Every file and folder with group or other bits, but for LevelDB's files inside the chain's

@@ -497,7 +497,8 @@ export class EmbeddedRepository implements Repository {
    * generation: parameters indexed since the store was written are looked up from then on. A store
    * of an older generation rebuilds only the types that have parameters indexed since it
    * (typesIndexedSince: from generation 3 to 4, Patients and the other types with names, not a million
-   * readings; from 4 to 5, the readings, for their quantities in base units); one at the current generation, or `all`, rebuilds every type.
+   * readings; from 4 to 5, the readings, for their quantities in base units); one at the current
+   * generation none (its rows are complete); `all` rebuilds every type (an index suspected damaged).
    * A version whose data key was erased cannot be read and keeps the rows it had (none of its
    * resource can be read either). `onProgress` gets the versions done and the total; `chunk`: rows
    * per transaction (REINDEX_CHUNK); `background`: pause after each chunk as long as it took, so a
@@ -506,7 +507,7 @@ export class EmbeddedRepository implements Repository {
   async reindex(onProgress?: (done: number, total: number) => void, options: { chunk?: number; background?: boolean; all?: boolean } = {}): Promise<{ versions: number; unreadable: number; generation: number }> {
     const size = Math.max(1, options.chunk ?? REINDEX_CHUNK);
     this.checkOpen();
-    const current = currentVersions(this.db, options.all || this.generation >= INDEX_GENERATION ? undefined : typesIndexedSince(this.generation));
+    const current = currentVersions(this.db, options.all ? undefined : typesIndexedSince(this.generation));
     const total = current.count();
     let after = 0;
     let versions = 0;

@@ -670,7 +670,9 @@ describe('index generations and reindex', () => {
     await repo.create(observation('kept', '2026-05-02T00:00:00Z'));
     await repo.create(observation('gone', '2026-05-02T00:00:00Z'));
     await repo.eraseSubject('gone');
-    const result = await repo.reindex();
+    // a store at the current generation rebuilds nothing unless asked for every type
+    expect(await repo.reindex()).toEqual({ versions: 0, unreadable: 0, generation: INDEX_GENERATION });
+    const result = await repo.reindex(undefined, { all: true });
     expect(result.versions).toBe(1);
     expect(result.unreadable).toBe(1);
   });
