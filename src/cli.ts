@@ -8,7 +8,7 @@ import { hostname, userInfo } from 'node:os';
 import type { AuditEvent, Patient as PatientResource } from '@medplum/fhirtypes';
 import { Operator } from '@medplum/core';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { createApp, createRepository, VERSION } from './app.js';
+import { createApp, createKeyValueStore, createRepository, VERSION } from './app.js';
 import { createHttpServer, shutDown } from './server.js';
 import { UsageError, withApp, type OpenApp } from './cli-app.js';
 import { isGlucoGuardError } from './errors.js';
@@ -17,7 +17,6 @@ import type { Repository } from './repository/port.js';
 import { OPEN_ACCESS } from './fhir/access.js';
 import { ConfigError, fhirBase, loadConfig, prepareDataDir, type Config } from './config.js';
 import { createLogger } from './log.js';
-import { RedisKeyValueStore } from './kv/redis.js';
 import { registerSmartCommands } from './smart/cli.js';
 import { registerCgmCommands } from './cgm/cli.js';
 import { registerConsentCommands } from './consent/cli.js';
@@ -339,9 +338,10 @@ registerSmartCommands(program, async (options) => {
     repository ??= await createRepository(cfg, createLogger('warn', process.stderr));
     return resourceExists(repository, type, id);
   };
-  const kv = cfg.redisUrl ? await RedisKeyValueStore.connect(cfg.redisUrl, { logger: createLogger('warn') }) : undefined;
+  // the server's own KV (launch create hands it a launch): Redis, or the data directory's embedded file
+  const kv = await createKeyValueStore(cfg, createLogger('warn', process.stderr));
   return {
-    config: cfg, resourceExists: resourceExistsHere, ...(kv ? { kv } : {}),
+    config: cfg, resourceExists: resourceExistsHere, kv,
     close: async () => {
       await repository?.close();
       await kv?.close();

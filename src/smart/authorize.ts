@@ -204,7 +204,8 @@ async function runLoginHooks(ctx: SmartContext, pending: PendingRequest, passwor
 async function checkCredentials(ctx: SmartContext, username: string, password: string) {
   const user = username ? ctx.store.getUser(username) : undefined;
   const ok = await verifyPassword(password, user?.passwordHash ?? (await dummyHash()));
-  return user && ok ? user : undefined;
+  // a disabled user is refused as a wrong password is: the page does not say the account exists
+  return user && ok && !user.disabledAt ? user : undefined;
 }
 
 /**

@@ -120,12 +120,32 @@ export function registerSmartCommands(program: Command, open: (options?: { setUp
     });
 
   users.command('list')
-    .description('list users: login name, the Patient or Practitioner they are, when added (never a password)')
+    .description('list users: login name, the Patient or Practitioner they are, when added, when disabled (never a password)')
     .action(async () => {
       await withOpened(open, async ({ config }) => {
         const all = withStore(config, (store) => store.listUsers());
         if (all.length === 0) console.log('no users registered');
-        for (const u of all) console.log(`${u.username}  ${u.fhirUser}  added ${u.createdAt}`);
+        for (const u of all) console.log(`${u.username}  ${u.fhirUser}  added ${u.createdAt}${u.disabledAt ? `  disabled ${u.disabledAt}` : ''}`);
+      });
+    });
+
+  users.command('disable')
+    .description('disable a user (someone who left): sign-in refused, and every access and refresh token of theirs stops working at once')
+    .requiredOption('--username <username>', 'the user to disable')
+    .action(async (opts: { username: string }) => {
+      await withOpened(open, async ({ config }) => {
+        const user = withStore(config, (store) => store.setUserDisabled(opts.username, true));
+        console.log(`user ${user.username} (${user.fhirUser}) disabled (${user.disabledAt}); their tokens no longer work`);
+      });
+    });
+
+  users.command('enable')
+    .description('let a disabled user sign in again (the tokens issued before the disabling stay dead)')
+    .requiredOption('--username <username>', 'the user to enable')
+    .action(async (opts: { username: string }) => {
+      await withOpened(open, async ({ config }) => {
+        const user = withStore(config, (store) => store.setUserDisabled(opts.username, false));
+        console.log(`user ${user.username} (${user.fhirUser}) enabled: they may sign in again`);
       });
     });
 
@@ -216,8 +236,10 @@ export function registerSmartCommands(program: Command, open: (options?: { setUp
     .requiredOption('--client-id <id>', 'the app the launch is for (only it may use the launch); prints its launch URL')
     .action(async (opts: { patient: string; encounter?: string; practitioner: string; clientId: string }) => {
       await withOpened(open, async ({ config, kv, resourceExists }) => {
-        if (!kv || kv.description.adapter !== 'redis') {
-          throw new Error('launch contexts made by the CLI reach the server only through a shared Redis (set REDIS_URL); '
+        // the embedded KV file is shared with a server on the same data directory, Redis with any
+        if (!kv || kv.description.adapter === 'memory') {
+          throw new Error('launch contexts made by the CLI reach the server only through a KV store it shares: the embedded one '
+            + '(the default, on the server\'s data directory) or Redis (REDIS_URL), not GLUCOGUARD_KV=memory; '
             + 'otherwise an EHR client with system/launch uses POST /smart/launch');
         }
         const created = await createLaunch(config, kv, `${config.baseUrl}/fhir`, opts, resourceExists);

@@ -6,7 +6,9 @@
  * A client an operator disabled (`glucoguard clients disable`) is kept, marked, and is unknown to
  * `getClient`: authorization and token requests refuse it as they refuse an unknown client, and
  * the token service (tokens.ts) stops honouring its access and refresh tokens at once, in every
- * process that opens this file.
+ * process that opens this file. A disabled user (`glucoguard users disable`) is the same: sign-in
+ * refused, their tokens dead at once; enabled again, they may sign in, but the tokens issued before
+ * the disabling stay dead.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import path from 'node:path';
@@ -39,6 +41,8 @@ export interface User {
   passwordHash: string;
   /** `Patient/ID` or `Practitioner/ID`. */
   fhirUser: string;
+  /** When an operator disabled the user (ISO instant); absent while they may sign in. */
+  disabledAt?: string;
 }
 
 export interface NewClient {
@@ -67,9 +71,13 @@ export class SmartStore {
         scopes TEXT NOT NULL, secret_hash TEXT, jwks TEXT, jwks_url TEXT, launch_uri TEXT, created_at TEXT NOT NULL);`);
     const columns = (this.db.prepare('PRAGMA table_info(clients)').all() as { name: string }[]).map((c) => c.name);
     if (!columns.includes('disabled_at')) this.db.exec('ALTER TABLE clients ADD COLUMN disabled_at TEXT');
+    const userColumns = (this.db.prepare('PRAGMA table_info(users)').all() as { name: string }[]).map((c) => c.name);
+    if (!userColumns.includes('disabled_at')) this.db.exec('ALTER TABLE users ADD COLUMN disabled_at TEXT; ALTER TABLE users ADD COLUMN tokens_before INTEGER');
     this.statements = {
-      getUser: this.db.prepare('SELECT username, password_hash, fhir_user FROM users WHERE username = ?'),
-      listUsers: this.db.prepare('SELECT username, fhir_user, created_at FROM users ORDER BY created_at, username'),
+      getUser: this.db.prepare('SELECT username, password_hash, fhir_user, disabled_at FROM users WHERE username = ?'),
+      listUsers: this.db.prepare('SELECT username, fhir_user, created_at, disabled_at FROM users ORDER BY created_at, username'),
+      userCutoff: this.db.prepare('SELECT disabled_at, tokens_before FROM users WHERE username = ?'),
+      setUserDisabled: this.db.prepare('UPDATE users SET disabled_at = ?, tokens_before = coalesce(?, tokens_before) WHERE username = ?'),
       insertUser: this.db.prepare('INSERT INTO users (username, password_hash, fhir_user, created_at) VALUES (?, ?, ?, ?)'),
       setPassword: this.db.prepare('UPDATE users SET password_hash = ? WHERE username = ?'),
       getClient: this.db.prepare('SELECT * FROM clients WHERE client_id = ?'),
@@ -101,8 +109,32 @@ export class SmartStore {
   }
 
   getUser(username: string): User | undefined {
-    const row = this.statements.getUser.get(username) as { username: string; password_hash: string; fhir_user: string } | undefined;
-    return row && { username: row.username, passwordHash: row.password_hash, fhirUser: row.fhir_user };
+    const row = this.statements.getUser.get(username) as { username: string; password_hash: string; fhir_user: string; disabled_at: string | null } | undefined;
+    return row && { username: row.username, passwordHash: row.password_hash, fhirUser: row.fhir_user, ...(row.disabled_at ? { disabledAt: row.disabled_at } : {}) };
+  }
+
+  /**
+   * The instant (epoch ms) before which a user's tokens are dead: Infinity while the user is
+   * disabled, the moment they were last disabled once enabled again (so enabling gives back sign-in,
+   * never the tokens issued before), undefined for a user never disabled or no user of that name.
+   * Read on every token check: one indexed row.
+   */
+  userTokensBefore(username: string): number | undefined {
+    const row = this.statements.userCutoff.get(username) as { disabled_at: string | null; tokens_before: number | null } | undefined;
+    if (!row) return undefined;
+    return row.disabled_at ? Infinity : row.tokens_before ?? undefined;
+  }
+
+  /**
+   * Disables a user (sign-in refused, every token of theirs dead at once) or enables them again.
+   * `now`: the token service's clock (tokens issued before it stay dead after an enable).
+   */
+  setUserDisabled(username: string, disabled: boolean, now = Date.now()): { username: string; fhirUser: string; disabledAt?: string } {
+    const user = this.getUser(username);
+    if (!user) throw badRequest(`no user "${username}"`);
+    if (!!user.disabledAt !== disabled) this.statements.setUserDisabled.run(disabled ? new Date(now).toISOString() : null, disabled ? now : null, username);
+    const after = this.getUser(username)!;
+    return { username: after.username, fhirUser: after.fhirUser, ...(after.disabledAt ? { disabledAt: after.disabledAt } : {}) };
   }
 
   /** Registers a client; returns it and, for a symmetric client, the secret (shown once, stored hashed). */
@@ -150,9 +182,9 @@ export class SmartStore {
   }
 
   /** Every user, oldest first: login name, who they are, when added (no password hash). */
-  listUsers(): { username: string; fhirUser: string; createdAt: string }[] {
-    return (this.statements.listUsers.all() as { username: string; fhir_user: string; created_at: string }[])
-      .map((r) => ({ username: r.username, fhirUser: r.fhir_user, createdAt: r.created_at }));
+  listUsers(): { username: string; fhirUser: string; createdAt: string; disabledAt?: string }[] {
+    return (this.statements.listUsers.all() as { username: string; fhir_user: string; created_at: string; disabled_at: string | null }[])
+      .map((r) => ({ username: r.username, fhirUser: r.fhir_user, createdAt: r.created_at, ...(r.disabled_at ? { disabledAt: r.disabled_at } : {}) }));
   }
 
   /** Every registered client, disabled ones too, oldest first. */

@@ -3,7 +3,7 @@
  * tokens are random 256-bit values stored in the KV port under their SHA-256 digest, so a KV dump
  * holds no usable token. Every token belongs to a grant (`gid`); revoking any token of a grant
  * revokes the whole grant — its access tokens and its refresh token (RFC 7009 §2.1). The tokens
- * of a client an operator disabled stop working at once (`clientDisabled`, read on every check).
+ * of a client or user an operator disabled stop working at once (`cutOff`, read on every check).
  *
  * Lifetimes: access tokens of a user's sign-in live `accessSeconds` (an hour); those of Backend
  * Services (client_credentials) `backendAccessSeconds`, five minutes as SMART Backend Services
@@ -36,10 +36,14 @@ export interface CodeRecord extends Grant {
   redirectUri: string;
   codeChallenge: string;
   expiresAt: number;
+  /** Epoch ms (records stored before it was kept count as issued at 0). */
+  issuedAt?: number;
 }
 
 export interface RefreshRecord extends Grant {
   expiresAt: number;
+  /** Epoch ms (records stored before it was kept count as issued at 0). */
+  issuedAt?: number;
 }
 
 /** Verified claims of one of our access tokens. */
@@ -85,7 +89,22 @@ export class TokenService {
     readonly lifetimes: TokenLifetimes = DEFAULT_LIFETIMES,
     /** Whether an operator disabled this client (SmartStore.isDisabled); its tokens are then dead. */
     private readonly clientDisabled: (clientId: string) => boolean = () => false,
+    /** The instant before which a user's tokens are dead (SmartStore.userTokensBefore: Infinity while disabled). */
+    private readonly userTokensBefore: (username: string) => number | undefined = () => undefined,
   ) {}
+
+  /**
+   * Whether a token of this grant, issued at `issuedAt` (epoch ms), is dead because of whom it was
+   * issued to: a disabled client, or a user disabled since. Client credentials grants have the
+   * client as their `sub` and no user; EHR-launch grants name a practitioner no user holds.
+   */
+  private cutOff(clientId: string, sub: string, issuedAt: number): boolean {
+    if (this.clientDisabled(clientId)) return true;
+    if (sub === clientId) return false;
+    const before = this.userTokensBefore(sub);
+    // at or before: an access token's iat is in whole seconds, and nothing is issued to a disabled user
+    return before !== undefined && issuedAt <= before;
+  }
 
   static newGrantId(): string {
     return randomBytes(16).toString('base64url');
@@ -94,7 +113,7 @@ export class TokenService {
   /** A single-use code bound to the client, redirect URI and PKCE challenge. */
   async issueCode(grant: Grant, redirectUri: string, codeChallenge: string): Promise<string> {
     const code = randomBytes(32).toString('base64url');
-    const record: CodeRecord = { ...grant, redirectUri, codeChallenge, expiresAt: this.now() + this.lifetimes.codeSeconds * 1000 };
+    const record: CodeRecord = { ...grant, redirectUri, codeChallenge, expiresAt: this.now() + this.lifetimes.codeSeconds * 1000, issuedAt: this.now() };
     await this.kv.set(`smart:code:${sha256(code)}`, JSON.stringify(record), this.lifetimes.codeSeconds * 1000);
     return code;
   }
@@ -111,7 +130,7 @@ export class TokenService {
       return reusedGrant ? { reusedGrant } : {};
     }
     const record = JSON.parse(raw) as CodeRecord;
-    if (record.expiresAt <= this.now()) return {};
+    if (record.expiresAt <= this.now() || this.cutOff(record.clientId, record.sub, record.issuedAt ?? 0)) return {};
     await this.kv.set(`smart:code-used:${key}`, record.gid, this.lifetimes.offlineRefreshSeconds * 1000);
     return { record };
   }
@@ -155,7 +174,7 @@ export class TokenService {
   async issueRefreshToken(grant: Grant): Promise<string> {
     const seconds = grant.scopes.includes('offline_access') ? this.lifetimes.offlineRefreshSeconds : this.lifetimes.onlineRefreshSeconds;
     const token = randomBytes(32).toString('base64url');
-    const record: RefreshRecord = { ...grant, expiresAt: this.now() + seconds * 1000 };
+    const record: RefreshRecord = { ...grant, expiresAt: this.now() + seconds * 1000, issuedAt: this.now() };
     await this.kv.set(`smart:refresh:${sha256(token)}`, JSON.stringify(record), seconds * 1000);
     return token;
   }
@@ -163,7 +182,7 @@ export class TokenService {
   async findRefreshToken(token: string): Promise<RefreshRecord | undefined> {
     const raw = await this.kv.get(`smart:refresh:${sha256(token)}`);
     const record = raw ? (JSON.parse(raw) as RefreshRecord) : undefined;
-    return record && record.expiresAt > this.now() && !this.clientDisabled(record.clientId) ? record : undefined;
+    return record && record.expiresAt > this.now() && !this.cutOff(record.clientId, record.sub, record.issuedAt ?? 0) ? record : undefined;
   }
 
   /**
@@ -191,7 +210,8 @@ export class TokenService {
     if (!claims || typeof claims.exp !== 'number' || typeof claims.gid !== 'string' || typeof claims.scope !== 'string') return undefined;
     if (claims.iss !== this.fhirBase || claims.aud !== this.fhirBase) return undefined;
     if (claims.exp * 1000 <= this.now()) return undefined;
-    if (typeof claims.client_id !== 'string' || this.clientDisabled(claims.client_id)) return undefined;
+    if (typeof claims.client_id !== 'string' || typeof claims.sub !== 'string' || typeof claims.iat !== 'number') return undefined;
+    if (this.cutOff(claims.client_id, claims.sub, claims.iat * 1000)) return undefined;
     return claims as AccessClaims;
   }
 

@@ -7,6 +7,7 @@ import { Command } from 'commander';
 import { loadServerKeys } from '../../src/keys.js';
 import { loadConfig, type Config } from '../../src/config.js';
 import { MemoryKeyValueStore } from '../../src/kv/memory.js';
+import { EmbeddedKeyValueStore } from '../../src/kv/embedded.js';
 import type { KeyValueStore } from '../../src/kv/port.js';
 import { registerSmartCommands } from '../../src/smart/cli.js';
 import { SmartStore } from '../../src/smart/store.js';
@@ -120,6 +121,38 @@ describe('glucoguard clients add', () => {
   });
 });
 
+describe('glucoguard users list / disable / enable', () => {
+  test('disable marks the user (their tokens die: test/integration/smart-user-disable.test.ts), list says so; enable undoes it', async () => {
+    const file = path.join(dir, 'pw');
+    writeFileSync(file, 'a long passphrase\n');
+    await run(['users', 'add', '--username', 'dr.lee', '--password-file', file, '--fhir-user', 'Practitioner/d1']);
+    out.length = 0;
+    await run(['users', 'disable', '--username', 'dr.lee']);
+    expect(process.exitCode).toBeUndefined();
+    expect(out.join('\n')).toMatch(/^user dr\.lee \(Practitioner\/d1\) disabled \(\d{4}-.*\); their tokens no longer work$/);
+    const store = new SmartStore(dir);
+    expect(store.getUser('dr.lee')?.disabledAt).toMatch(/^\d{4}-/);
+    expect(store.userTokensBefore('dr.lee')).toBe(Infinity);
+    store.close();
+    out.length = 0;
+    await run(['users', 'list']);
+    expect(out).toEqual([expect.stringMatching(/^dr\.lee {2}Practitioner\/d1 {2}added \d{4}-\S+ {2}disabled \d{4}-\S+$/)]);
+    out.length = 0;
+    await run(['users', 'enable', '--username', 'dr.lee']);
+    expect(out).toEqual(['user dr.lee (Practitioner/d1) enabled: they may sign in again']);
+    const again = new SmartStore(dir);
+    expect(again.getUser('dr.lee')?.disabledAt).toBeUndefined();
+    expect(again.userTokensBefore('dr.lee')).toBeGreaterThan(0);
+    again.close();
+  });
+
+  test('disable of an unknown user fails with a clear message', async () => {
+    await run(['users', 'disable', '--username', 'nobody']);
+    expect(process.exitCode).toBe(1);
+    expect(err.join('\n')).toContain('no user "nobody"');
+  });
+});
+
 describe('glucoguard clients list / disable / enable / set-jwks', () => {
   const jwksFile = (name: string, keys: object[]): string => {
     const file = path.join(dir, name);
@@ -216,10 +249,32 @@ describe('glucoguard signing-keys rotate', () => {
 });
 
 describe('glucoguard launch create', () => {
-  test('needs a shared (Redis) KV store and says so', async () => {
+  test('needs a KV store the server shares and says so (process memory is not)', async () => {
     await run(['launch', 'create', '--patient', 'p1', '--practitioner', 'd1', '--client-id', 'app'], new MemoryKeyValueStore());
     expect(process.exitCode).toBe(1);
-    expect(err.join('\n')).toContain('REDIS_URL');
+    expect(err.join('\n')).toContain('not GLUCOGUARD_KV=memory');
+  });
+
+  // (It asked for Redis until session 23; the embedded KV file, the default since session 22, is
+  // shared by every process on the data directory.)
+  test('with the embedded KV, the launch made by the CLI is taken by another process on the same data directory', async () => {
+    const file = path.join(dir, 'kv.sqlite');
+    const rootKey = loadServerKeys(config).root;
+    const cli = new EmbeddedKeyValueStore({ file, rootKey });
+    const server = new EmbeddedKeyValueStore({ file, rootKey });
+    try {
+      const store = new SmartStore(dir);
+      const clientId = store.addClient({ name: 'viewer', type: 'public', redirectUris: ['https://app.example/cb'], launchUri: 'https://app.example/launch' }).client.clientId;
+      store.close();
+      await run(['launch', 'create', '--patient', 'p1', '--practitioner', 'd1', '--client-id', clientId], cli);
+      expect(err).toEqual([]);
+      const launch = /launch: (\S+)/.exec(out.join('\n'))![1]!;
+      expect(await takeLaunch(server, launch)).toMatchObject({ patient: 'p1', practitioner: 'd1', clientId });
+      expect(await takeLaunch(server, launch)).toBeUndefined();
+    } finally {
+      await cli.close();
+      await server.close();
+    }
   });
 
   // (A launch used to be creatable for no app in particular: any registered app could then redeem it
