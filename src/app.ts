@@ -196,6 +196,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   // Every write goes through the ledger's decorator (commitment recorded, then anchored in batches).
   const ledger = await createLedger({
     dataDir: config.dataDir, chain: chain.client, repository: adapter, logger, integrity: config.integrity, anchor: !chain.shared, ownChain: chain.embedded !== undefined,
+    completenessCheckMs: config.ledgerCheckMs,
   }).catch(async (err: unknown) => {
     // refused (a chain older than the ledger): stop what was opened, so nothing holds the data directory
     await Promise.allSettled([adapter.close(), kv.close(), chain.client.close().then(() => chain.embedded?.close())]);

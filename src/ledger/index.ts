@@ -5,6 +5,7 @@
  * integrity guard that checks every resource leaving /fhir.
  */
 import path from 'node:path';
+import type { AuditEvent } from '@medplum/fhirtypes';
 import type { Logger } from 'pino';
 import type { Repository } from '../repository/port.js';
 import { AnchoredRepository } from './anchored-repository.js';
@@ -13,6 +14,8 @@ import type { ChainClient } from './client.js';
 import { IntegrityChecker, IntegrityGuard, type IntegrityMode } from './integrity.js';
 import { CommitmentStore } from './store.js';
 import { describeGaps, missingCount } from './completeness.js';
+import { completenessAuditEvent } from './integrity.js';
+import { metrics } from '../observability/metrics.js';
 
 export { AnchoredRepository } from './anchored-repository.js';
 export { Anchorer } from './anchor.js';
@@ -44,6 +47,11 @@ export interface LedgerOptions {
   /** Batch window (default 1000 ms) and size (default 1000). */
   maxDelayMs?: number;
   maxLeaves?: number;
+  /**
+   * How often an anchoring process looks for commitments removed from the store while it runs
+   * (GLUCOGUARD_LEDGER_CHECK_MS, default 10 minutes; watchCompleteness).
+   */
+  completenessCheckMs?: number;
 }
 
 export interface Ledger {
@@ -115,16 +123,13 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   const counts = store.counts();
   options.logger.info({ ...counts, lastAnchoredAt: undefined }, `ledger: ${counts.commitments} commitments, ${counts.pending} waiting to be anchored`);
   // rows are never deleted: a gap is a commitment removed from the store (with its version, or not)
-  const gaps = store.gaps();
-  const gapText = describeGaps(gaps);
-  if (gapText) {
-    options.logger.error({ missing: missingCount(gaps) },
-      `ledger: ${missingCount(gaps)} commitments are missing from the commitment store (${gapText}): removed from it, their versions possibly removed from the repository too — run glucoguard verify`);
-  }
+  const completeness = watchCompleteness(store, options.logger, (event) => repository.create(event),
+    options.anchor !== false ? options.completenessCheckMs ?? 600_000 : undefined);
   void checkChainTail(store, options.chain, options.logger, anchorer); // close() need not wait for it: a closed store ends it
   return {
     store, repository, anchorer, checker, guard,
     async close() {
+      completeness.stop();
       backfill?.stop();
       warming.abort(); // the reads under way finish before the store closes
       await Promise.all([backfill?.done, warmed]);
@@ -205,4 +210,42 @@ function addMissingTrees(store: CommitmentStore, logger: Logger): { stop(): void
     }
   })().catch((err: unknown) => logger.warn({ err: (err as Error).message }, 'ledger: could not add the trees of earlier batches (their versions are checked one by one)'));
   return { stop: () => { stopped = true; }, done };
+}
+
+/**
+ * Looks for commitments removed from the store: at start, then every `everyMs` while the process
+ * anchors (a removal while it runs, which no read can see, was found only by `glucoguard verify`
+ * or the next start). Each time more are missing than were reported, the error is logged and (in
+ * the anchoring process) a Security Alert AuditEvent written; `glucoguard_commitments_missing`
+ * holds the count.
+ */
+function watchCompleteness(store: CommitmentStore, logger: Logger, audit: (event: AuditEvent) => Promise<unknown>, everyMs: number | undefined): { stop(): void } {
+  let reported = 0;
+  let stopped = false;
+  const check = (): void => {
+    if (stopped) return;
+    const gaps = store.gaps();
+    const missing = missingCount(gaps);
+    metrics.commitmentsMissing.set(missing);
+    if (missing <= reported) return;
+    reported = missing;
+    const text = `${missing} commitments are missing from the commitment store (${describeGaps(gaps)}): removed from it, their versions possibly removed from the repository too`;
+    logger.error({ missing }, `ledger: ${text} — run glucoguard verify`);
+    // the server's finding, once per count; an operator command beside it only says so
+    if (everyMs) audit(completenessAuditEvent(text)).catch((err: unknown) => logger.error({ err: (err as Error).message }, 'could not write the ledger completeness AuditEvent'));
+  };
+  check();
+  const timer = everyMs ? setInterval(() => {
+    try {
+      check();
+    } catch (err) {
+      if (!stopped) logger.warn({ err: (err as Error).message }, 'ledger: could not check the commitment store for removed rows');
+    }
+  }, everyMs).unref() : undefined;
+  return {
+    stop() {
+      stopped = true;
+      if (timer) clearInterval(timer);
+    },
+  };
 }

@@ -545,6 +545,25 @@ function issue(severity: 'error' | 'warning', resource: Resource, text: string, 
   };
 }
 
+/**
+ * A Security Alert AuditEvent (DICOM 110113) for commitments removed from the commitment store,
+ * found by the server itself (src/ledger/index.ts watchCompleteness): no version or patient is named,
+ * since which ones are gone is for `glucoguard verify` to work out.
+ */
+export function completenessAuditEvent(description: string): AuditEvent {
+  return {
+    resourceType: 'AuditEvent',
+    type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110113', display: 'Security Alert' },
+    subtype: [{ system: INTEGRITY_TAG_SYSTEM, code: 'commitments-missing', display: 'Commitments missing from the commitment store' }],
+    action: 'E',
+    recorded: new Date().toISOString(),
+    outcome: '8',
+    outcomeDesc: description,
+    agent: [{ who: { display: 'GlucoGuard ledger check' }, requestor: false }],
+    source: glucoguardSource(),
+  };
+}
+
 /** A Security Alert AuditEvent (DICOM 110113) naming the version that failed; no resource content. */
 export function integrityAuditEvent(access: AccessContext, resource: Resource, reason: string): AuditEvent {
   const patient = patientIdsOf(resource)[0];

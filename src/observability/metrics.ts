@@ -52,6 +52,12 @@ export const metrics = {
     labelNames: ['outcome'] as const,
     registers: [registry],
   }),
+  /** Commitments missing from the commitment store (removed from it), as the last check found (src/ledger/index.ts). */
+  commitmentsMissing: new Gauge({
+    name: 'glucoguard_commitments_missing',
+    help: 'Commitments missing from the commitment store at the last check (removed; run glucoguard verify)',
+    registers: [registry],
+  }),
   /** Latest block number the proxy has seen from its chain node. */
   chainHead: new Gauge({
     name: 'glucoguard_chain_head_block',
