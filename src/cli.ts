@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { hostname, userInfo } from 'node:os';
-import type { AuditEvent, Patient as PatientResource } from '@medplum/fhirtypes';
+import type { AuditEvent, Bundle, Patient as PatientResource } from '@medplum/fhirtypes';
 import { Operator } from '@medplum/core';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { createApp, createKeyValueStore, createRepository, VERSION } from './app.js';
@@ -185,6 +185,38 @@ patients
         throw new Error(issues.map((i) => i.diagnostics).join('; ') || `status ${res.status}`);
       }
       console.log((res.body as PatientResource).id);
+    });
+  });
+
+patients
+  .command('find')
+  .description('find patients by name, birth date or identifier: id, name, birth date, identifiers (a FHIR search, in the access log)')
+  .option('--name <text>', 'any part of a name, from its start (FHIR name search)')
+  .option('--birth-date <YYYY-MM-DD>', 'birth date', birthDate)
+  .option('--identifier <system|value>', 'an identifier, e.g. urn:mrn|12345 (or just the value)')
+  .option('--limit <n>', 'at most this many (default 20, at most 500)', (v) => {
+    if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 500) throw new InvalidArgumentError('a whole number from 1 to 500');
+    return Number(v);
+  }, 20)
+  .action(async (opts: { name?: string; birthDate?: string; identifier?: string; limit: number }) => {
+    if (!opts.name && !opts.birthDate && !opts.identifier) throw new UsageError('give --name, --birth-date or --identifier (or several): the command does not list every patient');
+    await withApp(openApp, async (app) => {
+      const query: Record<string, string> = { _count: String(opts.limit) };
+      if (opts.name) query.name = opts.name;
+      if (opts.birthDate) query.birthdate = opts.birthDate;
+      if (opts.identifier) query.identifier = opts.identifier;
+      // through the FHIR router, so the search is the API's and the access is logged like any other
+      const res = await app.fhir.handle({ method: 'GET', path: 'Patient', query, headers: {}, access: OPEN_ACCESS });
+      const body = res.body as Bundle<PatientResource> & { issue?: { diagnostics?: string }[] };
+      if (res.status !== 200) throw new UsageError(body.issue?.map((i) => i.diagnostics).join('; ') || `status ${res.status}`);
+      const found = (body.entry ?? []).map((e) => e.resource!).filter((r) => r.resourceType === 'Patient');
+      if (!found.length) console.log('no patient matches');
+      for (const p of found) {
+        const name = (p.name ?? []).map((n) => [...(n.given ?? []), n.family].filter(Boolean).join(' ')).filter(Boolean).join(' / ') || '(no name)';
+        const ids = (p.identifier ?? []).map((i) => `${i.system ? `${i.system}|` : ''}${i.value ?? ''}`).join(', ');
+        console.log([p.id, name, p.birthDate ?? '-', ids].filter(Boolean).join('  '));
+      }
+      if (body.link?.some((l) => l.relation === 'next')) console.log(`… more than ${opts.limit}: narrow the search or raise --limit`);
     });
   });
 

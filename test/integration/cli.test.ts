@@ -63,6 +63,19 @@ describe('glucoguard CLI', () => {
     expect(patientId).toMatch(/^[A-Za-z0-9\-.]{1,64}$/);
   });
 
+  test('patients find answers id, name and birth date by name part, birth date or identifier; without criteria it refuses (exit 2)', () => {
+    const find = (...args: string[]) => spawnSync(process.execPath, [BIN, 'patients', 'find', ...args], { env: { ...env, LOG_LEVEL: 'warn' }, encoding: 'utf8' });
+    const byName = find('--name', 'rive');
+    expect(byName.status).toBe(0);
+    expect(byName.stdout.trim().split('\n')).toEqual([`${patientId}  Ana Rivera  1950-04-02`]);
+    expect(find('--birth-date', '1950-04-02', '--name', 'ana').stdout).toContain(`${patientId}  Ana Rivera`);
+    expect(find('--birth-date', '1950-04-03').stdout.trim()).toBe('no patient matches');
+    const none = find();
+    expect(none.status).toBe(2);
+    expect(none.stderr).toMatch(/give --name, --birth-date or --identifier/);
+    expect(find('--name', 'a', '--limit', '0').status).toBe(2);
+  });
+
   test('patients create refuses a malformed birth date with a clear message and exit code', () => {
     const r = spawnSync(process.execPath, [BIN, 'patients', 'create', '--given', 'A', '--family', 'B', '--birth-date', '02/04/1950'], { env, encoding: 'utf8' });
     expect(r.status).not.toBe(0);
