@@ -129,6 +129,11 @@ export class Anchorer {
     this.leaseMs = options.leaseMs ?? 10_000;
   }
 
+  /** Whether this process held the anchoring lease when it last looked (no look, no renewal: leads() does those). */
+  heldLease(): boolean {
+    return this.leading === true;
+  }
+
   /**
    * True while this process holds the store's anchoring lease (taken or renewed here; renewed once
    * half of it has run, so a busy loop writes it at most twice per lease). Logs each change of role.

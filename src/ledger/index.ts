@@ -124,7 +124,7 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   options.logger.info({ ...counts, lastAnchoredAt: undefined }, `ledger: ${counts.commitments} commitments, ${counts.pending} waiting to be anchored`);
   // rows are never deleted: a gap is a commitment removed from the store (with its version, or not)
   const completeness = watchCompleteness(store, options.logger, (event) => repository.create(event),
-    options.anchor !== false ? options.completenessCheckMs ?? 600_000 : undefined);
+    options.anchor !== false ? options.completenessCheckMs ?? 600_000 : undefined, () => anchorer.heldLease());
   void checkChainTail(store, options.chain, options.logger, anchorer); // close() need not wait for it: a closed store ends it
   return {
     store, repository, anchorer, checker, guard,
@@ -215,24 +215,34 @@ function addMissingTrees(store: CommitmentStore, logger: Logger): { stop(): void
 /**
  * Looks for commitments removed from the store: at start, then every `everyMs` while the process
  * anchors (a removal while it runs, which no read can see, was found only by `glucoguard verify`
- * or the next start). Each time more are missing than were reported, the error is logged and (in
- * the anchoring process) a Security Alert AuditEvent written; `glucoguard_commitments_missing`
- * holds the count.
+ * or the next start). Each time more are missing than were reported, the error is logged and (by
+ * the process holding the anchoring lease, so replicas on one data directory alert once) a Security
+ * Alert AuditEvent written; `glucoguard_commitments_missing` holds the count.
  */
-function watchCompleteness(store: CommitmentStore, logger: Logger, audit: (event: AuditEvent) => Promise<unknown>, everyMs: number | undefined): { stop(): void } {
-  let reported = 0;
+function watchCompleteness(store: CommitmentStore, logger: Logger, audit: (event: AuditEvent) => Promise<unknown>, everyMs: number | undefined,
+  anchors: () => boolean): { stop(): void } {
+  let logged = 0;
+  let alerted = 0;
   let stopped = false;
   const check = (): void => {
     if (stopped) return;
     const gaps = store.gaps();
     const missing = missingCount(gaps);
     metrics.commitmentsMissing.set(missing);
-    if (missing <= reported) return;
-    reported = missing;
+    if (missing <= logged && (missing <= alerted || !everyMs)) return;
     const text = `${missing} commitments are missing from the commitment store (${describeGaps(gaps)}): removed from it, their versions possibly removed from the repository too`;
-    logger.error({ missing }, `ledger: ${text} — run glucoguard verify`);
-    // the server's finding, once per count; an operator command beside it only says so
-    if (everyMs) audit(completenessAuditEvent(text)).catch((err: unknown) => logger.error({ err: (err as Error).message }, 'could not write the ledger completeness AuditEvent'));
+    if (missing > logged) {
+      logged = missing;
+      logger.error({ missing }, `ledger: ${text} — run glucoguard verify`);
+    }
+    // the anchoring server's finding, once per count (a replica standing by and an operator command
+    // only log it); at start the lease may not be taken yet: the next check alerts
+    if (!everyMs || missing <= alerted || !anchors()) return;
+    alerted = missing;
+    audit(completenessAuditEvent(text)).catch((err: unknown) => {
+      alerted = 0;
+      logger.error({ err: (err as Error).message }, 'could not write the ledger completeness AuditEvent');
+    });
   };
   check();
   const timer = everyMs ? setInterval(() => {

@@ -86,5 +86,12 @@ describe('the running server watches the commitment store', () => {
     expect(second).toHaveLength(2);
     expect(second.map((e) => e.outcomeDesc!.split(' ')[0]).sort()).toEqual(['1', '2']);
     expect(await missingGauge()).toBe(2);
-  }, 30_000);
+
+    // a server started on a store with rows missing alerts too (once its anchorer holds the lease)
+    await t.restart();
+    const third = await until(alerts, (a) => a.length > 2);
+    expect(third.map((e) => e.outcomeDesc!.split(' ')[0]).sort()).toEqual(['1', '2', '2']);
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(await alerts()).toHaveLength(3);
+  }, 40_000);
 });
