@@ -17,6 +17,8 @@ export function detectFormat(head: string): Detection | undefined {
   if (text.startsWith('{') || text.startsWith('[')) {
     if (/"records"\s*:/.test(text) && /"(systemTime|displayTime|transmitterGeneration)"\s*:/.test(text)) return { format: 'dexcom' };
     if (/"recordType"\s*:\s*"egvs?"/.test(text)) return { format: 'dexcom' };
+    // Dexcom API v2: { "unit": …, "rateUnit": …, "egvs": [ { "systemTime", "displayTime", "value", … } ] }
+    if (/"egvs"\s*:/.test(text) && /"(systemTime|displayTime)"\s*:/.test(text)) return { format: 'dexcom' };
     if (/"blood_glucose"\s*:/.test(text) || /"schema_id"\s*:\s*\{[^}]*"blood-glucose"/.test(text)) return { format: 'openmhealth' };
     if (/"type"\s*:\s*"(cbg|smbg|bolus|basal|upload|pumpSettings|wizard|cgmSettings|deviceEvent|food)"/.test(text)
       && /"(time|deviceTime|timezoneOffset|uploadId)"\s*:/.test(text)) return { format: 'tidepool' };

@@ -23,14 +23,24 @@ export class CgmInputError extends GlucoGuardError {
   }
 }
 
+/**
+ * Largest single element (or root object read whole), in characters. A CGM record is under a few
+ * kilobytes (a Tidepool pump-settings object some tens); without a bound one element of a 512 MB
+ * upload (a single huge string) is held several times over while it is joined and parsed.
+ */
+export const MAX_ELEMENT_CHARS = 4 * 1024 * 1024;
+
 const OPEN_OBJ = 0x7b, CLOSE_OBJ = 0x7d, OPEN_ARR = 0x5b, CLOSE_ARR = 0x5d;
 const QUOTE = 0x22, BACKSLASH = 0x5c, COMMA = 0x2c, COLON = 0x3a, NEWLINE = 0x0a;
 
 /**
- * Yields the elements of the root array, or of `root[arrayKey]` when the root is an object. A root
- * object without that key is yielded whole as a single element (record 1).
+ * Yields the elements of the root array, or of `root[arrayKey]` when the root is an object (the
+ * first of the keys given that holds an array: Dexcom API v3 `records`, v2 `egvs`). A root object
+ * without such a key is yielded whole as a single element (record 1). An element longer than
+ * MAX_ELEMENT_CHARS is refused (CgmInputError) rather than held.
  */
-export async function* jsonArrayElements(chunks: AsyncIterable<string>, arrayKey?: string): AsyncGenerator<JsonElement> {
+export async function* jsonArrayElements(chunks: AsyncIterable<string>, arrayKey?: string | readonly string[]): AsyncGenerator<JsonElement> {
+  const arrayKeys: readonly string[] = arrayKey === undefined ? [] : typeof arrayKey === 'string' ? [arrayKey] : arrayKey;
   let depth = 0;
   let inString = false;
   let escape = false;
@@ -51,11 +61,18 @@ export async function* jsonArrayElements(chunks: AsyncIterable<string>, arrayKey
   let rootClosed = false;
   // current element
   let parts: string[] = [];
+  /** Characters held in `parts` (the element being read) and in `rootParts`. */
+  let held = 0;
+  let rootHeld = 0;
   let start = -1;
   let elementLine = 0;
   let record = 0;
 
+  const tooLarge = (): CgmInputError => new CgmInputError(
+    `record ${record + 1} (line ${elementLine || rootLine}): a record larger than ${MAX_ELEMENT_CHARS / (1024 * 1024)} MiB is not a CGM record`, elementLine || rootLine, record + 1);
+
   const finishElement = (text: string): JsonElement => {
+    if (text.length > MAX_ELEMENT_CHARS) throw tooLarge();
     record += 1;
     const trimmed = text.trim();
     try {
@@ -110,9 +127,10 @@ export async function* jsonArrayElements(chunks: AsyncIterable<string>, arrayKey
             rootStart = i;
             rootLine = line;
           }
-        } else if (rootIsObject && depth === 1 && c === OPEN_ARR && afterColon && lastKey === arrayKey && arrayKey !== undefined && !targetDone) {
+        } else if (rootIsObject && depth === 1 && c === OPEN_ARR && afterColon && lastKey !== undefined && arrayKeys.includes(lastKey) && !targetDone) {
           elementDepth = 2;
           rootParts = undefined; // the root is not yielded whole after all
+          rootHeld = 0;
         }
         depth++;
         afterColon = false;
@@ -126,6 +144,7 @@ export async function* jsonArrayElements(chunks: AsyncIterable<string>, arrayKey
             parts.push(chunk.slice(start, i));
             yield finishElement(parts.join(''));
             parts = [];
+            held = 0;
             start = -1;
           }
           if (elementDepth === 2) targetDone = true;
@@ -156,13 +175,22 @@ export async function* jsonArrayElements(chunks: AsyncIterable<string>, arrayKey
           parts.push(chunk.slice(start, i));
           yield finishElement(parts.join(''));
           parts = [];
+          held = 0;
           start = -1;
         }
         continue;
       }
     }
-    if (start >= 0) parts.push(chunk.slice(start));
-    if (rootParts) rootParts.push(chunk.slice(rootStart));
+    if (start >= 0) {
+      parts.push(chunk.slice(start));
+      held += n - start;
+      if (held > MAX_ELEMENT_CHARS) throw tooLarge();
+    }
+    if (rootParts) {
+      rootParts.push(chunk.slice(rootStart));
+      rootHeld += n - rootStart;
+      if (rootHeld > MAX_ELEMENT_CHARS) throw tooLarge();
+    }
     if (keyStart >= 0) keyParts.push(chunk.slice(keyStart));
   }
   if (!sawRoot) throw new CgmInputError('empty input: no JSON document', line);

@@ -8,8 +8,10 @@
  * same minutes. Counting readings would give those moments extra weight and, with readings present /
  * readings expected, push sensor activity up (scans alone could lift 60 % coverage past the 70 %
  * threshold). So each reading stands for the time until the next one, at most one nominal sampling
- * interval (the period's most common gap, `samplingInterval`): times in ranges, mean, SD, CV and GMI
- * are weighted by that time, and sensor activity is the time so covered over the period's length.
+ * interval of the device that took it (the most common gap between that device's readings,
+ * `samplingInterval`; a patient who switches from a 15-minute to a 5-minute sensor has both parts
+ * weighted by their own interval): times in ranges, mean, SD, CV and GMI are weighted by that time,
+ * and sensor activity is the time so covered over the period's length.
  * On a regular trace every weight is the same and all figures equal the reading-count ones (iglu,
  * Clarity). Readings at the same instant share their weight. docs/cgm-metrics.md ("Time, not
  * readings").
@@ -45,6 +47,12 @@ export interface MetricReading {
   mmolL?: number;
   /** UTC offset of the reading's local clock, for days of wear and AGP time of day (default 0). */
   offsetMinutes?: number;
+  /**
+   * The device that took the reading (any stable key: its Device reference, or source and device
+   * id). Each device's readings are weighted by its own sampling interval; readings without one
+   * are one device.
+   */
+  device?: string;
 }
 
 export interface MetricsOptions {
@@ -101,8 +109,13 @@ export interface CgmMetrics {
   periodDays: number;
   /** Time covered by readings (each at most one sampling interval) over the period's length, %. */
   sensorActivePercent: number;
-  /** Nominal sampling interval of the period's readings (see `samplingInterval`), ms. */
+  /**
+   * Nominal sampling interval of the period's readings taken together (see `samplingInterval`), ms.
+   * Weights use each device's own interval (`samplingIntervalsMs` when there are several).
+   */
   samplingIntervalMs: number;
+  /** Each device's sampling interval, ms, by its key (`MetricReading.device`, `''` for none), when the period has readings of more than one device. */
+  samplingIntervalsMs?: Record<string, number>;
   /** Data-sufficiency warnings (fewer than 14 days, less than 70 % active). */
   warnings: string[];
 }
@@ -142,27 +155,30 @@ export function computeMetrics(all: readonly MetricReading[], options: MetricsOp
   const n = inPeriod.length;
 
   const interval = samplingInterval(inPeriod) || period.intervalAll;
-  const cap = interval || DEFAULT_INTERVAL_MS;
-  const weights = timeWeights(inPeriod, cap);
+  // Each device's own interval; one with a single instant in the period takes the period's.
+  const byDevice = deviceIntervals(inPeriod, interval || DEFAULT_INTERVAL_MS);
+  const caps = inPeriod.map((r) => byDevice.get(r.device ?? '')!);
+  const weights = timeWeights(inPeriod, caps);
   const counts = [0, 0, 0, 0, 0];
-  let covered = 0, sum = 0, belowRange = 0, aboveRange = 0;
+  let covered = 0, sum = 0, belowRange = 0, aboveRange = 0, intervals = 0;
   for (let i = 0; i < n; i++) {
     const r = inPeriod[i]!, w = weights[i]!;
     counts[rangeIndex(r)]! += w;
     if (r.mgdl === -Infinity) belowRange++;
     else if (r.mgdl === Infinity) aboveRange++;
     covered += w;
+    intervals += w / caps[i]!;
     sum += w * statisticValue(r.mgdl);
   }
   const [veryLow, low, target, high, veryHigh] = counts as [number, number, number, number, number];
   const mean = sum / covered;
-  // Time-weighted variance, the weights counted in sampling intervals (W / cap readings' worth):
-  // Σw(x−m)² / (W − cap), which is the sample variance (n − 1) on a regular trace and does not
-  // change when the same readings are stored twice.
+  // Time-weighted variance, the weights counted in sampling intervals (each reading w / its
+  // device's interval readings' worth, `intervals` in all): Σw(x−m)² / W × intervals /
+  // (intervals − 1). With one interval that is Σw(x−m)² / (W − interval): the sample variance
+  // (n − 1) on a regular trace, unchanged when the same readings are stored twice.
   let squares = 0;
   for (let i = 0; i < n; i++) squares += weights[i]! * (statisticValue(inPeriod[i]!.mgdl) - mean) ** 2;
-  const dof = covered - cap;
-  const sd = dof > 1e-9 * cap ? Math.sqrt(squares / dof) : 0;
+  const sd = intervals > 1 + 1e-9 ? Math.sqrt((squares / covered) * (intervals / (intervals - 1))) : 0;
   const pct = (k: number): number => round((k / covered) * 100, 2);
 
   const activeExact = Math.min(100, (covered / (end - start)) * 100);
@@ -174,7 +190,7 @@ export function computeMetrics(all: readonly MetricReading[], options: MetricsOp
   // "Percentage of time CGM is active (recommend 70% of data from 14 days)": the period should span
   // 14 days, and 70 % of it be covered (about 10 days of data). Compared before rounding, so
   // 69.996 % (shown as 70 %) still warns.
-  if (days.periodDays < 14) warnings.push(`only ${days.periodDays} days in the reporting period; at least 14 days are recommended`);
+  if (days.periodDays < 14) warnings.push(`only ${days.periodDays} ${days.periodDays === 1 ? 'day' : 'days'} in the reporting period; at least 14 days are recommended`);
   if (activeExact < 70) warnings.push(`sensor active ${active} % of the period; at least 70 % is recommended`);
 
   return {
@@ -195,6 +211,7 @@ export function computeMetrics(all: readonly MetricReading[], options: MetricsOp
     periodDays: days.periodDays,
     sensorActivePercent: active,
     samplingIntervalMs: interval,
+    ...(byDevice.size > 1 ? { samplingIntervalsMs: Object.fromEntries(byDevice) } : {}),
     warnings,
   };
 }
@@ -204,21 +221,41 @@ const DEFAULT_INTERVAL_MS = 5 * 60_000;
 
 /**
  * The time each reading (sorted) stands for: until the next reading at a later instant, at most
- * `cap` (the nominal sampling interval); the last one a full interval, as a reading count has it.
- * Readings at the same instant share that time equally.
+ * `cap` (the nominal sampling interval: one for all, or each reading's own, that of its device);
+ * the last one a full interval, as a reading count has it. Readings at the same instant share that
+ * time equally.
  */
-export function timeWeights(sorted: readonly { epochMs: number }[], cap: number): Float64Array {
+export function timeWeights(sorted: readonly { epochMs: number }[], cap: number | ArrayLike<number>): Float64Array {
   const n = sorted.length;
   const out = new Float64Array(n);
+  const capOf = typeof cap === 'number' ? (): number => cap : (k: number): number => cap[k]!;
   let i = 0;
   while (i < n) {
     const t = sorted[i]!.epochMs;
     let j = i + 1;
     while (j < n && sorted[j]!.epochMs === t) j++;
-    const w = (j < n ? Math.min(sorted[j]!.epochMs - t, cap) : cap) / (j - i);
-    for (let k = i; k < j; k++) out[k] = w;
+    const gap = j < n ? sorted[j]!.epochMs - t : Infinity;
+    for (let k = i; k < j; k++) out[k] = Math.min(gap, capOf(k)) / (j - i);
     i = j;
   }
+  return out;
+}
+
+/**
+ * The sampling interval of each device (`MetricReading.device`, `''` for readings without one)
+ * among sorted readings: the most common gap between its own consecutive readings
+ * (`samplingInterval`), or `fallback` for a device with fewer than two instants.
+ */
+export function deviceIntervals(sorted: readonly MetricReading[], fallback: number): Map<string, number> {
+  const groups = new Map<string, MetricReading[]>();
+  for (const r of sorted) {
+    const key = r.device ?? '';
+    let g = groups.get(key);
+    if (!g) groups.set(key, (g = []));
+    g.push(r);
+  }
+  const out = new Map<string, number>();
+  for (const [key, g] of groups) out.set(key, samplingInterval(g) || fallback);
   return out;
 }
 

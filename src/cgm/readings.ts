@@ -16,14 +16,27 @@ export function metricReadingsFromRecords(records: Iterable<CgmRecord>): MetricR
     if (r.kind !== 'glucose' || r.method !== 'cgm') continue;
     if (r.absent) {
       const mgdl = OUT_OF_RANGE[r.absent.code];
-      if (mgdl !== undefined) out.push({ epochMs: r.epochMs, mgdl, offsetMinutes: r.offsetMinutes });
+      if (mgdl !== undefined) out.push({ epochMs: r.epochMs, mgdl, offsetMinutes: r.offsetMinutes, device: recordDevice(r) });
     } else if (r.mgdl !== undefined) {
-      const reading: MetricReading = { epochMs: r.epochMs, mgdl: r.mgdl, offsetMinutes: r.offsetMinutes };
+      const reading: MetricReading = { epochMs: r.epochMs, mgdl: r.mgdl, offsetMinutes: r.offsetMinutes, device: recordDevice(r) };
       if (r.unit === 'mmol/L' && r.value !== undefined) reading.mmolL = r.value;
       out.push(reading);
     }
   }
   return out;
+}
+
+/** A record's device as a metric key (each device is weighted by its own sampling interval). */
+function recordDevice(r: CgmRecord): string {
+  return `${r.source}\u0000${r.deviceId}`;
+}
+
+/** A stored reading's device as a metric key: its Device reference (or identifier); none when it names none. */
+function observationDevice(o: Observation): string | undefined {
+  const d = o.device;
+  if (!d) return undefined;
+  if (d.reference) return d.reference;
+  return d.identifier?.value !== undefined ? `${d.identifier.system ?? ''}|${d.identifier.value}` : undefined;
 }
 
 /** dataAbsentReason codes that mean "outside the sensor's measurement range", as metric values. */
@@ -57,6 +70,8 @@ export function metricReadingsFromObservations(observations: Iterable<Observatio
     const t = parseIso(o.effectiveDateTime);
     if (!t) continue;
     const reading: MetricReading = { epochMs: t.epochMs, mgdl, offsetMinutes: t.offsetMinutes ?? 0 };
+    const device = observationDevice(o);
+    if (device !== undefined) reading.device = device;
     if (unit === 'mmol/L' && q) reading.mmolL = q.value;
     out.push(reading);
   }

@@ -302,12 +302,12 @@ describe('CGM ingest over HTTP', () => {
     expect(garbage.status).toBe(400);
     expect(garbage.body.resourceType).toBe('OperationOutcome');
     // a LibreView export whose header is in a language not read: 400 naming the languages and columns expected
-    const foreign = ['Appareil,Numéro de série,Horodatage de l\'appareil,Type d\'enregistrement,Historique de la glycémie mg/dL',
+    const foreign = ['Dispositivo,Numero di serie,Timestamp del dispositivo,Tipo di registrazione,Storico del glucosio mg/dL',
       'FreeStyle LibreLink,7C8D9E0F-1234-4567-89AB-CDEF01234567,13-05-2024 08:00,0,101'].join('\n');
     for (const query of ['', '&format=libreview']) {
-      const res = await http().post(`/cgm/ingest?patient=${patientId}&tz=Europe/Paris${query}`).set('Content-Type', 'text/csv').send(foreign);
+      const res = await http().post(`/cgm/ingest?patient=${patientId}&tz=Europe/Rome${query}`).set('Content-Type', 'text/csv').send(foreign);
       expect(res.status).toBe(400);
-      expect(res.body.issue[0].diagnostics).toMatch(/in a language GlucoGuard reads \(English, German, Spanish or Dutch\).*"Device Timestamp" and "Record Type" \(English\)/);
+      expect(res.body.issue[0].diagnostics).toMatch(/in a language GlucoGuard reads \(English, German, Spanish, Dutch or French\).*"Device Timestamp" and "Record Type" \(English\)/);
     }
   });
 });

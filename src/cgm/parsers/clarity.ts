@@ -19,7 +19,7 @@ import { GlucoGuardError } from '../../errors.js';
 import { CgmInputError } from '../json-stream.js';
 import { parseIso } from '../time.js';
 import type { AbsentReason, GlucoseUnit } from '../types.js';
-import { csvProblem, glucoseRecord, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
+import { csvProblem, glucoseRecord, MAX_CSV_RECORD_CHARS, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
 import { LocalTimes, type LocalReading } from './local-times.js';
 
 interface Columns {
@@ -37,7 +37,7 @@ interface Columns {
 const OTHER_EVENTS = new Set(['insulin', 'carbs', 'exercise', 'health', 'device', 'alert', 'notes', 'note']);
 
 export async function* parseDexcomClarity(chunks: AsyncIterable<string>, ctx: ParserContext, delimiter: string): AsyncGenerator<ParserItem> {
-  const csv = parse({ delimiter, record_delimiter: ['\r\n', '\n', '\r'], relax_column_count: true, skip_empty_lines: true, info: true, bom: true, trim: true });
+  const csv = parse({ delimiter, record_delimiter: ['\r\n', '\n', '\r'], relax_column_count: true, skip_empty_lines: true, info: true, bom: true, trim: true, max_record_size: MAX_CSV_RECORD_CHARS });
   const source = Readable.from(chunks, { objectMode: false });
   source.on('error', (err) => csv.destroy(err));
   source.pipe(csv);
@@ -45,7 +45,9 @@ export async function* parseDexcomClarity(chunks: AsyncIterable<string>, ctx: Pa
   let columns: Columns | undefined;
   let record = 0;
   ctx.report.usedZone = true;
-  const decimalComma = delimiter === ';';
+  // A field separated by semicolons or tabs (Excel in a European locale, its "Unicode text") may hold a
+  // decimal comma: there a comma cannot separate fields.
+  const decimalComma = delimiter !== ',';
   // A reading in the autumn overlap is placed by its transmitter's clock or the rows around it (local-times.ts).
   const local = new LocalTimes(ctx);
   try {

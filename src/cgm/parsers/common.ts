@@ -82,6 +82,13 @@ export function text(v: unknown): string | undefined {
 }
 
 /**
+ * Longest CSV record read (csv-parse `max_record_size`, characters). An export row is well under a
+ * kilobyte (a LibreView note a few hundred characters); without a bound a single line of a 512 MB
+ * upload is held whole, then copied into fields.
+ */
+export const MAX_CSV_RECORD_CHARS = 1024 * 1024;
+
+/**
  * What a CSV parse error says, safe to show and log: from csv-parse's error code, since its messages
  * quote the field being read (a patient's name, a note). Other errors (the source failing) keep
  * their first line.

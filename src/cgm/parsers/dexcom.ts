@@ -1,8 +1,12 @@
 /**
- * Dexcom API v3 `GET /v3/users/self/egvs` response: `{ recordType, recordVersion, userId, records[] }`.
- * `systemTime` is UTC (no designator), `displayTime` the receiver's local clock; their difference is
- * the source offset. `status` "high"/"low" marks readings outside the sensor range.
+ * Dexcom API `GET /v3/users/self/egvs` response: `{ recordType, recordVersion, userId, records[] }`,
+ * each record with its `unit`; and the v2 response (`GET /v2/users/self/egvs`): `{ unit, rateUnit,
+ * egvs[] }`, the unit given once for all readings (Dexcom moved it into each record in v3).
+ * `systemTime` is UTC (no designator, or with one from the mobile apps), `displayTime` the device's
+ * local clock; their difference is the source offset. `status` "high"/"low" marks readings outside
+ * the sensor range.
  */
+import { peekText } from '../input.js';
 import { jsonArrayElements } from '../json-stream.js';
 import { parseIso } from '../time.js';
 import type { AbsentReason } from '../types.js';
@@ -10,7 +14,13 @@ import { parseGlucoseUnit } from '../units.js';
 import { glucoseRecord, isObject, numeric, reject, text, where, type ParserItem } from './common.js';
 
 export async function* parseDexcom(chunks: AsyncIterable<string>): AsyncGenerator<ParserItem> {
-  for await (const el of jsonArrayElements(chunks, 'records')) {
+  // v2: the unit of every reading is the root's `unit`, which Dexcom writes before the `egvs` array.
+  // A v2 response without it there is refused rather than read as mg/dL (its values may be mmol/L).
+  const peeked = await peekText(chunks);
+  const egvsAt = peeked.head.search(/"egvs"\s*:\s*\[/);
+  const v2 = egvsAt >= 0;
+  const rootUnit = v2 ? /"unit"\s*:\s*"([^"]*)"/.exec(peeked.head.slice(0, egvsAt))?.[1] : undefined;
+  for await (const el of jsonArrayElements(peeked.chunks, ['records', 'egvs'])) {
     const pos = { record: el.record, line: el.line };
     const r = el.value;
     if (!isObject(r) || (r.systemTime === undefined && r.records !== undefined)) {
@@ -30,9 +40,9 @@ export async function* parseDexcom(chunks: AsyncIterable<string>): AsyncGenerato
       const diff = Math.round((display.epochMs - epochMs) / 900_000) * 15;
       offsetMinutes = Math.abs(diff) <= 14 * 60 ? diff : 0;
     }
-    const unit = parseGlucoseUnit(r.unit ?? 'mg/dL');
+    const unit = parseGlucoseUnit(r.unit ?? (v2 ? rootUnit : 'mg/dL'));
     if (!unit) {
-      yield reject(pos, 'unknown-unit', `${where(pos)}: unknown unit`);
+      yield reject(pos, 'unknown-unit', `${where(pos)}: ${v2 && r.unit === undefined && rootUnit === undefined ? 'no "unit" before the "egvs" array (Dexcom API v2)' : 'unknown unit'}`);
       continue;
     }
     const status = text(r.status)?.toLowerCase();

@@ -3,8 +3,8 @@
  * LibreView writes the header in the account's language; the columns are the same in every
  * language. Abbott publishes no list of them, so each language below says where its names come
  * from. Only names seen in an export (or in code that reads real exports) are listed: a language
- * whose names could not be confirmed (French and Italian so far) is refused with a message naming
- * what is read (`expectedHeaders`), never guessed.
+ * whose names could not be confirmed (Italian so far: no source names its record-type column) is
+ * refused with a message naming what is read (`expectedHeaders`), never guessed.
  *
  * Glucose columns are matched on their start: the unit follows the name (`Historic Glucose mg/dL`,
  * `Historische glucose mmol/l`).
@@ -76,6 +76,22 @@ export const LIBREVIEW_LANGUAGES: readonly LibreViewLanguage[] = [
     historic: ['Historische glucose'],
     scan: ['Scan Glucose'],
     strip: ['Strip Glucose'],
+  },
+  {
+    // A FastAPI importer of French LibreView exports validates uploads against a strict schema of
+    // all 19 columns (every other column refused), checked against the real export it keeps for
+    // its tests: `Appareil, Numéro de série, Horodatage de l'appareil, Type d'enregistrement,
+    // Historique de la glycémie mg/dL, Numérisation de la glycémie mg/dL, …, Glycémie par
+    // bandelette mg/dL, Cétone mmol/L, …`. Two independent readers of French exports name the
+    // same timestamp and historic columns (one also the scan column).
+    language: 'French',
+    device: ['Appareil'],
+    serial: ['Numéro de série'],
+    timestamp: ["Horodatage de l'appareil"],
+    recordType: ["Type d'enregistrement"],
+    historic: ['Historique de la glycémie'],
+    scan: ['Numérisation de la glycémie'],
+    strip: ['Glycémie par bandelette'],
   },
 ];
 

@@ -14,7 +14,7 @@ import { GlucoGuardError } from '../../errors.js';
 import { CgmInputError } from '../json-stream.js';
 import { wallToUtcMs, type WallClock } from '../time.js';
 import type { AbsentReason, GlucoseUnit } from '../types.js';
-import { csvProblem, glucoseRecord, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
+import { csvProblem, glucoseRecord, MAX_CSV_RECORD_CHARS, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
 import { expectedHeaders, findColumn, headerLanguage, languagesRead } from './libreview-columns.js';
 import { LocalTimes, type LocalReading } from './local-times.js';
 
@@ -43,7 +43,7 @@ interface Row {
 }
 
 export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: ParserContext, delimiter: string): AsyncGenerator<ParserItem> {
-  const csv = parse({ delimiter, record_delimiter: ['\r\n', '\n', '\r'], relax_column_count: true, skip_empty_lines: true, info: true, bom: true, trim: true });
+  const csv = parse({ delimiter, record_delimiter: ['\r\n', '\n', '\r'], relax_column_count: true, skip_empty_lines: true, info: true, bom: true, trim: true, max_record_size: MAX_CSV_RECORD_CHARS });
   const source = Readable.from(chunks, { objectMode: false });
   source.on('error', (err) => csv.destroy(err));
   source.pipe(csv);
@@ -57,7 +57,9 @@ export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: Parser
   /** A 12-hour clock (`08:00 AM`) among the undecided rows: how US exports, month first, write times. */
   let twelveHour = false;
   let record = 0;
-  const decimalComma = delimiter === ';';
+  // A field separated by semicolons or tabs (Excel in a European locale, its "Unicode text") may hold a
+  // decimal comma: there a comma cannot separate fields.
+  const decimalComma = delimiter !== ',';
 
   // A reading in the autumn overlap is placed by the rows around it (local-times.ts), per device and record type.
   const local = new LocalTimes(ctx);

@@ -2,7 +2,7 @@
  * Nightscout `entries` (API v1 JSON array). `sgv` entries are CGM readings in mg/dL (`sgv` may be a
  * string); values below 40 are Dexcom sensor codes, not glucose: 39 is "LOW" (below range), the
  * others are errors. `mbg` entries are meter readings. `date` (epoch ms) is the instant; the offset
- * comes from `dateString` (or `utcOffset`).
+ * comes from `dateString`, or from `utcOffset` when `dateString` is in UTC or absent.
  */
 import { jsonArrayElements } from '../json-stream.js';
 import { parseIso, parseOffset } from '../time.js';
@@ -72,11 +72,15 @@ function instant(e: Record<string, unknown>): { epochMs: number; offsetMinutes: 
   const date = numeric(e.date);
   const epochMs = date ?? fromString?.epochMs;
   if (epochMs === undefined || !Number.isFinite(epochMs) || Math.abs(epochMs) > 8.64e15) return undefined;
-  let offsetMinutes = fromString?.offsetMinutes;
+  // `utcOffset` is the entry's local offset (Nightscout API v3 stores `date` in UTC and moves the
+  // offset there). A `dateString` in UTC (`…Z`, as uploaders write it with toISOString) says nothing
+  // about the local clock, so it does not override `utcOffset`; a non-zero offset in it does.
+  let offsetMinutes = fromString?.offsetMinutes ? fromString.offsetMinutes : undefined;
   if (offsetMinutes === undefined) {
     const utcOffset = numeric(e.utcOffset);
     if (utcOffset !== undefined) offsetMinutes = utcOffset;
-    else if (typeof e.utcOffset === 'string') offsetMinutes = parseOffset(e.utcOffset);
+    else if (typeof e.utcOffset === 'string' && /^[+-]\d{2}:?\d{2}$/.test(e.utcOffset.trim())) offsetMinutes = parseOffset(e.utcOffset.trim());
+    else offsetMinutes = fromString?.offsetMinutes;
   }
   if (fromString && fromString.offsetMinutes === undefined && date === undefined) return undefined; // local time with no zone
   return { epochMs, offsetMinutes: offsetMinutes !== undefined && Math.abs(offsetMinutes) <= 18 * 60 ? offsetMinutes : 0 };

@@ -12,8 +12,8 @@
  * Readings come in as stored Observations (CGM mg/dL and mmol/L, HIGH/LOW as dataAbsentReason,
  * sensor errors, and meter readings that must not count) and go through the same path as
  * `$cgm-summary`. The reference weights each reading by the time it stands for (to the next later
- * reading, at most the median gap; docs/cgm-metrics.md "Time, not readings"); on a regular trace
- * that is the plain reading count, which is checked separately.
+ * reading, at most the sampling interval of the sensor that took it; docs/cgm-metrics.md "Time, not
+ * readings"); on a regular trace that is the plain reading count, which is checked separately.
  */
 import { describe, expect, test } from '@jest/globals';
 import fc from 'fast-check';
@@ -36,7 +36,8 @@ const MGDL_PER_MMOL = 18.01559;
 // ---------------------------------------------------------------------------------------------
 
 type Kind = 'mgdl' | 'mmol' | 'low' | 'high' | 'error' | 'meter-mgdl' | 'meter-mmol';
-interface Spec { t: number; kind: Kind; value: number; offset: number }
+/** `device`: the Device the stored reading references (none when absent). */
+interface Spec { t: number; kind: Kind; value: number; offset: number; device?: string }
 
 function iso(t: number, offsetMinutes: number): string {
   const local = new Date(t + offsetMinutes * MIN).toISOString().slice(0, 19);
@@ -46,7 +47,10 @@ function iso(t: number, offsetMinutes: number): string {
 }
 
 function observation(s: Spec): Observation {
-  const base = { resourceType: 'Observation' as const, status: 'final' as const, effectiveDateTime: iso(s.t, s.offset) };
+  const base = {
+    resourceType: 'Observation' as const, status: 'final' as const, effectiveDateTime: iso(s.t, s.offset),
+    ...(s.device ? { device: { reference: s.device } } : {}),
+  };
   const code = (c: string) => ({ coding: [{ system: LOINC, code: c }] });
   const absent = (c: string) => ({ dataAbsentReason: { coding: [{ system: DAR, code: c }] } });
   switch (s.kind) {
@@ -65,7 +69,7 @@ function observation(s: Spec): Observation {
 // The reference
 // ---------------------------------------------------------------------------------------------
 
-interface RefReading { t: number; offset: number; stat: number; range: number }
+interface RefReading { t: number; offset: number; stat: number; range: number; device: string }
 
 /** Consensus range, 0 very low … 4 very high, on the scale the reading was measured in. */
 function consensusRange(s: Spec): number {
@@ -92,7 +96,7 @@ function refReadings(specs: Spec[]): RefReading[] {
   for (const s of specs) {
     if (s.kind === 'error' || s.kind === 'meter-mgdl' || s.kind === 'meter-mmol') continue;
     const stat = s.kind === 'low' ? 40 : s.kind === 'high' ? 400 : s.kind === 'mmol' ? s.value * MGDL_PER_MMOL : s.value;
-    out.push({ t: s.t, offset: s.offset, stat, range: consensusRange(s) });
+    out.push({ t: s.t, offset: s.offset, stat, range: consensusRange(s), device: s.device ?? '' });
   }
   return out;
 }
@@ -120,18 +124,26 @@ function nominalGap(rs: { t: number }[]): number {
 function reference(specs: Spec[], start: number, end: number, dates?: { startDate: string; endDate: string }) {
   const all = refReadings(specs);
   const rs = all.filter((r) => r.t >= start && r.t < end);
-  const gap = nominalGap(rs) || nominalGap(all) || 5 * MIN;
+  // A sensor samples at its own fixed interval, so "% of readings and time" are the same number for
+  // each sensor: a reading stands for its sensor's interval. A patient who changed sensors in the
+  // period has each sensor's interval; a sensor with one instant takes the period's.
+  const periodGap = nominalGap(rs) || nominalGap(all) || 5 * MIN;
+  const gapOf = new Map<string, number>();
+  for (const device of new Set(rs.map((r) => r.device))) gapOf.set(device, nominalGap(rs.filter((r) => r.device === device)) || periodGap);
   const times = [...new Set(rs.map((r) => r.t))].sort((a, b) => a - b);
   const at = new Map<number, number>();
   for (const r of rs) at.set(r.t, (at.get(r.t) ?? 0) + 1);
   const w = rs.map((r) => {
     const next = times.find((t) => t > r.t);
+    const gap = gapOf.get(r.device)!;
     return (next === undefined ? gap : Math.min(next - r.t, gap)) / at.get(r.t)!;
   });
   const W = w.reduce((a, b) => a + b, 0);
   const mean = rs.reduce((a, r, k) => a + w[k]! * r.stat, 0) / W;
-  // weights in sampling intervals are frequency weights: W / gap readings' worth, less one
-  const sd = W - gap > 1e-6 ? Math.sqrt(rs.reduce((a, r, k) => a + w[k]! * (r.stat - mean) ** 2, 0) / (W - gap)) : 0;
+  // weights in sampling intervals are frequency weights: N = Σ w / (its sensor's interval)
+  // readings' worth, and the unbiased variance divides by N − 1 of them
+  const N = rs.reduce((a, r, k) => a + w[k]! / gapOf.get(r.device)!, 0);
+  const sd = N - 1 > 1e-9 ? Math.sqrt((rs.reduce((a, r, k) => a + w[k]! * (r.stat - mean) ** 2, 0) / W) * (N / (N - 1))) : 0;
   const tir = [0, 1, 2, 3, 4].map((range) => (100 * rs.reduce((a, r, k) => a + (r.range === range ? w[k]! : 0), 0)) / W);
   let days: Set<number>;
   let periodDays: number;
@@ -232,7 +244,42 @@ const trace = fc.record({
   return specs;
 });
 
+/**
+ * Two sensors of different intervals (1, 5 or 15 min): the second starts after, during or before the
+ * first (a patient who changed sensors, or wore both for a while), each with dropped readings; some
+ * readings of either may name no Device.
+ */
+const switching = fc.record({
+  intervals: fc.tuple(fc.constantFrom(1, 5, 15), fc.constantFrom(1, 5, 15)),
+  counts: fc.tuple(fc.integer({ min: 1, max: 300 }), fc.integer({ min: 1, max: 300 })),
+  secondAt: fc.integer({ min: -600, max: 4000 }),
+  values: fc.array(value, { minLength: 600, maxLength: 600 }),
+  dropEvery: fc.integer({ min: 0, max: 9 }),
+  unnamed: fc.constantFrom(0, 0, 7),
+}).map((g): Spec[] => {
+  const specs: Spec[] = [];
+  for (const k of [0, 1] as const) {
+    for (let i = 0; i < g.counts[k]; i++) {
+      if (g.dropEvery && i % (g.dropEvery + 2) === 1) continue;
+      const t = T0 + (k === 1 ? g.secondAt * MIN + 20_000 : 0) + i * g.intervals[k] * MIN;
+      const named = !(g.unnamed && i % g.unnamed === 3);
+      specs.push({ t, offset: 0, ...g.values[k * 300 + i]!, ...(named ? { device: `Device/sensor-${k}` } : {}) });
+    }
+  }
+  return specs;
+});
+
 describe('consensus metrics agree with an independent reference', () => {
+  test('generated traces with two sensors of different sampling intervals (a sensor change, an overlap)', () => {
+    fc.assert(fc.property(switching, (specs) => { compare(specs); }), { numRuns: 300 });
+  });
+
+  test('two sensors over explicit periods cutting through the data', () => {
+    fc.assert(fc.property(switching, fc.integer({ min: -600, max: 3000 }), fc.integer({ min: 30, max: 20_000 }), (specs, from, length) => {
+      compare(specs, { start: T0 + from * MIN, end: T0 + (from + length) * MIN });
+    }), { numRuns: 200 });
+  });
+
   test('generated traces (mixed units, HIGH/LOW, sensor errors, meter readings, gaps, scans, duplicates): default period', () => {
     fc.assert(fc.property(trace, (specs) => { compare(specs); }), { numRuns: 300 });
   });
@@ -373,6 +420,20 @@ describe('time, not readings: irregular sampling', () => {
     const { m } = compare([...first, ...second], { start: T0, end: T0 + 14 * DAY })!;
     expect(m.meanMgdl).toBeCloseTo((12 * 150 + 2 * 225) / 14, 1); // by reading count: 171.4
     expect(m.sensorActivePercent).toBe(100);
+  });
+
+  test('a patient who switched from a 15-minute to a 5-minute sensor: each week weighs as much as the other', () => {
+    // 7 days of a 15-minute sensor reading 100, then 7 days of a 5-minute sensor reading 200. With
+    // one interval for the period (5 min, the more common gap) the 15-minute week covered a third of
+    // its time and weighed a third of the other (sensor active 66.67 %, mean 175).
+    const slow = mgdl(Array.from({ length: 7 * 96 }, () => 100), 15).map((s) => ({ ...s, device: 'Device/libre' }));
+    const fast = mgdl(Array.from({ length: 7 * 288 }, () => 200), 5, T0 + 7 * DAY).map((s) => ({ ...s, device: 'Device/dexcom' }));
+    const { m } = compare([...slow, ...fast], { start: T0, end: T0 + 14 * DAY })!;
+    expect([m.meanMgdl, m.sensorActivePercent, m.warnings]).toEqual([150, 100, []]);
+    expect(m.samplingIntervalsMs).toEqual({ 'Device/libre': 15 * MIN, 'Device/dexcom': 5 * MIN });
+    // half the time at 100, half at 200: SD 50, as a sample SD over the 672 + 2,016 readings
+    const n = 7 * 96 + 7 * 288;
+    expect(m.sdMgdl).toBeCloseTo(50 * Math.sqrt(n / (n - 1)), 2);
   });
 
   test('one reading in a 14-day period is not 100 % sensor activity', () => {

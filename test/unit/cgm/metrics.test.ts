@@ -209,7 +209,13 @@ describe('HIGH/LOW readings in the consensus metrics', () => {
 
   test('parsed records give the same inputs as the stored Observations', async () => {
     const { records } = await readCgm({ text: LIBRE_HILO }, { format: 'libreview', timeZone: 'UTC', now: () => Date.parse('2027-01-01T00:00:00Z') });
-    expect(metricReadingsFromRecords(records)).toEqual(await storedReadings(LIBRE_HILO, 'libreview'));
+    // the sensor each reading came from is keyed differently by design (the file's device serial,
+    // the stored Device reference: src/cgm/readings.ts); one sensor either way, and the rest the same
+    const parsed = metricReadingsFromRecords(records);
+    const stored = await storedReadings(LIBRE_HILO, 'libreview');
+    expect(new Set(parsed.map((r) => r.device)).size).toBe(1);
+    expect(new Set(stored.map((r) => r.device)).size).toBe(1);
+    expect(parsed.map(({ device: _, ...r }) => r)).toEqual(stored.map(({ device: _, ...r }) => r));
   });
 
   test('the cgm-summary panel says how HIGH/LOW readings were counted', async () => {

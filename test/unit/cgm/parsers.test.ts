@@ -267,19 +267,20 @@ describe('LibreView CSV', () => {
   });
 
   test('a LibreView export in a language not read is refused naming the languages and columns expected, never read as zero readings', async () => {
-    // A French-looking header (not a confirmed LibreView translation): any language not in libreview-columns.ts.
-    const text = ['Appareil,Numéro de série,Horodatage de l\'appareil,Type d\'enregistrement,Historique de la glycémie mg/dL',
+    // An Italian-looking header (Italian is not read: no source names its record-type column; libreview-columns.ts).
+    // (French was the example here until session 23, when its confirmed column names were added.)
+    const text = ['Dispositivo,Numero di serie,Timestamp del dispositivo,Tipo di registrazione,Storico del glucosio mg/dL',
       'FreeStyle LibreLink,7C8D9E0F-1234-4567-89AB-CDEF01234567,13-05-2024 08:00,0,101',
       'FreeStyle LibreLink,7C8D9E0F-1234-4567-89AB-CDEF01234567,13-05-2024 08:15,0,107'].join('\n');
-    const expected = /"Device Timestamp" and "Record Type" \(English\), "Gerätezeitstempel" and "Aufzeichnungstyp" \(German\), "Marca de hora del dispositivo" and "Tipo de registro" \(Spanish\), "Tijdstempel apparaat" and "Gegevenstype" \(Dutch\)/;
+    const expected = /"Device Timestamp" and "Record Type" \(English\), "Gerätezeitstempel" and "Aufzeichnungstyp" \(German\), "Marca de hora del dispositivo" and "Tipo de registro" \(Spanish\), "Tijdstempel apparaat" and "Gegevenstype" \(Dutch\), "Horodatage de l'appareil" and "Type d'enregistrement" \(French\)/;
     // detected: the rows name a FreeStyle Libre, so the refusal says it is a LibreView export in another language
     const detected = await openCgm({ text }).catch((e: Error) => e);
-    expect(detected).toMatchObject({ code: 'ERR_INVALID', message: expect.stringMatching(/^this looks like a LibreView export, but its column names are not in a language GlucoGuard reads \(English, German, Spanish or Dutch\)/) });
+    expect(detected).toMatchObject({ code: 'ERR_INVALID', message: expect.stringMatching(/^this looks like a LibreView export, but its column names are not in a language GlucoGuard reads \(English, German, Spanish, Dutch or French\)/) });
     expect((detected as Error).message).toMatch(expected);
     // given as libreview: the parser names the line and the same expectation
     const given = await readCgm({ text }, { format: 'libreview', now: NOW }).catch((e: Error) => e);
     expect(given).toBeInstanceOf(CgmInputError);
-    expect((given as Error).message).toMatch(/^line 2: no LibreView header in a language GlucoGuard reads \(English, German, Spanish or Dutch\)/);
+    expect((given as Error).message).toMatch(/^line 2: no LibreView header in a language GlucoGuard reads \(English, German, Spanish, Dutch or French\)/);
     expect((given as Error).message).toMatch(expected);
   });
 
