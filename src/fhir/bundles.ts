@@ -6,7 +6,7 @@
  */
 import type { Binary, Bundle, BundleEntry, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import { badRequest, conflict, GlucoGuardError, unprocessable } from '../errors.js';
-import { errorToResponse } from './outcomes.js';
+import { errorToResponse, informational } from './outcomes.js';
 import { queryOfText } from './paging.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
 
@@ -88,6 +88,11 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
     if (!resource || resource.resourceType !== type) {
       throw badRequest(`Bundle.entry[${i}].resource must be a ${type}`, `Bundle.entry[${i}].resource`);
     }
+    // an update carries the id of its URL (http.html#update: none, or another, is 400), in a
+    // transaction as on its own; the embedded store would take the URL's, an upstream refuse it
+    if (method === 'PUT' && resource.id !== url.split(/[/?]/)[1]) {
+      throw badRequest(`Bundle.entry[${i}].resource.id must be the id of request.url (${type}/<id>)`, `Bundle.entry[${i}].resource.id`);
+    }
     try {
       steps.validate(resource);
     } catch (err) {
@@ -99,6 +104,7 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
     writes.push({ index: i, entry });
   }
   if (issues.length) throw unprocessable(issues);
+  refuseDanglingEntryReferences(writes);
   // Two writes to the same resource in one transaction cannot both win (http.html#trules).
   const targets = new Map<string, number>();
   for (const w of writes) {
@@ -137,9 +143,17 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
     // Guards may hand back transformed copies (integrity tags), so match by version, not identity.
     const key = (r: Resource): string => `${r.resourceType}/${r.id}/${r.meta?.versionId ?? ''}`;
     const visible = new Map(allowed.map((r) => [key(r), r]));
+    // `Prefer: return=…` (http.html#ops) shapes each write's entry as it shapes a single write's
+    // answer, as it does a batch's entries
+    const prefer = /return=(minimal|representation|OperationOutcome)/.exec(parent.headers.prefer ?? '')?.[1];
     for (const [k, w] of writes.entries()) {
       const { resource, ...rest } = committed.entry?.[k] ?? {};
       const shown = resource ? visible.get(key(resource)) : undefined;
+      if (prefer === 'minimal' || prefer === 'OperationOutcome') {
+        const response = rest.response ?? { status: '200 OK' };
+        out[w.index] = prefer === 'minimal' ? { ...rest, response } : { ...rest, response: { ...response, outcome: informational(response.status) } };
+        continue;
+      }
       out[w.index] = shown ? { ...rest, resource: shown } : rest;
     }
   }
@@ -241,6 +255,36 @@ export function refuseConditionalReferences(resource: Resource): void {
   }
 }
 
+/**
+ * A transaction's references to Bundle entries (`urn:uuid:`, `urn:oid:`) must each name the
+ * fullUrl of an entry the transaction creates or updates (bundle.html#references): one naming no
+ * entry would be stored as written and link to nothing, leaving, say, a reading outside every
+ * patient's compartment. 400 naming the entry, and nothing is written (as HAPI answers "Unable to
+ * satisfy placeholder ID").
+ */
+function refuseDanglingEntryReferences(writes: { index: number; entry: BundleEntry }[]): void {
+  const fullUrls = new Set(writes.flatMap((w) => (w.entry.resource && w.entry.fullUrl ? [w.entry.fullUrl] : [])));
+  for (const w of writes) {
+    const dangling = entryReferences(w.entry.resource).find((ref) => !fullUrls.has(ref));
+    if (dangling !== undefined) {
+      throw badRequest(`Bundle.entry[${w.index}].resource refers to ${dangling.slice(0, 80)}, which is the fullUrl of no entry this transaction writes; the transaction was not applied`, `Bundle.entry[${w.index}].resource`);
+    }
+  }
+}
+
+/** Every `reference` naming a Bundle entry (`urn:uuid:`, `urn:oid:`) in a resource. */
+function entryReferences(node: unknown, found: string[] = []): string[] {
+  if (Array.isArray(node)) node.forEach((n) => entryReferences(n, found));
+  else if (node && typeof node === 'object') {
+    for (const [key, value] of Object.entries(node)) {
+      if (key === 'reference' && typeof value === 'string') {
+        if (/^urn:(uuid|oid):/i.test(value)) found.push(value);
+      } else entryReferences(value, found);
+    }
+  }
+  return found;
+}
+
 function hasEntryReference(node: unknown): boolean {
   if (Array.isArray(node)) return node.some(hasEntryReference);
   if (!node || typeof node !== 'object') return false;
@@ -252,6 +296,29 @@ function hasEntryReference(node: unknown): boolean {
 
 /** An entry URL's absolute FHIR base (`https://host[/prefix]/fhir/`): entries may name it or not. */
 const ABSOLUTE_FHIR_BASE = /^https?:\/\/[^/]+(\/[^?]*)?\/fhir\//;
+
+/**
+ * A transaction with each entry's `request.url` relative to the FHIR base. R4 gives it relative
+ * (Bundle.entry.request.url), but clients also send it absolute on this server's base, as a batch
+ * entry may be (entryRequest); the transaction's checks and the repository read it as `Type[/id][?query]`.
+ * An absolute URL on any other base is 400: this server does not write elsewhere.
+ */
+export function withRelativeEntryUrls(bundle: Bundle, fhirBase: string): Bundle {
+  const absolute = /^[a-z][a-z0-9+.-]*:/i;
+  if (!bundle.entry?.some((e) => absolute.test(e.request?.url ?? ''))) return bundle;
+  const prefix = `${fhirBase.replace(/\/+$/, '')}/`;
+  return {
+    ...bundle,
+    entry: bundle.entry.map((e, i) => {
+      const url = e.request?.url;
+      if (!url || !absolute.test(url)) return e;
+      if (!url.startsWith(prefix)) {
+        throw badRequest(`Bundle.entry[${i}].request.url must be relative to this server's FHIR base (or on it)`, `Bundle.entry[${i}].request.url`);
+      }
+      return { ...e, request: { ...e.request!, url: url.slice(prefix.length) } };
+    }),
+  };
+}
 
 /** Builds the router request for one Bundle entry. */
 export function entryRequest(entry: BundleEntry, index: number, parent: FhirRequest): FhirRequest {

@@ -5,7 +5,7 @@
  */
 import zlib from 'node:zlib';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
-import { badRequest, notAcceptable, tooLarge } from '../errors.js';
+import { badRequest, notAcceptable, tooLarge, unsupportedMediaType } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { AccessContext } from './access.js';
 import { errorToResponse } from './outcomes.js';
@@ -113,8 +113,9 @@ function parseBody(req: Request): unknown {
   if (type === 'application/x-www-form-urlencoded') return queryOfText(raw.toString('utf8'));
   if (type.endsWith('json')) {
     let value: unknown;
+    const text = utf8Text(req, raw);
     try {
-      value = JSON.parse(raw.toString('utf8'));
+      value = JSON.parse(text);
     } catch {
       throw badRequest('Malformed JSON body');
     }
@@ -124,6 +125,27 @@ function parseBody(req: Request): unknown {
   }
   // Other media types reach the router as "not JSON"; it answers 415 where a body is expected.
   return undefined;
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
+
+/**
+ * The body as text. FHIR JSON is UTF-8 only (json.html), so a body declared in another charset is
+ * 415, and bytes that are not UTF-8 are 400: decoding them leniently would store U+FFFD in place of
+ * each letter (an ISO-8859-1 "Müller" as "M\uFFFDller") and answer 201. A leading byte order mark,
+ * which some Windows interface engines write, is dropped (RFC 8259 §8.1 lets a parser ignore it).
+ */
+function utf8Text(req: Request, raw: Buffer): string {
+  const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(req.headers['content-type'] ?? '')?.[1]?.toLowerCase();
+  // US-ASCII text is UTF-8 as it is; the decoder refuses any byte above 127 in it
+  if (charset !== undefined && charset !== 'utf-8' && charset !== 'utf8' && charset !== 'us-ascii') {
+    throw unsupportedMediaType(`charset ${charset.slice(0, 40)} is not supported; FHIR JSON is UTF-8`);
+  }
+  try {
+    return UTF8.decode(raw);
+  } catch {
+    throw badRequest('Request body is not valid UTF-8');
+  }
 }
 
 /** Far deeper than any FHIR resource or Bundle (contained resources, nested extensions) needs. */
@@ -155,6 +177,31 @@ function decodePath(p: string): string {
   }
 }
 
+/**
+ * FHIR JSON has no empty arrays ("arrays are never empty", R4 json.html): a Bundle without entries
+ * (a search that finds nothing, an MRN nobody has; an empty history) leaves `entry` out, as do the
+ * Bundles a batch or transaction answers in its entries. Firely's parser refuses `"entry": []`.
+ */
+function withoutEmptyEntries(body: unknown): unknown {
+  const bundle = body as { resourceType?: unknown; entry?: { resource?: unknown }[] } | null;
+  if (!bundle || bundle.resourceType !== 'Bundle' || !Array.isArray(bundle.entry)) return body;
+  if (bundle.entry.length === 0) {
+    const { entry: _, ...rest } = bundle;
+    return rest;
+  }
+  // one level down: a batch's searches (only the batch and transaction answers hold Bundles)
+  const type = (bundle as { type?: unknown }).type;
+  if (type !== 'batch-response' && type !== 'transaction-response') return body;
+  let changed = false;
+  const entry = bundle.entry.map((e) => {
+    const inner = withoutEmptyEntries(e?.resource);
+    if (inner === e?.resource) return e;
+    changed = true;
+    return { ...e, resource: inner };
+  });
+  return changed ? { ...bundle, entry } : body;
+}
+
 function send(res: Response, response: FhirResponse, pretty: boolean, options: { head?: boolean; compress?: boolean } = {}): void {
   res.status(response.status);
   for (const [k, v] of Object.entries(response.headers ?? {})) res.setHeader(k, v);
@@ -163,7 +210,8 @@ function send(res: Response, response: FhirResponse, pretty: boolean, options: {
     return;
   }
   if (!res.hasHeader('Content-Type')) res.setHeader('Content-Type', 'application/fhir+json; charset=utf-8'); // an operation may name its own (Bulk Data manifest: application/json)
-  const chunks = pretty ? [JSON.stringify(response.body, null, 2)] : jsonChunks(response.body);
+  const body = withoutEmptyEntries(response.body);
+  const chunks = pretty ? [JSON.stringify(body, null, 2)] : jsonChunks(body);
   const length = byteLengthOf(chunks);
   if (options.compress && length >= COMPRESS_MIN_BYTES) {
     res.vary('Accept-Encoding');

@@ -16,7 +16,9 @@ import { metrics } from '../observability/metrics.js';
 import { versionIdOf } from '../repository/deferred.js';
 import { TamperedVersionError, type HistoryEntry, type HistoryRequest, type Repository, type SearchOptions } from '../repository/port.js';
 import type { AccessContext } from './access.js';
-import { conditionalReferences, entryRequest, processBatch, processTransaction, refuseConditionalReferences, withReferencesResolved } from './bundles.js';
+import {
+  conditionalReferences, entryRequest, processBatch, processTransaction, refuseConditionalReferences, withReferencesResolved, withRelativeEntryUrls,
+} from './bundles.js';
 import { isChained, resolveChains, type ChainContext } from './chains.js';
 import { applyFhirPathPatch, isFhirPathPatch, parseFhirPathPatch } from './fhirpath-patch.js';
 import { errorToResponse, informational, operationOutcome } from './outcomes.js';
@@ -295,7 +297,7 @@ export class FhirRouter {
     refuseConditionalReferences(resource);
     this.prepareWrite(resource);
     if (!(await this.policy.mayWrite(req.access, resource, 'create'))) throw forbiddenWrite();
-    let ifNoneExist = req.headers['if-none-exist'];
+    let ifNoneExist = ifNoneExistQuery(type, req.headers['if-none-exist'], 'If-None-Exist');
     if (ifNoneExist !== undefined) {
       this.checkConditionalQuery(type, ifNoneExist);
       // chains and _has become the filters they select, for the requester (or nothing matches: a plain create)
@@ -877,7 +879,8 @@ export class FhirRouter {
     assertWellFormed(bundle);
     if (bundle.type === 'batch') return processBatch(bundle, req, (sub) => this.handle(sub));
     if (bundle.type === 'transaction') {
-      const visible = req.access.kind === 'open' ? bundle : await this.visibleConditionals(req.access, bundle);
+      const relative = withIfNoneExistQueries(withRelativeEntryUrls(bundle, this.options.fhirBase));
+      const visible = req.access.kind === 'open' ? relative : await this.visibleConditionals(req.access, relative);
       const decided = await this.referencesResolved(req.access, await this.patchesAsUpdates(req, visible));
       return processTransaction(decided, req, {
         validate: (resource) => this.prepareWrite(resource),
@@ -1198,6 +1201,37 @@ export class FhirRouter {
       maxCount: 2,
     });
   }
+}
+
+/**
+ * An If-None-Exist value (or a transaction entry's `ifNoneExist`) as the query it carries. R4 gives
+ * the search parameters alone (http.html#ccreate), but HAPI-based clients and interface engines
+ * (`conditionalByUrl("Patient?identifier=…")`) send them after the type, as a conditional update's
+ * URL is written; that form is taken when it names the resource's own type, and another type is a
+ * 400 rather than a parameter named `Observation?code`.
+ */
+function ifNoneExistQuery(type: string, value: string | undefined, where: string): string | undefined {
+  if (value === undefined) return undefined;
+  const typed = /^([A-Z][A-Za-z]+)\?(.*)$/s.exec(value);
+  if (!typed) return value;
+  if (typed[1] !== type) throw badRequest(`${where} names ${typed[1]!.slice(0, 64)}, but the resource created is a ${type}`, where);
+  if (typed[2] === '') throw badRequest(`${where} must carry search parameters`, where);
+  return typed[2]!;
+}
+
+/** A transaction whose POST entries' `ifNoneExist` are the queries they carry (ifNoneExistQuery). */
+function withIfNoneExistQueries(bundle: Bundle): Bundle {
+  if (!bundle.entry?.some((e) => e.request?.method === 'POST' && e.request.ifNoneExist !== undefined)) return bundle;
+  return {
+    ...bundle,
+    entry: bundle.entry.map((e, i) => {
+      const request = e.request;
+      // an entry without a url is refused, naming it, by processTransaction
+      if (request?.method !== 'POST' || request.ifNoneExist === undefined || typeof request.url !== 'string') return e;
+      const type = request.url.split(/[/?]/)[0]!;
+      return { ...e, request: { ...request, ifNoneExist: ifNoneExistQuery(type, request.ifNoneExist, `Bundle.entry[${i}].request.ifNoneExist`)! } };
+    }),
+  };
 }
 
 /**

@@ -94,27 +94,50 @@ export function jsonShapeIssues(resource: Resource): OperationOutcomeIssue[] {
 }
 
 /**
- * A `code` element bound to a required value set this server can list (src/fhir/required-codes.ts):
- * the members and indexes leading to it from the resource, its path for an issue, its codes.
+ * A `code` element bound to a required value set this server can list (src/fhir/required-codes.ts),
+ * or (`codes` undefined) a `date`, `dateTime` or `instant`: the members and indexes leading to it
+ * from the resource, its path for an issue, its codes.
  */
 interface CodeSite {
   steps: (string | number)[];
   at: string;
-  valueSet: string;
-  codes: ReadonlySet<string>;
+  valueSet?: string;
+  codes?: ReadonlySet<string>;
 }
 
-/** Issues for the codes at `sites` of `resource` that are not in their value sets (the code itself is not repeated). */
+/**
+ * Issues for the codes at `sites` of `resource` that are not in their value sets (the code itself
+ * is not repeated), and for the dates there that name no day of the calendar.
+ */
 function codeIssuesAt(resource: Resource, sites: readonly CodeSite[]): OperationOutcomeIssue[] {
   const issues: OperationOutcomeIssue[] = [];
   for (const site of sites) {
     let value: unknown = resource;
     for (const step of site.steps) value = (value as Record<string | number, unknown> | undefined)?.[step];
-    if (typeof value === 'string' && !site.codes.has(value)) {
+    if (typeof value !== 'string') continue;
+    if (site.codes === undefined) {
+      if (!isCalendarDate(value)) issues.push({ severity: 'error', code: 'value', diagnostics: `${site.at} is not a date of the calendar (datatypes.html#date: dates SHALL be valid dates)`, expression: [site.at] });
+    } else if (!site.codes.has(value)) {
       issues.push({ severity: 'error', code: 'code-invalid', diagnostics: `The code of ${site.at} is not in the value set it is bound to (${site.valueSet})`, expression: [site.at] });
     }
   }
   return issues.slice(0, MAX_SHAPE_ISSUES);
+}
+
+const DATE_TYPES = new Set(['date', 'dateTime', 'instant']);
+
+/**
+ * False for a date whose day its month does not have (`2026-02-30`, `2025-02-29`, `2026-04-31`):
+ * the FHIR regex lets any day up to 31 through, and JavaScript reads such a day as one in the next
+ * month, so a reading dated 30 February would be indexed, searched and judged by consent as 2 March.
+ * The rest of the syntax is the validator's.
+ */
+export function isCalendarDate(value: string): boolean {
+  const m = /^(\d{4})-(\d{2})-(\d{2})/.exec(value);
+  if (!m) return true;
+  const [year, month, day] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  // day 0 of the next month is the last day of this one
+  return month < 1 || month > 12 || day <= new Date(Date.UTC(year, month, 0)).getUTCDate();
 }
 
 /** The members and indexes of a crawler path below `root` (`Observation.component[0].code` below `Observation`). */
@@ -247,6 +270,11 @@ function shapeIssues(type: string, value: unknown, path: string, issues: Operati
             issue(where, `Invalid JSON type: expected ${kind === 'object' ? `a ${code} object` : `a ${code} value (JSON ${kind})`} for ${key}`);
             return;
           }
+        }
+        if (DATE_TYPES.has(code)) {
+          const steps = [...stepsOf(parent.path, path), key];
+          if (Array.isArray(raw)) raw.forEach((_, i) => sites.push({ steps: [...steps, i], at: `${where}[${i}]` }));
+          else sites.push({ steps, at: where });
         }
         const valueSet = code === 'code' && element.binding?.strength === 'required' ? element.binding.valueSet : undefined;
         const codes = valueSet === undefined ? undefined : requiredCodes(valueSet);

@@ -153,9 +153,17 @@ export class FhirUpstreamClient {
       case 404: return notFound();
       case 410: return gone();
       case 409: return conflict('The resource was changed concurrently; read it again and retry');
-      case 412: return preconditionFailed(method === 'POST'
-        ? 'The conditional create matched more than one resource'
-        : 'The resource version does not match If-Match');
+      case 412: {
+        if (method !== 'POST' || path !== '') {
+          return preconditionFailed(method === 'POST'
+            ? 'The conditional create matched more than one resource'
+            : 'The resource version does not match If-Match');
+        }
+        // a transaction (POST to the base): some entry's ifMatch, ifNoneExist or conditional
+        // reference failed, which only the upstream's own outcome can tell
+        const issues = this.safeIssues(body, 'conflict', 'A precondition of an entry of the transaction failed (HTTP 412)');
+        return new GlucoGuardError('ERR_PRECONDITION_FAILED', issues.map((i) => i.diagnostics).join('; '), issues);
+      }
       case 400: {
         // the adapter built and checked a read's URL itself: nothing of the client's was wrong
         if (method === 'GET' && /^[A-Z][A-Za-z]+\/[^/?]+(?:\/_history\/[^/?]+)?$/.test(path)) {

@@ -180,7 +180,34 @@ export class UpstreamRepository implements Repository {
       throw badRequest('A transaction needs a Bundle of type "transaction"', 'Bundle.type');
     }
     const reply = await this.send({ method: 'POST', path: '', what: 'transaction', body: bundle });
-    return expectBundle(reply.body, 'transaction-response');
+    const response = expectBundle(reply.body, 'transaction-response');
+    return { ...response, ...(response.entry ? { entry: response.entry.map((e) => this.transactionEntry(e)) } : {}) };
+  }
+
+  /**
+   * One entry of the upstream's transaction-response, built from what it says rather than passed
+   * on: an upstream that names itself by another address than UPSTREAM_FHIR_URL (an internal host
+   * name behind its load balancer) would otherwise hand that address to clients in `fullUrl` or
+   * `location`, which the base rewriting cannot know. `fullUrl` is the resource on the proxy's base,
+   * `location` the relative `Type/id/_history/vid` it names, and the upstream's free-text `outcome`
+   * is left out (a client's write answers carry GlucoGuard's own, under Prefer).
+   */
+  private transactionEntry(entry: BundleEntry): BundleEntry {
+    const resource = entry.resource;
+    const response = entry.response;
+    const location = /([A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64}(?:\/_history\/[A-Za-z0-9\-.]{1,64})?)\/?$/.exec(response?.location ?? '')?.[1];
+    return {
+      ...(resource?.id && RESOURCE_TYPE.test(resource.resourceType) && ID.test(resource.id) ? { fullUrl: `${this.client.proxyBase}/${resource.resourceType}/${resource.id}` } : {}),
+      ...(resource ? { resource } : {}),
+      ...(response ? {
+        response: {
+          status: response.status,
+          ...(location ? { location } : {}),
+          ...(response.etag ? { etag: response.etag } : {}),
+          ...(response.lastModified ? { lastModified: response.lastModified } : {}),
+        },
+      } : {}),
+    };
   }
 
   async close(): Promise<void> {
