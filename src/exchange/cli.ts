@@ -18,6 +18,7 @@ import { isSupportedType } from '../fhir/resource-types.js';
 import { DEFAULT_EXPORT_TYPES } from './export.js';
 import type { OutputFile } from './jobs.js';
 import { GuardedReader } from './reader.js';
+import { researchContextOf } from './research.js';
 
 const list = (v: string): string[] => v.split(',').map((s) => s.trim()).filter(Boolean);
 const instant = (v: string): string => {
@@ -61,6 +62,11 @@ export function registerExchangeCommands(program: Command, open: OpenApp): void 
     .action((o: ExportOptions) => withApp(open, async (app) => {
         const access = o.client ? clientAccess(app, o.client, o.as, o.purpose) : OPEN_ACCESS;
         const level = o.group ? 'group' : o.patients ? 'patient' : 'system';
+        // as at the kick-off (export.ts): a research export's cohort is whoever granted the study;
+        // a Group of chosen patients would tie their pseudonyms to them, whoever runs the export
+        if (level === 'group' && researchContextOf(access)) {
+          throw new InvalidArgumentError('a research export covers the patients who granted the study (--patients); a Group of chosen patients would tie their pseudonyms to them');
+        }
         for (const t of o.type ?? []) if (!isSupportedType(t)) throw new InvalidArgumentError(`unsupported resource type "${t}"`);
         let types = o.type?.length ? o.type : DEFAULT_EXPORT_TYPES;
         if (level !== 'system') types = types.filter((t) => GuardedReader.isPatientLinked(t));

@@ -56,8 +56,15 @@ const TYPE_FILTER_COMMON = new Set(['_id', '_lastUpdated', '_tag', '_security', 
 
 /** Types exported when `_type` is absent: the clinical data, not consents, audit trails or subscriptions. */
 export const DEFAULT_EXPORT_TYPES = ['Patient', 'Observation', 'Device', 'MedicationAdministration', 'DiagnosticReport', 'ServiceRequest'];
+const INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-](?:0\d|1[0-3]):[0-5]\d|[+-]14:00)$/;
 const NDJSON_FORMATS = new Set(['application/fhir+ndjson', 'application/ndjson', 'ndjson']);
 const MAX_ATTEMPTS = 3;
+/**
+ * Jobs one requester may have queued or running at once. Jobs run one at a time for everyone, so
+ * without a cap one client's pile of exports would hold back every other client's for as long as it
+ * liked; more is a 429 (Bulk Data IG: the server may refuse a kick-off it cannot take now).
+ */
+export const MAX_ACTIVE_JOBS_PER_REQUESTER = 4;
 /** What a job that failed on the server's side says (the detail is logged, never shown). */
 const INTERNAL_FAILURE = 'The export failed because of an internal error; start a new export';
 
@@ -202,7 +209,8 @@ export class ExportService {
     const format = query._outputFormat?.[0];
     if (format !== undefined && !NDJSON_FORMATS.has(format)) throw badRequest('_outputFormat must be application/fhir+ndjson', '_outputFormat');
     const since = query._since?.[0];
-    if (since !== undefined && (!/^\d{4}-\d{2}-\d{2}T/.test(since) || Number.isNaN(Date.parse(since)))) throw badRequest('_since must be an instant', '_since');
+    // an instant has a time zone (FHIR instant); one without would be read in the server's own zone
+    if (since !== undefined && (!INSTANT.test(since) || Number.isNaN(Date.parse(since)))) throw badRequest('_since must be an instant with a time zone (e.g. 2026-01-01T00:00:00Z)', '_since');
     const requested = (query._type ?? []).flatMap((t) => t.split(',')).map((t) => t.trim()).filter(Boolean);
     for (const t of requested) if (!isSupportedType(t)) throw badRequest(`_type: unsupported resource type "${t.slice(0, 64)}"`, '_type');
     let types = requested.length ? [...new Set(requested)] : DEFAULT_EXPORT_TYPES;
@@ -236,8 +244,11 @@ export class ExportService {
       if (Object.keys(record).some((k) => k.startsWith('_') && !k.startsWith('_has:') && !TYPE_FILTER_COMMON.has(k.split(':')[0]!))) {
         throw badRequest(`${label}: a _typeFilter takes search filters only, not result parameters`, '_typeFilter');
       }
-      const naming = research ? Object.keys(record).find((k) => namesPeople(type, k.split(':')[0]!)) : undefined;
-      if (naming) throw forbidden(`A research export's _typeFilter cannot select by "${naming.slice(0, 64)}": ids, references and identifiers would tie pseudonyms to people`);
+      const naming = research ? Object.keys(record).find((k) => !researchMaySelectBy(type, k, this.options.deidentifiers.dateShift)) : undefined;
+      if (naming) {
+        throw forbidden(`Under a research purpose an export's _typeFilter cannot select by "${naming.slice(0, 64)}": ids, references, identifiers, names, contact details, `
+          + 'free text and exact dates would tie pseudonyms to people (it may select by codes, quantities and meta tags)');
+      }
       // checked now as the job will read it, chains, parameters, values and all (400 before a job
       // exists); its chains are resolved again when the job runs
       try {
@@ -248,6 +259,14 @@ export class ExportService {
       (typeFilters[type] ??= []).push(record);
     }
     if (level === 'group') await this.groupMembers(req.access, target.id!); // 404 before a job exists
+    if (req.access.kind !== 'open') {
+      const owner = ownerOf(req.access);
+      const active = this.store.byStatus('queued', 'running').filter((j) => j.owner === owner).length;
+      if (active >= MAX_ACTIVE_JOBS_PER_REQUESTER) {
+        const err = tooManyRequests(`At most ${MAX_ACTIVE_JOBS_PER_REQUESTER} exports of one requester may be waiting or running; wait for one to finish, or cancel one (DELETE its status URL)`);
+        return { status: 429, headers: { 'Retry-After': String(this.options.retryAfterSeconds) }, body: operationOutcome(err.issues) };
+      }
+    }
     const job = this.submit(req.access, {
       level, ...(target.id ? { groupId: target.id } : {}), types: allowedTypes, explicitTypes: requested.length > 0, ...(since ? { since } : {}), typeFilters,
       ...(notices.length ? { notices } : {}),
@@ -576,7 +595,8 @@ export class ExportService {
               }
             }
             if (page.issues.length) {
-              await errors.write(operationOutcome(page.issues));
+              // the issues name versions by id: a research export's by their pseudonyms
+              await errors.write(operationOutcome(deid ? page.issues.map((i) => deid.issue(i)) : page.issues));
               errorCount++;
             }
             this.progress.set(job.id, `${type}: ${count} resources`);
@@ -640,9 +660,43 @@ export class ExportService {
   }
 }
 
-/** A search parameter that selects by who or what a resource is: its id, an identifier or a reference. */
-function namesPeople(type: string, code: string): boolean {
-  return code === '_id' || code === 'identifier' || getSearchParameter(type, code)?.type === 'reference';
+/** Token parameters that match who someone is (ids, identifiers, contact details), not what was measured. */
+const IDENTIFYING_TOKENS = new Set(['_id', 'identifier', 'telecom', 'phone', 'email', 'altid']);
+
+/**
+ * Whether a research export's `_typeFilter` may select by this parameter (`code[:modifier]`, or a
+ * `_has:Type:ref:param` reverse chain, decided on its last parameter). Allowed only what describes the
+ * data, never the person: tokens other than ids, identifiers and contact details (not `:text`, which
+ * matches free text), quantities, numbers, code/quantity composites, meta tags and profiles, and dates
+ * that are neither a Patient's (an exact birth date is beyond Safe Harbor's year) nor shifted in the
+ * files (a filter by the real date would undo the shift). Everything else — strings (names, addresses,
+ * free text), references, uris, chains, ids — is refused: whatever a study selects by, it learns the
+ * pseudonyms of, so anything not known to be harmless fails closed.
+ */
+export function researchMaySelectBy(type: string, key: string, dateShift: boolean): boolean {
+  if (key.startsWith('_has:')) {
+    const [, target, ref, ...rest] = key.split(':');
+    if (!target || !ref || rest.length === 0 || getSearchParameter(target, ref)?.type !== 'reference') return false;
+    return researchMaySelectBy(target, rest.join(':'), dateShift);
+  }
+  const [code = '', modifier, ...more] = key.split(':');
+  if (more.length || code.includes('.') || IDENTIFYING_TOKENS.has(code)) return false;
+  if (modifier !== undefined && !['missing', 'not', 'above', 'below', 'in', 'not-in', 'of-type'].includes(modifier)) return false;
+  // _lastUpdated selects by when a version was stored, as _since does
+  if (code === '_tag' || code === '_security' || code === '_profile' || code === '_lastUpdated') return true;
+  const param = getSearchParameter(type, code);
+  switch (param?.type) {
+    case 'token':
+    case 'quantity':
+    case 'number':
+      return true;
+    case 'composite':
+      return /-(concept|quantity)$/.test(code);
+    case 'date':
+      return !dateShift && type !== 'Patient';
+    default:
+      return false;
+  }
 }
 
 /** An NDJSON file written sealed (sealed-file.ts) as `<path>.part` with back-pressure. */

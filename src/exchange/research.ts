@@ -36,6 +36,11 @@ export class StudyDeidentifiers {
 
   constructor(private readonly rootKey: string, private readonly options: DeidentifyOptions = {}) {}
 
+  /** Whether research files carry shifted dates (a filter by a real date would undo the shift). */
+  get dateShift(): boolean {
+    return this.options.dateShift === true;
+  }
+
   /** The de-identification step for this requester, or undefined when data leaves as it is. */
   forAccess(access: AccessContext & { purposeOfUse?: string }): Deidentifier | undefined {
     const research = researchContextOf(access);

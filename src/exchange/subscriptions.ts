@@ -45,7 +45,7 @@ import { randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Bundle, Parameters, Resource, Subscription } from '@medplum/fhirtypes';
-import { badRequest, forbidden, isGlucoGuardError, notFound, unavailable } from '../errors.js';
+import { badRequest, forbidden, issue, isGlucoGuardError, notFound, unavailable, unprocessable } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { patientIdsOf } from '../fhir/compartment.js';
 import type { AccessPolicy } from '../fhir/policy.js';
@@ -75,6 +75,12 @@ export const DIGEST_EXTENSION = 'https://glucoguard.org/fhir/StructureDefinition
 const READING_CODES = new Set(['http://loinc.org|99504-3', 'http://loinc.org|105272-9']);
 const MAX_EVENTS_PER_BUNDLE = 100;
 const MAX_PENDING = 10_000;
+/**
+ * Subscriptions one requester may hold. Every matching write is numbered, logged and delivered once
+ * per Subscription, so without a cap one client could multiply each reading into as many outbound
+ * POSTs (to any public host) and event rows as it liked.
+ */
+export const MAX_SUBSCRIPTIONS_PER_REQUESTER = 50;
 const DELIVERY_TIMEOUT_MS = 10_000;
 /** The delivery lease lasts this long unless renewed (renewed at every poll). */
 const LEASE_TTL_MS = 15_000;
@@ -486,6 +492,12 @@ export class SubscriptionService {
     return {
       create: async (req) => {
         const sub = await this.parse(req);
+        if (req.access.kind !== 'open') {
+          const owner = ownerOf(req.access);
+          if (this.viewAll().filter((s) => s.owner === owner).length >= MAX_SUBSCRIPTIONS_PER_REQUESTER) {
+            throw unprocessable([issue('ERR_INVALID', `A requester may hold at most ${MAX_SUBSCRIPTIONS_PER_REQUESTER} Subscriptions; delete one it no longer needs first`, 'Subscription')]);
+          }
+        }
         const { resource } = await this.options.repository.create<Subscription>({ ...sub, status: 'requested' });
         const state = this.stateOf(resource, req.access);
         this.define(state);
