@@ -1,8 +1,8 @@
 // The clinician's CGM viewer after an EHR launch: patient banner, who granted access until when,
 // the AGP report for 14/30/90 days, and plain words when access ended or was never granted.
-import { api, applySmartStyle, CLINICIAN_PURPOSE_WORDS, el, endWords, fmtDate, notice, show, statusOf, dataWords } from '../shared/dom.js';
+import { api, applySmartStyle, CLINICIAN_PURPOSE_WORDS, el, endWords, fmtDate, notice, sessionEnded, show, statusOf, dataWords } from '../shared/dom.js';
 import { hasReadings, loadReport, periodSelector, renderReport } from '../shared/agp.js';
-import { hasSession, signOutButton } from '../shared/session.js';
+import { forgetSession, hasSession, signOutButton } from '../shared/session.js';
 
 // Every read says why (the consent engine needs a purpose of use).
 const PURPOSE = { 'X-Purpose-Of-Use': 'TREAT' };
@@ -40,21 +40,47 @@ function dataPeriodWords(g) {
   return `from ${fmtDate(g.dataFromDate ?? g.dataFrom)} to ${fmtDate(g.dataToDate ?? g.dataTo)}`;
 }
 
-/** Who granted access until when; returns the active grant or undefined. */
+/**
+ * The sign-in is over (token expired or revoked, user disabled): 401 on every request. Said once,
+ * plainly, in place of "no access" (which would blame the patient's permission), with the ways back.
+ */
+function endSession() {
+  forgetSession();
+  show(document.getElementById('session'));
+  show(controls);
+  show(accessBox);
+  show(reportBox, notice('error', 'Your session has ended.', 'Open the viewer again from the patient\'s record in your EHR, or sign in again and choose the patient.'),
+    el('p', { 'data-session': 'ended' }, el('a', { class: 'button', href: 'launch.html' }, 'Sign in again')));
+}
+
+/** A grant's terms, in words: what data, which period, for what. */
+function grantWords(g) {
+  return `Covers ${dataWords(g.classes, "the patient's")} ${dataPeriodWords(g)}, for ${g.purposes.map((p) => CLINICIAN_PURPOSE_WORDS[p] ?? p).join(', ')}.`;
+}
+
+/**
+ * Who granted access until when. Returns the active grants (a patient may have given this clinician
+ * several, each with its own data period: every one is shown, since the report shows what any of
+ * them allows), [] when none is active, or 'ended' when the session is over.
+ */
 async function showAccess() {
   let grants = [];
   try {
     grants = (await api(client, `/apps/api/access?patient=${encodeURIComponent(client.patient.id)}`)).grants;
-  } catch {
+  } catch (err) {
+    if (sessionEnded(err)) return 'ended';
     show(accessBox, notice('warn', 'The access status could not be checked.'));
-    return undefined;
+    return [];
   }
-  const active = grants.find((g) => g.state === 'active');
-  if (active) {
-    show(accessBox, notice('ok', `Access granted by ${active.grantedByName ?? 'the patient'} until ${endWords(active.accessToDate ?? active.accessTo)}.`,
-      el('p', { 'data-access': 'active' },
-        `Covers ${dataWords(active.classes, "the patient's")} ${dataPeriodWords(active)}, for ${active.purposes.map((p) => CLINICIAN_PURPOSE_WORDS[p] ?? p).join(', ')}. `
-        + 'Each time you open this report the patient can see it in their access log.')));
+  const active = grants.filter((g) => g.state === 'active');
+  if (active.length) {
+    const logNote = 'Each time you open this report the patient can see it in their access log.';
+    show(accessBox, active.length === 1
+      ? notice('ok', `Access granted by ${active[0].grantedByName ?? 'the patient'} until ${endWords(active[0].accessToDate ?? active[0].accessTo)}.`,
+        el('p', { 'data-access': 'active' }, `${grantWords(active[0])} ${logNote}`))
+      : notice('ok', `Access granted by ${active[0].grantedByName ?? 'the patient'} in ${active.length} permissions.`,
+        el('ul', {}, active.map((g) => el('li', { 'data-access': 'active' }, `Until ${endWords(g.accessToDate ?? g.accessTo)}: ${grantWords(g)}`))),
+        el('p', {}, logNote)));
     return active;
   }
   const ended = grants.find((g) => g.state === 'revoked' || g.state === 'expired');
@@ -67,13 +93,14 @@ async function showAccess() {
     show(accessBox, notice('error', 'No access granted.', el('p', { 'data-access': 'none' },
       'This patient has not shared their glucose data with you. The patient can share it from the GlucoGuard patient portal.')));
   }
-  return undefined;
+  return [];
 }
 
 async function load() {
   show(reportBox, el('p', { role: 'status' }, 'Loading the report…'));
   const active = await showAccess();
-  if (!active) {
+  if (active === 'ended') return endSession();
+  if (active.length === 0) {
     show(reportBox, el('p', { 'data-report': 'none' }, 'No report is shown because you do not have access to this patient\'s glucose data.'));
     return;
   }
@@ -82,8 +109,9 @@ async function load() {
     await showBanner();
   }
   try {
+    const covers = `The patient's permission covers data ${active.map(dataPeriodWords).join('; ')}.`;
     if (!(await hasReadings(client, client.patient.id, period, PURPOSE))) {
-      show(reportBox, notice('warn', 'No glucose readings to show.', `There are no CGM readings you may see in the last ${period} days. The patient's permission covers data ${dataPeriodWords(active)}.`));
+      show(reportBox, notice('warn', 'No glucose readings to show.', `There are no CGM readings you may see in the last ${period} days. ${covers}`));
       return;
     }
     const report = await loadReport(client, client.patient.id, period, PURPOSE);
@@ -91,9 +119,9 @@ async function load() {
   } catch (err) {
     const status = statusOf(err);
     if (status === 404 || status === 403) {
-      show(reportBox, notice('warn', 'No glucose readings to show.', `There are no CGM readings you may see in the last ${period} days. The patient's permission covers data ${dataPeriodWords(active)}.`));
-    } else if (status === 401) {
-      show(reportBox, notice('error', 'Your session has ended.', 'Open the app again from the EHR.'));
+      show(reportBox, notice('warn', 'No glucose readings to show.', `There are no CGM readings you may see in the last ${period} days. The patient's permission covers data ${active.map(dataPeriodWords).join('; ')}.`));
+    } else if (sessionEnded(err)) {
+      endSession();
     } else {
       show(reportBox, notice('error', 'The report could not be loaded.', 'Please try again in a moment.'));
     }
@@ -116,7 +144,17 @@ try {
     show(banner, el('span', {}, el('strong', {}, 'Patient')), el('span', {}, `Record ID ${client.patient.id}`));
   }
 } catch (err) {
-  if (!client && !hasSession()) {
+  // The authorization server sent the browser back with an error (RFC 6749 §4.1.2.1): its own words
+  // are not shown (they come in the URL, anyone can write them); a plain sentence per case is.
+  const oauthError = client ? null : new URLSearchParams(window.location.search).get('error');
+  if (oauthError) {
+    forgetSession();
+    const denied = oauthError === 'access_denied';
+    show(reportBox, notice('error', 'The sign-in did not finish.', denied
+      ? 'Access to the health record was not allowed, so no patient data is shown.'
+      : 'The link from your EHR may have expired or been used already. Open the viewer again from the patient\'s record in your EHR.'),
+    el('p', { 'data-oauth-error': denied ? 'access_denied' : 'other' }, el('a', { class: 'button', href: 'launch.html' }, 'Sign in again')));
+  } else if (!client && !hasSession()) {
     // Signed out (or never signed in) in this tab: say so, and how to come back.
     show(reportBox, notice('info', 'You are not signed in.', 'Open the viewer from the patient\'s record in your EHR, or sign in here and choose the patient.'),
       el('p', { 'data-signed-out': '' }, el('a', { class: 'button', href: 'launch.html' }, 'Sign in')));

@@ -1,8 +1,8 @@
 // The patient portal (standalone launch as a patient): own AGP summary, upload with progress,
 // grants (list, share in a few steps, stop sharing), the access log in plain words, key safety
 // (with guardian recovery, recovery.js).
-import { api, apiSend, dataWords, el, endInstant, endWords, fmtDate, fmtDateTime, notice, PURPOSE_WORDS, show, statusOf, STATE_WORDS } from '../shared/dom.js';
-import { signOutButton } from '../shared/session.js';
+import { api, apiSend, dataWords, el, endInstant, endWords, fmtDate, fmtDateTime, notice, problemOf, PURPOSE_WORDS, sessionEnded, show, statusOf, STATE_WORDS } from '../shared/dom.js';
+import { forgetSession, signOutButton } from '../shared/session.js';
 import { hasReadings, loadReport, periodSelector, renderReport } from '../shared/agp.js';
 import { hasWallet, signWithWallet } from '../shared/wallet.js';
 import { recoverySection } from './recovery.js';
@@ -27,9 +27,30 @@ function nameOf(p) {
   return n ? (n.text ?? [n.given, n.family].flat().filter(Boolean).join(' ')) : undefined;
 }
 
-function problemOf(err) {
-  const issue = err?.response?.body?.issue?.[0] ?? err?.body?.issue?.[0];
-  return issue?.diagnostics ?? err?.message ?? 'unknown problem';
+let ended = false;
+
+/**
+ * The sign-in is over (the token expired, was revoked, or the user was disabled): every request now
+ * answers 401. The page says so once, in place of sections that would each say "could not be
+ * loaded", forgets what is left of the session and offers to sign in again.
+ */
+function endSession() {
+  if (ended) return;
+  ended = true;
+  forgetSession();
+  $('who').textContent = '';
+  show($('session'));
+  show($('main'), notice('error', 'Your sign-in has ended.',
+    'It expired or was ended, so GlucoGuard no longer shows your data in this window. Sign in again to go on.'),
+  el('p', { 'data-session': 'ended' }, el('a', { class: 'button', href: 'launch.html' }, 'Sign in again')));
+  $('main').focus();
+}
+
+/** Handles a failed request: true when it was the end of the session (then nothing else is to be said). */
+function ifEnded(err) {
+  if (!sessionEnded(err)) return false;
+  endSession();
+  return true;
 }
 
 // ---- My summary -------------------------------------------------------------------------------
@@ -44,6 +65,7 @@ async function loadSummary() {
     const report = await loadReport(client, patientId, period);
     show(body, renderReport(report));
   } catch (err) {
+    if (ifEnded(err)) return;
     if (statusOf(err) === 404) show(body, notice('info', 'No glucose readings yet for this period.', 'Upload a file from your sensor or app below to see your summary.'));
     else show(body, notice('error', 'Your summary could not be loaded.', 'Please try again in a moment.'));
   }
@@ -79,7 +101,9 @@ function uploadForm() {
     const format = $('upload-format').value;
     const xhr = new XMLHttpRequest();
     xhr.open('POST', `/cgm/ingest?patient=${encodeURIComponent(patientId)}${format ? `&format=${encodeURIComponent(format)}` : ''}`);
-    xhr.setRequestHeader('Authorization', `Bearer ${client.state.tokenResponse.access_token}`);
+    const token = client.state.tokenResponse?.access_token;
+    if (!token) return endSession();
+    xhr.setRequestHeader('Authorization', `Bearer ${token}`);
     xhr.setRequestHeader('Content-Type', file.type || 'application/octet-stream');
     progressBox.hidden = false;
     progress.value = 0;
@@ -103,6 +127,8 @@ function uploadForm() {
         progressText.textContent = '100 % sent. Done.';
         show(result, importSummary(body));
         void loadSummary();
+      } else if (xhr.status === 401) {
+        endSession();
       } else {
         const why = body?.issue?.map((i) => i.diagnostics).filter(Boolean).slice(0, 5) ?? [];
         show(result, notice('error', 'Nothing was imported.', ...(why.length ? why : [`The server answered ${xhr.status}.`])));
@@ -152,7 +178,8 @@ async function loadGrants() {
   let consents;
   try {
     consents = await client.request({ url: `Consent?patient=Patient/${patientId}&_count=100` }, { pageLimit: 0, flat: true });
-  } catch {
+  } catch (err) {
+    if (ifEnded(err)) return;
     show(body, notice('error', 'Your list of permissions could not be loaded.'));
     return;
   }
@@ -193,10 +220,10 @@ async function revoke(consent, actor) {
     if (res?.resourceType === 'Parameters') await walletConfirm(res, `Stopping sharing with ${granteeName(actor)}`);
     say(`You stopped sharing with ${granteeName(actor)}. They can no longer see your data.`);
   } catch (err) {
+    if (ifEnded(err)) return;
     say(`Sharing could not be stopped: ${problemOf(err)}`);
   }
   await loadGrants();
-
 }
 
 // ---- Share wizard -----------------------------------------------------------------------------
@@ -226,7 +253,8 @@ function granteeFinder(select, options) {
       show(select, options(found.grantees));
       result.textContent = `${found.grantees.length} found${found.complete ? '' : ' (the first ones: type more of the name to narrow it)'}. Choose below.`;
       select.focus();
-    } catch {
+    } catch (err) {
+      if (ifEnded(err)) return;
       result.textContent = 'The search did not work. Please try again.';
     }
   };
@@ -334,6 +362,7 @@ function shareWizard() {
       await Promise.all([loadGrants(), loadKeys()]);
       go(0);
     } catch (err) {
+      if (ifEnded(err)) return;
       say(`Your data was not shared: ${problemOf(err)}`);
     } finally {
       submit.disabled = false;
@@ -397,7 +426,11 @@ const VERB = { read: 'opened', vread: 'opened an older version of', 'search-type
 
 function whatWords(e) {
   const query = e.entity?.find((x) => x.query)?.query;
-  let text = query ? atob(query) : e.entity?.find((x) => x.what?.reference)?.what?.reference ?? '';
+  let text = e.entity?.find((x) => x.what?.reference)?.what?.reference ?? '';
+  if (query) {
+    // base64 of the request's query (BALP); an entry that is not base64 must not take the whole log down
+    try { text = atob(query); } catch { /* keep the reference */ }
+  }
   if (/\$cgm-summary/.test(text)) return 'your glucose summary';
   if (/\$cgm-agp/.test(text)) return 'your glucose profile (AGP)';
   if (/^Observation/.test(text)) return 'your glucose readings';
@@ -412,7 +445,8 @@ async function loadLog() {
   let events;
   try {
     events = await client.request({ url: `AuditEvent?patient=Patient/${patientId}&_sort=-date&_count=200` }, { pageLimit: 1, flat: true });
-  } catch {
+  } catch (err) {
+    if (ifEnded(err)) return;
     show(body, notice('error', 'Your access log could not be loaded.'));
     return;
   }
@@ -510,6 +544,7 @@ function recoveryCodeBox(code) {
       await loadKeys(true, made.code);
       $('recovery-code')?.focus();
     } catch (err) {
+      if (ifEnded(err)) return;
       show(box, notice('error', 'The recovery code could not be made.', problemOf(err)));
       make.disabled = false;
     }
@@ -532,6 +567,7 @@ function unlockForm() {
       // said once the key section shows the opened key, so what is announced is what is on screen
       say('Your key is open again and now locked with your current password.');
     } catch (err) {
+      if (ifEnded(err)) return;
       show(result, notice('error', 'Your key could not be opened.', problemOf(err)));
       $('unlock-code').focus();
     }
@@ -583,6 +619,7 @@ function guardiansForm(info) {
       await loadKeys();
       say(res.threshold > 0 ? `Your guardians are saved: ${res.threshold} of ${res.guardians.length} must agree.` : 'You have no guardians now.');
     } catch (err) {
+      if (ifEnded(err)) return;
       show(result, notice('error', 'Your guardians were not saved.', problemOf(err)));
     }
   });
@@ -614,6 +651,7 @@ function passwordForm() {
       form.reset();
       show(result, notice('ok', 'Your password is changed.', 'Your signing key is now locked with the new password.'));
     } catch (err) {
+      if (ifEnded(err)) return;
       show(result, notice('error', 'Your password was not changed.', problemOf(err)));
     }
   });
@@ -626,7 +664,8 @@ async function loadKeys(refreshInfo = true, newCode = undefined, recovered = und
   if (refreshInfo || !keyInfo) {
     try {
       keyInfo = await api(client, '/apps/api/key-safety');
-    } catch {
+    } catch (err) {
+      if (ifEnded(err)) return;
       show(body, notice('error', 'Key information could not be loaded.'));
       return;
     }
@@ -670,7 +709,15 @@ try {
   client = await window.FHIR.oauth2.ready();
   patientId = client.patient.id;
 } catch {
-  show($('main'), el('h2', { 'data-signed-out': '' }, 'Please sign in'), el('p', {}, 'Sign in to see your glucose data and who you share it with.'),
+  // Back from the sign-in with an error (the patient said no, or the sign-in expired): said in words,
+  // never the error text the URL carries.
+  const oauthError = new URLSearchParams(window.location.search).get('error');
+  if (oauthError) forgetSession();
+  show($('main'), el('h2', { 'data-signed-out': '', ...(oauthError ? { 'data-oauth-error': oauthError === 'access_denied' ? 'access_denied' : 'other' } : {}) }, 'Please sign in'),
+    el('p', {}, oauthError === 'access_denied'
+      ? 'You did not allow the portal to open your record, so nothing is shown. Sign in again when you want to see your glucose data.'
+      : oauthError ? 'The sign-in did not finish (it may have taken too long). Please sign in again.'
+        : 'Sign in to see your glucose data and who you share it with.'),
     el('p', {}, el('a', { class: 'button', href: 'launch.html' }, 'Sign in')));
 }
 if (client) {
@@ -678,19 +725,23 @@ if (client) {
   try {
     const me = await client.request({ url: `Patient/${patientId}` });
     $('who').textContent = `Signed in as ${nameOf(me) ?? 'you'}`;
-  } catch {
-    $('who').textContent = 'Signed in';
+  } catch (err) {
+    if (!ifEnded(err)) $('who').textContent = 'Signed in';
   }
   try {
     ({ grantees, complete: granteesComplete = true } = await api(client, '/apps/api/grantees'));
-  } catch {
+  } catch (err) {
+    ifEnded(err);
     grantees = [];
   }
   try {
     keyInfo = await api(client, '/apps/api/key-safety');
-  } catch {
+  } catch (err) {
+    ifEnded(err);
     keyInfo = undefined;
   }
+}
+if (client && !ended) {
   show($('summary-controls'), periodSelector(period, (d) => { period = d; void loadSummary(); }));
   show($('upload-body'), uploadForm());
   shareWizard();

@@ -5,18 +5,36 @@ import { el, svg, fmtDate } from './dom.js';
 
 const LOINC = 'http://loinc.org';
 export const READING_CODE = `${LOINC}|99504-3`;
+/** A reading stored in mmol/L (a Clarity or LibreView export in mmol/L) has its own LOINC code. */
+export const READING_CODE_MMOL = `${LOINC}|105272-9`;
+// Every search for readings asks for both: a patient whose sensor reports mmol/L has no 99504-3 at all.
+const READING_CODES = encodeURIComponent(`${READING_CODE},${READING_CODE_MMOL}`);
 const DAY = 86_400_000;
+/** mg/dL per mmol/L, as the server's metrics use it (docs/cgm-metrics.md). */
+const MGDL_PER_MMOL = 18.01559;
 
 /** The five standard ranges, highest first (the order of the AGP stacked bar). */
 export const RANGES = [
-  { key: 'veryHigh', code: '104639-0', label: 'Very high', limits: 'above 250 mg/dL', colour: 'var(--very-high)' },
-  { key: 'high', code: '104640-8', label: 'High', limits: '181–250 mg/dL', colour: 'var(--high)' },
-  { key: 'target', code: '97510-2', label: 'In range', limits: '70–180 mg/dL', colour: 'var(--in-range)' },
-  { key: 'low', code: '104641-6', label: 'Low', limits: '54–69 mg/dL', colour: 'var(--low)' },
-  { key: 'veryLow', code: '104642-4', label: 'Very low', limits: 'below 54 mg/dL', colour: 'var(--very-low)' },
+  { key: 'veryHigh', code: '104639-0', label: 'Very high', limits: 'above 250 mg/dL', mmolLimits: 'above 13.9 mmol/L', colour: 'var(--very-high)' },
+  { key: 'high', code: '104640-8', label: 'High', limits: '181–250 mg/dL', mmolLimits: '10.1–13.9 mmol/L', colour: 'var(--high)' },
+  { key: 'target', code: '97510-2', label: 'In range', limits: '70–180 mg/dL', mmolLimits: '3.9–10.0 mmol/L', colour: 'var(--in-range)' },
+  { key: 'low', code: '104641-6', label: 'Low', limits: '54–69 mg/dL', mmolLimits: '3.0–3.8 mmol/L', colour: 'var(--low)' },
+  { key: 'veryLow', code: '104642-4', label: 'Very low', limits: 'below 54 mg/dL', mmolLimits: 'below 3.0 mmol/L', colour: 'var(--very-low)' },
 ];
 
-const MEMBER = { mean: '97507-8', gmi: '97506-0', cv: '104638-2', days: '104636-6', active: '104637-4', tir: '106793-3', panel: '107931-8' };
+const MEMBER = { mean: '97507-8', meanMmol: '105273-7', gmi: '97506-0', cv: '104638-2', days: '104636-6', active: '104637-4', tir: '106793-3', panel: '107931-8' };
+
+/** The unit most of these readings were stored in (the patient's sensor's): 'mmol/L' or 'mg/dL'. */
+export function unitOf(observations) {
+  let mmol = 0;
+  for (const o of observations) if (o?.valueQuantity?.unit === 'mmol/L' || o?.valueQuantity?.code === 'mmol/L') mmol++;
+  return mmol > observations.length / 2 ? 'mmol/L' : 'mg/dL';
+}
+
+/** A glucose value (given in mg/dL) in the report's unit, as text. */
+function glucose(mgdl, unit) {
+  return unit === 'mmol/L' ? (mgdl / MGDL_PER_MMOL).toFixed(1) : String(Math.round(mgdl));
+}
 
 function codeOf(resource) {
   return resource?.code?.coding?.find((c) => c.system === LOINC)?.code;
@@ -35,6 +53,7 @@ export function parseSummary(bundle) {
     end: panel?.effectivePeriod?.end,
     tir,
     mean: by(MEMBER.mean)?.valueQuantity?.value,
+    meanMmol: by(MEMBER.meanMmol)?.valueQuantity?.value,
     gmi: by(MEMBER.gmi)?.valueQuantity?.value,
     cv: by(MEMBER.cv)?.valueQuantity?.value,
     days: by(MEMBER.days)?.valueQuantity?.value,
@@ -53,11 +72,12 @@ export function pct(value) {
 }
 
 /** The metric tiles. */
-export function metricList(s, periodDays) {
+export function metricList(s, periodDays, unit = 'mg/dL') {
   const item = (key, label, text, raw) => el('li', { 'data-metric': key, 'data-value': raw ?? '' },
     el('span', { class: 'label' }, label), el('span', { class: 'value' }, text));
   return el('ul', { class: 'metrics', 'aria-label': 'Glucose statistics' },
-    item('mean', 'Mean glucose', s.mean === undefined ? '–' : `${Math.round(s.mean)} mg/dL`, s.mean),
+    item('mean', 'Mean glucose', s.mean === undefined ? '–' : unit === 'mmol/L'
+      ? `${(s.meanMmol ?? s.mean / MGDL_PER_MMOL).toFixed(1)} mmol/L` : `${Math.round(s.mean)} mg/dL`, s.mean),
     item('gmi', 'GMI (glucose management indicator)', s.gmi === undefined ? '–' : `${s.gmi.toFixed(1)} %`, s.gmi),
     item('cv', 'Glucose variability (CV)', s.cv === undefined ? '–' : `${s.cv.toFixed(1)} %`, s.cv),
     item('active', 'Sensor active', s.active === undefined ? '–' : `${s.active.toFixed(1)} %`, s.active),
@@ -65,7 +85,7 @@ export function metricList(s, periodDays) {
 }
 
 /** The time-in-ranges stacked bar with a text label per range (meaning never by colour alone). */
-export function tirBar(tir) {
+export function tirBar(tir, unit = 'mg/dL') {
   const height = 300;
   const width = 60;
   let y = 0;
@@ -78,7 +98,7 @@ export function tirBar(tir) {
   const picture = svg('svg', { class: 'tir', viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-hidden': 'true', focusable: 'false', style: 'max-width:4rem' }, rects);
   const legend = el('ul', { class: 'tir-legend' }, RANGES.map((r) => el('li', { 'data-range': r.key },
     el('span', { class: 'swatch', style: `background:${r.colour}` }),
-    el('span', {}, el('strong', { 'data-range-value': r.key }, `${pct(tir[r.key])} %`), ` ${r.label} (${r.limits})`))));
+    el('span', {}, el('strong', { 'data-range-value': r.key }, `${pct(tir[r.key])} %`), ` ${r.label} (${unit === 'mmol/L' ? r.mmolLimits : r.limits})`))));
   return el('figure', { class: 'tir-figure', style: 'margin:0' },
     el('figcaption', {}, el('h3', {}, 'Time in ranges')),
     el('div', { style: 'display:flex;gap:1rem;align-items:flex-start' }, picture, legend),
@@ -88,7 +108,7 @@ export function tirBar(tir) {
 const Y_MAX = 350;
 
 /** The AGP chart: 5–95 % and 25–75 % bands and the median over 24 h. */
-export function agpChart(agp) {
+export function agpChart(agp, unit = 'mg/dL') {
   const W = 720, H = 300, L = 44, R = 10, T = 10, B = 30;
   const x = (minute) => L + (minute / 1440) * (W - L - R);
   const y = (mgdl) => T + (1 - Math.min(mgdl, Y_MAX) / Y_MAX) * (H - T - B);
@@ -114,7 +134,7 @@ export function agpChart(agp) {
   for (const v of [54, 70, 180, 250, 350]) {
     const target = v === 70 || v === 180;
     grid.push(svg('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: target ? '#2e7d32' : '#bbb', 'stroke-width': target ? 1.5 : 1, 'stroke-dasharray': target ? '' : '3 3' }));
-    grid.push(svg('text', { x: L - 4, y: y(v) + 4, 'text-anchor': 'end', 'font-size': 11 }, String(v)));
+    grid.push(svg('text', { x: L - 4, y: y(v) + 4, 'text-anchor': 'end', 'font-size': 11 }, glucose(v, unit)));
   }
   for (let h = 0; h <= 24; h += 3) {
     grid.push(svg('line', { x1: x(h * 60), x2: x(h * 60), y1: T, y2: H - B, stroke: '#e0e0e0' }));
@@ -124,8 +144,10 @@ export function agpChart(agp) {
   const withData = bins.filter((b) => b.n > 0 && b.p50 !== undefined);
   const medianAll = withData.length ? withData.map((b) => b.p50).sort((a, b) => a - b)[Math.floor(withData.length / 2)] : undefined;
   const desc = `Ambulatory glucose profile over ${fmtDate(agp.startTime)} to ${fmtDate(agp.endTime)}, ${agp.readings} readings. `
-    + `Median glucose by time of day ranges from ${Math.round(Math.min(...withData.map((b) => b.p50)))} to ${Math.round(Math.max(...withData.map((b) => b.p50)))} mg/dL`
-    + (medianAll !== undefined ? `, typically about ${Math.round(medianAll)} mg/dL.` : '.');
+    + (withData.length
+      ? `Median glucose by time of day ranges from ${glucose(Math.min(...withData.map((b) => b.p50)), unit)} to ${glucose(Math.max(...withData.map((b) => b.p50)), unit)} ${unit}`
+        + `, typically about ${glucose(medianAll, unit)} ${unit}.`
+      : 'No time of day has readings.');
   const chart = svg('svg', { class: 'agp', viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-labelledby': 'agp-title agp-desc', 'data-bins': withData.length },
     svg('title', { id: 'agp-title' }, 'Ambulatory glucose profile (AGP)'),
     svg('desc', { id: 'agp-desc' }, desc),
@@ -134,16 +156,16 @@ export function agpChart(agp) {
     band('p5', 'p95', 'var(--band-outer)', 'outer'),
     band('p25', 'p75', 'var(--band-inner)', 'inner'),
     median,
-    svg('text', { x: 12, y: T + (H - T - B) / 2, transform: `rotate(-90 12 ${T + (H - T - B) / 2})`, 'text-anchor': 'middle', 'font-size': 11 }, 'mg/dL'));
+    svg('text', { x: 12, y: T + (H - T - B) / 2, transform: `rotate(-90 12 ${T + (H - T - B) / 2})`, 'text-anchor': 'middle', 'font-size': 11 }, unit));
   const legend = el('ul', { class: 'tir-legend', 'aria-label': 'Chart key' },
     el('li', {}, el('span', { class: 'swatch', style: 'background:var(--band-outer)' }), '5th–95th percentile (light band)'),
     el('li', {}, el('span', { class: 'swatch', style: 'background:var(--band-inner)' }), '25th–75th percentile (dark band)'),
     el('li', {}, el('span', { class: 'swatch', style: 'background:var(--median);height:.25rem' }), 'Median (line)'),
-    el('li', {}, el('span', { class: 'swatch', style: 'background:#e8f5e9' }), 'Target range 70–180 mg/dL (shaded, green lines)'));
-  const table = el('details', { class: 'no-print' }, el('summary', {}, 'AGP values by hour (table)'),
+    el('li', {}, el('span', { class: 'swatch', style: 'background:#e8f5e9' }), `Target range ${unit === 'mmol/L' ? '3.9–10.0 mmol/L' : '70–180 mg/dL'} (shaded, green lines)`));
+  const table = el('details', { class: 'no-print' }, el('summary', {}, `AGP values by hour (table, ${unit})`),
     el('table', {}, el('thead', {}, el('tr', {}, ['Time', '5th', '25th', 'Median', '75th', '95th', 'Readings'].map((h) => el('th', { scope: 'col' }, h)))),
       el('tbody', {}, bins.filter((b) => b.minute % 60 === 0).map((b) => el('tr', {}, el('th', { scope: 'row' }, b.time),
-        ['p5', 'p25', 'p50', 'p75', 'p95'].map((k) => el('td', {}, b[k] === undefined ? '–' : String(Math.round(b[k])))), el('td', {}, String(b.n)))))));
+        ['p5', 'p25', 'p50', 'p75', 'p95'].map((k) => el('td', {}, b[k] === undefined ? '–' : glucose(b[k], unit))), el('td', {}, String(b.n)))))));
   return el('figure', { class: 'agp-figure', style: 'margin:0' },
     el('figcaption', {}, el('h3', {}, 'Ambulatory glucose profile (AGP)')), chart, legend, table);
 }
@@ -151,14 +173,15 @@ export function agpChart(agp) {
 /** Daily glucose profiles: one small chart per day for the last 14 days of the period. */
 export function dailyProfiles(readings, endIso, days = 14) {
   const end = new Date(endIso ?? Date.now());
-  const lastDay = new Date(end.getFullYear(), end.getMonth(), end.getDate()).getTime();
   const W = 240, H = 80;
   const figures = [];
   for (let d = days - 1; d >= 0; d--) {
-    const from = lastDay - d * DAY;
-    const to = from + DAY;
+    // Local midnights by the calendar, not 24-hour steps: a day when the clocks change lasts 23 or
+    // 25 hours, and stepping by 24 h would shift every earlier day by the hour.
+    const from = new Date(end.getFullYear(), end.getMonth(), end.getDate() - d).getTime();
+    const to = new Date(end.getFullYear(), end.getMonth(), end.getDate() - d + 1).getTime();
     const points = readings.filter((r) => r.t >= from && r.t < to);
-    const x = (t) => ((t - from) / DAY) * W;
+    const x = (t) => ((t - from) / (to - from)) * W;
     const y = (v) => (1 - Math.min(v, Y_MAX) / Y_MAX) * H;
     const segments = [];
     let seg = [];
@@ -170,7 +193,7 @@ export function dailyProfiles(readings, endIso, days = 14) {
     }
     if (seg.length) segments.push(seg);
     const label = fmtDate(new Date(from).toISOString());
-    const inRange = points.length ? Math.round(points.filter((p) => p.v >= 70 && p.v <= 180).length / points.length * 100) : undefined;
+    const inRange = points.length ? Math.round(points.filter((p) => p.inRange).length / points.length * 100) : undefined;
     figures.push(el('figure', { 'data-day': label },
       svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': points.length ? `${label}: ${points.length} readings, ${inRange} % in range` : `${label}: no readings` },
         svg('rect', { x: 0, y: y(180), width: W, height: y(70) - y(180), fill: '#e8f5e9' }),
@@ -209,10 +232,17 @@ export function integrityNote(counts) {
     el('strong', {}, 'Integrity of the readings: '), total ? `${parts.join('; ')}.` : 'no readings in the last 14 days.');
 }
 
-/** Readings (t ms, v mg/dL) from CGM Observations. */
+/**
+ * Readings (t ms, v mg/dL, inRange) from CGM Observations. In range is judged on the scale the reading
+ * was stored in (3.9–10.0 mmol/L, 70–180 mg/dL), as the server's metrics do: 10.0 mmol/L is 180.16 mg/dL.
+ */
 export function readingsOf(observations) {
   return observations
-    .map((o) => ({ t: Date.parse(o.effectiveDateTime), v: o.valueQuantity?.unit === 'mmol/L' ? o.valueQuantity.value * 18.016 : o.valueQuantity?.value }))
+    .map((o) => {
+      const raw = o.valueQuantity?.value;
+      const mmol = o.valueQuantity?.unit === 'mmol/L';
+      return { t: Date.parse(o.effectiveDateTime), v: mmol ? raw * MGDL_PER_MMOL : raw, inRange: mmol ? raw >= 3.9 && raw <= 10.0 : raw >= 70 && raw <= 180 };
+    })
     .filter((r) => Number.isFinite(r.t) && Number.isFinite(r.v))
     .sort((a, b) => a.t - b.t);
 }
@@ -224,7 +254,7 @@ export function readingsOf(observations) {
 export async function hasReadings(client, patientId, periodDays, headers = {}) {
   const from = new Date(Date.now() - periodDays * DAY).toISOString();
   const bundle = await client.request({
-    url: `Observation?patient=Patient/${patientId}&code=${encodeURIComponent(READING_CODE)}&date=ge${encodeURIComponent(from)}&_count=1`,
+    url: `Observation?patient=Patient/${patientId}&code=${READING_CODES}&date=ge${encodeURIComponent(from)}&_count=1`,
     headers,
   });
   return (bundle?.entry ?? []).some((e) => e.resource?.resourceType === 'Observation');
@@ -240,7 +270,7 @@ export async function loadReport(client, patientId, periodDays, headers = {}) {
   const start = new Date(end.getTime() - periodDays * DAY);
   const q = `start=${encodeURIComponent(start.toISOString())}&end=${encodeURIComponent(end.toISOString())}`;
   // The first and the last reading in the period: the summary's period is the one asked for.
-  const inPeriod = `Observation?patient=Patient/${patientId}&code=${encodeURIComponent(READING_CODE)}`
+  const inPeriod = `Observation?patient=Patient/${patientId}&code=${READING_CODES}`
     + `&date=ge${encodeURIComponent(start.toISOString())}&date=lt${encodeURIComponent(end.toISOString())}&_count=1&_sort=`;
   const [summaryBundle, agp, first, last] = await Promise.all([
     client.request({ url: `Patient/${patientId}/$cgm-summary?${q}`, headers }),
@@ -251,8 +281,9 @@ export async function loadReport(client, patientId, periodDays, headers = {}) {
   const readingsSpan = { first: effectiveOf(firstObservation(first), 'start'), last: effectiveOf(firstObservation(last), 'end') };
   const dailyFrom = new Date(end.getTime() - 14 * DAY);
   const observations = await searchAll(client,
-    `Observation?patient=Patient/${patientId}&code=${encodeURIComponent(READING_CODE)}&date=ge${encodeURIComponent(dailyFrom.toISOString())}&_sort=-date&_count=1000`, headers);
-  return { summary: parseSummary(summaryBundle), agp, observations, start, end, periodDays, readingsSpan };
+    `Observation?patient=Patient/${patientId}&code=${READING_CODES}&date=ge${encodeURIComponent(dailyFrom.toISOString())}&_sort=-date&_count=1000`, headers);
+  const unit = unitOf([firstObservation(first), firstObservation(last), ...observations].filter(Boolean));
+  return { summary: parseSummary(summaryBundle), agp, observations, start, end, periodDays, readingsSpan, unit };
 }
 
 function firstObservation(bundle) {
@@ -277,7 +308,7 @@ async function searchAll(client, url, headers, maxPages = 10) {
 }
 
 export function renderReport(report) {
-  const { summary, agp, observations, periodDays, start, end, readingsSpan } = report;
+  const { summary, agp, observations, periodDays, start, end, readingsSpan, unit = 'mg/dL' } = report;
   const warnings = summary.warnings.length
     ? el('div', { class: 'notice warn', role: 'note', 'data-sufficiency': 'warning' },
       el('p', {}, el('strong', {}, '⚠ Data sufficiency: ')), el('ul', {}, summary.warnings.map((w) => el('li', {}, w))))
@@ -288,13 +319,13 @@ export function renderReport(report) {
     : 'No readings in this period.';
   return el('div', {
     class: 'report', 'data-period-start': start.toISOString(), 'data-period-end': end.toISOString(), 'data-period-days': periodDays,
-    'data-readings-first': readingsSpan?.first ?? '', 'data-readings-last': readingsSpan?.last ?? '',
+    'data-readings-first': readingsSpan?.first ?? '', 'data-readings-last': readingsSpan?.last ?? '', 'data-unit': unit,
   },
     el('p', {}, `Report period: ${fmtDate(start.toISOString())} – ${fmtDate(end.toISOString())} (${periodDays} days). `, el('span', { class: 'readings-span' }, span)),
     warnings,
     notes,
-    metricList(summary, periodDays),
-    el('div', { class: 'report-grid' }, agpChart(agp), tirBar(summary.tir)),
+    metricList(summary, periodDays, unit),
+    el('div', { class: 'report-grid' }, agpChart(agp, unit), tirBar(summary.tir, unit)),
     integrityNote(integrityOf(observations)),
     dailyProfiles(readingsOf(observations), end.toISOString()));
 }

@@ -110,13 +110,24 @@ export function dataWords(classes, whose = 'your') {
   return classes.join(', ');
 }
 
+/**
+ * The app's access token. fhirclient forgets the token after a 401 (a session that ended): the
+ * calls that follow then fail as that 401 did, never with a TypeError.
+ */
+function bearer(client) {
+  const token = client?.state?.tokenResponse?.access_token;
+  if (!token) throw Object.assign(new Error('Your session has ended'), { status: 401 });
+  return `Bearer ${token}`;
+}
+
 /** Calls the GlucoGuard web API with the app's access token. */
 export async function api(client, path) {
-  const res = await fetch(path, { headers: { Authorization: `Bearer ${client.state.tokenResponse.access_token}`, Accept: 'application/json' } });
+  const res = await fetch(path, { headers: { Authorization: bearer(client), Accept: 'application/json' } });
   const body = await res.json().catch(() => undefined);
   if (!res.ok) {
     const err = new Error(body?.issue?.[0]?.diagnostics ?? `HTTP ${res.status}`);
     err.status = res.status;
+    err.body = body;
     throw err;
   }
   return body;
@@ -126,13 +137,14 @@ export async function api(client, path) {
 export async function apiSend(client, path, method, body) {
   const res = await fetch(path, {
     method,
-    headers: { Authorization: `Bearer ${client.state.tokenResponse.access_token}`, Accept: 'application/json', 'Content-Type': 'application/json' },
+    headers: { Authorization: bearer(client), Accept: 'application/json', 'Content-Type': 'application/json' },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const answer = await res.json().catch(() => undefined);
   if (!res.ok) {
     const err = new Error(answer?.issue?.[0]?.diagnostics ?? `HTTP ${res.status}`);
     err.status = res.status;
+    err.body = answer;
     throw err;
   }
   return answer;
@@ -141,6 +153,43 @@ export async function apiSend(client, path, method, body) {
 /** HTTP status of an error thrown by fhirclient (or our api()). */
 export function statusOf(err) {
   return err?.status ?? err?.statusCode ?? err?.response?.status;
+}
+
+/**
+ * The OperationOutcome of a failed fhirclient request. Its HttpError reads the body into the message
+ * (`<status>\nURL: …\n\n<JSON>` and sometimes a line of advice after it) and keeps no copy: the
+ * JSON is taken back out of the message.
+ */
+function outcomeOf(err) {
+  const message = typeof err?.message === 'string' ? err.message : '';
+  const start = message.indexOf('\n\n{');
+  const end = message.lastIndexOf('}');
+  if (err?.name !== 'HttpError' || start < 0 || end < start) return undefined;
+  try {
+    const body = JSON.parse(message.slice(start + 2, end + 1));
+    return body?.resourceType === 'OperationOutcome' ? body : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** True when the error says the sign-in is over (401: token expired, revoked, or its user disabled). */
+export function sessionEnded(err) {
+  return statusOf(err) === 401;
+}
+
+/**
+ * What a failed request means for the reader, in words: the server's own diagnostics when it sent an
+ * OperationOutcome, else a plain sentence. Never fhirclient's message, which carries the request URL,
+ * the raw response body and developer advice ("Please launch it as SMART app!").
+ */
+export function problemOf(err) {
+  const issue = outcomeOf(err)?.issue?.[0] ?? err?.body?.issue?.[0];
+  if (typeof issue?.diagnostics === 'string') return issue.diagnostics;
+  if (sessionEnded(err)) return 'your sign-in has ended';
+  if (err?.status || err?.statusCode) return `the server answered ${statusOf(err)}`;
+  // errors the apps raise themselves (wallet, checks) are written for the reader
+  return err instanceof Error && !('response' in err) ? err.message : 'unknown problem';
 }
 
 /** Applies a SMART style document (smart_style_url) to CSS variables. */
@@ -161,6 +210,32 @@ export async function applySmartStyle(url) {
   } catch {
     // The style is a courtesy: the app keeps its own readable defaults.
   }
+}
+
+/** A FHIR base URL in one spelling (no trailing slash), or undefined when it is not an absolute http(s) URL. */
+function baseOf(value) {
+  try {
+    const url = new URL(value);
+    return url.protocol === 'https:' || url.protocol === 'http:' ? url.href.replace(/\/+$/, '') : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+// fhirclient's authorize() takes these from the page's URL over the app's own options.
+const FHIRCLIENT_URL_OVERRIDES = ['fhirServiceUrl', 'patientId', 'clientId'];
+
+/**
+ * Whether a launch page may follow its URL, for both apps. SMART App Launch
+ * (app-launch.html#launch-app-ehr-launch): the app must check that `iss` is a server it trusts before
+ * it sends the launch, and the user, anywhere. These apps work with the GlucoGuard that serves them
+ * and nothing else, so `iss`, when given, must be its FHIR base; and the parameters fhirclient would
+ * take from the URL instead of the app's options (another server, a patient id without a token, another
+ * client) are refused. Not left to the page's CSP (connect-src), which only blocks the discovery request.
+ */
+export function trustedLaunch(config, params) {
+  if (FHIRCLIENT_URL_OVERRIDES.some((name) => params.has(name))) return false;
+  return !params.has('iss') || baseOf(params.get('iss')) === baseOf(config.fhirBase);
 }
 
 /** Loads /apps/config.json (client ids, FHIR base). */
