@@ -159,6 +159,10 @@ function grantableScopes(client: Client, scope: string | undefined, ehrLaunch: b
  */
 async function continueEhrLaunch(ctx: SmartContext, res: Response, pending: PendingRequest): Promise<void> {
   const launch = pending.launch!;
+  // a practitioner whose account an operator disabled (users disable) gets nothing through the EHR either
+  if (ctx.store.userTokensBefore(`Practitioner/${launch.practitioner}`) === Infinity) {
+    return redirectWithError(ctx, res, pending.redirectUri, new OAuthError('access_denied', 'This practitioner\'s account is disabled'), pending.state);
+  }
   pending.user = { sub: `Practitioner/${launch.practitioner}`, fhirUser: `Practitioner/${launch.practitioner}` };
   pending.patient = launch.patient;
   pending.authTime = Math.floor(ctx.now() / 1000);

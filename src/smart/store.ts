@@ -73,10 +73,12 @@ export class SmartStore {
     if (!columns.includes('disabled_at')) this.db.exec('ALTER TABLE clients ADD COLUMN disabled_at TEXT');
     const userColumns = (this.db.prepare('PRAGMA table_info(users)').all() as { name: string }[]).map((c) => c.name);
     if (!userColumns.includes('disabled_at')) this.db.exec('ALTER TABLE users ADD COLUMN disabled_at TEXT; ALTER TABLE users ADD COLUMN tokens_before INTEGER');
+    this.db.exec('CREATE INDEX IF NOT EXISTS users_fhir_user ON users (fhir_user)');
     this.statements = {
       getUser: this.db.prepare('SELECT username, password_hash, fhir_user, disabled_at FROM users WHERE username = ?'),
       listUsers: this.db.prepare('SELECT username, fhir_user, created_at, disabled_at FROM users ORDER BY created_at, username'),
       userCutoff: this.db.prepare('SELECT disabled_at, tokens_before FROM users WHERE username = ?'),
+      fhirUserCutoff: this.db.prepare('SELECT disabled_at, tokens_before FROM users WHERE fhir_user = ?'),
       setUserDisabled: this.db.prepare('UPDATE users SET disabled_at = ?, tokens_before = coalesce(?, tokens_before) WHERE username = ?'),
       insertUser: this.db.prepare('INSERT INTO users (username, password_hash, fhir_user, created_at) VALUES (?, ?, ?, ?)'),
       setPassword: this.db.prepare('UPDATE users SET password_hash = ? WHERE username = ?'),
@@ -114,15 +116,23 @@ export class SmartStore {
   }
 
   /**
-   * The instant (epoch ms) before which a user's tokens are dead: Infinity while the user is
+   * The instant (epoch ms) before which a subject's tokens are dead: Infinity while the user is
    * disabled, the moment they were last disabled once enabled again (so enabling gives back sign-in,
-   * never the tokens issued before), undefined for a user never disabled or no user of that name.
-   * Read on every token check: one indexed row.
+   * never the tokens issued before), undefined for a user never disabled or no such user. The
+   * subject is a username, or the `Practitioner/<id>` an EHR launch vouched for (no sign-in, so no
+   * username): then every user who is that practitioner counts, a disabled one cutting all off.
+   * Read on every token check: one or a few indexed rows.
    */
-  userTokensBefore(username: string): number | undefined {
-    const row = this.statements.userCutoff.get(username) as { disabled_at: string | null; tokens_before: number | null } | undefined;
-    if (!row) return undefined;
-    return row.disabled_at ? Infinity : row.tokens_before ?? undefined;
+  userTokensBefore(subject: string): number | undefined {
+    const ehr = subject.startsWith('Practitioner/');
+    const rows = (ehr ? this.statements.fhirUserCutoff.all(subject) : [this.statements.userCutoff.get(subject)].filter(Boolean)) as
+      { disabled_at: string | null; tokens_before: number | null }[];
+    let before: number | undefined;
+    for (const row of rows) {
+      if (row.disabled_at) return Infinity;
+      if (row.tokens_before !== null) before = Math.max(before ?? 0, row.tokens_before);
+    }
+    return before;
   }
 
   /**

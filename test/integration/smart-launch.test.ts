@@ -180,6 +180,34 @@ describe('EHR launch', () => {
     expect(new URL(again.location!).searchParams.get('error_description')).toMatch(/unknown, used or expired/);
   });
 
+  test('a practitioner whose user account is disabled loses the tokens of EHR launches at once, and gets no new launch', async () => {
+    // an EHR launch has no sign-in: its tokens name Practitioner/d2, whom this user is
+    await h.smart.store.addUser({ username: 'dr.two', password: 'a long enough password', fhirUser: 'Practitioner/d2' });
+    const launchOnce = async () => {
+      const { launch } = await createLaunch({ kv: h.kv, store: h.smart.store, fhirBase: h.fhirBase }, { patient: 'p1', practitioner: 'd2', clientId: appClientId });
+      const app = new SmartApp();
+      return { app, page: await browse(await app.authorizeUrl({ clientId: appClientId, launchUrl: `${APP_ORIGIN}/launch?iss=${encodeURIComponent(h.fhirBase)}&launch=${launch}`, scope: 'openid fhirUser launch patient/*.rs' })) };
+    };
+    const first = await launchOnce();
+    const client = await first.app.ready(first.page.location!);
+    const token = client.state.tokenResponse!.access_token!;
+    const read = () => fetch(`${h.fhirBase}/Patient/p1`, { headers: { authorization: `Bearer ${token}` } });
+    expect((await read()).status).toBe(200);
+
+    h.smart.store.setUserDisabled('dr.two', true, h.now());
+    expect((await read()).status).toBe(401);
+    const refused = new URL((await launchOnce()).page.location!).searchParams;
+    expect(refused.get('error')).toBe('access_denied');
+    expect(refused.has('code')).toBe(false);
+
+    h.advance(1000);
+    h.smart.store.setUserDisabled('dr.two', false, h.now());
+    h.advance(1000);
+    expect((await read()).status).toBe(401);
+    const again = await launchOnce();
+    expect((await again.app.ready(again.page.location!)).state.tokenResponse!.access_token).toBeTruthy();
+  });
+
   test('POST /smart/launch refuses a request without a token (401 with a Bearer challenge)', async () => {
     const noToken = await fetch(`${h.baseUrl}/smart/launch`, { method: 'POST', headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ patient: 'p1', practitioner: 'd1' }) });
