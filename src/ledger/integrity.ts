@@ -545,39 +545,39 @@ function issue(severity: 'error' | 'warning', resource: Resource, text: string, 
   };
 }
 
-/**
- * A Security Alert AuditEvent (DICOM 110113) for commitments removed from the commitment store,
- * found by the server itself (src/ledger/index.ts watchCompleteness): no version or patient is named,
- * since which ones are gone is for `glucoguard verify` to work out.
- */
-export function completenessAuditEvent(description: string): AuditEvent {
+/** A Security Alert AuditEvent (DICOM 110113) of one of the ledger's findings (subtype in INTEGRITY_TAG_SYSTEM). */
+function securityAlert(subtype: Coding, action: AuditEvent['action'], outcomeDesc: string, agent: AuditEvent['agent'][number]): AuditEvent {
   return {
     resourceType: 'AuditEvent',
     type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110113', display: 'Security Alert' },
-    subtype: [{ system: INTEGRITY_TAG_SYSTEM, code: 'commitments-missing', display: 'Commitments missing from the commitment store' }],
-    action: 'E',
+    subtype: [{ system: INTEGRITY_TAG_SYSTEM, ...subtype }],
+    action,
     recorded: new Date().toISOString(),
     outcome: '8',
-    outcomeDesc: description,
-    agent: [{ who: { display: 'GlucoGuard ledger check' }, requestor: false }],
+    outcomeDesc,
+    agent: [agent],
     source: glucoguardSource(),
   };
 }
 
-/** A Security Alert AuditEvent (DICOM 110113) naming the version that failed; no resource content. */
+/**
+ * The Security Alert for commitments removed from the commitment store, found by the server itself
+ * (src/ledger/index.ts watchCompleteness): no version or patient is named, since which ones are
+ * gone is for `glucoguard verify` to work out.
+ */
+export function completenessAuditEvent(description: string): AuditEvent {
+  return securityAlert({ code: 'commitments-missing', display: 'Commitments missing from the commitment store' }, 'E', description,
+    { who: { display: 'GlucoGuard ledger check' }, requestor: false });
+}
+
+/** The Security Alert naming the version that failed; no resource content. */
 export function integrityAuditEvent(access: AccessContext, resource: Resource, reason: string): AuditEvent {
   const patient = patientIdsOf(resource)[0];
   const who = access.fhirUser ? { reference: access.fhirUser } : { display: access.subject ?? access.clientId ?? (access.kind === 'open' ? 'unauthenticated (auth off)' : 'unknown') };
   return {
-    resourceType: 'AuditEvent',
-    type: { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110113', display: 'Security Alert' },
-    subtype: [{ system: INTEGRITY_TAG_SYSTEM, code: 'integrity-failed', display: 'Integrity check failed' }],
-    action: 'R',
-    recorded: new Date().toISOString(),
-    outcome: '8',
-    outcomeDesc: `integrity check failed (${reason}): ${FAILURE_TEXT[reason as FailureReason] ?? 'stored content does not match its anchored commitment'}; withheld`,
-    agent: [{ who, requestor: true, ...(access.clientId ? { altId: access.clientId } : {}) }],
-    source: glucoguardSource(),
+    ...securityAlert({ code: 'integrity-failed', display: 'Integrity check failed' }, 'R',
+      `integrity check failed (${reason}): ${FAILURE_TEXT[reason as FailureReason] ?? 'stored content does not match its anchored commitment'}; withheld`,
+      { who, requestor: true, ...(access.clientId ? { altId: access.clientId } : {}) }),
     entity: [
       {
         what: { reference: `${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}` },
