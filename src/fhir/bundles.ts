@@ -17,14 +17,17 @@ const STATUS_TEXT: Record<number, string> = {
   502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
 };
 
-/** Processes a batch: independent entries, each answered in order. */
-export async function processBatch(bundle: Bundle, parent: FhirRequest, handle: (req: FhirRequest) => Promise<FhirResponse>): Promise<FhirResponse> {
+/**
+ * Processes a batch: independent entries, each answered in order. An entry whose absolute URL is on
+ * another server's base is that entry's 400 (as in a transaction): it asks that server, not this one.
+ */
+export async function processBatch(bundle: Bundle, parent: FhirRequest, handle: (req: FhirRequest) => Promise<FhirResponse>, fhirBase: string): Promise<FhirResponse> {
   const entries = bundle.entry ?? [];
   const out: BundleEntry[] = [];
   for (const [i, entry] of entries.entries()) {
     let response: FhirResponse;
     try {
-      response = await handle(entryRequest(entry, i, parent));
+      response = await handle(entryRequest(relativeEntry(entry, i, fhirBase), i, parent));
     } catch (err) {
       response = errorToResponse(err);
     }
@@ -304,20 +307,21 @@ const ABSOLUTE_FHIR_BASE = /^https?:\/\/[^/]+(\/[^?]*)?\/fhir\//;
  * An absolute URL on any other base is 400: this server does not write elsewhere.
  */
 export function withRelativeEntryUrls(bundle: Bundle, fhirBase: string): Bundle {
-  const absolute = /^[a-z][a-z0-9+.-]*:/i;
-  if (!bundle.entry?.some((e) => absolute.test(e.request?.url ?? ''))) return bundle;
+  if (!bundle.entry?.some((e) => ABSOLUTE_URL.test(e.request?.url ?? ''))) return bundle;
+  return { ...bundle, entry: bundle.entry.map((e, i) => relativeEntry(e, i, fhirBase)) };
+}
+
+const ABSOLUTE_URL = /^[a-z][a-z0-9+.-]*:/i;
+
+/** One entry with its `request.url` relative to `fhirBase`; 400 for an absolute URL on any other base. */
+function relativeEntry(e: BundleEntry, i: number, fhirBase: string): BundleEntry {
+  const url = e.request?.url;
+  if (!url || !ABSOLUTE_URL.test(url)) return e;
   const prefix = `${fhirBase.replace(/\/+$/, '')}/`;
-  return {
-    ...bundle,
-    entry: bundle.entry.map((e, i) => {
-      const url = e.request?.url;
-      if (!url || !absolute.test(url)) return e;
-      if (!url.startsWith(prefix)) {
-        throw badRequest(`Bundle.entry[${i}].request.url must be relative to this server's FHIR base (or on it)`, `Bundle.entry[${i}].request.url`);
-      }
-      return { ...e, request: { ...e.request!, url: url.slice(prefix.length) } };
-    }),
-  };
+  if (!url.startsWith(prefix)) {
+    throw badRequest(`Bundle.entry[${i}].request.url must be relative to this server's FHIR base (or on it)`, `Bundle.entry[${i}].request.url`);
+  }
+  return { ...e, request: { ...e.request!, url: url.slice(prefix.length) } };
 }
 
 /** Builds the router request for one Bundle entry. */

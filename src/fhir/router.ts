@@ -877,7 +877,7 @@ export class FhirRouter {
     if (!isJsonObject(body) || body.resourceType !== 'Bundle') throw badRequest('Expected a Bundle of type batch or transaction');
     const bundle = body as unknown as Bundle;
     assertWellFormed(bundle);
-    if (bundle.type === 'batch') return processBatch(bundle, req, (sub) => this.handle(sub));
+    if (bundle.type === 'batch') return processBatch(bundle, req, (sub) => this.handle(sub), this.options.fhirBase);
     if (bundle.type === 'transaction') {
       const relative = withIfNoneExistQueries(withRelativeEntryUrls(bundle, this.options.fhirBase));
       const visible = req.access.kind === 'open' ? relative : await this.visibleConditionals(req.access, relative);

@@ -167,6 +167,24 @@ describe.each(REPOSITORY_ADAPTERS)('black-box FHIR conformance on the %s reposit
       expect(await byMrn(mrn)).toEqual([]);
     });
 
+    test('in a batch, an entry on another server is that entry\'s 400 (it asked that server); one on this base is read', async () => {
+      const created = await post('/fhir/Patient', { resourceType: 'Patient', name: [{ family: 'Here' }] });
+      const id = created.body.id as string;
+      const res = await post('/fhir', {
+        resourceType: 'Bundle', type: 'batch', entry: [
+          { request: { method: 'GET', url: `https://elsewhere.example/fhir/Patient/${id}` } },
+          { request: { method: 'GET', url: `${BASE}/Patient/${id}` } },
+        ],
+      });
+      expect(res.status).toBe(200);
+      const [other, own] = (res.body as Bundle).entry!;
+      expect(other!.response!.status.slice(0, 3)).toBe('400');
+      expect(other!.resource).toBeUndefined();
+      expect(JSON.stringify(other!.response!.outcome)).toMatch(/relative to this server's FHIR base/);
+      expect(own!.response!.status.slice(0, 3)).toBe('200');
+      expect(own!.resource).toMatchObject({ resourceType: 'Patient', id });
+    });
+
     test('a PUT entry whose resource lacks the URL\'s id is 400 (http.html#update), as a PUT on its own is', async () => {
       const created = await post('/fhir/Patient', { resourceType: 'Patient', name: [{ family: 'Kept' }] });
       const id = created.body.id as string;
