@@ -65,6 +65,21 @@ function streamed(first: string, more: Promise<string>): ReadableStream<Uint8Arr
   });
 }
 
+/**
+ * A partial-import upload of `csv` whose header and first 300 rows (~25 kB: more than the 8 kB the
+ * format check reads before the parser starts) are sent at once and the rest only on `release(true)`
+ * (`release(false)` ends the body without it): an upload still arriving.
+ */
+function heldUpload(base: string, patient: string, csv: string): { upload: Promise<Response>; release: (rest: boolean) => void } {
+  const cut = csv.split('\n').slice(0, 301).join('\n').length + 1;
+  let send = (_rest: string): void => undefined;
+  const rest = new Promise<string>((resolve) => { send = resolve; });
+  const upload = fetch(`${base}/cgm/ingest?patient=${patient}&format=dexcom-clarity&tz=UTC&partial=true`, {
+    method: 'POST', body: streamed(csv.slice(0, cut), rest), duplex: 'half',
+  } as RequestInit);
+  return { upload, release: (withRest) => send(withRest ? csv.slice(cut) : '') };
+}
+
 test('a CSV upload of unknown length past the size limit answers 413 and stores nothing', async () => {
   const patient = (await t.app.repository.create<Patient>({ resourceType: 'Patient' })).resource.id!;
   const { server, base } = await ingestServer(t.app.cgm.ingest, 12_000);
@@ -85,16 +100,10 @@ test('a partial CSV import past the size limit answers 413 saying how many readi
   const patient = (await t.app.repository.create<Patient>({ resourceType: 'Patient' })).resource.id!;
   const { server, base } = await ingestServer(service, 40_000);
   try {
-    const csv = clarity(800); // ~60 kB
-    const cut = csv.split('\n').slice(0, 301).join('\n').length + 1; // the header and 300 rows, ~25 kB
-    let release = (_rest: string): void => undefined;
-    const rest = new Promise<string>((resolve) => { release = resolve; });
-    const upload = fetch(`${base}/cgm/ingest?patient=${patient}&format=dexcom-clarity&tz=UTC&partial=true`, {
-      method: 'POST', body: streamed(csv.slice(0, cut), rest), duplex: 'half',
-    } as RequestInit);
+    const { upload, release } = heldUpload(base, patient, clarity(800)); // ~60 kB
     // the rest goes once the first part is being stored
     await eventually(async () => ((await storedCount(patient)) >= 30 ? true : undefined), 20_000, '30 readings stored', 10);
-    release(csv.slice(cut));
+    release(true);
     const res = await upload;
     expect(res.status).toBe(413);
     const diagnostics = ((await res.json()) as { issue: { diagnostics: string }[] }).issue[0]!.diagnostics;
@@ -111,19 +120,12 @@ test('a partial CSV import whose upload is still arriving at a shutdown answers 
   const patient = (await t.app.repository.create<Patient>({ resourceType: 'Patient' })).resource.id!;
   const { server, base } = await ingestServer(service);
   try {
-    const csv = clarity(400);
-    // the header and 300 rows (~25 kB: more than the 8 kB the format check reads before the parser starts)
-    const cut = csv.split('\n').slice(0, 301).join('\n').length + 1;
-    let release = (_rest: string): void => undefined;
-    const rest = new Promise<string>((resolve) => { release = resolve; });
-    const upload = fetch(`${base}/cgm/ingest?patient=${patient}&format=dexcom-clarity&tz=UTC&partial=true`, {
-      method: 'POST', body: streamed(csv.slice(0, cut), rest), duplex: 'half',
-    } as RequestInit);
+    const { upload, release } = heldUpload(base, patient, clarity(400));
     // the first chunks are stored while the rest of the upload has not come
     await eventually(async () => ((await storedCount(patient)) >= 30 ? true : undefined), 20_000, '30 readings stored', 10);
     const interrupted = await service.stop('The server is stopping');
     const res = await upload;
-    release('');
+    release(false);
     expect(res.status).toBe(503);
     expect(res.headers.get('retry-after')).toBe('10');
     const diagnostics = ((await res.json()) as { issue: { diagnostics: string }[] }).issue[0]!.diagnostics;

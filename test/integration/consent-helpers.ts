@@ -107,3 +107,21 @@ export function grant(app: App, spec: ConsentSpec) {
   return request(app.http).post('/fhir/Consent').set('Authorization', `Bearer ${patientToken(app, spec.patient)}`)
     .set('Content-Type', 'application/fhir+json').send(consentOf(spec));
 }
+
+/**
+ * Ana and Ben, and Dr Osei with an identity and two grants for the 14 days before `now`: Ana's
+ * glucose readings only (one code; beside Ben's unlimited grant, so a search is not cut to the code)
+ * and all of Ben's Observations. Answers the ids and Dr Osei's `user/*.rs` token.
+ */
+export async function codeLimitedAndWholeGrants(app: App, now: number): Promise<{ ana: string; ben: string; doc: string; token: string }> {
+  const ana = await person(app, 'Patient', 'Rivera');
+  const ben = await person(app, 'Patient', 'Okafor');
+  const doc = await person(app, 'Practitioner', 'Osei');
+  await registerIdentity(app, `Practitioner/${doc}`);
+  const base = { actor: `Practitioner/${doc}`, accessTo: now + 3 * DAY, dataFrom: now - 14 * DAY, dataTo: now };
+  for (const spec of [{ ...base, patient: ana, classes: ['Observation'], codes: [LOINC_MGDL] }, { ...base, patient: ben, classes: ['Observation'] }]) {
+    const res = await grant(app, spec);
+    if (res.status !== 201) throw new Error(`grant failed: ${res.status} ${JSON.stringify(res.body)}`);
+  }
+  return { ana, ben, doc, token: practitionerToken(app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs']) };
+}

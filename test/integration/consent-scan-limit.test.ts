@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Bundle, Observation } from '@medplum/fhirtypes';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { DAY, LOINC_MGDL, grant, person, practitionerToken, registerIdentity } from './consent-helpers.js';
+import { DAY, LOINC_MGDL, codeLimitedAndWholeGrants } from './consent-helpers.js';
 
 const now = Date.now();
 let t: TestApp;
@@ -26,18 +26,11 @@ const get = (query: Record<string, string>) => request(t.app.http).get('/fhir/Ob
 
 beforeAll(async () => {
   t = await startTestApp({ GLUCOGUARD_AUTH: 'on', GLUCOGUARD_SEARCH_SCAN_LIMIT: '5' });
-  ana = await person(t.app, 'Patient', 'Rivera');
-  ben = await person(t.app, 'Patient', 'Okafor');
-  const doc = await person(t.app, 'Practitioner', 'Osei');
-  await registerIdentity(t.app, `Practitioner/${doc}`);
+  ({ ana, ben, token } = await codeLimitedAndWholeGrants(t.app, now));
   // ana: 12 readings of a code she did not grant, 2 she did; ben: 3, all granted
   for (let i = 0; i < 12; i++) await t.app.repository.create(reading(ana, now - DAY - i * 60_000, '2339-0'));
   for (let i = 0; i < 2; i++) await t.app.repository.create(reading(ana, now - 2 * DAY - i * 60_000, '99504-3'));
   for (let i = 0; i < 3; i++) await t.app.repository.create(reading(ben, now - DAY - i * 60_000, '99504-3'));
-  const base = { actor: `Practitioner/${doc}`, accessTo: now + 3 * DAY, dataFrom: now - 14 * DAY, dataTo: now };
-  expect((await grant(t.app, { ...base, patient: ana, classes: ['Observation'], codes: [LOINC_MGDL] })).status).toBe(201);
-  expect((await grant(t.app, { ...base, patient: ben, classes: ['Observation'] })).status).toBe(201);
-  token = practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs']);
 }, 60_000);
 
 afterAll(async () => {

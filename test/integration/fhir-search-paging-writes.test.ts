@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto';
 import request from 'supertest';
 import { OPEN_ACCESS } from '../../src/fhir/access.js';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { DAY, LOINC_MGDL, grant, person, practitionerToken, registerIdentity } from './consent-helpers.js';
+import { DAY, codeLimitedAndWholeGrants } from './consent-helpers.js';
 
 const FIVE_MINUTES = 5 * 60_000;
 const iso = (t: number): string => new Date(t).toISOString();
@@ -219,7 +219,6 @@ describe('a walk of next links while readings are written (open access)', () => 
 describe('a grantee\'s walk, re-filled past withheld readings, while readings are written', () => {
   let t: TestApp;
   let ana: string;
-  let ben: string;
   let token: string;
   const now = Date.now();
   const get: Get = (path, query = {}) => request(t.app.http).get(path).query(query)
@@ -227,15 +226,8 @@ describe('a grantee\'s walk, re-filled past withheld readings, while readings ar
 
   beforeAll(async () => {
     t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
-    ana = await person(t.app, 'Patient', 'Rivera');
-    ben = await person(t.app, 'Patient', 'Okafor');
-    const doc = await person(t.app, 'Practitioner', 'Osei');
-    await registerIdentity(t.app, `Practitioner/${doc}`);
-    const base = { actor: `Practitioner/${doc}`, accessTo: now + 3 * DAY, dataFrom: now - 14 * DAY, dataTo: now };
     // ana granted only her glucose readings (beside ben's unlimited grant, so the search is not cut to the code)
-    expect((await grant(t.app, { ...base, patient: ana, classes: ['Observation'], codes: [LOINC_MGDL] })).status).toBe(201);
-    expect((await grant(t.app, { ...base, patient: ben, classes: ['Observation'] })).status).toBe(201);
-    token = practitionerToken(t.app, doc, undefined, ['openid', 'fhirUser', 'user/*.rs']);
+    ({ ana, token } = await codeLimitedAndWholeGrants(t.app, now));
   }, 60_000);
   afterAll(async () => {
     await t?.close();
