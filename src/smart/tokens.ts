@@ -89,14 +89,18 @@ export class TokenService {
     readonly lifetimes: TokenLifetimes = DEFAULT_LIFETIMES,
     /** Whether an operator disabled this client (SmartStore.isDisabled); its tokens are then dead. */
     private readonly clientDisabled: (clientId: string) => boolean = () => false,
-    /** The instant before which a user's tokens are dead (SmartStore.userTokensBefore: Infinity while disabled). */
-    private readonly userTokensBefore: (username: string) => number | undefined = () => undefined,
+    /**
+     * The instant before which a subject's tokens are dead (SmartStore.userTokensBefore: Infinity
+     * while disabled): a username, or the Practitioner an EHR launch vouched for.
+     */
+    private readonly userTokensBefore: (subject: string) => number | undefined = () => undefined,
   ) {}
 
   /**
    * Whether a token of this grant, issued at `issuedAt` (epoch ms), is dead because of whom it was
-   * issued to: a disabled client, or a user disabled since. Client credentials grants have the
-   * client as their `sub` and no user; EHR-launch grants name a practitioner no user holds.
+   * issued to: a disabled client, or a user disabled since (for an EHR-launch grant, whose `sub` is
+   * `Practitioner/<id>`, a user who is that practitioner). Client credentials grants have the
+   * client as their `sub` and no user.
    */
   private cutOff(clientId: string, sub: string, issuedAt: number): boolean {
     if (this.clientDisabled(clientId)) return true;
