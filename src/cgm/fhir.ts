@@ -61,6 +61,13 @@ export interface ConvertedEntry<T extends Resource = Resource> {
   resource: T;
   /** `identifier=system|value`, for `request.ifNoneExist`. */
   ifNoneExist: string;
+  /**
+   * `system|value` the same reading was stored under before its identifier changed: a LibreView scan's
+   * identifier until 2026-12 was a historic reading's, so a scan in the same minute as one was dropped
+   * as its duplicate. An import matches stored scans on it (CgmService.storeChunk) so that sending an
+   * old export again adds the scans it lost and duplicates none.
+   */
+  formerIdentifier?: string;
 }
 
 /** Identifier value of a reading: SHA-256 over patient, source, device and instant (hex, 32 chars). */
@@ -117,7 +124,7 @@ export function toDevice(rec: CgmRecord, ctx: ConvertContext, role: 'cgm' | 'met
  * profile. A reading without a value carries dataAbsentReason (invariant cgm-sensor-value-or-dar).
  */
 export function toObservation(rec: GlucoseRecord, ctx: ConvertContext, device?: Reference<Device>): ConvertedEntry<Observation> {
-  const value = readingIdentifier(ctx.patient, rec.source, rec.deviceId, rec.epochMs, rec.method === 'smbg' ? 'smbg' : 'glucose');
+  const value = readingIdentifier(ctx.patient, rec.source, rec.deviceId, rec.epochMs, rec.method === 'smbg' ? 'smbg' : rec.scan ? 'scan' : 'glucose');
   const isCgm = rec.method === 'cgm';
   const code = (isCgm ? READING_CODE : METER_CODE)[rec.unit];
   const resource: Observation = {
@@ -134,7 +141,11 @@ export function toObservation(rec: GlucoseRecord, ctx: ConvertContext, device?: 
       : { dataAbsentReason: { coding: [{ system: DATA_ABSENT_REASON, code: rec.absent?.code ?? 'unknown' }], text: rec.absent?.text ?? 'No value' } }),
     ...(device ? { device } : {}),
   };
-  return { fullUrl: stableUuid(`${IDENTIFIER_SYSTEM.reading}|${value}`), resource, ifNoneExist: `identifier=${IDENTIFIER_SYSTEM.reading}|${value}` };
+  const former = rec.scan && rec.method === 'cgm' ? `${IDENTIFIER_SYSTEM.reading}|${readingIdentifier(ctx.patient, rec.source, rec.deviceId, rec.epochMs)}` : undefined;
+  return {
+    fullUrl: stableUuid(`${IDENTIFIER_SYSTEM.reading}|${value}`), resource, ifNoneExist: `identifier=${IDENTIFIER_SYSTEM.reading}|${value}`,
+    ...(former ? { formerIdentifier: former } : {}),
+  };
 }
 
 const INSULIN: CodeableConcept = {

@@ -134,10 +134,14 @@ async function* validated(items: AsyncIterable<ParserItem>, summary: IngestSumma
         note('rejected', rec, problem[0], `${at()}: ${problem[1]}`);
         continue;
       }
-      const kind = rec.kind === 'glucose' ? rec.method : rec.kind; // a meter and a sensor value at one instant are two readings
+      // a meter and a sensor value at one instant are two readings, and so are a scan and a historic reading
+      const kind = rec.kind !== 'glucose' ? rec.kind : rec.scan ? 'scan' : rec.method;
       const key = `${kind}\u0000${rec.deviceId}\u0000${rec.epochMs}`;
       const value = rec.kind === 'glucose' ? (rec.mgdl ?? Number.NaN) : rec.kind === 'bolus' ? rec.units : rec.rate;
-      const prior = seen.get(key) ?? older.get(key);
+      // a scan of the historic reading's value in its minute adds nothing: one reading (GlucoseRecord.scan)
+      const historic = rec.kind === 'glucose' && rec.scan ? `${rec.method}\u0000${rec.deviceId}\u0000${rec.epochMs}` : undefined;
+      const twin = historic === undefined ? undefined : seen.get(historic) ?? older.get(historic);
+      const prior = seen.get(key) ?? older.get(key) ?? (twin && (Object.is(twin.value, value) || Math.abs(twin.value - value) < 1e-9) ? twin : undefined);
       if (prior) {
         const same = Object.is(prior.value, value) || Math.abs(prior.value - value) < 1e-9;
         const firstAt = prior.line !== undefined ? `record ${prior.record} (line ${prior.line})` : `record ${prior.record}`;

@@ -226,7 +226,8 @@ export class CgmIngestService {
     const partial = options.partial === true;
     const progress = options.onProgress ?? (() => undefined);
     const devices = new Map<string, string>(); // device fullUrl → Device/id
-    const store: Sink = (entries, devs) => this.storeChunk(entries, devs, devices, counts);
+    const formers: FormerMatches = { rewritten: new Set(), matched: new Map() };
+    const store: Sink = (entries, devs) => this.storeChunk(entries, devs, devices, counts, formers);
 
     if (partial) {
       const summary = await this.pass(await openCgm(input(), parse), ctx, store, (read) => progress({ phase: 'storing', read, stored: stored() }), true);
@@ -340,9 +341,16 @@ export class CgmIngestService {
     return summary;
   }
 
-  /** Stores one chunk: devices by conditional create, readings by bulk identifier lookup. */
+  /**
+   * Stores one chunk: devices by conditional create, readings by bulk identifier lookup. A reading
+   * with a former identifier (a LibreView scan, ConvertedEntry.formerIdentifier) not found under its
+   * own is the reading stored under the former one when the content is the same — unless this import
+   * corrects that resource: then it was the historic reading of the scan's minute, which the scan
+   * had been stored in place of, and the scan is stored on its own (FormerMatches). Such readings
+   * are decided after the rest of their chunk.
+   */
   private async storeChunk(entries: ConvertedEntry[], newDevices: ConvertedEntry<Device>[], devices: Map<string, string>,
-    counts: StoreCounts): Promise<void> {
+    counts: StoreCounts, formers: FormerMatches): Promise<void> {
     const repo = this.deps.repository;
     const pendingDevices = newDevices.filter((d) => !devices.has(d.fullUrl));
     if (pendingDevices.length) {
@@ -365,16 +373,27 @@ export class CgmIngestService {
     const seen = new Set<string>();
     // counted once the chunk is stored: a chunk whose write fails counts for nothing
     const chunk = { created: 0, unchanged: 0, corrected: 0, linked: 0 };
-    for (const e of entries) {
+    const ordered = entries.some((e) => e.formerIdentifier) ? [...entries.filter((e) => !e.formerIdentifier), ...entries.filter((e) => e.formerIdentifier)] : entries;
+    /** This chunk's readings by identifier, for its scans (a scan is the same reading as a historic one of equal value in its minute, stored or not). */
+    const inChunk = new Map<string, Resource>();
+    for (const e of ordered) {
       const identifier = e.resource.resourceType === 'Device' ? undefined : identifierOf(e.resource);
       if (!identifier || seen.has(identifier)) continue; // repeats beyond the parser's window: the first wins
       seen.add(identifier);
       const resource = withDevice(e.resource, devices);
+      if (!e.formerIdentifier && ordered !== entries) inChunk.set(identifier, resource);
       const found = existing.get(identifier);
-      if (!found) {
+      const former = !found && e.formerIdentifier ? existing.get(e.formerIdentifier) ?? inChunk.get(e.formerIdentifier) : undefined;
+      const create = (fullUrl: string, resource: Resource): void => {
         chunk.created++;
         if (this.deps.bulkCreate) creates.push(resource);
-        else writes.push({ fullUrl: e.fullUrl, resource, request: { method: 'POST', url: resource.resourceType } });
+        else writes.push({ fullUrl, resource, request: { method: 'POST', url: resource.resourceType } });
+      };
+      if (former && !(former.id && formers.rewritten.has(former.id)) && sameContent(former, resource, ['device', 'identifier'])) {
+        chunk.unchanged++; // stored before under its former identifier, or the same value as the historic reading of its minute
+        if (former.id) formers.matched.set(former.id, { fullUrl: e.fullUrl, resource });
+      } else if (!found) {
+        create(e.fullUrl, resource);
       } else if (sameContent(found, resource, ['device'])) { // the same reading: content without id, meta and the device reference
         if (gainsDevice(found, resource)) {
           chunk.linked++;
@@ -382,6 +401,13 @@ export class CgmIngestService {
         } else chunk.unchanged++;
       } else {
         chunk.corrected++;
+        const earlier = found.id ? formers.matched.get(found.id) : undefined;
+        if (earlier) { // a scan of an earlier chunk was taken for this resource, which was its minute's historic reading
+          formers.matched.delete(found.id!);
+          chunk.unchanged--;
+          create(earlier.fullUrl, earlier.resource);
+        }
+        if (found.id) formers.rewritten.add(found.id);
         writes.push({ resource: { ...resource, id: found.id }, request: { method: 'PUT', url: `${resource.resourceType}/${found.id}` } });
       }
     }
@@ -398,7 +424,9 @@ export class CgmIngestService {
     const byType = new Map<Resource['resourceType'], string[]>();
     for (const e of entries) {
       const id = identifierOf(e.resource);
-      if (id) (byType.get(e.resource.resourceType) ?? byType.set(e.resource.resourceType, []).get(e.resource.resourceType)!).push(id);
+      const ids = byType.get(e.resource.resourceType) ?? byType.set(e.resource.resourceType, []).get(e.resource.resourceType)!;
+      if (id) ids.push(id);
+      if (e.formerIdentifier) ids.push(e.formerIdentifier);
     }
     // Upstream servers take the values in the URL: keep those queries short.
     const batch = this.deps.repository.description.adapter === 'embedded' ? 2000 : 50;
@@ -432,6 +460,14 @@ export class CgmIngestService {
       if (this.locks.get(key) === tail) this.locks.delete(key);
     }
   }
+}
+
+/** What one import learnt of readings matched on a former identifier (storeChunk). */
+interface FormerMatches {
+  /** Ids of stored readings this import corrected. */
+  rewritten: Set<string>;
+  /** Id of a stored reading → the reading (a scan) found to be it under its former identifier. */
+  matched: Map<string, { fullUrl: string; resource: Resource }>;
 }
 
 interface StoreCounts {

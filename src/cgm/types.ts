@@ -64,6 +64,11 @@ export interface GlucoseRecord extends RecordBase {
   absent?: AbsentReason;
   /** Trend arrow as the source states it (Dexcom `trend`, Nightscout `direction`). */
   trend?: string;
+  /**
+   * An on-demand sensor reading taken beside the periodic ones (a LibreView scan, record type 1):
+   * one in the same minute as a historic reading is a second reading, not a duplicate of it.
+   */
+  scan?: true;
 }
 
 /** An insulin bolus (possibly with an extended part). */

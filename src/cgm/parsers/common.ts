@@ -43,6 +43,7 @@ export interface GlucoseInit {
   value?: number;
   absent?: AbsentReason;
   trend?: string;
+  scan?: true;
 }
 
 export function glucoseRecord(pos: SourcePosition, init: GlucoseInit): ParserItem {
@@ -62,6 +63,7 @@ export function glucoseRecord(pos: SourcePosition, init: GlucoseInit): ParserIte
     unit: init.unit,
     ...(init.absent ? { absent: init.absent } : { value: init.value, mgdl: toMgdl(init.value!, init.unit) }),
     ...(init.trend ? { trend: init.trend } : {}),
+    ...(init.scan ? { scan: true as const } : {}),
   };
   return { type: 'record', record };
 }

@@ -235,6 +235,7 @@ function toItem(row: Row, cols: Columns, order: 'DMY' | 'MDY', decimalComma: boo
       ...(serial ? { serialNumber: serial } : {}),
       // A strip is read by the reader the row names (its built-in meter): the meter is named.
       ...(kind.method === 'smbg' ? { deviceNamed: true } : {}),
+      ...(kind.column === 'scan' ? { scan: true as const } : {}),
       epochMs,
       offsetMinutes,
       unit: kind.column === 'strip' ? cols.stripUnit : cols.unit,
