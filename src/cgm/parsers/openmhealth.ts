@@ -33,6 +33,16 @@ export async function* parseOpenMHealth(chunks: AsyncIterable<string>): AsyncGen
       yield reject(pos, 'invalid-timestamp', `${where(pos)}: missing or invalid effective_time_frame (RFC 3339 with offset required)`);
       continue;
     }
+    let epochMs = t.epochMs;
+    if (interval && stamp === text(interval.end_date_time) && interval.duration !== undefined) {
+      // an interval given by its end and duration: the reading is at its start, as for the other forms
+      const ms = durationMs(interval.duration);
+      if (ms === undefined) {
+        yield reject(pos, 'invalid-timestamp', `${where(pos)}: time_interval duration is not a fixed length (a number with unit ps, ns, us, ms, sec, min, h, d or wk)`);
+        continue;
+      }
+      epochMs -= ms;
+    }
     const unit = parseGlucoseUnit(body.blood_glucose.unit);
     if (!unit) {
       yield reject(pos, 'unknown-unit', `${where(pos)}: unknown blood_glucose unit`);
@@ -57,10 +67,22 @@ export async function* parseOpenMHealth(chunks: AsyncIterable<string>): AsyncGen
       deviceId: device,
       deviceName: device,
       deviceNamed: named !== undefined,
-      epochMs: t.epochMs,
+      epochMs,
       offsetMinutes: t.offsetMinutes,
       unit,
       value,
     });
   }
+}
+
+/** Milliseconds in one of Open mHealth's duration units of fixed length (months and years are not). */
+const DURATION_UNIT_MS: Record<string, number> = { ps: 1e-9, ns: 1e-6, us: 1e-3, ms: 1, sec: 1000, min: 60_000, h: 3_600_000, d: 86_400_000, wk: 604_800_000 };
+
+/** An omh duration-unit-value (`{value, unit}`) in whole milliseconds; undefined when it is not one of fixed length. */
+function durationMs(duration: unknown): number | undefined {
+  if (!isObject(duration)) return undefined;
+  const value = numeric(duration.value);
+  const unit = text(duration.unit);
+  if (value === undefined || value < 0 || unit === undefined || !Object.hasOwn(DURATION_UNIT_MS, unit)) return undefined;
+  return Math.round(value * DURATION_UNIT_MS[unit]!);
 }

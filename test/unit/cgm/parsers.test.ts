@@ -484,6 +484,22 @@ describe('Open mHealth specimens', () => {
   });
 });
 
+describe('Open mHealth time intervals', () => {
+  test('every form of time_interval puts the reading at its start; a duration of no fixed length is rejected', async () => {
+    const point = (time_interval: object) => ({ blood_glucose: { value: 100, unit: 'mg/dL' }, effective_time_frame: { time_interval } });
+    const text = JSON.stringify([
+      point({ start_date_time: '2023-06-01T08:00:00-04:00', end_date_time: '2023-06-01T08:05:00-04:00' }),
+      point({ start_date_time: '2023-06-01T08:10:00-04:00', duration: { value: 5, unit: 'min' } }),
+      point({ end_date_time: '2023-06-01T08:25:00-04:00', duration: { value: 5, unit: 'min' } }), // it was read at 08:25, its end
+      point({ end_date_time: '2023-06-01T08:30:00-04:00', duration: { value: 0.25, unit: 'h' } }),
+      point({ end_date_time: '2023-06-01T08:45:00-04:00', duration: { value: 1, unit: 'Mo' } }),
+    ]);
+    const { records, summary } = await readCgm({ text }, { format: 'openmhealth', now: NOW, partial: true });
+    expect(glucose(records).map((r) => r.time)).toEqual(['2023-06-01T08:00:00-04:00', '2023-06-01T08:10:00-04:00', '2023-06-01T08:20:00-04:00', '2023-06-01T08:15:00-04:00']);
+    expect(summary.issues).toEqual([expect.objectContaining({ kind: 'rejected', reason: 'invalid-timestamp', record: 5, message: expect.stringMatching(/duration is not a fixed length/) })]);
+  });
+});
+
 describe('Apple HealthKit export.xml', () => {
   test('streams blood-glucose records only, with offsets, units and CGM/meter origin', async () => {
     const { records, summary } = await readCgm(fixture('healthkit-export.xml'), { now: NOW });
