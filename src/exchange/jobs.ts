@@ -8,7 +8,7 @@
 import path from 'node:path';
 import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
 import type Database from 'better-sqlite3';
-import { openOwnerOnly } from '../sqlite.js';
+import { openSqlite } from '../sqlite.js';
 import type { AccessContext } from '../fhir/access.js';
 
 export type JobStatus = 'queued' | 'running' | 'completed' | 'failed';
@@ -91,8 +91,7 @@ export class JobStore {
 
   constructor(dir: string) {
     // owner-only: it holds patient ids and grant ids
-    this.db = openOwnerOnly(path.join(dir, 'jobs.sqlite'));
-    this.db.pragma('journal_mode = WAL');
+    this.db = openSqlite(path.join(dir, 'jobs.sqlite'), { synchronous: 'FULL' });
     this.db.exec('CREATE TABLE IF NOT EXISTS export_job (id TEXT PRIMARY KEY, status TEXT NOT NULL, created TEXT NOT NULL, json TEXT NOT NULL)');
     // apart from the job's JSON, which every status poll reads: a system export may hold many patients
     this.db.exec('CREATE TABLE IF NOT EXISTS export_release (job TEXT NOT NULL, patient TEXT NOT NULL, grants TEXT NOT NULL, PRIMARY KEY (job, patient))');

@@ -17,7 +17,7 @@
 import { holderDied } from '../lease-owner.js';
 import path from 'node:path';
 import type Database from 'better-sqlite3';
-import { openOwnerOnly } from '../sqlite.js';
+import { openSqlite } from '../sqlite.js';
 
 /** Events kept per Subscription for `$events` (older ones are gone; their numbers stay used). */
 export const EVENT_LOG_KEEP = 10_000;
@@ -43,8 +43,7 @@ export class SubscriptionStore {
 
   constructor(dir: string) {
     // owner-only: it holds patient ids and grant ids
-    this.db = openOwnerOnly(path.join(dir, 'subscriptions.sqlite'));
-    this.db.pragma('journal_mode = WAL');
+    this.db = openSqlite(path.join(dir, 'subscriptions.sqlite'), { synchronous: 'FULL' });
     this.db.pragma('busy_timeout = 5000');
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS subscription_state (id TEXT PRIMARY KEY, json TEXT NOT NULL, rev INTEGER NOT NULL DEFAULT 1);
