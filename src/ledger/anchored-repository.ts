@@ -11,21 +11,30 @@
  *
  * A crash between the repository's write and the record leaves a version without commitment;
  * `reconcile()` (run at start-up) walks repository history since the last recorded write and
- * records whatever is missing.
+ * records what is missing — on the embedded store a crash's tail (versions after every committed
+ * one), on an upstream server only versions GlucoGuard was writing: each write to an upstream is
+ * recorded as a WriteIntent before it is sent and removed once its commitments are, and a version
+ * without a commitment is adopted only when it matches an outstanding intent. Anything else an
+ * upstream holds without a commitment was written there by someone else (the EHR itself, or
+ * not) and stays unverified (withheld in strict mode), however recent.
  */
-import { randomBytes } from 'node:crypto';
-import type { Resource } from '@medplum/fhirtypes';
+import { createHash, randomBytes } from 'node:crypto';
+import type { Bundle, Resource } from '@medplum/fhirtypes';
 import { isGlucoGuardError } from '../errors.js';
 import { patientIdsOf } from '../fhir/compartment.js';
 import { WriteObservingRepository, type WrittenVersion } from '../repository/observed.js';
-import type { Repository, VersionKey } from '../repository/port.js';
+import type { Repository, VersionKey, WriteResult } from '../repository/port.js';
 import { canonicalTextOf, TamperedVersionError, type StandInSource } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
-import type { CommitmentStore, NewCommitment } from './store.js';
+import type { CommitmentStore, NewCommitment, WriteIntent } from './store.js';
 import { withCause } from './stand-ins.js';
 
 /** Reconciliation looks this far before the last recorded write (clock steps, slow writes). */
 const RECONCILE_SLACK_MS = 60_000;
+/** How long a write to an upstream can be in flight: older intents no version matched never landed. */
+const INTENT_TTL_MS = 10 * 60_000;
+
+type NewIntent = Omit<WriteIntent, 'seq' | 'createdAt'>;
 
 export class AnchoredRepository extends WriteObservingRepository {
   constructor(
@@ -60,6 +69,31 @@ export class AnchoredRepository extends WriteObservingRepository {
 
   protected override written(versions: WrittenVersion[]): void {
     this.record(versions.map((v) => v.resource));
+  }
+
+  override create<T extends Resource>(resource: T, options?: { ifNoneExist?: string }): Promise<WriteResult<T>> {
+    return this.intended([intentOf(resource, null)], () => super.create(resource, options));
+  }
+
+  override update<T extends Resource>(resource: T, options?: { ifMatch?: string }): Promise<WriteResult<T>> {
+    return this.intended([intentOf(resource, resource.id ?? null)], () => super.update(resource, options));
+  }
+
+  override transaction(bundle: Bundle): Promise<Bundle> {
+    return this.intended(intentsOf(bundle), () => super.transaction(bundle));
+  }
+
+  /**
+   * Runs a write to an upstream server between its intents' record and their removal (the class
+   * comment). A write that fails keeps them: it may have landed all the same (a timeout), and the
+   * next reconcile adopts what did. The embedded store needs none: its crash tail is its own.
+   */
+  private async intended<T>(intents: NewIntent[], write: () => Promise<T>): Promise<T> {
+    if (this.localStore || !intents.length) return write();
+    const seqs = this.store.addIntents(intents);
+    const result = await write();
+    this.store.removeIntents(seqs);
+    return result;
   }
 
   /**
@@ -119,19 +153,38 @@ export class AnchoredRepository extends WriteObservingRepository {
    */
   async reconcile(pageSize = 500): Promise<number> {
     this.gaps = 0;
+    this.outside = 0;
     const watermark = this.store.getMeta('watermark');
     if (watermark === undefined) return 0;
     const since = Number(watermark) - RECONCILE_SLACK_MS;
     const inner = this.inner;
     if (inner.versionKeysSince) return this.reconcileListed(() => inner.versionKeysSince!(since), pageSize);
     let recorded = 0;
+    const intents = this.localStore ? undefined : this.store.intents();
     for (let offset = 0; ; offset += pageSize) {
       const page = await this.inner.history({ count: pageSize, offset });
       const recent = page.entries.filter((e) => Date.parse(e.lastUpdated) >= since);
       const missing = recent.filter((e) => e.resource && !this.store.has(e.resourceType, e.id, e.versionId)).map((e) => e.resource!);
-      recorded += this.record(missing);
-      if (!page.hasMore || recent.length < page.entries.length) return recorded;
+      const vouched = intents ? missing.filter((r) => this.claimIntent(intents, r)) : missing;
+      this.outside += missing.length - vouched.length;
+      recorded += this.record(vouched);
+      if (!page.hasMore || recent.length < page.entries.length) break;
     }
+    if (intents) this.store.removeIntentsBefore(Date.now() - INTENT_TTL_MS);
+    return recorded;
+  }
+
+  /** Versions an upstream holds without a commitment that the last reconcile did not adopt (no write intent of GlucoGuard's matched). */
+  outside = 0;
+
+  /** Whether an outstanding intent (taken off the list and the store when it is) vouches that GlucoGuard wrote `resource`. */
+  private claimIntent(intents: WriteIntent[], resource: Resource): boolean {
+    const at = intents.findIndex((i) => i.type === resource.resourceType && (i.id === null || i.id === resource.id)
+      && (i.digest === null ? i.id !== null : contentDigest(resource, i.dropped).equals(i.digest)));
+    if (at < 0) return false;
+    const [claimed] = intents.splice(at, 1);
+    this.store.removeIntents([claimed!.seq]);
+    return true;
   }
 
   /**
@@ -219,4 +272,53 @@ export class AnchoredRepository extends WriteObservingRepository {
     this.onRecorded(added);
     return added;
   }
+}
+
+/**
+ * What a version's content is judged on against a write intent: SHA-256 of its canonical text without
+ * `id` and `meta` (the server assigns them, and may add to meta) and without the `dropped` paths (the
+ * `urn:` references a transaction's server replaces with the ids it gave).
+ */
+function contentDigest(resource: Resource, dropped: readonly string[]): Buffer {
+  const copy = structuredClone(resource) as unknown as Record<string, unknown>;
+  delete copy.id;
+  delete copy.meta;
+  for (const path of dropped) {
+    const keys = path.split('.');
+    let node: unknown = copy;
+    for (const key of keys.slice(0, -1)) node = node && typeof node === 'object' ? (node as Record<string, unknown>)[key] : undefined;
+    if (node && typeof node === 'object') delete (node as Record<string, unknown>)[keys[keys.length - 1]!];
+  }
+  return createHash('sha256').update(canonicalResourceText(copy as unknown as Resource)).digest();
+}
+
+/** Paths (`a.0.reference`) of the `reference`s that are `urn:` ids in a transaction entry's resource. */
+function urnReferencePaths(value: unknown, path: string[] = [], out: string[] = []): string[] {
+  if (Array.isArray(value)) value.forEach((v, i) => urnReferencePaths(v, [...path, String(i)], out));
+  else if (value && typeof value === 'object') {
+    for (const [key, v] of Object.entries(value)) {
+      if (key === 'reference' && typeof v === 'string' && v.startsWith('urn:')) out.push([...path, key].join('.'));
+      else urnReferencePaths(v, [...path, key], out);
+    }
+  }
+  return out;
+}
+
+function intentOf(resource: Resource, id: string | null): NewIntent {
+  const dropped = urnReferencePaths(resource);
+  return { type: resource.resourceType, id, digest: contentDigest(resource, dropped), dropped };
+}
+
+/** The intents of a batch's or transaction's writes: creates by content, updates by id and content, patches by id. */
+function intentsOf(bundle: Bundle): NewIntent[] {
+  const out: NewIntent[] = [];
+  for (const entry of bundle.entry ?? []) {
+    const method = entry.request?.method;
+    const [type, id] = (entry.request?.url ?? '').split('?')[0]!.split('/');
+    const named = id && !entry.request?.url?.includes('?') ? id : null;
+    if (method === 'POST' && entry.resource) out.push(intentOf(entry.resource, null));
+    else if (method === 'PUT' && entry.resource) out.push(intentOf(entry.resource, named ?? null));
+    else if (method === 'PATCH' && type && named) out.push({ type, id: named, digest: null, dropped: [] });
+  }
+  return out;
 }

@@ -96,6 +96,9 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   try {
     const reconciled = await repository.reconcile();
     if (reconciled) options.logger.warn({ versions: reconciled }, 'ledger: recorded commitments of versions written before a crash');
+    if (repository.outside) {
+      options.logger.info({ versions: repository.outside }, 'ledger: recent versions on the upstream without a commitment that GlucoGuard did not write (no write intent matches): left unverified');
+    }
     if (repository.gaps) {
       options.logger.error({ versions: repository.gaps }, 'ledger: versions without a commitment lie among committed ones (not a crash tail): their commitments were removed or the versions put there; they are left unverified — run glucoguard verify');
     }

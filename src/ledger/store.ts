@@ -65,6 +65,22 @@ export interface TreeGroup {
   members: { at: number; index: number }[];
 }
 
+/**
+ * A write to an upstream server, recorded before it is sent and removed once its versions' commitments
+ * are (AnchoredRepository): the evidence that a version a crash left without a commitment is one
+ * GlucoGuard wrote. `id`: the resource's id when the write names it (an update, a patch); `digest`:
+ * of the content sent (AnchoredRepository's contentDigest), none for a patch, whose result only the server
+ * knows; `dropped`: the paths of `urn:` references the server replaces, left out of the digest.
+ */
+export interface WriteIntent {
+  seq: number;
+  type: string;
+  id: string | null;
+  digest: Buffer | null;
+  dropped: string[];
+  createdAt: number;
+}
+
 export interface NewCommitment {
   type: string;
   id: string;
@@ -155,6 +171,7 @@ export class CommitmentStore {
       CREATE INDEX IF NOT EXISTS batches_by_last_seq ON batches (last_seq);
       CREATE TABLE IF NOT EXISTS batch_trees (batch INTEGER PRIMARY KEY, salts BLOB NOT NULL, nodes BLOB NOT NULL, positions BLOB);
       CREATE INDEX IF NOT EXISTS batches_prepared ON batches (id) WHERE status = 'prepared';
+      CREATE TABLE IF NOT EXISTS write_intents (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, id TEXT, digest BLOB, dropped TEXT NOT NULL, created_at INTEGER NOT NULL);
     `);
     // trees stored before leaves were ordered by patient: every leaf at its seq's place
     if (!this.db.prepare("SELECT 1 FROM pragma_table_info('batch_trees') WHERE name = 'positions'").get()) {
@@ -685,6 +702,33 @@ export class CommitmentStore {
   leaseHolder(): { owner: string; until: number } | undefined {
     const [owner, until] = (this.getMeta('anchorer') ?? '').split(' ');
     return owner ? { owner, until: Number(until) } : undefined;
+  }
+
+  /** Records writes about to be sent upstream (WriteIntent); answers their seqs, for removeIntents. */
+  addIntents(items: readonly Omit<WriteIntent, 'seq' | 'createdAt'>[], now = Date.now()): number[] {
+    this.checkOpen();
+    const insert = this.db.prepare('INSERT INTO write_intents (type, id, digest, dropped, created_at) VALUES (?, ?, ?, ?, ?)');
+    return this.db.transaction(() => items.map((i) => Number(insert.run(i.type, i.id, i.digest, JSON.stringify(i.dropped), now).lastInsertRowid)))();
+  }
+
+  removeIntents(seqs: readonly number[]): void {
+    this.checkOpen();
+    const remove = this.db.prepare('DELETE FROM write_intents WHERE seq = ?');
+    this.db.transaction(() => seqs.forEach((seq) => remove.run(seq)))();
+  }
+
+  /** Every write intent outstanding, oldest first. */
+  intents(): WriteIntent[] {
+    this.checkOpen();
+    return this.db.prepare<[], { seq: number; type: string; id: string | null; digest: Buffer | null; dropped: string; created_at: number }>(
+      'SELECT * FROM write_intents ORDER BY seq').all()
+      .map((r) => ({ seq: r.seq, type: r.type, id: r.id, digest: r.digest, dropped: JSON.parse(r.dropped) as string[], createdAt: r.created_at }));
+  }
+
+  /** Drops the intents recorded before `time` (writes that can no longer be in flight); answers how many. */
+  removeIntentsBefore(time: number): number {
+    this.checkOpen();
+    return this.db.prepare('DELETE FROM write_intents WHERE created_at < ?').run(time).changes;
   }
 
   getMeta(k: string): string | undefined {

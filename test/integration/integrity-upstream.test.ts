@@ -5,8 +5,9 @@
  * when GLUCOGUARD_INTEGRITY=strict.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { Operator } from '@medplum/core';
 import request from 'supertest';
-import type { AuditEvent, Bundle, OperationOutcome, Patient } from '@medplum/fhirtypes';
+import type { AuditEvent, Bundle, Observation, OperationOutcome, Patient } from '@medplum/fhirtypes';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { startUpstreamFhirServer, type UpstreamFhirServer } from '../support/upstream-server.js';
 
@@ -80,6 +81,52 @@ describe('upstream server', () => {
     } finally {
       t.app.ledger.guard.mode = 'lenient';
     }
+  });
+
+  it('what was written directly on the upstream stays unverified after a restart: the start-up reconcile adopts only writes GlucoGuard sent', async () => {
+    const committed = await createPatient('Before');
+    // written on the upstream after GlucoGuard's last write, within the window a restart reconciles
+    const direct = await upstream.repo.createResource({ resourceType: 'Patient', name: [{ family: 'Direct' }] } as Patient);
+    await upstream.repo.updateResource({ ...(await upstream.repo.readResource<Patient>('Patient', committed.id!)), gender: 'male' });
+    await t.restart();
+    await t.app.ledger.anchorer.stop();
+    expect(t.app.ledger.store.has('Patient', direct.id!, '1')).toBe(false);
+    expect(tags((await request(t.app.http).get(`/fhir/Patient/${direct.id}`)).body)).toEqual(['unverified']);
+    expect(tags((await request(t.app.http).get(`/fhir/Patient/${committed.id}`)).body)).toEqual(['changed-outside']);
+    t.app.ledger.guard.mode = 'strict';
+    try {
+      expect((await request(t.app.http).get(`/fhir/Patient/${direct.id}`)).status).toBe(404);
+    } finally {
+      t.app.ledger.guard.mode = 'lenient';
+    }
+  });
+
+  it('a write GlucoGuard sent whose commitment a crash lost (its write intent outstanding) is adopted at the next start, transactions with urn:uuid references too', async () => {
+    const store = t.app.ledger.store;
+    // the crash window: the upstream stored the versions, the process died before recording their commitments
+    store.add = () => { throw new Error('crashed before the record'); };
+    try {
+      await request(t.app.http).post('/fhir/Patient').set('content-type', 'application/fhir+json').send({ resourceType: 'Patient', name: [{ family: 'Crash' }] });
+      await request(t.app.http).post('/fhir').set('content-type', 'application/fhir+json').send({
+        resourceType: 'Bundle', type: 'transaction', entry: [
+          { fullUrl: 'urn:uuid:5b0c6a8e-1d1b-4c39-9a55-0c6f4f0d2a11', resource: { resourceType: 'Patient', name: [{ family: 'CrashTx' }] }, request: { method: 'POST', url: 'Patient' } },
+          { resource: { resourceType: 'Observation', status: 'final', code: { text: 'glucose' }, subject: { reference: 'urn:uuid:5b0c6a8e-1d1b-4c39-9a55-0c6f4f0d2a11' }, effectiveDateTime: '2026-01-07T08:00:00Z', valueQuantity: { value: 45, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL' } }, request: { method: 'POST', url: 'Observation' } },
+        ],
+      });
+    } finally {
+      delete (store as { add?: unknown }).add;
+    }
+    const written = [...(await upstream.repo.searchResources<Patient>({ resourceType: 'Patient', filters: [{ code: 'family', operator: Operator.CONTAINS, value: 'Crash' }] }))];
+    expect(written).toHaveLength(2);
+    const observation = (await upstream.repo.searchResources<Observation>({ resourceType: 'Observation', filters: [] })).find((o) => o.valueQuantity?.value === 45)!;
+    expect(observation.subject?.reference).toBe(`Patient/${written.find((p) => p.name?.[0]?.family === 'CrashTx')!.id}`);
+    for (const r of [...written, observation]) expect(store.has(r.resourceType, r.id!, r.meta!.versionId!)).toBe(false);
+    await t.restart();
+    await t.app.ledger.anchorer.stop();
+    for (const r of [...written, observation]) expect(t.app.ledger.store.has(r.resourceType, r.id!, r.meta!.versionId!)).toBe(true);
+    expect(t.app.ledger.store.intents()).toEqual([]);
+    await t.app.ledger.anchorer.flush();
+    expect(tags((await request(t.app.http).get(`/fhir/Patient/${written[0]!.id}`)).body)).toEqual([]);
   });
 
   it('a new version made directly on the upstream of a resource GlucoGuard committed is tagged "changed-outside", not like legacy data; withheld in strict mode', async () => {

@@ -5,6 +5,7 @@
  * queue holds and catches up later. Each time: every version anchored exactly once.
  */
 import { afterAll, describe, expect, it } from '@jest/globals';
+import { Operator } from '@medplum/core';
 import request from 'supertest';
 import type { Patient } from '@medplum/fhirtypes';
 import { ChainClient } from '../../src/ledger/client.js';
@@ -108,19 +109,45 @@ describe('anchoring queue', () => {
     expect(read.status).toBe(200);
     expect(read.body.meta.tag ?? []).toEqual([]);
   });
-  it('finds the unrecorded versions through the adapter\'s key listing, or through history where it has none (as upstream)', async () => {
+  it('finds the unrecorded versions through the adapter\'s key listing, or, where it has none (as upstream), through history and the write intents', async () => {
     const t = await startTestApp();
     apps.push(t);
     await createPatients(t, 3);
     const adapter = t.app.ledger.repository.adapter;
-    const historyOnly = { history: (r: Parameters<Repository['history']>[0]) => adapter.history(r) } as unknown as Repository;
-    for (const inner of [adapter, historyOnly]) {
+    const store = t.app.ledger.store;
+    // what an upstream adapter offers the ledger: no key listing, no stand-ins
+    const upstreamLike = {
+      description: adapter.description,
+      history: (r: Parameters<Repository['history']>[0]) => adapter.history(r),
+      create: (r: Patient) => adapter.create(r),
+      update: (r: Patient) => adapter.update(r),
+    } as unknown as Repository;
+    for (const inner of [adapter, upstreamLike]) {
       // the crash window, twice: a new resource and a new version of it, neither recorded
-      const { resource: lost } = await adapter.create({ resourceType: 'Patient', name: [{ family: 'Lost' }] } as Patient);
-      await adapter.update({ ...lost, gender: 'unknown' } as Patient);
-      const reconciling = new AnchoredRepository(inner, t.app.ledger.store);
+      let lost: Patient;
+      if (inner === adapter) {
+        lost = (await adapter.create({ resourceType: 'Patient', name: [{ family: 'Lost' }] } as Patient)).resource;
+        await adapter.update({ ...lost, gender: 'unknown' } as Patient);
+      } else {
+        // through the ledger, which records each write's intent before sending it upstream
+        const writer = new AnchoredRepository(inner, store);
+        store.add = () => { throw new Error('crashed before the record'); };
+        try {
+          await expect(writer.create({ resourceType: 'Patient', name: [{ family: 'LostUpstream' }] } as Patient)).rejects.toThrow('crashed');
+          lost = (await adapter.search({ resourceType: 'Patient', filters: [{ code: 'family', operator: Operator.EQUALS, value: 'LostUpstream' }] })).resources[0] as Patient;
+          await expect(writer.update({ ...lost, gender: 'unknown' } as Patient)).rejects.toThrow('crashed');
+        } finally {
+          delete (store as { add?: unknown }).add;
+        }
+        expect(store.intents()).toHaveLength(2);
+        // a version no intent accounts for (written there by someone else) is not adopted
+        await adapter.create({ resourceType: 'Patient', name: [{ family: 'NotOurs' }] } as Patient);
+      }
+      const reconciling = new AnchoredRepository(inner, store);
       expect(await reconciling.reconcile(1)).toBe(2);
-      expect(t.app.ledger.store.has('Patient', lost.id!, '1') && t.app.ledger.store.has('Patient', lost.id!, '2')).toBe(true);
+      expect(store.has('Patient', lost.id!, '1') && store.has('Patient', lost.id!, '2')).toBe(true);
+      expect(reconciling.outside).toBe(inner === adapter ? 0 : 1);
+      expect(store.intents()).toEqual([]);
       expect(await reconciling.reconcile(1)).toBe(0); // each version once
     }
   });
