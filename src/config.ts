@@ -218,12 +218,15 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     const upstreamAuth = oneOf(pick('UPSTREAM_AUTH') ?? 'none',
       ['none', 'bearer', 'backend-services'] as const, 'UPSTREAM_AUTH', problems);
     const tokenFile = pick('UPSTREAM_BEARER_TOKEN_FILE');
+    problems.push(...endpointProblems(upstreamUrl, 'UPSTREAM_FHIR_URL', production));
+    const tokenUrl = pick('UPSTREAM_TOKEN_URL');
+    if (tokenUrl !== undefined) problems.push(...endpointProblems(tokenUrl, 'UPSTREAM_TOKEN_URL', production));
     upstream = {
-      url: url(upstreamUrl, 'UPSTREAM_FHIR_URL', problems).replace(/\/+$/, ''),
+      url: upstreamUrl.replace(/\/+$/, ''),
       auth: upstreamAuth,
       bearerToken: pick('UPSTREAM_BEARER_TOKEN') ?? (tokenFile ? readSecret(tokenFile, 'UPSTREAM_BEARER_TOKEN_FILE', problems) : undefined),
       clientId: pick('UPSTREAM_CLIENT_ID'),
-      tokenUrl: pick('UPSTREAM_TOKEN_URL'),
+      tokenUrl,
       privateKeyFile: pick('UPSTREAM_PRIVATE_KEY_FILE'),
       alg: oneOf(pick('UPSTREAM_ALG') ?? 'RS384', ['RS384', 'ES384'] as const, 'UPSTREAM_ALG', problems),
       kid: pick('UPSTREAM_KID'),
@@ -375,6 +378,35 @@ const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[
 /** An IP address, or a host name that is not a malformed dotted quad (`999.1.1.1`). */
 function isHost(host: string): boolean {
   return isIP(host) !== 0 || (HOST_NAME.test(host) && !/^[\d.]+$/.test(host));
+}
+
+/**
+ * What is wrong with an upstream endpoint URL (UPSTREAM_FHIR_URL, UPSTREAM_TOKEN_URL): it must be
+ * http(s), without credentials (fetch refuses `user:password@` URLs, so every request would fail as
+ * a bare network error, and the secret would sit in the configuration; UPSTREAM_AUTH carries
+ * credentials), without a query or fragment (paths are appended to a base; a token endpoint takes
+ * none), and under NODE_ENV=production https unless on this machine (tokens and health data would
+ * cross the network in clear). The messages never repeat the URL, which may hold a secret. Checked
+ * by loadConfig, before anything is created, and by the upstream adapter for configs built in code.
+ */
+export function endpointProblems(raw: string, name: string, production = false): string[] {
+  let parsed: URL;
+  try {
+    parsed = new URL(raw);
+  } catch {
+    return [`${name} must be an http(s) URL`];
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') return [`${name} must be an http(s) URL`];
+  const problems: string[] = [];
+  if (parsed.username !== '' || parsed.password !== '') {
+    problems.push(`${name} must not carry credentials (user:password@): give them by UPSTREAM_AUTH (bearer or backend-services)`);
+  }
+  // the raw text, not parsed.search: a bare trailing `?` or `#` leaves those empty yet breaks the paths
+  if (/[?#]/.test(raw)) problems.push(`${name} must be the endpoint itself, without a query (?…) or fragment (#…)`);
+  if (production && parsed.protocol === 'http:' && !isLoopbackUrl(raw)) {
+    problems.push(`${name} must use https when NODE_ENV=production unless it is on this machine (tokens and health data would cross the network in clear)`);
+  }
+  return problems;
 }
 
 function isLoopbackUrl(raw: string): boolean {

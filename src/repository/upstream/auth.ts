@@ -7,7 +7,7 @@
 import { createPrivateKey, randomUUID, type KeyObject, type JsonWebKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { SignJWT, calculateJwkThumbprint, exportJWK } from 'jose';
-import { ConfigError, type UpstreamConfig } from '../../config.js';
+import { ConfigError, endpointProblems, type UpstreamConfig } from '../../config.js';
 import { upstreamError } from '../../errors.js';
 import type { UpstreamTransport } from './transport.js';
 
@@ -81,7 +81,7 @@ export class BackendServicesCredentials implements UpstreamCredentials {
     const missing = (['clientId', 'tokenUrl', 'privateKeyFile'] as const).filter((k) => !config[k]);
     if (missing.length) throw new ConfigError(missing.map((k) => `UPSTREAM_AUTH=backend-services needs upstream.${k}`));
     this.clientId = config.clientId!;
-    this.tokenUrl = config.tokenUrl!;
+    this.tokenUrl = checkedTokenUrl(config.tokenUrl!);
     this.alg = config.alg ?? 'RS384';
     this.key = loadSigningKey(config.privateKeyFile!, this.alg, config.kid);
   }
@@ -134,7 +134,8 @@ export class BackendServicesCredentials implements UpstreamCredentials {
     if (response.status !== 200 || typeof body?.access_token !== 'string' || body.access_token === '') {
       // The OAuth error code (RFC 6749 §5.2) is safe to log; descriptions and bodies are not logged.
       const oauthError = typeof body?.error === 'string' ? body.error.slice(0, 64) : undefined;
-      this.transport.logger?.warn({ status: response.status, oauthError }, 'upstream token request refused');
+      this.transport.logger?.warn({ status: response.status, oauthError }, response.status === 200
+        ? 'upstream token endpoint answered without a usable access_token' : 'upstream token request refused');
       throw upstreamError('Upstream FHIR server authorization failed', new TokenRefused(response.status, oauthError));
     }
     if (typeof body.token_type === 'string' && body.token_type.toLowerCase() !== 'bearer') {
@@ -162,6 +163,13 @@ export class BackendServicesCredentials implements UpstreamCredentials {
       .setExpirationTime(nowS + ASSERTION_LIFETIME_S)
       .sign(this.key.key);
   }
+}
+
+/** UPSTREAM_TOKEN_URL checked as loadConfig checks it (a config built in code may skip that). */
+function checkedTokenUrl(url: string): string {
+  const problems = endpointProblems(url, 'UPSTREAM_TOKEN_URL');
+  if (problems.length) throw new ConfigError(problems);
+  return url;
 }
 
 interface SigningKey {

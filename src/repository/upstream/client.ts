@@ -5,8 +5,8 @@
  *
  * Status mapping (https://hl7.org/fhir/R4/http.html): 404 → ERR_NOT_FOUND, 410 → ERR_GONE,
  * 409 → ERR_CONFLICT, 412 → ERR_PRECONDITION_FAILED, 400 → ERR_INVALID and 422 → ERR_UNPROCESSABLE
- * (both keeping only what helps a client fix its request, see safeIssues; a 400 to a read or vread,
- * whose request the adapter built and checked itself, is the upstream's failure: ERR_UPSTREAM), 429 →
+ * (both keeping only what helps a client fix its request, see safeIssues; a 400 or 422 to a read or
+ * vread, whose request the adapter built and checked itself, is the upstream's failure: ERR_UPSTREAM), 429 →
  * ERR_UNAVAILABLE, and so is a 503 with Retry-After (each passing the upstream's Retry-After on, in
  * seconds); 401/403 (the proxy's own credentials), other 5xx and anything unexpected → ERR_UPSTREAM. A GET the
  * upstream throttles is sent once more when the wait it asks for is short (retryAfterMaxSeconds).
@@ -164,17 +164,18 @@ export class FhirUpstreamClient {
         const issues = this.safeIssues(body, 'conflict', 'A precondition of an entry of the transaction failed (HTTP 412)');
         return new GlucoGuardError('ERR_PRECONDITION_FAILED', issues.map((i) => i.diagnostics).join('; '), issues);
       }
-      case 400: {
-        // the adapter built and checked a read's URL itself: nothing of the client's was wrong
+      case 400:
+      case 422: {
+        // the adapter built and checked a read's URL itself and sent no body: nothing of the
+        // client's was wrong, and a 422 ("could not process the resource") fits no read at all
         if (method === 'GET' && /^[A-Z][A-Za-z]+\/[^/?]+(?:\/_history\/[^/?]+)?$/.test(path)) {
           this.transport.logger?.warn({ what, method, status }, 'upstream refused a read as invalid');
           return upstreamError();
         }
+        if (status === 422) return unprocessable(this.safeIssues(body, 'processing', 'Upstream FHIR server could not process the resource (HTTP 422)'));
         const issues = this.safeIssues(body, 'invalid', 'Upstream FHIR server rejected the request (HTTP 400)');
         return new GlucoGuardError('ERR_INVALID', issues.map((i) => i.diagnostics).join('; '), issues);
       }
-      case 422:
-        return unprocessable(this.safeIssues(body, 'processing', 'Upstream FHIR server could not process the resource (HTTP 422)'));
       case 429:
         this.transport.logger?.warn({ what, status }, 'upstream throttled the request');
         return unavailable('Upstream FHIR server is busy; retry later');

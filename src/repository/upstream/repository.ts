@@ -7,7 +7,7 @@
  */
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, BundleEntry, Resource } from '@medplum/fhirtypes';
-import type { UpstreamConfig } from '../../config.js';
+import { ConfigError, endpointProblems, type UpstreamConfig } from '../../config.js';
 import { badRequest, preconditionFailed, upstreamError } from '../../errors.js';
 import type {
   HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchResult, WriteResult,
@@ -46,7 +46,7 @@ export class UpstreamRepository implements Repository {
 
   constructor(options: UpstreamRepositoryOptions) {
     const { config } = options;
-    const base = config.url.replace(/\/+$/, '');
+    const base = checkedBase(config.url);
     const transport = new UpstreamTransport(options.fetchImpl ?? globalThis.fetch, config.timeoutMs, options.logger, config.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
     const credentials = credentialsFor(config, transport, options.now ?? Date.now);
     this.credentials = credentials;
@@ -102,7 +102,7 @@ export class UpstreamRepository implements Repository {
   async read<T extends Resource = Resource>(resourceType: string, id: string): Promise<T> {
     const type = checkType(resourceType);
     const reply = await this.send({ method: 'GET', path: `${type}/${checkId(id)}`, what: `read ${type}` });
-    return expectResource<T>(reply.body, type);
+    return expectResource<T>(reply.body, type, id);
   }
 
   async vread<T extends Resource = Resource>(resourceType: string, id: string, versionId: string): Promise<T> {
@@ -110,7 +110,7 @@ export class UpstreamRepository implements Repository {
     const reply = await this.send({
       method: 'GET', path: `${type}/${checkId(id)}/_history/${checkId(versionId, 'versionId')}`, what: `vread ${type}`,
     });
-    return expectResource<T>(reply.body, type);
+    return expectResource<T>(reply.body, type, id, versionId);
   }
 
   async update<T extends Resource>(resource: T, options: { ifMatch?: string } = {}): Promise<WriteResult<T>> {
@@ -244,8 +244,17 @@ function checkId(id: string, what = 'id'): string {
   return id;
 }
 
-function expectResource<T extends Resource>(body: unknown, type: string): T {
-  if ((body as Resource | undefined)?.resourceType !== type) throw upstreamError('Upstream FHIR server sent an invalid response');
+/**
+ * The resource a read or vread answered, which must be the one asked for: another id (or, for a
+ * vread, another version) would be served to the client under the URL it asked for. A version the
+ * upstream leaves unnamed is taken as the one asked for.
+ */
+function expectResource<T extends Resource>(body: unknown, type: string, id: string, versionId?: string): T {
+  const resource = body as Resource | undefined;
+  const version = resource?.meta?.versionId;
+  if (resource?.resourceType !== type || resource.id !== id || (versionId !== undefined && version !== undefined && version !== versionId)) {
+    throw upstreamError('Upstream FHIR server sent an invalid response');
+  }
   return body as T;
 }
 
@@ -303,6 +312,13 @@ function httpDateToInstant(value: string | undefined): string | undefined {
   if (!value) return undefined;
   const time = Date.parse(value);
   return Number.isNaN(time) ? undefined : new Date(time).toISOString();
+}
+
+/** UPSTREAM_FHIR_URL as the adapter uses it, checked as loadConfig checks it (a config built in code may skip that). */
+function checkedBase(url: string): string {
+  const problems = endpointProblems(url, 'UPSTREAM_FHIR_URL');
+  if (problems.length) throw new ConfigError(problems);
+  return url.replace(/\/+$/, '');
 }
 
 /** How the upstream is reached, for the start-up log: auth mode and Backend Services client, never a secret. */
