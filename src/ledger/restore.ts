@@ -3,10 +3,11 @@
  * chain (`chain/`) only prove each other when they come from the same moment. A restore that leaves
  * one of them out must not start: a new chain would hold none of the anchored roots and consent
  * grants (every version would fail its check, every grant would be gone), a new commitment store
- * none of the salts (every version would read as unverified). These checks run before anything is
- * created, and cost one indexed `LIMIT 1` query per SQLite file.
+ * none of the salts (every version would read as unverified); a `chain/` from another installation
+ * would hold other roots and other grants. These checks run before anything is created, and cost
+ * one indexed `LIMIT 1` query per SQLite file.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { deploymentPath } from '../../chain/node/index.js';
@@ -31,18 +32,41 @@ function grantIndexPath(dataDir: string): string {
   return path.join(dataDir, 'consent', 'grants.db');
 }
 
-/** Whether `table` of the SQLite file holds a row (matching `where`); false for a missing file or table. */
-function hasRow(file: string, table: string, where = ''): boolean {
-  if (!existsSync(file)) return false;
+/** A data file these checks cannot read (damaged, or not a database): no answer, so nothing goes on. */
+export class DataFileUnreadableError extends Error {
+  readonly code = 'ERR_DATA_FILE_UNREADABLE';
+}
+
+/**
+ * `run` on the SQLite file, or `absent` when the file or the table does not exist (nothing was ever
+ * written there). A file that cannot be read is refused (DataFileUnreadableError), never taken for
+ * an empty one: "holds nothing" would let a new chain or commitment store be made beside data it
+ * never saw.
+ */
+function query<T>(file: string, absent: T, run: (db: Database.Database) => T): T {
+  if (!existsSync(file)) return absent;
   let db: Database.Database | undefined;
   try {
     db = new Database(file, { fileMustExist: true });
-    return db.prepare(`SELECT 1 FROM ${table} ${where} LIMIT 1`).get() !== undefined;
-  } catch {
-    return false; // no such table: nothing was ever written there
+    return run(db);
+  } catch (err) {
+    const e = err as { code?: string; message?: string };
+    if (e.code === 'SQLITE_ERROR' && /^no such table/.test(e.message ?? '')) return absent;
+    throw new DataFileUnreadableError(`cannot read ${file}: ${e.message ?? String(err)}${e.code ? ` (${e.code})` : ''}: it is damaged or not a GlucoGuard file. `
+      + 'Restore the whole data directory from one backup (docs/operations.md, Backups and restores)', { cause: err });
   } finally {
     db?.close();
   }
+}
+
+/** Whether `table` of the SQLite file holds a row (matching `where`); false for a missing file or table. */
+function hasRow(file: string, table: string, where = ''): boolean {
+  return query(file, false, (db) => db.prepare(`SELECT 1 FROM ${table} ${where} LIMIT 1`).get() !== undefined);
+}
+
+/** The consent index's record of the deployment it was built from (`chainId:ConsentRegistry:IdentityRegistry`), if any. */
+function indexedRegistry(dataDir: string): string | undefined {
+  return query(grantIndexPath(dataDir), undefined, (db) => (db.prepare("SELECT v FROM meta WHERE k = 'registry'").get() as { v: string } | undefined)?.v);
 }
 
 /**
@@ -51,9 +75,20 @@ function hasRow(file: string, table: string, where = ''): boolean {
  */
 export function heldData(dataDir: string): string[] {
   const held: string[] = [];
-  if (hasRow(storeFilePath(dataDir), 'versions')) held.push(`resource versions (${path.relative(dataDir, storeFilePath(dataDir))})`);
-  if (hasRow(commitmentsPath(dataDir), 'commitments')) held.push(`commitments (${path.relative(dataDir, commitmentsPath(dataDir))})`);
-  if (hasRow(grantIndexPath(dataDir), 'meta', "WHERE k = 'registry'")) held.push(`a consent index of a deployment (${path.relative(dataDir, grantIndexPath(dataDir))})`);
+  let unreadable: Error | undefined;
+  const look = (file: string, table: string, what: string, where?: string): void => {
+    try {
+      if (hasRow(file, table, where)) held.push(`${what} (${path.relative(dataDir, file)})`);
+    } catch (err) {
+      if (!(err instanceof DataFileUnreadableError)) throw err;
+      unreadable ??= err;
+    }
+  };
+  look(storeFilePath(dataDir), 'versions', 'resource versions');
+  look(commitmentsPath(dataDir), 'commitments', 'commitments');
+  look(grantIndexPath(dataDir), 'meta', 'a consent index of a deployment', "WHERE k = 'registry'");
+  // data found elsewhere is the clearer refusal; with none found, a file that could not be read is no "empty"
+  if (!held.length && unreadable) throw unreadable;
   return held;
 }
 
@@ -72,7 +107,10 @@ export function assertEmbeddedChainPresent(dataDir: string, options: { create?: 
       + 'it was lost or replaced. Restore the chain directory from a backup of this data directory; '
       + 'a new chain would hold none of the anchored roots and consent grants');
   }
-  if (existsSync(deployment)) return;
+  if (existsSync(deployment)) {
+    assertIndexedDeployment(dataDir, deployment);
+    return;
+  }
   const held = heldData(dataDir);
   if (held.length) {
     throw new ChainMissingError(`${dataDir} holds ${held.join(', ')} but not the embedded chain they were made with: ${deployment} is missing. `
@@ -83,6 +121,39 @@ export function assertEmbeddedChainPresent(dataDir: string, options: { create?: 
   if (options.create === false) {
     throw new ChainMissingError(`there is no embedded chain in ${path.join(dataDir, 'chain')} (${deployment} is missing); this command never creates one. Run glucoguard serve once to set up a new installation`);
   }
+}
+
+/**
+ * Refuses a `chain/` restored from another installation (another backup, another site): whole and
+ * consistent with itself, so only this directory's own record of its deployment tells — the
+ * consent index names the chain id and registry contracts it was built from, and the embedded
+ * contracts' addresses follow from the chain's signer, so no two installations share them. Without
+ * this the start compared only anchor counts: "the chain is older than the commitment store", or
+ * anchoring stopped with every read withheld, and the index emptied to follow the foreign chain.
+ * An index never built (nothing recorded) proves nothing either way and is let through.
+ */
+function assertIndexedDeployment(dataDir: string, deploymentFile: string): void {
+  const index = grantIndexPath(dataDir);
+  let indexed: string | undefined;
+  try {
+    indexed = indexedRegistry(dataDir);
+  } catch (err) {
+    if (err instanceof DataFileUnreadableError) return; // the index is rebuilt from the chain; opening it reports the damage
+    throw err;
+  }
+  if (indexed === undefined) return;
+  let chain: string;
+  try {
+    const d = JSON.parse(readFileSync(deploymentFile, 'utf8')) as { chainId?: unknown; contracts?: Record<string, unknown> };
+    chain = `${String(d.chainId)}:${String(d.contracts?.ConsentRegistry)}:${String(d.contracts?.IdentityRegistry)}`;
+  } catch {
+    return; // an unreadable deployment.json is the node's to refuse (chain/node/deploy.ts), with its own message
+  }
+  if (chain.toLowerCase() === indexed.toLowerCase()) return;
+  throw new ChainMissingError(`the embedded chain in ${path.join(dataDir, 'chain')} is not the chain this data directory was made with: `
+    + `${index} was built from chain ${indexed.split(':')[0]} with ConsentRegistry ${indexed.split(':')[1]}, ${deploymentFile} records chain ${chain.split(':')[0]} `
+    + `with ConsentRegistry ${chain.split(':')[1]}, so chain/ comes from another installation. Restore the whole data directory (store, ledger and chain) `
+    + 'from one backup of this installation (docs/operations.md, Backups and restores)');
 }
 
 /**

@@ -39,7 +39,7 @@ export async function verifyStore(
         if (err instanceof TamperedVersionError) report.failures.push({ resource: ref, reason: 'stored data does not authenticate (altered, swapped or corrupted on disk)' });
         else if (isGlucoGuardError(err, 'ERR_GONE')) report.gone++;
         else if (isGlucoGuardError(err, 'ERR_NOT_FOUND')) report.failures.push({ resource: ref, reason: 'missing from the repository' });
-        else throw err;
+        else throw stopped(`reading ${ref} from the repository (${deps.repository.description.adapter}, ${deps.repository.description.location})`, err);
       }
     }
     const results = await deps.checker.checkMany(read.map((r) => r.resource));
@@ -52,10 +52,31 @@ export async function verifyStore(
     page = [];
     onProgress?.(report);
   };
-  for (const record of deps.store.all(patient)) {
-    page.push(record);
+  const records = deps.store.all(patient);
+  for (;;) {
+    let next: IteratorResult<CommitmentRecord>;
+    try {
+      next = records.next();
+    } catch (err) {
+      throw stopped(`reading the commitment store ${deps.store.file}`, err);
+    }
+    if (next.done) break;
+    page.push(next.value);
     if (page.length === PAGE) await checkPage();
   }
   if (page.length) await checkPage();
   return report;
+}
+
+/**
+ * An error no check accounts for (a damaged SQLite page): verify stops, saying what it was
+ * reading and where — SQLite alone says only "database disk image is malformed", not
+ * which of the data directory's files.
+ */
+function stopped(what: string, err: unknown): unknown {
+  const e = err as { code?: unknown; message?: unknown };
+  // GlucoGuard's own errors already say what failed, and their codes decide the exit code (ERR_DATA_DIR: 2)
+  if (isGlucoGuardError(err) || (typeof e.code === 'string' && e.code.startsWith('ERR_'))) return err;
+  const code = typeof e.code === 'string' ? ` (${e.code})` : '';
+  return new Error(`verify stopped ${what}: ${typeof e.message === 'string' ? e.message : String(err)}${code}`, { cause: err });
 }

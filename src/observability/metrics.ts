@@ -45,7 +45,7 @@ export const metrics = {
     help: 'Age of the oldest resource version not yet anchored on chain',
     registers: [registry],
   }),
-  /** Anchor transactions by outcome (`confirmed`, `failed`, `retried`). */
+  /** Anchor transactions by outcome (`confirmed`, `failed`; src/ledger/anchor.ts). */
   anchors: new Counter({
     name: 'glucoguard_anchors_total',
     help: 'Anchor transactions by outcome',
@@ -78,7 +78,10 @@ export const metrics = {
     labelNames: ['queue'] as const,
     registers: [registry],
   }),
-  /** 1 when the dependency answered its last readiness check, 0 when not (repository, kv, upstream, redis, chain). */
+  /**
+   * 1 when the dependency answered its last readiness check, 0 when not: one per check of `/readyz`
+   * (`repository` — the embedded store or the upstream —, `kv` — embedded or Redis —, `chain`, `anchoring`).
+   */
   dependencyUp: new Gauge({
     name: 'glucoguard_dependency_up',
     help: 'Whether a dependency answered its last readiness check (1) or not (0)',
