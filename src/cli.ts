@@ -360,7 +360,7 @@ registerCgmCommands(program, openApp);
 registerConsentCommands(program, openApp);
 registerExchangeCommands(program, openApp);
 
-registerLedgerCommands(program, config);
+registerLedgerCommands(program, config, () => configFor());
 
 registerSmartCommands(program, async (options) => {
   const cfg = configFor(options);

@@ -65,7 +65,11 @@ function seconds(ms: number): string {
   return `${(ms / 1000).toFixed(1)} s`;
 }
 
-export function registerLedgerCommands(program: Command, loadConfig: () => Config): void {
+/**
+ * `loadConfig`: the configuration; `installed`: the same, refusing a data directory with no
+ * installation (a mistyped GLUCOGUARD_DATA_DIR), for the commands that only look at one.
+ */
+export function registerLedgerCommands(program: Command, loadConfig: () => Config, installed: () => Config = loadConfig): void {
   const chain = program.command('chain').description('the proof-of-authority chain: run the embedded node, show status, deploy contracts');
 
   chain
@@ -194,10 +198,10 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
 
   program
     .command('verify')
-    .description('check every recorded resource version (or one patient\'s) against its commitment and the anchored Merkle root, and the store for commitments removed from it (exit 1 when any check fails, 2 for a patient never stored)')
+    .description('check every recorded resource version (or one patient\'s) against its commitment and the anchored Merkle root, and the store for commitments removed from it (exit 1 when any check fails, 2 for a patient never stored or no installation, 3 when the chain could not be read so not everything was checked)')
     .option('--patient <id>', 'only this patient\'s resources')
     .action(async (opts: { patient?: string }) => {
-      const config = loadConfig();
+      const config = installed();
       const logger = createLogger('warn', process.stderr);
       const storeFile = commitmentStorePath(config.dataDir);
       // versions in the embedded store without their commitment store: nothing could be checked, which is no pass
@@ -241,6 +245,11 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
         const tail = complete.uncommitted.length - among.length;
         if (tail) console.log(`${tail} versions written after the last committed one of their type have no commitment yet (recorded at the next serve start)`);
         if (report.failures.length || missing || among.length || complete.chain.length) process.exitCode = 1;
+        // nothing failed, but what the chain holds was not (all) read: no pass either
+        else if (report.unverified || complete.chainUnavailable) {
+          console.log('not everything could be checked: the chain did not answer (run verify again once it does)');
+          process.exitCode = 3;
+        }
       } finally {
         store.close();
         await repository.close();

@@ -91,6 +91,38 @@ describe('glucoguard verify', () => {
   });
 });
 
+describe('glucoguard verify that cannot pass', () => {
+  test('on a directory with no installation (a mistyped path) it refuses with exit 2, as other commands do', () => {
+    const empty = tempDir('gg-ledger-cli-empty-');
+    try {
+      const r = spawnSync(process.execPath, [BIN, 'verify'], { env: { ...env, GLUCOGUARD_DATA_DIR: empty }, encoding: 'utf8' });
+      expect(r.status).toBe(2);
+      expect(r.stderr).toContain(`no GlucoGuard data in ${empty}`);
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+
+  test('with the chain unreachable, nothing failed but not everything was checked: exit 3, not 0', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const server = createServer().listen(0, '127.0.0.1', () => {
+        const { port: free } = server.address() as AddressInfo;
+        server.close(() => resolve(free));
+      });
+    });
+    const r = spawnSync(process.execPath, [BIN, 'verify', '--patient', bystander], {
+      env: {
+        ...env, CHAIN_RPC_URL: `http://127.0.0.1:${port}`,
+        CHAIN_DEPLOYMENT_FILE: path.join(dataDir, 'chain', 'deployment.json'), CHAIN_AUTHORITY_KEY_FILE: path.join(dataDir, 'chain', 'signer.key'),
+      },
+      encoding: 'utf8',
+    });
+    expect(r.stdout).toMatch(/unverifiable now \(chain unreachable\)|chain unreachable/);
+    expect(r.stdout).toContain('not everything could be checked');
+    expect(r.status).toBe(3);
+  });
+});
+
 describe('glucoguard chain', () => {
   test('status shows chain id, head, signers, contracts and anchoring', () => {
     const r = run('chain', 'status', '--json');
