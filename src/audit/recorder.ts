@@ -19,7 +19,7 @@ import { patientIdOfReference } from '../fhir/compartment.js';
 import type { FhirRequest, FhirResponse } from '../fhir/types.js';
 import type { Logger } from '../log.js';
 import type { Repository } from '../repository/port.js';
-import { consentNotes } from '../consent/policy.js';
+import { takeConsentNotes, type RequestNotes } from '../consent/policy.js';
 import { requesterOf, type ConsentAccessContext } from '../consent/requester.js';
 import { auditEventOf, type AccessRecord, type BalpInteraction } from './balp.js';
 
@@ -52,8 +52,7 @@ export class AuditRecorder {
    * repository has a bulk path.
    */
   record(request: FhirRequest, response: FhirResponse): void {
-    const event = this.eventOf(request, response);
-    if (event) this.enqueue(event);
+    for (const event of this.eventsOf(request, response)) this.enqueue(event);
   }
 
   /**
@@ -113,14 +112,46 @@ export class AuditRecorder {
     if (this.queue.length) this.schedule(0);
   }
 
+  /** The one AuditEvent of a request, naming every patient it touched (see eventsOf for what is stored). */
   eventOf(request: FhirRequest, response: FhirResponse): AuditEvent | undefined {
+    const rec = this.recordOf(request, response, false);
+    return rec && auditEventOf(rec);
+  }
+
+  /**
+   * The AuditEvents stored for a request: one per patient it touched (BALP: a patient's log then
+   * holds events about them alone, and no patient reads another's id, grants or withheld counts in
+   * it; an event naming two patients would be withheld from both by consent). Each copy's query
+   * leaves the other patients out (queryCopies). An access about no patient is one event.
+   */
+  eventsOf(request: FhirRequest, response: FhirResponse): AuditEvent[] {
+    const rec = this.recordOf(request, response, true);
+    if (!rec) return [];
+    if (rec.patients.length <= 1) return [auditEventOf(rec)];
+    const grantPatients = rec.notes?.grantPatients;
+    const status = response.status;
+    // the reasons of a denial name grants, and the withheld count is everyone's: kept out of the copies
+    const outcomeDesc = status >= 400 ? `HTTP ${status}` : rec.outcomeDesc ? 'entries withheld by consent' : undefined;
+    const queryOf = rec.query !== undefined ? queryCopies(request.query, rec.patients) : undefined;
+    return rec.patients.map((p) => auditEventOf({
+      ...rec,
+      ...(queryOf ? { query: `${request.path}?${queryOf(p)}` } : {}),
+      patients: [p],
+      grants: rec.grants.filter((g) => grantPatients?.get(g)?.has(p)),
+      ...(outcomeDesc ? { outcomeDesc } : { outcomeDesc: undefined }),
+    }));
+  }
+
+  /** `take`: this event takes the consent notes gathered since the last one of the request (a batch entry's own). */
+  private recordOf(request: FhirRequest, response: FhirResponse, take: boolean): (AccessRecord & { notes?: RequestNotes }) | undefined {
     const parts = request.path.split('/').filter(Boolean);
     if (parts[0] === 'metadata') return undefined;
     const file = parts.length === 1 && parts[0] === EXPORT_FILE_PATH ? [request.query.url ?? []].flat()[0] : undefined;
     const interaction = file !== undefined ? 'read' : interactionOf(request.method, parts);
     const access = request.access as ConsentAccessContext;
     const requester = requesterOf(access);
-    const notes = consentNotes(access);
+    // a batch's own event reads what all its entries noted; any other event (an entry) its own notes
+    const notes = takeConsentNotes(access, !take || interaction === 'batch');
     const patients = new Set(notes?.patients ?? []);
     if (parts[0] === 'Patient' && parts[1] && !parts[1].startsWith('$')) patients.add(parts[1]);
     for (const key of ['patient', 'subject']) {
@@ -135,12 +166,12 @@ export class AuditRecorder {
     const desc = status >= 400
       ? `HTTP ${status}${notes?.reasons.size ? `; ${[...notes.reasons].slice(0, 5).join('; ')}` : ''}`
       : notes && notes.denied > 0 ? `${notes.denied} entr${notes.denied === 1 ? 'y' : 'ies'} withheld by consent` : undefined;
-    const query = Object.entries(request.query).flatMap(([k, v]) => [v].flat().map((x) => `${k}=${x}`)).join('&');
-    // a conditional write names its resource by criteria; the resource it wrote is in the Location
+    const query = queryText(request.query);
+    // a create, or a conditional write (named by criteria), names the resource it wrote in the Location
     const conditional = parts.length === 1 && ['PUT', 'PATCH', 'DELETE'].includes(request.method);
     const target = file ?? (parts.length >= 2 && !parts[1]!.startsWith('$') && !parts[1]!.startsWith('_') ? `${parts[0]}/${parts[1]}`
-      : conditional ? writtenResource(response) : undefined);
-    return auditEventOf({
+      : conditional || interaction === 'create' ? writtenResource(response) : undefined);
+    return {
       interaction,
       recorded: new Date((this.options.now ?? Date.now)()).toISOString(),
       outcome: status >= 500 ? '8' : status >= 400 ? '4' : '0',
@@ -152,8 +183,61 @@ export class AuditRecorder {
       patients: [...patients],
       grants: [...(notes?.grants ?? [])],
       requestId: request.headers['x-request-id'],
-    });
+      ...(notes ? { notes } : {}),
+    };
   }
+}
+
+/** A request's query as text, as asked. */
+function queryText(query: FhirRequest['query']): string {
+  return Object.entries(query).flatMap(([k, v]) => [v].flat().map((x) => `${k}=${x}`)).join('&');
+}
+
+const PLACEHOLDER = '(another patient)';
+
+/**
+ * The query of each patient's copy of an event about `patients`: a `patient`/`subject` value naming
+ * another of them is left out (an export's list of every patient, a clinician's `patient=A,B`), and
+ * their ids in any other value (`_id=A,B`) read `(another patient)`, a page token (which holds its
+ * search) is not copied; search values such as a typed name stay as asked. Worked out once, so that each copy costs what its own part of the query does,
+ * not the whole list (an export names every patient, and each gets a copy).
+ */
+function queryCopies(query: FhirRequest['query'], patients: readonly string[]): (p: string) => string {
+  const all = new Set(patients);
+  const idOf = (one: string): string => patientIdOfReference(one) ?? one;
+  const tokens = /[A-Za-z0-9\-.]{1,64}/g;
+  const common: { i: number; text: string }[] = [];
+  const own = new Map<string, { i: number; text: string }[]>();
+  // values naming several patients, or a patient inside another parameter: rewritten per copy (few)
+  const mixed: { i: number; k: string; x: string; list: boolean }[] = [];
+  let i = 0;
+  for (const [k, v] of Object.entries(query)) {
+    for (const x of [v].flat()) {
+      i++;
+      // a next-page link carries its search (other patients' ids among it) inside the token
+      if (k === '_pageToken') common.push({ i, text: `${k}=(a further page of the search)` });
+      else if (k === 'patient' || k === 'subject') {
+        const named = x.split(',').filter((one) => all.has(idOf(one)));
+        if (named.length === 0) common.push({ i, text: `${k}=${x}` });
+        else if (named.length === 1 && named[0] === x) {
+          const list = own.get(idOf(x)) ?? [];
+          list.push({ i, text: `${k}=${x}` });
+          own.set(idOf(x), list);
+        } else mixed.push({ i, k, x, list: true });
+      } else if ((x.match(tokens) ?? []).some((t) => all.has(t))) mixed.push({ i, k, x, list: false });
+      else common.push({ i, text: `${k}=${x}` });
+    }
+  }
+  return (p) => {
+    const parts = [...common, ...(own.get(p) ?? [])];
+    for (const m of mixed) {
+      if (m.list) {
+        const kept = m.x.split(',').filter((one) => !all.has(idOf(one)) || idOf(one) === p);
+        if (kept.length) parts.push({ i: m.i, text: `${m.k}=${kept.join(',')}` });
+      } else parts.push({ i: m.i, text: `${m.k}=${m.x.replace(tokens, (t) => (all.has(t) && t !== p ? PLACEHOLDER : t))}` });
+    }
+    return parts.sort((a, b) => a.i - b.i).map((e) => e.text).join('&');
+  };
 }
 
 function interactionOf(method: string, parts: string[]): BalpInteraction {
@@ -170,9 +254,9 @@ function interactionOf(method: string, parts: string[]): BalpInteraction {
   return parts.length === 1 ? 'search-type' : 'read';
 }
 
-/** `Type/id` of the resource a write answered with, from its Location (`…/Type/id/_history/v`). */
+/** `Type/id` of the resource a write answered with, from its Location (`…/Type/id/_history/v`, or relative as the Consent module sends it). */
 function writtenResource(response: FhirResponse): string | undefined {
   const location = response.headers?.Location;
-  const m = typeof location === 'string' ? /\/([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})\/_history\/[^/]+$/.exec(location) : null;
+  const m = typeof location === 'string' ? /(?:^|\/)([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})\/_history\/[^/]+$/.exec(location) : null;
   return m ? `${m[1]}/${m[2]}` : undefined;
 }

@@ -18,15 +18,27 @@ import { resourceExists } from '../repository/exists.js';
 import { registerPatientKeyCommands, sessionAccess } from './keys/cli.js';
 import { CLIENT_SYSTEM, GRANT_ID_SYSTEM, PURPOSE_SYSTEM, RESOURCE_TYPE_SYSTEM } from './terms.js';
 
+/** FHIR date: `YYYY`, `YYYY-MM` or `YYYY-MM-DD`. */
+const FHIR_DATE = /^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$/;
+/** A date-time with seconds optional and its offset required (FHIR dateTime: "if hours and minutes are specified, a timezone offset SHALL be populated"). */
+const DATE_TIME = /^(\d{4}-\d{2}-\d{2})T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:\d{2})$/;
+const isCalendarDay = (ymd: string): boolean => !Number.isNaN(Date.parse(`${ymd}T00:00:00Z`)) && new Date(`${ymd}T00:00:00Z`).toISOString().slice(0, 10) === ymd;
+
 /**
- * A date (`YYYY-MM-DD`, kept as given: as a period's end it includes that whole day) or a date-time
- * (as an instant).
+ * A date (`YYYY-MM-DD`, or `YYYY-MM`, `YYYY`; kept as given: as a period's end it includes that
+ * whole day, month or year) or a date-time with its offset (as an instant). Nothing else: Date.parse
+ * alone took "March 7" for 2001-03-07 (a data period 25 years wider than meant), a time without an
+ * offset in the operator's own time zone, and 2026-02-30 for 2 March.
  */
 const instant = (v: string): string => {
-  if (Number.isNaN(Date.parse(v))) throw new InvalidArgumentError('expected a date (YYYY-MM-DD) or date-time');
-  if (/^\d{4}-\d{2}-\d{2}$/.test(v)) {
-    if (new Date(`${v}T00:00:00Z`).toISOString().slice(0, 10) !== v) throw new InvalidArgumentError(`${v} is not a date`);
+  const date = FHIR_DATE.exec(v);
+  if (date) {
+    if (!isCalendarDay(`${date[1]}-${date[2] ?? '01'}-${date[3] ?? '01'}`)) throw new InvalidArgumentError(`${v} is not a date`);
     return v;
+  }
+  const dateTime = DATE_TIME.exec(v);
+  if (!dateTime || !isCalendarDay(dateTime[1]!) || Number.isNaN(Date.parse(v))) {
+    throw new InvalidArgumentError('expected a date (YYYY-MM-DD, YYYY-MM or YYYY) or a date-time with its offset (2026-01-14T10:00:00Z, 2026-01-14T10:00:00+01:00)');
   }
   return new Date(v).toISOString();
 };
@@ -132,9 +144,13 @@ export function registerConsentCommands(program: Command, open: OpenApp): void {
     .requiredOption('--consent <id>', 'Consent id')
     .option('--password-file <file>', "file holding the patient's password (needed when their key is locked with it)")
     .action((o: { consent: string; passwordFile?: string }) => run(async (app) => {
-      const patient = o.passwordFile ? (await app.repository.read<Consent>('Consent', o.consent)).patient?.reference?.split('/')[1] ?? '' : '';
+      // an unknown --consent, or one that is not active, was given wrongly (exit 2), as grant's options are
+      const asUsage = (err: unknown): never => {
+        throw err instanceof GlucoGuardError && ['ERR_NOT_FOUND', 'ERR_INVALID', 'ERR_UNPROCESSABLE'].includes(err.code) ? new UsageError(err.message) : err;
+      };
+      const patient = o.passwordFile ? (await app.repository.read<Consent>('Consent', o.consent).catch(asUsage)).patient?.reference?.split('/')[1] ?? '' : '';
       const access = o.passwordFile ? await sessionAccess(app, patient, o.passwordFile) : OPEN_ACCESS;
-      const outcome = await app.consent.service.revoke(o.consent, access);
+      const outcome = await app.consent.service.revoke(o.consent, access).catch(asUsage);
       console.log(outcome.state === 'done' ? formatConsent(outcome.consent) : `awaits the wallet signature:\n${JSON.stringify(outcome.typedData, null, 2)}`);
     }));
   consent

@@ -16,8 +16,8 @@
  *   type covers timeless records too, except Consent, which must be named; a resource with no
  *   patient link is denied to everyone but `open`.
  */
-import type { Resource } from '@medplum/fhirtypes';
-import { patientIdsOf } from '../fhir/compartment.js';
+import type { AuditEvent, Resource } from '@medplum/fhirtypes';
+import { patientIdOfReference, patientIdsOf } from '../fhir/compartment.js';
 import { clinicalTime } from './clinical-time.js';
 import type { Requester } from './requester.js';
 import { isImmutable } from '../repository/port.js';
@@ -299,13 +299,28 @@ function ownFacts(resource: Resource): ResourceFacts {
   const concept = (r.code ?? r.medicationCodeableConcept) as { coding?: { system?: string; code?: string }[] } | undefined;
   const codes = (concept?.coding ?? []).map((c) => internString(`${c.system ?? ''}|${c.code ?? ''}`));
   const time = clinicalTime(resource);
-  const patientIds = patientIdsOf(resource).map(internString);
+  const patientIds = (auditSubjects(resource) ?? patientIdsOf(resource)).map(internString);
   return {
     patientIds,
     resourceType: internString(resource.resourceType),
     codes,
     ...(time === 'unknown' ? { timeUnknown: true } : time === 'none' ? {} : { effective: time.from, effectiveEnd: time.to }),
   };
+}
+
+/**
+ * The patients an AuditEvent is about: its Patient entities (BALP role 1). The agents are who asked:
+ * a patient who tried to read another's data is the requester, not the subject, so the event is in
+ * the subject's log (and not withheld from them for naming someone else). An event about no
+ * patient (a patient's own write of their Consent) is linked as its compartment says (the agent).
+ */
+function auditSubjects(resource: Resource): string[] | undefined {
+  if (resource.resourceType !== 'AuditEvent') return undefined;
+  const ids = ((resource as AuditEvent).entity ?? [])
+    .filter((e) => e.role?.code === '1' && e.what?.reference?.startsWith('Patient/'))
+    .map((e) => patientIdOfReference(e.what!.reference!))
+    .filter((id): id is string => !!id);
+  return ids.length ? [...new Set(ids)] : undefined;
 }
 
 const INTERNED_MAX = 100_000;

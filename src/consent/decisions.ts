@@ -201,7 +201,9 @@ export class ConsentDecisions {
     const out: ActiveGrant[] = [];
     for (const grantId of await this.options.grants.grantIdsTo(address)) {
       const stored = await this.options.registry.getGrant(grantId);
-      if (!stored || stored.revoked || stored.notAfter * 1000 <= this.now()) continue;
+      // (stored.notAfter + 1): the Consent's exact end may lie within the chain's last second (grantTimes);
+      // every decision checks the end again by the clock.
+      if (!stored || stored.revoked || (stored.notAfter + 1) * 1000 <= this.now()) continue;
       if (await this.options.kv.get(WITHDRAWN_PREFIX + grantId)) continue;
       const consent = await this.consentOf(grantId);
       if (!consent) continue;
@@ -219,7 +221,7 @@ export class ConsentDecisions {
       }
       out.push({
         grantId, consentId: consent.id!, patientId: terms.patientId,
-        notBefore: stored.notBefore * 1000, notAfter: stored.notAfter * 1000, dataFrom: stored.dataFrom * 1000, dataTo: stored.dataTo * 1000,
+        ...grantTimes(stored, terms),
         purposes: internSet(terms.purposes),
         ...(terms.classes.length ? { classes: internSet(terms.classes) } : {}),
         ...(terms.codes.length ? { codes: internSet(terms.codes) } : {}),
@@ -237,4 +239,20 @@ export class ConsentDecisions {
     });
     return result.resources[0] as Consent | undefined;
   }
+}
+
+type GrantTimes = Pick<ActiveGrant, 'notBefore' | 'notAfter' | 'dataFrom' | 'dataTo'>;
+
+/**
+ * A grant's bounds in epoch ms. The chain keeps whole seconds (floored when the grant was signed),
+ * so a data period ending on a date ("last day included whole", 23:59:59.999) would end at
+ * 23:59:59.000 and a reading in the day's last second would be withheld; a start of 00:00:00.500
+ * would begin half a second early. The Consent holds the exact instants: they are used when each
+ * one floors to the chain's second (so the Consent can move a bound by less than a second, never
+ * more); otherwise the chain's seconds, as the authority on when.
+ */
+function grantTimes(stored: GrantTimes, terms: GrantTimes): GrantTimes {
+  const agrees = (['notBefore', 'notAfter', 'dataFrom', 'dataTo'] as const).every((k) => Math.floor(terms[k] / 1000) === stored[k]);
+  if (agrees) return { notBefore: terms.notBefore, notAfter: terms.notAfter, dataFrom: terms.dataFrom, dataTo: terms.dataTo };
+  return { notBefore: stored.notBefore * 1000, notAfter: stored.notAfter * 1000, dataFrom: stored.dataFrom * 1000, dataTo: stored.dataTo * 1000 };
 }

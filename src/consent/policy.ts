@@ -40,6 +40,8 @@ import { isResearchPurpose, requesterOf, type ConsentAccessContext, type Request
 export interface RequestNotes {
   patients: Set<string>;
   grants: Set<string>;
+  /** grant id → the patients whose data it let out (the access log names each patient's own grants only). */
+  grantPatients: Map<string, Set<string>>;
   permitted: number;
   denied: number;
   reasons: Set<string>;
@@ -60,10 +62,56 @@ export function consentNotes(access: AccessContext): RequestNotes | undefined {
   return notes.get(access);
 }
 
+/** What earlier takes of a request's notes returned, merged (see takeConsentNotes). */
+const taken = new WeakMap<RequestNotes, RequestNotes>();
+
+/**
+ * The consent notes of one access-log event. A batch's entries share their batch's access context,
+ * so its notes gather every entry's: each entry's event takes what consent noted since the previous
+ * take (its own patients, grants and refusals, not an earlier entry's), and `whole` (the batch's own
+ * event) reads all of the request without taking. The notes object itself stays (an export's
+ * `released` lives on it).
+ */
+export function takeConsentNotes(access: AccessContext, whole = false): RequestNotes | undefined {
+  const n = notes.get(access);
+  if (!n) return undefined;
+  const current: RequestNotes = {
+    patients: new Set(n.patients), grants: new Set(n.grants), grantPatients: new Map([...n.grantPatients].map(([g, p]) => [g, new Set(p)])),
+    permitted: n.permitted, denied: n.denied, reasons: new Set(n.reasons),
+  };
+  const before = taken.get(n);
+  const all = before ? mergeNotes(before, current) : current;
+  if (whole) return all;
+  taken.set(n, all);
+  n.patients.clear();
+  n.grants.clear();
+  n.grantPatients.clear();
+  n.reasons.clear();
+  n.permitted = 0;
+  n.denied = 0;
+  return current;
+}
+
+function mergeNotes(a: RequestNotes, b: RequestNotes): RequestNotes {
+  const grantPatients = new Map([...a.grantPatients].map(([g, p]) => [g, new Set(p)]));
+  for (const [g, p] of b.grantPatients) grantPatients.set(g, new Set([...(grantPatients.get(g) ?? []), ...p]));
+  return {
+    patients: new Set([...a.patients, ...b.patients]), grants: new Set([...a.grants, ...b.grants]), grantPatients,
+    permitted: a.permitted + b.permitted, denied: a.denied + b.denied, reasons: new Set([...a.reasons, ...b.reasons]),
+  };
+}
+
+function noteGrant(note: RequestNotes, grantId: string, patientIds: readonly string[]): void {
+  note.grants.add(grantId);
+  let of = note.grantPatients.get(grantId);
+  if (!of) note.grantPatients.set(grantId, of = new Set());
+  for (const p of patientIds) of.add(p);
+}
+
 function noteFor(access: AccessContext): RequestNotes {
   let n = notes.get(access);
   if (!n) {
-    n = { patients: new Set(), grants: new Set(), permitted: 0, denied: 0, reasons: new Set() };
+    n = { patients: new Set(), grants: new Set(), grantPatients: new Map(), permitted: 0, denied: 0, reasons: new Set() };
     notes.set(access, n);
   }
   return n;
@@ -180,7 +228,10 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
       filters.push({ code: dateParam, operator: Operator.GREATER_THAN_OR_EQUALS, value: new Date(from).toISOString() });
       filters.push({ code: dateParam, operator: Operator.LESS_THAN_OR_EQUALS, value: new Date(to).toISOString() });
     }
-    if (grants.every((g) => g.codes && !g.classes?.has(type)) && type !== 'Patient') {
+    // A type with no `code` search parameter (AuditEvent, Device, Consent) cannot be cut to the codes
+    // here (the repository would refuse a parameter the client never sent, 400): the guards decide
+    // each of its resources instead, as they do for every result.
+    if (grants.every((g) => g.codes && !g.classes?.has(type)) && type !== 'Patient' && getSearchParameter(type, 'code')) {
       const codes = [...new Set(grants.flatMap((g) => [...g.codes!]))];
       filters.push({ code: 'code', operator: Operator.EQUALS, value: codes.join(',') });
     }
@@ -307,11 +358,16 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
       }
       const facts = factsOf(r, !options?.oneOff);
       const d = decideFacts(perms, facts, now);
-      for (const p of facts.patientIds) note.patients.add(p);
+      // A patient reading their own log is shown the events about them; one they are only the
+      // requester of (their attempt on another patient's data) is withheld, but fetching it is no
+      // access to that patient's data: naming them would put this reading into their log.
+      if (d.permit || perms.requester.kind !== 'patient' || r.resourceType !== 'AuditEvent') {
+        for (const p of facts.patientIds) note.patients.add(p);
+      }
       if (d.permit) {
         allowed.push(r);
         note.permitted++;
-        if (d.grantId) note.grants.add(d.grantId);
+        if (d.grantId) noteGrant(note, d.grantId, facts.patientIds.length === 1 ? facts.patientIds : facts.patientIds.filter((p) => perms.byPatient.get(p)?.some((g) => g.grantId === d.grantId)));
         if (note.released) noteReleased(note.released, perms, facts, d, now);
       } else {
         note.denied++;
@@ -376,7 +432,7 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
       for (const grantId of grants) {
         const g = held.find((h) => h.grantId === grantId);
         if (g && inForce(g, requester, now)) {
-          note.grants.add(grantId);
+          noteGrant(note, grantId, [patientId]);
         } else {
           ok = false;
           note.reasons.add(`grant ${grantId}: no longer in force (revoked or ended)`);

@@ -28,7 +28,7 @@ import type { ConsentDecisions } from './decisions.js';
 import type { PatientKeys } from './patient-keys.js';
 import { requesterOf } from './requester.js';
 import {
-  consentTerms, GRANT_ID_SYSTEM, grantIdOf, purposeBytes, REVOKE_TX_SYSTEM, scopeHash, withDefaults, type ConsentTerms,
+  consentTerms, GRANT_ID_SYSTEM, grantIdOf, purposeBytes, REVOKE_TX_SYSTEM, scopeHash, unzonedBounds, withDefaults, type ConsentTerms,
 } from './terms.js';
 
 const PENDING_TTL_MS = 60 * 60 * 1000;
@@ -66,9 +66,16 @@ export class ConsentService {
 
   /** Validates a Consent and records its grant; 422 for unsupported provisions or unknown grantees. */
   async grant(input: Consent, access: AccessContext): Promise<ConsentOutcome> {
+    // A Consent sent as draft, rejected, inactive or entered-in-error says "do not act on this":
+    // granting it anyway would give access the patient has not (or no longer) agreed to.
+    if (input.status !== 'active' && input.status !== 'proposed') {
+      throw unprocessable([issue('ERR_UNPROCESSABLE', `A Consent is granted only with status active (or proposed), not "${String(input.status ?? '').slice(0, 40)}"`, 'Consent.status')]);
+    }
     const consent = withDefaults({ ...input, status: 'proposed' });
     delete consent.id;
     this.options.validator.assertValid(consent);
+    const unzoned = unzonedBounds(consent);
+    if (unzoned.length) throw unprocessable(unzoned);
     const terms = consentTerms(consent);
     await this.assertMayConsent(access, terms);
     // before any key is made or anything signed: a grant for an id no Patient holds would pass to

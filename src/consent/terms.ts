@@ -179,6 +179,22 @@ function str(value: unknown): string {
   return typeof value === 'string' ? value : '';
 }
 
+/**
+ * Issues for the bounds of a new Consent given as a date-time without its offset: FHIR says "if
+ * hours and minutes are specified, a timezone offset SHALL be populated" (datatypes.html#dateTime),
+ * and without one Date.parse reads the time in the server's own zone. Checked when a grant is made
+ * only: a recorded Consent keeps being read as it was.
+ */
+export function unzonedBounds(consent: Consent): OperationOutcomeIssue[] {
+  const p = consent.provision;
+  const bounds: [unknown, string][] = [
+    [p?.period?.start, 'Consent.provision.period.start'], [p?.period?.end, 'Consent.provision.period.end'],
+    [p?.dataPeriod?.start, 'Consent.provision.dataPeriod.start'], [p?.dataPeriod?.end, 'Consent.provision.dataPeriod.end'],
+  ];
+  return bounds.filter(([v]) => typeof v === 'string' && v.includes('T') && !/(?:Z|[+-]\d{2}:\d{2})$/.test(v))
+    .map(([, expression]) => issue('ERR_UNPROCESSABLE', `${expression} has a time but no time-zone offset (Z or ±hh:mm)`, expression));
+}
+
 /** FHIR dates of year, month or day precision (no time), which stand for the whole of that span. */
 const PARTIAL_DATE = /^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$/;
 
