@@ -53,6 +53,11 @@ export class SqliteOpenError extends Error {
  */
 function sqliteOpenError(file: string, err: unknown): Error {
   const e = err as { code?: string; message?: string };
+  // a damaged file: SQLite's words alone ("file is not a database") do not say which of the data directory's files
+  if (/^SQLITE_(NOTADB|CORRUPT)/.test(e.code ?? '')) {
+    return new Error(`cannot open ${file}: ${e.message ?? String(err)} (${e.code}): it is damaged or not a GlucoGuard file; `
+      + 'restore the whole data directory from one backup (docs/operations.md, Backups and restores)', { cause: err });
+  }
   // only what a data directory's place or permissions cause; a busy or corrupt file stays as SQLite says it
   if (!/^(SQLITE_CANTOPEN|SQLITE_READONLY|SQLITE_PERM|EACCES$|EPERM$|EROFS$|ENOTDIR$|ENOENT$|EEXIST$)/.test(e.code ?? '')) return err as Error;
   return new SqliteOpenError(`cannot open ${file}: ${writeProblem(file) ?? e.message ?? String(err)}`, { cause: err });

@@ -13,6 +13,14 @@ const dir = mkdtempSync(path.join(tmpdir(), 'gg-sqlite-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('SQLite files under the data directory', () => {
+  test('a damaged file (not a database) is named, with what to do, instead of SQLite\'s bare "file is not a database"', () => {
+    const file = path.join(dir, 'ledger', 'commitments.db');
+    openSqlite(file).close();
+    writeFileSync(file, Buffer.alloc(8192, 0x5a)); // overwritten: no SQLite header
+    for (const suffix of ['-wal', '-shm']) rmSync(`${file}${suffix}`, { force: true });
+    expect(() => openSqlite(file)).toThrow(`cannot open ${file}: file is not a database (SQLITE_NOTADB): it is damaged or not a GlucoGuard file`);
+  });
+
   test('a new store, its folder and its WAL files are owner-only even under umask 022', () => {
     const previous = process.umask(0o022);
     try {
