@@ -13,6 +13,13 @@
  * is that a process killed outright loses the events of its last window, as it loses the last
  * commits of SQLite's WAL on a power cut; a shutdown flushes them. `windowMs` 0: the events of one
  * turn of the event loop go together.
+ *
+ * A write that fails (an upstream server answering 503, refusing for a while) is not the end of its
+ * events: they are kept and written again after 1 s, then 2, 4 … up to a minute between tries, each
+ * failure logged with how many wait (no content). At most MAX_RETAINED wait; beyond that the oldest
+ * are given up, logged as lost, and counted (`glucoguard_audit_events_lost_total`). The number
+ * waiting is the `audit` queue of `glucoguard_queue_depth`. A shutdown tries once more and logs
+ * what it could not store.
  */
 import type { AuditEvent } from '@medplum/fhirtypes';
 import { patientIdOfReference } from '../fhir/compartment.js';
@@ -22,9 +29,14 @@ import type { Repository } from '../repository/port.js';
 import { takeConsentNotes, type RequestNotes } from '../consent/policy.js';
 import { requesterOf, type ConsentAccessContext } from '../consent/requester.js';
 import { auditEventOf, type AccessRecord, type BalpInteraction } from './balp.js';
+import { metrics } from '../observability/metrics.js';
 
 /** Most events stored in one write. */
 const MAX_BATCH = 500;
+/** Most events kept for another try after their write failed (a few hundred bytes each). */
+const MAX_RETAINED = 100_000;
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 60_000;
 
 export const DEFAULT_AUDIT_WINDOW_MS = 50;
 
@@ -41,6 +53,10 @@ export class AuditRecorder {
   /** The drain waiting for the window to close (or for the next turn), if any. */
   private scheduled: { cancel(): void } | undefined;
   private readonly windowMs: number;
+  /** Events whose write failed, oldest first, written again when `retry` fires. */
+  private failed: AuditEvent[] = [];
+  private retryDelayMs = RETRY_MIN_MS;
+  private retry: ReturnType<typeof setTimeout> | undefined;
 
   constructor(private readonly options: { repository: Repository; logger?: Logger; now?: () => number; windowMs?: number }) {
     this.windowMs = options.windowMs ?? DEFAULT_AUDIT_WINDOW_MS;
@@ -76,12 +92,68 @@ export class AuditRecorder {
     else if (!this.scheduled) this.schedule(this.windowMs);
   }
 
-  /** Stores every queued event now and waits for every write in flight. */
+  /**
+   * Stores every queued event now and waits for every write in flight; events whose write failed
+   * are tried once more (not again if that fails: see unstored).
+   */
   async flush(): Promise<void> {
+    this.requeueFailed();
     while (this.pending.size || this.queue.length) {
       if (this.queue.length) this.drain();
       await Promise.all([...this.pending]);
     }
+  }
+
+  /** Events waiting for another try after their write failed. */
+  unstored(): number {
+    return this.failed.length;
+  }
+
+  /** Stops retrying (shutdown), after one last flush; answers how many events could not be stored. */
+  async close(): Promise<number> {
+    await this.flush();
+    if (this.retry) clearTimeout(this.retry);
+    this.retry = undefined;
+    const lost = this.failed.length;
+    if (lost) {
+      this.options.logger?.error({ events: lost }, 'audit: access-log events could not be stored before shutdown and are lost');
+      metrics.auditEventsLost.inc(lost);
+    }
+    this.failed = [];
+    return lost;
+  }
+
+  private requeueFailed(): void {
+    if (!this.failed.length) return;
+    this.queue.unshift(...this.failed);
+    this.failed = [];
+    metrics.queueDepth.set({ queue: 'audit' }, 0);
+  }
+
+  private stored(): void {
+    this.retryDelayMs = RETRY_MIN_MS;
+  }
+
+  /** Keeps a failed write's events for another try, up to MAX_RETAINED (see the class comment). */
+  private keepForRetry(batch: AuditEvent[], err: unknown): void {
+    this.failed.push(...batch);
+    const over = this.failed.length - MAX_RETAINED;
+    if (over > 0) {
+      this.failed.splice(0, over);
+      metrics.auditEventsLost.inc(over);
+      this.options.logger?.error({ events: over }, 'audit: access-log events lost: the repository refused them for too long');
+    }
+    metrics.queueDepth.set({ queue: 'audit' }, this.failed.length);
+    this.options.logger?.error({ err: (err as Error).message, events: batch.length, waiting: this.failed.length, retryInMs: this.retryDelayMs },
+      'audit: could not store AuditEvents; they are kept and written again');
+    if (this.retry) return;
+    this.retry = setTimeout(() => {
+      this.retry = undefined;
+      this.requeueFailed();
+      this.drain();
+    }, this.retryDelayMs);
+    this.retry.unref();
+    this.retryDelayMs = Math.min(this.retryDelayMs * 2, RETRY_MAX_MS);
   }
 
   private schedule(delayMs: number): void {
@@ -101,12 +173,15 @@ export class AuditRecorder {
     const batch = this.queue.splice(0, MAX_BATCH);
     if (!batch.length) return;
     const repository = this.options.repository as Repository & { createMany?(resources: AuditEvent[]): Promise<unknown> };
-    const stored = repository.createMany && batch.length > 1
-      ? repository.createMany(batch)
-      : Promise.all(batch.map((e) => repository.create(e)));
-    const write = stored.catch((err: unknown) => {
-      this.options.logger?.error({ err: (err as Error).message, events: batch.length }, 'audit: could not store AuditEvents');
-    });
+    // the embedded store's bulk write is one transaction (all or nothing); elsewhere each event is
+    // its own write, and only those that failed are tried again (never one stored twice)
+    const write = repository.createMany && batch.length > 1 && repository.description?.adapter === 'embedded'
+      ? repository.createMany(batch).then(() => this.stored(), (err: unknown) => this.keepForRetry(batch, err))
+      : Promise.allSettled(batch.map((e) => repository.create(e))).then((results) => {
+        const failed = batch.filter((_, i) => results[i]!.status === 'rejected');
+        if (!failed.length) return this.stored();
+        this.keepForRetry(failed, (results.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason);
+      });
     this.pending.add(write);
     void write.finally(() => this.pending.delete(write));
     if (this.queue.length) this.schedule(0);

@@ -74,7 +74,7 @@ export function createConsent(options: ConsentOptions): Consent {
     },
     async close() {
       await decisions.stop();
-      await audit.flush();
+      await audit.close();
       grants.close();
     },
   };

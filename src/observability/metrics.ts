@@ -72,6 +72,12 @@ export const metrics = {
     registers: [registry],
   }),
   /** Items waiting per queue: `anchor` (versions not anchored yet: queued, or in a batch not confirmed on chain), `subscription` (notifications), `export` jobs… */
+  /** Access-log events given up after their writes kept failing (src/audit/recorder.ts): each is an access no log holds. */
+  auditEventsLost: new Counter({
+    name: 'glucoguard_audit_events_lost_total',
+    help: 'Access-log AuditEvents given up after their writes kept failing (or still failing at shutdown)',
+    registers: [registry],
+  }),
   queueDepth: new Gauge({
     name: 'glucoguard_queue_depth',
     help: 'Items waiting in each internal queue',

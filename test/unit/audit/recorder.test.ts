@@ -14,6 +14,7 @@ function fakeRepository(failFirst = false) {
   const calls: number[] = [];
   let fail = failFirst;
   const repo = {
+    description: { adapter: 'embedded' },
     async create(r: Resource) {
       calls.push(1);
       stored.push(r as AuditEvent);
@@ -79,7 +80,7 @@ describe('AuditRecorder', () => {
     expect([...calls].sort()).toEqual([1, 2]);
   });
 
-  it('a failed write is logged and does not stop later events', async () => {
+  it('a failed write is logged and its events are written again (they were dropped before session 24); later events go on', async () => {
     const { repo, stored } = fakeRepository(true);
     const errors: string[] = [];
     const logger = { error: (o: { err: string }) => errors.push(o.err) } as never;
@@ -87,10 +88,56 @@ describe('AuditRecorder', () => {
     recorder.record(req(1), ok);
     recorder.record(req(2), ok);
     await recorder.flush();
+    expect(recorder.unstored()).toBe(2);
     recorder.record(req(3), ok);
     await recorder.flush();
     expect(errors).toEqual(['disk full']);
-    expect(stored.map((e) => e.entity?.[0]?.what?.reference)).toEqual(['Observation/o3']);
+    expect(stored.map((e) => e.entity?.[0]?.what?.reference)).toEqual(['Observation/o1', 'Observation/o2', 'Observation/o3']);
+    expect(recorder.unstored()).toBe(0);
+  });
+
+  it('on a repository without an atomic bulk write (upstream) only the events whose write failed are tried again, after a pause, without a flush', async () => {
+    const stored: string[] = [];
+    let refusals = 2; // the upstream refuses the second and third event once each
+    const repo = {
+      description: { adapter: 'upstream' },
+      async create(r: AuditEvent) {
+        const ref = r.entity![0]!.what!.reference!;
+        if (refusals > 0 && ref !== 'Observation/o1') {
+          refusals--;
+          throw new Error('HTTP 503');
+        }
+        stored.push(ref);
+        return { resource: r, outcome: 'created' };
+      },
+      async createMany() {
+        throw new Error('not used: one write per event');
+      },
+    } as unknown as Repository;
+    const recorder = new AuditRecorder({ repository: repo, logger: { error: () => undefined } as never });
+    for (const i of [1, 2, 3]) recorder.record(req(i), ok);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(stored).toEqual(['Observation/o1']);
+    expect(recorder.unstored()).toBe(2);
+    await new Promise((r) => setTimeout(r, 1200)); // the first retry comes after 1 s
+    expect(stored.sort()).toEqual(['Observation/o1', 'Observation/o2', 'Observation/o3']); // each once
+    expect(recorder.unstored()).toBe(0);
+  });
+
+  it('close() tries once more and says how many events it could not store', async () => {
+    const repo = {
+      description: { adapter: 'upstream' },
+      async create() {
+        throw new Error('HTTP 403');
+      },
+    } as unknown as Repository;
+    const lost: number[] = [];
+    const recorder = new AuditRecorder({ repository: repo, logger: { error: (o: { events?: number }, msg: string) => { if (/lost/.test(msg)) lost.push(o.events!); } } as never });
+    recorder.record(req(1), ok);
+    recorder.record(req(2), ok);
+    await recorder.flush();
+    expect(await recorder.close()).toBe(2);
+    expect(lost).toEqual([2]);
   });
 
   it('a patch is audited as an update; a conditional write records its criteria and the resource it wrote', () => {
