@@ -287,7 +287,10 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   // 1 kB up; FHIR answers are coded in one piece by src/fhir/http.ts (see sendCoded there).
   // (the library's own filter does not know application/fhir+ndjson as compressible).
   if (config.compression === 'on') http.use('/exports', compression({ filter: (req, res) => /ndjson/.test(String(res.getHeader('Content-Type'))) || compression.filter(req, res) }));
-  http.use('/fhir', fhirHttpRouter({ router: fhir, authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers), maxBodyBytes: config.maxBodyBytes, logger, compress: config.compression === 'on' }));
+  http.use('/fhir', fhirHttpRouter({
+    router: fhir, authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers), maxBodyBytes: config.maxBodyBytes, logger, compress: config.compression === 'on',
+    onUnauthenticated: (request, status) => consent.audit.recordUnauthenticated(request, status),
+  }));
   http.use('/exports', cors, exchange.filesRouter);
   http.use('/cgm', cors, cgmHttpRouter({
     service: cgm.ingest, authenticate: (headers, url) => smart.authenticate(headers, url),

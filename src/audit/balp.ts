@@ -65,7 +65,8 @@ export function auditEventOf(rec: AccessRecord): AuditEvent {
   const purpose: Coding[] = rec.purpose ? [{ system: PURPOSE_SYSTEM, code: rec.purpose }] : [];
   const agents: AuditEventAgent[] = [{
     type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP', display: 'information recipient' }] },
-    who: rec.requester.reference ? { reference: rec.requester.reference } : { display: rec.requester.kind === 'open' ? 'in-process or unauthenticated access (GLUCOGUARD_AUTH=off)' : 'unidentified requester' },
+    who: rec.requester.reference ? { reference: rec.requester.reference }
+      : { display: rec.requester.kind === 'open' ? 'in-process or unauthenticated access (GLUCOGUARD_AUTH=off)' : rec.requester.kind === 'unauthenticated' ? 'no valid access token' : 'unidentified requester' },
     requestor: true,
     ...(purpose.length ? { purposeOfUse: [{ coding: purpose }] } : {}),
   }];

@@ -30,9 +30,14 @@ import { takeConsentNotes, type RequestNotes } from '../consent/policy.js';
 import { requesterOf, type ConsentAccessContext } from '../consent/requester.js';
 import { auditEventOf, type AccessRecord, type BalpInteraction } from './balp.js';
 import { metrics } from '../observability/metrics.js';
+import { AlertThrottle } from './alert-throttle.js';
 
 /** Most events stored in one write. */
 const MAX_BATCH = 500;
+/** Requests refused for want of a valid token are recorded once per patient (or once for none) per window… */
+const UNAUTHENTICATED_WINDOW_MS = 60_000;
+/** … and at most this many in a window in all (ids made up by the thousand write no more). */
+const UNAUTHENTICATED_MAX = 600;
 /** Most events kept for another try after their write failed (a few hundred bytes each). */
 const MAX_RETAINED = 100_000;
 const RETRY_MIN_MS = 1000;
@@ -57,9 +62,49 @@ export class AuditRecorder {
   private failed: AuditEvent[] = [];
   private retryDelayMs = RETRY_MIN_MS;
   private retry: ReturnType<typeof setTimeout> | undefined;
+  private readonly unauthenticated: AlertThrottle;
+  private unauthenticatedWindow = { start: -Infinity, count: 0 };
 
   constructor(private readonly options: { repository: Repository; logger?: Logger; now?: () => number; windowMs?: number }) {
     this.windowMs = options.windowMs ?? DEFAULT_AUDIT_WINDOW_MS;
+    this.unauthenticated = new AlertThrottle(UNAUTHENTICATED_WINDOW_MS, options.now);
+  }
+
+  /**
+   * Records a FHIR request refused before anyone was identified (401: no token, or one that is
+   * invalid, expired or revoked) as a denied access by "no valid access token": the patients its
+   * path or query names find it in their log. Nobody is identified, so anyone can send these: at
+   * most one event per named patient (and one naming none) per minute goes into the log, the
+   * others of the minute only into the request log.
+   */
+  recordUnauthenticated(request: Pick<FhirRequest, 'method' | 'path' | 'query' | 'headers'>, status: number): void {
+    const parts = request.path.split('/').filter(Boolean);
+    if (parts[0] === 'metadata') return;
+    const patients = namedPatients(parts, request.query);
+    const interaction = interactionOf(request.method, parts);
+    const base: AccessRecord = {
+      interaction,
+      recorded: new Date((this.options.now ?? Date.now)()).toISOString(),
+      outcome: '4',
+      outcomeDesc: `HTTP ${status}: no valid access token`,
+      requester: { kind: 'unauthenticated' },
+      ...(parts.length >= 2 && !parts[1]!.startsWith('$') && !parts[1]!.startsWith('_') ? { target: `${parts[0]}/${parts[1]}` } : {}),
+      // no query text: sent by someone unidentified, it could be anything (the ids it names are kept as entities)
+      patients: [],
+      grants: [],
+      requestId: request.headers['x-request-id'],
+    };
+    for (const p of patients.size ? patients : ['']) {
+      if (!this.unauthenticatedRoom() || !this.unauthenticated.take(p)) continue;
+      this.unauthenticatedWindow.count++;
+      this.enqueue(auditEventOf(p ? { ...base, patients: [p] } : base));
+    }
+  }
+
+  private unauthenticatedRoom(): boolean {
+    const now = (this.options.now ?? Date.now)();
+    if (now - this.unauthenticatedWindow.start >= UNAUTHENTICATED_WINDOW_MS) this.unauthenticatedWindow = { start: now, count: 0 };
+    return this.unauthenticatedWindow.count < UNAUTHENTICATED_MAX;
   }
 
   /**
@@ -227,16 +272,7 @@ export class AuditRecorder {
     const requester = requesterOf(access);
     // a batch's own event reads what all its entries noted; any other event (an entry) its own notes
     const notes = takeConsentNotes(access, !take || interaction === 'batch');
-    const patients = new Set(notes?.patients ?? []);
-    if (parts[0] === 'Patient' && parts[1] && !parts[1].startsWith('$')) patients.add(parts[1]);
-    for (const key of ['patient', 'subject']) {
-      for (const v of [request.query[key] ?? []].flat()) {
-        for (const one of v.split(',')) {
-          const id = patientIdOfReference(one) ?? (key === 'patient' && /^[A-Za-z0-9\-.]{1,64}$/.test(one) ? one : undefined);
-          if (id) patients.add(id);
-        }
-      }
-    }
+    const patients = new Set([...(notes?.patients ?? []), ...namedPatients(parts, request.query)]);
     const status = response.status;
     const desc = status >= 400
       ? `HTTP ${status}${notes?.reasons.size ? `; ${[...notes.reasons].slice(0, 5).join('; ')}` : ''}`
@@ -261,6 +297,21 @@ export class AuditRecorder {
       ...(notes ? { notes } : {}),
     };
   }
+}
+
+/** The patients a request names itself: `Patient/<id>…` paths and `patient`/`subject` values. */
+function namedPatients(parts: readonly string[], query: FhirRequest['query']): Set<string> {
+  const patients = new Set<string>();
+  if (parts[0] === 'Patient' && parts[1] && !parts[1].startsWith('$')) patients.add(parts[1]);
+  for (const key of ['patient', 'subject']) {
+    for (const v of [query[key] ?? []].flat()) {
+      for (const one of v.split(',')) {
+        const id = patientIdOfReference(one) ?? (key === 'patient' && /^[A-Za-z0-9\-.]{1,64}$/.test(one) ? one : undefined);
+        if (id) patients.add(id);
+      }
+    }
+  }
+  return patients;
 }
 
 /** A request's query as text, as asked. */

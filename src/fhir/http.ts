@@ -5,7 +5,7 @@
  */
 import zlib from 'node:zlib';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
-import { badRequest, notAcceptable, tooLarge, unsupportedMediaType } from '../errors.js';
+import { badRequest, isGlucoGuardError, notAcceptable, tooLarge, unsupportedMediaType } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { AccessContext } from './access.js';
 import { errorToResponse } from './outcomes.js';
@@ -25,6 +25,8 @@ export interface FhirHttpOptions {
   publicPaths?: RegExp[];
   /** Code answers of COMPRESS_MIN_BYTES and more as the client's Accept-Encoding asks (default true). */
   compress?: boolean;
+  /** Told of each request refused for want of a valid token (401), for the access log. */
+  onUnauthenticated?: (request: Pick<FhirRequest, 'method' | 'path' | 'query' | 'headers'>, status: number) => void;
 }
 
 const JSON_FORMATS = new Set(['json', 'application/json', 'application/fhir+json', 'application/json+fhir']);
@@ -49,7 +51,14 @@ export function fhirHttpRouter(options: FhirHttpOptions): Router {
       negotiate(req);
       const headers = lowerHeaders(req);
       const isPublic = (options.publicPaths ?? DEFAULT_PUBLIC).some((p) => p.test(req.path));
-      const access = isPublic ? { kind: 'open' as const, scopes: [] } : await options.authenticate(headers, req.originalUrl);
+      let access: AccessContext;
+      try {
+        access = isPublic ? { kind: 'open' as const, scopes: [] } : await options.authenticate(headers, req.originalUrl);
+      } catch (err) {
+        // refused before anyone was identified: in the access log all the same (throttled there)
+        if (isGlucoGuardError(err, 'ERR_UNAUTHORIZED')) options.onUnauthenticated?.({ method: req.method.toUpperCase() as HttpMethod, path: decodePath(req.path), query: req.query as Record<string, string | string[]>, headers }, 401);
+        throw err;
+      }
       const fhirReq: FhirRequest = {
         method: req.method.toUpperCase() as HttpMethod,
         path: decodePath(req.path),
