@@ -149,6 +149,12 @@ export class ChainNode {
         validateBlocks: true,
         validateConsensus: true,
         consensusDict: { [ConsensusAlgorithm.Clique]: consensus },
+      }).catch((err: unknown) => {
+        // EthereumJS's own words name neither the directory nor what to do
+        if (!/genesis block in the DB has a different hash/i.test((err as Error).message ?? '')) throw err;
+        throw new Error(`the embedded chain database ${path.join(dir, 'db')} is not the chain of ${genesisFile}: `
+          + 'the database was lost or replaced (copied from another installation?). Restore the chain directory from a backup of this data directory; '
+          + 'a new chain would hold none of the anchored roots and consent grants', { cause: err });
       });
       // A block this node has just built from its own state was checked while building (transactions
       // on entry and by the VM, header fields from the parent): validating it again would re-derive its
