@@ -143,7 +143,9 @@ export function checkRoot(dataDir: string, root: string): void {
   }
   if (readFileSync(file, 'utf8').trim() !== value) {
     throw new Error(`the master key does not match this data directory (${file} records another key root): `
-      + 'if the key was rotated on another data directory, run `glucoguard keys rotate-master` here too or copy its keys/root.sealed');
+      + 'give the master key this directory was last used with (GLUCOGUARD_MASTER_KEY / _FILE, or keys/master.key), '
+      + 'or, if the key was rotated elsewhere (a replica, a copy), copy that directory\'s keys/root.sealed here with the new key, '
+      + 'or restore keys/root.sealed from a backup taken with this key (docs/operations.md, Keys and rotation)');
   }
 }
 
