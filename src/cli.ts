@@ -231,7 +231,7 @@ patients
       if (!app.erasePatient) throw new Error('erasure is for the embedded repository; an upstream FHIR server erases data by its own means');
       // A running server keeps data keys and decoded versions in memory: it must not go on serving them.
       const server = anchoringElsewhere(app.ledger.store);
-      if (server) throw new Error(`a server is running on this data directory (${server}): stop it first, then erase`);
+      if (server) throw new Error(`another GlucoGuard process is using this data directory (${server}: a server, or an import writing through it): stop it or let it finish first, then erase`);
       let erased;
       try {
         erased = await app.erasePatient(opts.patient, operatorName());
@@ -315,7 +315,7 @@ keys
       } finally {
         store.close();
       }
-      if (server) throw new Error(`a server is running on this data directory (${server}): stop it first, then rotate`);
+      if (server) throw new Error(`another GlucoGuard process is using this data directory (${server}: a server, or an import writing through it): stop it or let it finish first, then rotate`);
     }
     const newKey = opts.newKeyFile === undefined ? undefined : newKeyFrom(opts.newKeyFile);
     const result = rotateMasterKey({ config: cfg, ...(newKey !== undefined ? { newKey } : {}), ...(opts.resume ? { resume: true } : {}) });

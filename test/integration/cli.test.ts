@@ -130,11 +130,11 @@ describe('glucoguard CLI', () => {
     // erasure beside a running server (which holds data keys in memory) is refused
     const erase = spawnSync(process.execPath, [BIN, 'patients', 'erase', '--patient', patientId, '--yes'], { env, encoding: 'utf8' });
     expect(erase.status).not.toBe(0);
-    expect(erase.stderr).toMatch(/a server is running on this data directory .*stop it first/);
+    expect(erase.stderr).toMatch(/another GlucoGuard process is using this data directory \(.*: a server, or an import writing through it\): stop it or let it finish first, then erase/);
     // so is a master-key rotation (the server would go on writing data keys under the old key)
     const rotate = spawnSync(process.execPath, [BIN, 'keys', 'rotate-master', '--yes'], { env, encoding: 'utf8' });
     expect(rotate.status).not.toBe(0);
-    expect(rotate.stderr).toMatch(/a server is running on this data directory .*stop it first, then rotate/);
+    expect(rotate.stderr).toMatch(/another GlucoGuard process is using this data directory .*then rotate/);
     expect(existsSync(path.join(dataDir, 'keys', 'rotation.json'))).toBe(false);
     expect((await fetch(`http://127.0.0.1:${port}/fhir/Patient/${patientId}`)).status).toBe(200);
     expect(await server.stop()).toBe(0);
