@@ -4,6 +4,7 @@
  */
 import { existsSync } from 'node:fs';
 import type { Server } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
 import { hostname, userInfo } from 'node:os';
 import type { AuditEvent, Bundle, Patient as PatientResource } from '@medplum/fhirtypes';
 import { Operator } from '@medplum/core';
@@ -86,6 +87,23 @@ function configFor(options: { setUp?: boolean; readOnly?: boolean } = {}): Confi
 const openApp: OpenApp = async (options = {}) => createApp(configFor(options), { logger: createLogger('warn', process.stderr) });
 const setUpApp = () => openApp({ setUp: true });
 
+/** The listen error of `port` in words (serve's listen and its check before the set-up say the same). */
+function listenProblem(port: number, code: string | undefined, message: string): string {
+  return `cannot listen on port ${port}: ${code === 'EADDRINUSE' ? 'it is in use by another process; stop it, or set PORT to a free port' : code === 'EACCES' ? 'permission denied (PORT below 1024 needs privileges)' : message}`;
+}
+
+/** Refuses (exit 2) a port in use or one this process may not bind, by binding it for a moment. */
+async function portAvailable(port: number, host: string): Promise<void> {
+  const probe = createNetServer();
+  await new Promise<void>((resolve, reject) => {
+    probe.once('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EADDRINUSE' || err.code === 'EACCES') reject(new UsageError(listenProblem(port, err.code, err.message)));
+      else resolve(); // anything else is for the real listen to report
+    });
+    probe.listen(port, host, () => probe.close(() => resolve()));
+  });
+}
+
 /** A real calendar date as YYYY, YYYY-MM or YYYY-MM-DD (commander names the option when this refuses). */
 function birthDate(v: string): string {
   const full = /^\d{4}-\d{2}-\d{2}$/.test(v) ? v : /^\d{4}-\d{2}$/.test(v) ? `${v}-01` : /^\d{4}$/.test(v) ? `${v}-01-01` : undefined;
@@ -106,6 +124,9 @@ program
   .command('serve')
   .description('run the proxy (FHIR endpoint at <base>/fhir) on the configured adapters')
   .action(async () => {
+    // a port that cannot be had is refused before the installation is set up (nothing created for it)
+    const config0 = config();
+    if (config0.port !== 0) await portAvailable(config0.port, config0.host);
     const cfg = configFor({ setUp: true });
     const app = await createApp(cfg);
     const { logger } = app;
@@ -117,7 +138,7 @@ program
     server.once('error', (err: NodeJS.ErrnoException) => {
       // a listen error: say it and stop, never "listening"
       const code = err.code;
-      logger.error({ port: cfg.port, code }, `cannot listen on port ${cfg.port}: ${code === 'EADDRINUSE' ? 'it is in use by another process; stop it, or set PORT to a free port' : code === 'EACCES' ? 'permission denied (PORT below 1024 needs privileges)' : err.message}`);
+      logger.error({ port: cfg.port, code }, listenProblem(cfg.port, code, err.message));
       // a port held by another process or below 1024 is configured wrongly: exit 2, as CHAIN_PORT's
       void app.close().finally(() => process.exit(code === 'EADDRINUSE' || code === 'EACCES' ? 2 : 1));
     });

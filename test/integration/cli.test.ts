@@ -108,11 +108,17 @@ describe('glucoguard CLI', () => {
     const holder = createServer();
     await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
     const taken = (holder.address() as AddressInfo).port;
+    const fresh = path.join(tempDir('gg-cli-port-'), 'data');
     try {
       const r = spawnSync(process.execPath, [BIN, 'serve'], { env: { ...env, PORT: String(taken) }, encoding: 'utf8', timeout: 60_000 });
       expect(r.status).toBe(2);
-      expect(r.stdout).toMatch(new RegExp(`cannot listen on port ${taken}: it is in use by another process`));
+      expect(r.stdout + r.stderr).toMatch(new RegExp(`cannot listen on port ${taken}: it is in use by another process`));
       expect(r.stdout).not.toMatch(/listening on port/);
+      // on a new data directory: refused before the installation is set up (nothing is created)
+      const first = spawnSync(process.execPath, [BIN, 'serve'], { env: { ...env, PORT: String(taken), GLUCOGUARD_DATA_DIR: fresh }, encoding: 'utf8', timeout: 60_000 });
+      expect(first.status).toBe(2);
+      expect(first.stderr).toMatch(new RegExp(`cannot listen on port ${taken}: it is in use by another process`));
+      expect(existsSync(fresh)).toBe(false);
     } finally {
       holder.close();
     }
