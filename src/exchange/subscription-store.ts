@@ -8,6 +8,8 @@
  *   that open the app) must not all deliver: one holds the lease, the others stay passive — and the
  *   definitions counter, raised with every create, update and delete, which the holder polls to
  *   take up Subscriptions written through the passive processes.
+ *   It also keeps the commitment seq up to which the holder numbered written versions, so the next
+ *   holder (after a crash, a restart or a lease handover) goes on from there.
  *
  * A Subscription's event counter and its event rows are written in one transaction, when the
  * events are numbered (when they happen), before any delivery is tried. The holder writes delivery
@@ -51,6 +53,7 @@ export class SubscriptionStore {
         subscription TEXT NOT NULL, number INTEGER NOT NULL, at TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL,
         version TEXT NOT NULL, interaction TEXT NOT NULL, PRIMARY KEY (subscription, number)) WITHOUT ROWID;
       CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+      CREATE INDEX IF NOT EXISTS subscription_events_version ON subscription_events (subscription, type, id, version);
     `);
     // a store made before revisions: every row is at its first (looked at again under the write lock, as another process may be adding it)
     const revised = () => this.db.prepare<[], { name: string }>('PRAGMA table_info(subscription_state)').all().some((c) => c.name === 'rev');
@@ -128,6 +131,26 @@ export class SubscriptionStore {
       this.db.prepare('DELETE FROM subscription_events WHERE subscription = ? AND number <= ?').run(id, events[events.length - 1]!.number - EVENT_LOG_KEEP);
       return true;
     })();
+  }
+
+  /** Whether an event about this version is logged for the Subscription (numbered before, by any holder). */
+  isLogged(subscription: string, type: string, id: string, version: string): boolean {
+    return this.db.prepare('SELECT 1 FROM subscription_events WHERE subscription = ? AND type = ? AND id = ? AND version = ?')
+      .get(subscription, type, id, version) !== undefined;
+  }
+
+  /**
+   * The commitment seq up to which the holder has numbered what was written (undefined: never
+   * recorded), so the next holder — this server restarted, or another process taking the lease —
+   * goes on from there instead of from the newest commitment, skipping what came in meanwhile.
+   */
+  commitmentsSeen(): number | undefined {
+    const v = this.db.prepare<[], { v: string }>("SELECT v FROM meta WHERE k = 'commitments-seen'").get()?.v;
+    return v === undefined ? undefined : Number(v);
+  }
+
+  setCommitmentsSeen(seq: number): void {
+    this.db.prepare("INSERT INTO meta (k, v) VALUES ('commitments-seen', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v").run(String(seq));
   }
 
   /** Logged events numbered from `since` to `until` (inclusive), at most `limit`, oldest first. */

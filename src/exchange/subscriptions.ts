@@ -25,6 +25,9 @@
  *
  * Versions written by other processes on the same data directory (`glucoguard ingest`) are found
  * in the commitment store every GLUCOGUARD_SUBSCRIPTION_POLL_MS and notified like the server's own.
+ * How far the holder got is stored, so a holder that starts later (restart, crash, handover) goes on
+ * from there: versions written while none delivered are numbered then, and a version the event log
+ * shows numbered already is not numbered again.
  * Only one process delivers (the lease in subscription-store.ts); the others stay passive: they
  * store the Subscriptions written through them and answer `$status`/`$events` from the store, and
  * the holder, at the same poll, takes up every Subscription another process created, updated or
@@ -244,7 +247,10 @@ export class SubscriptionService {
     for (const t of this.endTimers.values()) clearTimeout(t);
     for (const w of this.workers.values()) if (w.heartbeat) clearInterval(w.heartbeat);
     await this.idle();
-    if (this.active) this.store.releaseLease(this.owner);
+    if (this.active) {
+      this.markOwnWrites();
+      this.store.releaseLease(this.owner);
+    }
     this.store.close();
   }
 
@@ -389,7 +395,7 @@ export class SubscriptionService {
   private async activate(): Promise<void> {
     this.active = true;
     this.load(); // what a process that delivered before wrote
-    this.highWater = this.options.commitments?.lastSeq() ?? 0;
+    this.highWater = this.startingMark();
     for (const state of [...this.states.values()]) await this.resume(state);
     this.digestTimer = setInterval(() => void this.runDigests(false).catch((err: unknown) => {
       this.options.logger?.warn({ err: (err as Error).message }, 'subscription: digest run failed');
@@ -423,6 +429,22 @@ export class SubscriptionService {
     });
   }
 
+  /**
+   * Where the poll for written versions starts: where the previous holder (this server before a
+   * crash or restart, or another process) had numbered up to, so versions written while no process
+   * delivered, or in its last poll interval, are still notified — numbered, never silently skipped.
+   * Versions that holder numbered already are found in the event log and not numbered again. The
+   * first holder on a data directory starts at the newest commitment; a mark past it (a restored
+   * commitment store) is brought back to it.
+   */
+  private startingMark(): number {
+    const last = this.options.commitments?.lastSeq() ?? 0;
+    const stored = this.store.commitmentsSeen();
+    const mark = stored === undefined || stored > last ? last : stored;
+    this.store.setCommitmentsSeen(mark);
+    return mark;
+  }
+
   /** The lease went to another process (this one was paused past its expiry): stop delivering. */
   private deactivate(): void {
     this.active = false;
@@ -446,6 +468,7 @@ export class SubscriptionService {
     const listening = [...this.states.values()].some((s) => this.deliverable(s) && !s.digest);
     if (!listening) {
       this.highWater = last;
+      this.store.setCommitmentsSeen(last);
       return;
     }
     this.polling = true;
@@ -462,11 +485,39 @@ export class SubscriptionService {
             // deleted, erased or failing integrity since: nothing to notify
           }
         }
+        if (found.length) await this.onWrite(found);
+        // numbered (and logged) before the mark moves past them
         this.highWater = rows[rows.length - 1]!.seq;
-        if (found.length) this.onWrite(found);
+        if (this.active) this.store.setCommitmentsSeen(this.highWater);
       }
     } finally {
       this.polling = false;
+    }
+  }
+
+  /**
+   * On close: moves the stored mark over this process's own writes (numbered already) up to the
+   * first version another process wrote, which the next holder is left to number. Otherwise a big
+   * import made since the last poll would be looked at again by the next holder, and its versions
+   * beyond the event log's last EVENT_LOG_KEEP numbered a second time.
+   */
+  private markOwnWrites(): void {
+    const commitments = this.options.commitments;
+    if (!commitments) return;
+    const from = this.highWater;
+    try {
+      scan: for (let more = true; more;) {
+        const rows = commitments.after(this.highWater, POLL_CHUNK);
+        more = rows.length === POLL_CHUNK;
+        for (const row of rows) {
+          const foreign = (row.type === 'Observation' || row.type === 'DiagnosticReport') && !this.seen.has(`${row.type}/${row.id}/${row.version}`);
+          if (foreign) break scan;
+          this.highWater = row.seq;
+        }
+      }
+      if (this.highWater > from) this.store.setCommitmentsSeen(this.highWater);
+    } catch (err) {
+      this.options.logger?.warn({ err: (err as Error).message }, 'subscription: could not record how far notifications were numbered');
     }
   }
 
@@ -742,10 +793,12 @@ export class SubscriptionService {
 
   // ---- events --------------------------------------------------------------------------------
 
-  private onWrite(written: WrittenVersion[]): void {
+  /** Numbers the written versions for every Subscription they match; resolves when they are numbered (never rejects). */
+  private async onWrite(written: WrittenVersion[]): Promise<void> {
     if (this.closed || !this.active) return;
     const fresh = this.fresh(written);
     if (fresh.length === 0 || this.states.size === 0) return;
+    const numbering: Promise<void>[] = [];
     for (const state of this.states.values()) {
       if (!this.deliverable(state) || state.digest) continue;
       if (this.expired(state)) {
@@ -754,15 +807,16 @@ export class SubscriptionService {
       }
       const matching = fresh.filter((w) => topicsOf(w.resource).includes(state.topic) && (!state.patient || patientIdsOf(w.resource).includes(state.patient)));
       if (matching.length === 0) continue;
-      this.enqueue(state, matching, new Date().toISOString());
+      numbering.push(this.enqueue(state, matching, new Date().toISOString()));
     }
+    await Promise.all(numbering);
   }
 
   /**
    * The events happen: those the requester may see now are numbered and logged (persisted), then
    * queued for delivery. One batch after another per Subscription, so numbers follow write order.
    */
-  private enqueue(state: SubscriptionState, versions: WrittenVersion[], timestamp: string): void {
+  private enqueue(state: SubscriptionState, versions: WrittenVersion[], timestamp: string): Promise<void> {
     const worker = this.worker(state);
     worker.intakeBusy++;
     worker.intake = worker.intake.then(async () => {
@@ -780,6 +834,7 @@ export class SubscriptionService {
     }).finally(() => {
       worker.intakeBusy--;
     });
+    return worker.intake;
   }
 
   /**
@@ -787,9 +842,13 @@ export class SubscriptionService {
    * check decides) and persists the counter with the event rows before anything is sent.
    */
   private async number(state: SubscriptionState, worker: Worker, versions: WrittenVersion[], timestamp: string, also: Partial<SubscriptionState> = {}): Promise<QueuedEvent[]> {
-    const eligible = (await this.allowedNow(worker.access, versions)) ?? versions;
+    const decided = (await this.allowedNow(worker.access, versions)) ?? versions;
     // numbers are given only by the holder, to the Subscription as stored now
     if (!this.active || this.states.get(state.id) !== state) return [];
+    // a version an earlier holder numbered already (found again by the poll after a restart or a lease handover) is not an event again
+    const numberedBefore = new Set(decided.filter((w) => this.store.isLogged(state.id, w.resource.resourceType, w.resource.id!, w.resource.meta!.versionId!)));
+    const eligible = decided.filter((w) => !numberedBefore.has(w));
+    if (numberedBefore.size) versions = versions.filter((w) => !numberedBefore.has(w));
     Object.assign(state, also);
     if (eligible.length < versions.length) {
       state.withheld += versions.length - eligible.length;
@@ -1043,18 +1102,32 @@ export class SubscriptionService {
     const headers: Record<string, string> = { ...Object.fromEntries(extra), 'Content-Type': 'application/fhir+json', 'Content-Length': String(body.length) };
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
     return new Promise((resolve) => {
+      let deadline: NodeJS.Timeout | undefined;
+      const settle = (result: { ok: boolean; status?: number; reason?: string }) => {
+        if (deadline) clearTimeout(deadline);
+        resolve(result);
+      };
       try {
         const req = send(url, { method: 'POST', headers, lookup: this.endpoints.lookup(url) as never, timeout: DELIVERY_TIMEOUT_MS }, (res) => {
           res.resume();
-          res.on('end', () => resolve({ ok: (res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 300, status: res.statusCode }));
-          res.on('error', () => resolve({ ok: false, reason: 'response error' }));
+          res.on('end', () => settle({ ok: (res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 300, status: res.statusCode }));
+          res.on('error', () => settle({ ok: false, reason: 'response error' }));
+          res.on('aborted', () => settle({ ok: false, reason: 'response aborted' }));
         });
+        // The socket timeout above only measures idleness: an endpoint that trickles a byte now and
+        // then (or never ends its body) would hold this Subscription's delivery, its retries and a
+        // graceful shutdown forever. The whole exchange gets the same bound.
+        deadline = setTimeout(() => {
+          settle({ ok: false, reason: 'timeout' });
+          req.destroy(new Error('timeout'));
+        }, DELIVERY_TIMEOUT_MS);
+        deadline.unref();
         req.on('timeout', () => req.destroy(new Error('timeout')));
-        req.on('error', (err: Error & { code?: string }) => resolve({ ok: false, reason: err.code ?? 'request error' }));
+        req.on('error', (err: Error & { code?: string }) => settle({ ok: false, reason: err.code ?? 'request error' }));
         req.end(body);
       } catch (err) {
         // http.request throws synchronously on a header value it cannot send (ERR_INVALID_CHAR)
-        resolve({ ok: false, reason: (err as { code?: string }).code ?? 'request error' });
+        settle({ ok: false, reason: (err as { code?: string }).code ?? 'request error' });
       }
     });
   }
