@@ -11,6 +11,7 @@ import type { Bundle, OperationOutcomeIssue, Resource, StructureDefinition } fro
 import { GlucoGuardError, unprocessable } from '../errors.js';
 import { loadFhirDefinitions } from './definitions.js';
 import { requiredCodes } from './required-codes.js';
+import { narrativeIssues } from './narrative.js';
 
 export class ProfileValidator {
   private readonly profiles = new Map<string, StructureDefinition>();
@@ -44,7 +45,7 @@ export class ProfileValidator {
   check(resource: Resource, extraProfiles: string[] = []): OperationOutcomeIssue[] {
     const shape = jsonShapeIssues(resource);
     if (shape.length) return shape;
-    const issues: OperationOutcomeIssue[] = [];
+    const issues: OperationOutcomeIssue[] = narrativeIssues(resource);
     issues.push(...runValidator(resource));
     const wanted = new Set([...(resource.meta?.profile ?? []), ...extraProfiles]);
     for (const url of wanted) {
