@@ -272,6 +272,8 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers),
     audit: (request, response) => consent.audit.record(request, response),
     commitments: ledger.store, // subscriptions notify versions other processes (CLI ingest) commit
+    // a Subscription stops delivering once its client or user is disabled, as their tokens stop working
+    requesterCutOff: (a) => a.kind === 'token' && a.clientId !== undefined && smart.tokens.isCutOff(a.clientId, a.subject ?? a.clientId, a.storedAt ?? 0),
     settings: config.exchange, // validated with the rest of the configuration (src/config.ts)
   });
 

@@ -33,6 +33,8 @@ export interface Exchange {
   close(): Promise<void>;
 }
 
+import type { StoredAccess } from './jobs.js';
+
 export interface ExchangeOptions {
   dataDir: string;
   rootKey: string;
@@ -50,6 +52,8 @@ export interface ExchangeOptions {
   settings?: ExchangeSettings;
   /** Every process's written versions in write order (the ledger's commitment store): subscriptions notify what the CLI wrote too. */
   commitments?: CommittedVersions;
+  /** See SubscriptionServiceOptions.requesterCutOff. */
+  requesterCutOff?: (access: StoredAccess) => boolean;
 }
 
 /** Builds export and subscriptions, registers their operations on the router and resumes jobs. */
@@ -67,6 +71,7 @@ export async function createExchange(options: ExchangeOptions): Promise<Exchange
   const subscriptions = new SubscriptionService({
     dir, fhir: options.fhir, policy: options.policy, repository: options.repository, fhirBase: options.fhirBase, deidentifiers, settings, reader, logger: options.logger,
     ...(options.commitments ? { commitments: options.commitments } : {}),
+    ...(options.requesterCutOff ? { requesterCutOff: options.requesterCutOff } : {}),
   });
   subscriptions.attach(options.fhir);
   exports.start();

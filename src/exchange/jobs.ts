@@ -16,6 +16,8 @@ export type JobStatus = 'queued' | 'running' | 'completed' | 'failed';
 /** What a job needs to run again after a restart: who asked (to re-run every guard) and what. */
 export interface StoredAccess extends AccessContext {
   purposeOfUse?: string;
+  /** When it was stored (epoch ms): what outlives the token is cut off as tokens issued then would be (an operator disabling the user or client). */
+  storedAt?: number;
 }
 
 export interface ExportParams {
@@ -155,7 +157,7 @@ export function ownerOf(access: AccessContext): string {
 export function storedAccess(access: StoredAccess): StoredAccess {
   const { kind, subject, clientId, fhirUser, patient, scopes, purposeOfUse } = access;
   return {
-    kind, scopes: [...scopes],
+    kind, scopes: [...scopes], storedAt: access.storedAt ?? Date.now(),
     ...(subject ? { subject } : {}), ...(clientId ? { clientId } : {}), ...(fhirUser ? { fhirUser } : {}),
     ...(patient ? { patient } : {}), ...(purposeOfUse ? { purposeOfUse } : {}),
   };

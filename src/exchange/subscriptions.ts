@@ -151,6 +151,11 @@ export interface SubscriptionServiceOptions {
   reader: GuardedReader;
   /** Versions other processes wrote (CLI ingest) are found here; without it only this process's writes notify. */
   commitments?: CommittedVersions;
+  /**
+   * True when the requester who made a Subscription is cut off since (its client or user disabled:
+   * src/smart/tokens.ts): its notifications stop as its tokens did. Throws when it cannot tell.
+   */
+  requesterCutOff?: (access: StoredAccess) => boolean;
   logger?: Logger;
 }
 
@@ -1023,6 +1028,8 @@ export class SubscriptionService {
   /** The versions that may leave now, or undefined when the decision cannot be made. */
   private async allowedNow(access: StoredAccess, batch: WrittenVersion[]): Promise<WrittenVersion[] | undefined> {
     try {
+      // a requester an operator cut off gets nothing more, as its tokens do not (withheld, counted)
+      if (this.options.requesterCutOff?.(access)) return [];
       for (const type of new Set(batch.map((w) => w.resource.resourceType))) await this.options.policy.authorize(access, 'search', type);
       const { allowed } = await this.options.fhir.guard(access, batch.map((w) => w.resource));
       const ok = new Set(allowed.map((r) => keyOf(r)));

@@ -102,6 +102,11 @@ export class TokenService {
    * `Practitioner/<id>`, a user who is that practitioner). Client credentials grants have the
    * client as their `sub` and no user.
    */
+  /** Whether what a requester was given at `since` (epoch ms) is dead as its tokens of then are (see cutOff): a Subscription it made. */
+  isCutOff(clientId: string, sub: string, since: number): boolean {
+    return this.cutOff(clientId, sub, since);
+  }
+
   private cutOff(clientId: string, sub: string, issuedAt: number): boolean {
     if (this.clientDisabled(clientId)) return true;
     if (sub === clientId) return false;
