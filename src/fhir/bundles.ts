@@ -37,6 +37,12 @@ export async function processBatch(bundle: Bundle, parent: FhirRequest, handle: 
 }
 
 export interface TransactionSteps {
+  /**
+   * Types whose writes another module handles (the router's registerWriteHandler: a Consent is
+   * recorded on chain, a Subscription checked and handshaken): such a write cannot be one step of
+   * an all-or-nothing commit, and written as plain storage it would skip all of that.
+   */
+  handledWriteTypes?: readonly string[];
   validate(resource: Resource): void;
   authorize(interaction: 'create' | 'update' | 'delete', resource: Resource): Promise<void>;
   checkType(type: string): string;
@@ -77,6 +83,9 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
     // (the router turns each PATCH into the update it makes before the transaction gets here)
     if (method === 'PATCH') throw badRequest('PATCH is not supported inside a transaction', `Bundle.entry[${i}].request.method`);
     const type = steps.checkType(url.split(/[/?]/)[0]!);
+    if (steps.handledWriteTypes?.includes(type)) {
+      throw badRequest(`Bundle.entry[${i}]: a ${type} is written on its own (${method} ${type}) or in a batch, not in a transaction: its write does more than store it; the transaction was not applied`, `Bundle.entry[${i}].request.url`);
+    }
     // A conditional PUT or DELETE would be matched by the repository over everything it holds,
     // hidden resources too; single requests and batch entries decide it over what the requester may see.
     if ((method === 'PUT' || method === 'DELETE') && url.includes('?')) {

@@ -883,6 +883,7 @@ export class FhirRouter {
       const visible = req.access.kind === 'open' ? relative : await this.visibleConditionals(req.access, relative);
       const decided = await this.referencesResolved(req.access, await this.patchesAsUpdates(req, visible));
       return processTransaction(decided, req, {
+        handledWriteTypes: this.handledWriteTypes(),
         validate: (resource) => this.prepareWrite(resource),
         authorize: async (interaction, resource) => {
           await this.policy.authorize(req.access, interaction, resource.resourceType);
