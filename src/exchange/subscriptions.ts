@@ -952,6 +952,19 @@ export class SubscriptionService {
       state.failedDeliveries++;
       this.save(state);
       this.options.logger?.warn({ subscription: state.id, attempt, attempts, status: result.status, reason: result.reason }, 'subscription: delivery failed');
+      if (result.status === 410) {
+        // the endpoint says it is gone for good: nothing more goes there (the client makes a new Subscription)
+        if (this.current(state)) {
+          this.stopWorker(state.id);
+          await this.setStatus(state, 'off', 'The endpoint answered 410 Gone: no more deliveries');
+        }
+        return false;
+      }
+      // another refusal of the request itself (400, 401, 403, 404, 413…) would be refused again: no retry
+      if (result.status !== undefined && result.status >= 400 && result.status < 500 && result.status !== 408 && result.status !== 429) {
+        if (this.current(state)) await this.setStatus(state, 'error', `The endpoint refused the notification (HTTP ${result.status})`);
+        return false;
+      }
       if (attempt < attempts) await sleep(this.backoff(attempt));
     }
     if (this.current(state)) await this.setStatus(state, 'error', `Delivery failed after ${attempts} attempts`);

@@ -6,7 +6,7 @@
  * through those modules as a request on its own does.
  */
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
-import type { Bundle, OperationOutcome } from '@medplum/fhirtypes';
+import type { Bundle, OperationOutcome, ResourceType } from '@medplum/fhirtypes';
 import request from 'supertest';
 import { TOPICS } from '../../src/exchange/subscriptions.js';
 import { startTestApp, type TestApp } from '../support/app.js';
@@ -25,7 +25,7 @@ const consent = {
   category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }], patient: { reference: 'Patient/nobody' },
   policyRule: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'OPTIN' }] },
 };
-const count = async (type: string) => (await t.app.repository.search({ resourceType: type, count: 100, offset: 0 })).resources.length;
+const count = async (type: string) => (await t.app.repository.search({ resourceType: type as ResourceType, count: 100, offset: 0 })).resources.length;
 
 test.each([['Subscription', subscription], ['Consent', consent]])('a %s in a transaction is refused and nothing of the transaction is applied', async (type, resource) => {
   const before = { [type]: await count(type), Patient: await count('Patient') };
