@@ -72,6 +72,7 @@ export async function createExchange(options: ExchangeOptions): Promise<Exchange
     dir, fhir: options.fhir, policy: options.policy, repository: options.repository, fhirBase: options.fhirBase, deidentifiers, settings, reader, logger: options.logger,
     ...(options.commitments ? { commitments: options.commitments } : {}),
     ...(options.requesterCutOff ? { requesterCutOff: options.requesterCutOff } : {}),
+    headerKey: deriveKey(options.rootKey, 'subscription-headers'),
   });
   subscriptions.attach(options.fhir);
   exports.start();

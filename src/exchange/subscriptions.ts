@@ -63,6 +63,7 @@ import { researchContextOf, type StudyDeidentifiers } from './research.js';
 import type { ExchangeSettings } from './settings.js';
 import { channelHeaders, digestOf, endOf, filterPatient, headerProblem, heartbeatOf, payloadContent } from './subscription-rules.js';
 import { leaseOwner } from '../lease-owner.js';
+import { openText, seal } from '../repository/embedded/keys.js';
 import { EVENT_LOG_KEEP, SubscriptionStore, type LoggedEvent, type StoredRow } from './subscription-store.js';
 import type { NotifyingRepository, WrittenVersion } from './write-events.js';
 
@@ -156,6 +157,11 @@ export interface SubscriptionServiceOptions {
    * src/smart/tokens.ts): its notifications stop as its tokens did. Throws when it cannot tell.
    */
   requesterCutOff?: (access: StoredAccess) => boolean;
+  /**
+   * Seals `channel.header` values (a receiver's bearer token, an API key) in the subscription
+   * store, as the repository seals the Subscription itself; without it they are stored as given.
+   */
+  headerKey?: Buffer;
   logger?: Logger;
 }
 
@@ -298,8 +304,15 @@ export class SubscriptionService {
   private stateOfRow(row: StoredRow): SubscriptionState | undefined {
     let state: SubscriptionState;
     try {
-      state = JSON.parse(row.json) as SubscriptionState;
-      if (!state || typeof state !== 'object' || state.id !== row.id) throw new Error('not a subscription state');
+      const stored = JSON.parse(row.json) as SubscriptionState & { sealedHeaders?: string };
+      if (!stored || typeof stored !== 'object' || stored.id !== row.id) throw new Error('not a subscription state');
+      if (stored.sealedHeaders !== undefined) {
+        const text = this.options.headerKey && openText(this.options.headerKey, Buffer.from(stored.sealedHeaders, 'base64'), `subscription-headers/${stored.id}`);
+        if (text === undefined) throw new Error('sealed headers do not open');
+        stored.headers = JSON.parse(text) as string[];
+        delete stored.sealedHeaders;
+      }
+      state = stored;
     } catch {
       if (!this.unreadable.has(`${row.id} ${row.rev}`)) {
         this.unreadable.add(`${row.id} ${row.rev}`);
@@ -647,9 +660,17 @@ export class SubscriptionService {
         state.events = stored?.events ?? previous.events;
         state.withheld = stored?.withheld ?? previous.withheld;
       }
-      return JSON.stringify(state);
+      return this.rowOf(state);
     });
     this.states.set(state.id, state);
+  }
+
+  /** A state as its store row holds it: the channel headers sealed (headerKey), bound to the Subscription's id. */
+  private rowOf(state: SubscriptionState): string {
+    const key = this.options.headerKey;
+    if (!key || !state.headers.length) return JSON.stringify(state);
+    const { headers, ...rest } = state;
+    return JSON.stringify({ ...rest, headers: [], sealedHeaders: seal(key, Buffer.from(JSON.stringify(headers)), `subscription-headers/${state.id}`).toString('base64') });
   }
 
   /**
@@ -659,7 +680,7 @@ export class SubscriptionService {
    */
   private save(state: SubscriptionState): void {
     if (!this.active || this.states.get(state.id) !== state) return;
-    if (!this.store.save(state.id, state.rev, JSON.stringify(state))) this.refresh();
+    if (!this.store.save(state.id, state.rev, this.rowOf(state))) this.refresh();
   }
 
   private async setStatus(state: SubscriptionState, status: SubscriptionStatus, error?: string): Promise<void> {
@@ -864,7 +885,7 @@ export class SubscriptionService {
     const logged: LoggedEvent[] = events.map((e) => ({
       number: e.number, timestamp, type: e.version.resource.resourceType, id: e.version.resource.id!, version: e.version.resource.meta!.versionId!, interaction: e.version.interaction,
     }));
-    if (this.store.recordEvents(state.id, state.rev, JSON.stringify(state), logged)) return events;
+    if (this.store.recordEvents(state.id, state.rev, this.rowOf(state), logged)) return events;
     // redefined or deleted by another process meanwhile: these numbers were never stored
     this.refresh();
     return [];
