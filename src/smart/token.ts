@@ -87,7 +87,8 @@ async function refreshTokenGrant(ctx: SmartContext, body: Body, caller: Authenti
     // A rotated-out token presented again: it was stolen or copied, and one of its two holders has the
     // live one. Every token of the grant is revoked (RFC 9700 §4.14.2, refresh token reuse detection).
     const reused = await ctx.tokens.reusedRefreshGrant(body.refresh_token);
-    if (reused) {
+    // a grant revoked already (the app's or the patient's revocation) is said as such, not as a reuse
+    if (reused && !(await ctx.tokens.isRevoked(reused))) {
       await ctx.tokens.revokeGrant(reused);
       throw invalidGrant('The refresh token was already used; every token of its grant is now revoked');
     }

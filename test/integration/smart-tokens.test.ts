@@ -152,7 +152,10 @@ describe('revocation', () => {
   test('a revoked refresh token cannot be used, and its access tokens stop working', async () => {
     const body = await tokensFor(confidential.clientId, 'launch/patient patient/*.rs offline_access', basic());
     expect((await post(h.smart.urls.revoke, { token: body.refresh_token, token_type_hint: 'refresh_token' }, basic())).status).toBe(200);
-    expect((await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: body.refresh_token }, basic())).body.error).toBe('invalid_grant');
+    const refused = (await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: body.refresh_token }, basic())).body;
+    expect(refused.error).toBe('invalid_grant');
+    // said as revoked, not as "already used" (a reuse, which it was not: consent round, 2026-12-06)
+    expect(refused.error_description).toBe('The refresh token is invalid, expired or revoked');
     expect((await readPatient(body.access_token)).status).toBe(401);
   });
 
