@@ -91,9 +91,11 @@ function grantee(c: Consent): string {
 }
 
 /** One readable line per Consent. */
-export function formatConsent(c: Consent): string {
+export function formatConsent(c: Consent, now = Date.now()): string {
   const p = c.provision;
-  return [c.id, c.status, grantee(c), `access ${p?.period?.start ?? '?'} → ${p?.period?.end ?? '?'}`,
+  // an active Consent whose access period is over grants nothing: said so (the resource keeps `active`)
+  const ended = c.status === 'active' && p?.period?.end !== undefined && Date.parse(p.period.end) <= now;
+  return [c.id, ended ? 'active (ended)' : c.status, grantee(c), `access ${p?.period?.start ?? '?'} → ${p?.period?.end ?? '?'}`,
     `data ${p?.dataPeriod?.start ?? '?'} → ${p?.dataPeriod?.end ?? '?'}`, `purpose ${(p?.purpose ?? []).map((x) => x.code).join(',')}`,
     `grant ${c.identifier?.find((i) => i.system === GRANT_ID_SYSTEM)?.value ?? '-'}`].join('  ');
 }
@@ -158,6 +160,8 @@ export function registerConsentCommands(program: Command, open: OpenApp): void {
     .description("a patient's Consents")
     .requiredOption('--patient <id>', 'Patient id')
     .action((o: { patient: string }) => run(async (app) => {
+      // a mistyped id would otherwise read as "no Consents" (exit 0)
+      if (!(await resourceExists(app.repository, 'Patient', o.patient))) throw new InvalidArgumentError(`Patient/${o.patient} not found`);
       for (const c of await app.consent.service.list(o.patient)) console.log(formatConsent(c));
     }));
 

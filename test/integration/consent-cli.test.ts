@@ -76,7 +76,8 @@ describe('consent CLI', () => {
     // a usage error since session 23 (exit 2, a bad --patient), no longer the service's OperationOutcome error
     await expect(grant).rejects.toThrow(/^Patient\/nobody not found$/);
     expect(t.app.consent.keys.get('nobody')).toBeUndefined();
-    expect(await cli('consent', 'list', '--patient', 'nobody')).toBe('');
+    // a usage error since session 24 (it printed nothing and exited 0, as for a patient with no Consents)
+    await expect(cli('consent', 'list', '--patient', 'nobody')).rejects.toThrow(/^Patient\/nobody not found$/);
   });
 
   test('an identity for a resource that does not exist is refused; revoking an unknown Consent names it', async () => {
