@@ -297,7 +297,7 @@ function radios(name, legend, choices, checked) {
 function shareWizard() {
   const box = $('share-body');
   if (grantees.length === 0 && granteesComplete) {
-    show(box, notice('info', 'There is nobody to share with yet.', 'Your clinic must register its clinicians with GlucoGuard before you can share with them.'));
+    show(box, notice('info', 'There is nobody to share with yet.', 'Your clinic must register its clinicians (and your relatives, for a relative) with GlucoGuard before you can share with them.'));
     return;
   }
   const options = (list) => list.map((g) => el('option', { value: g.reference }, `${g.name} (${g.kind})`));
@@ -305,7 +305,7 @@ function shareWizard() {
   const steps = [
     el('fieldset', { 'data-step': 'who' }, el('legend', { tabindex: -1 }, '1. Who should see your data?'),
       granteesComplete ? null : granteeFinder(select, options),
-      el('label', { for: 'share-who' }, 'Clinician or organization'), el('br'), select),
+      el('label', { for: 'share-who' }, 'Clinician, organization or relative'), el('br'), select),
     radios('what', '2. What data?', DATA_CHOICES, 'glucose'),
     radios('dataperiod', '3. Which of your data?', PERIOD_CHOICES, '14'),
     radios('duration', '4. For how long?', DURATION_CHOICES, '7'),

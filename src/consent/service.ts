@@ -258,7 +258,13 @@ export class ConsentService {
     throw notFound(`Consent/${id} not found`); // word for word what an id never stored answers
   }
 
-  /** Only the patient themself or their guardian (RelatedPerson of the patient) may consent. */
+  /**
+   * Only the patient themself or their guardian may consent: a RelatedPerson of the patient, active,
+   * whose relationship is a legal authority to act for them (LEGAL_AUTHORITY: guardian, power of
+   * attorney). Any other relative (a partner, a parent of an adult, a carer) is a grantee like any
+   * other: it may be granted access, never grant it (black-box round: any relative could grant
+   * themselves or anyone access).
+   */
   private async assertMayConsent(access: AccessContext, terms: ConsentTerms): Promise<void> {
     if (!(await this.mayConsent(access, terms))) throw forbidden('Only the patient or their guardian may grant or revoke this consent');
   }
@@ -269,10 +275,18 @@ export class ConsentService {
     if (requester.kind === 'patient' && requester.patientId === terms.patientId && terms.performer === `Patient/${terms.patientId}`) return true;
     if (access.fhirUser?.startsWith('RelatedPerson/') && access.fhirUser === terms.performer) {
       const guardian = await this.options.repository.read<RelatedPerson>('RelatedPerson', access.fhirUser.slice('RelatedPerson/'.length)).catch(() => undefined);
-      if (guardian?.patient?.reference === `Patient/${terms.patientId}`) return true;
+      if (guardian?.patient?.reference === `Patient/${terms.patientId}` && guardian.active !== false && hasLegalAuthority(guardian)) return true;
     }
     return false;
   }
+}
+
+/** v3 RoleCode relationships that give a legal authority to consent for the patient (guardian, powers of attorney). */
+const LEGAL_AUTHORITY = new Set(['GUARD', 'POWATT', 'DPOWATT', 'HPOWATT', 'SPOWATT']);
+const ROLE_CODE = 'http://terminology.hl7.org/CodeSystem/v3-RoleCode';
+
+function hasLegalAuthority(person: RelatedPerson): boolean {
+  return (person.relationship ?? []).some((r) => (r.coding ?? []).some((c) => c.system === ROLE_CODE && c.code !== undefined && LEGAL_AUTHORITY.has(c.code)));
 }
 
 function consentBody(req: FhirRequest): Consent {

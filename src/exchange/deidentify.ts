@@ -59,6 +59,8 @@ const AGE_UNIT_YEARS: Record<string, number> = { a: 1, mo: 1 / 12, wk: 7 / 365.2
 const UCUM = 'http://unitsofmeasure.org';
 /** What a Patient keeps. */
 const PATIENT_KEEPS = new Set(['resourceType', 'id', 'meta', 'gender', 'birthDate', 'active', 'deceasedBoolean']);
+/** What a RelatedPerson keeps: how they relate to the patient; nothing of who they are (not even a birth year). */
+const RELATED_PERSON_KEEPS = new Set(['resourceType', 'id', 'meta', 'active', 'patient', 'relationship']);
 const DATE = /^(\d{4})-(\d{2})-(\d{2})(T.*)?$/;
 const REFERENCE = /^(?:.*\/)?([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(\/_history\/[A-Za-z0-9\-.]{1,64})?$/;
 const DAY_MS = 86_400_000;
@@ -116,8 +118,9 @@ export class Deidentifier {
     const patientId = this.options.dateShift ? patientIdsOf(resource)[0] : undefined;
     const days = patientId ? this.shiftDays(patientId) : 0;
     let source = resource as unknown as Record<string, unknown>;
-    if (resource.resourceType === 'Patient') {
-      source = Object.fromEntries(Object.entries(source).filter(([k]) => PATIENT_KEEPS.has(k)));
+    if (resource.resourceType === 'Patient' || resource.resourceType === 'RelatedPerson') {
+      const keeps = resource.resourceType === 'Patient' ? PATIENT_KEEPS : RELATED_PERSON_KEEPS;
+      source = Object.fromEntries(Object.entries(source).filter(([k]) => keeps.has(k)));
     }
     const out = (this.walk(source, days, '') ?? {}) as Record<string, unknown>;
     out.resourceType = resource.resourceType;

@@ -39,6 +39,7 @@ const STANDARD_PARAMS: Record<string, string[]> = {
   ServiceRequest: ['patient', 'subject', 'code', 'status'],
   Practitioner: ['identifier', 'name'],
   Organization: ['identifier', 'name'],
+  RelatedPerson: ['patient', 'identifier', 'name'],
 };
 
 /** Builds the statement; cheap enough to call per request, but callers may cache it. */

@@ -10,6 +10,9 @@ export const SUPPORTED_RESOURCE_TYPES = [
   'ServiceRequest',
   'Practitioner',
   'Organization',
+  // A patient's relatives (parent, partner, carer): in the Patient compartment by `patient`, and
+  // grantees of consent like clinicians (src/consent/terms.ts ACTOR_TYPES).
+  'RelatedPerson',
   // Bulk export by Group (src/exchange/export.ts) and R4 backport Subscriptions (src/exchange/subscriptions.ts).
   'Group',
   'Subscription',

@@ -107,7 +107,7 @@ export function registerSmartCommands(program: Command, open: (options?: { setUp
     .description('register a user who can sign in to SMART apps')
     .requiredOption('--username <username>', 'login name')
     .requiredOption('--password-file <file>', 'file holding the password (first line)')
-    .requiredOption('--fhir-user <reference>', 'Patient/ID or Practitioner/ID this user is', fhirUserArg)
+    .requiredOption('--fhir-user <reference>', 'Patient/ID, Practitioner/ID or RelatedPerson/ID (a relative) this user is', fhirUserArg)
     .action(async (opts: { username: string; passwordFile: string; fhirUser: string }) => {
       const password = readFileSync(opts.passwordFile, 'utf8').split(/\r?\n/)[0] ?? '';
       await withOpened(setUp, async ({ config, resourceExists }) => {
@@ -120,7 +120,7 @@ export function registerSmartCommands(program: Command, open: (options?: { setUp
     });
 
   users.command('list')
-    .description('list users: login name, the Patient or Practitioner they are, when added, when disabled (never a password)')
+    .description('list users: login name, the Patient, Practitioner or RelatedPerson they are, when added, when disabled (never a password)')
     .action(async () => {
       await withOpened(open, async ({ config }) => {
         const all = withStore(config, (store) => store.listUsers());
@@ -270,7 +270,8 @@ function readJwksFile(file: string): JSONWebKeySet {
   }
 }
 
+/** A relative (RelatedPerson) signs in as a grantee: they see only what the patient granted them. */
 function fhirUserArg(value: string): string {
-  if (!/^(Patient|Practitioner)\/[A-Za-z0-9\-.]{1,64}$/.test(value)) throw new InvalidArgumentError('must be Patient/ID or Practitioner/ID');
+  if (!/^(Patient|Practitioner|RelatedPerson)\/[A-Za-z0-9\-.]{1,64}$/.test(value)) throw new InvalidArgumentError('must be Patient/ID, Practitioner/ID or RelatedPerson/ID');
   return value;
 }

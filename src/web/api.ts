@@ -1,11 +1,12 @@
 /**
  * The small JSON API the two apps need beyond FHIR, under `/apps/api/` (bearer token of the app):
  *
- * - `GET grantees[?name=]` (patient): clinicians and organizations the patient can grant access to —
- *   those with an identity on chain — as `{ grantees, complete }`. A patient token cannot search
- *   Practitioner/Organization through the facade (no patient link: fail closed), so the directory is
- *   served here. A long directory is cut (GRANTEE_LIMITS, `complete: false`): the portal then asks
- *   for part of a name (`name`, matched as FHIR `name:contains`).
+ * - `GET grantees[?name=]` (patient): clinicians, organizations and the patient's own relatives
+ *   (RelatedPersons whose `patient` is them) the patient can grant access to — those with an identity
+ *   on chain — as `{ grantees, complete }`. A patient token cannot search Practitioner/Organization
+ *   through the facade (no patient link: fail closed), so the directory is served here. A long
+ *   directory is cut (GRANTEE_LIMITS, `complete: false`): the portal then asks for part of a name
+ *   (`name`, matched as FHIR `name:contains`).
  * - `GET access?patient=ID` (clinician): the requester's own Consents from that patient (who granted,
  *   until when, status). Never another grantee's.
  * - `GET key-safety` (patient): the patient's signing key (custodial or own wallet), how it is
@@ -100,10 +101,10 @@ export function webApiRouter(deps: WebApiDeps): Router {
   };
 
   router.get('/grantees', handle(async (req, access) => {
-    patientOf(access);
+    const patientId = patientOf(access);
     const name = typeof req.query.name === 'string' ? req.query.name.trim() : '';
     if (name.length > 100) throw badRequest('name must be at most 100 characters', 'name');
-    return granteeDirectory(deps, name);
+    return granteeDirectory(deps, patientId, name);
   }));
 
   router.get('/access', handle(async (req, access) => {
@@ -243,29 +244,39 @@ export function webApiRouter(deps: WebApiDeps): Router {
 }
 
 /**
- * The registered Practitioners and Organizations, page by page through the repository (the chain
- * knows identities only by a hash of their reference, so the walk starts from the resources), up to
- * GRANTEE_LIMITS; with `name`, only those whose name contains it.
+ * The registered relatives of the patient (their RelatedPersons), Practitioners and Organizations,
+ * page by page through the repository (the chain knows identities only by a hash of their reference,
+ * so the walk starts from the resources), up to GRANTEE_LIMITS; with `name`, only those whose name
+ * contains it. Relatives come first, so a long clinician directory never cuts them off.
  */
-async function granteeDirectory(deps: WebApiDeps, name: string): Promise<{ grantees: { reference: string; name: string; kind: string }[]; complete: boolean }> {
+async function granteeDirectory(deps: WebApiDeps, patientId: string, name: string): Promise<{ grantees: { reference: string; name: string; kind: string }[]; complete: boolean }> {
   const out = new Map<string, { reference: string; name: string; kind: string }>();
   let complete = true;
-  for (const type of ['Practitioner', 'Organization'] as const) {
-    const filters = name ? [{ code: 'name', operator: Operator.CONTAINS, value: name }] : [];
+  const patient = `Patient/${patientId}`;
+  const directories = [
+    { type: 'RelatedPerson', kind: 'relative', filters: [{ code: 'patient', operator: Operator.EQUALS, value: patient }] },
+    { type: 'Practitioner', kind: 'clinician', filters: [] },
+    { type: 'Organization', kind: 'organization', filters: [] },
+  ] as const;
+  for (const { type, kind, filters } of directories) {
+    const all = [...filters, ...(name ? [{ code: 'name', operator: Operator.CONTAINS, value: name }] : [])];
     for (let offset = 0; ;) {
       if (offset >= GRANTEE_LIMITS.scan || out.size >= GRANTEE_LIMITS.list) {
         complete = false;
         break;
       }
-      const found = await deps.repository.search({ resourceType: type, filters, count: GRANTEE_LIMITS.page, offset });
-      const resources = found.resources as (Practitioner | Organization)[];
+      const found = await deps.repository.search({ resourceType: type, filters: all, count: GRANTEE_LIMITS.page, offset });
+      // another patient's relative is never offered, whatever a search answered (an upstream server's
+      // `patient` may match more than the exact reference): checked on the resource itself
+      const resources = (found.resources as (Practitioner | Organization | RelatedPerson)[])
+        .filter((r) => r.resourceType !== 'RelatedPerson' || r.patient?.reference === patient);
       const registered = await Promise.all(resources.map(async (r) => (await deps.consent.identity.granteesOf(`${type}/${r.id}`)).length > 0));
       resources.forEach((r, i) => {
         const reference = `${type}/${r.id}`;
-        if (registered[i] && out.size < GRANTEE_LIMITS.list) out.set(reference, { reference, name: nameOf(r) ?? reference, kind: type === 'Practitioner' ? 'clinician' : 'organization' });
+        if (registered[i] && out.size < GRANTEE_LIMITS.list) out.set(reference, { reference, name: nameOf(r) ?? reference, kind });
       });
-      if (!found.hasMore || resources.length === 0) break;
-      offset += resources.length;
+      if (!found.hasMore || found.resources.length === 0) break;
+      offset += found.resources.length;
     }
   }
   return { grantees: [...out.values()].sort((a, b) => a.name.localeCompare(b.name)), complete };
@@ -309,8 +320,8 @@ function dateOnly<K extends string>(key: K, value: string | undefined): Partial<
 }
 
 /**
- * RelatedPersons of the patient. The embedded repository has no `patient` index for RelatedPerson
- * (400): then the RelatedPersons are read and matched here (exact reference), up to 1000.
+ * RelatedPersons of the patient. A repository that does not answer `patient` for RelatedPerson
+ * (400: an upstream server without it) has them read and matched here (exact reference), up to 1000.
  */
 async function relatedPersonsOf(repository: Repository, patientId: string): Promise<RelatedPerson[] | undefined> {
   const reference = `Patient/${patientId}`;

