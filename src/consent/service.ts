@@ -153,6 +153,7 @@ export class ConsentService {
    */
   writeHandler(router: FhirRouter): TypeWriteHandler {
     return {
+      defaults: (resource) => withDefaults(resource as Consent),
       create: async (req) => this.respond(await this.grant(consentBody(req), req.access), 201),
       update: async (req, id) => {
         const body = consentBody(req);

@@ -67,6 +67,8 @@ export interface FhirRouterOptions {
  * a grant goes to the chain first). Such writes are refused inside transactions (policy.mayWrite).
  */
 export interface TypeWriteHandler {
+  /** Fills what a client may leave out, before the body is validated (a Consent's category and policy). */
+  defaults?(resource: Resource): Resource;
   create(request: FhirRequest): Promise<FhirResponse>;
   update(request: FhirRequest, id: string): Promise<FhirResponse>;
   delete(request: FhirRequest, id: string): Promise<FhirResponse>;
@@ -284,8 +286,13 @@ export class FhirRouter {
   private async handledWrite(req: FhirRequest, type: string, interaction: 'create' | 'update' | 'delete', id?: string): Promise<FhirResponse> {
     await this.policy.authorize(req.access, interaction, type);
     const handler = this.writeHandlers.get(type)!;
-    // validated like any write before the module reads it (422 listing the issues); the module's own checks follow
-    if (interaction !== 'delete' && isJsonObject(req.body) && req.body.resourceType === type) this.prepareWrite(req.body as unknown as Resource);
+    // validated like any write before the module reads it (422 listing the issues), with the module's
+    // defaults filled in first (what it would add itself is not the client's to send); its own checks follow
+    if (interaction !== 'delete' && isJsonObject(req.body) && req.body.resourceType === type) {
+      const body = handler.defaults ? handler.defaults(req.body as unknown as Resource) : (req.body as unknown as Resource);
+      this.prepareWrite(body);
+      req = { ...req, body: body as unknown as FhirRequest['body'] };
+    }
     if (interaction === 'create') return handler.create(req);
     return interaction === 'update' ? handler.update(req, id!) : handler.delete(req, id!);
   }

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import type { Consent, RelatedPerson } from '@medplum/fhirtypes';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { consentOf, DAY, person, registerIdentity } from './consent-helpers.js';
+import { consentOf, DAY, patientToken, person, registerIdentity } from './consent-helpers.js';
 
 let t: TestApp;
 let ana: string;
@@ -52,4 +52,12 @@ test.each(['GUARD', 'POWATT'])('a %s of the patient may grant for them', async (
   const res = await grantAs(guardian);
   expect(res.status).toBe(201);
   expect((res.body as Consent).status).toBe('active');
+});
+
+test('a patient\'s Consent may leave out category and policyRule: the defaults are filled in before validation (they were filled after it, so base R4 refused the body)', async () => {
+  const now = Date.now();
+  const { category: _c, policyRule: _p, ...body } = consentOf({ patient: ana, actor: `Practitioner/${doc}`, accessTo: now + DAY, dataFrom: now - DAY, dataTo: now });
+  const res = await request(t.app.http).post('/fhir/Consent').set('Authorization', `Bearer ${patientToken(t.app, ana)}`).set('Content-Type', 'application/fhir+json').send(body);
+  expect(res.status).toBe(201);
+  expect(res.body).toMatchObject({ status: 'active', category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }], policyRule: { coding: [{ code: 'OPTIN' }] } });
 });
