@@ -115,6 +115,7 @@ export function auditEventOf(rec: AccessRecord): AuditEvent {
       type: [{ ...APPLICATION_SERVER }],
       ...(rec.requestId ? { site: rec.requestId } : {}),
     },
-    entity,
+    // none for an access that named nothing (a request refused before its target was known): FHIR JSON has no empty lists
+    ...(entity.length ? { entity } : {}),
   };
 }

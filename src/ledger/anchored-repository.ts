@@ -289,7 +289,24 @@ function contentDigest(resource: Resource, dropped: readonly string[]): Buffer {
     for (const key of keys.slice(0, -1)) node = node && typeof node === 'object' ? (node as Record<string, unknown>)[key] : undefined;
     if (node && typeof node === 'object') delete (node as Record<string, unknown>)[keys[keys.length - 1]!];
   }
-  return createHash('sha256').update(canonicalResourceText(copy as unknown as Resource)).digest();
+  return createHash('sha256').update(canonicalResourceText((withoutEmpty(copy) ?? {}) as unknown as Resource)).digest();
+}
+
+/**
+ * A copy without empty lists, empty objects and nulls, which FHIR JSON does not have and servers
+ * drop when they store a resource (an AuditEvent sent with `entity: []` comes back without it).
+ */
+function withoutEmpty(value: unknown): unknown {
+  if (value === null) return undefined;
+  if (Array.isArray(value)) {
+    const items = value.map(withoutEmpty).filter((v) => v !== undefined);
+    return items.length ? items : undefined;
+  }
+  if (typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>).map(([k, v]) => [k, withoutEmpty(v)] as const).filter(([, v]) => v !== undefined);
+    return entries.length ? Object.fromEntries(entries) : undefined;
+  }
+  return value;
 }
 
 /** Paths (`a.0.reference`) of the `reference`s that are `urn:` ids in a transaction entry's resource. */
