@@ -302,7 +302,7 @@ export class AuditRecorder {
 /** The patients a request names itself: `Patient/<id>…` paths and `patient`/`subject` values. */
 function namedPatients(parts: readonly string[], query: FhirRequest['query']): Set<string> {
   const patients = new Set<string>();
-  if (parts[0] === 'Patient' && parts[1] && !parts[1].startsWith('$')) patients.add(parts[1]);
+  if (parts[0] === 'Patient' && parts[1] && /^[A-Za-z0-9\-.]{1,64}$/.test(parts[1])) patients.add(parts[1]);
   for (const key of ['patient', 'subject']) {
     for (const v of [query[key] ?? []].flat()) {
       for (const one of v.split(',')) {

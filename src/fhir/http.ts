@@ -55,8 +55,21 @@ export function fhirHttpRouter(options: FhirHttpOptions): Router {
       try {
         access = isPublic ? { kind: 'open' as const, scopes: [] } : await options.authenticate(headers, req.originalUrl);
       } catch (err) {
-        // refused before anyone was identified: in the access log all the same (throttled there)
-        if (isGlucoGuardError(err, 'ERR_UNAUTHORIZED')) options.onUnauthenticated?.({ method: req.method.toUpperCase() as HttpMethod, path: decodePath(req.path), query: req.query as Record<string, string | string[]>, headers }, 401);
+        // refused before anyone was identified: in the access log all the same (throttled there);
+        // recording it never changes the answer (a path that does not decode is logged as sent)
+        if (isGlucoGuardError(err, 'ERR_UNAUTHORIZED') && options.onUnauthenticated) {
+          let path = req.path;
+          try {
+            path = decodePath(req.path);
+          } catch {
+            // as sent
+          }
+          try {
+            options.onUnauthenticated({ method: req.method.toUpperCase() as HttpMethod, path, query: req.query as Record<string, string | string[]>, headers }, 401);
+          } catch (recordErr) {
+            options.logger.error({ err: (recordErr as Error).message }, 'audit: could not record a request refused for want of a token');
+          }
+        }
         throw err;
       }
       const fhirReq: FhirRequest = {

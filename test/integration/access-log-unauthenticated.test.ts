@@ -49,7 +49,8 @@ test('a request without a valid token naming a patient is in her log, once a min
   expect((await request(t.app.http).get('/fhir/Device')).status).toBe(401);
   expect((await request(t.app.http).get('/fhir/Device')).status).toBe(401);
   expect((await request(t.app.http).get('/fhir/metadata')).status).toBe(200); // public: nothing to log
+  expect((await request(t.app.http).get('/fhir/Patient/%E0%A4%A')).status).toBe(401); // a path that does not decode: still 401, recording it changes nothing
   const after = await refusedEvents();
-  expect(after).toHaveLength(2);
+  expect(after).toHaveLength(2); // the requests naming no patient (an undecodable id names none) share one event a minute
   expect(after.filter((e) => !e.entity?.some((x) => x.what?.reference?.startsWith('Patient/')))).toHaveLength(1);
 });
