@@ -72,15 +72,15 @@ export class AnchoredRepository extends WriteObservingRepository {
   }
 
   override create<T extends Resource>(resource: T, options?: { ifNoneExist?: string }): Promise<WriteResult<T>> {
-    return this.intended([intentOf(resource, null)], () => super.create(resource, options));
+    return this.intended(() => [intentOf(resource, null)], () => super.create(resource, options));
   }
 
   override update<T extends Resource>(resource: T, options?: { ifMatch?: string }): Promise<WriteResult<T>> {
-    return this.intended([intentOf(resource, resource.id ?? null)], () => super.update(resource, options));
+    return this.intended(() => [intentOf(resource, resource.id ?? null)], () => super.update(resource, options));
   }
 
   override transaction(bundle: Bundle): Promise<Bundle> {
-    return this.intended(intentsOf(bundle), () => super.transaction(bundle));
+    return this.intended(() => intentsOf(bundle), () => super.transaction(bundle));
   }
 
   /**
@@ -88,8 +88,10 @@ export class AnchoredRepository extends WriteObservingRepository {
    * comment). A write that fails keeps them: it may have landed all the same (a timeout), and the
    * next reconcile adopts what did. The embedded store needs none: its crash tail is its own.
    */
-  private async intended<T>(intents: NewIntent[], write: () => Promise<T>): Promise<T> {
-    if (this.localStore || !intents.length) return write();
+  private async intended<T>(intentsOfWrite: () => NewIntent[], write: () => Promise<T>): Promise<T> {
+    if (this.localStore) return write(); // worked out only for an upstream: a digest per entry is no small cost
+    const intents = intentsOfWrite();
+    if (!intents.length) return write();
     const seqs = this.store.addIntents(intents);
     const result = await write();
     this.store.removeIntents(seqs);
