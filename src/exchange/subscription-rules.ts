@@ -84,6 +84,10 @@ export function filterPatient(sub: Subscription): string | undefined {
   if (filters.length > 1) throw badRequest('Only one filter criteria is supported', 'Subscription.criteria');
   const raw = filters[0]?.valueString;
   if (raw === undefined) return undefined;
+  // the readings topic notifies Observations alone: a DiagnosticReport filter on it would select nothing it says
+  if (raw.startsWith('DiagnosticReport?') && sub.criteria?.endsWith('/SubscriptionTopic/cgm-readings')) {
+    throw badRequest('The CGM readings topic notifies Observations: filter criteria must be Observation?patient=Patient/ID', 'Subscription.criteria');
+  }
   const query = raw.replace(/^(Observation|DiagnosticReport)\?/, '');
   const params = new URLSearchParams(query);
   const keys = [...params.keys()];

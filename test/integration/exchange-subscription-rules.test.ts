@@ -74,6 +74,14 @@ describe('subscription rules and failures (R4 backport, rest-hook)', () => {
     rx?.server.close();
   });
 
+  test('a DiagnosticReport filter on the readings topic is refused (400): that topic notifies Observations only (it was taken as a patient filter alone)', async () => {
+    const res = await post(subscription({ _criteria: { extension: [{ url: `${BACKPORT}backport-filter-criteria`, valueString: `DiagnosticReport?patient=Patient/${ben}` }] } } as Partial<Subscription>));
+    expect(res.status).toBe(400);
+    expect(res.body.issue[0].diagnostics).toMatch(/readings topic notifies Observations/);
+    // on the summaries topic, which carries DiagnosticReports, the same filter is taken
+    expect((await post(subscription({ criteria: TOPICS.summaries, _criteria: { extension: [{ url: `${BACKPORT}backport-filter-criteria`, valueString: `DiagnosticReport?patient=Patient/${ben}` }] } } as Partial<Subscription>))).status).toBe(201);
+  });
+
   test('channel.header: refuses values that are not visible ASCII, bad names, and headers the proxy sets or that frame the request (422 naming the entry)', async () => {
     const before = subs().list().length;
     for (const bad of ['X-Uni: café ☃', 'X-Del: a\u007fb', 'Bad Name: x', ': x', 'Content-Length: 5', 'Host: evil.example', 'Transfer-Encoding: chunked',
