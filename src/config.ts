@@ -409,6 +409,13 @@ export function endpointProblems(raw: string, name: string, production = false):
   return problems;
 }
 
+/** `raw` when endpointProblems finds nothing wrong with it; otherwise a ConfigError listing what is (for configs built in code). */
+export function checkedEndpoint(raw: string, name: string): string {
+  const problems = endpointProblems(raw, name);
+  if (problems.length) throw new ConfigError(problems);
+  return raw;
+}
+
 function isLoopbackUrl(raw: string): boolean {
   const host = new URL(raw).hostname;
   return host === 'localhost' || host === '127.0.0.1' || host === '[::1]';

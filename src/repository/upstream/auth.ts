@@ -7,7 +7,7 @@
 import { createPrivateKey, randomUUID, type KeyObject, type JsonWebKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { SignJWT, calculateJwkThumbprint, exportJWK } from 'jose';
-import { ConfigError, endpointProblems, type UpstreamConfig } from '../../config.js';
+import { checkedEndpoint, ConfigError, type UpstreamConfig } from '../../config.js';
 import { upstreamError } from '../../errors.js';
 import type { UpstreamTransport } from './transport.js';
 
@@ -81,7 +81,7 @@ export class BackendServicesCredentials implements UpstreamCredentials {
     const missing = (['clientId', 'tokenUrl', 'privateKeyFile'] as const).filter((k) => !config[k]);
     if (missing.length) throw new ConfigError(missing.map((k) => `UPSTREAM_AUTH=backend-services needs upstream.${k}`));
     this.clientId = config.clientId!;
-    this.tokenUrl = checkedTokenUrl(config.tokenUrl!);
+    this.tokenUrl = checkedEndpoint(config.tokenUrl!, 'UPSTREAM_TOKEN_URL'); // as loadConfig checks it
     this.alg = config.alg ?? 'RS384';
     this.key = loadSigningKey(config.privateKeyFile!, this.alg, config.kid);
   }
@@ -163,13 +163,6 @@ export class BackendServicesCredentials implements UpstreamCredentials {
       .setExpirationTime(nowS + ASSERTION_LIFETIME_S)
       .sign(this.key.key);
   }
-}
-
-/** UPSTREAM_TOKEN_URL checked as loadConfig checks it (a config built in code may skip that). */
-function checkedTokenUrl(url: string): string {
-  const problems = endpointProblems(url, 'UPSTREAM_TOKEN_URL');
-  if (problems.length) throw new ConfigError(problems);
-  return url;
 }
 
 interface SigningKey {

@@ -7,7 +7,7 @@
  */
 import type { SearchRequest } from '@medplum/core';
 import type { Bundle, BundleEntry, Resource } from '@medplum/fhirtypes';
-import { ConfigError, endpointProblems, type UpstreamConfig } from '../../config.js';
+import { checkedEndpoint, type UpstreamConfig } from '../../config.js';
 import { badRequest, preconditionFailed, upstreamError } from '../../errors.js';
 import type {
   HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchResult, WriteResult,
@@ -46,7 +46,7 @@ export class UpstreamRepository implements Repository {
 
   constructor(options: UpstreamRepositoryOptions) {
     const { config } = options;
-    const base = checkedBase(config.url);
+    const base = checkedEndpoint(config.url, 'UPSTREAM_FHIR_URL').replace(/\/+$/, ''); // as loadConfig checks it: a config built in code may skip that
     const transport = new UpstreamTransport(options.fetchImpl ?? globalThis.fetch, config.timeoutMs, options.logger, config.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
     const credentials = credentialsFor(config, transport, options.now ?? Date.now);
     this.credentials = credentials;
@@ -312,13 +312,6 @@ function httpDateToInstant(value: string | undefined): string | undefined {
   if (!value) return undefined;
   const time = Date.parse(value);
   return Number.isNaN(time) ? undefined : new Date(time).toISOString();
-}
-
-/** UPSTREAM_FHIR_URL as the adapter uses it, checked as loadConfig checks it (a config built in code may skip that). */
-function checkedBase(url: string): string {
-  const problems = endpointProblems(url, 'UPSTREAM_FHIR_URL');
-  if (problems.length) throw new ConfigError(problems);
-  return url.replace(/\/+$/, '');
 }
 
 /** How the upstream is reached, for the start-up log: auth mode and Backend Services client, never a secret. */
