@@ -34,7 +34,7 @@ import { extractIndexEntries, INDEX_GENERATION, supportedParams, paramsIndexedSi
 import { dateRowKey, runSearch } from './search.js';
 import type { SearchContext } from './search.js';
 import { DecodedCache } from './decoded-cache.js';
-import { currentVersions, METHOD, METHOD_NAME, openStore, packIx, prepareStatements, readIndexGeneration, unpackIx, writeIndexGeneration } from './store.js';
+import { currentVersions, METHOD, METHOD_NAME, openStore, packIx, prepareStatements, readIndexGeneration, readTimeBoundFrom, unpackIx, writeIndexGeneration } from './store.js';
 import { streamSearch } from './stream.js';
 import type { Statements, VersionRow } from './store.js';
 import { runTransaction } from './transaction.js';
@@ -91,6 +91,8 @@ export class EmbeddedRepository implements Repository {
   private closed = false;
   /** The index generation the store's rows are complete for (params.ts). */
   private generation: number;
+  /** The first seq whose body also binds its `last_updated` (store.ts readTimeBoundFrom). */
+  private readonly timeBoundFrom: number;
 
   private constructor(
     private readonly db: DB,
@@ -120,6 +122,7 @@ export class EmbeddedRepository implements Repository {
       indexGeneration: () => this.generation,
     };
     this.generation = readIndexGeneration(db);
+    this.timeBoundFrom = readTimeBoundFrom(db);
   }
 
   /** Opens (creating when needed) the store under `<dataDir>/store/`. */
@@ -457,7 +460,7 @@ export class EmbeddedRepository implements Repository {
     // row): reads hand it to the integrity check as ready bytes, so no read canonicalises.
     const text = canonicalResourceText(stored);
     attachCanonicalText(stored, text);
-    const body = seal(key.key, Buffer.from(text), aad(stored.resourceType, id, version));
+    const body = seal(key.key, Buffer.from(text), aad(stored.resourceType, id, version, now));
     const { refs, dates } = this.indexRows(stored);
     if (previous) {
       if (previous.method !== METHOD.DELETE) this.removeIndex(previous.seq, previous.ix);
@@ -575,7 +578,7 @@ export class EmbeddedRepository implements Repository {
     if (!key) return undefined;
     const hit = cache?.get(row.seq, row.body);
     if (hit) return hit;
-    const text = openText(key, row.body, aad(row.type, row.id, row.version));
+    const text = openText(key, row.body, aad(row.type, row.id, row.version, row.seq >= this.timeBoundFrom ? row.last_updated : undefined));
     if (text === undefined) return undefined;
     if (deferred && cache && !cache.seenBefore(row.seq)) {
       const meta = { versionId: String(row.version), lastUpdated: new Date(row.last_updated).toISOString() };
@@ -635,9 +638,13 @@ export function parseStored(text: string, row: Pick<VersionRow, 'version' | 'las
   return resource;
 }
 
-/** Additional authenticated data binding a ciphertext to its resource version. */
-function aad(type: string, id: string, version: number): string {
-  return `${type}/${id}/${version}`;
+/**
+ * Additional authenticated data binding a ciphertext to its resource version and, for rows written
+ * since the store first opened with this code, the time the row says it was written (its
+ * `meta.lastUpdated`, not part of the committed text): a row moved in time fails to decrypt.
+ */
+function aad(type: string, id: string, version: number, lastUpdated?: number): string {
+  return lastUpdated === undefined ? `${type}/${id}/${version}` : `${type}/${id}/${version}/${lastUpdated}`;
 }
 
 function checkBody(resource: Resource): void {

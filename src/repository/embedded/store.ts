@@ -149,6 +149,17 @@ export function readIndexGeneration(db: DB): number {
   return row ? Number(row.v) : 1;
 }
 
+/**
+ * The first seq whose body binds its row's `last_updated` as well (index.ts `aad`): set once, to
+ * the seq after the last row, when a store first opens with this code (1 for a new store). Rows
+ * are never deleted from `versions`, so every later write lands at or after it. Changing the
+ * value helps no one: a body sealed with one binding never opens with the other.
+ */
+export function readTimeBoundFrom(db: DB): number {
+  db.prepare("INSERT OR IGNORE INTO meta (k, v) SELECT 'time-bound-from', CAST(COALESCE(MAX(seq), 0) + 1 AS TEXT) FROM versions").run();
+  return Number(db.prepare<[], { v: string }>("SELECT v FROM meta WHERE k = 'time-bound-from'").get()!.v);
+}
+
 export function writeIndexGeneration(db: DB, generation: number): void {
   db.prepare("INSERT INTO meta (k, v) VALUES ('index-generation', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v").run(String(generation));
 }

@@ -225,6 +225,19 @@ describe('encryption at rest', () => {
     await rejectsWith(repo.read('Patient', b.resource.id!), 'ERR_GONE');
     expect((await repo.read<Patient>('Patient', a.resource.id!)).gender).toBe('female');
   });
+
+  it("a row moved in time does not decrypt (its body binds last_updated, the served meta.lastUpdated)", async () => {
+    const moved = await repo.create<Patient>({ resourceType: 'Patient', gender: 'female' });
+    const kept = await repo.create<Patient>({ resourceType: 'Patient', gender: 'male' });
+    await repo.close();
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+    db.prepare('UPDATE versions SET last_updated = last_updated - 86400000 WHERE id = ?').run(moved.resource.id);
+    db.close();
+    repo = await EmbeddedRepository.open({ dataDir });
+    await rejectsWith(repo.read('Patient', moved.resource.id!), 'ERR_GONE');
+    expect((await search('Patient?gender=female')).resources).toHaveLength(0);
+    expect((await repo.read<Patient>('Patient', kept.resource.id!)).meta?.lastUpdated).toBe(kept.resource.meta?.lastUpdated);
+  });
 });
 
 describe('erasure (crypto-shredding)', () => {
