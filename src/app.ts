@@ -97,7 +97,7 @@ export interface App {
 }
 
 /** Builds the repository adapter the configuration asks for (CLI tools use this too). */
-export async function createRepository(config: Config, logger: Logger, keys: ServerKeys = loadServerKeys(config)): Promise<Repository> {
+export async function createRepository(config: Config, logger: Logger, keys?: ServerKeys): Promise<Repository> {
   if (config.upstream) {
     const upstream = new UpstreamRepository({ config: config.upstream, proxyFhirBase: fhirBase(config), logger });
     // a client the upstream's token endpoint refuses stops the start here (ConfigError), not at first use
@@ -105,7 +105,7 @@ export async function createRepository(config: Config, logger: Logger, keys: Ser
     return upstream;
   }
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  return EmbeddedRepository.open({ dataDir: config.dataDir, keys, readCacheBytes: config.readCacheMb * 1024 * 1024, mmapBytes: config.storeMmapMb * 1024 * 1024, logger });
+  return EmbeddedRepository.open({ dataDir: config.dataDir, keys: keys ?? loadServerKeys(config), readCacheBytes: config.readCacheMb * 1024 * 1024, mmapBytes: config.storeMmapMb * 1024 * 1024, logger });
 }
 
 /**
@@ -183,14 +183,17 @@ export async function createChain(config: Config, logger: Logger, options: { cre
 export async function createApp(config: Config, options: { logger?: Logger } = {}): Promise<App> {
   const logger = options.logger ?? createLogger(config.logLevel);
   for (const warning of insecureSettings(config)) logger.warn(warning);
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   loadFhirDefinitions();
   const validator = new ProfileValidator(PROFILES_DIR);
-  const keys = loadServerKeys(config);
   // A restore that left out chain/ or ledger/ is refused before anything is opened or created.
   if (!config.chain.rpcUrl) assertEmbeddedChainPresent(config.dataDir);
   if (!config.upstream) assertCommitmentStorePresent(config.dataDir);
-  const adapter = await createRepository(config, logger, keys);
+  // An upstream that refuses GlucoGuard's client (or cannot be reached) stops the start before
+  // anything is written to the data directory: no key files left from a start that never ran.
+  const upstream = config.upstream ? await createRepository(config, logger) : undefined;
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const keys = loadServerKeys(config);
+  const adapter = upstream ?? await createRepository(config, logger, keys);
   const kv = await createKeyValueStore(config, logger, keys);
   const chain = await createChain(config, logger);
   // Every write goes through the ledger's decorator (commitment recorded, then anchored in batches).

@@ -5,7 +5,7 @@
  * body larger than UPSTREAM_MAX_BODY_BYTES is aborted as it arrives and answered 502.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -77,8 +77,9 @@ describe('start-up against a SMART Backend Services upstream', () => {
     UPSTREAM_TOKEN_URL: tokenUrl, UPSTREAM_PRIVATE_KEY_FILE: keyFile, UPSTREAM_KID: 'k1',
   });
 
-  it('a well-formed key the token endpoint refuses stops the start with one clear message, before anything listens', async () => {
-    const dataDir = tempDir();
+  it('a well-formed key the token endpoint refuses stops the start with one clear message, before anything listens or is written', async () => {
+    const parent = tempDir();
+    const dataDir = path.join(parent, 'first-start');
     const log = captured();
     try {
       const started = createApp(loadConfig({
@@ -90,8 +91,10 @@ describe('start-up against a SMART Backend Services upstream', () => {
       expect(err.problems).toHaveLength(1);
       expect(err.problems[0]).toMatch(/token endpoint refused client "glucoguard-startup" \(HTTP 401 invalid_client\).*UPSTREAM_PRIVATE_KEY_FILE/);
       expect(`${err.message}${log.lines.join('')}`).not.toMatch(/PRIVATE KEY|access_token|client_assertion=/);
+      // nothing of a start that never ran: no data directory, so no master key file left behind
+      expect(existsSync(dataDir)).toBe(false);
     } finally {
-      rmSync(dataDir, { recursive: true, force: true });
+      rmSync(parent, { recursive: true, force: true });
     }
   });
 
