@@ -36,11 +36,25 @@ const INTENT_TTL_MS = 10 * 60_000;
 
 type NewIntent = Omit<WriteIntent, 'seq' | 'createdAt'>;
 
+/** Most versions kept waiting for their commitment record; past it writes fail with the store's error. */
+const MAX_UNRECORDED = 100_000;
+/** Back-off of the record's retries. */
+const RECORD_RETRY_MS = [1_000, 5_000, 15_000, 60_000];
+
+/** What the ledger hears of commitment records that failed after their versions were written. */
+export interface UnrecordedEvents {
+  /** A record failed (`pending` versions now wait); called once per failing streak. */
+  failed(err: unknown, pending: number): void;
+  /** The waiting versions were recorded. */
+  recovered(recorded: number): void;
+}
+
 export class AnchoredRepository extends WriteObservingRepository {
   constructor(
     inner: Repository,
     private readonly store: CommitmentStore,
     private readonly onRecorded: (added: number) => void = () => undefined,
+    private readonly unrecordedEvents?: UnrecordedEvents,
   ) {
     super(inner);
     // a version found altered on disk is reported under the patient its commitment names (port.ts StandInSource)
@@ -67,8 +81,77 @@ export class AnchoredRepository extends WriteObservingRepository {
     }
   }
 
+  /**
+   * Records the commitments of versions just written. When the commitment store refuses (disk full,
+   * I/O error) the versions are in the repository all the same: answering the write with an error
+   * would have its caller send it again and store it twice (the access log's retries did). So they
+   * wait here and are recorded again with back-off, served meanwhile as unverified (withheld in
+   * strict mode), as after a crash; an upstream write keeps its intents until then, so a restart's
+   * reconcile still adopts them. Past MAX_UNRECORDED waiting, writes fail with the store's error.
+   */
   protected override written(versions: WrittenVersion[]): void {
-    this.record(versions.map((v) => v.resource));
+    const resources = versions.map((v) => v.resource);
+    if (this.unrecorded.length) {
+      // behind versions still waiting: in write order, and not at all past the limit
+      if (this.unrecorded.length + resources.length > MAX_UNRECORDED) throw this.recordError;
+      this.unrecorded.push(...resources);
+      return;
+    }
+    try {
+      this.record(resources);
+    } catch (err) {
+      this.recordError = err;
+      this.unrecorded.push(...resources);
+      this.unrecordedEvents?.failed(err, this.unrecorded.length);
+      this.retryRecord(0);
+    }
+  }
+
+  /** Versions written whose commitments the store refused so far (see written). */
+  private unrecorded: Resource[] = [];
+  private recordError: unknown;
+  private retryTimer: NodeJS.Timeout | undefined;
+  /** Intents of upstream writes that landed while versions waited: removed once those are recorded. */
+  private intentsAfterRecord: number[] = [];
+
+  /** How many written versions wait for their commitment record. */
+  get unrecordedCount(): number {
+    return this.unrecorded.length;
+  }
+
+  private retryRecord(attempt: number): void {
+    const delay = RECORD_RETRY_MS[Math.min(attempt, RECORD_RETRY_MS.length - 1)]!;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.flushUnrecorded(attempt + 1);
+    }, delay);
+    this.retryTimer.unref();
+  }
+
+  /** Tries the waiting records again now (and on close); answers whether none are left. */
+  flushUnrecorded(attempt = 0): boolean {
+    if (!this.unrecorded.length) return true;
+    clearTimeout(this.retryTimer);
+    try {
+      const recorded = this.record(this.unrecorded);
+      const count = this.unrecorded.length;
+      this.unrecorded = [];
+      this.recordError = undefined;
+      if (this.intentsAfterRecord.length) this.store.removeIntents(this.intentsAfterRecord);
+      this.intentsAfterRecord = [];
+      this.unrecordedEvents?.recovered(Math.max(recorded, count));
+      return true;
+    } catch (err) {
+      this.recordError = err;
+      this.retryRecord(attempt);
+      return false;
+    }
+  }
+
+  /** Stops the retries (a closing server): what still waits is a crash tail for the next start's reconcile. */
+  stopRetries(): void {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
   }
 
   override create<T extends Resource>(resource: T, options?: { ifNoneExist?: string }): Promise<WriteResult<T>> {
@@ -94,7 +177,9 @@ export class AnchoredRepository extends WriteObservingRepository {
     if (!intents.length) return write();
     const seqs = this.store.addIntents(intents);
     const result = await write();
-    this.store.removeIntents(seqs);
+    // versions waiting for their record (see written) keep their intents until they are recorded
+    if (this.unrecorded.length) this.intentsAfterRecord.push(...seqs);
+    else this.store.removeIntents(seqs);
     return result;
   }
 

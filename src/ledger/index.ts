@@ -80,7 +80,17 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
     store, chain: options.chain, logger: options.logger, maxDelayMs: options.maxDelayMs, maxLeaves: options.maxLeaves,
     onAnchored: (batch) => checker.readRootAhead(batch.id),
   });
-  const repository = new AnchoredRepository(options.repository, store, (added) => anchorer.notify(added));
+  const repository = new AnchoredRepository(options.repository, store, (added) => anchorer.notify(added), {
+    failed: (err, pending) => {
+      metrics.queueDepth.set({ queue: 'unrecorded' }, pending);
+      options.logger.error({ err, pending },
+        'ledger: the commitment store refused the record of versions just written; they are stored, served as unverified until recorded, and recorded again with back-off');
+    },
+    recovered: (recorded) => {
+      metrics.queueDepth.set({ queue: 'unrecorded' }, 0);
+      options.logger.warn({ versions: recorded }, 'ledger: recorded the commitments that had waited');
+    },
+  });
   if (options.ownChain) {
     try {
       const problem = await compareSequence(store, options.chain);
@@ -136,6 +146,9 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
       backfill?.stop();
       warming.abort(); // the reads under way finish before the store closes
       await Promise.all([backfill?.done, warmed]);
+      repository.stopRetries();
+      // one last try; what still waits is a crash tail the next start's reconcile records
+      if (!repository.flushUnrecorded()) options.logger.error({ pending: repository.unrecordedCount }, 'ledger: commitments still unrecorded at shutdown; the next start records them (reconcile)');
       await anchorer.stop();
       store.close();
     },

@@ -133,9 +133,12 @@ describe('anchoring queue', () => {
         const writer = new AnchoredRepository(inner, store);
         store.add = () => { throw new Error('crashed before the record'); };
         try {
-          await expect(writer.create({ resourceType: 'Patient', name: [{ family: 'LostUpstream' }] } as Patient)).rejects.toThrow('crashed');
-          lost = (await adapter.search({ resourceType: 'Patient', filters: [{ code: 'family', operator: Operator.EQUALS, value: 'LostUpstream' }] })).resources[0] as Patient;
-          await expect(writer.update({ ...lost, gender: 'unknown' } as Patient)).rejects.toThrow('crashed');
+          // A record that fails no longer fails the write (it is stored: see the next test); the
+          // versions wait for a retry that the crash (stopRetries) never lets happen.
+          lost = (await writer.create({ resourceType: 'Patient', name: [{ family: 'LostUpstream' }] } as Patient)).resource;
+          await writer.update({ ...lost, gender: 'unknown' } as Patient);
+          expect(writer.unrecordedCount).toBe(2);
+          writer.stopRetries();
         } finally {
           delete (store as { add?: unknown }).add;
         }
@@ -150,6 +153,42 @@ describe('anchoring queue', () => {
       expect(store.intents()).toEqual([]);
       expect(await reconciling.reconcile(1)).toBe(0); // each version once
     }
+  });
+  it('a write whose commitment record fails is answered as written, not twice: served unverified, recorded again with back-off', async () => {
+    const t = await startTestApp({ GLUCOGUARD_INTEGRITY: 'strict' });
+    apps.push(t);
+    await createPatients(t, 1);
+    const store = t.app.ledger.store;
+    const writer = t.app.ledger.repository;
+    const auditBefore = (await t.app.ledger.repository.adapter.search({ resourceType: 'AuditEvent', count: 1000 })).resources.length;
+    const realAdd = store.add.bind(store);
+    let refused = 0;
+    store.add = () => { refused++; throw new Error('database or disk is full'); };
+    let created: Patient;
+    try {
+      const res = await request(t.app.http).post('/fhir/Patient').set('content-type', 'application/fhir+json')
+        .send({ resourceType: 'Patient', name: [{ family: 'DiskFull' }] });
+      expect(res.status).toBe(201); // it is stored: an error would have the client send it again
+      created = res.body as Patient;
+      expect(store.has('Patient', created.id!, '1')).toBe(false);
+      // strict: a version without its commitment is withheld meanwhile, as after a crash
+      expect((await request(t.app.http).get(`/fhir/Patient/${created.id}`)).status).toBe(404);
+      expect(writer.unrecordedCount).toBeGreaterThanOrEqual(1);
+    } finally {
+      store.add = realAdd;
+    }
+    expect(refused).toBeGreaterThanOrEqual(1);
+    await waitUntil(() => writer.unrecordedCount === 0, 5_000); // the first retry comes after 1 s
+    expect(store.has('Patient', created.id!, '1')).toBe(true);
+    await t.app.ledger.anchorer.flush();
+    const read = await request(t.app.http).get(`/fhir/Patient/${created.id}`);
+    expect(read.status).toBe(200);
+    expect(read.body.meta.tag ?? []).toEqual([]);
+    // each access-log event stored once: none was retried as failed (they were written)
+    await waitUntil(async () => (await t.app.ledger.repository.adapter.search({ resourceType: 'AuditEvent', count: 1000 })).resources.length >= auditBefore + 3);
+    const events = (await t.app.ledger.repository.adapter.search({ resourceType: 'AuditEvent', count: 1000 })).resources;
+    const keys = events.map((e) => JSON.stringify({ ...e, id: undefined, meta: undefined }));
+    expect(new Set(keys).size).toBe(keys.length);
   });
   it('vouches only for a crash\'s tail: a version without a commitment among committed ones stays unverified', async () => {
     const t = await startTestApp();
