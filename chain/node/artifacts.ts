@@ -17,13 +17,17 @@ export interface Artifact {
   deployedBytecode: string;
 }
 
-/** Repository root: the nearest ancestor of this module that holds chain/compile.mjs. */
+/**
+ * Package root: the nearest ancestor of this module that holds chain/compile.mjs (a checkout) or
+ * chain/artifacts (an installation without the contract sources, such as the Docker image's
+ * runtime stage, which copies only the artifacts).
+ */
 function repoRoot(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
   for (;;) {
-    if (existsSync(path.join(dir, 'chain', 'compile.mjs'))) return dir;
+    if (existsSync(path.join(dir, 'chain', 'compile.mjs')) || existsSync(path.join(dir, 'chain', 'artifacts'))) return dir;
     const up = path.dirname(dir);
-    if (up === dir) throw new Error('cannot find chain/compile.mjs above the chain node module');
+    if (up === dir) throw new Error('cannot find chain/artifacts or chain/compile.mjs above the chain node module');
     dir = up;
   }
 }
@@ -42,6 +46,7 @@ export function loadArtifact(name: ContractName): Artifact {
   const file = path.join(artifactsDir(), `${name}.json`);
   if (!existsSync(file)) {
     const root = repoRoot();
+    if (!existsSync(path.join(root, 'chain', 'compile.mjs'))) throw new Error(`${file} is missing and this installation has no contract sources to compile it from`);
     const r = spawnSync(process.execPath, [path.join(root, 'chain', 'compile.mjs')], { cwd: root, encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`compiling contracts failed: ${r.stderr}`);
   }
