@@ -123,6 +123,12 @@ export interface UpstreamConfig {
    * larger one is aborted as it arrives and answered 502, so no upstream can fill the proxy's memory.
    */
   maxBodyBytes?: number;
+  /**
+   * Plain http to a host other than this machine accepted under NODE_ENV=production
+   * (UPSTREAM_ALLOW_HTTP=true): an upstream on a private network the operator controls, such as a
+   * compose network. Warned about on every start.
+   */
+  allowHttp?: boolean;
 }
 
 export interface ChainConfig {
@@ -163,7 +169,7 @@ export const CONFIG_VARIABLES: readonly string[] = [
   'GLUCOGUARD_TRUST_PROXY', ...EXCHANGE_VARIABLES,
   'UPSTREAM_FHIR_URL', 'UPSTREAM_AUTH', 'UPSTREAM_BEARER_TOKEN', 'UPSTREAM_BEARER_TOKEN_FILE', 'UPSTREAM_CLIENT_ID',
   'UPSTREAM_TOKEN_URL', 'UPSTREAM_PRIVATE_KEY_FILE', 'UPSTREAM_ALG', 'UPSTREAM_KID', 'UPSTREAM_SCOPE', 'UPSTREAM_TIMEOUT_MS',
-  'UPSTREAM_RETRY_AFTER_MAX', 'UPSTREAM_MAX_BODY_BYTES',
+  'UPSTREAM_RETRY_AFTER_MAX', 'UPSTREAM_MAX_BODY_BYTES', 'UPSTREAM_ALLOW_HTTP',
   'CHAIN_RPC_URL', 'CHAIN_PORT', 'CHAIN_BLOCK_PERIOD', 'CHAIN_NODE_THREAD', 'CHAIN_ID', 'CHAIN_AUTHORITY_KEY_FILE', 'CHAIN_DEPLOYMENT_FILE',
   'REDIS_URL', 'REDIS_PASSWORD_FILE', 'GLUCOGUARD_KV', 'LOG_LEVEL',
 ];
@@ -218,9 +224,10 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     const upstreamAuth = oneOf(pick('UPSTREAM_AUTH') ?? 'none',
       ['none', 'bearer', 'backend-services'] as const, 'UPSTREAM_AUTH', problems);
     const tokenFile = pick('UPSTREAM_BEARER_TOKEN_FILE');
-    problems.push(...endpointProblems(upstreamUrl, 'UPSTREAM_FHIR_URL', production));
+    const allowHttp = oneOf(pick('UPSTREAM_ALLOW_HTTP') ?? 'false', ['false', 'true'] as const, 'UPSTREAM_ALLOW_HTTP', problems) === 'true';
+    problems.push(...endpointProblems(upstreamUrl, 'UPSTREAM_FHIR_URL', production && !allowHttp));
     const tokenUrl = pick('UPSTREAM_TOKEN_URL');
-    if (tokenUrl !== undefined) problems.push(...endpointProblems(tokenUrl, 'UPSTREAM_TOKEN_URL', production));
+    if (tokenUrl !== undefined) problems.push(...endpointProblems(tokenUrl, 'UPSTREAM_TOKEN_URL', production && !allowHttp));
     upstream = {
       url: upstreamUrl.replace(/\/+$/, ''),
       auth: upstreamAuth,
@@ -234,6 +241,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
       timeoutMs: int(pick('UPSTREAM_TIMEOUT_MS') ?? '10000', 'UPSTREAM_TIMEOUT_MS', 1, 600_000, problems),
       retryAfterMaxSeconds: int(pick('UPSTREAM_RETRY_AFTER_MAX') ?? '2', 'UPSTREAM_RETRY_AFTER_MAX', 0, 60, problems),
       // at most 512 MiB: about the longest string V8 can hold
+      allowHttp,
       maxBodyBytes: int(pick('UPSTREAM_MAX_BODY_BYTES') ?? String(64 * 1024 * 1024), 'UPSTREAM_MAX_BODY_BYTES', 1024, 512 * 1024 * 1024, problems),
     };
     if (upstreamAuth === 'bearer' && !upstream.bearerToken) {
@@ -331,6 +339,8 @@ export function insecureSettings(config: Config): string[] {
       + 'it is not used, but every copy of the directory carries it; delete it once this key is safe elsewhere (docs/operations.md, Moving the master key out of the data directory)');
   }
   if (config.baseUrl.startsWith('http://') && !isLoopbackUrl(config.baseUrl)) warnings.push('GLUCOGUARD_BASE_URL is not https');
+  const plainUpstream = [config.upstream?.url, config.upstream?.tokenUrl].filter((u): u is string => u !== undefined && u.startsWith('http://') && !isLoopbackUrl(u));
+  if (plainUpstream.length) warnings.push('the upstream FHIR server is reached over plain http: tokens and health data cross the network in clear (a private network you control only)');
   if (config.exchange.subscriptionAllowHttp) warnings.push('GLUCOGUARD_SUBSCRIPTION_HTTP=true: subscription notifications may go out over plain http');
   return warnings;
 }
@@ -404,7 +414,8 @@ export function endpointProblems(raw: string, name: string, production = false):
   // the raw text, not parsed.search: a bare trailing `?` or `#` leaves those empty yet breaks the paths
   if (/[?#]/.test(raw)) problems.push(`${name} must be the endpoint itself, without a query (?…) or fragment (#…)`);
   if (production && parsed.protocol === 'http:' && !isLoopbackUrl(raw)) {
-    problems.push(`${name} must use https when NODE_ENV=production unless it is on this machine (tokens and health data would cross the network in clear)`);
+    problems.push(`${name} must use https when NODE_ENV=production unless it is on this machine (tokens and health data would cross the network in clear); `
+      + 'on a private network you control, UPSTREAM_ALLOW_HTTP=true accepts it');
   }
   return problems;
 }

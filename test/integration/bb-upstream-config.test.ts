@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { exportPKCS8, generateKeyPair } from 'jose';
 import { createApp } from '../../src/app.js';
-import { ConfigError, loadConfig } from '../../src/config.js';
+import { ConfigError, insecureSettings, loadConfig } from '../../src/config.js';
 import { UpstreamRepository } from '../../src/repository/upstream/index.js';
 import { tempDir } from '../support/app.js';
 
@@ -95,8 +95,21 @@ describe('upstream endpoints under NODE_ENV=production', () => {
 
   it('plain http to another machine is refused: tokens and health data would cross the network in clear', () => {
     expect(configErrorOf(config('http://10.1.2.3:8080/fhir')).problems).toContain(
-      'UPSTREAM_FHIR_URL must use https when NODE_ENV=production unless it is on this machine (tokens and health data would cross the network in clear)');
+      'UPSTREAM_FHIR_URL must use https when NODE_ENV=production unless it is on this machine (tokens and health data would cross the network in clear); '
+      + 'on a private network you control, UPSTREAM_ALLOW_HTTP=true accepts it');
     expect(configErrorOf(config('https://ehr.example/fhir', 'http://10.1.2.3/token')).problems.join('\n')).toMatch(/UPSTREAM_TOKEN_URL must use https/);
+  });
+
+  it('UPSTREAM_ALLOW_HTTP=true takes plain http on a private network (a compose network), warned about on every start', () => {
+    const allowed = loadConfig({
+      NODE_ENV: 'production', GLUCOGUARD_BASE_URL: 'https://glucoguard.example', GLUCOGUARD_DATA_DIR: '/nonexistent/gg',
+      UPSTREAM_FHIR_URL: 'http://hapi:8080/fhir', UPSTREAM_ALLOW_HTTP: 'true',
+    });
+    expect(allowed.upstream?.url).toBe('http://hapi:8080/fhir');
+    expect(insecureSettings(allowed).join('\n')).toMatch(/upstream FHIR server is reached over plain http/);
+    expect(configErrorOf(() => loadConfig({ UPSTREAM_FHIR_URL: 'http://hapi:8080/fhir', UPSTREAM_ALLOW_HTTP: 'yes' })).problems.join('\n')).toMatch(/UPSTREAM_ALLOW_HTTP/);
+    // https needs no warning
+    expect(insecureSettings(loadConfig({ UPSTREAM_FHIR_URL: 'https://ehr.example/fhir' })).join('\n')).not.toMatch(/plain http/);
   });
 
   it('https, or http on this machine, is taken', () => {

@@ -5,7 +5,6 @@
  * queue holds and catches up later. Each time: every version anchored exactly once.
  */
 import { afterAll, describe, expect, it } from '@jest/globals';
-import { Operator } from '@medplum/core';
 import request from 'supertest';
 import type { Patient } from '@medplum/fhirtypes';
 import { ChainClient } from '../../src/ledger/client.js';

@@ -6,7 +6,8 @@
  */
 import { describe, expect, test } from '@jest/globals';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig } from '../../../src/config.js';
 import { PACKAGE_ROOT } from '../../../src/paths.js';
@@ -82,6 +83,34 @@ describe('docker/compose.yaml proxies and nginx', () => {
     expect(volumes[0]).toBe(volumes[1]);
     for (const block of proxies) expect(block).not.toMatch(/CHAIN_AUTHORITY_KEY_FILE/); // the anchor's shared one
     expect(compose.match(/CHAIN_AUTHORITY_KEY_FILE: (\S+)/g)).toHaveLength(1);
+  });
+
+  test('the replicas\' environment is a configuration the proxy starts with in production (secrets stood in for by files)', () => {
+    const block = /^  environment: &proxy-env\n((?:    .*\n)+)/m.exec(compose)![1]!;
+    const secrets = tempDir('gg-compose-secrets-');
+    try {
+      const stand: Record<string, string> = {
+        master_key: randomBytes(32).toString('base64'), redis_password: 'compose-test', chain_authority_key: randomBytes(32).toString('hex'),
+        'deployment.json': '{}',
+      };
+      const env: Record<string, string> = {};
+      for (const line of block.split('\n')) {
+        const m = /^    ([A-Z][A-Z0-9_]*): "?([^"#]*?)"?\s*(?:#.*)?$/.exec(line);
+        if (!m) continue;
+        let value = m[2]!;
+        const secret = /^\/run\/secrets\/(.+)$/.exec(value)?.[1];
+        if (secret) {
+          value = path.join(secrets, secret);
+          writeFileSync(value, stand[secret] ?? 'x', { mode: 0o600 });
+        }
+        env[m[1]!] = value;
+      }
+      expect(env).toMatchObject({ NODE_ENV: 'production', UPSTREAM_FHIR_URL: expect.any(String), CHAIN_RPC_URL: expect.any(String) });
+      const config = loadConfig({ ...env, GLUCOGUARD_DATA_DIR: path.join(secrets, 'data') });
+      expect(config.upstream?.url).toBe(env.UPSTREAM_FHIR_URL);
+    } finally {
+      rmSync(secrets, { recursive: true, force: true });
+    }
   });
 
   test('nginx passes request lines and headers as long as the replicas take (a long search\'s page links)', () => {
