@@ -121,9 +121,9 @@ export interface ServerProc extends Proc {
   origin: string;
 }
 
-/** Starts `glucoguard serve` (`bin`: another copy of the command) and resolves once it logs "listening on port N". */
-export async function startServer(env: Record<string, string>, timeoutMs = 60_000, bin = BIN): Promise<ServerProc> {
-  const proc = track(spawn(process.execPath, [bin, 'serve'], { env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'], cwd: path.dirname(path.dirname(bin)) }));
+/** Starts `glucoguard serve` (`bin`: another copy of the command; `user`: run as that uid/gid) and resolves once it logs "listening on port N". */
+export async function startServer(env: Record<string, string>, timeoutMs = 60_000, bin = BIN, user?: { uid: number; gid: number }): Promise<ServerProc> {
+  const proc = track(spawn(process.execPath, [bin, 'serve'], { env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'], cwd: path.dirname(path.dirname(bin)), ...user }));
   try {
     const m = await waitFor(proc, /listening on port (\d+)/, timeoutMs, 'glucoguard serve');
     const port = Number(m[1]);

@@ -2,13 +2,14 @@
  * The proxy image's runtime stage (docker/Dockerfile) holds everything the server needs, checked
  * without Docker: every package the compiled server imports survives `npm prune --omit=dev`, and a
  * server started from only the files that stage copies (its node_modules stood in for by this
- * checkout's) serves FHIR, SMART discovery and the apps under NODE_ENV=production, passes the
- * image's HEALTHCHECK command and stops cleanly. A file read from anywhere else (src/, docs/,
- * scripts/, chain/contracts/) fails it.
+ * checkout's) serves FHIR, SMART discovery and the apps under NODE_ENV=production, as a user who
+ * can write only its data directory (when the tests run as root), passes the image's HEALTHCHECK
+ * command and stops cleanly. A file read from anywhere else (src/, docs/, scripts/,
+ * chain/contracts/) fails it.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
+import { chmodSync, chownSync, cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import path from 'node:path';
 import { PACKAGE_ROOT } from '../../../src/paths.js';
@@ -72,8 +73,19 @@ describe('docker/Dockerfile runtime stage', () => {
     afterAll(() => rmSync(root, { recursive: true, force: true }));
 
     test('serves FHIR, SMART discovery and the apps in production, passes the HEALTHCHECK and stops cleanly', async () => {
-      const env: Record<string, string> = { NODE_ENV: 'production', GLUCOGUARD_DATA_DIR: path.join(root, 'data') };
-      const server = await startServer(env, 90_000, path.join(root, 'bin', 'glucoguard.js'));
+      const dataDir = path.join(root, 'data');
+      mkdirSync(dataDir);
+      // The image runs as `node`, its files owned by root: as root here, the server runs as nobody,
+      // so it can write nothing but its data directory (as under compose's read_only root filesystem).
+      const user = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : undefined;
+      if (user) {
+        chmodSync(root, 0o755);
+        chownSync(dataDir, user.uid, user.gid);
+      } else {
+        console.warn('not run as root: the server runs as this user, not as an unprivileged one');
+      }
+      const env: Record<string, string> = { NODE_ENV: 'production', GLUCOGUARD_DATA_DIR: dataDir };
+      const server = await startServer(env, 90_000, path.join(root, 'bin', 'glucoguard.js'), user);
       try {
         const get = (p: string) => fetch(`${server.origin}${p}`);
         expect((await get('/healthz')).status).toBe(200);
