@@ -273,12 +273,19 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
   if (redisUrl && redisPasswordFile && /^rediss?:\/\//.test(redisUrl)) {
     const password = readSecret(redisPasswordFile, 'REDIS_PASSWORD_FILE', problems);
     if (password) {
-      const u = new URL(redisUrl);
-      u.password = password;
-      redisUrl = u.toString();
+      try {
+        const u = new URL(redisUrl);
+        // encoded whole: the URL setter leaves `%` as it is, and the client decodes the password (a `%` not
+        // followed by two hex digits threw URIError at start)
+        u.password = encodeURIComponent(password);
+        redisUrl = u.toString();
+      } catch {
+        problems.push('REDIS_URL is not a valid URL');
+      }
     }
   }
-  if (redisUrl && !/^rediss?:\/\//.test(redisUrl)) problems.push(`REDIS_URL must start with redis:// or rediss:// (got "${redisUrl}")`);
+  // the scheme alone: the URL may carry a password
+  if (redisUrl && !/^rediss?:\/\//.test(redisUrl)) problems.push(`REDIS_URL must start with redis:// or rediss:// (got "${redisUrl.split(':')[0]!.slice(0, 20)}:…")`);
   const kv = oneOf(pick('GLUCOGUARD_KV') ?? (redisUrl ? 'redis' : 'embedded'), ['embedded', 'redis', 'memory'] as const, 'GLUCOGUARD_KV', problems);
   if (kv === 'redis' && !redisUrl) problems.push('GLUCOGUARD_KV=redis needs REDIS_URL');
   if (kv !== 'redis' && redisUrl) problems.push(`GLUCOGUARD_KV=${kv} and REDIS_URL contradict each other: unset one`);

@@ -180,9 +180,9 @@ export async function testRedisUrl(): Promise<string | undefined> {
 
 export const HAS_REDIS_SERVER = spawnSync('redis-server', ['--version']).status === 0;
 
-/** Our own redis-server on `port` (loopback, no persistence); resolves once it accepts connections. */
-export async function startRedis(port: number, timeoutMs = 10_000): Promise<Proc> {
-  const proc = track(spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+/** Our own redis-server on `port` (loopback, no persistence; `args`: more of its options); resolves once it accepts connections. */
+export async function startRedis(port: number, timeoutMs = 10_000, args: string[] = []): Promise<Proc> {
+  const proc = track(spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   }));
   try {
