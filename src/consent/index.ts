@@ -19,6 +19,7 @@ import { KeyGuardians } from './keys/guardians.js';
 import { PatientKeys } from './patient-keys.js';
 import { PatientPicker } from './patient-picker.js';
 import { ConsentPolicy } from './policy.js';
+import { actsForPatient } from './legal-authority.js';
 import { ConsentService } from './service.js';
 
 export interface Consent {
@@ -61,7 +62,7 @@ export function createConsent(options: ConsentOptions): Consent {
   const keys = new PatientKeys({ dir: keyDir, rootKey: options.rootKey, identity, kv: options.kv });
   const guardians = new KeyGuardians({ keys, identity, chain: options.chain, kv: options.kv, dir: keyDir, now: options.now });
   const decisions = new ConsentDecisions({ ...options, registry, identity, keys, grants });
-  const policy = new ConsentPolicy(decisions);
+  const policy = new ConsentPolicy(decisions, { actsFor: (fhirUser, patientId) => actsForPatient(options.repository, fhirUser, patientId) });
   const service = new ConsentService({ ...options, registry, identity, keys, decisions });
   const audit = new AuditRecorder({ repository: options.repository, logger: options.logger, now: options.now, windowMs: options.auditWindowMs });
   const picker = new PatientPicker({ repository: options.repository, policy, audit });

@@ -126,6 +126,8 @@ function noteFor(access: AccessContext): RequestNotes {
 const DATE_PARAM: Record<string, string> = {
   Observation: 'date', DiagnosticReport: 'date', MedicationAdministration: 'effective-time',
 };
+/** What a guardian writes in their ward's record: readings, the devices behind them, insulin doses, reports. */
+const GUARDIAN_WRITES: ReadonlySet<string> = new Set(['Observation', 'Device', 'MedicationAdministration', 'DiagnosticReport']);
 const NO_MATCH: Filter = { code: '_id', operator: Operator.EQUALS, value: 'gg-consent-no-match' };
 
 /** A grant of the requester's that is inside its access window now and names the purpose they state. */
@@ -140,18 +142,23 @@ export interface ConsentPolicyOptions {
    * Without it (the FHIR REST API) a grantee stating a research purpose is refused.
    */
   deidentifying?: boolean;
+  /**
+   * Whether a signed-in user acts for a patient by a legal authority (legal-authority.ts
+   * actsForPatient: their guardian); without it no grantee writes patient data.
+   */
+  actsFor?: (fhirUser: string | undefined, patientId: string) => Promise<boolean>;
 }
 
 export class ConsentPolicy implements AccessPolicy, OutboundGuard {
   private readonly deidentifying: boolean;
 
-  constructor(private readonly decisions: ConsentDecisions, options: ConsentPolicyOptions = {}) {
+  constructor(private readonly decisions: ConsentDecisions, private readonly options: ConsentPolicyOptions = {}) {
     this.deidentifying = options.deidentifying ?? false;
   }
 
   /** The same decisions for a caller that de-identifies research deliveries (ConsentPolicyOptions). */
   deidentifyingPolicy(): ConsentPolicy {
-    return new ConsentPolicy(this.decisions, { deidentifying: true });
+    return new ConsentPolicy(this.decisions, { ...this.options, deidentifying: true });
   }
 
   async authorize(access: AccessContext, interaction: Interaction, resourceType: string): Promise<void> {
@@ -313,7 +320,10 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
    * (transactions). A grantee (a practitioner, a relative, a client acting for someone) writes no
    * patient data at all: a grant's one action is `access` (terms.ts; consentaction: retrieval, not
    * `collect` or `correct`), so sharing lets the grantee read, never add to, change or delete the
-   * patient's record. The patient writes only in their own record (what they could read back: a
+   * patient's record. The one exception is a relative with a legal authority to act for the
+   * patient (their guardian: legal-authority.ts), who creates and updates the patient's clinical
+   * data (GUARDIAN_WRITES) in that patient's record only — a parent importing their child's sensor —
+   * and deletes nothing. Not the Patient, their relatives (who acts for whom), nor their access log. The patient writes only in their own record (what they could read back: a
    * reading can't be moved into another record). System clients (device and EHR integrations,
    * `system/` scopes) write by their scopes alone: they bring the data in. An update is judged on
    * the version it replaces too, or patient data could be made data about nobody (a patch deleting
@@ -328,13 +338,25 @@ export class ConsentPolicy implements AccessPolicy, OutboundGuard {
     if (requester.kind === 'open') return true;
     const aboutPatients = (r: Resource | undefined): boolean => r !== undefined && patientIdsOf(r).length > 0;
     // data about no patient (a Practitioner, an Organization) is not consent's to decide
-    if (requester.kind === 'grantee') return !aboutPatients(resource) && !aboutPatients(replaced);
+    if (requester.kind === 'grantee') {
+      if (!aboutPatients(resource) && !aboutPatients(replaced)) return true;
+      return interaction !== 'delete' && GUARDIAN_WRITES.has(resource.resourceType) && (!replaced || GUARDIAN_WRITES.has(replaced.resourceType))
+        && await this.actsForAll(access, [resource, ...(replaced ? [replaced] : [])]);
+    }
     if (interaction === 'delete') return true;
     const perms = await this.decisions.permissions(access);
     const decision = decideResource(perms, resource, this.decisions.now(), false);
     // the patient's data stays theirs: an update must leave it in their record
     if (aboutPatients(replaced)) return decision.patientIds.length > 0 && decision.permit;
     return decision.patientIds.length === 0 || decision.permit;
+  }
+
+  /** Whether the requester acts for every patient these resources are about (their guardian); false when they are about none. */
+  private async actsForAll(access: AccessContext, resources: Resource[]): Promise<boolean> {
+    const patients = new Set(resources.flatMap((r) => patientIdsOf(r)));
+    if (!patients.size || !this.options.actsFor) return false;
+    for (const patient of patients) if (!(await this.options.actsFor(access.fhirUser, patient))) return false;
+    return true;
   }
 
   async guard(access: AccessContext, resources: Resource[], options?: GuardOptions): Promise<GuardResult> {

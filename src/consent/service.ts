@@ -11,7 +11,7 @@
  * back through `POST /fhir/Consent/ID/$sign` (Parameters `signature`).
  */
 import { Operator } from '@medplum/core';
-import type { Consent, Parameters, RelatedPerson } from '@medplum/fhirtypes';
+import type { Consent, Parameters } from '@medplum/fhirtypes';
 import { getAddress, Signature, type Wallet } from 'ethers';
 import { badRequest, forbidden, issue, notFound, unprocessable } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
@@ -25,6 +25,7 @@ import type { IdentityRegistryClient } from '../ledger/identity-registry.js';
 import { resourceExists } from '../repository/exists.js';
 import type { Repository } from '../repository/port.js';
 import type { ConsentDecisions } from './decisions.js';
+import { actsForPatient } from './legal-authority.js';
 import type { PatientKeys } from './patient-keys.js';
 import { requesterOf } from './requester.js';
 import {
@@ -261,7 +262,7 @@ export class ConsentService {
 
   /**
    * Only the patient themself or their guardian may consent: a RelatedPerson of the patient, active,
-   * whose relationship is a legal authority to act for them (LEGAL_AUTHORITY: guardian, power of
+   * whose relationship is a legal authority to act for them (legal-authority.ts: guardian, power of
    * attorney). Any other relative (a partner, a parent of an adult, a carer) is a grantee like any
    * other: it may be granted access, never grant it (black-box round: any relative could grant
    * themselves or anyone access).
@@ -274,20 +275,8 @@ export class ConsentService {
     const requester = requesterOf(access);
     if (requester.kind === 'open') return true;
     if (requester.kind === 'patient' && requester.patientId === terms.patientId && terms.performer === `Patient/${terms.patientId}`) return true;
-    if (access.fhirUser?.startsWith('RelatedPerson/') && access.fhirUser === terms.performer) {
-      const guardian = await this.options.repository.read<RelatedPerson>('RelatedPerson', access.fhirUser.slice('RelatedPerson/'.length)).catch(() => undefined);
-      if (guardian?.patient?.reference === `Patient/${terms.patientId}` && guardian.active !== false && hasLegalAuthority(guardian)) return true;
-    }
-    return false;
+    return access.fhirUser === terms.performer && actsForPatient(this.options.repository, access.fhirUser, terms.patientId);
   }
-}
-
-/** v3 RoleCode relationships that give a legal authority to consent for the patient (guardian, powers of attorney). */
-const LEGAL_AUTHORITY = new Set(['GUARD', 'POWATT', 'DPOWATT', 'HPOWATT', 'SPOWATT']);
-const ROLE_CODE = 'http://terminology.hl7.org/CodeSystem/v3-RoleCode';
-
-function hasLegalAuthority(person: RelatedPerson): boolean {
-  return (person.relationship ?? []).some((r) => (r.coding ?? []).some((c) => c.system === ROLE_CODE && c.code !== undefined && LEGAL_AUTHORITY.has(c.code)));
 }
 
 function consentBody(req: FhirRequest): Consent {
