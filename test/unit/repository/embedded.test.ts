@@ -8,6 +8,8 @@ import path from 'node:path';
 import { isGlucoGuardError } from '../../../src/errors.js';
 import type { ErrorCode } from '../../../src/errors.js';
 import { EmbeddedRepository } from '../../../src/repository/embedded/index.js';
+import { KeyRing, openText, seal } from '../../../src/repository/embedded/keys.js';
+import { loadServerKeys } from '../../../src/keys.js';
 import { INDEX_GENERATION, systemTokenKey, tokenKey } from '../../../src/repository/embedded/params.js';
 
 let dataDir: string;
@@ -224,6 +226,35 @@ describe('encryption at rest', () => {
     repo = await EmbeddedRepository.open({ dataDir });
     await rejectsWith(repo.read('Patient', b.resource.id!), 'ERR_GONE');
     expect((await repo.read<Patient>('Patient', a.resource.id!)).gender).toBe('female');
+  });
+
+  it('rows written before the time was bound (below time-bound-from) read as before; rows after it are bound', async () => {
+    const old = await repo.create<Patient>({ resourceType: 'Patient', gender: 'female' });
+    await repo.close();
+    // Rewrite the row as code before session 25 wrote it: sealed with type/id/version alone, and the
+    // store's bound seq after it (what opening an older store records).
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+    const { master, root } = loadServerKeys({ dataDir });
+    const ring = new KeyRing(db, Buffer.from(master, 'base64'), Buffer.from(root, 'base64'));
+    const row = db.prepare('SELECT seq, type, id, version, last_updated, key_id, key_version, body FROM versions WHERE id = ?').get(old.resource.id) as
+      { seq: number; type: string; id: string; version: number; last_updated: number; key_id: string; key_version: number; body: Buffer };
+    const key = ring.keyById(row.key_id, row.key_version)!;
+    const text = openText(key, row.body, `${row.type}/${row.id}/${row.version}/${row.last_updated}`)!;
+    expect(text).toContain('female');
+    db.prepare('UPDATE versions SET body = ? WHERE seq = ?').run(seal(key, Buffer.from(text), `${row.type}/${row.id}/${row.version}`), row.seq);
+    db.prepare("UPDATE meta SET v = ? WHERE k = 'time-bound-from'").run(String(row.seq + 1));
+    db.close();
+    repo = await EmbeddedRepository.open({ dataDir });
+    expect((await repo.read<Patient>('Patient', old.resource.id!)).gender).toBe('female');
+    const fresh = await repo.create<Patient>({ resourceType: 'Patient', gender: 'male' });
+    await repo.close();
+    const moved = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+    moved.prepare('UPDATE versions SET last_updated = last_updated - 1000').run();
+    moved.close();
+    repo = await EmbeddedRepository.open({ dataDir });
+    // the older row's time was never bound (documented); the newer one's is
+    expect((await repo.read<Patient>('Patient', old.resource.id!)).gender).toBe('female');
+    await rejectsWith(repo.read('Patient', fresh.resource.id!), 'ERR_GONE');
   });
 
   it("a row moved in time does not decrypt (its body binds last_updated, the served meta.lastUpdated)", async () => {
