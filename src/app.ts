@@ -179,6 +179,22 @@ export async function createChain(config: Config, logger: Logger, options: { cre
   return { client, embedded };
 }
 
+/**
+ * The access log is written to the repository: an upstream whose CapabilityStatement does not list
+ * AuditEvent `create` (many EHR APIs take none from third parties) would keep none, and one without
+ * `search-type` would not let patients read theirs. Said once at `serve`, as an error, so it is seen
+ * before go-live (docs/audit.md); the recorder's failures and lost-events counter say it again.
+ */
+export async function checkUpstreamAccessLog(repository: Repository, logger: Logger): Promise<string[]> {
+  if (!(repository instanceof UpstreamRepository)) return [];
+  const missing = await repository.undeclared('AuditEvent', ['create', 'search-type']);
+  if (missing?.length) {
+    logger.error({ missing }, `the upstream FHIR server's CapabilityStatement does not list AuditEvent ${missing.join(' and ')}: `
+      + 'the access log is written there, so accesses may go unrecorded (create) or patients be unable to read their log (search-type); see docs/audit.md');
+  }
+  return missing ?? [];
+}
+
 /** Builds the whole proxy from a configuration. Nothing listens until the caller calls `http.listen`. */
 export async function createApp(config: Config, options: { logger?: Logger } = {}): Promise<App> {
   const logger = options.logger ?? createLogger(config.logLevel);

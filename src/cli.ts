@@ -9,7 +9,7 @@ import { hostname, userInfo } from 'node:os';
 import type { AuditEvent, Bundle, Patient as PatientResource } from '@medplum/fhirtypes';
 import { Operator } from '@medplum/core';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { createApp, createKeyValueStore, createRepository, VERSION } from './app.js';
+import { checkUpstreamAccessLog, createApp, createKeyValueStore, createRepository, VERSION } from './app.js';
 import { createHttpServer, shutDown } from './server.js';
 import { UsageError, withApp, type OpenApp } from './cli-app.js';
 import { isGlucoGuardError } from './errors.js';
@@ -133,6 +133,7 @@ program
     for (const a of app.adapters.map((x) => (x.port === 'master key' ? withKeySource(x, cfg) : x))) {
       logger.info({ port: a.port, adapter: a.adapter, location: a.location }, `${a.port}: ${a.adapter} (${a.location})`);
     }
+    void checkUpstreamAccessLog(app.ledger.repository.adapter, logger);
     // a server that takes long search URLs and answers malformed requests with an OperationOutcome (server.ts)
     const server: Server = createHttpServer(app.http);
     server.once('error', (err: NodeJS.ErrnoException) => {

@@ -14,7 +14,7 @@ import { Writable } from 'node:stream';
 import type { Patient } from '@medplum/fhirtypes';
 import { exportJWK, exportPKCS8, generateKeyPair } from 'jose';
 import request from 'supertest';
-import { createApp } from '../../src/app.js';
+import { checkUpstreamAccessLog, createApp } from '../../src/app.js';
 import { ConfigError, loadConfig } from '../../src/config.js';
 import { failure } from '../support/adapters.js';
 import { createLogger } from '../../src/log.js';
@@ -203,6 +203,38 @@ describe('UPSTREAM_MAX_BODY_BYTES', () => {
     } finally {
       upstream.intercept(undefined);
       await t.close();
+    }
+  });
+});
+
+describe('an upstream that would keep no access log', () => {
+  let upstream: UpstreamFhirServer;
+  beforeAll(async () => { upstream = await startUpstreamFhirServer(); });
+  afterAll(async () => { await upstream.close(); });
+
+  const statement = (resources: object[]) => ({
+    resourceType: 'CapabilityStatement', status: 'active', date: '2026-12-06', kind: 'instance', fhirVersion: '4.0.1', format: ['json'],
+    rest: [{ mode: 'server', resource: resources }],
+  });
+
+  it('is named at serve when its CapabilityStatement lists no AuditEvent create or search; nothing is said when it does, or when it lists no resources', async () => {
+    const repo = new UpstreamRepository({ config: { url: upstream.url, auth: 'none', timeoutMs: 5000 }, proxyFhirBase: PROXY });
+    const log = captured();
+    const logger = createLogger('info', log.stream);
+    try {
+      upstream.intercept((req) => (req.url.endsWith('/metadata') ? { status: 200, body: statement([{ type: 'Patient', interaction: [{ code: 'read' }] }]) } : undefined));
+      expect(await checkUpstreamAccessLog(repo, logger)).toEqual(['create', 'search-type']);
+      expect(log.lines.join('')).toMatch(/does not list AuditEvent create and search-type: the access log is written there/);
+      log.lines.length = 0;
+      upstream.intercept((req) => (req.url.endsWith('/metadata') ? { status: 200, body: statement([{ type: 'AuditEvent', interaction: [{ code: 'create' }, { code: 'search-type' }] }]) } : undefined));
+      expect(await checkUpstreamAccessLog(repo, logger)).toEqual([]);
+      upstream.intercept(undefined); // the test server's statement lists no resources: nothing can be told from it
+      expect(await checkUpstreamAccessLog(repo, logger)).toEqual([]);
+      upstream.intercept((req) => (req.url.endsWith('/metadata') ? { status: 500, body: { resourceType: 'OperationOutcome', issue: [] } } : undefined));
+      expect(await checkUpstreamAccessLog(repo, logger)).toEqual([]);
+      expect(log.lines.join('')).not.toMatch(/does not list AuditEvent/);
+    } finally {
+      upstream.intercept(undefined);
     }
   });
 });

@@ -6,7 +6,7 @@
  * by the non-standard `_offset`, so the upstream needs nothing beyond R4 paging (Epic, Oracle Health).
  */
 import type { SearchRequest } from '@medplum/core';
-import type { Bundle, BundleEntry, Resource } from '@medplum/fhirtypes';
+import type { Bundle, BundleEntry, CapabilityStatement, Resource } from '@medplum/fhirtypes';
 import { checkedEndpoint, type UpstreamConfig } from '../../config.js';
 import { badRequest, preconditionFailed, upstreamError } from '../../errors.js';
 import type {
@@ -73,6 +73,24 @@ export class UpstreamRepository implements Repository {
    */
   checkAtStartup(): Promise<void> {
     return this.credentials.checkAtStartup();
+  }
+
+  /**
+   * Which of `interactions` on `type` the upstream's CapabilityStatement does not list (the
+   * server's own word: a server may still refuse what it lists); undefined when its metadata
+   * cannot be read or lists no resources at all (nothing can be told from it).
+   */
+  async undeclared(type: string, interactions: string[]): Promise<string[] | undefined> {
+    try {
+      const reply = await this.send({ method: 'GET', path: 'metadata', what: 'metadata' });
+      const statement = reply.body as CapabilityStatement;
+      const resources = (statement.rest ?? []).filter((r) => r.mode === 'server').flatMap((r) => r.resource ?? []);
+      if (statement.resourceType !== 'CapabilityStatement' || !resources.length) return undefined;
+      const declared = new Set(resources.filter((r) => r.type === type).flatMap((r) => (r.interaction ?? []).map((i) => i.code)));
+      return interactions.filter((i) => !declared.has(i as never));
+    } catch {
+      return undefined;
+    }
   }
 
   supportedSearchParams(): undefined {
