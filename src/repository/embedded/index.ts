@@ -578,7 +578,13 @@ export class EmbeddedRepository implements Repository {
     if (!key) return undefined;
     const hit = cache?.get(row.seq, row.body);
     if (hit) return hit;
-    const text = openText(key, row.body, aad(row.type, row.id, row.version, row.seq >= this.timeBoundFrom ? row.last_updated : undefined));
+    // From timeBoundFrom on, a body binds its row's time — unless a replica of an earlier release
+    // wrote it during a rolling upgrade: that one opens with the older binding, as rows before
+    // timeBoundFrom do. Neither kind can be turned into the other without the data key, so a row
+    // this code wrote and then moved in time opens with neither.
+    const bound = row.seq >= this.timeBoundFrom;
+    const text = openText(key, row.body, aad(row.type, row.id, row.version, bound ? row.last_updated : undefined))
+      ?? (bound ? openText(key, row.body, aad(row.type, row.id, row.version)) : undefined);
     if (text === undefined) return undefined;
     if (deferred && cache && !cache.seenBefore(row.seq)) {
       const meta = { versionId: String(row.version), lastUpdated: new Date(row.last_updated).toISOString() };

@@ -152,8 +152,9 @@ export function readIndexGeneration(db: DB): number {
 /**
  * The first seq whose body binds its row's `last_updated` as well (index.ts `aad`): set once, to
  * the seq after the last row, when a store first opens with this code (1 for a new store). Rows
- * are never deleted from `versions`, so every later write lands at or after it. Changing the
- * value helps no one: a body sealed with one binding never opens with the other.
+ * are never deleted from `versions`, so every later write of this code lands at or after it (rows
+ * there that a replica of an earlier release wrote during a rolling upgrade open with the older
+ * binding). Changing the value helps no one: a body sealed with one binding never opens with the other.
  */
 export function readTimeBoundFrom(db: DB): number {
   db.prepare("INSERT OR IGNORE INTO meta (k, v) SELECT 'time-bound-from', CAST(COALESCE(MAX(seq), 0) + 1 AS TEXT) FROM versions").run();

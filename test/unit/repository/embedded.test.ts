@@ -257,6 +257,25 @@ describe('encryption at rest', () => {
     await rejectsWith(repo.read('Patient', fresh.resource.id!), 'ERR_GONE');
   });
 
+  it('a row an earlier release wrote after time-bound-from (a replica not yet upgraded, rolling upgrade) still reads', async () => {
+    const later = await repo.create<Patient>({ resourceType: 'Patient', gender: 'other' });
+    await repo.close();
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+    const { master, root } = loadServerKeys({ dataDir });
+    const ring = new KeyRing(db, Buffer.from(master, 'base64'), Buffer.from(root, 'base64'));
+    const row = db.prepare('SELECT seq, type, id, version, last_updated, key_id, key_version, body FROM versions WHERE id = ?').get(later.resource.id) as
+      { seq: number; type: string; id: string; version: number; last_updated: number; key_id: string; key_version: number; body: Buffer };
+    const timeBoundFrom = Number((db.prepare("SELECT v FROM meta WHERE k = 'time-bound-from'").get() as { v: string }).v);
+    expect(row.seq).toBeGreaterThanOrEqual(timeBoundFrom);
+    const key = ring.keyById(row.key_id, row.key_version)!;
+    const text = openText(key, row.body, `${row.type}/${row.id}/${row.version}/${row.last_updated}`)!;
+    // as the earlier release seals it: type/id/version alone
+    db.prepare('UPDATE versions SET body = ? WHERE seq = ?').run(seal(key, Buffer.from(text), `${row.type}/${row.id}/${row.version}`), row.seq);
+    db.close();
+    repo = await EmbeddedRepository.open({ dataDir });
+    expect((await repo.read<Patient>('Patient', later.resource.id!)).gender).toBe('other');
+  });
+
   it("a row moved in time does not decrypt (its body binds last_updated, the served meta.lastUpdated)", async () => {
     const moved = await repo.create<Patient>({ resourceType: 'Patient', gender: 'female' });
     const kept = await repo.create<Patient>({ resourceType: 'Patient', gender: 'male' });
