@@ -128,7 +128,9 @@ const DATE_PARAM: Record<string, string> = {
 };
 /** What a guardian writes in their ward's record: readings, the devices behind them, insulin doses, reports. */
 const GUARDIAN_WRITES: ReadonlySet<string> = new Set(['Observation', 'Device', 'MedicationAdministration', 'DiagnosticReport']);
-const NO_MATCH: Filter = { code: '_id', operator: Operator.EQUALS, value: 'gg-consent-no-match' };
+/** The `_id` a search narrowed to nothing the requester may see is given (ConsentPolicy.narrow): readers need not send it (src/exchange/reader.ts). */
+export const CONSENT_NO_MATCH_ID = 'gg-consent-no-match';
+const NO_MATCH: Filter = { code: '_id', operator: Operator.EQUALS, value: CONSENT_NO_MATCH_ID };
 
 /** A grant of the requester's that is inside its access window now and names the purpose they state. */
 function inForce(g: ActiveGrant, requester: Requester, now: number): boolean {

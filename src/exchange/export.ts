@@ -15,7 +15,10 @@
  * moment it is written) and de-identified for research requesters (research.ts). Files are sealed
  * at rest (sealed-file.ts) and deleted with their job once its retention has passed. They are written
  * as `.part` and renamed at the end, and the manifest exists only for a completed job; a job cut
- * off by a restart runs again from the start. The job's files are served (http.ts) only to the
+ * off by a restart runs again from the start; so does one cut off by an unavailable repository (an
+ * upstream answering 502/503/504 or gone, consent undecidable), after 15 s and then 30 s, its
+ * status telling why meanwhile (X-Progress); after MAX_ATTEMPTS it fails with the upstream's
+ * status and what any FHIR client is told of it. The job's files are served (http.ts) only to the
  * requester who started it, while their token's scopes cover what the files hold.
  *
  * A file outlives the request that made it, but not the consent behind it: with each job the
@@ -32,7 +35,7 @@ import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync,
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { getSearchParameter } from '@medplum/core';
-import type { Group, Parameters, Resource } from '@medplum/fhirtypes';
+import type { Group, OperationOutcomeIssue, Parameters, Resource } from '@medplum/fhirtypes';
 import { patientHint } from '../fhir/compartment.js';
 import { EXPORT_FILE_PATH } from '../audit/recorder.js';
 import { badRequest, forbidden, gone, GlucoGuardError, isGlucoGuardError, notFound, tooManyRequests } from '../errors.js';
@@ -104,6 +107,12 @@ export interface ExportServiceOptions {
   now?: () => number;
   /** How often a download in progress decides again whether its job's data may still go out (ms; default 2,000). */
   downloadRecheckMs?: number;
+  /**
+   * First wait (ms) before a job cut off by an unavailable repository (an upstream answering
+   * 502/503/504 or gone, a consent decision that cannot be made) runs again, doubled per attempt
+   * (default 15,000: an upstream restarting or a failover); it fails after MAX_ATTEMPTS attempts in all.
+   */
+  unavailableRetryMs?: number;
 }
 
 export class ExportService {
@@ -115,6 +124,8 @@ export class ExportService {
   private readonly progress = new Map<string, string>();
   private closed = false;
   private sweeper: NodeJS.Timeout | undefined;
+  /** Jobs waiting to run again after an outage (see unavailableRetryMs). */
+  private readonly retries = new Set<NodeJS.Timeout>();
 
   constructor(private readonly options: ExportServiceOptions) {
     this.store = new JobStore(options.dir);
@@ -180,6 +191,8 @@ export class ExportService {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.sweeper);
+    for (const timer of this.retries) clearTimeout(timer); // stored as queued: they run again on the next start
+    this.retries.clear();
     this.queue.length = 0;
     await this.running;
     this.store.close();
@@ -358,7 +371,7 @@ export class ExportService {
         return { status: 429, headers: { 'Retry-After': String(retryAfter) }, body: operationOutcome(err.issues) };
       }
       this.lastPoll.set(job.id, now);
-      return { status: 202, headers: { 'X-Progress': this.progress.get(job.id) ?? job.status, 'Retry-After': String(retryAfter) } };
+      return { status: 202, headers: { 'X-Progress': this.progress.get(job.id) ?? job.progress ?? job.status, 'Retry-After': String(retryAfter) } };
     }
     if (job.status === 'failed') {
       // Bulk Data IG, error status: 4XX or 5XX with an OperationOutcome; a client's error is told as such
@@ -518,14 +531,33 @@ export class ExportService {
       } catch (err) {
         if (this.closed) return; // resumes on the next start
         if (!this.store.get(id)) continue; // cancelled meanwhile
-        this.options.logger?.error({ job: id, err: (err as Error).message }, 'export: job failed');
         rmSync(this.jobDir(id), { recursive: true, force: true });
-        // a client's error (a filter the repository refused) is told to the client; anything else is internal
+        const attempts = job.attempts + 1;
+        const outage = unavailability(err);
+        if (outage && attempts < MAX_ATTEMPTS) {
+          // an upstream that failed or went away part-way, or consent undecidable: the partial files
+          // are gone, and the job runs again from the start once the wait is over
+          const waitMs = (this.options.unavailableRetryMs ?? 15_000) * 2 ** (attempts - 1);
+          this.options.logger?.warn({ job: id, attempt: attempts, waitMs, err: (err as Error).message }, 'export: job cut off by an unavailable repository; it runs again');
+          this.store.put({
+            ...job, status: 'queued', outputs: [], errors: [], attempts,
+            progress: `waiting to run again: ${outage.diagnostics} (attempt ${attempts} of ${MAX_ATTEMPTS})`,
+          });
+          this.retryLater(id, waitMs);
+          continue;
+        }
+        this.options.logger?.error({ job: id, err: (err as Error).message }, 'export: job failed');
+        // a client's error (a filter the repository refused) is told to the client, and so is an
+        // outage that outlasted every attempt, with its status (502/503/504) but as `processing`:
+        // the job has failed for good, and a transient code would tell the client to poll again
+        // (Bulk Data IG, status request: transient codes are for polls that failed, not jobs)
         const told = isGlucoGuardError(err) && err.status < 500 ? err.issues[0] : undefined;
+        const failure = told?.diagnostics
+          ?? (outage ? `The export could not be completed after ${attempts} attempts: ${outage.diagnostics}. Start a new export later` : INTERNAL_FAILURE);
+        const failureCode = told?.code ?? (outage ? 'processing' : undefined);
         this.store.put({
-          ...job, status: 'failed', outputs: [], errors: [], attempts: job.attempts + 1,
-          failure: told?.diagnostics ?? INTERNAL_FAILURE,
-          ...(told ? { failureStatus: (err as GlucoGuardError).status, failureCode: told.code } : {}),
+          ...job, status: 'failed', outputs: [], errors: [], attempts, failure,
+          ...(failureCode ? { failureStatus: (err as GlucoGuardError).status, failureCode } : {}),
         });
       } finally {
         this.progress.delete(id);
@@ -534,9 +566,20 @@ export class ExportService {
     }
   }
 
+  /** Queues a job again after `ms` (unless cancelled or closing meanwhile). */
+  private retryLater(id: string, ms: number): void {
+    const timer = setTimeout(() => {
+      this.retries.delete(timer);
+      if (!this.closed) this.enqueue(id);
+    }, ms);
+    timer.unref();
+    this.retries.add(timer);
+  }
+
   /** Runs one job to completion; throws on failure, returns quietly when cancelled or closing. */
   async run(queued: ExportJob): Promise<void> {
-    const job: ExportJob = { ...queued, status: 'running', transactionTime: new Date(this.now()).toISOString(), attempts: queued.attempts + 1, outputs: [], errors: [] };
+    const { progress: _waiting, ...rest } = queued;
+    const job: ExportJob = { ...rest, status: 'running', transactionTime: new Date(this.now()).toISOString(), attempts: queued.attempts + 1, outputs: [], errors: [] };
     this.store.put(job);
     const dir = this.jobDir(job.id);
     rmSync(dir, { recursive: true, force: true });
@@ -777,6 +820,16 @@ function aboutFilter(err: unknown, text: string): unknown {
   if (!isGlucoGuardError(err) || err.status >= 500 || err.code === 'ERR_FORBIDDEN') return err;
   const label = `_typeFilter "${text.slice(0, 200)}"`;
   return new GlucoGuardError(err.code, `${label}: ${err.message}`, err.issues.map((i) => ({ ...i, diagnostics: `${label}: ${i.diagnostics ?? 'invalid'}`, expression: ['_typeFilter'] })));
+}
+
+/**
+ * The issue of an outage that may pass — the upstream failed (502), timed out (504) or was
+ * unavailable, or consent could not be decided (503) — whose text is what any FHIR client is told
+ * of it; undefined for any other failure.
+ */
+function unavailability(err: unknown): OperationOutcomeIssue | undefined {
+  const passing = isGlucoGuardError(err, 'ERR_UPSTREAM') || isGlucoGuardError(err, 'ERR_UPSTREAM_TIMEOUT') || isGlucoGuardError(err, 'ERR_UNAVAILABLE');
+  return passing ? (err as GlucoGuardError).issues[0] : undefined;
 }
 
 /** 410: the job's data may no longer go out; its files are deleted. */

@@ -18,6 +18,30 @@ export interface NotificationEvent {
   timestamp: string;
   resource: Resource;
   interaction: 'create' | 'update';
+  /**
+   * The focus's fullUrl when it has no URL on this server that serves it: a research requester's
+   * pseudonymised resource (researchFullUrl). Otherwise `<fhirBase>/<type>/<id>`.
+   */
+  fullUrl?: string;
+}
+
+/** Where a notification says its focus is. */
+function focusUrl(fhirBase: string, e: NotificationEvent): string {
+  return e.fullUrl ?? `${fhirBase}/${e.resource.resourceType}/${e.resource.id}`;
+}
+
+/**
+ * The fullUrl of a pseudonymised resource in a research notification: a `urn:uuid:` made from its
+ * pseudonym (40 hex characters; the same for the same resource in every notification of the study).
+ * `<fhirBase>/Observation/<pseudonym>` would name a URL this server never serves — the pseudonym is
+ * no id here, and research requests by REST are refused — so the notification names none.
+ * RFC 9562 layout: version 8 (custom), variant 10.
+ */
+export function researchFullUrl(pseudonym: string): string {
+  const h = pseudonym.toLowerCase();
+  if (!/^[0-9a-f]{32,}$/.test(h)) throw new Error('a pseudonym is hex');
+  const variant = ((Number.parseInt(h[16]!, 16) & 0x3) | 0x8).toString(16);
+  return `urn:uuid:${h.slice(0, 8)}-${h.slice(8, 12)}-8${h.slice(13, 16)}-${variant}${h.slice(17, 20)}-${h.slice(20, 32)}`;
 }
 
 export interface StatusInput {
@@ -47,7 +71,7 @@ export function statusParameters(input: StatusInput): Parameters {
       part: [
         { name: 'event-number', valueString: String(e.eventNumber) },
         { name: 'timestamp', valueInstant: e.timestamp },
-        ...(input.payload !== 'empty' ? [{ name: 'focus', valueReference: { reference: `${input.fhirBase}/${e.resource.resourceType}/${e.resource.id}` } }] : []),
+        ...(input.payload !== 'empty' ? [{ name: 'focus', valueReference: { reference: focusUrl(input.fhirBase, e) } }] : []),
       ],
     });
   }
@@ -67,7 +91,7 @@ export function notificationBundle(input: StatusInput & { subscriptionId: string
     for (const e of input.events ?? []) {
       const r = e.resource;
       entry.push({
-        fullUrl: `${input.fhirBase}/${r.resourceType}/${r.id}`,
+        fullUrl: focusUrl(input.fhirBase, e),
         ...(input.payload === 'full-resource' ? { resource: r } : {}),
         request: { method: e.interaction === 'create' ? 'POST' : 'PUT', url: e.interaction === 'create' ? r.resourceType : `${r.resourceType}/${r.id}` },
         response: { status: e.interaction === 'create' ? '201' : '200' },

@@ -17,7 +17,7 @@
  * for each patient, and a resource already handed on for that patient is not handed on again, so
  * what matches several queries is exported once while memory stays bounded by one patient's ids.
  */
-import type { SearchRequest } from '@medplum/core';
+import { Operator, type SearchRequest } from '@medplum/core';
 import type { Observation, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import { badRequest, isGlucoGuardError } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
@@ -27,6 +27,7 @@ import type { FhirRouter } from '../fhir/router.js';
 import { parseSearch } from '../fhir/search.js';
 import { pairsToQuery, queryPairs } from '../fhir/paging.js';
 import type { Repository, SearchOptions } from '../repository/port.js';
+import { CONSENT_NO_MATCH_ID } from '../consent/policy.js';
 
 /**
  * Every page is guarded: a version whose stored bytes do not authenticate comes as its stand-in,
@@ -62,6 +63,16 @@ export interface ReaderOptions {
 }
 
 const KEYSET_START = '1900-01-01T00:00:00.000Z';
+
+/**
+ * Whether the policy's narrowing left a search that selects nothing the requester may see. Such a
+ * search is never sent: on an upstream each is an HTTP search, and an export reads every patient
+ * of the repository for each type — a study granted by two patients of an EHR with 100,000 would
+ * send 600,000 searches to learn nothing. (Whatever one could match, the guards would withhold.)
+ */
+function selectsNothing(request: SearchRequest): boolean {
+  return (request.filters ?? []).some((f) => f.code === '_id' && f.operator === Operator.EQUALS && f.value === CONSENT_NO_MATCH_ID);
+}
 
 /**
  * `query` with one more `name=value`: a repeated parameter, so ANDed with any filter of that name the
@@ -218,6 +229,7 @@ export class GuardedReader {
 
   private async *offsetPages(access: AccessContext, type: string, query: Record<string, string | string[]>): AsyncGenerator<GuardedPage> {
     const request = await this.narrowed(access, type, query);
+    if (selectsNothing(request)) return;
     for (let offset = 0; ; offset += this.pageSize) {
       const result = await this.options.repository.search({ ...request, count: this.pageSize, offset }, GUARDED_READ);
       yield await this.guarded(access, result.resources);
@@ -227,6 +239,7 @@ export class GuardedReader {
 
   private async *streamedPages(access: AccessContext, type: string, query: Record<string, string | string[]>, bulk: BulkSearch): AsyncGenerator<GuardedPage> {
     const request = await this.narrowed(access, type, query);
+    if (selectsNothing(request)) return;
     for await (const chunk of bulk.searchChunks(request, this.pageSize, GUARDED_READ)) yield await this.guarded(access, chunk);
   }
 
@@ -236,9 +249,11 @@ export class GuardedReader {
     for (;;) {
       const dates = [query.date ?? []].flat();
       const request = await this.narrowed(access, type, { ...query, date: [...dates, `ge${cursor}`], _sort: 'date' });
-      // Rows at the cursor instant already emitted come first among the matches: skip them by offset
-      // (ties longer than a page), and drop any that still come back.
-      const result = await this.options.repository.search({ ...request, count: this.pageSize, offset: seenAtCursor.size });
+      if (selectsNothing(request)) return;
+      // Rows at the cursor instant already emitted come first among the matches: ask for that many
+      // more and drop them. (Not skipped by offset: an upstream pages by its own links, so an offset
+      // of 1 cost a second search of a whole page for the one row past the first.)
+      const result = await this.options.repository.search({ ...request, count: this.pageSize + seenAtCursor.size, offset: 0 });
       // Rows before the cursor (periods overlapping it) or at it and already emitted came in earlier pages.
       const fresh = result.resources.filter((r) => {
         const at = effectiveOf(r);

@@ -62,6 +62,34 @@ export function channelHeaders(headers: unknown[] | undefined): [string, string]
 }
 
 /**
+ * What a `channel.header` value reads as in the stored Subscription resource. The values (a
+ * receiver's bearer token, an API key) are kept sealed in the subscription store only: the
+ * repository's copy goes wherever the repository is — on an upstream, in clear text into the EHR's
+ * database, readable by anyone who may read Subscriptions there — so it names the headers only.
+ */
+export const SEALED_HEADER_VALUE = '[sealed]';
+
+/** A copy of a Subscription to store, its `channel.header` values replaced by SEALED_HEADER_VALUE. */
+export function withSealedHeaders(sub: Subscription): Subscription {
+  if (!sub.channel?.header?.length) return sub;
+  return { ...sub, channel: { ...sub.channel, header: channelHeaders(sub.channel.header).map(([name]) => `${name}: ${SEALED_HEADER_VALUE}`) } };
+}
+
+/**
+ * The headers of an update: one sent back as it reads (`Name: [sealed]`) keeps the value it had;
+ * one that had none is a 422 (the client gives its value).
+ */
+export function keptHeaders(headers: string[] | undefined, previous: readonly string[]): string[] {
+  const before = new Map(channelHeaders([...previous]).map(([name, value]) => [name.toLowerCase(), value]));
+  return channelHeaders(headers).map(([name, value], i) => {
+    if (value !== SEALED_HEADER_VALUE) return `${name}: ${value}`;
+    const kept = before.get(name.toLowerCase());
+    if (kept === undefined) throw unprocessableAt(`channel.header[${i}] ${name} has no value to keep: give it`, `Subscription.channel.header[${i}]`);
+    return `${name}: ${kept}`;
+  });
+}
+
+/**
  * `Subscription.end` as epoch ms (undefined: none). R4: "the time for the server to turn the
  * subscription off"; one already past is refused (422) unless the Subscription is written `off`.
  */

@@ -42,7 +42,14 @@
  *
  * The Subscription resource lives in the repository (GET works for in-process/admin access; for a
  * consent-limited requester a Subscription has no patient link, so reads are withheld — use
- * `$status`); delivery state lives in `<dataDir>/exports/subscriptions.sqlite`.
+ * `$status`) with its `channel.header` values replaced by `[sealed]` (an upstream would hold them
+ * in clear; an update that sends one back as read keeps its value); delivery state, the header
+ * values sealed, lives in `<dataDir>/exports/subscriptions.sqlite`.
+ *
+ * Only writes made through GlucoGuard are notified: a version written directly on an upstream
+ * server (the EHR's own writes) passes neither NotifyingRepository nor the commitment store.
+ * A notification's `events-since-subscription-start` is the number of its last event; a research
+ * notification names its pseudonymised focus by a `urn:uuid:` (notifications.ts researchFullUrl).
  */
 import { randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
@@ -57,11 +64,14 @@ import type { FhirRequest } from '../fhir/types.js';
 import type { Logger } from '../log.js';
 import { EndpointPolicy } from './endpoint.js';
 import { ownerOf, storedAccess, type StoredAccess } from './jobs.js';
-import { BACKPORT, notificationBundle, statusParameters, type NotificationEvent, type NotificationType, type PayloadContent } from './notifications.js';
+import { BACKPORT, notificationBundle, researchFullUrl, statusParameters, type NotificationEvent, type NotificationType, type PayloadContent } from './notifications.js';
 import type { GuardedReader } from './reader.js';
+import type { Deidentifier } from './deidentify.js';
 import { researchContextOf, type StudyDeidentifiers } from './research.js';
 import type { ExchangeSettings } from './settings.js';
-import { channelHeaders, digestOf, endOf, filterPatient, headerProblem, heartbeatOf, payloadContent } from './subscription-rules.js';
+import {
+  channelHeaders, digestOf, endOf, filterPatient, headerProblem, heartbeatOf, keptHeaders, payloadContent, withSealedHeaders,
+} from './subscription-rules.js';
 import { leaseOwner } from '../lease-owner.js';
 import { openText, seal } from '../repository/embedded/keys.js';
 import { EVENT_LOG_KEEP, SubscriptionStore, type LoggedEvent, type StoredRow } from './subscription-store.js';
@@ -567,8 +577,9 @@ export class SubscriptionService {
             throw unprocessable([issue('ERR_INVALID', `A requester may hold at most ${MAX_SUBSCRIPTIONS_PER_REQUESTER} Subscriptions; delete one it no longer needs first`, 'Subscription')]);
           }
         }
-        const { resource } = await this.options.repository.create<Subscription>({ ...sub, status: 'requested' });
-        const state = this.stateOf(resource, req.access);
+        // the header values stay in the subscription store, sealed; the repository's copy names them only
+        const { resource } = await this.options.repository.create<Subscription>(withSealedHeaders({ ...sub, status: 'requested' }));
+        const state = this.stateOf(resource, req.access, sub.channel.header ?? []);
         this.define(state);
         // a passive process leaves the handshake to the holder, which takes the row up at its next poll
         if (this.active) this.startResume(state);
@@ -579,8 +590,9 @@ export class SubscriptionService {
         const sub = await this.parse(req);
         if (sub.id !== id) throw badRequest('The resource must carry the id of the URL', 'id');
         const status = sub.status === 'off' ? 'off' : 'requested';
-        const { resource } = await this.options.repository.update<Subscription>({ ...sub, status });
-        const state = this.stateOf(resource, req.access);
+        const headers = keptHeaders(sub.channel.header, previous.headers);
+        const { resource } = await this.options.repository.update<Subscription>(withSealedHeaders({ ...sub, status }));
+        const state = this.stateOf(resource, req.access, headers);
         this.stopWorker(id);
         this.define(state, previous);
         if (this.active) this.startResume(state);
@@ -626,7 +638,8 @@ export class SubscriptionService {
     return { ...body, meta: { ...body.meta, profile: [...new Set([...(body.meta?.profile ?? []), BACKPORT_PROFILE])] } };
   }
 
-  private stateOf(resource: Subscription, access: AccessContext): SubscriptionState {
+  /** The delivery state of a stored Subscription; `headers` as the client gave them (the stored copy has them sealed). */
+  private stateOf(resource: Subscription, access: AccessContext, headers: string[]): SubscriptionState {
     const end = endOf(resource, Date.now(), false);
     return {
       id: resource.id!,
@@ -637,7 +650,7 @@ export class SubscriptionService {
       ...(filterPatient(resource) ? { patient: filterPatient(resource) } : {}),
       payload: payloadContent(resource),
       endpoint: resource.channel.endpoint!,
-      headers: resource.channel.header ?? [],
+      headers,
       heartbeatSeconds: heartbeatOf(resource, 0),
       status: resource.status === 'off' ? 'off' : 'requested',
       ...(end !== undefined ? { end: new Date(end).toISOString() } : {}),
@@ -790,20 +803,26 @@ export class SubscriptionService {
         const ok = new Set(allowed.map((w) => keyOf(w.resource)));
         const deid = this.options.deidentifiers.forAccess(access);
         const events: NotificationEvent[] = queued.filter((q) => ok.has(keyOf(q.version.resource))).map((q) => ({
-          eventNumber: q.number, timestamp: q.timestamp, interaction: q.version.interaction, resource: deid ? deid.apply(q.version.resource) : q.version.resource,
+          eventNumber: q.number, timestamp: q.timestamp, interaction: q.version.interaction, ...focusOf(q.version.resource, deid),
         }));
         return { status: 200, body: notificationBundle({ ...this.statusInput(state, 'query-event'), payload: content, events }) };
       },
     };
   }
 
-  /** Logged events numbered `since`..`until` with the versions they are about; one whose version is gone (deleted, erased) stays a gap. */
+  /**
+   * Logged events numbered `since`..`until` with the versions they are about; one whose version is
+   * gone (deleted, erased) stays a gap. A repository that cannot answer now (an upstream failing,
+   * timing out or unavailable) throws: its events are not gone, and a gap would tell the
+   * subscriber they are.
+   */
   private async logged(id: string, since: number, until: number, limit: number): Promise<QueuedEvent[]> {
     const queued: QueuedEvent[] = [];
     for (const e of this.store.events(id, since, until, limit)) {
       try {
         queued.push({ number: e.number, timestamp: e.timestamp, version: { resource: await this.options.repository.vread(e.type, e.id, e.version), interaction: e.interaction } });
-      } catch {
+      } catch (err) {
+        if (isGlucoGuardError(err, 'ERR_UPSTREAM') || isGlucoGuardError(err, 'ERR_UPSTREAM_TIMEOUT') || isGlucoGuardError(err, 'ERR_UNAVAILABLE')) throw err;
         // deleted or erased since: the number stays a gap
       }
     }
@@ -959,9 +978,15 @@ export class SubscriptionService {
       }
       const deid = this.options.deidentifiers.forAccess(worker.access);
       const events: NotificationEvent[] = sendable.map((e) => ({
-        eventNumber: e.number, timestamp: e.timestamp, interaction: e.version.interaction, resource: deid ? deid.apply(e.version.resource) : e.version.resource,
+        eventNumber: e.number, timestamp: e.timestamp, interaction: e.version.interaction, ...focusOf(e.version.resource, deid),
       }));
-      const bundle = notificationBundle({ ...this.statusInput(state, 'event-notification'), status: 'active', events });
+      // events-since-subscription-start counts the events up to this notification's last (Backport IG:
+      // "inclusive of this notification"), not those numbered since, which later notifications carry:
+      // told the total at send time, a subscriber behind a retry or a queue would take the events
+      // still on their way for lost and ask $events for them
+      const bundle = notificationBundle({
+        ...this.statusInput(state, 'event-notification'), status: 'active', events, eventsSinceStart: Math.max(...sendable.map((e) => e.number)),
+      });
       const result = await this.post(state, bundle);
       if (result.ok) {
         state.lastDeliveryAt = new Date().toISOString();
@@ -1029,7 +1054,14 @@ export class SubscriptionService {
     const until = new Date().toISOString();
     const since = state.lastDigestAt ?? state.lastDeliveryAt ?? '1970-01-01T00:00:00Z';
     const sentThrough = state.digestSentThrough ?? state.events;
-    const owed = sentThrough < state.events ? await this.logged(state.id, sentThrough + 1, state.events, EVENT_LOG_KEEP) : [];
+    let owed: QueuedEvent[] = [];
+    try {
+      owed = sentThrough < state.events ? await this.logged(state.id, sentThrough + 1, state.events, EVENT_LOG_KEEP) : [];
+    } catch (err) {
+      // the repository cannot answer now: the owed events stay owed, for the next digest
+      this.options.logger?.warn({ subscription: state.id, err: (err as Error).message }, 'subscription: digest could not be read');
+      return;
+    }
     const query = { _lastUpdated: [`gt${since}`, `le${until}`], code: [...READING_CODES].join(',') };
     const versions: WrittenVersion[] = [];
     try {
@@ -1199,6 +1231,13 @@ function countersOf(json: string): { events: number; withheld: number } | undefi
   } catch {
     return undefined;
   }
+}
+
+/** A notification's focus as it leaves: de-identified for a research requester, named then by no URL of this server (researchFullUrl). */
+function focusOf(resource: Resource, deid: Deidentifier | undefined): Pick<NotificationEvent, 'resource' | 'fullUrl'> {
+  if (!deid) return { resource };
+  const pseudonymised = deid.apply(resource);
+  return { resource: pseudonymised, fullUrl: researchFullUrl(pseudonymised.id!) };
 }
 
 function sleep(ms: number): Promise<void> {
