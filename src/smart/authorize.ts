@@ -40,6 +40,8 @@ interface PendingRequest {
 
 type Params = Record<string, string | undefined>;
 
+const EXPIRED = 'This sign-in request has expired or was already used. Start again from the application.';
+
 /** Shown as a page because no valid redirect URI is known (RFC 6749 §4.1.2.1). */
 class PageError extends Error {}
 
@@ -181,6 +183,12 @@ async function login(ctx: SmartContext, req: Request, res: Response): Promise<vo
   if (!user) {
     return sendPage(res, 401, loginPage({ requestId: id, clientName: client.name, username, error: 'Wrong username or password.' }));
   }
+  // The signed-in request continues under a new id, shown only in the answer to this browser. The
+  // old one was in a page anyone could have had rendered (a cross-site POST of a wrong password shows
+  // the real sign-in page with an id of the poster's choosing): left usable, its poster could approve
+  // the victim's sign-in and redeem the code with its own PKCE verifier.
+  if (!(await ctx.kv.take(`smart:authz:${id}`))) throw new PageError(EXPIRED);
+  const signedIn = randomBytes(24).toString('base64url');
   pending.user = { sub: user.username, fhirUser: user.fhirUser };
   pending.authTime = Math.floor(ctx.now() / 1000);
   pending.gid = TokenService.newGrantId();
@@ -188,7 +196,7 @@ async function login(ctx: SmartContext, req: Request, res: Response): Promise<vo
     pending.patient = user.fhirUser.slice('Patient/'.length);
     await runLoginHooks(ctx, pending, password);
   }
-  await nextStage(ctx, res, id, client, pending);
+  await nextStage(ctx, res, signedIn, client, pending);
 }
 
 /** The session's key unlock is made here, while the verified password is in hand (context.ts PatientLoginHook). */
@@ -331,7 +339,7 @@ async function loadPending(ctx: SmartContext, req: Request, stage: PendingReques
   const id = typeof req.body?.request === 'string' ? req.body.request : '';
   const raw = id ? await ctx.kv.get(`smart:authz:${id}`) : undefined;
   const pending = raw ? (JSON.parse(raw) as PendingRequest) : undefined;
-  if (!pending || pending.stage !== stage) throw new PageError('This sign-in request has expired or was already used. Start again from the application.');
+  if (!pending || pending.stage !== stage) throw new PageError(EXPIRED);
   const client = ctx.store.getClient(pending.clientId);
   if (!client) throw new PageError('The application is no longer registered.');
   return { id, pending, client };

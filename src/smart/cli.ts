@@ -219,11 +219,11 @@ export function registerSmartCommands(program: Command, open: (options?: { setUp
 
   const signingKeys = program.command('signing-keys').description('keys that sign access tokens (ES256) and id_tokens (RS256)');
   signingKeys.command('rotate')
-    .description('make new signing keys; the previous public keys stay published so issued tokens keep verifying (restart the server afterwards)')
+    .description('make new signing keys; the previous public keys stay published so issued tokens keep verifying (running servers on the data directory take them up within a second)')
     .action(async () => {
       await withOpened(open, async ({ config }) => {
         const kids = rotateSigningKeys(config);
-        console.log(`signing keys rotated; JWKS now holds:\n  ${kids.join('\n  ')}\nrestart every replica to sign with the new keys`);
+        console.log(`signing keys rotated; JWKS now holds:\n  ${kids.join('\n  ')}\nrunning servers on this data directory sign with the new keys within a second (restart every replica still on an earlier release)`);
       });
     });
 

@@ -6,7 +6,7 @@
  * /.well-known/openid-configuration, /.well-known/jwks.json, /oauth/{authorize,login,
  * select-patient,approve,token,introspect,revoke,jwks}, /smart/launch, /smart/style.json.
  */
-import express, { type RequestHandler, type Router } from 'express';
+import express, { type NextFunction, type Request, type RequestHandler, type Response, type Router } from 'express';
 import type { CapabilityStatementRestSecurity } from '@medplum/fhirtypes';
 import type { Config } from '../config.js';
 import { OPEN_ACCESS, type AccessContext } from '../fhir/access.js';
@@ -149,6 +149,16 @@ function buildRouter(ctx: SmartContext): Router {
   route('post', '/oauth/introspect', form, introspectHandler(ctx));
   route('post', '/oauth/revoke', form, revokeHandler(ctx));
   route('post', '/smart/launch', json, form, launchHandler(ctx));
+  // a body the parsers refuse (not JSON, too large) is answered in the endpoint's own dialect,
+  // OAuth error JSON as launchHandler's other refusals, not the server's generic `{"error": text}`
+  router.use('/smart/launch', (err: unknown, _req: Request, res: Response, next: NextFunction) => {
+    const e = err as { status?: unknown; type?: unknown };
+    if (e?.status === 413) return void res.status(413).set('Cache-Control', 'no-store').json({ error: 'invalid_request', error_description: 'Request body too large' });
+    if (e?.status === 400 && e.type === 'entity.parse.failed') {
+      return void res.status(400).set('Cache-Control', 'no-store').json({ error: 'invalid_request', error_description: 'The body is not valid JSON' });
+    }
+    next(err);
+  });
   for (const [path, allowed] of methods) router.all(path, onlyMethods(allowed));
   return router;
 }

@@ -9,9 +9,15 @@
  *
  * Our own tokens are signed and verified with node:crypto directly (synchronous, KeyObjects cached
  * by `kid`): it is the hot path of every FHIR request.
+ *
+ * Every process on the data directory (replicas, the server beside `glucoguard signing-keys rotate`)
+ * reads the file again when it changed: it is looked at (one stat) at most once a second, and at
+ * once when a token names a kid this process does not know. So a rotation reaches every running
+ * process within a second — replicas sign with the new key, accept each other's tokens, and stop
+ * accepting a key a second rotation dropped — without a restart.
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type JsonWebKey, type KeyObject } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { deriveKey } from '../keys.js';
 import { open, seal } from '../repository/embedded/keys.js';
@@ -40,6 +46,8 @@ interface LoadedKey {
 
 const FILE = 'smart-signing-keys.json';
 const SEAL_AAD = 'glucoguard-smart-signing-keys\0v2';
+/** How often a process looks whether another one rotated the keys. */
+const RELOAD_CHECK_MS = 1000;
 
 /** The file as written: the keys sealed (version 2), or in clear as versions before sealing wrote them. */
 type KeyFile = { version: 2; sealed: string } | StoredKeys;
@@ -47,7 +55,7 @@ type KeyFile = { version: 2; sealed: string } | StoredKeys;
 export class SigningKeys {
   private accessSigner!: { kid: string; key: KeyObject };
   private idSigner!: { kid: string; key: KeyObject };
-  private readonly verifiers = new Map<string, LoadedKey>();
+  private verifiers = new Map<string, LoadedKey>();
   /**
    * Tokens whose signature already verified, by exact token string. ECDSA verification is the
    * cost of the FHIR request path; a hit skips only the signature — expiry, audience and
@@ -55,14 +63,17 @@ export class SigningKeys {
    */
   private readonly verified = new Map<string, Record<string, unknown>>();
   private static readonly VERIFIED_CACHE_SIZE = 10_000;
+  /** Identity of the file version loaded (inode, size, mtime): a rename or rewrite changes it. */
+  private loadedStamp = '';
+  private checkedAt = 0;
 
-  private constructor(private readonly file: string, private readonly sealKey: Buffer) {}
+  private constructor(private readonly file: string, private readonly sealKey: Buffer, private readonly now: () => number) {}
 
   /** Loads the keys (sealing a file an earlier version wrote in clear), generating them on first start. `rootKey`: src/keys.ts. */
-  static open(dataDir: string, rootKey: string): SigningKeys {
+  static open(dataDir: string, rootKey: string, now: () => number = Date.now): SigningKeys {
     const dir = path.join(dataDir, 'keys');
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const keys = new SigningKeys(path.join(dir, FILE), deriveKey(rootKey, 'smart-signing-keys'));
+    const keys = new SigningKeys(path.join(dir, FILE), deriveKey(rootKey, 'smart-signing-keys'), now);
     if (!existsSync(keys.file)) keys.write({ version: 1, access: { current: generate('ES256'), previous: [] }, id: { current: generate('RS256'), previous: [] } });
     keys.load();
     return keys;
@@ -82,16 +93,19 @@ export class SigningKeys {
 
   /** The public JWKS: current and previous keys of both kinds. */
   jwks(): { keys: Array<JsonWebKey & { kid: string; alg: string; use: string }> } {
+    this.reloadIfChanged(false);
     return { keys: [...this.verifiers.values()].map((k) => ({ ...k.publicJwk, kid: k.kid, alg: k.alg, use: 'sig' })) };
   }
 
   /** Compact JWS of `payload` with the current access-token key (ES256). */
   signAccessToken(payload: object): string {
+    this.reloadIfChanged(false);
     return signJws({ alg: 'ES256', typ: 'at+jwt', kid: this.accessSigner.kid }, payload, this.accessSigner.key);
   }
 
   /** Compact JWS of `payload` with the current id_token key (RS256). */
   signIdToken(payload: object): string {
+    this.reloadIfChanged(false);
     return signJws({ alg: 'RS256', typ: 'JWT', kid: this.idSigner.kid }, payload, this.idSigner.key);
   }
 
@@ -100,6 +114,7 @@ export class SigningKeys {
    * token is malformed, uses another alg or kid, or the signature does not verify.
    */
   verifyAccessToken(token: string): Record<string, unknown> | undefined {
+    this.reloadIfChanged(false); // before the cache: a key another process dropped must stop verifying
     const hit = this.verified.get(token);
     if (hit) return hit;
     const payload = this.verifySignature(token);
@@ -115,6 +130,8 @@ export class SigningKeys {
     if (parts.length !== 3) return undefined;
     const header = parseSegment(parts[0]!);
     if (!header || header.alg !== 'ES256' || typeof header.kid !== 'string') return undefined;
+    // a kid we do not know may be one another process rotated in just now: look at once
+    if (!this.verifiers.has(header.kid)) this.reloadIfChanged(true);
     const key = this.verifiers.get(header.kid);
     if (!key || key.alg !== 'ES256') return undefined;
     const ok = verify('sha256', Buffer.from(`${parts[0]}.${parts[1]}`), { key: key.publicKey, dsaEncoding: 'ieee-p1363' },
@@ -123,17 +140,42 @@ export class SigningKeys {
     return payload && Object.freeze(payload);
   }
 
+  /**
+   * Loads the file again when another process (or `signing-keys rotate`) replaced it. Looks at most
+   * once per RELOAD_CHECK_MS unless `now`. A file that cannot be read or opened leaves the keys
+   * loaded as they are (it is looked at again next time): the start-up check already refused a wrong
+   * key root, and a rename never shows a half-written file.
+   */
+  private reloadIfChanged(now: boolean): void {
+    const t = this.now();
+    if (!now && t - this.checkedAt < RELOAD_CHECK_MS) return;
+    this.checkedAt = t;
+    try {
+      if (this.stamp() !== this.loadedStamp) this.load();
+    } catch {
+      // keep the keys loaded; the next check tries again
+    }
+  }
+
+  private stamp(): string {
+    const st = statSync(this.file);
+    return `${st.ino}:${st.size}:${st.mtimeMs}`;
+  }
+
+  /** Reads the file and swaps every key in at once (a key that fails to import leaves the old set whole). */
   private load(): void {
+    const stamp = this.stamp();
     const stored = this.read();
-    this.accessSigner = { kid: stored.access.current.kid, key: createPrivateKey({ key: stored.access.current.privateJwk, format: 'jwk' }) };
-    this.idSigner = { kid: stored.id.current.kid, key: createPrivateKey({ key: stored.id.current.privateJwk, format: 'jwk' }) };
-    this.verifiers.clear();
-    this.verified.clear();
+    const accessSigner = { kid: stored.access.current.kid, key: createPrivateKey({ key: stored.access.current.privateJwk, format: 'jwk' }) };
+    const idSigner = { kid: stored.id.current.kid, key: createPrivateKey({ key: stored.id.current.privateJwk, format: 'jwk' }) };
+    const verifiers = new Map<string, LoadedKey>();
     for (const group of [stored.access, stored.id]) {
       for (const k of [{ kid: group.current.kid, alg: group.current.alg, publicJwk: publicJwkOf(group.current.privateJwk) }, ...group.previous]) {
-        this.verifiers.set(k.kid, { ...k, publicKey: createPublicKey({ key: k.publicJwk, format: 'jwk' }) });
+        verifiers.set(k.kid, { ...k, publicKey: createPublicKey({ key: k.publicJwk, format: 'jwk' }) });
       }
     }
+    [this.accessSigner, this.idSigner, this.verifiers, this.loadedStamp] = [accessSigner, idSigner, verifiers, stamp];
+    this.verified.clear();
   }
 
   private read(): StoredKeys {

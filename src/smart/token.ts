@@ -24,7 +24,7 @@ export function tokenHandler(ctx: SmartContext) {
       const body = formBody(req);
       const grantType = supportedGrantTypeCheck(body);
       const caller = await authenticateClient(clientAuthDeps(ctx), req.headers, body);
-      if (caller) await ctx.limiter.hit('tokenPerClient', caller.client.clientId);
+      if (caller) await ctx.limiter.hit('tokenPerClient', perClientKey(caller, req.ip));
       let response: Record<string, unknown>;
       if (grantType === 'authorization_code') response = await authorizationCodeGrant(ctx, body, caller);
       else if (grantType === 'refresh_token') response = await refreshTokenGrant(ctx, body, caller);
@@ -34,6 +34,16 @@ export function tokenHandler(ctx: SmartContext) {
       sendOAuthError(res, err, ctx.logger);
     }
   };
+}
+
+/**
+ * What the per-client token limit counts. A public client proves nothing by naming itself: anyone can
+ * send its client_id, so a count of the client alone let one caller exhaust it for every user of the
+ * app (their code exchanges and refreshes answered 429). Its requests are counted per client and
+ * address; an authenticated client's, for the client.
+ */
+function perClientKey(caller: AuthenticatedClient, ip: string | undefined): string {
+  return caller.method === 'none' ? `${caller.client.clientId}@${ip ?? 'unknown'}` : caller.client.clientId;
 }
 
 export function clientAuthDeps(ctx: SmartContext) {
