@@ -43,6 +43,7 @@ import { EmbeddedRepository } from './repository/embedded/index.js';
 import type { DecodedCache } from './repository/embedded/decoded-cache.js';
 import type { Repository } from './repository/port.js';
 import { UpstreamRepository } from './repository/upstream/index.js';
+import { AccessLogApartRepository } from './repository/access-log-apart.js';
 import { ChainClient, type ChainAddresses } from './ledger/client.js';
 import { createLedger, INTEGRITY_TAG_SYSTEM, type Ledger } from './ledger/index.js';
 import { removeEndpoint, runningEmbeddedNode, writeEndpoint } from './ledger/embedded-endpoint.js';
@@ -102,7 +103,11 @@ export async function createRepository(config: Config, logger: Logger, keys?: Se
     const upstream = new UpstreamRepository({ config: config.upstream, proxyFhirBase: fhirBase(config), logger });
     // a client the upstream's token endpoint refuses stops the start here (ConfigError), not at first use
     await upstream.checkAtStartup();
-    return upstream;
+    if (config.auditStore !== 'local') return upstream;
+    // the access log in the data directory's embedded store (src/repository/access-log-apart.ts)
+    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    const log = await EmbeddedRepository.open({ dataDir: config.dataDir, keys: keys ?? loadServerKeys(config), readCacheBytes: 0, mmapBytes: 0, logger });
+    return new AccessLogApartRepository(upstream, log);
   }
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   return EmbeddedRepository.open({ dataDir: config.dataDir, keys: keys ?? loadServerKeys(config), readCacheBytes: config.readCacheMb * 1024 * 1024, mmapBytes: config.storeMmapMb * 1024 * 1024, logger });

@@ -40,6 +40,12 @@ export interface Config {
    * 0 = the events of one event-loop turn; see src/audit/recorder.ts).
    */
   auditWindowMs: number;
+  /**
+   * Where the access log (AuditEvents) is kept with an upstream repository (GLUCOGUARD_AUDIT_STORE):
+   * `repository`, the upstream itself (default), or `local`, the embedded store of the data
+   * directory, for an upstream that takes no AuditEvents from third parties (many EHR APIs).
+   */
+  auditStore: 'repository' | 'local';
   /** How often the anchoring server looks for commitments removed from the commitment store (GLUCOGUARD_LEDGER_CHECK_MS). */
   ledgerCheckMs: number;
   /** MiB of decoded resource versions the embedded repository keeps for repeated reads; 0 = off (GLUCOGUARD_READ_CACHE_MB). */
@@ -164,7 +170,7 @@ type Env = Record<string, string | undefined>;
 export const CONFIG_VARIABLES: readonly string[] = [
   'PORT', 'GLUCOGUARD_HOST', 'GLUCOGUARD_BASE_URL', 'GLUCOGUARD_DATA_DIR', 'GLUCOGUARD_MASTER_KEY', 'GLUCOGUARD_MASTER_KEY_FILE',
   'GLUCOGUARD_MAX_BODY_BYTES', 'GLUCOGUARD_MAX_INGEST_BYTES', 'GLUCOGUARD_PAGE_SIZE', 'GLUCOGUARD_MAX_PAGE_SIZE',
-  'GLUCOGUARD_SEARCH_SCAN_LIMIT', 'GLUCOGUARD_AUDIT_WINDOW_MS', 'GLUCOGUARD_LEDGER_CHECK_MS', 'GLUCOGUARD_READ_CACHE_MB', 'GLUCOGUARD_STORE_MMAP_MB',
+  'GLUCOGUARD_SEARCH_SCAN_LIMIT', 'GLUCOGUARD_AUDIT_WINDOW_MS', 'GLUCOGUARD_AUDIT_STORE', 'GLUCOGUARD_LEDGER_CHECK_MS', 'GLUCOGUARD_READ_CACHE_MB', 'GLUCOGUARD_STORE_MMAP_MB',
   'GLUCOGUARD_AUTH', 'GLUCOGUARD_COMPRESSION', 'GLUCOGUARD_AUTO_REINDEX', 'GLUCOGUARD_INTEGRITY', 'GLUCOGUARD_DEFAULT_TZ',
   'GLUCOGUARD_TRUST_PROXY', ...EXCHANGE_VARIABLES,
   'UPSTREAM_FHIR_URL', 'UPSTREAM_AUTH', 'UPSTREAM_BEARER_TOKEN', 'UPSTREAM_BEARER_TOKEN_FILE', 'UPSTREAM_CLIENT_ID',
@@ -311,6 +317,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     maxPageSize: int(pick('GLUCOGUARD_MAX_PAGE_SIZE') ?? '1000', 'GLUCOGUARD_MAX_PAGE_SIZE', 1, 100000, problems),
     searchScanLimit: int(pick('GLUCOGUARD_SEARCH_SCAN_LIMIT') ?? '20000', 'GLUCOGUARD_SEARCH_SCAN_LIMIT', 0, 1_000_000_000, problems),
     auditWindowMs: int(pick('GLUCOGUARD_AUDIT_WINDOW_MS') ?? '50', 'GLUCOGUARD_AUDIT_WINDOW_MS', 0, 1000, problems),
+    auditStore: oneOf(pick('GLUCOGUARD_AUDIT_STORE') ?? 'repository', ['repository', 'local'] as const, 'GLUCOGUARD_AUDIT_STORE', problems),
     ledgerCheckMs: int(pick('GLUCOGUARD_LEDGER_CHECK_MS') ?? '600000', 'GLUCOGUARD_LEDGER_CHECK_MS', 1000, 86_400_000, problems),
     readCacheMb: int(pick('GLUCOGUARD_READ_CACHE_MB') ?? '64', 'GLUCOGUARD_READ_CACHE_MB', 0, 65536, problems),
     storeMmapMb: int(pick('GLUCOGUARD_STORE_MMAP_MB') ?? '2047', 'GLUCOGUARD_STORE_MMAP_MB', 0, 2047, problems),
