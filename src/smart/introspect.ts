@@ -61,10 +61,21 @@ async function describeAccessToken(ctx: SmartContext, token: string) {
     aud: claims.aud,
     exp: claims.exp,
     iat: claims.iat,
-    ...(claims.fhirUser ? { fhirUser: `${ctx.urls.fhirBase}/${claims.fhirUser}` } : {}),
+    ...(claims.fhirUser && grantsFhirUser(claims.scope) ? { fhirUser: `${ctx.urls.fhirBase}/${claims.fhirUser}` } : {}),
     ...(claims.patient ? { patient: claims.patient } : {}),
     ...(claims.encounter ? { encounter: claims.encounter } : {}),
+    // the rest of the launch context the token response gave (SMART token introspection: SHALL)
+    ...(claims.fhirContext ? { fhirContext: claims.fhirContext } : {}),
+    ...(claims.need_patient_banner !== undefined ? { need_patient_banner: claims.need_patient_banner, smart_style_url: ctx.urls.style } : {}),
   };
+}
+
+/**
+ * SMART token introspection names the user (`fhirUser`) when the token's scopes asked for it; the
+ * claim stays in the token itself, where the FHIR endpoint decides consent by it.
+ */
+function grantsFhirUser(scope: string): boolean {
+  return scope.split(' ').includes('fhirUser');
 }
 
 async function describeRefreshToken(ctx: SmartContext, token: string) {
@@ -78,7 +89,7 @@ async function describeRefreshToken(ctx: SmartContext, token: string) {
     sub: record.sub,
     iss: ctx.urls.issuer,
     exp: Math.floor(record.expiresAt / 1000),
-    ...(record.fhirUser ? { fhirUser: `${ctx.urls.fhirBase}/${record.fhirUser}` } : {}),
+    ...(record.fhirUser && record.scopes.includes('fhirUser') ? { fhirUser: `${ctx.urls.fhirBase}/${record.fhirUser}` } : {}),
     ...(record.patient ? { patient: record.patient } : {}),
   };
 }

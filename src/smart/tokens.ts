@@ -60,6 +60,9 @@ export interface AccessClaims {
   fhirUser?: string;
   patient?: string;
   encounter?: string;
+  /** Launch context the token response gave besides patient and encounter, for introspection (SMART: SHALL). */
+  fhirContext?: Array<{ reference: string }>;
+  need_patient_banner?: boolean;
 }
 
 export interface TokenLifetimes {
@@ -160,6 +163,9 @@ export class TokenService {
       ...(grant.fhirUser ? { fhirUser: grant.fhirUser } : {}),
       ...(grant.patient ? { patient: grant.patient } : {}),
       ...(grant.encounter ? { encounter: grant.encounter } : {}),
+      ...(grant.fhirContext ? { fhirContext: grant.fhirContext } : {}),
+      // as the token response says it (token.ts tokenResponse): for a user's token
+      ...(grant.fhirUser ? { need_patient_banner: grant.needPatientBanner ?? true } : {}),
     };
     return { token: this.keys.signAccessToken(claims), expiresIn: seconds, claims };
   }

@@ -3,7 +3,7 @@
  * (RFC 7662), access-token expiry with a frozen clock, audience binding, discovery, and rate limits.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { startHarness, type Harness } from '../support/smart-harness.js';
 import { browse, loginAndApprove, REDIRECT_URI } from '../support/smart-client.js';
 import { loadServerKeys } from '../../src/keys.js';
@@ -176,11 +176,24 @@ describe('introspection', () => {
     expect(live.body).toMatchObject({ active: true, scope: 'openid fhirUser launch/patient patient/*.rs offline_access', client_id: confidential.clientId,
       sub: 'ana', iss: h.fhirBase, patient: 'p1', fhirUser: `${h.fhirBase}/Patient/p1` });
     expect(typeof live.body.exp).toBe('number');
+    // the launch context the token response gave is there too (SMART token introspection: SHALL)
+    expect(live.body).toMatchObject({ need_patient_banner: body.need_patient_banner, smart_style_url: body.smart_style_url });
     const refresh = await post(h.smart.urls.introspect, { token: body.refresh_token }, basic());
     expect(refresh.body).toMatchObject({ active: true, client_id: confidential.clientId });
     expect((await post(h.smart.urls.introspect, { token: 'garbage' }, basic())).body).toEqual({ active: false });
     await post(h.smart.urls.revoke, { token: body.access_token }, basic());
     expect((await post(h.smart.urls.introspect, { token: body.access_token }, basic())).body).toEqual({ active: false });
+  });
+
+  test('fhirUser is named only when the token\'s scopes asked for it', async () => {
+    // signed here, not through a sign-in: this file's sign-ins stay under the per-address login limit
+    const grant = { gid: randomUUID(), clientId: confidential.clientId, sub: 'ana', fhirUser: 'Patient/p1', patient: 'p1' };
+    const without = h.smart.tokens.signAccessToken({ ...grant, scopes: ['launch/patient', 'patient/*.rs'] }).token;
+    const live = await post(h.smart.urls.introspect, { token: without }, basic());
+    expect(live.body).toMatchObject({ active: true, patient: 'p1' });
+    expect(live.body.fhirUser).toBeUndefined();
+    const withScope = h.smart.tokens.signAccessToken({ ...grant, gid: randomUUID(), scopes: ['openid', 'fhirUser', 'launch/patient', 'patient/*.rs'] }).token;
+    expect((await post(h.smart.urls.introspect, { token: withScope }, basic())).body.fhirUser).toBe(`${h.fhirBase}/Patient/p1`);
   });
 
   test('a client may introspect only its own tokens: another client\'s access and refresh tokens are {"active": false}, with nothing about them', async () => {
