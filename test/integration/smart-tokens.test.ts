@@ -274,6 +274,8 @@ describe('discovery', () => {
       'permission-offline', 'permission-patient', 'permission-user', 'permission-v1', 'permission-v2', 'authorize-post']) {
       expect(config.capabilities).toContain(c);
     }
+    // every identity scope the server grants is advertised (profile was granted but not listed)
+    expect(config.scopes_supported).toEqual(expect.arrayContaining(['openid', 'fhirUser', 'profile', 'launch/patient', 'offline_access']));
     const jwks = (await (await fetch(config.jwks_uri)).json()) as { keys: Array<Record<string, string>> };
     expect(jwks.keys.every((k) => !('d' in k))).toBe(true);
     const oidc = (await (await fetch(`${h.baseUrl}/.well-known/openid-configuration`)).json()) as Record<string, unknown>;
