@@ -93,10 +93,12 @@ describe('oversized requests', () => {
     await stillServing();
   });
 
-  test('an oversized SMART launch body answers 413 JSON', async () => {
+  // Updated in session 25: the endpoint now answers in its own dialect, OAuth error JSON, as its other
+  // refusals do (it had the server's generic `{"error": text}`), so the expected body changed with it.
+  test('an oversized SMART launch body answers 413 OAuth error JSON', async () => {
     const res = await fetch(`${base}/smart/launch`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ x: 'a'.repeat(100 * 1024) }) });
     expect(res.status).toBe(413);
-    expect(await res.json()).toEqual({ error: 'Request body too large' });
+    expect(await res.json()).toEqual({ error: 'invalid_request', error_description: 'Request body too large' });
   });
 });
 
