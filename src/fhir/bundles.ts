@@ -31,7 +31,7 @@ export async function processBatch(bundle: Bundle, parent: FhirRequest, handle: 
     } catch (err) {
       response = errorToResponse(err);
     }
-    out.push(responseEntry(response));
+    out.push(responseEntry(response, entry.request?.method === 'HEAD'));
   }
   return { status: 200, body: { resourceType: 'Bundle', type: 'batch-response', entry: out } };
 }
@@ -43,6 +43,8 @@ export interface TransactionSteps {
    * an all-or-nothing commit, and written as plain storage it would skip all of that.
    */
   handledWriteTypes?: readonly string[];
+  /** The FHIR base, for each written resource's `fullUrl` in the transaction-response. */
+  fhirBase?: string;
   validate(resource: Resource): void;
   authorize(interaction: 'create' | 'update' | 'delete', resource: Resource): Promise<void>;
   checkType(type: string): string;
@@ -69,6 +71,7 @@ async function authorizeEntry(steps: TransactionSteps, index: number, interactio
 /** Processes a transaction: all writes or none; reads after writes. */
 export async function processTransaction(bundle: Bundle, parent: FhirRequest, steps: TransactionSteps): Promise<FhirResponse> {
   const entries = bundle.entry ?? [];
+  refuseDuplicateFullUrls(entries);
   const writes: { index: number; entry: BundleEntry }[] = [];
   const reads: { index: number; entry: BundleEntry }[] = [];
   const issues: OperationOutcomeIssue[] = [];
@@ -146,7 +149,7 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
     }
     const response = await readEntry(steps, r, parent);
     if (response.status >= 400) return failedRead(r.index, response);
-    out[r.index] = responseEntry(response);
+    out[r.index] = responseEntry(response, r.entry.request!.method === 'HEAD');
   }
   if (writes.length) {
     const committed = await steps.commit({ resourceType: 'Bundle', type: 'transaction', entry: writes.map((w) => w.entry) });
@@ -159,7 +162,8 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
     // answer, as it does a batch's entries
     const prefer = /return=(minimal|representation|OperationOutcome)/.exec(parent.headers.prefer ?? '')?.[1];
     for (const [k, w] of writes.entries()) {
-      const { resource, ...rest } = committed.entry?.[k] ?? {};
+      const { resource, ...answered } = committed.entry?.[k] ?? {};
+      const rest = completedEntry(answered, resource, steps.fhirBase);
       const shown = resource ? visible.get(key(resource)) : undefined;
       if (prefer === 'minimal' || prefer === 'OperationOutcome') {
         const response = rest.response ?? { status: '200 OK' };
@@ -171,8 +175,25 @@ export async function processTransaction(bundle: Bundle, parent: FhirRequest, st
   }
   // Reads of what the writes touch see them; one that fails now leaves the committed writes in
   // place and answers the error in its entry (docs/architecture.md, Transactions).
-  for (const r of afterCommit) out[r.index] = responseEntry(await readEntry(steps, r, parent));
+  for (const r of afterCommit) out[r.index] = responseEntry(await readEntry(steps, r, parent), r.entry.request!.method === 'HEAD');
   return { status: 200, body: { resourceType: 'Bundle', type: 'transaction-response', entry: out } };
+}
+
+/**
+ * A write's transaction-response entry as http.html#transaction-response has it, whichever
+ * repository committed it: the status with its reason phrase, the `etag` and `lastModified` of
+ * the version written, and the resource's `fullUrl` on this server. An upstream answers some of
+ * these (`"status": "201"`, no etag), the embedded store others; taken from the version written
+ * where the repository left them out.
+ */
+function completedEntry(entry: Omit<BundleEntry, 'resource'>, resource: Resource | undefined, fhirBase: string | undefined): Omit<BundleEntry, 'resource'> {
+  const response = { ...(entry.response ?? { status: '200' }) };
+  const code = /^(\d{3})$/.exec(response.status.trim())?.[1];
+  if (code && STATUS_TEXT[Number(code)]) response.status = `${code} ${STATUS_TEXT[Number(code)]}`;
+  if (!response.etag && resource?.meta?.versionId) response.etag = `W/"${resource.meta.versionId}"`;
+  if (!response.lastModified && resource?.meta?.lastUpdated) response.lastModified = resource.meta.lastUpdated;
+  const fullUrl = entry.fullUrl ?? (fhirBase && resource?.id ? `${fhirBase}/${resource.resourceType}/${resource.id}` : undefined);
+  return { ...entry, ...(fullUrl ? { fullUrl } : {}), response };
 }
 
 async function readEntry(steps: TransactionSteps, r: { index: number; entry: BundleEntry }, parent: FhirRequest): Promise<FhirResponse> {
@@ -284,6 +305,24 @@ function refuseDanglingEntryReferences(writes: { index: number; entry: BundleEnt
   }
 }
 
+/**
+ * Two entries with one fullUrl (bdl-7, unless their versions differ) make a reference to it
+ * ambiguous: which of them it names would depend on the order the store resolves them in. 400
+ * naming both, and nothing is written.
+ */
+function refuseDuplicateFullUrls(entries: BundleEntry[]): void {
+  const seen = new Map<string, number>();
+  for (const [i, e] of entries.entries()) {
+    if (!e.fullUrl) continue;
+    const key = `${e.fullUrl}\n${e.resource?.meta?.versionId ?? ''}`;
+    const first = seen.get(key);
+    if (first !== undefined) {
+      throw badRequest(`Bundle.entry[${first}] and Bundle.entry[${i}] have the same fullUrl (bdl-7); the transaction was not applied`, `Bundle.entry[${i}].fullUrl`);
+    }
+    seen.set(key, i);
+  }
+}
+
 /** Every `reference` naming a Bundle entry (`urn:uuid:`, `urn:oid:`) in a resource. */
 function entryReferences(node: unknown, found: string[] = []): string[] {
   if (Array.isArray(node)) node.forEach((n) => entryReferences(n, found));
@@ -367,13 +406,14 @@ function binaryJson(binary: Binary, index: number): unknown {
   }
 }
 
-function responseEntry(response: FhirResponse): BundleEntry {
+function responseEntry(response: FhirResponse, head = false): BundleEntry {
   const status = `${response.status} ${STATUS_TEXT[response.status] ?? ''}`.trim();
   const h = response.headers ?? {};
   const body = response.body as Resource | undefined;
   const isOutcome = body?.resourceType === 'OperationOutcome';
   return {
-    ...(body && !isOutcome ? { resource: body } : {}),
+    // a HEAD entry answers as a HEAD request does: the GET's status and headers, no body
+    ...(body && !isOutcome && !head ? { resource: body } : {}),
     response: {
       status,
       ...(h.Location ? { location: h.Location } : {}),

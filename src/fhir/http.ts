@@ -72,6 +72,7 @@ export function fhirHttpRouter(options: FhirHttpOptions): Router {
         }
         throw err;
       }
+      assertDecodable(req.originalUrl.slice(req.originalUrl.indexOf('?') + 1 || req.originalUrl.length), 'query string');
       const fhirReq: FhirRequest = {
         method: req.method.toUpperCase() as HttpMethod,
         path: decodePath(req.path),
@@ -132,8 +133,17 @@ function parseBody(req: Request): unknown {
   const raw = req.body as Buffer | undefined;
   if (!Buffer.isBuffer(raw) || raw.length === 0) return undefined;
   const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-  if (type === 'application/x-www-form-urlencoded') return queryOfText(raw.toString('utf8'));
+  if (type === 'application/x-www-form-urlencoded') {
+    const text = raw.toString('utf8');
+    assertDecodable(text, 'form body');
+    return queryOfText(text);
+  }
   if (type.endsWith('json')) {
+    // a body declared in another FHIR version (http.html#version-parameter) would be read as R4
+    const version = /;\s*fhirVersion\s*=\s*"?([^";\s]*)/i.exec(req.headers['content-type'] ?? '')?.[1];
+    if (version !== undefined && version !== '4.0' && !version.startsWith('4.0.')) {
+      throw unsupportedMediaType(`fhirVersion ${version.slice(0, 20)} is not supported; this server speaks FHIR R4 (fhirVersion=4.0)`);
+    }
     let value: unknown;
     const text = utf8Text(req, raw);
     try {
@@ -147,6 +157,22 @@ function parseBody(req: Request): unknown {
   }
   // Other media types reach the router as "not JSON"; it answers 415 where a body is expected.
   return undefined;
+}
+
+/**
+ * 400 for a query string or form body with a %-escape that is malformed (`%A`) or not UTF-8
+ * (`%E0%A4`): decoded leniently, each would become U+FFFD (or stay as written) and the search
+ * would answer for a value the client never sent.
+ */
+function assertDecodable(text: string, what: string): void {
+  if (!text.includes('%')) return;
+  for (const part of text.split(/[&=]/)) {
+    try {
+      decodeURIComponent(part);
+    } catch {
+      throw badRequest(`Malformed ${what}: a %-escape that does not decode as UTF-8`);
+    }
+  }
 }
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });

@@ -891,6 +891,7 @@ export class FhirRouter {
       const decided = await this.referencesResolved(req.access, await this.patchesAsUpdates(req, visible));
       return processTransaction(decided, req, {
         handledWriteTypes: this.handledWriteTypes(),
+        fhirBase: this.options.fhirBase,
         validate: (resource) => this.prepareWrite(resource),
         authorize: async (interaction, resource) => {
           await this.policy.authorize(req.access, interaction, resource.resourceType);
@@ -953,7 +954,7 @@ export class FhirRouter {
     if (!allowed.includes(method)) throw methodNotAllowed(`$${op.name} does not support ${method}`, allowed.flatMap((m) => (m === 'GET' ? ['GET', 'HEAD'] : [m])));
     if (!op.authorizesItself) await this.policy.authorize(req.access, 'operation', route.type ?? '*');
     // an operation's input (Parameters, or a Bundle) is read by its handler: values of the wrong kind are refused first
-    if (isJsonObject(req.body) && (req.body.resourceType === 'Parameters' || req.body.resourceType === 'Bundle')) assertWellFormed(req.body as unknown as Resource);
+    if (isJsonObject(req.body) && (req.body.resourceType === 'Parameters' || req.body.resourceType === 'Bundle')) assertWellFormed(inputEnvelope(op.name, req.body));
     if (asGet) req = { ...req, method: 'GET', query: mergeQuery(req.query, parametersAsQuery(req, op.name)), body: undefined };
     return op.handle(req, { resourceType: route.type, id: route.id });
   }
@@ -1371,6 +1372,19 @@ function formBody(req: FhirRequest): Record<string, string | string[]> {
     }
   }
   return fields as Record<string, string | string[]>;
+}
+
+/**
+ * What of an operation's input is checked for well-formedness before its handler reads it. The
+ * resource given to `$validate` is what the operation answers about, 200 with its issues
+ * (operation-resource-validate.html), as when it is sent bare: only the Parameters around it is
+ * checked here, with that resource reduced to its type.
+ */
+function inputEnvelope(operation: string, body: Record<string, unknown>): Resource {
+  if (operation !== 'validate' || body.resourceType !== 'Parameters' || !Array.isArray(body.parameter)) return body as unknown as Resource;
+  const parameter = body.parameter.map((p: unknown) => (isJsonObject(p) && isJsonObject(p.resource) && typeof p.resource.resourceType === 'string'
+    ? { ...p, resource: { resourceType: p.resource.resourceType } } : p));
+  return { ...body, parameter } as unknown as Resource;
 }
 
 /** Parameters' value[x] types a query parameter can carry (primitive types). */

@@ -7,7 +7,7 @@
  * `_elements` never reach the repository: where the caller subsets answers (src/fhir/subsetting.ts)
  * they are left out here, elsewhere they are refused.
  */
-import { getSearchParameter, Operator, parseSearchRequest, type Filter, type SearchRequest } from '@medplum/core';
+import { getSearchParameter, Operator, parseSearchRequest, splitSearchOnComma, type Filter, type SearchRequest } from '@medplum/core';
 import { badRequest } from '../errors.js';
 import { pairsToQuery, queryPairs } from './paging.js';
 
@@ -94,13 +94,14 @@ export function parseSearch(resourceType: string, query: Record<string, string |
     for (const v of [value].flat()) composites.push({ code, operator: modifier === 'missing' ? Operator.MISSING : Operator.EQUALS, value: v });
     delete kept[name];
   }
+  const orderedLists = orderedValueLists(resourceType, kept);
   let request: SearchRequest;
   try {
     request = parseSearchRequest(resourceType, kept);
   } catch (err) {
     throw badRequest(`Invalid search: ${(err as Error).message}`);
   }
-  if (composites.length) request.filters = [...(request.filters ?? []), ...composites];
+  if (composites.length || orderedLists.length) request.filters = [...(request.filters ?? []), ...composites, ...orderedLists];
   const count = request.count ?? options.defaultCount;
   if (!Number.isInteger(count) || count < 0) throw badRequest('_count must be a non-negative integer', '_count');
   for (const rule of request.sortRules ?? []) {
@@ -120,6 +121,48 @@ export function parseSearch(resourceType: string, query: Record<string, string |
     }
   }
   return { ...request, count: Math.min(count, options.maxCount), offset: 0 };
+}
+
+/** Parameter types whose values take a prefix (search.html#prefix). */
+const ORDERED_TYPES = new Set(['date', 'number', 'quantity']);
+
+/**
+ * Comma lists (OR, search.html#combining) of date, number and quantity values: @medplum/core's
+ * parser reads `2026-01-01,2026-01-03` as one malformed date. They become one equality filter
+ * with the alternatives as its comma-separated value, which both repositories read as OR (the
+ * embedded matcher splits it; an upstream gets `date=2026-01-01%2C2026-01-03`). Each alternative
+ * is checked as a single value would be. A list with prefixes (`lt70,gt180`) is refused: a filter
+ * has one operator, and the prefix of each alternative would be lost on its way upstream.
+ * Such values are taken out of `query`; the filters they make are returned.
+ */
+function orderedValueLists(resourceType: string, query: Record<string, string | string[]>): Filter[] {
+  const filters: Filter[] = [];
+  for (const [name, value] of Object.entries(query)) {
+    if (name.includes(':') || !ORDERED_TYPES.has(getSearchParameter(resourceType, name)?.type ?? '')) continue;
+    const single: string[] = [];
+    for (const v of [value].flat()) {
+      const alternatives = splitSearchOnComma(v);
+      if (alternatives.length < 2) {
+        single.push(v);
+        continue;
+      }
+      const plain = alternatives.map((a) => a.replace(/^eq(?=[-+\d.])/, ''));
+      if (plain.some((a) => /^(ne|gt|lt|ge|le|sa|eb|ap)(?=[-+\d.])/.test(a))) {
+        throw badRequest(`${name}: a comma list (OR) takes values without a prefix (${name}=a,b); search once per range for prefixed values`, name);
+      }
+      for (const a of plain) {
+        try {
+          parseSearchRequest(resourceType, { [name]: a });
+        } catch (err) {
+          throw badRequest(`Invalid search: ${(err as Error).message}`, name);
+        }
+      }
+      filters.push({ code: name, operator: Operator.EQUALS, value: plain.join(',') });
+    }
+    if (single.length === 0) delete query[name];
+    else query[name] = single.length === 1 ? single[0]! : single;
+  }
+  return filters;
 }
 
 /**
@@ -143,6 +186,9 @@ function withTypedReferences(resourceType: string, query: Record<string, string 
 }
 
 function checkParam(resourceType: string, name: string, value: string | string[], options: SearchParseOptions): string | undefined {
+  // R4 pages by the server's links only (http.html#paging); taking `_offset` and answering the first
+  // page would send a client that pages by it round the same page for ever
+  if (name === '_offset') return '_offset is not supported: follow the Bundle\'s next links to page';
   // `_include:iterate` and `_revinclude:iterate` (search.html#revinclude): the one modifier of a control parameter
   if (CONTROL_PARAMS.has(name) || name === '_include:iterate' || name === '_revinclude:iterate') {
     if (name === '_count' && ![value].flat().every((v) => /^\d+$/.test(v))) return '_count must be a non-negative integer';

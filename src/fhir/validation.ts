@@ -6,7 +6,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { crawlTypedValue, isPrimitiveType, loadDataType, OperationOutcomeError, validateResource, type InternalSchemaElement } from '@medplum/core';
+import { crawlTypedValue, isPrimitiveType, isResourceType, loadDataType, OperationOutcomeError, validateResource, type InternalSchemaElement } from '@medplum/core';
 import type { Bundle, OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
 import { GlucoGuardError, unprocessable } from '../errors.js';
 import { loadFhirDefinitions } from './definitions.js';
@@ -104,6 +104,8 @@ interface CodeSite {
   at: string;
   valueSet?: string;
   codes?: ReadonlySet<string>;
+  /** A Reference: the resource types it may name (null: any). */
+  targets?: ReadonlySet<string> | null;
 }
 
 /**
@@ -115,6 +117,12 @@ function codeIssuesAt(resource: Resource, sites: readonly CodeSite[]): Operation
   for (const site of sites) {
     let value: unknown = resource;
     for (const step of site.steps) value = (value as Record<string | number, unknown> | undefined)?.[step];
+    if (site.targets !== undefined) {
+      const reference = isJsonObject(value) ? value.reference : undefined;
+      const problem = typeof reference === 'string' ? referenceProblem(reference, site.targets) : undefined;
+      if (problem) issues.push({ severity: 'error', code: 'value', diagnostics: `${site.at}.reference ${problem}`, expression: [`${site.at}.reference`] });
+      continue;
+    }
     if (typeof value !== 'string') continue;
     if (site.codes === undefined) {
       if (!isCalendarDate(value)) issues.push({ severity: 'error', code: 'value', diagnostics: `${site.at} is not a date of the calendar (datatypes.html#date: dates SHALL be valid dates)`, expression: [site.at] });
@@ -126,6 +134,39 @@ function codeIssuesAt(resource: Resource, sites: readonly CodeSite[]): Operation
 }
 
 const DATE_TYPES = new Set(['date', 'dateTime', 'instant']);
+
+/**
+ * What is wrong with a literal relative reference (`Type/id`, optionally `/_history/vid`), which
+ * resolves on this server: a type that is no resource type, or one the element may not refer to
+ * (Observation.subject to a Practitioner), or an id no resource can have. Such a reference would
+ * be stored, indexed and judged by consent as written while naming nothing; a base R4 validator
+ * refuses it. Other forms are left alone: contained (`#id`), absolute URLs, `urn:uuid:` entries and
+ * conditional references (`Patient?identifier=…`) are resolved or checked where they are used.
+ */
+function referenceProblem(reference: string, targets: ReadonlySet<string> | null): string | undefined {
+  if (reference.startsWith('#') || reference.includes(':') || reference.includes('?')) return undefined;
+  const m = /^([^/]+)\/([^/]+)(?:\/_history\/[^/]+)?$/.exec(reference);
+  if (!m) return 'must be Type/id (or an absolute URL, or #id for a contained resource)';
+  const [, type, id] = m as unknown as [string, string, string];
+  if (!isResourceType(type)) return `names "${type.slice(0, 64)}", which is not a FHIR resource type`;
+  if (!/^[A-Za-z0-9\-.]{1,64}$/.test(id)) return 'has an id that is not a FHIR id (1–64 of A–Z, a–z, 0–9, "-" and ".")';
+  if (targets && !targets.has(type)) return `may refer to ${[...targets].join(', ')}, not ${type}`;
+  return undefined;
+}
+
+const referenceTargetSets = new Map<string, ReadonlySet<string> | null>();
+
+/** The resource types an element's targetProfiles name (the base ones, `…/StructureDefinition/Patient`); null for any. */
+function referenceTargets(profiles: readonly string[] | undefined): ReadonlySet<string> | null {
+  const key = (profiles ?? []).join(' ');
+  let targets = referenceTargetSets.get(key);
+  if (targets !== undefined) return targets;
+  const types = (profiles ?? []).map((url) => /^http:\/\/hl7\.org\/fhir\/StructureDefinition\/([A-Za-z]+)$/.exec(url.split('|')[0]!)?.[1]);
+  // a profile of another publisher (a CGM IG device profile) names no type here: then any is taken
+  targets = types.length === 0 || types.some((t) => t === undefined || t === 'Resource') ? null : new Set(types as string[]);
+  referenceTargetSets.set(key, targets);
+  return targets;
+}
 
 /**
  * False for a date whose day its month does not have (`2026-02-30`, `2025-02-29`, `2026-04-31`):
@@ -276,6 +317,12 @@ function shapeIssues(type: string, value: unknown, path: string, issues: Operati
           const steps = [...stepsOf(parent.path, path), key];
           if (Array.isArray(raw)) raw.forEach((_, i) => sites.push({ steps: [...steps, i], at: `${where}[${i}]` }));
           else sites.push({ steps, at: where });
+        }
+        if (code === 'Reference') {
+          const targets = referenceTargets(element.type.find((t) => t.code === 'Reference')?.targetProfile);
+          const steps = [...stepsOf(parent.path, path), key];
+          if (Array.isArray(raw)) raw.forEach((_, i) => sites.push({ steps: [...steps, i], at: `${where}[${i}]`, targets }));
+          else sites.push({ steps, at: where, targets });
         }
         const valueSet = code === 'code' && element.binding?.strength === 'required' ? element.binding.valueSet : undefined;
         const codes = valueSet === undefined ? undefined : requiredCodes(valueSet);
