@@ -135,7 +135,7 @@ const ORDERED_TYPES = new Set(['date', 'number', 'quantity']);
  * has one operator, and the prefix of each alternative would be lost on its way upstream.
  * Such values are taken out of `query`; the filters they make are returned.
  */
-function orderedValueLists(resourceType: string, query: Record<string, string | string[]>): Filter[] {
+export function orderedValueLists(resourceType: string, query: Record<string, string | string[]>): Filter[] {
   const filters: Filter[] = [];
   for (const [name, value] of Object.entries(query)) {
     if (name.includes(':') || !ORDERED_TYPES.has(getSearchParameter(resourceType, name)?.type ?? '')) continue;

@@ -20,6 +20,7 @@ import type { Database as DB, Statement } from 'better-sqlite3';
 import type { Logger } from 'pino';
 import { badRequest, gone, notFound, preconditionFailed } from '../../errors.js';
 import { patientIdsOf } from '../../fhir/compartment.js';
+import { orderedValueLists } from '../../fhir/search.js';
 import { loadFhirDefinitions } from '../../fhir/definitions.js';
 import type {
   HistoryEntry, HistoryRequest, HistoryResult, Repository, RepositoryDescription, SearchOptions, SearchResult, VersionKey, WriteResult,
@@ -429,7 +430,15 @@ export class EmbeddedRepository implements Repository {
   private conditionalMatches(resourceType: string, query: string): Resource[] {
     let request: SearchRequest;
     try {
-      request = parseSearchRequest(`${resourceType}?${query.replace(/^\?/, '')}`);
+      // comma lists of dates and quantities are OR here as in a search (src/fhir/search.ts)
+      const params: Record<string, string | string[]> = {};
+      for (const [name, value] of new URLSearchParams(query.replace(/^\?/, ''))) {
+        const had = params[name];
+        params[name] = had === undefined ? value : [had, value].flat();
+      }
+      const lists = orderedValueLists(resourceType, params);
+      request = parseSearchRequest(resourceType, params);
+      request.filters = [...(request.filters ?? []), ...lists];
     } catch (err) {
       throw badRequest(`invalid conditional query: ${(err as Error).message}`);
     }

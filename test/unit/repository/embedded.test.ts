@@ -877,6 +877,15 @@ describe('transaction', () => {
     await expect(repo.read('Observation', created.resource.id!)).resolves.toMatchObject({ id: created.resource.id });
   });
 
+  it('a conditional create takes a comma list of dates (OR), as a search does', async () => {
+    const first = (await repo.create(observation('p7', '2026-01-03T10:00:00Z'))).resource;
+    const again = await repo.create(observation('p7', '2026-01-03T10:00:00Z'), { ifNoneExist: 'subject=Patient/p7&date=2026-01-01,2026-01-03' });
+    expect(again).toMatchObject({ outcome: 'existing', resource: { id: first.id } });
+    const other = await repo.create(observation('p7', '2026-01-05T10:00:00Z'), { ifNoneExist: 'subject=Patient/p7&date=2026-01-02,2026-01-05' });
+    expect(other.outcome).toBe('created');
+    await rejectsWith(repo.create(observation('p7', '2026-01-06T10:00:00Z'), { ifNoneExist: 'subject=Patient/p7&date=lt2026-01-02,gt2026-01-04' }), 'ERR_INVALID');
+  });
+
   it('honours conditional creates (request.ifNoneExist) and rejects mismatched ids', async () => {
     const existing = (await repo.create<Device>({ resourceType: 'Device', identifier: [{ system: 'urn:serial', value: 'SN9' }] })).resource;
     const response = await repo.transaction(bundle([
