@@ -307,6 +307,21 @@ describe('upstream repository: failures reach the client without upstream intern
     return secrets.filter((s) => visible.includes(s));
   };
 
+  it('a request too big for the upstream (414 URI too long, 413) is the client\'s to narrow: 400 / 413, not a 502 a client would retry', async () => {
+    const repo = new UpstreamRepository({ config: { url: upstream.url, auth: 'none', timeoutMs: 5000 }, proxyFhirBase: PROXY });
+    try {
+      upstream.intercept((req) => (req.method === 'GET' && req.url.includes('/Patient?') ? { status: 414, body: { resourceType: 'OperationOutcome', issue: [] } } : undefined));
+      const long = await failure(repo.search(parseSearchRequest(`Patient?_id=${Array.from({ length: 300 }, (_, i) => `id-${i}`).join(',')}`)));
+      expect([long.code, long.status]).toEqual(['ERR_INVALID', 400]);
+      expect(long.message).toMatch(/too long \(HTTP 414\)/);
+      upstream.intercept((req) => (req.method === 'POST' ? { status: 413, body: { resourceType: 'OperationOutcome', issue: [] } } : undefined));
+      const big = await failure(repo.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Big' }] }));
+      expect([big.code, big.status]).toEqual(['ERR_TOO_LARGE', 413]);
+    } finally {
+      upstream.intercept(undefined);
+    }
+  });
+
   it('upstream down → 502 ERR_UPSTREAM naming neither host nor port', async () => {
     const gone = await startUpstreamFhirServer();
     const url = gone.url;

@@ -13,7 +13,7 @@
  */
 import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
 import {
-  GlucoGuardError, conflict, gone, notFound, preconditionFailed, unavailable, unprocessable, upstreamError,
+  GlucoGuardError, badRequest, conflict, gone, notFound, preconditionFailed, tooLarge, unavailable, unprocessable, upstreamError,
 } from '../../errors.js';
 import type { UpstreamCredentials } from './auth.js';
 import { rewriteBaseUrlsInPlace } from './rewrite.js';
@@ -176,6 +176,9 @@ export class FhirUpstreamClient {
         const issues = this.safeIssues(body, 'invalid', 'Upstream FHIR server rejected the request (HTTP 400)');
         return new GlucoGuardError('ERR_INVALID', issues.map((i) => i.diagnostics).join('; '), issues);
       }
+      // the client's request was too big for the upstream: its to narrow, not to retry (a 502 reads as transient)
+      case 413: return tooLarge('Upstream FHIR server refused the request as too large (HTTP 413)');
+      case 414: return badRequest('Upstream FHIR server refused the request URL as too long (HTTP 414): narrow the search (fewer values)');
       case 429:
         this.transport.logger?.warn({ what, status }, 'upstream throttled the request');
         return unavailable('Upstream FHIR server is busy; retry later');
