@@ -235,6 +235,8 @@ export class FhirRouter {
     const [a, b, c, d] = parts;
     if (parts.length === 1 && a === 'metadata') return { kind: 'metadata' };
     if (parts.length === 1 && a === '_history') return { kind: 'system-history' };
+    // system-level search (http.html#search: [base]/_search) would read as a type named "_search"
+    if (parts.length === 1 && a === '_search') throw badRequest('System-level search is not supported: search one resource type ([base]/Type?… or [base]/Type/_search)');
     if (a!.startsWith('$')) return this.checkOperation({ kind: 'operation', name: a!.slice(1) }, parts.length === 1);
     const type = this.checkType(a!);
     if (parts.length === 1) return { kind: 'type', type };

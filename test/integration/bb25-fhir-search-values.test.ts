@@ -52,6 +52,13 @@ describe('embedded store', () => {
     await t?.close();
   });
 
+  test('system-level _search is a 400 saying so, not a 404 for a type named "_search"', async () => {
+    for (const res of [await http().get('/fhir/_search'), await http().post('/fhir/_search').type('form').send('_id=x')]) {
+      expect(res.status).toBe(400);
+      expect(res.body.issue[0].diagnostics).toMatch(/System-level search is not supported/);
+    }
+  });
+
   describe('a comma list of dates or quantities is OR (search.html#combining)', () => {
     test('days', async () => {
       expect(await found({ date: '2026-01-01,2026-01-03' })).toEqual(['jan1', 'jan3']);
