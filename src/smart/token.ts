@@ -97,9 +97,12 @@ async function refreshTokenGrant(ctx: SmartContext, body: Body, caller: Authenti
     // A rotated-out token presented again: it was stolen or copied, and one of its two holders has the
     // live one. Every token of the grant is revoked (RFC 9700 §4.14.2, refresh token reuse detection).
     const reused = await ctx.tokens.reusedRefreshGrant(body.refresh_token);
+    // A confidential client's token revokes its grant only when presented with that client's
+    // credentials: anyone holding an old token of it could otherwise cut the client's users off.
+    if (reused?.clientId) checkRefreshClient(ctx, reused.clientId, caller);
     // a grant revoked already (the app's or the patient's revocation) is said as such, not as a reuse
-    if (reused && !(await ctx.tokens.isRevoked(reused))) {
-      await ctx.tokens.revokeGrant(reused);
+    if (reused && !(await ctx.tokens.isRevoked(reused.gid))) {
+      await ctx.tokens.revokeGrant(reused.gid);
       throw invalidGrant('The refresh token was already used; every token of its grant is now revoked');
     }
   }

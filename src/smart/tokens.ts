@@ -210,13 +210,19 @@ export class TokenService {
     const raw = await this.kv.take(`smart:refresh:${key}`);
     const record = raw ? (JSON.parse(raw) as RefreshRecord) : undefined;
     if (!record || record.expiresAt <= this.now()) return undefined;
-    await this.kv.set(`smart:refresh-used:${key}`, record.gid, record.expiresAt - this.now());
+    await this.kv.set(`smart:refresh-used:${key}`, `${record.gid} ${record.clientId}`, record.expiresAt - this.now());
     return record;
   }
 
-  /** The grant of a refresh token that was already used, or undefined (never issued, or expired). */
-  async reusedRefreshGrant(token: string): Promise<string | undefined> {
-    return this.kv.get(`smart:refresh-used:${sha256(token)}`);
+  /**
+   * The grant (and client) of a refresh token that was already used, or undefined (never issued, or
+   * expired). Marks written before the client was kept name the grant alone.
+   */
+  async reusedRefreshGrant(token: string): Promise<{ gid: string; clientId?: string } | undefined> {
+    const raw = await this.kv.get(`smart:refresh-used:${sha256(token)}`);
+    if (raw === undefined) return undefined;
+    const [gid, clientId] = raw.split(' ');
+    return { gid: gid!, ...(clientId ? { clientId } : {}) };
   }
 
   /** Signature, issuer, audience and expiry of an access token; undefined for anything not live. */

@@ -86,6 +86,21 @@ describe('refresh tokens', () => {
     h.advance(61_000); // a fresh minute of the per-IP login limit for the tests after this one's two sign-ins
   });
 
+  test('a confidential client\'s rotated-out refresh token revokes its grant only with that client\'s credentials', async () => {
+    const first = await tokensFor(confidential.clientId, 'launch/patient patient/*.rs offline_access', basic());
+    const refreshed = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token }, basic());
+    expect(refreshed.status).toBe(200);
+    // someone holding the old token but not the client's secret: refused, and the grant goes on
+    const stranger = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token });
+    expect(stranger.body.error).toBe('invalid_client');
+    expect((await readPatient(refreshed.body.access_token)).status).toBe(200);
+    // the client itself presenting it again is a reuse: every token of the grant is revoked
+    const replay = await post(h.smart.urls.token, { grant_type: 'refresh_token', refresh_token: first.refresh_token }, basic());
+    expect(replay.body.error).toBe('invalid_grant');
+    expect((await readPatient(refreshed.body.access_token)).status).toBe(401);
+    h.advance(61_000); // a fresh minute of the per-IP login limit for the tests after this one's sign-in
+  });
+
   test('no refresh token without offline_access or online_access', async () => {
     const body = await tokensFor(publicId, 'launch/patient patient/*.rs');
     expect(body.refresh_token).toBeUndefined();
