@@ -338,6 +338,11 @@ export class FhirRouter {
     // Patient body names its own id, so judging it first would tell a hidden id from a free one).
     const replaced = await this.versionToChange(req.access, type, id);
     if (!(await this.policy.mayWrite(req.access, resource, 'update', replaced))) throw forbiddenWrite();
+    // RFC 9110 §13.1.2: `If-None-Match: *` creates only (the version the requester sees exists: 412)
+    if (String(req.headers['if-none-match'] ?? '').split(',').some((t) => t.trim() === '*')
+      && (replaced ?? (req.access.kind === 'open' ? await this.currentOf(type, id) : undefined))) {
+      throw preconditionFailed(`${type}/${id} exists and the request said If-None-Match: * (create only)`);
+    }
     const ifMatch = parseIfMatch(req.headers['if-match']);
     const result = await this.options.repository.update(resource, ifMatch !== undefined ? { ifMatch } : undefined);
     return this.writeResponse(req, result.resource, result.outcome === 'created' ? 201 : 200, 'Updated');

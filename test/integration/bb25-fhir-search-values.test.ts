@@ -52,6 +52,15 @@ describe('embedded store', () => {
     await t?.close();
   });
 
+  test('PUT with If-None-Match: * creates only: 412 when the resource exists, 201 when it does not (RFC 9110 §13.1.2)', async () => {
+    const body = { resourceType: 'Patient', id: 'create-only-1', name: [{ family: 'Once' }] };
+    const first = await http().put('/fhir/Patient/create-only-1').set('Content-Type', FHIR_JSON).set('If-None-Match', '*').send(body);
+    expect(first.status).toBe(201);
+    const again = await http().put('/fhir/Patient/create-only-1').set('Content-Type', FHIR_JSON).set('If-None-Match', '*').send({ ...body, gender: 'other' });
+    expect(again.status).toBe(412);
+    expect((await http().get('/fhir/Patient/create-only-1')).body.meta.versionId).toBe(first.body.meta.versionId);
+  });
+
   test('system-level _search is a 400 saying so, not a 404 for a type named "_search"', async () => {
     for (const res of [await http().get('/fhir/_search'), await http().post('/fhir/_search').type('form').send('_id=x')]) {
       expect(res.status).toBe(400);
