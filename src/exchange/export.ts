@@ -83,6 +83,8 @@ export interface ReleasePolicy {
    * the patients, grants and reasons on `access` for the access log; ERR_UNAVAILABLE when it cannot decide.
    */
   stillReleasable(access: AccessContext, released: Released | undefined): Promise<boolean>;
+  /** The patients whose data the requester may see some of now; undefined when nothing limits it (open access). */
+  visiblePatients?(access: AccessContext): Promise<string[] | undefined>;
 }
 
 export interface ExportServiceOptions {
@@ -602,6 +604,10 @@ export class ExportService {
       }
       // the Group's members once for the job, read (and guarded) as the requester; what reading it let out is not in the files
       const members = job.params.level === 'group' ? await this.groupMembers(access, job.params.groupId!) : undefined;
+      // A requester consent limits (a grantee, a patient) is read only for the patients it may see
+      // some data of: listing every stored patient once per type, to search each, cost an upstream
+      // EHR of 100,000 patients that many searches for a study two of them granted.
+      const visible = members ? undefined : await this.options.releases.visiblePatients?.(access);
       this.options.releases.takeReleased(access);
       for (const type of job.params.types) {
         // a _typeFilter's chains select as the requester's search would, now; a query that selects
@@ -619,7 +625,7 @@ export class ExportService {
           if (job.params.since) query._lastUpdated = [[query._lastUpdated ?? []].flat(), `gt${job.params.since}`].flat();
           return query;
         });
-        const patients = members ?? (GuardedReader.isPatientLinked(type) ? this.patientIds() : undefined);
+        const patients = members ?? (GuardedReader.isPatientLinked(type) ? (visible ? [...visible].sort() : this.patientIds()) : undefined);
         const file = `${type}.ndjson`;
         const out = sealed(file);
         let count = 0;

@@ -171,6 +171,8 @@ describe('a grantee\'s export over an upstream reads only the patients who grant
     expect(sent.some((u) => u.includes(`patient=Patient/${ana}`))).toBe(true);
     // … and nothing of the five others' (before: a search per type for each)
     for (const other of others) expect(sent.filter((u) => u.includes(`patient=Patient/${other}`))).toEqual([]);
+    // … nor were all the upstream's patients listed to find the granted one (before: once per type)
+    expect(sent.filter((u) => /\/Patient\?.*_sort=_id/.test(u))).toEqual([]);
     const manifest = await request(t.app.http).get(`/fhir/$export-status?_job=${jobOf(kick)}`).set('Authorization', `Bearer ${token}`);
     expect(manifest.body.output).toEqual([expect.objectContaining({ type: 'Patient', count: 1 })]);
   }, 60_000);
