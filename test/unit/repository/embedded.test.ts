@@ -25,6 +25,28 @@ afterEach(async () => {
   rmSync(dataDir, { recursive: true, force: true });
 });
 
+/**
+ * Seals the current row of `id` again as code before session 25 did, with type/id/version alone as
+ * additional data (the store closed); answers its seq.
+ */
+function sealedUnbound(id: string): number {
+  const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+  try {
+    const { master, root } = loadServerKeys({ dataDir });
+    const ring = new KeyRing(db, Buffer.from(master, 'base64'), Buffer.from(root, 'base64'));
+    const row = db.prepare('SELECT seq, type, id, version, last_updated, key_id, key_version, body FROM versions WHERE id = ? AND current = 1').get(id) as
+      { seq: number; type: string; id: string; version: number; last_updated: number; key_id: string; key_version: number; body: Buffer };
+    const key = ring.keyById(row.key_id, row.key_version)!;
+    const text = openText(key, row.body, `${row.type}/${row.id}/${row.version}/${row.last_updated}`);
+    if (text === undefined) throw new Error('the row did not open with its bound additional data');
+    db.prepare('UPDATE versions SET body = ? WHERE seq = ?').run(seal(key, Buffer.from(text), `${row.type}/${row.id}/${row.version}`), row.seq);
+    return row.seq;
+  } finally {
+    db.close();
+  }
+}
+
+
 async function rejectsWith(promise: Promise<unknown>, code: ErrorCode): Promise<void> {
   const err = await promise.then(() => undefined, (e: unknown) => e);
   if (!isGlucoGuardError(err, code)) throw new Error(`expected ${code}, got ${err instanceof Error ? err.message : String(err)}`);
@@ -231,18 +253,10 @@ describe('encryption at rest', () => {
   it('rows written before the time was bound (below time-bound-from) read as before; rows after it are bound', async () => {
     const old = await repo.create<Patient>({ resourceType: 'Patient', gender: 'female' });
     await repo.close();
-    // Rewrite the row as code before session 25 wrote it: sealed with type/id/version alone, and the
-    // store's bound seq after it (what opening an older store records).
+    // the row as code before session 25 wrote it, and the store's bound seq after it (what opening an older store records)
+    const seq = sealedUnbound(old.resource.id!);
     const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
-    const { master, root } = loadServerKeys({ dataDir });
-    const ring = new KeyRing(db, Buffer.from(master, 'base64'), Buffer.from(root, 'base64'));
-    const row = db.prepare('SELECT seq, type, id, version, last_updated, key_id, key_version, body FROM versions WHERE id = ?').get(old.resource.id) as
-      { seq: number; type: string; id: string; version: number; last_updated: number; key_id: string; key_version: number; body: Buffer };
-    const key = ring.keyById(row.key_id, row.key_version)!;
-    const text = openText(key, row.body, `${row.type}/${row.id}/${row.version}/${row.last_updated}`)!;
-    expect(text).toContain('female');
-    db.prepare('UPDATE versions SET body = ? WHERE seq = ?').run(seal(key, Buffer.from(text), `${row.type}/${row.id}/${row.version}`), row.seq);
-    db.prepare("UPDATE meta SET v = ? WHERE k = 'time-bound-from'").run(String(row.seq + 1));
+    db.prepare("UPDATE meta SET v = ? WHERE k = 'time-bound-from'").run(String(seq + 1));
     db.close();
     repo = await EmbeddedRepository.open({ dataDir });
     expect((await repo.read<Patient>('Patient', old.resource.id!)).gender).toBe('female');
@@ -260,17 +274,9 @@ describe('encryption at rest', () => {
   it('a row an earlier release wrote after time-bound-from (a replica not yet upgraded, rolling upgrade) still reads', async () => {
     const later = await repo.create<Patient>({ resourceType: 'Patient', gender: 'other' });
     await repo.close();
-    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
-    const { master, root } = loadServerKeys({ dataDir });
-    const ring = new KeyRing(db, Buffer.from(master, 'base64'), Buffer.from(root, 'base64'));
-    const row = db.prepare('SELECT seq, type, id, version, last_updated, key_id, key_version, body FROM versions WHERE id = ?').get(later.resource.id) as
-      { seq: number; type: string; id: string; version: number; last_updated: number; key_id: string; key_version: number; body: Buffer };
-    const timeBoundFrom = Number((db.prepare("SELECT v FROM meta WHERE k = 'time-bound-from'").get() as { v: string }).v);
-    expect(row.seq).toBeGreaterThanOrEqual(timeBoundFrom);
-    const key = ring.keyById(row.key_id, row.key_version)!;
-    const text = openText(key, row.body, `${row.type}/${row.id}/${row.version}/${row.last_updated}`)!;
-    // as the earlier release seals it: type/id/version alone
-    db.prepare('UPDATE versions SET body = ? WHERE seq = ?').run(seal(key, Buffer.from(text), `${row.type}/${row.id}/${row.version}`), row.seq);
+    const seq = sealedUnbound(later.resource.id!); // as the earlier release seals it
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'), { readonly: true });
+    expect(seq).toBeGreaterThanOrEqual(Number((db.prepare("SELECT v FROM meta WHERE k = 'time-bound-from'").get() as { v: string }).v));
     db.close();
     repo = await EmbeddedRepository.open({ dataDir });
     expect((await repo.read<Patient>('Patient', later.resource.id!)).gender).toBe('other');
