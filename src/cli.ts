@@ -26,8 +26,9 @@ import { anchoringElsewhere } from './ledger/anchor.js';
 import { commitmentStorePath } from './ledger/index.js';
 import { CommitmentStore } from './ledger/store.js';
 import { keyRotationAuditEvent, rotateMasterKey } from './key-rotation.js';
-import { describeServerKeys, holdsInstallation, masterKeyPath, masterKeySource, readKeyFile, rootSealPath } from './keys.js';
+import { describeServerKeys, holdsInstallation, loadServerKeys, masterKeyPath, masterKeySource, readKeyFile, rootSealPath } from './keys.js';
 import { INDEX_GENERATION } from './repository/embedded/params.js';
+import { EmbeddedRepository } from './repository/embedded/index.js';
 import { registerExchangeCommands } from './exchange/cli.js';
 
 // Everything GlucoGuard creates under the data directory (and the files a command writes) is for
@@ -314,6 +315,23 @@ keys
     if (problem) throw new Error(problem);
   });
 
+keys
+  .command('bind-row-times')
+  .description('after an upgrade, once no process of an earlier release runs on this data directory: every row written from now on binds its write time (meta.lastUpdated) into its encryption (docs/operations.md, Upgrading)')
+  .action(async () => {
+    const cfg = configFor();
+    if (cfg.upstream && cfg.auditStore !== 'local') throw new UsageError('bind-row-times is for the embedded store; this installation keeps its data on an upstream FHIR server');
+    const repo = await EmbeddedRepository.open({ dataDir: cfg.dataDir, keys: loadServerKeys(cfg), readCacheBytes: 0, mmapBytes: 0 });
+    try {
+      const already = repo.bindsRowTimes;
+      const from = await repo.bindRowTimes();
+      console.log(already
+        ? `rows already bind their write time (from row ${from}): nothing to do`
+        : `rows written from now on (row ${from} and after) bind their write time; a server running on this data directory does so from its next start`);
+    } finally {
+      await repo.close();
+    }
+  });
 keys
   .command('rotate-master')
   .description('put every data key of the store under a new master key, keeping the key root (pseudonyms, custodial wraps); stop the server first')

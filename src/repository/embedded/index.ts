@@ -35,7 +35,7 @@ import { extractIndexEntries, INDEX_GENERATION, supportedParams, paramsIndexedSi
 import { dateRowKey, runSearch } from './search.js';
 import type { SearchContext } from './search.js';
 import { DecodedCache } from './decoded-cache.js';
-import { currentVersions, METHOD, METHOD_NAME, openStore, packIx, prepareStatements, readIndexGeneration, readTimeBoundFrom, unpackIx, writeIndexGeneration } from './store.js';
+import { bindRowTimes, currentVersions, METHOD, METHOD_NAME, openStore, packIx, prepareStatements, readIndexGeneration, readTimeBoundFrom, unpackIx, writeIndexGeneration } from './store.js';
 import { streamSearch } from './stream.js';
 import type { Statements, VersionRow } from './store.js';
 import { runTransaction } from './transaction.js';
@@ -92,8 +92,8 @@ export class EmbeddedRepository implements Repository {
   private closed = false;
   /** The index generation the store's rows are complete for (params.ts). */
   private generation: number;
-  /** The first seq whose body also binds its `last_updated` (store.ts readTimeBoundFrom). */
-  private readonly timeBoundFrom: number;
+  /** The first seq whose body also binds its `last_updated`; Infinity while the store writes unbound rows (store.ts readTimeBoundFrom). */
+  private timeBoundFrom: number;
 
   private constructor(
     private readonly db: DB,
@@ -124,6 +124,23 @@ export class EmbeddedRepository implements Repository {
     };
     this.generation = readIndexGeneration(db);
     this.timeBoundFrom = readTimeBoundFrom(db);
+  }
+
+  /**
+   * Binds the write time of every row this process writes from now on (store.ts bindRowTimes):
+   * for a store an earlier release made, once no process of that release runs on it. Other
+   * processes bind from their next start. Answers the first seq bound.
+   */
+  async bindRowTimes(): Promise<number> {
+    return this.write(() => {
+      this.timeBoundFrom = bindRowTimes(this.db);
+      return this.timeBoundFrom;
+    });
+  }
+
+  /** Whether this process writes rows that bind their write time. */
+  get bindsRowTimes(): boolean {
+    return this.timeBoundFrom !== Number.POSITIVE_INFINITY;
   }
 
   /** Opens (creating when needed) the store under `<dataDir>/store/`. */
@@ -469,7 +486,7 @@ export class EmbeddedRepository implements Repository {
     // row): reads hand it to the integrity check as ready bytes, so no read canonicalises.
     const text = canonicalResourceText(stored);
     attachCanonicalText(stored, text);
-    const body = seal(key.key, Buffer.from(text), aad(stored.resourceType, id, version, now));
+    const body = seal(key.key, Buffer.from(text), aad(stored.resourceType, id, version, this.timeBoundFrom === Number.POSITIVE_INFINITY ? undefined : now));
     const { refs, dates } = this.indexRows(stored);
     if (previous) {
       if (previous.method !== METHOD.DELETE) this.removeIndex(previous.seq, previous.ix);
@@ -587,13 +604,13 @@ export class EmbeddedRepository implements Repository {
     if (!key) return undefined;
     const hit = cache?.get(row.seq, row.body);
     if (hit) return hit;
-    // From timeBoundFrom on, a body binds its row's time — unless a replica of an earlier release
-    // wrote it during a rolling upgrade: that one opens with the older binding, as rows before
-    // timeBoundFrom do. Neither kind can be turned into the other without the data key, so a row
-    // this code wrote and then moved in time opens with neither.
+    // From timeBoundFrom on, a body binds its row's time; each form is tried if the other fails (a
+    // row an earlier release wrote after it, or a bound row another process wrote since this one
+    // read timeBoundFrom). Neither kind can be turned into the other without the data key, so a
+    // bound row moved in time opens with neither.
     const bound = row.seq >= this.timeBoundFrom;
     const text = openText(key, row.body, aad(row.type, row.id, row.version, bound ? row.last_updated : undefined))
-      ?? (bound ? openText(key, row.body, aad(row.type, row.id, row.version)) : undefined);
+      ?? openText(key, row.body, aad(row.type, row.id, row.version, bound ? undefined : row.last_updated));
     if (text === undefined) return undefined;
     if (deferred && cache && !cache.seenBefore(row.seq)) {
       const meta = { versionId: String(row.version), lastUpdated: new Date(row.last_updated).toISOString() };
@@ -655,8 +672,8 @@ export function parseStored(text: string, row: Pick<VersionRow, 'version' | 'las
 
 /**
  * Additional authenticated data binding a ciphertext to its resource version and, for rows written
- * since the store first opened with this code, the time the row says it was written (its
- * `meta.lastUpdated`, not part of the committed text): a row moved in time fails to decrypt.
+ * from the store's time-bound-from (store.ts readTimeBoundFrom), the time the row says it was written
+ * (its `meta.lastUpdated`, not part of the committed text): such a row moved in time fails to decrypt.
  */
 function aad(type: string, id: string, version: number, lastUpdated?: number): string {
   return lastUpdated === undefined ? `${type}/${id}/${version}` : `${type}/${id}/${version}/${lastUpdated}`;

@@ -10,7 +10,7 @@
  *   but can never be decrypted again (crypto-shredding), even if a new key is made later for the
  *   same patient (key versions differ).
  * - Resource bodies are AES-256-GCM with `type/id/version` (and the row's write time, for rows
- *   written since store.ts readTimeBoundFrom) as additional authenticated data, so a row copied
+ *   written from store.ts readTimeBoundFrom on) as additional authenticated data, so a row copied
  *   onto another resource or version, or moved in time, fails to decrypt.
  * - Search indexes store keyed HMACs (index key, itself wrapped by the master key) of codes,
  *   identifiers and references, never the plaintext.

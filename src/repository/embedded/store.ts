@@ -115,8 +115,10 @@ export function openStore(dataDir: string, mmapBytes = 0): { db: DB; file: strin
   const version = db.prepare<[], { v: string }>("SELECT v FROM meta WHERE k = 'schema'").get();
   if (!version) {
     db.prepare("INSERT INTO meta (k, v) VALUES ('schema', ?)").run(SCHEMA_VERSION);
-    // a new store: its rows are written complete for every parameter indexed now
+    // a new store: its rows are written complete for every parameter indexed now, and bind their
+    // write time from the first (no earlier release ever wrote to it: readTimeBoundFrom)
     db.prepare("INSERT OR IGNORE INTO meta (k, v) VALUES ('index-generation', ?)").run(String(INDEX_GENERATION));
+    db.prepare("INSERT OR IGNORE INTO meta (k, v) VALUES ('time-bound-from', '1')").run();
   } else if (version.v !== SCHEMA_VERSION) {
     throw new Error(`store schema ${version.v} is not supported (expected ${SCHEMA_VERSION})`);
   }
@@ -150,15 +152,23 @@ export function readIndexGeneration(db: DB): number {
 }
 
 /**
- * The first seq whose body binds its row's `last_updated` as well (index.ts `aad`): set once, to
- * the seq after the last row, when a store first opens with this code (1 for a new store). Rows
- * are never deleted from `versions`, so every later write of this code lands at or after it (rows
- * there that a replica of an earlier release wrote during a rolling upgrade open with the older
- * binding). Changing the value helps no one: a body sealed with one binding never opens with the other.
+ * The first seq whose body binds its row's `last_updated` as well (index.ts `aad`); Infinity while
+ * the store writes rows without it. A store this code creates binds from its first row. A store an
+ * earlier release made goes on writing unbound rows — which every release reads, so replicas of both
+ * can run side by side during a rolling upgrade — until the operator binds from now on
+ * (`glucoguard keys bind-row-times`, bindRowTimes) once no earlier release runs on it: that release
+ * cannot open a bound row. Rows are never deleted from `versions`, so every later write lands at or
+ * after the value. Changing it helps no one: a body sealed with one binding never opens with the other.
  */
 export function readTimeBoundFrom(db: DB): number {
+  const row = db.prepare<[], { v: string }>("SELECT v FROM meta WHERE k = 'time-bound-from'").get();
+  return row ? Number(row.v) : Number.POSITIVE_INFINITY;
+}
+
+/** Binds the write time of every row written from now on (see readTimeBoundFrom); answers the first seq bound. */
+export function bindRowTimes(db: DB): number {
   db.prepare("INSERT OR IGNORE INTO meta (k, v) SELECT 'time-bound-from', CAST(COALESCE(MAX(seq), 0) + 1 AS TEXT) FROM versions").run();
-  return Number(db.prepare<[], { v: string }>("SELECT v FROM meta WHERE k = 'time-bound-from'").get()!.v);
+  return readTimeBoundFrom(db);
 }
 
 export function writeIndexGeneration(db: DB, generation: number): void {

@@ -271,6 +271,39 @@ describe('encryption at rest', () => {
     await rejectsWith(repo.read('Patient', fresh.resource.id!), 'ERR_GONE');
   });
 
+  it('a store an earlier release made goes on writing rows that release can read until bind-row-times; a process opened before it reads the bound rows', async () => {
+    await repo.close();
+    // what a store made before session 25 looks like: no time-bound-from
+    const db = new Database(path.join(dataDir, 'store', 'glucoguard.db'));
+    db.prepare("DELETE FROM meta WHERE k = 'time-bound-from'").run();
+    db.close();
+    repo = await EmbeddedRepository.open({ dataDir });
+    const other = await EmbeddedRepository.open({ dataDir }); // a second process, opened before the binding
+    try {
+      expect(repo.bindsRowTimes).toBe(false);
+      const unbound = (await repo.create<Patient>({ resourceType: 'Patient', gender: 'female' })).resource;
+      const { master, root } = loadServerKeys({ dataDir });
+      const check = new Database(path.join(dataDir, 'store', 'glucoguard.db'), { readonly: true });
+      const opensUnbound = (id: string): boolean => {
+        const ring = new KeyRing(check, Buffer.from(master, 'base64'), Buffer.from(root, 'base64'));
+        const row = check.prepare('SELECT type, id, version, key_id, key_version, body FROM versions WHERE id = ?').get(id) as
+          { type: string; id: string; version: number; key_id: string; key_version: number; body: Buffer };
+        return openText(ring.keyById(row.key_id, row.key_version)!, row.body, `${row.type}/${row.id}/${row.version}`) !== undefined;
+      };
+      expect(opensUnbound(unbound.id!)).toBe(true); // what the earlier release opens
+      const from = await repo.bindRowTimes();
+      expect(repo.bindsRowTimes).toBe(true);
+      const bound = (await repo.create<Patient>({ resourceType: 'Patient', gender: 'male' })).resource;
+      expect(opensUnbound(bound.id!)).toBe(false);
+      check.close();
+      expect(await repo.bindRowTimes()).toBe(from); // once
+      expect((await other.read<Patient>('Patient', bound.id!)).gender).toBe('male');
+      expect((await other.read<Patient>('Patient', unbound.id!)).gender).toBe('female');
+    } finally {
+      await other.close();
+    }
+  });
+
   it('a row an earlier release wrote after time-bound-from (a replica not yet upgraded, rolling upgrade) still reads', async () => {
     const later = await repo.create<Patient>({ resourceType: 'Patient', gender: 'other' });
     await repo.close();
