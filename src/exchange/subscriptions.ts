@@ -256,6 +256,7 @@ export class SubscriptionService {
     this.load();
     this.unsubscribe = this.options.repository.onWrite((written) => this.onWrite(written));
     await this.tick();
+    if (this.active) void this.sealStoredHeaders();
     this.tickTimer = setInterval(() => void this.tick(), this.options.settings.foreignWritesPollMs);
     this.tickTimer.unref();
   }
@@ -296,6 +297,29 @@ export class SubscriptionService {
   /** Whether this process delivers notifications (holds the lease). */
   get delivering(): boolean {
     return this.active;
+  }
+
+  /**
+   * The repository's copies of Subscriptions an earlier release stored hold their `channel.header`
+   * values in clear (on an upstream, in the EHR's database): a new version names them `[sealed]`.
+   * Once, by the delivering process at start; the values stay sealed in the subscription store, and
+   * earlier versions in the repository's history keep what they held (an upstream's history is its own).
+   */
+  private async sealStoredHeaders(): Promise<void> {
+    let sealed = 0;
+    for (const state of [...this.states.values()]) {
+      if (!state.headers.length) continue;
+      try {
+        const current = await this.options.repository.read<Subscription>('Subscription', state.id);
+        const again = withSealedHeaders(current);
+        if (JSON.stringify(again.channel?.header) === JSON.stringify(current.channel?.header)) continue;
+        await this.options.repository.update<Subscription>(again);
+        sealed++;
+      } catch (err) {
+        this.options.logger?.warn({ subscription: state.id, err: (err as Error).message }, 'subscription: could not seal the header values of its stored copy');
+      }
+    }
+    if (sealed) this.options.logger?.warn({ subscriptions: sealed }, 'subscriptions: header values an earlier release stored in clear are now [sealed] in the current versions; earlier versions in the repository history still hold them');
   }
 
   // ---- lease, start-up, other processes' writes ------------------------------------------------
@@ -705,7 +729,8 @@ export class SubscriptionService {
     this.save(state);
     try {
       const current = await this.options.repository.read<Subscription>('Subscription', state.id);
-      await this.options.repository.update<Subscription>({ ...current, status, ...(error ? { error } : {}) });
+      // sealed again: a copy an earlier release stored holds its header values in clear (upgrade round)
+      await this.options.repository.update<Subscription>(withSealedHeaders({ ...current, status, ...(error ? { error } : {}) }));
     } catch (err) {
       this.options.logger?.warn({ subscription: state.id, err: (err as Error).message }, 'subscription: could not record its status');
     }
