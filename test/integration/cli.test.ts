@@ -210,7 +210,8 @@ describe('glucoguard CLI', () => {
     const grant = (...extra: string[]) => spawnSync(process.execPath, [BIN, 'consent', 'grant', '--patient', patient, '--data-from', '2026-01-01',
       '--data-to', '2026-01-14', '--until', '2099-01-01', ...extra], { env, encoding: 'utf8' });
     for (const [extra, said] of [
-      [['--to', 'Banana/1'], /provision\.actor must be exactly one/],
+      // base validation now checks a reference's type first (session 25), so this is its message
+      [['--to', 'Banana/1'], /provision\.actor\[0\]\.reference\.reference names "Banana", which is not a FHIR resource type/],
       [['--to', 'Practitioner/nobody'], /Practitioner\/nobody has no registered identity/],
       [['--to', 'Practitioner/nobody', '--purpose', 'FOO'], /Unsupported purpose .*FOO/],
     ] as const) {

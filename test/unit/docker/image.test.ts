@@ -48,7 +48,9 @@ describe('docker/Dockerfile runtime stage', () => {
     const imported = new Map<string, string>();
     for (const file of shipped.flatMap(scripts)) {
       const text = readFileSync(file, 'utf8');
-      for (const m of text.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*|\brequire\s*\(\s*|^import\s+)(['"])([^'"\n]+)\1/gm)) {
+      // import/export … from '…', import('…'), require('…'), import '…'; a specifier is a module name
+      // (no spaces or commas), which keeps SQL and message text such as `'time-bound-from', '1'` out
+      for (const m of text.matchAll(/(?:(?:^|[\s}*])from\s*|\bimport\s*\(\s*|\brequire\s*\(\s*|^import\s+)(['"])([^'"\n\s,]+)\1/gm)) {
         const name = packageOf(m[2]!);
         if (name && !imported.has(name)) imported.set(name, path.relative(PACKAGE_ROOT, file));
       }
