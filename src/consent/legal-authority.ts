@@ -1,10 +1,10 @@
 /**
  * Who may act for a patient besides the patient: a relative (RelatedPerson) of that patient, not
- * marked inactive, whose relationship is a legal authority — v3 RoleCode guardian or a power of
- * attorney. Such a relative grants and revokes consent for the patient (service.ts) and brings the
- * patient's data in — CGM imports, creates and corrections of readings in the patient's record —
- * as the parent of a child with a sensor does (policy.ts mayWrite). Any other relative (a partner,
- * a parent of an adult, a carer) is only ever a grantee.
+ * marked inactive and within its `period`, whose relationship is a legal authority — v3 RoleCode
+ * guardian or a power of attorney. Such a relative grants and revokes consent for the patient
+ * (service.ts) and brings the patient's data in — CGM imports, creates and corrections of readings
+ * in the patient's record — as the parent of a child with a sensor does (policy.ts mayWrite). Any
+ * other relative (a partner, a parent of an adult, a carer) is only ever a grantee.
  */
 import type { RelatedPerson } from '@medplum/fhirtypes';
 import type { Repository } from '../repository/port.js';
@@ -19,11 +19,44 @@ export function hasLegalAuthority(person: RelatedPerson): boolean {
 
 /**
  * Whether the signed-in user `fhirUser` (`RelatedPerson/<id>`) acts for `patientId`: that relative
- * of that patient, active, with a legal authority. Anything else, an unreadable RelatedPerson
- * included, is no.
+ * of that patient, active, within the relationship's `period` (a guardianship ends, when the ward
+ * comes of age for one), with a legal authority. Anything else, an unreadable RelatedPerson or a
+ * period that can't be read included, is no.
  */
-export async function actsForPatient(repository: Repository, fhirUser: string | undefined, patientId: string): Promise<boolean> {
+export async function actsForPatient(repository: Repository, fhirUser: string | undefined, patientId: string, now = Date.now()): Promise<boolean> {
   if (!fhirUser?.startsWith('RelatedPerson/')) return false;
   const person = await repository.read<RelatedPerson>('RelatedPerson', fhirUser.slice('RelatedPerson/'.length)).catch(() => undefined);
-  return person?.patient?.reference === `Patient/${patientId}` && person.active !== false && hasLegalAuthority(person);
+  return person?.patient?.reference === `Patient/${patientId}` && person.active !== false && inPeriod(person, now) && hasLegalAuthority(person);
+}
+
+/**
+ * Whether `now` is within the relationship's period. A FHIR Period includes its end at the end's
+ * precision (`2026-05-01` ends with that day), so a partial end is taken to the end of its year,
+ * month or day; a time without a zone, and a date, are read as UTC.
+ */
+function inPeriod(person: RelatedPerson, now: number): boolean {
+  const { start, end } = person.period ?? {};
+  if (start !== undefined) {
+    const from = bounds(start);
+    if (!from || now < from[0]) return false;
+  }
+  if (end !== undefined) {
+    const to = bounds(end);
+    if (!to || now >= to[1]) return false;
+  }
+  return true;
+}
+
+/** [first instant, first instant after] of a FHIR dateTime at its precision; undefined if unreadable. */
+function bounds(value: string): [number, number] | undefined {
+  const partial = /^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$/.exec(value);
+  if (partial) {
+    const [y, m, d] = [Number(partial[1]), partial[2] === undefined ? undefined : Number(partial[2]) - 1, partial[3] === undefined ? undefined : Number(partial[3])];
+    const first = Date.UTC(y, m ?? 0, d ?? 1);
+    const after = d !== undefined ? Date.UTC(y, m!, d + 1) : m !== undefined ? Date.UTC(y, m + 1, 1) : Date.UTC(y + 1, 0, 1);
+    return Number.isNaN(first) ? undefined : [first, after];
+  }
+  if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$/.test(value)) return undefined;
+  const at = Date.parse(/(Z|[+-]\d{2}:\d{2})$/.test(value) ? value : `${value}Z`);
+  return Number.isNaN(at) ? undefined : [at, at + 1];
 }
