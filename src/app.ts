@@ -230,7 +230,11 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
   const repository = new NotifyingRepository(ledger.repository);
 
   const base = fhirBase(config);
-  const consent = createConsent({ dataDir: config.dataDir, rootKey: keys.root, repository, validator, kv, chain: chain.client, logger, auditWindowMs: config.auditWindowMs });
+  const consent = createConsent({
+    dataDir: config.dataDir, rootKey: keys.root, repository, validator, kv, chain: chain.client, logger, auditWindowMs: config.auditWindowMs,
+    // a guardian's authority is read off a RelatedPerson the ledger vouches for (verified, or committed and not yet anchored)
+    trusted: async (resource) => ['verified', 'pending'].includes((await ledger.checker.checkMany([resource]))[0]!.status),
+  });
   const smart = await createSmart({
     config,
     rootKey: keys.root,

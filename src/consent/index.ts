@@ -12,6 +12,7 @@ import type { ChainClient } from '../ledger/client.js';
 import { ConsentRegistryClient } from '../ledger/consent-registry.js';
 import { IdentityRegistryClient } from '../ledger/identity-registry.js';
 import type { Logger } from '../log.js';
+import type { Resource } from '@medplum/fhirtypes';
 import type { Repository } from '../repository/port.js';
 import { ConsentDecisions } from './decisions.js';
 import { GrantIndex } from './grant-index.js';
@@ -52,6 +53,12 @@ export interface ConsentOptions {
   now?: () => number;
   /** The access log's write window (AuditRecorder). */
   auditWindowMs?: number;
+  /**
+   * Whether a stored resource may be trusted for an authority decision (a guardian's RelatedPerson):
+   * it passed the integrity check (verified, or committed and waiting to be anchored). Without it,
+   * any readable version is.
+   */
+  trusted?: (resource: Resource) => Promise<boolean>;
 }
 
 export function createConsent(options: ConsentOptions): Consent {
@@ -62,8 +69,9 @@ export function createConsent(options: ConsentOptions): Consent {
   const keys = new PatientKeys({ dir: keyDir, rootKey: options.rootKey, identity, kv: options.kv });
   const guardians = new KeyGuardians({ keys, identity, chain: options.chain, kv: options.kv, dir: keyDir, now: options.now });
   const decisions = new ConsentDecisions({ ...options, registry, identity, keys, grants });
-  const policy = new ConsentPolicy(decisions, { actsFor: (fhirUser, patientId) => actsForPatient(options.repository, fhirUser, patientId) });
-  const service = new ConsentService({ ...options, registry, identity, keys, decisions });
+  const actsFor = (fhirUser: string | undefined, patientId: string) => actsForPatient(options.repository, fhirUser, patientId, Date.now(), options.trusted);
+  const policy = new ConsentPolicy(decisions, { actsFor });
+  const service = new ConsentService({ ...options, registry, identity, keys, decisions, actsFor });
   const audit = new AuditRecorder({ repository: options.repository, logger: options.logger, now: options.now, windowMs: options.auditWindowMs });
   const picker = new PatientPicker({ repository: options.repository, policy, audit });
   return {

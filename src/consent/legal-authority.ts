@@ -23,10 +23,14 @@ export function hasLegalAuthority(person: RelatedPerson): boolean {
  * comes of age for one), with a legal authority. Anything else, an unreadable RelatedPerson or a
  * period that can't be read included, is no.
  */
-export async function actsForPatient(repository: Repository, fhirUser: string | undefined, patientId: string, now = Date.now()): Promise<boolean> {
+export async function actsForPatient(repository: Repository, fhirUser: string | undefined, patientId: string, now = Date.now(),
+  trusted?: (resource: RelatedPerson) => Promise<boolean>): Promise<boolean> {
   if (!fhirUser?.startsWith('RelatedPerson/')) return false;
   const person = await repository.read<RelatedPerson>('RelatedPerson', fhirUser.slice('RelatedPerson/'.length)).catch(() => undefined);
-  return person?.patient?.reference === `Patient/${patientId}` && person.active !== false && inPeriod(person, now) && hasLegalAuthority(person);
+  if (!(person?.patient?.reference === `Patient/${patientId}` && person.active !== false && inPeriod(person, now) && hasLegalAuthority(person))) return false;
+  // an authority is taken only from a version that passed the integrity check (not one changed on
+  // disk or on the upstream behind GlucoGuard's back, nor one the chain cannot vouch for now)
+  return trusted ? trusted(person).catch(() => false) : true;
 }
 
 /**

@@ -44,6 +44,8 @@ export interface ConsentServiceOptions {
   kv: KeyValueStore;
   logger?: Logger;
   now?: () => number;
+  /** Whether a signed-in user acts for a patient by a legal authority (legal-authority.ts actsForPatient, with the integrity check). */
+  actsFor?: (fhirUser: string | undefined, patientId: string) => Promise<boolean>;
 }
 
 /** Result of a grant or revocation: done (custodial) or waiting for the wallet's signature. */
@@ -275,7 +277,8 @@ export class ConsentService {
     const requester = requesterOf(access);
     if (requester.kind === 'open') return true;
     if (requester.kind === 'patient' && requester.patientId === terms.patientId && terms.performer === `Patient/${terms.patientId}`) return true;
-    return access.fhirUser === terms.performer && actsForPatient(this.options.repository, access.fhirUser, terms.patientId);
+    return access.fhirUser === terms.performer
+      && (this.options.actsFor ?? ((user, patient) => actsForPatient(this.options.repository, user, patient)))(access.fhirUser, terms.patientId);
   }
 }
 
