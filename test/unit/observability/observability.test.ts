@@ -247,7 +247,8 @@ describe('edge errors', () => {
   test('a malformed JSON launch request answers 400 JSON, no stack trace', async () => {
     const res = await http().post('/smart/launch').set('Content-Type', 'application/json').send('{"patient":');
     expect(res.status).toBe(400);
-    expect(res.body).toEqual({ error: 'Malformed request body' });
+    // OAuth error JSON since session 25, as the endpoint's other refusals (it was the server's generic `{"error": text}`)
+    expect(res.body).toEqual({ error: 'invalid_request', error_description: 'The body is not valid JSON' });
   });
 
   test('an oversized FHIR body answers 413 OperationOutcome and stores nothing', async () => {
