@@ -335,6 +335,9 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
       }
       return true;
     },
+    // in the patient's access log as a create of their readings (a guardian's import included)
+    record: (access, patient, status) => consent.audit.record(
+      { method: 'POST', path: 'Observation', query: { patient }, headers: {}, access }, { status }),
     logger,
     maxBytes: config.maxIngestBytes,
   }));

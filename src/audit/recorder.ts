@@ -21,8 +21,8 @@
  * waiting is the `audit` queue of `glucoguard_queue_depth`. A shutdown tries once more and logs
  * what it could not store.
  */
-import type { AuditEvent } from '@medplum/fhirtypes';
-import { patientIdOfReference } from '../fhir/compartment.js';
+import type { AuditEvent, Resource } from '@medplum/fhirtypes';
+import { patientIdOfReference, patientIdsOf } from '../fhir/compartment.js';
 import type { FhirRequest, FhirResponse } from '../fhir/types.js';
 import type { Logger } from '../log.js';
 import type { Repository } from '../repository/port.js';
@@ -272,8 +272,11 @@ export class AuditRecorder {
     const requester = requesterOf(access);
     // a batch's own event reads what all its entries noted; any other event (an entry) its own notes
     const notes = takeConsentNotes(access, !take || interaction === 'batch');
-    const patients = new Set([...(notes?.patients ?? []), ...namedPatients(parts, request.query)]);
     const status = response.status;
+    // a write is about the patients of what it wrote, whether or not its answer showed it (a
+    // guardian who may write a reading in the ward's record but not read it back)
+    const written = status < 300 && (interaction === 'create' || interaction === 'update') && isResourceLike(request.body) ? patientIdsOf(request.body) : [];
+    const patients = new Set([...(notes?.patients ?? []), ...namedPatients(parts, request.query), ...written]);
     const desc = status >= 400
       ? `HTTP ${status}${notes?.reasons.size ? `; ${[...notes.reasons].slice(0, 5).join('; ')}` : ''}`
       : notes && notes.denied > 0 ? `${notes.denied} entr${notes.denied === 1 ? 'y' : 'ies'} withheld by consent` : undefined;
@@ -297,6 +300,10 @@ export class AuditRecorder {
       ...(notes ? { notes } : {}),
     };
   }
+}
+
+function isResourceLike(body: unknown): body is Resource {
+  return typeof body === 'object' && body !== null && typeof (body as { resourceType?: unknown }).resourceType === 'string';
 }
 
 /** The patients a request names itself: `Patient/<id>…` paths and `patient`/`subject` values. */

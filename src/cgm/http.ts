@@ -38,6 +38,11 @@ export interface CgmHttpOptions {
    * the FHIR API makes for such writes (src/fhir/policy.ts AccessPolicy: SMART scopes, then consent).
    */
   mayWriteObservations: (access: AccessContext, patient: string) => Promise<boolean>;
+  /**
+   * Records the import in the patient's access log (a create of their readings by the requester),
+   * refused or done; not for a request that could not be authenticated or named no valid patient.
+   */
+  record?: (access: AccessContext, patient: string, status: number) => void;
   maxBytes?: number;
   logger: Logger;
 }
@@ -51,6 +56,7 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
   r.post('/ingest', async (req: Request, res: Response) => {
     const started = process.hrtime.bigint();
     let response: FhirResponse;
+    let recordFor: { access: AccessContext; patient: string } | undefined;
     try {
       options.service.throwIfStopped(); // before reading anything of the upload
       const headers: Record<string, string | undefined> = {};
@@ -59,6 +65,7 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       const query = req.query as Record<string, string | string[] | undefined>;
       const patient = one(query, 'patient');
       if (!patient || !FHIR_ID.test(patient)) throw badRequest('patient must be the id of a Patient', 'patient');
+      recordFor = { access, patient };
       if (!(await options.mayWriteObservations(access, patient))) throw forbidden('The access token does not allow writing this patient\'s Observations');
       const format = one(query, 'format');
       if (format !== undefined && !CGM_FORMATS.includes(format as CgmFormat)) throw badRequest(`format must be one of ${CGM_FORMATS.join(', ')}`, 'format');
@@ -94,6 +101,7 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       const challenge = (err as { wwwAuthenticate?: string }).wwwAuthenticate;
       if (challenge) response.headers = { ...response.headers, 'WWW-Authenticate': challenge };
     }
+    if (recordFor) options.record?.(recordFor.access, recordFor.patient, response.status);
     // Drain what the client is still sending so the response is not cut off by a reset (a reader
     // that stopped part-way, `limited`, left its listener, which would keep the stream paused).
     if (!req.readableEnded) req.removeAllListeners('readable').resume();

@@ -95,6 +95,14 @@ test('a guardian imports the ward\'s CGM export and creates and corrects their r
   const created = await request(t.app.http).post('/fhir/Observation').set('Authorization', `Bearer ${relativeToken(guardian)}`).set('Content-Type', 'application/fhir+json').send(reading(ana));
   expect(created.status).toBe(201);
   expect((await readingsOf(ana)).length).toBe(before + 7);
+  // the ward sees both in their access log, by whom: the import and the create (session 25 round:
+  // an import wrote no AuditEvent, and the guardian's create named no patient)
+  await t.app.consent.audit.flush();
+  const log = await request(t.app.http).get(`/fhir/AuditEvent?patient=${ana}&_count=200`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+  expect(log.status).toBe(200);
+  const byGuardian = ((log.body as { entry?: { resource: { agent?: { who?: { reference?: string } }[]; subtype?: { code?: string }[] } }[] }).entry ?? [])
+    .map((e) => e.resource).filter((e) => e.agent?.some((a) => a.who?.reference === `RelatedPerson/${guardian}`));
+  expect(byGuardian.filter((e) => e.subtype?.some((c) => c.code === 'create')).length).toBeGreaterThanOrEqual(2);
 });
 
 test('a guardian writes nothing outside the ward\'s clinical data: not another patient\'s record, the Patient, relatives or access log, and deletes nothing', async () => {
