@@ -195,7 +195,8 @@ export async function checkUpstreamAccessLog(repository: Repository, logger: Log
   const missing = await repository.undeclared('AuditEvent', ['create', 'search-type']);
   if (missing?.length) {
     logger.error({ missing }, `the upstream FHIR server's CapabilityStatement does not list AuditEvent ${missing.join(' and ')}: `
-      + 'the access log is written there, so accesses may go unrecorded (create) or patients be unable to read their log (search-type); see docs/audit.md');
+      + 'the access log is written there, so accesses may go unrecorded (create) or patients be unable to read their log (search-type); '
+      + 'GLUCOGUARD_AUDIT_STORE=local keeps it in the data directory instead (docs/audit.md)');
   }
   return missing ?? [];
 }

@@ -47,6 +47,8 @@ export interface UnrecordedEvents {
   failed(err: unknown, pending: number): void;
   /** The waiting versions were recorded. */
   recovered(recorded: number): void;
+  /** More versions wait behind those (how many wait now). */
+  waiting?(pending: number): void;
 }
 
 export class AnchoredRepository extends WriteObservingRepository {
@@ -95,6 +97,7 @@ export class AnchoredRepository extends WriteObservingRepository {
       // behind versions still waiting: in write order, and not at all past the limit
       if (this.unrecorded.length + resources.length > MAX_UNRECORDED) throw this.recordError;
       this.unrecorded.push(...resources);
+      this.unrecordedEvents?.waiting?.(this.unrecorded.length);
       return;
     }
     try {

@@ -86,6 +86,7 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
       options.logger.error({ err, pending },
         'ledger: the commitment store refused the record of versions just written; they are stored, served as unverified until recorded, and recorded again with back-off');
     },
+    waiting: (pending) => metrics.queueDepth.set({ queue: 'unrecorded' }, pending),
     recovered: (recorded) => {
       metrics.queueDepth.set({ queue: 'unrecorded' }, 0);
       options.logger.warn({ versions: recorded }, 'ledger: recorded the commitments that had waited');

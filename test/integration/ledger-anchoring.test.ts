@@ -11,6 +11,7 @@ import { ChainClient } from '../../src/ledger/client.js';
 import { Anchorer } from '../../src/ledger/anchor.js';
 import { CommitmentStore } from '../../src/ledger/store.js';
 import { AnchoredRepository } from '../../src/ledger/anchored-repository.js';
+import { metrics } from '../../src/observability/metrics.js';
 import type { Repository } from '../../src/repository/port.js';
 import { buildMerkleTree } from '../../src/ledger/merkle.js';
 import { startTestApp, tempDir, type TestApp } from '../support/app.js';
@@ -173,6 +174,10 @@ describe('anchoring queue', () => {
       // strict: a version without its commitment is withheld meanwhile, as after a crash
       expect((await request(t.app.http).get(`/fhir/Patient/${created.id}`)).status).toBe(404);
       expect(writer.unrecordedCount).toBeGreaterThanOrEqual(1);
+      // a later write waits behind it, and the gauge counts both (it stayed at the first failure's count)
+      await writer.create<Patient>({ resourceType: 'Patient', name: [{ family: 'DiskFullToo' }] });
+      const gauge = (await metrics.queueDepth.get()).values.find((v) => v.labels.queue === 'unrecorded')?.value;
+      expect(gauge).toBe(writer.unrecordedCount);
     } finally {
       store.add = realAdd;
     }
