@@ -422,9 +422,10 @@ describe('embedded store', () => {
     expect(rec.salt.equals(Buffer.alloc(32))).toBe(false);
 
     const erasure = await t.app.erasePatient!(erased.id!, 'ops@example (test)');
-    // the Patient, its 10 readings, and (since session 24, when a create's access-log event names
-    // what it wrote) the AuditEvent of the Patient's creation, which is in the patient's compartment
-    expect(erasure).toEqual({ resources: 12, commitments: 12, auditEvent: expect.any(String) });
+    // the Patient, its 10 readings, and the access-log events of their creation, which are in the
+    // patient's compartment: the Patient's since session 24 (a create's event names what it wrote),
+    // each reading's since session 25 (a create's event names the patients of what it wrote)
+    expect(erasure).toEqual({ resources: 22, commitments: 22, auditEvent: expect.any(String) });
     // the erasure is on record: readable (under the patient's next key), in their compartment, counts only
     const event = await request(t.app.http).get(`/fhir/AuditEvent/${erasure.auditEvent}`);
     expect(event.status).toBe(200);
