@@ -434,7 +434,7 @@ describe('embedded store', () => {
       agent: [{ who: { display: 'ops@example (test)' }, requestor: true }],
       entity: [{ what: { reference: `Patient/${erased.id}` } }],
     });
-    expect(event.body.outcomeDesc).toBe('erasure: data key destroyed, 12 current resources unreadable; salts of 12 commitments overwritten'); // as above
+    expect(event.body.outcomeDesc).toBe('erasure: data key destroyed, 22 current resources unreadable; salts of 22 commitments overwritten'); // as above
     const log = await request(t.app.http).get('/fhir/AuditEvent').query({ patient: erased.id, _count: '1000' });
     expect(log.body.entry.map((e: { resource: { id: string } }) => e.resource.id)).toContain(erasure.auditEvent);
 
