@@ -8,6 +8,7 @@
  */
 import type { RelatedPerson } from '@medplum/fhirtypes';
 import type { Repository } from '../repository/port.js';
+import { spanOf } from './clinical-time.js';
 
 /** v3 RoleCode relationships that give a legal authority to act for the patient (guardian, powers of attorney). */
 const LEGAL_AUTHORITY = new Set(['GUARD', 'POWATT', 'DPOWATT', 'HPOWATT', 'SPOWATT']);
@@ -34,33 +35,19 @@ export async function actsForPatient(repository: Repository, fhirUser: string | 
 }
 
 /**
- * Whether `now` is within the relationship's period. A FHIR Period includes its end at the end's
- * precision (`2026-05-01` ends with that day), so a partial end is taken to the end of its year,
- * month or day; a time without a zone, and a date, are read as UTC.
+ * Whether `now` is within the relationship's period, each end covering the whole span its
+ * precision implies (`2026-05-01` ends with that day: clinical-time.ts spanOf); an end that does not
+ * parse is no period at all.
  */
 function inPeriod(person: RelatedPerson, now: number): boolean {
   const { start, end } = person.period ?? {};
   if (start !== undefined) {
-    const from = bounds(start);
-    if (!from || now < from[0]) return false;
+    const from = spanOf(start);
+    if (!from || now < from.from) return false;
   }
   if (end !== undefined) {
-    const to = bounds(end);
-    if (!to || now >= to[1]) return false;
+    const to = spanOf(end);
+    if (!to || now > to.to) return false;
   }
   return true;
-}
-
-/** [first instant, first instant after] of a FHIR dateTime at its precision; undefined if unreadable. */
-function bounds(value: string): [number, number] | undefined {
-  const partial = /^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$/.exec(value);
-  if (partial) {
-    const [y, m, d] = [Number(partial[1]), partial[2] === undefined ? undefined : Number(partial[2]) - 1, partial[3] === undefined ? undefined : Number(partial[3])];
-    const first = Date.UTC(y, m ?? 0, d ?? 1);
-    const after = d !== undefined ? Date.UTC(y, m!, d + 1) : m !== undefined ? Date.UTC(y, m + 1, 1) : Date.UTC(y + 1, 0, 1);
-    return Number.isNaN(first) ? undefined : [first, after];
-  }
-  if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$/.test(value)) return undefined;
-  const at = Date.parse(/(Z|[+-]\d{2}:\d{2})$/.test(value) ? value : `${value}Z`);
-  return Number.isNaN(at) ? undefined : [at, at + 1];
 }

@@ -25,7 +25,6 @@ import type { IdentityRegistryClient } from '../ledger/identity-registry.js';
 import { resourceExists } from '../repository/exists.js';
 import type { Repository } from '../repository/port.js';
 import type { ConsentDecisions } from './decisions.js';
-import { actsForPatient } from './legal-authority.js';
 import type { PatientKeys } from './patient-keys.js';
 import { requesterOf } from './requester.js';
 import {
@@ -45,7 +44,7 @@ export interface ConsentServiceOptions {
   logger?: Logger;
   now?: () => number;
   /** Whether a signed-in user acts for a patient by a legal authority (legal-authority.ts actsForPatient, with the integrity check). */
-  actsFor?: (fhirUser: string | undefined, patientId: string) => Promise<boolean>;
+  actsFor: (fhirUser: string | undefined, patientId: string) => Promise<boolean>;
 }
 
 /** Result of a grant or revocation: done (custodial) or waiting for the wallet's signature. */
@@ -277,8 +276,7 @@ export class ConsentService {
     const requester = requesterOf(access);
     if (requester.kind === 'open') return true;
     if (requester.kind === 'patient' && requester.patientId === terms.patientId && terms.performer === `Patient/${terms.patientId}`) return true;
-    return access.fhirUser === terms.performer
-      && (this.options.actsFor ?? ((user, patient) => actsForPatient(this.options.repository, user, patient)))(access.fhirUser, terms.patientId);
+    return access.fhirUser === terms.performer && this.options.actsFor(access.fhirUser, terms.patientId);
   }
 }
 
