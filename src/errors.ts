@@ -116,3 +116,11 @@ export const unavailable = (details = 'Service unavailable', cause?: unknown): G
 export function isGlucoGuardError(err: unknown, code?: ErrorCode): err is GlucoGuardError {
   return err instanceof GlucoGuardError && (code === undefined || err.code === code);
 }
+
+/**
+ * An outage that may pass: the upstream failed (502), timed out (504) or was unavailable, or a
+ * dependency (KV, chain, consent) could not answer (503). The data may be there; it could not be had now.
+ */
+export function isPassingOutage(err: unknown): err is GlucoGuardError {
+  return isGlucoGuardError(err, 'ERR_UPSTREAM') || isGlucoGuardError(err, 'ERR_UPSTREAM_TIMEOUT') || isGlucoGuardError(err, 'ERR_UNAVAILABLE');
+}

@@ -21,7 +21,8 @@
  * waiting is the `audit` queue of `glucoguard_queue_depth`. A shutdown tries once more and logs
  * what it could not store.
  */
-import type { AuditEvent, Resource } from '@medplum/fhirtypes';
+import { isResource } from '@medplum/core';
+import type { AuditEvent } from '@medplum/fhirtypes';
 import { patientIdOfReference, patientIdsOf } from '../fhir/compartment.js';
 import type { FhirRequest, FhirResponse } from '../fhir/types.js';
 import type { Logger } from '../log.js';
@@ -275,7 +276,7 @@ export class AuditRecorder {
     const status = response.status;
     // a write is about the patients of what it wrote, whether or not its answer showed it (a
     // guardian who may write a reading in the ward's record but not read it back)
-    const written = status < 300 && (interaction === 'create' || interaction === 'update') && isResourceLike(request.body) ? patientIdsOf(request.body) : [];
+    const written = status < 300 && (interaction === 'create' || interaction === 'update') && isResource(request.body) ? patientIdsOf(request.body) : [];
     const patients = new Set([...(notes?.patients ?? []), ...namedPatients(parts, request.query), ...written]);
     const desc = status >= 400
       ? `HTTP ${status}${notes?.reasons.size ? `; ${[...notes.reasons].slice(0, 5).join('; ')}` : ''}`
@@ -300,10 +301,6 @@ export class AuditRecorder {
       ...(notes ? { notes } : {}),
     };
   }
-}
-
-function isResourceLike(body: unknown): body is Resource {
-  return typeof body === 'object' && body !== null && typeof (body as { resourceType?: unknown }).resourceType === 'string';
 }
 
 /** The patients a request names itself: `Patient/<id>…` paths and `patient`/`subject` values. */

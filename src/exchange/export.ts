@@ -38,7 +38,7 @@ import { getSearchParameter } from '@medplum/core';
 import type { Group, OperationOutcomeIssue, Parameters, Resource } from '@medplum/fhirtypes';
 import { patientHint } from '../fhir/compartment.js';
 import { EXPORT_FILE_PATH } from '../audit/recorder.js';
-import { badRequest, forbidden, gone, GlucoGuardError, isGlucoGuardError, notFound, tooManyRequests } from '../errors.js';
+import { badRequest, forbidden, gone, GlucoGuardError, isGlucoGuardError, isPassingOutage, notFound, tooManyRequests } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { informational, operationOutcome } from '../fhir/outcomes.js';
 import { queryOfText } from '../fhir/paging.js';
@@ -834,8 +834,7 @@ function aboutFilter(err: unknown, text: string): unknown {
  * of it; undefined for any other failure.
  */
 function unavailability(err: unknown): OperationOutcomeIssue | undefined {
-  const passing = isGlucoGuardError(err, 'ERR_UPSTREAM') || isGlucoGuardError(err, 'ERR_UPSTREAM_TIMEOUT') || isGlucoGuardError(err, 'ERR_UNAVAILABLE');
-  return passing ? (err as GlucoGuardError).issues[0] : undefined;
+  return isPassingOutage(err) ? err.issues[0] : undefined;
 }
 
 /** 410: the job's data may no longer go out; its files are deleted. */

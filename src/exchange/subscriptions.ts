@@ -55,7 +55,7 @@ import { randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Bundle, Parameters, Resource, Subscription } from '@medplum/fhirtypes';
-import { badRequest, forbidden, issue, isGlucoGuardError, notFound, unavailable, unprocessable } from '../errors.js';
+import { badRequest, forbidden, issue, isGlucoGuardError, isPassingOutage, notFound, unavailable, unprocessable } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { patientIdsOf } from '../fhir/compartment.js';
 import type { AccessPolicy } from '../fhir/policy.js';
@@ -847,7 +847,7 @@ export class SubscriptionService {
       try {
         queued.push({ number: e.number, timestamp: e.timestamp, version: { resource: await this.options.repository.vread(e.type, e.id, e.version), interaction: e.interaction } });
       } catch (err) {
-        if (isGlucoGuardError(err, 'ERR_UPSTREAM') || isGlucoGuardError(err, 'ERR_UPSTREAM_TIMEOUT') || isGlucoGuardError(err, 'ERR_UNAVAILABLE')) throw err;
+        if (isPassingOutage(err)) throw err;
         // deleted or erased since: the number stays a gap
       }
     }

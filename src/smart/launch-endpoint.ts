@@ -5,7 +5,7 @@
  * `invalid_request` naming what is wrong.
  */
 import type { Request, Response } from 'express';
-import { isGlucoGuardError } from '../errors.js';
+import { isGlucoGuardError, isPassingOutage } from '../errors.js';
 import type { SmartContext } from './context.js';
 import { createLaunch } from './launch.js';
 import { BearerTokenError, authenticateBearer } from './resource.js';
@@ -31,7 +31,7 @@ export function launchHandler(ctx: SmartContext) {
         res.status(err.status).set(err.headers).json({ error: err.status === 400 ? 'invalid_request' : 'invalid_token', error_description: err.message });
       } else if (isGlucoGuardError(err) && err.status < 500) {
         res.status(err.status).json({ error: 'invalid_request', error_description: err.message });
-      } else if (isGlucoGuardError(err, 'ERR_UNAVAILABLE') || isGlucoGuardError(err, 'ERR_UPSTREAM') || isGlucoGuardError(err, 'ERR_UPSTREAM_TIMEOUT')) {
+      } else if (isPassingOutage(err)) {
         // the KV store, or the repository asked whether the patient and practitioner exist, did not answer
         res.status(503).json({ error: 'temporarily_unavailable', error_description: 'Service temporarily unavailable' });
       } else {
