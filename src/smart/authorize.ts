@@ -20,6 +20,11 @@ import { TokenService, type Grant } from './tokens.js';
 
 const PENDING_TTL_MS = 10 * 60_000;
 const PKCE_CHALLENGE = /^[A-Za-z0-9\-._~]{43,128}$/;
+/**
+ * Longest values of the client's own parameters kept with the pending request: it is stored before
+ * anyone signs in, so what anyone may send is bounded (with the per-IP authorizePerIp limit).
+ */
+const MAX_LENGTH = { state: 1024, nonce: 1024, scope: 4096 } as const;
 
 /** An authorization request between the first GET and the code. */
 interface PendingRequest {
@@ -60,6 +65,7 @@ async function handle(ctx: SmartContext, res: Response, step: () => Promise<void
   } catch (err) {
     if (err instanceof PageError) return sendPage(res, 400, errorPage('Cannot continue', err.message));
     const e = toOAuthError(err, ctx.logger);
+    res.set(e.headers); // Retry-After of a 429
     sendPage(res, e.status, errorPage(e.status === 429 ? 'Too many attempts' : 'Cannot continue', e.description));
   }
 }
@@ -67,10 +73,12 @@ async function handle(ctx: SmartContext, res: Response, step: () => Promise<void
 // ---- GET/POST /oauth/authorize -------------------------------------------------------------
 
 async function authorize(ctx: SmartContext, req: Request, res: Response): Promise<void> {
+  await ctx.limiter.hit('authorizePerIp', req.ip ?? 'unknown');
   const params = readParams(req.method === 'POST' ? req.body : req.query);
   const client = loadClient(ctx, params);
   const redirectUri = registeredRedirectUri(client, params);
   try {
+    checkLengths(params);
     checkResponseType(params);
     checkAudience(ctx, params);
     const codeChallenge = checkPkce(params);
@@ -84,7 +92,8 @@ async function authorize(ctx: SmartContext, req: Request, res: Response): Promis
     const id = await savePending(ctx, pending);
     sendPage(res, 200, loginPage({ requestId: id, clientName: client.name }));
   } catch (err) {
-    redirectWithError(ctx, res, redirectUri, err, params.state);
+    // an over-long state is not sent back either
+    redirectWithError(ctx, res, redirectUri, err, (params.state?.length ?? 0) <= MAX_LENGTH.state ? params.state : undefined);
   }
 }
 
@@ -109,6 +118,12 @@ function registeredRedirectUri(client: Client, params: Params): string {
   if (!params.redirect_uri) throw new PageError('The request has no redirect_uri.');
   if (!client.redirectUris.includes(params.redirect_uri)) throw new PageError('The redirect_uri is not registered for this application.');
   return params.redirect_uri;
+}
+
+function checkLengths(params: Params): void {
+  for (const [name, max] of Object.entries(MAX_LENGTH)) {
+    if ((params[name]?.length ?? 0) > max) throw invalidRequest(`${name} must be at most ${max} characters`);
+  }
 }
 
 function checkResponseType(params: Params): void {
@@ -176,11 +191,14 @@ async function continueEhrLaunch(ctx: SmartContext, res: Response, pending: Pend
 async function login(ctx: SmartContext, req: Request, res: Response): Promise<void> {
   const { id, pending, client } = await loadPending(ctx, req, 'login');
   await ctx.limiter.hit('loginPerIp', req.ip ?? 'unknown');
-  await ctx.limiter.hit('loginPerClient', client.clientId);
   const username = typeof req.body?.username === 'string' ? req.body.username : '';
   const password = typeof req.body?.password === 'string' ? req.body.password : '';
+  // past the limit even the right password is refused (429): a guesser learns nothing from it
+  const account = username.slice(0, 64);
+  await ctx.limiter.checkFailures('loginFailuresPerUser', account);
   const user = await checkCredentials(ctx, username, password);
   if (!user) {
+    await ctx.limiter.failed('loginFailuresPerUser', account);
     return sendPage(res, 401, loginPage({ requestId: id, clientName: client.name, username, error: 'Wrong username or password.' }));
   }
   // The signed-in request continues under a new id, shown only in the answer to this browser. The

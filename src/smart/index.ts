@@ -88,7 +88,7 @@ export async function createSmart(deps: SmartDeps): Promise<Smart> {
   const store = new SmartStore(deps.config.dataDir);
   const keys = SigningKeys.open(deps.config.dataDir, deps.rootKey ?? loadServerKeys(deps.config).root);
   const tokens = new TokenService(deps.kv, keys, fhirBase, now, { ...DEFAULT_LIFETIMES, ...deps.lifetimes }, (clientId) => store.isDisabled(clientId),
-    (username) => store.userTokensBefore(username));
+    (subject) => store.userCutoff(subject));
   const limiter = new RateLimiter(deps.kv, { ...DEFAULT_RATE_LIMITS, ...deps.rateLimits }, now);
   const ctx: SmartContext = {
     store, kv: deps.kv, keys, tokens, limiter, urls, logger: deps.logger, now, patients: deps.patients, loginHooks: [], revokeHooks: [],

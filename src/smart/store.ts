@@ -8,7 +8,8 @@
  * the token service (tokens.ts) stops honouring its access and refresh tokens at once, in every
  * process that opens this file. A disabled user (`glucoguard users disable`) is the same: sign-in
  * refused, their tokens dead at once; enabled again, they may sign in, but the tokens issued before
- * the disabling stay dead.
+ * the disabling stay dead. A password change (`endOtherSessions`) ends the user's tokens issued
+ * before it likewise, except those of the session that changed it.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import path from 'node:path';
@@ -55,6 +56,14 @@ export interface NewClient {
   launchUri?: string;
 }
 
+/** Which of a subject's tokens are dead by what happened to the user (SmartStore.userCutoff). */
+export interface UserCutoff {
+  /** Tokens issued at or before this instant (epoch ms) are dead; Infinity while the user is disabled. */
+  before?: number;
+  /** The grant exempt from `before`: the session that changed the password. */
+  keptGrant?: string;
+}
+
 const FHIR_USER = /^(Patient|Practitioner|RelatedPerson|Person)\/[A-Za-z0-9\-.]{1,64}$/;
 
 export class SmartStore {
@@ -73,13 +82,16 @@ export class SmartStore {
     if (!columns.includes('disabled_at')) this.db.exec('ALTER TABLE clients ADD COLUMN disabled_at TEXT');
     const userColumns = (this.db.prepare('PRAGMA table_info(users)').all() as { name: string }[]).map((c) => c.name);
     if (!userColumns.includes('disabled_at')) this.db.exec('ALTER TABLE users ADD COLUMN disabled_at TEXT; ALTER TABLE users ADD COLUMN tokens_before INTEGER');
+    if (!userColumns.includes('tokens_kept_gid')) this.db.exec('ALTER TABLE users ADD COLUMN tokens_kept_gid TEXT');
     this.db.exec('CREATE INDEX IF NOT EXISTS users_fhir_user ON users (fhir_user)');
     this.statements = {
       getUser: this.db.prepare('SELECT username, password_hash, fhir_user, disabled_at FROM users WHERE username = ?'),
       listUsers: this.db.prepare('SELECT username, fhir_user, created_at, disabled_at FROM users ORDER BY created_at, username'),
-      userCutoff: this.db.prepare('SELECT disabled_at, tokens_before FROM users WHERE username = ?'),
-      fhirUserCutoff: this.db.prepare('SELECT disabled_at, tokens_before FROM users WHERE fhir_user = ?'),
-      setUserDisabled: this.db.prepare('UPDATE users SET disabled_at = ?, tokens_before = coalesce(?, tokens_before) WHERE username = ?'),
+      userCutoff: this.db.prepare('SELECT disabled_at, tokens_before, tokens_kept_gid FROM users WHERE username = ?'),
+      fhirUserCutoff: this.db.prepare('SELECT disabled_at, tokens_before, tokens_kept_gid FROM users WHERE fhir_user = ?'),
+      // a disabling ends every token, the session a password change kept included
+      setUserDisabled: this.db.prepare('UPDATE users SET disabled_at = ?, tokens_before = coalesce(?, tokens_before), tokens_kept_gid = NULL WHERE username = ?'),
+      endOtherSessions: this.db.prepare('UPDATE users SET tokens_before = max(coalesce(tokens_before, 0), ?), tokens_kept_gid = ? WHERE username = ?'),
       insertUser: this.db.prepare('INSERT INTO users (username, password_hash, fhir_user, created_at) VALUES (?, ?, ?, ?)'),
       setPassword: this.db.prepare('UPDATE users SET password_hash = ? WHERE username = ?'),
       getClient: this.db.prepare('SELECT * FROM clients WHERE client_id = ?'),
@@ -124,15 +136,34 @@ export class SmartStore {
    * Read on every token check: one or a few indexed rows.
    */
   userTokensBefore(subject: string): number | undefined {
+    return this.userCutoff(subject).before;
+  }
+
+  /**
+   * userTokensBefore, and the grant whose tokens outlive `before` (the session that changed the
+   * password, endOtherSessions). An EHR launch's grant is never the kept one: its subject is a
+   * Practitioner, not the username that changed a password.
+   */
+  userCutoff(subject: string): UserCutoff {
     const ehr = subject.startsWith('Practitioner/');
     const rows = (ehr ? this.statements.fhirUserCutoff.all(subject) : [this.statements.userCutoff.get(subject)].filter(Boolean)) as
-      { disabled_at: string | null; tokens_before: number | null }[];
+      { disabled_at: string | null; tokens_before: number | null; tokens_kept_gid: string | null }[];
     let before: number | undefined;
     for (const row of rows) {
-      if (row.disabled_at) return Infinity;
+      if (row.disabled_at) return { before: Infinity };
       if (row.tokens_before !== null) before = Math.max(before ?? 0, row.tokens_before);
     }
-    return before;
+    const kept = !ehr ? rows[0]?.tokens_kept_gid : null;
+    return { ...(before !== undefined ? { before } : {}), ...(kept ? { keptGrant: kept } : {}) };
+  }
+
+  /**
+   * Ends every token the user was issued until `now` (epoch ms, the token service's clock) but those
+   * of grant `keep`: after a password change, whoever had the old password keeps nothing of it.
+   */
+  endOtherSessions(username: string, now: number, keep: string | undefined): void {
+    if (!this.getUser(username)) throw badRequest(`no user "${username}"`);
+    this.statements.endOtherSessions.run(now, keep ?? null, username);
   }
 
   /**

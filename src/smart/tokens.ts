@@ -13,7 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import type { KeyValueStore } from '../kv/port.js';
 import type { SigningKeys } from './keys.js';
-import { sha256 } from './store.js';
+import { sha256, type UserCutoff } from './store.js';
 
 /** What an authorization decided; carried by codes, refresh tokens and access tokens. */
 export interface Grant {
@@ -93,10 +93,11 @@ export class TokenService {
     /** Whether an operator disabled this client (SmartStore.isDisabled); its tokens are then dead. */
     private readonly clientDisabled: (clientId: string) => boolean = () => false,
     /**
-     * The instant before which a subject's tokens are dead (SmartStore.userTokensBefore: Infinity
-     * while disabled): a username, or the Practitioner an EHR launch vouched for.
+     * The instant before which a subject's tokens are dead (SmartStore.userCutoff: Infinity while
+     * disabled), but for the grant a password change kept: a username, or the Practitioner an EHR
+     * launch vouched for.
      */
-    private readonly userTokensBefore: (subject: string) => number | undefined = () => undefined,
+    private readonly userCutoff: (subject: string) => UserCutoff = () => ({}),
   ) {}
 
   /**
@@ -110,10 +111,13 @@ export class TokenService {
     return this.cutOff(clientId, sub, since);
   }
 
-  private cutOff(clientId: string, sub: string, issuedAt: number): boolean {
+  /** `gid`: the grant of the token; without it (isCutOff) no grant is the kept one. */
+  private cutOff(clientId: string, sub: string, issuedAt: number, gid?: string): boolean {
     if (this.clientDisabled(clientId)) return true;
     if (sub === clientId) return false;
-    const before = this.userTokensBefore(sub);
+    const { before, keptGrant } = this.userCutoff(sub);
+    if (before === Infinity) return true;
+    if (gid !== undefined && gid === keptGrant) return false;
     // at or before: an access token's iat is in whole seconds, and nothing is issued to a disabled user
     return before !== undefined && issuedAt <= before;
   }
@@ -142,7 +146,7 @@ export class TokenService {
       return reusedGrant ? { reusedGrant } : {};
     }
     const record = JSON.parse(raw) as CodeRecord;
-    if (record.expiresAt <= this.now() || this.cutOff(record.clientId, record.sub, record.issuedAt ?? 0)) return {};
+    if (record.expiresAt <= this.now() || this.cutOff(record.clientId, record.sub, record.issuedAt ?? 0, record.gid)) return {};
     await this.kv.set(`smart:code-used:${key}`, record.gid, this.lifetimes.offlineRefreshSeconds * 1000);
     return { record };
   }
@@ -197,7 +201,7 @@ export class TokenService {
   async findRefreshToken(token: string): Promise<RefreshRecord | undefined> {
     const raw = await this.kv.get(`smart:refresh:${sha256(token)}`);
     const record = raw ? (JSON.parse(raw) as RefreshRecord) : undefined;
-    return record && record.expiresAt > this.now() && !this.cutOff(record.clientId, record.sub, record.issuedAt ?? 0) ? record : undefined;
+    return record && record.expiresAt > this.now() && !this.cutOff(record.clientId, record.sub, record.issuedAt ?? 0, record.gid) ? record : undefined;
   }
 
   /**
@@ -232,7 +236,7 @@ export class TokenService {
     if (claims.iss !== this.fhirBase || claims.aud !== this.fhirBase) return undefined;
     if (claims.exp * 1000 <= this.now()) return undefined;
     if (typeof claims.client_id !== 'string' || typeof claims.sub !== 'string' || typeof claims.iat !== 'number') return undefined;
-    if (this.cutOff(claims.client_id, claims.sub, claims.iat * 1000)) return undefined;
+    if (this.cutOff(claims.client_id, claims.sub, claims.iat * 1000, claims.gid)) return undefined;
     return claims as AccessClaims;
   }
 

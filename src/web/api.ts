@@ -14,15 +14,16 @@
  * - `POST key/recovery-code` → `{ code }` once; `POST key/recover-with-code { code }` (after a reset password).
  * - `PUT guardians { guardians: [address | RelatedPerson/ID | Practitioner/ID], threshold }` → done, or
  *   typed data for the patient's wallet, whose signature comes back by `POST guardians/sign { signature }`.
- * - `POST password { current, password }`: changes the sign-in password and re-wraps the custodial key.
+ * - `POST password { current, password }`: changes the sign-in password and re-wraps the custodial key;
+ *   the user's other sessions end (their tokens are refused), this one goes on.
  * - `POST recovery` → a new key and the `Recover` typed data for the guardians;
  *   `GET recovery` → the recovery waiting for guardian signatures (`{ recovery: null }` when none), so
  *   the portal can come back to it; `POST recovery/complete { signatures }` relays their signatures.
  */
 import { Operator } from '@medplum/core';
 import type { Consent, HumanName, Organization, Practitioner, RelatedPerson } from '@medplum/fhirtypes';
-import express, { type Request, type Response, type Router } from 'express';
-import { forbidden, badRequest, isGlucoGuardError } from '../errors.js';
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import { forbidden, badRequest, isGlucoGuardError, tooLarge } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import type { Consent as ConsentModule } from '../consent/index.js';
 import type { GuardianOutcome } from '../consent/keys/guardians.js';
@@ -190,7 +191,8 @@ export function webApiRouter(deps: WebApiDeps): Router {
   }));
 
   // Password change: the key is re-wrapped under the new password first (nothing changes if the
-  // current password is wrong), then the sign-in; this session keeps signing with the new unlock.
+  // current password is wrong), then the sign-in; this session keeps signing with the new unlock,
+  // and every other session of the user ends (their access and refresh tokens are refused).
   router.post('/password', handle(async (req, access) => {
     const patientId = patientOf(access);
     const body = (req.body ?? {}) as { current?: unknown; password?: unknown };
@@ -216,6 +218,8 @@ export function webApiRouter(deps: WebApiDeps): Router {
       throw err;
     }
     const grantId = (access as { grantId?: string }).grantId;
+    // whoever had the old password keeps nothing of it: the user's other sign-ins end here
+    deps.smart.store.endOtherSessions(user.username, now(), grantId);
     if (grantId) {
       const unlock = await deps.consent.keys.deriveUnlock(patientId, body.password);
       await deps.consent.keys.sessions.put(grantId, deps.consent.keys.pseudonym(patientId), unlock, deps.smart.tokens.lifetimes.accessSeconds * 1000);
@@ -240,6 +244,15 @@ export function webApiRouter(deps: WebApiDeps): Router {
     await deps.consent.decisions.changed();
     return result;
   }));
+  // a body the JSON parser refuses (not JSON, too large) is answered as every other refusal here,
+  // an OperationOutcome, not the server's generic `{"error": text}`
+  router.use((err: unknown, _req: Request, res: Response, next: NextFunction) => {
+    const e = err as { status?: unknown; type?: unknown };
+    const refusal = e?.status === 413 ? tooLarge('The request body is larger than 16 kB')
+      : e?.status === 400 && e.type === 'entity.parse.failed' ? badRequest('The request body is not valid JSON') : undefined;
+    if (!refusal) return next(err);
+    res.status(refusal.status).set('Cache-Control', 'no-store').json({ resourceType: 'OperationOutcome', issue: refusal.issues });
+  });
   return router;
 }
 
