@@ -65,3 +65,12 @@ function headLines(text: string): string[] {
 export function looksLikeLibreView(head: string): boolean {
   return head.replace(/^\uFEFF/, '').split(/\r?\n/, 8).some((line) => /^"?FreeStyle\s?Libre/i.test(line.trim()));
 }
+
+/**
+ * Whether an undetected head still looks like a Dexcom Clarity export, in a language whose column
+ * names are not read: a header names its timestamp column by the format in the export's letters
+ * (German `Zeitstempel (JJJJ-MM-TTThh:mm:ss)`), so the refusal can say why.
+ */
+export function looksLikeClarity(head: string): boolean {
+  return headLines(head.replace(/^\uFEFF/, '').trimStart()).some((line) => /\(\p{L}{4}-\p{L}{2}-\p{L}{2}T ?hh:mm:ss\)/iu.test(line));
+}

@@ -1,10 +1,10 @@
 /**
  * `POST /cgm/ingest?patient=ID[&format=F&tz=ZONE&dateOrder=DMY|MDY&partial=true]`: a raw device/platform export as the
- * body (any media type), streamed into the ingest service (large uploads via an encrypted spool,
- * spool.ts); the import report as JSON. Errors are
+ * body (any media type but a multipart/form-data upload, uncompressed), streamed into the ingest service (large uploads
+ * via an encrypted spool, spool.ts); the import report as JSON. Errors are
  * OperationOutcomes (400 bad input or options, 401/403, 404 unknown patient, 413 too large (with
  * `partial=true`, saying how many readings were stored before the limit), 422 a
- * file with rejected records — nothing stored). With `partial=true` the good records are stored as
+ * file with rejected records — nothing stored; 415 a form upload or a Content-Encoding). With `partial=true` the good records are stored as
  * they come and the report lists the rejected ones, including a file cut short or malformed part way
  * (reason `unreadable-input`: what came before it is kept, the rest was not read; 200, never a 400
  * over stored data). Authentication as on /fhir: a token with write
@@ -17,7 +17,7 @@
  */
 import express, { type Request, type Response, type Router } from 'express';
 import type { Resource } from '@medplum/fhirtypes';
-import { badRequest, forbidden, tooLarge } from '../errors.js';
+import { badRequest, forbidden, tooLarge, unsupportedMediaType } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import { errorToResponse } from '../fhir/outcomes.js';
 import type { FhirResponse } from '../fhir/types.js';
@@ -73,6 +73,12 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       if (partial !== undefined && partial !== 'true' && partial !== 'false') throw badRequest('partial must be true or false', 'partial');
       const dateOrder = one(query, 'dateOrder');
       if (dateOrder !== undefined && dateOrder !== 'DMY' && dateOrder !== 'MDY') throw badRequest('dateOrder must be DMY or MDY (the day/month order of LibreView timestamps)', 'dateOrder');
+      // The body is read as the export itself: a form upload or a compressed body would be read as one.
+      if (/^multipart\/form-data\b/i.test(req.headers['content-type'] ?? '')) {
+        throw unsupportedMediaType('a multipart/form-data upload is not read: send the export itself as the request body (e.g. curl --data-binary @export.csv)');
+      }
+      const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+      if (encoding !== 'identity') throw unsupportedMediaType(`Content-Encoding ${encoding.slice(0, 20)} is not read: send the export uncompressed`);
       const declared = Number(req.headers['content-length'] ?? NaN);
       if (declared > maxBytes) throw tooLarge(`Export larger than ${maxBytes} bytes`);
       const ingestOptions = {

@@ -62,6 +62,12 @@ export interface MetricsOptions {
   end?: number;
   /** Length of the default period in days. Default 14. */
   days?: number;
+  /**
+   * Instant of the patient's first reading, when the readings given are not all of them (the last
+   * days fetched for the default period): that period then starts no earlier than this, rather than
+   * at the first reading given, so a sensor gap at its start is not cut off.
+   */
+  firstReading?: number;
   /** Local calendar dates of the period's first and last day when it was asked for by dates (else taken from the readings' offsets). */
   startDate?: string;
   endDate?: string;
@@ -293,7 +299,7 @@ export function selectPeriod(all: readonly MetricReading[], options: MetricsOpti
   if (!ordered) sorted = sorted.sort((a, b) => a.epochMs - b.epochMs);
   const intervalAll = samplingInterval(sorted);
   const end = options.end ?? sorted[sorted.length - 1]!.epochMs + (intervalAll || 1);
-  const start = options.start ?? Math.max(end - (options.days ?? 14) * DAY, sorted[0]!.epochMs);
+  const start = options.start ?? Math.max(end - (options.days ?? 14) * DAY, Math.min(options.firstReading ?? Infinity, sorted[0]!.epochMs));
   const readings = sorted.filter((r) => r.epochMs >= start && r.epochMs < end);
   return readings.length ? { start, end, intervalAll, readings } : undefined;
 }

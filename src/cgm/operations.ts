@@ -164,15 +164,23 @@ export class CgmOperations {
     const search = { start: query.start && place(query.start, -14 * HOUR), end: query.end && place(query.end, 12 * HOUR) };
     const base = { patient: `Patient/${patientId}`, code: READING_CODES };
     const dates: string[] = [];
+    // The default period's readings are fetched from 15 days back only: the first reading says
+    // whether it starts at the first fetched (less than 14 days of data) or before (a sensor gap).
+    let firstReading: number | undefined;
     if (search.start !== undefined) dates.push(`ge${iso(search.start)}`);
     else {
+      const readingAt = async (sort: string): Promise<number | undefined> => {
+        const found = await fhir.handle({ method: 'GET', path: 'Observation', query: { ...base, _sort: sort, _count: '1' }, headers: {}, access });
+        const obs = ((found.body as Bundle | undefined)?.entry ?? []).find((e) => e.resource?.resourceType === 'Observation')?.resource as Observation | undefined;
+        return obs?.effectiveDateTime ? Date.parse(obs.effectiveDateTime) : undefined;
+      };
       let end = search.end;
       if (end === undefined) {
-        const latest = await fhir.handle({ method: 'GET', path: 'Observation', query: { ...base, _sort: '-date', _count: '1' }, headers: {}, access });
-        const last = ((latest.body as Bundle | undefined)?.entry ?? []).find((e) => e.resource?.resourceType === 'Observation')?.resource as Observation | undefined;
-        end = last?.effectiveDateTime ? Date.parse(last.effectiveDateTime) + 1 : undefined;
+        const last = await readingAt('-date');
+        end = last === undefined ? undefined : last + 1;
       }
       if (end !== undefined) dates.push(`ge${iso(end - 15 * DAY)}`); // one spare day: the default period ends one interval after the last reading
+      firstReading = await readingAt('date');
     }
     if (search.end !== undefined) dates.push(`lt${iso(search.end)}`);
     const observations = await fhir.searchAll(access, 'Observation', { ...base, ...(dates.length ? { date: dates } : {}) });
@@ -181,8 +189,10 @@ export class CgmOperations {
     // of a date period too, not the offset a reading happened to be stored with (a Nightscout entry
     // is stored in UTC: its 03:00 hypo would be drawn at 08:00 for a patient in New York).
     const readings = zone ? inZone(stored, zone) : stored;
-    const period: Pick<MetricsOptions, 'start' | 'end' | 'startDate' | 'endDate'> =
-      placePeriod(query, zone ? (wallMs) => zone.resolve(wallMs).epochMs : placeByReadings(readings));
+    const period: Pick<MetricsOptions, 'start' | 'end' | 'startDate' | 'endDate' | 'firstReading'> = {
+      ...placePeriod(query, zone ? (wallMs) => zone.resolve(wallMs).epochMs : placeByReadings(readings)),
+      ...(firstReading !== undefined ? { firstReading } : {}),
+    };
     return { readings, period };
   }
 

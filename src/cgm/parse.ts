@@ -5,7 +5,7 @@
  * and applies the `partial` rule.
  */
 import { GlucoGuardError, badRequest, issue } from '../errors.js';
-import { csvDelimiter, csvHeaderLine, detectFormat, looksLikeLibreView } from './detect.js';
+import { csvDelimiter, csvHeaderLine, detectFormat, looksLikeClarity, looksLikeLibreView } from './detect.js';
 import { peekText, textChunks, type CgmInput, type Decoding } from './input.js';
 import { parseDexcomClarity } from './parsers/clarity.js';
 import type { ParserContext, ParserItem } from './parsers/common.js';
@@ -49,6 +49,10 @@ export async function openCgm(input: CgmInput, options: ParseOptions = {}): Prom
     if (looksLikeLibreView(peeked.head)) {
       throw badRequest(`this looks like a LibreView export, but its column names are not in a language GlucoGuard reads (${languagesRead()}): `
         + `expected the columns ${expectedHeaders()}; export it from a LibreView account set to one of these languages`, 'format');
+    }
+    if (looksLikeClarity(peeked.head)) {
+      throw badRequest('this looks like a Dexcom Clarity export, but its column names are not in a language GlucoGuard reads (English): '
+        + 'expected the columns "Timestamp (YYYY-MM-DDThh:mm:ss)", "Event Type" and "Glucose Value (mg/dL)" (or mmol/L); export it from Dexcom Clarity set to English', 'format');
     }
     throw badRequest(peeked.head.trim() === '' ? 'empty input' : `cannot detect the format of this file; give it explicitly (${CGM_FORMATS.join(', ')})`, 'format');
   }
@@ -188,8 +192,15 @@ async function* validated(items: AsyncIterable<ParserItem>, summary: IngestSumma
   }
 }
 
+/**
+ * Earliest plausible time of a record: no CGM or home meter kept readings before 1990. Earlier is a
+ * time in seconds where milliseconds are expected (1.7e9 ms is January 1970), or an unset clock.
+ */
+const EARLIEST_DEVICE_TIME_MS = Date.UTC(1990, 0, 1);
+
 function impossible(rec: CgmRecord, now: number, tolerance: number): [RejectReason, string] | undefined {
   if (rec.epochMs > now + tolerance) return ['future-timestamp', 'timestamp is in the future'];
+  if (rec.epochMs < EARLIEST_DEVICE_TIME_MS) return ['invalid-timestamp', 'timestamp before 1990 is not a device time (epoch seconds where milliseconds are expected?)'];
   if (rec.kind === 'glucose') {
     if (rec.mgdl === undefined) return undefined;
     if (rec.mgdl < 0) return ['negative-value', 'negative glucose value'];

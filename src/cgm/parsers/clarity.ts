@@ -19,7 +19,7 @@ import { GlucoGuardError } from '../../errors.js';
 import { CgmInputError } from '../json-stream.js';
 import { parseIso } from '../time.js';
 import type { AbsentReason, GlucoseUnit } from '../types.js';
-import { csvProblem, glucoseRecord, MAX_CSV_RECORD_CHARS, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
+import { csvProblem, CUT_SHORT, glucoseRecord, isCutShort, MAX_CSV_RECORD_CHARS, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
 import { LocalTimes, type LocalReading } from './local-times.js';
 
 interface Columns {
@@ -37,12 +37,13 @@ interface Columns {
 const OTHER_EVENTS = new Set(['insulin', 'carbs', 'exercise', 'health', 'device', 'alert', 'notes', 'note']);
 
 export async function* parseDexcomClarity(chunks: AsyncIterable<string>, ctx: ParserContext, delimiter: string): AsyncGenerator<ParserItem> {
-  const csv = parse({ delimiter, record_delimiter: ['\r\n', '\n', '\r'], relax_column_count: true, skip_empty_lines: true, info: true, bom: true, trim: true, max_record_size: MAX_CSV_RECORD_CHARS });
+  const csv = parse({ delimiter, record_delimiter: ['\r\n', '\n', '\r'], relax_column_count: true, skip_empty_lines: true, info: true, raw: true, bom: true, trim: true, max_record_size: MAX_CSV_RECORD_CHARS });
   const source = Readable.from(chunks, { objectMode: false });
   source.on('error', (err) => csv.destroy(err));
   source.pipe(csv);
 
   let columns: Columns | undefined;
+  let headerFields = 0;
   let record = 0;
   ctx.report.usedZone = true;
   // A field separated by semicolons or tabs (Excel in a European locale, its "Unicode text") may hold a
@@ -51,11 +52,12 @@ export async function* parseDexcomClarity(chunks: AsyncIterable<string>, ctx: Pa
   // A reading in the autumn overlap is placed by its transmitter's clock or the rows around it (local-times.ts).
   const local = new LocalTimes(ctx);
   try {
-    for await (const { record: cells, info } of csv as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
+    for await (const { record: cells, info, raw } of csv as AsyncIterable<{ record: string[]; info: { lines: number }; raw: string }>) {
       const line = info.lines;
       if (!columns) {
         columns = headerColumns(cells);
-        if (!columns) throw new CgmInputError(`line ${line}: no Dexcom Clarity header (expected "Timestamp", "Event Type" and "Glucose Value" columns)`, line);
+        if (!columns) throw new CgmInputError(`line ${line}: no Dexcom Clarity header (expected the English column names "Timestamp", "Event Type" and "Glucose Value")`, line);
+        headerFields = cells.length;
         continue;
       }
       const type = (cells[columns.eventType] ?? '').trim().toLowerCase();
@@ -63,7 +65,10 @@ export async function* parseDexcomClarity(chunks: AsyncIterable<string>, ctx: Pa
       // Patient, device and alert-setting rows: no timestamp. Not records; nothing of them is kept.
       if (stamp === '' && type !== 'egv' && type !== 'calibration') continue;
       record++;
-      yield* local.push(toItem(cells, { record, line }, type, stamp, columns, decimalComma));
+      const item = isCutShort(raw, cells.length, headerFields)
+        ? reject({ record, line }, 'invalid-record', `${where({ record, line })}: ${CUT_SHORT}`)
+        : toItem(cells, { record, line }, type, stamp, columns, decimalComma);
+      yield* local.push(item);
     }
   } catch (err) {
     yield* local.flush(); // rows read before the error, held for an overlap: a partial import keeps them
@@ -72,7 +77,7 @@ export async function* parseDexcomClarity(chunks: AsyncIterable<string>, ctx: Pa
     const line = (err as { lines?: number }).lines;
     throw new CgmInputError(`${line ? `line ${line}: ` : ''}malformed CSV (${csvProblem(err)})`, line);
   }
-  if (!columns) throw new CgmInputError('no Dexcom Clarity header found (expected "Timestamp", "Event Type" and "Glucose Value" columns)');
+  if (!columns) throw new CgmInputError('no Dexcom Clarity header found (expected the English column names "Timestamp", "Event Type" and "Glucose Value")');
   yield* local.flush();
 }
 
@@ -97,7 +102,8 @@ function toItem(cells: string[], pos: { record: number; line: number }, type: st
   }
   const meter = type === 'calibration';
   const parsed = parseIso(stamp);
-  if (!parsed) return reject(pos, 'invalid-timestamp', `${where(pos)}: invalid Timestamp`);
+  // Clarity writes ISO local times; a spreadsheet that re-saved the file may have rewritten them (3/1/2026 0:05).
+  if (!parsed) return reject(pos, 'invalid-timestamp', `${where(pos)}: invalid Timestamp (expected YYYY-MM-DDThh:mm:ss, as Clarity writes it; a file re-saved by a spreadsheet may have rewritten it)`);
   const raw = (cells[cols.glucose] ?? '').trim();
   if (raw === '') return reject(pos, 'missing-value', `${where(pos)}: no ${meter ? 'calibration ' : ''}glucose value`);
   const range = meter ? 'meter' : 'sensor';

@@ -91,6 +91,18 @@ export function text(v: unknown): string | undefined {
 export const MAX_CSV_RECORD_CHARS = 1024 * 1024;
 
 /**
+ * Whether a CSV row is the cut-off end of a truncated export (an interrupted download): fewer fields
+ * than the header and no line break after it (`raw`: csv-parse's text of the row, line break
+ * included), so it is the last line. A value cut short there reads as another number (145 mg/dL as
+ * 14), so the row is rejected with `CUT_SHORT`, never read.
+ */
+export function isCutShort(raw: string, fields: number, headerFields: number): boolean {
+  return fields < headerFields && !/[\r\n]$/.test(raw);
+}
+
+export const CUT_SHORT = 'the last line is cut short (fewer fields than the header, no line break after it): is the file truncated?';
+
+/**
  * What a CSV parse error says, safe to show and log: from csv-parse's error code, since its messages
  * quote the field being read (a patient's name, a note). Other errors (the source failing) keep
  * their first line.

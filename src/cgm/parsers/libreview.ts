@@ -14,7 +14,7 @@ import { GlucoGuardError } from '../../errors.js';
 import { CgmInputError } from '../json-stream.js';
 import { wallToUtcMs, type WallClock } from '../time.js';
 import type { AbsentReason, GlucoseUnit } from '../types.js';
-import { csvProblem, glucoseRecord, MAX_CSV_RECORD_CHARS, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
+import { csvProblem, CUT_SHORT, glucoseRecord, isCutShort, MAX_CSV_RECORD_CHARS, reject, skip, where, type ParserContext, type ParserItem } from './common.js';
 import { expectedHeaders, findColumn, headerLanguage, languagesRead } from './libreview-columns.js';
 import { LocalTimes, type LocalReading } from './local-times.js';
 
@@ -34,6 +34,8 @@ interface Columns {
   unit: GlucoseUnit;
   stripUnit: GlucoseUnit;
   language: string;
+  /** Fields of the header row. */
+  fields: number;
 }
 
 interface Row {
@@ -43,7 +45,7 @@ interface Row {
 }
 
 export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: ParserContext, delimiter: string): AsyncGenerator<ParserItem> {
-  const csv = parse({ delimiter, record_delimiter: ['\r\n', '\n', '\r'], relax_column_count: true, skip_empty_lines: true, info: true, bom: true, trim: true, max_record_size: MAX_CSV_RECORD_CHARS });
+  const csv = parse({ delimiter, record_delimiter: ['\r\n', '\n', '\r'], relax_column_count: true, skip_empty_lines: true, info: true, raw: true, bom: true, trim: true, max_record_size: MAX_CSV_RECORD_CHARS });
   const source = Readable.from(chunks, { objectMode: false });
   source.on('error', (err) => csv.destroy(err));
   source.pipe(csv);
@@ -66,7 +68,7 @@ export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: Parser
   const emit = (row: Row): ParserItem[] => local.push(toItem(row, columns!, order!, decimalComma));
 
   try {
-    for await (const { record: cells, info } of csv as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
+    for await (const { record: cells, info, raw } of csv as AsyncIterable<{ record: string[]; info: { lines: number }; raw: string }>) {
       const line = info.lines;
       if (!columns) {
         const header = headerColumns(cells);
@@ -81,6 +83,11 @@ export async function* parseLibreView(chunks: AsyncIterable<string>, ctx: Parser
         throw new CgmInputError(`line ${line}: ${NO_HEADER}`, line);
       }
       record++;
+      if (isCutShort(raw, cells.length, columns.fields)) {
+        const pos = { record, line };
+        yield* local.push(reject(pos, 'invalid-record', `${where(pos)}: ${CUT_SHORT}`));
+        continue;
+      }
       const row: Row = { cells, line, record };
       if (order) {
         yield* emit(row);
@@ -159,7 +166,7 @@ function headerColumns(cells: string[]): Columns | undefined {
   return {
     device: findColumn(cells, lang.device), serial: findColumn(cells, lang.serial),
     timestamp: findColumn(cells, lang.timestamp), type: findColumn(cells, lang.recordType),
-    historic, scan, strip, stripNamed: lang.strip.length > 0, unit, stripUnit: unitOf(strip, unit), language: lang.language,
+    historic, scan, strip, stripNamed: lang.strip.length > 0, unit, stripUnit: unitOf(strip, unit), language: lang.language, fields: cells.length,
   };
 }
 
