@@ -319,7 +319,8 @@ export class FhirRouter {
       const visible = await this.visibleMatches(req.access, type, ifNoneExist);
       if (visible.length > 1) throw preconditionFailed('If-None-Exist matches more than one resource');
       if (visible.length === 1) return this.writeResponse(req, visible[0]!, 200, 'Existing resource matched If-None-Exist', true);
-      const created = await this.options.repository.create(resource);
+      const created = await this.createUnlessVisibleMatch(req.access, type, resource, ifNoneExist);
+      if (!created.created) return this.writeResponse(req, created.resource, 200, 'Existing resource matched If-None-Exist', true);
       return this.writeResponse(req, created.resource, 201, 'Created');
     }
     const result = await this.options.repository.create(resource, ifNoneExist !== undefined ? { ifNoneExist } : undefined);
@@ -398,12 +399,14 @@ export class FhirRouter {
       }
       await this.policy.authorize(req.access, 'create', type);
       if (!(await this.policy.mayWrite(req.access, resource, 'create'))) throw forbiddenWrite();
-      // Open access: the repository re-checks the criteria as it creates (no duplicate from a race).
-      // A limited requester's create is plain, as their conditional create is: the repository would
-      // decide over resources they cannot see.
-      const ifNoneExist = criteria && req.access.kind === 'open' ? toQueryString(queryPairs(criteria)) : undefined;
-      const created = await this.options.repository.create(resource, ifNoneExist !== undefined ? { ifNoneExist } : undefined);
-      if (created.outcome === 'created') return this.writeResponse(req, created.resource, 201, 'Created');
+      // The repository re-checks the criteria as it creates (no duplicate from a race), for a
+      // limited requester over what they may see (createUnlessVisibleMatch).
+      const ifNoneExist = criteria ? toQueryString(queryPairs(criteria)) : undefined;
+      const created = ifNoneExist !== undefined && req.access.kind !== 'open'
+        ? await this.createUnlessVisibleMatch(req.access, type, resource, ifNoneExist)
+        : await this.options.repository.create(resource, ifNoneExist !== undefined ? { ifNoneExist } : undefined)
+          .then((r) => ({ resource: r.resource, created: r.outcome === 'created' }));
+      if (created.created) return this.writeResponse(req, created.resource, 201, 'Created');
       if (attempt > 0) throw conflict('The resources matching the criteria changed while updating; try again');
     }
   }
@@ -1129,8 +1132,11 @@ export class FhirRouter {
    * A limited requester's transaction with conditional creates: each `ifNoneExist` is decided over
    * what the requester may see, as for a single create, before the repository applies the Bundle —
    * one visible match becomes `_id=<it>` (so references to the entry's fullUrl still resolve to it),
-   * none drops the condition (a plain create), two or more are 412. The repository deciding over
-   * everything would answer "200, exists, at Location" for a match the requester cannot see.
+   * none drops the condition (a plain create) when the repository holds a match they cannot see,
+   * two or more are 412. The repository deciding over everything would answer "200, exists, at
+   * Location" for a match the requester cannot see. When it holds no match at all the condition
+   * stays, for the repository to decide again as it commits: the same transaction sent twice at
+   * once (through two replicas) then creates the resource once.
    */
   private async visibleConditionals(access: AccessContext, bundle: Bundle): Promise<Bundle> {
     if (!bundle.entry?.some((e) => e.request?.method === 'POST' && e.request.ifNoneExist !== undefined)) return bundle;
@@ -1143,6 +1149,11 @@ export class FhirRouter {
       }
       const type = this.checkType(e.request.url.split(/[/?]/)[0]!);
       this.checkConditionalQuery(type, query);
+      // asked first: a match another request stores after it is one the repository finds at commit
+      if (!(await this.anyStoredMatch(type, query))) {
+        entry.push(e);
+        continue;
+      }
       const visible = await this.visibleMatches(access, type, query);
       if (visible.length > 1) throw preconditionFailed(`Bundle.entry[${i}].request.ifNoneExist matches more than one resource`);
       const { ifNoneExist: _dropped, ...request } = e.request;
@@ -1177,6 +1188,33 @@ export class FhirRouter {
     }
     if (!resolved.size) return bundle;
     return { ...bundle, entry: bundle.entry!.map((e) => (e.resource ? { ...e, resource: withReferencesResolved(e.resource, resolved) } : e)) };
+  }
+
+  /**
+   * A limited requester's create after their conditional query matched nothing they may see. The
+   * repository re-checks the query as it creates, atomically, so a match another request or
+   * replica created since (the same conditional create sent twice at once) is not created again:
+   * it is answered instead (`created: false`) when the requester may see it. A match they may not
+   * see is no match to them (no oracle): the resource is created as a plain create would.
+   */
+  private async createUnlessVisibleMatch(access: AccessContext, type: string, resource: Resource, query: string): Promise<{ resource: Resource; created: boolean }> {
+    const repository = this.options.repository;
+    try {
+      const result = await repository.create(resource, { ifNoneExist: query });
+      if (result.outcome === 'created') return { resource: result.resource, created: true };
+    } catch (err) {
+      if (!isGlucoGuardError(err, 'ERR_PRECONDITION_FAILED')) throw err; // several matches: who may see them is decided below
+    }
+    const visible = await this.visibleMatches(access, type, query);
+    if (visible.length > 1) throw preconditionFailed('The conditional criteria match more than one resource');
+    if (visible.length === 1) return { resource: visible[0]!, created: false };
+    return { resource: (await repository.create(resource)).resource, created: true };
+  }
+
+  /** Whether the repository holds any current match of a conditional query, whoever may see it (never answered to the requester). */
+  private async anyStoredMatch(type: string, query: string): Promise<boolean> {
+    const parsed = parseSearch(type, queryOfText(query.replace(/^\?/, '')), { lenient: false, supported: this.options.repository.supportedSearchParams(), defaultCount: 1, maxCount: 1 });
+    return (await this.options.repository.search({ ...parsed, count: 1, offset: 0 })).resources.length > 0;
   }
 
   /**

@@ -3,8 +3,9 @@
  * version kept, every body encrypted with its patient's data key (keys.ts), searchable through
  * keyed-hash and date indexes (search.ts).
  *
- * Writes go through one async lock and each runs in one SQLite transaction, so a write that
- * throws has changed nothing. Reads need no lock: better-sqlite3 is synchronous.
+ * Writes go through one async lock and each runs in one IMMEDIATE SQLite transaction, so a write
+ * that throws has changed nothing, and processes sharing the store (replicas, CLI imports) take
+ * turns at whole writes. Reads need no lock: better-sqlite3 is synchronous.
  *
  * Choices the FHIR spec leaves open:
  * - an update whose content equals the current version still makes a new version (the
@@ -149,7 +150,7 @@ export class EmbeddedRepository implements Repository {
     const { master, root } = options.keys ?? loadServerKeys({ dataDir: options.dataDir, masterKey: options.masterKey });
     const { db, file } = openStore(options.dataDir, options.mmapBytes);
     try {
-      const keys = db.transaction(() => new KeyRing(db, Buffer.from(master, 'base64'), Buffer.from(root, 'base64')))();
+      const keys = db.transaction(() => new KeyRing(db, Buffer.from(master, 'base64'), Buffer.from(root, 'base64'))).immediate();
       const repo = new EmbeddedRepository(db, keys, prepareStatements(db), options.dataDir, file, options.readCacheBytes);
       options.logger?.info({ adapter: 'embedded', file }, 'repository opened'); // where the master key came from: the start-up summary (app.ts)
       if (repo.indexGeneration < INDEX_GENERATION) {
@@ -389,7 +390,11 @@ export class EmbeddedRepository implements Repository {
     return this.lock.run(() => {
       this.checkOpen();
       try {
-        return this.db.transaction(job)();
+        // IMMEDIATE: the write lock is taken before the job reads, so another process on the
+        // store (a replica, a CLI import) cannot commit between what the job reads (the current
+        // version, a conditional match, a data key) and what it writes. A deferred transaction
+        // failed there with SQLITE_BUSY(_SNAPSHOT), a 500, instead of waiting for the lock.
+        return this.db.transaction(job).immediate();
       } catch (err) {
         this.keys.reset();
         throw err;
