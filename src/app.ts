@@ -201,8 +201,12 @@ export async function checkUpstreamAccessLog(repository: Repository, logger: Log
   return missing ?? [];
 }
 
-/** Builds the whole proxy from a configuration. Nothing listens until the caller calls `http.listen`. */
-export async function createApp(config: Config, options: { logger?: Logger } = {}): Promise<App> {
+/**
+ * Builds the whole proxy from a configuration. Nothing listens until the caller calls `http.listen`.
+ * `registerWebApps: false` (the one-off commands) leaves the built-in apps' SMART registrations to
+ * the server: a command run under another base URL would register them again (src/web/index.ts).
+ */
+export async function createApp(config: Config, options: { logger?: Logger; registerWebApps?: boolean } = {}): Promise<App> {
   const logger = options.logger ?? createLogger(config.logLevel);
   for (const warning of insecureSettings(config)) logger.warn(warning);
   loadFhirDefinitions();
@@ -342,7 +346,7 @@ export async function createApp(config: Config, options: { logger?: Logger } = {
     logger,
     maxBytes: config.maxIngestBytes,
   }));
-  const web = createWeb({ config, fhirBase: base, smart, repository, consent, logger });
+  const web = createWeb({ config, fhirBase: base, smart, repository, consent, logger, register: options.registerWebApps !== false });
   http.use(web.router);
   http.get('/', (_req, res) => {
     res.json({ name: 'GlucoGuard', version: VERSION, fhir: base });

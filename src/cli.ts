@@ -85,7 +85,7 @@ function configFor(options: { setUp?: boolean; readOnly?: boolean } = {}): Confi
 }
 
 /** The app as a one-off command opens it: logs at warn to stderr (stdout carries the result). */
-const openApp: OpenApp = async (options = {}) => createApp(configFor(options), { logger: createLogger('warn', process.stderr) });
+const openApp: OpenApp = async (options = {}) => createApp(configFor(options), { logger: createLogger('warn', process.stderr), registerWebApps: false });
 const setUpApp = () => openApp({ setUp: true });
 
 /** The listen error of `port` in words (serve's listen and its check before the set-up say the same). */
@@ -368,7 +368,7 @@ keys
       : 'now give the new key to every server of this data directory (GLUCOGUARD_MASTER_KEY or GLUCOGUARD_MASTER_KEY_FILE); the old key no longer opens it');
     const reopened = { ...cfg, ...(result.newKey !== undefined ? { masterKey: result.newKey } : {}) };
     try {
-      const event = await withApp(() => createApp(reopened, { logger: createLogger('warn', process.stderr) }),
+      const event = await withApp(() => createApp(reopened, { logger: createLogger('warn', process.stderr), registerWebApps: false }),
         (app) => app.repository.create(keyRotationAuditEvent(operatorName(), result)));
       console.log(`recorded as AuditEvent/${event.resource.id}`);
     } catch (err) {

@@ -34,12 +34,25 @@ export function appUrls(baseUrl: string) {
   };
 }
 
+function clientsFile(dataDir: string): string {
+  return path.join(dataDir, 'web', 'clients.json');
+}
+
+function savedClients(dataDir: string): ClientsFile | undefined {
+  const file = clientsFile(dataDir);
+  return existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) as ClientsFile : undefined;
+}
+
+/** The apps' client ids as the server registered them (web/clients.json), without registering anything. */
+export function registeredWebClients(dataDir: string): WebClients | undefined {
+  const saved = savedClients(dataDir);
+  return saved && { clinician: saved.clinician, portal: saved.portal };
+}
+
 /** Registers (once) the clinician and portal apps; returns their client ids. */
 export function ensureWebClients(store: SmartStore, dataDir: string, baseUrl: string): WebClients {
-  const dir = path.join(dataDir, 'web');
-  const file = path.join(dir, 'clients.json');
-  if (existsSync(file)) {
-    const saved = JSON.parse(readFileSync(file, 'utf8')) as ClientsFile;
+  const saved = savedClients(dataDir);
+  if (saved) {
     const clinician = store.getClient(saved.clinician);
     // Registered before the standalone launch existed (no launch/patient): registered again below.
     const current = clinician && CLINICIAN_SCOPES.every((s) => clinician.scopes.includes(s));
@@ -56,7 +69,7 @@ export function ensureWebClients(store: SmartStore, dataDir: string, baseUrl: st
     name: 'GlucoGuard patient portal', type: 'public', redirectUris: [urls.portalIndex], launchUri: urls.portalLaunch,
     scopes: PORTAL_SCOPE.split(' '),
   }).client.clientId;
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  writeFileSync(file, JSON.stringify({ baseUrl, clinician, portal } satisfies ClientsFile, null, 2), { mode: 0o600 });
+  mkdirSync(path.dirname(clientsFile(dataDir)), { recursive: true, mode: 0o700 });
+  writeFileSync(clientsFile(dataDir), JSON.stringify({ baseUrl, clinician, portal } satisfies ClientsFile, null, 2), { mode: 0o600 });
   return { clinician, portal };
 }

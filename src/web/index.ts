@@ -17,7 +17,7 @@ import { PACKAGE_ROOT } from '../paths.js';
 import type { Repository } from '../repository/port.js';
 import type { Smart } from '../smart/index.js';
 import { webApiRouter } from './api.js';
-import { appUrls, CLINICIAN_SCOPE, CLINICIAN_STANDALONE_SCOPE, ensureWebClients, PORTAL_SCOPE, type WebClients } from './clients.js';
+import { appUrls, CLINICIAN_SCOPE, CLINICIAN_STANDALONE_SCOPE, ensureWebClients, registeredWebClients, PORTAL_SCOPE, type WebClients } from './clients.js';
 
 export { appUrls, CLINICIAN_SCOPE, CLINICIAN_STANDALONE_SCOPE, PORTAL_SCOPE, type WebClients } from './clients.js';
 export { grantView, type GrantView } from './api.js';
@@ -34,6 +34,11 @@ export interface WebDeps {
   repository: Repository;
   consent: Consent;
   logger: Logger;
+  /**
+   * Whether to register the apps when they are not (the server: default); a one-off command only
+   * reads what the server registered, so that its own base URL does not register them again.
+   */
+  register?: boolean;
 }
 
 export interface Web {
@@ -52,7 +57,11 @@ export function createWeb(deps: WebDeps): Web {
   let clients: WebClients = { clinician: '', portal: '' };
   let problem: string | undefined;
   try {
-    clients = ensureWebClients(deps.smart.store, deps.config.dataDir, deps.config.baseUrl);
+    if (deps.register === false) {
+      const saved = registeredWebClients(deps.config.dataDir);
+      if (saved) clients = saved;
+      else problem = 'the apps are registered when the server (glucoguard serve) starts';
+    } else clients = ensureWebClients(deps.smart.store, deps.config.dataDir, deps.config.baseUrl);
   } catch (err) {
     problem = 'the apps need an https GLUCOGUARD_BASE_URL (or http on localhost) for their redirect URIs';
     // one line: the reason, not a stack trace (the cause is the base URL, not a fault)
