@@ -13,6 +13,7 @@ import type { Config } from './config.js';
 import { fhirBase, insecureSettings } from './config.js';
 import { cgmHttpRouter } from './cgm/http.js';
 import { CgmOperations } from './cgm/operations.js';
+import { ImportTurns } from './cgm/turns.js';
 import { CgmIngestService } from './cgm/service.js';
 import { shapeCachedCheck } from './cgm/validate.js';
 import { buildCapabilityStatement } from './fhir/capability.js';
@@ -292,6 +293,8 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
       repository, check: shapeCachedCheck((r) => validator.check(r)), defaultTimeZone: config.defaultTimeZone,
       // Bulk path through the ledger decorator, so bulk-created readings are committed too.
       ...(adapter instanceof EmbeddedRepository ? { bulkCreate: (r: Resource[]) => repository.createMany(r) } : {}),
+      // one import of a patient at a time among the processes on the data directory (src/cgm/turns.ts)
+      turns: new ImportTurns(ledger.store),
     }),
     operations: new CgmOperations({ fhir, fhirBase: base }),
   };

@@ -34,6 +34,7 @@ import type { IngestIssue, IngestSummary, ParseOptions } from './types.js';
 import { sameContent } from './stable-json.js';
 import { isReopenable, type ReopenableInput } from './spool.js';
 import type { ResourceCheck } from './validate.js';
+import type { ImportTurns } from './turns.js';
 
 /** Files up to this size are checked and held in memory; larger files are read twice. */
 export const HOLD_BYTES = 32 * 1024 * 1024;
@@ -126,6 +127,8 @@ export interface CgmIngestServiceDeps {
    * transaction machinery (bundle copy, reference rewriting), about a tenth of the storage cost.
    */
   bulkCreate?: (resources: Resource[]) => Promise<unknown>;
+  /** A patient's turn at imports among the processes on the data directory (turns.ts); without it, within this process only. */
+  turns?: ImportTurns;
 }
 
 type Sink = (entries: ConvertedEntry[], devices: ConvertedEntry<Device>[]) => Promise<void>;
@@ -149,7 +152,7 @@ export class CgmIngestService {
    */
   async ingest(input: CgmInput | ReopenableInput, options: IngestOptions): Promise<IngestReport> {
     this.throwIfStopped();
-    const job = this.deps.repository.read('Patient', options.patient).then(() => this.serialized(options.patient, () => this.run(input, options)));
+    const job = this.deps.repository.read('Patient', options.patient).then(() => this.serialized(options.patient, () => this.inTurn(options.patient, () => this.run(input, options))));
     this.imports.add(job);
     try {
       return await job;
@@ -447,6 +450,12 @@ export class CgmIngestService {
       }
     }
     return found;
+  }
+
+  /** `job` in the patient's turn among the processes on the data directory, when there are turns to take. */
+  private inTurn<T>(patient: string, job: () => Promise<T>): Promise<T> {
+    const turns = this.deps.turns;
+    return turns ? turns.run(patient, this.stopping.signal, () => new ImportInterrupted(0, this.stopReason), job) : job();
   }
 
   private async serialized<T>(key: string, job: () => Promise<T>): Promise<T> {

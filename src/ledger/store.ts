@@ -680,22 +680,26 @@ export class CommitmentStore {
    * all anchor it — they would send the same batches twice and race for the authority's nonces.
    * Takes or renews the lease for `owner` until `now + ttlMs`, unless another owner holds one that
    * has not expired and is not `gone` (e.g. a process known to have died); answers whether `owner` holds it. One immediate transaction, so two processes
-   * asking at once cannot both win.
+   * asking at once cannot both win. Other leases are taken the same way under another `name` (a
+   * patient's CGM import turn, src/cgm/turns.ts).
    */
-  holdLease(owner: string, ttlMs: number, now = Date.now(), gone: (holder: string) => boolean = () => false): boolean {
+  holdLease(owner: string, ttlMs: number, now = Date.now(), gone: (holder: string) => boolean = () => false, name = 'anchorer'): boolean {
     this.checkOpen();
     return this.db.transaction(() => {
-      const [holder, until] = (this.getMeta('anchorer') ?? '').split(' ');
+      const [holder, until] = (this.getMeta(name) ?? '').split(' ');
       if (holder && holder !== owner && Number(until) > now && !gone(holder)) return false;
-      this.setMeta('anchorer', `${owner} ${now + ttlMs}`);
+      this.setMeta(name, `${owner} ${now + ttlMs}`);
       return true;
     }).immediate();
   }
 
-  /** Gives the lease up at once (on a clean stop), so another process need not wait for it to expire. */
-  releaseLease(owner: string): void {
+  /**
+   * Gives the lease up at once (on a clean stop), so another process need not wait for it to expire.
+   * `name`: another lease held the same way (holdLease), such as a patient's CGM import turn.
+   */
+  releaseLease(owner: string, name = 'anchorer'): void {
     if (this.closed) return;
-    this.db.prepare("DELETE FROM meta WHERE k = 'anchorer' AND v LIKE ? || ' %'").run(owner);
+    this.db.prepare('DELETE FROM meta WHERE k = ? AND v LIKE ? || \' %\'').run(name, owner);
   }
 
   /** Who holds the anchoring lease and until when (epoch ms), if anyone. */
