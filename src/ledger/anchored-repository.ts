@@ -59,13 +59,22 @@ export class AnchoredRepository extends WriteObservingRepository {
     private readonly unrecordedEvents?: UnrecordedEvents,
   ) {
     super(inner);
-    // a version found altered on disk is reported under the patient its commitment names (port.ts StandInSource)
     this.localStore = 'standInPatient' in inner;
-    if (this.localStore) (inner as unknown as StandInSource).standInPatient = (type, id, version) => store.get(type, id, version)?.patient ?? undefined;
+    this.localTypes = inner.localPart?.types;
+    // a version found altered on disk is reported under the patient its commitment names (port.ts StandInSource)
+    const embedded = this.localStore ? inner : inner.localPart?.repository;
+    if (embedded && 'standInPatient' in embedded) (embedded as unknown as StandInSource).standInPatient = (type, id, version) => store.get(type, id, version)?.patient ?? undefined;
   }
 
   /** The adapter is the embedded store, whose every version stays (an upstream server may purge old ones). */
   private readonly localStore: boolean;
+  /** The types an upstream adapter keeps in the embedded store all the same (port.ts localPart). */
+  private readonly localTypes: ReadonlySet<string> | undefined;
+
+  /** Whether versions of `type` are kept in the embedded store (see localStore). */
+  private isLocal(type: string): boolean {
+    return this.localStore || (this.localTypes?.has(type) ?? false);
+  }
 
   /**
    * A version the embedded store no longer holds while its commitment is recorded was removed from
@@ -76,7 +85,7 @@ export class AnchoredRepository extends WriteObservingRepository {
     try {
       return await super.vread<T>(resourceType, id, versionId);
     } catch (err) {
-      if (!this.localStore || !isGlucoGuardError(err, 'ERR_NOT_FOUND')) throw err;
+      if (!this.isLocal(resourceType) || !isGlucoGuardError(err, 'ERR_NOT_FOUND')) throw err;
       const committed = this.store.get(resourceType, id, versionId);
       if (!committed) throw err;
       throw withCause(new TamperedVersionError(resourceType, id, versionId, new Date(committed.createdAt).toISOString(), committed.patient ?? undefined), 'missing');
@@ -158,15 +167,15 @@ export class AnchoredRepository extends WriteObservingRepository {
   }
 
   override create<T extends Resource>(resource: T, options?: { ifNoneExist?: string }): Promise<WriteResult<T>> {
-    return this.intended(() => [intentOf(resource, null)], () => super.create(resource, options));
+    return this.intended(() => (this.isLocal(resource.resourceType) ? [] : [intentOf(resource, null)]), () => super.create(resource, options));
   }
 
   override update<T extends Resource>(resource: T, options?: { ifMatch?: string }): Promise<WriteResult<T>> {
-    return this.intended(() => [intentOf(resource, resource.id ?? null)], () => super.update(resource, options));
+    return this.intended(() => (this.isLocal(resource.resourceType) ? [] : [intentOf(resource, resource.id ?? null)]), () => super.update(resource, options));
   }
 
   override transaction(bundle: Bundle): Promise<Bundle> {
-    return this.intended(() => intentsOf(bundle), () => super.transaction(bundle));
+    return this.intended(() => intentsOf(bundle).filter((i) => !this.isLocal(i.type)), () => super.transaction(bundle));
   }
 
   /**
@@ -217,7 +226,7 @@ export class AnchoredRepository extends WriteObservingRepository {
 
   /** A read's not-found of an id with committed versions (embedded store): the stand-in of its newest committed version; else `err`. */
   private removedOrAsIs(err: unknown, resourceType: string, id: string): unknown {
-    if (!this.localStore || !isGlucoGuardError(err, 'ERR_NOT_FOUND')) return err;
+    if (!this.isLocal(resourceType) || !isGlucoGuardError(err, 'ERR_NOT_FOUND')) return err;
     const newest = this.store.newestCommitted(resourceType, id);
     if (!newest) return err;
     return withCause(new TamperedVersionError(resourceType, id, newest.version, new Date(newest.createdAt).toISOString(), newest.patient ?? undefined), 'missing');
@@ -226,7 +235,8 @@ export class AnchoredRepository extends WriteObservingRepository {
   /**
    * Records versions written while the process was down between write and record: those updated
    * since shortly before the last recorded write that have no commitment. Where the adapter lists
-   * version keys (`versionKeysSince`, embedded) they are checked from that listing and only the
+   * version keys (`versionKeysSince`, embedded; for an upstream's embedded part, `localPart`, that
+   * part's versions) they are checked from that listing and only the
    * missing versions read; otherwise history is walked newest first and the walk stops at the
    * first older version — not with a `_since` filter, which on a store where few versions match
    * makes an adapter read every version to prove there are no more. Does nothing on a store that
@@ -249,7 +259,9 @@ export class AnchoredRepository extends WriteObservingRepository {
     const since = Number(watermark) - RECONCILE_SLACK_MS;
     const inner = this.inner;
     if (inner.versionKeysSince) return this.reconcileListed(() => inner.versionKeysSince!(since), pageSize);
-    let recorded = 0;
+    // the types an upstream adapter keeps in the embedded store: a crash's tail there, as on the embedded store
+    const local = inner.localPart?.repository;
+    let recorded = local?.versionKeysSince ? await this.reconcileListed(() => local.versionKeysSince!(since), pageSize) : 0;
     const intents = this.localStore ? undefined : this.store.intents();
     for (let offset = 0; ; offset += pageSize) {
       const page = await this.inner.history({ count: pageSize, offset });

@@ -53,6 +53,8 @@ export interface CompletenessReport {
   uncommitted: { ref: string; among: boolean }[];
   /** Whether versions without a commitment were looked for (the embedded repository lists version keys). */
   listed: boolean;
+  /** When they were looked for among some types only (those an upstream adapter keeps in the embedded store, port.ts localPart). */
+  listedTypes?: string[];
   /** Why the chain's records could not be compared (node unreachable), if they could not. */
   chainUnavailable?: string;
 }
@@ -124,9 +126,12 @@ interface Candidate {
  */
 async function uncommittedVersions(store: CommitmentStore, repository: Repository, report: CompletenessReport): Promise<Map<string, Candidate>> {
   const out = new Map<string, Candidate>();
-  const list = repository.versionKeysSince?.bind(repository);
+  const part = repository.versionKeysSince ? undefined : repository.localPart;
+  const lister = part ? part.repository : repository;
+  const list = lister.versionKeysSince?.bind(lister);
   if (!list) return out;
   report.listed = true;
+  if (part) report.listedTypes = [...part.types];
   const lastCommitted = new Map<string, number>();
   const position = new Map<string, number>();
   const without: { key: VersionKey; at: number }[] = [];

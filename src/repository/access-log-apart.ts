@@ -19,9 +19,12 @@ const LOG_TYPE = 'AuditEvent';
 
 export class AccessLogApartRepository implements Repository {
   readonly description: RepositoryDescription;
+  /** The ledger reconciles and checks the access log as the embedded store's own (port.ts). */
+  readonly localPart: { types: ReadonlySet<string>; repository: Repository };
 
   constructor(private readonly main: Repository, private readonly log: Repository) {
     this.description = { ...main.description, location: `${main.description.location}; access log (AuditEvent) kept in ${log.description.location}` };
+    this.localPart = { types: new Set([LOG_TYPE]), repository: log };
   }
 
   private of(type: string | undefined): Repository {

@@ -180,6 +180,14 @@ export interface Repository {
   versionKeysSince?(since: number): Iterable<VersionKey>;
 
   /**
+   * Optional, for an adapter that keeps some types in the embedded store and the rest on an
+   * upstream server (access-log-apart.ts): that embedded part and the types it holds, which the
+   * ledger treats as the embedded store's own (reconciled from its listing, no write intents,
+   * a committed version missing from it is an integrity failure).
+   */
+  readonly localPart?: { types: ReadonlySet<string>; repository: Repository };
+
+  /**
    * transaction (http.html#transaction): all entries succeed or nothing changes; `urn:uuid:`
    * references resolved; conditional creates honoured. Returns a `transaction-response` Bundle.
    */
