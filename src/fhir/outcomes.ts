@@ -27,6 +27,14 @@ export function errorToResponse(err: unknown, logger?: Logger): FhirResponse {
     logger?.error({ err }, 'storage full: the data directory has no space left');
     return errorToResponse(unavailable('The server has no storage space left; try again later'));
   }
+  if (isStoreBusy(err)) {
+    // Another process on the data directory held the store's write lock past the wait (a long
+    // import or rotation beside a server): the write did not happen, and may well succeed again.
+    logger?.warn({ code: 'SQLITE_BUSY' }, 'store busy: another process held its write lock past the wait');
+    const busy = unavailable('The data store is busy with another process\'s write; try again shortly');
+    busy.headers = { 'Retry-After': '1' };
+    return errorToResponse(busy);
+  }
   logger?.error({ err }, 'internal error');
   return {
     status: 500,
@@ -41,6 +49,12 @@ export function isStorageFull(err: unknown): boolean {
     if (code === 'SQLITE_FULL' || code === 'ENOSPC') return true;
   }
   return false;
+}
+
+/** SQLite's SQLITE_BUSY (and its extended codes): the write lock was not had within the busy wait. */
+export function isStoreBusy(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && code.startsWith('SQLITE_BUSY');
 }
 
 function describeCause(cause: unknown): string | undefined {
