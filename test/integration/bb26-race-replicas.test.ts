@@ -4,7 +4,9 @@
  * refused as FHIR says (412, 409) — never a 500 because the other process committed between what a
  * write read and what it wrote; conditional creates make one resource; no update is lost; and every
  * version written is committed for the ledger (`glucoguard verify`). With authentication on, a
- * patient's conditional writes (decided over what they may see) make one resource as well.
+ * patient's conditional writes (decided over what they may see) make one resource as well, and one
+ * CGM export imported through both at once is stored once: a patient's imports take turns across
+ * processes (src/cgm/turns.ts; before, both looked the readings up, found none, and stored each twice).
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -14,6 +16,7 @@ import type { Bundle, Observation, Patient } from '@medplum/fhirtypes';
 import { DAY, patientToken } from './consent-helpers.js';
 import { startTestApp, tempDir, type TestApp } from '../support/app.js';
 import { buildOnce, freePort, runCli, startChainNode, startServer, type ChainNodeProc, type ServerProc } from '../support/process.js';
+import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
 
 const FHIR_JSON = 'application/fhir+json';
 const MRN = 'urn:test:mrn';
@@ -201,4 +204,62 @@ describe('two server processes on one data directory: a patient\'s conditional w
       expect(await stored(value)).toHaveLength(1);
     }
   }, 120_000);
+
+  /** A patient of their own and their token (an import test counts every reading of its patient). */
+  const newPatient = async () => {
+    const id = (await signer!.app.repository.create({ resourceType: 'Patient', name: [{ family: 'Import' }] } as Patient)).resource.id!;
+    return { id, token: patientToken(signer!.app, id) };
+  };
+
+  test('one CGM export imported at once through both stores each reading once; the two reports together create it once', async () => {
+    const { id: ana, token } = await newPatient();
+    // several days, so that the two imports overlap for certain (one day was stored before the other began)
+    const trace = makeTrace(10, { seed: 5 });
+    const reports = await Promise.all(replicas.map(async (r) => {
+      const res = await fetch(`${r.origin}/cgm/ingest?patient=${ana}&format=nightscout`, {
+        method: 'POST', headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' }, body: nightscoutJson(trace),
+      });
+      expect(res.status).toBe(200);
+      return await res.json() as { created: number; unchanged: number };
+    }));
+    expect(reports.map((r) => r.created + r.unchanged)).toEqual([trace.length, trace.length]);
+    expect(reports[0]!.created + reports[1]!.created).toBe(trace.length);
+    // every stored reading, page after page (counts are not answered over data filtered for a requester)
+    const identifiers = new Set<string>();
+    let stored = 0;
+    for (let url: string | undefined = `${replicas[0]!.origin}/fhir/Observation?patient=Patient/${ana}&_count=1000&_elements=identifier`; url;) {
+      const res = await fetch(url, { headers: { Authorization: `Bearer ${token}` } });
+      expect(res.status).toBe(200);
+      const page = await res.json() as Bundle;
+      for (const e of page.entry ?? []) {
+        if (e.search?.mode !== 'match') continue;
+        stored++;
+        identifiers.add(JSON.stringify((e.resource as { identifier?: unknown }).identifier));
+      }
+      const next = page.link?.find((l) => l.relation === 'next')?.url;
+      // links carry GLUCOGUARD_BASE_URL, not the replica's own port
+      url = next && `${replicas[0]!.origin}${new URL(next).pathname}${new URL(next).search}`;
+    }
+    expect({ stored, distinct: identifiers.size }).toEqual({ stored: trace.length, distinct: trace.length });
+  }, 120_000);
+
+  test('an import waits while another process holds the patient\'s turn (src/cgm/turns.ts), and runs once it is given up', async () => {
+    const { id: ana, token } = await newPatient();
+    const store = signer!.app.ledger.store;
+    const name = `cgm-import:${ana}`;
+    // a holder on another host: never taken for a dead process here
+    const holder = 'another-host/1/test';
+    expect(store.holdLease(holder, 60_000, Date.now(), () => false, name)).toBe(true);
+    const trace = makeTrace(1, { seed: 9, endsBefore: 40 * 86_400_000 });
+    let answered = false;
+    const answer = fetch(`${replicas[1]!.origin}/cgm/ingest?patient=${ana}&format=nightscout`, {
+      method: 'POST', headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' }, body: nightscoutJson(trace),
+    }).then(async (res) => { answered = true; return { status: res.status, report: await res.json() as { created: number } }; });
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    expect(answered).toBe(false);
+    store.releaseLease(holder, name);
+    const { status, report } = await answer;
+    expect(status).toBe(200);
+    expect(report.created).toBe(trace.length);
+  }, 60_000);
 });
