@@ -8,9 +8,12 @@ import type { App } from './app.js';
  * Opens the app for one command. Only a command that sets an installation up (`setUp`: serve,
  * patients create, ingest, consent grant, …) may create one in an empty data directory; any other
  * refuses a directory that holds none, so a mistyped GLUCOGUARD_DATA_DIR is said, not answered
- * with "not found" from a new empty installation.
+ * with "not found" from a new empty installation. `withoutData`: the error a command that sets up
+ * answers when its input names what only an installation holds (a stored Patient, a registered
+ * grantee) and the directory holds none (and no upstream repository does): thrown before anything
+ * is created, where the installation would be set up only to refuse the same input.
  */
-export type OpenApp = (options?: { setUp?: boolean }) => Promise<App>;
+export type OpenApp = (options?: { setUp?: boolean; withoutData?: Error }) => Promise<App>;
 
 /**
  * A command given wrongly (a missing confirmation, a missing, unknown or conflicting option, a bad

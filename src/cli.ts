@@ -8,7 +8,7 @@ import { createServer as createNetServer } from 'node:net';
 import { hostname, userInfo } from 'node:os';
 import type { AuditEvent, Bundle, Patient as PatientResource } from '@medplum/fhirtypes';
 import { Operator } from '@medplum/core';
-import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { Command, CommanderError, Help, InvalidArgumentError } from 'commander';
 import { checkUpstreamAccessLog, createApp, createKeyValueStore, createRepository, VERSION } from './app.js';
 import { createHttpServer, shutDown } from './server.js';
 import { UsageError, withApp, type OpenApp } from './cli-app.js';
@@ -77,15 +77,32 @@ class CommanderExit extends Error {
  * the reason before anything opens it. `readOnly`: the command only reads keys (`keys status`).
  */
 function configFor(options: { setUp?: boolean; readOnly?: boolean } = {}): Config {
-  const cfg = config();
-  prepareDataDir(cfg.dataDir, { create: false, write: !options.readOnly });
-  if (!options.setUp && !holdsInstallation(cfg.dataDir)) throw new UsageError(`no GlucoGuard data in ${cfg.dataDir}; set GLUCOGUARD_DATA_DIR`);
+  const cfg = checkedConfig(options);
   if (options.setUp) prepareDataDir(cfg.dataDir, { create: true, write: true });
   return cfg;
 }
 
+/** configFor's checks alone: a command that sets an installation up creates nothing yet (see setUpDataDir). */
+function checkedConfig(options: { setUp?: boolean; readOnly?: boolean } = {}): Config {
+  const cfg = config();
+  prepareDataDir(cfg.dataDir, { create: false, write: !options.readOnly });
+  if (!options.setUp && !holdsInstallation(cfg.dataDir)) throw new UsageError(`no GlucoGuard data in ${cfg.dataDir}; set GLUCOGUARD_DATA_DIR`);
+  return cfg;
+}
+
+/** Sets an installation up in the data directory (the directory, its master key and key root), or checks the one there opens. */
+function setUpDataDir(cfg: Config): void {
+  prepareDataDir(cfg.dataDir, { create: true, write: true });
+  loadServerKeys(cfg);
+}
+
 /** The app as a one-off command opens it: logs at warn to stderr (stdout carries the result). */
-const openApp: OpenApp = async (options = {}) => createApp(configFor(options), { logger: createLogger('warn', process.stderr), registerWebApps: false });
+const openApp: OpenApp = async (options = {}) => {
+  const cfg = checkedConfig(options);
+  if (options.withoutData && !cfg.upstream && !holdsInstallation(cfg.dataDir)) throw options.withoutData;
+  if (options.setUp) prepareDataDir(cfg.dataDir, { create: true, write: true });
+  return createApp(cfg, { logger: createLogger('warn', process.stderr), registerWebApps: false });
+};
 const setUpApp = () => openApp({ setUp: true });
 
 /** The listen error of `port` in words (serve's listen and its check before the set-up say the same). */
@@ -118,6 +135,14 @@ const program = new Command();
 // Set before any subcommand is added, which inherits it: usage errors reach the handler at the end.
 program.exitOverride((err) => {
   throw new CommanderExit(err.exitCode === 0 ? 0 : 2);
+});
+// Set before any subcommand is added too: a required option says so in every command's help
+// (commander's own text marks defaults, not this).
+program.configureHelp({
+  optionDescription(option) {
+    const text = Help.prototype.optionDescription.call(this, option);
+    return option.mandatory ? `${text} (required)` : text;
+  },
 });
 program.name('glucoguard').description('GlucoGuard: SMART-on-FHIR proxy for CGM data with on-chain consent').version(VERSION);
 
@@ -217,7 +242,7 @@ patients
   .option('--name <text>', 'any part of a name, from its start (FHIR name search)')
   .option('--birth-date <YYYY-MM-DD>', 'birth date', birthDate)
   .option('--identifier <system|value>', 'an identifier, e.g. urn:mrn|12345 (or just the value)')
-  .option('--limit <n>', 'at most this many (default 20, at most 500)', (v) => {
+  .option('--limit <n>', 'at most this many, up to 500', (v) => {
     if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 500) throw new InvalidArgumentError('a whole number from 1 to 500');
     return Number(v);
   }, 20)
@@ -403,17 +428,23 @@ registerExchangeCommands(program, openApp);
 registerLedgerCommands(program, config, () => configFor());
 
 registerSmartCommands(program, async (options) => {
-  const cfg = configFor(options);
+  // A command that sets an installation up (users add, clients add) makes it only once its input
+  // passed (setUp below): one refused creates nothing, in a missing data directory least of all.
+  const cfg = checkedConfig(options);
   // the repository only for the command that asks (users add: does its fhirUser exist?)
   let repository: Repository | undefined;
   const resourceExistsHere = async (type: string, id: string) => {
+    // an embedded repository not set up yet holds nothing: not made for the question
+    if (!cfg.upstream && !holdsInstallation(cfg.dataDir)) return false;
     repository ??= await createRepository(cfg, createLogger('warn', process.stderr));
     return resourceExists(repository, type, id);
   };
-  // the server's own KV (launch create hands it a launch): Redis, or the data directory's embedded file
-  const kv = await createKeyValueStore(cfg, createLogger('warn', process.stderr));
+  // the server's own KV (launch create hands it a launch): Redis, or the data directory's embedded
+  // file; none before an installation is set up (a command that needs it refuses a directory without one)
+  const kv = holdsInstallation(cfg.dataDir) ? await createKeyValueStore(cfg, createLogger('warn', process.stderr)) : undefined;
   return {
     config: cfg, resourceExists: resourceExistsHere, kv,
+    setUp: () => setUpDataDir(cfg),
     close: async () => {
       await repository?.close();
       await kv?.close();

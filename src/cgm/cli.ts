@@ -11,7 +11,6 @@ import { Command, InvalidArgumentError } from 'commander';
 import { UsageError, withApp, type OpenApp } from '../cli-app.js';
 import { isGlucoGuardError } from '../errors.js';
 import { OPEN_ACCESS } from '../fhir/access.js';
-import { rejectionError } from './parse.js';
 import { SENSOR_RANGE_MGDL, type CgmMetrics } from './metrics.js';
 import { ImportInterrupted, INGEST_CHUNK, type CgmIngestService, type IngestProgress, type IngestReport } from './service.js';
 import { CGM_FORMATS, type CgmFormat } from './types.js';
@@ -36,7 +35,8 @@ export function registerCgmCommands(program: Command, open: OpenApp): void {
     .option('--json', 'print the report as JSON')
     .action(async (file: string, opts: { patient: string; format?: CgmFormat; tz?: string; dateOrder?: 'DMY' | 'MDY'; partial?: boolean; json?: boolean }) => {
       if (!statSync(file).isFile()) throw new Error(`${file} is not a file`); // a clear answer before anything opens
-      await withApp(() => open({ setUp: true }), async (app) => {
+      // a patient never stored, as the ingest itself refuses it (exit 1), before an installation is set up for it
+      await withApp(() => open({ setUp: true, withoutData: new Error(`Patient/${opts.patient} not found`) }), async (app) => {
         const bar = progressBar();
         const signals = stopOnSignal(app.cgm.ingest, bar);
         try {
@@ -49,7 +49,8 @@ export function registerCgmCommands(program: Command, open: OpenApp): void {
           bar.done();
           console.log(opts.json ? JSON.stringify(report, null, 2) : formatReport(report));
           if (!report.accepted) {
-            console.error(`glucoguard: ${rejectionError(report).message}`);
+            // the service's words name the API's partial import; here it is an option
+            console.error(`glucoguard: ${report.rejected} of ${report.read} records rejected; nothing was imported (run again with --partial to keep the good records)`);
             process.exitCode = 1;
           }
         } catch (err) {

@@ -252,6 +252,6 @@ export function rejectionError(summary: IngestSummary): GlucoGuardError {
   const rejected = summary.issues.filter((i) => i.kind === 'rejected');
   const issues = rejected.map((i) => issue('ERR_UNPROCESSABLE', i.message));
   if (summary.rejected > rejected.length) issues.push(issue('ERR_UNPROCESSABLE', `${summary.rejected - rejected.length} more rejected records not listed`));
-  const message = `${summary.rejected} of ${summary.read} records rejected; nothing was imported (use partial import to keep the good records)`;
+  const message = `${summary.rejected} of ${summary.read} records rejected; nothing was imported (send it again with partial=true to keep the good records)`;
   return new GlucoGuardError('ERR_UNPROCESSABLE', message, [issue('ERR_UNPROCESSABLE', message), ...issues]);
 }

@@ -8,7 +8,7 @@
  */
 import type { AuditEvent, Consent } from '@medplum/fhirtypes';
 import { Operator } from '@medplum/core';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { getAddress, isAddress, Wallet } from 'ethers';
 import type { App } from '../app.js';
 import { UsageError, withApp, type OpenApp } from '../cli-app.js';
@@ -113,29 +113,46 @@ export function formatAuditEvent(e: AuditEvent): string {
     grants.length ? `grant ${grants.join(',')}` : ''].filter(Boolean).join('  ');
 }
 
+/**
+ * The Consent elements `consent grant` makes of its options, and how to say a refusal of each in the
+ * options' words: the operator gave --until, not provision.period.
+ */
+const OPTION_WORDS: Record<string, (o: GrantOptions) => string> = {
+  // refused for ending before its start, or for being over already
+  'Consent.provision.period': (o) => `--until must be later than ${o.from ? '--from and later than now' : 'now'}`,
+  'Consent.provision.dataPeriod': () => '--data-to must not be before --data-from',
+};
+
+/** Why the service refused the Consent made of the options, naming the options where it can. */
+function inOptionWords(err: GlucoGuardError, o: GrantOptions): string {
+  const said = err.issues.map((i) => OPTION_WORDS[i.expression?.[0] ?? '']?.(o) ?? i.diagnostics).filter((d): d is string => Boolean(d));
+  return said.length ? [...new Set(said)].join('; ') : err.message;
+}
+
 export function registerConsentCommands(program: Command, open: OpenApp): void {
   const run = (fn: (app: App) => Promise<void>): Promise<void> => withApp(open, fn);
-  const setUp = (fn: (app: App) => Promise<void>): Promise<void> => withApp(() => open({ setUp: true }), fn);
+  // `withoutData`: what the command's input is refused with on a directory holding no installation (cli-app.ts)
+  const setUp = (withoutData: Error, fn: (app: App) => Promise<void>): Promise<void> => withApp(() => open({ setUp: true, withoutData }), fn);
 
   const consent = program.command('consent').description('patient consents recorded on chain');
   consent
     .command('grant')
-    .description("grant a practitioner, organisation or device access to a patient's data (signed with the patient's custodial key)")
+    .description("grant a practitioner, care team, organisation, relative (RelatedPerson), device or registered client access to a patient's data (signed with the patient's custodial key)")
     .requiredOption('--patient <id>', 'Patient id')
-    .requiredOption('--to <reference>', 'grantee, e.g. Practitioner/7 or Client/<client_id> (must have a registered identity)')
+    .requiredOption('--to <reference>', 'grantee: Practitioner/ID, PractitionerRole/ID, CareTeam/ID, Organization/ID, RelatedPerson/ID, Device/ID or Client/<client_id> (must have a registered identity)')
     .requiredOption('--data-from <date>', 'first instant of data the grantee may read', instant)
     .requiredOption('--data-to <date>', 'last day (included whole) or instant of data the grantee may read', instant)
     .requiredOption('--until <date>', 'end of the access window (a day: included whole)', instant)
     .option('--from <date>', 'start of the access window (default now)', instant)
-    .option('--purpose <codes>', 'v3 PurposeOfUse codes, comma-separated', list, ['TREAT'])
+    .addOption(new Option('--purpose <codes>', 'v3 PurposeOfUse codes, comma-separated').argParser(list).default(['TREAT'], 'TREAT'))
     .option('--types <types>', 'resource types, comma-separated (default all)', list)
     .option('--codes <codes>', 'system|code list, comma-separated (e.g. http://loinc.org|99504-3)', list)
     .option('--password-file <file>', "file holding the patient's password (needed when their key is locked with it)")
-    .action((o: GrantOptions & { passwordFile?: string }) => setUp(async (app) => {
+    .action((o: GrantOptions & { passwordFile?: string }) => setUp(new UsageError(`Patient/${o.patient} not found`), async (app) => {
       const access = await sessionAccess(app, o.patient, o.passwordFile);
       // the Consent is made of the options alone: one the service refuses as invalid was given wrongly (exit 2)
       const outcome = await app.consent.service.grant(consentFromOptions(o), access).catch((err: unknown) => {
-        throw err instanceof GlucoGuardError && (err.code === 'ERR_INVALID' || err.code === 'ERR_UNPROCESSABLE') ? new UsageError(err.message) : err;
+        throw err instanceof GlucoGuardError && (err.code === 'ERR_INVALID' || err.code === 'ERR_UNPROCESSABLE') ? new UsageError(inOptionWords(err, o)) : err;
       });
       if (outcome.state === 'done') console.log(formatConsent(outcome.consent));
       else console.log(`${outcome.consent.id} awaits the patient's wallet signature; typed data:\n${JSON.stringify(outcome.typedData, null, 2)}`);
@@ -173,7 +190,7 @@ export function registerConsentCommands(program: Command, open: OpenApp): void {
     .description('register an address for a stored Practitioner/Organization/RelatedPerson/CareTeam/Device or a registered client (Client/<client_id>)')
     .requiredOption('--ref <reference>', 'e.g. Practitioner/7 or Client/my-app')
     .option('--address <0x…>', 'address to register (default: a new random one, printed)')
-    .action((o: { ref: string; address?: string }) => setUp(async (app) => {
+    .action(async (o: { ref: string; address?: string }) => {
       if (!/^(Practitioner|PractitionerRole|Organization|RelatedPerson|CareTeam|Device|Client)\/[A-Za-z0-9\-._~]{1,64}$/.test(o.ref)) {
         throw new InvalidArgumentError('--ref must look like Practitioner/ID or Client/CLIENT_ID');
       }
@@ -181,16 +198,15 @@ export function registerConsentCommands(program: Command, open: OpenApp): void {
       // an identity for an id no resource or client holds would pass, with every grant made to it, to
       // whoever is created (or registered as a client) with that id; refused as a wrong --ref (exit 2)
       const [type, id] = o.ref.split('/') as [string, string];
-      if (type === 'Client') {
+      const notThere = new InvalidArgumentError(type === 'Client' ? `${o.ref} is not a registered client (see glucoguard clients list)` : `${o.ref} not found`);
+      await setUp(notThere, async (app) => {
         // a disabled client is still registered: enabled again, its identity and grants hold again
-        if (!app.smart.store.findClient(id)) throw new InvalidArgumentError(`${o.ref} is not a registered client (see glucoguard clients list)`);
-      } else if (!(await resourceExists(app.repository, type, id))) {
-        throw new InvalidArgumentError(`${o.ref} not found`);
-      }
-      const address = o.address ? getAddress(o.address) : Wallet.createRandom().address;
-      const { txHash } = await app.consent.identity.registerGrantee(o.ref, address);
-      console.log(`${o.ref} ${address} (tx ${txHash})`);
-    }));
+        if (type === 'Client' ? !app.smart.store.findClient(id) : !(await resourceExists(app.repository, type, id))) throw notThere;
+        const address = o.address ? getAddress(o.address) : Wallet.createRandom().address;
+        const { txHash } = await app.consent.identity.registerGrantee(o.ref, address);
+        console.log(`${o.ref} ${address} (tx ${txHash})`);
+      });
+    });
   identity
     .command('list')
     .description('addresses registered for a reference')

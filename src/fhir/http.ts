@@ -47,10 +47,14 @@ export function fhirHttpRouter(options: FhirHttpOptions): Router {
   r.all(/.*/, async (req: Request, res: Response) => {
     let response: FhirResponse;
     const pretty = req.query._pretty === 'true';
+    const isPublic = (options.publicPaths ?? DEFAULT_PUBLIC).some((p) => p.test(req.path));
+    // Health data (and every answer about it: a 404, a refusal) is never kept by a browser or a
+    // proxy, on a shared workstation's disk least of all: ETag and Last-Modified still let a client
+    // revalidate what it holds itself (304). The capability statement stays cacheable.
+    if (!isPublic) res.setHeader('Cache-Control', 'no-store');
     try {
       negotiate(req);
       const headers = lowerHeaders(req);
-      const isPublic = (options.publicPaths ?? DEFAULT_PUBLIC).some((p) => p.test(req.path));
       let access: AccessContext;
       try {
         access = isPublic ? { kind: 'open' as const, scopes: [] } : await options.authenticate(headers, req.originalUrl);

@@ -92,7 +92,8 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
     .description('chain id, head, signers, contract addresses and anchoring lag')
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }) => {
-      const config = loadConfig();
+      // a directory with no installation (a mistyped GLUCOGUARD_DATA_DIR) is said as every command says it
+      const config = installed();
       const logger = createLogger('warn', process.stderr);
       const { client, close } = await openChain(config, logger);
       const storeFile = commitmentStorePath(config.dataDir);
@@ -237,7 +238,8 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
         console.log(`checked ${report.checked}: ${report.verified} verified, ${report.pending} pending (not anchored yet), ` +
           `${report.gone} deleted or erased, ${report.unverified} unverifiable now (chain unreachable), ${report.failures.length} failed; ` +
           `${missing} commitments missing from the store, ${among.length} versions without a commitment (unverified)` +
-          (complete.listed ? '' : ' (not looked for: the repository does not list its versions)'));
+          (!complete.listed ? ' (not looked for: the repository does not list its versions)'
+            : complete.listedTypes ? ` (looked for among ${complete.listedTypes.join(', ')} only: the upstream does not list its versions)` : ''));
         for (const f of report.failures) console.log(`FAILED ${f.resource}: ${f.reason}`);
         for (const line of missingLines(complete)) console.log(line);
         if (complete.chainUnavailable) console.log(`the batches' records on chain were not compared (chain unreachable: ${complete.chainUnavailable})`);

@@ -6,13 +6,15 @@
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { JSONWebKeySet } from 'jose';
+import { UsageError } from '../cli-app.js';
 import type { Config } from '../config.js';
+import { isGlucoGuardError } from '../errors.js';
 import { loadServerKeys } from '../keys.js';
 import type { KeyValueStore } from '../kv/port.js';
 import { SigningKeys } from './keys.js';
 import { createLaunch as storeLaunch, type CreatedLaunch } from './launch.js';
 import { splitScopes } from './scopes.js';
-import { SmartStore, type Client, type NewClient, type User } from './store.js';
+import { checkNewClient, SmartStore, type Client, type NewClient, type User } from './store.js';
 
 /** Registers a user (password hashed with scrypt) in `<dataDir>/smart/smart.sqlite`. */
 export async function addUser(config: Config, input: { username: string; password: string; fhirUser: string }): Promise<User> {
@@ -93,6 +95,11 @@ export interface OpenedForCli {
   kv?: KeyValueStore;
   /** Whether `type/id` is a stored resource (`users add` binds a user only to one that is). */
   resourceExists(type: string, id: string): Promise<boolean>;
+  /**
+   * Sets an installation up in the data directory, for a command opened with `setUp`: called once
+   * its input passed, so a command refused on its input leaves nothing behind.
+   */
+  setUp?(): void;
   close?(): Promise<void>;
 }
 
@@ -110,10 +117,11 @@ export function registerSmartCommands(program: Command, open: (options?: { setUp
     .requiredOption('--fhir-user <reference>', 'Patient/ID, Practitioner/ID or RelatedPerson/ID (a relative) this user is', fhirUserArg)
     .action(async (opts: { username: string; passwordFile: string; fhirUser: string }) => {
       const password = readFileSync(opts.passwordFile, 'utf8').split(/\r?\n/)[0] ?? '';
-      await withOpened(setUp, async ({ config, resourceExists }) => {
+      await withOpened(setUp, async ({ config, resourceExists, setUp: setUpHere }) => {
         // a user bound to an id no resource holds would be given whatever is later created with that id
         const [type, id] = opts.fhirUser.split('/') as [string, string];
-        if (!(await resourceExists(type, id))) throw new Error(`${opts.fhirUser} not found`);
+        if (!(await resourceExists(type, id))) throw new UsageError(`${opts.fhirUser} not found`);
+        setUpHere?.();
         const user = await addUser(config, { username: opts.username, password, fhirUser: opts.fhirUser });
         console.log(`user ${user.username} added (${user.fhirUser})`);
       });
@@ -164,15 +172,18 @@ export function registerSmartCommands(program: Command, open: (options?: { setUp
       scopes?: string; launchUri?: string }) => {
       const type = opts.jwksFile || opts.jwksUrl ? 'confidential-asymmetric' : opts.secret ? 'confidential-symmetric' : 'public';
       const jwks = opts.jwksFile ? readJwksFile(opts.jwksFile) : undefined;
-      await withOpened(setUp, async ({ config }) => {
-        const { client, secret } = addClient(config, {
-          name: opts.name, type, redirectUris: opts.redirectUri, jwks, jwksUrl: opts.jwksUrl,
-          scopes: opts.scopes ? splitScopes(opts.scopes) : undefined, launchUri: opts.launchUri,
-        });
+      const input: NewClient = {
+        name: opts.name, type, redirectUris: opts.redirectUri, jwks, jwksUrl: opts.jwksUrl,
+        scopes: opts.scopes ? splitScopes(opts.scopes) : undefined, launchUri: opts.launchUri,
+      };
+      // refused before an installation is set up for it
+      await withOpened(setUp, async ({ config, setUp: setUpHere }) => {
+        setUpHere?.();
+        const { client, secret } = addClient(config, input);
         console.log(`client_id: ${client.clientId}`);
         if (secret) console.log(`client_secret: ${secret}\n(shown once; store it now)`);
         console.log(`type: ${client.type}\nscopes: ${client.scopes.join(' ')}`);
-      });
+      }, () => checkNewClient(input));
     });
 
   clients.command('list')
@@ -249,16 +260,31 @@ export function registerSmartCommands(program: Command, open: (options?: { setUp
     });
 }
 
-async function withOpened(open: () => Promise<OpenedForCli>, work: (opened: OpenedForCli) => Promise<void>): Promise<void> {
+/**
+ * Runs a command on what `open` gives, saying why it failed: exit 2 for input it was given wrongly
+ * (a value the store or the launch refuses as a bad request: a password too short, an unknown user
+ * or client, a resource that is not there), 1 for anything else, as docs/operations.md states.
+ */
+async function withOpened(open: () => Promise<OpenedForCli>, work: (opened: OpenedForCli) => Promise<void>, check?: () => void): Promise<void> {
+  try {
+    check?.(); // input refused before anything is opened (or set up)
+  } catch (err) {
+    return refused(err);
+  }
   const opened = await open();
   try {
     await work(opened);
   } catch (err) {
-    console.error(`glucoguard: ${err instanceof Error ? err.message : String(err)}`);
-    process.exitCode = 1;
+    refused(err);
   } finally {
     await opened.close?.();
   }
+}
+
+/** Says why a command failed; bad input exits 2, anything else 1. */
+function refused(err: unknown): void {
+  console.error(`glucoguard: ${err instanceof Error ? err.message : String(err)}`);
+  process.exitCode = err instanceof UsageError || err instanceof InvalidArgumentError || isGlucoGuardError(err, 'ERR_INVALID') ? 2 : 1;
 }
 
 /** A JWKS from a file, or an error naming the file: never the parser's message, which quotes the file (it may be a password or private key given by mistake). */
@@ -266,7 +292,7 @@ function readJwksFile(file: string): JSONWebKeySet {
   try {
     return JSON.parse(readFileSync(file, 'utf8')) as JSONWebKeySet;
   } catch {
-    throw new Error(`${file} could not be read as a JSON JWKS`);
+    throw new UsageError(`${file} could not be read as a JSON JWKS`);
   }
 }
 

@@ -66,6 +66,26 @@ export interface UserCutoff {
 
 const FHIR_USER = /^(Patient|Practitioner|RelatedPerson|Person)\/[A-Za-z0-9\-.]{1,64}$/;
 
+/**
+ * Refuses a registration SmartStore.addClient would refuse (ERR_INVALID), without a store: a
+ * command checks it before it sets an installation up. Answers the redirect URIs and scopes to keep.
+ */
+export function checkNewClient(input: NewClient): { redirectUris: string[]; scopes: string[] } {
+  const redirectUris = input.redirectUris ?? [];
+  for (const uri of redirectUris) checkRedirectUri(uri);
+  // Confidential clients without redirect URIs can only use client_credentials (Backend Services);
+  // a public client has nothing else, so it needs one.
+  if (input.type === 'public' && redirectUris.length === 0) throw badRequest('a redirect URI is required');
+  if (input.type === 'confidential-asymmetric' && !input.jwks === !input.jwksUrl) throw badRequest('give exactly one of a JWKS or a JWKS URL');
+  if (input.jwksUrl) checkHttpUrl(input.jwksUrl, 'JWKS URL');
+  if (input.launchUri) checkHttpUrl(input.launchUri, 'launch URI');
+  if (input.jwks) checkJwks(input.jwks);
+  const scopes = input.scopes ?? defaultScopes(input.type);
+  const unknown = scopes.filter((s) => !isKnownScope(s));
+  if (unknown.length) throw badRequest(`unknown scopes: ${unknown.join(' ')}`);
+  return { redirectUris, scopes };
+}
+
 export class SmartStore {
   private readonly db: Database.Database;
   private readonly statements;
@@ -180,18 +200,7 @@ export class SmartStore {
 
   /** Registers a client; returns it and, for a symmetric client, the secret (shown once, stored hashed). */
   addClient(input: NewClient): { client: Client; secret?: string } {
-    const redirectUris = input.redirectUris ?? [];
-    for (const uri of redirectUris) checkRedirectUri(uri);
-    // Confidential clients without redirect URIs can only use client_credentials (Backend Services);
-    // a public client has nothing else, so it needs one.
-    if (input.type === 'public' && redirectUris.length === 0) throw badRequest('a redirect URI is required');
-    if (input.type === 'confidential-asymmetric' && !input.jwks === !input.jwksUrl) throw badRequest('give exactly one of a JWKS or a JWKS URL');
-    if (input.jwksUrl) checkHttpUrl(input.jwksUrl, 'JWKS URL');
-    if (input.launchUri) checkHttpUrl(input.launchUri, 'launch URI');
-    if (input.jwks) checkJwks(input.jwks);
-    const scopes = input.scopes ?? defaultScopes(input.type);
-    const unknown = scopes.filter((s) => !isKnownScope(s));
-    if (unknown.length) throw badRequest(`unknown scopes: ${unknown.join(' ')}`);
+    const { redirectUris, scopes } = checkNewClient(input);
     const secret = input.type === 'confidential-symmetric' ? randomBytes(32).toString('base64url') : undefined;
     const client: Client = {
       clientId: randomBytes(16).toString('hex'),

@@ -50,9 +50,20 @@ describe('restored without chain/', () => {
     }
   }, 180_000);
 
-  it('chain status in a directory with no chain at all says so and creates none', () => {
+  it('chain status in a directory with no installation says so as every command does (exit 2), and creates nothing', () => {
     const dataDir = tempDir('gg-drill-empty-');
     dirs.push(dataDir);
+    const r = runCli(['chain', 'status'], env(dataDir));
+    expect(r.status).toBe(2);
+    expect(r.stderr.trim().split('\n').pop()).toBe(`glucoguard: no GlucoGuard data in ${dataDir}; set GLUCOGUARD_DATA_DIR`);
+    expect(existsSync(path.join(dataDir, 'chain'))).toBe(false);
+  });
+
+  it('chain status in an installation with no chain at all says so and creates none', () => {
+    const dataDir = tempDir('gg-drill-nochain-');
+    dirs.push(dataDir);
+    // an installation of keys and SMART clients only: no command that opens the chain has run
+    expect(runCli(['clients', 'add', '--name', 'X', '--public', '--redirect-uri', 'https://app.example/cb'], env(dataDir)).status).toBe(0);
     const r = runCli(['chain', 'status'], env(dataDir));
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/there is no embedded chain in .*this command never creates one/);

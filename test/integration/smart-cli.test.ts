@@ -60,7 +60,7 @@ describe('glucoguard users add', () => {
     const file = path.join(dir, 'pw');
     writeFileSync(file, 'a long passphrase\n');
     await run(['users', 'add', '--username', 'ghost', '--password-file', file, '--fhir-user', 'Patient/nonexistent']);
-    expect(process.exitCode).toBe(1);
+    expect(process.exitCode).toBe(2);
     expect(err.join('\n')).toContain('Patient/nonexistent not found');
     const store = new SmartStore(dir);
     expect(store.getUser('ghost')).toBeUndefined();
@@ -116,7 +116,7 @@ describe('glucoguard clients add', () => {
 
   test('a public client without a redirect URI is refused with a clear message', async () => {
     await run(['clients', 'add', '--name', 'Bad', '--public']);
-    expect(process.exitCode).toBe(1);
+    expect(process.exitCode).toBe(2);
     expect(err.join('\n')).toContain('redirect URI is required');
   });
 });
@@ -148,7 +148,7 @@ describe('glucoguard users list / disable / enable', () => {
 
   test('disable of an unknown user fails with a clear message', async () => {
     await run(['users', 'disable', '--username', 'nobody']);
-    expect(process.exitCode).toBe(1);
+    expect(process.exitCode).toBe(2);
     expect(err.join('\n')).toContain('no user "nobody"');
   });
 });
@@ -202,7 +202,7 @@ describe('glucoguard clients list / disable / enable / set-jwks', () => {
 
   test('disable of an unknown client fails with a clear message', async () => {
     await run(['clients', 'disable', '--client-id', 'nope']);
-    expect(process.exitCode).toBe(1);
+    expect(process.exitCode).toBe(2);
     expect(err.join('\n')).toContain('no client "nope"');
   });
 
@@ -215,7 +215,7 @@ describe('glucoguard clients list / disable / enable / set-jwks', () => {
     store.close();
 
     await run(['clients', 'set-jwks', '--client-id', engine, '--jwks-file', jwksFile('private.json', [{ ...ecKey('k4'), d: 'secret-part' }])]);
-    expect(process.exitCode).toBe(1);
+    expect(process.exitCode).toBe(2);
     expect(err.join('\n')).toContain('public keys only');
     expect(err.join('\n')).not.toContain('secret-part');
     err.length = 0;
@@ -308,7 +308,7 @@ describe('glucoguard launch create', () => {
       err.length = 0;
       process.exitCode = undefined;
       await run(['launch', 'create', ...args], shared);
-      expect(process.exitCode).toBe(1);
+      expect(process.exitCode).toBe(2);
       expect(err.join('\n')).toMatch(message);
     }
     expect(out.join('\n')).not.toContain('launch:');
