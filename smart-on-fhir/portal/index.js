@@ -119,7 +119,12 @@ function uploadForm() {
       progress.value = 100;
       progressText.textContent = '100 % sent. Reading your file…';
     };
-    xhr.onerror = () => show(result, notice('error', 'The upload failed.', 'Check your connection and try again.'));
+    // A failed upload leaves no "Reading your file…" behind, as if it were still being read.
+    const failed = () => { progressBox.hidden = true; };
+    xhr.onerror = () => {
+      failed();
+      show(result, notice('error', 'The upload failed.', 'Check your connection and try again.'));
+    };
     xhr.onload = () => {
       let body;
       try { body = JSON.parse(xhr.responseText); } catch { body = undefined; }
@@ -130,6 +135,7 @@ function uploadForm() {
       } else if (xhr.status === 401) {
         endSession();
       } else {
+        failed();
         const why = body?.issue?.map((i) => i.diagnostics).filter(Boolean).slice(0, 5) ?? [];
         show(result, notice('error', 'Nothing was imported.', ...(why.length ? why : [`The server answered ${xhr.status}.`])));
       }
@@ -349,6 +355,9 @@ function shareWizard() {
   }
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
+    // Enter in a step submits the form (implicit submission): it moves on, and only the last step's
+    // "Share my data", after the patient has seen what they agree to, shares.
+    if (at !== steps.length - 1) return go(at + 1);
     const t = terms();
     submit.disabled = true;
     say('Sharing…');
@@ -649,7 +658,8 @@ function passwordForm() {
     try {
       await apiSend(client, '/apps/api/password', 'POST', { current, password: next });
       form.reset();
-      show(result, notice('ok', 'Your password is changed.', 'Your signing key is now locked with the new password.'));
+      show(result, notice('ok', 'Your password is changed.', 'Your signing key is now locked with the new password.',
+        'Anywhere else you were signed in (another browser, tab or device) is signed out; this window stays signed in.'));
     } catch (err) {
       if (ifEnded(err)) return;
       show(result, notice('error', 'Your password was not changed.', problemOf(err)));

@@ -103,11 +103,20 @@ export const CLINICIAN_PURPOSE_WORDS = {
   SUPNWK: "the patient's support network", HPAYMT: 'payment', HOPERAT: 'health care operations',
 };
 
-/** What a grant covers, in words, from its resource types; `whose` the record is to the reader ("your", "the patient's"). */
+/** Resource types a grant may name, in words, in this order; any other type is named as it is. */
+const CLASS_WORDS = {
+  Observation: 'glucose readings and summaries', DiagnosticReport: 'reports', Device: 'devices',
+  MedicationAdministration: 'insulin doses', Patient: 'name and date of birth',
+};
+
+/**
+ * What a grant covers, in words, from its resource types; `whose` the record is to the reader ("your",
+ * "the patient's"). Every type is said: a grant of the name and devices beside the readings reads so.
+ */
 export function dataWords(classes, whose = 'your') {
   if (!classes || classes.length === 0) return `everything in ${whose} record`;
-  if (classes.includes('Observation')) return 'glucose readings and summaries';
-  return classes.join(', ');
+  const known = Object.keys(CLASS_WORDS).filter((c) => classes.includes(c)).map((c) => CLASS_WORDS[c]);
+  return [...known, ...new Set(classes.filter((c) => !(c in CLASS_WORDS)))].join(', ');
 }
 
 /**

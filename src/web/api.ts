@@ -23,7 +23,7 @@
 import { Operator } from '@medplum/core';
 import type { Consent, HumanName, Organization, Practitioner, RelatedPerson } from '@medplum/fhirtypes';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
-import { forbidden, badRequest, isGlucoGuardError, tooLarge } from '../errors.js';
+import { forbidden, badRequest, isGlucoGuardError, notFound, tooLarge, unsupportedMediaType, type GlucoGuardError } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import type { Consent as ConsentModule } from '../consent/index.js';
 import type { GuardianOutcome } from '../consent/keys/guardians.js';
@@ -79,6 +79,11 @@ const ID = /^[A-Za-z0-9\-.]{1,64}$/;
 export function webApiRouter(deps: WebApiDeps): Router {
   const router = express.Router();
   router.use(express.json({ limit: '16kb' }));
+  // a body of another type (a form post) would be read as no body at all ("current and password are required")
+  router.use((req: Request, res: Response, next: NextFunction) => {
+    if (!req.headers['content-type'] || req.is('application/json') !== false) return next(); // JSON, or no body
+    refuse(res, unsupportedMediaType('The request body must be JSON (Content-Type: application/json)'));
+  });
   const now = deps.now ?? Date.now;
   const handle = (fn: (req: Request, access: AccessContext) => Promise<unknown>) => async (req: Request, res: Response) => {
     res.set('Cache-Control', 'no-store');
@@ -88,7 +93,7 @@ export function webApiRouter(deps: WebApiDeps): Router {
     } catch (err) {
       if (isGlucoGuardError(err)) {
         if ('headers' in err && typeof err.headers === 'object') res.set(err.headers as Record<string, string>);
-        res.status(err.status).json({ resourceType: 'OperationOutcome', issue: err.issues });
+        refuse(res, err);
         return;
       }
       deps.logger.error({ err }, 'web api failed');
@@ -251,9 +256,16 @@ export function webApiRouter(deps: WebApiDeps): Router {
     const refusal = e?.status === 413 ? tooLarge('The request body is larger than 16 kB')
       : e?.status === 400 && e.type === 'entity.parse.failed' ? badRequest('The request body is not valid JSON') : undefined;
     if (!refusal) return next(err);
-    res.status(refusal.status).set('Cache-Control', 'no-store').json({ resourceType: 'OperationOutcome', issue: refusal.issues });
+    refuse(res, refusal);
   });
+  // a path (or method) this API does not have: an OperationOutcome too, not the server's `{"error": text}`
+  router.use((_req: Request, res: Response) => refuse(res, notFound('No such request in the apps\' API')));
   return router;
+}
+
+/** Answers a refusal as every answer of this API is: an OperationOutcome, never cached. */
+function refuse(res: Response, err: GlucoGuardError): void {
+  res.status(err.status).set('Cache-Control', 'no-store').json({ resourceType: 'OperationOutcome', issue: err.issues });
 }
 
 /**
