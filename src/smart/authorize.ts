@@ -188,14 +188,32 @@ async function continueEhrLaunch(ctx: SmartContext, res: Response, pending: Pend
 
 // ---- POST /oauth/login -----------------------------------------------------------------------
 
+/** The 429 a rate limit refused `check` with, described as `description`; undefined when it passed. */
+async function tooMany(check: () => Promise<void>, description: string): Promise<OAuthError | undefined> {
+  try {
+    await check();
+    return undefined;
+  } catch (err) {
+    if (!(err instanceof OAuthError) || err.status !== 429) throw err;
+    return new OAuthError(err.error, description, 429, err.headers);
+  }
+}
+
 async function login(ctx: SmartContext, req: Request, res: Response): Promise<void> {
   const { id, pending, client } = await loadPending(ctx, req, 'login');
-  await ctx.limiter.hit('loginPerIp', req.ip ?? 'unknown');
   const username = typeof req.body?.username === 'string' ? req.body.username : '';
   const password = typeof req.body?.password === 'string' ? req.body.password : '';
-  // past the limit even the right password is refused (429): a guesser learns nothing from it
   const account = username.slice(0, 64);
-  await ctx.limiter.checkFailures('loginFailuresPerUser', account);
+  // Past a limit the sign-in page comes again (429, Retry-After) saying how long to wait: an error
+  // page was a dead end, and the browser's Back a re-POST. Past the account's limit even the right
+  // password is refused: a guesser learns nothing from it.
+  const throttled = await tooMany(() => ctx.limiter.hit('loginPerIp', req.ip ?? 'unknown'), 'Too many sign-in attempts from this network')
+    ?? await tooMany(() => ctx.limiter.checkFailures('loginFailuresPerUser', account), 'Too many wrong passwords for this account');
+  if (throttled) {
+    res.set(throttled.headers);
+    const wait = throttled.headers['Retry-After'];
+    return sendPage(res, 429, loginPage({ requestId: id, clientName: client.name, username, error: `${throttled.description}. Wait ${wait} seconds, then try again.` }));
+  }
   const user = await checkCredentials(ctx, username, password);
   if (!user) {
     await ctx.limiter.failed('loginFailuresPerUser', account);

@@ -26,7 +26,9 @@ beforeAll(async () => {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   fhirBase = `${base}/fhir`;
-  t = await startTestApp({ GLUCOGUARD_AUTH: 'on', GLUCOGUARD_BASE_URL: base });
+  // each request from an address of its own (X-Forwarded-For, believed from loopback): the per-address
+  // limits (300 authorizations, 30 sign-ins a minute) would otherwise answer most runs 429 unread
+  t = await startTestApp({ GLUCOGUARD_AUTH: 'on', GLUCOGUARD_BASE_URL: base, GLUCOGUARD_TRUST_PROXY: 'loopback' });
   server.on('request', t.app.http);
   clientId = t.app.smart.store.addClient({ name: 'Viewer', type: 'public', redirectUris: [REDIRECT_URI],
     scopes: ['openid', 'fhirUser', 'launch/patient', 'offline_access', 'patient/*.rs'] }).client.clientId;
@@ -50,6 +52,10 @@ const hostile = fc.oneof(
   fc.string({ maxLength: 40 }),
 );
 const KEYS = ['response_type', 'client_id', 'redirect_uri', 'scope', 'state', 'aud', 'code_challenge', 'code_challenge_method', 'launch', 'nonce', 'prompt'];
+
+let sent = 0;
+/** A client address not used before (documentation range 198.18.0.0/15 has room for 131,072). */
+const nextAddress = (): string => { sent++; return `198.${18 + (sent >> 16)}.${(sent >> 8) & 255}.${sent & 255}`; };
 
 function record(res: request.Response): void {
   const key = `${res.status}${res.status === 302 ? ` ${new URL(res.headers.location!, 'http://x').searchParams.get('error') ?? 'no error'}` : ''}`;
@@ -83,22 +89,24 @@ describe('authorization endpoint never answers 5xx or redirects off the register
         else params.push([key, value]);
       }
       const qs = new URLSearchParams(params).toString();
-      const res = post ? await request(server).post('/oauth/authorize').type('form').send(qs) : await request(server).get(`/oauth/authorize?${qs}`);
+      const res = post ? await request(server).post('/oauth/authorize').set('X-Forwarded-For', nextAddress()).type('form').send(qs)
+        : await request(server).get(`/oauth/authorize?${qs}`).set('X-Forwarded-For', nextAddress());
       checkAuthorizeAnswer(res, { changes, post });
     }), { numRuns: 600 });
     process.stdout.write(`authorize fuzz outcomes: ${JSON.stringify(Object.fromEntries([...outcomes].sort()))}\n`);
     expect(outcomes.get('200') ?? 0).toBeGreaterThan(20);
     expect([...outcomes.keys()].filter((k) => k.startsWith('302 ')).length).toBeGreaterThan(2);
     expect(outcomes.get('400') ?? 0).toBeGreaterThan(20);
+    expect(outcomes.get('429')).toBeUndefined(); // every run reached the checks, none stopped at a rate limit
   });
 
   test('the login, patient and approval forms with arbitrary fields, against a live pending request', async () => {
-    const login = await request(server).get(`/oauth/authorize?${new URLSearchParams(valid())}`);
+    const login = await request(server).get(`/oauth/authorize?${new URLSearchParams(valid())}`).set('X-Forwarded-For', nextAddress());
     const requestId = /name="request" value="([^"]+)"/.exec(login.text)![1]!;
     const field = fc.tuple(fc.constantFrom('request', 'username', 'password', 'patient', 'decision', 'query', 'action', 'x'),
       fc.oneof(fc.constantFrom(requestId, 'ana', 'correct horse battery', 'p1', 'allow', 'deny', 'search', ''), hostile));
     await fc.assert(fc.asyncProperty(fc.constantFrom('login', 'select-patient', 'approve'), fc.array(field, { maxLength: 5 }), async (step, fields) => {
-      const res = await request(server).post(`/oauth/${step}`).type('form').send(new URLSearchParams(fields).toString());
+      const res = await request(server).post(`/oauth/${step}`).set('X-Forwarded-For', nextAddress()).type('form').send(new URLSearchParams(fields).toString());
       checkAuthorizeAnswer(res, { step, fields: fields.map(([k, v]) => [k, k === 'password' ? '…' : v]) });
     }), { numRuns: 300 });
   });

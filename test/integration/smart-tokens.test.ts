@@ -343,9 +343,12 @@ describe('rate limits', () => {
       code_challenge: 'a'.repeat(43), code_challenge_method: 'S256' };
     for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v);
     const request = /name="request" value="([^"]+)"/.exec((await browse(url.href)).html)![1]!;
-    const statuses: number[] = [];
-    for (let i = 0; i < 14; i++) statuses.push((await browse(`${h.baseUrl}/oauth/login`, { request, username: 'ana', password: 'wrong-guess' })).status);
-    expect(statuses.slice(0, 12).every((s) => s === 401)).toBe(true);
-    expect(statuses.at(-1)).toBe(429);
+    const answers: { status: number; html: string }[] = [];
+    for (let i = 0; i < 14; i++) answers.push(await browse(`${h.baseUrl}/oauth/login`, { request, username: 'ana', password: 'wrong-guess' }));
+    expect(answers.slice(0, 12).every((a) => a.status === 401)).toBe(true);
+    expect(answers.at(-1)!.status).toBe(429);
+    // the sign-in page again, saying how long to wait (an error page was a dead end)
+    expect(answers.at(-1)!.html).toMatch(/Too many sign-in attempts from this network\. Wait \d+ seconds, then try again\./);
+    expect(answers.at(-1)!.html).toMatch(/name="password"/);
   });
 });
