@@ -51,9 +51,9 @@ ${alert(input.error)}
 <form method="post" action="login">
 ${hidden('request', input.requestId)}
 <label for="username">Username</label>
-<input type="text" id="username" name="username" autocomplete="username" required value="${escapeHtml(input.username ?? '')}">
+<input type="text" id="username" name="username" autocomplete="username" required${input.username ? '' : ' autofocus'} value="${escapeHtml(input.username ?? '')}">
 <label for="password">Password</label>
-<input type="password" id="password" name="password" autocomplete="current-password" required>
+<input type="password" id="password" name="password" autocomplete="current-password" required${input.username ? ' autofocus' : ''}>
 <button type="submit">Sign in</button>
 </form>`);
 }
