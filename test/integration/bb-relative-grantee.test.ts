@@ -104,7 +104,7 @@ const grantees = async (patient: string, name?: string) => {
 describe('a relative as a grantee', () => {
   test('users add: a stored RelatedPerson becomes a user; one not stored is refused and no user is added', async () => {
     const missing = await usersAdd('RelatedPerson/nobody', 'ghost');
-    expect(missing.exitCode).toBe(1);
+    expect(missing.exitCode).toBe(2); // bad input (docs/operations.md)
     expect(missing.err).toContain('RelatedPerson/nobody not found');
     expect(t.app.smart.store.getUser('ghost')).toBeUndefined();
     const added = await usersAdd(`RelatedPerson/${mum}`, MUM.username);
