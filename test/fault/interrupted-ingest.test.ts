@@ -114,7 +114,8 @@ test('SIGINT to glucoguard ingest part-way: it says how many readings it stored,
     expect(stored).toBeGreaterThan(0);
 
     const rerun = runCli(['ingest', exportFile, '--patient', patient, '--format', 'nightscout', '--json'], env, 180_000);
-    expect(rerun.status).toBe(0);
+    // what the re-run said, should it fail (a fresh-clone run saw exit 1 once, not reproduced since)
+    expect({ status: rerun.status, stderr: rerun.status === 0 ? '' : rerun.stderr.slice(-2000) }).toEqual({ status: 0, stderr: '' });
     const report = JSON.parse(rerun.stdout) as { created: number; unchanged: number; corrected: number };
     expect(report.unchanged).toBe(stored); // exactly what it said it stored, no half chunk
     expect(report.corrected).toBe(0);
