@@ -1,14 +1,53 @@
 // Build step behind `npm run build` / `npm start`: compile contracts (when chain/compile.mjs exists)
-// then TypeScript, then the slim FHIR definition bundles. tsc is incremental, so an unchanged tree
-// builds in a few seconds.
+// then TypeScript, then the slim FHIR definition bundles.
+//
+// A build whose inputs are byte for byte those of the last finished build does nothing: `npm start`
+// and the test files that run dist/ call this every time, and even an incremental tsc that emits
+// nothing takes 5–10 s to load the program. The inputs are every file under src/, chain/ and bench/,
+// the tsconfigs, package-lock.json (the installed types and definitions) and this script; their
+// SHA-256 is written to dist/.build-inputs.sha256 after a build succeeds. `--force` builds anyway.
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+
+const STAMP = 'dist/.build-inputs.sha256';
+const INPUT_DIRS = ['src', 'chain', 'bench'];
+const INPUT_FILES = ['tsconfig.json', 'tsconfig.build.json', 'package-lock.json', 'scripts/build.mjs'];
+/** What a finished build leaves: a build that lost any of these is not finished, whatever the stamp says. */
+const OUTPUTS = ['dist/src/cli.js', 'dist/definitions/profiles-types.json', 'dist/definitions/profiles-resources.json'];
 
 function run(cmd, args) {
   const r = spawnSync(cmd, args, { stdio: 'inherit' });
   if (r.status !== 0) process.exit(r.status ?? 1);
 }
+
+function filesUnder(dir) {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir, { withFileTypes: true, recursive: true })
+    .filter((e) => e.isFile())
+    .map((e) => path.join(e.parentPath ?? e.path, e.name))
+    .sort();
+}
+
+/** SHA-256 over the names and bytes of every input, in a fixed order. */
+function inputsDigest() {
+  const hash = createHash('sha256');
+  for (const file of [...INPUT_DIRS.flatMap(filesUnder), ...INPUT_FILES.filter((f) => existsSync(f))]) {
+    hash.update(`${file}\0`).update(readFileSync(file)).update('\0');
+  }
+  return hash.digest('hex');
+}
+
+const force = process.argv.includes('--force');
+if (!force && existsSync(STAMP) && OUTPUTS.every((f) => existsSync(f)) && readFileSync(STAMP, 'utf8').trim() === inputsDigest()) {
+  console.log('build: dist/ is up to date (inputs unchanged since the last build; --force builds anyway)');
+  process.exit(0);
+}
+rmSync(STAMP, { force: true }); // a build stopped part-way leaves no stamp
 if (existsSync('chain/compile.mjs')) run(process.execPath, ['chain/compile.mjs']);
 run(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json']);
 // slim copies of the FHIR StructureDefinition bundles the server indexes at start (src/fhir/definitions.ts)
 run(process.execPath, ['--input-type=module', '-e', "(await import('./dist/src/fhir/definitions.js')).writeSlimDefinitions()"]);
+// after the build: the contract step may have rewritten its generated bindings under src/
+writeFileSync(STAMP, `${inputsDigest()}\n`);

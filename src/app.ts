@@ -210,19 +210,39 @@ export async function checkUpstreamAccessLog(repository: Repository, logger: Log
 export async function createApp(config: Config, options: { logger?: Logger; registerWebApps?: boolean } = {}): Promise<App> {
   const logger = options.logger ?? createLogger(config.logLevel);
   for (const warning of insecureSettings(config)) logger.warn(warning);
-  loadFhirDefinitions();
-  const validator = new ProfileValidator(PROFILES_DIR);
   // A restore that left out chain/ or ledger/ is refused before anything is opened or created.
   if (!config.chain.rpcUrl) assertEmbeddedChainPresent(config.dataDir);
   if (!config.upstream) assertCommitmentStorePresent(config.dataDir);
   // An upstream that refuses GlucoGuard's client (or cannot be reached) stops the start before
   // anything is written to the data directory: no key files left from a start that never ran.
-  const upstream = config.upstream ? await createRepository(config, logger) : undefined;
+  let upstream: Repository | undefined;
+  if (config.upstream) {
+    loadFhirDefinitions(); // before the adapter, as for the embedded one below
+    upstream = await createRepository(config, logger);
+  }
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const keys = loadServerKeys(config);
-  const adapter = upstream ?? await createRepository(config, logger, keys);
-  const kv = await createKeyValueStore(config, logger, keys);
-  const chain = await createChain(config, logger);
+  // The embedded chain node starts on its own thread (its modules and database: about a second)
+  // while this one loads the FHIR definitions (about as long): started first, awaited last.
+  const chainStarted = createChain(config, logger);
+  chainStarted.catch(() => undefined); // awaited below; a failure meanwhile is not unhandled
+  await new Promise((resolve) => setImmediate(resolve)); // lets it reach `new Worker` before the synchronous load
+  let adapter: Repository;
+  let kv: KeyValueStore;
+  let validator: ProfileValidator;
+  try {
+    loadFhirDefinitions();
+    validator = new ProfileValidator(PROFILES_DIR);
+    adapter = upstream ?? await createRepository(config, logger, keys);
+    kv = await createKeyValueStore(config, logger, keys);
+  } catch (err) {
+    await chainStarted.then((c) => c.client.close().then(() => c.embedded?.close()), () => undefined);
+    throw err;
+  }
+  const chain = await chainStarted.catch(async (err: unknown) => {
+    await Promise.allSettled([adapter.close(), kv.close()]);
+    throw err;
+  });
   // Every write goes through the ledger's decorator (commitment recorded, then anchored in batches).
   const ledger = await createLedger({
     dataDir: config.dataDir, chain: chain.client, repository: adapter, logger, integrity: config.integrity, anchor: !chain.shared, ownChain: chain.embedded !== undefined,
