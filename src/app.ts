@@ -223,7 +223,7 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const keys = loadServerKeys(config);
   // The embedded chain node starts on its own thread (its modules and database: about a second)
-  // while this one loads the FHIR definitions (about as long): started first, awaited last.
+  // while this one loads the FHIR definitions and opens the stores: started first, awaited last.
   const chainStarted = createChain(config, logger);
   chainStarted.catch(() => undefined); // awaited below; a failure meanwhile is not unhandled
   await new Promise((resolve) => setImmediate(resolve)); // lets it reach `new Worker` before the synchronous load
