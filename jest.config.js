@@ -16,7 +16,7 @@ export default {
   // Two workers on two cores. Three made a fresh-clone .ci/run faster (16m34s against 18m20s with
   // two, Jest 872 s against 956 s; session 27), but in a second run with three a health check of
   // test/integration/cgm-ingest-liveness.test.ts met a keep-alive connection the server had just
-  // closed ("other side closed"): the contention stretched an import chunk past the 5 s keep-alive.
+  // closed ("other side closed"), probably an import chunk held past the 5 s keep-alive (not verified).
   maxWorkers: 2,
   // Each test file's ESM module graph stays in its worker's heap: by the end of a full run a worker
   // held 2–2.9 GB, and tearing that down at exit took longer than the 500 ms Jest waits, so Jest
