@@ -55,15 +55,22 @@ async function restarted(t: TestApp): Promise<TestApp> {
   return again;
 }
 
-/** Every stored reading of the patient: its identifier and version (paged through the repository). */
+/**
+ * Every stored reading of the patient: its identifier and version, paged through the repository as
+ * the facade pages (from the last match's position; by offset were the position not resumable).
+ * Paging by offset alone would read every earlier page again for each page: 13 pages of 5,000 read
+ * ~455,000 versions for 60,000 readings, half a minute of this test.
+ */
 async function storedReadings(app: App, patient: string): Promise<{ identifier: string; id: string; version: string }[]> {
   const out: { identifier: string; id: string; version: string }[] = [];
+  let after: string | undefined;
   for (let offset = 0; ; offset += 5000) {
     const page = await app.repository.search({
       resourceType: 'Observation', filters: [{ code: 'patient', operator: Operator.EQUALS, value: `Patient/${patient}` }], count: 5000, offset,
-    });
+    }, after === undefined ? undefined : { after });
     for (const o of page.resources as Observation[]) out.push({ identifier: `${o.identifier![0]!.system}|${o.identifier![0]!.value}`, id: o.id!, version: o.meta!.versionId! });
     if (!page.hasMore) return out;
+    after = page.positionOf?.(page.resources.length - 1);
   }
 }
 
