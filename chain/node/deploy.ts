@@ -7,30 +7,12 @@ import { createFeeMarket1559Tx } from '@ethereumjs/tx';
 import { bytesToHex, createAddressFromString, hexToBytes, type PrefixedHexString } from '@ethereumjs/util';
 import { AbiCoder, getCreateAddress } from 'ethers';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
 import { loadArtifact, type ContractName } from './artifacts.js';
+import { deploymentPath, readDeployment, type Deployment, type DeploymentRecord } from './deployment.js';
 import { chainDir } from './keys.js';
 import type { ChainNode } from './node.js';
 
-export type Deployment = Record<ContractName, string>;
-
-export interface DeploymentRecord {
-  chainId: number;
-  signer: string;
-  genesisHash: string;
-  contracts: Deployment;
-}
-
-/** Path of deployment.json in a data directory. */
-export function deploymentPath(dataDir: string): string {
-  return path.join(chainDir(dataDir), 'deployment.json');
-}
-
-/** Reads deployment.json of a data directory (undefined before the first start). */
-export function readDeployment(dataDir: string): DeploymentRecord | undefined {
-  const file = deploymentPath(dataDir);
-  return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as DeploymentRecord) : undefined;
-}
+export { deploymentPath, readDeployment, type Deployment, type DeploymentRecord } from './deployment.js';
 
 // IdentityRegistry first: ConsentRegistry's constructor takes its address.
 const ORDER: ContractName[] = ['IdentityRegistry', 'ConsentRegistry', 'ResourceAnchor'];

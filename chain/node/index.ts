@@ -6,12 +6,12 @@
 import { existsSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { Worker } from 'node:worker_threads';
-import type { Deployment } from './deploy.js';
+import type { Deployment } from './deployment.js';
 import type { ChainLogger } from './node.js';
 import type { FromChainWorker } from './worker.js';
 
 export { loadAuthorityKey, signerKeyPath } from './keys.js';
-export { readDeployment, deploymentPath, type Deployment, type DeploymentRecord } from './deploy.js';
+export { readDeployment, deploymentPath, type Deployment, type DeploymentRecord } from './deployment.js';
 export { loadArtifact, artifactsDir, CONTRACT_NAMES, type Artifact, type ContractName } from './artifacts.js';
 export type { ChainLogger } from './node.js';
 

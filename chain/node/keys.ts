@@ -6,7 +6,21 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { bytesToHex, hexToBytes, isValidPrivate } from '@ethereumjs/util';
+
+/**
+ * The order of secp256k1's group: a private key is a 32-byte number in [1, n − 1] (SEC 1 §3.2.1).
+ * Checked here rather than with @ethereumjs/util so that the request thread of every process (which
+ * reads this key to sign with ethers) does not load the EVM packages, ~70 modules.
+ */
+const SECP256K1_ORDER = 0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141n;
+
+function isValidPrivate(key: Uint8Array): boolean {
+  if (key.length !== 32) return false;
+  const k = BigInt(`0x${Buffer.from(key).toString('hex')}`);
+  return k > 0n && k < SECP256K1_ORDER;
+}
+
+const bytesToHex = (bytes: Uint8Array): string => `0x${Buffer.from(bytes).toString('hex')}`;
 
 /** Directory holding the embedded chain's files inside a data directory. */
 export function chainDir(dataDir: string): string {
@@ -24,10 +38,9 @@ export function signerKeyPath(dataDir: string): string {
  */
 export function loadAuthorityKey(dataDir: string): string {
   const file = signerKeyPath(dataDir);
-  const hex = readFileSync(file, 'utf8').trim();
-  const key = hexToBytes(hex.startsWith('0x') ? (hex as `0x${string}`) : `0x${hex}`);
-  if (key.length !== 32 || !isValidPrivate(key)) throw new Error(`${file} does not hold a valid secp256k1 private key`);
-  return bytesToHex(key);
+  const hex = readFileSync(file, 'utf8').trim().replace(/^0x/, '');
+  if (!/^[0-9a-fA-F]{64}$/.test(hex) || !isValidPrivate(Buffer.from(hex, 'hex'))) throw new Error(`${file} does not hold a valid secp256k1 private key`);
+  return `0x${hex.toLowerCase()}`;
 }
 
 /** Loads the signer key, creating it (0600) when absent. */
@@ -45,5 +58,5 @@ export function loadOrCreateSignerKey(dataDir: string): Uint8Array {
     }
   }
   if ((statSync(file).mode & 0o077) !== 0) chmodSync(file, 0o600);
-  return hexToBytes(loadAuthorityKey(dataDir) as `0x${string}`);
+  return new Uint8Array(Buffer.from(loadAuthorityKey(dataDir).slice(2), 'hex'));
 }
