@@ -27,7 +27,6 @@ import { deriveKey, loadServerKeys, masterKeyPath, rootSealPath, type ServerKeys
 import { EmbeddedKeyValueStore } from './kv/embedded.js';
 import { MemoryKeyValueStore } from './kv/memory.js';
 import type { KeyValueStore } from './kv/port.js';
-import { RedisKeyValueStore } from './kv/redis.js';
 import { createSmart, type Smart } from './smart/index.js';
 import { createWeb, type Web } from './web/index.js';
 import { SmartScopePolicy } from './smart/policy.js';
@@ -39,7 +38,7 @@ import { createLogger, type Logger } from './log.js';
 import {
   anchoringCheck, chainCheck, finalErrorHandler, kvCheck, notFoundHandler, observabilityRouter, Readiness, repositoryCheck, requestObservability, securityHeaders,
 } from './observability/index.js';
-import { PACKAGE_ROOT, PROFILES_DIR } from './paths.js';
+import { PROFILES_DIR, VERSION } from './paths.js';
 import { EmbeddedRepository } from './repository/embedded/index.js';
 import type { DecodedCache } from './repository/embedded/decoded-cache.js';
 import type { Repository } from './repository/port.js';
@@ -51,7 +50,8 @@ import { removeEndpoint, runningEmbeddedNode, writeEndpoint } from './ledger/emb
 import { assertCommitmentStorePresent, assertEmbeddedChainPresent } from './ledger/restore.js';
 import { loadAuthorityKey, startEmbeddedChainThread, type EmbeddedChainThread } from '../chain/node/index.js';
 
-export const VERSION: string = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+/** The package's version (it lives in paths.ts, which the CLI loads without the app). */
+export { VERSION };
 
 export interface App {
   config: Config;
@@ -119,7 +119,11 @@ export async function createRepository(config: Config, logger: Logger, keys?: Se
  * directory (default; shared with the CLI processes of that directory), or process memory.
  */
 export async function createKeyValueStore(config: Config, logger: Logger, keys: ServerKeys = loadServerKeys(config)): Promise<KeyValueStore> {
-  if (config.kv === 'redis') return RedisKeyValueStore.connect(config.redisUrl!, { logger });
+  if (config.kv === 'redis') {
+    // the Redis client (~90 modules) is loaded only by installations that use it
+    const { RedisKeyValueStore } = await import('./kv/redis.js');
+    return RedisKeyValueStore.connect(config.redisUrl!, { logger });
+  }
   if (config.kv === 'memory') return new MemoryKeyValueStore();
   return new EmbeddedKeyValueStore({ file: path.join(config.dataDir, 'kv', 'kv.sqlite'), rootKey: keys.root, logger });
 }

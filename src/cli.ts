@@ -9,7 +9,6 @@ import { hostname, userInfo } from 'node:os';
 import type { AuditEvent, Bundle, Patient as PatientResource } from '@medplum/fhirtypes';
 import { Operator } from '@medplum/core';
 import { Command, CommanderError, Help, InvalidArgumentError } from 'commander';
-import { checkUpstreamAccessLog, createApp, createKeyValueStore, createRepository, VERSION } from './app.js';
 import { createHttpServer, shutDown } from './server.js';
 import { UsageError, withApp, type OpenApp } from './cli-app.js';
 import { isGlucoGuardError } from './errors.js';
@@ -18,18 +17,17 @@ import type { Repository } from './repository/port.js';
 import { OPEN_ACCESS } from './fhir/access.js';
 import { ConfigError, fhirBase, loadConfig, prepareDataDir, type Config } from './config.js';
 import { createLogger } from './log.js';
+import { VERSION } from './paths.js';
 import { registerSmartCommands } from './smart/cli.js';
 import { registerCgmCommands } from './cgm/cli.js';
 import { registerConsentCommands } from './consent/cli.js';
 import { registerLedgerCommands } from './ledger/cli.js';
-import { anchoringElsewhere } from './ledger/anchor.js';
-import { commitmentStorePath } from './ledger/index.js';
-import { CommitmentStore } from './ledger/store.js';
-import { keyRotationAuditEvent, rotateMasterKey } from './key-rotation.js';
 import { describeServerKeys, holdsInstallation, loadServerKeys, masterKeyPath, masterKeySource, readKeyFile, rootSealPath } from './keys.js';
-import { INDEX_GENERATION } from './repository/embedded/params.js';
-import { EmbeddedRepository } from './repository/embedded/index.js';
 import { registerExchangeCommands } from './exchange/cli.js';
+
+// The app, its stores and what only some commands use are imported by the action that needs them
+// (`await import(…)`), not here: --help and a command given wrongly answer without loading them
+// (about 1 s of module loading).
 
 // Everything GlucoGuard creates under the data directory (and the files a command writes) is for
 // its own user only: keys, stores, export files, job and subscription state (patient and grant ids).
@@ -101,6 +99,7 @@ const openApp: OpenApp = async (options = {}) => {
   const cfg = checkedConfig(options);
   if (options.withoutData && !cfg.upstream && !holdsInstallation(cfg.dataDir)) throw options.withoutData;
   if (options.setUp) prepareDataDir(cfg.dataDir, { create: true, write: true });
+  const { createApp } = await import('./app.js');
   return createApp(cfg, { logger: createLogger('warn', process.stderr), registerWebApps: false });
 };
 const setUpApp = () => openApp({ setUp: true });
@@ -154,6 +153,8 @@ program
     const config0 = config();
     if (config0.port !== 0) await portAvailable(config0.port, config0.host);
     const cfg = configFor({ setUp: true });
+    const { createApp, checkUpstreamAccessLog } = await import('./app.js');
+    const { INDEX_GENERATION } = await import('./repository/embedded/params.js');
     const app = await createApp(cfg);
     const { logger } = app;
     for (const a of app.adapters.map((x) => (x.port === 'master key' ? withKeySource(x, cfg) : x))) {
@@ -278,6 +279,7 @@ patients
     await withApp(openApp, async (app) => {
       if (!app.erasePatient) throw new Error('erasure is for the embedded repository; an upstream FHIR server erases data by its own means');
       // A running server keeps data keys and decoded versions in memory: it must not go on serving them.
+      const { anchoringElsewhere } = await import('./ledger/anchor.js');
       const server = anchoringElsewhere(app.ledger.store);
       if (server) throw new Error(`another GlucoGuard process is using this data directory (${server}: a server, or an import writing through it): stop it or let it finish first, then erase`);
       let erased;
@@ -313,6 +315,8 @@ program
   .action(async (opts: { all?: boolean }) => {
     await withApp(openApp, async (app) => {
       if (!app.reindex) throw new Error('reindex is for the embedded repository; an upstream FHIR server indexes by its own means');
+      const { INDEX_GENERATION } = await import('./repository/embedded/params.js');
+      const { anchoringElsewhere } = await import('./ledger/anchor.js');
       if (!opts.all && app.indexGeneration && app.indexGeneration() >= INDEX_GENERATION) {
         console.log(`the search index is up to date (generation ${app.indexGeneration()}): nothing to rebuild; --all rebuilds every type`);
         return;
@@ -346,6 +350,7 @@ keys
   .action(async () => {
     const cfg = configFor();
     if (cfg.upstream && cfg.auditStore !== 'local') throw new UsageError('bind-row-times is for the embedded store; this installation keeps its data on an upstream FHIR server');
+    const { EmbeddedRepository } = await import('./repository/embedded/index.js');
     const repo = await EmbeddedRepository.open({ dataDir: cfg.dataDir, keys: loadServerKeys(cfg), readCacheBytes: 0, mmapBytes: 0 });
     try {
       const already = repo.bindsRowTimes;
@@ -370,6 +375,11 @@ keys
     if (opts.newKeyFile !== undefined && !cfg.masterKey) {
       throw new UsageError(`--new-key-file is for a master key given by GLUCOGUARD_MASTER_KEY or GLUCOGUARD_MASTER_KEY_FILE; this data directory's key is the file ${masterKeyPath(cfg.dataDir)}, and the rotation makes the new key itself: leave --new-key-file out`);
     }
+    const { createApp } = await import('./app.js');
+    const { commitmentStorePath } = await import('./ledger/index.js');
+    const { CommitmentStore } = await import('./ledger/store.js');
+    const { anchoringElsewhere } = await import('./ledger/anchor.js');
+    const { keyRotationAuditEvent, rotateMasterKey } = await import('./key-rotation.js');
     // A running server holds data keys and the old master key in memory and would write new keys under it.
     const storeFile = commitmentStorePath(cfg.dataDir);
     if (existsSync(storeFile)) {
@@ -431,6 +441,7 @@ registerSmartCommands(program, async (options) => {
   // A command that sets an installation up (users add, clients add) makes it only once its input
   // passed (setUp below): one refused creates nothing, in a missing data directory least of all.
   const cfg = checkedConfig(options);
+  const { createKeyValueStore, createRepository } = await import('./app.js');
   // the repository only for the command that asks (users add: does its fhirUser exist?)
   let repository: Repository | undefined;
   const resourceExistsHere = async (type: string, id: string) => {

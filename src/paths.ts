@@ -1,5 +1,5 @@
 /** Where the package's own files (profiles/, smart-on-fhir/, chain/) live, from src/ or from dist/src/. */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -15,3 +15,5 @@ function findPackageRoot(): string {
 
 export const PACKAGE_ROOT = findPackageRoot();
 export const PROFILES_DIR = path.join(PACKAGE_ROOT, 'profiles');
+/** The package's version (package.json). */
+export const VERSION: string = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;

