@@ -56,6 +56,12 @@ export interface AccessClaims {
   client_id: string;
   scope: string;
   iat: number;
+  /**
+   * When it was issued, in epoch milliseconds (`iat` is in whole seconds): a password change cuts
+   * off what was issued before it, and a sign-in in the same second after it must live. Tokens
+   * issued before this claim was kept count as issued at the start of their `iat` second.
+   */
+  iat_ms?: number;
   exp: number;
   fhirUser?: string;
   patient?: string;
@@ -118,7 +124,8 @@ export class TokenService {
     const { before, keptGrant } = this.userCutoff(sub);
     if (before === Infinity) return true;
     if (gid !== undefined && gid === keptGrant) return false;
-    // at or before: an access token's iat is in whole seconds, and nothing is issued to a disabled user
+    // at or before: nothing is issued to a disabled user, and a token of an older version counts
+    // from the start of its whole-second iat
     return before !== undefined && issuedAt <= before;
   }
 
@@ -153,7 +160,8 @@ export class TokenService {
 
   /** Signs an access token for a grant, living `seconds` (default `accessSeconds`); returns it with its lifetime. */
   signAccessToken(grant: Grant, seconds = this.lifetimes.accessSeconds): { token: string; expiresIn: number; claims: AccessClaims } {
-    const iat = Math.floor(this.now() / 1000);
+    const issuedAt = this.now();
+    const iat = Math.floor(issuedAt / 1000);
     const claims: AccessClaims = {
       jti: randomBytes(12).toString('base64url'),
       gid: grant.gid,
@@ -163,6 +171,7 @@ export class TokenService {
       client_id: grant.clientId,
       scope: grant.scopes.join(' '),
       iat,
+      iat_ms: issuedAt,
       exp: iat + seconds,
       ...(grant.fhirUser ? { fhirUser: grant.fhirUser } : {}),
       ...(grant.patient ? { patient: grant.patient } : {}),
@@ -236,7 +245,8 @@ export class TokenService {
     if (claims.iss !== this.fhirBase || claims.aud !== this.fhirBase) return undefined;
     if (claims.exp * 1000 <= this.now()) return undefined;
     if (typeof claims.client_id !== 'string' || typeof claims.sub !== 'string' || typeof claims.iat !== 'number') return undefined;
-    if (this.cutOff(claims.client_id, claims.sub, claims.iat * 1000, claims.gid)) return undefined;
+    const issuedAt = typeof claims.iat_ms === 'number' && Math.floor(claims.iat_ms / 1000) === claims.iat ? claims.iat_ms : claims.iat * 1000;
+    if (this.cutOff(claims.client_id, claims.sub, issuedAt, claims.gid)) return undefined;
     return claims as AccessClaims;
   }
 
