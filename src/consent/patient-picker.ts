@@ -42,7 +42,7 @@ export class PatientPicker implements PatientDirectory {
         interaction: 'search-type', outcome: '0', query: queryText, patients: [p.id!], grants: visible?.get(p.id!)?.grants ?? [],
       });
     }
-    return found.map((p) => (!visible || visible.get(p.id!)?.shown ? choiceOf(p) : { id: p.id!, name: `Patient ${p.id!} (name not shared with you)` }));
+    return found.map((p) => (!visible || visible.get(p.id!)?.shown ? choiceOf(p) : notShown(p.id!)));
   }
 
   async mayChoose(user: AccessContext, patientId: string): Promise<boolean> {
@@ -53,6 +53,24 @@ export class PatientPicker implements PatientDirectory {
       target: `Patient/${patientId}`, patients: [patientId], grants: [],
     });
     return false;
+  }
+
+  /**
+   * The patient the approval page names: their name and birth date where the user may be shown
+   * them, as the list would show them, recorded in that patient's access log as a read of their
+   * Patient by the user and app; otherwise by id alone, with nothing read.
+   */
+  async describe(user: AccessContext, patientId: string): Promise<PatientChoice | undefined> {
+    const visible = await this.visible(user);
+    const entry = visible?.get(patientId);
+    if (visible && !entry) return undefined;
+    if (entry && !entry.shown) return notShown(patientId);
+    const [patient] = await this.find(visible && new Map([[patientId, entry]]), patientId);
+    if (!patient) return undefined;
+    this.deps.audit.recordAccess(user, {
+      interaction: 'read', outcome: '0', target: `Patient/${patientId}`, patients: [patientId], grants: entry?.grants ?? [],
+    });
+    return choiceOf(patient);
   }
 
   /** As the facade does: authorize first (brings the consent epoch up to date), then the patients the picker may offer. */
@@ -71,6 +89,11 @@ export class PatientPicker implements PatientDirectory {
     const result = await this.deps.repository.search({ resourceType: 'Patient', filters, count: PAGE, offset: 0 });
     return (result.resources as Patient[]).filter((p) => p.id && (!visible || visible.has(p.id)));
   }
+}
+
+/** A patient the user may choose but not be shown the name of (their grants do not cover the Patient record). */
+function notShown(id: string): PatientChoice {
+  return { id, name: `Patient ${id} (name not shared with you)` };
 }
 
 function choiceOf(p: Patient): PatientChoice {

@@ -285,7 +285,7 @@ async function nextStage(ctx: SmartContext, res: Response, id: string, client: C
   }
   pending.stage = 'approve';
   await ctx.kv.set(`smart:authz:${id}`, JSON.stringify(pending), PENDING_TTL_MS);
-  sendApproval(res, id, client, pending);
+  await sendApproval(ctx, res, id, client, pending);
 }
 
 /**
@@ -297,9 +297,17 @@ function grantsSomething(scope: string): boolean {
   return scope.startsWith('user/') || scope === 'openid';
 }
 
-function sendApproval(res: Response, id: string, client: Client, pending: PendingRequest): void {
+/**
+ * The approval page, naming the patient in context as the picker lists them (name and birth date
+ * where the user may be shown them, PatientDirectory.describe) with their id.
+ */
+async function sendApproval(ctx: SmartContext, res: Response, id: string, client: Client, pending: PendingRequest): Promise<void> {
+  const chosen = pending.patient && ctx.patients ? await ctx.patients.describe(pickingUser(pending), pending.patient) : undefined;
+  const named = chosen && `${chosen.name}${chosen.birthDate ? `, born ${chosen.birthDate}` : ''}`;
+  const patient = !pending.patient ? undefined
+    : named && !named.includes(pending.patient) ? `${named} (Patient/${pending.patient})` : named ?? `Patient/${pending.patient}`;
   sendPage(res, 200, approvalPage({
-    requestId: id, clientName: client.name, user: pending.user!.fhirUser, patient: pending.patient,
+    requestId: id, clientName: client.name, user: pending.user!.fhirUser, patient,
     scopes: pending.scopes.map(describeScope),
   }));
 }

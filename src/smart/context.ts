@@ -23,6 +23,12 @@ export interface PatientDirectory {
   search(user: AccessContext, query: string): Promise<PatientChoice[]>;
   /** Whether the user may see this patient: the server-side check of a choice. */
   mayChoose(user: AccessContext, patientId: string): Promise<boolean>;
+  /**
+   * The patient in context as the approval page names them to the user: as the picker would list
+   * them (name and birth date, or by id when the user may not be shown them); undefined when the
+   * patient is not one the user may see, or not found.
+   */
+  describe(user: AccessContext, patientId: string): Promise<PatientChoice | undefined>;
 }
 
 export interface SmartUrls {

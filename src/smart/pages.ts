@@ -93,7 +93,7 @@ ${list}`);
 export function approvalPage(input: { requestId: string; clientName: string; user: string; patient?: string; scopes: string[] }): string {
   const items = input.scopes.map((s) => `<li>${escapeHtml(s)}</li>`).join('\n');
   return page('Allow access?', `<p><strong>${escapeHtml(input.clientName)}</strong> asks to act for <strong>${escapeHtml(input.user)}</strong>${
-    input.patient ? ` on the records of patient <strong>${escapeHtml(input.patient)}</strong>` : ''}. It will be able to:</p>
+    input.patient ? ` on the records of <strong>${escapeHtml(input.patient)}</strong>` : ''}. It will be able to:</p>
 <ul class="scopes">
 ${items}
 </ul>

@@ -171,6 +171,22 @@ describe('patient picker', () => {
     expect(new URL(done.headers.location!).searchParams.get('code')).toEqual(expect.any(String));
   });
 
+  test('the approval page names the chosen patient as the picker listed them: name and birth date with the grant of the Patient record, the id alone without it', async () => {
+    const doc = t.app.smart.store.getUser(DOC.username)!.fhirUser;
+    const named = await choose((await signIn(DOC)).text, ana);
+    expect(named.text).toContain('name="decision"');
+    expect(named.text).toContain(`on the records of <strong>Ana Rivera, born 1950-04-02 (Patient/${ana})</strong>`);
+    // shown on the approval page is a read of Ana's Patient record by that user and app, in her access log
+    const reads = about(await storedEvents(), ana, doc).filter((e) => e.subtype?.[0]?.code === 'read' && e.outcome === '0');
+    expect(reads.length).toBeGreaterThan(0);
+    expect(reads.some((e) => e.entity!.some((x) => x.what?.identifier?.value === grantId))).toBe(true);
+    // a grant of readings alone: the page names the patient by id, and neither name nor birth date
+    const byId = await choose((await signIn(READINGS_ONLY)).text, ana);
+    expect(byId.text).toContain('name="decision"');
+    expect(byId.text).toContain(`on the records of <strong>Patient ${ana} (name not shared with you)</strong>`);
+    for (const hidden of ['Rivera', 'Ana ', '1950-04-02']) expect(byId.text).not.toContain(hidden);
+  });
+
   test("what the picker lists is in that patient's access log, with the grant that allowed it; a refused choice too", async () => {
     const doc = t.app.smart.store.getUser(DOC.username)!.fhirUser;
     const stranger = t.app.smart.store.getUser(STRANGER.username)!.fhirUser;

@@ -66,6 +66,8 @@ export async function startHarness(options: Partial<Pick<SmartDeps, 'rateLimits'
         .filter((p) => !q || p.id === q || JSON.stringify(p.name).toLowerCase().includes(q.toLowerCase()))
         .map((p) => ({ id: p.id, name: `${p.name[0]!.given[0]} ${p.name[0]!.family}`, birthDate: p.birthDate })),
       mayChoose: async (_user, id) => PATIENTS.some((p) => p.id === id),
+      describe: async (_user, id) => PATIENTS.filter((p) => p.id === id)
+        .map((p) => ({ id: p.id, name: `${p.name[0]!.given[0]} ${p.name[0]!.family}`, birthDate: p.birthDate }))[0],
     },
     // what the tiny FHIR endpoint holds, and the practitioners the tests sign in as (the real app asks its repository)
     resourceExists: async (type, id) => (type === 'Patient' && PATIENTS.some((p) => p.id === id)) || (type === 'Practitioner' && PRACTITIONERS.includes(id)),
