@@ -65,7 +65,8 @@ export class PatientPicker implements PatientDirectory {
     const entry = visible?.get(patientId);
     if (visible && !entry) return undefined;
     if (entry && !entry.shown) return notShown(patientId);
-    const [patient] = await this.find(visible && new Map([[patientId, entry]]), patientId);
+    const { resources } = await this.deps.repository.search({ resourceType: 'Patient', filters: [{ code: '_id', operator: Operator.EQUALS, value: patientId }], count: 1, offset: 0 });
+    const patient = resources[0] as Patient | undefined;
     if (!patient) return undefined;
     this.deps.audit.recordAccess(user, {
       interaction: 'read', outcome: '0', target: `Patient/${patientId}`, patients: [patientId], grants: entry?.grants ?? [],
