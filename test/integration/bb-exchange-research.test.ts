@@ -18,6 +18,14 @@ import { keyRingOf } from '../support/tamper.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, grant, person, registerIdentity } from './consent-helpers.js';
 
+/**
+ * The text of export lines with the study's pseudonyms (40 hex digits of an HMAC, deidentify.ts)
+ * blanked out: a digest holds any run of digits by chance ("…84d1925825…" failed the birth-year
+ * check once in CI), and a pseudonym is no identifier. What is searched for a leak is the rest.
+ */
+const PSEUDONYM = /\b[0-9a-f]{40}\b/g;
+const withoutPseudonyms = (text: string): string => text.replace(PSEUDONYM, '<pseudonym>');
+
 describe('research export: de-identification and selection (black box)', () => {
   let t: TestApp;
   let ana: string;
@@ -95,7 +103,7 @@ describe('research export: de-identification and selection (black box)', () => {
 
   test('no direct identifier or free text leaves in the files', async () => {
     const files = await exportOf('/fhir/Patient/$export?_type=Patient,Observation,Device');
-    const all = Object.values(files).flat().join("\n");
+    const all = withoutPseudonyms(Object.values(files).flat().join("\n"));
     for (const leak of [ana, old, 'Rivera', 'Elder', 'MRN-', '555-0100', 'Main St', 'Springfield', '02139', 'SN-', 'UDI-', 'sensor', 'devices.example',
       'R-', 'Kwame', 'Osei', '1234567893', '1950-04-02', ids[`obs-${ana}`]!, ids[`device-${ana}`]!]) {
       expect({ leak, found: all.includes(leak) }).toEqual({ leak, found: false });
@@ -109,7 +117,8 @@ describe('research export: de-identification and selection (black box)', () => {
     const years = patients.map((p) => p.birthDate);
     expect(years).toContain('1950');
     expect(years.filter((y) => y !== undefined && Number(y) <= new Date().getUTCFullYear() - 90)).toEqual([]);
-    expect(JSON.stringify(files)).not.toContain('1925');
+    for (const p of patients) expect(p.id).toMatch(/^[0-9a-f]{40}$/); // pseudonyms only, blanked below
+    expect(withoutPseudonyms(JSON.stringify(files))).not.toContain('1925');
   }, 60_000);
 
   test('a _typeFilter cannot pick a person out by name, address, telecom, exact birth date or free text', async () => {
