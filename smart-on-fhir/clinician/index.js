@@ -1,6 +1,6 @@
 // The clinician's CGM viewer after an EHR launch: patient banner, who granted access until when,
 // the AGP report for 14/30/90 days, and plain words when access ended or was never granted.
-import { api, applySmartStyle, CLINICIAN_PURPOSE_WORDS, el, endWords, fmtDate, notice, sessionEnded, show, statusOf, dataWords } from '../shared/dom.js';
+import { api, cancellableRequests, applySmartStyle, CLINICIAN_PURPOSE_WORDS, el, endWords, fmtDate, notice, sessionEnded, show, statusOf, dataWords } from '../shared/dom.js';
 import { hasReadings, loadReport, periodSelector, renderReport } from '../shared/agp.js';
 import { forgetSession, hasSession, signOutButton } from '../shared/session.js';
 
@@ -129,7 +129,7 @@ async function load() {
 }
 
 try {
-  client = await window.FHIR.oauth2.ready();
+  client = cancellableRequests(await window.FHIR.oauth2.ready());
   show(document.getElementById('session'), signOutButton(client, 'signed-out.html'));
   await applySmartStyle(client.state.tokenResponse?.smart_style_url);
   document.body.dataset.needPatientBanner = String(!!client.state.tokenResponse?.need_patient_banner);

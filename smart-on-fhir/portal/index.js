@@ -1,7 +1,7 @@
 // The patient portal (standalone launch as a patient): own AGP summary, upload with progress,
 // grants (list, share in a few steps, stop sharing), the access log in plain words, key safety
 // (with guardian recovery, recovery.js).
-import { api, apiSend, dataWords, el, endInstant, endWords, fmtDate, fmtDateTime, notice, problemOf, PURPOSE_WORDS, sessionEnded, show, statusOf, STATE_WORDS } from '../shared/dom.js';
+import { api, cancellableRequests, apiSend, dataWords, el, endInstant, endWords, fmtDate, fmtDateTime, notice, problemOf, PURPOSE_WORDS, sessionEnded, show, statusOf, STATE_WORDS } from '../shared/dom.js';
 import { forgetSession, signOutButton } from '../shared/session.js';
 import { hasReadings, loadReport, periodSelector, renderReport } from '../shared/agp.js';
 import { hasWallet, signWithWallet } from '../shared/wallet.js';
@@ -716,7 +716,7 @@ async function recoveredTo(address) {
 
 // ---- Start ------------------------------------------------------------------------------------
 try {
-  client = await window.FHIR.oauth2.ready();
+  client = cancellableRequests(await window.FHIR.oauth2.ready());
   patientId = client.patient.id;
 } catch {
   // Back from the sign-in with an error (the patient said no, or the sign-in expired): said in words,

@@ -129,34 +129,74 @@ function bearer(client) {
   return `Bearer ${token}`;
 }
 
+/**
+ * Sign-out can cut the session's requests short (endRequests): from `cancellableRequests(client)`
+ * on, every request of the session — fhirclient's `client.request`, the pages it follows, api() and
+ * apiSend() — carries the session's AbortSignal. Sign-out aborts them before it revokes the tokens,
+ * so none reaches the server after the revocation and comes back 401 to a page that is leaving. A
+ * request that fails because it was aborted never settles: the page is leaving, and no handler
+ * should report a failure the user asked for.
+ */
+const SESSIONS = new WeakMap();
+
+export function cancellableRequests(client) {
+  if (SESSIONS.has(client)) return client;
+  const controller = new AbortController();
+  SESSIONS.set(client, controller);
+  const request = client.request.bind(client);
+  client.request = (options, ...rest) => {
+    const withSignal = typeof options === 'string' || options instanceof URL ? { url: String(options) } : { ...options };
+    withSignal.signal ??= controller.signal;
+    return unlessEnded(controller.signal, request(withSignal, ...rest));
+  };
+  return client;
+}
+
+/** Aborts every request of the session still under way (see cancellableRequests). */
+export function endRequests(client) {
+  SESSIONS.get(client)?.abort();
+}
+
+function unlessEnded(signal, promise) {
+  if (!signal) return promise;
+  return promise.catch((err) => (signal.aborted ? new Promise(() => {}) : Promise.reject(err)));
+}
+
 /** Calls the GlucoGuard web API with the app's access token. */
 export async function api(client, path) {
-  const res = await fetch(path, { headers: { Authorization: bearer(client), Accept: 'application/json' } });
-  const body = await res.json().catch(() => undefined);
-  if (!res.ok) {
-    const err = new Error(body?.issue?.[0]?.diagnostics ?? `HTTP ${res.status}`);
-    err.status = res.status;
-    err.body = body;
-    throw err;
-  }
-  return body;
+  const signal = SESSIONS.get(client)?.signal;
+  return unlessEnded(signal, (async () => {
+    const res = await fetch(path, { headers: { Authorization: bearer(client), Accept: 'application/json' }, signal });
+    const body = await res.json().catch(() => undefined);
+    if (!res.ok) {
+      const err = new Error(body?.issue?.[0]?.diagnostics ?? `HTTP ${res.status}`);
+      err.status = res.status;
+      err.body = body;
+      throw err;
+    }
+    return body;
+  })());
 }
 
 /** Sends JSON to the GlucoGuard web API (POST/PUT) with the app's access token. */
 export async function apiSend(client, path, method, body) {
-  const res = await fetch(path, {
-    method,
-    headers: { Authorization: bearer(client), Accept: 'application/json', 'Content-Type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const answer = await res.json().catch(() => undefined);
-  if (!res.ok) {
-    const err = new Error(answer?.issue?.[0]?.diagnostics ?? `HTTP ${res.status}`);
-    err.status = res.status;
-    err.body = answer;
-    throw err;
-  }
-  return answer;
+  const signal = SESSIONS.get(client)?.signal;
+  return unlessEnded(signal, (async () => {
+    const res = await fetch(path, {
+      method,
+      headers: { Authorization: bearer(client), Accept: 'application/json', 'Content-Type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal,
+    });
+    const answer = await res.json().catch(() => undefined);
+    if (!res.ok) {
+      const err = new Error(answer?.issue?.[0]?.diagnostics ?? `HTTP ${res.status}`);
+      err.status = res.status;
+      err.body = answer;
+      throw err;
+    }
+    return answer;
+  })());
 }
 
 /** HTTP status of an error thrown by fhirclient (or our api()). */

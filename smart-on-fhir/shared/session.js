@@ -2,7 +2,7 @@
 // `revocation_endpoint` of the SMART configuration), which also ends what the server keeps for the
 // sign-in (the patient's unlocked signing key); then everything the app kept of the session is
 // forgotten and the page leaves for a signed-out page, so nothing of it stays in memory either.
-import { el } from './dom.js';
+import { el, endRequests } from './dom.js';
 
 // fhirclient keeps its state in sessionStorage: SMART_KEY names the entry holding the tokens.
 const SMART_KEY = 'SMART_KEY';
@@ -64,11 +64,14 @@ async function revoke(client) {
 }
 
 /**
- * Signs out: revokes the tokens, forgets the session and replaces this page (not a new history entry:
- * Back does not return to the signed-in page) with `signedOutPage`, which is told when the server
- * could not be reached (`?revoked=no`: the tokens then end at their expiry).
+ * Signs out: aborts the session's requests still under way (cancellableRequests in dom.js), revokes
+ * the tokens, forgets the session and replaces this page (not a new history entry: Back does not
+ * return to the signed-in page) with `signedOutPage`, which is told when the server could not be
+ * reached (`?revoked=no`: the tokens then end at their expiry).
  */
 export async function signOut(client, signedOutPage) {
+  // the session's requests under way end first: none reaches the server after the revocation
+  endRequests(client);
   let revoked = false;
   try {
     revoked = await revoke(client);

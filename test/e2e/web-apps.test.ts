@@ -14,7 +14,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import type { Bundle, Observation, Patient, Practitioner } from '@medplum/fhirtypes';
 import { Wallet } from 'ethers';
-import type { Page } from 'playwright-core';
+import type { Page, Route } from 'playwright-core';
 import request from 'supertest';
 import { createLaunch } from '../../src/smart/launch.js';
 import { GRANTEE_LIMITS } from '../../src/web/api.js';
@@ -432,14 +432,51 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     await expect(portal.locator('input[name="username"]').count()).resolves.toBe(1);
   }, 60_000);
 
-  test('the clinician signs out of the viewer: the token is revoked and a reload stays signed out', async () => {
-    const page = await launchClinician();
-    const token = await page.evaluate(() => JSON.parse(sessionStorage.getItem(JSON.parse(sessionStorage.getItem('SMART_KEY')!))!).tokenResponse.access_token as string);
-    const read = () => request(t.app.http).get(`/fhir/Patient/${ana}`).set('Authorization', `Bearer ${token}`).set('X-Purpose-Of-Use', 'TREAT');
-    expect((await read()).status).not.toBe(401);
-    await Promise.all([page.waitForURL((u) => u.pathname === '/apps/clinician/signed-out.html', { timeout: 15_000 }), page.getByRole('button', { name: 'Sign out' }).click()]);
+  test('the clinician signs out of the viewer while the report is loading: its requests end first, the token is revoked and a reload stays signed out', async () => {
+    // The report's first search is held in the browser while the clinician signs out, and let go
+    // only once the server has revoked the token, the second revocation held until then: a request
+    // still under way at sign-out would reach the server after the revocation and come back 401.
+    let holdSearch: (route: Route) => void = () => undefined;
+    const searchHeld = new Promise<Route>((resolve) => { holdSearch = resolve; });
+    clinician ??= await browser.newPage('clinician');
+    const page = clinician;
+    await page.route((u) => u.pathname === '/fhir/Observation', (route) => holdSearch(route));
+    let accessRevoked: () => void = () => undefined;
+    const revokedOnce = new Promise<void>((resolve) => { accessRevoked = resolve; });
+    let revocations = 0;
+    let searchSettled: () => void = () => undefined;
+    const searchDone = new Promise<void>((resolve) => { searchSettled = resolve; });
+    await page.route((u) => u.pathname === '/oauth/revoke', async (route) => {
+      if (++revocations === 1) {
+        const answer = await route.fetch();
+        await route.fulfill({ response: answer });
+        accessRevoked();
+      } else {
+        await searchDone;
+        await route.continue();
+      }
+    });
+    const errorsBefore = browser.errors.length;
+    try {
+      await launchClinician();
+      const held = await Promise.race([searchHeld, new Promise<never>((_r, reject) => setTimeout(() => reject(new Error('the report never searched')), 20_000))]);
+      const token = await page.evaluate(() => JSON.parse(sessionStorage.getItem(JSON.parse(sessionStorage.getItem('SMART_KEY')!))!).tokenResponse.access_token as string);
+      const read = () => request(t.app.http).get(`/fhir/Patient/${ana}`).set('Authorization', `Bearer ${token}`).set('X-Purpose-Of-Use', 'TREAT');
+      expect((await read()).status).not.toBe(401);
+      const signedOut = page.waitForURL((u) => u.pathname === '/apps/clinician/signed-out.html', { timeout: 15_000 });
+      await page.getByRole('button', { name: 'Sign out' }).click();
+      await revokedOnce;
+      // let the held search go on to the server now (refused by the browser when the app ended it)
+      await held.continue().then(() => page.waitForResponse((r) => new URL(r.url()).pathname === '/fhir/Observation', { timeout: 1_500 })).catch(() => undefined);
+      searchSettled();
+      await signedOut;
+      expect((await read()).status).toBe(401);
+      expect(browser.errors.slice(errorsBefore)).toEqual([]);
+    } finally {
+      searchSettled();
+      await page.unrouteAll({ behavior: 'ignoreErrors' });
+    }
     await expect(page.locator('h2').innerText()).resolves.toBe('You are signed out of the CGM viewer');
-    expect((await read()).status).toBe(401);
     const kept = await page.evaluate(() => Object.keys(sessionStorage).map((k) => `${k}=${sessionStorage.getItem(k)}`));
     expect(kept.filter((entry) => entry.includes('SMART_KEY') || entry.includes('tokenResponse'))).toEqual([]);
     await page.reload();
