@@ -43,11 +43,14 @@ const OLD_FORMAT = '"versionId":';
 const COMPLETED = '"lastUpdated":';
 const OBJECT_PROTOTYPE = Object.prototype;
 
-/** Reading this key of a deferred resource answers its handler (of any other object: undefined). */
-const HANDLER = Symbol('deferred resource');
+/**
+ * Each deferred resource's handler, by the Proxy: a WeakMap look-up costs a fraction of a Proxy
+ * trap, and every reader of a search answer (integrity check, serialisation) asks it per resource.
+ */
+const handlers = new WeakMap<object, DeferredHandler>();
 
 function handlerOf(resource: object): DeferredHandler | undefined {
-  return (resource as { [HANDLER]?: DeferredHandler })[HANDLER];
+  return handlers.get(resource);
 }
 
 /**
@@ -55,7 +58,10 @@ function handlerOf(resource: object): DeferredHandler | undefined {
  * object the usual way (used when the text is not one to read member by member).
  */
 export function deferredResource(text: string, meta: StoredVersionMeta, parse: () => Resource): Resource {
-  return new Proxy({}, new DeferredHandler(text, meta, parse)) as Resource;
+  const handler = new DeferredHandler(text, meta, parse);
+  const resource = new Proxy({}, handler) as Resource;
+  handlers.set(resource, handler);
+  return resource;
 }
 
 /** True for a deferred resource (built or not). */
@@ -105,7 +111,6 @@ class DeferredHandler implements ProxyHandler<object> {
   constructor(readonly text: string, readonly meta: StoredVersionMeta, private readonly parse: () => Resource) {}
 
   get(_target: object, key: string | symbol, receiver: unknown): unknown {
-    if (key === HANDLER) return this;
     if (this.built) return Reflect.get(this.built, key);
     if (typeof key === 'string') {
       const members = this.scanned();
@@ -305,15 +310,21 @@ function plainNameEnd(text: string, quote: number): number {
   return -1;
 }
 
-/** Index just past the string starting at `quote` (its opening quote), or -1. */
+/**
+ * Index just past the string starting at `quote` (its opening quote), or -1. Strings are most of a
+ * resource's text: the next quote is found by `indexOf` (not character by character, ~2× slower
+ * over a reading), and is the closing one unless an odd number of backslashes escapes it.
+ */
 function stringEnd(text: string, quote: number): number {
-  const length = text.length;
-  for (let i = quote + 1; i < length; i++) {
-    const c = text.charCodeAt(i);
-    if (c === 0x22) return i + 1;
-    if (c === 0x5c) i++;
+  let from = quote + 1;
+  for (;;) {
+    const at = text.indexOf('"', from);
+    if (at < 0) return -1;
+    let before = at - 1;
+    while (text.charCodeAt(before) === 0x5c) before--; // stops at the opening quote at the latest
+    if ((at - 1 - before) % 2 === 0) return at + 1;
+    from = at + 1;
   }
-  return -1;
 }
 
 /** Index just past the value starting at `start`, or -1. */
