@@ -94,10 +94,11 @@ export class PatientPicker implements PatientDirectory {
 
 /** A patient the user may choose but not be shown the name of (their grants do not cover the Patient record). */
 function notShown(id: string): PatientChoice {
-  return { id, name: `Patient ${id} (name not shared with you)` };
+  return { id, withheld: true };
 }
 
 function choiceOf(p: Patient): PatientChoice {
   const name = p.name?.[0];
-  return { id: p.id!, name: [name?.given?.join(' '), name?.family].filter(Boolean).join(' ') || p.id!, ...(p.birthDate ? { birthDate: p.birthDate } : {}) };
+  const words = [name?.given?.join(' '), name?.family].filter(Boolean).join(' ');
+  return { id: p.id!, ...(words ? { name: words } : {}), ...(p.birthDate ? { birthDate: p.birthDate } : {}) };
 }

@@ -12,7 +12,7 @@ import type { AccessContext } from '../fhir/access.js';
 import type { SmartContext } from './context.js';
 import { peekLaunch, takeLaunch, type LaunchContext } from './launch.js';
 import { OAuthError, invalidRequest, invalidScope, toOAuthError } from './oauth-error.js';
-import { approvalPage, errorPage, loginPage, patientPickerPage, sendPage } from './pages.js';
+import { approvalPage, errorPage, loginPage, patientLabel, patientPickerPage, sendPage } from './pages.js';
 import { dummyHash, verifyPassword } from './passwords.js';
 import { describeScope, isKnownScope, scopeCovers, splitScopes } from './scopes.js';
 import type { Client } from './store.js';
@@ -303,9 +303,7 @@ function grantsSomething(scope: string): boolean {
  */
 async function sendApproval(ctx: SmartContext, res: Response, id: string, client: Client, pending: PendingRequest): Promise<void> {
   const chosen = pending.patient && ctx.patients ? await ctx.patients.describe(pickingUser(pending), pending.patient) : undefined;
-  const named = chosen && `${chosen.name}${chosen.birthDate ? `, born ${chosen.birthDate}` : ''}`;
-  const patient = !pending.patient ? undefined
-    : named && !named.includes(pending.patient) ? `${named} (Patient/${pending.patient})` : named ?? `Patient/${pending.patient}`;
+  const patient = !pending.patient ? undefined : chosen ? patientLabel(chosen) : `Patient/${pending.patient}`;
   sendPage(res, 200, approvalPage({
     requestId: id, clientName: client.name, user: pending.user!.fhirUser, patient,
     scopes: pending.scopes.map(describeScope),

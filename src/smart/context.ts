@@ -9,8 +9,11 @@ import type { TokenService } from './tokens.js';
 
 export interface PatientChoice {
   id: string;
-  name: string;
+  /** The patient's name; absent when the record has none or the user may not be shown it. */
+  name?: string;
   birthDate?: string;
+  /** The user may choose the patient but not be shown their name or birth date (their grants do not cover the Patient record). */
+  withheld?: boolean;
 }
 
 /**

@@ -58,6 +58,16 @@ ${hidden('request', input.requestId)}
 </form>`);
 }
 
+/**
+ * How the picker lists a patient, and the approval page names the patient in context: name and
+ * birth date with the FHIR id where the user may be shown them, else the id alone and why.
+ */
+export function patientLabel(p: PatientChoice): string {
+  if (p.withheld) return `Patient ${p.id} (name not shared with you)`;
+  const born = p.birthDate ? `, born ${p.birthDate}` : '';
+  return p.name === undefined ? `Patient/${p.id}${born}` : `${p.name}${born} (Patient/${p.id})`;
+}
+
 /** `patients` undefined means no patient search is wired: the user types a patient ID. */
 export function patientPickerPage(input: { requestId: string; clientName: string; patients?: PatientChoice[]; query: string; error?: string }): string {
   if (!input.patients) {
@@ -71,7 +81,7 @@ ${hidden('request', input.requestId)}
 </form>`);
   }
   const choices = input.patients.map((p, i) => `<div><input type="radio" id="p${i}" name="patient" value="${escapeHtml(p.id)}"${i === 0 ? ' required' : ''}>
-<label for="p${i}" style="display:inline;font-weight:normal">${escapeHtml(p.name)}${p.birthDate ? `, born ${escapeHtml(p.birthDate)}` : ''} (${escapeHtml(p.id)})</label></div>`).join('\n');
+<label for="p${i}" style="display:inline;font-weight:normal">${escapeHtml(patientLabel(p))}</label></div>`).join('\n');
   const list = input.patients.length
     ? `<form method="post" action="select-patient">${hidden('request', input.requestId)}
 <fieldset><legend>Patients</legend>
