@@ -305,7 +305,7 @@ async function sendApproval(ctx: SmartContext, res: Response, id: string, client
   const chosen = pending.patient && ctx.patients ? await ctx.patients.describe(pickingUser(pending), pending.patient) : undefined;
   const patient = !pending.patient ? undefined : chosen ? patientLabel(chosen) : `Patient/${pending.patient}`;
   sendPage(res, 200, approvalPage({
-    requestId: id, clientName: client.name, user: pending.user!.fhirUser, patient,
+    requestId: id, clientName: client.name, user: { username: pending.user!.sub, fhirUser: pending.user!.fhirUser }, patient,
     scopes: pending.scopes.map(describeScope),
   }));
 }

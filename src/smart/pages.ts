@@ -100,9 +100,10 @@ ${hidden('request', input.requestId)}
 ${list}`);
 }
 
-export function approvalPage(input: { requestId: string; clientName: string; user: string; patient?: string; scopes: string[] }): string {
+/** `user`: the username signed in with and the FHIR resource it stands for. */
+export function approvalPage(input: { requestId: string; clientName: string; user: { username: string; fhirUser: string }; patient?: string; scopes: string[] }): string {
   const items = input.scopes.map((s) => `<li>${escapeHtml(s)}</li>`).join('\n');
-  return page('Allow access?', `<p><strong>${escapeHtml(input.clientName)}</strong> asks to act for <strong>${escapeHtml(input.user)}</strong>${
+  return page('Allow access?', `<p><strong>${escapeHtml(input.clientName)}</strong> asks to act for you (signed in as <strong>${escapeHtml(input.user.username)}</strong>, ${escapeHtml(input.user.fhirUser)})${
     input.patient ? ` on the records of <strong>${escapeHtml(input.patient)}</strong>` : ''}. It will be able to:</p>
 <ul class="scopes">
 ${items}

@@ -176,6 +176,7 @@ describe('patient picker', () => {
     const named = await choose((await signIn(DOC)).text, ana);
     expect(named.text).toContain('name="decision"');
     expect(named.text).toContain(`on the records of <strong>Ana Rivera, born 1950-04-02 (Patient/${ana})</strong>`);
+    expect(named.text).toContain(`asks to act for you (signed in as <strong>${DOC.username}</strong>, ${doc})`);
     // shown on the approval page is a read of Ana's Patient record by that user and app, in her access log
     const reads = about(await storedEvents(), ana, doc).filter((e) => e.subtype?.[0]?.code === 'read' && e.outcome === '0');
     expect(reads.length).toBeGreaterThan(0);
