@@ -10,7 +10,7 @@ import { badRequest, isGlucoGuardError } from '../errors.js';
 import { operationOutcome } from './outcomes.js';
 import { pairsToQuery, queryPairs, toQueryString, type PagePosition } from './paging.js';
 import { patientMatchOperation } from './patient-match.js';
-import { requireFhirJson, type FhirRouter, type OperationHandler } from './router.js';
+import { preferLenient, requireFhirJson, type FhirRouter, type OperationHandler } from './router.js';
 import type { FhirRequest, FhirResponse } from './types.js';
 
 /**
@@ -26,6 +26,15 @@ const EVERYTHING_TYPES = Object.keys(EVERYTHING);
 const AT_PATIENT = '_everythingOf';
 const AT_TYPE = '_everythingType';
 const FHIR_DATE = /^\d{4}(-\d{2}(-\d{2})?)?$/;
+/** The parameters of $everything (patient-operation-everything.html) the facade takes; `_format` and `_pretty` are the router's. */
+const EVERYTHING_PARAMS = new Set(['start', 'end', '_since', '_type', '_count', '_pageToken', '_format', '_pretty']);
+/**
+ * Search result parameters $lastn has its own answer to (the newest `max` readings of each code,
+ * newest first, one Bundle): given with it they would be silently overruled, so they are refused.
+ * Every other parameter is an Observation search parameter that narrows the readings (date, status,
+ * device…) and is checked as a search's is.
+ */
+const LASTN_REFUSED = new Set(['_sort', '_count', '_offset', '_include', '_revinclude', '_summary', '_elements', '_total', '_contained', '_containedType', '_pageToken']);
 
 export function standardOperations(fhir: FhirRouter, fhirBase: string): OperationHandler[] {
   const entry = (r: Resource) => ({ fullUrl: `${fhirBase}/${r.resourceType}/${r.id}`, resource: r, search: { mode: 'match' as const } });
@@ -45,7 +54,13 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
     resourceTypes: ['Patient'],
     methods: ['GET'],
     async handle(req, target) {
-      let query: Record<string, string | string[]> = Object.fromEntries(Object.entries(req.query).filter(([k]) => !['_pageToken', '_format', '_pretty'].includes(k))) as Record<string, string | string[]>;
+      // a parameter $everything does not define would otherwise be ignored without a word (a search's
+      // unknown parameter is refused the same way); with Prefer: handling=lenient it is left out
+      const unknown = Object.keys(req.query).find((k) => !EVERYTHING_PARAMS.has(k));
+      if (unknown !== undefined && !preferLenient(req)) {
+        throw badRequest(`${unknown.slice(0, 64)} is not a parameter of $everything (it takes start, end, _since, _type and _count)`, unknown.slice(0, 64));
+      }
+      let query: Record<string, string | string[]> = Object.fromEntries(Object.entries(req.query).filter(([k]) => EVERYTHING_PARAMS.has(k) && !['_pageToken', '_format', '_pretty'].includes(k))) as Record<string, string | string[]>;
       let at: { type: number } & PagePosition = { type: 0, offset: 0 };
       const token = req.query._pageToken;
       if (typeof token === 'string') {
@@ -131,13 +146,22 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
     resourceTypes: ['Observation'],
     methods: ['GET'],
     async handle(req) {
-      const one = (name: string): string | undefined => (typeof req.query[name] === 'string' ? (req.query[name] as string) : undefined);
+      const one = (name: string): string | undefined => {
+        const v = req.query[name];
+        if (Array.isArray(v)) throw badRequest(`${name} may be given once with $lastn${name === 'code' ? ' (list the codes with commas)' : ''}`, name);
+        return v;
+      };
       const max = Number(one('max') ?? '1');
       if (!Number.isInteger(max) || max < 1 || max > 1000) throw badRequest('max must be an integer from 1 to 1000', 'max');
-      const patient = one('patient') ?? one('subject');
-      if (!patient) throw badRequest('$lastn needs patient', 'patient');
-      const query: Record<string, string> = { patient, _sort: '-date' };
-      if (one('category')) query.category = one('category')!;
+      if (one('patient') === undefined && one('subject') === undefined) throw badRequest('$lastn needs patient', 'patient');
+      // the other parameters narrow the readings as in a search (checked there: an unknown one is a 400)
+      const query: Record<string, string | string[]> = {};
+      for (const [name, value] of Object.entries(req.query)) {
+        if (name === 'max' || name === 'code' || name === '_format' || name === '_pretty' || value === undefined) continue;
+        if (LASTN_REFUSED.has(name)) throw badRequest(`${name} is not supported with $lastn: it answers the newest max readings of each code, newest first`, name);
+        query[name] = value;
+      }
+      query._sort = '-date';
       // With codes, each code's newest `max` readings are one short search each (a year of CGM
       // readings is ~105,000 Observations, every one of which the walk below would read); without,
       // every reading of the patient is walked, newest first, to find the codes.

@@ -1527,7 +1527,8 @@ function preferReturn(req: FhirRequest): 'minimal' | 'representation' | 'Operati
   return (m?.[1] as 'minimal' | 'representation' | 'OperationOutcome' | undefined) ?? 'representation';
 }
 
-function preferLenient(req: FhirRequest): boolean {
+/** `Prefer: handling=lenient`: unknown or unsupported parameters are left out rather than refused. */
+export function preferLenient(req: FhirRequest): boolean {
   return /handling=lenient/.test(req.headers.prefer ?? '');
 }
 

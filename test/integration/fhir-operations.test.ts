@@ -146,6 +146,42 @@ describe('standard operations under scopes and consent', () => {
     expect(badMax.status).toBe(400);
   });
 
+  test('$lastn narrows by the Observation search parameters given with it, and refuses what it would otherwise ignore', async () => {
+    const lastn = (query: Record<string, string | string[]>) => request(t.app.http).get('/fhir/Observation/$lastn').query(query)
+      .set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    const found = (res: request.Response) => (res.body as Bundle).entry!.filter((e) => e.resource!.resourceType === 'Observation').map((e) => e.resource!.id);
+    // the newest reading of each code before two days ago: ana's older glucose readings only (the other code is newer)
+    const before = await lastn({ patient: `Patient/${ana}`, max: '2', date: `lt${new Date(now - 1.5 * DAY).toISOString()}` });
+    expect(before.status).toBe(200);
+    expect(found(before)).toEqual([ids.ana1, ids.ana2]);
+    const coded = await lastn({ patient: `Patient/${ana}`, max: '1', code: '99504-3', date: `lt${new Date(now - 1.5 * DAY).toISOString()}` });
+    expect(found(coded)).toEqual([ids.ana1]);
+    // a parameter no Observation search knows is refused, as in a search, and so are the result parameters $lastn answers itself
+    for (const [name, value] of [['colour', 'blue'], ['_sort', 'date'], ['_count', '5'], ['_include', 'Observation:subject']] as const) {
+      const res = await lastn({ patient: `Patient/${ana}`, [name]: value });
+      expect(res.status).toBe(400);
+      expect(res.body.resourceType).toBe('OperationOutcome');
+      expect(JSON.stringify(res.body.issue)).toContain(name);
+    }
+    // a parameter given twice where $lastn takes one
+    const twice = await lastn({ patient: `Patient/${ana}`, code: ['99504-3', '2339-0'] });
+    expect(twice.status).toBe(400);
+    expect(twice.body.issue[0].diagnostics).toContain('list the codes with commas');
+  });
+
+  test('$everything refuses a parameter it does not define, or leaves it out with Prefer: handling=lenient', async () => {
+    const everything = (query: string, prefer?: string) => {
+      const r = request(t.app.http).get(`/fhir/Patient/${ana}/$everything?${query}`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+      return prefer ? r.set('Prefer', prefer) : r;
+    };
+    const refused = await everything('code=99504-3');
+    expect(refused.status).toBe(400);
+    expect(refused.body.issue[0].diagnostics).toContain('code is not a parameter of $everything');
+    const lenient = await everything('code=99504-3', 'handling=lenient');
+    expect(lenient.status).toBe(200);
+    expect((await everything('')).body.entry.length).toBe(lenient.body.entry.length);
+  });
+
   test('$meta answers the meta of a readable resource and 404 for one that may not be seen', async () => {
     const own = await request(t.app.http).get(`/fhir/Observation/${ids.ana0}/$meta`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
     expect(own.status).toBe(200);
