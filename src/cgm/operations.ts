@@ -32,6 +32,7 @@ import type { Bundle, BundleEntry, Observation, Resource } from '@medplum/fhirty
 import { badRequest, isGlucoGuardError, notFound } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import type { FhirRouter, OperationHandler } from '../fhir/router.js';
+import { onlyParameters } from '../fhir/operations.js';
 import type { FhirRequest, FhirResponse } from '../fhir/types.js';
 import { computeAgp, type Agp } from './agp.js';
 import { LOINC, READING_CODE, toTransactionBundle } from './fhir.js';
@@ -74,6 +75,7 @@ export class CgmOperations {
       {
         name: 'cgm-summary', levels: ['instance'], resourceTypes: ['Patient'], methods: ['GET'],
         handle: async (req, target) => {
+          onlyParameters(req, 'cgm-summary', [...PERIOD_PARAMS, 'store']);
           const store = single(req.query.store, 'store');
           if (store !== undefined && store !== 'true' && store !== 'false') throw badRequest('store must be true or false', 'store');
           return this.summary(req.access, target.id!, periodParams(req.query), store === 'true');
@@ -82,6 +84,7 @@ export class CgmOperations {
       {
         name: 'cgm-agp', levels: ['instance'], resourceTypes: ['Patient'], methods: ['GET'],
         handle: async (req, target) => {
+          onlyParameters(req, 'cgm-agp', [...PERIOD_PARAMS, 'bin']);
           const bin = single(req.query.bin, 'bin');
           const binMinutes = bin === undefined ? 15 : Number(bin);
           if (!Number.isInteger(binMinutes) || binMinutes < 1 || 1440 % binMinutes !== 0) throw badRequest('bin must be a whole number of minutes dividing a day (5, 15, 30, 60…)', 'bin');
@@ -234,6 +237,8 @@ export function inZone(readings: readonly MetricReading[], zone: ZoneOffsets): M
     return { ...r, offsetMinutes: off ?? zone.offsetAt(r.epochMs) };
   });
 }
+
+const PERIOD_PARAMS = ['start', 'end', 'timeZone'];
 
 function periodParams(query: Record<string, string | string[] | undefined>): PeriodParams {
   const timeZone = single(query.timeZone, 'timeZone');

@@ -26,8 +26,8 @@ const EVERYTHING_TYPES = Object.keys(EVERYTHING);
 const AT_PATIENT = '_everythingOf';
 const AT_TYPE = '_everythingType';
 const FHIR_DATE = /^\d{4}(-\d{2}(-\d{2})?)?$/;
-/** The parameters of $everything (patient-operation-everything.html) the facade takes; `_format` and `_pretty` are the router's. */
-const EVERYTHING_PARAMS = new Set(['start', 'end', '_since', '_type', '_count', '_pageToken', '_format', '_pretty']);
+/** The parameters of $everything (patient-operation-everything.html) the facade takes. */
+const EVERYTHING_PARAMS = ['start', 'end', '_since', '_type', '_count'];
 /**
  * Search result parameters $lastn has its own answer to (the newest `max` readings of each code,
  * newest first, one Bundle): given with it they would be silently overruled, so they are refused.
@@ -35,6 +35,20 @@ const EVERYTHING_PARAMS = new Set(['start', 'end', '_since', '_type', '_count', 
  * device…) and is checked as a search's is.
  */
 const LASTN_REFUSED = new Set(['_sort', '_count', '_offset', '_include', '_revinclude', '_summary', '_elements', '_total', '_contained', '_containedType', '_pageToken']);
+
+/**
+ * Refuses (400) a parameter the operation does not define, as a search refuses an unknown one:
+ * ignored, it would change the answer without a word (a misspelt `start` gives the default period).
+ * With `Prefer: handling=lenient` it is left out. `_format` and `_pretty` are the router's; `also`
+ * are parameters the operation takes without offering them (its page tokens).
+ */
+export function onlyParameters(req: FhirRequest, operation: string, known: readonly string[], also: readonly string[] = []): void {
+  if (preferLenient(req)) return;
+  const unknown = Object.keys(req.query).find((k) => k !== '_format' && k !== '_pretty' && !known.includes(k) && !also.includes(k));
+  if (unknown === undefined) return;
+  const takes = known.length ? `it takes ${known.join(', ')}` : 'it takes none';
+  throw badRequest(`${unknown.slice(0, 64)} is not a parameter of $${operation} (${takes})`, unknown.slice(0, 64));
+}
 
 export function standardOperations(fhir: FhirRouter, fhirBase: string): OperationHandler[] {
   const entry = (r: Resource) => ({ fullUrl: `${fhirBase}/${r.resourceType}/${r.id}`, resource: r, search: { mode: 'match' as const } });
@@ -54,13 +68,8 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
     resourceTypes: ['Patient'],
     methods: ['GET'],
     async handle(req, target) {
-      // a parameter $everything does not define would otherwise be ignored without a word (a search's
-      // unknown parameter is refused the same way); with Prefer: handling=lenient it is left out
-      const unknown = Object.keys(req.query).find((k) => !EVERYTHING_PARAMS.has(k));
-      if (unknown !== undefined && !preferLenient(req)) {
-        throw badRequest(`${unknown.slice(0, 64)} is not a parameter of $everything (it takes start, end, _since, _type and _count)`, unknown.slice(0, 64));
-      }
-      let query: Record<string, string | string[]> = Object.fromEntries(Object.entries(req.query).filter(([k]) => EVERYTHING_PARAMS.has(k) && !['_pageToken', '_format', '_pretty'].includes(k))) as Record<string, string | string[]>;
+      onlyParameters(req, 'everything', EVERYTHING_PARAMS, ['_pageToken']);
+      let query: Record<string, string | string[]> = Object.fromEntries(Object.entries(req.query).filter(([k]) => EVERYTHING_PARAMS.includes(k))) as Record<string, string | string[]>;
       let at: { type: number } & PagePosition = { type: 0, offset: 0 };
       const token = req.query._pageToken;
       if (typeof token === 'string') {
@@ -190,6 +199,7 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
     levels: ['instance'],
     methods: ['GET'],
     async handle(req, target) {
+      onlyParameters(req, 'meta', []);
       const read = await readThrough(req, target.resourceType!, target.id!);
       if (read.status !== 200) return read;
       const parameters: Parameters = { resourceType: 'Parameters', parameter: [{ name: 'return', valueMeta: (read.body as Resource).meta ?? ({} as Meta) }] };

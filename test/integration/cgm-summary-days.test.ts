@@ -65,6 +65,18 @@ describe('$cgm-summary with date bounds', () => {
     expect(res.body.issue[0].expression).toEqual(['timeZone']);
   });
 
+  test('a parameter neither operation defines is 400 naming it (a misspelt start would otherwise give the default period), or left out with Prefer: handling=lenient', async () => {
+    const misspelt = await summary(local, 'startDate=2026-01-02');
+    expect(misspelt.status).toBe(400);
+    expect(misspelt.body.issue[0].expression).toEqual(['startDate']);
+    expect(misspelt.body.issue[0].diagnostics).toBe('startDate is not a parameter of $cgm-summary (it takes start, end, timeZone, store)');
+    const agp = await http().get(`/fhir/Patient/${local}/$cgm-agp?start=2026-01-02&bins=60`);
+    expect(agp.status).toBe(400);
+    expect(agp.body.issue[0].expression).toEqual(['bins']);
+    const lenient = await http().get(`/fhir/Patient/${local}/$cgm-summary?start=2026-01-02&end=2026-01-02&startDate=2026-01-02`).set('Prefer', 'handling=lenient');
+    expect(lenient.status).toBe(200);
+  });
+
   test('$cgm-agp takes the same local days', async () => {
     const res = await http().get(`/fhir/Patient/${local}/$cgm-agp?start=2026-01-02&end=2026-01-02&bin=60`);
     expect(res.status).toBe(200);

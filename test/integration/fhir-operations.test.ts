@@ -176,7 +176,11 @@ describe('standard operations under scopes and consent', () => {
     };
     const refused = await everything('code=99504-3');
     expect(refused.status).toBe(400);
-    expect(refused.body.issue[0].diagnostics).toContain('code is not a parameter of $everything');
+    expect(refused.body.issue[0].diagnostics).toBe('code is not a parameter of $everything (it takes start, end, _since, _type, _count)');
+    // $meta takes none
+    const meta = await request(t.app.http).get(`/fhir/Patient/${ana}/$meta?versionId=1`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+    expect(meta.status).toBe(400);
+    expect(meta.body.issue[0].diagnostics).toBe('versionId is not a parameter of $meta (it takes none)');
     const lenient = await everything('code=99504-3', 'handling=lenient');
     expect(lenient.status).toBe(200);
     expect((await everything('')).body.entry.length).toBe(lenient.body.entry.length);
