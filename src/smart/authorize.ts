@@ -14,7 +14,7 @@ import { peekLaunch, takeLaunch, type LaunchContext } from './launch.js';
 import { OAuthError, invalidRequest, invalidScope, toOAuthError } from './oauth-error.js';
 import { approvalPage, errorPage, loginPage, patientLabel, patientPickerPage, sendPage } from './pages.js';
 import { dummyHash, verifyPassword } from './passwords.js';
-import { describeScope, isKnownScope, scopeCovers, splitScopes } from './scopes.js';
+import { describeScope, isKnownScope, isResourceScopeShaped, scopeCovers, splitScopes } from './scopes.js';
 import type { Client } from './store.js';
 import { TokenService, type Grant } from './tokens.js';
 
@@ -160,9 +160,15 @@ async function resolveLaunch(ctx: SmartContext, client: Client, params: Params):
   return launch;
 }
 
-/** Requested scopes the client may have; unknown scopes are an error, unregistered ones are dropped. */
+/**
+ * Requested scopes the client may have. A resource scope (`patient/`, `user/`, `system/`) this
+ * server cannot read is an error: it names data, and a typo in it must not quietly grant less. Any
+ * other scope it does not know (OpenID Connect's `email`, another server's own) is left out, as
+ * OpenID Connect Core §3.1.2.1 asks and RFC 6749 §3.3 allows: the token's `scope` says what was
+ * granted. Scopes the client is not registered for are dropped.
+ */
 function grantableScopes(client: Client, scope: string | undefined, ehrLaunch: boolean): string[] {
-  const requested = splitScopes(scope);
+  const requested = splitScopes(scope).filter((s) => isKnownScope(s) || isResourceScopeShaped(s));
   const unknown = requested.filter((s) => !isKnownScope(s));
   if (unknown.length) throw invalidScope(`Unknown scope: ${unknown.join(' ')}`);
   const granted = requested.filter((s) => scopeCovers(client.scopes, s) && (s !== 'launch' || ehrLaunch) && !s.startsWith('system/'));

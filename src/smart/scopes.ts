@@ -76,6 +76,11 @@ export function isKnownScope(raw: string): boolean {
   return CONTEXT_SCOPES.has(raw) || raw === 'system/launch' || parseResourceScope(raw) !== undefined;
 }
 
+/** A scope in the form of a SMART resource scope (`patient/…`, `user/…`, `system/…`), readable or not. */
+export function isResourceScopeShaped(raw: string): boolean {
+  return /^(?:patient|user|system)\//.test(raw);
+}
+
 /** Splits a space-separated scope string, dropping duplicates. */
 export function splitScopes(scope: string | undefined): string[] {
   return [...new Set((scope ?? '').split(/\s+/).filter(Boolean))];

@@ -87,6 +87,18 @@ describe('authorize request checks', () => {
     expect(errorOf(res.location).error).toBe('invalid_scope');
   });
 
+  test('a scope that is not a resource scope and unknown here (OpenID Connect email, a vendor scope) is left out, not refused: the token says what was granted', async () => {
+    const { verifier, challenge } = pkce();
+    const code = await getCode({ scope: 'openid fhirUser email launch/patient patient/*.rs epic.scope', challenge });
+    const { status, body } = await redeem({ code, code_verifier: verifier });
+    expect(status).toBe(200);
+    expect(String(body.scope).split(' ').sort()).toEqual(['fhirUser', 'launch/patient', 'openid', 'patient/*.rs']);
+    // a malformed resource scope among them is still refused: it names data
+    const res = await browse(authorizeUrl({ scope: 'email patient/Observation.xyz patient/*.rs' }));
+    expect(errorOf(res.location)).toMatchObject({ error: 'invalid_scope', code: null });
+    expect(errorOf(res.location).description).toBe('Unknown scope: patient/Observation.xyz');
+  });
+
   test('unregistered redirect_uri: an error page, never a redirect', async () => {
     const res = await browse(authorizeUrl({ redirect_uri: 'https://evil.example/cb' }));
     expect(res.status).toBe(400);
