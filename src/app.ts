@@ -224,25 +224,33 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
     loadFhirDefinitions(); // before the adapter, as for the embedded one below
     upstream = await createRepository(config, logger);
   }
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const keys = loadServerKeys(config);
+  let keys: ReturnType<typeof loadServerKeys>;
+  try {
+    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    keys = loadServerKeys(config);
+  } catch (err) {
+    await upstream?.close();
+    throw err;
+  }
   // The embedded chain node starts on its own thread (its modules and database: about a second)
   // while this one loads the FHIR definitions and opens the stores: started first, awaited last.
   const chainStarted = createChain(config, logger);
   chainStarted.catch(() => undefined); // awaited below; a failure meanwhile is not unhandled
   await new Promise((resolve) => setImmediate(resolve)); // lets it reach `new Worker` before the synchronous load
-  let adapter: Repository;
+  let opened: Repository | undefined = upstream;
   let kv: KeyValueStore;
   let validator: ProfileValidator;
   try {
     loadFhirDefinitions();
     validator = new ProfileValidator(PROFILES_DIR);
-    adapter = upstream ?? await createRepository(config, logger, keys);
+    opened ??= await createRepository(config, logger, keys);
     kv = await createKeyValueStore(config, logger, keys);
   } catch (err) {
-    await chainStarted.then((c) => c.client.close().then(() => c.embedded?.close()), () => undefined);
+    // what was opened is closed (a KV that cannot be reached): nothing holds the data directory
+    await Promise.allSettled([opened?.close(), chainStarted.then((c) => c.client.close().then(() => c.embedded?.close()), () => undefined)]);
     throw err;
   }
+  const adapter = opened;
   const chain = await chainStarted.catch(async (err: unknown) => {
     await Promise.allSettled([adapter.close(), kv.close()]);
     throw err;
