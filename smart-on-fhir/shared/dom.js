@@ -163,31 +163,21 @@ function unlessEnded(signal, promise) {
 }
 
 /** Calls the GlucoGuard web API with the app's access token. */
-export async function api(client, path) {
-  const signal = SESSIONS.get(client)?.signal;
-  return unlessEnded(signal, (async () => {
-    const res = await fetch(path, { headers: { Authorization: bearer(client), Accept: 'application/json' }, signal });
-    const body = await res.json().catch(() => undefined);
-    if (!res.ok) {
-      const err = new Error(body?.issue?.[0]?.diagnostics ?? `HTTP ${res.status}`);
-      err.status = res.status;
-      err.body = body;
-      throw err;
-    }
-    return body;
-  })());
+export function api(client, path) {
+  return call(client, path, 'GET');
 }
 
 /** Sends JSON to the GlucoGuard web API (POST/PUT) with the app's access token. */
-export async function apiSend(client, path, method, body) {
+export function apiSend(client, path, method, body) {
+  return call(client, path, method, body === undefined ? undefined : JSON.stringify(body));
+}
+
+/** One web API request of the session: its JSON answer, or an Error with the status and the OperationOutcome. */
+function call(client, path, method, json) {
   const signal = SESSIONS.get(client)?.signal;
   return unlessEnded(signal, (async () => {
-    const res = await fetch(path, {
-      method,
-      headers: { Authorization: bearer(client), Accept: 'application/json', 'Content-Type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal,
-    });
+    const headers = { Authorization: bearer(client), Accept: 'application/json', ...(method === 'GET' ? {} : { 'Content-Type': 'application/json' }) };
+    const res = await fetch(path, { method, headers, body: json, signal });
     const answer = await res.json().catch(() => undefined);
     if (!res.ok) {
       const err = new Error(answer?.issue?.[0]?.diagnostics ?? `HTTP ${res.status}`);

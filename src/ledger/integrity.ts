@@ -160,13 +160,14 @@ export class IntegrityChecker {
         return;
       }
       const version = versionIdOf(resource);
-      if (!resource.id || !version) {
+      // each member read once: on a deferred resource every read is a Proxy trap
+      const { id: key, resourceType: type } = resource;
+      if (!key || !version) {
         results[at] = { status: 'unverified', reason: 'no-commitment' };
         return;
       }
-      const key = resource.id;
       const hit = this.verified.get(key);
-      const cached = hit && hit.version === version && hit.type === resource.resourceType ? hit : undefined;
+      const cached = hit && hit.version === version && hit.type === type ? hit : undefined;
       const ready = canonicalTextOf(resource);
       if (cached?.text !== undefined && ready === cached.text) {
         results[at] = VERIFIED;
@@ -182,7 +183,7 @@ export class IntegrityChecker {
           results[at] = VERIFIED;
         }
       } else {
-        missing.push({ at, type: resource.resourceType, id: resource.id, version, patient: patientHint(resource), text: ready });
+        missing.push({ at, type, id: key, version, patient: patientHint(resource), text: ready });
       }
     });
     if (!missing.length) return results;

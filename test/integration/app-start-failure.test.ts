@@ -7,6 +7,7 @@
 import { afterAll, expect, test } from '@jest/globals';
 import { existsSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import type { Patient } from '@medplum/fhirtypes';
 import { createApp } from '../../src/app.js';
 import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
@@ -36,7 +37,7 @@ function openUnder(root: string): string[] {
   rmSync(path.join(dir, 'kv'));
   const app = await createApp(config, { logger: createLogger('silent') });
   try {
-    const created = await app.repository.create({ resourceType: 'Patient', name: [{ family: 'Rivera' }] });
+    const created = await app.repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Rivera' }] });
     expect(created.resource.id).toEqual(expect.any(String));
   } finally {
     await app.close();
