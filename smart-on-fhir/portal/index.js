@@ -89,6 +89,9 @@ function uploadForm() {
     el('p', { id: 'upload-help' }, 'The file you exported from Dexcom Clarity, LibreView, Nightscout, Tidepool or Apple Health. Nothing is stored if the file has errors.'),
     el('p', {}, el('label', { for: 'upload-format' }, 'File type'), el('br'),
       el('select', { id: 'upload-format', name: 'format' }, FORMATS.map(([v, t]) => el('option', { value: v }, t)))),
+    el('p', {}, el('label', { for: 'upload-tz' }, 'Time zone of the times in the file'), el('br'),
+      el('select', { id: 'upload-tz', name: 'tz', 'aria-describedby': 'upload-tz-help' }, timeZones().map((z) => el('option', { value: z, ...(z === browserTimeZone() ? { selected: true } : {}) }, z)))),
+    el('p', { id: 'upload-tz-help' }, 'LibreView and Dexcom Clarity exports give times without a time zone: they are read in this one, where you wore the sensor. It starts at this device\'s time zone.'),
     el('button', { type: 'submit' }, 'Upload'));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
@@ -99,8 +102,9 @@ function uploadForm() {
       return;
     }
     const format = $('upload-format').value;
+    const tz = $('upload-tz').value;
     const xhr = new XMLHttpRequest();
-    xhr.open('POST', `/cgm/ingest?patient=${encodeURIComponent(patientId)}${format ? `&format=${encodeURIComponent(format)}` : ''}`);
+    xhr.open('POST', `/cgm/ingest?patient=${encodeURIComponent(patientId)}${format ? `&format=${encodeURIComponent(format)}` : ''}${tz ? `&tz=${encodeURIComponent(tz)}` : ''}`);
     const token = client.state.tokenResponse?.access_token;
     if (!token) return endSession();
     xhr.setRequestHeader('Authorization', `Bearer ${token}`);
@@ -145,9 +149,22 @@ function uploadForm() {
   return [form, progressBox, result];
 }
 
+/** This device's IANA time zone ('' when the browser does not say). */
+function browserTimeZone() {
+  return Intl.DateTimeFormat().resolvedOptions().timeZone ?? '';
+}
+
+/** The IANA time zones the browser knows (with this device's, should it be missing from them). */
+function timeZones() {
+  const zones = typeof Intl.supportedValuesOf === 'function' ? Intl.supportedValuesOf('timeZone') : [];
+  const own = browserTimeZone();
+  return own && !zones.includes(own) ? [own, ...zones] : zones.length ? zones : ['UTC'];
+}
+
 function importSummary(r) {
   const lines = [
     `File type: ${r.format}${r.detected ? ' (detected automatically)' : ''}.`,
+    r.timeZone ? `Times without a time zone were read in ${r.timeZone.zone}.` : undefined,
     `${r.created} new readings stored, ${r.unchanged} already there, ${r.corrected} corrected.`,
     r.first ? `Readings from ${fmtDateTime(r.first)} to ${fmtDateTime(r.last)}.` : undefined,
     r.skipped ? `${r.skipped} records skipped (for example sensor errors or non-glucose records).` : undefined,

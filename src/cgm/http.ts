@@ -63,6 +63,10 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       for (const [k, v] of Object.entries(req.headers)) headers[k.toLowerCase()] = Array.isArray(v) ? v.join(', ') : v;
       const access = await options.authenticate(headers, req.originalUrl);
       const query = req.query as Record<string, string | string[] | undefined>;
+      // a parameter this endpoint does not take would be ignored without a word: a misspelt tz
+      // stores every reading at the default zone's instants
+      const unknown = Object.keys(query).find((k) => !INGEST_PARAMS.includes(k));
+      if (unknown !== undefined) throw badRequest(`${unknown.slice(0, 64)} is not a parameter of /cgm/ingest (it takes ${INGEST_PARAMS.join(', ')}; tz is the IANA time zone of local timestamps)`, unknown.slice(0, 64));
       const patient = one(query, 'patient');
       if (!patient || !FHIR_ID.test(patient)) throw badRequest('patient must be the id of a Patient', 'patient');
       recordFor = { access, patient };
@@ -154,6 +158,9 @@ function untilStopped<T>(pending: Promise<T>, service: CgmIngestService): Promis
     pending.then(resolve, reject).finally(() => service.stopSignal.removeEventListener('abort', onStop));
   });
 }
+
+/** The query parameters of POST /cgm/ingest. */
+const INGEST_PARAMS = ['patient', 'format', 'tz', 'dateOrder', 'partial'];
 
 function one(query: Record<string, string | string[] | undefined>, name: string): string | undefined {
   const v = query[name];

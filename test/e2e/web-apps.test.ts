@@ -88,7 +88,12 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     await portal.locator('#summary-body [data-notice]').waitFor();
     const trace = makeTrace(16, { seed: 3 }).filter((_r, i) => i % 3 === 0);
     await portal.setInputFiles('#upload-file', { name: 'nightscout-entries.json', mimeType: 'application/json', buffer: Buffer.from(nightscoutJson(trace)) });
+    // times without a zone (LibreView, Clarity) are read in the zone chosen, this device's to begin with: it goes with the upload
+    const zone = await portal.evaluate(() => Intl.DateTimeFormat().resolvedOptions().timeZone);
+    await expect(portal.locator('#upload-tz').inputValue()).resolves.toBe(zone);
+    const sent = portal.waitForRequest((r) => new URL(r.url()).pathname === '/cgm/ingest');
     await portal.click('#upload-form button[type="submit"]');
+    expect(new URL((await sent).url()).searchParams.get('tz')).toBe(zone);
     await portal.locator('[data-import]').waitFor({ timeout: 60_000 });
     await expect(portal.locator('#upload-progress').evaluate((p: HTMLProgressElement) => p.value)).resolves.toBe(100);
     await expect(portal.locator('#upload-progress-text').innerText()).resolves.toContain('100 % sent');

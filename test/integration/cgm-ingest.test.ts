@@ -298,6 +298,13 @@ describe('CGM ingest over HTTP', () => {
     expect(format.body.issue[0].diagnostics).toMatch(/format must be one of/);
     const noPatient = await http().post('/cgm/ingest').send(file);
     expect(noPatient.status).toBe(400);
+    // a parameter the endpoint does not take (a misspelt tz would store every reading at the default zone's instants)
+    const fresh = await newPatient('Lund');
+    const misspelt = await http().post(`/cgm/ingest?patient=${fresh}&timezone=America/Chicago`).set('Content-Type', 'application/json').send(file);
+    expect(misspelt.status).toBe(400);
+    expect(misspelt.body.issue[0].expression).toEqual(['timezone']);
+    expect(misspelt.body.issue[0].diagnostics).toBe('timezone is not a parameter of /cgm/ingest (it takes patient, format, tz, dateOrder, partial; tz is the IANA time zone of local timestamps)');
+    expect(await readingsOf(fresh)).toHaveLength(0);
     const garbage = await http().post(`/cgm/ingest?patient=${patientId}`).set('Content-Type', 'text/plain').send('hello, world');
     expect(garbage.status).toBe(400);
     expect(garbage.body.resourceType).toBe('OperationOutcome');
