@@ -364,7 +364,9 @@ async function issueCode(ctx: SmartContext, res: Response, pending: PendingReque
     ...(pending.patient ? { patient: pending.patient } : {}),
     ...(pending.launch?.encounter ? { encounter: pending.launch.encounter } : {}),
     ...(pending.launch?.fhirContext ? { fhirContext: pending.launch.fhirContext } : {}),
-    needPatientBanner: !ehr,
+    // an EHR shows its own banner unless it says otherwise; a standalone app shows one
+    needPatientBanner: ehr ? pending.launch!.needPatientBanner ?? false : true,
+    ...(pending.launch?.intent ? { intent: pending.launch.intent } : {}),
     ...(pending.nonce ? { nonce: pending.nonce } : {}),
     authTime: pending.authTime,
   };

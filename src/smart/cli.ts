@@ -73,7 +73,7 @@ function describeClient(client: Client): string {
 
 /** Creates an EHR launch context in the shared KV store, for a registered app and a patient and practitioner the server holds. */
 export async function createLaunch(config: Config, kv: KeyValueStore, fhirBase: string,
-  input: { patient: string; encounter?: string; practitioner: string; clientId: string }, resourceExists: (type: string, id: string) => Promise<boolean>): Promise<CreatedLaunch> {
+  input: { patient: string; encounter?: string; practitioner: string; clientId: string; needPatientBanner?: boolean; intent?: string }, resourceExists: (type: string, id: string) => Promise<boolean>): Promise<CreatedLaunch> {
   const store = new SmartStore(config.dataDir);
   try {
     return await storeLaunch({ kv, store, fhirBase, resourceExists }, input);
@@ -245,7 +245,9 @@ export function registerSmartCommands(program: Command, open: (options?: { setUp
     .option('--encounter <id>', 'encounter in context')
     .requiredOption('--practitioner <id>', 'the clinician the EHR vouches for')
     .requiredOption('--client-id <id>', 'the app the launch is for (only it may use the launch); prints its launch URL')
-    .action(async (opts: { patient: string; encounter?: string; practitioner: string; clientId: string }) => {
+    .option('--need-patient-banner', 'the app shows its own patient banner (an EHR usually shows one itself)')
+    .option('--intent <text>', 'what the app is launched for (token response intent, e.g. reconcile-medications)')
+    .action(async (opts: { patient: string; encounter?: string; practitioner: string; clientId: string; needPatientBanner?: boolean; intent?: string }) => {
       await withOpened(open, async ({ config, kv, resourceExists }) => {
         // the embedded KV file is shared with a server on the same data directory, Redis with any
         if (!kv || kv.description.adapter === 'memory') {

@@ -1,14 +1,17 @@
 /**
  * POST /smart/launch: an EHR system client holding `system/launch` creates a launch context
- * (JSON or form body: patient, practitioner, client_id, encounter?, fhirContext?). The app must be
- * registered and the patient and practitioner held by the server (launch.ts); otherwise 400
- * `invalid_request` naming what is wrong.
+ * (JSON or form body: patient, practitioner, client_id, encounter?, fhirContext?, need_patient_banner?,
+ * intent?). The app must be registered and the patient and practitioner held by the server
+ * (launch.ts); otherwise 400 `invalid_request` naming what is wrong, as for a field it does not take
+ * (ignored, a misspelt one would launch without the context the EHR meant to give).
  */
 import type { Request, Response } from 'express';
 import { isGlucoGuardError, isPassingOutage } from '../errors.js';
 import type { SmartContext } from './context.js';
 import { createLaunch } from './launch.js';
 import { BearerTokenError, authenticateBearer } from './resource.js';
+
+const LAUNCH_FIELDS = ['patient', 'practitioner', 'client_id', 'encounter', 'fhirContext', 'need_patient_banner', 'intent'];
 
 export function launchHandler(ctx: SmartContext) {
   return async (req: Request, res: Response): Promise<void> => {
@@ -21,9 +24,14 @@ export function launchHandler(ctx: SmartContext) {
         return;
       }
       const body = (req.body ?? {}) as Record<string, unknown>;
+      const unknown = Object.keys(body).find((k) => !LAUNCH_FIELDS.includes(k));
+      if (unknown !== undefined) {
+        res.status(400).json({ error: 'invalid_request', error_description: `${unknown.slice(0, 64)} is not a field of a launch (it takes ${LAUNCH_FIELDS.join(', ')})` });
+        return;
+      }
       const created = await createLaunch({ kv: ctx.kv, store: ctx.store, fhirBase: ctx.urls.fhirBase, ...(ctx.resourceExists ? { resourceExists: ctx.resourceExists } : {}) }, {
         patient: body.patient, encounter: body.encounter, practitioner: body.practitioner,
-        clientId: body.client_id, fhirContext: body.fhirContext,
+        clientId: body.client_id, fhirContext: body.fhirContext, needPatientBanner: body.need_patient_banner, intent: body.intent,
       });
       res.status(201).json({ launch: created.launch, expires_in: created.expiresIn, ...(created.launchUrl ? { launch_url: created.launchUrl } : {}) });
     } catch (err) {

@@ -26,6 +26,10 @@ export interface LaunchContext {
   /** Only this client may use the launch (always set on new launches; optional in ones stored before it was required). */
   clientId?: string;
   fhirContext?: Array<{ reference: string }>;
+  /** Whether the app should show its own patient banner (token response `need_patient_banner`): an EHR shows its own, so false unless it says otherwise. */
+  needPatientBanner?: boolean;
+  /** What the EHR launches the app for (token response `intent`, e.g. `reconcile-medications`), when it says. */
+  intent?: string;
 }
 
 export interface CreatedLaunch {
@@ -47,9 +51,7 @@ export type ResourceExists = (type: string, id: string) => Promise<boolean>;
  * `resourceExists` the patient and practitioner ids are only checked for their form (in-process
  * callers that made them; the CLI always passes it, POST /smart/launch once createSmart has it).
  */
-export async function createLaunch(deps: { kv: KeyValueStore; store: SmartStore; fhirBase: string; resourceExists?: ResourceExists }, input: {
-  patient: unknown; encounter?: unknown; practitioner: unknown; clientId?: unknown; fhirContext?: unknown;
-}): Promise<CreatedLaunch> {
+export async function createLaunch(deps: { kv: KeyValueStore; store: SmartStore; fhirBase: string; resourceExists?: ResourceExists }, input: LaunchInput): Promise<CreatedLaunch> {
   const context = validateLaunch(input);
   const client = deps.store.getClient(context.clientId!);
   if (!client) throw badRequest(`client_id ${context.clientId!.slice(0, 64)} is not a registered application`, 'client_id');
@@ -85,7 +87,15 @@ export async function takeLaunch(kv: KeyValueStore, launch: string): Promise<Lau
   return raw ? (JSON.parse(raw) as LaunchContext) : undefined;
 }
 
-function validateLaunch(input: { patient: unknown; encounter?: unknown; practitioner: unknown; clientId?: unknown; fhirContext?: unknown }): LaunchContext {
+/** A launch as an EHR or an operator asks for it, not yet checked. */
+export interface LaunchInput {
+  patient: unknown; encounter?: unknown; practitioner: unknown; clientId?: unknown; fhirContext?: unknown; needPatientBanner?: unknown; intent?: unknown;
+}
+
+/** SMART's `intent`: a short code-like text (reconcile-medications, view-only…). */
+const INTENT = /^[\x21-\x7e][\x20-\x7e]{0,99}$/;
+
+function validateLaunch(input: LaunchInput): LaunchContext {
   const id = (value: unknown, name: string, required: boolean): string | undefined => {
     if (value === undefined || value === null || value === '') {
       if (required) throw badRequest(`${name} is required`, name);
@@ -105,11 +115,18 @@ function validateLaunch(input: { patient: unknown; encounter?: unknown; practiti
     throw badRequest('client_id is required: a launch is made for one app, which alone may use it', 'client_id');
   }
   if (typeof input.clientId !== 'string') throw badRequest('client_id must be a string', 'client_id');
+  const banner = input.needPatientBanner;
+  if (banner !== undefined && typeof banner !== 'boolean' && banner !== 'true' && banner !== 'false') throw badRequest('need_patient_banner must be true or false', 'need_patient_banner');
+  if (input.intent !== undefined && (typeof input.intent !== 'string' || !INTENT.test(input.intent))) {
+    throw badRequest('intent must be a short text of printable ASCII characters (at most 100), e.g. reconcile-medications', 'intent');
+  }
   return {
     patient: id(input.patient, 'patient', true)!,
     practitioner: id(input.practitioner, 'practitioner', true)!,
     ...(id(input.encounter, 'encounter', false) ? { encounter: input.encounter as string } : {}),
     clientId: input.clientId,
     ...(fhirContext ? { fhirContext } : {}),
+    ...(banner !== undefined ? { needPatientBanner: banner === true || banner === 'true' } : {}),
+    ...(input.intent !== undefined ? { intent: input.intent as string } : {}),
   };
 }

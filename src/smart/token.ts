@@ -175,6 +175,7 @@ async function tokenResponse(ctx: SmartContext, grant: Grant, firstIssue: boolea
   if (grant.patient) response.patient = grant.patient;
   if (grant.encounter) response.encounter = grant.encounter;
   if (grant.fhirContext) response.fhirContext = grant.fhirContext;
+  if (grant.intent) response.intent = grant.intent;
   if (grant.fhirUser) {
     response.need_patient_banner = grant.needPatientBanner ?? true;
     response.smart_style_url = ctx.urls.style;

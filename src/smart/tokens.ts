@@ -28,6 +28,8 @@ export interface Grant {
   encounter?: string;
   fhirContext?: Array<{ reference: string }>;
   needPatientBanner?: boolean;
+  /** An EHR launch's intent (SMART launch context), answered in the token response. */
+  intent?: string;
   nonce?: string;
   authTime?: number;
 }

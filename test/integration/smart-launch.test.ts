@@ -116,23 +116,27 @@ describe('standalone launch', () => {
 });
 
 describe('EHR launch', () => {
-  test('EHR creates a launch with system/launch; the app gets a code without pages and the launch context', async () => {
+  /** An EHR system client's token with system/launch (Backend Services, ES384 assertion). */
+  async function ehrToken(kid: string): Promise<string> {
     const { publicKey, privateKey } = await generateKeyPair('ES384');
-    const jwk = { ...(await exportJWK(publicKey)), kid: 'ehr-1', alg: 'ES384' };
+    const jwk = { ...(await exportJWK(publicKey)), kid, alg: 'ES384' };
     const ehr = h.smart.store.addClient({ name: 'EHR', type: 'confidential-asymmetric', jwks: { keys: [jwk] }, scopes: ['system/launch'] }).client;
-    const assertion = await new SignJWT({}).setProtectedHeader({ alg: 'ES384', kid: 'ehr-1', typ: 'JWT' })
+    const assertion = await new SignJWT({}).setProtectedHeader({ alg: 'ES384', kid, typ: 'JWT' })
       .setIssuer(ehr.clientId).setSubject(ehr.clientId).setAudience(h.smart.urls.token).setJti(randomUUID())
       .setIssuedAt(Math.floor(h.now() / 1000)).setExpirationTime(Math.floor(h.now() / 1000) + 60).sign(privateKey);
     const tokenRes = await fetch(h.smart.urls.token, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' },
       body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'system/launch',
         client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer', client_assertion: assertion }) });
     expect(tokenRes.status).toBe(200);
-    const ehrToken = ((await tokenRes.json()) as { access_token: string }).access_token;
+    return ((await tokenRes.json()) as { access_token: string }).access_token;
+  }
 
-    const launchRes = await fetch(`${h.baseUrl}/smart/launch`, { method: 'POST',
-      headers: { authorization: `Bearer ${ehrToken}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ patient: 'p1', encounter: 'e1', practitioner: 'd1', client_id: appClientId,
-        fhirContext: [{ reference: 'Observation/o1' }] }) });
+  const postLaunch = (token: string, body: Record<string, unknown>) => fetch(`${h.baseUrl}/smart/launch`, { method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+
+  test('EHR creates a launch with system/launch; the app gets a code without pages and the launch context', async () => {
+    const launchRes = await postLaunch(await ehrToken('ehr-1'), { patient: 'p1', encounter: 'e1', practitioner: 'd1', client_id: appClientId,
+      fhirContext: [{ reference: 'Observation/o1' }] });
     expect(launchRes.status).toBe(201);
     const { launch_url: launchUrl } = (await launchRes.json()) as { launch_url: string };
     expect(launchUrl.startsWith(`${APP_ORIGIN}/launch?iss=`)).toBe(true);
@@ -155,6 +159,28 @@ describe('EHR launch', () => {
     // The launch value is single-use.
     const again = await browse(await new SmartApp().authorizeUrl({ clientId: appClientId, launchUrl, scope: 'launch patient/*.rs' }));
     expect(new URL(again.location!).searchParams.get('error')).toBe('invalid_request');
+  });
+
+  test('the EHR may ask the app to show its own patient banner and say what it launches it for (intent); a field a launch does not take is refused', async () => {
+    const token = await ehrToken('ehr-2');
+    const launchRes = await postLaunch(token, { patient: 'p1', practitioner: 'd1', client_id: appClientId, need_patient_banner: true, intent: 'reconcile-medications' });
+    expect(launchRes.status).toBe(201);
+    const app = new SmartApp();
+    const redirect = await browse(await app.authorizeUrl({ clientId: appClientId, launchUrl: ((await launchRes.json()) as { launch_url: string }).launch_url, scope: 'openid fhirUser launch patient/*.rs' }));
+    const tr = (await app.ready(redirect.location!)).state.tokenResponse!;
+    expect(tr.need_patient_banner).toBe(true);
+    expect(tr.intent).toBe('reconcile-medications');
+    for (const [body, field] of [
+      [{ patient: 'p1', practitioner: 'd1', client_id: appClientId, needPatientBanner: true }, 'needPatientBanner'],
+      [{ patient: 'p1', practitioner: 'd1', client_id: appClientId, need_patient_banner: 'yes' }, 'need_patient_banner'],
+      [{ patient: 'p1', practitioner: 'd1', client_id: appClientId, intent: 'two\nlines' }, 'intent'],
+    ] as const) {
+      const refused = await postLaunch(token, body);
+      expect(refused.status).toBe(400);
+      const error = (await refused.json()) as { error: string; error_description: string };
+      expect(error.error).toBe('invalid_request');
+      expect(error.error_description).toContain(field);
+    }
   });
 
   test('a launch bound to one app is refused to another app without being used up: its own app still gets it, once', async () => {
