@@ -290,6 +290,11 @@ describe('glucoguard launch create', () => {
     expect(out.join('\n')).toMatch(/launch_url: https:\/\/app\.example\/launch\?iss=/);
     expect(await takeLaunch(kv, launch)).toEqual({ patient: 'p1', encounter: 'e1', practitioner: 'd1', clientId });
     expect(await takeLaunch(kv, launch)).toBeUndefined();
+    // the EHR's banner and intent, when the operator gives them
+    out.length = 0;
+    await run(['launch', 'create', '--patient', 'p1', '--practitioner', 'd1', '--client-id', clientId, '--need-patient-banner', '--intent', 'reconcile-medications'], shared);
+    const withIntent = /launch: (\S+)/.exec(out.join('\n'))![1]!;
+    expect(await takeLaunch(kv, withIntent)).toEqual({ patient: 'p1', practitioner: 'd1', clientId, needPatientBanner: true, intent: 'reconcile-medications' });
     await kv.close();
   });
 
