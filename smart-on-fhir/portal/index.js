@@ -1,7 +1,7 @@
 // The patient portal (standalone launch as a patient): own AGP summary, upload with progress,
 // grants (list, share in a few steps, stop sharing), the access log in plain words, key safety
 // (with guardian recovery, recovery.js).
-import { api, cancellableRequests, apiSend, dataWords, el, endInstant, endWords, fmtDate, fmtDateTime, notice, problemOf, PURPOSE_WORDS, sessionEnded, show, statusOf, STATE_WORDS } from '../shared/dom.js';
+import { api, cancellableRequests, sessionSignal, apiSend, dataWords, el, endInstant, endWords, fmtDate, fmtDateTime, notice, problemOf, PURPOSE_WORDS, sessionEnded, show, statusOf, STATE_WORDS } from '../shared/dom.js';
 import { forgetSession, signOutButton } from '../shared/session.js';
 import { hasReadings, loadReport, periodSelector, renderReport } from '../shared/agp.js';
 import { hasWallet, signWithWallet } from '../shared/wallet.js';
@@ -90,7 +90,9 @@ function uploadForm() {
     el('p', {}, el('label', { for: 'upload-format' }, 'File type'), el('br'),
       el('select', { id: 'upload-format', name: 'format' }, FORMATS.map(([v, t]) => el('option', { value: v }, t)))),
     el('p', {}, el('label', { for: 'upload-tz' }, 'Time zone of the times in the file'), el('br'),
-      el('select', { id: 'upload-tz', name: 'tz', 'aria-describedby': 'upload-tz-help' }, timeZones().map((z) => el('option', { value: z, ...(z === browserTimeZone() ? { selected: true } : {}) }, z)))),
+      el('select', { id: 'upload-tz', name: 'tz', 'aria-describedby': 'upload-tz-help' },
+        el('option', { value: '' }, 'The server\'s default time zone'),
+        timeZones().map((z) => el('option', { value: z, ...(z === browserTimeZone() ? { selected: true } : {}) }, z)))),
     el('p', { id: 'upload-tz-help' }, 'LibreView and Dexcom Clarity exports give times without a time zone: they are read in this one, where you wore the sensor. It starts at this device\'s time zone.'),
     el('button', { type: 'submit' }, 'Upload'));
   form.addEventListener('submit', (event) => {
@@ -108,6 +110,8 @@ function uploadForm() {
     const token = client.state.tokenResponse?.access_token;
     if (!token) return endSession();
     xhr.setRequestHeader('Authorization', `Bearer ${token}`);
+    // signing out stops sending an upload under way (an export the server did not receive whole is not imported)
+    sessionSignal(client)?.addEventListener('abort', () => xhr.abort(), { once: true });
     xhr.setRequestHeader('Content-Type', file.type || 'application/octet-stream');
     progressBox.hidden = false;
     progress.value = 0;
@@ -154,11 +158,11 @@ function browserTimeZone() {
   return Intl.DateTimeFormat().resolvedOptions().timeZone ?? '';
 }
 
-/** The IANA time zones the browser knows (with this device's, should it be missing from them). */
+/** The IANA time zones the browser knows, with UTC and this device's should they be missing from them. */
 function timeZones() {
   const zones = typeof Intl.supportedValuesOf === 'function' ? Intl.supportedValuesOf('timeZone') : [];
   const own = browserTimeZone();
-  return own && !zones.includes(own) ? [own, ...zones] : zones.length ? zones : ['UTC'];
+  return [...new Set([...(own ? [own] : []), ...zones, 'UTC'])];
 }
 
 function importSummary(r) {

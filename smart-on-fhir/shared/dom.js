@@ -132,7 +132,8 @@ function bearer(client) {
 /**
  * Sign-out can cut the session's requests short (endRequests): from `cancellableRequests(client)`
  * on, every request of the session — fhirclient's `client.request`, the pages it follows, api() and
- * apiSend() — carries the session's AbortSignal. Sign-out aborts them before it revokes the tokens,
+ * apiSend(), and whatever an app ties to `sessionSignal(client)` (the portal's upload) — carries the
+ * session's AbortSignal. Sign-out aborts them before it revokes the tokens,
  * so none reaches the server after the revocation and comes back 401 to a page that is leaving. A
  * request that fails because it was aborted never settles: the page is leaving, and no handler
  * should report a failure the user asked for.
@@ -146,10 +147,15 @@ export function cancellableRequests(client) {
   const request = client.request.bind(client);
   client.request = (options, ...rest) => {
     const withSignal = typeof options === 'string' || options instanceof URL ? { url: String(options) } : { ...options };
-    withSignal.signal ??= controller.signal;
+    withSignal.signal = withSignal.signal ? AbortSignal.any([withSignal.signal, controller.signal]) : controller.signal;
     return unlessEnded(controller.signal, request(withSignal, ...rest));
   };
   return client;
+}
+
+/** The session's AbortSignal (see cancellableRequests); undefined before cancellableRequests. */
+export function sessionSignal(client) {
+  return SESSIONS.get(client)?.signal;
 }
 
 /** Aborts every request of the session still under way (see cancellableRequests). */

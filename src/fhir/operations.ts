@@ -162,12 +162,12 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
       };
       const max = Number(one('max') ?? '1');
       if (!Number.isInteger(max) || max < 1 || max > 1000) throw badRequest('max must be an integer from 1 to 1000', 'max');
-      if (one('patient') === undefined && one('subject') === undefined) throw badRequest('$lastn needs patient', 'patient');
+      if (!Object.keys(req.query).some((k) => ['patient', 'subject'].includes(k.split(':')[0]!))) throw badRequest('$lastn needs patient', 'patient');
       // the other parameters narrow the readings as in a search (checked there: an unknown one is a 400)
       const query: Record<string, string | string[]> = {};
       for (const [name, value] of Object.entries(req.query)) {
         if (name === 'max' || name === 'code' || name === '_format' || name === '_pretty' || value === undefined) continue;
-        if (LASTN_REFUSED.has(name)) throw badRequest(`${name} is not supported with $lastn: it answers the newest max readings of each code, newest first`, name);
+        if (LASTN_REFUSED.has(name.split(':')[0]!)) throw badRequest(`${name} is not supported with $lastn: it answers the newest max readings of each code, newest first`, name);
         query[name] = value;
       }
       query._sort = '-date';

@@ -76,9 +76,12 @@ export function isKnownScope(raw: string): boolean {
   return CONTEXT_SCOPES.has(raw) || raw === 'system/launch' || parseResourceScope(raw) !== undefined;
 }
 
-/** A scope in the form of a SMART resource scope (`patient/…`, `user/…`, `system/…`), readable or not. */
+/**
+ * A scope in the form of a SMART resource scope, readable or not: a context, a type and
+ * permissions (`patient/Observation.rs`), also misspelt (`Patient/*.read`, `usr/*.rs`).
+ */
 export function isResourceScopeShaped(raw: string): boolean {
-  return /^(?:patient|user|system)\//.test(raw);
+  return /^[A-Za-z]+\/[A-Za-z*]+\.[A-Za-z*]/.test(raw);
 }
 
 /** Splits a space-separated scope string, dropping duplicates. */

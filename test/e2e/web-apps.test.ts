@@ -439,27 +439,25 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
 
   test('the clinician signs out of the viewer while the report is loading: its requests end first, the token is revoked and a reload stays signed out', async () => {
     // The report's first search is held in the browser while the clinician signs out, and let go
-    // only once the server has revoked the token, the second revocation held until then: a request
-    // still under way at sign-out would reach the server after the revocation and come back 401.
+    // once the server has revoked the token; the signed-out page is held until that search is
+    // settled, so the viewer is still there to receive its answer: a request still under way at
+    // sign-out would reach the server after the revocation and come back 401.
     let holdSearch: (route: Route) => void = () => undefined;
     const searchHeld = new Promise<Route>((resolve) => { holdSearch = resolve; });
+    let searchSettled: () => void = () => undefined;
+    const searchDone = new Promise<void>((resolve) => { searchSettled = resolve; });
+    let accessRevoked: () => void = () => undefined;
+    const revoked = new Promise<void>((resolve) => { accessRevoked = resolve; });
     clinician ??= await browser.newPage('clinician');
     const page = clinician;
     await page.route((u) => u.pathname === '/fhir/Observation', (route) => holdSearch(route));
-    let accessRevoked: () => void = () => undefined;
-    const revokedOnce = new Promise<void>((resolve) => { accessRevoked = resolve; });
-    let revocations = 0;
-    let searchSettled: () => void = () => undefined;
-    const searchDone = new Promise<void>((resolve) => { searchSettled = resolve; });
     await page.route((u) => u.pathname === '/oauth/revoke', async (route) => {
-      if (++revocations === 1) {
-        const answer = await route.fetch();
-        await route.fulfill({ response: answer });
-        accessRevoked();
-      } else {
-        await searchDone;
-        await route.continue();
-      }
+      await route.fulfill({ response: await route.fetch() });
+      accessRevoked();
+    });
+    await page.route((u) => u.pathname === '/apps/clinician/signed-out.html', async (route) => {
+      await searchDone;
+      await route.continue();
     });
     const errorsBefore = browser.errors.length;
     try {
@@ -470,12 +468,12 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
       expect((await read()).status).not.toBe(401);
       const signedOut = page.waitForURL((u) => u.pathname === '/apps/clinician/signed-out.html', { timeout: 15_000 });
       await page.getByRole('button', { name: 'Sign out' }).click();
-      await revokedOnce;
-      // let the held search go on to the server now (refused by the browser when the app ended it)
+      await revoked;
+      expect((await read()).status).toBe(401);
+      // the held search goes on to the server now, unless the app ended it (then the browser refuses to send it)
       await held.continue().then(() => page.waitForResponse((r) => new URL(r.url()).pathname === '/fhir/Observation', { timeout: 1_500 })).catch(() => undefined);
       searchSettled();
       await signedOut;
-      expect((await read()).status).toBe(401);
       expect(browser.errors.slice(errorsBefore)).toEqual([]);
     } finally {
       searchSettled();

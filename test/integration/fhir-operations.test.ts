@@ -157,7 +157,7 @@ describe('standard operations under scopes and consent', () => {
     const coded = await lastn({ patient: `Patient/${ana}`, max: '1', code: '99504-3', date: `lt${new Date(now - 1.5 * DAY).toISOString()}` });
     expect(found(coded)).toEqual([ids.ana1]);
     // a parameter no Observation search knows is refused, as in a search, and so are the result parameters $lastn answers itself
-    for (const [name, value] of [['colour', 'blue'], ['_sort', 'date'], ['_count', '5'], ['_include', 'Observation:subject']] as const) {
+    for (const [name, value] of [['colour', 'blue'], ['_sort', 'date'], ['_count', '5'], ['_include', 'Observation:subject'], ['_include:iterate', 'Observation:subject']] as const) {
       const res = await lastn({ patient: `Patient/${ana}`, [name]: value });
       expect(res.status).toBe(400);
       expect(res.body.resourceType).toBe('OperationOutcome');

@@ -97,6 +97,11 @@ describe('authorize request checks', () => {
     const res = await browse(authorizeUrl({ scope: 'email patient/Observation.xyz patient/*.rs' }));
     expect(errorOf(res.location)).toMatchObject({ error: 'invalid_scope', code: null });
     expect(errorOf(res.location).description).toBe('Unknown scope: patient/Observation.xyz');
+    // so is a resource scope with a misspelt context: it names data too
+    for (const typo of ['Patient/*.rs', 'usr/*.read']) {
+      const refused = await browse(authorizeUrl({ scope: `openid ${typo}` }));
+      expect(errorOf(refused.location)).toMatchObject({ error: 'invalid_scope', code: null });
+    }
   });
 
   test('unregistered redirect_uri: an error page, never a redirect', async () => {
