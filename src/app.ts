@@ -266,13 +266,20 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
   });
   // Subscriptions hear of every stored version through this decorator (src/exchange/write-events.ts).
   const repository = new NotifyingRepository(ledger.repository);
+  // A step below that fails closes what was opened, newest first as close() does: nothing holds the data directory.
+  const closers: (() => Promise<unknown>)[] = [() => ledger.close(), () => repository.close(), () => kv.close(), () => chain.client.close(), async () => chain.embedded?.close()];
+  const unwind = async (err: unknown): Promise<never> => {
+    for (const close of closers) await close().catch(() => undefined);
+    throw err;
+  };
 
   const base = fhirBase(config);
-  const consent = createConsent({
+  const consent = await Promise.resolve().then(() => createConsent({ // (a throw of createConsent unwinds too)
     dataDir: config.dataDir, rootKey: keys.root, repository, validator, kv, chain: chain.client, logger, auditWindowMs: config.auditWindowMs,
     // a guardian's authority is read off a RelatedPerson the ledger vouches for (verified, or committed and not yet anchored)
     trusted: async (resource) => ['verified', 'pending'].includes((await ledger.checker.checkMany([resource]))[0]!.status),
-  });
+  })).catch(unwind);
+  closers.unshift(() => consent.close());
   const smart = await createSmart({
     config,
     rootKey: keys.root,
@@ -283,7 +290,8 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
     patients: consent.picker,
     // an EHR launch naming a patient or practitioner this server doesn't hold is refused
     resourceExists: (type, id) => resourceExists(repository, type, id),
-  });
+  }).catch(unwind);
+  closers.unshift(() => smart.close());
   const scopes = new SmartScopePolicy();
   // A request needs both: the token's scopes AND the patient's consent.
   const policy = new ComposedPolicy([scopes, consent.policy]);
@@ -332,7 +340,7 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
   };
   for (const op of cgm.operations.handlers()) fhir.registerOperation(op);
   for (const op of standardOperations(fhir, base)) fhir.registerOperation(op);
-  await consent.attach(fhir);
+  await consent.attach(fhir).catch(unwind);
   // Bulk $export, Subscriptions, de-identification for research requesters.
   // Research requests are refused by `policy` (the REST API) and decided by this one: the exchange de-identifies them.
   const exchange: Exchange = await createExchange({
@@ -343,7 +351,7 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
     // a Subscription stops delivering once its client or user is disabled, as their tokens stop working
     requesterCutOff: (a) => a.kind === 'token' && a.clientId !== undefined && smart.tokens.isCutOff(a.clientId, a.subject ?? a.clientId, a.storedAt ?? 0),
     settings: config.exchange, // validated with the rest of the configuration (src/config.ts)
-  });
+  }).catch(unwind);
 
   const http = express();
   http.disable('x-powered-by');

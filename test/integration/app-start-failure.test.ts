@@ -1,8 +1,9 @@
 /**
  * A start that fails part-way closes what it had opened: the key-value store cannot be opened (here
- * its directory is a file) after the embedded repository was, and createApp rejects with nothing of
- * the data directory left open in the process — a second start over the same directory, once the
- * cause is gone, works. Open files are read from /proc/self/fd (Linux; skipped elsewhere).
+ * its directory is a file) after the embedded repository was, or the SMART store after the ledger
+ * and the consent stores were, and createApp rejects with nothing of the data directory left open
+ * in the process — a second start over the same directory, once the cause is gone, works. Open
+ * files are read from /proc/self/fd (Linux; skipped elsewhere).
  */
 import { afterAll, expect, test } from '@jest/globals';
 import { existsSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
@@ -42,5 +43,17 @@ function openUnder(root: string): string[] {
   } finally {
     await app.close();
   }
+  expect(openUnder(dir)).toEqual([]);
+}, 60_000);
+
+(HAS_PROC ? test : test.skip)('a SMART store that cannot be opened stops the start with the ledger, consent, repository, key-value and chain stores closed again', async () => {
+  const config = loadConfig({ GLUCOGUARD_DATA_DIR: dir, GLUCOGUARD_AUTH: 'off', LOG_LEVEL: 'silent', CHAIN_PORT: '0', CHAIN_BLOCK_PERIOD: '0' });
+  rmSync(path.join(dir, 'smart'), { recursive: true, force: true });
+  writeFileSync(path.join(dir, 'smart'), 'not a directory');
+  await expect(createApp(config, { logger: createLogger('silent') })).rejects.toThrow();
+  expect(openUnder(dir)).toEqual([]);
+  rmSync(path.join(dir, 'smart'));
+  const app = await createApp(config, { logger: createLogger('silent') });
+  await app.close();
   expect(openUnder(dir)).toEqual([]);
 }, 60_000);
