@@ -163,7 +163,7 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
       const max = Number(one('max') ?? '1');
       if (!Number.isInteger(max) || max < 1 || max > 1000) throw badRequest('max must be an integer from 1 to 1000', 'max');
       if (!Object.keys(req.query).some((k) => ['patient', 'subject'].includes(k.split(':')[0]!))) throw badRequest('$lastn needs patient', 'patient');
-      // the other parameters narrow the readings as in a search (checked there: an unknown one is a 400)
+      // the other parameters narrow the readings as in a search (checked there: an unknown one is a 400, left out with Prefer: handling=lenient)
       const query: Record<string, string | string[]> = {};
       for (const [name, value] of Object.entries(req.query)) {
         if (name === 'max' || name === 'code' || name === '_format' || name === '_pretty' || value === undefined) continue;
@@ -176,9 +176,10 @@ export function standardOperations(fhir: FhirRouter, fhirBase: string): Operatio
       // every reading of the patient is walked, newest first, to find the codes.
       const codes = one('code')?.split(',').filter(Boolean);
       const issues: OperationOutcomeIssue[] = [];
-      const pages = codes && await Promise.all(codes.map((code) => fhir.searchPage(req.access, 'Observation', { ...query, code }, { offset: 0 }, max)));
+      const lenient = preferLenient(req);
+      const pages = codes && await Promise.all(codes.map((code) => fhir.searchPage(req.access, 'Observation', { ...query, code }, { offset: 0 }, max, { lenient })));
       for (const page of pages ?? []) issues.push(...page.issues);
-      const observations = (pages ? pages.flatMap((page) => page.resources) : await fhir.searchAll(req.access, 'Observation', query, issues)) as Observation[];
+      const observations = (pages ? pages.flatMap((page) => page.resources) : await fhir.searchAll(req.access, 'Observation', query, issues, { lenient })) as Observation[];
       const once = new Set<string>();
       const perCode = new Map<string, number>();
       const kept = observations.filter((o) => {

@@ -1009,8 +1009,9 @@ export class FhirRouter {
    * One page of a search for the requester, for operations that page (`$everything`): the same
    * authorization, narrowing, guards and re-paging past withheld matches as a search's page.
    * `at` and `next` are positions in the repository's matches, as in a search's page tokens.
+   * `lenient`: unknown parameters are left out (the request's Prefer: handling=lenient), else a 400.
    */
-  async searchPage(access: AccessContext, resourceType: string, query: Record<string, string | string[]>, at: PagePosition, count: number): Promise<{
+  async searchPage(access: AccessContext, resourceType: string, query: Record<string, string | string[]>, at: PagePosition, count: number, options: { lenient?: boolean } = {}): Promise<{
     resources: Resource[];
     /** What the guards said of the page (an integrity failure: the version withheld), for the caller's outcome entry. */
     issues: OperationOutcomeIssue[];
@@ -1019,7 +1020,7 @@ export class FhirRouter {
   }> {
     await this.policy.authorize(access, 'search', resourceType);
     const parsed = parseSearch(this.checkType(resourceType), query, {
-      lenient: false,
+      lenient: options.lenient === true,
       supported: this.options.repository.supportedSearchParams(),
       defaultCount: count,
       maxCount: count,
@@ -1045,15 +1046,15 @@ export class FhirRouter {
    * Every match of a search that the requester may see, for operations that compute over data
    * (`$cgm-summary`, `$cgm-agp`): the same authorization, policy narrowing and outbound guards as
    * a search, paging through all matches in-process. Throws like a search (403, 400). What the
-   * guards say (an integrity failure) is added to `issues` when given.
+   * guards say (an integrity failure) is added to `issues` when given. `lenient` as for searchPage.
    */
-  async searchAll(access: AccessContext, resourceType: string, query: Record<string, string | string[]>, issues?: OperationOutcomeIssue[]): Promise<Resource[]> {
+  async searchAll(access: AccessContext, resourceType: string, query: Record<string, string | string[]>, issues?: OperationOutcomeIssue[], options: { lenient?: boolean } = {}): Promise<Resource[]> {
     await this.policy.authorize(access, 'search', resourceType);
     // Large pages (90 days of 5-minute readings is one page); a page after one resumes from its last
     // match where the repository gives positions, else the repository finds page k by scanning k pages.
     const pageSize = 50_000;
     const parsed = parseSearch(this.checkType(resourceType), query, {
-      lenient: false,
+      lenient: options.lenient === true,
       supported: this.options.repository.supportedSearchParams(),
       defaultCount: pageSize,
       maxCount: pageSize,

@@ -163,6 +163,11 @@ describe('standard operations under scopes and consent', () => {
       expect(res.body.resourceType).toBe('OperationOutcome');
       expect(JSON.stringify(res.body.issue)).toContain(name);
     }
+    // with Prefer: handling=lenient a parameter no search knows is left out
+    const lenient = await request(t.app.http).get('/fhir/Observation/$lastn').query({ patient: `Patient/${ana}`, max: '2', colour: 'blue' })
+      .set('Authorization', `Bearer ${patientToken(t.app, ana)}`).set('Prefer', 'handling=lenient');
+    expect(lenient.status).toBe(200);
+    expect(found(lenient)).toEqual(found(await lastn({ patient: `Patient/${ana}`, max: '2' })));
     // a parameter given twice where $lastn takes one
     const twice = await lastn({ patient: `Patient/${ana}`, code: ['99504-3', '2339-0'] });
     expect(twice.status).toBe(400);
