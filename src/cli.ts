@@ -155,6 +155,7 @@ program
     const cfg = configFor({ setUp: true });
     const { createApp, checkUpstreamAccessLog } = await import('./app.js');
     const { INDEX_GENERATION } = await import('./repository/embedded/params.js');
+    const { recordServedFhirBase } = await import('./smart/launch.js');
     const app = await createApp(cfg);
     const { logger } = app;
     for (const a of app.adapters.map((x) => (x.port === 'master key' ? withKeySource(x, cfg) : x))) {
@@ -174,6 +175,8 @@ program
       const address = server.address();
       const port = typeof address === 'object' && address ? address.port : cfg.port;
       logger.info({ fhirBase: fhirBase(cfg), port }, `GlucoGuard ${VERSION} listening on port ${port}: FHIR base ${fhirBase(cfg)}`);
+      // operator commands beside it (launch create) make launches for this base, whatever their own settings
+      recordServedFhirBase(app.kv, fhirBase(cfg)).catch((err: unknown) => logger.warn({ err }, 'could not record the FHIR base in the KV store: `launch create` uses its own settings'));
       logger.info({ portal: app.web.urls.portalLaunch, clinicianLaunchUri: app.web.urls.clinicianLaunch, clinicianClientId: app.web.clients.clinician },
         `apps: patient portal ${app.web.urls.portalLaunch}; clinician viewer launch_uri ${app.web.urls.clinicianLaunch} (client_id ${app.web.clients.clinician})`);
     });

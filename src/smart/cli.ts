@@ -12,7 +12,7 @@ import { isGlucoGuardError } from '../errors.js';
 import { loadServerKeys } from '../keys.js';
 import type { KeyValueStore } from '../kv/port.js';
 import { SigningKeys } from './keys.js';
-import { createLaunch as storeLaunch, type CreatedLaunch } from './launch.js';
+import { createLaunch as storeLaunch, servedFhirBase, type CreatedLaunch } from './launch.js';
 import { splitScopes } from './scopes.js';
 import { checkNewClient, SmartStore, type Client, type NewClient, type User } from './store.js';
 
@@ -255,7 +255,13 @@ export function registerSmartCommands(program: Command, open: (options?: { setUp
             + '(the default, on the server\'s data directory) or Redis (REDIS_URL), not GLUCOGUARD_KV=memory; '
             + 'otherwise an EHR client with system/launch uses POST /smart/launch');
         }
-        const created = await createLaunch(config, kv, `${config.baseUrl}/fhir`, opts, resourceExists);
+        // the launch is redeemed by the server sharing the store: its iss is that server's FHIR base
+        const own = `${config.baseUrl}/fhir`;
+        const served = await servedFhirBase(kv);
+        if (served !== undefined && served !== own) {
+          console.error(`note: the launch is for the server that shares this store, whose FHIR base is ${served} (this command's settings give ${own})`);
+        }
+        const created = await createLaunch(config, kv, served ?? own, opts, resourceExists);
         console.log(`launch: ${created.launch}\nexpires_in: ${created.expiresIn}`);
         if (created.launchUrl) console.log(`launch_url: ${created.launchUrl}`);
       });

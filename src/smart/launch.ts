@@ -43,6 +43,23 @@ export const LAUNCH_TTL_SECONDS = 300;
 const ID = /^[A-Za-z0-9\-.]{1,64}$/;
 const REFERENCE = /^[A-Z][A-Za-z]+\/[A-Za-z0-9\-.]{1,64}$/;
 
+/**
+ * The FHIR base the running server serves, kept in the KV store it shares with operator commands:
+ * a launch's `iss` must be the server's own base (its `aud` check), which a command run with other
+ * settings (another PORT or GLUCOGUARD_BASE_URL, or none) would otherwise get wrong.
+ */
+const SERVED_FHIR_BASE = 'smart:served-fhir-base';
+
+/** Records the FHIR base this server serves (`glucoguard serve`, once listening). */
+export function recordServedFhirBase(kv: KeyValueStore, fhirBase: string): Promise<void> {
+  return kv.set(SERVED_FHIR_BASE, fhirBase);
+}
+
+/** The FHIR base the last server started on this KV store serves; undefined when none recorded one. */
+export function servedFhirBase(kv: KeyValueStore): Promise<string | undefined> {
+  return kv.get(SERVED_FHIR_BASE);
+}
+
 /** Whether the server holds a resource (the Repository through src/repository/exists.ts). */
 export type ResourceExists = (type: string, id: string) => Promise<boolean>;
 

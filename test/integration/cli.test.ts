@@ -24,8 +24,8 @@ beforeAll(() => {
 afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
 
 /** `glucoguard serve` as a child process: its stdout so far, a wait for a line matching `pattern`, and a SIGTERM that answers the exit code. */
-function serve() {
-  const child = spawn(process.execPath, [BIN, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+function serve(extraEnv: Record<string, string> = {}) {
+  const child = spawn(process.execPath, [BIN, 'serve'], { env: { ...env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.on('data', (d: Buffer) => {
     out += d.toString();
@@ -146,6 +146,28 @@ describe('glucoguard CLI', () => {
     expect(await server.stop()).toBe(0);
     expect(server.out()).toMatch(/stopped cleanly/);
     expect(server.out()).not.toMatch(/Rivera/);
+  });
+
+  test('launch create beside a running server makes the launch for the FHIR base that server serves, whatever the command\'s own settings', async () => {
+    const server = serve({ GLUCOGUARD_BASE_URL: 'https://glucoguard.example' });
+    try {
+      const port = Number((await server.waitFor(/listening on port (\d+)/))[1]);
+      const practitioner = await fetch(`http://127.0.0.1:${port}/fhir/Practitioner`, { method: 'POST', headers: { 'content-type': 'application/fhir+json' },
+        body: JSON.stringify({ resourceType: 'Practitioner', name: [{ family: 'Osei' }] }) });
+      expect(practitioner.status).toBe(201);
+      const doc = ((await practitioner.json()) as { id: string }).id;
+      const client = spawnSync(process.execPath, [BIN, 'clients', 'add', '--name', 'Viewer', '--public', '--redirect-uri', 'https://app.example/cb', '--launch-uri', 'https://app.example/launch'], { env, encoding: 'utf8' });
+      expect(client.status).toBe(0);
+      const clientId = /client_id: (\S+)/.exec(client.stdout)![1]!;
+      // this command's settings name no base URL (and PORT 0): on its own it would write http://localhost:0/fhir
+      const launch = spawnSync(process.execPath, [BIN, 'launch', 'create', '--patient', patientId, '--practitioner', doc, '--client-id', clientId], { env, encoding: 'utf8' });
+      expect(launch.status).toBe(0);
+      const url = new URL(/launch_url: (\S+)/.exec(launch.stdout)![1]!);
+      expect(url.searchParams.get('iss')).toBe('https://glucoguard.example/fhir');
+      expect(launch.stderr).toContain('the launch is for the server that shares this store, whose FHIR base is https://glucoguard.example/fhir (this command\'s settings give http://localhost:0/fhir)');
+    } finally {
+      expect(await server.stop()).toBe(0);
+    }
   });
 
   test('patients erase wants --yes, then destroys the patient\'s data key and commitment salts', () => {
