@@ -305,13 +305,15 @@ function grantsSomething(scope: string): boolean {
 
 /**
  * The approval page, naming the patient in context as the picker lists them (name and birth date
- * where the user may be shown them, PatientDirectory.describe) with their id.
+ * where the user may be shown them, PatientDirectory.describe) with their id; a patient signed in
+ * for themselves is told it is their own record (nothing looked up, nothing logged).
  */
 async function sendApproval(ctx: SmartContext, res: Response, id: string, client: Client, pending: PendingRequest): Promise<void> {
-  const chosen = pending.patient && ctx.patients ? await ctx.patients.describe(pickingUser(pending), pending.patient) : undefined;
-  const patient = !pending.patient ? undefined : chosen ? patientLabel(chosen) : `Patient/${pending.patient}`;
+  const own = pending.patient !== undefined && pending.user!.fhirUser === `Patient/${pending.patient}`;
+  const chosen = pending.patient && !own && ctx.patients ? await ctx.patients.describe(pickingUser(pending), pending.patient) : undefined;
+  const patient = !pending.patient || own ? undefined : chosen ? patientLabel(chosen) : `Patient/${pending.patient}`;
   sendPage(res, 200, approvalPage({
-    requestId: id, clientName: client.name, user: { username: pending.user!.sub, fhirUser: pending.user!.fhirUser }, patient,
+    requestId: id, clientName: client.name, user: { username: pending.user!.sub, fhirUser: pending.user!.fhirUser }, patient, ownRecords: own,
     scopes: pending.scopes.map(describeScope),
   }));
 }

@@ -100,11 +100,14 @@ ${hidden('request', input.requestId)}
 ${list}`);
 }
 
-/** `user`: the username signed in with and the FHIR resource it stands for. */
-export function approvalPage(input: { requestId: string; clientName: string; user: { username: string; fhirUser: string }; patient?: string; scopes: string[] }): string {
+/**
+ * `user`: the username signed in with and the FHIR resource it stands for; `patient`: the patient in
+ * context as patientLabel names them, or `ownRecords` when that patient is the user.
+ */
+export function approvalPage(input: { requestId: string; clientName: string; user: { username: string; fhirUser: string }; patient?: string; ownRecords?: boolean; scopes: string[] }): string {
   const items = input.scopes.map((s) => `<li>${escapeHtml(s)}</li>`).join('\n');
   return page('Allow access?', `<p><strong>${escapeHtml(input.clientName)}</strong> asks to act for you (signed in as <strong>${escapeHtml(input.user.username)}</strong>, ${escapeHtml(input.user.fhirUser)})${
-    input.patient ? ` on the records of <strong>${escapeHtml(input.patient)}</strong>` : ''}. It will be able to:</p>
+    input.ownRecords ? ' on <strong>your own records</strong>' : input.patient ? ` on the records of <strong>${escapeHtml(input.patient)}</strong>` : ''}. It will be able to:</p>
 <ul class="scopes">
 ${items}
 </ul>

@@ -42,6 +42,7 @@ describe('standalone launch', () => {
     expect(login.html).toContain('name="password"');
     const done = await loginAndApprove(h.baseUrl, login.html, { username: 'ana', password: 'correct horse battery' });
     const approval = done.pages.at(-1)!;
+    expect(approval).toContain('asks to act for you (signed in as <strong>ana</strong>, Patient/p1) on <strong>your own records</strong>');
     expect(approval).toContain('Read all kinds of records of the selected patient');
     expect(approval).toContain('Keep access after you close the app');
     expect(done.status).toBe(302);
