@@ -165,7 +165,14 @@ async function* validated(items: AsyncIterable<ParserItem>, summary: IngestSumma
       yield out;
     }
   } finally {
-    if (ctx.report.usedZone) summary.timeZone = { zone: options.timeZone, from: zoneFrom };
+    if (ctx.report.usedZone) {
+      summary.timeZone = { zone: options.timeZone, from: zoneFrom };
+      // nothing in the file says where the sensor was worn: a wrong zone puts every reading at the
+      // wrong instant, and a second import in the right one would add readings beside them
+      if (zoneFrom === 'default') {
+        summary.warnings.push(`the file's times carry no time zone and were read in ${options.timeZone}, the server's default: if the sensor was worn in another zone, every reading is at the wrong instant; give the zone (tz=, --tz) when you import`);
+      }
+    }
     if (ctx.report.dateOrder) summary.dateOrder = ctx.report.dateOrder;
     const dst = ctx.report.dst;
     if (dst.ambiguous || dst.nonexistent) {

@@ -142,6 +142,7 @@ describe('LibreView CSV', () => {
     expect(g[4]).toMatchObject({ value: 7.2, line: 7 });
     expect(g[10]).toMatchObject({ absent: { code: 'positive-infinity' } });
     expect(summary.timeZone).toEqual({ zone: 'Europe/Berlin', from: 'option' });
+    expect(summary.warnings.filter((w) => w.includes('carry no time zone'))).toEqual([]);
     expect(summary.dateOrder).toEqual({ order: 'DMY', from: 'data', ambiguous: false });
     expect(summary.dstAdjusted).toEqual({ nonexistent: 1, ambiguous: 2, resolvedByOrder: 0, resolvedBySequence: 0 });
     expect(summary.skippedByReason).toEqual({ 'unsupported-record-type': 2, duplicate: 1 });
@@ -152,6 +153,7 @@ describe('LibreView CSV', () => {
   test('without a zone option the default zone is used and the summary says so', async () => {
     const { records, summary } = await readCgm(fixture('libreview-mmol-dst.csv'), { defaultTimeZone: 'America/New_York', now: NOW });
     expect(summary.timeZone).toEqual({ zone: 'America/New_York', from: 'default' });
+    expect(summary.warnings).toContain("the file's times carry no time zone and were read in America/New_York, the server's default: if the sensor was worn in another zone, every reading is at the wrong instant; give the zone (tz=, --tz) when you import");
     expect(glucose(records)[0]!.time).toBe('2024-03-31T01:30:00-04:00');
   });
 
