@@ -12,7 +12,7 @@ import { isGlucoGuardError } from '../errors.js';
 import { loadServerKeys } from '../keys.js';
 import type { KeyValueStore } from '../kv/port.js';
 import { SigningKeys } from './keys.js';
-import { createLaunch as storeLaunch, servedFhirBase, type CreatedLaunch } from './launch.js';
+import { createLaunch as storeLaunch, servedFhirBase, type CreatedLaunch, type LaunchInput } from './launch.js';
 import { splitScopes } from './scopes.js';
 import { checkNewClient, SmartStore, type Client, type NewClient, type User } from './store.js';
 
@@ -73,7 +73,7 @@ function describeClient(client: Client): string {
 
 /** Creates an EHR launch context in the shared KV store, for a registered app and a patient and practitioner the server holds. */
 export async function createLaunch(config: Config, kv: KeyValueStore, fhirBase: string,
-  input: { patient: string; encounter?: string; practitioner: string; clientId: string; needPatientBanner?: boolean; intent?: string }, resourceExists: (type: string, id: string) => Promise<boolean>): Promise<CreatedLaunch> {
+  input: LaunchInput, resourceExists: (type: string, id: string) => Promise<boolean>): Promise<CreatedLaunch> {
   const store = new SmartStore(config.dataDir);
   try {
     return await storeLaunch({ kv, store, fhirBase, resourceExists }, input);
