@@ -383,9 +383,10 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
       }
       return true;
     },
-    // in the patient's access log as a create of their readings (a guardian's import included)
-    record: (access, patient, status) => consent.audit.record(
-      { method: 'POST', path: 'Observation', query: { patient }, headers: {}, access }, { status }),
+    // in the patient's access log as a create of their readings (a guardian's import included), a
+    // dry run as a search of them
+    record: (access, patient, status, dryRun) => consent.audit.record(
+      { method: dryRun ? 'GET' : 'POST', path: 'Observation', query: { patient }, headers: {}, access }, { status }),
     logger,
     maxBytes: config.maxIngestBytes,
   }));

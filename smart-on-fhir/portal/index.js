@@ -94,9 +94,16 @@ function uploadForm() {
         el('option', { value: '' }, 'The server\'s default time zone'),
         timeZones().map((z) => el('option', { value: z, ...(z === browserTimeZone() ? { selected: true } : {}) }, z)))),
     el('p', { id: 'upload-tz-help' }, 'LibreView and Dexcom Clarity exports give times without a time zone: they are read in this one, where you wore the sensor. It starts at this device\'s time zone.'),
+    el('p', { id: 'upload-check-help' }, 'Check the file first to see what it holds and what would be stored, with its times read in the zone above; nothing is stored until you upload.'),
+    el('button', { type: 'button', id: 'upload-check', 'aria-describedby': 'upload-check-help' }, 'Check the file'), ' ',
     el('button', { type: 'submit' }, 'Upload'));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
+    send(false);
+  });
+  form.querySelector('#upload-check').addEventListener('click', () => send(true));
+  /** Sends the chosen file to /cgm/ingest: to store it, or (`dryRun`) to hear what storing it would do. */
+  function send(dryRun) {
     const file = $('upload-file').files?.[0];
     if (!file) {
       show(result, notice('error', 'Choose a file first.'));
@@ -106,7 +113,7 @@ function uploadForm() {
     const format = $('upload-format').value;
     const tz = $('upload-tz').value;
     const xhr = new XMLHttpRequest();
-    xhr.open('POST', `/cgm/ingest?patient=${encodeURIComponent(patientId)}${format ? `&format=${encodeURIComponent(format)}` : ''}${tz ? `&tz=${encodeURIComponent(tz)}` : ''}`);
+    xhr.open('POST', `/cgm/ingest?patient=${encodeURIComponent(patientId)}${format ? `&format=${encodeURIComponent(format)}` : ''}${tz ? `&tz=${encodeURIComponent(tz)}` : ''}${dryRun ? '&dryRun=true' : ''}`);
     const token = client.state.tokenResponse?.access_token;
     if (!token) return endSession();
     xhr.setRequestHeader('Authorization', `Bearer ${token}`);
@@ -139,17 +146,17 @@ function uploadForm() {
       if (xhr.status === 200 && body) {
         progressText.textContent = '100 % sent. Done.';
         show(result, importSummary(body));
-        void loadSummary();
+        if (!body.dryRun) void loadSummary();
       } else if (xhr.status === 401) {
         endSession();
       } else {
         failed();
         const why = body?.issue?.map((i) => i.diagnostics).filter(Boolean).slice(0, 5) ?? [];
-        show(result, notice('error', 'Nothing was imported.', ...(why.length ? why : [`The server answered ${xhr.status}.`])));
+        show(result, notice('error', dryRun ? 'This file would not be imported.' : 'Nothing was imported.', ...(why.length ? why : [`The server answered ${xhr.status}.`])));
       }
     };
     xhr.send(file);
-  });
+  }
   return [form, progressBox, result];
 }
 
@@ -165,17 +172,20 @@ function timeZones() {
   return [...new Set([...(own ? [own] : []), ...zones, 'UTC'])];
 }
 
+/** What an import did, or (a dry run) would do. */
 function importSummary(r) {
   const lines = [
     `File type: ${r.format}${r.detected ? ' (detected automatically)' : ''}.`,
     r.timeZone ? `Times without a time zone were read in ${r.timeZone.zone}.` : undefined,
-    `${r.created} new readings stored, ${r.unchanged} already there, ${r.corrected} corrected.`,
+    r.dryRun ? `${r.created} new readings would be stored, ${r.unchanged} are already there, ${r.corrected} would be corrected.`
+      : `${r.created} new readings stored, ${r.unchanged} already there, ${r.corrected} corrected.`,
     r.first ? `Readings from ${fmtDateTime(r.first)} to ${fmtDateTime(r.last)}.` : undefined,
     r.skipped ? `${r.skipped} records skipped (for example sensor errors or non-glucose records).` : undefined,
     r.rejected ? `${r.rejected} records rejected.` : undefined,
     ...(r.warnings ?? []),
   ].filter(Boolean);
-  return notice('ok', 'Import finished.', el('ul', { 'data-import': JSON.stringify({ created: r.created, unchanged: r.unchanged }) }, lines.map((l) => el('li', {}, l))));
+  const list = el('ul', { 'data-import': JSON.stringify({ created: r.created, unchanged: r.unchanged, dryRun: r.dryRun === true }) }, lines.map((l) => el('li', {}, l)));
+  return r.dryRun ? notice('info', 'Checked: nothing is stored yet. Uploading this file would do this:', list) : notice('ok', 'Import finished.', list);
 }
 
 // ---- Grants -----------------------------------------------------------------------------------

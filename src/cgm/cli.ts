@@ -32,8 +32,9 @@ export function registerCgmCommands(program: Command, open: OpenApp): void {
       return v;
     })
     .option('--partial', 'store the good records of a file with rejected ones (default: store nothing)')
+    .option('--dry-run', 'check the file and compare it with what is stored, store nothing: the report says what the import would do')
     .option('--json', 'print the report as JSON')
-    .action(async (file: string, opts: { patient: string; format?: CgmFormat; tz?: string; dateOrder?: 'DMY' | 'MDY'; partial?: boolean; json?: boolean }) => {
+    .action(async (file: string, opts: { patient: string; format?: CgmFormat; tz?: string; dateOrder?: 'DMY' | 'MDY'; partial?: boolean; dryRun?: boolean; json?: boolean }) => {
       if (!statSync(file).isFile()) throw new Error(`${file} is not a file`); // a clear answer before anything opens
       // a patient never stored, as the ingest itself refuses it (exit 1), before an installation is set up for it
       await withApp(() => open({ setUp: true, withoutData: new Error(`Patient/${opts.patient} not found`) }), async (app) => {
@@ -41,7 +42,7 @@ export function registerCgmCommands(program: Command, open: OpenApp): void {
         const signals = stopOnSignal(app.cgm.ingest, bar);
         try {
           const report = await app.cgm.ingest.ingest(file, {
-            patient: opts.patient, partial: opts.partial === true,
+            patient: opts.patient, partial: opts.partial === true, dryRun: opts.dryRun === true,
             ...(opts.format ? { format: opts.format } : {}), ...(opts.tz ? { timeZone: opts.tz } : {}),
             ...(opts.dateOrder ? { dateOrder: opts.dateOrder } : {}),
             onProgress: bar.update,
@@ -50,7 +51,7 @@ export function registerCgmCommands(program: Command, open: OpenApp): void {
           console.log(opts.json ? JSON.stringify(report, null, 2) : formatReport(report));
           if (!report.accepted) {
             // the service's words name the API's partial import; here it is an option
-            console.error(`glucoguard: ${report.rejected} of ${report.read} records rejected; nothing was imported (run again with --partial to keep the good records)`);
+            console.error(`glucoguard: ${report.rejected} of ${report.read} records rejected; ${report.dryRun ? 'the import would store nothing' : 'nothing was imported'} (run again with --partial to keep the good records)`);
             process.exitCode = 1;
           }
         } catch (err) {
@@ -125,12 +126,16 @@ export function formatSummary(patient: string, m: CgmMetrics): string {
 
 /** The import report for a person: counts, then each issue with its line. */
 export function formatReport(r: IngestReport): string {
+  // a dry run says what the import would do, in the same layout
+  const would = r.dryRun ? 'would be ' : '';
+  const outcome = r.dryRun ? (r.accepted ? 'DRY RUN, nothing stored; the import would be accepted' : 'DRY RUN, nothing stored; the import would be REJECTED')
+    : r.accepted ? 'imported' : 'REJECTED (nothing stored)';
   const lines = [
-    `${r.accepted ? 'imported' : 'REJECTED (nothing stored)'}: ${r.format}${r.detected ? ' (detected)' : ''} for Patient/${r.patient}${r.partial ? ', partial' : ''}`,
-    `  records read ${r.read}, created ${r.created}, unchanged ${r.unchanged}, corrected ${r.corrected}, skipped ${r.skipped}, rejected ${r.rejected}`,
+    `${outcome}: ${r.format}${r.detected ? ' (detected)' : ''} for Patient/${r.patient}${r.partial ? ', partial' : ''}`,
+    `  records read ${r.read}, ${would}created ${r.created}, unchanged ${r.unchanged}, ${would}corrected ${r.corrected}, skipped ${r.skipped}, rejected ${r.rejected}`,
   ];
-  if (r.devicesCreated) lines.push(`  devices created ${r.devicesCreated}`);
-  if (r.linked) lines.push(`  linked to their Device ${r.linked} (stored before without one; a new version, value unchanged)`);
+  if (r.devicesCreated) lines.push(`  devices ${would}created ${r.devicesCreated}`);
+  if (r.linked) lines.push(`  ${would}linked to their Device ${r.linked} (stored before without one; a new version, value unchanged)`);
   if (r.first && r.last) lines.push(`  readings from ${r.first} to ${r.last}`);
   if (r.timeZone) lines.push(`  time zone ${r.timeZone.zone} (${r.timeZone.from === 'option' ? 'given' : 'server default'})`);
   if (r.dateOrder) lines.push(`  date order ${r.dateOrder.order} (${r.dateOrder.from}${r.dateOrder.ambiguous ? ', ambiguous' : ''})`);
@@ -193,9 +198,9 @@ function progressBar(): { update: (p: IngestProgress) => void; done: () => void 
       if (p.total) {
         const share = Math.min(1, p.stored / p.total);
         const filled = Math.round(share * width);
-        text = `storing  [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${(share * 100).toFixed(0).padStart(3)} %  ${p.stored}/${p.total}`;
+        text = `${p.phase.padEnd(9)} [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${(share * 100).toFixed(0).padStart(3)} %  ${p.stored}/${p.total}`;
       } else {
-        text = `${p.phase === 'checking' ? 'checking' : 'storing '} ${p.read} records read, ${p.stored} stored`;
+        text = `${p.phase.padEnd(9)} ${p.read} records read, ${p.stored} ${p.phase === 'comparing' ? 'compared' : 'stored'}`;
       }
       process.stderr.write(`\r${text}\u001b[K`);
     },

@@ -1,5 +1,5 @@
 /**
- * `POST /cgm/ingest?patient=ID[&format=F&tz=ZONE&dateOrder=DMY|MDY&partial=true]`: a raw device/platform export as the
+ * `POST /cgm/ingest?patient=ID[&format=F&tz=ZONE&dateOrder=DMY|MDY&partial=true&dryRun=true]`: a raw device/platform export as the
  * body (any media type but a multipart/form-data upload, uncompressed), streamed into the ingest service (large uploads
  * via an encrypted spool, spool.ts); the import report as JSON. Errors are
  * OperationOutcomes (400 bad input or options, 401/403, 404 unknown patient, 413 too large (with
@@ -7,7 +7,8 @@
  * file with rejected records — nothing stored; 415 a form upload or a Content-Encoding). With `partial=true` the good records are stored as
  * they come and the report lists the rejected ones, including a file cut short or malformed part way
  * (reason `unreadable-input`: what came before it is kept, the rest was not read; 200, never a 400
- * over stored data). Authentication as on /fhir: a token with write
+ * over stored data). With `dryRun=true` nothing is written: the report (`dryRun: true`) says what the
+ * import would store — or the 422 that it would be rejected. Authentication as on /fhir: a token with write
  * access to the patient's Observations, or the patient themself.
  *
  * Once the server is stopping (`CgmIngestService.stop`, called by the shutdown in src/server.ts), an
@@ -39,10 +40,11 @@ export interface CgmHttpOptions {
    */
   mayWriteObservations: (access: AccessContext, patient: string) => Promise<boolean>;
   /**
-   * Records the import in the patient's access log (a create of their readings by the requester),
-   * refused or done; not for a request that could not be authenticated or named no valid patient.
+   * Records the import in the patient's access log (a create of their readings by the requester;
+   * a dry run, `dryRun`, a search of them: it says which are stored), refused or done; not for a
+   * request that could not be authenticated or named no valid patient.
    */
-  record?: (access: AccessContext, patient: string, status: number) => void;
+  record?: (access: AccessContext, patient: string, status: number, dryRun: boolean) => void;
   maxBytes?: number;
   logger: Logger;
 }
@@ -56,7 +58,7 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
   r.post('/ingest', async (req: Request, res: Response) => {
     const started = process.hrtime.bigint();
     let response: FhirResponse;
-    let recordFor: { access: AccessContext; patient: string } | undefined;
+    let recordFor: { access: AccessContext; patient: string; dryRun?: boolean } | undefined;
     try {
       options.service.throwIfStopped(); // before reading anything of the upload
       const headers: Record<string, string | undefined> = {};
@@ -75,6 +77,9 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       if (format !== undefined && !CGM_FORMATS.includes(format as CgmFormat)) throw badRequest(`format must be one of ${CGM_FORMATS.join(', ')}`, 'format');
       const partial = one(query, 'partial');
       if (partial !== undefined && partial !== 'true' && partial !== 'false') throw badRequest('partial must be true or false', 'partial');
+      const dryRun = one(query, 'dryRun');
+      if (dryRun !== undefined && dryRun !== 'true' && dryRun !== 'false') throw badRequest('dryRun must be true or false', 'dryRun');
+      recordFor.dryRun = dryRun === 'true';
       const dateOrder = one(query, 'dateOrder');
       if (dateOrder !== undefined && dateOrder !== 'DMY' && dateOrder !== 'MDY') throw badRequest('dateOrder must be DMY or MDY (the day/month order of LibreView timestamps)', 'dateOrder');
       // The body is read as the export itself: a form upload or a compressed body would be read as one.
@@ -88,6 +93,7 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       const ingestOptions = {
         patient,
         partial: partial === 'true',
+        dryRun: dryRun === 'true',
         ...(format ? { format: format as CgmFormat } : {}),
         ...(one(query, 'tz') ? { timeZone: one(query, 'tz') } : {}),
         ...(dateOrder ? { dateOrder: dateOrder as 'DMY' | 'MDY' } : {}),
@@ -111,7 +117,7 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       const challenge = (err as { wwwAuthenticate?: string }).wwwAuthenticate;
       if (challenge) response.headers = { ...response.headers, 'WWW-Authenticate': challenge };
     }
-    if (recordFor) options.record?.(recordFor.access, recordFor.patient, response.status);
+    if (recordFor) options.record?.(recordFor.access, recordFor.patient, response.status, recordFor.dryRun === true);
     // Drain what the client is still sending so the response is not cut off by a reset (a reader
     // that stopped part-way, `limited`, left its listener, which would keep the stream paused).
     if (!req.readableEnded) req.removeAllListeners('readable').resume();
@@ -160,7 +166,7 @@ function untilStopped<T>(pending: Promise<T>, service: CgmIngestService): Promis
 }
 
 /** The query parameters of POST /cgm/ingest. */
-const INGEST_PARAMS = ['patient', 'format', 'tz', 'dateOrder', 'partial'];
+const INGEST_PARAMS = ['patient', 'format', 'tz', 'dateOrder', 'partial', 'dryRun'];
 
 function one(query: Record<string, string | string[] | undefined>, name: string): string | undefined {
   const v = query[name];

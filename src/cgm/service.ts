@@ -12,6 +12,10 @@
  * says which meter took a reading. Ingests of one patient run one at a time, so two
  * concurrent imports of the same file cannot both create a reading.
  *
+ * A dry run (`dryRun`) goes the same way up to the writes and makes none: its report says what the
+ * import would create, leave unchanged and correct (a preview that shows a wrong time zone before
+ * anything is stored under it).
+ *
  * All-or-nothing by default: a file with any rejected record stores nothing. A file path (or a
  * spooled upload, spool.ts) larger than HOLD_BYTES is read twice (check, then store) so memory
  * stays bounded; smaller ones and plain streams are held in memory until the whole file is checked. `partial` stores the good records chunk by chunk as they arrive.
@@ -79,16 +83,24 @@ export interface IngestOptions extends Omit<ParseOptions, 'defaultTimeZone'> {
   patient: string;
   /** Store the good records and report the rest (default: a file with a rejected record stores nothing). */
   partial?: boolean;
+  /**
+   * Check and compare only: the report says what the import would do (its counts, the readings'
+   * first and last instants, the time zone applied) and nothing is written.
+   */
+  dryRun?: boolean;
   /** Called after each stored chunk and every few thousand records checked. */
   onProgress?: (progress: IngestProgress) => void;
 }
 
 export interface IngestProgress {
-  /** `checking`: first pass over a file (nothing stored yet); `storing`: records are being written. */
-  phase: 'checking' | 'storing';
+  /**
+   * `checking`: first pass over a file (nothing stored yet); `storing`: records are being written;
+   * `comparing`: a dry run's records are being compared with what is stored (nothing is written).
+   */
+  phase: 'checking' | 'storing' | 'comparing';
   /** Records read from the source so far in this phase. */
   read: number;
-  /** Resources written or matched so far (created + unchanged + corrected). */
+  /** Resources written or matched so far (created + unchanged + corrected; in a dry run, compared). */
   stored: number;
   /** Records expected in the storing phase, when a checking pass counted them. */
   total?: number;
@@ -99,6 +111,8 @@ export interface IngestReport extends IngestSummary {
   /** False when the file was rejected (nothing stored). */
   accepted: boolean;
   partial: boolean;
+  /** True for a dry run (IngestOptions.dryRun): the counts below say what the import would do; nothing was stored. */
+  dryRun: boolean;
   patient: string;
   /** Readings and doses newly stored. */
   created: number;
@@ -217,7 +231,8 @@ export class CgmIngestService {
   private async run(source: CgmInput | ReopenableInput, options: IngestOptions): Promise<IngestReport> {
     const counts: StoreCounts = { created: 0, unchanged: 0, corrected: 0, linked: 0, devicesCreated: 0 };
     const stored = () => counts.created + counts.unchanged + counts.corrected + counts.linked;
-    return this.accounted(stored, () => this.runCounted(source, options, counts, stored));
+    // a dry run that ends part way stored nothing, whatever it had compared
+    return this.accounted(options.dryRun ? () => 0 : stored, () => this.runCounted(source, options, counts, stored));
   }
 
   private async runCounted(source: CgmInput | ReopenableInput, options: IngestOptions, counts: StoreCounts, stored: () => number): Promise<IngestReport> {
@@ -230,19 +245,23 @@ export class CgmIngestService {
     const progress = options.onProgress ?? (() => undefined);
     const devices = new Map<string, string>(); // device fullUrl → Device/id
     const formers: FormerMatches = { rewritten: new Set(), matched: new Map() };
-    const store: Sink = (entries, devs) => this.storeChunk(entries, devs, devices, counts, formers);
+    const dryRun = options.dryRun === true;
+    const storing = dryRun ? 'comparing' : 'storing';
+    const store: Sink = (entries, devs) => this.storeChunk(entries, devs, devices, counts, formers, dryRun);
+    const report = (summary: IngestSummary, accepted: boolean): IngestReport =>
+      ({ accepted, partial, dryRun, patient: options.patient, ...counts, ...summary });
 
     if (partial) {
-      const summary = await this.pass(await openCgm(input(), parse), ctx, store, (read) => progress({ phase: 'storing', read, stored: stored() }), true);
-      return report(summary, true, options.patient, counts, true);
+      const summary = await this.pass(await openCgm(input(), parse), ctx, store, (read) => progress({ phase: storing, read, stored: stored() }), true);
+      return report(summary, true);
     }
     if (size !== undefined && size > this.holdBytes) {
       // A large file is read twice: check everything first, then store, memory bounded.
       const checked = await this.pass(await openCgm(input(), parse), ctx, async () => undefined, (read) => progress({ phase: 'checking', read, stored: 0 }));
-      if (checked.rejected > 0) return report(checked, false, options.patient, counts, false);
+      if (checked.rejected > 0) return report(checked, false);
       const summary = await this.pass(await openCgm(input(), parse), ctx, store,
-        (read) => progress({ phase: 'storing', read, stored: stored(), total: checked.read }));
-      return report(summary, true, options.patient, counts, false);
+        (read) => progress({ phase: storing, read, stored: stored(), total: checked.read }));
+      return report(summary, true);
     }
     const held: ConvertedEntry[] = [];
     const heldDevices: ConvertedEntry<Device>[] = [];
@@ -250,14 +269,14 @@ export class CgmIngestService {
       held.push(...entries);
       heldDevices.push(...devs);
     }, (read) => progress({ phase: 'checking', read, stored: 0 }));
-    if (summary.rejected > 0) return report(summary, false, options.patient, counts, false);
+    if (summary.rejected > 0) return report(summary, false);
     for (let i = 0; i < held.length || (i === 0 && heldDevices.length); i += this.chunkSize) {
       this.throwIfStopped();
       await store(held.slice(i, i + this.chunkSize), i === 0 ? heldDevices : []);
-      progress({ phase: 'storing', read: summary.read, stored: stored(), total: held.length });
+      progress({ phase: storing, read: summary.read, stored: stored(), total: held.length });
       await turn();
     }
-    return report(summary, true, options.patient, counts, false);
+    return report(summary, true);
   }
 
   /**
@@ -353,10 +372,19 @@ export class CgmIngestService {
    * are decided after the rest of their chunk.
    */
   private async storeChunk(entries: ConvertedEntry[], newDevices: ConvertedEntry<Device>[], devices: Map<string, string>,
-    counts: StoreCounts, formers: FormerMatches): Promise<void> {
+    counts: StoreCounts, formers: FormerMatches, dryRun: boolean): Promise<void> {
     const repo = this.deps.repository;
     const pendingDevices = newDevices.filter((d) => !devices.has(d.fullUrl));
-    if (pendingDevices.length) {
+    if (pendingDevices.length && dryRun) {
+      // the same match as the conditional create below (on the identifier), without creating: a
+      // device that would be new keeps its bundle fullUrl as the readings' reference
+      const stored = await this.findExisting(pendingDevices);
+      for (const d of pendingDevices) {
+        const id = stored.get(identifierOf(d.resource) ?? '')?.id;
+        if (!id) counts.devicesCreated++;
+        devices.set(d.fullUrl, id ? `Device/${id}` : d.fullUrl);
+      }
+    } else if (pendingDevices.length) {
       const response = await repo.transaction(transaction(pendingDevices.map((d) => ({
         fullUrl: d.fullUrl, resource: d.resource, request: { method: 'POST', url: 'Device', ifNoneExist: d.ifNoneExist },
       }))));
@@ -414,16 +442,16 @@ export class CgmIngestService {
         writes.push({ resource: { ...resource, id: found.id }, request: { method: 'PUT', url: `${resource.resourceType}/${found.id}` } });
       }
     }
-    if (creates.length) await this.deps.bulkCreate!(creates);
-    if (writes.length) await repo.transaction(transaction(writes));
+    if (creates.length && !dryRun) await this.deps.bulkCreate!(creates);
+    if (writes.length && !dryRun) await repo.transaction(transaction(writes));
     counts.created += chunk.created;
     counts.unchanged += chunk.unchanged;
     counts.corrected += chunk.corrected;
     counts.linked += chunk.linked;
   }
 
-  /** Current resources carrying the chunk's identifiers, by `system|value`; one search per type and batch. */
-  private async findExisting(entries: ConvertedEntry[]): Promise<Map<string, Resource>> {
+  /** Current resources carrying the entries' identifiers, by `system|value`; one search per type and batch. */
+  private async findExisting(entries: ConvertedEntry<Resource>[]): Promise<Map<string, Resource>> {
     const byType = new Map<Resource['resourceType'], string[]>();
     for (const e of entries) {
       const id = identifierOf(e.resource);
@@ -485,10 +513,6 @@ interface StoreCounts {
   corrected: number;
   linked: number;
   devicesCreated: number;
-}
-
-function report(summary: IngestSummary, accepted: boolean, patient: string, counts: StoreCounts, partial: boolean): IngestReport {
-  return { accepted, partial, patient, ...counts, ...summary };
 }
 
 function errors(issues: ReturnType<ResourceCheck>): ReturnType<ResourceCheck> {

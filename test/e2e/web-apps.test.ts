@@ -2,7 +2,7 @@
  * Issue 8 in a real browser (Chromium via playwright-core): the clinician viewer launched from an
  * EHR and the patient portal, against a whole GlucoGuard (SMART, FHIR facade, consent on the
  * embedded chain). One browser, run once, the flows in order:
- * no grant → "no access"; patient uploads with progress; patient shares in a few steps; clinician
+ * no grant → "no access"; patient checks an export, then uploads it with progress; patient shares in a few steps; clinician
  * sees the AGP with the numbers of $cgm-summary; the patient's access log lists the clinician's
  * reads; patient stops sharing → clinician sees "access ended"; a grant of everything with date-only
  * ends reads the same day in both apps; both apps sign out (tokens revoked, nothing kept).
@@ -82,7 +82,7 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     await expect(clinician.locator('#banner').isHidden()).resolves.toBe(true);
   }, 60_000);
 
-  test('the patient signs in, uploads an export with progress and sees the import summary and their AGP', async () => {
+  test('the patient signs in, checks an export (nothing stored), uploads it with progress and sees the import summary and their AGP', async () => {
     await signInToPortal(portal, base, ANA);
     await portal.locator('#who', { hasText: 'Signed in as Ana Rivera' }).waitFor({ timeout: 15_000 });
     await portal.locator('#summary-body [data-notice]').waitFor();
@@ -91,14 +91,28 @@ describeBrowser('clinician viewer and patient portal in Chromium', () => {
     // times without a zone (LibreView, Clarity) are read in the zone chosen, this device's to begin with: it goes with the upload
     const zone = await portal.evaluate(() => Intl.DateTimeFormat().resolvedOptions().timeZone);
     await expect(portal.locator('#upload-tz').inputValue()).resolves.toBe(zone);
+    // "Check the file" first: what the upload would store, with nothing stored yet
+    const checking = portal.waitForRequest((r) => new URL(r.url()).pathname === '/cgm/ingest');
+    await portal.click('#upload-check');
+    expect(new URL((await checking).url()).searchParams.get('dryRun')).toBe('true');
+    const checked = portal.locator('[data-import*=\'"dryRun":true\']');
+    await checked.waitFor({ timeout: 60_000 });
+    const preview = JSON.parse((await checked.getAttribute('data-import'))!) as { created: number };
+    await expect(portal.locator('#upload-result').innerText()).resolves.toContain('Checked: nothing is stored yet');
+    await expect(portal.locator('#upload-result').innerText()).resolves.toContain(`${preview.created} new readings would be stored`);
+    await expect(portal.locator('#summary-body').innerText()).resolves.toContain('No glucose readings yet');
     const sent = portal.waitForRequest((r) => new URL(r.url()).pathname === '/cgm/ingest');
     await portal.click('#upload-form button[type="submit"]');
-    expect(new URL((await sent).url()).searchParams.get('tz')).toBe(zone);
-    await portal.locator('[data-import]').waitFor({ timeout: 60_000 });
+    const upload = new URL((await sent).url()).searchParams;
+    expect(upload.get('tz')).toBe(zone);
+    expect(upload.has('dryRun')).toBe(false);
+    const done = portal.locator('[data-import*=\'"dryRun":false\']');
+    await done.waitFor({ timeout: 60_000 });
     await expect(portal.locator('#upload-progress').evaluate((p: HTMLProgressElement) => p.value)).resolves.toBe(100);
     await expect(portal.locator('#upload-progress-text').innerText()).resolves.toContain('100 % sent');
-    const imported = JSON.parse((await portal.locator('[data-import]').getAttribute('data-import'))!) as { created: number };
+    const imported = JSON.parse((await done.getAttribute('data-import'))!) as { created: number };
     expect(imported.created).toBeGreaterThan(trace.length * 0.9);
+    expect(imported.created).toBe(preview.created); // the check said what the upload did
     await expect(portal.locator('#upload-result').innerText()).resolves.toContain('nightscout (detected automatically)');
     await portal.locator('#summary-body svg.agp').waitFor({ timeout: 30_000 });
     // the ethers build (~0.5 MB) is fetched only for a guardian recovery, not on every visit

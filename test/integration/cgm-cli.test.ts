@@ -1,6 +1,6 @@
 /**
  * `glucoguard ingest` and `glucoguard summary` as an operator runs them (the built bin): the report
- * on stdout, a re-import that changes nothing, a rejected file with exit code 1.
+ * on stdout, a dry run that stores nothing, a re-import that changes nothing, a rejected file with exit code 1.
  */
 import { spawnSync } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
@@ -34,6 +34,13 @@ describe('glucoguard ingest / summary', () => {
     expect(created.status).toBe(0);
     patientId = created.stdout.trim();
   });
+
+  test('ingest --dry-run says what the import would do and stores nothing (the import below then creates every reading)', () => {
+    const r = run('ingest', file, '--patient', patientId, '--dry-run');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^DRY RUN, nothing stored; the import would be accepted: nightscout \(detected\)/);
+    expect(r.stdout).toContain(`records read ${trace.length}, would be created ${trace.length}, unchanged 0, would be corrected 0`);
+  }, 60_000);
 
   test('ingest imports the file and prints the report on stdout', () => {
     const r = run('ingest', file, '--patient', patientId, '--json');

@@ -1,0 +1,156 @@
+/**
+ * `POST /cgm/ingest?dryRun=true`: the file is checked and compared with what is stored, and nothing
+ * is written — no reading, no Device, no version — while the report says what the
+ * import would create, leave unchanged and correct. The same on a file read twice (above the hold
+ * limit), with `partial`, on a rejected file (the 422 the import would give), and on the upstream
+ * repository. In the patient's access log a dry run is a search of their readings, not a create.
+ */
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import type { AuditEvent, Bundle, Observation } from '@medplum/fhirtypes';
+import express from 'express';
+import request from 'supertest';
+import { cgmHttpRouter } from '../../src/cgm/http.js';
+import { CgmIngestService } from '../../src/cgm/service.js';
+import { shapeCachedCheck } from '../../src/cgm/validate.js';
+import { OPEN_ACCESS } from '../../src/fhir/access.js';
+import { createLogger } from '../../src/log.js';
+import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
+import { startTestApp, type TestApp } from '../support/app.js';
+import { startUpstreamFhirServer } from '../support/upstream-server.js';
+
+const FHIR_JSON = 'application/fhir+json';
+
+async function newPatient(t: TestApp): Promise<string> {
+  const res = await request(t.app.http).post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient' });
+  expect(res.status).toBe(201);
+  return res.body.id as string;
+}
+
+async function stored(t: TestApp, type: 'Observation' | 'Device', patient: string): Promise<Observation[]> {
+  const res = await request(t.app.http).get(`/fhir/${type}?patient=Patient/${patient}&_count=1000`);
+  expect(res.status).toBe(200);
+  return ((res.body as Bundle).entry ?? []).map((e) => e.resource as Observation);
+}
+
+describe('a dry run of an import stores nothing and says what the import would do', () => {
+  let t: TestApp;
+  const trace = makeTrace(2, { seed: 21 });
+  const file = nightscoutJson(trace);
+  let patient: string;
+  const ingest = (body: string, query = '') =>
+    request(t.app.http).post(`/cgm/ingest?patient=${patient}&format=nightscout${query}`).set('Content-Type', 'application/json').send(body);
+
+  beforeAll(async () => {
+    t = await startTestApp();
+    patient = await newPatient(t);
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  test('before any import: every reading and the Device would be created; none is', async () => {
+    const res = await ingest(file, '&dryRun=true');
+    expect(res.status).toBe(200);
+    expect(res.body).toMatchObject({ accepted: true, dryRun: true, read: trace.length, created: trace.length, unchanged: 0, corrected: 0, devicesCreated: 1 });
+    expect(res.body.first).toBe(new Date(trace[0]!.epochMs).toISOString());
+    expect(await stored(t, 'Observation', patient)).toHaveLength(0);
+    expect(await stored(t, 'Device', patient)).toHaveLength(0);
+    // no version of either type was written in this app (history lists every version ever stored)
+    for (const type of ['Observation', 'Device']) {
+      const history = await request(t.app.http).get(`/fhir/${type}/_history`);
+      expect(history.status).toBe(200);
+      expect((history.body as Bundle).entry ?? []).toHaveLength(0);
+    }
+  });
+
+  test('the import then creates what the dry run said; a dry run of the same file finds all of it unchanged', async () => {
+    const real = await ingest(file);
+    expect(real.body).toMatchObject({ accepted: true, dryRun: false, created: trace.length, devicesCreated: 1 });
+    const again = await ingest(file, '&dryRun=true');
+    expect(again.body).toMatchObject({ dryRun: true, created: 0, unchanged: trace.length, corrected: 0, devicesCreated: 0 });
+  });
+
+  test('a changed value would be a correction; the stored reading stays at version 1 with its value', async () => {
+    const changed = trace.map((r, i) => (i === 10 ? { ...r, sgv: r.sgv + 5 } : r));
+    const res = await ingest(nightscoutJson(changed), '&dryRun=true');
+    expect(res.body).toMatchObject({ dryRun: true, created: 0, corrected: 1, unchanged: trace.length - 1 });
+    const reading = (await stored(t, 'Observation', patient)).find((o) => Date.parse(o.effectiveDateTime!) === trace[10]!.epochMs)!;
+    expect(reading.meta?.versionId).toBe('1');
+    expect(reading.valueQuantity?.value).toBe(trace[10]!.sgv);
+  });
+
+  test('a file with a bad record: the 422 the import would answer; with partial=true, what it would keep; nothing stored either way', async () => {
+    const other = await newPatient(t);
+    const lines = nightscoutJson(makeTrace(1, { seed: 22 }).slice(0, 40)).split('\n');
+    lines[5] = lines[5]!.replace(/"sgv":\d+/, '"sgv":-3');
+    const bad = lines.join('\n');
+    const send = (query: string) => request(t.app.http).post(`/cgm/ingest?patient=${other}&format=nightscout${query}`).send(bad);
+    const rejected = await send('&dryRun=true');
+    expect(rejected.status).toBe(422);
+    expect(rejected.body.resourceType).toBe('OperationOutcome');
+    const partial = await send('&dryRun=true&partial=true');
+    expect(partial.status).toBe(200);
+    expect(partial.body).toMatchObject({ accepted: true, partial: true, dryRun: true, created: 39, rejected: 1 });
+    expect(await stored(t, 'Observation', other)).toHaveLength(0);
+  });
+
+  test('dryRun other than true or false is a 400 naming it, and nothing is stored', async () => {
+    const other = await newPatient(t);
+    const res = await request(t.app.http).post(`/cgm/ingest?patient=${other}&format=nightscout&dryRun=yes`).send(file);
+    expect(res.status).toBe(400);
+    expect(res.body.issue[0].diagnostics).toMatch(/dryRun must be true or false/);
+    expect(await stored(t, 'Observation', other)).toHaveLength(0);
+  });
+
+  test('in the patient\'s access log the dry run is a search of their readings, the import a create', async () => {
+    await t.app.consent.audit.flush();
+    const log = await request(t.app.http).get(`/fhir/AuditEvent?patient=${patient}&_count=200`);
+    expect(log.status).toBe(200);
+    const events = ((log.body as Bundle<AuditEvent>).entry ?? []).map((e) => e.resource!);
+    // a dry run's event names the query `Observation?patient=<id>` (this test's own reads add a _count)
+    const dryRuns = events.filter((e) => e.entity?.some((x) => x.query && Buffer.from(x.query, 'base64').toString() === `Observation?patient=${patient}`));
+    expect(dryRuns.map((e) => `${e.action} ${e.subtype?.[0]?.code}`)).toEqual(['E search-type', 'E search-type', 'E search-type']);
+    // the import's is a create of the patient's data (the Patient's own create names it as the resource, role 4)
+    const imports = events.filter((e) => e.action === 'C' && e.entity?.some((x) => x.role?.code === '1'));
+    expect(imports).toHaveLength(1);
+  });
+});
+
+describe('a dry run of an upload read twice, and on the upstream repository', () => {
+  let t: TestApp;
+  let upstream: { url: string; close(): Promise<void> };
+  beforeAll(async () => {
+    upstream = await startUpstreamFhirServer();
+    t = await startTestApp({ UPSTREAM_FHIR_URL: upstream.url });
+  });
+  afterAll(async () => {
+    await t?.close();
+    await upstream?.close();
+  });
+
+  test('above the hold limit (checked, then compared): nothing stored, the same counts as the import', async () => {
+    const service = new CgmIngestService({ repository: t.app.repository, check: shapeCachedCheck(() => []), defaultTimeZone: 'UTC', holdBytes: 1024 });
+    const app = express();
+    app.use('/cgm', cgmHttpRouter({ service, authenticate: async () => OPEN_ACCESS, mayWriteObservations: async () => true, logger: createLogger('silent') }));
+    const patient = await newPatient(t);
+    const body = nightscoutJson(makeTrace(1, { seed: 23 }).slice(0, 100));
+    const dry = await request(app).post(`/cgm/ingest?patient=${patient}&format=nightscout&dryRun=true`).send(body);
+    expect(dry.status).toBe(200);
+    expect(dry.body).toMatchObject({ dryRun: true, created: 100, devicesCreated: 1 });
+    expect(await stored(t, 'Observation', patient)).toHaveLength(0);
+    expect(await stored(t, 'Device', patient)).toHaveLength(0);
+    const real = await request(app).post(`/cgm/ingest?patient=${patient}&format=nightscout`).send(body);
+    expect(real.body).toMatchObject({ dryRun: false, created: 100, devicesCreated: 1 });
+  });
+
+  test('on the upstream server: the Device is looked up, not created; a stored one is found', async () => {
+    const patient = await newPatient(t);
+    const trace = makeTrace(1, { seed: 24 }).slice(0, 60);
+    const send = (body: string, query = '') => request(t.app.http).post(`/cgm/ingest?patient=${patient}&format=nightscout${query}`).send(body);
+    expect((await send(nightscoutJson(trace), '&dryRun=true')).body).toMatchObject({ dryRun: true, created: 60, devicesCreated: 1 });
+    expect(await stored(t, 'Device', patient)).toHaveLength(0);
+    expect((await send(nightscoutJson(trace.slice(0, 30)))).body).toMatchObject({ created: 30, devicesCreated: 1 });
+    expect((await send(nightscoutJson(trace), '&dryRun=true')).body).toMatchObject({ created: 30, unchanged: 30, devicesCreated: 0 });
+    expect(await stored(t, 'Observation', patient)).toHaveLength(30);
+  });
+});
