@@ -374,19 +374,20 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
     service: cgm.ingest, authenticate: (headers, url) => smart.authenticate(headers, url),
     // an import creates readings and corrects stored ones: both, as POST and PUT of such an
     // Observation would need them (scopes, then consent: a grantee can't place a reading without
-    // its time in a granted period, so only the patient, their apps and system clients import)
-    mayWriteObservations: async (access, patient) => {
+    // its time in a granted period, so only the patient, their apps and system clients import); a
+    // removal deletes them, as DELETE would need
+    mayWriteObservations: async (access, patient, remove) => {
       const reading: Observation = { resourceType: 'Observation', status: 'final', code: { text: 'CGM reading' }, subject: { reference: `Patient/${patient}` } };
-      for (const interaction of ['create', 'update'] as const) {
+      for (const interaction of remove ? ['delete'] as const : ['create', 'update'] as const) {
         await policy.authorize(access, interaction, 'Observation');
         if (!(await policy.mayWrite(access, reading, interaction))) return false;
       }
       return true;
     },
     // in the patient's access log as a create of their readings (a guardian's import included), a
-    // dry run as a search of them
-    record: (access, patient, status, dryRun) => consent.audit.record(
-      { method: dryRun ? 'GET' : 'POST', path: 'Observation', query: { patient }, headers: {}, access }, { status }),
+    // removal as a delete of them, a dry run as a search
+    record: (access, patient, status, as) => consent.audit.record(
+      { method: ({ create: 'POST', delete: 'DELETE', search: 'GET' } as const)[as], path: 'Observation', query: { patient }, headers: {}, access }, { status }),
     logger,
     maxBytes: config.maxIngestBytes,
   }));

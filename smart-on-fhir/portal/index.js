@@ -96,24 +96,37 @@ function uploadForm() {
     el('p', { id: 'upload-tz-help' }, 'LibreView and Dexcom Clarity exports give times without a time zone: they are read in this one, where you wore the sensor. It starts at this device\'s time zone.'),
     el('p', { id: 'upload-check-help' }, 'Check the file first to see what it holds and what would be stored, with its times read in the zone above; nothing is stored until you upload.'),
     el('button', { type: 'button', id: 'upload-check', 'aria-describedby': 'upload-check-help' }, 'Check the file'), ' ',
-    el('button', { type: 'submit' }, 'Upload'));
+    el('button', { type: 'submit' }, 'Upload'),
+    el('p', { id: 'upload-remove-help' }, 'Uploaded a file with the wrong time zone? Choose the file and the zone it was uploaded with and remove its readings (you confirm first), then upload it again with the right zone.'),
+    el('button', { type: 'button', id: 'upload-remove', 'aria-describedby': 'upload-remove-help' }, 'Remove this file\'s readings…'));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
-    send(false);
+    send(chosen());
   });
-  form.querySelector('#upload-check').addEventListener('click', () => send(true));
-  /** Sends the chosen file to /cgm/ingest: to store it, or (`dryRun`) to hear what storing it would do. */
-  function send(dryRun) {
+  form.querySelector('#upload-check').addEventListener('click', () => send(chosen(), { dryRun: true }));
+  // a removal is checked first: what it would remove, and a button to confirm it with the same file and options
+  form.querySelector('#upload-remove').addEventListener('click', () => send(chosen(), { dryRun: true, remove: true }));
+
+  /** The file and options in the form, or undefined (and a notice) when no file is chosen. */
+  function chosen() {
     const file = $('upload-file').files?.[0];
     if (!file) {
       show(result, notice('error', 'Choose a file first.'));
       $('upload-file').focus();
-      return;
+      return undefined;
     }
-    const format = $('upload-format').value;
-    const tz = $('upload-tz').value;
+    return { file, format: $('upload-format').value, tz: $('upload-tz').value };
+  }
+
+  /**
+   * Sends a file to /cgm/ingest: to store it; with `remove`, to remove its readings; with `dryRun`,
+   * to hear what either would do.
+   */
+  function send(what, { dryRun = false, remove = false } = {}) {
+    if (!what) return;
+    const { file, format, tz } = what;
     const xhr = new XMLHttpRequest();
-    xhr.open('POST', `/cgm/ingest?patient=${encodeURIComponent(patientId)}${format ? `&format=${encodeURIComponent(format)}` : ''}${tz ? `&tz=${encodeURIComponent(tz)}` : ''}${dryRun ? '&dryRun=true' : ''}`);
+    xhr.open('POST', `/cgm/ingest?patient=${encodeURIComponent(patientId)}${format ? `&format=${encodeURIComponent(format)}` : ''}${tz ? `&tz=${encodeURIComponent(tz)}` : ''}${remove ? '&remove=true' : ''}${dryRun ? '&dryRun=true' : ''}`);
     const token = client.state.tokenResponse?.access_token;
     if (!token) return endSession();
     xhr.setRequestHeader('Authorization', `Bearer ${token}`);
@@ -145,14 +158,15 @@ function uploadForm() {
       try { body = JSON.parse(xhr.responseText); } catch { body = undefined; }
       if (xhr.status === 200 && body) {
         progressText.textContent = '100 % sent. Done.';
-        show(result, importSummary(body));
+        show(result, body.remove ? removalSummary(body, () => send(what, { remove: true })) : importSummary(body));
         if (!body.dryRun) void loadSummary();
       } else if (xhr.status === 401) {
         endSession();
       } else {
         failed();
         const why = body?.issue?.map((i) => i.diagnostics).filter(Boolean).slice(0, 5) ?? [];
-        show(result, notice('error', dryRun ? 'This file would not be imported.' : 'Nothing was imported.', ...(why.length ? why : [`The server answered ${xhr.status}.`])));
+        const title = remove ? (dryRun ? 'This file\'s readings could not be checked for removal.' : 'Nothing was removed.') : dryRun ? 'This file would not be imported.' : 'Nothing was imported.';
+        show(result, notice('error', title, ...(why.length ? why : [`The server answered ${xhr.status}.`])));
       }
     };
     xhr.send(file);
@@ -186,6 +200,24 @@ function importSummary(r) {
   ].filter(Boolean);
   const list = el('ul', { 'data-import': JSON.stringify({ created: r.created, unchanged: r.unchanged, dryRun: r.dryRun === true }) }, lines.map((l) => el('li', {}, l)));
   return r.dryRun ? notice('info', 'Checked: nothing is stored yet. Uploading this file would do this:', list) : notice('ok', 'Import finished.', list);
+}
+
+/** What a removal did, or (a dry run) would do, with the button that confirms it. */
+function removalSummary(r, confirm) {
+  const lines = [
+    `File type: ${r.format}${r.detected ? ' (detected automatically)' : ''}.`,
+    r.timeZone ? `Times without a time zone were read in ${r.timeZone.zone}.` : undefined,
+    r.dryRun ? `${r.removed} readings of this file are stored and would be removed.` : `${r.removed} readings removed.`,
+    r.changedSince ? `${r.changedSince} readings changed since they were uploaded: they are kept.` : undefined,
+    r.notStored ? `${r.notStored} readings of this file are not stored${r.dryRun ? '' : ' (any more)'}.` : undefined,
+    r.first ? `Readings from ${fmtDateTime(r.first)} to ${fmtDateTime(r.last)}.` : undefined,
+  ].filter(Boolean);
+  const list = el('ul', { 'data-remove': JSON.stringify({ removed: r.removed, dryRun: r.dryRun === true }) }, lines.map((l) => el('li', {}, l)));
+  if (!r.dryRun) return notice('ok', 'Readings removed.', list);
+  if (!r.removed) return notice('info', 'There is nothing of this file to remove.', list);
+  const button = el('button', { type: 'button', id: 'upload-remove-confirm' }, `Remove ${r.removed} readings`);
+  button.addEventListener('click', () => { button.disabled = true; confirm(); });
+  return notice('warn', 'Checked: nothing is removed yet. Removing this file\'s readings would do this:', list, button);
 }
 
 // ---- Grants -----------------------------------------------------------------------------------

@@ -32,9 +32,10 @@ export function registerCgmCommands(program: Command, open: OpenApp): void {
       return v;
     })
     .option('--partial', 'store the good records of a file with rejected ones (default: store nothing)')
-    .option('--dry-run', 'check the file and compare it with what is stored, store nothing: the report says what the import would do')
+    .option('--remove', 'remove the file\'s readings instead (those stored with its content, read with these options): undoes an import')
+    .option('--dry-run', 'check the file and compare it with what is stored, write nothing: the report says what the import (or removal) would do')
     .option('--json', 'print the report as JSON')
-    .action(async (file: string, opts: { patient: string; format?: CgmFormat; tz?: string; dateOrder?: 'DMY' | 'MDY'; partial?: boolean; dryRun?: boolean; json?: boolean }) => {
+    .action(async (file: string, opts: { patient: string; format?: CgmFormat; tz?: string; dateOrder?: 'DMY' | 'MDY'; partial?: boolean; remove?: boolean; dryRun?: boolean; json?: boolean }) => {
       if (!statSync(file).isFile()) throw new Error(`${file} is not a file`); // a clear answer before anything opens
       // a patient never stored, as the ingest itself refuses it (exit 1), before an installation is set up for it
       await withApp(() => open({ setUp: true, withoutData: new Error(`Patient/${opts.patient} not found`) }), async (app) => {
@@ -42,7 +43,7 @@ export function registerCgmCommands(program: Command, open: OpenApp): void {
         const signals = stopOnSignal(app.cgm.ingest, bar);
         try {
           const report = await app.cgm.ingest.ingest(file, {
-            patient: opts.patient, partial: opts.partial === true, dryRun: opts.dryRun === true,
+            patient: opts.patient, partial: opts.partial === true, remove: opts.remove === true, dryRun: opts.dryRun === true,
             ...(opts.format ? { format: opts.format } : {}), ...(opts.tz ? { timeZone: opts.tz } : {}),
             ...(opts.dateOrder ? { dateOrder: opts.dateOrder } : {}),
             onProgress: bar.update,
@@ -51,7 +52,8 @@ export function registerCgmCommands(program: Command, open: OpenApp): void {
           console.log(opts.json ? JSON.stringify(report, null, 2) : formatReport(report));
           if (!report.accepted) {
             // the service's words name the API's partial import; here it is an option
-            console.error(`glucoguard: ${report.rejected} of ${report.read} records rejected; ${report.dryRun ? 'the import would store nothing' : 'nothing was imported'} (run again with --partial to keep the good records)`);
+            const nothing = report.remove ? (report.dryRun ? 'the removal would remove nothing' : 'nothing was removed') : report.dryRun ? 'the import would store nothing' : 'nothing was imported';
+            console.error(`glucoguard: ${report.rejected} of ${report.read} records rejected; ${nothing} (run again with --partial to ${report.remove ? 'remove' : 'keep'} the good records)`);
             process.exitCode = 1;
           }
         } catch (err) {
@@ -59,8 +61,11 @@ export function registerCgmCommands(program: Command, open: OpenApp): void {
           if (isGlucoGuardError(err, 'ERR_INVALID') && err.issues[0]?.expression?.[0] === 'tz') throw new UsageError(`--tz: ${err.message}`);
           if (!(err instanceof ImportInterrupted) || !signals.received) throw err;
           bar.done();
-          console.error(`glucoguard: ${signals.received}: ${err.stored ? `${err.stored} readings of ${file} were stored (whole chunks of ${INGEST_CHUNK}) and are kept` : `nothing of ${file} was stored`}; `
-            + `run the same command again${err.stored ? ' to store the rest' : ''} (what is already stored counts as unchanged)`);
+          console.error(opts.remove
+            ? `glucoguard: ${signals.received}: ${err.stored ? `${err.stored} readings of ${file} were removed (whole chunks of ${INGEST_CHUNK})` : `nothing of ${file} was removed`}; `
+              + `run the same command again${err.stored ? ' to remove the rest' : ''} (what is removed already counts as not stored)`
+            : `glucoguard: ${signals.received}: ${err.stored ? `${err.stored} readings of ${file} were stored (whole chunks of ${INGEST_CHUNK}) and are kept` : `nothing of ${file} was stored`}; `
+              + `run the same command again${err.stored ? ' to store the rest' : ''} (what is already stored counts as unchanged)`);
           process.exitCode = 128 + osConstants.signals[signals.received];
         } finally {
           signals.remove();
@@ -126,13 +131,16 @@ export function formatSummary(patient: string, m: CgmMetrics): string {
 
 /** The import report for a person: counts, then each issue with its line. */
 export function formatReport(r: IngestReport): string {
-  // a dry run says what the import would do, in the same layout
+  // a dry run says what the import (or removal) would do, in the same layout
   const would = r.dryRun ? 'would be ' : '';
-  const outcome = r.dryRun ? (r.accepted ? 'DRY RUN, nothing stored; the import would be accepted' : 'DRY RUN, nothing stored; the import would be REJECTED')
-    : r.accepted ? 'imported' : 'REJECTED (nothing stored)';
+  const work = r.remove ? 'removal' : 'import';
+  const outcome = r.dryRun ? `DRY RUN, nothing ${r.remove ? 'removed' : 'stored'}; the ${work} would be ${r.accepted ? 'accepted' : 'REJECTED'}`
+    : r.remove ? (r.accepted ? 'removed' : 'REJECTED (nothing removed)') : r.accepted ? 'imported' : 'REJECTED (nothing stored)';
   const lines = [
     `${outcome}: ${r.format}${r.detected ? ' (detected)' : ''} for Patient/${r.patient}${r.partial ? ', partial' : ''}`,
-    `  records read ${r.read}, ${would}created ${r.created}, unchanged ${r.unchanged}, ${would}corrected ${r.corrected}, skipped ${r.skipped}, rejected ${r.rejected}`,
+    r.remove
+      ? `  records read ${r.read}, ${would}removed ${r.removed ?? 0}, kept (changed since) ${r.changedSince ?? 0}, not stored ${r.notStored ?? 0}, skipped ${r.skipped}, rejected ${r.rejected}`
+      : `  records read ${r.read}, ${would}created ${r.created}, unchanged ${r.unchanged}, ${would}corrected ${r.corrected}, skipped ${r.skipped}, rejected ${r.rejected}`,
   ];
   if (r.devicesCreated) lines.push(`  devices ${would}created ${r.devicesCreated}`);
   if (r.linked) lines.push(`  ${would}linked to their Device ${r.linked} (stored before without one; a new version, value unchanged)`);
@@ -200,7 +208,7 @@ function progressBar(): { update: (p: IngestProgress) => void; done: () => void 
         const filled = Math.round(share * width);
         text = `${p.phase.padEnd(9)} [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${(share * 100).toFixed(0).padStart(3)} %  ${p.stored}/${p.total}`;
       } else {
-        text = `${p.phase.padEnd(9)} ${p.read} records read, ${p.stored} ${p.phase === 'comparing' ? 'compared' : 'stored'}`;
+        text = `${p.phase.padEnd(9)} ${p.read} records read, ${p.stored} ${p.phase === 'storing' ? 'stored' : 'compared'}`;
       }
       process.stderr.write(`\r${text}\u001b[K`);
     },

@@ -1,5 +1,5 @@
 /**
- * `POST /cgm/ingest?patient=ID[&format=F&tz=ZONE&dateOrder=DMY|MDY&partial=true&dryRun=true]`: a raw device/platform export as the
+ * `POST /cgm/ingest?patient=ID[&format=F&tz=ZONE&dateOrder=DMY|MDY&partial=true&remove=true&dryRun=true]`: a raw device/platform export as the
  * body (any media type but a multipart/form-data upload, uncompressed), streamed into the ingest service (large uploads
  * via an encrypted spool, spool.ts); the import report as JSON. Errors are
  * OperationOutcomes (400 bad input or options, 401/403, 404 unknown patient, 413 too large (with
@@ -7,9 +7,11 @@
  * file with rejected records — nothing stored; 415 a form upload or a Content-Encoding). With `partial=true` the good records are stored as
  * they come and the report lists the rejected ones, including a file cut short or malformed part way
  * (reason `unreadable-input`: what came before it is kept, the rest was not read; 200, never a 400
- * over stored data). With `dryRun=true` nothing is written: the report (`dryRun: true`) says what the
- * import would store — or the 422 that it would be rejected. Authentication as on /fhir: a token with write
- * access to the patient's Observations, or the patient themself.
+ * over stored data). With `remove=true` the file's readings that are stored with its content are
+ * deleted instead (an import undone: IngestOptions.remove). With `dryRun=true` nothing is written:
+ * the report (`dryRun: true`) says what the import or removal would do — or the 422 that it would be
+ * rejected. Authentication as on /fhir: a token with write access to the patient's Observations
+ * (create and update; delete for a removal), or the patient themself.
  *
  * Once the server is stopping (`CgmIngestService.stop`, called by the shutdown in src/server.ts), an
  * import in progress ends at the next chunk boundary, and a new one, or one whose upload is still
@@ -35,16 +37,17 @@ export interface CgmHttpOptions {
   service: CgmIngestService;
   authenticate: (headers: Record<string, string | undefined>, requestUrl: string) => Promise<AccessContext>;
   /**
-   * Whether the requester may write (create and correct) this patient's Observations: the decision
-   * the FHIR API makes for such writes (src/fhir/policy.ts AccessPolicy: SMART scopes, then consent).
+   * Whether the requester may write this patient's Observations — create and correct them, or with
+   * `remove` delete them: the decision the FHIR API makes for such writes (src/fhir/policy.ts
+   * AccessPolicy: SMART scopes, then consent).
    */
-  mayWriteObservations: (access: AccessContext, patient: string) => Promise<boolean>;
+  mayWriteObservations: (access: AccessContext, patient: string, remove: boolean) => Promise<boolean>;
   /**
-   * Records the import in the patient's access log (a create of their readings by the requester;
-   * a dry run, `dryRun`, a search of them: it says which are stored), refused or done; not for a
-   * request that could not be authenticated or named no valid patient.
+   * Records the import in the patient's access log: a create of their readings by the requester, a
+   * delete for a removal, a search of them for a dry run (it says which are stored); refused or
+   * done; not for a request that could not be authenticated or named no valid patient.
    */
-  record?: (access: AccessContext, patient: string, status: number, dryRun: boolean) => void;
+  record?: (access: AccessContext, patient: string, status: number, as: 'create' | 'delete' | 'search') => void;
   maxBytes?: number;
   logger: Logger;
 }
@@ -58,7 +61,7 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
   r.post('/ingest', async (req: Request, res: Response) => {
     const started = process.hrtime.bigint();
     let response: FhirResponse;
-    let recordFor: { access: AccessContext; patient: string; dryRun?: boolean } | undefined;
+    let recordFor: { access: AccessContext; patient: string; as: 'create' | 'delete' | 'search' } | undefined;
     try {
       options.service.throwIfStopped(); // before reading anything of the upload
       const headers: Record<string, string | undefined> = {};
@@ -71,15 +74,15 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       if (unknown !== undefined) throw badRequest(`${unknown.slice(0, 64)} is not a parameter of /cgm/ingest (it takes ${INGEST_PARAMS.join(', ')}; tz is the IANA time zone of local timestamps)`, unknown.slice(0, 64));
       const patient = one(query, 'patient');
       if (!patient || !FHIR_ID.test(patient)) throw badRequest('patient must be the id of a Patient', 'patient');
-      recordFor = { access, patient };
-      if (!(await options.mayWriteObservations(access, patient))) throw forbidden('The access token does not allow writing this patient\'s Observations');
+      const remove = flag(query, 'remove');
+      const dryRun = flag(query, 'dryRun');
+      recordFor = { access, patient, as: dryRun ? 'search' : remove ? 'delete' : 'create' };
+      if (!(await options.mayWriteObservations(access, patient, remove))) {
+        throw forbidden(`The access token does not allow ${remove ? 'deleting' : 'writing'} this patient's Observations`);
+      }
       const format = one(query, 'format');
       if (format !== undefined && !CGM_FORMATS.includes(format as CgmFormat)) throw badRequest(`format must be one of ${CGM_FORMATS.join(', ')}`, 'format');
-      const partial = one(query, 'partial');
-      if (partial !== undefined && partial !== 'true' && partial !== 'false') throw badRequest('partial must be true or false', 'partial');
-      const dryRun = one(query, 'dryRun');
-      if (dryRun !== undefined && dryRun !== 'true' && dryRun !== 'false') throw badRequest('dryRun must be true or false', 'dryRun');
-      recordFor.dryRun = dryRun === 'true';
+      const partial = flag(query, 'partial');
       const dateOrder = one(query, 'dateOrder');
       if (dateOrder !== undefined && dateOrder !== 'DMY' && dateOrder !== 'MDY') throw badRequest('dateOrder must be DMY or MDY (the day/month order of LibreView timestamps)', 'dateOrder');
       // The body is read as the export itself: a form upload or a compressed body would be read as one.
@@ -92,8 +95,7 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       if (declared > maxBytes) throw tooLarge(`Export larger than ${maxBytes} bytes`);
       const ingestOptions = {
         patient,
-        partial: partial === 'true',
-        dryRun: dryRun === 'true',
+        partial, remove, dryRun,
         ...(format ? { format: format as CgmFormat } : {}),
         ...(one(query, 'tz') ? { timeZone: one(query, 'tz') } : {}),
         ...(dateOrder ? { dateOrder: dateOrder as 'DMY' | 'MDY' } : {}),
@@ -117,7 +119,7 @@ export function cgmHttpRouter(options: CgmHttpOptions): Router {
       const challenge = (err as { wwwAuthenticate?: string }).wwwAuthenticate;
       if (challenge) response.headers = { ...response.headers, 'WWW-Authenticate': challenge };
     }
-    if (recordFor) options.record?.(recordFor.access, recordFor.patient, response.status, recordFor.dryRun === true);
+    if (recordFor) options.record?.(recordFor.access, recordFor.patient, response.status, recordFor.as);
     // Drain what the client is still sending so the response is not cut off by a reset (a reader
     // that stopped part-way, `limited`, left its listener, which would keep the stream paused).
     if (!req.readableEnded) req.removeAllListeners('readable').resume();
@@ -166,10 +168,17 @@ function untilStopped<T>(pending: Promise<T>, service: CgmIngestService): Promis
 }
 
 /** The query parameters of POST /cgm/ingest. */
-const INGEST_PARAMS = ['patient', 'format', 'tz', 'dateOrder', 'partial', 'dryRun'];
+const INGEST_PARAMS = ['patient', 'format', 'tz', 'dateOrder', 'partial', 'remove', 'dryRun'];
 
 function one(query: Record<string, string | string[] | undefined>, name: string): string | undefined {
   const v = query[name];
   if (Array.isArray(v)) throw badRequest(`${name} given more than once`, name);
   return v === '' ? undefined : v;
+}
+
+/** A true/false parameter, false when absent. */
+function flag(query: Record<string, string | string[] | undefined>, name: string): boolean {
+  const v = one(query, name);
+  if (v !== undefined && v !== 'true' && v !== 'false') throw badRequest(`${name} must be true or false`, name);
+  return v === 'true';
 }

@@ -12,6 +12,10 @@
  * says which meter took a reading. Ingests of one patient run one at a time, so two
  * concurrent imports of the same file cannot both create a reading.
  *
+ * A removal (`remove`) reads the file the same way and deletes the readings of it that are stored
+ * with the same content: it undoes an import (readings' identifiers hold their instants, so a file
+ * read in the wrong time zone is removed by reading it again in that zone).
+ *
  * A dry run (`dryRun`) goes the same way up to the writes and makes none: its report says what the
  * import would create, leave unchanged and correct (a preview that shows a wrong time zone before
  * anything is stored under it).
@@ -62,12 +66,16 @@ export const RESEND_AFTER_SECONDS = 10;
 /**
  * An import ended by `CgmIngestService.stop()` at a chunk boundary: `stored` readings of the file
  * (whole chunks, committed like any write) are kept, and sending the file again stores the rest —
- * what is already stored counts as unchanged. 503 with Retry-After.
+ * what is already stored counts as unchanged. A removal (IngestOptions.remove) says the same of the
+ * readings it removed. 503 with Retry-After.
  */
 export class ImportInterrupted extends GlucoGuardError {
-  constructor(readonly stored: number, reason: string) {
-    super('ERR_UNAVAILABLE', `${reason}: ${stored ? `${stored} readings of this file were stored before the import stopped and are kept` : 'nothing of this file was stored'}; `
-      + `send the file again${stored ? ' to store the rest' : ''} (what is already stored counts as unchanged)`);
+  constructor(readonly stored: number, reason: string, removing = false) {
+    super('ERR_UNAVAILABLE', removing
+      ? `${reason}: ${stored ? `${stored} readings of this file were removed before the removal stopped` : 'nothing of this file was removed'}; `
+        + `send the file again${stored ? ' to remove the rest' : ''} (what is removed already counts as not stored)`
+      : `${reason}: ${stored ? `${stored} readings of this file were stored before the import stopped and are kept` : 'nothing of this file was stored'}; `
+        + `send the file again${stored ? ' to store the rest' : ''} (what is already stored counts as unchanged)`);
     this.name = 'ImportInterrupted';
     this.headers = { 'Retry-After': String(RESEND_AFTER_SECONDS) };
   }
@@ -84,6 +92,13 @@ export interface IngestOptions extends Omit<ParseOptions, 'defaultTimeZone'> {
   /** Store the good records and report the rest (default: a file with a rejected record stores nothing). */
   partial?: boolean;
   /**
+   * Remove the file's readings instead of storing them: each reading of the file, read with these
+   * options, that is stored with the same content is deleted (a deleted version; history keeps the
+   * earlier ones); one stored with other content (corrected since) is kept, and Devices stay. It
+   * undoes an import, one read in the wrong time zone for example. Needs delete access over HTTP.
+   */
+  remove?: boolean;
+  /**
    * Check and compare only: the report says what the import would do (its counts, the readings'
    * first and last instants, the time zone applied) and nothing is written.
    */
@@ -95,9 +110,10 @@ export interface IngestOptions extends Omit<ParseOptions, 'defaultTimeZone'> {
 export interface IngestProgress {
   /**
    * `checking`: first pass over a file (nothing stored yet); `storing`: records are being written;
-   * `comparing`: a dry run's records are being compared with what is stored (nothing is written).
+   * `removing`: stored readings of the file are being removed (IngestOptions.remove); `comparing`: a
+   * dry run's records are being compared with what is stored (nothing is written).
    */
-  phase: 'checking' | 'storing' | 'comparing';
+  phase: 'checking' | 'storing' | 'removing' | 'comparing';
   /** Records read from the source so far in this phase. */
   read: number;
   /** Resources written or matched so far (created + unchanged + corrected; in a dry run, compared). */
@@ -124,6 +140,14 @@ export interface IngestReport extends IngestSummary {
   linked: number;
   /** Devices created in this import (existing ones are matched). */
   devicesCreated: number;
+  /** True when the file's readings were removed (IngestOptions.remove), not stored; the counts above are then 0. */
+  remove: boolean;
+  /** With `remove`: readings stored with the file's content, deleted (in a dry run, that would be). */
+  removed?: number;
+  /** With `remove`: readings stored with other content (corrected since the file was imported): kept. */
+  changedSince?: number;
+  /** With `remove`: readings of the file that are not stored (never imported, or removed already). */
+  notStored?: number;
 }
 
 export interface CgmIngestServiceDeps {
@@ -166,7 +190,7 @@ export class CgmIngestService {
    */
   async ingest(input: CgmInput | ReopenableInput, options: IngestOptions): Promise<IngestReport> {
     this.throwIfStopped();
-    const job = this.deps.repository.read('Patient', options.patient).then(() => this.serialized(options.patient, () => this.inTurn(options.patient, () => this.run(input, options))));
+    const job = this.deps.repository.read('Patient', options.patient).then(() => this.serialized(options.patient, () => this.inTurn(options.patient, options.remove === true, () => this.run(input, options))));
     this.imports.add(job);
     try {
       return await job;
@@ -207,19 +231,20 @@ export class CgmIngestService {
    * count yet: at a chunk boundary, or by the upload it was reading). A partial import of an upload
    * past the size limit (413) says what it stored too.
    */
-  private async accounted<T>(stored: () => number, work: () => Promise<T>): Promise<T> {
+  private async accounted<T>(stored: () => number, removing: boolean, work: () => Promise<T>): Promise<T> {
     try {
       return await work();
     } catch (err) {
-      if (err instanceof ImportInterrupted) throw new ImportInterrupted(stored(), this.stopReason);
+      if (err instanceof ImportInterrupted) throw new ImportInterrupted(stored(), this.stopReason, removing);
       const kept = stored();
+      const done = removing ? 'removed' : 'stored';
       if (isGlucoGuardError(err, 'ERR_TOO_LARGE') && kept) {
         // a partial import of an upload past the size limit, stored as it came
-        throw tooLarge(`${err.message}: ${kept} readings of this file were stored before the limit and are kept; send the rest as another file`);
+        throw tooLarge(`${err.message}: ${kept} readings of this file were ${done} before the limit${removing ? '' : ' and are kept'}; send the rest as another file`);
       }
       if (!isStorageFull(err)) throw err;
-      throw unavailable(`The server has no storage space left${kept ? `: ${kept} readings of this file were stored before it ran out and are kept` : ''}; `
-        + 'send the file again once there is space (what is already stored counts as unchanged)');
+      throw unavailable(`The server has no storage space left${kept ? `: ${kept} readings of this file were ${done} before it ran out${removing ? '' : ' and are kept'}` : ''}; `
+        + `send the file again once there is space (${removing ? 'what is removed already counts as not stored' : 'what is already stored counts as unchanged'})`);
     }
   }
 
@@ -229,10 +254,11 @@ export class CgmIngestService {
   }
 
   private async run(source: CgmInput | ReopenableInput, options: IngestOptions): Promise<IngestReport> {
-    const counts: StoreCounts = { created: 0, unchanged: 0, corrected: 0, linked: 0, devicesCreated: 0 };
-    const stored = () => counts.created + counts.unchanged + counts.corrected + counts.linked;
-    // a dry run that ends part way stored nothing, whatever it had compared
-    return this.accounted(options.dryRun ? () => 0 : stored, () => this.runCounted(source, options, counts, stored));
+    const counts: StoreCounts = { created: 0, unchanged: 0, corrected: 0, linked: 0, devicesCreated: 0, removed: 0, changedSince: 0, notStored: 0 };
+    const stored = () => counts.created + counts.unchanged + counts.corrected + counts.linked + counts.removed + counts.changedSince + counts.notStored;
+    // a dry run that ends part way stored nothing, whatever it had compared; a removal counts what it removed
+    const done = options.dryRun ? () => 0 : options.remove ? () => counts.removed : stored;
+    return this.accounted(done, options.remove === true, () => this.runCounted(source, options, counts, stored));
   }
 
   private async runCounted(source: CgmInput | ReopenableInput, options: IngestOptions, counts: StoreCounts, stored: () => number): Promise<IngestReport> {
@@ -246,10 +272,14 @@ export class CgmIngestService {
     const devices = new Map<string, string>(); // device fullUrl → Device/id
     const formers: FormerMatches = { rewritten: new Set(), matched: new Map() };
     const dryRun = options.dryRun === true;
-    const storing = dryRun ? 'comparing' : 'storing';
-    const store: Sink = (entries, devs) => this.storeChunk(entries, devs, devices, counts, formers, dryRun);
-    const report = (summary: IngestSummary, accepted: boolean): IngestReport =>
-      ({ accepted, partial, dryRun, patient: options.patient, ...counts, ...summary });
+    const storing = dryRun ? 'comparing' : options.remove ? 'removing' : 'storing';
+    const remove = options.remove === true;
+    const store: Sink = remove ? (entries) => this.removeChunk(entries, counts, dryRun)
+      : (entries, devs) => this.storeChunk(entries, devs, devices, counts, formers, dryRun);
+    const report = (summary: IngestSummary, accepted: boolean): IngestReport => {
+      const { removed, changedSince, notStored, ...stores } = counts;
+      return { accepted, partial, dryRun, patient: options.patient, ...stores, remove, ...(remove ? { removed, changedSince, notStored } : {}), ...summary };
+    };
 
     if (partial) {
       const summary = await this.pass(await openCgm(input(), parse), ctx, store, (read) => progress({ phase: storing, read, stored: stored() }), true);
@@ -450,6 +480,35 @@ export class CgmIngestService {
     counts.linked += chunk.linked;
   }
 
+  /**
+   * Removes one chunk's readings (IngestOptions.remove): those stored with the same content are
+   * deleted in one transaction, each only at the version compared (If-Match), so a correction made
+   * meanwhile is kept and fails the chunk rather than being deleted unseen.
+   */
+  private async removeChunk(entries: ConvertedEntry[], counts: StoreCounts, dryRun: boolean): Promise<void> {
+    if (entries.length === 0) return;
+    const existing = await this.findExisting(entries);
+    const deletes: BundleEntry[] = [];
+    const chunk = { removed: 0, changedSince: 0, notStored: 0 };
+    const seen = new Set<string>();
+    for (const e of entries) {
+      const identifier = identifierOf(e.resource);
+      if (!identifier || seen.has(identifier)) continue;
+      seen.add(identifier);
+      const found = existing.get(identifier);
+      if (!found?.id) chunk.notStored++;
+      else if (!sameContent(found, e.resource, ['device'])) chunk.changedSince++;
+      else {
+        chunk.removed++;
+        deletes.push({ request: { method: 'DELETE', url: `${found.resourceType}/${found.id}`, ...(found.meta?.versionId ? { ifMatch: `W/"${found.meta.versionId}"` } : {}) } });
+      }
+    }
+    if (deletes.length && !dryRun) await this.deps.repository.transaction(transaction(deletes));
+    counts.removed += chunk.removed;
+    counts.changedSince += chunk.changedSince;
+    counts.notStored += chunk.notStored;
+  }
+
   /** Current resources carrying the entries' identifiers, by `system|value`; one search per type and batch. */
   private async findExisting(entries: ConvertedEntry<Resource>[]): Promise<Map<string, Resource>> {
     const byType = new Map<Resource['resourceType'], string[]>();
@@ -481,9 +540,9 @@ export class CgmIngestService {
   }
 
   /** `job` in the patient's turn among the processes on the data directory, when there are turns to take. */
-  private inTurn<T>(patient: string, job: () => Promise<T>): Promise<T> {
+  private inTurn<T>(patient: string, removing: boolean, job: () => Promise<T>): Promise<T> {
     const turns = this.deps.turns;
-    return turns ? turns.run(patient, this.stopping.signal, () => new ImportInterrupted(0, this.stopReason), job) : job();
+    return turns ? turns.run(patient, this.stopping.signal, () => new ImportInterrupted(0, this.stopReason, removing), job) : job();
   }
 
   private async serialized<T>(key: string, job: () => Promise<T>): Promise<T> {
@@ -513,6 +572,9 @@ interface StoreCounts {
   corrected: number;
   linked: number;
   devicesCreated: number;
+  removed: number;
+  changedSince: number;
+  notStored: number;
 }
 
 function errors(issues: ReturnType<ResourceCheck>): ReturnType<ResourceCheck> {

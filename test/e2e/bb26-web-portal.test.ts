@@ -11,6 +11,8 @@
  *   "Covers …" too);
  * - an upload the server refused (a file of no known format) kept "100 % sent. Reading your file…"
  *   under "Nothing was imported.", as if the file were still being read: the progress now goes away;
+ * - (a later session's flow) a file uploaded in the wrong time zone has its readings removed after a
+ *   confirmation, then is uploaded again in the right one;
  * - a password change in the portal keeps the tab it was made in working (it still shares, which
  *   needs the key the sign-in unlocked), while a browser signed in before it is told its sign-in
  *   ended, and the old password no longer signs in. The patient was not told that their other
@@ -102,6 +104,43 @@ describeBrowser('patient portal: keyboard sharing and password change', () => {
     await expect(portal.locator('#upload-progress-text').isVisible()).resolves.toBe(false);
     await portal.close();
   }, 60_000);
+
+  test('a file uploaded in the wrong time zone: its readings are removed after a confirmation, then it is uploaded in the right one', async () => {
+    const libre = ['Device,Serial Number,Device Timestamp,Record Type,Historic Glucose mg/dL,Scan Glucose mg/dL,Notes',
+      ...Array.from({ length: 12 }, (_, i) => `FreeStyle Libre 2,0F1E2D3C-1111-4222-8333-444455556666,14-03-2026 ${String(8 + Math.floor(i / 4)).padStart(2, '0')}:${String((i % 4) * 15).padStart(2, '0')},0,${100 + i},,`),
+    ].join('\n');
+    const readings = async (): Promise<number> => {
+      const res = await request(t.app.http).get(`/fhir/Observation?patient=Patient/${ana}&date=ge2026-03-13&date=lt2026-03-16&_count=100`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`);
+      expect(res.status).toBe(200);
+      return ((res.body as Bundle).entry ?? []).length;
+    };
+    const portal = await first.newPage('portal-remove');
+    await signInToPortal(portal, base, ANA);
+    await portal.locator('#upload-form').waitFor({ timeout: 30_000 });
+    await portal.setInputFiles('#upload-file', { name: 'libreview.csv', mimeType: 'text/csv', buffer: Buffer.from(libre) });
+    await portal.selectOption('#upload-format', 'libreview');
+    await portal.selectOption('#upload-tz', 'UTC');
+    await portal.click('#upload-form button[type="submit"]');
+    await portal.locator('[data-import*=\'"dryRun":false\']').waitFor({ timeout: 30_000 });
+    expect(await readings()).toBe(12);
+
+    await portal.click('#upload-remove');
+    await portal.locator('[data-remove*=\'"dryRun":true\']').waitFor({ timeout: 30_000 });
+    await expect(portal.locator('#upload-result').innerText()).resolves.toContain('12 readings of this file are stored and would be removed');
+    expect(await readings()).toBe(12); // nothing removed before the confirmation
+    // the confirmation sends the file and options checked, whatever the form holds by then
+    await portal.selectOption('#upload-tz', 'Europe/Berlin');
+    await portal.click('#upload-remove-confirm');
+    await portal.locator('[data-remove*=\'"dryRun":false\']').waitFor({ timeout: 30_000 });
+    await expect(portal.locator('#upload-result').innerText()).resolves.toContain('12 readings removed.');
+    expect(await readings()).toBe(0);
+
+    await portal.click('#upload-form button[type="submit"]'); // in Europe/Berlin now
+    await portal.locator('[data-import*=\'"dryRun":false\']').waitFor({ timeout: 30_000 });
+    await expect(portal.locator('#upload-result').innerText()).resolves.toContain('Times without a time zone were read in Europe/Berlin');
+    expect(await readings()).toBe(12);
+    await portal.close();
+  }, 120_000);
 
   test('a password change keeps its own tab working (it shares again), signs out a browser signed in before it, and only the new password signs in', async () => {
     const before = await second.newPage('portal-before');

@@ -68,6 +68,15 @@ describe('glucoguard ingest / summary', () => {
     expect(r.stderr).not.toMatch(/\r/); // no progress bar when stderr is not a terminal
   }, 60_000);
 
+  test('ingest --remove --dry-run says the removal would remove every reading of the file, and removes none', () => {
+    const r = run('ingest', file, '--patient', patientId, '--remove', '--dry-run');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^DRY RUN, nothing removed; the removal would be accepted: nightscout \(detected\)/);
+    expect(r.stdout).toContain(`records read ${trace.length}, would be removed ${trace.length}, kept (changed since) 0, not stored 0`);
+    const again = run('ingest', file, '--patient', patientId, '--dry-run');
+    expect(again.stdout).toContain(`would be created 0, unchanged ${trace.length}`);
+  }, 60_000);
+
   test('summary prints the consensus metrics; --json prints the cgm-summary Bundle', () => {
     const text = run('summary', '--patient', patientId);
     expect(text.status).toBe(0);

@@ -303,7 +303,7 @@ describe('CGM ingest over HTTP', () => {
     const misspelt = await http().post(`/cgm/ingest?patient=${fresh}&timezone=America/Chicago`).set('Content-Type', 'application/json').send(file);
     expect(misspelt.status).toBe(400);
     expect(misspelt.body.issue[0].expression).toEqual(['timezone']);
-    expect(misspelt.body.issue[0].diagnostics).toBe('timezone is not a parameter of /cgm/ingest (it takes patient, format, tz, dateOrder, partial, dryRun; tz is the IANA time zone of local timestamps)');
+    expect(misspelt.body.issue[0].diagnostics).toBe('timezone is not a parameter of /cgm/ingest (it takes patient, format, tz, dateOrder, partial, remove, dryRun; tz is the IANA time zone of local timestamps)');
     expect(await readingsOf(fresh)).toHaveLength(0);
     const garbage = await http().post(`/cgm/ingest?patient=${patientId}`).set('Content-Type', 'text/plain').send('hello, world');
     expect(garbage.status).toBe(400);

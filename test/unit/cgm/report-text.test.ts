@@ -8,7 +8,7 @@ import { formatReport } from '../../../src/cgm/cli.js';
 import type { IngestReport } from '../../../src/cgm/service.js';
 
 const report = (linked: number): IngestReport => ({
-  accepted: true, partial: false, dryRun: false, patient: 'p1', created: 0, unchanged: 7, corrected: 0, linked, devicesCreated: 0,
+  accepted: true, partial: false, dryRun: false, remove: false, patient: 'p1', created: 0, unchanged: 7, corrected: 0, linked, devicesCreated: 0,
   format: 'tidepool', detected: true, read: 8, converted: 8, skipped: 0, rejected: 0,
   skippedByReason: {}, rejectedByReason: {}, issues: [], issuesTruncated: false, warnings: [],
 });
@@ -25,6 +25,13 @@ describe('import report text', () => {
     expect(text).toContain('devices would be created 1');
     expect(text).toContain('would be linked to their Device 2');
     expect(formatReport({ ...report(0), dryRun: true, accepted: false }).split('\n')[0]).toMatch(/^DRY RUN, nothing stored; the import would be REJECTED:/);
+  });
+
+  test('a removal counts what it removed, kept and did not find', () => {
+    const text = formatReport({ ...report(0), remove: true, removed: 5, changedSince: 1, notStored: 2 });
+    expect(text.split('\n')[0]).toBe('removed: tidepool (detected) for Patient/p1');
+    expect(text).toContain('records read 8, removed 5, kept (changed since) 1, not stored 2, skipped 0, rejected 0');
+    expect(formatReport({ ...report(0), remove: true, dryRun: true, removed: 5 })).toContain('would be removed 5');
   });
 
   test('no linked line when none was', () => {

@@ -6,7 +6,8 @@
  * repository. In the patient's access log a dry run is a search of their readings, not a create.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import type { AuditEvent, Bundle, Observation } from '@medplum/fhirtypes';
+import { randomUUID } from 'node:crypto';
+import type { AuditEvent, Bundle, Observation, Patient } from '@medplum/fhirtypes';
 import express from 'express';
 import request from 'supertest';
 import { cgmHttpRouter } from '../../src/cgm/http.js';
@@ -143,7 +144,7 @@ describe('a dry run of an upload read twice, and on the upstream repository', ()
     expect(real.body).toMatchObject({ dryRun: false, created: 100, devicesCreated: 1 });
   });
 
-  test('on the upstream server: the Device is looked up, not created; a stored one is found', async () => {
+  test('on the upstream server: the Device is looked up, not created; a stored one is found; a removal deletes the readings', async () => {
     const patient = await newPatient(t);
     const trace = makeTrace(1, { seed: 24 }).slice(0, 60);
     const send = (body: string, query = '') => request(t.app.http).post(`/cgm/ingest?patient=${patient}&format=nightscout${query}`).send(body);
@@ -152,5 +153,106 @@ describe('a dry run of an upload read twice, and on the upstream repository', ()
     expect((await send(nightscoutJson(trace.slice(0, 30)))).body).toMatchObject({ created: 30, devicesCreated: 1 });
     expect((await send(nightscoutJson(trace), '&dryRun=true')).body).toMatchObject({ created: 30, unchanged: 30, devicesCreated: 0 });
     expect(await stored(t, 'Observation', patient)).toHaveLength(30);
+    // and a removal there: deletes at the version compared (If-Match), the Device stays
+    expect((await send(nightscoutJson(trace), '&remove=true')).body).toMatchObject({ remove: true, removed: 30, notStored: 30 });
+    expect(await stored(t, 'Observation', patient)).toHaveLength(0);
+    expect(await stored(t, 'Device', patient)).toHaveLength(1);
+  });
+});
+
+describe('removing the readings of an imported file', () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await startTestApp();
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  /** A LibreView export: the reader's wall-clock times, no zone; twelve historic readings 15 minutes apart from 08:00. */
+  const libre = ['Device,Serial Number,Device Timestamp,Record Type,Historic Glucose mg/dL,Scan Glucose mg/dL,Notes',
+    ...Array.from({ length: 12 }, (_, i) => `FreeStyle Libre 2,0F1E2D3C-1111-4222-8333-444455556666,14-03-2026 ${String(8 + Math.floor(i / 4)).padStart(2, '0')}:${String((i % 4) * 15).padStart(2, '0')},0,${100 + i},,`),
+  ].join('\n');
+
+  test('a file imported in the wrong time zone is removed by reading it again in that zone, then imported in the right one', async () => {
+    const patient = await newPatient(t);
+    const send = (query: string) => request(t.app.http).post(`/cgm/ingest?patient=${patient}&format=libreview&dateOrder=DMY${query}`).set('Content-Type', 'text/csv').send(libre);
+    expect((await send('&tz=UTC')).body).toMatchObject({ accepted: true, created: 12, remove: false });
+    const preview = await send('&tz=UTC&remove=true&dryRun=true');
+    expect(preview.status).toBe(200);
+    expect(preview.body).toMatchObject({ remove: true, dryRun: true, removed: 12, changedSince: 0, notStored: 0, created: 0 });
+    expect(await stored(t, 'Observation', patient)).toHaveLength(12);
+    // read in Berlin (UTC+1) the file's readings are an hour earlier: 8 of those instants hold
+    // readings stored from the UTC reading, with other values (kept), 4 hold none
+    expect((await send('&tz=Europe/Berlin&remove=true&dryRun=true')).body).toMatchObject({ removed: 0, changedSince: 8, notStored: 4 });
+
+    const removed = await send('&tz=UTC&remove=true');
+    expect(removed.status).toBe(200);
+    expect(removed.body).toMatchObject({ accepted: true, remove: true, dryRun: false, removed: 12, changedSince: 0, notStored: 0 });
+    expect(await stored(t, 'Observation', patient)).toHaveLength(0);
+    // removed already: a second removal finds none of them
+    expect((await send('&tz=UTC&remove=true&dryRun=true')).body).toMatchObject({ removed: 0, notStored: 12 });
+
+    expect((await send('&tz=Europe/Berlin')).body).toMatchObject({ created: 12 });
+    const readings = await stored(t, 'Observation', patient);
+    expect(readings).toHaveLength(12);
+    expect(readings.map((o) => o.effectiveDateTime).sort()[0]).toMatch(/^2026-03-14T08:00:00(\.000)?\+01:00$|^2026-03-14T07:00:00(\.000)?Z$/);
+  });
+
+  test('a reading corrected since the import is kept; a file never imported removes nothing', async () => {
+    const patient = await newPatient(t);
+    const trace = makeTrace(1, { seed: 31 }).slice(0, 30);
+    const send = (body: string, query = '') => request(t.app.http).post(`/cgm/ingest?patient=${patient}&format=nightscout${query}`).send(body);
+    expect((await send(nightscoutJson(trace))).body).toMatchObject({ created: 30 });
+    const corrected = trace.map((r, i) => (i === 3 ? { ...r, sgv: r.sgv + 9 } : r));
+    expect((await send(nightscoutJson(corrected))).body).toMatchObject({ corrected: 1 });
+    const res = await send(nightscoutJson(trace), '&remove=true');
+    expect(res.body).toMatchObject({ remove: true, removed: 29, changedSince: 1, notStored: 0 });
+    const left = await stored(t, 'Observation', patient);
+    expect(left).toHaveLength(1);
+    expect(left[0]!.valueQuantity?.value).toBe(trace[3]!.sgv + 9);
+    const other = makeTrace(1, { seed: 32, endsBefore: 3 * 86_400_000 }).slice(0, 10); // days before the import's
+    expect((await send(nightscoutJson(other), '&remove=true')).body).toMatchObject({ removed: 0, changedSince: 0, notStored: 10 });
+  });
+
+  test('a removed reading answers 410 Gone; its earlier version stays readable by vread', async () => {
+    const patient = await newPatient(t);
+    const trace = makeTrace(1, { seed: 33 }).slice(0, 5);
+    const send = (query = '') => request(t.app.http).post(`/cgm/ingest?patient=${patient}&format=nightscout${query}`).send(nightscoutJson(trace));
+    await send();
+    const [reading] = await stored(t, 'Observation', patient);
+    expect((await send('&remove=true')).body).toMatchObject({ removed: 5 });
+    expect((await request(t.app.http).get(`/fhir/Observation/${reading!.id}`)).status).toBe(410);
+    const v1 = await request(t.app.http).get(`/fhir/Observation/${reading!.id}/_history/1`);
+    expect(v1.status).toBe(200);
+    expect(v1.body.valueQuantity.value).toBe(reading!.valueQuantity!.value);
+  });
+});
+
+describe('removal needs delete access', () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await startTestApp({ GLUCOGUARD_AUTH: 'on' });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  test('a patient token with create and update but not delete may import, not remove (403, nothing removed); with delete it may', async () => {
+    const { resource } = await t.app.repository.create({ resourceType: 'Patient', name: [{ family: 'Remove' }] } as Patient);
+    const patient = resource.id!;
+    const token = (scopes: string[]) => t.app.smart.tokens.signAccessToken({
+      gid: randomUUID(), clientId: 'patient-app', sub: `Patient/${patient}`, fhirUser: `Patient/${patient}`, patient, scopes: ['openid', 'fhirUser', 'launch/patient', ...scopes],
+    }).token;
+    const body = nightscoutJson(makeTrace(1, { seed: 34 }).slice(0, 8));
+    const send = (bearer: string, query = '') => request(t.app.http).post(`/cgm/ingest?patient=${patient}&format=nightscout${query}`).set('Authorization', `Bearer ${bearer}`).send(body);
+    const writer = token(['patient/Observation.cru']);
+    expect((await send(writer)).body).toMatchObject({ created: 8 });
+    const refused = await send(writer, '&remove=true');
+    expect(refused.status).toBe(403);
+    expect(refused.body.issue[0].diagnostics).toMatch(/scopes do not allow delete on Observation/);
+    expect((await send(writer, '&remove=true&dryRun=true')).status).toBe(403);
+    expect((await send(token(['patient/Observation.cruds']), '&remove=true')).body).toMatchObject({ removed: 8 });
+    expect((await send(writer, '&dryRun=true')).body).toMatchObject({ created: 8, unchanged: 0 });
   });
 });
