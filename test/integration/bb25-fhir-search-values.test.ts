@@ -11,7 +11,7 @@ import type { Bundle, Observation, Patient } from '@medplum/fhirtypes';
 import { randomUUID } from 'node:crypto';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { startUpstreamFhirServer, type UpstreamFhirServer } from '../support/upstream-server.js';
+import { withUpstreamApp } from '../support/upstream-server.js';
 
 const FHIR_JSON = 'application/fhir+json';
 const reading = (patient: string, when: string, value: number, unit = 'mg/dL'): Observation => ({
@@ -145,29 +145,20 @@ describe('embedded store', () => {
 });
 
 describe('upstream adapter', () => {
-  let upstream: UpstreamFhirServer;
-  let t: TestApp;
-  beforeAll(async () => {
-    upstream = await startUpstreamFhirServer();
-    t = await startTestApp({ UPSTREAM_FHIR_URL: upstream.url });
-  });
-  afterAll(async () => {
-    await t?.close();
-    await upstream?.close();
-  });
+  const on = withUpstreamApp();
 
   test('a comma list of dates goes upstream as one OR list of the parameter', async () => {
     // (the stand-in upstream, @medplum/fhir-router, itself refuses date lists; what matters is what it was asked)
-    await request(t.app.http).get('/fhir/Observation').query({ patient: 'Patient/p1', date: '2026-01-01,2026-01-03' });
-    const sent = upstream.requests.filter((r) => r.method === 'GET' && r.url.startsWith('/fhir/Observation?'));
+    await request(on.t.app.http).get('/fhir/Observation').query({ patient: 'Patient/p1', date: '2026-01-01,2026-01-03' });
+    const sent = on.upstream.requests.filter((r) => r.method === 'GET' && r.url.startsWith('/fhir/Observation?'));
     expect(sent.length).toBeGreaterThan(0);
-    expect(new URL(sent.at(-1)!.url, upstream.origin).searchParams.getAll('date')).toEqual(['2026-01-01,2026-01-03']);
+    expect(new URL(sent.at(-1)!.url, on.upstream.origin).searchParams.getAll('date')).toEqual(['2026-01-01,2026-01-03']);
   });
 
   test('_offset is 400 and never reaches the upstream', async () => {
-    const before = upstream.requests.length;
-    const res = await request(t.app.http).get('/fhir/Observation').query({ patient: 'Patient/p1', _offset: '2' });
+    const before = on.upstream.requests.length;
+    const res = await request(on.t.app.http).get('/fhir/Observation').query({ patient: 'Patient/p1', _offset: '2' });
     expect(res.status).toBe(400);
-    expect(upstream.requests.length).toBe(before);
+    expect(on.upstream.requests.length).toBe(before);
   });
 });

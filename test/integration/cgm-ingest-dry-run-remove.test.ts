@@ -17,7 +17,7 @@ import { OPEN_ACCESS } from '../../src/fhir/access.js';
 import { createLogger } from '../../src/log.js';
 import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { startUpstreamFhirServer } from '../support/upstream-server.js';
+import { withUpstreamApp } from '../support/upstream-server.js';
 
 const FHIR_JSON = 'application/fhir+json';
 
@@ -118,45 +118,36 @@ describe('a dry run of an import stores nothing and says what the import would d
 });
 
 describe('a dry run of an upload read twice, and on the upstream repository', () => {
-  let t: TestApp;
-  let upstream: { url: string; close(): Promise<void> };
-  beforeAll(async () => {
-    upstream = await startUpstreamFhirServer();
-    t = await startTestApp({ UPSTREAM_FHIR_URL: upstream.url });
-  });
-  afterAll(async () => {
-    await t?.close();
-    await upstream?.close();
-  });
+  const on = withUpstreamApp();
 
   test('above the hold limit (checked, then compared): nothing stored, the same counts as the import', async () => {
-    const service = new CgmIngestService({ repository: t.app.repository, check: shapeCachedCheck(() => []), defaultTimeZone: 'UTC', holdBytes: 1024 });
+    const service = new CgmIngestService({ repository: on.t.app.repository, check: shapeCachedCheck(() => []), defaultTimeZone: 'UTC', holdBytes: 1024 });
     const app = express();
     app.use('/cgm', cgmHttpRouter({ service, authenticate: async () => OPEN_ACCESS, mayWriteObservations: async () => true, logger: createLogger('silent') }));
-    const patient = await newPatient(t);
+    const patient = await newPatient(on.t);
     const body = nightscoutJson(makeTrace(1, { seed: 23 }).slice(0, 100));
     const dry = await request(app).post(`/cgm/ingest?patient=${patient}&format=nightscout&dryRun=true`).send(body);
     expect(dry.status).toBe(200);
     expect(dry.body).toMatchObject({ dryRun: true, created: 100, devicesCreated: 1 });
-    expect(await stored(t, 'Observation', patient)).toHaveLength(0);
-    expect(await stored(t, 'Device', patient)).toHaveLength(0);
+    expect(await stored(on.t, 'Observation', patient)).toHaveLength(0);
+    expect(await stored(on.t, 'Device', patient)).toHaveLength(0);
     const real = await request(app).post(`/cgm/ingest?patient=${patient}&format=nightscout`).send(body);
     expect(real.body).toMatchObject({ dryRun: false, created: 100, devicesCreated: 1 });
   });
 
   test('on the upstream server: the Device is looked up, not created; a stored one is found; a removal deletes the readings', async () => {
-    const patient = await newPatient(t);
+    const patient = await newPatient(on.t);
     const trace = makeTrace(1, { seed: 24 }).slice(0, 60);
-    const send = (body: string, query = '') => request(t.app.http).post(`/cgm/ingest?patient=${patient}&format=nightscout${query}`).send(body);
+    const send = (body: string, query = '') => request(on.t.app.http).post(`/cgm/ingest?patient=${patient}&format=nightscout${query}`).send(body);
     expect((await send(nightscoutJson(trace), '&dryRun=true')).body).toMatchObject({ dryRun: true, created: 60, devicesCreated: 1 });
-    expect(await stored(t, 'Device', patient)).toHaveLength(0);
+    expect(await stored(on.t, 'Device', patient)).toHaveLength(0);
     expect((await send(nightscoutJson(trace.slice(0, 30)))).body).toMatchObject({ created: 30, devicesCreated: 1 });
     expect((await send(nightscoutJson(trace), '&dryRun=true')).body).toMatchObject({ created: 30, unchanged: 30, devicesCreated: 0 });
-    expect(await stored(t, 'Observation', patient)).toHaveLength(30);
+    expect(await stored(on.t, 'Observation', patient)).toHaveLength(30);
     // and a removal there: deletes at the version compared (If-Match), the Device stays
     expect((await send(nightscoutJson(trace), '&remove=true')).body).toMatchObject({ remove: true, removed: 30, notStored: 30 });
-    expect(await stored(t, 'Observation', patient)).toHaveLength(0);
-    expect(await stored(t, 'Device', patient)).toHaveLength(1);
+    expect(await stored(on.t, 'Observation', patient)).toHaveLength(0);
+    expect(await stored(on.t, 'Device', patient)).toHaveLength(1);
   });
 });
 

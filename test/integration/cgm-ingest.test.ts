@@ -19,7 +19,7 @@ import { OPEN_ACCESS } from '../../src/fhir/access.js';
 import { createLogger } from '../../src/log.js';
 import { makeTrace, nightscoutJson, type TraceReading } from '../fixtures/cgm-ingest/trace.js';
 import { startTestApp, type TestApp } from '../support/app.js';
-import { startUpstreamFhirServer } from '../support/upstream-server.js';
+import { withUpstreamApp } from '../support/upstream-server.js';
 
 const FHIR_JSON = 'application/fhir+json';
 const LOINC_CGM = 'http://loinc.org|99504-3';
@@ -465,19 +465,10 @@ describe('large uploads are parked encrypted and read twice', () => {
 });
 
 describe('CGM ingest on the upstream repository', () => {
-  let t: TestApp;
-  let upstream: { url: string; close(): Promise<void> };
-  beforeAll(async () => {
-    upstream = await startUpstreamFhirServer();
-    t = await startTestApp({ UPSTREAM_FHIR_URL: upstream.url });
-  });
-  afterAll(async () => {
-    await t?.close();
-    await upstream?.close();
-  });
+  const on = withUpstreamApp();
 
   test('import, idempotent re-import and a correction go through the upstream server', async () => {
-    const http = () => request(t.app.http);
+    const http = () => request(on.t.app.http);
     const patient = (await http().post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient' })).body.id as string;
     const trace = makeTrace(1, { seed: 2 }).slice(0, 120);
     const send = (body: string) => http().post(`/cgm/ingest?patient=${patient}&format=nightscout`).send(body);

@@ -39,7 +39,9 @@ import type {
   Bundle, BundleEntry, BundleLink, OperationOutcome, Reference, Resource,
 } from '@medplum/fhirtypes';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify, type JWK } from 'jose';
+import { afterAll, beforeAll } from '@jest/globals';
 import { loadFhirDefinitions } from '../../src/fhir/definitions.js';
+import { startTestApp, type TestApp } from './app.js';
 
 export interface UpstreamServerOptions {
   /** Path of the FHIR base on the server; default `/fhir`. */
@@ -273,6 +275,24 @@ export class UpstreamMemoryRepository extends MemoryRepository {
 }
 
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+
+/**
+ * For a describe block (or a file): an upstream server and an app whose repository is it (`env` adds
+ * settings), started before its tests and closed after them. Read the fields inside tests, not at
+ * definition time.
+ */
+export function withUpstreamApp(env: Record<string, string> = {}): { t: TestApp; upstream: UpstreamFhirServer } {
+  const ctx = {} as { t: TestApp; upstream: UpstreamFhirServer };
+  beforeAll(async () => {
+    ctx.upstream = await startUpstreamFhirServer();
+    ctx.t = await startTestApp({ ...env, UPSTREAM_FHIR_URL: ctx.upstream.url });
+  }, 60_000);
+  afterAll(async () => {
+    await ctx.t?.close();
+    await ctx.upstream?.close();
+  });
+  return ctx;
+}
 
 /** Starts the server on 127.0.0.1, port 0. */
 export async function startUpstreamFhirServer(options: UpstreamServerOptions = {}): Promise<UpstreamFhirServer> {
