@@ -1,7 +1,8 @@
 /**
  * The `cgm` suite of `npm run bench`: parse/convert/validate figures (bench/cgm-ingest.ts), then the
  * stored-readings rate of the ingest service on the embedded repository for a 90-day, 5-minute
- * Nightscout trace (25,920 readings), the re-import rate (all unchanged), and peak RSS.
+ * Nightscout trace (25,920 readings), the re-import rate (all unchanged), a dry run of it and the
+ * removal of the import, and peak RSS.
  *
  *   npm run build && BENCH=cgm node --expose-gc bench/run.mjs
  */
@@ -96,6 +97,21 @@ export async function run(log: Log): Promise<Record<string, number>> {
       if (again.unchanged !== readings || again.created !== 0) throw new Error('re-import was not idempotent');
       results.reimportReadingsPerSec = Math.round(readings / (againMs / 1000));
       log(`re-import of the same file (all ${again.unchanged} unchanged, 0 created): ${againMs.toFixed(0)} ms → ${results.reimportReadingsPerSec} readings/s`);
+      // The preview and the undo of the same 90 days: a dry run for a patient who has none of it
+      // (parse, convert, validate, look up; nothing written), then the removal of the first import.
+      const { resource: other } = await repository.create<Patient>({ resourceType: 'Patient', name: [{ family: 'Bench' }] });
+      const t3 = process.hrtime.bigint();
+      const preview = await service.ingest(file, { patient: other.id!, dryRun: true });
+      const previewMs = Number(process.hrtime.bigint() - t3) / 1e6;
+      if (preview.created !== readings) throw new Error(`dry run: expected ${readings} to be created, got ${preview.created}`);
+      results.dryRunReadingsPerSec = Math.round(readings / (previewMs / 1000));
+      log(`dry run of the same file for another patient (all ${readings} would be created, nothing written): ${previewMs.toFixed(0)} ms → ${results.dryRunReadingsPerSec} readings/s, ${(previewMs / firstMs).toFixed(2)} × the import's time`);
+      const t4 = process.hrtime.bigint();
+      const removal = await service.ingest(file, { patient: patient.id!, remove: true });
+      const removalMs = Number(process.hrtime.bigint() - t4) / 1e6;
+      if (removal.removed !== readings) throw new Error(`removal: expected ${readings} removed, got ${removal.removed}`);
+      results.removedReadingsPerSec = Math.round(readings / (removalMs / 1000));
+      log(`removal of the first import (all ${readings} deleted, each a deleted version): ${removalMs.toFixed(0)} ms → ${results.removedReadingsPerSec} readings/s, ${(removalMs / firstMs).toFixed(2)} × the import's time`);
       // Baseline in the same run: the embedded repository's raw bulk insert (createMany, no lookup, no
       // validation) of the same resources into a fresh store; the ratio shows what ingest adds.
       const baseDir = mkdtempSync(path.join(tmpdir(), 'cgm-store-base-'));
