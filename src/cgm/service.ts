@@ -32,7 +32,7 @@ import { statSync } from 'node:fs';
 import { Operator } from '@medplum/core';
 import type { Bundle, BundleEntry, Device, Resource } from '@medplum/fhirtypes';
 import type { Repository } from '../repository/port.js';
-import { GlucoGuardError, isGlucoGuardError, tooLarge, unavailable } from '../errors.js';
+import { GlucoGuardError, isGlucoGuardError, preconditionFailed, tooLarge, unavailable } from '../errors.js';
 import { isStorageFull } from '../fhir/outcomes.js';
 import type { CgmInput } from './input.js';
 import { openCgm, type CgmStream } from './parse.js';
@@ -229,7 +229,8 @@ export class CgmIngestService {
    * INGEST_CHUNK is whole and kept) and that sending it again stores the rest: a data disk that
    * filled (503), or `stop()` (ImportInterrupted, thrown wherever the import noticed it with no
    * count yet: at a chunk boundary, or by the upload it was reading). A partial import of an upload
-   * past the size limit (413) says what it stored too.
+   * past the size limit (413) says what it stored too, and a removal that met a reading changed
+   * meanwhile (412) what it removed.
    */
   private async accounted<T>(stored: () => number, removing: boolean, work: () => Promise<T>): Promise<T> {
     try {
@@ -238,6 +239,11 @@ export class CgmIngestService {
       if (err instanceof ImportInterrupted) throw new ImportInterrupted(stored(), this.stopReason, removing);
       const kept = stored();
       const done = removing ? 'removed' : 'stored';
+      if (removing && isGlucoGuardError(err, 'ERR_PRECONDITION_FAILED')) {
+        // a chunk's deletion found a reading at another version than compared (removeChunk): none of that chunk was deleted
+        throw preconditionFailed(`A reading of this file was changed while its readings were being removed${kept ? `: ${kept} readings of this file were removed before it` : ''}; `
+          + 'send the file again to remove the rest (a reading changed since is kept)');
+      }
       if (isGlucoGuardError(err, 'ERR_TOO_LARGE') && kept) {
         // a partial import of an upload past the size limit, stored as it came
         throw tooLarge(`${err.message}: ${kept} readings of this file were ${done} before the limit${removing ? '' : ' and are kept'}; send the rest as another file`);

@@ -206,6 +206,38 @@ describe('removing the readings of an imported file', () => {
     expect((await send(nightscoutJson(other), '&remove=true')).body).toMatchObject({ removed: 0, changedSince: 0, notStored: 10 });
   });
 
+  test('a reading changed while the removal runs is kept: its chunk is not removed (412 saying what was), a second removal does the rest', async () => {
+    const patient = await newPatient(t);
+    const trace = makeTrace(1, { seed: 35 }).slice(0, 20);
+    const body = nightscoutJson(trace);
+    await request(t.app.http).post(`/cgm/ingest?patient=${patient}&format=nightscout`).send(body);
+    const readings = await stored(t, 'Observation', patient);
+    const last = readings.find((o) => Date.parse(o.effectiveDateTime!) === trace[19]!.epochMs)!;
+    // a repository whose second transaction comes after a FHIR write changed a reading of that chunk
+    let transactions = 0;
+    const repository = new Proxy(t.app.repository, {
+      get(target, name, receiver) {
+        if (name !== 'transaction') return Reflect.get(target, name, receiver) as unknown;
+        return async (bundle: Bundle) => {
+          if (++transactions === 2) await target.update({ ...last, valueQuantity: { ...last.valueQuantity, value: 333 } });
+          return target.transaction(bundle);
+        };
+      },
+    });
+    const service = new CgmIngestService({ repository, check: shapeCachedCheck(() => []), defaultTimeZone: 'UTC', chunkSize: 10 });
+    const app = express();
+    app.use('/cgm', cgmHttpRouter({ service, authenticate: async () => OPEN_ACCESS, mayWriteObservations: async () => true, logger: createLogger('silent') }));
+    const res = await request(app).post(`/cgm/ingest?patient=${patient}&format=nightscout&remove=true`).send(body);
+    expect(res.status).toBe(412);
+    expect(res.body.issue[0].diagnostics).toBe('A reading of this file was changed while its readings were being removed: 10 readings of this file were removed before it; '
+      + 'send the file again to remove the rest (a reading changed since is kept)');
+    expect(await stored(t, 'Observation', patient)).toHaveLength(10);
+    const again = await request(app).post(`/cgm/ingest?patient=${patient}&format=nightscout&remove=true`).send(body);
+    expect(again.body).toMatchObject({ removed: 9, changedSince: 1, notStored: 10 });
+    const left = await stored(t, 'Observation', patient);
+    expect(left.map((o) => o.valueQuantity?.value)).toEqual([333]);
+  });
+
   test('a removed reading answers 410 Gone; its earlier version stays readable by vread', async () => {
     const patient = await newPatient(t);
     const trace = makeTrace(1, { seed: 33 }).slice(0, 5);
