@@ -81,8 +81,9 @@ export function buildCapabilityStatement(inputs: CapabilityInputs): CapabilitySt
           conditionalUpdate: !inputs.handledWriteTypes?.includes(type),
           conditionalDelete: inputs.handledWriteTypes?.includes(type) ? 'not-supported' : 'single',
         }),
-      searchInclude: references.filter((r) => r.type === type).map((r) => `${r.type}:${r.code}`),
-      searchRevInclude: references.filter((r) => r.targets.includes(type)).map((r) => `${r.type}:${r.code}`),
+      // (an empty list is left out: FHIR JSON has no empty arrays)
+      ...nonEmpty('searchInclude', references.filter((r) => r.type === type).map((r) => `${r.type}:${r.code}`)),
+      ...nonEmpty('searchRevInclude', references.filter((r) => r.targets.includes(type)).map((r) => `${r.type}:${r.code}`)),
       searchParam,
       ...(typeOps(type).length ? { operation: typeOps(type).map((op) => ({ name: op.name, definition: operationCanonical(op.name) })) } : {}),
     };
@@ -132,4 +133,9 @@ function operationCanonical(name: string): string {
     status: 'http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status',
   };
   return standard[name] ?? `urn:glucoguard:operation:${name}`;
+}
+
+/** `{ [name]: list }`, or nothing for an empty list (FHIR JSON has no empty arrays). */
+function nonEmpty<K extends string>(name: K, list: string[]): { [key in K]?: string[] } {
+  return (list.length ? { [name]: list } : {}) as { [key in K]?: string[] };
 }

@@ -6,7 +6,7 @@
 import { toPeriod } from '@medplum/core';
 import type { SearchRequest } from '@medplum/core';
 import { applyPatch, type Operation } from 'rfc6902';
-import type { Bundle, BundleEntry, BundleLink, OperationOutcomeIssue, Parameters, Resource } from '@medplum/fhirtypes';
+import type { Bundle, BundleEntry, BundleLink, CapabilityStatement, OperationOutcomeIssue, Parameters, Resource, TerminologyCapabilities } from '@medplum/fhirtypes';
 import {
   badRequest, conflict, forbidden, GlucoGuardError, isGlucoGuardError, preconditionFailed, methodNotAllowed, notFound, scanLimitExceeded, unprocessable,
   unsupportedMediaType,
@@ -188,7 +188,7 @@ export class FhirRouter {
     switch (route.kind) {
       case 'metadata':
         if (method !== 'GET') throw methodNotAllowed('metadata supports GET only', READ_ONLY);
-        return { status: 200, body: this.options.capabilityStatement() };
+        return { status: 200, body: capabilitiesOf(this.options.capabilityStatement(), req.query.mode) };
       case 'bundle':
         if (method !== 'POST') throw methodNotAllowed('The FHIR base supports POST of batch/transaction Bundles', ['POST']);
         return this.bundle(req);
@@ -1535,4 +1535,22 @@ export function preferLenient(req: FhirRequest): boolean {
 
 function forbiddenWrite(): GlucoGuardError {
   return forbidden('Not allowed to write this resource');
+}
+
+/**
+ * `GET metadata[?mode=full|normal|terminology]` (http.html#capabilities): the CapabilityStatement,
+ * which is the same in full and normal here; for `terminology` a TerminologyCapabilities saying that
+ * this server runs no terminology service (no code system, $lookup, $validate-code, $expand or
+ * $translate), rather than a CapabilityStatement the client did not ask for. Another mode is 400.
+ */
+function capabilitiesOf(statement: Resource, mode: string | string[] | undefined): Resource {
+  if (mode === undefined || mode === 'full' || mode === 'normal') return statement;
+  if (mode !== 'terminology') throw badRequest('mode must be full, normal or terminology', 'mode');
+  const { date, software, implementation } = statement as CapabilityStatement;
+  const capabilities: TerminologyCapabilities = {
+    resourceType: 'TerminologyCapabilities', status: 'active', kind: 'instance', date: date ?? new Date().toISOString(),
+    ...(software ? { software } : {}), ...(implementation ? { implementation } : {}),
+    description: 'This server runs no terminology service: it supports no code system, and no $lookup, $validate-code, $expand, $subsumes or $translate.',
+  };
+  return capabilities;
 }

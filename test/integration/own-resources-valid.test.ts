@@ -2,7 +2,8 @@
  * What the proxy writes itself is valid R4 by the checks it applies to everyone else's writes
  * (ProfileValidator.check: JSON kinds, required codes, base R4, held profiles): the AuditEvent of
  * every access (BALP), including a refused one and an operation, of an erasure and of a failed
- * integrity check. These go to the repository directly, past the router's validation.
+ * integrity check. These go to the repository directly, past the router's validation. Also what
+ * `metadata` answers in each mode.
  */
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import type { AuditEvent, Resource } from '@medplum/fhirtypes';
@@ -44,4 +45,22 @@ test('the erasure and integrity-failure AuditEvents are valid R4', () => {
   const erasure = erasureAuditEvent({ patientId, operator: 'ops@host-1', resources: 3, commitments: 3, recorded: new Date().toISOString() });
   const integrity = integrityAuditEvent(OPEN_ACCESS, { resourceType: 'Observation', id: 'o1', meta: { versionId: '2' }, subject: { reference: `Patient/${patientId}` } } as Resource, 'content');
   for (const event of [erasure, integrity]) expect(validator.check(event).filter((i) => i.severity === 'error')).toEqual([]);
+});
+
+test('metadata in each mode is valid R4: the CapabilityStatement (full, normal), a TerminologyCapabilities (terminology); another mode is 400', async () => {
+  const http = request(t.app.http);
+  for (const mode of [undefined, 'full', 'normal']) {
+    const res = await http.get('/fhir/metadata').query(mode ? { mode } : {});
+    expect([mode, res.status, res.body.resourceType]).toEqual([mode, 200, 'CapabilityStatement']);
+  }
+  const terminology = await http.get('/fhir/metadata').query({ mode: 'terminology' });
+  expect(terminology.status).toBe(200);
+  expect(terminology.body).toMatchObject({ resourceType: 'TerminologyCapabilities', status: 'active', kind: 'instance' });
+  expect(terminology.body.description).toMatch(/no terminology service/);
+  for (const body of [terminology.body, (await http.get('/fhir/metadata')).body] as Resource[]) {
+    expect([body.resourceType, validator.check(body).filter((i) => i.severity === 'error')]).toEqual([body.resourceType, []]);
+  }
+  const other = await http.get('/fhir/metadata').query({ mode: 'everything' });
+  expect(other.status).toBe(400);
+  expect(other.body.issue[0].diagnostics).toBe('mode must be full, normal or terminology');
 });
