@@ -283,7 +283,26 @@ export async function loadReport(client, patientId, periodDays, headers = {}) {
   const observations = await searchAll(client,
     `Observation?patient=Patient/${patientId}&code=${READING_CODES}&date=ge${encodeURIComponent(dailyFrom.toISOString())}&_sort=-date&_count=1000`, headers);
   const unit = unitOf([firstObservation(first), firstObservation(last), ...observations].filter(Boolean));
-  return { summary: parseSummary(summaryBundle), agp, observations, start, end, periodDays, readingsSpan, unit };
+  return { summary: parseSummary(summaryBundle), agp: agpFromParameters(agp), observations, start, end, periodDays, readingsSpan, unit };
+}
+
+/**
+ * $cgm-agp's Parameters (src/cgm/agp.ts agpParameters) as the chart reads them: one member per
+ * parameter (a reference as its text) and `bins`, the `bin` parameters' parts, in order.
+ */
+export function agpFromParameters(parameters) {
+  const plain = (list) => {
+    const out = {};
+    for (const p of list ?? []) {
+      if (p.name === 'bin') (out.bins ??= []).push(plain(p.part));
+      else {
+        const key = Object.keys(p).find((k) => k.startsWith('value'));
+        out[p.name] = key === 'valueReference' ? p[key].reference : p[key];
+      }
+    }
+    return out;
+  };
+  return plain(parameters?.parameter);
 }
 
 function firstObservation(bundle) {

@@ -4,6 +4,7 @@
  * quantile type 7 (linear interpolation between order statistics). HIGH/LOW readings are in the
  * profile at the sensor limits (400 / 40 mg/dL), as AGP reports draw them.
  */
+import type { Parameters, ParametersParameter } from '@medplum/fhirtypes';
 import { selectPeriod, statisticValue, type MetricReading, type MetricsOptions } from './metrics.js';
 import { localDate } from './time.js';
 import { round } from './units.js';
@@ -83,5 +84,36 @@ export function computeAgp(all: readonly MetricReading[], options: MetricsOption
     startDate: options.startDate ?? localDate(period.start, period.readings[0]!.offsetMinutes ?? 0),
     endDate: options.endDate ?? localDate(period.end - 1, period.readings[period.readings.length - 1]!.offsetMinutes ?? 0),
     readings: period.readings.length, bins,
+  };
+}
+
+/** The percentiles and mean of a bin, in the order they are written. */
+const BIN_FIGURES = ['p5', 'p25', 'p50', 'p75', 'p95', 'mean'] as const;
+
+/**
+ * `$cgm-agp`'s answer: the CGM IG defines no AGP resource, so the figures go out as a FHIR
+ * Parameters resource, one parameter per figure named as in Agp — `patient` (valueReference),
+ * `startTime`/`endTime` (valueInstant), `startDate`/`endDate` (valueDate), `unit` (valueCode),
+ * `binMinutes` and `readings` (valueInteger) — and one `bin` per bin, in time-of-day order, whose
+ * parts are `time` (valueString, local `hh:mm`), `minute` and `n` (valueInteger) and, for a bin
+ * with readings, `p5` … `p95` and `mean` (valueDecimal, mg/dL).
+ */
+export function agpParameters(patient: string, agp: Agp): Parameters {
+  const bins: ParametersParameter[] = agp.bins.map((b) => ({
+    name: 'bin',
+    part: [
+      { name: 'time', valueString: b.time }, { name: 'minute', valueInteger: b.minute }, { name: 'n', valueInteger: b.n },
+      ...BIN_FIGURES.flatMap((k) => (b[k] === undefined ? [] : [{ name: k, valueDecimal: b[k] }])),
+    ],
+  }));
+  return {
+    resourceType: 'Parameters',
+    parameter: [
+      { name: 'patient', valueReference: { reference: patient } },
+      { name: 'startTime', valueInstant: new Date(agp.start).toISOString() }, { name: 'endTime', valueInstant: new Date(agp.end).toISOString() },
+      { name: 'startDate', valueDate: agp.startDate }, { name: 'endDate', valueDate: agp.endDate },
+      { name: 'unit', valueCode: agp.unit }, { name: 'binMinutes', valueInteger: agp.binMinutes }, { name: 'readings', valueInteger: agp.readings },
+      ...bins,
+    ],
   };
 }

@@ -28,13 +28,13 @@
  * The summaries read readings through `FhirRouter.searchAll`, so scopes, consent and integrity
  * guards decide what they compute over, exactly as for a search.
  */
-import type { Bundle, BundleEntry, Observation, Resource } from '@medplum/fhirtypes';
+import type { Bundle, BundleEntry, Observation, Parameters, Resource } from '@medplum/fhirtypes';
 import { badRequest, isGlucoGuardError, notFound } from '../errors.js';
 import type { AccessContext } from '../fhir/access.js';
 import type { FhirRouter, OperationHandler } from '../fhir/router.js';
 import { onlyParameters } from '../fhir/operations.js';
 import type { FhirRequest, FhirResponse } from '../fhir/types.js';
-import { computeAgp, type Agp } from './agp.js';
+import { agpParameters, computeAgp } from './agp.js';
 import { LOINC, READING_CODE, toTransactionBundle } from './fhir.js';
 import { computeMetrics, parsePeriod, placeByReadings, placePeriod, type CgmMetrics, type MetricReading, type MetricsOptions, type PeriodBound } from './metrics.js';
 import { metricReadingsFromObservations } from './readings.js';
@@ -88,8 +88,7 @@ export class CgmOperations {
           const bin = single(req.query.bin, 'bin');
           const binMinutes = bin === undefined ? 15 : Number(bin);
           if (!Number.isInteger(binMinutes) || binMinutes < 1 || 1440 % binMinutes !== 0) throw badRequest('bin must be a whole number of minutes dividing a day (5, 15, 30, 60…)', 'bin');
-          const agp = await this.agp(req.access, target.id!, periodParams(req.query), binMinutes);
-          return { status: 200, body: agp as unknown as Record<string, unknown> };
+          return { status: 200, body: await this.agp(req.access, target.id!, periodParams(req.query), binMinutes) };
         },
       },
     ];
@@ -133,12 +132,12 @@ export class CgmOperations {
     return { status: 200, body: { resourceType: 'Bundle', type: 'collection', timestamp: new Date().toISOString(), entry } };
   }
 
-  /** `$cgm-agp`: AGP data over the period (default: the last 14 days of data). */
-  async agp(access: AccessContext, patientId: string, params: PeriodParams, binMinutes = 15): Promise<Agp & { patient: string; startTime: string; endTime: string }> {
+  /** `$cgm-agp`: AGP data over the period (default: the last 14 days of data), as Parameters (agpParameters). */
+  async agp(access: AccessContext, patientId: string, params: PeriodParams, binMinutes = 15): Promise<Parameters> {
     const { readings, period } = await this.readings(access, patientId, params);
     const agp = computeAgp(readings, { ...period, binMinutes });
     if (!agp) throw notFound('No CGM readings with a value in the period');
-    return { patient: `Patient/${patientId}`, ...agp, startTime: new Date(agp.start).toISOString(), endTime: new Date(agp.end).toISOString() };
+    return agpParameters(`Patient/${patientId}`, agp);
   }
 
   /** Metrics for a patient over a period, from the readings the requester may see. */

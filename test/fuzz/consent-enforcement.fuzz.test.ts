@@ -36,6 +36,7 @@ import type { FhirRequest, FhirResponse } from '../../src/fhir/types.js';
 import type { HistoryEntry } from '../../src/repository/port.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, grant, patientToken, person, practitionerToken, registerIdentity } from '../integration/consent-helpers.js';
+import { agpOf } from '../support/agp.js';
 
 /** Deterministic by default; `CONSENT_FUZZ_SEED` / `CONSENT_FUZZ_RUNS` (in-process runs) explore further by hand. */
 const SEED = Number(process.env.CONSENT_FUZZ_SEED ?? 6006);
@@ -640,7 +641,8 @@ async function check(who: Requester, purposeOfUse: string, raw: Req, send: Trans
   }
   // $cgm-agp counts only readings the grant permits (its output holds numbers, not resources).
   if (/\$cgm-agp$/.test(r.path) && res.status === 200) {
-    const readings = (res.body as { readings: number }).readings;
+    const readings = agpOf(res.body).readings;
+    if (!Number.isInteger(readings)) throw new Error(`${who.name} ${entryUrl(r)}: the AGP says no reading count`);
     const permittedReadings = [...view(who, purposeOfUse).permitted]
       .filter((k) => k.startsWith('Observation/') && codesOf(versionOf(k)! as unknown as Record<string, unknown>).includes(`${LOINC}|${CGM}`)).length;
     count('agp computed');

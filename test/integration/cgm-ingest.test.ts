@@ -18,6 +18,7 @@ import { shapeCachedCheck } from '../../src/cgm/validate.js';
 import { OPEN_ACCESS } from '../../src/fhir/access.js';
 import { createLogger } from '../../src/log.js';
 import { makeTrace, nightscoutJson, type TraceReading } from '../fixtures/cgm-ingest/trace.js';
+import { agpOf } from '../support/agp.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { withUpstreamApp } from '../support/upstream-server.js';
 
@@ -167,13 +168,14 @@ describe('CGM ingest over HTTP', () => {
   test('$cgm-agp returns 96 bins of percentiles for the clinician app', async () => {
     const res = await http().get(`/fhir/Patient/${patientId}/$cgm-agp`);
     expect(res.status).toBe(200);
-    expect(res.body.bins).toHaveLength(96);
-    const bin = res.body.bins.find((b: { n: number }) => b.n > 0);
-    expect(bin.p5).toBeLessThanOrEqual(bin.p25);
-    expect(bin.p25).toBeLessThanOrEqual(bin.p50);
-    expect(bin.p50).toBeLessThanOrEqual(bin.p75);
-    expect(bin.p75).toBeLessThanOrEqual(bin.p95);
-    expect(res.body.readings).toBe(expected(trace).n);
+    const agp = agpOf(res.body);
+    expect(agp.bins).toHaveLength(96);
+    const bin = agp.bins.find((b) => b.n > 0)!;
+    expect(bin.p5).toBeLessThanOrEqual(bin.p25!);
+    expect(bin.p25).toBeLessThanOrEqual(bin.p50!);
+    expect(bin.p50).toBeLessThanOrEqual(bin.p75!);
+    expect(bin.p75).toBeLessThanOrEqual(bin.p95!);
+    expect(agp.readings).toBe(expected(trace).n);
   });
 
   test('re-importing the same file creates nothing new', async () => {

@@ -7,6 +7,7 @@ import type { Bundle, Observation } from '@medplum/fhirtypes';
 import request from 'supertest';
 import { midnightNightscout } from '../fixtures/cgm-ingest/midnight.js';
 import { startTestApp, type TestApp } from '../support/app.js';
+import { agpOf } from '../support/agp.js';
 
 const MEAN_MGDL = '97507-8';
 
@@ -80,13 +81,13 @@ describe('$cgm-summary with date bounds', () => {
   test('$cgm-agp takes the same local days', async () => {
     const res = await http().get(`/fhir/Patient/${local}/$cgm-agp?start=2026-01-02&end=2026-01-02&bin=60`);
     expect(res.status).toBe(200);
-    expect(res.body.startTime).toBe('2026-01-02T05:00:00.000Z');
-    expect(res.body.endTime).toBe('2026-01-03T05:00:00.000Z');
+    expect(agpOf(res.body).startTime).toBe('2026-01-02T05:00:00.000Z');
+    expect(agpOf(res.body).endTime).toBe('2026-01-03T05:00:00.000Z');
   });
 
   test('$cgm-agp with timeZone draws readings stored in UTC at the patient\'s time of day', async () => {
     // The 100s are 21:00–23:55 in New York (02:00–04:55Z); without timeZone they are drawn in UTC.
-    const hours = (body: { bins: { time: string; n: number; p50?: number }[] }) => body.bins.filter((b) => b.n > 0).map((b) => [b.time, b.p50]);
+    const hours = (body: unknown) => agpOf(body).bins.filter((b) => b.n > 0).map((b) => [b.time, b.p50]);
     const zoned = await http().get(`/fhir/Patient/${utc}/$cgm-agp?bin=60&timeZone=America/New_York`);
     expect(zoned.status).toBe(200);
     expect(hours(zoned.body)).toEqual([['00:00', 200], ['01:00', 200], ['02:00', 200], ['21:00', 100], ['22:00', 100], ['23:00', 100]]);

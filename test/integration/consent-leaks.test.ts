@@ -10,6 +10,7 @@ import { parseSearchRequest } from '@medplum/core';
 import request from 'supertest';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, LOINC_MGDL, consentOf, grant, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
+import { agpOf } from '../support/agp.js';
 
 const now = Date.now();
 const iso = (t: number): string => new Date(t).toISOString();
@@ -304,7 +305,7 @@ describe('consent enforcement on every FHIR path', () => {
     await t.app.repository.create(reading('12', now - 20 * DAY));
     const agp = await get(`/fhir/Patient/12/$cgm-agp?start=${iso(now - 30 * DAY)}&end=${iso(now)}`);
     expect(agp.status).toBe(200);
-    expect(agp.body.readings).toBe(1);
+    expect(agpOf(agp.body).readings).toBe(1);
     const res = await get(`/fhir/Patient/${ben}/$cgm-summary`);
     expect([403, 404]).toContain(res.status);
     expect(JSON.stringify(res.body)).not.toContain('Okafor');

@@ -3,11 +3,13 @@
  * (ProfileValidator.check: JSON kinds, required codes, base R4, held profiles): the AuditEvent of
  * every access (BALP), including a refused one and an operation, of an erasure and of a failed
  * integrity check. These go to the repository directly, past the router's validation. Also what
- * `metadata` answers in each mode.
+ * `metadata` answers in each mode, and what the facade itself composes: Bundles of each kind,
+ * OperationOutcomes, and the answers of its operations.
  */
 import { afterAll, beforeAll, expect, test } from '@jest/globals';
 import type { AuditEvent, Resource } from '@medplum/fhirtypes';
 import request from 'supertest';
+import { makeTrace, nightscoutJson } from '../fixtures/cgm-ingest/trace.js';
 import { erasureAuditEvent } from '../../src/audit/erasure.js';
 import { integrityAuditEvent } from '../../src/ledger/integrity.js';
 import { OPEN_ACCESS } from '../../src/fhir/access.js';
@@ -63,4 +65,34 @@ test('metadata in each mode is valid R4: the CapabilityStatement (full, normal),
   const other = await http.get('/fhir/metadata').query({ mode: 'everything' });
   expect(other.status).toBe(400);
   expect(other.body.issue[0].diagnostics).toBe('mode must be full, normal or terminology');
+});
+
+test('what the facade composes is valid R4: Bundles of each kind, OperationOutcomes, the answers of its operations', async () => {
+  const http = request(t.app.http);
+  const imported = await http.post(`/cgm/ingest?patient=${patientId}&format=nightscout`).send(nightscoutJson(makeTrace(3, { seed: 41 })));
+  expect(imported.status).toBe(200);
+  const reading = (await t.app.repository.search({ resourceType: 'Observation', count: 1, offset: 0 })).resources[0]!;
+  const json = 'application/fhir+json';
+  const answers: [string, request.Response][] = [
+    ['searchset', await http.get('/fhir/Observation').query({ patient: patientId, _count: 5, _include: 'Observation:device' })],
+    ['empty searchset', await http.get('/fhir/Observation').query({ patient: patientId, date: 'lt1999-01-01' })],
+    ['history', await http.get(`/fhir/Observation/${reading.id}/_history`)],
+    ['batch-response', await http.post('/fhir').set('Content-Type', json).send({ resourceType: 'Bundle', type: 'batch', entry: [
+      { request: { method: 'GET', url: `Patient/${patientId}` } }, { request: { method: 'GET', url: 'Patient/no-such-one' } }] })],
+    ['transaction-response', await http.post('/fhir').set('Content-Type', json).send({ resourceType: 'Bundle', type: 'transaction', entry: [
+      { fullUrl: 'urn:uuid:6f1d3c1e-6a3e-4f57-9c1e-2b7d0c7f1a01', resource: { resourceType: 'Practitioner', name: [{ family: 'Valid' }] }, request: { method: 'POST', url: 'Practitioner' } }] })],
+    ['404', await http.get('/fhir/Observation/no-such-one')],
+    ['400', await http.get('/fhir/Observation').query({ 'no-such-param': 'x' })],
+    ['422', await http.post('/fhir/Observation').set('Content-Type', json).send({ resourceType: 'Observation', status: 'not-a-status' })],
+    ['$everything', await http.get(`/fhir/Patient/${patientId}/$everything`).query({ _count: 20 })],
+    ['$lastn', await http.get('/fhir/Observation/$lastn').query({ patient: patientId })],
+    ['$meta', await http.get(`/fhir/Observation/${reading.id}/$meta`)],
+    ['$cgm-summary', await http.get(`/fhir/Patient/${patientId}/$cgm-summary`)],
+    ['$cgm-agp', await http.get(`/fhir/Patient/${patientId}/$cgm-agp`)],
+    ['$validate', await http.post('/fhir/Observation/$validate').set('Content-Type', json).send({ resourceType: 'Observation', status: 'final', code: { text: 'x' } })],
+  ];
+  for (const [what, res] of answers) {
+    expect([what, typeof res.body.resourceType]).toEqual([what, 'string']);
+    expect([what, validator.check(res.body as Resource).filter((i) => i.severity === 'error')]).toEqual([what, []]);
+  }
 });
