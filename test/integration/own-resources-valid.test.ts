@@ -90,8 +90,17 @@ test('what the facade composes is valid R4: Bundles of each kind, OperationOutco
     ['$cgm-summary', await http.get(`/fhir/Patient/${patientId}/$cgm-summary`)],
     ['$cgm-agp', await http.get(`/fhir/Patient/${patientId}/$cgm-agp`)],
     ['$validate', await http.post('/fhir/Observation/$validate').set('Content-Type', json).send({ resourceType: 'Observation', status: 'final', code: { text: 'x' } })],
+    ['$match', await http.post('/fhir/Patient/$match').set('Content-Type', json).send({ resourceType: 'Parameters', parameter: [
+      { name: 'resource', resource: { resourceType: 'Patient', name: [{ family: 'Own' }] } }] })],
+    ['a deletion', await http.delete(`/fhir/Observation/${reading.id}`)],
+    ['history with a deletion', await http.get('/fhir/Observation/_history').query({ _count: 5 })],
+    ['410', await http.get(`/fhir/Observation/${reading.id}`)],
   ];
   for (const [what, res] of answers) {
+    if (what === 'a deletion') {
+      expect([200, 204]).toContain(res.status); // an OperationOutcome, or no body
+      if (res.body?.resourceType === undefined) continue;
+    }
     expect([what, typeof res.body.resourceType]).toEqual([what, 'string']);
     expect([what, validator.check(res.body as Resource).filter((i) => i.severity === 'error')]).toEqual([what, []]);
   }
