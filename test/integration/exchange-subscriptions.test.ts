@@ -6,9 +6,11 @@
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import type { Consent, Observation, Organization, Parameters, Subscription } from '@medplum/fhirtypes';
+import type { Bundle, Consent, Observation, Organization, Parameters, Subscription } from '@medplum/fhirtypes';
 import request from 'supertest';
 import { DIGEST_EXTENSION, TOPICS } from '../../src/exchange/subscriptions.js';
+import { ProfileValidator } from '../../src/fhir/validation.js';
+import { PROFILES_DIR } from '../../src/paths.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { param, receiver, statusOf, typeOf, type Receiver } from '../support/hook-receiver.js';
 import { DAY, grant, ingest, patientToken, person, practitionerToken, registerIdentity } from './consent-helpers.js';
@@ -38,6 +40,8 @@ function subscription(endpoint: string, patient: string | undefined, content: 'i
 describe('subscriptions (R4 backport, rest-hook)', () => {
   let t: TestApp;
   let rx: Receiver;
+  /** Notifications a test set aside before clearing the receiver's list (all are checked valid at the end). */
+  const seen: Bundle[] = [];
   let ana: string;
   let ben: string;
   let study: string;
@@ -145,7 +149,7 @@ describe('subscriptions (R4 backport, rest-hook)', () => {
     expect(res.status).toBe(201);
     await t.app.exchange.subscriptions.idle();
     for (let i = 0; i < 50 && t.app.exchange.subscriptions.get(res.body.id)?.status !== 'active'; i++) await new Promise((r) => setTimeout(r, 20));
-    rx.bundles.length = 0;
+    seen.push(...rx.bundles.splice(0));
     rx.failNext = 2;
     await ingest(t.app, ben, fresh(2));
     await t.app.exchange.subscriptions.idle();
@@ -185,7 +189,7 @@ describe('subscriptions (R4 backport, rest-hook)', () => {
     const revoke = await request(t.app.http).put(`/fhir/Consent/${anaConsent.id}`).set('Authorization', `Bearer ${patientToken(t.app, ana)}`)
       .set('Content-Type', 'application/fhir+json').send({ ...anaConsent, status: 'inactive' });
     expect(revoke.status).toBe(200);
-    rx.bundles.length = 0;
+    seen.push(...rx.bundles.splice(0));
     // the study's subscription has no patient filter: it has also withheld the readings of patients who never granted it
     const withheldBefore = t.app.exchange.subscriptions.get(studySub)!.withheld;
     await ingest(t.app, ana, fresh(2));
@@ -195,4 +199,15 @@ describe('subscriptions (R4 backport, rest-hook)', () => {
     expect(state.events).toBe(3);
     expect(state.withheld - withheldBefore).toBe(2);
   }, 60_000);
+  test('every notification delivered, and $status, is valid R4 (the checks every write passes)', async () => {
+    const validator = new ProfileValidator(PROFILES_DIR);
+    const bundles = [...seen, ...rx.bundles];
+    expect(bundles.length).toBeGreaterThan(3);
+    const sub = (await t.app.repository.search({ resourceType: 'Subscription', count: 1, offset: 0 })).resources[0]!;
+    const status = await request(t.app.http).get(`/fhir/Subscription/${sub.id}/$status`).set('Authorization', `Bearer ${studyToken}`).set('X-Purpose-Of-Use', 'HRESCH');
+    expect(status.status).toBe(200);
+    for (const [i, body] of [...bundles, status.body as Bundle].entries()) {
+      expect([i, typeOf(body as Bundle), validator.check(body as Bundle).filter((x) => x.severity === 'error')]).toEqual([i, typeOf(body as Bundle), []]);
+    }
+  });
 });
