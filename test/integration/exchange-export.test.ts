@@ -16,6 +16,8 @@ import { OPEN_ACCESS } from '../../src/fhir/access.js';
 import { OPEN_POLICY } from '../../src/fhir/policy.js';
 import { startTestApp, type TestApp } from '../support/app.js';
 import { DAY, grant, ingest, patientToken, person, practitionerToken, registerIdentity, sparseTrace } from './consent-helpers.js';
+import { ProfileValidator } from '../../src/fhir/validation.js';
+import { PROFILES_DIR } from '../../src/paths.js';
 
 // exchange settings for the app under test (read with the rest of its configuration)
 const EXCHANGE_ENV: Record<string, string> = { GLUCOGUARD_EXPORT_RETRY_AFTER: '1' };
@@ -39,6 +41,7 @@ describe('bulk $export', () => {
   let doc: string;
   let studyToken: string;
   const trace = sparseTrace(3, 120);
+  const validator = new ProfileValidator(PROFILES_DIR);
   const now = Date.now();
 
   const backendToken = (clientId: string, fhirUser?: string) => t.app.smart.tokens.signAccessToken({
@@ -69,7 +72,10 @@ describe('bulk $export', () => {
     });
     expect(res.status).toBe(200);
     expect(res.headers['content-type']).toContain('application/fhir+ndjson');
-    return (res.body as string).trim().split('\n').map((l) => JSON.parse(l) as Observation);
+    const lines = (res.body as string).trim().split('\n').map((l) => JSON.parse(l) as Observation);
+    // what an export writes (de-identified or not, and its error file) is valid R4, as every write must be
+    for (const line of lines) expect([line.id, validator.check(line).filter((i) => i.severity === 'error')]).toEqual([line.id, []]);
+    return lines;
   }
 
   beforeAll(async () => {
