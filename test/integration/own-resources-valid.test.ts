@@ -91,16 +91,20 @@ test('what the facade composes is valid R4: Bundles of each kind, OperationOutco
     ['$cgm-agp', await http.get(`/fhir/Patient/${patientId}/$cgm-agp`)],
     ['$validate', await http.post('/fhir/Observation/$validate').set('Content-Type', json).send({ resourceType: 'Observation', status: 'final', code: { text: 'x' } })],
     ['$match', await http.post('/fhir/Patient/$match').set('Content-Type', json).send({ resourceType: 'Parameters', parameter: [
-      { name: 'resource', resource: { resourceType: 'Patient', name: [{ family: 'Own' }] } }] })],
+      { name: 'resource', resource: { resourceType: 'Patient', name: [{ family: 'Own', given: ['Ana'] }], birthDate: '1980-01-01' } }] })],
     ['a deletion', await http.delete(`/fhir/Observation/${reading.id}`)],
     ['history with a deletion', await http.get('/fhir/Observation/_history').query({ _count: 5 })],
     ['410', await http.get(`/fhir/Observation/${reading.id}`)],
+    ['/cgm/ingest 400', await http.post(`/cgm/ingest?patient=${patientId}&timezone=UTC`).send('[]')],
+    ['/cgm/ingest 422', await http.post(`/cgm/ingest?patient=${patientId}&format=nightscout`).send(nightscoutJson(makeTrace(1, { seed: 42 }).slice(0, 3)).replace(/"sgv":\d+/, '"sgv":-1'))],
   ];
   for (const [what, res] of answers) {
     if (what === 'a deletion') {
       expect([200, 204]).toContain(res.status); // an OperationOutcome, or no body
       if (res.body?.resourceType === undefined) continue;
     }
+    const status = /(\d{3})$/.exec(what)?.[1];
+    expect([what, res.status]).toEqual([what, status ? Number(status) : res.status < 300 ? res.status : 200]);
     expect([what, typeof res.body.resourceType]).toEqual([what, 'string']);
     expect([what, validator.check(res.body as Resource).filter((i) => i.severity === 'error')]).toEqual([what, []]);
   }
