@@ -217,70 +217,50 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
   // A restore that left out chain/ or ledger/ is refused before anything is opened or created.
   if (!config.chain.rpcUrl) assertEmbeddedChainPresent(config.dataDir);
   if (!config.upstream) assertCommitmentStorePresent(config.dataDir);
+  // Each step that opens something says how to close it; a step that fails closes what the steps
+  // before it opened (Opened.fail), so a failed start leaves nothing holding the data directory.
+  const opened = new Opened();
   // An upstream that refuses GlucoGuard's client (or cannot be reached) stops the start before
   // anything is written to the data directory: no key files left from a start that never ran.
   let upstream: Repository | undefined;
   if (config.upstream) {
     loadFhirDefinitions(); // before the adapter, as for the embedded one below
-    upstream = await createRepository(config, logger);
+    upstream = opened.add(await createRepository(config, logger), (r) => r.close());
   }
-  let keys: ReturnType<typeof loadServerKeys>;
-  try {
+  const keys = await attempt(() => {
     mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-    keys = loadServerKeys(config);
-  } catch (err) {
-    await upstream?.close();
-    throw err;
-  }
+    return loadServerKeys(config);
+  }).catch(opened.fail);
   // The embedded chain node starts on its own thread (its modules and database: about a second)
   // while this one loads the FHIR definitions and opens the stores: started first, awaited last.
-  const chainStarted = createChain(config, logger);
+  const chainStarted = opened.add(createChain(config, logger), (started) => started.then((c) => c.client.close().then(() => c.embedded?.close()), () => undefined));
   chainStarted.catch(() => undefined); // awaited below; a failure meanwhile is not unhandled
   await new Promise((resolve) => setImmediate(resolve)); // lets it reach `new Worker` before the synchronous load
-  let opened: Repository | undefined = upstream;
-  let kv: KeyValueStore;
-  let validator: ProfileValidator;
-  try {
+  const { adapter, kv, validator } = await attempt(async () => {
     loadFhirDefinitions();
-    validator = new ProfileValidator(PROFILES_DIR);
-    opened ??= await createRepository(config, logger, keys);
-    kv = await createKeyValueStore(config, logger, keys);
-  } catch (err) {
-    // what was opened is closed (a KV that cannot be reached): nothing holds the data directory
-    await Promise.allSettled([opened?.close(), chainStarted.then((c) => c.client.close().then(() => c.embedded?.close()), () => undefined)]);
-    throw err;
-  }
-  const adapter = opened;
-  const chain = await chainStarted.catch(async (err: unknown) => {
-    await Promise.allSettled([adapter.close(), kv.close()]);
-    throw err;
-  });
-  // Every write goes through the ledger's decorator (commitment recorded, then anchored in batches).
-  const ledger = await createLedger({
+    const validator = new ProfileValidator(PROFILES_DIR);
+    // (the repository port's decorators below close nothing of their own: the adapter is closed as opened)
+    const adapter = upstream ?? opened.add(await createRepository(config, logger, keys), (r) => r.close());
+    const kv = opened.add(await createKeyValueStore(config, logger, keys), (k) => k.close()); // (a KV that cannot be reached fails here)
+    return { adapter, kv, validator };
+  }).catch(opened.fail);
+  const chain = await chainStarted.catch(opened.fail);
+  // Every write goes through the ledger's decorator (commitment recorded, then anchored in batches);
+  // refused when the chain is older than the ledger.
+  const ledger = opened.add(await createLedger({
     dataDir: config.dataDir, chain: chain.client, repository: adapter, logger, integrity: config.integrity, anchor: !chain.shared, ownChain: chain.embedded !== undefined,
     completenessCheckMs: config.ledgerCheckMs,
-  }).catch(async (err: unknown) => {
-    // refused (a chain older than the ledger): stop what was opened, so nothing holds the data directory
-    await Promise.allSettled([adapter.close(), kv.close(), chain.client.close().then(() => chain.embedded?.close())]);
-    throw err;
-  });
+  }).catch(opened.fail), (l) => l.close());
   // Subscriptions hear of every stored version through this decorator (src/exchange/write-events.ts).
   const repository = new NotifyingRepository(ledger.repository);
-  // A step below that fails closes what was opened, newest first as close() does: nothing holds the data directory.
-  const closers: (() => Promise<unknown>)[] = [() => ledger.close(), () => repository.close(), () => kv.close(), () => chain.client.close(), async () => chain.embedded?.close()];
-  const unwind = async (err: unknown): Promise<never> => {
-    for (const close of closers) await close().catch(() => undefined);
-    throw err;
-  };
 
   const base = fhirBase(config);
-  const consent = await Promise.resolve().then(() => createConsent({ // (a throw of createConsent unwinds too)
+  const consent = opened.add(await attempt(() => createConsent({
     dataDir: config.dataDir, rootKey: keys.root, repository, validator, kv, chain: chain.client, logger, auditWindowMs: config.auditWindowMs,
     // a guardian's authority is read off a RelatedPerson the ledger vouches for (verified, or committed and not yet anchored)
     trusted: async (resource) => ['verified', 'pending'].includes((await ledger.checker.checkMany([resource]))[0]!.status),
-  })).catch(unwind);
-  closers.unshift(() => consent.close());
-  const smart = await createSmart({
+  })).catch(opened.fail), (c) => c.close());
+  const smart = opened.add(await createSmart({
     config,
     rootKey: keys.root,
     kv,
@@ -290,8 +270,7 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
     patients: consent.picker,
     // an EHR launch naming a patient or practitioner this server doesn't hold is refused
     resourceExists: (type, id) => resourceExists(repository, type, id),
-  }).catch(unwind);
-  closers.unshift(() => smart.close());
+  }).catch(opened.fail), (a) => a.close());
   const scopes = new SmartScopePolicy();
   // A request needs both: the token's scopes AND the patient's consent.
   const policy = new ComposedPolicy([scopes, consent.policy]);
@@ -340,10 +319,10 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
   };
   for (const op of cgm.operations.handlers()) fhir.registerOperation(op);
   for (const op of standardOperations(fhir, base)) fhir.registerOperation(op);
-  await consent.attach(fhir).catch(unwind);
+  await consent.attach(fhir).catch(opened.fail);
   // Bulk $export, Subscriptions, de-identification for research requesters.
   // Research requests are refused by `policy` (the REST API) and decided by this one: the exchange de-identifies them.
-  const exchange: Exchange = await createExchange({
+  const exchange: Exchange = opened.add(await createExchange({
     dataDir: config.dataDir, rootKey: keys.root, fhir, policy: new ComposedPolicy([scopes, consent.policy.deidentifyingPolicy()]), repository, fhirBase: base, baseUrl: config.baseUrl, logger,
     authenticate: async (headers, url) => withPurpose(await smart.authenticate(headers, url), headers),
     audit: (request, response) => consent.audit.record(request, response),
@@ -351,7 +330,7 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
     // a Subscription stops delivering once its client or user is disabled, as their tokens stop working
     requesterCutOff: (a) => a.kind === 'token' && a.clientId !== undefined && smart.tokens.isCutOff(a.clientId, a.subject ?? a.clientId, a.storedAt ?? 0),
     settings: config.exchange, // validated with the rest of the configuration (src/config.ts)
-  }).catch(unwind);
+  }).catch(opened.fail), (e) => e.close());
 
   const http = express();
   http.disable('x-powered-by');
@@ -457,15 +436,42 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
     } : {}),
     adapters,
     exchange,
-    async close() {
-      await exchange.close();
-      await smart.close();
-      await consent.close();
-      await ledger.close();
-      await repository.close();
-      await kv.close();
-      await chain.client.close();
-      await chain.embedded?.close();
-    },
+    close: () => opened.close(),
+  };
+}
+
+/** `work`'s result as a promise, a throw of it included (so `.catch` sees both). */
+function attempt<T>(work: () => T | Promise<T>): Promise<T> {
+  return Promise.resolve().then(work);
+}
+
+/**
+ * What a start has opened, closed newest first: by the app's close(), and by a step of the start
+ * that fails (`fail`: everything opened so far is closed, then the step's error thrown).
+ */
+class Opened {
+  private readonly closers: (() => Promise<unknown>)[] = [];
+
+  /** Records how to close `value`, just opened; answers `value`. */
+  add<T>(value: T, close: (value: T) => Promise<unknown>): T {
+    this.closers.unshift(() => close(value));
+    return value;
+  }
+
+  /** Closes everything, newest first, each even when another fails; then throws the first failure. */
+  async close(): Promise<void> {
+    let failed: { err: unknown } | undefined;
+    for (const close of this.closers.splice(0)) {
+      await close().catch((err: unknown) => {
+        failed ??= { err };
+      });
+    }
+    if (failed) throw failed.err;
+  }
+
+  /** For `.catch` on a step of the start: closes what was opened (its failures ignored), then throws `err`. */
+  readonly fail = async (err: unknown): Promise<never> => {
+    await this.close().catch(() => undefined);
+    throw err;
   };
 }
