@@ -189,11 +189,10 @@ function timeZones() {
 /** What an import did, or (a dry run) would do. */
 function importSummary(r) {
   const lines = [
-    `File type: ${r.format}${r.detected ? ' (detected automatically)' : ''}.`,
-    r.timeZone ? `Times without a time zone were read in ${r.timeZone.zone}.` : undefined,
+    ...fileLines(r),
     r.dryRun ? `${r.created} new readings would be stored, ${r.unchanged} are already there, ${r.corrected} would be corrected.`
       : `${r.created} new readings stored, ${r.unchanged} already there, ${r.corrected} corrected.`,
-    r.first ? `Readings from ${fmtDateTime(r.first)} to ${fmtDateTime(r.last)}.` : undefined,
+    spanLine(r),
     r.skipped ? `${r.skipped} records skipped (for example sensor errors or non-glucose records).` : undefined,
     r.rejected ? `${r.rejected} records rejected.` : undefined,
     ...(r.warnings ?? []),
@@ -202,15 +201,27 @@ function importSummary(r) {
   return r.dryRun ? notice('info', 'Checked: nothing is stored yet. Uploading this file would do this:', list) : notice('ok', 'Import finished.', list);
 }
 
+/** The file's type and the zone its times without one were read in, as an import report says them. */
+function fileLines(r) {
+  return [`File type: ${r.format}${r.detected ? ' (detected automatically)' : ''}.`, r.timeZone ? `Times without a time zone were read in ${r.timeZone.zone}.` : undefined];
+}
+
+/**
+ * The first and last reading, in this device's time, saying so: a file read in the wrong zone shows
+ * here as readings at hours the sensor was not worn (the times in the file are the sensor's).
+ */
+function spanLine(r) {
+  return r.first ? `Readings from ${fmtDateTime(r.first)} to ${fmtDateTime(r.last)} (this device's time${browserTimeZone() ? `, ${browserTimeZone()}` : ''}).` : undefined;
+}
+
 /** What a removal did, or (a dry run) would do, with the button that confirms it. */
 function removalSummary(r, confirm) {
   const lines = [
-    `File type: ${r.format}${r.detected ? ' (detected automatically)' : ''}.`,
-    r.timeZone ? `Times without a time zone were read in ${r.timeZone.zone}.` : undefined,
+    ...fileLines(r),
     r.dryRun ? `${r.removed} readings of this file are stored and would be removed.` : `${r.removed} readings removed.`,
     r.changedSince ? `${r.changedSince} readings changed since they were uploaded: they are kept.` : undefined,
     r.notStored ? `${r.notStored} readings of this file are not stored${r.dryRun ? '' : ' (any more)'}.` : undefined,
-    r.first ? `Readings from ${fmtDateTime(r.first)} to ${fmtDateTime(r.last)}.` : undefined,
+    spanLine(r),
   ].filter(Boolean);
   const list = el('ul', { 'data-remove': JSON.stringify({ removed: r.removed, dryRun: r.dryRun === true }) }, lines.map((l) => el('li', {}, l)));
   if (!r.dryRun) return notice('ok', 'Readings removed.', list);

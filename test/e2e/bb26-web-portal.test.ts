@@ -127,6 +127,8 @@ describeBrowser('patient portal: keyboard sharing and password change', () => {
     await portal.click('#upload-remove');
     await portal.locator('[data-remove*=\'"dryRun":true\']').waitFor({ timeout: 30_000 });
     await expect(portal.locator('#upload-result').innerText()).resolves.toContain('12 readings of this file are stored and would be removed');
+    // the readings' span in this device's time, saying so (where a wrong zone shows as wrong hours)
+    await expect(portal.locator('#upload-result').innerText()).resolves.toMatch(/Readings from 14 Mar 2026, \d\d:\d\d to 14 Mar 2026, \d\d:\d\d \(this device's time, [A-Za-z_/]+\)\./);
     expect(await readings()).toBe(12); // nothing removed before the confirmation
     // the confirmation sends the file and options checked, whatever the form holds by then
     await portal.selectOption('#upload-tz', 'Europe/Berlin');
