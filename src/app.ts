@@ -249,7 +249,7 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
   // refused when the chain is older than the ledger.
   const ledger = opened.add(await createLedger({
     dataDir: config.dataDir, chain: chain.client, repository: adapter, logger, integrity: config.integrity, anchor: !chain.shared, ownChain: chain.embedded !== undefined,
-    completenessCheckMs: config.ledgerCheckMs,
+    completenessCheckMs: config.ledgerCheckMs, proveAhead: config.proveAhead,
   }).catch(opened.fail), (l) => l.close());
   // Subscriptions hear of every stored version through this decorator (src/exchange/write-events.ts).
   const repository = new NotifyingRepository(ledger.repository);
@@ -428,6 +428,7 @@ export async function createApp(config: Config, options: { logger?: Logger; regi
         const commitments = await ledger.repository.forgetUnreadableSalts(patientId);
         if (repeat && commitments === 0) throw repeat;
         ledger.checker.clearCache(); // proven versions keep their salts in memory
+        ledger.proveAhead(); // again, without the erased salts
         const event = await repository.create(erasureAuditEvent({ patientId, operator, resources, commitments, recorded: new Date().toISOString(), finished: repeat !== undefined }));
         return { resources, commitments, auditEvent: event.resource.id!, ...(repeat ? { finished: true } : {}) };
       },

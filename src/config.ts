@@ -48,6 +48,12 @@ export interface Config {
   auditStore: 'repository' | 'local';
   /** How often the anchoring server looks for commitments removed from the commitment store (GLUCOGUARD_LEDGER_CHECK_MS). */
   ledgerCheckMs: number;
+  /**
+   * Versions of the newest anchored batches the anchoring server proves against the chain at
+   * start-up, in the background, so their first reads cost one hash each; 0 = none
+   * (GLUCOGUARD_PROVE_AHEAD; ~100 bytes of memory each).
+   */
+  proveAhead: number;
   /** MiB of decoded resource versions the embedded repository keeps for repeated reads; 0 = off (GLUCOGUARD_READ_CACHE_MB). */
   readCacheMb: number;
   /**
@@ -170,7 +176,7 @@ type Env = Record<string, string | undefined>;
 export const CONFIG_VARIABLES: readonly string[] = [
   'PORT', 'GLUCOGUARD_HOST', 'GLUCOGUARD_BASE_URL', 'GLUCOGUARD_DATA_DIR', 'GLUCOGUARD_MASTER_KEY', 'GLUCOGUARD_MASTER_KEY_FILE',
   'GLUCOGUARD_MAX_BODY_BYTES', 'GLUCOGUARD_MAX_INGEST_BYTES', 'GLUCOGUARD_PAGE_SIZE', 'GLUCOGUARD_MAX_PAGE_SIZE',
-  'GLUCOGUARD_SEARCH_SCAN_LIMIT', 'GLUCOGUARD_AUDIT_WINDOW_MS', 'GLUCOGUARD_AUDIT_STORE', 'GLUCOGUARD_LEDGER_CHECK_MS', 'GLUCOGUARD_READ_CACHE_MB', 'GLUCOGUARD_STORE_MMAP_MB',
+  'GLUCOGUARD_SEARCH_SCAN_LIMIT', 'GLUCOGUARD_AUDIT_WINDOW_MS', 'GLUCOGUARD_AUDIT_STORE', 'GLUCOGUARD_LEDGER_CHECK_MS', 'GLUCOGUARD_PROVE_AHEAD', 'GLUCOGUARD_READ_CACHE_MB', 'GLUCOGUARD_STORE_MMAP_MB',
   'GLUCOGUARD_AUTH', 'GLUCOGUARD_COMPRESSION', 'GLUCOGUARD_AUTO_REINDEX', 'GLUCOGUARD_INTEGRITY', 'GLUCOGUARD_DEFAULT_TZ',
   'GLUCOGUARD_TRUST_PROXY', ...EXCHANGE_VARIABLES,
   'UPSTREAM_FHIR_URL', 'UPSTREAM_AUTH', 'UPSTREAM_BEARER_TOKEN', 'UPSTREAM_BEARER_TOKEN_FILE', 'UPSTREAM_CLIENT_ID',
@@ -319,6 +325,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     auditWindowMs: int(pick('GLUCOGUARD_AUDIT_WINDOW_MS') ?? '50', 'GLUCOGUARD_AUDIT_WINDOW_MS', 0, 1000, problems),
     auditStore: oneOf(pick('GLUCOGUARD_AUDIT_STORE') ?? 'repository', ['repository', 'local'] as const, 'GLUCOGUARD_AUDIT_STORE', problems),
     ledgerCheckMs: int(pick('GLUCOGUARD_LEDGER_CHECK_MS') ?? '600000', 'GLUCOGUARD_LEDGER_CHECK_MS', 1000, 86_400_000, problems),
+    proveAhead: int(pick('GLUCOGUARD_PROVE_AHEAD') ?? '1000000', 'GLUCOGUARD_PROVE_AHEAD', 0, 100_000_000, problems),
     readCacheMb: int(pick('GLUCOGUARD_READ_CACHE_MB') ?? '64', 'GLUCOGUARD_READ_CACHE_MB', 0, 65536, problems),
     storeMmapMb: int(pick('GLUCOGUARD_STORE_MMAP_MB') ?? '2047', 'GLUCOGUARD_STORE_MMAP_MB', 0, 2047, problems),
     auth,

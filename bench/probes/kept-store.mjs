@@ -20,13 +20,14 @@ export async function openKeptStore(defaultDir) {
 }
 
 /**
- * The kept store's app serving HTTP on a loopback port, after `settleMs` (the start-up's background
- * reads: roots, reindex checks), and a bench HttpClient (worker thread) pointed at it.
+ * The kept store's app serving HTTP on a loopback port, after `settleMs` and the start-up's background
+ * reads (roots, versions proven ahead, reindex checks), and a bench HttpClient (worker thread) pointed at it.
  */
 export async function serveKeptStore(defaultDir, settleMs = 3000) {
   const kept = await openKeptStore(defaultDir);
   const { HttpClient } = await import(`${D}/bench/http-client.js`);
   await new Promise((r) => setTimeout(r, settleMs));
+  await kept.app.ledger.warmed?.(); // the roots read and the versions proven ahead (GLUCOGUARD_PROVE_AHEAD)
   const server = kept.app.http.listen(0, '127.0.0.1');
   await new Promise((r) => server.once('listening', r));
   return { ...kept, server, client: new HttpClient(server.address().port) };

@@ -44,6 +44,12 @@ export interface LedgerOptions {
    * since are missing from it), not only reported.
    */
   ownChain?: boolean;
+  /**
+   * Versions of the newest anchored batches the anchoring process proves at start-up, in the
+   * background, so that their first reads are one hash each (GLUCOGUARD_PROVE_AHEAD, default
+   * 1,000,000; 0: none; IntegrityChecker.proveAhead).
+   */
+  proveAhead?: number;
   /** Batch window (default 1000 ms) and size (default 1000). */
   maxDelayMs?: number;
   maxLeaves?: number;
@@ -60,9 +66,19 @@ export interface Ledger {
   anchorer: Anchorer;
   checker: IntegrityChecker;
   guard: IntegrityGuard;
+  /**
+   * Proves the newest anchored batches ahead again, in the background (after an erasure emptied the
+   * checker's caches); no-op in a process that does not anchor.
+   */
+  proveAhead(): void;
+  /** Resolves once the background reads of the start (anchored roots, versions proven ahead) are done. */
+  warmed(): Promise<void>;
   /** Stops the anchorer (queued commitments stay on disk) and closes the store. */
   close(): Promise<void>;
 }
+
+/** Versions proven ahead at start-up unless configured (~100 MB of memory for 1,000,000). */
+export const DEFAULT_PROVE_AHEAD = 1_000_000;
 
 /** Where the commitment store lives. */
 export function commitmentStorePath(dataDir: string): string {
@@ -126,12 +142,22 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   });
   const warming = new AbortController();
   let warmed: Promise<void> | undefined;
+  const proveAhead = async (): Promise<void> => {
+    const started = performance.now();
+    try {
+      const versions = await checker.proveAhead(options.proveAhead ?? DEFAULT_PROVE_AHEAD, warming.signal);
+      if (versions) options.logger.info({ versions, ms: Math.round(performance.now() - started) }, 'ledger: proved the newest anchored versions ahead of their first reads');
+    } catch (err) {
+      if (!warming.signal.aborted) options.logger.warn({ err: (err as Error).message }, 'ledger: could not prove anchored versions ahead (each is proven on its first read instead)');
+    }
+  };
   if (options.anchor !== false) {
     anchorer.start();
     // roots are final once sealed: read those of earlier batches now, not on each first read
     warmed = checker.warmRoots(undefined, warming.signal).then(
       (n) => { if (n) options.logger.info({ roots: n }, 'ledger: cached the on-chain roots of anchored batches'); },
-      (err: unknown) => options.logger.warn({ err: (err as Error).message }, 'ledger: could not read anchored roots ahead (read on demand instead)'));
+      (err: unknown) => options.logger.warn({ err: (err as Error).message }, 'ledger: could not read anchored roots ahead (read on demand instead)'))
+      .then(proveAhead);
   }
   const backfill = options.anchor !== false ? addMissingTrees(store, options.logger) : undefined;
   const counts = store.counts();
@@ -142,6 +168,13 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   void checkChainTail(store, options.chain, options.logger, anchorer); // close() need not wait for it: a closed store ends it
   return {
     store, repository, anchorer, checker, guard,
+    proveAhead() {
+      if (options.anchor === false || warming.signal.aborted) return;
+      warmed = Promise.all([warmed, proveAhead()]).then(() => undefined);
+    },
+    async warmed() {
+      await warmed;
+    },
     async close() {
       completeness.stop();
       backfill?.stop();

@@ -29,8 +29,9 @@ import { patientHint, patientIdsOf } from '../fhir/compartment.js';
 import { versionIdOf } from '../repository/deferred.js';
 import { canonicalTextOf, isImmutable, isTamperedStandIn } from '../repository/port.js';
 import { canonicalResourceText, commitmentOf } from './canonical.js';
-import { hashPair, rootOfLeaves } from './merkle.js';
-import type { CommitmentStore, ProofRecord } from './store.js';
+import { buildMerkleTree, hashPair, nodeCount, rootOfLeaves } from './merkle.js';
+import { ProvenIndex } from './proven-index.js';
+import { positionOf, type CommitmentStore, type ProofRecord } from './store.js';
 import { glucoguardSource } from '../audit/balp.js';
 import { AlertThrottle } from '../audit/alert-throttle.js';
 import { causeOf, type StandInCause } from './stand-ins.js';
@@ -116,6 +117,8 @@ export class IntegrityChecker {
   private readonly roots = new Map<number, Buffer | false>();
   /** Root reads in flight, so concurrent checks of one batch share one eth_call. */
   private readonly rootReads = new Map<number, Promise<Buffer | false | null | undefined>>();
+  /** Versions of the newest anchored batches proven at start-up (proveAhead). */
+  private proven: ProvenIndex | undefined;
 
   constructor(private readonly store: CommitmentStore, private readonly anchor: Contract) {}
 
@@ -150,6 +153,7 @@ export class IntegrityChecker {
     const results: CheckResult[] = new Array(resources.length);
     /** Versions not proven yet (verified versions are keyed by id). */
     const missing: Missing[] = [];
+    let slot: number;
     resources.forEach((resource, at) => {
       if (isTamperedStandIn(resource)) {
         results[at] = { status: 'failed', reason: causeOf(resource) };
@@ -182,6 +186,9 @@ export class IntegrityChecker {
           }
           results[at] = VERIFIED;
         }
+      } else if (this.proven && (slot = this.proven.slotOf(key)) >= 0 && this.proven.proves(slot, type, version, ready ?? canonicalResourceText(resource))) {
+        results[at] = VERIFIED;
+        if (keep && isImmutable(resource)) this.provenObjects.add(resource);
       } else {
         missing.push({ at, type, id: key, version, patient: patientHint(resource), text: ready });
       }
@@ -299,6 +306,42 @@ export class IntegrityChecker {
     return read;
   }
 
+  /** How many versions are proven ahead now (proveAhead). */
+  provenAhead(): number {
+    return this.proven?.size ?? 0;
+  }
+
+  /**
+   * Proves the stored trees of the newest anchored batches, up to `versions` versions, against
+   * their on-chain roots now, each whole (about one hash per version), and keeps what a first read
+   * of their versions then needs (ProvenIndex): called in the background at start-up, after
+   * warmRoots. A batch whose tree or versions are not all there, or do not lead to its root, is
+   * left to the read's own check. Yields between batches; stops once `signal` is aborted or
+   * clearCache runs. Answers how many versions it kept.
+   */
+  async proveAhead(versions: number, signal?: AbortSignal): Promise<number> {
+    if (versions <= 0) return 0;
+    const spans = this.store.newestAnchoredSpans(versions);
+    if (!spans.length) return 0;
+    const index = new ProvenIndex(spans.reduce((n, s) => n + s.lastSeq - s.firstSeq + 1, 0));
+    this.proven = index;
+    const stopped = (): boolean => signal?.aborted === true || this.proven !== index;
+    for (const span of spans) {
+      if (stopped()) break;
+      const root = await this.rootOf(span.id);
+      if (!(root instanceof Buffer) || stopped()) continue;
+      const contents = this.store.batchContents(span);
+      const size = span.lastSeq - span.firstSeq + 1;
+      if (!contents || contents.salts.length !== 32 * size || contents.nodes.length !== 32 * nodeCount(size) || contents.keys.length !== size) continue;
+      const leaves = contents.nodes.subarray(0, 32 * size);
+      if (!buildMerkleTree(Array.from({ length: size }, (_, p) => leaves.subarray(32 * p, 32 * p + 32))).root.equals(root)) continue;
+      const { keys, positions } = contents;
+      index.add(contents.salts, leaves, newestFirst(keys, positions));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    return index.size;
+  }
+
   /**
    * Roots of `batches` from the contract's BatchAnchored events. The contract never changes a batch
    * once anchored, so the root its event carries is the root `getBatch` answers; one eth_getLogs
@@ -365,8 +408,12 @@ export class IntegrityChecker {
     this.verifiedTextSize -= entry.text?.length ?? 0;
   }
 
-  /** Forgets verified versions (benchmarks measure the cold path with it; roots stay, they are final). */
+  /**
+   * Forgets verified versions and those proven ahead, with their salts (an erasure; benchmarks measure
+   * the cold path with it); roots stay, they are final.
+   */
   clearCache(): void {
+    this.proven = undefined;
     this.verified.clear();
     this.provenObjects = new WeakSet();
     this.verifiedTextSize = 0;
@@ -411,6 +458,14 @@ export class IntegrityChecker {
     const value = onChain.equals(batch.root) ? onChain : false;
     this.roots.set(batchId, value);
     return value;
+  }
+}
+
+/** A batch's version keys (seq order) newest first, each with its leaf's position in the tree. */
+function* newestFirst(keys: readonly [string, string, string][], positions: Buffer | null): Generator<{ type: string; id: string; version: string; position: number }> {
+  for (let offset = keys.length - 1; offset >= 0; offset--) {
+    const [type, id, version] = keys[offset]!;
+    yield { type, id, version, position: positionOf(positions, offset) };
   }
 }
 

@@ -371,6 +371,38 @@ export class CommitmentStore {
       .all(afterId, limit).map((r) => ({ id: r.id, chainBatchId: r.chain_batch, root: r.root, block: r.block }));
   }
 
+  /**
+   * The newest anchored batches holding together at most `versions` versions (newest first): what
+   * the checker proves ahead at start-up (IntegrityChecker.proveAhead).
+   */
+  newestAnchoredSpans(versions: number): { id: number; firstSeq: number; lastSeq: number }[] {
+    const out: { id: number; firstSeq: number; lastSeq: number }[] = [];
+    let total = 0;
+    for (const [id, firstSeq, lastSeq] of this.db.prepare<[], [number, number, number]>(
+      "SELECT id, first_seq, last_seq FROM batches WHERE status = 'anchored' ORDER BY id DESC").raw().iterate()) {
+      total += lastSeq - firstSeq + 1;
+      if (total > versions) break;
+      out.push({ id, firstSeq, lastSeq });
+    }
+    return out;
+  }
+
+  /**
+   * A batch's stored tree (salts, nodes, positions; untrusted) and the key of each of its versions in
+   * seq order, read in one snapshot without touching the tree cache; undefined when the batch has
+   * no stored tree.
+   */
+  batchContents(span: { id: number; firstSeq: number; lastSeq: number }): { salts: Buffer; nodes: Buffer; positions: Buffer | null; keys: [string, string, string][] } | undefined {
+    this.checkOpen();
+    return this.db.transaction(() => {
+      const tree = this.treeOf.get(span.id);
+      if (!tree) return undefined;
+      const keys = this.db.prepare<[number, number], [string, string, string]>('SELECT type, id, version FROM commitments WHERE seq BETWEEN ? AND ? ORDER BY seq')
+        .raw().all(span.firstSeq, span.lastSeq);
+      return { salts: tree[0], nodes: tree[1], positions: tree[2], keys };
+    })();
+  }
+
   /** The local id of the newest anchored batch (0 when none is). */
   lastAnchoredBatchId(): number {
     return this.db.prepare<[], { id: number | null }>("SELECT MAX(id) AS id FROM batches WHERE status = 'anchored'").get()!.id ?? 0;

@@ -477,4 +477,46 @@ describe('embedded store', () => {
     expect(others.body.entry).toHaveLength(10);
     for (const e of others.body.entry) expect(integrityTags(e.resource)).toEqual([]);
   });
+
+  it('a restarted server proves the newest anchored versions ahead: their first reads look nothing up; a version changed on disk since is still withheld; an erasure proves them again', async () => {
+    const ahead = await createPatient('Ahead');
+    const changed = await createPatient('Changed');
+    await t.app.ledger.anchorer.flush();
+    const app = await t.restart();
+    await app.ledger.warmed();
+    const proven = app.ledger.checker.provenAhead();
+    expect(proven).toBeGreaterThanOrEqual(2);
+    tamperEmbedded(t.dataDir, changed, (p) => { p.name![0]!.family = 'Mallory'; });
+    const store = app.ledger.store;
+    const lookedUp: string[] = [];
+    const treeGroups = store.treeGroups.bind(store);
+    const proofsOf = store.proofsOf.bind(store);
+    store.treeGroups = (keys, options) => { lookedUp.push(...keys.map((k) => k.id)); return treeGroups(keys, options); };
+    store.proofsOf = (keys) => { lookedUp.push(...keys.map((k) => k.id)); return proofsOf(keys); };
+
+    const search = await request(app.http).get(`/fhir/Patient?_id=${ahead.id},${changed.id}`);
+    expect(search.status).toBe(200);
+    const entries = (search.body as Bundle).entry!;
+    expect(entries.filter((e) => e.search?.mode === 'match').map((e) => [e.resource!.id, integrityTags(e.resource!)])).toEqual([[ahead.id, []]]);
+    expect((entries.find((e) => e.search?.mode === 'outcome')?.resource as OperationOutcome).issue!.some((i) => /integrity check/i.test(i.diagnostics!))).toBe(true);
+    expect(JSON.stringify(search.body)).not.toContain('Mallory');
+    expect([...new Set(lookedUp)]).toEqual([changed.id]); // checked the usual way, which found the change
+
+    // an erasure forgets them, with their salts, and proves them again (reading the overwritten salts)
+    const checker = app.ledger.checker;
+    const calls: string[] = [];
+    const clearCache = checker.clearCache.bind(checker);
+    const proveAhead = checker.proveAhead.bind(checker);
+    checker.clearCache = () => { calls.push('clearCache'); clearCache(); };
+    checker.proveAhead = (versions, signal) => { calls.push('proveAhead'); return proveAhead(versions, signal); };
+    await app.erasePatient!(changed.id!, 'ops@example (test)');
+    expect(calls).toEqual(['clearCache', 'proveAhead']);
+    await app.ledger.warmed();
+    expect(app.ledger.checker.provenAhead()).toBeGreaterThanOrEqual(proven);
+    lookedUp.length = 0;
+    const again = await request(app.http).get(`/fhir/Patient/${ahead.id}`);
+    expect(again.status).toBe(200);
+    expect(integrityTags(again.body)).toEqual([]);
+    expect(lookedUp).toEqual([]);
+  });
 });

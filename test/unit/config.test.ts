@@ -39,9 +39,12 @@ describe('config', () => {
     expect(error!.problems.join('\n')).toMatch(/GLUCOGUARD_AUTH must be one of on, off/);
   });
 
-  test('read cache size, search scan limit and the chain node thread: defaults, overrides, bad values', () => {
+  test('read cache size, versions proven ahead, search scan limit and the chain node thread: defaults, overrides, bad values', () => {
     const d = loadConfig({});
     expect(d.readCacheMb).toBe(64);
+    expect(d.proveAhead).toBe(1_000_000);
+    expect(loadConfig({ GLUCOGUARD_PROVE_AHEAD: '0' }).proveAhead).toBe(0);
+    expect(() => loadConfig({ GLUCOGUARD_PROVE_AHEAD: '1e6' })).toThrow(/GLUCOGUARD_PROVE_AHEAD must be an integer from 0 to 100000000/);
     expect(d.chain.nodeThread).toBe('worker');
     const c = loadConfig({ GLUCOGUARD_READ_CACHE_MB: '0', CHAIN_NODE_THREAD: 'main' });
     expect(c.readCacheMb).toBe(0);

@@ -2,7 +2,8 @@
  * The batched integrity check (IntegrityChecker.checkMany) on a real commitment store and a stand-in
  * for the ResourceAnchor contract: every entry is proven, in order; a changed body, a changed proof,
  * a proof that only shares part of its path with proven ones, and a root the chain does not hold are
- * each caught; one root read serves a whole batch.
+ * each caught; one root read serves a whole batch. Versions proven ahead at start-up (proveAhead)
+ * are checked by one hash each, and only what was proven is.
  */
 import { afterEach, beforeEach, describe, expect, it } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
@@ -324,6 +325,120 @@ describe('IntegrityChecker.checkMany through stored batch trees', () => {
     expect(results.slice(20, 30).every((r) => r.status === 'failed' && r.reason === 'root')).toBe(true);
     expect(results[30]).toEqual({ status: 'pending' });
     expect(results[31]).toEqual({ status: 'unverified', reason: 'no-commitment' });
+  });
+});
+
+describe('IntegrityChecker.proveAhead', () => {
+  /** The ids of the versions a check looks up in the store (positions and trees, or their own rows). */
+  const lookups = (): Set<string> => {
+    const ids = new Set<string>();
+    const treeGroups = store.treeGroups.bind(store);
+    const proofsOf = store.proofsOf.bind(store);
+    store.treeGroups = (keys, options) => { keys.forEach((k) => ids.add(k.id)); return treeGroups(keys, options); };
+    store.proofsOf = (keys) => { keys.forEach((k) => ids.add(k.id)); return proofsOf(keys); };
+    return ids;
+  };
+
+  it('proves the newest anchored batches ahead: a first read of their versions is one hash each, no position, tree or proof read', async () => {
+    const older = Array.from({ length: 40 }, (_, i) => reading(i));
+    const newer = Array.from({ length: 25 }, (_, i) => reading(100 + i));
+    anchorBatch(older, 0);
+    anchorBatch(newer, 1);
+    const checker = new IntegrityChecker(store, anchor);
+    expect(await checker.proveAhead(1000)).toBe(65);
+    expect(checker.provenAhead()).toBe(65);
+    const reads = lookups();
+    const page = [...newer.slice(3), ...older.slice(0, 7)];
+    expect((await checker.checkMany(page)).map((r) => r.status)).toEqual(page.map(() => 'verified'));
+    expect(reads.size).toBe(0);
+  });
+
+  it('a text other than the proven one, or another version of a kept id, is checked the usual way, which finds out what it is', async () => {
+    const day = Array.from({ length: 10 }, (_, i) => reading(i));
+    anchorBatch(day, 0);
+    const checker = new IntegrityChecker(store, anchor);
+    expect(await checker.proveAhead(1000)).toBe(10);
+    const reads = lookups();
+    const altered: Observation = { ...day[4]!, valueQuantity: { value: 400, unit: 'mg/dL' } };
+    const later: Observation = { ...day[5]!, meta: { versionId: '2' } }; // never committed
+    const results = await checker.checkMany([day[3]!, altered, later]);
+    expect(results).toEqual([{ status: 'verified' }, { status: 'failed', reason: 'content' }, { status: 'unverified', reason: 'changed-outside' }]);
+    expect([...reads]).toEqual([altered.id, later.id]); // looked up as on any first read
+  });
+
+  it('keeps the newest batches up to the limit, and of an id only its newest version; an older one is proven the usual way', async () => {
+    const first = Array.from({ length: 30 }, (_, i) => reading(i));
+    const corrections = first.slice(0, 10).map((r) => ({ ...r, meta: { versionId: '2' }, valueQuantity: { value: 250, unit: 'mg/dL' } }) as Observation);
+    anchorBatch(first, 0);
+    anchorBatch(corrections, 1);
+    const some = new IntegrityChecker(store, anchor);
+    expect(await some.proveAhead(35)).toBe(10); // the newest batch only: both would be 40 versions
+    const all = new IntegrityChecker(store, anchor);
+    expect(await all.proveAhead(40)).toBe(30); // 40 versions of 30 ids
+    const reads = lookups();
+    expect((await all.checkMany([...corrections, ...first.slice(10)])).every((r) => r.status === 'verified')).toBe(true);
+    expect(reads.size).toBe(0);
+    expect(await all.checkMany([first[2]!])).toEqual([{ status: 'verified' }]);
+    expect([...reads]).toEqual([first[2]!.id]);
+  });
+
+  it('keeps the leaves of a batch ordered by patient at their places', async () => {
+    const of = (patient: string, i: number): Observation => ({ ...reading(i), id: `obs-${String(i).padStart(4, '0')}-${patient}`, subject: { reference: `Patient/${patient}` } });
+    const streamed = Array.from({ length: 20 }, (_, i) => ['p3', 'p1', 'p2'].map((p) => of(p, i))).flat();
+    const firstSeq = store.lastSeq() + 1;
+    store.add(streamed.map((r) => {
+      const salt = randomBytes(32);
+      return { type: r.resourceType, id: r.id!, version: '1', patient: r.id!.slice(-2), salt, leaf: commitmentOf(salt, canonicalResourceText(r)) };
+    }));
+    const rows = store.unbatched(1000);
+    const order = patientOrder(rows);
+    const tree = buildMerkleTree(order.map((k) => rows[k]!.leaf));
+    store.markAnchored(store.prepareBatch(firstSeq, firstSeq + 59, tree, order.map((k) => rows[k]!.salt), Date.now(), order).id, 0, 1, null);
+    chainRoots.set(0, `0x${tree.root.toString('hex')}`);
+    const checker = new IntegrityChecker(store, anchor);
+    expect(await checker.proveAhead(1000)).toBe(60);
+    const reads = lookups();
+    expect((await checker.checkMany(streamed)).map((r) => r.status)).toEqual(streamed.map(() => 'verified'));
+    expect(reads.size).toBe(0);
+  });
+
+  it('keeps nothing of a batch whose stored tree does not lead to its anchored root, or whose root the chain does not hold', async () => {
+    const a = Array.from({ length: 8 }, (_, i) => reading(i));
+    const b = Array.from({ length: 8 }, (_, i) => reading(10 + i));
+    const c = Array.from({ length: 8 }, (_, i) => reading(20 + i));
+    const batchA = anchorBatch(a, 0);
+    anchorBatch(b, 1);
+    anchorBatch(c, 2);
+    // a: one stored leaf swapped for another batch's; b: the chain holds another root
+    const nodes = db().prepare<[number], { nodes: Buffer }>('SELECT nodes FROM batch_trees WHERE batch = ?').get(batchA)!.nodes;
+    nodes.fill(7, 32 * 3, 32 * 4);
+    db().prepare('UPDATE batch_trees SET nodes = ? WHERE batch = ?').run(nodes, batchA);
+    reopen();
+    chainRoots.set(1, `0x${'ab'.repeat(32)}`);
+    const checker = new IntegrityChecker(store, anchor);
+    expect(await checker.proveAhead(1000)).toBe(8); // c's
+    const reads = lookups();
+    const results = await checker.checkMany([...a, ...b, ...c]);
+    expect(results.slice(16).every((r) => r.status === 'verified')).toBe(true);
+    expect(results.slice(8, 16).every((r) => r.status === 'failed' && r.reason === 'root')).toBe(true);
+    expect([...reads].sort()).toEqual([...a, ...b].map((r) => r.id!).sort()); // a and b the usual way
+  });
+
+  it('clearCache forgets them (with their salts); an aborted or disabled proving keeps none', async () => {
+    const day = Array.from({ length: 12 }, (_, i) => reading(i));
+    anchorBatch(day, 0);
+    const checker = new IntegrityChecker(store, anchor);
+    expect(await checker.proveAhead(1000)).toBe(12);
+    checker.clearCache();
+    expect(checker.provenAhead()).toBe(0);
+    const reads = lookups();
+    expect((await checker.checkMany(day)).every((r) => r.status === 'verified')).toBe(true);
+    expect(reads.size).toBe(12);
+    const stopped = new AbortController();
+    stopped.abort();
+    const other = new IntegrityChecker(store, anchor);
+    expect(await other.proveAhead(1000, stopped.signal)).toBe(0);
+    expect(await other.proveAhead(0)).toBe(0);
   });
 });
 
