@@ -13,6 +13,10 @@
  * Memory: 64 bytes of leaf and salt, 13 of place and the id's map entry per version, ~150 bytes
  * in all (RSS +150 MB for 999,970 versions of the fhir-search bench's store, proven in 4.4–6.2 s
  * with the roots read first: docs/benchmarks.md); GLUCOGUARD_PROVE_AHEAD bounds the count.
+ * An erasure in this process drops the index with its salts and proves again (app.ts); a patient
+ * erased by another process sharing the store (the CLI beside a running server) keeps their salts
+ * here until this process erases someone or restarts, as the tree cache does (store.ts): their
+ * bodies are unreadable by then, and a salt proves nothing without its text.
  */
 import { commitmentOf } from './canonical.js';
 
