@@ -83,6 +83,21 @@ function anchorBatch(resources: Observation[], chainId: number, block = 1): numb
   return batch.id;
 }
 
+/** Readings of three patients taking turns, as streamed uploads arrive: in id order they interleave (ids end with the patient). */
+function streamedReadings(count: number, patients = ['p3', 'p1', 'p2']): Observation[] {
+  const of = (patient: string, i: number): Observation => ({ ...reading(i), id: `obs-${String(i).padStart(4, '0')}-${patient}`, subject: { reference: `Patient/${patient}` } });
+  return Array.from({ length: count }, (_, i) => patients.map((p) => of(p, i))).flat();
+}
+
+/** Records a commitment of each of `readings` (version 1, under the patient its id ends with); answers the rows not batched yet. */
+function recordEach(readings: Observation[]): ReturnType<CommitmentStore['unbatched']> {
+  store.add(readings.map((r) => {
+    const salt = randomBytes(32);
+    return { type: r.resourceType, id: r.id!, version: '1', patient: r.id!.slice(-2), salt, leaf: commitmentOf(salt, canonicalResourceText(r)) };
+  }));
+  return store.unbatched(1000);
+}
+
 beforeEach(() => {
   dir = mkdtempSync(path.join(tmpdir(), 'gg-integrity-'));
   store = new CommitmentStore(path.join(dir, 'commitments.db'));
@@ -136,9 +151,7 @@ describe('IntegrityChecker.checkMany through stored batch trees', () => {
   });
 
   it('finds a patient-day streamed in among other patients\' readings through the patient\'s own key range; a wrong hint costs only look-ups', async () => {
-    // readings of three patients taking turns, as streamed uploads arrive: in id order they interleave
-    const of = (patient: string, i: number): Observation => ({ ...reading(i), id: `obs-${String(i).padStart(4, '0')}-${patient}`, subject: { reference: `Patient/${patient}` } });
-    const streamed = Array.from({ length: 100 }, (_, i) => ['p1', 'p2', 'p3'].map((p) => of(p, i))).flat();
+    const streamed = streamedReadings(100, ['p1', 'p2', 'p3']);
     const first = store.lastSeq() + 1;
     // p3's versions are recorded under another patient: their hint (the subject) points elsewhere
     const records = streamed.map((r) => ({ type: r.resourceType, id: r.id!, version: '1', patient: r.id!.endsWith('p3') ? 'elsewhere' : r.id!.slice(-2), salt: randomBytes(32), leaf: Buffer.alloc(0) as Buffer }));
@@ -161,14 +174,9 @@ describe('IntegrityChecker.checkMany through stored batch trees', () => {
   });
 
   it('keeps each patient\'s leaves together in a batch of readings streamed in by turns: runs of neighbours, proven by tree and by row alike', async () => {
-    const of = (patient: string, i: number): Observation => ({ ...reading(i), id: `obs-${String(i).padStart(4, '0')}-${patient}`, subject: { reference: `Patient/${patient}` } });
-    const streamed = Array.from({ length: 50 }, (_, i) => ['p3', 'p1', 'p2'].map((p) => of(p, i))).flat();
+    const streamed = streamedReadings(50);
     const first = store.lastSeq() + 1;
-    store.add(streamed.map((r) => {
-      const salt = randomBytes(32);
-      return { type: r.resourceType, id: r.id!, version: '1', patient: r.id!.slice(-2), salt, leaf: commitmentOf(salt, canonicalResourceText(r)) };
-    }));
-    const rows = store.unbatched(1000);
+    const rows = recordEach(streamed);
     const order = patientOrder(rows);
     expect(order.map((k) => rows[k]!.patient)).toEqual([...Array(50).fill('p1'), ...Array(50).fill('p2'), ...Array(50).fill('p3')]);
     const tree = buildMerkleTree(order.map((k) => rows[k]!.leaf));
@@ -230,8 +238,7 @@ describe('IntegrityChecker.checkMany through stored batch trees', () => {
   });
 
   it('forgets the salts of one patient at their places in a patient-ordered tree', () => {
-    const of = (patient: string, i: number): Observation => ({ ...reading(i), id: `obs-${String(i).padStart(4, '0')}-${patient}`, subject: { reference: `Patient/${patient}` } });
-    const streamed = Array.from({ length: 20 }, (_, i) => ['p2', 'p1'].map((p) => of(p, i))).flat();
+    const streamed = streamedReadings(20, ['p2', 'p1']);
     store.add(streamed.map((r) => ({ type: r.resourceType, id: r.id!, version: '1', patient: r.id!.slice(-2), salt: randomBytes(32), leaf: randomBytes(32) })));
     const rows = store.unbatched(1000);
     const order = patientOrder(rows);
@@ -383,14 +390,9 @@ describe('IntegrityChecker.proveAhead', () => {
   });
 
   it('keeps the leaves of a batch ordered by patient at their places', async () => {
-    const of = (patient: string, i: number): Observation => ({ ...reading(i), id: `obs-${String(i).padStart(4, '0')}-${patient}`, subject: { reference: `Patient/${patient}` } });
-    const streamed = Array.from({ length: 20 }, (_, i) => ['p3', 'p1', 'p2'].map((p) => of(p, i))).flat();
+    const streamed = streamedReadings(20);
     const firstSeq = store.lastSeq() + 1;
-    store.add(streamed.map((r) => {
-      const salt = randomBytes(32);
-      return { type: r.resourceType, id: r.id!, version: '1', patient: r.id!.slice(-2), salt, leaf: commitmentOf(salt, canonicalResourceText(r)) };
-    }));
-    const rows = store.unbatched(1000);
+    const rows = recordEach(streamed);
     const order = patientOrder(rows);
     const tree = buildMerkleTree(order.map((k) => rows[k]!.leaf));
     store.markAnchored(store.prepareBatch(firstSeq, firstSeq + 59, tree, order.map((k) => rows[k]!.salt), Date.now(), order).id, 0, 1, null);
