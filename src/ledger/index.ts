@@ -146,6 +146,7 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
     const started = performance.now();
     try {
       const versions = await checker.proveAhead(options.proveAhead ?? DEFAULT_PROVE_AHEAD, warming.signal);
+      metrics.provenAhead.set(checker.provenAhead());
       if (versions) options.logger.info({ versions, ms: Math.round(performance.now() - started) }, 'ledger: proved the newest anchored versions ahead of their first reads');
     } catch (err) {
       if (!warming.signal.aborted) options.logger.warn({ err: (err as Error).message }, 'ledger: could not prove anchored versions ahead (each is proven on its first read instead)');
@@ -169,6 +170,7 @@ export async function createLedger(options: LedgerOptions): Promise<Ledger> {
   return {
     store, repository, anchorer, checker, guard,
     proveAhead() {
+      metrics.provenAhead.set(checker.provenAhead());
       if (options.anchor === false || warming.signal.aborted) return;
       warmed = Promise.all([warmed, proveAhead()]).then(() => undefined);
     },

@@ -58,6 +58,12 @@ export const metrics = {
     help: 'Commitments missing from the commitment store at the last check (removed; run glucoguard verify)',
     registers: [registry],
   }),
+  /** Versions whose first read is one hash, proven against the chain at start-up (src/ledger/proven-index.ts); 0 while none are. */
+  provenAhead: new Gauge({
+    name: 'glucoguard_integrity_proven_ahead_versions',
+    help: 'Resource versions proven against their anchored roots ahead of their first reads (GLUCOGUARD_PROVE_AHEAD)',
+    registers: [registry],
+  }),
   /** Latest block number the proxy has seen from its chain node. */
   chainHead: new Gauge({
     name: 'glucoguard_chain_head_block',

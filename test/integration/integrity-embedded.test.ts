@@ -486,6 +486,8 @@ describe('embedded store', () => {
     await app.ledger.warmed();
     const proven = app.ledger.checker.provenAhead();
     expect(proven).toBeGreaterThanOrEqual(2);
+    const metrics = await request(app.http).get('/metrics');
+    expect(Number(/^glucoguard_integrity_proven_ahead_versions(?:\{[^}]*\})? (\d+)$/m.exec(metrics.text)?.[1])).toBe(proven);
     tamperEmbedded(t.dataDir, changed, (p) => { p.name![0]!.family = 'Mallory'; });
     const store = app.ledger.store;
     const lookedUp: string[] = [];
