@@ -316,8 +316,9 @@ export class IntegrityChecker {
    * their on-chain roots now, each whole (about one hash per version), and keeps what a first read
    * of their versions then needs (ProvenIndex): called in the background at start-up, after
    * warmRoots. A batch whose tree or versions are not all there, or do not lead to its root, is
-   * left to the read's own check. Yields between batches; stops once `signal` is aborted or
-   * clearCache runs. Answers how many versions it kept.
+   * left to the read's own check. Yields between batches; stops once `signal` is aborted,
+   * clearCache runs or a root cannot be read (the chain does not answer: not one eth_call per
+   * batch against it). Answers how many versions it kept.
    */
   async proveAhead(versions: number, signal?: AbortSignal): Promise<number> {
     if (versions <= 0) return 0;
@@ -329,6 +330,7 @@ export class IntegrityChecker {
     for (const span of spans) {
       if (stopped()) break;
       const root = await this.rootOf(span.id);
+      if (root === null) break; // the chain does not answer: the rest are proven on their first reads
       if (!(root instanceof Buffer) || stopped()) continue;
       const contents = this.store.batchContents(span);
       const size = span.lastSeq - span.firstSeq + 1;

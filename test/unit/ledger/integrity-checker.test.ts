@@ -426,6 +426,15 @@ describe('IntegrityChecker.proveAhead', () => {
     expect([...reads].sort()).toEqual([...a, ...b].map((r) => r.id!).sort()); // a and b the usual way
   });
 
+  it('stops at the first root the chain does not answer for, without asking for the others', async () => {
+    const batches = [0, 1, 2].map((k) => anchorBatch(Array.from({ length: 5 }, (_, i) => reading(10 * k + i)), k));
+    expect(batches).toHaveLength(3);
+    const down = { async getBatch() { rootReads++; throw new Error('connect ECONNREFUSED'); } } as unknown as Contract;
+    const checker = new IntegrityChecker(store, down);
+    expect(await checker.proveAhead(1000)).toBe(0);
+    expect(rootReads).toBe(1);
+  });
+
   it('clearCache forgets them (with their salts); an aborted or disabled proving keeps none', async () => {
     const day = Array.from({ length: 12 }, (_, i) => reading(i));
     anchorBatch(day, 0);
