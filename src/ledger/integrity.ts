@@ -334,7 +334,8 @@ export class IntegrityChecker {
       if (!(root instanceof Buffer) || stopped()) continue;
       const contents = this.store.batchContents(span);
       const size = span.lastSeq - span.firstSeq + 1;
-      if (!contents || contents.salts.length !== 32 * size || contents.nodes.length !== 32 * nodeCount(size) || contents.keys.length !== size) continue;
+      if (!contents || contents.salts.length !== 32 * size || contents.nodes.length !== 32 * nodeCount(size) || contents.keys.length !== size
+        || (contents.positions !== null && contents.positions.length !== 4 * size)) continue;
       const leaves = contents.nodes.subarray(0, 32 * size);
       if (!buildMerkleTree(Array.from({ length: size }, (_, p) => leaves.subarray(32 * p, 32 * p + 32))).root.equals(root)) continue;
       const { keys, positions } = contents;

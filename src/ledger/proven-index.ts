@@ -5,7 +5,8 @@
  * version's leaf is. A first read of such a version is then one SHA-256 (salt ‖ the text served)
  * compared with its proven leaf: the same verdict a read's own walk up the tree gives (this text
  * is a leaf of a tree whose root is anchored), paid once in the background instead of on the request
- * — on the 1,000,000-reading store, ~3 ms of a patient-day's first read over HTTP.
+ * — on the 1,000,000-reading store the integrity guard took 2.3–2.5 ms of a patient-day's first read
+ * over HTTP instead of 3.4–3.5 ms (docs/benchmarks.md, session 31).
  *
  * Kept: the newest version of each id, when its version id is a plain number (the embedded
  * repository's; others are checked as before) and its type one of the first 255 seen. Nothing here
@@ -72,9 +73,11 @@ export class ProvenIndex {
    */
   add(salts: Buffer, leaves: Buffer, keys: Iterable<{ type: string; id: string; version: string; position: number }>): number {
     const batch = this.batches.length;
+    const width = Math.min(salts.length, leaves.length) / 32;
     let added = 0;
     for (const k of keys) {
       if (this.full()) break;
+      if (!Number.isInteger(k.position) || k.position < 0 || k.position >= width) continue; // stored positions are not trusted either
       const shard = this.slots[shardOf(k.id)]!;
       if (shard.has(k.id) || !PLAIN_VERSION.test(k.version)) continue;
       const version = Number(k.version);

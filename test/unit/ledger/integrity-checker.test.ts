@@ -426,6 +426,24 @@ describe('IntegrityChecker.proveAhead', () => {
     expect([...reads].sort()).toEqual([...a, ...b].map((r) => r.id!).sort()); // a and b the usual way
   });
 
+  it('keeps no version at a place outside its batch\'s tree (stored positions are not trusted)', async () => {
+    const streamed = streamedReadings(4);
+    const firstSeq = store.lastSeq() + 1;
+    const rows = recordEach(streamed);
+    const order = patientOrder(rows);
+    const tree = buildMerkleTree(order.map((k) => rows[k]!.leaf));
+    const batch = store.prepareBatch(firstSeq, firstSeq + 11, tree, order.map((k) => rows[k]!.salt), Date.now(), order);
+    store.markAnchored(batch.id, 0, 1, null);
+    chainRoots.set(0, `0x${tree.root.toString('hex')}`);
+    const positions = db().prepare<[number], { positions: Buffer }>('SELECT positions FROM batch_trees WHERE batch = ?').get(batch.id)!.positions;
+    positions.writeUInt32LE(4000, 0); // the first version's leaf said to be far outside the tree
+    db().prepare('UPDATE batch_trees SET positions = ? WHERE batch = ?').run(positions, batch.id);
+    reopen();
+    const checker = new IntegrityChecker(store, anchor);
+    expect(await checker.proveAhead(1000)).toBe(11);
+    expect((await checker.checkMany(streamed.slice(1))).every((r) => r.status === 'verified')).toBe(true);
+  });
+
   it('stops at the first root the chain does not answer for, without asking for the others', async () => {
     const batches = [0, 1, 2].map((k) => anchorBatch(Array.from({ length: 5 }, (_, i) => reading(10 * k + i)), k));
     expect(batches).toHaveLength(3);
