@@ -51,7 +51,7 @@ export interface Config {
   /**
    * Versions of the newest anchored batches the anchoring server proves against the chain at
    * start-up, in the background, so their first reads cost one hash each; 0 = none
-   * (GLUCOGUARD_PROVE_AHEAD; ~150 bytes of memory each).
+   * (GLUCOGUARD_PROVE_AHEAD; ~100 bytes of memory each).
    */
   proveAhead: number;
   /** MiB of decoded resource versions the embedded repository keeps for repeated reads; 0 = off (GLUCOGUARD_READ_CACHE_MB). */

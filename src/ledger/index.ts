@@ -77,7 +77,7 @@ export interface Ledger {
   close(): Promise<void>;
 }
 
-/** Versions proven ahead at start-up unless configured (~150 MB of memory for 1,000,000). */
+/** Versions proven ahead at start-up unless configured (~100 MB of memory for 1,000,000). */
 export const DEFAULT_PROVE_AHEAD = 1_000_000;
 
 /** Where the commitment store lives. */

@@ -5,15 +5,14 @@
  * version's leaf is. A first read of such a version is then one SHA-256 (salt ‖ the text served)
  * compared with its proven leaf: the same verdict a read's own walk up the tree gives (this text
  * is a leaf of a tree whose root is anchored), paid once in the background instead of on the request
- * — on the 1,000,000-reading store the integrity guard took 2.3–2.5 ms of a patient-day's first read
- * over HTTP instead of 3.4–3.5 ms (docs/benchmarks.md, session 31).
+ * — on the 1,000,000-reading store the integrity guard took 1.9–2.0 ms of a patient-day's first read
+ * over HTTP instead of 3.4–3.7 ms (docs/benchmarks.md, session 31).
  *
  * Kept: the newest version of each id, when its version id is a plain number (the embedded
  * repository's; others are checked as before) and its type one of the first 255 seen. Nothing here
  * decides a failure: a text whose leaf differs is checked the usual way, which finds out why.
- * Memory: 64 bytes of leaf and salt, 13 of place and the id's map entry per version, ~150 bytes
- * in all (RSS +150 MB for 999,970 versions of the fhir-search bench's store, proven in 4.4–6.2 s
- * with the roots read first: docs/benchmarks.md); GLUCOGUARD_PROVE_AHEAD bounds the count.
+ * Memory: 64 bytes of leaf and salt, 13 of place and 24–48 of the id's table entry per version
+ * (docs/benchmarks.md, session 31, for what a million cost); GLUCOGUARD_PROVE_AHEAD bounds the count.
  * An erasure in this process drops the index with its salts and proves again (app.ts); a patient
  * erased by another process sharing the store (the CLI beside a running server) keeps their salts
  * here until this process erases someone or restarts, as the tree cache does (store.ts): their
@@ -24,18 +23,43 @@ import { commitmentOf } from './canonical.js';
 /** A version id the index keeps: a plain decimal number below 2³² (no sign, no leading zero). */
 const PLAIN_VERSION = /^(?:0|[1-9]\d{0,9})$/;
 
-/** Shards of the id map: a Map of a million entries rehashes in one go as it grows (tens of ms), and misses the CPU caches on reads. */
-const SHARDS = 256;
+/**
+ * Ids are not kept as strings: each is known by a 64-bit fingerprint (two 32-bit hashes of its
+ * characters) in an open-addressing table of one typed array. A Map of a million id strings took
+ * ~100 bytes an entry, was traced by every major collection, and missed the CPU caches on nearly
+ * every first look-up (~1 µs each: 0.3–0.5 ms of a 288-reading page). Two ids with one fingerprint
+ * (odds ~n²/2⁶⁵) cost no wrong verdict: the one not kept finds the other's slot, whose leaf its text
+ * cannot match (the canonical text names its own id), and is checked the usual way.
+ */
+let h1 = 0;
+let h2 = 0;
 
-/** The shard of an id: its last two characters (random in a UUID, the embedded repository's ids). */
-function shardOf(id: string): number {
-  const n = id.length;
-  return ((id.charCodeAt(n - 1) << 4) ^ id.charCodeAt(n - 2)) & (SHARDS - 1);
+/** Sets h1, h2 to the fingerprint of `id` (FNV-1a and a second multiply-xor hash, each avalanched). */
+function fingerprint(id: string): void {
+  let a = 0x811c9dc5;
+  let b = 0x9747b28c;
+  for (let i = 0; i < id.length; i++) {
+    const c = id.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193);
+    b = Math.imul(b ^ c, 0x5bd1e995);
+    b ^= b >>> 15;
+  }
+  a ^= a >>> 16;
+  a = Math.imul(a, 0x85ebca6b);
+  a ^= a >>> 13;
+  a = Math.imul(a, 0xc2b2ae35);
+  a ^= a >>> 16;
+  b ^= b >>> 13;
+  b = Math.imul(b, 0x5bd1e995);
+  b ^= b >>> 15;
+  h1 = a >>> 0;
+  h2 = b >>> 0;
 }
 
 export class ProvenIndex {
-  /** id → slot, in SHARDS maps. */
-  private readonly slots = Array.from({ length: SHARDS }, () => new Map<string, number>());
+  /** Open addressing, three numbers an entry: the id's fingerprint (h1, h2) and its slot + 1 (0: empty). */
+  private readonly table: Uint32Array;
+  private readonly mask: number;
   private count = 0;
   private readonly typeOf: Uint8Array;
   private readonly versionOf: Uint32Array;
@@ -46,10 +70,23 @@ export class ProvenIndex {
   private readonly batches: { salts: Buffer; leaves: Buffer }[] = [];
 
   constructor(readonly capacity: number) {
+    let width = 16;
+    while (width < 2 * capacity) width *= 2; // at most half full: short probes
+    this.table = new Uint32Array(3 * width);
+    this.mask = width - 1;
     this.typeOf = new Uint8Array(capacity);
     this.versionOf = new Uint32Array(capacity);
     this.batchOf = new Uint32Array(capacity);
     this.positionOf = new Uint32Array(capacity);
+  }
+
+  /** The table entry of the id whose fingerprint is in h1, h2, or of the empty place where it would go. */
+  private entryOf(): number {
+    const table = this.table;
+    for (let i = h1 & this.mask; ; i = (i + 1) & this.mask) {
+      const e = 3 * i;
+      if (table[e + 2] === 0 || (table[e] === h1 && table[e + 1] === h2)) return e;
+    }
   }
 
   /** Versions kept. */
@@ -59,7 +96,8 @@ export class ProvenIndex {
 
   /** Where the version of `id` kept is (for `proves`), or -1 when none is. */
   slotOf(id: string): number {
-    return this.slots[shardOf(id)]!.get(id) ?? -1;
+    fingerprint(id);
+    return this.table[this.entryOf() + 2]! - 1;
   }
 
   full(): boolean {
@@ -78,8 +116,10 @@ export class ProvenIndex {
     for (const k of keys) {
       if (this.full()) break;
       if (!Number.isInteger(k.position) || k.position < 0 || k.position >= width) continue; // stored positions are not trusted either
-      const shard = this.slots[shardOf(k.id)]!;
-      if (shard.has(k.id) || !PLAIN_VERSION.test(k.version)) continue;
+      if (!PLAIN_VERSION.test(k.version)) continue;
+      fingerprint(k.id);
+      const entry = this.entryOf();
+      if (this.table[entry + 2] !== 0) continue;
       const version = Number(k.version);
       if (version > 0xffffffff) continue;
       let type = this.types.indexOf(k.type);
@@ -88,7 +128,9 @@ export class ProvenIndex {
         type = this.types.push(k.type) - 1;
       }
       const slot = this.count++;
-      shard.set(k.id, slot);
+      this.table[entry] = h1;
+      this.table[entry + 1] = h2;
+      this.table[entry + 2] = slot + 1;
       this.typeOf[slot] = type;
       this.versionOf[slot] = version;
       this.batchOf[slot] = batch;
