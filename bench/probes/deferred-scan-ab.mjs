@@ -1,6 +1,7 @@
 // A/B in one process of two builds' deferred resources (A=<dist dir>, default /tmp/prev/dist; B=<dist dir>, default dist/): the 288
 // stored texts of one patient-day from a kept fhir-search store (DIR, default /tmp/fs1m), made deferred and read as the integrity check
-// reads them (deferredResource + deferredCanonicalText + versionIdOf: the text's top-level scan), ROUNDS=2000 rounds taking turns; p50 and p10 ms per 288.
+// reads them (deferredResource + deferredCanonicalText + versionIdOf: the text's top-level scan; JSON=1: then their JSON text as the
+// facade serialises them, deferredJsonText), ROUNDS=2000 rounds taking turns; p50 and p10 ms per 288.
 import path from 'node:path';
 import { openKeptStore } from './kept-store.mjs';
 const { parseSearchRequest } = await import('@medplum/core');
@@ -22,6 +23,7 @@ for (let round = 0; round < rounds; round++) {
     for (const text of texts) {
       const d = M.deferredResource(text, meta, () => JSON.parse(text));
       if (M.deferredCanonicalText(d) !== text || M.versionIdOf(d) !== '1') throw new Error(`${k}: the text did not read back`);
+      if (process.env.JSON && typeof M.deferredJsonText(d) !== 'string') throw new Error(`${k}: no JSON text cut`);
     }
     times[k].push(performance.now() - t);
   }
