@@ -642,12 +642,14 @@ export class FhirRouter {
       // the position past the first `i` matches of this result (none from an adapter that pages by offset only)
       const past = (i: number): string | undefined => (!result.positionOf ? undefined : i > 0 ? result.positionOf(i - 1) : after);
       const guarded = await this.guard(access, result.resources);
-      // Guards may hand back copies (e.g. with an integrity tag): match them by version.
+      // Guards may hand back copies (e.g. with an integrity tag) and leave some out: match them by
+      // version, unless they passed every one as it came (the common case: no key built per entry).
       const key = (r: Resource): string => `${r.resourceType}/${r.id}/${versionIdOf(r)}`;
-      const visible = new Map(guarded.allowed.map((r) => [key(r), r]));
+      const asGiven = guarded.allowed.length === result.resources.length && guarded.allowed.every((r, i) => r === result.resources[i]);
+      const visible = asGiven ? undefined : new Map(guarded.allowed.map((r) => [key(r), r]));
       const filling = matches.allowed.length < count;
       for (let i = 0; i < result.resources.length; i++) {
-        const r = visible.get(key(result.resources[i]!));
+        const r = visible ? visible.get(key(result.resources[i]!)) : result.resources[i];
         if (!r) {
           if (scanLimit > 0 && ++withheld > scanLimit) throw scanLimitExceeded(scanLimit, narrowed.resourceType);
           continue;
