@@ -12,7 +12,7 @@ import { errorToResponse } from './outcomes.js';
 import { queryOfText } from './paging.js';
 import type { FhirRouter } from './router.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
-import { byteLengthOf, endWithChunks, jsonChunks } from './json-text.js';
+import { byteLengthOf, bytesOf, endWithChunks, jsonChunks } from './json-text.js';
 
 export type Authenticate = (headers: Record<string, string | undefined>, requestUrl: string) => Promise<AccessContext>;
 
@@ -304,8 +304,8 @@ function codingFor(req: Request): Coding | undefined {
  * process), and a streaming coder, one pool job per piece, ~5 ms. Should coding fail, the answer
  * goes out uncoded.
  */
-function sendCoded(res: Response, chunks: string[], coding: Coding): void {
-  const body = chunks.length === 1 ? Buffer.from(chunks[0]!, 'utf8') : Buffer.concat(chunks.map((c) => Buffer.from(c, 'utf8')));
+function sendCoded(res: Response, chunks: (string | Buffer)[], coding: Coding): void {
+  const body = bytesOf(chunks);
   let packed: Buffer;
   try {
     packed = coding === 'br' ? zlib.brotliCompressSync(body, BROTLI) : coding === 'gzip' ? zlib.gzipSync(body, GZIP) : zlib.deflateSync(body, GZIP);

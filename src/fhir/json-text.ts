@@ -1,44 +1,47 @@
 /**
  * The JSON text of a FHIR answer, written without building one large string: a large Bundle entry
- * by entry, in pieces of ~16 kB, corked into one write with the headers.
+ * by entry, straight into one buffer of its exact UTF-8 length.
  */
 import type { ServerResponse } from 'node:http';
 import { isDeferred } from '../repository/deferred.js';
 import { isImmutable, jsonTextOf } from '../repository/port.js';
 
-/** Text of a Bundle's entries is gathered into pieces of about this many characters. */
-const CHUNK_CHARS = 16 * 1024;
-
 /**
- * The JSON text of a response body as a few pieces, none of them large. `JSON.stringify` of a
- * 200 kB Bundle builds one string that V8 must then flatten into a fresh large-object allocation
- * before it can be measured or written: on this VM that cost more than the serialising itself
- * (0.7 ms of page faults and copying for 220 kB). A Bundle is written as its head and its entries,
- * each entry serialised on its own and gathered into pieces of ~16 kB; anything else in one piece.
- * The text is the same JSON as `JSON.stringify`, with `entry` last among the Bundle's members.
+ * The JSON text of a response body, as a string or (a Bundle of 16 entries or more) as UTF-8 bytes.
+ * `JSON.stringify` of a 200 kB Bundle builds one string that V8 must then flatten into a fresh
+ * large-object allocation before it can be measured or written: on this VM that cost more than the
+ * serialising itself (0.7 ms of page faults and copying for 220 kB). A Bundle is written as its
+ * head and its entries, each entry serialised on its own and written straight into one buffer of
+ * the exact length: for a patient-day of 288 deferred readings 0.45 ms instead of 0.79 ms when the
+ * entries were joined into ~16 kB strings and each encoded on its write (session 31). The text is
+ * the same JSON as `JSON.stringify`, with `entry` last among the Bundle's members.
  */
-export function jsonChunks(body: unknown): string[] {
+export function jsonChunks(body: unknown): (string | Buffer)[] {
   const bundle = body as { resourceType?: unknown; entry?: unknown } | null;
   if (!bundle || bundle.resourceType !== 'Bundle' || !Array.isArray(bundle.entry) || bundle.entry.length < 16 || typeof (bundle as { toJSON?: unknown }).toJSON === 'function') {
     return [JSON.stringify(body)];
   }
   const head = JSON.stringify({ ...bundle, entry: undefined });
-  const chunks = [`${head.length > 2 ? `${head.slice(0, -1)},` : '{'}"entry":[`];
-  let piece: string[] = [];
-  let size = 0;
+  const opening = `${head.length > 2 ? `${head.slice(0, -1)},` : '{'}"entry":[`;
   const entries = bundle.entry as unknown[];
+  const texts = new Array<string>(entries.length);
+  // the opening, the entries with a comma between each two, and "]}"
+  let length = Buffer.byteLength(opening, 'utf8') + Math.max(0, entries.length - 1) + 2;
   for (let i = 0; i < entries.length; i++) {
     const text = entryText(entries[i]);
-    piece.push(text);
-    size += text.length;
-    if (size >= CHUNK_CHARS && i < entries.length - 1) {
-      chunks.push(`${piece.join(',')},`);
-      piece = [];
-      size = 0;
-    }
+    texts[i] = text;
+    length += Buffer.byteLength(text, 'utf8');
   }
-  chunks.push(`${piece.join(',')}]}`);
-  return chunks;
+  const out = Buffer.allocUnsafe(length);
+  let at = out.write(opening, 0, 'utf8');
+  for (let i = 0; i < texts.length; i++) {
+    if (i > 0) out[at++] = 0x2c; // ,
+    at += out.write(texts[i]!, at, 'utf8');
+  }
+  out[at++] = 0x5d; // ]
+  out[at++] = 0x7d; // }
+  if (at !== length) throw new Error(`Bundle text of ${at} bytes, ${length} expected`); // never: the lengths above are the writes'
+  return [out];
 }
 
 /**
@@ -88,14 +91,20 @@ function searchsetEntryShape(entry: Record<string, unknown>): string | undefined
 }
 
 /** UTF-8 bytes of the pieces together (their Content-Length). */
-export function byteLengthOf(chunks: readonly string[]): number {
+export function byteLengthOf(chunks: readonly (string | Buffer)[]): number {
   let length = 0;
-  for (const chunk of chunks) length += Buffer.byteLength(chunk, 'utf8');
+  for (const chunk of chunks) length += typeof chunk === 'string' ? Buffer.byteLength(chunk, 'utf8') : chunk.length;
   return length;
 }
 
+/** The pieces as one buffer of UTF-8 bytes (to compress them). */
+export function bytesOf(chunks: readonly (string | Buffer)[]): Buffer {
+  const buffers = chunks.map((c) => (typeof c === 'string' ? Buffer.from(c, 'utf8') : c));
+  return buffers.length === 1 ? buffers[0]! : Buffer.concat(buffers);
+}
+
 /** Ends `res` with the pieces of `chunks` (Content-Length is the caller's), corked: they leave in one write with the headers. */
-export function endWithChunks(res: ServerResponse, chunks: string[]): void {
+export function endWithChunks(res: ServerResponse, chunks: readonly (string | Buffer)[]): void {
   if (chunks.length === 1) {
     res.end(chunks[0], 'utf8');
     return;
