@@ -25,7 +25,7 @@ import type { Bundle, Resource } from '@medplum/fhirtypes';
 import { createApp, type App } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { OPEN_ACCESS } from '../src/fhir/access.js';
-import { byteLengthOf, endWithChunks, jsonChunks } from '../src/fhir/json-text.js';
+import { byteLengthOf, jsonBody } from '../src/fhir/json-text.js';
 import { createLogger } from '../src/log.js';
 import { childMain, runInChild } from './child.js';
 import { loadCgmObservations, patientDayQuery, type BulkRepository, type LoadOrder } from './repository-load.js';
@@ -225,9 +225,9 @@ async function queryPhase(app: App, setup: Setup, log: Log): Promise<Record<stri
 async function bareServer(app: App): Promise<Server> {
   const server = createServer((req, res) => {
     app.repository.search(parseSearchRequest(req.url!.slice('/fhir/'.length))).then((r) => {
-      const chunks = jsonChunks(searchset('http://127.0.0.1/fhir', r.resources));
-      res.writeHead(200, { 'Content-Type': 'application/fhir+json', 'Content-Length': byteLengthOf(chunks) });
-      endWithChunks(res, chunks);
+      const body = jsonBody(searchset('http://127.0.0.1/fhir', r.resources));
+      res.writeHead(200, { 'Content-Type': 'application/fhir+json', 'Content-Length': byteLengthOf(body) });
+      res.end(body);
     }, (err: unknown) => {
       res.writeHead(500).end(String(err));
     });
@@ -350,7 +350,7 @@ async function breakdown(app: App, queries: string[]): Promise<{ n: number; sear
     integrity.push(performance.now() - t0);
     if (checks.some((c) => c.status !== 'verified')) throw new Error(`integrity: ${JSON.stringify(checks.find((c) => c.status !== 'verified'))}`);
     t0 = performance.now();
-    jsonChunks(searchset('http://localhost/fhir', r.resources));
+    jsonBody(searchset('http://localhost/fhir', r.resources));
     serialize.push(performance.now() - t0);
   }
   const p50 = (xs: number[]): number => summary(xs.sort((a, b) => a - b)).p50;

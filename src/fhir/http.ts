@@ -12,7 +12,7 @@ import { errorToResponse } from './outcomes.js';
 import { queryOfText } from './paging.js';
 import type { FhirRouter } from './router.js';
 import type { FhirRequest, FhirResponse, HttpMethod } from './types.js';
-import { byteLengthOf, bytesOf, endWithChunks, jsonChunks } from './json-text.js';
+import { byteLengthOf, jsonBody } from './json-text.js';
 
 export type Authenticate = (headers: Record<string, string | undefined>, requestUrl: string) => Promise<AccessContext>;
 
@@ -263,13 +263,13 @@ function send(res: Response, response: FhirResponse, pretty: boolean, options: {
   }
   if (!res.hasHeader('Content-Type')) res.setHeader('Content-Type', 'application/fhir+json; charset=utf-8'); // an operation may name its own (Bulk Data manifest: application/json)
   const body = withoutEmptyEntries(response.body);
-  const chunks = pretty ? [JSON.stringify(body, null, 2)] : jsonChunks(body);
-  const length = byteLengthOf(chunks);
+  const text = pretty ? JSON.stringify(body, null, 2) : jsonBody(body);
+  const length = byteLengthOf(text);
   if (options.compress && length >= COMPRESS_MIN_BYTES) {
     res.vary('Accept-Encoding');
     const coding = options.head ? undefined : codingFor(res.req);
     if (coding) {
-      sendCoded(res, chunks, coding);
+      sendCoded(res, text, coding);
       return;
     }
   }
@@ -278,7 +278,7 @@ function send(res: Response, response: FhirResponse, pretty: boolean, options: {
     res.end();
     return;
   }
-  endWithChunks(res, chunks);
+  res.end(text);
 }
 
 /** Smaller answers are sent as they are (the coding would save less than its own cost). */
@@ -304,8 +304,8 @@ function codingFor(req: Request): Coding | undefined {
  * process), and a streaming coder, one pool job per piece, ~5 ms. Should coding fail, the answer
  * goes out uncoded.
  */
-function sendCoded(res: Response, chunks: (string | Buffer)[], coding: Coding): void {
-  const body = bytesOf(chunks);
+function sendCoded(res: Response, text: string | Buffer, coding: Coding): void {
+  const body = typeof text === 'string' ? Buffer.from(text, 'utf8') : text;
   let packed: Buffer;
   try {
     packed = coding === 'br' ? zlib.brotliCompressSync(body, BROTLI) : coding === 'gzip' ? zlib.gzipSync(body, GZIP) : zlib.deflateSync(body, GZIP);

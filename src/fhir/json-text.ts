@@ -2,7 +2,6 @@
  * The JSON text of a FHIR answer, written without building one large string: a large Bundle entry
  * by entry, straight into one buffer of its exact UTF-8 length.
  */
-import type { ServerResponse } from 'node:http';
 import { isDeferred } from '../repository/deferred.js';
 import { isImmutable, jsonTextOf } from '../repository/port.js';
 
@@ -16,10 +15,10 @@ import { isImmutable, jsonTextOf } from '../repository/port.js';
  * entries were joined into ~16 kB strings and each encoded on its write (session 31). The text is
  * the same JSON as `JSON.stringify`, with `entry` last among the Bundle's members.
  */
-export function jsonChunks(body: unknown): (string | Buffer)[] {
+export function jsonBody(body: unknown): string | Buffer {
   const bundle = body as { resourceType?: unknown; entry?: unknown } | null;
   if (!bundle || bundle.resourceType !== 'Bundle' || !Array.isArray(bundle.entry) || bundle.entry.length < 16 || typeof (bundle as { toJSON?: unknown }).toJSON === 'function') {
-    return [JSON.stringify(body)];
+    return JSON.stringify(body);
   }
   const head = JSON.stringify({ ...bundle, entry: undefined });
   const opening = `${head.length > 2 ? `${head.slice(0, -1)},` : '{'}"entry":[`;
@@ -41,7 +40,7 @@ export function jsonChunks(body: unknown): (string | Buffer)[] {
   out[at++] = 0x5d; // ]
   out[at++] = 0x7d; // }
   if (at !== length) throw new Error(`Bundle text of ${at} bytes, ${length} expected`); // never: the lengths above are the writes'
-  return [out];
+  return out;
 }
 
 /**
@@ -90,27 +89,7 @@ function searchsetEntryShape(entry: Record<string, unknown>): string | undefined
   return members === 1 && typeof search.mode === 'string' ? SEARCH_TEXTS.get(search.mode) : undefined;
 }
 
-/** UTF-8 bytes of the pieces together (their Content-Length). */
-export function byteLengthOf(chunks: readonly (string | Buffer)[]): number {
-  let length = 0;
-  for (const chunk of chunks) length += typeof chunk === 'string' ? Buffer.byteLength(chunk, 'utf8') : chunk.length;
-  return length;
-}
-
-/** The pieces as one buffer of UTF-8 bytes (to compress them). */
-export function bytesOf(chunks: readonly (string | Buffer)[]): Buffer {
-  const buffers = chunks.map((c) => (typeof c === 'string' ? Buffer.from(c, 'utf8') : c));
-  return buffers.length === 1 ? buffers[0]! : Buffer.concat(buffers);
-}
-
-/** Ends `res` with the pieces of `chunks` (Content-Length is the caller's), corked: they leave in one write with the headers. */
-export function endWithChunks(res: ServerResponse, chunks: readonly (string | Buffer)[]): void {
-  if (chunks.length === 1) {
-    res.end(chunks[0], 'utf8');
-    return;
-  }
-  res.cork();
-  for (let i = 0; i < chunks.length - 1; i++) res.write(chunks[i]!, 'utf8');
-  res.end(chunks[chunks.length - 1], 'utf8');
-  res.uncork();
+/** UTF-8 bytes of a body jsonBody wrote (its Content-Length). */
+export function byteLengthOf(body: string | Buffer): number {
+  return typeof body === 'string' ? Buffer.byteLength(body, 'utf8') : body.length;
 }

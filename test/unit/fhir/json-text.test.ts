@@ -10,7 +10,7 @@ import type { Observation, Resource } from '@medplum/fhirtypes';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { byteLengthOf, jsonChunks } from '../../../src/fhir/json-text.js';
+import { byteLengthOf, jsonBody } from '../../../src/fhir/json-text.js';
 import { EmbeddedRepository } from '../../../src/repository/embedded/index.js';
 import { isImmutable } from '../../../src/repository/port.js';
 
@@ -47,9 +47,9 @@ function bundleOf(entry: unknown[]): unknown {
 }
 
 function expectSameText(body: unknown): void {
-  const chunks = jsonChunks(body);
-  expect(chunks.map((c) => c.toString()).join('')).toBe(JSON.stringify(body));
-  expect(byteLengthOf(chunks)).toBe(Buffer.byteLength(JSON.stringify(body)));
+  const written = jsonBody(body);
+  expect(written.toString()).toBe(JSON.stringify(body));
+  expect(byteLengthOf(written)).toBe(Buffer.byteLength(JSON.stringify(body)));
 }
 
 class ModeWithToJson {
@@ -59,7 +59,7 @@ class ModeWithToJson {
   }
 }
 
-describe('jsonChunks', () => {
+describe('jsonBody', () => {
   it('writes the router\'s searchset entries as JSON.stringify does, for cached and fresh resources', () => {
     for (const resources of [cached, fresh]) {
       expectSameText(bundleOf(resources.map((resource, i) => ({
