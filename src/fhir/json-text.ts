@@ -11,8 +11,9 @@ import { isImmutable, jsonTextOf } from '../repository/port.js';
  * large-object allocation before it can be measured or written: on this VM that cost more than the
  * serialising itself (0.7 ms of page faults and copying for 220 kB). A Bundle is written as its
  * head and its entries, each entry serialised on its own and written straight into one buffer of
- * the exact length: for a patient-day of 288 deferred readings 0.45 ms instead of 0.79 ms when the
- * entries were joined into ~16 kB strings and each encoded on its write (session 31). The text is
+ * the exact length: for a patient-day of 288 deferred readings 0.50–0.53 ms instead of 0.63–0.65 ms
+ * when the entries were joined into ~16 kB strings and each encoded on its write (session 31,
+ * bench/probes/bundle-write-ab.mjs). The text is
  * the same JSON as `JSON.stringify`, with `entry` last among the Bundle's members.
  */
 export function jsonBody(body: unknown): string | Buffer {
